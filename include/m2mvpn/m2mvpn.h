@@ -1,0 +1,296 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * libm2mvpn — an embeddable IKEv2/IPsec VPN client for unattended machines.
+ *
+ * This is the one public header. Everything here is a stable contract:
+ *  - every call returns 0 or a negative M2MVPN_E_* code (errors are only appended);
+ *  - public structs start with `size_t struct_size` and only ever grow at the end;
+ *  - strings and buffers passed in are copied; nothing the caller passes is kept;
+ *  - secrets (password, PIN, PSK) are wiped from library memory after use and
+ *    never logged;
+ *  - control calls are thread-safe and non-blocking: they queue a command for
+ *    the engine and return. Callbacks run on the engine thread and may call any
+ *    control call except m2mvpn_free();
+ *  - no variadic functions (ctypes and other FFIs cannot call them portably).
+ *
+ * API changelog (one symbol-map node per release, see lib/libm2mvpn.sym):
+ *  1.0 (M2MVPN_1.0)  first release: handle, profiles, events, status, engine
+ *                    drive (own thread or external loop), logging, errors.
+ */
+#ifndef M2MVPN_M2MVPN_H
+#define M2MVPN_M2MVPN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && defined(M2MVPN_BUILDING_LIBRARY)
+#define M2MVPN_API __attribute__((visibility("default")))
+#else
+#define M2MVPN_API
+#endif
+
+/* ---------------------------------------------------------------- version */
+
+/* M2MVPN_VERSION_MAJOR/MINOR/PATCH, M2MVPN_VERSION_STRING and M2MVPN_VERSION_NUM
+ * (0xMMmmpp, for compile-time checks) come from the generated version.h. */
+#include <m2mvpn/version.h>
+
+/* ----------------------------------------------------------------- errors */
+
+/*
+ * The one error table. Each row: name, value, message. Values are negative,
+ * stable, and new rows are only ever appended (never renumber, never remove).
+ */
+#define M2MVPN_ERROR_MAP(XX)                                                   \
+    XX(INVAL,       -1,  "invalid argument")                                  \
+    XX(NOMEM,       -2,  "out of memory")                                     \
+    XX(NOTSUPP,     -3,  "not supported by this build or not yet implemented") \
+    XX(BADHANDLE,   -4,  "not a valid m2mvpn handle")                         \
+    XX(STATE,       -5,  "call not allowed in the current state")             \
+    XX(BUSY,        -6,  "engine already driven another way")                 \
+    XX(IO,          -7,  "input/output error")                                \
+    XX(PROFILE,     -8,  "invalid profile")                                   \
+    XX(NOPROFILE,   -9,  "no such profile")                                   \
+    XX(JSON,        -10, "malformed JSON")                                    \
+    XX(SYSTEM,      -11, "system call failed")                                \
+    XX(CALLBACK,    -12, "call not allowed from a callback")                  \
+    XX(TIMEOUT,     -13, "peer did not answer")                               \
+    XX(NO_PROPOSAL, -14, "no proposal chosen")                                \
+    XX(AUTH_LOCAL,  -15, "our authentication was rejected by the gateway")    \
+    XX(AUTH_PEER,   -16, "the gateway could not be authenticated")            \
+    XX(TS_UNACCEPTABLE, -17, "traffic selectors unacceptable")                \
+    XX(PROTOCOL,    -18, "protocol error from the peer")                      \
+    XX(CRYPTO,      -19, "cryptographic operation failed")                    \
+    XX(CERT,        -20, "certificate or key problem")                        \
+    XX(NETWORK,     -21, "network unreachable or socket error")               \
+    XX(PIN,         -22, "PIN wrong or missing")                              \
+    XX(CREDENTIALS, -23, "credentials missing")                               \
+    XX(TUN,         -24, "TUN device or route setup failed")
+
+typedef enum m2mvpn_error {
+    M2MVPN_OK = 0,
+#define M2MVPN_XX_ENUM(name, value, msg) M2MVPN_E_##name = (value),
+    M2MVPN_ERROR_MAP(M2MVPN_XX_ENUM)
+#undef M2MVPN_XX_ENUM
+} m2mvpn_error;
+
+/* ----------------------------------------------------------------- handle */
+
+/** The opaque handle. One per VPN client instance; all state hangs off it. */
+typedef struct m2mvpn m2mvpn;
+
+/* ----------------------------------------------------------------- events */
+
+/** Tunnel states, as reported in events, status and `status --json`. */
+typedef enum m2mvpn_state {
+    M2MVPN_STATE_IDLE = 0,
+    M2MVPN_STATE_CONNECTING = 1,
+    M2MVPN_STATE_CONNECTED = 2,
+    M2MVPN_STATE_RECONNECTING = 3,
+    M2MVPN_STATE_DISCONNECTING = 4
+} m2mvpn_state;
+
+typedef enum m2mvpn_event_type {
+    M2MVPN_EVENT_STATE_CHANGED = 1,
+    M2MVPN_EVENT_PIN_REQUIRED = 2,
+    M2MVPN_EVENT_CREDENTIALS_REQUIRED = 3,
+    M2MVPN_EVENT_ROAMED = 4,
+    M2MVPN_EVENT_REKEYED = 5,
+    M2MVPN_EVENT_AUTH_FAILED = 6,
+    M2MVPN_EVENT_CONFIG_UPDATED = 7,
+    M2MVPN_EVENT_UPDATE_AVAILABLE = 8,
+    M2MVPN_EVENT_CERT_RENEWED = 9
+} m2mvpn_event_type;
+
+/**
+ * One event. Valid only during the callback; copy what you keep.
+ * Read `struct_size` before any member that a later version appended.
+ */
+struct m2mvpn_event {
+    size_t struct_size;        /**< sizeof(struct m2mvpn_event) of the library */
+    m2mvpn_event_type type;
+    int error;                 /**< 0 or a negative M2MVPN_E_* code */
+    const char *detail;        /**< human-readable detail; never NULL, may be "" */
+    m2mvpn_state state;        /**< STATE_CHANGED: the new state; else current */
+    m2mvpn_state old_state;    /**< STATE_CHANGED: the previous state */
+    const char *profile;       /**< name of the active profile, or "" */
+};
+typedef struct m2mvpn_event m2mvpn_event;
+
+/** Callbacks. Set struct_size = sizeof(m2mvpn_callbacks). Members are only appended. */
+typedef struct m2mvpn_callbacks {
+    size_t struct_size;
+    /** Runs on the engine thread. May call any control call (it is queued),
+     *  but not m2mvpn_free(). */
+    void (*on_event)(m2mvpn *h, const m2mvpn_event *ev, void *userdata);
+} m2mvpn_callbacks;
+
+/* ------------------------------------------------------------- lifecycle */
+
+/**
+ * Create a handle. `cbs` may be NULL (no events) and is copied; `userdata` is
+ * passed to callbacks. On success *ret is set and 0 returned; on failure *ret
+ * is left untouched. Errors: INVAL (ret NULL, cbs->struct_size too small),
+ * NOMEM, SYSTEM. Thread-safe.
+ */
+M2MVPN_API int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret);
+
+/**
+ * Stop the engine (joining its thread), tear down the tunnel and free the
+ * handle; secrets are wiped. NULL is fine. Must not be called from a callback
+ * (it would free the engine under its own feet): such a call is refused and
+ * logged, and the handle stays valid. Not to be called concurrently with any
+ * other call on the same handle.
+ */
+M2MVPN_API void m2mvpn_free(m2mvpn *h);
+
+/* --------------------------------------------------------------- profiles */
+
+/**
+ * Load one profile or {"profiles": [...]} from a JSON file (format: docs/profile.md).
+ * Relative paths in it resolve against the file's folder. The file is parsed and
+ * validated in the calling thread; on any error nothing is changed and
+ * m2mvpn_last_error() names the key path and what was wrong. Profiles with a name
+ * already loaded replace the old ones. Errors: INVAL, IO, JSON, PROFILE, NOMEM.
+ * Thread-safe.
+ */
+M2MVPN_API int m2mvpn_profile_load_file(m2mvpn *h, const char *path);
+
+/** As m2mvpn_profile_load_file(), from a buffer of `len` bytes (no NUL needed);
+ *  relative paths resolve against the current working directory. */
+M2MVPN_API int m2mvpn_profile_load_json(m2mvpn *h, const char *json, size_t len);
+
+/**
+ * Make profile `name` the active one (make-before-break where possible).
+ * Errors: INVAL, NOPROFILE. Queued; thread-safe.
+ */
+M2MVPN_API int m2mvpn_profile_switch(m2mvpn *h, const char *name);
+
+/* ------------------------------------------------------------ connecting */
+
+/** Start the tunnel of the active profile (the first loaded one unless switched).
+ *  Errors: NOPROFILE. Queued; progress arrives as STATE_CHANGED events. */
+M2MVPN_API int m2mvpn_connect(m2mvpn *h);
+
+/** Stop the tunnel; an always-on profile stays down until m2mvpn_connect(). Queued. */
+M2MVPN_API int m2mvpn_disconnect(m2mvpn *h);
+
+/**
+ * Set EAP username/password (answers CREDENTIALS_REQUIRED, or presets them).
+ * `user` may be NULL to keep the profile's identity. Both are copied; the
+ * password is wiped after use and never logged. Queued; thread-safe.
+ */
+M2MVPN_API int m2mvpn_set_credentials(m2mvpn *h, const char *user, const char *password);
+
+/**
+ * Answer PIN_REQUIRED (smartcard, TPM, protected .p12) with `len` bytes of PIN.
+ * The PIN is copied, wiped after use and never logged. A wrong PIN is never
+ * retried by the library. Errors: INVAL (NULL, empty, longer than 256).
+ */
+M2MVPN_API int m2mvpn_enter_pin(m2mvpn *h, const char *pin, size_t len);
+
+/* ---------------------------------------------------------------- status */
+
+/** Status snapshot. Set struct_size = sizeof(m2mvpn_status) before the call. */
+typedef struct m2mvpn_status {
+    size_t struct_size;
+    m2mvpn_state state;
+    int last_error;                 /**< 0 or the last M2MVPN_E_* of the tunnel */
+    char profile[64];               /**< active profile name, or "" */
+    char gateway[64];               /**< gateway host:port in use, or "" */
+    char virtual_ip[48];            /**< address assigned by the gateway, or "" */
+    char last_error_text[256];      /**< detail of last_error, or "" */
+    uint64_t bytes_in, bytes_out;
+    uint64_t packets_in, packets_out;
+    uint64_t packets_dropped;
+    int64_t connected_since;        /**< Unix time of the current connection, or 0 */
+} m2mvpn_status;
+
+/**
+ * Fill *ret with a consistent snapshot. On an older/smaller struct_size only the
+ * members that fit are written. Errors: INVAL (NULL, struct_size too small).
+ * Thread-safe; does not wait for the engine.
+ */
+M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
+
+/**
+ * Status as a JSON object (keys include "state", "profile", "gateway",
+ * "last_error", "version"). *ret is a new NUL-terminated string the caller frees
+ * with m2mvpn_string_free(). Thread-safe.
+ */
+M2MVPN_API int m2mvpn_status_json(m2mvpn *h, char **ret);
+
+/** Free a string returned by the library. NULL is fine. */
+M2MVPN_API void m2mvpn_string_free(char *s);
+
+/* ------------------------------------------------------- driving the engine */
+
+/**
+ * Run the engine on a thread of the library's own. Errors: BUSY (already
+ * started, or driven with m2mvpn_process()), SYSTEM.
+ */
+M2MVPN_API int m2mvpn_start(m2mvpn *h);
+
+/**
+ * Stop the engine thread. From any other thread it waits until the thread has
+ * ended; from a callback it asks the loop to end and returns at once (the thread
+ * is joined by m2mvpn_free() or the next m2mvpn_start()). Errors: STATE (not started).
+ */
+M2MVPN_API int m2mvpn_stop(m2mvpn *h);
+
+/**
+ * For single-threaded firmware with its own poll loop: a file descriptor that
+ * becomes readable (POLLIN) when m2mvpn_process() has work. Do not read or
+ * close it. Errors: BUSY (engine thread running). Returns the fd (>= 0).
+ */
+M2MVPN_API int m2mvpn_get_fd(m2mvpn *h);
+
+/** Milliseconds until m2mvpn_process() must run even if the fd stays quiet;
+ *  -1 for no timer. Errors as m2mvpn_get_fd(). */
+M2MVPN_API int m2mvpn_get_timeout_ms(m2mvpn *h);
+
+/** Do all pending work without blocking: commands, I/O, due timers, callbacks.
+ *  Errors: BUSY (engine thread running), CALLBACK (called from a callback). */
+M2MVPN_API int m2mvpn_process(m2mvpn *h);
+
+/* ---------------------------------------------------------------- logging */
+
+enum m2mvpn_log_level {
+    M2MVPN_LOG_ERROR = 0,
+    M2MVPN_LOG_WARNING = 1,
+    M2MVPN_LOG_INFO = 2,
+    M2MVPN_LOG_DEBUG = 3
+};
+
+/** Receives one finished line (no trailing newline), its level and subsystem
+ *  ("api", "core", "ike", "esp", "cred", ...). Runs on the engine thread, or on
+ *  the thread of a control call that logs. Secrets never appear in `msg`. */
+typedef void (*m2mvpn_log_cb)(m2mvpn *h, int level, const char *subsystem,
+                              const char *msg, void *userdata);
+
+/** Install (cb non-NULL) or remove (cb NULL) the log hook; messages above
+ *  `level` are not produced. Errors: INVAL (level out of range). Thread-safe. */
+M2MVPN_API int m2mvpn_set_log(m2mvpn *h, m2mvpn_log_cb cb, int level, void *userdata);
+
+/* ----------------------------------------------------------------- misc */
+
+/** Human detail of this handle's last failed call (or tunnel failure), e.g.
+ *  "gateways[0].port: must be 1..65535". Never NULL. The text stays valid until
+ *  the next call on the handle; with several threads calling, copy it at once. */
+M2MVPN_API const char *m2mvpn_last_error(m2mvpn *h);
+
+/** Static message for an error code; never NULL ("unknown error" for others). */
+M2MVPN_API const char *m2mvpn_strerror(int err);
+
+/** Library version string, e.g. "1.0.0". */
+M2MVPN_API const char *m2mvpn_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* M2MVPN_M2MVPN_H */

@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Control calls. Each validates its arguments in the caller's thread, copies
+ * them into a command and queues it for the engine; the engine runs commands
+ * in order on its own thread (api_cmd_drain).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/secmem.h"
+#include "handle.h"
+
+#define API_MAX_SECRET 256
+
+void api_cmd_free(api_cmd *cmd)
+{
+    if (!cmd)
+        return;
+    free(cmd->name);
+    secure_free(cmd->secret, cmd->secret_len);
+    free(cmd);
+}
+
+void api_cmd_push(m2mvpn *h, api_cmd *cmd)
+{
+    cmd->next = NULL;
+    pthread_mutex_lock(&h->lock);
+    if (h->cmd_tail)
+        h->cmd_tail->next = cmd;
+    else
+        h->cmd_head = cmd;
+    h->cmd_tail = cmd;
+    h->cmds_queued++;
+    pthread_mutex_unlock(&h->lock);
+    core_loop_wake(&h->loop);
+}
+
+static int queue_simple(m2mvpn *h, api_cmd_type type, const char *name)
+{
+    api_cmd *c = calloc(1, sizeof(*c));
+    if (!c || (name && !(c->name = strdup(name)))) {
+        free(c);
+        return api_fail(h, M2MVPN_E_NOMEM, "out of memory queueing a command");
+    }
+    c->type = type;
+    api_cmd_push(h, c);
+    return 0;
+}
+
+static void run_cmd(m2mvpn *h, api_cmd *c)
+{
+    switch (c->type) {
+    case API_CMD_SWITCH:
+        pthread_mutex_lock(&h->lock);
+        snprintf(h->active, sizeof(h->active), "%s", c->name);
+        snprintf(h->status.profile, sizeof(h->status.profile), "%s", c->name);
+        pthread_mutex_unlock(&h->lock);
+        LOG_INFO(&h->log, "api", "active profile is now '%s'", c->name);
+        break;
+    case API_CMD_PROFILES:
+    case API_CMD_CONNECT:
+    case API_CMD_DISCONNECT:
+    case API_CMD_CREDENTIALS:
+    case API_CMD_PIN:
+        /* Tunnel commands: handled once the connection supervisor exists. */
+        break;
+    }
+}
+
+void api_cmd_drain(m2mvpn *h)
+{
+    for (;;) {
+        pthread_mutex_lock(&h->lock);
+        api_cmd *c = h->cmd_head;
+        if (c) {
+            h->cmd_head = c->next;
+            if (!h->cmd_head)
+                h->cmd_tail = NULL;
+        }
+        pthread_mutex_unlock(&h->lock);
+        if (!c)
+            return;
+        run_cmd(h, c);
+        api_cmd_free(c);
+        pthread_mutex_lock(&h->lock);
+        h->cmds_done++;
+        pthread_mutex_unlock(&h->lock);
+    }
+}
+
+/* ---------------------------------------------------------------- profiles */
+
+const profile *api_profile_find_locked(m2mvpn *h, const char *name)
+{
+    for (size_t i = h->n_sets; i-- > 0;) {
+        const profile *p = profile_set_find(h->sets[i], name);
+        if (p)
+            return p;
+    }
+    return NULL;
+}
+
+/* Install a parsed set: profiles of the same name in older sets are dropped
+ * (a set whose profiles are all replaced is freed). */
+static int install_set(m2mvpn *h, profile_set *set)
+{
+    pthread_mutex_lock(&h->lock);
+    profile_set **grown = realloc(h->sets, (h->n_sets + 1) * sizeof(*grown));
+    if (!grown) {
+        pthread_mutex_unlock(&h->lock);
+        profile_set_free(set);
+        return api_fail(h, M2MVPN_E_NOMEM, "out of memory installing profiles");
+    }
+    h->sets = grown;
+    size_t kept = 0;
+    for (size_t i = 0; i < h->n_sets; i++) {
+        profile_set *old = h->sets[i];
+        bool still_used = false;
+        for (size_t j = 0; j < old->n && !still_used; j++)
+            still_used = profile_set_find(set, old->items[j].name) == NULL;
+        if (still_used)
+            h->sets[kept++] = old;
+        else
+            profile_set_free(old);
+    }
+    h->sets[kept++] = set;
+    h->n_sets = kept;
+    if (!h->active[0] || !api_profile_find_locked(h, h->active)) {
+        snprintf(h->active, sizeof(h->active), "%s", set->items[0].name);
+        snprintf(h->status.profile, sizeof(h->status.profile), "%s", set->items[0].name);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return queue_simple(h, API_CMD_PROFILES, NULL);
+}
+
+int m2mvpn_profile_load_file(m2mvpn *h, const char *path)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!path || !*path)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_profile_load_file: path is NULL or empty");
+    char err[API_ERR_LEN];
+    profile_set *set = NULL;
+    int r = profile_set_load_file(path, &set, err, sizeof(err));
+    if (r < 0)
+        return api_fail(h, r, "%s", err);
+    return install_set(h, set);
+}
+
+int m2mvpn_profile_load_json(m2mvpn *h, const char *json, size_t len)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!json || len == 0)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_profile_load_json: json is NULL or empty");
+    char err[API_ERR_LEN];
+    profile_set *set = NULL;
+    int r = profile_set_parse(json, len, NULL, &set, err, sizeof(err));
+    if (r < 0)
+        return api_fail(h, r, "%s", err);
+    return install_set(h, set);
+}
+
+int m2mvpn_profile_switch(m2mvpn *h, const char *name)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!name || !*name)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_profile_switch: name is NULL or empty");
+    pthread_mutex_lock(&h->lock);
+    bool known = api_profile_find_locked(h, name) != NULL;
+    pthread_mutex_unlock(&h->lock);
+    if (!known)
+        return api_fail(h, M2MVPN_E_NOPROFILE, "m2mvpn_profile_switch: no profile named '%s' is loaded", name);
+    return queue_simple(h, API_CMD_SWITCH, name);
+}
+
+/* ------------------------------------------------------------- tunnel */
+
+int m2mvpn_connect(m2mvpn *h)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    pthread_mutex_lock(&h->lock);
+    bool have = h->active[0] != '\0';
+    pthread_mutex_unlock(&h->lock);
+    if (!have)
+        return api_fail(h, M2MVPN_E_NOPROFILE, "m2mvpn_connect: no profile loaded");
+    return api_fail(h, M2MVPN_E_NOTSUPP, "m2mvpn_connect: the IKEv2 engine is not in this build yet");
+}
+
+int m2mvpn_disconnect(m2mvpn *h)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    return queue_simple(h, API_CMD_DISCONNECT, NULL);
+}
+
+int m2mvpn_set_credentials(m2mvpn *h, const char *user, const char *password)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!password)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_credentials: password is NULL");
+    if (strlen(password) > API_MAX_SECRET)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_credentials: password longer than %d bytes", API_MAX_SECRET);
+    if (user && (!*user || strlen(user) > 255))
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_credentials: user must be 1..255 bytes or NULL");
+    return api_fail(h, M2MVPN_E_NOTSUPP, "m2mvpn_set_credentials: EAP authentication is not in this build yet");
+}
+
+int m2mvpn_enter_pin(m2mvpn *h, const char *pin, size_t len)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!pin || len == 0 || len > API_MAX_SECRET)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_enter_pin: PIN must be 1..%d bytes", API_MAX_SECRET);
+    if (memchr(pin, '\0', len))
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_enter_pin: PIN contains a NUL byte");
+    return api_fail(h, M2MVPN_E_NOTSUPP, "m2mvpn_enter_pin: PIN-protected credentials are not in this build yet");
+}

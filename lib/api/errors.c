@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "handle.h"
+
+const char *m2mvpn_strerror(int err)
+{
+    switch (err) {
+    case M2MVPN_OK:
+        return "success";
+#define XX(name, value, msg) case M2MVPN_E_##name: return msg;
+        M2MVPN_ERROR_MAP(XX)
+#undef XX
+    default:
+        return "unknown error";
+    }
+}
+
+int api_fail(m2mvpn *h, int err, const char *fmt, ...)
+{
+    char msg[API_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&h->lock);
+    memcpy(h->last_error, msg, sizeof(msg));
+    pthread_mutex_unlock(&h->lock);
+    LOG_DBG(&h->log, "api", "call failed: %s (%s)", msg, m2mvpn_strerror(err));
+    return err;
+}
+
+const char *m2mvpn_last_error(m2mvpn *h)
+{
+    if (!api_handle_ok(h))
+        return "not a valid m2mvpn handle";
+    pthread_mutex_lock(&h->lock);
+    memcpy(h->last_error_ret, h->last_error, sizeof(h->last_error_ret));
+    pthread_mutex_unlock(&h->lock);
+    return h->last_error_ret;
+}

@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Handle lifecycle and the two ways to drive the engine. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "handle.h"
+
+static void on_wake(void *arg)
+{
+    api_cmd_drain(arg);
+}
+
+int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
+{
+    if (!ret)
+        return M2MVPN_E_INVAL;
+    if (cbs && cbs->struct_size < offsetof(m2mvpn_callbacks, on_event) + sizeof(cbs->on_event))
+        return M2MVPN_E_INVAL;
+    m2mvpn *h = calloc(1, sizeof(*h));
+    if (!h)
+        return M2MVPN_E_NOMEM;
+    if (cbs) {
+        /* Copy what both sides know; members appended later stay zero. */
+        size_t n = cbs->struct_size < sizeof(h->cbs) ? cbs->struct_size : sizeof(h->cbs);
+        memcpy(&h->cbs, cbs, n);
+    }
+    h->cbs.struct_size = sizeof(h->cbs);
+    h->userdata = userdata;
+    if (pthread_mutex_init(&h->lock, NULL) != 0) {
+        free(h);
+        return M2MVPN_E_SYSTEM;
+    }
+    core_log_init(&h->log, h);
+    if (core_loop_init(&h->loop, on_wake, h) < 0) {
+        core_log_destroy(&h->log);
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return M2MVPN_E_SYSTEM;
+    }
+    h->status.struct_size = sizeof(h->status);
+    h->status.state = M2MVPN_STATE_IDLE;
+    h->magic = M2MVPN_MAGIC;
+    *ret = h;
+    return 0;
+}
+
+bool api_in_engine(m2mvpn *h)
+{
+    return h->dispatching && pthread_equal(h->dispatch_thread, pthread_self());
+}
+
+/* One engine iteration with the dispatch markers set around it. */
+static int engine_run_once(m2mvpn *h, int timeout_ms)
+{
+    h->dispatch_thread = pthread_self();
+    h->dispatching = true;
+    int r = core_loop_run_once(&h->loop, timeout_ms);
+    h->dispatching = false;
+    return r;
+}
+
+static void *engine_thread(void *arg)
+{
+    m2mvpn *h = arg;
+    LOG_DBG(&h->log, "api", "engine thread started");
+    while (!h->stop_requested) {
+        if (engine_run_once(h, -1) < 0)
+            break;
+    }
+    LOG_DBG(&h->log, "api", "engine thread leaving");
+    return NULL;
+}
+
+static void join_engine(m2mvpn *h)
+{
+    if (h->thread_joinable) {
+        pthread_join(h->thread, NULL);
+        h->thread_joinable = false;
+    }
+}
+
+int m2mvpn_start(m2mvpn *h)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (api_in_engine(h))
+        return api_fail(h, M2MVPN_E_CALLBACK, "m2mvpn_start: the engine is already running this callback");
+    if (h->drive == API_DRIVE_EXTERNAL)
+        return api_fail(h, M2MVPN_E_BUSY, "m2mvpn_start: engine is driven by m2mvpn_process()");
+    if (h->drive == API_DRIVE_THREAD && !h->stop_requested)
+        return api_fail(h, M2MVPN_E_BUSY, "m2mvpn_start: engine thread already running");
+    join_engine(h); /* a thread stopped from a callback */
+    h->stop_requested = false;
+    h->drive = API_DRIVE_THREAD;
+    int e = pthread_create(&h->thread, NULL, engine_thread, h);
+    if (e != 0) {
+        h->drive = API_DRIVE_NONE;
+        return api_fail(h, M2MVPN_E_SYSTEM, "m2mvpn_start: cannot create thread: %s", strerror(e));
+    }
+    h->thread_joinable = true;
+    return 0;
+}
+
+int m2mvpn_stop(m2mvpn *h)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (h->drive != API_DRIVE_THREAD || h->stop_requested)
+        return api_fail(h, M2MVPN_E_STATE, "m2mvpn_stop: the engine thread is not running");
+    h->stop_requested = true;
+    if (api_in_engine(h))
+        return 0; /* the loop ends after this callback; joined later */
+    core_loop_wake(&h->loop);
+    join_engine(h);
+    h->drive = API_DRIVE_NONE;
+    return 0;
+}
+
+static int external_drive(m2mvpn *h, const char *call)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (h->drive == API_DRIVE_THREAD && !h->stop_requested)
+        return api_fail(h, M2MVPN_E_BUSY, "%s: engine runs on its own thread (m2mvpn_start)", call);
+    join_engine(h);
+    h->drive = API_DRIVE_EXTERNAL;
+    return 0;
+}
+
+int m2mvpn_get_fd(m2mvpn *h)
+{
+    int e = external_drive(h, "m2mvpn_get_fd");
+    return e < 0 ? e : h->loop.epfd;
+}
+
+int m2mvpn_get_timeout_ms(m2mvpn *h)
+{
+    int e = external_drive(h, "m2mvpn_get_timeout_ms");
+    if (e < 0)
+        return e;
+    /* Queued commands are work to do right away. */
+    pthread_mutex_lock(&h->lock);
+    bool pending = h->cmd_head != NULL;
+    pthread_mutex_unlock(&h->lock);
+    return pending ? 0 : core_loop_timeout_ms(&h->loop);
+}
+
+int m2mvpn_process(m2mvpn *h)
+{
+    if (api_handle_ok(h) && api_in_engine(h))
+        return api_fail(h, M2MVPN_E_CALLBACK, "m2mvpn_process: called from a callback");
+    int e = external_drive(h, "m2mvpn_process");
+    if (e < 0)
+        return e;
+    int r = engine_run_once(h, 0);
+    return r < 0 ? api_fail(h, M2MVPN_E_SYSTEM, "m2mvpn_process: %s", strerror(-r)) : 0;
+}
+
+void m2mvpn_free(m2mvpn *h)
+{
+    if (!api_handle_ok(h))
+        return;
+    if (api_in_engine(h)) {
+        LOG_ERR(&h->log, "api", "m2mvpn_free called from a callback: refused, handle left intact");
+        api_fail(h, M2MVPN_E_CALLBACK, "m2mvpn_free: not allowed from a callback");
+        return;
+    }
+    if (h->drive == API_DRIVE_THREAD && !h->stop_requested) {
+        h->stop_requested = true;
+        core_loop_wake(&h->loop);
+    }
+    join_engine(h);
+    api_cmd *c = h->cmd_head;
+    while (c) {
+        api_cmd *next = c->next;
+        api_cmd_free(c);
+        c = next;
+    }
+    for (size_t i = 0; i < h->n_sets; i++)
+        profile_set_free(h->sets[i]);
+    free(h->sets);
+    core_loop_destroy(&h->loop);
+    core_log_destroy(&h->log);
+    pthread_mutex_destroy(&h->lock);
+    h->magic = 0;
+    free(h);
+}
+
+int m2mvpn_set_log(m2mvpn *h, m2mvpn_log_cb cb, int level, void *userdata)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (level < M2MVPN_LOG_ERROR || level > M2MVPN_LOG_DEBUG)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_log: level %d is not 0..3", level);
+    core_log_set(&h->log, cb, level, userdata);
+    return 0;
+}

@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Tunnel state, events and status. */
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "handle.h"
+
+static const char *const state_names[] = {
+    [M2MVPN_STATE_IDLE] = "idle",
+    [M2MVPN_STATE_CONNECTING] = "connecting",
+    [M2MVPN_STATE_CONNECTED] = "connected",
+    [M2MVPN_STATE_RECONNECTING] = "reconnecting",
+    [M2MVPN_STATE_DISCONNECTING] = "disconnecting",
+};
+
+const char *api_state_name(m2mvpn_state st)
+{
+    if ((unsigned)st < sizeof(state_names) / sizeof(state_names[0]))
+        return state_names[st];
+    return "unknown";
+}
+
+static void emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail,
+                 m2mvpn_state st, m2mvpn_state old)
+{
+    if (!h->cbs.on_event)
+        return;
+    char profile[64];
+    pthread_mutex_lock(&h->lock);
+    memcpy(profile, h->status.profile, sizeof(profile));
+    pthread_mutex_unlock(&h->lock);
+    m2mvpn_event ev = {
+        .struct_size = sizeof(ev),
+        .type = type,
+        .error = err,
+        .detail = detail ? detail : "",
+        .state = st,
+        .old_state = old,
+        .profile = profile,
+    };
+    h->cbs.on_event(h, &ev, h->userdata);
+}
+
+void api_emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail)
+{
+    pthread_mutex_lock(&h->lock);
+    m2mvpn_state st = h->status.state;
+    pthread_mutex_unlock(&h->lock);
+    emit(h, type, err, detail, st, st);
+}
+
+void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail)
+{
+    pthread_mutex_lock(&h->lock);
+    m2mvpn_state old = h->status.state;
+    h->status.state = st;
+    if (err) {
+        h->status.last_error = err;
+        snprintf(h->status.last_error_text, sizeof(h->status.last_error_text), "%s",
+                 detail ? detail : m2mvpn_strerror(err));
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (old == st)
+        return;
+    LOG_INFO(&h->log, "api", "state %s -> %s%s%s", api_state_name(old), api_state_name(st),
+             detail && *detail ? ": " : "", detail ? detail : "");
+    emit(h, M2MVPN_EVENT_STATE_CHANGED, err, detail, st, old);
+}
+
+int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!ret || ret->struct_size < offsetof(m2mvpn_status, last_error))
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_get_status: ret is NULL or struct_size too small");
+    size_t n = ret->struct_size < sizeof(*ret) ? ret->struct_size : sizeof(*ret);
+    pthread_mutex_lock(&h->lock);
+    m2mvpn_status snap = h->status;
+    pthread_mutex_unlock(&h->lock);
+    snap.struct_size = n;
+    memcpy(ret, &snap, n);
+    return 0;
+}
+
+int m2mvpn_status_json(m2mvpn *h, char **ret)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!ret)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_status_json: ret is NULL");
+    pthread_mutex_lock(&h->lock);
+    m2mvpn_status s = h->status;
+    pthread_mutex_unlock(&h->lock);
+
+    json_object *o = json_object_new_object();
+    json_object *last = json_object_new_object();
+    json_object *counters = json_object_new_object();
+    if (!o || !last || !counters) {
+        json_object_put(o);
+        json_object_put(last);
+        json_object_put(counters);
+        return api_fail(h, M2MVPN_E_NOMEM, "m2mvpn_status_json: out of memory");
+    }
+    json_object_object_add(o, "state", json_object_new_string(api_state_name(s.state)));
+    json_object_object_add(o, "profile", s.profile[0] ? json_object_new_string(s.profile) : NULL);
+    json_object_object_add(o, "gateway", s.gateway[0] ? json_object_new_string(s.gateway) : NULL);
+    json_object_object_add(o, "virtual_ip", s.virtual_ip[0] ? json_object_new_string(s.virtual_ip) : NULL);
+    json_object_object_add(last, "code", json_object_new_int(s.last_error));
+    json_object_object_add(last, "name", json_object_new_string(s.last_error ? m2mvpn_strerror(s.last_error) : ""));
+    json_object_object_add(last, "detail", json_object_new_string(s.last_error_text));
+    json_object_object_add(o, "last_error", last);
+    json_object_object_add(counters, "bytes_in", json_object_new_uint64(s.bytes_in));
+    json_object_object_add(counters, "bytes_out", json_object_new_uint64(s.bytes_out));
+    json_object_object_add(counters, "packets_in", json_object_new_uint64(s.packets_in));
+    json_object_object_add(counters, "packets_out", json_object_new_uint64(s.packets_out));
+    json_object_object_add(counters, "packets_dropped", json_object_new_uint64(s.packets_dropped));
+    json_object_object_add(o, "counters", counters);
+    json_object_object_add(o, "connected_since", json_object_new_int64(s.connected_since));
+    json_object_object_add(o, "version", json_object_new_string(m2mvpn_version()));
+
+    const char *txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    char *copy = txt ? strdup(txt) : NULL;
+    json_object_put(o);
+    if (!copy)
+        return api_fail(h, M2MVPN_E_NOMEM, "m2mvpn_status_json: out of memory");
+    *ret = copy;
+    return 0;
+}
+
+void m2mvpn_string_free(char *s)
+{
+    free(s);
+}
+
+const char *m2mvpn_version(void)
+{
+    return M2MVPN_VERSION_STRING;
+}

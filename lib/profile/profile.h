@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Profiles: the JSON format of docs/profile.md (version 1), parsed and fully
+ * validated into plain structs. Parsing touches no global state and no file
+ * other than the one given, so it runs in the caller's thread; the engine
+ * receives a finished, immutable profile_set.
+ *
+ * Errors name the key path and the fault, e.g.
+ *   "gateways[0].port: must be 1..65535"
+ *   "ike.proposals[1]: unknown algorithm 'aes512'"
+ *   "tunnel.kill_swich: unknown key"
+ */
+#ifndef M2MVPN_PROFILE_H
+#define M2MVPN_PROFILE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proposal.h"
+
+#define PROFILE_MAX_GATEWAYS 8
+#define PROFILE_MAX_PROPOSALS 8
+#define PROFILE_MAX_CA 8
+#define PROFILE_MAX_TS 16
+
+typedef enum profile_mode { PROFILE_MODE_ALWAYS_ON, PROFILE_MODE_ON_DEMAND, PROFILE_MODE_MANUAL } profile_mode;
+typedef enum profile_auth { PROFILE_AUTH_PSK, PROFILE_AUTH_EAP, PROFILE_AUTH_CERT } profile_auth;
+typedef enum profile_cert_source {
+    PROFILE_CERT_FILE, PROFILE_CERT_MACHINE, PROFILE_CERT_PKCS11, PROFILE_CERT_TPM
+} profile_cert_source;
+
+typedef struct profile_gateway {
+    char *host;               /* name or literal address */
+    uint16_t port;            /* default 500 */
+} profile_gateway;
+
+typedef struct profile_ts {   /* an IPv4 or IPv6 prefix */
+    int family;               /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    uint8_t prefix_len;
+} profile_ts;
+
+typedef struct profile {
+    char *name;
+    profile_mode mode;
+    profile_gateway gateways[PROFILE_MAX_GATEWAYS];
+    size_t n_gateways;        /* >= 1 */
+    char *local_id;           /* NULL: certificate subject (cert) or required otherwise */
+    char *remote_id;          /* required */
+
+    profile_auth auth;
+    char *psk;                /* secret: wiped by profile_free */
+    struct {
+        char *type;           /* "mschapv2" (others refused) */
+        char *identity;
+        char *password;       /* secret; NULL: ask with CREDENTIALS_REQUIRED */
+    } eap;
+    struct {
+        profile_cert_source source;
+        char *file;           /* absolute path after resolution */
+        char *key;            /* absolute path, or NULL (key in .p12) */
+        char *pin;            /* secret; NULL: ask with PIN_REQUIRED */
+        char *pkcs11_module;
+        char *pkcs11_uri;
+        char *tpm_key;        /* absolute path, or a handle "0x81..." kept as is */
+        char *tpm_tcti;
+    } cert;
+
+    char *ca[PROFILE_MAX_CA]; /* absolute paths */
+    size_t n_ca;
+
+    struct {
+        proposal proposals[PROFILE_MAX_PROPOSALS];
+        size_t n_proposals;   /* default: one built-in proposal list */
+        uint32_t lifetime_s;  /* default 14400 */
+        uint32_t dpd_s;       /* default 30; 0 = off */
+        bool fragmentation;   /* default true */
+        bool mobike;          /* default true */
+        uint32_t nat_keepalive_s; /* default 20 */
+        double retransmit_timeout_s; /* default 4.0 */
+        double retransmit_base;      /* default 1.8 */
+        uint32_t retransmit_tries;   /* default 5 */
+        bool force_encap;     /* "force_encap": UDP/4500 even without NAT; default false */
+    } ike;
+
+    struct {
+        proposal proposals[PROFILE_MAX_PROPOSALS];
+        size_t n_proposals;
+        uint32_t lifetime_s;  /* default 3600 */
+        uint32_t replay_window; /* default 1024; 0 = off; max 65536 */
+    } esp;
+
+    struct {
+        bool request_vip;     /* default true */
+        profile_ts remote_ts[PROFILE_MAX_TS];
+        size_t n_remote_ts;   /* default 0.0.0.0/0 */
+        bool dns;             /* default true */
+        bool kill_switch;     /* default true */
+        char *tun_name;       /* default "m2m0" */
+        uint32_t mtu;         /* 0 = derive from underlay; else 576..9000 */
+        uint32_t on_demand_idle_s; /* default 300 */
+    } tunnel;
+} profile;
+
+typedef struct profile_set {
+    profile *items;
+    size_t n;
+} profile_set;
+
+/*
+ * Parse `len` bytes of JSON. `base_dir` resolves relative paths (NULL: the
+ * current directory). On success *ret is a new set (>= 1 profile) and 0 is
+ * returned; on failure a negative M2MVPN_E_JSON / M2MVPN_E_PROFILE /
+ * M2MVPN_E_NOMEM, *ret untouched and `err` holds "path: what is wrong".
+ */
+int profile_set_parse(const char *json, size_t len, const char *base_dir,
+                      profile_set **ret, char *err, size_t err_len);
+/* Read and parse a file; relative paths resolve against its folder.
+ * Adds M2MVPN_E_IO (with the path and strerror) to the errors above. */
+int profile_set_load_file(const char *path, profile_set **ret, char *err, size_t err_len);
+/* Wipes every secret, frees everything. NULL is fine. */
+void profile_set_free(profile_set *set);
+
+const profile *profile_set_find(const profile_set *set, const char *name);
+
+const char *profile_mode_name(profile_mode m);
+const char *profile_auth_name(profile_auth a);
+const char *profile_cert_source_name(profile_cert_source s);
+
+#endif

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Proposal strings in strongSwan syntax ("aes256gcm16-prfsha384-x25519",
+ * "aes128-sha256-modp2048", "chacha20poly1305") parsed into algorithm sets
+ * with IANA IKEv2 transform IDs (RFC 7296 §3.3.2 and the IANA registry).
+ *
+ * A proposal string lists any number of algorithms of each kind; the result
+ * keeps them in the order given. IKE proposals need ENCR, a PRF (explicit
+ * "prf..." or taken from the integrity algorithm for non-AEAD) and a key
+ * exchange; ESP proposals need ENCR (+INTEG unless AEAD) and may list a key
+ * exchange (PFS) and "esn"/"noesn".
+ */
+#ifndef M2MVPN_PROFILE_PROPOSAL_H
+#define M2MVPN_PROFILE_PROPOSAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PROPOSAL_MAX_ALGS 8
+
+/* IANA "Transform Type 1 - Encryption Algorithm Transform IDs" */
+enum { ENCR_AES_CBC = 12, ENCR_AES_GCM_16 = 20, ENCR_CHACHA20_POLY1305 = 28 };
+/* IANA "Transform Type 2 - Pseudorandom Function Transform IDs" */
+enum { PRF_HMAC_SHA2_256 = 5, PRF_HMAC_SHA2_384 = 6, PRF_HMAC_SHA2_512 = 7 };
+/* IANA "Transform Type 3 - Integrity Algorithm Transform IDs" */
+enum { AUTH_HMAC_SHA2_256_128 = 12, AUTH_HMAC_SHA2_384_192 = 13, AUTH_HMAC_SHA2_512_256 = 14 };
+/* IANA "Transform Type 4 - Key Exchange Method Transform IDs" */
+enum { KE_MODP2048 = 14, KE_MODP3072 = 15, KE_MODP4096 = 16, KE_ECP256 = 19,
+       KE_ECP384 = 20, KE_ECP521 = 21, KE_X25519 = 31 };
+/* Transform Type 5 - Extended Sequence Numbers */
+enum { ESN_NO = 0, ESN_YES = 1 };
+
+typedef struct proposal_encr {
+    uint16_t id;        /* ENCR_* */
+    uint16_t key_bits;  /* 128/256; 256 for ChaCha20-Poly1305 */
+} proposal_encr;
+
+typedef enum proposal_kind { PROPOSAL_IKE, PROPOSAL_ESP } proposal_kind;
+
+typedef struct proposal {
+    proposal_encr encr[PROPOSAL_MAX_ALGS];
+    size_t n_encr;
+    uint16_t prf[PROPOSAL_MAX_ALGS];   size_t n_prf;    /* IKE only */
+    uint16_t integ[PROPOSAL_MAX_ALGS]; size_t n_integ;  /* empty for AEAD-only */
+    uint16_t ke[PROPOSAL_MAX_ALGS];    size_t n_ke;     /* IKE: >= 1; ESP: PFS groups */
+    uint16_t esn[2];                   size_t n_esn;    /* ESP only; default {ESN_NO} */
+} proposal;
+
+/* Parse one proposal string. On failure returns a negative M2MVPN_E_PROFILE and
+ * writes "unknown algorithm 'xyz'" (or what else is wrong) into err. */
+int proposal_parse(const char *s, proposal_kind kind, proposal *ret, char *err, size_t err_len);
+/* Back to strongSwan-style text, e.g. "aes256gcm16-prfsha384-x25519". */
+void proposal_format(const proposal *p, proposal_kind kind, char *out, size_t out_len);
+/* Names for logs and status ("aes256gcm16", "prfsha384", "sha256", "x25519"). */
+const char *proposal_encr_name(uint16_t id, uint16_t key_bits);
+const char *proposal_prf_name(uint16_t id);
+const char *proposal_integ_name(uint16_t id);
+const char *proposal_ke_name(uint16_t id);
+bool proposal_encr_is_aead(uint16_t id);
+
+#endif

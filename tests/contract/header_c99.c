@@ -4,6 +4,7 @@
 
 int main(void)
 {
-    m2mvpn_status st = { sizeof(st), M2MVPN_STATE_IDLE, 0, "", "", "", "", 0, 0, 0, 0, 0, 0 };
+    m2mvpn_status st = { 0 };
+    st.struct_size = sizeof(st);
     return st.struct_size == sizeof(st) && M2MVPN_E_INVAL < 0 ? 0 : 1;
 }

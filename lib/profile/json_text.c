@@ -99,6 +99,12 @@ static void saw_string(scan_state *st, size_t off, size_t len)
     f->expect_key = false;
     if (st->late_fault)
         return;
+    /* json-c keeps keys as C strings: "name\u0000x" would become "name". */
+    if (memmem(st->text + off, len, "\\u0000", 6)) {
+        st->late_fault = "NUL character (\\u0000) in a key";
+        st->late_off = off - 1;
+        return;
+    }
     for (size_t i = 0; i < f->n_keys; i++)
         if (f->keys[i].len == len && memcmp(st->text + f->keys[i].off, st->text + off, len) == 0) {
             st->late_fault = "key appears twice in the same object";

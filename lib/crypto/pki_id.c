@@ -24,6 +24,16 @@ static int dn_attr_nid(const char *key)
     if (!strcasecmp(key, "S"))
         return NID_stateOrProvinceName;
     int nid = OBJ_sn2nid(key);
+    if (nid == NID_undef) {
+        /* Short names are case-insensitive for people: "cn", "ou", "dc". */
+        char upper[32];
+        size_t n = strlen(key);
+        if (n < sizeof upper) {
+            for (size_t i = 0; i <= n; i++)
+                upper[i] = (char)toupper((unsigned char)key[i]);
+            nid = OBJ_sn2nid(upper);
+        }
+    }
     if (nid == NID_undef)
         nid = OBJ_ln2nid(key);
     if (nid == NID_undef)

@@ -177,17 +177,29 @@ static int unlock_p12(file_cred *fc, const char *pin, size_t pin_len, char *err,
     EVP_PKEY *key = NULL;
     X509 *x = NULL;
     STACK_OF(X509) *ca = NULL;
-    bool parsed = false;
+    bool parsed = false, mac_ok = false;
+    char why[128] = "";
     for (size_t i = 0; i < n_cands && !parsed; i++) {
         const char *c = cands[i];
         if (mac && !PKCS12_verify_mac(p12, c, c ? (int)strlen(c) : 0))
             continue;
+        mac_ok = mac;
         parsed = PKCS12_parse(p12, c, &key, &x, &ca) == 1;
+        if (!parsed)
+            pki_openssl_reason(why, sizeof why);
     }
     if (pass)
         secure_free_str(pass);
     PKCS12_free(p12);
     ERR_clear_error();
+    if (!parsed && mac_ok) {
+        /* The password is right (the MAC says so), yet decryption failed:
+         * typically a legacy algorithm (RC2-40) that OpenSSL 3 has moved to
+         * its legacy provider. Not a PIN problem: do not ask for another. */
+        pki_set_err(err, err_len, "%s: cannot decrypt PKCS#12 (%s); re-export it with AES",
+                    fc->cert_path, why);
+        return M2MVPN_E_CERT;
+    }
     if (!parsed) {
         pki_set_err(err, err_len, pin ? "wrong PIN for %s" : "PIN required for %s", fc->cert_path);
         return M2MVPN_E_PIN;

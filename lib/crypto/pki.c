@@ -449,6 +449,9 @@ int pki_trust_new(pki_trust **ret)
         free(t);
         return M2MVPN_E_NOMEM;
     }
+    /* Every configured CA is an anchor, also an intermediate one (as in
+     * strongSwan): a profile may pin the issuing CA instead of the root. */
+    X509_STORE_set_flags(t->store, X509_V_FLAG_PARTIAL_CHAIN);
     *ret = t;
     return 0;
 }

@@ -182,8 +182,10 @@ int pki_trust_certreq(const pki_trust *t, uint8_t *out, size_t cap, size_t *ret_
  * Verify `ee` (the peer's end-entity certificate) up to one of the anchors,
  * with `untrusted[0..n_untrusted)` (intermediates the peer sent, any order) as
  * untrusted helpers. Validity dates are checked at `at_time` (Unix time; 0 =
- * now) for every certificate of the chain. A self-signed `ee` is only accepted
- * if it is itself an anchor.
+ * now) for every certificate of the chain. Any anchor ends a chain, also one
+ * that is not self-signed (an intermediate CA configured as "ca"); a
+ * self-signed `ee` is only accepted if it is itself an anchor. Revocation
+ * (CRL/OCSP) is not checked.
  * Returns 0 when the chain is good; M2MVPN_E_AUTH_PEER with a reason such as
  *   "certificate has expired: CN=gw.m2m.test"
  *   "unable to get local issuer certificate for CN=gw.m2m.test"

@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
+#include <openssl/provider.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -132,6 +133,28 @@ static void write_p12(const char *name, const char *pass, EVP_PKEY *key, X509 *c
     sk_X509_free(ca);
 }
 
+/* A PKCS#12 the way old tools wrote it: certificate bag under RC2-40, which
+ * OpenSSL 3 only has in its legacy provider (loaded here into a private
+ * library context, so the code under test does not see it). */
+static void write_legacy_p12(const char *name, const char *pass, EVP_PKEY *key, X509 *cert)
+{
+    OSSL_LIB_CTX *lc = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER *dflt = OSSL_PROVIDER_load(lc, "default");
+    OSSL_PROVIDER *legacy = OSSL_PROVIDER_load(lc, "legacy");
+    ck_assert_ptr_nonnull(legacy);
+    PKCS12 *p12 = PKCS12_create_ex(pass, "dev", key, cert, NULL,
+                                   NID_pbe_WithSHA1And3_Key_TripleDES_CBC,
+                                   NID_pbe_WithSHA1And40BitRC2_CBC, 0, 0, 0, lc, NULL);
+    ck_assert_ptr_nonnull(p12);
+    BIO *b = BIO_new_file(path_of(name), "wb");
+    ck_assert_int_eq(i2d_PKCS12_bio(b, p12), 1);
+    BIO_free(b);
+    PKCS12_free(p12);
+    OSSL_PROVIDER_unload(legacy);
+    OSSL_PROVIDER_unload(dflt);
+    OSSL_LIB_CTX_free(lc);
+}
+
 static void build_pki(void)
 {
     if (T_built)
@@ -178,6 +201,7 @@ static void build_pki(void)
     write_p12("nopass.p12", NULL, T.leaf_key[LEAF_P256], T.leaf[LEAF_P256], T.inter);
     write_p12("empty.p12", "", T.leaf_key[LEAF_P384], T.leaf[LEAF_P384], T.inter);
     write_p12("pass.p12", "s3cret", T.leaf_key[LEAF_RSA], T.leaf[LEAF_RSA], T.inter);
+    write_legacy_p12("legacy.p12", "s3cret", T.leaf_key[LEAF_P256], T.leaf[LEAF_P256]);
     /* A DER certificate file, for pki_cert_load_file. */
     BIO *b = BIO_new_file(path_of("p256.der"), "wb");
     i2d_X509_bio(b, T.leaf[LEAF_P256]);
@@ -395,6 +419,17 @@ START_TEST(chain_verification)
     ck_assert_ptr_nonnull(strstr(err, "self-signed certificate in certificate chain"));
     ck_assert_int_eq(pki_verify_chain(t, evil, NULL, 0, 0, err, sizeof err), M2MVPN_E_AUTH_PEER);
     ck_assert_ptr_nonnull(strstr(err, "unable to get local issuer certificate for"));
+
+    /* An intermediate CA configured as the only anchor ends the chain. */
+    pki_trust *t_int = NULL;
+    ck_assert_int_eq(pki_trust_new(&t_int), 0);
+    ck_assert_int_eq(pki_trust_add_file(t_int, path_of("int.pem"), err, sizeof err), 0);
+    ck_assert_msg(pki_verify_chain(t_int, gw, NULL, 0, 0, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(pki_verify_chain(t_int, old, NULL, 0, 0, err, sizeof err),
+                     M2MVPN_E_AUTH_PEER);
+    ck_assert_int_eq(pki_verify_chain(t_int, evil, NULL, 0, 0, err, sizeof err),
+                     M2MVPN_E_AUTH_PEER);
+    pki_trust_free(t_int);
 
     /* No anchors at all */
     pki_trust *empty = NULL;
@@ -616,6 +651,15 @@ START_TEST(p12_passwords)
     ck_assert_ptr_null(p);
     ck_assert_ptr_nonnull(strstr(err, "wrong PIN for "));
     ck_assert_ptr_nonnull(strstr(err, "pass.p12"));
+
+    /* Right password, but an algorithm OpenSSL 3 does not load by default:
+     * a certificate problem with a clear reason, not a PIN problem. */
+    ck_assert_int_eq(cred_file_open(path_of("legacy.p12"), NULL, "s3cret", 6, &p, err,
+                                    sizeof err), M2MVPN_E_CERT);
+    ck_assert_ptr_nonnull(strstr(err, "cannot decrypt PKCS#12"));
+    ck_assert_int_eq(cred_file_open(path_of("legacy.p12"), NULL, "bad", 3, &p, err, sizeof err),
+                     M2MVPN_E_PIN);
+    ck_assert_ptr_null(p);
 
     /* No password: provider comes back locked; uses say "PIN required". */
     p = open_ok("pass.p12", NULL, NULL);

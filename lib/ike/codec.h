@@ -313,7 +313,8 @@ typedef struct ike_header {
 int ike_header_parse(const buf_reader *msg, ike_header *ret, ike_diag *diag);
 
 /* Write the 28-byte header; its Length field is taken from hdr->length (use
- * ike_message_finish() to patch it once the message is complete). */
+ * ike_message_finish() to patch it once the message is complete). The
+ * version is always written as 2.0 (hdr->major/minor are ignored). */
 void ike_header_build(buf_writer *w, const ike_header *hdr);
 /* Patch the Length field of the header written at offset `hdr_at` to the
  * writer's current length minus hdr_at. Sets the sticky error on overflow. */
@@ -565,9 +566,10 @@ typedef struct ike_ts_list {
     size_t n_skipped;       /* selectors of unknown type skipped */
 } ike_ts_list;
 
-/* Number of TS must match what is there; selector length 16 (IPv4) or 40
- * (IPv6); unknown TS types are skipped using their length. Start > end (port
- * or address) is rejected. Errors: E_PROTOCOL. */
+/* Number of TS (>= 1) must match what is there; selector length 16 (IPv4) or
+ * 40 (IPv6); unknown TS types are skipped using their length. A start address
+ * above the end address is rejected; ports are kept as sent (start 65535,
+ * end 0 means OPAQUE, RFC 7296 §3.13.1). Errors: E_PROTOCOL. */
 int ike_ts_parse(buf_reader body, ike_ts_list *ret, ike_diag *diag);
 void ike_build_ts(ike_chain_writer *cw, uint8_t pl_type /* IKE_PL_TSI/TSR */,
                   const ike_ts *ts, size_t n);
@@ -691,6 +693,12 @@ int ike_sk_seal(uint8_t *msg, const ike_sk_spans *spans, const ike_sk_cipher *ci
 int ike_sk_wrap(const ike_header *hdr, const uint8_t *inner, size_t inner_len,
                 uint8_t first_type, const ike_sk_cipher *cipher, buf_writer *w);
 
+/* Padding bytes (without the Pad Length byte) for inner_len bytes of inner
+ * chain so that inner + padding + 1 is a multiple of block_len. */
+size_t ike_sk_pad_len(size_t inner_len, size_t block_len);
+/* Sizes within what the wire format can carry (block 1..255, IV/ICV <= 255). */
+bool ike_sk_cipher_valid(const ike_sk_cipher *cipher);
+
 /* Split a received SK payload body into IV, ciphertext, ICV. The ciphertext
  * must be non-empty and a multiple of block_len. Errors: E_PROTOCOL. */
 typedef struct ike_sk_parts { buf_reader iv, ct, icv; } ike_sk_parts;
@@ -711,6 +719,19 @@ int ike_sk_strip_padding(const uint8_t *plain, size_t len, size_t *inner_len, ik
  */
 int ike_sk_open(const ike_message *msg, const ike_sk_cipher *cipher,
                 uint8_t *out, size_t out_cap, ike_chain *inner, ike_diag *diag);
+
+/* Lower level, shared by SK and SKF: decrypt the payload `pl` of message
+ * `raw` whose encrypted part (IV | ciphertext | ICV) is `ct_body`; the AAD
+ * runs from the message start to the end of pl's generic header plus
+ * `hdr_extra` bytes (4 for SKF). Strips the padding; *inner_len is what is
+ * left in out. On failure out is wiped. Errors as ike_sk_open(). */
+int ike_sk_decrypt_payload(buf_reader raw, const ike_payload *pl, size_t hdr_extra,
+                           buf_reader ct_body, const ike_sk_cipher *cipher,
+                           uint8_t *out, size_t out_cap, size_t *inner_len, ike_diag *diag);
+/* ike_chain_parse() of decrypted bytes (offsets relative to plain), which
+ * must not contain another SK/SKF. Errors: E_PROTOCOL. */
+int ike_inner_chain_parse(const uint8_t *plain, size_t len, uint8_t first,
+                          ike_chain *ret, ike_diag *diag);
 
 /* --------------------------------------------- fragmentation (RFC 7383) */
 
@@ -773,6 +794,8 @@ void ike_frag_reasm_reset(ike_frag_reasm *r);
  *    dropped and reassembly starts anew with this one; smaller: E_PROTOCOL;
  *  - more than IKE_FRAG_MAX_FRAGMENTS fragments or IKE_FRAG_MAX_TOTAL_BYTES of
  *    plaintext: E_PROTOCOL.
+ * A fragment of the current message that arrives after completion is ignored
+ * (returns 0); reset before reassembling the next message.
  * Returns 0 if more fragments are needed, 1 when the message is complete: then
  * `inner` (if not NULL) holds the parsed inner chain, views into r->joined
  * (valid until reset). Errors: E_PROTOCOL, E_CRYPTO, E_NOMEM.

@@ -58,6 +58,10 @@ const char *crypto_ke_name(uint16_t ke_id);
  *  with len > 0), CRYPTO (RNG failure: buf must then not be used). */
 int crypto_random(void *buf, size_t len);
 
+/** SHA-1 over the concatenation of the spans (NAT_DETECTION hashes, RFC 7296
+ *  §2.23; not for signatures). Errors: INVAL, CRYPTO. */
+int crypto_sha1(const crypto_span *parts, size_t n_parts, uint8_t out[20]);
+
 /** Constant-time equality of two n-byte buffers (ICV, AUTH values). */
 bool crypto_memeq(const void *a, const void *b, size_t n);
 

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The IKE SA: state, message IDs, sending with retransmission, input dispatch. */
 #include <arpa/inet.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,7 +153,9 @@ static void send_datagrams(ike_sa *sa, const ike_request *rq)
 
 static uint64_t retransmit_delay_ms(const ike_sa *sa, unsigned tries)
 {
-    double s = sa->cfg.prof->ike.retransmit_timeout_s * pow(sa->cfg.prof->ike.retransmit_base, tries);
+    double s = sa->cfg.prof->ike.retransmit_timeout_s;
+    for (unsigned i = 0; i < tries; i++)
+        s *= sa->cfg.prof->ike.retransmit_base;
     return (uint64_t)(s * 1000.0);
 }
 
@@ -311,13 +312,13 @@ int ike_sa_install_keys(ike_sa *sa, const uint8_t *g_ir, size_t g_ir_len, char *
     if (r == 0)
         r = crypto_cipher_new(sa->suite.encr_id, sa->suite.encr_key_bits, sa->suite.integ_id,
                               CRYPTO_DIR_ENCRYPT, sa->keys->sk_ei.b, sa->keys->sk_ei.len,
-                              sa->keys->sk_ai.b, sa->keys->sk_ai.len, &sa->seal_ctx);
+                              sa->keys->sk_ai.len ? sa->keys->sk_ai.b : NULL, sa->keys->sk_ai.len, &sa->seal_ctx);
     if (r == 0)
         r = crypto_cipher_new(sa->suite.encr_id, sa->suite.encr_key_bits, sa->suite.integ_id,
                               CRYPTO_DIR_DECRYPT, sa->keys->sk_er.b, sa->keys->sk_er.len,
-                              sa->keys->sk_ar.b, sa->keys->sk_ar.len, &sa->open_ctx);
+                              sa->keys->sk_ar.len ? sa->keys->sk_ar.b : NULL, sa->keys->sk_ar.len, &sa->open_ctx);
     if (r < 0) {
-        snprintf(err, err_len, "deriving IKE SA keys failed (%s)", m2mvpn_strerror(r));
+        snprintf(err, err_len, "deriving IKE SA keys for %s failed (%s)", sa->ike_alg, m2mvpn_strerror(r));
         return r;
     }
     adapter(&sa->sk_out, sa->seal_ctx, true);
@@ -379,7 +380,6 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     int r = open_protected(sa, msg, plain, cap, &inner);
     if (r <= 0)
         return;
-    ike_frag_reasm_reset(&sa->reasm);
     ike_task task = sa->req.task;
     ike_sa_request_done(sa);
     sa->next_msg_id++;
@@ -394,6 +394,7 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     default:
         break;
     }
+    ike_frag_reasm_reset(&sa->reasm); /* the inner chain pointed into it */
 }
 
 static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
@@ -413,9 +414,9 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     ike_chain inner;
     if (open_protected(sa, msg, plain, cap, &inner) <= 0)
         return;
-    ike_frag_reasm_reset(&sa->reasm);
     sa->peer_msg_id++;
     ike_info_process_request(sa, &msg->hdr, &inner);
+    ike_frag_reasm_reset(&sa->reasm);
 }
 
 void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)

@@ -27,10 +27,19 @@ static void set_error(char *err, size_t err_len, const char *msg)
         snprintf(err, err_len, "%s", msg);
 }
 
+profile_set *profile_set_ref(profile_set *set)
+{
+    if (set)
+        atomic_fetch_add(&set->extra_refs, 1);
+    return set;
+}
+
 void profile_set_free(profile_set *set)
 {
     if (!set)
         return;
+    if (atomic_fetch_sub(&set->extra_refs, 1) != 0)
+        return; /* another reference remains */
     for (size_t i = 0; i < set->n; i++)
         profile_clear(&set->items[i]);
     free(set->items);

@@ -83,13 +83,14 @@ def list_namespaces() -> list[str]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (killed, not yet reaped) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
 
 
 def _kill_pids(pids: Iterable[int], grace_s: float = 3.0) -> None:

@@ -12,7 +12,9 @@ address and is counted by both CHILD SAs.
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
+import time
 
 import pytest
 
@@ -137,6 +139,36 @@ def test_topology_cleanup_removes_namespaces():
     assert proc.poll() is not None
 
 
+def test_sweep_removes_what_a_killed_run_left(tmp_path):
+    """A run killed with SIGKILL cannot clean up; the next run's sweep does,
+    including processes still running in the namespace."""
+    orphan = tmp_path / "orphan.pid"
+    script = (
+        "import os, subprocess, sys, time\n"
+        f"sys.path.insert(0, {str(netlab.__file__.rsplit('/', 1)[0])!r})\n"
+        "import netlab\n"
+        "ns = netlab.Namespace('orphan')\n"
+        "p = subprocess.Popen(ns.argv('sleep', '60'))\n"
+        f"open({str(orphan)!r}, 'w').write(str(p.pid))\n"
+        "print(ns.name, flush=True)\n"
+        "time.sleep(60)\n")
+    proc = subprocess.Popen([netlab.PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
+    name = proc.stdout.readline().strip()
+    assert name.startswith(f"{netlab.PREFIX}{proc.pid}-")
+    proc.kill()
+    proc.wait()
+    sleeper = int(orphan.read_text())
+    assert name in netlab.list_namespaces()
+    assert not netlab._is_zombie(sleeper)
+    removed = netlab.sweep_stale()
+    assert name in removed
+    assert name not in netlab.list_namespaces()
+    deadline = time.monotonic() + 5
+    while not netlab._is_zombie(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert netlab._is_zombie(sleeper), "process in the stale namespace survived"
+
+
 # -- strongSwan client <-> strongSwan gateway ------------------------------------------
 
 def test_psk_direct(topology, charons, pki):
@@ -258,3 +290,90 @@ def test_m2mvpn_client_psk(topology, charons, pki, workdir):
         assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=3) == 3
     finally:
         client.stop()
+
+
+# -- the charon driver ----------------------------------------------------------------
+
+SAMPLE_LIST_SAS = """\
+list-sa event {
+  gw {
+    uniqueid = 1
+    state = ESTABLISHED
+    local-host = 198.51.100.10
+    encr-alg = AES_GCM_16
+    encr-keysize = 256
+    local-vips = [
+      198.18.10.1
+    ]
+    child-sas {
+      net-1 {
+        name = net
+        state = INSTALLED
+        encr-alg = AES_GCM_16
+        bytes-in = 840
+        local-ts = [
+          198.18.10.1/32
+        ]
+        remote-ts = [
+          198.18.0.0/24
+          198.18.1.0/24
+        ]
+      }
+    }
+  }
+}
+list-sa event {
+  gw {
+    uniqueid = 2
+    state = CONNECTING
+    child-sas {
+    }
+  }
+}
+list-sas reply {
+}
+"""
+
+
+def test_list_sas_parser():
+    sas = charonmod.sas_from_messages(charonmod.parse_pretty(SAMPLE_LIST_SAS))
+    assert [(sa["name"], sa["uniqueid"], sa["state"]) for sa in sas] == [
+        ("gw", "1", "ESTABLISHED"), ("gw", "2", "CONNECTING")]
+    assert sas[0]["local-vips"] == ["198.18.10.1"]
+    child = charonmod.child_of(sas[0])
+    assert (child["state"], child["bytes-in"]) == ("INSTALLED", "840")
+    assert child["remote-ts"] == ["198.18.0.0/24", "198.18.1.0/24"]
+    with pytest.raises(KeyError):
+        charonmod.child_of(sas[1])
+    with pytest.raises(ValueError):
+        charonmod.parse_pretty("list-sa event {\n  gw {\n")
+    with pytest.raises(ValueError):
+        charonmod.parse_pretty("}\n")
+
+
+def test_render_conf_one_key_per_line():
+    text = charonmod.render_conf({"connections": {"gw": {"proposals": ["a", "b"], "mobike": False,
+                                                        "local": {"auth": "psk"}}}})
+    assert text == ("connections {\n    gw {\n        proposals = a, b\n        mobike = no\n"
+                    "        local {\n            auth = psk\n        }\n    }\n}\n")
+    with pytest.raises(ValueError):
+        charonmod.render_conf({"secret": "a}b"})
+
+
+def test_charon_has_private_run_and_leaves_nothing(topology, pki, workdir):
+    topo = topology("direct")
+    gw = charonmod.Charon(topo.gateway, workdir / "gw", charonmod.gateway_config(pki), name="gw")
+    root_run = set(os.listdir("/run"))
+    with gw:
+        pid = gw.pid
+        inside = subprocess.run(["nsenter", "-t", str(pid), "-m", "ls", "/run"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        assert "charon.vici" in inside and "charon.pid" in inside
+        assert set(os.listdir("/run")) == root_run  # nothing leaked into our /run
+        assert {sa["name"] for sa in gw.list_sas()} == set()
+        conns = gw.swanctl("--list-conns").stdout
+        for name in ("psk:", "ecdsa:", "rsa:", "eap:"):
+            assert name in conns
+    assert gw.proc.returncode is not None
+    assert not os.path.exists(f"/proc/{pid}")
+    assert "SIGTERM received, shutting down" in gw.log_text()

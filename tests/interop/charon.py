@@ -123,7 +123,8 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
                    ecdsa_cert: pkimod.CertKey | None = None,
                    fragmentation: bool = True, mobike: bool = True,
                    psk: str = PSK, eap_password: str = EAP_PASSWORD,
-                   extra: dict[str, Any] | None = None) -> SwanctlConfig:
+                   extra: dict[str, Any] | None = None,
+                   child_extra: dict[str, Any] | None = None) -> SwanctlConfig:
     """The gateway: one connection per auth method in conns.
 
     psk    PSK both ways, IDs gw.m2m.test / dev1.m2m.test
@@ -135,7 +136,8 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
     All hand out a virtual IP from pool (CP, RFC 7296 3.15) and offer local_ts.
     Connections for the same client ID are told apart by strongSwan after the
     client's AUTH (it switches to the candidate whose auth constraints match).
-    extra: merged into every connection (e.g. {"dpd_delay": "5s"}).
+    extra: merged into every connection (e.g. {"dpd_delay": "5s"});
+    child_extra: merged into every child (e.g. {"rekey_time": "10s"}).
     """
     files: list[tuple[str, Path]] = [("x509ca", pki.root_ca)]
     connections: dict[str, Any] = {}
@@ -153,7 +155,8 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
         return c
 
     def children() -> dict[str, Any]:
-        return {"net": {"local_ts": local_ts, "esp_proposals": list(esp_proposals)}}
+        return {"net": {"local_ts": local_ts, "esp_proposals": list(esp_proposals),
+                        **(child_extra or {})}}
 
     for method in conns:
         c = base()
@@ -193,13 +196,15 @@ def client_config(pki: pkimod.Pki, auth: str, gw_addr: str, *,
                   remote_ts: str = netlab.PROTECTED_NET,
                   vip: bool = True, fragmentation: bool = True, mobike: bool = True,
                   psk: str = PSK, trust: Sequence[Path] | None = None,
-                  extra: dict[str, Any] | None = None) -> SwanctlConfig:
+                  extra: dict[str, Any] | None = None,
+                  child_extra: dict[str, Any] | None = None) -> SwanctlConfig:
     """A strongSwan client (the baseline peer), connection "gw", child "net".
 
     auth: psk | ecdsa | rsa | eap (see gateway_config). The client trusts only
     the root CA (trust overrides), so with rsa the gateway must send the
     intermediate. vip: request a virtual IP (CP) instead of using the underlay
-    address as inner address.
+    address as inner address. extra/child_extra: merged into the connection
+    and its child "net".
     """
     files: list[tuple[str, Path]] = [("x509ca", p) for p in (trust or [pki.root_ca])]
     c: dict[str, Any] = {
@@ -230,7 +235,7 @@ def client_config(pki: pkimod.Pki, auth: str, gw_addr: str, *,
         raise ValueError(f"unknown auth method {auth!r}")
     c["remote"] = remote
     c["children"] = {"net": {"remote_ts": remote_ts, "esp_proposals": list(esp_proposals),
-                             "start_action": "none"}}
+                             "start_action": "none", **(child_extra or {})}}
     c.update(extra or {})
     return SwanctlConfig({"connections": {"gw": c}, "secrets": secrets}, _dedup(files))
 

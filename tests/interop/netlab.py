@@ -378,6 +378,67 @@ def routed(*, nat: bool = False, drop_fragments: bool = False) -> Topology:
     return Topology(kind, cl, gw, CLIENT_ADDR_ROUTED, GW_ADDR, router=rt, namespaces=made)
 
 
+# Multihomed client: two uplinks through one router (RFC 4555 roaming).
+CLIENT_UPLINKS = (("eth0", "198.51.100.130", "198.51.100.129", "cl0"),
+                  ("eth1", "198.51.100.194", "198.51.100.193", "cl1"))
+
+
+def multihomed() -> Topology:
+    """Client with two uplinks (eth0 198.51.100.130/26, preferred, and eth1
+    198.51.100.194/26) to one router, which routes to the gateway.
+
+    Both uplinks carry a default route (eth0 metric 100, eth1 metric 200), so
+    when eth0 goes away (Topology.drop_client_uplink("eth0")) traffic moves to
+    eth1 and an IKE SA has to follow with MOBIKE. client_addr is eth0's.
+    """
+    made: list[Namespace] = []
+    with _building(made):
+        gw = Namespace("gw")
+        made.append(gw)
+        rt = Namespace("rt")
+        made.append(rt)
+        cl = Namespace("cl")
+        made.append(cl)
+        veth(rt, "gw0", gw, "eth0")
+        rt.add_addr("gw0", f"{ROUTER_GW_SIDE}/25")
+        gw.add_addr("eth0", f"{GW_ADDR}/25")
+        gw.add_route("198.51.100.128/25", via=ROUTER_GW_SIDE)
+        for metric, (cl_if, cl_addr, rt_addr, rt_if) in zip((100, 200), CLIENT_UPLINKS):
+            veth(cl, cl_if, rt, rt_if)
+            cl.add_addr(cl_if, f"{cl_addr}/26")
+            rt.add_addr(rt_if, f"{rt_addr}/26")
+            cl.ip("route", "add", "default", "via", rt_addr, "dev", cl_if, "metric", str(metric))
+        rt.sysctl("net.ipv4.ip_forward", 1)
+        _gateway_protected_net(gw, PROTECTED_ADDRS)
+    return Topology("multihomed", cl, gw, CLIENT_UPLINKS[0][1], GW_ADDR, router=rt,
+                    namespaces=made)
+
+
+def drop_client_uplink(topo: Topology, ifname: str) -> None:
+    """Make a client uplink go away (delete its veth pair), as when a modem
+    or cable disappears; its routes and address go with it."""
+    topo.client.ip("link", "del", ifname)
+
+
+def add_loss(ns: Namespace, percent: int, table: str = "m2i_loss") -> None:
+    """Drop percent % of the packets ns forwards, at random, both ways.
+
+    (tc netem does not exist on these kernels; nftables numgen does.)
+    """
+    if not 0 <= percent <= 100:
+        raise ValueError(f"loss percent out of range: {percent}")
+    # numgen yields 0..99, so "< 100" is out of its range: 100 % is a plain drop.
+    rule = "counter drop" if percent == 100 else f"numgen random mod 100 < {percent} counter drop"
+    ns.nft(f"""
+table ip {table} {{
+    chain forward_loss {{
+        type filter hook forward priority 0; policy accept;
+        {rule}
+    }}
+}}
+""")
+
+
 def nat() -> Topology:
     """(b) client <-> NAT router (nftables masquerade) <-> gateway."""
     return routed(nat=True)

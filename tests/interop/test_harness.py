@@ -249,6 +249,42 @@ def test_psk_through_nat(topology, charons, pki):
     assert charonmod.child_of(cl_sa)["encap"] == "yes"
 
 
+def test_mobike_roaming_to_second_uplink(topology, charons, pki):
+    """The baseline for roaming (DESIGN.md 7): the preferred uplink goes away,
+    the same IKE SA moves to the other one with MOBIKE (RFC 4555)."""
+    topo = topology("multihomed")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki), name="gw")
+    cl = charons(topo.client, charonmod.client_config(pki, "psk", topo.gw_addr), name="cl")
+    _, before = connect_and_check(
+        topo, gw, cl, gw_conn="psk",
+        ike_algs=("AES_GCM_16", "256", None, "PRF_HMAC_SHA2_384", "CURVE_25519"),
+        child_algs=("ESP", "AES_GCM_16", "256", None))
+    assert before["remote-host"] == netlab.CLIENT_UPLINKS[0][1]
+    t0 = time.monotonic()
+    netlab.drop_client_uplink(topo, "eth0")
+    while netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=1, timeout_s=1) != 1:
+        assert time.monotonic() - t0 < 10, "no traffic 10 s after losing eth0" + cl.log_tail()
+    after = gw.wait_for_sa("psk", "net")
+    assert after["remote-host"] == netlab.CLIENT_UPLINKS[1][1]
+    for key in ("uniqueid", "initiator-spi", "responder-spi"):
+        assert after[key] == before[key], key   # the same IKE SA, not a new one
+    assert "requesting address change using MOBIKE" in cl.log_text()
+
+
+def test_loss_rule_drops_forwarded_packets(topology):
+    topo = topology("nat")
+    assert netlab.ping(topo.client, topo.gw_addr, count=2) == 2
+    netlab.add_loss(topo.router, 100)
+    assert netlab.ping(topo.client, topo.gw_addr, count=2, timeout_s=3) == 0
+    topo.router.run("nft", "delete", "table", "ip", "m2i_loss")
+    assert netlab.ping(topo.client, topo.gw_addr, count=2) == 2
+    with pytest.raises(ValueError):
+        netlab.add_loss(topo.router, 101)
+    netlab.add_loss(topo.router, 30, table="m2i_loss30")
+    listed = topo.router.run("nft", "list", "table", "ip", "m2i_loss30").stdout
+    assert "numgen random mod 100 < 30" in listed
+
+
 def test_eap_mschapv2(topology, charons, pki):
     topo = topology("direct")
     gw = charons(topo.gateway, charonmod.gateway_config(pki), name="gw")

@@ -372,7 +372,17 @@ class Charon:
         (self.swanctl_dir / "swanctl.conf").write_text(self.config.text())
 
     def start(self, timeout_s: float = 10) -> "Charon":
-        """Start charon, wait for its vici socket, load the configuration."""
+        """Start charon, wait for its vici socket, load the configuration.
+
+        On failure charon is stopped again and CharonError raised.
+        """
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> "Charon":
         self._write_files()
         script = ("mount -t tmpfs none /run && "
                   f"exec env STRONGSWAN_CONF={self.conf_path} {CHARON}")

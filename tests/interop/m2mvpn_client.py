@@ -125,7 +125,17 @@ class M2mvpnClient:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 10) -> "M2mvpnClient":
-        """Write the profile, start the engine, wait for its control socket."""
+        """Write the profile, start the engine, wait for its control socket.
+
+        On failure the engine is stopped again and ClientError raised.
+        """
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> "M2mvpnClient":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(exist_ok=True)
         text = self.profile if isinstance(self.profile, str) else json.dumps(self.profile, indent=2)

@@ -452,17 +452,24 @@ def fragment_dropping() -> Topology:
 # -- probes -----------------------------------------------------------------------
 
 _UDP_SINK = r"""
-import socket, sys
+import os, select, socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(float(sys.argv[3]))
+linger = float(sys.argv[3])
 print("ready", flush=True)
-try:
-    while True:
+# Receive until stdin closes (the sender is done), then for linger seconds more.
+deadline = None
+watch = [s, sys.stdin]
+while deadline is None or time.monotonic() < deadline:
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    ready = select.select(watch, [], [], left)[0]
+    if sys.stdin in ready:
+        if not os.read(sys.stdin.fileno(), 100):
+            watch = [s]
+            deadline = time.monotonic() + linger
+    if s in ready:
         data, _ = s.recvfrom(65535)
         print(len(data), flush=True)
-except socket.timeout:
-    pass
 """
 
 _UDP_SEND = r"""
@@ -477,18 +484,19 @@ def udp_probe(src: Namespace, dst: Namespace, dst_addr: str, sizes: Sequence[int
               port: int = 40000, wait_s: float = 1.0) -> list[int]:
     """Send one UDP datagram of each size from src to dst_addr (in dst).
 
-    Returns the sizes that arrived, in arrival order. Datagrams above the path
+    Returns the sizes that arrived within wait_s after the last was sent, in
+    arrival order. Datagrams above the path
     MTU are fragmented by the sender's kernel, so this shows whether a path
     passes IP fragments.
     """
     sink = dst.popen([PYTHON, "-c", _UDP_SINK, dst_addr, str(port), str(wait_s)],
-                     stdout=subprocess.PIPE, text=True)
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = sink.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"UDP sink in {dst.name} did not start: {line!r}")
         src.run(PYTHON, "-c", _UDP_SEND, dst_addr, str(port), *map(str, sizes))
-        out, _ = sink.communicate(timeout=wait_s + 10)
+        out, _ = sink.communicate(timeout=wait_s + 10)   # closes its stdin first
     finally:
         if sink.poll() is None:
             sink.kill()

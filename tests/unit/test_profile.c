@@ -336,6 +336,41 @@ START_TEST(test_load_file_with_comments)
 }
 END_TEST
 
+/* The example of docs/profile.md must load as documented. */
+START_TEST(test_documentation_example_loads)
+{
+    char path[PATH_MAX], err[512] = "";
+    snprintf(path, sizeof(path), "%s/../../../docs/profile.md", testdata());
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    static char doc[65536];
+    size_t n = fread(doc, 1, sizeof(doc) - 1, f);
+    fclose(f);
+    doc[n] = '\0';
+    const char *example = strstr(doc, "## Example");
+    ck_assert_ptr_nonnull(example);
+    const char *start = strstr(example, "```json\n");
+    ck_assert_ptr_nonnull(start);
+    start += strlen("```json\n");
+    const char *end = strstr(start, "```");
+    ck_assert_ptr_nonnull(end);
+
+    profile_set *set = NULL;
+    int r = profile_set_parse(start, (size_t)(end - start), "/etc/m2mvpn", &set, err, sizeof(err));
+    ck_assert_msg(r == 0, "docs/profile.md example: %s", err);
+    ck_assert_uint_eq(set->n, 2);
+    const profile *atm = profile_set_find(set, "atm-eu");
+    ck_assert_ptr_nonnull(atm);
+    ck_assert_str_eq(atm->cert.file, "/etc/m2mvpn/certs/dev1.p12");
+    ck_assert_uint_eq(atm->ike.n_proposals, 2);
+    ck_assert_uint_eq(atm->tunnel.mtu, 1400);
+    const profile *lab = profile_set_find(set, "lab-psk");
+    ck_assert_ptr_nonnull(lab);
+    ck_assert_int_eq(lab->mode, PROFILE_MODE_MANUAL);
+    profile_set_free(set);
+}
+END_TEST
+
 START_TEST(test_load_file_errors)
 {
     char path[PATH_MAX], want[PATH_MAX + 128], err[PATH_MAX + 128] = "";
@@ -905,6 +940,7 @@ static Suite *profile_suite(void)
     tcase_add_test(tc, test_relative_paths_without_base_use_cwd);
     tcase_add_test(tc, test_load_file_resolves_against_its_folder);
     tcase_add_test(tc, test_load_file_with_comments);
+    tcase_add_test(tc, test_documentation_example_loads);
     tcase_add_test(tc, test_max_sizes_accepted);
     tcase_add_test(tc, test_enum_names);
     suite_add_tcase(s, tc);

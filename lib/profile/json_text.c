@@ -291,6 +291,9 @@ int json_text_parse(const char *text, size_t len, json_object **ret, char *err, 
     }
     memcpy(st.text, text, len);
     st.text[len] = '\0';
+    /* Editors on some systems start UTF-8 files with a byte order mark. */
+    if (len >= 3 && memcmp(st.text, "\xef\xbb\xbf", 3) == 0)
+        memset(st.text, ' ', 3);
 
     json_object *root = NULL;
     int r = scan_text(&st, err, err_len);

@@ -422,6 +422,24 @@ START_TEST(test_load_file_errors)
 }
 END_TEST
 
+START_TEST(test_byte_order_mark_ignored)
+{
+    char text[1024];
+    snprintf(text, sizeof(text), "\xef\xbb\xbf%s", dq("{" BASE "}"));
+    profile_set *set = parse_ok(text, NULL);
+    ck_assert_str_eq(set->items[0].name, "p1");
+    profile_set_free(set);
+
+    /* Only at the start: elsewhere it is not white space. */
+    snprintf(text, sizeof(text), "%s\xef\xbb\xbf", dq("{" BASE "}"));
+    profile_set sentinel, *ret = &sentinel;
+    char err[256];
+    ck_assert_int_eq(profile_set_parse(text, strlen(text), NULL, &ret, err, sizeof(err)), M2MVPN_E_JSON);
+    ck_assert_str_eq(err, "line 1, column 147: unexpected character");
+    ck_assert_ptr_eq(ret, &sentinel);
+}
+END_TEST
+
 START_TEST(test_parse_uses_len_not_nul)
 {
     /* A buffer without a NUL after the object: only len bytes count. */
@@ -869,6 +887,7 @@ static Suite *profile_suite(void)
     tcase_add_test(tc, test_error_buffer_small_or_null);
     tcase_add_test(tc, test_load_file_errors);
     tcase_add_test(tc, test_parse_uses_len_not_nul);
+    tcase_add_test(tc, test_byte_order_mark_ignored);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("proposal");

@@ -7,11 +7,13 @@
 #include "profile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <m2mvpn/m2mvpn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/secmem.h"
 #include "json_text.h"
@@ -148,29 +150,40 @@ int profile_set_parse(const char *json, size_t len, const char *base_dir,
 }
 
 /* Reads the whole file into a buffer of *cap bytes (wipe it with
- * secure_free(data, cap)); more than JSON_TEXT_MAX_BYTES is refused. The
- * buffer is sized once from fstat so no realloc leaves copies of secrets. */
+ * secure_free(data, cap)); more than JSON_TEXT_MAX_BYTES is refused. Plain
+ * read(2) into one buffer sized from fstat: no stdio buffer and no realloc
+ * leaves a copy of a secret in freed memory. */
 static int read_file(const char *path, char **data, size_t *len, size_t *cap, char *err, size_t err_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
         if (err && err_len)
             snprintf(err, err_len, "cannot read %s: %s", path, strerror(errno));
         return M2MVPN_E_IO;
     }
     struct stat st;
     size_t size = JSON_TEXT_MAX_BYTES + 1;
-    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= JSON_TEXT_MAX_BYTES)
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= JSON_TEXT_MAX_BYTES)
         size = (size_t)st.st_size + 1; /* +1 notices a file that grew */
     char *buf = malloc(size);
     if (!buf) {
-        fclose(f);
+        close(fd);
         set_error(err, err_len, "out of memory");
         return M2MVPN_E_NOMEM;
     }
-    size_t n = fread(buf, 1, size, f);
-    int read_errno = ferror(f) ? errno : 0;
-    fclose(f);
+    size_t n = 0;
+    int read_errno = 0;
+    while (n < size) {
+        ssize_t got = read(fd, buf + n, size - n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            read_errno = errno;
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    close(fd);
     if (read_errno || n == size) {
         const char *why = read_errno ? strerror(read_errno)
                           : size == JSON_TEXT_MAX_BYTES + 1 ? "larger than 1 MiB"

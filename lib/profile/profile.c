@@ -73,13 +73,16 @@ static int check_unique_names(keypath *kp, const profile_set *set)
     return 0;
 }
 
-/* {"version": 1, "profiles": [...]}: each profile may repeat "version": 1. */
+/* {"profiles": [...]} as DESIGN.md writes it, each profile with its own
+ * "version": 1; or {"version": 1, "profiles": [...]}, where the profiles
+ * may leave it out. */
 static int read_wrapper(keypath *kp, json_object *root, path_base *base, profile_set *set)
 {
     static const char *const keys[] = { "version", "profiles", NULL };
     int r = keypath_check_keys(kp, root, keys);
+    bool wrapper_version = json_object_object_get_ex(root, "version", NULL);
     if (r == 0)
-        r = profile_read_version(kp, root, true);
+        r = profile_read_version(kp, root, false);
     json_object *arr = NULL;
     if (r == 0)
         r = keypath_array(kp, root, "profiles", 1, PROFILE_SET_MAX, "profiles", &arr);
@@ -93,7 +96,7 @@ static int read_wrapper(keypath *kp, json_object *root, path_base *base, profile
     for (size_t i = 0; i < n; i++) {
         size_t m = keypath_push_index(kp, i);
         set->n = i + 1;
-        r = profile_read(kp, json_object_array_get_idx(arr, i), base, false, &set->items[i]);
+        r = profile_read(kp, json_object_array_get_idx(arr, i), base, !wrapper_version, &set->items[i]);
         if (r < 0)
             return r;
         keypath_pop(kp, m);

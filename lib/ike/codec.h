@@ -43,6 +43,8 @@
 /* ------------------------------------------------------------ constants */
 
 #define IKE_HEADER_LEN 28
+#define IKE_HDR_NEXT_PAYLOAD_AT 16  /* offset of Next Payload in the header */
+#define IKE_HDR_LENGTH_AT 24        /* offset of Length in the header */
 #define IKE_GENERIC_HEADER_LEN 4
 #define IKE_SKF_HEADER_LEN 8        /* generic header + Fragment Number + Total Fragments */
 #define IKE_MAX_PAYLOADS 64         /* per chain; more is rejected */
@@ -395,8 +397,8 @@ typedef struct ike_chain_writer {
 } ike_chain_writer;
 
 /* `next_field_at`: offset in w of the Next Payload byte that must name the
- * first payload (IKE_HEADER_LEN - 12 = 16 for a header at 0), or SIZE_MAX for
- * a free-standing chain (read first_type afterwards). */
+ * first payload (hdr_at + IKE_HDR_NEXT_PAYLOAD_AT after ike_header_build()),
+ * or SIZE_MAX for a free-standing chain (read first_type afterwards). */
 void ike_chain_writer_init(ike_chain_writer *cw, buf_writer *w, size_t next_field_at);
 /* Start a payload: closes the open one, writes a generic header. */
 void ike_payload_begin(ike_chain_writer *cw, uint8_t type, bool critical);
@@ -676,9 +678,10 @@ typedef struct ike_sk_builder {
     ike_chain_writer inner;
 } ike_sk_builder;
 
-/* Starts the SK payload right after the header at `hdr_at` (which must be the
- * only thing after it: SK is the last and here the only outer payload).
- * Errors: E_INVAL (bad sizes). */
+/* Starts the SK payload right after the header at `hdr_at`: the writer must
+ * hold exactly that header (SK is the last and here the only outer payload;
+ * the header's Next Payload is set to SK). Errors: E_INVAL (cipher sizes not
+ * ike_sk_cipher_valid(), writer not right after the header, overflow). */
 int ike_sk_begin(ike_sk_builder *sk, buf_writer *w, size_t hdr_at, const ike_sk_cipher *cipher);
 /* Errors: E_INVAL (writer overflow or error in an inner build). */
 int ike_sk_finish(ike_sk_builder *sk, ike_sk_spans *ret);

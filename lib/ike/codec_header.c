@@ -65,12 +65,11 @@ void ike_message_finish(buf_writer *w, size_t hdr_at)
 {
     if (!buf_writer_ok(w))
         return;
-    size_t len = buf_writer_len(w) - hdr_at;
-    if (hdr_at > buf_writer_len(w) || len > UINT32_MAX) {
+    if (hdr_at > buf_writer_len(w) || buf_writer_len(w) - hdr_at > UINT32_MAX) {
         w->err = true;
         return;
     }
-    buf_patch_u32(w, hdr_at + 24, (uint32_t)len);
+    buf_patch_u32(w, hdr_at + IKE_HDR_LENGTH_AT, (uint32_t)(buf_writer_len(w) - hdr_at));
 }
 
 ike_udp_kind ike_udp_classify(buf_reader *dgram)

@@ -31,7 +31,7 @@ int ike_sk_begin(ike_sk_builder *sk, buf_writer *w, size_t hdr_at, const ike_sk_
     if (!ike_sk_cipher_valid(cipher) || !buf_writer_ok(w) ||
         buf_writer_len(w) != hdr_at + IKE_HEADER_LEN)
         return M2MVPN_E_INVAL;
-    w->p[hdr_at + 16] = IKE_PL_SK;
+    w->p[hdr_at + IKE_HDR_NEXT_PAYLOAD_AT] = IKE_PL_SK;
     sk->w = w;
     sk->hdr_at = hdr_at;
     sk->sk_at = buf_writer_len(w);

@@ -19,6 +19,12 @@ size_t ike_sk_pad_len(size_t inner_len, size_t block_len)
     return (block_len - (inner_len + 1) % block_len) % block_len;
 }
 
+size_t ike_sk_message_len(size_t inner_len, const ike_sk_cipher *c)
+{
+    return IKE_HEADER_LEN + IKE_GENERIC_HEADER_LEN + c->iv_len + inner_len +
+           ike_sk_pad_len(inner_len, c->block_len) + 1 + c->icv_len;
+}
+
 bool ike_sk_cipher_valid(const ike_sk_cipher *c)
 {
     /* The Pad Length byte caps padding (and so the block) at 255 bytes. */

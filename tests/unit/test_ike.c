@@ -43,15 +43,14 @@ static void msg_begin(buf_writer *w, uint8_t *buf, ike_chain_writer *cw, uint8_t
 {
     buf_writer_init(w, buf, MSG_CAP);
     ike_header h = test_header(exchange, 0);
-    ike_header_build(w, &h);
-    ike_chain_writer_init(cw, w, 16);
+    ike_message_begin(w, &h, cw);
 }
 
 static size_t msg_end(buf_writer *w, ike_chain_writer *cw)
 {
-    ike_chain_writer_finish(cw);
-    ike_message_finish(w, 0);
+    ck_assert_int_eq(ike_message_end(cw), 0);
     ck_assert(buf_writer_ok(w));
+    ck_assert_uint_eq(buf_load_be32(w->p + IKE_HDR_LENGTH_AT), buf_writer_len(w));
     return buf_writer_len(w);
 }
 
@@ -560,6 +559,16 @@ START_TEST(test_simple_payloads_invalid)
     ike_chain_writer_init(&cw, &w, SIZE_MAX);
     ike_build_cert(&cw, IKE_CERT_X509_SIGNATURE, b, 200);
     ck_assert(!ike_chain_writer_ok(&cw));
+    /* ... and ike_message_end() reports it. */
+    ike_header h = test_header(IKE_EXCH_IKE_SA_INIT, 0);
+    buf_writer_init(&w, out, 100);
+    ike_message_begin(&w, &h, &cw);
+    ike_build_nonce(&cw, b, 32);
+    ck_assert_int_eq(ike_message_end(&cw), 0);
+    buf_writer_init(&w, out, 100);
+    ike_message_begin(&w, &h, &cw);
+    ike_build_nonce(&cw, b, 80);
+    ck_assert_int_eq(ike_message_end(&cw), M2MVPN_E_INVAL);
 }
 END_TEST
 
@@ -1004,6 +1013,7 @@ START_TEST(test_sk_aead_layout)
     ck_assert_uint_eq(s.integ.len, 110);
     ck_assert_uint_eq(len, 126);
     ck_assert_uint_eq(buf_load_be32(buf + 24), 126);
+    ck_assert_uint_eq(ike_sk_message_len(69, &c), 126);
     ck_assert_uint_eq(buf[16], IKE_PL_SK);
     ck_assert_uint_eq(buf[28], IKE_PL_IDI);         /* SK Next Payload: first inner */
     ck_assert_uint_eq(buf_load_be16(buf + 30), 98); /* SK length */
@@ -1045,6 +1055,7 @@ START_TEST(test_sk_cbc_layout)
     ck_assert_uint_eq(s.integ.off, 0);
     ck_assert_uint_eq(s.integ.len, s.icv.off);
     ck_assert_uint_eq(len, 28 + 4 + 16 + 80 + 16);
+    ck_assert_uint_eq(ike_sk_message_len(69, &c), len);
     ike_message m;
     ike_diag d;
     ike_chain inner;

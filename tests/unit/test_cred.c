@@ -18,6 +18,7 @@
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 #include <openssl/provider.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -829,6 +830,49 @@ START_TEST(algid_parse_and_encode)
 }
 END_TEST
 
+/* The signature AlgorithmIdentifier OpenSSL writes into a certificate it signs
+ * with `scheme`: an independent encoder our parser must understand. */
+static pki_sig_scheme parse_openssl_algid(EVP_PKEY *key, const EVP_MD *md, bool pss)
+{
+    X509 *x = X509_new();
+    X509_set_version(x, 2);
+    X509_set_pubkey(x, key);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), DAY);
+    EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    ck_assert_int_eq(EVP_DigestSignInit(mctx, &pctx, md, NULL, key), 1);
+    if (pss) {
+        ck_assert_int_eq(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
+        ck_assert_int_eq(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST), 1);
+    }
+    ck_assert_int_gt(X509_sign_ctx(x, mctx), 0);
+    unsigned char *der = NULL;
+    int n = i2d_X509_ALGOR(X509_get0_tbs_sigalg(x), &der);
+    ck_assert_int_gt(n, 0);
+    pki_sig_scheme s = PKI_SIG_NONE;
+    char err[128] = "";
+    ck_assert_msg(pki_algid_parse(der, (size_t)n, &s, err, sizeof err) == 0, "%s", err);
+    OPENSSL_free(der);
+    EVP_MD_CTX_free(mctx);
+    X509_free(x);
+    return s;
+}
+
+START_TEST(algid_from_openssl)
+{
+    build_pki();
+    EVP_PKEY *rsa = T.leaf_key[LEAF_RSA];
+    ck_assert_int_eq(parse_openssl_algid(rsa, EVP_sha256(), true), PKI_SIG_RSA_PSS_SHA256);
+    ck_assert_int_eq(parse_openssl_algid(rsa, EVP_sha512(), true), PKI_SIG_RSA_PSS_SHA512);
+    ck_assert_int_eq(parse_openssl_algid(rsa, EVP_sha384(), false), PKI_SIG_RSA_PKCS1_SHA384);
+    ck_assert_int_eq(parse_openssl_algid(T.leaf_key[LEAF_P384], EVP_sha384(), false),
+                     PKI_SIG_ECDSA_SHA384);
+    ck_assert_int_eq(parse_openssl_algid(T.leaf_key[LEAF_P256], EVP_sha512(), false),
+                     PKI_SIG_ECDSA_SHA512);
+}
+END_TEST
+
 START_TEST(ecdsa_format_conversion)
 {
     /* r has a high bit (needs a 0x00 pad in DER), s has leading zero bytes. */
@@ -914,6 +958,7 @@ static Suite *cred_suite(void)
     tcase_add_test(tc, encrypted_pem_key);
     tcase_add_test(tc, key_cert_mismatch);
     tcase_add_test(tc, algid_parse_and_encode);
+    tcase_add_test(tc, algid_from_openssl);
     tcase_add_test(tc, ecdsa_format_conversion);
     tcase_add_test(tc, choose_auth_method);
     tcase_add_test(tc, name_tables);

@@ -36,8 +36,12 @@ int pki_certs_from_memory(const uint8_t *data, size_t len, const char *what,
 /* X.500 name as "C=CH, O=m2m, CN=gw". */
 void pki_name_text(const X509_NAME *name, char *buf, size_t len);
 
-/* The hash of a scheme (EVP_sha256() ...), NULL for NONE. */
+/* The hash of a scheme (EVP_sha256() ...); NULL for NONE and for Ed25519,
+ * which hashes inside (check pki_scheme_valid() first). */
 const EVP_MD *pki_scheme_md(pki_sig_scheme s);
+bool pki_scheme_valid(pki_sig_scheme s);
+/* Set RSA padding/PSS parameters of a sign/verify context for `s`. */
+bool pki_scheme_set_padding(EVP_PKEY_CTX *pctx, pki_sig_scheme s);
 bool pki_scheme_is_rsa(pki_sig_scheme s);
 bool pki_scheme_is_pss(pki_sig_scheme s);
 bool pki_scheme_is_ecdsa(pki_sig_scheme s);

@@ -36,12 +36,13 @@ typedef struct test_pki {
     EVP_PKEY *root_key, *int_key, *other_key;
     X509 *root, *inter, *other;
     /* leaves: index by leaf_kind */
-    EVP_PKEY *leaf_key[6];
-    X509 *leaf[6];
+    EVP_PKEY *leaf_key[7];
+    X509 *leaf[7];
     int64_t rsa_not_after;
 } test_pki;
 
-enum leaf_kind { LEAF_RSA, LEAF_P256, LEAF_P384, LEAF_P521, LEAF_EXPIRED, LEAF_EVIL };
+enum leaf_kind { LEAF_RSA, LEAF_P256, LEAF_P384, LEAF_P521, LEAF_EXPIRED, LEAF_EVIL, LEAF_ED25519,
+                 N_LEAVES };
 
 static test_pki T;
 static bool T_built;
@@ -57,8 +58,9 @@ static char *path_of(const char *name)
 
 static EVP_PKEY *gen_key(const char *kind)
 {
-    EVP_PKEY *k = !strcmp(kind, "rsa3072") ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)3072)
-                                           : EVP_PKEY_Q_keygen(NULL, NULL, "EC", kind);
+    EVP_PKEY *k = !strcmp(kind, "rsa3072")   ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)3072)
+                  : !strcmp(kind, "ED25519") ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
+                                             : EVP_PKEY_Q_keygen(NULL, NULL, "EC", kind);
     ck_assert_ptr_nonnull(k);
     return k;
 }
@@ -169,8 +171,9 @@ static void build_pki(void)
     T.inter = make_cert(T.int_key, "m2m", "m2m Intermediate CA", T.root, T.root_key, true, NULL,
                         -DAY, 1825 * DAY);
     T.other = make_cert(T.other_key, "evil", "Other CA", NULL, NULL, true, NULL, -DAY, 3650 * DAY);
-    const char *kinds[6] = { "rsa3072", "P-256", "P-384", "P-521", "P-256", "P-256" };
-    for (int i = 0; i < 6; i++)
+    const char *kinds[N_LEAVES] = { "rsa3072", "P-256", "P-384", "P-521", "P-256", "P-256",
+                                    "ED25519" };
+    for (int i = 0; i < N_LEAVES; i++)
         T.leaf_key[i] = gen_key(kinds[i]);
     T.leaf[LEAF_RSA] = make_cert(T.leaf_key[LEAF_RSA], "m2m", "gw.m2m.test", T.inter, T.int_key,
         false, "DNS:gw.m2m.test,IP:198.51.100.1,IP:2001:db8::1,email:gw@m2m.test",
@@ -185,11 +188,13 @@ static void build_pki(void)
                                      T.int_key, false, "DNS:old.m2m.test", -30 * DAY, -DAY);
     T.leaf[LEAF_EVIL] = make_cert(T.leaf_key[LEAF_EVIL], "m2m", "gw.m2m.test", T.other,
                                   T.other_key, false, "DNS:gw.m2m.test", -DAY, 365 * DAY);
+    T.leaf[LEAF_ED25519] = make_cert(T.leaf_key[LEAF_ED25519], "m2m", "dev4.m2m.test", T.inter,
+                                     T.int_key, false, "DNS:dev4.m2m.test", -DAY, 365 * DAY);
     write_pem("ca.pem", &T.root, 1, NULL, NULL);
     write_pem("other-ca.pem", &T.other, 1, NULL, NULL);
     write_pem("int.pem", &T.inter, 1, NULL, NULL);
-    const char *names[6] = { "rsa", "p256", "p384", "p521", "expired", "evil" };
-    for (int i = 0; i < 6; i++) {
+    const char *names[N_LEAVES] = { "rsa", "p256", "p384", "p521", "expired", "evil", "ed25519" };
+    for (int i = 0; i < N_LEAVES; i++) {
         char cert[32], key[32];
         snprintf(cert, sizeof cert, "%s.pem", names[i]);
         snprintf(key, sizeof key, "%s.key", names[i]);
@@ -222,7 +227,7 @@ static void destroy_pki(void)
     if (!T_built)
         return;
     nftw(T.dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < N_LEAVES; i++) {
         X509_free(T.leaf[i]);
         EVP_PKEY_free(T.leaf_key[i]);
     }
@@ -292,6 +297,7 @@ static const struct {
     { "p256.pem", "p256.key", PKI_AUTH_DIGITAL_SIGNATURE, PKI_SIG_ECDSA_SHA512 },
     { "p384.pem", "p384.key", PKI_AUTH_DIGITAL_SIGNATURE, PKI_SIG_ECDSA_SHA384 },
     { "p521.pem", "p521.key", PKI_AUTH_DIGITAL_SIGNATURE, PKI_SIG_ECDSA_SHA512 },
+    { "ed25519.pem", "ed25519.key", PKI_AUTH_DIGITAL_SIGNATURE, PKI_SIG_ED25519 },
 };
 #define N_SIGN_CASES (int)(sizeof sign_cases / sizeof sign_cases[0])
 
@@ -789,6 +795,10 @@ START_TEST(algid_parse_and_encode)
     ck_assert_int_eq(pki_algid_encode(PKI_SIG_ECDSA_SHA384, out, 5, &len), M2MVPN_E_INVAL);
     ck_assert_int_eq(pki_algid_encode(PKI_SIG_RSA_PKCS1_SHA1, out, sizeof out, &len),
                      M2MVPN_E_INVAL);
+    /* id-Ed25519 (RFC 8410 §3: parameters absent) */
+    static const uint8_t ed25519[] = { 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70 };
+    ck_assert_int_eq(pki_algid_parse(ed25519, sizeof ed25519, &s, err, sizeof err), 0);
+    ck_assert_int_eq(s, PKI_SIG_ED25519);
     /* Every scheme round-trips. */
     for (int i = PKI_SIG_RSA_PKCS1_SHA256; i < PKI_SIG_SCHEME_COUNT; i++) {
         ck_assert_int_eq(pki_algid_encode((pki_sig_scheme)i, out, sizeof out, &len), 0);
@@ -870,6 +880,7 @@ START_TEST(algid_from_openssl)
                      PKI_SIG_ECDSA_SHA384);
     ck_assert_int_eq(parse_openssl_algid(T.leaf_key[LEAF_P256], EVP_sha512(), false),
                      PKI_SIG_ECDSA_SHA512);
+    ck_assert_int_eq(parse_openssl_algid(T.leaf_key[LEAF_ED25519], NULL, false), PKI_SIG_ED25519);
 }
 END_TEST
 
@@ -922,9 +933,14 @@ START_TEST(choose_auth_method)
     ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P256, only384, 1, false, &m, &s), 0);
     ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_ECDSA_SHA384);
     ck_assert_int_eq(pki_choose_auth(PKI_KEY_UNKNOWN, all, 4, false, &m, &s), M2MVPN_E_NOTSUPP);
+    /* Ed25519 (RFC 8420): only when the peer announced Identity (5). */
+    const uint16_t with_identity[] = { 2, 5 };
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_ED25519, all, 4, false, &m, &s), M2MVPN_E_NOTSUPP);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_ED25519, with_identity, 2, false, &m, &s), 0);
+    ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_ED25519);
     const uint16_t *ours;
-    ck_assert_uint_eq(pki_hash_algs_supported(&ours), 3);
-    ck_assert(ours[0] == 2 && ours[1] == 3 && ours[2] == 4);
+    ck_assert_uint_eq(pki_hash_algs_supported(&ours), 4);
+    ck_assert(ours[0] == 2 && ours[1] == 3 && ours[2] == 4 && ours[3] == 5);
 }
 END_TEST
 

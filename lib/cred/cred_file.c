@@ -119,7 +119,7 @@ static int adopt_key(file_cred *fc, EVP_PKEY *key, char *err, size_t err_len)
         EVP_PKEY_free(key);
         return M2MVPN_E_CERT;
     }
-    if (EVP_PKEY_eq(X509_get0_pubkey(pki_cert_x509(fc->chain[0])), key) != 1) {
+    if (EVP_PKEY_eq(pki_cert_pubkey(fc->chain[0]), key) != 1) {
         char subject[256];
         pki_cert_subject_text(fc->chain[0], subject, sizeof subject);
         pki_set_err(err, err_len, "private key does not match certificate %s", subject);

@@ -430,12 +430,12 @@ pki_key_type pki_cert_key_type(const pki_cert *c, unsigned *bits)
     return pki_pkey_type(X509_get0_pubkey(c->x509), bits);
 }
 
-void *pki_cert_x509(const pki_cert *c)
+X509 *pki_cert_x509(const pki_cert *c)
 {
     return c->x509;
 }
 
-void *pki_cert_pubkey(const pki_cert *c)
+EVP_PKEY *pki_cert_pubkey(const pki_cert *c)
 {
     return X509_get0_pubkey(c->x509);
 }

@@ -151,11 +151,6 @@ int64_t pki_cert_not_after(const pki_cert *c);
  *  key algorithms give PKI_KEY_UNKNOWN and 0 bits. */
 pki_key_type pki_cert_key_type(const pki_cert *c, unsigned *bits);
 
-/** Internal bridge for lib/cred: the OpenSSL X509 (borrowed) and EVP_PKEY
- *  (borrowed) of a certificate, typed void* so this header needs no OpenSSL. */
-void *pki_cert_x509(const pki_cert *c);
-void *pki_cert_pubkey(const pki_cert *c);
-
 /* ---------------------------------------------------------- trust anchors */
 
 /** A set of trust anchors (CA certificates) and a verification context. */

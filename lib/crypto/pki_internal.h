@@ -26,6 +26,10 @@ int pki_read_file(const char *path, uint8_t **ret, size_t *ret_len, char *err, s
 /* Does the buffer contain a PEM "-----BEGIN " line? */
 bool pki_looks_pem(const uint8_t *data, size_t len);
 
+/* The OpenSSL objects of a certificate (borrowed, live as long as `c`). */
+X509 *pki_cert_x509(const pki_cert *c);
+EVP_PKEY *pki_cert_pubkey(const pki_cert *c);
+
 /* Wrap an X509 (ownership taken, also on failure). NULL on NOMEM. */
 pki_cert *pki_cert_wrap(X509 *x);
 /* All certificates of a PEM buffer (other PEM blocks skipped) or one DER

@@ -46,7 +46,7 @@ typedef struct crypto_span {
 
 /* ------------------------------------------------------------- names */
 
-/* IANA names for logs ("AES_GCM_16", "PRF_HMAC_SHA2_256", "AUTH_HMAC_SHA2_256_128",
+/* IANA names for logs ("ENCR_AES_GCM_16", "PRF_HMAC_SHA2_256", "AUTH_HMAC_SHA2_256_128",
  * "ECP_256", "Curve25519", "MODP_2048"); "unknown" for IDs not in the table.
  * proposal.h has the strongSwan-style short names. */
 const char *crypto_encr_name(uint16_t encr_id);

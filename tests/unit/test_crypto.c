@@ -623,6 +623,41 @@ START_TEST(test_cbc_hmac_kat)
 }
 END_TEST
 
+/* An IKE message laid out as on the wire, protected in place with spans into
+ * the one buffer: for CBC+HMAC the ICV is the truncated HMAC of everything
+ * from the IKE header up to the ICV (RFC 7296 §3.14). */
+START_TEST(test_cbc_hmac_ike_message_layout)
+{
+    uint8_t key[16], integ[32], msg[28 + 4 + 16 + 48 + 16], plain[48];
+    ck_assert_int_eq(crypto_random(key, sizeof(key)), 0);
+    ck_assert_int_eq(crypto_random(integ, sizeof(integ)), 0);
+    for (size_t i = 0; i < sizeof(msg); i++)
+        msg[i] = (uint8_t)i;                         /* header, SK header, payloads */
+    const size_t aad_len = 28 + 4, iv_off = aad_len, data_off = iv_off + 16, icv_off = data_off + 48;
+    memcpy(plain, msg + data_off, sizeof(plain));
+    crypto_cipher *enc, *dec;
+    ck_assert_int_eq(crypto_cipher_new(ENCR_AES_CBC, 128, AUTH_HMAC_SHA2_256_128, CRYPTO_DIR_ENCRYPT,
+                                       key, 16, integ, 32, &enc), 0);
+    ck_assert_int_eq(crypto_cipher_new(ENCR_AES_CBC, 128, AUTH_HMAC_SHA2_256_128, CRYPTO_DIR_DECRYPT,
+                                       key, 16, integ, 32, &dec), 0);
+    ck_assert_int_eq(crypto_cipher_next_iv(enc, msg + iv_off), 0);
+    crypto_msg m = { msg, aad_len, msg + iv_off, msg + data_off, msg + data_off, 48,
+                     msg + icv_off, NULL, 0 };
+    ck_assert_int_eq(crypto_cipher_encrypt(enc, &m), 0);
+    ck_assert(memcmp(msg + data_off, plain, 48) != 0);
+
+    uint8_t mac[32];
+    crypto_span whole = { msg, icv_off };
+    ck_assert_int_eq(crypto_prf_oneshot(PRF_HMAC_SHA2_256, integ, 32, &whole, 1, mac, sizeof(mac)), 0);
+    ck_assert_bytes_eq(msg + icv_off, mac, 16);
+
+    ck_assert_int_eq(crypto_cipher_decrypt(dec, &m), 0);
+    ck_assert_bytes_eq(msg + data_off, plain, 48);
+    crypto_cipher_free(enc);
+    crypto_cipher_free(dec);
+}
+END_TEST
+
 /* RFC 3602 §4 Case #2 (AES-128-CBC, 32 bytes): ciphertext; plus a round trip
  * and tampering with every part for each integrity algorithm. */
 START_TEST(test_cbc_hmac_roundtrip_tamper)
@@ -940,6 +975,7 @@ static Suite *crypto_suite_make(void)
     tcase_add_test(tc, test_aead_many_messages);
     tcase_add_test(tc, test_cipher_new_invalid);
     tcase_add_test(tc, test_cbc_hmac_kat);
+    tcase_add_test(tc, test_cbc_hmac_ike_message_layout);
     tcase_add_loop_test(tc, test_cbc_hmac_roundtrip_tamper, 0, 3);
     suite_add_tcase(s, tc);
 

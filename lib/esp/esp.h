@@ -62,6 +62,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <m2mvpn/m2mvpn.h>
+
 #include "../core/loop.h"
 
 /* --------------------------------------------------------------- limits */

@@ -204,6 +204,8 @@ void esp_sa_free(esp_sa *sa);
 
 uint32_t esp_sa_spi_in(const esp_sa *sa);
 uint32_t esp_sa_spi_out(const esp_sa *sa);
+/* SPI + sequence number + IV: where the encrypted payload starts. */
+size_t esp_sa_header_len(const esp_sa *sa);
 /* Bytes the ESP encapsulation adds at most (header, IV, padding, trailer, ICV). */
 size_t esp_sa_overhead(const esp_sa *sa);
 /* The same, before an SA exists (for the TUN MTU). 0 if unsupported. */
@@ -214,7 +216,8 @@ uint32_t esp_default_mtu(uint16_t encr_id, uint16_t integ_id, uint32_t underlay_
                          bool ipv6_underlay);
 
 /*
- * Encapsulate one inner packet: writes SPI, sequence number, IV, encrypted
+ * Encapsulate one inner packet (`inner` may equal out + esp_sa_header_len(sa):
+ * in-place encryption, as the datapath does): writes SPI, sequence number, IV, encrypted
  * payload + padding + pad length + next header, and ICV into out (capacity
  * out_cap). Thread-safe against esp_sa_decap (separate contexts); only one
  * thread encapsulates on an SA at a time. Returns 0 and *out_len, or a
@@ -261,6 +264,9 @@ bool esp_rekey_reason_is_hard(esp_rekey_reason r);
  * (CLOCK_MONOTONIC ms). The datapath calls this; tests may too. */
 uint32_t esp_sa_take_rekey_requests(esp_sa *sa, uint64_t now_ms);
 
+/* True if rekey requests are waiting (does not clear them). Thread-safe. */
+bool esp_sa_rekey_pending(esp_sa *sa);
+
 /* Start the outbound sequence number at `next_seq` (tests: exhaustion). */
 void esp_sa_set_next_seq(esp_sa *sa, uint64_t next_seq);
 
@@ -284,6 +290,9 @@ typedef struct esp_datapath_config {
     bool kill_switch;          /* see the top of this file */
     uint32_t route_metric;     /* metric of the TUN routes; 0 -> 50 */
     bool configure_network;    /* false: just the TUN fd, no address/routes */
+    char underlay_ifname[16];  /* optional SO_BINDTODEVICE for the UDP socket, so
+                                * a 0.0.0.0/0 TUN route cannot catch our own
+                                * ESP/IKE packets; "" = routing decides */
     /* Worker threads: false runs no threads (tests drive esp_datapath_poll_*). */
     bool threads;
 } esp_datapath_config;

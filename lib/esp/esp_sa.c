@@ -340,6 +340,12 @@ void esp_sa_free(esp_sa *sa)
 }
 
 uint32_t esp_sa_spi_in(const esp_sa *sa) { return sa->spi_in; }
+size_t esp_sa_header_len(const esp_sa *sa) { return ESP_HDR_LEN + sa->iv_len; }
+
+bool esp_sa_rekey_pending(esp_sa *sa)
+{
+    return atomic_load_explicit(&sa->rekey_pending, memory_order_relaxed) != 0;
+}
 uint32_t esp_sa_spi_out(const esp_sa *sa) { return sa->spi_out; }
 
 void esp_sa_set_next_seq(esp_sa *sa, uint64_t next_seq)

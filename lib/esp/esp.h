@@ -34,7 +34,8 @@
  * or after the engine died (SIGKILL). Mechanism:
  *  - the routes for the remote traffic selectors point into the TUN and stay
  *    there while no SA is installed; packets read from the TUN without an
- *    outbound SA are dropped and counted (ESP_DROP_NO_SA);
+ *    outbound SA, or whose destination no remote traffic selector covers,
+ *    are dropped and counted (ESP_DROP_NO_SA);
  *  - the TUN is made persistent (TUNSETPERSIST): when the process dies, the
  *    kernel keeps the device, its address and its routes; with no reader the
  *    TUN drops what is routed into it;

@@ -99,6 +99,8 @@ struct esp_datapath {
 
     esp_prefix dns[ESP_MAX_DNS];
     size_t n_dns;
+    esp_prefix remote_ts[ESP_MAX_TS];   /* under sa_lock: outbound filter */
+    size_t n_remote_ts;
 
     bool running;
     pthread_t tx_thread, rx_thread;
@@ -306,6 +308,31 @@ static uint8_t next_header_of(const uint8_t *pkt, size_t len)
     }
 }
 
+static bool prefix_contains(const esp_prefix *p, const uint8_t *addr)
+{
+    size_t full = p->prefix_len / 8u, rest = p->prefix_len % 8u;
+    if (memcmp(p->addr, addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xff00u >> rest);
+    return (p->addr[full] & mask) == (addr[full] & mask);
+}
+
+/* Only what the remote traffic selectors cover goes into the SA; the rest
+ * (e.g. IPv6 link-local chatter on the TUN) has no SA. No selectors: all. */
+static bool covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uint8_t nh)
+{
+    if (dp->n_remote_ts == 0)
+        return true;
+    int family = nh == ESP_NH_IPV4 ? AF_INET : AF_INET6;
+    const uint8_t *dst = nh == ESP_NH_IPV4 ? pkt + 16 : pkt + 24;
+    for (size_t i = 0; i < dp->n_remote_ts; i++)
+        if (dp->remote_ts[i].family == family && prefix_contains(&dp->remote_ts[i], dst))
+            return true;
+    return false;
+}
+
 int esp_datapath_poll_tun(esp_datapath *dp)
 {
     esp_tx_batch *b = dp->tx;
@@ -346,6 +373,10 @@ int esp_datapath_poll_tun(esp_datapath *dp)
             uint8_t nh = next_header_of(inner, inner_len[i]);
             if (!nh) {
                 atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+                continue;
+            }
+            if (!covered_by_ts_locked(dp, inner, nh)) {
+                atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
                 continue;
             }
             uint8_t *pkt = inner - hdr;
@@ -711,6 +742,10 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
     }
     memcpy(dp->dns, net->dns, net->n_dns * sizeof(net->dns[0]));
     dp->n_dns = net->n_dns;
+    pthread_rwlock_wrlock(&dp->sa_lock);
+    memcpy(dp->remote_ts, net->remote_ts, net->n_remote_ts * sizeof(net->remote_ts[0]));
+    dp->n_remote_ts = net->n_remote_ts;
+    pthread_rwlock_unlock(&dp->sa_lock);
     if (dp->cfg.configure_network) {
         int rc = esp_net_apply(&dp->net, mtu, net->has_vip ? &net->vip : NULL, net->remote_ts,
                                net->n_remote_ts, dp->cfg.route_metric ? dp->cfg.route_metric : 50,

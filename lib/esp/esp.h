@@ -294,6 +294,13 @@ typedef struct esp_datapath_config {
     char underlay_ifname[16];  /* optional SO_BINDTODEVICE for the UDP socket, so
                                 * a 0.0.0.0/0 TUN route cannot catch our own
                                 * ESP/IKE packets; "" = routing decides */
+    /* Offloads. TUN (IFF_VNET_HDR, TSO4/6 + checksum): the kernel hands over
+     * TCP super-packets that the datapath segments itself, and received TCP
+     * segments are coalesced before they go up. UDP: runs of equal-sized ESP
+     * packets leave in one UDP_SEGMENT (GSO) send, and UDP_GRO receives
+     * coalesced datagrams. Fewer syscalls and one pass of the kernel's
+     * network code per batch instead of per packet. */
+    bool offload;
     /* Worker threads: false runs no threads (tests drive esp_datapath_poll_*). */
     bool threads;
 } esp_datapath_config;

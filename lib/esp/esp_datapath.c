@@ -22,6 +22,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <netinet/udp.h>
 #include <unistd.h>
 
 #include <m2mvpn/m2mvpn.h>
@@ -30,9 +31,11 @@
 #include "../core/secmem.h"
 #include "esp.h"
 #include "esp_net.h"
+#include "esp_offload.h"
 
 #define ESP_MAX_SAS 4
-#define ESP_BATCH 32
+#define ESP_BATCH 32            /* UDP datagrams per recvmmsg */
+#define ESP_TX_BATCH 128        /* ESP packets per send (a 64 KiB TSO packet at MSS 536) */
 /* Room in front of an inner packet for SPI, sequence number and IV. */
 #define ESP_HEADROOM 32
 #define ESP_TX_SLOT 2048        /* inner up to ESP_TX_SLOT - headroom - trailer */
@@ -55,16 +58,33 @@ typedef struct esp_ike_item {
 } esp_ike_item;
 
 typedef struct esp_tx_batch {
-    uint8_t buf[ESP_BATCH][ESP_TX_SLOT];
-    struct iovec iov[ESP_BATCH];
-    struct mmsghdr msg[ESP_BATCH];
+    uint8_t buf[ESP_TX_BATCH][ESP_TX_SLOT];
+    size_t inner_len[ESP_TX_BATCH];
+    struct iovec iov[ESP_TX_BATCH];
+    struct mmsghdr msg[ESP_TX_BATCH];
+    union {                                      /* UDP_SEGMENT per message */
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctrl[ESP_TX_BATCH];
+    uint8_t gso[ESP_VNET_HDR_LEN + ESP_GSO_MAX];  /* offload: one TUN read */
 } esp_tx_batch;
 
+/* 512 KiB either way: 32 datagrams of up to 16 KiB, or with UDP GRO 8
+ * coalesced buffers of up to 64 KiB. */
+#define ESP_RX_BYTES (ESP_BATCH * ESP_MAX_PACKET)
+#define ESP_RX_GRO_SLOT 65536
+
 typedef struct esp_rx_batch {
-    uint8_t buf[ESP_BATCH][ESP_MAX_PACKET];
+    uint8_t buf[ESP_RX_BYTES];
     struct iovec iov[ESP_BATCH];
     struct mmsghdr msg[ESP_BATCH];
     struct sockaddr_storage from[ESP_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctrl[ESP_BATCH];
+    uint8_t gro_buf[ESP_VNET_HDR_LEN + ESP_GSO_MAX]; /* offload: coalesced write */
+    esp_gro gro;
 } esp_rx_batch;
 
 struct esp_datapath {
@@ -87,6 +107,7 @@ struct esp_datapath {
 
     _Atomic uint64_t drop_no_sa, drop_malformed, drop_too_big, ike_in, keepalives_out;
     _Atomic uint64_t tx_packets;   /* for keepalive suppression */
+    bool udp_gso, udp_gro;         /* kernel accepted UDP_SEGMENT / UDP_GRO */
 
     core_loop *loop;
     core_io event_io, tun_io, udp_io;
@@ -157,6 +178,10 @@ static int open_udp(esp_datapath *dp, char *err, size_t err_len)
         set_err(err, err_len, "SO_BINDTODEVICE", strerror(errno));
         return M2MVPN_E_NETWORK;
     }
+    if (dp->cfg.offload) {
+        dp->udp_gro = setsockopt(dp->udp_fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
+        dp->udp_gso = true; /* tried per send; switched off on the first refusal */
+    }
     if (bind(dp->udp_fd, (struct sockaddr *)&local, len) < 0) {
         set_err(err, err_len, "bind UDP 4500", strerror(errno));
         return M2MVPN_E_NETWORK;
@@ -182,6 +207,8 @@ int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret, char *e
     int rc = M2MVPN_E_NOMEM;
     if (!dp->tx || !dp->rx)
         goto fail;
+    memset(&dp->rx->gro, 0, sizeof(dp->rx->gro));
+    dp->rx->gro.buf = dp->rx->gro_buf;
     dp->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     dp->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (dp->event_fd < 0 || dp->stop_fd < 0) {
@@ -192,7 +219,8 @@ int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret, char *e
     rc = open_udp(dp, err, err_len);
     if (rc < 0)
         goto fail;
-    rc = esp_net_open(&dp->net, cfg->tun_name, cfg->kill_switch, err, err_len);
+    rc = esp_net_open(&dp->net, cfg->tun_name, cfg->kill_switch, cfg->offload, err,
+                      err_len);
     if (rc < 0)
         goto fail;
     dp->net_open = true;
@@ -333,32 +361,55 @@ static bool covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uin
     return false;
 }
 
-int esp_datapath_poll_tun(esp_datapath *dp)
+/* One message per packet, or with UDP GSO one per run of equal-sized packets
+ * (the last of a run may be shorter), at most 64 segments / 64 KiB each. */
+static int build_messages(esp_datapath *dp, int out, struct sockaddr_storage *peer,
+                          socklen_t peer_len)
 {
     esp_tx_batch *b = dp->tx;
-    size_t inner_len[ESP_BATCH];
-    int n = 0;
-    const size_t cap = ESP_TX_SLOT - ESP_HEADROOM - 64; /* room for trailer + ICV */
-
-    while (n < ESP_BATCH) {
-        ssize_t r = read(dp->net.tun_fd, b->buf[n] + ESP_HEADROOM, cap + 1);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
+    int m = 0;
+    for (int i = 0; i < out; m++) {
+        size_t seg = b->iov[i].iov_len, total = seg;
+        int k = 1;
+        if (dp->udp_gso) {
+            while (i + k < out && k < 64 && b->iov[i + k].iov_len <= seg &&
+                   total + b->iov[i + k].iov_len <= 65000) {
+                total += b->iov[i + k].iov_len;
+                k++;
+                if (b->iov[i + k - 1].iov_len < seg)
+                    break;
+            }
         }
-        if ((size_t)r > cap) {
-            atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
-            continue;
+        struct msghdr *mh = &b->msg[m].msg_hdr;
+        memset(mh, 0, sizeof(*mh));
+        mh->msg_iov = &b->iov[i];
+        mh->msg_iovlen = (size_t)k;
+        mh->msg_name = peer;
+        mh->msg_namelen = peer_len;
+        if (k > 1) {
+            mh->msg_control = b->ctrl[m].buf;
+            mh->msg_controllen = sizeof(b->ctrl[m].buf);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(mh);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t gso_size = (uint16_t)seg;
+            memcpy(CMSG_DATA(cm), &gso_size, sizeof(gso_size));
         }
-        inner_len[n++] = (size_t)r;
+        i += k;
     }
-    if (n == 0)
-        return 0;
+    return m;
+}
 
+/* Encrypt the n plaintext packets gathered in the slots and send them. */
+static void tx_flush(esp_datapath *dp, int n)
+{
+    esp_tx_batch *b = dp->tx;
     struct sockaddr_storage peer;
     socklen_t peer_len = 0;
     int out = 0;
+    if (n == 0)
+        return;
     pthread_rwlock_rdlock(&dp->sa_lock);
     esp_slot *slot = dp->out_idx >= 0 ? &dp->slots[dp->out_idx] : NULL;
     if (!slot) {
@@ -370,7 +421,7 @@ int esp_datapath_poll_tun(esp_datapath *dp)
         size_t hdr = esp_sa_header_len(slot->sa);
         for (int i = 0; i < n; i++) {
             uint8_t *inner = b->buf[i] + ESP_HEADROOM;
-            uint8_t nh = next_header_of(inner, inner_len[i]);
+            uint8_t nh = next_header_of(inner, b->inner_len[i]);
             if (!nh) {
                 atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
                 continue;
@@ -382,7 +433,7 @@ int esp_datapath_poll_tun(esp_datapath *dp)
             uint8_t *pkt = inner - hdr;
             size_t pkt_len;
             esp_drop_reason why;
-            if (esp_sa_encap(slot->sa, inner, inner_len[i], nh, pkt,
+            if (esp_sa_encap(slot->sa, inner, b->inner_len[i], nh, pkt,
                              ESP_TX_SLOT - (size_t)(pkt - b->buf[i]), &pkt_len, &why) < 0)
                 continue; /* counted by the SA */
             b->iov[out].iov_base = pkt;
@@ -394,25 +445,111 @@ int esp_datapath_poll_tun(esp_datapath *dp)
     }
     pthread_rwlock_unlock(&dp->sa_lock);
 
-    for (int i = 0; i < out; i++) {
-        memset(&b->msg[i].msg_hdr, 0, sizeof(b->msg[i].msg_hdr));
-        b->msg[i].msg_hdr.msg_iov = &b->iov[i];
-        b->msg[i].msg_hdr.msg_iovlen = 1;
-        b->msg[i].msg_hdr.msg_name = &peer;
-        b->msg[i].msg_hdr.msg_namelen = peer_len;
-    }
+    int n_msg = build_messages(dp, out, &peer, peer_len);
     int sent = 0;
-    while (sent < out) {
-        int r = sendmmsg(dp->udp_fd, b->msg + sent, (unsigned)(out - sent), 0);
+    while (sent < n_msg) {
+        int r = sendmmsg(dp->udp_fd, b->msg + sent, (unsigned)(n_msg - sent), 0);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
+            if (dp->udp_gso && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
+                /* No UDP GSO here (or on this route): plain datagrams from now on. */
+                dp->udp_gso = false;
+                n_msg = build_messages(dp, out, &peer, peer_len);
+                sent = 0;
+                continue;
+            }
             break; /* unreachable peer etc.: the packets are lost, as on a wire */
         }
         sent += r;
     }
+    sent = sent >= n_msg ? out : 0; /* counted for keepalive suppression only */
     atomic_fetch_add_explicit(&dp->tx_packets, (uint64_t)sent, memory_order_relaxed);
-    return n;
+}
+
+/* Plain TUN: one packet per read, straight into its slot. */
+static int tun_read_plain(esp_datapath *dp, int *n)
+{
+    esp_tx_batch *b = dp->tx;
+    const size_t cap = ESP_TX_SLOT - ESP_HEADROOM - 64; /* room for trailer + ICV */
+    ssize_t r = read(dp->net.tun_fd, b->buf[*n] + ESP_HEADROOM, cap + 1);
+    if (r < 0)
+        return errno == EINTR ? 1 : 0;
+    if ((size_t)r > cap) {
+        atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+        return 1;
+    }
+    b->inner_len[(*n)++] = (size_t)r;
+    return 1;
+}
+
+/* Offloaded TUN: a read may be a TSO super-packet, cut into segments here. */
+static int tun_read_offload(esp_datapath *dp, int *n)
+{
+    esp_tx_batch *b = dp->tx;
+    const size_t cap = ESP_TX_SLOT - ESP_HEADROOM - 64;
+    ssize_t r = read(dp->net.tun_fd, b->gso, sizeof(b->gso));
+    if (r < 0)
+        return errno == EINTR ? 1 : 0;
+    if ((size_t)r <= ESP_VNET_HDR_LEN)
+        return 1;
+    struct virtio_net_hdr vh;
+    memcpy(&vh, b->gso, sizeof(vh));
+    uint8_t *pkt = b->gso + ESP_VNET_HDR_LEN;
+    size_t len = (size_t)r - ESP_VNET_HDR_LEN;
+    uint8_t gso = vh.gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
+
+    if (gso == VIRTIO_NET_HDR_GSO_NONE) {
+        if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
+            !esp_csum_complete(pkt, len, vh.csum_start, vh.csum_offset)) {
+            atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+            return 1;
+        }
+        if (len > cap) {
+            atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+            return 1;
+        }
+        if (*n == ESP_TX_BATCH) {
+            tx_flush(dp, *n);
+            *n = 0;
+        }
+        memcpy(b->buf[*n] + ESP_HEADROOM, pkt, len);
+        b->inner_len[(*n)++] = len;
+        return 1;
+    }
+    if (gso != VIRTIO_NET_HDR_GSO_TCPV4 && gso != VIRTIO_NET_HDR_GSO_TCPV6) {
+        atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+        return 1;
+    }
+    size_t need = vh.gso_size ? (len + vh.gso_size - 1) / vh.gso_size : ESP_TX_BATCH + 1;
+    if (need > (size_t)(ESP_TX_BATCH - *n)) {
+        tx_flush(dp, *n);
+        *n = 0;
+    }
+    uint8_t *outs[ESP_TX_BATCH];
+    for (int i = *n; i < ESP_TX_BATCH; i++)
+        outs[i - *n] = b->buf[i] + ESP_HEADROOM;
+    size_t segs = esp_tso_segment(pkt, len, vh.gso_size, outs, cap, b->inner_len + *n,
+                                  (size_t)(ESP_TX_BATCH - *n));
+    if (segs == 0)
+        atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+    *n += (int)segs;
+    return 1;
+}
+
+int esp_datapath_poll_tun(esp_datapath *dp)
+{
+    int n = 0, reads = 0;
+    /* Plain: fill one batch. Offload: a few super-packets per wakeup. */
+    int max_reads = dp->cfg.offload ? 8 : ESP_BATCH;
+    while (reads < max_reads && n < ESP_TX_BATCH) {
+        int more = dp->cfg.offload ? tun_read_offload(dp, &n) : tun_read_plain(dp, &n);
+        if (!more)
+            break;
+        reads++;
+    }
+    tx_flush(dp, n);
+    return reads == max_reads ? ESP_BATCH : reads;
 }
 
 /* -------------------------------------------------------- UDP -> TUN */
@@ -446,60 +583,113 @@ static void queue_ike(esp_datapath *dp, const uint8_t *data, size_t len,
     signal_engine(dp);
 }
 
+static void gro_flush(esp_datapath *dp)
+{
+    esp_gro *g = &dp->rx->gro;
+    if (g->len == 0)
+        return;
+    size_t n = esp_gro_finish(g);
+    ssize_t w = write(dp->net.tun_fd, g->buf, n);
+    (void)w; /* a full TUN queue drops, like any congested link */
+}
+
+/* Up the TUN with a decrypted packet; with offloads, coalesced with its
+ * predecessors of the same TCP flow. */
+static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len)
+{
+    if (!dp->cfg.offload) {
+        ssize_t w = write(dp->net.tun_fd, inner, len);
+        (void)w; /* a full TUN queue drops, like any congested link */
+        return;
+    }
+    esp_gro *g = &dp->rx->gro;
+    if (esp_gro_append(g, inner, len))
+        return;
+    gro_flush(dp);
+    esp_gro_start(g, inner, len);
+}
+
+/* One received datagram (or one segment of a GRO buffer). */
+static void rx_datagram(esp_datapath *dp, uint8_t *p, size_t len,
+                        const struct sockaddr_storage *from, socklen_t from_len, bool *rekey)
+{
+    if (len == 1 && p[0] == 0xff)
+        return; /* NAT keepalive from the peer */
+    if (len >= NON_ESP_MARKER_LEN && buf_load_be32(p) == 0) {
+        queue_ike(dp, p + NON_ESP_MARKER_LEN, len - NON_ESP_MARKER_LEN, from, from_len);
+        return;
+    }
+    if (len < 8) {
+        atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+        return;
+    }
+    esp_slot *slot = find_slot_locked(dp, buf_load_be32(p));
+    if (!slot) {
+        atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
+        return;
+    }
+    uint8_t *inner, nh;
+    size_t inner_len;
+    esp_drop_reason why;
+    if (esp_sa_decap(slot->sa, p, len, &inner, &inner_len, &nh, &why) == 0)
+        deliver(dp, inner, inner_len);
+    *rekey |= esp_sa_rekey_pending(slot->sa);
+}
+
 int esp_datapath_poll_udp(esp_datapath *dp)
 {
     esp_rx_batch *b = dp->rx;
-    for (int i = 0; i < ESP_BATCH; i++) {
-        b->iov[i].iov_base = b->buf[i];
-        b->iov[i].iov_len = ESP_MAX_PACKET;
+    size_t slot_size = dp->udp_gro ? ESP_RX_GRO_SLOT : ESP_MAX_PACKET;
+    int slots = (int)(ESP_RX_BYTES / slot_size);
+    for (int i = 0; i < slots; i++) {
+        b->iov[i].iov_base = b->buf + (size_t)i * slot_size;
+        b->iov[i].iov_len = slot_size;
         memset(&b->msg[i].msg_hdr, 0, sizeof(b->msg[i].msg_hdr));
         b->msg[i].msg_hdr.msg_iov = &b->iov[i];
         b->msg[i].msg_hdr.msg_iovlen = 1;
         b->msg[i].msg_hdr.msg_name = &b->from[i];
         b->msg[i].msg_hdr.msg_namelen = sizeof(b->from[i]);
+        if (dp->udp_gro) {
+            b->msg[i].msg_hdr.msg_control = b->ctrl[i].buf;
+            b->msg[i].msg_hdr.msg_controllen = sizeof(b->ctrl[i].buf);
+        }
     }
-    int n = recvmmsg(dp->udp_fd, b->msg, ESP_BATCH, MSG_DONTWAIT, NULL);
+    int n = recvmmsg(dp->udp_fd, b->msg, (unsigned)slots, MSG_DONTWAIT, NULL);
     if (n <= 0)
         return 0;
 
     bool rekey = false;
     pthread_rwlock_rdlock(&dp->sa_lock);
     for (int i = 0; i < n; i++) {
-        uint8_t *p = b->buf[i];
+        struct msghdr *mh = &b->msg[i].msg_hdr;
+        uint8_t *p = b->iov[i].iov_base;
         size_t len = b->msg[i].msg_len;
-        if (b->msg[i].msg_hdr.msg_flags & MSG_TRUNC) {
+        if (mh->msg_flags & MSG_TRUNC) {
             atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
             continue;
         }
-        if (len == 1 && p[0] == 0xff)
-            continue; /* NAT keepalive from the peer */
-        if (len >= NON_ESP_MARKER_LEN && buf_load_be32(p) == 0) {
-            queue_ike(dp, p + NON_ESP_MARKER_LEN, len - NON_ESP_MARKER_LEN, &b->from[i],
-                      b->msg[i].msg_hdr.msg_namelen);
-            continue;
+        size_t seg = len;
+        for (struct cmsghdr *cm = dp->udp_gro ? CMSG_FIRSTHDR(mh) : NULL; cm;
+             cm = CMSG_NXTHDR(mh, cm)) {
+            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                int gso;
+                memcpy(&gso, CMSG_DATA(cm), sizeof(gso));
+                if (gso > 0)
+                    seg = (size_t)gso;
+            }
         }
-        if (len < 8) {
-            atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
-            continue;
+        /* A GRO buffer holds datagrams of `seg` bytes, the last may be shorter. */
+        for (size_t off = 0; off < len; off += seg) {
+            size_t l = len - off < seg ? len - off : seg;
+            rx_datagram(dp, p + off, l, &b->from[i], mh->msg_namelen, &rekey);
         }
-        esp_slot *slot = find_slot_locked(dp, buf_load_be32(p));
-        if (!slot) {
-            atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
-            continue;
-        }
-        uint8_t *inner, nh;
-        size_t inner_len;
-        esp_drop_reason why;
-        if (esp_sa_decap(slot->sa, p, len, &inner, &inner_len, &nh, &why) == 0) {
-            ssize_t w = write(dp->net.tun_fd, inner, inner_len);
-            (void)w; /* a full TUN queue drops, like any congested link */
-        }
-        rekey |= esp_sa_rekey_pending(slot->sa);
     }
     pthread_rwlock_unlock(&dp->sa_lock);
+    if (dp->cfg.offload)
+        gro_flush(dp);
     if (rekey)
         signal_engine(dp);
-    return n;
+    return n == slots ? ESP_BATCH : n;
 }
 
 /* ------------------------------------------------------------- workers */

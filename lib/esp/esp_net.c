@@ -30,7 +30,8 @@ static void set_err(char *err, size_t err_len, const char *what, const char *why
         snprintf(err, err_len, "%s: %s", what, why);
 }
 
-int esp_net_open(esp_net *n, const char *name, bool persistent, char *err, size_t err_len)
+int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
+                 size_t err_len)
 {
     memset(n, 0, sizeof(*n));
     n->tun_fd = -1;
@@ -53,13 +54,17 @@ int esp_net_open(esp_net *n, const char *name, bool persistent, char *err, size_
     }
     struct ifreq ifr;
     memset(&ifr, 0, sizeof(ifr));
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0);
     snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", n->name);
     if (ioctl(n->tun_fd, TUNSETIFF, &ifr) < 0) {
         set_err(err, err_len, "TUNSETIFF", strerror(errno));
         goto fail;
     }
     snprintf(n->name, sizeof(n->name), "%s", ifr.ifr_name);
+    if (offload && ioctl(n->tun_fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) < 0) {
+        set_err(err, err_len, "TUNSETOFFLOAD", strerror(errno));
+        goto fail;
+    }
     if (persistent && ioctl(n->tun_fd, TUNSETPERSIST, 1) < 0) {
         set_err(err, err_len, "TUNSETPERSIST", strerror(errno));
         goto fail;

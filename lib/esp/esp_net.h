@@ -34,8 +34,9 @@ typedef struct esp_net {
 } esp_net;
 
 /* Create or attach to the TUN `name` (IFF_TUN|IFF_NO_PI, non-blocking fd),
- * optionally persistent. Errors: TUN, SYSTEM. */
-int esp_net_open(esp_net *n, const char *name, bool persistent, char *err, size_t err_len);
+ * optionally persistent, optionally with IFF_VNET_HDR + TSO/CSUM offloads. Errors: TUN, SYSTEM. */
+int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
+                 size_t err_len);
 
 /* Bring the link up with `mtu`, set the address, and make the routes equal to
  * `want` (unicast via the TUN at `metric`, plus blackholes at metric +

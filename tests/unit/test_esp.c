@@ -27,6 +27,7 @@
 
 #include "core/buf.h"
 #include "esp/esp.h"
+#include "esp/esp_offload.h"
 #include "profile/proposal.h"
 
 static size_t unhex(const char *s, uint8_t *out, size_t cap)
@@ -714,6 +715,125 @@ START_TEST(config_validation_and_mtu)
 END_TEST
 
 
+
+/* ------------------------------------------------------------- offloads */
+
+/* Known answer: the IPv4 header worked example of the Wikipedia article
+ * "Internet checksum" (checksum 0xb861); algorithm of RFC 1071. */
+START_TEST(checksum_known_answer)
+{
+    uint8_t h[20];
+    unhex("45000073000040004011 0000 c0a80001c0a800c7", h, sizeof(h));
+    ck_assert_uint_eq((uint16_t)~esp_csum_fold(esp_csum_add(0, h, 20)), 0xb861);
+    buf_store_be16(h + 10, 0xb861);
+    ck_assert_uint_eq(esp_csum_fold(esp_csum_add(0, h, 20)), 0xffff);
+    /* Odd length: the last byte is padded with zero. */
+    uint8_t odd[3] = { 0x01, 0x02, 0x03 };
+    ck_assert_uint_eq(esp_csum_fold(esp_csum_add(0, odd, 3)), 0x0102 + 0x0300);
+}
+END_TEST
+
+/* A TCP packet with `payload` bytes of data (IPv4 or IPv6, timestamps option). */
+static size_t build_tcp(uint8_t *p, bool v6, size_t payload, uint32_t seq, uint8_t flags)
+{
+    size_t ip = v6 ? 40 : 20, thl = 32, len = ip + thl + payload;
+    memset(p, 0, ip + thl);
+    if (v6) {
+        p[0] = 0x60; buf_store_be16(p + 4, (uint16_t)(thl + payload)); p[6] = 6; p[7] = 64;
+        p[8] = 0x20; p[9] = 0x01; p[23] = 1; p[24] = 0x20; p[25] = 0x01; p[39] = 2;
+    } else {
+        p[0] = 0x45; buf_store_be16(p + 2, (uint16_t)len); buf_store_be16(p + 4, 77);
+        p[6] = 0x40; p[8] = 64; p[9] = 6;
+        p[12] = 198; p[13] = 18; p[15] = 1; p[16] = 198; p[17] = 18; p[19] = 2;
+    }
+    uint8_t *t = p + ip;
+    buf_store_be16(t, 40000); buf_store_be16(t + 2, 5201);
+    buf_store_be32(t + 4, seq); buf_store_be32(t + 8, 99);
+    t[12] = (uint8_t)((thl / 4) << 4); t[13] = flags; buf_store_be16(t + 14, 500);
+    t[20] = 1; t[21] = 1; t[22] = 8; t[23] = 10; buf_store_be32(t + 24, 12345); /* TS */
+    for (size_t i = 0; i < payload; i++)
+        p[ip + thl + i] = (uint8_t)(i * 31 + 7);
+    return len;
+}
+
+static bool tcp_checksum_ok(const uint8_t *p, size_t len, bool v6)
+{
+    size_t ip = v6 ? 40 : 20;
+    uint32_t s = v6 ? esp_csum_add(0, p + 8, 32) : esp_csum_add(0, p + 12, 8);
+    s += 6u + (uint32_t)(len - ip);
+    s = esp_csum_add(s, p + ip, len - ip);
+    return esp_csum_fold(s) == 0xffff;
+}
+
+START_TEST(tso_segment_and_coalesce)
+{
+    bool v6 = _i == 1;
+    size_t ip = v6 ? 40 : 20;
+    static uint8_t big[8192], segs[8][2048], gro_buf[ESP_VNET_HDR_LEN + ESP_GSO_MAX];
+    size_t len = build_tcp(big, v6, 3500, 1000, 0x18 /* ACK|PSH */);
+    uint8_t *outs[8];
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
+        outs[i] = segs[i];
+    ck_assert_uint_eq(esp_tso_segment(big, len, 1000, outs, 2048, lens, 2), 0); /* too few */
+    size_t n = esp_tso_segment(big, len, 1000, outs, 2048, lens, 8);
+    ck_assert_uint_eq(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        size_t seg = i < 3 ? 1000 : 500;
+        ck_assert_uint_eq(lens[i], ip + 32 + seg);
+        ck_assert_uint_eq(buf_load_be32(segs[i] + ip + 4), 1000 + 1000 * i);
+        ck_assert_uint_eq(segs[i][ip + 13], i < 3 ? 0x10 : 0x18); /* PSH only last */
+        ck_assert_mem_eq(segs[i] + ip + 32, big + ip + 32 + 1000 * i, seg);
+        ck_assert(tcp_checksum_ok(segs[i], lens[i], v6));
+        if (!v6) {
+            ck_assert_uint_eq(buf_load_be16(segs[i] + 2), lens[i]);
+            ck_assert_uint_eq(buf_load_be16(segs[i] + 4), 77 + i);
+            ck_assert_uint_eq(esp_csum_fold(esp_csum_add(0, segs[i], 20)), 0xffff);
+        } else {
+            ck_assert_uint_eq(buf_load_be16(segs[i] + 4), lens[i] - 40);
+        }
+    }
+    /* Coalescing gives the original back as one GSO packet. */
+    esp_gro g = { .buf = gro_buf };
+    esp_gro_start(&g, segs[0], lens[0]);
+    for (size_t i = 1; i < n; i++)
+        ck_assert(esp_gro_append(&g, segs[i], lens[i]));
+    ck_assert(!esp_gro_append(&g, segs[1], lens[1])); /* closed after PSH */
+    size_t out = esp_gro_finish(&g);
+    ck_assert_uint_eq(out, ESP_VNET_HDR_LEN + len);
+    struct virtio_net_hdr vh;
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.gso_type, v6 ? VIRTIO_NET_HDR_GSO_TCPV6 : VIRTIO_NET_HDR_GSO_TCPV4);
+    ck_assert_uint_eq(vh.gso_size, 1000);
+    ck_assert_uint_eq(vh.csum_start, ip);
+    ck_assert_mem_eq(gro_buf + ESP_VNET_HDR_LEN + ip + 32, big + ip + 32, 3500);
+    ck_assert_uint_eq(gro_buf[ESP_VNET_HDR_LEN + ip + 13], 0x18);
+
+    /* A gap in the sequence, or another flow, starts a new packet. */
+    esp_gro_start(&g, segs[0], lens[0]);
+    ck_assert(!esp_gro_append(&g, segs[2], lens[2]));
+    segs[1][ip + 2] ^= 1; /* other destination port */
+    ck_assert(!esp_gro_append(&g, segs[1], lens[1]));
+    ck_assert_uint_eq(esp_gro_finish(&g), ESP_VNET_HDR_LEN + lens[0]);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+    ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_DATA_VALID);
+}
+END_TEST
+
+START_TEST(partial_checksum_completed)
+{
+    uint8_t p[200];
+    size_t len = build_tcp(p, false, 100, 5, 0x10);
+    /* What the kernel hands over with TUN_F_CSUM: pseudo-header sum only. */
+    uint32_t ps = esp_csum_add(0, p + 12, 8) + 6u + (uint32_t)(len - 20);
+    buf_store_be16(p + 36, esp_csum_fold(ps));
+    ck_assert(esp_csum_complete(p, len, 20, 16));
+    ck_assert(tcp_checksum_ok(p, len, false));
+    ck_assert(!esp_csum_complete(p, len, 190, 16)); /* outside the packet */
+}
+END_TEST
+
 /* ------------------------------------------- TUN, routes, datapath (root) */
 
 /* Each network test moves its process into a new, unnamed network namespace
@@ -750,7 +870,7 @@ static void parse_prefix(const char *s, esp_prefix *p)
     p->prefix_len = (uint8_t)len;
 }
 
-static esp_datapath *make_dp(const char *tun, bool kill_switch, uint16_t port)
+static esp_datapath *make_dp_opt(const char *tun, bool kill_switch, uint16_t port, bool offload)
 {
     esp_datapath_config cfg = {0};
     struct sockaddr_in *sin = (struct sockaddr_in *)&cfg.local;
@@ -760,12 +880,18 @@ static esp_datapath *make_dp(const char *tun, bool kill_switch, uint16_t port)
     cfg.local_len = sizeof(*sin);
     snprintf(cfg.tun_name, sizeof(cfg.tun_name), "%s", tun);
     cfg.kill_switch = kill_switch;
+    cfg.offload = offload;
     cfg.configure_network = true;
     esp_datapath *dp;
     char err[256] = "";
     int rc = esp_datapath_new(&cfg, &dp, err, sizeof(err));
     ck_assert_msg(rc == 0, "esp_datapath_new: %d %s", rc, err);
     return dp;
+}
+
+static esp_datapath *make_dp(const char *tun, bool kill_switch, uint16_t port)
+{
+    return make_dp_opt(tun, kill_switch, port, false);
 }
 
 static void set_net(esp_datapath *dp, const char *vip, const char **ts, size_t n_ts)
@@ -944,12 +1070,24 @@ static size_t build_udp4(uint8_t *p, const char *src, const char *dst, uint16_t 
     return len;
 }
 
+/* Valid UDP checksum (or none) over an IPv4 packet. */
+static bool udp4_checksum_ok(const uint8_t *p, size_t len)
+{
+    size_t ihl = (p[0] & 15u) * 4u;
+    if (len < ihl + 8 || buf_load_be16(p + ihl + 6) == 0)
+        return len >= ihl + 8;
+    uint32_t s = esp_csum_add(0, p + 12, 8) + 17u + (uint32_t)(len - ihl);
+    s = esp_csum_add(s, p + ihl, len - ihl);
+    return esp_csum_fold(s) == 0xffff;
+}
+
 START_TEST(datapath_end_to_end)
 {
+    bool offload = _i == 1;
     enter_netns();
     core_loop loop;
     ck_assert_int_eq(core_loop_init(&loop, nop_wake, NULL), 0);
-    esp_datapath *dp = make_dp("m2e-d0", false, 4500);
+    esp_datapath *dp = make_dp_opt("m2e-d0", false, 4500, offload);
     dp_events ev = {0};
     esp_datapath_callbacks cbs = { .on_ike_packet = on_ike, .on_rekey = on_rekey };
     ck_assert_int_eq(esp_datapath_attach(dp, &loop, &cbs, &ev), 0);
@@ -1002,6 +1140,7 @@ START_TEST(datapath_end_to_end)
     ck_assert_uint_eq(nh, ESP_NH_IPV4);
     ck_assert_uint_eq(out_len, 28 + 13);
     ck_assert_mem_eq(out + 28, "hello gateway", 13);
+    ck_assert(udp4_checksum_ok(out, out_len)); /* finished by us with offloads */
 
     /* Inbound: "gateway" -> ESP -> TUN -> app socket on the virtual IP. */
     size_t il = build_udp4(inner, "198.18.6.7", "198.18.5.1", 7000, "hello device");
@@ -1101,12 +1240,18 @@ Suite *esp_suite(void)
     tcase_add_test(t, config_validation_and_mtu);
     suite_add_tcase(s, t);
 
+    t = tcase_create("offload");
+    tcase_add_test(t, checksum_known_answer);
+    tcase_add_loop_test(t, tso_segment_and_coalesce, 0, 2);
+    tcase_add_test(t, partial_checksum_completed);
+    suite_add_tcase(s, t);
+
     if (geteuid() == 0) {
         t = tcase_create("net");
         tcase_set_timeout(t, 60);
         tcase_add_test(t, tun_setup_and_exact_teardown);
         tcase_add_test(t, kill_switch_survives_sigkill);
-        tcase_add_test(t, datapath_end_to_end);
+        tcase_add_loop_test(t, datapath_end_to_end, 0, 2);
         suite_add_tcase(s, t);
     } else {
         fprintf(stderr, "test_esp: not root, the 3 network tests were NOT run\n");

@@ -285,6 +285,33 @@ def test_loss_rule_drops_forwarded_packets(topology):
     assert "numgen random mod 100 < 30" in listed
 
 
+def test_gateway_initiated_child_rekey(topology, charons, pki):
+    """Baseline for rekey tests: the gateway rekeys the CHILD SA, new SPIs
+    replace the old ones on both sides and traffic goes on."""
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki), name="gw")
+    cl = charons(topo.client, charonmod.client_config(pki, "psk", topo.gw_addr), name="cl")
+    cl_sa, _ = connect_and_check(
+        topo, gw, cl, gw_conn="psk",
+        ike_algs=("AES_GCM_16", "256", None, "PRF_HMAC_SHA2_384", "CURVE_25519"),
+        child_algs=("ESP", "AES_GCM_16", "256", None))
+    old_spi = charonmod.child_of(cl_sa)["spi-in"]
+    mark = len(gw.log_text())
+    gw.rekey(child="net")
+    gw.wait_for_log("closing CHILD_SA net", after=mark)
+    deadline = time.monotonic() + 10
+    while True:   # the client deletes the old SA when the gateway's DELETE arrives
+        children = list(cl.wait_for_sa("gw", "net")["child-sas"].values())
+        if len(children) == 1 and children[0]["spi-in"] != old_spi:
+            break
+        assert time.monotonic() < deadline, f"old CHILD SA not replaced: {children}"
+        time.sleep(0.1)
+    assert children[0]["state"] == "INSTALLED"
+    assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+    with pytest.raises(ValueError):
+        gw.rekey()
+
+
 def test_eap_mschapv2(topology, charons, pki):
     topo = topology("direct")
     gw = charons(topo.gateway, charonmod.gateway_config(pki), name="gw")

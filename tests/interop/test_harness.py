@@ -342,6 +342,22 @@ NOT_IMPLEMENTED = "not supported by this build or not yet implemented"
 
 
 @pytest.mark.needs_m2mvpn
+@pytest.mark.parametrize("auth,p12", [("psk", False), ("ecdsa", False), ("ecdsa", True),
+                                      ("rsa", False), ("rsa", True), ("eap", False)])
+def test_m2mvpn_accepts_harness_profiles(topology, pki, workdir, auth, p12):
+    """make_profile() output loads in the real engine: `run` serves it and
+    `status --json` reports it idle (manual mode)."""
+    binary = m2mvpn_client.find_binary()
+    if binary is None:
+        pytest.skip("tools/m2mvpn not built yet (set M2MVPN_BINARY): our client is not tested")
+    topo = topology("direct")
+    profile = m2mvpn_client.make_profile(pki, auth, topo.gw_addr, p12=p12)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        st = client.status()
+        assert (st["state"], st["profile"]) == ("idle", "interop")
+
+
+@pytest.mark.needs_m2mvpn
 def test_m2mvpn_client_psk(topology, charons, pki, workdir):
     binary = m2mvpn_client.find_binary()
     if binary is None:

@@ -81,6 +81,8 @@ int ctl_client_call(const char *sock_path, const char *line, size_t len, int tim
         ssize_t n = send(fd, line + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
+        if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+            break; /* it answered early (busy, refused): read why */
         if (n < 0) {
             snprintf(err, err_len, "cannot send to the service at %s: %s", sock_path, strerror(errno));
             close(fd);

@@ -30,6 +30,7 @@ typedef struct svc_conn {
     char *out;                 /* response line being written */
     size_t out_len, out_off;
     long long deadline_ms;
+    bool draining;             /* answered: discard input until the client closes */
     uid_t uid;
     pid_t pid;
 } svc_conn;
@@ -295,6 +296,7 @@ static void conn_close(svc_conn *c)
     free(c->out);
     c->fd = -1;
     c->in_len = 0;
+    c->draining = false;
     c->out = NULL;
     c->out_len = c->out_off = 0;
 }
@@ -377,7 +379,23 @@ static void conn_writable(svc_conn *c)
         return;
     }
     c->out_off += (size_t)n;
-    if (c->out_off == c->out_len)
+    if (c->out_off < c->out_len)
+        return;
+    /* Answer sent. Closing now, with unread request bytes still queued (an
+     * over-long line), would reset the connection and could destroy the
+     * answer before the client read it: end our side and drain instead. */
+    free(c->out);
+    c->out = NULL;
+    c->out_len = c->out_off = 0;
+    shutdown(c->fd, SHUT_WR);
+    c->draining = true;
+}
+
+static void conn_drain(svc_conn *c)
+{
+    char sink[4096];
+    ssize_t n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
         conn_close(c);
 }
 
@@ -436,6 +454,7 @@ static void run_engine(service *s)
     s->engine_deadline_ms = t < 0 ? -1 : now_ms() + t;
 }
 
+/* Answers not yet completely sent (draining connections have theirs out). */
 static bool pending_output(const service *s)
 {
     for (size_t i = 0; i < SVC_MAX_CONNS; i++)
@@ -502,6 +521,8 @@ static int serve(service *s)
                 continue;
             if (c->out)
                 conn_writable(c);
+            else if (c->draining)
+                conn_drain(c);
             else
                 conn_readable(s, c);
         }
@@ -569,7 +590,7 @@ int service_run(const service_opts *o)
         report_startup_failure(o, "cannot load profile %s: %s", o->profile, m2mvpn_last_error(s->h));
         goto out;
     }
-    s->listen_fd = svc_listen(o->control, err, sizeof(err));
+    s->listen_fd = svc_bind(o->control, err, sizeof(err));
     if (s->listen_fd < 0) {
         report_startup_failure(o, "%s", err);
         goto out;
@@ -579,6 +600,10 @@ int service_run(const service_opts *o)
         goto out;
     }
     pidfile = true;
+    if (listen(s->listen_fd, 16) < 0) {
+        report_startup_failure(o, "cannot listen on %s: %s", o->control, strerror(errno));
+        goto out;
+    }
     s->engine_fd = m2mvpn_get_fd(s->h);
     if (s->engine_fd < 0) {
         report_startup_failure(o, "cannot drive the engine: %s", m2mvpn_last_error(s->h));

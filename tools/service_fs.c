@@ -52,7 +52,7 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
     return 0;
 }
 
-int svc_listen(const char *path, char *err, size_t err_len)
+int svc_bind(const char *path, char *err, size_t err_len)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(path) >= sizeof(sa.sun_path)) {
@@ -90,7 +90,7 @@ int svc_listen(const char *path, char *err, size_t err_len)
         close(fd);
         return -1;
     }
-    if (chmod(path, 0600) < 0 || listen(fd, 16) < 0) {
+    if (chmod(path, 0600) < 0) {
         snprintf(err, err_len, "cannot set up the control socket %s: %s", path, strerror(errno));
         unlink(path);
         close(fd);

@@ -38,7 +38,7 @@ START_TEST(percent_decoding)
     ck_assert_int_eq(req.cmd, CTL_CMD_LOGIN);
     ck_assert_str_eq(req.args[0], "dev 1");
     ck_assert_str_eq(req.args[1], "p%ss\nword");
-    ck_assert_uint_eq(req.arg_len[1], 10);
+    ck_assert_uint_eq(req.arg_len[1], 9);
     ck_assert_int_eq(parse("pin %ff%FF"), 0);
     ck_assert_uint_eq(req.arg_len[0], 2);
     ck_assert_int_eq((unsigned char)req.args[0][0], 0xff);

@@ -423,6 +423,8 @@ static void accept_clients(service *s)
             }
             if (allowed != 1)
                 svc_log(s, M2MVPN_LOG_WARNING, "control: refused a client with uid %ld pid %ld", (long)uid, (long)pid);
+            else
+                svc_log(s, M2MVPN_LOG_DEBUG, "control: busy, turned away pid %ld", (long)pid);
             close(fd);
             continue;
         }

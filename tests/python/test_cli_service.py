@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import m2mvpn
-from cli_helpers import (DAEMON, PROFILE_NAMES, Service, answers, cli, needs_credentials, needs_parser, needs_pin,
+from cli_helpers import (DAEMON, PROFILE_NAMES, PROFILES, Service, answers, cli, needs_credentials, needs_parser, needs_pin,
                       one_error_line, request, wait_for)
 
 pytestmark = needs_parser
@@ -24,11 +24,11 @@ def test_status_json_is_idle(service):
     assert st["state"] == "idle"
     assert st["profile"] == PROFILE_NAMES[0]
     assert st["version"] == m2mvpn.version()
-    # Exactly the object of m2mvpn_status_json() for the same state.
+    # Exactly the object of m2mvpn_status_json() for the same state: a
+    # handle with the same profiles loaded, idle.
     with m2mvpn.Client() as c:
-        from cli_helpers import PROFILES
         c.load_profile_json(PROFILES)
-        assert set(st) == set(c.status_json())
+        assert p.stdout.rstrip("\n") == c.status_json_text()
 
 
 def test_status_plain_summary(service):
@@ -173,15 +173,27 @@ def test_request_protocol_answers(service):
 
 
 def test_silent_clients_do_not_block_the_service(service):
-    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(12)]
+    # Occupy every client slot with connections that never send, until the
+    # service turns one away with a "busy" answer.
+    idle, busy = [], None
     try:
-        for s in idle:
+        for _ in range(64):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            idle.append(s)
             s.connect(service.control)
-        # More idle clients than slots: a clear "busy" answer, and service
-        # again once the idle ones time out.
+            s.settimeout(0.2)
+            try:
+                busy = s.recv(4096)
+                break
+            except socket.timeout:
+                continue  # it holds a slot
+        assert busy, "never turned away"
+        answer = json.loads(busy)
+        assert answer["ok"] is False and answer["error"] == "BUSY"
         p = cli("status", "--control", service.control)
         assert p.returncode == 1
-        assert "too many clients" in one_error_line(p)
+        assert one_error_line(p) == "m2mvpn: status refused: too many clients at once, try again"
+        # Idle clients time out; then it serves again.
         assert wait_for(lambda: cli("status", "--control", service.control).returncode == 0, timeout=15)
     finally:
         for s in idle:

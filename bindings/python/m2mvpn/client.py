@@ -54,6 +54,24 @@ def _to_bytes(value, what, allow_none=False):
     return value
 
 
+def _secret_buffer(value, what, nul_ok):
+    """A zero-terminated ctypes copy of a secret; the caller zeroes it after use.
+    A bytearray is copied straight into the buffer (no immutable copy that
+    could not be wiped); a str has to be encoded first."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError("%s must be str, bytes or bytearray, not %s" % (what, type(value).__name__))
+    if not nul_ok and b"\0" in value:
+        raise ValueError("%s contains a NUL byte" % what)
+    n = len(value)
+    buf = ctypes.create_string_buffer(n + 1)
+    if n:
+        src = (ctypes.c_char * n).from_buffer(value) if isinstance(value, bytearray) else value
+        ctypes.memmove(buf, src, n)
+    return buf, n
+
+
 @dataclasses.dataclass(frozen=True)
 class Event:
     """A copy of one m2mvpn_event, safe to keep after the callback."""
@@ -246,25 +264,23 @@ class Client:
         self._check(self._lib.m2mvpn_disconnect(self._h))
 
     def set_credentials(self, user, password):
-        """m2mvpn_set_credentials(); user None keeps the profile's identity."""
+        """m2mvpn_set_credentials(); user None keeps the profile's identity.
+        password: str, bytes or bytearray."""
         self._require_open()
         u = _to_bytes(user, "user", allow_none=True)
-        secret = ctypes.create_string_buffer(_to_bytes(password, "password"))
+        secret, _ = _secret_buffer(password, "password", nul_ok=False)
         try:
             self._check(self._lib.m2mvpn_set_credentials(self._h, u, secret))
         finally:
             ctypes.memset(secret, 0, ctypes.sizeof(secret))
 
     def enter_pin(self, pin):
-        """m2mvpn_enter_pin(). The library refuses empty, NUL-containing or over-long PINs."""
+        """m2mvpn_enter_pin(): str, bytes or bytearray. The library refuses
+        empty, NUL-containing or over-long PINs (INVAL)."""
         self._require_open()
-        if isinstance(pin, str):
-            pin = pin.encode("utf-8")
-        if not isinstance(pin, (bytes, bytearray)):
-            raise TypeError("pin must be str or bytes")
-        secret = ctypes.create_string_buffer(bytes(pin), len(pin) + 1)
+        secret, n = _secret_buffer(pin, "pin", nul_ok=True)  # the library judges the bytes
         try:
-            self._check(self._lib.m2mvpn_enter_pin(self._h, secret, len(pin)))
+            self._check(self._lib.m2mvpn_enter_pin(self._h, secret, n))
         finally:
             ctypes.memset(secret, 0, ctypes.sizeof(secret))
 

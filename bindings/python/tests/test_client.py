@@ -295,3 +295,21 @@ def test_event_callback_after_a_state_change():
     assert (first.old_state, first.state) == (State.IDLE, State.CONNECTING)
     assert first.profile == "rig-a"
     assert first.struct_size == ctypes.sizeof(_native.Event)
+
+
+def test_secret_arguments_accept_bytearray_and_check_types(client):
+    # The library answers (NOTSUPP, or success once built); what matters here
+    # is that every accepted type reaches it and other types do not.
+    for pin in ("1234", b"1234", bytearray(b"1234")):
+        try:
+            client.enter_pin(pin)
+        except m2mvpn.M2mvpnError as e:
+            assert e.code == ErrorCode.NOTSUPP, str(e)
+    with pytest.raises(TypeError):
+        client.enter_pin(1234)
+    with pytest.raises(TypeError):
+        client.set_credentials("u", 1234)
+    with pytest.raises(ValueError):
+        client.set_credentials("u", bytearray(b"pa\0ss"))
+    with raises_code(ErrorCode.INVAL):
+        client.enter_pin(bytearray(b"12\x0034"))

@@ -208,6 +208,8 @@ typedef struct m2mvpn_status {
     uint64_t packets_in, packets_out;
     uint64_t packets_dropped;
     int64_t connected_since;        /**< Unix time of the current connection, or 0 */
+    char ike_algorithms[96];        /**< e.g. "aes256gcm16-prfsha384-x25519", or "" */
+    char esp_algorithms[96];        /**< e.g. "aes256gcm16", or "" */
 } m2mvpn_status;
 
 /**

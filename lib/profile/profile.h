@@ -13,6 +13,7 @@
 #ifndef M2MVPN_PROFILE_H
 #define M2MVPN_PROFILE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -106,6 +107,7 @@ typedef struct profile {
 typedef struct profile_set {
     profile *items;
     size_t n;
+    atomic_size_t extra_refs;  /* references beyond the first (profile_set_ref) */
 } profile_set;
 
 /*
@@ -119,8 +121,12 @@ int profile_set_parse(const char *json, size_t len, const char *base_dir,
 /* Read and parse a file; relative paths resolve against its folder.
  * Adds M2MVPN_E_IO (with the path and strerror) to the errors above. */
 int profile_set_load_file(const char *path, profile_set **ret, char *err, size_t err_len);
-/* Wipes every secret, frees everything. NULL is fine. */
+/* Drops one reference; the last one wipes every secret and frees everything.
+ * NULL is fine. Thread-safe against other references (API registry and
+ * engine share sets). */
 void profile_set_free(profile_set *set);
+/* Takes another reference (for whoever must keep the set alive). Returns set. */
+profile_set *profile_set_ref(profile_set *set);
 
 const profile *profile_set_find(const profile_set *set, const char *name);
 

@@ -1,0 +1,468 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* IKE_AUTH (RFC 7296 §1.2, §2.15): our identity and AUTH, the first CHILD SA,
+ * the configuration request; then the gateway's AUTH, verified before
+ * anything else of its answer is used. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/secmem.h"
+#include "sa_internal.h"
+
+#define PSK_PAD "Key Pad for IKEv2"
+
+/* ID payload body as it is signed: type, three reserved bytes, data. */
+static size_t id_body(const pki_id *id, uint8_t *out, size_t cap)
+{
+    if (cap < 4 + id->len)
+        return 0;
+    out[0] = (uint8_t)id->type;
+    out[1] = out[2] = out[3] = 0;
+    memcpy(out + 4, id->data, id->len);
+    return 4 + id->len;
+}
+
+int ike_auth_octets(ike_sa *sa, bool ours, const uint8_t *idb, size_t id_len,
+                    uint8_t **ret, size_t *ret_len)
+{
+    const uint8_t *msg = ours ? sa->init_req : sa->init_resp;
+    size_t msg_len = ours ? sa->init_req_len : sa->init_resp_len;
+    const uint8_t *nonce = ours ? sa->nonce_r : sa->nonce_i;
+    size_t nonce_len = ours ? sa->nonce_r_len : sizeof(sa->nonce_i);
+    const crypto_key *skp = ours ? &sa->keys->sk_pi : &sa->keys->sk_pr;
+    size_t mac_len = crypto_prf_len(sa->suite.prf_id);
+    size_t len = msg_len + nonce_len + mac_len;
+    uint8_t *o = malloc(len);
+    if (!o)
+        return M2MVPN_E_NOMEM;
+    memcpy(o, msg, msg_len);
+    memcpy(o + msg_len, nonce, nonce_len);
+    crypto_span id = { idb, id_len };
+    int r = crypto_prf_oneshot(sa->suite.prf_id, skp->b, skp->len, &id, 1, o + msg_len + nonce_len, mac_len);
+    if (r < 0) {
+        free(o);
+        return r;
+    }
+    *ret = o;
+    *ret_len = len;
+    return 0;
+}
+
+/* AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <octets>) (RFC 7296 §2.15). */
+static int psk_auth(ike_sa *sa, const uint8_t *octets, size_t len, uint8_t *out, size_t cap)
+{
+    const char *psk = sa->cfg.prof->psk;
+    uint8_t key[CRYPTO_MAX_PRF_LEN];
+    crypto_span pad = { (const uint8_t *)PSK_PAD, strlen(PSK_PAD) };
+    int r = crypto_prf_oneshot(sa->suite.prf_id, (const uint8_t *)psk, strlen(psk), &pad, 1, key, sizeof(key));
+    if (r == 0) {
+        crypto_span o = { octets, len };
+        r = crypto_prf_oneshot(sa->suite.prf_id, key, crypto_prf_len(sa->suite.prf_id), &o, 1, out, cap);
+    }
+    secure_wipe(key, sizeof(key));
+    return r;
+}
+
+static int our_id(ike_sa *sa, pki_id *id, char *err, size_t err_len)
+{
+    const profile *p = sa->cfg.prof;
+    if (p->local_id)
+        return pki_id_from_string(p->local_id, id, err, err_len);
+    if (p->auth == PROFILE_AUTH_CERT && sa->cfg.cred) {
+        pki_cert *const *chain;
+        size_t n;
+        int r = cred_chain(sa->cfg.cred, &chain, &n, err, err_len);
+        if (r < 0)
+            return r;
+        return pki_id_from_cert_subject(chain[0], id);
+    }
+    snprintf(err, err_len, "local_id is required for %s authentication", profile_auth_name(p->auth));
+    return M2MVPN_E_PROFILE;
+}
+
+static void build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts)
+{
+    *n = 0;
+    for (size_t i = 0; i < n_ts && *n < IKE_MAX_TS; i++)
+        if (ike_ts_from_prefix(ts[i].addr, ts[i].family == AF_INET6 ? 16 : 4, ts[i].prefix_len, 0, 0,
+                               65535, &out[*n]) == 0)
+            (*n)++;
+}
+
+int ike_auth_start(ike_sa *sa)
+{
+    const profile *p = sa->cfg.prof;
+    char err[256];
+    pki_id id;
+    int r = our_id(sa, &id, err, sizeof(err));
+    if (r < 0) {
+        ike_sa_fail(sa, r, "%s", err);
+        return r;
+    }
+    uint8_t idb[4 + PKI_ID_MAX];
+    size_t idb_len = id_body(&id, idb, sizeof(idb));
+
+    size_t cap = IKE_MSG_MAX;
+    uint8_t *inner = malloc(cap);
+    uint8_t *octets = NULL;
+    size_t octets_len = 0;
+    if (!inner) {
+        ike_sa_fail(sa, M2MVPN_E_NOMEM, "out of memory");
+        return M2MVPN_E_NOMEM;
+    }
+    buf_writer w;
+    buf_writer_init(&w, inner, cap);
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    ike_build_id(&cw, IKE_PL_IDI, (uint8_t)id.type, id.data, id.len);
+
+    pki_auth_method method = PKI_AUTH_SHARED_KEY;
+    pki_sig_scheme scheme = PKI_SIG_NONE;
+    if (p->auth == PROFILE_AUTH_CERT) {
+        pki_cert *const *chain;
+        size_t n;
+        pki_key_type kt;
+        unsigned bits;
+        if ((r = cred_chain(sa->cfg.cred, &chain, &n, err, sizeof(err))) < 0 ||
+            (r = cred_key_info(sa->cfg.cred, &kt, &bits, err, sizeof(err))) < 0)
+            goto fail;
+        for (size_t i = 0; i < n; i++) {
+            const uint8_t *der;
+            size_t der_len;
+            pki_cert_der(chain[i], &der, &der_len);
+            ike_build_cert(&cw, IKE_CERT_X509_SIGNATURE, der, der_len);
+        }
+        if ((r = pki_choose_auth(kt, sa->peer_hashes, sa->n_peer_hashes, false, &method, &scheme)) < 0) {
+            snprintf(err, sizeof(err), "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
+            goto fail;
+        }
+    }
+    if (sa->cfg.trust && pki_trust_count(sa->cfg.trust) > 0) {
+        uint8_t hashes[PKI_SHA1_LEN * PROFILE_MAX_CA * 4];
+        size_t hl = 0;
+        if (pki_trust_certreq(sa->cfg.trust, hashes, sizeof(hashes), &hl) == 0)
+            ike_build_certreq(&cw, IKE_CERT_X509_SIGNATURE, hashes, hl / PKI_SHA1_LEN);
+    }
+    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_INITIAL_CONTACT, NULL, 0, NULL, 0);
+    pki_id rid;
+    if (pki_id_from_string(p->remote_id, &rid, err, sizeof(err)) == 0)
+        ike_build_id(&cw, IKE_PL_IDR, (uint8_t)rid.type, rid.data, rid.len);
+
+    uint8_t auth[PKI_AUTH_MAX];
+    size_t auth_len = 0;
+    if ((r = ike_auth_octets(sa, true, idb, idb_len, &octets, &octets_len)) < 0) {
+        snprintf(err, sizeof(err), "cannot compute AUTH octets");
+        goto fail;
+    }
+    if (method == PKI_AUTH_SHARED_KEY) {
+        auth_len = crypto_prf_len(sa->suite.prf_id);
+        r = psk_auth(sa, octets, octets_len, auth, sizeof(auth));
+        if (r < 0)
+            snprintf(err, sizeof(err), "PSK AUTH computation failed");
+    } else {
+        r = cred_sign_auth(sa->cfg.cred, method, scheme, octets, octets_len, auth, sizeof(auth),
+                           &auth_len, err, sizeof(err));
+    }
+    if (r < 0)
+        goto fail;
+    ike_build_auth(&cw, (uint8_t)method, auth, auth_len);
+    secure_wipe(auth, sizeof(auth));
+
+    if (p->tunnel.request_vip) {
+        ike_cp_attr attrs[2] = {
+            { IKE_CP_INTERNAL_IP4_ADDRESS, buf_reader_make(NULL, 0) },
+            { IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(NULL, 0) },
+        };
+        ike_build_cp(&cw, IKE_CFG_REQUEST, attrs, p->tunnel.dns ? 2 : 1);
+    }
+    uint8_t spi[4];
+    buf_store_be32(spi, sa->child_spi_in);
+    ike_build_sa(&cw, p->esp.proposals, p->esp.n_proposals, IKE_PROTO_ESP, spi, 4);
+    ike_ts tsi[IKE_MAX_TS], tsr[IKE_MAX_TS];
+    size_t n_tsi = 0, n_tsr = 0;
+    if (p->tunnel.request_vip) {
+        profile_ts any = { .family = AF_INET, .prefix_len = 0 };
+        build_ts_list(tsi, &n_tsi, &any, 1);
+    } else {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
+        profile_ts me = { .family = AF_INET, .prefix_len = 32 };
+        memcpy(me.addr, &in->sin_addr, 4);
+        build_ts_list(tsi, &n_tsi, &me, 1);
+    }
+    build_ts_list(tsr, &n_tsr, p->tunnel.remote_ts, p->tunnel.n_remote_ts);
+    ike_build_ts(&cw, IKE_PL_TSI, tsi, n_tsi);
+    ike_build_ts(&cw, IKE_PL_TSR, tsr, n_tsr);
+    ike_chain_writer_finish(&cw);
+    if (!ike_chain_writer_ok(&cw)) {
+        r = M2MVPN_E_INVAL;
+        snprintf(err, sizeof(err), "IKE_AUTH request does not fit %zu bytes", cap);
+        goto fail;
+    }
+    free(octets);
+    LOG_INFO(sa->log, "ike", "sending IKE_AUTH to %s (%s authentication)", sa->gw_text,
+             method == PKI_AUTH_SHARED_KEY ? "PSK" : pki_sig_scheme_name(scheme));
+    ike_sa_set_state(sa, IKE_SA_AUTH_SENT);
+    r = ike_sa_send_protected(sa, IKE_EXCH_IKE_AUTH, false, sa->next_msg_id, inner, buf_writer_len(&w),
+                              cw.first_type, IKE_TASK_AUTH);
+    secure_free(inner, cap);
+    if (r < 0)
+        ike_sa_fail(sa, r, "cannot send IKE_AUTH: %s", m2mvpn_strerror(r));
+    return r;
+fail:
+    free(octets);
+    secure_free(inner, cap);
+    ike_sa_fail(sa, r, "%s", err);
+    return r;
+}
+
+/* ------------------------------------------------------------ response */
+
+static int verify_psk(ike_sa *sa, const ike_auth *a, const uint8_t *octets, size_t len, char *err, size_t err_len)
+{
+    if (sa->cfg.prof->auth != PROFILE_AUTH_PSK) {
+        snprintf(err, err_len, "gateway authenticated with a PSK, but the profile expects a certificate");
+        return M2MVPN_E_AUTH_PEER;
+    }
+    uint8_t want[CRYPTO_MAX_PRF_LEN];
+    size_t n = crypto_prf_len(sa->suite.prf_id);
+    int r = psk_auth(sa, octets, len, want, sizeof(want));
+    bool ok = r == 0 && a->data.len == n && crypto_memeq(want, a->data.p, n);
+    secure_wipe(want, sizeof(want));
+    if (!ok) {
+        snprintf(err, err_len, "gateway's PSK AUTH does not verify (different pre-shared key?)");
+        return M2MVPN_E_AUTH_PEER;
+    }
+    return 0;
+}
+
+static int verify_signature(ike_sa *sa, const ike_chain *c, const ike_auth *a, const pki_id *rid,
+                            const uint8_t *octets, size_t len, char *err, size_t err_len)
+{
+    pki_cert *certs[8];
+    size_t n = 0;
+    ike_diag d;
+    int r = 0;
+    for (const ike_payload *pl = ike_chain_find(c, IKE_PL_CERT, NULL); pl && n < 8;
+         pl = ike_chain_find(c, IKE_PL_CERT, pl)) {
+        ike_cert cert;
+        if (ike_cert_parse(pl->body, &cert, &d) < 0 || cert.encoding != IKE_CERT_X509_SIGNATURE)
+            continue;
+        if ((r = pki_cert_from_der(cert.data.p, cert.data.len, &certs[n], err, err_len)) < 0)
+            goto out;
+        n++;
+    }
+    if (n == 0) {
+        snprintf(err, err_len, "gateway sent no certificate");
+        r = M2MVPN_E_AUTH_PEER;
+        goto out;
+    }
+    if (!sa->cfg.trust || pki_trust_count(sa->cfg.trust) == 0) {
+        snprintf(err, err_len, "no trust anchors to verify the gateway's certificate (profile \"ca\")");
+        r = M2MVPN_E_AUTH_PEER;
+        goto out;
+    }
+    if ((r = pki_verify_chain(sa->cfg.trust, certs[0], certs + 1, n - 1, 0, err, err_len)) < 0)
+        goto out;
+    if (!pki_cert_matches_id(certs[0], rid)) {
+        char subj[256], want[256];
+        pki_cert_subject_text(certs[0], subj, sizeof(subj));
+        pki_id_to_string(rid, want, sizeof(want));
+        snprintf(err, err_len, "gateway certificate %s does not carry the identity %s", subj, want);
+        r = M2MVPN_E_AUTH_PEER;
+        goto out;
+    }
+    r = pki_auth_verify(certs[0], a->method, a->data.p, a->data.len, octets, len, NULL, err, err_len);
+    if (r < 0 && r != M2MVPN_E_AUTH_PEER)
+        r = M2MVPN_E_AUTH_PEER;
+out:
+    for (size_t i = 0; i < n; i++)
+        pki_cert_free(certs[i]);
+    return r;
+}
+
+/* The gateway's identity and AUTH. 0 when it is who the profile says. */
+static int verify_gateway(ike_sa *sa, const ike_chain *c, char *err, size_t err_len)
+{
+    ike_diag d;
+    ike_diag_clear(&d);
+    const ike_payload *idr_pl = ike_chain_find(c, IKE_PL_IDR, NULL);
+    const ike_payload *auth_pl = ike_chain_find(c, IKE_PL_AUTH, NULL);
+    ike_id idr;
+    ike_auth a;
+    if (!idr_pl || !auth_pl || ike_id_parse(idr_pl->body, &idr, &d) < 0 || ike_auth_parse(auth_pl->body, &a, &d) < 0) {
+        snprintf(err, err_len, "IKE_AUTH response without valid IDr and AUTH %s", d.text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    pki_id got, want;
+    int r = pki_id_from_payload(idr.type, idr.data.p, idr.data.len, &got, err, err_len);
+    if (r < 0)
+        return r == M2MVPN_E_NOTSUPP ? M2MVPN_E_AUTH_PEER : r;
+    if ((r = pki_id_from_string(sa->cfg.prof->remote_id, &want, err, err_len)) < 0)
+        return M2MVPN_E_PROFILE;
+    if (!pki_id_equal(&got, &want)) {
+        char g[256];
+        pki_id_to_string(&got, g, sizeof(g));
+        snprintf(err, err_len, "gateway identified itself as '%s', the profile expects '%s'", g,
+                 sa->cfg.prof->remote_id);
+        return M2MVPN_E_AUTH_PEER;
+    }
+    uint8_t *octets;
+    size_t len;
+    if ((r = ike_auth_octets(sa, false, idr_pl->body.p, idr_pl->body.len, &octets, &len)) < 0) {
+        snprintf(err, err_len, "cannot compute AUTH octets");
+        return r;
+    }
+    if (a.method == PKI_AUTH_SHARED_KEY)
+        r = verify_psk(sa, &a, octets, len, err, err_len);
+    else
+        r = verify_signature(sa, c, &a, &want, octets, len, err, err_len);
+    free(octets);
+    return r;
+}
+
+static const struct {
+    uint16_t notify;
+    int err;
+    const char *what;
+} child_errors[] = {
+    { IKE_N_NO_PROPOSAL_CHOSEN, M2MVPN_E_NO_PROPOSAL, "accepted none of our ESP proposals" },
+    { IKE_N_TS_UNACCEPTABLE, M2MVPN_E_TS_UNACCEPTABLE, "refused our traffic selectors" },
+    { IKE_N_INTERNAL_ADDRESS_FAILURE, M2MVPN_E_PROTOCOL, "could not assign a virtual IP" },
+    { IKE_N_FAILED_CP_REQUIRED, M2MVPN_E_PROTOCOL, "requires a configuration request" },
+    { IKE_N_SINGLE_PAIR_REQUIRED, M2MVPN_E_TS_UNACCEPTABLE, "requires a single pair of selectors" },
+};
+
+static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, crypto_child_keys **keys,
+                        char *err, size_t err_len)
+{
+    const profile *p = sa->cfg.prof;
+    ike_diag d;
+    ike_diag_clear(&d);
+    ike_notify n;
+    for (size_t i = 0; i < sizeof(child_errors) / sizeof(child_errors[0]); i++) {
+        if (ike_chain_find_notify(c, child_errors[i].notify, &n, &d) == 0) {
+            char ours[512] = "";
+            if (child_errors[i].notify == IKE_N_NO_PROPOSAL_CHOSEN)
+                for (size_t k = 0, used = 0; k < p->esp.n_proposals && used + 2 < sizeof(ours); k++) {
+                    char one[256];
+                    proposal_format(&p->esp.proposals[k], PROPOSAL_ESP, one, sizeof(one));
+                    used += (size_t)snprintf(ours + used, sizeof(ours) - used, "%s%s", k ? ", " : "", one);
+                }
+            snprintf(err, err_len, "gateway %s %s (%s)%s%s", sa->gw_text, child_errors[i].what,
+                     ike_notify_name(child_errors[i].notify), ours[0] ? "; ours: " : "", ours);
+            return child_errors[i].err;
+        }
+    }
+    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
+    const ike_payload *tsr_pl = ike_chain_find(c, IKE_PL_TSR, NULL);
+    ike_sa_choice ch;
+    ike_ts_list tsr;
+    if (!sa_pl || !tsr_pl || ike_sa_parse_choice(sa_pl->body, &ch, &d) < 0 || ike_ts_parse(tsr_pl->body, &tsr, &d) < 0) {
+        snprintf(err, err_len, "IKE_AUTH response from %s without a valid CHILD SA %s", sa->gw_text, d.text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    if (ch.protocol != IKE_PROTO_ESP || ch.spi_len != 4 ||
+        !ike_choice_offered(&ch, p->esp.proposals, p->esp.n_proposals, false)) {
+        snprintf(err, err_len, "gateway %s chose an ESP proposal we did not offer", sa->gw_text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    if (ike_chain_find_notify(c, IKE_N_USE_TRANSPORT_MODE, &n, &d) == 0) {
+        snprintf(err, err_len, "gateway %s wants transport mode; only tunnel mode is supported", sa->gw_text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    memset(res, 0, sizeof(*res));
+    res->spi_in = sa->child_spi_in;
+    res->spi_out = buf_load_be32(ch.spi);
+    sa->child_spi_out = res->spi_out;
+    res->encr_id = ch.id[IKE_TT_ENCR];
+    res->encr_key_bits = ch.encr_key_bits ? ch.encr_key_bits : 256;
+    res->integ_id = ike_sa_choice_has(&ch, IKE_TT_INTEG) ? ch.id[IKE_TT_INTEG] : 0;
+    res->esn = ike_sa_choice_has(&ch, IKE_TT_ESN) && ch.id[IKE_TT_ESN] == ESN_YES;
+    res->natt = sa->natt;
+    snprintf(sa->esp_alg, sizeof(sa->esp_alg), "%s%s%s%s", proposal_encr_name(res->encr_id, res->encr_key_bits),
+             res->integ_id ? "-" : "", res->integ_id ? proposal_integ_name(res->integ_id) : "",
+             res->esn ? "-esn" : "");
+    for (size_t i = 0; i < tsr.n && res->n_remote_ts < PROFILE_MAX_TS; i++) {
+        unsigned plen;
+        profile_ts *t = &res->remote_ts[res->n_remote_ts];
+        if (ike_ts_to_prefix(&tsr.ts[i], t->addr, &plen) == 0) {
+            t->family = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
+            t->prefix_len = (uint8_t)plen;
+            res->n_remote_ts++;
+        }
+    }
+    const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);
+    ike_cp cp;
+    if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {
+        const ike_cp_attr *a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL);
+        if (a && a->value.len == 4) {
+            memcpy(res->vip, a->value.p, 4);
+            res->has_vip = true;
+        }
+        for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, NULL); a && res->n_dns < IKE_MAX_DNS;
+             a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, a))
+            if (a->value.len == 4)
+                memcpy(res->dns[res->n_dns++], a->value.p, 4);
+    }
+    if (p->tunnel.request_vip && !res->has_vip) {
+        snprintf(err, err_len, "gateway %s assigned no virtual IP (check its address pool)", sa->gw_text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    crypto_suite cs = { res->encr_id, res->encr_key_bits, res->integ_id, sa->suite.prf_id };
+    int r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, NULL, 0, sa->nonce_i, sizeof(sa->nonce_i),
+                                     sa->nonce_r, sa->nonce_r_len, keys);
+    if (r < 0) {
+        snprintf(err, err_len, "deriving CHILD SA keys failed");
+        return r;
+    }
+    return 0;
+}
+
+void ike_auth_process(ike_sa *sa, const ike_chain *c)
+{
+    char err[512];
+    ike_diag d;
+    ike_notify n;
+    if (ike_chain_find_notify(c, IKE_N_AUTHENTICATION_FAILED, &n, &d) == 0) {
+        ike_sa_fail(sa, M2MVPN_E_AUTH_LOCAL,
+                    "gateway %s rejected our authentication (AUTHENTICATION_FAILED): check the "
+                    "credentials and identity '%s'", sa->gw_text,
+                    sa->cfg.prof->local_id ? sa->cfg.prof->local_id : "(certificate subject)");
+        return;
+    }
+    int r = verify_gateway(sa, c, err, sizeof(err));
+    if (r < 0) {
+        ike_sa_fail(sa, r == M2MVPN_E_PROTOCOL ? r : M2MVPN_E_AUTH_PEER,
+                    "gateway %s could not be authenticated: %s", sa->gw_text, err);
+        return;
+    }
+    ike_child_result res;
+    crypto_child_keys *keys = NULL;
+    r = child_result(sa, c, &res, &keys, err, sizeof(err));
+    if (r < 0) {
+        ike_sa_fail(sa, r, "%s", err);
+        return;
+    }
+    uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
+    size_t kl = 0;
+    const crypto_key *parts[4] = { &keys->encr_i, &keys->integ_i, &keys->encr_r, &keys->integ_r };
+    for (int i = 0; i < 4; i++) {
+        memcpy(keymat + kl, parts[i]->b, parts[i]->len);
+        kl += parts[i]->len;
+    }
+    crypto_child_keys_free(keys);
+    res.keymat = keymat;
+    res.keymat_len = kl;
+    ike_sa_set_state(sa, IKE_SA_ESTABLISHED);
+    char vip[INET_ADDRSTRLEN] = "-";
+    if (res.has_vip)
+        inet_ntop(AF_INET, res.vip, vip, sizeof(vip));
+    LOG_INFO(sa->log, "ike", "IKE SA established with %s (%s), CHILD SA %08x/%08x (%s), virtual IP %s",
+             sa->gw_text, sa->ike_alg, res.spi_in, res.spi_out, sa->esp_alg, vip);
+    if (sa->cfg.prof->ike.dpd_s)
+        core_timer_arm(sa->loop, &sa->dpd_timer, (uint64_t)sa->cfg.prof->ike.dpd_s * 1000);
+    if (sa->hooks.on_established)
+        sa->hooks.on_established(sa->hooks.arg, &res);
+    secure_wipe(keymat, sizeof(keymat));
+}

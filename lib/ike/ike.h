@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The IKEv2 initiator (RFC 7296): one IKE SA with its first CHILD SA, as the
+ * connection supervisor (lib/conn) drives it.
+ *
+ * The SA does no I/O of its own: it hands finished datagrams to hooks->send
+ * (on port 500 until NAT traversal moves it to 4500; the hook adds the
+ * non-ESP marker there) and receives datagrams through ike_sa_input(). Timers
+ * (retransmission, DPD) run on the engine's core_loop. Everything runs on the
+ * engine thread.
+ *
+ * Exchanges are tasks (IKE_SA_INIT, IKE_AUTH, INFORMATIONAL) with a build and
+ * a process step; the SA state changes only in ike_sa_set_state(), which logs
+ * "A -> B". Results leave through the hooks:
+ *   on_established  the IKE SA and its CHILD SA are up: keys and network
+ *                   parameters for the ESP datapath (wiped after the call)
+ *   on_down         the SA failed or was closed (error 0: closed on purpose
+ *                   or deleted by the peer); the SA must then be freed.
+ */
+#ifndef M2MVPN_IKE_H
+#define M2MVPN_IKE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/log.h"
+#include "core/loop.h"
+#include "cred/cred.h"
+#include "crypto/pki.h"
+#include "profile/profile.h"
+
+#define IKE_MAX_DNS 4
+
+/* What the CHILD SA negotiation produced, for the ESP datapath. */
+typedef struct ike_child_result {
+    uint32_t spi_in;               /* ours: the gateway sends ESP with it */
+    uint32_t spi_out;              /* the gateway's: we send with it */
+    uint16_t encr_id, encr_key_bits, integ_id;
+    bool esn;
+    const uint8_t *keymat;         /* encr_i|integ_i|encr_r|integ_r (RFC 7296 §2.17) */
+    size_t keymat_len;
+    bool has_vip;
+    uint8_t vip[4];                /* INTERNAL_IP4_ADDRESS */
+    uint8_t dns[IKE_MAX_DNS][4];   /* INTERNAL_IP4_DNS */
+    size_t n_dns;
+    profile_ts remote_ts[PROFILE_MAX_TS]; /* TSr as narrowed by the gateway */
+    size_t n_remote_ts;
+    bool natt;                     /* ESP goes in UDP on port 4500 */
+} ike_child_result;
+
+typedef struct ike_hooks {
+    void *arg;
+    /* Send one datagram to the gateway; natt: port 4500 with non-ESP marker. */
+    int (*send)(void *arg, const uint8_t *msg, size_t len, bool natt);
+    void (*on_established)(void *arg, const ike_child_result *child);
+    void (*on_down)(void *arg, int err, const char *detail);
+} ike_hooks;
+
+typedef struct ike_config {
+    const profile *prof;           /* borrowed: must outlive the SA */
+    struct sockaddr_storage local; /* our address/port on the port-500 socket */
+    socklen_t local_len;
+    struct sockaddr_storage local_natt; /* our address/port on the 4500 socket */
+    socklen_t local_natt_len;
+    struct sockaddr_storage remote;     /* the gateway, port 500 */
+    socklen_t remote_len;
+    cred_provider *cred;           /* borrowed; NULL unless auth.method is cert */
+    pki_trust *trust;              /* borrowed; anchors from the profile's "ca" */
+} ike_config;
+
+typedef struct ike_sa ike_sa;
+
+/* Create an SA (idle). Errors: INVAL, NOMEM, CRYPTO; err says why. */
+int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_hooks *hooks,
+               ike_sa **ret, char *err, size_t err_len);
+/* Send IKE_SA_INIT. */
+int ike_sa_start(ike_sa *sa);
+/* A datagram from the gateway (without the non-ESP marker). */
+void ike_sa_input(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);
+/* Delete the IKE SA (INFORMATIONAL with Delete, not waiting long); on_down(0) follows. */
+void ike_sa_close(ike_sa *sa);
+/* Cancel timers, wipe keys, free. NULL is fine. Never calls hooks. */
+void ike_sa_free(ike_sa *sa);
+
+/* Negotiated algorithms, "aes256gcm16-prfsha384-x25519" style, for status. */
+void ike_sa_describe(const ike_sa *sa, char *ike_alg, size_t ike_len, char *esp_alg, size_t esp_len);
+
+#endif

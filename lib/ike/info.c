@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* INFORMATIONAL exchanges (RFC 7296 §1.4): liveness checks both ways, Delete,
+ * and answers to requests the gateway starts. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sa_internal.h"
+
+static int send_request(ike_sa *sa, ike_task task, const uint8_t *inner, size_t len, uint8_t first)
+{
+    return ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner, len, first, task);
+}
+
+void ike_info_dpd(void *arg)
+{
+    ike_sa *sa = arg;
+    uint64_t period = (uint64_t)sa->cfg.prof->ike.dpd_s * 1000;
+    if (sa->state != IKE_SA_ESTABLISHED || period == 0)
+        return;
+    uint64_t quiet = sa->loop->clock_ms() - sa->last_heard_ms;
+    if (sa->req.task != IKE_TASK_NONE || quiet < period) {
+        core_timer_arm(sa->loop, &sa->dpd_timer, period - (quiet < period ? quiet : 0) + 1);
+        return;
+    }
+    LOG_DBG(sa->log, "ike", "liveness check of %s", sa->gw_text);
+    if (send_request(sa, IKE_TASK_DPD, NULL, 0, IKE_PL_NONE) < 0)
+        core_timer_arm(sa->loop, &sa->dpd_timer, period);
+}
+
+int ike_info_send_delete(ike_sa *sa)
+{
+    uint8_t inner[64];
+    buf_writer w;
+    buf_writer_init(&w, inner, sizeof(inner));
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    ike_build_delete(&cw, IKE_PROTO_IKE, 0, NULL, 0);
+    ike_chain_writer_finish(&cw);
+    LOG_INFO(sa->log, "ike", "deleting IKE SA with %s", sa->gw_text);
+    return send_request(sa, IKE_TASK_DELETE, inner, buf_writer_len(&w), cw.first_type);
+}
+
+void ike_info_process_response(ike_sa *sa, const ike_chain *inner)
+{
+    (void)inner;
+    if (sa->state == IKE_SA_DELETING) {
+        ike_sa_fail(sa, 0, "IKE SA with %s deleted", sa->gw_text);
+        return;
+    }
+    if (sa->state == IKE_SA_ESTABLISHED && sa->cfg.prof->ike.dpd_s)
+        core_timer_arm(sa->loop, &sa->dpd_timer, (uint64_t)sa->cfg.prof->ike.dpd_s * 1000);
+}
+
+void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *c)
+{
+    uint8_t inner[256];
+    buf_writer w;
+    buf_writer_init(&w, inner, sizeof(inner));
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    bool deleted = false;
+    ike_diag d;
+
+    if (hdr->exchange == IKE_EXCH_INFORMATIONAL) {
+        for (const ike_payload *pl = ike_chain_find(c, IKE_PL_DELETE, NULL); pl;
+             pl = ike_chain_find(c, IKE_PL_DELETE, pl)) {
+            ike_delete del;
+            if (ike_delete_parse(pl->body, &del, &d) < 0)
+                continue;
+            if (del.protocol == IKE_PROTO_IKE) {
+                deleted = true;
+            } else if (del.protocol == IKE_PROTO_ESP) {
+                for (uint16_t i = 0; i < del.n_spi; i++) {
+                    if (buf_load_be32(del.spis.p + 4 * i) == sa->child_spi_out) {
+                        /* Our only CHILD SA: answer with our half, then the
+                         * IKE SA has nothing to carry and goes too. */
+                        uint8_t spi[4];
+                        buf_store_be32(spi, sa->child_spi_in);
+                        ike_build_delete(&cw, IKE_PROTO_ESP, 4, spi, 1);
+                        deleted = true;
+                    }
+                }
+            }
+        }
+    } else {
+        /* CREATE_CHILD_SA from the gateway: rekeying is not implemented yet. */
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NO_ADDITIONAL_SAS, NULL, 0, NULL, 0);
+        LOG_WARN(sa->log, "ike", "gateway %s started %s: answered NO_ADDITIONAL_SAS", sa->gw_text,
+                 ike_exchange_name(hdr->exchange));
+    }
+    ike_chain_writer_finish(&cw);
+    ike_sa_send_protected(sa, hdr->exchange, true, hdr->message_id, inner, buf_writer_len(&w),
+                          cw.first_type, IKE_TASK_NONE);
+    if (deleted)
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "the gateway %s deleted the IKE SA", sa->gw_text);
+}

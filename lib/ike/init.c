@@ -1,0 +1,352 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* IKE_SA_INIT (RFC 7296 §1.2): proposals, key exchange, nonces, NAT detection,
+ * COOKIE (§2.6) and INVALID_KE_PAYLOAD (§1.2) retries. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/secmem.h"
+#include "sa_internal.h"
+
+#define MAX_COOKIE_TRIES 3
+
+/* NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 §2.23). */
+static int natd_hash(const ike_sa *sa, const struct sockaddr_storage *ss, uint8_t out[20])
+{
+    const uint8_t *ip;
+    size_t ip_len;
+    uint16_t port;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        ip = (const uint8_t *)&in->sin_addr;
+        ip_len = 4;
+        port = in->sin_port;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        ip = (const uint8_t *)&in6->sin6_addr;
+        ip_len = 16;
+        port = in6->sin6_port;
+    } else {
+        return M2MVPN_E_INVAL;
+    }
+    crypto_span parts[4] = {
+        { sa->spi_i, 8 }, { sa->spi_r, 8 }, { ip, ip_len }, { (const uint8_t *)&port, 2 },
+    };
+    return crypto_sha1(parts, 4, out);
+}
+
+static int build_and_send(ike_sa *sa)
+{
+    size_t cap = 8192;
+    uint8_t *buf = malloc(cap);
+    if (!buf)
+        return M2MVPN_E_NOMEM;
+    buf_writer w;
+    buf_writer_init(&w, buf, cap);
+    ike_header hdr;
+    ike_sa_header(sa, &hdr, IKE_EXCH_IKE_SA_INIT, false, 0);
+    ike_header_build(&w, &hdr);
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, 16);
+    const profile *p = sa->cfg.prof;
+
+    if (sa->cookie_len)
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_COOKIE, NULL, 0, sa->cookie, sa->cookie_len);
+    ike_build_sa(&cw, p->ike.proposals, p->ike.n_proposals, IKE_PROTO_IKE, NULL, 0);
+    uint8_t pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    int r = crypto_ke_public(sa->ke, pub, sizeof(pub), &pub_len);
+    if (r < 0)
+        goto out;
+    ike_build_ke(&cw, sa->ke_group, pub, pub_len);
+    ike_build_nonce(&cw, sa->nonce_i, sizeof(sa->nonce_i));
+
+    /* Our datapath is ESP in UDP only, so NAT traversal is always wanted: a
+     * source hash that cannot match makes the gateway encapsulate (as
+     * strongSwan's encap=yes does). The destination hash is honest. */
+    uint8_t h[20];
+    if ((r = crypto_random(h, sizeof(h))) < 0)
+        goto out;
+    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, h, sizeof(h));
+    if ((r = natd_hash(sa, &sa->cfg.remote, h)) < 0)
+        goto out;
+    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, h, sizeof(h));
+    if (p->ike.fragmentation)
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_IKEV2_FRAGMENTATION_SUPPORTED, NULL, 0, NULL, 0);
+    const uint16_t *hashes;
+    size_t n_hashes = pki_hash_algs_supported(&hashes);
+    uint8_t hb[16];
+    for (size_t i = 0; i < n_hashes && i < 8; i++)
+        buf_store_be16(hb + 2 * i, hashes[i]);
+    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_SIGNATURE_HASH_ALGORITHMS, NULL, 0, hb, 2 * n_hashes);
+    ike_chain_writer_finish(&cw);
+    ike_message_finish(&w, 0);
+    if (!buf_writer_ok(&w)) {
+        r = M2MVPN_E_INVAL;
+        goto out;
+    }
+    size_t len = buf_writer_len(&w);
+    free(sa->init_req);
+    sa->init_req = malloc(len);
+    if (!sa->init_req) {
+        r = M2MVPN_E_NOMEM;
+        goto out;
+    }
+    memcpy(sa->init_req, buf, len);
+    sa->init_req_len = len;
+    ike_span span = { 0, len };
+    sa->req.message_id = 0;
+    LOG_INFO(sa->log, "ike", "sending IKE_SA_INIT to %s (%s, %zu bytes)", sa->gw_text,
+             proposal_ke_name(sa->ke_group), len);
+    ike_sa_set_state(sa, IKE_SA_INIT_SENT);
+    return ike_sa_send_request(sa, IKE_TASK_INIT, buf, &span, 1);
+out:
+    free(buf);
+    return r;
+}
+
+static int new_ke(ike_sa *sa, uint16_t group)
+{
+    crypto_ke_free(sa->ke);
+    sa->ke = NULL;
+    sa->ke_group = group;
+    return crypto_ke_new(group, &sa->ke);
+}
+
+int ike_init_start(ike_sa *sa)
+{
+    const profile *p = sa->cfg.prof;
+    if (p->ike.n_proposals == 0 || p->ike.proposals[0].n_ke == 0)
+        return M2MVPN_E_INVAL;
+    int r = new_ke(sa, p->ike.proposals[0].ke[0]);
+    if (r < 0) {
+        ike_sa_fail(sa, r, "cannot create a %s key pair", proposal_ke_name(p->ike.proposals[0].ke[0]));
+        return r;
+    }
+    return build_and_send(sa);
+}
+
+static bool list_has(const uint16_t *list, size_t n, uint16_t v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i] == v)
+            return true;
+    return false;
+}
+
+static bool we_offered_ke(const profile *p, uint16_t group)
+{
+    for (size_t i = 0; i < p->ike.n_proposals; i++)
+        if (list_has(p->ike.proposals[i].ke, p->ike.proposals[i].n_ke, group))
+            return true;
+    return false;
+}
+
+/* Is the gateway's choice one of the combinations we offered? */
+bool ike_choice_offered(const ike_sa_choice *c, const proposal *props, size_t n, bool ike)
+{
+    for (size_t i = 0; i < n; i++) {
+        const proposal *p = &props[i];
+        bool encr = false;
+        for (size_t j = 0; j < p->n_encr; j++)
+            encr |= p->encr[j].id == c->id[IKE_TT_ENCR] &&
+                    (!ike_encr_has_key_length(p->encr[j].id) || p->encr[j].key_bits == c->encr_key_bits);
+        if (!encr || !ike_sa_choice_has(c, IKE_TT_ENCR))
+            continue;
+        bool aead = proposal_encr_is_aead(c->id[IKE_TT_ENCR]);
+        if (aead ? ike_sa_choice_has(c, IKE_TT_INTEG) && c->id[IKE_TT_INTEG] != 0
+                 : !ike_sa_choice_has(c, IKE_TT_INTEG) || !list_has(p->integ, p->n_integ, c->id[IKE_TT_INTEG]))
+            continue;
+        if (ike) {
+            if (!ike_sa_choice_has(c, IKE_TT_PRF) || !list_has(p->prf, p->n_prf, c->id[IKE_TT_PRF]))
+                continue;
+            if (!ike_sa_choice_has(c, IKE_TT_KE) || !list_has(p->ke, p->n_ke, c->id[IKE_TT_KE]))
+                continue;
+        } else {
+            if (ike_sa_choice_has(c, IKE_TT_KE) && c->id[IKE_TT_KE] != 0 &&
+                !list_has(p->ke, p->n_ke, c->id[IKE_TT_KE]))
+                continue;
+            uint16_t esn = ike_sa_choice_has(c, IKE_TT_ESN) ? c->id[IKE_TT_ESN] : ESN_NO;
+            uint16_t none = ESN_NO;
+            if (!(p->n_esn ? list_has(p->esn, p->n_esn, esn) : list_has(&none, 1, esn)))
+                continue;
+        }
+        return true;
+    }
+    return false;
+}
+
+static void describe_ours(const proposal *props, size_t n, proposal_kind kind, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n && used + 2 < len; i++) {
+        char one[256];
+        proposal_format(&props[i], kind, one, sizeof(one));
+        used += (size_t)snprintf(out + used, len - used, "%s%s", i ? ", " : "", one);
+    }
+}
+
+void ike_init_process(ike_sa *sa, const ike_message *msg)
+{
+    const profile *p = sa->cfg.prof;
+    const ike_chain *c = &msg->chain;
+    ike_diag d;
+    ike_diag_clear(&d);
+    ike_notify n;
+
+    if (ike_chain_find_notify(c, IKE_N_COOKIE, &n, &d) == 0) {
+        if (++sa->cookie_tries > MAX_COOKIE_TRIES || n.data.len == 0 || n.data.len > sizeof(sa->cookie)) {
+            ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s keeps asking for a COOKIE", sa->gw_text);
+            return;
+        }
+        memcpy(sa->cookie, n.data.p, n.data.len);
+        sa->cookie_len = n.data.len;
+        LOG_INFO(sa->log, "ike", "gateway asks for a COOKIE (RFC 7296 §2.6): retrying");
+        ike_sa_request_done(sa);
+        build_and_send(sa);
+        return;
+    }
+    if (ike_chain_find_notify(c, IKE_N_INVALID_KE_PAYLOAD, &n, &d) == 0) {
+        uint16_t group = n.data.len == 2 ? buf_load_be16(n.data.p) : 0;
+        if (sa->ke_retried || !we_offered_ke(p, group) || group == sa->ke_group) {
+            ike_sa_fail(sa, M2MVPN_E_NO_PROPOSAL,
+                        "gateway %s wants key exchange %s, which the profile does not offer",
+                        sa->gw_text, proposal_ke_name(group) ? proposal_ke_name(group) : "?");
+            return;
+        }
+        LOG_INFO(sa->log, "ike", "gateway prefers %s (INVALID_KE_PAYLOAD): retrying once",
+                 proposal_ke_name(group));
+        sa->ke_retried = true;
+        ike_sa_request_done(sa);
+        if (new_ke(sa, group) < 0) {
+            ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot create a %s key pair", proposal_ke_name(group));
+            return;
+        }
+        build_and_send(sa);
+        return;
+    }
+    if (ike_chain_find_notify(c, IKE_N_NO_PROPOSAL_CHOSEN, &n, &d) == 0) {
+        char ours[512];
+        describe_ours(p->ike.proposals, p->ike.n_proposals, PROPOSAL_IKE, ours, sizeof(ours));
+        ike_sa_fail(sa, M2MVPN_E_NO_PROPOSAL,
+                    "gateway %s accepted none of our IKE proposals (ours: %s; the gateway does "
+                    "not disclose its own in IKEv2, see its log)", sa->gw_text, ours);
+        return;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->pl[i].type != IKE_PL_NOTIFY || ike_notify_parse(c->pl[i].body, &n, &d) < 0)
+            continue;
+        if (n.type < 16384) {
+            const char *name = ike_notify_name(n.type);
+            ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s refused IKE_SA_INIT: %s (%u)", sa->gw_text,
+                        name ? name : "error", n.type);
+            return;
+        }
+    }
+
+    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
+    const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
+    const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
+    if (!sa_pl || !ke_pl || !nr_pl || msg->hdr.spi_r == 0) {
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "IKE_SA_INIT response from %s lacks SA, KE, nonce or SPI",
+                    sa->gw_text);
+        return;
+    }
+    ike_sa_choice choice;
+    ike_ke ke;
+    buf_reader nr;
+    if (ike_sa_parse_choice(sa_pl->body, &choice, &d) < 0 || ike_ke_parse(ke_pl->body, &ke, &d) < 0 ||
+        ike_nonce_parse(nr_pl->body, &nr, &d) < 0) {
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "malformed IKE_SA_INIT response from %s: %s", sa->gw_text, d.text);
+        return;
+    }
+    if (choice.protocol != IKE_PROTO_IKE || !ike_choice_offered(&choice, p->ike.proposals, p->ike.n_proposals, true)) {
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s chose an IKE proposal we did not offer", sa->gw_text);
+        return;
+    }
+    if (ke.group != sa->ke_group || choice.id[IKE_TT_KE] != sa->ke_group) {
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s answered with key exchange %u instead of %s",
+                    sa->gw_text, ke.group, proposal_ke_name(sa->ke_group));
+        return;
+    }
+    for (int i = 0; i < 8; i++)
+        sa->spi_r[i] = (uint8_t)(msg->hdr.spi_r >> (56 - 8 * i));
+    memcpy(sa->nonce_r, nr.p, nr.len);
+    sa->nonce_r_len = nr.len;
+    sa->suite.encr_id = choice.id[IKE_TT_ENCR];
+    sa->suite.encr_key_bits = choice.encr_key_bits ? choice.encr_key_bits : 256;
+    sa->suite.integ_id = ike_sa_choice_has(&choice, IKE_TT_INTEG) ? choice.id[IKE_TT_INTEG] : 0;
+    sa->suite.prf_id = choice.id[IKE_TT_PRF];
+    snprintf(sa->ike_alg, sizeof(sa->ike_alg), "%s%s%s-%s-%s",
+             proposal_encr_name(sa->suite.encr_id, sa->suite.encr_key_bits),
+             sa->suite.integ_id ? "-" : "", sa->suite.integ_id ? proposal_integ_name(sa->suite.integ_id) : "",
+             proposal_prf_name(sa->suite.prf_id), proposal_ke_name(sa->ke_group));
+
+    /* NAT detection and capabilities. */
+    bool have_src = false, have_dst = false, dst_match = false;
+    uint8_t ours[20];
+    natd_hash(sa, &sa->cfg.local, ours);
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->pl[i].type != IKE_PL_NOTIFY || ike_notify_parse(c->pl[i].body, &n, &d) < 0)
+            continue;
+        switch (n.type) {
+        case IKE_N_NAT_DETECTION_SOURCE_IP:
+            have_src = true;
+            break;
+        case IKE_N_NAT_DETECTION_DESTINATION_IP:
+            have_dst = true;
+            dst_match |= n.data.len == 20 && memcmp(n.data.p, ours, 20) == 0;
+            break;
+        case IKE_N_IKEV2_FRAGMENTATION_SUPPORTED:
+            sa->peer_frag = true;
+            break;
+        case IKE_N_SIGNATURE_HASH_ALGORITHMS:
+            for (size_t k = 0; k + 1 < n.data.len && sa->n_peer_hashes < 8; k += 2)
+                sa->peer_hashes[sa->n_peer_hashes++] = buf_load_be16(n.data.p + k);
+            break;
+        default:
+            break;
+        }
+    }
+    if (!have_src || !have_dst) {
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL,
+                    "gateway %s does not support NAT traversal (RFC 3948), which this client's "
+                    "userspace ESP-in-UDP datapath needs", sa->gw_text);
+        return;
+    }
+    sa->nat_here = !dst_match;
+    sa->natt = true;
+
+    uint8_t g_ir[CRYPTO_MAX_KE_LEN];
+    size_t g_ir_len = 0;
+    char err[192];
+    int r = crypto_ke_derive(sa->ke, ke.data.p, ke.data.len, g_ir, sizeof(g_ir), &g_ir_len, err, sizeof(err));
+    if (r < 0) {
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s sent an invalid key exchange value: %s", sa->gw_text, err);
+        return;
+    }
+    free(sa->init_resp);
+    sa->init_resp = malloc(msg->raw.len);
+    if (!sa->init_resp) {
+        secure_wipe(g_ir, sizeof(g_ir));
+        ike_sa_fail(sa, M2MVPN_E_NOMEM, "out of memory");
+        return;
+    }
+    memcpy(sa->init_resp, msg->raw.p, msg->raw.len);
+    sa->init_resp_len = msg->raw.len;
+    r = ike_sa_install_keys(sa, g_ir, g_ir_len, err, sizeof(err));
+    secure_wipe(g_ir, sizeof(g_ir));
+    crypto_ke_free(sa->ke);
+    sa->ke = NULL;
+    if (r < 0) {
+        ike_sa_fail(sa, r, "%s", err);
+        return;
+    }
+    LOG_INFO(sa->log, "ike", "IKE_SA_INIT done with %s: %s%s%s", sa->gw_text, sa->ike_alg,
+             sa->nat_here ? ", NAT in front of us" : "", sa->peer_frag ? ", fragmentation" : "");
+    ike_sa_request_done(sa);
+    sa->next_msg_id = 1;
+    ike_auth_start(sa);
+}

@@ -1,0 +1,469 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The IKE SA: state, message IDs, sending with retransmission, input dispatch. */
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/secmem.h"
+#include "sa_internal.h"
+
+static const char *const state_names[] = {
+    [IKE_SA_IDLE] = "IDLE",
+    [IKE_SA_INIT_SENT] = "INIT_SENT",
+    [IKE_SA_AUTH_SENT] = "AUTH_SENT",
+    [IKE_SA_ESTABLISHED] = "ESTABLISHED",
+    [IKE_SA_DELETING] = "DELETING",
+    [IKE_SA_DOWN] = "DOWN",
+};
+
+const char *ike_sa_state_name(ike_sa_state st)
+{
+    return (unsigned)st < sizeof(state_names) / sizeof(state_names[0]) ? state_names[st] : "?";
+}
+
+void ike_sa_set_state(ike_sa *sa, ike_sa_state st)
+{
+    if (sa->state == st)
+        return;
+    LOG_INFO(sa->log, "ike", "IKE SA %s -> %s", ike_sa_state_name(sa->state), ike_sa_state_name(st));
+    sa->state = st;
+}
+
+static void format_addr(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    }
+    snprintf(out, len, "%s:%u", host, port);
+}
+
+static void retransmit(void *arg);
+
+int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_hooks *hooks,
+               ike_sa **ret, char *err, size_t err_len)
+{
+    if (!loop || !cfg || !cfg->prof || !hooks || !hooks->send || !ret) {
+        snprintf(err, err_len, "ike_sa_new: missing argument");
+        return M2MVPN_E_INVAL;
+    }
+    ike_sa *sa = calloc(1, sizeof(*sa));
+    if (!sa) {
+        snprintf(err, err_len, "out of memory");
+        return M2MVPN_E_NOMEM;
+    }
+    sa->loop = loop;
+    sa->log = log;
+    sa->cfg = *cfg;
+    sa->hooks = *hooks;
+    sa->state = IKE_SA_IDLE;
+    format_addr(&cfg->remote, sa->gw_text, sizeof(sa->gw_text));
+    core_timer_init(&sa->retransmit_timer, retransmit, sa);
+    core_timer_init(&sa->dpd_timer, ike_info_dpd, sa);
+    ike_frag_reasm_init(&sa->reasm);
+    int r = crypto_random(sa->spi_i, sizeof(sa->spi_i));
+    if (r == 0)
+        r = crypto_random(sa->nonce_i, sizeof(sa->nonce_i));
+    uint32_t spi = 0;
+    while (r == 0 && spi < 256) /* SPIs below 256 are reserved (RFC 4303 §2.1) */
+        r = crypto_random(&spi, sizeof(spi));
+    if (r < 0) {
+        snprintf(err, err_len, "random number generator failed");
+        free(sa);
+        return r;
+    }
+    sa->child_spi_in = spi;
+    *ret = sa;
+    return 0;
+}
+
+void ike_sa_free(ike_sa *sa)
+{
+    if (!sa)
+        return;
+    core_timer_cancel(sa->loop, &sa->retransmit_timer);
+    core_timer_cancel(sa->loop, &sa->dpd_timer);
+    crypto_ke_free(sa->ke);
+    crypto_ike_keys_free(sa->keys);
+    crypto_cipher_free(sa->seal_ctx);
+    crypto_cipher_free(sa->open_ctx);
+    free(sa->req.buf);
+    free(sa->init_req);
+    free(sa->init_resp);
+    free(sa->last_resp);
+    ike_frag_reasm_reset(&sa->reasm);
+    secure_wipe(sa, sizeof(*sa));
+    free(sa);
+}
+
+void ike_sa_fail(ike_sa *sa, int err, const char *fmt, ...)
+{
+    if (sa->state == IKE_SA_DOWN)
+        return;
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    if (err)
+        LOG_ERR(sa->log, "ike", "%s", detail);
+    else
+        LOG_INFO(sa->log, "ike", "%s", detail);
+    core_timer_cancel(sa->loop, &sa->retransmit_timer);
+    core_timer_cancel(sa->loop, &sa->dpd_timer);
+    ike_sa_set_state(sa, IKE_SA_DOWN);
+    if (sa->hooks.on_down)
+        sa->hooks.on_down(sa->hooks.arg, err, detail);
+}
+
+void ike_sa_header(const ike_sa *sa, ike_header *hdr, uint8_t exchange, bool response,
+                   uint32_t message_id)
+{
+    memset(hdr, 0, sizeof(*hdr));
+    for (int i = 0; i < 8; i++) {
+        hdr->spi_i = (hdr->spi_i << 8) | sa->spi_i[i];
+        hdr->spi_r = (hdr->spi_r << 8) | sa->spi_r[i];
+    }
+    hdr->major = IKE_VERSION_MAJOR;
+    hdr->minor = IKE_VERSION_MINOR;
+    hdr->exchange = exchange;
+    hdr->flags = IKE_FLAG_INITIATOR | (response ? IKE_FLAG_RESPONSE : 0);
+    hdr->message_id = message_id;
+}
+
+/* ------------------------------------------------------------- sending */
+
+static void send_datagrams(ike_sa *sa, const ike_request *rq)
+{
+    for (size_t i = 0; i < rq->n_dgram; i++) {
+        int r = sa->hooks.send(sa->hooks.arg, rq->buf + rq->dgram[i].off, rq->dgram[i].len, rq->natt);
+        if (r < 0)
+            LOG_WARN(sa->log, "ike", "sending to %s failed: %s", sa->gw_text, m2mvpn_strerror(r));
+    }
+}
+
+static uint64_t retransmit_delay_ms(const ike_sa *sa, unsigned tries)
+{
+    double s = sa->cfg.prof->ike.retransmit_timeout_s;
+    for (unsigned i = 0; i < tries; i++)
+        s *= sa->cfg.prof->ike.retransmit_base;
+    return (uint64_t)(s * 1000.0);
+}
+
+int ike_sa_send_request(ike_sa *sa, ike_task task, uint8_t *buf, const ike_span *dgram,
+                        size_t n_dgram)
+{
+    free(sa->req.buf);
+    sa->req.task = task;
+    sa->req.buf = buf;
+    memcpy(sa->req.dgram, dgram, n_dgram * sizeof(*dgram));
+    sa->req.n_dgram = n_dgram;
+    sa->req.natt = sa->natt;
+    sa->req.tries = 0;
+    send_datagrams(sa, &sa->req);
+    core_timer_arm(sa->loop, &sa->retransmit_timer, retransmit_delay_ms(sa, 0));
+    return 0;
+}
+
+void ike_sa_request_done(ike_sa *sa)
+{
+    core_timer_cancel(sa->loop, &sa->retransmit_timer);
+    free(sa->req.buf);
+    sa->req.buf = NULL;
+    sa->req.n_dgram = 0;
+    sa->req.task = IKE_TASK_NONE;
+}
+
+static void retransmit(void *arg)
+{
+    ike_sa *sa = arg;
+    if (sa->req.task == IKE_TASK_NONE)
+        return;
+    /* A Delete is confirmed or given up quickly: disconnect must not hang. */
+    unsigned max = sa->req.task == IKE_TASK_DELETE ? 1 : sa->cfg.prof->ike.retransmit_tries;
+    if (sa->req.tries >= max) {
+        ike_task task = sa->req.task;
+        ike_sa_request_done(sa);
+        if (task == IKE_TASK_DELETE) {
+            ike_sa_fail(sa, 0, "IKE SA deleted (the gateway did not confirm)");
+            return;
+        }
+        ike_sa_fail(sa, M2MVPN_E_TIMEOUT, "no answer from %s after %u retransmits", sa->gw_text, max);
+        return;
+    }
+    sa->req.tries++;
+    LOG_INFO(sa->log, "ike", "retransmit %u of request %u to %s", sa->req.tries,
+             sa->req.message_id, sa->gw_text);
+    send_datagrams(sa, &sa->req);
+    core_timer_arm(sa->loop, &sa->retransmit_timer, retransmit_delay_ms(sa, sa->req.tries));
+}
+
+int ike_sa_send_protected(ike_sa *sa, uint8_t exchange, bool response, uint32_t message_id,
+                          const uint8_t *inner, size_t inner_len, uint8_t first_type, ike_task task)
+{
+    size_t cap = inner_len + 4096 + IKE_MAX_OUT_FRAGS * 128;
+    uint8_t *buf = malloc(cap);
+    if (!buf)
+        return M2MVPN_E_NOMEM;
+    ike_header hdr;
+    ike_sa_header(sa, &hdr, exchange, response, message_id);
+    ike_span spans[IKE_MAX_OUT_FRAGS];
+    size_t n = 0;
+    int r;
+    /* Fragment only when the peer can reassemble and the message would not
+     * fit a datagram that crosses any IPv4 path unfragmented. */
+    size_t max_len = IKE_FRAG_MTU - 28 - (sa->natt ? 4 : 0);
+    size_t whole = IKE_HEADER_LEN + 4 + sa->sk_out.iv_len + inner_len + sa->sk_out.block_len +
+                   sa->sk_out.icv_len;
+    if (sa->peer_frag && sa->cfg.prof->ike.fragmentation && whole > max_len) {
+        r = ike_frag_build(&hdr, inner, inner_len, first_type, &sa->sk_out, max_len, buf, cap,
+                           spans, IKE_MAX_OUT_FRAGS, &n);
+    } else {
+        buf_writer w;
+        buf_writer_init(&w, buf, cap);
+        r = ike_sk_wrap(&hdr, inner, inner_len, first_type, &sa->sk_out, &w);
+        spans[0].off = 0;
+        spans[0].len = buf_writer_len(&w);
+        n = 1;
+    }
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    LOG_DBG(sa->log, "ike", "sending %s %s %u to %s (%zu bytes in %zu datagram%s)",
+            ike_exchange_name(exchange), response ? "response" : "request", message_id,
+            sa->gw_text, spans[n - 1].off + spans[n - 1].len, n, n == 1 ? "" : "s");
+    if (response) {
+        /* Responses are single datagrams here (empty INFORMATIONAL answers). */
+        for (size_t i = 0; i < n; i++)
+            sa->hooks.send(sa->hooks.arg, buf + spans[i].off, spans[i].len, sa->natt);
+        free(sa->last_resp);
+        sa->last_resp = NULL;
+        sa->last_resp_len = 0;
+        if (n == 1) {
+            sa->last_resp = buf;
+            sa->last_resp_len = spans[0].len;
+        } else {
+            free(buf);
+        }
+        return 0;
+    }
+    sa->req.message_id = message_id;
+    return ike_sa_send_request(sa, task, buf, spans, n);
+}
+
+/* ------------------------------------------------------------ keys */
+
+static int sk_seal(void *ctx, const ike_sk_seal_io *io)
+{
+    crypto_cipher *c = ctx;
+    int r = crypto_cipher_next_iv(c, io->iv);
+    if (r < 0)
+        return r;
+    crypto_msg m = {
+        .aad = io->aad, .aad_len = io->aad_len, .iv = io->iv,
+        .in = io->text, .out = io->text, .data_len = io->text_len, .icv = io->icv,
+    };
+    return crypto_cipher_encrypt(c, &m);
+}
+
+static int sk_open(void *ctx, const ike_sk_open_io *io)
+{
+    crypto_cipher *c = ctx;
+    uint8_t icv[CRYPTO_MAX_ICV_LEN];
+    const crypto_cipher_sizes *sz = crypto_cipher_get_sizes(c);
+    memcpy(icv, io->icv, sz->icv_len);
+    crypto_msg m = {
+        .aad = io->aad, .aad_len = io->aad_len, .iv = io->iv,
+        .in = io->ct, .out = io->out, .data_len = io->ct_len, .icv = icv,
+    };
+    return crypto_cipher_decrypt(c, &m);
+}
+
+static void adapter(ike_sk_cipher *a, crypto_cipher *c, bool seal)
+{
+    const crypto_cipher_sizes *sz = crypto_cipher_get_sizes(c);
+    a->iv_len = sz->iv_len;
+    a->icv_len = sz->icv_len;
+    a->block_len = sz->block_len;
+    a->seal = seal ? sk_seal : NULL;
+    a->open = seal ? NULL : sk_open;
+    a->ctx = c;
+}
+
+int ike_sa_install_keys(ike_sa *sa, const uint8_t *g_ir, size_t g_ir_len, char *err, size_t err_len)
+{
+    crypto_key skeyseed;
+    int r = crypto_ike_skeyseed(sa->suite.prf_id, sa->nonce_i, sizeof(sa->nonce_i), sa->nonce_r,
+                                sa->nonce_r_len, g_ir, g_ir_len, &skeyseed);
+    if (r == 0)
+        r = crypto_ike_keys_derive(&sa->suite, &skeyseed, sa->nonce_i, sizeof(sa->nonce_i),
+                                   sa->nonce_r, sa->nonce_r_len, sa->spi_i, sa->spi_r, &sa->keys);
+    secure_wipe(&skeyseed, sizeof(skeyseed));
+    if (r == 0)
+        r = crypto_cipher_new(sa->suite.encr_id, sa->suite.encr_key_bits, sa->suite.integ_id,
+                              CRYPTO_DIR_ENCRYPT, sa->keys->sk_ei.b, sa->keys->sk_ei.len,
+                              sa->keys->sk_ai.len ? sa->keys->sk_ai.b : NULL, sa->keys->sk_ai.len, &sa->seal_ctx);
+    if (r == 0)
+        r = crypto_cipher_new(sa->suite.encr_id, sa->suite.encr_key_bits, sa->suite.integ_id,
+                              CRYPTO_DIR_DECRYPT, sa->keys->sk_er.b, sa->keys->sk_er.len,
+                              sa->keys->sk_ar.len ? sa->keys->sk_ar.b : NULL, sa->keys->sk_ar.len, &sa->open_ctx);
+    if (r < 0) {
+        snprintf(err, err_len, "deriving IKE SA keys for %s failed (%s)", sa->ike_alg, m2mvpn_strerror(r));
+        return r;
+    }
+    adapter(&sa->sk_out, sa->seal_ctx, true);
+    adapter(&sa->sk_in, sa->open_ctx, false);
+    return 0;
+}
+
+/* ------------------------------------------------------------- input */
+
+int ike_sa_start(ike_sa *sa)
+{
+    return ike_init_start(sa);
+}
+
+/* Decrypt a protected message (SK, or SKF into the reassembly buffer).
+ * Returns 1 with *inner filled, 0 when more fragments are needed, <0 to drop. */
+static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap,
+                          ike_chain *inner)
+{
+    if (!sa->open_ctx)
+        return M2MVPN_E_PROTOCOL;
+    if (msg->chain.n == 0)
+        return M2MVPN_E_PROTOCOL;
+    const ike_payload *last = &msg->chain.pl[msg->chain.n - 1];
+    ike_diag d;
+    ike_diag_clear(&d);
+    int r;
+    if (last->type == IKE_PL_SK) {
+        r = ike_sk_open(msg, &sa->sk_in, plain, cap, inner, &d);
+        if (r == 0)
+            return 1;
+    } else if (last->type == IKE_PL_SKF) {
+        if (sa->reasm.active && sa->reasm.message_id != msg->hdr.message_id)
+            ike_frag_reasm_reset(&sa->reasm);
+        r = ike_frag_add(&sa->reasm, msg, &sa->sk_in, inner, &d);
+        if (r >= 0)
+            return r;
+    } else {
+        r = M2MVPN_E_PROTOCOL;
+        snprintf(d.text, sizeof(d.text), "unprotected %s message", ike_exchange_name(msg->hdr.exchange));
+    }
+    LOG_WARN(sa->log, "ike", "dropping message %u from %s: %s", msg->hdr.message_id, sa->gw_text,
+             d.text[0] ? d.text : m2mvpn_strerror(r));
+    return r;
+}
+
+static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
+{
+    if (sa->req.task == IKE_TASK_NONE || msg->hdr.message_id != sa->req.message_id) {
+        LOG_DBG(sa->log, "ike", "ignoring unexpected response %u", msg->hdr.message_id);
+        return;
+    }
+    if (msg->hdr.exchange == IKE_EXCH_IKE_SA_INIT) {
+        if (sa->req.task == IKE_TASK_INIT)
+            ike_init_process(sa, msg);
+        return;
+    }
+    ike_chain inner;
+    int r = open_protected(sa, msg, plain, cap, &inner);
+    if (r <= 0)
+        return;
+    ike_task task = sa->req.task;
+    ike_sa_request_done(sa);
+    sa->next_msg_id++;
+    switch (task) {
+    case IKE_TASK_AUTH:
+        ike_auth_process(sa, &inner);
+        break;
+    case IKE_TASK_DPD:
+    case IKE_TASK_DELETE:
+        ike_info_process_response(sa, &inner);
+        break;
+    default:
+        break;
+    }
+    ike_frag_reasm_reset(&sa->reasm); /* the inner chain pointed into it */
+}
+
+static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
+{
+    if (sa->state != IKE_SA_ESTABLISHED && sa->state != IKE_SA_DELETING)
+        return;
+    uint32_t id = msg->hdr.message_id;
+    if (id + 1 == sa->peer_msg_id && sa->last_resp) {
+        /* The gateway did not get our response: send it again, unchanged. */
+        sa->hooks.send(sa->hooks.arg, sa->last_resp, sa->last_resp_len, sa->natt);
+        return;
+    }
+    if (id != sa->peer_msg_id) {
+        LOG_DBG(sa->log, "ike", "ignoring request %u (expected %u)", id, sa->peer_msg_id);
+        return;
+    }
+    ike_chain inner;
+    if (open_protected(sa, msg, plain, cap, &inner) <= 0)
+        return;
+    sa->peer_msg_id++;
+    ike_info_process_request(sa, &msg->hdr, &inner);
+    ike_frag_reasm_reset(&sa->reasm);
+}
+
+void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
+{
+    (void)natt;
+    if (sa->state == IKE_SA_DOWN || sa->state == IKE_SA_IDLE)
+        return;
+    ike_message msg;
+    ike_diag d;
+    ike_diag_clear(&d);
+    if (ike_message_parse(buf_reader_make(data, len), &msg, &d) < 0) {
+        LOG_WARN(sa->log, "ike", "dropping malformed message from %s: %s", sa->gw_text, d.text);
+        return;
+    }
+    uint8_t spi_i[8];
+    for (int i = 0; i < 8; i++)
+        spi_i[i] = (uint8_t)(msg.hdr.spi_i >> (56 - 8 * i));
+    if (memcmp(spi_i, sa->spi_i, 8) != 0 || (msg.hdr.flags & IKE_FLAG_INITIATOR)) {
+        LOG_DBG(sa->log, "ike", "ignoring message for another IKE SA");
+        return;
+    }
+    sa->last_heard_ms = sa->loop->clock_ms();
+    uint8_t *plain = malloc(len);
+    if (!plain)
+        return;
+    if (msg.hdr.flags & IKE_FLAG_RESPONSE)
+        handle_response(sa, &msg, plain, len);
+    else
+        handle_request(sa, &msg, plain, len);
+    secure_free(plain, len);
+}
+
+void ike_sa_close(ike_sa *sa)
+{
+    if (sa->state == IKE_SA_ESTABLISHED) {
+        ike_sa_set_state(sa, IKE_SA_DELETING);
+        core_timer_cancel(sa->loop, &sa->dpd_timer);
+        if (sa->req.task != IKE_TASK_NONE)
+            ike_sa_request_done(sa);
+        if (ike_info_send_delete(sa) == 0)
+            return; /* on_down when the gateway confirms or the retransmits end */
+    }
+    ike_sa_fail(sa, 0, "IKE SA closed");
+}
+
+void ike_sa_describe(const ike_sa *sa, char *ike_alg, size_t ike_len, char *esp_alg, size_t esp_len)
+{
+    snprintf(ike_alg, ike_len, "%s", sa->ike_alg);
+    snprintf(esp_alg, esp_len, "%s", sa->esp_alg);
+}

@@ -1,0 +1,573 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Network namespaces for the interop tests and benchmarks.
+
+Everything here needs root. Every namespace this module makes is named
+``m2i-<pid>-<n>-<role>`` where <pid> is the creating process, so that
+``sweep_stale()`` can remove what a killed test run left behind without ever
+touching the namespaces of a run that is still alive.
+
+Addresses: the underlay is 198.51.100.0/24 (TEST-NET-2), everything inside a
+tunnel is in 198.18.0.0/15 (RFC 2544 benchmark range). Nothing here ever
+sends to any other address.
+
+Ownership: a ``Namespace`` owns the kernel namespace and every process started
+through it; ``close()`` (or leaving the ``with`` block) kills those processes
+(SIGTERM, then SIGKILL) and deletes the namespace, also after a failure. A
+``Topology`` owns its namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+PREFIX = "m2i-"
+PYTHON = "/usr/bin/python3"
+
+# Underlay plan. Direct topology: one /24. Routed topologies: the gateway side
+# is the lower /25, the client side the upper /25, a router in between.
+GW_ADDR = "198.51.100.1"
+CLIENT_ADDR_DIRECT = "198.51.100.10"
+ROUTER_GW_SIDE = "198.51.100.2"
+ROUTER_CLIENT_SIDE = "198.51.100.129"
+CLIENT_ADDR_ROUTED = "198.51.100.130"
+
+# Inside the tunnel: the gateway's protected network (addresses on its lo)
+# and the pool of virtual IPs it hands out through configuration payloads.
+PROTECTED_NET = "198.18.0.0/24"
+PROTECTED_ADDRS = ("198.18.0.1", "198.18.0.2")
+VIP_POOL = "198.18.10.0/24"
+
+_counter = itertools.count(1)
+
+
+class CommandError(RuntimeError):
+    """A command inside a namespace failed; carries its output for the report."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str):
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"command {' '.join(self.argv)!r} exited {returncode}\n"
+            f"stdout: {stdout.strip()}\nstderr: {stderr.strip()}")
+
+
+def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30,
+         input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(argv), capture_output=True, text=True,
+                          timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+def require_root() -> None:
+    """Raise PermissionError unless running as root (the tests need it)."""
+    if os.geteuid() != 0:
+        raise PermissionError("the interop tests need root (network namespaces)")
+
+
+def list_namespaces() -> list[str]:
+    """Names of all network namespaces known to iproute2."""
+    out = _run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (killed, not yet reaped) is dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _kill_pids(pids: Iterable[int], grace_s: float = 3.0) -> None:
+    """SIGTERM the pids, wait up to grace_s for them to go, then SIGKILL."""
+    pids = [p for p in pids if p != os.getpid()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _pid_alive(p) and not _is_zombie(p)]
+        if pids:
+            time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return True
+
+
+def _netns_pids(name: str) -> list[int]:
+    proc = _run(["ip", "netns", "pids", name], check=False)
+    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+
+def sweep_stale() -> list[str]:
+    """Delete m2i- namespaces whose creating process is gone.
+
+    A run killed with SIGKILL cannot clean up after itself; the next run calls
+    this first. Namespaces of live processes (a parallel run) are left alone.
+    Returns the names that were removed.
+    """
+    removed = []
+    for name in list_namespaces():
+        if not name.startswith(PREFIX):
+            continue
+        parts = name.split("-")
+        if len(parts) < 3 or not parts[1].isdigit():
+            continue
+        if _pid_alive(int(parts[1])):
+            continue
+        _kill_pids(_netns_pids(name), grace_s=1.0)
+        _run(["ip", "netns", "del", name], check=False)
+        removed.append(name)
+    return removed
+
+
+class Namespace:
+    """A network namespace with a unique m2i- name.
+
+    Use as a context manager (or call close()). All methods raise CommandError
+    when the underlying command fails.
+    """
+
+    def __init__(self, role: str):
+        require_root()
+        self.role = role
+        self.name = f"{PREFIX}{os.getpid()}-{next(_counter)}-{role}"
+        self._procs: list[subprocess.Popen] = []
+        self._closed = False
+        _run(["ip", "netns", "add", self.name])
+        try:
+            self.ip("link", "set", "lo", "up")
+        except Exception:
+            _run(["ip", "netns", "del", self.name], check=False)
+            raise
+
+    # -- running things inside -------------------------------------------------
+    def argv(self, *argv: str) -> list[str]:
+        """The command line that runs argv inside this namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 30,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Run argv inside the namespace and wait; text output is captured."""
+        return _run(self.argv(*argv), check=check, timeout=timeout, input=input)
+
+    def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        """Start argv inside the namespace; it is killed by close()."""
+        proc = subprocess.Popen(self.argv(*argv), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def ip(self, *args: str) -> subprocess.CompletedProcess:
+        return _run(["ip", "-n", self.name, *args])
+
+    # -- configuration -----------------------------------------------------------
+    def add_addr(self, ifname: str, cidr: str) -> None:
+        self.ip("addr", "add", cidr, "dev", ifname)
+
+    def link_up(self, ifname: str) -> None:
+        self.ip("link", "set", ifname, "up")
+
+    def add_route(self, dest: str, via: str | None = None, dev: str | None = None) -> None:
+        args = ["route", "add", dest]
+        if via:
+            args += ["via", via]
+        if dev:
+            args += ["dev", dev]
+        self.ip(*args)
+
+    def sysctl(self, key: str, value: str | int) -> None:
+        self.run("sysctl", "-q", "-w", f"{key}={value}")
+
+    def nft(self, ruleset: str) -> None:
+        """Load an nftables ruleset (nft -f syntax) into this namespace."""
+        self.run("nft", "-f", "-", input=ruleset)
+
+    def pids(self) -> list[int]:
+        """Pids of all processes whose network namespace is this one."""
+        return _netns_pids(self.name)
+
+    # -- cleanup -------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill every process in the namespace and delete it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for proc in self._procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        _kill_pids([p.pid for p in self._procs if p.poll() is None], grace_s=3.0)
+        _kill_pids(self.pids(), grace_s=2.0)
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)
+        _run(["ip", "netns", "del", self.name], check=False)
+
+    def __enter__(self) -> "Namespace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r})"
+
+
+def veth(a: Namespace, a_if: str, b: Namespace, b_if: str, mtu: int | None = None) -> None:
+    """Join two namespaces with a veth pair created directly inside them.
+
+    The pair never exists in the root namespace, so interface names only have
+    to be unique inside a and b and parallel runs cannot collide.
+    """
+    args = ["link", "add", a_if]
+    if mtu:
+        args += ["mtu", str(mtu)]
+    args += ["type", "veth", "peer", "name", b_if, "netns", b.name]
+    if mtu:
+        args += ["mtu", str(mtu)]
+    a.ip(*args)
+    a.link_up(a_if)
+    b.link_up(b_if)
+
+
+# nftables rule set for a router that drops every IP fragment: non-first
+# fragments (offset != 0) and first fragments (MF set). It hooks prerouting
+# before conntrack's defragmentation (priority -400) so it sees the raw pieces
+# even when NAT is active in the same namespace.
+FRAG_DROP_RULES = """
+table ip m2i_fragdrop {
+    chain pre {
+        type filter hook prerouting priority -450; policy accept;
+        ip frag-off & 0x1fff != 0 counter drop
+        ip frag-off & 0x2000 != 0 counter drop
+    }
+}
+"""
+
+MASQUERADE_RULES = """
+table ip m2i_nat {{
+    chain post {{
+        type nat hook postrouting priority 100; policy accept;
+        oifname "{oif}" masquerade
+    }}
+}}
+"""
+
+
+@dataclass
+class Topology:
+    """Namespaces of one test network; close() removes them all.
+
+    client/gateway are always set; router is set for routed topologies.
+    client_addr/gw_addr are the underlay addresses the peers use.
+    """
+    kind: str
+    client: Namespace
+    gateway: Namespace
+    client_addr: str
+    gw_addr: str
+    router: Namespace | None = None
+    protected_addrs: tuple[str, ...] = PROTECTED_ADDRS
+    namespaces: list[Namespace] = field(default_factory=list)
+
+    def close(self) -> None:
+        errors = []
+        for ns in reversed(self.namespaces):
+            try:
+                ns.close()
+            except Exception as exc:  # keep cleaning the others
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "Topology":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _gateway_protected_net(gw: Namespace, addrs: Iterable[str]) -> None:
+    # The dummy link type does not exist on these kernels: use lo.
+    for addr in addrs:
+        gw.add_addr("lo", f"{addr}/32")
+
+
+@contextlib.contextmanager
+def _building(namespaces: list[Namespace]) -> Iterator[None]:
+    """Delete the namespaces made so far if building a topology fails."""
+    try:
+        yield
+    except BaseException:
+        for ns in reversed(namespaces):
+            with contextlib.suppress(Exception):
+                ns.close()
+        raise
+
+
+def direct() -> Topology:
+    """(a) client <-> gateway on one /24 (198.51.100.10 and .1)."""
+    made: list[Namespace] = []
+    with _building(made):
+        gw = Namespace("gw")
+        made.append(gw)
+        cl = Namespace("cl")
+        made.append(cl)
+        veth(cl, "eth0", gw, "eth0")
+        cl.add_addr("eth0", f"{CLIENT_ADDR_DIRECT}/24")
+        gw.add_addr("eth0", f"{GW_ADDR}/24")
+        _gateway_protected_net(gw, PROTECTED_ADDRS)
+    return Topology("direct", cl, gw, CLIENT_ADDR_DIRECT, GW_ADDR, namespaces=made)
+
+
+def routed(*, nat: bool = False, drop_fragments: bool = False) -> Topology:
+    """Client <-> router <-> gateway.
+
+    nat: (b) the router masquerades the client side behind 198.51.100.2, so
+    the gateway sees the client as .2 and IKE must detect NAT (RFC 7296 2.23).
+    drop_fragments: (c) the router drops every IP fragment in both directions,
+    so only messages that fit one packet pass (IKE fragmentation, RFC 7383).
+    """
+    made: list[Namespace] = []
+    with _building(made):
+        gw = Namespace("gw")
+        made.append(gw)
+        rt = Namespace("rt")
+        made.append(rt)
+        cl = Namespace("cl")
+        made.append(cl)
+        veth(cl, "eth0", rt, "cl0")
+        veth(rt, "gw0", gw, "eth0")
+        cl.add_addr("eth0", f"{CLIENT_ADDR_ROUTED}/25")
+        rt.add_addr("cl0", f"{ROUTER_CLIENT_SIDE}/25")
+        rt.add_addr("gw0", f"{ROUTER_GW_SIDE}/25")
+        gw.add_addr("eth0", f"{GW_ADDR}/25")
+        cl.add_route("default", via=ROUTER_CLIENT_SIDE)
+        if not nat:
+            gw.add_route("198.51.100.128/25", via=ROUTER_GW_SIDE)
+        rt.sysctl("net.ipv4.ip_forward", 1)
+        if nat:
+            rt.nft(MASQUERADE_RULES.format(oif="gw0"))
+        if drop_fragments:
+            rt.nft(FRAG_DROP_RULES)
+        _gateway_protected_net(gw, PROTECTED_ADDRS)
+    kind = "+".join(k for k, on in (("nat", nat), ("fragdrop", drop_fragments)) if on) or "routed"
+    return Topology(kind, cl, gw, CLIENT_ADDR_ROUTED, GW_ADDR, router=rt, namespaces=made)
+
+
+# Multihomed client: two uplinks through one router (RFC 4555 roaming).
+CLIENT_UPLINKS = (("eth0", "198.51.100.130", "198.51.100.129", "cl0"),
+                  ("eth1", "198.51.100.194", "198.51.100.193", "cl1"))
+
+
+def multihomed() -> Topology:
+    """Client with two uplinks (eth0 198.51.100.130/26, preferred, and eth1
+    198.51.100.194/26) to one router, which routes to the gateway.
+
+    Both uplinks carry a default route (eth0 metric 100, eth1 metric 200), so
+    when eth0 goes away (Topology.drop_client_uplink("eth0")) traffic moves to
+    eth1 and an IKE SA has to follow with MOBIKE. client_addr is eth0's.
+    """
+    made: list[Namespace] = []
+    with _building(made):
+        gw = Namespace("gw")
+        made.append(gw)
+        rt = Namespace("rt")
+        made.append(rt)
+        cl = Namespace("cl")
+        made.append(cl)
+        veth(rt, "gw0", gw, "eth0")
+        rt.add_addr("gw0", f"{ROUTER_GW_SIDE}/25")
+        gw.add_addr("eth0", f"{GW_ADDR}/25")
+        gw.add_route("198.51.100.128/25", via=ROUTER_GW_SIDE)
+        for metric, (cl_if, cl_addr, rt_addr, rt_if) in zip((100, 200), CLIENT_UPLINKS):
+            veth(cl, cl_if, rt, rt_if)
+            cl.add_addr(cl_if, f"{cl_addr}/26")
+            rt.add_addr(rt_if, f"{rt_addr}/26")
+            cl.ip("route", "add", "default", "via", rt_addr, "dev", cl_if, "metric", str(metric))
+        rt.sysctl("net.ipv4.ip_forward", 1)
+        _gateway_protected_net(gw, PROTECTED_ADDRS)
+    return Topology("multihomed", cl, gw, CLIENT_UPLINKS[0][1], GW_ADDR, router=rt,
+                    namespaces=made)
+
+
+def drop_client_uplink(topo: Topology, ifname: str) -> None:
+    """Make a client uplink go away (delete its veth pair), as when a modem
+    or cable disappears; its routes and address go with it."""
+    topo.client.ip("link", "del", ifname)
+
+
+def add_loss(ns: Namespace, percent: int, table: str = "m2i_loss") -> None:
+    """Drop percent % of the packets ns forwards, at random, both ways.
+
+    (tc netem does not exist on these kernels; nftables numgen does.)
+    """
+    if not 0 <= percent <= 100:
+        raise ValueError(f"loss percent out of range: {percent}")
+    # numgen yields 0..99, so "< 100" is out of its range: 100 % is a plain drop.
+    rule = "counter drop" if percent == 100 else f"numgen random mod 100 < {percent} counter drop"
+    ns.nft(f"""
+table ip {table} {{
+    chain forward_loss {{
+        type filter hook forward priority 0; policy accept;
+        {rule}
+    }}
+}}
+""")
+
+
+def nat() -> Topology:
+    """(b) client <-> NAT router (nftables masquerade) <-> gateway."""
+    return routed(nat=True)
+
+
+def fragment_dropping() -> Topology:
+    """(c) client <-> router that drops all IP fragments <-> gateway."""
+    return routed(drop_fragments=True)
+
+
+# -- probes -----------------------------------------------------------------------
+
+_UDP_SINK = r"""
+import os, select, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+linger = float(sys.argv[3])
+print("ready", flush=True)
+# Receive until stdin closes (the sender is done), then for linger seconds more.
+deadline = None
+watch = [s, sys.stdin]
+while deadline is None or time.monotonic() < deadline:
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    ready = select.select(watch, [], [], left)[0]
+    if sys.stdin in ready:
+        if not os.read(sys.stdin.fileno(), 100):
+            watch = [s]
+            deadline = time.monotonic() + linger
+    if s in ready:
+        data, _ = s.recvfrom(65535)
+        print(len(data), flush=True)
+"""
+
+_UDP_SEND = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for size in sys.argv[3:]:
+    s.sendto(b"x" * int(size), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def udp_probe(src: Namespace, dst: Namespace, dst_addr: str, sizes: Sequence[int],
+              port: int = 40000, wait_s: float = 1.0) -> list[int]:
+    """Send one UDP datagram of each size from src to dst_addr (in dst).
+
+    Returns the sizes that arrived within wait_s after the last was sent, in
+    arrival order. Datagrams above the path
+    MTU are fragmented by the sender's kernel, so this shows whether a path
+    passes IP fragments.
+    """
+    sink = dst.popen([PYTHON, "-c", _UDP_SINK, dst_addr, str(port), str(wait_s)],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = sink.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"UDP sink in {dst.name} did not start: {line!r}")
+        src.run(PYTHON, "-c", _UDP_SEND, dst_addr, str(port), *map(str, sizes))
+        out, _ = sink.communicate(timeout=wait_s + 10)   # closes its stdin first
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    return [int(x) for x in out.split()]
+
+
+_PING = r"""
+import os, select, socket, struct, sys, time
+dst, count, size, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+source = sys.argv[5] if len(sys.argv) > 5 else ""
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+if source:
+    s.bind((source, 0))
+ident = os.getpid() & 0xffff
+payload = bytes(i & 0xff for i in range(size))
+replies = 0
+deadline = time.monotonic() + timeout
+for seq in range(1, count + 1):
+    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq) + payload
+    s.sendto(pkt, (dst, 0))
+    wait_until = min(deadline, time.monotonic() + 1.0)
+    while True:
+        left = wait_until - time.monotonic()
+        if left <= 0 or not select.select([s], [], [], left)[0]:
+            break
+        data, addr = s.recvfrom(65535)
+        ihl = (data[0] & 0x0f) * 4
+        t, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+        ok = t == 0 and rid == ident and rseq == seq and addr[0] == dst
+        if ok and data[ihl + 8:] == payload:
+            replies += 1
+            break
+    if time.monotonic() >= deadline:
+        break
+print(replies)
+"""
+
+
+def ping(ns: Namespace, addr: str, count: int = 3, size: int = 56,
+         timeout_s: float = 10, source: str | None = None) -> int:
+    """Send count ICMP echo requests from ns to addr; return how many came back.
+
+    Each request waits up to 1 s for its reply; the whole run at most
+    timeout_s. A raw socket in Python, because iputils ping is not installed
+    everywhere. source: bind to this local address.
+    """
+    argv = [PYTHON, "-c", _PING, addr, str(count), str(size), str(timeout_s)]
+    if source:
+        argv.append(source)
+    proc = ns.run(*argv, timeout=timeout_s + 10)
+    return int(proc.stdout.strip() or 0)
+
+
+def main(argv: list[str]) -> int:
+    """`python3 netlab.py sweep`: remove namespaces left by killed runs."""
+    if argv[1:] == ["sweep"]:
+        for name in sweep_stale():
+            print("removed", name)
+        return 0
+    print("usage: netlab.py sweep", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,396 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* lib/api: error table, argument validation, engine drive, command queue. */
+#include <check.h>
+#include <m2mvpn/m2mvpn.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/handle.h"
+
+static const char *const psk_profile =
+    "{\"version\": 1, \"name\": \"atm-eu\", \"mode\": \"manual\","
+    " \"gateways\": [{\"host\": \"198.51.100.1\"}],"
+    " \"local_id\": \"dev1.m2m.test\", \"remote_id\": \"gw.m2m.test\","
+    " \"auth\": {\"method\": \"psk\", \"psk\": \"s3cret-psk-value\"}}";
+
+static const char *const two_profiles =
+    "{\"profiles\": ["
+    " {\"version\": 1, \"name\": \"p1\", \"gateways\": [{\"host\": \"198.51.100.1\"}],"
+    "  \"local_id\": \"a\", \"remote_id\": \"gw\", \"auth\": {\"method\": \"psk\", \"psk\": \"x\"}},"
+    " {\"version\": 1, \"name\": \"p2\", \"gateways\": [{\"host\": \"198.51.100.2\"}],"
+    "  \"local_id\": \"a\", \"remote_id\": \"gw\", \"auth\": {\"method\": \"psk\", \"psk\": \"y\"}}]}";
+
+static m2mvpn *new_handle(void)
+{
+    m2mvpn *h = NULL;
+    ck_assert_int_eq(m2mvpn_new(NULL, NULL, &h), 0);
+    ck_assert_ptr_nonnull(h);
+    return h;
+}
+
+/* Drive an externally-driven handle until every queued command ran. */
+static void process_all(m2mvpn *h)
+{
+    for (int i = 0; i < 1000; i++) {
+        pthread_mutex_lock(&h->lock);
+        bool done = h->cmds_done == h->cmds_queued;
+        pthread_mutex_unlock(&h->lock);
+        if (done)
+            return;
+        ck_assert_int_eq(m2mvpn_process(h), 0);
+    }
+    ck_abort_msg("commands never completed");
+}
+
+/* ----------------------------------------------------------- errors */
+
+START_TEST(every_error_has_a_distinct_message)
+{
+    const int codes[] = {
+#define XX(name, value, msg) M2MVPN_E_##name,
+        M2MVPN_ERROR_MAP(XX)
+#undef XX
+    };
+    size_t n = sizeof(codes) / sizeof(codes[0]);
+    ck_assert_uint_ge(n, 20);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_int_lt(codes[i], 0);
+        const char *m = m2mvpn_strerror(codes[i]);
+        ck_assert_str_ne(m, "unknown error");
+        for (size_t j = 0; j < i; j++) {
+            ck_assert_int_ne(codes[i], codes[j]);
+            ck_assert_str_ne(m, m2mvpn_strerror(codes[j]));
+        }
+    }
+    ck_assert_str_eq(m2mvpn_strerror(0), "success");
+    ck_assert_str_eq(m2mvpn_strerror(-9999), "unknown error");
+    ck_assert_str_eq(m2mvpn_strerror(42), "unknown error");
+    /* Values are part of the ABI: spot-check that they never move. */
+    ck_assert_int_eq(M2MVPN_E_INVAL, -1);
+    ck_assert_int_eq(M2MVPN_E_NOTSUPP, -3);
+    ck_assert_int_eq(M2MVPN_E_PROFILE, -8);
+}
+END_TEST
+
+START_TEST(version_matches_header)
+{
+    ck_assert_str_eq(m2mvpn_version(), M2MVPN_VERSION_STRING);
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%d.%d.%d", M2MVPN_VERSION_MAJOR, M2MVPN_VERSION_MINOR, M2MVPN_VERSION_PATCH);
+    ck_assert_str_eq(m2mvpn_version(), buf);
+}
+END_TEST
+
+/* ------------------------------------------------------ validation */
+
+START_TEST(new_validates_arguments)
+{
+    ck_assert_int_eq(m2mvpn_new(NULL, NULL, NULL), M2MVPN_E_INVAL);
+    m2mvpn_callbacks cbs = { .struct_size = 0 };
+    m2mvpn *h = (m2mvpn *)0x1;
+    ck_assert_int_eq(m2mvpn_new(&cbs, NULL, &h), M2MVPN_E_INVAL);
+    ck_assert_ptr_eq(h, (m2mvpn *)0x1); /* output untouched on failure */
+    cbs.struct_size = sizeof(cbs);
+    h = NULL;
+    ck_assert_int_eq(m2mvpn_new(&cbs, NULL, &h), 0);
+    m2mvpn_free(h);
+    m2mvpn_free(NULL); /* fine */
+}
+END_TEST
+
+START_TEST(calls_refuse_bad_handles)
+{
+    struct m2mvpn fake;
+    memset(&fake, 0, sizeof(fake)); /* no magic */
+    m2mvpn *bad[2] = { NULL, &fake };
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    char *js = NULL;
+    for (int i = 0; i < 2; i++) {
+        m2mvpn *h = bad[i];
+        ck_assert_int_eq(m2mvpn_profile_load_file(h, "x.json"), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_profile_load_json(h, "{}", 2), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_profile_switch(h, "a"), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_connect(h), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_disconnect(h), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_set_credentials(h, "u", "p"), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_enter_pin(h, "1234", 4), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_get_status(h, &st), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_status_json(h, &js), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_start(h), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_stop(h), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_get_fd(h), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_get_timeout_ms(h), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_process(h), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_set_log(h, NULL, 0, NULL), M2MVPN_E_BADHANDLE);
+        ck_assert_str_eq(m2mvpn_last_error(h), "not a valid m2mvpn handle");
+        m2mvpn_free(h); /* ignored */
+    }
+    ck_assert_ptr_null(js);
+}
+END_TEST
+
+START_TEST(calls_refuse_bad_arguments)
+{
+    m2mvpn *h = new_handle();
+    ck_assert_int_eq(m2mvpn_profile_load_file(h, NULL), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_profile_load_file(h, ""), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, NULL, 3), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, "{}", 0), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_profile_switch(h, NULL), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_profile_switch(h, ""), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_set_credentials(h, "u", NULL), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_set_credentials(h, "", "p"), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_enter_pin(h, NULL, 4), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_enter_pin(h, "1234", 0), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_enter_pin(h, "12\0004", 4), M2MVPN_E_INVAL);
+    char longpin[300];
+    memset(longpin, '1', sizeof(longpin));
+    ck_assert_int_eq(m2mvpn_enter_pin(h, longpin, sizeof(longpin)), M2MVPN_E_INVAL);
+    ck_assert_ptr_null(strstr(m2mvpn_last_error(h), "1111")); /* the PIN is not echoed */
+    ck_assert_int_eq(m2mvpn_set_log(h, NULL, 4, NULL), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_set_log(h, NULL, -1, NULL), M2MVPN_E_INVAL);
+    ck_assert(strstr(m2mvpn_last_error(h), "level") != NULL);
+    m2mvpn_status st;
+    memset(&st, 0x5a, sizeof(st));
+    st.struct_size = 4;
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), M2MVPN_E_INVAL);
+    ck_assert_uint_eq(st.struct_size, 4);
+    ck_assert_int_eq(m2mvpn_get_status(h, NULL), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_status_json(h, NULL), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_stop(h), M2MVPN_E_STATE); /* never started */
+    m2mvpn_free(h);
+}
+END_TEST
+
+START_TEST(profile_errors_name_what_is_wrong)
+{
+    m2mvpn *h = new_handle();
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, "{\"version\": 1,", 14), M2MVPN_E_JSON);
+    const char *unknown = "{\"version\": 1, \"name\": \"a\", \"gateways\": [{\"host\": \"h\"}],"
+                          " \"remote_id\": \"gw\", \"local_id\": \"me\","
+                          " \"auth\": {\"method\": \"psk\", \"psk\": \"x\"}, \"tunel\": {}}";
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, unknown, strlen(unknown)), M2MVPN_E_PROFILE);
+    ck_assert_ptr_nonnull(strstr(m2mvpn_last_error(h), "tunel"));
+    ck_assert_int_eq(m2mvpn_profile_load_file(h, "/nonexistent/m2m.json"), M2MVPN_E_IO);
+    ck_assert_ptr_nonnull(strstr(m2mvpn_last_error(h), "/nonexistent/m2m.json"));
+    /* Nothing was installed by the failures. */
+    ck_assert_int_eq(m2mvpn_connect(h), M2MVPN_E_NOPROFILE);
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "");
+    m2mvpn_free(h);
+}
+END_TEST
+
+START_TEST(profiles_load_and_switch)
+{
+    m2mvpn *h = new_handle();
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, two_profiles, strlen(two_profiles)), 0);
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "p1"); /* first loaded is active */
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "nope"), M2MVPN_E_NOPROFILE);
+    ck_assert_ptr_nonnull(strstr(m2mvpn_last_error(h), "'nope'"));
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "p2"), 0);
+    process_all(h);
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "p2");
+    /* Loading a profile of the same name replaces it; the set stays usable. */
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, psk_profile, strlen(psk_profile)), 0);
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "atm-eu"), 0);
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "p1"), 0);
+    process_all(h);
+    m2mvpn_free(h);
+}
+END_TEST
+
+START_TEST(status_json_has_state)
+{
+    m2mvpn *h = new_handle();
+    char *js = NULL;
+    ck_assert_int_eq(m2mvpn_status_json(h, &js), 0);
+    ck_assert_ptr_nonnull(strstr(js, "\"state\":\"idle\""));
+    ck_assert_ptr_nonnull(strstr(js, "\"version\":\"" M2MVPN_VERSION_STRING "\""));
+    ck_assert_ptr_nonnull(strstr(js, "\"last_error\":"));
+    m2mvpn_string_free(js);
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, psk_profile, strlen(psk_profile)), 0);
+    ck_assert_int_eq(m2mvpn_status_json(h, &js), 0);
+    ck_assert_ptr_nonnull(strstr(js, "\"profile\":\"atm-eu\""));
+    ck_assert_ptr_null(strstr(js, "s3cret")); /* the PSK never reaches status */
+    m2mvpn_string_free(js);
+    m2mvpn_status st = { .struct_size = offsetof(m2mvpn_status, profile) }; /* an older, smaller struct */
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_int_eq(st.state, M2MVPN_STATE_IDLE);
+    m2mvpn_free(h);
+}
+END_TEST
+
+/* Features of later issues say so until they land. */
+START_TEST(later_features_are_not_supported_yet)
+{
+    m2mvpn *h = new_handle();
+    ck_assert_int_eq(m2mvpn_set_credentials(h, "dev1", "pw"), M2MVPN_E_NOTSUPP);
+    ck_assert_int_eq(m2mvpn_enter_pin(h, "1234", 4), M2MVPN_E_NOTSUPP);
+    m2mvpn_free(h);
+}
+END_TEST
+
+/* ---------------------------------------------------------- engine */
+
+typedef struct {
+    m2mvpn *h;
+    int id;
+} worker_arg;
+
+static void *switch_many(void *arg)
+{
+    worker_arg *w = arg;
+    for (int i = 0; i < 500; i++)
+        ck_assert_int_eq(m2mvpn_profile_switch(w->h, (i + w->id) % 2 ? "p1" : "p2"), 0);
+    return NULL;
+}
+
+START_TEST(commands_from_four_threads_all_arrive)
+{
+    m2mvpn *h = new_handle();
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, two_profiles, strlen(two_profiles)), 0);
+    ck_assert_int_eq(m2mvpn_start(h), 0);
+    ck_assert_int_eq(m2mvpn_start(h), M2MVPN_E_BUSY);
+    ck_assert_int_eq(m2mvpn_process(h), M2MVPN_E_BUSY);
+    ck_assert_int_eq(m2mvpn_get_fd(h), M2MVPN_E_BUSY);
+    pthread_t t[4];
+    worker_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (worker_arg){ h, i };
+        ck_assert_int_eq(pthread_create(&t[i], NULL, switch_many, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    /* The engine thread drains the queue on its own. */
+    uint64_t queued = 0, done = 0;
+    for (int i = 0; i < 500; i++) {
+        pthread_mutex_lock(&h->lock);
+        queued = h->cmds_queued;
+        done = h->cmds_done;
+        pthread_mutex_unlock(&h->lock);
+        if (done == queued)
+            break;
+        usleep(10000);
+    }
+    ck_assert_uint_eq(queued, 1 + 4 * 500); /* the profile load + every switch */
+    ck_assert_uint_eq(done, queued);
+    ck_assert_int_eq(m2mvpn_stop(h), 0);
+    ck_assert_int_eq(m2mvpn_stop(h), M2MVPN_E_STATE);
+    m2mvpn_free(h);
+}
+END_TEST
+
+typedef struct {
+    int lines;
+    int stop_rc;
+    int switch_rc;
+    int process_rc;
+    int seen;
+} cb_state;
+
+/* Log hook that acts like an application callback on the engine thread. */
+static void stop_from_callback(m2mvpn *h, int level, const char *sub, const char *msg, void *ud)
+{
+    (void)level;
+    (void)sub;
+    cb_state *s = ud;
+    s->lines++;
+    if (strstr(msg, "active profile is now 'p2'") && !s->seen) {
+        s->seen = 1;
+        s->switch_rc = m2mvpn_profile_switch(h, "p1"); /* control calls are fine */
+        s->process_rc = m2mvpn_process(h);             /* re-entering is not */
+        s->stop_rc = m2mvpn_stop(h);                   /* returns at once */
+        m2mvpn_free(h);                                /* refused, handle intact */
+    }
+}
+
+START_TEST(stop_from_a_callback)
+{
+    m2mvpn *h = new_handle();
+    cb_state s = { .stop_rc = 99, .switch_rc = 99, .process_rc = 99 };
+    ck_assert_int_eq(m2mvpn_set_log(h, stop_from_callback, M2MVPN_LOG_INFO, &s), 0);
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, two_profiles, strlen(two_profiles)), 0);
+    ck_assert_int_eq(m2mvpn_start(h), 0);
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "p2"), 0);
+    for (int i = 0; i < 500 && !s.seen; i++)
+        usleep(10000);
+    ck_assert_int_eq(s.seen, 1);
+    /* The thread leaves its loop by itself; a new start joins it first. */
+    for (int i = 0; i < 200 && s.stop_rc == 99; i++)
+        usleep(10000);
+    ck_assert_int_eq(s.stop_rc, 0);
+    ck_assert_int_eq(s.switch_rc, 0);
+    ck_assert_int_eq(s.process_rc, M2MVPN_E_CALLBACK);
+    ck_assert_int_eq(m2mvpn_start(h), 0); /* restart after a stop from a callback */
+    ck_assert_int_eq(m2mvpn_stop(h), 0);
+    m2mvpn_free(h);
+}
+END_TEST
+
+START_TEST(external_loop_mode)
+{
+    m2mvpn *h = new_handle();
+    int fd = m2mvpn_get_fd(h);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(m2mvpn_start(h), M2MVPN_E_BUSY); /* driven externally now */
+    ck_assert_int_eq(m2mvpn_get_timeout_ms(h), -1);   /* nothing to do */
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, two_profiles, strlen(two_profiles)), 0);
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "p2"), 0);
+    ck_assert_int_eq(m2mvpn_get_timeout_ms(h), 0); /* commands wait */
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    ck_assert_int_eq(poll(&p, 1, 1000), 1);         /* the fd says so too */
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "p1");             /* not yet processed */
+    ck_assert_int_eq(m2mvpn_process(h), 0);
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "p2");
+    ck_assert_int_eq(m2mvpn_get_timeout_ms(h), -1);
+    p.revents = 0;
+    ck_assert_int_eq(poll(&p, 1, 0), 0);            /* quiet again */
+    m2mvpn_free(h);
+}
+END_TEST
+
+static Suite *api_suite(void)
+{
+    Suite *s = suite_create("api");
+    TCase *e = tcase_create("errors");
+    tcase_add_test(e, every_error_has_a_distinct_message);
+    tcase_add_test(e, version_matches_header);
+    suite_add_tcase(s, e);
+    TCase *v = tcase_create("validation");
+    tcase_add_test(v, new_validates_arguments);
+    tcase_add_test(v, calls_refuse_bad_handles);
+    tcase_add_test(v, calls_refuse_bad_arguments);
+    tcase_add_test(v, profile_errors_name_what_is_wrong);
+    tcase_add_test(v, profiles_load_and_switch);
+    tcase_add_test(v, status_json_has_state);
+    tcase_add_test(v, later_features_are_not_supported_yet);
+    suite_add_tcase(s, v);
+    TCase *g = tcase_create("engine");
+    tcase_set_timeout(g, 30);
+    tcase_add_test(g, commands_from_four_threads_all_arrive);
+    tcase_add_test(g, stop_from_a_callback);
+    tcase_add_test(g, external_loop_mode);
+    suite_add_tcase(s, g);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(api_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 import m2mvpn
-from cli_helpers import (DAEMON, PROFILE_NAMES, PROFILES, Service, answers, cli, needs_credentials, needs_parser, needs_pin,
-                      one_error_line, request, wait_for)
+from cli_helpers import (DAEMON, PROFILE_NAMES, PROFILES, Service, answers, cli, needs_credentials, needs_engine,
+                        needs_parser, needs_pin, one_error_line, request, wait_for)
 
 pytestmark = needs_parser
 
@@ -87,6 +87,29 @@ def test_refused_command_shows_the_library_error(service):
     assert "no profile named 'no-such'" in one_error_line(p)
     # The service carries on.
     assert cli("status", "--control", service.control).returncode == 0
+
+
+def _status(service):
+    p = cli("status", "--json", "--control", service.control)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+@needs_engine
+def test_connect_disconnect_and_sigterm_while_connecting(service):
+    if not service.isolated:
+        pytest.skip("needs root and unshare: a connect attempt must stay in a private network namespace")
+    p = cli("connect", "--control", service.control)
+    assert p.returncode == 0, p.stderr
+    # The gateway (127.0.0.1:1 in the service's own namespace) never answers:
+    # the tunnel leaves idle, or fails with a recorded error.
+    assert wait_for(lambda: (lambda st: st["state"] != "idle" or st["last_error"]["code"] != 0)(_status(service)))
+    p = cli("disconnect", "--control", service.control)
+    assert p.returncode == 0, p.stderr
+    assert wait_for(lambda: _status(service)["state"] == "idle")
+    assert cli("connect", "--control", service.control).returncode == 0
+    assert service.stop() == 0  # SIGTERM while connecting: clean disconnect, exit 0
+    assert "stopping (SIGTERM)" in service.log()
 
 
 def test_disconnect_when_idle_is_fine(service):

@@ -101,6 +101,8 @@ class Status(ctypes.Structure):
         ("packets_out", ctypes.c_uint64),
         ("packets_dropped", ctypes.c_uint64),
         ("connected_since", ctypes.c_int64),
+        ("ike_algorithms", ctypes.c_char * 96),
+        ("esp_algorithms", ctypes.c_char * 96),
     ]
 
 

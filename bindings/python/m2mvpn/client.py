@@ -99,6 +99,8 @@ class StatusSnapshot:
     packets_out: int
     packets_dropped: int
     connected_since: int
+    ike_algorithms: str
+    esp_algorithms: str
     struct_size: int
 
 
@@ -297,7 +299,9 @@ class Client:
             state=enum_or_int(State, st.state), last_error=st.last_error, profile=text(st.profile),
             gateway=text(st.gateway), virtual_ip=text(st.virtual_ip), last_error_text=text(st.last_error_text),
             bytes_in=st.bytes_in, bytes_out=st.bytes_out, packets_in=st.packets_in, packets_out=st.packets_out,
-            packets_dropped=st.packets_dropped, connected_since=st.connected_since, struct_size=st.struct_size)
+            packets_dropped=st.packets_dropped, connected_since=st.connected_since,
+            ike_algorithms=text(st.ike_algorithms), esp_algorithms=text(st.esp_algorithms),
+            struct_size=st.struct_size)
 
     def status_json_text(self):
         """m2mvpn_status_json() as the library's exact text."""

@@ -26,7 +26,8 @@ int main(void)
     FIELD(m2mvpn_status, profile); FIELD(m2mvpn_status, gateway); FIELD(m2mvpn_status, virtual_ip);
     FIELD(m2mvpn_status, last_error_text); FIELD(m2mvpn_status, bytes_in); FIELD(m2mvpn_status, bytes_out);
     FIELD(m2mvpn_status, packets_in); FIELD(m2mvpn_status, packets_out); FIELD(m2mvpn_status, packets_dropped);
-    FIELD(m2mvpn_status, connected_since);
+    FIELD(m2mvpn_status, connected_since); FIELD(m2mvpn_status, ike_algorithms);
+    FIELD(m2mvpn_status, esp_algorithms);
     printf("}}}\n");
     return 0;
 }

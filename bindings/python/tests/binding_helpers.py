@@ -35,7 +35,7 @@ def profiles(*names):
         p = json.loads(json.dumps(PROFILE))
         p["name"] = n
         out.append(p)
-    return {"profiles": out}
+    return {"version": 1, "profiles": out}
 
 
 def _notsupp(fn):

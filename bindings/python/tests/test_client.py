@@ -2,15 +2,19 @@
 """The Client class and the raw calls behind it."""
 import ctypes
 import gc
+import json
+import os
 import re
 import select
-import threading
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
 
 import m2mvpn
-from m2mvpn import ErrorCode, EventType, LogLevel, State, _native
+from m2mvpn import ErrorCode, LogLevel, State, _native
 from binding_helpers import PROFILE, needs_engine, needs_parser, profiles
 
 
@@ -153,7 +157,6 @@ def test_profile_file_that_does_not_exist(client, tmp_path):
 @needs_parser
 def test_profile_load_and_switch(client, tmp_path):
     f = tmp_path / "p.json"
-    import json
     f.write_text(json.dumps(profiles("rig-a", "rig-b")))
     client.load_profile_file(f)
     assert client.status_json()["profile"] == "rig-a"
@@ -274,27 +277,45 @@ def test_secret_is_not_logged():
         assert secret not in joined
 
 
+# Runs in a private network namespace (only "lo"): the connect attempt to
+# 127.0.0.1:1 can neither reach nor change the host's network.
+_EVENT_PROGRAM = """
+import ctypes, json, sys, threading
+import m2mvpn
+from m2mvpn import EventType, _native
+events, got = [], threading.Event()
+def on_event(client, ev):
+    events.append(ev)
+    if ev.type == EventType.STATE_CHANGED:
+        got.set()
+with m2mvpn.Client(on_event=on_event) as c:
+    c.load_profile_json(json.loads(sys.argv[1]))
+    c.start()
+    c.connect()
+    arrived = got.wait(10)
+    c.disconnect()
+    c.stop()
+first = next((e for e in events if e.type == EventType.STATE_CHANGED), None)
+print(json.dumps({"arrived": arrived, "sizeof_event": ctypes.sizeof(_native.Event),
+                  "first": None if first is None else
+                  [int(first.old_state), int(first.state), first.profile, first.struct_size]}))
+"""
+
+
 @needs_engine
 def test_event_callback_after_a_state_change():
-    events = []
-    got = threading.Event()
-
-    def on_event(client, ev):
-        events.append(ev)
-        if ev.type == EventType.STATE_CHANGED:
-            got.set()
-
-    with m2mvpn.Client(on_event=on_event) as c:
-        c.load_profile_json(PROFILE)
-        c.start()
-        c.connect()
-        assert got.wait(10), "no STATE_CHANGED event after connect"
-        c.disconnect()
-        c.stop()
-    first = next(e for e in events if e.type == EventType.STATE_CHANGED)
-    assert (first.old_state, first.state) == (State.IDLE, State.CONNECTING)
-    assert first.profile == "rig-a"
-    assert first.struct_size == ctypes.sizeof(_native.Event)
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare and ip: the connect attempt must stay in a private network namespace")
+    p = subprocess.run(["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                        sys.executable, "-c", _EVENT_PROGRAM, json.dumps(PROFILE)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["arrived"], "no STATE_CHANGED event after connect"
+    old, new, profile, size = out["first"]
+    assert (old, new) == (State.IDLE, State.CONNECTING)
+    assert profile == PROFILE["name"]
+    assert size == out["sizeof_event"]
 
 
 def test_secret_arguments_accept_bytearray_and_check_types(client):

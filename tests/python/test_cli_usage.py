@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Command-line handling that needs no running service."""
+import os
+
+import pytest
+
+import m2mvpn
+from cli_helpers import DAEMON, cli, one_error_line
+
+import subprocess
+
+
+def test_help_lists_every_command():
+    p = cli("--help")
+    assert p.returncode == 0 and p.stderr == ""
+    for word in ("run", "start", "stop", "connect", "disconnect", "switch", "login", "pin", "status"):
+        assert "m2mvpn %s" % word in p.stdout
+    assert "/run/m2mvpn/control.sock" in p.stdout
+
+
+def test_version_is_the_library_version():
+    p = cli("--version")
+    assert p.returncode == 0
+    assert p.stdout.strip() == "m2mvpn " + m2mvpn.version()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([], "no command"),
+    (["bogus"], "unknown command 'bogus'"),
+    (["status", "--frob"], "unknown option '--frob'"),
+    (["status", "extra"], "unexpected argument 'extra'"),
+    (["status", "--control"], "needs a value"),
+    (["switch"], "missing argument"),
+    (["connect", "a", "b"], "unexpected argument 'b'"),
+    (["disconnect", "--json"], "does not apply"),
+    (["run"], "--profile FILE is required"),
+    (["start"], "--profile FILE is required"),
+    (["login"], "--user U is required"),
+    (["pin", "1234"], "unexpected argument"),  # a PIN never goes on the command line
+])
+def test_bad_usage_exits_2_with_one_line(argv, needle):
+    p = cli(*argv)
+    assert p.returncode == 2
+    assert needle in one_error_line(p)
+    assert p.stdout == ""
+
+
+@pytest.mark.parametrize("argv,stdin", [
+    (["status"], None),
+    (["status", "--json"], None),
+    (["connect"], None),
+    (["connect", "atm-eu"], None),
+    (["disconnect"], None),
+    (["switch", "atm-eu"], None),
+    (["stop"], None),
+    (["login", "--user", "bob"], "pw\n"),
+    (["pin"], "1234\n"),
+])
+def test_client_commands_without_a_service(workdir, argv, stdin):
+    sock = os.path.join(workdir, "nothing-here.sock")
+    p = cli(*argv, "--control", sock, stdin=stdin)
+    assert p.returncode == 3
+    assert one_error_line(p) == "m2mvpn: cannot reach the service at %s: No such file or directory" % sock
+    assert p.stdout == ""
+
+
+def test_default_control_socket_is_named_in_the_error():
+    if os.path.exists("/run/m2mvpn/control.sock"):
+        pytest.skip("a service runs on this machine")
+    p = cli("status")
+    assert p.returncode == 3
+    assert "/run/m2mvpn/control.sock" in one_error_line(p)
+
+
+@pytest.mark.parametrize("stdin,needle", [
+    ("", "no password given on standard input"),
+    ("\n", "no password given"),
+    ("x" * 300 + "\n", "longer than 256 bytes"),
+])
+def test_login_refuses_a_bad_password_before_connecting(workdir, stdin, needle):
+    p = cli("login", "--user", "bob", "--control", os.path.join(workdir, "s.sock"), stdin=stdin)
+    assert p.returncode == 1
+    assert needle in one_error_line(p)
+
+
+def test_pin_from_empty_stdin_is_refused(workdir):
+    p = cli("pin", "--control", os.path.join(workdir, "s.sock"), stdin="")
+    assert p.returncode == 1
+    assert "no PIN given" in one_error_line(p)
+
+
+def test_run_with_a_missing_profile_file_fails_with_one_line(workdir):
+    missing = os.path.join(workdir, "missing.json")
+    p = cli("run", "--profile", missing, "--control", os.path.join(workdir, "c.sock"),
+            "--state-dir", os.path.join(workdir, "st"))
+    assert p.returncode == 1
+    line = one_error_line(p)
+    assert line.startswith("m2mvpn: cannot load profile %s: " % missing)
+    assert not os.path.exists(os.path.join(workdir, "c.sock"))
+
+
+def test_start_with_a_missing_profile_file_fails_with_one_line(workdir):
+    p = cli("start", "--profile", os.path.join(workdir, "missing.json"),
+            "--control", os.path.join(workdir, "c.sock"), "--state-dir", os.path.join(workdir, "st"))
+    assert p.returncode == 1
+    assert "missing.json: No such file or directory" in one_error_line(p)
+
+
+def test_start_with_an_invalid_profile_reports_the_reason(workdir):
+    bad = os.path.join(workdir, "bad.json")
+    with open(bad, "w") as f:
+        f.write('{"version": 1, "name": ')
+    p = cli("start", "--profile", bad, "--control", os.path.join(workdir, "c.sock"),
+            "--state-dir", os.path.join(workdir, "st"))
+    assert p.returncode == 1
+    assert one_error_line(p).startswith("m2mvpn: cannot load profile %s: " % bad)
+    assert not os.path.exists(os.path.join(workdir, "st", "m2mvpn.pid"))
+
+
+def test_m2mvpnd_help_and_usage():
+    p = subprocess.run([DAEMON, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "m2mvpnd --profile FILE" in p.stdout
+    p = subprocess.run([DAEMON], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "--profile FILE is required" in one_error_line(p)
+
+
+def test_socket_folder_writable_by_others_is_refused(workdir, profile_file):
+    open_dir = os.path.join(workdir, "open")
+    os.mkdir(open_dir)
+    os.chmod(open_dir, 0o777)
+    p = cli("run", "--profile", profile_file, "--control", os.path.join(open_dir, "c.sock"),
+            "--state-dir", os.path.join(workdir, "st"))
+    assert p.returncode == 1
+    assert "writable by other users" in one_error_line(p)

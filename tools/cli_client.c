@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Client commands: talk to the running service over its control socket. */
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "control.h"
+#include "ctl_client.h"
+#include "secret_input.h"
+
+#define CLI_CALL_TIMEOUT_MS 10000
+/* Secrets the library accepts are at most 256 bytes. */
+#define CLI_MAX_SECRET 256
+
+int cli_call(const cli_opts *o, const char *what, int cmd, const char *const *args, size_t argc,
+             json_object **status)
+{
+    char line[CTL_MAX_LINE + 2];
+    int len = ctl_request_format((ctl_cmd)cmd, args, argc, line, sizeof(line));
+    if (len < 0) {
+        cli_error("%s: argument too long or empty", what);
+        return CLI_EXIT_USAGE;
+    }
+    char *resp = NULL, err[1024];
+    int r = ctl_client_call(o->control, line, (size_t)len, CLI_CALL_TIMEOUT_MS, &resp, err, sizeof(err));
+    explicit_bzero(line, sizeof(line));
+    if (r < 0) {
+        cli_error("%s", err);
+        return CLI_EXIT_UNREACHABLE;
+    }
+    json_object *answer = json_tokener_parse(resp);
+    free(resp);
+    json_object *ok = NULL;
+    if (!answer || !json_object_is_type(answer, json_type_object) ||
+        !json_object_object_get_ex(answer, "ok", &ok) || !json_object_is_type(ok, json_type_boolean)) {
+        json_object_put(answer);
+        cli_error("the service at %s sent a malformed answer", o->control);
+        return CLI_EXIT_UNREACHABLE;
+    }
+    if (!json_object_get_boolean(ok)) {
+        json_object *msg = NULL;
+        json_object_object_get_ex(answer, "message", &msg);
+        const char *text = msg ? json_object_get_string(msg) : NULL;
+        cli_error("%s refused: %s", what, text && *text ? text : "no reason given");
+        json_object_put(answer);
+        return CLI_EXIT_FAILED;
+    }
+    if (status) {
+        json_object *st = NULL;
+        if (!json_object_object_get_ex(answer, "status", &st) || !json_object_is_type(st, json_type_object)) {
+            json_object_put(answer);
+            cli_error("the service at %s sent no status", o->control);
+            return CLI_EXIT_UNREACHABLE;
+        }
+        *status = json_object_get(st);
+    }
+    json_object_put(answer);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_connect(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 0, 1, &o) < 0)
+        return CLI_EXIT_USAGE;
+    const char *args[1] = { o.n_pos ? o.pos[0] : NULL };
+    return cli_call(&o, "connect", CTL_CMD_CONNECT, args, (size_t)o.n_pos, NULL);
+}
+
+int cli_cmd_disconnect(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 0, 0, &o) < 0)
+        return CLI_EXIT_USAGE;
+    return cli_call(&o, "disconnect", CTL_CMD_DISCONNECT, NULL, 0, NULL);
+}
+
+int cli_cmd_switch(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 1, 1, &o) < 0)
+        return CLI_EXIT_USAGE;
+    const char *args[1] = { o.pos[0] };
+    return cli_call(&o, "switch", CTL_CMD_SWITCH, args, 1, NULL);
+}
+
+int cli_cmd_login(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL | CLI_OPT_USER, 0, 0, &o) < 0)
+        return CLI_EXIT_USAGE;
+    if (!o.user || !*o.user) {
+        cli_error("login: --user U is required");
+        return CLI_EXIT_USAGE;
+    }
+    char password[CLI_MAX_SECRET + 1], err[256];
+    if (secret_read("password", password, sizeof(password), err, sizeof(err)) < 0) {
+        cli_error("login: %s", err);
+        return CLI_EXIT_FAILED;
+    }
+    const char *args[2] = { o.user, password };
+    int r = cli_call(&o, "login", CTL_CMD_LOGIN, args, 2, NULL);
+    explicit_bzero(password, sizeof(password));
+    return r;
+}
+
+int cli_cmd_pin(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 0, 0, &o) < 0)
+        return CLI_EXIT_USAGE;
+    char pin[CLI_MAX_SECRET + 1], err[256];
+    if (secret_read("PIN", pin, sizeof(pin), err, sizeof(err)) < 0) {
+        cli_error("pin: %s", err);
+        return CLI_EXIT_FAILED;
+    }
+    const char *args[1] = { pin };
+    int r = cli_call(&o, "pin", CTL_CMD_PIN, args, 1, NULL);
+    explicit_bzero(pin, sizeof(pin));
+    return r;
+}
+
+/* ---------------------------------------------------------------- status */
+
+static const char *get_str(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v) || !v || !json_object_is_type(v, json_type_string))
+        return NULL;
+    const char *s = json_object_get_string(v);
+    return s && *s ? s : NULL;
+}
+
+static int64_t get_int(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v) || !v || !json_object_is_type(v, json_type_int))
+        return 0;
+    return json_object_get_int64(v);
+}
+
+static void print_summary(json_object *st)
+{
+    const char *dash = "-";
+    const char *s;
+    printf("state:       %s\n", (s = get_str(st, "state")) ? s : "unknown");
+    printf("profile:     %s\n", (s = get_str(st, "profile")) ? s : dash);
+    printf("gateway:     %s\n", (s = get_str(st, "gateway")) ? s : dash);
+    printf("virtual ip:  %s\n", (s = get_str(st, "virtual_ip")) ? s : dash);
+    int64_t since = get_int(st, "connected_since");
+    if (since > 0) {
+        time_t t = (time_t)since;
+        struct tm tm;
+        char when[64];
+        gmtime_r(&t, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+        printf("connected:   since %s\n", when);
+    } else {
+        printf("connected:   %s\n", dash);
+    }
+    json_object *c = NULL;
+    if (json_object_object_get_ex(st, "counters", &c) && c && json_object_is_type(c, json_type_object))
+        printf("traffic:     in %" PRId64 " bytes / %" PRId64 " packets, out %" PRId64 " bytes / %" PRId64
+               " packets, %" PRId64 " dropped\n",
+               get_int(c, "bytes_in"), get_int(c, "packets_in"), get_int(c, "bytes_out"), get_int(c, "packets_out"),
+               get_int(c, "packets_dropped"));
+    json_object *le = NULL;
+    if (json_object_object_get_ex(st, "last_error", &le) && le && json_object_is_type(le, json_type_object) &&
+        get_int(le, "code") != 0) {
+        const char *name = get_str(le, "name"), *detail = get_str(le, "detail");
+        printf("last error:  %s%s%s\n", name ? name : "error", detail ? ": " : "", detail ? detail : "");
+    } else {
+        printf("last error:  %s\n", dash);
+    }
+    printf("version:     %s\n", (s = get_str(st, "version")) ? s : dash);
+}
+
+int cli_cmd_status(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL | CLI_OPT_JSON, 0, 0, &o) < 0)
+        return CLI_EXIT_USAGE;
+    json_object *st = NULL;
+    int r = cli_call(&o, "status", CTL_CMD_STATUS, NULL, 0, &st);
+    if (r != CLI_EXIT_OK)
+        return r;
+    if (o.json)
+        printf("%s\n", json_object_to_json_string_ext(st, JSON_C_TO_STRING_PLAIN));
+    else
+        print_summary(st);
+    json_object_put(st);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILED;
+}

@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * `m2mvpnd`: the service binary for service managers. The same engine as
+ * `m2mvpn run`, with the same options:
+ *   m2mvpnd --profile FILE [--control SOCK] [--state-dir DIR] [-v]
+ */
+#include <m2mvpn/m2mvpn.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        puts("usage: m2mvpnd --profile FILE [--control SOCK] [--state-dir DIR] [-v]");
+        return CLI_EXIT_OK;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("m2mvpnd %s\n", m2mvpn_version());
+        return CLI_EXIT_OK;
+    }
+    /* argv[0] becomes the command word in messages: "m2mvpnd: ..." */
+    return cli_cmd_run(argc, argv);
+}

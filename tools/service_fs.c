@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ctl_client.h"
+#include "service_fs.h"
+
+int svc_dirname(const char *path, char *out, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return snprintf(out, cap, ".") < (int)cap ? 0 : -1;
+    size_t n = (size_t)(slash - path);
+    if (n == 0)
+        n = 1; /* "/x" lives in "/" */
+    if (n >= cap)
+        return -1;
+    memcpy(out, path, n);
+    out[n] = '\0';
+    return 0;
+}
+
+int svc_prepare_dir(const char *dir, char *err, size_t err_len)
+{
+    if (mkdir(dir, 0700) == 0)
+        return 0;
+    if (errno != EEXIST) {
+        snprintf(err, err_len, "cannot create folder %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        snprintf(err, err_len, "cannot inspect folder %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, err_len, "%s exists and is not a folder", dir);
+        return -1;
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+        snprintf(err, err_len, "folder %s is writable by other users: refusing to put the service's files there", dir);
+        return -1;
+    }
+    return 0;
+}
+
+int svc_bind(const char *path, char *err, size_t err_len)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        snprintf(err, err_len, "control socket path %s is longer than %zu bytes", path, sizeof(sa.sun_path) - 1);
+        return -1;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            snprintf(err, err_len, "%s exists and is not a socket", path);
+            return -1;
+        }
+        if (ctl_client_reachable(path)) {
+            snprintf(err, err_len, "another service already answers at %s", path);
+            return -1;
+        }
+        unlink(path); /* stale: its service is gone */
+    }
+
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, err_len, "cannot create the control socket: %s", strerror(errno));
+        return -1;
+    }
+    /* umask closes the window between bind() and chmod() in which the socket
+     * would have the default mode. */
+    mode_t old = umask(0177);
+    int r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    int e = errno;
+    umask(old);
+    if (r < 0) {
+        snprintf(err, err_len, "cannot bind the control socket %s: %s", path, strerror(e));
+        close(fd);
+        return -1;
+    }
+    if (chmod(path, 0600) < 0) {
+        snprintf(err, err_len, "cannot set up the control socket %s: %s", path, strerror(errno));
+        unlink(path);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int svc_peer_allowed(int fd, uid_t *uid, pid_t *pid)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred))
+        return -1;
+    *uid = cred.uid;
+    *pid = cred.pid;
+    return cred.uid == 0 || cred.uid == geteuid();
+}
+
+static int pidfile_path(const char *dir, const char *name, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int svc_pidfile_write(const char *dir, char *err, size_t err_len)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    if (pidfile_path(dir, SVC_PID_FILE, path, sizeof(path)) < 0 ||
+        pidfile_path(dir, "." SVC_PID_FILE ".tmp", tmp, sizeof(tmp)) < 0) {
+        snprintf(err, err_len, "state folder path %s is too long", dir);
+        return -1;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) {
+        snprintf(err, err_len, "cannot write %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    char line[32];
+    int n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+    if (write(fd, line, (size_t)n) != n || fsync(fd) < 0) {
+        snprintf(err, err_len, "cannot write %s: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    close(fd);
+    if (rename(tmp, path) < 0) {
+        snprintf(err, err_len, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+pid_t svc_pidfile_read(const char *dir)
+{
+    char path[PATH_MAX];
+    if (pidfile_path(dir, SVC_PID_FILE, path, sizeof(path)) < 0)
+        return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[32];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *end;
+    errno = 0;
+    long v = strtol(buf, &end, 10);
+    if (errno || end == buf || (*end != '\n' && *end != '\0') || v <= 0 || v > INT_MAX)
+        return -1;
+    return (pid_t)v;
+}
+
+void svc_pidfile_remove(const char *dir)
+{
+    char path[PATH_MAX];
+    if (svc_pidfile_read(dir) == getpid() && pidfile_path(dir, SVC_PID_FILE, path, sizeof(path)) == 0)
+        unlink(path);
+}

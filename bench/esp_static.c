@@ -9,7 +9,7 @@
  *              --key-in HEX --key-out HEX [--cipher aes256gcm16]
  *              --addr 198.18.0.1/32 --route 198.18.0.2/32 [--route ...]
  *              [--mtu N] [--port 4500] [--esn] [--single-thread] [--kill-switch]
- *              [--offload]   (IFF_VNET_HDR: TSO segmentation / TCP coalescing)
+ *              [--no-offload]   (plain TUN/UDP I/O: no TSO/GRO, no UDP GSO/GRO)
  *
  * Keys are KEYMAT of one direction: AEAD key + 4-byte salt, or for
  * "aes256-sha256" style ciphers the AES key followed by the HMAC key.
@@ -112,7 +112,7 @@ static void usage(void)
     fprintf(stderr, "usage: esp_static --tun NAME --local IP --peer IP --spi-in HEX --spi-out HEX\n"
                     "       --key-in HEX --key-out HEX [--cipher aes256gcm16] --addr P/L\n"
                     "       --route P/L [--route ...] [--mtu N] [--port N] [--esn]\n"
-                    "       [--single-thread] [--kill-switch] [--keepalive S] [--offload]\n");
+                    "       [--single-thread] [--kill-switch] [--keepalive S] [--no-offload]\n");
 }
 
 int main(int argc, char **argv)
@@ -123,7 +123,7 @@ int main(int argc, char **argv)
         { "key-out", 1, 0, 'O' }, { "cipher", 1, 0, 'c' }, { "addr", 1, 0, 'a' },
         { "route", 1, 0, 'r' }, { "mtu", 1, 0, 'm' }, { "port", 1, 0, 'P' },
         { "esn", 0, 0, 'e' }, { "single-thread", 0, 0, 's' }, { "kill-switch", 0, 0, 'k' },
-        { "keepalive", 1, 0, 'K' }, { "offload", 0, 0, 'G' }, { 0, 0, 0, 0 },
+        { "keepalive", 1, 0, 'K' }, { "no-offload", 0, 0, 'G' }, { 0, 0, 0, 0 },
     };
     esp_datapath_config dcfg = { .threads = true, .configure_network = true };
     esp_sa_config sa = { .replay_window = ESP_REPLAY_DEFAULT };
@@ -157,7 +157,7 @@ int main(int argc, char **argv)
         case 's': dcfg.threads = false; break;
         case 'k': dcfg.kill_switch = true; break;
         case 'K': keepalive = (uint32_t)atoi(optarg); break;
-        case 'G': dcfg.offload = true; break;
+        case 'G': dcfg.no_offload = true; break;
         default: goto bad;
         }
     }

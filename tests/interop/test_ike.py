@@ -286,3 +286,38 @@ def test_gateway_that_does_not_answer(topology, pki, workdir):
     finish(proc)
     assert res["result"] == "failed" and res["code"] == E_TIMEOUT, res
     assert res["detail"] == f"no answer from {netlab.GW_ADDR}:500 after 2 retransmits"
+
+
+def test_cookie_requested_by_gateway(topology, charons, pki, workdir):
+    """A gateway with a half-open IKE SA answers the next IKE_SA_INIT with a
+    COOKIE (RFC 7296 §2.6, strongSwan cookie_threshold = 1); we repeat the
+    request with it and carry on."""
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw",
+                 options={"cookie_threshold": 1})
+    # A first initiator whose IKE_AUTH (UDP/4500) is dropped stays half-open.
+    topo.client.nft("table inet m2i_cookie {\n chain out {\n  type filter hook output priority 0;\n"
+                    "  udp dport 4500 drop\n }\n}\n")
+    first = workdir / "first"
+    first.mkdir()
+    proc_a = topo.client.popen([PROBE, str(_write(first, profile(pki, "psk")))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(s.get("state") == "CONNECTING" for s in gw.list_sas()):
+            assert time.monotonic() < deadline, "no half-open IKE SA on the gateway"
+            time.sleep(0.1)
+        topo.client.run("nft", "delete", "table", "inet", "m2i_cookie")
+        res, proc = probe(topo, workdir, profile(pki, "psk"))
+        log = finish(proc)
+        assert res["result"] == "established", res
+        assert "COOKIE" in log
+    finally:
+        proc_a.kill()
+        proc_a.communicate()
+
+
+def _write(d: Path, prof: dict) -> Path:
+    f = d / "profile.json"
+    f.write_text(json.dumps(prof))
+    return f

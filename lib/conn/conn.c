@@ -51,6 +51,9 @@ struct conn {
     ike_sa *sa;
     ike_sa *dead_sa;
     bool pin_wait;
+    bool reconnect_after_close;   /* we close the SA to start over */
+    int close_err;                /* ... and why, if it is an error */
+    char close_detail[320];
 
     char vip[48];
     int64_t connected_since;
@@ -151,13 +154,27 @@ static void on_ike_packet(void *arg, const uint8_t *data, size_t len, const stru
         ike_sa_input(c->sa, data, len, true);
 }
 
+/* Close the IKE SA on purpose and, when it is down, start over (if the
+ * tunnel is still wanted). err/detail: why, for the status (0: routine). */
+static void close_and_reconnect(conn *c, int err, const char *detail)
+{
+    c->reconnect_after_close = true;
+    c->close_err = err;
+    snprintf(c->close_detail, sizeof(c->close_detail), "%s", detail ? detail : "");
+    ike_sa_close(c->sa); /* on_down follows, maybe right away */
+}
+
+/* The CHILD SA nears its end. Rekeying (CREATE_CHILD_SA) is not implemented
+ * yet, so the tunnel is built anew: already at the soft limit, so that the
+ * hard limit never stops traffic on a SA that is still in use. */
 static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)
 {
     conn *c = arg;
-    LOG_WARN(c->log, "conn", "CHILD SA %08x: %s; rekeying is not implemented yet, reconnecting",
+    if (!c->sa || spi_in != c->spi_in || c->reconnect_after_close)
+        return;
+    LOG_INFO(c->log, "conn", "CHILD SA %08x: %s; reconnecting (rekeying is not implemented yet)",
              spi_in, esp_rekey_reason_name(reason));
-    if (esp_rekey_reason_is_hard(reason) && c->sa)
-        ike_sa_close(c->sa);
+    close_and_reconnect(c, 0, NULL);
 }
 
 static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
@@ -213,8 +230,9 @@ static void on_established(void *arg, const ike_child_result *r)
         rc = esp_datapath_install_sa(c->dp, &cfg, err, sizeof(err));
     secure_wipe(&cfg, sizeof(cfg));
     if (rc < 0) {
-        LOG_ERR(c->log, "conn", "installing the CHILD SA failed: %s", err);
-        ike_sa_close(c->sa);
+        char why[320];
+        snprintf(why, sizeof(why), "installing the CHILD SA failed: %s", err);
+        close_and_reconnect(c, rc, why);
         return;
     }
     c->spi_in = r->spi_in;
@@ -237,9 +255,10 @@ static void on_established(void *arg, const ike_child_result *r)
     }
     net.encr_id = r->encr_id;
     net.integ_id = r->integ_id;
-    if (esp_datapath_set_network(c->dp, &net, err, sizeof(err)) < 0) {
-        LOG_ERR(c->log, "conn", "configuring the tunnel failed: %s", err);
-        ike_sa_close(c->sa);
+    if ((rc = esp_datapath_set_network(c->dp, &net, err, sizeof(err))) < 0) {
+        char why[320];
+        snprintf(why, sizeof(why), "configuring the tunnel failed: %s", err);
+        close_and_reconnect(c, rc, why);
         return;
     }
     esp_datapath_set_keepalive(c->dp, c->prof->ike.nat_keepalive_s);
@@ -252,6 +271,24 @@ static void on_established(void *arg, const ike_child_result *r)
     core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
 }
 
+/* Failures that a later attempt cannot fix without someone changing the
+ * profile or the device: not retried, even always-on (a wrong PIN above all:
+ * smartcards and TPMs lock out, DESIGN.md §8). */
+static bool retry_helps(int err)
+{
+    switch (err) {
+    case M2MVPN_E_PIN:
+    case M2MVPN_E_CERT:
+    case M2MVPN_E_NOTSUPP:
+    case M2MVPN_E_PROFILE:
+    case M2MVPN_E_INVAL:
+    case M2MVPN_E_CREDENTIALS:
+        return false;
+    default:
+        return true;
+    }
+}
+
 static void on_down(void *arg, int err, const char *detail)
 {
     conn *c = arg;
@@ -259,10 +296,25 @@ static void on_down(void *arg, int err, const char *detail)
     retire_sa(c);
     close_socket(c);
     core_timer_cancel(c->loop, &c->refresh_timer);
+    char why[256];
+    if (c->reconnect_after_close) {
+        /* We closed it ourselves, to start over (or because of close_err). */
+        c->reconnect_after_close = false;
+        if (c->close_err) {
+            err = c->close_err;
+            snprintf(why, sizeof(why), "%s", c->close_detail);
+            detail = why;
+        }
+        if (c->want_up && err == 0) {
+            set_state(c, M2MVPN_STATE_RECONNECTING, 0, "renewing the tunnel");
+            core_timer_arm(c->loop, &c->reconnect_timer, 0);
+            return;
+        }
+    }
     if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
         if (c->hooks.on_event)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
-    if (!c->want_up || err == 0) {
+    if (!c->want_up || err == 0 || !retry_helps(err)) {
         c->want_up = false;
         drop_network_unless_kill_switch(c);
         set_state(c, M2MVPN_STATE_IDLE, err, detail);
@@ -346,6 +398,10 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
             c->trust = NULL;
             return r;
         }
+    }
+    if (p->auth == PROFILE_AUTH_EAP) {
+        snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
+        return M2MVPN_E_NOTSUPP;
     }
     if (p->auth != PROFILE_AUTH_CERT || c->cred)
         return 0;
@@ -523,9 +579,11 @@ void conn_disconnect(conn *c)
     core_timer_cancel(c->loop, &c->reconnect_timer);
     if (c->sa) {
         set_state(c, M2MVPN_STATE_DISCONNECTING, 0, NULL);
+        c->reconnect_after_close = false;
         ike_sa_close(c->sa); /* on_down follows */
         return;
     }
+    drop_network_unless_kill_switch(c);
     if (c->state != M2MVPN_STATE_IDLE)
         set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
 }
@@ -542,6 +600,7 @@ void conn_enter_pin(conn *c, const char *pin, size_t len)
     if (r < 0) {
         /* Never retried: a smartcard or TPM would lock. */
         c->want_up = false;
+        drop_network_unless_kill_switch(c);
         set_state(c, M2MVPN_STATE_IDLE, r, err);
         return;
     }

@@ -383,6 +383,16 @@ typedef struct esp_datapath_counters {
 } esp_datapath_counters;
 void esp_datapath_get_counters(esp_datapath *dp, esp_datapath_counters *out);
 
+/* Counters of one installed SA (by inbound SPI). Any thread. Errors: INVAL. */
+int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_counters *out);
+
+/* New peer address for an SA (NAT mapping changed, MOBIKE/roaming). The UDP
+ * socket itself needs no change when bound to the any-address (recommended:
+ * the kernel then picks the source of whatever interface is up).
+ * Errors: INVAL (unknown SPI, bad address). */
+int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockaddr *peer,
+                          socklen_t peer_len);
+
 /* Current DNS servers (as set by set_network); returns how many. */
 size_t esp_datapath_dns(const esp_datapath *dp, esp_prefix *out, size_t max);
 /* ifindex and name of the TUN. */

@@ -425,7 +425,7 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
         if (!mtu)
             mtu = 1400;
     }
-    if (mtu > ESP_TX_SLOT - ESP_HEADROOM - 64) {
+    if (mtu > ESP_MAX_TUN_MTU) {
         set_err(err, err_len, "mtu", "larger than the datapath buffers");
         return M2MVPN_E_INVAL;
     }

@@ -22,6 +22,7 @@
 /* Room in front of an inner packet for SPI, sequence number and IV. */
 #define ESP_HEADROOM 32
 #define ESP_TX_SLOT 2048        /* inner up to ESP_TX_SLOT - headroom - trailer */
+_Static_assert(ESP_MAX_TUN_MTU <= ESP_TX_SLOT - ESP_HEADROOM - 64, "TUN MTU must fit a slot");
 #define ESP_QUEUE_MAX 64        /* IKE packets waiting for the engine */
 #define NON_ESP_MARKER_LEN 4
 

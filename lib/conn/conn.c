@@ -3,6 +3,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +57,7 @@ struct conn {
     int close_err;                /* ... and why, if it is an error */
     char close_detail[320];
 
+    char underlay[IF_NAMESIZE];   /* interface towards the gateway, found once */
     char vip[48];
     int64_t connected_since;
     char ike_alg[96], esp_alg[96];
@@ -242,11 +245,19 @@ static void on_established(void *arg, const ike_child_result *r)
     net.vip.family = AF_INET;
     memcpy(net.vip.addr, r->vip, 4);
     net.vip.prefix_len = 32;
-    for (size_t i = 0; i < r->n_remote_ts && i < ESP_MAX_TS; i++) {
-        net.remote_ts[i].family = r->remote_ts[i].family;
-        memcpy(net.remote_ts[i].addr, r->remote_ts[i].addr, 16);
-        net.remote_ts[i].prefix_len = r->remote_ts[i].prefix_len;
-        net.n_remote_ts++;
+    for (size_t i = 0; i < r->n_remote_ts && net.n_remote_ts + 2 <= ESP_MAX_TS; i++) {
+        esp_prefix *t = &net.remote_ts[net.n_remote_ts++];
+        t->family = r->remote_ts[i].family;
+        memcpy(t->addr, r->remote_ts[i].addr, 16);
+        t->prefix_len = r->remote_ts[i].prefix_len;
+        if (t->prefix_len == 0) {
+            /* Full tunnel: two halves, more specific than any default route
+             * of the device, so the TUN wins whatever the metrics are. */
+            t->prefix_len = 1;
+            esp_prefix *hi = &net.remote_ts[net.n_remote_ts++];
+            *hi = *t;
+            hi->addr[0] = 0x80;
+        }
     }
     for (size_t i = 0; i < r->n_dns && i < ESP_MAX_DNS; i++) {
         net.dns[i].family = AF_INET;
@@ -342,10 +353,48 @@ static int resolve(conn *c, char *err, size_t err_len)
     return 0;
 }
 
+/* The interface the kernel would use towards the gateway, found before our
+ * own routes exist. IKE and ESP sockets are bound to it (SO_BINDTODEVICE) so
+ * that a full-tunnel route into the TUN cannot catch them. Kept once found:
+ * later lookups may already see the TUN's routes. */
+static void find_underlay(conn *c)
+{
+    if (c->underlay[0])
+        return;
+    int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
+    bool ok = s >= 0 && connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0 &&
+              getsockname(s, (struct sockaddr *)&local, &len) == 0;
+    if (s >= 0)
+        close(s);
+    struct ifaddrs *ifs = NULL;
+    if (!ok || getifaddrs(&ifs) < 0)
+        return;
+    for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != local.ss_family)
+            continue;
+        bool same = local.ss_family == AF_INET
+                        ? ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
+                              ((struct sockaddr_in *)&local)->sin_addr.s_addr
+                        : memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
+                                 &((struct sockaddr_in6 *)&local)->sin6_addr, 16) == 0;
+        const char *tun = c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0";
+        if (same && strcmp(i->ifa_name, tun) != 0) {
+            snprintf(c->underlay, sizeof(c->underlay), "%s", i->ifa_name);
+            LOG_DBG(c->log, "conn", "gateway %s is reached through %s", c->gw_text, c->underlay);
+            break;
+        }
+    }
+    freeifaddrs(ifs);
+}
+
 static int open_socket(conn *c, struct sockaddr_storage *local, socklen_t *local_len, char *err, size_t err_len)
 {
     close_socket(c);
     c->sock500 = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->sock500 >= 0 && c->underlay[0])
+        setsockopt(c->sock500, SOL_SOCKET, SO_BINDTODEVICE, c->underlay, (socklen_t)strlen(c->underlay));
     if (c->sock500 < 0 || connect(c->sock500, (struct sockaddr *)&c->gw, c->gw_len) < 0) {
         snprintf(err, err_len, "cannot reach %s: %s", c->gw_text, strerror(errno));
         close_socket(c);
@@ -372,6 +421,7 @@ static int ensure_datapath(conn *c, char *err, size_t err_len)
     cfg.kill_switch = c->prof->tunnel.kill_switch;
     cfg.configure_network = true;
     cfg.threads = true;
+    snprintf(cfg.underlay_ifname, sizeof(cfg.underlay_ifname), "%s", c->underlay);
     int r = esp_datapath_new(&cfg, &c->dp, err, err_len);
     if (r < 0)
         return r;
@@ -420,8 +470,10 @@ static void attempt(conn *c)
     ike_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     int r = resolve(c, err, sizeof(err));
-    if (r == 0)
+    if (r == 0) {
+        find_underlay(c);
         r = ensure_datapath(c, err, sizeof(err));
+    }
     if (r == 0)
         r = ensure_credentials(c, err, sizeof(err));
     if (r == 0 && c->cred && cred_pin_needed(c->cred)) {
@@ -522,6 +574,7 @@ static void release_profile(conn *c, bool remove_network)
     pki_trust_free(c->trust);
     c->trust = NULL;
     c->pin_wait = false;
+    c->underlay[0] = '\0';
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
     c->prof = NULL;

@@ -15,8 +15,10 @@
  *  - no variadic functions (ctypes and other FFIs cannot call them portably).
  *
  * API changelog (one symbol-map node per release, see lib/libm2mvpn.sym):
- *  1.0 (M2MVPN_1.0)  first release: handle, profiles, events, status, engine
- *                    drive (own thread or external loop), logging, errors.
+ *  1.0 (M2MVPN_1.0)  first release: handle, profiles (load, switch, unload),
+ *                    connect/disconnect, PIN, events, status (struct with
+ *                    algorithms, and JSON), engine drive (own thread or
+ *                    external loop), logging, errors.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -176,6 +178,15 @@ M2MVPN_API int m2mvpn_profile_load_json(m2mvpn *h, const char *json, size_t len)
  * Errors: BADHANDLE, INVAL, NOPROFILE, NOMEM. Queued; thread-safe.
  */
 M2MVPN_API int m2mvpn_profile_switch(m2mvpn *h, const char *name);
+
+/**
+ * Unload profile `name` on purpose: the tunnel of that profile goes down
+ * and everything it set up on the device (TUN, addresses, routes, and the
+ * kill switch, which otherwise outlives disconnects, restarts and crashes)
+ * is removed. The next loaded profile, if any, becomes the active one.
+ * Errors: INVAL, NOPROFILE. Queued; thread-safe. Added in 1.0.
+ */
+M2MVPN_API int m2mvpn_profile_unload(m2mvpn *h, const char *name);
 
 /* ------------------------------------------------------------ connecting */
 

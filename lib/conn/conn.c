@@ -207,6 +207,25 @@ static void refresh(void *arg)
     core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
 }
 
+/* Traffic selectors as TUN routes. A full tunnel (/0) becomes two halves,
+ * more specific than any default route of the device, so the TUN wins
+ * whatever the metrics are. */
+static void profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net)
+{
+    for (size_t i = 0; i < n && net->n_remote_ts + 2 <= ESP_MAX_TS; i++) {
+        esp_prefix *t = &net->remote_ts[net->n_remote_ts++];
+        t->family = ts[i].family;
+        memcpy(t->addr, ts[i].addr, 16);
+        t->prefix_len = ts[i].prefix_len;
+        if (t->prefix_len == 0) {
+            t->prefix_len = 1;
+            esp_prefix *hi = &net->remote_ts[net->n_remote_ts++];
+            *hi = *t;
+            hi->addr[0] = 0x80;
+        }
+    }
+}
+
 static void on_established(void *arg, const ike_child_result *r)
 {
     conn *c = arg;
@@ -245,20 +264,7 @@ static void on_established(void *arg, const ike_child_result *r)
     net.vip.family = AF_INET;
     memcpy(net.vip.addr, r->vip, 4);
     net.vip.prefix_len = 32;
-    for (size_t i = 0; i < r->n_remote_ts && net.n_remote_ts + 2 <= ESP_MAX_TS; i++) {
-        esp_prefix *t = &net.remote_ts[net.n_remote_ts++];
-        t->family = r->remote_ts[i].family;
-        memcpy(t->addr, r->remote_ts[i].addr, 16);
-        t->prefix_len = r->remote_ts[i].prefix_len;
-        if (t->prefix_len == 0) {
-            /* Full tunnel: two halves, more specific than any default route
-             * of the device, so the TUN wins whatever the metrics are. */
-            t->prefix_len = 1;
-            esp_prefix *hi = &net.remote_ts[net.n_remote_ts++];
-            *hi = *t;
-            hi->addr[0] = 0x80;
-        }
-    }
+    profile_to_routes(r->remote_ts, r->n_remote_ts, &net);
     for (size_t i = 0; i < r->n_dns && i < ESP_MAX_DNS; i++) {
         net.dns[i].family = AF_INET;
         memcpy(net.dns[i].addr, r->dns[i], 4);
@@ -464,6 +470,29 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
     return cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &c->cred, err, err_len);
 }
 
+/* Kill switch from the moment the profile is in use (DESIGN.md §8: also
+ * before the first connect): the TUN with routes for the profile's remote
+ * traffic selectors, and no SA, so protected traffic is dropped, not leaked. */
+static void arm_kill_switch(conn *c)
+{
+    char err[256];
+    esp_tunnel_net net;
+    memset(&net, 0, sizeof(net));
+    int r = resolve(c, err, sizeof(err));
+    if (r == 0) {
+        find_underlay(c);
+        r = ensure_datapath(c, err, sizeof(err));
+    }
+    if (r == 0) {
+        profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
+        r = esp_datapath_set_network(c->dp, &net, err, sizeof(err));
+    }
+    if (r < 0)
+        LOG_ERR(c->log, "conn", "kill switch for profile %s not in place: %s", c->prof->name, err);
+    else
+        LOG_INFO(c->log, "conn", "kill switch for profile %s in place", c->prof->name);
+}
+
 static void attempt(conn *c)
 {
     char err[512] = "";
@@ -604,6 +633,8 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     c->gw_index = 0;
     c->failures = 0;
     c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;
+    if (p->tunnel.kill_switch)
+        arm_kill_switch(c);
     if (c->want_up) {
         set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
         attempt(c);
@@ -658,6 +689,11 @@ void conn_enter_pin(conn *c, const char *pin, size_t len)
         return;
     }
     attempt(c);
+}
+
+const char *conn_profile_name(const conn *c)
+{
+    return c->prof ? c->prof->name : NULL;
 }
 
 void conn_remove_profile(conn *c)

@@ -241,6 +241,11 @@ typedef struct m2mvpn_status {
     int64_t connected_since;        /**< Unix time of the current connection, or 0 */
     char ike_algorithms[96];        /**< e.g. "aes256gcm16-prfsha384-x25519", or "" */
     char esp_algorithms[96];        /**< e.g. "aes256gcm16", or "" */
+    char dns[4][48];                /**< DNS servers the gateway assigned; "" = unused */
+    uint32_t spi_in, spi_out;       /**< the current CHILD SA (0 = none) */
+    uint64_t dropped_replay;        /**< of packets_dropped: replayed or too old */
+    uint64_t dropped_integrity;     /**< ... integrity check failed (forged, corrupt) */
+    uint64_t dropped_no_sa;         /**< ... no SA (not connected: kill switch at work) */
 } m2mvpn_status;
 
 /**

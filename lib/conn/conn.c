@@ -48,6 +48,7 @@ struct conn {
     bool dp_started;
     bool drop_dp;                 /* release the datapath from the reap timer */
     uint32_t spi_in;              /* installed CHILD SA, 0 = none */
+    uint32_t spi_out;
     cred_provider *cred;
     pki_trust *trust;
     ike_sa *sa;
@@ -258,6 +259,7 @@ static void on_established(void *arg, const ike_child_result *r)
         return;
     }
     c->spi_in = r->spi_in;
+    c->spi_out = r->spi_out;
     esp_tunnel_net net;
     memset(&net, 0, sizeof(net));
     net.has_vip = r->has_vip;
@@ -711,9 +713,19 @@ void conn_fill_status(conn *c, m2mvpn_status *st)
     snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", c->spi_in ? c->ike_alg : "");
     snprintf(st->esp_algorithms, sizeof(st->esp_algorithms), "%s", c->spi_in ? c->esp_alg : "");
     st->connected_since = c->connected_since;
+    st->spi_in = c->spi_in;
+    st->spi_out = c->spi_in ? c->spi_out : 0;
+    memset(st->dns, 0, sizeof(st->dns));
     if (c->dp) {
+        esp_prefix dns[4];
+        size_t n = c->spi_in ? esp_datapath_dns(c->dp, dns, 4) : 0;
+        for (size_t i = 0; i < n; i++)
+            inet_ntop(dns[i].family, dns[i].addr, st->dns[i], sizeof(st->dns[i]));
         esp_datapath_counters k;
         esp_datapath_get_counters(c->dp, &k);
+        st->dropped_replay = k.total.dropped[ESP_DROP_REPLAY];
+        st->dropped_integrity = k.total.dropped[ESP_DROP_INTEGRITY];
+        st->dropped_no_sa = k.total.dropped[ESP_DROP_NO_SA];
         st->bytes_in = k.total.bytes_in;
         st->bytes_out = k.total.bytes_out;
         st->packets_in = k.total.packets_in;

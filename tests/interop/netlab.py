@@ -653,12 +653,17 @@ class Capture:
     start() returns once tcpdump says it is listening; stop() ends it (SIGINT,
     so the file is complete); read(filter) returns the matching packets as
     tcpdump -n prints them, one line each.
+    marker (address, port): before stopping, send UDP datagrams there from ns
+    until one is in the file, so everything sent before stop() is in it too
+    (tcpdump may otherwise end with packets it has not written yet).
     """
 
-    def __init__(self, ns: Namespace, ifname: str, path: "os.PathLike[str] | str"):
+    def __init__(self, ns: Namespace, ifname: str, path: "os.PathLike[str] | str",
+                 marker: tuple[str, int] | None = None):
         self.ns = ns
         self.ifname = ifname
         self.path = str(path)
+        self.marker = marker
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 10) -> "Capture":
@@ -666,6 +671,7 @@ class Capture:
         # tcpdump otherwise, who cannot write into a test's folder); -U: write
         # each packet at once.
         self.proc = self.ns.popen(["tcpdump", "-i", self.ifname, "-n", "-U", "-Z", "root",
+                                   "--immediate-mode",
                                    "-s", "256", "-w", self.path],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout_s
@@ -686,6 +692,8 @@ class Capture:
         """End the capture and flush the file. Idempotent."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        if self.marker is not None:
+            self._sync()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=5)
@@ -693,12 +701,26 @@ class Capture:
             self.proc.kill()
             self.proc.wait(timeout=5)
 
-    def read(self, bpf_filter: str = "") -> list[str]:
+    def _sync(self, timeout_s: float = 5) -> None:
+        addr, port = self.marker
+        send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "s.sendto(b'm2i-capture-marker', (sys.argv[1], int(sys.argv[2])))")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.ns.run(PYTHON, "-c", send, addr, str(port))
+            time.sleep(0.05)
+            if self.read(f"udp and dst host {addr} and dst port {port}", check=False):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"capture marker to {addr}:{port} never reached "
+                                   f"{self.path}")
+
+    def read(self, bpf_filter: str = "", check: bool = True) -> list[str]:
         """The captured packets matching a pcap filter (tcpdump -n -r)."""
         argv = ["tcpdump", "-n", "-r", self.path]
         if bpf_filter:
             argv.append(bpf_filter)
-        out = _run(argv)
+        out = _run(argv, check=check)
         return [line for line in out.stdout.splitlines() if line.strip()]
 
     def __enter__(self) -> "Capture":

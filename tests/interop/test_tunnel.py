@@ -183,6 +183,7 @@ def disconnect_and_check(topo: netlab.Topology, gw: charonmod.Charon,
                lambda: not inside_addresses(topo.client))
     wait_until("the routes into the tunnel removed after disconnect",
                lambda: not inside_routes(topo.client))
+    wait_until("the TUN removed after disconnect", lambda: not link_exists(topo.client, TUN))
     wait_until("the gateway's SA deleted after disconnect", lambda: not gw.list_sas())
     # And the protected address no longer answers (here there is no route left).
     assert ping_replies(topo.client, PROTECTED, count=1, timeout_s=2) == 0
@@ -306,3 +307,21 @@ def test_unreachable_gateway_reports_timeout(topology, workdir, pki):
         # after the defaults (4 s, 5 tries).
         assert elapsed < 8, elapsed
         assert st["virtual_ip"] is None and st["gateway"] is None, st
+
+
+def test_connect_again_after_disconnect(topology, charons, pki, workdir):
+    """One `m2mvpn run`, connect/disconnect twice: each connect gets a fresh
+    SA on the gateway and a working tunnel."""
+    binary = binary_or_skip()
+    ike, esp = "aes256gcm16-prfsha384-x25519", "aes256gcm16"
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    profile = m2mvpn_client.make_profile(pki, "psk", topo.gw_addr)
+    spis = []
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        for _ in range(2):
+            _, sa = connect_and_check(topo, gw, client, gw_conn="psk", ike=ike, esp=esp)
+            spis.append((sa["initiator-spi"], charonmod.child_of(sa)["spi-in"]))
+            ping_counted_by_gateway(topo, gw, "psk", count=2)
+            disconnect_and_check(topo, gw, client)
+    assert spis[0][0] != spis[1][0] and spis[0][1] != spis[1][1], spis

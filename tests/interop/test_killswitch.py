@@ -18,6 +18,7 @@ capture and its filter can see a leak.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -276,10 +277,12 @@ def test_no_plaintext_while_gateway_is_down(topology, charons, pki, workdir):
         assert len(tunnel) > 100, "the capture saw no tunnel traffic: it cannot have seen a leak"
 
 
-def test_no_plaintext_after_engine_is_killed(topology, charons, pki, workdir):
-    """`kill -9` of a connected `m2mvpn run`: the persistent TUN, its routes
-    and the blackholes stay, and protected traffic does not leave in
-    plaintext. A new `m2mvpn run` takes the TUN over and connects again."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+def test_no_plaintext_after_engine_is_killed(topology, charons, pki, workdir, sig):
+    """`kill -9` of a connected `m2mvpn run` (a crash), or SIGTERM (a service
+    manager stopping it): the persistent TUN, its routes and the blackholes
+    stay, and protected traffic does not leave in plaintext. A new
+    `m2mvpn run` takes the TUN over and connects again."""
     binary = binary_or_skip()
     topo, gw = leak_test_network(topology, charons, pki, workdir)
     profile = kill_switch_profile(pki, topo.gw_addr)
@@ -288,8 +291,15 @@ def test_no_plaintext_after_engine_is_killed(topology, charons, pki, workdir):
         client.connect()
         client.wait_for_state("connected")
         assert netlab.ping(topo.client, PROTECTED, count=2) == 2
-        client.proc.kill()                         # SIGKILL: no cleanup at all
-        assert client.proc.wait(timeout=5) == -9
+        client.proc.send_signal(sig)
+        code = client.proc.wait(timeout=10)
+        assert code == (-9 if sig == signal.SIGKILL else 0), code
+    if sig == signal.SIGTERM:
+        # An orderly stop says goodbye to the gateway (IKE DELETE).
+        deadline = time.monotonic() + 10
+        while gw.list_sas():
+            assert time.monotonic() < deadline, "gateway kept the SA after SIGTERM"
+            time.sleep(0.1)
     links = [link["ifname"] for link in topo.client.ip_json("link", "show")]
     assert TUN in links, links
     assert_kill_switch_routes(topo.client)

@@ -283,7 +283,10 @@ def test_wrong_psk_reports_auth_local(topology, charons, pki, workdir):
         # The gateway really refused it (and kept nothing).
         assert "but MAC mismatched" in gw.log_text(), gw.log_tail()
         assert not [sa for sa in gw.list_sas() if sa.get("state") == "ESTABLISHED"]
-        assert not inside_addresses(topo.client)
+        # kill_switch off: the failed attempt leaves no tunnel device behind.
+        wait_until("the TUN removed after the failed attempt",
+                   lambda: not link_exists(topo.client, TUN))
+        assert not inside_addresses(topo.client) and not inside_routes(topo.client)
 
 
 def test_unreachable_gateway_reports_timeout(topology, workdir, pki):

@@ -640,6 +640,7 @@ def tcp_transfer(client: Namespace, server: Namespace, server_addr: str, nbytes:
         if srv.poll() is None:
             srv.kill()
             srv.wait()
+
     def parse(text: str) -> tuple[int, str]:
         n, digest = text.split()
         return int(n), digest
@@ -692,14 +693,16 @@ class Capture:
         """End the capture and flush the file. Idempotent."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        if self.marker is not None:
-            self._sync()
-        self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+            if self.marker is not None:
+                self._sync()
+        finally:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
 
     def _sync(self, timeout_s: float = 5) -> None:
         addr, port = self.marker
@@ -728,7 +731,6 @@ class Capture:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
 
 
 def main(argv: list[str]) -> int:

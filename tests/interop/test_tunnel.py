@@ -98,12 +98,17 @@ def wait_until(what: str, check, timeout_s: float = 10, interval_s: float = 0.1)
         time.sleep(interval_s)
 
 
+NO_ROUTE_ERRORS = ("Network is unreachable", "No route to host", "Invalid argument",
+                   "Operation not permitted")
+
+
 def ping_replies(ns: netlab.Namespace, addr: str, **kwargs) -> int:
-    """netlab.ping, with "Network is unreachable" (no route) counted as no reply."""
+    """netlab.ping, with a send refused by routing (no route, a blackhole or
+    prohibit route, a firewall) counted as no reply."""
     try:
         return netlab.ping(ns, addr, **kwargs)
     except netlab.CommandError as exc:
-        if "Network is unreachable" in exc.stderr:
+        if any(e in exc.stderr for e in NO_ROUTE_ERRORS):
             return 0
         raise
 

@@ -116,6 +116,8 @@ typedef struct profile {
         bool dns;             /* default true */
         bool kill_switch;     /* default true */
         char *tun_name;       /* default "m2m0" */
+        char *dns_hook;       /* absolute path of an executable run as
+                               * "HOOK up TUN DNS..." / "HOOK down TUN", or NULL */
         uint32_t mtu;         /* 0 = derive from underlay; else 576..9000 */
         uint32_t on_demand_idle_s; /* default 300 */
     } tunnel;

@@ -417,10 +417,10 @@ static int read_remote_ts(keypath *kp, json_object *tun, profile *p)
     return 0;
 }
 
-static int read_tunnel(keypath *kp, json_object *obj, profile *p)
+static int read_tunnel(keypath *kp, json_object *obj, path_base *base, profile *p)
 {
     static const char *const keys[] = { "request_vip", "remote_ts", "dns", "kill_switch", "tun_name",
-                                        "mtu", "on_demand_idle_s", NULL };
+                                        "mtu", "on_demand_idle_s", "dns_hook", NULL };
     json_object *tun;
     TRY(keypath_object(kp, obj, "tunnel", &tun));
     if (!tun)
@@ -444,6 +444,7 @@ static int read_tunnel(keypath *kp, json_object *obj, profile *p)
         p->tunnel.mtu = (uint32_t)v;
     }
     TRY(keypath_uint(kp, tun, "on_demand_idle_s", 0, 86400, &p->tunnel.on_demand_idle_s));
+    TRY(read_path(kp, tun, "dns_hook", base, &p->tunnel.dns_hook));
     keypath_pop(kp, mark);
     return 0;
 }
@@ -541,7 +542,7 @@ int profile_read(keypath *kp, json_object *obj, path_base *base, bool version_re
     TRY(read_ca(kp, obj, base, out));
     TRY(read_ike(kp, obj, out));
     TRY(read_esp(kp, obj, out));
-    TRY(read_tunnel(kp, obj, out));
+    TRY(read_tunnel(kp, obj, base, out));
     return fill_late_defaults(out);
 }
 
@@ -566,5 +567,6 @@ void profile_clear(profile *p)
     for (size_t i = 0; i < p->n_ca && i < PROFILE_MAX_CA; i++)
         free(p->ca[i]);
     free(p->tunnel.tun_name);
+    free(p->tunnel.dns_hook);
     secure_wipe(p, sizeof(*p));
 }

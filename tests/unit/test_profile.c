@@ -139,7 +139,8 @@ START_TEST(test_every_field_is_read)
         "'retransmit_base':2,'retransmit_tries':0,'force_encap':true},"
         "'esp':{'proposals':['aes256-sha512-ecp384-esn','aes128gcm16'],'lifetime_s':604800,'replay_window':0},"
         "'tunnel':{'request_vip':false,'remote_ts':['198.18.0.0/15','10.1.2.3','2001:db8::/32'],'dns':false,"
-        "'kill_switch':false,'tun_name':'vpn_0.a-b','mtu':9000,'on_demand_idle_s':0}}");
+        "'kill_switch':false,'tun_name':'vpn_0.a-b','mtu':9000,'on_demand_idle_s':0,"
+        "'dns_hook':'hooks/dns'}}");
     profile_set *set = parse_ok(json, "/etc/m2mvpn/");
     const profile *p = &set->items[0];
     ck_assert_str_eq(p->name, "atm-eu.1");
@@ -189,6 +190,7 @@ START_TEST(test_every_field_is_read)
     ck_assert_str_eq(p->tunnel.tun_name, "vpn_0.a-b");
     ck_assert_uint_eq(p->tunnel.mtu, 9000);
     ck_assert_uint_eq(p->tunnel.on_demand_idle_s, 0);
+    ck_assert_str_eq(p->tunnel.dns_hook, "/etc/m2mvpn/hooks/dns"); /* relative: against the folder */
     profile_set_free(set);
 }
 END_TEST

@@ -280,3 +280,16 @@ def test_debug_log_has_level_and_subsystem(service):
     lines = service.log().splitlines()
     assert any(line.startswith("debug [api] ") for line in lines), lines
     assert any(line.startswith("info [service] ") for line in lines), lines
+
+
+def test_without_verbose_there_are_no_debug_lines(workdir, profile_file):
+    svc = Service(workdir, profile_file, verbose=False)
+    try:
+        svc.wait_ready()
+        cli("switch", "no-such", "--control", svc.control)
+        assert svc.stop() == 0
+        log = svc.log()
+        assert "info [service] " in log
+        assert "debug" not in log
+    finally:
+        svc.kill()

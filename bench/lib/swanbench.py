@@ -6,6 +6,7 @@ root. Every function cleans up its namespaces and charons, also on failure.
 
     iperf3_mbps(client_ns, server_ns, addr, seconds)  TCP throughput, Mbit/s
     veth_mbps(seconds)                                 the raw veth pair, for reference
+    strongswan_gateway(workdir, ...)                   context: a gateway for any client
     strongswan_pair(workdir, ...)                      context: two connected charons
     strongswan_pair_mbps(seconds, ...)                 ESP throughput through that pair
     strongswan_connect_s(auth, ...)                    initiate -> first echo reply, seconds
@@ -82,6 +83,25 @@ def veth_mbps(seconds: int = 5) -> float:
 
 
 @contextlib.contextmanager
+def strongswan_gateway(workdir: Path, *, auth: str = "psk",
+                       ike: str = "aes256gcm16-prfsha256-x25519", esp: str = "aes256gcm16",
+                       pki: pkimod.Pki | None = None,
+                       ) -> Iterator[tuple[netlab.Topology, charonmod.Charon, pkimod.Pki]]:
+    """A strongSwan gateway (kernel-libipsec) on a direct veth topology that
+    accepts only auth with exactly these proposals; yields (topology, gateway
+    charon, pki). Put any client into topology.client and measure against
+    netlab.PROTECTED_ADDRS[0] (e.g. our client against strongSwan's own)."""
+    workdir = Path(workdir)
+    pki = pki or pkimod.generate(workdir / "pki")
+    with netlab.direct() as topo:
+        gw = charonmod.Charon(topo.gateway, workdir / "gw",
+                              charonmod.gateway_config(pki, conns=[auth], ike_proposals=[ike],
+                                                       esp_proposals=[esp]), name="gw")
+        with gw:
+            yield topo, gw, pki
+
+
+@contextlib.contextmanager
 def strongswan_pair(workdir: Path, *, auth: str = "psk",
                     ike: str = "aes256gcm16-prfsha256-x25519",
                     esp: str = "aes256gcm16", pki: pkimod.Pki | None = None,
@@ -91,16 +111,12 @@ def strongswan_pair(workdir: Path, *, auth: str = "psk",
     an echo to the gateway's protected address before yielding
     (topology, gateway charon, client charon)."""
     workdir = Path(workdir)
-    pki = pki or pkimod.generate(workdir / "pki")
-    with netlab.direct() as topo:
-        gw = charonmod.Charon(topo.gateway, workdir / "gw",
-                              charonmod.gateway_config(pki, conns=[auth], ike_proposals=[ike],
-                                                       esp_proposals=[esp]), name="gw")
+    with strongswan_gateway(workdir, auth=auth, ike=ike, esp=esp, pki=pki) as (topo, gw, pki):
         cl = charonmod.Charon(topo.client, workdir / "cl",
                               charonmod.client_config(pki, auth, topo.gw_addr,
                                                       ike_proposals=[ike], esp_proposals=[esp]),
                               name="cl")
-        with gw, cl:
+        with cl:
             cl.initiate("net")
             if netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=1) != 1:
                 raise BenchError("tunnel carries no traffic" + cl.log_tail() + gw.log_tail())

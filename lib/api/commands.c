@@ -48,6 +48,23 @@ static int queue_simple(m2mvpn *h, api_cmd_type type, const char *name)
     return 0;
 }
 
+/* Hand the active profile to the supervisor (it takes its own reference).
+ * Returns false if there is none. */
+static bool use_active_profile(m2mvpn *h)
+{
+    pthread_mutex_lock(&h->lock);
+    profile_set *set = NULL;
+    const profile *p = h->active[0] ? api_profile_find_locked(h, h->active, &set) : NULL;
+    if (p)
+        profile_set_ref(set); /* survives a concurrent reload until conn has its own */
+    pthread_mutex_unlock(&h->lock);
+    if (!p)
+        return false;
+    conn_set_profile(h->conn, set, p);
+    profile_set_free(set);
+    return true;
+}
+
 static void run_cmd(m2mvpn *h, api_cmd *c)
 {
     switch (c->type) {
@@ -57,13 +74,23 @@ static void run_cmd(m2mvpn *h, api_cmd *c)
         snprintf(h->status.profile, sizeof(h->status.profile), "%s", c->name);
         pthread_mutex_unlock(&h->lock);
         LOG_INFO(&h->log, "api", "active profile is now '%s'", c->name);
+        use_active_profile(h);
         break;
     case API_CMD_PROFILES:
+        /* New or replaced profiles: always-on ones start by themselves. */
+        use_active_profile(h);
+        break;
     case API_CMD_CONNECT:
+        if (use_active_profile(h))
+            conn_connect(h->conn);
+        break;
     case API_CMD_DISCONNECT:
-    case API_CMD_CREDENTIALS:
+        conn_disconnect(h->conn);
+        break;
     case API_CMD_PIN:
-        /* Tunnel commands: handled once the connection supervisor exists. */
+        conn_enter_pin(h->conn, c->secret, c->secret_len);
+        break;
+    case API_CMD_CREDENTIALS:
         break;
     }
 }
@@ -91,12 +118,15 @@ void api_cmd_drain(m2mvpn *h)
 
 /* ---------------------------------------------------------------- profiles */
 
-const profile *api_profile_find_locked(m2mvpn *h, const char *name)
+const profile *api_profile_find_locked(m2mvpn *h, const char *name, profile_set **set)
 {
     for (size_t i = h->n_sets; i-- > 0;) {
         const profile *p = profile_set_find(h->sets[i], name);
-        if (p)
+        if (p) {
+            if (set)
+                *set = h->sets[i];
             return p;
+        }
     }
     return NULL;
 }
@@ -126,7 +156,7 @@ static int install_set(m2mvpn *h, profile_set *set)
     }
     h->sets[kept++] = set;
     h->n_sets = kept;
-    if (!h->active[0] || !api_profile_find_locked(h, h->active)) {
+    if (!h->active[0] || !api_profile_find_locked(h, h->active, NULL)) {
         snprintf(h->active, sizeof(h->active), "%s", set->items[0].name);
         snprintf(h->status.profile, sizeof(h->status.profile), "%s", set->items[0].name);
     }
@@ -169,7 +199,7 @@ int m2mvpn_profile_switch(m2mvpn *h, const char *name)
     if (!name || !*name)
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_profile_switch: name is NULL or empty");
     pthread_mutex_lock(&h->lock);
-    bool known = api_profile_find_locked(h, name) != NULL;
+    bool known = api_profile_find_locked(h, name, NULL) != NULL;
     pthread_mutex_unlock(&h->lock);
     if (!known)
         return api_fail(h, M2MVPN_E_NOPROFILE, "m2mvpn_profile_switch: no profile named '%s' is loaded", name);
@@ -187,7 +217,7 @@ int m2mvpn_connect(m2mvpn *h)
     pthread_mutex_unlock(&h->lock);
     if (!have)
         return api_fail(h, M2MVPN_E_NOPROFILE, "m2mvpn_connect: no profile loaded");
-    return api_fail(h, M2MVPN_E_NOTSUPP, "m2mvpn_connect: the IKEv2 engine is not in this build yet");
+    return queue_simple(h, API_CMD_CONNECT, NULL);
 }
 
 int m2mvpn_disconnect(m2mvpn *h)
@@ -218,5 +248,13 @@ int m2mvpn_enter_pin(m2mvpn *h, const char *pin, size_t len)
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_enter_pin: PIN must be 1..%d bytes", API_MAX_SECRET);
     if (memchr(pin, '\0', len))
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_enter_pin: PIN contains a NUL byte");
-    return api_fail(h, M2MVPN_E_NOTSUPP, "m2mvpn_enter_pin: PIN-protected credentials are not in this build yet");
+    api_cmd *c = calloc(1, sizeof(*c));
+    if (!c || !(c->secret = secure_memdup(pin, len))) {
+        free(c);
+        return api_fail(h, M2MVPN_E_NOMEM, "out of memory queueing the PIN");
+    }
+    c->type = API_CMD_PIN;
+    c->secret_len = len;
+    api_cmd_push(h, c);
+    return 0;
 }

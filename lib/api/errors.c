@@ -18,6 +18,19 @@ const char *m2mvpn_strerror(int err)
     }
 }
 
+const char *api_error_name(int err)
+{
+    switch (err) {
+    case M2MVPN_OK:
+        return "";
+#define XX(name, value, msg) case M2MVPN_E_##name: return #name;
+        M2MVPN_ERROR_MAP(XX)
+#undef XX
+    default:
+        return "UNKNOWN";
+    }
+}
+
 int api_fail(m2mvpn *h, int err, const char *fmt, ...)
 {
     char msg[API_ERR_LEN];

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Handle lifecycle and the two ways to drive the engine. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,24 @@
 static void on_wake(void *arg)
 {
     api_cmd_drain(arg);
+}
+
+/* The supervisor reports on the engine thread: refresh the status snapshot,
+ * then let api_set_state log and emit the change. */
+static void conn_state(void *arg, m2mvpn_state st, int err, const char *detail)
+{
+    m2mvpn *h = arg;
+    pthread_mutex_lock(&h->lock);
+    conn_fill_status(h->conn, &h->status);
+    if (err)
+        snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
+    pthread_mutex_unlock(&h->lock);
+    api_set_state(h, st, err, detail);
+}
+
+static void conn_event(void *arg, m2mvpn_event_type type, int err, const char *detail)
+{
+    api_emit(arg, type, err, detail);
 }
 
 int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
@@ -32,11 +51,19 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
         return M2MVPN_E_SYSTEM;
     }
     core_log_init(&h->log, h);
+    conn_hooks hooks = { h, conn_state, conn_event };
     if (core_loop_init(&h->loop, on_wake, h) < 0) {
         core_log_destroy(&h->log);
         pthread_mutex_destroy(&h->lock);
         free(h);
         return M2MVPN_E_SYSTEM;
+    }
+    if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0) {
+        core_loop_destroy(&h->loop);
+        core_log_destroy(&h->log);
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return M2MVPN_E_NOMEM;
     }
     h->status.struct_size = sizeof(h->status);
     h->status.state = M2MVPN_STATE_IDLE;
@@ -121,6 +148,8 @@ static int external_drive(m2mvpn *h, const char *call)
 {
     if (!api_handle_ok(h))
         return M2MVPN_E_BADHANDLE;
+    if (api_in_engine(h))
+        return api_fail(h, M2MVPN_E_CALLBACK, "%s: called from a callback", call);
     if (h->drive == API_DRIVE_THREAD && !h->stop_requested)
         return api_fail(h, M2MVPN_E_BUSY, "%s: engine runs on its own thread (m2mvpn_start)", call);
     join_engine(h);
@@ -177,6 +206,7 @@ void m2mvpn_free(m2mvpn *h)
         api_cmd_free(c);
         c = next;
     }
+    conn_free(h->conn); /* engine stopped: safe on this thread */
     for (size_t i = 0; i < h->n_sets; i++)
         profile_set_free(h->sets[i]);
     free(h->sets);

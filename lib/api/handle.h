@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "../conn/conn.h"
 #include "../core/log.h"
 #include "../core/loop.h"
 #include "../profile/profile.h"
@@ -47,6 +48,7 @@ struct m2mvpn {
     void *userdata;
     core_log log;
     core_loop loop;
+    conn *conn;                   /* engine thread only */
 
     /* engine drive */
     api_drive drive;
@@ -87,7 +89,10 @@ void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail);
 void api_emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail);
 const char *api_state_name(m2mvpn_state st);
 
-/* Profile registry (lock held by caller): find by name among loaded sets. */
-const profile *api_profile_find_locked(m2mvpn *h, const char *name);
+/* Profile registry (lock held by caller): find by name among loaded sets,
+ * newest first; *set (if not NULL) receives the set holding it. */
+const profile *api_profile_find_locked(m2mvpn *h, const char *name, profile_set **set);
+/* "INVAL" for M2MVPN_E_INVAL, "" for 0, "UNKNOWN" otherwise. */
+const char *api_error_name(int err);
 
 #endif

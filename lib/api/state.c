@@ -108,7 +108,8 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
     json_object_object_add(o, "gateway", s.gateway[0] ? json_object_new_string(s.gateway) : NULL);
     json_object_object_add(o, "virtual_ip", s.virtual_ip[0] ? json_object_new_string(s.virtual_ip) : NULL);
     json_object_object_add(last, "code", json_object_new_int(s.last_error));
-    json_object_object_add(last, "name", json_object_new_string(s.last_error ? m2mvpn_strerror(s.last_error) : ""));
+    json_object_object_add(last, "name", json_object_new_string(api_error_name(s.last_error)));
+    json_object_object_add(last, "message", json_object_new_string(s.last_error ? m2mvpn_strerror(s.last_error) : ""));
     json_object_object_add(last, "detail", json_object_new_string(s.last_error_text));
     json_object_object_add(o, "last_error", last);
     json_object_object_add(counters, "bytes_in", json_object_new_uint64(s.bytes_in));
@@ -118,6 +119,12 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
     json_object_object_add(counters, "packets_dropped", json_object_new_uint64(s.packets_dropped));
     json_object_object_add(o, "counters", counters);
     json_object_object_add(o, "connected_since", json_object_new_int64(s.connected_since));
+    json_object *alg = json_object_new_object();
+    if (alg) {
+        json_object_object_add(alg, "ike", json_object_new_string(s.ike_algorithms));
+        json_object_object_add(alg, "esp", json_object_new_string(s.esp_algorithms));
+        json_object_object_add(o, "algorithms", alg);
+    }
     json_object_object_add(o, "version", json_object_new_string(m2mvpn_version()));
 
     const char *txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);

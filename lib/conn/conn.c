@@ -44,6 +44,7 @@ struct conn {
 
     esp_datapath *dp;
     bool dp_started;
+    bool drop_dp;                 /* release the datapath from the reap timer */
     uint32_t spi_in;              /* installed CHILD SA, 0 = none */
     cred_provider *cred;
     pki_trust *trust;
@@ -77,6 +78,13 @@ static void reap(void *arg)
     conn *c = arg;
     ike_sa_free(c->dead_sa);
     c->dead_sa = NULL;
+    if (c->drop_dp && c->dp && !c->want_up) {
+        esp_datapath_teardown(c->dp, true);
+        esp_datapath_free(c->dp);
+        c->dp = NULL;
+        c->dp_started = false;
+    }
+    c->drop_dp = false;
 }
 
 /* Retire the IKE SA: it may be inside one of its own callbacks, so it is
@@ -100,6 +108,18 @@ static void drop_child(conn *c)
     }
     c->vip[0] = '\0';
     c->connected_since = 0;
+}
+
+/* Down on purpose: without the kill switch nothing of the tunnel stays (TUN,
+ * address, routes); with it, the routes keep protected traffic in the TUN
+ * until the profile is removed on purpose (conn_remove_profile). */
+static void drop_network_unless_kill_switch(conn *c)
+{
+    if (!c->dp || (c->prof && c->prof->tunnel.kill_switch))
+        return;
+    /* We may be inside one of the datapath's own callbacks: later. */
+    c->drop_dp = true;
+    core_timer_arm(c->loop, &c->reap_timer, 0);
 }
 
 /* ------------------------------------------------------------- I/O */
@@ -223,8 +243,6 @@ static void on_established(void *arg, const ike_child_result *r)
         return;
     }
     esp_datapath_set_keepalive(c->dp, c->prof->ike.nat_keepalive_s);
-    if (!c->dp_started && esp_datapath_start(c->dp) == 0)
-        c->dp_started = true;
     if (r->has_vip)
         inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
     ike_sa_describe(c->sa, c->ike_alg, sizeof(c->ike_alg), c->esp_alg, sizeof(c->esp_alg));
@@ -246,6 +264,7 @@ static void on_down(void *arg, int err, const char *detail)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
     if (!c->want_up || err == 0) {
         c->want_up = false;
+        drop_network_unless_kill_switch(c);
         set_state(c, M2MVPN_STATE_IDLE, err, detail);
         return;
     }
@@ -305,7 +324,14 @@ static int ensure_datapath(conn *c, char *err, size_t err_len)
     if (r < 0)
         return r;
     esp_datapath_callbacks cbs = { .on_ike_packet = on_ike_packet, .on_rekey = on_rekey };
-    return esp_datapath_attach(c->dp, c->loop, &cbs, c);
+    r = esp_datapath_attach(c->dp, c->loop, &cbs, c);
+    /* The workers also read the shared UDP/4500 socket, where IKE continues
+     * after IKE_SA_INIT: they run from the start. */
+    if (r == 0 && (r = esp_datapath_start(c->dp)) == 0)
+        c->dp_started = true;
+    if (r < 0)
+        snprintf(err, err_len, "cannot start the ESP datapath (%s)", m2mvpn_strerror(r));
+    return r;
 }
 
 static int ensure_credentials(conn *c, char *err, size_t err_len)
@@ -380,6 +406,7 @@ static void schedule_retry(conn *c, int err, const char *detail)
     bool always_on = c->prof && c->prof->mode == PROFILE_MODE_ALWAYS_ON;
     if (!always_on) {
         c->want_up = false;
+        drop_network_unless_kill_switch(c);
         set_state(c, M2MVPN_STATE_IDLE, err, detail);
         return;
     }

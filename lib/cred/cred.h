@@ -44,8 +44,8 @@ typedef struct cred_ops {
     bool (*pin_needed)(void *ctx);
     /** Try this PIN once (see the PIN model above). */
     int (*set_pin)(void *ctx, const char *pin, size_t len, char *err, size_t err_len);
-    /** Native signature (RSA bytes / DER ECDSA) of `data` (hashed inside with
-     *  the scheme's hash) into sig[cap]. */
+    /** Native signature (RSA bytes / DER ECDSA / 64 bytes Ed25519) of `data`
+     *  (hashed inside with the scheme's hash) into sig[cap]. */
     int (*sign)(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size_t len,
                 uint8_t *sig, size_t cap, size_t *ret_len, char *err, size_t err_len);
     /** Free everything, wiping key material. */
@@ -71,7 +71,8 @@ typedef struct cred_provider {
  *    nothing returned). If not given and one is needed, the provider is
  *    returned locked (cred_pin_needed() true).
  *  - The key must match the end-entity certificate (E_CERT "private key does
- *    not match certificate <subject>"); RSA and ECDSA P-256/384/521 keys.
+ *    not match certificate <subject>"); RSA, ECDSA P-256/384/521 and
+ *    Ed25519 keys.
  * Errors: INVAL, IO (file unreadable), CERT (no certificate/key, mismatch,
  * unsupported key), PIN, NOMEM. On error *ret is untouched.
  */

@@ -114,12 +114,12 @@ static EVP_PKEY *key_from_memory(const uint8_t *data, size_t len, const char *pi
 static int adopt_key(file_cred *fc, EVP_PKEY *key, char *err, size_t err_len)
 {
     if (pki_pkey_type(key, NULL) == PKI_KEY_UNKNOWN) {
-        pki_set_err(err, err_len, "%s: unsupported key type (want RSA or ECDSA P-256/384/521)",
+        pki_set_err(err, err_len, "%s: unsupported key type (want RSA, ECDSA P-256/384/521 or Ed25519)",
                     pin_target(fc));
         EVP_PKEY_free(key);
         return M2MVPN_E_CERT;
     }
-    if (EVP_PKEY_eq(X509_get0_pubkey(pki_cert_x509(fc->chain[0])), key) != 1) {
+    if (EVP_PKEY_eq(pki_cert_pubkey(fc->chain[0]), key) != 1) {
         char subject[256];
         pki_cert_subject_text(fc->chain[0], subject, sizeof subject);
         pki_set_err(err, err_len, "private key does not match certificate %s", subject);
@@ -302,8 +302,8 @@ static int file_sign(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size
     }
     const EVP_MD *md = pki_scheme_md(scheme);
     pki_key_type kt = pki_pkey_type(fc->key, NULL);
-    bool rsa = kt == PKI_KEY_RSA;
-    if (!md || rsa != pki_scheme_is_rsa(scheme)) {
+    if (!pki_auth_scheme_fits(PKI_AUTH_DIGITAL_SIGNATURE, scheme, kt) &&
+        !(scheme == PKI_SIG_RSA_PKCS1_SHA1 && kt == PKI_KEY_RSA)) {
         pki_set_err(err, err_len, "cannot sign %s with a %s key", pki_sig_scheme_name(scheme),
                     pki_key_type_name(kt));
         return M2MVPN_E_INVAL;
@@ -312,16 +312,9 @@ static int file_sign(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size
     EVP_PKEY_CTX *pctx = NULL;
     EVP_MD_CTX *mdctx = EVP_MD_CTX_new();
     size_t need = 0;
-    if (!mdctx || EVP_DigestSignInit(mdctx, &pctx, md, NULL, fc->key) != 1)
+    if (!mdctx || EVP_DigestSignInit(mdctx, &pctx, md, NULL, fc->key) != 1 ||
+        !pki_scheme_set_padding(pctx, scheme))
         goto out;
-    if (pki_scheme_is_pss(scheme)) {
-        if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-            EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) != 1 ||
-            EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1)
-            goto out;
-    } else if (rsa && EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1) {
-        goto out;
-    }
     if (EVP_DigestSign(mdctx, NULL, &need, data, len) != 1)
         goto out;
     if (need > cap) {

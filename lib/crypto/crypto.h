@@ -13,7 +13,9 @@
  *    NOMEM; CRYPTO: OpenSSL failed, or a decryption failed its integrity check
  *    (the caller drops the message either way); PROTOCOL: the peer's key
  *    exchange value is invalid.
- *  - Output parameters are written only on success.
+ *  - Output parameters (`ret`, `ret_len`) are written only on success.
+ *    Output buffers may be partly written on failure; where they would hold
+ *    key material or unauthenticated plaintext they are zeroed.
  *  - Every object that holds key material wipes it when freed; *_free(NULL)
  *    is fine. Objects are not thread-safe: use one per thread/direction.
  *  - Nothing here logs; secrets never leave except through the documented
@@ -44,7 +46,7 @@ typedef struct crypto_span {
 
 /* ------------------------------------------------------------- names */
 
-/* IANA names for logs ("AES_GCM_16", "PRF_HMAC_SHA2_256", "AUTH_HMAC_SHA2_256_128",
+/* IANA names for logs ("ENCR_AES_GCM_16", "PRF_HMAC_SHA2_256", "AUTH_HMAC_SHA2_256_128",
  * "ECP_256", "Curve25519", "MODP_2048"); "unknown" for IDs not in the table.
  * proposal.h has the strongSwan-style short names. */
 const char *crypto_encr_name(uint16_t encr_id);
@@ -216,10 +218,11 @@ void crypto_cipher_free(crypto_cipher *c);
 const crypto_cipher_sizes *crypto_cipher_get_sizes(const crypto_cipher *c);
 
 /**
- * A fresh IV for the next message (iv_len bytes): for AEAD a per-object
- * 64-bit counter (unique per key, RFC 4106 §3.1 / RFC 7634 §2), for AES-CBC
- * random (unpredictable, RFC 7296 §3.14). Errors: CRYPTO (RNG failure or
- * counter exhausted: rekey).
+ * A fresh IV for the next message (iv_len bytes): for AEAD a 64-bit counter
+ * from a random start, never repeating within the object (RFC 4106 §3.1,
+ * RFC 7634 §2: unique per key); for AES-CBC random (unpredictable,
+ * RFC 7296 §3.14). Only for CRYPTO_DIR_ENCRYPT objects.
+ * Errors: INVAL (also: a DECRYPT object), CRYPTO (RNG failure, or 2^64 IVs used: rekey).
  */
 int crypto_cipher_next_iv(crypto_cipher *c, uint8_t *iv);
 
@@ -228,8 +231,9 @@ int crypto_cipher_next_iv(crypto_cipher *c, uint8_t *iv);
  *     [ aad ][ iv ][ data (ciphertext) ][ icv ]
  * but the spans need not be contiguous.
  *   IKE SK payload (RFC 7296 §3.14, RFC 5282 §5.1): aad = IKE header through the
- *     end of the SK generic payload header; data = inner payloads | padding |
- *     pad length.
+ *     end of the SK generic payload header (or, with RFC 7383 fragments, the
+ *     SKF header), with the message and payload Length fields already final;
+ *     data = inner payloads | padding | pad length.
  *   ESP (RFC 4303/4106/7634): aad = SPI | seq (AEAD with ESN: SPI | seq-hi | seq-lo);
  *     trailer (non-AEAD with ESN only) = seq-hi.
  * AEAD: nonce = salt | iv; AAD = aad; tag = icv.

@@ -28,7 +28,8 @@ struct crypto_cipher {
     EVP_CIPHER_CTX *cctx;    /* keyed once for dir */
     EVP_MAC_CTX *mac;        /* AES-CBC only: keyed HMAC, re-initialised per message */
     uint8_t salt[CRYPTO_AEAD_SALT_LEN]; /* AEAD: implicit part of the nonce */
-    uint64_t iv_counter;     /* AEAD: last IV handed out by crypto_cipher_next_iv() */
+    uint64_t iv_base;        /* AEAD: random start of the IV sequence */
+    uint64_t iv_used;        /* AEAD: IVs handed out by crypto_cipher_next_iv() */
 };
 
 static const char *cipher_name(uint16_t encr_id, uint16_t key_bits)
@@ -71,6 +72,11 @@ int crypto_cipher_new(uint16_t encr_id, uint16_t key_bits, uint16_t integ_id, cr
         /* Keying material = key | salt (RFC 4106 §8.1, RFC 7634 §2). */
         size_t key_len = sz.encr_key_len - CRYPTO_AEAD_SALT_LEN;
         memcpy(c->salt, encr_key + key_len, CRYPTO_AEAD_SALT_LEN);
+        /* A random start keeps IVs unique even if a caller ever builds two
+         * objects on the same key; within one object the counter does. */
+        if (dir == CRYPTO_DIR_ENCRYPT &&
+            crypto_random(&c->iv_base, sizeof(c->iv_base)) < 0)
+            goto fail;
         if (EVP_CipherInit_ex2(c->cctx, c->cipher, encr_key, NULL, enc, NULL) != 1)
             goto fail;
         /* 12-byte nonce is the default for both; set it explicitly anyway. */
@@ -124,15 +130,15 @@ const crypto_cipher_sizes *crypto_cipher_get_sizes(const crypto_cipher *c)
 
 int crypto_cipher_next_iv(crypto_cipher *c, uint8_t *iv)
 {
-    if (!c || !iv)
+    if (!c || !iv || c->dir != CRYPTO_DIR_ENCRYPT)
         return M2MVPN_E_INVAL;
     if (!c->sz.aead)
         return crypto_random(iv, c->sz.iv_len);
-    if (c->iv_counter == UINT64_MAX)
+    if (c->iv_used == UINT64_MAX)
         return M2MVPN_E_CRYPTO; /* a nonce must never repeat under one key */
-    c->iv_counter++;
+    uint64_t v = c->iv_base + c->iv_used++; /* wraps mod 2^64: still 2^64 distinct values */
     for (int i = 7; i >= 0; i--)
-        iv[7 - i] = (uint8_t)(c->iv_counter >> (8 * i));
+        iv[7 - i] = (uint8_t)(v >> (8 * i));
     return 0;
 }
 

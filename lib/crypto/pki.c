@@ -66,6 +66,7 @@ const char *pki_sig_scheme_name(pki_sig_scheme s)
     case PKI_SIG_ECDSA_SHA256: return "ecdsa-sha256";
     case PKI_SIG_ECDSA_SHA384: return "ecdsa-sha384";
     case PKI_SIG_ECDSA_SHA512: return "ecdsa-sha512";
+    case PKI_SIG_ED25519: return "ed25519";
     case PKI_SIG_SCHEME_COUNT: break;
     }
     return "unknown";
@@ -91,6 +92,7 @@ const char *pki_key_type_name(pki_key_type t)
     case PKI_KEY_EC_P256: return "ecdsa-p256";
     case PKI_KEY_EC_P384: return "ecdsa-p384";
     case PKI_KEY_EC_P521: return "ecdsa-p521";
+    case PKI_KEY_ED25519: return "ed25519";
     }
     return "unknown";
 }
@@ -156,6 +158,9 @@ pki_key_type pki_pkey_type(const EVP_PKEY *pk, unsigned *bits)
         }
         if (t != PKI_KEY_UNKNOWN)
             b = (unsigned)EVP_PKEY_get_bits(pk);
+    } else if (pk && EVP_PKEY_is_a(pk, "ED25519")) {
+        t = PKI_KEY_ED25519;
+        b = (unsigned)EVP_PKEY_get_bits(pk);
     }
     if (bits)
         *bits = b;
@@ -425,12 +430,12 @@ pki_key_type pki_cert_key_type(const pki_cert *c, unsigned *bits)
     return pki_pkey_type(X509_get0_pubkey(c->x509), bits);
 }
 
-void *pki_cert_x509(const pki_cert *c)
+X509 *pki_cert_x509(const pki_cert *c)
 {
     return c->x509;
 }
 
-void *pki_cert_pubkey(const pki_cert *c)
+EVP_PKEY *pki_cert_pubkey(const pki_cert *c)
 {
     return X509_get0_pubkey(c->x509);
 }

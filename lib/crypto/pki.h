@@ -41,7 +41,8 @@ typedef enum pki_auth_method {
 } pki_auth_method;
 
 /** Signature schemes we can produce and verify. The "native" signature of a
- *  scheme is PKCS#1 / PSS bytes for RSA and a DER ECDSA-Sig-Value for ECDSA. */
+ *  scheme is PKCS#1 / PSS bytes for RSA, a DER ECDSA-Sig-Value for ECDSA and
+ *  the 64 bytes of RFC 8032 for Ed25519. */
 typedef enum pki_sig_scheme {
     PKI_SIG_NONE = 0,
     PKI_SIG_RSA_PKCS1_SHA1,     /**< only within AUTH method 1 */
@@ -54,6 +55,7 @@ typedef enum pki_sig_scheme {
     PKI_SIG_ECDSA_SHA256,
     PKI_SIG_ECDSA_SHA384,
     PKI_SIG_ECDSA_SHA512,
+    PKI_SIG_ED25519,            /**< RFC 8420: method 14 only, "Identity" hash */
     PKI_SIG_SCHEME_COUNT
 } pki_sig_scheme;
 
@@ -73,7 +75,8 @@ typedef enum pki_key_type {
     PKI_KEY_RSA,
     PKI_KEY_EC_P256,
     PKI_KEY_EC_P384,
-    PKI_KEY_EC_P521
+    PKI_KEY_EC_P521,
+    PKI_KEY_ED25519             /**< RFC 8420 */
 } pki_key_type;
 
 /** IKEv2 Identification types (RFC 7296 §3.5) that we produce or understand. */
@@ -147,11 +150,6 @@ int64_t pki_cert_not_after(const pki_cert *c);
 /** Key type and size in bits of the certificate's public key. Unsupported
  *  key algorithms give PKI_KEY_UNKNOWN and 0 bits. */
 pki_key_type pki_cert_key_type(const pki_cert *c, unsigned *bits);
-
-/** Internal bridge for lib/cred: the OpenSSL X509 (borrowed) and EVP_PKEY
- *  (borrowed) of a certificate, typed void* so this header needs no OpenSSL. */
-void *pki_cert_x509(const pki_cert *c);
-void *pki_cert_pubkey(const pki_cert *c);
 
 /* ---------------------------------------------------------- trust anchors */
 
@@ -259,7 +257,7 @@ bool pki_cert_matches_id(const pki_cert *c, const pki_id *id);
  * AlgorithmIdentifier), over `signed_octets` (RFC 7296 §2.15), with the public
  * key of `signer` (already chain-verified). The key type must fit the method
  * (9: P-256, 10: P-384, 11: P-521, 1: RSA; 14: the AlgorithmIdentifier's key
- * type). If `ret_scheme` is non-NULL it receives the scheme that was used.
+ * type: RSA, ECDSA or Ed25519). If `ret_scheme` is non-NULL it receives the scheme that was used.
  * Returns 0 if the signature is valid; AUTH_PEER if it is not ("signature
  * invalid (ecdsa-sha256)") or the key does not fit; PROTOCOL for a malformed
  * AUTH payload; NOTSUPP for an unknown method or algorithm (err names it).
@@ -281,7 +279,8 @@ int pki_verify_native(const pki_cert *signer, pki_sig_scheme scheme,
  * Parse a DER AlgorithmIdentifier (RFC 7427 §3, Appendix A) with bounds checks:
  * sha256/384/512WithRSAEncryption (NULL or absent parameters), RSASSA-PSS with
  * SHA-256/384/512 (MGF1 with the same hash, salt length = hash length, trailer
- * 1), ecdsa-with-SHA256/384/512 (no parameters). The whole input must be the one
+ * 1), ecdsa-with-SHA256/384/512 and id-Ed25519 (no parameters). The whole input
+ * must be the one
  * AlgorithmIdentifier. Errors: PROTOCOL (malformed/truncated DER), NOTSUPP
  * (well-formed but not one of these; err names the OID).
  */
@@ -332,13 +331,16 @@ int pki_auth_data_format(pki_auth_method method, pki_sig_scheme scheme, pki_key_
  * With a common SHA-2 hash: method 14, preferring the hash that matches an EC
  * curve (P-256/SHA-256, ...) or SHA-256 for RSA, then the strongest; RSA uses
  * PSS if `rsa_pss` else PKCS#1 v1.5. Without: the classic method (RSA: 1,
- * P-256: 9, P-384: 10, P-521: 11). Errors: NOTSUPP (unknown key type).
+ * P-256: 9, P-384: 10, P-521: 11). Ed25519 needs the peer's "Identity" (5)
+ * and method 14 (RFC 8420). Errors: NOTSUPP (unknown key type; Ed25519 key
+ * but the peer did not announce Identity).
  */
 int pki_choose_auth(pki_key_type key, const uint16_t *peer_hashes, size_t n_peer,
                     bool rsa_pss, pki_auth_method *ret_method, pki_sig_scheme *ret_scheme);
 
 /** The hash algorithms we announce in our SIGNATURE_HASH_ALGORITHMS notify:
- *  SHA2-256, SHA2-384, SHA2-512. Returns the count; *ret points to a constant. */
+ *  SHA2-256, SHA2-384, SHA2-512, Identity (RFC 8420, for Ed25519). Returns the
+ *  count; *ret points to a constant. */
 size_t pki_hash_algs_supported(const uint16_t **ret);
 
 #endif

@@ -26,6 +26,10 @@ int pki_read_file(const char *path, uint8_t **ret, size_t *ret_len, char *err, s
 /* Does the buffer contain a PEM "-----BEGIN " line? */
 bool pki_looks_pem(const uint8_t *data, size_t len);
 
+/* The OpenSSL objects of a certificate (borrowed, live as long as `c`). */
+X509 *pki_cert_x509(const pki_cert *c);
+EVP_PKEY *pki_cert_pubkey(const pki_cert *c);
+
 /* Wrap an X509 (ownership taken, also on failure). NULL on NOMEM. */
 pki_cert *pki_cert_wrap(X509 *x);
 /* All certificates of a PEM buffer (other PEM blocks skipped) or one DER
@@ -36,8 +40,12 @@ int pki_certs_from_memory(const uint8_t *data, size_t len, const char *what,
 /* X.500 name as "C=CH, O=m2m, CN=gw". */
 void pki_name_text(const X509_NAME *name, char *buf, size_t len);
 
-/* The hash of a scheme (EVP_sha256() ...), NULL for NONE. */
+/* The hash of a scheme (EVP_sha256() ...); NULL for NONE and for Ed25519,
+ * which hashes inside (check pki_scheme_valid() first). */
 const EVP_MD *pki_scheme_md(pki_sig_scheme s);
+bool pki_scheme_valid(pki_sig_scheme s);
+/* Set RSA padding/PSS parameters of a sign/verify context for `s`. */
+bool pki_scheme_set_padding(EVP_PKEY_CTX *pctx, pki_sig_scheme s);
 bool pki_scheme_is_rsa(pki_sig_scheme s);
 bool pki_scheme_is_pss(pki_sig_scheme s);
 bool pki_scheme_is_ecdsa(pki_sig_scheme s);

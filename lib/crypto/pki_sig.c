@@ -31,6 +31,7 @@ static const uint8_t OID_SHA512[] = { 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 
 static const uint8_t OID_ECDSA_SHA256[] = { 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02 };
 static const uint8_t OID_ECDSA_SHA384[] = { 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03 };
 static const uint8_t OID_ECDSA_SHA512[] = { 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04 };
+static const uint8_t OID_ED25519[] = { 0x2b, 0x65, 0x70 }; /* 1.3.101.112, RFC 8410 */
 
 typedef struct oid_ref {
     const uint8_t *der;
@@ -53,6 +54,7 @@ static const struct {
     [PKI_SIG_ECDSA_SHA256] = { OID(OID_ECDSA_SHA256), OID(OID_SHA256), 32 },
     [PKI_SIG_ECDSA_SHA384] = { OID(OID_ECDSA_SHA384), OID(OID_SHA384), 48 },
     [PKI_SIG_ECDSA_SHA512] = { OID(OID_ECDSA_SHA512), OID(OID_SHA512), 64 },
+    [PKI_SIG_ED25519] = { OID(OID_ED25519), { NULL, 0 }, 0 },
 };
 
 bool pki_scheme_is_rsa(pki_sig_scheme s)
@@ -68,6 +70,22 @@ bool pki_scheme_is_pss(pki_sig_scheme s)
 bool pki_scheme_is_ecdsa(pki_sig_scheme s)
 {
     return s >= PKI_SIG_ECDSA_SHA256 && s <= PKI_SIG_ECDSA_SHA512;
+}
+
+bool pki_scheme_valid(pki_sig_scheme s)
+{
+    return s > PKI_SIG_NONE && s < PKI_SIG_SCHEME_COUNT;
+}
+
+bool pki_scheme_set_padding(EVP_PKEY_CTX *pctx, pki_sig_scheme s)
+{
+    if (pki_scheme_is_pss(s))
+        return EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+               EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, pki_scheme_md(s)) == 1 &&
+               EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1;
+    if (pki_scheme_is_rsa(s))
+        return EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1;
+    return true;
 }
 
 const EVP_MD *pki_scheme_md(pki_sig_scheme s)
@@ -441,6 +459,8 @@ static bool scheme_fits_key(pki_sig_scheme s, pki_key_type key)
         return key == PKI_KEY_RSA;
     if (pki_scheme_is_ecdsa(s))
         return key == PKI_KEY_EC_P256 || key == PKI_KEY_EC_P384 || key == PKI_KEY_EC_P521;
+    if (s == PKI_SIG_ED25519)
+        return key == PKI_KEY_ED25519;
     return false;
 }
 
@@ -448,7 +468,7 @@ int pki_verify_native(const pki_cert *signer, pki_sig_scheme scheme,
                       const uint8_t *data, size_t len,
                       const uint8_t *sig, size_t sig_len, char *err, size_t err_len)
 {
-    if (!signer || (!data && len) || (!sig && sig_len) || !pki_scheme_md(scheme))
+    if (!signer || (!data && len) || (!sig && sig_len) || !pki_scheme_valid(scheme))
         return M2MVPN_E_INVAL;
     EVP_PKEY *pk = pki_cert_pubkey(signer);
     pki_key_type kt = pki_pkey_type(pk, NULL);
@@ -460,17 +480,9 @@ int pki_verify_native(const pki_cert *signer, pki_sig_scheme scheme,
     int rc = M2MVPN_E_CRYPTO;
     EVP_PKEY_CTX *pctx = NULL;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md || EVP_DigestVerifyInit(md, &pctx, pki_scheme_md(scheme), NULL, pk) != 1)
+    if (!md || EVP_DigestVerifyInit(md, &pctx, pki_scheme_md(scheme), NULL, pk) != 1 ||
+        !pki_scheme_set_padding(pctx, scheme))
         goto out;
-    if (pki_scheme_is_pss(scheme)) {
-        if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-            EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, pki_scheme_md(scheme)) != 1 ||
-            EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1)
-            goto out;
-    } else if (pki_scheme_is_rsa(scheme)) {
-        if (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1)
-            goto out;
-    }
     if (EVP_DigestVerify(md, sig, sig_len, data, len) == 1) {
         rc = 0;
     } else {
@@ -600,7 +612,7 @@ int pki_auth_data_format(pki_auth_method method, pki_sig_scheme scheme, pki_key_
 }
 
 static const uint16_t supported_hashes[] = { PKI_HASH_SHA2_256, PKI_HASH_SHA2_384,
-                                             PKI_HASH_SHA2_512 };
+                                             PKI_HASH_SHA2_512, PKI_HASH_IDENTITY };
 
 size_t pki_hash_algs_supported(const uint16_t **ret)
 {
@@ -629,6 +641,13 @@ int pki_choose_auth(pki_key_type key, const uint16_t *peer_hashes, size_t n_peer
     case PKI_KEY_EC_P256: classic = PKI_AUTH_ECDSA_SHA256_P256; prefer = PKI_HASH_SHA2_256; break;
     case PKI_KEY_EC_P384: classic = PKI_AUTH_ECDSA_SHA384_P384; prefer = PKI_HASH_SHA2_384; break;
     case PKI_KEY_EC_P521: classic = PKI_AUTH_ECDSA_SHA512_P521; prefer = PKI_HASH_SHA2_512; break;
+    case PKI_KEY_ED25519:
+        /* RFC 8420 §2: only with method 14 and the "Identity" hash. */
+        if (!list_has(peer_hashes, n_peer, PKI_HASH_IDENTITY))
+            return M2MVPN_E_NOTSUPP;
+        *ret_method = PKI_AUTH_DIGITAL_SIGNATURE;
+        *ret_scheme = PKI_SIG_ED25519;
+        return 0;
     default: return M2MVPN_E_NOTSUPP;
     }
     /* Preferred hash first, then the strongest the peer also supports. */

@@ -433,6 +433,8 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
     }
     int r = verify_gateway(sa, c, err, sizeof(err));
     if (r < 0) {
+        /* Tell the gateway (RFC 7296 §2.21.2) so it drops its half at once. */
+        ike_info_send_auth_failed(sa);
         ike_sa_fail(sa, r == M2MVPN_E_PROTOCOL ? r : M2MVPN_E_AUTH_PEER,
                     "gateway %s could not be authenticated: %s", sa->gw_text, err);
         return;

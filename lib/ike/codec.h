@@ -43,6 +43,8 @@
 /* ------------------------------------------------------------ constants */
 
 #define IKE_HEADER_LEN 28
+#define IKE_HDR_NEXT_PAYLOAD_AT 16  /* offset of Next Payload in the header */
+#define IKE_HDR_LENGTH_AT 24        /* offset of Length in the header */
 #define IKE_GENERIC_HEADER_LEN 4
 #define IKE_SKF_HEADER_LEN 8        /* generic header + Fragment Number + Total Fragments */
 #define IKE_MAX_PAYLOADS 64         /* per chain; more is rejected */
@@ -388,6 +390,7 @@ int ike_message_parse(buf_reader msg, ike_message *ret, ike_diag *diag);
  */
 typedef struct ike_chain_writer {
     buf_writer *w;
+    size_t hdr_at;          /* IKE header offset (ike_message_begin), else SIZE_MAX */
     size_t next_field_at;   /* where the type of the next payload goes; SIZE_MAX: nowhere */
     size_t open_at;         /* generic header of the open payload; SIZE_MAX: none */
     uint8_t first_type;     /* type of the first payload written, 0 if none */
@@ -395,8 +398,8 @@ typedef struct ike_chain_writer {
 } ike_chain_writer;
 
 /* `next_field_at`: offset in w of the Next Payload byte that must name the
- * first payload (IKE_HEADER_LEN - 12 = 16 for a header at 0), or SIZE_MAX for
- * a free-standing chain (read first_type afterwards). */
+ * first payload (hdr_at + IKE_HDR_NEXT_PAYLOAD_AT after ike_header_build()),
+ * or SIZE_MAX for a free-standing chain (read first_type afterwards). */
 void ike_chain_writer_init(ike_chain_writer *cw, buf_writer *w, size_t next_field_at);
 /* Start a payload: closes the open one, writes a generic header. */
 void ike_payload_begin(ike_chain_writer *cw, uint8_t type, bool critical);
@@ -407,6 +410,13 @@ void ike_chain_writer_finish(ike_chain_writer *cw);
 static inline bool ike_chain_writer_ok(const ike_chain_writer *cw) { return buf_writer_ok(cw->w); }
 /* A complete raw payload (type + body). */
 void ike_build_raw(ike_chain_writer *cw, uint8_t type, bool critical, const void *body, size_t len);
+
+/* Convenience for an unprotected message (IKE_SA_INIT): write `hdr` at the
+ * writer's current position and set up cw to chain payloads after it. */
+void ike_message_begin(buf_writer *w, const ike_header *hdr, ike_chain_writer *cw);
+/* Close the last payload and patch the header length. Errors: E_INVAL (the
+ * writer overflowed or a build was refused). */
+int ike_message_end(ike_chain_writer *cw);
 
 /* ------------------------------------------------------------- SA (§3.3) */
 
@@ -676,9 +686,10 @@ typedef struct ike_sk_builder {
     ike_chain_writer inner;
 } ike_sk_builder;
 
-/* Starts the SK payload right after the header at `hdr_at` (which must be the
- * only thing after it: SK is the last and here the only outer payload).
- * Errors: E_INVAL (bad sizes). */
+/* Starts the SK payload right after the header at `hdr_at`: the writer must
+ * hold exactly that header (SK is the last and here the only outer payload;
+ * the header's Next Payload is set to SK). Errors: E_INVAL (cipher sizes not
+ * ike_sk_cipher_valid(), writer not right after the header, overflow). */
 int ike_sk_begin(ike_sk_builder *sk, buf_writer *w, size_t hdr_at, const ike_sk_cipher *cipher);
 /* Errors: E_INVAL (writer overflow or error in an inner build). */
 int ike_sk_finish(ike_sk_builder *sk, ike_sk_spans *ret);
@@ -698,6 +709,10 @@ int ike_sk_wrap(const ike_header *hdr, const uint8_t *inner, size_t inner_len,
 size_t ike_sk_pad_len(size_t inner_len, size_t block_len);
 /* Sizes within what the wire format can carry (block 1..255, IV/ICV <= 255). */
 bool ike_sk_cipher_valid(const ike_sk_cipher *cipher);
+
+/* Length of the whole message ike_sk_wrap() would produce for inner_len
+ * bytes of inner chain: to decide whether to fragment. */
+size_t ike_sk_message_len(size_t inner_len, const ike_sk_cipher *cipher);
 
 /* Split a received SK payload body into IV, ciphertext, ICV. The ciphertext
  * must be non-empty and a multiple of block_len. Errors: E_PROTOCOL. */

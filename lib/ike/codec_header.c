@@ -65,12 +65,11 @@ void ike_message_finish(buf_writer *w, size_t hdr_at)
 {
     if (!buf_writer_ok(w))
         return;
-    size_t len = buf_writer_len(w) - hdr_at;
-    if (hdr_at > buf_writer_len(w) || len > UINT32_MAX) {
+    if (hdr_at > buf_writer_len(w) || buf_writer_len(w) - hdr_at > UINT32_MAX) {
         w->err = true;
         return;
     }
-    buf_patch_u32(w, hdr_at + 24, (uint32_t)len);
+    buf_patch_u32(w, hdr_at + IKE_HDR_LENGTH_AT, (uint32_t)(buf_writer_len(w) - hdr_at));
 }
 
 ike_udp_kind ike_udp_classify(buf_reader *dgram)
@@ -204,6 +203,7 @@ static void patch_u8(buf_writer *w, size_t at, uint8_t v)
 void ike_chain_writer_init(ike_chain_writer *cw, buf_writer *w, size_t next_field_at)
 {
     cw->w = w;
+    cw->hdr_at = SIZE_MAX;
     cw->next_field_at = next_field_at;
     cw->open_at = SIZE_MAX;
     cw->first_type = IKE_PL_NONE;
@@ -250,4 +250,25 @@ void ike_build_raw(ike_chain_writer *cw, uint8_t type, bool critical, const void
     ike_payload_begin(cw, type, critical);
     buf_put_bytes(cw->w, body, len);
     ike_payload_end(cw);
+}
+
+void ike_message_begin(buf_writer *w, const ike_header *hdr, ike_chain_writer *cw)
+{
+    size_t at = buf_writer_len(w);
+    ike_header h = *hdr;
+    h.next_payload = IKE_PL_NONE;   /* set by the first payload */
+    h.length = 0;                   /* set by ike_message_end() */
+    ike_header_build(w, &h);
+    ike_chain_writer_init(cw, w, at + IKE_HDR_NEXT_PAYLOAD_AT);
+    cw->hdr_at = at;
+}
+
+int ike_message_end(ike_chain_writer *cw)
+{
+    ike_chain_writer_finish(cw);
+    if (cw->hdr_at == SIZE_MAX)
+        cw->w->err = true;
+    else
+        ike_message_finish(cw->w, cw->hdr_at);
+    return buf_writer_ok(cw->w) ? 0 : M2MVPN_E_INVAL;
 }

@@ -19,6 +19,12 @@ size_t ike_sk_pad_len(size_t inner_len, size_t block_len)
     return (block_len - (inner_len + 1) % block_len) % block_len;
 }
 
+size_t ike_sk_message_len(size_t inner_len, const ike_sk_cipher *c)
+{
+    return IKE_HEADER_LEN + IKE_GENERIC_HEADER_LEN + c->iv_len + inner_len +
+           ike_sk_pad_len(inner_len, c->block_len) + 1 + c->icv_len;
+}
+
 bool ike_sk_cipher_valid(const ike_sk_cipher *c)
 {
     /* The Pad Length byte caps padding (and so the block) at 255 bytes. */
@@ -31,7 +37,7 @@ int ike_sk_begin(ike_sk_builder *sk, buf_writer *w, size_t hdr_at, const ike_sk_
     if (!ike_sk_cipher_valid(cipher) || !buf_writer_ok(w) ||
         buf_writer_len(w) != hdr_at + IKE_HEADER_LEN)
         return M2MVPN_E_INVAL;
-    w->p[hdr_at + 16] = IKE_PL_SK;
+    w->p[hdr_at + IKE_HDR_NEXT_PAYLOAD_AT] = IKE_PL_SK;
     sk->w = w;
     sk->hdr_at = hdr_at;
     sk->sk_at = buf_writer_len(w);

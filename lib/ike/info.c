@@ -41,6 +41,22 @@ int ike_info_send_delete(ike_sa *sa)
     return send_request(sa, IKE_TASK_DELETE, inner, buf_writer_len(&w), cw.first_type);
 }
 
+void ike_info_send_auth_failed(ike_sa *sa)
+{
+    uint8_t inner[64];
+    buf_writer w;
+    buf_writer_init(&w, inner, sizeof(inner));
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_AUTHENTICATION_FAILED, NULL, 0, NULL, 0);
+    ike_build_delete(&cw, IKE_PROTO_IKE, 0, NULL, 0);
+    ike_chain_writer_finish(&cw);
+    /* Sent like a response: once, nothing waits for the answer. */
+    ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner,
+                          buf_writer_len(&w), cw.first_type, IKE_TASK_NONE);
+    ike_sa_request_done(sa);
+}
+
 void ike_info_process_response(ike_sa *sa, const ike_chain *inner)
 {
     (void)inner;

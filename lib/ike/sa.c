@@ -336,32 +336,32 @@ int ike_sa_start(ike_sa *sa)
 /* Decrypt a protected message (SK, or SKF into the reassembly buffer).
  * Returns 1 with *inner filled, 0 when more fragments are needed, <0 to drop. */
 static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap,
-                          ike_chain *inner)
+                          ike_chain *inner, ike_diag *diag)
 {
     if (!sa->open_ctx)
         return M2MVPN_E_PROTOCOL;
     if (msg->chain.n == 0)
         return M2MVPN_E_PROTOCOL;
     const ike_payload *last = &msg->chain.pl[msg->chain.n - 1];
-    ike_diag d;
-    ike_diag_clear(&d);
+    ike_diag local, *dp = diag ? diag : &local;
+    ike_diag_clear(dp);
     int r;
     if (last->type == IKE_PL_SK) {
-        r = ike_sk_open(msg, &sa->sk_in, plain, cap, inner, &d);
+        r = ike_sk_open(msg, &sa->sk_in, plain, cap, inner, dp);
         if (r == 0)
             return 1;
     } else if (last->type == IKE_PL_SKF) {
         if (sa->reasm.active && sa->reasm.message_id != msg->hdr.message_id)
             ike_frag_reasm_reset(&sa->reasm);
-        r = ike_frag_add(&sa->reasm, msg, &sa->sk_in, inner, &d);
+        r = ike_frag_add(&sa->reasm, msg, &sa->sk_in, inner, dp);
         if (r >= 0)
             return r;
     } else {
         r = M2MVPN_E_PROTOCOL;
-        snprintf(d.text, sizeof(d.text), "unprotected %s message", ike_exchange_name(msg->hdr.exchange));
+        snprintf(dp->text, sizeof(dp->text), "unprotected %s message", ike_exchange_name(msg->hdr.exchange));
     }
     LOG_WARN(sa->log, "ike", "dropping message %u from %s: %s", msg->hdr.message_id, sa->gw_text,
-             d.text[0] ? d.text : m2mvpn_strerror(r));
+             dp->text[0] ? dp->text : m2mvpn_strerror(r));
     return r;
 }
 
@@ -377,7 +377,7 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
         return;
     }
     ike_chain inner;
-    int r = open_protected(sa, msg, plain, cap, &inner);
+    int r = open_protected(sa, msg, plain, cap, &inner, NULL);
     if (r <= 0)
         return;
     ike_task task = sa->req.task;
@@ -412,7 +412,26 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
         return;
     }
     ike_chain inner;
-    if (open_protected(sa, msg, plain, cap, &inner) <= 0)
+    ike_diag d;
+    ike_diag_clear(&d);
+    int r = open_protected(sa, msg, plain, cap, &inner, &d);
+    if (r < 0 && d.notify == IKE_N_UNSUPPORTED_CRITICAL_PAYLOAD) {
+        /* Authentic, but with a critical payload we do not know: say so
+         * (RFC 7296 §2.5), as the answer to this request. */
+        uint8_t body[32];
+        buf_writer w;
+        buf_writer_init(&w, body, sizeof(body));
+        ike_chain_writer cw;
+        ike_chain_writer_init(&cw, &w, SIZE_MAX);
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_UNSUPPORTED_CRITICAL_PAYLOAD, NULL, 0, &d.payload_type, 1);
+        ike_chain_writer_finish(&cw);
+        sa->peer_msg_id++;
+        ike_sa_send_protected(sa, msg->hdr.exchange, true, id, body, buf_writer_len(&w), cw.first_type,
+                              IKE_TASK_NONE);
+        ike_frag_reasm_reset(&sa->reasm);
+        return;
+    }
+    if (r <= 0)
         return;
     sa->peer_msg_id++;
     ike_info_process_request(sa, &msg->hdr, &inner);

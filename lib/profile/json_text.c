@@ -225,8 +225,17 @@ static bool presize_token_buffer(struct json_tokener *tok, size_t len)
     return true;
 }
 
+static void wipe_strings(json_object *o);
+
+/* After a syntax error json-c still holds the values parsed so far (a PSK,
+ * maybe) on its stack and frees them in json_tokener_free(); wipe them first.
+ * This reads json-c's published tokener struct (json-c 0.13..0.17). */
 static void free_tokener(struct json_tokener *tok)
 {
+    for (int i = 0; tok->stack && i <= tok->depth && i < tok->max_depth; i++) {
+        wipe_strings(tok->stack[i].current);
+        wipe_strings(tok->stack[i].obj);
+    }
     if (tok->pb && tok->pb->buf)
         secure_wipe(tok->pb->buf, (size_t)tok->pb->size);
     json_tokener_free(tok);
@@ -282,6 +291,9 @@ int json_text_parse(const char *text, size_t len, json_object **ret, char *err, 
     }
     memcpy(st.text, text, len);
     st.text[len] = '\0';
+    /* Editors on some systems start UTF-8 files with a byte order mark. */
+    if (len >= 3 && memcmp(st.text, "\xef\xbb\xbf", 3) == 0)
+        memset(st.text, ' ', 3);
 
     json_object *root = NULL;
     int r = scan_text(&st, err, err_len);

@@ -6,6 +6,7 @@
  * text is first scanned here:
  *  - comments (slash-slash to end of line, slash-star to star-slash) are
  *    accepted and blanked out, keeping line breaks so positions stay true;
+ *  - a UTF-8 byte order mark at the start is ignored;
  *  - a key repeated in one object is refused (json-c would keep the last);
  *  - single-quoted strings, raw control characters in strings and NUL bytes
  *    are refused (json-c accepts the first two even in strict mode);

@@ -7,11 +7,13 @@
 #include "profile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <m2mvpn/m2mvpn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/secmem.h"
 #include "json_text.h"
@@ -71,13 +73,16 @@ static int check_unique_names(keypath *kp, const profile_set *set)
     return 0;
 }
 
-/* {"version": 1, "profiles": [...]}: each profile may repeat "version": 1. */
+/* {"profiles": [...]} as DESIGN.md writes it, each profile with its own
+ * "version": 1; or {"version": 1, "profiles": [...]}, where the profiles
+ * may leave it out. */
 static int read_wrapper(keypath *kp, json_object *root, path_base *base, profile_set *set)
 {
     static const char *const keys[] = { "version", "profiles", NULL };
     int r = keypath_check_keys(kp, root, keys);
+    bool wrapper_version = json_object_object_get_ex(root, "version", NULL);
     if (r == 0)
-        r = profile_read_version(kp, root, true);
+        r = profile_read_version(kp, root, false);
     json_object *arr = NULL;
     if (r == 0)
         r = keypath_array(kp, root, "profiles", 1, PROFILE_SET_MAX, "profiles", &arr);
@@ -91,7 +96,7 @@ static int read_wrapper(keypath *kp, json_object *root, path_base *base, profile
     for (size_t i = 0; i < n; i++) {
         size_t m = keypath_push_index(kp, i);
         set->n = i + 1;
-        r = profile_read(kp, json_object_array_get_idx(arr, i), base, false, &set->items[i]);
+        r = profile_read(kp, json_object_array_get_idx(arr, i), base, !wrapper_version, &set->items[i]);
         if (r < 0)
             return r;
         keypath_pop(kp, m);
@@ -148,29 +153,40 @@ int profile_set_parse(const char *json, size_t len, const char *base_dir,
 }
 
 /* Reads the whole file into a buffer of *cap bytes (wipe it with
- * secure_free(data, cap)); more than JSON_TEXT_MAX_BYTES is refused. The
- * buffer is sized once from fstat so no realloc leaves copies of secrets. */
+ * secure_free(data, cap)); more than JSON_TEXT_MAX_BYTES is refused. Plain
+ * read(2) into one buffer sized from fstat: no stdio buffer and no realloc
+ * leaves a copy of a secret in freed memory. */
 static int read_file(const char *path, char **data, size_t *len, size_t *cap, char *err, size_t err_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
         if (err && err_len)
             snprintf(err, err_len, "cannot read %s: %s", path, strerror(errno));
         return M2MVPN_E_IO;
     }
     struct stat st;
     size_t size = JSON_TEXT_MAX_BYTES + 1;
-    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= JSON_TEXT_MAX_BYTES)
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= JSON_TEXT_MAX_BYTES)
         size = (size_t)st.st_size + 1; /* +1 notices a file that grew */
     char *buf = malloc(size);
     if (!buf) {
-        fclose(f);
+        close(fd);
         set_error(err, err_len, "out of memory");
         return M2MVPN_E_NOMEM;
     }
-    size_t n = fread(buf, 1, size, f);
-    int read_errno = ferror(f) ? errno : 0;
-    fclose(f);
+    size_t n = 0;
+    int read_errno = 0;
+    while (n < size) {
+        ssize_t got = read(fd, buf + n, size - n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            read_errno = errno;
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    close(fd);
     if (read_errno || n == size) {
         const char *why = read_errno ? strerror(read_errno)
                           : size == JSON_TEXT_MAX_BYTES + 1 ? "larger than 1 MiB"

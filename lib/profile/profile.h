@@ -9,6 +9,21 @@
  *   "gateways[0].port: must be 1..65535"
  *   "ike.proposals[1]: unknown algorithm 'aes512'"
  *   "tunnel.kill_swich: unknown key"
+ *   "profiles[2].remote_id: required"           (inside {"profiles": [...]})
+ *   "line 3, column 7: unexpected character"    (malformed JSON)
+ * docs/profile.md lists every key with its type, default and range.
+ *
+ * Strictness: unknown keys, wrong JSON types (null included), out-of-range
+ * numbers, keys repeated in one object, and sections or keys that do not
+ * belong to the chosen auth.method / auth.cert.source are all refused.
+ * Comments are accepted. Files named in a profile (certificates, keys, CAs)
+ * are not opened here and need not exist yet: they may be provisioned later;
+ * the credential module reports them missing when it needs them.
+ *
+ * Secrets (psk, eap.password, cert.pin) are held in memory that is wiped when
+ * the set is freed; the JSON text copies and the json-c tree are wiped too.
+ * No error text ever contains a value from the profile except names,
+ * algorithm keywords and prefixes.
  */
 #ifndef M2MVPN_PROFILE_H
 #define M2MVPN_PROFILE_H
@@ -43,11 +58,12 @@ typedef struct profile_ts {   /* an IPv4 or IPv6 prefix */
 } profile_ts;
 
 typedef struct profile {
-    char *name;
-    profile_mode mode;
+    char *name;               /* 1..63 of A-Z a-z 0-9 . _ - ; unique in a set */
+    profile_mode mode;        /* default PROFILE_MODE_ALWAYS_ON */
     profile_gateway gateways[PROFILE_MAX_GATEWAYS];
-    size_t n_gateways;        /* >= 1 */
-    char *local_id;           /* NULL: certificate subject (cert) or required otherwise */
+    size_t n_gateways;        /* 1..PROFILE_MAX_GATEWAYS, in failover order */
+    char *local_id;           /* psk: required; eap: default eap.identity;
+                               * cert: NULL = the certificate's subject */
     char *remote_id;          /* required */
 
     profile_auth auth;
@@ -62,18 +78,19 @@ typedef struct profile {
         char *file;           /* absolute path after resolution */
         char *key;            /* absolute path, or NULL (key in .p12) */
         char *pin;            /* secret; NULL: ask with PIN_REQUIRED */
-        char *pkcs11_module;
-        char *pkcs11_uri;
+        char *pkcs11_module;  /* kept as given (the loader may search for it) */
+        char *pkcs11_uri;     /* starts with "pkcs11:" (RFC 7512) */
         char *tpm_key;        /* absolute path, or a handle "0x81..." kept as is */
-        char *tpm_tcti;
-    } cert;
+        char *tpm_tcti;       /* NULL: the system's TPM */
+    } cert;                   /* fields a source does not use are NULL */
 
     char *ca[PROFILE_MAX_CA]; /* absolute paths */
     size_t n_ca;
 
     struct {
         proposal proposals[PROFILE_MAX_PROPOSALS];
-        size_t n_proposals;   /* default: one built-in proposal list */
+        size_t n_proposals;   /* >= 1 after parsing; default: one proposal
+                               * aes256gcm16-aes128gcm16-prfsha384-prfsha256-x25519-ecp256-modp3072 */
         uint32_t lifetime_s;  /* default 14400 */
         uint32_t dpd_s;       /* default 30; 0 = off */
         bool fragmentation;   /* default true */
@@ -87,7 +104,7 @@ typedef struct profile {
 
     struct {
         proposal proposals[PROFILE_MAX_PROPOSALS];
-        size_t n_proposals;
+        size_t n_proposals;   /* >= 1; default: one proposal aes256gcm16-aes128gcm16 */
         uint32_t lifetime_s;  /* default 3600 */
         uint32_t replay_window; /* default 1024; 0 = off; max 65536 */
     } esp;
@@ -111,15 +128,20 @@ typedef struct profile_set {
 } profile_set;
 
 /*
- * Parse `len` bytes of JSON. `base_dir` resolves relative paths (NULL: the
- * current directory). On success *ret is a new set (>= 1 profile) and 0 is
- * returned; on failure a negative M2MVPN_E_JSON / M2MVPN_E_PROFILE /
- * M2MVPN_E_NOMEM, *ret untouched and `err` holds "path: what is wrong".
+ * Parse `len` bytes of JSON (no NUL needed; at most 1 MiB). `base_dir`
+ * resolves relative paths (NULL: the current directory; a relative base_dir
+ * is taken from the current directory). On success *ret is a new set (1..32
+ * profiles, in the order given) and 0 is returned; on failure a negative
+ * M2MVPN_E_JSON / M2MVPN_E_PROFILE / M2MVPN_E_NOMEM (M2MVPN_E_INVAL for NULL
+ * json or ret, M2MVPN_E_IO if the current directory is needed but gone),
+ * *ret untouched and `err` (may be NULL) holds "path: what is wrong".
+ * Reentrant: no global state.
  */
 int profile_set_parse(const char *json, size_t len, const char *base_dir,
                       profile_set **ret, char *err, size_t err_len);
-/* Read and parse a file; relative paths resolve against its folder.
- * Adds M2MVPN_E_IO (with the path and strerror) to the errors above. */
+/* Read and parse a file (at most 1 MiB); relative paths resolve against its
+ * folder. Adds M2MVPN_E_IO "cannot read <path>: <strerror>" (or ": larger
+ * than 1 MiB") to the errors above. The bytes read are wiped after parsing. */
 int profile_set_load_file(const char *path, profile_set **ret, char *err, size_t err_len);
 /* Drops one reference; the last one wipes every secret and frees everything.
  * NULL is fine. Thread-safe against other references (API registry and
@@ -128,8 +150,12 @@ void profile_set_free(profile_set *set);
 /* Takes another reference (for whoever must keep the set alive). Returns set. */
 profile_set *profile_set_ref(profile_set *set);
 
+/* The profile named `name`, or NULL (also for NULL set or name). The pointer
+ * lives as long as the set. */
 const profile *profile_set_find(const profile_set *set, const char *name);
 
+/* Names as written in profiles ("always-on", "psk", "pkcs11"); "unknown" for
+ * a value outside the enum. Static strings. */
 const char *profile_mode_name(profile_mode m);
 const char *profile_auth_name(profile_auth a);
 const char *profile_cert_source_name(profile_cert_source s);

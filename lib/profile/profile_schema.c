@@ -69,12 +69,6 @@ const char *profile_cert_source_name(profile_cert_source s)
 
 /* ------------------------------------------------------------- helpers */
 
-static int read_enum(keypath *kp, json_object *obj, const char *key, const char *const *names, size_t n,
-                     int *out)
-{
-    return keypath_enum(kp, obj, key, names, n, out);
-}
-
 static int require(keypath *kp, json_object *obj, const char *key)
 {
     if (!json_object_object_get_ex(obj, key, NULL))
@@ -151,7 +145,7 @@ static int read_eap(keypath *kp, json_object *eap, profile *p)
     TRY(keypath_check_keys(kp, eap, keys));
     TRY(require(kp, eap, "type"));
     int type = 0;
-    TRY(read_enum(kp, eap, "type", eap_type_names, N_OF(eap_type_names), &type));
+    TRY(keypath_enum(kp, eap, "type", eap_type_names, N_OF(eap_type_names), &type));
     p->eap.type = strdup(eap_type_names[type]);
     if (!p->eap.type)
         return M2MVPN_E_NOMEM;
@@ -222,7 +216,7 @@ static int read_cert(keypath *kp, json_object *cert, path_base *base, profile *p
     TRY(keypath_check_keys(kp, cert, cert_keys));
     TRY(require(kp, cert, "source"));
     int source = 0;
-    TRY(read_enum(kp, cert, "source", cert_source_names, N_OF(cert_source_names), &source));
+    TRY(keypath_enum(kp, cert, "source", cert_source_names, N_OF(cert_source_names), &source));
     p->cert.source = (profile_cert_source)source;
     for (size_t i = 0; cert_keys[i]; i++)
         if (!(cert_keys_allowed[source] & (1u << i)))
@@ -260,7 +254,7 @@ static int read_auth(keypath *kp, json_object *obj, path_base *base, profile *p)
     TRY(keypath_check_keys(kp, auth, keys));
     TRY(require(kp, auth, "method"));
     int method = 0;
-    TRY(read_enum(kp, auth, "method", auth_names, N_OF(auth_names), &method));
+    TRY(keypath_enum(kp, auth, "method", auth_names, N_OF(auth_names), &method));
     p->auth = (profile_auth)method;
 
     /* Only the section of the chosen method may be present. */
@@ -522,7 +516,7 @@ static int read_identity_and_name(keypath *kp, json_object *obj, profile *p)
     if (!value_is_plain_name(p->name, NAME_MAX_CHARS))
         return keypath_fail_at(kp, "name", "may only contain A-Z a-z 0-9 . _ -");
     int mode = (int)p->mode;
-    TRY(read_enum(kp, obj, "mode", mode_names, N_OF(mode_names), &mode));
+    TRY(keypath_enum(kp, obj, "mode", mode_names, N_OF(mode_names), &mode));
     p->mode = (profile_mode)mode;
     return 0;
 }

@@ -64,7 +64,8 @@ int proposal_parse(const char *s, proposal_kind kind, proposal *ret, char *err, 
 /* Back to strongSwan-style text, e.g. "aes256gcm16-prfsha384-x25519": ENCR,
  * INTEG, PRF (IKE), KE, then ESN (ESP, only when not the default "noesn"),
  * canonical names. proposal_parse() of the text gives back the same proposal.
- * 256 bytes always suffice; a smaller out gets a NUL-terminated prefix. */
+ * 256 bytes suffice for any proposal from proposal_parse(); a smaller out
+ * gets a NUL-terminated prefix. */
 void proposal_format(const proposal *p, proposal_kind kind, char *out, size_t out_len);
 /* Names for logs and status ("aes256gcm16", "prfsha384", "sha256", "x25519",
  * "esn"); "unknown" for an ID this module does not know. Static strings. */

@@ -467,7 +467,34 @@ class Charon:
         return time.monotonic() - t0
 
     def terminate(self, ike: str) -> None:
+        """Delete the IKE SA(s) of connection ike (and their CHILD SAs)."""
         self.swanctl("--terminate", "--ike", ike, "--timeout", "10")
+
+    def rekey(self, *, child: str | None = None, ike: str | None = None,
+              reauth: bool = False) -> None:
+        """Start rekeying the CHILD SA(s) called child, or the IKE SA(s) of
+        connection ike (reauth: reauthenticate instead). Returns when queued;
+        wait for the outcome with wait_for_sa()/wait_for_log()."""
+        if (child is None) == (ike is None):
+            raise ValueError("rekey: give exactly one of child or ike")
+        args = ["--rekey", "--child", child] if child else ["--rekey", "--ike", ike]
+        if reauth:
+            args.append("--reauth")
+        self.swanctl(*args)
+
+    def wait_for_log(self, text: str, timeout_s: float = 10, after: int = 0) -> int:
+        """Wait until text appears in charon's log at or after character
+        offset `after`; returns the offset just past the match."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            log = self.log_text()
+            pos = log.find(text, after)
+            if pos >= 0:
+                return pos + len(text)
+            if time.monotonic() > deadline:
+                raise CharonError(f"{self.name}: {text!r} not logged within {timeout_s}s"
+                                  + self.log_tail())
+            time.sleep(0.1)
 
     def list_sas(self) -> list[dict[str, Any]]:
         """All IKE SAs with their CHILD SAs (see sas_from_messages)."""

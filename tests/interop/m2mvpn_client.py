@@ -7,12 +7,8 @@ The command-line contract is DESIGN.md section 5:
     m2mvpn connect [NAME] | disconnect | status [--json]
 
 The control socket of every instance lives in its own work folder and is
-passed to the client commands with ``--control SOCK`` as well, so several
-clients can run side by side. (If the CLI ever refuses --control on client
-commands, set ``M2mvpnClient.control_on_commands = False``: the engine then
-also runs in a private mount namespace with its own /run, where the default
-/run/m2mvpn/control.sock is private to it, and the commands are run with
-nsenter into that namespace.)
+passed to the client commands with ``--control SOCK`` as well (the CLI takes
+it on every command), so several clients can run side by side.
 
 Profiles (DESIGN.md section 4) are built by ``make_profile()`` with absolute
 paths into the generated test PKI.
@@ -109,8 +105,6 @@ class M2mvpnClient:
     are in workdir.
     """
 
-    control_on_commands = True
-
     def __init__(self, ns: netlab.Namespace, binary: Path, workdir: Path,
                  profile: dict[str, Any] | str, *, verbose: bool = True):
         self.ns = ns
@@ -145,9 +139,6 @@ class M2mvpnClient:
                 "--control", str(self.control), "--state-dir", str(self.state_dir)]
         if self.verbose:
             argv.append("-v")
-        if not self.control_on_commands:
-            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                    'mount -t tmpfs none /run && exec "$@"', "sh", *argv]
         log = open(self.log_path, "w")
         try:
             self.proc = self.ns.popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -186,12 +177,7 @@ class M2mvpnClient:
     def cli(self, *args: str, check: bool = True, timeout: float = 30,
             input: str | None = None) -> subprocess.CompletedProcess:
         """Run `m2mvpn <args>` against this instance's control socket."""
-        if self.control_on_commands:
-            argv = self.ns.argv(str(self.binary), *args, "--control", str(self.control))
-        else:
-            if self.proc is None:
-                raise ClientError("engine not started")
-            argv = ["nsenter", "-t", str(self.proc.pid), "-m", "-n", str(self.binary), *args]
+        argv = self.ns.argv(str(self.binary), *args, "--control", str(self.control))
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
         if check and proc.returncode != 0:
             raise ClientError(f"m2mvpn {' '.join(args)} exited {proc.returncode}: "

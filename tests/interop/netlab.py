@@ -144,6 +144,18 @@ def sweep_stale() -> list[str]:
     return removed
 
 
+def remove_own() -> list[str]:
+    """Delete every m2i- namespace this process made (and kill what runs in
+    them): the last safety net of a run that is being interrupted."""
+    removed = []
+    for name in list_namespaces():
+        if name.startswith(f"{PREFIX}{os.getpid()}-"):
+            _kill_pids(_netns_pids(name), grace_s=1.0)
+            _run(["ip", "netns", "del", name], check=False)
+            removed.append(name)
+    return removed
+
+
 class Namespace:
     """A network namespace with a unique m2i- name.
 

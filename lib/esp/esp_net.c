@@ -1,0 +1,285 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * TUN device and routes through libnl-route-3. See esp.h for the kill switch
+ * this implements (persistent TUN + blackhole routes beneath the TUN routes).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <netlink/errno.h>
+#include <netlink/netlink.h>
+#include <netlink/route/addr.h>
+#include <netlink/route/link.h>
+#include <netlink/route/route.h>
+
+#include <m2mvpn/m2mvpn.h>
+
+#include "esp_net.h"
+
+static void set_err(char *err, size_t err_len, const char *what, const char *why)
+{
+    if (err && err_len)
+        snprintf(err, err_len, "%s: %s", what, why);
+}
+
+int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
+                 size_t err_len)
+{
+    memset(n, 0, sizeof(*n));
+    n->tun_fd = -1;
+    snprintf(n->name, sizeof(n->name), "%s", name && *name ? name : "m2m0");
+
+    n->nl = nl_socket_alloc();
+    if (!n->nl)
+        return M2MVPN_E_NOMEM;
+    int rc = nl_connect(n->nl, NETLINK_ROUTE);
+    if (rc < 0) {
+        set_err(err, err_len, "netlink", nl_geterror(rc));
+        nl_socket_free(n->nl);
+        n->nl = NULL;
+        return M2MVPN_E_TUN;
+    }
+    n->tun_fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (n->tun_fd < 0) {
+        set_err(err, err_len, "/dev/net/tun", strerror(errno));
+        goto fail;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (offload ? IFF_VNET_HDR : 0);
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", n->name);
+    if (ioctl(n->tun_fd, TUNSETIFF, &ifr) < 0) {
+        set_err(err, err_len, "TUNSETIFF", strerror(errno));
+        goto fail;
+    }
+    snprintf(n->name, sizeof(n->name), "%s", ifr.ifr_name);
+    if (offload && ioctl(n->tun_fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) < 0) {
+        set_err(err, err_len, "TUNSETOFFLOAD", strerror(errno));
+        goto fail;
+    }
+    if (persistent && ioctl(n->tun_fd, TUNSETPERSIST, 1) < 0) {
+        set_err(err, err_len, "TUNSETPERSIST", strerror(errno));
+        goto fail;
+    }
+    n->persistent = persistent;
+    n->ifindex = (int)if_nametoindex(n->name);
+    if (n->ifindex <= 0) {
+        set_err(err, err_len, n->name, "no ifindex");
+        goto fail;
+    }
+    return 0;
+fail:
+    esp_net_close(n, true);
+    return M2MVPN_E_TUN;
+}
+
+static struct nl_addr *prefix_addr(const esp_prefix *p, bool with_prefix)
+{
+    size_t len = p->family == AF_INET ? 4 : 16;
+    struct nl_addr *a = nl_addr_build(p->family, p->addr, len);
+    if (a && with_prefix)
+        nl_addr_set_prefixlen(a, p->prefix_len);
+    return a;
+}
+
+static struct rtnl_route *build_route(const esp_net *n, const esp_net_route *r)
+{
+    struct rtnl_route *route = rtnl_route_alloc();
+    struct nl_addr *dst = prefix_addr(&r->dst, true);
+    if (!route || !dst)
+        goto fail;
+    rtnl_route_set_family(route, (uint8_t)r->dst.family);
+    rtnl_route_set_table(route, RT_TABLE_MAIN);
+    rtnl_route_set_protocol(route, RTPROT_STATIC);
+    rtnl_route_set_priority(route, r->metric);
+    if (rtnl_route_set_dst(route, dst) < 0)
+        goto fail;
+    nl_addr_put(dst);
+    dst = NULL;
+    if (r->blackhole) {
+        rtnl_route_set_type(route, RTN_BLACKHOLE);
+        rtnl_route_set_scope(route, RT_SCOPE_UNIVERSE);
+    } else {
+        struct rtnl_nexthop *nh = rtnl_route_nh_alloc();
+        if (!nh)
+            goto fail;
+        rtnl_route_nh_set_ifindex(nh, n->ifindex);
+        rtnl_route_add_nexthop(route, nh);
+        rtnl_route_set_type(route, RTN_UNICAST);
+        rtnl_route_set_scope(route, RT_SCOPE_LINK);
+    }
+    return route;
+fail:
+    nl_addr_put(dst);
+    rtnl_route_put(route);
+    return NULL;
+}
+
+static bool prefix_eq(const esp_prefix *a, const esp_prefix *b)
+{
+    size_t len = a->family == AF_INET ? 4 : 16;
+    return a->family == b->family && a->prefix_len == b->prefix_len &&
+           memcmp(a->addr, b->addr, len) == 0;
+}
+
+static bool route_eq(const esp_net_route *a, const esp_net_route *b)
+{
+    return a->blackhole == b->blackhole && a->metric == b->metric && prefix_eq(&a->dst, &b->dst);
+}
+
+static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_len)
+{
+    for (size_t i = 0; i < n->n_routes; i++)
+        if (route_eq(&n->routes[i], r))
+            return 0;
+    if (n->n_routes >= ESP_NET_MAX_ROUTES) {
+        set_err(err, err_len, "routes", "too many");
+        return M2MVPN_E_TUN;
+    }
+    struct rtnl_route *route = build_route(n, r);
+    if (!route)
+        return M2MVPN_E_NOMEM;
+    int rc = rtnl_route_add(n->nl, route, NLM_F_EXCL);
+    rtnl_route_put(route);
+    /* EEXIST: left behind by an earlier instance of ours (kill switch) —
+     * adopt it, so a later teardown removes it. */
+    if (rc < 0 && rc != -NLE_EXIST) {
+        set_err(err, err_len, "route add", nl_geterror(rc));
+        return M2MVPN_E_TUN;
+    }
+    n->routes[n->n_routes++] = *r;
+    return 0;
+}
+
+static void route_del_at(esp_net *n, size_t i)
+{
+    struct rtnl_route *route = build_route(n, &n->routes[i]);
+    if (route) {
+        rtnl_route_delete(n->nl, route, 0);
+        rtnl_route_put(route);
+    }
+    n->routes[i] = n->routes[--n->n_routes];
+}
+
+static int addr_change(esp_net *n, const esp_prefix *p, bool add, char *err, size_t err_len)
+{
+    struct rtnl_addr *a = rtnl_addr_alloc();
+    struct nl_addr *local = prefix_addr(p, true);
+    int rc = -NLE_NOMEM;
+    if (a && local) {
+        rtnl_addr_set_ifindex(a, n->ifindex);
+        rtnl_addr_set_family(a, p->family);
+        rc = rtnl_addr_set_local(a, local);
+        if (rc == 0)
+            rc = add ? rtnl_addr_add(n->nl, a, 0) : rtnl_addr_delete(n->nl, a, 0);
+    }
+    nl_addr_put(local);
+    rtnl_addr_put(a);
+    if (add && rc == -NLE_EXIST)
+        rc = 0;
+    if (rc < 0) {
+        set_err(err, err_len, add ? "address add" : "address delete", nl_geterror(rc));
+        return M2MVPN_E_TUN;
+    }
+    return 0;
+}
+
+static int link_up(esp_net *n, uint32_t mtu, char *err, size_t err_len)
+{
+    struct rtnl_link *orig = NULL, *change = rtnl_link_alloc();
+    int rc = change ? rtnl_link_get_kernel(n->nl, n->ifindex, NULL, &orig) : -NLE_NOMEM;
+    if (rc == 0) {
+        if (mtu)
+            rtnl_link_set_mtu(change, mtu);
+        rtnl_link_set_flags(change, IFF_UP);
+        rc = rtnl_link_change(n->nl, orig, change, 0);
+    }
+    rtnl_link_put(orig);
+    rtnl_link_put(change);
+    if (rc < 0) {
+        set_err(err, err_len, "link up/mtu", nl_geterror(rc));
+        return M2MVPN_E_TUN;
+    }
+    if (mtu)
+        n->mtu = mtu;
+    return 0;
+}
+
+int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
+                  const esp_prefix *want, size_t n_want, uint32_t metric, bool blackholes,
+                  char *err, size_t err_len)
+{
+    if (n_want > ESP_MAX_TS)
+        return M2MVPN_E_INVAL;
+    int rc = link_up(n, mtu, err, err_len);
+    if (rc < 0)
+        return rc;
+    if (addr && addr->family && !prefix_eq(addr, &n->addr)) {
+        rc = addr_change(n, addr, true, err, err_len);
+        if (rc < 0)
+            return rc;
+        if (n->addr.family)
+            addr_change(n, &n->addr, false, NULL, 0);
+        n->addr = *addr;
+    }
+    /* Desired set: each prefix via the TUN, and its blackhole beneath. */
+    esp_net_route desired[ESP_NET_MAX_ROUTES];
+    size_t n_desired = 0;
+    for (size_t i = 0; i < n_want; i++) {
+        desired[n_desired++] = (esp_net_route){ want[i], false, metric };
+        if (blackholes)
+            desired[n_desired++] =
+                (esp_net_route){ want[i], true, metric + ESP_KILL_SWITCH_METRIC_OFFSET };
+    }
+    /* Add first, then remove what is no longer wanted: no moment without a route. */
+    for (size_t i = 0; i < n_desired; i++) {
+        rc = route_add(n, &desired[i], err, err_len);
+        if (rc < 0)
+            return rc;
+    }
+    for (size_t i = n->n_routes; i-- > 0;) {
+        bool keep = false;
+        for (size_t k = 0; k < n_desired && !keep; k++)
+            keep = route_eq(&n->routes[i], &desired[k]);
+        if (!keep)
+            route_del_at(n, i);
+    }
+    return 0;
+}
+
+void esp_net_remove_all(esp_net *n)
+{
+    if (!n->nl)
+        return;
+    /* TUN routes first, blackholes last: traffic is never unprotected. */
+    for (size_t i = n->n_routes; i-- > 0;)
+        if (!n->routes[i].blackhole)
+            route_del_at(n, i);
+    while (n->n_routes)
+        route_del_at(n, n->n_routes - 1);
+    if (n->addr.family)
+        addr_change(n, &n->addr, false, NULL, 0);
+    memset(&n->addr, 0, sizeof(n->addr));
+}
+
+void esp_net_close(esp_net *n, bool drop_persist)
+{
+    if (n->tun_fd >= 0) {
+        if (drop_persist && n->persistent)
+            ioctl(n->tun_fd, TUNSETPERSIST, 0);
+        close(n->tun_fd);
+        n->tun_fd = -1;
+    }
+    if (n->nl) {
+        nl_socket_free(n->nl);
+        n->nl = NULL;
+    }
+}

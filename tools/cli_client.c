@@ -168,6 +168,16 @@ static void print_summary(json_object *st)
                " packets, %" PRId64 " dropped\n",
                get_int(c, "bytes_in"), get_int(c, "packets_in"), get_int(c, "bytes_out"), get_int(c, "packets_out"),
                get_int(c, "packets_dropped"));
+    json_object *alg = NULL;
+    if (json_object_object_get_ex(st, "algorithms", &alg) && alg && json_object_is_type(alg, json_type_object)) {
+        const char *ike = get_str(alg, "ike"), *esp = get_str(alg, "esp");
+        if (ike || esp)
+            printf("algorithms:  IKE %s, ESP %s\n", ike ? ike : dash, esp ? esp : dash);
+        else
+            printf("algorithms:  %s\n", dash);
+    } else {
+        printf("algorithms:  %s\n", dash);
+    }
     json_object *le = NULL;
     if (json_object_object_get_ex(st, "last_error", &le) && le && json_object_is_type(le, json_type_object) &&
         get_int(le, "code") != 0) {

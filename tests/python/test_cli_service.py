@@ -39,6 +39,7 @@ def test_status_plain_summary(service):
     assert fields["profile"].strip() == PROFILE_NAMES[0]
     assert fields["version"].strip() == m2mvpn.version()
     assert fields["last error"].strip() == "-"
+    assert fields["algorithms"].strip() == "-"  # nothing negotiated while idle
 
 
 def test_socket_is_0600_in_a_0700_folder(service):

@@ -10,12 +10,15 @@
  *    never logged;
  *  - control calls are thread-safe and non-blocking: they queue a command for
  *    the engine and return. Callbacks run on the engine thread and may call any
- *    control call except m2mvpn_free();
+ *    control call; not m2mvpn_free() (refused), nor m2mvpn_start(),
+ *    m2mvpn_process(), m2mvpn_get_fd(), m2mvpn_get_timeout_ms() (CALLBACK);
  *  - no variadic functions (ctypes and other FFIs cannot call them portably).
  *
  * API changelog (one symbol-map node per release, see lib/libm2mvpn.sym):
- *  1.0 (M2MVPN_1.0)  first release: handle, profiles, events, status, engine
- *                    drive (own thread or external loop), logging, errors.
+ *  1.0 (M2MVPN_1.0)  first release: handle, profiles (load, switch, unload),
+ *                    connect/disconnect, PIN, events, status (struct with
+ *                    algorithms, and JSON), engine drive (own thread or
+ *                    external loop), logging, errors.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -125,7 +128,8 @@ typedef struct m2mvpn_event m2mvpn_event;
 typedef struct m2mvpn_callbacks {
     size_t struct_size;
     /** Runs on the engine thread. May call any control call (it is queued),
-     *  but not m2mvpn_free(). */
+     *  but not m2mvpn_free(), m2mvpn_start(), m2mvpn_process(),
+     *  m2mvpn_get_fd() or m2mvpn_get_timeout_ms(). */
     void (*on_event)(m2mvpn *h, const m2mvpn_event *ev, void *userdata);
 } m2mvpn_callbacks;
 
@@ -155,8 +159,11 @@ M2MVPN_API void m2mvpn_free(m2mvpn *h);
  * Relative paths in it resolve against the file's folder. The file is parsed and
  * validated in the calling thread; on any error nothing is changed and
  * m2mvpn_last_error() names the key path and what was wrong. Profiles with a name
- * already loaded replace the old ones. Errors: INVAL, IO, JSON, PROFILE, NOMEM.
- * Thread-safe.
+ * already loaded replace the old ones. In {"profiles": [...]} without a
+ * top-level "version", every profile needs "version": 1. Once the engine runs
+ * the queued re-evaluation, an active always-on profile (the default mode)
+ * connects by itself; a replaced active profile is released and started over.
+ * Errors: BADHANDLE, INVAL, IO, JSON, PROFILE, NOMEM. Thread-safe.
  */
 M2MVPN_API int m2mvpn_profile_load_file(m2mvpn *h, const char *path);
 
@@ -165,31 +172,55 @@ M2MVPN_API int m2mvpn_profile_load_file(m2mvpn *h, const char *path);
 M2MVPN_API int m2mvpn_profile_load_json(m2mvpn *h, const char *json, size_t len);
 
 /**
- * Make profile `name` the active one (make-before-break where possible).
- * Errors: INVAL, NOPROFILE. Queued; thread-safe.
+ * Make profile `name` the active one. The old tunnel is released first
+ * (break-before-make in this version); the new profile connects if it is
+ * always-on or the old one was up or wanted up.
+ * Errors: BADHANDLE, INVAL, NOPROFILE, NOMEM. Queued; thread-safe.
  */
 M2MVPN_API int m2mvpn_profile_switch(m2mvpn *h, const char *name);
+
+/**
+ * Unload profile `name` on purpose: the tunnel of that profile goes down
+ * and everything it set up on the device (TUN, addresses, routes, and the
+ * kill switch, which otherwise outlives disconnects, restarts and crashes)
+ * is removed. The next loaded profile, if any, becomes the active one.
+ * Errors: INVAL, NOPROFILE. Queued; thread-safe. Added in 1.0.
+ */
+M2MVPN_API int m2mvpn_profile_unload(m2mvpn *h, const char *name);
 
 /* ------------------------------------------------------------ connecting */
 
 /** Start the tunnel of the active profile (the first loaded one unless switched).
- *  Errors: NOPROFILE. Queued; progress arrives as STATE_CHANGED events. */
+ *  A no-op (returning 0) while an attempt is under way or the tunnel is up;
+ *  cuts short the backoff of a reconnecting always-on profile. Tunnel
+ *  failures arrive as STATE_CHANGED events with an error, not as a return.
+ *  Errors: BADHANDLE, NOPROFILE, NOMEM. Queued; progress arrives as
+ *  STATE_CHANGED events. */
 M2MVPN_API int m2mvpn_connect(m2mvpn *h);
 
-/** Stop the tunnel; an always-on profile stays down until m2mvpn_connect(). Queued. */
+/** Stop the tunnel (IKE Delete when established); an always-on profile stays
+ *  down until m2mvpn_connect() (or until the profile is loaded again or
+ *  switched to). With tunnel.kill_switch on, the TUN routes and blackholes
+ *  stay, so protected traffic is dropped. Errors: BADHANDLE, NOMEM. Queued. */
 M2MVPN_API int m2mvpn_disconnect(m2mvpn *h);
 
 /**
  * Set EAP username/password (answers CREDENTIALS_REQUIRED, or presets them).
  * `user` may be NULL to keep the profile's identity. Both are copied; the
- * password is wiped after use and never logged. Queued; thread-safe.
+ * password is wiped after use and never logged. Thread-safe.
+ * This version has no EAP: after the argument checks it returns NOTSUPP and
+ * keeps nothing. Errors: BADHANDLE, INVAL (password NULL or longer than 256,
+ * user empty or longer than 255), NOTSUPP.
  */
 M2MVPN_API int m2mvpn_set_credentials(m2mvpn *h, const char *user, const char *password);
 
 /**
- * Answer PIN_REQUIRED (smartcard, TPM, protected .p12) with `len` bytes of PIN.
- * The PIN is copied, wiped after use and never logged. A wrong PIN is never
- * retried by the library. Errors: INVAL (NULL, empty, longer than 256).
+ * Answer PIN_REQUIRED (smartcard, TPM, protected .p12; in this version the
+ * "file" source only: encrypted PEM key or protected .p12) with `len` bytes of
+ * PIN. The PIN is copied, wiped after use and never logged. Queued: the engine
+ * tries it once if it is waiting for a PIN (wrong: IDLE with E_PIN, never
+ * retried by the library) and discards it otherwise. Errors: BADHANDLE,
+ * INVAL (NULL, empty, longer than 256, contains a NUL byte), NOMEM. Thread-safe.
  */
 M2MVPN_API int m2mvpn_enter_pin(m2mvpn *h, const char *pin, size_t len);
 
@@ -199,10 +230,10 @@ M2MVPN_API int m2mvpn_enter_pin(m2mvpn *h, const char *pin, size_t len);
 typedef struct m2mvpn_status {
     size_t struct_size;
     m2mvpn_state state;
-    int last_error;                 /**< 0 or the last M2MVPN_E_* of the tunnel */
+    int last_error;                 /**< 0 or the last M2MVPN_E_* of the tunnel (kept after recovery) */
     char profile[64];               /**< active profile name, or "" */
-    char gateway[64];               /**< gateway host:port in use, or "" */
-    char virtual_ip[48];            /**< address assigned by the gateway, or "" */
+    char gateway[64];               /**< gateway host:port in use (as in the profile), or "" */
+    char virtual_ip[48];            /**< IPv4 address assigned by the gateway, or "" */
     char last_error_text[256];      /**< detail of last_error, or "" */
     uint64_t bytes_in, bytes_out;
     uint64_t packets_in, packets_out;
@@ -210,6 +241,11 @@ typedef struct m2mvpn_status {
     int64_t connected_since;        /**< Unix time of the current connection, or 0 */
     char ike_algorithms[96];        /**< e.g. "aes256gcm16-prfsha384-x25519", or "" */
     char esp_algorithms[96];        /**< e.g. "aes256gcm16", or "" */
+    char dns[4][48];                /**< DNS servers the gateway assigned; "" = unused */
+    uint32_t spi_in, spi_out;       /**< the current CHILD SA (0 = none) */
+    uint64_t dropped_replay;        /**< of packets_dropped: replayed or too old */
+    uint64_t dropped_integrity;     /**< ... integrity check failed (forged, corrupt) */
+    uint64_t dropped_no_sa;         /**< ... no SA (not connected: kill switch at work) */
 } m2mvpn_status;
 
 /**
@@ -220,9 +256,13 @@ typedef struct m2mvpn_status {
 M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
 
 /**
- * Status as a JSON object (keys include "state", "profile", "gateway",
- * "last_error", "version"). *ret is a new NUL-terminated string the caller frees
- * with m2mvpn_string_free(). Thread-safe.
+ * Status as a JSON object: "state", "profile", "gateway", "virtual_ip" (the
+ * last three null when empty), "last_error" {"code", "name" (symbolic, e.g.
+ * "AUTH_LOCAL"), "message", "detail"}, "counters" {"bytes_in", "bytes_out",
+ * "packets_in", "packets_out", "packets_dropped"}, "connected_since",
+ * "algorithms" {"ike", "esp"}, "version". *ret is a new NUL-terminated string
+ * the caller frees with m2mvpn_string_free(). Errors: BADHANDLE, INVAL (ret
+ * NULL), NOMEM. Thread-safe.
  */
 M2MVPN_API int m2mvpn_status_json(m2mvpn *h, char **ret);
 
@@ -233,7 +273,8 @@ M2MVPN_API void m2mvpn_string_free(char *s);
 
 /**
  * Run the engine on a thread of the library's own. Errors: BUSY (already
- * started, or driven with m2mvpn_process()), SYSTEM.
+ * started, or driven with m2mvpn_process()), CALLBACK (called from a
+ * callback), SYSTEM.
  */
 M2MVPN_API int m2mvpn_start(m2mvpn *h);
 
@@ -247,7 +288,8 @@ M2MVPN_API int m2mvpn_stop(m2mvpn *h);
 /**
  * For single-threaded firmware with its own poll loop: a file descriptor that
  * becomes readable (POLLIN) when m2mvpn_process() has work. Do not read or
- * close it. Errors: BUSY (engine thread running). Returns the fd (>= 0).
+ * close it. Errors: CALLBACK (called from a callback), BUSY (engine thread
+ * running). Returns the fd (>= 0).
  */
 M2MVPN_API int m2mvpn_get_fd(m2mvpn *h);
 

@@ -76,6 +76,13 @@ static void run_cmd(m2mvpn *h, api_cmd *c)
         LOG_INFO(&h->log, "api", "active profile is now '%s'", c->name);
         use_active_profile(h);
         break;
+    case API_CMD_UNLOAD:
+        /* The registry no longer has it; if the supervisor uses it, its
+         * network goes (kill switch included), then the new active one. */
+        if (conn_profile_name(h->conn) && strcmp(conn_profile_name(h->conn), c->name) == 0)
+            conn_remove_profile(h->conn);
+        use_active_profile(h);
+        break;
     case API_CMD_PROFILES:
         /* New or replaced profiles: always-on ones start by themselves. */
         use_active_profile(h);
@@ -118,8 +125,29 @@ void api_cmd_drain(m2mvpn *h)
 
 /* ---------------------------------------------------------------- profiles */
 
+static bool unloaded_locked(const m2mvpn *h, const char *name)
+{
+    for (size_t i = 0; i < h->n_unloaded; i++)
+        if (strcmp(h->unloaded[i], name) == 0)
+            return true;
+    return false;
+}
+
+void api_hide_profile_locked(m2mvpn *h, const char *name)
+{
+    if (unloaded_locked(h, name))
+        return;
+    char(*grown)[64] = realloc(h->unloaded, (h->n_unloaded + 1) * sizeof(*grown));
+    if (!grown)
+        return; /* still visible; the tunnel is removed all the same */
+    h->unloaded = grown;
+    snprintf(h->unloaded[h->n_unloaded++], 64, "%s", name);
+}
+
 const profile *api_profile_find_locked(m2mvpn *h, const char *name, profile_set **set)
 {
+    if (unloaded_locked(h, name))
+        return NULL;
     for (size_t i = h->n_sets; i-- > 0;) {
         const profile *p = profile_set_find(h->sets[i], name);
         if (p) {
@@ -156,6 +184,10 @@ static int install_set(m2mvpn *h, profile_set *set)
     }
     h->sets[kept++] = set;
     h->n_sets = kept;
+    for (size_t i = 0; i < set->n; i++) /* loaded again: visible again */
+        for (size_t k = 0; k < h->n_unloaded; k++)
+            if (strcmp(h->unloaded[k], set->items[i].name) == 0)
+                memmove(h->unloaded[k], h->unloaded[--h->n_unloaded], 64);
     if (!h->active[0] || !api_profile_find_locked(h, h->active, NULL)) {
         snprintf(h->active, sizeof(h->active), "%s", set->items[0].name);
         snprintf(h->status.profile, sizeof(h->status.profile), "%s", set->items[0].name);
@@ -204,6 +236,51 @@ int m2mvpn_profile_switch(m2mvpn *h, const char *name)
     if (!known)
         return api_fail(h, M2MVPN_E_NOPROFILE, "m2mvpn_profile_switch: no profile named '%s' is loaded", name);
     return queue_simple(h, API_CMD_SWITCH, name);
+}
+
+int m2mvpn_profile_unload(m2mvpn *h, const char *name)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!name || !*name)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_profile_unload: name is NULL or empty");
+    pthread_mutex_lock(&h->lock);
+    profile_set *set = NULL;
+    bool known = api_profile_find_locked(h, name, &set) != NULL;
+    if (known) {
+        /* Drop the whole set if this was its only profile still in use;
+         * otherwise hide the name (a set is immutable: rebuild the list). */
+        size_t live = 0;
+        for (size_t i = 0; i < set->n; i++) {
+            profile_set *owner = NULL;
+            if (api_profile_find_locked(h, set->items[i].name, &owner) && owner == set &&
+                strcmp(set->items[i].name, name) != 0)
+                live++;
+        }
+        if (live == 0) {
+            size_t k = 0;
+            for (size_t i = 0; i < h->n_sets; i++)
+                if (h->sets[i] != set)
+                    h->sets[k++] = h->sets[i];
+            h->n_sets = k;
+            profile_set_free(set); /* the supervisor may hold its own reference */
+        } else {
+            api_hide_profile_locked(h, name);
+        }
+        if (strcmp(h->active, name) == 0) {
+            const profile *next = NULL;
+            for (size_t i = h->n_sets; i-- > 0 && !next;)
+                for (size_t j = 0; j < h->sets[i]->n && !next; j++)
+                    if (api_profile_find_locked(h, h->sets[i]->items[j].name, NULL))
+                        next = &h->sets[i]->items[j];
+            snprintf(h->active, sizeof(h->active), "%s", next ? next->name : "");
+            snprintf(h->status.profile, sizeof(h->status.profile), "%s", h->active);
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (!known)
+        return api_fail(h, M2MVPN_E_NOPROFILE, "m2mvpn_profile_unload: no profile named '%s' is loaded", name);
+    return queue_simple(h, API_CMD_UNLOAD, name);
 }
 
 /* ------------------------------------------------------------- tunnel */

@@ -210,6 +210,7 @@ void m2mvpn_free(m2mvpn *h)
     for (size_t i = 0; i < h->n_sets; i++)
         profile_set_free(h->sets[i]);
     free(h->sets);
+    free(h->unloaded);
     core_loop_destroy(&h->loop);
     core_log_destroy(&h->log);
     pthread_mutex_destroy(&h->lock);

@@ -24,6 +24,7 @@
 typedef enum api_cmd_type {
     API_CMD_PROFILES,     /* new profile set installed: re-evaluate always-on */
     API_CMD_SWITCH,
+    API_CMD_UNLOAD,       /* name: the profile removed from the registry */
     API_CMD_CONNECT,
     API_CMD_DISCONNECT,
     API_CMD_CREDENTIALS,
@@ -63,6 +64,8 @@ struct m2mvpn {
     uint64_t cmds_queued, cmds_done;
     profile_set **sets;           /* every loaded set, newest last */
     size_t n_sets;
+    char (*unloaded)[64];         /* names unloaded from sets still holding others */
+    size_t n_unloaded;
     char active[64];              /* active profile name, "" = none */
     m2mvpn_status status;
     char last_error[API_ERR_LEN];
@@ -92,6 +95,8 @@ const char *api_state_name(m2mvpn_state st);
 /* Profile registry (lock held by caller): find by name among loaded sets,
  * newest first; *set (if not NULL) receives the set holding it. */
 const profile *api_profile_find_locked(m2mvpn *h, const char *name, profile_set **set);
+/* Hide one profile name of a set that keeps other profiles (lock held). */
+void api_hide_profile_locked(m2mvpn *h, const char *name);
 /* "INVAL" for M2MVPN_E_INVAL, "" for 0, "UNKNOWN" otherwise. */
 const char *api_error_name(int err);
 

@@ -117,8 +117,32 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
     json_object_object_add(counters, "packets_in", json_object_new_uint64(s.packets_in));
     json_object_object_add(counters, "packets_out", json_object_new_uint64(s.packets_out));
     json_object_object_add(counters, "packets_dropped", json_object_new_uint64(s.packets_dropped));
+    json_object *dropped = json_object_new_object();
+    if (dropped) {
+        json_object_object_add(dropped, "replay", json_object_new_uint64(s.dropped_replay));
+        json_object_object_add(dropped, "integrity", json_object_new_uint64(s.dropped_integrity));
+        json_object_object_add(dropped, "no_sa", json_object_new_uint64(s.dropped_no_sa));
+        json_object_object_add(counters, "dropped", dropped);
+    }
     json_object_object_add(o, "counters", counters);
     json_object_object_add(o, "connected_since", json_object_new_int64(s.connected_since));
+    json_object *dns = json_object_new_array();
+    for (size_t i = 0; dns && i < sizeof(s.dns) / sizeof(s.dns[0]); i++)
+        if (s.dns[i][0])
+            json_object_array_add(dns, json_object_new_string(s.dns[i]));
+    json_object_object_add(o, "dns", dns);
+    json_object *child = json_object_new_object();
+    if (child && s.spi_in) {
+        char spi[16];
+        snprintf(spi, sizeof(spi), "%08x", s.spi_in);
+        json_object_object_add(child, "spi_in", json_object_new_string(spi));
+        snprintf(spi, sizeof(spi), "%08x", s.spi_out);
+        json_object_object_add(child, "spi_out", json_object_new_string(spi));
+        json_object_object_add(o, "child_sa", child);
+    } else {
+        json_object_put(child);
+        json_object_object_add(o, "child_sa", NULL);
+    }
     json_object *alg = json_object_new_object();
     if (alg) {
         json_object_object_add(alg, "ike", json_object_new_string(s.ike_algorithms));

@@ -3,6 +3,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,12 +48,17 @@ struct conn {
     bool dp_started;
     bool drop_dp;                 /* release the datapath from the reap timer */
     uint32_t spi_in;              /* installed CHILD SA, 0 = none */
+    uint32_t spi_out;
     cred_provider *cred;
     pki_trust *trust;
     ike_sa *sa;
     ike_sa *dead_sa;
     bool pin_wait;
+    bool reconnect_after_close;   /* we close the SA to start over */
+    int close_err;                /* ... and why, if it is an error */
+    char close_detail[320];
 
+    char underlay[IF_NAMESIZE];   /* interface towards the gateway, found once */
     char vip[48];
     int64_t connected_since;
     char ike_alg[96], esp_alg[96];
@@ -151,13 +158,27 @@ static void on_ike_packet(void *arg, const uint8_t *data, size_t len, const stru
         ike_sa_input(c->sa, data, len, true);
 }
 
+/* Close the IKE SA on purpose and, when it is down, start over (if the
+ * tunnel is still wanted). err/detail: why, for the status (0: routine). */
+static void close_and_reconnect(conn *c, int err, const char *detail)
+{
+    c->reconnect_after_close = true;
+    c->close_err = err;
+    snprintf(c->close_detail, sizeof(c->close_detail), "%s", detail ? detail : "");
+    ike_sa_close(c->sa); /* on_down follows, maybe right away */
+}
+
+/* The CHILD SA nears its end. Rekeying (CREATE_CHILD_SA) is not implemented
+ * yet, so the tunnel is built anew: already at the soft limit, so that the
+ * hard limit never stops traffic on a SA that is still in use. */
 static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)
 {
     conn *c = arg;
-    LOG_WARN(c->log, "conn", "CHILD SA %08x: %s; rekeying is not implemented yet, reconnecting",
+    if (!c->sa || spi_in != c->spi_in || c->reconnect_after_close)
+        return;
+    LOG_INFO(c->log, "conn", "CHILD SA %08x: %s; reconnecting (rekeying is not implemented yet)",
              spi_in, esp_rekey_reason_name(reason));
-    if (esp_rekey_reason_is_hard(reason) && c->sa)
-        ike_sa_close(c->sa);
+    close_and_reconnect(c, 0, NULL);
 }
 
 static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
@@ -187,6 +208,25 @@ static void refresh(void *arg)
     core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
 }
 
+/* Traffic selectors as TUN routes. A full tunnel (/0) becomes two halves,
+ * more specific than any default route of the device, so the TUN wins
+ * whatever the metrics are. */
+static void profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net)
+{
+    for (size_t i = 0; i < n && net->n_remote_ts + 2 <= ESP_MAX_TS; i++) {
+        esp_prefix *t = &net->remote_ts[net->n_remote_ts++];
+        t->family = ts[i].family;
+        memcpy(t->addr, ts[i].addr, 16);
+        t->prefix_len = ts[i].prefix_len;
+        if (t->prefix_len == 0) {
+            t->prefix_len = 1;
+            esp_prefix *hi = &net->remote_ts[net->n_remote_ts++];
+            *hi = *t;
+            hi->addr[0] = 0x80;
+        }
+    }
+}
+
 static void on_established(void *arg, const ike_child_result *r)
 {
     conn *c = arg;
@@ -213,23 +253,20 @@ static void on_established(void *arg, const ike_child_result *r)
         rc = esp_datapath_install_sa(c->dp, &cfg, err, sizeof(err));
     secure_wipe(&cfg, sizeof(cfg));
     if (rc < 0) {
-        LOG_ERR(c->log, "conn", "installing the CHILD SA failed: %s", err);
-        ike_sa_close(c->sa);
+        char why[320];
+        snprintf(why, sizeof(why), "installing the CHILD SA failed: %s", err);
+        close_and_reconnect(c, rc, why);
         return;
     }
     c->spi_in = r->spi_in;
+    c->spi_out = r->spi_out;
     esp_tunnel_net net;
     memset(&net, 0, sizeof(net));
     net.has_vip = r->has_vip;
     net.vip.family = AF_INET;
     memcpy(net.vip.addr, r->vip, 4);
     net.vip.prefix_len = 32;
-    for (size_t i = 0; i < r->n_remote_ts && i < ESP_MAX_TS; i++) {
-        net.remote_ts[i].family = r->remote_ts[i].family;
-        memcpy(net.remote_ts[i].addr, r->remote_ts[i].addr, 16);
-        net.remote_ts[i].prefix_len = r->remote_ts[i].prefix_len;
-        net.n_remote_ts++;
-    }
+    profile_to_routes(r->remote_ts, r->n_remote_ts, &net);
     for (size_t i = 0; i < r->n_dns && i < ESP_MAX_DNS; i++) {
         net.dns[i].family = AF_INET;
         memcpy(net.dns[i].addr, r->dns[i], 4);
@@ -237,9 +274,10 @@ static void on_established(void *arg, const ike_child_result *r)
     }
     net.encr_id = r->encr_id;
     net.integ_id = r->integ_id;
-    if (esp_datapath_set_network(c->dp, &net, err, sizeof(err)) < 0) {
-        LOG_ERR(c->log, "conn", "configuring the tunnel failed: %s", err);
-        ike_sa_close(c->sa);
+    if ((rc = esp_datapath_set_network(c->dp, &net, err, sizeof(err))) < 0) {
+        char why[320];
+        snprintf(why, sizeof(why), "configuring the tunnel failed: %s", err);
+        close_and_reconnect(c, rc, why);
         return;
     }
     esp_datapath_set_keepalive(c->dp, c->prof->ike.nat_keepalive_s);
@@ -252,6 +290,24 @@ static void on_established(void *arg, const ike_child_result *r)
     core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
 }
 
+/* Failures that a later attempt cannot fix without someone changing the
+ * profile or the device: not retried, even always-on (a wrong PIN above all:
+ * smartcards and TPMs lock out, DESIGN.md §8). */
+static bool retry_helps(int err)
+{
+    switch (err) {
+    case M2MVPN_E_PIN:
+    case M2MVPN_E_CERT:
+    case M2MVPN_E_NOTSUPP:
+    case M2MVPN_E_PROFILE:
+    case M2MVPN_E_INVAL:
+    case M2MVPN_E_CREDENTIALS:
+        return false;
+    default:
+        return true;
+    }
+}
+
 static void on_down(void *arg, int err, const char *detail)
 {
     conn *c = arg;
@@ -259,10 +315,25 @@ static void on_down(void *arg, int err, const char *detail)
     retire_sa(c);
     close_socket(c);
     core_timer_cancel(c->loop, &c->refresh_timer);
+    char why[256];
+    if (c->reconnect_after_close) {
+        /* We closed it ourselves, to start over (or because of close_err). */
+        c->reconnect_after_close = false;
+        if (c->close_err) {
+            err = c->close_err;
+            snprintf(why, sizeof(why), "%s", c->close_detail);
+            detail = why;
+        }
+        if (c->want_up && err == 0) {
+            set_state(c, M2MVPN_STATE_RECONNECTING, 0, "renewing the tunnel");
+            core_timer_arm(c->loop, &c->reconnect_timer, 0);
+            return;
+        }
+    }
     if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
         if (c->hooks.on_event)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
-    if (!c->want_up || err == 0) {
+    if (!c->want_up || err == 0 || !retry_helps(err)) {
         c->want_up = false;
         drop_network_unless_kill_switch(c);
         set_state(c, M2MVPN_STATE_IDLE, err, detail);
@@ -290,10 +361,48 @@ static int resolve(conn *c, char *err, size_t err_len)
     return 0;
 }
 
+/* The interface the kernel would use towards the gateway, found before our
+ * own routes exist. IKE and ESP sockets are bound to it (SO_BINDTODEVICE) so
+ * that a full-tunnel route into the TUN cannot catch them. Kept once found:
+ * later lookups may already see the TUN's routes. */
+static void find_underlay(conn *c)
+{
+    if (c->underlay[0])
+        return;
+    int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
+    bool ok = s >= 0 && connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0 &&
+              getsockname(s, (struct sockaddr *)&local, &len) == 0;
+    if (s >= 0)
+        close(s);
+    struct ifaddrs *ifs = NULL;
+    if (!ok || getifaddrs(&ifs) < 0)
+        return;
+    for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != local.ss_family)
+            continue;
+        bool same = local.ss_family == AF_INET
+                        ? ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
+                              ((struct sockaddr_in *)&local)->sin_addr.s_addr
+                        : memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
+                                 &((struct sockaddr_in6 *)&local)->sin6_addr, 16) == 0;
+        const char *tun = c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0";
+        if (same && strcmp(i->ifa_name, tun) != 0) {
+            snprintf(c->underlay, sizeof(c->underlay), "%s", i->ifa_name);
+            LOG_DBG(c->log, "conn", "gateway %s is reached through %s", c->gw_text, c->underlay);
+            break;
+        }
+    }
+    freeifaddrs(ifs);
+}
+
 static int open_socket(conn *c, struct sockaddr_storage *local, socklen_t *local_len, char *err, size_t err_len)
 {
     close_socket(c);
     c->sock500 = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->sock500 >= 0 && c->underlay[0])
+        setsockopt(c->sock500, SOL_SOCKET, SO_BINDTODEVICE, c->underlay, (socklen_t)strlen(c->underlay));
     if (c->sock500 < 0 || connect(c->sock500, (struct sockaddr *)&c->gw, c->gw_len) < 0) {
         snprintf(err, err_len, "cannot reach %s: %s", c->gw_text, strerror(errno));
         close_socket(c);
@@ -320,6 +429,7 @@ static int ensure_datapath(conn *c, char *err, size_t err_len)
     cfg.kill_switch = c->prof->tunnel.kill_switch;
     cfg.configure_network = true;
     cfg.threads = true;
+    snprintf(cfg.underlay_ifname, sizeof(cfg.underlay_ifname), "%s", c->underlay);
     int r = esp_datapath_new(&cfg, &c->dp, err, err_len);
     if (r < 0)
         return r;
@@ -347,6 +457,10 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
             return r;
         }
     }
+    if (p->auth == PROFILE_AUTH_EAP) {
+        snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
+        return M2MVPN_E_NOTSUPP;
+    }
     if (p->auth != PROFILE_AUTH_CERT || c->cred)
         return 0;
     if (p->cert.source != PROFILE_CERT_FILE) {
@@ -358,14 +472,39 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
     return cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &c->cred, err, err_len);
 }
 
+/* Kill switch from the moment the profile is in use (DESIGN.md §8: also
+ * before the first connect): the TUN with routes for the profile's remote
+ * traffic selectors, and no SA, so protected traffic is dropped, not leaked. */
+static void arm_kill_switch(conn *c)
+{
+    char err[256];
+    esp_tunnel_net net;
+    memset(&net, 0, sizeof(net));
+    int r = resolve(c, err, sizeof(err));
+    if (r == 0) {
+        find_underlay(c);
+        r = ensure_datapath(c, err, sizeof(err));
+    }
+    if (r == 0) {
+        profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
+        r = esp_datapath_set_network(c->dp, &net, err, sizeof(err));
+    }
+    if (r < 0)
+        LOG_ERR(c->log, "conn", "kill switch for profile %s not in place: %s", c->prof->name, err);
+    else
+        LOG_INFO(c->log, "conn", "kill switch for profile %s in place", c->prof->name);
+}
+
 static void attempt(conn *c)
 {
     char err[512] = "";
     ike_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     int r = resolve(c, err, sizeof(err));
-    if (r == 0)
+    if (r == 0) {
+        find_underlay(c);
         r = ensure_datapath(c, err, sizeof(err));
+    }
     if (r == 0)
         r = ensure_credentials(c, err, sizeof(err));
     if (r == 0 && c->cred && cred_pin_needed(c->cred)) {
@@ -466,6 +605,7 @@ static void release_profile(conn *c, bool remove_network)
     pki_trust_free(c->trust);
     c->trust = NULL;
     c->pin_wait = false;
+    c->underlay[0] = '\0';
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
     c->prof = NULL;
@@ -495,6 +635,8 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     c->gw_index = 0;
     c->failures = 0;
     c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;
+    if (p->tunnel.kill_switch)
+        arm_kill_switch(c);
     if (c->want_up) {
         set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
         attempt(c);
@@ -523,9 +665,11 @@ void conn_disconnect(conn *c)
     core_timer_cancel(c->loop, &c->reconnect_timer);
     if (c->sa) {
         set_state(c, M2MVPN_STATE_DISCONNECTING, 0, NULL);
+        c->reconnect_after_close = false;
         ike_sa_close(c->sa); /* on_down follows */
         return;
     }
+    drop_network_unless_kill_switch(c);
     if (c->state != M2MVPN_STATE_IDLE)
         set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
 }
@@ -542,10 +686,16 @@ void conn_enter_pin(conn *c, const char *pin, size_t len)
     if (r < 0) {
         /* Never retried: a smartcard or TPM would lock. */
         c->want_up = false;
+        drop_network_unless_kill_switch(c);
         set_state(c, M2MVPN_STATE_IDLE, r, err);
         return;
     }
     attempt(c);
+}
+
+const char *conn_profile_name(const conn *c)
+{
+    return c->prof ? c->prof->name : NULL;
 }
 
 void conn_remove_profile(conn *c)
@@ -563,9 +713,19 @@ void conn_fill_status(conn *c, m2mvpn_status *st)
     snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", c->spi_in ? c->ike_alg : "");
     snprintf(st->esp_algorithms, sizeof(st->esp_algorithms), "%s", c->spi_in ? c->esp_alg : "");
     st->connected_since = c->connected_since;
+    st->spi_in = c->spi_in;
+    st->spi_out = c->spi_in ? c->spi_out : 0;
+    memset(st->dns, 0, sizeof(st->dns));
     if (c->dp) {
+        esp_prefix dns[4];
+        size_t n = c->spi_in ? esp_datapath_dns(c->dp, dns, 4) : 0;
+        for (size_t i = 0; i < n; i++)
+            inet_ntop(dns[i].family, dns[i].addr, st->dns[i], sizeof(st->dns[i]));
         esp_datapath_counters k;
         esp_datapath_get_counters(c->dp, &k);
+        st->dropped_replay = k.total.dropped[ESP_DROP_REPLAY];
+        st->dropped_integrity = k.total.dropped[ESP_DROP_INTEGRITY];
+        st->dropped_no_sa = k.total.dropped[ESP_DROP_NO_SA];
         st->bytes_in = k.total.bytes_in;
         st->bytes_out = k.total.bytes_out;
         st->packets_in = k.total.packets_in;

@@ -47,6 +47,8 @@ void conn_connect(conn *c);
 void conn_disconnect(conn *c);
 /* A PIN for a locked credential; copied and wiped. Tried once. */
 void conn_enter_pin(conn *c, const char *pin, size_t len);
+/* Name of the profile in use, or NULL. */
+const char *conn_profile_name(const conn *c);
 /* Remove the profile's network on purpose (kill switch included). */
 void conn_remove_profile(conn *c);
 

@@ -23,8 +23,8 @@
  *                   thread-safe handoff to the engine thread.
  *
  * Threads: the engine thread owns the esp_datapath handle and is the only one
- * that calls esp_datapath_* (except esp_datapath_get_counters, callable from
- * any thread). The worker threads never call into the engine: IKE packets,
+ * that calls esp_datapath_* (except esp_datapath_get_counters and
+ * esp_datapath_get_sa_counters, callable from any thread). The worker threads never call into the engine: IKE packets,
  * rekey requests and errors are queued and an eventfd that the engine's
  * core_loop watches (esp_datapath_attach) is signalled; the callbacks then run
  * on the engine thread.
@@ -57,7 +57,6 @@
 #define M2MVPN_ESP_H
 
 #include <netinet/in.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -74,10 +73,11 @@
 #define ESP_REPLAY_DEFAULT 1024 /* packets */
 #define ESP_REPLAY_MAX     65536
 #define ESP_UDP_PORT       4500
-/* Largest inner packet accepted from the TUN and largest UDP datagram read.
- * IKE messages larger than this (unfragmented, IP-reassembled) are dropped;
- * use IKE fragmentation (RFC 7383). */
+/* Largest UDP datagram read without UDP GRO. IKE messages larger than this
+ * (unfragmented, IP-reassembled) are dropped; use IKE fragmentation (RFC 7383). */
 #define ESP_MAX_PACKET     16384
+/* Largest TUN MTU the datapath's preallocated send slots take (no jumbo). */
+#define ESP_MAX_TUN_MTU    1952
 #define ESP_MAX_TS         16
 #define ESP_MAX_DNS        4
 /* Blackhole routes sit this far below (metric above) the TUN routes. */
@@ -165,7 +165,8 @@ typedef struct esp_sa_config {
     uint16_t encr_key_bits;    /* 128/256 (256 for ChaCha20-Poly1305) */
     uint16_t integ_id;         /* AUTH_HMAC_SHA2_* or 0 for AEAD */
     bool esn;                  /* extended sequence numbers negotiated */
-    uint32_t replay_window;    /* packets, 0 = off; default ESP_REPLAY_DEFAULT */
+    uint32_t replay_window;    /* packets, 0 = off; set it from the profile's
+                                * esp.replay_window (default ESP_REPLAY_DEFAULT) */
     esp_sa_keys key_in;        /* we decrypt with it (responder->initiator for us) */
     esp_sa_keys key_out;       /* we encrypt with it (initiator->responder for us) */
     esp_lifetime lifetime;
@@ -287,7 +288,8 @@ typedef struct esp_datapath_config {
 
     /* Tunnel */
     char tun_name[16];         /* IFNAMSIZ; "" -> "m2m0" */
-    uint32_t mtu;              /* 0: esp_default_mtu of the SA cipher from 1500 */
+    uint32_t mtu;              /* 0: esp_default_mtu of the SA cipher from 1500;
+                                * at most ESP_MAX_TUN_MTU */
     bool kill_switch;          /* see the top of this file */
     uint32_t route_metric;     /* metric of the TUN routes; 0 -> 50 */
     bool configure_network;    /* false: just the TUN fd, no address/routes */
@@ -302,7 +304,9 @@ typedef struct esp_datapath_config {
      * network code per batch instead of per packet. On by default (measured:
      * about 4x the throughput of the plain path); true turns them off. */
     bool no_offload;
-    /* Worker threads: false runs no threads (tests drive esp_datapath_poll_*). */
+    /* Worker threads (one encrypts, one decrypts: both cores). false: no
+     * threads; after esp_datapath_attach the engine's own loop moves the
+     * packets (single-threaded firmware), or a test calls esp_datapath_poll_*. */
     bool threads;
 } esp_datapath_config;
 
@@ -337,15 +341,19 @@ typedef struct esp_datapath_callbacks {
 int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret,
                      char *err, size_t err_len);
 
-/* Watch the handoff eventfd on the engine loop; callbacks get `arg`.
- * Also arms the lifetime/keepalive timer. cbs is copied. */
+/* Watch the handoff eventfd on the engine loop (and, without threads, the TUN
+ * and UDP fds); callbacks get `arg`. Also arms a 1-second timer for time
+ * lifetimes and keepalives. cbs is copied. Errors: INVAL (already attached),
+ * SYSTEM. */
 int esp_datapath_attach(esp_datapath *dp, core_loop *loop,
                         const esp_datapath_callbacks *cbs, void *arg);
 
 /* Configure the TUN: MTU, virtual IP, routes for the remote traffic selectors
  * (+ blackholes with the kill switch), DNS recorded (and applied via the hook).
- * Calling it again replaces what the previous call added (only the difference
- * is changed, so the kill switch has no gap). Errors: TUN (netlink), INVAL. */
+ * Outbound packets are only sent if a remote traffic selector covers their
+ * destination. Calling it again replaces what the previous call added (new
+ * routes are added before old ones go, so the kill switch has no gap).
+ * Errors: TUN (netlink, reason in err), INVAL (MTU above ESP_MAX_TUN_MTU). */
 int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,
                              char *err, size_t err_len);
 
@@ -371,8 +379,8 @@ int esp_datapath_start(esp_datapath *dp);
 void esp_datapath_stop(esp_datapath *dp);
 
 /* Without threads (tests, single-threaded use): move up to one batch from the
- * TUN to UDP / from UDP to the TUN. Returns packets handled or -errno style
- * M2MVPN_E_*. Non-blocking. */
+ * TUN to UDP / from UDP to the TUN. Non-blocking. Returns 0 when there was
+ * nothing to do, ESP_BATCH-sized counts mean "more may be waiting". */
 int esp_datapath_poll_tun(esp_datapath *dp);
 int esp_datapath_poll_udp(esp_datapath *dp);
 
@@ -383,9 +391,20 @@ typedef struct esp_datapath_counters {
 } esp_datapath_counters;
 void esp_datapath_get_counters(esp_datapath *dp, esp_datapath_counters *out);
 
+/* Counters of one installed SA (by inbound SPI). Any thread. Errors: INVAL. */
+int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_counters *out);
+
+/* New peer address for an SA (NAT mapping changed, MOBIKE/roaming). The UDP
+ * socket itself needs no change when bound to the any-address (recommended:
+ * the kernel then picks the source of whatever interface is up).
+ * Errors: INVAL (unknown SPI, bad address). */
+int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockaddr *peer,
+                          socklen_t peer_len);
+
 /* Current DNS servers (as set by set_network); returns how many. */
 size_t esp_datapath_dns(const esp_datapath *dp, esp_prefix *out, size_t max);
-/* ifindex and name of the TUN. */
+/* ifindex of the TUN; the shared UDP socket (for status/diagnostics only:
+ * do not read from it). */
 int esp_datapath_tun_ifindex(const esp_datapath *dp);
 int esp_datapath_udp_fd(const esp_datapath *dp);
 

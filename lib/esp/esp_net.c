@@ -18,6 +18,7 @@
 #include <netlink/netlink.h>
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
+#include <netlink/route/link/inet6.h>
 #include <netlink/route/route.h>
 
 #include <m2mvpn/m2mvpn.h>
@@ -192,8 +193,24 @@ static int addr_change(esp_net *n, const esp_prefix *p, bool add, char *err, siz
     return 0;
 }
 
+/* No IPv6 link-local address on the TUN: its router solicitations and MLD
+ * reports would only be dropped (no SA covers them) and inflate the counters.
+ * Must happen before the link goes up; kernels without IPv6 refuse, which is
+ * fine. */
+static void no_ipv6_autoconf(esp_net *n)
+{
+    struct rtnl_link *orig = NULL, *change = rtnl_link_alloc();
+    if (change && rtnl_link_get_kernel(n->nl, n->ifindex, NULL, &orig) == 0 &&
+        !(rtnl_link_get_flags(orig) & IFF_UP) &&
+        rtnl_link_inet6_set_addr_gen_mode(change, rtnl_link_inet6_str2addrgenmode("none")) == 0)
+        rtnl_link_change(n->nl, orig, change, 0);
+    rtnl_link_put(orig);
+    rtnl_link_put(change);
+}
+
 static int link_up(esp_net *n, uint32_t mtu, char *err, size_t err_len)
 {
+    no_ipv6_autoconf(n);
     struct rtnl_link *orig = NULL, *change = rtnl_link_alloc();
     int rc = change ? rtnl_link_get_kernel(n->nl, n->ifindex, NULL, &orig) : -NLE_NOMEM;
     if (rc == 0) {

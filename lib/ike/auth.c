@@ -94,6 +94,10 @@ int ike_auth_start(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
     char err[256];
+    if (p->auth == PROFILE_AUTH_EAP) {
+        ike_sa_fail(sa, M2MVPN_E_NOTSUPP, "auth.method \"eap\" is not supported by this build yet");
+        return M2MVPN_E_NOTSUPP;
+    }
     pki_id id;
     int r = our_id(sa, &id, err, sizeof(err));
     if (r < 0) {
@@ -434,7 +438,7 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
     int r = verify_gateway(sa, c, err, sizeof(err));
     if (r < 0) {
         /* Tell the gateway (RFC 7296 §2.21.2) so it drops its half at once. */
-        ike_info_send_auth_failed(sa);
+        ike_info_send_final(sa, true);
         ike_sa_fail(sa, r == M2MVPN_E_PROTOCOL ? r : M2MVPN_E_AUTH_PEER,
                     "gateway %s could not be authenticated: %s", sa->gw_text, err);
         return;
@@ -443,6 +447,7 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
     crypto_child_keys *keys = NULL;
     r = child_result(sa, c, &res, &keys, err, sizeof(err));
     if (r < 0) {
+        ike_info_send_final(sa, false); /* an IKE SA without its CHILD SA is of no use */
         ike_sa_fail(sa, r, "%s", err);
         return;
     }

@@ -41,14 +41,15 @@ int ike_info_send_delete(ike_sa *sa)
     return send_request(sa, IKE_TASK_DELETE, inner, buf_writer_len(&w), cw.first_type);
 }
 
-void ike_info_send_auth_failed(ike_sa *sa)
+void ike_info_send_final(ike_sa *sa, bool auth_failed)
 {
     uint8_t inner[64];
     buf_writer w;
     buf_writer_init(&w, inner, sizeof(inner));
     ike_chain_writer cw;
     ike_chain_writer_init(&cw, &w, SIZE_MAX);
-    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_AUTHENTICATION_FAILED, NULL, 0, NULL, 0);
+    if (auth_failed)
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_AUTHENTICATION_FAILED, NULL, 0, NULL, 0);
     ike_build_delete(&cw, IKE_PROTO_IKE, 0, NULL, 0);
     ike_chain_writer_finish(&cw);
     /* Sent like a response: once, nothing waits for the answer. */

@@ -318,6 +318,9 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
     }
     sa->nat_here = !dst_match;
     sa->natt = true;
+    char *colon = strrchr(sa->gw_text, ':');
+    if (colon)
+        snprintf(colon, sizeof(sa->gw_text) - (size_t)(colon - sa->gw_text), ":4500");
 
     uint8_t g_ir[CRYPTO_MAX_KE_LEN];
     size_t g_ir_len = 0;

@@ -129,7 +129,8 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
 void ike_info_process_response(ike_sa *sa, const ike_chain *inner);
 void ike_info_dpd(void *arg);
 int ike_info_send_delete(ike_sa *sa);
-/* INFORMATIONAL{N(AUTHENTICATION_FAILED), D(IKE)}, sent once, no answer awaited. */
-void ike_info_send_auth_failed(ike_sa *sa);
+/* INFORMATIONAL{[N(AUTHENTICATION_FAILED),] D(IKE)}, sent once, no answer
+ * awaited: the gateway drops its half of an SA we give up on. */
+void ike_info_send_final(ike_sa *sa, bool auth_failed);
 
 #endif

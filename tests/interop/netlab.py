@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -194,6 +196,10 @@ class Namespace:
 
     def ip(self, *args: str) -> subprocess.CompletedProcess:
         return _run(["ip", "-n", self.name, *args])
+
+    def ip_json(self, *args: str) -> list:
+        """`ip -json <args>` inside the namespace, parsed."""
+        return json.loads(_run(["ip", "-json", "-n", self.name, *args]).stdout or "[]")
 
     # -- configuration -----------------------------------------------------------
     def add_addr(self, ifname: str, cidr: str) -> None:
@@ -569,6 +575,162 @@ def ping(ns: Namespace, addr: str, count: int = 3, size: int = 56,
         argv.append(source)
     proc = ns.run(*argv, timeout=timeout_s + 10)
     return int(proc.stdout.strip() or 0)
+
+
+_TCP_PEER = r"""
+import hashlib, os, socket, sys
+role, addr, port, mode, nbytes, timeout = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
+                                           sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
+if role == "listen":
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((addr, port))
+    ls.listen(1)
+    ls.settimeout(timeout)
+    print("ready", flush=True)
+    s, _ = ls.accept()
+else:
+    s = socket.create_connection((addr, port), timeout=timeout)
+s.settimeout(timeout)
+h = hashlib.sha256()
+n = 0
+if mode == "send":
+    data = os.urandom(nbytes)
+    h.update(data)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    n = len(data)
+    s.recv(1)   # wait for the receiver to close: everything arrived
+else:
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+s.close()
+print(n, h.hexdigest(), flush=True)
+"""
+
+
+def tcp_transfer(client: Namespace, server: Namespace, server_addr: str, nbytes: int, *,
+                 upload: bool = True, port: int = 40001,
+                 timeout_s: float = 60) -> tuple[tuple[int, str], tuple[int, str]]:
+    """One TCP connection from client to server_addr (listening in server);
+    nbytes of random data go client -> server (upload) or server -> client.
+
+    Returns ((bytes sent, SHA-256 sent), (bytes received, SHA-256 received)),
+    as the two ends computed them; equal pairs mean the data arrived intact.
+    """
+    srv_mode, cl_mode = ("recv", "send") if upload else ("send", "recv")
+    srv = server.popen([PYTHON, "-c", _TCP_PEER, "listen", server_addr, str(port), srv_mode,
+                        str(nbytes), str(timeout_s)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = srv.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"TCP peer in {server.name} did not start: {line!r} "
+                               f"{srv.stderr.read() if srv.poll() is not None else ''}")
+        cl = client.run(PYTHON, "-c", _TCP_PEER, "connect", server_addr, str(port), cl_mode,
+                        str(nbytes), str(timeout_s), timeout=timeout_s + 10)
+        out, err = srv.communicate(timeout=timeout_s + 10)
+        if srv.returncode != 0:
+            raise RuntimeError(f"TCP peer in {server.name} failed: {err.strip()}")
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+    def parse(text: str) -> tuple[int, str]:
+        n, digest = text.split()
+        return int(n), digest
+    srv_res, cl_res = parse(out), parse(cl.stdout)
+    return (cl_res, srv_res) if upload else (srv_res, cl_res)
+
+
+class Capture:
+    """tcpdump on one interface of a namespace, written to a pcap file.
+
+    start() returns once tcpdump says it is listening; stop() ends it (SIGINT,
+    so the file is complete); read(filter) returns the matching packets as
+    tcpdump -n prints them, one line each.
+    marker (address, port): before stopping, send UDP datagrams there from ns
+    until one is in the file, so everything sent before stop() is in it too
+    (tcpdump may otherwise end with packets it has not written yet).
+    """
+
+    def __init__(self, ns: Namespace, ifname: str, path: "os.PathLike[str] | str",
+                 marker: tuple[str, int] | None = None):
+        self.ns = ns
+        self.ifname = ifname
+        self.path = str(path)
+        self.marker = marker
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 10) -> "Capture":
+        # -Z root: write the file as root (Debian's tcpdump drops to user
+        # tcpdump otherwise, who cannot write into a test's folder); -U: write
+        # each packet at once.
+        self.proc = self.ns.popen(["tcpdump", "-i", self.ifname, "-n", "-U", "-Z", "root",
+                                   "--immediate-mode",
+                                   "-s", "256", "-w", self.path],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                raise RuntimeError(f"tcpdump on {self.ns.name}/{self.ifname} did not start")
+            if select.select([self.proc.stderr], [], [], left)[0]:
+                line = self.proc.stderr.readline()
+                if "listening on" in line:
+                    return self
+                if not line:
+                    self.stop()
+                    raise RuntimeError(f"tcpdump exited: {self.proc.returncode}")
+
+    def stop(self) -> None:
+        """End the capture and flush the file. Idempotent."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            if self.marker is not None:
+                self._sync()
+        finally:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def _sync(self, timeout_s: float = 5) -> None:
+        addr, port = self.marker
+        send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "s.sendto(b'm2i-capture-marker', (sys.argv[1], int(sys.argv[2])))")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.ns.run(PYTHON, "-c", send, addr, str(port))
+            time.sleep(0.05)
+            if self.read(f"udp and dst host {addr} and dst port {port}", check=False):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"capture marker to {addr}:{port} never reached "
+                                   f"{self.path}")
+
+    def read(self, bpf_filter: str = "", check: bool = True) -> list[str]:
+        """The captured packets matching a pcap filter (tcpdump -n -r)."""
+        argv = ["tcpdump", "-n", "-r", self.path]
+        if bpf_filter:
+            argv.append(bpf_filter)
+        out = _run(argv, check=check)
+        return [line for line in out.stdout.splitlines() if line.strip()]
+
+    def __enter__(self) -> "Capture":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,7 @@
 #include <m2mvpn/m2mvpn.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +21,11 @@ static const char *const psk_profile =
 static const char *const two_profiles =
     "{\"profiles\": ["
     " {\"version\": 1, \"name\": \"p1\", \"mode\": \"manual\", \"gateways\": [{\"host\": \"198.51.100.1\"}],"
-    "  \"local_id\": \"a\", \"remote_id\": \"gw\", \"auth\": {\"method\": \"psk\", \"psk\": \"x\"}},"
+    "  \"local_id\": \"a\", \"remote_id\": \"gw\", \"auth\": {\"method\": \"psk\", \"psk\": \"x\"},"
+    "  \"tunnel\": {\"kill_switch\": false}},"
     " {\"version\": 1, \"name\": \"p2\", \"mode\": \"manual\", \"gateways\": [{\"host\": \"198.51.100.2\"}],"
-    "  \"local_id\": \"a\", \"remote_id\": \"gw\", \"auth\": {\"method\": \"psk\", \"psk\": \"y\"}}]}";
+    "  \"local_id\": \"a\", \"remote_id\": \"gw\", \"auth\": {\"method\": \"psk\", \"psk\": \"y\"},"
+    "  \"tunnel\": {\"kill_switch\": false}}]}";
 
 static m2mvpn *new_handle(void)
 {
@@ -114,6 +117,7 @@ START_TEST(calls_refuse_bad_handles)
         ck_assert_int_eq(m2mvpn_profile_load_file(h, "x.json"), M2MVPN_E_BADHANDLE);
         ck_assert_int_eq(m2mvpn_profile_load_json(h, "{}", 2), M2MVPN_E_BADHANDLE);
         ck_assert_int_eq(m2mvpn_profile_switch(h, "a"), M2MVPN_E_BADHANDLE);
+        ck_assert_int_eq(m2mvpn_profile_unload(h, "a"), M2MVPN_E_BADHANDLE);
         ck_assert_int_eq(m2mvpn_connect(h), M2MVPN_E_BADHANDLE);
         ck_assert_int_eq(m2mvpn_disconnect(h), M2MVPN_E_BADHANDLE);
         ck_assert_int_eq(m2mvpn_set_credentials(h, "u", "p"), M2MVPN_E_BADHANDLE);
@@ -202,6 +206,32 @@ START_TEST(profiles_load_and_switch)
     /* Loading a profile of the same name replaces it; the set stays usable. */
     ck_assert_int_eq(m2mvpn_profile_load_json(h, psk_profile, strlen(psk_profile)), 0);
     ck_assert_int_eq(m2mvpn_profile_switch(h, "atm-eu"), 0);
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "p1"), 0);
+    process_all(h);
+    m2mvpn_free(h);
+}
+END_TEST
+
+START_TEST(profiles_unload)
+{
+    m2mvpn *h = new_handle();
+    ck_assert_int_eq(m2mvpn_profile_unload(h, "p1"), M2MVPN_E_NOPROFILE);
+    ck_assert_int_eq(m2mvpn_profile_unload(h, NULL), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, two_profiles, strlen(two_profiles)), 0);
+    ck_assert_int_eq(m2mvpn_profile_unload(h, "p1"), 0); /* the active one */
+    process_all(h);
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "p2"); /* the other one takes over */
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "p1"), M2MVPN_E_NOPROFILE);
+    ck_assert_int_eq(m2mvpn_profile_unload(h, "p1"), M2MVPN_E_NOPROFILE);
+    ck_assert_int_eq(m2mvpn_profile_unload(h, "p2"), 0);
+    process_all(h);
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "");
+    ck_assert_int_eq(m2mvpn_connect(h), M2MVPN_E_NOPROFILE);
+    /* Loaded again: there again. */
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, two_profiles, strlen(two_profiles)), 0);
     ck_assert_int_eq(m2mvpn_profile_switch(h, "p1"), 0);
     process_all(h);
     m2mvpn_free(h);
@@ -374,6 +404,7 @@ static Suite *api_suite(void)
     tcase_add_test(v, calls_refuse_bad_arguments);
     tcase_add_test(v, profile_errors_name_what_is_wrong);
     tcase_add_test(v, profiles_load_and_switch);
+    tcase_add_test(v, profiles_unload);
     tcase_add_test(v, status_json_has_state);
     tcase_add_test(v, later_features_are_not_supported_yet);
     suite_add_tcase(s, v);
@@ -388,6 +419,12 @@ static Suite *api_suite(void)
 
 int main(void)
 {
+    /* Loading a profile may set up its kill switch (TUN, routes): as root,
+     * keep whatever the engine does in a network namespace of this test. */
+    if (geteuid() == 0 && unshare(CLONE_NEWNET) != 0) {
+        perror("unshare(CLONE_NEWNET)");
+        return 1;
+    }
     SRunner *sr = srunner_create(api_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

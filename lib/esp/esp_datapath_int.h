@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Internal to lib/esp: the datapath object shared by esp_datapath.c (engine
+ * side: lifecycle, SA table, handoff, network) and esp_io.c (worker side:
+ * batched TUN/UDP I/O). Locking rules: see esp_datapath.c.
+ */
+#ifndef M2MVPN_ESP_DATAPATH_INT_H
+#define M2MVPN_ESP_DATAPATH_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "esp.h"
+#include "esp_net.h"
+#include "esp_offload.h"
+
+#define ESP_MAX_SAS 4
+#define ESP_BATCH 32            /* UDP datagrams per recvmmsg */
+#define ESP_TX_BATCH 128        /* ESP packets per send (a 64 KiB TSO packet at MSS 536) */
+/* Room in front of an inner packet for SPI, sequence number and IV. */
+#define ESP_HEADROOM 32
+#define ESP_TX_SLOT 2048        /* inner up to ESP_TX_SLOT - headroom - trailer */
+_Static_assert(ESP_MAX_TUN_MTU <= ESP_TX_SLOT - ESP_HEADROOM - 64, "TUN MTU must fit a slot");
+#define ESP_QUEUE_MAX 64        /* IKE packets waiting for the engine */
+#define NON_ESP_MARKER_LEN 4
+
+typedef struct esp_slot {
+    esp_sa *sa;
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    uint64_t installed;         /* install order: the newest sends */
+} esp_slot;
+
+typedef struct esp_ike_item {
+    struct esp_ike_item *next;
+    struct sockaddr_storage from;
+    socklen_t from_len;
+    size_t len;
+    uint8_t data[];
+} esp_ike_item;
+
+typedef struct esp_tx_batch {
+    uint8_t buf[ESP_TX_BATCH][ESP_TX_SLOT];
+    size_t inner_len[ESP_TX_BATCH];
+    struct iovec iov[ESP_TX_BATCH];
+    struct mmsghdr msg[ESP_TX_BATCH];
+    union {                                      /* UDP_SEGMENT per message */
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctrl[ESP_TX_BATCH];
+    uint8_t gso[ESP_VNET_HDR_LEN + ESP_GSO_MAX];  /* offload: one TUN read */
+} esp_tx_batch;
+
+/* 512 KiB either way: 32 datagrams of up to 16 KiB, or with UDP GRO 8
+ * coalesced buffers of up to 64 KiB. */
+#define ESP_RX_BYTES (ESP_BATCH * ESP_MAX_PACKET)
+#define ESP_RX_GRO_SLOT 65536
+
+typedef struct esp_rx_batch {
+    uint8_t buf[ESP_RX_BYTES];
+    struct iovec iov[ESP_BATCH];
+    struct mmsghdr msg[ESP_BATCH];
+    struct sockaddr_storage from[ESP_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctrl[ESP_BATCH];
+    uint8_t gro_buf[ESP_VNET_HDR_LEN + ESP_GSO_MAX]; /* offload: coalesced write */
+    esp_gro gro;
+} esp_rx_batch;
+
+struct esp_datapath {
+    esp_datapath_config cfg;
+    int udp_fd;
+    int event_fd;               /* workers -> engine */
+    int stop_fd;                /* engine -> workers */
+    esp_net net;
+    bool net_open;
+
+    pthread_rwlock_t sa_lock;
+    esp_slot slots[ESP_MAX_SAS];
+    int out_idx;                /* -1: no outbound SA (kill switch drops) */
+    uint64_t install_seq;
+    esp_sa_counters retired;    /* counters of removed SAs (under sa_lock) */
+
+    pthread_mutex_t q_lock;
+    esp_ike_item *q_head, *q_tail;
+    size_t q_len;
+
+    _Atomic uint64_t drop_no_sa, drop_malformed, drop_too_big, ike_in, keepalives_out;
+    _Atomic uint64_t tx_packets;   /* for keepalive suppression */
+    bool offload;                  /* !cfg.no_offload */
+    bool udp_gso, udp_gro;         /* kernel accepted UDP_SEGMENT / UDP_GRO */
+
+    core_loop *loop;
+    core_io event_io, tun_io, udp_io;
+    bool event_io_added, tun_io_added, udp_io_added;
+    core_timer tick;
+    esp_datapath_callbacks cbs;
+    void *cb_arg;
+    uint32_t keepalive_s;
+    uint64_t last_keepalive_ms, last_keepalive_tx;
+
+    esp_prefix dns[ESP_MAX_DNS];
+    size_t n_dns;
+    esp_prefix remote_ts[ESP_MAX_TS];   /* under sa_lock: outbound filter */
+    size_t n_remote_ts;
+
+    bool running;
+    pthread_t tx_thread, rx_thread;
+    esp_tx_batch *tx;
+    esp_rx_batch *rx;
+};
+
+/* Wake the engine (eventfd); the engine drains the queue and rekey flags. */
+void esp_dp_signal_engine(esp_datapath *dp);
+/* SA with this inbound SPI, or NULL; caller holds sa_lock. */
+esp_slot *esp_dp_find_slot_locked(esp_datapath *dp, uint32_t spi_in);
+
+#endif

@@ -1,0 +1,454 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The worker side of the datapath: TUN -> encrypt -> UDP and UDP -> decrypt
+ * -> TUN, each on its own thread with its own preallocated batch buffers,
+ * batched socket I/O (recvmmsg/sendmmsg, UDP GSO/GRO) and, with offloads,
+ * TSO segmentation and TCP coalescing on the TUN. Workers only read the SA
+ * table (rwlock, once per batch) and hand IKE packets and rekey requests to
+ * the engine through a queue and an eventfd.
+ */
+#include <errno.h>
+#include <netinet/udp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <m2mvpn/m2mvpn.h>
+
+#include "../core/buf.h"
+#include "esp_datapath_int.h"
+
+/* -------------------------------------------------------- TUN -> UDP */
+
+static uint8_t next_header_of(const uint8_t *pkt, size_t len)
+{
+    if (len < 20)
+        return 0;
+    switch (pkt[0] >> 4) {
+    case 4: return ESP_NH_IPV4;
+    case 6: return len >= 40 ? ESP_NH_IPV6 : 0;
+    default: return 0;
+    }
+}
+
+static bool prefix_contains(const esp_prefix *p, const uint8_t *addr)
+{
+    size_t full = p->prefix_len / 8u, rest = p->prefix_len % 8u;
+    if (memcmp(p->addr, addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xff00u >> rest);
+    return (p->addr[full] & mask) == (addr[full] & mask);
+}
+
+/* Only what the remote traffic selectors cover goes into the SA; the rest
+ * (e.g. IPv6 link-local chatter on the TUN) has no SA. No selectors: all. */
+static bool covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uint8_t nh)
+{
+    if (dp->n_remote_ts == 0)
+        return true;
+    int family = nh == ESP_NH_IPV4 ? AF_INET : AF_INET6;
+    const uint8_t *dst = nh == ESP_NH_IPV4 ? pkt + 16 : pkt + 24;
+    for (size_t i = 0; i < dp->n_remote_ts; i++)
+        if (dp->remote_ts[i].family == family && prefix_contains(&dp->remote_ts[i], dst))
+            return true;
+    return false;
+}
+
+/* One message per packet, or with UDP GSO one per run of equal-sized packets
+ * (the last of a run may be shorter), at most 64 segments / 64 KiB each. */
+static int build_messages(esp_datapath *dp, int out, struct sockaddr_storage *peer,
+                          socklen_t peer_len)
+{
+    esp_tx_batch *b = dp->tx;
+    int m = 0;
+    for (int i = 0; i < out; m++) {
+        size_t seg = b->iov[i].iov_len, total = seg;
+        int k = 1;
+        if (dp->udp_gso) {
+            while (i + k < out && k < 64 && b->iov[i + k].iov_len <= seg &&
+                   total + b->iov[i + k].iov_len <= 65000) {
+                total += b->iov[i + k].iov_len;
+                k++;
+                if (b->iov[i + k - 1].iov_len < seg)
+                    break;
+            }
+        }
+        struct msghdr *mh = &b->msg[m].msg_hdr;
+        memset(mh, 0, sizeof(*mh));
+        mh->msg_iov = &b->iov[i];
+        mh->msg_iovlen = (size_t)k;
+        mh->msg_name = peer;
+        mh->msg_namelen = peer_len;
+        if (k > 1) {
+            mh->msg_control = b->ctrl[m].buf;
+            mh->msg_controllen = sizeof(b->ctrl[m].buf);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(mh);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t gso_size = (uint16_t)seg;
+            memcpy(CMSG_DATA(cm), &gso_size, sizeof(gso_size));
+        }
+        i += k;
+    }
+    return m;
+}
+
+/* Encrypt the n plaintext packets gathered in the slots and send them. */
+static void tx_flush(esp_datapath *dp, int n)
+{
+    esp_tx_batch *b = dp->tx;
+    struct sockaddr_storage peer;
+    socklen_t peer_len = 0;
+    int out = 0;
+    if (n == 0)
+        return;
+    pthread_rwlock_rdlock(&dp->sa_lock);
+    esp_slot *slot = dp->out_idx >= 0 ? &dp->slots[dp->out_idx] : NULL;
+    if (!slot) {
+        /* Kill switch: no SA, nothing leaves. */
+        atomic_fetch_add_explicit(&dp->drop_no_sa, (uint64_t)n, memory_order_relaxed);
+    } else {
+        peer = slot->peer;
+        peer_len = slot->peer_len;
+        size_t hdr = esp_sa_header_len(slot->sa);
+        for (int i = 0; i < n; i++) {
+            uint8_t *inner = b->buf[i] + ESP_HEADROOM;
+            uint8_t nh = next_header_of(inner, b->inner_len[i]);
+            if (!nh) {
+                atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+                continue;
+            }
+            if (!covered_by_ts_locked(dp, inner, nh)) {
+                atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
+                continue;
+            }
+            uint8_t *pkt = inner - hdr;
+            size_t pkt_len;
+            esp_drop_reason why;
+            if (esp_sa_encap(slot->sa, inner, b->inner_len[i], nh, pkt,
+                             ESP_TX_SLOT - (size_t)(pkt - b->buf[i]), &pkt_len, &why) < 0)
+                continue; /* counted by the SA */
+            b->iov[out].iov_base = pkt;
+            b->iov[out].iov_len = pkt_len;
+            out++;
+        }
+        if (esp_sa_rekey_pending(slot->sa))
+            esp_dp_signal_engine(dp);
+    }
+    pthread_rwlock_unlock(&dp->sa_lock);
+
+    int n_msg = build_messages(dp, out, &peer, peer_len);
+    int sent = 0;
+    while (sent < n_msg) {
+        int r = sendmmsg(dp->udp_fd, b->msg + sent, (unsigned)(n_msg - sent), 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (dp->udp_gso && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
+                /* No UDP GSO here (or on this route): plain datagrams from now on. */
+                dp->udp_gso = false;
+                n_msg = build_messages(dp, out, &peer, peer_len);
+                sent = 0;
+                continue;
+            }
+            break; /* unreachable peer etc.: the packets are lost, as on a wire */
+        }
+        sent += r;
+    }
+    sent = sent >= n_msg ? out : 0; /* counted for keepalive suppression only */
+    atomic_fetch_add_explicit(&dp->tx_packets, (uint64_t)sent, memory_order_relaxed);
+}
+
+/* Plain TUN: one packet per read, straight into its slot. */
+static int tun_read_plain(esp_datapath *dp, int *n)
+{
+    esp_tx_batch *b = dp->tx;
+    const size_t cap = ESP_TX_SLOT - ESP_HEADROOM - 64; /* room for trailer + ICV */
+    ssize_t r = read(dp->net.tun_fd, b->buf[*n] + ESP_HEADROOM, cap + 1);
+    if (r < 0)
+        return errno == EINTR ? 1 : 0;
+    if ((size_t)r > cap) {
+        atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+        return 1;
+    }
+    b->inner_len[(*n)++] = (size_t)r;
+    return 1;
+}
+
+/* Offloaded TUN: a read may be a TSO super-packet, cut into segments here. */
+static int tun_read_offload(esp_datapath *dp, int *n)
+{
+    esp_tx_batch *b = dp->tx;
+    const size_t cap = ESP_TX_SLOT - ESP_HEADROOM - 64;
+    ssize_t r = read(dp->net.tun_fd, b->gso, sizeof(b->gso));
+    if (r < 0)
+        return errno == EINTR ? 1 : 0;
+    if ((size_t)r <= ESP_VNET_HDR_LEN)
+        return 1;
+    struct virtio_net_hdr vh;
+    memcpy(&vh, b->gso, sizeof(vh));
+    uint8_t *pkt = b->gso + ESP_VNET_HDR_LEN;
+    size_t len = (size_t)r - ESP_VNET_HDR_LEN;
+    uint8_t gso = vh.gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
+
+    if (gso == VIRTIO_NET_HDR_GSO_NONE) {
+        if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
+            !esp_csum_complete(pkt, len, vh.csum_start, vh.csum_offset)) {
+            atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+            return 1;
+        }
+        if (len > cap) {
+            atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+            return 1;
+        }
+        if (*n == ESP_TX_BATCH) {
+            tx_flush(dp, *n);
+            *n = 0;
+        }
+        memcpy(b->buf[*n] + ESP_HEADROOM, pkt, len);
+        b->inner_len[(*n)++] = len;
+        return 1;
+    }
+    if (gso != VIRTIO_NET_HDR_GSO_TCPV4 && gso != VIRTIO_NET_HDR_GSO_TCPV6) {
+        atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+        return 1;
+    }
+    size_t need = vh.gso_size ? (len + vh.gso_size - 1) / vh.gso_size : ESP_TX_BATCH + 1;
+    if (need > (size_t)(ESP_TX_BATCH - *n)) {
+        tx_flush(dp, *n);
+        *n = 0;
+    }
+    uint8_t *outs[ESP_TX_BATCH];
+    for (int i = *n; i < ESP_TX_BATCH; i++)
+        outs[i - *n] = b->buf[i] + ESP_HEADROOM;
+    size_t segs = esp_tso_segment(pkt, len, vh.gso_size, outs, cap, b->inner_len + *n,
+                                  (size_t)(ESP_TX_BATCH - *n));
+    if (segs == 0)
+        atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+    *n += (int)segs;
+    return 1;
+}
+
+int esp_datapath_poll_tun(esp_datapath *dp)
+{
+    int n = 0, reads = 0;
+    /* Plain: fill one batch. Offload: a few super-packets per wakeup. */
+    int max_reads = dp->offload ? 8 : ESP_BATCH;
+    while (reads < max_reads && n < ESP_TX_BATCH) {
+        int more = dp->offload ? tun_read_offload(dp, &n) : tun_read_plain(dp, &n);
+        if (!more)
+            break;
+        reads++;
+    }
+    tx_flush(dp, n);
+    return reads == max_reads ? ESP_BATCH : reads;
+}
+
+/* -------------------------------------------------------- UDP -> TUN */
+
+static void queue_ike(esp_datapath *dp, const uint8_t *data, size_t len,
+                      const struct sockaddr_storage *from, socklen_t from_len)
+{
+    atomic_fetch_add_explicit(&dp->ike_in, 1, memory_order_relaxed);
+    pthread_mutex_lock(&dp->q_lock);
+    bool full = dp->q_len >= ESP_QUEUE_MAX;
+    pthread_mutex_unlock(&dp->q_lock);
+    if (full)
+        return; /* the engine is behind; IKE retransmits */
+    /* IKE packets are rare; allocating for them keeps the queue small. */
+    esp_ike_item *it = malloc(sizeof(*it) + len);
+    if (!it)
+        return;
+    it->next = NULL;
+    it->from = *from;
+    it->from_len = from_len;
+    it->len = len;
+    memcpy(it->data, data, len);
+    pthread_mutex_lock(&dp->q_lock);
+    if (dp->q_tail)
+        dp->q_tail->next = it;
+    else
+        dp->q_head = it;
+    dp->q_tail = it;
+    dp->q_len++;
+    pthread_mutex_unlock(&dp->q_lock);
+    esp_dp_signal_engine(dp);
+}
+
+static void gro_flush(esp_datapath *dp)
+{
+    esp_gro *g = &dp->rx->gro;
+    if (g->len == 0)
+        return;
+    size_t n = esp_gro_finish(g);
+    ssize_t w = write(dp->net.tun_fd, g->buf, n);
+    (void)w; /* a full TUN queue drops, like any congested link */
+}
+
+/* Up the TUN with a decrypted packet; with offloads, coalesced with its
+ * predecessors of the same TCP flow. */
+static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len)
+{
+    if (!dp->offload) {
+        ssize_t w = write(dp->net.tun_fd, inner, len);
+        (void)w; /* a full TUN queue drops, like any congested link */
+        return;
+    }
+    esp_gro *g = &dp->rx->gro;
+    if (esp_gro_append(g, inner, len))
+        return;
+    gro_flush(dp);
+    esp_gro_start(g, inner, len);
+}
+
+/* One received datagram (or one segment of a GRO buffer). */
+static void rx_datagram(esp_datapath *dp, uint8_t *p, size_t len,
+                        const struct sockaddr_storage *from, socklen_t from_len, bool *rekey)
+{
+    if (len == 1 && p[0] == 0xff)
+        return; /* NAT keepalive from the peer */
+    if (len >= NON_ESP_MARKER_LEN && buf_load_be32(p) == 0) {
+        queue_ike(dp, p + NON_ESP_MARKER_LEN, len - NON_ESP_MARKER_LEN, from, from_len);
+        return;
+    }
+    if (len < 8) {
+        atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+        return;
+    }
+    esp_slot *slot = esp_dp_find_slot_locked(dp, buf_load_be32(p));
+    if (!slot) {
+        atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
+        return;
+    }
+    uint8_t *inner, nh;
+    size_t inner_len;
+    esp_drop_reason why;
+    if (esp_sa_decap(slot->sa, p, len, &inner, &inner_len, &nh, &why) == 0)
+        deliver(dp, inner, inner_len);
+    *rekey |= esp_sa_rekey_pending(slot->sa);
+}
+
+int esp_datapath_poll_udp(esp_datapath *dp)
+{
+    esp_rx_batch *b = dp->rx;
+    size_t slot_size = dp->udp_gro ? ESP_RX_GRO_SLOT : ESP_MAX_PACKET;
+    int slots = (int)(ESP_RX_BYTES / slot_size);
+    for (int i = 0; i < slots; i++) {
+        b->iov[i].iov_base = b->buf + (size_t)i * slot_size;
+        b->iov[i].iov_len = slot_size;
+        memset(&b->msg[i].msg_hdr, 0, sizeof(b->msg[i].msg_hdr));
+        b->msg[i].msg_hdr.msg_iov = &b->iov[i];
+        b->msg[i].msg_hdr.msg_iovlen = 1;
+        b->msg[i].msg_hdr.msg_name = &b->from[i];
+        b->msg[i].msg_hdr.msg_namelen = sizeof(b->from[i]);
+        if (dp->udp_gro) {
+            b->msg[i].msg_hdr.msg_control = b->ctrl[i].buf;
+            b->msg[i].msg_hdr.msg_controllen = sizeof(b->ctrl[i].buf);
+        }
+    }
+    int n = recvmmsg(dp->udp_fd, b->msg, (unsigned)slots, MSG_DONTWAIT, NULL);
+    if (n <= 0)
+        return 0;
+
+    bool rekey = false;
+    pthread_rwlock_rdlock(&dp->sa_lock);
+    for (int i = 0; i < n; i++) {
+        struct msghdr *mh = &b->msg[i].msg_hdr;
+        uint8_t *p = b->iov[i].iov_base;
+        size_t len = b->msg[i].msg_len;
+        if (mh->msg_flags & MSG_TRUNC) {
+            atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+            continue;
+        }
+        size_t seg = len;
+        for (struct cmsghdr *cm = dp->udp_gro ? CMSG_FIRSTHDR(mh) : NULL; cm;
+             cm = CMSG_NXTHDR(mh, cm)) {
+            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                int gso;
+                memcpy(&gso, CMSG_DATA(cm), sizeof(gso));
+                if (gso > 0)
+                    seg = (size_t)gso;
+            }
+        }
+        /* A GRO buffer holds datagrams of `seg` bytes, the last may be shorter. */
+        for (size_t off = 0; off < len; off += seg) {
+            size_t l = len - off < seg ? len - off : seg;
+            rx_datagram(dp, p + off, l, &b->from[i], mh->msg_namelen, &rekey);
+        }
+    }
+    pthread_rwlock_unlock(&dp->sa_lock);
+    if (dp->offload)
+        gro_flush(dp);
+    if (rekey)
+        esp_dp_signal_engine(dp);
+    return n == slots ? ESP_BATCH : n;
+}
+
+/* ------------------------------------------------------------- workers */
+
+static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *))
+{
+    struct pollfd pfd[2] = { { fd, POLLIN, 0 }, { dp->stop_fd, POLLIN, 0 } };
+    for (;;) {
+        /* Drain while there is work; sleep in poll only when idle. */
+        while (step(dp) == ESP_BATCH)
+            ;
+        if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+            return;
+        if (pfd[1].revents)
+            return;
+    }
+}
+
+static void *tx_main(void *arg)
+{
+    esp_datapath *dp = arg;
+    worker_loop(dp, dp->net.tun_fd, esp_datapath_poll_tun);
+    return NULL;
+}
+
+static void *rx_main(void *arg)
+{
+    esp_datapath *dp = arg;
+    worker_loop(dp, dp->udp_fd, esp_datapath_poll_udp);
+    return NULL;
+}
+
+int esp_datapath_start(esp_datapath *dp)
+{
+    if (!dp->cfg.threads || dp->running)
+        return 0;
+    uint64_t v;
+    while (read(dp->stop_fd, &v, sizeof(v)) > 0)
+        ;
+    if (pthread_create(&dp->tx_thread, NULL, tx_main, dp) != 0)
+        return M2MVPN_E_SYSTEM;
+    if (pthread_create(&dp->rx_thread, NULL, rx_main, dp) != 0) {
+        uint64_t one = 1;
+        ssize_t w = write(dp->stop_fd, &one, sizeof(one));
+        (void)w;
+        pthread_join(dp->tx_thread, NULL);
+        return M2MVPN_E_SYSTEM;
+    }
+    dp->running = true;
+    return 0;
+}
+
+void esp_datapath_stop(esp_datapath *dp)
+{
+    if (!dp || !dp->running)
+        return;
+    uint64_t one = 1;
+    ssize_t w = write(dp->stop_fd, &one, sizeof(one));
+    (void)w;
+    pthread_join(dp->tx_thread, NULL);
+    pthread_join(dp->rx_thread, NULL);
+    dp->running = false;
+}

@@ -1,0 +1,324 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Kill switch (DESIGN.md 8, lib/esp/esp.h "Kill switch"): with
+tunnel.kill_switch on, no plaintext for the protected network leaves the
+client's underlay in any state: after the profile is loaded and before the
+first connect, after a disconnect, while the gateway is gone and the client
+reconnects, and after `m2mvpn run` was killed with SIGKILL.
+
+How leaks are seen: tcpdump on the client's underlay interface (eth0) while
+the client sends UDP, TCP and ICMP to the protected addresses; any captured
+packet with an address in 198.18.0.0/15 (outside the tunnel everything is
+ESP in UDP between the 198.51.100.x underlay addresses) is plaintext that
+left the device. The client gets a default route via the gateway, as a real
+device has, so a leak has somewhere to go and the gateway (which has the
+protected addresses on its lo) would even answer it: each test first shows
+that without the client such traffic does leave and is captured, so the
+capture and its filter can see a leak.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+import charon as charonmod
+import m2mvpn_client
+import netlab
+
+pytestmark = pytest.mark.needs_m2mvpn
+
+TUN = "m2m0"
+PROTECTED = netlab.PROTECTED_ADDRS[0]
+LEAK_FILTER = "net 198.18.0.0/15"      # an inside address on the underlay
+TUNNEL_FILTER = "udp port 4500"        # ESP in UDP and IKE after NAT-T
+TCP_SINK_PORT = 40003
+# Where Capture sends its end-of-capture marker: the gateway's underlay
+# address, discard port (nothing listens; only the capture has to see it).
+MARKER = (netlab.GW_ADDR, 9)
+FAST = {"retransmit_timeout_s": 0.5, "retransmit_tries": 1, "retransmit_base": 1.5}
+
+# Sends to the protected addresses until its stdin closes: a UDP datagram to
+# each every 10 ms, and a TCP stream to the gateway's sink if one was opened
+# ("tcp" argument; it is connected before "ready" is printed). Send errors
+# (no route, no buffer space) are counted, never fatal. Prints
+# "<udp sent> <errors> <tcp bytes>" at the end.
+_TRAFFIC = r"""
+import os, select, socket, sys, time
+port, tcp_port, with_tcp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "tcp"
+targets = sys.argv[4:]
+tcp = None
+if with_tcp:
+    tcp = socket.create_connection((targets[0], tcp_port), timeout=5)
+    tcp.setblocking(False)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.setblocking(False)
+print("ready", flush=True)
+sent = errors = tcp_bytes = 0
+chunk = b"m2m-kill-switch-probe" * 700
+while True:
+    if select.select([sys.stdin], [], [], 0.01)[0] and not os.read(sys.stdin.fileno(), 100):
+        break
+    for t in targets:
+        try:
+            udp.sendto(b"m2m-kill-switch-probe", (t, port))
+            sent += 1
+        except OSError:
+            errors += 1
+    if tcp is not None:
+        try:
+            tcp_bytes += tcp.send(chunk)
+        except BlockingIOError:
+            pass
+        except OSError:
+            errors += 1
+print(sent, errors, tcp_bytes, flush=True)
+"""
+
+_TCP_SINK = r"""
+import socket, sys
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((sys.argv[1], int(sys.argv[2])))
+ls.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = ls.accept()
+    try:
+        while c.recv(1 << 16):
+            pass
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+def binary_or_skip():
+    binary = m2mvpn_client.find_binary()
+    if binary is None:
+        pytest.skip("tools/m2mvpn not built (set M2MVPN_BINARY): our client is not tested")
+    return binary
+
+
+NO_ROUTE_ERRORS = ("Network is unreachable", "No route to host", "Invalid argument",
+                   "Operation not permitted")
+
+
+def ping_replies(ns: netlab.Namespace, addr: str, **kwargs) -> int:
+    """netlab.ping, with a send refused by routing (no route, a blackhole or
+    prohibit route, a firewall) counted as no reply."""
+    try:
+        return netlab.ping(ns, addr, **kwargs)
+    except netlab.CommandError as exc:
+        if any(e in exc.stderr for e in NO_ROUTE_ERRORS):
+            return 0
+        raise
+
+
+class Traffic:
+    """_TRAFFIC running in a namespace; stop() returns (udp sent, errors, tcp bytes)."""
+
+    def __init__(self, ns: netlab.Namespace, *, tcp: bool = False):
+        self.proc = ns.popen([netlab.PYTHON, "-c", _TRAFFIC, "40002", str(TCP_SINK_PORT),
+                              "tcp" if tcp else "udp", *netlab.PROTECTED_ADDRS],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"traffic generator did not start: {line!r} "
+                               f"{self.proc.communicate()[1]}")
+
+    def stop(self) -> tuple[int, int, int]:
+        out, err = self.proc.communicate(timeout=10)   # closes its stdin first
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"traffic generator failed: {err}")
+        sent, errors, tcp_bytes = (int(x) for x in out.split())
+        return sent, errors, tcp_bytes
+
+
+def leak_test_network(topology, charons, pki, workdir, *, start_gateway: bool = True):
+    """Direct topology, a default route on the client via the gateway, a PSK
+    gateway (unless start_gateway is false: no charon, nothing answers IKE);
+    proves that plaintext to the protected net would leave eth0 and be
+    captured (the control). Returns (topology, gateway charon or None)."""
+    topo = topology("direct")
+    topo.client.add_route("default", via=topo.gw_addr)
+    gw = None
+    if start_gateway:
+        gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    with netlab.Capture(topo.client, "eth0", workdir / "control.pcap", marker=MARKER) as cap:
+        assert netlab.ping(topo.client, PROTECTED, count=1) == 1
+        traffic = Traffic(topo.client)
+        assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS[1], count=1) == 1
+        sent, _, _ = traffic.stop()
+    assert sent > 0
+    control = cap.read(LEAK_FILTER)
+    assert any("ICMP echo request" in p for p in control), control
+    assert any(".40002: UDP" in p for p in control), control
+    return topo, gw
+
+
+def kill_switch_profile(pki, gw_addr: str, **kwargs) -> dict:
+    profile = m2mvpn_client.make_profile(pki, "psk", gw_addr, kill_switch=True, **kwargs)
+    profile["ike"].update(FAST)
+    return profile
+
+
+def assert_no_leak(cap: netlab.Capture) -> None:
+    leaks = cap.read(LEAK_FILTER)
+    assert not leaks, f"{len(leaks)} plaintext packets for the protected net left eth0:\n" \
+        + "\n".join(leaks[:20])
+
+
+def assert_kill_switch_routes(ns: netlab.Namespace) -> None:
+    routes = ns.ip_json("-4", "route", "show", netlab.PROTECTED_NET)
+    assert any(r.get("dev") == TUN for r in routes), routes
+    assert any(r.get("type") == "blackhole" for r in routes), routes
+
+
+# -- the tests ----------------------------------------------------------------------
+
+def test_no_plaintext_before_first_connect(topology, charons, pki, workdir):
+    """Profile loaded (manual mode, kill switch on), never connected: traffic
+    for the protected net must not leave in plaintext."""
+    binary = binary_or_skip()
+    topo, _gw = leak_test_network(topology, charons, pki, workdir)
+    profile = kill_switch_profile(pki, topo.gw_addr)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        assert client.status()["state"] == "idle"
+        with netlab.Capture(topo.client, "eth0", workdir / "before.pcap", marker=MARKER) as cap:
+            traffic = Traffic(topo.client)
+            replies = ping_replies(topo.client, PROTECTED, count=2, timeout_s=3)
+            sent, errors, _ = traffic.stop()
+        assert sent + errors > 0   # it tried
+        assert_no_leak(cap)
+        assert replies == 0, "the protected address answered in plaintext"
+
+
+def test_no_plaintext_while_first_connect_fails(topology, charons, pki, workdir):
+    """Always-on profile (kill switch on) at boot while the gateway does not
+    answer IKE: the client keeps trying and nothing for the protected net
+    leaves in plaintext meanwhile."""
+    binary = binary_or_skip()
+    topo, _ = leak_test_network(topology, charons, pki, workdir, start_gateway=False)
+    profile = kill_switch_profile(pki, topo.gw_addr, mode="always-on")
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        st = client.wait_for_state("reconnecting", timeout_s=10)
+        assert st["last_error"]["code"] != 0, st
+        with netlab.Capture(topo.client, "eth0", workdir / "boot.pcap", marker=MARKER) as cap:
+            traffic = Traffic(topo.client)
+            replies = ping_replies(topo.client, PROTECTED, count=2, timeout_s=3)
+            sent, errors, _ = traffic.stop()
+        assert client.status()["state"] in ("reconnecting", "connecting")
+        assert sent + errors > 0   # it tried
+        assert_no_leak(cap)
+        assert replies == 0, "the protected address answered in plaintext"
+
+
+def test_no_plaintext_after_disconnect(topology, charons, pki, workdir):
+    """Connected, then `m2mvpn disconnect`: the routes stay in the TUN and
+    nothing for the protected net leaves in plaintext."""
+    binary = binary_or_skip()
+    topo, gw = leak_test_network(topology, charons, pki, workdir)
+    profile = kill_switch_profile(pki, topo.gw_addr)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        client.wait_for_state("connected")
+        assert netlab.ping(topo.client, PROTECTED, count=2) == 2   # through the tunnel
+        client.disconnect()
+        client.wait_for_state("idle")
+        deadline = time.monotonic() + 10
+        while gw.list_sas():
+            assert time.monotonic() < deadline, "gateway kept the SA after disconnect"
+            time.sleep(0.1)
+        assert_kill_switch_routes(topo.client)
+        with netlab.Capture(topo.client, "eth0", workdir / "after.pcap", marker=MARKER) as cap:
+            traffic = Traffic(topo.client)
+            replies = ping_replies(topo.client, PROTECTED, count=2, timeout_s=3)
+            sent, errors, _ = traffic.stop()
+        assert sent + errors > 0   # it tried
+        assert_no_leak(cap)
+        assert replies == 0
+
+
+def test_no_plaintext_while_gateway_is_down(topology, charons, pki, workdir):
+    """Always-on, connected, a TCP stream and UDP running through the tunnel;
+    the gateway's charon stops: while the client reconnects, the capture on
+    its underlay shows the tunnel (UDP/4500) and no plaintext; when the
+    gateway is back the client reconnects and traffic flows again."""
+    binary = binary_or_skip()
+    topo, gw = leak_test_network(topology, charons, pki, workdir)
+    profile = kill_switch_profile(pki, topo.gw_addr, mode="always-on")
+    profile["ike"]["dpd_s"] = 2
+    sink = topo.gateway.popen([netlab.PYTHON, "-c", _TCP_SINK, PROTECTED, str(TCP_SINK_PORT)],
+                              stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.wait_for_state("connected")        # always-on: connects by itself
+        with netlab.Capture(topo.client, "eth0", workdir / "outage.pcap", marker=MARKER) as cap:
+            traffic = Traffic(topo.client, tcp=True)
+            # A short transfer through the tunnel, checked end to end.
+            sent, received = netlab.tcp_transfer(topo.client, topo.gateway, PROTECTED,
+                                                 5_000_000)
+            assert received == sent
+            gw.stop()
+            st = client.wait_for_state("reconnecting", timeout_s=15)
+            assert st["last_error"]["code"] != 0, st
+            # The gateway is gone: nothing answers, through the tunnel or around it.
+            assert ping_replies(topo.client, PROTECTED, count=3, timeout_s=4) == 0
+            assert client.status()["state"] in ("reconnecting", "connecting"), client.status()
+            assert_kill_switch_routes(topo.client)
+            gw2 = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw2")
+            client.wait_for_state("connected", timeout_s=30)
+            gw2.wait_for_sa("psk", "net")
+            assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+            udp_sent, _, tcp_bytes = traffic.stop()
+        assert udp_sent > 100 and tcp_bytes > 0, (udp_sent, tcp_bytes)
+        assert_no_leak(cap)
+        tunnel = cap.read(TUNNEL_FILTER)
+        assert len(tunnel) > 100, "the capture saw no tunnel traffic: it cannot have seen a leak"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+def test_no_plaintext_after_engine_is_killed(topology, charons, pki, workdir, sig):
+    """`kill -9` of a connected `m2mvpn run` (a crash), or SIGTERM (a service
+    manager stopping it): the persistent TUN, its routes and the blackholes
+    stay, and protected traffic does not leave in plaintext. A new
+    `m2mvpn run` takes the TUN over and connects again."""
+    binary = binary_or_skip()
+    topo, gw = leak_test_network(topology, charons, pki, workdir)
+    profile = kill_switch_profile(pki, topo.gw_addr)
+    client = m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile)
+    with client:
+        client.connect()
+        client.wait_for_state("connected")
+        assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+        client.proc.send_signal(sig)
+        code = client.proc.wait(timeout=10)
+        assert code == (-9 if sig == signal.SIGKILL else 0), code
+    if sig == signal.SIGTERM:
+        # An orderly stop says goodbye to the gateway (IKE DELETE).
+        deadline = time.monotonic() + 10
+        while gw.list_sas():
+            assert time.monotonic() < deadline, "gateway kept the SA after SIGTERM"
+            time.sleep(0.1)
+    links = [link["ifname"] for link in topo.client.ip_json("link", "show")]
+    assert TUN in links, links
+    assert_kill_switch_routes(topo.client)
+    with netlab.Capture(topo.client, "eth0", workdir / "killed.pcap", marker=MARKER) as cap:
+        traffic = Traffic(topo.client)
+        replies = ping_replies(topo.client, PROTECTED, count=3, timeout_s=4)
+        sent, errors, _ = traffic.stop()
+    assert sent + errors > 0   # it tried
+    assert_no_leak(cap)
+    assert replies == 0
+    # The device restarts the engine: it re-attaches to the TUN and connects.
+    (workdir / "m2mvpn" / "control.sock").unlink(missing_ok=True)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as again:
+        again.connect()
+        again.wait_for_state("connected")
+        gw.wait_for_sa("psk", "net")
+        assert netlab.ping(topo.client, PROTECTED, count=2) == 2

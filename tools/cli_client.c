@@ -88,6 +88,15 @@ int cli_cmd_switch(int argc, char **argv)
     return cli_call(&o, "switch", CTL_CMD_SWITCH, args, 1, NULL);
 }
 
+int cli_cmd_unload(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 1, 1, &o) < 0)
+        return CLI_EXIT_USAGE;
+    const char *args[1] = { o.pos[0] };
+    return cli_call(&o, "unload", CTL_CMD_UNLOAD, args, 1, NULL);
+}
+
 int cli_cmd_login(int argc, char **argv)
 {
     cli_opts o;

@@ -294,3 +294,16 @@ def test_without_verbose_there_are_no_debug_lines(workdir, profile_file):
         assert "debug" not in log
     finally:
         svc.kill()
+
+
+def test_unload_a_profile(service):
+    p = cli("unload", PROFILE_NAMES[0], "--control", service.control)
+    assert p.returncode == 0, p.stderr
+    # The next loaded profile becomes the active one.
+    assert wait_for(lambda: _status(service)["profile"] == PROFILE_NAMES[1])
+    p = cli("switch", PROFILE_NAMES[0], "--control", service.control)
+    assert p.returncode == 1
+    assert "no profile named '%s'" % PROFILE_NAMES[0] in one_error_line(p)
+    p = cli("unload", "no-such", "--control", service.control)
+    assert p.returncode == 1
+    assert one_error_line(p).startswith("m2mvpn: unload refused: ")

@@ -13,7 +13,7 @@ import subprocess
 def test_help_lists_every_command():
     p = cli("--help")
     assert p.returncode == 0 and p.stderr == ""
-    for word in ("run", "start", "stop", "connect", "disconnect", "switch", "login", "pin", "status"):
+    for word in ("run", "start", "stop", "connect", "disconnect", "switch", "unload", "login", "pin", "status"):
         assert "m2mvpn %s" % word in p.stdout
     assert "/run/m2mvpn/control.sock" in p.stdout
 
@@ -31,6 +31,7 @@ def test_version_is_the_library_version():
     (["status", "extra"], "unexpected argument 'extra'"),
     (["status", "--control"], "needs a value"),
     (["switch"], "missing argument"),
+    (["unload"], "missing argument"),
     (["connect", "a", "b"], "unexpected argument 'b'"),
     (["disconnect", "--json"], "does not apply"),
     (["run"], "--profile FILE is required"),
@@ -52,6 +53,7 @@ def test_bad_usage_exits_2_with_one_line(argv, needle):
     (["connect", "atm-eu"], None),
     (["disconnect"], None),
     (["switch", "atm-eu"], None),
+    (["unload", "atm-eu"], None),
     (["stop"], None),
     (["login", "--user", "bob"], "pw\n"),
     (["pin"], "1234\n"),

@@ -176,3 +176,13 @@ def test_secret_prompt_on_a_terminal_does_not_echo(workdir, argv, prompt):
     assert "S3cr3t-4242" not in shown  # echo was off while typing
     # The secret was read, then the (missing) service was tried.
     assert code == 3 and "cannot reach the service at %s" % sock in shown
+
+
+def test_start_reports_the_service_start_up_error(workdir, profile_file):
+    # The detached service fails before it serves: its reason comes back as
+    # the one error line of `start`.
+    bad_state = os.path.join(workdir, "missing-parent", "state")
+    p = cli("start", "--profile", profile_file, "--control", os.path.join(workdir, "c.sock"),
+            "--state-dir", bad_state)
+    assert p.returncode == 1
+    assert one_error_line(p) == "m2mvpn: cannot create folder %s: No such file or directory" % bad_state

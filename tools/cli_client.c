@@ -88,6 +88,15 @@ int cli_cmd_switch(int argc, char **argv)
     return cli_call(&o, "switch", CTL_CMD_SWITCH, args, 1, NULL);
 }
 
+int cli_cmd_unload(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 1, 1, &o) < 0)
+        return CLI_EXIT_USAGE;
+    const char *args[1] = { o.pos[0] };
+    return cli_call(&o, "unload", CTL_CMD_UNLOAD, args, 1, NULL);
+}
+
 int cli_cmd_login(int argc, char **argv)
 {
     cli_opts o;
@@ -168,6 +177,16 @@ static void print_summary(json_object *st)
                " packets, %" PRId64 " dropped\n",
                get_int(c, "bytes_in"), get_int(c, "packets_in"), get_int(c, "bytes_out"), get_int(c, "packets_out"),
                get_int(c, "packets_dropped"));
+    json_object *alg = NULL;
+    if (json_object_object_get_ex(st, "algorithms", &alg) && alg && json_object_is_type(alg, json_type_object)) {
+        const char *ike = get_str(alg, "ike"), *esp = get_str(alg, "esp");
+        if (ike || esp)
+            printf("algorithms:  IKE %s, ESP %s\n", ike ? ike : dash, esp ? esp : dash);
+        else
+            printf("algorithms:  %s\n", dash);
+    } else {
+        printf("algorithms:  %s\n", dash);
+    }
     json_object *le = NULL;
     if (json_object_object_get_ex(st, "last_error", &le) && le && json_object_is_type(le, json_type_object) &&
         get_int(le, "code") != 0) {

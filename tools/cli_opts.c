@@ -31,6 +31,7 @@ void cli_usage(void)
           "  m2mvpn connect [NAME] [--control SOCK]\n"
           "  m2mvpn disconnect [--control SOCK]\n"
           "  m2mvpn switch NAME [--control SOCK]\n"
+          "  m2mvpn unload NAME [--control SOCK]     (also removes its kill switch)\n"
           "  m2mvpn login --user U [--control SOCK]   (password from stdin or prompt)\n"
           "  m2mvpn pin [--control SOCK]              (PIN from stdin or prompt)\n"
           "  m2mvpn status [--json] [--control SOCK]\n"

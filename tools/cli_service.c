@@ -65,8 +65,12 @@ static void become_service(const service_opts *so, int ready_fd)
         dup2(devnull, STDIN_FILENO);
         dup2(devnull, STDOUT_FILENO);
     }
-    if (chdir("/") < 0 || svc_prepare_dir(so->state_dir, err, sizeof(err)) < 0) {
-        dprintf(ready_fd, "error %s\n", chdir("/") < 0 ? strerror(errno) : err);
+    if (chdir("/") < 0) {
+        dprintf(ready_fd, "error cannot change to /: %s\n", strerror(errno));
+        _exit(CLI_EXIT_FAILED);
+    }
+    if (svc_prepare_dir(so->state_dir, err, sizeof(err)) < 0) {
+        dprintf(ready_fd, "error %s\n", err);
         _exit(CLI_EXIT_FAILED);
     }
     int n = snprintf(log_path, sizeof(log_path), "%s/%s", so->state_dir, SVC_LOG_FILE);

@@ -16,6 +16,7 @@ static const struct {
     [CTL_CMD_LOGIN] = { "login", 2, 2 },
     [CTL_CMD_PIN] = { "pin", 1, 1 },
     [CTL_CMD_STOP] = { "stop", 0, 0 },
+    [CTL_CMD_UNLOAD] = { "unload", 1, 1 },
 };
 
 const char *ctl_cmd_name(ctl_cmd cmd)

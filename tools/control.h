@@ -36,6 +36,7 @@ typedef enum ctl_cmd {
     CTL_CMD_LOGIN,       /* user, password (secret) */
     CTL_CMD_PIN,         /* pin (secret) */
     CTL_CMD_STOP,        /* no args: disconnect and end the service */
+    CTL_CMD_UNLOAD,      /* profile name */
     CTL_CMD_COUNT_
 } ctl_cmd;
 

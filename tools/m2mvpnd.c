@@ -20,6 +20,8 @@ int main(int argc, char **argv)
         printf("m2mvpnd %s\n", m2mvpn_version());
         return CLI_EXIT_OK;
     }
-    /* argv[0] becomes the command word in messages: "m2mvpnd: ..." */
+    /* argv[0] is the command word in messages ("m2mvpn: m2mvpnd: ..."),
+     * whatever path the service manager started us by. */
+    argv[0] = (char *)"m2mvpnd";
     return cli_cmd_run(argc, argv);
 }

@@ -277,6 +277,9 @@ static char *run_request(service *s, ctl_request *req)
     case CTL_CMD_PIN:
         r = m2mvpn_enter_pin(s->h, req->args[0], req->arg_len[0]);
         break;
+    case CTL_CMD_UNLOAD:
+        r = m2mvpn_profile_unload(s->h, req->args[0]);
+        break;
     case CTL_CMD_STOP:
         begin_stop(s, "stop request");
         break;

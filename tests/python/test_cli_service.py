@@ -39,6 +39,7 @@ def test_status_plain_summary(service):
     assert fields["profile"].strip() == PROFILE_NAMES[0]
     assert fields["version"].strip() == m2mvpn.version()
     assert fields["last error"].strip() == "-"
+    assert fields["algorithms"].strip() == "-"  # nothing negotiated while idle
 
 
 def test_socket_is_0600_in_a_0700_folder(service):
@@ -280,3 +281,29 @@ def test_debug_log_has_level_and_subsystem(service):
     lines = service.log().splitlines()
     assert any(line.startswith("debug [api] ") for line in lines), lines
     assert any(line.startswith("info [service] ") for line in lines), lines
+
+
+def test_without_verbose_there_are_no_debug_lines(workdir, profile_file):
+    svc = Service(workdir, profile_file, verbose=False)
+    try:
+        svc.wait_ready()
+        cli("switch", "no-such", "--control", svc.control)
+        assert svc.stop() == 0
+        log = svc.log()
+        assert "info [service] " in log
+        assert "debug" not in log
+    finally:
+        svc.kill()
+
+
+def test_unload_a_profile(service):
+    p = cli("unload", PROFILE_NAMES[0], "--control", service.control)
+    assert p.returncode == 0, p.stderr
+    # The next loaded profile becomes the active one.
+    assert wait_for(lambda: _status(service)["profile"] == PROFILE_NAMES[1])
+    p = cli("switch", PROFILE_NAMES[0], "--control", service.control)
+    assert p.returncode == 1
+    assert "no profile named '%s'" % PROFILE_NAMES[0] in one_error_line(p)
+    p = cli("unload", "no-such", "--control", service.control)
+    assert p.returncode == 1
+    assert one_error_line(p).startswith("m2mvpn: unload refused: ")

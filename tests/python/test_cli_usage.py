@@ -5,7 +5,7 @@ import os
 import pytest
 
 import m2mvpn
-from cli_helpers import DAEMON, cli, one_error_line
+from cli_helpers import CLI, DAEMON, cli, one_error_line
 
 import subprocess
 
@@ -13,7 +13,7 @@ import subprocess
 def test_help_lists_every_command():
     p = cli("--help")
     assert p.returncode == 0 and p.stderr == ""
-    for word in ("run", "start", "stop", "connect", "disconnect", "switch", "login", "pin", "status"):
+    for word in ("run", "start", "stop", "connect", "disconnect", "switch", "unload", "login", "pin", "status"):
         assert "m2mvpn %s" % word in p.stdout
     assert "/run/m2mvpn/control.sock" in p.stdout
 
@@ -31,6 +31,7 @@ def test_version_is_the_library_version():
     (["status", "extra"], "unexpected argument 'extra'"),
     (["status", "--control"], "needs a value"),
     (["switch"], "missing argument"),
+    (["unload"], "missing argument"),
     (["connect", "a", "b"], "unexpected argument 'b'"),
     (["disconnect", "--json"], "does not apply"),
     (["run"], "--profile FILE is required"),
@@ -52,6 +53,7 @@ def test_bad_usage_exits_2_with_one_line(argv, needle):
     (["connect", "atm-eu"], None),
     (["disconnect"], None),
     (["switch", "atm-eu"], None),
+    (["unload", "atm-eu"], None),
     (["stop"], None),
     (["login", "--user", "bob"], "pw\n"),
     (["pin"], "1234\n"),
@@ -122,7 +124,7 @@ def test_m2mvpnd_help_and_usage():
     assert p.returncode == 0 and "m2mvpnd --profile FILE" in p.stdout
     p = subprocess.run([DAEMON], capture_output=True, text=True)
     assert p.returncode == 2
-    assert "--profile FILE is required" in one_error_line(p)
+    assert one_error_line(p) == "m2mvpn: m2mvpnd: --profile FILE is required"
 
 
 def test_socket_folder_writable_by_others_is_refused(workdir, profile_file):
@@ -133,3 +135,54 @@ def test_socket_folder_writable_by_others_is_refused(workdir, profile_file):
             "--state-dir", os.path.join(workdir, "st"))
     assert p.returncode == 1
     assert "writable by other users" in one_error_line(p)
+
+
+def _run_on_a_terminal(argv, typed, timeout=10):
+    """Run argv with a pseudo-terminal as its stdin/stdout/stderr, type `typed`
+    after the first output, and return (exit status, everything it showed)."""
+    import pty
+    import select
+    import time
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    shown, sent = b"", False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        if shown and not sent:
+            os.write(fd, typed)
+            sent = True
+    else:
+        os.kill(pid, 9)  # never hang the suite on a stuck child
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+@pytest.mark.parametrize("argv,prompt", [(["pin"], "PIN: "), (["login", "--user", "bob"], "Password: ")])
+def test_secret_prompt_on_a_terminal_does_not_echo(workdir, argv, prompt):
+    sock = os.path.join(workdir, "none.sock")
+    code, shown = _run_on_a_terminal([CLI, *argv, "--control", sock], b"S3cr3t-4242\n")
+    assert shown.startswith(prompt), shown
+    assert "S3cr3t-4242" not in shown  # echo was off while typing
+    # The secret was read, then the (missing) service was tried.
+    assert code == 3 and "cannot reach the service at %s" % sock in shown
+
+
+def test_start_reports_the_service_start_up_error(workdir, profile_file):
+    # The detached service fails before it serves: its reason comes back as
+    # the one error line of `start`.
+    bad_state = os.path.join(workdir, "missing-parent", "state")
+    p = cli("start", "--profile", profile_file, "--control", os.path.join(workdir, "c.sock"),
+            "--state-dir", bad_state)
+    assert p.returncode == 1
+    assert one_error_line(p) == "m2mvpn: cannot create folder %s: No such file or directory" % bad_state

@@ -50,7 +50,7 @@ START_TEST(refusals)
     const char *bad[] = {
         "", "bogus", "status extra", "switch", "login onlyuser", "pin a b",
         " status", "status ", "connect  x", "pin %", "pin %4", "pin %zz", "pin %00",
-        "pin a\tb", "STATUS",
+        "pin a\tb", "STATUS", "unload",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = '\0';
@@ -132,7 +132,7 @@ START_TEST(name_table)
 {
     /* Every word parses back to its command (with the arguments it needs). */
     const char *const sample_args[CTL_CMD_COUNT_] = {
-        [CTL_CMD_SWITCH] = " x", [CTL_CMD_LOGIN] = " u p", [CTL_CMD_PIN] = " 1234",
+        [CTL_CMD_SWITCH] = " x", [CTL_CMD_LOGIN] = " u p", [CTL_CMD_PIN] = " 1234", [CTL_CMD_UNLOAD] = " x",
     };
     for (int c = 0; c < CTL_CMD_COUNT_; c++) {
         char line[64];

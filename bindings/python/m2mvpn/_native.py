@@ -103,6 +103,12 @@ class Status(ctypes.Structure):
         ("connected_since", ctypes.c_int64),
         ("ike_algorithms", ctypes.c_char * 96),
         ("esp_algorithms", ctypes.c_char * 96),
+        ("dns", (ctypes.c_char * 48) * 4),
+        ("spi_in", ctypes.c_uint32),
+        ("spi_out", ctypes.c_uint32),
+        ("dropped_replay", ctypes.c_uint64),
+        ("dropped_integrity", ctypes.c_uint64),
+        ("dropped_no_sa", ctypes.c_uint64),
     ]
 
 
@@ -119,6 +125,7 @@ PROTOTYPES = {
     "m2mvpn_profile_load_file": (_int, [_h, _str]),
     "m2mvpn_profile_load_json": (_int, [_h, _str, ctypes.c_size_t]),
     "m2mvpn_profile_switch": (_int, [_h, _str]),
+    "m2mvpn_profile_unload": (_int, [_h, _str]),
     "m2mvpn_connect": (_int, [_h]),
     "m2mvpn_disconnect": (_int, [_h]),
     "m2mvpn_set_credentials": (_int, [_h, _str, ctypes.c_void_p]),

@@ -101,6 +101,12 @@ class StatusSnapshot:
     connected_since: int
     ike_algorithms: str
     esp_algorithms: str
+    dns: tuple          # DNS servers the gateway assigned (empty slots left out)
+    spi_in: int
+    spi_out: int
+    dropped_replay: int
+    dropped_integrity: int
+    dropped_no_sa: int
     struct_size: int
 
 
@@ -253,6 +259,12 @@ class Client:
         self._require_open()
         self._check(self._lib.m2mvpn_profile_switch(self._h, _to_bytes(name, "name")))
 
+    def unload_profile(self, name):
+        """m2mvpn_profile_unload(): drop the profile and everything it set up
+        on the device (TUN, addresses, routes, kill switch)."""
+        self._require_open()
+        self._check(self._lib.m2mvpn_profile_unload(self._h, _to_bytes(name, "name")))
+
     # ----------------------------------------------------------- tunnel
 
     def connect(self):
@@ -301,7 +313,9 @@ class Client:
             bytes_in=st.bytes_in, bytes_out=st.bytes_out, packets_in=st.packets_in, packets_out=st.packets_out,
             packets_dropped=st.packets_dropped, connected_since=st.connected_since,
             ike_algorithms=text(st.ike_algorithms), esp_algorithms=text(st.esp_algorithms),
-            struct_size=st.struct_size)
+            dns=tuple(text(d.value) for d in st.dns if d.value), spi_in=st.spi_in, spi_out=st.spi_out,
+            dropped_replay=st.dropped_replay, dropped_integrity=st.dropped_integrity,
+            dropped_no_sa=st.dropped_no_sa, struct_size=st.struct_size)
 
     def status_json_text(self):
         """m2mvpn_status_json() as the library's exact text."""

@@ -334,3 +334,20 @@ def test_secret_arguments_accept_bytearray_and_check_types(client):
         client.set_credentials("u", bytearray(b"pa\0ss"))
     with raises_code(ErrorCode.INVAL):
         client.enter_pin(bytearray(b"12\x0034"))
+
+
+@needs_parser
+def test_unload_profile(client):
+    client.load_profile_json(profiles("rig-a", "rig-b"))
+    with raises_code(ErrorCode.INVAL):
+        client.unload_profile("")
+    with raises_code(ErrorCode.NOPROFILE):
+        client.unload_profile("nowhere")
+    client.unload_profile("rig-a")
+    client.fileno()
+    deadline = time.monotonic() + 5
+    while client.status().profile != "rig-b" and time.monotonic() < deadline:
+        client.run_once(0.1)
+    assert client.status().profile == "rig-b"
+    with raises_code(ErrorCode.NOPROFILE):
+        client.switch("rig-a")

@@ -41,13 +41,14 @@ enum cli_opt_bits {
     CLI_OPT_USER = 1 << 3,      /* --user U */
     CLI_OPT_VERBOSE = 1 << 4,   /* -v, --verbose */
     CLI_OPT_JSON = 1 << 5,      /* --json */
+    CLI_OPT_REMOVE = 1 << 6,    /* --remove (disconnect) */
 };
 
 typedef struct cli_opts {
     const char *control;   /* default CTL_DEFAULT_SOCKET */
     const char *state_dir; /* default CTL_DEFAULT_STATE_DIR */
     const char *profile, *user;
-    int verbose, json;
+    int verbose, json, remove;
     char **pos;            /* positional arguments */
     int n_pos;
 } cli_opts;

@@ -71,12 +71,30 @@ int cli_cmd_connect(int argc, char **argv)
     return cli_call(&o, "connect", CTL_CMD_CONNECT, args, (size_t)o.n_pos, NULL);
 }
 
+/* disconnect --remove: take the device out of the VPN on purpose, i.e. also
+ * unload the active profile, which removes its kill switch (m2mvpn_profile_unload). */
 int cli_cmd_disconnect(int argc, char **argv)
 {
     cli_opts o;
-    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 0, 0, &o) < 0)
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL | CLI_OPT_REMOVE, 0, 0, &o) < 0)
         return CLI_EXIT_USAGE;
-    return cli_call(&o, "disconnect", CTL_CMD_DISCONNECT, NULL, 0, NULL);
+    int r = cli_call(&o, "disconnect", CTL_CMD_DISCONNECT, NULL, 0, NULL);
+    if (r != CLI_EXIT_OK || !o.remove)
+        return r;
+    json_object *st = NULL;
+    if ((r = cli_call(&o, "disconnect --remove", CTL_CMD_STATUS, NULL, 0, &st)) != CLI_EXIT_OK)
+        return r;
+    json_object *name = NULL;
+    char profile[128] = "";
+    if (json_object_object_get_ex(st, "profile", &name) && json_object_is_type(name, json_type_string))
+        snprintf(profile, sizeof(profile), "%s", json_object_get_string(name));
+    json_object_put(st);
+    if (!profile[0]) {
+        cli_error("disconnect --remove: no profile is active");
+        return CLI_EXIT_FAILED;
+    }
+    const char *args[1] = { profile };
+    return cli_call(&o, "disconnect --remove", CTL_CMD_UNLOAD, args, 1, NULL);
 }
 
 int cli_cmd_switch(int argc, char **argv)

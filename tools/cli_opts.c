@@ -29,7 +29,7 @@ void cli_usage(void)
           "  m2mvpn start --profile FILE [--control SOCK] [--state-dir DIR] [-v]\n"
           "  m2mvpn stop [--control SOCK] [--state-dir DIR]\n"
           "  m2mvpn connect [NAME] [--control SOCK]\n"
-          "  m2mvpn disconnect [--control SOCK]\n"
+          "  m2mvpn disconnect [--remove] [--control SOCK]  (--remove: unload the profile, kill switch too)\n"
           "  m2mvpn switch NAME [--control SOCK]\n"
           "  m2mvpn unload NAME [--control SOCK]     (also removes its kill switch)\n"
           "  m2mvpn login --user U [--control SOCK]   (password from stdin or prompt)\n"
@@ -49,11 +49,13 @@ int cli_parse(int argc, char **argv, unsigned allowed, int min_pos, int max_pos,
         { "user", required_argument, NULL, 'u' },
         { "verbose", no_argument, NULL, 'v' },
         { "json", no_argument, NULL, 'j' },
+        { "remove", no_argument, NULL, 'r' },
         { NULL, 0, NULL, 0 },
     };
     static const struct { int ch; unsigned bit; } bits[] = {
         { 'c', CLI_OPT_CONTROL }, { 'd', CLI_OPT_STATE_DIR }, { 'p', CLI_OPT_PROFILE },
         { 'u', CLI_OPT_USER },    { 'v', CLI_OPT_VERBOSE },   { 'j', CLI_OPT_JSON },
+        { 'r', CLI_OPT_REMOVE },
     };
     const char *cmd = argv[0];
     memset(o, 0, sizeof(*o));
@@ -88,6 +90,7 @@ int cli_parse(int argc, char **argv, unsigned allowed, int min_pos, int max_pos,
         case 'u': o->user = optarg; break;
         case 'v': o->verbose = 1; break;
         case 'j': o->json = 1; break;
+        case 'r': o->remove = 1; break;
         }
     }
     o->pos = argv + optind;

@@ -322,3 +322,28 @@ def test_no_plaintext_after_engine_is_killed(topology, charons, pki, workdir, si
         again.wait_for_state("connected")
         gw.wait_for_sa("psk", "net")
         assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+
+
+def test_kill_switch_removed_only_on_purpose(topology, charons, pki, workdir):
+    """`m2mvpn disconnect --remove` unloads the profile: the persistent TUN,
+    its routes and the blackholes go, and the protected net is reached the
+    ordinary way again (here: in plaintext, which the kill switch prevented)."""
+    binary = binary_or_skip()
+    topo, gw = leak_test_network(topology, charons, pki, workdir)
+    profile = kill_switch_profile(pki, topo.gw_addr)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        client.wait_for_state("connected")
+        client.cli("disconnect", "--remove")
+        deadline = time.monotonic() + 10
+        while True:
+            routes = topo.client.ip_json("-4", "route", "show", netlab.PROTECTED_NET)
+            links = [l["ifname"] for l in topo.client.ip_json("link", "show")]
+            if not routes and TUN not in links:
+                break
+            assert time.monotonic() < deadline, f"left behind: routes {routes}, links {links}"
+            time.sleep(0.1)
+        st = client.status()
+        assert st["state"] == "idle" and st["profile"] is None, st
+        # No profile, no kill switch: the gateway answers in plaintext now.
+        assert ping_replies(topo.client, PROTECTED, count=2, timeout_s=3) == 2

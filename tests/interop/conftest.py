@@ -27,6 +27,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs_m2mvpn: needs the tools/m2mvpn binary")
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """With sanitized binaries (M2MVPN_SANITIZER_LOGS): any report fails the run."""
+    logs = os.environ.get("M2MVPN_SANITIZER_LOGS")
+    if not logs or not os.path.isdir(logs):
+        return
+    reports = sorted(os.listdir(logs))
+    for name in reports:
+        with open(os.path.join(logs, name), errors="replace") as f:
+            print(f"\n==== sanitizer report {name}\n{f.read()[-6000:]}")
+    if reports:
+        print(f"FAIL: {len(reports)} sanitizer report(s) from our binaries")
+        session.exitstatus = 1
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

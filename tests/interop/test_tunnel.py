@@ -22,6 +22,7 @@ import pytest
 import charon as charonmod
 import m2mvpn_client
 import netlab
+import test_ike
 import pki as pkimod
 
 pytestmark = pytest.mark.needs_m2mvpn
@@ -238,6 +239,26 @@ def test_tunnel(topology, charons, pki, workdir, kind, auth, ike, esp):
                    lambda: (c := client.status()["counters"])["packets_out"] >= 5
                    and c["packets_in"] >= 5 and c["bytes_out"] >= 5 * 300, timeout_s=5)
         disconnect_and_check(topo, gw, client)
+
+
+# -- every IKE proposal set of test_ike.py, now with traffic ---------------------------
+
+@pytest.mark.parametrize("ike,esp", test_ike.PROPOSAL_SETS, ids=[p[0] for p in test_ike.PROPOSAL_SETS])
+def test_proposal_sets_carry_traffic(topology, charons, pki, workdir, ike, esp):
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gwconf = charonmod.gateway_config(pki, conns=["psk"], ike_proposals=[ike], esp_proposals=[esp])
+    gw = charons(topo.gateway, gwconf, name="gw")
+    profile = m2mvpn_client.make_profile(pki, "psk", topo.gw_addr, ike_proposals=[ike],
+                                         esp_proposals=[esp])
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        st = client.wait_for_state("connected", timeout_s=20)
+        assert st["algorithms"] == {"ike": test_ike.canonical_ike(ike), "esp": esp}, st
+        sa = gw.wait_for_sa("psk", "net", timeout_s=10)
+        test_ike.expect_ike(sa, ike)
+        test_ike.expect_esp(charonmod.child_of(sa), esp)
+        ping_counted_by_gateway(topo, gw, "psk")
 
 
 # -- every ESP cipher with bulk data ---------------------------------------------------

@@ -9,9 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <spawn.h>
 #include <sys/epoll.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,6 +17,7 @@
 #include "cred/cred.h"
 #include "crypto/pki.h"
 #include "esp/esp.h"
+#include "dns_hook.h"
 #include "ike/ike.h"
 
 #define BACKOFF_FIRST_MS 1000
@@ -60,7 +59,7 @@ struct conn {
     int close_err;                /* ... and why, if it is an error */
     char close_detail[320];
 
-    pid_t dns_hook_pids[4];       /* tunnel.dns_hook runs not yet reaped */
+    dns_hook dns_hook;            /* tunnel.dns_hook runs not yet reaped */
     char underlay[IF_NAMESIZE];   /* interface towards the gateway, found once */
     char vip[48];
     int64_t connected_since;
@@ -85,56 +84,15 @@ static void close_socket(conn *c)
 
 /* ---------------------------------------------------------- DNS hook */
 
-static void reap_hooks(conn *c)
-{
-    for (size_t i = 0; i < sizeof(c->dns_hook_pids) / sizeof(c->dns_hook_pids[0]); i++) {
-        int st;
-        if (c->dns_hook_pids[i] > 0 && waitpid(c->dns_hook_pids[i], &st, WNOHANG) == c->dns_hook_pids[i]) {
-            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-                LOG_WARN(c->log, "conn", "tunnel.dns_hook (pid %d) failed (status %d)", (int)c->dns_hook_pids[i], st);
-            c->dns_hook_pids[i] = 0;
-        }
-    }
-}
-
-/* The profile's tunnel.dns_hook applies the gateway's DNS servers the way
- * the device wants: "HOOK up TUN DNS..." when the tunnel is up, "HOOK down
- * TUN" when it went down. Run without a shell, with a minimal environment. */
+/* The profile's tunnel.dns_hook, with the DNS servers the datapath holds. */
 static void run_dns_hook(conn *c, bool up)
 {
     const char *hook = c->prof ? c->prof->tunnel.dns_hook : NULL;
     if (!hook)
         return;
-    reap_hooks(c);
-    size_t slot = 0;
-    while (slot < sizeof(c->dns_hook_pids) / sizeof(c->dns_hook_pids[0]) && c->dns_hook_pids[slot] > 0)
-        slot++;
-    if (slot == sizeof(c->dns_hook_pids) / sizeof(c->dns_hook_pids[0])) {
-        LOG_WARN(c->log, "conn", "tunnel.dns_hook still busy; not run");
-        return;
-    }
-    char dns[ESP_MAX_DNS][INET6_ADDRSTRLEN];
-    char *argv[4 + ESP_MAX_DNS];
-    size_t n = 0;
-    argv[n++] = (char *)hook;
-    argv[n++] = up ? "up" : "down";
-    argv[n++] = c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0";
-    if (up && c->dp) {
-        esp_prefix servers[ESP_MAX_DNS];
-        size_t k = esp_datapath_dns(c->dp, servers, ESP_MAX_DNS);
-        for (size_t i = 0; i < k; i++)
-            if (inet_ntop(servers[i].family, servers[i].addr, dns[i], sizeof(dns[i])))
-                argv[n++] = dns[i];
-    }
-    argv[n] = NULL;
-    char *envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
-    pid_t pid;
-    int e = posix_spawn(&pid, hook, NULL, NULL, argv, envp);
-    if (e != 0) {
-        LOG_WARN(c->log, "conn", "cannot run tunnel.dns_hook %s: %s", hook, strerror(e));
-        return;
-    }
-    c->dns_hook_pids[slot] = pid;
+    esp_prefix servers[ESP_MAX_DNS];
+    size_t n = up && c->dp ? esp_datapath_dns(c->dp, servers, ESP_MAX_DNS) : 0;
+    dns_hook_run(&c->dns_hook, c->log, hook, c->prof->tunnel.tun_name, servers, n, up);
 }
 
 static void reap(void *arg)
@@ -142,7 +100,7 @@ static void reap(void *arg)
     conn *c = arg;
     ike_sa_free(c->dead_sa);
     c->dead_sa = NULL;
-    reap_hooks(c);
+    dns_hook_reap(&c->dns_hook, c->log);
     if (c->drop_dp && c->dp && !c->want_up) {
         esp_datapath_teardown(c->dp, true);
         esp_datapath_free(c->dp);
@@ -262,7 +220,7 @@ static void schedule_retry(conn *c, int err, const char *detail);
 static void refresh(void *arg)
 {
     conn *c = arg;
-    reap_hooks(c);
+    dns_hook_reap(&c->dns_hook, c->log);
     if (c->state != M2MVPN_STATE_CONNECTED)
         return;
     set_state(c, M2MVPN_STATE_CONNECTED, 0, NULL); /* same state: status refresh only */

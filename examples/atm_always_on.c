@@ -26,36 +26,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-/* The library has no public name tables for its enums; an application keeps
- * its own (and prints the number for values added by a newer library). */
-static const char *state_name(m2mvpn_state s)
-{
-    switch (s) {
-    case M2MVPN_STATE_IDLE: return "idle";
-    case M2MVPN_STATE_CONNECTING: return "connecting";
-    case M2MVPN_STATE_CONNECTED: return "connected";
-    case M2MVPN_STATE_RECONNECTING: return "reconnecting";
-    case M2MVPN_STATE_DISCONNECTING: return "disconnecting";
-    }
-    return "unknown";
-}
-
-static const char *event_name(m2mvpn_event_type t)
-{
-    switch (t) {
-    case M2MVPN_EVENT_STATE_CHANGED: return "STATE_CHANGED";
-    case M2MVPN_EVENT_PIN_REQUIRED: return "PIN_REQUIRED";
-    case M2MVPN_EVENT_CREDENTIALS_REQUIRED: return "CREDENTIALS_REQUIRED";
-    case M2MVPN_EVENT_ROAMED: return "ROAMED";
-    case M2MVPN_EVENT_REKEYED: return "REKEYED";
-    case M2MVPN_EVENT_AUTH_FAILED: return "AUTH_FAILED";
-    case M2MVPN_EVENT_CONFIG_UPDATED: return "CONFIG_UPDATED";
-    case M2MVPN_EVENT_UPDATE_AVAILABLE: return "UPDATE_AVAILABLE";
-    case M2MVPN_EVENT_CERT_RENEWED: return "CERT_RENEWED";
-    }
-    return "unknown";
-}
-
 /*
  * Runs on the library's engine thread. Keep it short: print and return.
  * `ev` and every string in it are valid only during this call.
@@ -65,10 +35,10 @@ static void on_event(m2mvpn *h, const m2mvpn_event *ev, void *userdata)
     (void)h;
     (void)userdata;
     if (ev->type == M2MVPN_EVENT_STATE_CHANGED)
-        printf("event %s: %s -> %s", event_name(ev->type), state_name(ev->old_state),
-               state_name(ev->state));
+        printf("event %s: %s -> %s", m2mvpn_event_name(ev->type), m2mvpn_state_name(ev->old_state),
+               m2mvpn_state_name(ev->state));
     else
-        printf("event %s (state %s)", event_name(ev->type), state_name(ev->state));
+        printf("event %s (state %s)", m2mvpn_event_name(ev->type), m2mvpn_state_name(ev->state));
     if (ev->profile[0])
         printf(" profile=%s", ev->profile);
     if (ev->error)

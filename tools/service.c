@@ -55,25 +55,6 @@ static const char *const level_names[] = {
     [M2MVPN_LOG_DEBUG] = "debug",
 };
 
-static const char *const state_names[] = {
-    [M2MVPN_STATE_IDLE] = "idle",
-    [M2MVPN_STATE_CONNECTING] = "connecting",
-    [M2MVPN_STATE_CONNECTED] = "connected",
-    [M2MVPN_STATE_RECONNECTING] = "reconnecting",
-    [M2MVPN_STATE_DISCONNECTING] = "disconnecting",
-};
-
-static const char *const event_names[] = {
-    [M2MVPN_EVENT_STATE_CHANGED] = "STATE_CHANGED",
-    [M2MVPN_EVENT_PIN_REQUIRED] = "PIN_REQUIRED",
-    [M2MVPN_EVENT_CREDENTIALS_REQUIRED] = "CREDENTIALS_REQUIRED",
-    [M2MVPN_EVENT_ROAMED] = "ROAMED",
-    [M2MVPN_EVENT_REKEYED] = "REKEYED",
-    [M2MVPN_EVENT_AUTH_FAILED] = "AUTH_FAILED",
-    [M2MVPN_EVENT_CONFIG_UPDATED] = "CONFIG_UPDATED",
-    [M2MVPN_EVENT_UPDATE_AVAILABLE] = "UPDATE_AVAILABLE",
-    [M2MVPN_EVENT_CERT_RENEWED] = "CERT_RENEWED",
-};
 
 #define NAME_OF(table, v) \
     ((unsigned)(v) < sizeof(table) / sizeof(table[0]) && table[v] ? table[v] : "unknown")
@@ -140,8 +121,8 @@ static void on_event(m2mvpn *h, const m2mvpn_event *ev, void *userdata)
     const char *detail = ev->detail && *ev->detail ? ev->detail : "";
     switch (ev->type) {
     case M2MVPN_EVENT_STATE_CHANGED:
-        svc_log(s, M2MVPN_LOG_DEBUG, "event STATE_CHANGED %s -> %s%s%s", NAME_OF(state_names, ev->old_state),
-                NAME_OF(state_names, ev->state), *detail ? ": " : "", detail);
+        svc_log(s, M2MVPN_LOG_DEBUG, "event STATE_CHANGED %s -> %s%s%s", m2mvpn_state_name(ev->old_state),
+                m2mvpn_state_name(ev->state), *detail ? ": " : "", detail);
         break;
     case M2MVPN_EVENT_PIN_REQUIRED:
         svc_log(s, M2MVPN_LOG_WARNING, "profile '%s' needs a PIN: answer with 'm2mvpn pin'", ev->profile);
@@ -151,7 +132,7 @@ static void on_event(m2mvpn *h, const m2mvpn_event *ev, void *userdata)
                 ev->profile);
         break;
     default:
-        svc_log(s, ev->error ? M2MVPN_LOG_WARNING : M2MVPN_LOG_INFO, "event %s%s%s%s%s", NAME_OF(event_names, ev->type),
+        svc_log(s, ev->error ? M2MVPN_LOG_WARNING : M2MVPN_LOG_INFO, "event %s%s%s%s%s", m2mvpn_event_name(ev->type),
                 ev->error ? " " : "", ev->error ? error_name(ev->error) : "", *detail ? ": " : "", detail);
         break;
     }

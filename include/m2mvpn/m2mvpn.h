@@ -18,7 +18,8 @@
  *  1.0 (M2MVPN_1.0)  first release: handle, profiles (load, switch, unload),
  *                    connect/disconnect, PIN, events, status (struct with
  *                    algorithms, and JSON), engine drive (own thread or
- *                    external loop), logging, errors.
+ *                    external loop), logging, errors, names of errors,
+ *                    states and events.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -329,6 +330,18 @@ M2MVPN_API const char *m2mvpn_last_error(m2mvpn *h);
 
 /** Static message for an error code; never NULL ("unknown error" for others). */
 M2MVPN_API const char *m2mvpn_strerror(int err);
+
+/** Symbolic name of an error code without the prefix ("AUTH_LOCAL" for
+ *  M2MVPN_E_AUTH_LOCAL), "" for 0, "UNKNOWN" for others. Never NULL. */
+M2MVPN_API const char *m2mvpn_error_name(int err);
+
+/** Name of a state as in `status --json`: "idle", "connecting", "connected",
+ *  "reconnecting", "disconnecting"; "unknown" for others. Never NULL. */
+M2MVPN_API const char *m2mvpn_state_name(int state);
+
+/** Name of an event type without the prefix ("STATE_CHANGED"); "UNKNOWN"
+ *  for others. Never NULL. */
+M2MVPN_API const char *m2mvpn_event_name(int type);
 
 /** Library version string, e.g. "1.0.0". */
 M2MVPN_API const char *m2mvpn_version(void);

@@ -18,7 +18,7 @@ const char *m2mvpn_strerror(int err)
     }
 }
 
-const char *api_error_name(int err)
+const char *m2mvpn_error_name(int err)
 {
     switch (err) {
     case M2MVPN_OK:

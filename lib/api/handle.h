@@ -90,14 +90,12 @@ void api_cmd_drain(m2mvpn *h);
  * status snapshot and emits STATE_CHANGED. */
 void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail);
 void api_emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail);
-const char *api_state_name(m2mvpn_state st);
 
 /* Profile registry (lock held by caller): find by name among loaded sets,
  * newest first; *set (if not NULL) receives the set holding it. */
 const profile *api_profile_find_locked(m2mvpn *h, const char *name, profile_set **set);
 /* Hide one profile name of a set that keeps other profiles (lock held). */
 void api_hide_profile_locked(m2mvpn *h, const char *name);
-/* "INVAL" for M2MVPN_E_INVAL, "" for 0, "UNKNOWN" otherwise. */
-const char *api_error_name(int err);
+
 
 #endif

@@ -15,11 +15,30 @@ static const char *const state_names[] = {
     [M2MVPN_STATE_DISCONNECTING] = "disconnecting",
 };
 
-const char *api_state_name(m2mvpn_state st)
+const char *m2mvpn_state_name(int st)
 {
-    if ((unsigned)st < sizeof(state_names) / sizeof(state_names[0]))
+    if (st >= 0 && (size_t)st < sizeof(state_names) / sizeof(state_names[0]))
         return state_names[st];
     return "unknown";
+}
+
+static const char *const event_names[] = {
+    [M2MVPN_EVENT_STATE_CHANGED] = "STATE_CHANGED",
+    [M2MVPN_EVENT_PIN_REQUIRED] = "PIN_REQUIRED",
+    [M2MVPN_EVENT_CREDENTIALS_REQUIRED] = "CREDENTIALS_REQUIRED",
+    [M2MVPN_EVENT_ROAMED] = "ROAMED",
+    [M2MVPN_EVENT_REKEYED] = "REKEYED",
+    [M2MVPN_EVENT_AUTH_FAILED] = "AUTH_FAILED",
+    [M2MVPN_EVENT_CONFIG_UPDATED] = "CONFIG_UPDATED",
+    [M2MVPN_EVENT_UPDATE_AVAILABLE] = "UPDATE_AVAILABLE",
+    [M2MVPN_EVENT_CERT_RENEWED] = "CERT_RENEWED",
+};
+
+const char *m2mvpn_event_name(int type)
+{
+    if (type >= 0 && (size_t)type < sizeof(event_names) / sizeof(event_names[0]) && event_names[type])
+        return event_names[type];
+    return "UNKNOWN";
 }
 
 static void emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail,
@@ -64,7 +83,7 @@ void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail)
     pthread_mutex_unlock(&h->lock);
     if (old == st)
         return;
-    LOG_INFO(&h->log, "api", "state %s -> %s%s%s", api_state_name(old), api_state_name(st),
+    LOG_INFO(&h->log, "api", "state %s -> %s%s%s", m2mvpn_state_name(old), m2mvpn_state_name(st),
              detail && *detail ? ": " : "", detail ? detail : "");
     emit(h, M2MVPN_EVENT_STATE_CHANGED, err, detail, st, old);
 }
@@ -103,12 +122,12 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         json_object_put(counters);
         return api_fail(h, M2MVPN_E_NOMEM, "m2mvpn_status_json: out of memory");
     }
-    json_object_object_add(o, "state", json_object_new_string(api_state_name(s.state)));
+    json_object_object_add(o, "state", json_object_new_string(m2mvpn_state_name(s.state)));
     json_object_object_add(o, "profile", s.profile[0] ? json_object_new_string(s.profile) : NULL);
     json_object_object_add(o, "gateway", s.gateway[0] ? json_object_new_string(s.gateway) : NULL);
     json_object_object_add(o, "virtual_ip", s.virtual_ip[0] ? json_object_new_string(s.virtual_ip) : NULL);
     json_object_object_add(last, "code", json_object_new_int(s.last_error));
-    json_object_object_add(last, "name", json_object_new_string(api_error_name(s.last_error)));
+    json_object_object_add(last, "name", json_object_new_string(m2mvpn_error_name(s.last_error)));
     json_object_object_add(last, "message", json_object_new_string(s.last_error ? m2mvpn_strerror(s.last_error) : ""));
     json_object_object_add(last, "detail", json_object_new_string(s.last_error_text));
     json_object_object_add(o, "last_error", last);

@@ -79,6 +79,26 @@ START_TEST(every_error_has_a_distinct_message)
 }
 END_TEST
 
+START_TEST(names_of_errors_states_events)
+{
+#define XX(name, value, msg) ck_assert_str_eq(m2mvpn_error_name(M2MVPN_E_##name), #name);
+    M2MVPN_ERROR_MAP(XX)
+#undef XX
+    ck_assert_str_eq(m2mvpn_error_name(0), "");
+    ck_assert_str_eq(m2mvpn_error_name(-4242), "UNKNOWN");
+    const char *states[] = { "idle", "connecting", "connected", "reconnecting", "disconnecting" };
+    for (int i = 0; i < 5; i++)
+        ck_assert_str_eq(m2mvpn_state_name(i), states[i]);
+    ck_assert_str_eq(m2mvpn_state_name(5), "unknown");
+    ck_assert_str_eq(m2mvpn_state_name(-1), "unknown");
+    ck_assert_str_eq(m2mvpn_event_name(M2MVPN_EVENT_STATE_CHANGED), "STATE_CHANGED");
+    ck_assert_str_eq(m2mvpn_event_name(M2MVPN_EVENT_PIN_REQUIRED), "PIN_REQUIRED");
+    ck_assert_str_eq(m2mvpn_event_name(M2MVPN_EVENT_CERT_RENEWED), "CERT_RENEWED");
+    ck_assert_str_eq(m2mvpn_event_name(0), "UNKNOWN");
+    ck_assert_str_eq(m2mvpn_event_name(99), "UNKNOWN");
+}
+END_TEST
+
 START_TEST(version_matches_header)
 {
     ck_assert_str_eq(m2mvpn_version(), M2MVPN_VERSION_STRING);
@@ -396,6 +416,7 @@ static Suite *api_suite(void)
     Suite *s = suite_create("api");
     TCase *e = tcase_create("errors");
     tcase_add_test(e, every_error_has_a_distinct_message);
+    tcase_add_test(e, names_of_errors_states_events);
     tcase_add_test(e, version_matches_header);
     suite_add_tcase(s, e);
     TCase *v = tcase_create("validation");

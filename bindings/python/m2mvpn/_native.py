@@ -142,6 +142,9 @@ PROTOTYPES = {
     "m2mvpn_set_log": (_int, [_h, LOG_CALLBACK, _int, ctypes.c_void_p]),
     "m2mvpn_last_error": (_str, [_h]),
     "m2mvpn_strerror": (_str, [_int]),
+    "m2mvpn_error_name": (_str, [_int]),
+    "m2mvpn_state_name": (_str, [_int]),
+    "m2mvpn_event_name": (_str, [_int]),
     "m2mvpn_version": (_str, []),
 }
 

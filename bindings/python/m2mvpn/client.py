@@ -122,6 +122,21 @@ def strerror(code, lib=None):
     return (lib or _native.load()).m2mvpn_strerror(code).decode()
 
 
+def error_name(code, lib=None):
+    """m2mvpn_error_name(code): "AUTH_LOCAL" for M2MVPN_E_AUTH_LOCAL, "" for 0."""
+    return (lib or _native.load()).m2mvpn_error_name(int(code)).decode()
+
+
+def state_name(state, lib=None):
+    """m2mvpn_state_name(state): "idle", "connecting", ... as in status JSON."""
+    return (lib or _native.load()).m2mvpn_state_name(int(state)).decode()
+
+
+def event_name(event_type, lib=None):
+    """m2mvpn_event_name(type): "STATE_CHANGED", "PIN_REQUIRED", ..."""
+    return (lib or _native.load()).m2mvpn_event_name(int(event_type)).decode()
+
+
 class Client:
     """One VPN client instance (an m2mvpn handle).
 

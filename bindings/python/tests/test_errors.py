@@ -67,3 +67,14 @@ def test_library_path_follows_the_environment(monkeypatch):
         _native.load()
     monkeypatch.delenv("M2MVPN_LIB")
     assert _native.library_path() == "libm2mvpn.so.1"
+
+
+def test_names_of_errors_states_events():
+    import m2mvpn
+    for code in m2mvpn.ErrorCode:
+        if code.value < 0:
+            assert m2mvpn.error_name(code) == code.name
+    assert m2mvpn.error_name(0) == ""
+    assert [m2mvpn.state_name(s) for s in m2mvpn.State] == [s.name.lower() for s in m2mvpn.State]
+    assert m2mvpn.event_name(m2mvpn.EventType.PIN_REQUIRED) == "PIN_REQUIRED"
+    assert m2mvpn.event_name(4242) == "UNKNOWN"

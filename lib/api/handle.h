@@ -56,7 +56,7 @@ struct m2mvpn {
     pthread_t thread;
     bool thread_joinable;
     atomic_bool stop_requested;   /* engine thread: leave the loop */
-    bool dispatching;             /* engine is running (callbacks may fire) */
+    atomic_bool dispatching;      /* engine is running (callbacks may fire); set after dispatch_thread */
     pthread_t dispatch_thread;    /* valid while dispatching */
 
     /* under lock */

@@ -23,6 +23,8 @@ int core_loop_init(core_loop *l, void (*on_wake)(void *), void *wake_arg)
 {
     l->timers = NULL;
     l->arm_seq = 0;
+    l->batch = NULL;
+    l->batch_n = 0;
     l->on_wake = on_wake;
     l->wake_arg = wake_arg;
     l->clock_ms = core_monotonic_ms;
@@ -80,6 +82,9 @@ void core_io_remove(core_loop *l, core_io *io)
     if (io->fd >= 0)
         epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL);
     io->fd = -1;
+    for (int i = 0; i < l->batch_n; i++) /* not to be dispatched any more */
+        if (l->batch[i].data.ptr == io)
+            l->batch[i].data.ptr = NULL;
 }
 
 /* Point the timerfd at the earliest deadline so a poll on epfd alone sees it. */
@@ -185,10 +190,14 @@ int core_loop_run_once(core_loop *l, int timeout_ms)
     int n = epoll_wait(l->epfd, evs, 32, tmo);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
+    l->batch = evs;
+    l->batch_n = n;
     for (int i = 0; i < n; i++) {
         void *tag = evs[i].data.ptr;
         uint64_t v;
-        if (tag == &tag_timer) {
+        if (!tag) {
+            continue; /* its source was removed by an earlier callback */
+        } else if (tag == &tag_timer) {
             ssize_t r = read(l->timerfd, &v, sizeof(v));
             (void)r;
         } else if (tag == &tag_wake) {
@@ -198,10 +207,11 @@ int core_loop_run_once(core_loop *l, int timeout_ms)
                 l->on_wake(l->wake_arg);
         } else {
             core_io *io = tag;
-            if (io->fd >= 0)
-                io->cb(io->arg, evs[i].events);
+            io->cb(io->arg, evs[i].events);
         }
     }
+    l->batch = NULL;
+    l->batch_n = 0;
     run_due_timers(l);
     return 0;
 }

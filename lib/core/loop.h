@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 
 typedef void (*core_io_cb)(void *arg, uint32_t epoll_events);
 typedef void (*core_timer_cb)(void *arg);
@@ -42,6 +43,10 @@ typedef struct core_loop {
     void (*on_wake)(void *arg);
     void *wake_arg;
     uint64_t (*clock_ms)(void); /* monotonic ms; replaceable in tests */
+    /* The batch being dispatched: core_io_remove() clears later entries for
+     * the removed source, so a callback may remove (and free) any source. */
+    struct epoll_event *batch;
+    int batch_n;
 } core_loop;
 
 uint64_t core_monotonic_ms(void);

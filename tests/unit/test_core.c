@@ -354,6 +354,65 @@ START_TEST(loop_dispatches_io_and_wake)
 }
 END_TEST
 
+/* A callback may remove (and free) another source that is ready in the same
+ * batch: that one must not be dispatched any more (no use after free). */
+typedef struct pair_io {
+    core_loop *loop;
+    core_io *io[2];
+    int fds[2][2];
+    int calls;
+} pair_io;
+
+static void remove_the_other(pair_io *p, int me)
+{
+    p->calls++;
+    char c;
+    ck_assert_int_eq(read(p->fds[me][0], &c, 1), 1);
+    core_io *other = p->io[1 - me];
+    if (other) {
+        core_io_remove(p->loop, other);
+        free(other);
+        p->io[1 - me] = NULL;
+    }
+}
+
+static void first_cb(void *arg, uint32_t ev)
+{
+    (void)ev;
+    remove_the_other(arg, 0);
+}
+
+static void second_cb(void *arg, uint32_t ev)
+{
+    (void)ev;
+    remove_the_other(arg, 1);
+}
+
+START_TEST(loop_source_removed_by_earlier_callback_is_skipped)
+{
+    core_loop l;
+    ck_assert_int_eq(core_loop_init(&l, NULL, NULL), 0);
+    pair_io p = { .loop = &l };
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(pipe(p.fds[i]), 0);
+        p.io[i] = calloc(1, sizeof(core_io));
+        ck_assert_int_eq(core_io_add(&l, p.io[i], p.fds[i][0], 0x001, i ? second_cb : first_cb, &p), 0);
+        ck_assert_int_eq(write(p.fds[i][1], "x", 1), 1);
+    }
+    ck_assert_int_eq(core_loop_run_once(&l, 1000), 0); /* both ready in one batch */
+    ck_assert_int_eq(p.calls, 1);
+    for (int i = 0; i < 2; i++) {
+        if (p.io[i]) {
+            core_io_remove(&l, p.io[i]);
+            free(p.io[i]);
+        }
+        close(p.fds[i][0]);
+        close(p.fds[i][1]);
+    }
+    core_loop_destroy(&l);
+}
+END_TEST
+
 /* ------------------------------------------------------------ secmem, log */
 
 START_TEST(secure_wipe_zeroes)
@@ -416,6 +475,7 @@ static Suite *core_suite(void)
     tcase_add_test(l, timers_fire_in_deadline_order);
     tcase_add_test(l, timers_cancel_and_rearm);
     tcase_add_test(l, loop_dispatches_io_and_wake);
+    tcase_add_test(l, loop_source_removed_by_earlier_callback_is_skipped);
     suite_add_tcase(s, l);
     TCase *m = tcase_create("misc");
     tcase_add_test(m, secure_wipe_zeroes);

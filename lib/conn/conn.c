@@ -48,6 +48,7 @@ struct conn {
     esp_datapath *dp;
     bool dp_started;
     bool drop_dp;                 /* release the datapath from the reap timer */
+    bool kill_switch_armed;       /* profile routes + blackholes in place */
     uint32_t spi_in;              /* installed CHILD SA, 0 = none */
     uint32_t spi_out;
     cred_provider *cred;
@@ -106,6 +107,7 @@ static void reap(void *arg)
         esp_datapath_free(c->dp);
         c->dp = NULL;
         c->dp_started = false;
+        c->kill_switch_armed = false;
     }
     c->drop_dp = false;
 }
@@ -285,7 +287,10 @@ static void on_established(void *arg, const ike_child_result *r)
     net.vip.family = AF_INET;
     memcpy(net.vip.addr, r->vip, 4);
     net.vip.prefix_len = 32;
-    profile_to_routes(r->remote_ts, r->n_remote_ts, &net);
+    /* Routes for everything the profile protects, not only what the gateway
+     * granted (a subset, checked by lib/ike): traffic for the rest goes into
+     * the TUN too and is not sent in plaintext. */
+    profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
     for (size_t i = 0; i < r->n_dns && i < ESP_MAX_DNS; i++) {
         net.dns[i].family = AF_INET;
         memcpy(net.dns[i].addr, r->dns[i], 4);
@@ -365,7 +370,8 @@ static void on_down(void *arg, int err, const char *detail)
 static int resolve(conn *c, char *err, size_t err_len)
 {
     const profile_gateway *g = &c->prof->gateways[c->gw_index % c->prof->n_gateways];
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM };
+    /* IPv4 only until IPv6 works end to end (the datapath's socket is IPv4). */
+    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_DGRAM, .ai_flags = AI_ADDRCONFIG };
     struct addrinfo *res = NULL;
     char port[8];
     snprintf(port, sizeof(port), "%u", g->port);
@@ -381,40 +387,64 @@ static int resolve(conn *c, char *err, size_t err_len)
     return 0;
 }
 
-/* The interface the kernel would use towards the gateway, found before our
- * own routes exist. IKE and ESP sockets are bound to it (SO_BINDTODEVICE) so
- * that a full-tunnel route into the TUN cannot catch them. Kept once found:
- * later lookups may already see the TUN's routes. */
+/* Does a socket bound to `ifname` have a route to the gateway? */
+static bool reaches_through(const conn *c, const char *ifname)
+{
+    int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    bool ok = s >= 0 &&
+              setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname)) == 0 &&
+              connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0;
+    if (s >= 0)
+        close(s);
+    return ok;
+}
+
+/* The interface towards the gateway, looked up anew before every attempt
+ * (the device may have moved from Ethernet to LTE). IKE and ESP sockets are
+ * bound to it (SO_BINDTODEVICE), so that routes into the TUN, a full tunnel
+ * above all, cannot catch them. The kernel's own choice counts unless it is
+ * the TUN; otherwise the first interface with a route to the gateway. */
 static void find_underlay(conn *c)
 {
-    if (c->underlay[0])
+    const char *tun = c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0";
+    char found[IF_NAMESIZE] = "";
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) < 0)
         return;
     int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
-    bool ok = s >= 0 && connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0 &&
-              getsockname(s, (struct sockaddr *)&local, &len) == 0;
+    bool routed = s >= 0 && connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0 &&
+                  getsockname(s, (struct sockaddr *)&local, &len) == 0;
     if (s >= 0)
         close(s);
-    struct ifaddrs *ifs = NULL;
-    if (!ok || getifaddrs(&ifs) < 0)
-        return;
-    for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != local.ss_family)
+    for (struct ifaddrs *i = ifs; routed && i && !found[0]; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != local.ss_family || strcmp(i->ifa_name, tun) == 0)
             continue;
         bool same = local.ss_family == AF_INET
                         ? ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
                               ((struct sockaddr_in *)&local)->sin_addr.s_addr
                         : memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
                                  &((struct sockaddr_in6 *)&local)->sin6_addr, 16) == 0;
-        const char *tun = c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0";
-        if (same && strcmp(i->ifa_name, tun) != 0) {
-            snprintf(c->underlay, sizeof(c->underlay), "%s", i->ifa_name);
-            LOG_DBG(c->log, "conn", "gateway %s is reached through %s", c->gw_text, c->underlay);
-            break;
-        }
+        if (same)
+            snprintf(found, sizeof(found), "%s", i->ifa_name);
+    }
+    for (struct ifaddrs *i = ifs; i && !found[0]; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != c->gw.ss_family || !(i->ifa_flags & IFF_UP) ||
+            (i->ifa_flags & IFF_LOOPBACK) || strcmp(i->ifa_name, tun) == 0)
+            continue;
+        if (reaches_through(c, i->ifa_name))
+            snprintf(found, sizeof(found), "%s", i->ifa_name);
     }
     freeifaddrs(ifs);
+    if (strcmp(found, c->underlay) != 0) {
+        LOG_INFO(c->log, "conn", "gateway %s is reached through %s", c->gw_text, found[0] ? found : "(no interface)");
+        snprintf(c->underlay, sizeof(c->underlay), "%s", found);
+    }
+    /* The datapath's shared UDP socket follows (unbound if none was found). */
+    if (c->dp)
+        setsockopt(esp_datapath_udp_fd(c->dp), SOL_SOCKET, SO_BINDTODEVICE, c->underlay,
+                   (socklen_t)strlen(c->underlay));
 }
 
 static int open_socket(conn *c, struct sockaddr_storage *local, socklen_t *local_len, char *err, size_t err_len)
@@ -500,17 +530,17 @@ static void arm_kill_switch(conn *c)
     char err[256];
     esp_tunnel_net net;
     memset(&net, 0, sizeof(net));
-    int r = resolve(c, err, sizeof(err));
-    if (r == 0) {
-        find_underlay(c);
-        r = ensure_datapath(c, err, sizeof(err));
-    }
+    /* No gateway lookup here: routes must be in place even when the
+     * gateway's name cannot be resolved yet. */
+    int r = ensure_datapath(c, err, sizeof(err));
     if (r == 0) {
         profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
         r = esp_datapath_set_network(c->dp, &net, err, sizeof(err));
     }
+    c->kill_switch_armed = r == 0;
     if (r < 0)
-        LOG_ERR(c->log, "conn", "kill switch for profile %s not in place: %s", c->prof->name, err);
+        LOG_ERR(c->log, "conn", "kill switch for profile %s not in place (tried again at each "
+                "attempt): %s", c->prof->name, err);
     else
         LOG_INFO(c->log, "conn", "kill switch for profile %s in place", c->prof->name);
 }
@@ -520,11 +550,13 @@ static void attempt(conn *c)
     char err[512] = "";
     ike_config cfg;
     memset(&cfg, 0, sizeof(cfg));
+    if (c->prof->tunnel.kill_switch && !c->kill_switch_armed)
+        arm_kill_switch(c);
     int r = resolve(c, err, sizeof(err));
-    if (r == 0) {
-        find_underlay(c);
+    if (r == 0)
         r = ensure_datapath(c, err, sizeof(err));
-    }
+    if (r == 0)
+        find_underlay(c);
     if (r == 0)
         r = ensure_credentials(c, err, sizeof(err));
     if (r == 0 && c->cred && cred_pin_needed(c->cred)) {
@@ -620,6 +652,7 @@ static void release_profile(conn *c, bool remove_network)
         c->dp = NULL;
         c->dp_started = false;
     }
+    c->kill_switch_armed = false;
     cred_free(c->cred);
     c->cred = NULL;
     pki_trust_free(c->trust);

@@ -337,6 +337,24 @@ static const struct {
     { IKE_N_SINGLE_PAIR_REQUIRED, M2MVPN_E_TS_UNACCEPTABLE, "requires a single pair of selectors" },
 };
 
+/* Is the gateway's selector inside one of the prefixes we proposed? A
+ * gateway may narrow TSr (RFC 7296 §2.9), never widen it: a wider one would
+ * pull traffic into the tunnel that the profile does not send there. */
+static bool ts_within_profile(const ike_ts *got, const profile *p)
+{
+    size_t n = ike_ts_addr_len(got);
+    for (size_t i = 0; i < p->tunnel.n_remote_ts; i++) {
+        const profile_ts *t = &p->tunnel.remote_ts[i];
+        ike_ts mine;
+        if ((t->family == AF_INET6) != (n == 16) ||
+            ike_ts_from_prefix(t->addr, n, t->prefix_len, 0, 0, 65535, &mine) < 0)
+            continue;
+        if (memcmp(got->addr_start, mine.addr_start, n) >= 0 && memcmp(got->addr_end, mine.addr_end, n) <= 0)
+            return true;
+    }
+    return false;
+}
+
 static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, crypto_child_keys **keys,
                         char *err, size_t err_len)
 {
@@ -370,6 +388,17 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
         !ike_choice_offered(&ch, p->esp.proposals, p->esp.n_proposals, false)) {
         snprintf(err, err_len, "gateway %s chose an ESP proposal we did not offer", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
+    }
+    for (size_t i = 0; i < tsr.n; i++) {
+        if (!ts_within_profile(&tsr.ts[i], p)) {
+            char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+            int fam = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
+            inet_ntop(fam, tsr.ts[i].addr_start, a, sizeof(a));
+            inet_ntop(fam, tsr.ts[i].addr_end, b, sizeof(b));
+            snprintf(err, err_len, "gateway %s answered with traffic selector %s-%s, outside the "
+                     "profile's tunnel.remote_ts", sa->gw_text, a, b);
+            return M2MVPN_E_TS_UNACCEPTABLE;
+        }
     }
     if (ike_chain_find_notify(c, IKE_N_USE_TRANSPORT_MODE, &n, &d) == 0) {
         snprintf(err, err_len, "gateway %s wants transport mode; only tunnel mode is supported", sa->gw_text);

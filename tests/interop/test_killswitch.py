@@ -347,3 +347,24 @@ def test_kill_switch_removed_only_on_purpose(topology, charons, pki, workdir):
         assert st["state"] == "idle" and st["profile"] is None, st
         # No profile, no kill switch: the gateway answers in plaintext now.
         assert ping_replies(topo.client, PROTECTED, count=2, timeout_s=3) == 2
+
+
+def test_no_plaintext_for_the_part_the_gateway_narrowed_away(topology, charons, pki, workdir):
+    """The profile protects 198.18.0.0/15; the gateway grants only
+    198.18.0.0/24 (it may narrow, RFC 7296 §2.9). Traffic for the rest of the
+    /15 must not leave in plaintext either: the routes cover the profile."""
+    binary = binary_or_skip()
+    topo, gw = leak_test_network(topology, charons, pki, workdir)
+    profile = kill_switch_profile(pki, topo.gw_addr, remote_ts=["198.18.0.0/15"])
+    outside_grant = "198.19.0.7"
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        client.wait_for_state("connected")
+        child = charonmod.child_of(gw.wait_for_sa("psk", "net"))
+        assert child["local-ts"] == [netlab.PROTECTED_NET]          # narrowed
+        routes = topo.client.ip_json("-4", "route", "show", "198.18.0.0/15")
+        assert any(r.get("dev") == TUN for r in routes), routes
+        with netlab.Capture(topo.client, "eth0", workdir / "narrowed.pcap", marker=MARKER) as cap:
+            assert ping_replies(topo.client, outside_grant, count=2, timeout_s=3) == 0
+            assert netlab.ping(topo.client, PROTECTED, count=2) == 2   # the granted part works
+        assert_no_leak(cap)

@@ -114,17 +114,28 @@ static int new_ke(ike_sa *sa, uint16_t group)
     return crypto_ke_new(group, &sa->ke);
 }
 
+/* Build and send; any failure ends the SA (the caller learns it via on_down). */
+static int send_init(ike_sa *sa)
+{
+    int r = build_and_send(sa);
+    if (r < 0)
+        ike_sa_fail(sa, r, "cannot build IKE_SA_INIT (%s)", m2mvpn_strerror(r));
+    return r;
+}
+
 int ike_init_start(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
-    if (p->ike.n_proposals == 0 || p->ike.proposals[0].n_ke == 0)
-        return M2MVPN_E_INVAL;
+    if (p->ike.n_proposals == 0 || p->ike.proposals[0].n_ke == 0) {
+        ike_sa_fail(sa, M2MVPN_E_PROFILE, "the profile has no IKE proposal with a key exchange");
+        return M2MVPN_E_PROFILE;
+    }
     int r = new_ke(sa, p->ike.proposals[0].ke[0]);
     if (r < 0) {
         ike_sa_fail(sa, r, "cannot create a %s key pair", proposal_ke_name(p->ike.proposals[0].ke[0]));
         return r;
     }
-    return build_and_send(sa);
+    return send_init(sa);
 }
 
 static bool list_has(const uint16_t *list, size_t n, uint16_t v)
@@ -205,15 +216,15 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
         sa->cookie_len = n.data.len;
         LOG_INFO(sa->log, "ike", "gateway asks for a COOKIE (RFC 7296 §2.6): retrying");
         ike_sa_request_done(sa);
-        build_and_send(sa);
+        send_init(sa);
         return;
     }
     if (ike_chain_find_notify(c, IKE_N_INVALID_KE_PAYLOAD, &n, &d) == 0) {
         uint16_t group = n.data.len == 2 ? buf_load_be16(n.data.p) : 0;
         if (sa->ke_retried || !we_offered_ke(p, group) || group == sa->ke_group) {
-            ike_sa_fail(sa, M2MVPN_E_NO_PROPOSAL,
-                        "gateway %s wants key exchange %s, which the profile does not offer",
-                        sa->gw_text, proposal_ke_name(group) ? proposal_ke_name(group) : "?");
+            ike_sa_init_error(sa, M2MVPN_E_NO_PROPOSAL,
+                              "gateway %s wants key exchange %s, which the profile does not offer",
+                              sa->gw_text, proposal_ke_name(group) ? proposal_ke_name(group) : "?");
             return;
         }
         LOG_INFO(sa->log, "ike", "gateway prefers %s (INVALID_KE_PAYLOAD): retrying once",
@@ -224,15 +235,15 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
             ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot create a %s key pair", proposal_ke_name(group));
             return;
         }
-        build_and_send(sa);
+        send_init(sa);
         return;
     }
     if (ike_chain_find_notify(c, IKE_N_NO_PROPOSAL_CHOSEN, &n, &d) == 0) {
         char ours[512];
         describe_ours(p->ike.proposals, p->ike.n_proposals, PROPOSAL_IKE, ours, sizeof(ours));
-        ike_sa_fail(sa, M2MVPN_E_NO_PROPOSAL,
-                    "gateway %s accepted none of our IKE proposals (ours: %s; the gateway does "
-                    "not disclose its own in IKEv2, see its log)", sa->gw_text, ours);
+        ike_sa_init_error(sa, M2MVPN_E_NO_PROPOSAL,
+                          "gateway %s accepted none of our IKE proposals (ours: %s; the gateway does "
+                          "not disclose its own in IKEv2, see its log)", sa->gw_text, ours);
         return;
     }
     for (size_t i = 0; i < c->n; i++) {
@@ -240,8 +251,8 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
             continue;
         if (n.type < 16384) {
             const char *name = ike_notify_name(n.type);
-            ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s refused IKE_SA_INIT: %s (%u)", sa->gw_text,
-                        name ? name : "error", n.type);
+            ike_sa_init_error(sa, M2MVPN_E_PROTOCOL, "gateway %s refused IKE_SA_INIT: %s (%u)", sa->gw_text,
+                              name ? name : "error", n.type);
             return;
         }
     }
@@ -271,6 +282,7 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
                     sa->gw_text, ke.group, proposal_ke_name(sa->ke_group));
         return;
     }
+    sa->init_error = 0; /* a real answer after all */
     for (int i = 0; i < 8; i++)
         sa->spi_r[i] = (uint8_t)(msg->hdr.spi_r >> (56 - 8 * i));
     memcpy(sa->nonce_r, nr.p, nr.len);

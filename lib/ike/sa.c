@@ -125,6 +125,20 @@ void ike_sa_fail(ike_sa *sa, int err, const char *fmt, ...)
         sa->hooks.on_down(sa->hooks.arg, err, detail);
 }
 
+void ike_sa_init_error(ike_sa *sa, int err, const char *fmt, ...)
+{
+    if (sa->init_error)
+        return; /* the first one counts; the timer is running */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sa->init_error_text, sizeof(sa->init_error_text), fmt, ap);
+    va_end(ap);
+    sa->init_error = err;
+    LOG_WARN(sa->log, "ike", "%s (waiting %d ms for a valid answer)", sa->init_error_text,
+             IKE_INIT_ERROR_GRACE_MS);
+    core_timer_arm(sa->loop, &sa->retransmit_timer, IKE_INIT_ERROR_GRACE_MS);
+}
+
 void ike_sa_header(const ike_sa *sa, ike_header *hdr, uint8_t exchange, bool response,
                    uint32_t message_id)
 {
@@ -154,8 +168,10 @@ static void send_datagrams(ike_sa *sa, const ike_request *rq)
 static uint64_t retransmit_delay_ms(const ike_sa *sa, unsigned tries)
 {
     double s = sa->cfg.prof->ike.retransmit_timeout_s;
-    for (unsigned i = 0; i < tries; i++)
+    for (unsigned i = 0; i < tries && s < IKE_RETRANSMIT_MAX_S; i++)
         s *= sa->cfg.prof->ike.retransmit_base;
+    if (s > IKE_RETRANSMIT_MAX_S)
+        s = IKE_RETRANSMIT_MAX_S; /* profile ranges allow absurd products */
     return (uint64_t)(s * 1000.0);
 }
 
@@ -190,6 +206,14 @@ static void retransmit(void *arg)
         return;
     /* A Delete is confirmed or given up quickly: disconnect must not hang. */
     unsigned max = sa->req.task == IKE_TASK_DELETE ? 1 : sa->cfg.prof->ike.retransmit_tries;
+    if (sa->init_error) {
+        /* An unauthenticated error answer to IKE_SA_INIT, and no valid
+         * answer during the grace period: now it counts. */
+        int err = sa->init_error;
+        ike_sa_request_done(sa);
+        ike_sa_fail(sa, err, "%s", sa->init_error_text);
+        return;
+    }
     if (sa->req.tries >= max) {
         ike_task task = sa->req.task;
         ike_sa_request_done(sa);
@@ -380,6 +404,7 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     int r = open_protected(sa, msg, plain, cap, &inner, NULL);
     if (r <= 0)
         return;
+    sa->last_heard_ms = sa->loop->clock_ms(); /* authentic: the gateway is alive */
     ike_task task = sa->req.task;
     ike_sa_request_done(sa);
     sa->next_msg_id++;
@@ -433,6 +458,7 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     }
     if (r <= 0)
         return;
+    sa->last_heard_ms = sa->loop->clock_ms();
     sa->peer_msg_id++;
     ike_info_process_request(sa, &msg->hdr, &inner);
     ike_frag_reasm_reset(&sa->reasm);
@@ -453,11 +479,15 @@ void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
     uint8_t spi_i[8];
     for (int i = 0; i < 8; i++)
         spi_i[i] = (uint8_t)(msg.hdr.spi_i >> (56 - 8 * i));
-    if (memcmp(spi_i, sa->spi_i, 8) != 0 || (msg.hdr.flags & IKE_FLAG_INITIATOR)) {
+    uint64_t our_spi_r = 0;
+    for (int i = 0; i < 8; i++)
+        our_spi_r = (our_spi_r << 8) | sa->spi_r[i];
+    bool init = msg.hdr.exchange == IKE_EXCH_IKE_SA_INIT;
+    if (memcmp(spi_i, sa->spi_i, 8) != 0 || (msg.hdr.flags & IKE_FLAG_INITIATOR) ||
+        (!init && msg.hdr.spi_r != our_spi_r)) {
         LOG_DBG(sa->log, "ike", "ignoring message for another IKE SA");
         return;
     }
-    sa->last_heard_ms = sa->loop->clock_ms();
     uint8_t *plain = malloc(len);
     if (!plain)
         return;
@@ -473,8 +503,12 @@ void ike_sa_close(ike_sa *sa)
     if (sa->state == IKE_SA_ESTABLISHED) {
         ike_sa_set_state(sa, IKE_SA_DELETING);
         core_timer_cancel(sa->loop, &sa->dpd_timer);
-        if (sa->req.task != IKE_TASK_NONE)
+        if (sa->req.task != IKE_TASK_NONE) {
+            /* Abandon it (a liveness check); the Delete must not reuse its
+             * message ID, or the gateway takes it for a retransmission. */
             ike_sa_request_done(sa);
+            sa->next_msg_id++;
+        }
         if (ike_info_send_delete(sa) == 0)
             return; /* on_down when the gateway confirms or the retransmits end */
     }

@@ -11,6 +11,8 @@
 #define IKE_NONCE_LEN 32
 #define IKE_FRAG_MTU 1280          /* RFC 7383 §2.5.1: safe datagram size for IPv4 paths */
 #define IKE_MAX_OUT_FRAGS 32
+#define IKE_RETRANSMIT_MAX_S 600.0    /* longest wait between two retransmissions */
+#define IKE_INIT_ERROR_GRACE_MS 2000  /* wait for a valid answer after an unauthenticated error */
 
 typedef enum ike_sa_state {
     IKE_SA_IDLE,
@@ -55,6 +57,8 @@ struct ike_sa {
     uint8_t nonce_i[IKE_NONCE_LEN];
     uint8_t nonce_r[IKE_NONCE_MAX];
     size_t nonce_r_len;
+    int init_error;                /* unauthenticated error answer to IKE_SA_INIT, pending */
+    char init_error_text[512];
     uint8_t cookie[64];
     size_t cookie_len;
     unsigned cookie_tries;
@@ -99,6 +103,10 @@ void ike_sa_set_state(ike_sa *sa, ike_sa_state st);
 const char *ike_sa_state_name(ike_sa_state st);
 /* Fail the SA: log, send nothing more, report on_down(err, detail). */
 void ike_sa_fail(ike_sa *sa, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* IKE_SA_INIT answered with an error notify, which nothing authenticates
+ * (RFC 7296 §2.21.1): remember it and keep waiting a short while for a
+ * valid answer (a forged notify must not end the attempt); then fail. */
+void ike_sa_init_error(ike_sa *sa, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Send a new request (takes the built datagrams in buf, owned afterwards). */
 int ike_sa_send_request(ike_sa *sa, ike_task task, uint8_t *buf, const ike_span *dgram,
                         size_t n_dgram);

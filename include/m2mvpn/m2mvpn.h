@@ -185,7 +185,7 @@ M2MVPN_API int m2mvpn_profile_switch(m2mvpn *h, const char *name);
  * and everything it set up on the device (TUN, addresses, routes, and the
  * kill switch, which otherwise outlives disconnects, restarts and crashes)
  * is removed. The next loaded profile, if any, becomes the active one.
- * Errors: INVAL, NOPROFILE. Queued; thread-safe. Added in 1.0.
+ * Errors: BADHANDLE, INVAL, NOPROFILE, NOMEM. Queued; thread-safe. Added in 1.0.
  */
 M2MVPN_API int m2mvpn_profile_unload(m2mvpn *h, const char *name);
 
@@ -260,8 +260,10 @@ M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
  * Status as a JSON object: "state", "profile", "gateway", "virtual_ip" (the
  * last three null when empty), "last_error" {"code", "name" (symbolic, e.g.
  * "AUTH_LOCAL"), "message", "detail"}, "counters" {"bytes_in", "bytes_out",
- * "packets_in", "packets_out", "packets_dropped"}, "connected_since",
- * "algorithms" {"ike", "esp"}, "version". *ret is a new NUL-terminated string
+ * "packets_in", "packets_out", "packets_dropped", "dropped" {"replay",
+ * "integrity", "no_sa"}}, "connected_since", "dns" [...], "child_sa"
+ * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version".
+ * *ret is a new NUL-terminated string
  * the caller frees with m2mvpn_string_free(). Errors: BADHANDLE, INVAL (ret
  * NULL), NOMEM. Thread-safe.
  */
@@ -324,8 +326,10 @@ M2MVPN_API int m2mvpn_set_log(m2mvpn *h, m2mvpn_log_cb cb, int level, void *user
 /* ----------------------------------------------------------------- misc */
 
 /** Human detail of this handle's last failed call (or tunnel failure), e.g.
- *  "gateways[0].port: must be 1..65535". Never NULL. The text stays valid until
- *  the next call on the handle; with several threads calling, copy it at once. */
+ *  "gateways[0].port: must be 1..65535". Never NULL. The text is a copy of the
+ *  calling thread's own: valid until this thread calls m2mvpn_last_error()
+ *  again. Which failure it describes is the handle's latest, whichever thread
+ *  (or the engine) caused it. Thread-safe. */
 M2MVPN_API const char *m2mvpn_last_error(m2mvpn *h);
 
 /** Static message for an error code; never NULL ("unknown error" for others). */

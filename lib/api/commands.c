@@ -68,14 +68,22 @@ static bool use_active_profile(m2mvpn *h)
 static void run_cmd(m2mvpn *h, api_cmd *c)
 {
     switch (c->type) {
-    case API_CMD_SWITCH:
+    case API_CMD_SWITCH: {
         pthread_mutex_lock(&h->lock);
-        snprintf(h->active, sizeof(h->active), "%s", c->name);
-        snprintf(h->status.profile, sizeof(h->status.profile), "%s", c->name);
+        bool still = api_profile_find_locked(h, c->name, NULL) != NULL; /* unloaded meanwhile? */
+        if (still) {
+            snprintf(h->active, sizeof(h->active), "%s", c->name);
+            snprintf(h->status.profile, sizeof(h->status.profile), "%s", c->name);
+        }
         pthread_mutex_unlock(&h->lock);
+        if (!still) {
+            LOG_WARN(&h->log, "api", "switch to '%s' dropped: the profile was unloaded meanwhile", c->name);
+            break;
+        }
         LOG_INFO(&h->log, "api", "active profile is now '%s'", c->name);
         use_active_profile(h);
         break;
+    }
     case API_CMD_UNLOAD:
         /* The registry no longer has it; if the supervisor uses it, its
          * network goes (kill switch included), then the new active one. */

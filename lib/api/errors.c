@@ -47,10 +47,14 @@ int api_fail(m2mvpn *h, int err, const char *fmt, ...)
 
 const char *m2mvpn_last_error(m2mvpn *h)
 {
+    /* The one piece of state outside the handle, on purpose: each calling
+     * thread gets its own copy, so a call on another thread cannot rewrite
+     * the text while this one reads it. */
+    static _Thread_local char copy[API_ERR_LEN];
     if (!api_handle_ok(h))
         return "not a valid m2mvpn handle";
     pthread_mutex_lock(&h->lock);
-    memcpy(h->last_error_ret, h->last_error, sizeof(h->last_error_ret));
+    memcpy(copy, h->last_error, sizeof(copy));
     pthread_mutex_unlock(&h->lock);
-    return h->last_error_ret;
+    return copy;
 }

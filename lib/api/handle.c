@@ -50,10 +50,16 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
         free(h);
         return M2MVPN_E_SYSTEM;
     }
+    if (pthread_mutex_init(&h->drive_lock, NULL) != 0) {
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return M2MVPN_E_SYSTEM;
+    }
     core_log_init(&h->log, h);
     conn_hooks hooks = { h, conn_state, conn_event };
     if (core_loop_init(&h->loop, on_wake, h) < 0) {
         core_log_destroy(&h->log);
+        pthread_mutex_destroy(&h->drive_lock);
         pthread_mutex_destroy(&h->lock);
         free(h);
         return M2MVPN_E_SYSTEM;
@@ -61,6 +67,7 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
     if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0) {
         core_loop_destroy(&h->loop);
         core_log_destroy(&h->log);
+        pthread_mutex_destroy(&h->drive_lock);
         pthread_mutex_destroy(&h->lock);
         free(h);
         return M2MVPN_E_NOMEM;
@@ -92,13 +99,17 @@ static void *engine_thread(void *arg)
     m2mvpn *h = arg;
     LOG_DBG(&h->log, "api", "engine thread started");
     while (!h->stop_requested) {
-        if (engine_run_once(h, -1) < 0)
+        if (engine_run_once(h, -1) < 0) {
+            LOG_ERR(&h->log, "api", "engine loop failed: the engine thread ends");
+            h->stop_requested = true; /* a later m2mvpn_start() can start it again */
             break;
+        }
     }
     LOG_DBG(&h->log, "api", "engine thread leaving");
     return NULL;
 }
 
+/* drive_lock held. */
 static void join_engine(m2mvpn *h)
 {
     if (h->thread_joinable) {
@@ -113,45 +124,66 @@ int m2mvpn_start(m2mvpn *h)
         return M2MVPN_E_BADHANDLE;
     if (api_in_engine(h))
         return api_fail(h, M2MVPN_E_CALLBACK, "m2mvpn_start: the engine is already running this callback");
+    pthread_mutex_lock(&h->drive_lock);
+    int r = 0;
     if (h->drive == API_DRIVE_EXTERNAL)
-        return api_fail(h, M2MVPN_E_BUSY, "m2mvpn_start: engine is driven by m2mvpn_process()");
-    if (h->drive == API_DRIVE_THREAD && !h->stop_requested)
-        return api_fail(h, M2MVPN_E_BUSY, "m2mvpn_start: engine thread already running");
-    join_engine(h); /* a thread stopped from a callback */
-    h->stop_requested = false;
-    h->drive = API_DRIVE_THREAD;
-    int e = pthread_create(&h->thread, NULL, engine_thread, h);
-    if (e != 0) {
-        h->drive = API_DRIVE_NONE;
-        return api_fail(h, M2MVPN_E_SYSTEM, "m2mvpn_start: cannot create thread: %s", strerror(e));
+        r = api_fail(h, M2MVPN_E_BUSY, "m2mvpn_start: engine is driven by m2mvpn_process()");
+    else if (h->drive == API_DRIVE_THREAD && !h->stop_requested)
+        r = api_fail(h, M2MVPN_E_BUSY, "m2mvpn_start: engine thread already running");
+    if (r == 0) {
+        join_engine(h); /* a thread stopped from a callback, or ended by an error */
+        h->stop_requested = false;
+        h->drive = API_DRIVE_THREAD;
+        int e = pthread_create(&h->thread, NULL, engine_thread, h);
+        if (e != 0) {
+            h->drive = API_DRIVE_NONE;
+            r = api_fail(h, M2MVPN_E_SYSTEM, "m2mvpn_start: cannot create thread: %s", strerror(e));
+        } else {
+            h->thread_joinable = true;
+        }
     }
-    h->thread_joinable = true;
-    return 0;
+    pthread_mutex_unlock(&h->drive_lock);
+    return r;
 }
 
 int m2mvpn_stop(m2mvpn *h)
 {
     if (!api_handle_ok(h))
         return M2MVPN_E_BADHANDLE;
-    if (h->drive != API_DRIVE_THREAD || h->stop_requested)
-        return api_fail(h, M2MVPN_E_STATE, "m2mvpn_stop: the engine thread is not running");
-    h->stop_requested = true;
-    if (api_in_engine(h))
-        return 0; /* the loop ends after this callback; joined later */
-    core_loop_wake(&h->loop);
-    join_engine(h);
-    h->drive = API_DRIVE_NONE;
-    return 0;
+    if (api_in_engine(h)) {
+        /* From a callback: the loop ends after it; joined by the next
+         * m2mvpn_start() or m2mvpn_free(). No lock: another thread may hold
+         * it while it waits for this very thread. */
+        if (h->drive != API_DRIVE_THREAD || atomic_exchange(&h->stop_requested, true))
+            return api_fail(h, M2MVPN_E_STATE, "m2mvpn_stop: the engine thread is not running");
+        return 0;
+    }
+    pthread_mutex_lock(&h->drive_lock);
+    int r = 0;
+    if (h->drive != API_DRIVE_THREAD || h->stop_requested) {
+        r = api_fail(h, M2MVPN_E_STATE, "m2mvpn_stop: the engine thread is not running");
+    } else {
+        h->stop_requested = true;
+        core_loop_wake(&h->loop);
+        join_engine(h);
+        h->drive = API_DRIVE_NONE;
+    }
+    pthread_mutex_unlock(&h->drive_lock);
+    return r;
 }
 
+/* Claim the external drive; on success returns 0 with drive_lock HELD. */
 static int external_drive(m2mvpn *h, const char *call)
 {
     if (!api_handle_ok(h))
         return M2MVPN_E_BADHANDLE;
     if (api_in_engine(h))
         return api_fail(h, M2MVPN_E_CALLBACK, "%s: called from a callback", call);
-    if (h->drive == API_DRIVE_THREAD && !h->stop_requested)
+    pthread_mutex_lock(&h->drive_lock);
+    if (h->drive == API_DRIVE_THREAD && !h->stop_requested) {
+        pthread_mutex_unlock(&h->drive_lock);
         return api_fail(h, M2MVPN_E_BUSY, "%s: engine runs on its own thread (m2mvpn_start)", call);
+    }
     join_engine(h);
     h->drive = API_DRIVE_EXTERNAL;
     return 0;
@@ -160,7 +192,10 @@ static int external_drive(m2mvpn *h, const char *call)
 int m2mvpn_get_fd(m2mvpn *h)
 {
     int e = external_drive(h, "m2mvpn_get_fd");
-    return e < 0 ? e : h->loop.epfd;
+    if (e < 0)
+        return e;
+    pthread_mutex_unlock(&h->drive_lock);
+    return h->loop.epfd;
 }
 
 int m2mvpn_get_timeout_ms(m2mvpn *h)
@@ -172,7 +207,9 @@ int m2mvpn_get_timeout_ms(m2mvpn *h)
     pthread_mutex_lock(&h->lock);
     bool pending = h->cmd_head != NULL;
     pthread_mutex_unlock(&h->lock);
-    return pending ? 0 : core_loop_timeout_ms(&h->loop);
+    int t = pending ? 0 : core_loop_timeout_ms(&h->loop);
+    pthread_mutex_unlock(&h->drive_lock);
+    return t;
 }
 
 int m2mvpn_process(m2mvpn *h)
@@ -182,7 +219,8 @@ int m2mvpn_process(m2mvpn *h)
     int e = external_drive(h, "m2mvpn_process");
     if (e < 0)
         return e;
-    int r = engine_run_once(h, 0);
+    int r = engine_run_once(h, 0); /* drive_lock held: one process() at a time */
+    pthread_mutex_unlock(&h->drive_lock);
     return r < 0 ? api_fail(h, M2MVPN_E_SYSTEM, "m2mvpn_process: %s", strerror(-r)) : 0;
 }
 
@@ -213,6 +251,7 @@ void m2mvpn_free(m2mvpn *h)
     free(h->unloaded);
     core_loop_destroy(&h->loop);
     core_log_destroy(&h->log);
+    pthread_mutex_destroy(&h->drive_lock);
     pthread_mutex_destroy(&h->lock);
     h->magic = 0;
     free(h);

@@ -51,7 +51,8 @@ struct m2mvpn {
     core_loop loop;
     conn *conn;                   /* engine thread only */
 
-    /* engine drive */
+    /* engine drive: drive, thread, thread_joinable under drive_lock */
+    pthread_mutex_t drive_lock;
     api_drive drive;
     pthread_t thread;
     bool thread_joinable;
@@ -69,7 +70,6 @@ struct m2mvpn {
     char active[64];              /* active profile name, "" = none */
     m2mvpn_status status;
     char last_error[API_ERR_LEN];
-    char last_error_ret[API_ERR_LEN]; /* stable copy handed to callers */
 };
 
 /* Validate a handle pointer (magic). */

@@ -38,6 +38,7 @@ struct conn {
     core_timer reconnect_timer;
     core_timer reap_timer;        /* frees a finished IKE SA outside its callbacks */
     core_timer refresh_timer;     /* counters into the status snapshot */
+    core_timer hook_timer;        /* reaps tunnel.dns_hook runs */
 
     int sock500;
     core_io io500;
@@ -94,6 +95,15 @@ static void run_dns_hook(conn *c, bool up)
     esp_prefix servers[ESP_MAX_DNS];
     size_t n = up && c->dp ? esp_datapath_dns(c->dp, servers, ESP_MAX_DNS) : 0;
     dns_hook_run(&c->dns_hook, c->log, hook, c->prof->tunnel.tun_name, servers, n, up);
+    core_timer_arm(c->loop, &c->hook_timer, 500);
+}
+
+/* Reap finished hook runs; look again while any is still running. */
+static void reap_hook_runs(void *arg)
+{
+    conn *c = arg;
+    if (dns_hook_reap(&c->dns_hook, c->log))
+        core_timer_arm(c->loop, &c->hook_timer, 500);
 }
 
 static void reap(void *arg)
@@ -630,6 +640,7 @@ int conn_new(core_loop *loop, core_log *log, const conn_hooks *hooks, conn **ret
     core_timer_init(&c->reconnect_timer, retry_now, c);
     core_timer_init(&c->reap_timer, reap, c);
     core_timer_init(&c->refresh_timer, refresh, c);
+    core_timer_init(&c->hook_timer, reap_hook_runs, c);
     *ret = c;
     return 0;
 }
@@ -672,6 +683,8 @@ void conn_free(conn *c)
     c->hooks.on_event = NULL;
     release_profile(c, false);
     core_timer_cancel(c->loop, &c->reap_timer);
+    core_timer_cancel(c->loop, &c->hook_timer);
+    dns_hook_reap(&c->dns_hook, c->log); /* what has finished; the rest is left to init */
     ike_sa_free(c->dead_sa);
     free(c);
 }
@@ -703,6 +716,13 @@ void conn_connect(conn *c)
     if (!c->prof)
         return;
     c->want_up = true;
+    if (c->sa && c->state == M2MVPN_STATE_DISCONNECTING) {
+        /* Connect after disconnect, before the Delete was confirmed: start
+         * over once it is down. */
+        c->reconnect_after_close = true;
+        c->close_err = 0;
+        return;
+    }
     if (c->sa || c->pin_wait)
         return; /* already on its way */
     core_timer_cancel(c->loop, &c->reconnect_timer);

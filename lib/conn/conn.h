@@ -7,9 +7,10 @@
  * kill switch). It reports tunnel state and status through hooks that the API
  * layer turns into events.
  *
- * Modes (profile "mode"): always-on reconnects after any failure with
+ * Modes (profile "mode"): always-on reconnects after a failure with
  * exponential backoff (1 s doubling to 60 s) and fails over through the
- * gateway list; on-demand and manual connect once when asked and stay down
+ * gateway list, except after failures a retry cannot fix (PIN, CERT,
+ * PROFILE, NOTSUPP: a wrong PIN is never retried); on-demand and manual connect once when asked and stay down
  * after a failure (the error is reported).
  *
  * Everything runs on the engine thread.

@@ -8,8 +8,9 @@
 
 #define N_SLOTS (sizeof(((dns_hook *)0)->running) / sizeof(pid_t))
 
-void dns_hook_reap(dns_hook *h, core_log *log)
+bool dns_hook_reap(dns_hook *h, core_log *log)
 {
+    bool busy = false;
     for (size_t i = 0; i < N_SLOTS; i++) {
         int st;
         if (h->running[i] > 0 && waitpid(h->running[i], &st, WNOHANG) == h->running[i]) {
@@ -17,7 +18,9 @@ void dns_hook_reap(dns_hook *h, core_log *log)
                 LOG_WARN(log, "conn", "tunnel.dns_hook (pid %d) failed (status %d)", (int)h->running[i], st);
             h->running[i] = 0;
         }
+        busy |= h->running[i] > 0;
     }
+    return busy;
 }
 
 void dns_hook_run(dns_hook *h, core_log *log, const char *hook, const char *tun,

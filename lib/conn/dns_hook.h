@@ -22,7 +22,8 @@ typedef struct dns_hook {
 
 void dns_hook_run(dns_hook *h, core_log *log, const char *hook, const char *tun,
                   const esp_prefix *dns, size_t n_dns, bool up);
-/* Reap finished runs without blocking; failures are logged. */
-void dns_hook_reap(dns_hook *h, core_log *log);
+/* Reap finished runs without blocking; failures are logged. Returns true
+ * while runs are still going. */
+bool dns_hook_reap(dns_hook *h, core_log *log);
 
 #endif

@@ -14,8 +14,9 @@
  * "A -> B". Results leave through the hooks:
  *   on_established  the IKE SA and its CHILD SA are up: keys and network
  *                   parameters for the ESP datapath (wiped after the call)
- *   on_down         the SA failed or was closed (error 0: closed on purpose
- *                   or deleted by the peer); the SA must then be freed.
+ *   on_down         the SA failed or was closed: error 0 when we closed it on
+ *                   purpose, M2MVPN_E_PROTOCOL when the gateway deleted it,
+ *                   else why it failed; the SA must then be freed.
  */
 #ifndef M2MVPN_IKE_H
 #define M2MVPN_IKE_H

@@ -4,6 +4,7 @@
 #include <m2mvpn/m2mvpn.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -386,6 +387,37 @@ START_TEST(stop_from_a_callback)
 }
 END_TEST
 
+static void *stop_it(void *arg)
+{
+    return (void *)(intptr_t)m2mvpn_stop(arg);
+}
+
+/* Two threads stop at once (a signal thread and the main shutdown): one
+ * stops the engine, the other is told it is not running; nothing is joined twice. */
+START_TEST(concurrent_stops)
+{
+    for (int round = 0; round < 20; round++) {
+        m2mvpn *h = new_handle();
+        ck_assert_int_eq(m2mvpn_start(h), 0);
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            ck_assert_int_eq(pthread_create(&t[i], NULL, stop_it, h), 0);
+        int ok = 0, state = 0;
+        for (int i = 0; i < 2; i++) {
+            void *rv;
+            pthread_join(t[i], &rv);
+            int r = (int)(intptr_t)rv;
+            ok += r == 0;
+            state += r == M2MVPN_E_STATE;
+        }
+        ck_assert_int_eq(ok, 1);
+        ck_assert_int_eq(state, 1);
+        ck_assert_int_eq(m2mvpn_start(h), 0); /* and it can run again */
+        m2mvpn_free(h);
+    }
+}
+END_TEST
+
 START_TEST(external_loop_mode)
 {
     m2mvpn *h = new_handle();
@@ -433,6 +465,7 @@ static Suite *api_suite(void)
     tcase_set_timeout(g, 30);
     tcase_add_test(g, commands_from_four_threads_all_arrive);
     tcase_add_test(g, stop_from_a_callback);
+    tcase_add_test(g, concurrent_stops);
     tcase_add_test(g, external_loop_mode);
     suite_add_tcase(s, g);
     return s;

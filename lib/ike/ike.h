@@ -15,7 +15,9 @@
  *   on_established  the IKE SA and its CHILD SA are up: keys and network
  *                   parameters for the ESP datapath (wiped after the call)
  *   on_down         the SA failed or was closed (error 0: closed on purpose
- *                   or deleted by the peer); the SA must then be freed.
+ *                   with ike_sa_close(); a Delete from the gateway is
+ *                   M2MVPN_E_PROTOCOL, see docs/api/errors.md); the SA must
+ *                   then be freed.
  */
 #ifndef M2MVPN_IKE_H
 #define M2MVPN_IKE_H

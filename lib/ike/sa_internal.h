@@ -55,6 +55,8 @@ struct ike_sa {
     uint8_t nonce_i[IKE_NONCE_LEN];
     uint8_t nonce_r[IKE_NONCE_MAX];
     size_t nonce_r_len;
+    uint8_t natd_src[20];          /* NAT_DETECTION_SOURCE_IP we send: random, drawn
+                                    * once, so a COOKIE retry repeats it (RFC 7296 §2.6) */
     uint8_t cookie[64];
     size_t cookie_len;
     unsigned cookie_tries;

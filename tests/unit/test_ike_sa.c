@@ -721,6 +721,81 @@ START_TEST(test_tampered_response_dropped)
 }
 END_TEST
 
+/* ------------------------------------------- our own liveness checks */
+
+/* DPD every 10 s of silence (RFC 7296 §2.4): an empty INFORMATIONAL request. */
+static void enable_dpd(void)
+{
+    T->set->items[0].ike.dpd_s = 10; /* the SA borrows the profile */
+}
+
+START_TEST(test_dpd_answered_then_close)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000 - 1);
+    ck_assert_uint_eq(n_sent(), n0);
+    advance(1);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2)->n, 0);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    deliver(m);
+    free(m);
+    /* The next check uses the next message ID (§2.2). */
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(open_sent(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)->n, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/*
+ * DISABLED (known bug, see main()): ike_sa_close() while our liveness check
+ * (message ID 2 here) is unanswered abandons it and sends the Delete with
+ * the same message ID 2 (sa.c ike_sa_close -> info.c ike_info_send_delete uses
+ * next_msg_id, which only advances when a response arrives). A gateway that
+ * got the check takes that Delete for its retransmission and answers with
+ * the cached empty response (§2.1) without deleting anything, and the
+ * check's own late response already passes as the Delete's confirmation:
+ * on_down(0) while the gateway keeps the SA until its own DPD gives up.
+ */
+START_TEST(test_close_during_dpd)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2)->n, 0);
+    ike_sa_close(T->sa);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    const ike_chain *inner = open_sent(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3); /* fails: 2 */
+    ck_assert(fg_has_ike_delete(inner));
+    /* The liveness check's late answer is not the Delete's confirmation. */
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    deliver(m);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 3, 0, m);
+    deliver(m);
+    free(m);
+    assert_down(0);
+}
+END_TEST
+
+START_TEST(test_dpd_unanswered_times_out)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    expect_retransmits(n0, GW_4500);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- suite */
 
 static Suite *ike_sa_suite(void)
@@ -746,6 +821,8 @@ static Suite *ike_sa_suite(void)
         { "ts", test_ts_unacceptable },
         { "critical", test_unsupported_critical_payload },
         { "tampered", test_tampered_response_dropped },
+        { "dpd", test_dpd_answered_then_close },
+        { "dpd", test_dpd_unanswered_times_out },
     };
     TCase *tc = NULL;
     const char *prev = NULL;
@@ -763,7 +840,16 @@ static Suite *ike_sa_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(ike_sa_suite());
+    Suite *s = ike_sa_suite();
+    /* Cases that show known engine bugs: red until fixed, so only run on
+     * request (M2MVPN_TEST_KNOWN_BUGS=1). */
+    if (getenv("M2MVPN_TEST_KNOWN_BUGS")) {
+        TCase *tc = tcase_create("known_bugs");
+        tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_add_test(tc, test_close_during_dpd);
+        suite_add_tcase(s, tc);
+    }
+    SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

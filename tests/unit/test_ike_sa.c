@@ -456,6 +456,56 @@ START_TEST(test_gateway_liveness_and_delete)
 }
 END_TEST
 
+/* Delete of our only CHILD SA (§1.4.1): answered with the Delete of our
+ * half; the IKE SA has nothing left to carry. */
+START_TEST(test_gateway_deletes_child)
+{
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, T->gw.child_spi_r);
+    ike_build_delete(&c.cw, IKE_PROTO_ESP, 4, spi, 1);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *inner = open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, true, 0);
+    const ike_payload *pl = ike_chain_find(inner, IKE_PL_DELETE, NULL);
+    ck_assert_ptr_nonnull(pl);
+    ike_delete del;
+    ike_diag d;
+    ck_assert_int_eq(ike_delete_parse(pl->body, &del, &d), 0);
+    ck_assert_uint_eq(del.protocol, IKE_PROTO_ESP);
+    ck_assert_uint_eq(del.n_spi, 1);
+    ck_assert_uint_eq(buf_load_be32(del.spis.p), T->gw.child_spi_i);
+    assert_down(M2MVPN_E_PROTOCOL);
+    assert_detail_has("deleted");
+}
+END_TEST
+
+/* A CREATE_CHILD_SA from the gateway (rekeying is not implemented): refused
+ * with NO_ADDITIONAL_SAS (§1.3), the SA stays. */
+START_TEST(test_gateway_create_child_refused)
+{
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_build_nonce(&c.cw, T->gw.nr, sizeof(T->gw.nr));
+    fg_chain_send(&T->gw, &c, IKE_EXCH_CREATE_CHILD_SA, false, 0, m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *inner = open_sent(sent(n0), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ck_assert_int_eq(fg_notify_at(inner, IKE_N_NO_ADDITIONAL_SAS, NULL), 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
 /* --------------------------------------------------------- 5. COOKIE */
 
 START_TEST(test_cookie)
@@ -721,6 +771,42 @@ START_TEST(test_tampered_response_dropped)
 }
 END_TEST
 
+/* ------------------------------------- fragmented IKE_AUTH response */
+
+START_TEST(test_fragmented_auth_response)
+{
+    start();
+    answer_init();
+    fg_msg *f = malloc(16 * sizeof(*f)), *bad = malloc(sizeof(*bad));
+    size_t n = fg_auth_response_frags(&T->gw, 120, f, 16);
+    ck_assert_uint_ge(n, 3);
+    *bad = f[0];
+    bad->p[bad->len - 1] ^= 0x01; /* ICV of fragment 1 */
+    /* RFC 7383 §2.6: fragments in any order, duplicates ignored, each one
+     * authenticated on its own before it counts. */
+    for (size_t i = n; i-- > 1;) {
+        deliver(&f[i]);
+        deliver(&f[i]);
+        deliver(bad);
+    }
+    ck_assert_uint_eq(T->n_established, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+    deliver(&f[0]);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(T->child.spi_out, 0xc1d2e3f4);
+    ck_assert(T->child.has_vip);
+    ck_assert_uint_eq(n_sent(), 2);
+    /* Late copies of the fragments change nothing. */
+    for (size_t i = 0; i < n; i++)
+        deliver(&f[i]);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(n_sent(), 2);
+    free(f);
+    free(bad);
+}
+END_TEST
+
 /* ------------------------------------------- our own liveness checks */
 
 /* DPD every 10 s of silence (RFC 7296 §2.4): an empty INFORMATIONAL request. */
@@ -748,6 +834,29 @@ START_TEST(test_dpd_answered_then_close)
     ck_assert_uint_eq(n_sent(), n0 + 2);
     ck_assert_uint_eq(open_sent(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)->n, 0);
     ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* §2.4: only cryptographically protected messages show the gateway alive.
+ * A forged datagram with the right SPIs (they travel in the clear) must not
+ * postpone the liveness check. */
+START_TEST(test_dpd_not_postponed_by_forgery)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m);
+    m->p[m->len - 1] ^= 0x01; /* ICV */
+    advance(5000);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0); /* not answered */
+    advance(5000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2)->n, 0);
 }
 END_TEST
 
@@ -810,6 +919,8 @@ static Suite *ike_sa_suite(void)
         { "retransmit", test_retransmit_auth },
         { "stray", test_stray_responses_ignored },
         { "gateway_requests", test_gateway_liveness_and_delete },
+        { "gateway_requests", test_gateway_deletes_child },
+        { "gateway_requests", test_gateway_create_child_refused },
         { "cookie", test_cookie },
         { "invalid_ke", test_invalid_ke_retry },
         { "invalid_ke", test_invalid_ke_twice },
@@ -821,8 +932,10 @@ static Suite *ike_sa_suite(void)
         { "ts", test_ts_unacceptable },
         { "critical", test_unsupported_critical_payload },
         { "tampered", test_tampered_response_dropped },
+        { "fragments", test_fragmented_auth_response },
         { "dpd", test_dpd_answered_then_close },
         { "dpd", test_dpd_unanswered_times_out },
+        { "dpd", test_dpd_not_postponed_by_forgery },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

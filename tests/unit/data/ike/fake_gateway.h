@@ -438,30 +438,30 @@ typedef struct fg_auth_opts {
     uint32_t msg_id;               /* 0: 1, the right one */
 } fg_auth_opts;
 
-/* The gateway's IKE_AUTH response to the request taken last. */
-static void fg_auth_response(fake_gw *gw, const fg_auth_opts *o, fg_msg *out)
+/* The inner chain of the gateway's IKE_AUTH response to the request taken
+ * last, finished in c. */
+static void fg_auth_inner(fake_gw *gw, const fg_auth_opts *o, fg_chain *c)
 {
-    fg_chain c;
-    fg_chain_begin(&c);
+    fg_chain_begin(c);
     uint8_t idb[4 + 64];
     size_t id_len = strlen(gw->id);
     idb[0] = IKE_ID_FQDN;
     idb[1] = idb[2] = idb[3] = 0;
     memcpy(idb + 4, gw->id, id_len);
-    ike_build_id(&c.cw, IKE_PL_IDR, IKE_ID_FQDN, gw->id, id_len);
+    ike_build_id(&c->cw, IKE_PL_IDR, IKE_ID_FQDN, gw->id, id_len);
     uint8_t auth[CRYPTO_MAX_PRF_LEN];
     size_t n = fg_psk_auth(gw, false, o && o->psk ? o->psk : gw->psk, idb, 4 + id_len, auth);
-    ike_build_auth(&c.cw, IKE_AUTH_SHARED_KEY_MIC, auth, n);
+    ike_build_auth(&c->cw, IKE_AUTH_SHARED_KEY_MIC, auth, n);
     if (o && o->child_error) {
         /* RFC 7296 §1.2: the IKE SA is set up, its first CHILD SA is not. */
-        ike_build_notify(&c.cw, IKE_PROTO_NONE, o->child_error, NULL, 0, NULL, 0);
+        ike_build_notify(&c->cw, IKE_PROTO_NONE, o->child_error, NULL, 0, NULL, 0);
     } else {
         ike_cp_attr attrs[3] = {
             { IKE_CP_INTERNAL_IP4_ADDRESS, buf_reader_make(gw->vip, 4) },
             { IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(gw->dns[0], 4) },
             { IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(gw->dns[1], 4) },
         };
-        ike_build_cp(&c.cw, IKE_CFG_REPLY, attrs, 3);
+        ike_build_cp(&c->cw, IKE_CFG_REPLY, attrs, 3);
         ike_sa_choice ch;
         memset(&ch, 0, sizeof(ch));
         ch.number = 1;
@@ -472,14 +472,45 @@ static void fg_auth_response(fake_gw *gw, const fg_auth_opts *o, fg_msg *out)
         ch.id[IKE_TT_ENCR] = ENCR_AES_GCM_16;
         ch.encr_key_bits = 256;
         ch.id[IKE_TT_ESN] = ESN_NO;
-        ike_build_sa_choice(&c.cw, &ch);
+        ike_build_sa_choice(&c->cw, &ch);
         ike_ts tsi, tsr;
         ck_assert_int_eq(ike_ts_from_prefix(gw->vip, 4, 32, 0, 0, 65535, &tsi), 0);
         ck_assert_int_eq(ike_ts_from_prefix((uint8_t[]){ 0, 0, 0, 0 }, 4, 0, 0, 0, 65535, &tsr), 0);
-        ike_build_ts(&c.cw, IKE_PL_TSI, &tsi, 1);
-        ike_build_ts(&c.cw, IKE_PL_TSR, &tsr, 1);
+        ike_build_ts(&c->cw, IKE_PL_TSI, &tsi, 1);
+        ike_build_ts(&c->cw, IKE_PL_TSR, &tsr, 1);
     }
-    fg_chain_send(gw, &c, IKE_EXCH_IKE_AUTH, true, o && o->msg_id ? o->msg_id : 1, out);
+    ike_chain_writer_finish(&c->cw);
+    ck_assert(ike_chain_writer_ok(&c->cw));
+}
+
+/* The gateway's IKE_AUTH response to the request taken last. */
+static void fg_auth_response(fake_gw *gw, const fg_auth_opts *o, fg_msg *out)
+{
+    fg_chain c;
+    fg_auth_inner(gw, o, &c);
+    fg_protected(gw, IKE_EXCH_IKE_AUTH, true, o && o->msg_id ? o->msg_id : 1, c.buf, buf_writer_len(&c.w),
+                 c.cw.first_type, out);
+}
+
+/* The same response as RFC 7383 fragments of at most max_len bytes each;
+ * returns how many. */
+static size_t fg_auth_response_frags(fake_gw *gw, size_t max_len, fg_msg *out, size_t max_out)
+{
+    fg_chain c;
+    fg_auth_inner(gw, NULL, &c);
+    ike_header h = fg_header(gw, IKE_EXCH_IKE_AUTH, true, 1, true);
+    uint8_t *buf = malloc(FG_MSG_CAP);
+    ike_span spans[16];
+    size_t n = 0;
+    ck_assert_int_eq(ike_frag_build(&h, c.buf, buf_writer_len(&c.w), c.cw.first_type, &gw->sk_out, max_len,
+                                    buf, FG_MSG_CAP, spans, 16, &n), 0);
+    ck_assert_uint_le(n, max_out);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(out[i].p, buf + spans[i].off, spans[i].len);
+        out[i].len = spans[i].len;
+    }
+    free(buf);
+    return n;
 }
 
 /* An encrypted response that carries one notify only (AUTHENTICATION_FAILED

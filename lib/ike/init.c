@@ -65,10 +65,9 @@ static int build_and_send(ike_sa *sa)
     /* Our datapath is ESP in UDP only, so NAT traversal is always wanted: a
      * source hash that cannot match makes the gateway encapsulate (as
      * strongSwan's encap=yes does). The destination hash is honest. */
+    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, sa->natd_src,
+                     sizeof(sa->natd_src));
     uint8_t h[20];
-    if ((r = crypto_random(h, sizeof(h))) < 0)
-        goto out;
-    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, h, sizeof(h));
     if ((r = natd_hash(sa, &sa->cfg.remote, h)) < 0)
         goto out;
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, h, sizeof(h));
@@ -130,7 +129,14 @@ int ike_init_start(ike_sa *sa)
         ike_sa_fail(sa, M2MVPN_E_PROFILE, "the profile has no IKE proposal with a key exchange");
         return M2MVPN_E_PROFILE;
     }
-    int r = new_ke(sa, p->ike.proposals[0].ke[0]);
+    /* Drawn once: a retry after COOKIE must leave the other payloads
+     * unchanged (RFC 7296 §2.6). */
+    int r = crypto_random(sa->natd_src, sizeof(sa->natd_src));
+    if (r < 0) {
+        ike_sa_fail(sa, r, "random number generator failed");
+        return r;
+    }
+    r = new_ke(sa, p->ike.proposals[0].ke[0]);
     if (r < 0) {
         ike_sa_fail(sa, r, "cannot create a %s key pair", proposal_ke_name(p->ike.proposals[0].ke[0]));
         return r;
@@ -221,10 +227,19 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
     }
     if (ike_chain_find_notify(c, IKE_N_INVALID_KE_PAYLOAD, &n, &d) == 0) {
         uint16_t group = n.data.len == 2 ? buf_load_be16(n.data.p) : 0;
-        if (sa->ke_retried || !we_offered_ke(p, group) || group == sa->ke_group) {
+        /* Unauthenticated: these count only if no valid answer follows. */
+        if (!we_offered_ke(p, group)) {
             ike_sa_init_error(sa, M2MVPN_E_NO_PROPOSAL,
                               "gateway %s wants key exchange %s, which the profile does not offer",
                               sa->gw_text, proposal_ke_name(group) ? proposal_ke_name(group) : "?");
+            return;
+        }
+        if (sa->ke_retried || group == sa->ke_group) {
+            /* The group is one we offer: say what really went wrong. */
+            ike_sa_init_error(sa, M2MVPN_E_NO_PROPOSAL,
+                              "gateway %s refused our key exchange %s and asks for %s (INVALID_KE_PAYLOAD %s)",
+                              sa->gw_text, proposal_ke_name(sa->ke_group), proposal_ke_name(group),
+                              sa->ke_retried ? "again after one retry" : "for the group we sent");
             return;
         }
         LOG_INFO(sa->log, "ike", "gateway prefers %s (INVALID_KE_PAYLOAD): retrying once",

@@ -389,6 +389,13 @@ static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, si
     return r;
 }
 
+/* Only a message that passed its integrity check shows the gateway alive
+ * (RFC 7296 §2.4): SPIs travel in the clear, so anyone could send the rest. */
+static void heard_from_gateway(ike_sa *sa)
+{
+    sa->last_heard_ms = sa->loop->clock_ms();
+}
+
 static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
 {
     if (sa->req.task == IKE_TASK_NONE || msg->hdr.message_id != sa->req.message_id) {
@@ -404,7 +411,7 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     int r = open_protected(sa, msg, plain, cap, &inner, NULL);
     if (r <= 0)
         return;
-    sa->last_heard_ms = sa->loop->clock_ms(); /* authentic: the gateway is alive */
+    heard_from_gateway(sa);
     ike_task task = sa->req.task;
     ike_sa_request_done(sa);
     sa->next_msg_id++;
@@ -443,6 +450,7 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     if (r < 0 && d.notify == IKE_N_UNSUPPORTED_CRITICAL_PAYLOAD) {
         /* Authentic, but with a critical payload we do not know: say so
          * (RFC 7296 §2.5), as the answer to this request. */
+        heard_from_gateway(sa);
         uint8_t body[32];
         buf_writer w;
         buf_writer_init(&w, body, sizeof(body));
@@ -458,7 +466,7 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     }
     if (r <= 0)
         return;
-    sa->last_heard_ms = sa->loop->clock_ms();
+    heard_from_gateway(sa);
     sa->peer_msg_id++;
     ike_info_process_request(sa, &msg->hdr, &inner);
     ike_frag_reasm_reset(&sa->reasm);

@@ -59,6 +59,8 @@ struct ike_sa {
     size_t nonce_r_len;
     int init_error;                /* unauthenticated error answer to IKE_SA_INIT, pending */
     char init_error_text[512];
+    uint8_t natd_src[20];          /* NAT_DETECTION_SOURCE_IP we send: random, drawn
+                                    * once, so a COOKIE retry repeats it (RFC 7296 §2.6) */
     uint8_t cookie[64];
     size_t cookie_len;
     unsigned cookie_tries;

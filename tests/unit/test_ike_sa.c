@@ -1,0 +1,998 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The IKE SA engine (lib/ike/ike.h) in isolation, in the strongSwan style:
+ * a mocked sender (the send hook captures datagrams into a scripted fake
+ * gateway, tests/unit/data/ike/fake_gateway.h), a mocked clock (core_loop's
+ * clock_ms) and timers fired by core_loop_run_once(l, 0). No sockets, no
+ * sleeps. Each case checks what a user of the engine sees (on_established /
+ * on_down with the error and the detail text) and what went on the wire.
+ *
+ * The cases are the ones a real gateway rarely plays on demand: silence,
+ * retransmitted and stray messages, its own requests, COOKIE, INVALID_KE,
+ * refusals, a wrong PSK, a critical payload we do not know, a flipped bit.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <m2mvpn/m2mvpn.h>
+
+#include "core/log.h"
+#include "core/loop.h"
+#include "ike/ike.h"
+#include "ike/sa_internal.h" /* IKE_INIT_ERROR_GRACE_MS */
+#include "profile/profile.h"
+
+#include "data/ike/fake_gateway.h"
+
+#define PSK "unit test psk, 32 bytes or so.."
+#define GW_ID "gw.m2m.test"
+#define OUR_ID "dev1.m2m.test"
+#define GW_500 "198.51.100.1:500"
+#define GW_4500 "198.51.100.1:4500"
+#define OUR_PROPOSAL "aes256gcm16-prfsha384-x25519-ecp256"
+
+/* Short retransmissions: 1 s, then doubling (1, 2, 4 s), 3 tries; no DPD. */
+static const char profile_json[] =
+    "{\"version\": 1, \"name\": \"unit\", \"mode\": \"manual\","
+    " \"gateways\": [{\"host\": \"198.51.100.1\"}],"
+    " \"local_id\": \"" OUR_ID "\", \"remote_id\": \"" GW_ID "\","
+    " \"auth\": {\"method\": \"psk\", \"psk\": \"" PSK "\"},"
+    " \"ike\": {\"proposals\": [\"" OUR_PROPOSAL "\"], \"dpd_s\": 0,"
+    "  \"retransmit_timeout_s\": 1.0, \"retransmit_base\": 2.0, \"retransmit_tries\": 3},"
+    " \"esp\": {\"proposals\": [\"aes256gcm16\"]},"
+    " \"tunnel\": {\"request_vip\": true, \"dns\": true}}";
+
+#define TRIES 3
+#define TIMEOUT_MS 1000u
+
+/* ------------------------------------------------------------- harness */
+
+/* core_loop's clock takes no argument, so the fake one lives here. */
+static uint64_t fake_now;
+static uint64_t fake_clock(void)
+{
+    return fake_now;
+}
+
+typedef struct harness {
+    core_loop loop;
+    core_log log;
+    profile_set *set;
+    ike_sa *sa;
+    fake_gw gw;
+    unsigned n_established, n_down;
+    int down_err;
+    char down_detail[512];
+    ike_child_result child;
+    uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
+} harness;
+
+static harness *T;
+
+static int hook_send(void *arg, const uint8_t *msg, size_t len, bool natt)
+{
+    harness *h = arg;
+    fg_capture(&h->gw, msg, len, natt);
+    return 0;
+}
+
+static void hook_established(void *arg, const ike_child_result *child)
+{
+    harness *h = arg;
+    h->n_established++;
+    h->child = *child;
+    ck_assert_uint_le(child->keymat_len, sizeof(h->keymat));
+    memcpy(h->keymat, child->keymat, child->keymat_len); /* wiped after the call */
+    h->child.keymat = h->keymat;
+}
+
+static void hook_down(void *arg, int err, const char *detail)
+{
+    harness *h = arg;
+    h->n_down++;
+    h->down_err = err;
+    snprintf(h->down_detail, sizeof(h->down_detail), "%s", detail ? detail : "");
+}
+
+static void print_log(m2mvpn *h, int level, const char *sub, const char *msg, void *ud)
+{
+    (void)h;
+    (void)ud;
+    fprintf(stderr, "  [%d %s] %s\n", level, sub, msg);
+}
+
+static void set_addr(struct sockaddr_storage *ss, socklen_t *len, const char *ip, uint16_t port)
+{
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    memset(ss, 0, sizeof(*ss));
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+    ck_assert_int_eq(inet_pton(AF_INET, ip, &in->sin_addr), 1);
+    *len = sizeof(*in);
+}
+
+static void setup(void)
+{
+    T = calloc(1, sizeof(*T));
+    ck_assert_ptr_nonnull(T);
+    fake_now = 1000000;
+    ck_assert_int_eq(core_loop_init(&T->loop, NULL, NULL), 0);
+    T->loop.clock_ms = fake_clock;
+    core_log_init(&T->log, NULL);
+    if (getenv("M2MVPN_TEST_LOG")) /* set it to see the engine's log */
+        core_log_set(&T->log, print_log, M2MVPN_LOG_DEBUG, NULL);
+    char err[256];
+    ck_assert_msg(profile_set_parse(profile_json, strlen(profile_json), NULL, &T->set, err, sizeof(err)) == 0,
+                  "profile: %s", err);
+    fg_init(&T->gw, PSK, GW_ID);
+    ike_config cfg = { .prof = &T->set->items[0] };
+    set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
+    set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
+    set_addr(&cfg.local_natt, &cfg.local_natt_len, "198.51.100.2", 4500);
+    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
+}
+
+static void teardown(void)
+{
+    ike_sa_free(T->sa);
+    fg_free(&T->gw);
+    profile_set_free(T->set);
+    core_log_destroy(&T->log);
+    core_loop_destroy(&T->loop);
+    free(T);
+    T = NULL;
+}
+
+/* Let `ms` pass and run what is due. */
+static void advance(uint64_t ms)
+{
+    fake_now += ms;
+    ck_assert_int_eq(core_loop_run_once(&T->loop, 0), 0);
+}
+
+static void deliver(const fg_msg *m)
+{
+    ike_sa_input(T->sa, m->p, m->len, true);
+}
+
+static size_t n_sent(void)
+{
+    return T->gw.n_sent;
+}
+
+static const fg_dgram *sent(size_t i)
+{
+    ck_assert_uint_lt(i, T->gw.n_sent);
+    return &T->gw.sent[i];
+}
+
+static void assert_same_bytes(const fg_dgram *a, const fg_dgram *b)
+{
+    ck_assert_uint_eq(a->len, b->len);
+    ck_assert_mem_eq(a->p, b->p, a->len);
+    ck_assert(a->natt == b->natt);
+}
+
+#define assert_detail_has(s)                                                                        \
+    ck_assert_msg(strstr(T->down_detail, (s)) != NULL, "on_down detail \"%s\" lacks \"%s\"",         \
+                  T->down_detail, (s))
+
+/* An error answer to IKE_SA_INIT is unauthenticated (RFC 7296 §2.21.1): the
+ * SA waits IKE_INIT_ERROR_GRACE_MS for a valid answer before it gives up. */
+static void wait_out_init_error_grace(void)
+{
+    ck_assert_uint_eq(T->n_down, 0);
+    advance(IKE_INIT_ERROR_GRACE_MS - 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    advance(1);
+}
+
+static void assert_down(int err)
+{
+    ck_assert_uint_eq(T->n_down, 1);
+    ck_assert_msg(T->down_err == err, "on_down(%s) (\"%s\"), expected %s", m2mvpn_error_name(T->down_err),
+                  T->down_detail, m2mvpn_error_name(err));
+}
+
+/* Nothing more goes out, however long we wait (no timer left behind). */
+static void assert_quiet_from_now(void)
+{
+    size_t n = n_sent();
+    unsigned down = T->n_down;
+    for (int i = 0; i < 10; i++)
+        advance(60000);
+    ck_assert_uint_eq(n_sent(), n);
+    ck_assert_uint_eq(T->n_down, down);
+}
+
+static void start(void)
+{
+    ck_assert_int_eq(ike_sa_start(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), 1);
+}
+
+/* The gateway answers the last IKE_SA_INIT normally; IKE_AUTH goes out. */
+static void answer_init(void)
+{
+    size_t n = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_response(&T->gw, fg_last(&T->gw), m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n + 1);
+    ck_assert(fg_last(&T->gw)->natt); /* NAT-T: IKE_AUTH goes to 4500 (RFC 3948) */
+    fg_take_auth_request(&T->gw, fg_last(&T->gw), OUR_ID);
+}
+
+static void answer_auth(const fg_auth_opts *o)
+{
+    fg_msg *m = malloc(sizeof(*m));
+    fg_auth_response(&T->gw, o, m);
+    deliver(m);
+    free(m);
+}
+
+static void establish(void)
+{
+    start();
+    answer_init();
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+
+/* Open a protected datagram the SA sent and check its header. */
+static const ike_chain *open_sent(const fg_dgram *d, uint8_t exchange, bool response, uint32_t msg_id)
+{
+    ck_assert_int_eq(fg_open(&T->gw, d), 0);
+    const ike_header *h = &T->gw.rq_hdr;
+    ck_assert_uint_eq(h->exchange, exchange);
+    ck_assert_uint_eq(h->message_id, msg_id);
+    ck_assert(h->flags & IKE_FLAG_INITIATOR);
+    ck_assert_uint_eq(!!(h->flags & IKE_FLAG_RESPONSE), response);
+    ck_assert(d->natt);
+    return &T->gw.rq_inner;
+}
+
+/* ------------------------------------------------------- 1. happy path */
+
+START_TEST(test_psk_happy_path)
+{
+    start();
+    /* IKE_SA_INIT (RFC 7296 §1.2): SA, KE of the first group, Ni, NAT-D; on 500. */
+    ike_message m;
+    fg_parse(sent(0), &m);
+    ck_assert(!sent(0)->natt);
+    ck_assert_uint_eq(m.hdr.exchange, IKE_EXCH_IKE_SA_INIT);
+    ck_assert_uint_eq(m.chain.pl[0].type, IKE_PL_SA);
+    ike_ke ke;
+    ike_diag d;
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(&m.chain, IKE_PL_KE, NULL)->body, &ke, &d), 0);
+    ck_assert_uint_eq(ke.group, KE_X25519);
+    ck_assert_uint_eq(ke.data.len, 32);
+    ck_assert_int_ge(fg_notify_at(&m.chain, IKE_N_NAT_DETECTION_SOURCE_IP, NULL), 0);
+    ck_assert_int_ge(fg_notify_at(&m.chain, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL), 0);
+
+    /* IKE_AUTH: the gateway verified our AUTH in answer_init(); the request
+     * asks for a virtual IP and DNS (CP, §3.15). */
+    answer_init();
+    const ike_payload *cp_pl = ike_chain_find(&T->gw.rq_inner, IKE_PL_CP, NULL);
+    ck_assert_ptr_nonnull(cp_pl);
+    ike_cp cp;
+    ck_assert_int_eq(ike_cp_parse(cp_pl->body, &cp, &d), 0);
+    ck_assert_uint_eq(cp.cfg_type, IKE_CFG_REQUEST);
+    ck_assert_ptr_nonnull(ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL));
+    ck_assert_ptr_nonnull(ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, NULL));
+    answer_auth(NULL);
+
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    const ike_child_result *c = &T->child;
+    ck_assert_uint_eq(c->spi_in, T->gw.child_spi_i);
+    ck_assert_uint_eq(c->spi_out, 0xc1d2e3f4);
+    ck_assert_uint_eq(c->encr_id, ENCR_AES_GCM_16);
+    ck_assert_uint_eq(c->encr_key_bits, 256);
+    ck_assert_uint_eq(c->integ_id, 0);
+    ck_assert(!c->esn);
+    ck_assert(c->natt);
+    ck_assert(c->has_vip);
+    ck_assert_mem_eq(c->vip, ((uint8_t[]){ 198, 18, 0, 7 }), 4);
+    ck_assert_uint_eq(c->n_dns, 2);
+    ck_assert_mem_eq(c->dns[0], ((uint8_t[]){ 198, 18, 0, 53 }), 4);
+    ck_assert_mem_eq(c->dns[1], ((uint8_t[]){ 198, 18, 1, 53 }), 4);
+    ck_assert_uint_eq(c->n_remote_ts, 1);
+    ck_assert_uint_eq(c->remote_ts[0].prefix_len, 0);
+    /* KEYMAT (§2.17): AES-256-GCM, 32 key + 4 salt bytes each way, as the gateway derives it. */
+    uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
+    size_t want_len = fg_child_keymat(&T->gw, want, sizeof(want));
+    ck_assert_uint_eq(c->keymat_len, 2 * (32 + 4));
+    ck_assert_uint_eq(want_len, c->keymat_len);
+    ck_assert_mem_eq(c->keymat, want, want_len);
+    char ike_alg[96], esp_alg[96];
+    ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
+    ck_assert_str_eq(ike_alg, "aes256gcm16-prfsha384-x25519");
+    ck_assert_str_eq(esp_alg, "aes256gcm16");
+    ck_assert_uint_eq(n_sent(), 2);
+
+    /* Close: INFORMATIONAL{D(IKE)} (§1.4.1), on_down(0) once the gateway answers. */
+    ike_sa_close(T->sa);
+    ck_assert_uint_eq(n_sent(), 3);
+    const ike_chain *inner = open_sent(sent(2), IKE_EXCH_INFORMATIONAL, false, 2);
+    ck_assert_uint_eq(inner->n, 1);
+    ck_assert(fg_has_ike_delete(inner));
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_msg *r = malloc(sizeof(*r));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, r);
+    deliver(r);
+    free(r);
+    assert_down(0);
+    assert_detail_has("deleted");
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* --------------------------------------------------- 2. retransmission */
+
+/* The gateway stays silent: retransmissions of the identical bytes at
+ * timeout * base^n (RFC 7296 §2.1 leaves the schedule to us; the profile
+ * sets it), then TIMEOUT. */
+static void expect_retransmits(size_t first, const char *gw)
+{
+    uint64_t delay = TIMEOUT_MS;
+    for (unsigned n = 0; n < TRIES; n++) {
+        advance(delay - 1);
+        ck_assert_uint_eq(n_sent(), first + 1 + n);
+        advance(1);
+        ck_assert_uint_eq(n_sent(), first + 2 + n);
+        assert_same_bytes(sent(first + 1 + n), sent(first));
+        delay *= 2;
+    }
+    advance(delay - 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    advance(1);
+    assert_down(M2MVPN_E_TIMEOUT);
+    char want[128];
+    snprintf(want, sizeof(want), "no answer from %s after %u retransmits", gw, TRIES);
+    ck_assert_str_eq(T->down_detail, want);
+    ck_assert_uint_eq(n_sent(), first + 1 + TRIES);
+    assert_quiet_from_now();
+}
+
+START_TEST(test_retransmit_init)
+{
+    start();
+    expect_retransmits(0, GW_500);
+    ck_assert_uint_eq(T->n_established, 0);
+}
+END_TEST
+
+START_TEST(test_retransmit_auth)
+{
+    start();
+    answer_init();
+    expect_retransmits(1, GW_4500);
+    ck_assert_uint_eq(T->n_established, 0);
+}
+END_TEST
+
+/* ------------------------------------- 3. stray and duplicate messages */
+
+START_TEST(test_stray_responses_ignored)
+{
+    start();
+    fg_msg *init = malloc(sizeof(*init)), *m = malloc(sizeof(*m));
+    fg_init_response(&T->gw, sent(0), init);
+    deliver(init);
+    ck_assert_uint_eq(n_sent(), 2);
+    fg_take_auth_request(&T->gw, sent(1), OUR_ID);
+
+    /* The IKE_SA_INIT response again (late duplicate of message 0). */
+    deliver(init);
+    /* An authentic IKE_AUTH response with the wrong message ID (§2.3). */
+    fg_auth_opts wrong_id = { .msg_id = 5 };
+    fg_auth_response(&T->gw, &wrong_id, m);
+    deliver(m);
+    /* An authentic response for another IKE SA (different SPIi, §2.6). */
+    T->gw.spi_i[7] ^= 1;
+    fg_auth_response(&T->gw, NULL, m);
+    T->gw.spi_i[7] ^= 1;
+    deliver(m);
+    ck_assert_uint_eq(T->n_established, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(n_sent(), 2);
+
+    /* The right one completes the exchange ... */
+    fg_auth_response(&T->gw, NULL, m);
+    deliver(m);
+    ck_assert_uint_eq(T->n_established, 1);
+    /* ... and neither it nor the IKE_SA_INIT response does anything again. */
+    deliver(m);
+    deliver(init);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(n_sent(), 2);
+    free(init);
+    free(m);
+}
+END_TEST
+
+/* ------------------------------------------- 4. the gateway's requests */
+
+START_TEST(test_gateway_liveness_and_delete)
+{
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+
+    /* Liveness check: empty INFORMATIONAL, message ID 0 of the gateway's own
+     * counter (§2.2, §2.4), answered with an empty response. */
+    fg_chain_begin(&c);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m);
+    deliver(m);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
+
+    /* The same request again (our answer got lost): the cached response,
+     * byte for byte (§2.1). */
+    deliver(m);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    assert_same_bytes(sent(n0 + 1), sent(n0));
+
+    /* A request out of the window (message ID 5, expected 1) is ignored. */
+    fg_chain_begin(&c);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 5, m);
+    deliver(m);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(T->n_down, 0);
+
+    /* Delete(IKE) (§1.4.1): answered, then the SA is gone. errors.md:
+     * "M2MVPN_E_PROTOCOL ... The gateway deleted the IKE SA". */
+    fg_chain_begin(&c);
+    ike_build_delete(&c.cw, IKE_PROTO_IKE, 0, NULL, 0);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 1, m);
+    deliver(m);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    ck_assert_uint_eq(open_sent(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, true, 1)->n, 0);
+    assert_down(M2MVPN_E_PROTOCOL);
+    ck_assert_str_eq(T->down_detail, "the gateway " GW_4500 " deleted the IKE SA");
+    free(m);
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* Delete of our only CHILD SA (§1.4.1): answered with the Delete of our
+ * half; the IKE SA has nothing left to carry. */
+START_TEST(test_gateway_deletes_child)
+{
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, T->gw.child_spi_r);
+    ike_build_delete(&c.cw, IKE_PROTO_ESP, 4, spi, 1);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *inner = open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, true, 0);
+    const ike_payload *pl = ike_chain_find(inner, IKE_PL_DELETE, NULL);
+    ck_assert_ptr_nonnull(pl);
+    ike_delete del;
+    ike_diag d;
+    ck_assert_int_eq(ike_delete_parse(pl->body, &del, &d), 0);
+    ck_assert_uint_eq(del.protocol, IKE_PROTO_ESP);
+    ck_assert_uint_eq(del.n_spi, 1);
+    ck_assert_uint_eq(buf_load_be32(del.spis.p), T->gw.child_spi_i);
+    assert_down(M2MVPN_E_PROTOCOL);
+    assert_detail_has("deleted");
+}
+END_TEST
+
+/* A CREATE_CHILD_SA from the gateway (rekeying is not implemented): refused
+ * with NO_ADDITIONAL_SAS (§1.3), the SA stays. */
+START_TEST(test_gateway_create_child_refused)
+{
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_build_nonce(&c.cw, T->gw.nr, sizeof(T->gw.nr));
+    fg_chain_send(&T->gw, &c, IKE_EXCH_CREATE_CHILD_SA, false, 0, m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *inner = open_sent(sent(n0), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ck_assert_int_eq(fg_notify_at(inner, IKE_N_NO_ADDITIONAL_SAS, NULL), 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* --------------------------------------------------------- 5. COOKIE */
+
+START_TEST(test_cookie)
+{
+    start();
+    uint8_t cookie[24];
+    for (size_t i = 0; i < sizeof(cookie); i++)
+        cookie[i] = (uint8_t)(0xc0 + i);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_notify(&T->gw, sent(0), IKE_N_COOKIE, cookie, sizeof(cookie), m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), 2);
+    ck_assert_uint_eq(T->n_down, 0);
+
+    /* RFC 7296 §2.6: N(COOKIE) first, with the data as received, "and all
+     * other payloads unchanged". */
+    ike_message first, retry;
+    fg_parse(sent(0), &first);
+    fg_parse(sent(1), &retry);
+    ike_notify n;
+    ck_assert_int_eq(fg_notify_at(&retry.chain, IKE_N_COOKIE, &n), 0);
+    ck_assert_uint_eq(n.data.len, sizeof(cookie));
+    ck_assert_mem_eq(n.data.p, cookie, sizeof(cookie));
+    ck_assert_uint_eq(retry.chain.n, first.chain.n + 1);
+    for (size_t i = 0; i < first.chain.n; i++) {
+        const ike_payload *a = &first.chain.pl[i], *b = &retry.chain.pl[i + 1];
+        ck_assert_uint_eq(a->type, b->type);
+        ck_assert_uint_eq(a->body.len, b->body.len);
+        ck_assert_msg(memcmp(a->body.p, b->body.p, a->body.len) == 0,
+                      "payload %zu (%s) changed in the COOKIE retry", i, ike_payload_name(a->type));
+    }
+    /* The first request is not retransmitted any more; the new one is. */
+    advance(TIMEOUT_MS - 1);
+    ck_assert_uint_eq(n_sent(), 2);
+
+    /* The exchange completes; the gateway's check of our AUTH in
+     * answer_init() proves the retry is RealMessage1 (§2.15). */
+    answer_init();
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* ----------------------------------------------- 6. INVALID_KE_PAYLOAD */
+
+static void invalid_ke(size_t req, uint16_t group)
+{
+    uint8_t data[2];
+    buf_store_be16(data, group);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_notify(&T->gw, sent(req), IKE_N_INVALID_KE_PAYLOAD, data, 2, m);
+    deliver(m);
+    free(m);
+}
+
+static uint16_t sent_ke_group(size_t i)
+{
+    ike_message m;
+    fg_parse(sent(i), &m);
+    ike_ke ke;
+    ike_diag d;
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(&m.chain, IKE_PL_KE, NULL)->body, &ke, &d), 0);
+    ck_assert_uint_eq(ke.data.len, crypto_ke_public_len(ke.group));
+    return ke.group;
+}
+
+START_TEST(test_invalid_ke_retry)
+{
+    start();
+    ck_assert_uint_eq(sent_ke_group(0), KE_X25519);
+    /* §1.3: the responder names the group it wants; we offered ecp256 too. */
+    invalid_ke(0, KE_ECP256);
+    ck_assert_uint_eq(n_sent(), 2);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(sent_ke_group(1), KE_ECP256);
+    answer_init();
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    char ike_alg[96], esp_alg[96];
+    ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
+    ck_assert_str_eq(ike_alg, "aes256gcm16-prfsha384-ecp256");
+}
+END_TEST
+
+START_TEST(test_invalid_ke_twice)
+{
+    start();
+    invalid_ke(0, KE_ECP256);
+    ck_assert_uint_eq(n_sent(), 2);
+    invalid_ke(1, KE_X25519); /* offered, but we already followed one hint */
+    wait_out_init_error_grace();
+    assert_down(M2MVPN_E_NO_PROPOSAL);
+    ck_assert_str_eq(T->down_detail, "gateway " GW_500 " refused our key exchange ecp256 and asks for "
+                                     "x25519 (INVALID_KE_PAYLOAD again after one retry)");
+    ck_assert_uint_eq(n_sent(), 2);
+    assert_quiet_from_now();
+}
+END_TEST
+
+START_TEST(test_invalid_ke_same_group)
+{
+    start();
+    invalid_ke(0, KE_X25519); /* the group we sent: nothing to retry with */
+    wait_out_init_error_grace();
+    assert_down(M2MVPN_E_NO_PROPOSAL);
+    ck_assert_str_eq(T->down_detail, "gateway " GW_500 " refused our key exchange x25519 and asks for "
+                                     "x25519 (INVALID_KE_PAYLOAD for the group we sent)");
+    ck_assert_uint_eq(n_sent(), 1);
+    assert_quiet_from_now();
+}
+END_TEST
+
+START_TEST(test_invalid_ke_not_offered)
+{
+    start();
+    invalid_ke(0, KE_MODP2048);
+    wait_out_init_error_grace();
+    assert_down(M2MVPN_E_NO_PROPOSAL);
+    ck_assert_str_eq(T->down_detail,
+                     "gateway " GW_500 " wants key exchange modp2048, which the profile does not offer");
+    ck_assert_uint_eq(n_sent(), 1);
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* ------------------------------------------------ 7. NO_PROPOSAL_CHOSEN */
+
+START_TEST(test_no_proposal_chosen)
+{
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_notify(&T->gw, sent(0), IKE_N_NO_PROPOSAL_CHOSEN, NULL, 0, m);
+    deliver(m);
+    free(m);
+    wait_out_init_error_grace();
+    assert_down(M2MVPN_E_NO_PROPOSAL);
+    assert_detail_has(GW_500);
+    assert_detail_has(OUR_PROPOSAL); /* the gateway does not say what it wants (§2.7) */
+    ck_assert_uint_eq(n_sent(), 1);
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* A forged NO_PROPOSAL_CHOSEN (anyone on the path can send one: nothing
+ * authenticates IKE_SA_INIT) does not end the attempt when the real answer
+ * follows within the grace period. */
+START_TEST(test_forged_init_error_then_real_answer)
+{
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_notify(&T->gw, sent(0), IKE_N_NO_PROPOSAL_CHOSEN, NULL, 0, m);
+    deliver(m);
+    free(m);
+    advance(IKE_INIT_ERROR_GRACE_MS / 2);
+    ck_assert_uint_eq(T->n_down, 0);
+    answer_init();
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    advance(IKE_INIT_ERROR_GRACE_MS); /* the grace timer must not fire any more */
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* ------------------------------------------------- 8. authentication */
+
+START_TEST(test_auth_failed_notify)
+{
+    start();
+    answer_init();
+    /* §2.21.2: the responder refuses our AUTH in the IKE_AUTH response. */
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_IKE_AUTH, 1, IKE_N_AUTHENTICATION_FAILED, m);
+    deliver(m);
+    free(m);
+    assert_down(M2MVPN_E_AUTH_LOCAL);
+    assert_detail_has("AUTHENTICATION_FAILED");
+    assert_detail_has(OUR_ID);
+    ck_assert_uint_eq(T->n_established, 0);
+    ck_assert_uint_eq(n_sent(), 2); /* the gateway has no SA left to delete */
+    assert_quiet_from_now();
+}
+END_TEST
+
+START_TEST(test_auth_peer_wrong_psk)
+{
+    start();
+    answer_init();
+    fg_auth_opts o = { .psk = "not the profile's psk" };
+    answer_auth(&o);
+    assert_down(M2MVPN_E_AUTH_PEER);
+    assert_detail_has(GW_4500);
+    assert_detail_has("pre-shared key");
+    ck_assert_uint_eq(T->n_established, 0);
+    /* §2.21.2: the initiator reports it in a separate INFORMATIONAL. */
+    ck_assert_uint_eq(n_sent(), 3);
+    const ike_chain *inner = open_sent(sent(2), IKE_EXCH_INFORMATIONAL, false, 2);
+    ck_assert_int_eq(fg_notify_at(inner, IKE_N_AUTHENTICATION_FAILED, NULL), 0);
+    ck_assert(fg_has_ike_delete(inner));
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* --------------------------------------------------- 9. TS_UNACCEPTABLE */
+
+START_TEST(test_ts_unacceptable)
+{
+    start();
+    answer_init();
+    fg_auth_opts o = { .child_error = IKE_N_TS_UNACCEPTABLE };
+    answer_auth(&o);
+    assert_down(M2MVPN_E_TS_UNACCEPTABLE);
+    assert_detail_has(GW_4500);
+    assert_detail_has("TS_UNACCEPTABLE");
+    ck_assert_uint_eq(T->n_established, 0);
+    /* The IKE SA stands without its CHILD SA (§1.2); we have no use for it. */
+    ck_assert_uint_eq(n_sent(), 3);
+    const ike_chain *inner = open_sent(sent(2), IKE_EXCH_INFORMATIONAL, false, 2);
+    ck_assert(fg_has_ike_delete(inner));
+    ck_assert_int_lt(fg_notify_at(inner, IKE_N_AUTHENTICATION_FAILED, NULL), 0);
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* ---------------------------------- 10. unknown critical inner payload */
+
+START_TEST(test_unsupported_critical_payload)
+{
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    const uint8_t junk[3] = { 1, 2, 3 };
+
+    /* Unknown, not critical: skipped (§2.5); the empty request gets an
+     * empty answer. */
+    fg_chain_begin(&c);
+    ike_build_raw(&c.cw, 200, false, junk, sizeof(junk));
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m);
+    deliver(m);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
+
+    /* Unknown and critical: refused with UNSUPPORTED_CRITICAL_PAYLOAD whose
+     * data is the payload type (§2.5, §3.10.1). */
+    fg_chain_begin(&c);
+    ike_build_raw(&c.cw, 201, true, junk, sizeof(junk));
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 1, m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    const ike_chain *inner = open_sent(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 1);
+    ike_notify n;
+    ck_assert_int_eq(fg_notify_at(inner, IKE_N_UNSUPPORTED_CRITICAL_PAYLOAD, &n), 0);
+    ck_assert_uint_eq(n.data.len, 1);
+    ck_assert_uint_eq(n.data.p[0], 201);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* ------------------------------------------- 11. tampered IKE_AUTH response */
+
+START_TEST(test_tampered_response_dropped)
+{
+    start();
+    answer_init();
+    fg_msg *good = malloc(sizeof(*good)), *bad = malloc(sizeof(*bad));
+    fg_auth_response(&T->gw, NULL, good);
+    *bad = *good;
+    /* One bit of ciphertext: after header (28), SK header (4) and IV (8). */
+    bad->p[IKE_HEADER_LEN + 4 + T->gw.sk_out.iv_len + 5] ^= 0x10;
+    deliver(bad);
+    /* §2.21.2 / §3.14: fails its integrity check, so it is dropped without
+     * an answer and without giving up. */
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(T->n_established, 0);
+    ck_assert_uint_eq(n_sent(), 2);
+    advance(TIMEOUT_MS); /* still waiting: the request goes out again */
+    ck_assert_uint_eq(n_sent(), 3);
+    assert_same_bytes(sent(2), sent(1));
+    deliver(good);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    free(good);
+    free(bad);
+}
+END_TEST
+
+/* ------------------------------------- fragmented IKE_AUTH response */
+
+START_TEST(test_fragmented_auth_response)
+{
+    start();
+    answer_init();
+    fg_msg *f = malloc(16 * sizeof(*f)), *bad = malloc(sizeof(*bad));
+    size_t n = fg_auth_response_frags(&T->gw, 120, f, 16);
+    ck_assert_uint_ge(n, 3);
+    *bad = f[0];
+    bad->p[bad->len - 1] ^= 0x01; /* ICV of fragment 1 */
+    /* RFC 7383 §2.6: fragments in any order, duplicates ignored, each one
+     * authenticated on its own before it counts. */
+    for (size_t i = n; i-- > 1;) {
+        deliver(&f[i]);
+        deliver(&f[i]);
+        deliver(bad);
+    }
+    ck_assert_uint_eq(T->n_established, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+    deliver(&f[0]);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(T->child.spi_out, 0xc1d2e3f4);
+    ck_assert(T->child.has_vip);
+    ck_assert_uint_eq(n_sent(), 2);
+    /* Late copies of the fragments change nothing. */
+    for (size_t i = 0; i < n; i++)
+        deliver(&f[i]);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(n_sent(), 2);
+    free(f);
+    free(bad);
+}
+END_TEST
+
+/* ------------------------------------------- our own liveness checks */
+
+/* DPD every 10 s of silence (RFC 7296 §2.4): an empty INFORMATIONAL request. */
+static void enable_dpd(void)
+{
+    T->set->items[0].ike.dpd_s = 10; /* the SA borrows the profile */
+}
+
+START_TEST(test_dpd_answered_then_close)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000 - 1);
+    ck_assert_uint_eq(n_sent(), n0);
+    advance(1);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2)->n, 0);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    deliver(m);
+    free(m);
+    /* The next check uses the next message ID (§2.2). */
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(open_sent(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)->n, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* §2.4: only cryptographically protected messages show the gateway alive.
+ * A forged datagram with the right SPIs (they travel in the clear) must not
+ * postpone the liveness check. */
+START_TEST(test_dpd_not_postponed_by_forgery)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m);
+    m->p[m->len - 1] ^= 0x01; /* ICV */
+    advance(5000);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0); /* not answered */
+    advance(5000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2)->n, 0);
+}
+END_TEST
+
+/*
+ * ike_sa_close() while our liveness check (message ID 2) is unanswered: the
+ * check is abandoned and the Delete gets the next ID, 3. With the same ID a
+ * gateway that got the check would take the Delete for its retransmission
+ * and answer with the cached empty response (§2.1) without deleting
+ * anything, and that late answer would pass as the Delete's confirmation.
+ */
+START_TEST(test_close_during_dpd)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2)->n, 0);
+    ike_sa_close(T->sa);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    /* The abandoned check keeps ID 2; the Delete takes the next one. */
+    const ike_chain *inner = open_sent(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3);
+    ck_assert(fg_has_ike_delete(inner));
+    /* The liveness check's late answer is not the Delete's confirmation. */
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    deliver(m);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 3, 0, m);
+    deliver(m);
+    free(m);
+    assert_down(0);
+}
+END_TEST
+
+START_TEST(test_dpd_unanswered_times_out)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    expect_retransmits(n0, GW_4500);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- suite */
+
+static Suite *ike_sa_suite(void)
+{
+    Suite *s = suite_create("ike_sa");
+    struct {
+        const char *name;
+        const TTest *t;
+    } cases[] = {
+        { "happy", test_psk_happy_path },
+        { "retransmit", test_retransmit_init },
+        { "retransmit", test_retransmit_auth },
+        { "stray", test_stray_responses_ignored },
+        { "gateway_requests", test_gateway_liveness_and_delete },
+        { "gateway_requests", test_gateway_deletes_child },
+        { "gateway_requests", test_gateway_create_child_refused },
+        { "cookie", test_cookie },
+        { "invalid_ke", test_invalid_ke_retry },
+        { "invalid_ke", test_invalid_ke_twice },
+        { "invalid_ke", test_invalid_ke_same_group },
+        { "invalid_ke", test_invalid_ke_not_offered },
+        { "no_proposal", test_no_proposal_chosen },
+        { "no_proposal", test_forged_init_error_then_real_answer },
+        { "auth", test_auth_failed_notify },
+        { "auth", test_auth_peer_wrong_psk },
+        { "ts", test_ts_unacceptable },
+        { "critical", test_unsupported_critical_payload },
+        { "tampered", test_tampered_response_dropped },
+        { "fragments", test_fragmented_auth_response },
+        { "dpd", test_dpd_answered_then_close },
+        { "dpd", test_dpd_unanswered_times_out },
+        { "dpd", test_dpd_not_postponed_by_forgery },
+        { "dpd", test_close_during_dpd },
+    };
+    TCase *tc = NULL;
+    const char *prev = NULL;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (!prev || strcmp(prev, cases[i].name) != 0) {
+            tc = tcase_create(cases[i].name);
+            tcase_add_checked_fixture(tc, setup, teardown);
+            suite_add_tcase(s, tc);
+            prev = cases[i].name;
+        }
+        tcase_add_test(tc, cases[i].t);
+    }
+    return s;
+}
+
+int main(void)
+{
+    Suite *s = ike_sa_suite();
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -486,6 +486,11 @@ static int ensure_datapath(conn *c, char *err, size_t err_len)
     cfg.local_len = sizeof(*any);
     snprintf(cfg.tun_name, sizeof(cfg.tun_name), "%s", c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0");
     cfg.mtu = c->prof->tunnel.mtu;
+    if (cfg.mtu > ESP_MAX_TUN_MTU) {
+        LOG_WARN(c->log, "conn", "tunnel.mtu %u is above what the datapath carries; using %u",
+                 (unsigned)cfg.mtu, (unsigned)ESP_MAX_TUN_MTU);
+        cfg.mtu = ESP_MAX_TUN_MTU;
+    }
     cfg.kill_switch = c->prof->tunnel.kill_switch;
     cfg.configure_network = true;
     cfg.threads = true;

@@ -335,7 +335,7 @@ typedef struct esp_datapath_callbacks {
     int (*apply_dns)(void *arg, const esp_prefix *dns, size_t n_dns);
 } esp_datapath_callbacks;
 
-/* Open the UDP socket (bound to cfg->local, port 4500 by default, SO_REUSEADDR)
+/* Open the UDP socket (bound to cfg->local, port 4500 by default; exclusive)
  * and the TUN device (persistent with the kill switch). Routes are only added
  * by esp_datapath_set_network. Errors: INVAL, NETWORK (bind), TUN, NOMEM. */
 int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret,

@@ -66,8 +66,9 @@ static int open_udp(esp_datapath *dp, char *err, size_t err_len)
         set_err(err, err_len, "socket", strerror(errno));
         return M2MVPN_E_NETWORK;
     }
+    /* No SO_REUSEADDR: another local process could then bind a more
+     * specific address on 4500 and take our IKE and ESP datagrams. */
     int one = 1, big = 4 << 20;
-    setsockopt(dp->udp_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     /* Bursts of a whole batch must not overflow the default buffers; the
      * FORCE variants need CAP_NET_ADMIN, the plain ones are the fallback. */
     if (setsockopt(dp->udp_fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof(big)) < 0)

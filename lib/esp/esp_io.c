@@ -46,6 +46,20 @@ static bool prefix_contains(const esp_prefix *p, const uint8_t *addr)
     return (p->addr[full] & mask) == (addr[full] & mask);
 }
 
+/* Inbound: the source of a decrypted packet must lie in the remote
+ * selectors (a gateway must not inject packets from anywhere). */
+static bool from_covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uint8_t nh)
+{
+    if (dp->n_remote_ts == 0)
+        return true;
+    int family = nh == ESP_NH_IPV4 ? AF_INET : AF_INET6;
+    const uint8_t *src = nh == ESP_NH_IPV4 ? pkt + 12 : pkt + 8;
+    for (size_t i = 0; i < dp->n_remote_ts; i++)
+        if (dp->remote_ts[i].family == family && prefix_contains(&dp->remote_ts[i], src))
+            return true;
+    return false;
+}
+
 /* Only what the remote traffic selectors cover goes into the SA; the rest
  * (e.g. IPv6 link-local chatter on the TUN) has no SA. No selectors: all. */
 static bool covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uint8_t nh)
@@ -330,8 +344,21 @@ static void rx_datagram(esp_datapath *dp, uint8_t *p, size_t len,
     uint8_t *inner, nh;
     size_t inner_len;
     esp_drop_reason why;
-    if (esp_sa_decap(slot->sa, p, len, &inner, &inner_len, &nh, &why) == 0)
-        deliver(dp, inner, inner_len);
+    if (esp_sa_decap(slot->sa, p, len, &inner, &inner_len, &nh, &why) == 0) {
+        /* The IP length rules: ESP may carry TFC padding after the packet
+         * (RFC 4303 §2.7), which must not reach the TUN (or be coalesced). */
+        size_t hdr = nh == ESP_NH_IPV4 ? 20 : 40;
+        size_t ip_len = inner_len < hdr ? 0
+                        : nh == ESP_NH_IPV4 ? buf_load_be16(inner + 2) : (size_t)buf_load_be16(inner + 4) + 40;
+        if (ip_len < hdr || ip_len > inner_len) {
+            atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
+        } else if (!from_covered_by_ts_locked(dp, inner, nh)) {
+            /* A source outside the selectors: not this SA's traffic (RFC 4301 §5.2). */
+            atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
+        } else {
+            deliver(dp, inner, ip_len);
+        }
+    }
     *rekey |= esp_sa_rekey_pending(slot->sa);
 }
 
@@ -404,6 +431,12 @@ static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *))
             return;
         if (pfd[1].revents)
             return;
+        if (fd == dp->net.tun_fd && (pfd[0].revents & (POLLERR | POLLHUP | POLLNVAL))) {
+            /* The device is gone (e.g. the TUN deleted under us): polling it
+             * again would spin. Wait for the stop request only; the kill
+             * switch's blackhole routes hold the traffic meanwhile. */
+            pfd[0].fd = -1;
+        }
     }
 }
 

@@ -3,6 +3,7 @@
  * TUN device and routes through libnl-route-3. See esp.h for the kill switch
  * this implements (persistent TUN + blackhole routes beneath the TUN routes).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if_tun.h>
@@ -30,6 +31,8 @@ static void set_err(char *err, size_t err_len, const char *what, const char *why
     if (err && err_len)
         snprintf(err, err_len, "%s: %s", what, why);
 }
+
+static void adopt_leftovers(esp_net *n);
 
 int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
                  size_t err_len)
@@ -76,6 +79,7 @@ int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, ch
         set_err(err, err_len, n->name, "no ifindex");
         goto fail;
     }
+    adopt_leftovers(n);
     return 0;
 fail:
     esp_net_close(n, true);
@@ -136,6 +140,78 @@ static bool route_eq(const esp_net_route *a, const esp_net_route *b)
     return a->blackhole == b->blackhole && a->metric == b->metric && prefix_eq(&a->dst, &b->dst);
 }
 
+/* Is the route the kernel already has for r's prefix and metric one of ours
+ * (left by an earlier instance with the kill switch)? EEXIST says only that
+ * some route with that prefix and metric exists: a foreign one (another
+ * route to the same network) must not be taken for ours, or the protected
+ * traffic would follow it in plaintext. */
+static bool existing_route_is_ours(esp_net *n, const esp_net_route *r)
+{
+    struct nl_cache *cache = NULL;
+    if (rtnl_route_alloc_cache(n->nl, r->dst.family, 0, &cache) < 0)
+        return false;
+    struct nl_addr *want = prefix_addr(&r->dst, true);
+    bool ours = false;
+    for (struct nl_object *o = nl_cache_get_first(cache); o && want && !ours; o = nl_cache_get_next(o)) {
+        struct rtnl_route *rt = (struct rtnl_route *)o;
+        if (rtnl_route_get_table(rt) != RT_TABLE_MAIN || rtnl_route_get_priority(rt) != r->metric ||
+            !rtnl_route_get_dst(rt) || nl_addr_cmp(rtnl_route_get_dst(rt), want) != 0)
+            continue;
+        if (r->blackhole) {
+            ours = rtnl_route_get_type(rt) == RTN_BLACKHOLE;
+        } else {
+            struct rtnl_nexthop *nh = rtnl_route_nexthop_n(rt, 0);
+            ours = rtnl_route_get_type(rt) == RTN_UNICAST && rtnl_route_get_nnexthops(rt) == 1 && nh &&
+                   rtnl_route_nh_get_ifindex(nh) == n->ifindex && !rtnl_route_nh_get_gateway(nh);
+        }
+    }
+    nl_addr_put(want);
+    nl_cache_free(cache);
+    return ours;
+}
+
+/* A persistent TUN left by an earlier instance (kill switch, after a crash or
+ * restart) still has that instance's routes and address. The routes into it
+ * are taken over as ours, so the next apply replaces exactly what is no
+ * longer wanted; its old address is removed, so that it can never be picked
+ * as the source of new traffic (the gateway may assign another one now).
+ * The blackholes stay (they hold traffic) until a teardown with the same
+ * prefixes, or are reused by apply. */
+static void adopt_leftovers(esp_net *n)
+{
+    /* Addresses first: removing a device's last IPv4 address flushes its
+     * IPv4 routes too (the blackholes hold the traffic meanwhile). */
+    struct nl_cache *addrs = NULL;
+    if (rtnl_addr_alloc_cache(n->nl, &addrs) == 0) {
+        for (struct nl_object *o = nl_cache_get_first(addrs); o; o = nl_cache_get_next(o)) {
+            struct rtnl_addr *a = (struct rtnl_addr *)o;
+            if (rtnl_addr_get_ifindex(a) == n->ifindex && rtnl_addr_get_family(a) == AF_INET)
+                rtnl_addr_delete(n->nl, a, 0);
+        }
+        nl_cache_free(addrs);
+    }
+    struct nl_cache *cache = NULL;
+    if (rtnl_route_alloc_cache(n->nl, AF_UNSPEC, 0, &cache) == 0) {
+        for (struct nl_object *o = nl_cache_get_first(cache); o && n->n_routes < ESP_NET_MAX_ROUTES;
+             o = nl_cache_get_next(o)) {
+            struct rtnl_route *rt = (struct rtnl_route *)o;
+            struct rtnl_nexthop *nh = rtnl_route_nexthop_n(rt, 0);
+            struct nl_addr *dst = rtnl_route_get_dst(rt);
+            if (rtnl_route_get_table(rt) != RT_TABLE_MAIN || rtnl_route_get_type(rt) != RTN_UNICAST ||
+                rtnl_route_get_protocol(rt) != RTPROT_STATIC || !nh || !dst ||
+                rtnl_route_nh_get_ifindex(nh) != n->ifindex || nl_addr_get_len(dst) > 16)
+                continue;
+            esp_net_route *r = &n->routes[n->n_routes++];
+            memset(r, 0, sizeof(*r));
+            r->dst.family = nl_addr_get_family(dst);
+            memcpy(r->dst.addr, nl_addr_get_binary_addr(dst), nl_addr_get_len(dst));
+            r->dst.prefix_len = (uint8_t)nl_addr_get_prefixlen(dst);
+            r->metric = rtnl_route_get_priority(rt);
+        }
+        nl_cache_free(cache);
+    }
+}
+
 static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_len)
 {
     for (size_t i = 0; i < n->n_routes; i++)
@@ -150,8 +226,15 @@ static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_l
         return M2MVPN_E_NOMEM;
     int rc = rtnl_route_add(n->nl, route, NLM_F_EXCL);
     rtnl_route_put(route);
-    /* EEXIST: left behind by an earlier instance of ours (kill switch) —
-     * adopt it, so a later teardown removes it. */
+    /* EEXIST: adopted only if it is a leftover of ours (kill switch), so a
+     * later teardown removes it; a foreign route is an error, not a success. */
+    if (rc == -NLE_EXIST && !existing_route_is_ours(n, r)) {
+        char dst[INET6_ADDRSTRLEN] = "?";
+        inet_ntop(r->dst.family, r->dst.addr, dst, sizeof(dst));
+        snprintf(err, err_len, "a route to %s/%u with metric %u exists already and is not ours: "
+                 "protected traffic would bypass the tunnel", dst, r->dst.prefix_len, r->metric);
+        return M2MVPN_E_TUN;
+    }
     if (rc < 0 && rc != -NLE_EXIST) {
         set_err(err, err_len, "route add", nl_geterror(rc));
         return M2MVPN_E_TUN;

@@ -183,7 +183,8 @@ bool esp_gro_append(esp_gro *g, const uint8_t *pkt, size_t len)
         hdr_len != g->hdr_len)
         return false;
     size_t seg = len - hdr_len;
-    if (seg == 0 || seg > g->mss || g->len + seg > ESP_GSO_MAX)
+    /* The merged IPv4 packet's total length must fit its 16-bit field. */
+    if (seg == 0 || seg > g->mss || g->len + seg > (ipv6 ? ESP_GSO_MAX : 65535))
         return false;
     /* Same addresses, ports, ack, window and options; next sequence number. */
     if (ipv6) {

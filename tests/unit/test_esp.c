@@ -949,6 +949,32 @@ START_TEST(tun_setup_and_exact_teardown)
 }
 END_TEST
 
+/* A route of somebody else's with the same prefix and metric (EEXIST) is not
+ * taken for a leftover of ours: set_network fails instead of reporting a
+ * kill switch that is not there (protected traffic would follow that route). */
+START_TEST(foreign_route_is_not_adopted)
+{
+    enter_netns();
+    ck_assert_int_eq(system("ip link add m2e-v0 type veth peer name m2e-v1 && ip link set m2e-v0 up && "
+                            "ip addr add 192.0.2.1/24 dev m2e-v0"), 0);
+    ck_assert_int_eq(system("ip route add 198.18.6.0/24 via 192.0.2.254 metric 50"), 0);
+    esp_datapath *dp = make_dp("m2e-f0", true, 4500);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.5.1/32", &net.vip);
+    net.has_vip = true;
+    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    net.encr_id = ENCR_AES_GCM_16;
+    char err[256] = "";
+    ck_assert_int_eq(esp_datapath_set_network(dp, &net, err, sizeof(err)), M2MVPN_E_TUN);
+    ck_assert_msg(strstr(err, "not ours") != NULL, "%s", err);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+    /* Theirs is untouched. */
+    ck_assert_ptr_nonnull(strstr(run("ip -4 route show 198.18.6.0/24"), "via 192.0.2.254"));
+}
+END_TEST
+
 START_TEST(kill_switch_survives_sigkill)
 {
     enter_netns();
@@ -1358,6 +1384,7 @@ Suite *esp_suite(void)
         t = tcase_create("net");
         tcase_set_timeout(t, 60);
         tcase_add_test(t, tun_setup_and_exact_teardown);
+        tcase_add_test(t, foreign_route_is_not_adopted);
         tcase_add_test(t, kill_switch_survives_sigkill);
         tcase_add_loop_test(t, datapath_end_to_end, 0, 3);
         tcase_add_test(t, rekey_overlap_two_sas);

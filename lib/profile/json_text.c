@@ -99,9 +99,10 @@ static void saw_string(scan_state *st, size_t off, size_t len)
     f->expect_key = false;
     if (st->late_fault)
         return;
-    /* json-c keeps keys as C strings: "name\u0000x" would become "name". */
-    if (memmem(st->text + off, len, "\\u0000", 6)) {
-        st->late_fault = "NUL character (\\u0000) in a key";
+    /* Keys are compared as written, so an escape could hide a repeated key
+     * ("\u0070sk" is "psk"); no profile key needs one. */
+    if (memchr(st->text + off, '\\', len)) {
+        st->late_fault = "escape sequence in a key (profile keys are plain names)";
         st->late_off = off - 1;
         return;
     }

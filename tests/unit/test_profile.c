@@ -597,7 +597,9 @@ START_TEST(test_json_syntax_outside_dq)
     static const struct { const char *json; size_t len; const char *message; } cases[] = {
         { "{'version': 1}", 14, "line 1, column 2: strings must be in double quotes" },
         { "{\"version\": 1}\0", 15, "line 1, column 15: NUL byte in input" },
-        { "{\"name\\u0000x\": 1}", 18, "line 1, column 2: NUL character (\\u0000) in a key" },
+        { "{\"name\\u0000x\": 1}", 18, "line 1, column 2: escape sequence in a key (profile keys are plain names)" },
+        /* An escaped key could hide a repeated one ("\u0070sk" is "psk"). */
+        { "{\"psk\": \"a\", \"\\u0070sk\": \"b\"}", 29, "line 1, column 14: escape sequence in a key (profile keys are plain names)" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         profile_set sentinel, *set = &sentinel;

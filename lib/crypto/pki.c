@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <openssl/x509_vfy.h>
 
 /* A certificate file larger than this is not a certificate file. */
@@ -529,6 +530,35 @@ static bool error_is_about_issuer(int e)
            e == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE;
 }
 
+/* May this end-entity certificate authenticate an IKE peer (RFC 4945
+ * §5.1.3.2, §5.1.3.12)? keyUsage, if present, must allow signatures; an
+ * extendedKeyUsage, if present, must name serverAuth, id-kp-ipsecIKE or
+ * anyExtendedKeyUsage (serverAuth: strongSwan-style gateway certificates);
+ * and a CA certificate is no end entity. Without this a terminal's own
+ * client certificate from the same fleet CA could pose as the gateway. */
+static const char *ee_usage_problem(X509 *x)
+{
+    uint32_t ku = X509_get_key_usage(x); /* UINT32_MAX when absent */
+    if (ku != UINT32_MAX && !(ku & (KU_DIGITAL_SIGNATURE | KU_NON_REPUDIATION)))
+        return "its keyUsage does not allow signatures";
+    uint32_t xku = X509_get_extended_key_usage(x); /* UINT32_MAX when absent */
+    if (xku != UINT32_MAX && !(xku & (XKU_SSL_SERVER | XKU_ANYEKU))) {
+        /* id-kp-ipsecIKE (1.3.6.1.5.5.7.3.17) has no flag in OpenSSL: look for it. */
+        bool ike = false;
+        EXTENDED_KEY_USAGE *eku = X509_get_ext_d2i(x, NID_ext_key_usage, NULL, NULL);
+        ASN1_OBJECT *ipsec_ike = OBJ_txt2obj("1.3.6.1.5.5.7.3.17", 1);
+        for (int i = 0; eku && ipsec_ike && i < sk_ASN1_OBJECT_num(eku) && !ike; i++)
+            ike = OBJ_cmp(sk_ASN1_OBJECT_value(eku, i), ipsec_ike) == 0;
+        ASN1_OBJECT_free(ipsec_ike);
+        EXTENDED_KEY_USAGE_free(eku);
+        if (!ike)
+            return "its extendedKeyUsage allows neither serverAuth nor ipsecIKE";
+    }
+    if (X509_check_ca(x) == 1)
+        return "it is a CA certificate, not an end entity";
+    return NULL;
+}
+
 int pki_verify_chain(const pki_trust *t, const pki_cert *ee,
                      pki_cert *const *untrusted, size_t n_untrusted,
                      int64_t at_time, char *err, size_t err_len)
@@ -551,8 +581,19 @@ int pki_verify_chain(const pki_trust *t, const pki_cert *ee,
         goto out;
     if (at_time)
         X509_STORE_CTX_set_time(ctx, 0, (time_t)at_time);
+    /* At least 112-bit security for every key and signature of the chain
+     * (no RSA below 2048 bits, no SHA-1 signatures). */
+    X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(ctx), 2);
     if (X509_verify_cert(ctx) == 1) {
-        rc = 0;
+        const char *why = ee_usage_problem(ee->x509);
+        if (!why) {
+            rc = 0;
+            goto out;
+        }
+        char subject[256];
+        pki_name_text(X509_get_subject_name(ee->x509), subject, sizeof subject);
+        pki_set_err(err, err_len, "certificate %s may not authenticate a gateway: %s", subject, why);
+        rc = M2MVPN_E_AUTH_PEER;
         goto out;
     }
     int e = X509_STORE_CTX_get_error(ctx);

@@ -143,10 +143,14 @@ int ike_auth_start(ike_sa *sa)
         }
     }
     if (sa->cfg.trust && pki_trust_count(sa->cfg.trust) > 0) {
-        uint8_t hashes[PKI_SHA1_LEN * PROFILE_MAX_CA * 4];
-        size_t hl = 0;
-        if (pki_trust_certreq(sa->cfg.trust, hashes, sizeof(hashes), &hl) == 0)
+        /* One hash per anchor: a "ca" file may be a whole bundle. */
+        size_t cap = PKI_SHA1_LEN * pki_trust_count(sa->cfg.trust), hl = 0;
+        uint8_t *hashes = malloc(cap);
+        if (hashes && pki_trust_certreq(sa->cfg.trust, hashes, cap, &hl) == 0)
             ike_build_certreq(&cw, IKE_CERT_X509_SIGNATURE, hashes, hl / PKI_SHA1_LEN);
+        else
+            LOG_WARN(sa->log, "ike", "no CERTREQ sent (out of memory): the gateway may not send its certificate");
+        free(hashes);
     }
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_INITIAL_CONTACT, NULL, 0, NULL, 0);
     pki_id rid;

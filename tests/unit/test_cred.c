@@ -176,6 +176,67 @@ END_TEST
 
 /* ---------------------------------------------------------------- chains */
 
+/* A gateway-looking leaf (SAN gw.m2m.test) from the trusted intermediate,
+ * with extra extensions (NULL: none) and a key of `kind`. */
+static pki_cert *gw_leaf_with(const char *kind, int nid, const char *value, bool ca)
+{
+    EVP_PKEY *k = gen_key(kind);
+    X509 *x = make_cert(k, "m2m", "gw.m2m.test", T.inter, T.int_key, ca, "DNS:gw.m2m.test", -DAY, DAY);
+    if (value) {
+        add_ext(x, T.inter, nid, value);
+        ck_assert_int_gt(X509_sign(x, T.int_key, EVP_sha256()), 0);
+    }
+    unsigned char *der = NULL;
+    int len = i2d_X509(x, &der);
+    pki_cert *c = NULL;
+    char err[128];
+    ck_assert_int_eq(pki_cert_from_der(der, (size_t)len, &c, err, sizeof err), 0);
+    OPENSSL_free(der);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return c;
+}
+
+/* RFC 4945 §5.1.3.2/§5.1.3.12: a certificate of the trusted CA that carries
+ * the gateway's name is not enough; it must be meant for it. */
+START_TEST(chain_usage_and_strength)
+{
+    build_pki();
+    pki_trust *t = trust_root();
+    pki_cert *inter = load_one("int.pem", 0);
+    char err[256] = "";
+    struct {
+        const char *kind;
+        int nid;
+        const char *value;
+        bool ca;
+        const char *refused; /* NULL: accepted */
+    } cases[] = {
+        { "P-256", 0, NULL, false, NULL },
+        { "P-256", NID_ext_key_usage, "serverAuth", false, NULL },
+        { "P-256", NID_ext_key_usage, "1.3.6.1.5.5.7.3.17", false, NULL }, /* id-kp-ipsecIKE */
+        { "P-256", NID_key_usage, "digitalSignature", false, NULL },
+        { "P-256", NID_ext_key_usage, "clientAuth,emailProtection", false, "extendedKeyUsage" },
+        { "P-256", NID_key_usage, "keyEncipherment", false, "keyUsage" },
+        { "P-256", 0, NULL, true, "may not authenticate a gateway" }, /* a CA as end entity */
+        { "rsa1024", 0, NULL, false, "too weak" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        pki_cert *gw = gw_leaf_with(cases[i].kind, cases[i].nid, cases[i].value, cases[i].ca);
+        int r = pki_verify_chain(t, gw, &inter, 1, 0, err, sizeof err);
+        if (!cases[i].refused) {
+            ck_assert_msg(r == 0, "case %zu: %s", i, err);
+        } else {
+            ck_assert_msg(r == M2MVPN_E_AUTH_PEER, "case %zu accepted", i);
+            ck_assert_msg(strstr(err, cases[i].refused) != NULL, "case %zu: %s", i, err);
+        }
+        pki_cert_free(gw);
+    }
+    pki_cert_free(inter);
+    pki_trust_free(t);
+}
+END_TEST
+
 START_TEST(chain_verification)
 {
     build_pki();
@@ -750,6 +811,7 @@ static Suite *cred_suite(void)
     tcase_add_loop_test(tc, sign_then_verify, 0, N_SIGN_CASES);
     tcase_add_test(tc, verify_rejects_wrong_key_type);
     tcase_add_test(tc, chain_verification);
+    tcase_add_test(tc, chain_usage_and_strength);
     tcase_add_test(tc, cert_loading_and_fields);
     tcase_add_test(tc, id_type_derivation);
     tcase_add_loop_test(tc, identity_matching, 0,

@@ -55,6 +55,7 @@ static char *path_of(const char *name)
 static EVP_PKEY *gen_key(const char *kind)
 {
     EVP_PKEY *k = !strcmp(kind, "rsa3072")   ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)3072)
+                  : !strcmp(kind, "rsa1024") ? EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024)
                   : !strcmp(kind, "ED25519") ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
                                              : EVP_PKEY_Q_keygen(NULL, NULL, "EC", kind);
     ck_assert_ptr_nonnull(k);

@@ -330,8 +330,13 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
             sa->peer_frag = true;
             break;
         case IKE_N_SIGNATURE_HASH_ALGORITHMS:
-            for (size_t k = 0; k + 1 < n.data.len && sa->n_peer_hashes < 8; k += 2)
-                sa->peer_hashes[sa->n_peer_hashes++] = buf_load_be16(n.data.p + k);
+            /* Keep only the hash algorithms we know (RFC 7427 §4, values 1..5),
+             * so a long list cannot push a known one out. */
+            for (size_t k = 0; k + 1 < n.data.len && sa->n_peer_hashes < 8; k += 2) {
+                uint16_t h = buf_load_be16(n.data.p + k);
+                if (h >= PKI_HASH_SHA1 && h <= PKI_HASH_IDENTITY)
+                    sa->peer_hashes[sa->n_peer_hashes++] = h;
+            }
             break;
         default:
             break;

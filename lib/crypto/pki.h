@@ -184,6 +184,11 @@ int pki_trust_certreq(const pki_trust *t, uint8_t *out, size_t cap, size_t *ret_
  * that is not self-signed (an intermediate CA configured as "ca"); a
  * self-signed `ee` is only accepted if it is itself an anchor. Revocation
  * (CRL/OCSP) is not checked.
+ * Policy beyond the chain: every key and signature of it at least 112-bit
+ * strong (no RSA below 2048 bits, no SHA-1), and `ee` meant for an IKE peer:
+ * keyUsage (if present) allows signatures, extendedKeyUsage (if present)
+ * names serverAuth, id-kp-ipsecIKE or anyExtendedKeyUsage, and it is no CA
+ * (RFC 4945 §5.1.3.2, §5.1.3.12).
  * Returns 0 when the chain is good; M2MVPN_E_AUTH_PEER with a reason such as
  *   "certificate has expired: CN=gw.m2m.test"
  *   "unable to get local issuer certificate for CN=gw.m2m.test"

@@ -375,8 +375,14 @@ static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, si
         if (r == 0)
             return 1;
     } else if (last->type == IKE_PL_SKF) {
-        if (sa->reasm.active && sa->reasm.message_id != msg->hdr.message_id)
+        /* One message at a time, identified by ID, direction and exchange:
+         * a gateway request and a response with the same ID are different
+         * messages whose fragments must never be joined. */
+        bool resp = (msg->hdr.flags & IKE_FLAG_RESPONSE) != 0;
+        if (sa->reasm.active && (sa->reasm.message_id != msg->hdr.message_id ||
+                                 sa->reasm_response != resp || sa->reasm.exchange != msg->hdr.exchange))
             ike_frag_reasm_reset(&sa->reasm);
+        sa->reasm_response = resp;
         r = ike_frag_add(&sa->reasm, msg, &sa->sk_in, inner, dp);
         if (r >= 0)
             return r;

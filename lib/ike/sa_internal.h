@@ -83,6 +83,7 @@ struct ike_sa {
     uint16_t peer_hashes[8];       /* SIGNATURE_HASH_ALGORITHMS */
     size_t n_peer_hashes;
     ike_frag_reasm reasm;
+    bool reasm_response;           /* the message in reasm is a response */
 
     uint32_t next_msg_id;          /* our next request */
     uint32_t peer_msg_id;          /* the gateway's next request we expect */

@@ -105,8 +105,6 @@ static void run_cmd(m2mvpn *h, api_cmd *c)
     case API_CMD_PIN:
         conn_enter_pin(h->conn, c->secret, c->secret_len);
         break;
-    case API_CMD_CREDENTIALS:
-        break;
     }
 }
 

@@ -27,7 +27,6 @@ typedef enum api_cmd_type {
     API_CMD_UNLOAD,       /* name: the profile removed from the registry */
     API_CMD_CONNECT,
     API_CMD_DISCONNECT,
-    API_CMD_CREDENTIALS,
     API_CMD_PIN,
 } api_cmd_type;
 

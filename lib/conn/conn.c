@@ -47,7 +47,6 @@ struct conn {
     char gw_text[64];
 
     esp_datapath *dp;
-    bool dp_started;
     bool drop_dp;                 /* release the datapath from the reap timer */
     bool kill_switch_armed;       /* profile routes + blackholes in place */
     uint32_t spi_in;              /* installed CHILD SA, 0 = none */
@@ -116,7 +115,6 @@ static void reap(void *arg)
         esp_datapath_teardown(c->dp, true);
         esp_datapath_free(c->dp);
         c->dp = NULL;
-        c->dp_started = false;
         c->kill_switch_armed = false;
     }
     c->drop_dp = false;
@@ -502,8 +500,8 @@ static int ensure_datapath(conn *c, char *err, size_t err_len)
     r = esp_datapath_attach(c->dp, c->loop, &cbs, c);
     /* The workers also read the shared UDP/4500 socket, where IKE continues
      * after IKE_SA_INIT: they run from the start. */
-    if (r == 0 && (r = esp_datapath_start(c->dp)) == 0)
-        c->dp_started = true;
+    if (r == 0)
+        r = esp_datapath_start(c->dp);
     if (r < 0)
         snprintf(err, err_len, "cannot start the ESP datapath (%s)", m2mvpn_strerror(r));
     return r;
@@ -666,7 +664,6 @@ static void release_profile(conn *c, bool remove_network)
             esp_datapath_teardown(c->dp, true);
         esp_datapath_free(c->dp);
         c->dp = NULL;
-        c->dp_started = false;
     }
     c->kill_switch_armed = false;
     cred_free(c->cred);

@@ -63,8 +63,6 @@ typedef struct ike_config {
     const profile *prof;           /* borrowed: must outlive the SA */
     struct sockaddr_storage local; /* our address/port on the port-500 socket */
     socklen_t local_len;
-    struct sockaddr_storage local_natt; /* our address/port on the 4500 socket */
-    socklen_t local_natt_len;
     struct sockaddr_storage remote;     /* the gateway, port 500 */
     socklen_t remote_len;
     cred_provider *cred;           /* borrowed; NULL unless auth.method is cert */

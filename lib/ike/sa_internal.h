@@ -77,9 +77,8 @@ struct ike_sa {
     ike_sk_cipher sk_out, sk_in;   /* codec adapters over the two above */
 
     bool natt;                     /* IKE on port 4500 from IKE_AUTH on */
-    bool nat_here, nat_there;      /* NAT detected in front of us / the gateway */
+    bool nat_here;                 /* NAT detected in front of us */
     bool peer_frag;                /* gateway announced IKEV2_FRAGMENTATION_SUPPORTED */
-    bool peer_mobike;
     uint16_t peer_hashes[8];       /* SIGNATURE_HASH_ALGORITHMS */
     size_t n_peer_hashes;
     ike_frag_reasm reasm;

@@ -172,8 +172,6 @@ int main(int argc, char **argv)
     p.s4500 = udp_to(&cfg.remote, cfg.remote_len, 4500);
     cfg.local_len = sizeof(cfg.local);
     getsockname(p.s500, (struct sockaddr *)&cfg.local, &cfg.local_len);
-    cfg.local_natt_len = sizeof(cfg.local_natt);
-    getsockname(p.s4500, (struct sockaddr *)&cfg.local_natt, &cfg.local_natt_len);
     core_io_add(&p.loop, &p.io500, p.s500, EPOLLIN, on_500, &p);
     core_io_add(&p.loop, &p.io4500, p.s4500, EPOLLIN, on_4500, &p);
 

@@ -133,7 +133,6 @@ static void setup(void)
     ike_config cfg = { .prof = &T->set->items[0] };
     set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
-    set_addr(&cfg.local_natt, &cfg.local_natt_len, "198.51.100.2", 4500);
     ike_hooks hooks = { T, hook_send, hook_established, hook_down };
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }

@@ -7,6 +7,7 @@ pkgs=(
   build-essential meson ninja-build pkg-config clang g++
   libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libtss2-dev check
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
+  libstrongswan-standard-plugins libcharon-extauth-plugins
   softhsm2 swtpm swtpm-tools tpm2-tools
   iproute2 nftables iperf3 tcpdump iputils-ping openssl
   python3 python3-pytest

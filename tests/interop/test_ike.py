@@ -244,14 +244,25 @@ def test_untrusted_gateway_certificate(topology, charons, pki, workdir):
 
 
 def test_gateway_identity_mismatch(topology, charons, pki, workdir):
+    """We send the profile's remote_id as IDr; a strongSwan gateway that is not
+    that identity finds no config for it and refuses us (AUTHENTICATION_FAILED).
+
+    strongSwan as responder always answers with the IDr it was sent (or
+    refuses), so it never makes our own IDr check fire: a gateway that
+    presents another identity is played by the fake gateway of
+    tests/unit/test_ike_sa.c (test_auth_peer_other_identity, PSK).
+    """
     topo = topology("direct")
     gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["ecdsa"]), name="gw")
     prof = profile(pki, "ecdsa")
     prof["remote_id"] = "other-gw.m2m.test"
     res, proc = probe(topo, workdir, prof)
     finish(proc)
-    # strongSwan answers with its own identity; ours must refuse it.
-    assert res["result"] == "failed" and res["code"] in (E_AUTH_PEER, E_AUTH_LOCAL), res
+    assert res["result"] == "failed" and res["code"] == E_AUTH_LOCAL, res
+    assert "rejected our authentication (AUTHENTICATION_FAILED)" in res["detail"], res
+    log = gw.log_text()
+    assert f"[other-gw.m2m.test]...{topo.client_addr}[{pkimod.CLIENT_ID}]" in log, gw.log_tail()
+    assert "no matching peer config found" in log, gw.log_tail()
     no_sa_on(gw)
 
 

@@ -721,6 +721,26 @@ START_TEST(test_auth_peer_wrong_psk)
 }
 END_TEST
 
+/* With a PSK the AUTH proves only that the gateway knows the key; the IDr
+ * check is what pins which gateway it is. strongSwan as responder always
+ * answers with the IDr we sent (or refuses), so this is played here: a
+ * gateway that knows the PSK but presents another identity. */
+START_TEST(test_auth_peer_other_identity)
+{
+    T->gw.id = "other-gw.m2m.test";
+    start();
+    answer_init();
+    answer_auth(NULL); /* the right PSK */
+    assert_down(M2MVPN_E_AUTH_PEER);
+    assert_detail_has("gateway identified itself as 'other-gw.m2m.test', the profile expects '" GW_ID "'");
+    ck_assert_uint_eq(T->n_established, 0);
+    ck_assert_uint_eq(n_sent(), 3); /* AUTHENTICATION_FAILED and Delete, as for a wrong PSK */
+    const ike_chain *inner = open_sent(sent(2), IKE_EXCH_INFORMATIONAL, false, 2);
+    ck_assert_int_eq(fg_notify_at(inner, IKE_N_AUTHENTICATION_FAILED, NULL), 0);
+    assert_quiet_from_now();
+}
+END_TEST
+
 /* --------------------------------------------------- 9. TS_UNACCEPTABLE */
 
 START_TEST(test_ts_unacceptable)
@@ -963,6 +983,7 @@ static Suite *ike_sa_suite(void)
         { "no_proposal", test_forged_init_error_then_real_answer },
         { "auth", test_auth_failed_notify },
         { "auth", test_auth_peer_wrong_psk },
+        { "auth", test_auth_peer_other_identity },
         { "ts", test_ts_unacceptable },
         { "critical", test_unsupported_critical_payload },
         { "tampered", test_tampered_response_dropped },

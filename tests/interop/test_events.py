@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(not LIB or not Path(LIB).is_file(),
                                 reason="M2MVPN_LIB (the built libm2mvpn) is not set")
 
 # The application: load the profile, start the engine thread, connect, keep
-# every event until the tunnel is idle again after a failure, print them.
+# every event until the tunnel is idle again after a failure (or until the
+# AUTH_FAILED event came argv[3] times), print them.
 APP = r'''
 import json, sys, threading, time
 import m2mvpn
@@ -39,6 +40,8 @@ def on_event(client, ev):
                    "detail": ev.detail, "state": m2mvpn.state_name(ev.state),
                    "old_state": m2mvpn.state_name(ev.old_state), "profile": ev.profile})
     if ev.type == m2mvpn.EventType.STATE_CHANGED and ev.state == m2mvpn.State.IDLE and ev.error:
+        done.set()
+    if sum(e["type"] == "AUTH_FAILED" for e in events) >= int(sys.argv[3]):
         done.set()
 
 def log(level, subsystem, message):
@@ -54,14 +57,15 @@ print(json.dumps({"finished": finished, "events": events}))
 '''
 
 
-def run_app(topo, workdir: Path, prof: dict, timeout_s: float = 30) -> list[dict]:
+def run_app(topo, workdir: Path, prof: dict, timeout_s: float = 30, auth_failures: int = 1) -> list[dict]:
     pf = workdir / "profile.json"
     pf.write_text(json.dumps(prof))
     pf.chmod(0o600)
     app = workdir / "app.py"
     app.write_text(APP)
     env = dict(os.environ, M2MVPN_LIB=LIB, PYTHONPATH=str(BINDING), PYTHONDONTWRITEBYTECODE="1")
-    proc = topo.client.popen(["/usr/bin/python3", str(app), str(pf), str(timeout_s)],
+    proc = topo.client.popen(["/usr/bin/python3", str(app), str(pf), str(timeout_s),
+                              str(auth_failures)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = proc.communicate(timeout=timeout_s + 30)
     assert proc.returncode == 0, f"the application exited {proc.returncode}:\n{err[-4000:]}"
@@ -101,3 +105,23 @@ def test_auth_failed_event_when_the_gateway_is_not_trusted(topology, charons, pk
     prof = m2mvpn_client.make_profile(pki, "ecdsa", topo.gw_addr)
     ev = auth_failed_then_idle(run_app(topo, workdir, prof), "AUTH_PEER")
     assert "issuer" in ev["detail"] or "untrusted" in ev["detail"], ev
+
+
+def test_auth_failed_event_on_every_always_on_attempt(topology, charons, pki, workdir):
+    """Always-on still retries after an authentication failure (with back-off),
+    and each failed attempt is reported again."""
+    topo = topology("direct")
+    charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"],
+                                                   psk="the-gateway-has-another-psk-0123"),
+            name="gw")
+    prof = m2mvpn_client.make_profile(pki, "psk", topo.gw_addr, mode="always-on")
+    events = run_app(topo, workdir, prof, auth_failures=2)
+    fails = [i for i, e in enumerate(events) if e["type"] == "AUTH_FAILED"]
+    assert len(fails) == 2, events
+    for i in fails:
+        assert events[i]["error_name"] == "AUTH_LOCAL", events[i]
+        assert "AUTHENTICATION_FAILED" in events[i]["detail"], events[i]
+    # The first one comes just before the state change to reconnecting.
+    nxt = events[fails[0] + 1]
+    assert nxt["type"] == "STATE_CHANGED" and nxt["state"] == "reconnecting", events
+    assert (nxt["error"], nxt["detail"]) == (events[fails[0]]["error"], events[fails[0]]["detail"])

@@ -24,6 +24,7 @@ import charon as charonmod
 import m2mvpn_client
 import netlab
 import pki as pkimod
+import sanitizer
 
 PROBE = os.environ.get("M2MVPN_IKE_PROBE", "")
 
@@ -55,12 +56,33 @@ def probe(topo: netlab.Topology, workdir: Path, prof: dict, hold_s: int = 3,
     line = proc.stdout.readline()
     if not line:
         proc.wait(timeout=max(1, deadline - time.monotonic()))
-        raise AssertionError(f"ike_probe printed nothing; log:\n{proc.stderr.read()[-4000:]}")
-    return json.loads(line), proc
+        raise AssertionError(f"ike_probe printed nothing ({sanitizer.describe_code(proc.returncode)})"
+                             f"{sanitizer.report_of(proc.pid)}\nlog:\n{proc.stderr.read()[-4000:]}")
+    res = json.loads(line)
+    _printed[proc.pid] = res
+    return res, proc
+
+
+# What each running ike_probe printed first (pid -> result), for finish().
+_printed: dict[int, dict] = {}
 
 
 def finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=60)
+    """Wait for ike_probe and return its log (stderr). It must exit as its
+    printed result says (0: established, 1: failed); anything else, such as a
+    crash or a sanitizer abort, or a sanitizer report of that process, fails
+    the test with the report and the log tail."""
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"ike_probe did not end within 60 s; log:\n{err[-4000:]}")
+    res = _printed.pop(proc.pid, {})
+    expected = 0 if res.get("result") == "established" else 1
+    problem = sanitizer.exit_problem("ike_probe", proc.pid, proc.returncode, expected)
+    if problem:
+        raise AssertionError(f"{problem}\n--- ike_probe log tail ---\n{err[-4000:]}")
     return err
 
 

@@ -96,8 +96,8 @@ def test_run_with_a_missing_profile_file_fails_with_one_line(workdir):
     p = cli("run", "--profile", missing, "--control", os.path.join(workdir, "c.sock"),
             "--state-dir", os.path.join(workdir, "st"))
     assert p.returncode == 1
-    line = one_error_line(p)
-    assert line.startswith("m2mvpn: cannot load profile %s: " % missing)
+    assert one_error_line(p) == ("m2mvpn: cannot load profile %s: cannot read %s: No such file or directory"
+                                 % (missing, missing))
     assert not os.path.exists(os.path.join(workdir, "c.sock"))
 
 
@@ -115,7 +115,8 @@ def test_start_with_an_invalid_profile_reports_the_reason(workdir):
     p = cli("start", "--profile", bad, "--control", os.path.join(workdir, "c.sock"),
             "--state-dir", os.path.join(workdir, "st"))
     assert p.returncode == 1
-    assert one_error_line(p).startswith("m2mvpn: cannot load profile %s: " % bad)
+    # Where in the file the JSON ends too early.
+    assert one_error_line(p) == "m2mvpn: cannot load profile %s: line 1, column 24: unexpected end of input" % bad
     assert not os.path.exists(os.path.join(workdir, "st", "m2mvpn.pid"))
 
 

@@ -67,6 +67,7 @@ typedef struct harness {
     fake_gw gw;
     unsigned n_established, n_down;
     int down_err;
+    ike_fault down_fault;
     char down_detail[512];
     ike_child_result child;
     uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
@@ -91,11 +92,12 @@ static void hook_established(void *arg, const ike_child_result *child)
     h->child.keymat = h->keymat;
 }
 
-static void hook_down(void *arg, int err, const char *detail)
+static void hook_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     harness *h = arg;
     h->n_down++;
     h->down_err = err;
+    h->down_fault = fault;
     snprintf(h->down_detail, sizeof(h->down_detail), "%s", detail ? detail : "");
 }
 

@@ -684,6 +684,234 @@ START_TEST(test_forged_init_error_then_real_answer)
 }
 END_TEST
 
+/* ------------------------------- 7b. forged IKE_SA_INIT answers (issue 8) */
+
+/*
+ * Anyone who sees our IKE_SA_INIT request (SPIi and message ID travel in the
+ * clear) can answer it first. Nothing in the answer is authenticated, so a
+ * malformed or unacceptable one must neither end the attempt nor be kept:
+ * the real answer that follows is accepted. Each case is one forgery.
+ */
+typedef struct forged_tr {
+    uint8_t type;
+    uint16_t id;
+    uint8_t attrs[8];       /* raw attributes */
+    size_t attrs_len;
+} forged_tr;
+
+#define KL(bits) { 0x80, 14, (uint8_t)((bits) >> 8), (uint8_t)(bits) }, 4 /* TV Key Length */
+
+typedef struct forgery {
+    const char *name;
+    const char *offer;      /* our IKE proposal, NULL: the profile's */
+    uint8_t number;         /* proposal number; 0: 1 */
+    forged_tr tr[6];
+    size_t n_tr;
+    bool truncate_sa;       /* SA payload cut inside its last transform */
+    bool no_ke;
+    bool zero_ke;           /* an X25519 public value of all zeros */
+    bool no_natd;
+    const char *why;        /* in the detail when no valid answer follows */
+} forgery;
+
+#define GCM256 { IKE_TT_ENCR, ENCR_AES_GCM_16, KL(256) }
+#define P384 { IKE_TT_PRF, PRF_HMAC_SHA2_384, { 0 }, 0 }
+#define X25519 { IKE_TT_KE, KE_X25519, { 0 }, 0 }
+
+static const forgery forgeries[] = {
+    { "chacha20 key length 128", "chacha20poly1305-prfsha384-x25519", 0,
+      { { IKE_TT_ENCR, ENCR_CHACHA20_POLY1305, KL(128) }, P384, X25519 }, 3,
+      false, false, false, false, "did not offer" },
+    { "aes-gcm key length 128 (256 offered)", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, KL(128) }, P384, X25519 }, 3, false, false, false, false,
+      "did not offer" },
+    { "aes-gcm without key length", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0 }, 0 }, P384, X25519 }, 3, false, false, false, false,
+      "did not offer" },
+    { "unknown attribute", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0x80, 14, 1, 0, 0x80, 99, 0, 1 }, 8 }, P384, X25519 }, 3,
+      false, false, false, false, "unknown attribute" },
+    { "key length twice", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0x80, 14, 1, 0, 0x80, 14, 1, 0 }, 8 }, P384, X25519 }, 3,
+      false, false, false, false, "unknown attribute" },
+    { "prf not offered", NULL, 0,
+      { GCM256, { IKE_TT_PRF, PRF_HMAC_SHA2_256, { 0 }, 0 }, X25519 }, 3, false, false, false, false,
+      "did not offer" },
+    { "esn in an IKE proposal", NULL, 0,
+      { GCM256, P384, X25519, { IKE_TT_ESN, 0, { 0 }, 0 } }, 4, false, false, false, false,
+      "did not offer" },
+    { "two encryption transforms", NULL, 0,
+      { GCM256, GCM256, P384, X25519 }, 4, false, false, false, false, "more than one" },
+    { "proposal number we did not send", NULL, 2,
+      { GCM256, P384, X25519 }, 3, false, false, false, false, "did not offer" },
+    { "truncated SA payload", NULL, 0,
+      { GCM256, P384, X25519 }, 3, true, false, false, false, "malformed" },
+    { "no KE payload", NULL, 0,
+      { GCM256, P384, X25519 }, 3, false, true, false, false, "lacks SA, KE" },
+    { "invalid key exchange value", NULL, 0,
+      { GCM256, P384, X25519 }, 3, false, false, true, false, "invalid key exchange value" },
+    { "no NAT detection", NULL, 0,
+      { GCM256, P384, X25519 }, 3, false, false, false, true, "NAT traversal" },
+};
+
+/* Replace the profile's IKE proposal (the SA borrows the profile). */
+static void offer_ike(const char *s)
+{
+    char err[128];
+    proposal *p = &T->set->items[0].ike.proposals[0];
+    ck_assert_msg(proposal_parse(s, PROPOSAL_IKE, p, err, sizeof(err)) == 0, "%s", err);
+    T->set->items[0].ike.n_proposals = 1;
+}
+
+/* The forger's answer to our request `req`: its own SPIr and key pair. */
+static void forge_init(const forgery *f, const fg_dgram *req, fg_msg *out)
+{
+    ike_message m;
+    fg_parse(req, &m);
+    uint8_t sa[128];
+    size_t n = 8;
+    for (size_t i = 0; i < f->n_tr; i++) {
+        const forged_tr *t = &f->tr[i];
+        size_t len = 8 + t->attrs_len;
+        sa[n] = i + 1 == f->n_tr ? 0 : 3;
+        sa[n + 1] = 0;
+        buf_store_be16(sa + n + 2, (uint16_t)len);
+        sa[n + 4] = t->type;
+        sa[n + 5] = 0;
+        buf_store_be16(sa + n + 6, t->id);
+        memcpy(sa + n + 8, t->attrs, t->attrs_len);
+        n += len;
+    }
+    sa[0] = 0;
+    sa[1] = 0;
+    buf_store_be16(sa + 2, (uint16_t)n);
+    sa[4] = f->number ? f->number : 1;
+    sa[5] = IKE_PROTO_IKE;
+    sa[6] = 0;
+    sa[7] = (uint8_t)f->n_tr;
+    if (f->truncate_sa) {
+        n -= 2; /* the proposal's length now runs past the payload */
+    }
+
+    ike_header h;
+    memset(&h, 0, sizeof(h));
+    h.spi_i = m.hdr.spi_i;
+    h.spi_r = 0xf0f1f2f3f4f5f6f7ull;
+    h.exchange = IKE_EXCH_IKE_SA_INIT;
+    h.flags = IKE_FLAG_RESPONSE;
+    buf_writer w;
+    buf_writer_init(&w, out->p, sizeof(out->p));
+    ike_chain_writer cw;
+    ike_message_begin(&w, &h, &cw);
+    ike_build_raw(&cw, IKE_PL_SA, false, sa, n);
+    if (!f->no_ke) {
+        crypto_ke *ke = NULL;
+        ck_assert_int_eq(crypto_ke_new(KE_X25519, &ke), 0);
+        uint8_t pub[CRYPTO_MAX_KE_LEN];
+        size_t pub_len = 0;
+        ck_assert_int_eq(crypto_ke_public(ke, pub, sizeof(pub), &pub_len), 0);
+        crypto_ke_free(ke);
+        if (f->zero_ke)
+            memset(pub, 0, pub_len);
+        ike_build_ke(&cw, KE_X25519, pub, pub_len);
+    }
+    uint8_t nonce[32];
+    memset(nonce, 0x77, sizeof(nonce));
+    ike_build_nonce(&cw, nonce, sizeof(nonce));
+    if (!f->no_natd) {
+        uint8_t natd[20];
+        memset(natd, 0x66, sizeof(natd));
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, natd, sizeof(natd));
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, natd, sizeof(natd));
+    }
+    ck_assert_int_eq(ike_message_end(&cw), 0);
+    out->len = buf_writer_len(&w);
+}
+
+/* The forgery first, the real gateway's answer second: established. */
+START_TEST(test_forged_init_then_real_answer)
+{
+    const forgery *f = &forgeries[_i];
+    if (f->offer)
+        offer_ike(f->offer);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(f, sent(0), m);
+    deliver(m);
+    deliver(m); /* twice: the first bad answer counts, no more */
+    free(m);
+    ck_assert_msg(T->n_down == 0, "%s: on_down(\"%s\")", f->name, T->down_detail);
+    ck_assert_uint_eq(n_sent(), 1); /* nothing kept, no IKE_AUTH with the forger's keys */
+    advance(IKE_INIT_ERROR_GRACE_MS / 2);
+    ck_assert_uint_eq(T->n_down, 0);
+    answer_init();
+    answer_auth(NULL);
+    ck_assert_msg(T->n_established == 1, "%s: not established", f->name);
+    ck_assert_uint_eq(T->n_down, 0);
+    advance(IKE_INIT_ERROR_GRACE_MS); /* the grace timer is gone */
+    ck_assert_uint_eq(T->n_down, 0);
+    if (f->offer) {
+        char ike_alg[96], esp_alg[96];
+        ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
+        ck_assert_str_eq(ike_alg, "chacha20poly1305-prfsha384-x25519");
+    }
+}
+END_TEST
+
+/* The forgery and no valid answer: the attempt fails after the grace period
+ * with the forgery's reason, as the gateway's fault (the supervisor retries). */
+START_TEST(test_forged_init_alone)
+{
+    const forgery *f = &forgeries[_i];
+    if (f->offer)
+        offer_ike(f->offer);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(f, sent(0), m);
+    deliver(m);
+    free(m);
+    wait_out_init_error_grace();
+    ck_assert_uint_eq(T->n_down, 1);
+    ck_assert_msg(T->down_err == M2MVPN_E_PROTOCOL, "%s: on_down(%s, \"%s\")", f->name,
+                  m2mvpn_error_name(T->down_err), T->down_detail);
+    ck_assert_msg(T->down_fault == IKE_FAULT_PEER, "%s: a local fault", f->name);
+    assert_detail_has(f->why);
+    ck_assert_uint_eq(n_sent(), 1);
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* Forged fragments interleaved with the real fragmented IKE_AUTH response:
+ * the same message ID in another exchange (what an injector sees of the
+ * real one), a broken ICV, another message ID. None of them may throw away
+ * the fragments already received. */
+START_TEST(test_forged_fragments_interleaved)
+{
+    start();
+    answer_init();
+    fg_msg *f = malloc(16 * sizeof(*f)), *forged = malloc(3 * sizeof(*forged));
+    size_t n = fg_auth_response_frags(&T->gw, 120, f, 16);
+    ck_assert_uint_ge(n, 3);
+    forged[0] = f[1];
+    forged[0].p[18] = IKE_EXCH_INFORMATIONAL;  /* exchange type, header byte 18 */
+    forged[1] = f[1];
+    forged[1].p[forged[1].len - 1] ^= 0x01;     /* ICV */
+    forged[2] = f[1];
+    forged[2].p[23] ^= 0x07;                    /* message ID (low byte) */
+    for (size_t i = 0; i < n; i++) {
+        deliver(&f[i]);
+        if (i + 1 < n)
+            for (size_t k = 0; k < 3; k++)
+                deliver(&forged[k]);
+    }
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(T->child.spi_out, 0xc1d2e3f4);
+    free(f);
+    free(forged);
+}
+END_TEST
+
 /* ------------------------------------------------- 8. authentication */
 
 START_TEST(test_auth_failed_notify)
@@ -969,6 +1197,7 @@ static Suite *ike_sa_suite(void)
         { "critical", test_unsupported_critical_payload },
         { "tampered", test_tampered_response_dropped },
         { "fragments", test_fragmented_auth_response },
+        { "fragments", test_forged_fragments_interleaved },
         { "dpd", test_dpd_answered_then_close },
         { "dpd", test_dpd_unanswered_times_out },
         { "dpd", test_dpd_not_postponed_by_forgery },
@@ -985,6 +1214,12 @@ static Suite *ike_sa_suite(void)
         }
         tcase_add_test(tc, cases[i].t);
     }
+    TCase *forged = tcase_create("forged_init");
+    tcase_add_checked_fixture(forged, setup, teardown);
+    int n_forgeries = (int)(sizeof(forgeries) / sizeof(forgeries[0]));
+    tcase_add_loop_test(forged, test_forged_init_then_real_answer, 0, n_forgeries);
+    tcase_add_loop_test(forged, test_forged_init_alone, 0, n_forgeries);
+    suite_add_tcase(s, forged);
     return s;
 }
 

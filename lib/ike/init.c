@@ -356,7 +356,7 @@ static int check_answer(ike_sa *sa, const ike_message *msg, init_answer *a, char
     return 0;
 }
 
-/* Keep a checked answer: from here on, failures are ours. */
+/* Keep a checked answer. */
 static void accept_answer(ike_sa *sa, const ike_message *msg, const init_answer *a)
 {
     const ike_sa_choice *ch = &a->choice;
@@ -395,9 +395,11 @@ static void accept_answer(ike_sa *sa, const ike_message *msg, const init_answer 
     crypto_ke_free(sa->ke);
     sa->ke = NULL;
     if (r < 0) {
-        /* Everything the gateway chose was checked against our offer: our
-         * build cannot do what the profile asks for. */
-        ike_sa_fail_local(sa, r, "%s", err);
+        /* The gateway's choice was checked against our offer, so this is
+         * more likely our build than the answer; but it follows from what
+         * the gateway chose, and it may choose another of our proposals
+         * next time: not a reason to stop trying. */
+        ike_sa_fail(sa, r, "%s", err);
         return;
     }
     LOG_INFO(sa->log, "ike", "IKE_SA_INIT done with %s: %s%s%s", sa->gw_text, sa->ike_alg,

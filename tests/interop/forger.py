@@ -9,10 +9,12 @@ test_forgery.py), and the forger sends them on itself, right after its
 forgery: the forgery then always arrives first, the worst case for the
 client, and the test does not depend on who wins a race.
 
-  forger.py init IFACE KIND   sniff IKE_SA_INIT requests arriving on IFACE
-      (the router's client side); for each, send a forged IKE_SA_INIT response
-      (KIND: keylen128, unknown-attr, truncated), then the request itself on
-      to the gateway.
+  forger.py init IFACE KIND [SWALLOW]   sniff IKE_SA_INIT requests arriving
+      on IFACE (the router's client side); for each, send a forged IKE_SA_INIT
+      response (KIND: keylen128, unknown-attr, truncated, or no-hash-notify:
+      our first proposal as offered, but no SIGNATURE_HASH_ALGORITHMS), then
+      the request itself on to the gateway, except the first SWALLOW requests
+      (default 0): for those the gateway seems not to answer yet.
   forger.py frag IFACE        sniff the gateway's UDP 4500 datagrams arriving
       on IFACE (the router's gateway side) and send each on to the client;
       after each IKE fragment (SKF) of an IKE_AUTH response, also forged
@@ -145,6 +147,7 @@ def is_auth_fragment(ike: bytes) -> bool:
 def main() -> int:
     mode, iface = sys.argv[1], sys.argv[2]
     kind = sys.argv[3] if mode == "init" else ""
+    swallow = int(sys.argv[4]) if mode == "init" and len(sys.argv) > 4 else 0
     sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
     sniff.bind((iface, 0))
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
@@ -162,6 +165,10 @@ def main() -> int:
                 forged = forged_init_response(data, kind)
                 raw.sendto(udp_packet(dst, dport, src, sport, forged), (src, 0))
                 say(f"forged IKE_SA_INIT response ({kind}) SPIi {data[:8].hex()}")
+                if swallow > 0:
+                    swallow -= 1
+                    say("swallowed the request")
+                    continue
             raw.sendto(without_udp_checksum(pkt), (dst, 0))   # the real request, now
         elif mode == "frag" and sport == 4500:
             raw.sendto(without_udp_checksum(pkt), (dst, 0))   # the real datagram, now

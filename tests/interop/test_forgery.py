@@ -30,6 +30,7 @@ import pytest
 import charon as charonmod
 import m2mvpn_client
 import netlab
+import pki as pkimod
 
 pytestmark = pytest.mark.skipif(m2mvpn_client.find_binary() is None,
                                 reason="M2MVPN_BINARY (tools/m2mvpn) is not built")
@@ -142,6 +143,41 @@ def test_forged_fragments_interleaved_with_real_ike_auth(topology, charons, pki,
         # Connected at the first IKE_AUTH: no attempt was lost to the forgeries.
         assert client.log_path.read_text(errors="replace").count("sending IKE_AUTH to") == 1, \
             client.log_tail(80)
+        assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+    finally:
+        client.stop()
+        forger.stop()
+
+
+def test_forged_answers_fail_attempts_until_the_gateway_answers(topology, charons, pki, workdir):
+    """The gateway's answer does not get through for the first two attempts;
+    each ends with the forgery's error, here NOTSUPP: an Ed25519 key signs only
+    with a hash the gateway announces (RFC 8420), and the forged answer
+    announces none. NOTSUPP from our own side would stop the profile; from the
+    gateway's answer it must not: the client keeps trying and connects once
+    the real gateway answers."""
+    topo = topology("routed")
+    ike = "aes256gcm16-prfsha384-x25519"
+    charons(topo.gateway, charonmod.gateway_config(pki, conns=["rsa"], ike_proposals=[ike]), name="gw")
+    # An Ed25519 client certificate from the intermediate CA: the gateway's
+    # "rsa" connection takes any key type from it.
+    inter_key = pki.dir / "intermediate-ca.key.pem"
+    ed = pkimod._leaf(workdir, "dev1-ed25519", "ed25519", pkimod.CLIENT_ID, False,
+                      pki.intermediate_ca, inter_key, (pki.intermediate_ca,))
+    topo.router.nft(HOLD_INIT.format(client=topo.client_addr))
+    forger = Forger(topo.router, workdir / "forger", "init", "cl0", "no-hash-notify", "2")
+    prof = m2mvpn_client.make_profile(pki, "rsa", topo.gw_addr, mode="always-on", ike_proposals=[ike])
+    prof["auth"]["cert"].update({"file": str(ed.cert), "key": str(ed.key)})
+    client = m2mvpn_client.start_m2mvpn_client(topo.client, prof, m2mvpn_client.find_binary(),
+                                               workdir / "c")
+    try:
+        st = client.wait_for_state("connected", timeout_s=40)
+        assert st["algorithms"]["ike"] == ike, st
+        assert forger.text().count("swallowed") == 2, forger.text()
+        log = client.log_path.read_text(errors="replace")
+        assert log.count("announced no signature hash") >= 2, client.log_tail(80)
+        assert log.count("reconnecting in") >= 2, client.log_tail(80)
+        assert went_idle(client) == [], client.log_tail(80)
         assert netlab.ping(topo.client, PROTECTED, count=2) == 2
     finally:
         client.stop()

@@ -18,10 +18,16 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <m2mvpn/m2mvpn.h>
 
 #include "core/log.h"
+#include "cred/cred.h"
 #include "core/loop.h"
 #include "ike/ike.h"
 #include "ike/sa_internal.h" /* IKE_INIT_ERROR_GRACE_MS */
@@ -712,6 +718,7 @@ typedef struct forgery {
     bool zero_ke;           /* an X25519 public value of all zeros */
     bool no_natd;
     const char *why;        /* in the detail when no valid answer follows */
+    bool hash_identity;     /* SIGNATURE_HASH_ALGORITHMS with Identity (RFC 8420) */
 } forgery;
 
 #define GCM256 { IKE_TT_ENCR, ENCR_AES_GCM_16, KL(256) }
@@ -721,37 +728,37 @@ typedef struct forgery {
 static const forgery forgeries[] = {
     { "chacha20 key length 128", "chacha20poly1305-prfsha384-x25519", 0,
       { { IKE_TT_ENCR, ENCR_CHACHA20_POLY1305, KL(128) }, P384, X25519 }, 3,
-      false, false, false, false, "did not offer" },
+      false, false, false, false, "did not offer", false },
     { "aes-gcm key length 128 (256 offered)", NULL, 0,
       { { IKE_TT_ENCR, ENCR_AES_GCM_16, KL(128) }, P384, X25519 }, 3, false, false, false, false,
-      "did not offer" },
+      "did not offer", false },
     { "aes-gcm without key length", NULL, 0,
       { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0 }, 0 }, P384, X25519 }, 3, false, false, false, false,
-      "did not offer" },
+      "did not offer", false },
     { "unknown attribute", NULL, 0,
       { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0x80, 14, 1, 0, 0x80, 99, 0, 1 }, 8 }, P384, X25519 }, 3,
-      false, false, false, false, "unknown attribute" },
+      false, false, false, false, "unknown attribute", false },
     { "key length twice", NULL, 0,
       { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0x80, 14, 1, 0, 0x80, 14, 1, 0 }, 8 }, P384, X25519 }, 3,
-      false, false, false, false, "unknown attribute" },
+      false, false, false, false, "unknown attribute", false },
     { "prf not offered", NULL, 0,
       { GCM256, { IKE_TT_PRF, PRF_HMAC_SHA2_256, { 0 }, 0 }, X25519 }, 3, false, false, false, false,
-      "did not offer" },
+      "did not offer", false },
     { "esn in an IKE proposal", NULL, 0,
       { GCM256, P384, X25519, { IKE_TT_ESN, 0, { 0 }, 0 } }, 4, false, false, false, false,
-      "did not offer" },
+      "did not offer", false },
     { "two encryption transforms", NULL, 0,
-      { GCM256, GCM256, P384, X25519 }, 4, false, false, false, false, "more than one" },
+      { GCM256, GCM256, P384, X25519 }, 4, false, false, false, false, "more than one", false },
     { "proposal number we did not send", NULL, 2,
-      { GCM256, P384, X25519 }, 3, false, false, false, false, "did not offer" },
+      { GCM256, P384, X25519 }, 3, false, false, false, false, "did not offer", false },
     { "truncated SA payload", NULL, 0,
-      { GCM256, P384, X25519 }, 3, true, false, false, false, "malformed" },
+      { GCM256, P384, X25519 }, 3, true, false, false, false, "malformed", false },
     { "no KE payload", NULL, 0,
-      { GCM256, P384, X25519 }, 3, false, true, false, false, "lacks SA, KE" },
+      { GCM256, P384, X25519 }, 3, false, true, false, false, "lacks SA, KE", false },
     { "invalid key exchange value", NULL, 0,
-      { GCM256, P384, X25519 }, 3, false, false, true, false, "invalid key exchange value" },
+      { GCM256, P384, X25519 }, 3, false, false, true, false, "invalid key exchange value", false },
     { "no NAT detection", NULL, 0,
-      { GCM256, P384, X25519 }, 3, false, false, false, true, "NAT traversal" },
+      { GCM256, P384, X25519 }, 3, false, false, false, true, "NAT traversal", false },
 };
 
 /* Replace the profile's IKE proposal (the SA borrows the profile). */
@@ -823,6 +830,12 @@ static void forge_init(const forgery *f, const fg_dgram *req, fg_msg *out)
         memset(natd, 0x66, sizeof(natd));
         ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, natd, sizeof(natd));
         ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, natd, sizeof(natd));
+    }
+    if (f->hash_identity) {
+        uint8_t hashes[4];
+        buf_store_be16(hashes, PKI_HASH_SHA2_256);
+        buf_store_be16(hashes + 2, PKI_HASH_IDENTITY);
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_SIGNATURE_HASH_ALGORITHMS, NULL, 0, hashes, sizeof(hashes));
     }
     ck_assert_int_eq(ike_message_end(&cw), 0);
     out->len = buf_writer_len(&w);
@@ -909,6 +922,122 @@ START_TEST(test_forged_fragments_interleaved)
     ck_assert_uint_eq(T->child.spi_out, 0xc1d2e3f4);
     free(f);
     free(forged);
+}
+END_TEST
+
+/*
+ * An Ed25519 key signs only with the "Identity" hash the gateway announces
+ * (RFC 8420). A forged answer that leaves SIGNATURE_HASH_ALGORITHMS out is
+ * otherwise valid (the forger has its own key pair), so it is unacceptable
+ * for what it lacks: the real answer that follows is used; alone, it fails
+ * as the gateway's fault (NOTSUPP, retried), not as our key's.
+ */
+typedef struct ed25519_setup {
+    char dir[64], cert[96], key[96];
+    cred_provider *cred;
+} ed25519_setup;
+
+static void write_ed25519_cred(ed25519_setup *e)
+{
+    snprintf(e->dir, sizeof(e->dir), "/tmp/m2mvpn-ike-sa-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(e->dir));
+    snprintf(e->cert, sizeof(e->cert), "%s/cert.pem", e->dir);
+    snprintf(e->key, sizeof(e->key), "%s/key.pem", e->dir);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    X509 *x = X509_new();
+    ck_assert(k && x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_NAME *n = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)OUR_ID, -1, -1, 0);
+    X509_set_issuer_name(x, n);
+    X509_set_pubkey(x, k);
+    ck_assert_int_gt(X509_sign(x, k, NULL), 0);
+    FILE *f = fopen(e->cert, "w");
+    ck_assert_ptr_nonnull(f);
+    PEM_write_X509(f, x);
+    fclose(f);
+    f = fopen(e->key, "w");
+    ck_assert_ptr_nonnull(f);
+    PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    char err[256];
+    ck_assert_msg(cred_file_open(e->cert, e->key, NULL, 0, &e->cred, err, sizeof(err)) == 0, "%s", err);
+}
+
+static void remove_ed25519_cred(ed25519_setup *e)
+{
+    cred_free(e->cred);
+    unlink(e->cert);
+    unlink(e->key);
+    rmdir(e->dir);
+}
+
+/* Replace the harness's SA by one that authenticates with `cred`. */
+static void use_cert_sa(cred_provider *cred)
+{
+    ike_sa_free(T->sa);
+    T->set->items[0].auth = PROFILE_AUTH_CERT;
+    ike_config cfg = { .prof = &T->set->items[0], .cred = cred };
+    set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
+    set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
+    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    char err[256];
+    ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
+}
+
+static const forgery no_hash_notify = {
+    "no SIGNATURE_HASH_ALGORITHMS", NULL, 0, { GCM256, P384, X25519 }, 3,
+    false, false, false, false, "signature hash", false,
+};
+
+START_TEST(test_forged_init_without_hash_notify_ed25519)
+{
+    ed25519_setup e;
+    write_ed25519_cred(&e);
+    use_cert_sa(e.cred);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(&no_hash_notify, sent(0), m);
+    deliver(m);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(n_sent(), 1); /* not taken: no IKE_AUTH */
+    /* A valid answer that announces Identity: taken, IKE_AUTH signed with
+     * Ed25519 (method 14, RFC 7427) goes out. */
+    forgery with_hash = no_hash_notify;
+    with_hash.hash_identity = true;
+    forge_init(&with_hash, sent(0), m);
+    deliver(m);
+    free(m);
+    ck_assert_msg(T->n_down == 0, "on_down(\"%s\")", T->down_detail);
+    ck_assert_uint_eq(n_sent(), 2);
+    ck_assert(sent(1)->natt);
+    advance(IKE_INIT_ERROR_GRACE_MS); /* the grace timer is gone */
+    ck_assert_uint_eq(T->n_down, 0);
+    remove_ed25519_cred(&e);
+}
+END_TEST
+
+START_TEST(test_forged_init_without_hash_notify_alone)
+{
+    ed25519_setup e;
+    write_ed25519_cred(&e);
+    use_cert_sa(e.cred);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(&no_hash_notify, sent(0), m);
+    deliver(m);
+    free(m);
+    advance(IKE_INIT_ERROR_GRACE_MS);
+    assert_down(M2MVPN_E_NOTSUPP);
+    ck_assert_msg(T->down_fault == IKE_FAULT_PEER, "a local fault: \"%s\"", T->down_detail);
+    assert_detail_has("signature hash");
+    assert_detail_has("ed25519");
+    remove_ed25519_cred(&e);
 }
 END_TEST
 
@@ -1219,6 +1348,8 @@ static Suite *ike_sa_suite(void)
     int n_forgeries = (int)(sizeof(forgeries) / sizeof(forgeries[0]));
     tcase_add_loop_test(forged, test_forged_init_then_real_answer, 0, n_forgeries);
     tcase_add_loop_test(forged, test_forged_init_alone, 0, n_forgeries);
+    tcase_add_test(forged, test_forged_init_without_hash_notify_ed25519);
+    tcase_add_test(forged, test_forged_init_without_hash_notify_alone);
     suite_add_tcase(s, forged);
     return s;
 }

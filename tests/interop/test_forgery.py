@@ -8,6 +8,10 @@ process with raw sockets) answers faster than the gateway:
   attribute, or a truncated SA payload). Nothing in IKE_SA_INIT is
   authenticated: the client must keep waiting, accept the real answer that
   follows and connect, never going idle.
+- the same with an Ed25519 client and an answer without the hash notify it
+  needs (RFC 8420), while the gateway's answer does not get through for two
+  attempts: each ends with NOTSUPP, the gateway's fault, so the client keeps
+  trying and connects once the gateway answers.
 - after every fragment of the gateway's IKE_AUTH response (RSA certificates
   over a path that drops IP fragments, so strongSwan fragments it, RFC 7383)
   come forged fragments with the same message ID: one in another exchange,

@@ -323,9 +323,12 @@ static void on_established(void *arg, const ike_child_result *r)
     core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
 }
 
-/* Failures that a later attempt cannot fix without someone changing the
- * profile or the device: not retried, even always-on (a wrong PIN above all:
- * smartcards and TPMs lock out, DESIGN.md §8). */
+/* Failures on our side that a later attempt cannot fix without someone
+ * changing the profile or the device: not retried, even always-on (a wrong
+ * PIN above all: smartcards and TPMs lock out, DESIGN.md §8). Only asked for
+ * local causes: whatever the gateway answered, or anyone who forged its
+ * unauthenticated answer, is retried (the same code, say E_INVAL, can be
+ * either, so lib/ike says which). */
 static bool retry_helps(int err)
 {
     switch (err) {
@@ -341,7 +344,7 @@ static bool retry_helps(int err)
     }
 }
 
-static void on_down(void *arg, int err, const char *detail)
+static void on_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     conn *c = arg;
     drop_child(c);
@@ -354,6 +357,7 @@ static void on_down(void *arg, int err, const char *detail)
         c->reconnect_after_close = false;
         if (c->close_err) {
             err = c->close_err;
+            fault = IKE_FAULT_LOCAL; /* our datapath or supervisor */
             snprintf(why, sizeof(why), "%s", c->close_detail);
             detail = why;
         }
@@ -366,7 +370,7 @@ static void on_down(void *arg, int err, const char *detail)
     if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
         if (c->hooks.on_event)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
-    if (!c->want_up || err == 0 || !retry_helps(err)) {
+    if (!c->want_up || err == 0 || (fault == IKE_FAULT_LOCAL && !retry_helps(err))) {
         c->want_up = false;
         drop_network_unless_kill_switch(c);
         set_state(c, M2MVPN_STATE_IDLE, err, detail);
@@ -591,7 +595,7 @@ static void attempt(conn *c)
         r = ike_sa_new(c->loop, c->log, &cfg, &hooks, &c->sa, err, sizeof(err));
     }
     if (r < 0) {
-        on_down(c, r, err);
+        on_down(c, r, IKE_FAULT_LOCAL, err);
         return;
     }
     LOG_INFO(c->log, "conn", "connecting to %s (profile %s)", c->gw_text, c->prof->name);

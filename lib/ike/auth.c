@@ -95,13 +95,13 @@ int ike_auth_start(ike_sa *sa)
     const profile *p = sa->cfg.prof;
     char err[256];
     if (p->auth == PROFILE_AUTH_EAP) {
-        ike_sa_fail(sa, M2MVPN_E_NOTSUPP, "auth.method \"eap\" is not supported by this build yet");
+        ike_sa_fail_local(sa, M2MVPN_E_NOTSUPP, "auth.method \"eap\" is not supported by this build yet");
         return M2MVPN_E_NOTSUPP;
     }
     pki_id id;
     int r = our_id(sa, &id, err, sizeof(err));
     if (r < 0) {
-        ike_sa_fail(sa, r, "%s", err);
+        ike_sa_fail_local(sa, r, "%s", err);
         return r;
     }
     uint8_t idb[4 + PKI_ID_MAX];
@@ -123,6 +123,7 @@ int ike_auth_start(ike_sa *sa)
 
     pki_auth_method method = PKI_AUTH_SHARED_KEY;
     pki_sig_scheme scheme = PKI_SIG_NONE;
+    ike_fault fault = IKE_FAULT_LOCAL; /* of a failure below */
     if (p->auth == PROFILE_AUTH_CERT) {
         pki_cert *const *chain;
         size_t n;
@@ -138,7 +139,16 @@ int ike_auth_start(ike_sa *sa)
             ike_build_cert(&cw, IKE_CERT_X509_SIGNATURE, der, der_len);
         }
         if ((r = pki_choose_auth(kt, sa->peer_hashes, sa->n_peer_hashes, false, &method, &scheme)) < 0) {
-            snprintf(err, sizeof(err), "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
+            /* Our key, or what the gateway announced (unauthenticated)? */
+            const uint16_t *ours;
+            size_t n_ours = pki_hash_algs_supported(&ours);
+            if (pki_choose_auth(kt, ours, n_ours, false, &method, &scheme) == 0) {
+                fault = IKE_FAULT_PEER;
+                snprintf(err, sizeof(err), "gateway %s announced no signature hash our %s key can sign with",
+                         sa->gw_text, pki_key_type_name(kt));
+            } else {
+                snprintf(err, sizeof(err), "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
+            }
             goto fail;
         }
     }
@@ -215,12 +225,15 @@ int ike_auth_start(ike_sa *sa)
                               cw.first_type, IKE_TASK_AUTH);
     secure_free(inner, cap);
     if (r < 0)
-        ike_sa_fail(sa, r, "cannot send IKE_AUTH: %s", m2mvpn_strerror(r));
+        ike_sa_fail_local(sa, r, "cannot send IKE_AUTH: %s", m2mvpn_strerror(r));
     return r;
 fail:
     free(octets);
     secure_free(inner, cap);
-    ike_sa_fail(sa, r, "%s", err);
+    if (fault == IKE_FAULT_PEER)
+        ike_sa_fail(sa, r, "%s", err);
+    else
+        ike_sa_fail_local(sa, r, "%s", err);
     return r;
 }
 

@@ -68,6 +68,8 @@ def _genkey(d: Path, name: str, kind: str) -> Path:
     elif kind == "rsa":
         _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072",
                  "-out", str(key), cwd=d)
+    elif kind == "ed25519":
+        _openssl("genpkey", "-algorithm", "ED25519", "-out", str(key), cwd=d)
     else:
         raise ValueError(f"unknown key kind {kind!r}")
     return key

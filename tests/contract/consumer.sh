@@ -17,7 +17,8 @@ cc -std=c11 -Wall -Wextra -Werror $(pkg-config --cflags m2mvpn) "$src/consumer.c
    -o "$root/consumer" $(pkg-config --libs m2mvpn)
 lib=$(find "$root" -name 'libm2mvpn.so.1' | head -n1)
 LD_LIBRARY_PATH=$(dirname "$lib") "$root/consumer"
-readelf -d "$lib" | grep -q 'SONAME.*\[libm2mvpn.so.1\]' || { echo "SONAME is not libm2mvpn.so.1"; exit 1; }
+soname=$(readelf -d "$lib" | grep SONAME || true)  # not grep -q: SIGPIPE under pipefail
+[[ $soname == *'[libm2mvpn.so.1]'* ]] || { echo "SONAME is not libm2mvpn.so.1: $soname"; exit 1; }
 others=$(nm -D --defined-only "$lib" | awk '$2 ~ /^[TDBRVW]$/ {print $3}' | grep -v '^m2mvpn_' || true)
 if [ -n "$others" ]; then
     echo "exported symbols outside m2mvpn_*:"; echo "$others"; exit 1

@@ -66,8 +66,7 @@ fi
 logs=("distinct=$build/meson-logs/testlog.json"
       "asan=$build/meson-logs/testlog-asan.json"
       "tsan=$build/meson-logs/testlog-tsan.json")
-fuzz_opts=(-Dfuzz=enabled -Dtests=false -Dwerror=true)
-if CC=clang setup "$fuzz" "${fuzz_opts[@]}"; then
+if CC=clang setup "$fuzz" -Dfuzz=enabled -Dtests=false -Dwerror=true; then
   build "fuzz build" "$fuzz"
 else
   echo "fuzz build: meson setup FAILED"

@@ -7,7 +7,8 @@ a Python process re-executes itself with LD_PRELOAD set to it. Then
 LD_PRELOAD is removed from os.environ, so that the other programs the tests
 start (sh, ip, unshare, the ABI probe) run without it: a shell with libtsan
 preloaded crashes on its first setjmp(). A Python child gets this file from
-PYTHONPATH and preloads again by itself.
+PYTHONPATH and preloads again by itself. (On PYTHONPATH this file shadows
+Debian's sitecustomize, which only installs the apport hook.)
 """
 import os
 import sys

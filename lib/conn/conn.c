@@ -91,7 +91,7 @@ static void run_dns_hook(conn *c, bool up)
     const char *hook = c->prof ? c->prof->tunnel.dns_hook : NULL;
     if (!hook)
         return;
-    esp_prefix servers[ESP_MAX_DNS];
+    esp_prefix servers[ESP_MAX_DNS] = { 0 }; /* zeroed: passed on even when n is 0 */
     size_t n = up && c->dp ? esp_datapath_dns(c->dp, servers, ESP_MAX_DNS) : 0;
     dns_hook_run(&c->dns_hook, c->log, hook, c->prof->tunnel.tun_name, servers, n, up);
     core_timer_arm(c->loop, &c->hook_timer, 500);

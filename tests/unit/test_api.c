@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -340,12 +341,14 @@ START_TEST(commands_from_four_threads_all_arrive)
 }
 END_TEST
 
+/* Written by the callback on the engine thread, polled by the test's thread:
+ * atomics, so the polling is not a data race (TSan). */
 typedef struct {
-    int lines;
-    int stop_rc;
-    int switch_rc;
-    int process_rc;
-    int seen;
+    atomic_int lines;
+    atomic_int stop_rc;
+    atomic_int switch_rc;
+    atomic_int process_rc;
+    atomic_int seen;
 } cb_state;
 
 /* Log hook that acts like an application callback on the engine thread. */

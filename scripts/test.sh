@@ -41,7 +41,7 @@ build() {
 }
 
 # Warnings are errors here (not in the default build users run).
-setup "$build" -Dwerror=true || exit 1
+setup "$build" -Dwerror=true -Dpkgconfig.relocatable=true || exit 1
 ninja -C "$build" || exit 1
 
 # Only logs written by this run are counted: an emptied or skipped suite

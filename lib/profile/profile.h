@@ -100,6 +100,7 @@ typedef struct profile {
         double retransmit_base;      /* default 1.8 */
         uint32_t retransmit_tries;   /* default 5 */
         bool force_encap;     /* "force_encap": UDP/4500 even without NAT; default false */
+        bool allow_sha1_signatures; /* RSA AUTH with SHA-1 (method 1) both ways; default false */
     } ike;
 
     struct {

@@ -447,6 +447,21 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
             res->n_remote_ts++;
         }
     }
+    /* TSi as granted: where the gateway may send to (RFC 4301 §5.2, the
+     * datapath's inbound filter). Absent or unparsable: no entries. */
+    const ike_payload *tsi_pl = ike_chain_find(c, IKE_PL_TSI, NULL);
+    ike_ts_list tsi;
+    if (tsi_pl && ike_ts_parse(tsi_pl->body, &tsi, &d) == 0) {
+        for (size_t i = 0; i < tsi.n && res->n_local_ts < PROFILE_MAX_TS; i++) {
+            unsigned plen;
+            profile_ts *t = &res->local_ts[res->n_local_ts];
+            if (ike_ts_to_prefix(&tsi.ts[i], t->addr, &plen) == 0) {
+                t->family = tsi.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
+                t->prefix_len = (uint8_t)plen;
+                res->n_local_ts++;
+            }
+        }
+    }
     const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);
     ike_cp cp;
     if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {

@@ -1351,6 +1351,97 @@ START_TEST(rekey_overlap_two_sas)
 }
 END_TEST
 
+/* Inbound filter (RFC 4301 §5.2): a decrypted packet goes up only from the
+ * negotiated remote selectors (TSr as narrowed, not the profile's wider
+ * prefix) and only to us (the virtual IP, or TSi without one). A foreign
+ * destination that is a local address of the device would otherwise reach
+ * its socket (or be forwarded). _i: 0 plain, 1 offloads. */
+START_TEST(inbound_selectors_enforced)
+{
+    enter_netns();
+    ck_assert_int_eq(system("ip addr add 198.18.5.2/32 dev lo"), 0);
+    esp_datapath *dp = make_dp_opt("m2e-s0", false, 4500, _i == 1, false);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.5.1/32", &net.vip);
+    net.has_vip = true;
+    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);  /* the profile's */
+    net.n_remote_ts = 1;
+    parse_prefix("198.18.6.0/25", &net.in_src[0]);     /* what the gateway granted */
+    net.n_in_src = 1;
+    net.encr_id = ENCR_CHACHA20_POLY1305;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+
+    esp_sa_config c = {0};
+    c.encr_id = ENCR_CHACHA20_POLY1305; c.encr_key_bits = 256;
+    c.spi_in = 0xe0; c.spi_out = 0xf0;
+    c.key_in.encr_len = c.key_out.encr_len = 36;
+    memset(c.key_in.encr, 0x33, 36);
+    memset(c.key_out.encr, 0x44, 36);
+    struct sockaddr_in *pa = (struct sockaddr_in *)&c.peer;
+    pa->sin_family = AF_INET; pa->sin_port = htons(5500);
+    pa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c.peer_len = sizeof(*pa);
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    esp_sa_config g = c;
+    g.spi_in = c.spi_out; g.spi_out = c.spi_in; g.key_in = c.key_out; g.key_out = c.key_in;
+    esp_sa *peer;
+    ck_assert_int_eq(esp_sa_new(&g, &peer, NULL, 0), 0);
+
+    int gw = udp_socket("127.0.0.1", 5500);
+    int app = udp_socket("198.18.5.1", 7000), other = udp_socket("198.18.5.2", 7000);
+    uint8_t buf[2048], inner[128];
+    size_t pl;
+    esp_drop_reason why;
+    static const struct { const char *src, *dst; int to; } cases[] = {
+        { "198.18.6.7", "198.18.5.1", 1 },    /* granted source, our VIP: up */
+        { "198.18.6.7", "198.18.5.2", 0 },    /* foreign destination */
+        { "198.18.6.200", "198.18.5.1", 0 },  /* in the profile's /24, not granted */
+        { "198.19.0.1", "198.18.5.1", 0 },    /* no selector at all */
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        size_t il = build_udp4(inner, cases[k].src, cases[k].dst, 7000, "probe");
+        ck_assert_int_eq(esp_sa_encap(peer, inner, il, ESP_NH_IPV4, buf, sizeof(buf), &pl, &why), 0);
+        send_to(gw, "127.0.0.1", 4500, buf, pl);
+        usleep(20000);
+        esp_datapath_poll_udp(dp);
+        usleep(20000);
+        ssize_t got_app = recv(app, buf, sizeof(buf), MSG_DONTWAIT);
+        ssize_t got_other = recv(other, buf, sizeof(buf), MSG_DONTWAIT);
+        ck_assert_msg(got_app == (cases[k].to ? 5 : -1) && got_other == -1,
+                      "%s -> %s: delivered %zd / %zd", cases[k].src, cases[k].dst, got_app, got_other);
+    }
+    esp_datapath_counters ctr;
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_SELECTOR], 3);
+    ck_assert_str_eq(esp_drop_reason_name(ESP_DROP_SELECTOR), "SELECTOR");
+
+    /* Without a virtual IP the destination must lie in TSi as granted. */
+    net.has_vip = false;
+    parse_prefix("198.18.5.2/32", &net.in_dst[0]);
+    net.n_in_dst = 1;
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    const char *dsts[] = { "198.18.5.2", "198.18.5.1" };
+    for (int k = 0; k < 2; k++) {
+        size_t il = build_udp4(inner, "198.18.6.7", dsts[k], 7000, "probe");
+        ck_assert_int_eq(esp_sa_encap(peer, inner, il, ESP_NH_IPV4, buf, sizeof(buf), &pl, &why), 0);
+        send_to(gw, "127.0.0.1", 4500, buf, pl);
+        usleep(20000);
+        esp_datapath_poll_udp(dp);
+        usleep(20000);
+    }
+    ck_assert_int_eq(recv(other, buf, sizeof(buf), MSG_DONTWAIT), 5);
+    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0);
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_SELECTOR], 4);
+
+    esp_sa_free(peer);
+    close(gw); close(app); close(other);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 Suite *esp_suite(void)
 {
     Suite *s = suite_create("esp");
@@ -1388,6 +1479,7 @@ Suite *esp_suite(void)
         tcase_add_test(t, kill_switch_survives_sigkill);
         tcase_add_loop_test(t, datapath_end_to_end, 0, 3);
         tcase_add_test(t, rekey_overlap_two_sas);
+        tcase_add_loop_test(t, inbound_selectors_enforced, 0, 2);
         suite_add_tcase(s, t);
     } else {
         fprintf(stderr, "test_esp: not root, the 3 network tests were NOT run\n");

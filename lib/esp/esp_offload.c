@@ -2,7 +2,9 @@
 /*
  * TSO segmentation and TCP coalescing for the TUN offloads (see esp_offload.h).
  * Packets come from the local kernel (TUN reads) or were authenticated by
- * ESP (coalescing), but every length is still checked before use.
+ * ESP (coalescing), but every length is still checked before use, and the
+ * checksums of what is coalesced are verified (ESP proves who sent it, not
+ * that the inner packet arrived at the gateway intact).
  */
 #include <string.h>
 
@@ -154,6 +156,17 @@ size_t esp_tso_segment(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *co
 
 /* ------------------------------------------------------------- coalescing */
 
+/* The segment's own checksums: IPv4 header, and TCP over the pseudo-header.
+ * One pass over the segment; it replaces the kernel's pass, which a merged
+ * (or DATA_VALID) packet does not get. */
+static bool segment_csum_ok(const uint8_t *pkt, size_t len, bool ipv6, size_t ip_len)
+{
+    if (!ipv6 && esp_csum_fold(esp_csum_add(0, pkt, ip_len)) != 0xffff)
+        return false;
+    uint32_t s = esp_csum_add(pseudo_sum(pkt, ipv6, len - ip_len), pkt + ip_len, len - ip_len);
+    return esp_csum_fold(s) == 0xffff;
+}
+
 void esp_gro_start(esp_gro *g, const uint8_t *pkt, size_t len)
 {
     uint8_t *p = g->buf + ESP_VNET_HDR_LEN;
@@ -162,8 +175,11 @@ void esp_gro_start(esp_gro *g, const uint8_t *pkt, size_t len)
     g->len = len;
     g->count = 1;
     g->closed = true;
+    g->csum_ok = false;
     if (!tcp_headers(pkt, len, &g->ipv6, &ip_len, &g->hdr_len))
         return;
+    if (!(g->csum_ok = segment_csum_ok(pkt, len, g->ipv6, ip_len)))
+        return; /* goes up alone, for the kernel to check */
     uint8_t flags = pkt[ip_len + 13];
     g->mss = len - g->hdr_len;
     g->next_seq = buf_load_be32(pkt + ip_len + 4) + (uint32_t)g->mss;
@@ -203,6 +219,8 @@ bool esp_gro_append(esp_gro *g, const uint8_t *pkt, size_t len)
     uint8_t flags = t[13];
     if ((flags & ~(TCP_ACK | TCP_ECE | TCP_PSH)) != 0 || flags != (ht[13] | (flags & TCP_PSH)))
         return false;
+    if (!segment_csum_ok(pkt, len, ipv6, ip_len))
+        return false;
     memcpy(g->buf + ESP_VNET_HDR_LEN + g->len, pkt + hdr_len, seg);
     g->len += seg;
     g->count++;
@@ -240,10 +258,10 @@ size_t esp_gro_finish(esp_gro *g)
         vh.hdr_len = (uint16_t)g->hdr_len;
         vh.csum_start = (uint16_t)ip_len;
         vh.csum_offset = 16;
-    } else {
-        /* Authenticated by ESP; the sender's checksum needs no second look. */
+    } else if (g->csum_ok) {
+        /* Verified in esp_gro_start: the kernel need not look again. */
         vh.flags = VIRTIO_NET_HDR_F_DATA_VALID;
-    }
+    } /* else: not TCP, or a wrong checksum: the kernel checks (and drops) */
     memcpy(g->buf, &vh, sizeof(vh));
     g->len = 0;
     g->count = 0;

@@ -821,6 +821,68 @@ START_TEST(tso_segment_and_coalesce)
 }
 END_TEST
 
+/* Coalescing verifies each segment's checksums: the merged packet reaches
+ * the kernel as verified, so a corrupt segment must not be merged, and a
+ * lone packet is only marked DATA_VALID when its checksums were verified.
+ * _i: 0 IPv4, 1 IPv6. */
+START_TEST(coalesce_verifies_checksums)
+{
+    bool v6 = _i == 1;
+    size_t ip = v6 ? 40 : 20;
+    static uint8_t big[8192], segs[4][2048], gro_buf[ESP_VNET_HDR_LEN + ESP_GSO_MAX];
+    size_t len = build_tcp(big, v6, 4000, 1000, 0x10 /* ACK */);
+    uint8_t *outs[4] = { segs[0], segs[1], segs[2], segs[3] };
+    size_t lens[4];
+    ck_assert_uint_eq(esp_tso_segment(big, len, 1000, outs, 2048, lens, 4), 4);
+    segs[2][ip + 32 + 10] ^= 0x40; /* a payload bit flipped on the way to the gateway */
+    ck_assert(!tcp_checksum_ok(segs[2], lens[2], v6));
+
+    esp_gro g = { .buf = gro_buf };
+    struct virtio_net_hdr vh;
+    esp_gro_start(&g, segs[0], lens[0]);
+    ck_assert(esp_gro_append(&g, segs[1], lens[1]));
+    ck_assert(!esp_gro_append(&g, segs[2], lens[2])); /* refused: wrong checksum */
+    ck_assert_uint_eq(esp_gro_finish(&g), ESP_VNET_HDR_LEN + lens[0] + 1000);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM); /* the two good ones */
+
+    /* The corrupt segment goes up alone, not marked valid: the kernel drops it. */
+    esp_gro_start(&g, segs[2], lens[2]);
+    ck_assert(!esp_gro_append(&g, segs[3], lens[3]));
+    ck_assert_uint_eq(esp_gro_finish(&g), ESP_VNET_HDR_LEN + lens[2]);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, 0);
+    ck_assert_uint_eq(vh.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+    ck_assert_mem_eq(gro_buf + ESP_VNET_HDR_LEN, segs[2], lens[2]); /* unchanged */
+
+    /* A good lone segment is marked valid; a non-TCP packet never is. */
+    esp_gro_start(&g, segs[3], lens[3]);
+    esp_gro_finish(&g);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_DATA_VALID);
+    uint8_t udp[64];
+    memcpy(udp, segs[3], ip + 32);
+    udp[v6 ? 6 : 9] = 17;
+    esp_gro_start(&g, udp, ip + 32);
+    esp_gro_finish(&g);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, 0);
+
+    if (!v6) {
+        /* IPv4: a wrong header checksum on a segment to be merged (its
+         * header is dropped in the merge, so nobody else would see it). */
+        segs[2][ip + 32 + 10] ^= 0x40; /* good again */
+        ck_assert(tcp_checksum_ok(segs[2], lens[2], v6));
+        segs[2][10] ^= 0x01;
+        esp_gro_start(&g, segs[1], lens[1]);
+        ck_assert(!esp_gro_append(&g, segs[2], lens[2]));
+        segs[2][10] ^= 0x01;
+        ck_assert(esp_gro_append(&g, segs[2], lens[2]));
+        esp_gro_finish(&g);
+    }
+}
+END_TEST
+
 START_TEST(partial_checksum_completed)
 {
     uint8_t p[200];
@@ -1468,6 +1530,7 @@ Suite *esp_suite(void)
     t = tcase_create("offload");
     tcase_add_test(t, checksum_known_answer);
     tcase_add_loop_test(t, tso_segment_and_coalesce, 0, 2);
+    tcase_add_loop_test(t, coalesce_verifies_checksums, 0, 2);
     tcase_add_test(t, partial_checksum_completed);
     suite_add_tcase(s, t);
 

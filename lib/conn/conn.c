@@ -720,6 +720,10 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
                                    strcmp(c->prof->tunnel.tun_name, p->tunnel.tun_name) != 0));
     c->set = profile_set_ref(set);
     c->prof = p;
+    const char *warn[4];
+    size_t n_warn = profile_warnings(p, warn, 4);
+    for (size_t i = 0; i < n_warn && i < 4; i++)
+        LOG_WARN(c->log, "conn", "profile %s: %s", p->name, warn[i]);
     c->gw_index = 0;
     c->failures = 0;
     c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;

@@ -860,7 +860,7 @@ START_TEST(coalesce_verifies_checksums)
     esp_gro_finish(&g);
     memcpy(&vh, gro_buf, sizeof(vh));
     ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_DATA_VALID);
-    uint8_t udp[64];
+    uint8_t udp[128];
     memcpy(udp, segs[3], ip + 32);
     udp[v6 ? 6 : 9] = 17;
     esp_gro_start(&g, udp, ip + 32);

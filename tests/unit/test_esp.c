@@ -730,6 +730,28 @@ START_TEST(checksum_known_answer)
     /* Odd length: the last byte is padded with zero. */
     uint8_t odd[3] = { 0x01, 0x02, 0x03 };
     ck_assert_uint_eq(esp_csum_fold(esp_csum_add(0, odd, 3)), 0x0102 + 0x0300);
+    /* Against the plain RFC 1071 definition (big-endian 16-bit words), for
+     * every length 0..300, unaligned starts and partial sums carried in. */
+    static uint8_t buf[320];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        x = x * 1103515245u + 12345u;
+        buf[i] = (uint8_t)(x >> 16);
+    }
+    memset(buf + 100, 0xff, 64); /* runs of 0xffff words: the carries */
+    for (size_t off = 0; off < 4; off++)
+        for (size_t len = 0; len <= 300; len++) {
+            uint32_t start = (uint32_t)(len * 2654435761u) >> (len % 3 ? 8 : 0);
+            uint64_t ref = start;
+            for (size_t i = 0; i + 1 < len; i += 2)
+                ref += (uint32_t)buf[off + i] << 8 | buf[off + i + 1];
+            if (len & 1)
+                ref += (uint32_t)buf[off + len - 1] << 8;
+            while (ref >> 16)
+                ref = (ref & 0xffff) + (ref >> 16);
+            ck_assert_msg(esp_csum_fold(esp_csum_add(start, buf + off, len)) == ref,
+                          "offset %zu length %zu", off, len);
+        }
 }
 END_TEST
 

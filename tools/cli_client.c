@@ -213,6 +213,13 @@ static void print_summary(json_object *st)
     } else {
         printf("last error:  %s\n", dash);
     }
+    json_object *warn = NULL;
+    if (json_object_object_get_ex(st, "warnings", &warn) && warn && json_object_is_type(warn, json_type_array))
+        for (size_t i = 0; i < json_object_array_length(warn); i++) {
+            json_object *w = json_object_array_get_idx(warn, i);
+            if (w && json_object_is_type(w, json_type_string))
+                printf("warning:     %s\n", json_object_get_string(w));
+        }
     printf("version:     %s\n", (s = get_str(st, "version")) ? s : dash);
 }
 

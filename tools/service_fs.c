@@ -45,8 +45,15 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
         snprintf(err, err_len, "%s exists and is not a folder", dir);
         return -1;
     }
-    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+    /* Not even with the sticky bit: others could still create the socket's
+     * or pid file's name before us, or a name a client then trusts. */
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
         snprintf(err, err_len, "folder %s is writable by other users: refusing to put the service's files there", dir);
+        return -1;
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        snprintf(err, err_len, "folder %s belongs to another user (uid %u): refusing to put the service's "
+                 "files there", dir, (unsigned)st.st_uid);
         return -1;
     }
     return 0;

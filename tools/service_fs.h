@@ -15,8 +15,9 @@
 
 /**
  * Make sure `dir` is a folder only we can change: create it with mode 0700 if
- * it is missing (its parent must exist). An existing folder that others may
- * write without the sticky bit is refused: someone could swap our files.
+ * it is missing (its parent must exist). An existing folder that group or
+ * others may write (sticky bit or not), or that belongs to a user other than
+ * root or us, is refused: someone could swap our files.
  */
 int svc_prepare_dir(const char *dir, char *err, size_t err_len);
 

@@ -20,6 +20,10 @@
  *                    algorithms, and JSON), engine drive (own thread or
  *                    external loop), logging, errors, names of errors,
  *                    states and events.
+ *                    Appended since the first 1.0 header (no new symbols):
+ *                    m2mvpn_status.warnings and the "warnings" array of
+ *                    m2mvpn_status_json: settings of the active profile that
+ *                    work but weaken it (a PSK shorter than 20 characters).
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -247,6 +251,9 @@ typedef struct m2mvpn_status {
     uint64_t dropped_replay;        /**< of packets_dropped: replayed or too old */
     uint64_t dropped_integrity;     /**< ... integrity check failed (forged, corrupt) */
     uint64_t dropped_no_sa;         /**< ... no SA (not connected: kill switch at work) */
+    /* Appended after the first 1.0 header: */
+    char warnings[256];             /**< what weakens the active profile, e.g. a PSK shorter
+                                     *   than 20 characters; "; "-separated, or "". Never a secret */
 } m2mvpn_status;
 
 /**
@@ -262,7 +269,8 @@ M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
  * "AUTH_LOCAL"), "message", "detail"}, "counters" {"bytes_in", "bytes_out",
  * "packets_in", "packets_out", "packets_dropped", "dropped" {"replay",
  * "integrity", "no_sa"}}, "connected_since", "dns" [...], "child_sa"
- * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version".
+ * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version",
+ * "warnings" [strings] ([] when none).
  * *ret is a new NUL-terminated string
  * the caller frees with m2mvpn_string_free(). Errors: BADHANDLE, INVAL (ret
  * NULL), NOMEM. Thread-safe.

@@ -256,6 +256,25 @@ static void profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *ne
     }
 }
 
+/* The datapath's inbound filter from the negotiated selectors (RFC 4301
+ * §5.2): sources in TSr as granted, destinations our virtual IP (the
+ * datapath's default with has_vip) or, without one, TSi as granted. */
+static void set_inbound_filter(const ike_child_result *r, esp_tunnel_net *net)
+{
+    for (size_t i = 0; i < r->n_remote_ts && net->n_in_src < ESP_MAX_TS; i++) {
+        esp_prefix *t = &net->in_src[net->n_in_src++];
+        t->family = r->remote_ts[i].family;
+        memcpy(t->addr, r->remote_ts[i].addr, 16);
+        t->prefix_len = r->remote_ts[i].prefix_len;
+    }
+    for (size_t i = 0; !r->has_vip && i < r->n_local_ts && net->n_in_dst < ESP_MAX_TS; i++) {
+        esp_prefix *t = &net->in_dst[net->n_in_dst++];
+        t->family = r->local_ts[i].family;
+        memcpy(t->addr, r->local_ts[i].addr, 16);
+        t->prefix_len = r->local_ts[i].prefix_len;
+    }
+}
+
 static void on_established(void *arg, const ike_child_result *r)
 {
     conn *c = arg;
@@ -306,6 +325,7 @@ static void on_established(void *arg, const ike_child_result *r)
     }
     net.encr_id = r->encr_id;
     net.integ_id = r->integ_id;
+    set_inbound_filter(r, &net);
     if ((rc = esp_datapath_set_network(c->dp, &net, err, sizeof(err))) < 0) {
         char why[320];
         snprintf(why, sizeof(why), "configuring the tunnel failed: %s", err);
@@ -704,6 +724,10 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
                                    strcmp(c->prof->tunnel.tun_name, p->tunnel.tun_name) != 0));
     c->set = profile_set_ref(set);
     c->prof = p;
+    const char *warn[4];
+    size_t n_warn = profile_warnings(p, warn, 4);
+    for (size_t i = 0; i < n_warn && i < 4; i++)
+        LOG_WARN(c->log, "conn", "profile %s: %s", p->name, warn[i]);
     c->gw_index = 0;
     c->failures = 0;
     c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;

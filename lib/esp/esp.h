@@ -96,7 +96,8 @@ enum { ESP_NH_IPV4 = 4, ESP_NH_IPV6 = 41, ESP_NH_DUMMY = 59 };
     XX(DUMMY,     "dummy packet (next header 59)")                        \
     XX(SEQ_EXHAUSTED, "sequence numbers exhausted, SA may not send")      \
     XX(LIFETIME,  "hard lifetime reached")                                \
-    XX(TOO_BIG,   "packet larger than the buffers")
+    XX(TOO_BIG,   "packet larger than the buffers")                       \
+    XX(SELECTOR,  "inner source or destination outside the negotiated traffic selectors")
 
 typedef enum esp_drop_reason {
 #define ESP_XX_ENUM(name, text) ESP_DROP_##name,
@@ -319,6 +320,17 @@ typedef struct esp_tunnel_net {
     esp_prefix dns[ESP_MAX_DNS]; /* prefix_len unused */
     size_t n_dns;
     uint16_t encr_id, integ_id;  /* for the default MTU */
+    /* Inbound filter (RFC 4301 §5.2): a decrypted packet goes up the TUN only
+     * if its source lies in `in_src` (the remote selectors as negotiated: TSr
+     * as the gateway narrowed it) and its destination in `in_dst` (ours: the
+     * virtual IP, or TSi without one). Others are dropped and counted
+     * (ESP_DROP_SELECTOR). n_in_src = 0: the source is checked against
+     * remote_ts; n_in_dst = 0: the destination must be the vip when has_vip,
+     * else it is not checked. */
+    esp_prefix in_src[ESP_MAX_TS];
+    size_t n_in_src;
+    esp_prefix in_dst[ESP_MAX_TS];
+    size_t n_in_dst;
 } esp_tunnel_net;
 
 typedef struct esp_datapath esp_datapath;
@@ -351,7 +363,7 @@ int esp_datapath_attach(esp_datapath *dp, core_loop *loop,
 /* Configure the TUN: MTU, virtual IP, routes for the remote traffic selectors
  * (+ blackholes with the kill switch), DNS recorded (and applied via the hook).
  * Outbound packets are only sent if a remote traffic selector covers their
- * destination. Calling it again replaces what the previous call added (new
+ * destination; inbound ones only go up if in_src/in_dst cover them. Calling it again replaces what the previous call added (new
  * routes are added before old ones go, so the kill switch has no gap).
  * Errors: TUN (netlink, reason in err), INVAL (MTU above ESP_MAX_TUN_MTU). */
 int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,

@@ -249,6 +249,7 @@ void esp_datapath_get_counters(esp_datapath *dp, esp_datapath_counters *out)
     out->total.dropped[ESP_DROP_NO_SA] += atomic_load(&dp->drop_no_sa);
     out->total.dropped[ESP_DROP_MALFORMED] += atomic_load(&dp->drop_malformed);
     out->total.dropped[ESP_DROP_TOO_BIG] += atomic_load(&dp->drop_too_big);
+    out->total.dropped[ESP_DROP_SELECTOR] += atomic_load(&dp->drop_selector);
     out->ike_packets_in = atomic_load(&dp->ike_in);
     out->keepalives_out = atomic_load(&dp->keepalives_out);
 }
@@ -417,7 +418,8 @@ int esp_datapath_send_ike(esp_datapath *dp, const uint8_t *msg, size_t len,
 int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *err,
                              size_t err_len)
 {
-    if (!dp || !net || net->n_remote_ts > ESP_MAX_TS || net->n_dns > ESP_MAX_DNS)
+    if (!dp || !net || net->n_remote_ts > ESP_MAX_TS || net->n_dns > ESP_MAX_DNS ||
+        net->n_in_src > ESP_MAX_TS || net->n_in_dst > ESP_MAX_TS)
         return M2MVPN_E_INVAL;
     uint32_t mtu = dp->cfg.mtu;
     if (!mtu) {
@@ -435,6 +437,19 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
     pthread_rwlock_wrlock(&dp->sa_lock);
     memcpy(dp->remote_ts, net->remote_ts, net->n_remote_ts * sizeof(net->remote_ts[0]));
     dp->n_remote_ts = net->n_remote_ts;
+    /* Inbound: the negotiated selectors, or what the defaults say. */
+    const esp_prefix *src = net->n_in_src ? net->in_src : net->remote_ts;
+    dp->n_in_src = net->n_in_src ? net->n_in_src : net->n_remote_ts;
+    memcpy(dp->in_src, src, dp->n_in_src * sizeof(dp->in_src[0]));
+    if (net->n_in_dst) {
+        memcpy(dp->in_dst, net->in_dst, net->n_in_dst * sizeof(dp->in_dst[0]));
+        dp->n_in_dst = net->n_in_dst;
+    } else if (net->has_vip) {
+        dp->in_dst[0] = net->vip;
+        dp->n_in_dst = 1;
+    } else {
+        dp->n_in_dst = 0;
+    }
     pthread_rwlock_unlock(&dp->sa_lock);
     if (dp->cfg.configure_network) {
         int rc = esp_net_apply(&dp->net, mtu, net->has_vip ? &net->vip : NULL, net->remote_ts,

@@ -138,19 +138,29 @@ int ike_auth_start(ike_sa *sa)
             pki_cert_der(chain[i], &der, &der_len);
             ike_build_cert(&cw, IKE_CERT_X509_SIGNATURE, der, der_len);
         }
-        if ((r = pki_choose_auth(kt, sa->peer_hashes, sa->n_peer_hashes, false, &method, &scheme)) < 0) {
+        bool sha1 = p->ike.allow_sha1_signatures;
+        if ((r = pki_choose_auth(kt, sa->peer_hashes, sa->n_peer_hashes, false, sha1, &method, &scheme)) < 0) {
             /* Our key, or what the gateway announced (unauthenticated)? */
             const uint16_t *ours;
             size_t n_ours = pki_hash_algs_supported(&ours);
-            if (pki_choose_auth(kt, ours, n_ours, false, &method, &scheme) == 0) {
+            if (pki_choose_auth(kt, ours, n_ours, false, sha1, &method, &scheme) == 0) {
                 fault = IKE_FAULT_PEER;
-                snprintf(err, sizeof(err), "gateway %s announced no signature hash our %s key can sign with",
-                         sa->gw_text, pki_key_type_name(kt));
+                if (kt == PKI_KEY_RSA && !sha1)
+                    snprintf(err, sizeof(err), "gateway %s offers no acceptable signature hash for our RSA key "
+                             "(no SHA-2 in SIGNATURE_HASH_ALGORITHMS, RFC 7427), and RSA without one means "
+                             "SHA-1; set ike.allow_sha1_signatures to true to allow SHA-1 with this gateway",
+                             sa->gw_text);
+                else
+                    snprintf(err, sizeof(err), "gateway %s announced no signature hash our %s key can sign with",
+                             sa->gw_text, pki_key_type_name(kt));
             } else {
                 snprintf(err, sizeof(err), "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
             }
             goto fail;
         }
+        if (method == PKI_AUTH_RSA_SIG)
+            LOG_WARN(sa->log, "ike", "signing our AUTH with RSA SHA-1 for %s (ike.allow_sha1_signatures)",
+                     sa->gw_text);
     }
     if (sa->cfg.trust && pki_trust_count(sa->cfg.trust) > 0) {
         /* One hash per anchor: a "ca" file may be a whole bundle. */
@@ -264,6 +274,11 @@ static int verify_signature(ike_sa *sa, const ike_chain *c, const ike_auth *a, c
     size_t n = 0;
     ike_diag d;
     int r = 0;
+    if (a->method == PKI_AUTH_RSA_SIG && !sa->cfg.prof->ike.allow_sha1_signatures) {
+        snprintf(err, err_len, "gateway signed its AUTH with RSA PKCS#1 SHA-1 (method 1), which is refused; "
+                 "set ike.allow_sha1_signatures to true to accept it from this gateway");
+        return M2MVPN_E_AUTH_PEER;
+    }
     for (const ike_payload *pl = ike_chain_find(c, IKE_PL_CERT, NULL); pl && n < 8;
          pl = ike_chain_find(c, IKE_PL_CERT, pl)) {
         ike_cert cert;
@@ -296,6 +311,9 @@ static int verify_signature(ike_sa *sa, const ike_chain *c, const ike_auth *a, c
     r = pki_auth_verify(certs[0], a->method, a->data.p, a->data.len, octets, len, NULL, err, err_len);
     if (r < 0 && r != M2MVPN_E_AUTH_PEER)
         r = M2MVPN_E_AUTH_PEER;
+    if (r == 0 && a->method == PKI_AUTH_RSA_SIG)
+        LOG_WARN(sa->log, "ike", "gateway %s authenticated with RSA SHA-1 (ike.allow_sha1_signatures)",
+                 sa->gw_text);
 out:
     for (size_t i = 0; i < n; i++)
         pki_cert_free(certs[i]);
@@ -440,6 +458,21 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
             t->family = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
             t->prefix_len = (uint8_t)plen;
             res->n_remote_ts++;
+        }
+    }
+    /* TSi as granted: where the gateway may send to (RFC 4301 §5.2, the
+     * datapath's inbound filter). Absent or unparsable: no entries. */
+    const ike_payload *tsi_pl = ike_chain_find(c, IKE_PL_TSI, NULL);
+    ike_ts_list tsi;
+    if (tsi_pl && ike_ts_parse(tsi_pl->body, &tsi, &d) == 0) {
+        for (size_t i = 0; i < tsi.n && res->n_local_ts < PROFILE_MAX_TS; i++) {
+            unsigned plen;
+            profile_ts *t = &res->local_ts[res->n_local_ts];
+            if (ike_ts_to_prefix(&tsi.ts[i], t->addr, &plen) == 0) {
+                t->family = tsi.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
+                t->prefix_len = (uint8_t)plen;
+                res->n_local_ts++;
+            }
         }
     }
     const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);

@@ -49,6 +49,8 @@ typedef struct ike_child_result {
     size_t n_dns;
     profile_ts remote_ts[PROFILE_MAX_TS]; /* TSr as narrowed by the gateway */
     size_t n_remote_ts;
+    profile_ts local_ts[PROFILE_MAX_TS];  /* TSi as narrowed by the gateway (our side) */
+    size_t n_local_ts;
     bool natt;                     /* ESP goes in UDP on port 4500 */
 } ike_child_result;
 

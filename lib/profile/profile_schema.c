@@ -350,7 +350,7 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
 {
     static const char *const keys[] = { "proposals", "lifetime_s", "dpd_s", "fragmentation", "mobike",
                                         "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
-                                        "retransmit_tries", "force_encap", NULL };
+                                        "retransmit_tries", "force_encap", "allow_sha1_signatures", NULL };
     json_object *ike;
     TRY(keypath_object(kp, obj, "ike", &ike));
     if (!ike)
@@ -367,6 +367,7 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
     TRY(keypath_double(kp, ike, "retransmit_base", 1.0, 10.0, &p->ike.retransmit_base));
     TRY(keypath_uint(kp, ike, "retransmit_tries", 0, 30, &p->ike.retransmit_tries));
     TRY(keypath_bool(kp, ike, "force_encap", &p->ike.force_encap));
+    TRY(keypath_bool(kp, ike, "allow_sha1_signatures", &p->ike.allow_sha1_signatures));
     keypath_pop(kp, mark);
     return 0;
 }

@@ -48,6 +48,36 @@ def test_socket_is_0600_in_a_0700_folder(service):
     assert stat.S_IMODE(os.stat(service.state_dir).st_mode) == 0o700
 
 
+@pytest.mark.parametrize("psk,warned", [("Short-psk-19-chars!", True), ("Long-enough-psk-20ch", False)])
+def test_short_psk_is_warned_in_status_and_log(workdir, psk, warned):
+    """A weak PSK still loads (existing gateways' keys keep working), with a
+    warning that names its length class, never the key."""
+    assert len(psk) == (19 if warned else 20)
+    path = os.path.join(workdir, "weak.json")
+    with open(path, "w") as f:
+        json.dump(dict(PROFILES["profiles"][0], auth={"method": "psk", "psk": psk}), f)
+    svc = Service(workdir, path)
+    try:
+        svc.wait_ready()
+        js = cli("status", "--json", "--control", svc.control)
+        plain = cli("status", "--control", svc.control)
+        assert js.returncode == 0 and plain.returncode == 0, js.stderr + plain.stderr
+        warnings = json.loads(js.stdout)["warnings"]
+        log = svc.log()
+    finally:
+        svc.kill()
+    if warned:
+        assert len(warnings) == 1 and warnings[0].startswith("auth.psk has fewer than 20 characters: a man in "
+                                                              "the middle can guess a weak pre-shared key offline")
+        assert "warning:     auth.psk has fewer than 20 characters" in plain.stdout
+        assert "warning [conn] profile %s: auth.psk has fewer than 20 characters" % PROFILE_NAMES[0] in log
+    else:
+        assert warnings == []
+        assert "warning:" not in plain.stdout and "auth.psk" not in log
+    for text in (js.stdout, plain.stdout, log):
+        assert psk not in text
+
+
 def test_pid_file_names_the_service(service):
     with open(os.path.join(service.state_dir, "m2mvpn.pid")) as f:
         assert int(f.read()) == service.proc.pid

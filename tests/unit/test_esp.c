@@ -730,6 +730,28 @@ START_TEST(checksum_known_answer)
     /* Odd length: the last byte is padded with zero. */
     uint8_t odd[3] = { 0x01, 0x02, 0x03 };
     ck_assert_uint_eq(esp_csum_fold(esp_csum_add(0, odd, 3)), 0x0102 + 0x0300);
+    /* Against the plain RFC 1071 definition (big-endian 16-bit words), for
+     * every length 0..300, unaligned starts and partial sums carried in. */
+    static uint8_t buf[320];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        x = x * 1103515245u + 12345u;
+        buf[i] = (uint8_t)(x >> 16);
+    }
+    memset(buf + 100, 0xff, 64); /* runs of 0xffff words: the carries */
+    for (size_t off = 0; off < 4; off++)
+        for (size_t len = 0; len <= 300; len++) {
+            uint32_t start = (uint32_t)(len * 2654435761u) >> (len % 3 ? 8 : 0);
+            uint64_t ref = start;
+            for (size_t i = 0; i + 1 < len; i += 2)
+                ref += (uint32_t)buf[off + i] << 8 | buf[off + i + 1];
+            if (len & 1)
+                ref += (uint32_t)buf[off + len - 1] << 8;
+            while (ref >> 16)
+                ref = (ref & 0xffff) + (ref >> 16);
+            ck_assert_msg(esp_csum_fold(esp_csum_add(start, buf + off, len)) == ref,
+                          "offset %zu length %zu", off, len);
+        }
 }
 END_TEST
 
@@ -818,6 +840,68 @@ START_TEST(tso_segment_and_coalesce)
     memcpy(&vh, gro_buf, sizeof(vh));
     ck_assert_uint_eq(vh.gso_type, VIRTIO_NET_HDR_GSO_NONE);
     ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_DATA_VALID);
+}
+END_TEST
+
+/* Coalescing verifies each segment's checksums: the merged packet reaches
+ * the kernel as verified, so a corrupt segment must not be merged, and a
+ * lone packet is only marked DATA_VALID when its checksums were verified.
+ * _i: 0 IPv4, 1 IPv6. */
+START_TEST(coalesce_verifies_checksums)
+{
+    bool v6 = _i == 1;
+    size_t ip = v6 ? 40 : 20;
+    static uint8_t big[8192], segs[4][2048], gro_buf[ESP_VNET_HDR_LEN + ESP_GSO_MAX];
+    size_t len = build_tcp(big, v6, 4000, 1000, 0x10 /* ACK */);
+    uint8_t *outs[4] = { segs[0], segs[1], segs[2], segs[3] };
+    size_t lens[4];
+    ck_assert_uint_eq(esp_tso_segment(big, len, 1000, outs, 2048, lens, 4), 4);
+    segs[2][ip + 32 + 10] ^= 0x40; /* a payload bit flipped on the way to the gateway */
+    ck_assert(!tcp_checksum_ok(segs[2], lens[2], v6));
+
+    esp_gro g = { .buf = gro_buf };
+    struct virtio_net_hdr vh;
+    esp_gro_start(&g, segs[0], lens[0]);
+    ck_assert(esp_gro_append(&g, segs[1], lens[1]));
+    ck_assert(!esp_gro_append(&g, segs[2], lens[2])); /* refused: wrong checksum */
+    ck_assert_uint_eq(esp_gro_finish(&g), ESP_VNET_HDR_LEN + lens[0] + 1000);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM); /* the two good ones */
+
+    /* The corrupt segment goes up alone, not marked valid: the kernel drops it. */
+    esp_gro_start(&g, segs[2], lens[2]);
+    ck_assert(!esp_gro_append(&g, segs[3], lens[3]));
+    ck_assert_uint_eq(esp_gro_finish(&g), ESP_VNET_HDR_LEN + lens[2]);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, 0);
+    ck_assert_uint_eq(vh.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+    ck_assert_mem_eq(gro_buf + ESP_VNET_HDR_LEN, segs[2], lens[2]); /* unchanged */
+
+    /* A good lone segment is marked valid; a non-TCP packet never is. */
+    esp_gro_start(&g, segs[3], lens[3]);
+    esp_gro_finish(&g);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_DATA_VALID);
+    uint8_t udp[128];
+    memcpy(udp, segs[3], ip + 32);
+    udp[v6 ? 6 : 9] = 17;
+    esp_gro_start(&g, udp, ip + 32);
+    esp_gro_finish(&g);
+    memcpy(&vh, gro_buf, sizeof(vh));
+    ck_assert_uint_eq(vh.flags, 0);
+
+    if (!v6) {
+        /* IPv4: a wrong header checksum on a segment to be merged (its
+         * header is dropped in the merge, so nobody else would see it). */
+        segs[2][ip + 32 + 10] ^= 0x40; /* good again */
+        ck_assert(tcp_checksum_ok(segs[2], lens[2], v6));
+        segs[2][10] ^= 0x01;
+        esp_gro_start(&g, segs[1], lens[1]);
+        ck_assert(!esp_gro_append(&g, segs[2], lens[2]));
+        segs[2][10] ^= 0x01;
+        ck_assert(esp_gro_append(&g, segs[2], lens[2]));
+        esp_gro_finish(&g);
+    }
 }
 END_TEST
 
@@ -1360,6 +1444,97 @@ static int add_or_count(TCase *t, const TTest *test, int n)
     return n;
 }
 
+/* Inbound filter (RFC 4301 §5.2): a decrypted packet goes up only from the
+ * negotiated remote selectors (TSr as narrowed, not the profile's wider
+ * prefix) and only to us (the virtual IP, or TSi without one). A foreign
+ * destination that is a local address of the device would otherwise reach
+ * its socket (or be forwarded). _i: 0 plain, 1 offloads. */
+START_TEST(inbound_selectors_enforced)
+{
+    enter_netns();
+    ck_assert_int_eq(system("ip addr add 198.18.5.2/32 dev lo"), 0);
+    esp_datapath *dp = make_dp_opt("m2e-s0", false, 4500, _i == 1, false);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.5.1/32", &net.vip);
+    net.has_vip = true;
+    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);  /* the profile's */
+    net.n_remote_ts = 1;
+    parse_prefix("198.18.6.0/25", &net.in_src[0]);     /* what the gateway granted */
+    net.n_in_src = 1;
+    net.encr_id = ENCR_CHACHA20_POLY1305;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+
+    esp_sa_config c = {0};
+    c.encr_id = ENCR_CHACHA20_POLY1305; c.encr_key_bits = 256;
+    c.spi_in = 0xe0; c.spi_out = 0xf0;
+    c.key_in.encr_len = c.key_out.encr_len = 36;
+    memset(c.key_in.encr, 0x33, 36);
+    memset(c.key_out.encr, 0x44, 36);
+    struct sockaddr_in *pa = (struct sockaddr_in *)&c.peer;
+    pa->sin_family = AF_INET; pa->sin_port = htons(5500);
+    pa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c.peer_len = sizeof(*pa);
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    esp_sa_config g = c;
+    g.spi_in = c.spi_out; g.spi_out = c.spi_in; g.key_in = c.key_out; g.key_out = c.key_in;
+    esp_sa *peer;
+    ck_assert_int_eq(esp_sa_new(&g, &peer, NULL, 0), 0);
+
+    int gw = udp_socket("127.0.0.1", 5500);
+    int app = udp_socket("198.18.5.1", 7000), other = udp_socket("198.18.5.2", 7000);
+    uint8_t buf[2048], inner[128];
+    size_t pl;
+    esp_drop_reason why;
+    static const struct { const char *src, *dst; int to; } cases[] = {
+        { "198.18.6.7", "198.18.5.1", 1 },    /* granted source, our VIP: up */
+        { "198.18.6.7", "198.18.5.2", 0 },    /* foreign destination */
+        { "198.18.6.200", "198.18.5.1", 0 },  /* in the profile's /24, not granted */
+        { "198.19.0.1", "198.18.5.1", 0 },    /* no selector at all */
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        size_t il = build_udp4(inner, cases[k].src, cases[k].dst, 7000, "probe");
+        ck_assert_int_eq(esp_sa_encap(peer, inner, il, ESP_NH_IPV4, buf, sizeof(buf), &pl, &why), 0);
+        send_to(gw, "127.0.0.1", 4500, buf, pl);
+        usleep(20000);
+        esp_datapath_poll_udp(dp);
+        usleep(20000);
+        ssize_t got_app = recv(app, buf, sizeof(buf), MSG_DONTWAIT);
+        ssize_t got_other = recv(other, buf, sizeof(buf), MSG_DONTWAIT);
+        ck_assert_msg(got_app == (cases[k].to ? 5 : -1) && got_other == -1,
+                      "%s -> %s: delivered %zd / %zd", cases[k].src, cases[k].dst, got_app, got_other);
+    }
+    esp_datapath_counters ctr;
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_SELECTOR], 3);
+    ck_assert_str_eq(esp_drop_reason_name(ESP_DROP_SELECTOR), "SELECTOR");
+
+    /* Without a virtual IP the destination must lie in TSi as granted. */
+    net.has_vip = false;
+    parse_prefix("198.18.5.2/32", &net.in_dst[0]);
+    net.n_in_dst = 1;
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    const char *dsts[] = { "198.18.5.2", "198.18.5.1" };
+    for (int k = 0; k < 2; k++) {
+        size_t il = build_udp4(inner, "198.18.6.7", dsts[k], 7000, "probe");
+        ck_assert_int_eq(esp_sa_encap(peer, inner, il, ESP_NH_IPV4, buf, sizeof(buf), &pl, &why), 0);
+        send_to(gw, "127.0.0.1", 4500, buf, pl);
+        usleep(20000);
+        esp_datapath_poll_udp(dp);
+        usleep(20000);
+    }
+    ck_assert_int_eq(recv(other, buf, sizeof(buf), MSG_DONTWAIT), 5);
+    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0);
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_SELECTOR], 4);
+
+    esp_sa_free(peer);
+    close(gw); close(app); close(other);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 Suite *esp_suite(void)
 {
     Suite *s = suite_create("esp");
@@ -1386,6 +1561,7 @@ Suite *esp_suite(void)
     t = tcase_create("offload");
     tcase_add_test(t, checksum_known_answer);
     tcase_add_loop_test(t, tso_segment_and_coalesce, 0, 2);
+    tcase_add_loop_test(t, coalesce_verifies_checksums, 0, 2);
     tcase_add_test(t, partial_checksum_completed);
     suite_add_tcase(s, t);
 
@@ -1398,6 +1574,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, kill_switch_survives_sigkill, 1);
     n_net += add_or_count(t, datapath_end_to_end, 3);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
+    n_net += add_or_count(t, inbound_selectors_enforced, 2);
     if (t) {
         tcase_set_timeout(t, 60);
         suite_add_tcase(s, t);

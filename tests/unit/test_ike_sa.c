@@ -315,6 +315,11 @@ START_TEST(test_psk_happy_path)
     ck_assert_mem_eq(c->dns[1], ((uint8_t[]){ 198, 18, 1, 53 }), 4);
     ck_assert_uint_eq(c->n_remote_ts, 1);
     ck_assert_uint_eq(c->remote_ts[0].prefix_len, 0);
+    /* TSi as granted (the datapath's inbound destination filter): the VIP. */
+    ck_assert_uint_eq(c->n_local_ts, 1);
+    ck_assert_int_eq(c->local_ts[0].family, AF_INET);
+    ck_assert_uint_eq(c->local_ts[0].prefix_len, 32);
+    ck_assert_mem_eq(c->local_ts[0].addr, ((uint8_t[]){ 198, 18, 0, 7 }), 4);
     /* KEYMAT (§2.17): AES-256-GCM, 32 key + 4 salt bytes each way, as the gateway derives it. */
     uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
     size_t want_len = fg_child_keymat(&T->gw, want, sizeof(want));

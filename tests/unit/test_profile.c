@@ -103,6 +103,7 @@ START_TEST(test_minimal_psk_gets_every_default)
     ck_assert_double_eq(p->ike.retransmit_base, 1.8);
     ck_assert_uint_eq(p->ike.retransmit_tries, 5);
     ck_assert(!p->ike.force_encap);
+    ck_assert(!p->ike.allow_sha1_signatures);
 
     ck_assert_uint_eq(p->esp.n_proposals, 1);
     assert_proposal_text(&p->esp.proposals[0], PROPOSAL_ESP, "aes256gcm16-aes128gcm16");
@@ -136,7 +137,8 @@ START_TEST(test_every_field_is_read)
         "'ca':['ca.pem','/abs/ca2.pem'],"
         "'ike':{'proposals':['aes128-sha256-modp2048','chacha20poly1305-prfsha512-x25519'],'lifetime_s':60,"
         "'dpd_s':0,'fragmentation':false,'mobike':false,'nat_keepalive_s':0,'retransmit_timeout_s':0.5,"
-        "'retransmit_base':2,'retransmit_tries':0,'force_encap':true},"
+        "'retransmit_base':2,'retransmit_tries':0,'force_encap':true,"
+        "'allow_sha1_signatures':true},"
         "'esp':{'proposals':['aes256-sha512-ecp384-esn','aes128gcm16'],'lifetime_s':604800,'replay_window':0},"
         "'tunnel':{'request_vip':false,'remote_ts':['198.18.0.0/15','10.1.2.3','2001:db8::/32'],'dns':false,"
         "'kill_switch':false,'tun_name':'vpn_0.a-b','mtu':9000,'on_demand_idle_s':0,"
@@ -173,6 +175,7 @@ START_TEST(test_every_field_is_read)
     ck_assert_double_eq(p->ike.retransmit_base, 2.0);
     ck_assert_uint_eq(p->ike.retransmit_tries, 0);
     ck_assert(p->ike.force_encap);
+    ck_assert(p->ike.allow_sha1_signatures);
 
     ck_assert_uint_eq(p->esp.n_proposals, 2);
     assert_proposal_text(&p->esp.proposals[0], PROPOSAL_ESP, "aes256-sha512-ecp384-esn");

@@ -108,6 +108,7 @@ class StatusSnapshot:
     dropped_integrity: int
     dropped_no_sa: int
     struct_size: int
+    warnings: str = ""  # what weakens the active profile, "; "-separated (appended)
 
 
 def version(lib=None):
@@ -330,7 +331,7 @@ class Client:
             ike_algorithms=text(st.ike_algorithms), esp_algorithms=text(st.esp_algorithms),
             dns=tuple(text(d.value) for d in st.dns if d.value), spi_in=st.spi_in, spi_out=st.spi_out,
             dropped_replay=st.dropped_replay, dropped_integrity=st.dropped_integrity,
-            dropped_no_sa=st.dropped_no_sa, struct_size=st.struct_size)
+            dropped_no_sa=st.dropped_no_sa, struct_size=st.struct_size, warnings=text(st.warnings))
 
     def status_json_text(self):
         """m2mvpn_status_json() as the library's exact text."""

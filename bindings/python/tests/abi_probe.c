@@ -29,7 +29,7 @@ int main(void)
     FIELD(m2mvpn_status, connected_since); FIELD(m2mvpn_status, ike_algorithms);
     FIELD(m2mvpn_status, esp_algorithms); FIELD(m2mvpn_status, dns); FIELD(m2mvpn_status, spi_in);
     FIELD(m2mvpn_status, spi_out); FIELD(m2mvpn_status, dropped_replay); FIELD(m2mvpn_status, dropped_integrity);
-    FIELD(m2mvpn_status, dropped_no_sa);
+    FIELD(m2mvpn_status, dropped_no_sa); FIELD(m2mvpn_status, warnings);
     printf("}}}\n");
     return 0;
 }

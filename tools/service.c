@@ -586,10 +586,6 @@ int service_run(const service_opts *o)
         goto out;
     }
     pidfile = true;
-    if (listen(s->listen_fd, 16) < 0) {
-        report_startup_failure(o, "cannot listen on %s: %s", o->control, strerror(errno));
-        goto out;
-    }
     s->engine_fd = m2mvpn_get_fd(s->h);
     if (s->engine_fd < 0) {
         report_startup_failure(o, "cannot drive the engine: %s", m2mvpn_last_error(s->h));

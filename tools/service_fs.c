@@ -61,12 +61,17 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
 
 int svc_bind(const char *path, char *err, size_t err_len)
 {
+    /* Made under a temporary name and renamed into place once listening: a
+     * client that finds the name is never refused. */
+    static const char tmp_suffix[] = ".new";
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        snprintf(err, err_len, "control socket path %s is longer than %zu bytes", path, sizeof(sa.sun_path) - 1);
+    if (strlen(path) + sizeof(tmp_suffix) > sizeof(sa.sun_path)) {
+        snprintf(err, err_len, "control socket path %s is longer than %zu bytes", path,
+                 sizeof(sa.sun_path) - sizeof(tmp_suffix));
         return -1;
     }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s%s", path, tmp_suffix);
+    const char *tmp = sa.sun_path;
 
     struct stat st;
     if (lstat(path, &st) == 0) {
@@ -80,6 +85,7 @@ int svc_bind(const char *path, char *err, size_t err_len)
         }
         unlink(path); /* stale: its service is gone */
     }
+    unlink(tmp); /* left by a service that died while starting */
 
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -93,13 +99,20 @@ int svc_bind(const char *path, char *err, size_t err_len)
     int e = errno;
     umask(old);
     if (r < 0) {
-        snprintf(err, err_len, "cannot bind the control socket %s: %s", path, strerror(e));
+        snprintf(err, err_len, "cannot bind the control socket %s: %s", tmp, strerror(e));
         close(fd);
         return -1;
     }
-    if (chmod(path, 0600) < 0) {
-        snprintf(err, err_len, "cannot set up the control socket %s: %s", path, strerror(errno));
-        unlink(path);
+    const char *step = NULL;
+    if (chmod(tmp, 0600) < 0)
+        step = "set up";
+    else if (listen(fd, 16) < 0)
+        step = "listen on";
+    else if (rename(tmp, path) < 0)
+        step = "rename into place";
+    if (step) {
+        snprintf(err, err_len, "cannot %s the control socket %s: %s", step, path, strerror(errno));
+        unlink(tmp);
         close(fd);
         return -1;
     }

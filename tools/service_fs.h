@@ -30,7 +30,7 @@ int svc_dirname(const char *path, char *out, size_t cap);
  * listening: connections are refused until the caller's listen(), so nobody
  * sees the service before it is completely set up. A stale socket left by a
  * crashed service is replaced; a live one (something accepts connections) or
- * a path that is not a socket is refused. Returns the fd.
+ * a path that is not a socket is refused. Returns the fd, already listening.
  */
 int svc_bind(const char *path, char *err, size_t err_len);
 

@@ -332,3 +332,28 @@ def test_unload_a_profile(service):
     p = cli("unload", "no-such", "--control", service.control)
     assert p.returncode == 1
     assert one_error_line(p).startswith("m2mvpn: unload refused: ")
+
+
+def test_control_socket_answers_as_soon_as_it_exists(workdir, profile_file):
+    """A client that finds the socket is never refused: the service listens
+    from bind() on (the interop harness once saw "Connection refused" in the
+    window between them). Raced 20 times with a connect the moment the name
+    appears."""
+    refused = 0
+    for i in range(20):
+        d = os.path.join(workdir, "race%d" % i)
+        os.mkdir(d, 0o700)
+        svc = Service(d, profile_file, verbose=False)
+        try:
+            assert wait_for(lambda: os.path.exists(svc.control) or svc.proc.poll() is not None,
+                            timeout=10, step=0.0005), svc.log()
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(svc.control)
+            except ConnectionRefusedError:
+                refused += 1
+            finally:
+                s.close()
+        finally:
+            svc.kill()
+    assert refused == 0, "%d of 20 connects right after the socket appeared were refused" % refused

@@ -1,346 +1,185 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The connection state machine. Read it as its table: conn_phase (conn.h),
+ * the moves allowed below (allowed[]), and set_phase(), the one function
+ * that changes the phase. Everything else decides which move to make: after
+ * an IKE SA went down (ike_down), when a timer fires (retry_now, refresh),
+ * and on the API's commands (conn_connect, conn_disconnect, ...).
+ */
 #include "conn.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
-#include <ifaddrs.h>
-#include <net/if.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "conn_sys.h"
 #include "core/secmem.h"
-#include "cred/cred.h"
-#include "crypto/pki.h"
-#include "esp/esp.h"
-#include "dns_hook.h"
-#include "ike/ike.h"
 
-#define BACKOFF_FIRST_MS 1000
-#define BACKOFF_MAX_MS 60000
 #define STATUS_REFRESH_MS 1000
+#define CONN_QUEUE 8
+
+static const char *const phase_names[] = {
+#define CONN_XX_NAME(name, text) [CONN_##name] = text,
+    CONN_PHASE_MAP(CONN_XX_NAME)
+#undef CONN_XX_NAME
+};
+
+const char *conn_phase_name(conn_phase p)
+{
+    return (unsigned)p < CONN_PHASE__COUNT ? phase_names[p] : "?";
+}
+
+#define BIT(p) (1u << CONN_##p)
+/* The moves the machine makes: allowed[from] has bit `to` set. */
+static const unsigned allowed[CONN_PHASE__COUNT] = {
+    [CONN_IDLE]        = BIT(ARMED) | BIT(NEGOTIATING),
+    [CONN_ARMED]       = BIT(IDLE) | BIT(NEGOTIATING),
+    [CONN_WAIT_PIN]    = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING),
+    [CONN_NEGOTIATING] = BIT(IDLE) | BIT(ARMED) | BIT(WAIT_PIN) | BIT(UP) | BIT(RESTARTING) |
+                         BIT(CLOSING) | BIT(BACKOFF),
+    [CONN_UP]          = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
+    [CONN_RESTARTING]  = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING) | BIT(CLOSING) | BIT(BACKOFF),
+    [CONN_CLOSING]     = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING),
+    [CONN_BACKOFF]     = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING),
+};
+#undef BIT
+
+typedef enum conn_event_type { EV_IKE_DOWN, EV_REKEY, EV_TRAFFIC } conn_event_type;
+
+typedef struct conn_event {
+    conn_event_type type;
+    uint32_t attempt;             /* EV_IKE_DOWN: of this attempt only */
+    int err;
+    ike_fault fault;
+    uint32_t spi_in;
+    esp_rekey_reason reason;
+    char detail[320];
+} conn_event;
 
 struct conn {
     core_loop *loop;
     core_log *log;
     conn_hooks hooks;
+    conn_ops ops;
+    bool own_ops;                 /* conn_sys backend, freed with us */
 
     profile_set *set;
     const profile *prof;
-    m2mvpn_state state;
-    bool want_up;
+    conn_phase phase;
+    /* After a failure or a renewal until the tunnel is up again: the public
+     * state says RECONNECTING instead of CONNECTING. */
+    bool recovering;
     size_t gw_index;
     unsigned failures;            /* consecutive failed attempts */
-    core_timer reconnect_timer;
-    core_timer reap_timer;        /* frees a finished IKE SA outside its callbacks */
-    core_timer refresh_timer;     /* counters into the status snapshot */
-    core_timer hook_timer;        /* reaps tunnel.dns_hook runs */
+    uint32_t attempt;             /* counts IKE SAs started */
+    bool sa_open;                 /* the ops hold an IKE SA (or its path) */
+    bool net_armed;               /* the profile's routes (kill switch) in place */
+    core_timer retry_timer;
+    core_timer refresh_timer;     /* status refresh, on-demand idle check */
+    core_timer event_timer;       /* runs the posted events */
 
-    int sock500;
-    core_io io500;
-    struct sockaddr_storage gw;   /* port 500 */
-    socklen_t gw_len;
-    char gw_text[64];
+    conn_event queue[CONN_QUEUE];
+    size_t q_head, q_len;
 
-    esp_datapath *dp;
-    bool drop_dp;                 /* release the datapath from the reap timer */
-    bool kill_switch_armed;       /* profile routes + blackholes in place */
-    uint32_t spi_in;              /* installed CHILD SA, 0 = none */
-    uint32_t spi_out;
-    cred_provider *cred;
-    pki_trust *trust;
-    ike_sa *sa;
-    ike_sa *dead_sa;
-    bool pin_wait;
-    bool reconnect_after_close;   /* we close the SA to start over */
-    int close_err;                /* ... and why, if it is an error */
+    /* RESTARTING because of an error of ours: reported when the SA is down. */
+    int close_err;
+    conn_phase close_to;          /* where CLOSING ends: IDLE, or ARMED (on-demand idle) */
     char close_detail[320];
 
-    dns_hook dns_hook;            /* tunnel.dns_hook runs not yet reaped */
-    char underlay[IF_NAMESIZE];   /* interface towards the gateway, found once */
+    char gw_text[64];
     char vip[48];
+    uint32_t spi_in, spi_out;     /* installed CHILD SA, 0 = none */
     int64_t connected_since;
-    char ike_alg[96], esp_alg[96];
+    uint64_t traffic_seen;        /* on-demand: packets counted at the last look */
+    uint64_t traffic_at_ms;       /* ... and when they last changed */
+
+    uint64_t reconnects;          /* up again after a failure or renewal */
+    int64_t last_change;          /* wall clock of the last move */
+    char last_reason[128];
 };
 
-static void set_state(conn *c, m2mvpn_state st, int err, const char *detail)
+static bool always_on(const conn *c)
 {
-    c->state = st;
+    return c->prof && c->prof->mode == PROFILE_MODE_ALWAYS_ON;
+}
+
+static bool on_demand(const conn *c)
+{
+    return c->prof && c->prof->mode == PROFILE_MODE_ON_DEMAND;
+}
+
+static m2mvpn_state public_state(const conn *c)
+{
+    switch (c->phase) {
+    case CONN_IDLE:
+    case CONN_ARMED:
+        return M2MVPN_STATE_IDLE;
+    case CONN_WAIT_PIN:
+    case CONN_NEGOTIATING:
+        return c->recovering ? M2MVPN_STATE_RECONNECTING : M2MVPN_STATE_CONNECTING;
+    case CONN_UP:
+        return M2MVPN_STATE_CONNECTED;
+    case CONN_RESTARTING:
+    case CONN_BACKOFF:
+        return M2MVPN_STATE_RECONNECTING;
+    case CONN_CLOSING:
+    default:
+        return M2MVPN_STATE_DISCONNECTING;
+    }
+}
+
+/* The one place the phase changes: logs "A -> B (reason)", refuses a move
+ * outside the table (logged, nothing changed) and reports the public state
+ * (err: the error that made the move, reason its detail). */
+static int set_phase(conn *c, conn_phase to, int err, const char *reason)
+{
+    conn_phase from = c->phase;
+    if (to == from)
+        return 0;
+    if ((unsigned)to >= CONN_PHASE__COUNT || !(allowed[from] & (1u << to))) {
+        LOG_ERR(c->log, "conn", "refused move %s -> %s (%s)", conn_phase_name(from), conn_phase_name(to),
+                reason ? reason : "");
+        return M2MVPN_E_STATE;
+    }
+    c->phase = to;
+    if (to == CONN_BACKOFF || to == CONN_RESTARTING)
+        c->recovering = true;
+    else if (to == CONN_IDLE || to == CONN_ARMED)
+        c->recovering = false;
+    LOG_INFO(c->log, "conn", "%s -> %s (%s)", conn_phase_name(from), conn_phase_name(to),
+             reason && *reason ? reason : "-");
+    c->last_change = c->ops.wall_time(c->ops.arg);
+    snprintf(c->last_reason, sizeof(c->last_reason), "%s", reason ? reason : "");
     if (c->hooks.on_state)
-        c->hooks.on_state(c->hooks.arg, st, err, detail);
+        c->hooks.on_state(c->hooks.arg, public_state(c), err, reason);
+    return 0;
 }
 
-static void close_socket(conn *c)
+int conn_try_phase(conn *c, conn_phase to, const char *reason)
 {
-    if (c->sock500 >= 0) {
-        core_io_remove(c->loop, &c->io500);
-        close(c->sock500);
-        c->sock500 = -1;
-    }
+    return set_phase(c, to, 0, reason);
 }
 
-/* ---------------------------------------------------------- DNS hook */
-
-/* The profile's tunnel.dns_hook, with the DNS servers the datapath holds. */
-static void run_dns_hook(conn *c, bool up)
+conn_phase conn_get_phase(const conn *c)
 {
-    const char *hook = c->prof ? c->prof->tunnel.dns_hook : NULL;
-    if (!hook)
-        return;
-    esp_prefix servers[ESP_MAX_DNS] = { 0 }; /* zeroed: passed on even when n is 0 */
-    size_t n = up && c->dp ? esp_datapath_dns(c->dp, servers, ESP_MAX_DNS) : 0;
-    dns_hook_run(&c->dns_hook, c->log, hook, c->prof->tunnel.tun_name, servers, n, up);
-    core_timer_arm(c->loop, &c->hook_timer, 500);
+    return c->phase;
 }
 
-/* Reap finished hook runs; look again while any is still running. */
-static void reap_hook_runs(void *arg)
+/* ---------------------------------------------------------- back-off */
+
+uint64_t conn_backoff_ms(unsigned n, bool auth_failure, uint32_t rnd)
 {
-    conn *c = arg;
-    if (dns_hook_reap(&c->dns_hook, c->log))
-        core_timer_arm(c->loop, &c->hook_timer, 500);
-}
-
-static void reap(void *arg)
-{
-    conn *c = arg;
-    ike_sa_free(c->dead_sa);
-    c->dead_sa = NULL;
-    dns_hook_reap(&c->dns_hook, c->log);
-    if (c->drop_dp && c->dp && !c->want_up) {
-        esp_datapath_teardown(c->dp, true);
-        esp_datapath_free(c->dp);
-        c->dp = NULL;
-        c->kill_switch_armed = false;
-    }
-    c->drop_dp = false;
-}
-
-/* Retire the IKE SA: it may be inside one of its own callbacks, so it is
- * freed from a timer. */
-static void retire_sa(conn *c)
-{
-    if (!c->sa)
-        return;
-    if (c->dead_sa)
-        ike_sa_free(c->dead_sa);
-    c->dead_sa = c->sa;
-    c->sa = NULL;
-    core_timer_arm(c->loop, &c->reap_timer, 0);
-}
-
-static void drop_child(conn *c)
-{
-    if (c->spi_in)
-        run_dns_hook(c, false);
-    if (c->dp && c->spi_in) {
-        esp_datapath_remove_sa(c->dp, c->spi_in);
-        c->spi_in = 0;
-    }
-    c->vip[0] = '\0';
-    c->connected_since = 0;
-}
-
-/* Down on purpose: without the kill switch nothing of the tunnel stays (TUN,
- * address, routes); with it, the routes keep protected traffic in the TUN
- * until the profile is removed on purpose (conn_remove_profile). */
-static void drop_network_unless_kill_switch(conn *c)
-{
-    if (!c->dp || (c->prof && c->prof->tunnel.kill_switch))
-        return;
-    /* We may be inside one of the datapath's own callbacks: later. */
-    c->drop_dp = true;
-    core_timer_arm(c->loop, &c->reap_timer, 0);
-}
-
-/* ------------------------------------------------------------- I/O */
-
-static void on_sock500(void *arg, uint32_t events)
-{
-    conn *c = arg;
-    (void)events;
-    uint8_t buf[ESP_MAX_PACKET];
-    for (int i = 0; i < 16; i++) {
-        ssize_t n = recv(c->sock500, buf, sizeof(buf), 0);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EINTR)
-                LOG_DBG(c->log, "conn", "port 500 socket: %s", strerror(errno));
-            return;
-        }
-        if (c->sa)
-            ike_sa_input(c->sa, buf, (size_t)n, false);
-    }
-}
-
-static void on_ike_packet(void *arg, const uint8_t *data, size_t len, const struct sockaddr *from,
-                          socklen_t from_len)
-{
-    conn *c = arg;
-    (void)from;
-    (void)from_len;
-    if (c->sa)
-        ike_sa_input(c->sa, data, len, true);
-}
-
-/* Close the IKE SA on purpose and, when it is down, start over (if the
- * tunnel is still wanted). err/detail: why, for the status (0: routine). */
-static void close_and_reconnect(conn *c, int err, const char *detail)
-{
-    c->reconnect_after_close = true;
-    c->close_err = err;
-    snprintf(c->close_detail, sizeof(c->close_detail), "%s", detail ? detail : "");
-    ike_sa_close(c->sa); /* on_down follows, maybe right away */
-}
-
-/* The CHILD SA nears its end. Rekeying (CREATE_CHILD_SA) is not implemented
- * yet, so the tunnel is built anew: already at the soft limit, so that the
- * hard limit never stops traffic on a SA that is still in use. */
-static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)
-{
-    conn *c = arg;
-    if (!c->sa || spi_in != c->spi_in || c->reconnect_after_close)
-        return;
-    LOG_INFO(c->log, "conn", "CHILD SA %08x: %s; reconnecting (rekeying is not implemented yet)",
-             spi_in, esp_rekey_reason_name(reason));
-    close_and_reconnect(c, 0, NULL);
-}
-
-static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
-{
-    conn *c = arg;
-    if (natt) {
-        struct sockaddr_storage to = c->gw;
-        if (to.ss_family == AF_INET)
-            ((struct sockaddr_in *)&to)->sin_port = htons(ESP_UDP_PORT);
-        else
-            ((struct sockaddr_in6 *)&to)->sin6_port = htons(ESP_UDP_PORT);
-        return esp_datapath_send_ike(c->dp, msg, len, (struct sockaddr *)&to, c->gw_len);
-    }
-    return send(c->sock500, msg, len, 0) < 0 ? M2MVPN_E_NETWORK : 0;
-}
-
-/* --------------------------------------------------------- attempts */
-
-static void schedule_retry(conn *c, int err, const char *detail);
-
-static void refresh(void *arg)
-{
-    conn *c = arg;
-    dns_hook_reap(&c->dns_hook, c->log);
-    if (c->state != M2MVPN_STATE_CONNECTED)
-        return;
-    set_state(c, M2MVPN_STATE_CONNECTED, 0, NULL); /* same state: status refresh only */
-    core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
-}
-
-/* Traffic selectors as TUN routes. A full tunnel (/0) becomes two halves,
- * more specific than any default route of the device, so the TUN wins
- * whatever the metrics are. */
-static void profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net)
-{
-    for (size_t i = 0; i < n && net->n_remote_ts + 2 <= ESP_MAX_TS; i++) {
-        esp_prefix *t = &net->remote_ts[net->n_remote_ts++];
-        t->family = ts[i].family;
-        memcpy(t->addr, ts[i].addr, 16);
-        t->prefix_len = ts[i].prefix_len;
-        if (t->prefix_len == 0) {
-            t->prefix_len = 1;
-            esp_prefix *hi = &net->remote_ts[net->n_remote_ts++];
-            *hi = *t;
-            hi->addr[0] = 0x80;
-        }
-    }
-}
-
-/* The datapath's inbound filter from the negotiated selectors (RFC 4301
- * §5.2): sources in TSr as granted, destinations our virtual IP (the
- * datapath's default with has_vip) or, without one, TSi as granted. */
-static void set_inbound_filter(const ike_child_result *r, esp_tunnel_net *net)
-{
-    for (size_t i = 0; i < r->n_remote_ts && net->n_in_src < ESP_MAX_TS; i++) {
-        esp_prefix *t = &net->in_src[net->n_in_src++];
-        t->family = r->remote_ts[i].family;
-        memcpy(t->addr, r->remote_ts[i].addr, 16);
-        t->prefix_len = r->remote_ts[i].prefix_len;
-    }
-    for (size_t i = 0; !r->has_vip && i < r->n_local_ts && net->n_in_dst < ESP_MAX_TS; i++) {
-        esp_prefix *t = &net->in_dst[net->n_in_dst++];
-        t->family = r->local_ts[i].family;
-        memcpy(t->addr, r->local_ts[i].addr, 16);
-        t->prefix_len = r->local_ts[i].prefix_len;
-    }
-}
-
-static void on_established(void *arg, const ike_child_result *r)
-{
-    conn *c = arg;
-    char err[256] = "";
-    esp_sa_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.spi_in = r->spi_in;
-    cfg.spi_out = r->spi_out;
-    cfg.encr_id = r->encr_id;
-    cfg.encr_key_bits = r->encr_key_bits;
-    cfg.integ_id = r->integ_id;
-    cfg.esn = r->esn;
-    cfg.replay_window = c->prof->esp.replay_window;
-    cfg.lifetime.hard_seconds = c->prof->esp.lifetime_s;
-    cfg.lifetime.soft_seconds = c->prof->esp.lifetime_s - c->prof->esp.lifetime_s / 10;
-    memcpy(&cfg.peer, &c->gw, c->gw_len);
-    cfg.peer_len = c->gw_len;
-    if (cfg.peer.ss_family == AF_INET)
-        ((struct sockaddr_in *)&cfg.peer)->sin_port = htons(ESP_UDP_PORT);
-    else
-        ((struct sockaddr_in6 *)&cfg.peer)->sin6_port = htons(ESP_UDP_PORT);
-    int rc = esp_keys_from_keymat(&cfg, r->keymat, r->keymat_len, true);
-    if (rc == 0)
-        rc = esp_datapath_install_sa(c->dp, &cfg, err, sizeof(err));
-    secure_wipe(&cfg, sizeof(cfg));
-    if (rc < 0) {
-        char why[320];
-        snprintf(why, sizeof(why), "installing the CHILD SA failed: %s", err);
-        close_and_reconnect(c, rc, why);
-        return;
-    }
-    c->spi_in = r->spi_in;
-    c->spi_out = r->spi_out;
-    esp_tunnel_net net;
-    memset(&net, 0, sizeof(net));
-    net.has_vip = r->has_vip;
-    net.vip.family = AF_INET;
-    memcpy(net.vip.addr, r->vip, 4);
-    net.vip.prefix_len = 32;
-    /* Routes for everything the profile protects, not only what the gateway
-     * granted (a subset, checked by lib/ike): traffic for the rest goes into
-     * the TUN too and is not sent in plaintext. */
-    profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
-    for (size_t i = 0; i < r->n_dns && i < ESP_MAX_DNS; i++) {
-        net.dns[i].family = AF_INET;
-        memcpy(net.dns[i].addr, r->dns[i], 4);
-        net.n_dns++;
-    }
-    net.encr_id = r->encr_id;
-    net.integ_id = r->integ_id;
-    set_inbound_filter(r, &net);
-    if ((rc = esp_datapath_set_network(c->dp, &net, err, sizeof(err))) < 0) {
-        char why[320];
-        snprintf(why, sizeof(why), "configuring the tunnel failed: %s", err);
-        close_and_reconnect(c, rc, why);
-        return;
-    }
-    esp_datapath_set_keepalive(c->dp, c->prof->ike.nat_keepalive_s);
-    run_dns_hook(c, true);
-    if (r->has_vip)
-        inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
-    ike_sa_describe(c->sa, c->ike_alg, sizeof(c->ike_alg), c->esp_alg, sizeof(c->esp_alg));
-    c->connected_since = time(NULL);
-    c->failures = 0;
-    set_state(c, M2MVPN_STATE_CONNECTED, 0, NULL);
-    core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
+    uint64_t delay = auth_failure ? CONN_BACKOFF_AUTH_FIRST_MS : CONN_BACKOFF_FIRST_MS;
+    uint64_t cap = auth_failure ? CONN_BACKOFF_AUTH_MAX_MS : CONN_BACKOFF_MAX_MS;
+    for (unsigned i = 0; i < n && delay < cap; i++)
+        delay *= 2;
+    if (delay > cap)
+        delay = cap;
+    /* Jitter: uniform in [delay * (1 - J), delay * (1 + J)], so that devices
+     * that lost the same gateway do not come back in lockstep. */
+    uint64_t span = delay * CONN_JITTER_PCT / 100;
+    return delay - span + (uint64_t)rnd % (2 * span + 1);
 }
 
 /* Failures on our side that a later attempt cannot fix without someone
@@ -364,297 +203,327 @@ static bool retry_helps(int err)
     }
 }
 
-static void on_down(void *arg, int err, ike_fault fault, const char *detail)
+/* ------------------------------------------------------------ network */
+
+/* The profile's routes from the moment it is in use, before the first
+ * connect (DESIGN.md §8): with the kill switch, and always on-demand (the
+ * TUN catches the traffic that starts the connection). */
+static bool wants_network(const conn *c)
 {
-    conn *c = arg;
+    return c->prof && (c->prof->tunnel.kill_switch || on_demand(c));
+}
+
+static void arm_network(conn *c, bool hold)
+{
+    char err[256] = "";
+    int r = c->ops.net_arm(c->ops.arg, c->prof, hold, err, sizeof(err));
+    if (r < 0)
+        LOG_ERR(c->log, "conn", "routes of profile %s not in place (tried again at each attempt): %s",
+                c->prof->name, err);
+    else if (!c->net_armed)
+        LOG_INFO(c->log, "conn", "%s for profile %s in place",
+                 c->prof->tunnel.kill_switch ? "kill switch" : "routes", c->prof->name);
+    c->net_armed = r == 0;
+}
+
+/* Down on purpose: without the kill switch nothing of the tunnel stays (TUN,
+ * address, routes); with it, the routes keep protected traffic in the TUN
+ * until the profile is removed on purpose (conn_remove_profile). */
+static void drop_network_unless_kill_switch(conn *c)
+{
+    if (c->prof && c->prof->tunnel.kill_switch) {
+        if (c->net_armed)
+            arm_network(c, false); /* nothing held any more */
+        return;
+    }
+    c->ops.net_release(c->ops.arg, true);
+    c->net_armed = false;
+}
+
+/* ------------------------------------------------------------- attempts */
+
+static void drop_child(conn *c)
+{
+    if (c->spi_in)
+        c->ops.child_remove(c->ops.arg, c->spi_in);
+    c->spi_in = c->spi_out = 0;
+    c->vip[0] = '\0';
+    c->connected_since = 0;
+}
+
+static void release_sa(conn *c)
+{
     drop_child(c);
-    retire_sa(c);
-    close_socket(c);
+    if (c->sa_open)
+        c->ops.sa_release(c->ops.arg);
+    c->sa_open = false;
     core_timer_cancel(c->loop, &c->refresh_timer);
-    char why[256];
-    if (c->reconnect_after_close) {
-        /* We closed it ourselves, to start over (or because of close_err). */
-        c->reconnect_after_close = false;
-        if (c->close_err) {
-            err = c->close_err;
-            fault = IKE_FAULT_LOCAL; /* our datapath or supervisor */
-            snprintf(why, sizeof(why), "%s", c->close_detail);
-            detail = why;
-        }
-        if (c->want_up && err == 0) {
-            set_state(c, M2MVPN_STATE_RECONNECTING, 0, "renewing the tunnel");
-            core_timer_arm(c->loop, &c->reconnect_timer, 0);
-            return;
-        }
-    }
-    if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
-        if (c->hooks.on_event)
-            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
-    if (!c->want_up || err == 0 || (fault == IKE_FAULT_LOCAL && !retry_helps(err))) {
-        c->want_up = false;
-        drop_network_unless_kill_switch(c);
-        set_state(c, M2MVPN_STATE_IDLE, err, detail);
+}
+
+/* Stay down: IDLE, or ARMED again on-demand unless `stop` (a disconnect,
+ * or a failure a retry cannot fix). */
+static void settle(conn *c, bool stop, int err, const char *reason)
+{
+    core_timer_cancel(c->loop, &c->retry_timer);
+    if (on_demand(c) && !stop) {
+        arm_network(c, true); /* held packets of the failed attempt are dropped */
+        set_phase(c, CONN_ARMED, err, reason);
         return;
     }
-    schedule_retry(c, err, detail);
+    drop_network_unless_kill_switch(c);
+    set_phase(c, CONN_IDLE, err, reason);
 }
 
-static int resolve(conn *c, char *err, size_t err_len)
-{
-    const profile_gateway *g = &c->prof->gateways[c->gw_index % c->prof->n_gateways];
-    /* IPv4 only until IPv6 works end to end (the datapath's socket is IPv4). */
-    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_DGRAM, .ai_flags = AI_ADDRCONFIG };
-    struct addrinfo *res = NULL;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", g->port);
-    int e = getaddrinfo(g->host, port, &hints, &res);
-    if (e != 0 || !res) {
-        snprintf(err, err_len, "cannot resolve gateway %s: %s", g->host, gai_strerror(e));
-        return M2MVPN_E_NETWORK;
-    }
-    memcpy(&c->gw, res->ai_addr, res->ai_addrlen);
-    c->gw_len = res->ai_addrlen;
-    freeaddrinfo(res);
-    snprintf(c->gw_text, sizeof(c->gw_text), "%s:%u", g->host, g->port);
-    return 0;
-}
+static void fail(conn *c, int err, ike_fault fault, const char *detail);
 
-/* Does a socket bound to `ifname` have a route to the gateway? */
-static bool reaches_through(const conn *c, const char *ifname)
-{
-    int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    bool ok = s >= 0 &&
-              setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname)) == 0 &&
-              connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0;
-    if (s >= 0)
-        close(s);
-    return ok;
-}
-
-/* The interface towards the gateway, looked up anew before every attempt
- * (the device may have moved from Ethernet to LTE). IKE and ESP sockets are
- * bound to it (SO_BINDTODEVICE), so that routes into the TUN, a full tunnel
- * above all, cannot catch them. The kernel's own choice counts unless it is
- * the TUN; otherwise the first interface with a route to the gateway. */
-static void find_underlay(conn *c)
-{
-    const char *tun = c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0";
-    char found[IF_NAMESIZE] = "";
-    struct ifaddrs *ifs = NULL;
-    if (getifaddrs(&ifs) < 0)
-        return;
-    int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_storage local;
-    socklen_t len = sizeof(local);
-    bool routed = s >= 0 && connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0 &&
-                  getsockname(s, (struct sockaddr *)&local, &len) == 0;
-    if (s >= 0)
-        close(s);
-    for (struct ifaddrs *i = ifs; routed && i && !found[0]; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != local.ss_family || strcmp(i->ifa_name, tun) == 0)
-            continue;
-        bool same = local.ss_family == AF_INET
-                        ? ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
-                              ((struct sockaddr_in *)&local)->sin_addr.s_addr
-                        : memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
-                                 &((struct sockaddr_in6 *)&local)->sin6_addr, 16) == 0;
-        if (same)
-            snprintf(found, sizeof(found), "%s", i->ifa_name);
-    }
-    for (struct ifaddrs *i = ifs; i && !found[0]; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != c->gw.ss_family || !(i->ifa_flags & IFF_UP) ||
-            (i->ifa_flags & IFF_LOOPBACK) || strcmp(i->ifa_name, tun) == 0)
-            continue;
-        if (reaches_through(c, i->ifa_name))
-            snprintf(found, sizeof(found), "%s", i->ifa_name);
-    }
-    freeifaddrs(ifs);
-    if (strcmp(found, c->underlay) != 0) {
-        LOG_INFO(c->log, "conn", "gateway %s is reached through %s", c->gw_text, found[0] ? found : "(no interface)");
-        snprintf(c->underlay, sizeof(c->underlay), "%s", found);
-    }
-    /* The datapath's shared UDP socket follows (unbound if none was found). */
-    if (c->dp)
-        setsockopt(esp_datapath_udp_fd(c->dp), SOL_SOCKET, SO_BINDTODEVICE, c->underlay,
-                   (socklen_t)strlen(c->underlay));
-}
-
-static int open_socket(conn *c, struct sockaddr_storage *local, socklen_t *local_len, char *err, size_t err_len)
-{
-    close_socket(c);
-    c->sock500 = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->sock500 >= 0 && c->underlay[0])
-        setsockopt(c->sock500, SOL_SOCKET, SO_BINDTODEVICE, c->underlay, (socklen_t)strlen(c->underlay));
-    if (c->sock500 < 0 || connect(c->sock500, (struct sockaddr *)&c->gw, c->gw_len) < 0) {
-        snprintf(err, err_len, "cannot reach %s: %s", c->gw_text, strerror(errno));
-        close_socket(c);
-        return M2MVPN_E_NETWORK;
-    }
-    *local_len = sizeof(*local);
-    getsockname(c->sock500, (struct sockaddr *)local, local_len);
-    core_io_add(c->loop, &c->io500, c->sock500, EPOLLIN, on_sock500, c);
-    return 0;
-}
-
-static int ensure_datapath(conn *c, char *err, size_t err_len)
-{
-    if (c->dp)
-        return 0;
-    esp_datapath_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    struct sockaddr_in *any = (struct sockaddr_in *)&cfg.local;
-    any->sin_family = AF_INET;
-    any->sin_port = htons(ESP_UDP_PORT);
-    cfg.local_len = sizeof(*any);
-    snprintf(cfg.tun_name, sizeof(cfg.tun_name), "%s", c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0");
-    cfg.mtu = c->prof->tunnel.mtu;
-    if (cfg.mtu > ESP_MAX_TUN_MTU) {
-        LOG_WARN(c->log, "conn", "tunnel.mtu %u is above what the datapath carries; using %u",
-                 (unsigned)cfg.mtu, (unsigned)ESP_MAX_TUN_MTU);
-        cfg.mtu = ESP_MAX_TUN_MTU;
-    }
-    cfg.kill_switch = c->prof->tunnel.kill_switch;
-    cfg.configure_network = true;
-    cfg.threads = true;
-    snprintf(cfg.underlay_ifname, sizeof(cfg.underlay_ifname), "%s", c->underlay);
-    int r = esp_datapath_new(&cfg, &c->dp, err, err_len);
-    if (r < 0)
-        return r;
-    esp_datapath_callbacks cbs = { .on_ike_packet = on_ike_packet, .on_rekey = on_rekey };
-    r = esp_datapath_attach(c->dp, c->loop, &cbs, c);
-    /* The workers also read the shared UDP/4500 socket, where IKE continues
-     * after IKE_SA_INIT: they run from the start. */
-    if (r == 0)
-        r = esp_datapath_start(c->dp);
-    if (r < 0)
-        snprintf(err, err_len, "cannot start the ESP datapath (%s)", m2mvpn_strerror(r));
-    return r;
-}
-
-static int ensure_credentials(conn *c, char *err, size_t err_len)
-{
-    const profile *p = c->prof;
-    if (!c->trust) {
-        int r = pki_trust_new(&c->trust);
-        for (size_t i = 0; r == 0 && i < p->n_ca; i++)
-            r = pki_trust_add_file(c->trust, p->ca[i], err, err_len);
-        if (r < 0) {
-            pki_trust_free(c->trust);
-            c->trust = NULL;
-            return r;
-        }
-    }
-    if (p->auth == PROFILE_AUTH_EAP) {
-        snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
-        return M2MVPN_E_NOTSUPP;
-    }
-    if (p->auth != PROFILE_AUTH_CERT || c->cred)
-        return 0;
-    if (p->cert.source != PROFILE_CERT_FILE) {
-        snprintf(err, err_len, "auth.cert.source \"%s\" is not supported by this build yet",
-                 profile_cert_source_name(p->cert.source));
-        return M2MVPN_E_NOTSUPP;
-    }
-    const char *pin = p->cert.pin;
-    return cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &c->cred, err, err_len);
-}
-
-/* Kill switch from the moment the profile is in use (DESIGN.md §8: also
- * before the first connect): the TUN with routes for the profile's remote
- * traffic selectors, and no SA, so protected traffic is dropped, not leaked. */
-static void arm_kill_switch(conn *c)
-{
-    char err[256];
-    esp_tunnel_net net;
-    memset(&net, 0, sizeof(net));
-    /* No gateway lookup here: routes must be in place even when the
-     * gateway's name cannot be resolved yet. */
-    int r = ensure_datapath(c, err, sizeof(err));
-    if (r == 0) {
-        profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
-        r = esp_datapath_set_network(c->dp, &net, err, sizeof(err));
-    }
-    c->kill_switch_armed = r == 0;
-    if (r < 0)
-        LOG_ERR(c->log, "conn", "kill switch for profile %s not in place (tried again at each "
-                "attempt): %s", c->prof->name, err);
-    else
-        LOG_INFO(c->log, "conn", "kill switch for profile %s in place", c->prof->name);
-}
-
-static void attempt(conn *c)
+/* The IKE SA over the path, once the credentials are ready. */
+static void start_sa(conn *c)
 {
     char err[512] = "";
-    ike_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    if (c->prof->tunnel.kill_switch && !c->kill_switch_armed)
-        arm_kill_switch(c);
-    int r = resolve(c, err, sizeof(err));
-    if (r == 0)
-        r = ensure_datapath(c, err, sizeof(err));
-    if (r == 0)
-        find_underlay(c);
-    if (r == 0)
-        r = ensure_credentials(c, err, sizeof(err));
-    if (r == 0 && c->cred && cred_pin_needed(c->cred)) {
-        c->pin_wait = true;
-        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", c->prof->cert.file);
-        if (c->hooks.on_event)
-            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, c->prof->cert.file);
+    int r = c->ops.sa_start(c->ops.arg, c->prof, err, sizeof(err));
+    if (r < 0)
+        fail(c, r, IKE_FAULT_LOCAL, err);
+}
+
+static void start_attempt(conn *c, const char *reason)
+{
+    char err[512] = "";
+    bool pin_needed = false;
+    core_timer_cancel(c->loop, &c->retry_timer);
+    if (wants_network(c) && !c->net_armed)
+        arm_network(c, on_demand(c));
+    if (set_phase(c, CONN_NEGOTIATING, 0, reason) < 0)
         return;
-    }
+    c->attempt++;
+    c->sa_open = true; /* the path at least: released with the SA */
+    int r = c->ops.cred_load(c->ops.arg, c->prof, &pin_needed, err, sizeof(err));
     if (r == 0)
-        r = open_socket(c, &cfg.local, &cfg.local_len, err, sizeof(err));
-    if (r == 0) {
-        cfg.prof = c->prof;
-        memcpy(&cfg.remote, &c->gw, c->gw_len);
-        cfg.remote_len = c->gw_len;
-        cfg.cred = c->cred;
-        cfg.trust = c->trust;
-        ike_hooks hooks = { c, ike_send, on_established, on_down };
-        r = ike_sa_new(c->loop, c->log, &cfg, &hooks, &c->sa, err, sizeof(err));
-    }
+        r = c->ops.path_open(c->ops.arg, c->prof, c->gw_index, c->gw_text, sizeof(c->gw_text), err,
+                             sizeof(err));
     if (r < 0) {
-        on_down(c, r, IKE_FAULT_LOCAL, err);
+        fail(c, r, IKE_FAULT_LOCAL, err);
         return;
     }
-    LOG_INFO(c->log, "conn", "connecting to %s (profile %s)", c->gw_text, c->prof->name);
-    ike_sa_start(c->sa); /* failures arrive through on_down */
+    if (pin_needed) {
+        const char *what = c->prof->cert.file ? c->prof->cert.file : c->prof->name;
+        set_phase(c, CONN_WAIT_PIN, 0, "waiting for the PIN");
+        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", what);
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, what);
+        return;
+    }
+    start_sa(c);
 }
 
 static void retry_now(void *arg)
 {
     conn *c = arg;
-    if (c->want_up && !c->sa)
-        attempt(c);
+    if (c->phase == CONN_BACKOFF)
+        start_attempt(c, "retrying");
 }
 
 static void schedule_retry(conn *c, int err, const char *detail)
 {
-    bool always_on = c->prof && c->prof->mode == PROFILE_MODE_ALWAYS_ON;
-    if (!always_on) {
-        c->want_up = false;
-        drop_network_unless_kill_switch(c);
-        set_state(c, M2MVPN_STATE_IDLE, err, detail);
-        return;
-    }
+    bool auth = err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER;
     /* Unreachable gateways: the next one in the list (failover). */
     if (err == M2MVPN_E_TIMEOUT || err == M2MVPN_E_NETWORK)
         c->gw_index = (c->gw_index + 1) % c->prof->n_gateways;
-    uint64_t delay = BACKOFF_FIRST_MS;
-    for (unsigned i = 0; i < c->failures && delay < BACKOFF_MAX_MS; i++)
-        delay *= 2;
-    if (delay > BACKOFF_MAX_MS)
-        delay = BACKOFF_MAX_MS;
+    uint64_t delay = conn_backoff_ms(c->failures, auth, c->ops.random(c->ops.arg));
     c->failures++;
     LOG_INFO(c->log, "conn", "reconnecting in %llu ms", (unsigned long long)delay);
-    set_state(c, M2MVPN_STATE_RECONNECTING, err, detail);
-    core_timer_arm(c->loop, &c->reconnect_timer, delay);
+    set_phase(c, CONN_BACKOFF, err, detail);
+    core_timer_arm(c->loop, &c->retry_timer, delay);
+}
+
+/* An attempt or a running tunnel failed (err != 0): retry, arm again or
+ * stay down, as the mode and the cause say. */
+static void fail(conn *c, int err, ike_fault fault, const char *detail)
+{
+    release_sa(c);
+    if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
+    if (fault == IKE_FAULT_LOCAL && !retry_helps(err))
+        settle(c, true, err, detail);
+    else if (always_on(c))
+        schedule_retry(c, err, detail);
+    else
+        settle(c, false, err, detail);
+}
+
+/* Close the IKE SA on purpose and start over once it is down. err/detail:
+ * why, for the status (0: routine renewal). */
+static void close_and_restart(conn *c, int err, const char *detail)
+{
+    c->close_err = err;
+    snprintf(c->close_detail, sizeof(c->close_detail), "%s", detail ? detail : "");
+    set_phase(c, CONN_RESTARTING, 0, detail && *detail ? detail : "renewing the tunnel");
+    c->ops.sa_close(c->ops.arg); /* the down event follows */
+}
+
+static void ike_down(conn *c, int err, ike_fault fault, const char *detail)
+{
+    char why[320];
+    switch (c->phase) {
+    case CONN_CLOSING:
+        release_sa(c);
+        settle(c, c->close_to != CONN_ARMED, 0, c->close_detail[0] ? c->close_detail : "closed");
+        return;
+    case CONN_RESTARTING:
+        release_sa(c);
+        if (c->close_err) {
+            /* Our datapath or supervisor failed: its error, not the Delete's. */
+            snprintf(why, sizeof(why), "%s", c->close_detail);
+            fail(c, c->close_err, IKE_FAULT_LOCAL, why);
+            return;
+        }
+        start_attempt(c, "renewing the tunnel");
+        return;
+    case CONN_NEGOTIATING:
+    case CONN_UP:
+        if (err == 0) { /* closed without us asking: nothing to retry */
+            release_sa(c);
+            settle(c, true, 0, detail);
+            return;
+        }
+        fail(c, err, fault, detail);
+        return;
+    default:
+        release_sa(c);
+        return;
+    }
+}
+
+/* ---------------------------------------------------- posted events */
+
+static void post(conn *c, const conn_event *ev)
+{
+    if (c->q_len == CONN_QUEUE) {
+        LOG_ERR(c->log, "conn", "event queue full: event %d dropped", (int)ev->type);
+        return;
+    }
+    c->queue[(c->q_head + c->q_len++) % CONN_QUEUE] = *ev;
+    core_timer_arm(c->loop, &c->event_timer, 0);
+}
+
+void conn_post_ike_down(conn *c, int err, ike_fault fault, const char *detail)
+{
+    conn_event ev = { .type = EV_IKE_DOWN, .attempt = c->attempt, .err = err, .fault = fault };
+    snprintf(ev.detail, sizeof(ev.detail), "%s", detail ? detail : "");
+    post(c, &ev);
+}
+
+void conn_post_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason)
+{
+    conn_event ev = { .type = EV_REKEY, .spi_in = spi_in, .reason = reason };
+    post(c, &ev);
+}
+
+void conn_post_traffic(conn *c)
+{
+    conn_event ev = { .type = EV_TRAFFIC };
+    post(c, &ev);
+}
+
+/* The CHILD SA nears its end. Rekeying (CREATE_CHILD_SA) is not implemented
+ * yet, so the tunnel is built anew: already at the soft limit, so that the
+ * hard limit never stops traffic on a SA that is still in use. */
+static void on_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason)
+{
+    if (c->phase != CONN_UP || spi_in != c->spi_in)
+        return;
+    char why[128];
+    snprintf(why, sizeof(why), "CHILD SA %08x: %s; renewing (rekeying is not implemented yet)", spi_in,
+             esp_rekey_reason_name(reason));
+    close_and_restart(c, 0, why);
+}
+
+static void run_events(void *arg)
+{
+    conn *c = arg;
+    while (c->q_len) {
+        conn_event ev = c->queue[c->q_head];
+        c->q_head = (c->q_head + 1) % CONN_QUEUE;
+        c->q_len--;
+        switch (ev.type) {
+        case EV_IKE_DOWN:
+            if (c->sa_open && ev.attempt == c->attempt)
+                ike_down(c, ev.err, ev.fault, ev.detail);
+            break;
+        case EV_REKEY:
+            on_rekey(c, ev.spi_in, ev.reason);
+            break;
+        case EV_TRAFFIC:
+            if (c->phase == CONN_ARMED)
+                start_attempt(c, "traffic for a protected network");
+            break;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ up */
+
+/* Status refresh while up, and on-demand: close after the idle time. */
+static void refresh(void *arg)
+{
+    conn *c = arg;
+    if (c->phase != CONN_UP)
+        return;
+    uint64_t now = c->loop->clock_ms();
+    uint64_t seen = c->ops.traffic(c->ops.arg);
+    if (seen != c->traffic_seen) {
+        c->traffic_seen = seen;
+        c->traffic_at_ms = now;
+    }
+    uint32_t idle_s = c->prof->tunnel.on_demand_idle_s;
+    if (on_demand(c) && idle_s && now - c->traffic_at_ms >= (uint64_t)idle_s * 1000) {
+        char why[64];
+        snprintf(why, sizeof(why), "no traffic for %u s", (unsigned)idle_s);
+        c->close_err = 0;
+        c->close_to = CONN_ARMED;
+        snprintf(c->close_detail, sizeof(c->close_detail), "%s", why);
+        set_phase(c, CONN_CLOSING, 0, why);
+        c->ops.sa_close(c->ops.arg);
+        return;
+    }
+    if (c->hooks.on_state) /* same state: status refresh only */
+        c->hooks.on_state(c->hooks.arg, M2MVPN_STATE_CONNECTED, 0, NULL);
+    core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
+}
+
+void conn_ike_established(conn *c, const ike_child_result *r)
+{
+    char err[320] = "";
+    if (c->phase != CONN_NEGOTIATING) {
+        LOG_DBG(c->log, "conn", "CHILD SA established while %s: not used", conn_phase_name(c->phase));
+        return;
+    }
+    int rc = c->ops.child_install(c->ops.arg, c->prof, r, err, sizeof(err));
+    if (rc < 0) {
+        c->spi_in = r->spi_in; /* whatever was installed goes with the SA */
+        close_and_restart(c, rc, err);
+        return;
+    }
+    c->spi_in = r->spi_in;
+    c->spi_out = r->spi_out;
+    if (r->has_vip)
+        inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
+    c->connected_since = c->ops.wall_time(c->ops.arg);
+    c->failures = 0;
+    if (c->recovering)
+        c->reconnects++;
+    c->traffic_seen = c->ops.traffic(c->ops.arg);
+    c->traffic_at_ms = c->loop->clock_ms();
+    char why[96];
+    snprintf(why, sizeof(why), "CHILD SA %08x up with %s", r->spi_in, c->gw_text);
+    set_phase(c, CONN_UP, 0, why);
+    core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
 }
 
 /* ---------------------------------------------------------- control */
 
-int conn_new(core_loop *loop, core_log *log, const conn_hooks *hooks, conn **ret)
+int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, const conn_ops *ops,
+                      conn **ret)
 {
     conn *c = calloc(1, sizeof(*c));
     if (!c)
@@ -662,43 +531,65 @@ int conn_new(core_loop *loop, core_log *log, const conn_hooks *hooks, conn **ret
     c->loop = loop;
     c->log = log;
     c->hooks = *hooks;
-    c->sock500 = -1;
-    c->state = M2MVPN_STATE_IDLE;
-    core_timer_init(&c->reconnect_timer, retry_now, c);
-    core_timer_init(&c->reap_timer, reap, c);
+    c->ops = *ops;
+    c->phase = CONN_IDLE;
+    core_timer_init(&c->retry_timer, retry_now, c);
     core_timer_init(&c->refresh_timer, refresh, c);
-    core_timer_init(&c->hook_timer, reap_hook_runs, c);
+    core_timer_init(&c->event_timer, run_events, c);
     *ret = c;
+    return 0;
+}
+
+int conn_new(core_loop *loop, core_log *log, const conn_hooks *hooks, conn **ret)
+{
+    conn_ops ops;
+    int r = conn_sys_new(loop, log, &ops);
+    if (r < 0)
+        return r;
+    r = conn_new_with_ops(loop, log, hooks, &ops, ret);
+    if (r < 0) {
+        conn_sys_free(ops.arg);
+        return r;
+    }
+    (*ret)->own_ops = true;
+    conn_sys_bind(ops.arg, *ret);
     return 0;
 }
 
 static void release_profile(conn *c, bool remove_network)
 {
-    c->want_up = false; /* a closing SA must not schedule a reconnect */
-    core_timer_cancel(c->loop, &c->reconnect_timer);
+    core_timer_cancel(c->loop, &c->retry_timer);
     core_timer_cancel(c->loop, &c->refresh_timer);
-    if (c->sa) {
-        ike_sa_close(c->sa); /* best effort Delete; no waiting here */
-        retire_sa(c);
-    }
-    drop_child(c);
-    close_socket(c);
-    if (c->dp) {
-        if (remove_network)
-            esp_datapath_teardown(c->dp, true);
-        esp_datapath_free(c->dp);
-        c->dp = NULL;
-    }
-    c->kill_switch_armed = false;
-    cred_free(c->cred);
-    c->cred = NULL;
-    pki_trust_free(c->trust);
-    c->trust = NULL;
-    c->pin_wait = false;
-    c->underlay[0] = '\0';
+    if (c->sa_open)
+        c->ops.sa_close(c->ops.arg); /* best effort Delete; no waiting here */
+    release_sa(c);
+    c->q_len = 0; /* the events of what was just released */
+    c->ops.net_release(c->ops.arg, remove_network);
+    c->net_armed = false;
+    c->ops.cred_release(c->ops.arg);
+    c->close_err = 0;
+    c->close_detail[0] = '\0';
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
     c->prof = NULL;
+}
+
+/* Back to IDLE whatever the phase (the profile went away). */
+static void force_idle(conn *c, const char *reason, bool report)
+{
+    if (c->phase == CONN_IDLE)
+        return;
+    m2mvpn_state old = public_state(c);
+    /* Every phase may end in IDLE except through the table's order; a
+     * profile removal is not a move of the machine but its reset. */
+    conn_phase from = c->phase;
+    c->phase = CONN_IDLE;
+    c->recovering = false;
+    LOG_INFO(c->log, "conn", "%s -> %s (%s)", conn_phase_name(from), conn_phase_name(CONN_IDLE), reason);
+    c->last_change = c->ops.wall_time(c->ops.arg);
+    snprintf(c->last_reason, sizeof(c->last_reason), "%s", reason);
+    if (report && old != M2MVPN_STATE_IDLE && c->hooks.on_state)
+        c->hooks.on_state(c->hooks.arg, M2MVPN_STATE_IDLE, 0, reason);
 }
 
 void conn_free(conn *c)
@@ -708,10 +599,9 @@ void conn_free(conn *c)
     c->hooks.on_state = NULL;
     c->hooks.on_event = NULL;
     release_profile(c, false);
-    core_timer_cancel(c->loop, &c->reap_timer);
-    core_timer_cancel(c->loop, &c->hook_timer);
-    dns_hook_reap(&c->dns_hook, c->log); /* what has finished; the rest is left to init */
-    ike_sa_free(c->dead_sa);
+    core_timer_cancel(c->loop, &c->event_timer);
+    if (c->own_ops)
+        conn_sys_free(c->ops.arg);
     free(c);
 }
 
@@ -719,9 +609,11 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
 {
     if (c->prof == p)
         return;
-    bool was_up = c->want_up;
+    bool was_wanted = c->phase != CONN_IDLE && c->phase != CONN_ARMED && c->phase != CONN_CLOSING;
     release_profile(c, c->prof && (!p || !c->prof->tunnel.tun_name || !p->tunnel.tun_name ||
                                    strcmp(c->prof->tunnel.tun_name, p->tunnel.tun_name) != 0));
+    m2mvpn_state old_pub = public_state(c);
+    force_idle(c, "profile changed", false); /* reported by what follows */
     c->set = profile_set_ref(set);
     c->prof = p;
     const char *warn[4];
@@ -730,70 +622,81 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
         LOG_WARN(c->log, "conn", "profile %s: %s", p->name, warn[i]);
     c->gw_index = 0;
     c->failures = 0;
-    c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;
-    if (p->tunnel.kill_switch)
-        arm_kill_switch(c);
-    if (c->want_up) {
-        set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
-        attempt(c);
-    } else if (c->state != M2MVPN_STATE_IDLE) {
-        set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
-    }
+    if (wants_network(c))
+        arm_network(c, on_demand(c));
+    if (was_wanted || p->mode == PROFILE_MODE_ALWAYS_ON)
+        start_attempt(c, was_wanted ? "profile changed" : "always-on");
+    else if (on_demand(c))
+        set_phase(c, CONN_ARMED, 0, "on-demand: waiting for traffic");
+    else if (old_pub != M2MVPN_STATE_IDLE && c->hooks.on_state)
+        c->hooks.on_state(c->hooks.arg, M2MVPN_STATE_IDLE, 0, "profile changed");
 }
 
 void conn_connect(conn *c)
 {
     if (!c->prof)
         return;
-    c->want_up = true;
-    if (c->sa && c->state == M2MVPN_STATE_DISCONNECTING) {
+    switch (c->phase) {
+    case CONN_CLOSING:
         /* Connect after disconnect, before the Delete was confirmed: start
          * over once it is down. */
-        c->reconnect_after_close = true;
         c->close_err = 0;
+        c->close_detail[0] = '\0';
+        set_phase(c, CONN_RESTARTING, 0, "connect while disconnecting");
         return;
-    }
-    if (c->sa || c->pin_wait)
+    case CONN_IDLE:
+    case CONN_ARMED:
+    case CONN_BACKOFF:
+        c->failures = 0;
+        c->recovering = false;
+        start_attempt(c, "connect");
+        return;
+    default:
         return; /* already on its way */
-    core_timer_cancel(c->loop, &c->reconnect_timer);
-    c->failures = 0;
-    set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
-    attempt(c);
+    }
 }
 
 void conn_disconnect(conn *c)
 {
-    c->want_up = false;
-    c->pin_wait = false;
-    core_timer_cancel(c->loop, &c->reconnect_timer);
-    if (c->sa) {
-        set_state(c, M2MVPN_STATE_DISCONNECTING, 0, NULL);
-        c->reconnect_after_close = false;
-        ike_sa_close(c->sa); /* on_down follows */
+    core_timer_cancel(c->loop, &c->retry_timer);
+    switch (c->phase) {
+    case CONN_NEGOTIATING:
+    case CONN_UP:
+    case CONN_RESTARTING:
+        c->close_err = 0;
+        c->close_to = CONN_IDLE;
+        c->close_detail[0] = '\0';
+        set_phase(c, CONN_CLOSING, 0, "disconnect");
+        c->ops.sa_close(c->ops.arg); /* the down event follows */
+        return;
+    case CONN_WAIT_PIN:
+        release_sa(c);
+        settle(c, true, 0, "disconnect");
+        return;
+    case CONN_CLOSING:
+        return;
+    default:
+        settle(c, true, 0, "disconnect");
         return;
     }
-    drop_network_unless_kill_switch(c);
-    if (c->state != M2MVPN_STATE_IDLE)
-        set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
 }
 
 void conn_enter_pin(conn *c, const char *pin, size_t len)
 {
-    if (!c->pin_wait || !c->cred) {
+    if (c->phase != CONN_WAIT_PIN) {
         LOG_WARN(c->log, "conn", "a PIN was entered but none is needed now");
         return;
     }
     char err[256];
-    int r = cred_set_pin(c->cred, pin, len, err, sizeof(err));
-    c->pin_wait = false;
+    int r = c->ops.cred_pin(c->ops.arg, pin, len, err, sizeof(err));
     if (r < 0) {
         /* Never retried: a smartcard or TPM would lock. */
-        c->want_up = false;
-        drop_network_unless_kill_switch(c);
-        set_state(c, M2MVPN_STATE_IDLE, r, err);
+        release_sa(c);
+        settle(c, true, r, err);
         return;
     }
-    attempt(c);
+    set_phase(c, CONN_NEGOTIATING, 0, "PIN accepted");
+    start_sa(c);
 }
 
 const char *conn_profile_name(const conn *c)
@@ -803,39 +706,16 @@ const char *conn_profile_name(const conn *c)
 
 void conn_remove_profile(conn *c)
 {
-    c->want_up = false;
     release_profile(c, true);
-    if (c->state != M2MVPN_STATE_IDLE)
-        set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
+    force_idle(c, "profile removed", true);
 }
 
 void conn_fill_status(conn *c, m2mvpn_status *st)
 {
-    snprintf(st->gateway, sizeof(st->gateway), "%s", c->sa || c->spi_in ? c->gw_text : "");
+    snprintf(st->gateway, sizeof(st->gateway), "%s", c->sa_open || c->spi_in ? c->gw_text : "");
     snprintf(st->virtual_ip, sizeof(st->virtual_ip), "%s", c->vip);
-    snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", c->spi_in ? c->ike_alg : "");
-    snprintf(st->esp_algorithms, sizeof(st->esp_algorithms), "%s", c->spi_in ? c->esp_alg : "");
     st->connected_since = c->connected_since;
     st->spi_in = c->spi_in;
-    st->spi_out = c->spi_in ? c->spi_out : 0;
-    memset(st->dns, 0, sizeof(st->dns));
-    if (c->dp) {
-        esp_prefix dns[4];
-        size_t n = c->spi_in ? esp_datapath_dns(c->dp, dns, 4) : 0;
-        for (size_t i = 0; i < n; i++)
-            inet_ntop(dns[i].family, dns[i].addr, st->dns[i], sizeof(st->dns[i]));
-        esp_datapath_counters k;
-        esp_datapath_get_counters(c->dp, &k);
-        st->dropped_replay = k.total.dropped[ESP_DROP_REPLAY];
-        st->dropped_integrity = k.total.dropped[ESP_DROP_INTEGRITY];
-        st->dropped_no_sa = k.total.dropped[ESP_DROP_NO_SA];
-        st->bytes_in = k.total.bytes_in;
-        st->bytes_out = k.total.bytes_out;
-        st->packets_in = k.total.packets_in;
-        st->packets_out = k.total.packets_out;
-        uint64_t dropped = 0;
-        for (int i = 0; i < ESP_DROP__COUNT; i++)
-            dropped += k.total.dropped[i];
-        st->packets_dropped = dropped;
-    }
+    st->spi_out = c->spi_out;
+    c->ops.fill_status(c->ops.arg, c->spi_in != 0, st);
 }

@@ -1,19 +1,34 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The connection supervisor: turns "connect this profile" into a running
- * tunnel and keeps it so. It owns, per connection attempt, the port-500
- * socket, the credential provider and trust anchors and the IKE SA; and, while
- * a profile is in use, the ESP datapath (shared UDP/4500 socket, TUN, routes,
- * kill switch). It reports tunnel state and status through hooks that the API
- * layer turns into events.
+ * tunnel and keeps it so. It is a state machine (conn_phase below): one
+ * setter moves between phases, logs "A -> B (reason)", refuses moves that
+ * are not in its table and derives the public m2mvpn_state.
  *
- * Modes (profile "mode"): always-on reconnects after a failure with
- * exponential backoff (1 s doubling to 60 s) and fails over through the
- * gateway list, except after failures a retry cannot fix (PIN, CERT,
- * PROFILE, NOTSUPP: a wrong PIN is never retried); on-demand and manual connect once when asked and stay down
- * after a failure (the error is reported).
+ * What it drives sits behind conn_ops (conn_sys.c is the real one): the
+ * profile's network (ESP datapath: UDP/4500 socket, TUN, routes, kill
+ * switch), the way to a gateway (name, underlay interface, port-500 socket),
+ * the credentials and the IKE SA. Tests (tests/unit/test_conn.c) put a fake
+ * there and a mocked clock into the core_loop.
  *
- * Everything runs on the engine thread.
+ * Modes (profile "mode"):
+ *  - always-on: connects as soon as the profile is in use and after every
+ *    failure a retry can fix: back-off with jitter (conn_backoff_ms), a longer
+ *    schedule after authentication failures, and the next gateway of the list
+ *    after a timeout or an unreachable gateway. Never retried: local causes a
+ *    retry cannot fix (PIN, CERT, PROFILE, NOTSUPP, INVAL, CREDENTIALS: a wrong
+ *    PIN above all). Whatever the gateway did (ike_fault PEER) is retried.
+ *  - on-demand: the TUN and its routes (and the kill switch) are in place
+ *    from the start ("armed"); the first packet for a protected network, or
+ *    conn_connect(), starts the connection; the packets held meanwhile by the
+ *    datapath leave once the SA is up; after tunnel.on_demand_idle_s without
+ *    traffic the tunnel closes and is armed again. A failure arms it again
+ *    (no retry of its own), except for the local causes above.
+ *  - manual: connects on conn_connect(), stays down after a failure.
+ *
+ * IKE and datapath callbacks do not re-enter the state machine: on_down,
+ * rekey requests and "traffic wanted" are posted to the loop (conn_post_*)
+ * and handled from a timer. Everything runs on the engine thread.
  */
 #ifndef M2MVPN_CONN_H
 #define M2MVPN_CONN_H
@@ -22,11 +37,51 @@
 
 #include "core/log.h"
 #include "core/loop.h"
+#include "esp/esp.h"
+#include "ike/ike.h"
 #include "profile/profile.h"
+
+/* ------------------------------------------------------------ phases */
+
+#define CONN_PHASE_MAP(XX)                                                     \
+    XX(IDLE,        "idle")        /* nothing wanted (network maybe kept) */  \
+    XX(ARMED,       "armed")       /* on-demand: waiting for traffic */       \
+    XX(WAIT_PIN,    "wait-pin")    /* a credential waits for its PIN */       \
+    XX(NEGOTIATING, "negotiating") /* IKE SA on its way */                    \
+    XX(UP,          "up")          /* CHILD SA installed */                   \
+    XX(RESTARTING,  "restarting")  /* closing to start over at once */        \
+    XX(CLOSING,     "closing")     /* closing to stay down */                 \
+    XX(BACKOFF,     "backoff")     /* waiting before the next attempt */
+
+typedef enum conn_phase {
+#define CONN_XX_ENUM(name, text) CONN_##name,
+    CONN_PHASE_MAP(CONN_XX_ENUM)
+#undef CONN_XX_ENUM
+    CONN_PHASE__COUNT
+} conn_phase;
+
+const char *conn_phase_name(conn_phase p);
+
+/* ------------------------------------------------------------ back-off */
+
+/* Attempt n (0 = first retry) waits base * 2^n, capped, then jittered by
+ * +-CONN_JITTER_PCT percent (rnd: any 32-bit random value). Authentication
+ * failures use their own, longer schedule: a wrong key or an untrusted
+ * gateway does not heal in a second, and hammering the gateway would look
+ * like an attack. */
+#define CONN_BACKOFF_FIRST_MS      1000
+#define CONN_BACKOFF_MAX_MS        60000
+#define CONN_BACKOFF_AUTH_FIRST_MS 30000
+#define CONN_BACKOFF_AUTH_MAX_MS   900000
+#define CONN_JITTER_PCT            20
+uint64_t conn_backoff_ms(unsigned n, bool auth_failure, uint32_t rnd);
+
+/* -------------------------------------------------------------- hooks */
 
 typedef struct conn_hooks {
     void *arg;
-    /* Tunnel state changed (the API's STATE_CHANGED); detail may be NULL. */
+    /* Tunnel state changed (the API's STATE_CHANGED); detail may be NULL:
+     * the error's detail, or else the reason of the move. */
     void (*on_state)(void *arg, m2mvpn_state st, int err, const char *detail);
     /* Other events: PIN_REQUIRED, AUTH_FAILED. */
     void (*on_event)(void *arg, m2mvpn_event_type type, int err, const char *detail);
@@ -34,7 +89,52 @@ typedef struct conn_hooks {
 
 typedef struct conn conn;
 
+/*
+ * What the state machine drives. Every call runs on the engine thread;
+ * results of the IKE SA come back through conn_ike_established() (during the
+ * SA's callback: the keys are valid only then) and conn_post_ike_down();
+ * datapath requests through conn_post_rekey() and conn_post_traffic().
+ * (err, err_len): a human reason on failure.
+ */
+typedef struct conn_ops {
+    void *arg;
+    /* The profile's network: TUN and routes of its remote selectors, the
+     * kill switch when the profile has it; hold = keep the first packets
+     * without SA and report them (on-demand). Idempotent. */
+    int (*net_arm)(void *arg, const profile *p, bool hold, char *err, size_t err_len);
+    /* Give the network up; remove: routes, kill switch and TUN too. */
+    void (*net_release)(void *arg, bool remove);
+    /* The way to gateway gw_index of p: name, underlay, port-500 socket.
+     * gw_text: "host:port". */
+    int (*path_open)(void *arg, const profile *p, size_t gw_index, char *gw_text, size_t gw_text_len,
+                     char *err, size_t err_len);
+    /* Credentials and trust anchors of p; *pin_needed: a PIN must come first. */
+    int (*cred_load)(void *arg, const profile *p, bool *pin_needed, char *err, size_t err_len);
+    int (*cred_pin)(void *arg, const char *pin, size_t len, char *err, size_t err_len);
+    void (*cred_release)(void *arg);
+    /* Create and start the IKE SA over the open path. */
+    int (*sa_start)(void *arg, const profile *p, char *err, size_t err_len);
+    /* Delete it; conn_post_ike_down() follows (maybe during this call). */
+    void (*sa_close)(void *arg);
+    /* Free the SA and close the path's socket. Never called from inside the
+     * SA's callbacks. */
+    void (*sa_release)(void *arg);
+    /* Install the CHILD SA and its network; *spi_in, algorithms for status. */
+    int (*child_install)(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len);
+    void (*child_remove)(void *arg, uint32_t spi_in);
+    /* Counters, DNS and algorithms into the status (child: a CHILD SA is up). */
+    void (*fill_status)(void *arg, bool child, m2mvpn_status *st);
+    /* Inner packets in + out so far (idle detection). */
+    uint64_t (*traffic)(void *arg);
+    /* Wall-clock seconds (status) and a random value (jitter). */
+    int64_t (*wall_time)(void *arg);
+    uint32_t (*random)(void *arg);
+} conn_ops;
+
 int conn_new(core_loop *loop, core_log *log, const conn_hooks *hooks, conn **ret);
+/* The same with other ops (tests); *ops is copied. */
+int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, const conn_ops *ops,
+                      conn **ret);
 /* Tear down without waiting for the gateway (the IKE SA is deleted best
  * effort); the kill switch stays unless conn_remove_profile() ran. NULL is fine. */
 void conn_free(conn *c);
@@ -44,7 +144,7 @@ void conn_free(conn *c);
 void conn_set_profile(conn *c, profile_set *set, const profile *p);
 /* Connect (again). Errors come back through on_state. */
 void conn_connect(conn *c);
-/* Close the tunnel and stay down. */
+/* Close the tunnel and stay down (on-demand: armed again). */
 void conn_disconnect(conn *c);
 /* A PIN for a locked credential; copied and wiped. Tried once. */
 void conn_enter_pin(conn *c, const char *pin, size_t len);
@@ -53,7 +153,25 @@ const char *conn_profile_name(const conn *c);
 /* Remove the profile's network on purpose (kill switch included). */
 void conn_remove_profile(conn *c);
 
-/* Fill the tunnel part of a status snapshot (gateway, virtual IP, counters). */
+/* Fill the tunnel part of a status snapshot (gateway, virtual IP, counters,
+ * the last transition). */
 void conn_fill_status(conn *c, m2mvpn_status *st);
+
+/* Current phase (tests, diagnostics). */
+conn_phase conn_get_phase(const conn *c);
+/* Try a move as the state machine would (tests: a move outside the table is
+ * refused, logged, and changes nothing). Returns 0 or M2MVPN_E_STATE. */
+int conn_try_phase(conn *c, conn_phase to, const char *reason);
+
+/* --------------------------------------- from the ops' side (engine thread) */
+
+/* The IKE SA and its CHILD SA are up (during the SA's own callback). */
+void conn_ike_established(conn *c, const ike_child_result *r);
+/* The IKE SA is down (as ike_hooks.on_down); handled from the loop. */
+void conn_post_ike_down(conn *c, int err, ike_fault fault, const char *detail);
+/* The datapath asks for a rekey of this CHILD SA; handled from the loop. */
+void conn_post_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason);
+/* The datapath holds a packet for a protected network without SA. */
+void conn_post_traffic(conn *c);
 
 #endif

@@ -343,6 +343,10 @@ typedef struct esp_datapath_callbacks {
                           const struct sockaddr *from, socklen_t from_len);
     /* An SA asks to be rekeyed (or stopped sending: hard reasons). */
     void (*on_rekey)(void *arg, uint32_t spi_in, esp_rekey_reason reason);
+    /* Optional: with esp_datapath_hold on, a packet for a protected network
+     * was held for want of an SA (once until the SA is up or hold is set
+     * again). */
+    void (*on_traffic)(void *arg);
     /* Optional: apply DNS servers (default none: only recorded for status). */
     int (*apply_dns)(void *arg, const esp_prefix *dns, size_t n_dns);
 } esp_datapath_callbacks;
@@ -377,6 +381,13 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg,
 /* Remove the SA with this inbound SPI (waits until no worker uses it).
  * Errors: INVAL (unknown SPI). */
 int esp_datapath_remove_sa(esp_datapath *dp, uint32_t spi_in);
+
+/* On-demand: while no outbound SA is installed, keep up to 4 packets that a
+ * remote selector covers (the rest is dropped as ever) and call on_traffic;
+ * the next esp_datapath_set_network with an SA installed sends them, IPv4
+ * sources rewritten to the virtual IP (they left before it existed). This
+ * call drops what is held. Engine thread. */
+void esp_datapath_hold(esp_datapath *dp, bool on);
 
 /* Send an IKE message (marker prepended) to `to` from the shared socket. */
 int esp_datapath_send_ike(esp_datapath *dp, const uint8_t *msg, size_t len,

@@ -304,6 +304,18 @@ static void on_event_fd(void *arg, uint32_t events)
         free(it);
     }
     deliver_rekeys(dp, core_monotonic_ms());
+    if (atomic_exchange(&dp->traffic_wanted, false) && dp->cbs.on_traffic)
+        dp->cbs.on_traffic(dp->cb_arg);
+}
+
+void esp_datapath_hold(esp_datapath *dp, bool on)
+{
+    pthread_rwlock_wrlock(&dp->sa_lock);
+    dp->hold = on;
+    dp->hold_reported = false;
+    dp->n_held = 0;
+    pthread_rwlock_unlock(&dp->sa_lock);
+    atomic_store(&dp->traffic_wanted, false);
 }
 
 static void send_keepalive(esp_datapath *dp)
@@ -460,6 +472,7 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
     }
     if (dp->cbs.apply_dns && net->n_dns)
         dp->cbs.apply_dns(dp->cb_arg, net->dns, net->n_dns);
+    esp_dp_send_held(dp, net->has_vip ? &net->vip : NULL);
     return 0;
 }
 

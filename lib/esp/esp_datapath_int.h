@@ -25,6 +25,7 @@
 _Static_assert(ESP_MAX_TUN_MTU <= ESP_TX_SLOT - ESP_HEADROOM - 64, "TUN MTU must fit a slot");
 #define ESP_QUEUE_MAX 64        /* IKE packets waiting for the engine */
 #define NON_ESP_MARKER_LEN 4
+#define ESP_HOLD_MAX 4          /* on-demand: packets held until the first SA */
 
 typedef struct esp_slot {
     esp_sa *sa;
@@ -112,6 +113,17 @@ struct esp_datapath {
     esp_prefix in_dst[ESP_MAX_TS];
     size_t n_in_dst;
 
+    /* On-demand (esp_datapath_hold): the first packets for a protected
+     * network without SA, at ESP_HEADROOM in their slot. Written by the TX
+     * side under the read lock (one TX side at a time), taken by the engine
+     * under the write lock. */
+    bool hold;
+    bool hold_reported;                 /* traffic_wanted raised since hold on */
+    uint8_t held[ESP_HOLD_MAX][ESP_TX_SLOT];
+    size_t held_len[ESP_HOLD_MAX];
+    size_t n_held;
+    _Atomic bool traffic_wanted;        /* -> cbs.on_traffic on the engine */
+
     bool running;
     pthread_t tx_thread, rx_thread;
     esp_tx_batch *tx;
@@ -120,6 +132,9 @@ struct esp_datapath {
 
 /* Wake the engine (eventfd); the engine drains the queue and rekey flags. */
 void esp_dp_signal_engine(esp_datapath *dp);
+/* Send the held packets through the outbound SA (engine thread; takes the
+ * write lock); IPv4 sources are set to vip when given. */
+void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip);
 /* SA with this inbound SPI, or NULL; caller holds sa_lock. */
 esp_slot *esp_dp_find_slot_locked(esp_datapath *dp, uint32_t spi_in);
 

@@ -81,6 +81,98 @@ static bool covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uin
     return false;
 }
 
+/* On-demand, no SA yet: keep up to ESP_HOLD_MAX packets that a remote
+ * selector covers and tell the engine once (traffic_wanted). Caller holds
+ * the read lock; only the TX side writes the held slots. Returns how many
+ * of the n were kept. */
+static int hold_packets(esp_datapath *dp, int n)
+{
+    esp_tx_batch *b = dp->tx;
+    int kept = 0;
+    for (int i = 0; i < n && dp->n_held < ESP_HOLD_MAX; i++) {
+        uint8_t *inner = b->buf[i] + ESP_HEADROOM;
+        uint8_t nh = next_header_of(inner, b->inner_len[i]);
+        if (!nh || !covered_by_ts_locked(dp, inner, nh))
+            continue;
+        memcpy(dp->held[dp->n_held] + ESP_HEADROOM, inner, b->inner_len[i]);
+        dp->held_len[dp->n_held++] = b->inner_len[i];
+        kept++;
+    }
+    if (kept && !dp->hold_reported) {
+        dp->hold_reported = true;
+        atomic_store(&dp->traffic_wanted, true);
+        esp_dp_signal_engine(dp);
+    }
+    return kept;
+}
+
+/* RFC 1624 incremental update of a ones'-complement checksum (big-endian
+ * at sum) for n bytes changed from `from` to `to` (n even). */
+static void csum_update(uint8_t *sum, const uint8_t *from, const uint8_t *to, size_t n)
+{
+    uint32_t s = (uint16_t)~((sum[0] << 8) | sum[1]);
+    for (size_t i = 0; i < n; i += 2) {
+        s += (uint16_t)~((from[i] << 8) | from[i + 1]);
+        s += (uint32_t)((to[i] << 8) | to[i + 1]);
+    }
+    while (s >> 16)
+        s = (s & 0xffff) + (s >> 16);
+    s = (uint16_t)~s;
+    sum[0] = (uint8_t)(s >> 8);
+    sum[1] = (uint8_t)s;
+}
+
+/* A held IPv4 packet left before the virtual IP existed, so its source is
+ * whatever the kernel picked then: it gets the virtual IP (the gateway
+ * accepts nothing else), with the IP and TCP/UDP checksums updated. */
+static void set_source(uint8_t *pkt, size_t len, const uint8_t vip[4])
+{
+    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4;
+    if (len < 20 || ihl < 20 || ihl > len || memcmp(pkt + 12, vip, 4) == 0)
+        return;
+    uint8_t old[4];
+    memcpy(old, pkt + 12, 4);
+    memcpy(pkt + 12, vip, 4);
+    csum_update(pkt + 10, old, vip, 4);
+    bool first_fragment = ((pkt[6] & 0x1f) | pkt[7]) == 0;
+    uint8_t proto = pkt[9];
+    if (!first_fragment)
+        return;
+    if (proto == 6 && len >= ihl + 18)
+        csum_update(pkt + ihl + 16, old, vip, 4);
+    else if (proto == 17 && len >= ihl + 8 && (pkt[ihl + 6] | pkt[ihl + 7])) {
+        csum_update(pkt + ihl + 6, old, vip, 4);
+        if (!(pkt[ihl + 6] | pkt[ihl + 7]))
+            pkt[ihl + 6] = pkt[ihl + 7] = 0xff; /* 0 means "no checksum" in UDP */
+    }
+}
+
+void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip)
+{
+    pthread_rwlock_wrlock(&dp->sa_lock);
+    esp_slot *slot = dp->out_idx >= 0 ? &dp->slots[dp->out_idx] : NULL;
+    for (size_t i = 0; slot && i < dp->n_held; i++) {
+        uint8_t *inner = dp->held[i] + ESP_HEADROOM;
+        uint8_t nh = next_header_of(inner, dp->held_len[i]);
+        if (nh == ESP_NH_IPV4 && vip && vip->family == AF_INET)
+            set_source(inner, dp->held_len[i], vip->addr);
+        size_t hdr = esp_sa_header_len(slot->sa);
+        uint8_t *pkt = inner - hdr;
+        size_t pkt_len;
+        esp_drop_reason why;
+        if (esp_sa_encap(slot->sa, inner, dp->held_len[i], nh, pkt,
+                         ESP_TX_SLOT - (size_t)(pkt - dp->held[i]), &pkt_len, &why) < 0)
+            continue; /* counted by the SA */
+        if (sendto(dp->udp_fd, pkt, pkt_len, 0, (struct sockaddr *)&slot->peer, slot->peer_len) > 0)
+            atomic_fetch_add_explicit(&dp->tx_packets, 1, memory_order_relaxed);
+    }
+    if (slot) {
+        dp->n_held = 0;
+        dp->hold_reported = false; /* without SA again later: reported again */
+    }
+    pthread_rwlock_unlock(&dp->sa_lock);
+}
+
 /* One message per packet, or with UDP GSO one per run of equal-sized packets
  * (the last of a run may be shorter), at most 64 segments / 64 KiB each. */
 static int build_messages(esp_datapath *dp, int out, struct sockaddr_storage *peer,
@@ -133,8 +225,10 @@ static void tx_flush(esp_datapath *dp, int n)
     pthread_rwlock_rdlock(&dp->sa_lock);
     esp_slot *slot = dp->out_idx >= 0 ? &dp->slots[dp->out_idx] : NULL;
     if (!slot) {
-        /* Kill switch: no SA, nothing leaves. */
-        atomic_fetch_add_explicit(&dp->drop_no_sa, (uint64_t)n, memory_order_relaxed);
+        /* Kill switch: no SA, nothing leaves; on-demand, the first few
+         * packets for a protected network wait for the SA. */
+        int held = dp->hold ? hold_packets(dp, n) : 0;
+        atomic_fetch_add_explicit(&dp->drop_no_sa, (uint64_t)(n - held), memory_order_relaxed);
     } else {
         peer = slot->peer;
         peer_len = slot->peer_len;

@@ -24,6 +24,10 @@
  *                    m2mvpn_status.warnings and the "warnings" array of
  *                    m2mvpn_status_json: settings of the active profile that
  *                    work but weaken it (a PSK shorter than 20 characters).
+ *                    Then m2mvpn_status.reconnects, .rekeys, .roams,
+ *                    .last_change, .last_reason and the "transitions"
+ *                    object of m2mvpn_status_json: how often the tunnel
+ *                    came back, and when and why its state last moved.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -254,6 +258,12 @@ typedef struct m2mvpn_status {
     /* Appended after the first 1.0 header: */
     char warnings[256];             /**< what weakens the active profile, e.g. a PSK shorter
                                      *   than 20 characters; "; "-separated, or "". Never a secret */
+    /* Appended after `warnings`: */
+    uint64_t reconnects;            /**< times the tunnel came up again after a failure or renewal */
+    uint64_t rekeys;                /**< CHILD/IKE SA rekeys (0 while this build renews instead) */
+    uint64_t roams;                 /**< moves to another address (0: not used by this build yet) */
+    int64_t last_change;            /**< Unix time of the last move of the connection, or 0 */
+    char last_reason[128];          /**< why it moved then, e.g. "no traffic for 300 s", or "" */
 } m2mvpn_status;
 
 /**
@@ -270,7 +280,8 @@ M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
  * "packets_in", "packets_out", "packets_dropped", "dropped" {"replay",
  * "integrity", "no_sa"}}, "connected_since", "dns" [...], "child_sa"
  * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version",
- * "warnings" [strings] ([] when none).
+ * "warnings" [strings] ([] when none), "transitions" {"reconnects", "rekeys",
+ * "roams", "last_change", "last_reason"}.
  * *ret is a new NUL-terminated string
  * the caller frees with m2mvpn_string_free(). Errors: BADHANDLE, INVAL (ret
  * NULL), NOMEM. Thread-safe.

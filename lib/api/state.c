@@ -196,6 +196,15 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         json_object_object_add(o, "algorithms", alg);
     }
     json_object_object_add(o, "version", json_object_new_string(m2mvpn_version()));
+    json_object *tr = json_object_new_object();
+    if (tr) {
+        json_object_object_add(tr, "reconnects", json_object_new_uint64(s.reconnects));
+        json_object_object_add(tr, "rekeys", json_object_new_uint64(s.rekeys));
+        json_object_object_add(tr, "roams", json_object_new_uint64(s.roams));
+        json_object_object_add(tr, "last_change", json_object_new_int64(s.last_change));
+        json_object_object_add(tr, "last_reason", json_object_new_string(s.last_reason));
+        json_object_object_add(o, "transitions", tr);
+    }
     json_object *warnings = json_object_new_array();
     for (size_t i = 0; warnings && i < nw; i++)
         json_object_array_add(warnings, json_object_new_string(w[i]));

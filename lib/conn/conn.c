@@ -717,5 +717,10 @@ void conn_fill_status(conn *c, m2mvpn_status *st)
     st->connected_since = c->connected_since;
     st->spi_in = c->spi_in;
     st->spi_out = c->spi_out;
+    st->reconnects = c->reconnects;
+    st->rekeys = 0;
+    st->roams = 0;
+    st->last_change = c->last_change;
+    snprintf(st->last_reason, sizeof(st->last_reason), "%s", c->last_reason);
     c->ops.fill_status(c->ops.arg, c->spi_in != 0, st);
 }

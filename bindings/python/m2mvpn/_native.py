@@ -110,6 +110,11 @@ class Status(ctypes.Structure):
         ("dropped_integrity", ctypes.c_uint64),
         ("dropped_no_sa", ctypes.c_uint64),
         ("warnings", ctypes.c_char * 256),      # appended after the first 1.0 header
+        ("reconnects", ctypes.c_uint64),        # appended after warnings
+        ("rekeys", ctypes.c_uint64),
+        ("roams", ctypes.c_uint64),
+        ("last_change", ctypes.c_int64),
+        ("last_reason", ctypes.c_char * 128),
     ]
 
 

@@ -109,6 +109,11 @@ class StatusSnapshot:
     dropped_no_sa: int
     struct_size: int
     warnings: str = ""  # what weakens the active profile, "; "-separated (appended)
+    reconnects: int = 0  # times the tunnel came up again after a failure or renewal (appended)
+    rekeys: int = 0
+    roams: int = 0
+    last_change: int = 0  # Unix time of the last move of the connection
+    last_reason: str = ""  # why it moved
 
 
 def version(lib=None):
@@ -331,7 +336,9 @@ class Client:
             ike_algorithms=text(st.ike_algorithms), esp_algorithms=text(st.esp_algorithms),
             dns=tuple(text(d.value) for d in st.dns if d.value), spi_in=st.spi_in, spi_out=st.spi_out,
             dropped_replay=st.dropped_replay, dropped_integrity=st.dropped_integrity,
-            dropped_no_sa=st.dropped_no_sa, struct_size=st.struct_size, warnings=text(st.warnings))
+            dropped_no_sa=st.dropped_no_sa, struct_size=st.struct_size, warnings=text(st.warnings),
+            reconnects=st.reconnects, rekeys=st.rekeys, roams=st.roams, last_change=st.last_change,
+            last_reason=text(st.last_reason))
 
     def status_json_text(self):
         """m2mvpn_status_json() as the library's exact text."""

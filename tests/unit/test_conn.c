@@ -1,0 +1,785 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The connection state machine (lib/conn/conn.h) over fake conn_ops: no
+ * TUN, no sockets, no IKE. The fake records what conn asked for, answers as
+ * each case scripts it, and the IKE results are what lib/ike would report
+ * (conn_ike_established, conn_post_ike_down). A mocked clock drives the
+ * core_loop's timers (back-off, events, idle check).
+ *
+ * Tables: the transition table (every pair of phases, written here as the
+ * specification), the back-off schedule and its jitter bounds, which errors
+ * are retried in which mode, failover through the gateway list.
+ */
+#include <check.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <m2mvpn/m2mvpn.h>
+
+#include "conn/conn.h"
+#include "core/log.h"
+#include "core/loop.h"
+#include "profile/profile.h"
+
+static uint64_t fake_now;
+static uint64_t fake_clock(void)
+{
+    return fake_now;
+}
+
+#define MAX_REC 64
+
+typedef struct fake {
+    /* scripted answers */
+    int cred_err, path_err, sa_err, install_err, pin_err;
+    bool pin_needed;
+    bool close_posts_down;   /* sa_close reports down at once, as IKE may */
+    uint32_t rnd;
+    uint64_t traffic;
+    /* what conn asked for */
+    unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove;
+    int net_arm_hold;        /* -1: never armed */
+    size_t gw_index[MAX_REC];
+    size_t n_path;
+} fake;
+
+typedef struct harness {
+    core_loop loop;
+    core_log log;
+    profile_set *set;
+    conn *c;
+    fake f;
+    m2mvpn_state states[MAX_REC];
+    int state_err[MAX_REC];
+    size_t n_states;
+    m2mvpn_event_type events[MAX_REC];
+    size_t n_events;
+    char logbuf[16384];
+    uint64_t delays[MAX_REC]; /* "reconnecting in N ms" */
+    size_t n_delays;
+} harness;
+
+static harness *T;
+
+/* ------------------------------------------------------------ fake ops */
+
+static int f_net_arm(void *arg, const profile *p, bool hold, char *err, size_t len)
+{
+    (void)p, (void)err, (void)len;
+    ((fake *)arg)->net_arm_hold = hold;
+    return 0;
+}
+
+static void f_net_release(void *arg, bool remove)
+{
+    (void)remove;
+    ((fake *)arg)->n_net_release++;
+}
+
+static int f_path_open(void *arg, const profile *p, size_t gw_index, char *gw_text, size_t gw_text_len,
+                       char *err, size_t err_len)
+{
+    fake *f = arg;
+    if (f->n_path < MAX_REC)
+        f->gw_index[f->n_path++] = gw_index;
+    const profile_gateway *g = &p->gateways[gw_index % p->n_gateways];
+    snprintf(gw_text, gw_text_len, "%s:%u", g->host, g->port);
+    if (f->path_err)
+        snprintf(err, err_len, "fake path error");
+    return f->path_err;
+}
+
+static int f_cred_load(void *arg, const profile *p, bool *pin_needed, char *err, size_t err_len)
+{
+    fake *f = arg;
+    (void)p;
+    *pin_needed = f->pin_needed;
+    if (f->cred_err)
+        snprintf(err, err_len, "fake credential error");
+    return f->cred_err;
+}
+
+static int f_cred_pin(void *arg, const char *pin, size_t len, char *err, size_t err_len)
+{
+    fake *f = arg;
+    (void)pin, (void)len;
+    if (f->pin_err)
+        snprintf(err, err_len, "wrong PIN");
+    return f->pin_err;
+}
+
+static void f_cred_release(void *arg)
+{
+    (void)arg;
+}
+
+static int f_sa_start(void *arg, const profile *p, char *err, size_t err_len)
+{
+    fake *f = arg;
+    (void)p;
+    f->n_sa_start++;
+    if (f->sa_err)
+        snprintf(err, err_len, "fake SA error");
+    return f->sa_err;
+}
+
+static void f_sa_close(void *arg)
+{
+    fake *f = arg;
+    f->n_sa_close++;
+    if (f->close_posts_down)
+        conn_post_ike_down(T->c, 0, IKE_FAULT_LOCAL, NULL);
+}
+
+static void f_sa_release(void *arg)
+{
+    ((fake *)arg)->n_sa_release++;
+}
+
+static int f_child_install(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len)
+{
+    fake *f = arg;
+    (void)p, (void)r;
+    f->n_install++;
+    if (f->install_err)
+        snprintf(err, err_len, "fake install error");
+    return f->install_err;
+}
+
+static void f_child_remove(void *arg, uint32_t spi_in)
+{
+    (void)spi_in;
+    ((fake *)arg)->n_child_remove++;
+}
+
+static void f_fill_status(void *arg, bool child, m2mvpn_status *st)
+{
+    (void)arg, (void)child, (void)st;
+}
+
+static uint64_t f_traffic(void *arg)
+{
+    return ((fake *)arg)->traffic;
+}
+
+static int64_t f_wall_time(void *arg)
+{
+    (void)arg;
+    return (int64_t)(fake_now / 1000);
+}
+
+static uint32_t f_random(void *arg)
+{
+    return ((fake *)arg)->rnd;
+}
+
+/* ------------------------------------------------------------- harness */
+
+static void on_state(void *arg, m2mvpn_state st, int err, const char *detail)
+{
+    harness *h = arg;
+    (void)detail;
+    if (h->n_states < MAX_REC) {
+        h->state_err[h->n_states] = err;
+        h->states[h->n_states++] = st;
+    }
+}
+
+static void on_event(void *arg, m2mvpn_event_type type, int err, const char *detail)
+{
+    harness *h = arg;
+    (void)err, (void)detail;
+    if (h->n_events < MAX_REC)
+        h->events[h->n_events++] = type;
+}
+
+static void on_log(m2mvpn *hd, int level, const char *sub, const char *msg, void *ud)
+{
+    harness *h = ud;
+    (void)hd;
+    size_t used = strlen(h->logbuf);
+    snprintf(h->logbuf + used, sizeof(h->logbuf) - used, "[%d %s] %s\n", level, sub, msg);
+    unsigned long long ms;
+    if (sscanf(msg, "reconnecting in %llu ms", &ms) == 1 && h->n_delays < MAX_REC)
+        h->delays[h->n_delays++] = ms;
+    if (getenv("M2MVPN_TEST_LOG"))
+        fprintf(stderr, "  [%d %s] %s\n", level, sub, msg);
+}
+
+static char *profile_json(const char *mode, int n_gw, unsigned idle_s)
+{
+    static char buf[1024];
+    char gws[256] = "";
+    for (int i = 0; i < n_gw; i++) {
+        size_t u = strlen(gws);
+        snprintf(gws + u, sizeof(gws) - u, "%s{\"host\": \"198.51.100.%d\"}", i ? ", " : "", i + 1);
+    }
+    snprintf(buf, sizeof(buf),
+             "{\"version\": 1, \"name\": \"unit\", \"mode\": \"%s\", \"gateways\": [%s],"
+             " \"local_id\": \"dev1.m2m.test\", \"remote_id\": \"gw.m2m.test\","
+             " \"auth\": {\"method\": \"psk\", \"psk\": \"unit test psk, 32 bytes or so..\"},"
+             " \"tunnel\": {\"remote_ts\": [\"198.18.0.0/16\"], \"on_demand_idle_s\": %u}}",
+             mode, gws, idle_s);
+    return buf;
+}
+
+static void setup(void)
+{
+    T = calloc(1, sizeof(*T));
+    ck_assert_ptr_nonnull(T);
+    fake_now = 1000000;
+    ck_assert_int_eq(core_loop_init(&T->loop, NULL, NULL), 0);
+    T->loop.clock_ms = fake_clock;
+    core_log_init(&T->log, NULL);
+    core_log_set(&T->log, on_log, M2MVPN_LOG_DEBUG, T);
+    T->f.close_posts_down = true;
+    T->f.net_arm_hold = -1;
+    T->f.rnd = 0x12345;
+    conn_ops ops = {
+        .arg = &T->f, .net_arm = f_net_arm, .net_release = f_net_release, .path_open = f_path_open,
+        .cred_load = f_cred_load, .cred_pin = f_cred_pin, .cred_release = f_cred_release,
+        .sa_start = f_sa_start, .sa_close = f_sa_close, .sa_release = f_sa_release,
+        .child_install = f_child_install, .child_remove = f_child_remove, .fill_status = f_fill_status,
+        .traffic = f_traffic, .wall_time = f_wall_time, .random = f_random,
+    };
+    conn_hooks hooks = { T, on_state, on_event };
+    ck_assert_int_eq(conn_new_with_ops(&T->loop, &T->log, &hooks, &ops, &T->c), 0);
+}
+
+static void teardown(void)
+{
+    conn_free(T->c);
+    profile_set_free(T->set);
+    core_log_destroy(&T->log);
+    core_loop_destroy(&T->loop);
+    free(T);
+    T = NULL;
+}
+
+static void use_profile(const char *mode, int n_gw, unsigned idle_s)
+{
+    char err[256];
+    const char *json = profile_json(mode, n_gw, idle_s);
+    ck_assert_msg(profile_set_parse(json, strlen(json), NULL, &T->set, err, sizeof(err)) == 0, "%s", err);
+    conn_set_profile(T->c, T->set, &T->set->items[0]);
+}
+
+/* Let `ms` pass and run what is due (posted events included). */
+static void advance(uint64_t ms)
+{
+    fake_now += ms;
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(core_loop_run_once(&T->loop, 0), 0);
+}
+
+static void established(void)
+{
+    static const uint8_t keymat[64];
+    ike_child_result r = { .spi_in = 0x11111111, .spi_out = 0x22222222, .keymat = keymat,
+                           .keymat_len = sizeof(keymat), .has_vip = true, .vip = { 198, 18, 1, 1 } };
+    conn_ike_established(T->c, &r);
+}
+
+static void down(int err, ike_fault fault)
+{
+    conn_post_ike_down(T->c, err, fault, "fake down");
+    advance(0);
+}
+
+static conn_phase phase(void)
+{
+    return conn_get_phase(T->c);
+}
+
+static m2mvpn_state last_state(void)
+{
+    ck_assert_uint_gt(T->n_states, 0);
+    return T->states[T->n_states - 1];
+}
+
+/* --------------------------------------------------------- reach a phase */
+
+/* Drive the machine into `p` the way the API and IKE would. */
+static void reach(conn_phase p)
+{
+    switch (p) {
+    case CONN_IDLE:
+        use_profile("manual", 1, 0);
+        break;
+    case CONN_ARMED:
+        use_profile("on-demand", 1, 60);
+        break;
+    case CONN_WAIT_PIN:
+        T->f.pin_needed = true;
+        use_profile("manual", 1, 0);
+        conn_connect(T->c);
+        break;
+    case CONN_NEGOTIATING:
+        use_profile("manual", 1, 0);
+        conn_connect(T->c);
+        break;
+    case CONN_UP:
+        reach(CONN_NEGOTIATING);
+        established();
+        break;
+    case CONN_RESTARTING:
+        T->f.close_posts_down = false;
+        reach(CONN_UP);
+        conn_post_rekey(T->c, 0x11111111, ESP_REKEY_SOFT_TIME);
+        advance(0);
+        break;
+    case CONN_CLOSING:
+        T->f.close_posts_down = false;
+        reach(CONN_UP);
+        conn_disconnect(T->c);
+        break;
+    case CONN_BACKOFF:
+        use_profile("always-on", 1, 0);
+        down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER);
+        break;
+    default:
+        ck_abort();
+    }
+    ck_assert_msg(phase() == p, "wanted %s, got %s", conn_phase_name(p), conn_phase_name(phase()));
+}
+
+/* ------------------------------------------------------------ the table */
+
+#define B(p) (1u << CONN_##p)
+/* The specification: which moves the machine may make. */
+static const unsigned spec[CONN_PHASE__COUNT] = {
+    [CONN_IDLE] = B(ARMED) | B(NEGOTIATING),
+    [CONN_ARMED] = B(IDLE) | B(NEGOTIATING),
+    [CONN_WAIT_PIN] = B(IDLE) | B(ARMED) | B(NEGOTIATING),
+    [CONN_NEGOTIATING] = B(IDLE) | B(ARMED) | B(WAIT_PIN) | B(UP) | B(RESTARTING) | B(CLOSING) | B(BACKOFF),
+    [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF),
+    [CONN_RESTARTING] = B(IDLE) | B(ARMED) | B(NEGOTIATING) | B(CLOSING) | B(BACKOFF),
+    [CONN_CLOSING] = B(IDLE) | B(ARMED) | B(RESTARTING),
+    [CONN_BACKOFF] = B(IDLE) | B(ARMED) | B(NEGOTIATING),
+};
+#undef B
+
+START_TEST(phase_names_distinct)
+{
+    for (int i = 0; i < CONN_PHASE__COUNT; i++) {
+        ck_assert_str_ne(conn_phase_name((conn_phase)i), "?");
+        for (int j = 0; j < i; j++)
+            ck_assert_str_ne(conn_phase_name((conn_phase)i), conn_phase_name((conn_phase)j));
+    }
+    ck_assert_str_eq(conn_phase_name(CONN_PHASE__COUNT), "?");
+}
+END_TEST
+
+/* Every (from, to): allowed moves happen, the others are refused, logged,
+ * and leave phase and public state as they were. _i is from * N + to. */
+START_TEST(every_transition)
+{
+    conn_phase from = (conn_phase)(_i / CONN_PHASE__COUNT), to = (conn_phase)(_i % CONN_PHASE__COUNT);
+    if (from == to)
+        return;
+    reach(from);
+    size_t n_states = T->n_states;
+    T->logbuf[0] = '\0';
+    int r = conn_try_phase(T->c, to, "unit test");
+    if (spec[from] & (1u << to)) {
+        ck_assert_int_eq(r, 0);
+        ck_assert_int_eq(phase(), to);
+        char want[96];
+        snprintf(want, sizeof(want), "%s -> %s (unit test)", conn_phase_name(from), conn_phase_name(to));
+        ck_assert_msg(strstr(T->logbuf, want), "log: %s", T->logbuf);
+        ck_assert_uint_eq(T->n_states, n_states + 1);
+    } else {
+        ck_assert_int_eq(r, M2MVPN_E_STATE);
+        ck_assert_int_eq(phase(), from);
+        ck_assert_uint_eq(T->n_states, n_states);
+        ck_assert_msg(strstr(T->logbuf, "refused move"), "log: %s", T->logbuf);
+    }
+}
+END_TEST
+
+/* The public state each phase shows. */
+START_TEST(public_state_per_phase)
+{
+    static const struct { conn_phase p; m2mvpn_state st; } cases[] = {
+        { CONN_ARMED, M2MVPN_STATE_IDLE },           { CONN_WAIT_PIN, M2MVPN_STATE_CONNECTING },
+        { CONN_NEGOTIATING, M2MVPN_STATE_CONNECTING }, { CONN_UP, M2MVPN_STATE_CONNECTED },
+        { CONN_RESTARTING, M2MVPN_STATE_RECONNECTING }, { CONN_CLOSING, M2MVPN_STATE_DISCONNECTING },
+        { CONN_BACKOFF, M2MVPN_STATE_RECONNECTING },
+    };
+    reach(cases[_i].p);
+    ck_assert_int_eq(last_state(), cases[_i].st);
+}
+END_TEST
+
+/* ------------------------------------------------------------ back-off */
+
+START_TEST(backoff_schedule)
+{
+    static const struct { unsigned n; bool auth; uint64_t base; } cases[] = {
+        { 0, false, 1000 },   { 1, false, 2000 },   { 2, false, 4000 },    { 3, false, 8000 },
+        { 5, false, 32000 },  { 6, false, 60000 },  { 40, false, 60000 },  { 0, true, 30000 },
+        { 1, true, 60000 },   { 4, true, 480000 },  { 5, true, 900000 },   { 60, true, 900000 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t lo = cases[i].base * (100 - CONN_JITTER_PCT) / 100;
+        uint64_t hi = cases[i].base * (100 + CONN_JITTER_PCT) / 100;
+        ck_assert_uint_eq(conn_backoff_ms(cases[i].n, cases[i].auth, 0), lo);
+        uint64_t seen_lo = UINT64_MAX, seen_hi = 0;
+        for (uint32_t r = 0; r < 200000; r += 7) {
+            uint64_t d = conn_backoff_ms(cases[i].n, cases[i].auth, r * 2654435761u);
+            ck_assert_uint_ge(d, lo);
+            ck_assert_uint_le(d, hi);
+            seen_lo = d < seen_lo ? d : seen_lo;
+            seen_hi = d > seen_hi ? d : seen_hi;
+        }
+        /* The jitter spreads: both ends of the band are nearly reached. */
+        ck_assert_uint_lt(seen_lo, lo + (hi - lo) / 20);
+        ck_assert_uint_gt(seen_hi, hi - (hi - lo) / 20);
+    }
+}
+END_TEST
+
+/* Always-on against a silent gateway: the attempts wait as scheduled (not
+ * a millisecond less), doubling; a connection resets the schedule. */
+START_TEST(backoff_in_the_machine)
+{
+    T->f.rnd = 0; /* the lower end of the jitter band */
+    use_profile("always-on", 1, 0);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    for (unsigned i = 0; i < 4; i++) {
+        down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER);
+        ck_assert_int_eq(phase(), CONN_BACKOFF);
+        ck_assert_int_eq(last_state(), M2MVPN_STATE_RECONNECTING);
+        ck_assert_uint_eq(T->n_delays, i + 1);
+        uint64_t want = conn_backoff_ms(i, false, 0);
+        ck_assert_uint_eq(T->delays[i], want);
+        advance(want - 1);
+        ck_assert_uint_eq(T->f.n_sa_start, i + 1);
+        advance(1);
+        ck_assert_uint_eq(T->f.n_sa_start, i + 2);
+        ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+        ck_assert_int_eq(last_state(), M2MVPN_STATE_RECONNECTING);
+    }
+    established();
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTED);
+    down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER); /* DPD: the gateway is gone */
+    ck_assert_uint_eq(T->delays[4], conn_backoff_ms(0, false, 0));
+}
+END_TEST
+
+/* ----------------------------------------------------- which are retried */
+
+typedef struct retry_case {
+    const char *mode;
+    int err;
+    ike_fault fault;
+    conn_phase then;
+    bool auth_event;
+} retry_case;
+
+static const retry_case retry_cases[] = {
+    /* always-on: whatever the gateway did is retried, also "local" codes */
+    { "always-on", M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, CONN_BACKOFF, false },
+    { "always-on", M2MVPN_E_PROTOCOL, IKE_FAULT_PEER, CONN_BACKOFF, false },
+    { "always-on", M2MVPN_E_INVAL, IKE_FAULT_PEER, CONN_BACKOFF, false },
+    { "always-on", M2MVPN_E_CERT, IKE_FAULT_PEER, CONN_BACKOFF, false },
+    { "always-on", M2MVPN_E_AUTH_PEER, IKE_FAULT_PEER, CONN_BACKOFF, true },
+    { "always-on", M2MVPN_E_AUTH_LOCAL, IKE_FAULT_PEER, CONN_BACKOFF, true },
+    { "always-on", M2MVPN_E_NETWORK, IKE_FAULT_LOCAL, CONN_BACKOFF, false },
+    { "always-on", M2MVPN_E_TIMEOUT, IKE_FAULT_LOCAL, CONN_BACKOFF, false },
+    /* ... not our own causes a retry cannot fix */
+    { "always-on", M2MVPN_E_PIN, IKE_FAULT_LOCAL, CONN_IDLE, false },
+    { "always-on", M2MVPN_E_CERT, IKE_FAULT_LOCAL, CONN_IDLE, false },
+    { "always-on", M2MVPN_E_NOTSUPP, IKE_FAULT_LOCAL, CONN_IDLE, false },
+    { "always-on", M2MVPN_E_PROFILE, IKE_FAULT_LOCAL, CONN_IDLE, false },
+    { "always-on", M2MVPN_E_INVAL, IKE_FAULT_LOCAL, CONN_IDLE, false },
+    { "always-on", M2MVPN_E_CREDENTIALS, IKE_FAULT_LOCAL, CONN_IDLE, false },
+    /* manual: down after any failure */
+    { "manual", M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, CONN_IDLE, false },
+    { "manual", M2MVPN_E_AUTH_PEER, IKE_FAULT_PEER, CONN_IDLE, true },
+    /* on-demand: armed again (traffic tries anew), unless it cannot help */
+    { "on-demand", M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, CONN_ARMED, false },
+    { "on-demand", M2MVPN_E_AUTH_LOCAL, IKE_FAULT_PEER, CONN_ARMED, true },
+    { "on-demand", M2MVPN_E_PIN, IKE_FAULT_LOCAL, CONN_IDLE, false },
+};
+
+START_TEST(which_errors_are_retried)
+{
+    const retry_case *rc = &retry_cases[_i];
+    use_profile(rc->mode, 2, 60);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    unsigned started = T->f.n_sa_start;
+    down(rc->err, rc->fault);
+    ck_assert_msg(phase() == rc->then, "%s %s/%s: %s", rc->mode, m2mvpn_error_name(rc->err),
+                  ike_fault_name(rc->fault), conn_phase_name(phase()));
+    ck_assert_int_eq(T->state_err[T->n_states - 1], rc->err);
+    bool auth_event = false;
+    for (size_t i = 0; i < T->n_events; i++)
+        auth_event |= T->events[i] == M2MVPN_EVENT_AUTH_FAILED;
+    ck_assert_int_eq(auth_event, rc->auth_event);
+    bool auth = rc->err == M2MVPN_E_AUTH_LOCAL || rc->err == M2MVPN_E_AUTH_PEER;
+    if (rc->then == CONN_BACKOFF) /* the auth schedule is the longer one */
+        ck_assert_uint_eq(T->delays[0], conn_backoff_ms(0, auth, T->f.rnd));
+    /* An hour later: retried only in back-off. */
+    advance(3600 * 1000);
+    ck_assert_uint_eq(T->f.n_sa_start, started + (rc->then == CONN_BACKOFF));
+}
+END_TEST
+
+/* Timeouts and unreachable gateways move on to the next gateway (and past
+ * the last back to the first); other failures try the same one again. */
+START_TEST(failover)
+{
+    static const struct { int err; size_t next; } steps[] = {
+        { M2MVPN_E_TIMEOUT, 1 },   { M2MVPN_E_NETWORK, 2 },  { M2MVPN_E_AUTH_PEER, 2 },
+        { M2MVPN_E_PROTOCOL, 2 },  { M2MVPN_E_TIMEOUT, 0 },  { M2MVPN_E_TIMEOUT, 1 },
+    };
+    use_profile("always-on", 3, 0);
+    ck_assert_uint_eq(T->f.gw_index[0], 0);
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        down(steps[i].err, IKE_FAULT_PEER);
+        advance(CONN_BACKOFF_AUTH_MAX_MS * 2);
+        ck_assert_uint_eq(T->f.n_path, i + 2);
+        ck_assert_msg(T->f.gw_index[i + 1] == steps[i].next, "step %zu: gateway %zu", i, T->f.gw_index[i + 1]);
+    }
+}
+END_TEST
+
+/* --------------------------------------------------------------- PIN */
+
+START_TEST(pin_wrong_is_never_retried)
+{
+    T->f.pin_needed = true;
+    use_profile("always-on", 1, 0);
+    ck_assert_int_eq(phase(), CONN_WAIT_PIN);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTING);
+    ck_assert_uint_eq(T->n_events, 1);
+    ck_assert_int_eq(T->events[0], M2MVPN_EVENT_PIN_REQUIRED);
+    ck_assert_uint_eq(T->f.n_sa_start, 0);
+    T->f.pin_err = M2MVPN_E_PIN;
+    conn_enter_pin(T->c, "0000", 4);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_int_eq(T->state_err[T->n_states - 1], M2MVPN_E_PIN);
+    advance(3600 * 1000);
+    ck_assert_uint_eq(T->f.n_sa_start, 0);
+}
+END_TEST
+
+START_TEST(pin_right_goes_on)
+{
+    T->f.pin_needed = true;
+    use_profile("manual", 1, 0);
+    conn_enter_pin(T->c, "1234", 4); /* not asked for: ignored */
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_WAIT_PIN);
+    conn_enter_pin(T->c, "1234", 4);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    established();
+    ck_assert_int_eq(phase(), CONN_UP);
+}
+END_TEST
+
+START_TEST(disconnect_while_waiting_for_the_pin)
+{
+    T->f.pin_needed = true;
+    use_profile("manual", 1, 0);
+    conn_connect(T->c);
+    conn_disconnect(T->c);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_enter_pin(T->c, "1234", 4);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_uint_eq(T->f.n_sa_start, 0);
+}
+END_TEST
+
+/* ------------------------------------------------- connect / disconnect */
+
+START_TEST(connect_during_disconnect)
+{
+    reach(CONN_CLOSING);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_DISCONNECTING);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_RESTARTING);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    down(0, IKE_FAULT_LOCAL); /* the Delete is answered */
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_uint_eq(T->f.n_sa_release, 1);
+    established();
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTED);
+}
+END_TEST
+
+START_TEST(disconnect_stays_down)
+{
+    reach(CONN_UP);
+    conn_disconnect(T->c);
+    ck_assert_int_eq(phase(), CONN_CLOSING);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_DISCONNECTING);
+    advance(0); /* the fake's Delete is answered at once */
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_IDLE);
+    ck_assert_uint_eq(T->f.n_child_remove, 1);
+    advance(3600 * 1000);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+}
+END_TEST
+
+/* The IKE SA's down report runs from the loop, not inside its callback. */
+START_TEST(down_is_posted)
+{
+    reach(CONN_UP);
+    conn_post_ike_down(T->c, M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, "no answer");
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_sa_release, 0);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_uint_eq(T->f.n_sa_release, 1);
+}
+END_TEST
+
+/* A CHILD SA install that fails closes the SA and reports the install's
+ * error, not the Delete's. */
+START_TEST(install_failure)
+{
+    T->f.install_err = M2MVPN_E_TUN;
+    reach(CONN_NEGOTIATING);
+    established();
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_int_eq(T->state_err[T->n_states - 1], M2MVPN_E_TUN);
+}
+END_TEST
+
+/* A soft lifetime renews the tunnel at once (no back-off), RECONNECTING. */
+START_TEST(rekey_renews)
+{
+    reach(CONN_UP);
+    conn_post_rekey(T->c, 0x99999999, ESP_REKEY_SOFT_TIME); /* not ours: ignored */
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    conn_post_rekey(T->c, 0x11111111, ESP_REKEY_SOFT_TIME);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_RECONNECTING);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    established();
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    conn_fill_status(T->c, &st);
+    ck_assert_uint_eq(st.reconnects, 1);
+}
+END_TEST
+
+/* ------------------------------------------------------------ on-demand */
+
+START_TEST(on_demand_traffic_and_idle)
+{
+    use_profile("on-demand", 1, 30);
+    unsigned released = T->f.n_net_release;
+    ck_assert_int_eq(phase(), CONN_ARMED);
+    ck_assert_int_eq(T->f.net_arm_hold, 1);
+    ck_assert_uint_eq(T->f.n_sa_start, 0);
+    conn_post_traffic(T->c);
+    ck_assert_uint_eq(T->f.n_sa_start, 0); /* from the loop */
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    established();
+    ck_assert_int_eq(phase(), CONN_UP);
+    /* Traffic every 20 s keeps it up. */
+    for (int i = 0; i < 5; i++) {
+        advance(20 * 1000);
+        T->f.traffic += 3;
+        advance(1000);
+        ck_assert_int_eq(phase(), CONN_UP);
+    }
+    /* 30 s without: closed, armed again (routes and hold kept). */
+    T->f.net_arm_hold = -1;
+    for (int i = 0; i < 29; i++)
+        advance(1000);
+    ck_assert_int_eq(phase(), CONN_UP);
+    advance(1000);
+    advance(1000);
+    ck_assert_int_eq(phase(), CONN_ARMED);
+    ck_assert_int_eq(T->f.net_arm_hold, 1);
+    ck_assert_uint_eq(T->f.n_net_release, released);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_IDLE);
+    /* And traffic brings it up again. */
+    conn_post_traffic(T->c);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+}
+END_TEST
+
+START_TEST(on_demand_disconnect_disarms)
+{
+    use_profile("on-demand", 1, 30);
+    conn_disconnect(T->c);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_post_traffic(T->c);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+}
+END_TEST
+
+/* --------------------------------------------------------------- status */
+
+START_TEST(status_last_transition)
+{
+    reach(CONN_UP);
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    conn_fill_status(T->c, &st);
+    ck_assert_int_eq(st.last_change, (int64_t)(fake_now / 1000));
+    ck_assert_msg(strstr(st.last_reason, "CHILD SA 11111111 up"), "%s", st.last_reason);
+    ck_assert_str_eq(st.virtual_ip, "198.18.1.1");
+    ck_assert_uint_eq(st.reconnects, 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("conn");
+    TCase *tc = tcase_create("table");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, phase_names_distinct);
+    tcase_add_loop_test(tc, every_transition, 0, CONN_PHASE__COUNT * CONN_PHASE__COUNT);
+    tcase_add_loop_test(tc, public_state_per_phase, 0, 7);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("recovery");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, backoff_schedule);
+    tcase_add_test(tc, backoff_in_the_machine);
+    tcase_add_loop_test(tc, which_errors_are_retried, 0, sizeof(retry_cases) / sizeof(retry_cases[0]));
+    tcase_add_test(tc, failover);
+    tcase_add_test(tc, pin_wrong_is_never_retried);
+    tcase_add_test(tc, pin_right_goes_on);
+    tcase_add_test(tc, disconnect_while_waiting_for_the_pin);
+    tcase_add_test(tc, connect_during_disconnect);
+    tcase_add_test(tc, disconnect_stays_down);
+    tcase_add_test(tc, down_is_posted);
+    tcase_add_test(tc, install_failure);
+    tcase_add_test(tc, rekey_renews);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("on-demand");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, on_demand_traffic_and_idle);
+    tcase_add_test(tc, on_demand_disconnect_disarms);
+    tcase_add_test(tc, status_last_transition);
+    suite_add_tcase(s, tc);
+
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

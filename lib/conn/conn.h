@@ -71,7 +71,7 @@ const char *conn_phase_name(conn_phase p);
  * like an attack. */
 #define CONN_BACKOFF_FIRST_MS      1000
 #define CONN_BACKOFF_MAX_MS        60000
-#define CONN_BACKOFF_AUTH_FIRST_MS 30000
+#define CONN_BACKOFF_AUTH_FIRST_MS 10000
 #define CONN_BACKOFF_AUTH_MAX_MS   900000
 #define CONN_JITTER_PCT            20
 uint64_t conn_backoff_ms(unsigned n, bool auth_failure, uint32_t rnd);

@@ -419,8 +419,8 @@ START_TEST(backoff_schedule)
 {
     static const struct { unsigned n; bool auth; uint64_t base; } cases[] = {
         { 0, false, 1000 },   { 1, false, 2000 },   { 2, false, 4000 },    { 3, false, 8000 },
-        { 5, false, 32000 },  { 6, false, 60000 },  { 40, false, 60000 },  { 0, true, 30000 },
-        { 1, true, 60000 },   { 4, true, 480000 },  { 5, true, 900000 },   { 60, true, 900000 },
+        { 5, false, 32000 },  { 6, false, 60000 },  { 40, false, 60000 },  { 0, true, 10000 },
+        { 1, true, 20000 },   { 4, true, 160000 },  { 7, true, 900000 },   { 60, true, 900000 },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         uint64_t lo = cases[i].base * (100 - CONN_JITTER_PCT) / 100;

@@ -592,3 +592,33 @@ def test_sixteen_prefixes_each_protected(topology, charons, pki, workdir):
             assert_no_leak(cap)
             if phase == "connected":
                 assert cap.read(TUNNEL_FILTER), "no tunnel traffic seen: the capture is blind"
+
+
+def test_kill_switch_that_cannot_be_installed_is_an_error(topology, charons, pki, workdir):
+    """A protected IPv6 prefix on a device where IPv6 is switched off: its
+    route cannot be installed. That is an error in the status and the log,
+    and no connection attempt is made (the tunnel must not come up with a
+    prefix unprotected)."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    for scope in ("all", "default"):
+        topo.client.sysctl(f"net.ipv6.conf.{scope}.disable_ipv6", 1)
+    profile = kill_switch_profile(pki, topo.gw_addr,
+                                  remote_ts=[netlab.PROTECTED_NET, "2001:db8:18::/48"])
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        st = client.status()
+        assert st["state"] == "idle", st
+        assert st["last_error"]["code"] != 0, st
+        assert "2001:db8:18::/48" in st["last_error"]["detail"], st
+        assert "kill switch for profile interop not in place" in client.log_path.read_text()
+        client.connect()
+        deadline = time.monotonic() + 10
+        while "connecting -> idle" not in client.log_path.read_text():
+            assert time.monotonic() < deadline, client.log_tail()
+            time.sleep(0.1)
+        st = client.status()
+        assert st["state"] == "idle", st
+        assert "2001:db8:18::/48" in st["last_error"]["detail"], st
+        assert "connecting to" not in client.log_path.read_text()
+        assert not gw.list_sas()

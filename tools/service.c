@@ -581,15 +581,17 @@ int service_run(const service_opts *o)
         report_startup_failure(o, "%s", err);
         goto out;
     }
+    /* Listening at once: a client that sees the socket appear must not be
+     * refused (the pid file's fsync took long enough for that under load). */
+    if (listen(s->listen_fd, 16) < 0) {
+        report_startup_failure(o, "cannot listen on %s: %s", o->control, strerror(errno));
+        goto out;
+    }
     if (svc_pidfile_write(o->state_dir, err, sizeof(err)) < 0) {
         report_startup_failure(o, "%s", err);
         goto out;
     }
     pidfile = true;
-    if (listen(s->listen_fd, 16) < 0) {
-        report_startup_failure(o, "cannot listen on %s: %s", o->control, strerror(errno));
-        goto out;
-    }
     s->engine_fd = m2mvpn_get_fd(s->h);
     if (s->engine_fd < 0) {
         report_startup_failure(o, "cannot drive the engine: %s", m2mvpn_last_error(s->h));

@@ -35,7 +35,9 @@ typedef struct esp_net {
     esp_prefix addr;            /* the address we added (family 0 = none) */
     uint32_t mtu;
     uint32_t table;             /* our routing table = fwmark of our sockets */
-    bool nft_active;            /* the nftables table is in place */
+    bool nft_active;            /* the nftables table is in place ... */
+    esp_prefix nft_set[ESP_MAX_TS]; /* ... for these prefixes */
+    size_t n_nft_set;
     char nft_why[128];          /* ... or why not */
 } esp_net;
 

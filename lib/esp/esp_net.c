@@ -454,10 +454,10 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
         }
     }
     /* The nftables table first: from then on nothing for the protected
-     * prefixes leaves by another interface, whatever the routes are. */
-    int rc;
-    /* Unchanged prefixes (connected after armed: the profile's both times)
+     * prefixes leaves by another interface, whatever the routes are.
+     * Unchanged prefixes (connected after armed: the profile's both times)
      * keep the table as it is: a change costs some 10 ms of parsing. */
+    int rc;
     bool nft_same = n->nft_active && n->n_nft_set == n_want;
     for (size_t i = 0; nft_same && i < n_want; i++)
         nft_same = prefix_eq(&n->nft_set[i], &want[i]);

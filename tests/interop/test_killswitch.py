@@ -237,10 +237,10 @@ def route_dev(ns: netlab.Namespace, addr: str) -> str:
 # One UDP datagram to each address (port 40002); send errors are ignored.
 _PROBE = r"""
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-if sys.argv[1]:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
 for a in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
+    if sys.argv[1]:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
     for _ in range(3):
         try:
             s.sendto(b"m2m-kill-switch-probe", (a, 40002))
@@ -256,7 +256,7 @@ def send_probes(ns: netlab.Namespace, addrs, bind_to: str = "") -> None:
 def probed(cap: netlab.Capture, addrs) -> set[str]:
     """Which of addrs the capture saw a probe datagram to."""
     seen = set()
-    for line in cap.read(LEAK_FILTER + " and udp port 40002"):
+    for line in cap.read("udp port 40002"):
         for a in addrs:
             if f"> {a}.40002:" in line:
                 seen.add(a)
@@ -622,3 +622,39 @@ def test_kill_switch_that_cannot_be_installed_is_an_error(topology, charons, pki
         assert "2001:db8:18::/48" in st["last_error"]["detail"], st
         assert "connecting to" not in client.log_path.read_text()
         assert not gw.list_sas()
+
+
+def test_ipv6_prefix_more_specific_route_cannot_bypass(topology, charons, pki, workdir):
+    """The same for a protected IPv6 prefix (its own rule and routes): an
+    option-121-style more specific IPv6 route via the underlay's router,
+    added while idle, takes nothing."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    topo.client.add_addr("eth0", "2001:db8:1::10/64")
+    topo.gateway.add_addr("eth0", "2001:db8:1::1/64")
+    topo.gateway.add_addr("lo", "2001:db8:18::1/128")
+    for ns in (topo.client, topo.gateway):
+        ns.sysctl("net.ipv6.conf.eth0.accept_dad", 0)
+    topo.client.ip("-6", "route", "add", "default", "via", "2001:db8:1::1")
+    deadline = time.monotonic() + 10
+    while "tentative" in topo.client.run("ip", "-6", "addr", "show", "dev", "eth0").stdout:
+        assert time.monotonic() < deadline, "IPv6 address never usable"
+        time.sleep(0.1)
+    target = "2001:db8:18::1"
+    far_marker = (topo.client_addr, 9)
+    with netlab.Capture(topo.gateway, "eth0", workdir / "control.pcap", marker=far_marker) as cap:
+        send_probes(topo.client, [target])
+    assert probed(cap, [target]) == {target}, cap.read()
+
+    profile = kill_switch_profile(pki, topo.gw_addr,
+                                  remote_ts=[netlab.PROTECTED_NET, "2001:db8:18::/48"])
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile):
+        rules6 = [r for r in topo.client.ip_json("-6", "rule", "show")
+                  if r.get("priority") == RULE_PRIORITY and "not" in r]
+        assert len(rules6) == 1, topo.client.ip_json("-6", "rule", "show")
+        topo.client.ip("-6", "route", "add", "2001:db8:18::/64", "via", "2001:db8:1::1")
+        assert route_dev(topo.client, target) == TUN
+        with netlab.Capture(topo.gateway, "eth0", workdir / "v6.pcap", marker=far_marker) as cap:
+            send_probes(topo.client, [target])
+        assert probed(cap, [target]) == set(), cap.read()
+        assert not cap.read("ip6 and udp port 40002"), cap.read()

@@ -253,6 +253,13 @@ def send_probes(ns: netlab.Namespace, addrs, bind_to: str = "") -> None:
     ns.run(netlab.PYTHON, "-c", _PROBE, bind_to, *addrs)
 
 
+def underlay_ready(topo) -> None:
+    """Both ends know each other's link-layer address, so no probe of a
+    control waits for ARP while the capture is already stopping."""
+    assert netlab.ping(topo.client, topo.gw_addr, count=1) == 1
+    assert netlab.ping(topo.gateway, topo.client_addr, count=1) == 1
+
+
 def probed(cap: netlab.Capture, addrs) -> set[str]:
     """Which of addrs the capture saw a probe datagram to."""
     seen = set()
@@ -493,6 +500,7 @@ def test_more_specific_route_cannot_bypass(topology, charons, pki, workdir, atta
     topo = topology("direct")
     topo.client.add_route("default", via=topo.gw_addr)
     gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    underlay_ready(topo)
     far_marker = (topo.client_addr, 9)
     # Control: with the attack in place and no client, the probes leave in
     # plaintext by eth0 and the far-side capture sees them.
@@ -541,6 +549,7 @@ def test_socket_bound_to_the_underlay_cannot_bypass(topology, charons, pki, work
         pytest.skip("built without nftables (-Dnftables=disabled): policy routing alone")
     topo = topology("direct")
     topo.client.add_route("default", via=topo.gw_addr)
+    underlay_ready(topo)
     far_marker = (topo.client_addr, 9)
     with netlab.Capture(topo.gateway, "eth0", workdir / "control.pcap", marker=far_marker) as cap:
         send_probes(topo.client, netlab.PROTECTED_ADDRS, bind_to="eth0")
@@ -565,6 +574,7 @@ def test_sixteen_prefixes_each_protected(topology, charons, pki, workdir):
     topo = topology("direct")
     topo.client.add_route("default", via=topo.gw_addr)
     gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    underlay_ready(topo)
     probes = [p.replace(".0/24", ".7") for p in SIXTEEN]
     far_marker = (topo.client_addr, 9)
     with netlab.Capture(topo.gateway, "eth0", workdir / "control.pcap", marker=far_marker) as cap:
@@ -630,15 +640,15 @@ def test_ipv6_prefix_more_specific_route_cannot_bypass(topology, charons, pki, w
     added while idle, takes nothing."""
     binary = binary_or_skip()
     topo = topology("direct")
-    topo.client.add_addr("eth0", "2001:db8:1::10/64")
-    topo.gateway.add_addr("eth0", "2001:db8:1::1/64")
+    topo.client.ip("-6", "addr", "add", "2001:db8:1::10/64", "dev", "eth0", "nodad")
+    topo.gateway.ip("-6", "addr", "add", "2001:db8:1::1/64", "dev", "eth0", "nodad")
     topo.gateway.add_addr("lo", "2001:db8:18::1/128")
-    for ns in (topo.client, topo.gateway):
-        ns.sysctl("net.ipv6.conf.eth0.accept_dad", 0)
     topo.client.ip("-6", "route", "add", "default", "via", "2001:db8:1::1")
+    # The router's link-layer address first, so no probe waits for it.
     deadline = time.monotonic() + 10
-    while "tentative" in topo.client.run("ip", "-6", "addr", "show", "dev", "eth0").stdout:
-        assert time.monotonic() < deadline, "IPv6 address never usable"
+    while "lladdr" not in topo.client.run("ip", "-6", "neigh", "show", "2001:db8:1::1").stdout:
+        assert time.monotonic() < deadline, "the IPv6 router never answered"
+        send_probes(topo.client, ["2001:db8:1::1"])
         time.sleep(0.1)
     target = "2001:db8:18::1"
     far_marker = (topo.client_addr, 9)

@@ -213,17 +213,21 @@ static bool wants_network(const conn *c)
     return c->prof && (c->prof->tunnel.kill_switch || on_demand(c));
 }
 
-static void arm_network(conn *c, bool hold)
+static int arm_network(conn *c, bool hold, char *err, size_t err_len)
 {
-    char err[256] = "";
-    int r = c->ops.net_arm(c->ops.arg, c->prof, hold, err, sizeof(err));
+    int r = c->ops.net_arm(c->ops.arg, c->prof, hold, err, err_len);
     if (r < 0)
-        LOG_ERR(c->log, "conn", "routes of profile %s not in place (tried again at each attempt): %s",
-                c->prof->name, err);
-    else if (!c->net_armed)
-        LOG_INFO(c->log, "conn", "%s for profile %s in place",
-                 c->prof->tunnel.kill_switch ? "kill switch" : "routes", c->prof->name);
+        LOG_ERR(c->log, "conn", "%s for profile %s not in place (no connection attempt until it "
+                "is): %s", c->prof->tunnel.kill_switch ? "kill switch" : "routes", c->prof->name, err);
     c->net_armed = r == 0;
+    return r;
+}
+
+/* The same where nothing waits for the error (it is logged). */
+static void rearm_network(conn *c, bool hold)
+{
+    char err[320];
+    arm_network(c, hold, err, sizeof(err));
 }
 
 /* Down on purpose: without the kill switch nothing of the tunnel stays (TUN,
@@ -233,7 +237,7 @@ static void drop_network_unless_kill_switch(conn *c)
 {
     if (c->prof && c->prof->tunnel.kill_switch) {
         if (c->net_armed)
-            arm_network(c, false); /* nothing held any more */
+            rearm_network(c, false); /* nothing held any more */
         return;
     }
     c->ops.net_release(c->ops.arg, true);
@@ -266,7 +270,7 @@ static void settle(conn *c, bool stop, int err, const char *reason)
 {
     core_timer_cancel(c->loop, &c->retry_timer);
     if (on_demand(c) && !stop) {
-        arm_network(c, true); /* held packets of the failed attempt are dropped */
+        rearm_network(c, true); /* held packets of the failed attempt are dropped */
         set_phase(c, CONN_ARMED, err, reason);
         return;
     }
@@ -290,13 +294,20 @@ static void start_attempt(conn *c, const char *reason)
     char err[512] = "";
     bool pin_needed = false;
     core_timer_cancel(c->loop, &c->retry_timer);
-    if (wants_network(c) && !c->net_armed)
-        arm_network(c, on_demand(c));
     if (set_phase(c, CONN_NEGOTIATING, 0, reason) < 0)
         return;
     c->attempt++;
     c->sa_open = true; /* the path at least: released with the SA */
-    int r = c->ops.cred_load(c->ops.arg, c->prof, &pin_needed, err, sizeof(err));
+    int r = 0;
+    /* No attempt without the kill switch: the tunnel must not come up, or
+     * be waited for, while protected traffic could leave in plaintext. */
+    if (wants_network(c) && !c->net_armed) {
+        r = arm_network(c, on_demand(c), err, sizeof(err));
+        if (!c->prof->tunnel.kill_switch)
+            r = 0; /* on-demand without it: only the trigger is missing */
+    }
+    if (r == 0)
+        r = c->ops.cred_load(c->ops.arg, c->prof, &pin_needed, err, sizeof(err));
     if (r == 0)
         r = c->ops.path_open(c->ops.arg, c->prof, c->gw_index, c->gw_text, sizeof(c->gw_text), err,
                              sizeof(err));
@@ -622,8 +633,15 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
         LOG_WARN(c->log, "conn", "profile %s: %s", p->name, warn[i]);
     c->gw_index = 0;
     c->failures = 0;
-    if (wants_network(c))
-        arm_network(c, on_demand(c));
+    if (wants_network(c)) {
+        char err[320];
+        int r = arm_network(c, on_demand(c), err, sizeof(err));
+        if (r < 0 && !was_wanted && p->mode != PROFILE_MODE_ALWAYS_ON) {
+            if (c->hooks.on_state) /* in the status: last_error */
+                c->hooks.on_state(c->hooks.arg, M2MVPN_STATE_IDLE, r, err);
+            return;
+        }
+    }
     if (was_wanted || p->mode == PROFILE_MODE_ALWAYS_ON)
         start_attempt(c, was_wanted ? "profile changed" : "always-on");
     else if (on_demand(c))

@@ -148,23 +148,30 @@ static void ike_down(void *arg, int err, ike_fault fault, const char *detail)
 
 /* ------------------------------------------------------------ network */
 
-/* Traffic selectors as TUN routes. A full tunnel (/0) becomes two halves,
- * more specific than any default route of the device, so the TUN wins
- * whatever the metrics are. */
-static void profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net)
+/* Every prefix a profile may list gets its route, blackhole and nftables
+ * element: the datapath's tables are sized from the profile's limit. */
+_Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every remote_ts");
+
+/* The profile's traffic selectors as the prefixes the TUN routes cover. A
+ * full tunnel (/0) stays one prefix: it is the default route of our own
+ * routing table, which the rule consults before the main table. More than
+ * the datapath can hold is an error, never a prefix silently left out. */
+static int profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net, char *err,
+                             size_t err_len)
 {
-    for (size_t i = 0; i < n && net->n_remote_ts + 2 <= ESP_MAX_TS; i++) {
-        esp_prefix *t = &net->remote_ts[net->n_remote_ts++];
+    if (n > ESP_MAX_TS) {
+        snprintf(err, err_len, "tunnel.remote_ts has %zu prefixes, the datapath protects at most %d",
+                 n, ESP_MAX_TS);
+        return M2MVPN_E_PROFILE;
+    }
+    for (size_t i = 0; i < n; i++) {
+        esp_prefix *t = &net->remote_ts[i];
         t->family = ts[i].family;
         memcpy(t->addr, ts[i].addr, 16);
         t->prefix_len = ts[i].prefix_len;
-        if (t->prefix_len == 0) {
-            t->prefix_len = 1;
-            esp_prefix *hi = &net->remote_ts[net->n_remote_ts++];
-            *hi = *t;
-            hi->addr[0] = 0x80;
-        }
     }
+    net->n_remote_ts = n;
+    return 0;
 }
 
 /* The datapath's inbound filter from the negotiated selectors (RFC 4301
@@ -222,9 +229,13 @@ static int ensure_datapath(conn_sys *s, const profile *p, char *err, size_t err_
     return r;
 }
 
-/* Routes for the profile's remote selectors into the TUN, no SA: protected
- * traffic is dropped (or held, on-demand), not leaked. No gateway lookup
- * here: routes must be in place even when its name cannot be resolved yet. */
+/* Kill switch from the moment the profile is in use (DESIGN.md §8: also
+ * before the first connect), and on-demand: the TUN with routes for the
+ * profile's remote traffic selectors in our table behind the rule,
+ * blackholes and the nftables table with the kill switch, and no SA, so
+ * protected traffic is dropped (or held, on-demand), not leaked. No gateway
+ * lookup here: routes must be in place even when its name cannot be
+ * resolved yet. */
 static int sys_net_arm(void *arg, const profile *p, bool hold, char *err, size_t err_len)
 {
     conn_sys *s = arg;
@@ -233,9 +244,23 @@ static int sys_net_arm(void *arg, const profile *p, bool hold, char *err, size_t
     if (r == 0 && !s->routes_set) {
         esp_tunnel_net net;
         memset(&net, 0, sizeof(net));
-        profile_to_routes(p->tunnel.remote_ts, p->tunnel.n_remote_ts, &net);
-        r = esp_datapath_set_network(s->dp, &net, err, err_len);
+        r = profile_to_routes(p->tunnel.remote_ts, p->tunnel.n_remote_ts, &net, err, err_len);
+        if (r == 0)
+            r = esp_datapath_set_network(s->dp, &net, err, err_len);
         s->routes_set = r == 0;
+        if (r == 0 && p->tunnel.kill_switch) {
+            esp_kill_switch_info ks;
+            esp_datapath_kill_switch_info(s->dp, &ks);
+            if (ks.nftables)
+                LOG_INFO(s->log, "conn", "kill switch for profile %s in place: routing table %u "
+                         "(rule priority %u), nftables table %s", p->name, ks.table,
+                         ks.rule_priority, ks.nft_table);
+            else
+                LOG_WARN(s->log, "conn", "kill switch for profile %s in place: routing table %u "
+                         "(rule priority %u); no nftables table (%s): a program that binds its "
+                         "socket to another interface can bypass it", p->name, ks.table,
+                         ks.rule_priority, ks.nft_why);
+        }
     }
     if (r == 0 && hold != s->hold) {
         esp_datapath_hold(s->dp, hold);
@@ -280,10 +305,22 @@ static int resolve(conn_sys *s, const profile *p, size_t gw_index, char *err, si
     return 0;
 }
 
+/* Our sockets to the gateway carry the datapath's fwmark: the rule that
+ * sends protected prefixes into the tunnel skips them, so they find the way
+ * the main table gives even when the gateway lies inside a protected prefix
+ * (a full tunnel). Probes of that way carry it too. */
+static void mark_socket(const conn_sys *s, int fd)
+{
+    uint32_t mark = esp_tunnel_table(s->prof->tunnel.tun_name);
+    setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+}
+
 /* Does a socket bound to `ifname` have a route to the gateway? */
 static bool reaches_through(conn_sys *s, const char *ifname)
 {
     int fd = socket(s->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0)
+        mark_socket(s, fd);
     bool ok = fd >= 0 &&
               setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname)) == 0 &&
               connect(fd, (struct sockaddr *)&s->gw, s->gw_len) == 0;
@@ -305,6 +342,8 @@ static void find_underlay(conn_sys *s, const profile *p)
     if (getifaddrs(&ifs) < 0)
         return;
     int fd = socket(s->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0)
+        mark_socket(s, fd);
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
     bool routed = fd >= 0 && connect(fd, (struct sockaddr *)&s->gw, s->gw_len) == 0 &&
@@ -344,6 +383,8 @@ static int open_socket(conn_sys *s, char *err, size_t err_len)
 {
     close_socket(s);
     s->sock500 = socket(s->gw.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s->sock500 >= 0)
+        mark_socket(s, s->sock500);
     if (s->sock500 >= 0 && s->underlay[0])
         setsockopt(s->sock500, SOL_SOCKET, SO_BINDTODEVICE, s->underlay, (socklen_t)strlen(s->underlay));
     if (s->sock500 < 0 || connect(s->sock500, (struct sockaddr *)&s->gw, s->gw_len) < 0) {
@@ -504,8 +545,8 @@ static int sys_child_install(void *arg, const profile *p, const ike_child_result
     /* Routes for everything the profile protects, not only what the gateway
      * granted (a subset, checked by lib/ike): traffic for the rest goes into
      * the TUN too and is not sent in plaintext. */
-    profile_to_routes(p->tunnel.remote_ts, p->tunnel.n_remote_ts, &net);
-    for (size_t i = 0; i < r->n_dns && i < ESP_MAX_DNS; i++) {
+    rc = profile_to_routes(p->tunnel.remote_ts, p->tunnel.n_remote_ts, &net, why, sizeof(why));
+    for (size_t i = 0; rc == 0 && i < r->n_dns && i < ESP_MAX_DNS; i++) {
         net.dns[i].family = AF_INET;
         memcpy(net.dns[i].addr, r->dns[i], 4);
         net.n_dns++;
@@ -513,7 +554,7 @@ static int sys_child_install(void *arg, const profile *p, const ike_child_result
     net.encr_id = r->encr_id;
     net.integ_id = r->integ_id;
     set_inbound_filter(r, &net);
-    if ((rc = esp_datapath_set_network(s->dp, &net, why, sizeof(why))) < 0) {
+    if (rc < 0 || (rc = esp_datapath_set_network(s->dp, &net, why, sizeof(why))) < 0) {
         snprintf(err, err_len, "configuring the tunnel failed: %s", why);
         return rc;
     }

@@ -1293,7 +1293,7 @@ END_TEST
 
 /* The test plays the gateway: its own SA and UDP socket on 127.0.0.1:5500. */
 typedef struct dp_events {
-    int ike, rekey;
+    int ike, rekey, traffic;
     uint8_t ike_data[64];
     size_t ike_len;
     esp_rekey_reason last_reason;
@@ -1314,6 +1314,11 @@ static void on_rekey(void *arg, uint32_t spi, esp_rekey_reason r)
     (void)spi;
     ev->rekey++;
     ev->last_reason = r;
+}
+
+static void on_traffic(void *arg)
+{
+    ((dp_events *)arg)->traffic++;
 }
 
 static void nop_wake(void *arg) { (void)arg; }
@@ -1612,6 +1617,101 @@ START_TEST(rekey_overlap_two_sas)
 }
 END_TEST
 
+/* On-demand (esp_datapath_hold): without SA the first 4 packets for the
+ * protected net are held and reported once, the rest dropped as ever; the
+ * set_network after the SA sends them, with the virtual IP as their source
+ * (they left before it existed) and IP and UDP checksums still valid. The
+ * packets carry a foreign source (raw socket), as an application's do when
+ * the TUN has no address yet. */
+START_TEST(on_demand_hold_then_send)
+{
+    enter_netns();
+    core_loop loop;
+    ck_assert_int_eq(core_loop_init(&loop, nop_wake, NULL), 0);
+    esp_datapath *dp = make_dp_opt("m2e-h0", false, 4500, false, false);
+    dp_events ev = {0};
+    esp_datapath_callbacks cbs = { .on_ike_packet = on_ike, .on_rekey = on_rekey,
+                                   .on_traffic = on_traffic };
+    ck_assert_int_eq(esp_datapath_attach(dp, &loop, &cbs, &ev), 0);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    net.encr_id = ENCR_AES_GCM_16;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    esp_datapath_hold(dp, true);
+    int gw = udp_socket("127.0.0.1", 5500);
+    int raw = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+    ck_assert_int_ge(raw, 0);
+    esp_datapath_counters before;
+    esp_datapath_get_counters(dp, &before);
+
+    uint8_t pkt[128], buf[2048], *out, nh;
+    for (int k = 0; k < 6; k++) {
+        char text[16];
+        snprintf(text, sizeof(text), "held-%d", k);
+        size_t len = build_udp4(pkt, "10.9.9.9", "198.18.6.7", (uint16_t)(9000 + k), text);
+        uint32_t sum = esp_csum_add(0, pkt + 12, 8) + 17u + (uint32_t)(len - 20);
+        sum = esp_csum_add(sum, pkt + 20, len - 20);
+        uint16_t c = (uint16_t)~esp_csum_fold(sum);
+        buf_store_be16(pkt + 26, c ? c : 0xffff);
+        ck_assert(udp4_checksum_ok(pkt, len));
+        struct sockaddr_in to = { .sin_family = AF_INET };
+        inet_pton(AF_INET, "198.18.6.7", &to.sin_addr);
+        ck_assert_int_eq(sendto(raw, pkt, len, 0, (struct sockaddr *)&to, sizeof(to)), (ssize_t)len);
+    }
+    for (int i = 0; i < 10; i++)
+        core_loop_run_once(&loop, 20);
+    ck_assert_int_eq(ev.traffic, 1); /* once, not per packet */
+    esp_datapath_counters ctr;
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_ge(ctr.total.dropped[ESP_DROP_NO_SA], before.total.dropped[ESP_DROP_NO_SA] + 2);
+    ck_assert_int_lt(recv(gw, buf, sizeof(buf), MSG_DONTWAIT), 0); /* nothing left */
+
+    esp_sa *ours, *gw_sa;
+    make_pair(&ciphers[1], false, 1024, &ours, &gw_sa);
+    esp_sa_free(ours);
+    esp_sa_config cfg = {0};
+    uint8_t keymat[72];
+    for (size_t i = 0; i < sizeof(keymat); i++)
+        keymat[i] = (uint8_t)(i * 7 + 3); /* as make_pair */
+    cfg.encr_id = ENCR_AES_GCM_16; cfg.encr_key_bits = 256;
+    cfg.spi_in = 0xc0000001; cfg.spi_out = 0xd0000002; cfg.replay_window = 1024;
+    ck_assert_int_eq(esp_keys_from_keymat(&cfg, keymat, 72, true), 0);
+    struct sockaddr_in *peer = (struct sockaddr_in *)&cfg.peer;
+    peer->sin_family = AF_INET;
+    peer->sin_port = htons(5500);
+    peer->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cfg.peer_len = sizeof(*peer);
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &cfg, NULL, 0), 0);
+    ck_assert_int_lt(recv(gw, buf, sizeof(buf), MSG_DONTWAIT), 0); /* not before the network */
+    set_net(dp, "198.18.5.1/32", (const char *[]){ "198.18.6.0/24" }, 1);
+
+    for (int k = 0; k < 4; k++) {
+        ssize_t n = recv(gw, buf, sizeof(buf), 0);
+        ck_assert_int_gt(n, 0);
+        size_t out_len;
+        esp_drop_reason why;
+        ck_assert_int_eq(esp_sa_decap(gw_sa, buf, (size_t)n, &out, &out_len, &nh, &why), 0);
+        char text[16], src[16];
+        snprintf(text, sizeof(text), "held-%d", k);
+        ck_assert_mem_eq(out + 28, text, strlen(text));
+        inet_ntop(AF_INET, out + 12, src, sizeof(src));
+        ck_assert_str_eq(src, "198.18.5.1");
+        ck_assert_uint_eq(esp_csum_fold(esp_csum_add(0, out, 20)), 0xffff);
+        ck_assert(udp4_checksum_ok(out, out_len));
+        ck_assert_uint_ne(buf_load_be16(out + 26), 0);
+    }
+    ck_assert_int_lt(recv(gw, buf, sizeof(buf), MSG_DONTWAIT), 0); /* 4 at most */
+    esp_sa_free(gw_sa);
+    close(gw);
+    close(raw);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+    core_loop_destroy(&loop);
+}
+END_TEST
+
 /* Add a test of n runs (a loop test when n > 1) to t; with t NULL (a root
  * test, not root) only count its checks. Returns n. */
 static int add_or_count(TCase *t, const TTest *test, int n)
@@ -1754,6 +1854,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, datapath_end_to_end, 3);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);
+    n_net += add_or_count(t, on_demand_hold_then_send, 1);
     if (t) {
         tcase_set_timeout(t, 60);
         suite_add_tcase(s, t);

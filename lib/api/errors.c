@@ -3,32 +3,18 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "handle.h"
 
+/* The table lives in lib/core, where every module reaches it. */
 const char *m2mvpn_strerror(int err)
 {
-    switch (err) {
-    case M2MVPN_OK:
-        return "success";
-#define XX(name, value, msg) case M2MVPN_E_##name: return msg;
-        M2MVPN_ERROR_MAP(XX)
-#undef XX
-    default:
-        return "unknown error";
-    }
+    return core_strerror(err);
 }
 
 const char *m2mvpn_error_name(int err)
 {
-    switch (err) {
-    case M2MVPN_OK:
-        return "";
-#define XX(name, value, msg) case M2MVPN_E_##name: return #name;
-        M2MVPN_ERROR_MAP(XX)
-#undef XX
-    default:
-        return "UNKNOWN";
-    }
+    return core_error_name(err);
 }
 
 int api_fail(m2mvpn *h, int err, const char *fmt, ...)

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/error.h"
 #include "core/secmem.h"
 #include "cred/cred.h"
 #include "crypto/pki.h"
@@ -225,7 +226,7 @@ static int ensure_datapath(conn_sys *s, const profile *p, char *err, size_t err_
     if (r == 0)
         r = esp_datapath_start(s->dp);
     if (r < 0)
-        snprintf(err, err_len, "cannot start the ESP datapath (%s)", m2mvpn_strerror(r));
+        snprintf(err, err_len, "cannot start the ESP datapath (%s)", core_strerror(r));
     return r;
 }
 

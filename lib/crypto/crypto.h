@@ -3,7 +3,7 @@
  * Symmetric crypto, PRF/prf+, IKEv2 key derivation and key exchange: a thin
  * layer over OpenSSL 3 EVP for the IKE engine (lib/ike) and usable by ESP.
  *
- * Algorithms are named by their IANA IKEv2 transform IDs (lib/profile/proposal.h:
+ * Algorithms are named by their IANA IKEv2 transform IDs (lib/core/iana.h;
  * ENCR_*, PRF_*, AUTH_*, KE_*), so a negotiated proposal maps onto this module
  * without translation tables elsewhere.
  *
@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "profile/proposal.h"
+#include "core/iana.h"
 
 /* Largest sizes any supported transform needs (buffers may use these). */
 #define CRYPTO_MAX_PRF_LEN   64   /* HMAC-SHA2-512 output */
@@ -48,7 +48,7 @@ typedef struct crypto_span {
 
 /* IANA names for logs ("ENCR_AES_GCM_16", "PRF_HMAC_SHA2_256", "AUTH_HMAC_SHA2_256_128",
  * "ECP_256", "Curve25519", "MODP_2048"); "unknown" for IDs not in the table.
- * proposal.h has the strongSwan-style short names. */
+ * lib/profile/proposal.h has the strongSwan-style short names. */
 const char *crypto_encr_name(uint16_t encr_id);
 const char *crypto_prf_name(uint16_t prf_id);
 const char *crypto_integ_name(uint16_t integ_id);

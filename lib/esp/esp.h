@@ -197,7 +197,7 @@ typedef struct esp_lifetime {
 typedef struct esp_sa_config {
     uint32_t spi_in;           /* ours: peers send with it */
     uint32_t spi_out;          /* theirs: we send with it */
-    uint16_t encr_id;          /* ENCR_* of lib/profile/proposal.h */
+    uint16_t encr_id;          /* ENCR_* of lib/core/iana.h */
     uint16_t encr_key_bits;    /* 128/256 (256 for ChaCha20-Poly1305) */
     uint16_t integ_id;         /* AUTH_HMAC_SHA2_* or 0 for AEAD */
     bool esn;                  /* extended sequence numbers negotiated */

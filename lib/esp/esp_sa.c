@@ -21,7 +21,7 @@
 #include "../core/buf.h"
 #include "../core/loop.h"
 #include "../core/secmem.h"
-#include "../profile/proposal.h"
+#include "../core/iana.h"
 #include "esp.h"
 
 #define ESP_HDR_LEN 8      /* SPI + sequence number */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "core/secmem.h"
 #include "sa_internal.h"
 
@@ -247,7 +248,7 @@ int ike_auth_start(ike_sa *sa)
                               cw.first_type, IKE_TASK_AUTH);
     secure_free(inner, cap);
     if (r < 0)
-        ike_sa_fail_local(sa, r, "cannot send IKE_AUTH: %s", m2mvpn_strerror(r));
+        ike_sa_fail_local(sa, r, "cannot send IKE_AUTH: %s", core_strerror(r));
     return r;
 fail:
     free(octets);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "core/secmem.h"
 #include "sa_internal.h"
 
@@ -119,7 +120,7 @@ static int send_init(ike_sa *sa)
 {
     int r = build_and_send(sa);
     if (r < 0)
-        ike_sa_fail_local(sa, r, "cannot build IKE_SA_INIT (%s)", m2mvpn_strerror(r));
+        ike_sa_fail_local(sa, r, "cannot build IKE_SA_INIT (%s)", core_strerror(r));
     return r;
 }
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "core/secmem.h"
 #include "sa_internal.h"
 
@@ -182,7 +183,7 @@ static void send_datagrams(ike_sa *sa, const ike_request *rq)
     for (size_t i = 0; i < rq->n_dgram; i++) {
         int r = sa->hooks.send(sa->hooks.arg, rq->buf + rq->dgram[i].off, rq->dgram[i].len, rq->natt);
         if (r < 0)
-            LOG_WARN(sa->log, "ike", "sending to %s failed: %s", sa->gw_text, m2mvpn_strerror(r));
+            LOG_WARN(sa->log, "ike", "sending to %s failed: %s", sa->gw_text, core_strerror(r));
     }
 }
 
@@ -363,7 +364,7 @@ int ike_sa_install_keys(ike_sa *sa, const uint8_t *g_ir, size_t g_ir_len, char *
                               CRYPTO_DIR_DECRYPT, sa->keys->sk_er.b, sa->keys->sk_er.len,
                               sa->keys->sk_ar.len ? sa->keys->sk_ar.b : NULL, sa->keys->sk_ar.len, &sa->open_ctx);
     if (r < 0) {
-        snprintf(err, err_len, "deriving IKE SA keys for %s failed (%s)", sa->ike_alg, m2mvpn_strerror(r));
+        snprintf(err, err_len, "deriving IKE SA keys for %s failed (%s)", sa->ike_alg, core_strerror(r));
         return r;
     }
     adapter(&sa->sk_out, sa->seal_ctx, true);
@@ -407,7 +408,7 @@ static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, si
         snprintf(dp->text, sizeof(dp->text), "unprotected %s message", ike_exchange_name(msg->hdr.exchange));
     }
     LOG_WARN(sa->log, "ike", "dropping message %u from %s: %s", msg->hdr.message_id, sa->gw_text,
-             dp->text[0] ? dp->text : m2mvpn_strerror(r));
+             dp->text[0] ? dp->text : core_strerror(r));
     return r;
 }
 

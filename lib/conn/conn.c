@@ -800,8 +800,29 @@ void conn_remove_profile(conn *c)
         set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
 }
 
+/* What holds our key and its certificate (never a PIN). */
+static void fill_credential(conn *c, m2mvpn_status *st)
+{
+    st->credential_source[0] = st->credential[0] = st->cert_subject[0] = '\0';
+    st->cert_not_after = 0;
+    if (!c->cred)
+        return;
+    snprintf(st->credential_source, sizeof(st->credential_source), "%s", cred_name(c->cred));
+    cred_describe(c->cred, st->credential, sizeof(st->credential));
+    if (!st->credential[0] && c->prof && c->prof->cert.file)
+        snprintf(st->credential, sizeof(st->credential), "%s", c->prof->cert.file);
+    pki_cert *const *chain;
+    size_t n;
+    char err[128];
+    if (cred_chain(c->cred, &chain, &n, err, sizeof(err)) == 0 && n > 0) {
+        pki_cert_subject_text(chain[0], st->cert_subject, sizeof(st->cert_subject));
+        st->cert_not_after = pki_cert_not_after(chain[0]);
+    }
+}
+
 void conn_fill_status(conn *c, m2mvpn_status *st)
 {
+    fill_credential(c, st);
     snprintf(st->gateway, sizeof(st->gateway), "%s", c->sa || c->spi_in ? c->gw_text : "");
     snprintf(st->virtual_ip, sizeof(st->virtual_ip), "%s", c->vip);
     snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", c->spi_in ? c->ike_alg : "");

@@ -178,8 +178,19 @@ static int open_token(p11_cred *pc, char *err, size_t err_len)
         PKCS11_CTX_free(pc->ctx);
         pc->ctx = NULL;
         ERR_clear_error();
-        pki_set_err(err, err_len, "cannot load PKCS#11 module %s", pc->module);
-        return M2MVPN_E_CERT;
+        /* A module that loads but does not initialize (SoftHSM without its
+         * token folder, a reader that is gone) may work later: retryable.
+         * One that cannot be loaded at all is a configuration error. */
+        void *dl = dlopen(pc->module, RTLD_NOW | RTLD_LOCAL);
+        if (!dl) {
+            const char *why = dlerror();
+            pki_set_err(err, err_len, "cannot load PKCS#11 module %s (%s)", pc->module, why ? why : "?");
+            return M2MVPN_E_CERT;
+        }
+        dlclose(dl);
+        pki_set_err(err, err_len, "PKCS#11 module %s does not initialize: token%s%s%s not present",
+                    pc->module, pc->uri.token[0] ? " \"" : "", pc->uri.token, pc->uri.token[0] ? "\"" : "");
+        return M2MVPN_E_IO;
     }
     if (PKCS11_enumerate_slots(pc->ctx, &pc->slots, &pc->n_slots) != 0) {
         ERR_clear_error();

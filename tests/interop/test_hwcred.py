@@ -417,26 +417,26 @@ def test_tpm_key_cannot_leave(topology, pki, workdir, tpm_in):
     handle = "0x81000011"
     tpm_enrol(binary, tpm, pki, workdir, rsa=False, pin=None, handle=handle)
     pub = tpm.tool("tpm2_readpublic", "-c", handle).stdout
-    attrs = re.search(r"attributes:\s*\n\s*value:.*\n\s*raw:.*", pub) or re.search(r"attributes:.*", pub)
-    assert attrs, pub
     text = pub.lower()
     assert "fixedtpm" in text and "fixedparent" in text and "sensitivedataorigin" in text, pub
     assert "encryptedduplication" not in text, pub
-    # TPM2_Duplicate is refused for a fixedParent key ...
+    # TPM2_Duplicate is refused: the key is fixedParent and has no policy
+    # that could authorize the duplication role.
     dup = run(tpm.ns.argv("tpm2_duplicate", "-T", tpm.tcti, "-C", "null", "-c", handle,
                           "-G", "null", "-r", str(workdir / "dup.priv"), "-s", str(workdir / "dup.seed"),
                           "-p", ""), check=False)
     assert dup.returncode != 0, dup
-    # ... where a key made duplicable (no fixedParent, a duplication policy
-    # left out) would be allowed out: the same command works for one, so the
-    # refusal above is the key's attribute at work.
+    assert "authPolicy" not in pub or re.search(r"authorization policy:\s*$", pub, re.M), pub
+    # The attribute check above can fail: a key made without fixedTPM and
+    # fixedParent shows neither. (Without a resource manager the tools leave
+    # transient objects loaded: flushed after each.)
     run(tpm.ns.argv("tpm2_createprimary", "-T", tpm.tcti, "-C", "o", "-c", str(workdir / "p.ctx")))
+    tpm.tool("tpm2_flushcontext", "-t")
     run(tpm.ns.argv("tpm2_create", "-T", tpm.tcti, "-C", str(workdir / "p.ctx"), "-G", "ecc",
                     "-a", "sign|userwithauth|sensitivedataorigin",
                     "-u", str(workdir / "d.pub"), "-r", str(workdir / "d.priv")))
+    tpm.tool("tpm2_flushcontext", "-t")
     run(tpm.ns.argv("tpm2_load", "-T", tpm.tcti, "-C", str(workdir / "p.ctx"), "-u", str(workdir / "d.pub"),
                     "-r", str(workdir / "d.priv"), "-c", str(workdir / "d.ctx")))
-    ok = run(tpm.ns.argv("tpm2_duplicate", "-T", tpm.tcti, "-C", "null", "-c", str(workdir / "d.ctx"),
-                         "-G", "null", "-r", str(workdir / "dup2.priv"), "-s", str(workdir / "dup2.seed"),
-                         "-p", ""), check=False)
-    assert ok.returncode == 0, ok
+    other = tpm.tool("tpm2_readpublic", "-c", str(workdir / "d.ctx")).stdout.lower()
+    assert "sign" in other and "fixedtpm" not in other and "fixedparent" not in other, other

@@ -153,7 +153,21 @@ class M2mvpnClient:
             if time.monotonic() > deadline:
                 raise ClientError(f"no control socket after {timeout_s}s" + self.log_tail())
             time.sleep(0.05)
+        # The socket file appears at bind(), a moment before listen().
+        while not self._accepts():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise ClientError("control socket not accepting" + self.log_tail())
+            time.sleep(0.05)
         return self
+
+    def _accepts(self) -> bool:
+        import socket
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.control))
+            except ConnectionRefusedError:
+                return False
+        return True
 
     def stop(self, grace_s: float = 5) -> None:
         """SIGTERM, then SIGKILL after grace_s. Idempotent."""

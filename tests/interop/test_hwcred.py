@@ -45,6 +45,26 @@ SUBJECT = f"/O=m2mvpn test/CN={pkimod.CLIENT_ID}"
 TPM_PORT = 2321          # inside the client's own namespace: always free
 
 
+def cred_probe() -> Path:
+    """cred_probe.c (built by meson): every signature scheme through the provider."""
+    path = os.environ.get("M2MVPN_CRED_PROBE")
+    if not path and m2mvpn_client.find_binary():
+        path = str(m2mvpn_client.find_binary().parent.parent / "tests" / "cred_probe")
+    if not path or not Path(path).is_file():
+        pytest.fail("cred_probe not built (set M2MVPN_CRED_PROBE)")
+    return Path(path)
+
+
+def all_schemes_sign(argv: list[str], rsa: bool) -> None:
+    """The provider signs in every scheme of its key, each verified with the certificate."""
+    out = run(argv).stdout.split("\n")
+    lines = [line for line in out if line]
+    want = (["rsa-pkcs1-sha256", "rsa-pkcs1-sha384", "rsa-pkcs1-sha512", "rsa-pss-sha256",
+             "rsa-pss-sha384", "rsa-pss-sha512"] if rsa
+            else ["ecdsa-sha256", "ecdsa-sha384", "ecdsa-sha512"])
+    assert lines == [f"{s} ok" for s in want], out
+
+
 def need(*tools: str) -> None:
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
@@ -148,6 +168,7 @@ def test_token_connects_and_carries_traffic(topology, charons, pki, workdir, mon
     gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["rsa" if rsa else "ecdsa"]),
                  name="gw")
     conn = "rsa" if rsa else "ecdsa"
+    all_schemes_sign([str(cred_probe()), "pkcs11", str(SOFTHSM), "pkcs11:token=m2m;object=dev1", PIN], rsa)
     prof = token_profile(pki, topo, pin=PIN)
     with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", prof) as client:
         client.connect()
@@ -358,6 +379,8 @@ def test_tpm_connects_and_carries_traffic(topology, charons, pki, workdir, tpm_i
     tpm = tpm_in(topo.client)
     key, cert = tpm_enrol(binary, tpm, pki, workdir, rsa=rsa, pin=pin, handle=handle)
     conn = "rsa" if rsa else "ecdsa"
+    all_schemes_sign(topo.client.argv(str(cred_probe()), "tpm", key, str(cert), tpm.tcti,
+                                      *([pin] if pin else [])), rsa)
     gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=[conn]), name="gw")
     prof = tpm_profile(pki, topo, tpm, key, cert, pin=pin)
     with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", prof) as client:

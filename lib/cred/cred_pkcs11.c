@@ -251,6 +251,18 @@ static int find_cert(p11_cred *pc, PKCS11_KEY *key)
     return 0;
 }
 
+/* A plain public key from libp11's private key, which carries the public
+ * components (PKCS11_get_public_key() of libp11 0.4.12 leaks memory). */
+static EVP_PKEY *public_half(EVP_PKEY *priv)
+{
+    unsigned char *der = NULL;
+    int len = priv ? i2d_PUBKEY(priv, &der) : 0;
+    const unsigned char *p = der;
+    EVP_PKEY *pub = len > 0 ? d2i_PUBKEY(NULL, &p, len) : NULL;
+    OPENSSL_free(der);
+    return pub;
+}
+
 /* After login (or on a token that needs none): the private key, its public
  * half and the certificate; the key must belong to the certificate. */
 static int take_key(p11_cred *pc, char *err, size_t err_len)
@@ -273,7 +285,7 @@ static int take_key(p11_cred *pc, char *err, size_t err_len)
     }
     snprintf(pc->key_label, sizeof pc->key_label, "%s", key->label ? key->label : "");
     EVP_PKEY *priv = PKCS11_get_private_key(key);
-    EVP_PKEY *pub = PKCS11_get_public_key(key);
+    EVP_PKEY *pub = public_half(priv);
     ERR_clear_error();
     if (!priv || !pub || pki_pkey_type(pub, NULL) == PKI_KEY_UNKNOWN ||
         pki_pkey_type(pub, NULL) == PKI_KEY_ED25519) {

@@ -7,13 +7,20 @@
  * one line per scheme ("rsa-pss-sha256 ok") and exits 1 if any failed.
  *   cred_probe pkcs11 MODULE URI PIN
  *   cred_probe tpm KEY CERT TCTI [PIN]
+ * or writes a CSR for a token key that has no certificate yet (keygen_csr,
+ * for keys made by other tools, e.g. P-384):
+ *   cred_probe csr MODULE URI PIN SUBJECT
  */
 #include <stdio.h>
 #include <string.h>
 
 #include <m2mvpn/m2mvpn.h>
 
+#include <stdlib.h>
+
 #include "cred/cred.h"
+#include "cred/cred_hw.h"
+#include "cred/keygen.h"
 #include "crypto/pki.h"
 
 int main(int argc, char **argv)
@@ -21,6 +28,20 @@ int main(int argc, char **argv)
     cred_provider *p = NULL;
     char err[512] = "";
     int rc;
+    if (argc == 6 && !strcmp(argv[1], "csr")) {
+        char *csr = NULL;
+        rc = cred_pkcs11_open_key(argv[2], argv[3], argv[4], strlen(argv[4]), &p, err, sizeof err);
+        if (rc == 0)
+            rc = keygen_csr(p, argv[5], &csr, err, sizeof err);
+        cred_free(p);
+        if (rc < 0) {
+            fprintf(stderr, "csr: %s (%d)\n", err, rc);
+            return 1;
+        }
+        fputs(csr, stdout);
+        free(csr);
+        return 0;
+    }
     if (argc == 5 && !strcmp(argv[1], "pkcs11"))
         rc = cred_pkcs11_open(argv[2], argv[3], argv[4], strlen(argv[4]), &p, err, sizeof err);
     else if ((argc == 5 || argc == 6) && !strcmp(argv[1], "tpm"))

@@ -55,6 +55,13 @@ def cred_probe() -> Path:
     return Path(path)
 
 
+def gateway_saw_signature(gw, want: str) -> None:
+    """strongSwan's log: how it verified our AUTH."""
+    m = re.search(rf"authentication of '{re.escape(pkimod.CLIENT_ID)}' with (\S+) successful",
+                  gw.log_text())
+    assert m and m.group(1) == want, m and m.group(0)
+
+
 def all_schemes_sign(argv: list[str], rsa: bool) -> None:
     """The provider signs in every scheme of its key, each verified with the certificate."""
     out = run(argv).stdout.split("\n")
@@ -175,6 +182,7 @@ def test_token_connects_and_carries_traffic(topology, charons, pki, workdir, mon
         st = client.wait_for_state("connected", timeout_s=30)
         sa = gw.wait_for_sa(conn, "net", timeout_s=10)
         assert sa["remote-id"] == pkimod.CLIENT_ID, sa
+        gateway_saw_signature(gw, "RSA_EMSA_PKCS1_SHA2_256" if rsa else "ECDSA_WITH_SHA256_DER")
         ping_counted_by_gateway(topo, gw, conn)
         # The AUTH signature was made by the token: C_Sign through the spy.
         spy = hsm.spy_log.read_text(errors="replace")
@@ -189,6 +197,36 @@ def test_token_connects_and_carries_traffic(topology, charons, pki, workdir, mon
         assert cred["not_after"] > time.time() + 20 * 86400, st
         raw = client.cli("status", "--json").stdout
         assert PIN not in raw and PIN not in client.log_path.read_text()
+
+
+def test_token_p384_key(topology, charons, pki, workdir, monkeypatch):
+    """An ECDSA P-384 key made on the token by another tool: CSR signed on the
+    token (ecdsa-with-SHA384), every scheme signs, the tunnel comes up."""
+    binary = binary_or_skip()
+    hsm = SoftHsm(workdir / "hsm", monkeypatch)
+    hsm.tool("--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:secp384r1",
+             "--label", "dev1", "--id", "01")
+    csr = workdir / "dev1.csr"
+    csr.write_text(run([str(cred_probe()), "csr", str(SOFTHSM), "pkcs11:token=m2m;object=dev1", PIN,
+                        SUBJECT]).stdout)
+    text = run(["openssl", "req", "-in", str(csr), "-noout", "-text"]).stdout
+    assert "secp384r1" in text and "ecdsa-with-SHA384" in text, text
+    # The gateway's "rsa" connection takes any key issued by the intermediate.
+    cert = pkimod.issue_from_csr(pki, csr, workdir / "dev1.pem", issuer="intermediate")
+    der = workdir / "dev1.der"
+    run(["openssl", "x509", "-in", str(cert), "-outform", "DER", "-out", str(der)])
+    hsm.tool("--login", "--pin", PIN, "--write-object", str(der), "--type", "cert", "--id", "01",
+             "--label", "dev1")
+    out = run([str(cred_probe()), "pkcs11", str(SOFTHSM), "pkcs11:token=m2m;object=dev1", PIN]).stdout
+    assert out.split() == ["ecdsa-sha256", "ok", "ecdsa-sha384", "ok", "ecdsa-sha512", "ok"], out
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["rsa"]), name="gw")
+    prof = token_profile(pki, topo, pin=PIN)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", prof) as client:
+        client.connect()
+        client.wait_for_state("connected", timeout_s=30)
+        ping_counted_by_gateway(topo, gw, "rsa")
+        gateway_saw_signature(gw, "ECDSA_WITH_SHA384_DER")
 
 
 def test_token_wrong_pin_is_tried_once(topology, charons, pki, workdir, monkeypatch):
@@ -387,6 +425,7 @@ def test_tpm_connects_and_carries_traffic(topology, charons, pki, workdir, tpm_i
         client.connect()
         st = client.wait_for_state("connected", timeout_s=30)
         assert gw.wait_for_sa(conn, "net", timeout_s=10)["remote-id"] == pkimod.CLIENT_ID
+        gateway_saw_signature(gw, "RSA_EMSA_PKCS1_SHA2_256" if rsa else "ECDSA_WITH_SHA256_DER")
         ping_counted_by_gateway(topo, gw, conn)
         cred = st["credential"]
         assert cred["source"] == "tpm" and f"TPM key {key}" in cred["holder"], st

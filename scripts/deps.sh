@@ -5,10 +5,10 @@
 set -euo pipefail
 pkgs=(
   build-essential meson ninja-build pkg-config clang g++
-  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libtss2-dev check
+  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev check
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins libcharon-extauth-plugins
-  softhsm2 swtpm swtpm-tools tpm2-tools
+  softhsm2 swtpm swtpm-tools tpm2-tools opensc
   iproute2 nftables iperf3 tcpdump iputils-ping openssl
   python3 python3-pytest
 )

@@ -8,7 +8,7 @@ pkgs=(
   libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev check
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins libcharon-extauth-plugins
-  softhsm2 swtpm swtpm-tools tpm2-tools opensc
+  softhsm2 swtpm swtpm-tools tpm2-tools tpm2-openssl opensc
   iproute2 nftables iperf3 tcpdump iputils-ping openssl
   python3 python3-pytest
 )

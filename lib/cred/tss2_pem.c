@@ -83,9 +83,8 @@ int tss2_key_parse_der(const uint8_t *der, size_t len, tss2_key_blob *ret,
         buf_reader ex, b;
         if (!der_get(&seq, 0xa0, &ex) || !der_get(&ex, 0x01, &b) || b.len != 1 || buf_remaining(&ex))
             FAIL("malformed emptyAuth");
-        if (b.p[0] != 0x00 && b.p[0] != 0xff)
-            FAIL("emptyAuth is not a DER BOOLEAN");
-        empty_auth = b.p[0] == 0xff;
+        /* BER TRUE is any non-zero byte: tpm2-openssl writes 0x01, DER 0xff. */
+        empty_auth = b.p[0] != 0x00;
     }
     if (der_next_is(&seq, 0xa1) || der_next_is(&seq, 0xa3))
         FAIL("keys with a policy are not supported");

@@ -502,3 +502,35 @@ def test_tpm_key_cannot_leave(topology, pki, workdir, tpm_in):
                     "-r", str(workdir / "d.priv"), "-c", str(workdir / "d.ctx")))
     other = tpm.tool("tpm2_readpublic", "-c", str(workdir / "d.ctx")).stdout.lower()
     assert "sign" in other and "fixedtpm" not in other and "fixedparent" not in other, other
+
+
+def test_tpm_key_files_are_those_of_tpm2_openssl(topology, pki, workdir, tpm_in):
+    """The TSS2 key file format is the one of tpm2-openssl (and
+    tpm2-tss-engine): their OpenSSL provider signs with a key file our keygen
+    wrote (same public key, same storage primary key), and our provider signs
+    with one their genpkey wrote (it encodes emptyAuth TRUE as BER 0x01)."""
+    binary = binary_or_skip()
+    if not Path("/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so").exists():
+        pytest.fail("tpm2-openssl (the OpenSSL tpm2 provider) is not installed")
+    topo = topology("direct")
+    tpm = tpm_in(topo.client)
+    key, _ = tpm_enrol(binary, tpm, pki, workdir, rsa=False, pin=None)
+
+    def openssl(*args: str) -> str:
+        return run(topo.client.argv("env", f"TPM2OPENSSL_TCTI={tpm.tcti}", "openssl", *args)).stdout
+
+    theirs_csr = workdir / "theirs-of-ours.csr"
+    openssl("req", "-new", "-provider", "tpm2", "-provider", "default", "-key", key,
+            "-subj", "/CN=compat", "-out", str(theirs_csr))
+    run(["openssl", "req", "-in", str(theirs_csr), "-verify", "-noout"])
+    pub = lambda csr: run(["openssl", "req", "-in", str(csr), "-pubkey", "-noout"]).stdout  # noqa: E731
+    assert pub(theirs_csr) == pub(workdir / "dev1.csr")
+
+    their_key = workdir / "their.tss2.pem"
+    their_csr = workdir / "their.csr"
+    openssl("genpkey", "-provider", "tpm2", "-provider", "default", "-algorithm", "EC",
+            "-pkeyopt", "group:P-256", "-out", str(their_key))
+    openssl("req", "-new", "-provider", "tpm2", "-provider", "default", "-key", str(their_key),
+            "-subj", SUBJECT, "-out", str(their_csr))
+    cert = pkimod.issue_from_csr(pki, their_csr, workdir / "their.pem")
+    all_schemes_sign(topo.client.argv(str(cred_probe()), "tpm", str(their_key), str(cert), tpm.tcti), False)

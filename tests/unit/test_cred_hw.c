@@ -108,6 +108,23 @@ START_TEST(tss2_hand_made_der)
 }
 END_TEST
 
+START_TEST(tss2_ber_true_and_false)
+{
+    /* tpm2-openssl writes emptyAuth TRUE as 0x01 (BER): accepted as TRUE;
+     * an explicit FALSE (0x00) is FALSE. */
+    uint8_t d[sizeof HAND_DER];
+    memcpy(d, HAND_DER, sizeof d);
+    tss2_key_blob k;
+    char err[256] = "";
+    d[14] = 0x01;
+    ck_assert_msg(tss2_key_parse_der(d, sizeof d, &k, err, sizeof err) == 0, "%s", err);
+    ck_assert(k.empty_auth);
+    d[14] = 0x00;
+    ck_assert_msg(tss2_key_parse_der(d, sizeof d, &k, err, sizeof err) == 0, "%s", err);
+    ck_assert(!k.empty_auth);
+}
+END_TEST
+
 START_TEST(tss2_every_truncation_fails)
 {
     tss2_key_blob k;
@@ -133,7 +150,7 @@ static const struct {
     { 10, 0xa1, "policy" },                         /* [1] policy */
     { 10, 0xa3, "policy" },                         /* [3] authPolicy */
     { 10, 0xa2, "import secret" },                  /* [2] secret */
-    { 14, 0x01, "not a DER BOOLEAN" },              /* emptyAuth 0x01 */
+    { 12, 0x02, "malformed emptyAuth" },            /* [0] holds an INTEGER */
     { 17, 0xc0, "parent is not a 32-bit handle" },  /* negative INTEGER */
     { 15, 0x03, "" },                               /* tag: not an INTEGER */
     { 1, 0x1d, "" },                                /* length beyond the end */
@@ -345,6 +362,7 @@ Suite *cred_hw_suite(void)
     TCase *tc = tcase_create("tss2");
     tcase_add_loop_test(tc, tss2_roundtrip, 0, sizeof roundtrips / sizeof roundtrips[0]);
     tcase_add_test(tc, tss2_hand_made_der);
+    tcase_add_test(tc, tss2_ber_true_and_false);
     tcase_add_test(tc, tss2_every_truncation_fails);
     tcase_add_loop_test(tc, tss2_bad_der, 0, sizeof bad_der / sizeof bad_der[0]);
     tcase_add_test(tc, tss2_parent_forms);

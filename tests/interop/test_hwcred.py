@@ -534,3 +534,43 @@ def test_tpm_key_files_are_those_of_tpm2_openssl(topology, pki, workdir, tpm_in)
             "-subj", SUBJECT, "-out", str(their_csr))
     cert = pkimod.issue_from_csr(pki, their_csr, workdir / "their.pem")
     all_schemes_sign(topo.client.argv(str(cred_probe()), "tpm", str(their_key), str(cert), tpm.tcti), False)
+
+
+def test_keygen_never_replaces_a_key(topology, pki, workdir, monkeypatch, tpm_in):
+    """A second keygen for the same token label, key file or TPM handle fails
+    with a clear line and leaves the first key as it was."""
+    binary = binary_or_skip()
+    hsm = SoftHsm(workdir / "hsm", monkeypatch)
+    token_enrol(binary, hsm, pki, workdir, rsa=False)
+    (workdir / "dev1.csr").unlink()
+    again = run([str(binary), "keygen", "--provider", "pkcs11", "--module", str(SOFTHSM),
+                 "--uri", "pkcs11:token=m2m;object=dev1", "--pin-stdin", "--csr", str(workdir / "x.csr"),
+                 "--subject", SUBJECT], input=PIN + "\n", check=False)
+    assert again.returncode == 1, again
+    assert 'already holds a private key labelled "dev1"' in again.stderr, again.stderr
+    keys = hsm.tool("--login", "--pin", PIN, "--list-objects", "--type", "privkey").stdout
+    assert keys.count("Private Key Object") == 1, keys
+    assert not (workdir / "x.csr").exists()
+
+    topo = topology("direct")
+    tpm = tpm_in(topo.client)
+    tdir = workdir / "tpmkeys"
+    tdir.mkdir()
+    key, _ = tpm_enrol(binary, tpm, pki, tdir, rsa=False, pin=None)
+    before = Path(key).read_bytes()
+    for extra in (["--out", key], ["--handle", "0x81000020"], ["--handle", "0x81000020"]):
+        got = run(topo.client.argv(str(binary), "keygen", "--provider", "tpm", "--tcti", tpm.tcti,
+                                   "--csr", str(tdir / f"y{len(extra)}.csr"), "--subject", SUBJECT, *extra),
+                  check=False)
+        if extra[0] == "--handle" and not (tdir / "made").exists():
+            assert got.returncode == 0, got   # the first time the handle is free
+            (tdir / "made").write_text("")
+            (tdir / f"y{len(extra)}.csr").unlink()
+            continue
+        assert got.returncode == 1, got
+        assert ("exists: not replaced" if extra[0] == "--out" else "handle taken") in got.stderr, got.stderr
+    assert Path(key).read_bytes() == before
+    got = run([str(binary), "keygen", "--provider", "file", "--out", key, "--csr", str(tdir / "z.csr"),
+               "--subject", SUBJECT], check=False)
+    assert got.returncode == 1 and "exists: not replaced" in got.stderr, got
+    assert Path(key).read_bytes() == before

@@ -104,6 +104,8 @@ int cred_file_open(const char *cert_file, const char *key_file,
  *  - `pin` as for cred_file_open(): tried at most once (one C_Login), wrong
  *    -> E_PIN "wrong PIN for token <label>", nothing returned; none given and
  *    the token needs one -> returned locked (cred_pin_needed()).
+ * The token keeps the login (and libp11, inside, a copy of the PIN for
+ * re-login after fork()) until the provider is freed.
  * Errors: INVAL (URI), CERT (module cannot be loaded, no such key or
  * certificate, mismatch), IO (no token matching the URI is present: a later
  * attempt may find it), PIN (wrong, or locked token), NOMEM.
@@ -125,6 +127,8 @@ int cred_pkcs11_open(const char *module, const char *uri, const char *pin, size_
  *    retried (E_PIN "wrong PIN for TPM key <key>"; "TPM in dictionary-attack
  *    lockout" if it is). A key file with emptyAuth needs none; one without
  *    and no pin: returned locked. A handle without pin: empty authValue.
+ * The key stays loaded with its authValue inside ESYS (which the TPM
+ * needs for every signature) until the provider is freed, which clears it.
  * Errors: INVAL, CERT (key file malformed, certificate missing or not for
  * this key), IO (TPM not reachable), PIN, NOMEM.
  */

@@ -19,6 +19,7 @@ certificate from the CSR keygen wrote. What a user would check:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -275,6 +276,66 @@ def test_token_wrong_pin_is_tried_once(topology, charons, pki, workdir, monkeypa
         client.wait_for_state("connected", timeout_s=30)
         assert hsm.logins() == ["CKR_PIN_INCORRECT", "CKR_OK"], hsm.logins()
         assert PIN not in client.log_path.read_text()
+
+
+PIN_APP = r'''
+import json, sys, threading
+import m2mvpn
+
+events, done = [], threading.Event()
+
+def on_event(client, ev):
+    events.append({"type": m2mvpn.event_name(ev.type), "error": ev.error,
+                   "error_name": m2mvpn.error_name(ev.error) if ev.error else "",
+                   "detail": ev.detail, "state": m2mvpn.state_name(ev.state)})
+    if ev.type == m2mvpn.EventType.PIN_REQUIRED:
+        client.enter_pin(sys.argv[2])          # a control call from the callback
+    if ev.type == m2mvpn.EventType.STATE_CHANGED and ev.state in (m2mvpn.State.CONNECTED, m2mvpn.State.IDLE):
+        done.set()
+
+with m2mvpn.Client(on_event=on_event) as c:
+    c.load_profile_file(sys.argv[1])
+    c.start()
+    c.connect()
+    finished = done.wait(30)
+    st = c.status()
+    c.stop()
+print(json.dumps({"finished": finished, "events": events, "credential": st.credential,
+                  "cert_subject": st.cert_subject, "cert_not_after": st.cert_not_after}))
+'''
+
+
+def test_token_pin_required_event(topology, charons, pki, workdir, monkeypatch):
+    """An application (Python binding) gets PIN_REQUIRED naming the token,
+    answers with m2mvpn_enter_pin() and the tunnel comes up: one C_Login."""
+    lib = os.environ.get("M2MVPN_LIB", "")
+    if not lib or not Path(lib).is_file():
+        pytest.fail("M2MVPN_LIB (the built libm2mvpn) is not set")
+    binary = binary_or_skip()
+    hsm = SoftHsm(workdir / "hsm", monkeypatch)
+    token_enrol(binary, hsm, pki, workdir, rsa=False)
+    topo = topology("direct")
+    charons(topo.gateway, charonmod.gateway_config(pki, conns=["ecdsa"]), name="gw")
+    pf = workdir / "profile.json"
+    pf.write_text(json.dumps(token_profile(pki, topo, pin=None)))
+    app = workdir / "app.py"
+    app.write_text(PIN_APP)
+    binding = Path(__file__).resolve().parents[2] / "bindings" / "python"
+    env = dict(os.environ, M2MVPN_LIB=lib, PYTHONPATH=str(binding), PYTHONDONTWRITEBYTECODE="1")
+    proc = topo.client.popen(["/usr/bin/python3", str(app), str(pf), PIN], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["finished"], res
+    pins = [e for e in res["events"] if e["type"] == "PIN_REQUIRED"]
+    assert len(pins) == 1, res["events"]
+    assert pins[0]["detail"] == 'PKCS#11 token "m2m", key "dev1"' and pins[0]["error_name"] == "PIN", pins
+    assert res["events"][-1]["state"] == "connected", res["events"]
+    assert res["credential"] == 'PKCS#11 token "m2m", key "dev1"', res
+    assert pkimod.CLIENT_ID in res["cert_subject"] and res["cert_not_after"] > 0, res
+    assert hsm.logins() == ["CKR_OK"], hsm.logins()
+    assert PIN not in out
 
 
 def test_token_removed_during_always_on(topology, charons, pki, workdir, monkeypatch):

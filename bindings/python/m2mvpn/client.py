@@ -107,6 +107,10 @@ class StatusSnapshot:
     dropped_replay: int
     dropped_integrity: int
     dropped_no_sa: int
+    credential_source: str
+    credential: str
+    cert_subject: str
+    cert_not_after: int
     struct_size: int
     warnings: str = ""  # what weakens the active profile, "; "-separated (appended)
 
@@ -331,7 +335,9 @@ class Client:
             ike_algorithms=text(st.ike_algorithms), esp_algorithms=text(st.esp_algorithms),
             dns=tuple(text(d.value) for d in st.dns if d.value), spi_in=st.spi_in, spi_out=st.spi_out,
             dropped_replay=st.dropped_replay, dropped_integrity=st.dropped_integrity,
-            dropped_no_sa=st.dropped_no_sa, struct_size=st.struct_size, warnings=text(st.warnings))
+            dropped_no_sa=st.dropped_no_sa, credential_source=text(st.credential_source),
+            credential=text(st.credential), cert_subject=text(st.cert_subject),
+            cert_not_after=st.cert_not_after, struct_size=st.struct_size, warnings=text(st.warnings))
 
     def status_json_text(self):
         """m2mvpn_status_json() as the library's exact text."""

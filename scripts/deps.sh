@@ -15,11 +15,11 @@ SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 # recommended (the openssl, gcm and eap-mschapv2 plugins once were).
 pkgs=(
   build-essential meson ninja-build pkg-config clang g++
-  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libtss2-dev check
+  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev check
   libnftables-dev
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins libcharon-extauth-plugins
-  softhsm2 opensc swtpm swtpm-tools tpm2-tools
+  softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
   iproute2 nftables iperf3 tcpdump iputils-ping openssl util-linux
   python3 python3-pytest
 )

@@ -205,6 +205,20 @@ static void print_summary(json_object *st)
     } else {
         printf("algorithms:  %s\n", dash);
     }
+    json_object *cr = NULL;
+    if (json_object_object_get_ex(st, "credential", &cr) && cr && json_object_is_type(cr, json_type_object)) {
+        const char *holder = get_str(cr, "holder"), *subject = get_str(cr, "subject");
+        printf("credential:  %s%s%s\n", holder ? holder : dash, subject && subject[0] ? ", " : "",
+               subject ? subject : "");
+        int64_t until = get_int(cr, "not_after");
+        if (until > 0) {
+            char when[64];
+            time_t t = (time_t)until;
+            struct tm tm;
+            strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime_r(&t, &tm));
+            printf("certificate: valid until %s\n", when);
+        }
+    }
     json_object *le = NULL;
     if (json_object_object_get_ex(st, "last_error", &le) && le && json_object_is_type(le, json_type_object) &&
         get_int(le, "code") != 0) {

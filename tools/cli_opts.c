@@ -35,6 +35,10 @@ void cli_usage(void)
           "  m2mvpn login --user U [--control SOCK]   (password from stdin or prompt)\n"
           "  m2mvpn pin [--control SOCK]              (PIN from stdin or prompt)\n"
           "  m2mvpn status [--json] [--control SOCK]\n"
+          "  m2mvpn keygen --provider file|pkcs11|tpm --csr FILE --subject /CN=... [--rsa]\n"
+          "         file:   --out KEY.pem [--pin-stdin]   (PIN: passphrase for the key file)\n"
+          "         pkcs11: --module MODULE --uri pkcs11:token=T;object=LABEL --pin-stdin\n"
+          "         tpm:    [--tcti TCTI] --out KEY.tss2.pem | --handle 0x81xxxxxx [--pin-stdin]\n"
           "  m2mvpn --help | --version\n"
           "defaults: --control " CTL_DEFAULT_SOCKET ", --state-dir " CTL_DEFAULT_STATE_DIR "\n",
           stdout);

@@ -24,7 +24,11 @@
  *                    m2mvpn_status.warnings and the "warnings" array of
  *                    m2mvpn_status_json: settings of the active profile that
  *                    work but weaken it (a PSK shorter than 20 characters).
- *                    Then m2mvpn_status.reconnects, .rekeys, .roams,
+ *                    Appended to m2mvpn_status (no new symbol): credential_source,
+ *                    credential, cert_subject, cert_not_after (hardware
+ *                    credentials: token label / TPM key, certificate expiry);
+ *                    status JSON: "credential".
+ *                    Then (after those) m2mvpn_status.reconnects, .rekeys, .roams,
  *                    .last_change, .last_reason and the "transitions"
  *                    object of m2mvpn_status_json: how often the tunnel
  *                    came back, and when and why its state last moved.
@@ -258,7 +262,11 @@ typedef struct m2mvpn_status {
     /* Appended after the first 1.0 header: */
     char warnings[256];             /**< what weakens the active profile, e.g. a PSK shorter
                                      *   than 20 characters; "; "-separated, or "". Never a secret */
-    /* Appended after `warnings`: */
+    char credential_source[16];     /**< certificate auth: "file", "pkcs11", "tpm"; else "" */
+    char credential[160];           /**< what holds our key, e.g. PKCS#11 token "m2m", key "dev1"; never a PIN */
+    char cert_subject[256];         /**< our certificate's subject, or "" (none, or not readable yet) */
+    int64_t cert_not_after;         /**< its notAfter (Unix time), or 0 */
+    /* Appended after `cert_not_after`: */
     uint64_t reconnects;            /**< times the tunnel came up again after a failure or renewal */
     uint64_t rekeys;                /**< CHILD/IKE SA rekeys (0 while this build renews instead) */
     uint64_t roams;                 /**< moves to another address (0: not used by this build yet) */
@@ -279,7 +287,8 @@ M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
  * "AUTH_LOCAL"), "message", "detail"}, "counters" {"bytes_in", "bytes_out",
  * "packets_in", "packets_out", "packets_dropped", "dropped" {"replay",
  * "integrity", "no_sa"}}, "connected_since", "dns" [...], "child_sa"
- * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version",
+ * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "credential"
+ * {"source", "holder", "subject", "not_after"} or null, "version",
  * "warnings" [strings] ([] when none), "transitions" {"reconnects", "rekeys",
  * "roams", "last_change", "last_reason"}.
  * *ret is a new NUL-terminated string

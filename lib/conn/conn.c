@@ -291,7 +291,7 @@ static void start_sa(conn *c)
 
 static void start_attempt(conn *c, const char *reason)
 {
-    char err[512] = "";
+    char err[512] = "", what[160] = "";
     bool pin_needed = false;
     core_timer_cancel(c->loop, &c->retry_timer);
     if (set_phase(c, CONN_NEGOTIATING, 0, reason) < 0)
@@ -307,7 +307,7 @@ static void start_attempt(conn *c, const char *reason)
             r = 0; /* on-demand without it: only the trigger is missing */
     }
     if (r == 0)
-        r = c->ops.cred_load(c->ops.arg, c->prof, &pin_needed, err, sizeof(err));
+        r = c->ops.cred_load(c->ops.arg, c->prof, &pin_needed, what, sizeof(what), err, sizeof(err));
     if (r == 0)
         r = c->ops.path_open(c->ops.arg, c->prof, c->gw_index, c->gw_text, sizeof(c->gw_text), err,
                              sizeof(err));
@@ -316,7 +316,6 @@ static void start_attempt(conn *c, const char *reason)
         return;
     }
     if (pin_needed) {
-        const char *what = c->prof->cert.file ? c->prof->cert.file : c->prof->name;
         set_phase(c, CONN_WAIT_PIN, 0, "waiting for the PIN");
         LOG_INFO(c->log, "conn", "waiting for the PIN of %s", what);
         if (c->hooks.on_event)

@@ -108,8 +108,10 @@ typedef struct conn_ops {
      * gw_text: "host:port". */
     int (*path_open)(void *arg, const profile *p, size_t gw_index, char *gw_text, size_t gw_text_len,
                      char *err, size_t err_len);
-    /* Credentials and trust anchors of p; *pin_needed: a PIN must come first. */
-    int (*cred_load)(void *arg, const profile *p, bool *pin_needed, char *err, size_t err_len);
+    /* Credentials and trust anchors of p; *pin_needed: a PIN must come
+     * first, and `what` names what needs it (token and key, or file). */
+    int (*cred_load)(void *arg, const profile *p, bool *pin_needed, char *what, size_t what_len,
+                     char *err, size_t err_len);
     int (*cred_pin)(void *arg, const char *pin, size_t len, char *err, size_t err_len);
     void (*cred_release)(void *arg);
     /* Create and start the IKE SA over the open path. */
@@ -122,7 +124,8 @@ typedef struct conn_ops {
     /* Install the CHILD SA and its network; *spi_in, algorithms for status. */
     int (*child_install)(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len);
     void (*child_remove)(void *arg, uint32_t spi_in);
-    /* Counters, DNS and algorithms into the status (child: a CHILD SA is up). */
+    /* Counters, DNS, algorithms and the credential into the status (child:
+     * a CHILD SA is up). */
     void (*fill_status)(void *arg, bool child, m2mvpn_status *st);
     /* Inner packets in + out so far (idle detection). */
     uint64_t (*traffic)(void *arg);

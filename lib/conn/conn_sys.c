@@ -415,7 +415,28 @@ static int sys_path_open(void *arg, const profile *p, size_t gw_index, char *gw_
 
 /* -------------------------------------------------------- credentials */
 
-static int sys_cred_load(void *arg, const profile *p, bool *pin_needed, char *err, size_t err_len)
+static int open_credential(conn_sys *s, const profile *p, char *err, size_t err_len)
+{
+    const char *pin = p->cert.pin;
+    size_t pin_len = pin ? strlen(pin) : 0;
+    switch (p->cert.source) {
+    case PROFILE_CERT_FILE:
+        return cred_file_open(p->cert.file, p->cert.key, pin, pin_len, &s->cred, err, err_len);
+    case PROFILE_CERT_PKCS11:
+        return cred_pkcs11_open(p->cert.pkcs11_module, p->cert.pkcs11_uri, pin, pin_len, &s->cred,
+                                err, err_len);
+    case PROFILE_CERT_TPM:
+        return cred_tpm_open(p->cert.tpm_key, p->cert.file, p->cert.tpm_tcti, pin, pin_len, &s->cred,
+                             err, err_len);
+    default:
+        snprintf(err, err_len, "auth.cert.source \"%s\" is not supported by this build yet",
+                 profile_cert_source_name(p->cert.source));
+        return M2MVPN_E_NOTSUPP;
+    }
+}
+
+static int sys_cred_load(void *arg, const profile *p, bool *pin_needed, char *what, size_t what_len,
+                         char *err, size_t err_len)
 {
     conn_sys *s = arg;
     *pin_needed = false;
@@ -433,20 +454,25 @@ static int sys_cred_load(void *arg, const profile *p, bool *pin_needed, char *er
         snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
         return M2MVPN_E_NOTSUPP;
     }
+    if (s->cred && cred_lost(s->cred)) {
+        /* Token removed or TPM gone: open it again (it may be back). */
+        LOG_INFO(s->log, "conn", "credential device went away: opening it again");
+        cred_free(s->cred);
+        s->cred = NULL;
+    }
     if (p->auth != PROFILE_AUTH_CERT)
         return 0;
     if (!s->cred) {
-        if (p->cert.source != PROFILE_CERT_FILE) {
-            snprintf(err, err_len, "auth.cert.source \"%s\" is not supported by this build yet",
-                     profile_cert_source_name(p->cert.source));
-            return M2MVPN_E_NOTSUPP;
-        }
-        const char *pin = p->cert.pin;
-        int r = cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &s->cred, err, err_len);
+        int r = open_credential(s, p, err, err_len);
         if (r < 0)
             return r;
     }
     *pin_needed = cred_pin_needed(s->cred);
+    if (*pin_needed) {
+        cred_describe(s->cred, what, what_len);
+        if (!what[0])
+            snprintf(what, what_len, "%s", p->cert.file ? p->cert.file : "");
+    }
     return 0;
 }
 
@@ -578,9 +604,30 @@ static void sys_child_remove(void *arg, uint32_t spi_in)
     s->spi_in = 0;
 }
 
+/* What holds our key and its certificate (never a PIN). */
+static void fill_credential(conn_sys *s, m2mvpn_status *st)
+{
+    st->credential_source[0] = st->credential[0] = st->cert_subject[0] = '\0';
+    st->cert_not_after = 0;
+    if (!s->cred)
+        return;
+    snprintf(st->credential_source, sizeof(st->credential_source), "%s", cred_name(s->cred));
+    cred_describe(s->cred, st->credential, sizeof(st->credential));
+    if (!st->credential[0] && s->prof && s->prof->cert.file)
+        snprintf(st->credential, sizeof(st->credential), "%s", s->prof->cert.file);
+    pki_cert *const *chain;
+    size_t n;
+    char err[128];
+    if (cred_chain(s->cred, &chain, &n, err, sizeof(err)) == 0 && n > 0) {
+        pki_cert_subject_text(chain[0], st->cert_subject, sizeof(st->cert_subject));
+        st->cert_not_after = pki_cert_not_after(chain[0]);
+    }
+}
+
 static void sys_fill_status(void *arg, bool child, m2mvpn_status *st)
 {
     conn_sys *s = arg;
+    fill_credential(s, st);
     snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", child ? s->ike_alg : "");
     snprintf(st->esp_algorithms, sizeof(st->esp_algorithms), "%s", child ? s->esp_alg : "");
     memset(st->dns, 0, sizeof(st->dns));

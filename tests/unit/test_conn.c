@@ -91,11 +91,13 @@ static int f_path_open(void *arg, const profile *p, size_t gw_index, char *gw_te
     return f->path_err;
 }
 
-static int f_cred_load(void *arg, const profile *p, bool *pin_needed, char *err, size_t err_len)
+static int f_cred_load(void *arg, const profile *p, bool *pin_needed, char *what, size_t what_len,
+                       char *err, size_t err_len)
 {
     fake *f = arg;
     (void)p;
     *pin_needed = f->pin_needed;
+    snprintf(what, what_len, "fake token");
     if (f->cred_err)
         snprintf(err, err_len, "fake credential error");
     return f->cred_err;

@@ -107,6 +107,10 @@ class StatusSnapshot:
     dropped_replay: int
     dropped_integrity: int
     dropped_no_sa: int
+    credential_source: str
+    credential: str
+    cert_subject: str
+    cert_not_after: int
     struct_size: int
     warnings: str = ""  # what weakens the active profile, "; "-separated (appended)
     reconnects: int = 0  # times the tunnel came up again after a failure or renewal (appended)
@@ -336,7 +340,9 @@ class Client:
             ike_algorithms=text(st.ike_algorithms), esp_algorithms=text(st.esp_algorithms),
             dns=tuple(text(d.value) for d in st.dns if d.value), spi_in=st.spi_in, spi_out=st.spi_out,
             dropped_replay=st.dropped_replay, dropped_integrity=st.dropped_integrity,
-            dropped_no_sa=st.dropped_no_sa, struct_size=st.struct_size, warnings=text(st.warnings),
+            dropped_no_sa=st.dropped_no_sa, credential_source=text(st.credential_source),
+            credential=text(st.credential), cert_subject=text(st.cert_subject),
+            cert_not_after=st.cert_not_after, struct_size=st.struct_size, warnings=text(st.warnings),
             reconnects=st.reconnects, rekeys=st.rekeys, roams=st.roams, last_change=st.last_change,
             last_reason=text(st.last_reason))
 

@@ -265,13 +265,22 @@ static void release_sa(conn *c)
 }
 
 /* Stay down: IDLE, or ARMED again on-demand unless `stop` (a disconnect,
- * or a failure a retry cannot fix). */
+ * or a failure a retry cannot fix). After a failure, traffic starts the
+ * tunnel again only after the back-off (retry_now arms the trigger): an
+ * application that keeps sending must not make it hammer the gateway. */
 static void settle(conn *c, bool stop, int err, const char *reason)
 {
     core_timer_cancel(c->loop, &c->retry_timer);
     if (on_demand(c) && !stop) {
-        rearm_network(c, true); /* held packets of the failed attempt are dropped */
+        rearm_network(c, err == 0); /* held packets of the failed attempt are dropped */
         set_phase(c, CONN_ARMED, err, reason);
+        if (err) {
+            bool auth = err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER;
+            uint64_t delay = conn_backoff_ms(c->failures++, auth, c->ops.random(c->ops.arg));
+            LOG_INFO(c->log, "conn", "on-demand: traffic starts the tunnel again in %llu ms",
+                     (unsigned long long)delay);
+            core_timer_arm(c->loop, &c->retry_timer, delay);
+        }
         return;
     }
     drop_network_unless_kill_switch(c);
@@ -330,6 +339,8 @@ static void retry_now(void *arg)
     conn *c = arg;
     if (c->phase == CONN_BACKOFF)
         start_attempt(c, "retrying");
+    else if (c->phase == CONN_ARMED)
+        rearm_network(c, true); /* the next packet starts it */
 }
 
 static void schedule_retry(conn *c, int err, const char *detail)

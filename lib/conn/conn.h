@@ -23,7 +23,8 @@
  *    conn_connect(), starts the connection; the packets held meanwhile by the
  *    datapath leave once the SA is up; after tunnel.on_demand_idle_s without
  *    traffic the tunnel closes and is armed again. A failure arms it again
- *    (no retry of its own), except for the local causes above.
+ *    after the back-off (no retry of its own: the next packet then starts
+ *    one), except for the local causes above.
  *  - manual: connects on conn_connect(), stays down after a failure.
  *
  * IKE and datapath callbacks do not re-enter the state machine: on_down,

@@ -719,6 +719,37 @@ START_TEST(on_demand_traffic_and_idle)
 }
 END_TEST
 
+/* After a failure the trigger waits out the back-off: traffic during it
+ * does not start an attempt, the first packet after it does. */
+START_TEST(on_demand_failure_backs_off)
+{
+    T->f.rnd = 0;
+    use_profile("on-demand", 1, 30);
+    conn_post_traffic(T->c);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER);
+    ck_assert_int_eq(phase(), CONN_ARMED);
+    ck_assert_int_eq(T->state_err[T->n_states - 1], M2MVPN_E_TIMEOUT);
+    ck_assert_int_eq(T->f.net_arm_hold, 0); /* no trigger yet */
+    uint64_t wait = conn_backoff_ms(0, false, 0);
+    advance(wait - 1);
+    ck_assert_int_eq(T->f.net_arm_hold, 0);
+    advance(1);
+    ck_assert_int_eq(T->f.net_arm_hold, 1);
+    conn_post_traffic(T->c);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    /* The second failure waits twice as long. */
+    down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER);
+    advance(conn_backoff_ms(1, false, 0) - 1);
+    ck_assert_int_eq(T->f.net_arm_hold, 0);
+    advance(1);
+    ck_assert_int_eq(T->f.net_arm_hold, 1);
+}
+END_TEST
+
 START_TEST(on_demand_disconnect_disarms)
 {
     use_profile("on-demand", 1, 30);
@@ -775,6 +806,7 @@ int main(void)
     tc = tcase_create("on-demand");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, on_demand_traffic_and_idle);
+    tcase_add_test(tc, on_demand_failure_backs_off);
     tcase_add_test(tc, on_demand_disconnect_disarms);
     tcase_add_test(tc, status_last_transition);
     suite_add_tcase(s, tc);

@@ -59,7 +59,7 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
     return 0;
 }
 
-int svc_bind(const char *path, char *err, size_t err_len)
+int svc_bind(const char *path, gid_t group, char *err, size_t err_len)
 {
     /* Made under a temporary name and renamed into place once listening: a
      * client that finds the name is never refused. */
@@ -104,7 +104,10 @@ int svc_bind(const char *path, char *err, size_t err_len)
         return -1;
     }
     const char *step = NULL;
-    if (chmod(tmp, 0600) < 0)
+    /* With a control group: its members may connect (0660, that group). */
+    if (group != (gid_t)-1 && chown(tmp, (uid_t)-1, group) < 0)
+        step = "give the control group";
+    else if (chmod(tmp, group != (gid_t)-1 ? 0660 : 0600) < 0)
         step = "set up";
     else if (listen(fd, 16) < 0)
         step = "listen on";

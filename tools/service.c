@@ -2,6 +2,7 @@
 /* The service loop: engine, control socket, signals. See service.h. */
 #include <errno.h>
 #include <json-c/json.h>
+#include <malloc.h>
 #include <m2mvpn/m2mvpn.h>
 #include <poll.h>
 #include <signal.h>
@@ -54,6 +55,7 @@ typedef struct service {
     long long started_ms;         /* monotonic */
     time_t started_at;            /* wall clock, for status */
     svc_reload_state reload;
+    bool trim_pending;            /* a state change happened: give back freed heap */
 } service;
 
 static const char *error_name(int code)
@@ -105,6 +107,7 @@ static void on_event(m2mvpn *h, const m2mvpn_event *ev, void *userdata)
     case M2MVPN_EVENT_STATE_CHANGED:
         svc_log(s, M2MVPN_LOG_DEBUG, "event STATE_CHANGED %s -> %s%s%s", m2mvpn_state_name(ev->old_state),
                 m2mvpn_state_name(ev->state), *detail ? ": " : "", detail);
+        s->trim_pending = true;
         break;
     case M2MVPN_EVENT_PIN_REQUIRED:
         svc_log(s, M2MVPN_LOG_WARNING, "profile '%s' needs a PIN: answer with 'm2mvpn pin'", ev->profile);
@@ -456,6 +459,13 @@ static void run_engine(service *s)
         svc_log(s, M2MVPN_LOG_ERROR, "engine: %s", m2mvpn_last_error(s->h));
     if (s->stopping)
         s->processed_since_stop = true;
+    if (s->trim_pending) {
+        /* After a connect or reconnect the heap holds what the exchanges
+         * freed (certificates, key exchange, messages): hand it back, so an
+         * idle device does not carry the attempt's peak (bench/footprint). */
+        s->trim_pending = false;
+        malloc_trim(0);
+    }
     int t = m2mvpn_get_timeout_ms(s->h);
     s->engine_deadline_ms = t < 0 ? -1 : now_ms() + t;
 }

@@ -631,6 +631,10 @@ int service_run(const service_opts *o)
         goto out;
     }
     pidfile = true;
+    if (svc_bind_publish(o->control, err, sizeof(err)) < 0) {
+        report_startup_failure(o, "%s", err);
+        goto out;
+    }
     s->engine_fd = m2mvpn_get_fd(s->h);
     if (s->engine_fd < 0) {
         report_startup_failure(o, "cannot drive the engine: %s", m2mvpn_last_error(s->h));

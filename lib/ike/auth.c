@@ -90,6 +90,34 @@ static void build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n
             (*n)++;
 }
 
+int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hashes, size_t n_peer_hashes,
+                    pki_auth_method *method, pki_sig_scheme *scheme, ike_fault *fault, char *err, size_t err_len)
+{
+    bool sha1 = sa->cfg.prof->ike.allow_sha1_signatures;
+    int r = pki_choose_auth(kt, peer_hashes, n_peer_hashes, false, sha1, method, scheme);
+    if (r == 0)
+        return 0;
+    /* Our key, or what the gateway announced (unauthenticated)? */
+    const uint16_t *ours;
+    size_t n_ours = pki_hash_algs_supported(&ours);
+    pki_auth_method m;
+    pki_sig_scheme sc;
+    if (pki_choose_auth(kt, ours, n_ours, false, sha1, &m, &sc) < 0) {
+        *fault = IKE_FAULT_LOCAL;
+        snprintf(err, err_len, "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
+    } else if (kt == PKI_KEY_RSA && !sha1) {
+        *fault = IKE_FAULT_PEER;
+        snprintf(err, err_len, "gateway %s offers no acceptable signature hash for our RSA key "
+                 "(no SHA-2 in SIGNATURE_HASH_ALGORITHMS, RFC 7427), and RSA without one means "
+                 "SHA-1; set ike.allow_sha1_signatures to true to allow SHA-1 with this gateway", sa->gw_text);
+    } else {
+        *fault = IKE_FAULT_PEER;
+        snprintf(err, err_len, "gateway %s announced no signature hash (SIGNATURE_HASH_ALGORITHMS, RFC 7427) "
+                 "our %s key can sign with", sa->gw_text, pki_key_type_name(kt));
+    }
+    return r;
+}
+
 int ike_auth_start(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
@@ -138,24 +166,8 @@ int ike_auth_start(ike_sa *sa)
             pki_cert_der(chain[i], &der, &der_len);
             ike_build_cert(&cw, IKE_CERT_X509_SIGNATURE, der, der_len);
         }
-        bool sha1 = p->ike.allow_sha1_signatures;
-        if ((r = pki_choose_auth(kt, sa->peer_hashes, sa->n_peer_hashes, false, sha1, &method, &scheme)) < 0) {
-            /* Our key, or what the gateway announced (unauthenticated)? */
-            const uint16_t *ours;
-            size_t n_ours = pki_hash_algs_supported(&ours);
-            if (pki_choose_auth(kt, ours, n_ours, false, sha1, &method, &scheme) == 0) {
-                fault = IKE_FAULT_PEER;
-                if (kt == PKI_KEY_RSA && !sha1)
-                    snprintf(err, sizeof(err), "gateway %s offers no acceptable signature hash for our RSA key "
-                             "(no SHA-2 in SIGNATURE_HASH_ALGORITHMS, RFC 7427), and RSA without one means "
-                             "SHA-1; set ike.allow_sha1_signatures to true to allow SHA-1 with this gateway",
-                             sa->gw_text);
-                else
-                    snprintf(err, sizeof(err), "gateway %s announced no signature hash our %s key can sign with",
-                             sa->gw_text, pki_key_type_name(kt));
-            } else {
-                snprintf(err, sizeof(err), "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
-            }
+        if ((r = ike_auth_choose(sa, kt, sa->peer_hashes, sa->n_peer_hashes, &method, &scheme, &fault, err,
+                                 sizeof(err))) < 0) {
             goto fail;
         }
         if (method == PKI_AUTH_RSA_SIG)

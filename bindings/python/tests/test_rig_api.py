@@ -177,7 +177,11 @@ def test_pip_installs_the_package_offline(tmp_path):
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)], check=True,
                    timeout=120)
     py = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Without the source tree on the path (other entries, such as the TSan
+    # run's preloading sitecustomize, stay).
+    keep = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and Path(p).resolve() != BINDING.resolve()]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(keep))
     src = tmp_path / "src"  # pip builds in place: keep the tree clean
     shutil.copytree(BINDING, src, ignore=shutil.ignore_patterns("tests", "__pycache__", "build", "*.egg-info"))
     p = subprocess.run([str(py), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",

@@ -269,3 +269,21 @@ def test_service_peer_check_refuses_a_non_member_past_the_file_mode(group_servic
     p = _as(NOBODY, NOBODY, [], "status", "--control", svc.control)
     assert p.returncode == 1
     assert "only root, the service's own user or its control group may use it" in one_error_line(p)
+
+
+def test_start_passes_the_service_options_on(ops_group, workdir, profile_file):
+    """`m2mvpn start` hands --control-group and --log to the detached service."""
+    name, gid = ops_group
+    control = os.path.join(workdir, "ctl", "control.sock")
+    state = os.path.join(workdir, "state")
+    p = cli("start", "--profile", profile_file, "--control", control, "--state-dir", state,
+            "--control-group", name, "--log", "stderr")
+    assert p.returncode == 0, p.stderr
+    try:
+        p = cli("status", "--json", "--control", control)
+        assert p.returncode == 0, p.stderr
+        svc = json.loads(p.stdout)["service"]
+        assert svc["control_group"] == name and svc["log"] == "stderr"
+        assert os.lstat(control).st_gid == gid and stat.S_IMODE(os.lstat(control).st_mode) == 0o660
+    finally:
+        assert cli("stop", "--control", control, "--state-dir", state).returncode == 0

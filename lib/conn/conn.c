@@ -17,7 +17,7 @@
 #include "core/secmem.h"
 
 #define STATUS_REFRESH_MS 1000
-#define CONN_QUEUE 8
+#define CONN_QUEUE 16
 
 static const char *const phase_names[] = {
 #define CONN_XX_NAME(name, text) [CONN_##name] = text,
@@ -419,6 +419,13 @@ static void ike_down(conn *c, int err, ike_fault fault, const char *detail)
 
 static void post(conn *c, const conn_event *ev)
 {
+    /* One traffic event, and one rekey request per SA, is all it takes
+     * (the datapath raises a request per lifetime kind). */
+    for (size_t i = 0; ev->type != EV_IKE_DOWN && i < c->q_len; i++) {
+        const conn_event *q = &c->queue[(c->q_head + i) % CONN_QUEUE];
+        if (q->type == ev->type && (ev->type == EV_TRAFFIC || q->spi_in == ev->spi_in))
+            return;
+    }
     if (c->q_len == CONN_QUEUE) {
         LOG_ERR(c->log, "conn", "event queue full: event %d dropped", (int)ev->type);
         return;

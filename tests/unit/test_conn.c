@@ -659,6 +659,25 @@ START_TEST(install_failure)
 }
 END_TEST
 
+/* Every lifetime kind of every SA raises its own request: one event per SA
+ * is kept, none is lost for another SA, and the queue does not overflow. */
+START_TEST(rekey_requests_coalesced)
+{
+    reach(CONN_UP);
+    T->logbuf[0] = '\0';
+    for (int r = 0; r < ESP_REKEY__COUNT; r++)
+        for (uint32_t spi = 0x11111110; spi < 0x11111114; spi++)
+            conn_post_rekey(T->c, spi, (esp_rekey_reason)r);
+    for (int i = 0; i < 40; i++)
+        conn_post_traffic(T->c);
+    advance(0);
+    ck_assert_msg(!strstr(T->logbuf, "queue full"), "%s", T->logbuf);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING); /* 0x11111111 was ours: renewed once */
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+}
+END_TEST
+
 /* A soft lifetime renews the tunnel at once (no back-off), RECONNECTING. */
 START_TEST(rekey_renews)
 {
@@ -801,6 +820,7 @@ int main(void)
     tcase_add_test(tc, down_is_posted);
     tcase_add_test(tc, install_failure);
     tcase_add_test(tc, rekey_renews);
+    tcase_add_test(tc, rekey_requests_coalesced);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("on-demand");

@@ -54,7 +54,7 @@ static bool use_active_profile(m2mvpn *h)
 {
     pthread_mutex_lock(&h->lock);
     profile_set *set = NULL;
-    const profile *p = h->active[0] ? api_profile_find_locked(h, h->active, &set) : NULL;
+    const profile *p = h->active[0] ? profile_registry_find(&h->profiles, h->active, &set) : NULL;
     if (p)
         profile_set_ref(set); /* survives a concurrent reload until conn has its own */
     pthread_mutex_unlock(&h->lock);
@@ -70,7 +70,7 @@ static void run_cmd(m2mvpn *h, api_cmd *c)
     switch (c->type) {
     case API_CMD_SWITCH: {
         pthread_mutex_lock(&h->lock);
-        bool still = api_profile_find_locked(h, c->name, NULL) != NULL; /* unloaded meanwhile? */
+        bool still = profile_registry_find(&h->profiles, c->name, NULL) != NULL; /* unloaded meanwhile? */
         if (still) {
             snprintf(h->active, sizeof(h->active), "%s", c->name);
             snprintf(h->status.profile, sizeof(h->status.profile), "%s", c->name);
@@ -131,72 +131,20 @@ void api_cmd_drain(m2mvpn *h)
 
 /* ---------------------------------------------------------------- profiles */
 
-static bool unloaded_locked(const m2mvpn *h, const char *name)
-{
-    for (size_t i = 0; i < h->n_unloaded; i++)
-        if (strcmp(h->unloaded[i], name) == 0)
-            return true;
-    return false;
-}
-
-void api_hide_profile_locked(m2mvpn *h, const char *name)
-{
-    if (unloaded_locked(h, name))
-        return;
-    char(*grown)[64] = realloc(h->unloaded, (h->n_unloaded + 1) * sizeof(*grown));
-    if (!grown)
-        return; /* still visible; the tunnel is removed all the same */
-    h->unloaded = grown;
-    snprintf(h->unloaded[h->n_unloaded++], 64, "%s", name);
-}
-
-const profile *api_profile_find_locked(m2mvpn *h, const char *name, profile_set **set)
-{
-    if (unloaded_locked(h, name))
-        return NULL;
-    for (size_t i = h->n_sets; i-- > 0;) {
-        const profile *p = profile_set_find(h->sets[i], name);
-        if (p) {
-            if (set)
-                *set = h->sets[i];
-            return p;
-        }
-    }
-    return NULL;
-}
-
-/* Install a parsed set: profiles of the same name in older sets are dropped
- * (a set whose profiles are all replaced is freed). */
+/* Install a parsed set (lib/profile/registry.h says what replaces what). */
 static int install_set(m2mvpn *h, profile_set *set)
 {
     pthread_mutex_lock(&h->lock);
-    profile_set **grown = realloc(h->sets, (h->n_sets + 1) * sizeof(*grown));
-    if (!grown) {
+    const char *first = set->items[0].name;
+    char name[64];
+    snprintf(name, sizeof(name), "%s", first);
+    if (profile_registry_add(&h->profiles, set) < 0) {
         pthread_mutex_unlock(&h->lock);
-        profile_set_free(set);
         return api_fail(h, M2MVPN_E_NOMEM, "out of memory installing profiles");
     }
-    h->sets = grown;
-    size_t kept = 0;
-    for (size_t i = 0; i < h->n_sets; i++) {
-        profile_set *old = h->sets[i];
-        bool still_used = false;
-        for (size_t j = 0; j < old->n && !still_used; j++)
-            still_used = profile_set_find(set, old->items[j].name) == NULL;
-        if (still_used)
-            h->sets[kept++] = old;
-        else
-            profile_set_free(old);
-    }
-    h->sets[kept++] = set;
-    h->n_sets = kept;
-    for (size_t i = 0; i < set->n; i++) /* loaded again: visible again */
-        for (size_t k = 0; k < h->n_unloaded; k++)
-            if (strcmp(h->unloaded[k], set->items[i].name) == 0)
-                memmove(h->unloaded[k], h->unloaded[--h->n_unloaded], 64);
-    if (!h->active[0] || !api_profile_find_locked(h, h->active, NULL)) {
-        snprintf(h->active, sizeof(h->active), "%s", set->items[0].name);
-        snprintf(h->status.profile, sizeof(h->status.profile), "%s", set->items[0].name);
+    if (!h->active[0] || !profile_registry_find(&h->profiles, h->active, NULL)) {
+        snprintf(h->active, sizeof(h->active), "%s", name);
+        snprintf(h->status.profile, sizeof(h->status.profile), "%s", name);
     }
     pthread_mutex_unlock(&h->lock);
     return queue_simple(h, API_CMD_PROFILES, NULL);
@@ -237,7 +185,7 @@ int m2mvpn_profile_switch(m2mvpn *h, const char *name)
     if (!name || !*name)
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_profile_switch: name is NULL or empty");
     pthread_mutex_lock(&h->lock);
-    bool known = api_profile_find_locked(h, name, NULL) != NULL;
+    bool known = profile_registry_find(&h->profiles, name, NULL) != NULL;
     pthread_mutex_unlock(&h->lock);
     if (!known)
         return api_fail(h, M2MVPN_E_NOPROFILE, "m2mvpn_profile_switch: no profile named '%s' is loaded", name);
@@ -251,37 +199,11 @@ int m2mvpn_profile_unload(m2mvpn *h, const char *name)
     if (!name || !*name)
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_profile_unload: name is NULL or empty");
     pthread_mutex_lock(&h->lock);
-    profile_set *set = NULL;
-    bool known = api_profile_find_locked(h, name, &set) != NULL;
-    if (known) {
-        /* Drop the whole set if this was its only profile still in use;
-         * otherwise hide the name (a set is immutable: rebuild the list). */
-        size_t live = 0;
-        for (size_t i = 0; i < set->n; i++) {
-            profile_set *owner = NULL;
-            if (api_profile_find_locked(h, set->items[i].name, &owner) && owner == set &&
-                strcmp(set->items[i].name, name) != 0)
-                live++;
-        }
-        if (live == 0) {
-            size_t k = 0;
-            for (size_t i = 0; i < h->n_sets; i++)
-                if (h->sets[i] != set)
-                    h->sets[k++] = h->sets[i];
-            h->n_sets = k;
-            profile_set_free(set); /* the supervisor may hold its own reference */
-        } else {
-            api_hide_profile_locked(h, name);
-        }
-        if (strcmp(h->active, name) == 0) {
-            const profile *next = NULL;
-            for (size_t i = h->n_sets; i-- > 0 && !next;)
-                for (size_t j = 0; j < h->sets[i]->n && !next; j++)
-                    if (api_profile_find_locked(h, h->sets[i]->items[j].name, NULL))
-                        next = &h->sets[i]->items[j];
-            snprintf(h->active, sizeof(h->active), "%s", next ? next->name : "");
-            snprintf(h->status.profile, sizeof(h->status.profile), "%s", h->active);
-        }
+    bool known = profile_registry_remove(&h->profiles, name);
+    if (known && strcmp(h->active, name) == 0) {
+        const profile *next = profile_registry_newest(&h->profiles);
+        snprintf(h->active, sizeof(h->active), "%s", next ? next->name : "");
+        snprintf(h->status.profile, sizeof(h->status.profile), "%s", h->active);
     }
     pthread_mutex_unlock(&h->lock);
     if (!known)

@@ -254,10 +254,7 @@ void m2mvpn_free(m2mvpn *h)
         c = next;
     }
     conn_free(h->conn); /* engine stopped: safe on this thread */
-    for (size_t i = 0; i < h->n_sets; i++)
-        profile_set_free(h->sets[i]);
-    free(h->sets);
-    free(h->unloaded);
+    profile_registry_clear(&h->profiles);
     core_loop_destroy(&h->loop);
     core_log_destroy(&h->log);
     pthread_mutex_destroy(&h->drive_lock);

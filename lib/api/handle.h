@@ -18,6 +18,7 @@
 #include "../core/log.h"
 #include "../core/loop.h"
 #include "../profile/profile.h"
+#include "../profile/registry.h"
 
 #define M2MVPN_MAGIC 0x4d324d56u /* "M2MV" */
 #define API_ERR_LEN 512
@@ -65,10 +66,7 @@ struct m2mvpn {
     /* under lock */
     api_cmd *cmd_head, *cmd_tail;
     uint64_t cmds_queued, cmds_done;
-    profile_set **sets;           /* every loaded set, newest last */
-    size_t n_sets;
-    char (*unloaded)[64];         /* names unloaded from sets still holding others */
-    size_t n_unloaded;
+    profile_registry profiles;    /* the loaded profiles (lib/profile/registry.h) */
     char active[64];              /* active profile name, "" = none */
     m2mvpn_status status;
     char last_error[API_ERR_LEN];
@@ -93,11 +91,6 @@ void api_cmd_drain(m2mvpn *h);
 void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail);
 void api_emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail);
 
-/* Profile registry (lock held by caller): find by name among loaded sets,
- * newest first; *set (if not NULL) receives the set holding it. */
-const profile *api_profile_find_locked(m2mvpn *h, const char *name, profile_set **set);
-/* Hide one profile name of a set that keeps other profiles (lock held). */
-void api_hide_profile_locked(m2mvpn *h, const char *name);
 
 
 #endif

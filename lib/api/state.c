@@ -93,7 +93,7 @@ void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail)
 #define MAX_WARNINGS 4
 static size_t active_warnings_locked(m2mvpn *h, const char **out)
 {
-    const profile *p = h->active[0] ? api_profile_find_locked(h, h->active, NULL) : NULL;
+    const profile *p = h->active[0] ? profile_registry_find(&h->profiles, h->active, NULL) : NULL;
     size_t n = profile_warnings(p, out, MAX_WARNINGS);
     return n < MAX_WARNINGS ? n : MAX_WARNINGS;
 }

@@ -19,6 +19,7 @@
 
 #include "profile/profile.h"
 #include "profile/proposal.h"
+#include "profile/registry.h"
 
 #define SECRET "S3cr3t-PSK-value"
 
@@ -869,12 +870,74 @@ START_TEST(test_proposal_names_and_format_limits)
     ck_assert_int_eq(proposal_parse("aes256gcm16", PROPOSAL_ESP, NULL, err, sizeof(err)), M2MVPN_E_INVAL);
     ck_assert_int_eq(proposal_parse("aes256gcm16", PROPOSAL_ESP, &p, NULL, 0), 0);
 }
+
+/* ------------------------------------------------------------ registry */
+
+/* A set of PSK profiles named by the letters of `names`, tagged by `mtu`. */
+static profile_set *letters(const char *names, unsigned mtu)
+{
+    char json[4096] = "{'version':1,'profiles':[";
+    for (const char *c = names; *c; c++) {
+        size_t u = strlen(json);
+        snprintf(json + u, sizeof(json) - u, "%s{'name':'%c'," BASE_GW "," BASE_IDS "," BASE_PSK
+                 ",'tunnel':{'mtu':%u}}", c == names ? "" : ",", *c, mtu);
+    }
+    strcat(json, "]}");
+    return parse_ok(dq(json), NULL);
+}
+
+static unsigned mtu_of(const profile_registry *r, const char *name)
+{
+    const profile *p = profile_registry_find(r, name, NULL);
+    return p ? p->tunnel.mtu : 0;
+}
+
+/* Loading replaces by name, unloading hides a name or frees the set, a
+ * name loaded again is visible again; the newest visible profile is next. */
+START_TEST(test_registry)
+{
+    profile_registry r = { 0 };
+    ck_assert_int_eq(profile_registry_add(&r, letters("ab", 1000)), 0);
+    ck_assert_int_eq(profile_registry_add(&r, letters("bc", 1100)), 0);
+    ck_assert_uint_eq(mtu_of(&r, "a"), 1000);
+    ck_assert_uint_eq(mtu_of(&r, "b"), 1100); /* replaced by the newer set */
+    ck_assert_uint_eq(r.n_sets, 2);
+    ck_assert_str_eq(profile_registry_newest(&r)->name, "b");
+
+    /* "a" alone keeps the first set; unloading it frees that set. */
+    ck_assert(profile_registry_remove(&r, "a"));
+    ck_assert_uint_eq(r.n_sets, 1);
+    ck_assert_uint_eq(mtu_of(&r, "a"), 0);
+    ck_assert(!profile_registry_remove(&r, "a"));
+    /* "b" of a set that still shows "c": hidden, the set stays. */
+    ck_assert(profile_registry_remove(&r, "b"));
+    ck_assert_uint_eq(r.n_sets, 1);
+    ck_assert_uint_eq(mtu_of(&r, "b"), 0);
+    ck_assert_uint_eq(mtu_of(&r, "c"), 1100);
+    ck_assert_str_eq(profile_registry_newest(&r)->name, "c");
+    /* Loaded again: visible again, from the new set. */
+    ck_assert_int_eq(profile_registry_add(&r, letters("b", 1200)), 0);
+    ck_assert_uint_eq(mtu_of(&r, "b"), 1200);
+    ck_assert_uint_eq(r.n_unloaded, 0);
+    /* Replacing every profile of a set frees it. */
+    ck_assert_int_eq(profile_registry_add(&r, letters("bc", 1300)), 0);
+    ck_assert_uint_eq(r.n_sets, 1);
+    ck_assert_uint_eq(mtu_of(&r, "c"), 1300);
+    ck_assert(profile_registry_remove(&r, "b"));
+    ck_assert(profile_registry_remove(&r, "c"));
+    ck_assert_uint_eq(r.n_sets, 0);
+    ck_assert_ptr_null(profile_registry_newest(&r));
+    profile_registry_clear(&r);
+}
+END_TEST
+
 END_TEST
 
 static Suite *profile_suite(void)
 {
     Suite *s = suite_create("profile");
     TCase *tc = tcase_create("valid");
+    tcase_add_test(tc, test_registry);
     tcase_add_test(tc, test_minimal_psk_gets_every_default);
     tcase_add_test(tc, test_every_field_is_read);
     tcase_add_test(tc, test_cert_sources);

@@ -82,10 +82,13 @@ struct conn {
     conn_event queue[CONN_QUEUE];
     size_t q_head, q_len;
 
-    /* RESTARTING because of an error of ours: reported when the SA is down. */
-    int close_err;
-    conn_phase close_to;          /* where CLOSING ends: IDLE, or ARMED (on-demand idle) */
-    char close_detail[320];
+    /* Why the IKE SA is being closed, reported once it is down: the data
+     * of the RESTARTING and CLOSING phases, not flags of their own. */
+    struct {
+        int err;                  /* RESTARTING after an error of ours, else 0 */
+        conn_phase then;          /* CLOSING ends in IDLE, or ARMED (on-demand idle) */
+        char detail[320];
+    } closing;
 
     char gw_text[64];
     char vip[48];
@@ -376,8 +379,8 @@ static void fail(conn *c, int err, ike_fault fault, const char *detail)
  * why, for the status (0: routine renewal). */
 static void close_and_restart(conn *c, int err, const char *detail)
 {
-    c->close_err = err;
-    snprintf(c->close_detail, sizeof(c->close_detail), "%s", detail ? detail : "");
+    c->closing.err = err;
+    snprintf(c->closing.detail, sizeof(c->closing.detail), "%s", detail ? detail : "");
     set_phase(c, CONN_RESTARTING, 0, detail && *detail ? detail : "renewing the tunnel");
     c->ops.sa_close(c->ops.arg); /* the down event follows */
 }
@@ -388,14 +391,14 @@ static void ike_down(conn *c, int err, ike_fault fault, const char *detail)
     switch (c->phase) {
     case CONN_CLOSING:
         release_sa(c);
-        settle(c, c->close_to != CONN_ARMED, 0, c->close_detail[0] ? c->close_detail : "closed");
+        settle(c, c->closing.then != CONN_ARMED, 0, c->closing.detail[0] ? c->closing.detail : "closed");
         return;
     case CONN_RESTARTING:
         release_sa(c);
-        if (c->close_err) {
+        if (c->closing.err) {
             /* Our datapath or supervisor failed: its error, not the Delete's. */
-            snprintf(why, sizeof(why), "%s", c->close_detail);
-            fail(c, c->close_err, IKE_FAULT_LOCAL, why);
+            snprintf(why, sizeof(why), "%s", c->closing.detail);
+            fail(c, c->closing.err, IKE_FAULT_LOCAL, why);
             return;
         }
         start_attempt(c, "renewing the tunnel");
@@ -507,9 +510,9 @@ static void refresh(void *arg)
     if (on_demand(c) && idle_s && now - c->traffic_at_ms >= (uint64_t)idle_s * 1000) {
         char why[64];
         snprintf(why, sizeof(why), "no traffic for %u s", (unsigned)idle_s);
-        c->close_err = 0;
-        c->close_to = CONN_ARMED;
-        snprintf(c->close_detail, sizeof(c->close_detail), "%s", why);
+        c->closing.err = 0;
+        c->closing.then = CONN_ARMED;
+        snprintf(c->closing.detail, sizeof(c->closing.detail), "%s", why);
         set_phase(c, CONN_CLOSING, 0, why);
         c->ops.sa_close(c->ops.arg);
         return;
@@ -595,8 +598,8 @@ static void release_profile(conn *c, bool remove_network)
     c->ops.net_release(c->ops.arg, remove_network);
     c->net_armed = false;
     c->ops.cred_release(c->ops.arg);
-    c->close_err = 0;
-    c->close_detail[0] = '\0';
+    c->closing.err = 0;
+    c->closing.detail[0] = '\0';
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
     c->prof = NULL;
@@ -675,8 +678,8 @@ void conn_connect(conn *c)
     case CONN_CLOSING:
         /* Connect after disconnect, before the Delete was confirmed: start
          * over once it is down. */
-        c->close_err = 0;
-        c->close_detail[0] = '\0';
+        c->closing.err = 0;
+        c->closing.detail[0] = '\0';
         set_phase(c, CONN_RESTARTING, 0, "connect while disconnecting");
         return;
     case CONN_IDLE:
@@ -698,9 +701,9 @@ void conn_disconnect(conn *c)
     case CONN_NEGOTIATING:
     case CONN_UP:
     case CONN_RESTARTING:
-        c->close_err = 0;
-        c->close_to = CONN_IDLE;
-        c->close_detail[0] = '\0';
+        c->closing.err = 0;
+        c->closing.then = CONN_IDLE;
+        c->closing.detail[0] = '\0';
         set_phase(c, CONN_CLOSING, 0, "disconnect");
         c->ops.sa_close(c->ops.arg); /* the down event follows */
         return;

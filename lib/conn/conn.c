@@ -31,7 +31,21 @@ const char *conn_phase_name(conn_phase p)
 }
 
 #define BIT(p) (1u << CONN_##p)
-/* The moves the machine makes: allowed[from] has bit `to` set. */
+/* The moves the machine makes: allowed[from] has bit `to` set. Why each:
+ *  IDLE        -> ARMED (on-demand profile in use), NEGOTIATING (connect,
+ *                 always-on)
+ *  ARMED       -> NEGOTIATING (traffic, connect), IDLE (disconnect)
+ *  WAIT_PIN    -> NEGOTIATING (PIN taken), IDLE (wrong PIN, disconnect),
+ *                 ARMED (on-demand)
+ *  NEGOTIATING -> UP (CHILD SA installed), WAIT_PIN (locked key),
+ *                 BACKOFF / IDLE / ARMED (failed: as mode and cause say),
+ *                 RESTARTING (install failed), CLOSING (disconnect)
+ *  UP          -> RESTARTING (renewal, install error), CLOSING (disconnect,
+ *                 on-demand idle), BACKOFF / IDLE / ARMED (SA lost)
+ *  RESTARTING  -> NEGOTIATING (SA down: start over), CLOSING (disconnect),
+ *                 BACKOFF / IDLE / ARMED (it closed because of an error)
+ *  CLOSING     -> IDLE / ARMED (SA down), RESTARTING (connect meanwhile)
+ *  BACKOFF     -> NEGOTIATING (timer, connect), IDLE (disconnect), ARMED */
 static const unsigned allowed[CONN_PHASE__COUNT] = {
     [CONN_IDLE]        = BIT(ARMED) | BIT(NEGOTIATING),
     [CONN_ARMED]       = BIT(IDLE) | BIT(NEGOTIATING),

@@ -35,8 +35,7 @@ const char *conn_phase_name(conn_phase p)
  *  IDLE        -> ARMED (on-demand profile in use), NEGOTIATING (connect,
  *                 always-on)
  *  ARMED       -> NEGOTIATING (traffic, connect), IDLE (disconnect)
- *  WAIT_PIN    -> NEGOTIATING (PIN taken), IDLE (wrong PIN, disconnect),
- *                 ARMED (on-demand)
+ *  WAIT_PIN    -> NEGOTIATING (PIN taken), IDLE (wrong PIN, disconnect)
  *  NEGOTIATING -> UP (CHILD SA installed), WAIT_PIN (locked key),
  *                 BACKOFF / IDLE / ARMED (failed: as mode and cause say),
  *                 RESTARTING (install failed), CLOSING (disconnect)
@@ -45,17 +44,17 @@ const char *conn_phase_name(conn_phase p)
  *  RESTARTING  -> NEGOTIATING (SA down: start over), CLOSING (disconnect),
  *                 BACKOFF / IDLE / ARMED (it closed because of an error)
  *  CLOSING     -> IDLE / ARMED (SA down), RESTARTING (connect meanwhile)
- *  BACKOFF     -> NEGOTIATING (timer, connect), IDLE (disconnect), ARMED */
+ *  BACKOFF     -> NEGOTIATING (timer, connect), IDLE (disconnect) */
 static const unsigned allowed[CONN_PHASE__COUNT] = {
     [CONN_IDLE]        = BIT(ARMED) | BIT(NEGOTIATING),
     [CONN_ARMED]       = BIT(IDLE) | BIT(NEGOTIATING),
-    [CONN_WAIT_PIN]    = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING),
+    [CONN_WAIT_PIN]    = BIT(IDLE) | BIT(NEGOTIATING),
     [CONN_NEGOTIATING] = BIT(IDLE) | BIT(ARMED) | BIT(WAIT_PIN) | BIT(UP) | BIT(RESTARTING) |
                          BIT(CLOSING) | BIT(BACKOFF),
     [CONN_UP]          = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_RESTARTING]  = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_CLOSING]     = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING),
-    [CONN_BACKOFF]     = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING),
+    [CONN_BACKOFF]     = BIT(IDLE) | BIT(NEGOTIATING),
 };
 #undef BIT
 

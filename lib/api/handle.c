@@ -12,13 +12,51 @@ static void on_wake(void *arg)
     api_cmd_drain(arg);
 }
 
+#define COPY_STR(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
+
+/* The supervisor's status into the public snapshot (lock held). Without a
+ * datapath the counters are unknown: the last ones stay. */
+static void status_from_conn(m2mvpn_status *st, const conn_status *cs)
+{
+    COPY_STR(st->gateway, cs->gateway);
+    COPY_STR(st->virtual_ip, cs->virtual_ip);
+    st->connected_since = cs->connected_since;
+    COPY_STR(st->ike_algorithms, cs->ike_algorithms);
+    COPY_STR(st->esp_algorithms, cs->esp_algorithms);
+    for (size_t i = 0; i < sizeof(st->dns) / sizeof(st->dns[0]); i++)
+        COPY_STR(st->dns[i], cs->dns[i]);
+    st->spi_in = cs->spi_in;
+    st->spi_out = cs->spi_out;
+    if (cs->counters) {
+        st->bytes_in = cs->bytes_in;
+        st->bytes_out = cs->bytes_out;
+        st->packets_in = cs->packets_in;
+        st->packets_out = cs->packets_out;
+        st->packets_dropped = cs->packets_dropped;
+        st->dropped_replay = cs->dropped_replay;
+        st->dropped_integrity = cs->dropped_integrity;
+        st->dropped_no_sa = cs->dropped_no_sa;
+    }
+    COPY_STR(st->credential_source, cs->credential_source);
+    COPY_STR(st->credential, cs->credential);
+    COPY_STR(st->cert_subject, cs->cert_subject);
+    st->cert_not_after = cs->cert_not_after;
+    st->reconnects = cs->reconnects;
+    st->rekeys = cs->rekeys;
+    st->roams = cs->roams;
+    st->last_change = cs->last_change;
+    COPY_STR(st->last_reason, cs->last_reason);
+}
+
 /* The supervisor reports on the engine thread: refresh the status snapshot,
  * then let api_set_state log and emit the change. */
 static void conn_state(void *arg, m2mvpn_state st, int err, const char *detail)
 {
     m2mvpn *h = arg;
+    conn_status cs;
+    conn_get_status(h->conn, &cs); /* engine thread: no lock needed for conn */
     pthread_mutex_lock(&h->lock);
-    conn_fill_status(h->conn, &h->status);
+    status_from_conn(&h->status, &cs);
     if (err)
         snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
     pthread_mutex_unlock(&h->lock);

@@ -761,16 +761,16 @@ void conn_remove_profile(conn *c)
     force_idle(c, "profile removed", true);
 }
 
-void conn_fill_status(conn *c, m2mvpn_status *st)
+void conn_get_status(conn *c, conn_status *st)
 {
+    memset(st, 0, sizeof(*st));
     snprintf(st->gateway, sizeof(st->gateway), "%s", c->sa_open || c->spi_in ? c->gw_text : "");
     snprintf(st->virtual_ip, sizeof(st->virtual_ip), "%s", c->vip);
     st->connected_since = c->connected_since;
     st->spi_in = c->spi_in;
     st->spi_out = c->spi_out;
+    st->phase = c->phase;
     st->reconnects = c->reconnects;
-    st->rekeys = 0;
-    st->roams = 0;
     st->last_change = c->last_change;
     snprintf(st->last_reason, sizeof(st->last_reason), "%s", c->last_reason);
     c->ops.fill_status(c->ops.arg, c->spi_in != 0, st);

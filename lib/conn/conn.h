@@ -90,6 +90,29 @@ typedef struct conn_hooks {
 
 typedef struct conn conn;
 
+/* What conn reports about the tunnel (lib/api turns it into the public
+ * m2mvpn_status): the connection, its counters, the credential, and the
+ * state machine's own record. Strings are NUL-terminated, "" when unknown. */
+typedef struct conn_status {
+    char gateway[64];             /* "host:port" while an IKE SA or CHILD SA exists */
+    char virtual_ip[48];
+    int64_t connected_since;      /* Unix time, 0 = not connected */
+    char ike_algorithms[96], esp_algorithms[96];
+    char dns[4][48];
+    uint32_t spi_in, spi_out;     /* the CHILD SA, 0 = none */
+    bool counters;                /* false: no datapath now, the counters below unknown */
+    uint64_t bytes_in, bytes_out, packets_in, packets_out, packets_dropped;
+    uint64_t dropped_replay, dropped_integrity, dropped_no_sa;
+    char credential_source[16];   /* "file", "pkcs11", "tpm" */
+    char credential[160];         /* what holds our key; never a PIN */
+    char cert_subject[256];
+    int64_t cert_not_after;
+    conn_phase phase;
+    uint64_t reconnects, rekeys, roams;
+    int64_t last_change;          /* Unix time of the last move, 0 = none */
+    char last_reason[128];
+} conn_status;
+
 /*
  * What the state machine drives. Every call runs on the engine thread;
  * results of the IKE SA come back through conn_ike_established() (during the
@@ -127,7 +150,7 @@ typedef struct conn_ops {
     void (*child_remove)(void *arg, uint32_t spi_in);
     /* Counters, DNS, algorithms and the credential into the status (child:
      * a CHILD SA is up). */
-    void (*fill_status)(void *arg, bool child, m2mvpn_status *st);
+    void (*fill_status)(void *arg, bool child, conn_status *st);
     /* Inner packets in + out so far (idle detection). */
     uint64_t (*traffic)(void *arg);
     /* Wall-clock seconds (status) and a random value (jitter). */
@@ -157,9 +180,8 @@ const char *conn_profile_name(const conn *c);
 /* Remove the profile's network on purpose (kill switch included). */
 void conn_remove_profile(conn *c);
 
-/* Fill the tunnel part of a status snapshot (gateway, virtual IP, counters,
- * the last transition). */
-void conn_fill_status(conn *c, m2mvpn_status *st);
+/* The tunnel's status now (zeroed first). */
+void conn_get_status(conn *c, conn_status *st);
 
 /* Current phase (tests, diagnostics). */
 conn_phase conn_get_phase(const conn *c);

@@ -605,7 +605,7 @@ static void sys_child_remove(void *arg, uint32_t spi_in)
 }
 
 /* What holds our key and its certificate (never a PIN). */
-static void fill_credential(conn_sys *s, m2mvpn_status *st)
+static void fill_credential(conn_sys *s, conn_status *st)
 {
     st->credential_source[0] = st->credential[0] = st->cert_subject[0] = '\0';
     st->cert_not_after = 0;
@@ -624,7 +624,7 @@ static void fill_credential(conn_sys *s, m2mvpn_status *st)
     }
 }
 
-static void sys_fill_status(void *arg, bool child, m2mvpn_status *st)
+static void sys_fill_status(void *arg, bool child, conn_status *st)
 {
     conn_sys *s = arg;
     fill_credential(s, st);
@@ -639,6 +639,7 @@ static void sys_fill_status(void *arg, bool child, m2mvpn_status *st)
         inet_ntop(dns[i].family, dns[i].addr, st->dns[i], sizeof(st->dns[i]));
     esp_datapath_counters k;
     esp_datapath_get_counters(s->dp, &k);
+    st->counters = true;
     st->dropped_replay = k.total.dropped[ESP_DROP_REPLAY];
     st->dropped_integrity = k.total.dropped[ESP_DROP_INTEGRITY];
     st->dropped_no_sa = k.total.dropped[ESP_DROP_NO_SA];

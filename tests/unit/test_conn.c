@@ -156,7 +156,7 @@ static void f_child_remove(void *arg, uint32_t spi_in)
     ((fake *)arg)->n_child_remove++;
 }
 
-static void f_fill_status(void *arg, bool child, m2mvpn_status *st)
+static void f_fill_status(void *arg, bool child, conn_status *st)
 {
     (void)arg, (void)child, (void)st;
 }
@@ -691,8 +691,8 @@ START_TEST(rekey_renews)
     ck_assert_int_eq(last_state(), M2MVPN_STATE_RECONNECTING);
     ck_assert_uint_eq(T->f.n_sa_start, 2);
     established();
-    m2mvpn_status st = { .struct_size = sizeof(st) };
-    conn_fill_status(T->c, &st);
+    conn_status st;
+    conn_get_status(T->c, &st);
     ck_assert_uint_eq(st.reconnects, 1);
 }
 END_TEST
@@ -787,8 +787,8 @@ END_TEST
 START_TEST(status_last_transition)
 {
     reach(CONN_UP);
-    m2mvpn_status st = { .struct_size = sizeof(st) };
-    conn_fill_status(T->c, &st);
+    conn_status st;
+    conn_get_status(T->c, &st);
     ck_assert_int_eq(st.last_change, (int64_t)(fake_now / 1000));
     ck_assert_msg(strstr(st.last_reason, "CHILD SA 11111111 up"), "%s", st.last_reason);
     ck_assert_str_eq(st.virtual_ip, "198.18.1.1");

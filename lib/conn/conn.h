@@ -29,7 +29,9 @@
  *
  * IKE and datapath callbacks do not re-enter the state machine: on_down,
  * rekey requests and "traffic wanted" are posted to the loop (conn_post_*)
- * and handled from a timer. Everything runs on the engine thread.
+ * and handled from a timer. It reports through hooks (public state and
+ * events) and conn_get_status() (its own conn_status, which lib/api turns
+ * into m2mvpn_status). Everything runs on the engine thread.
  */
 #ifndef M2MVPN_CONN_H
 #define M2MVPN_CONN_H

@@ -69,7 +69,7 @@ typedef struct profile {
     profile_auth auth;
     char *psk;                /* secret: wiped by profile_free */
     struct {
-        char *type;           /* "mschapv2" (others refused) */
+        char *type;           /* "mschapv2" or "md5" (others refused) */
         char *identity;
         char *password;       /* secret; NULL: ask with CREDENTIALS_REQUIRED */
     } eap;

@@ -48,7 +48,7 @@ static const char *const cert_source_names[] = {
     [PROFILE_CERT_PKCS11] = "pkcs11",
     [PROFILE_CERT_TPM] = "tpm",
 };
-static const char *const eap_type_names[] = { "mschapv2" };
+static const char *const eap_type_names[] = { "mschapv2", "md5" };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 

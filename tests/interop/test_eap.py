@@ -106,3 +106,106 @@ def test_wrong_password_is_refused_once_and_waits_for_login(topology, charons, p
             log = client.log_path.read_text(errors="replace")
             assert "EAP credentials set for 'dev1'" in log, client.log_tail()
             assert_no_secret(log, WRONG_PASSWORD, charonmod.EAP_PASSWORD)
+
+
+# The application (test_events.py style): a profile without a password; the
+# password is given in answer to CREDENTIALS_REQUIRED through
+# m2mvpn_set_credentials(), from the main thread. Prints "CONNECTED" and
+# waits for a line on stdin before it disconnects; then the events as JSON.
+APP = r'''
+import json, sys, threading
+import m2mvpn
+
+events, asked, up = [], threading.Event(), threading.Event()
+
+def on_event(client, ev):
+    events.append({"type": m2mvpn.event_name(ev.type), "error": ev.error,
+                   "error_name": m2mvpn.error_name(ev.error) if ev.error else "",
+                   "detail": ev.detail, "state": m2mvpn.state_name(ev.state)})
+    if ev.type == m2mvpn.EventType.CREDENTIALS_REQUIRED:
+        asked.set()
+    if ev.type == m2mvpn.EventType.STATE_CHANGED and ev.state == m2mvpn.State.CONNECTED:
+        up.set()
+
+def log(level, subsystem, message):
+    print(f"[{subsystem}] {message}", file=sys.stderr, flush=True)
+
+with m2mvpn.Client(on_event=on_event, log=log, log_level=m2mvpn.LogLevel.DEBUG) as c:
+    c.load_profile_file(sys.argv[1])
+    c.start()
+    c.connect()
+    ok = asked.wait(20)
+    if ok:
+        c.set_credentials(None, sys.argv[2])
+        ok = up.wait(20)
+    print("CONNECTED" if ok else "FAILED", flush=True)
+    sys.stdin.readline()
+    c.disconnect()
+    c.stop()
+print(json.dumps(events))
+'''
+
+
+def test_password_through_credentials_required_event(topology, charons, pki, workdir):
+    """An application answers CREDENTIALS_REQUIRED with m2mvpn_set_credentials()
+    (Python binding): the tunnel comes up and carries traffic; the password is
+    in none of the library's log lines at DEBUG."""
+    import os
+    import subprocess
+    import test_events
+    if not test_events.LIB or not os.path.isfile(test_events.LIB):
+        pytest.skip("M2MVPN_LIB (the built libm2mvpn) is not set")
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["eap"]), name="gw")
+    prof = m2mvpn_client.make_profile(pki, "eap", topo.gw_addr, eap_password=None)
+    pf = workdir / "profile.json"
+    pf.write_text(__import__("json").dumps(prof))
+    app = workdir / "app.py"
+    app.write_text(APP)
+    env = dict(os.environ, M2MVPN_LIB=test_events.LIB, PYTHONPATH=str(test_events.BINDING),
+               PYTHONDONTWRITEBYTECODE="1")
+    proc = topo.client.popen(["/usr/bin/python3", str(app), str(pf), charonmod.EAP_PASSWORD],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        first = proc.stdout.readline().strip()
+        if first == "CONNECTED":
+            ping_counted_by_gateway(topo, gw, "eap", count=3)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert first == "CONNECTED", err[-4000:]
+    events = __import__("json").loads(out.strip().splitlines()[-1])
+    asks = [e for e in events if e["type"] == "CREDENTIALS_REQUIRED"]
+    assert len(asks) == 1, events
+    assert asks[0]["error_name"] == "CREDENTIALS" and "'dev1'" in asks[0]["detail"], asks
+    assert not [e for e in events if e["type"] == "AUTH_FAILED"], events
+    assert "EAP credentials set" in err, err[-2000:]
+    assert_no_secret(err + out, charonmod.EAP_PASSWORD)
+    assert gw.log_text().count("parsed IKE_SA_INIT request") == 1, gw.log_tail()
+
+
+def test_untrusted_gateway_gets_no_eap_answer(topology, charons, pki, workdir):
+    """RFC 7296 §2.16: the gateway's certificate and AUTH are verified before
+    EAP is answered. A gateway with an untrusted certificate gets AUTH_PEER
+    and not even our EAP identity, let alone an MSCHAPv2 response."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["eap"], ecdsa_cert=pki.gw_untrusted),
+                 name="gw")
+    profile = m2mvpn_client.make_profile(pki, "eap", topo.gw_addr)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        st = wait_until("idle with an error", lambda: (s := client.status())["state"] == "idle"
+                        and s["last_error"]["code"] != 0 and s, timeout_s=20)
+        assert st["last_error"]["name"] == "AUTH_PEER", st
+        glog = gw.log_text()
+        # The gateway did ask (its first IKE_AUTH answer carries EAP) ...
+        assert "IKE_AUTH response 1 [ IDr CERT AUTH EAP/REQ/ID ]" in glog, gw.log_tail()
+        # ... and got no EAP response from us.
+        assert "EAP/RES" not in glog, gw.log_tail()
+        assert_no_secret(client.log_path.read_text(errors="replace"), charonmod.EAP_PASSWORD)

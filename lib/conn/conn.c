@@ -548,12 +548,15 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
     }
     if (p->auth != PROFILE_AUTH_CERT || c->cred)
         return 0;
+    const char *pin = p->cert.pin;
+    if (p->cert.source == PROFILE_CERT_MACHINE)
+        return cred_machine_open(p->cert.file, p->cert.key, p->cert.bind_sources, pin, pin ? strlen(pin) : 0,
+                                 &c->cred, err, err_len);
     if (p->cert.source != PROFILE_CERT_FILE) {
         snprintf(err, err_len, "auth.cert.source \"%s\" is not supported by this build yet",
                  profile_cert_source_name(p->cert.source));
         return M2MVPN_E_NOTSUPP;
     }
-    const char *pin = p->cert.pin;
     return cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &c->cred, err, err_len);
 }
 

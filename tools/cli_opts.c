@@ -35,6 +35,7 @@ void cli_usage(void)
           "  m2mvpn login --user U [--control SOCK]   (password from stdin or prompt)\n"
           "  m2mvpn pin [--control SOCK]              (PIN from stdin or prompt)\n"
           "  m2mvpn status [--json] [--control SOCK]\n"
+          "  m2mvpn bind-key --in KEY.pem --out KEY.bound [--sources machine-id,dmi-uuid,mac:IF,file:/PATH]\n"
           "  m2mvpn --help | --version\n"
           "defaults: --control " CTL_DEFAULT_SOCKET ", --state-dir " CTL_DEFAULT_STATE_DIR "\n",
           stdout);

@@ -6,11 +6,11 @@ the normal dynamic loader. See docs/python.md.
 """
 from ._errors import ERROR_TABLE
 from ._native import ErrorCode, EventType, LogLevel, State, library_path
-from .client import (Client, Event, M2mvpnError, StatusSnapshot, error_name, event_name, state_name,
-                     strerror, version)
+from .client import (Client, Event, M2mvpnError, StatusSnapshot, bind_key, error_name, event_name,
+                     state_name, strerror, version)
 
 __all__ = [
-    "error_name", "event_name", "state_name",
+    "bind_key", "error_name", "event_name", "state_name",
     "Client", "Event", "StatusSnapshot", "M2mvpnError", "ErrorCode", "EventType", "LogLevel", "State",
     "ERROR_TABLE", "strerror", "version", "library_path",
 ]

@@ -351,3 +351,20 @@ def test_unload_profile(client):
     assert client.status().profile == "rig-b"
     with raises_code(ErrorCode.NOPROFILE):
         client.switch("rig-a")
+
+
+def test_bind_key_reports_the_reason(tmp_path):
+    """m2mvpn_bind_key through the binding: a bad source list and a file
+    without a key are refused with the library's reason; a real key binds."""
+    with pytest.raises(m2mvpn.M2mvpnError) as e:
+        m2mvpn.bind_key("/etc/machine-id", str(tmp_path / "k.bound"), "serial-number")
+    assert e.value.code == ErrorCode.INVAL and "unknown fingerprint source 'serial-number'" in e.value.detail
+    with pytest.raises(m2mvpn.M2mvpnError) as e:
+        m2mvpn.bind_key("/etc/machine-id", str(tmp_path / "k.bound"), "machine-id")
+    assert e.value.code == ErrorCode.CERT and "no PEM private key" in e.value.detail
+    key = tmp_path / "k.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", str(key)], check=True, capture_output=True)
+    (tmp_path / "serial").write_text("SN-1\n")
+    m2mvpn.bind_key(str(key), str(tmp_path / "k.bound"), "file:" + str(tmp_path / "serial"))
+    assert (tmp_path / "k.bound").read_bytes().startswith(b"M2MVPNBK")

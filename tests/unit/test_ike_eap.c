@@ -132,7 +132,8 @@ static size_t request(uint8_t *b, uint8_t code, uint8_t ident, int type, const u
     b[1] = ident;
     if (type >= 0)
         b[n++] = (uint8_t)type;
-    memcpy(b + n, data, dlen);
+    if (dlen)
+        memcpy(b + n, data, dlen);
     n += dlen;
     buf_store_be16(b + 2, (uint16_t)n);
     return n;

@@ -100,9 +100,15 @@ int eap_peer_new(eap_method method, const char *identity, const char *password, 
     p->method = method;
     p->state = EAP_PEER_START;
     memcpy(p->identity, identity, il + 1);
-    if (method == EAP_METHOD_MSCHAPV2 && eap_mschapv2_nt_hash(password, password_len, p->nt_hash) < 0) {
-        eap_peer_free(p);
-        return M2MVPN_E_INVAL; /* not UTF-8 */
+    if (method == EAP_METHOD_MSCHAPV2) {
+        if (eap_mschapv2_nt_hash(password, password_len, p->nt_hash) < 0) {
+            eap_peer_free(p);
+            return M2MVPN_E_INVAL; /* not UTF-8 */
+        }
+        /* MSCHAPv2 needs only the NT hash from now on. */
+        secure_free(p->password, p->password_len);
+        p->password = NULL;
+        p->password_len = 0;
     }
     *ret = p;
     return 0;

@@ -92,6 +92,7 @@ def test_wrong_password_is_refused_once_and_waits_for_login(topology, charons, p
             assert len(later) == sent, later[sent:]
             st = client.status()
             assert st["state"] == "idle" and st["last_error"]["name"] == "AUTH_LOCAL", st
+            assert_no_secret(__import__("json").dumps(st), WRONG_PASSWORD, charonmod.EAP_PASSWORD)
             inits = cap.read(f"udp and dst host {topo.gw_addr} and dst port 500", check=False)
             assert len([p for p in inits if "ikev2_init" in p]) == 1, inits
             # The gateway saw one IKE_SA_INIT and refused the EAP credentials.

@@ -30,7 +30,7 @@ typedef struct conn_hooks {
     void *arg;
     /* Tunnel state changed (the API's STATE_CHANGED); detail may be NULL. */
     void (*on_state)(void *arg, m2mvpn_state st, int err, const char *detail);
-    /* Other events: PIN_REQUIRED, AUTH_FAILED. */
+    /* Other events: PIN_REQUIRED, CREDENTIALS_REQUIRED, AUTH_FAILED. */
     void (*on_event)(void *arg, m2mvpn_event_type type, int err, const char *detail);
 } conn_hooks;
 

@@ -210,3 +210,30 @@ def test_untrusted_gateway_gets_no_eap_answer(topology, charons, pki, workdir):
         # ... and got no EAP response from us.
         assert "EAP/RES" not in glog, gw.log_tail()
         assert_no_secret(client.log_path.read_text(errors="replace"), charonmod.EAP_PASSWORD)
+
+
+def test_manual_profile_asks_again_instead_of_resending(topology, charons, pki, workdir):
+    """A manual profile whose password was refused: the next `connect` does
+    not send it again but asks for credentials (the service logs the
+    request for `m2mvpn login`); login then connects."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["eap"]), name="gw")
+    profile = m2mvpn_client.make_profile(pki, "eap", topo.gw_addr, eap_password=WRONG_PASSWORD)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        wait_until("idle with AUTH_LOCAL", lambda: (s := client.status())["state"] == "idle"
+                   and s["last_error"]["name"] == "AUTH_LOCAL", timeout_s=20)
+        assert gw.log_text().count("parsed IKE_SA_INIT request") == 1, gw.log_tail()
+        client.connect()
+        wait_until("the service asks for credentials",
+                   lambda: "needs a user name and password" in client.log_path.read_text(errors="replace"),
+                   timeout_s=10)
+        time.sleep(2)
+        assert gw.log_text().count("parsed IKE_SA_INIT request") == 1, gw.log_tail()
+        assert client.status()["state"] == "connecting"
+        client.login(charonmod.EAP_IDENTITY, charonmod.EAP_PASSWORD)
+        client.wait_for_state("connected", timeout_s=20)
+        ping_counted_by_gateway(topo, gw, "eap", count=2)
+        client.stop()
+        assert_no_secret(client.log_path.read_text(errors="replace"), WRONG_PASSWORD, charonmod.EAP_PASSWORD)

@@ -545,6 +545,12 @@ int eap_peer_process(eap_peer *p, const uint8_t *pkt, size_t len, uint8_t *out, 
     }
     if (type == EAP_TYPE_IDENTITY && (st == EAP_PEER_START || st == EAP_PEER_IDENTITY_SENT))
         return on_identity(p, ident, &w, out_len);
+    if (type == EAP_TYPE_NOTIFICATION) {
+        /* RFC 3748 §5.2: acknowledged with an empty Notification, in any
+         * state; it changes nothing (its text is the gateway's, not shown). */
+        begin(&w, ident, EAP_TYPE_NOTIFICATION);
+        return finish(&w, out_len);
+    }
     if (type == method_type(p->method)) {
         if (p->method == EAP_METHOD_MSCHAPV2)
             return on_mschap(p, ident, r, &w, out_len, err, err_len);

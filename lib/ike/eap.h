@@ -14,6 +14,8 @@
  *   MSCHAPv2: METHOD (Response sent) ──Request/MSCHAPv2-Success with a
  *             verified authenticator response──▶ SUCCESS_ACKED ──EAP-Success──▶ DONE
  *   MD5:      METHOD (Response sent) ──EAP-Success──▶ DONE
+ *   A Notification request (RFC 3748 §5.2) is acknowledged in any state
+ *   before DONE and changes nothing.
  *
  * An EAP-Failure, an MSCHAPv2 Failure request, an EAP-Success in any state
  * but the last, a method other than the configured one: M2MVPN_E_AUTH_LOCAL.

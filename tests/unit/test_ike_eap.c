@@ -125,7 +125,7 @@ static int feed(script *s, const uint8_t *pkt, size_t len)
     return r;
 }
 
-static size_t request(uint8_t *b, uint8_t code, uint8_t ident, int type, const uint8_t *data, size_t dlen)
+static size_t request(uint8_t *b, uint8_t code, uint8_t ident, int type, const void *data, size_t dlen)
 {
     size_t n = 4;
     b[0] = code;
@@ -291,6 +291,15 @@ START_TEST(test_unexpected_method_and_state)
     /* A method switched after ours started. */
     to_method(&s);
     ck_assert_int_eq(feed(&s, b, request(b, 1, 9, 13 /* TLS */, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    eap_peer_free(s.p);
+    /* A Notification is acknowledged and changes nothing: the Success that
+     * follows is still premature. */
+    to_method(&s);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 9, EAP_TYPE_NOTIFICATION, "hello", 5)), EAP_STEP_SEND);
+    ck_assert_uint_eq(s.out_len, 5);
+    ck_assert_uint_eq(s.out[4], EAP_TYPE_NOTIFICATION);
+    ck_assert_uint_eq(eap_peer_get_state(s.p), EAP_PEER_METHOD);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 10, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
     eap_peer_free(s.p);
     /* A second challenge after our response. */
     to_method(&s);

@@ -93,6 +93,10 @@ def test_wrong_password_is_refused_once_and_waits_for_login(topology, charons, p
             st = client.status()
             assert st["state"] == "idle" and st["last_error"]["name"] == "AUTH_LOCAL", st
             assert_no_secret(__import__("json").dumps(st), WRONG_PASSWORD, charonmod.EAP_PASSWORD)
+            # Reported once: one AUTH_FAILED event, then the wait for credentials.
+            log = client.log_path.read_text(errors="replace")
+            assert log.count("event AUTH_FAILED") == 1, client.log_tail()
+            assert "needs a user name and password" in log, client.log_tail()
             inits = cap.read(f"udp and dst host {topo.gw_addr} and dst port 500", check=False)
             assert len([p for p in inits if "ikev2_init" in p]) == 1, inits
             # The gateway saw one IKE_SA_INIT and refused the EAP credentials.
@@ -237,3 +241,22 @@ def test_manual_profile_asks_again_instead_of_resending(topology, charons, pki, 
         ping_counted_by_gateway(topo, gw, "eap", count=2)
         client.stop()
         assert_no_secret(client.log_path.read_text(errors="replace"), WRONG_PASSWORD, charonmod.EAP_PASSWORD)
+
+
+def test_credentials_given_before_connect(topology, charons, pki, workdir):
+    """`m2mvpn login` before `connect` presets the credentials: a profile
+    without a password connects without asking."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["eap"]), name="gw")
+    profile = m2mvpn_client.make_profile(pki, "eap", topo.gw_addr, eap_password=None)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.login(charonmod.EAP_IDENTITY, charonmod.EAP_PASSWORD)
+        assert client.status()["state"] == "idle"
+        client.connect()
+        client.wait_for_state("connected", timeout_s=20)
+        ping_counted_by_gateway(topo, gw, "eap", count=2)
+        client.stop()
+        log = client.log_path.read_text(errors="replace")
+        assert "needs a user name and password" not in log, client.log_tail()
+        assert_no_secret(log, charonmod.EAP_PASSWORD)

@@ -222,7 +222,7 @@ M2MVPN_API int m2mvpn_set_credentials(m2mvpn *h, const char *user, const char *p
 
 /**
  * Answer PIN_REQUIRED (smartcard, TPM, protected .p12; in this version the
- * "file" source only: encrypted PEM key or protected .p12) with `len` bytes of
+ * "file" and "machine" sources: encrypted PEM key or protected .p12) with `len` bytes of
  * PIN. The PIN is copied, wiped after use and never logged. Queued: the engine
  * tries it once if it is waiting for a PIN (wrong: IDLE with E_PIN, never
  * retried by the library) and discards it otherwise. Errors: BADHANDLE,

@@ -62,12 +62,35 @@ static int wait_fd(int fd, short events, long long deadline)
     }
 }
 
+/* Is the process that listens on fd our service? Only root or our own user
+ * may be: anyone else who got to bind the path first would receive our
+ * passwords and PINs. 0 if so, -1 with err set if not. */
+static int check_service_peer(int fd, const char *sock_path, char *err, size_t err_len)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred)) {
+        snprintf(err, err_len, "cannot tell who serves %s: %s", sock_path, strerror(errno));
+        return -1;
+    }
+    if (cred.uid != 0 && cred.uid != geteuid()) {
+        snprintf(err, err_len, "the service at %s runs as uid %u, neither root nor our uid %u: "
+                 "not talking to it", sock_path, (unsigned)cred.uid, (unsigned)geteuid());
+        return -1;
+    }
+    return 0;
+}
+
 int ctl_client_call(const char *sock_path, const char *line, size_t len, int timeout_ms,
                     char **resp, char *err, size_t err_len)
 {
     int fd = connect_unix(sock_path);
     if (fd < 0) {
         snprintf(err, err_len, "cannot reach the service at %s: %s", sock_path, strerror(-fd));
+        return -1;
+    }
+    if (check_service_peer(fd, sock_path, err, err_len) < 0) {
+        close(fd);
         return -1;
     }
     long long deadline = now_ms() + timeout_ms;

@@ -18,6 +18,8 @@
  * NUL-terminated string without the "\n" (free() it). On failure returns -1,
  * *resp is untouched and err holds one line such as
  * "cannot reach the service at /run/m2mvpn/control.sock: No such file or directory".
+ * Before anything is sent, the listening process must be root or our own
+ * user (SO_PEERCRED); otherwise nothing is sent and -1 is returned.
  * The caller wipes `line` if it holds a secret; this function keeps no copy.
  */
 int ctl_client_call(const char *sock_path, const char *line, size_t len, int timeout_ms,

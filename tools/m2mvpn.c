@@ -14,6 +14,7 @@ static const struct {
     { "connect", cli_cmd_connect }, { "disconnect", cli_cmd_disconnect }, { "switch", cli_cmd_switch },
     { "login", cli_cmd_login },     { "pin", cli_cmd_pin },               { "status", cli_cmd_status },
     { "unload", cli_cmd_unload },   { "bind-key", cli_cmd_bind_key },
+    { "keygen", cli_cmd_keygen },
 };
 
 int main(int argc, char **argv)

@@ -45,21 +45,35 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
         snprintf(err, err_len, "%s exists and is not a folder", dir);
         return -1;
     }
-    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+    /* Not even with the sticky bit: others could still create the socket's
+     * or pid file's name before us, or a name a client then trusts. */
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
         snprintf(err, err_len, "folder %s is writable by other users: refusing to put the service's files there", dir);
+        return -1;
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        snprintf(err, err_len, "folder %s belongs to another user (uid %u): refusing to put the service's "
+                 "files there", dir, (unsigned)st.st_uid);
         return -1;
     }
     return 0;
 }
 
-int svc_bind(const char *path, char *err, size_t err_len)
+/* The socket is made under a temporary name, listening, and published under
+ * its own name when the service is ready (svc_bind_publish): a client that
+ * finds the name is never refused, and finds the pid file written. */
+static const char tmp_suffix[] = ".new";
+
+int svc_bind(const char *path, gid_t group, char *err, size_t err_len)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (strlen(path) >= sizeof(sa.sun_path)) {
-        snprintf(err, err_len, "control socket path %s is longer than %zu bytes", path, sizeof(sa.sun_path) - 1);
+    if (strlen(path) + sizeof(tmp_suffix) > sizeof(sa.sun_path)) {
+        snprintf(err, err_len, "control socket path %s is longer than %zu bytes", path,
+                 sizeof(sa.sun_path) - sizeof(tmp_suffix));
         return -1;
     }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s%s", path, tmp_suffix);
+    const char *tmp = sa.sun_path;
 
     struct stat st;
     if (lstat(path, &st) == 0) {
@@ -73,6 +87,7 @@ int svc_bind(const char *path, char *err, size_t err_len)
         }
         unlink(path); /* stale: its service is gone */
     }
+    unlink(tmp); /* left by a service that died while starting */
 
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -86,17 +101,37 @@ int svc_bind(const char *path, char *err, size_t err_len)
     int e = errno;
     umask(old);
     if (r < 0) {
-        snprintf(err, err_len, "cannot bind the control socket %s: %s", path, strerror(e));
+        snprintf(err, err_len, "cannot bind the control socket %s: %s", tmp, strerror(e));
         close(fd);
         return -1;
     }
-    if (chmod(path, 0600) < 0) {
-        snprintf(err, err_len, "cannot set up the control socket %s: %s", path, strerror(errno));
-        unlink(path);
+    const char *step = NULL;
+    /* With a control group: its members may connect (0660, that group). */
+    if (group != (gid_t)-1 && chown(tmp, (uid_t)-1, group) < 0)
+        step = "give the control group";
+    else if (chmod(tmp, group != (gid_t)-1 ? 0660 : 0600) < 0)
+        step = "set up";
+    else if (listen(fd, 16) < 0)
+        step = "listen on";
+    if (step) {
+        snprintf(err, err_len, "cannot %s the control socket %s: %s", step, tmp, strerror(errno));
+        unlink(tmp);
         close(fd);
         return -1;
     }
     return fd;
+}
+
+int svc_bind_publish(const char *path, char *err, size_t err_len)
+{
+    char tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    snprintf(tmp, sizeof(tmp), "%s%s", path, tmp_suffix);
+    if (rename(tmp, path) < 0) {
+        snprintf(err, err_len, "cannot put the control socket in place at %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
 }
 
 int svc_peer_allowed(int fd, uid_t *uid, pid_t *pid)

@@ -20,6 +20,14 @@
  *                    algorithms, and JSON), engine drive (own thread or
  *                    external loop), logging, errors, names of errors,
  *                    states and events.
+ *                    Appended since the first 1.0 header (no new symbols):
+ *                    m2mvpn_status.warnings and the "warnings" array of
+ *                    m2mvpn_status_json: settings of the active profile that
+ *                    work but weaken it (a PSK shorter than 20 characters).
+ *                    Appended to m2mvpn_status (no new symbol): credential_source,
+ *                    credential, cert_subject, cert_not_after (hardware
+ *                    credentials: token label / TPM key, certificate expiry);
+ *                    status JSON: "credential".
  *  1.1 (M2MVPN_1.1)  m2mvpn_bind_key (machine-bound certificate keys);
  *                    m2mvpn_set_credentials does EAP (MSCHAPv2, MD5)
  *                    instead of returning NOTSUPP.
@@ -252,6 +260,13 @@ typedef struct m2mvpn_status {
     uint64_t dropped_replay;        /**< of packets_dropped: replayed or too old */
     uint64_t dropped_integrity;     /**< ... integrity check failed (forged, corrupt) */
     uint64_t dropped_no_sa;         /**< ... no SA (not connected: kill switch at work) */
+    /* Appended after the first 1.0 header: */
+    char warnings[256];             /**< what weakens the active profile, e.g. a PSK shorter
+                                     *   than 20 characters; "; "-separated, or "". Never a secret */
+    char credential_source[16];     /**< certificate auth: "file", "pkcs11", "tpm"; else "" */
+    char credential[160];           /**< what holds our key, e.g. PKCS#11 token "m2m", key "dev1"; never a PIN */
+    char cert_subject[256];         /**< our certificate's subject, or "" (none, or not readable yet) */
+    int64_t cert_not_after;         /**< its notAfter (Unix time), or 0 */
 } m2mvpn_status;
 
 /**
@@ -267,7 +282,9 @@ M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
  * "AUTH_LOCAL"), "message", "detail"}, "counters" {"bytes_in", "bytes_out",
  * "packets_in", "packets_out", "packets_dropped", "dropped" {"replay",
  * "integrity", "no_sa"}}, "connected_since", "dns" [...], "child_sa"
- * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version".
+ * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "credential"
+ * {"source", "holder", "subject", "not_after"} or null, "version",
+ * "warnings" [strings] ([] when none).
  * *ret is a new NUL-terminated string
  * the caller frees with m2mvpn_string_free(). Errors: BADHANDLE, INVAL (ret
  * NULL), NOMEM. Thread-safe.

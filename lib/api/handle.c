@@ -79,18 +79,27 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
     return 0;
 }
 
-bool api_in_engine(m2mvpn *h)
+/* A token naming the calling thread: the address of a thread-local object,
+ * distinct for every live thread. Unlike a pthread_t it fits an atomic, so
+ * api_in_engine() can compare it while the engine rewrites h->dispatcher
+ * (a pthread_t read there raced with the engine's write on each iteration). */
+static uintptr_t this_thread(void)
 {
-    return h->dispatching && pthread_equal(h->dispatch_thread, pthread_self());
+    static _Thread_local char token;
+    return (uintptr_t)&token;
 }
 
-/* One engine iteration with the dispatch markers set around it. */
+bool api_in_engine(m2mvpn *h)
+{
+    return atomic_load(&h->dispatcher) == this_thread();
+}
+
+/* One engine iteration with the dispatch marker set around it. */
 static int engine_run_once(m2mvpn *h, int timeout_ms)
 {
-    h->dispatch_thread = pthread_self();
-    h->dispatching = true;
+    atomic_store(&h->dispatcher, this_thread());
     int r = core_loop_run_once(&h->loop, timeout_ms);
-    h->dispatching = false;
+    atomic_store(&h->dispatcher, (uintptr_t)0);
     return r;
 }
 

@@ -11,6 +11,7 @@
 #include <m2mvpn/m2mvpn.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdbool.h>
 
 #include "../conn/conn.h"
@@ -57,8 +58,10 @@ struct m2mvpn {
     pthread_t thread;
     bool thread_joinable;
     atomic_bool stop_requested;   /* engine thread: leave the loop */
-    atomic_bool dispatching;      /* engine is running (callbacks may fire); set after dispatch_thread */
-    pthread_t dispatch_thread;    /* valid while dispatching */
+    /* The thread inside the engine's dispatch (callbacks may fire), 0 when
+     * none: see api_in_engine(). Atomic because the engine sets and clears
+     * it around every iteration while other threads' calls read it. */
+    atomic_uintptr_t dispatcher;
 
     /* under lock */
     api_cmd *cmd_head, *cmd_tail;

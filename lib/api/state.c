@@ -88,6 +88,28 @@ void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail)
     emit(h, M2MVPN_EVENT_STATE_CHANGED, err, detail, st, old);
 }
 
+/* Warnings about the active profile, computed when asked (the profile may
+ * change without a state change). Caller holds h->lock. */
+#define MAX_WARNINGS 4
+static size_t active_warnings_locked(m2mvpn *h, const char **out)
+{
+    const profile *p = h->active[0] ? api_profile_find_locked(h, h->active, NULL) : NULL;
+    size_t n = profile_warnings(p, out, MAX_WARNINGS);
+    return n < MAX_WARNINGS ? n : MAX_WARNINGS;
+}
+
+static void join_warnings(char *buf, size_t cap, const char *const *w, size_t n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && used < cap; i++) {
+        int k = snprintf(buf + used, cap - used, "%s%s", i ? "; " : "", w[i]);
+        if (k < 0)
+            break;
+        used += (size_t)k;
+    }
+}
+
 int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret)
 {
     if (!api_handle_ok(h))
@@ -95,8 +117,11 @@ int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret)
     if (!ret || ret->struct_size < offsetof(m2mvpn_status, last_error))
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_get_status: ret is NULL or struct_size too small");
     size_t n = ret->struct_size < sizeof(*ret) ? ret->struct_size : sizeof(*ret);
+    const char *w[MAX_WARNINGS];
     pthread_mutex_lock(&h->lock);
     m2mvpn_status snap = h->status;
+    size_t nw = active_warnings_locked(h, w);
+    join_warnings(snap.warnings, sizeof(snap.warnings), w, nw); /* constant texts: safe after unlock */
     pthread_mutex_unlock(&h->lock);
     snap.struct_size = n;
     memcpy(ret, &snap, n);
@@ -109,8 +134,10 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         return M2MVPN_E_BADHANDLE;
     if (!ret)
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_status_json: ret is NULL");
+    const char *w[MAX_WARNINGS];
     pthread_mutex_lock(&h->lock);
     m2mvpn_status s = h->status;
+    size_t nw = active_warnings_locked(h, w);
     pthread_mutex_unlock(&h->lock);
 
     json_object *o = json_object_new_object();
@@ -168,7 +195,19 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         json_object_object_add(alg, "esp", json_object_new_string(s.esp_algorithms));
         json_object_object_add(o, "algorithms", alg);
     }
+    json_object *cred = s.credential_source[0] ? json_object_new_object() : NULL;
+    if (cred) {
+        json_object_object_add(cred, "source", json_object_new_string(s.credential_source));
+        json_object_object_add(cred, "holder", json_object_new_string(s.credential));
+        json_object_object_add(cred, "subject", json_object_new_string(s.cert_subject));
+        json_object_object_add(cred, "not_after", json_object_new_int64(s.cert_not_after));
+    }
+    json_object_object_add(o, "credential", cred);
     json_object_object_add(o, "version", json_object_new_string(m2mvpn_version()));
+    json_object *warnings = json_object_new_array();
+    for (size_t i = 0; warnings && i < nw; i++)
+        json_object_array_add(warnings, json_object_new_string(w[i]));
+    json_object_object_add(o, "warnings", warnings);
 
     const char *txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
     char *copy = txt ? strdup(txt) : NULL;

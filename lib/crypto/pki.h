@@ -335,13 +335,15 @@ int pki_auth_data_format(pki_auth_method method, pki_sig_scheme scheme, pki_key_
  * n_peer entries as received; n_peer = 0 when the peer sent none) and our key.
  * With a common SHA-2 hash: method 14, preferring the hash that matches an EC
  * curve (P-256/SHA-256, ...) or SHA-256 for RSA, then the strongest; RSA uses
- * PSS if `rsa_pss` else PKCS#1 v1.5. Without: the classic method (RSA: 1,
- * P-256: 9, P-384: 10, P-521: 11). Ed25519 needs the peer's "Identity" (5)
- * and method 14 (RFC 8420). Errors: NOTSUPP (unknown key type; Ed25519 key
- * but the peer did not announce Identity).
+ * PSS if `rsa_pss` else PKCS#1 v1.5. Without: the classic method (P-256: 9,
+ * P-384: 10, P-521: 11; RSA: 1, which is SHA-1, only if `allow_sha1`).
+ * Ed25519 needs the peer's "Identity" (5) and method 14 (RFC 8420).
+ * Errors: NOTSUPP (unknown key type; Ed25519 key but the peer did not
+ * announce Identity; RSA key, no common SHA-2 hash and !allow_sha1).
  */
 int pki_choose_auth(pki_key_type key, const uint16_t *peer_hashes, size_t n_peer,
-                    bool rsa_pss, pki_auth_method *ret_method, pki_sig_scheme *ret_scheme);
+                    bool rsa_pss, bool allow_sha1, pki_auth_method *ret_method,
+                    pki_sig_scheme *ret_scheme);
 
 /** The hash algorithms we announce in our SIGNATURE_HASH_ALGORITHMS notify:
  *  SHA2-256, SHA2-384, SHA2-512, Identity (RFC 8420, for Ed25519). Returns the

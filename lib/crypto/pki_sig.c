@@ -630,7 +630,8 @@ static bool list_has(const uint16_t *l, size_t n, uint16_t v)
 }
 
 int pki_choose_auth(pki_key_type key, const uint16_t *peer_hashes, size_t n_peer,
-                    bool rsa_pss, pki_auth_method *ret_method, pki_sig_scheme *ret_scheme)
+                    bool rsa_pss, bool allow_sha1, pki_auth_method *ret_method,
+                    pki_sig_scheme *ret_scheme)
 {
     if (!ret_method || !ret_scheme || (n_peer && !peer_hashes))
         return M2MVPN_E_INVAL;
@@ -661,7 +662,12 @@ int pki_choose_auth(pki_key_type key, const uint16_t *peer_hashes, size_t n_peer
         *ret_scheme = (pki_sig_scheme)(base + (order[i] - PKI_HASH_SHA2_256));
         return 0;
     }
-    /* No common SHA-2 hash (or no notify): the classic method (RFC 7427 §4). */
+    /* No common SHA-2 hash (or no notify): the classic method (RFC 7427 §4).
+     * For RSA that is PKCS#1 v1.5 with SHA-1, only when the caller allows it:
+     * the notify that would have offered SHA-2 is unauthenticated, so taking
+     * SHA-1 by default would let anyone on the path strip it and downgrade us. */
+    if (key == PKI_KEY_RSA && !allow_sha1)
+        return M2MVPN_E_NOTSUPP;
     pki_key_type k;
     classic_method(classic, ret_scheme, &k);
     *ret_method = classic;

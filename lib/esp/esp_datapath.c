@@ -30,6 +30,7 @@
 #include "../core/buf.h"
 #include "../core/secmem.h"
 #include "esp_datapath_int.h"
+#include "esp_nft.h"
 
 static void set_err(char *err, size_t err_len, const char *what, const char *why)
 {
@@ -75,6 +76,15 @@ static int open_udp(esp_datapath *dp, char *err, size_t err_len)
         setsockopt(dp->udp_fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
     if (setsockopt(dp->udp_fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof(big)) < 0)
         setsockopt(dp->udp_fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    /* Our mark: the rule that sends the protected prefixes to our table
+     * skips marked packets, so IKE and ESP reach the gateway even inside a
+     * protected prefix (full tunnel). Needs CAP_NET_ADMIN, as the routes do. */
+    uint32_t mark = esp_tunnel_table(dp->cfg.tun_name);
+    if (setsockopt(dp->udp_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0 &&
+        dp->cfg.configure_network) {
+        set_err(err, err_len, "SO_MARK", strerror(errno));
+        return M2MVPN_E_NETWORK;
+    }
     if (dp->cfg.underlay_ifname[0] &&
         setsockopt(dp->udp_fd, SOL_SOCKET, SO_BINDTODEVICE, dp->cfg.underlay_ifname,
                    (socklen_t)strlen(dp->cfg.underlay_ifname)) < 0) {
@@ -249,6 +259,7 @@ void esp_datapath_get_counters(esp_datapath *dp, esp_datapath_counters *out)
     out->total.dropped[ESP_DROP_NO_SA] += atomic_load(&dp->drop_no_sa);
     out->total.dropped[ESP_DROP_MALFORMED] += atomic_load(&dp->drop_malformed);
     out->total.dropped[ESP_DROP_TOO_BIG] += atomic_load(&dp->drop_too_big);
+    out->total.dropped[ESP_DROP_SELECTOR] += atomic_load(&dp->drop_selector);
     out->ike_packets_in = atomic_load(&dp->ike_in);
     out->keepalives_out = atomic_load(&dp->keepalives_out);
 }
@@ -417,7 +428,8 @@ int esp_datapath_send_ike(esp_datapath *dp, const uint8_t *msg, size_t len,
 int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *err,
                              size_t err_len)
 {
-    if (!dp || !net || net->n_remote_ts > ESP_MAX_TS || net->n_dns > ESP_MAX_DNS)
+    if (!dp || !net || net->n_remote_ts > ESP_MAX_TS || net->n_dns > ESP_MAX_DNS ||
+        net->n_in_src > ESP_MAX_TS || net->n_in_dst > ESP_MAX_TS)
         return M2MVPN_E_INVAL;
     uint32_t mtu = dp->cfg.mtu;
     if (!mtu) {
@@ -435,6 +447,19 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
     pthread_rwlock_wrlock(&dp->sa_lock);
     memcpy(dp->remote_ts, net->remote_ts, net->n_remote_ts * sizeof(net->remote_ts[0]));
     dp->n_remote_ts = net->n_remote_ts;
+    /* Inbound: the negotiated selectors, or what the defaults say. */
+    const esp_prefix *src = net->n_in_src ? net->in_src : net->remote_ts;
+    dp->n_in_src = net->n_in_src ? net->n_in_src : net->n_remote_ts;
+    memcpy(dp->in_src, src, dp->n_in_src * sizeof(dp->in_src[0]));
+    if (net->n_in_dst) {
+        memcpy(dp->in_dst, net->in_dst, net->n_in_dst * sizeof(dp->in_dst[0]));
+        dp->n_in_dst = net->n_in_dst;
+    } else if (net->has_vip) {
+        dp->in_dst[0] = net->vip;
+        dp->n_in_dst = 1;
+    } else {
+        dp->n_in_dst = 0;
+    }
     pthread_rwlock_unlock(&dp->sa_lock);
     if (dp->cfg.configure_network) {
         int rc = esp_net_apply(&dp->net, mtu, net->has_vip ? &net->vip : NULL, net->remote_ts,
@@ -453,6 +478,17 @@ size_t esp_datapath_dns(const esp_datapath *dp, esp_prefix *out, size_t max)
     size_t n = dp->n_dns < max ? dp->n_dns : max;
     memcpy(out, dp->dns, n * sizeof(out[0]));
     return n;
+}
+
+void esp_datapath_kill_switch_info(const esp_datapath *dp, esp_kill_switch_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->table = esp_tunnel_table(dp->cfg.tun_name);
+    out->rule_priority = ESP_RULE_PRIORITY;
+    out->nftables = dp->net.nft_active;
+    esp_nft_table_name(dp->net.name[0] ? dp->net.name : "m2m0", out->nft_table,
+                       sizeof(out->nft_table));
+    snprintf(out->nft_why, sizeof(out->nft_why), "%s", dp->net.nft_why);
 }
 
 int esp_datapath_tun_ifindex(const esp_datapath *dp) { return dp->net.ifindex; }

@@ -89,7 +89,7 @@ struct esp_datapath {
     esp_ike_item *q_head, *q_tail;
     size_t q_len;
 
-    _Atomic uint64_t drop_no_sa, drop_malformed, drop_too_big, ike_in, keepalives_out;
+    _Atomic uint64_t drop_no_sa, drop_malformed, drop_too_big, drop_selector, ike_in, keepalives_out;
     _Atomic uint64_t tx_packets;   /* for keepalive suppression */
     bool offload;                  /* !cfg.no_offload */
     bool udp_gso, udp_gro;         /* kernel accepted UDP_SEGMENT / UDP_GRO */
@@ -107,6 +107,10 @@ struct esp_datapath {
     size_t n_dns;
     esp_prefix remote_ts[ESP_MAX_TS];   /* under sa_lock: outbound filter */
     size_t n_remote_ts;
+    esp_prefix in_src[ESP_MAX_TS];      /* under sa_lock: inbound filter */
+    size_t n_in_src;                    /* (RFC 4301 §5.2), see esp_tunnel_net */
+    esp_prefix in_dst[ESP_MAX_TS];
+    size_t n_in_dst;
 
     bool running;
     pthread_t tx_thread, rx_thread;

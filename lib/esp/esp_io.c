@@ -46,18 +46,25 @@ static bool prefix_contains(const esp_prefix *p, const uint8_t *addr)
     return (p->addr[full] & mask) == (addr[full] & mask);
 }
 
-/* Inbound: the source of a decrypted packet must lie in the remote
- * selectors (a gateway must not inject packets from anywhere). */
-static bool from_covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uint8_t nh)
+static bool in_prefixes(const esp_prefix *p, size_t n, int family, const uint8_t *addr)
 {
-    if (dp->n_remote_ts == 0)
-        return true;
-    int family = nh == ESP_NH_IPV4 ? AF_INET : AF_INET6;
-    const uint8_t *src = nh == ESP_NH_IPV4 ? pkt + 12 : pkt + 8;
-    for (size_t i = 0; i < dp->n_remote_ts; i++)
-        if (dp->remote_ts[i].family == family && prefix_contains(&dp->remote_ts[i], src))
+    for (size_t i = 0; i < n; i++)
+        if (p[i].family == family && prefix_contains(&p[i], addr))
             return true;
     return false;
+}
+
+/* Inbound (RFC 4301 §5.2): a decrypted packet must come from the negotiated
+ * remote selectors and go to us (virtual IP / TSi), so that a gateway can
+ * neither inject packets from anywhere nor have us forward its packets to
+ * other hosts. An empty list checks nothing (no selectors configured). */
+static bool inbound_allowed_locked(const esp_datapath *dp, const uint8_t *pkt, uint8_t nh)
+{
+    int family = nh == ESP_NH_IPV4 ? AF_INET : AF_INET6;
+    const uint8_t *src = nh == ESP_NH_IPV4 ? pkt + 12 : pkt + 8;
+    const uint8_t *dst = nh == ESP_NH_IPV4 ? pkt + 16 : pkt + 24;
+    return (dp->n_in_src == 0 || in_prefixes(dp->in_src, dp->n_in_src, family, src)) &&
+           (dp->n_in_dst == 0 || in_prefixes(dp->in_dst, dp->n_in_dst, family, dst));
 }
 
 /* Only what the remote traffic selectors cover goes into the SA; the rest
@@ -352,9 +359,9 @@ static void rx_datagram(esp_datapath *dp, uint8_t *p, size_t len,
                         : nh == ESP_NH_IPV4 ? buf_load_be16(inner + 2) : (size_t)buf_load_be16(inner + 4) + 40;
         if (ip_len < hdr || ip_len > inner_len) {
             atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
-        } else if (!from_covered_by_ts_locked(dp, inner, nh)) {
-            /* A source outside the selectors: not this SA's traffic (RFC 4301 §5.2). */
-            atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
+        } else if (!inbound_allowed_locked(dp, inner, nh)) {
+            /* Not this SA's traffic (RFC 4301 §5.2). */
+            atomic_fetch_add_explicit(&dp->drop_selector, 1, memory_order_relaxed);
         } else {
             deliver(dp, inner, ip_len);
         }

@@ -48,15 +48,24 @@ typedef struct esp_gro {
     uint32_t next_seq;
     bool ipv6;
     bool closed;               /* last segment was short or had PSH/FIN */
+    bool csum_ok;              /* every segment's TCP checksum (and IPv4 header
+                                * checksum) was verified here */
 } esp_gro;
 
+/* Checksums: ESP authenticates the gateway, not the inner packet's path to
+ * it, so a segment's own checksums still count. The super-packet reaches the
+ * kernel as verified (a partial checksum it only completes), so each segment
+ * is verified before it is merged; one that fails is never merged and goes
+ * up alone without DATA_VALID, for the kernel to check and drop. */
+
 /* Try to append a segment; false if it does not continue the current flow
- * (then flush and start anew with esp_gro_start). */
+ * or its checksums are wrong (then flush and start anew with esp_gro_start). */
 bool esp_gro_append(esp_gro *g, const uint8_t *pkt, size_t len);
 /* Start with this packet (any IP packet; non-TCP ones are never extended). */
 void esp_gro_start(esp_gro *g, const uint8_t *pkt, size_t len);
 /* Finish: fill the vnet header in front of the packet and return the number
- * of bytes to write (header included); resets the coalescer. */
+ * of bytes to write (header included); resets the coalescer. A single packet
+ * is marked DATA_VALID only if it is TCP and its checksums were verified. */
 size_t esp_gro_finish(esp_gro *g);
 
 #endif

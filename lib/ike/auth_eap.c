@@ -100,7 +100,13 @@ static void eap_fail(ike_sa *sa, int r, const char *why)
     if (r == M2MVPN_E_AUTH_PEER)
         ike_info_send_final(sa, true); /* the gateway failed: tell it (§2.21.2) */
     ike_eap_end(sa);
-    ike_sa_fail(sa, r, "EAP with gateway %s failed: %s", sa->gw_text, why);
+    /* The gateway's fault: what it sent was malformed or did not verify.
+     * Anything else is ours: refused credentials (AUTH_LOCAL, never retried
+     * with the same password), memory, our socket. */
+    if (r == M2MVPN_E_AUTH_PEER || r == M2MVPN_E_PROTOCOL)
+        ike_sa_fail(sa, r, "EAP with gateway %s failed: %s", sa->gw_text, why);
+    else
+        ike_sa_fail_local(sa, r, "EAP with gateway %s failed: %s", sa->gw_text, why);
 }
 
 static int send_inner(ike_sa *sa, uint8_t *inner, size_t cap, size_t len, uint8_t first)

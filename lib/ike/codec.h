@@ -427,7 +427,8 @@ typedef struct ike_transform {
     uint8_t type;           /* IKE_TT_* */
     uint16_t id;
     uint16_t key_bits;      /* Key Length attribute, 0 if absent */
-    bool unknown_attr;      /* carried an attribute other than Key Length */
+    bool unknown_attr;      /* carried an attribute other than one nonzero Key Length
+                             * on an ENCR transform */
 } ike_transform;
 
 typedef struct ike_proposal_view {
@@ -784,6 +785,7 @@ typedef struct ike_frag_reasm {
     bool active;
     uint32_t message_id;
     uint8_t exchange;
+    bool response;          /* the message is a response (IKE_FLAG_RESPONSE) */
     uint16_t total;
     uint16_t received;
     uint8_t first_type;     /* Next Payload of fragment 1 */
@@ -801,9 +803,11 @@ void ike_frag_reasm_reset(ike_frag_reasm *r);
 /*
  * Add one received message whose last payload is SKF. The fragment is
  * decrypted and authenticated first; only then is the reassembly state
- * touched (a forged fragment changes nothing). Rules (RFC 7383 §2.6):
- *  - a different message ID than the one being reassembled: E_PROTOCOL
- *    (reset first to start another message);
+ * touched (a forged fragment changes nothing). A message is its ID, its
+ * exchange and its direction (a gateway request and a response with the same
+ * ID are different messages). Rules (RFC 7383 §2.6):
+ *  - an authentic fragment of another message than the one being reassembled
+ *    drops that one and starts the new one;
  *  - duplicates are ignored;
  *  - Total Fragments greater than the stored one: the stored fragments are
  *    dropped and reassembly starts anew with this one; smaller: E_PROTOCOL;

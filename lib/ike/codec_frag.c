@@ -174,16 +174,14 @@ int ike_frag_add(ike_frag_reasm *r, const ike_message *msg, const ike_sk_cipher 
         return ike_diag_set(diag, M2MVPN_E_PROTOCOL, 0, IKE_PL_SKF,
                             "SKF: %u fragments, at most %d accepted", skf.total,
                             IKE_FRAG_MAX_FRAGMENTS);
-    if (r->active && msg->hdr.message_id != r->message_id)
-        return ike_diag_set(diag, M2MVPN_E_PROTOCOL, 0, IKE_PL_SKF,
-                            "SKF: message ID %u while reassembling %u",
-                            msg->hdr.message_id, r->message_id);
-    if (r->active && skf.total < r->total)
+    bool response = (msg->hdr.flags & IKE_FLAG_RESPONSE) != 0;
+    bool same = r->active && msg->hdr.message_id == r->message_id &&
+                msg->hdr.exchange == r->exchange && response == r->response;
+    if (same && skf.total < r->total)
         return ike_diag_set(diag, M2MVPN_E_PROTOCOL, 0, IKE_PL_SKF,
                             "SKF: Total Fragments %u below the %u already seen",
                             skf.total, r->total);
-    if (r->active && skf.total == r->total &&
-        (r->frag[skf.number - 1] || r->joined))
+    if (same && skf.total == r->total && (r->frag[skf.number - 1] || r->joined))
         return 0;   /* duplicate, or the message is already complete */
 
     size_t ct_len = skf.parts.ct.len;
@@ -199,9 +197,10 @@ int ike_frag_add(ike_frag_reasm *r, const ike_message *msg, const ike_sk_cipher 
         free(plain);
         return rc;
     }
-    /* Authenticated: now the state may change. A larger Total Fragments means
-     * the peer re-fragmented (smaller PMTU): start over (RFC 7383 §2.6.1). */
-    if (r->active && skf.total > r->total)
+    /* Authenticated: now the state may change. Another message replaces the
+     * one being reassembled; a larger Total Fragments means the peer
+     * re-fragmented (smaller PMTU): start over (RFC 7383 §2.6.1). */
+    if (r->active && (!same || skf.total > r->total))
         ike_frag_reasm_reset(r);
     if (r->bytes + len > IKE_FRAG_MAX_TOTAL_BYTES) {
         secure_free(plain, ct_len);
@@ -213,6 +212,7 @@ int ike_frag_add(ike_frag_reasm *r, const ike_message *msg, const ike_sk_cipher 
         r->active = true;
         r->message_id = msg->hdr.message_id;
         r->exchange = msg->hdr.exchange;
+        r->response = response;
         r->total = skf.total;
     }
     /* Padding is wiped now, so reset only needs to wipe the used part. */

@@ -41,7 +41,10 @@ static int parse_attributes(buf_reader attrs, ike_transform *t, ike_diag *diag)
         if (type_field & ATTR_TV) {
             if (!buf_get_u16(&attrs, &value))
                 return SYNTAX(diag, "SA: truncated transform attribute value");
-            if ((type_field & 0x7fff) == IKE_ATTR_KEY_LENGTH && t->type == IKE_TT_ENCR)
+            /* One Key Length, on ENCR, not 0; anything else is an attribute
+             * we do not accept in a choice (a 0 would read as "absent"). */
+            if ((type_field & 0x7fff) == IKE_ATTR_KEY_LENGTH && t->type == IKE_TT_ENCR &&
+                t->key_bits == 0 && value != 0)
                 t->key_bits = value;
             else
                 t->unknown_attr = true;

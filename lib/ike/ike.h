@@ -16,7 +16,8 @@
  *                   parameters for the ESP datapath (wiped after the call)
  *   on_down         the SA failed or was closed: error 0 when we closed it on
  *                   purpose, M2MVPN_E_PROTOCOL when the gateway deleted it,
- *                   else why it failed; the SA must then be freed.
+ *                   else why it failed, and whose fault it is (ike_fault);
+ *                   the SA must then be freed.
  */
 #ifndef M2MVPN_IKE_H
 #define M2MVPN_IKE_H
@@ -48,15 +49,29 @@ typedef struct ike_child_result {
     size_t n_dns;
     profile_ts remote_ts[PROFILE_MAX_TS]; /* TSr as narrowed by the gateway */
     size_t n_remote_ts;
+    profile_ts local_ts[PROFILE_MAX_TS];  /* TSi as narrowed by the gateway (our side) */
+    size_t n_local_ts;
     bool natt;                     /* ESP goes in UDP on port 4500 */
 } ike_child_result;
+
+/* Where a failure comes from. The error code alone does not say it: an
+ * M2MVPN_E_INVAL may be our profile's or a key length the gateway (or anyone
+ * who forged its unauthenticated IKE_SA_INIT answer) chose. */
+typedef enum ike_fault {
+    IKE_FAULT_PEER,   /* what the gateway sent or did (authenticated or not), or
+                       * its silence: another attempt may succeed */
+    IKE_FAULT_LOCAL,  /* our side: the profile, a credential or key we hold, a
+                       * PIN, this build lacking what the profile asks for */
+} ike_fault;
+
+const char *ike_fault_name(ike_fault f);
 
 typedef struct ike_hooks {
     void *arg;
     /* Send one datagram to the gateway; natt: port 4500 with non-ESP marker. */
     int (*send)(void *arg, const uint8_t *msg, size_t len, bool natt);
     void (*on_established)(void *arg, const ike_child_result *child);
-    void (*on_down)(void *arg, int err, const char *detail);
+    void (*on_down)(void *arg, int err, ike_fault fault, const char *detail);
 } ike_hooks;
 
 typedef struct ike_config {

@@ -12,7 +12,8 @@
 #define MAX_COOKIE_TRIES 3
 
 /* NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 §2.23). */
-static int natd_hash(const ike_sa *sa, const struct sockaddr_storage *ss, uint8_t out[20])
+static int natd_hash(const ike_sa *sa, const uint8_t spi_r[8], const struct sockaddr_storage *ss,
+                     uint8_t out[20])
 {
     const uint8_t *ip;
     size_t ip_len;
@@ -31,7 +32,7 @@ static int natd_hash(const ike_sa *sa, const struct sockaddr_storage *ss, uint8_
         return M2MVPN_E_INVAL;
     }
     crypto_span parts[4] = {
-        { sa->spi_i, 8 }, { sa->spi_r, 8 }, { ip, ip_len }, { (const uint8_t *)&port, 2 },
+        { sa->spi_i, 8 }, { spi_r, 8 }, { ip, ip_len }, { (const uint8_t *)&port, 2 },
     };
     return crypto_sha1(parts, 4, out);
 }
@@ -68,7 +69,7 @@ static int build_and_send(ike_sa *sa)
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, sa->natd_src,
                      sizeof(sa->natd_src));
     uint8_t h[20];
-    if ((r = natd_hash(sa, &sa->cfg.remote, h)) < 0)
+    if ((r = natd_hash(sa, sa->spi_r, &sa->cfg.remote, h)) < 0)
         goto out;
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, h, sizeof(h));
     if (p->ike.fragmentation)
@@ -118,7 +119,7 @@ static int send_init(ike_sa *sa)
 {
     int r = build_and_send(sa);
     if (r < 0)
-        ike_sa_fail(sa, r, "cannot build IKE_SA_INIT (%s)", m2mvpn_strerror(r));
+        ike_sa_fail_local(sa, r, "cannot build IKE_SA_INIT (%s)", m2mvpn_strerror(r));
     return r;
 }
 
@@ -126,19 +127,19 @@ int ike_init_start(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
     if (p->ike.n_proposals == 0 || p->ike.proposals[0].n_ke == 0) {
-        ike_sa_fail(sa, M2MVPN_E_PROFILE, "the profile has no IKE proposal with a key exchange");
+        ike_sa_fail_local(sa, M2MVPN_E_PROFILE, "the profile has no IKE proposal with a key exchange");
         return M2MVPN_E_PROFILE;
     }
     /* Drawn once: a retry after COOKIE must leave the other payloads
      * unchanged (RFC 7296 §2.6). */
     int r = crypto_random(sa->natd_src, sizeof(sa->natd_src));
     if (r < 0) {
-        ike_sa_fail(sa, r, "random number generator failed");
+        ike_sa_fail_local(sa, r, "random number generator failed");
         return r;
     }
     r = new_ke(sa, p->ike.proposals[0].ke[0]);
     if (r < 0) {
-        ike_sa_fail(sa, r, "cannot create a %s key pair", proposal_ke_name(p->ike.proposals[0].ke[0]));
+        ike_sa_fail_local(sa, r, "cannot create a %s key pair", proposal_ke_name(p->ike.proposals[0].ke[0]));
         return r;
     }
     return send_init(sa);
@@ -160,38 +161,55 @@ static bool we_offered_ke(const profile *p, uint16_t group)
     return false;
 }
 
-/* Is the gateway's choice one of the combinations we offered? */
+/* The chosen ENCR transform is the offered one with exactly its Key Length
+ * attribute (RFC 7296 §3.3.5): for AES the size we asked for; a cipher with
+ * one key size (ChaCha20-Poly1305, RFC 7634) has none, and a Key Length that
+ * names that very size is tolerated. Any other value would reach key setup. */
+static bool encr_matches(const proposal_encr *ours, uint16_t id, uint16_t key_bits)
+{
+    if (ours->id != id)
+        return false;
+    if (ike_encr_has_key_length(id))
+        return key_bits == ours->key_bits;
+    return key_bits == 0 || key_bits == ours->key_bits;
+}
+
+/* Is the gateway's choice one of the combinations we offered: the proposal
+ * its number names (§3.3.1: the responder echoes it), and in it every
+ * chosen transform one we listed, with nothing of a type that does not
+ * belong to the protocol (parse_choice already refused unknown types and
+ * attributes and a type twice)? */
 bool ike_choice_offered(const ike_sa_choice *c, const proposal *props, size_t n, bool ike)
 {
-    for (size_t i = 0; i < n; i++) {
-        const proposal *p = &props[i];
-        bool encr = false;
-        for (size_t j = 0; j < p->n_encr; j++)
-            encr |= p->encr[j].id == c->id[IKE_TT_ENCR] &&
-                    (!ike_encr_has_key_length(p->encr[j].id) || p->encr[j].key_bits == c->encr_key_bits);
-        if (!encr || !ike_sa_choice_has(c, IKE_TT_ENCR))
-            continue;
-        bool aead = proposal_encr_is_aead(c->id[IKE_TT_ENCR]);
-        if (aead ? ike_sa_choice_has(c, IKE_TT_INTEG) && c->id[IKE_TT_INTEG] != 0
-                 : !ike_sa_choice_has(c, IKE_TT_INTEG) || !list_has(p->integ, p->n_integ, c->id[IKE_TT_INTEG]))
-            continue;
-        if (ike) {
-            if (!ike_sa_choice_has(c, IKE_TT_PRF) || !list_has(p->prf, p->n_prf, c->id[IKE_TT_PRF]))
-                continue;
-            if (!ike_sa_choice_has(c, IKE_TT_KE) || !list_has(p->ke, p->n_ke, c->id[IKE_TT_KE]))
-                continue;
-        } else {
-            if (ike_sa_choice_has(c, IKE_TT_KE) && c->id[IKE_TT_KE] != 0 &&
-                !list_has(p->ke, p->n_ke, c->id[IKE_TT_KE]))
-                continue;
-            uint16_t esn = ike_sa_choice_has(c, IKE_TT_ESN) ? c->id[IKE_TT_ESN] : ESN_NO;
-            uint16_t none = ESN_NO;
-            if (!(p->n_esn ? list_has(p->esn, p->n_esn, esn) : list_has(&none, 1, esn)))
-                continue;
-        }
-        return true;
+    if (c->number == 0 || c->number > n)
+        return false;
+    const proposal *p = &props[c->number - 1];
+    if (!ike_sa_choice_has(c, IKE_TT_ENCR))
+        return false;
+    bool encr = false;
+    for (size_t j = 0; j < p->n_encr; j++)
+        encr |= encr_matches(&p->encr[j], c->id[IKE_TT_ENCR], c->encr_key_bits);
+    if (!encr)
+        return false;
+    bool aead = proposal_encr_is_aead(c->id[IKE_TT_ENCR]);
+    if (aead ? ike_sa_choice_has(c, IKE_TT_INTEG) && c->id[IKE_TT_INTEG] != 0
+             : !ike_sa_choice_has(c, IKE_TT_INTEG) || !list_has(p->integ, p->n_integ, c->id[IKE_TT_INTEG]))
+        return false;
+    if (ike) {
+        if (!ike_sa_choice_has(c, IKE_TT_PRF) || !list_has(p->prf, p->n_prf, c->id[IKE_TT_PRF]))
+            return false;
+        if (!ike_sa_choice_has(c, IKE_TT_KE) || !list_has(p->ke, p->n_ke, c->id[IKE_TT_KE]))
+            return false;
+        return !ike_sa_choice_has(c, IKE_TT_ESN); /* ESN belongs to ESP and AH */
     }
-    return false;
+    if (ike_sa_choice_has(c, IKE_TT_PRF))
+        return false; /* a PRF belongs to an IKE SA */
+    if (ike_sa_choice_has(c, IKE_TT_KE) && c->id[IKE_TT_KE] != 0 &&
+        !list_has(p->ke, p->n_ke, c->id[IKE_TT_KE]))
+        return false;
+    uint16_t esn = ike_sa_choice_has(c, IKE_TT_ESN) ? c->id[IKE_TT_ESN] : ESN_NO;
+    uint16_t none = ESN_NO;
+    return p->n_esn ? list_has(p->esn, p->n_esn, esn) : list_has(&none, 1, esn);
 }
 
 static void describe_ours(const proposal *props, size_t n, proposal_kind kind, char *out, size_t len)
@@ -205,6 +223,187 @@ static void describe_ours(const proposal *props, size_t n, proposal_kind kind, c
     }
 }
 
+/* An IKE_SA_INIT response that passed every check, not yet applied. */
+typedef struct init_answer {
+    uint8_t spi_r[8];
+    ike_sa_choice choice;
+    buf_reader nonce;
+    bool nat_here;
+    bool peer_frag;
+    uint16_t peer_hashes[8];
+    size_t n_peer_hashes;
+    uint8_t g_ir[CRYPTO_MAX_KE_LEN];
+    size_t g_ir_len;
+} init_answer;
+
+/* Can we sign our AUTH with what the answer announced? A key that needs
+ * RFC 7427 hashes (Ed25519: the "Identity" hash, RFC 8420) cannot sign for a
+ * gateway that did not announce them: the answer is unacceptable, a fault
+ * of the answer (a forger can leave the notify out), not of our key. A key
+ * we cannot read here is left to IKE_AUTH, which reports it as ours. */
+static bool answer_lets_us_sign(ike_sa *sa, const init_answer *a, char *why, size_t why_len)
+{
+    if (sa->cfg.prof->auth != PROFILE_AUTH_CERT || !sa->cfg.cred)
+        return true;
+    pki_key_type kt;
+    unsigned bits;
+    char err[256];
+    if (cred_key_info(sa->cfg.cred, &kt, &bits, err, sizeof(err)) < 0)
+        return true;
+    pki_auth_method method;
+    pki_sig_scheme scheme;
+    ike_fault fault;
+    /* A failure that no gateway could help is left to IKE_AUTH, as ours. */
+    return ike_auth_choose(sa, kt, a->peer_hashes, a->n_peer_hashes, &method, &scheme, &fault, why, why_len) == 0 ||
+           fault == IKE_FAULT_LOCAL;
+}
+
+/* Check a whole IKE_SA_INIT response without changing the SA: payloads,
+ * the chosen proposal against what we offered, the key exchange (the shared
+ * secret is computed here, so an invalid public value is the answer's
+ * fault), NAT detection. Errors: E_PROTOCOL, E_NOTSUPP with `why`. */
+static int check_answer(ike_sa *sa, const ike_message *msg, init_answer *a, char *why, size_t why_len)
+{
+    const profile *p = sa->cfg.prof;
+    const ike_chain *c = &msg->chain;
+    ike_diag d;
+    ike_diag_clear(&d);
+    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
+    const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
+    const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
+    if (!sa_pl || !ke_pl || !nr_pl || msg->hdr.spi_r == 0) {
+        snprintf(why, why_len, "IKE_SA_INIT response from %s lacks SA, KE, nonce or SPI", sa->gw_text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    ike_ke ke;
+    if (ike_sa_parse_choice(sa_pl->body, &a->choice, &d) < 0 || ike_ke_parse(ke_pl->body, &ke, &d) < 0 ||
+        ike_nonce_parse(nr_pl->body, &a->nonce, &d) < 0) {
+        snprintf(why, why_len, "malformed IKE_SA_INIT response from %s: %s", sa->gw_text, d.text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    const ike_sa_choice *ch = &a->choice;
+    if (ch->protocol != IKE_PROTO_IKE || ch->spi_len != 0 ||
+        !ike_choice_offered(ch, p->ike.proposals, p->ike.n_proposals, true)) {
+        char enc[24] = "";
+        if (ch->encr_key_bits)
+            snprintf(enc, sizeof(enc), " key length %u", ch->encr_key_bits);
+        snprintf(why, why_len, "gateway %s chose an IKE proposal we did not offer (proposal %u: "
+                 "encryption %u%s, PRF %u, integrity %u, key exchange %u)", sa->gw_text, ch->number,
+                 ch->id[IKE_TT_ENCR], enc, ch->id[IKE_TT_PRF], ch->id[IKE_TT_INTEG], ch->id[IKE_TT_KE]);
+        return M2MVPN_E_PROTOCOL;
+    }
+    if (ke.group != sa->ke_group || ch->id[IKE_TT_KE] != sa->ke_group) {
+        snprintf(why, why_len, "gateway %s answered with key exchange %u instead of %s", sa->gw_text,
+                 ke.group, proposal_ke_name(sa->ke_group));
+        return M2MVPN_E_PROTOCOL;
+    }
+    for (int i = 0; i < 8; i++)
+        a->spi_r[i] = (uint8_t)(msg->hdr.spi_r >> (56 - 8 * i));
+
+    /* NAT detection and capabilities. */
+    bool have_src = false, have_dst = false, dst_match = false;
+    uint8_t ours[20];
+    if (natd_hash(sa, a->spi_r, &sa->cfg.local, ours) < 0)
+        memset(ours, 0, sizeof(ours));
+    ike_notify n;
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->pl[i].type != IKE_PL_NOTIFY || ike_notify_parse(c->pl[i].body, &n, &d) < 0)
+            continue;
+        switch (n.type) {
+        case IKE_N_NAT_DETECTION_SOURCE_IP:
+            have_src = true;
+            break;
+        case IKE_N_NAT_DETECTION_DESTINATION_IP:
+            have_dst = true;
+            dst_match |= n.data.len == 20 && memcmp(n.data.p, ours, 20) == 0;
+            break;
+        case IKE_N_IKEV2_FRAGMENTATION_SUPPORTED:
+            a->peer_frag = true;
+            break;
+        case IKE_N_SIGNATURE_HASH_ALGORITHMS:
+            /* Keep only the hash algorithms we know (RFC 7427 §4, values 1..5),
+             * so a long list cannot push a known one out. */
+            for (size_t k = 0; k + 1 < n.data.len && a->n_peer_hashes < 8; k += 2) {
+                uint16_t h = buf_load_be16(n.data.p + k);
+                if (h >= PKI_HASH_SHA1 && h <= PKI_HASH_IDENTITY)
+                    a->peer_hashes[a->n_peer_hashes++] = h;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    if (!have_src || !have_dst) {
+        snprintf(why, why_len, "gateway %s does not support NAT traversal (RFC 3948), which this "
+                 "client's userspace ESP-in-UDP datapath needs", sa->gw_text);
+        return M2MVPN_E_PROTOCOL;
+    }
+    a->nat_here = !dst_match;
+    if (!answer_lets_us_sign(sa, a, why, why_len))
+        return M2MVPN_E_NOTSUPP;
+    char err[192];
+    int r = crypto_ke_derive(sa->ke, ke.data.p, ke.data.len, a->g_ir, sizeof(a->g_ir), &a->g_ir_len,
+                             err, sizeof(err));
+    if (r < 0) {
+        snprintf(why, why_len, "gateway %s sent an invalid key exchange value: %s", sa->gw_text, err);
+        return M2MVPN_E_PROTOCOL;
+    }
+    return 0;
+}
+
+/* Keep a checked answer. */
+static void accept_answer(ike_sa *sa, const ike_message *msg, const init_answer *a)
+{
+    const ike_sa_choice *ch = &a->choice;
+    sa->init_error = 0; /* a real answer after all */
+    memcpy(sa->spi_r, a->spi_r, 8);
+    memcpy(sa->nonce_r, a->nonce.p, a->nonce.len);
+    sa->nonce_r_len = a->nonce.len;
+    sa->suite.encr_id = ch->id[IKE_TT_ENCR];
+    /* Checked against the offer: absent only for ChaCha20-Poly1305 (256). */
+    sa->suite.encr_key_bits = ch->encr_key_bits ? ch->encr_key_bits : 256;
+    sa->suite.integ_id = ike_sa_choice_has(ch, IKE_TT_INTEG) ? ch->id[IKE_TT_INTEG] : 0;
+    sa->suite.prf_id = ch->id[IKE_TT_PRF];
+    snprintf(sa->ike_alg, sizeof(sa->ike_alg), "%s%s%s-%s-%s",
+             proposal_encr_name(sa->suite.encr_id, sa->suite.encr_key_bits),
+             sa->suite.integ_id ? "-" : "", sa->suite.integ_id ? proposal_integ_name(sa->suite.integ_id) : "",
+             proposal_prf_name(sa->suite.prf_id), proposal_ke_name(sa->ke_group));
+    sa->peer_frag = a->peer_frag;
+    memcpy(sa->peer_hashes, a->peer_hashes, sizeof(sa->peer_hashes));
+    sa->n_peer_hashes = a->n_peer_hashes;
+    sa->nat_here = a->nat_here;
+    sa->natt = true;
+    char *colon = strrchr(sa->gw_text, ':');
+    if (colon)
+        snprintf(colon, sizeof(sa->gw_text) - (size_t)(colon - sa->gw_text), ":4500");
+
+    free(sa->init_resp);
+    sa->init_resp = malloc(msg->raw.len);
+    if (!sa->init_resp) {
+        ike_sa_fail_local(sa, M2MVPN_E_NOMEM, "out of memory");
+        return;
+    }
+    memcpy(sa->init_resp, msg->raw.p, msg->raw.len);
+    sa->init_resp_len = msg->raw.len;
+    char err[192];
+    int r = ike_sa_install_keys(sa, a->g_ir, a->g_ir_len, err, sizeof(err));
+    crypto_ke_free(sa->ke);
+    sa->ke = NULL;
+    if (r < 0) {
+        /* The gateway's choice was checked against our offer, so this is
+         * more likely our build than the answer; but it follows from what
+         * the gateway chose, and it may choose another of our proposals
+         * next time: not a reason to stop trying. */
+        ike_sa_fail(sa, r, "%s", err);
+        return;
+    }
+    LOG_INFO(sa->log, "ike", "IKE_SA_INIT done with %s: %s%s%s", sa->gw_text, sa->ike_alg,
+             sa->nat_here ? ", NAT in front of us" : "", sa->peer_frag ? ", fragmentation" : "");
+    ike_sa_request_done(sa);
+    sa->next_msg_id = 1;
+    ike_auth_start(sa);
+}
+
 void ike_init_process(ike_sa *sa, const ike_message *msg)
 {
     const profile *p = sa->cfg.prof;
@@ -215,7 +414,7 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
 
     if (ike_chain_find_notify(c, IKE_N_COOKIE, &n, &d) == 0) {
         if (++sa->cookie_tries > MAX_COOKIE_TRIES || n.data.len == 0 || n.data.len > sizeof(sa->cookie)) {
-            ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s keeps asking for a COOKIE", sa->gw_text);
+            ike_sa_init_error(sa, M2MVPN_E_PROTOCOL, "gateway %s keeps asking for a COOKIE", sa->gw_text);
             return;
         }
         memcpy(sa->cookie, n.data.p, n.data.len);
@@ -247,7 +446,7 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
         sa->ke_retried = true;
         ike_sa_request_done(sa);
         if (new_ke(sa, group) < 0) {
-            ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot create a %s key pair", proposal_ke_name(group));
+            ike_sa_fail_local(sa, M2MVPN_E_CRYPTO, "cannot create a %s key pair", proposal_ke_name(group));
             return;
         }
         send_init(sa);
@@ -272,116 +471,18 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
         }
     }
 
-    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
-    const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
-    const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
-    if (!sa_pl || !ke_pl || !nr_pl || msg->hdr.spi_r == 0) {
-        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "IKE_SA_INIT response from %s lacks SA, KE, nonce or SPI",
-                    sa->gw_text);
+    /* Nothing in the answer is authenticated yet: check all of it before
+     * any of it is kept, and let a bad one wait for a valid answer. */
+    init_answer *a = calloc(1, sizeof(*a));
+    if (!a) {
+        ike_sa_fail_local(sa, M2MVPN_E_NOMEM, "out of memory");
         return;
     }
-    ike_sa_choice choice;
-    ike_ke ke;
-    buf_reader nr;
-    if (ike_sa_parse_choice(sa_pl->body, &choice, &d) < 0 || ike_ke_parse(ke_pl->body, &ke, &d) < 0 ||
-        ike_nonce_parse(nr_pl->body, &nr, &d) < 0) {
-        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "malformed IKE_SA_INIT response from %s: %s", sa->gw_text, d.text);
-        return;
-    }
-    if (choice.protocol != IKE_PROTO_IKE || !ike_choice_offered(&choice, p->ike.proposals, p->ike.n_proposals, true)) {
-        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s chose an IKE proposal we did not offer", sa->gw_text);
-        return;
-    }
-    if (ke.group != sa->ke_group || choice.id[IKE_TT_KE] != sa->ke_group) {
-        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s answered with key exchange %u instead of %s",
-                    sa->gw_text, ke.group, proposal_ke_name(sa->ke_group));
-        return;
-    }
-    sa->init_error = 0; /* a real answer after all */
-    for (int i = 0; i < 8; i++)
-        sa->spi_r[i] = (uint8_t)(msg->hdr.spi_r >> (56 - 8 * i));
-    memcpy(sa->nonce_r, nr.p, nr.len);
-    sa->nonce_r_len = nr.len;
-    sa->suite.encr_id = choice.id[IKE_TT_ENCR];
-    sa->suite.encr_key_bits = choice.encr_key_bits ? choice.encr_key_bits : 256;
-    sa->suite.integ_id = ike_sa_choice_has(&choice, IKE_TT_INTEG) ? choice.id[IKE_TT_INTEG] : 0;
-    sa->suite.prf_id = choice.id[IKE_TT_PRF];
-    snprintf(sa->ike_alg, sizeof(sa->ike_alg), "%s%s%s-%s-%s",
-             proposal_encr_name(sa->suite.encr_id, sa->suite.encr_key_bits),
-             sa->suite.integ_id ? "-" : "", sa->suite.integ_id ? proposal_integ_name(sa->suite.integ_id) : "",
-             proposal_prf_name(sa->suite.prf_id), proposal_ke_name(sa->ke_group));
-
-    /* NAT detection and capabilities. */
-    bool have_src = false, have_dst = false, dst_match = false;
-    uint8_t ours[20];
-    natd_hash(sa, &sa->cfg.local, ours);
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->pl[i].type != IKE_PL_NOTIFY || ike_notify_parse(c->pl[i].body, &n, &d) < 0)
-            continue;
-        switch (n.type) {
-        case IKE_N_NAT_DETECTION_SOURCE_IP:
-            have_src = true;
-            break;
-        case IKE_N_NAT_DETECTION_DESTINATION_IP:
-            have_dst = true;
-            dst_match |= n.data.len == 20 && memcmp(n.data.p, ours, 20) == 0;
-            break;
-        case IKE_N_IKEV2_FRAGMENTATION_SUPPORTED:
-            sa->peer_frag = true;
-            break;
-        case IKE_N_SIGNATURE_HASH_ALGORITHMS:
-            /* Keep only the hash algorithms we know (RFC 7427 §4, values 1..5),
-             * so a long list cannot push a known one out. */
-            for (size_t k = 0; k + 1 < n.data.len && sa->n_peer_hashes < 8; k += 2) {
-                uint16_t h = buf_load_be16(n.data.p + k);
-                if (h >= PKI_HASH_SHA1 && h <= PKI_HASH_IDENTITY)
-                    sa->peer_hashes[sa->n_peer_hashes++] = h;
-            }
-            break;
-        default:
-            break;
-        }
-    }
-    if (!have_src || !have_dst) {
-        ike_sa_fail(sa, M2MVPN_E_PROTOCOL,
-                    "gateway %s does not support NAT traversal (RFC 3948), which this client's "
-                    "userspace ESP-in-UDP datapath needs", sa->gw_text);
-        return;
-    }
-    sa->nat_here = !dst_match;
-    sa->natt = true;
-    char *colon = strrchr(sa->gw_text, ':');
-    if (colon)
-        snprintf(colon, sizeof(sa->gw_text) - (size_t)(colon - sa->gw_text), ":4500");
-
-    uint8_t g_ir[CRYPTO_MAX_KE_LEN];
-    size_t g_ir_len = 0;
-    char err[192];
-    int r = crypto_ke_derive(sa->ke, ke.data.p, ke.data.len, g_ir, sizeof(g_ir), &g_ir_len, err, sizeof(err));
-    if (r < 0) {
-        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "gateway %s sent an invalid key exchange value: %s", sa->gw_text, err);
-        return;
-    }
-    free(sa->init_resp);
-    sa->init_resp = malloc(msg->raw.len);
-    if (!sa->init_resp) {
-        secure_wipe(g_ir, sizeof(g_ir));
-        ike_sa_fail(sa, M2MVPN_E_NOMEM, "out of memory");
-        return;
-    }
-    memcpy(sa->init_resp, msg->raw.p, msg->raw.len);
-    sa->init_resp_len = msg->raw.len;
-    r = ike_sa_install_keys(sa, g_ir, g_ir_len, err, sizeof(err));
-    secure_wipe(g_ir, sizeof(g_ir));
-    crypto_ke_free(sa->ke);
-    sa->ke = NULL;
-    if (r < 0) {
-        ike_sa_fail(sa, r, "%s", err);
-        return;
-    }
-    LOG_INFO(sa->log, "ike", "IKE_SA_INIT done with %s: %s%s%s", sa->gw_text, sa->ike_alg,
-             sa->nat_here ? ", NAT in front of us" : "", sa->peer_frag ? ", fragmentation" : "");
-    ike_sa_request_done(sa);
-    sa->next_msg_id = 1;
-    ike_auth_start(sa);
+    char why[384];
+    int r = check_answer(sa, msg, a, why, sizeof(why));
+    if (r < 0)
+        ike_sa_init_error(sa, r, "%s", why);
+    else
+        accept_answer(sa, msg, a);
+    secure_free(a, sizeof(*a));
 }

@@ -106,24 +106,45 @@ void ike_sa_free(ike_sa *sa)
     free(sa);
 }
 
-void ike_sa_fail(ike_sa *sa, int err, const char *fmt, ...)
+const char *ike_fault_name(ike_fault f)
+{
+    return f == IKE_FAULT_LOCAL ? "local" : "peer";
+}
+
+static void fail(ike_sa *sa, int err, ike_fault fault, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
+static void fail(ike_sa *sa, int err, ike_fault fault, const char *fmt, va_list ap)
 {
     if (sa->state == IKE_SA_DOWN)
         return;
     char detail[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(detail, sizeof(detail), fmt, ap);
-    va_end(ap);
     if (err)
-        LOG_ERR(sa->log, "ike", "%s", detail);
+        LOG_ERR(sa->log, "ike", "%s (%s cause)", detail, ike_fault_name(fault));
     else
         LOG_INFO(sa->log, "ike", "%s", detail);
     core_timer_cancel(sa->loop, &sa->retransmit_timer);
     core_timer_cancel(sa->loop, &sa->dpd_timer);
     ike_sa_set_state(sa, IKE_SA_DOWN);
     if (sa->hooks.on_down)
-        sa->hooks.on_down(sa->hooks.arg, err, detail);
+        sa->hooks.on_down(sa->hooks.arg, err, fault, detail);
+}
+
+void ike_sa_fail(ike_sa *sa, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail(sa, err, IKE_FAULT_PEER, fmt, ap);
+    va_end(ap);
+}
+
+void ike_sa_fail_local(ike_sa *sa, int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail(sa, err, IKE_FAULT_LOCAL, fmt, ap);
+    va_end(ap);
 }
 
 void ike_sa_init_error(ike_sa *sa, int err, const char *fmt, ...)
@@ -376,14 +397,9 @@ static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, si
         if (r == 0)
             return 1;
     } else if (last->type == IKE_PL_SKF) {
-        /* One message at a time, identified by ID, direction and exchange:
-         * a gateway request and a response with the same ID are different
-         * messages whose fragments must never be joined. */
-        bool resp = (msg->hdr.flags & IKE_FLAG_RESPONSE) != 0;
-        if (sa->reasm.active && (sa->reasm.message_id != msg->hdr.message_id ||
-                                 sa->reasm_response != resp || sa->reasm.exchange != msg->hdr.exchange))
-            ike_frag_reasm_reset(&sa->reasm);
-        sa->reasm_response = resp;
+        /* One message at a time, identified by ID, direction and exchange;
+         * the fragment is authenticated before it may replace another
+         * message's fragments (a forged one changes nothing). */
         r = ike_frag_add(&sa->reasm, msg, &sa->sk_in, inner, dp);
         if (r >= 0)
             return r;

@@ -82,7 +82,6 @@ struct ike_sa {
     uint16_t peer_hashes[8];       /* SIGNATURE_HASH_ALGORITHMS */
     size_t n_peer_hashes;
     ike_frag_reasm reasm;
-    bool reasm_response;           /* the message in reasm is a response */
 
     uint32_t next_msg_id;          /* our next request */
     uint32_t peer_msg_id;          /* the gateway's next request we expect */
@@ -111,11 +110,16 @@ struct ike_sa {
 /* sa.c */
 void ike_sa_set_state(ike_sa *sa, ike_sa_state st);
 const char *ike_sa_state_name(ike_sa_state st);
-/* Fail the SA: log, send nothing more, report on_down(err, detail). */
+/* Fail the SA: log, send nothing more, report on_down(err, fault, detail).
+ * ike_sa_fail is for what the gateway sent or did (IKE_FAULT_PEER: the
+ * supervisor tries again); ike_sa_fail_local for causes on our side alone
+ * (IKE_FAULT_LOCAL: the profile, our credentials, our build). */
 void ike_sa_fail(ike_sa *sa, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* IKE_SA_INIT answered with an error notify, which nothing authenticates
- * (RFC 7296 §2.21.1): remember it and keep waiting a short while for a
- * valid answer (a forged notify must not end the attempt); then fail. */
+void ike_sa_fail_local(ike_sa *sa, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* IKE_SA_INIT answered with an error notify, or with anything malformed or
+ * unacceptable, none of which is authenticated (RFC 7296 §2.21.1): remember
+ * it and keep waiting a short while for a valid answer (a forged one must not
+ * end the attempt); then fail (IKE_FAULT_PEER). */
 void ike_sa_init_error(ike_sa *sa, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Send a new request (takes the built datagrams in buf, owned afterwards). */
 int ike_sa_send_request(ike_sa *sa, ike_task task, uint8_t *buf, const ike_span *dgram,
@@ -129,6 +133,14 @@ void ike_sa_header(const ike_sa *sa, ike_header *hdr, uint8_t exchange, bool res
                    uint32_t message_id);
 /* Install keys after IKE_SA_INIT and the SK adapters. */
 int ike_sa_install_keys(ike_sa *sa, const uint8_t *g_ir, size_t g_ir_len, char *err, size_t err_len);
+
+/* auth.c */
+/* The AUTH method and signature scheme for our key of type kt, given the
+ * hashes the gateway announced (RFC 7427) and the profile's SHA-1 rule. On
+ * failure: whose fault (the gateway's when our key could sign with hashes it
+ * did not announce: a forger can leave them out) and why, in err. */
+int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hashes, size_t n_peer_hashes,
+                    pki_auth_method *method, pki_sig_scheme *scheme, ike_fault *fault, char *err, size_t err_len);
 
 /* init.c */
 bool ike_choice_offered(const ike_sa_choice *c, const proposal *props, size_t n, bool ike);

@@ -58,6 +58,20 @@ const profile *profile_set_find(const profile_set *set, const char *name)
     return NULL;
 }
 
+_Static_assert(PROFILE_PSK_MIN_CHARS == 20, "the warning text says 20");
+
+size_t profile_warnings(const profile *p, const char **out, size_t max)
+{
+    size_t n = 0;
+    if (p && p->auth == PROFILE_AUTH_PSK && p->psk && strlen(p->psk) < PROFILE_PSK_MIN_CHARS) {
+        if (n < max)
+            out[n] = "auth.psk has fewer than 20 characters: a man in the middle can guess a weak "
+                     "pre-shared key offline from our first IKE_AUTH; use 20 or more random characters";
+        n++;
+    }
+    return n;
+}
+
 static int check_unique_names(keypath *kp, const profile_set *set)
 {
     for (size_t i = 1; i < set->n; i++)

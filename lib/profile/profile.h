@@ -102,6 +102,7 @@ typedef struct profile {
         double retransmit_base;      /* default 1.8 */
         uint32_t retransmit_tries;   /* default 5 */
         bool force_encap;     /* "force_encap": UDP/4500 even without NAT; default false */
+        bool allow_sha1_signatures; /* RSA AUTH with SHA-1 (method 1) both ways; default false */
     } ike;
 
     struct {
@@ -157,6 +158,17 @@ profile_set *profile_set_ref(profile_set *set);
 /* The profile named `name`, or NULL (also for NULL set or name). The pointer
  * lives as long as the set. */
 const profile *profile_set_find(const profile_set *set, const char *name);
+
+/* A PSK shorter than this is accepted (gateways' keys must keep working) but
+ * warned about: the initiator's PSK AUTH goes out before the responder is
+ * authenticated, so a man in the middle gets material to guess it offline. */
+#define PROFILE_PSK_MIN_CHARS 20
+
+/* Warnings about a valid profile (settings that work but weaken it): up to
+ * `max` constant strings into out (never a value from the profile; a secret
+ * is described by its length class only). Returns how many apply (may be
+ * more than max). NULL p: 0. */
+size_t profile_warnings(const profile *p, const char **out, size_t max);
 
 /* Names as written in profiles ("always-on", "psk", "pkcs11"); "unknown" for
  * a value outside the enum. Static strings. */

@@ -169,7 +169,7 @@ static const unsigned cert_keys_allowed[] = {
     [PROFILE_CERT_FILE] = CK_SOURCE | CK_FILE | CK_KEY | CK_PIN,
     [PROFILE_CERT_MACHINE] = CK_SOURCE | CK_FILE | CK_KEY | CK_PIN | CK_BIND,
     [PROFILE_CERT_PKCS11] = CK_SOURCE | CK_MODULE | CK_URI | CK_PIN,
-    [PROFILE_CERT_TPM] = CK_SOURCE | CK_TPM_KEY | CK_TCTI | CK_PIN,
+    [PROFILE_CERT_TPM] = CK_SOURCE | CK_FILE | CK_TPM_KEY | CK_TCTI | CK_PIN,
 };
 
 static int require_for_source(keypath *kp, json_object *cert, const char *key, profile_cert_source s)
@@ -281,6 +281,9 @@ static int read_cert(keypath *kp, json_object *cert, path_base *base, profile *p
         break;
     case PROFILE_CERT_TPM:
         TRY(read_cert_tpm_key(kp, cert, base, p));
+        /* The TPM holds the key; the certificate (+ chain) is a PEM file. */
+        TRY(require_for_source(kp, cert, "file", PROFILE_CERT_TPM));
+        TRY(read_path(kp, cert, "file", base, &p->cert.file));
         TRY(keypath_string(kp, cert, "tpm_tcti", 1, TCTI_MAX_CHARS, false, &p->cert.tpm_tcti));
         break;
     }
@@ -393,7 +396,7 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
 {
     static const char *const keys[] = { "proposals", "lifetime_s", "dpd_s", "fragmentation", "mobike",
                                         "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
-                                        "retransmit_tries", "force_encap", NULL };
+                                        "retransmit_tries", "force_encap", "allow_sha1_signatures", NULL };
     json_object *ike;
     TRY(keypath_object(kp, obj, "ike", &ike));
     if (!ike)
@@ -410,6 +413,7 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
     TRY(keypath_double(kp, ike, "retransmit_base", 1.0, 10.0, &p->ike.retransmit_base));
     TRY(keypath_uint(kp, ike, "retransmit_tries", 0, 30, &p->ike.retransmit_tries));
     TRY(keypath_bool(kp, ike, "force_encap", &p->ike.force_encap));
+    TRY(keypath_bool(kp, ike, "allow_sha1_signatures", &p->ike.allow_sha1_signatures));
     keypath_pop(kp, mark);
     return 0;
 }

@@ -3,7 +3,7 @@
 
 Fixtures:
   pki            the test PKI, generated once per session (pki.Pki)
-  topology       factory: topology("direct" | "nat" | "fragdrop" | "multihomed")
+  topology       factory: topology("direct" | "routed" | "nat" | "fragdrop" | "multihomed")
   charons        factory: charons(ns, config, name=..., options=...) -> started Charon
   workdir        a fresh folder for one test (pytest's tmp_path)
 Every namespace and charon a test makes is removed at teardown, also when the
@@ -21,23 +21,32 @@ import pytest
 import charon as charonmod
 import netlab
 import pki as pkimod
+import sanitizer
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_m2mvpn: needs the tools/m2mvpn binary")
 
 
+def pytest_sessionstart(session):
+    """With sanitized binaries (M2MVPN_SANITIZER_LOGS): a fresh, empty report
+    folder, and ASAN_OPTIONS/UBSAN_OPTIONS of every process we start point
+    into it (sanitizer.py)."""
+    logs = sanitizer.logs_dir()
+    if logs is not None:
+        sanitizer.prepare(logs)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """With sanitized binaries (M2MVPN_SANITIZER_LOGS): any report fails the run."""
-    logs = os.environ.get("M2MVPN_SANITIZER_LOGS")
-    if not logs or not os.path.isdir(logs):
+    logs = sanitizer.logs_dir()
+    if logs is None:
         return
-    reports = sorted(os.listdir(logs))
-    for name in reports:
-        with open(os.path.join(logs, name), errors="replace") as f:
-            print(f"\n==== sanitizer report {name}\n{f.read()[-6000:]}")
+    reports = sanitizer.collect(logs)
+    for name, text in reports:
+        print(f"\n==== sanitizer report {name}\n{text[-6000:]}")
     if reports:
-        print(f"FAIL: {len(reports)} sanitizer report(s) from our binaries")
+        print(f"FAIL: {len(reports)} sanitizer report(s) from our binaries in {logs}")
         session.exitstatus = 1
 
 
@@ -77,7 +86,7 @@ def workdir(tmp_path) -> Path:
 def topology(request):
     made: list[netlab.Topology] = []
     builders = {"direct": netlab.direct, "nat": netlab.nat, "multihomed": netlab.multihomed,
-                "fragdrop": netlab.fragment_dropping}
+                "fragdrop": netlab.fragment_dropping, "routed": netlab.routed}
 
     def make(kind: str) -> netlab.Topology:
         topo = builders[kind]()

@@ -62,8 +62,9 @@ static void on_established(void *arg, const ike_child_result *r)
         inet_ntop(AF_INET, r->vip, p->vip, sizeof(p->vip));
 }
 
-static void on_down(void *arg, int err, const char *detail)
+static void on_down(void *arg, int err, ike_fault fault, const char *detail)
 {
+    (void)fault;
     probe *p = arg;
     p->done = true;
     p->err = err;

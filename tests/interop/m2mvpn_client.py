@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import charon as charonmod
 import netlab
 import pki as pkimod
+import sanitizer
 
 STATES = ("idle", "connecting", "connected", "reconnecting", "disconnecting")
 
@@ -102,8 +103,8 @@ class M2mvpnClient:
     """`m2mvpn run` in a namespace plus its client commands.
 
     Owns the engine process: stop() (or leaving the with block) sends SIGTERM,
-    then SIGKILL. All files (profile.json, control.sock, state/, client.log)
-    are in workdir.
+    then SIGKILL, and checks how the engine ended. All files (profile.json,
+    control.sock, state/, client.log) are in workdir.
     """
 
     def __init__(self, ns: netlab.Namespace, binary: Path, workdir: Path,
@@ -118,6 +119,7 @@ class M2mvpnClient:
         self.state_dir = self.workdir / "state"
         self.log_path = self.workdir / "client.log"
         self.proc: subprocess.Popen | None = None
+        self._checked = False
 
     def start(self, timeout_s: float = 10) -> "M2mvpnClient":
         """Write the profile, start the engine, wait for its control socket.
@@ -127,7 +129,7 @@ class M2mvpnClient:
         try:
             return self._start(timeout_s)
         except BaseException:
-            self.stop()
+            self._terminate(5)
             raise
 
     def _start(self, timeout_s: float) -> "M2mvpnClient":
@@ -146,20 +148,20 @@ class M2mvpnClient:
                                       stdin=subprocess.DEVNULL)
         finally:
             log.close()
+        self._checked = False
         deadline = time.monotonic() + timeout_s
         while not self.control.exists():
             if self.proc.poll() is not None:
-                raise ClientError(f"m2mvpn run exited with {self.proc.returncode}"
-                                  + self.log_tail())
+                raise ClientError(self._exited())
             if time.monotonic() > deadline:
                 raise ClientError(f"no control socket after {timeout_s}s" + self.log_tail())
             time.sleep(0.05)
         return self
 
-    def stop(self, grace_s: float = 5) -> None:
-        """SIGTERM, then SIGKILL after grace_s. Idempotent."""
+    def _terminate(self, grace_s: float) -> bool:
+        """SIGTERM, then SIGKILL after grace_s; True if it was still running."""
         if self.proc is None or self.proc.poll() is not None:
-            return
+            return False
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -167,6 +169,25 @@ class M2mvpnClient:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+        return True
+
+    def stop(self, grace_s: float = 30) -> None:
+        """SIGTERM, then SIGKILL after grace_s; idempotent. Then the exit is
+        checked: a clean stop on SIGTERM exits 0 (tools/service.c leaves
+        within its own 10 s stop timeout). Anything else, a sanitizer report
+        of the engine included, raises ClientError with the report and the
+        log tail. An engine that had already ended before stop() must have
+        exited 0 too, or have been killed with SIGKILL (only a test does that,
+        on purpose: a sanitizer aborts with SIGABRT)."""
+        if self.proc is None or self._checked:
+            return
+        running = self._terminate(grace_s)
+        self._checked = True
+        code = self.proc.returncode
+        expected = 0 if running or code != -signal.SIGKILL else code
+        problem = sanitizer.exit_problem("m2mvpn run", self.proc.pid, code, expected)
+        if problem:
+            raise ClientError(problem + self.log_tail())
 
     def __enter__(self) -> "M2mvpnClient":
         return self.start()
@@ -216,8 +237,7 @@ class M2mvpnClient:
         st: dict[str, Any] = {}
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ClientError(f"m2mvpn run exited with {self.proc.returncode}"
-                                  + self.log_tail())
+                raise ClientError(self._exited())
             st = self.status()
             if st["state"] == state:
                 return st
@@ -226,6 +246,12 @@ class M2mvpnClient:
                           + self.log_tail())
 
     # -- diagnostics --------------------------------------------------------------------
+    def _exited(self) -> str:
+        """The engine ended by itself: how, its sanitizer report, its log."""
+        assert self.proc is not None
+        return (f"m2mvpn run ended by itself: {sanitizer.describe_code(self.proc.returncode)}"
+                + sanitizer.report_of(self.proc.pid) + self.log_tail())
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]

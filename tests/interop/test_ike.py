@@ -24,6 +24,7 @@ import charon as charonmod
 import m2mvpn_client
 import netlab
 import pki as pkimod
+import sanitizer
 
 PROBE = os.environ.get("M2MVPN_IKE_PROBE", "")
 
@@ -55,12 +56,33 @@ def probe(topo: netlab.Topology, workdir: Path, prof: dict, hold_s: int = 3,
     line = proc.stdout.readline()
     if not line:
         proc.wait(timeout=max(1, deadline - time.monotonic()))
-        raise AssertionError(f"ike_probe printed nothing; log:\n{proc.stderr.read()[-4000:]}")
-    return json.loads(line), proc
+        raise AssertionError(f"ike_probe printed nothing ({sanitizer.describe_code(proc.returncode)})"
+                             f"{sanitizer.report_of(proc.pid)}\nlog:\n{proc.stderr.read()[-4000:]}")
+    res = json.loads(line)
+    _printed[proc.pid] = res
+    return res, proc
+
+
+# What each running ike_probe printed first (pid -> result), for finish().
+_printed: dict[int, dict] = {}
 
 
 def finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=60)
+    """Wait for ike_probe and return its log (stderr). It must exit as its
+    printed result says (0: established, 1: failed); anything else, such as a
+    crash or a sanitizer abort, or a sanitizer report of that process, fails
+    the test with the report and the log tail."""
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"ike_probe did not end within 60 s; log:\n{err[-4000:]}")
+    res = _printed.pop(proc.pid, {})
+    expected = 0 if res.get("result") == "established" else 1
+    problem = sanitizer.exit_problem("ike_probe", proc.pid, proc.returncode, expected)
+    if problem:
+        raise AssertionError(f"{problem}\n--- ike_probe log tail ---\n{err[-4000:]}")
     return err
 
 
@@ -170,6 +192,68 @@ def test_rsa_without_fragmentation_fails_on_that_path(topology, charons, pki, wo
     res, proc = probe(topo, workdir, prof)
     finish(proc)
     assert res["result"] == "failed" and res["code"] == E_TIMEOUT, res
+
+
+# --- SHA-1 signatures ----------------------------------------------------------------
+# With charon.signature_authentication = no strongSwan neither announces
+# SIGNATURE_HASH_ALGORITHMS (RFC 7427) nor uses method 14: its RSA key signs
+# with method 1, RSA PKCS#1 v1.5 SHA-1. We refuse SHA-1 both ways unless the
+# profile says ike.allow_sha1_signatures.
+NO_RFC7427 = {"signature_authentication": False}
+E_NOTSUPP = -3
+
+
+def _rsa_gateway_for_ecdsa_clients(pki) -> charonmod.SwanctlConfig:
+    """The "rsa" connection (gateway signs with its RSA key), but for a client
+    with the ECDSA certificate: the client's method 9 needs no notify, so only
+    the gateway's AUTH uses SHA-1."""
+    conf = charonmod.gateway_config(pki, conns=["rsa"])
+    conf.tree["connections"]["rsa"]["remote"] = {"auth": "pubkey", "id": pkimod.CLIENT_ID}
+    return conf
+
+
+def test_rsa_client_refuses_sha1_when_gateway_offers_no_hash(topology, charons, pki, workdir):
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["rsa"]), name="gw",
+                 options=NO_RFC7427)
+    res, proc = probe(topo, workdir, profile(pki, "rsa"))
+    log = finish(proc)
+    assert res["result"] == "failed" and res["code"] == E_NOTSUPP, res
+    assert "offers no acceptable signature hash" in res["detail"], res
+    assert "ike.allow_sha1_signatures" in res["detail"], res
+    assert "sending IKE_AUTH" not in log  # nothing signed with SHA-1 went out
+    no_sa_on(gw)
+
+
+def test_gateway_rsa_sha1_auth_is_refused(topology, charons, pki, workdir):
+    topo = topology("direct")
+    gw = charons(topo.gateway, _rsa_gateway_for_ecdsa_clients(pki), name="gw", options=NO_RFC7427)
+    res, proc = probe(topo, workdir, profile(pki, "ecdsa"))
+    finish(proc)
+    assert res["result"] == "failed" and res["code"] == E_AUTH_PEER, res
+    assert "RSA PKCS#1 SHA-1 (method 1), which is refused" in res["detail"], res
+    # The gateway did sign with method 1 ("RSA signature"; RFC 7427 would
+    # read "RSA_EMSA_PKCS1_SHA2_256"): the refusal is ours.
+    assert "(myself) with RSA signature successful" in gw.log_text()
+    no_sa_on(gw)
+
+
+@pytest.mark.parametrize("client", ["rsa", "ecdsa"])
+def test_sha1_signatures_allowed_by_profile(topology, charons, pki, workdir, client):
+    topo = topology("direct")
+    conf = (charonmod.gateway_config(pki, conns=["rsa"]) if client == "rsa"
+            else _rsa_gateway_for_ecdsa_clients(pki))
+    gw = charons(topo.gateway, conf, name="gw", options=NO_RFC7427)
+    res, proc = probe(topo, workdir, profile(pki, client, allow_sha1_signatures=True))
+    try:
+        assert res["result"] == "established", res
+        sa = gw.wait_for_sa("rsa", "net", timeout_s=10)
+        assert sa["state"] == "ESTABLISHED"
+    finally:
+        log = finish(proc)
+    assert "gateway 198.51.100.1" in log and "authenticated with RSA SHA-1" in log, log[-3000:]
+    if client == "rsa":
+        assert "signing our AUTH with RSA SHA-1" in log, log[-3000:]
 
 
 def test_through_nat(topology, charons, pki, workdir):

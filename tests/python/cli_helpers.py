@@ -4,11 +4,13 @@
 
 Environment (set by meson, see tools/tests/meson.build): M2MVPN_CLI (the
 m2mvpn binary), M2MVPN_DAEMON (m2mvpnd), M2MVPN_LIB (the library, for the
-feature probes through the Python binding on PYTHONPATH).
+Python binding on PYTHONPATH), M2MVPN_FEATURES (what the build can do).
 
-Tests that need a working profile parser are xfail(strict=True) while the
-library answers profile loading with NOTSUPP (the parser is written in
-parallel); once it lands they run for real and must pass.
+What the build can do comes from the build configuration, never from asking
+the code under test: meson passes its feature words (m2mvpn_features in
+lib/meson.build) as M2MVPN_FEATURES. A test of a feature the build lacks is
+marked xfail(strict=True) by needs_feature(): it runs, must fail, and turns
+into a failure (XPASS) once the feature works and its word is added.
 """
 import os
 import shutil
@@ -18,8 +20,6 @@ import subprocess
 import time
 
 import pytest
-
-import m2mvpn
 
 CLI = os.environ.get("M2MVPN_CLI", "m2mvpn")
 DAEMON = os.environ.get("M2MVPN_DAEMON", "m2mvpnd")
@@ -41,48 +41,29 @@ PROFILE_NAMES = ("atm-eu", "atm-backup")
 PROFILES = {"version": 1, "profiles": [dict(_BASE, name=n) for n in PROFILE_NAMES]}
 
 
-def _notsupp(fn):
-    try:
-        fn()
-    except m2mvpn.M2mvpnError as e:
-        return e.code == m2mvpn.ErrorCode.NOTSUPP
-    return False
-
-
-def _probe(call):
-    with m2mvpn.Client() as c:
-        return not _notsupp(lambda: call(c))
-
-
-PARSER_BUILT = _probe(lambda c: c.load_profile_json(PROFILES))
-
-
-def _probe_connect(c):
-    # Queues a connect on a handle whose engine never runs: nothing is sent.
-    c.load_profile_json(PROFILES)
-    c.connect()
-
-
-ENGINE_BUILT = PARSER_BUILT and _probe(_probe_connect)
 # The service runs in a private network namespace of its own (only "lo"), so
 # a connect attempt can neither reach nor change the host's network.
 NETNS_WRAP = (["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
               if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip") else None)
-CREDENTIALS_BUILT = _probe(lambda c: c.set_credentials("probe", "probe-password"))
-PIN_BUILT = _probe(lambda c: c.enter_pin(b"0000"))
 
-needs_parser = pytest.mark.xfail(
-    not PARSER_BUILT, strict=True,
-    reason="profile parser not in this build yet (m2mvpn_profile_load_* returns NOTSUPP)")
-needs_engine = pytest.mark.xfail(
-    not ENGINE_BUILT, strict=True,
-    reason="IKE engine not in this build yet (m2mvpn_connect returns NOTSUPP)")
-needs_credentials = pytest.mark.xfail(
-    not (PARSER_BUILT and CREDENTIALS_BUILT), strict=True,
-    reason="profile parser or EAP credentials not in this build yet (NOTSUPP)")
-needs_pin = pytest.mark.xfail(
-    not (PARSER_BUILT and PIN_BUILT), strict=True,
-    reason="profile parser or PIN-protected credentials not in this build yet (NOTSUPP)")
+
+def _build_features():
+    words = os.environ.get("M2MVPN_FEATURES")
+    if words is None:
+        raise RuntimeError("M2MVPN_FEATURES is not set: run the tests through `meson test` "
+                           "(or set it as tools/tests/meson.build does)")
+    return frozenset(words.split())
+
+
+BUILD_FEATURES = _build_features()
+
+
+def needs_feature(word, what):
+    """Strict expected failure while the build lacks `word` (see above)."""
+    return pytest.mark.xfail(word not in BUILD_FEATURES, strict=True,
+                             reason="%s: not in this build (%r is not in M2MVPN_FEATURES)" % (what, word))
+
+
 
 
 def cli(*args, stdin=None, timeout=30):
@@ -148,7 +129,7 @@ def request(sock_path, data, timeout=5.0):
 class Service:
     """A `m2mvpn run` (or m2mvpnd) child with its log in a file."""
 
-    def __init__(self, workdir, profile, binary=None, verbose=True):
+    def __init__(self, workdir, profile, binary=None, verbose=True, extra_args=(), wrap=None):
         self.isolated = NETNS_WRAP is not None
         self.control = os.path.join(workdir, "ctl", "control.sock")
         self.state_dir = os.path.join(workdir, "state")
@@ -157,7 +138,10 @@ class Service:
         argv += ["--profile", profile, "--control", self.control, "--state-dir", self.state_dir]
         if verbose:
             argv.append("-v")
-        if self.isolated:
+        argv += list(extra_args)
+        if wrap is not None:
+            argv = list(wrap) + argv  # the caller's own isolation; it must exec too
+        elif self.isolated:
             argv = NETNS_WRAP + argv  # exec all the way: proc.pid is the service
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from cli_helpers import answers, cli, needs_parser, one_error_line, process_gone, wait_for
+from cli_helpers import answers, cli, one_error_line, process_gone, wait_for
 
 
 @pytest.fixture
@@ -26,7 +26,6 @@ def pid_of(dirs):
         return int(f.read())
 
 
-@needs_parser
 def test_start_status_stop(dirs, profile_file):
     p = cli("start", "--profile", profile_file, "--control", dirs["control"], "--state-dir", dirs["state"], "-v")
     assert p.returncode == 0, p.stderr
@@ -58,7 +57,6 @@ def test_start_status_stop(dirs, profile_file):
     assert "cannot reach the service" in one_error_line(p)
 
 
-@needs_parser
 def test_start_with_relative_paths(dirs, profile_file, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     p = cli("start", "--profile", os.path.basename(profile_file), "--control", "ctl/control.sock",
@@ -68,7 +66,6 @@ def test_start_with_relative_paths(dirs, profile_file, workdir, monkeypatch):
     assert cli("stop", "--control", "ctl/control.sock", "--state-dir", "state").returncode == 0
 
 
-@needs_parser
 def test_detached_service_stops_on_sigterm(dirs, profile_file):
     assert cli("start", "--profile", profile_file, "--control", dirs["control"],
                "--state-dir", dirs["state"]).returncode == 0

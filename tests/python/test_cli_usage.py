@@ -96,8 +96,8 @@ def test_run_with_a_missing_profile_file_fails_with_one_line(workdir):
     p = cli("run", "--profile", missing, "--control", os.path.join(workdir, "c.sock"),
             "--state-dir", os.path.join(workdir, "st"))
     assert p.returncode == 1
-    line = one_error_line(p)
-    assert line.startswith("m2mvpn: cannot load profile %s: " % missing)
+    assert one_error_line(p) == ("m2mvpn: cannot load profile %s: cannot read %s: No such file or directory"
+                                 % (missing, missing))
     assert not os.path.exists(os.path.join(workdir, "c.sock"))
 
 
@@ -115,7 +115,8 @@ def test_start_with_an_invalid_profile_reports_the_reason(workdir):
     p = cli("start", "--profile", bad, "--control", os.path.join(workdir, "c.sock"),
             "--state-dir", os.path.join(workdir, "st"))
     assert p.returncode == 1
-    assert one_error_line(p).startswith("m2mvpn: cannot load profile %s: " % bad)
+    # Where in the file the JSON ends too early.
+    assert one_error_line(p) == "m2mvpn: cannot load profile %s: line 1, column 24: unexpected end of input" % bad
     assert not os.path.exists(os.path.join(workdir, "st", "m2mvpn.pid"))
 
 
@@ -135,6 +136,88 @@ def test_socket_folder_writable_by_others_is_refused(workdir, profile_file):
             "--state-dir", os.path.join(workdir, "st"))
     assert p.returncode == 1
     assert "writable by other users" in one_error_line(p)
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o1770, 0o720], ids=["1777", "1770", "0720"])
+def test_socket_folder_writable_by_others_is_refused_even_sticky(workdir, profile_file, mode):
+    """Sticky or not: others could still take the socket's name first."""
+    open_dir = os.path.join(workdir, "open")
+    os.mkdir(open_dir)
+    os.chmod(open_dir, mode)
+    p = cli("run", "--profile", profile_file, "--control", os.path.join(open_dir, "c.sock"),
+            "--state-dir", os.path.join(workdir, "st"))
+    assert p.returncode == 1
+    assert one_error_line(p) == ("m2mvpn: folder %s is writable by other users: refusing to put "
+                                 "the service's files there" % open_dir)
+    assert not os.path.exists(os.path.join(open_dir, "c.sock"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+@pytest.mark.parametrize("which", ["control", "state"])
+def test_folder_of_another_user_is_refused(workdir, profile_file, which):
+    theirs = os.path.join(workdir, "theirs")
+    os.mkdir(theirs, 0o755)
+    os.chown(theirs, 65534, 65534)
+    control = os.path.join(theirs if which == "control" else workdir, "c.sock")
+    state = theirs if which == "state" else os.path.join(workdir, "st")
+    p = cli("run", "--profile", profile_file, "--control", control, "--state-dir", state)
+    assert p.returncode == 1
+    assert one_error_line(p) == ("m2mvpn: folder %s belongs to another user (uid 65534): refusing to "
+                                 "put the service's files there" % theirs)
+
+
+# A stand-in service: binds the control socket, drops to `uid`, then
+# listens (SO_PEERCRED names whoever called listen()), records every byte it
+# receives and answers every request with "ok".
+_FAKE_SERVICE = """
+import os, socket, sys
+path, record, uid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rec = open(record, "ab", buffering=0)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+if uid:
+    os.setgid(uid); os.setuid(uid)
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(2)
+    try:
+        data = c.recv(4096)
+        rec.write(data)
+        c.sendall(b'{"ok": true, "status": {"state": "idle"}}\\n')
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a stand-in service as another user")
+@pytest.mark.parametrize("argv,stdin", [(["status"], None), (["login", "--user", "u"], "secret-pass\n")])
+@pytest.mark.parametrize("uid", [65534, 0])
+def test_client_talks_only_to_a_service_of_root_or_its_own_user(workdir, argv, stdin, uid):
+    ctl = os.path.join(workdir, "ctl")
+    os.mkdir(ctl, 0o700)
+    sock, record = os.path.join(ctl, "control.sock"), os.path.join(workdir, "received")
+    fake = subprocess.Popen(["/usr/bin/python3", "-c", _FAKE_SERVICE, sock, record, str(uid)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout.readline().strip() == "ready"
+        p = cli(*argv, "--control", sock, stdin=stdin)
+        with open(record, "rb") as f:
+            received = f.read()
+    finally:
+        fake.kill()
+        fake.wait()
+    if uid == 0:
+        # The same stand-in as root is served: the test can see a request.
+        assert p.returncode == 0, p.stderr
+        assert received.startswith(argv[0].encode())
+    else:
+        assert p.returncode == 3
+        assert one_error_line(p) == ("m2mvpn: the service at %s runs as uid 65534, neither root nor "
+                                     "our uid 0: not talking to it" % sock)
+        assert received == b""  # nothing, above all no password, went to it
 
 
 def _run_on_a_terminal(argv, typed, timeout=10):

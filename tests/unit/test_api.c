@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,6 +281,84 @@ START_TEST(status_json_has_state)
 }
 END_TEST
 
+/* A PSK shorter than 20 characters loads (gateways' keys keep working) but is
+ * warned about in the log and the status, by its length class, never its
+ * value; 20 characters are fine. */
+typedef struct log_capture {
+    char text[4096];
+    size_t used;
+} log_capture;
+
+static void capture_log(m2mvpn *h, int level, const char *sub, const char *msg, void *ud)
+{
+    (void)h;
+    log_capture *c = ud;
+    if (level <= M2MVPN_LOG_WARNING && c->used < sizeof(c->text))
+        c->used += (size_t)snprintf(c->text + c->used, sizeof(c->text) - c->used, "%s: %s\n", sub, msg);
+}
+
+static char *psk_profile_json(const char *name, const char *psk)
+{
+    static char buf[512];
+    snprintf(buf, sizeof(buf),
+             "{\"version\": 1, \"name\": \"%s\", \"mode\": \"manual\","
+             " \"gateways\": [{\"host\": \"198.51.100.1\"}], \"local_id\": \"a\", \"remote_id\": \"gw\","
+             " \"auth\": {\"method\": \"psk\", \"psk\": \"%s\"}, \"tunnel\": {\"kill_switch\": false}}",
+             name, psk);
+    return buf;
+}
+
+#define PSK_WARNING "auth.psk has fewer than 20 characters: a man in the middle can guess a weak pre-shared key offline"
+
+START_TEST(short_psk_is_warned_in_status_and_log)
+{
+    m2mvpn *h = new_handle();
+    log_capture logs = { .used = 0 };
+    ck_assert_int_eq(m2mvpn_set_log(h, capture_log, M2MVPN_LOG_WARNING, &logs), 0);
+    const char *weak = "Weak-PSK-19-chars-x", *good = "Good-PSK-20-chars-xy";
+    ck_assert_uint_eq(strlen(weak), 19);
+    ck_assert_uint_eq(strlen(good), 20);
+    char *js = psk_profile_json("weak", weak);
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, js, strlen(js)), 0);
+    process_all(h);
+
+    char *status = NULL;
+    ck_assert_int_eq(m2mvpn_status_json(h, &status), 0);
+    ck_assert_msg(strstr(status, "\"warnings\":[\"" PSK_WARNING) != NULL, "%s", status);
+    ck_assert_ptr_null(strstr(status, weak));
+    m2mvpn_string_free(status);
+    m2mvpn_status st = { .struct_size = sizeof(st) };
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_ptr_nonnull(strstr(st.warnings, PSK_WARNING));
+    ck_assert_ptr_null(strstr(st.warnings, weak));
+    ck_assert_msg(strstr(logs.text, "conn: profile weak: " PSK_WARNING) != NULL, "log: %s", logs.text);
+    ck_assert_ptr_null(strstr(logs.text, weak));
+
+    /* An older caller's struct ends before `warnings`: nothing written there. */
+    memset(&st, 'X', sizeof(st));
+    st.struct_size = offsetof(m2mvpn_status, warnings);
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_int_eq(st.warnings[0], 'X');
+
+    /* 20 characters: no warning, in the status or the log. */
+    js = psk_profile_json("good", good);
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, js, strlen(js)), 0);
+    logs.used = 0;
+    logs.text[0] = '\0';
+    ck_assert_int_eq(m2mvpn_profile_switch(h, "good"), 0);
+    process_all(h);
+    ck_assert_int_eq(m2mvpn_status_json(h, &status), 0);
+    ck_assert_msg(strstr(status, "\"warnings\":[]") != NULL, "%s", status);
+    m2mvpn_string_free(status);
+    st = (m2mvpn_status){ .struct_size = sizeof(st) };
+    ck_assert_int_eq(m2mvpn_get_status(h, &st), 0);
+    ck_assert_str_eq(st.profile, "good");
+    ck_assert_str_eq(st.warnings, "");
+    ck_assert_ptr_null(strstr(logs.text, "auth.psk"));
+    m2mvpn_free(h);
+}
+END_TEST
+
 /* EAP credentials are accepted (queued for the engine), also before any
  * profile is loaded; bad arguments are refused with the reason. */
 START_TEST(credentials_are_queued)
@@ -343,12 +422,14 @@ START_TEST(commands_from_four_threads_all_arrive)
 }
 END_TEST
 
+/* Written by the callback on the engine thread, polled by the test's thread:
+ * atomics, so the polling is not a data race (TSan). */
 typedef struct {
-    int lines;
-    int stop_rc;
-    int switch_rc;
-    int process_rc;
-    int seen;
+    atomic_int lines;
+    atomic_int stop_rc;
+    atomic_int switch_rc;
+    atomic_int process_rc;
+    atomic_int seen;
 } cb_state;
 
 /* Log hook that acts like an application callback on the engine thread. */
@@ -462,6 +543,7 @@ static Suite *api_suite(void)
     tcase_add_test(v, profiles_load_and_switch);
     tcase_add_test(v, profiles_unload);
     tcase_add_test(v, status_json_has_state);
+    tcase_add_test(v, short_psk_is_warned_in_status_and_log);
     tcase_add_test(v, credentials_are_queued);
     suite_add_tcase(s, v);
     TCase *g = tcase_create("engine");

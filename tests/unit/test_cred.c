@@ -761,27 +761,36 @@ START_TEST(choose_auth_method)
     pki_auth_method m;
     pki_sig_scheme s;
     const uint16_t all[] = { 1, 2, 3, 4 }, only384[] = { 3 }, sha1[] = { 1 };
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, NULL, 0, false, &m, &s), 0);
+    /* RSA without a common SHA-2 hash would mean SHA-1 (method 1): refused
+     * unless allowed (ike.allow_sha1_signatures), with or without a notify. */
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, NULL, 0, false, false, &m, &s), M2MVPN_E_NOTSUPP);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, sha1, 1, true, false, &m, &s), M2MVPN_E_NOTSUPP);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, NULL, 0, false, true, &m, &s), 0);
     ck_assert(m == PKI_AUTH_RSA_SIG && s == PKI_SIG_RSA_PKCS1_SHA1);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P384, NULL, 0, false, &m, &s), 0);
-    ck_assert(m == PKI_AUTH_ECDSA_SHA384_P384 && s == PKI_SIG_ECDSA_SHA384);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P521, sha1, 1, false, &m, &s), 0);
-    ck_assert(m == PKI_AUTH_ECDSA_SHA512_P521 && s == PKI_SIG_ECDSA_SHA512);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, all, 4, false, &m, &s), 0);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, sha1, 1, false, true, &m, &s), 0);
+    ck_assert(m == PKI_AUTH_RSA_SIG && s == PKI_SIG_RSA_PKCS1_SHA1);
+    /* Allowing SHA-1 never takes it when the peer offers SHA-2. */
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, all, 4, false, true, &m, &s), 0);
     ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_RSA_PKCS1_SHA256);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, all, 4, true, &m, &s), 0);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P384, NULL, 0, false, false, &m, &s), 0);
+    ck_assert(m == PKI_AUTH_ECDSA_SHA384_P384 && s == PKI_SIG_ECDSA_SHA384);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P521, sha1, 1, false, false, &m, &s), 0);
+    ck_assert(m == PKI_AUTH_ECDSA_SHA512_P521 && s == PKI_SIG_ECDSA_SHA512);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, all, 4, false, false, &m, &s), 0);
+    ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_RSA_PKCS1_SHA256);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, all, 4, true, false, &m, &s), 0);
     ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_RSA_PSS_SHA256);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, only384, 1, true, &m, &s), 0);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_RSA, only384, 1, true, false, &m, &s), 0);
     ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_RSA_PSS_SHA384);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P384, all, 4, false, &m, &s), 0);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P384, all, 4, false, false, &m, &s), 0);
     ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_ECDSA_SHA384);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P256, only384, 1, false, &m, &s), 0);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_EC_P256, only384, 1, false, false, &m, &s), 0);
     ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_ECDSA_SHA384);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_UNKNOWN, all, 4, false, &m, &s), M2MVPN_E_NOTSUPP);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_UNKNOWN, all, 4, false, false, &m, &s), M2MVPN_E_NOTSUPP);
     /* Ed25519 (RFC 8420): only when the peer announced Identity (5). */
     const uint16_t with_identity[] = { 2, 5 };
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_ED25519, all, 4, false, &m, &s), M2MVPN_E_NOTSUPP);
-    ck_assert_int_eq(pki_choose_auth(PKI_KEY_ED25519, with_identity, 2, false, &m, &s), 0);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_ED25519, all, 4, false, false, &m, &s), M2MVPN_E_NOTSUPP);
+    ck_assert_int_eq(pki_choose_auth(PKI_KEY_ED25519, with_identity, 2, false, false, &m, &s), 0);
     ck_assert(m == PKI_AUTH_DIGITAL_SIGNATURE && s == PKI_SIG_ED25519);
     const uint16_t *ours;
     ck_assert_uint_eq(pki_hash_algs_supported(&ours), 4);

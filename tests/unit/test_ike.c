@@ -1324,9 +1324,23 @@ START_TEST(test_frag_inconsistent)
     ike_diag d;
 
     ck_assert_int_eq(add_frag(&r, &big, 0, &c, &ch, &d), 0);
-    /* Another message ID while reassembling. */
-    ck_assert_int_eq(add_frag(&r, &other, 1, &c, &ch, &d), M2MVPN_E_PROTOCOL);
+    /* Forged fragments of another message (another ID; the same ID in
+     * another exchange or direction) fail their ICV and change nothing. */
+    uint8_t *o = other.buf + other.span[1].off;
+    o[other.span[1].len - 1] ^= 0xff;
+    ck_assert_int_eq(add_frag(&r, &other, 1, &c, &ch, &d), M2MVPN_E_CRYPTO);
+    o[other.span[1].len - 1] ^= 0xff;
+    uint8_t *hd = big.buf + big.span[1].off;
+    hd[18] = IKE_EXCH_INFORMATIONAL;
+    ck_assert_int_eq(add_frag(&r, &big, 1, &c, &ch, &d), M2MVPN_E_CRYPTO);
+    hd[18] = IKE_EXCH_IKE_AUTH;
+    hd[19] ^= IKE_FLAG_RESPONSE;
+    ck_assert_int_eq(add_frag(&r, &big, 1, &c, &ch, &d), M2MVPN_E_CRYPTO);
+    hd[19] ^= IKE_FLAG_RESPONSE;
+    ck_assert(r.active);
+    ck_assert_uint_eq(r.message_id, 5);
     ck_assert_uint_eq(r.received, 1);
+    ck_assert_ptr_nonnull(r.frag[0]);
     /* A forged fragment (ICV broken) is rejected and stores nothing. */
     uint8_t *p = big.buf + big.span[1].off;
     p[big.span[1].len - 1] ^= 0xff;
@@ -1345,6 +1359,19 @@ START_TEST(test_frag_inconsistent)
     int rc = 0;
     for (size_t i = 0; i < small.n; i++)
         rc = add_frag(&r, &small, i, &c, &ch, &d);
+    ck_assert_int_eq(rc, 1);
+    check_big_inner(&ch, &r, inner, inner_len);
+    ike_frag_reasm_reset(&r);
+
+    /* An authentic fragment of another message replaces the one being
+     * reassembled (the peer moved on), and that message completes. */
+    ck_assert_int_eq(add_frag(&r, &big, 0, &c, &ch, &d), 0);
+    ck_assert_int_eq(add_frag(&r, &other, 1, &c, &ch, &d), 0);
+    ck_assert_uint_eq(r.message_id, 6);
+    ck_assert_uint_eq(r.received, 1);
+    rc = 0;
+    for (size_t i = 0; i < other.n; i++)
+        rc = add_frag(&r, &other, i, &c, &ch, &d);
     ck_assert_int_eq(rc, 1);
     check_big_inner(&ch, &r, inner, inner_len);
     ike_frag_reasm_reset(&r);

@@ -73,6 +73,7 @@ typedef struct harness {
     int gw_cert_len;
     unsigned n_established, n_down;
     int down_err;
+    ike_fault down_fault;
     char down_detail[512];
     /* the gateway's MSCHAPv2 server side */
     uint8_t auth_challenge[16];
@@ -94,11 +95,12 @@ static void hook_established(void *arg, const ike_child_result *child)
     ((harness *)arg)->n_established++;
 }
 
-static void hook_down(void *arg, int err, const char *detail)
+static void hook_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     harness *h = arg;
     h->n_down++;
     h->down_err = err;
+    h->down_fault = fault;
     snprintf(h->down_detail, sizeof(h->down_detail), "%s", detail ? detail : "");
 }
 
@@ -215,6 +217,11 @@ static void assert_down(int err, const char *detail_part)
     ck_assert_msg(T->down_err == err, "on_down(%s) (\"%s\"), expected %s", m2mvpn_error_name(T->down_err),
                   T->down_detail, m2mvpn_error_name(err));
     ck_assert_msg(strstr(T->down_detail, detail_part), "detail \"%s\" lacks \"%s\"", T->down_detail, detail_part);
+    /* Refused credentials are ours to fix (the supervisor must not retry
+     * them); what the gateway sent wrong is its fault (retried). */
+    ike_fault want = err == M2MVPN_E_AUTH_PEER || err == M2MVPN_E_PROTOCOL ? IKE_FAULT_PEER : IKE_FAULT_LOCAL;
+    ck_assert_msg(T->down_fault == want, "on_down fault %s, expected %s (\"%s\")", ike_fault_name(T->down_fault),
+                  ike_fault_name(want), T->down_detail);
     ck_assert_ptr_null(strstr(T->down_detail, PASSWORD));
     ck_assert_uint_eq(T->n_established, 0);
 }

@@ -18,10 +18,16 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <m2mvpn/m2mvpn.h>
 
 #include "core/log.h"
+#include "cred/cred.h"
 #include "core/loop.h"
 #include "ike/ike.h"
 #include "ike/sa_internal.h" /* IKE_INIT_ERROR_GRACE_MS */
@@ -67,6 +73,7 @@ typedef struct harness {
     fake_gw gw;
     unsigned n_established, n_down;
     int down_err;
+    ike_fault down_fault;
     char down_detail[512];
     ike_child_result child;
     uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
@@ -91,11 +98,12 @@ static void hook_established(void *arg, const ike_child_result *child)
     h->child.keymat = h->keymat;
 }
 
-static void hook_down(void *arg, int err, const char *detail)
+static void hook_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     harness *h = arg;
     h->n_down++;
     h->down_err = err;
+    h->down_fault = fault;
     snprintf(h->down_detail, sizeof(h->down_detail), "%s", detail ? detail : "");
 }
 
@@ -307,6 +315,11 @@ START_TEST(test_psk_happy_path)
     ck_assert_mem_eq(c->dns[1], ((uint8_t[]){ 198, 18, 1, 53 }), 4);
     ck_assert_uint_eq(c->n_remote_ts, 1);
     ck_assert_uint_eq(c->remote_ts[0].prefix_len, 0);
+    /* TSi as granted (the datapath's inbound destination filter): the VIP. */
+    ck_assert_uint_eq(c->n_local_ts, 1);
+    ck_assert_int_eq(c->local_ts[0].family, AF_INET);
+    ck_assert_uint_eq(c->local_ts[0].prefix_len, 32);
+    ck_assert_mem_eq(c->local_ts[0].addr, ((uint8_t[]){ 198, 18, 0, 7 }), 4);
     /* KEYMAT (§2.17): AES-256-GCM, 32 key + 4 salt bytes each way, as the gateway derives it. */
     uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
     size_t want_len = fg_child_keymat(&T->gw, want, sizeof(want));
@@ -682,6 +695,357 @@ START_TEST(test_forged_init_error_then_real_answer)
 }
 END_TEST
 
+/* ------------------------------- 7b. forged IKE_SA_INIT answers (issue 8) */
+
+/*
+ * Anyone who sees our IKE_SA_INIT request (SPIi and message ID travel in the
+ * clear) can answer it first. Nothing in the answer is authenticated, so a
+ * malformed or unacceptable one must neither end the attempt nor be kept:
+ * the real answer that follows is accepted. Each case is one forgery.
+ */
+typedef struct forged_tr {
+    uint8_t type;
+    uint16_t id;
+    uint8_t attrs[8];       /* raw attributes */
+    size_t attrs_len;
+} forged_tr;
+
+#define KL(bits) { 0x80, 14, (uint8_t)((bits) >> 8), (uint8_t)(bits) }, 4 /* TV Key Length */
+
+typedef struct forgery {
+    const char *name;
+    const char *offer;      /* our IKE proposal, NULL: the profile's */
+    uint8_t number;         /* proposal number; 0: 1 */
+    forged_tr tr[6];
+    size_t n_tr;
+    bool truncate_sa;       /* SA payload cut inside its last transform */
+    bool no_ke;
+    bool zero_ke;           /* an X25519 public value of all zeros */
+    bool no_natd;
+    const char *why;        /* in the detail when no valid answer follows */
+    bool hash_identity;     /* SIGNATURE_HASH_ALGORITHMS with Identity (RFC 8420) */
+} forgery;
+
+#define GCM256 { IKE_TT_ENCR, ENCR_AES_GCM_16, KL(256) }
+#define P384 { IKE_TT_PRF, PRF_HMAC_SHA2_384, { 0 }, 0 }
+#define X25519 { IKE_TT_KE, KE_X25519, { 0 }, 0 }
+
+static const forgery forgeries[] = {
+    { "chacha20 key length 128", "chacha20poly1305-prfsha384-x25519", 0,
+      { { IKE_TT_ENCR, ENCR_CHACHA20_POLY1305, KL(128) }, P384, X25519 }, 3,
+      false, false, false, false, "did not offer", false },
+    { "aes-gcm key length 128 (256 offered)", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, KL(128) }, P384, X25519 }, 3, false, false, false, false,
+      "did not offer", false },
+    { "aes-gcm without key length", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0 }, 0 }, P384, X25519 }, 3, false, false, false, false,
+      "did not offer", false },
+    { "unknown attribute", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0x80, 14, 1, 0, 0x80, 99, 0, 1 }, 8 }, P384, X25519 }, 3,
+      false, false, false, false, "unknown attribute", false },
+    { "key length twice", NULL, 0,
+      { { IKE_TT_ENCR, ENCR_AES_GCM_16, { 0x80, 14, 1, 0, 0x80, 14, 1, 0 }, 8 }, P384, X25519 }, 3,
+      false, false, false, false, "unknown attribute", false },
+    { "prf not offered", NULL, 0,
+      { GCM256, { IKE_TT_PRF, PRF_HMAC_SHA2_256, { 0 }, 0 }, X25519 }, 3, false, false, false, false,
+      "did not offer", false },
+    { "esn in an IKE proposal", NULL, 0,
+      { GCM256, P384, X25519, { IKE_TT_ESN, 0, { 0 }, 0 } }, 4, false, false, false, false,
+      "did not offer", false },
+    { "two encryption transforms", NULL, 0,
+      { GCM256, GCM256, P384, X25519 }, 4, false, false, false, false, "more than one", false },
+    { "proposal number we did not send", NULL, 2,
+      { GCM256, P384, X25519 }, 3, false, false, false, false, "did not offer", false },
+    { "truncated SA payload", NULL, 0,
+      { GCM256, P384, X25519 }, 3, true, false, false, false, "malformed", false },
+    { "no KE payload", NULL, 0,
+      { GCM256, P384, X25519 }, 3, false, true, false, false, "lacks SA, KE", false },
+    { "invalid key exchange value", NULL, 0,
+      { GCM256, P384, X25519 }, 3, false, false, true, false, "invalid key exchange value", false },
+    { "no NAT detection", NULL, 0,
+      { GCM256, P384, X25519 }, 3, false, false, false, true, "NAT traversal", false },
+};
+
+/* Replace the profile's IKE proposal (the SA borrows the profile). */
+static void offer_ike(const char *s)
+{
+    char err[128];
+    proposal *p = &T->set->items[0].ike.proposals[0];
+    ck_assert_msg(proposal_parse(s, PROPOSAL_IKE, p, err, sizeof(err)) == 0, "%s", err);
+    T->set->items[0].ike.n_proposals = 1;
+}
+
+/* The forger's answer to our request `req`: its own SPIr and key pair. */
+static void forge_init(const forgery *f, const fg_dgram *req, fg_msg *out)
+{
+    ike_message m;
+    fg_parse(req, &m);
+    uint8_t sa[128];
+    size_t n = 8;
+    for (size_t i = 0; i < f->n_tr; i++) {
+        const forged_tr *t = &f->tr[i];
+        size_t len = 8 + t->attrs_len;
+        sa[n] = i + 1 == f->n_tr ? 0 : 3;
+        sa[n + 1] = 0;
+        buf_store_be16(sa + n + 2, (uint16_t)len);
+        sa[n + 4] = t->type;
+        sa[n + 5] = 0;
+        buf_store_be16(sa + n + 6, t->id);
+        memcpy(sa + n + 8, t->attrs, t->attrs_len);
+        n += len;
+    }
+    sa[0] = 0;
+    sa[1] = 0;
+    buf_store_be16(sa + 2, (uint16_t)n);
+    sa[4] = f->number ? f->number : 1;
+    sa[5] = IKE_PROTO_IKE;
+    sa[6] = 0;
+    sa[7] = (uint8_t)f->n_tr;
+    if (f->truncate_sa) {
+        n -= 2; /* the proposal's length now runs past the payload */
+    }
+
+    ike_header h;
+    memset(&h, 0, sizeof(h));
+    h.spi_i = m.hdr.spi_i;
+    h.spi_r = 0xf0f1f2f3f4f5f6f7ull;
+    h.exchange = IKE_EXCH_IKE_SA_INIT;
+    h.flags = IKE_FLAG_RESPONSE;
+    buf_writer w;
+    buf_writer_init(&w, out->p, sizeof(out->p));
+    ike_chain_writer cw;
+    ike_message_begin(&w, &h, &cw);
+    ike_build_raw(&cw, IKE_PL_SA, false, sa, n);
+    if (!f->no_ke) {
+        crypto_ke *ke = NULL;
+        ck_assert_int_eq(crypto_ke_new(KE_X25519, &ke), 0);
+        uint8_t pub[CRYPTO_MAX_KE_LEN];
+        size_t pub_len = 0;
+        ck_assert_int_eq(crypto_ke_public(ke, pub, sizeof(pub), &pub_len), 0);
+        crypto_ke_free(ke);
+        if (f->zero_ke)
+            memset(pub, 0, pub_len);
+        ike_build_ke(&cw, KE_X25519, pub, pub_len);
+    }
+    uint8_t nonce[32];
+    memset(nonce, 0x77, sizeof(nonce));
+    ike_build_nonce(&cw, nonce, sizeof(nonce));
+    if (!f->no_natd) {
+        uint8_t natd[20];
+        memset(natd, 0x66, sizeof(natd));
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, natd, sizeof(natd));
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, natd, sizeof(natd));
+    }
+    if (f->hash_identity) {
+        uint8_t hashes[4];
+        buf_store_be16(hashes, PKI_HASH_SHA2_256);
+        buf_store_be16(hashes + 2, PKI_HASH_IDENTITY);
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_SIGNATURE_HASH_ALGORITHMS, NULL, 0, hashes, sizeof(hashes));
+    }
+    ck_assert_int_eq(ike_message_end(&cw), 0);
+    out->len = buf_writer_len(&w);
+}
+
+/* The forgery first, the real gateway's answer second: established. */
+START_TEST(test_forged_init_then_real_answer)
+{
+    const forgery *f = &forgeries[_i];
+    if (f->offer)
+        offer_ike(f->offer);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(f, sent(0), m);
+    deliver(m);
+    deliver(m); /* twice: the first bad answer counts, no more */
+    free(m);
+    ck_assert_msg(T->n_down == 0, "%s: on_down(\"%s\")", f->name, T->down_detail);
+    ck_assert_uint_eq(n_sent(), 1); /* nothing kept, no IKE_AUTH with the forger's keys */
+    advance(IKE_INIT_ERROR_GRACE_MS / 2);
+    ck_assert_uint_eq(T->n_down, 0);
+    answer_init();
+    answer_auth(NULL);
+    ck_assert_msg(T->n_established == 1, "%s: not established", f->name);
+    ck_assert_uint_eq(T->n_down, 0);
+    advance(IKE_INIT_ERROR_GRACE_MS); /* the grace timer is gone */
+    ck_assert_uint_eq(T->n_down, 0);
+    if (f->offer) {
+        char ike_alg[96], esp_alg[96];
+        ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
+        ck_assert_str_eq(ike_alg, "chacha20poly1305-prfsha384-x25519");
+    }
+}
+END_TEST
+
+/* The forgery and no valid answer: the attempt fails after the grace period
+ * with the forgery's reason, as the gateway's fault (the supervisor retries). */
+START_TEST(test_forged_init_alone)
+{
+    const forgery *f = &forgeries[_i];
+    if (f->offer)
+        offer_ike(f->offer);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(f, sent(0), m);
+    deliver(m);
+    free(m);
+    wait_out_init_error_grace();
+    ck_assert_uint_eq(T->n_down, 1);
+    ck_assert_msg(T->down_err == M2MVPN_E_PROTOCOL, "%s: on_down(%s, \"%s\")", f->name,
+                  m2mvpn_error_name(T->down_err), T->down_detail);
+    ck_assert_msg(T->down_fault == IKE_FAULT_PEER, "%s: a local fault", f->name);
+    assert_detail_has(f->why);
+    ck_assert_uint_eq(n_sent(), 1);
+    assert_quiet_from_now();
+}
+END_TEST
+
+/* Forged fragments interleaved with the real fragmented IKE_AUTH response:
+ * the same message ID in another exchange (what an injector sees of the
+ * real one), a broken ICV, another message ID. None of them may throw away
+ * the fragments already received. */
+START_TEST(test_forged_fragments_interleaved)
+{
+    start();
+    answer_init();
+    fg_msg *f = malloc(16 * sizeof(*f)), *forged = malloc(3 * sizeof(*forged));
+    size_t n = fg_auth_response_frags(&T->gw, 120, f, 16);
+    ck_assert_uint_ge(n, 3);
+    forged[0] = f[1];
+    forged[0].p[18] = IKE_EXCH_INFORMATIONAL;  /* exchange type, header byte 18 */
+    forged[1] = f[1];
+    forged[1].p[forged[1].len - 1] ^= 0x01;     /* ICV */
+    forged[2] = f[1];
+    forged[2].p[23] ^= 0x07;                    /* message ID (low byte) */
+    for (size_t i = 0; i < n; i++) {
+        deliver(&f[i]);
+        if (i + 1 < n)
+            for (size_t k = 0; k < 3; k++)
+                deliver(&forged[k]);
+    }
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(T->child.spi_out, 0xc1d2e3f4);
+    free(f);
+    free(forged);
+}
+END_TEST
+
+/*
+ * An Ed25519 key signs only with the "Identity" hash the gateway announces
+ * (RFC 8420). A forged answer that leaves SIGNATURE_HASH_ALGORITHMS out is
+ * otherwise valid (the forger has its own key pair), so it is unacceptable
+ * for what it lacks: the real answer that follows is used; alone, it fails
+ * as the gateway's fault (NOTSUPP, retried), not as our key's.
+ */
+typedef struct ed25519_setup {
+    char dir[64], cert[96], key[96];
+    cred_provider *cred;
+} ed25519_setup;
+
+static void write_ed25519_cred(ed25519_setup *e)
+{
+    snprintf(e->dir, sizeof(e->dir), "/tmp/m2mvpn-ike-sa-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(e->dir));
+    snprintf(e->cert, sizeof(e->cert), "%s/cert.pem", e->dir);
+    snprintf(e->key, sizeof(e->key), "%s/key.pem", e->dir);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    X509 *x = X509_new();
+    ck_assert(k && x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_NAME *n = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)OUR_ID, -1, -1, 0);
+    X509_set_issuer_name(x, n);
+    X509_set_pubkey(x, k);
+    ck_assert_int_gt(X509_sign(x, k, NULL), 0);
+    FILE *f = fopen(e->cert, "w");
+    ck_assert_ptr_nonnull(f);
+    PEM_write_X509(f, x);
+    fclose(f);
+    f = fopen(e->key, "w");
+    ck_assert_ptr_nonnull(f);
+    PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    char err[256];
+    ck_assert_msg(cred_file_open(e->cert, e->key, NULL, 0, &e->cred, err, sizeof(err)) == 0, "%s", err);
+}
+
+static void remove_ed25519_cred(ed25519_setup *e)
+{
+    cred_free(e->cred);
+    unlink(e->cert);
+    unlink(e->key);
+    rmdir(e->dir);
+}
+
+/* Replace the harness's SA by one that authenticates with `cred`. */
+static void use_cert_sa(cred_provider *cred)
+{
+    ike_sa_free(T->sa);
+    T->set->items[0].auth = PROFILE_AUTH_CERT;
+    ike_config cfg = { .prof = &T->set->items[0], .cred = cred };
+    set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
+    set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
+    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    char err[256];
+    ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
+}
+
+static const forgery no_hash_notify = {
+    "no SIGNATURE_HASH_ALGORITHMS", NULL, 0, { GCM256, P384, X25519 }, 3,
+    false, false, false, false, "signature hash", false,
+};
+
+START_TEST(test_forged_init_without_hash_notify_ed25519)
+{
+    ed25519_setup e;
+    write_ed25519_cred(&e);
+    use_cert_sa(e.cred);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(&no_hash_notify, sent(0), m);
+    deliver(m);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(n_sent(), 1); /* not taken: no IKE_AUTH */
+    /* A valid answer that announces Identity: taken, IKE_AUTH signed with
+     * Ed25519 (method 14, RFC 7427) goes out. */
+    forgery with_hash = no_hash_notify;
+    with_hash.hash_identity = true;
+    forge_init(&with_hash, sent(0), m);
+    deliver(m);
+    free(m);
+    ck_assert_msg(T->n_down == 0, "on_down(\"%s\")", T->down_detail);
+    ck_assert_uint_eq(n_sent(), 2);
+    ck_assert(sent(1)->natt);
+    advance(IKE_INIT_ERROR_GRACE_MS); /* the grace timer is gone */
+    ck_assert_uint_eq(T->n_down, 0);
+    remove_ed25519_cred(&e);
+}
+END_TEST
+
+START_TEST(test_forged_init_without_hash_notify_alone)
+{
+    ed25519_setup e;
+    write_ed25519_cred(&e);
+    use_cert_sa(e.cred);
+    start();
+    fg_msg *m = malloc(sizeof(*m));
+    forge_init(&no_hash_notify, sent(0), m);
+    deliver(m);
+    free(m);
+    advance(IKE_INIT_ERROR_GRACE_MS);
+    assert_down(M2MVPN_E_NOTSUPP);
+    ck_assert_msg(T->down_fault == IKE_FAULT_PEER, "a local fault: \"%s\"", T->down_detail);
+    assert_detail_has("signature hash");
+    assert_detail_has("ed25519");
+    remove_ed25519_cred(&e);
+}
+END_TEST
+
 /* ------------------------------------------------- 8. authentication */
 
 START_TEST(test_auth_failed_notify)
@@ -759,6 +1123,54 @@ START_TEST(test_ts_unacceptable)
     ck_assert(fg_has_ike_delete(inner));
     ck_assert_int_lt(fg_notify_at(inner, IKE_N_AUTHENTICATION_FAILED, NULL), 0);
     assert_quiet_from_now();
+}
+END_TEST
+
+/* The gateway's selectors may only narrow ours, and each must be a prefix
+ * (the datapath filters inbound packets by prefix, RFC 4301 §5.2): a range
+ * it skipped, or a TSi it did not check, would let the gateway send to
+ * destinations we never offered. Each refused before anything is installed. */
+static void ts_range(ike_ts *t, const char *from, const char *to)
+{
+    memset(t, 0, sizeof(*t));
+    t->type = IKE_TS_IPV4_ADDR_RANGE;
+    t->port_end = 65535;
+    ck_assert_int_eq(inet_pton(AF_INET, from, t->addr_start), 1);
+    ck_assert_int_eq(inet_pton(AF_INET, to, t->addr_end), 1);
+}
+
+START_TEST(test_ts_answers_refused)
+{
+    ike_ts t;
+    fg_auth_opts o = { 0 };
+    const char *want = "not a prefix";
+    int want_err = M2MVPN_E_TS_UNACCEPTABLE;
+    switch (_i) {
+    case 0: /* TSi a range, not a prefix */
+        ts_range(&t, "198.18.0.7", "198.18.0.9");
+        o.tsi = &t;
+        break;
+    case 1: /* TSr a range, not a prefix */
+        ts_range(&t, "198.18.1.0", "198.18.1.2");
+        o.tsr = &t;
+        break;
+    case 2: /* no TSi */
+        o.omit_tsi = true;
+        want = "without a valid TSi";
+        want_err = M2MVPN_E_PROTOCOL;
+        break;
+    case 3: /* without a virtual IP we offer our own address: the VIP/32 the
+             * fake gateway answers with lies outside it */
+        T->set->items[0].tunnel.request_vip = false;
+        want = "outside what we proposed";
+        break;
+    }
+    start();
+    answer_init();
+    answer_auth(&o);
+    assert_down(want_err);
+    assert_detail_has(want);
+    ck_assert_uint_eq(T->n_established, 0);
 }
 END_TEST
 
@@ -988,6 +1400,7 @@ static Suite *ike_sa_suite(void)
         { "critical", test_unsupported_critical_payload },
         { "tampered", test_tampered_response_dropped },
         { "fragments", test_fragmented_auth_response },
+        { "fragments", test_forged_fragments_interleaved },
         { "dpd", test_dpd_answered_then_close },
         { "dpd", test_dpd_unanswered_times_out },
         { "dpd", test_dpd_not_postponed_by_forgery },
@@ -1004,6 +1417,18 @@ static Suite *ike_sa_suite(void)
         }
         tcase_add_test(tc, cases[i].t);
     }
+    TCase *forged = tcase_create("forged_init");
+    tcase_add_checked_fixture(forged, setup, teardown);
+    int n_forgeries = (int)(sizeof(forgeries) / sizeof(forgeries[0]));
+    tcase_add_loop_test(forged, test_forged_init_then_real_answer, 0, n_forgeries);
+    tcase_add_loop_test(forged, test_forged_init_alone, 0, n_forgeries);
+    tcase_add_test(forged, test_forged_init_without_hash_notify_ed25519);
+    tcase_add_test(forged, test_forged_init_without_hash_notify_alone);
+    suite_add_tcase(s, forged);
+    TCase *ts = tcase_create("ts_answers");
+    tcase_add_checked_fixture(ts, setup, teardown);
+    tcase_add_loop_test(ts, test_ts_answers_refused, 0, 4);
+    suite_add_tcase(s, ts);
     return s;
 }
 

@@ -103,6 +103,7 @@ START_TEST(test_minimal_psk_gets_every_default)
     ck_assert_double_eq(p->ike.retransmit_base, 1.8);
     ck_assert_uint_eq(p->ike.retransmit_tries, 5);
     ck_assert(!p->ike.force_encap);
+    ck_assert(!p->ike.allow_sha1_signatures);
 
     ck_assert_uint_eq(p->esp.n_proposals, 1);
     assert_proposal_text(&p->esp.proposals[0], PROPOSAL_ESP, "aes256gcm16-aes128gcm16");
@@ -136,7 +137,8 @@ START_TEST(test_every_field_is_read)
         "'ca':['ca.pem','/abs/ca2.pem'],"
         "'ike':{'proposals':['aes128-sha256-modp2048','chacha20poly1305-prfsha512-x25519'],'lifetime_s':60,"
         "'dpd_s':0,'fragmentation':false,'mobike':false,'nat_keepalive_s':0,'retransmit_timeout_s':0.5,"
-        "'retransmit_base':2,'retransmit_tries':0,'force_encap':true},"
+        "'retransmit_base':2,'retransmit_tries':0,'force_encap':true,"
+        "'allow_sha1_signatures':true},"
         "'esp':{'proposals':['aes256-sha512-ecp384-esn','aes128gcm16'],'lifetime_s':604800,'replay_window':0},"
         "'tunnel':{'request_vip':false,'remote_ts':['198.18.0.0/15','10.1.2.3','2001:db8::/32'],'dns':false,"
         "'kill_switch':false,'tun_name':'vpn_0.a-b','mtu':9000,'on_demand_idle_s':0,"
@@ -173,6 +175,7 @@ START_TEST(test_every_field_is_read)
     ck_assert_double_eq(p->ike.retransmit_base, 2.0);
     ck_assert_uint_eq(p->ike.retransmit_tries, 0);
     ck_assert(p->ike.force_encap);
+    ck_assert(p->ike.allow_sha1_signatures);
 
     ck_assert_uint_eq(p->esp.n_proposals, 2);
     assert_proposal_text(&p->esp.proposals[0], PROPOSAL_ESP, "aes256-sha512-ecp384-esn");
@@ -203,12 +206,12 @@ START_TEST(test_cert_sources)
         "{'name':'b','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
         " 'cert':{'source':'pkcs11','pkcs11_module':'libsofthsm2.so','pkcs11_uri':'pkcs11:token=m2m;object=dev1','pin':'1234'}}},"
         "{'name':'c','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
-        " 'cert':{'source':'tpm','tpm_key':'0x81000001'}}},"
+        " 'cert':{'source':'tpm','file':'dev.pem','tpm_key':'0x81000001'}}},"
         "{'name':'d','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
         " 'cert':{'source':'machine','file':'/var/lib/m2mvpn/machine.pem','key':'machine.bound',"
         "  'bind_sources':['machine-id','mac:eth0','file:/etc/serial']}}},"
         "{'version':1,'name':'e','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
-        " 'cert':{'source':'tpm','tpm_key':'keys/dev.tss2.pem','tpm_tcti':'device:/dev/tpmrm0'}}}]}"),
+        " 'cert':{'source':'tpm','file':'keys/dev.pem','tpm_key':'keys/dev.tss2.pem','tpm_tcti':'device:/dev/tpmrm0'}}}]}"),
         "/base");
     ck_assert_uint_eq(set->n, 5);
     const profile *a = profile_set_find(set, "a");
@@ -228,6 +231,7 @@ START_TEST(test_cert_sources)
     ck_assert_int_eq(c->cert.source, PROFILE_CERT_TPM);
     ck_assert_str_eq(c->cert.tpm_key, "0x81000001");
     ck_assert_ptr_null(c->cert.tpm_tcti);
+    ck_assert_str_eq(c->cert.file, "/base/dev.pem");
 
     const profile *d = profile_set_find(set, "d");
     ck_assert_int_eq(d->cert.source, PROFILE_CERT_MACHINE);

@@ -1,16 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Shared helpers of the binding tests.
 
-Some library features are written in parallel (profile parser, IKE engine).
-Tests that need one are marked xfail(strict=True) while the library answers
-that feature with NOTSUPP; once it lands the mark falls away by itself and the
-test must pass (strict: an unexpected pass is reported as a failure).
+What the build can do comes from the build configuration, never from asking
+the library under test: meson passes its feature words (m2mvpn_features in
+lib/meson.build) as $M2MVPN_FEATURES. A test of a feature the build lacks is
+marked xfail(strict=True) by needs_feature(): it runs, must fail, and turns
+into a failure (XPASS) once the feature works and its word is added.
 """
 import json
+import os
 
 import pytest
-
-import m2mvpn
 
 # A valid version-1 profile (DESIGN.md section 4). Mode "manual": it never
 # connects by itself. The gateway is local (127.0.0.1, an unused port): a
@@ -27,7 +27,6 @@ PROFILE = {
     "tunnel": {"kill_switch": False, "remote_ts": ["198.18.0.0/15"]},
 }
 
-
 def profiles(*names):
     """A {"profiles": [...]} document with one PROFILE copy per name."""
     out = []
@@ -37,35 +36,16 @@ def profiles(*names):
         out.append(p)
     return {"version": 1, "profiles": out}
 
+def _build_features():
+    words = os.environ.get("M2MVPN_FEATURES")
+    if words is None:
+        raise RuntimeError("M2MVPN_FEATURES is not set: run the tests through `meson test` "
+                           "(or set it as tools/tests/meson.build does)")
+    return frozenset(words.split())
 
-def _notsupp(fn):
-    try:
-        fn()
-    except m2mvpn.M2mvpnError as e:
-        return e.code == m2mvpn.ErrorCode.NOTSUPP
-    return False
+BUILD_FEATURES = _build_features()
 
-
-def _probe_parser():
-    with m2mvpn.Client() as c:
-        return not _notsupp(lambda: c.load_profile_json(PROFILE))
-
-
-def _probe_engine():
-    with m2mvpn.Client() as c:
-        try:
-            c.load_profile_json(PROFILE)
-        except m2mvpn.M2mvpnError:
-            return False
-        return not _notsupp(c.connect)
-
-
-PARSER_BUILT = _probe_parser()
-ENGINE_BUILT = PARSER_BUILT and _probe_engine()
-
-needs_parser = pytest.mark.xfail(
-    not PARSER_BUILT, strict=True,
-    reason="profile parser not in this build yet (m2mvpn_profile_load_json returns NOTSUPP)")
-needs_engine = pytest.mark.xfail(
-    not ENGINE_BUILT, strict=True,
-    reason="IKE engine not in this build yet (m2mvpn_connect returns NOTSUPP)")
+def needs_feature(word, what):
+    """Strict expected failure while the build lacks `word` (see above)."""
+    return pytest.mark.xfail(word not in BUILD_FEATURES, strict=True,
+                             reason="%s: not in this build (%r is not in M2MVPN_FEATURES)" % (what, word))

@@ -298,7 +298,7 @@ with m2mvpn.Client(on_event=on_event) as c:
     c.start()
     c.connect()
     finished = done.wait(30)
-    st = c.status()
+    st = c.status_snapshot()
     c.stop()
 print(json.dumps({"finished": finished, "events": events, "credential": st.credential,
                   "cert_subject": st.cert_subject, "cert_not_after": st.cert_not_after}))

@@ -326,9 +326,10 @@ static size_t mschap_packet(uint8_t *b, uint8_t ident, uint8_t op, const void *b
 }
 
 /* The gateway's answer to the request with ID T->msg_id: `first` adds IDr,
- * CERT and the signed AUTH (corrupted on request; none with no_auth). */
+ * CERT and the signed AUTH (corrupted on request; none with no_auth);
+ * auth_failed an AUTHENTICATION_FAILED notify. */
 typedef struct answer {
-    bool first, corrupt_sig, no_auth;
+    bool first, corrupt_sig, no_auth, auth_failed;
     const uint8_t *eap;
     size_t eap_len;
 } answer;
@@ -348,6 +349,8 @@ static void gw_answer(const answer *a)
     }
     if (a->eap)
         ike_build_eap(&c.cw, a->eap, a->eap_len);
+    if (a->auth_failed)
+        ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_AUTHENTICATION_FAILED, NULL, 0, NULL, 0);
     fg_msg *m = malloc(sizeof(*m));
     fg_chain_send(&T->gw, &c, IKE_EXCH_IKE_AUTH, true, T->msg_id, m);
     deliver(m);
@@ -596,6 +599,33 @@ START_TEST(unexpected_method_is_refused)
 }
 END_TEST
 
+/* AUTHENTICATION_FAILED once the gateway has proved itself by its
+ * certificate refuses our credentials: a local cause (the password is not
+ * tried again). Before that anyone could have sent it: the gateway's fault. */
+START_TEST(authentication_failed_after_the_gateway_proved_itself_is_ours)
+{
+    uint8_t resp[512];
+    to_mschap_response(resp, sizeof(resp));
+    size_t sent = T->gw.n_sent;
+    gw_answer(&(answer){ .auth_failed = true });
+    assert_down(M2MVPN_E_AUTH_LOCAL, "AUTHENTICATION_FAILED");
+    ck_assert_uint_eq(T->gw.n_sent, sent);
+    assert_quiet_from_now();
+}
+END_TEST
+
+START_TEST(authentication_failed_before_the_gateway_proved_itself_is_the_gateways)
+{
+    start_to_first_auth();
+    gw_answer(&(answer){ .auth_failed = true });
+    ck_assert_uint_eq(T->n_down, 1);
+    ck_assert_int_eq(T->down_err, M2MVPN_E_AUTH_LOCAL);
+    ck_assert_msg(T->down_fault == IKE_FAULT_PEER, "fault %s: \"%s\"", ike_fault_name(T->down_fault),
+                  T->down_detail);
+    ck_assert_uint_eq(T->n_established, 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("ike_eap_sa");
@@ -609,6 +639,8 @@ static Suite *suite(void)
     tcase_add_test(tc, wrong_authenticator_response_is_refused);
     tcase_add_test(tc, refused_password_ends_it_quietly);
     tcase_add_test(tc, unexpected_method_is_refused);
+    tcase_add_test(tc, authentication_failed_after_the_gateway_proved_itself_is_ours);
+    tcase_add_test(tc, authentication_failed_before_the_gateway_proved_itself_is_the_gateways);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -21,13 +21,14 @@
  *                    external loop), logging, errors, names of errors,
  *                    states and events.
  *                    Appended since the first 1.0 header (no new symbols):
- *                    m2mvpn_status.warnings and the "warnings" array of
- *                    m2mvpn_status_json: settings of the active profile that
- *                    work but weaken it (a PSK shorter than 20 characters).
- *                    Appended to m2mvpn_status (no new symbol): credential_source,
- *                    credential, cert_subject, cert_not_after (hardware
- *                    credentials: token label / TPM key, certificate expiry);
- *                    status JSON: "credential".
+ *                    - m2mvpn_status.warnings and the "warnings" array of
+ *                      m2mvpn_status_json: settings of the active profile
+ *                      that work but weaken it (a PSK shorter than 20
+ *                      characters);
+ *                    - m2mvpn_status.credential_source, credential,
+ *                      cert_subject, cert_not_after (hardware credentials:
+ *                      token label / TPM key, certificate expiry) and the
+ *                      status JSON's "credential".
  *  1.1 (M2MVPN_1.1)  m2mvpn_bind_key (machine-bound certificate keys);
  *                    m2mvpn_set_credentials does EAP (MSCHAPv2, MD5)
  *                    instead of returning NOTSUPP.

@@ -4,7 +4,8 @@
 # machine: the cross toolchains, the library's -dev packages for arm64 and
 # armhf (multiarch: dpkg --add-architecture), and qemu-user to run the unit
 # suites. Then check that each cross compiler links against every library and
-# that qemu runs the result. A missing piece ends the script with one line
+# that qemu runs the result, and the target's Python for the binding tests
+# (see install_python). A missing piece ends the script with one line
 # naming it. Only what is missing is installed; needs root (or sudo).
 #   scripts/deps-cross.sh [TARGET...]          install, then check
 #   scripts/deps-cross.sh --check [TARGET...]  check only
@@ -33,7 +34,7 @@ declare -A qemu=([aarch64]=qemu-aarch64-static [armhf]=qemu-arm-static)
 # and libtss2-dev:arm64/armhf pulls a libcurl that does not co-install.
 dev_pkgs=(libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev check)
 
-pkgs=(meson ninja-build pkg-config qemu-user-static file binutils-multiarch)
+pkgs=(meson ninja-build pkg-config qemu-user-static)
 for t in "${targets[@]}"; do
   [ -n "${arch[$t]:-}" ] || fail "unknown target '$t' (known: aarch64 armhf)"
   pkgs+=("crossbuild-essential-${arch[$t]}")
@@ -118,5 +119,51 @@ C
   echo "deps-cross.sh: $t: $tr-gcc links OpenSSL, json-c, libnl, check; runs under ${qemu[$t]} ($out-bit)"
 }
 
-[ $check_only = yes ] || install_missing
-for t in "${targets[@]}"; do check_target "$t"; done
+# The target's Python, for the binding tests of a cross build (meson test
+# python-bindings runs them with ctypes of the target, under qemu-user):
+# python3:armhf cannot be installed beside the build machine's python3, so
+# the interpreter and its standard library are unpacked into
+# PYROOT/TRIPLET/root, with PYROOT/TRIPLET/bin/python3 running it under
+# qemu-user (named in the cross file). pytest is the build machine's
+# python3-pytest (pure Python, the same 3.11).
+pyroot=/opt/m2mvpn-cross
+install_python() {
+  local t=$1 tr=${triplet[$1]} a=${arch[$1]} dir=$pyroot/${triplet[$1]} tmp d
+  [ -x "$dir/bin/python3" ] && return 0
+  echo "unpacking Python 3.11 for $t into $dir"
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt-get download works as user _apt
+  (cd "$tmp" && apt-get download -qq python3.11-minimal:"$a" libpython3.11-minimal:"$a" \
+      libpython3.11-stdlib:"$a" libffi8:"$a" zlib1g:"$a" libexpat1:"$a" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  $SUDO rm -rf "$dir.new"
+  $SUDO mkdir -p "$dir.new/bin" "$dir.new/root"
+  for d in "$tmp"/*.deb; do $SUDO dpkg-deb -x "$d" "$dir.new/root"; done
+  rm -rf "$tmp"
+  [ -x "$dir.new/root/usr/bin/python3.11" ] || fail "$t: could not unpack python3.11-minimal:$a"
+  # -0: the interpreter sees this script as its argv[0], so sys.executable
+  # runs under qemu-user too.
+  $SUDO tee "$dir.new/bin/python3" >/dev/null <<SH
+#!/bin/sh
+# Python 3.11 for $tr under qemu-user (made by scripts/deps-cross.sh).
+root=$dir/root
+export PYTHONHOME=\$root/usr
+export PYTHONPATH=\${PYTHONPATH:+\$PYTHONPATH:}/usr/lib/python3/dist-packages
+export LD_LIBRARY_PATH=\$root/usr/lib/$tr:\$root/lib/$tr\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}
+exec ${qemu[$t]} -0 "\$0" "\$root/usr/bin/python3.11" "\$@"
+SH
+  $SUDO chmod 755 "$dir.new/bin/python3"
+  $SUDO mv "$dir.new" "$dir"
+}
+
+check_python() {
+  local t=$1 py=$pyroot/${triplet[$1]}/bin/python3 out
+  out=$("$py" -c 'import ctypes, platform, pytest; print(platform.machine(), 8 * ctypes.sizeof(ctypes.c_void_p))' 2>&1) ||
+    fail "$t: the target's Python ($py) does not run or lacks ctypes/pytest: $out"
+  echo "deps-cross.sh: $t: Python 3.11 of the target runs under ${qemu[$t]} ($out)"
+}
+
+if [ $check_only = no ]; then
+  install_missing
+  for t in "${targets[@]}"; do install_python "$t"; done
+fi
+for t in "${targets[@]}"; do check_target "$t"; check_python "$t"; done

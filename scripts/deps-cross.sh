@@ -78,8 +78,14 @@ install_missing() {
     done <<<"$deps"
     mapfile -t pins < <(printf '%s\n' "${pins[@]}" | sort -u)
   done
-  [ ${#pins[@]} -eq 0 ] || echo "versions aligned across architectures: ${pins[*]}"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-remove "${missing[@]}" "${pins[@]}" >/dev/null ||
+  local down=()
+  if [ ${#pins[@]} -gt 0 ]; then
+    # When a foreign index lags behind (a mirror in sync), this may take the
+    # x86-64 package back to the version the other architectures have.
+    echo "versions aligned across architectures: ${pins[*]}"
+    down=(--allow-downgrades)
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-remove "${down[@]}" "${missing[@]}" "${pins[@]}" >/dev/null ||
     fail "apt-get install failed: ${missing[*]}"
 }
 

@@ -18,6 +18,11 @@ cross_targets=(aarch64 armhf)
 declare -A cross_file=([aarch64]=cross/aarch64-linux-gnu.ini [armhf]=cross/arm-linux-gnueabihf.ini)
 
 bash scripts/deps.sh || { echo "dependency installation failed"; exit 1; }
+# The ARM cross builds' packages, before anything is built: aligning a
+# multiarch library's versions may update the x86-64 one. A failure here
+# fails only the cross builds (below).
+cross_deps=ok
+bash scripts/deps-cross.sh "${cross_targets[@]}" || cross_deps=failed
 
 # setup DIR OPTION...: configure DIR (new or existing) with these options.
 setup() {
@@ -85,7 +90,7 @@ fi
 # Cross builds (-Dwerror=true: on armhf that checks the printf formats of
 # 64-bit counters) and their unit, contract and Python tests under qemu-user:
 # the same checks again on 64- and 32-bit ARM, counted as reruns.
-if bash scripts/deps-cross.sh "${cross_targets[@]}"; then
+if [ $cross_deps = ok ]; then
   for t in "${cross_targets[@]}"; do
     if setup "$build-$t" --cross-file "${cross_file[$t]}" -Dwerror=true -Dpkcs11=disabled -Dtpm=disabled; then
       build "$t cross build" "$build-$t"

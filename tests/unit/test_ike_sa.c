@@ -77,6 +77,13 @@ typedef struct harness {
     char down_detail[512];
     ike_child_result child;
     uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
+    /* rekeys reported */
+    unsigned n_rekeyed, n_child_deleted, n_ike_rekeyed;
+    uint32_t rekeyed_old[8];
+    bool rekeyed_out[8];
+    ike_child_result rekeyed[8];
+    uint8_t rekeyed_keymat[8][4 * CRYPTO_MAX_KEY_LEN];
+    uint32_t child_deleted[8];
 } harness;
 
 static harness *T;
@@ -96,6 +103,32 @@ static void hook_established(void *arg, const ike_child_result *child)
     ck_assert_uint_le(child->keymat_len, sizeof(h->keymat));
     memcpy(h->keymat, child->keymat, child->keymat_len); /* wiped after the call */
     h->child.keymat = h->keymat;
+}
+
+static void hook_rekeyed(void *arg, uint32_t old_spi_in, const ike_child_result *child, bool outbound)
+{
+    harness *h = arg;
+    ck_assert_uint_lt(h->n_rekeyed, 8);
+    h->rekeyed_old[h->n_rekeyed] = old_spi_in;
+    h->rekeyed_out[h->n_rekeyed] = outbound;
+    h->rekeyed[h->n_rekeyed] = *child;
+    ck_assert_uint_le(child->keymat_len, sizeof(h->rekeyed_keymat[0]));
+    memcpy(h->rekeyed_keymat[h->n_rekeyed], child->keymat, child->keymat_len);
+    h->rekeyed[h->n_rekeyed].keymat = h->rekeyed_keymat[h->n_rekeyed];
+    h->n_rekeyed++;
+}
+
+static void hook_child_deleted(void *arg, uint32_t spi_in)
+{
+    harness *h = arg;
+    ck_assert_uint_lt(h->n_child_deleted, 8);
+    h->child_deleted[h->n_child_deleted++] = spi_in;
+}
+
+static void hook_ike_rekeyed(void *arg)
+{
+    harness *h = arg;
+    h->n_ike_rekeyed++;
 }
 
 static void hook_down(void *arg, int err, ike_fault fault, const char *detail)
@@ -141,7 +174,9 @@ static void setup(void)
     ike_config cfg = { .prof = &T->set->items[0] };
     set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
-    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down,
+                        .on_child_rekeyed = hook_rekeyed, .on_child_deleted = hook_child_deleted,
+                        .on_ike_rekeyed = hook_ike_rekeyed };
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }
 
@@ -509,8 +544,8 @@ START_TEST(test_gateway_deletes_child)
 }
 END_TEST
 
-/* A CREATE_CHILD_SA from the gateway (rekeying is not implemented): refused
- * with NO_ADDITIONAL_SAS (§1.3), the SA stays. */
+/* A CREATE_CHILD_SA from the gateway that is no rekey (another CHILD SA):
+ * refused with NO_ADDITIONAL_SAS (§1.3), the SA stays. */
 START_TEST(test_gateway_create_child_refused)
 {
     establish();
@@ -990,7 +1025,9 @@ static void use_cert_sa(cred_provider *cred)
     ike_config cfg = { .prof = &T->set->items[0], .cred = cred };
     set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
-    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down,
+                        .on_child_rekeyed = hook_rekeyed, .on_child_deleted = hook_child_deleted,
+                        .on_ike_rekeyed = hook_ike_rekeyed };
     char err[256];
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }

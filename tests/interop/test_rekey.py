@@ -14,6 +14,7 @@ rekeys of each kind; both sides rekeying at the same moment (a collision,
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 
 import pytest
@@ -164,4 +165,108 @@ def test_we_rekey_ike(topology, charons, pki, workdir):
         wait_settled(gw, {child["spi-in"], child["spi-out"]})
         assert netlab.ping(topo.client, PROTECTED, count=2) == 2
     finally:
+        client.stop()
+
+
+# -- two minutes of rekeys by both sides under traffic -----------------------------------
+
+_PACED = r"""
+import hashlib, os, socket, sys, time
+role, addr, port, rate, duration = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+h = hashlib.sha256()
+n = 0
+if role == "listen":
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((addr, port))
+    ls.listen(1)
+    ls.settimeout(30)
+    print("ready", flush=True)
+    s, _ = ls.accept()
+    s.settimeout(60)
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+else:
+    s = socket.create_connection((addr, port), timeout=30)
+    s.settimeout(60)
+    start = time.monotonic()
+    chunk = rate // 20
+    while time.monotonic() - start < duration:
+        data = os.urandom(chunk)
+        h.update(data)
+        s.sendall(data)
+        n += len(data)
+        left = start + n / rate - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+s.close()
+print(n, h.hexdigest(), flush=True)
+"""
+
+
+def rekeys_in_log(client) -> dict[str, int]:
+    log = client.log_path.read_text(errors="replace")
+    return {
+        "child_ours": len(re.findall(r"\] CHILD SA rekeyed: ", log)),
+        "child_gw": len(re.findall(r"\] gateway rekeyed CHILD SA ", log)),
+        "ike_ours": len(re.findall(r"IKE SA rekeyed: .*we initiated", log)),
+        "ike_gw": len(re.findall(r"IKE SA rekeyed: .*the gateway initiated", log)),
+    }
+
+
+def test_two_minutes_of_rekeys_both_ways(topology, charons, pki, workdir):
+    """Our lifetimes: CHILD 30 s (rekey at 24..27 s), IKE 40 s (32..36 s);
+    the gateway rekeys the CHILD SA at 40 and 80 s and the IKE SA at 55 and
+    95 s, in between ours come due: over 120 s of a ping flood (every 10 ms)
+    and a paced TCP stream (checksummed at both ends) both sides rekey both
+    SAs several times, with and without PFS on the gateway's side."""
+    duration = 120
+    topo, gw, client = start(topology, charons, pki, workdir, esp="aes256gcm16-x25519",
+                             gw_esp="aes256gcm16-x25519", esp_lifetime=30, ike_lifetime=40)
+    srv = topo.gateway.popen([netlab.PYTHON, "-c", _PACED, "listen", PROTECTED, "40101", "0", "0"],
+                             stdout=subprocess.PIPE, text=True)
+    flood = None
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        cl = topo.client.popen([netlab.PYTHON, "-c", _PACED, "connect", PROTECTED, "40101",
+                                str(200_000), str(duration - 2)],
+                               stdout=subprocess.PIPE, text=True)
+        flood = netlab.PingFlood(topo.client, PROTECTED, duration_s=duration - 2)
+        plan = [(40, "child"), (55, "ike"), (80, "child"), (95, "ike")]
+        for at, what in plan:
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            if what == "child":
+                gw.rekey(child="net")
+            else:
+                gw.rekey(ike="psk")
+        res = flood.result()
+        sent = cl.communicate(timeout=60)[0].split()
+        got = srv.communicate(timeout=60)[0].split()
+        assert cl.returncode == 0 and srv.returncode == 0
+        assert sent == got, (sent, got)
+        assert int(sent[0]) > 10_000_000
+        counts = rekeys_in_log(client)
+        assert counts["child_ours"] >= 2 and counts["child_gw"] >= 2, counts
+        assert counts["ike_ours"] >= 1 and counts["ike_gw"] >= 2, counts
+        assert res["lost"] == 0, (res, counts)
+        sa, child = wait_settled(gw, set())
+        assert child.get("dh-group") == "CURVE_25519"
+        st = client.status()
+        assert st["state"] == "connected"
+        # The client sends with the SA the gateway has (SPIs as both list them).
+        assert st["child_sa"]["spi_in"] == child["spi-out"], (st["child_sa"], child)
+        assert st["child_sa"]["spi_out"] == child["spi-in"], (st["child_sa"], child)
+        print("rekeys", counts, "ping flood", res)
+    finally:
+        if flood:
+            flood.stop()
+        if srv.poll() is None:
+            srv.kill()
         client.stop()

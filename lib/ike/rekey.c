@@ -493,6 +493,15 @@ static bool choose(const ike_sa_view *v, const proposal *props, size_t n, bool i
                 }
             }
             (void)unknown;
+            /* A key exchange the gateway requires (no NONE offered) must be chosen. */
+            bool needs_ke = false, none_ok = false;
+            for (size_t t = gp->first_transform; t < gp->first_transform + gp->n_transforms; t++)
+                if (v->tr[t].type == IKE_TT_KE) {
+                    needs_ke |= v->tr[t].id != 0;
+                    none_ok |= v->tr[t].id == 0;
+                }
+            if (needs_ke && !none_ok && !ike_sa_choice_has(&c, IKE_TT_KE))
+                continue;
             if (ike_choice_offered(&c, props, n, ike)) {
                 c.number = gp->number;
                 *out = c;

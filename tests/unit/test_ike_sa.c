@@ -1359,6 +1359,379 @@ START_TEST(test_dpd_unanswered_times_out)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------ rekeying */
+
+/* Open a protected datagram whatever the roles (after an IKE SA rekey the
+ * gateway may be the original initiator). */
+static const ike_chain *open_any(const fg_dgram *d, uint8_t exchange, bool response, uint32_t msg_id)
+{
+    ck_assert_int_eq(fg_open(&T->gw, d), 0);
+    const ike_header *h = &T->gw.rq_hdr;
+    ck_assert_uint_eq(h->exchange, exchange);
+    ck_assert_uint_eq(h->message_id, msg_id);
+    ck_assert_uint_eq(!!(h->flags & IKE_FLAG_RESPONSE), response);
+    /* Our messages carry the Initiator flag exactly when we are the original initiator. */
+    ck_assert_uint_eq(!!(h->flags & IKE_FLAG_INITIATOR), !T->gw.initiator);
+    ck_assert_uint_eq(h->spi_i, fg_be64(T->gw.spi_i));
+    ck_assert_uint_eq(h->spi_r, fg_be64(T->gw.spi_r));
+    return &T->gw.rq_inner;
+}
+
+static void use_pfs(void)
+{
+    char err[128];
+    proposal *p = &T->set->items[0].esp.proposals[0]; /* the SA borrows the profile */
+    ck_assert_int_eq(proposal_parse("aes256gcm16-x25519", PROPOSAL_ESP, p, err, sizeof(err)), 0);
+}
+
+static void deliver_chain(fg_chain *c, uint8_t exchange, bool response, uint32_t id)
+{
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain_send(&T->gw, c, exchange, response, id, m);
+    deliver(m);
+    free(m);
+}
+
+/* Our CHILD SA rekey request as the gateway reads it. */
+typedef struct rekey_req {
+    uint32_t old_spi, new_spi;
+    uint8_t ni[IKE_NONCE_MAX];
+    size_t ni_len;
+    bool has_ke;
+    ike_ke ke;
+    uint8_t ke_data[CRYPTO_MAX_KE_LEN];
+} rekey_req;
+
+static void take_child_rekey(const fg_dgram *d, uint32_t msg_id, rekey_req *r)
+{
+    const ike_chain *c = open_any(d, IKE_EXCH_CREATE_CHILD_SA, false, msg_id);
+    ike_notify n;
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_REKEY_SA, &n), 0);
+    ck_assert_uint_eq(n.protocol, IKE_PROTO_ESP);
+    ck_assert_uint_eq(n.spi.len, 4);
+    memset(r, 0, sizeof(*r));
+    r->old_spi = buf_load_be32(n.spi.p);
+    ike_diag diag;
+    const ike_payload *sa = ike_chain_find(c, IKE_PL_SA, NULL);
+    const ike_payload *ni = ike_chain_find(c, IKE_PL_NONCE, NULL);
+    const ike_payload *ke = ike_chain_find(c, IKE_PL_KE, NULL);
+    ck_assert_ptr_nonnull(sa);
+    ck_assert_ptr_nonnull(ni);
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSI, NULL));
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSR, NULL));
+    ike_sa_view *v = malloc(sizeof(*v));
+    ck_assert_int_eq(ike_sa_parse(sa->body, v, &diag), 0);
+    ck_assert_uint_eq(v->prop[0].protocol, IKE_PROTO_ESP);
+    r->new_spi = buf_load_be32(v->prop[0].spi);
+    free(v);
+    buf_reader nb;
+    ck_assert_int_eq(ike_nonce_parse(ni->body, &nb, &diag), 0);
+    memcpy(r->ni, nb.p, nb.len);
+    r->ni_len = nb.len;
+    r->has_ke = ke != NULL;
+    if (ke) {
+        ck_assert_int_eq(ike_ke_parse(ke->body, &r->ke, &diag), 0);
+        memcpy(r->ke_data, r->ke.data.p, r->ke.data.len);
+        r->ke.data.p = r->ke_data;
+    }
+}
+
+/* The gateway answers our CHILD SA rekey: its SPI, nonce nr (32 bytes of
+ * nr_byte), KE when we sent one. Returns the KEYMAT it derived (ours-first). */
+static size_t answer_child_rekey(const rekey_req *r, uint32_t msg_id, uint32_t gw_spi, uint8_t nr_byte,
+                                 uint8_t *keymat, size_t cap)
+{
+    uint8_t nr[32], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0, g_len = 0;
+    memset(nr, nr_byte, sizeof(nr));
+    if (r->has_ke)
+        fg_ke(r->ke.group, &r->ke, pub, &pub_len, g_ir, &g_len);
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_sa_choice ch = fg_esp_choice(1, gw_spi, r->has_ke ? r->ke.group : 0);
+    ike_build_sa_choice(&c.cw, &ch);
+    ike_build_nonce(&c.cw, nr, sizeof(nr));
+    if (r->has_ke)
+        ike_build_ke(&c.cw, r->ke.group, pub, pub_len);
+    fg_build_ts_pair(&T->gw, &c.cw, false);
+    size_t n = fg_rekey_keymat(&T->gw, g_len ? g_ir : NULL, g_len, r->ni, r->ni_len, nr, sizeof(nr), false,
+                               keymat, cap);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, true, msg_id);
+    return n;
+}
+
+/* The Delete(ESP) in an opened message: its single SPI. */
+static uint32_t esp_delete_spi(const ike_chain *c)
+{
+    const ike_payload *pl = ike_chain_find(c, IKE_PL_DELETE, NULL);
+    ck_assert_ptr_nonnull(pl);
+    ike_delete del;
+    ike_diag d;
+    ck_assert_int_eq(ike_delete_parse(pl->body, &del, &d), 0);
+    ck_assert_uint_eq(del.protocol, IKE_PROTO_ESP);
+    ck_assert_uint_eq(del.n_spi, 1);
+    return buf_load_be32(del.spis.p);
+}
+
+static void gw_deletes_esp(uint32_t gw_spi, uint32_t msg_id)
+{
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, gw_spi);
+    ike_build_delete(&c.cw, IKE_PROTO_ESP, 4, spi, 1);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, false, msg_id);
+}
+
+/* We rekey the CHILD SA (with or without PFS, §1.3.3): the new SA is
+ * reported with keys the gateway derives alike and sends at once; the old
+ * one is deleted, and leaves the datapath a grace period after the Delete. */
+static void our_child_rekey(bool pfs)
+{
+    if (pfs)
+        use_pfs();
+    establish();
+    uint32_t old_in = T->child.spi_in, old_out = T->child.spi_out;
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_out), M2MVPN_E_STATE); /* not ours: refused */
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0);
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0); /* under way: nothing more */
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    rekey_req r;
+    take_child_rekey(sent(n0), 2, &r);
+    ck_assert_uint_eq(r.old_spi, old_in);
+    ck_assert_uint_ne(r.new_spi, old_in);
+    ck_assert(r.has_ke == pfs);
+    if (pfs)
+        ck_assert_uint_eq(r.ke.group, KE_X25519);
+    uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
+    size_t wl = answer_child_rekey(&r, 2, 0x5a5a0001, 0x77, want, sizeof(want));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->rekeyed_old[0], old_in);
+    ck_assert(T->rekeyed_out[0]); /* we initiated: it sends at once */
+    ck_assert_uint_eq(T->rekeyed[0].spi_in, r.new_spi);
+    ck_assert_uint_eq(T->rekeyed[0].spi_out, 0x5a5a0001);
+    ck_assert_uint_eq(T->rekeyed[0].keymat_len, wl);
+    ck_assert_mem_eq(T->rekeyed[0].keymat, want, wl);
+    uint8_t first[4 * CRYPTO_MAX_KEY_LEN];
+    ck_assert_uint_eq(fg_child_keymat(&T->gw, first, sizeof(first)), wl);
+    ck_assert(memcmp(first, want, wl) != 0); /* new keys (§2.17: new nonces) */
+    /* The old SA is deleted (INFORMATIONAL, message 3). */
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(esp_delete_spi(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)), old_in);
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, old_out);
+    ike_build_delete(&c.cw, IKE_PROTO_ESP, 4, spi, 1);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, true, 3);
+    ck_assert_uint_eq(T->n_child_deleted, 0); /* packets in flight still arrive */
+    advance(1000);
+    ck_assert_uint_eq(T->n_child_deleted, 1);
+    ck_assert_uint_eq(T->child_deleted[0], old_in);
+    /* The new SA is the current one: its rekey works, the old one's is refused. */
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), M2MVPN_E_STATE);
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, r.new_spi), 0);
+    take_child_rekey(fg_last(&T->gw), 4, &r);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+
+START_TEST(test_rekey_child_ours)
+{
+    our_child_rekey(false);
+}
+END_TEST
+
+START_TEST(test_rekey_child_ours_pfs)
+{
+    our_child_rekey(true);
+}
+END_TEST
+
+/* The gateway's CHILD SA rekey request (with PFS: KEi); returns its nonce. */
+static void gw_child_rekey_request(uint32_t msg_id, uint32_t rekeyed_gw_spi, uint32_t new_gw_spi, uint8_t ni_byte,
+                                   uint8_t *pub, size_t *pub_len, uint8_t *ni)
+{
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, rekeyed_gw_spi);
+    ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+    ike_sa_choice ch = fg_esp_choice(1, new_gw_spi, KE_X25519);
+    ike_build_sa_choice(&c.cw, &ch); /* one proposal: as an offer too */
+    memset(ni, ni_byte, 32);
+    ike_build_nonce(&c.cw, ni, 32);
+    fg_ke(KE_X25519, NULL, pub, pub_len, NULL, NULL);
+    ike_build_ke(&c.cw, KE_X25519, pub, *pub_len);
+    fg_build_ts_pair(&T->gw, &c.cw, true);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, msg_id);
+}
+
+/* Our answer to the gateway's CHILD SA rekey: checks it and returns our new
+ * SPI and the KEYMAT the gateway derives (ours-first). */
+static uint32_t take_child_rekey_answer(const fg_dgram *d, uint32_t msg_id, const uint8_t *ni, uint8_t *keymat,
+                                        size_t cap, size_t *kl, uint8_t *nr_out)
+{
+    const ike_chain *c = open_any(d, IKE_EXCH_CREATE_CHILD_SA, true, msg_id);
+    ike_diag diag;
+    ike_sa_choice ch;
+    const ike_payload *sa = ike_chain_find(c, IKE_PL_SA, NULL);
+    const ike_payload *nr = ike_chain_find(c, IKE_PL_NONCE, NULL);
+    const ike_payload *ke = ike_chain_find(c, IKE_PL_KE, NULL);
+    ck_assert_ptr_nonnull(sa);
+    ck_assert_ptr_nonnull(nr);
+    ck_assert_ptr_nonnull(ke);
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSI, NULL));
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSR, NULL));
+    ck_assert_int_eq(ike_sa_parse_choice(sa->body, &ch, &diag), 0);
+    ck_assert_uint_eq(ch.id[IKE_TT_KE], KE_X25519);
+    ck_assert_uint_eq(ch.id[IKE_TT_ENCR], ENCR_AES_GCM_16);
+    buf_reader nb;
+    ike_ke kr;
+    ck_assert_int_eq(ike_nonce_parse(nr->body, &nb, &diag), 0);
+    ck_assert_int_eq(ike_ke_parse(ke->body, &kr, &diag), 0);
+    if (nr_out)
+        memcpy(nr_out, nb.p, 32);
+    (void)keymat;
+    (void)cap;
+    (void)kl;
+    (void)ni;
+    return buf_load_be32(ch.spi);
+}
+
+/* The gateway rekeys the CHILD SA (§1.3.3, with PFS): the new SA is
+ * installed inbound only before the answer leaves, sends once the gateway
+ * deleted the old one; the gateway's Delete is answered with our half. */
+START_TEST(test_rekey_child_by_gateway)
+{
+    use_pfs();
+    establish();
+    uint32_t old_in = T->child.spi_in;
+    size_t n0 = n_sent();
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32], nr[32];
+    size_t pub_len = 0;
+    /* We keep our half of the key exchange to check the keys. */
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, T->gw.child_spi_r);
+    ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+    ike_sa_choice ch = fg_esp_choice(1, 0x6b6b0001, KE_X25519);
+    ike_build_sa_choice(&c.cw, &ch);
+    memset(ni, 0x33, sizeof(ni));
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    fg_build_ts_pair(&T->gw, &c.cw, true);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->rekeyed_old[0], old_in);
+    ck_assert(!T->rekeyed_out[0]); /* inbound only until the gateway deletes the old SA */
+    ck_assert_uint_eq(T->rekeyed[0].spi_out, 0x6b6b0001);
+    uint32_t new_in = take_child_rekey_answer(sent(n0), 0, ni, NULL, 0, NULL, nr);
+    ck_assert_uint_eq(T->rekeyed[0].spi_in, new_in);
+    /* Keys: g^ir from our KE and the answer's, Ni the gateway's. */
+    const ike_payload *ke = ike_chain_find(&T->gw.rq_inner, IKE_PL_KE, NULL);
+    ike_ke kr;
+    ike_diag d;
+    ck_assert_int_eq(ike_ke_parse(ke->body, &kr, &d), 0);
+    uint8_t g_ir[CRYPTO_MAX_KE_LEN], want[4 * CRYPTO_MAX_KEY_LEN];
+    size_t g_len = 0;
+    char err[128];
+    ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err)), 0);
+    crypto_ke_free(gke);
+    size_t wl = fg_rekey_keymat(&T->gw, g_ir, g_len, ni, sizeof(ni), nr, sizeof(nr), true, want, sizeof(want));
+    ck_assert_uint_eq(T->rekeyed[0].keymat_len, wl);
+    ck_assert_mem_eq(T->rekeyed[0].keymat, want, wl);
+    /* The gateway deletes the old SA: answered with our half, removed now. */
+    gw_deletes_esp(T->gw.child_spi_r, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(esp_delete_spi(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 1)), old_in);
+    ck_assert_uint_eq(T->n_child_deleted, 1);
+    ck_assert_uint_eq(T->child_deleted[0], old_in);
+    ck_assert_uint_eq(T->n_down, 0);
+    /* A Delete of the new SA now ends the IKE SA, as for the first one. */
+    gw_deletes_esp(0x6b6b0001, 2);
+    ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 2)), new_in);
+    assert_down(M2MVPN_E_PROTOCOL);
+}
+END_TEST
+
+/*
+ * Both sides rekey the CHILD SA at once (§2.8.1): our request is out when the
+ * gateway's arrives; each answers the other. The exchange with the lowest of
+ * the four nonces made the redundant SA, which its initiator deletes; the
+ * initiator of the other deletes the old SA.
+ */
+static void child_collision(bool we_win)
+{
+    use_pfs();
+    establish();
+    uint32_t old_in = T->child.spi_in;
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0);
+    rekey_req r;
+    take_child_rekey(sent(n0), 2, &r);
+    /* The gateway's own rekey of the same SA: its nonces all 0x00 (lowest:
+     * its SA is redundant) or all 0xff (ours is, as our random nonce is lower). */
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32];
+    size_t pub_len;
+    uint8_t b = we_win ? 0x00 : 0xff;
+    gw_child_rekey_request(0, T->gw.child_spi_r, 0x7c7c0001, b, pub, &pub_len, ni);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    uint8_t nr_ours[32];
+    uint32_t gw_sa_in = take_child_rekey_answer(sent(n0 + 1), 0, ni, NULL, 0, NULL, nr_ours);
+    if (we_win)
+        ck_assert(nr_ours[0] != 0x00 || nr_ours[1] != 0x00); /* (random: all-zero is out of the question) */
+    ck_assert_uint_eq(T->n_rekeyed, 1); /* the gateway's, inbound only */
+    ck_assert(!T->rekeyed_out[0]);
+    ck_assert_uint_eq(T->rekeyed[0].spi_in, gw_sa_in);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 2, 0x7c7c0002, b, km, sizeof(km));
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    uint32_t deleted = esp_delete_spi(open_any(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, false, 3));
+    if (we_win) {
+        /* Ours stands: installed, sending; we delete the old SA; the
+         * gateway deletes its redundant one. */
+        ck_assert_uint_eq(T->n_rekeyed, 2);
+        ck_assert(T->rekeyed_out[1]);
+        ck_assert_uint_eq(T->rekeyed[1].spi_in, r.new_spi);
+        ck_assert_uint_eq(deleted, old_in);
+        gw_deletes_esp(0x7c7c0001, 1);
+        ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1)), gw_sa_in);
+        ck_assert_uint_eq(T->n_child_deleted, 1);
+        ck_assert_uint_eq(T->child_deleted[0], gw_sa_in);
+        ck_assert_int_eq(ike_sa_rekey_child(T->sa, r.new_spi), 0); /* the current one */
+    } else {
+        /* Ours is redundant: never installed, deleted; the gateway's
+         * stands and the gateway deletes the old SA. */
+        ck_assert_uint_eq(T->n_rekeyed, 1);
+        ck_assert_uint_eq(deleted, r.new_spi);
+        gw_deletes_esp(T->gw.child_spi_r, 1);
+        ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1)), old_in);
+        ck_assert_uint_eq(T->n_child_deleted, 1);
+        ck_assert_uint_eq(T->child_deleted[0], old_in);
+        ck_assert_int_eq(ike_sa_rekey_child(T->sa, gw_sa_in), 0); /* the current one */
+    }
+    ck_assert_uint_eq(T->n_down, 0);
+}
+
+START_TEST(test_rekey_child_collision_we_win)
+{
+    child_collision(true);
+}
+END_TEST
+
+START_TEST(test_rekey_child_collision_we_lose)
+{
+    child_collision(false);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- suite */
 
 static Suite *ike_sa_suite(void)
@@ -1394,6 +1767,11 @@ static Suite *ike_sa_suite(void)
         { "dpd", test_dpd_unanswered_times_out },
         { "dpd", test_dpd_not_postponed_by_forgery },
         { "dpd", test_close_during_dpd },
+        { "rekey", test_rekey_child_ours },
+        { "rekey", test_rekey_child_ours_pfs },
+        { "rekey", test_rekey_child_by_gateway },
+        { "rekey", test_rekey_child_collision_we_win },
+        { "rekey", test_rekey_child_collision_we_lose },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

@@ -1676,8 +1676,10 @@ static void child_collision(bool we_win)
     ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0);
     rekey_req r;
     take_child_rekey(sent(n0), 2, &r);
-    /* The gateway's own rekey of the same SA: its nonces all 0x00 (lowest:
-     * its SA is redundant) or all 0xff (ours is, as our random nonce is lower). */
+    /* The gateway's own rekey of the same SA, with nonces that decide: to
+     * make its SA redundant its Ni is all 0x00 (the lowest of the four); to
+     * make ours redundant its Nr in our exchange is all 0x00. The other one
+     * is all 0xff, our two nonces are random. */
     uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32];
     size_t pub_len;
     uint8_t b = we_win ? 0x00 : 0xff;
@@ -1685,13 +1687,12 @@ static void child_collision(bool we_win)
     ck_assert_uint_eq(n_sent(), n0 + 2);
     uint8_t nr_ours[32];
     uint32_t gw_sa_in = take_child_rekey_answer(sent(n0 + 1), 0, ni, NULL, 0, NULL, nr_ours);
-    if (we_win)
-        ck_assert(nr_ours[0] != 0x00 || nr_ours[1] != 0x00); /* (random: all-zero is out of the question) */
+    ck_assert(nr_ours[0] != 0x00 || nr_ours[1] != 0x00); /* (random: all-zero is out of the question) */
     ck_assert_uint_eq(T->n_rekeyed, 1); /* the gateway's, inbound only */
     ck_assert(!T->rekeyed_out[0]);
     ck_assert_uint_eq(T->rekeyed[0].spi_in, gw_sa_in);
     uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
-    answer_child_rekey(&r, 2, 0x7c7c0002, b, km, sizeof(km));
+    answer_child_rekey(&r, 2, 0x7c7c0002, (uint8_t)~b, km, sizeof(km));
     ck_assert_uint_eq(n_sent(), n0 + 3);
     uint32_t deleted = esp_delete_spi(open_any(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, false, 3));
     if (we_win) {
@@ -1734,6 +1735,297 @@ END_TEST
 
 /* ---------------------------------------------------------------- suite */
 
+
+/* The gateway's IKE proposal for a rekey: AES-GCM-256, PRF SHA-384, X25519
+ * (what OUR_PROPOSAL starts with), SPI spi. */
+static ike_sa_choice ike_choice(uint8_t number, const uint8_t spi[8])
+{
+    ike_sa_choice ch;
+    memset(&ch, 0, sizeof(ch));
+    ch.number = number;
+    ch.protocol = IKE_PROTO_IKE;
+    ch.spi_len = 8;
+    memcpy(ch.spi, spi, 8);
+    ch.present = (1u << IKE_TT_ENCR) | (1u << IKE_TT_PRF) | (1u << IKE_TT_KE);
+    ch.id[IKE_TT_ENCR] = ENCR_AES_GCM_16;
+    ch.encr_key_bits = 256;
+    ch.id[IKE_TT_PRF] = PRF_HMAC_SHA2_384;
+    ch.id[IKE_TT_KE] = KE_X25519;
+    return ch;
+}
+
+/* After an IKE SA rekey: the new SA carries requests both ways, and CHILD SA
+ * keys now come from its SK_d (§2.17, §2.18). */
+static void new_ike_sa_works(fg_keys *old)
+{
+    /* Liveness check from the gateway on the new SA: message 0. */
+    size_t n0 = n_sent();
+    fg_chain c;
+    fg_chain_begin(&c);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_any(sent(n0), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
+    /* A request of ours: message 0 of the new SA, keys from the new SK_d. */
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
+    rekey_req r;
+    take_child_rekey(fg_last(&T->gw), 0, &r);
+    uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
+    size_t wl = answer_child_rekey(&r, 0, 0x5a5a0009, 0x42, want, sizeof(want));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_mem_eq(T->rekeyed[0].keymat, want, wl);
+    /* The old SA's SK_d would have given other keys. */
+    uint8_t other[4 * CRYPTO_MAX_KEY_LEN];
+    fg_swap_keys(&T->gw, old);
+    fg_rekey_keymat(&T->gw, NULL, 0, r.ni, r.ni_len, (uint8_t[32]){ 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+                    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+                    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42 }, 32, false, other, sizeof(other));
+    fg_swap_keys(&T->gw, old);
+    ck_assert(memcmp(other, want, wl) != 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+
+/* We rekey the IKE SA (§1.3.2): new SPIs and SKEYSEED from the old SK_d
+ * (§2.18); the old IKE SA is deleted on itself; the CHILD SA moves over. */
+START_TEST(test_rekey_ike_ours)
+{
+    establish();
+    uint32_t child_in = T->child.spi_in;
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *c = open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, false, 2);
+    ck_assert_int_lt(fg_notify_at(c, IKE_N_REKEY_SA, NULL), 0);
+    ike_diag d;
+    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL), *ni_pl = ike_chain_find(c, IKE_PL_NONCE, NULL),
+                      *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
+    ck_assert_ptr_nonnull(sa_pl);
+    ck_assert_ptr_nonnull(ni_pl);
+    ck_assert_ptr_nonnull(ke_pl);
+    ike_sa_view *v = malloc(sizeof(*v));
+    ck_assert_int_eq(ike_sa_parse(sa_pl->body, v, &d), 0);
+    ck_assert_uint_eq(v->prop[0].protocol, IKE_PROTO_IKE);
+    ck_assert_uint_eq(v->prop[0].spi_len, 8);
+    uint8_t spi_i[8], spi_r[8] = { 0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7 };
+    memcpy(spi_i, v->prop[0].spi, 8);
+    free(v);
+    ck_assert(memcmp(spi_i, T->gw.spi_i, 8) != 0);
+    buf_reader ni;
+    ike_ke ke;
+    ck_assert_int_eq(ike_nonce_parse(ni_pl->body, &ni, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ke_pl->body, &ke, &d), 0);
+    ck_assert_uint_eq(ke.group, KE_X25519);
+    uint8_t ni_copy[IKE_NONCE_MAX], nr[32], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
+    size_t ni_len = ni.len, pub_len = 0, g_len = 0;
+    memcpy(ni_copy, ni.p, ni.len);
+    memset(nr, 0x55, sizeof(nr));
+    fg_ke(KE_X25519, &ke, pub, &pub_len, g_ir, &g_len);
+    fg_chain a;
+    fg_chain_begin(&a);
+    ike_sa_choice ch = ike_choice(1, spi_r);
+    ike_build_sa_choice(&a.cw, &ch);
+    ike_build_nonce(&a.cw, nr, sizeof(nr));
+    ike_build_ke(&a.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&a, IKE_EXCH_CREATE_CHILD_SA, true, 2);
+    fg_keys old;
+    fg_rekey_ike_keys(&T->gw, false, spi_i, spi_r, g_ir, g_len, ni_copy, ni_len, nr, sizeof(nr), &old);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    ck_assert_uint_eq(T->n_rekeyed, 0); /* the CHILD SA is untouched */
+    /* The old IKE SA is deleted on itself (message 3), confirmed there. */
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    fg_swap_keys(&T->gw, &old);
+    ck_assert(fg_has_ike_delete(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)));
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 3, 0, m);
+    deliver(m);
+    free(m);
+    fg_swap_keys(&T->gw, &old);
+    advance(20000);
+    ck_assert_uint_eq(n_sent(), n0 + 2); /* confirmed: not retransmitted */
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(T->child.spi_in, child_in);
+    new_ike_sa_works(&old);
+    fg_keys_free(&old);
+}
+END_TEST
+
+/* The gateway rekeys the IKE SA (§1.3.2): we answer, the new SA has the
+ * gateway as its original initiator (flags and key directions follow,
+ * §2.18), its Delete of the old SA is answered there and the SA stays up. */
+START_TEST(test_rekey_ike_by_gateway)
+{
+    establish();
+    size_t n0 = n_sent();
+    uint8_t gw_spi[8] = { 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 }, ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    memset(ni, 0x21, sizeof(ni));
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_sa_choice offer = ike_choice(1, gw_spi);
+    ike_build_sa_choice(&c.cw, &offer);
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *ans = open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ike_diag d;
+    ike_sa_choice ch;
+    buf_reader nr;
+    ike_ke kr;
+    ck_assert_int_eq(ike_sa_parse_choice(ike_chain_find(ans, IKE_PL_SA, NULL)->body, &ch, &d), 0);
+    ck_assert_int_eq(ike_nonce_parse(ike_chain_find(ans, IKE_PL_NONCE, NULL)->body, &nr, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(ans, IKE_PL_KE, NULL)->body, &kr, &d), 0);
+    ck_assert_uint_eq(ch.protocol, IKE_PROTO_IKE);
+    ck_assert_uint_eq(ch.spi_len, 8);
+    ck_assert_uint_eq(ch.id[IKE_TT_KE], KE_X25519);
+    ck_assert_uint_eq(kr.group, KE_X25519);
+    uint8_t g_ir[CRYPTO_MAX_KE_LEN], nr_copy[IKE_NONCE_MAX], spi_r[8];
+    size_t g_len = 0, nr_len = nr.len;
+    char err[128];
+    memcpy(nr_copy, nr.p, nr.len);
+    memcpy(spi_r, ch.spi, 8);
+    ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err)), 0);
+    crypto_ke_free(gke);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    fg_keys old;
+    fg_rekey_ike_keys(&T->gw, true, gw_spi, spi_r, g_ir, g_len, ni, sizeof(ni), nr_copy, nr_len, &old);
+    /* The gateway deletes the old IKE SA on it: answered there, nothing ends. */
+    fg_swap_keys(&T->gw, &old);
+    fg_chain del;
+    fg_chain_begin(&del);
+    ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+    deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 1)->n, 0);
+    fg_swap_keys(&T->gw, &old);
+    ck_assert_uint_eq(T->n_down, 0);
+    new_ike_sa_works(&old);
+    fg_keys_free(&old);
+}
+END_TEST
+
+/* CREATE_CHILD_SA requests that must change nothing: forged (bad ICV: not
+ * answered), malformed or unacceptable (answered with an error notify),
+ * and answers to our rekey that are not acceptable (nothing installed,
+ * tried again later). The SA stays up and a valid rekey still works. */
+START_TEST(test_rekey_forged_and_malformed)
+{
+    use_pfs();
+    establish();
+    uint32_t id = 0;
+    size_t n0 = n_sent();
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32];
+    size_t pub_len;
+    /* 1. Forged: a valid-looking rekey with a flipped ICV bit. */
+    {
+        fg_chain c;
+        fg_chain_begin(&c);
+        uint8_t spi[4];
+        buf_store_be32(spi, T->gw.child_spi_r);
+        ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+        ike_sa_choice ch = fg_esp_choice(1, 0x12340001, KE_X25519);
+        ike_build_sa_choice(&c.cw, &ch);
+        memset(ni, 1, sizeof(ni));
+        ike_build_nonce(&c.cw, ni, sizeof(ni));
+        fg_ke(KE_X25519, NULL, pub, &pub_len, NULL, NULL);
+        ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+        fg_build_ts_pair(&T->gw, &c.cw, true);
+        fg_msg *m = malloc(sizeof(*m));
+        fg_chain_send(&T->gw, &c, IKE_EXCH_CREATE_CHILD_SA, false, id, m);
+        m->p[m->len - 1] ^= 0x01;
+        deliver(m);
+        free(m);
+        ck_assert_uint_eq(n_sent(), n0);
+    }
+    /* 2..5: authentic, but malformed or unacceptable: an error answer each. */
+    struct { const char *what; uint16_t want; } cases[] = {
+        { "no SA payload", IKE_N_INVALID_SYNTAX },
+        { "unknown SPI", IKE_N_CHILD_SA_NOT_FOUND },
+        { "AES-CBC only", IKE_N_NO_PROPOSAL_CHOSEN },
+        { "KE of another group", IKE_N_INVALID_KE_PAYLOAD },
+        { "truncated TS", IKE_N_INVALID_SYNTAX },
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        fg_chain c;
+        fg_chain_begin(&c);
+        uint8_t spi[4];
+        buf_store_be32(spi, k == 1 ? 0xdeadbeef : T->gw.child_spi_r);
+        ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+        ike_sa_choice ch = fg_esp_choice(1, 0x12340002, KE_X25519);
+        if (k == 2) {
+            ch.id[IKE_TT_ENCR] = ENCR_AES_CBC;
+            ch.present |= 1u << IKE_TT_INTEG;
+            ch.id[IKE_TT_INTEG] = 12; /* HMAC-SHA2-256-128 */
+        }
+        if (k != 0)
+            ike_build_sa_choice(&c.cw, &ch);
+        ike_build_nonce(&c.cw, ni, sizeof(ni));
+        uint16_t g = k == 3 ? KE_ECP256 : KE_X25519;
+        fg_ke(g, NULL, pub, &pub_len, NULL, NULL);
+        ike_build_ke(&c.cw, g, pub, pub_len);
+        if (k == 4) {
+            uint8_t bad[8] = { 1, 0, 0, 0, 7, 0, 0, 16 }; /* one TS, cut short */
+            ike_build_raw(&c.cw, IKE_PL_TSI, false, bad, sizeof(bad));
+            ike_build_raw(&c.cw, IKE_PL_TSR, false, bad, sizeof(bad));
+        } else {
+            fg_build_ts_pair(&T->gw, &c.cw, true);
+        }
+        size_t before = n_sent();
+        deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, id);
+        ck_assert_msg(n_sent() == before + 1, "%s: not answered", cases[k].what);
+        ike_notify n;
+        ck_assert_msg(fg_notify_at(open_any(fg_last(&T->gw), IKE_EXCH_CREATE_CHILD_SA, true, id), cases[k].want, &n) >= 0,
+                      "%s: no %s", cases[k].what, ike_notify_name(cases[k].want));
+        if (k == 3)
+            ck_assert_uint_eq(buf_load_be16(n.data.p), KE_X25519);
+        id++;
+    }
+    ck_assert_uint_eq(T->n_rekeyed, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+    /* 6. Our rekey answered with a proposal we did not offer, 7. without the
+     * KE of our PFS group: nothing installed; tried again 10 s later. */
+    uint32_t cur = T->child.spi_in;
+    uint32_t msg = 2;
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(ike_sa_rekey_child(T->sa, cur), 0);
+        rekey_req r;
+        if (k == 1)
+            advance(10000); /* the retry */
+        take_child_rekey(fg_last(&T->gw), msg, &r);
+        fg_chain c;
+        fg_chain_begin(&c);
+        ike_sa_choice ch = fg_esp_choice(1, 0x12340003, KE_X25519);
+        if (k == 0)
+            ch.id[IKE_TT_ENCR] = ENCR_CHACHA20_POLY1305;
+        else
+            ch.present &= (uint8_t)~(1u << IKE_TT_KE);
+        ike_build_sa_choice(&c.cw, &ch);
+        memset(ni, 9, sizeof(ni));
+        ike_build_nonce(&c.cw, ni, sizeof(ni));
+        if (k == 0) {
+            fg_ke(KE_X25519, NULL, pub, &pub_len, NULL, NULL);
+            ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+        }
+        fg_build_ts_pair(&T->gw, &c.cw, false);
+        deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, true, msg);
+        ck_assert_uint_eq(T->n_rekeyed, 0);
+        msg++;
+    }
+    /* The retry after that goes through. */
+    size_t before = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), before + 1);
+    rekey_req r;
+    take_child_rekey(fg_last(&T->gw), msg, &r);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, msg, 0x12340004, 0x66, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
 static Suite *ike_sa_suite(void)
 {
     Suite *s = suite_create("ike_sa");
@@ -1772,6 +2064,9 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_child_by_gateway },
         { "rekey", test_rekey_child_collision_we_win },
         { "rekey", test_rekey_child_collision_we_lose },
+        { "rekey", test_rekey_ike_ours },
+        { "rekey", test_rekey_ike_by_gateway },
+        { "rekey", test_rekey_forged_and_malformed },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

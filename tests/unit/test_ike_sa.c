@@ -2026,6 +2026,146 @@ START_TEST(test_rekey_forged_and_malformed)
 }
 END_TEST
 
+
+/* open_any() with other gateway keys (a redundant IKE SA of a collision). */
+static const ike_chain *open_any_keys(const fg_dgram *d, fg_keys *k, uint8_t exchange, bool response, uint32_t id)
+{
+    fg_swap_keys(&T->gw, k);
+    const ike_chain *c = open_any(d, exchange, response, id);
+    fg_swap_keys(&T->gw, k);
+    return c;
+}
+
+/*
+ * Both sides rekey the IKE SA at once (§2.8.1, §2.18): our request A is out
+ * when the gateway's B arrives; each answers the other. The exchange with
+ * the lowest nonce made the redundant IKE SA: its initiator deletes it, the
+ * other initiator deletes the old one. The gateway's nonces decide here
+ * (ours are random): its Ni all 0x00 makes B redundant, its Nr in A all
+ * 0x00 makes A redundant.
+ */
+static void ike_collision(bool we_win)
+{
+    establish();
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    const ike_chain *c = open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, false, 2);
+    ike_diag d;
+    ike_sa_view *v = malloc(sizeof(*v));
+    ck_assert_int_eq(ike_sa_parse(ike_chain_find(c, IKE_PL_SA, NULL)->body, v, &d), 0);
+    uint8_t a_spi_i[8], a_spi_r[8] = { 0xa9, 1, 2, 3, 4, 5, 6, 7 }, b_spi_i[8] = { 0xb9, 1, 2, 3, 4, 5, 6, 7 };
+    memcpy(a_spi_i, v->prop[0].spi, 8);
+    free(v);
+    buf_reader nb;
+    ike_ke ke_a;
+    ck_assert_int_eq(ike_nonce_parse(ike_chain_find(c, IKE_PL_NONCE, NULL)->body, &nb, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(c, IKE_PL_KE, NULL)->body, &ke_a, &d), 0);
+    uint8_t a_ni[IKE_NONCE_MAX], a_ke[CRYPTO_MAX_KE_LEN];
+    size_t a_ni_len = nb.len;
+    memcpy(a_ni, nb.p, nb.len);
+    memcpy(a_ke, ke_a.data.p, ke_a.data.len);
+    ke_a.data.p = a_ke;
+
+    /* B: the gateway's request, answered by us. */
+    uint8_t b_ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    memset(b_ni, we_win ? 0x00 : 0xff, sizeof(b_ni));
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    fg_chain rq;
+    fg_chain_begin(&rq);
+    ike_sa_choice offer = ike_choice(1, b_spi_i);
+    ike_build_sa_choice(&rq.cw, &offer);
+    ike_build_nonce(&rq.cw, b_ni, sizeof(b_ni));
+    ike_build_ke(&rq.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&rq, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    const ike_chain *ans = open_any(sent(n0 + 1), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ike_sa_choice ch;
+    ike_ke kr;
+    ck_assert_int_eq(ike_sa_parse_choice(ike_chain_find(ans, IKE_PL_SA, NULL)->body, &ch, &d), 0);
+    ck_assert_int_eq(ike_nonce_parse(ike_chain_find(ans, IKE_PL_NONCE, NULL)->body, &nb, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(ans, IKE_PL_KE, NULL)->body, &kr, &d), 0);
+    uint8_t b_spi_r[8], b_nr[IKE_NONCE_MAX], g_b[CRYPTO_MAX_KE_LEN];
+    size_t b_nr_len = nb.len, g_b_len = 0;
+    char err[128];
+    memcpy(b_spi_r, ch.spi, 8);
+    memcpy(b_nr, nb.p, nb.len);
+    ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_b, sizeof(g_b), &g_b_len, err, sizeof(err)), 0);
+    crypto_ke_free(gke);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 0); /* not before our own exchange is over */
+
+    /* A: the gateway answers ours (on the old SA). */
+    uint8_t a_nr[32], g_a[CRYPTO_MAX_KE_LEN];
+    size_t g_a_len = 0;
+    memset(a_nr, we_win ? 0xff : 0x00, sizeof(a_nr));
+    fg_ke(KE_X25519, &ke_a, pub, &pub_len, g_a, &g_a_len);
+    fg_chain an;
+    fg_chain_begin(&an);
+    ike_sa_choice cha = ike_choice(1, a_spi_r);
+    ike_build_sa_choice(&an.cw, &cha);
+    ike_build_nonce(&an.cw, a_nr, sizeof(a_nr));
+    ike_build_ke(&an.cw, KE_X25519, pub, pub_len);
+    /* The gateway's keys for B and A, both from the old SA. */
+    fg_keys kb, old;
+    fg_rekey_ike_keys(&T->gw, true, b_spi_i, b_spi_r, g_b, g_b_len, b_ni, sizeof(b_ni), b_nr, b_nr_len, &kb);
+    fg_swap_keys(&T->gw, &kb); /* gw: old; kb: B */
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain_send(&T->gw, &an, IKE_EXCH_CREATE_CHILD_SA, true, 2, m);
+    deliver(m);
+    fg_rekey_ike_keys(&T->gw, false, a_spi_i, a_spi_r, g_a, g_a_len, a_ni, a_ni_len, a_nr, sizeof(a_nr), &old);
+    /* gw: A, kb: B, old: the old SA */
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    if (we_win) {
+        /* We stay on A and delete the old SA; the gateway deletes B. */
+        fg_swap_keys(&T->gw, &old);
+        ck_assert(fg_has_ike_delete(open_any(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, false, 3)));
+        fg_swap_keys(&T->gw, &old);
+        fg_swap_keys(&T->gw, &kb); /* gw: B */
+        fg_chain del;
+        fg_chain_begin(&del);
+        ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+        deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 0);
+        ck_assert_uint_eq(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
+        fg_swap_keys(&T->gw, &kb); /* gw: A */
+    } else {
+        /* We move to B and delete A; the gateway deletes the old SA. */
+        fg_keys ka;
+        memset(&ka, 0, sizeof(ka));
+        fg_swap_keys(&T->gw, &ka);     /* ka: A */
+        ck_assert(fg_has_ike_delete(open_any_keys(sent(n0 + 2), &ka, IKE_EXCH_INFORMATIONAL, false, 0)));
+        fg_swap_keys(&T->gw, &old);    /* gw: old */
+        fg_chain del;
+        fg_chain_begin(&del);
+        ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+        deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
+        ck_assert_uint_eq(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1)->n, 0);
+        fg_swap_keys(&T->gw, &old);    /* gw: nothing; old: old */
+        fg_swap_keys(&T->gw, &kb);     /* gw: B */
+        fg_keys_free(&kb);
+        kb = ka;
+    }
+    free(m);
+    ck_assert_uint_eq(T->n_down, 0);
+    new_ike_sa_works(&old);
+    fg_keys_free(&old);
+    fg_keys_free(&kb);
+}
+
+START_TEST(test_rekey_ike_collision_we_win)
+{
+    ike_collision(true);
+}
+END_TEST
+
+START_TEST(test_rekey_ike_collision_we_lose)
+{
+    ike_collision(false);
+}
+END_TEST
+
 static Suite *ike_sa_suite(void)
 {
     Suite *s = suite_create("ike_sa");
@@ -2067,6 +2207,8 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_ike_ours },
         { "rekey", test_rekey_ike_by_gateway },
         { "rekey", test_rekey_forged_and_malformed },
+        { "rekey", test_rekey_ike_collision_we_win },
+        { "rekey", test_rekey_ike_collision_we_lose },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

@@ -31,6 +31,12 @@
 #define ZOMBIE_RETRY_MS 2000u
 #define ZOMBIE_TRIES 3
 #define ZOMBIE_WAIT_MS 10000u
+/* After the gateway rekeyed the IKE SA, our answer may still be on its way
+ * when we would send our first request on the new SA: that request would be
+ * dropped as one for an unknown SA and only its retransmission seconds later
+ * arrive. So we wait for a sign that the gateway has the new SA (its Delete
+ * of the old one, or any message on the new one), at most this long. */
+#define NEW_IKE_QUIET_MS 1000u
 
 static uint64_t now_ms(const ike_sa *sa)
 {
@@ -73,6 +79,8 @@ static void rearm(ike_sa *sa)
         next = sa->ike_rekey_at_ms;
     if (sa->want_rekey_child && sa->child_retry_at_ms && sa->child_retry_at_ms < next)
         next = sa->child_retry_at_ms;
+    if (sa->quiet_until_ms && sa->quiet_until_ms < next)
+        next = sa->quiet_until_ms;
     for (size_t i = 0; i < sa->n_retiring; i++)
         if (sa->retiring[i].deadline_ms && sa->retiring[i].deadline_ms < next)
             next = sa->retiring[i].deadline_ms;
@@ -389,8 +397,10 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     }
     if (gone) {
         LOG_INFO(sa->log, "ike", "gateway deleted the replaced IKE SA");
+        sa->quiet_until_ms = 0; /* it has the new one */
         zombie_free(z);
         rearm(sa);
+        ike_rekey_kick(sa);
     }
     return 1;
 }
@@ -855,6 +865,7 @@ static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old)
              sa->ike_alg, sa->initiator ? "we" : "the gateway");
     if (we_delete_old)
         zombie_send_delete(sa, z);
+    sa->quiet_until_ms = sa->initiator ? 0 : now_ms(sa) + NEW_IKE_QUIET_MS;
     ike_rekey_plan_ike(sa);
     if (sa->hooks.on_ike_rekeyed)
         sa->hooks.on_ike_rekeyed(sa->hooks.arg);
@@ -1029,10 +1040,22 @@ void ike_rekey_process_response(ike_sa *sa, ike_task task, const ike_chain *inne
     }
 }
 
+void ike_rekey_heard(ike_sa *sa)
+{
+    sa->quiet_until_ms = 0;
+}
+
 void ike_rekey_kick(ike_sa *sa)
 {
     if (sa->state != IKE_SA_ESTABLISHED || sa->req.task != IKE_TASK_NONE)
         return;
+    if (sa->quiet_until_ms) {
+        if (now_ms(sa) < sa->quiet_until_ms) {
+            rearm(sa);
+            return;
+        }
+        sa->quiet_until_ms = 0;
+    }
     for (size_t i = 0; i < sa->n_retiring; i++) {
         ike_retiring *r = &sa->retiring[i];
         if (r->we_delete && !r->delete_sent && !r->done) {

@@ -442,6 +442,7 @@ static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, si
 static void heard_from_gateway(ike_sa *sa)
 {
     sa->last_heard_ms = sa->loop->clock_ms();
+    ike_rekey_heard(sa);
 }
 
 static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)

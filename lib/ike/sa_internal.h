@@ -155,6 +155,8 @@ struct ike_sa {
     core_timer rekey_timer;        /* IKE SA lifetime, retries, grace periods */
     uint64_t ike_rekey_at_ms;      /* 0: none planned */
     uint64_t child_retry_at_ms;    /* a failed CHILD rekey is tried again then */
+    uint64_t quiet_until_ms;       /* no request of ours on an IKE SA the gateway just
+                                    * created before then (it may not have it yet) */
     struct {
         uint32_t old_spi_in, old_spi_out; /* the SA being rekeyed */
         uint32_t new_spi_in;
@@ -232,6 +234,8 @@ void ike_rekey_init(ike_sa *sa);
 void ike_rekey_free(ike_sa *sa);
 /* The SA is established (IKE_AUTH or an IKE rekey): plan the IKE SA rekey. */
 void ike_rekey_plan_ike(ike_sa *sa);
+/* An authenticated message arrived on the current IKE SA. */
+void ike_rekey_heard(ike_sa *sa);
 /* Start whatever is queued (deletes, rekeys) if no request is outstanding. */
 void ike_rekey_kick(ike_sa *sa);
 void ike_rekey_process_response(ike_sa *sa, ike_task task, const ike_chain *inner);

@@ -1756,8 +1756,9 @@ static ike_sa_choice ike_choice(uint8_t number, const uint8_t spi[8])
 
 /* After an IKE SA rekey: the new SA carries requests both ways, and CHILD SA
  * keys now come from its SK_d (§2.17, §2.18). */
-static void new_ike_sa_works(fg_keys *old)
+static void new_ike_sa_works(fg_keys *old, uint32_t our_id)
 {
+    unsigned k = T->n_rekeyed;
     /* Liveness check from the gateway on the new SA: message 0. */
     size_t n0 = n_sent();
     fg_chain c;
@@ -1766,13 +1767,14 @@ static void new_ike_sa_works(fg_keys *old)
     ck_assert_uint_eq(n_sent(), n0 + 1);
     ck_assert_uint_eq(open_any(sent(n0), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
     /* A request of ours: message 0 of the new SA, keys from the new SK_d. */
-    ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
+    uint32_t cur = k ? T->rekeyed[k - 1].spi_in : T->child.spi_in;
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, cur), 0);
     rekey_req r;
-    take_child_rekey(fg_last(&T->gw), 0, &r);
+    take_child_rekey(fg_last(&T->gw), our_id, &r);
     uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
-    size_t wl = answer_child_rekey(&r, 0, 0x5a5a0009, 0x42, want, sizeof(want));
-    ck_assert_uint_eq(T->n_rekeyed, 1);
-    ck_assert_mem_eq(T->rekeyed[0].keymat, want, wl);
+    size_t wl = answer_child_rekey(&r, our_id, 0x5a5a0009, 0x42, want, sizeof(want));
+    ck_assert_uint_eq(T->n_rekeyed, k + 1);
+    ck_assert_mem_eq(T->rekeyed[k].keymat, want, wl);
     /* The old SA's SK_d would have given other keys. */
     uint8_t other[4 * CRYPTO_MAX_KEY_LEN];
     fg_swap_keys(&T->gw, old);
@@ -1843,7 +1845,7 @@ START_TEST(test_rekey_ike_ours)
     ck_assert_uint_eq(n_sent(), n0 + 2); /* confirmed: not retransmitted */
     ck_assert_uint_eq(T->n_down, 0);
     ck_assert_uint_eq(T->child.spi_in, child_in);
-    new_ike_sa_works(&old);
+    new_ike_sa_works(&old, 0);
     fg_keys_free(&old);
 }
 END_TEST
@@ -1891,17 +1893,33 @@ START_TEST(test_rekey_ike_by_gateway)
     ck_assert_uint_eq(T->n_ike_rekeyed, 1);
     fg_keys old;
     fg_rekey_ike_keys(&T->gw, true, gw_spi, spi_r, g_ir, g_len, ni, sizeof(ni), nr_copy, nr_len, &old);
-    /* The gateway deletes the old IKE SA on it: answered there, nothing ends. */
+    /* A request of ours waits until the gateway shows it has the new SA
+     * (else it may arrive first and be dropped as for an unknown SA). */
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
+    advance(500);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    /* The gateway deletes the old IKE SA on it: answered there, nothing
+     * ends, and our request goes out on the new SA. */
     fg_swap_keys(&T->gw, &old);
     fg_chain del;
     fg_chain_begin(&del);
     ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
     deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
-    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
     ck_assert_uint_eq(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 1)->n, 0);
     fg_swap_keys(&T->gw, &old);
     ck_assert_uint_eq(T->n_down, 0);
-    new_ike_sa_works(&old);
+    rekey_req r;
+    take_child_rekey(sent(n0 + 2), 0, &r);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 0, 0x5a5a0008, 0x43, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, false, 1)), r.old_spi);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 1, 0, m);
+    deliver(m);
+    free(m);
+    new_ike_sa_works(&old, 2);
     fg_keys_free(&old);
 }
 END_TEST
@@ -2149,7 +2167,7 @@ static void ike_collision(bool we_win)
     }
     free(m);
     ck_assert_uint_eq(T->n_down, 0);
-    new_ike_sa_works(&old);
+    new_ike_sa_works(&old, 0);
     fg_keys_free(&old);
     fg_keys_free(&kb);
 }

@@ -59,11 +59,13 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
     return 0;
 }
 
-int svc_bind(const char *path, char *err, size_t err_len)
+/* The socket is made under a temporary name, listening, and published under
+ * its own name when the service is ready (svc_bind_publish): a client that
+ * finds the name is never refused, and finds the pid file written. */
+static const char tmp_suffix[] = ".new";
+
+int svc_bind(const char *path, gid_t group, char *err, size_t err_len)
 {
-    /* Made under a temporary name and renamed into place once listening: a
-     * client that finds the name is never refused. */
-    static const char tmp_suffix[] = ".new";
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(path) + sizeof(tmp_suffix) > sizeof(sa.sun_path)) {
         snprintf(err, err_len, "control socket path %s is longer than %zu bytes", path,
@@ -104,19 +106,32 @@ int svc_bind(const char *path, char *err, size_t err_len)
         return -1;
     }
     const char *step = NULL;
-    if (chmod(tmp, 0600) < 0)
+    /* With a control group: its members may connect (0660, that group). */
+    if (group != (gid_t)-1 && chown(tmp, (uid_t)-1, group) < 0)
+        step = "give the control group";
+    else if (chmod(tmp, group != (gid_t)-1 ? 0660 : 0600) < 0)
         step = "set up";
     else if (listen(fd, 16) < 0)
         step = "listen on";
-    else if (rename(tmp, path) < 0)
-        step = "rename into place";
     if (step) {
-        snprintf(err, err_len, "cannot %s the control socket %s: %s", step, path, strerror(errno));
+        snprintf(err, err_len, "cannot %s the control socket %s: %s", step, tmp, strerror(errno));
         unlink(tmp);
         close(fd);
         return -1;
     }
     return fd;
+}
+
+int svc_bind_publish(const char *path, char *err, size_t err_len)
+{
+    char tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    snprintf(tmp, sizeof(tmp), "%s%s", path, tmp_suffix);
+    if (rename(tmp, path) < 0) {
+        snprintf(err, err_len, "cannot put the control socket in place at %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
 }
 
 int svc_peer_allowed(int fd, uid_t *uid, pid_t *pid)

@@ -239,23 +239,30 @@ static void refresh(void *arg)
     core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
 }
 
-/* Traffic selectors as TUN routes. A full tunnel (/0) becomes two halves,
- * more specific than any default route of the device, so the TUN wins
- * whatever the metrics are. */
-static void profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net)
+/* Every prefix a profile may list gets its route, blackhole and nftables
+ * element: the datapath's tables are sized from the profile's limit. */
+_Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every remote_ts");
+
+/* The profile's traffic selectors as the prefixes the TUN routes cover. A
+ * full tunnel (/0) stays one prefix: it is the default route of our own
+ * routing table, which the rule consults before the main table. More than
+ * the datapath can hold is an error, never a prefix silently left out. */
+static int profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net, char *err,
+                             size_t err_len)
 {
-    for (size_t i = 0; i < n && net->n_remote_ts + 2 <= ESP_MAX_TS; i++) {
-        esp_prefix *t = &net->remote_ts[net->n_remote_ts++];
+    if (n > ESP_MAX_TS) {
+        snprintf(err, err_len, "tunnel.remote_ts has %zu prefixes, the datapath protects at most %d",
+                 n, ESP_MAX_TS);
+        return M2MVPN_E_PROFILE;
+    }
+    for (size_t i = 0; i < n; i++) {
+        esp_prefix *t = &net->remote_ts[i];
         t->family = ts[i].family;
         memcpy(t->addr, ts[i].addr, 16);
         t->prefix_len = ts[i].prefix_len;
-        if (t->prefix_len == 0) {
-            t->prefix_len = 1;
-            esp_prefix *hi = &net->remote_ts[net->n_remote_ts++];
-            *hi = *t;
-            hi->addr[0] = 0x80;
-        }
     }
+    net->n_remote_ts = n;
+    return 0;
 }
 
 /* The datapath's inbound filter from the negotiated selectors (RFC 4301
@@ -373,8 +380,9 @@ static void on_established(void *arg, const ike_child_result *r)
     /* Routes for everything the profile protects, not only what the gateway
      * granted (a subset, checked by lib/ike): traffic for the rest goes into
      * the TUN too and is not sent in plaintext. */
-    profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
-    for (size_t i = 0; i < r->n_dns && i < ESP_MAX_DNS; i++) {
+    rc = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
+                           sizeof(err));
+    for (size_t i = 0; rc == 0 && i < r->n_dns && i < ESP_MAX_DNS; i++) {
         net.dns[i].family = AF_INET;
         memcpy(net.dns[i].addr, r->dns[i], 4);
         net.n_dns++;
@@ -382,7 +390,7 @@ static void on_established(void *arg, const ike_child_result *r)
     net.encr_id = r->encr_id;
     net.integ_id = r->integ_id;
     set_inbound_filter(r, &net);
-    if ((rc = esp_datapath_set_network(c->dp, &net, err, sizeof(err))) < 0) {
+    if (rc < 0 || (rc = esp_datapath_set_network(c->dp, &net, err, sizeof(err))) < 0) {
         char why[320];
         snprintf(why, sizeof(why), "configuring the tunnel failed: %s", err);
         close_and_reconnect(c, rc, why);
@@ -475,10 +483,22 @@ static int resolve(conn *c, char *err, size_t err_len)
     return 0;
 }
 
+/* Our sockets to the gateway carry the datapath's fwmark: the rule that
+ * sends protected prefixes into the tunnel skips them, so they find the way
+ * the main table gives even when the gateway lies inside a protected prefix
+ * (a full tunnel). Probes of that way carry it too. */
+static void mark_socket(const conn *c, int s)
+{
+    uint32_t mark = esp_tunnel_table(c->prof->tunnel.tun_name);
+    setsockopt(s, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+}
+
 /* Does a socket bound to `ifname` have a route to the gateway? */
 static bool reaches_through(const conn *c, const char *ifname)
 {
     int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s >= 0)
+        mark_socket(c, s);
     bool ok = s >= 0 &&
               setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname)) == 0 &&
               connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0;
@@ -500,6 +520,8 @@ static void find_underlay(conn *c)
     if (getifaddrs(&ifs) < 0)
         return;
     int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s >= 0)
+        mark_socket(c, s);
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
     bool routed = s >= 0 && connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0 &&
@@ -539,6 +561,8 @@ static int open_socket(conn *c, struct sockaddr_storage *local, socklen_t *local
 {
     close_socket(c);
     c->sock500 = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->sock500 >= 0)
+        mark_socket(c, c->sock500);
     if (c->sock500 >= 0 && c->underlay[0])
         setsockopt(c->sock500, SOL_SOCKET, SO_BINDTODEVICE, c->underlay, (socklen_t)strlen(c->underlay));
     if (c->sock500 < 0 || connect(c->sock500, (struct sockaddr *)&c->gw, c->gw_len) < 0) {
@@ -604,38 +628,66 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
         snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
         return M2MVPN_E_NOTSUPP;
     }
+    if (c->cred && cred_lost(c->cred)) {
+        /* Token removed or TPM gone: open it again (it may be back). */
+        LOG_INFO(c->log, "conn", "credential device went away: opening it again");
+        cred_free(c->cred);
+        c->cred = NULL;
+    }
     if (p->auth != PROFILE_AUTH_CERT || c->cred)
         return 0;
-    if (p->cert.source != PROFILE_CERT_FILE) {
+    const char *pin = p->cert.pin;
+    size_t pin_len = pin ? strlen(pin) : 0;
+    switch (p->cert.source) {
+    case PROFILE_CERT_FILE:
+        return cred_file_open(p->cert.file, p->cert.key, pin, pin_len, &c->cred, err, err_len);
+    case PROFILE_CERT_PKCS11:
+        return cred_pkcs11_open(p->cert.pkcs11_module, p->cert.pkcs11_uri, pin, pin_len, &c->cred,
+                                err, err_len);
+    case PROFILE_CERT_TPM:
+        return cred_tpm_open(p->cert.tpm_key, p->cert.file, p->cert.tpm_tcti, pin, pin_len, &c->cred,
+                             err, err_len);
+    default:
         snprintf(err, err_len, "auth.cert.source \"%s\" is not supported by this build yet",
                  profile_cert_source_name(p->cert.source));
         return M2MVPN_E_NOTSUPP;
     }
-    const char *pin = p->cert.pin;
-    return cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &c->cred, err, err_len);
 }
 
 /* Kill switch from the moment the profile is in use (DESIGN.md §8: also
  * before the first connect): the TUN with routes for the profile's remote
- * traffic selectors, and no SA, so protected traffic is dropped, not leaked. */
-static void arm_kill_switch(conn *c)
+ * traffic selectors in our table behind the rule, blackholes, the nftables
+ * table, and no SA, so protected traffic is dropped, not leaked. */
+static int arm_kill_switch(conn *c, char *err, size_t err_len)
 {
-    char err[256];
     esp_tunnel_net net;
     memset(&net, 0, sizeof(net));
     /* No gateway lookup here: routes must be in place even when the
      * gateway's name cannot be resolved yet. */
-    int r = ensure_datapath(c, err, sizeof(err));
-    if (r == 0) {
-        profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net);
-        r = esp_datapath_set_network(c->dp, &net, err, sizeof(err));
-    }
+    int r = ensure_datapath(c, err, err_len);
+    if (r == 0)
+        r = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
+                              err_len);
+    if (r == 0)
+        r = esp_datapath_set_network(c->dp, &net, err, err_len);
     c->kill_switch_armed = r == 0;
-    if (r < 0)
-        LOG_ERR(c->log, "conn", "kill switch for profile %s not in place (tried again at each "
-                "attempt): %s", c->prof->name, err);
+    if (r < 0) {
+        LOG_ERR(c->log, "conn", "kill switch for profile %s not in place (no connection attempt "
+                "until it is): %s", c->prof->name, err);
+        return r;
+    }
+    esp_kill_switch_info ks;
+    esp_datapath_kill_switch_info(c->dp, &ks);
+    if (ks.nftables)
+        LOG_INFO(c->log, "conn", "kill switch for profile %s in place: routing table %u "
+                 "(rule priority %u), nftables table %s", c->prof->name, ks.table,
+                 ks.rule_priority, ks.nft_table);
     else
-        LOG_INFO(c->log, "conn", "kill switch for profile %s in place", c->prof->name);
+        LOG_WARN(c->log, "conn", "kill switch for profile %s in place: routing table %u "
+                 "(rule priority %u); no nftables table (%s): a program that binds its socket to "
+                 "another interface can bypass it", c->prof->name, ks.table, ks.rule_priority,
+                 ks.nft_why);
+    return 0;
 }
 
 static void attempt(conn *c)
@@ -643,9 +695,13 @@ static void attempt(conn *c)
     char err[512] = "";
     ike_config cfg;
     memset(&cfg, 0, sizeof(cfg));
+    int r = 0;
+    /* No attempt without the kill switch: the tunnel must not come up, or
+     * be waited for, while protected traffic could leave in plaintext. */
     if (c->prof->tunnel.kill_switch && !c->kill_switch_armed)
-        arm_kill_switch(c);
-    int r = resolve(c, err, sizeof(err));
+        r = arm_kill_switch(c, err, sizeof(err));
+    if (r == 0)
+        r = resolve(c, err, sizeof(err));
     if (r == 0)
         r = ensure_datapath(c, err, sizeof(err));
     if (r == 0)
@@ -653,10 +709,14 @@ static void attempt(conn *c)
     if (r == 0)
         r = ensure_credentials(c, err, sizeof(err));
     if (r == 0 && c->cred && cred_pin_needed(c->cred)) {
+        char what[160];
+        cred_describe(c->cred, what, sizeof(what));
+        if (!what[0])
+            snprintf(what, sizeof(what), "%s", c->prof->cert.file ? c->prof->cert.file : "");
         c->pin_wait = true;
-        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", c->prof->cert.file);
+        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", what);
         if (c->hooks.on_event)
-            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, c->prof->cert.file);
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, what);
         return;
     }
     if (r == 0)
@@ -788,8 +848,14 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     c->gw_index = 0;
     c->failures = 0;
     c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;
-    if (p->tunnel.kill_switch)
-        arm_kill_switch(c);
+    if (p->tunnel.kill_switch) {
+        char err[320];
+        int r = arm_kill_switch(c, err, sizeof(err));
+        if (r < 0 && !c->want_up) {
+            set_state(c, M2MVPN_STATE_IDLE, r, err); /* in the status: last_error */
+            return;
+        }
+    }
     if (c->want_up) {
         set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
         attempt(c);
@@ -866,8 +932,29 @@ void conn_remove_profile(conn *c)
         set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
 }
 
+/* What holds our key and its certificate (never a PIN). */
+static void fill_credential(conn *c, m2mvpn_status *st)
+{
+    st->credential_source[0] = st->credential[0] = st->cert_subject[0] = '\0';
+    st->cert_not_after = 0;
+    if (!c->cred)
+        return;
+    snprintf(st->credential_source, sizeof(st->credential_source), "%s", cred_name(c->cred));
+    cred_describe(c->cred, st->credential, sizeof(st->credential));
+    if (!st->credential[0] && c->prof && c->prof->cert.file)
+        snprintf(st->credential, sizeof(st->credential), "%s", c->prof->cert.file);
+    pki_cert *const *chain;
+    size_t n;
+    char err[128];
+    if (cred_chain(c->cred, &chain, &n, err, sizeof(err)) == 0 && n > 0) {
+        pki_cert_subject_text(chain[0], st->cert_subject, sizeof(st->cert_subject));
+        st->cert_not_after = pki_cert_not_after(chain[0]);
+    }
+}
+
 void conn_fill_status(conn *c, m2mvpn_status *st)
 {
+    fill_credential(c, st);
     snprintf(st->gateway, sizeof(st->gateway), "%s", c->sa || c->spi_in ? c->gw_text : "");
     snprintf(st->virtual_ip, sizeof(st->virtual_ip), "%s", c->vip);
     snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", c->spi_in ? c->ike_alg : "");

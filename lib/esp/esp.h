@@ -29,6 +29,18 @@
  * core_loop watches (esp_datapath_attach) is signalled; the callbacks then run
  * on the engine thread.
  *
+ * Routes by policy. The routes for the remote traffic selectors live in a
+ * routing table of our own (esp_tunnel_table(tun name), one per TUN name),
+ * selected by a rule `not fwmark TABLE lookup TABLE` at ESP_RULE_PRIORITY,
+ * ahead of the main table, per address family. The table holds only the
+ * protected prefixes, so everything else falls through to the main table as
+ * before; for a protected destination the main table is never consulted, and
+ * no route added there (a DHCP option 121 route, an overlapping LAN: the
+ * TunnelVision and TunnelCrack LocalNet attacks) can take the traffic. A full
+ * tunnel is a plain default route in our table. Our own IKE and ESP sockets
+ * carry the fwmark (SO_MARK = the table number), skip the rule and reach the
+ * gateway through the main table even when it lies inside a protected prefix.
+ *
  * Kill switch (tunnel.kill_switch, default on). Plaintext for a protected
  * network must never leave the underlay, also while reconnecting, without SA,
  * or after the engine died (SIGKILL). Mechanism:
@@ -37,18 +49,25 @@
  *    outbound SA, or whose destination no remote traffic selector covers,
  *    are dropped and counted (ESP_DROP_NO_SA);
  *  - the TUN is made persistent (TUNSETPERSIST): when the process dies, the
- *    kernel keeps the device, its address and its routes; with no reader the
- *    TUN drops what is routed into it;
- *  - for every TUN route a blackhole route for the same prefix is added with a
- *    higher metric (ESP_KILL_SWITCH_METRIC_OFFSET); if the TUN itself is
- *    deleted, the blackhole still catches the traffic;
+ *    kernel keeps the device, its address, our table and rule; with no
+ *    reader the TUN drops what is routed into it;
+ *  - for every TUN route a blackhole route for the same prefix is added to
+ *    our table with a higher metric (ESP_KILL_SWITCH_METRIC_OFFSET); if the
+ *    TUN itself is deleted, the blackhole still catches the traffic;
+ *  - where the kernel has nf_tables (and the build libnftables), a table
+ *    `inet m2mvpn_<tun>` drops packets for the protected prefixes leaving by
+ *    any interface but the TUN (and lo), except our own marked UDP: this
+ *    also holds against what bypasses routing rules (a socket bound to
+ *    another interface, a rule ahead of ours);
  *  - only esp_datapath_teardown(dp, true) removes the routes, blackholes,
- *    addresses and the persistent device, i.e. when the profile is removed on
- *    purpose. esp_datapath_free() without teardown leaves the kill switch in
- *    place. A new datapath with the same TUN name re-attaches to a leftover
- *    persistent TUN and adopts its existing routes.
- * With kill_switch off the TUN is not persistent, no blackholes are added and
- * esp_datapath_free() removes everything.
+ *    rules, nftables table, addresses and the persistent device, i.e. when
+ *    the profile is removed on purpose. esp_datapath_free() without teardown
+ *    leaves the kill switch in place. A new datapath with the same TUN name
+ *    re-attaches to a leftover persistent TUN, adopts the routes of our
+ *    table and replaces the rule and nftables table.
+ * With kill_switch off the TUN is not persistent, no blackholes and no
+ * nftables table are added and esp_datapath_free() removes everything (the
+ * routes still live in our table, behind the rule).
  *
  * Errors are 0 or negative M2MVPN_E_*; functions that take (err, err_len) write
  * a human reason there on failure (never a key).
@@ -78,10 +97,26 @@
 #define ESP_MAX_PACKET     16384
 /* Largest TUN MTU the datapath's preallocated send slots take (no jumbo). */
 #define ESP_MAX_TUN_MTU    1952
+/* Prefixes a tunnel protects: as many as a profile may list
+ * (PROFILE_MAX_TS, checked in lib/conn); a full tunnel is one prefix. */
 #define ESP_MAX_TS         16
 #define ESP_MAX_DNS        4
 /* Blackhole routes sit this far below (metric above) the TUN routes. */
 #define ESP_KILL_SWITCH_METRIC_OFFSET 100
+/* Priority of our policy rule: ahead of the main (32766) and default
+ * tables, and ahead of what other software adds on its own (wg-quick 32764
+ * and 32765, Tailscale from 5210, Android-style policy routing from 10000),
+ * so none of it decides before us for a protected prefix; priorities below
+ * are left to an administrator's deliberate exceptions, and 0 is the local
+ * table. Every TUN's rule has this priority (each looks up its own table). */
+#define ESP_RULE_PRIORITY 1000
+/* Our routing tables are ESP_TABLE_BASE + 12 bits of a hash of the TUN
+ * name: one table per TUN name, the same after a restart (so a new engine
+ * finds what the old one left), without a registry. The number is also the
+ * fwmark of our own sockets. Two TUN names meeting in one table is detected
+ * (esp_datapath_new fails: rename one). The bits 0x4000, 0x8000 and
+ * 0xff0000, which Kubernetes and Tailscale give meanings to, stay clear. */
+#define ESP_TABLE_BASE 0x6d320000u
 
 /* ESP next-header values (IANA protocol numbers). */
 enum { ESP_NH_IPV4 = 4, ESP_NH_IPV6 = 41, ESP_NH_DUMMY = 59 };
@@ -338,6 +373,11 @@ typedef struct esp_tunnel_net {
 
 typedef struct esp_datapath esp_datapath;
 
+/* Our routing table for the TUN `tun_name` ("" -> "m2m0"), which is also the
+ * fwmark (SO_MARK) that our IKE and ESP sockets, and any socket that probes
+ * the way to the gateway, must carry to reach it outside the tunnel. */
+uint32_t esp_tunnel_table(const char *tun_name);
+
 /* Callbacks on the engine thread (after esp_datapath_attach). */
 typedef struct esp_datapath_callbacks {
     /* A non-ESP (IKE) packet arrived on the shared socket; `data` is the IKE
@@ -364,7 +404,8 @@ int esp_datapath_attach(esp_datapath *dp, core_loop *loop,
                         const esp_datapath_callbacks *cbs, void *arg);
 
 /* Configure the TUN: MTU, virtual IP, routes for the remote traffic selectors
- * (+ blackholes with the kill switch), DNS recorded (and applied via the hook).
+ * in our table with its rule (+ blackholes and the nftables table with the
+ * kill switch), DNS recorded (and applied via the hook).
  * Outbound packets are only sent if a remote traffic selector covers their
  * destination; inbound ones only go up if in_src/in_dst cover them. Calling it again replaces what the previous call added (new
  * routes are added before old ones go, so the kill switch has no gap).
@@ -418,6 +459,16 @@ int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_count
 int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockaddr *peer,
                           socklen_t peer_len);
 
+/* What holds the protected traffic in the TUN, for the log and status. */
+typedef struct esp_kill_switch_info {
+    uint32_t table;            /* our routing table (= fwmark) */
+    uint32_t rule_priority;    /* ESP_RULE_PRIORITY */
+    bool nftables;             /* the nftables table is in place */
+    char nft_table[40];        /* "inet m2mvpn_<tun>" */
+    char nft_why[128];         /* why not, when !nftables */
+} esp_kill_switch_info;
+void esp_datapath_kill_switch_info(const esp_datapath *dp, esp_kill_switch_info *out);
+
 /* Current DNS servers (as set by set_network); returns how many. */
 size_t esp_datapath_dns(const esp_datapath *dp, esp_prefix *out, size_t max);
 /* ifindex of the TUN; the shared UDP socket (for status/diagnostics only:
@@ -425,8 +476,8 @@ size_t esp_datapath_dns(const esp_datapath *dp, esp_prefix *out, size_t max);
 int esp_datapath_tun_ifindex(const esp_datapath *dp);
 int esp_datapath_udp_fd(const esp_datapath *dp);
 
-/* Remove the profile's network on purpose: routes, blackholes, addresses, and
- * the persistent TUN. `remove_all` false only drops the SAs (kill switch stays).
+/* Remove the profile's network on purpose: routes, blackholes, rules, the
+ * nftables table, addresses, and the persistent TUN. `remove_all` false only drops the SAs (kill switch stays).
  * Stops threads. */
 void esp_datapath_teardown(esp_datapath *dp, bool remove_all);
 

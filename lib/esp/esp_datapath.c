@@ -30,6 +30,7 @@
 #include "../core/buf.h"
 #include "../core/secmem.h"
 #include "esp_datapath_int.h"
+#include "esp_nft.h"
 
 static void set_err(char *err, size_t err_len, const char *what, const char *why)
 {
@@ -75,6 +76,15 @@ static int open_udp(esp_datapath *dp, char *err, size_t err_len)
         setsockopt(dp->udp_fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
     if (setsockopt(dp->udp_fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof(big)) < 0)
         setsockopt(dp->udp_fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    /* Our mark: the rule that sends the protected prefixes to our table
+     * skips marked packets, so IKE and ESP reach the gateway even inside a
+     * protected prefix (full tunnel). Needs CAP_NET_ADMIN, as the routes do. */
+    uint32_t mark = esp_tunnel_table(dp->cfg.tun_name);
+    if (setsockopt(dp->udp_fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0 &&
+        dp->cfg.configure_network) {
+        set_err(err, err_len, "SO_MARK", strerror(errno));
+        return M2MVPN_E_NETWORK;
+    }
     if (dp->cfg.underlay_ifname[0] &&
         setsockopt(dp->udp_fd, SOL_SOCKET, SO_BINDTODEVICE, dp->cfg.underlay_ifname,
                    (socklen_t)strlen(dp->cfg.underlay_ifname)) < 0) {
@@ -469,6 +479,17 @@ size_t esp_datapath_dns(const esp_datapath *dp, esp_prefix *out, size_t max)
     size_t n = dp->n_dns < max ? dp->n_dns : max;
     memcpy(out, dp->dns, n * sizeof(out[0]));
     return n;
+}
+
+void esp_datapath_kill_switch_info(const esp_datapath *dp, esp_kill_switch_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->table = esp_tunnel_table(dp->cfg.tun_name);
+    out->rule_priority = ESP_RULE_PRIORITY;
+    out->nftables = dp->net.nft_active;
+    esp_nft_table_name(dp->net.name[0] ? dp->net.name : "m2m0", out->nft_table,
+                       sizeof(out->nft_table));
+    snprintf(out->nft_why, sizeof(out->nft_why), "%s", dp->net.nft_why);
 }
 
 int esp_datapath_tun_ifindex(const esp_datapath *dp) { return dp->net.ifindex; }

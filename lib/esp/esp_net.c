@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * TUN device and routes through libnl-route-3. See esp.h for the kill switch
- * this implements (persistent TUN + blackhole routes beneath the TUN routes).
+ * TUN device, routes and policy rules through libnl-route-3. See esp.h for
+ * the routing by policy and the kill switch this implements (our own table
+ * behind a rule, persistent TUN, blackhole routes beneath the TUN routes,
+ * the nftables table of esp_nft.c).
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fib_rules.h>
 #include <linux/if_tun.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
@@ -21,10 +24,12 @@
 #include <netlink/route/link.h>
 #include <netlink/route/link/inet6.h>
 #include <netlink/route/route.h>
+#include <netlink/route/rule.h>
 
 #include <m2mvpn/m2mvpn.h>
 
 #include "esp_net.h"
+#include "esp_nft.h"
 
 static void set_err(char *err, size_t err_len, const char *what, const char *why)
 {
@@ -32,7 +37,16 @@ static void set_err(char *err, size_t err_len, const char *what, const char *why
         snprintf(err, err_len, "%s: %s", what, why);
 }
 
-static void adopt_leftovers(esp_net *n);
+static int adopt_leftovers(esp_net *n, char *err, size_t err_len);
+
+uint32_t esp_tunnel_table(const char *tun_name)
+{
+    const char *name = tun_name && *tun_name ? tun_name : "m2m0";
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *c = name; *c; c++)
+        h = (h ^ (uint8_t)*c) * 16777619u;
+    return ESP_TABLE_BASE | ((h ^ (h >> 12) ^ (h >> 24)) & 0xfffu);
+}
 
 int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
                  size_t err_len)
@@ -40,6 +54,7 @@ int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, ch
     memset(n, 0, sizeof(*n));
     n->tun_fd = -1;
     snprintf(n->name, sizeof(n->name), "%s", name && *name ? name : "m2m0");
+    n->table = esp_tunnel_table(n->name);
 
     n->nl = nl_socket_alloc();
     if (!n->nl)
@@ -79,7 +94,11 @@ int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, ch
         set_err(err, err_len, n->name, "no ifindex");
         goto fail;
     }
-    adopt_leftovers(n);
+    if (adopt_leftovers(n, err, err_len) < 0) {
+        /* Another interface's table: leave the device as it was. */
+        esp_net_close(n, false);
+        return M2MVPN_E_TUN;
+    }
     return 0;
 fail:
     esp_net_close(n, true);
@@ -102,7 +121,7 @@ static struct rtnl_route *build_route(const esp_net *n, const esp_net_route *r)
     if (!route || !dst)
         goto fail;
     rtnl_route_set_family(route, (uint8_t)r->dst.family);
-    rtnl_route_set_table(route, RT_TABLE_MAIN);
+    rtnl_route_set_table(route, n->table);
     rtnl_route_set_protocol(route, RTPROT_STATIC);
     rtnl_route_set_priority(route, r->metric);
     if (rtnl_route_set_dst(route, dst) < 0)
@@ -140,11 +159,11 @@ static bool route_eq(const esp_net_route *a, const esp_net_route *b)
     return a->blackhole == b->blackhole && a->metric == b->metric && prefix_eq(&a->dst, &b->dst);
 }
 
-/* Is the route the kernel already has for r's prefix and metric one of ours
- * (left by an earlier instance with the kill switch)? EEXIST says only that
- * some route with that prefix and metric exists: a foreign one (another
- * route to the same network) must not be taken for ours, or the protected
- * traffic would follow it in plaintext. */
+/* Is the route the kernel already has in our table for r's prefix and metric
+ * one of ours (left by an earlier instance with the kill switch)? EEXIST says
+ * only that some route with that prefix and metric exists: a foreign one
+ * (into another interface) must not be taken for ours, or the protected
+ * traffic would follow it. */
 static bool existing_route_is_ours(esp_net *n, const esp_net_route *r)
 {
     struct nl_cache *cache = NULL;
@@ -154,7 +173,7 @@ static bool existing_route_is_ours(esp_net *n, const esp_net_route *r)
     bool ours = false;
     for (struct nl_object *o = nl_cache_get_first(cache); o && want && !ours; o = nl_cache_get_next(o)) {
         struct rtnl_route *rt = (struct rtnl_route *)o;
-        if (rtnl_route_get_table(rt) != RT_TABLE_MAIN || rtnl_route_get_priority(rt) != r->metric ||
+        if (rtnl_route_get_table(rt) != n->table || rtnl_route_get_priority(rt) != r->metric ||
             !rtnl_route_get_dst(rt) || nl_addr_cmp(rtnl_route_get_dst(rt), want) != 0)
             continue;
         if (r->blackhole) {
@@ -171,13 +190,15 @@ static bool existing_route_is_ours(esp_net *n, const esp_net_route *r)
 }
 
 /* A persistent TUN left by an earlier instance (kill switch, after a crash or
- * restart) still has that instance's routes and address. The routes into it
- * are taken over as ours, so the next apply replaces exactly what is no
- * longer wanted; its old address is removed, so that it can never be picked
- * as the source of new traffic (the gateway may assign another one now).
- * The blackholes stay (they hold traffic) until a teardown with the same
- * prefixes, or are reused by apply. */
-static void adopt_leftovers(esp_net *n)
+ * restart) still has that instance's address, and our table its routes. The
+ * routes of our table are taken over as ours, so the next apply replaces
+ * exactly what is no longer wanted and teardown removes them; the TUN's old
+ * address is removed, so that it can never be picked as the source of new
+ * traffic (the gateway may assign another one now). The blackholes stay
+ * (they hold traffic) until a teardown, or are reused by apply. A route of
+ * our table into another interface means that another TUN name maps to the
+ * same table: refused, rather than mixing two tunnels' routes. */
+static int adopt_leftovers(esp_net *n, char *err, size_t err_len)
 {
     /* Addresses first: removing a device's last IPv4 address flushes its
      * IPv4 routes too (the blackholes hold the traffic meanwhile). */
@@ -191,36 +212,52 @@ static void adopt_leftovers(esp_net *n)
         nl_cache_free(addrs);
     }
     struct nl_cache *cache = NULL;
-    if (rtnl_route_alloc_cache(n->nl, AF_UNSPEC, 0, &cache) == 0) {
-        for (struct nl_object *o = nl_cache_get_first(cache); o && n->n_routes < ESP_NET_MAX_ROUTES;
-             o = nl_cache_get_next(o)) {
-            struct rtnl_route *rt = (struct rtnl_route *)o;
-            struct rtnl_nexthop *nh = rtnl_route_nexthop_n(rt, 0);
-            struct nl_addr *dst = rtnl_route_get_dst(rt);
-            if (rtnl_route_get_table(rt) != RT_TABLE_MAIN || rtnl_route_get_type(rt) != RTN_UNICAST ||
-                rtnl_route_get_protocol(rt) != RTPROT_STATIC || !nh || !dst ||
-                rtnl_route_nh_get_ifindex(nh) != n->ifindex || nl_addr_get_len(dst) > 16)
-                continue;
-            esp_net_route *r = &n->routes[n->n_routes++];
-            memset(r, 0, sizeof(*r));
-            r->dst.family = nl_addr_get_family(dst);
-            memcpy(r->dst.addr, nl_addr_get_binary_addr(dst), nl_addr_get_len(dst));
-            r->dst.prefix_len = (uint8_t)nl_addr_get_prefixlen(dst);
-            r->metric = rtnl_route_get_priority(rt);
-        }
-        nl_cache_free(cache);
+    int rc = rtnl_route_alloc_cache(n->nl, AF_UNSPEC, 0, &cache);
+    if (rc < 0) {
+        set_err(err, err_len, "route dump", nl_geterror(rc));
+        return M2MVPN_E_TUN;
     }
+    for (struct nl_object *o = nl_cache_get_first(cache); o && n->n_routes < ESP_NET_MAX_ROUTES;
+         o = nl_cache_get_next(o)) {
+        struct rtnl_route *rt = (struct rtnl_route *)o;
+        struct rtnl_nexthop *nh = rtnl_route_nexthop_n(rt, 0);
+        struct nl_addr *dst = rtnl_route_get_dst(rt);
+        if (rtnl_route_get_table(rt) != n->table || !dst || nl_addr_get_len(dst) > 16)
+            continue;
+        bool blackhole = rtnl_route_get_type(rt) == RTN_BLACKHOLE;
+        if (!blackhole && (!nh || rtnl_route_nh_get_ifindex(nh) != n->ifindex)) {
+            char other[IF_NAMESIZE] = "?";
+            if (nh)
+                if_indextoname((unsigned)rtnl_route_nh_get_ifindex(nh), other);
+            snprintf(err, err_len, "routing table %u (ours for %s) holds a route into %s: "
+                     "another TUN name maps to the same table, rename one", n->table, n->name,
+                     other);
+            nl_cache_free(cache);
+            return M2MVPN_E_TUN;
+        }
+        esp_net_route *r = &n->routes[n->n_routes++];
+        memset(r, 0, sizeof(*r));
+        r->dst.family = nl_addr_get_family(dst);
+        memcpy(r->dst.addr, nl_addr_get_binary_addr(dst), nl_addr_get_len(dst));
+        r->dst.prefix_len = (uint8_t)nl_addr_get_prefixlen(dst);
+        r->blackhole = blackhole;
+        r->metric = rtnl_route_get_priority(rt);
+    }
+    nl_cache_free(cache);
+    return 0;
 }
 
 static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_len)
 {
-    for (size_t i = 0; i < n->n_routes; i++)
-        if (route_eq(&n->routes[i], r))
-            return 0;
-    if (n->n_routes >= ESP_NET_MAX_ROUTES) {
+    bool recorded = false;
+    for (size_t i = 0; i < n->n_routes && !recorded; i++)
+        recorded = route_eq(&n->routes[i], r);
+    if (!recorded && n->n_routes >= ESP_NET_MAX_ROUTES) {
         set_err(err, err_len, "routes", "too many");
         return M2MVPN_E_TUN;
     }
+    /* Added again even when recorded: the kernel drops a device's routes
+     * when the link goes down, and they must come back with it. */
     struct rtnl_route *route = build_route(n, r);
     if (!route)
         return M2MVPN_E_NOMEM;
@@ -228,19 +265,99 @@ static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_l
     rtnl_route_put(route);
     /* EEXIST: adopted only if it is a leftover of ours (kill switch), so a
      * later teardown removes it; a foreign route is an error, not a success. */
-    if (rc == -NLE_EXIST && !existing_route_is_ours(n, r)) {
+    if (rc == -NLE_EXIST && !recorded && !existing_route_is_ours(n, r)) {
         char dst[INET6_ADDRSTRLEN] = "?";
         inet_ntop(r->dst.family, r->dst.addr, dst, sizeof(dst));
-        snprintf(err, err_len, "a route to %s/%u with metric %u exists already and is not ours: "
-                 "protected traffic would bypass the tunnel", dst, r->dst.prefix_len, r->metric);
+        snprintf(err, err_len, "a route to %s/%u with metric %u exists already in table %u "
+                 "and is not ours: protected traffic would bypass the tunnel", dst,
+                 r->dst.prefix_len, r->metric, n->table);
         return M2MVPN_E_TUN;
     }
     if (rc < 0 && rc != -NLE_EXIST) {
-        set_err(err, err_len, "route add", nl_geterror(rc));
+        char dst[INET6_ADDRSTRLEN] = "?";
+        inet_ntop(r->dst.family, r->dst.addr, dst, sizeof(dst));
+        snprintf(err, err_len, "adding the %s route to %s/%u in table %u: %s",
+                 r->blackhole ? "blackhole" : "TUN", dst, r->dst.prefix_len, n->table,
+                 nl_geterror(rc));
         return M2MVPN_E_TUN;
     }
-    n->routes[n->n_routes++] = *r;
+    if (!recorded)
+        n->routes[n->n_routes++] = *r;
     return 0;
+}
+
+/* ------------------------------------------------------------ rules */
+
+/* Our rule for `family`: `not fwmark TABLE lookup TABLE` at
+ * ESP_RULE_PRIORITY. libnl has no setter for the rule flags, so the request
+ * is built by libnl and FIB_RULE_INVERT set in its header. */
+static int rule_add(esp_net *n, int family)
+{
+    struct rtnl_rule *rule = rtnl_rule_alloc();
+    if (!rule)
+        return -NLE_NOMEM;
+    rtnl_rule_set_family(rule, family);
+    rtnl_rule_set_prio(rule, ESP_RULE_PRIORITY);
+    rtnl_rule_set_mark(rule, n->table);
+    rtnl_rule_set_mask(rule, 0xffffffffu);
+    rtnl_rule_set_table(rule, n->table);
+    rtnl_rule_set_action(rule, FR_ACT_TO_TBL);
+    struct nl_msg *msg = NULL;
+    int rc = rtnl_rule_build_add_request(rule, NLM_F_EXCL, &msg);
+    rtnl_rule_put(rule);
+    if (rc < 0)
+        return rc;
+    struct fib_rule_hdr *frh = nlmsg_data(nlmsg_hdr(msg));
+    frh->flags |= FIB_RULE_INVERT;
+    rc = nl_send_auto_complete(n->nl, msg);
+    nlmsg_free(msg);
+    if (rc < 0)
+        return rc;
+    return nl_wait_for_ack(n->nl);
+}
+
+/* Make sure our rule for `family` is there (an engine that died leaves it;
+ * one of another shape that looks up our table is replaced). */
+static int rule_ensure(esp_net *n, int family, char *err, size_t err_len)
+{
+    struct nl_cache *cache = NULL;
+    int rc = rtnl_rule_alloc_cache(n->nl, family, &cache);
+    bool found = false;
+    for (struct nl_object *o = rc == 0 ? nl_cache_get_first(cache) : NULL; o;
+         o = nl_cache_get_next(o)) {
+        struct rtnl_rule *r = (struct rtnl_rule *)o;
+        if (rtnl_rule_get_family(r) != family || rtnl_rule_get_table(r) != n->table)
+            continue;
+        if (!found && rtnl_rule_get_prio(r) == ESP_RULE_PRIORITY && rtnl_rule_get_mark(r) == n->table &&
+            rtnl_rule_get_action(r) == FR_ACT_TO_TBL)
+            found = true;
+        else
+            rtnl_rule_delete(n->nl, r, 0);
+    }
+    if (cache)
+        nl_cache_free(cache);
+    if (rc == 0 && !found)
+        rc = rule_add(n, family);
+    if (rc < 0) {
+        snprintf(err, err_len, "policy rule (%s, priority %u, table %u): %s",
+                 family == AF_INET ? "IPv4" : "IPv6", ESP_RULE_PRIORITY, n->table, nl_geterror(rc));
+        return M2MVPN_E_TUN;
+    }
+    return 0;
+}
+
+/* Every rule, of any family, that looks up our table. */
+static void rules_remove(esp_net *n)
+{
+    struct nl_cache *cache = NULL;
+    if (rtnl_rule_alloc_cache(n->nl, AF_UNSPEC, &cache) < 0)
+        return;
+    for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
+        struct rtnl_rule *r = (struct rtnl_rule *)o;
+        if (rtnl_rule_get_table(r) == n->table)
+            rtnl_rule_delete(n->nl, r, 0);
+    }
+    nl_cache_free(cache);
 }
 
 static void route_del_at(esp_net *n, size_t i)
@@ -313,13 +430,51 @@ static int link_up(esp_net *n, uint32_t mtu, char *err, size_t err_len)
     return 0;
 }
 
+static bool has_family(const esp_prefix *p, size_t n, int family)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i].family == family)
+            return true;
+    return false;
+}
+
 int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
-                  const esp_prefix *want, size_t n_want, uint32_t metric, bool blackholes,
+                  const esp_prefix *want, size_t n_want, uint32_t metric, bool kill_switch,
                   char *err, size_t err_len)
 {
-    if (n_want > ESP_MAX_TS)
+    if (n_want > ESP_MAX_TS) {
+        snprintf(err, err_len, "%zu prefixes to protect, at most %d", n_want, ESP_MAX_TS);
         return M2MVPN_E_INVAL;
-    int rc = link_up(n, mtu, err, err_len);
+    }
+    for (size_t i = 0; i < n_want; i++) {
+        if ((want[i].family != AF_INET && want[i].family != AF_INET6) ||
+            want[i].prefix_len > (want[i].family == AF_INET ? 32 : 128)) {
+            snprintf(err, err_len, "prefix %zu to protect is not an IPv4 or IPv6 prefix", i + 1);
+            return M2MVPN_E_INVAL;
+        }
+    }
+    /* The nftables table first: from then on nothing for the protected
+     * prefixes leaves by another interface, whatever the routes are.
+     * Unchanged prefixes (connected after armed: the profile's both times)
+     * keep the table as it is: a change costs some 10 ms of parsing. */
+    int rc;
+    bool nft_same = n->nft_active && n->n_nft_set == n_want;
+    for (size_t i = 0; nft_same && i < n_want; i++)
+        nft_same = prefix_eq(&n->nft_set[i], &want[i]);
+    if (kill_switch && !nft_same) {
+        n->n_nft_set = 0;
+        rc = esp_nft_apply(n->name, n->table, want, n_want, &n->nft_active, n->nft_why,
+                           sizeof(n->nft_why), err, err_len);
+        if (rc < 0)
+            return rc;
+        memcpy(n->nft_set, want, n_want * sizeof(*want));
+        n->n_nft_set = n_want;
+    } else if (!kill_switch && (n->nft_active || !n->nft_why[0])) {
+        esp_nft_remove(n->name); /* a kill-switch profile's, on the same TUN before */
+        n->nft_active = false;
+        snprintf(n->nft_why, sizeof(n->nft_why), "kill switch off");
+    }
+    rc = link_up(n, mtu, err, err_len);
     if (rc < 0)
         return rc;
     if (addr && addr->family && !prefix_eq(addr, &n->addr)) {
@@ -335,7 +490,7 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
     size_t n_desired = 0;
     for (size_t i = 0; i < n_want; i++) {
         desired[n_desired++] = (esp_net_route){ want[i], false, metric };
-        if (blackholes)
+        if (kill_switch)
             desired[n_desired++] =
                 (esp_net_route){ want[i], true, metric + ESP_KILL_SWITCH_METRIC_OFFSET };
     }
@@ -352,6 +507,15 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
         if (!keep)
             route_del_at(n, i);
     }
+    /* The table is filled: now the rules that send protected traffic to it. */
+    static const int families[] = { AF_INET, AF_INET6 };
+    for (size_t i = 0; i < 2; i++) {
+        if (!has_family(want, n_want, families[i]))
+            continue;
+        rc = rule_ensure(n, families[i], err, err_len);
+        if (rc < 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -365,6 +529,10 @@ void esp_net_remove_all(esp_net *n)
             route_del_at(n, i);
     while (n->n_routes)
         route_del_at(n, n->n_routes - 1);
+    rules_remove(n);
+    esp_nft_remove(n->name);
+    n->nft_active = false;
+    n->n_nft_set = 0;
     if (n->addr.family)
         addr_change(n, &n->addr, false, NULL, 0);
     memset(&n->addr, 0, sizeof(n->addr));

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Internal to lib/esp: the TUN device and its network configuration through
- * libnl-route-3 (no `ip` processes). Records every address and route it adds
- * so that removal takes away exactly those. Engine thread only.
+ * libnl-route-3 (no `ip` processes): address, MTU, and the routes for the
+ * protected prefixes in a routing table of our own, selected by a policy rule
+ * (see esp.h "Kill switch"), plus the nftables table (esp_nft.h). Records
+ * every address and route it adds so that removal takes away exactly those.
+ * Engine thread only.
  */
 #ifndef M2MVPN_ESP_NET_H
 #define M2MVPN_ESP_NET_H
@@ -31,22 +34,32 @@ typedef struct esp_net {
     size_t n_routes;
     esp_prefix addr;            /* the address we added (family 0 = none) */
     uint32_t mtu;
+    uint32_t table;             /* our routing table = fwmark of our sockets */
+    bool nft_active;            /* the nftables table is in place ... */
+    esp_prefix nft_set[ESP_MAX_TS]; /* ... for these prefixes */
+    size_t n_nft_set;
+    char nft_why[128];          /* ... or why not */
 } esp_net;
 
 /* Create or attach to the TUN `name` (IFF_TUN|IFF_NO_PI, non-blocking fd),
- * optionally persistent, optionally with IFF_VNET_HDR + TSO/CSUM offloads. Errors: TUN, SYSTEM. */
+ * optionally persistent, optionally with IFF_VNET_HDR + TSO/CSUM offloads.
+ * Adopts what an engine that died left in our routing table. Errors: TUN
+ * (also: our table holds routes of another interface), SYSTEM. */
 int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
                  size_t err_len);
 
-/* Bring the link up with `mtu`, set the address, and make the routes equal to
- * `want` (unicast via the TUN at `metric`, plus blackholes at metric +
- * ESP_KILL_SWITCH_METRIC_OFFSET when `blackholes`). Adds the new ones before
- * removing the old ones. Errors: TUN with the netlink reason in err. */
+/* Bring the link up with `mtu`, set the address, and make the routes in our
+ * table equal to `want` (unicast via the TUN at `metric`, plus, with
+ * `kill_switch`, blackholes at metric + ESP_KILL_SWITCH_METRIC_OFFSET and the
+ * nftables table), and the policy rule for each family in `want` in place.
+ * Adds the new ones before removing the old ones. Errors: TUN with the
+ * netlink or nftables reason in err, INVAL (more than ESP_MAX_TS). */
 int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
-                  const esp_prefix *want, size_t n_want, uint32_t metric, bool blackholes,
+                  const esp_prefix *want, size_t n_want, uint32_t metric, bool kill_switch,
                   char *err, size_t err_len);
 
-/* Remove every route and the address this esp_net added. */
+/* Remove every route and the address this esp_net added, the policy rules
+ * and the nftables table. */
 void esp_net_remove_all(esp_net *n);
 
 /* Close the fd. `drop_persist` clears TUNSETPERSIST first, so the device goes. */

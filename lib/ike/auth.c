@@ -90,6 +90,50 @@ void ike_build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts
             (*n)++;
 }
 
+/* The TSi we propose: anything when the gateway assigns our address (a
+ * virtual IP), else our own address. The gateway may only narrow it. */
+static size_t our_tsi(const ike_sa *sa, profile_ts *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->family = AF_INET;
+    if (sa->cfg.prof->tunnel.request_vip) {
+        out->prefix_len = 0;
+    } else {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
+        out->prefix_len = 32;
+        memcpy(out->addr, &in->sin_addr, 4);
+    }
+    return 1;
+}
+
+int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hashes, size_t n_peer_hashes,
+                    pki_auth_method *method, pki_sig_scheme *scheme, ike_fault *fault, char *err, size_t err_len)
+{
+    bool sha1 = sa->cfg.prof->ike.allow_sha1_signatures;
+    int r = pki_choose_auth(kt, peer_hashes, n_peer_hashes, false, sha1, method, scheme);
+    if (r == 0)
+        return 0;
+    /* Our key, or what the gateway announced (unauthenticated)? */
+    const uint16_t *ours;
+    size_t n_ours = pki_hash_algs_supported(&ours);
+    pki_auth_method m;
+    pki_sig_scheme sc;
+    if (pki_choose_auth(kt, ours, n_ours, false, sha1, &m, &sc) < 0) {
+        *fault = IKE_FAULT_LOCAL;
+        snprintf(err, err_len, "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
+    } else if (kt == PKI_KEY_RSA && !sha1) {
+        *fault = IKE_FAULT_PEER;
+        snprintf(err, err_len, "gateway %s offers no acceptable signature hash for our RSA key "
+                 "(no SHA-2 in SIGNATURE_HASH_ALGORITHMS, RFC 7427), and RSA without one means "
+                 "SHA-1; set ike.allow_sha1_signatures to true to allow SHA-1 with this gateway", sa->gw_text);
+    } else {
+        *fault = IKE_FAULT_PEER;
+        snprintf(err, err_len, "gateway %s announced no signature hash (SIGNATURE_HASH_ALGORITHMS, RFC 7427) "
+                 "our %s key can sign with", sa->gw_text, pki_key_type_name(kt));
+    }
+    return r;
+}
+
 int ike_auth_start(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
@@ -138,24 +182,8 @@ int ike_auth_start(ike_sa *sa)
             pki_cert_der(chain[i], &der, &der_len);
             ike_build_cert(&cw, IKE_CERT_X509_SIGNATURE, der, der_len);
         }
-        bool sha1 = p->ike.allow_sha1_signatures;
-        if ((r = pki_choose_auth(kt, sa->peer_hashes, sa->n_peer_hashes, false, sha1, &method, &scheme)) < 0) {
-            /* Our key, or what the gateway announced (unauthenticated)? */
-            const uint16_t *ours;
-            size_t n_ours = pki_hash_algs_supported(&ours);
-            if (pki_choose_auth(kt, ours, n_ours, false, sha1, &method, &scheme) == 0) {
-                fault = IKE_FAULT_PEER;
-                if (kt == PKI_KEY_RSA && !sha1)
-                    snprintf(err, sizeof(err), "gateway %s offers no acceptable signature hash for our RSA key "
-                             "(no SHA-2 in SIGNATURE_HASH_ALGORITHMS, RFC 7427), and RSA without one means "
-                             "SHA-1; set ike.allow_sha1_signatures to true to allow SHA-1 with this gateway",
-                             sa->gw_text);
-                else
-                    snprintf(err, sizeof(err), "gateway %s announced no signature hash our %s key can sign with",
-                             sa->gw_text, pki_key_type_name(kt));
-            } else {
-                snprintf(err, sizeof(err), "our key type %s cannot sign IKEv2 AUTH", pki_key_type_name(kt));
-            }
+        if ((r = ike_auth_choose(sa, kt, sa->peer_hashes, sa->n_peer_hashes, &method, &scheme, &fault, err,
+                                 sizeof(err))) < 0) {
             goto fail;
         }
         if (method == PKI_AUTH_RSA_SIG)
@@ -209,15 +237,8 @@ int ike_auth_start(ike_sa *sa)
     ike_build_sa(&cw, p->esp.proposals, p->esp.n_proposals, IKE_PROTO_ESP, spi, 4);
     ike_ts tsi[IKE_MAX_TS], tsr[IKE_MAX_TS];
     size_t n_tsi = 0, n_tsr = 0;
-    if (p->tunnel.request_vip) {
-        profile_ts any = { .family = AF_INET, .prefix_len = 0 };
-        ike_build_ts_list(tsi, &n_tsi, &any, 1);
-    } else {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
-        profile_ts me = { .family = AF_INET, .prefix_len = 32 };
-        memcpy(me.addr, &in->sin_addr, 4);
-        ike_build_ts_list(tsi, &n_tsi, &me, 1);
-    }
+    profile_ts proposed[PROFILE_MAX_TS];
+    ike_build_ts_list(tsi, &n_tsi, proposed, our_tsi(sa, proposed));
     ike_build_ts_list(tsr, &n_tsr, p->tunnel.remote_ts, p->tunnel.n_remote_ts);
     ike_build_ts(&cw, IKE_PL_TSI, tsi, n_tsi);
     ike_build_ts(&cw, IKE_PL_TSR, tsr, n_tsr);
@@ -375,11 +396,11 @@ static const struct {
 /* Is the gateway's selector inside one of the prefixes we proposed? A
  * gateway may narrow TSr (RFC 7296 §2.9), never widen it: a wider one would
  * pull traffic into the tunnel that the profile does not send there. */
-static bool ts_within_profile(const ike_ts *got, const profile *p)
+static bool ts_within(const ike_ts *got, const profile_ts *ts, size_t n_ts)
 {
     size_t n = ike_ts_addr_len(got);
-    for (size_t i = 0; i < p->tunnel.n_remote_ts; i++) {
-        const profile_ts *t = &p->tunnel.remote_ts[i];
+    for (size_t i = 0; i < n_ts; i++) {
+        const profile_ts *t = &ts[i];
         ike_ts mine;
         if ((t->family == AF_INET6) != (n == 16) ||
             ike_ts_from_prefix(t->addr, n, t->prefix_len, 0, 0, 65535, &mine) < 0)
@@ -388,6 +409,40 @@ static bool ts_within_profile(const ike_ts *got, const profile *p)
             return true;
     }
     return false;
+}
+
+/* The gateway's answer to one of our selector lists (RFC 7296 §2.9): every
+ * entry within what we proposed (it may only narrow), and each a prefix (the
+ * datapath filters and routes by prefix: a range we skipped would leave the
+ * inbound filter wider than granted). Into out[] as prefixes. */
+static int granted_ts(const ike_sa *sa, const ike_ts_list *got, const char *which, const profile_ts *proposed,
+                      size_t n_proposed, profile_ts *out, size_t *n_out, char *err, size_t err_len)
+{
+    *n_out = 0;
+    for (size_t i = 0; i < got->n; i++) {
+        const ike_ts *t = &got->ts[i];
+        int fam = t->type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
+        unsigned plen;
+        if (!ts_within(t, proposed, n_proposed) || *n_out >= PROFILE_MAX_TS ||
+            ike_ts_to_prefix(t, out[*n_out].addr, &plen) < 0) {
+            char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+            inet_ntop(fam, t->addr_start, a, sizeof(a));
+            inet_ntop(fam, t->addr_end, b, sizeof(b));
+            snprintf(err, err_len, "gateway %s answered with %s %s-%s, %s", sa->gw_text, which, a, b,
+                     *n_out >= PROFILE_MAX_TS ? "more selectors than we can filter"
+                     : !ts_within(t, proposed, n_proposed) ? "outside what we proposed"
+                                                           : "not a prefix");
+            return M2MVPN_E_TS_UNACCEPTABLE;
+        }
+        out[*n_out].family = fam;
+        out[*n_out].prefix_len = (uint8_t)plen;
+        (*n_out)++;
+    }
+    if (*n_out == 0) {
+        snprintf(err, err_len, "gateway %s answered with no %s", sa->gw_text, which);
+        return M2MVPN_E_TS_UNACCEPTABLE;
+    }
+    return 0;
 }
 
 int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, size_t ni_len,
@@ -428,17 +483,6 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
         snprintf(err, err_len, "gateway %s chose an ESP proposal we did not offer", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
     }
-    for (size_t i = 0; i < tsr.n; i++) {
-        if (!ts_within_profile(&tsr.ts[i], p)) {
-            char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
-            int fam = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-            inet_ntop(fam, tsr.ts[i].addr_start, a, sizeof(a));
-            inet_ntop(fam, tsr.ts[i].addr_end, b, sizeof(b));
-            snprintf(err, err_len, "gateway %s answered with traffic selector %s-%s, outside the "
-                     "profile's tunnel.remote_ts", sa->gw_text, a, b);
-            return M2MVPN_E_TS_UNACCEPTABLE;
-        }
-    }
     if (ike_chain_find_notify(c, IKE_N_USE_TRANSPORT_MODE, &n, &d) == 0) {
         snprintf(err, err_len, "gateway %s wants transport mode; only tunnel mode is supported", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
@@ -454,39 +498,30 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
     snprintf(sa->esp_alg, sizeof(sa->esp_alg), "%s%s%s%s", proposal_encr_name(res->encr_id, res->encr_key_bits),
              res->integ_id ? "-" : "", res->integ_id ? proposal_integ_name(res->integ_id) : "",
              res->esn ? "-esn" : "");
-    for (size_t i = 0; i < tsr.n && res->n_remote_ts < PROFILE_MAX_TS; i++) {
-        unsigned plen;
-        profile_ts *t = &res->remote_ts[res->n_remote_ts];
-        if (ike_ts_to_prefix(&tsr.ts[i], t->addr, &plen) == 0) {
-            t->family = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-            t->prefix_len = (uint8_t)plen;
-            res->n_remote_ts++;
-        }
-    }
-    /* TSi as granted: where the gateway may send to (RFC 4301 §5.2, the
-     * datapath's inbound filter). Absent or unparsable: no entries. */
+    /* TSr within the profile's remote_ts; TSi within what we proposed:
+     * where the gateway may send to (the datapath's inbound filter). */
     const ike_payload *tsi_pl = ike_chain_find(c, IKE_PL_TSI, NULL);
     ike_ts_list tsi;
-    if (tsi_pl && ike_ts_parse(tsi_pl->body, &tsi, &d) == 0) {
-        for (size_t i = 0; i < tsi.n && res->n_local_ts < PROFILE_MAX_TS; i++) {
-            unsigned plen;
-            profile_ts *t = &res->local_ts[res->n_local_ts];
-            if (ike_ts_to_prefix(&tsi.ts[i], t->addr, &plen) == 0) {
-                t->family = tsi.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-                t->prefix_len = (uint8_t)plen;
-                res->n_local_ts++;
-            }
-        }
+    if (!tsi_pl || ike_ts_parse(tsi_pl->body, &tsi, &d) < 0) {
+        snprintf(err, err_len, "answer from %s without a valid TSi %s", sa->gw_text, d.text);
+        return M2MVPN_E_PROTOCOL;
     }
+    profile_ts proposed[PROFILE_MAX_TS];
+    size_t n_proposed = our_tsi(sa, proposed);
+    int r = granted_ts(sa, &tsr, "traffic selector (TSr) for the profile's tunnel.remote_ts", p->tunnel.remote_ts,
+                       p->tunnel.n_remote_ts, res->remote_ts, &res->n_remote_ts, err, err_len);
+    if (r == 0)
+        r = granted_ts(sa, &tsi, "traffic selector (TSi) for our side", proposed, n_proposed, res->local_ts,
+                       &res->n_local_ts, err, err_len);
+    if (r < 0)
+        return r;
     /* Kept for rekeying (RFC 7296 §2.8: the same selectors). */
     sa->n_child_tsr = 0;
     for (size_t i = 0; i < tsr.n && sa->n_child_tsr < IKE_MAX_TS; i++)
         sa->child_tsr[sa->n_child_tsr++] = tsr.ts[i];
-    if (tsi_pl && ike_ts_parse(tsi_pl->body, &tsi, &d) == 0) {
-        sa->n_child_tsi = 0;
-        for (size_t i = 0; i < tsi.n && sa->n_child_tsi < IKE_MAX_TS; i++)
-            sa->child_tsi[sa->n_child_tsi++] = tsi.ts[i];
-    }
+    sa->n_child_tsi = 0;
+    for (size_t i = 0; i < tsi.n && sa->n_child_tsi < IKE_MAX_TS; i++)
+        sa->child_tsi[sa->n_child_tsi++] = tsi.ts[i];
     const ike_payload *cp_pl = need_cp ? ike_chain_find(c, IKE_PL_CP, NULL) : NULL;
     ike_cp cp;
     if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {
@@ -505,7 +540,7 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
         return M2MVPN_E_PROTOCOL;
     }
     crypto_suite cs = { res->encr_id, res->encr_key_bits, res->integ_id, sa->suite.prf_id };
-    int r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, g_ir, g_ir_len, ni, ni_len, nr, nr_len, keys);
+    r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, g_ir, g_ir_len, ni, ni_len, nr, nr_len, keys);
     if (r < 0) {
         snprintf(err, err_len, "deriving CHILD SA keys failed");
         return r;

@@ -252,18 +252,10 @@ static bool answer_lets_us_sign(ike_sa *sa, const init_answer *a, char *why, siz
         return true;
     pki_auth_method method;
     pki_sig_scheme scheme;
-    bool sha1 = sa->cfg.prof->ike.allow_sha1_signatures;
-    if (pki_choose_auth(kt, a->peer_hashes, a->n_peer_hashes, false, sha1, &method, &scheme) == 0)
-        return true;
-    const uint16_t *ours;
-    size_t n_ours = pki_hash_algs_supported(&ours);
-    if (pki_choose_auth(kt, ours, n_ours, false, sha1, &method, &scheme) < 0)
-        return true; /* no gateway could help: IKE_AUTH says so, as ours */
-    snprintf(why, why_len, "gateway %s announced no signature hash (SIGNATURE_HASH_ALGORITHMS, "
-             "RFC 7427) our %s key can sign with%s", sa->gw_text, pki_key_type_name(kt),
-             kt == PKI_KEY_RSA && !sha1 ? " (RSA without it means SHA-1: ike.allow_sha1_signatures "
-                                          "allows it for an old gateway)" : "");
-    return false;
+    ike_fault fault;
+    /* A failure that no gateway could help is left to IKE_AUTH, as ours. */
+    return ike_auth_choose(sa, kt, a->peer_hashes, a->n_peer_hashes, &method, &scheme, &fault, why, why_len) == 0 ||
+           fault == IKE_FAULT_LOCAL;
 }
 
 /* Check a whole IKE_SA_INIT response without changing the SA: payloads,

@@ -1224,8 +1224,15 @@ static void child_rekey_request(ike_sa *sa, const ike_chain *c, answer *a)
     ike_build_nonce(&a->cw, nr, sizeof(nr));
     if (group)
         ike_build_ke(&a->cw, group, pub, pub_len);
-    ike_build_ts(&a->cw, IKE_PL_TSI, tsi->ts, tsi->n);
-    ike_build_ts(&a->cw, IKE_PL_TSR, tsr->ts, tsr->n);
+    /* The selectors the CHILD SA has (§2.8: a rekey keeps them; the
+     * datapath's filters stay as negotiated): TSi the gateway's side. */
+    if (sa->n_child_tsi && sa->n_child_tsr) {
+        ike_build_ts(&a->cw, IKE_PL_TSI, sa->child_tsr, sa->n_child_tsr);
+        ike_build_ts(&a->cw, IKE_PL_TSR, sa->child_tsi, sa->n_child_tsi);
+    } else {
+        ike_build_ts(&a->cw, IKE_PL_TSI, tsi->ts, tsi->n);
+        ike_build_ts(&a->cw, IKE_PL_TSR, tsr->ts, tsr->n);
+    }
 out:
     free(v);
     free(tsi);

@@ -217,6 +217,14 @@ int ike_sa_make_ciphers(const crypto_suite *suite, const crypto_ike_keys *keys, 
 void ike_sa_sk_adapter(ike_sk_cipher *a, crypto_cipher *c, bool seal);
 uint64_t ike_sa_spi_be64(const uint8_t spi[8]);
 
+/* auth.c */
+/* The AUTH method and signature scheme for our key of type kt, given the
+ * hashes the gateway announced (RFC 7427) and the profile's SHA-1 rule. On
+ * failure: whose fault (the gateway's when our key could sign with hashes it
+ * did not announce: a forger can leave them out) and why, in err. */
+int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hashes, size_t n_peer_hashes,
+                    pki_auth_method *method, pki_sig_scheme *scheme, ike_fault *fault, char *err, size_t err_len);
+
 /* init.c */
 bool ike_choice_offered(const ike_sa_choice *c, const proposal *props, size_t n, bool ike);
 int ike_init_start(ike_sa *sa);

@@ -14,10 +14,22 @@ device has, so a leak has somewhere to go and the gateway (which has the
 protected addresses on its lo) would even answer it: each test first shows
 that without the client such traffic does leave and is captured, so the
 capture and its filter can see a leak.
+
+The kill switch is policy, not route metrics: our routes sit in a routing
+table of our own that a rule consults before the main table, and (where the
+build has libnftables) an nftables table drops protected traffic leaving by
+any other interface. So routes others add to the main table cannot take
+protected traffic: a more specific route via the underlay gateway (a DHCP
+server's option 121 routes, TunnelVision CVE-2024-3661) or a LAN that
+overlaps the protected network (TunnelCrack "LocalNet"), added before the
+profile loads, while idle or while connected. Those tests capture on the far
+side of the underlay (the gateway's eth0).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import time
@@ -173,10 +185,89 @@ def assert_no_leak(cap: netlab.Capture) -> None:
         + "\n".join(leaks[:20])
 
 
+# Whether the build has the nftables layer (meson sets it from the build;
+# by hand the default is the full build, with it).
+NFTABLES_BUILT = os.environ.get("M2MVPN_NFTABLES", "1") != "0"
+NFT_TABLE = f"m2mvpn_{TUN}"
+RULE_PRIORITY = 1000
+
+
+def our_rules(ns: netlab.Namespace) -> list[dict]:
+    """The policy rules that send unmarked traffic to a table of ours."""
+    return [r for r in ns.ip_json("rule", "show")
+            if r.get("priority") == RULE_PRIORITY and "not" in r and r.get("fwmark")]
+
+
+def our_table(ns: netlab.Namespace) -> str:
+    rules = our_rules(ns)
+    assert len(rules) == 1, ns.ip_json("rule", "show")
+    return rules[0]["table"]
+
+
+def nft_tables(ns: netlab.Namespace) -> list[str]:
+    return ns.run("nft", "list", "tables").stdout.split()
+
+
 def assert_kill_switch_routes(ns: netlab.Namespace) -> None:
-    routes = ns.ip_json("-4", "route", "show", netlab.PROTECTED_NET)
+    """TUN route and blackhole in our table, the rule, the nftables table."""
+    table = our_table(ns)
+    routes = ns.ip_json("-4", "route", "show", "table", table, netlab.PROTECTED_NET)
     assert any(r.get("dev") == TUN for r in routes), routes
     assert any(r.get("type") == "blackhole" for r in routes), routes
+    main = ns.ip_json("-4", "route", "show", "table", "main", netlab.PROTECTED_NET)
+    assert not [r for r in main if r.get("dev") == TUN or r.get("type") == "blackhole"], main
+    if NFTABLES_BUILT:
+        assert NFT_TABLE in nft_tables(ns), nft_tables(ns)
+
+
+def assert_kill_switch_gone(ns: netlab.Namespace) -> None:
+    assert not our_rules(ns), ns.ip_json("rule", "show")
+    assert not ns.ip_json("-4", "route", "show", "table", "all", netlab.PROTECTED_NET)
+    assert NFT_TABLE not in nft_tables(ns), nft_tables(ns)
+
+
+def route_dev(ns: netlab.Namespace, addr: str) -> str:
+    """The interface `ip route get` picks for addr ("" when unroutable)."""
+    got = ns.run("ip", "-j", "route", "get", addr, check=False)
+    if got.returncode != 0:
+        return ""
+    return json.loads(got.stdout)[0].get("dev", "")
+
+
+# One UDP datagram to each address (port 40002); send errors are ignored.
+_PROBE = r"""
+import socket, sys
+for a in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
+    if sys.argv[1]:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+    for _ in range(3):
+        try:
+            s.sendto(b"m2m-kill-switch-probe", (a, 40002))
+        except OSError:
+            pass
+"""
+
+
+def send_probes(ns: netlab.Namespace, addrs, bind_to: str = "") -> None:
+    ns.run(netlab.PYTHON, "-c", _PROBE, bind_to, *addrs)
+
+
+def underlay_ready(topo) -> None:
+    """Both ends know each other's link-layer address, so no probe of a
+    control waits for ARP while the capture is already stopping."""
+    assert netlab.ping(topo.client, topo.gw_addr, count=1) == 1
+    assert netlab.ping(topo.gateway, topo.client_addr, count=1) == 1
+
+
+def probed(cap: netlab.Capture, addrs) -> set[str]:
+    """Which of addrs the capture saw a probe datagram to."""
+    seen = set()
+    for line in cap.read("udp port 40002"):
+        for a in addrs:
+            if f"> {a}.40002:" in line:
+                seen.add(a)
+    return seen
 
 
 # -- the tests ----------------------------------------------------------------------
@@ -189,6 +280,7 @@ def test_no_plaintext_before_first_connect(topology, charons, pki, workdir):
     profile = kill_switch_profile(pki, topo.gw_addr)
     with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
         assert client.status()["state"] == "idle"
+        assert_kill_switch_routes(topo.client)   # in place from the load on
         with netlab.Capture(topo.client, "eth0", workdir / "before.pcap", marker=MARKER) as cap:
             traffic = Traffic(topo.client)
             replies = ping_replies(topo.client, PROTECTED, count=2, timeout_s=3)
@@ -337,7 +429,7 @@ def test_kill_switch_removed_only_on_purpose(topology, charons, pki, workdir):
         client.cli("disconnect", "--remove")
         deadline = time.monotonic() + 10
         while True:
-            routes = topo.client.ip_json("-4", "route", "show", netlab.PROTECTED_NET)
+            routes = topo.client.ip_json("-4", "route", "show", "table", "all", netlab.PROTECTED_NET)
             links = [l["ifname"] for l in topo.client.ip_json("link", "show")]
             if not routes and TUN not in links:
                 break
@@ -345,6 +437,7 @@ def test_kill_switch_removed_only_on_purpose(topology, charons, pki, workdir):
             time.sleep(0.1)
         st = client.status()
         assert st["state"] == "idle" and st["profile"] is None, st
+        assert_kill_switch_gone(topo.client)   # rule and nftables table too
         # No profile, no kill switch: the gateway answers in plaintext now.
         assert ping_replies(topo.client, PROTECTED, count=2, timeout_s=3) == 2
 
@@ -362,9 +455,216 @@ def test_no_plaintext_for_the_part_the_gateway_narrowed_away(topology, charons, 
         client.wait_for_state("connected")
         child = charonmod.child_of(gw.wait_for_sa("psk", "net"))
         assert child["local-ts"] == [netlab.PROTECTED_NET]          # narrowed
-        routes = topo.client.ip_json("-4", "route", "show", "198.18.0.0/15")
+        routes = topo.client.ip_json("-4", "route", "show", "table", our_table(topo.client),
+                                     "198.18.0.0/15")
         assert any(r.get("dev") == TUN for r in routes), routes
         with netlab.Capture(topo.client, "eth0", workdir / "narrowed.pcap", marker=MARKER) as cap:
             assert ping_replies(topo.client, outside_grant, count=2, timeout_s=3) == 0
             assert netlab.ping(topo.client, PROTECTED, count=2) == 2   # the granted part works
         assert_no_leak(cap)
+
+
+# -- routes others add to the main table (TunnelVision, TunnelCrack LocalNet) ----
+
+# More specific than the profile's 198.18.0.0/24, via the underlay gateway:
+# what a DHCP server's classless static routes (option 121) install.
+OPTION121 = ("198.18.0.0/25", netlab.GW_ADDR)
+# A LAN overlapping the protected network: the device's own address in it.
+LOCALNET = "198.18.0.200/24"
+
+
+def add_attack(ns: netlab.Namespace, attack: str) -> None:
+    if attack == "option121":
+        ns.ip("route", "add", OPTION121[0], "via", OPTION121[1], "dev", "eth0")
+    else:
+        ns.ip("addr", "add", LOCALNET, "dev", "eth0")
+
+
+def remove_attack(ns: netlab.Namespace, attack: str) -> None:
+    if attack == "option121":
+        ns.ip("route", "del", OPTION121[0])
+    else:
+        ns.ip("addr", "del", LOCALNET, "dev", "eth0")
+
+
+@pytest.mark.parametrize("attack", ["option121", "localnet"])
+@pytest.mark.parametrize("when", ["before-load", "idle", "connected"])
+def test_more_specific_route_cannot_bypass(topology, charons, pki, workdir, attack, when):
+    """A route more specific than the protected prefix appears in the main
+    table (option 121 route via the underlay gateway, or an overlapping LAN)
+    before the profile loads, after it loaded (idle), or while connected:
+    `ip route get` still answers the TUN, a capture on the gateway's side of
+    the underlay sees no plaintext for the protected net, and while
+    connected the protected net is still reached through the tunnel."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    topo.client.add_route("default", via=topo.gw_addr)
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    underlay_ready(topo)
+    far_marker = (topo.client_addr, 9)
+    # Control: with the attack in place and no client, the probes leave in
+    # plaintext by eth0 and the far-side capture sees them.
+    add_attack(topo.client, attack)
+    assert route_dev(topo.client, PROTECTED) == "eth0"
+    with netlab.Capture(topo.gateway, "eth0", workdir / "control.pcap", marker=far_marker) as cap:
+        send_probes(topo.client, netlab.PROTECTED_ADDRS)
+    assert probed(cap, netlab.PROTECTED_ADDRS) == set(netlab.PROTECTED_ADDRS), cap.read()
+    if when != "before-load":
+        remove_attack(topo.client, attack)
+
+    profile = kill_switch_profile(pki, topo.gw_addr)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        if when == "connected":
+            client.connect()
+            client.wait_for_state("connected")
+        if when != "before-load":
+            add_attack(topo.client, attack)
+        assert route_dev(topo.client, PROTECTED) == TUN
+        assert_kill_switch_routes(topo.client)
+        with netlab.Capture(topo.gateway, "eth0", workdir / "attack.pcap", marker=far_marker) as cap:
+            traffic = Traffic(topo.client)
+            send_probes(topo.client, netlab.PROTECTED_ADDRS)
+            if when == "connected":
+                # Still through the tunnel: the gateway's SA counts the pings.
+                before = int(charonmod.child_of(gw.wait_for_sa("psk", "net"))["packets-in"])
+                assert netlab.ping(topo.client, PROTECTED, count=3) == 3
+                after = int(charonmod.child_of(gw.wait_for_sa("psk", "net"))["packets-in"])
+                assert after >= before + 3, (before, after)
+            else:
+                assert ping_replies(topo.client, PROTECTED, count=2, timeout_s=3) == 0
+            sent, errors, _ = traffic.stop()
+        assert sent + errors > 0
+        assert_no_leak(cap)
+        if when == "connected":
+            assert len(cap.read(TUNNEL_FILTER)) >= 6, "no tunnel traffic seen: the capture is blind"
+
+
+def test_socket_bound_to_the_underlay_cannot_bypass(topology, charons, pki, workdir):
+    """A program that binds its socket to the underlay (SO_BINDTODEVICE)
+    skips routing rules: with the rule alone, the kernel would take the
+    protected destination as on-link and send in plaintext. The nftables
+    table drops it. (Only with the nftables layer built.)"""
+    binary = binary_or_skip()
+    if not NFTABLES_BUILT:
+        pytest.skip("built without nftables (-Dnftables=disabled): policy routing alone")
+    topo = topology("direct")
+    topo.client.add_route("default", via=topo.gw_addr)
+    underlay_ready(topo)
+    far_marker = (topo.client_addr, 9)
+    with netlab.Capture(topo.gateway, "eth0", workdir / "control.pcap", marker=far_marker) as cap:
+        send_probes(topo.client, netlab.PROTECTED_ADDRS, bind_to="eth0")
+    assert probed(cap, netlab.PROTECTED_ADDRS) == set(netlab.PROTECTED_ADDRS), cap.read()
+    profile = kill_switch_profile(pki, topo.gw_addr)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile):
+        assert_kill_switch_routes(topo.client)
+        with netlab.Capture(topo.gateway, "eth0", workdir / "bound.pcap", marker=far_marker) as cap:
+            send_probes(topo.client, netlab.PROTECTED_ADDRS, bind_to="eth0")
+        assert_no_leak(cap)
+
+
+# Sixteen prefixes (PROFILE_MAX_TS): the gateway's net and fifteen more.
+SIXTEEN = [netlab.PROTECTED_NET] + [f"198.18.{32 + i}.0/24" for i in range(15)]
+
+
+def test_sixteen_prefixes_each_protected(topology, charons, pki, workdir):
+    """A profile with 16 remote_ts: every one is routed into our table (the
+    TUN) and none leaves in plaintext, idle and connected; the capture first
+    shows that each probe would be seen."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    topo.client.add_route("default", via=topo.gw_addr)
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    underlay_ready(topo)
+    probes = [p.replace(".0/24", ".7") for p in SIXTEEN]
+    far_marker = (topo.client_addr, 9)
+    with netlab.Capture(topo.gateway, "eth0", workdir / "control.pcap", marker=far_marker) as cap:
+        send_probes(topo.client, probes)
+    assert probed(cap, probes) == set(probes), cap.read()
+
+    profile = kill_switch_profile(pki, topo.gw_addr, remote_ts=SIXTEEN)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        for phase in ("idle", "connected"):
+            if phase == "connected":
+                client.connect()
+                client.wait_for_state("connected")
+                gw.wait_for_sa("psk", "net")
+            table = our_table(topo.client)
+            routes = {r["dst"] for r in topo.client.ip_json("-4", "route", "show", "table", table)
+                      if r.get("dev") == TUN}
+            assert routes == set(SIXTEEN), routes
+            for p in probes:
+                assert route_dev(topo.client, p) == TUN, p
+            with netlab.Capture(topo.gateway, "eth0", workdir / f"{phase}.pcap",
+                                marker=far_marker) as cap:
+                send_probes(topo.client, probes)
+                if phase == "connected":
+                    assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+            assert_no_leak(cap)
+            if phase == "connected":
+                assert cap.read(TUNNEL_FILTER), "no tunnel traffic seen: the capture is blind"
+
+
+def test_kill_switch_that_cannot_be_installed_is_an_error(topology, charons, pki, workdir):
+    """A protected IPv6 prefix on a device where IPv6 is switched off: its
+    route cannot be installed. That is an error in the status and the log,
+    and no connection attempt is made (the tunnel must not come up with a
+    prefix unprotected)."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    for scope in ("all", "default"):
+        topo.client.sysctl(f"net.ipv6.conf.{scope}.disable_ipv6", 1)
+    profile = kill_switch_profile(pki, topo.gw_addr,
+                                  remote_ts=[netlab.PROTECTED_NET, "2001:db8:18::/48"])
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        st = client.status()
+        assert st["state"] == "idle", st
+        assert st["last_error"]["code"] != 0, st
+        assert "2001:db8:18::/48" in st["last_error"]["detail"], st
+        assert "kill switch for profile interop not in place" in client.log_path.read_text()
+        client.connect()
+        deadline = time.monotonic() + 10
+        while "connecting -> idle" not in client.log_path.read_text():
+            assert time.monotonic() < deadline, client.log_tail()
+            time.sleep(0.1)
+        st = client.status()
+        assert st["state"] == "idle", st
+        assert "2001:db8:18::/48" in st["last_error"]["detail"], st
+        assert "connecting to" not in client.log_path.read_text()
+        assert not gw.list_sas()
+
+
+def test_ipv6_prefix_more_specific_route_cannot_bypass(topology, charons, pki, workdir):
+    """The same for a protected IPv6 prefix (its own rule and routes): an
+    option-121-style more specific IPv6 route via the underlay's router,
+    added while idle, takes nothing."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    topo.client.ip("-6", "addr", "add", "2001:db8:1::10/64", "dev", "eth0", "nodad")
+    topo.gateway.ip("-6", "addr", "add", "2001:db8:1::1/64", "dev", "eth0", "nodad")
+    topo.gateway.add_addr("lo", "2001:db8:18::1/128")
+    topo.client.ip("-6", "route", "add", "default", "via", "2001:db8:1::1")
+    # The router's link-layer address first, so no probe waits for it.
+    deadline = time.monotonic() + 10
+    while "lladdr" not in topo.client.run("ip", "-6", "neigh", "show", "2001:db8:1::1").stdout:
+        assert time.monotonic() < deadline, "the IPv6 router never answered"
+        send_probes(topo.client, ["2001:db8:1::1"])
+        time.sleep(0.1)
+    target = "2001:db8:18::1"
+    far_marker = (topo.client_addr, 9)
+    with netlab.Capture(topo.gateway, "eth0", workdir / "control.pcap", marker=far_marker) as cap:
+        send_probes(topo.client, [target])
+    assert probed(cap, [target]) == {target}, cap.read()
+
+    profile = kill_switch_profile(pki, topo.gw_addr,
+                                  remote_ts=[netlab.PROTECTED_NET, "2001:db8:18::/48"])
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile):
+        rules6 = [r for r in topo.client.ip_json("-6", "rule", "show")
+                  if r.get("priority") == RULE_PRIORITY and "not" in r]
+        assert len(rules6) == 1, topo.client.ip_json("-6", "rule", "show")
+        topo.client.ip("-6", "route", "add", "2001:db8:18::/64", "via", "2001:db8:1::1")
+        assert route_dev(topo.client, target) == TUN
+        with netlab.Capture(topo.gateway, "eth0", workdir / "v6.pcap", marker=far_marker) as cap:
+            send_probes(topo.client, [target])
+        assert probed(cap, [target]) == set(), cap.read()
+        assert not cap.read("ip6 and udp port 40002"), cap.read()

@@ -74,9 +74,12 @@ def inside_addresses(ns: netlab.Namespace) -> list[tuple[str, str]]:
 
 
 def inside_routes(ns: netlab.Namespace) -> list[dict]:
-    """Routes of the main table (any type, blackholes too) into 198.18.0.0/15."""
+    """Routes of any table (ours too; blackholes too, not the local table's
+    routes of the addresses) into 198.18.0.0/15."""
     out = []
-    for r in ns.ip_json("-4", "route", "show", "table", "main"):
+    for r in ns.ip_json("-4", "route", "show", "table", "all"):
+        if r.get("table") == "local":
+            continue
         dst = r.get("dst", "")
         if dst and dst != "default" and ipaddress.ip_network(dst, strict=False).overlaps(INSIDE):
             out.append(r)

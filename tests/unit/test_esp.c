@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -943,14 +944,38 @@ static char *run(const char *cmd)
 }
 
 #define ROUTES4 "ip -4 route show table all | grep -v '^local\\|^broadcast' | sort"
+#define ROUTES6 "ip -6 route show table all | grep -v '^local\\|^multicast\\|^fe80\\|^anycast' | sort"
+#define RULES "ip rule show; ip -6 rule show"
 
+/* run() with a formatted command. */
+static char *runf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *runf(const char *fmt, ...)
+{
+    char cmd[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    return run(cmd);
+}
+
+/* Whether this build has the nftables layer: said by the build (meson sets
+ * M2MVPN_NFTABLES), never asked of the code under test. */
+static bool nftables_built(void)
+{
+    const char *e = getenv("M2MVPN_NFTABLES");
+    return !e || strcmp(e, "0") != 0;
+}
+
+/* "198.18.6.0/24" or "2001:db8:6::/48". */
 static void parse_prefix(const char *s, esp_prefix *p)
 {
-    unsigned a, b, c, d, len;
-    ck_assert_int_eq(sscanf(s, "%u.%u.%u.%u/%u", &a, &b, &c, &d, &len), 5);
+    char addr[64];
+    unsigned len;
+    ck_assert_int_eq(sscanf(s, "%63[^/]/%u", addr, &len), 2);
     memset(p, 0, sizeof(*p));
-    p->family = AF_INET;
-    p->addr[0] = (uint8_t)a; p->addr[1] = (uint8_t)b; p->addr[2] = (uint8_t)c; p->addr[3] = (uint8_t)d;
+    p->family = strchr(addr, ':') ? AF_INET6 : AF_INET;
+    ck_assert_int_eq(inet_pton(p->family, addr, p->addr), 1);
     p->prefix_len = (uint8_t)len;
 }
 
@@ -1009,9 +1034,19 @@ START_TEST(tun_setup_and_exact_teardown)
     ck_assert_ptr_nonnull(strstr(run("ip -o link show m2e-t0"), ",UP"));
     ck_assert_ptr_nonnull(strstr(run("ip -o -4 addr show dev m2e-t0"), "198.18.5.1/32"));
     char *routes = run(ROUTES4);
+    uint32_t table = esp_tunnel_table("m2e-t0");
+    char in_table[64];
+    snprintf(in_table, sizeof(in_table), "dev m2e-t0 table %u", table);
     ck_assert_ptr_nonnull(strstr(routes, "198.18.6.0/24 dev m2e-t0"));
     ck_assert_ptr_nonnull(strstr(routes, "198.19.0.0/16 dev m2e-t0"));
+    ck_assert_ptr_nonnull(strstr(routes, in_table)); /* our table, not main */
+    ck_assert_ptr_null(strstr(run("ip -4 route show table main"), "m2e-t0"));
     ck_assert_ptr_null(strstr(routes, "blackhole")); /* kill switch off */
+    char rule[96];
+    snprintf(rule, sizeof(rule), "1000:\tnot from all fwmark 0x%x lookup %u", table, table);
+    ck_assert_msg(strstr(run("ip rule show"), rule) != NULL, "%s", run("ip rule show"));
+    ck_assert_ptr_null(strstr(run("ip -6 rule show"), "fwmark")); /* no IPv6 prefix: no rule */
+    ck_assert_ptr_null(strstr(run("nft list tables 2>&1"), "m2mvpn")); /* kill switch off */
     esp_prefix dns[2];
     ck_assert_uint_eq(esp_datapath_dns(dp, dns, 2), 1);
     ck_assert_uint_eq(dns[0].addr[3], 53);
@@ -1025,46 +1060,175 @@ START_TEST(tun_setup_and_exact_teardown)
 
     /* A route somebody else added on the same device is not ours to remove. */
     ck_assert_int_eq(system("ip route add 198.18.9.0/24 dev m2e-t0 metric 7"), 0);
+    char rules_before[4096];
     esp_datapath_teardown(dp, true);
     esp_datapath_free(dp);
     ck_assert_str_eq(run(ROUTES4), before); /* the device went, and its routes */
+    snprintf(rules_before, sizeof(rules_before), "%s", run(RULES));
+    ck_assert_ptr_null(strstr(rules_before, "fwmark")); /* and the rule */
     ck_assert_ptr_nonnull(strstr(run("ip -o link show 2>&1"), "lo"));
     ck_assert_ptr_null(strstr(run("ip -o link show"), "m2e-t0"));
 }
 END_TEST
 
-/* A route of somebody else's with the same prefix and metric (EEXIST) is not
- * taken for a leftover of ours: set_network fails instead of reporting a
- * kill switch that is not there (protected traffic would follow that route). */
-START_TEST(foreign_route_is_not_adopted)
+/* TunnelVision (a DHCP option 121 route) and TunnelCrack LocalNet (an
+ * overlapping LAN) put routes more specific than the protected prefix into
+ * the main table. Our rule sends the protected prefixes to our table before
+ * the main table is consulted: `ip route get` still answers the TUN, before
+ * and after those routes appear, for IPv4 and IPv6, and for a full tunnel.
+ * Only our marked sockets take the main table's way. */
+START_TEST(policy_beats_more_specific_routes)
 {
     enter_netns();
     ck_assert_int_eq(system("ip link add m2e-v0 type veth peer name m2e-v1 && ip link set m2e-v0 up && "
-                            "ip addr add 192.0.2.1/24 dev m2e-v0"), 0);
-    ck_assert_int_eq(system("ip route add 198.18.6.0/24 via 192.0.2.254 metric 50"), 0);
-    esp_datapath *dp = make_dp("m2e-f0", true, 4500);
-    esp_tunnel_net net = {0};
-    parse_prefix("198.18.5.1/32", &net.vip);
-    net.has_vip = true;
-    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);
-    net.n_remote_ts = 1;
-    net.encr_id = ENCR_AES_GCM_16;
-    char err[256] = "";
-    ck_assert_int_eq(esp_datapath_set_network(dp, &net, err, sizeof(err)), M2MVPN_E_TUN);
-    ck_assert_msg(strstr(err, "not ours") != NULL, "%s", err);
+                            "ip link set m2e-v1 up && ip addr add 198.51.100.10/24 dev m2e-v0 && "
+                            "ip -6 addr add 2001:db8:1::10/64 dev m2e-v0 nodad"), 0);
+    /* Added before the datapath: an overlapping LAN and an option-121 route. */
+    ck_assert_int_eq(system("ip route add 198.18.6.0/25 via 198.51.100.1 && "
+                            "ip -6 route add 2001:db8:6::/64 via 2001:db8:1::1"), 0);
+    esp_datapath *dp = make_dp("m2e-p0", true, 4500);
+    const char *ts[] = { "198.18.6.0/24", "2001:db8:6::/48" };
+    set_net(dp, "198.18.5.1/32", ts, 2);
+    /* Added after: more specific still. */
+    ck_assert_int_eq(system("ip route add 198.18.6.7/32 via 198.51.100.1 dev m2e-v0 && "
+                            "ip -6 route add 2001:db8:6::7/128 via 2001:db8:1::1 dev m2e-v0"), 0);
+    uint32_t mark = esp_tunnel_table("m2e-p0");
+    const char *probes[] = { "198.18.6.7", "198.18.6.9", "198.18.6.200", "2001:db8:6::7",
+                             "2001:db8:6::9", "2001:db8:6:ff::1" };
+    for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
+        char *got = runf("ip route get %s 2>&1", probes[i]);
+        ck_assert_msg(strstr(got, "dev m2e-p0") != NULL, "%s: %s", probes[i], got);
+    }
+    /* Our own sockets (marked) see the main table, as before. */
+    ck_assert_ptr_nonnull(strstr(runf("ip route get 198.18.6.7 mark 0x%x", mark), "dev m2e-v0"));
+    ck_assert_ptr_nonnull(strstr(runf("ip route get 2001:db8:6::7 mark 0x%x", mark), "dev m2e-v0"));
+    /* Everything else still follows the main table. */
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.51.100.1"), "dev m2e-v0"));
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.19.0.1 2>&1"), "unreachable"));
+
+    /* A full tunnel is the default route of our table: it beats the main
+     * table's default route and its connected LAN. */
+    ck_assert_int_eq(system("ip route add default via 198.51.100.1"), 0);
+    const char *full[] = { "0.0.0.0/0" };
+    set_net(dp, "198.18.5.1/32", full, 1);
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.51.100.77"), "dev m2e-p0"));
+    ck_assert_ptr_nonnull(strstr(run("ip route get 192.0.2.1"), "dev m2e-p0"));
+    ck_assert_ptr_nonnull(strstr(runf("ip route get 198.51.100.1 mark 0x%x", mark), "dev m2e-v0"));
+    ck_assert_ptr_nonnull(strstr(runf("ip route get 192.0.2.1 mark 0x%x", mark), "via 198.51.100.1"));
+    /* The IPv6 prefix went: its routes and its rule. */
+    ck_assert_ptr_null(strstr(run(ROUTES6), "m2e-p0"));
+    ck_assert_ptr_nonnull(strstr(run("ip route get 2001:db8:6::9"), "dev m2e-v0"));
     esp_datapath_teardown(dp, true);
     esp_datapath_free(dp);
-    /* Theirs is untouched. */
-    ck_assert_ptr_nonnull(strstr(run("ip -4 route show 198.18.6.0/24"), "via 192.0.2.254"));
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.18.6.9"), "dev m2e-v0"));
+    ck_assert_ptr_null(strstr(run(RULES), "fwmark"));
+}
+END_TEST
+
+/* A route in our table into another interface (another TUN name that maps to
+ * the same table, or someone's) is not taken for ours: the datapath refuses
+ * to start rather than mix two tunnels' routes, and touches nothing. */
+START_TEST(foreign_route_in_our_table_refused)
+{
+    enter_netns();
+    /* Two names in one table: found by trying, the mapping is public. */
+    char other[16] = "";
+    uint32_t table = esp_tunnel_table("m2e-c0");
+    for (unsigned i = 1; i < 100000 && !other[0]; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "m2e-c%u", i);
+        if (esp_tunnel_table(name) == table)
+            snprintf(other, sizeof(other), "%s", name);
+    }
+    ck_assert_msg(other[0], "no colliding name found");
+    esp_datapath *dp = make_dp("m2e-c0", false, 4500);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+
+    esp_datapath_config cfg = {0};
+    struct sockaddr_in *sin = (struct sockaddr_in *)&cfg.local;
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(4501);
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cfg.local_len = sizeof(*sin);
+    snprintf(cfg.tun_name, sizeof(cfg.tun_name), "%s", other);
+    cfg.kill_switch = true;
+    cfg.configure_network = true;
+    cfg.no_offload = true;
+    esp_datapath *dp2 = NULL;
+    char err[256] = "";
+    ck_assert_int_eq(esp_datapath_new(&cfg, &dp2, err, sizeof(err)), M2MVPN_E_TUN);
+    ck_assert_msg(strstr(err, "another TUN name maps to the same table") != NULL, "%s", err);
+    ck_assert_ptr_null(dp2);
+    /* The first tunnel's routes are untouched. */
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.18.6.9"), "dev m2e-c0"));
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
+/* Every prefix a profile may list (16) gets its TUN route, its blackhole and
+ * its nftables element; one more is refused with a reason. */
+START_TEST(sixteen_prefixes_all_protected)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp("m2e-s0", true, 4500);
+    esp_tunnel_net net = {0};
+    char text[ESP_MAX_TS][40];
+    for (int i = 0; i < ESP_MAX_TS; i++) {
+        if (i < 12)
+            snprintf(text[i], sizeof(text[i]), "198.18.%d.0/24", 100 + i);
+        else
+            snprintf(text[i], sizeof(text[i]), "2001:db8:%x::/48", 0x100 + i);
+        parse_prefix(text[i], &net.remote_ts[i]);
+    }
+    net.n_remote_ts = ESP_MAX_TS;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    uint32_t table = esp_tunnel_table("m2e-s0");
+    char v4[8192], v6[8192];
+    snprintf(v4, sizeof(v4), "%s", runf("ip -4 route show table %u", table));
+    snprintf(v6, sizeof(v6), "%s", runf("ip -6 route show table %u", table));
+    for (int i = 0; i < ESP_MAX_TS; i++) {
+        char route[64], blackhole[64];
+        snprintf(route, sizeof(route), "%s dev m2e-s0", text[i]);
+        snprintf(blackhole, sizeof(blackhole), "blackhole %s", text[i]);
+        const char *routes = i < 12 ? v4 : v6;
+        ck_assert_msg(strstr(routes, route) != NULL, "%s missing:\n%s", route, routes);
+        ck_assert_msg(strstr(routes, blackhole) != NULL, "%s missing:\n%s", blackhole, routes);
+        /* An address inside: 198.18.100.0/24 -> .7, 2001:db8:10c::/48 -> ::7 */
+        char probe[48];
+        int base = (int)(strchr(text[i], '/') - text[i]) - (i < 12 ? 1 : 0);
+        snprintf(probe, sizeof(probe), "%.*s7", base, text[i]);
+        ck_assert_msg(strstr(runf("ip route get %s", probe), "dev m2e-s0") != NULL, "%s", probe);
+        if (nftables_built()) {
+            /* The set holds an element that covers the address. */
+            char *got = runf("nft get element inet m2mvpn_m2e-s0 %s '{ %s }' 2>&1",
+                             i < 12 ? "protected4" : "protected6", probe);
+            ck_assert_msg(strstr(got, "elements = {") != NULL, "%s not in nftables: %s", probe, got);
+        }
+    }
+    /* One more than the limit: refused, and what is in place stays. */
+    esp_tunnel_net more = net;
+    more.n_remote_ts = ESP_MAX_TS + 1;
+    ck_assert_int_eq(esp_datapath_set_network(dp, &more, err, sizeof(err)), M2MVPN_E_INVAL);
+    ck_assert_ptr_nonnull(strstr(runf("ip -4 route show table %u", table), "198.18.100.0/24"));
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+    ck_assert_str_eq(runf("ip -4 route show table %u 2>&1; ip -6 route show table %u 2>&1", table, table), "");
 }
 END_TEST
 
 START_TEST(kill_switch_survives_sigkill)
 {
     enter_netns();
-    char before[8192];
+    char before[8192], rules_before[4096];
     snprintf(before, sizeof(before), "%s", run(ROUTES4));
+    snprintf(rules_before, sizeof(rules_before), "%s", run(RULES));
     const char *ts[] = { "198.18.6.0/24" };
+    uint32_t table = esp_tunnel_table("m2e-k0");
+    char rule[96];
+    snprintf(rule, sizeof(rule), "not from all fwmark 0x%x lookup %u", table, table);
 
     int ready[2];
     ck_assert_int_eq(pipe(ready), 0);
@@ -1085,32 +1249,45 @@ START_TEST(kill_switch_survives_sigkill)
     close(ready[0]);
     close(ready[1]);
 
-    /* Engine dead: TUN, its route and the blackhole beneath are still there. */
+    /* Engine dead: TUN, its route, the blackhole beneath, the rule and the
+     * nftables table are still there. */
     char *routes = run(ROUTES4);
     ck_assert_ptr_nonnull(strstr(routes, "198.18.6.0/24 dev m2e-k0"));
     ck_assert_ptr_nonnull(strstr(routes, "blackhole 198.18.6.0/24"));
     ck_assert_ptr_nonnull(strstr(run("ip -o link show"), "m2e-k0"));
+    ck_assert_ptr_nonnull(strstr(run("ip rule show"), rule));
+    if (nftables_built())
+        ck_assert_ptr_nonnull(strstr(run("nft list table inet m2mvpn_m2e-k0 2>&1"), "198.18.6.0/24"));
     /* Traffic for the protected net is not sent in the clear anywhere: the
      * route lookup still picks the TUN. */
     ck_assert_ptr_nonnull(strstr(run("ip route get 198.18.6.9"), "dev m2e-k0"));
     /* Without the TUN, the blackhole catches it. */
     ck_assert_int_eq(system("ip link set m2e-k0 down"), 0);
-    ck_assert_str_eq(run("ip -4 route show 198.18.6.0/24"), "blackhole 198.18.6.0/24 proto static metric 150 \n");
+    char *left = runf("ip -4 route show table %u", table);
+    ck_assert_msg(strcmp(left, "blackhole 198.18.6.0/24 proto static metric 150 \n") == 0, "%s", left);
     ck_assert_ptr_null(strstr(run("ip route get 198.18.6.9 2>&1"), " dev ")); /* unroutable */
     ck_assert_int_eq(system("ip link set m2e-k0 up"), 0);
 
-    /* A new engine re-attaches, adopts the leftovers, and an explicit
-     * teardown removes all of it. */
+    /* A new engine re-attaches, adopts the leftovers (its apply brings the
+     * TUN route back), and an explicit teardown removes all of it. */
     esp_datapath *dp = make_dp("m2e-k0", true, 4500);
     set_net(dp, "198.18.5.1/32", ts, 1);
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.18.6.9"), "dev m2e-k0"));
     esp_datapath_free(dp); /* without teardown: kill switch stays */
     ck_assert_ptr_nonnull(strstr(run(ROUTES4), "blackhole 198.18.6.0/24"));
     dp = make_dp("m2e-k0", true, 4500);
     set_net(dp, "198.18.5.1/32", ts, 1);
+    /* One rule, not one per engine start. */
+    char *rules = run("ip rule show");
+    char *first = strstr(rules, rule);
+    ck_assert_ptr_nonnull(first);
+    ck_assert_ptr_null(strstr(first + 1, rule));
     esp_datapath_teardown(dp, true);
     esp_datapath_free(dp);
     ck_assert_str_eq(run(ROUTES4), before);
+    ck_assert_str_eq(run(RULES), rules_before);
     ck_assert_ptr_null(strstr(run("ip -o link show"), "m2e-k0"));
+    ck_assert_ptr_null(strstr(run("nft list tables 2>&1"), "m2mvpn"));
 }
 END_TEST
 
@@ -1570,7 +1747,9 @@ Suite *esp_suite(void)
     t = geteuid() == 0 ? tcase_create("net") : NULL;
     int n_net = 0;
     n_net += add_or_count(t, tun_setup_and_exact_teardown, 1);
-    n_net += add_or_count(t, foreign_route_is_not_adopted, 1);
+    n_net += add_or_count(t, policy_beats_more_specific_routes, 1);
+    n_net += add_or_count(t, foreign_route_in_our_table_refused, 1);
+    n_net += add_or_count(t, sixteen_prefixes_all_protected, 1);
     n_net += add_or_count(t, kill_switch_survives_sigkill, 1);
     n_net += add_or_count(t, datapath_end_to_end, 3);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);

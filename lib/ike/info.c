@@ -118,6 +118,6 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
     ike_chain_writer_finish(&cw);
     ike_sa_send_protected(sa, hdr->exchange, true, hdr->message_id, inner, buf_writer_len(&w),
                           cw.first_type, IKE_TASK_NONE);
-    if (deleted)
+    if (deleted && ike_rekey_peer_deleted_ike(sa) != 1)
         ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "the gateway %s deleted the IKE SA", sa->gw_text);
 }

@@ -28,8 +28,8 @@
 #define REKEY_RETRY_MS 10000u       /* a refused or failed rekey is tried again */
 #define CHILD_GRACE_MS 1000u        /* old inbound SA kept after its Delete (packets in flight) */
 #define PEER_DELETE_WAIT_MS 10000u  /* the gateway's Delete of an SA it replaced, then ours */
-#define ZOMBIE_RETRY_MS 2000u
-#define ZOMBIE_TRIES 3
+#define ZOMBIE_RETRY_MS 2000u  /* then 4, 8, 16 s: a peer that settles a collision */
+#define ZOMBIE_TRIES 5         /* later than us may not know the SA yet (strongSwan) */
 #define ZOMBIE_WAIT_MS 10000u
 /* After the gateway rekeyed the IKE SA, our answer may still be on its way
  * when we would send our first request on the new SA: that request would be
@@ -71,6 +71,7 @@ static void min_nonce(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b
 /* ------------------------------------------------------------ timer */
 
 static void on_timer(void *arg);
+static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool old_gone);
 
 static void rearm(ike_sa *sa)
 {
@@ -178,6 +179,22 @@ void ike_rekey_drop_all(ike_sa *sa)
 
 int ike_rekey_peer_deleted(ike_sa *sa, uint32_t spi, uint32_t *our_spi)
 {
+    if (sa->rk.collided && spi == sa->child_spi_out && sa->req.task == IKE_TASK_REKEY_CHILD &&
+        sa->rk.old_spi_in == sa->child_spi_in) {
+        /* Both sides rekeyed it and the gateway, the winner (§2.8.1), deletes
+         * it before our own answer came: its SA stands, ours (if the answer
+         * still comes) is redundant. */
+        *our_spi = sa->child_spi_in;
+        LOG_INFO(sa->log, "ike", "gateway deleted CHILD SA %08x/%08x it rekeyed in a collision: its SA "
+                 "%08x/%08x stands", sa->child_spi_in, sa->child_spi_out, sa->rk.peer_spi_in, sa->rk.peer_spi_out);
+        if (sa->hooks.on_child_deleted)
+            sa->hooks.on_child_deleted(sa->hooks.arg, sa->child_spi_in);
+        sa->child_spi_in = sa->rk.peer_spi_in;
+        sa->child_spi_out = sa->rk.peer_spi_out;
+        sa->rk.collided = false;
+        sa->rk.moot = true;
+        return 1;
+    }
     for (size_t i = 0; i < sa->n_retiring; i++) {
         ike_retiring *r = &sa->retiring[i];
         if (r->spi_out != spi)
@@ -268,7 +285,7 @@ static void zombie_tick(ike_sa *sa, ike_zombie *z, uint64_t now)
     }
     if (z->req && ++z->tries < ZOMBIE_TRIES) {
         zombie_send(sa, z, z->req, z->req_len);
-        z->deadline_ms = now + ZOMBIE_RETRY_MS * z->tries;
+        z->deadline_ms = now + ((uint64_t)ZOMBIE_RETRY_MS << z->tries);
         return;
     }
     LOG_INFO(sa->log, "ike", "replaced IKE SA dropped (no answer to its Delete)");
@@ -329,6 +346,24 @@ static ike_zombie *zombie_from_new(ike_sa *sa, ike_new_ike *n)
     ike_sa_sk_adapter(&z->sk_in, z->open_ctx, false);
     z->deadline_ms = now_ms(sa) + ZOMBIE_WAIT_MS;
     return z;
+}
+
+int ike_rekey_peer_deleted_ike(ike_sa *sa)
+{
+    if (!sa->rki.collided || sa->req.task != IKE_TASK_REKEY_IKE)
+        return 0;
+    /* Both sides rekeyed the IKE SA and the gateway, the winner (§2.8.1),
+     * deletes the old one before our own answer came: we move to its new
+     * SA. Ours, which the gateway created, we cannot delete without its
+     * answer; the gateway drops it by itself. */
+    LOG_INFO(sa->log, "ike", "gateway deleted the IKE SA it rekeyed in a collision: its new IKE SA stands");
+    ike_sa_request_done(sa);
+    crypto_ke_free(sa->rki.ke);
+    sa->rki.ke = NULL;
+    sa->rki.collided = false;
+    int r = switch_ike(sa, &sa->rki.peer, false, true);
+    new_ike_free(&sa->rki.peer);
+    return r == 0 ? 1 : r;
 }
 
 int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
@@ -652,6 +687,24 @@ static void child_rekey_failed(ike_sa *sa, const char *why)
 static void rekey_child_response(ike_sa *sa, const ike_chain *c)
 {
     const profile *p = sa->cfg.prof;
+    if (sa->rk.moot) {
+        /* The gateway settled a collision before our answer came (it
+         * deleted the SA we were rekeying): whatever this created is redundant. */
+        sa->rk.moot = false;
+        crypto_ke_free(sa->rk.ke);
+        sa->rk.ke = NULL;
+        const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
+        ike_sa_choice ch;
+        ike_diag d;
+        if (sa_pl && ike_sa_parse_choice(sa_pl->body, &ch, &d) == 0 && ch.protocol == IKE_PROTO_ESP &&
+            ch.spi_len == 4) {
+            LOG_INFO(sa->log, "ike", "deleting redundant CHILD SA %08x/%08x of a collision", sa->rk.new_spi_in,
+                     buf_load_be32(ch.spi));
+            retire(sa, sa->rk.new_spi_in, buf_load_be32(ch.spi), true, false);
+        }
+        sa->rk.new_spi_in = 0;
+        return;
+    }
     ike_diag d;
     ike_diag_clear(&d);
     ike_notify n;
@@ -830,7 +883,7 @@ static int derive_new_ike(ike_sa *sa, ike_new_ike *n, const ike_sa_choice *ch, c
 
 /* The new IKE SA takes over; the current one becomes a zombie. The CHILD
  * SAs stay as they are: they now belong to the new IKE SA (§2.8). */
-static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old)
+static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool old_gone)
 {
     crypto_cipher *seal, *open;
     int r = ike_sa_make_ciphers(&n->suite, n->keys, n->initiator, &seal, &open);
@@ -841,6 +894,12 @@ static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old)
         ike_sa_request_done(sa);
     }
     ike_zombie *z = make_zombie(sa, we_delete_old);
+    if (old_gone) {
+        /* The gateway deleted it already (and we answered): nothing left to do on it. */
+        zombie_free(z);
+        z = NULL;
+        we_delete_old = false;
+    }
     sa->initiator = n->initiator;
     memcpy(sa->spi_i, n->spi_i, 8);
     memcpy(sa->spi_r, n->spi_r, 8);
@@ -877,7 +936,7 @@ static void ike_rekey_failed(ike_sa *sa, const char *why)
     if (sa->rki.collided) {
         LOG_INFO(sa->log, "ike", "our IKE SA rekey failed (%s), the gateway's own rekey stands", why);
         sa->rki.collided = false;
-        if (switch_ike(sa, &sa->rki.peer, false) < 0)
+        if (switch_ike(sa, &sa->rki.peer, false, false) < 0)
             ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot switch to the rekeyed IKE SA");
         new_ike_free(&sa->rki.peer);
         return;
@@ -966,18 +1025,18 @@ static void rekey_ike_response(ike_sa *sa, const ike_chain *c)
         if (ours_redundant) {
             /* Delete ours; move to the gateway's, which deletes the old one. */
             ike_zombie *z = zombie_from_new(sa, &ours);
-            r = switch_ike(sa, &sa->rki.peer, false);
+            r = switch_ike(sa, &sa->rki.peer, false, false);
             if (z && r == 0)
                 zombie_send_delete(sa, z);
         } else {
             /* The gateway deletes its redundant one; we delete the old one. */
             ike_zombie *z = zombie_from_new(sa, &sa->rki.peer);
             (void)z;
-            r = switch_ike(sa, &ours, true);
+            r = switch_ike(sa, &ours, true, false);
         }
         new_ike_free(&sa->rki.peer);
     } else {
-        r = switch_ike(sa, &ours, true);
+        r = switch_ike(sa, &ours, true, false);
     }
     new_ike_free(&ours);
     if (r < 0)
@@ -1366,7 +1425,7 @@ void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chai
         sa->rki.collided = true;
         return;
     }
-    if (switch_ike(sa, &n, false) < 0)
+    if (switch_ike(sa, &n, false, false) < 0)
         ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot switch to the IKE SA the gateway rekeyed");
     new_ike_free(&n);
 }

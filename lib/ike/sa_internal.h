@@ -166,6 +166,8 @@ struct ike_sa {
         bool ke_retried;
         /* The gateway rekeyed the same SA meanwhile (§2.8.1): its SA. */
         bool collided;
+        bool moot;                 /* the gateway settled the collision already: our
+                                    * SA, if the answer still brings one, is redundant */
         uint32_t peer_spi_in, peer_spi_out;
         uint8_t peer_min_nonce[IKE_NONCE_MAX];
         size_t peer_min_nonce_len;
@@ -252,6 +254,10 @@ void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chai
 /* Delete(ESP) of `spi` (our outbound SPI) from the gateway: 1 if it named a
  * retiring or not yet current SA (our half goes into `our_spi`), else 0. */
 int ike_rekey_peer_deleted(ike_sa *sa, uint32_t spi, uint32_t *our_spi);
+/* The gateway deleted the current IKE SA: 1 when that settles a rekey
+ * collision (we moved to the gateway's new IKE SA), 0 when it is an end, <0
+ * when the move failed. Call after answering the Delete. */
+int ike_rekey_peer_deleted_ike(ike_sa *sa);
 /* A datagram for one of the replaced IKE SAs? Handled (1) or not (0). */
 int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap);
 /* Before on_down: report every retiring CHILD SA gone. */

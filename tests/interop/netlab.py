@@ -628,7 +628,9 @@ gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
 lost = [q for q in sent_at if q not in got_at]
 print(json.dumps({"sent": len(sent_at), "received": len(got_at), "lost": len(lost),
                   "lost_seqs": lost[:50],
-                  "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None}), flush=True)
+                  "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+                  "max_gap_at_s": round(arrivals[gaps.index(max(gaps))] - start, 2) if gaps else None}),
+      flush=True)
 """
 
 

@@ -37,7 +37,7 @@ def binary_or_skip():
 
 
 def start(topology, charons, pki, workdir, *, esp="aes256gcm16", child_extra=None, extra=None,
-          ike_lifetime=None, esp_lifetime=None, gw_esp=None):
+          ike_lifetime=None, esp_lifetime=None, gw_esp=None, ike_opts=None):
     binary = binary_or_skip()
     topo = topology("direct")
     gw = charons(topo.gateway, charonmod.gateway_config(
@@ -48,6 +48,7 @@ def start(topology, charons, pki, workdir, *, esp="aes256gcm16", child_extra=Non
         prof["ike"]["lifetime_s"] = ike_lifetime
     if esp_lifetime:
         prof["esp"]["lifetime_s"] = esp_lifetime
+    prof["ike"].update(ike_opts or {})
     client = m2mvpn_client.start_m2mvpn_client(topo.client, prof, binary, workdir / "c")
     client.connect()
     client.wait_for_state("connected")
@@ -269,4 +270,70 @@ def test_two_minutes_of_rekeys_both_ways(topology, charons, pki, workdir):
             flood.stop()
         if srv.poll() is None:
             srv.kill()
+        client.stop()
+
+
+# -- a forced collision ---------------------------------------------------------------
+
+def test_forced_ike_rekey_collision(topology, charons, pki, workdir):
+    """Both sides rekey the IKE SA at the same time (RFC 7296 §2.8.1), forced
+    by dropping IKE (port 4500 with the non-ESP marker) at the gateway:
+    our request (at 16..18 s of ike.lifetime_s 20) is dropped on the way in,
+    the gateway's (swanctl --rekey) on the way out; then the gateway may
+    send (its retransmission reaches us while ours waits: we answer, that
+    answer is dropped), then receive (our retransmission reaches it while its
+    own waits: it answers). Each side saw the other's request while its own
+    was out; both exchanges complete, the lowest nonce decides which new IKE
+    SA survives, the redundant and the old one are deleted. ESP is not
+    touched: the ping flood loses nothing."""
+    # Our retransmissions 6 s apart (the gateway's come after 4 s).
+    topo, gw, client = start(topology, charons, pki, workdir, ike_lifetime=20,
+                             ike_opts={"retransmit_timeout_s": 6.0, "retransmit_base": 2.0})
+    flood = None
+    try:
+        sa, child = wait_settled(gw, set())
+        old_ike = (sa["initiator-spi"], sa["responder-spi"])
+        flood = netlab.PingFlood(topo.client, PROTECTED, duration_s=50)
+        topo.gateway.nft("table inet m2i_ike {\n"
+                         " chain in { type filter hook input priority 0; udp dport 4500 @th,64,32 0 drop; }\n"
+                         " chain out { type filter hook output priority 0; udp sport 4500 @th,64,32 0 drop; }\n"
+                         "}\n")
+
+        def client_log_has(text, timeout_s):
+            deadline = time.monotonic() + timeout_s
+            while text not in client.log_path.read_text(errors="replace"):
+                assert time.monotonic() < deadline, f"{text!r} not in our log" + client.log_tail()
+                time.sleep(0.05)
+
+        client_log_has("rekey IKE SA", 30)
+        mark = len(gw.log_text())
+        gw.rekey(ike="psk")
+        gw.wait_for_log("generating CREATE_CHILD_SA request", after=mark)
+        topo.gateway.nft("flush chain inet m2i_ike out\n")
+        client_log_has("gateway rekeys the IKE SA too (collision)", 10)
+        topo.gateway.nft("flush chain inet m2i_ike in\n")
+        client_log_has("IKE SA rekey collision", 15)
+        gw.wait_for_log("collision", after=mark, timeout_s=15)
+        # Settled: one IKE SA (new SPIs) with the CHILD SA, nothing else left.
+        deadline = time.monotonic() + 30
+        while True:
+            sas = [s for s in gw.list_sas() if s.get("name") == "psk"]
+            if (len(sas) == 1 and sas[0].get("state") == "ESTABLISHED" and
+                    (sas[0]["initiator-spi"], sas[0]["responder-spi"]) != old_ike):
+                break
+            assert time.monotonic() < deadline, f"gateway SAs: {sas}" + client.log_tail() + gw.log_tail()
+            time.sleep(0.2)
+        _, child2 = wait_settled(gw, set())
+        assert child2["spi-in"] == child["spi-in"]
+        res = flood.result()
+        assert res["lost"] == 0, res
+        assert client.status()["state"] == "connected"
+        # The surviving IKE SA works: the gateway rekeys the CHILD SA on it.
+        gw.rekey(child="net")
+        wait_settled(gw, {child["spi-in"], child["spi-out"]})
+        assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+        print([l for l in client.log_path.read_text(errors="replace").splitlines() if "collision" in l])
+    finally:
+        if flood:
+            flood.stop()
         client.stop()

@@ -172,8 +172,11 @@ void ike_rekey_drop_all(ike_sa *sa)
 {
     while (sa->n_retiring)
         forget_retiring(sa, 0);
-    if (sa->rk.collided && sa->hooks.on_child_deleted)
+    if (sa->rk.collided && sa->hooks.on_child_deleted) {
+        /* Both reported: the gateway's SA of a collision, and the one it replaces. */
         sa->hooks.on_child_deleted(sa->hooks.arg, sa->rk.peer_spi_in);
+        sa->hooks.on_child_deleted(sa->hooks.arg, sa->child_spi_in);
+    }
     sa->rk.collided = false;
 }
 

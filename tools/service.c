@@ -631,6 +631,12 @@ int service_run(const service_opts *o)
         goto out;
     }
     pidfile = true;
+    /* The loaded profile takes effect (its kill switch is in place) before
+     * the service answers: "ready" means protected. */
+    if ((r = m2mvpn_process(s->h)) < 0) {
+        report_startup_failure(o, "cannot start the engine: %s", m2mvpn_last_error(s->h));
+        goto out;
+    }
     if (svc_bind_publish(o->control, err, sizeof(err)) < 0) {
         report_startup_failure(o, "%s", err);
         goto out;

@@ -107,7 +107,8 @@ class M2mvpnClient:
     """
 
     def __init__(self, ns: netlab.Namespace, binary: Path, workdir: Path,
-                 profile: dict[str, Any] | str, *, verbose: bool = True):
+                 profile: dict[str, Any] | str, *, verbose: bool = True,
+                 env: dict[str, str] | None = None):
         self.ns = ns
         self.binary = Path(binary)
         self.workdir = Path(workdir)
@@ -118,6 +119,7 @@ class M2mvpnClient:
         self.state_dir = self.workdir / "state"
         self.log_path = self.workdir / "client.log"
         self.proc: subprocess.Popen | None = None
+        self.env = env  # the engine's environment (None: ours)
         self._checked = False
 
     def start(self, timeout_s: float = 10) -> "M2mvpnClient":
@@ -144,7 +146,7 @@ class M2mvpnClient:
         log = open(self.log_path, "w")
         try:
             self.proc = self.ns.popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, env=self.env)
         finally:
             log.close()
         self._checked = False

@@ -96,6 +96,8 @@ void ike_sa_free(ike_sa *sa)
     core_timer_cancel(sa->loop, &sa->dpd_timer);
     ike_rekey_free(sa);
     crypto_ke_free(sa->ke);
+    crypto_ke_free(sa->prev_ke);
+    free(sa->prev_init_req);
     crypto_ike_keys_free(sa->keys);
     crypto_cipher_free(sa->seal_ctx);
     crypto_cipher_free(sa->open_ctx);

@@ -650,6 +650,31 @@ START_TEST(test_invalid_ke_retry)
 }
 END_TEST
 
+/* An INVALID_KE_PAYLOAD is not authenticated: one forged by someone on the
+ * path, naming a weaker group we also offer, must neither downgrade the
+ * group nor throw away the real answer to our first request, which still
+ * counts (and our AUTH is then over that first request). */
+START_TEST(test_forged_invalid_ke_then_real_answer)
+{
+    start();
+    invalid_ke(0, KE_ECP256);                 /* forged */
+    ck_assert_uint_eq(n_sent(), 2);
+    ck_assert_uint_eq(sent_ke_group(1), KE_ECP256);
+    size_t n = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_response(&T->gw, sent(0), m);     /* the gateway's answer to the first */
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n + 1);
+    fg_take_auth_request(&T->gw, fg_last(&T->gw), OUR_ID); /* AUTH over request 1 */
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    char ike_alg[96], esp_alg[96];
+    ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
+    ck_assert_str_eq(ike_alg, "aes256gcm16-prfsha384-x25519");
+}
+END_TEST
+
 START_TEST(test_invalid_ke_twice)
 {
     start();
@@ -2248,6 +2273,7 @@ static Suite *ike_sa_suite(void)
         { "gateway_requests", test_gateway_create_child_refused },
         { "cookie", test_cookie },
         { "invalid_ke", test_invalid_ke_retry },
+        { "invalid_ke", test_forged_invalid_ke_then_real_answer },
         { "invalid_ke", test_invalid_ke_twice },
         { "invalid_ke", test_invalid_ke_same_group },
         { "invalid_ke", test_invalid_ke_not_offered },

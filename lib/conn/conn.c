@@ -36,11 +36,16 @@ const char *conn_phase_name(conn_phase p)
  *                 always-on)
  *  ARMED       -> NEGOTIATING (traffic, connect), IDLE (disconnect)
  *  WAIT_PIN    -> NEGOTIATING (PIN taken), IDLE (wrong PIN, disconnect)
+ *  WAIT_CREDENTIALS -> NEGOTIATING (credentials given), IDLE (disconnect)
  *  NEGOTIATING -> UP (CHILD SA installed), WAIT_PIN (locked key),
+ *                 WAIT_CREDENTIALS (EAP without a password we may send,
+ *                 or always-on after the gateway refused it),
  *                 BACKOFF / IDLE / ARMED (failed: as mode and cause say),
  *                 RESTARTING (install failed), CLOSING (disconnect)
  *  UP          -> RESTARTING (renewal, install error), CLOSING (disconnect,
- *                 on-demand idle), BACKOFF / IDLE / ARMED (SA lost)
+ *                 on-demand idle), BACKOFF / IDLE / ARMED (SA lost),
+ *                 WAIT_CREDENTIALS (always-on: EAP refused on a reauth).
+ *                 A rekey (CHILD or IKE SA) is no move: the tunnel stays UP.
  *  RESTARTING  -> NEGOTIATING (SA down: start over), CLOSING (disconnect),
  *                 BACKOFF / IDLE / ARMED (it closed because of an error)
  *  CLOSING     -> IDLE / ARMED (SA down), RESTARTING (connect meanwhile)
@@ -49,9 +54,11 @@ static const unsigned allowed[CONN_PHASE__COUNT] = {
     [CONN_IDLE]        = BIT(ARMED) | BIT(NEGOTIATING),
     [CONN_ARMED]       = BIT(IDLE) | BIT(NEGOTIATING),
     [CONN_WAIT_PIN]    = BIT(IDLE) | BIT(NEGOTIATING),
-    [CONN_NEGOTIATING] = BIT(IDLE) | BIT(ARMED) | BIT(WAIT_PIN) | BIT(UP) | BIT(RESTARTING) |
-                         BIT(CLOSING) | BIT(BACKOFF),
-    [CONN_UP]          = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
+    [CONN_WAIT_CREDENTIALS] = BIT(IDLE) | BIT(NEGOTIATING),
+    [CONN_NEGOTIATING] = BIT(IDLE) | BIT(ARMED) | BIT(WAIT_PIN) | BIT(WAIT_CREDENTIALS) | BIT(UP) |
+                         BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
+    [CONN_UP]          = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF) |
+                         BIT(WAIT_CREDENTIALS),
     [CONN_RESTARTING]  = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_CLOSING]     = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING),
     [CONN_BACKOFF]     = BIT(IDLE) | BIT(NEGOTIATING),
@@ -110,7 +117,17 @@ struct conn {
     uint64_t traffic_seen;        /* on-demand: packets counted at the last look */
     uint64_t traffic_at_ms;       /* ... and when they last changed */
 
+    /* EAP credentials: from conn_set_credentials (session_*, preferred) or
+     * the profile. A password the gateway refused is never sent again
+     * (eap_refused): the WAIT_CREDENTIALS phase waits for new ones. */
+    char *session_user;
+    char *session_pass;           /* secure copy */
+    size_t session_pass_len;
+    bool eap_refused;
+    bool wait_reports_idle;       /* WAIT_CREDENTIALS after a refusal: public IDLE */
+
     uint64_t reconnects;          /* up again after a failure or renewal */
+    uint64_t rekeys;              /* CHILD and IKE SA rekeys */
     int64_t last_change;          /* wall clock of the last move */
     char last_reason[128];
 };
@@ -131,6 +148,13 @@ static m2mvpn_state public_state(const conn *c)
     case CONN_IDLE:
     case CONN_ARMED:
         return M2MVPN_STATE_IDLE;
+    case CONN_WAIT_CREDENTIALS:
+        /* After the gateway refused the password the tunnel is down until
+         * someone gives new credentials (the error stays in the status); a
+         * connect that needs them is still connecting. */
+        if (c->wait_reports_idle)
+            return M2MVPN_STATE_IDLE;
+        return c->recovering ? M2MVPN_STATE_RECONNECTING : M2MVPN_STATE_CONNECTING;
     case CONN_WAIT_PIN:
     case CONN_NEGOTIATING:
         return c->recovering ? M2MVPN_STATE_RECONNECTING : M2MVPN_STATE_CONNECTING;
@@ -159,6 +183,8 @@ static int set_phase(conn *c, conn_phase to, int err, const char *reason)
         return M2MVPN_E_STATE;
     }
     c->phase = to;
+    if (to != CONN_WAIT_CREDENTIALS)
+        c->wait_reports_idle = false;
     if (to == CONN_BACKOFF || to == CONN_RESTARTING)
         c->recovering = true;
     else if (to == CONN_IDLE || to == CONN_ARMED)
@@ -305,11 +331,62 @@ static void settle(conn *c, bool stop, int err, const char *reason)
 
 static void fail(conn *c, int err, ike_fault fault, const char *detail);
 
+/* The EAP user and password for this attempt: false if there is no
+ * password we may send (none given, or the one we have was refused). */
+static bool eap_credentials(const conn *c, conn_eap *eap)
+{
+    memset(eap, 0, sizeof(*eap));
+    if (c->eap_refused)
+        return false;
+    eap->user = c->session_user ? c->session_user : c->prof->eap.identity;
+    if (c->session_pass) {
+        eap->pass = c->session_pass;
+        eap->pass_len = c->session_pass_len;
+    } else if (c->prof->eap.password) {
+        eap->pass = c->prof->eap.password;
+        eap->pass_len = strlen(c->prof->eap.password);
+    }
+    return eap->pass != NULL;
+}
+
+/* WAIT_CREDENTIALS: ask (CREDENTIALS_REQUIRED) and make no attempt until
+ * conn_set_credentials() answers. why: the refusal that led here (the
+ * move then reports err/detail, the public state IDLE), or NULL. */
+static void wait_for_credentials(conn *c, const char *why, int err, const char *detail)
+{
+    char ask[320];
+    const char *user = c->session_user ? c->session_user : c->prof->eap.identity;
+    snprintf(ask, sizeof(ask), "%s%sEAP password for '%s' (profile %s)", why ? why : "",
+             why ? "; waiting for new credentials: " : "", user ? user : "", c->prof->name);
+    release_sa(c); /* the path is opened anew when they come */
+    c->wait_reports_idle = why != NULL;
+    if (set_phase(c, CONN_WAIT_CREDENTIALS, err, why ? detail : "waiting for the EAP credentials") < 0)
+        return;
+    LOG_INFO(c->log, "conn", "waiting for the %s", why ? "new credentials" : ask);
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_CREDENTIALS_REQUIRED, M2MVPN_E_CREDENTIALS, ask);
+}
+
+static void forget_session_credentials(conn *c)
+{
+    free(c->session_user);
+    c->session_user = NULL;
+    secure_free(c->session_pass, c->session_pass_len);
+    c->session_pass = NULL;
+    c->session_pass_len = 0;
+}
+
 /* The IKE SA over the path, once the credentials are ready. */
 static void start_sa(conn *c)
 {
     char err[512] = "";
-    int r = c->ops.sa_start(c->ops.arg, c->prof, err, sizeof(err));
+    conn_eap eap;
+    bool is_eap = c->prof->auth == PROFILE_AUTH_EAP;
+    if (is_eap && !eap_credentials(c, &eap)) {
+        wait_for_credentials(c, NULL, 0, NULL);
+        return;
+    }
+    int r = c->ops.sa_start(c->ops.arg, c->prof, is_eap ? &eap : NULL, err, sizeof(err));
     if (r < 0)
         fail(c, r, IKE_FAULT_LOCAL, err);
 }
@@ -330,6 +407,11 @@ static void start_attempt(conn *c, const char *reason)
         r = arm_network(c, on_demand(c), err, sizeof(err));
         if (!c->prof->tunnel.kill_switch)
             r = 0; /* on-demand without it: only the trigger is missing */
+    }
+    conn_eap eap;
+    if (r == 0 && c->prof->auth == PROFILE_AUTH_EAP && !eap_credentials(c, &eap)) {
+        wait_for_credentials(c, NULL, 0, NULL); /* no path opened for nothing */
+        return;
     }
     if (r == 0)
         r = c->ops.cred_load(c->ops.arg, c->prof, &pin_needed, what, sizeof(what), err, sizeof(err));
@@ -380,6 +462,19 @@ static void fail(conn *c, int err, ike_fault fault, const char *detail)
     if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
         if (c->hooks.on_event)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
+    if (err == M2MVPN_E_AUTH_LOCAL && fault == IKE_FAULT_LOCAL && c->prof->auth == PROFILE_AUTH_EAP) {
+        /* The gateway refused our EAP credentials (lib/ike says LOCAL: the
+         * password is ours): reported once, never sent again (an account
+         * would lock). Always-on waits for new ones; on-demand and manual
+         * stay down and ask on the next connect. */
+        c->eap_refused = true;
+        forget_session_credentials(c);
+        if (always_on(c))
+            wait_for_credentials(c, "the gateway refused the credentials", err, detail);
+        else
+            settle(c, true, err, detail);
+        return;
+    }
     if (fault == IKE_FAULT_LOCAL && !retry_helps(err))
         settle(c, true, err, detail);
     else if (always_on(c))
@@ -469,17 +564,54 @@ void conn_post_traffic(conn *c)
     post(c, &ev);
 }
 
-/* The CHILD SA nears its end. Rekeying (CREATE_CHILD_SA) is not implemented
- * yet, so the tunnel is built anew: already at the soft limit, so that the
- * hard limit never stops traffic on a SA that is still in use. */
+/* The CHILD SA nears its end (soft lifetime, bytes, sequence numbers):
+ * rekey it (CREATE_CHILD_SA, lib/ike), no move of the machine; the result
+ * arrives through conn_child_rekeyed(). Only when no rekey can start and
+ * the SA no longer sends (a hard reason) is the tunnel built anew. */
 static void on_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason)
 {
     if (c->phase != CONN_UP || spi_in != c->spi_in)
         return;
-    char why[128];
-    snprintf(why, sizeof(why), "CHILD SA %08x: %s; renewing (rekeying is not implemented yet)", spi_in,
-             esp_rekey_reason_name(reason));
-    close_and_restart(c, 0, why);
+    LOG_INFO(c->log, "conn", "CHILD SA %08x: %s; rekeying", spi_in, esp_rekey_reason_name(reason));
+    if (c->ops.child_rekey(c->ops.arg, spi_in) < 0 && esp_rekey_reason_is_hard(reason)) {
+        char why[128];
+        snprintf(why, sizeof(why), "CHILD SA %08x: %s and no rekey possible", spi_in,
+                 esp_rekey_reason_name(reason));
+        close_and_restart(c, 0, why);
+    }
+}
+
+void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t spi_out, int err,
+                        const char *detail)
+{
+    if (c->phase != CONN_UP) {
+        LOG_DBG(c->log, "conn", "CHILD SA %08x rekeyed while %s: not used", old_spi_in,
+                conn_phase_name(c->phase));
+        return;
+    }
+    if (err < 0) {
+        c->spi_in = spi_in; /* whatever was installed goes with the SA */
+        close_and_restart(c, err, detail);
+        return;
+    }
+    c->spi_in = spi_in;
+    c->spi_out = spi_out;
+    c->rekeys++;
+    char what[96];
+    snprintf(what, sizeof(what), "CHILD SA %08x replaced by %08x/%08x", old_spi_in, spi_in, spi_out);
+    LOG_INFO(c->log, "conn", "%s", what);
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_REKEYED, 0, what);
+}
+
+void conn_ike_rekeyed(conn *c)
+{
+    if (c->phase != CONN_UP)
+        return;
+    c->rekeys++;
+    LOG_INFO(c->log, "conn", "IKE SA rekeyed");
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_REKEYED, 0, "IKE SA rekeyed");
 }
 
 static void run_events(void *arg)
@@ -613,6 +745,7 @@ static void release_profile(conn *c, bool remove_network)
     c->ops.cred_release(c->ops.arg);
     c->closing.err = 0;
     c->closing.detail[0] = '\0';
+    c->eap_refused = false;
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
     c->prof = NULL;
@@ -646,6 +779,7 @@ void conn_free(conn *c)
     core_timer_cancel(c->loop, &c->event_timer);
     if (c->own_ops)
         conn_sys_free(c->ops.arg);
+    forget_session_credentials(c);
     free(c);
 }
 
@@ -721,6 +855,7 @@ void conn_disconnect(conn *c)
         c->ops.sa_close(c->ops.arg); /* the down event follows */
         return;
     case CONN_WAIT_PIN:
+    case CONN_WAIT_CREDENTIALS:
         release_sa(c);
         settle(c, true, 0, "disconnect");
         return;
@@ -750,6 +885,30 @@ void conn_enter_pin(conn *c, const char *pin, size_t len)
     start_sa(c);
 }
 
+void conn_set_credentials(conn *c, const char *user, const char *pass, size_t len)
+{
+    char *u = user ? strdup(user) : NULL;
+    char *pw = secure_memdup(pass, len);
+    if ((user && !u) || !pw) {
+        free(u);
+        secure_free(pw, len);
+        LOG_ERR(c->log, "conn", "out of memory storing the EAP credentials");
+        return;
+    }
+    forget_session_credentials(c);
+    c->session_user = u;
+    c->session_pass = pw;
+    c->session_pass_len = len;
+    c->eap_refused = false;
+    LOG_INFO(c->log, "conn", "EAP credentials set for '%s'",
+             u ? u : (c->prof && c->prof->eap.identity ? c->prof->eap.identity : "(profile identity)"));
+    if (c->phase != CONN_WAIT_CREDENTIALS)
+        return; /* kept for the next attempt */
+    c->failures = 0;
+    c->recovering = false;
+    start_attempt(c, "credentials given");
+}
+
 const char *conn_profile_name(const conn *c)
 {
     return c->prof ? c->prof->name : NULL;
@@ -771,6 +930,7 @@ void conn_get_status(conn *c, conn_status *st)
     st->spi_out = c->spi_out;
     st->phase = c->phase;
     st->reconnects = c->reconnects;
+    st->rekeys = c->rekeys;
     st->last_change = c->last_change;
     snprintf(st->last_reason, sizeof(st->last_reason), "%s", c->last_reason);
     c->ops.fill_status(c->ops.arg, c->spi_in != 0, st);

@@ -18,6 +18,10 @@
  *    after a timeout or an unreachable gateway. Never retried: local causes a
  *    retry cannot fix (PIN, CERT, PROFILE, NOTSUPP, INVAL, CREDENTIALS: a wrong
  *    PIN above all). Whatever the gateway did (ike_fault PEER) is retried.
+ *    An EAP password the gateway refused (AUTH_LOCAL, fault LOCAL) is never
+ *    sent again: always-on waits for new credentials (wait-credentials,
+ *    CREDENTIALS_REQUIRED); on-demand and manual stay down and ask on the
+ *    next connect.
  *  - on-demand: the TUN and its routes (and the kill switch) are in place
  *    from the start ("armed"); the first packet for a protected network, or
  *    conn_connect(), starts the connection; the packets held meanwhile by the
@@ -50,6 +54,7 @@
     XX(IDLE,        "idle")        /* nothing wanted (network maybe kept) */  \
     XX(ARMED,       "armed")       /* on-demand: waiting for traffic */       \
     XX(WAIT_PIN,    "wait-pin")    /* a credential waits for its PIN */       \
+    XX(WAIT_CREDENTIALS, "wait-credentials") /* EAP user + password wanted */ \
     XX(NEGOTIATING, "negotiating") /* IKE SA on its way */                    \
     XX(UP,          "up")          /* CHILD SA installed */                   \
     XX(RESTARTING,  "restarting")  /* closing to start over at once */        \
@@ -86,7 +91,7 @@ typedef struct conn_hooks {
     /* Tunnel state changed (the API's STATE_CHANGED); detail may be NULL:
      * the error's detail, or else the reason of the move. */
     void (*on_state)(void *arg, m2mvpn_state st, int err, const char *detail);
-    /* Other events: PIN_REQUIRED, AUTH_FAILED. */
+    /* Other events: PIN_REQUIRED, CREDENTIALS_REQUIRED, AUTH_FAILED. */
     void (*on_event)(void *arg, m2mvpn_event_type type, int err, const char *detail);
 } conn_hooks;
 
@@ -110,10 +115,17 @@ typedef struct conn_status {
     char cert_subject[256];
     int64_t cert_not_after;
     conn_phase phase;
-    uint64_t reconnects, rekeys, roams;
+    uint64_t reconnects, rekeys, roams; /* rekeys: CHILD and IKE SA rekeys */
     int64_t last_change;          /* Unix time of the last move, 0 = none */
     char last_reason[128];
 } conn_status;
+
+/* EAP credentials for one attempt (see conn_ops.sa_start). */
+typedef struct conn_eap {
+    const char *user;
+    const char *pass;
+    size_t pass_len;
+} conn_eap;
 
 /*
  * What the state machine drives. Every call runs on the engine thread;
@@ -140,8 +152,13 @@ typedef struct conn_ops {
                      char *err, size_t err_len);
     int (*cred_pin)(void *arg, const char *pin, size_t len, char *err, size_t err_len);
     void (*cred_release)(void *arg);
-    /* Create and start the IKE SA over the open path. */
-    int (*sa_start)(void *arg, const profile *p, char *err, size_t err_len);
+    /* Create and start the IKE SA over the open path; eap: the EAP user and
+     * password for it (NULL unless auth.method is eap), valid during the
+     * call only (the SA copies what it keeps). */
+    int (*sa_start)(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len);
+    /* Rekey this CHILD SA (CREATE_CHILD_SA); the result comes back through
+     * conn_child_rekeyed(). < 0: no rekey could start. */
+    int (*child_rekey)(void *arg, uint32_t spi_in);
     /* Delete it; conn_post_ike_down() follows (maybe during this call). */
     void (*sa_close)(void *arg);
     /* Free the SA and close the path's socket. Never called from inside the
@@ -177,6 +194,11 @@ void conn_connect(conn *c);
 void conn_disconnect(conn *c);
 /* A PIN for a locked credential; copied and wiped. Tried once. */
 void conn_enter_pin(conn *c, const char *pin, size_t len);
+/* EAP user (NULL: the profile's auth.eap.identity) and password, copied;
+ * the password is wiped when replaced, refused or freed. Answers a
+ * CREDENTIALS_REQUIRED wait (a new attempt starts when the tunnel is
+ * wanted) or is kept for the next attempt. */
+void conn_set_credentials(conn *c, const char *user, const char *pass, size_t len);
 /* Name of the profile in use, or NULL. */
 const char *conn_profile_name(const conn *c);
 /* Remove the profile's network on purpose (kill switch included). */
@@ -195,6 +217,13 @@ int conn_try_phase(conn *c, conn_phase to, const char *reason);
 
 /* The IKE SA and its CHILD SA are up (during the SA's own callback). */
 void conn_ike_established(conn *c, const ike_child_result *r);
+/* A rekey replaced CHILD SA old_spi_in (during the SA's callback, after the
+ * ops installed the new one: err 0) or installing it failed (err < 0,
+ * detail why): the tunnel then starts over. */
+void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t spi_out, int err,
+                        const char *detail);
+/* The IKE SA was rekeyed (during the SA's callback). */
+void conn_ike_rekeyed(conn *c);
 /* The IKE SA is down (as ike_hooks.on_down); handled from the loop. */
 void conn_post_ike_down(conn *c, int err, ike_fault fault, const char *detail);
 /* The datapath asks for a rekey of this CHILD SA; handled from the loop. */

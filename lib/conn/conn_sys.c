@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "core/secmem.h"
 #include "cred/cred.h"
+#include "crypto/crypto.h"
 #include "crypto/pki.h"
 #include "dns_hook.h"
 
@@ -48,6 +49,11 @@ typedef struct conn_sys {
     cred_provider *cred;
     pki_trust *trust;
     ike_sa *sa;
+    /* The EAP credentials the SA borrows (ike_config): our copies, kept
+     * until the SA is released. */
+    char *eap_user;
+    char *eap_pass;               /* secure copy */
+    size_t eap_pass_len;
     char ike_alg[96], esp_alg[96];
 } conn_sys;
 
@@ -145,6 +151,71 @@ static void ike_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     conn_sys *s = arg;
     conn_post_ike_down(s->c, err, fault, detail);
+}
+
+/* The datapath's SA for a negotiated CHILD SA. The soft lifetime is jittered
+ * (80..90 %) so that both sides rarely rekey at the same moment. */
+static int child_sa_config(conn_sys *s, const profile *p, const ike_child_result *r, esp_sa_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->spi_in = r->spi_in;
+    cfg->spi_out = r->spi_out;
+    cfg->encr_id = r->encr_id;
+    cfg->encr_key_bits = r->encr_key_bits;
+    cfg->integ_id = r->integ_id;
+    cfg->esn = r->esn;
+    cfg->replay_window = p->esp.replay_window;
+    uint32_t life = p->esp.lifetime_s, jitter = 0;
+    if (life / 10 && crypto_random(&jitter, sizeof(jitter)) == 0)
+        jitter %= life / 10 + 1;
+    cfg->lifetime.hard_seconds = life;
+    cfg->lifetime.soft_seconds = life - life / 10 - jitter;
+    memcpy(&cfg->peer, &s->gw, s->gw_len);
+    cfg->peer_len = s->gw_len;
+    if (cfg->peer.ss_family == AF_INET)
+        ((struct sockaddr_in *)&cfg->peer)->sin_port = htons(ESP_UDP_PORT);
+    else
+        ((struct sockaddr_in6 *)&cfg->peer)->sin6_port = htons(ESP_UDP_PORT);
+    return esp_keys_from_keymat(cfg, r->keymat, r->keymat_len, true);
+}
+
+/* A rekey replaced the CHILD SA old_spi_in (lib/ike): the new one goes into
+ * the datapath next to the old one (make-before-break), right here: its
+ * keys are valid only during this callback. Sending moves to it now
+ * (outbound) or once the old one is removed (ike_child_deleted). */
+static void ike_child_rekeyed(void *arg, uint32_t old_spi_in, const ike_child_result *r, bool outbound)
+{
+    conn_sys *s = arg;
+    char why[256] = "", err[320] = "";
+    esp_sa_config cfg;
+    int rc = child_sa_config(s, s->prof, r, &cfg);
+    cfg.inbound_only = !outbound;
+    if (rc == 0 && s->dp)
+        rc = esp_datapath_install_sa(s->dp, &cfg, why, sizeof(why));
+    else if (rc == 0)
+        snprintf(why, sizeof(why), "no datapath");
+    secure_wipe(&cfg, sizeof(cfg));
+    if (rc < 0) {
+        snprintf(err, sizeof(err), "installing the rekeyed CHILD SA failed: %s", why);
+    } else {
+        s->spi_in = r->spi_in;
+        ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));
+    }
+    conn_child_rekeyed(s->c, old_spi_in, r->spi_in, r->spi_out, rc, err);
+}
+
+static void ike_child_deleted(void *arg, uint32_t spi_in)
+{
+    conn_sys *s = arg;
+    if (s->dp && spi_in != s->spi_in)
+        esp_datapath_remove_sa(s->dp, spi_in);
+}
+
+static void ike_ike_rekeyed(void *arg)
+{
+    conn_sys *s = arg;
+    ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));
+    conn_ike_rekeyed(s->c);
 }
 
 /* ------------------------------------------------------------ network */
@@ -422,6 +493,9 @@ static int open_credential(conn_sys *s, const profile *p, char *err, size_t err_
     switch (p->cert.source) {
     case PROFILE_CERT_FILE:
         return cred_file_open(p->cert.file, p->cert.key, pin, pin_len, &s->cred, err, err_len);
+    case PROFILE_CERT_MACHINE:
+        return cred_machine_open(p->cert.file, p->cert.key, p->cert.bind_sources, pin, pin_len, &s->cred,
+                                 err, err_len);
     case PROFILE_CERT_PKCS11:
         return cred_pkcs11_open(p->cert.pkcs11_module, p->cert.pkcs11_uri, pin, pin_len, &s->cred,
                                 err, err_len);
@@ -449,10 +523,6 @@ static int sys_cred_load(void *arg, const profile *p, bool *pin_needed, char *wh
             s->trust = NULL;
             return r;
         }
-    }
-    if (p->auth == PROFILE_AUTH_EAP) {
-        snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
-        return M2MVPN_E_NOTSUPP;
     }
     if (s->cred && cred_lost(s->cred)) {
         /* Token removed or TPM gone: open it again (it may be back). */
@@ -497,9 +567,27 @@ static void sys_cred_release(void *arg)
 
 /* ------------------------------------------------------------- IKE SA */
 
-static int sys_sa_start(void *arg, const profile *p, char *err, size_t err_len)
+static void forget_eap(conn_sys *s)
+{
+    free(s->eap_user);
+    s->eap_user = NULL;
+    secure_free(s->eap_pass, s->eap_pass_len);
+    s->eap_pass = NULL;
+    s->eap_pass_len = 0;
+}
+
+static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len)
 {
     conn_sys *s = arg;
+    forget_eap(s);
+    if (eap && ((eap->user && !(s->eap_user = strdup(eap->user))) ||
+                (eap->pass && !(s->eap_pass = secure_memdup(eap->pass, eap->pass_len))))) {
+        forget_eap(s);
+        snprintf(err, err_len, "out of memory");
+        return M2MVPN_E_NOMEM;
+    }
+    if (s->eap_pass)
+        s->eap_pass_len = eap->pass_len;
     ike_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.local_len = sizeof(cfg.local);
@@ -509,7 +597,11 @@ static int sys_sa_start(void *arg, const profile *p, char *err, size_t err_len)
     cfg.remote_len = s->gw_len;
     cfg.cred = s->cred;
     cfg.trust = s->trust;
-    ike_hooks hooks = { s, ike_send, ike_established, ike_down };
+    cfg.eap_identity = s->eap_user;
+    cfg.eap_password = s->eap_pass;
+    cfg.eap_password_len = s->eap_pass_len;
+    ike_hooks hooks = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
+                        ike_ike_rekeyed };
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->sa, err, err_len);
     if (r < 0)
         return r;
@@ -530,7 +622,14 @@ static void sys_sa_release(void *arg)
     conn_sys *s = arg;
     ike_sa_free(s->sa);
     s->sa = NULL;
+    forget_eap(s);
     close_socket(s);
+}
+
+static int sys_child_rekey(void *arg, uint32_t spi_in)
+{
+    conn_sys *s = arg;
+    return s->sa ? ike_sa_rekey_child(s->sa, spi_in) : M2MVPN_E_STATE;
 }
 
 static int sys_child_install(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len)
@@ -538,23 +637,7 @@ static int sys_child_install(void *arg, const profile *p, const ike_child_result
     conn_sys *s = arg;
     char why[256] = "";
     esp_sa_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.spi_in = r->spi_in;
-    cfg.spi_out = r->spi_out;
-    cfg.encr_id = r->encr_id;
-    cfg.encr_key_bits = r->encr_key_bits;
-    cfg.integ_id = r->integ_id;
-    cfg.esn = r->esn;
-    cfg.replay_window = p->esp.replay_window;
-    cfg.lifetime.hard_seconds = p->esp.lifetime_s;
-    cfg.lifetime.soft_seconds = p->esp.lifetime_s - p->esp.lifetime_s / 10;
-    memcpy(&cfg.peer, &s->gw, s->gw_len);
-    cfg.peer_len = s->gw_len;
-    if (cfg.peer.ss_family == AF_INET)
-        ((struct sockaddr_in *)&cfg.peer)->sin_port = htons(ESP_UDP_PORT);
-    else
-        ((struct sockaddr_in6 *)&cfg.peer)->sin6_port = htons(ESP_UDP_PORT);
-    int rc = esp_keys_from_keymat(&cfg, r->keymat, r->keymat_len, true);
+    int rc = child_sa_config(s, p, r, &cfg);
     if (rc == 0)
         rc = esp_datapath_install_sa(s->dp, &cfg, why, sizeof(why));
     secure_wipe(&cfg, sizeof(cfg));
@@ -700,6 +783,7 @@ int conn_sys_new(core_loop *loop, core_log *log, conn_ops *ops)
         .sa_start = sys_sa_start,
         .sa_close = sys_sa_close,
         .sa_release = sys_sa_release,
+        .child_rekey = sys_child_rekey,
         .child_install = sys_child_install,
         .child_remove = sys_child_remove,
         .fill_status = sys_fill_status,
@@ -723,5 +807,6 @@ void conn_sys_free(void *arg)
         return;
     core_timer_cancel(s->loop, &s->hook_timer);
     dns_hook_reap(&s->dns_hook, s->log); /* what has finished; the rest is left to init */
+    forget_eap(s);
     free(s);
 }

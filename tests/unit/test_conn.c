@@ -8,7 +8,9 @@
  *
  * Tables: the transition table (every pair of phases, written here as the
  * specification), the back-off schedule and its jitter bounds, which errors
- * are retried in which mode, failover through the gateway list.
+ * are retried in which mode, failover through the gateway list. Then the
+ * PIN and EAP credential waits, rekeys (no move of the machine) and
+ * on-demand.
  */
 #include <check.h>
 #include <stdarg.h>
@@ -33,13 +35,15 @@ static uint64_t fake_clock(void)
 
 typedef struct fake {
     /* scripted answers */
-    int cred_err, path_err, sa_err, install_err, pin_err;
+    int cred_err, path_err, sa_err, install_err, pin_err, rekey_err;
     bool pin_needed;
     bool close_posts_down;   /* sa_close reports down at once, as IKE may */
     uint32_t rnd;
     uint64_t traffic;
     /* what conn asked for */
-    unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove;
+    unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove, n_rekey;
+    char eap_user[32], eap_pass[32]; /* what the last sa_start was given */
+    bool eap_given;
     int net_arm_hold;        /* -1: never armed */
     size_t gw_index[MAX_REC];
     size_t n_path;
@@ -117,11 +121,15 @@ static void f_cred_release(void *arg)
     (void)arg;
 }
 
-static int f_sa_start(void *arg, const profile *p, char *err, size_t err_len)
+static int f_sa_start(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len)
 {
     fake *f = arg;
     (void)p;
     f->n_sa_start++;
+    f->eap_given = eap != NULL;
+    snprintf(f->eap_user, sizeof(f->eap_user), "%s", eap && eap->user ? eap->user : "");
+    snprintf(f->eap_pass, sizeof(f->eap_pass), "%.*s", eap && eap->pass ? (int)eap->pass_len : 0,
+             eap && eap->pass ? eap->pass : "");
     if (f->sa_err)
         snprintf(err, err_len, "fake SA error");
     return f->sa_err;
@@ -138,6 +146,14 @@ static void f_sa_close(void *arg)
 static void f_sa_release(void *arg)
 {
     ((fake *)arg)->n_sa_release++;
+}
+
+static int f_child_rekey(void *arg, uint32_t spi_in)
+{
+    fake *f = arg;
+    (void)spi_in;
+    f->n_rekey++;
+    return f->rekey_err;
 }
 
 static int f_child_install(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len)
@@ -210,6 +226,14 @@ static void on_log(m2mvpn *hd, int level, const char *sub, const char *msg, void
         fprintf(stderr, "  [%d %s] %s\n", level, sub, msg);
 }
 
+/* The "auth" object of the profiles use_profile() makes (PSK unless a
+ * test sets another). */
+static const char *auth_json;
+#define AUTH_PSK "{\"method\": \"psk\", \"psk\": \"unit test psk, 32 bytes or so..\"}"
+#define AUTH_EAP_NO_PASSWORD "{\"method\": \"eap\", \"eap\": {\"type\": \"mschapv2\", \"identity\": \"dev1\"}}"
+#define AUTH_EAP "{\"method\": \"eap\", \"eap\": {\"type\": \"mschapv2\", \"identity\": \"dev1\"," \
+                 " \"password\": \"profile-pw\"}}"
+
 static char *profile_json(const char *mode, int n_gw, unsigned idle_s)
 {
     static char buf[1024];
@@ -221,9 +245,9 @@ static char *profile_json(const char *mode, int n_gw, unsigned idle_s)
     snprintf(buf, sizeof(buf),
              "{\"version\": 1, \"name\": \"unit\", \"mode\": \"%s\", \"gateways\": [%s],"
              " \"local_id\": \"dev1.m2m.test\", \"remote_id\": \"gw.m2m.test\","
-             " \"auth\": {\"method\": \"psk\", \"psk\": \"unit test psk, 32 bytes or so..\"},"
+             " \"auth\": %s,"
              " \"tunnel\": {\"remote_ts\": [\"198.18.0.0/16\"], \"on_demand_idle_s\": %u}}",
-             mode, gws, idle_s);
+             mode, gws, auth_json, idle_s);
     return buf;
 }
 
@@ -239,11 +263,12 @@ static void setup(void)
     T->f.close_posts_down = true;
     T->f.net_arm_hold = -1;
     T->f.rnd = 0x12345;
+    auth_json = AUTH_PSK;
     conn_ops ops = {
         .arg = &T->f, .net_arm = f_net_arm, .net_release = f_net_release, .path_open = f_path_open,
         .cred_load = f_cred_load, .cred_pin = f_cred_pin, .cred_release = f_cred_release,
         .sa_start = f_sa_start, .sa_close = f_sa_close, .sa_release = f_sa_release,
-        .child_install = f_child_install, .child_remove = f_child_remove, .fill_status = f_fill_status,
+        .child_rekey = f_child_rekey, .child_install = f_child_install, .child_remove = f_child_remove, .fill_status = f_fill_status,
         .traffic = f_traffic, .wall_time = f_wall_time, .random = f_random,
     };
     conn_hooks hooks = { T, on_state, on_event };
@@ -318,6 +343,11 @@ static void reach(conn_phase p)
         use_profile("manual", 1, 0);
         conn_connect(T->c);
         break;
+    case CONN_WAIT_CREDENTIALS:
+        auth_json = AUTH_EAP_NO_PASSWORD;
+        use_profile("manual", 1, 0);
+        conn_connect(T->c);
+        break;
     case CONN_NEGOTIATING:
         use_profile("manual", 1, 0);
         conn_connect(T->c);
@@ -328,8 +358,9 @@ static void reach(conn_phase p)
         break;
     case CONN_RESTARTING:
         T->f.close_posts_down = false;
+        T->f.rekey_err = M2MVPN_E_STATE; /* no rekey possible: renewed */
         reach(CONN_UP);
-        conn_post_rekey(T->c, 0x11111111, ESP_REKEY_SOFT_TIME);
+        conn_post_rekey(T->c, 0x11111111, ESP_REKEY_HARD_TIME);
         advance(0);
         break;
     case CONN_CLOSING:
@@ -355,8 +386,10 @@ static const unsigned spec[CONN_PHASE__COUNT] = {
     [CONN_IDLE] = B(ARMED) | B(NEGOTIATING),
     [CONN_ARMED] = B(IDLE) | B(NEGOTIATING),
     [CONN_WAIT_PIN] = B(IDLE) | B(NEGOTIATING),
-    [CONN_NEGOTIATING] = B(IDLE) | B(ARMED) | B(WAIT_PIN) | B(UP) | B(RESTARTING) | B(CLOSING) | B(BACKOFF),
-    [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF),
+    [CONN_WAIT_CREDENTIALS] = B(IDLE) | B(NEGOTIATING),
+    [CONN_NEGOTIATING] = B(IDLE) | B(ARMED) | B(WAIT_PIN) | B(WAIT_CREDENTIALS) | B(UP) | B(RESTARTING) |
+                         B(CLOSING) | B(BACKOFF),
+    [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) | B(WAIT_CREDENTIALS),
     [CONN_RESTARTING] = B(IDLE) | B(ARMED) | B(NEGOTIATING) | B(CLOSING) | B(BACKOFF),
     [CONN_CLOSING] = B(IDLE) | B(ARMED) | B(RESTARTING),
     [CONN_BACKOFF] = B(IDLE) | B(NEGOTIATING),
@@ -408,7 +441,7 @@ START_TEST(public_state_per_phase)
         { CONN_ARMED, M2MVPN_STATE_IDLE },           { CONN_WAIT_PIN, M2MVPN_STATE_CONNECTING },
         { CONN_NEGOTIATING, M2MVPN_STATE_CONNECTING }, { CONN_UP, M2MVPN_STATE_CONNECTED },
         { CONN_RESTARTING, M2MVPN_STATE_RECONNECTING }, { CONN_CLOSING, M2MVPN_STATE_DISCONNECTING },
-        { CONN_BACKOFF, M2MVPN_STATE_RECONNECTING },
+        { CONN_BACKOFF, M2MVPN_STATE_RECONNECTING }, { CONN_WAIT_CREDENTIALS, M2MVPN_STATE_CONNECTING },
     };
     reach(cases[_i].p);
     ck_assert_int_eq(last_state(), cases[_i].st);
@@ -672,21 +705,70 @@ START_TEST(rekey_requests_coalesced)
         conn_post_traffic(T->c);
     advance(0);
     ck_assert_msg(!strstr(T->logbuf, "queue full"), "%s", T->logbuf);
-    ck_assert_int_eq(phase(), CONN_NEGOTIATING); /* 0x11111111 was ours: renewed once */
-    ck_assert_uint_eq(T->f.n_sa_close, 1);
-    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_rekey, 1); /* 0x11111111 was ours: one rekey */
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
 }
 END_TEST
 
-/* A soft lifetime renews the tunnel at once (no back-off), RECONNECTING. */
-START_TEST(rekey_renews)
+static size_t count_events(m2mvpn_event_type type)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < T->n_events; i++)
+        n += T->events[i] == type;
+    return n;
+}
+
+/* A rekey is no move of the machine: the tunnel stays UP, nothing is
+ * reported as a state, the new SPIs show in the status, REKEYED is
+ * raised and counted (CHILD and IKE SA). */
+START_TEST(rekey_is_no_move)
 {
     reach(CONN_UP);
+    size_t n_states = T->n_states;
     conn_post_rekey(T->c, 0x99999999, ESP_REKEY_SOFT_TIME); /* not ours: ignored */
     advance(0);
-    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_rekey, 0);
     conn_post_rekey(T->c, 0x11111111, ESP_REKEY_SOFT_TIME);
     advance(0);
+    ck_assert_uint_eq(T->f.n_rekey, 1);
+    ck_assert_int_eq(phase(), CONN_UP);
+    conn_child_rekeyed(T->c, 0x11111111, 0x33333333, 0x44444444, 0, NULL);
+    conn_ike_rekeyed(T->c);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->n_states, n_states);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_REKEYED), 2);
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.rekeys, 2);
+    ck_assert_uint_eq(st.reconnects, 0);
+    ck_assert_uint_eq(st.spi_in, 0x33333333);
+    ck_assert_uint_eq(st.spi_out, 0x44444444);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    /* A request for the old SA now is not ours any more. */
+    conn_post_rekey(T->c, 0x11111111, ESP_REKEY_HARD_TIME);
+    advance(0);
+    ck_assert_uint_eq(T->f.n_rekey, 1);
+    ck_assert_int_eq(phase(), CONN_UP);
+}
+END_TEST
+
+/* No rekey possible (say the IKE SA is not established): at the soft
+ * limit the SA goes on as it is; at the hard limit the tunnel is renewed
+ * at once (no back-off), RECONNECTING. */
+START_TEST(rekey_impossible_renews_at_hard_limit)
+{
+    T->f.rekey_err = M2MVPN_E_STATE;
+    reach(CONN_UP);
+    conn_post_rekey(T->c, 0x11111111, ESP_REKEY_SOFT_TIME);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    conn_post_rekey(T->c, 0x11111111, ESP_REKEY_HARD_SEQ);
+    advance(0);
+    ck_assert_uint_eq(T->f.n_rekey, 2);
     ck_assert_int_eq(phase(), CONN_NEGOTIATING);
     ck_assert_int_eq(last_state(), M2MVPN_STATE_RECONNECTING);
     ck_assert_uint_eq(T->f.n_sa_start, 2);
@@ -694,6 +776,141 @@ START_TEST(rekey_renews)
     conn_status st;
     conn_get_status(T->c, &st);
     ck_assert_uint_eq(st.reconnects, 1);
+    ck_assert_uint_eq(st.rekeys, 0);
+}
+END_TEST
+
+/* The rekeyed CHILD SA cannot be installed: the tunnel starts over and the
+ * status shows the install's error. */
+START_TEST(rekey_install_failure)
+{
+    reach(CONN_UP);
+    conn_child_rekeyed(T->c, 0x11111111, 0x33333333, 0x44444444, M2MVPN_E_TUN, "fake install error");
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_IDLE); /* manual */
+    ck_assert_int_eq(T->state_err[T->n_states - 1], M2MVPN_E_TUN);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_REKEYED), 0);
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.rekeys, 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ EAP */
+
+/* No password for an EAP profile: WAIT_CREDENTIALS asks (no path, no SA);
+ * conn_set_credentials answers and the attempt starts with them. */
+START_TEST(eap_waits_for_credentials)
+{
+    auth_json = AUTH_EAP_NO_PASSWORD;
+    use_profile("manual", 1, 0);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_WAIT_CREDENTIALS);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTING);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_CREDENTIALS_REQUIRED), 1);
+    ck_assert_uint_eq(T->f.n_sa_start, 0);
+    conn_connect(T->c); /* already waiting: nothing new */
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_CREDENTIALS_REQUIRED), 1);
+    conn_set_credentials(T->c, "dev7", "given-pw", 8);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    ck_assert(T->f.eap_given);
+    ck_assert_str_eq(T->f.eap_user, "dev7");
+    ck_assert_str_eq(T->f.eap_pass, "given-pw");
+    established();
+    ck_assert_int_eq(phase(), CONN_UP);
+}
+END_TEST
+
+/* Credentials given before the connect are used without asking; the
+ * profile's identity when no user is given. */
+START_TEST(eap_credentials_before_connect)
+{
+    auth_json = AUTH_EAP_NO_PASSWORD;
+    use_profile("manual", 1, 0);
+    conn_set_credentials(T->c, NULL, "early-pw", 8);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_CREDENTIALS_REQUIRED), 0);
+    ck_assert_str_eq(T->f.eap_user, "dev1");
+    ck_assert_str_eq(T->f.eap_pass, "early-pw");
+}
+END_TEST
+
+/* Always-on, the gateway refuses the password (AUTH_LOCAL, our fault):
+ * reported once, the tunnel down with the error, never sent again, not
+ * even after an hour; new credentials start an attempt with them. */
+START_TEST(eap_refused_always_on_waits)
+{
+    auth_json = AUTH_EAP;
+    use_profile("always-on", 1, 0);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    ck_assert_str_eq(T->f.eap_pass, "profile-pw");
+    down(M2MVPN_E_AUTH_LOCAL, IKE_FAULT_LOCAL);
+    ck_assert_int_eq(phase(), CONN_WAIT_CREDENTIALS);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_IDLE);
+    ck_assert_int_eq(T->state_err[T->n_states - 1], M2MVPN_E_AUTH_LOCAL);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_AUTH_FAILED), 1);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_CREDENTIALS_REQUIRED), 1);
+    ck_assert_uint_eq(T->f.n_sa_release, 1);
+    advance(3600 * 1000);
+    conn_connect(T->c);
+    advance(0);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    ck_assert_int_eq(phase(), CONN_WAIT_CREDENTIALS);
+    conn_set_credentials(T->c, NULL, "new-pw", 6);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_str_eq(T->f.eap_pass, "new-pw");
+    /* Refused again: that password is not resent either. */
+    down(M2MVPN_E_AUTH_LOCAL, IKE_FAULT_LOCAL);
+    ck_assert_int_eq(phase(), CONN_WAIT_CREDENTIALS);
+    advance(3600 * 1000);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+}
+END_TEST
+
+/* Manual: down after the refusal; the next connect does not resend the
+ * password but asks (CONNECTING while it waits). */
+START_TEST(eap_refused_manual_asks_on_connect)
+{
+    auth_json = AUTH_EAP;
+    use_profile("manual", 1, 0);
+    conn_connect(T->c);
+    down(M2MVPN_E_AUTH_LOCAL, IKE_FAULT_LOCAL);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_int_eq(T->state_err[T->n_states - 1], M2MVPN_E_AUTH_LOCAL);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_CREDENTIALS_REQUIRED), 0);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_WAIT_CREDENTIALS);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTING);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_CREDENTIALS_REQUIRED), 1);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    /* Disconnect while waiting: down; credentials then are kept. */
+    conn_disconnect(T->c);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_set_credentials(T->c, "dev1", "right-pw", 8);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    conn_connect(T->c);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_str_eq(T->f.eap_pass, "right-pw");
+}
+END_TEST
+
+/* AUTH_LOCAL that is not about our password (the gateway had not proved
+ * itself: fault PEER) is retried as any failure of the gateway's. */
+START_TEST(eap_auth_failure_of_the_peer_is_retried)
+{
+    auth_json = AUTH_EAP;
+    use_profile("always-on", 1, 0);
+    down(M2MVPN_E_AUTH_LOCAL, IKE_FAULT_PEER);
+    ck_assert_int_eq(phase(), CONN_BACKOFF);
+    advance(CONN_BACKOFF_AUTH_MAX_MS * 2);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_str_eq(T->f.eap_pass, "profile-pw");
 }
 END_TEST
 
@@ -803,7 +1020,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, phase_names_distinct);
     tcase_add_loop_test(tc, every_transition, 0, CONN_PHASE__COUNT * CONN_PHASE__COUNT);
-    tcase_add_loop_test(tc, public_state_per_phase, 0, 7);
+    tcase_add_loop_test(tc, public_state_per_phase, 0, 8);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("recovery");
@@ -819,8 +1036,19 @@ int main(void)
     tcase_add_test(tc, disconnect_stays_down);
     tcase_add_test(tc, down_is_posted);
     tcase_add_test(tc, install_failure);
-    tcase_add_test(tc, rekey_renews);
     tcase_add_test(tc, rekey_requests_coalesced);
+    tcase_add_test(tc, rekey_is_no_move);
+    tcase_add_test(tc, rekey_impossible_renews_at_hard_limit);
+    tcase_add_test(tc, rekey_install_failure);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("credentials");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, eap_waits_for_credentials);
+    tcase_add_test(tc, eap_credentials_before_connect);
+    tcase_add_test(tc, eap_refused_always_on_waits);
+    tcase_add_test(tc, eap_refused_manual_asks_on_connect);
+    tcase_add_test(tc, eap_auth_failure_of_the_peer_is_retried);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("on-demand");

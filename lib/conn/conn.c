@@ -297,9 +297,28 @@ _Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every re
  * full tunnel (/0) stays one prefix: it is the default route of our own
  * routing table, which the rule consults before the main table. More than
  * the datapath can hold is an error, never a prefix silently left out. */
-static int profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net, char *err,
-                             size_t err_len)
+/* IPv6 switched off on this device (net.ipv6.conf.all.disable_ipv6, or
+ * no IPv6 in the kernel): no IPv6 can leak, and no IPv6 route or address
+ * can be installed. */
+static bool ipv6_off(void)
 {
+    FILE *f = fopen("/proc/sys/net/ipv6/conf/all/disable_ipv6", "r");
+    if (!f)
+        return true;
+    int v = 0;
+    bool off = fscanf(f, "%d", &v) == 1 && v == 1;
+    fclose(f);
+    return off;
+}
+
+static int profile_to_routes(const profile *p, esp_tunnel_net *net, char *err, size_t err_len)
+{
+    const profile_ts *ts = p->tunnel.remote_ts;
+    size_t n = p->tunnel.n_remote_ts;
+    /* The ::/0 a full IPv4 tunnel implies (profile.h) needs no route where
+     * IPv6 is off; a listed IPv6 prefix does (and fails without IPv6). */
+    if (p->tunnel.implied_family == AF_INET6 && n > 0 && ipv6_off())
+        n--;
     if (n > ESP_MAX_TS) {
         snprintf(err, err_len, "tunnel.remote_ts has %zu prefixes, the datapath protects at most %d",
                  n, ESP_MAX_TS);
@@ -376,7 +395,10 @@ static void on_established(void *arg, const ike_child_result *r)
         memcpy(net.vip.addr, r->vip, 4);
         net.vip.prefix_len = 32;
     }
-    if (r->has_vip6) {
+    bool vip6 = r->has_vip6 && !ipv6_off();
+    if (r->has_vip6 && !vip6)
+        LOG_WARN(c->log, "conn", "IPv6 is off on this device: the IPv6 virtual IP is not used");
+    if (vip6) {
         esp_prefix *v = r->has_vip ? &net.vip2 : &net.vip;
         *(r->has_vip ? &net.has_vip2 : &net.has_vip) = true;
         v->family = AF_INET6;
@@ -386,8 +408,7 @@ static void on_established(void *arg, const ike_child_result *r)
     /* Routes for everything the profile protects, not only what the gateway
      * granted (a subset, checked by lib/ike): traffic for the rest goes into
      * the TUN too and is not sent in plaintext. */
-    rc = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
-                           sizeof(err));
+    rc = profile_to_routes(c->prof, &net, err, sizeof(err));
     for (size_t i = 0; rc == 0 && i < r->n_dns && net.n_dns < ESP_MAX_DNS; i++) {
         net.dns[net.n_dns].family = AF_INET;
         memcpy(net.dns[net.n_dns++].addr, r->dns[i], 4);
@@ -902,8 +923,7 @@ static int arm_kill_switch(conn *c, char *err, size_t err_len)
      * gateway's name cannot be resolved yet. */
     int r = ensure_datapath(c, err, err_len);
     if (r == 0)
-        r = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
-                              err_len);
+        r = profile_to_routes(c->prof, &net, err, err_len);
     if (r == 0)
         r = esp_datapath_set_network(c->dp, &net, err, err_len);
     c->kill_switch_armed = r == 0;

@@ -122,6 +122,8 @@ typedef struct profile {
          * otherwise, never sent outside (an IPv4 full tunnel on a dual-stack
          * network must not leak IPv6). "listed": only the listed families. */
         bool full_tunnel_listed_only;
+        int implied_family;   /* AF_INET6/AF_INET: the /0 so appended (the last
+                               * remote_ts entry), 0: none */
         bool dns;             /* default true */
         bool kill_switch;     /* default true */
         char *tun_name;       /* default "m2m0" */

@@ -524,6 +524,7 @@ static int fill_late_defaults(profile *p)
         profile_ts *ts = &p->tunnel.remote_ts[p->tunnel.n_remote_ts++];
         memset(ts, 0, sizeof(*ts));
         ts->family = other; /* ::/0 or 0.0.0.0/0 */
+        p->tunnel.implied_family = other;
     }
     if (!p->tunnel.tun_name && !(p->tunnel.tun_name = strdup("m2m0")))
         return M2MVPN_E_NOMEM;

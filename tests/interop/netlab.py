@@ -559,7 +559,7 @@ def block_family(topo: Topology, family: int) -> None:
     proto = "ip" if family == 4 else "ip6"
     topo.router.nft(f"""
 table {proto} m2i_block {{
-    chain fwd {{
+    chain block_forward {{
         type filter hook forward priority 0; policy drop;
     }}
 }}

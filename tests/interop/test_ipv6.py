@@ -100,9 +100,10 @@ def test_dual_stack_tunnel_carries_both_families(topology, charons, pki, workdir
         sent, received = netlab.tcp_transfer(topo.client, topo.gateway,
                                              netlab.PROTECTED_ADDRS6[0], 1_000_000)
         assert received == sent
-        # All of it in the one CHILD SA.
-        assert len([s for s in gw.list_sas() if "psk" in s]) == 1
-        child = charonmod.child_of(gw.wait_for_sa("psk", "net"))
+        # All of it in the one IKE SA and its one CHILD SA.
+        sas = gw.list_sas()
+        assert len(sas) == 1 and len(sas[0]["child-sas"]) == 1, sas
+        child = charonmod.child_of(sas[0])
         assert int(child["packets-in"]) >= 4, child
 
 

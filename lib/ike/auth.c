@@ -99,6 +99,38 @@ static void build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n
             (*n)++;
 }
 
+/* The TSi we propose: anything of each family we ask a virtual IP for (the
+ * gateway narrows it to what it assigned), else our own address. The
+ * gateway may only narrow it. */
+static size_t our_tsi(const ike_sa *sa, profile_ts *out)
+{
+    const profile *p = sa->cfg.prof;
+    size_t n = 0;
+    if (p->tunnel.request_vip) {
+        static const int families[] = { AF_INET, AF_INET6 };
+        for (size_t i = 0; i < 2; i++) {
+            if (!protects_family(p, families[i]))
+                continue;
+            memset(&out[n], 0, sizeof(out[n]));
+            out[n++].family = families[i];
+        }
+        return n;
+    }
+    memset(out, 0, sizeof(*out));
+    if (sa->cfg.local.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&sa->cfg.local;
+        out->family = AF_INET6;
+        out->prefix_len = 128;
+        memcpy(out->addr, &in6->sin6_addr, 16);
+    } else {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
+        out->family = AF_INET;
+        out->prefix_len = 32;
+        memcpy(out->addr, &in->sin_addr, 4);
+    }
+    return 1;
+}
+
 int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hashes, size_t n_peer_hashes,
                     pki_auth_method *method, pki_sig_scheme *scheme, ike_fault *fault, char *err, size_t err_len)
 {
@@ -239,22 +271,8 @@ int ike_auth_start(ike_sa *sa)
     ike_build_sa(&cw, p->esp.proposals, p->esp.n_proposals, IKE_PROTO_ESP, spi, 4);
     ike_ts tsi[IKE_MAX_TS], tsr[IKE_MAX_TS];
     size_t n_tsi = 0, n_tsr = 0;
-    if (p->tunnel.request_vip) {
-        /* Any address of each family we asked a virtual IP for: the gateway
-         * narrows TSi to what it assigned. */
-        profile_ts any[2] = { { .family = AF_INET }, { .family = AF_INET6 } };
-        build_ts_list(tsi, &n_tsi, want4 ? any : any + 1, (size_t)want4 + (size_t)want6);
-    } else if (sa->cfg.local.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&sa->cfg.local;
-        profile_ts me = { .family = AF_INET6, .prefix_len = 128 };
-        memcpy(me.addr, &in6->sin6_addr, 16);
-        build_ts_list(tsi, &n_tsi, &me, 1);
-    } else {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
-        profile_ts me = { .family = AF_INET, .prefix_len = 32 };
-        memcpy(me.addr, &in->sin_addr, 4);
-        build_ts_list(tsi, &n_tsi, &me, 1);
-    }
+    profile_ts proposed[PROFILE_MAX_TS];
+    build_ts_list(tsi, &n_tsi, proposed, our_tsi(sa, proposed));
     build_ts_list(tsr, &n_tsr, p->tunnel.remote_ts, p->tunnel.n_remote_ts);
     ike_build_ts(&cw, IKE_PL_TSI, tsi, n_tsi);
     ike_build_ts(&cw, IKE_PL_TSR, tsr, n_tsr);
@@ -412,11 +430,11 @@ static const struct {
 /* Is the gateway's selector inside one of the prefixes we proposed? A
  * gateway may narrow TSr (RFC 7296 §2.9), never widen it: a wider one would
  * pull traffic into the tunnel that the profile does not send there. */
-static bool ts_within_profile(const ike_ts *got, const profile *p)
+static bool ts_within(const ike_ts *got, const profile_ts *ts, size_t n_ts)
 {
     size_t n = ike_ts_addr_len(got);
-    for (size_t i = 0; i < p->tunnel.n_remote_ts; i++) {
-        const profile_ts *t = &p->tunnel.remote_ts[i];
+    for (size_t i = 0; i < n_ts; i++) {
+        const profile_ts *t = &ts[i];
         ike_ts mine;
         if ((t->family == AF_INET6) != (n == 16) ||
             ike_ts_from_prefix(t->addr, n, t->prefix_len, 0, 0, 65535, &mine) < 0)
@@ -425,6 +443,40 @@ static bool ts_within_profile(const ike_ts *got, const profile *p)
             return true;
     }
     return false;
+}
+
+/* The gateway's answer to one of our selector lists (RFC 7296 §2.9): every
+ * entry within what we proposed (it may only narrow), and each a prefix (the
+ * datapath filters and routes by prefix: a range we skipped would leave the
+ * inbound filter wider than granted). Into out[] as prefixes. */
+static int granted_ts(const ike_sa *sa, const ike_ts_list *got, const char *which, const profile_ts *proposed,
+                      size_t n_proposed, profile_ts *out, size_t *n_out, char *err, size_t err_len)
+{
+    *n_out = 0;
+    for (size_t i = 0; i < got->n; i++) {
+        const ike_ts *t = &got->ts[i];
+        int fam = t->type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
+        unsigned plen;
+        if (!ts_within(t, proposed, n_proposed) || *n_out >= PROFILE_MAX_TS ||
+            ike_ts_to_prefix(t, out[*n_out].addr, &plen) < 0) {
+            char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+            inet_ntop(fam, t->addr_start, a, sizeof(a));
+            inet_ntop(fam, t->addr_end, b, sizeof(b));
+            snprintf(err, err_len, "gateway %s answered with %s %s-%s, %s", sa->gw_text, which, a, b,
+                     *n_out >= PROFILE_MAX_TS ? "more selectors than we can filter"
+                     : !ts_within(t, proposed, n_proposed) ? "outside what we proposed"
+                                                           : "not a prefix");
+            return M2MVPN_E_TS_UNACCEPTABLE;
+        }
+        out[*n_out].family = fam;
+        out[*n_out].prefix_len = (uint8_t)plen;
+        (*n_out)++;
+    }
+    if (*n_out == 0) {
+        snprintf(err, err_len, "gateway %s answered with no %s", sa->gw_text, which);
+        return M2MVPN_E_TS_UNACCEPTABLE;
+    }
+    return 0;
 }
 
 static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, crypto_child_keys **keys,
@@ -461,17 +513,6 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
         snprintf(err, err_len, "gateway %s chose an ESP proposal we did not offer", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
     }
-    for (size_t i = 0; i < tsr.n; i++) {
-        if (!ts_within_profile(&tsr.ts[i], p)) {
-            char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
-            int fam = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-            inet_ntop(fam, tsr.ts[i].addr_start, a, sizeof(a));
-            inet_ntop(fam, tsr.ts[i].addr_end, b, sizeof(b));
-            snprintf(err, err_len, "gateway %s answered with traffic selector %s-%s, outside the "
-                     "profile's tunnel.remote_ts", sa->gw_text, a, b);
-            return M2MVPN_E_TS_UNACCEPTABLE;
-        }
-    }
     if (ike_chain_find_notify(c, IKE_N_USE_TRANSPORT_MODE, &n, &d) == 0) {
         snprintf(err, err_len, "gateway %s wants transport mode; only tunnel mode is supported", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
@@ -488,30 +529,23 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
     snprintf(sa->esp_alg, sizeof(sa->esp_alg), "%s%s%s%s", proposal_encr_name(res->encr_id, res->encr_key_bits),
              res->integ_id ? "-" : "", res->integ_id ? proposal_integ_name(res->integ_id) : "",
              res->esn ? "-esn" : "");
-    for (size_t i = 0; i < tsr.n && res->n_remote_ts < PROFILE_MAX_TS; i++) {
-        unsigned plen;
-        profile_ts *t = &res->remote_ts[res->n_remote_ts];
-        if (ike_ts_to_prefix(&tsr.ts[i], t->addr, &plen) == 0) {
-            t->family = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-            t->prefix_len = (uint8_t)plen;
-            res->n_remote_ts++;
-        }
-    }
-    /* TSi as granted: where the gateway may send to (RFC 4301 §5.2, the
-     * datapath's inbound filter). Absent or unparsable: no entries. */
+    /* TSr within the profile's remote_ts; TSi within what we proposed:
+     * where the gateway may send to (the datapath's inbound filter). */
     const ike_payload *tsi_pl = ike_chain_find(c, IKE_PL_TSI, NULL);
     ike_ts_list tsi;
-    if (tsi_pl && ike_ts_parse(tsi_pl->body, &tsi, &d) == 0) {
-        for (size_t i = 0; i < tsi.n && res->n_local_ts < PROFILE_MAX_TS; i++) {
-            unsigned plen;
-            profile_ts *t = &res->local_ts[res->n_local_ts];
-            if (ike_ts_to_prefix(&tsi.ts[i], t->addr, &plen) == 0) {
-                t->family = tsi.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-                t->prefix_len = (uint8_t)plen;
-                res->n_local_ts++;
-            }
-        }
+    if (!tsi_pl || ike_ts_parse(tsi_pl->body, &tsi, &d) < 0) {
+        snprintf(err, err_len, "IKE_AUTH response from %s without a valid TSi %s", sa->gw_text, d.text);
+        return M2MVPN_E_PROTOCOL;
     }
+    profile_ts proposed[PROFILE_MAX_TS];
+    size_t n_proposed = our_tsi(sa, proposed);
+    int r = granted_ts(sa, &tsr, "traffic selector (TSr) for the profile's tunnel.remote_ts", p->tunnel.remote_ts,
+                       p->tunnel.n_remote_ts, res->remote_ts, &res->n_remote_ts, err, err_len);
+    if (r == 0)
+        r = granted_ts(sa, &tsi, "traffic selector (TSi) for our side", proposed, n_proposed, res->local_ts,
+                       &res->n_local_ts, err, err_len);
+    if (r < 0)
+        return r;
     const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);
     ike_cp cp;
     if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {
@@ -542,7 +576,7 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
         return M2MVPN_E_PROTOCOL;
     }
     crypto_suite cs = { res->encr_id, res->encr_key_bits, res->integ_id, sa->suite.prf_id };
-    int r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, NULL, 0, sa->nonce_i, sizeof(sa->nonce_i),
+    r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, NULL, 0, sa->nonce_i, sizeof(sa->nonce_i),
                                      sa->nonce_r, sa->nonce_r_len, keys);
     if (r < 0) {
         snprintf(err, err_len, "deriving CHILD SA keys failed");

@@ -383,8 +383,9 @@ static int addr_change(esp_net *n, const esp_prefix *p, bool add, char *err, siz
         rtnl_addr_set_ifindex(a, n->ifindex);
         rtnl_addr_set_family(a, p->family);
         /* No duplicate address detection: the address is the gateway's
-         * assignment on a point-to-point TUN, and a tentative address could
-         * not be used as a source for about a second after each connect. */
+         * assignment, and a tentative address could not be used as a source
+         * for about a second after each connect (a TUN is NOARP, which skips
+         * DAD already; the flag says so for any device). */
         if (p->family == AF_INET6)
             rtnl_addr_set_flags(a, IFA_F_NODAD);
         rc = rtnl_addr_set_local(a, local);

@@ -418,6 +418,23 @@ START_TEST(test_documentation_example_loads)
     ck_assert_ptr_nonnull(lab);
     ck_assert_int_eq(lab->mode, PROFILE_MODE_MANUAL);
     profile_set_free(set);
+
+    /* The IPv6-only device. */
+    example = strstr(doc, "## Example: an IPv6-only device");
+    ck_assert_ptr_nonnull(example);
+    start = strstr(example, "```json\n");
+    ck_assert_ptr_nonnull(start);
+    start += strlen("```json\n");
+    end = strstr(start, "```");
+    ck_assert_ptr_nonnull(end);
+    set = NULL;
+    r = profile_set_parse(start, (size_t)(end - start), "/etc/m2mvpn", &set, err, sizeof(err));
+    ck_assert_msg(r == 0, "docs/profile.md IPv6-only example: %s", err);
+    ck_assert_uint_eq(set->n, 1);
+    ck_assert_str_eq(set->items[0].gateways[0].host, "2001:db8:100::1");
+    ck_assert_uint_eq(set->items[0].tunnel.n_remote_ts, 1);
+    ck_assert_int_eq(set->items[0].tunnel.remote_ts[0].family, AF_INET6);
+    profile_set_free(set);
 }
 END_TEST
 

@@ -24,6 +24,8 @@
  *                    m2mvpn_status.warnings and the "warnings" array of
  *                    m2mvpn_status_json: settings of the active profile that
  *                    work but weaken it (a PSK shorter than 20 characters).
+ *                    m2mvpn_status.virtual_ip may hold an IPv6 address (a
+ *                    tunnel with an IPv6 virtual IP and no IPv4 one).
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -238,7 +240,7 @@ typedef struct m2mvpn_status {
     int last_error;                 /**< 0 or the last M2MVPN_E_* of the tunnel (kept after recovery) */
     char profile[64];               /**< active profile name, or "" */
     char gateway[64];               /**< gateway host:port in use (as in the profile), or "" */
-    char virtual_ip[48];            /**< IPv4 address assigned by the gateway, or "" */
+    char virtual_ip[48];            /**< address assigned by the gateway (IPv4 if one was, else IPv6), or "" */
     char last_error_text[256];      /**< detail of last_error, or "" */
     uint64_t bytes_in, bytes_out;
     uint64_t packets_in, packets_out;

@@ -188,3 +188,29 @@ def test_gateway_list_mixes_families(topology, charons, pki, workdir):
         sa = gw.wait_for_sa("psk", "net")
         assert sa["remote-host"] == netlab.CLIENT_ADDR_ROUTED, sa
         assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+
+
+@pytest.mark.parametrize("kill_switch", [True, False], ids=["kill-switch", "plain"])
+def test_full_ipv6_tunnel_over_ipv6(topology, charons, pki, workdir, kill_switch):
+    """remote_ts ["::/0"] over an IPv6-only underlay: everything goes into
+    the TUN except our own IKE and ESP to the gateway (marked sockets skip
+    our rule and pass the nftables table), which lies inside ::/0 itself.
+    The full tunnel protects IPv4 as well (0.0.0.0/0 implied), which the
+    gateway does not grant here: blocked, not sent."""
+    binary = binary_or_skip()
+    topo = topology("direct6")
+    gw = charons(topo.gateway, charonmod.gateway_config(
+        pki, conns=["psk"], pool=None, pool6=netlab.VIP_POOL6, local_ts="::/0"), name="gw")
+    profile = m2mvpn_client.make_profile(pki, "psk", netlab.GW_ADDR6, remote_ts=["::/0"],
+                                         kill_switch=kill_switch)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        client.wait_for_state("connected", timeout_s=20)
+        got = topo.client.run("ip", "-6", "route", "get", netlab.GW_ADDR6).stdout
+        assert "dev m2m0" in got, got          # the gateway lies inside the tunnel routes
+        got = topo.client.run("ip", "-4", "route", "get", netlab.PROTECTED_ADDRS[0]).stdout
+        assert "dev m2m0" in got, got          # IPv4 too: implied by the full tunnel
+        assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS6[0], count=3) == 3
+        child = charonmod.child_of(gw.wait_for_sa("psk", "net"))
+        assert child["local-ts"] == ["::/0"], child
+        assert int(child["packets-in"]) >= 3, child

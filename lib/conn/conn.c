@@ -293,10 +293,6 @@ static void refresh(void *arg)
  * element: the datapath's tables are sized from the profile's limit. */
 _Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every remote_ts");
 
-/* The profile's traffic selectors as the prefixes the TUN routes cover. A
- * full tunnel (/0) stays one prefix: it is the default route of our own
- * routing table, which the rule consults before the main table. More than
- * the datapath can hold is an error, never a prefix silently left out. */
 /* IPv6 switched off on this device (net.ipv6.conf.all.disable_ipv6, or
  * no IPv6 in the kernel): no IPv6 can leak, and no IPv6 route or address
  * can be installed. */
@@ -311,6 +307,10 @@ static bool ipv6_off(void)
     return off;
 }
 
+/* The profile's traffic selectors as the prefixes the TUN routes cover. A
+ * full tunnel (/0) stays one prefix: it is the default route of our own
+ * routing table, which the rule consults before the main table. More than
+ * the datapath can hold is an error, never a prefix silently left out. */
 static int profile_to_routes(const profile *p, esp_tunnel_net *net, char *err, size_t err_len)
 {
     const profile_ts *ts = p->tunnel.remote_ts;

@@ -214,3 +214,24 @@ def test_full_ipv6_tunnel_over_ipv6(topology, charons, pki, workdir, kill_switch
         child = charonmod.child_of(gw.wait_for_sa("psk", "net"))
         assert child["local-ts"] == ["::/0"], child
         assert int(child["packets-in"]) >= 3, child
+
+
+def test_full_ipv4_tunnel_where_ipv6_is_off(topology, charons, pki, workdir):
+    """A device with IPv6 switched off: the ::/0 a full IPv4 tunnel implies
+    cannot leak and is not installed, so the kill switch is in place and the
+    tunnel comes up (a listed IPv6 prefix would be an error instead:
+    test_killswitch.py)."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    for scope in ("all", "default"):
+        topo.client.sysctl(f"net.ipv6.conf.{scope}.disable_ipv6", 1)
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"], local_ts="0.0.0.0/0"),
+                 name="gw")
+    profile = m2mvpn_client.make_profile(pki, "psk", netlab.GW_ADDR, remote_ts=["0.0.0.0/0"],
+                                         kill_switch=True)
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+        client.connect()
+        st = client.wait_for_state("connected", timeout_s=20)
+        assert st["last_error"]["code"] == 0, st
+        assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+        gw.wait_for_sa("psk", "net")

@@ -24,6 +24,10 @@
  *                    m2mvpn_status.warnings and the "warnings" array of
  *                    m2mvpn_status_json: settings of the active profile that
  *                    work but weaken it (a PSK shorter than 20 characters).
+ *                    Appended to m2mvpn_status (no new symbol): credential_source,
+ *                    credential, cert_subject, cert_not_after (hardware
+ *                    credentials: token label / TPM key, certificate expiry);
+ *                    status JSON: "credential".
  *                    m2mvpn_status.virtual_ip may hold an IPv6 address (a
  *                    tunnel with an IPv6 virtual IP and no IPv4 one).
  */
@@ -256,6 +260,10 @@ typedef struct m2mvpn_status {
     /* Appended after the first 1.0 header: */
     char warnings[256];             /**< what weakens the active profile, e.g. a PSK shorter
                                      *   than 20 characters; "; "-separated, or "". Never a secret */
+    char credential_source[16];     /**< certificate auth: "file", "pkcs11", "tpm"; else "" */
+    char credential[160];           /**< what holds our key, e.g. PKCS#11 token "m2m", key "dev1"; never a PIN */
+    char cert_subject[256];         /**< our certificate's subject, or "" (none, or not readable yet) */
+    int64_t cert_not_after;         /**< its notAfter (Unix time), or 0 */
 } m2mvpn_status;
 
 /**
@@ -271,7 +279,8 @@ M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
  * "AUTH_LOCAL"), "message", "detail"}, "counters" {"bytes_in", "bytes_out",
  * "packets_in", "packets_out", "packets_dropped", "dropped" {"replay",
  * "integrity", "no_sa"}}, "connected_since", "dns" [...], "child_sa"
- * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version",
+ * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "credential"
+ * {"source", "holder", "subject", "not_after"} or null, "version",
  * "warnings" [strings] ([] when none).
  * *ret is a new NUL-terminated string
  * the caller frees with m2mvpn_string_free(). Errors: BADHANDLE, INVAL (ret

@@ -900,15 +900,30 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
         snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
         return M2MVPN_E_NOTSUPP;
     }
+    if (c->cred && cred_lost(c->cred)) {
+        /* Token removed or TPM gone: open it again (it may be back). */
+        LOG_INFO(c->log, "conn", "credential device went away: opening it again");
+        cred_free(c->cred);
+        c->cred = NULL;
+    }
     if (p->auth != PROFILE_AUTH_CERT || c->cred)
         return 0;
-    if (p->cert.source != PROFILE_CERT_FILE) {
+    const char *pin = p->cert.pin;
+    size_t pin_len = pin ? strlen(pin) : 0;
+    switch (p->cert.source) {
+    case PROFILE_CERT_FILE:
+        return cred_file_open(p->cert.file, p->cert.key, pin, pin_len, &c->cred, err, err_len);
+    case PROFILE_CERT_PKCS11:
+        return cred_pkcs11_open(p->cert.pkcs11_module, p->cert.pkcs11_uri, pin, pin_len, &c->cred,
+                                err, err_len);
+    case PROFILE_CERT_TPM:
+        return cred_tpm_open(p->cert.tpm_key, p->cert.file, p->cert.tpm_tcti, pin, pin_len, &c->cred,
+                             err, err_len);
+    default:
         snprintf(err, err_len, "auth.cert.source \"%s\" is not supported by this build yet",
                  profile_cert_source_name(p->cert.source));
         return M2MVPN_E_NOTSUPP;
     }
-    const char *pin = p->cert.pin;
-    return cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &c->cred, err, err_len);
 }
 
 /* Kill switch from the moment the profile is in use (DESIGN.md §8: also
@@ -965,10 +980,14 @@ static void attempt(conn *c)
     if (r == 0)
         r = ensure_credentials(c, err, sizeof(err));
     if (r == 0 && c->cred && cred_pin_needed(c->cred)) {
+        char what[160];
+        cred_describe(c->cred, what, sizeof(what));
+        if (!what[0])
+            snprintf(what, sizeof(what), "%s", c->prof->cert.file ? c->prof->cert.file : "");
         c->pin_wait = true;
-        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", c->prof->cert.file);
+        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", what);
         if (c->hooks.on_event)
-            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, c->prof->cert.file);
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, what);
         return;
     }
     /* A new race: the first address family now, the other one later. */
@@ -1205,8 +1224,29 @@ void conn_remove_profile(conn *c)
         set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
 }
 
+/* What holds our key and its certificate (never a PIN). */
+static void fill_credential(conn *c, m2mvpn_status *st)
+{
+    st->credential_source[0] = st->credential[0] = st->cert_subject[0] = '\0';
+    st->cert_not_after = 0;
+    if (!c->cred)
+        return;
+    snprintf(st->credential_source, sizeof(st->credential_source), "%s", cred_name(c->cred));
+    cred_describe(c->cred, st->credential, sizeof(st->credential));
+    if (!st->credential[0] && c->prof && c->prof->cert.file)
+        snprintf(st->credential, sizeof(st->credential), "%s", c->prof->cert.file);
+    pki_cert *const *chain;
+    size_t n;
+    char err[128];
+    if (cred_chain(c->cred, &chain, &n, err, sizeof(err)) == 0 && n > 0) {
+        pki_cert_subject_text(chain[0], st->cert_subject, sizeof(st->cert_subject));
+        st->cert_not_after = pki_cert_not_after(chain[0]);
+    }
+}
+
 void conn_fill_status(conn *c, m2mvpn_status *st)
 {
+    fill_credential(c, st);
     snprintf(st->gateway, sizeof(st->gateway), "%s", c->sa || c->spi_in ? c->gw_text : "");
     snprintf(st->virtual_ip, sizeof(st->virtual_ip), "%s", c->vip);
     snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", c->spi_in ? c->ike_alg : "");

@@ -168,7 +168,7 @@ static const unsigned cert_keys_allowed[] = {
     [PROFILE_CERT_FILE] = CK_SOURCE | CK_FILE | CK_KEY | CK_PIN,
     [PROFILE_CERT_MACHINE] = CK_SOURCE | CK_FILE | CK_KEY | CK_PIN,
     [PROFILE_CERT_PKCS11] = CK_SOURCE | CK_MODULE | CK_URI | CK_PIN,
-    [PROFILE_CERT_TPM] = CK_SOURCE | CK_TPM_KEY | CK_TCTI | CK_PIN,
+    [PROFILE_CERT_TPM] = CK_SOURCE | CK_FILE | CK_TPM_KEY | CK_TCTI | CK_PIN,
 };
 
 static int require_for_source(keypath *kp, json_object *cert, const char *key, profile_cert_source s)
@@ -238,6 +238,9 @@ static int read_cert(keypath *kp, json_object *cert, path_base *base, profile *p
         break;
     case PROFILE_CERT_TPM:
         TRY(read_cert_tpm_key(kp, cert, base, p));
+        /* The TPM holds the key; the certificate (+ chain) is a PEM file. */
+        TRY(require_for_source(kp, cert, "file", PROFILE_CERT_TPM));
+        TRY(read_path(kp, cert, "file", base, &p->cert.file));
         TRY(keypath_string(kp, cert, "tpm_tcti", 1, TCTI_MAX_CHARS, false, &p->cert.tpm_tcti));
         break;
     }

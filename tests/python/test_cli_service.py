@@ -22,11 +22,14 @@ def test_status_json_is_idle(service):
     assert st["state"] == "idle"
     assert st["profile"] == PROFILE_NAMES[0]
     assert st["version"] == m2mvpn.version()
-    # Exactly the object of m2mvpn_status_json() for the same state: a
-    # handle with the same profiles loaded, idle.
+    # The object of m2mvpn_status_json() for the same state (a handle with
+    # the same profiles loaded, idle), with the service's own member appended.
+    assert list(st)[-1] == "service"
+    del st["service"]
     with m2mvpn.Client() as c:
-        c.load_profile_json(PROFILES)
-        assert p.stdout.rstrip("\n") == c.status_json_text()
+        c.load_profile(PROFILES)
+        lib = json.loads(c.status_json_text())
+    assert st == lib and list(st) == list(lib)
 
 
 def test_status_plain_summary(service):

@@ -107,14 +107,16 @@ def test_dual_stack_tunnel_carries_both_families(topology, charons, pki, workdir
         assert int(child["packets-in"]) >= 4, child
 
 
-@pytest.mark.parametrize("broken", [6, 4], ids=["ipv6-broken", "ipv4-broken"])
+@pytest.mark.parametrize("broken", [6, 4, "6-noroute"],
+                         ids=["ipv6-broken", "ipv4-broken", "ipv6-no-route"])
 def test_name_with_a_and_aaaa_one_family_broken(topology, charons, pki, workdir, broken):
     """The gateway's name has an A and an AAAA record (the client's hosts
     file); the router silently drops one family. The client connects over
     the other family within a few seconds: far below the time its IKE
     retransmissions would take to give up on the broken one (4 s initial
     timeout, 5 tries, base 1.8: about 60 s), because the second family
-    starts shortly after the first got no answer (RFC 8305 spirit)."""
+    starts shortly after the first got no answer (RFC 8305 spirit). Without
+    any IPv6 route (ipv6-no-route) IPv4 is used at once."""
     binary = binary_or_skip()
     topo = topology("dual")
     topo.client.set_hosts(f"127.0.0.1 localhost\n{netlab.GW_ADDR} {GW_NAME}\n"
@@ -124,7 +126,13 @@ def test_name_with_a_and_aaaa_one_family_broken(topology, charons, pki, workdir,
                           "import socket; print(sorted({a[4][0] for a in "
                           f"socket.getaddrinfo('{GW_NAME}', 500, type=socket.SOCK_DGRAM)}}))").stdout
     assert netlab.GW_ADDR in got and netlab.GW_ADDR6 in got, got
-    netlab.block_family(topo, broken)
+    if broken == "6-noroute":
+        topo.client.ip("-6", "route", "del", "default")
+        broken = 6
+        no_route = True
+    else:
+        netlab.block_family(topo, broken)
+        no_route = False
     gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
     profile = m2mvpn_client.make_profile(pki, "psk", GW_NAME)
     profile["ike"].update({"retransmit_timeout_s": 4.0, "retransmit_tries": 5,
@@ -144,7 +152,9 @@ def test_name_with_a_and_aaaa_one_family_broken(topology, charons, pki, workdir,
         # and below even its first retransmission (4 s).
         assert took < 4.0, f"connected after {took:.1f} s"
         log = client.log_path.read_text()
-        if broken == 6:   # IPv6 first, then IPv4 after a short delay
+        if no_route:      # no way at all over IPv6: IPv4 straight away
+            assert "Network is unreachable" in log and "as well" not in log, log[-3000:]
+        elif broken == 6:   # IPv6 first, then IPv4 after a short delay
             assert "trying 198.51.100.1 as well" in log, log[-3000:]
 
 

@@ -363,7 +363,9 @@ typedef struct esp_tunnel_net {
      * if its source lies in `in_src` (the remote selectors as negotiated: TSr
      * as the gateway narrowed it) and its destination in `in_dst` (ours: the
      * virtual IP, or TSi without one). Others are dropped and counted
-     * (ESP_DROP_SELECTOR). n_in_src = 0: the source is checked against
+     * (ESP_DROP_SELECTOR). Outbound, in_src is also what the SA carries: a
+     * packet routed into the TUN for a destination it does not cover is
+     * dropped (ESP_DROP_NO_SA). n_in_src = 0: the source is checked against
      * remote_ts; n_in_dst = 0: the destination must be a virtual IP (vip,
      * vip2) when there is one, else it is not checked. */
     esp_prefix in_src[ESP_MAX_TS];
@@ -411,8 +413,9 @@ int esp_datapath_attach(esp_datapath *dp, core_loop *loop,
 /* Configure the TUN: MTU, virtual IP, routes for the remote traffic selectors
  * in our table with its rule (+ blackholes and the nftables table with the
  * kill switch), DNS recorded (and applied via the hook).
- * Outbound packets are only sent if a remote traffic selector covers their
- * destination; inbound ones only go up if in_src/in_dst cover them. Calling it again replaces what the previous call added (new
+ * Outbound packets are only sent if in_src (the remote selectors as
+ * negotiated; default remote_ts) covers their destination; inbound ones only
+ * go up if in_src/in_dst cover them. Calling it again replaces what the previous call added (new
  * routes are added before old ones go, so the kill switch has no gap).
  * Errors: TUN (netlink, reason in err), INVAL (MTU above ESP_MAX_TUN_MTU). */
 int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,

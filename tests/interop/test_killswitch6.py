@@ -289,9 +289,17 @@ def test_full_ipv4_tunnel_does_not_leak_ipv6(topology, charons, pki, workdir, ki
         # No end marker here: everything but our own IKE/ESP goes into the
         # tunnel now; the IPv4 pings after the probes, seen as ESP on the
         # capture, show it ran past them.
+        no_sa = client.status()["counters"]["dropped"]["no_sa"]
         with netlab.Capture(topo.client, "eth0", workdir / "tunnel.pcap") as cap:
             assert ping_replies(topo.client, netlab.OUTSIDE_ADDR6, count=2, timeout_s=3) == 0
             send_probes(topo.client, [netlab.OUTSIDE_ADDR6])
+            # Dropped by our datapath (no SA covers IPv6), not sent to the
+            # gateway either: 2 echo requests and 3 probe datagrams (the
+            # status counters are refreshed every second).
+            deadline = time.monotonic() + 5
+            while client.status()["counters"]["dropped"]["no_sa"] < no_sa + 5:
+                assert time.monotonic() < deadline, client.status()["counters"]
+                time.sleep(0.2)
             assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2   # IPv4 flows
             time.sleep(0.5)
         leaks = cap.read(leak)

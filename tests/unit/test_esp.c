@@ -1722,6 +1722,20 @@ START_TEST(inbound_selectors_enforced)
     uint8_t buf[2048], inner[128];
     size_t pl;
     esp_drop_reason why;
+    /* Outbound the same selectors: the granted /25 goes into the SA, the
+     * rest of the profile's /24 (routed into the TUN) is dropped here. */
+    esp_datapath_counters before, after;
+    esp_datapath_get_counters(dp, &before);
+    send_to(app, "198.18.6.200", 9, "not granted", 11);
+    usleep(20000);
+    esp_datapath_poll_tun(dp);
+    ck_assert_int_lt(recv(gw, buf, sizeof(buf), MSG_DONTWAIT), 0);
+    esp_datapath_get_counters(dp, &after);
+    ck_assert_uint_eq(after.total.dropped[ESP_DROP_NO_SA], before.total.dropped[ESP_DROP_NO_SA] + 1);
+    send_to(app, "198.18.6.7", 9, "granted", 7);
+    usleep(20000);
+    esp_datapath_poll_tun(dp);
+    ck_assert_int_gt(recv(gw, buf, sizeof(buf), 0), 0);
     static const struct { const char *src, *dst; int to; } cases[] = {
         { "198.18.6.7", "198.18.5.1", 1 },    /* granted source, our VIP: up */
         { "198.18.6.7", "198.18.5.2", 0 },    /* foreign destination */

@@ -29,6 +29,7 @@ int cli_cmd_unload(int argc, char **argv);
 int cli_cmd_login(int argc, char **argv);
 int cli_cmd_pin(int argc, char **argv);
 int cli_cmd_status(int argc, char **argv);
+int cli_cmd_bind_key(int argc, char **argv);
 int cli_cmd_keygen(int argc, char **argv); /* cli_keygen.c */
 
 /** Print "m2mvpn: <text>" as the one error line on stderr. */

@@ -37,6 +37,7 @@ void cli_usage(void)
           "  m2mvpn login --user U [--control SOCK]   (password from stdin or prompt)\n"
           "  m2mvpn pin [--control SOCK]              (PIN from stdin or prompt)\n"
           "  m2mvpn status [--json] [--control SOCK]\n"
+          "  m2mvpn bind-key --in KEY.pem --out KEY.bound [--sources machine-id,dmi-uuid,mac:IF,file:/PATH]\n"
           "  m2mvpn keygen --provider file|pkcs11|tpm --csr FILE --subject /CN=... [--rsa]\n"
           "         file:   --out KEY.pem [--pin-stdin]   (PIN: passphrase for the key file)\n"
           "         pkcs11: --module MODULE --uri pkcs11:token=T;object=LABEL --pin-stdin\n"

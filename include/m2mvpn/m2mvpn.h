@@ -21,15 +21,19 @@
  *                    external loop), logging, errors, names of errors,
  *                    states and events.
  *                    Appended since the first 1.0 header (no new symbols):
- *                    m2mvpn_status.warnings and the "warnings" array of
- *                    m2mvpn_status_json: settings of the active profile that
- *                    work but weaken it (a PSK shorter than 20 characters).
- *                    Appended to m2mvpn_status (no new symbol): credential_source,
- *                    credential, cert_subject, cert_not_after (hardware
- *                    credentials: token label / TPM key, certificate expiry);
- *                    status JSON: "credential".
- *                    m2mvpn_status.virtual_ip may hold an IPv6 address (a
- *                    tunnel with an IPv6 virtual IP and no IPv4 one).
+ *                    - m2mvpn_status.warnings and the "warnings" array of
+ *                      m2mvpn_status_json: settings of the active profile
+ *                      that work but weaken it (a PSK shorter than 20
+ *                      characters);
+ *                    - m2mvpn_status.credential_source, credential,
+ *                      cert_subject, cert_not_after (hardware credentials:
+ *                      token label / TPM key, certificate expiry) and the
+ *                      status JSON's "credential";
+ *                    - m2mvpn_status.virtual_ip may hold an IPv6 address (a
+ *                      tunnel with an IPv6 virtual IP and no IPv4 one).
+ *  1.1 (M2MVPN_1.1)  m2mvpn_bind_key (machine-bound certificate keys);
+ *                    m2mvpn_set_credentials does EAP (MSCHAPv2, MD5)
+ *                    instead of returning NOTSUPP.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -218,16 +222,18 @@ M2MVPN_API int m2mvpn_disconnect(m2mvpn *h);
 /**
  * Set EAP username/password (answers CREDENTIALS_REQUIRED, or presets them).
  * `user` may be NULL to keep the profile's identity. Both are copied; the
- * password is wiped after use and never logged. Thread-safe.
- * This version has no EAP: after the argument checks it returns NOTSUPP and
- * keeps nothing. Errors: BADHANDLE, INVAL (password NULL or longer than 256,
- * user empty or longer than 255), NOTSUPP.
+ * password is wiped after use and never logged. Queued; thread-safe. They
+ * take the place of the profile's auth.eap.password. A password the gateway
+ * refused (AUTH_LOCAL) is never sent again: an always-on profile waits for
+ * new credentials and connects when this call gives them.
+ * Errors: BADHANDLE, INVAL (password NULL, empty or longer than 256, user
+ * empty or longer than 255), NOMEM. (1.0 returned NOTSUPP.)
  */
 M2MVPN_API int m2mvpn_set_credentials(m2mvpn *h, const char *user, const char *password);
 
 /**
  * Answer PIN_REQUIRED (smartcard, TPM, protected .p12; in this version the
- * "file" source only: encrypted PEM key or protected .p12) with `len` bytes of
+ * "file" and "machine" sources: encrypted PEM key or protected .p12) with `len` bytes of
  * PIN. The PIN is copied, wiped after use and never logged. Queued: the engine
  * tries it once if it is waiting for a PIN (wrong: IDLE with E_PIN, never
  * retried by the library) and discards it otherwise. Errors: BADHANDLE,
@@ -365,6 +371,20 @@ M2MVPN_API const char *m2mvpn_state_name(int state);
 /** Name of an event type without the prefix ("STATE_CHANGED"); "UNKNOWN"
  *  for others. Never NULL. */
 M2MVPN_API const char *m2mvpn_event_name(int type);
+
+/**
+ * Bind a PEM private key to this machine (auth.cert.source "machine"): read
+ * `key_path`, encrypt it (AES-256-GCM) under a key derived (HKDF-SHA256) from
+ * this machine's fingerprint `sources`, write `out_path` (mode 0600, replaced
+ * as a whole). sources: comma-separated "machine-id", "dmi-uuid",
+ * "mac:IFNAME", "file:/ABSOLUTE/PATH"; NULL means "machine-id,dmi-uuid". On
+ * another machine the file does not open ("bound to another machine").
+ * `err` (may be NULL) receives a one-line reason without secrets. Needs no
+ * handle; thread-safe. Errors: INVAL, IO, CERT (no private key in the file,
+ * a source unavailable), CRYPTO, NOMEM. Added in 1.1.
+ */
+M2MVPN_API int m2mvpn_bind_key(const char *key_path, const char *out_path, const char *sources,
+                               char *err, size_t err_len);
 
 /** Library version string, e.g. "1.0.0". */
 M2MVPN_API const char *m2mvpn_version(void);

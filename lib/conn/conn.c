@@ -85,6 +85,14 @@ struct conn {
     ike_sa *sa;
     ike_sa *dead_sa;
     bool pin_wait;
+    /* EAP credentials: from m2mvpn_set_credentials (session_*, preferred) or
+     * the profile. A password the gateway refused is not sent again: the
+     * engine waits for new credentials (cred_wait) instead of retrying. */
+    char *session_user;
+    char *session_pass;           /* secure copy */
+    size_t session_pass_len;
+    bool cred_wait;
+    bool eap_refused;             /* the password we have was refused */
     bool reconnect_after_close;   /* we close the SA to start over */
     int close_err;                /* ... and why, if it is an error */
     char close_detail[320];
@@ -243,6 +251,7 @@ static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)
 static void race_drop(conn *c);
 static bool race_take_over(conn *c, int err, ike_fault fault);
 static void race_start(void *arg);
+static bool eap_credentials(conn *c, ike_config *cfg);
 
 /* A valid IKE_SA_INIT answer came for the address in c->gw (lib/ike always
  * continues on port 4500): the race is decided, the other family's attempt
@@ -278,6 +287,8 @@ static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 /* --------------------------------------------------------- attempts */
 
 static void schedule_retry(conn *c, int err, const char *detail);
+static void wait_for_credentials(conn *c, const char *why);
+static void forget_session_credentials(conn *c);
 
 static void refresh(void *arg)
 {
@@ -493,6 +504,22 @@ static void on_down(void *arg, int err, ike_fault fault, const char *detail)
     if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
         if (c->hooks.on_event)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
+    if (err == M2MVPN_E_AUTH_LOCAL && fault == IKE_FAULT_LOCAL && c->prof && c->prof->auth == PROFILE_AUTH_EAP) {
+        /* The gateway refused our EAP credentials: reported once, never
+         * retried with the same password (an account would lock). An
+         * always-on profile waits for new credentials. */
+        c->eap_refused = true;
+        forget_session_credentials(c);
+        bool always_on = c->want_up && c->prof->mode == PROFILE_MODE_ALWAYS_ON;
+        if (!always_on) {
+            c->want_up = false;
+            drop_network_unless_kill_switch(c);
+        }
+        set_state(c, M2MVPN_STATE_IDLE, err, detail);
+        if (always_on)
+            wait_for_credentials(c, "the gateway refused the credentials");
+        return;
+    }
     if (!c->want_up || err == 0 || (fault == IKE_FAULT_LOCAL && !retry_helps(err))) {
         c->want_up = false;
         drop_network_unless_kill_switch(c);
@@ -826,6 +853,8 @@ static void race_start(void *arg)
         cfg.remote_len = r->gw_len;
         cfg.cred = c->cred;
         cfg.trust = c->trust;
+        if (c->prof->auth == PROFILE_AUTH_EAP)
+            eap_credentials(c, &cfg); /* present: the first attempt had them */
         ike_hooks hooks = { r, race_send, race_established, race_down };
         rc = ike_sa_new(c->loop, c->log, &cfg, &hooks, &r->sa, err, sizeof(err));
     }
@@ -896,10 +925,6 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
             return r;
         }
     }
-    if (p->auth == PROFILE_AUTH_EAP) {
-        snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
-        return M2MVPN_E_NOTSUPP;
-    }
     if (c->cred && cred_lost(c->cred)) {
         /* Token removed or TPM gone: open it again (it may be back). */
         LOG_INFO(c->log, "conn", "credential device went away: opening it again");
@@ -913,6 +938,9 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
     switch (p->cert.source) {
     case PROFILE_CERT_FILE:
         return cred_file_open(p->cert.file, p->cert.key, pin, pin_len, &c->cred, err, err_len);
+    case PROFILE_CERT_MACHINE:
+        return cred_machine_open(p->cert.file, p->cert.key, p->cert.bind_sources, pin, pin_len, &c->cred,
+                                 err, err_len);
     case PROFILE_CERT_PKCS11:
         return cred_pkcs11_open(p->cert.pkcs11_module, p->cert.pkcs11_uri, pin, pin_len, &c->cred,
                                 err, err_len);
@@ -961,6 +989,46 @@ static int arm_kill_switch(conn *c, char *err, size_t err_len)
     return 0;
 }
 
+/* The EAP user and password for this attempt: false if there is no
+ * password we may send (none given, or the one we have was refused). */
+static bool eap_credentials(conn *c, ike_config *cfg)
+{
+    if (c->eap_refused)
+        return false;
+    cfg->eap_identity = c->session_user ? c->session_user : c->prof->eap.identity;
+    if (c->session_pass) {
+        cfg->eap_password = c->session_pass;
+        cfg->eap_password_len = c->session_pass_len;
+    } else if (c->prof->eap.password) {
+        cfg->eap_password = c->prof->eap.password;
+        cfg->eap_password_len = strlen(c->prof->eap.password);
+    }
+    return cfg->eap_password != NULL;
+}
+
+/* Ask for credentials (CREDENTIALS_REQUIRED) and wait: no attempt until
+ * m2mvpn_set_credentials() answers. */
+static void wait_for_credentials(conn *c, const char *why)
+{
+    char detail[320];
+    const char *user = c->session_user ? c->session_user : c->prof->eap.identity;
+    snprintf(detail, sizeof(detail), "%s%sEAP password for '%s' (profile %s)", why ? why : "",
+             why ? "; waiting for new credentials: " : "", user, c->prof->name);
+    c->cred_wait = true;
+    LOG_INFO(c->log, "conn", "waiting for the %s", why ? "new credentials" : detail);
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_CREDENTIALS_REQUIRED, M2MVPN_E_CREDENTIALS, detail);
+}
+
+static void forget_session_credentials(conn *c)
+{
+    free(c->session_user);
+    c->session_user = NULL;
+    secure_free(c->session_pass, c->session_pass_len);
+    c->session_pass = NULL;
+    c->session_pass_len = 0;
+}
+
 static void attempt(conn *c)
 {
     char err[512] = "";
@@ -988,6 +1056,10 @@ static void attempt(conn *c)
         LOG_INFO(c->log, "conn", "waiting for the PIN of %s", what);
         if (c->hooks.on_event)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, what);
+        return;
+    }
+    if (r == 0 && c->prof->auth == PROFILE_AUTH_EAP && !eap_credentials(c, &cfg)) {
+        wait_for_credentials(c, NULL);
         return;
     }
     /* A new race: the first address family now, the other one later. */
@@ -1103,6 +1175,8 @@ static void release_profile(conn *c, bool remove_network)
     pki_trust_free(c->trust);
     c->trust = NULL;
     c->pin_wait = false;
+    c->cred_wait = false;
+    c->eap_refused = false;
     c->underlay[0] = '\0';
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
@@ -1121,6 +1195,7 @@ void conn_free(conn *c)
     dns_hook_reap(&c->dns_hook, c->log); /* what has finished; the rest is left to init */
     ike_sa_free(c->dead_sa);
     ike_sa_free(c->race.dead);
+    forget_session_credentials(c);
     free(c);
 }
 
@@ -1168,8 +1243,8 @@ void conn_connect(conn *c)
         c->close_err = 0;
         return;
     }
-    if (c->sa || c->pin_wait)
-        return; /* already on its way */
+    if (c->sa || c->pin_wait || c->cred_wait)
+        return; /* already on its way, or waiting for the PIN / credentials */
     core_timer_cancel(c->loop, &c->reconnect_timer);
     c->failures = 0;
     set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
@@ -1180,6 +1255,7 @@ void conn_disconnect(conn *c)
 {
     c->want_up = false;
     c->pin_wait = false;
+    c->cred_wait = false;
     core_timer_cancel(c->loop, &c->reconnect_timer);
     if (c->sa) {
         set_state(c, M2MVPN_STATE_DISCONNECTING, 0, NULL);
@@ -1209,6 +1285,33 @@ void conn_enter_pin(conn *c, const char *pin, size_t len)
         return;
     }
     attempt(c);
+}
+
+void conn_set_credentials(conn *c, const char *user, const char *pass, size_t len)
+{
+    char *u = user ? strdup(user) : NULL;
+    char *pw = secure_memdup(pass, len);
+    if ((user && !u) || !pw) {
+        free(u);
+        secure_free(pw, len);
+        LOG_ERR(c->log, "conn", "out of memory storing the EAP credentials");
+        return;
+    }
+    forget_session_credentials(c);
+    c->session_user = u;
+    c->session_pass = pw;
+    c->session_pass_len = len;
+    c->eap_refused = false;
+    LOG_INFO(c->log, "conn", "EAP credentials set for '%s'", u ? u : (c->prof ? c->prof->eap.identity : "(profile identity)"));
+    if (!c->cred_wait)
+        return; /* kept for the next attempt */
+    c->cred_wait = false;
+    if (c->want_up && c->prof && !c->sa) {
+        core_timer_cancel(c->loop, &c->reconnect_timer);
+        c->failures = 0;
+        set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
+        attempt(c);
+    }
 }
 
 const char *conn_profile_name(const conn *c)

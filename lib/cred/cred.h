@@ -5,7 +5,7 @@
  *   "file"    PEM certificate(+chain) with PEM key, or PKCS#12   (cred_file.c)
  *   "pkcs11"  key and certificate on a smartcard/HSM, libp11     (cred_pkcs11.c)
  *   "tpm"     key inside a TPM 2.0, tpm2-tss ESYS                (cred_tpm.c)
- *   later:    "machine"
+ *   "machine" the same as "file" with the key bound to this machine (cred_machine.c)
  * A provider signs; the key may be unreadable (smartcard, TPM).
  *
  * PIN model (DESIGN.md §8: a wrong PIN is never retried):
@@ -91,6 +91,37 @@ typedef struct cred_provider {
 int cred_file_open(const char *cert_file, const char *key_file,
                    const char *pin, size_t pin_len,
                    cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * The file provider with the private key given in memory (PEM or DER, maybe
+ * encrypted with the PIN) instead of a key file; `key_name` names it in
+ * messages. The bytes are copied (and wiped with the provider).
+ */
+int cred_file_open_key_mem(const char *cert_file, const uint8_t *key, size_t key_len, const char *key_name,
+                           const char *pin, size_t pin_len,
+                           cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * Machine-bound keys (auth.cert.source "machine", cred_machine.c, which
+ * describes the file format and the fingerprint sources).
+ *  - `sources`: comma-separated, e.g. "machine-id,mac:eth0"; NULL in
+ *    cred_machine_bind() means cred_machine_default_sources.
+ *  - cred_machine_bind(): encrypt a PEM key; *ret (malloc'ed) is the file.
+ *  - cred_machine_unbind(): decrypt; `want_sources` (or NULL) must equal the
+ *    file's list. A fingerprint that does not match: E_CERT "<name> is
+ *    bound to another machine ...". *ret is NUL-terminated, *ret_len + 1
+ *    bytes: wipe it (secure_free) after use.
+ *  - cred_machine_open(): the file provider with the unbound key.
+ * Errors: INVAL (bad source list), CERT, IO, CRYPTO, NOMEM.
+ */
+extern const char *const cred_machine_default_sources;
+int cred_machine_check_sources(const char *sources, char *err, size_t err_len);
+int cred_machine_bind(const uint8_t *key_pem, size_t key_len, const char *sources, uint8_t **ret,
+                      size_t *ret_len, char *err, size_t err_len);
+int cred_machine_unbind(const uint8_t *data, size_t len, const char *name, const char *want_sources,
+                        uint8_t **ret, size_t *ret_len, char *err, size_t err_len);
+int cred_machine_open(const char *cert_file, const char *bound_key_file, const char *want_sources,
+                      const char *pin, size_t pin_len, cred_provider **ret, char *err, size_t err_len);
 
 /**
  * Open the PKCS#11 provider (auth.cert.source "pkcs11", built with libp11;

@@ -163,10 +163,6 @@ int ike_auth_start(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
     char err[256];
-    if (p->auth == PROFILE_AUTH_EAP) {
-        ike_sa_fail_local(sa, M2MVPN_E_NOTSUPP, "auth.method \"eap\" is not supported by this build yet");
-        return M2MVPN_E_NOTSUPP;
-    }
     pki_id id;
     int r = our_id(sa, &id, err, sizeof(err));
     if (r < 0) {
@@ -175,6 +171,12 @@ int ike_auth_start(ike_sa *sa)
     }
     uint8_t idb[4 + PKI_ID_MAX];
     size_t idb_len = id_body(&id, idb, sizeof(idb));
+    bool eap = p->auth == PROFILE_AUTH_EAP;
+    /* EAP (RFC 7296 §2.16): no AUTH now; the gateway proves itself first. */
+    if (eap && (r = ike_eap_begin(sa, idb, idb_len, err, sizeof(err))) < 0) {
+        ike_sa_fail_local(sa, r, "%s", err); /* no password: ours to give */
+        return r;
+    }
 
     size_t cap = IKE_MSG_MAX;
     uint8_t *inner = malloc(cap);
@@ -232,6 +234,8 @@ int ike_auth_start(ike_sa *sa)
 
     uint8_t auth[PKI_AUTH_MAX];
     size_t auth_len = 0;
+    if (eap)
+        goto no_auth;
     if ((r = ike_auth_octets(sa, true, idb, idb_len, &octets, &octets_len)) < 0) {
         snprintf(err, sizeof(err), "cannot compute AUTH octets");
         goto fail;
@@ -249,6 +253,7 @@ int ike_auth_start(ike_sa *sa)
         goto fail;
     ike_build_auth(&cw, (uint8_t)method, auth, auth_len);
     secure_wipe(auth, sizeof(auth));
+no_auth:
 
     /* Virtual IPs (and DNS servers) of each family the profile protects:
      * both for a dual-stack tunnel; the gateway assigns what its pools have. */
@@ -284,7 +289,7 @@ int ike_auth_start(ike_sa *sa)
     }
     free(octets);
     LOG_INFO(sa->log, "ike", "sending IKE_AUTH to %s (%s authentication)", sa->gw_text,
-             method == PKI_AUTH_SHARED_KEY ? "PSK" : pki_sig_scheme_name(scheme));
+             eap ? "EAP" : method == PKI_AUTH_SHARED_KEY ? "PSK" : pki_sig_scheme_name(scheme));
     ike_sa_set_state(sa, IKE_SA_AUTH_SENT);
     r = ike_sa_send_protected(sa, IKE_EXCH_IKE_AUTH, false, sa->next_msg_id, inner, buf_writer_len(&w),
                               cw.first_type, IKE_TASK_AUTH);
@@ -376,7 +381,7 @@ out:
 }
 
 /* The gateway's identity and AUTH. 0 when it is who the profile says. */
-static int verify_gateway(ike_sa *sa, const ike_chain *c, char *err, size_t err_len)
+int ike_auth_verify_gateway(ike_sa *sa, const ike_chain *c, char *err, size_t err_len)
 {
     ike_diag d;
     ike_diag_clear(&d);
@@ -591,13 +596,22 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
     ike_diag d;
     ike_notify n;
     if (ike_chain_find_notify(c, IKE_N_AUTHENTICATION_FAILED, &n, &d) == 0) {
-        ike_sa_fail(sa, M2MVPN_E_AUTH_LOCAL,
+        /* Once the gateway has proved itself by its certificate (EAP past
+         * its first answer), its refusal is about our credentials: a local
+         * cause, not retried with the same password. Before that, anyone in
+         * the path could have sent it: the gateway's fault, tried again. */
+        bool ours = sa->cfg.prof->auth == PROFILE_AUTH_EAP && sa->eap_phase > IKE_EAP_PHASE_FIRST;
+        (ours ? ike_sa_fail_local : ike_sa_fail)(sa, M2MVPN_E_AUTH_LOCAL,
                     "gateway %s rejected our authentication (AUTHENTICATION_FAILED): check the "
                     "credentials and identity '%s'", sa->gw_text,
                     sa->cfg.prof->local_id ? sa->cfg.prof->local_id : "(certificate subject)");
         return;
     }
-    int r = verify_gateway(sa, c, err, sizeof(err));
+    if (sa->cfg.prof->auth == PROFILE_AUTH_EAP) {
+        ike_eap_process(sa, c);
+        return;
+    }
+    int r = ike_auth_verify_gateway(sa, c, err, sizeof(err));
     if (r < 0) {
         /* Tell the gateway (RFC 7296 §2.21.2) so it drops its half at once. */
         ike_info_send_final(sa, true);
@@ -605,6 +619,13 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
                     "gateway %s could not be authenticated: %s", sa->gw_text, err);
         return;
     }
+    ike_auth_establish(sa, c);
+}
+
+void ike_auth_establish(ike_sa *sa, const ike_chain *c)
+{
+    char err[512];
+    int r;
     ike_child_result res;
     crypto_child_keys *keys = NULL;
     r = child_result(sa, c, &res, &keys, err, sizeof(err));

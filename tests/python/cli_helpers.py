@@ -64,7 +64,6 @@ def needs_feature(word, what):
                              reason="%s: not in this build (%r is not in M2MVPN_FEATURES)" % (what, word))
 
 
-needs_eap = needs_feature("eap", "EAP credentials (`m2mvpn login`, m2mvpn_set_credentials)")
 
 
 def cli(*args, stdin=None, timeout=30):

@@ -13,14 +13,14 @@ the normal dynamic loader. See docs/python.md.
 """
 from ._errors import ERROR_TABLE
 from ._native import ErrorCode, EventType, LogLevel, State, library_path
-from .client import (EVENT_QUEUE_MAX, Client, Event, M2mvpnError, StateTimeout, StatusSnapshot, error_name,
-                     event_name, state_name, strerror, version)
+from .client import (EVENT_QUEUE_MAX, Client, Event, M2mvpnError, StateTimeout, StatusSnapshot, bind_key,
+                     error_name, event_name, state_name, strerror, version)
 
 # The binding's own version (pyproject.toml); version() is the library's.
 __version__ = "1.0.0"
 
 __all__ = [
-    "error_name", "event_name", "state_name",
+    "bind_key", "error_name", "event_name", "state_name",
     "Client", "Event", "StatusSnapshot", "M2mvpnError", "StateTimeout", "ErrorCode", "EventType", "LogLevel",
     "State", "ERROR_TABLE", "EVENT_QUEUE_MAX", "strerror", "version", "library_path", "__version__",
 ]

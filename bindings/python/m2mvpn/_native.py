@@ -151,6 +151,7 @@ PROTOTYPES = {
     "m2mvpn_state_name": (_str, [_int]),
     "m2mvpn_event_name": (_str, [_int]),
     "m2mvpn_version": (_str, []),
+    "m2mvpn_bind_key": (_int, [_str, _str, _str, ctypes.c_char_p, ctypes.c_size_t]),
 }
 
 _loaded = {}

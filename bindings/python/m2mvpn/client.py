@@ -204,6 +204,19 @@ def strerror(code: int, lib: Optional[ctypes.CDLL] = None) -> str:
     return (lib or _native.load()).m2mvpn_strerror(code).decode()
 
 
+def bind_key(key_path: PathLike, out_path: PathLike, sources: Optional[str] = None,
+             lib: Optional[ctypes.CDLL] = None) -> None:
+    """m2mvpn_bind_key(): write a copy of the PEM key at key_path bound to
+    this machine's fingerprint (sources: "machine-id,mac:eth0", None for the
+    library's default) to out_path. Raises M2mvpnError with the reason."""
+    lib = lib or _native.load()
+    err = ctypes.create_string_buffer(512)
+    r = lib.m2mvpn_bind_key(_to_bytes(os.fspath(key_path), "key_path"), _to_bytes(os.fspath(out_path), "out_path"),
+                            _to_bytes(sources, "sources", allow_none=True), err, ctypes.sizeof(err))
+    if r < 0:
+        raise M2mvpnError.from_code(r, err.value.decode("utf-8", "replace"))
+
+
 def error_name(code: int, lib: Optional[ctypes.CDLL] = None) -> str:
     """m2mvpn_error_name(code): "AUTH_LOCAL" for M2MVPN_E_AUTH_LOCAL, "" for 0."""
     return (lib or _native.load()).m2mvpn_error_name(int(code)).decode()

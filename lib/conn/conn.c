@@ -682,8 +682,11 @@ void conn_ike_established(conn *c, const ike_child_result *r)
     }
     c->spi_in = r->spi_in;
     c->spi_out = r->spi_out;
+    /* The status has one virtual IP: IPv4 if assigned, else IPv6. */
     if (r->has_vip)
         inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
+    else if (r->has_vip6)
+        inet_ntop(AF_INET6, r->vip6, c->vip, sizeof(c->vip));
     c->connected_since = c->ops.wall_time(c->ops.arg);
     c->failures = 0;
     if (c->recovering)

@@ -27,7 +27,29 @@
 #include "crypto/pki.h"
 #include "dns_hook.h"
 
-typedef struct conn_sys {
+/* Happy Eyeballs (RFC 8305 §5, "Connection Attempt Delay"): how long the
+ * first address family's IKE_SA_INIT goes unanswered before the other
+ * family's starts as well. */
+#define RACE_DELAY_MS 250
+
+typedef struct conn_sys conn_sys;
+
+/* The gateway's address of the other family, tried while the first one's
+ * IKE_SA_INIT is not yet answered. Whichever gets a valid answer first goes
+ * on (to IKE_AUTH); the other is dropped before it sends anything more. The
+ * state machine sees one IKE SA: down is reported only when both failed. */
+typedef struct conn_race {
+    conn_sys *s;
+    ike_sa *sa;                   /* NULL: none running */
+    int sock;                     /* its port-500 socket */
+    core_io io;
+    struct sockaddr_storage gw;
+    socklen_t gw_len;
+    bool started;                 /* in this attempt */
+    bool promoted;                /* it became the attempt's SA (s->sa) */
+} conn_race;
+
+struct conn_sys {
     conn *c;
     core_loop *loop;
     core_log *log;
@@ -41,6 +63,19 @@ typedef struct conn_sys {
     socklen_t gw_len;
     char gw_text[64];
     char underlay[IF_NAMESIZE];   /* interface towards the gateway */
+    /* The gateway's addresses for this attempt, one per family, the family
+     * to try first at [0] (RFC 8305: IPv6, unless the other one answered
+     * last time: preferred_family). */
+    struct sockaddr_storage cand[2];
+    socklen_t cand_len[2];
+    size_t n_cand;
+    int preferred_family;
+    bool init_answered;           /* IKE_SA_INIT answered: the race is decided */
+    bool live;                    /* an attempt runs: not closed on purpose */
+    conn_race race;
+    core_timer race_timer;
+    ike_sa *dead[2];              /* retired inside their callbacks: reaped */
+    core_timer reap_timer;
 
     esp_datapath *dp;
     bool routes_set;              /* the profile's routes are in place */
@@ -55,7 +90,7 @@ typedef struct conn_sys {
     char *eap_pass;               /* secure copy */
     size_t eap_pass_len;
     char ike_alg[96], esp_alg[96];
-} conn_sys;
+};
 
 static void close_socket(conn_sys *s)
 {
@@ -127,10 +162,31 @@ static void on_traffic(void *arg)
     conn_post_traffic(s->c);
 }
 
+static void race_drop(conn_sys *s);
+static bool race_take_over(conn_sys *s, int err, ike_fault fault);
+static void race_start(void *arg);
+
+/* A valid IKE_SA_INIT answer came for the address in s->gw (lib/ike always
+ * continues on port 4500): the race is decided, the other family's attempt
+ * goes, and its family is tried first next time. */
+static void init_answered(conn_sys *s)
+{
+    if (s->init_answered)
+        return;
+    s->init_answered = true;
+    core_timer_cancel(s->loop, &s->race_timer);
+    if (s->race.sa && !s->race.promoted)
+        LOG_INFO(s->log, "conn", "%s answered first; the other address family's attempt stops",
+                 s->gw.ss_family == AF_INET6 ? "IPv6" : "IPv4");
+    race_drop(s);
+    s->preferred_family = s->gw.ss_family;
+}
+
 static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 {
     conn_sys *s = arg;
     if (natt) {
+        init_answered(s);
         struct sockaddr_storage to = s->gw;
         if (to.ss_family == AF_INET)
             ((struct sockaddr_in *)&to)->sin_port = htons(ESP_UDP_PORT);
@@ -150,6 +206,11 @@ static void ike_established(void *arg, const ike_child_result *r)
 static void ike_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     conn_sys *s = arg;
+    /* The first address family failed before any answer: the other one's
+     * attempt (Happy Eyeballs) carries on as the connection's. */
+    if (race_take_over(s, err, fault))
+        return;
+    race_drop(s);
     conn_post_ike_down(s->c, err, fault, detail);
 }
 
@@ -224,13 +285,32 @@ static void ike_ike_rekeyed(void *arg)
  * element: the datapath's tables are sized from the profile's limit. */
 _Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every remote_ts");
 
+/* IPv6 switched off on this device (net.ipv6.conf.all.disable_ipv6, or
+ * no IPv6 in the kernel): no IPv6 can leak, and no IPv6 route or address
+ * can be installed. */
+static bool ipv6_off(void)
+{
+    FILE *f = fopen("/proc/sys/net/ipv6/conf/all/disable_ipv6", "r");
+    if (!f)
+        return true;
+    int v = 0;
+    bool off = fscanf(f, "%d", &v) == 1 && v == 1;
+    fclose(f);
+    return off;
+}
+
 /* The profile's traffic selectors as the prefixes the TUN routes cover. A
  * full tunnel (/0) stays one prefix: it is the default route of our own
  * routing table, which the rule consults before the main table. More than
  * the datapath can hold is an error, never a prefix silently left out. */
-static int profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net, char *err,
-                             size_t err_len)
+static int profile_to_routes(const profile *p, esp_tunnel_net *net, char *err, size_t err_len)
 {
+    const profile_ts *ts = p->tunnel.remote_ts;
+    size_t n = p->tunnel.n_remote_ts;
+    /* The ::/0 a full IPv4 tunnel implies (profile.h) needs no route where
+     * IPv6 is off; a listed IPv6 prefix does (and fails without IPv6). */
+    if (p->tunnel.implied_family == AF_INET6 && n > 0 && ipv6_off())
+        n--;
     if (n > ESP_MAX_TS) {
         snprintf(err, err_len, "tunnel.remote_ts has %zu prefixes, the datapath protects at most %d",
                  n, ESP_MAX_TS);
@@ -271,9 +351,14 @@ static int ensure_datapath(conn_sys *s, const profile *p, char *err, size_t err_
         return 0;
     esp_datapath_config cfg;
     memset(&cfg, 0, sizeof(cfg));
-    struct sockaddr_in *any = (struct sockaddr_in *)&cfg.local;
-    any->sin_family = AF_INET;
-    any->sin_port = htons(ESP_UDP_PORT);
+    /* One dual-stack socket ([::]:4500, IPV6_V6ONLY off) for gateways of
+     * either family, a gateway list that mixes them, and a Happy Eyeballs
+     * race won by either; the datapath falls back to IPv4 on a kernel
+     * without IPv6. */
+    struct sockaddr_in6 *any = (struct sockaddr_in6 *)&cfg.local;
+    any->sin6_family = AF_INET6;
+    any->sin6_addr = in6addr_any;
+    any->sin6_port = htons(ESP_UDP_PORT);
     cfg.local_len = sizeof(*any);
     snprintf(cfg.tun_name, sizeof(cfg.tun_name), "%s", p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0");
     cfg.mtu = p->tunnel.mtu;
@@ -316,7 +401,7 @@ static int sys_net_arm(void *arg, const profile *p, bool hold, char *err, size_t
     if (r == 0 && !s->routes_set) {
         esp_tunnel_net net;
         memset(&net, 0, sizeof(net));
-        r = profile_to_routes(p->tunnel.remote_ts, p->tunnel.n_remote_ts, &net, err, err_len);
+        r = profile_to_routes(p, &net, err, err_len);
         if (r == 0)
             r = esp_datapath_set_network(s->dp, &net, err, err_len);
         s->routes_set = r == 0;
@@ -357,24 +442,59 @@ static void sys_net_release(void *arg, bool remove)
 
 /* ---------------------------------------------------- path to a gateway */
 
+/* "host:port", "[v6 literal]:port". */
+static void format_gateway(const profile_gateway *g, char *out, size_t len)
+{
+    struct in6_addr a6;
+    bool v6_literal = inet_pton(AF_INET6, g->host, &a6) == 1;
+    snprintf(out, len, v6_literal ? "[%s]:%u" : "%s:%u", g->host, g->port);
+}
+
+/* The gateway's addresses: a literal, or a name's A and AAAA records. One
+ * address per family is kept, the preferred family first (RFC 8305 §4:
+ * IPv6, unless IPv4 answered last time); the other is raced against it. */
 static int resolve(conn_sys *s, const profile *p, size_t gw_index, char *err, size_t err_len)
 {
     const profile_gateway *g = &p->gateways[gw_index % p->n_gateways];
-    /* IPv4 only until IPv6 works end to end (the datapath's socket is IPv4). */
-    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_DGRAM, .ai_flags = AI_ADDRCONFIG };
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM, .ai_flags = AI_ADDRCONFIG };
     struct addrinfo *res = NULL;
     char port[8];
     snprintf(port, sizeof(port), "%u", g->port);
-    snprintf(s->gw_text, sizeof(s->gw_text), "%s:%u", g->host, g->port);
+    format_gateway(g, s->gw_text, sizeof(s->gw_text));
     int e = getaddrinfo(g->host, port, &hints, &res);
     if (e != 0 || !res) {
-        snprintf(err, err_len, "cannot resolve gateway %s: %s", g->host, gai_strerror(e));
+        snprintf(err, err_len, "cannot resolve gateway %s: %s", g->host,
+                 e == EAI_SYSTEM ? strerror(errno) : gai_strerror(e));
         return M2MVPN_E_NETWORK;
     }
-    memcpy(&s->gw, res->ai_addr, res->ai_addrlen);
-    s->gw_len = res->ai_addrlen;
+    int first = s->preferred_family ? s->preferred_family : AF_INET6;
+    int order[2] = { first, first == AF_INET6 ? AF_INET : AF_INET6 };
+    s->n_cand = 0;
+    for (size_t k = 0; k < 2; k++)
+        for (struct addrinfo *a = res; a; a = a->ai_next)
+            if (a->ai_family == order[k] && a->ai_addrlen <= sizeof(s->cand[0])) {
+                memset(&s->cand[s->n_cand], 0, sizeof(s->cand[0]));
+                memcpy(&s->cand[s->n_cand], a->ai_addr, a->ai_addrlen);
+                s->cand_len[s->n_cand++] = a->ai_addrlen;
+                break;
+            }
     freeaddrinfo(res);
+    if (s->n_cand == 0) {
+        snprintf(err, err_len, "gateway %s has no IPv4 or IPv6 address", g->host);
+        return M2MVPN_E_NETWORK;
+    }
+    s->gw = s->cand[0];
+    s->gw_len = s->cand_len[0];
     return 0;
+}
+
+static const char *addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+    const void *a = ss->ss_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
+                                              : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
+    if (!inet_ntop(ss->ss_family, a, out, (socklen_t)len))
+        snprintf(out, len, "?");
+    return out;
 }
 
 /* Our sockets to the gateway carry the datapath's fwmark: the rule that
@@ -388,14 +508,15 @@ static void mark_socket(const conn_sys *s, int fd)
 }
 
 /* Does a socket bound to `ifname` have a route to the gateway? */
-static bool reaches_through(conn_sys *s, const char *ifname)
+static bool reaches_through(const conn_sys *s, const struct sockaddr_storage *gw, socklen_t gw_len,
+                            const char *ifname)
 {
-    int fd = socket(s->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd = socket(gw->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd >= 0)
         mark_socket(s, fd);
     bool ok = fd >= 0 &&
               setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname)) == 0 &&
-              connect(fd, (struct sockaddr *)&s->gw, s->gw_len) == 0;
+              connect(fd, (const struct sockaddr *)gw, gw_len) == 0;
     if (fd >= 0)
         close(fd);
     return ok;
@@ -406,19 +527,20 @@ static bool reaches_through(conn_sys *s, const char *ifname)
  * bound to it (SO_BINDTODEVICE), so that routes into the TUN, a full tunnel
  * above all, cannot catch them. The kernel's own choice counts unless it is
  * the TUN; otherwise the first interface with a route to the gateway. */
-static void find_underlay(conn_sys *s, const profile *p)
+static void underlay_for(const conn_sys *s, const profile *p, const struct sockaddr_storage *gw,
+                         socklen_t gw_len, char found[IF_NAMESIZE])
 {
     const char *tun = p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0";
-    char found[IF_NAMESIZE] = "";
+    found[0] = '\0';
     struct ifaddrs *ifs = NULL;
     if (getifaddrs(&ifs) < 0)
         return;
-    int fd = socket(s->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int fd = socket(gw->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd >= 0)
         mark_socket(s, fd);
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
-    bool routed = fd >= 0 && connect(fd, (struct sockaddr *)&s->gw, s->gw_len) == 0 &&
+    bool routed = fd >= 0 && connect(fd, (const struct sockaddr *)gw, gw_len) == 0 &&
                   getsockname(fd, (struct sockaddr *)&local, &len) == 0;
     if (fd >= 0)
         close(fd);
@@ -431,16 +553,22 @@ static void find_underlay(conn_sys *s, const profile *p)
                         : memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
                                  &((struct sockaddr_in6 *)&local)->sin6_addr, 16) == 0;
         if (same)
-            snprintf(found, sizeof(found), "%s", i->ifa_name);
+            snprintf(found, IF_NAMESIZE, "%s", i->ifa_name);
     }
     for (struct ifaddrs *i = ifs; i && !found[0]; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != s->gw.ss_family || !(i->ifa_flags & IFF_UP) ||
+        if (!i->ifa_addr || i->ifa_addr->sa_family != gw->ss_family || !(i->ifa_flags & IFF_UP) ||
             (i->ifa_flags & IFF_LOOPBACK) || strcmp(i->ifa_name, tun) == 0)
             continue;
-        if (reaches_through(s, i->ifa_name))
-            snprintf(found, sizeof(found), "%s", i->ifa_name);
+        if (reaches_through(s, gw, gw_len, i->ifa_name))
+            snprintf(found, IF_NAMESIZE, "%s", i->ifa_name);
     }
     freeifaddrs(ifs);
+}
+
+static void find_underlay(conn_sys *s, const profile *p)
+{
+    char found[IF_NAMESIZE];
+    underlay_for(s, p, &s->gw, s->gw_len, found);
     if (strcmp(found, s->underlay) != 0) {
         LOG_INFO(s->log, "conn", "gateway %s is reached through %s", s->gw_text, found[0] ? found : "(no interface)");
         snprintf(s->underlay, sizeof(s->underlay), "%s", found);
@@ -451,17 +579,34 @@ static void find_underlay(conn_sys *s, const profile *p)
                    (socklen_t)strlen(s->underlay));
 }
 
+/* A port-500 socket to `gw`: marked, bound to `ifname` (if any),
+ * connected. Returns the fd or -1 (errno). */
+static int ike_socket(const conn_sys *s, const struct sockaddr_storage *gw, socklen_t gw_len,
+                      const char *ifname)
+{
+    int fd = socket(gw->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    mark_socket(s, fd);
+    if (ifname[0])
+        setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname));
+    if (connect(fd, (const struct sockaddr *)gw, gw_len) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 static int open_socket(conn_sys *s, char *err, size_t err_len)
 {
     close_socket(s);
-    s->sock500 = socket(s->gw.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (s->sock500 >= 0)
-        mark_socket(s, s->sock500);
-    if (s->sock500 >= 0 && s->underlay[0])
-        setsockopt(s->sock500, SOL_SOCKET, SO_BINDTODEVICE, s->underlay, (socklen_t)strlen(s->underlay));
-    if (s->sock500 < 0 || connect(s->sock500, (struct sockaddr *)&s->gw, s->gw_len) < 0) {
-        snprintf(err, err_len, "cannot reach %s: %s", s->gw_text, strerror(errno));
-        close_socket(s);
+    s->sock500 = ike_socket(s, &s->gw, s->gw_len, s->underlay);
+    if (s->sock500 < 0) {
+        char a[INET6_ADDRSTRLEN];
+        snprintf(err, err_len, "cannot reach %s (%s): %s", s->gw_text, addr_text(&s->gw, a, sizeof(a)),
+                 strerror(errno));
         return M2MVPN_E_NETWORK;
     }
     core_io_add(s->loop, &s->io500, s->sock500, EPOLLIN, on_sock500, s);
@@ -479,9 +624,236 @@ static int sys_path_open(void *arg, const profile *p, size_t gw_index, char *gw_
         r = ensure_datapath(s, p, err, err_len);
     if (r == 0)
         find_underlay(s, p);
+    /* A new race: the first address family now, the other one later. */
+    race_drop(s);
+    s->race.started = s->race.promoted = false;
+    s->init_answered = false;
+    bool tried = r == 0;
     if (r == 0)
         r = open_socket(s, err, err_len);
+    if (r < 0 && tried && s->n_cand > 1) {
+        /* No way at all to the first family (no route): the other one. */
+        LOG_INFO(s->log, "conn", "%s", err);
+        s->gw = s->cand[1];
+        s->gw_len = s->cand_len[1];
+        s->n_cand = 1;
+        find_underlay(s, p);
+        r = open_socket(s, err, err_len);
+    }
     return r;
+}
+
+/* ------------------------------------------------- Happy Eyeballs race */
+
+/* Free an IKE SA that may be inside one of its own callbacks: later, from
+ * the reap timer. */
+static void retire(conn_sys *s, ike_sa *sa)
+{
+    if (!sa)
+        return;
+    if (s->dead[0] && s->dead[1]) {
+        ike_sa_free(s->dead[0]);
+        s->dead[0] = NULL;
+    }
+    s->dead[s->dead[0] ? 1 : 0] = sa;
+    core_timer_arm(s->loop, &s->reap_timer, 0);
+}
+
+static void reap(void *arg)
+{
+    conn_sys *s = arg;
+    for (int i = 0; i < 2; i++) {
+        ike_sa_free(s->dead[i]);
+        s->dead[i] = NULL;
+    }
+}
+
+static void race_close_socket(conn_race *r, core_loop *loop)
+{
+    if (r->sock >= 0) {
+        core_io_remove(loop, &r->io);
+        close(r->sock);
+        r->sock = -1;
+    }
+}
+
+/* Stop the other family's attempt. Nothing is sent for it. */
+static void race_drop(conn_sys *s)
+{
+    conn_race *r = &s->race;
+    core_timer_cancel(s->loop, &s->race_timer);
+    if (r->promoted)
+        return; /* it is s->sa now */
+    race_close_socket(r, s->loop);
+    retire(s, r->sa);
+    r->sa = NULL;
+}
+
+/* The other family's attempt becomes the connection's: the first one's SA
+ * and socket go, s->gw is its address. */
+static void race_promote(conn_sys *s)
+{
+    conn_race *r = &s->race;
+    retire(s, s->sa);
+    close_socket(s);
+    s->sa = r->sa;
+    r->sa = NULL;
+    r->promoted = true;
+    s->gw = r->gw;
+    s->gw_len = r->gw_len;
+    core_io_remove(s->loop, &r->io);
+    s->sock500 = r->sock;
+    r->sock = -1;
+    core_io_add(s->loop, &s->io500, s->sock500, EPOLLIN, on_sock500, s);
+    find_underlay(s, s->prof); /* the shared UDP/4500 socket follows the new path */
+}
+
+/* The first family failed without an answer: the other one takes over
+ * (started now if its delay had not passed yet). */
+static bool race_take_over(conn_sys *s, int err, ike_fault fault)
+{
+    if (err == 0 || fault != IKE_FAULT_PEER || !s->sa || s->init_answered || !s->live)
+        return false;
+    if (!s->race.sa && !s->race.started && s->n_cand > 1) {
+        retire(s, s->sa);
+        s->sa = NULL;
+        close_socket(s);
+        race_start(s); /* promoted at once; its failure reaches ike_down */
+        return true;
+    }
+    if (!s->race.sa || s->race.promoted)
+        return false;
+    char a[INET6_ADDRSTRLEN];
+    LOG_INFO(s->log, "conn", "%s failed; going on with %s", s->gw.ss_family == AF_INET6 ? "IPv6" : "IPv4",
+             addr_text(&s->race.gw, a, sizeof(a)));
+    race_promote(s);
+    return true;
+}
+
+static int race_send(void *arg, const uint8_t *msg, size_t len, bool natt)
+{
+    conn_race *r = arg;
+    conn_sys *s = r->s;
+    if (!r->promoted && natt) {
+        /* Its IKE_SA_INIT was answered first: it wins. */
+        char a[INET6_ADDRSTRLEN];
+        LOG_INFO(s->log, "conn", "%s (%s) answered first; the other address family's attempt stops",
+                 r->gw.ss_family == AF_INET6 ? "IPv6" : "IPv4", addr_text(&r->gw, a, sizeof(a)));
+        race_promote(s);
+    }
+    if (r->promoted)
+        return ike_send(s, msg, len, natt);
+    return send(r->sock, msg, len, 0) < 0 ? M2MVPN_E_NETWORK : 0;
+}
+
+static void race_established(void *arg, const ike_child_result *child)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        ike_established(r->s, child);
+}
+
+/* Rekeys happen only once established, so only on a promoted attempt. */
+static void race_child_rekeyed(void *arg, uint32_t old_spi_in, const ike_child_result *child, bool outbound)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        ike_child_rekeyed(r->s, old_spi_in, child, outbound);
+}
+
+static void race_child_deleted(void *arg, uint32_t spi_in)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        ike_child_deleted(r->s, spi_in);
+}
+
+static void race_ike_rekeyed(void *arg)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        ike_ike_rekeyed(r->s);
+}
+
+static void race_down(void *arg, int err, ike_fault fault, const char *detail)
+{
+    conn_race *r = arg;
+    conn_sys *s = r->s;
+    if (r->promoted) {
+        ike_down(s, err, fault, detail);
+        return;
+    }
+    LOG_INFO(s->log, "conn", "the other address family's attempt ended: %s", detail ? detail : "");
+    race_drop(s);
+    /* The first one failed already (it would have handed over): nothing
+     * is left of this attempt. */
+    if (!s->sa)
+        conn_post_ike_down(s->c, err, fault, detail);
+}
+
+static void on_race_sock(void *arg, uint32_t events)
+{
+    conn_race *r = arg;
+    (void)events;
+    uint8_t buf[ESP_MAX_PACKET];
+    for (int i = 0; i < 16 && r->sock >= 0; i++) {
+        ssize_t n = recv(r->sock, buf, sizeof(buf), 0);
+        if (n < 0)
+            return;
+        if (r->sa)
+            ike_sa_input(r->sa, buf, (size_t)n, false);
+    }
+}
+
+/* Timer: the first family has no answer yet; the other one starts too. */
+static void race_start(void *arg)
+{
+    conn_sys *s = arg;
+    conn_race *r = &s->race;
+    if (s->init_answered || r->started || s->n_cand < 2 || !s->live)
+        return;
+    r->started = true;
+    r->promoted = false;
+    r->s = s;
+    r->gw = s->cand[1];
+    r->gw_len = s->cand_len[1];
+    char ifname[IF_NAMESIZE], a[INET6_ADDRSTRLEN], err[256] = "";
+    underlay_for(s, s->prof, &r->gw, r->gw_len, ifname);
+    ike_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    r->sock = ike_socket(s, &r->gw, r->gw_len, ifname);
+    int rc = M2MVPN_E_NETWORK;
+    if (r->sock < 0) {
+        snprintf(err, sizeof(err), "cannot reach %s (%s): %s", s->gw_text,
+                 addr_text(&r->gw, a, sizeof(a)), strerror(errno));
+    } else {
+        core_io_add(s->loop, &r->io, r->sock, EPOLLIN, on_race_sock, r);
+        cfg.local_len = sizeof(cfg.local);
+        getsockname(r->sock, (struct sockaddr *)&cfg.local, &cfg.local_len);
+        cfg.prof = s->prof;
+        memcpy(&cfg.remote, &r->gw, r->gw_len);
+        cfg.remote_len = r->gw_len;
+        cfg.cred = s->cred;
+        cfg.trust = s->trust;
+        cfg.eap_identity = s->eap_user; /* the first attempt's, if EAP */
+        cfg.eap_password = s->eap_pass;
+        cfg.eap_password_len = s->eap_pass_len;
+        ike_hooks hooks = { r, race_send, race_established, race_down, race_child_rekeyed, race_child_deleted,
+                            race_ike_rekeyed };
+        rc = ike_sa_new(s->loop, s->log, &cfg, &hooks, &r->sa, err, sizeof(err));
+    }
+    if (rc < 0) {
+        race_drop(s);
+        LOG_INFO(s->log, "conn", "no attempt over the other address family: %s", err);
+        if (!s->sa)
+            conn_post_ike_down(s->c, rc, IKE_FAULT_PEER, err);
+        return;
+    }
+    LOG_INFO(s->log, "conn", "%s: trying %s as well (Happy Eyeballs)",
+             s->sa ? "no answer yet" : "the first address family failed", addr_text(&r->gw, a, sizeof(a)));
+    if (!s->sa)
+        race_promote(s); /* the first one is gone: this is the attempt now */
+    ike_sa_start(r->promoted ? s->sa : r->sa);
 }
 
 /* -------------------------------------------------------- credentials */
@@ -605,7 +977,12 @@ static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->sa, err, err_len);
     if (r < 0)
         return r;
-    LOG_INFO(s->log, "conn", "connecting to %s (profile %s)", s->gw_text, p->name);
+    s->live = true;
+    char a[INET6_ADDRSTRLEN];
+    LOG_INFO(s->log, "conn", "connecting to %s at %s (profile %s)", s->gw_text,
+             addr_text(&s->gw, a, sizeof(a)), p->name);
+    if (s->n_cand > 1)
+        core_timer_arm(s->loop, &s->race_timer, RACE_DELAY_MS);
     ike_sa_start(s->sa); /* failures arrive through on_down */
     return 0;
 }
@@ -613,6 +990,8 @@ static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *
 static void sys_sa_close(void *arg)
 {
     conn_sys *s = arg;
+    s->live = false; /* closed on purpose: no Happy Eyeballs take-over */
+    race_drop(s);
     if (s->sa)
         ike_sa_close(s->sa);
 }
@@ -620,8 +999,12 @@ static void sys_sa_close(void *arg)
 static void sys_sa_release(void *arg)
 {
     conn_sys *s = arg;
+    s->live = false;
+    race_drop(s);
     ike_sa_free(s->sa);
     s->sa = NULL;
+    reap(s); /* not inside any SA's callback here */
+    core_timer_cancel(s->loop, &s->reap_timer);
     forget_eap(s);
     close_socket(s);
 }
@@ -648,18 +1031,34 @@ static int sys_child_install(void *arg, const profile *p, const ike_child_result
     s->spi_in = r->spi_in;
     esp_tunnel_net net;
     memset(&net, 0, sizeof(net));
-    net.has_vip = r->has_vip;
-    net.vip.family = AF_INET;
-    memcpy(net.vip.addr, r->vip, 4);
-    net.vip.prefix_len = 32;
+    /* The virtual IPs the gateway assigned: IPv4, IPv6 or both. */
+    if (r->has_vip) {
+        net.has_vip = true;
+        net.vip.family = AF_INET;
+        memcpy(net.vip.addr, r->vip, 4);
+        net.vip.prefix_len = 32;
+    }
+    bool vip6 = r->has_vip6 && !ipv6_off();
+    if (r->has_vip6 && !vip6)
+        LOG_WARN(s->log, "conn", "IPv6 is off on this device: the IPv6 virtual IP is not used");
+    if (vip6) {
+        esp_prefix *v = r->has_vip ? &net.vip2 : &net.vip;
+        *(r->has_vip ? &net.has_vip2 : &net.has_vip) = true;
+        v->family = AF_INET6;
+        memcpy(v->addr, r->vip6, 16);
+        v->prefix_len = r->vip6_prefix_len;
+    }
     /* Routes for everything the profile protects, not only what the gateway
      * granted (a subset, checked by lib/ike): traffic for the rest goes into
      * the TUN too and is not sent in plaintext. */
-    rc = profile_to_routes(p->tunnel.remote_ts, p->tunnel.n_remote_ts, &net, why, sizeof(why));
-    for (size_t i = 0; rc == 0 && i < r->n_dns && i < ESP_MAX_DNS; i++) {
-        net.dns[i].family = AF_INET;
-        memcpy(net.dns[i].addr, r->dns[i], 4);
-        net.n_dns++;
+    rc = profile_to_routes(p, &net, why, sizeof(why));
+    for (size_t i = 0; rc == 0 && i < r->n_dns && net.n_dns < ESP_MAX_DNS; i++) {
+        net.dns[net.n_dns].family = AF_INET;
+        memcpy(net.dns[net.n_dns++].addr, r->dns[i], 4);
+    }
+    for (size_t i = 0; rc == 0 && i < r->n_dns6 && net.n_dns < ESP_MAX_DNS; i++) {
+        net.dns[net.n_dns].family = AF_INET6;
+        memcpy(net.dns[net.n_dns++].addr, r->dns6[i], 16);
     }
     net.encr_id = r->encr_id;
     net.integ_id = r->integ_id;
@@ -771,7 +1170,11 @@ int conn_sys_new(core_loop *loop, core_log *log, conn_ops *ops)
     s->loop = loop;
     s->log = log;
     s->sock500 = -1;
+    s->race.s = s;
+    s->race.sock = -1;
     core_timer_init(&s->hook_timer, reap_hook_runs, s);
+    core_timer_init(&s->race_timer, race_start, s);
+    core_timer_init(&s->reap_timer, reap, s);
     *ops = (conn_ops){
         .arg = s,
         .net_arm = sys_net_arm,
@@ -806,6 +1209,10 @@ void conn_sys_free(void *arg)
     if (!s)
         return;
     core_timer_cancel(s->loop, &s->hook_timer);
+    core_timer_cancel(s->loop, &s->race_timer);
+    core_timer_cancel(s->loop, &s->reap_timer);
+    race_drop(s);
+    reap(s);
     dns_hook_reap(&s->dns_hook, s->log); /* what has finished; the rest is left to init */
     forget_eap(s);
     free(s);

@@ -292,6 +292,33 @@ def test_token_wrong_pin_is_tried_once(topology, charons, pki, workdir, monkeypa
         assert PIN not in client.log_path.read_text()
 
 
+def test_token_low_pin_counter_asks_the_user(topology, charons, pki, workdir, monkeypatch):
+    """The token's PIN counter is low (one wrong login by another program):
+    the always-on profile's PIN is not tried by itself (no C_Login), the
+    engine asks through PIN_REQUIRED and says why; the PIN given by the
+    user (`m2mvpn pin`) is tried once and connects."""
+    binary = binary_or_skip()
+    hsm = SoftHsm(workdir / "hsm", monkeypatch)
+    token_enrol(binary, hsm, pki, workdir, rsa=False)
+    hsm.tool("--login", "--pin", "000000", "--list-objects", check=False)
+    assert "user PIN count low" in hsm.token_flags()
+    topo = topology("direct")
+    charons(topo.gateway, charonmod.gateway_config(pki, conns=["ecdsa"]), name="gw")
+    prof = token_profile(pki, topo, pin=PIN, mode="always-on", module=SPY)
+    with hsm_client(topo.client, binary, workdir / "m2mvpn", prof) as client:
+        wait_until("waiting for the PIN",
+                   lambda: "waiting for the PIN" in client.log_path.read_text(), timeout_s=20)
+        log = client.log_path.read_text()
+        assert "PIN retry counter is low: the profile PIN was not tried" in log, client.log_tail()
+        time.sleep(4)  # past the first back-off steps: still nothing tried
+        assert hsm.logins() == [], hsm.logins()
+        assert client.status()["state"] != "connected"
+        client.pin(PIN)
+        client.wait_for_state("connected", timeout_s=30)
+        assert hsm.logins() == ["CKR_OK"], hsm.logins()
+        assert PIN not in client.log_path.read_text()
+
+
 PIN_APP = r'''
 import json, sys, threading
 import m2mvpn

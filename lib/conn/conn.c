@@ -245,9 +245,15 @@ _Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every re
  * full tunnel (/0) stays one prefix: it is the default route of our own
  * routing table, which the rule consults before the main table. More than
  * the datapath can hold is an error, never a prefix silently left out. */
-static int profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net, char *err,
-                             size_t err_len)
+static int profile_to_routes(const profile *p, esp_tunnel_net *net, char *err, size_t err_len)
 {
+    const profile_ts *ts = p->tunnel.remote_ts;
+    size_t n = p->tunnel.n_remote_ts;
+    /* The gateways' IKE ports: the nftables layer lets our marked UDP out
+     * to 500, 4500 and these only. */
+    _Static_assert(ESP_MAX_IKE_PORTS >= PROFILE_MAX_GATEWAYS, "every gateway's port");
+    for (size_t i = 0; i < p->n_gateways && i < ESP_MAX_IKE_PORTS; i++)
+        net->ike_ports[net->n_ike_ports++] = p->gateways[i].port;
     if (n > ESP_MAX_TS) {
         snprintf(err, err_len, "tunnel.remote_ts has %zu prefixes, the datapath protects at most %d",
                  n, ESP_MAX_TS);
@@ -324,8 +330,7 @@ static void on_established(void *arg, const ike_child_result *r)
     /* Routes for everything the profile protects, not only what the gateway
      * granted (a subset, checked by lib/ike): traffic for the rest goes into
      * the TUN too and is not sent in plaintext. */
-    rc = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
-                           sizeof(err));
+    rc = profile_to_routes(c->prof, &net, err, sizeof(err));
     for (size_t i = 0; rc == 0 && i < r->n_dns && i < ESP_MAX_DNS; i++) {
         net.dns[i].family = AF_INET;
         memcpy(net.dns[i].addr, r->dns[i], 4);
@@ -595,28 +600,56 @@ static int arm_kill_switch(conn *c, char *err, size_t err_len)
      * gateway's name cannot be resolved yet. */
     int r = ensure_datapath(c, err, err_len);
     if (r == 0)
-        r = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
-                              err_len);
+        r = profile_to_routes(c->prof, &net, err, err_len);
     if (r == 0)
         r = esp_datapath_set_network(c->dp, &net, err, err_len);
+    esp_kill_switch_info ks;
+    memset(&ks, 0, sizeof(ks));
+    if (c->dp)
+        esp_datapath_kill_switch_info(c->dp, &ks);
+    /* Fail closed: policy routing alone does not hold traffic that a
+     * program sends bound to the underlay (SO_BINDTODEVICE, IP_UNICAST_IF,
+     * unprivileged): the kernel takes a protected address as on-link there
+     * and sends it in plaintext. Only a profile that says so accepts that. */
+    if (r == 0 && !ks.nftables && !c->prof->tunnel.kill_switch_routing_only) {
+        snprintf(err, err_len, "no nftables table (%s): policy routing alone does not hold "
+                 "a socket bound to another interface; set tunnel.kill_switch_routing_only "
+                 "to accept that", ks.nft_why);
+        r = M2MVPN_E_TUN;
+    }
     c->kill_switch_armed = r == 0;
     if (r < 0) {
         LOG_ERR(c->log, "conn", "kill switch for profile %s not in place (no connection attempt "
                 "until it is): %s", c->prof->name, err);
         return r;
     }
-    esp_kill_switch_info ks;
-    esp_datapath_kill_switch_info(c->dp, &ks);
     if (ks.nftables)
         LOG_INFO(c->log, "conn", "kill switch for profile %s in place: routing table %u "
                  "(rule priority %u), nftables table %s", c->prof->name, ks.table,
                  ks.rule_priority, ks.nft_table);
     else
         LOG_WARN(c->log, "conn", "kill switch for profile %s in place: routing table %u "
-                 "(rule priority %u); no nftables table (%s): a program that binds its socket to "
-                 "another interface can bypass it", c->prof->name, ks.table, ks.rule_priority,
-                 ks.nft_why);
+                 "(rule priority %u) alone, as tunnel.kill_switch_routing_only allows; no "
+                 "nftables table (%s): a program that binds its socket to another interface "
+                 "can bypass it", c->prof->name, ks.table, ks.rule_priority, ks.nft_why);
     return 0;
+}
+
+void conn_kill_switch_status(conn *c, conn_kill_switch *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!c->prof || !c->prof->tunnel.kill_switch)
+        return;
+    out->on = true;
+    out->routing_only_allowed = c->prof->tunnel.kill_switch_routing_only;
+    if (!c->dp)
+        return;
+    esp_kill_switch_info ks;
+    esp_datapath_kill_switch_info(c->dp, &ks);
+    out->routing = ks.routing;
+    out->nftables = ks.nftables;
+    if (!ks.nftables)
+        snprintf(out->nft_why, sizeof(out->nft_why), "%s", ks.nft_why);
 }
 
 static void attempt(conn *c)
@@ -761,8 +794,16 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     if (c->prof == p)
         return;
     bool was_up = c->want_up;
-    release_profile(c, c->prof && (!p || !c->prof->tunnel.tun_name || !p->tunnel.tun_name ||
-                                   strcmp(c->prof->tunnel.tun_name, p->tunnel.tun_name) != 0));
+    /* Another TUN name: the old one's network goes. With the kill switch in
+     * both, the new one is armed first and the old one removed after, so
+     * that a prefix both protect is never without it. */
+    bool other_tun = c->prof && (!p || strcmp(c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0",
+                                              p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0") != 0);
+    bool arm_first = other_tun && p && p->tunnel.kill_switch && c->prof->tunnel.kill_switch;
+    char old_tun[IF_NAMESIZE] = "";
+    if (arm_first)
+        snprintf(old_tun, sizeof(old_tun), "%s", c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0");
+    release_profile(c, other_tun && !arm_first);
     c->set = profile_set_ref(set);
     c->prof = p;
     const char *warn[4];
@@ -773,8 +814,17 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     c->failures = 0;
     c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;
     if (p->tunnel.kill_switch) {
-        char err[320];
+        char err[512];
         int r = arm_kill_switch(c, err, sizeof(err));
+        if (arm_first) {
+            char rm_err[256];
+            if (esp_network_remove(old_tun, rm_err, sizeof(rm_err)) < 0)
+                LOG_WARN(c->log, "conn", "removing the network of TUN %s: %s", old_tun, rm_err);
+            /* The old name's table may be the new one's too (hash):
+             * refused while it held the old routes; now it is free. */
+            if (r < 0)
+                r = arm_kill_switch(c, err, sizeof(err));
+        }
         if (r < 0 && !c->want_up) {
             set_state(c, M2MVPN_STATE_IDLE, r, err); /* in the status: last_error */
             return;
@@ -783,8 +833,8 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     if (c->want_up) {
         set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
         attempt(c);
-    } else if (c->state != M2MVPN_STATE_IDLE) {
-        set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
+    } else {
+        set_state(c, M2MVPN_STATE_IDLE, 0, NULL); /* unchanged: the status is refreshed */
     }
 }
 

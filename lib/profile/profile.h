@@ -116,6 +116,7 @@ typedef struct profile {
         size_t n_remote_ts;   /* default 0.0.0.0/0 */
         bool dns;             /* default true */
         bool kill_switch;     /* default true */
+        bool kill_switch_routing_only; /* default false: no nftables layer is an error */
         char *tun_name;       /* default "m2m0" */
         char *dns_hook;       /* absolute path of an executable run as
                                * "HOOK up TUN DNS..." / "HOOK down TUN", or NULL */

@@ -343,11 +343,14 @@ static bool rule_is_ours(const rule_scan *sc, const struct fib_rule_hdr *frh, st
      * make it a narrower rule, not ours. */
     static const int foreign[] = { FRA_SRC, FRA_DST, FRA_IIFNAME, FRA_OIFNAME, FRA_GOTO,
                                    FRA_FLOW, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO,
-                                   FRA_SPORT_RANGE, FRA_DPORT_RANGE, FRA_TUN_ID,
-                                   FRA_SUPPRESS_PREFIXLEN, FRA_SUPPRESS_IFGROUP };
+                                   FRA_SPORT_RANGE, FRA_DPORT_RANGE, FRA_TUN_ID };
     for (size_t i = 0; i < sizeof(foreign) / sizeof(foreign[0]); i++)
         if (tb[foreign[i]])
             return false;
+    /* These two are dumped always, with -1 for "not set". */
+    if ((tb[FRA_SUPPRESS_PREFIXLEN] && nla_get_u32(tb[FRA_SUPPRESS_PREFIXLEN]) != 0xffffffffu) ||
+        (tb[FRA_SUPPRESS_IFGROUP] && nla_get_u32(tb[FRA_SUPPRESS_IFGROUP]) != 0xffffffffu))
+        return false;
     return frh->family == sc->family && (frh->flags & FIB_RULE_INVERT) &&
            frh->action == FR_ACT_TO_TBL && frh->src_len == 0 && frh->dst_len == 0 &&
            frh->tos == 0 && tb[FRA_PRIORITY] && nla_get_u32(tb[FRA_PRIORITY]) == ESP_RULE_PRIORITY &&

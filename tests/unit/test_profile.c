@@ -117,6 +117,7 @@ START_TEST(test_minimal_psk_gets_every_default)
     assert_ts(&p->tunnel.remote_ts[0], AF_INET, "0.0.0.0", 0);
     ck_assert(p->tunnel.dns);
     ck_assert(p->tunnel.kill_switch);
+    ck_assert(!p->tunnel.kill_switch_routing_only); /* no nftables layer: an error */
     ck_assert_str_eq(p->tunnel.tun_name, "m2m0");
     ck_assert_uint_eq(p->tunnel.mtu, 0);
     ck_assert_uint_eq(p->tunnel.on_demand_idle_s, 300);

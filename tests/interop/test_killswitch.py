@@ -31,9 +31,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import select
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -752,32 +752,46 @@ def test_kill_switch_without_nftables_fails_closed(topology, charons, pki, workd
 
 def rule_events(ns: netlab.Namespace, action, sentinel_prio: int = 31999) -> list[str]:
     """`ip monitor rule` lines while action() runs, in order. Sentinel rules
-    (priority sentinel_prio, from an underlay address) mark the start and
-    end, so nothing is missed and nothing waits on time."""
-    mon = ns.popen(["ip", "monitor", "rule"], stdout=subprocess.PIPE, text=True)
-    timer = threading.Timer(60, mon.kill)
-    timer.start()
-    lines: list[str] = []
+    (priority sentinel_prio, from an underlay address) mark the start (put
+    again until the monitor shows it: it may not listen yet) and the end."""
+    mon = ns.popen(["ip", "monitor", "rule"], stdout=subprocess.PIPE)
+    fd = mon.stdout.fileno()
+    buf = b""
+    start, end = "198.51.100.201", "198.51.100.202"
+
+    def sentinel(addr: str) -> None:
+        ns.run("ip", "rule", "del", "priority", str(sentinel_prio), "from", addr, check=False)
+        ns.run("ip", "rule", "add", "priority", str(sentinel_prio), "from", addr, "lookup", "main")
+
+    def read_until(marker: str, repeat: bool) -> list[str]:
+        nonlocal buf
+        out: list[str] = []
+        deadline = time.monotonic() + 30
+        while True:
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if marker in text and not text.startswith("Deleted"):
+                    return out
+                out.append(text.strip())
+            assert time.monotonic() < deadline, "no %s in ip monitor: %s" % (marker, out)
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 65536)
+                assert chunk, "ip monitor ended early: %s" % out
+                buf += chunk
+            elif repeat:
+                sentinel(marker)
     try:
-        def until(marker: str) -> None:
-            ns.run("ip", "rule", "add", "priority", str(sentinel_prio), "from", marker, "lookup", "main")
-            while True:
-                line = mon.stdout.readline()
-                assert line, "ip monitor ended early: " + "".join(lines)
-                if marker in line:
-                    return
-                lines.append(line.strip())
-        until("198.51.100.201")
-        lines.clear()
+        sentinel(start)
+        read_until(start, repeat=True)
         action()
-        until("198.51.100.202")
+        sentinel(end)
+        return read_until(end, repeat=False)
     finally:
-        timer.cancel()
         mon.kill()
         mon.wait()
-        for marker in ("198.51.100.201", "198.51.100.202"):
-            ns.run("ip", "rule", "del", "priority", str(sentinel_prio), "from", marker, check=False)
-    return lines
+        for addr in (start, end):
+            ns.run("ip", "rule", "del", "priority", str(sentinel_prio), "from", addr, check=False)
 
 
 def test_switch_to_another_tun_keeps_common_prefix_protected(topology, charons, pki, workdir):
@@ -792,6 +806,10 @@ def test_switch_to_another_tun_keeps_common_prefix_protected(topology, charons, 
     b = kill_switch_profile(pki, topo.gw_addr, name="b", tun_name="m2m7")
     profiles = json.dumps({"profiles": [a, b]})
     with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profiles) as client:
+        deadline = time.monotonic() + 20
+        while route_dev(topo.client, PROTECTED) != "m2m0":   # profile a armed
+            assert time.monotonic() < deadline, client.log_tail()
+            time.sleep(0.05)
         old_table = our_table(topo.client)
 
         def switch() -> None:

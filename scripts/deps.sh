@@ -15,13 +15,14 @@ SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 # recommended (the openssl, gcm and eap-mschapv2 plugins once were).
 pkgs=(
   build-essential meson ninja-build pkg-config clang g++
-  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libtss2-dev check
+  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev check
   libnftables-dev
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins libcharon-extauth-plugins
-  softhsm2 opensc swtpm swtpm-tools tpm2-tools
+  softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
   iproute2 nftables iperf3 tcpdump iputils-ping openssl util-linux
-  python3 python3-pytest
+  python3 python3-pytest python3-venv python3-pip python3-setuptools
+  groff-base man-db passwd
 )
 
 fail() {
@@ -48,12 +49,15 @@ check_tools() {
       openssl:openssl ip:iproute2 nft:nftables tcpdump:tcpdump iperf3:iperf3 ping:iputils-ping \
       unshare:util-linux nsenter:util-linux swanctl:strongswan-swanctl \
       softhsm2-util:softhsm2 pkcs11-tool:opensc swtpm:swtpm swtpm_setup:swtpm-tools \
-      tpm2_startup:tpm2-tools tpm2_createprimary:tpm2-tools /usr/bin/python3:python3; do
+      tpm2_startup:tpm2-tools tpm2_createprimary:tpm2-tools /usr/bin/python3:python3 \
+      groff:groff-base man:man-db groupadd:passwd setpriv:util-linux strip:binutils; do
     tool=${entry%%:*} pkg=${entry#*:}
     command -v "$tool" >/dev/null || fail "missing command '$tool' (package $pkg)"
   done
   [ -x /usr/lib/ipsec/charon ] || fail "missing /usr/lib/ipsec/charon (package strongswan-charon)"
   /usr/bin/python3 -c 'import pytest' 2>/dev/null || fail "/usr/bin/python3 cannot import pytest (package python3-pytest)"
+  /usr/bin/python3 -c 'import venv, ensurepip, setuptools' 2>/dev/null ||
+    fail "/usr/bin/python3 cannot make a venv with pip and setuptools (packages python3-venv python3-pip python3-setuptools)"
   for entry in 'openssl >= 3.0':libssl-dev json-c:libjson-c-dev libnl-3.0:libnl-3-dev \
       libnl-route-3.0:libnl-route-3-dev check:check libp11:libp11-dev tss2-esys:libtss2-dev \
       libnftables:libnftables-dev; do

@@ -4,16 +4,25 @@
 # test (unit, contract, Python, interop against strongSwan in network
 # namespaces), the unit, CLI and interop tests again under ASan+UBSan, the
 # multi-threaded API tests and the Python binding tests again under TSan, a
-# release build (-Dwerror=true, compile only) and a short libFuzzer run of
-# every parser. Interop tests need root. Ends with one line:
+# release build (-Dwerror=true, compile only), a short libFuzzer run of
+# every parser, and cross builds for 64- and 32-bit ARM with their unit,
+# contract and Python tests under qemu-user (as scripts/test-cross.sh).
+# Interop tests need root. Ends with one line:
 #   N passed, N failed[, N skipped]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build}
 release=${build}-release
 fuzz=${build}-fuzz
+cross_targets=(aarch64 armhf)
+declare -A cross_file=([aarch64]=cross/aarch64-linux-gnu.ini [armhf]=cross/arm-linux-gnueabihf.ini)
 
 bash scripts/deps.sh || { echo "dependency installation failed"; exit 1; }
+# The ARM cross builds' packages, before anything is built: aligning a
+# multiarch library's versions may update the x86-64 one. A failure here
+# fails only the cross builds (below).
+cross_deps=ok
+bash scripts/deps-cross.sh "${cross_targets[@]}" || cross_deps=failed
 
 # setup DIR OPTION...: configure DIR (new or existing) with these options.
 setup() {
@@ -47,6 +56,7 @@ ninja -C "$build" || exit 1
 # Only logs written by this run are counted: an emptied or skipped suite
 # must not be counted from an earlier run's log.
 rm -f "$build"/meson-logs/testlog*.json "$fuzz"/meson-logs/testlog*.json
+for t in "${cross_targets[@]}"; do rm -f "$build-$t"/meson-logs/testlog*.json; done
 start=$(date +%s)
 
 meson test -C "$build" --print-errorlogs --num-processes 2
@@ -77,6 +87,27 @@ if [ "${builds[-1]}" = "fuzz build=ok" ]; then
   logs+=("distinct=$fuzz/meson-logs/testlog.json")
 fi
 
+# Cross builds (-Dwerror=true: on armhf that checks the printf formats of
+# 64-bit counters) and their unit, contract and Python tests under qemu-user:
+# the same checks again on 64- and 32-bit ARM, counted as reruns.
+if [ $cross_deps = ok ]; then
+  for t in "${cross_targets[@]}"; do
+    if setup "$build-$t" --cross-file "${cross_file[$t]}" -Dwerror=true -Dpkcs11=disabled -Dtpm=disabled; then
+      build "$t cross build" "$build-$t"
+    else
+      echo "$t cross build: meson setup FAILED"
+      builds+=("$t cross build=failed")
+    fi
+    if [ "${builds[-1]}" = "$t cross build=ok" ]; then
+      meson test -C "$build-$t" --print-errorlogs --num-processes 2
+      logs+=("cross=$build-$t/meson-logs/testlog.json")
+    fi
+  done
+else
+  echo "cross builds: scripts/deps-cross.sh FAILED"
+  builds+=("cross dependencies=failed")
+fi
+
 # Count from meson's machine-readable logs: the individual checks of each
 # Check suite and pytest run (from their own summary lines), any other meson
 # test as one, each build above as one. A runner that failed, or ran no
@@ -92,7 +123,7 @@ start, args = float(sys.argv[1]), sys.argv[2:]
 sep = args.index("--")
 logs, builds = args[:sep], args[sep + 1:]
 passed = failed = skipped = 0
-ran = {"distinct": 0, "asan": 0, "tsan": 0}  # checks that ran, by kind
+ran = {"distinct": 0, "asan": 0, "tsan": 0, "cross": 0}  # checks that ran, by kind
 failures = []
 
 def suite_counts(t):
@@ -141,7 +172,9 @@ for arg in logs:
         passed, failed, skipped = passed + p, failed + f, skipped + s
         ran[kind] += p + f
         if f:
-            failures.append(t["name"])
+            # a cross build's test, with its build folder: "esp (build-armhf)"
+            failures.append(t["name"] if kind != "cross" else
+                            f"{t['name']} ({os.path.basename(os.path.dirname(os.path.dirname(path)))})")
 
 for b in builds:
     name, result = b.rsplit("=", 1)
@@ -154,9 +187,9 @@ for b in builds:
 
 if failures:
     print("failed: " + ", ".join(failures))
-reruns = ran["asan"] + ran["tsan"]
-print(f"checks run: {ran['distinct']} distinct, and {reruns} sanitizer reruns of them "
-      f"(ASan+UBSan {ran['asan']}, TSan {ran['tsan']})")
+reruns = ran["asan"] + ran["tsan"] + ran["cross"]
+print(f"checks run: {ran['distinct']} distinct, and {reruns} reruns of them "
+      f"(ASan+UBSan {ran['asan']}, TSan {ran['tsan']}, ARM under qemu-user {ran['cross']})")
 summary = f"{passed} passed, {failed} failed"
 if skipped:
     summary += f", {skipped} skipped"

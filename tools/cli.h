@@ -29,6 +29,8 @@ int cli_cmd_unload(int argc, char **argv);
 int cli_cmd_login(int argc, char **argv);
 int cli_cmd_pin(int argc, char **argv);
 int cli_cmd_status(int argc, char **argv);
+int cli_cmd_bind_key(int argc, char **argv);
+int cli_cmd_keygen(int argc, char **argv); /* cli_keygen.c */
 
 /** Print "m2mvpn: <text>" as the one error line on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -42,12 +44,16 @@ enum cli_opt_bits {
     CLI_OPT_VERBOSE = 1 << 4,   /* -v, --verbose */
     CLI_OPT_JSON = 1 << 5,      /* --json */
     CLI_OPT_REMOVE = 1 << 6,    /* --remove (disconnect) */
+    CLI_OPT_LOG = 1 << 7,       /* --log stderr|syslog (run, start) */
+    CLI_OPT_GROUP = 1 << 8,     /* --control-group GROUP (run, start) */
 };
 
 typedef struct cli_opts {
     const char *control;   /* default CTL_DEFAULT_SOCKET */
     const char *state_dir; /* default CTL_DEFAULT_STATE_DIR */
     const char *profile, *user;
+    const char *log;           /* NULL (stderr), "stderr" or "syslog" */
+    const char *control_group; /* NULL: none */
     int verbose, json, remove;
     char **pos;            /* positional arguments */
     int n_pos;

@@ -2,6 +2,7 @@
 /* Client commands: talk to the running service over its control socket. */
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,52 @@ static int64_t get_int(json_object *o, const char *key)
     return json_object_get_int64(v);
 }
 
+/* "3d 04:05:06" / "04:05:06" */
+static void format_duration(int64_t s, char *out, size_t cap)
+{
+    if (s < 0)
+        s = 0;
+    int64_t d = s / 86400;
+    if (d)
+        snprintf(out, cap, "%" PRId64 "d %02d:%02d:%02d", d, (int)(s % 86400 / 3600), (int)(s % 3600 / 60),
+                 (int)(s % 60));
+    else
+        snprintf(out, cap, "%02d:%02d:%02d", (int)(s / 3600), (int)(s % 3600 / 60), (int)(s % 60));
+}
+
+static json_object *get_obj(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    return json_object_object_get_ex(o, key, &v) && v && json_object_is_type(v, json_type_object) ? v : NULL;
+}
+
+/* The service's own lines (uptime, reloads), from its "service" member. */
+static void print_service(json_object *st)
+{
+    json_object *svc = get_obj(st, "service");
+    if (!svc)
+        return;
+    char up[32];
+    format_duration(get_int(svc, "uptime_s"), up, sizeof(up));
+    printf("service:     pid %" PRId64 ", up %s\n", get_int(svc, "pid"), up);
+    json_object *rl = get_obj(svc, "reload");
+    json_object *last = rl ? get_obj(rl, "last") : NULL;
+    if (!last)
+        return;
+    json_object *ok = NULL;
+    bool taken = json_object_object_get_ex(last, "ok", &ok) && json_object_get_boolean(ok);
+    const char *why = get_str(last, "error");
+    time_t t = (time_t)get_int(last, "at");
+    struct tm tm;
+    char when[64];
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    if (taken)
+        printf("reload:      taken at %s\n", when);
+    else
+        printf("reload:      REJECTED at %s, old profiles kept: %s\n", when, why ? why : "no reason given");
+}
+
 static void print_summary(json_object *st)
 {
     const char *dash = "-";
@@ -185,7 +232,9 @@ static void print_summary(json_object *st)
         char when[64];
         gmtime_r(&t, &tm);
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
-        printf("connected:   since %s\n", when);
+        char up[32];
+        format_duration((int64_t)time(NULL) - since, up, sizeof(up));
+        printf("connected:   since %s (up %s)\n", when, up);
     } else {
         printf("connected:   %s\n", dash);
     }
@@ -195,6 +244,13 @@ static void print_summary(json_object *st)
                " packets, %" PRId64 " dropped\n",
                get_int(c, "bytes_in"), get_int(c, "packets_in"), get_int(c, "bytes_out"), get_int(c, "packets_out"),
                get_int(c, "packets_dropped"));
+    /* Rekey and roam counters: printed once the library reports them (as
+     * "rekeys" / "roams" in "counters"); absent keys print nothing. */
+    json_object *n = NULL;
+    if (c && json_object_object_get_ex(c, "rekeys", &n) && json_object_is_type(n, json_type_int))
+        printf("rekeys:      %" PRId64 "\n", json_object_get_int64(n));
+    if (c && json_object_object_get_ex(c, "roams", &n) && json_object_is_type(n, json_type_int))
+        printf("roams:       %" PRId64 "\n", json_object_get_int64(n));
     json_object *alg = NULL;
     if (json_object_object_get_ex(st, "algorithms", &alg) && alg && json_object_is_type(alg, json_type_object)) {
         const char *ike = get_str(alg, "ike"), *esp = get_str(alg, "esp");
@@ -204,6 +260,20 @@ static void print_summary(json_object *st)
             printf("algorithms:  %s\n", dash);
     } else {
         printf("algorithms:  %s\n", dash);
+    }
+    json_object *cr = NULL;
+    if (json_object_object_get_ex(st, "credential", &cr) && cr && json_object_is_type(cr, json_type_object)) {
+        const char *holder = get_str(cr, "holder"), *subject = get_str(cr, "subject");
+        printf("credential:  %s%s%s\n", holder ? holder : dash, subject && subject[0] ? ", " : "",
+               subject ? subject : "");
+        int64_t until = get_int(cr, "not_after");
+        if (until > 0) {
+            char when[64];
+            time_t t = (time_t)until;
+            struct tm tm;
+            strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime_r(&t, &tm));
+            printf("certificate: valid until %s\n", when);
+        }
     }
     json_object *le = NULL;
     if (json_object_object_get_ex(st, "last_error", &le) && le && json_object_is_type(le, json_type_object) &&
@@ -220,6 +290,7 @@ static void print_summary(json_object *st)
             if (w && json_object_is_type(w, json_type_string))
                 printf("warning:     %s\n", json_object_get_string(w));
         }
+    print_service(st);
     printf("version:     %s\n", (s = get_str(st, "version")) ? s : dash);
 }
 

@@ -31,7 +31,8 @@ static long long now_ms(void)
 int cli_cmd_run(int argc, char **argv)
 {
     cli_opts o;
-    if (cli_parse(argc, argv, CLI_OPT_CONTROL | CLI_OPT_STATE_DIR | CLI_OPT_PROFILE | CLI_OPT_VERBOSE, 0, 0, &o) < 0)
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL | CLI_OPT_STATE_DIR | CLI_OPT_PROFILE | CLI_OPT_VERBOSE | CLI_OPT_LOG |
+                  CLI_OPT_GROUP, 0, 0, &o) < 0)
         return CLI_EXIT_USAGE;
     if (!o.profile) {
         cli_error("%s: --profile FILE is required", argv[0]);
@@ -39,8 +40,9 @@ int cli_cmd_run(int argc, char **argv)
     }
     service_opts so = {
         .profile = o.profile, .control = o.control, .state_dir = o.state_dir,
-        .verbose = o.verbose, .ready_fd = -1,
+        .verbose = o.verbose, .ready_fd = -1, .control_group = o.control_group,
     };
+    svc_log_sink_parse(o.log ? o.log : "stderr", &so.log_sink);
     return service_run(&so);
 }
 
@@ -115,7 +117,8 @@ static int read_verdict(int fd, char *buf, size_t cap)
 int cli_cmd_start(int argc, char **argv)
 {
     cli_opts o;
-    if (cli_parse(argc, argv, CLI_OPT_CONTROL | CLI_OPT_STATE_DIR | CLI_OPT_PROFILE | CLI_OPT_VERBOSE, 0, 0, &o) < 0)
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL | CLI_OPT_STATE_DIR | CLI_OPT_PROFILE | CLI_OPT_VERBOSE | CLI_OPT_LOG |
+                  CLI_OPT_GROUP, 0, 0, &o) < 0)
         return CLI_EXIT_USAGE;
     if (!o.profile) {
         cli_error("start: --profile FILE is required");
@@ -137,7 +140,9 @@ int cli_cmd_start(int argc, char **argv)
     }
     service_opts so = {
         .profile = profile, .control = control, .state_dir = state_dir, .verbose = o.verbose, .ready_fd = -1,
+        .control_group = o.control_group,
     };
+    svc_log_sink_parse(o.log ? o.log : "stderr", &so.log_sink);
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0) {
         cli_error("cannot start the service: %s", strerror(errno));

@@ -2,7 +2,8 @@
 /*
  * `m2mvpnd`: the service binary for service managers. The same engine as
  * `m2mvpn run`, with the same options:
- *   m2mvpnd --profile FILE [--control SOCK] [--state-dir DIR] [-v]
+ *   m2mvpnd --profile FILE [--control SOCK] [--state-dir DIR] [--control-group GROUP]
+ *           [--log stderr|syslog] [-v]
  */
 #include <m2mvpn/m2mvpn.h>
 #include <stdio.h>
@@ -13,7 +14,9 @@
 int main(int argc, char **argv)
 {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        puts("usage: m2mvpnd --profile FILE [--control SOCK] [--state-dir DIR] [-v]");
+        puts("usage: m2mvpnd --profile FILE [--control SOCK] [--state-dir DIR] [--control-group GROUP]\n"
+             "               [--log stderr|syslog] [-v]\n"
+             "SIGTERM/SIGINT: disconnect and stop; SIGHUP: reload the profile file (see m2mvpnd(8))");
         return CLI_EXIT_OK;
     }
     if (argc >= 2 && !strcmp(argv[1], "--version")) {

@@ -2,6 +2,7 @@
 /* The service loop: engine, control socket, signals. See service.h. */
 #include <errno.h>
 #include <json-c/json.h>
+#include <malloc.h>
 #include <m2mvpn/m2mvpn.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,6 +19,9 @@
 #include "control.h"
 #include "service.h"
 #include "service_fs.h"
+#include "service_group.h"
+#include "service_log.h"
+#include "service_reload.h"
 
 #define SVC_MAX_CONNS 8
 #define SVC_CONN_TIMEOUT_MS 5000   /* a client has this long to send and read */
@@ -33,6 +37,7 @@ typedef struct svc_conn {
     bool draining;             /* answered: discard input until the client closes */
     uid_t uid;
     pid_t pid;
+    svc_peer_role role;
 } svc_conn;
 
 typedef struct service {
@@ -46,18 +51,12 @@ typedef struct service {
     bool processed_since_stop;
     long long stop_deadline_ms;
     long long engine_deadline_ms; /* -1: no engine timer */
+    gid_t group;                  /* control group, SVC_NO_GROUP: none */
+    long long started_ms;         /* monotonic */
+    time_t started_at;            /* wall clock, for status */
+    svc_reload_state reload;
+    bool trim_pending;            /* a state change happened: give back freed heap */
 } service;
-
-static const char *const level_names[] = {
-    [M2MVPN_LOG_ERROR] = "error",
-    [M2MVPN_LOG_WARNING] = "warning",
-    [M2MVPN_LOG_INFO] = "info",
-    [M2MVPN_LOG_DEBUG] = "debug",
-};
-
-
-#define NAME_OF(table, v) \
-    ((unsigned)(v) < sizeof(table) / sizeof(table[0]) && table[v] ? table[v] : "unknown")
 
 static const char *error_name(int code)
 {
@@ -79,26 +78,11 @@ static long long now_ms(void)
 
 /* ------------------------------------------------------------------ logs */
 
-/* One line per write(), so lines from the library and ours never interleave. */
-static void write_log_line(int level, const char *subsystem, const char *msg)
-{
-    char line[2048];
-    int n = snprintf(line, sizeof(line), "%s [%s] %s\n", NAME_OF(level_names, level), subsystem, msg);
-    if (n < 0)
-        return;
-    if ((size_t)n >= sizeof(line)) {
-        n = sizeof(line) - 1;
-        line[n - 1] = '\n';
-    }
-    ssize_t w = write(STDERR_FILENO, line, (size_t)n);
-    (void)w; /* nowhere left to report a failed log write */
-}
-
 static void on_library_log(m2mvpn *h, int level, const char *subsystem, const char *msg, void *userdata)
 {
     (void)h;
     (void)userdata;
-    write_log_line(level, subsystem, msg);
+    svc_log_write(level, subsystem, msg);
 }
 
 static void svc_log(const service *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -111,7 +95,7 @@ static void svc_log(const service *s, int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    write_log_line(level, "service", msg);
+    svc_log_write(level, "service", msg);
 }
 
 static void on_event(m2mvpn *h, const m2mvpn_event *ev, void *userdata)
@@ -123,6 +107,7 @@ static void on_event(m2mvpn *h, const m2mvpn_event *ev, void *userdata)
     case M2MVPN_EVENT_STATE_CHANGED:
         svc_log(s, M2MVPN_LOG_DEBUG, "event STATE_CHANGED %s -> %s%s%s", m2mvpn_state_name(ev->old_state),
                 m2mvpn_state_name(ev->state), *detail ? ": " : "", detail);
+        s->trim_pending = true;
         break;
     case M2MVPN_EVENT_PIN_REQUIRED:
         svc_log(s, M2MVPN_LOG_WARNING, "profile '%s' needs a PIN: answer with 'm2mvpn pin'", ev->profile);
@@ -149,6 +134,8 @@ static void report_startup_failure(const service_opts *o, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     fprintf(stderr, "m2mvpn: %s\n", msg);
+    if (o->log_sink == SVC_LOG_SYSLOG)
+        svc_log_write(M2MVPN_LOG_ERROR, "service", msg);
     if (o->ready_fd >= 0) {
         dprintf(o->ready_fd, "error %s\n", msg);
         close(o->ready_fd);
@@ -226,6 +213,23 @@ static void begin_stop(service *s, const char *why)
         svc_log(s, M2MVPN_LOG_WARNING, "disconnect refused: %s", m2mvpn_last_error(s->h));
 }
 
+/* The "service" member of `status`: what the library cannot know. */
+static json_object *service_status(const service *s)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return NULL;
+    json_object_object_add(o, "pid", json_object_new_int64((int64_t)getpid()));
+    json_object_object_add(o, "started_at", json_object_new_int64((int64_t)s->started_at));
+    json_object_object_add(o, "uptime_s", json_object_new_int64((now_ms() - s->started_ms) / 1000));
+    json_object_object_add(o, "profile_file", json_object_new_string(s->opts->profile));
+    json_object_object_add(o, "log", json_object_new_string(svc_log_sink_name(s->opts->log_sink)));
+    json_object_object_add(o, "control_group",
+                           s->opts->control_group ? json_object_new_string(s->opts->control_group) : NULL);
+    json_object_object_add(o, "reload", svc_reload_json(&s->reload));
+    return o;
+}
+
 static char *run_request(service *s, ctl_request *req)
 {
     int r = 0;
@@ -239,6 +243,7 @@ static char *run_request(service *s, ctl_request *req)
         m2mvpn_string_free(txt);
         if (!status)
             return response_error(0, "INTERNAL", "the library's status is not valid JSON");
+        json_object_object_add(status, "service", service_status(s));
         return response_ok(status);
     }
     case CTL_CMD_CONNECT:
@@ -317,7 +322,15 @@ static void conn_handle_line(service *s, svc_conn *c, size_t len)
         /* Only the command word: arguments may be a password or a PIN. */
         svc_log(s, M2MVPN_LOG_DEBUG, "control: '%s' from uid %ld pid %ld", ctl_cmd_name(req->cmd), (long)c->uid,
                 (long)c->pid);
-        resp = run_request(s, req);
+        if (svc_role_may(c->role, req->cmd)) {
+            resp = run_request(s, req);
+        } else {
+            svc_log(s, M2MVPN_LOG_WARNING, "control: refused '%s' from operator uid %ld pid %ld",
+                    ctl_cmd_name(req->cmd), (long)c->uid, (long)c->pid);
+            char msg[160];
+            snprintf(msg, sizeof(msg), "'%s' is reserved to root and the service's own user", ctl_cmd_name(req->cmd));
+            resp = response_error(0, "PERMISSION_DENIED", msg);
+        }
     }
     ctl_request_wipe(req);
     free(req);
@@ -395,11 +408,14 @@ static void accept_clients(service *s)
                 c = &s->conns[i];
         uid_t uid = (uid_t)-1;
         pid_t pid = 0;
-        int allowed = svc_peer_allowed(fd, &uid, &pid);
+        svc_peer_role role = svc_peer_role_of(fd, s->group, &uid, &pid);
+        int allowed = role != SVC_PEER_REFUSED;
         if (!c || allowed != 1) {
             /* Best effort, one short line: the socket buffer takes it. */
             char *line = !c ? response_error(0, "BUSY", "too many clients at once, try again")
-                            : response_error(0, "PERMISSION_DENIED", "only root or the service's own user may use it");
+                            : response_error(0, "PERMISSION_DENIED", s->group == SVC_NO_GROUP
+                                  ? "only root or the service's own user may use it"
+                                  : "only root, the service's own user or its control group may use it");
             if (line) {
                 ssize_t w = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
                 (void)w;
@@ -415,6 +431,7 @@ static void accept_clients(service *s)
         c->fd = fd;
         c->uid = uid;
         c->pid = pid;
+        c->role = role;
         c->in_len = 0;
         c->deadline_ms = now_ms() + SVC_CONN_TIMEOUT_MS;
     }
@@ -425,8 +442,14 @@ static void accept_clients(service *s)
 static void handle_signals(service *s)
 {
     struct signalfd_siginfo si;
-    while (read(s->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+    while (read(s->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGHUP) {
+            if (!s->stopping)
+                svc_reload(s->h, s->opts->profile, &s->reload);
+            continue;
+        }
         begin_stop(s, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+    }
 }
 
 static void run_engine(service *s)
@@ -436,6 +459,13 @@ static void run_engine(service *s)
         svc_log(s, M2MVPN_LOG_ERROR, "engine: %s", m2mvpn_last_error(s->h));
     if (s->stopping)
         s->processed_since_stop = true;
+    if (s->trim_pending) {
+        /* After a connect or reconnect the heap holds what the exchanges
+         * freed (certificates, key exchange, messages): hand it back, so an
+         * idle device does not carry the attempt's peak (bench/footprint). */
+        s->trim_pending = false;
+        malloc_trim(0);
+    }
     int t = m2mvpn_get_timeout_ms(s->h);
     s->engine_deadline_ms = t < 0 ? -1 : now_ms() + t;
 }
@@ -528,6 +558,7 @@ static int block_signals(service *s)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
         return -1;
     signal(SIGPIPE, SIG_IGN);
@@ -544,6 +575,10 @@ int service_run(const service_opts *o)
     }
     s->opts = o;
     s->listen_fd = s->signal_fd = -1;
+    s->group = SVC_NO_GROUP;
+    s->started_ms = now_ms();
+    s->started_at = time(NULL);
+    svc_log_open(o->log_sink);
     for (size_t i = 0; i < SVC_MAX_CONNS; i++)
         s->conns[i].fd = -1;
     int status = 1;
@@ -571,12 +606,22 @@ int service_run(const service_opts *o)
         report_startup_failure(o, "%s", err);
         goto out;
     }
+    if (o->control_group) {
+        bool opened = false;
+        if (svc_group_lookup(o->control_group, &s->group, err, sizeof(err)) < 0 ||
+            svc_dir_open_to_group(sock_dir, s->group, &opened, err, sizeof(err)) < 0) {
+            report_startup_failure(o, "%s", err);
+            goto out;
+        }
+        if (opened)
+            svc_log(s, M2MVPN_LOG_INFO, "folder %s opened to group %s (search only)", sock_dir, o->control_group);
+    }
     r = m2mvpn_profile_load_file(s->h, o->profile);
     if (r < 0) {
         report_startup_failure(o, "cannot load profile %s: %s", o->profile, m2mvpn_last_error(s->h));
         goto out;
     }
-    s->listen_fd = svc_bind(o->control, err, sizeof(err));
+    s->listen_fd = svc_bind(o->control, s->group, err, sizeof(err));
     if (s->listen_fd < 0) {
         report_startup_failure(o, "%s", err);
         goto out;
@@ -586,6 +631,12 @@ int service_run(const service_opts *o)
         goto out;
     }
     pidfile = true;
+    /* The loaded profile takes effect (its kill switch is in place) before
+     * the service answers: "ready" means protected. */
+    if ((r = m2mvpn_process(s->h)) < 0) {
+        report_startup_failure(o, "cannot start the engine: %s", m2mvpn_last_error(s->h));
+        goto out;
+    }
     if (svc_bind_publish(o->control, err, sizeof(err)) < 0) {
         report_startup_failure(o, "%s", err);
         goto out;
@@ -595,8 +646,8 @@ int service_run(const service_opts *o)
         report_startup_failure(o, "cannot drive the engine: %s", m2mvpn_last_error(s->h));
         goto out;
     }
-    svc_log(s, M2MVPN_LOG_INFO, "m2mvpn %s serving %s on %s (pid %ld)", m2mvpn_version(), o->profile, o->control,
-            (long)getpid());
+    svc_log(s, M2MVPN_LOG_INFO, "m2mvpn %s serving %s on %s%s%s (pid %ld)", m2mvpn_version(), o->profile, o->control,
+            o->control_group ? " for group " : "", o->control_group ? o->control_group : "", (long)getpid());
     if (o->ready_fd >= 0) {
         dprintf(o->ready_fd, "ready\n");
         close(o->ready_fd);
@@ -615,6 +666,7 @@ out:
     if (s->signal_fd >= 0)
         close(s->signal_fd);
     m2mvpn_free(s->h);
+    svc_log_close();
     /* Last: `m2mvpn stop` treats the pid file's removal as "gone". */
     if (pidfile)
         svc_pidfile_remove(o->state_dir);

@@ -119,7 +119,7 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
  * finds the name is never refused, and finds the pid file written. */
 static const char tmp_suffix[] = ".new";
 
-int svc_bind(const char *path, char *err, size_t err_len)
+int svc_bind(const char *path, gid_t group, char *err, size_t err_len)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(path) + sizeof(tmp_suffix) > sizeof(sa.sun_path)) {
@@ -161,7 +161,10 @@ int svc_bind(const char *path, char *err, size_t err_len)
         return -1;
     }
     const char *step = NULL;
-    if (chmod(tmp, 0600) < 0)
+    /* With a control group: its members may connect (0660, that group). */
+    if (group != (gid_t)-1 && chown(tmp, (uid_t)-1, group) < 0)
+        step = "give the control group";
+    else if (chmod(tmp, group != (gid_t)-1 ? 0660 : 0600) < 0)
         step = "set up";
     else if (listen(fd, 16) < 0)
         step = "listen on";

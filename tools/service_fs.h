@@ -27,7 +27,8 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len);
 int svc_dirname(const char *path, char *out, size_t cap);
 
 /**
- * Create the control socket at `path` with mode 0600 (non-blocking,
+ * Create the control socket at `path` with mode 0600, or 0660 owned by
+ * `group` unless that is (gid_t)-1 (see service_group.h) (non-blocking,
  * close-on-exec) in a folder prepared by svc_prepare_dir(), bound but not yet
  * listening: connections are refused until the caller's listen(), so nobody
  * sees the service before it is completely set up. A stale socket left by a
@@ -35,7 +36,7 @@ int svc_dirname(const char *path, char *out, size_t cap);
  * a path that is not a socket is refused. Returns the fd, already listening,
  * under a temporary name until svc_bind_publish(path) renames it into place.
  */
-int svc_bind(const char *path, char *err, size_t err_len);
+int svc_bind(const char *path, gid_t group, char *err, size_t err_len);
 int svc_bind_publish(const char *path, char *err, size_t err_len);
 
 /**

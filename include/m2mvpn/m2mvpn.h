@@ -21,9 +21,17 @@
  *                    external loop), logging, errors, names of errors,
  *                    states and events.
  *                    Appended since the first 1.0 header (no new symbols):
- *                    m2mvpn_status.warnings and the "warnings" array of
- *                    m2mvpn_status_json: settings of the active profile that
- *                    work but weaken it (a PSK shorter than 20 characters).
+ *                    - m2mvpn_status.warnings and the "warnings" array of
+ *                      m2mvpn_status_json: settings of the active profile
+ *                      that work but weaken it (a PSK shorter than 20
+ *                      characters);
+ *                    - m2mvpn_status.credential_source, credential,
+ *                      cert_subject, cert_not_after (hardware credentials:
+ *                      token label / TPM key, certificate expiry) and the
+ *                      status JSON's "credential".
+ *  1.1 (M2MVPN_1.1)  m2mvpn_bind_key (machine-bound certificate keys);
+ *                    m2mvpn_set_credentials does EAP (MSCHAPv2, MD5)
+ *                    instead of returning NOTSUPP.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -212,16 +220,18 @@ M2MVPN_API int m2mvpn_disconnect(m2mvpn *h);
 /**
  * Set EAP username/password (answers CREDENTIALS_REQUIRED, or presets them).
  * `user` may be NULL to keep the profile's identity. Both are copied; the
- * password is wiped after use and never logged. Thread-safe.
- * This version has no EAP: after the argument checks it returns NOTSUPP and
- * keeps nothing. Errors: BADHANDLE, INVAL (password NULL or longer than 256,
- * user empty or longer than 255), NOTSUPP.
+ * password is wiped after use and never logged. Queued; thread-safe. They
+ * take the place of the profile's auth.eap.password. A password the gateway
+ * refused (AUTH_LOCAL) is never sent again: an always-on profile waits for
+ * new credentials and connects when this call gives them.
+ * Errors: BADHANDLE, INVAL (password NULL, empty or longer than 256, user
+ * empty or longer than 255), NOMEM. (1.0 returned NOTSUPP.)
  */
 M2MVPN_API int m2mvpn_set_credentials(m2mvpn *h, const char *user, const char *password);
 
 /**
  * Answer PIN_REQUIRED (smartcard, TPM, protected .p12; in this version the
- * "file" source only: encrypted PEM key or protected .p12) with `len` bytes of
+ * "file" and "machine" sources: encrypted PEM key or protected .p12) with `len` bytes of
  * PIN. The PIN is copied, wiped after use and never logged. Queued: the engine
  * tries it once if it is waiting for a PIN (wrong: IDLE with E_PIN, never
  * retried by the library) and discards it otherwise. Errors: BADHANDLE,
@@ -254,6 +264,10 @@ typedef struct m2mvpn_status {
     /* Appended after the first 1.0 header: */
     char warnings[256];             /**< what weakens the active profile, e.g. a PSK shorter
                                      *   than 20 characters; "; "-separated, or "". Never a secret */
+    char credential_source[16];     /**< certificate auth: "file", "pkcs11", "tpm"; else "" */
+    char credential[160];           /**< what holds our key, e.g. PKCS#11 token "m2m", key "dev1"; never a PIN */
+    char cert_subject[256];         /**< our certificate's subject, or "" (none, or not readable yet) */
+    int64_t cert_not_after;         /**< its notAfter (Unix time), or 0 */
 } m2mvpn_status;
 
 /**
@@ -269,7 +283,8 @@ M2MVPN_API int m2mvpn_get_status(m2mvpn *h, m2mvpn_status *ret);
  * "AUTH_LOCAL"), "message", "detail"}, "counters" {"bytes_in", "bytes_out",
  * "packets_in", "packets_out", "packets_dropped", "dropped" {"replay",
  * "integrity", "no_sa"}}, "connected_since", "dns" [...], "child_sa"
- * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "version",
+ * {"spi_in", "spi_out"} or null, "algorithms" {"ike", "esp"}, "credential"
+ * {"source", "holder", "subject", "not_after"} or null, "version",
  * "warnings" [strings] ([] when none).
  * *ret is a new NUL-terminated string
  * the caller frees with m2mvpn_string_free(). Errors: BADHANDLE, INVAL (ret
@@ -354,6 +369,20 @@ M2MVPN_API const char *m2mvpn_state_name(int state);
 /** Name of an event type without the prefix ("STATE_CHANGED"); "UNKNOWN"
  *  for others. Never NULL. */
 M2MVPN_API const char *m2mvpn_event_name(int type);
+
+/**
+ * Bind a PEM private key to this machine (auth.cert.source "machine"): read
+ * `key_path`, encrypt it (AES-256-GCM) under a key derived (HKDF-SHA256) from
+ * this machine's fingerprint `sources`, write `out_path` (mode 0600, replaced
+ * as a whole). sources: comma-separated "machine-id", "dmi-uuid",
+ * "mac:IFNAME", "file:/ABSOLUTE/PATH"; NULL means "machine-id,dmi-uuid". On
+ * another machine the file does not open ("bound to another machine").
+ * `err` (may be NULL) receives a one-line reason without secrets. Needs no
+ * handle; thread-safe. Errors: INVAL, IO, CERT (no private key in the file,
+ * a source unavailable), CRYPTO, NOMEM. Added in 1.1.
+ */
+M2MVPN_API int m2mvpn_bind_key(const char *key_path, const char *out_path, const char *sources,
+                               char *err, size_t err_len);
 
 /** Library version string, e.g. "1.0.0". */
 M2MVPN_API const char *m2mvpn_version(void);

@@ -105,6 +105,9 @@ static void run_cmd(m2mvpn *h, api_cmd *c)
     case API_CMD_PIN:
         conn_enter_pin(h->conn, c->secret, c->secret_len);
         break;
+    case API_CMD_CREDENTIALS:
+        conn_set_credentials(h->conn, c->name, c->secret, c->secret_len);
+        break;
     }
 }
 
@@ -320,7 +323,20 @@ int m2mvpn_set_credentials(m2mvpn *h, const char *user, const char *password)
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_credentials: password longer than %d bytes", API_MAX_SECRET);
     if (user && (!*user || strlen(user) > 255))
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_credentials: user must be 1..255 bytes or NULL");
-    return api_fail(h, M2MVPN_E_NOTSUPP, "m2mvpn_set_credentials: EAP authentication is not in this build yet");
+    size_t len = strlen(password);
+    if (len == 0)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_credentials: password is empty");
+    api_cmd *c = calloc(1, sizeof(*c));
+    if (!c || (user && !(c->name = strdup(user))) || !(c->secret = secure_memdup(password, len))) {
+        if (c)
+            free(c->name);
+        free(c);
+        return api_fail(h, M2MVPN_E_NOMEM, "out of memory queueing the credentials");
+    }
+    c->type = API_CMD_CREDENTIALS;
+    c->secret_len = len;
+    api_cmd_push(h, c);
+    return 0;
 }
 
 int m2mvpn_enter_pin(m2mvpn *h, const char *pin, size_t len)

@@ -29,6 +29,7 @@ typedef enum api_cmd_type {
     API_CMD_CONNECT,
     API_CMD_DISCONNECT,
     API_CMD_PIN,
+    API_CMD_CREDENTIALS,  /* name: user (may be NULL); secret: password */
 } api_cmd_type;
 
 typedef struct api_cmd {

@@ -196,6 +196,14 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         json_object_object_add(alg, "esp", json_object_new_string(s.esp_algorithms));
         json_object_object_add(o, "algorithms", alg);
     }
+    json_object *cred = s.credential_source[0] ? json_object_new_object() : NULL;
+    if (cred) {
+        json_object_object_add(cred, "source", json_object_new_string(s.credential_source));
+        json_object_object_add(cred, "holder", json_object_new_string(s.credential));
+        json_object_object_add(cred, "subject", json_object_new_string(s.cert_subject));
+        json_object_object_add(cred, "not_after", json_object_new_int64(s.cert_not_after));
+    }
+    json_object_object_add(o, "credential", cred);
     /* The kill switch's layers in place (null: the profile has none). */
     json_object *kill = ks.on ? json_object_new_object() : NULL;
     if (kill) {

@@ -56,6 +56,14 @@ struct conn {
     ike_sa *sa;
     ike_sa *dead_sa;
     bool pin_wait;
+    /* EAP credentials: from m2mvpn_set_credentials (session_*, preferred) or
+     * the profile. A password the gateway refused is not sent again: the
+     * engine waits for new credentials (cred_wait) instead of retrying. */
+    char *session_user;
+    char *session_pass;           /* secure copy */
+    size_t session_pass_len;
+    bool cred_wait;
+    bool eap_refused;             /* the password we have was refused */
     bool reconnect_after_close;   /* we close the SA to start over */
     int close_err;                /* ... and why, if it is an error */
     char close_detail[320];
@@ -226,6 +234,8 @@ static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 /* --------------------------------------------------------- attempts */
 
 static void schedule_retry(conn *c, int err, const char *detail);
+static void wait_for_credentials(conn *c, const char *why);
+static void forget_session_credentials(conn *c);
 
 static void refresh(void *arg)
 {
@@ -403,6 +413,22 @@ static void on_down(void *arg, int err, ike_fault fault, const char *detail)
     if (err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER)
         if (c->hooks.on_event)
             c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
+    if (err == M2MVPN_E_AUTH_LOCAL && fault == IKE_FAULT_LOCAL && c->prof && c->prof->auth == PROFILE_AUTH_EAP) {
+        /* The gateway refused our EAP credentials: reported once, never
+         * retried with the same password (an account would lock). An
+         * always-on profile waits for new credentials. */
+        c->eap_refused = true;
+        forget_session_credentials(c);
+        bool always_on = c->want_up && c->prof->mode == PROFILE_MODE_ALWAYS_ON;
+        if (!always_on) {
+            c->want_up = false;
+            drop_network_unless_kill_switch(c);
+        }
+        set_state(c, M2MVPN_STATE_IDLE, err, detail);
+        if (always_on)
+            wait_for_credentials(c, "the gateway refused the credentials");
+        return;
+    }
     if (!c->want_up || err == 0 || (fault == IKE_FAULT_LOCAL && !retry_helps(err))) {
         c->want_up = false;
         drop_network_unless_kill_switch(c);
@@ -573,19 +599,33 @@ static int ensure_credentials(conn *c, char *err, size_t err_len)
             return r;
         }
     }
-    if (p->auth == PROFILE_AUTH_EAP) {
-        snprintf(err, err_len, "auth.method \"eap\" is not supported by this build yet");
-        return M2MVPN_E_NOTSUPP;
+    if (c->cred && cred_lost(c->cred)) {
+        /* Token removed or TPM gone: open it again (it may be back). */
+        LOG_INFO(c->log, "conn", "credential device went away: opening it again");
+        cred_free(c->cred);
+        c->cred = NULL;
     }
     if (p->auth != PROFILE_AUTH_CERT || c->cred)
         return 0;
-    if (p->cert.source != PROFILE_CERT_FILE) {
+    const char *pin = p->cert.pin;
+    size_t pin_len = pin ? strlen(pin) : 0;
+    switch (p->cert.source) {
+    case PROFILE_CERT_FILE:
+        return cred_file_open(p->cert.file, p->cert.key, pin, pin_len, &c->cred, err, err_len);
+    case PROFILE_CERT_MACHINE:
+        return cred_machine_open(p->cert.file, p->cert.key, p->cert.bind_sources, pin, pin_len, &c->cred,
+                                 err, err_len);
+    case PROFILE_CERT_PKCS11:
+        return cred_pkcs11_open(p->cert.pkcs11_module, p->cert.pkcs11_uri, pin, pin_len, &c->cred,
+                                err, err_len);
+    case PROFILE_CERT_TPM:
+        return cred_tpm_open(p->cert.tpm_key, p->cert.file, p->cert.tpm_tcti, pin, pin_len, &c->cred,
+                             err, err_len);
+    default:
         snprintf(err, err_len, "auth.cert.source \"%s\" is not supported by this build yet",
                  profile_cert_source_name(p->cert.source));
         return M2MVPN_E_NOTSUPP;
     }
-    const char *pin = p->cert.pin;
-    return cred_file_open(p->cert.file, p->cert.key, pin, pin ? strlen(pin) : 0, &c->cred, err, err_len);
 }
 
 /* Kill switch from the moment the profile is in use (DESIGN.md §8: also
@@ -652,6 +692,46 @@ void conn_kill_switch_status(conn *c, conn_kill_switch *out)
         snprintf(out->nft_why, sizeof(out->nft_why), "%s", ks.nft_why);
 }
 
+/* The EAP user and password for this attempt: false if there is no
+ * password we may send (none given, or the one we have was refused). */
+static bool eap_credentials(conn *c, ike_config *cfg)
+{
+    if (c->eap_refused)
+        return false;
+    cfg->eap_identity = c->session_user ? c->session_user : c->prof->eap.identity;
+    if (c->session_pass) {
+        cfg->eap_password = c->session_pass;
+        cfg->eap_password_len = c->session_pass_len;
+    } else if (c->prof->eap.password) {
+        cfg->eap_password = c->prof->eap.password;
+        cfg->eap_password_len = strlen(c->prof->eap.password);
+    }
+    return cfg->eap_password != NULL;
+}
+
+/* Ask for credentials (CREDENTIALS_REQUIRED) and wait: no attempt until
+ * m2mvpn_set_credentials() answers. */
+static void wait_for_credentials(conn *c, const char *why)
+{
+    char detail[320];
+    const char *user = c->session_user ? c->session_user : c->prof->eap.identity;
+    snprintf(detail, sizeof(detail), "%s%sEAP password for '%s' (profile %s)", why ? why : "",
+             why ? "; waiting for new credentials: " : "", user, c->prof->name);
+    c->cred_wait = true;
+    LOG_INFO(c->log, "conn", "waiting for the %s", why ? "new credentials" : detail);
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_CREDENTIALS_REQUIRED, M2MVPN_E_CREDENTIALS, detail);
+}
+
+static void forget_session_credentials(conn *c)
+{
+    free(c->session_user);
+    c->session_user = NULL;
+    secure_free(c->session_pass, c->session_pass_len);
+    c->session_pass = NULL;
+    c->session_pass_len = 0;
+}
+
 static void attempt(conn *c)
 {
     char err[512] = "";
@@ -671,10 +751,18 @@ static void attempt(conn *c)
     if (r == 0)
         r = ensure_credentials(c, err, sizeof(err));
     if (r == 0 && c->cred && cred_pin_needed(c->cred)) {
+        char what[160];
+        cred_describe(c->cred, what, sizeof(what));
+        if (!what[0])
+            snprintf(what, sizeof(what), "%s", c->prof->cert.file ? c->prof->cert.file : "");
         c->pin_wait = true;
-        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", c->prof->cert.file);
+        LOG_INFO(c->log, "conn", "waiting for the PIN of %s", what);
         if (c->hooks.on_event)
-            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, c->prof->cert.file);
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_PIN_REQUIRED, M2MVPN_E_PIN, what);
+        return;
+    }
+    if (r == 0 && c->prof->auth == PROFILE_AUTH_EAP && !eap_credentials(c, &cfg)) {
+        wait_for_credentials(c, NULL);
         return;
     }
     if (r == 0)
@@ -769,6 +857,8 @@ static void release_profile(conn *c, bool remove_network)
     pki_trust_free(c->trust);
     c->trust = NULL;
     c->pin_wait = false;
+    c->cred_wait = false;
+    c->eap_refused = false;
     c->underlay[0] = '\0';
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
@@ -786,6 +876,7 @@ void conn_free(conn *c)
     core_timer_cancel(c->loop, &c->hook_timer);
     dns_hook_reap(&c->dns_hook, c->log); /* what has finished; the rest is left to init */
     ike_sa_free(c->dead_sa);
+    forget_session_credentials(c);
     free(c);
 }
 
@@ -850,8 +941,8 @@ void conn_connect(conn *c)
         c->close_err = 0;
         return;
     }
-    if (c->sa || c->pin_wait)
-        return; /* already on its way */
+    if (c->sa || c->pin_wait || c->cred_wait)
+        return; /* already on its way, or waiting for the PIN / credentials */
     core_timer_cancel(c->loop, &c->reconnect_timer);
     c->failures = 0;
     set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
@@ -862,6 +953,7 @@ void conn_disconnect(conn *c)
 {
     c->want_up = false;
     c->pin_wait = false;
+    c->cred_wait = false;
     core_timer_cancel(c->loop, &c->reconnect_timer);
     if (c->sa) {
         set_state(c, M2MVPN_STATE_DISCONNECTING, 0, NULL);
@@ -893,6 +985,33 @@ void conn_enter_pin(conn *c, const char *pin, size_t len)
     attempt(c);
 }
 
+void conn_set_credentials(conn *c, const char *user, const char *pass, size_t len)
+{
+    char *u = user ? strdup(user) : NULL;
+    char *pw = secure_memdup(pass, len);
+    if ((user && !u) || !pw) {
+        free(u);
+        secure_free(pw, len);
+        LOG_ERR(c->log, "conn", "out of memory storing the EAP credentials");
+        return;
+    }
+    forget_session_credentials(c);
+    c->session_user = u;
+    c->session_pass = pw;
+    c->session_pass_len = len;
+    c->eap_refused = false;
+    LOG_INFO(c->log, "conn", "EAP credentials set for '%s'", u ? u : (c->prof ? c->prof->eap.identity : "(profile identity)"));
+    if (!c->cred_wait)
+        return; /* kept for the next attempt */
+    c->cred_wait = false;
+    if (c->want_up && c->prof && !c->sa) {
+        core_timer_cancel(c->loop, &c->reconnect_timer);
+        c->failures = 0;
+        set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
+        attempt(c);
+    }
+}
+
 const char *conn_profile_name(const conn *c)
 {
     return c->prof ? c->prof->name : NULL;
@@ -906,8 +1025,29 @@ void conn_remove_profile(conn *c)
         set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
 }
 
+/* What holds our key and its certificate (never a PIN). */
+static void fill_credential(conn *c, m2mvpn_status *st)
+{
+    st->credential_source[0] = st->credential[0] = st->cert_subject[0] = '\0';
+    st->cert_not_after = 0;
+    if (!c->cred)
+        return;
+    snprintf(st->credential_source, sizeof(st->credential_source), "%s", cred_name(c->cred));
+    cred_describe(c->cred, st->credential, sizeof(st->credential));
+    if (!st->credential[0] && c->prof && c->prof->cert.file)
+        snprintf(st->credential, sizeof(st->credential), "%s", c->prof->cert.file);
+    pki_cert *const *chain;
+    size_t n;
+    char err[128];
+    if (cred_chain(c->cred, &chain, &n, err, sizeof(err)) == 0 && n > 0) {
+        pki_cert_subject_text(chain[0], st->cert_subject, sizeof(st->cert_subject));
+        st->cert_not_after = pki_cert_not_after(chain[0]);
+    }
+}
+
 void conn_fill_status(conn *c, m2mvpn_status *st)
 {
+    fill_credential(c, st);
     snprintf(st->gateway, sizeof(st->gateway), "%s", c->sa || c->spi_in ? c->gw_text : "");
     snprintf(st->virtual_ip, sizeof(st->virtual_ip), "%s", c->vip);
     snprintf(st->ike_algorithms, sizeof(st->ike_algorithms), "%s", c->spi_in ? c->ike_alg : "");

@@ -10,7 +10,9 @@
  * Modes (profile "mode"): always-on reconnects after a failure with
  * exponential backoff (1 s doubling to 60 s) and fails over through the
  * gateway list, except after failures a retry cannot fix (PIN, CERT,
- * PROFILE, NOTSUPP: a wrong PIN is never retried); on-demand and manual connect once when asked and stay down
+ * PROFILE, NOTSUPP: a wrong PIN is never retried; an EAP password the
+ * gateway refused (AUTH_LOCAL) is never sent again: the profile waits for
+ * new credentials); on-demand and manual connect once when asked and stay down
  * after a failure (the error is reported).
  *
  * Everything runs on the engine thread.
@@ -28,7 +30,7 @@ typedef struct conn_hooks {
     void *arg;
     /* Tunnel state changed (the API's STATE_CHANGED); detail may be NULL. */
     void (*on_state)(void *arg, m2mvpn_state st, int err, const char *detail);
-    /* Other events: PIN_REQUIRED, AUTH_FAILED. */
+    /* Other events: PIN_REQUIRED, CREDENTIALS_REQUIRED, AUTH_FAILED. */
     void (*on_event)(void *arg, m2mvpn_event_type type, int err, const char *detail);
 } conn_hooks;
 
@@ -48,6 +50,11 @@ void conn_connect(conn *c);
 void conn_disconnect(conn *c);
 /* A PIN for a locked credential; copied and wiped. Tried once. */
 void conn_enter_pin(conn *c, const char *pin, size_t len);
+/* EAP user (NULL: the profile's auth.eap.identity) and password, copied;
+ * the password is wiped when replaced, refused or freed. Answers a
+ * CREDENTIALS_REQUIRED wait (a new attempt starts when the tunnel is
+ * wanted) or is kept for the next attempt. */
+void conn_set_credentials(conn *c, const char *user, const char *pass, size_t len);
 /* Name of the profile in use, or NULL. */
 const char *conn_profile_name(const conn *c);
 /* Remove the profile's network on purpose (kill switch included). */

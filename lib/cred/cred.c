@@ -59,6 +59,32 @@ int cred_sign(cred_provider *p, pki_sig_scheme scheme, const uint8_t *data, size
     return p->ops->sign(p->ctx, scheme, data, len, sig, cap, ret_len, err, err_len);
 }
 
+void cred_describe(cred_provider *p, char *buf, size_t len)
+{
+    if (!buf || !len)
+        return;
+    buf[0] = '\0';
+    if (p && p->ops->describe)
+        p->ops->describe(p->ctx, buf, len);
+}
+
+bool cred_lost(cred_provider *p)
+{
+    return p && p->ops->lost && p->ops->lost(p->ctx);
+}
+
+int cred_spki(cred_provider *p, uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len)
+{
+    if (!p || !out || !ret_len)
+        return M2MVPN_E_INVAL;
+    if (!p->ops->spki) {
+        if (err && err_len)
+            snprintf(err, err_len, "provider %s cannot give its public key", cred_name(p));
+        return M2MVPN_E_NOTSUPP;
+    }
+    return p->ops->spki(p->ctx, out, cap, ret_len, err, err_len);
+}
+
 int cred_sign_auth(cred_provider *p, pki_auth_method method, pki_sig_scheme scheme,
                    const uint8_t *signed_octets, size_t signed_len,
                    uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len)

@@ -3,7 +3,9 @@
  * Credential providers: where our certificate chain and private key come from.
  * One interface for every source, so the IKE engine never sees a key:
  *   "file"    PEM certificate(+chain) with PEM key, or PKCS#12   (cred_file.c)
- *   later:    "pkcs11" (smartcard/HSM), "tpm" (TPM 2.0), "machine"
+ *   "pkcs11"  key and certificate on a smartcard/HSM, libp11     (cred_pkcs11.c)
+ *   "tpm"     key inside a TPM 2.0, tpm2-tss ESYS                (cred_tpm.c)
+ *   "machine" the same as "file" with the key bound to this machine (cred_machine.c)
  * A provider signs; the key may be unreadable (smartcard, TPM).
  *
  * PIN model (DESIGN.md §8: a wrong PIN is never retried):
@@ -50,6 +52,16 @@ typedef struct cred_ops {
                 uint8_t *sig, size_t cap, size_t *ret_len, char *err, size_t err_len);
     /** Free everything, wiping key material. */
     void (*destroy)(void *ctx);
+    /** Optional. What the provider holds, for status and messages, never a
+     *  secret: "token m2m, key dev1", "TPM key dev1.tss2.pem". */
+    void (*describe)(void *ctx, char *buf, size_t len);
+    /** Optional. True once the device went away (token removed, TPM not
+     *  answering): the caller frees the provider and opens it again for its
+     *  next attempt (the failed call returned M2MVPN_E_IO saying so). */
+    bool (*lost)(void *ctx);
+    /** Optional. DER SubjectPublicKeyInfo of the key (for a CSR) into
+     *  out[cap]. E_PIN if not readable before unlocking. */
+    int (*spki)(void *ctx, uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len);
 } cred_ops;
 
 /** A provider: operations plus context. Made by a cred_*_open() function. */
@@ -80,6 +92,81 @@ int cred_file_open(const char *cert_file, const char *key_file,
                    const char *pin, size_t pin_len,
                    cred_provider **ret, char *err, size_t err_len);
 
+/**
+ * The file provider with the private key given in memory (PEM or DER, maybe
+ * encrypted with the PIN) instead of a key file; `key_name` names it in
+ * messages. The bytes are copied (and wiped with the provider).
+ */
+int cred_file_open_key_mem(const char *cert_file, const uint8_t *key, size_t key_len, const char *key_name,
+                           const char *pin, size_t pin_len,
+                           cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * Machine-bound keys (auth.cert.source "machine", cred_machine.c, which
+ * describes the file format and the fingerprint sources).
+ *  - `sources`: comma-separated, e.g. "machine-id,mac:eth0"; NULL in
+ *    cred_machine_bind() means cred_machine_default_sources.
+ *  - cred_machine_bind(): encrypt a PEM key; *ret (malloc'ed) is the file.
+ *  - cred_machine_unbind(): decrypt; `want_sources` (or NULL) must equal the
+ *    file's list. A fingerprint that does not match: E_CERT "<name> is
+ *    bound to another machine ...". *ret is NUL-terminated, *ret_len + 1
+ *    bytes: wipe it (secure_free) after use.
+ *  - cred_machine_open(): the file provider with the unbound key.
+ * Errors: INVAL (bad source list), CERT, IO, CRYPTO, NOMEM.
+ */
+extern const char *const cred_machine_default_sources;
+int cred_machine_check_sources(const char *sources, char *err, size_t err_len);
+int cred_machine_bind(const uint8_t *key_pem, size_t key_len, const char *sources, uint8_t **ret,
+                      size_t *ret_len, char *err, size_t err_len);
+int cred_machine_unbind(const uint8_t *data, size_t len, const char *name, const char *want_sources,
+                        uint8_t **ret, size_t *ret_len, char *err, size_t err_len);
+int cred_machine_open(const char *cert_file, const char *bound_key_file, const char *want_sources,
+                      const char *pin, size_t pin_len, cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * Open the PKCS#11 provider (auth.cert.source "pkcs11", built with libp11;
+ * without it: NOTSUPP "this build has no PKCS#11 support").
+ *  - `module`: the PKCS#11 module (path or name for the loader); `uri`: an
+ *    RFC 7512 URI (p11_uri.h) that selects the token and, by object label
+ *    and/or id, the private key and the certificate next to it (same label
+ *    or CKA_ID). The key never leaves the token: every signature is made by
+ *    it (C_Sign: CKM_ECDSA, CKM_RSA_PKCS; RSA-PSS is encoded here and signed
+ *    with CKM_RSA_X_509).
+ *  - `pin` as for cred_file_open(): tried at most once (one C_Login), wrong
+ *    -> E_PIN "wrong PIN for token <label>", nothing returned; none given and
+ *    the token needs one -> returned locked (cred_pin_needed()).
+ * The token keeps the login (and libp11, inside, a copy of the PIN for
+ * re-login after fork()) until the provider is freed.
+ * Errors: INVAL (URI), CERT (module cannot be loaded, no such key or
+ * certificate, mismatch), IO (no token matching the URI is present: a later
+ * attempt may find it), PIN (wrong, or locked token), NOMEM.
+ */
+int cred_pkcs11_open(const char *module, const char *uri, const char *pin, size_t pin_len,
+                     cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * Open the TPM 2.0 provider (auth.cert.source "tpm", built with tpm2-tss;
+ * without it: NOTSUPP).
+ *  - `key`: a TSS2 PEM key file ("-----BEGIN TSS2 PRIVATE KEY-----", parent
+ *    the owner hierarchy's primary key made from the usual ECC P-256 storage
+ *    template, or a persistent parent handle) or a persistent key handle
+ *    "0x81xxxxxx"; `cert_file`: PEM certificate (+ chain) of that key.
+ *  - `tcti`: Tss2_TctiLdr configuration ("swtpm:host=127.0.0.1,port=2321",
+ *    "device:/dev/tpmrm0", "tabrmd"), NULL: the system's default.
+ *  - `pin`: the key's authValue. Tried at most once by a test signature, so a
+ *    wrong one costs exactly one dictionary-attack count and is never
+ *    retried (E_PIN "wrong PIN for TPM key <key>"; "TPM in dictionary-attack
+ *    lockout" if it is). A key file with emptyAuth needs none; one without
+ *    and no pin: returned locked. A handle without pin: empty authValue.
+ * The key stays loaded with its authValue inside ESYS (which the TPM
+ * needs for every signature) until the provider is freed, which clears it.
+ * Errors: INVAL, CERT (key file malformed, certificate missing or not for
+ * this key), IO (TPM not reachable), PIN, NOMEM.
+ */
+int cred_tpm_open(const char *key, const char *cert_file, const char *tcti,
+                  const char *pin, size_t pin_len,
+                  cred_provider **ret, char *err, size_t err_len);
+
 /** Destroy a provider (wipes its secrets). NULL is fine. */
 void cred_free(cred_provider *p);
 
@@ -94,6 +181,12 @@ bool cred_pin_needed(cred_provider *p);
 int cred_set_pin(cred_provider *p, const char *pin, size_t len, char *err, size_t err_len);
 int cred_sign(cred_provider *p, pki_sig_scheme scheme, const uint8_t *data, size_t len,
               uint8_t *sig, size_t cap, size_t *ret_len, char *err, size_t err_len);
+/** describe(): "" if the provider has none. Always NUL-terminates. */
+void cred_describe(cred_provider *p, char *buf, size_t len);
+/** lost(): false if the provider has none. */
+bool cred_lost(cred_provider *p);
+/** spki(): NOTSUPP if the provider has none. */
+int cred_spki(cred_provider *p, uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len);
 
 /**
  * AUTH data for our AUTH payload (RFC 7296 §2.15 / RFC 4754 / RFC 7427):

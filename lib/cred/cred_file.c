@@ -420,3 +420,40 @@ fail:
     free(p);
     return rc;
 }
+
+int cred_file_open_key_mem(const char *cert_file, const uint8_t *key, size_t key_len, const char *key_name,
+                           const char *pin, size_t pin_len,
+                           cred_provider **ret, char *err, size_t err_len)
+{
+    if (!cert_file || !key || !key_len || !key_name || !ret || (pin && pin_len == 0))
+        return M2MVPN_E_INVAL;
+    file_cred *fc = calloc(1, sizeof *fc);
+    cred_provider *p = calloc(1, sizeof *p);
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc = M2MVPN_E_NOMEM;
+    if (!fc || !p || !(fc->cert_path = strdup(cert_file)) || !(fc->key_path = strdup(key_name)) ||
+        !(fc->locked_data = (uint8_t *)secure_memdup(key, key_len)))
+        goto fail;
+    fc->locked_len = key_len;
+    if ((rc = pki_read_file(cert_file, &data, &len, err, err_len)) < 0 ||
+        (rc = pki_certs_from_memory(data, len, fc->cert_path, &fc->chain, &fc->n_chain, err, err_len)) < 0)
+        goto fail;
+    rc = unlock(fc, pin, pin_len, err, err_len);
+    if (rc == M2MVPN_E_PIN && !pin)
+        rc = 0; /* locked: the caller asks for the PIN (cred_pin_needed) */
+    if (rc < 0)
+        goto fail;
+    if (err && err_len)
+        err[0] = '\0';
+    free(data);
+    p->ops = &file_ops;
+    p->ctx = fc;
+    *ret = p;
+    return 0;
+fail:
+    free(data);
+    file_destroy(fc);
+    free(p);
+    return rc;
+}

@@ -90,6 +90,22 @@ static void build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n
             (*n)++;
 }
 
+/* The TSi we propose: anything when the gateway assigns our address (a
+ * virtual IP), else our own address. The gateway may only narrow it. */
+static size_t our_tsi(const ike_sa *sa, profile_ts *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->family = AF_INET;
+    if (sa->cfg.prof->tunnel.request_vip) {
+        out->prefix_len = 0;
+    } else {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
+        out->prefix_len = 32;
+        memcpy(out->addr, &in->sin_addr, 4);
+    }
+    return 1;
+}
+
 int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hashes, size_t n_peer_hashes,
                     pki_auth_method *method, pki_sig_scheme *scheme, ike_fault *fault, char *err, size_t err_len)
 {
@@ -122,10 +138,6 @@ int ike_auth_start(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
     char err[256];
-    if (p->auth == PROFILE_AUTH_EAP) {
-        ike_sa_fail_local(sa, M2MVPN_E_NOTSUPP, "auth.method \"eap\" is not supported by this build yet");
-        return M2MVPN_E_NOTSUPP;
-    }
     pki_id id;
     int r = our_id(sa, &id, err, sizeof(err));
     if (r < 0) {
@@ -134,6 +146,12 @@ int ike_auth_start(ike_sa *sa)
     }
     uint8_t idb[4 + PKI_ID_MAX];
     size_t idb_len = id_body(&id, idb, sizeof(idb));
+    bool eap = p->auth == PROFILE_AUTH_EAP;
+    /* EAP (RFC 7296 §2.16): no AUTH now; the gateway proves itself first. */
+    if (eap && (r = ike_eap_begin(sa, idb, idb_len, err, sizeof(err))) < 0) {
+        ike_sa_fail_local(sa, r, "%s", err); /* no password: ours to give */
+        return r;
+    }
 
     size_t cap = IKE_MSG_MAX;
     uint8_t *inner = malloc(cap);
@@ -191,6 +209,8 @@ int ike_auth_start(ike_sa *sa)
 
     uint8_t auth[PKI_AUTH_MAX];
     size_t auth_len = 0;
+    if (eap)
+        goto no_auth;
     if ((r = ike_auth_octets(sa, true, idb, idb_len, &octets, &octets_len)) < 0) {
         snprintf(err, sizeof(err), "cannot compute AUTH octets");
         goto fail;
@@ -208,6 +228,7 @@ int ike_auth_start(ike_sa *sa)
         goto fail;
     ike_build_auth(&cw, (uint8_t)method, auth, auth_len);
     secure_wipe(auth, sizeof(auth));
+no_auth:
 
     if (p->tunnel.request_vip) {
         ike_cp_attr attrs[2] = {
@@ -221,15 +242,8 @@ int ike_auth_start(ike_sa *sa)
     ike_build_sa(&cw, p->esp.proposals, p->esp.n_proposals, IKE_PROTO_ESP, spi, 4);
     ike_ts tsi[IKE_MAX_TS], tsr[IKE_MAX_TS];
     size_t n_tsi = 0, n_tsr = 0;
-    if (p->tunnel.request_vip) {
-        profile_ts any = { .family = AF_INET, .prefix_len = 0 };
-        build_ts_list(tsi, &n_tsi, &any, 1);
-    } else {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
-        profile_ts me = { .family = AF_INET, .prefix_len = 32 };
-        memcpy(me.addr, &in->sin_addr, 4);
-        build_ts_list(tsi, &n_tsi, &me, 1);
-    }
+    profile_ts proposed[PROFILE_MAX_TS];
+    build_ts_list(tsi, &n_tsi, proposed, our_tsi(sa, proposed));
     build_ts_list(tsr, &n_tsr, p->tunnel.remote_ts, p->tunnel.n_remote_ts);
     ike_build_ts(&cw, IKE_PL_TSI, tsi, n_tsi);
     ike_build_ts(&cw, IKE_PL_TSR, tsr, n_tsr);
@@ -241,7 +255,7 @@ int ike_auth_start(ike_sa *sa)
     }
     free(octets);
     LOG_INFO(sa->log, "ike", "sending IKE_AUTH to %s (%s authentication)", sa->gw_text,
-             method == PKI_AUTH_SHARED_KEY ? "PSK" : pki_sig_scheme_name(scheme));
+             eap ? "EAP" : method == PKI_AUTH_SHARED_KEY ? "PSK" : pki_sig_scheme_name(scheme));
     ike_sa_set_state(sa, IKE_SA_AUTH_SENT);
     r = ike_sa_send_protected(sa, IKE_EXCH_IKE_AUTH, false, sa->next_msg_id, inner, buf_writer_len(&w),
                               cw.first_type, IKE_TASK_AUTH);
@@ -333,7 +347,7 @@ out:
 }
 
 /* The gateway's identity and AUTH. 0 when it is who the profile says. */
-static int verify_gateway(ike_sa *sa, const ike_chain *c, char *err, size_t err_len)
+int ike_auth_verify_gateway(ike_sa *sa, const ike_chain *c, char *err, size_t err_len)
 {
     ike_diag d;
     ike_diag_clear(&d);
@@ -387,11 +401,11 @@ static const struct {
 /* Is the gateway's selector inside one of the prefixes we proposed? A
  * gateway may narrow TSr (RFC 7296 §2.9), never widen it: a wider one would
  * pull traffic into the tunnel that the profile does not send there. */
-static bool ts_within_profile(const ike_ts *got, const profile *p)
+static bool ts_within(const ike_ts *got, const profile_ts *ts, size_t n_ts)
 {
     size_t n = ike_ts_addr_len(got);
-    for (size_t i = 0; i < p->tunnel.n_remote_ts; i++) {
-        const profile_ts *t = &p->tunnel.remote_ts[i];
+    for (size_t i = 0; i < n_ts; i++) {
+        const profile_ts *t = &ts[i];
         ike_ts mine;
         if ((t->family == AF_INET6) != (n == 16) ||
             ike_ts_from_prefix(t->addr, n, t->prefix_len, 0, 0, 65535, &mine) < 0)
@@ -400,6 +414,40 @@ static bool ts_within_profile(const ike_ts *got, const profile *p)
             return true;
     }
     return false;
+}
+
+/* The gateway's answer to one of our selector lists (RFC 7296 §2.9): every
+ * entry within what we proposed (it may only narrow), and each a prefix (the
+ * datapath filters and routes by prefix: a range we skipped would leave the
+ * inbound filter wider than granted). Into out[] as prefixes. */
+static int granted_ts(const ike_sa *sa, const ike_ts_list *got, const char *which, const profile_ts *proposed,
+                      size_t n_proposed, profile_ts *out, size_t *n_out, char *err, size_t err_len)
+{
+    *n_out = 0;
+    for (size_t i = 0; i < got->n; i++) {
+        const ike_ts *t = &got->ts[i];
+        int fam = t->type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
+        unsigned plen;
+        if (!ts_within(t, proposed, n_proposed) || *n_out >= PROFILE_MAX_TS ||
+            ike_ts_to_prefix(t, out[*n_out].addr, &plen) < 0) {
+            char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+            inet_ntop(fam, t->addr_start, a, sizeof(a));
+            inet_ntop(fam, t->addr_end, b, sizeof(b));
+            snprintf(err, err_len, "gateway %s answered with %s %s-%s, %s", sa->gw_text, which, a, b,
+                     *n_out >= PROFILE_MAX_TS ? "more selectors than we can filter"
+                     : !ts_within(t, proposed, n_proposed) ? "outside what we proposed"
+                                                           : "not a prefix");
+            return M2MVPN_E_TS_UNACCEPTABLE;
+        }
+        out[*n_out].family = fam;
+        out[*n_out].prefix_len = (uint8_t)plen;
+        (*n_out)++;
+    }
+    if (*n_out == 0) {
+        snprintf(err, err_len, "gateway %s answered with no %s", sa->gw_text, which);
+        return M2MVPN_E_TS_UNACCEPTABLE;
+    }
+    return 0;
 }
 
 static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, crypto_child_keys **keys,
@@ -436,17 +484,6 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
         snprintf(err, err_len, "gateway %s chose an ESP proposal we did not offer", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
     }
-    for (size_t i = 0; i < tsr.n; i++) {
-        if (!ts_within_profile(&tsr.ts[i], p)) {
-            char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
-            int fam = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-            inet_ntop(fam, tsr.ts[i].addr_start, a, sizeof(a));
-            inet_ntop(fam, tsr.ts[i].addr_end, b, sizeof(b));
-            snprintf(err, err_len, "gateway %s answered with traffic selector %s-%s, outside the "
-                     "profile's tunnel.remote_ts", sa->gw_text, a, b);
-            return M2MVPN_E_TS_UNACCEPTABLE;
-        }
-    }
     if (ike_chain_find_notify(c, IKE_N_USE_TRANSPORT_MODE, &n, &d) == 0) {
         snprintf(err, err_len, "gateway %s wants transport mode; only tunnel mode is supported", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
@@ -463,30 +500,23 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
     snprintf(sa->esp_alg, sizeof(sa->esp_alg), "%s%s%s%s", proposal_encr_name(res->encr_id, res->encr_key_bits),
              res->integ_id ? "-" : "", res->integ_id ? proposal_integ_name(res->integ_id) : "",
              res->esn ? "-esn" : "");
-    for (size_t i = 0; i < tsr.n && res->n_remote_ts < PROFILE_MAX_TS; i++) {
-        unsigned plen;
-        profile_ts *t = &res->remote_ts[res->n_remote_ts];
-        if (ike_ts_to_prefix(&tsr.ts[i], t->addr, &plen) == 0) {
-            t->family = tsr.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-            t->prefix_len = (uint8_t)plen;
-            res->n_remote_ts++;
-        }
-    }
-    /* TSi as granted: where the gateway may send to (RFC 4301 §5.2, the
-     * datapath's inbound filter). Absent or unparsable: no entries. */
+    /* TSr within the profile's remote_ts; TSi within what we proposed:
+     * where the gateway may send to (the datapath's inbound filter). */
     const ike_payload *tsi_pl = ike_chain_find(c, IKE_PL_TSI, NULL);
     ike_ts_list tsi;
-    if (tsi_pl && ike_ts_parse(tsi_pl->body, &tsi, &d) == 0) {
-        for (size_t i = 0; i < tsi.n && res->n_local_ts < PROFILE_MAX_TS; i++) {
-            unsigned plen;
-            profile_ts *t = &res->local_ts[res->n_local_ts];
-            if (ike_ts_to_prefix(&tsi.ts[i], t->addr, &plen) == 0) {
-                t->family = tsi.ts[i].type == IKE_TS_IPV6_ADDR_RANGE ? AF_INET6 : AF_INET;
-                t->prefix_len = (uint8_t)plen;
-                res->n_local_ts++;
-            }
-        }
+    if (!tsi_pl || ike_ts_parse(tsi_pl->body, &tsi, &d) < 0) {
+        snprintf(err, err_len, "IKE_AUTH response from %s without a valid TSi %s", sa->gw_text, d.text);
+        return M2MVPN_E_PROTOCOL;
     }
+    profile_ts proposed[PROFILE_MAX_TS];
+    size_t n_proposed = our_tsi(sa, proposed);
+    int r = granted_ts(sa, &tsr, "traffic selector (TSr) for the profile's tunnel.remote_ts", p->tunnel.remote_ts,
+                       p->tunnel.n_remote_ts, res->remote_ts, &res->n_remote_ts, err, err_len);
+    if (r == 0)
+        r = granted_ts(sa, &tsi, "traffic selector (TSi) for our side", proposed, n_proposed, res->local_ts,
+                       &res->n_local_ts, err, err_len);
+    if (r < 0)
+        return r;
     const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);
     ike_cp cp;
     if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {
@@ -505,7 +535,7 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
         return M2MVPN_E_PROTOCOL;
     }
     crypto_suite cs = { res->encr_id, res->encr_key_bits, res->integ_id, sa->suite.prf_id };
-    int r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, NULL, 0, sa->nonce_i, sizeof(sa->nonce_i),
+    r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, NULL, 0, sa->nonce_i, sizeof(sa->nonce_i),
                                      sa->nonce_r, sa->nonce_r_len, keys);
     if (r < 0) {
         snprintf(err, err_len, "deriving CHILD SA keys failed");
@@ -520,13 +550,22 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
     ike_diag d;
     ike_notify n;
     if (ike_chain_find_notify(c, IKE_N_AUTHENTICATION_FAILED, &n, &d) == 0) {
-        ike_sa_fail(sa, M2MVPN_E_AUTH_LOCAL,
+        /* Once the gateway has proved itself by its certificate (EAP past
+         * its first answer), its refusal is about our credentials: a local
+         * cause, not retried with the same password. Before that, anyone in
+         * the path could have sent it: the gateway's fault, tried again. */
+        bool ours = sa->cfg.prof->auth == PROFILE_AUTH_EAP && sa->eap_phase > IKE_EAP_PHASE_FIRST;
+        (ours ? ike_sa_fail_local : ike_sa_fail)(sa, M2MVPN_E_AUTH_LOCAL,
                     "gateway %s rejected our authentication (AUTHENTICATION_FAILED): check the "
                     "credentials and identity '%s'", sa->gw_text,
                     sa->cfg.prof->local_id ? sa->cfg.prof->local_id : "(certificate subject)");
         return;
     }
-    int r = verify_gateway(sa, c, err, sizeof(err));
+    if (sa->cfg.prof->auth == PROFILE_AUTH_EAP) {
+        ike_eap_process(sa, c);
+        return;
+    }
+    int r = ike_auth_verify_gateway(sa, c, err, sizeof(err));
     if (r < 0) {
         /* Tell the gateway (RFC 7296 §2.21.2) so it drops its half at once. */
         ike_info_send_final(sa, true);
@@ -534,6 +573,13 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
                     "gateway %s could not be authenticated: %s", sa->gw_text, err);
         return;
     }
+    ike_auth_establish(sa, c);
+}
+
+void ike_auth_establish(ike_sa *sa, const ike_chain *c)
+{
+    char err[512];
+    int r;
     ike_child_result res;
     crypto_child_keys *keys = NULL;
     r = child_result(sa, c, &res, &keys, err, sizeof(err));

@@ -82,6 +82,12 @@ typedef struct ike_config {
     socklen_t remote_len;
     cred_provider *cred;           /* borrowed; NULL unless auth.method is cert */
     pki_trust *trust;              /* borrowed; anchors from the profile's "ca" */
+    /* auth.method "eap": the user name and password to use (borrowed, from
+     * the profile or m2mvpn_set_credentials; the SA keeps no copy beyond
+     * its EAP exchange, wiped when it ends). */
+    const char *eap_identity;
+    const char *eap_password;
+    size_t eap_password_len;
 } ike_config;
 
 typedef struct ike_sa ike_sa;

@@ -101,6 +101,7 @@ void ike_sa_free(ike_sa *sa)
     free(sa->init_resp);
     free(sa->last_resp);
     ike_frag_reasm_reset(&sa->reasm);
+    ike_eap_end(sa);
     secure_wipe(sa, sizeof(*sa));
     free(sa);
 }

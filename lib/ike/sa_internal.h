@@ -92,6 +92,14 @@ struct ike_sa {
     core_timer dpd_timer;
     uint64_t last_heard_ms;
 
+    /* EAP in IKE_AUTH (auth_eap.c) */
+    struct eap_peer *eap;
+    uint8_t eap_phase;             /* IKE_EAP_PHASE_* */
+    uint8_t *eap_idi;              /* our ID body (signed by the final AUTH) */
+    size_t eap_idi_len;
+    uint8_t *eap_idr;              /* the gateway's ID body from its first answer */
+    size_t eap_idr_len;
+
     /* CHILD SA */
     uint32_t child_spi_in;
     uint32_t child_spi_out;
@@ -145,6 +153,20 @@ void ike_auth_process(ike_sa *sa, const ike_chain *inner);
 /* prf(SK_p, ID body) and the octets an AUTH payload signs (RFC 7296 §2.15). */
 int ike_auth_octets(ike_sa *sa, bool ours, const uint8_t *id_body, size_t id_len,
                     uint8_t **ret, size_t *ret_len);
+
+/* Verify the gateway's IDr and AUTH (signature or PSK) in c. 0 when it is
+ * who the profile says; else why in err. */
+int ike_auth_verify_gateway(ike_sa *sa, const ike_chain *c, char *err, size_t err_len);
+/* The CHILD SA part of the last IKE_AUTH response: establish or fail. */
+void ike_auth_establish(ike_sa *sa, const ike_chain *c);
+
+/* auth_eap.c: EAP in IKE_AUTH (RFC 7296 §2.16) */
+enum { IKE_EAP_PHASE_NONE, IKE_EAP_PHASE_FIRST, IKE_EAP_PHASE_EAP, IKE_EAP_PHASE_AUTH };
+/* Set up the EAP peer and remember our ID body before the first request. */
+int ike_eap_begin(ike_sa *sa, const uint8_t *idi_body, size_t len, char *err, size_t err_len);
+void ike_eap_process(ike_sa *sa, const ike_chain *c);
+/* Wipe and free the EAP state. */
+void ike_eap_end(ike_sa *sa);
 
 /* info.c */
 void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *inner);

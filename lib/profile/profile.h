@@ -69,7 +69,7 @@ typedef struct profile {
     profile_auth auth;
     char *psk;                /* secret: wiped by profile_free */
     struct {
-        char *type;           /* "mschapv2" (others refused) */
+        char *type;           /* "mschapv2" or "md5" (others refused) */
         char *identity;
         char *password;       /* secret; NULL: ask with CREDENTIALS_REQUIRED */
     } eap;
@@ -82,6 +82,8 @@ typedef struct profile {
         char *pkcs11_uri;     /* starts with "pkcs11:" (RFC 7512) */
         char *tpm_key;        /* absolute path, or a handle "0x81..." kept as is */
         char *tpm_tcti;       /* NULL: the system's TPM */
+        char *bind_sources;   /* machine: "machine-id,mac:eth0" (the bound file
+                               * must use exactly these), or NULL: any */
     } cert;                   /* fields a source does not use are NULL */
 
     char *ca[PROFILE_MAX_CA]; /* absolute paths */

@@ -48,7 +48,7 @@ static const char *const cert_source_names[] = {
     [PROFILE_CERT_PKCS11] = "pkcs11",
     [PROFILE_CERT_TPM] = "tpm",
 };
-static const char *const eap_type_names[] = { "mschapv2" };
+static const char *const eap_type_names[] = { "mschapv2", "md5" };
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -158,17 +158,18 @@ static int read_eap(keypath *kp, json_object *eap, profile *p)
 enum cert_key_bit {
     CK_SOURCE = 1u << 0, CK_FILE = 1u << 1, CK_KEY = 1u << 2, CK_PIN = 1u << 3,
     CK_MODULE = 1u << 4, CK_URI = 1u << 5, CK_TPM_KEY = 1u << 6, CK_TCTI = 1u << 7,
+    CK_BIND = 1u << 8,
 };
 /* In bit order of cert_key_bit. */
 static const char *const cert_keys[] = { "source", "file", "key", "pin", "pkcs11_module",
-                                         "pkcs11_uri", "tpm_key", "tpm_tcti", NULL };
+                                         "pkcs11_uri", "tpm_key", "tpm_tcti", "bind_sources", NULL };
 /* The keys each source uses; any other is refused, so a key meant for
  * another source (or a copy-paste left-over) does not pass unnoticed. */
 static const unsigned cert_keys_allowed[] = {
     [PROFILE_CERT_FILE] = CK_SOURCE | CK_FILE | CK_KEY | CK_PIN,
-    [PROFILE_CERT_MACHINE] = CK_SOURCE | CK_FILE | CK_KEY | CK_PIN,
+    [PROFILE_CERT_MACHINE] = CK_SOURCE | CK_FILE | CK_KEY | CK_PIN | CK_BIND,
     [PROFILE_CERT_PKCS11] = CK_SOURCE | CK_MODULE | CK_URI | CK_PIN,
-    [PROFILE_CERT_TPM] = CK_SOURCE | CK_TPM_KEY | CK_TCTI | CK_PIN,
+    [PROFILE_CERT_TPM] = CK_SOURCE | CK_FILE | CK_TPM_KEY | CK_TCTI | CK_PIN,
 };
 
 static int require_for_source(keypath *kp, json_object *cert, const char *key, profile_cert_source s)
@@ -190,7 +191,46 @@ static int read_cert_file_source(keypath *kp, json_object *cert, path_base *base
         return keypath_fail_at(kp, "key", "not allowed with a .p12/.pfx file (it holds the key)");
     if (!p12 && !has_key && s == PROFILE_CERT_FILE)
         return keypath_fail_at(kp, "key", "required unless auth.cert.file is a .p12/.pfx file");
+    if (!has_key && s == PROFILE_CERT_MACHINE)
+        return keypath_fail_at(kp, "key", "required when auth.cert.source is \"machine\" (the bound key file "
+                                          "made by 'm2mvpn bind-key')");
     return read_path(kp, cert, "key", base, &p->cert.key);
+}
+
+/* One fingerprint source: machine-id, dmi-uuid, mac:IFNAME, file:/PATH. */
+static bool bind_source_ok(const char *v)
+{
+    if (!strcmp(v, "machine-id") || !strcmp(v, "dmi-uuid"))
+        return true;
+    if (!strncmp(v, "mac:", 4))
+        return strlen(v + 4) >= 1 && strlen(v + 4) <= 15 && !strchr(v + 4, '/') && !strchr(v, ',') && v[4] != '.';
+    if (!strncmp(v, "file:", 5))
+        return v[5] == '/' && strlen(v + 5) <= PATH_MAX_CHARS && !strchr(v, ',');
+    return false;
+}
+
+/* auth.cert.bind_sources: kept as one comma-separated string, the way the
+ * bound key file records them. */
+static int read_bind_sources(keypath *kp, json_object *cert, profile *p)
+{
+    json_object *arr;
+    TRY(keypath_array(kp, cert, "bind_sources", 1, 8, "fingerprint sources", &arr));
+    if (!arr)
+        return 0;
+    size_t mark = keypath_push_key(kp, "bind_sources"), total = 0;
+    char joined[8 * (PATH_MAX_CHARS + 8)];
+    joined[0] = '\0';
+    for (size_t i = 0; i < json_object_array_length(arr); i++) {
+        json_object *v = json_object_array_get_idx(arr, i);
+        size_t m = keypath_push_index(kp, i);
+        const char *str = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+        if (!str || strlen(str) != (size_t)json_object_get_string_len(v) || !bind_source_ok(str))
+            return keypath_fail(kp, "must be \"machine-id\", \"dmi-uuid\", \"mac:IFNAME\" or \"file:/ABSOLUTE/PATH\"");
+        total += (size_t)snprintf(joined + total, sizeof(joined) - total, "%s%s", i ? "," : "", str);
+        keypath_pop(kp, m);
+    }
+    keypath_pop(kp, mark);
+    return (p->cert.bind_sources = strdup(joined)) ? 0 : M2MVPN_E_NOMEM;
 }
 
 static int read_cert_tpm_key(keypath *kp, json_object *cert, path_base *base, profile *p)
@@ -224,8 +264,11 @@ static int read_cert(keypath *kp, json_object *cert, path_base *base, profile *p
 
     switch (p->cert.source) {
     case PROFILE_CERT_FILE:
+        TRY(read_cert_file_source(kp, cert, base, p));
+        break;
     case PROFILE_CERT_MACHINE:
         TRY(read_cert_file_source(kp, cert, base, p));
+        TRY(read_bind_sources(kp, cert, p));
         break;
     case PROFILE_CERT_PKCS11:
         TRY(require_for_source(kp, cert, "pkcs11_module", PROFILE_CERT_PKCS11));
@@ -238,6 +281,9 @@ static int read_cert(keypath *kp, json_object *cert, path_base *base, profile *p
         break;
     case PROFILE_CERT_TPM:
         TRY(read_cert_tpm_key(kp, cert, base, p));
+        /* The TPM holds the key; the certificate (+ chain) is a PEM file. */
+        TRY(require_for_source(kp, cert, "file", PROFILE_CERT_TPM));
+        TRY(read_path(kp, cert, "file", base, &p->cert.file));
         TRY(keypath_string(kp, cert, "tpm_tcti", 1, TCTI_MAX_CHARS, false, &p->cert.tpm_tcti));
         break;
     }
@@ -569,6 +615,7 @@ void profile_clear(profile *p)
     free(p->cert.pkcs11_uri);
     free(p->cert.tpm_key);
     free(p->cert.tpm_tcti);
+    free(p->cert.bind_sources);
     for (size_t i = 0; i < p->n_ca && i < PROFILE_MAX_CA; i++)
         free(p->ca[i]);
     free(p->tunnel.tun_name);

@@ -14,9 +14,10 @@ nodes=$(readelf -V -W "$lib" | grep -c 'Name: M2MVPN_1\.0$' || true)
 [ "$nodes" -ge 1 ] ||
     fail "$lib: no version node M2MVPN_1.0 (is lib/libm2mvpn.sym passed to the linker?)"
 
-# Defined dynamic symbols; the ABS entries are the version nodes themselves.
+# Defined dynamic symbols; the ABS entries are the version nodes themselves,
+# and LOCAL ones are section symbols (aarch64 ld puts .init and .data there).
 exported=$(readelf --dyn-syms -W "$lib" |
-    awk 'NR > 3 && $7 != "UND" && $7 != "ABS" && $8 != "" {print $8}' | LC_ALL=C sort)
+    awk 'NR > 3 && $5 != "LOCAL" && $7 != "UND" && $7 != "ABS" && $8 != "" {print $8}' | LC_ALL=C sort)
 [ -n "$exported" ] || fail "$lib: exports nothing"
 unversioned=$(grep -v '@@M2MVPN_[0-9][0-9.]*$' <<<"$exported" || true)
 [ -z "$unversioned" ] || fail "exported without an M2MVPN_x.y version node:

@@ -44,7 +44,7 @@ EAP_PASSWORD = "m2m-eap-pass"
 PLUGINS = ("random nonce x509 revocation constraints pubkey pkcs1 pkcs8 pkcs12 pem "
            "openssl curve25519 chapoly aes sha1 sha2 hmac gcm kdf md5 "
            "kernel-libipsec kernel-netlink socket-default vici updown attr "
-           "eap-identity eap-mschapv2")
+           "eap-identity eap-mschapv2 eap-md5")
 
 # Broad gateway defaults: the client's first proposal decides. "default" keeps
 # strongSwan's own default list as a fallback.
@@ -54,7 +54,7 @@ GATEWAY_IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519", "aes128gcm16-prfsha256-
 GATEWAY_ESP_PROPOSALS = ("aes256gcm16", "aes128gcm16", "chacha20poly1305",
                          "aes256-sha256", "aes128-sha256", "default")
 
-AUTH_METHODS = ("psk", "ecdsa", "rsa", "eap")
+AUTH_METHODS = ("psk", "ecdsa", "rsa", "eap")  # "eap-md5" only when asked for
 
 
 class CharonError(RuntimeError):
@@ -133,6 +133,8 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
     rsa    RSA-3072 gateway cert signed by the intermediate, which is sent;
            requires an RSA client cert
     eap    gateway ECDSA cert, client EAP-MSCHAPv2 (identity dev1)
+    eap-md5  the same with EAP-MD5 (not in the default list: strongSwan
+           cannot tell the two EAP connections apart before EAP starts)
     All hand out a virtual IP from pool (CP, RFC 7296 3.15) and offer local_ts.
     Connections for the same client ID are told apart by strongSwan after the
     client's AUTH (it switches to the candidate whose auth constraints match).
@@ -175,9 +177,9 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
             c["remote"] = {"auth": "pubkey", "id": pkimod.CLIENT_ID,
                            "cacerts": pki.intermediate_ca.name}
             files.append(("x509ca", pki.intermediate_ca))
-        elif method == "eap":
+        elif method in ("eap", "eap-md5"):
             c["local"] = _cert_auth(ecdsa_cert or pki.gw_ecdsa, files) | {"id": pkimod.GATEWAY_ID}
-            c["remote"] = {"auth": "eap-mschapv2", "eap_id": "%any"}
+            c["remote"] = {"auth": "eap-mschapv2" if method == "eap" else "eap-md5", "eap_id": "%any"}
             secrets["eap-dev1"] = {"id": EAP_IDENTITY, "secret": eap_password}
         else:
             raise ValueError(f"unknown auth method {method!r}")

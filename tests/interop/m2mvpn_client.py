@@ -51,6 +51,7 @@ def make_profile(pki: pkimod.Pki, auth: str, gw_addr: str, *, name: str = "inter
                  remote_ts: Sequence[str] = (netlab.PROTECTED_NET,),
                  mode: str = "manual", p12: bool = False, p12_password: bool = True,
                  psk: str = charonmod.PSK, eap_password: str | None = charonmod.EAP_PASSWORD,
+                 eap_type: str = "mschapv2",
                  fragmentation: bool = True, mobike: bool = True,
                  tun_name: str = "m2m0", kill_switch: bool = False,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def make_profile(pki: pkimod.Pki, auth: str, gw_addr: str, *, name: str = "inter
 
     auth: psk | ecdsa | rsa | eap. For certificates: PEM cert + key by default,
     or the .p12 bundle (p12=True; p12_password=False takes the empty-password
-    bundle, ECDSA only). eap_password=None leaves it out (the client must ask
+    bundle, ECDSA only). eap_type: "mschapv2" or "md5". eap_password=None leaves it out (the client must ask
     through CREDENTIALS_REQUIRED). extra: merged at the top level.
     """
     prof: dict[str, Any] = {
@@ -88,7 +89,7 @@ def make_profile(pki: pkimod.Pki, auth: str, gw_addr: str, *, name: str = "inter
             cert = {"source": "file", "file": str(ck.cert), "key": str(ck.key)}
         prof["auth"] = {"method": "cert", "cert": cert}
     elif auth == "eap":
-        eap: dict[str, Any] = {"type": "mschapv2", "identity": charonmod.EAP_IDENTITY}
+        eap: dict[str, Any] = {"type": eap_type, "identity": charonmod.EAP_IDENTITY}
         if eap_password is not None:
             eap["password"] = eap_password
         prof["auth"] = {"method": "eap", "eap": eap}
@@ -107,7 +108,8 @@ class M2mvpnClient:
     """
 
     def __init__(self, ns: netlab.Namespace, binary: Path, workdir: Path,
-                 profile: dict[str, Any] | str, *, verbose: bool = True):
+                 profile: dict[str, Any] | str, *, verbose: bool = True,
+                 env: dict[str, str] | None = None):
         self.ns = ns
         self.binary = Path(binary)
         self.workdir = Path(workdir)
@@ -118,6 +120,7 @@ class M2mvpnClient:
         self.state_dir = self.workdir / "state"
         self.log_path = self.workdir / "client.log"
         self.proc: subprocess.Popen | None = None
+        self.env = env  # the engine's environment (None: ours)
         self._checked = False
 
     def start(self, timeout_s: float = 10) -> "M2mvpnClient":
@@ -144,7 +147,7 @@ class M2mvpnClient:
         log = open(self.log_path, "w")
         try:
             self.proc = self.ns.popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, env=self.env)
         finally:
             log.close()
         self._checked = False

@@ -187,3 +187,19 @@ def verify(pki: Pki) -> None:
         if untrusted:
             args += ["-untrusted", str(untrusted)]
         _openssl(*args, str(cert), cwd=pki.dir)
+
+
+def issue_from_csr(pki: Pki, csr: Path, out: Path, *, san: str = CLIENT_ID,
+                   issuer: str = "root") -> Path:
+    """A client certificate for the key of a CSR (e.g. from `m2mvpn keygen`),
+    issued by the root CA or (issuer="intermediate") the intermediate CA.
+    The CSR's signature is checked first: only its key's holder made it."""
+    ca, ca_key = {"root": (pki.root_ca, pki.dir / "root-ca.key.pem"),
+                  "intermediate": (pki.intermediate_ca, pki.dir / "intermediate-ca.key.pem")}[issuer]
+    _openssl("req", "-in", str(csr), "-verify", "-noout", cwd=pki.dir)
+    ext = out.with_suffix(".ext")
+    ext.write_text(_REQ_CONF + _LEAF_EXT.format(eku="clientAuth", san=san))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-sha256", "-days", str(DAYS), "-extfile", str(ext),
+             "-extensions", "ext", "-out", str(out), cwd=pki.dir)
+    return out

@@ -64,7 +64,6 @@ def needs_feature(word, what):
                              reason="%s: not in this build (%r is not in M2MVPN_FEATURES)" % (what, word))
 
 
-needs_eap = needs_feature("eap", "EAP credentials (`m2mvpn login`, m2mvpn_set_credentials)")
 
 
 def cli(*args, stdin=None, timeout=30):
@@ -130,7 +129,7 @@ def request(sock_path, data, timeout=5.0):
 class Service:
     """A `m2mvpn run` (or m2mvpnd) child with its log in a file."""
 
-    def __init__(self, workdir, profile, binary=None, verbose=True):
+    def __init__(self, workdir, profile, binary=None, verbose=True, extra_args=(), wrap=None):
         self.isolated = NETNS_WRAP is not None
         self.control = os.path.join(workdir, "ctl", "control.sock")
         self.state_dir = os.path.join(workdir, "state")
@@ -139,7 +138,10 @@ class Service:
         argv += ["--profile", profile, "--control", self.control, "--state-dir", self.state_dir]
         if verbose:
             argv.append("-v")
-        if self.isolated:
+        argv += list(extra_args)
+        if wrap is not None:
+            argv = list(wrap) + argv  # the caller's own isolation; it must exec too
+        elif self.isolated:
             argv = NETNS_WRAP + argv  # exec all the way: proc.pid is the service
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

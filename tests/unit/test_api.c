@@ -359,12 +359,15 @@ START_TEST(short_psk_is_warned_in_status_and_log)
 }
 END_TEST
 
-/* Features of later issues say so until they land (EAP: the credentials issue). */
-START_TEST(later_features_are_not_supported_yet)
+/* EAP credentials are accepted (queued for the engine), also before any
+ * profile is loaded; bad arguments are refused with the reason. */
+START_TEST(credentials_are_queued)
 {
     m2mvpn *h = new_handle();
-    ck_assert_int_eq(m2mvpn_set_credentials(h, "dev1", "pw"), M2MVPN_E_NOTSUPP);
-    ck_assert_ptr_nonnull(strstr(m2mvpn_last_error(h), "EAP"));
+    ck_assert_int_eq(m2mvpn_set_credentials(h, "dev1", "pw"), 0);
+    ck_assert_int_eq(m2mvpn_set_credentials(h, NULL, "pw"), 0);
+    ck_assert_int_eq(m2mvpn_set_credentials(h, "dev1", ""), M2MVPN_E_INVAL);
+    ck_assert_ptr_nonnull(strstr(m2mvpn_last_error(h), "password is empty"));
     m2mvpn_free(h);
 }
 END_TEST
@@ -541,7 +544,7 @@ static Suite *api_suite(void)
     tcase_add_test(v, profiles_unload);
     tcase_add_test(v, status_json_has_state);
     tcase_add_test(v, short_psk_is_warned_in_status_and_log);
-    tcase_add_test(v, later_features_are_not_supported_yet);
+    tcase_add_test(v, credentials_are_queued);
     suite_add_tcase(s, v);
     TCase *g = tcase_create("engine");
     tcase_set_timeout(g, 30);

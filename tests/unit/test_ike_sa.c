@@ -1126,6 +1126,54 @@ START_TEST(test_ts_unacceptable)
 }
 END_TEST
 
+/* The gateway's selectors may only narrow ours, and each must be a prefix
+ * (the datapath filters inbound packets by prefix, RFC 4301 §5.2): a range
+ * it skipped, or a TSi it did not check, would let the gateway send to
+ * destinations we never offered. Each refused before anything is installed. */
+static void ts_range(ike_ts *t, const char *from, const char *to)
+{
+    memset(t, 0, sizeof(*t));
+    t->type = IKE_TS_IPV4_ADDR_RANGE;
+    t->port_end = 65535;
+    ck_assert_int_eq(inet_pton(AF_INET, from, t->addr_start), 1);
+    ck_assert_int_eq(inet_pton(AF_INET, to, t->addr_end), 1);
+}
+
+START_TEST(test_ts_answers_refused)
+{
+    ike_ts t;
+    fg_auth_opts o = { 0 };
+    const char *want = "not a prefix";
+    int want_err = M2MVPN_E_TS_UNACCEPTABLE;
+    switch (_i) {
+    case 0: /* TSi a range, not a prefix */
+        ts_range(&t, "198.18.0.7", "198.18.0.9");
+        o.tsi = &t;
+        break;
+    case 1: /* TSr a range, not a prefix */
+        ts_range(&t, "198.18.1.0", "198.18.1.2");
+        o.tsr = &t;
+        break;
+    case 2: /* no TSi */
+        o.omit_tsi = true;
+        want = "without a valid TSi";
+        want_err = M2MVPN_E_PROTOCOL;
+        break;
+    case 3: /* without a virtual IP we offer our own address: the VIP/32 the
+             * fake gateway answers with lies outside it */
+        T->set->items[0].tunnel.request_vip = false;
+        want = "outside what we proposed";
+        break;
+    }
+    start();
+    answer_init();
+    answer_auth(&o);
+    assert_down(want_err);
+    assert_detail_has(want);
+    ck_assert_uint_eq(T->n_established, 0);
+}
+END_TEST
+
 /* ---------------------------------- 10. unknown critical inner payload */
 
 START_TEST(test_unsupported_critical_payload)
@@ -1377,6 +1425,10 @@ static Suite *ike_sa_suite(void)
     tcase_add_test(forged, test_forged_init_without_hash_notify_ed25519);
     tcase_add_test(forged, test_forged_init_without_hash_notify_alone);
     suite_add_tcase(s, forged);
+    TCase *ts = tcase_create("ts_answers");
+    tcase_add_checked_fixture(ts, setup, teardown);
+    tcase_add_loop_test(ts, test_ts_answers_refused, 0, 4);
+    suite_add_tcase(s, ts);
     return s;
 }
 

@@ -207,11 +207,12 @@ START_TEST(test_cert_sources)
         "{'name':'b','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
         " 'cert':{'source':'pkcs11','pkcs11_module':'libsofthsm2.so','pkcs11_uri':'pkcs11:token=m2m;object=dev1','pin':'1234'}}},"
         "{'name':'c','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
-        " 'cert':{'source':'tpm','tpm_key':'0x81000001'}}},"
+        " 'cert':{'source':'tpm','file':'dev.pem','tpm_key':'0x81000001'}}},"
         "{'name':'d','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
-        " 'cert':{'source':'machine','file':'/var/lib/m2mvpn/machine.pem'}}},"
+        " 'cert':{'source':'machine','file':'/var/lib/m2mvpn/machine.pem','key':'machine.bound',"
+        "  'bind_sources':['machine-id','mac:eth0','file:/etc/serial']}}},"
         "{'version':1,'name':'e','gateways':[{'host':'gw'}],'remote_id':'gw','auth':{'method':'cert',"
-        " 'cert':{'source':'tpm','tpm_key':'keys/dev.tss2.pem','tpm_tcti':'device:/dev/tpmrm0'}}}]}"),
+        " 'cert':{'source':'tpm','file':'keys/dev.pem','tpm_key':'keys/dev.tss2.pem','tpm_tcti':'device:/dev/tpmrm0'}}}]}"),
         "/base");
     ck_assert_uint_eq(set->n, 5);
     const profile *a = profile_set_find(set, "a");
@@ -231,11 +232,13 @@ START_TEST(test_cert_sources)
     ck_assert_int_eq(c->cert.source, PROFILE_CERT_TPM);
     ck_assert_str_eq(c->cert.tpm_key, "0x81000001");
     ck_assert_ptr_null(c->cert.tpm_tcti);
+    ck_assert_str_eq(c->cert.file, "/base/dev.pem");
 
     const profile *d = profile_set_find(set, "d");
     ck_assert_int_eq(d->cert.source, PROFILE_CERT_MACHINE);
     ck_assert_str_eq(d->cert.file, "/var/lib/m2mvpn/machine.pem");
-    ck_assert_ptr_null(d->cert.key);
+    ck_assert_str_eq(d->cert.key, "/base/machine.bound");
+    ck_assert_str_eq(d->cert.bind_sources, "machine-id,mac:eth0,file:/etc/serial");
 
     const profile *e = profile_set_find(set, "e");
     ck_assert_str_eq(e->cert.tpm_key, "/base/keys/dev.tss2.pem");

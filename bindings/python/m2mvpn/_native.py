@@ -110,6 +110,10 @@ class Status(ctypes.Structure):
         ("dropped_integrity", ctypes.c_uint64),
         ("dropped_no_sa", ctypes.c_uint64),
         ("warnings", ctypes.c_char * 256),      # appended after the first 1.0 header
+        ("credential_source", ctypes.c_char * 16),
+        ("credential", ctypes.c_char * 160),
+        ("cert_subject", ctypes.c_char * 256),
+        ("cert_not_after", ctypes.c_int64),
     ]
 
 
@@ -147,6 +151,7 @@ PROTOTYPES = {
     "m2mvpn_state_name": (_str, [_int]),
     "m2mvpn_event_name": (_str, [_int]),
     "m2mvpn_version": (_str, []),
+    "m2mvpn_bind_key": (_int, [_str, _str, _str, ctypes.c_char_p, ctypes.c_size_t]),
 }
 
 _loaded = {}

@@ -30,6 +30,8 @@ int main(void)
     FIELD(m2mvpn_status, esp_algorithms); FIELD(m2mvpn_status, dns); FIELD(m2mvpn_status, spi_in);
     FIELD(m2mvpn_status, spi_out); FIELD(m2mvpn_status, dropped_replay); FIELD(m2mvpn_status, dropped_integrity);
     FIELD(m2mvpn_status, dropped_no_sa); FIELD(m2mvpn_status, warnings);
+    FIELD(m2mvpn_status, dropped_no_sa); FIELD(m2mvpn_status, credential_source);
+    FIELD(m2mvpn_status, credential); FIELD(m2mvpn_status, cert_subject); FIELD(m2mvpn_status, cert_not_after);
     printf("}}}\n");
     return 0;
 }

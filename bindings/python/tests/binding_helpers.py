@@ -12,7 +12,6 @@ import os
 
 import pytest
 
-
 # A valid version-1 profile (DESIGN.md section 4). Mode "manual": it never
 # connects by itself. The gateway is local (127.0.0.1, an unused port): a
 # connect attempt sends nothing off this machine. No kill switch and only the
@@ -28,7 +27,6 @@ PROFILE = {
     "tunnel": {"kill_switch": False, "remote_ts": ["198.18.0.0/15"]},
 }
 
-
 def profiles(*names):
     """A {"profiles": [...]} document with one PROFILE copy per name."""
     out = []
@@ -38,7 +36,6 @@ def profiles(*names):
         out.append(p)
     return {"version": 1, "profiles": out}
 
-
 def _build_features():
     words = os.environ.get("M2MVPN_FEATURES")
     if words is None:
@@ -46,14 +43,9 @@ def _build_features():
                            "(or set it as tools/tests/meson.build does)")
     return frozenset(words.split())
 
-
 BUILD_FEATURES = _build_features()
-
 
 def needs_feature(word, what):
     """Strict expected failure while the build lacks `word` (see above)."""
     return pytest.mark.xfail(word not in BUILD_FEATURES, strict=True,
                              reason="%s: not in this build (%r is not in M2MVPN_FEATURES)" % (what, word))
-
-
-needs_eap = needs_feature("eap", "EAP credentials (m2mvpn_set_credentials)")

@@ -436,6 +436,8 @@ typedef struct fg_auth_opts {
     const char *psk;               /* NULL: the gateway's own */
     uint16_t child_error;          /* a CHILD SA error notify instead of SA/TS/CP */
     uint32_t msg_id;               /* 0: 1, the right one */
+    const ike_ts *tsi, *tsr;       /* NULL: the VIP/32 and 0.0.0.0/0 */
+    bool omit_tsi;                 /* no TSi payload at all */
 } fg_auth_opts;
 
 /* The inner chain of the gateway's IKE_AUTH response to the request taken
@@ -476,8 +478,9 @@ static void fg_auth_inner(fake_gw *gw, const fg_auth_opts *o, fg_chain *c)
         ike_ts tsi, tsr;
         ck_assert_int_eq(ike_ts_from_prefix(gw->vip, 4, 32, 0, 0, 65535, &tsi), 0);
         ck_assert_int_eq(ike_ts_from_prefix((uint8_t[]){ 0, 0, 0, 0 }, 4, 0, 0, 0, 65535, &tsr), 0);
-        ike_build_ts(&c->cw, IKE_PL_TSI, &tsi, 1);
-        ike_build_ts(&c->cw, IKE_PL_TSR, &tsr, 1);
+        if (!(o && o->omit_tsi))
+            ike_build_ts(&c->cw, IKE_PL_TSI, o && o->tsi ? o->tsi : &tsi, 1);
+        ike_build_ts(&c->cw, IKE_PL_TSR, o && o->tsr ? o->tsr : &tsr, 1);
     }
     ike_chain_writer_finish(&c->cw);
     ck_assert(ike_chain_writer_ok(&c->cw));

@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Inside lib/cred only: what keygen.c needs from the hardware providers
+ * (cred_pkcs11.c, cred_tpm.c). Same error and PIN rules as cred.h; each
+ * returns NOTSUPP when the build lacks the provider.
+ */
+#ifndef M2MVPN_CRED_CRED_HW_H
+#define M2MVPN_CRED_CRED_HW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cred.h"
+
+/** As cred_pkcs11_open(), for a key that has no certificate yet: chain()
+ *  fails with CERT, spki() and sign() work. The PIN is required. */
+int cred_pkcs11_open_key(const char *module, const char *uri, const char *pin, size_t pin_len,
+                         cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * Generate a key pair on the token that `uri` names (token=...; object= the
+ * label, id= optional: 8 random bytes otherwise): ECC P-256, or RSA 2048 if
+ * `rsa`. The private key is CKA_SENSITIVE, not CKA_EXTRACTABLE, CKA_PRIVATE,
+ * for signing only. One C_Login with `pin` (wrong: E_PIN, not retried).
+ * Errors: INVAL (URI without object), CERT (module, a key with that label
+ * or id exists already, generation refused), IO (no such token), PIN.
+ */
+int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, size_t pin_len,
+                         bool rsa, char *err, size_t err_len);
+
+/** As cred_tpm_open() for a key without certificate (cert_file NULL): chain()
+ *  fails with CERT, spki() and sign() work. */
+int cred_tpm_open_key(const char *key, const char *tcti, const char *pin, size_t pin_len,
+                      cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * Create a signing key inside the TPM (ECC P-256, or RSA 2048 if `rsa`;
+ * fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | sign: it can
+ * never be duplicated or leave the TPM) under the owner hierarchy's ECC
+ * storage primary key, with authValue `pin` (NULL: none, emptyAuth).
+ * `handle` 0: *ret_pem receives the TSS2 PEM key file text (free()); else the
+ * key is made persistent at `handle` (0x81000000..0x81ffffff) and *ret_pem
+ * is NULL. Errors: INVAL, IO (TPM not reachable), CERT (the TPM refused, e.g.
+ * the handle is taken), NOMEM.
+ */
+int cred_tpm_generate(const char *tcti, bool rsa, const char *pin, size_t pin_len,
+                      uint32_t handle, char **ret_pem, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,749 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The PKCS#11 credential provider (profile cert.source "pkcs11"), on libp11.
+ * Contract: cred.h (cred_pkcs11_open) and cred_hw.h (key generation).
+ *
+ * The private key stays on the token: libp11 hands us an EVP_PKEY whose RSA
+ * or EC method calls C_Sign, so signing goes through the same OpenSSL calls
+ * as for a file key (EVP_DigestSign with the scheme's hash and padding).
+ *
+ * PIN rules (DESIGN.md §8): C_Login is called at most once per PIN we are
+ * given, never again by ourselves; a token that reports its user PIN locked
+ * is not even tried. libp11 keeps the session logged in (and, inside, a copy
+ * of the PIN to log in again after a fork, which this process never does).
+ *
+ * A token that disappears (removed, C_Sign failing with a device or session
+ * error) marks the provider lost: the engine opens it again for its next
+ * attempt, which finds the token once it is back (a new C_Initialize).
+ */
+#include "cred.h"
+#include "cred_hw.h"
+
+#include <m2mvpn/m2mvpn.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/secmem.h"
+#include "crypto/pki_internal.h"
+
+#ifndef M2MVPN_HAVE_PKCS11
+
+static int no_pkcs11(char *err, size_t err_len)
+{
+    pki_set_err(err, err_len, "this build has no PKCS#11 support (built with -Dpkcs11=disabled)");
+    return M2MVPN_E_NOTSUPP;
+}
+
+int cred_pkcs11_open(const char *module, const char *uri, const char *pin, size_t pin_len,
+                     cred_provider **ret, char *err, size_t err_len)
+{
+    (void)module, (void)uri, (void)pin, (void)pin_len, (void)ret;
+    return no_pkcs11(err, err_len);
+}
+
+int cred_pkcs11_open_key(const char *module, const char *uri, const char *pin, size_t pin_len,
+                         cred_provider **ret, char *err, size_t err_len)
+{
+    (void)module, (void)uri, (void)pin, (void)pin_len, (void)ret;
+    return no_pkcs11(err, err_len);
+}
+
+int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, size_t pin_len,
+                         bool rsa, char *err, size_t err_len)
+{
+    (void)module, (void)uri, (void)pin, (void)pin_len, (void)rsa;
+    return no_pkcs11(err, err_len);
+}
+
+#else /* M2MVPN_HAVE_PKCS11 */
+
+#include <dlfcn.h>
+
+#include <libp11.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <p11-kit/pkcs11.h>
+
+#include "p11_uri.h"
+
+typedef struct p11_cred {
+    char *module;
+    p11_uri uri;
+    bool need_cert;
+    PKCS11_CTX *ctx;
+    PKCS11_SLOT *slots;
+    unsigned n_slots;
+    PKCS11_SLOT *slot;
+    char label[64];          /* token label, for messages */
+    char key_label[64];
+    bool logged_in;
+    bool lost;
+    pki_cert **chain;        /* end-entity only: the token holds no chain */
+    size_t n_chain;
+    EVP_PKEY *key;           /* signs on the token; NULL while locked */
+    EVP_PKEY *pub;           /* its public half */
+} p11_cred;
+
+/* ------------------------------------------------------------- helpers */
+
+/* The CKR_* value behind the last libp11 failure (0 if none). */
+static unsigned long last_ckr(void)
+{
+    unsigned long e, ckr = 0;
+    while ((e = ERR_get_error()) != 0)
+        if (ERR_GET_LIB(e) == ERR_get_CKR_code())
+            ckr = ERR_GET_REASON(e);
+    return ckr;
+}
+
+static bool ckr_means_gone(unsigned long ckr)
+{
+    switch (ckr) {
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_DEVICE_ERROR:
+    case CKR_SESSION_CLOSED:
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_KEY_HANDLE_INVALID:
+    case CKR_OBJECT_HANDLE_INVALID:
+    case CKR_GENERAL_ERROR:
+    case CKR_SLOT_ID_INVALID:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool token_matches(const p11_uri *u, const PKCS11_TOKEN *t)
+{
+    return (!u->token[0] || (t->label && strcmp(u->token, t->label) == 0)) &&
+           (!u->manufacturer[0] || (t->manufacturer && strcmp(u->manufacturer, t->manufacturer) == 0)) &&
+           (!u->serial[0] || (t->serialnr && strcmp(u->serial, t->serialnr) == 0)) &&
+           (!u->model[0] || (t->model && strcmp(u->model, t->model) == 0));
+}
+
+static bool object_matches(const p11_uri *u, const char *label, const unsigned char *id, size_t id_len)
+{
+    return (!u->object[0] || (label && strcmp(u->object, label) == 0)) &&
+           (!u->has_id || (id_len == u->id_len && memcmp(id, u->id, id_len) == 0));
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+static void close_module(p11_cred *pc)
+{
+    EVP_PKEY_free(pc->key);
+    pc->key = NULL;
+    EVP_PKEY_free(pc->pub);
+    pc->pub = NULL;
+    if (pc->ctx) {
+        if (pc->slots)
+            PKCS11_release_all_slots(pc->ctx, pc->slots, pc->n_slots);
+        PKCS11_CTX_unload(pc->ctx);
+        PKCS11_CTX_free(pc->ctx);
+    }
+    pc->ctx = NULL;
+    pc->slots = NULL;
+    pc->n_slots = 0;
+    pc->slot = NULL;
+    pc->logged_in = false;
+    ERR_clear_error();
+}
+
+static void p11_destroy(void *ctx)
+{
+    p11_cred *pc = ctx;
+    if (!pc)
+        return;
+    close_module(pc);
+    pki_cert_array_free(pc->chain, pc->n_chain);
+    free(pc->module);
+    free(pc);
+}
+
+/* Load the module and find the token. */
+static int open_token(p11_cred *pc, char *err, size_t err_len)
+{
+    pc->ctx = PKCS11_CTX_new();
+    if (!pc->ctx)
+        return M2MVPN_E_NOMEM;
+    if (PKCS11_CTX_load(pc->ctx, pc->module) != 0) {
+        PKCS11_CTX_free(pc->ctx);
+        pc->ctx = NULL;
+        ERR_clear_error();
+        /* A module that loads but does not initialize (SoftHSM without its
+         * token folder, a reader that is gone) may work later: retryable.
+         * One that cannot be loaded at all is a configuration error. */
+        void *dl = dlopen(pc->module, RTLD_NOW | RTLD_LOCAL);
+        if (!dl) {
+            const char *why = dlerror();
+            pki_set_err(err, err_len, "cannot load PKCS#11 module %s (%s)", pc->module, why ? why : "?");
+            return M2MVPN_E_CERT;
+        }
+        dlclose(dl);
+        pki_set_err(err, err_len, "PKCS#11 module %s does not initialize: token%s%s%s not present",
+                    pc->module, pc->uri.token[0] ? " \"" : "", pc->uri.token, pc->uri.token[0] ? "\"" : "");
+        return M2MVPN_E_IO;
+    }
+    if (PKCS11_enumerate_slots(pc->ctx, &pc->slots, &pc->n_slots) != 0) {
+        ERR_clear_error();
+        pki_set_err(err, err_len, "PKCS#11 module %s lists no slots", pc->module);
+        return M2MVPN_E_IO;
+    }
+    for (unsigned i = 0; i < pc->n_slots; i++) {
+        PKCS11_SLOT *s = &pc->slots[i];
+        if (!s->token || !s->token->initialized)
+            continue;
+        if (pc->uri.has_slot_id && PKCS11_get_slotid_from_slot(s) != pc->uri.slot_id)
+            continue;
+        if (token_matches(&pc->uri, s->token)) {
+            pc->slot = s;
+            snprintf(pc->label, sizeof pc->label, "%s", s->token->label ? s->token->label : "");
+            return 0;
+        }
+    }
+    pki_set_err(err, err_len, "PKCS#11 token%s%s%s not present (module %s)",
+                pc->uri.token[0] ? " \"" : "", pc->uri.token, pc->uri.token[0] ? "\"" : "", pc->module);
+    return M2MVPN_E_IO;
+}
+
+/* The certificate that goes with the key: the URI's object/id, or the key's id. */
+static int find_cert(p11_cred *pc, PKCS11_KEY *key)
+{
+    PKCS11_CERT *certs = NULL;
+    unsigned n = 0;
+    if (PKCS11_enumerate_certs(pc->slot->token, &certs, &n) != 0) {
+        ERR_clear_error();
+        return 0;
+    }
+    PKCS11_CERT *found = NULL;
+    for (unsigned i = 0; i < n && !found; i++)
+        if ((pc->uri.object[0] || pc->uri.has_id) &&
+            object_matches(&pc->uri, certs[i].label, certs[i].id, certs[i].id_len))
+            found = &certs[i];
+    if (!found && key)
+        found = PKCS11_find_certificate(key);
+    ERR_clear_error();
+    if (!found || !found->x509)
+        return 0;
+    X509 *x = found->x509;
+    if (!X509_up_ref(x))
+        return M2MVPN_E_NOMEM;
+    pki_cert *c = pki_cert_wrap(x);
+    if (!c)
+        return M2MVPN_E_NOMEM;
+    pki_cert **arr = calloc(1, sizeof *arr);
+    if (!arr) {
+        pki_cert_free(c);
+        return M2MVPN_E_NOMEM;
+    }
+    arr[0] = c;
+    pki_cert_array_free(pc->chain, pc->n_chain);
+    pc->chain = arr;
+    pc->n_chain = 1;
+    return 0;
+}
+
+/* A plain public key from libp11's private key, which carries the public
+ * components (PKCS11_get_public_key() of libp11 0.4.12 leaks memory). */
+static EVP_PKEY *public_half(EVP_PKEY *priv)
+{
+    unsigned char *der = NULL;
+    int len = priv ? i2d_PUBKEY(priv, &der) : 0;
+    const unsigned char *p = der;
+    EVP_PKEY *pub = len > 0 ? d2i_PUBKEY(NULL, &p, len) : NULL;
+    OPENSSL_free(der);
+    return pub;
+}
+
+/* After login (or on a token that needs none): the private key, its public
+ * half and the certificate; the key must belong to the certificate. */
+static int take_key(p11_cred *pc, char *err, size_t err_len)
+{
+    PKCS11_KEY *keys = NULL, *key = NULL;
+    unsigned n = 0;
+    if (PKCS11_enumerate_keys(pc->slot->token, &keys, &n) != 0) {
+        unsigned long ckr = last_ckr();
+        pc->lost = ckr_means_gone(ckr);
+        pki_set_err(err, err_len, "cannot list the keys of token \"%s\" (CKR 0x%lx)", pc->label, ckr);
+        return pc->lost ? M2MVPN_E_IO : M2MVPN_E_CERT;
+    }
+    for (unsigned i = 0; i < n && !key; i++)
+        if (keys[i].isPrivate && object_matches(&pc->uri, keys[i].label, keys[i].id, keys[i].id_len))
+            key = &keys[i];
+    if (!key) {
+        pki_set_err(err, err_len, "no private key%s%s%s on token \"%s\"", pc->uri.object[0] ? " \"" : "",
+                    pc->uri.object, pc->uri.object[0] ? "\"" : "", pc->label);
+        return M2MVPN_E_CERT;
+    }
+    snprintf(pc->key_label, sizeof pc->key_label, "%s", key->label ? key->label : "");
+    EVP_PKEY *priv = PKCS11_get_private_key(key);
+    EVP_PKEY *pub = public_half(priv);
+    ERR_clear_error();
+    if (!priv || !pub || pki_pkey_type(pub, NULL) == PKI_KEY_UNKNOWN ||
+        pki_pkey_type(pub, NULL) == PKI_KEY_ED25519) {
+        EVP_PKEY_free(priv);
+        EVP_PKEY_free(pub);
+        pki_set_err(err, err_len, "key \"%s\" on token \"%s\": unusable or unsupported type (want RSA or "
+                    "ECDSA P-256/384/521)", pc->key_label, pc->label);
+        return M2MVPN_E_CERT;
+    }
+    int rc = pc->n_chain ? 0 : find_cert(pc, key);
+    if (rc < 0) {
+        EVP_PKEY_free(priv);
+        EVP_PKEY_free(pub);
+        return rc;
+    }
+    if (pc->n_chain && EVP_PKEY_eq(pki_cert_pubkey(pc->chain[0]), pub) != 1) {
+        char subject[256];
+        pki_cert_subject_text(pc->chain[0], subject, sizeof subject);
+        pki_set_err(err, err_len, "key \"%s\" on token \"%s\" does not match certificate %s",
+                    pc->key_label, pc->label, subject);
+        EVP_PKEY_free(priv);
+        EVP_PKEY_free(pub);
+        ERR_clear_error();
+        return M2MVPN_E_CERT;
+    }
+    if (pc->need_cert && !pc->n_chain) {
+        pki_set_err(err, err_len, "no certificate for key \"%s\" on token \"%s\"", pc->key_label, pc->label);
+        EVP_PKEY_free(priv);
+        EVP_PKEY_free(pub);
+        return M2MVPN_E_CERT;
+    }
+    pc->key = priv;
+    pc->pub = pub;
+    return 0;
+}
+
+/* One C_Login with this PIN (never repeated here), then the key. */
+static int login(p11_cred *pc, const char *pin, size_t pin_len, char *err, size_t err_len)
+{
+    PKCS11_TOKEN *t = pc->slot->token;
+    if (t->userPinLocked) {
+        pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked (unblock it with the SO PIN)",
+                    pc->label);
+        return M2MVPN_E_PIN;
+    }
+    char *z = secure_memdup(pin, pin_len); /* NUL-terminated copy for libp11 */
+    if (!z)
+        return M2MVPN_E_NOMEM;
+    int r = PKCS11_login(pc->slot, 0, z);
+    secure_free_str(z);
+    if (r != 0) {
+        unsigned long ckr = last_ckr();
+        switch (ckr) {
+        case CKR_PIN_INCORRECT:
+        case CKR_PIN_INVALID:
+        case CKR_PIN_LEN_RANGE:
+            pki_set_err(err, err_len, "wrong PIN for token \"%s\"", pc->label);
+            return M2MVPN_E_PIN;
+        case CKR_PIN_LOCKED:
+            pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked (unblock it with the SO PIN)",
+                        pc->label);
+            return M2MVPN_E_PIN;
+        default:
+            pc->lost = ckr_means_gone(ckr);
+            pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", pc->label, ckr);
+            return pc->lost ? M2MVPN_E_IO : M2MVPN_E_CERT;
+        }
+    }
+    pc->logged_in = true;
+    return take_key(pc, err, err_len);
+}
+
+/* ------------------------------------------------------------ operations */
+
+static bool p11_pin_needed(void *ctx)
+{
+    return ((p11_cred *)ctx)->key == NULL;
+}
+
+static bool p11_lost(void *ctx)
+{
+    return ((p11_cred *)ctx)->lost;
+}
+
+static void p11_describe(void *ctx, char *buf, size_t len)
+{
+    p11_cred *pc = ctx;
+    snprintf(buf, len, "PKCS#11 token \"%s\", key \"%s\"", pc->label,
+             pc->key_label[0] ? pc->key_label : pc->uri.object);
+}
+
+static int p11_chain(void *ctx, pki_cert *const **ret_certs, size_t *ret_n, char *err, size_t err_len)
+{
+    p11_cred *pc = ctx;
+    if (!pc->n_chain) {
+        if (!pc->key) {
+            pki_set_err(err, err_len, "PIN required for token \"%s\"", pc->label);
+            return M2MVPN_E_PIN;
+        }
+        pki_set_err(err, err_len, "no certificate for key \"%s\" on token \"%s\"", pc->key_label, pc->label);
+        return M2MVPN_E_CERT;
+    }
+    *ret_certs = pc->chain;
+    *ret_n = pc->n_chain;
+    return 0;
+}
+
+static int p11_key_info(void *ctx, pki_key_type *ret_type, unsigned *ret_bits, char *err, size_t err_len)
+{
+    p11_cred *pc = ctx;
+    if (pc->pub) {
+        *ret_type = pki_pkey_type(pc->pub, ret_bits);
+        return 0;
+    }
+    if (pc->n_chain) {
+        *ret_type = pki_cert_key_type(pc->chain[0], ret_bits);
+        return 0;
+    }
+    pki_set_err(err, err_len, "PIN required for token \"%s\"", pc->label);
+    return M2MVPN_E_PIN;
+}
+
+static int p11_set_pin(void *ctx, const char *pin, size_t len, char *err, size_t err_len)
+{
+    p11_cred *pc = ctx;
+    if (pc->key)
+        return 0;
+    if (!pc->slot) {
+        pki_set_err(err, err_len, "PKCS#11 token \"%s\" not present", pc->uri.token);
+        return M2MVPN_E_IO;
+    }
+    return login(pc, pin, len, err, err_len);
+}
+
+static int p11_spki(void *ctx, uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len)
+{
+    p11_cred *pc = ctx;
+    if (!pc->pub) {
+        pki_set_err(err, err_len, "PIN required for token \"%s\"", pc->label);
+        return M2MVPN_E_PIN;
+    }
+    int n = i2d_PUBKEY(pc->pub, NULL);
+    if (n <= 0 || (size_t)n > cap) {
+        ERR_clear_error();
+        pki_set_err(err, err_len, "public key of \"%s\" cannot be encoded", pc->key_label);
+        return M2MVPN_E_INVAL;
+    }
+    unsigned char *p = out;
+    i2d_PUBKEY(pc->pub, &p);
+    *ret_len = (size_t)n;
+    return 0;
+}
+
+static int p11_sign(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size_t len,
+                    uint8_t *sig, size_t cap, size_t *ret_len, char *err, size_t err_len)
+{
+    p11_cred *pc = ctx;
+    if (!pc->key) {
+        pki_set_err(err, err_len, "PIN required for token \"%s\"", pc->label);
+        return M2MVPN_E_PIN;
+    }
+    if (pc->lost) {
+        pki_set_err(err, err_len, "PKCS#11 token \"%s\" was removed", pc->label);
+        return M2MVPN_E_IO;
+    }
+    pki_key_type kt = pki_pkey_type(pc->pub, NULL);
+    if (!pki_auth_scheme_fits(PKI_AUTH_DIGITAL_SIGNATURE, scheme, kt) &&
+        !(scheme == PKI_SIG_RSA_PKCS1_SHA1 && kt == PKI_KEY_RSA)) {
+        pki_set_err(err, err_len, "cannot sign %s with a %s key", pki_sig_scheme_name(scheme),
+                    pki_key_type_name(kt));
+        return M2MVPN_E_INVAL;
+    }
+    size_t need = (size_t)EVP_PKEY_get_size(pc->pub);
+    if (need > cap) {
+        pki_set_err(err, err_len, "signature buffer too small (%zu < %zu)", cap, need);
+        return M2MVPN_E_INVAL;
+    }
+    ERR_clear_error();
+    int rc = M2MVPN_E_CRYPTO;
+    EVP_PKEY_CTX *pctx = NULL;
+    EVP_MD_CTX *mdctx = EVP_MD_CTX_new();
+    size_t got = cap;
+    if (mdctx && EVP_DigestSignInit(mdctx, &pctx, pki_scheme_md(scheme), NULL, pc->key) == 1 &&
+        pki_scheme_set_padding(pctx, scheme) && EVP_DigestSign(mdctx, sig, &got, data, len) == 1) {
+        *ret_len = got;
+        rc = 0;
+    }
+    EVP_MD_CTX_free(mdctx);
+    if (rc < 0) {
+        unsigned long ckr = last_ckr();
+        if (ckr_means_gone(ckr)) {
+            pc->lost = true;
+            pki_set_err(err, err_len, "PKCS#11 token \"%s\" was removed or stopped answering (CKR 0x%lx)",
+                        pc->label, ckr);
+            rc = M2MVPN_E_IO;
+        } else {
+            pki_set_err(err, err_len, "token \"%s\" could not sign %s (CKR 0x%lx)", pc->label,
+                        pki_sig_scheme_name(scheme), ckr);
+        }
+    }
+    ERR_clear_error();
+    return rc;
+}
+
+static const cred_ops p11_ops = {
+    .name = "pkcs11",
+    .chain = p11_chain,
+    .key_info = p11_key_info,
+    .pin_needed = p11_pin_needed,
+    .set_pin = p11_set_pin,
+    .sign = p11_sign,
+    .destroy = p11_destroy,
+    .describe = p11_describe,
+    .lost = p11_lost,
+    .spki = p11_spki,
+};
+
+/* ------------------------------------------------------------------ open */
+
+static int open_common(const char *module, const char *uri, const char *pin, size_t pin_len,
+                       bool need_cert, cred_provider **ret, char *err, size_t err_len)
+{
+    if (!module || !uri || !ret || (pin && pin_len == 0))
+        return M2MVPN_E_INVAL;
+    p11_cred *pc = calloc(1, sizeof *pc);
+    cred_provider *p = calloc(1, sizeof *p);
+    int rc = M2MVPN_E_NOMEM;
+    if (!pc || !p || !(pc->module = strdup(module)))
+        goto fail;
+    pc->need_cert = need_cert;
+    if ((rc = p11_uri_parse(uri, &pc->uri, err, err_len)) < 0)
+        goto fail;
+    if ((rc = open_token(pc, err, err_len)) < 0)
+        goto fail;
+    /* Public certificates can be read before login (to show in status). */
+    if ((rc = find_cert(pc, NULL)) < 0)
+        goto fail;
+    if (pin)
+        rc = login(pc, pin, pin_len, err, err_len);
+    else if (!pc->slot->token->loginRequired)
+        rc = take_key(pc, err, err_len);
+    if (rc < 0)
+        goto fail;
+    if (err && err_len)
+        err[0] = '\0';
+    p->ops = &p11_ops;
+    p->ctx = pc;
+    *ret = p;
+    return 0;
+fail:
+    p11_destroy(pc);
+    free(p);
+    return rc;
+}
+
+int cred_pkcs11_open(const char *module, const char *uri, const char *pin, size_t pin_len,
+                     cred_provider **ret, char *err, size_t err_len)
+{
+    return open_common(module, uri, pin, pin_len, true, ret, err, err_len);
+}
+
+int cred_pkcs11_open_key(const char *module, const char *uri, const char *pin, size_t pin_len,
+                         cred_provider **ret, char *err, size_t err_len)
+{
+    if (!pin) {
+        pki_set_err(err, err_len, "a PIN is needed to use the token");
+        return M2MVPN_E_PIN;
+    }
+    return open_common(module, uri, pin, pin_len, false, ret, err, err_len);
+}
+
+/* ------------------------------------------------------- key generation */
+
+/* libp11 0.4 cannot make EC keys, so generation talks PKCS#11 directly: one
+ * session, one C_Login, one C_GenerateKeyPair, then everything is closed. */
+
+typedef struct raw_p11 {
+    void *dl;
+    CK_FUNCTION_LIST_PTR f;
+    bool initialized;   /* by us: we finalize */
+    CK_SESSION_HANDLE s;
+    bool have_session, logged_in;
+} raw_p11;
+
+static void raw_close(raw_p11 *r)
+{
+    if (r->logged_in)
+        r->f->C_Logout(r->s);
+    if (r->have_session)
+        r->f->C_CloseSession(r->s);
+    if (r->initialized)
+        r->f->C_Finalize(NULL);
+    if (r->dl)
+        dlclose(r->dl);
+}
+
+/* Blank-padded PKCS#11 text field == NUL-terminated want ("" matches all). */
+static bool field_is(const unsigned char *f, size_t n, const char *want)
+{
+    if (!want[0])
+        return true;
+    size_t wl = strlen(want);
+    if (wl > n || memcmp(f, want, wl) != 0)
+        return false;
+    for (size_t i = wl; i < n; i++)
+        if (f[i] != ' ')
+            return false;
+    return true;
+}
+
+static int raw_open(raw_p11 *r, const char *module, const p11_uri *u, char *err, size_t err_len)
+{
+    r->dl = dlopen(module, RTLD_NOW | RTLD_LOCAL);
+    CK_C_GetFunctionList gfl = r->dl ? (CK_C_GetFunctionList)dlsym(r->dl, "C_GetFunctionList") : NULL;
+    if (!gfl || gfl(&r->f) != CKR_OK || !r->f) {
+        pki_set_err(err, err_len, "cannot load PKCS#11 module %s", module);
+        return M2MVPN_E_CERT;
+    }
+    CK_RV rv = r->f->C_Initialize(NULL);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        pki_set_err(err, err_len, "PKCS#11 module %s: C_Initialize failed (CKR 0x%lx)", module, rv);
+        return M2MVPN_E_CERT;
+    }
+    r->initialized = rv == CKR_OK;
+    CK_ULONG n = 0;
+    CK_SLOT_ID slots[64];
+    if (r->f->C_GetSlotList(CK_TRUE, NULL, &n) != CKR_OK || n > 64 ||
+        r->f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+        n = 0;
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (u->has_slot_id && slots[i] != u->slot_id)
+            continue;
+        if (r->f->C_GetTokenInfo(slots[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
+            continue;
+        if (!field_is(ti.label, sizeof ti.label, u->token) ||
+            !field_is(ti.manufacturerID, sizeof ti.manufacturerID, u->manufacturer) ||
+            !field_is(ti.serialNumber, sizeof ti.serialNumber, u->serial) ||
+            !field_is(ti.model, sizeof ti.model, u->model))
+            continue;
+        if (ti.flags & CKF_USER_PIN_LOCKED) {
+            pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked", u->token);
+            return M2MVPN_E_PIN;
+        }
+        rv = r->f->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &r->s);
+        if (rv != CKR_OK) {
+            pki_set_err(err, err_len, "cannot open a session with token \"%s\" (CKR 0x%lx)", u->token, rv);
+            return M2MVPN_E_CERT;
+        }
+        r->have_session = true;
+        return 0;
+    }
+    pki_set_err(err, err_len, "PKCS#11 token \"%s\" not present (module %s)", u->token, module);
+    return M2MVPN_E_IO;
+}
+
+static bool raw_exists(raw_p11 *r, const p11_uri *u, const uint8_t *id, size_t id_len, bool by_id)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t[2] = { { CKA_CLASS, &cls, sizeof cls } };
+    if (by_id)
+        t[1] = (CK_ATTRIBUTE){ CKA_ID, (void *)id, id_len };
+    else
+        t[1] = (CK_ATTRIBUTE){ CKA_LABEL, (void *)u->object, strlen(u->object) };
+    CK_OBJECT_HANDLE h;
+    CK_ULONG found = 0;
+    if (r->f->C_FindObjectsInit(r->s, t, 2) != CKR_OK)
+        return false;
+    r->f->C_FindObjects(r->s, &h, 1, &found);
+    r->f->C_FindObjectsFinal(r->s);
+    return found > 0;
+}
+
+int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, size_t pin_len,
+                         bool rsa, char *err, size_t err_len)
+{
+    if (!module || !uri || !pin || pin_len == 0)
+        return M2MVPN_E_INVAL;
+    p11_uri u;
+    int rc = p11_uri_parse(uri, &u, err, err_len);
+    if (rc < 0)
+        return rc;
+    if (!u.object[0] || !u.token[0]) {
+        pki_set_err(err, err_len, "pkcs11_uri: give token= and object= (the new key's label)");
+        return M2MVPN_E_INVAL;
+    }
+    uint8_t id[sizeof u.id];
+    size_t id_len = u.id_len;
+    if (u.has_id)
+        memcpy(id, u.id, id_len);
+    else if (RAND_bytes(id, 8) == 1)
+        id_len = 8;
+    else
+        return M2MVPN_E_CRYPTO;
+    raw_p11 r;
+    memset(&r, 0, sizeof r);
+    if ((rc = raw_open(&r, module, &u, err, err_len)) < 0)
+        goto out;
+    CK_RV rv = r.f->C_Login(r.s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE) {
+        pki_set_err(err, err_len, "wrong PIN for token \"%s\"", u.token);
+        rc = M2MVPN_E_PIN;
+        goto out;
+    }
+    if (rv == CKR_PIN_LOCKED) {
+        pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked", u.token);
+        rc = M2MVPN_E_PIN;
+        goto out;
+    }
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u.token, rv);
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    r.logged_in = true;
+    if (raw_exists(&r, &u, id, id_len, false) || raw_exists(&r, &u, id, id_len, true)) {
+        pki_set_err(err, err_len, "token \"%s\" already holds a private key labelled \"%s\" or with "
+                    "that id: not replaced", u.token, u.object);
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ULONG bits = 2048;
+    static const CK_BYTE exponent[] = { 0x01, 0x00, 0x01 };
+    static const CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+    CK_ATTRIBUTE pub_t[] = {
+        { CKA_TOKEN, &yes, sizeof yes },
+        { CKA_VERIFY, &yes, sizeof yes },
+        { CKA_LABEL, u.object, strlen(u.object) },
+        { CKA_ID, id, id_len },
+        rsa ? (CK_ATTRIBUTE){ CKA_MODULUS_BITS, &bits, sizeof bits }
+            : (CK_ATTRIBUTE){ CKA_EC_PARAMS, (void *)p256, sizeof p256 },
+        { CKA_PUBLIC_EXPONENT, (void *)exponent, sizeof exponent },
+    };
+    CK_ATTRIBUTE priv_t[] = {
+        { CKA_TOKEN, &yes, sizeof yes },
+        { CKA_PRIVATE, &yes, sizeof yes },
+        { CKA_SENSITIVE, &yes, sizeof yes },
+        { CKA_EXTRACTABLE, &no, sizeof no },
+        { CKA_SIGN, &yes, sizeof yes },
+        { CKA_DECRYPT, &no, sizeof no },
+        { CKA_UNWRAP, &no, sizeof no },
+        { CKA_LABEL, u.object, strlen(u.object) },
+        { CKA_ID, id, id_len },
+    };
+    CK_MECHANISM mech = { rsa ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+    CK_OBJECT_HANDLE hpub, hpriv;
+    rv = r.f->C_GenerateKeyPair(r.s, &mech, pub_t, rsa ? 6 : 5, priv_t, 9, &hpub, &hpriv);
+    if (rv != CKR_OK) {
+        pki_set_err(err, err_len, "token \"%s\" refused to generate a %s key (CKR 0x%lx)", u.token,
+                    rsa ? "RSA 2048" : "ECC P-256", rv);
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    rc = 0;
+out:
+    raw_close(&r);
+    return rc;
+}
+
+#endif /* M2MVPN_HAVE_PKCS11 */

@@ -1,0 +1,752 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The TPM 2.0 credential provider (profile cert.source "tpm"), on tpm2-tss
+ * ESYS. Contract: cred.h (cred_tpm_open) and cred_hw.h (key generation).
+ *
+ * Keys: a TSS2 PEM key file (tss2_pem.h) whose parent is the owner
+ * hierarchy's primary storage key (re-created from its template, which the
+ * TPM derives from its seed: the same key every time) or a persistent
+ * handle; or a persistent key handle. The key is loaded once and kept
+ * loaded (with its authValue inside ESYS) until the provider is freed.
+ *
+ * Dictionary-attack rules: the authValue is presented exactly once per PIN
+ * we are given, by one test signature; TPM_RC_AUTH_FAIL (which counts one
+ * failure in the TPM) and TPM_RC_LOCKOUT end in E_PIN and nothing is tried
+ * again. Signing keys are made without noDA, so the TPM counts failures.
+ */
+#include "cred.h"
+#include "cred_hw.h"
+
+#include <m2mvpn/m2mvpn.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/secmem.h"
+#include "crypto/pki_internal.h"
+
+#ifndef M2MVPN_HAVE_TPM
+
+static int no_tpm(char *err, size_t err_len)
+{
+    pki_set_err(err, err_len, "this build has no TPM support (built with -Dtpm=disabled)");
+    return M2MVPN_E_NOTSUPP;
+}
+
+int cred_tpm_open(const char *key, const char *cert_file, const char *tcti,
+                  const char *pin, size_t pin_len, cred_provider **ret, char *err, size_t err_len)
+{
+    (void)key, (void)cert_file, (void)tcti, (void)pin, (void)pin_len, (void)ret;
+    return no_tpm(err, err_len);
+}
+
+int cred_tpm_open_key(const char *key, const char *tcti, const char *pin, size_t pin_len,
+                      cred_provider **ret, char *err, size_t err_len)
+{
+    (void)key, (void)tcti, (void)pin, (void)pin_len, (void)ret;
+    return no_tpm(err, err_len);
+}
+
+int cred_tpm_generate(const char *tcti, bool rsa, const char *pin, size_t pin_len,
+                      uint32_t handle, char **ret_pem, char *err, size_t err_len)
+{
+    (void)tcti, (void)rsa, (void)pin, (void)pin_len, (void)handle, (void)ret_pem;
+    return no_tpm(err, err_len);
+}
+
+#else /* M2MVPN_HAVE_TPM */
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/x509.h>
+
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_mu.h>
+#include <tss2/tss2_rc.h>
+#include <tss2/tss2_tctildr.h>
+
+#include "tss2_pem.h"
+
+typedef struct tpm_cred {
+    char *key_ref;            /* file path or "0x81..." as configured */
+    char *tcti_conf;          /* NULL: default */
+    TSS2_TCTI_CONTEXT *tcti;
+    ESYS_CONTEXT *esys;
+    ESYS_TR key;              /* ESYS_TR_NONE until loaded */
+    bool persistent;          /* key is a persistent handle: never flushed */
+    uint32_t handle;
+    bool empty_auth;          /* the key file says it has no authValue */
+    bool unlocked;
+    bool lost;
+    TPM2B_PUBLIC pub;
+    EVP_PKEY *pkey;           /* public key built from pub */
+    pki_cert **chain;
+    size_t n_chain;
+} tpm_cred;
+
+/* ------------------------------------------------------------- helpers */
+
+static bool rc_is_tpm(TSS2_RC rc)
+{
+    return (rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER;
+}
+
+/* TPM format-one codes carry a handle/parameter/session number in bits 8-11. */
+static TSS2_RC rc_base(TSS2_RC rc)
+{
+    if (rc_is_tpm(rc) && (rc & TPM2_RC_FMT1))
+        return rc & (TPM2_RC_FMT1 | 0x3f);
+    return rc & 0xffff;
+}
+
+static bool rc_auth_fail(TSS2_RC rc)
+{
+    return rc_is_tpm(rc) && (rc_base(rc) == TPM2_RC_AUTH_FAIL || rc_base(rc) == TPM2_RC_BAD_AUTH);
+}
+
+static bool rc_lockout(TSS2_RC rc)
+{
+    return rc_is_tpm(rc) && rc_base(rc) == TPM2_RC_LOCKOUT;
+}
+
+/* Errors outside the TPM (TCTI, resource manager, ESYS transport): the TPM is
+ * not reachable; also TPM_RC_INITIALIZE (TPM restarted and not started up). */
+static int rc_error(tpm_cred *tc, TSS2_RC rc, const char *what, char *err, size_t err_len)
+{
+    if (!rc_is_tpm(rc) || rc_base(rc) == TPM2_RC_INITIALIZE) {
+        if (tc)
+            tc->lost = true;
+        pki_set_err(err, err_len, "TPM not reachable (%s): %s", what, Tss2_RC_Decode(rc));
+        return M2MVPN_E_IO;
+    }
+    pki_set_err(err, err_len, "TPM refused %s: %s", what, Tss2_RC_Decode(rc));
+    return M2MVPN_E_CERT;
+}
+
+static int connect_tpm(const char *conf, TSS2_TCTI_CONTEXT **tcti, ESYS_CONTEXT **esys,
+                       char *err, size_t err_len)
+{
+    TSS2_RC rc = Tss2_TctiLdr_Initialize(conf, tcti);
+    if (rc != TSS2_RC_SUCCESS) {
+        pki_set_err(err, err_len, "TPM not reachable (TCTI \"%s\"): %s", conf ? conf : "default",
+                    Tss2_RC_Decode(rc));
+        return M2MVPN_E_IO;
+    }
+    rc = Esys_Initialize(esys, *tcti, NULL);
+    if (rc != TSS2_RC_SUCCESS) {
+        Tss2_TctiLdr_Finalize(tcti);
+        pki_set_err(err, err_len, "TPM not reachable (TCTI \"%s\"): %s", conf ? conf : "default",
+                    Tss2_RC_Decode(rc));
+        return M2MVPN_E_IO;
+    }
+    return 0;
+}
+
+static void disconnect_tpm(TSS2_TCTI_CONTEXT **tcti, ESYS_CONTEXT **esys)
+{
+    if (*esys)
+        Esys_Finalize(esys);
+    if (*tcti)
+        Tss2_TctiLdr_Finalize(tcti);
+    *esys = NULL;
+    *tcti = NULL;
+}
+
+/* The owner hierarchy's storage primary key, the template tpm2-tss-engine and
+ * tpm2-openssl use for TSS2 key files whose parent is TPM2_RH_OWNER. */
+static int create_primary(ESYS_CONTEXT *esys, ESYS_TR *ret, TSS2_RC *ret_rc)
+{
+    TPM2B_SENSITIVE_CREATE sens;
+    memset(&sens, 0, sizeof sens);
+    TPM2B_PUBLIC tpl;
+    memset(&tpl, 0, sizeof tpl);
+    tpl.publicArea.type = TPM2_ALG_ECC;
+    tpl.publicArea.nameAlg = TPM2_ALG_SHA256;
+    tpl.publicArea.objectAttributes = TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_RESTRICTED |
+                                      TPMA_OBJECT_DECRYPT | TPMA_OBJECT_NODA | TPMA_OBJECT_FIXEDTPM |
+                                      TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN;
+    tpl.publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
+    tpl.publicArea.parameters.eccDetail.symmetric.keyBits.aes = 128;
+    tpl.publicArea.parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+    tpl.publicArea.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+    tpl.publicArea.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+    tpl.publicArea.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+    TPM2B_DATA outside;
+    memset(&outside, 0, sizeof outside);
+    TPML_PCR_SELECTION pcrs;
+    memset(&pcrs, 0, sizeof pcrs);
+    *ret_rc = Esys_CreatePrimary(esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                 &sens, &tpl, &outside, &pcrs, ret, NULL, NULL, NULL, NULL);
+    return *ret_rc == TSS2_RC_SUCCESS ? 0 : -1;
+}
+
+/* An OpenSSL public key from the TPM's public area (RSA or ECC P-256/384). */
+static EVP_PKEY *pkey_from_public(const TPMT_PUBLIC *pub)
+{
+    OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    EVP_PKEY *pk = NULL;
+    BIGNUM *n = NULL, *e = NULL;
+    uint8_t point[1 + 2 * 66];
+    if (!b)
+        return NULL;
+    if (pub->type == TPM2_ALG_RSA) {
+        uint32_t exp = pub->parameters.rsaDetail.exponent ? pub->parameters.rsaDetail.exponent : 65537;
+        n = BN_bin2bn(pub->unique.rsa.buffer, pub->unique.rsa.size, NULL);
+        e = BN_new();
+        if (!n || !e || !BN_set_word(e, exp) || !OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, n) ||
+            !OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, e))
+            goto out;
+        ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    } else if (pub->type == TPM2_ALG_ECC) {
+        const char *group;
+        size_t fl;
+        switch (pub->parameters.eccDetail.curveID) {
+        case TPM2_ECC_NIST_P256: group = "P-256"; fl = 32; break;
+        case TPM2_ECC_NIST_P384: group = "P-384"; fl = 48; break;
+        default: goto out;
+        }
+        const TPMS_ECC_POINT *q = &pub->unique.ecc;
+        if (q->x.size > fl || q->y.size > fl)
+            goto out;
+        memset(point, 0, sizeof point);
+        point[0] = 0x04;
+        memcpy(point + 1 + fl - q->x.size, q->x.buffer, q->x.size);
+        memcpy(point + 1 + 2 * fl - q->y.size, q->y.buffer, q->y.size);
+        if (!OSSL_PARAM_BLD_push_utf8_string(b, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
+            !OSSL_PARAM_BLD_push_octet_string(b, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * fl))
+            goto out;
+        ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    } else {
+        goto out;
+    }
+    if (!ctx || !(params = OSSL_PARAM_BLD_to_param(b)) || EVP_PKEY_fromdata_init(ctx) != 1 ||
+        EVP_PKEY_fromdata(ctx, &pk, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        pk = NULL;
+out:
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(b);
+    EVP_PKEY_CTX_free(ctx);
+    BN_free(n);
+    BN_free(e);
+    ERR_clear_error();
+    return pk;
+}
+
+static TPMI_ALG_HASH tpm_hash(pki_sig_scheme s)
+{
+    switch (s) {
+    case PKI_SIG_RSA_PKCS1_SHA1: return TPM2_ALG_SHA1;
+    case PKI_SIG_RSA_PKCS1_SHA256:
+    case PKI_SIG_RSA_PSS_SHA256:
+    case PKI_SIG_ECDSA_SHA256: return TPM2_ALG_SHA256;
+    case PKI_SIG_RSA_PKCS1_SHA384:
+    case PKI_SIG_RSA_PSS_SHA384:
+    case PKI_SIG_ECDSA_SHA384: return TPM2_ALG_SHA384;
+    case PKI_SIG_RSA_PKCS1_SHA512:
+    case PKI_SIG_RSA_PSS_SHA512:
+    case PKI_SIG_ECDSA_SHA512: return TPM2_ALG_SHA512;
+    default: return TPM2_ALG_NULL;
+    }
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+static void tpm_unload(tpm_cred *tc)
+{
+    if (tc->esys && tc->key != ESYS_TR_NONE) {
+        static const TPM2B_AUTH none = { 0 };
+        Esys_TR_SetAuth(tc->esys, tc->key, &none); /* ESYS's copy of the authValue */
+        if (tc->persistent)
+            Esys_TR_Close(tc->esys, &tc->key);
+        else
+            Esys_FlushContext(tc->esys, tc->key);
+    }
+    tc->key = ESYS_TR_NONE;
+    disconnect_tpm(&tc->tcti, &tc->esys);
+}
+
+static void tpm_destroy(void *ctx)
+{
+    tpm_cred *tc = ctx;
+    if (!tc)
+        return;
+    tpm_unload(tc);
+    EVP_PKEY_free(tc->pkey);
+    pki_cert_array_free(tc->chain, tc->n_chain);
+    free(tc->key_ref);
+    free(tc->tcti_conf);
+    free(tc);
+}
+
+/* Load the key (file) or attach to it (handle); fills pub and pkey. */
+static int load_key(tpm_cred *tc, char *err, size_t err_len)
+{
+    int rc = connect_tpm(tc->tcti_conf, &tc->tcti, &tc->esys, err, err_len);
+    if (rc < 0) {
+        tc->lost = true;
+        return rc;
+    }
+    TSS2_RC trc;
+    if (tc->persistent) {
+        trc = Esys_TR_FromTPMPublic(tc->esys, tc->handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tc->key);
+        if (trc != TSS2_RC_SUCCESS) {
+            tc->key = ESYS_TR_NONE;
+            if (rc_is_tpm(trc)) {
+                pki_set_err(err, err_len, "no key at TPM handle 0x%08x (%s)", tc->handle, Tss2_RC_Decode(trc));
+                return M2MVPN_E_CERT;
+            }
+            return rc_error(tc, trc, "reading the key handle", err, err_len);
+        }
+        TPM2B_PUBLIC *pub = NULL;
+        trc = Esys_ReadPublic(tc->esys, tc->key, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub, NULL, NULL);
+        if (trc != TSS2_RC_SUCCESS)
+            return rc_error(tc, trc, "reading the public key", err, err_len);
+        tc->pub = *pub;
+        Esys_Free(pub);
+    } else {
+        uint8_t *data = NULL;
+        size_t len = 0;
+        tss2_key_blob *blob = calloc(1, sizeof *blob);
+        if (!blob)
+            return M2MVPN_E_NOMEM;
+        rc = pki_read_file(tc->key_ref, &data, &len, err, err_len);
+        char why[200] = "";
+        if (rc == 0)
+            rc = tss2_key_parse_pem(data, len, blob, why, sizeof why);
+        free(data);
+        TPM2B_PRIVATE priv;
+        size_t off1 = 0, off2 = 0;
+        if (rc == 0 &&
+            (Tss2_MU_TPM2B_PUBLIC_Unmarshal(blob->pub, blob->pub_len, &off1, &tc->pub) != TSS2_RC_SUCCESS ||
+             Tss2_MU_TPM2B_PRIVATE_Unmarshal(blob->priv, blob->priv_len, &off2, &priv) != TSS2_RC_SUCCESS ||
+             off1 != blob->pub_len || off2 != blob->priv_len)) {
+            snprintf(why, sizeof why, "TSS2 key: public or private part malformed");
+            rc = M2MVPN_E_CERT;
+        }
+        uint32_t parent = blob->parent;
+        tc->empty_auth = blob->empty_auth;
+        secure_wipe(blob, sizeof *blob);
+        free(blob);
+        if (rc < 0) {
+            if (why[0])
+                pki_set_err(err, err_len, "%s: %s", tc->key_ref, why);
+            return rc;
+        }
+        ESYS_TR parent_tr = ESYS_TR_NONE;
+        bool flush_parent = false;
+        if (parent == TPM2_RH_OWNER) {
+            if (create_primary(tc->esys, &parent_tr, &trc) < 0)
+                return rc_error(tc, trc, "creating the storage primary key", err, err_len);
+            flush_parent = true;
+        } else if ((parent >> 24) == TPM2_HT_PERSISTENT) {
+            trc = Esys_TR_FromTPMPublic(tc->esys, parent, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &parent_tr);
+            if (trc != TSS2_RC_SUCCESS)
+                return rc_error(tc, trc, "finding the parent key", err, err_len);
+        } else {
+            pki_set_err(err, err_len, "%s: parent 0x%08x is neither the owner hierarchy nor a persistent "
+                        "handle", tc->key_ref, parent);
+            return M2MVPN_E_CERT;
+        }
+        trc = Esys_Load(tc->esys, parent_tr, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &tc->pub,
+                        &tc->key);
+        secure_wipe(&priv, sizeof priv);
+        if (flush_parent)
+            Esys_FlushContext(tc->esys, parent_tr);
+        else
+            Esys_TR_Close(tc->esys, &parent_tr);
+        if (trc != TSS2_RC_SUCCESS) {
+            tc->key = ESYS_TR_NONE;
+            return rc_error(tc, trc, "loading the key (made by another TPM?)", err, err_len);
+        }
+    }
+    TPMA_OBJECT a = tc->pub.publicArea.objectAttributes;
+    if (!(a & TPMA_OBJECT_SIGN_ENCRYPT) || (a & TPMA_OBJECT_RESTRICTED)) {
+        pki_set_err(err, err_len, "TPM key %s is not an unrestricted signing key", tc->key_ref);
+        return M2MVPN_E_CERT;
+    }
+    if (!tc->pkey && !(tc->pkey = pkey_from_public(&tc->pub.publicArea))) {
+        pki_set_err(err, err_len, "TPM key %s: unsupported type (want RSA or ECC P-256/384)", tc->key_ref);
+        return M2MVPN_E_CERT;
+    }
+    return 0;
+}
+
+/* The signature itself; the caller has checked the scheme. */
+static TSS2_RC tpm_sign_digest(tpm_cred *tc, pki_sig_scheme scheme, const uint8_t *digest, size_t dlen,
+                               TPMT_SIGNATURE **ret)
+{
+    TPM2B_DIGEST d;
+    memset(&d, 0, sizeof d);
+    d.size = (UINT16)dlen;
+    memcpy(d.buffer, digest, dlen);
+    TPMT_SIG_SCHEME s;
+    memset(&s, 0, sizeof s);
+    s.scheme = pki_scheme_is_ecdsa(scheme) ? TPM2_ALG_ECDSA
+               : pki_scheme_is_pss(scheme) ? TPM2_ALG_RSAPSS
+                                           : TPM2_ALG_RSASSA;
+    s.details.any.hashAlg = tpm_hash(scheme);
+    TPMT_TK_HASHCHECK check = { .tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL };
+    return Esys_Sign(tc->esys, tc->key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &s, &check, ret);
+}
+
+static int auth_error(tpm_cred *tc, TSS2_RC trc, char *err, size_t err_len)
+{
+    if (rc_lockout(trc)) {
+        pki_set_err(err, err_len, "TPM is in dictionary-attack lockout: key %s not usable now (nothing "
+                    "was tried)", tc->key_ref);
+        return M2MVPN_E_PIN;
+    }
+    pki_set_err(err, err_len, "wrong PIN for TPM key %s", tc->key_ref);
+    return M2MVPN_E_PIN;
+}
+
+/* Present the authValue once, by a test signature over a fixed digest. */
+static int unlock(tpm_cred *tc, const char *pin, size_t pin_len, char *err, size_t err_len)
+{
+    TPM2B_AUTH auth;
+    memset(&auth, 0, sizeof auth);
+    if (pin_len > sizeof auth.buffer) {
+        pki_set_err(err, err_len, "PIN for TPM key %s too long (at most %zu bytes)", tc->key_ref,
+                    sizeof auth.buffer);
+        return M2MVPN_E_PIN;
+    }
+    auth.size = (UINT16)pin_len;
+    if (pin_len)
+        memcpy(auth.buffer, pin, pin_len);
+    TSS2_RC trc = Esys_TR_SetAuth(tc->esys, tc->key, &auth);
+    secure_wipe(&auth, sizeof auth);
+    if (trc != TSS2_RC_SUCCESS)
+        return rc_error(tc, trc, "setting the authValue", err, err_len);
+    static const uint8_t probe[32];
+    pki_sig_scheme s = tc->pub.publicArea.type == TPM2_ALG_RSA ? PKI_SIG_RSA_PKCS1_SHA256 : PKI_SIG_ECDSA_SHA256;
+    TPMT_SIGNATURE *sig = NULL;
+    trc = tpm_sign_digest(tc, s, probe, sizeof probe, &sig);
+    Esys_Free(sig);
+    if (trc != TSS2_RC_SUCCESS) {
+        static const TPM2B_AUTH none = { 0 };
+        Esys_TR_SetAuth(tc->esys, tc->key, &none);
+        if (rc_auth_fail(trc) || rc_lockout(trc))
+            return auth_error(tc, trc, err, err_len);
+        return rc_error(tc, trc, "signing", err, err_len);
+    }
+    tc->unlocked = true;
+    return 0;
+}
+
+/* ------------------------------------------------------------ operations */
+
+static bool tpm_pin_needed(void *ctx)
+{
+    return !((tpm_cred *)ctx)->unlocked;
+}
+
+static bool tpm_lost(void *ctx)
+{
+    return ((tpm_cred *)ctx)->lost;
+}
+
+static void tpm_describe(void *ctx, char *buf, size_t len)
+{
+    tpm_cred *tc = ctx;
+    snprintf(buf, len, "TPM key %s%s%s", tc->key_ref, tc->tcti_conf ? " via " : "",
+             tc->tcti_conf ? tc->tcti_conf : "");
+}
+
+static int tpm_chain(void *ctx, pki_cert *const **ret_certs, size_t *ret_n, char *err, size_t err_len)
+{
+    tpm_cred *tc = ctx;
+    if (!tc->n_chain) {
+        pki_set_err(err, err_len, "no certificate for TPM key %s", tc->key_ref);
+        return M2MVPN_E_CERT;
+    }
+    *ret_certs = tc->chain;
+    *ret_n = tc->n_chain;
+    return 0;
+}
+
+static int tpm_key_info(void *ctx, pki_key_type *ret_type, unsigned *ret_bits, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    tpm_cred *tc = ctx;
+    *ret_type = pki_pkey_type(tc->pkey, ret_bits);
+    return 0;
+}
+
+static int tpm_set_pin(void *ctx, const char *pin, size_t len, char *err, size_t err_len)
+{
+    tpm_cred *tc = ctx;
+    if (tc->unlocked)
+        return 0;
+    return unlock(tc, pin, len, err, err_len);
+}
+
+static int tpm_spki(void *ctx, uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len)
+{
+    tpm_cred *tc = ctx;
+    int n = i2d_PUBKEY(tc->pkey, NULL);
+    if (n <= 0 || (size_t)n > cap) {
+        ERR_clear_error();
+        pki_set_err(err, err_len, "public key of TPM key %s cannot be encoded", tc->key_ref);
+        return M2MVPN_E_INVAL;
+    }
+    unsigned char *p = out;
+    i2d_PUBKEY(tc->pkey, &p);
+    *ret_len = (size_t)n;
+    return 0;
+}
+
+static int tpm_sign(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size_t len,
+                    uint8_t *sig, size_t cap, size_t *ret_len, char *err, size_t err_len)
+{
+    tpm_cred *tc = ctx;
+    if (!tc->unlocked) {
+        pki_set_err(err, err_len, "PIN required for TPM key %s", tc->key_ref);
+        return M2MVPN_E_PIN;
+    }
+    if (tc->lost) {
+        pki_set_err(err, err_len, "TPM of key %s not reachable", tc->key_ref);
+        return M2MVPN_E_IO;
+    }
+    pki_key_type kt = pki_pkey_type(tc->pkey, NULL);
+    if ((!pki_auth_scheme_fits(PKI_AUTH_DIGITAL_SIGNATURE, scheme, kt) &&
+         !(scheme == PKI_SIG_RSA_PKCS1_SHA1 && kt == PKI_KEY_RSA)) || tpm_hash(scheme) == TPM2_ALG_NULL) {
+        pki_set_err(err, err_len, "cannot sign %s with a %s key", pki_sig_scheme_name(scheme),
+                    pki_key_type_name(kt));
+        return M2MVPN_E_INVAL;
+    }
+    uint8_t digest[EVP_MAX_MD_SIZE];
+    unsigned dlen = 0;
+    if (EVP_Digest(data, len, digest, &dlen, pki_scheme_md(scheme), NULL) != 1) {
+        ERR_clear_error();
+        return M2MVPN_E_CRYPTO;
+    }
+    TPMT_SIGNATURE *ts = NULL;
+    TSS2_RC trc = tpm_sign_digest(tc, scheme, digest, dlen, &ts);
+    if (trc != TSS2_RC_SUCCESS) {
+        Esys_Free(ts);
+        if (rc_auth_fail(trc) || rc_lockout(trc)) {
+            tc->unlocked = false; /* never presented again by itself */
+            return auth_error(tc, trc, err, err_len);
+        }
+        return rc_error(tc, trc, "signing", err, err_len);
+    }
+    int rc = 0;
+    if (ts->sigAlg == TPM2_ALG_ECDSA) {
+        size_t fl = pki_key_field_len(kt);
+        const TPMS_SIGNATURE_ECDSA *e = &ts->signature.ecdsa;
+        uint8_t raw[2 * 66];
+        if (fl == 0 || e->signatureR.size > fl || e->signatureS.size > fl) {
+            rc = M2MVPN_E_CRYPTO;
+        } else {
+            memset(raw, 0, sizeof raw);
+            memcpy(raw + fl - e->signatureR.size, e->signatureR.buffer, e->signatureR.size);
+            memcpy(raw + 2 * fl - e->signatureS.size, e->signatureS.buffer, e->signatureS.size);
+            rc = pki_ecdsa_raw_to_der(raw, 2 * fl, sig, cap, ret_len);
+        }
+    } else {
+        const TPM2B_PUBLIC_KEY_RSA *r = &ts->signature.rsassa.sig; /* same layout for PSS */
+        if (r->size > cap) {
+            rc = M2MVPN_E_INVAL;
+        } else {
+            memcpy(sig, r->buffer, r->size);
+            *ret_len = r->size;
+        }
+    }
+    Esys_Free(ts);
+    if (rc < 0)
+        pki_set_err(err, err_len, "TPM signature cannot be used (%s)", pki_sig_scheme_name(scheme));
+    return rc;
+}
+
+static const cred_ops tpm_ops = {
+    .name = "tpm",
+    .chain = tpm_chain,
+    .key_info = tpm_key_info,
+    .pin_needed = tpm_pin_needed,
+    .set_pin = tpm_set_pin,
+    .sign = tpm_sign,
+    .destroy = tpm_destroy,
+    .describe = tpm_describe,
+    .lost = tpm_lost,
+    .spki = tpm_spki,
+};
+
+/* ------------------------------------------------------------------ open */
+
+static bool parse_handle(const char *s, uint32_t *ret)
+{
+    if (strncmp(s, "0x", 2) != 0 || strlen(s) != 10 || strspn(s + 2, "0123456789abcdefABCDEF") != 8)
+        return false;
+    unsigned long v = strtoul(s + 2, NULL, 16);
+    if ((v >> 24) != TPM2_HT_PERSISTENT)
+        return false;
+    *ret = (uint32_t)v;
+    return true;
+}
+
+static int open_common(const char *key, const char *cert_file, const char *tcti,
+                       const char *pin, size_t pin_len, cred_provider **ret, char *err, size_t err_len)
+{
+    if (!key || !ret || (pin && pin_len == 0))
+        return M2MVPN_E_INVAL;
+    tpm_cred *tc = calloc(1, sizeof *tc);
+    cred_provider *p = calloc(1, sizeof *p);
+    int rc = M2MVPN_E_NOMEM;
+    if (!tc || !p || !(tc->key_ref = strdup(key)) || (tcti && !(tc->tcti_conf = strdup(tcti))))
+        goto fail;
+    tc->key = ESYS_TR_NONE;
+    tc->persistent = parse_handle(key, &tc->handle);
+    if (cert_file && (rc = pki_cert_load_file(cert_file, &tc->chain, &tc->n_chain, err, err_len)) < 0)
+        goto fail;
+    if ((rc = load_key(tc, err, err_len)) < 0)
+        goto fail;
+    if (tc->n_chain && EVP_PKEY_eq(pki_cert_pubkey(tc->chain[0]), tc->pkey) != 1) {
+        char subject[256];
+        pki_cert_subject_text(tc->chain[0], subject, sizeof subject);
+        pki_set_err(err, err_len, "TPM key %s does not match certificate %s", key, subject);
+        ERR_clear_error();
+        rc = M2MVPN_E_CERT;
+        goto fail;
+    }
+    /* A key file tells whether it has an authValue; for a handle an absent
+     * PIN means the empty one (checked once, like any PIN). */
+    if (pin)
+        rc = unlock(tc, pin, pin_len, err, err_len);
+    else if (tc->empty_auth || tc->persistent)
+        rc = unlock(tc, "", 0, err, err_len);
+    if (rc < 0)
+        goto fail;
+    if (err && err_len)
+        err[0] = '\0';
+    p->ops = &tpm_ops;
+    p->ctx = tc;
+    *ret = p;
+    return 0;
+fail:
+    tpm_destroy(tc);
+    free(p);
+    return rc;
+}
+
+int cred_tpm_open(const char *key, const char *cert_file, const char *tcti,
+                  const char *pin, size_t pin_len, cred_provider **ret, char *err, size_t err_len)
+{
+    if (!cert_file)
+        return M2MVPN_E_INVAL;
+    return open_common(key, cert_file, tcti, pin, pin_len, ret, err, err_len);
+}
+
+int cred_tpm_open_key(const char *key, const char *tcti, const char *pin, size_t pin_len,
+                      cred_provider **ret, char *err, size_t err_len)
+{
+    return open_common(key, NULL, tcti, pin, pin_len, ret, err, err_len);
+}
+
+/* ------------------------------------------------------- key generation */
+
+int cred_tpm_generate(const char *tcti, bool rsa, const char *pin, size_t pin_len,
+                      uint32_t handle, char **ret_pem, char *err, size_t err_len)
+{
+    if (!ret_pem || (pin && (pin_len == 0 || pin_len > sizeof(((TPM2B_AUTH *)0)->buffer))) ||
+        (handle && (handle >> 24) != TPM2_HT_PERSISTENT))
+        return M2MVPN_E_INVAL;
+    *ret_pem = NULL;
+    TSS2_TCTI_CONTEXT *t = NULL;
+    ESYS_CONTEXT *e = NULL;
+    int rc = connect_tpm(tcti, &t, &e, err, err_len);
+    if (rc < 0)
+        return rc;
+    ESYS_TR primary = ESYS_TR_NONE, loaded = ESYS_TR_NONE, persisted = ESYS_TR_NONE;
+    TPM2B_PRIVATE *priv = NULL;
+    TPM2B_PUBLIC *pub = NULL;
+    tss2_key_blob *blob = NULL;
+    TSS2_RC trc;
+    if (create_primary(e, &primary, &trc) < 0) {
+        rc = rc_error(NULL, trc, "creating the storage primary key", err, err_len);
+        goto out;
+    }
+    TPM2B_SENSITIVE_CREATE sens;
+    memset(&sens, 0, sizeof sens);
+    if (pin) {
+        sens.sensitive.userAuth.size = (UINT16)pin_len;
+        memcpy(sens.sensitive.userAuth.buffer, pin, pin_len);
+    }
+    TPM2B_PUBLIC tpl;
+    memset(&tpl, 0, sizeof tpl);
+    TPMT_PUBLIC *a = &tpl.publicArea;
+    a->nameAlg = TPM2_ALG_SHA256;
+    /* No noDA: wrong authValues count towards the TPM's lockout. No
+     * encryptedDuplication/duplication: fixedTPM | fixedParent. */
+    a->objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                          TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT;
+    if (rsa) {
+        a->type = TPM2_ALG_RSA;
+        a->parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
+        a->parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
+        a->parameters.rsaDetail.keyBits = 2048;
+        a->parameters.rsaDetail.exponent = 0;
+    } else {
+        a->type = TPM2_ALG_ECC;
+        a->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+        a->parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+        a->parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+        a->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+    }
+    TPM2B_DATA outside;
+    memset(&outside, 0, sizeof outside);
+    TPML_PCR_SELECTION pcrs;
+    memset(&pcrs, 0, sizeof pcrs);
+    trc = Esys_Create(e, primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens, &tpl, &outside, &pcrs,
+                      &priv, &pub, NULL, NULL, NULL);
+    secure_wipe(&sens, sizeof sens);
+    if (trc != TSS2_RC_SUCCESS) {
+        rc = rc_error(NULL, trc, rsa ? "creating an RSA 2048 key" : "creating an ECC P-256 key", err, err_len);
+        goto out;
+    }
+    if (handle) {
+        trc = Esys_Load(e, primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, priv, pub, &loaded);
+        if (trc == TSS2_RC_SUCCESS)
+            trc = Esys_EvictControl(e, ESYS_TR_RH_OWNER, loaded, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                    handle, &persisted);
+        if (trc != TSS2_RC_SUCCESS) {
+            rc = rc_error(NULL, trc, "making the key persistent (handle taken?)", err, err_len);
+            goto out;
+        }
+        Esys_TR_Close(e, &persisted);
+        rc = 0;
+        goto out;
+    }
+    if (!(blob = calloc(1, sizeof *blob))) {
+        rc = M2MVPN_E_NOMEM;
+        goto out;
+    }
+    blob->empty_auth = pin == NULL;
+    blob->parent = TPM2_RH_OWNER;
+    if (Tss2_MU_TPM2B_PUBLIC_Marshal(pub, blob->pub, sizeof blob->pub, &blob->pub_len) != TSS2_RC_SUCCESS ||
+        Tss2_MU_TPM2B_PRIVATE_Marshal(priv, blob->priv, sizeof blob->priv, &blob->priv_len) != TSS2_RC_SUCCESS) {
+        pki_set_err(err, err_len, "cannot encode the TPM key");
+        rc = M2MVPN_E_CRYPTO;
+        goto out;
+    }
+    rc = tss2_key_encode_pem(blob, ret_pem);
+out:
+    if (blob) {
+        secure_wipe(blob, sizeof *blob);
+        free(blob);
+    }
+    Esys_Free(priv);
+    Esys_Free(pub);
+    if (loaded != ESYS_TR_NONE)
+        Esys_FlushContext(e, loaded);
+    if (primary != ESYS_TR_NONE)
+        Esys_FlushContext(e, primary);
+    disconnect_tpm(&t, &e);
+    return rc;
+}
+
+#endif /* M2MVPN_HAVE_TPM */

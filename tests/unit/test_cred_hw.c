@@ -1,0 +1,391 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Tests of the parts of the hardware credential providers that need no
+ * hardware: the TSS2 PEM key file codec (lib/cred/tss2_pem.h), PKCS#11 URIs
+ * (lib/cred/p11_uri.h) and key generation with a CSR for the file provider
+ * (lib/cred/keygen.h). Tokens and TPMs: tests/interop/test_hwcred.py.
+ */
+#include <check.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <m2mvpn/m2mvpn.h>
+
+#include "cred/keygen.h"
+#include "cred/p11_uri.h"
+#include "cred/tss2_pem.h"
+
+/* ------------------------------------------------------------- TSS2 keys */
+
+static tss2_key_blob sample(bool empty_auth, uint32_t parent)
+{
+    tss2_key_blob k;
+    memset(&k, 0, sizeof k);
+    k.empty_auth = empty_auth;
+    k.parent = parent;
+    k.pub_len = 90;
+    for (size_t i = 0; i < k.pub_len; i++)
+        k.pub[i] = (uint8_t)(i * 7 + 1);
+    k.priv_len = 300; /* two length bytes in DER */
+    for (size_t i = 0; i < k.priv_len; i++)
+        k.priv[i] = (uint8_t)(i * 13 + 5);
+    return k;
+}
+
+static void assert_same(const tss2_key_blob *a, const tss2_key_blob *b)
+{
+    ck_assert(a->empty_auth == b->empty_auth);
+    ck_assert_uint_eq(a->parent, b->parent);
+    ck_assert_uint_eq(a->pub_len, b->pub_len);
+    ck_assert_uint_eq(a->priv_len, b->priv_len);
+    ck_assert(memcmp(a->pub, b->pub, a->pub_len) == 0);
+    ck_assert(memcmp(a->priv, b->priv, a->priv_len) == 0);
+}
+
+static const struct {
+    bool empty_auth;
+    uint32_t parent;
+} roundtrips[] = {
+    { true, 0x40000001 },   /* owner hierarchy: 4 bytes */
+    { false, 0x40000001 },
+    { false, 0x81000001 },  /* top bit set: 5 bytes with a 0x00 sign byte */
+    { true, 0x00000001 },   /* minimal: 1 byte */
+};
+
+START_TEST(tss2_roundtrip)
+{
+    tss2_key_blob k = sample(roundtrips[_i].empty_auth, roundtrips[_i].parent), got;
+    char *pem = NULL;
+    char err[256] = "";
+    ck_assert_int_eq(tss2_key_encode_pem(&k, &pem), 0);
+    ck_assert(strncmp(pem, "-----BEGIN TSS2 PRIVATE KEY-----\n", 33) == 0);
+    /* Text around the block (as in a file with comments) does not matter. */
+    size_t n = strlen(pem) + 64;
+    char *file = malloc(n);
+    snprintf(file, n, "key of dev1\n%sfoo\n", pem);
+    ck_assert_msg(tss2_key_parse_pem((const uint8_t *)file, strlen(file), &got, err, sizeof err) == 0, "%s", err);
+    assert_same(&k, &got);
+    free(file);
+    free(pem);
+}
+END_TEST
+
+/* DER of sample(empty_auth, 0x40000001) with small blobs, built by hand
+ * from the ASN.1 (independent of our encoder). */
+static const uint8_t HAND_DER[] = {
+    0x30, 0x1c,
+    0x06, 0x06, 0x67, 0x81, 0x05, 0x0a, 0x01, 0x03,     /* 2.23.133.10.1.3 */
+    0xa0, 0x03, 0x01, 0x01, 0xff,                       /* emptyAuth TRUE */
+    0x02, 0x04, 0x40, 0x00, 0x00, 0x01,                 /* parent */
+    0x04, 0x02, 0x00, 0x00,                             /* pubkey */
+    0x04, 0x03, 0x00, 0x01, 0xaa,                       /* privkey */
+};
+
+START_TEST(tss2_hand_made_der)
+{
+    tss2_key_blob k;
+    char err[256] = "";
+    ck_assert_msg(tss2_key_parse_der(HAND_DER, sizeof HAND_DER, &k, err, sizeof err) == 0, "%s", err);
+    ck_assert(k.empty_auth);
+    ck_assert_uint_eq(k.parent, 0x40000001);
+    ck_assert_uint_eq(k.pub_len, 2);
+    ck_assert_uint_eq(k.priv_len, 3);
+    ck_assert_uint_eq(k.priv[2], 0xaa);
+    /* Our encoder gives the same bytes. */
+    uint8_t out[64];
+    size_t len = 0;
+    ck_assert_int_eq(tss2_key_encode_der(&k, out, sizeof out, &len), 0);
+    ck_assert_uint_eq(len, sizeof HAND_DER);
+    ck_assert(memcmp(out, HAND_DER, len) == 0);
+}
+END_TEST
+
+START_TEST(tss2_ber_true_and_false)
+{
+    /* tpm2-openssl writes emptyAuth TRUE as 0x01 (BER): accepted as TRUE;
+     * an explicit FALSE (0x00) is FALSE. */
+    uint8_t d[sizeof HAND_DER];
+    memcpy(d, HAND_DER, sizeof d);
+    tss2_key_blob k;
+    char err[256] = "";
+    d[14] = 0x01;
+    ck_assert_msg(tss2_key_parse_der(d, sizeof d, &k, err, sizeof err) == 0, "%s", err);
+    ck_assert(k.empty_auth);
+    d[14] = 0x00;
+    ck_assert_msg(tss2_key_parse_der(d, sizeof d, &k, err, sizeof err) == 0, "%s", err);
+    ck_assert(!k.empty_auth);
+}
+END_TEST
+
+START_TEST(tss2_every_truncation_fails)
+{
+    tss2_key_blob k;
+    char err[256];
+    for (size_t n = 0; n < sizeof HAND_DER; n++) {
+        memset(&k, 0x5a, sizeof k);
+        ck_assert_int_eq(tss2_key_parse_der(HAND_DER, n, &k, err, sizeof err), M2MVPN_E_CERT);
+        ck_assert_msg(strncmp(err, "TSS2 key: ", 10) == 0, "%s", err);
+        ck_assert_uint_eq(k.parent, 0x5a5a5a5a); /* untouched */
+    }
+}
+END_TEST
+
+/* One mutation of HAND_DER at `at` (or appended when at == -1), and the reason. */
+static const struct {
+    int at;
+    uint8_t value;
+    const char *why;
+} bad_der[] = {
+    { 9, 0x04, "not a loadable key" },              /* importable key OID */
+    { 9, 0x05, "not a loadable key" },              /* sealed data OID */
+    { 4, 0x2b, "not a TPM key OID" },
+    { 10, 0xa1, "policy" },                         /* [1] policy */
+    { 10, 0xa3, "policy" },                         /* [3] authPolicy */
+    { 10, 0xa2, "import secret" },                  /* [2] secret */
+    { 12, 0x02, "malformed emptyAuth" },            /* [0] holds an INTEGER */
+    { 17, 0xc0, "parent is not a 32-bit handle" },  /* negative INTEGER */
+    { 15, 0x03, "" },                               /* tag: not an INTEGER */
+    { 1, 0x1d, "" },                                /* length beyond the end */
+    { -1, 0x00, "trailing bytes" },
+};
+
+START_TEST(tss2_bad_der)
+{
+    uint8_t d[sizeof HAND_DER + 1];
+    size_t n = sizeof HAND_DER;
+    memcpy(d, HAND_DER, n);
+    if (bad_der[_i].at < 0)
+        d[n++] = bad_der[_i].value;
+    else
+        d[bad_der[_i].at] = bad_der[_i].value;
+    tss2_key_blob k;
+    char err[256] = "";
+    ck_assert_int_eq(tss2_key_parse_der(d, n, &k, err, sizeof err), M2MVPN_E_CERT);
+    ck_assert_msg(strstr(err, bad_der[_i].why) != NULL, "case %d: %s", _i, err);
+}
+END_TEST
+
+START_TEST(tss2_parent_forms)
+{
+    /* Non-minimal INTEGER (leading 0x00 without need) and a 6-byte one. */
+    static const uint8_t padded[] = { 0x30, 0x12, 0x06, 0x06, 0x67, 0x81, 0x05, 0x0a, 0x01, 0x03,
+                                      0x02, 0x02, 0x00, 0x01, 0x04, 0x01, 0x00, 0x04, 0x01, 0x00 };
+    tss2_key_blob k;
+    char err[256] = "";
+    ck_assert_int_eq(tss2_key_parse_der(padded, sizeof padded, &k, err, sizeof err), M2MVPN_E_CERT);
+    ck_assert_msg(strstr(err, "32-bit handle"), "%s", err);
+    /* Blobs shorter than a TPM2B size field are refused too (here 1 byte). */
+    static const uint8_t tiny[] = { 0x30, 0x11, 0x06, 0x06, 0x67, 0x81, 0x05, 0x0a, 0x01, 0x03,
+                                    0x02, 0x01, 0x01, 0x04, 0x01, 0x00, 0x04, 0x01, 0x00 };
+    ck_assert_int_eq(tss2_key_parse_der(tiny, sizeof tiny, &k, err, sizeof err), M2MVPN_E_CERT);
+    ck_assert_msg(strstr(err, "impossible size"), "%s", err);
+}
+END_TEST
+
+START_TEST(tss2_pem_without_block)
+{
+    static const char other[] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    tss2_key_blob k;
+    char err[256] = "";
+    ck_assert_int_eq(tss2_key_parse_pem((const uint8_t *)other, strlen(other), &k, err, sizeof err),
+                     M2MVPN_E_CERT);
+    ck_assert_msg(strstr(err, "no \"-----BEGIN TSS2 PRIVATE KEY-----\" block"), "%s", err);
+    ck_assert_int_eq(tss2_key_parse_pem((const uint8_t *)"", 0, &k, err, sizeof err), M2MVPN_E_CERT);
+}
+END_TEST
+
+/* ------------------------------------------------------------ PKCS#11 URIs */
+
+START_TEST(p11_uri_good)
+{
+    p11_uri u;
+    char err[256] = "";
+    ck_assert_msg(p11_uri_parse("pkcs11:token=m2m%20card;object=dev1;id=%01%a0;type=private;slot-id=3;"
+                                "serial=42;model=SoftHSM%20v2;manufacturer=SoftHSM%20project",
+                                &u, err, sizeof err) == 0, "%s", err);
+    ck_assert_str_eq(u.token, "m2m card");
+    ck_assert_str_eq(u.object, "dev1");
+    ck_assert(u.has_id);
+    ck_assert_uint_eq(u.id_len, 2);
+    ck_assert_uint_eq(u.id[0], 0x01);
+    ck_assert_uint_eq(u.id[1], 0xa0);
+    ck_assert_int_eq(u.type, P11_TYPE_PRIVATE);
+    ck_assert(u.has_slot_id);
+    ck_assert_uint_eq(u.slot_id, 3);
+    ck_assert_str_eq(u.serial, "42");
+    ck_assert_str_eq(u.model, "SoftHSM v2");
+    ck_assert_str_eq(u.manufacturer, "SoftHSM project");
+    ck_assert_int_eq(p11_uri_parse("pkcs11:", &u, err, sizeof err), 0);
+    ck_assert_str_eq(u.token, "");
+    ck_assert(!u.has_id);
+}
+END_TEST
+
+static const struct {
+    const char *uri;
+    const char *why;
+} bad_uris[] = {
+    { "pkcs12:token=a", "must start with \"pkcs11:\"" },
+    { "pkcs11:tokn=a", "unknown attribute 'tokn'" },
+    { "pkcs11:token=a?pin-value=1234", "query attributes" },
+    { "pkcs11:token", "without '='" },
+    { "pkcs11:token=a%2", "bad or too long value of 'token'" },
+    { "pkcs11:token=a%zz", "bad or too long value of 'token'" },
+    { "pkcs11:token=a%00b", "bad or too long value of 'token'" },
+    { "pkcs11:token=123456789012345678901234567890123", "bad or too long value of 'token'" },
+    { "pkcs11:id=", "bad id" },
+    { "pkcs11:type=secret-key", "type must be" },
+    { "pkcs11:slot-id=x", "slot-id must be a decimal" },
+    { "pkcs11:slot-id=99999999999999999999999", "slot-id" },
+};
+
+START_TEST(p11_uri_bad)
+{
+    p11_uri u;
+    memset(&u, 0x5a, sizeof u);
+    char err[256] = "";
+    ck_assert_int_eq(p11_uri_parse(bad_uris[_i].uri, &u, err, sizeof err), M2MVPN_E_INVAL);
+    ck_assert_msg(strstr(err, bad_uris[_i].why) != NULL, "%s: %s", bad_uris[_i].uri, err);
+    ck_assert_uint_eq((uint8_t)u.token[0], 0x5a); /* untouched */
+}
+END_TEST
+
+/* ------------------------------------------------------ keygen: file keys */
+
+static char tmpdir[64];
+
+static void make_tmpdir(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/m2mvpn-keygen-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+
+static X509_REQ *read_csr(const char *pem)
+{
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    X509_REQ *r = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL);
+    BIO_free(b);
+    ck_assert_ptr_nonnull(r);
+    return r;
+}
+
+START_TEST(keygen_file_key_and_csr)
+{
+    make_tmpdir();
+    char key[128], text[256];
+    snprintf(key, sizeof key, "%s/%s.pem", tmpdir, _i ? "rsa" : "ec");
+    keygen_request rq = { .provider = KEYGEN_FILE, .rsa = _i == 1, .out = key,
+                          .subject = "/O=m2m/CN=dev1.m2m.test" };
+    char *csr = NULL, err[256] = "";
+    ck_assert_msg(keygen_run(&rq, &csr, err, sizeof err) == 0, "%s", err);
+    X509_REQ *r = read_csr(csr);
+    EVP_PKEY *pub = X509_REQ_get0_pubkey(r);
+    ck_assert_int_eq(X509_REQ_verify(r, pub), 1);
+    ck_assert_int_eq(EVP_PKEY_get_base_id(pub), _i ? EVP_PKEY_RSA : EVP_PKEY_EC);
+    ck_assert_int_eq(EVP_PKEY_get_bits(pub), _i ? 2048 : 256);
+    X509_NAME_oneline(X509_REQ_get_subject_name(r), text, sizeof text);
+    ck_assert_str_eq(text, "/O=m2m/CN=dev1.m2m.test");
+    /* The key file: mode 0600, its key is the CSR's. */
+    struct stat st;
+    ck_assert_int_eq(stat(key, &st), 0);
+    ck_assert_uint_eq(st.st_mode & 0777, 0600);
+    FILE *f = fopen(key, "r");
+    EVP_PKEY *priv = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    ck_assert_ptr_nonnull(priv);
+    ck_assert_int_eq(EVP_PKEY_eq(priv, pub), 1);
+    EVP_PKEY_free(priv);
+    X509_REQ_free(r);
+    free(csr);
+    /* A second run never replaces the key. */
+    csr = NULL;
+    ck_assert_int_eq(keygen_run(&rq, &csr, err, sizeof err), M2MVPN_E_IO);
+    ck_assert_msg(strstr(err, "exists: not replaced"), "%s", err);
+    ck_assert_ptr_null(csr);
+    unlink(key);
+    rmdir(tmpdir);
+}
+END_TEST
+
+START_TEST(keygen_file_key_with_passphrase)
+{
+    make_tmpdir();
+    char key[128];
+    snprintf(key, sizeof key, "%s/enc.pem", tmpdir);
+    keygen_request rq = { .provider = KEYGEN_FILE, .out = key, .subject = "/CN=a\\/b",
+                          .pin = "secret", .pin_len = 6 };
+    char *csr = NULL, err[256] = "";
+    ck_assert_msg(keygen_run(&rq, &csr, err, sizeof err) == 0, "%s", err);
+    X509_REQ *r = read_csr(csr);
+    char text[128];
+    X509_NAME_oneline(X509_REQ_get_subject_name(r), text, sizeof text);
+    ck_assert_str_eq(text, "/CN=a\\/b"); /* one CN "a/b", shown escaped */
+    FILE *f = fopen(key, "r");
+    char head[64] = "";
+    ck_assert_ptr_nonnull(fgets(head, sizeof head, f));
+    fclose(f);
+    ck_assert_str_eq(head, "-----BEGIN ENCRYPTED PRIVATE KEY-----\n");
+    X509_REQ_free(r);
+    free(csr);
+    unlink(key);
+    rmdir(tmpdir);
+}
+END_TEST
+
+static const char *const bad_subjects[] = { "CN=x", "/", "/CN", "/=x", "/CN=", "/NOSUCHTYPE=x" };
+
+START_TEST(keygen_bad_subject_makes_nothing)
+{
+    make_tmpdir();
+    char key[128];
+    snprintf(key, sizeof key, "%s/k.pem", tmpdir);
+    keygen_request rq = { .provider = KEYGEN_FILE, .out = key, .subject = bad_subjects[_i] };
+    char *csr = NULL, err[256] = "";
+    ck_assert_int_eq(keygen_run(&rq, &csr, err, sizeof err), M2MVPN_E_INVAL);
+    ck_assert_msg(strstr(err, "subject"), "%s", err);
+    ck_assert_int_ne(access(key, F_OK), 0);
+    ck_assert_int_eq(rmdir(tmpdir), 0); /* nothing left behind */
+}
+END_TEST
+
+Suite *cred_hw_suite(void)
+{
+    Suite *s = suite_create("cred_hw");
+    TCase *tc = tcase_create("tss2");
+    tcase_add_loop_test(tc, tss2_roundtrip, 0, sizeof roundtrips / sizeof roundtrips[0]);
+    tcase_add_test(tc, tss2_hand_made_der);
+    tcase_add_test(tc, tss2_ber_true_and_false);
+    tcase_add_test(tc, tss2_every_truncation_fails);
+    tcase_add_loop_test(tc, tss2_bad_der, 0, sizeof bad_der / sizeof bad_der[0]);
+    tcase_add_test(tc, tss2_parent_forms);
+    tcase_add_test(tc, tss2_pem_without_block);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("p11_uri");
+    tcase_add_test(tc, p11_uri_good);
+    tcase_add_loop_test(tc, p11_uri_bad, 0, sizeof bad_uris / sizeof bad_uris[0]);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("keygen");
+    tcase_set_timeout(tc, 60);
+    tcase_add_loop_test(tc, keygen_file_key_and_csr, 0, 2);
+    tcase_add_test(tc, keygen_file_key_with_passphrase);
+    tcase_add_loop_test(tc, keygen_bad_subject_makes_nothing, 0, sizeof bad_subjects / sizeof bad_subjects[0]);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(cred_hw_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -56,9 +56,12 @@
  *    TUN itself is deleted, the blackhole still catches the traffic;
  *  - where the kernel has nf_tables (and the build libnftables), a table
  *    `inet m2mvpn_<tun>` drops packets for the protected prefixes leaving by
- *    any interface but the TUN (and lo), except our own marked UDP: this
- *    also holds against what bypasses routing rules (a socket bound to
- *    another interface, a rule ahead of ours);
+ *    any interface but the TUN (and lo), except our own marked UDP to the
+ *    IKE ports (500, 4500, esp_tunnel_net.ike_ports): this also holds
+ *    against what bypasses routing rules (a socket bound to another
+ *    interface, a rule ahead of ours). Without it (esp_kill_switch_info
+ *    .nftables false) lib/conn refuses the kill switch unless the profile
+ *    accepts routing alone (tunnel.kill_switch_routing_only);
  *  - only esp_datapath_teardown(dp, true) removes the routes, blackholes,
  *    rules, nftables table, addresses and the persistent device, i.e. when
  *    the profile is removed on purpose. esp_datapath_free() without teardown

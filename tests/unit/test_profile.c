@@ -247,6 +247,16 @@ START_TEST(test_cert_sources)
 }
 END_TEST
 
+/* The kill switch without its nftables layer, by explicit choice only. */
+START_TEST(test_kill_switch_routing_only_is_read)
+{
+    profile_set *set = parse_ok(dq("{" BASE ",'tunnel':{'kill_switch_routing_only':true}}"), "/etc/m2mvpn");
+    ck_assert(set->items[0].tunnel.kill_switch);
+    ck_assert(set->items[0].tunnel.kill_switch_routing_only);
+    profile_set_free(set);
+}
+END_TEST
+
 START_TEST(test_eap_local_id_defaults_to_identity)
 {
     profile_set *set = parse_ok(dq("{'version':1,'name':'e','gateways':[{'host':'gw'}],'remote_id':'gw',"
@@ -882,6 +892,7 @@ static Suite *profile_suite(void)
     tcase_add_test(tc, test_every_field_is_read);
     tcase_add_test(tc, test_cert_sources);
     tcase_add_test(tc, test_eap_local_id_defaults_to_identity);
+    tcase_add_test(tc, test_kill_switch_routing_only_is_read);
     tcase_add_test(tc, test_relative_paths_without_base_use_cwd);
     tcase_add_test(tc, test_load_file_resolves_against_its_folder);
     tcase_add_test(tc, test_load_file_with_comments);

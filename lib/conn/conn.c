@@ -15,6 +15,7 @@
 
 #include "core/secmem.h"
 #include "cred/cred.h"
+#include "crypto/crypto.h"
 #include "crypto/pki.h"
 #include "esp/esp.h"
 #include "dns_hook.h"
@@ -204,17 +205,18 @@ static void close_and_reconnect(conn *c, int err, const char *detail)
     ike_sa_close(c->sa); /* on_down follows, maybe right away */
 }
 
-/* The CHILD SA nears its end. Rekeying (CREATE_CHILD_SA) is not implemented
- * yet, so the tunnel is built anew: already at the soft limit, so that the
- * hard limit never stops traffic on a SA that is still in use. */
+/* The CHILD SA nears its end (soft lifetime, bytes, sequence numbers):
+ * rekey it (CREATE_CHILD_SA, lib/ike); the result arrives through
+ * on_child_rekeyed. Only when that cannot start and the SA no longer sends
+ * (a hard reason) is the tunnel built anew. */
 static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)
 {
     conn *c = arg;
     if (!c->sa || spi_in != c->spi_in || c->reconnect_after_close)
         return;
-    LOG_INFO(c->log, "conn", "CHILD SA %08x: %s; reconnecting (rekeying is not implemented yet)",
-             spi_in, esp_rekey_reason_name(reason));
-    close_and_reconnect(c, 0, NULL);
+    LOG_INFO(c->log, "conn", "CHILD SA %08x: %s; rekeying", spi_in, esp_rekey_reason_name(reason));
+    if (ike_sa_rekey_child(c->sa, spi_in) < 0 && esp_rekey_reason_is_hard(reason))
+        close_and_reconnect(c, 0, NULL);
 }
 
 static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
@@ -298,28 +300,82 @@ static void set_inbound_filter(const ike_child_result *r, esp_tunnel_net *net)
     }
 }
 
+/* The datapath's SA for a negotiated CHILD SA. The soft lifetime is jittered
+ * (80..90 %) so that both sides rarely rekey at the same moment. */
+static int child_sa_config(conn *c, const ike_child_result *r, esp_sa_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->spi_in = r->spi_in;
+    cfg->spi_out = r->spi_out;
+    cfg->encr_id = r->encr_id;
+    cfg->encr_key_bits = r->encr_key_bits;
+    cfg->integ_id = r->integ_id;
+    cfg->esn = r->esn;
+    cfg->replay_window = c->prof->esp.replay_window;
+    uint32_t life = c->prof->esp.lifetime_s, jitter = 0;
+    if (life / 10 && crypto_random(&jitter, sizeof(jitter)) == 0)
+        jitter %= life / 10 + 1;
+    cfg->lifetime.hard_seconds = life;
+    cfg->lifetime.soft_seconds = life - life / 10 - jitter;
+    memcpy(&cfg->peer, &c->gw, c->gw_len);
+    cfg->peer_len = c->gw_len;
+    if (cfg->peer.ss_family == AF_INET)
+        ((struct sockaddr_in *)&cfg->peer)->sin_port = htons(ESP_UDP_PORT);
+    else
+        ((struct sockaddr_in6 *)&cfg->peer)->sin6_port = htons(ESP_UDP_PORT);
+    return esp_keys_from_keymat(cfg, r->keymat, r->keymat_len, true);
+}
+
+/* A rekey replaced the CHILD SA old_spi_in (lib/ike): the new one goes into
+ * the datapath next to the old one (make-before-break); sending moves to it
+ * now (outbound) or once the old one is removed (on_child_deleted). */
+static void on_child_rekeyed(void *arg, uint32_t old_spi_in, const ike_child_result *r, bool outbound)
+{
+    conn *c = arg;
+    char err[256] = "";
+    esp_sa_config cfg;
+    int rc = child_sa_config(c, r, &cfg);
+    cfg.inbound_only = !outbound;
+    if (rc == 0 && c->dp)
+        rc = esp_datapath_install_sa(c->dp, &cfg, err, sizeof(err));
+    secure_wipe(&cfg, sizeof(cfg));
+    if (rc < 0) {
+        char why[320];
+        snprintf(why, sizeof(why), "installing the rekeyed CHILD SA failed: %s", err);
+        close_and_reconnect(c, rc, why);
+        return;
+    }
+    c->spi_in = r->spi_in;
+    c->spi_out = r->spi_out;
+    ike_sa_describe(c->sa, c->ike_alg, sizeof(c->ike_alg), c->esp_alg, sizeof(c->esp_alg));
+    char what[96];
+    snprintf(what, sizeof(what), "CHILD SA %08x replaced by %08x/%08x", old_spi_in, r->spi_in, r->spi_out);
+    LOG_INFO(c->log, "conn", "%s", what);
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_REKEYED, 0, what);
+}
+
+static void on_child_deleted(void *arg, uint32_t spi_in)
+{
+    conn *c = arg;
+    if (c->dp && spi_in != c->spi_in)
+        esp_datapath_remove_sa(c->dp, spi_in);
+}
+
+static void on_ike_rekeyed(void *arg)
+{
+    conn *c = arg;
+    ike_sa_describe(c->sa, c->ike_alg, sizeof(c->ike_alg), c->esp_alg, sizeof(c->esp_alg));
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_REKEYED, 0, "IKE SA rekeyed");
+}
+
 static void on_established(void *arg, const ike_child_result *r)
 {
     conn *c = arg;
     char err[256] = "";
     esp_sa_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.spi_in = r->spi_in;
-    cfg.spi_out = r->spi_out;
-    cfg.encr_id = r->encr_id;
-    cfg.encr_key_bits = r->encr_key_bits;
-    cfg.integ_id = r->integ_id;
-    cfg.esn = r->esn;
-    cfg.replay_window = c->prof->esp.replay_window;
-    cfg.lifetime.hard_seconds = c->prof->esp.lifetime_s;
-    cfg.lifetime.soft_seconds = c->prof->esp.lifetime_s - c->prof->esp.lifetime_s / 10;
-    memcpy(&cfg.peer, &c->gw, c->gw_len);
-    cfg.peer_len = c->gw_len;
-    if (cfg.peer.ss_family == AF_INET)
-        ((struct sockaddr_in *)&cfg.peer)->sin_port = htons(ESP_UDP_PORT);
-    else
-        ((struct sockaddr_in6 *)&cfg.peer)->sin6_port = htons(ESP_UDP_PORT);
-    int rc = esp_keys_from_keymat(&cfg, r->keymat, r->keymat_len, true);
+    int rc = child_sa_config(c, r, &cfg);
     if (rc == 0)
         rc = esp_datapath_install_sa(c->dp, &cfg, err, sizeof(err));
     secure_wipe(&cfg, sizeof(cfg));
@@ -773,7 +829,8 @@ static void attempt(conn *c)
         cfg.remote_len = c->gw_len;
         cfg.cred = c->cred;
         cfg.trust = c->trust;
-        ike_hooks hooks = { c, ike_send, on_established, on_down };
+        ike_hooks hooks = { c, ike_send, on_established, on_down, on_child_rekeyed, on_child_deleted,
+                            on_ike_rekeyed };
         r = ike_sa_new(c->loop, c->log, &cfg, &hooks, &c->sa, err, sizeof(err));
     }
     if (r < 0) {

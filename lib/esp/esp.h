@@ -218,6 +218,9 @@ typedef struct esp_sa_config {
     esp_sa_keys key_in;        /* we decrypt with it (responder->initiator for us) */
     esp_sa_keys key_out;       /* we encrypt with it (initiator->responder for us) */
     esp_lifetime lifetime;
+    /* esp_datapath_install_sa: receive only, the SA sending so far keeps
+     * sending until it is removed (rekey responder, RFC 7296 §2.8). */
+    bool inbound_only;
     /* Where this SA's packets go (UDP-encapsulated). */
     struct sockaddr_storage peer;
     socklen_t peer_len;
@@ -427,8 +430,10 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,
                              char *err, size_t err_len);
 
 /* Install a CHILD SA (created from cfg; keys copied). It becomes the outbound
- * SA; earlier SAs stay inbound-capable until removed (rekey overlap). Up to 4
- * SAs at once. Errors as esp_sa_new, plus STATE (table full). */
+ * SA (unless cfg->inbound_only and another SA sends: then it sends once the
+ * SAs installed before it are removed); earlier SAs stay inbound-capable until
+ * removed (rekey overlap). Up to 4 SAs at once. Errors as esp_sa_new, plus
+ * STATE (table full). */
 int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg,
                             char *err, size_t err_len);
 /* Remove the SA with this inbound SPI (waits until no worker uses it).

@@ -177,7 +177,8 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg, char *er
     dp->slots[idx].peer = cfg->peer;
     dp->slots[idx].peer_len = cfg->peer_len;
     dp->slots[idx].installed = ++dp->install_seq;
-    dp->out_idx = idx;
+    if (!cfg->inbound_only || dp->out_idx < 0)
+        dp->out_idx = idx;
     pthread_rwlock_unlock(&dp->sa_lock);
     return 0;
 }

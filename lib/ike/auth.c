@@ -81,7 +81,7 @@ static int our_id(ike_sa *sa, pki_id *id, char *err, size_t err_len)
     return M2MVPN_E_PROFILE;
 }
 
-static void build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts)
+void ike_build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts)
 {
     *n = 0;
     for (size_t i = 0; i < n_ts && *n < IKE_MAX_TS; i++)
@@ -243,8 +243,8 @@ no_auth:
     ike_ts tsi[IKE_MAX_TS], tsr[IKE_MAX_TS];
     size_t n_tsi = 0, n_tsr = 0;
     profile_ts proposed[PROFILE_MAX_TS];
-    build_ts_list(tsi, &n_tsi, proposed, our_tsi(sa, proposed));
-    build_ts_list(tsr, &n_tsr, p->tunnel.remote_ts, p->tunnel.n_remote_ts);
+    ike_build_ts_list(tsi, &n_tsi, proposed, our_tsi(sa, proposed));
+    ike_build_ts_list(tsr, &n_tsr, p->tunnel.remote_ts, p->tunnel.n_remote_ts);
     ike_build_ts(&cw, IKE_PL_TSI, tsi, n_tsi);
     ike_build_ts(&cw, IKE_PL_TSR, tsr, n_tsr);
     ike_chain_writer_finish(&cw);
@@ -450,8 +450,10 @@ static int granted_ts(const ike_sa *sa, const ike_ts_list *got, const char *whic
     return 0;
 }
 
-static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, crypto_child_keys **keys,
-                        char *err, size_t err_len)
+int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, size_t ni_len,
+                          const uint8_t *nr, size_t nr_len, const uint8_t *g_ir, size_t g_ir_len,
+                          bool need_cp, uint32_t spi_in, ike_child_result *res,
+                          crypto_child_keys **keys, char *err, size_t err_len)
 {
     const profile *p = sa->cfg.prof;
     ike_diag d;
@@ -476,11 +478,13 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
     ike_sa_choice ch;
     ike_ts_list tsr;
     if (!sa_pl || !tsr_pl || ike_sa_parse_choice(sa_pl->body, &ch, &d) < 0 || ike_ts_parse(tsr_pl->body, &tsr, &d) < 0) {
-        snprintf(err, err_len, "IKE_AUTH response from %s without a valid CHILD SA %s", sa->gw_text, d.text);
+        snprintf(err, err_len, "answer from %s without a valid CHILD SA %s", sa->gw_text, d.text);
         return M2MVPN_E_PROTOCOL;
     }
-    if (ch.protocol != IKE_PROTO_ESP || ch.spi_len != 4 ||
-        !ike_choice_offered(&ch, p->esp.proposals, p->esp.n_proposals, false)) {
+    if (ch.protocol != IKE_PROTO_ESP || ch.spi_len != 4 || buf_load_be32(ch.spi) < 256 ||
+        !ike_choice_offered(&ch, p->esp.proposals, p->esp.n_proposals, false) ||
+        /* A rekey without our KE must not get a group (with one: the caller checks it). */
+        (!need_cp && !g_ir_len && ike_sa_choice_has(&ch, IKE_TT_KE) && ch.id[IKE_TT_KE] != 0)) {
         snprintf(err, err_len, "gateway %s chose an ESP proposal we did not offer", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
     }
@@ -489,9 +493,8 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
         return M2MVPN_E_PROTOCOL;
     }
     memset(res, 0, sizeof(*res));
-    res->spi_in = sa->child_spi_in;
+    res->spi_in = spi_in;
     res->spi_out = buf_load_be32(ch.spi);
-    sa->child_spi_out = res->spi_out;
     res->encr_id = ch.id[IKE_TT_ENCR];
     res->encr_key_bits = ch.encr_key_bits ? ch.encr_key_bits : 256;
     res->integ_id = ike_sa_choice_has(&ch, IKE_TT_INTEG) ? ch.id[IKE_TT_INTEG] : 0;
@@ -505,7 +508,7 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
     const ike_payload *tsi_pl = ike_chain_find(c, IKE_PL_TSI, NULL);
     ike_ts_list tsi;
     if (!tsi_pl || ike_ts_parse(tsi_pl->body, &tsi, &d) < 0) {
-        snprintf(err, err_len, "IKE_AUTH response from %s without a valid TSi %s", sa->gw_text, d.text);
+        snprintf(err, err_len, "answer from %s without a valid TSi %s", sa->gw_text, d.text);
         return M2MVPN_E_PROTOCOL;
     }
     profile_ts proposed[PROFILE_MAX_TS];
@@ -517,7 +520,14 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
                        &res->n_local_ts, err, err_len);
     if (r < 0)
         return r;
-    const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);
+    /* Kept for rekeying (RFC 7296 §2.8: the same selectors). */
+    sa->n_child_tsr = 0;
+    for (size_t i = 0; i < tsr.n && sa->n_child_tsr < IKE_MAX_TS; i++)
+        sa->child_tsr[sa->n_child_tsr++] = tsr.ts[i];
+    sa->n_child_tsi = 0;
+    for (size_t i = 0; i < tsi.n && sa->n_child_tsi < IKE_MAX_TS; i++)
+        sa->child_tsi[sa->n_child_tsi++] = tsi.ts[i];
+    const ike_payload *cp_pl = need_cp ? ike_chain_find(c, IKE_PL_CP, NULL) : NULL;
     ike_cp cp;
     if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {
         const ike_cp_attr *a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL);
@@ -530,18 +540,31 @@ static int child_result(ike_sa *sa, const ike_chain *c, ike_child_result *res, c
             if (a->value.len == 4)
                 memcpy(res->dns[res->n_dns++], a->value.p, 4);
     }
-    if (p->tunnel.request_vip && !res->has_vip) {
+    if (need_cp && p->tunnel.request_vip && !res->has_vip) {
         snprintf(err, err_len, "gateway %s assigned no virtual IP (check its address pool)", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
     }
     crypto_suite cs = { res->encr_id, res->encr_key_bits, res->integ_id, sa->suite.prf_id };
-    r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, NULL, 0, sa->nonce_i, sizeof(sa->nonce_i),
-                                     sa->nonce_r, sa->nonce_r_len, keys);
+    r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, g_ir, g_ir_len, ni, ni_len, nr, nr_len, keys);
     if (r < 0) {
         snprintf(err, err_len, "deriving CHILD SA keys failed");
         return r;
     }
     return 0;
+}
+
+size_t ike_child_keymat(const crypto_child_keys *keys, bool we_initiated, uint8_t *out, size_t cap)
+{
+    const crypto_key *parts[4] = { &keys->encr_i, &keys->integ_i, &keys->encr_r, &keys->integ_r };
+    size_t n = 0;
+    for (int k = 0; k < 4; k++) {
+        const crypto_key *part = parts[we_initiated ? k : (k + 2) % 4];
+        if (n + part->len > cap)
+            return 0;
+        memcpy(out + n, part->b, part->len);
+        n += part->len;
+    }
+    return n;
 }
 
 void ike_auth_process(ike_sa *sa, const ike_chain *c)
@@ -582,19 +605,17 @@ void ike_auth_establish(ike_sa *sa, const ike_chain *c)
     int r;
     ike_child_result res;
     crypto_child_keys *keys = NULL;
-    r = child_result(sa, c, &res, &keys, err, sizeof(err));
+    r = ike_child_from_answer(sa, c, sa->nonce_i, sizeof(sa->nonce_i), sa->nonce_r, sa->nonce_r_len, NULL, 0,
+                              true, sa->child_spi_in, &res, &keys, err, sizeof(err));
+    if (r == 0)
+        sa->child_spi_out = res.spi_out;
     if (r < 0) {
         ike_info_send_final(sa, false); /* an IKE SA without its CHILD SA is of no use */
         ike_sa_fail(sa, r, "%s", err);
         return;
     }
     uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
-    size_t kl = 0;
-    const crypto_key *parts[4] = { &keys->encr_i, &keys->integ_i, &keys->encr_r, &keys->integ_r };
-    for (int i = 0; i < 4; i++) {
-        memcpy(keymat + kl, parts[i]->b, parts[i]->len);
-        kl += parts[i]->len;
-    }
+    size_t kl = ike_child_keymat(keys, true, keymat, sizeof(keymat));
     crypto_child_keys_free(keys);
     res.keymat = keymat;
     res.keymat_len = kl;
@@ -606,6 +627,7 @@ void ike_auth_establish(ike_sa *sa, const ike_chain *c)
              sa->gw_text, sa->ike_alg, res.spi_in, res.spi_out, sa->esp_alg, vip);
     if (sa->cfg.prof->ike.dpd_s)
         core_timer_arm(sa->loop, &sa->dpd_timer, (uint64_t)sa->cfg.prof->ike.dpd_s * 1000);
+    ike_rekey_plan_ike(sa);
     if (sa->hooks.on_established)
         sa->hooks.on_established(sa->hooks.arg, &res);
     secure_wipe(keymat, sizeof(keymat));

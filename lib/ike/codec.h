@@ -421,7 +421,8 @@ int ike_message_end(ike_chain_writer *cw);
 /* ------------------------------------------------------------- SA (§3.3) */
 
 #define IKE_MAX_PROPOSALS 16
-#define IKE_MAX_TRANSFORMS 64       /* per SA payload, all proposals together */
+#define IKE_MAX_TRANSFORMS 256      /* per SA payload, all proposals together (a gateway
+                                     * rekeying offers its whole list: strongSwan sends ~110) */
 
 typedef struct ike_transform {
     uint8_t type;           /* IKE_TT_* */

@@ -14,6 +14,18 @@
  * "A -> B". Results leave through the hooks:
  *   on_established  the IKE SA and its CHILD SA are up: keys and network
  *                   parameters for the ESP datapath (wiped after the call)
+ *   on_child_rekeyed  a CREATE_CHILD_SA exchange replaced the CHILD SA
+ *                   old_spi_in (RFC 7296 §2.8): install the new one now,
+ *                   make-before-break. outbound: use it for sending at once
+ *                   (we initiated, the gateway has its inbound half); false:
+ *                   inbound only, the old SA keeps sending until
+ *                   on_child_deleted(old) (the gateway initiated: it starts
+ *                   sending on the new SA first, §2.8). keymat as in
+ *                   on_established; the network fields are empty (unchanged).
+ *   on_child_deleted  a CHILD SA reported by on_child_rekeyed (or the one it
+ *                   replaced) is gone: remove it from the datapath. After
+ *                   on_down only the current CHILD SA is left to remove.
+ *   on_ike_rekeyed  the IKE SA was replaced by a new one (§2.18); informative.
  *   on_down         the SA failed or was closed: error 0 when we closed it on
  *                   purpose, M2MVPN_E_PROTOCOL when the gateway deleted it,
  *                   else why it failed, and whose fault it is (ike_fault);
@@ -41,7 +53,9 @@ typedef struct ike_child_result {
     uint32_t spi_out;              /* the gateway's: we send with it */
     uint16_t encr_id, encr_key_bits, integ_id;
     bool esn;
-    const uint8_t *keymat;         /* encr_i|integ_i|encr_r|integ_r (RFC 7296 §2.17) */
+    const uint8_t *keymat;         /* encr_i|integ_i|encr_r|integ_r (RFC 7296 §2.17) as for an
+                                    * exchange we initiated: what we send with first (swapped
+                                    * when the gateway initiated the rekey) */
     size_t keymat_len;
     bool has_vip;
     uint8_t vip[4];                /* INTERNAL_IP4_ADDRESS */
@@ -72,6 +86,11 @@ typedef struct ike_hooks {
     int (*send)(void *arg, const uint8_t *msg, size_t len, bool natt);
     void (*on_established)(void *arg, const ike_child_result *child);
     void (*on_down)(void *arg, int err, ike_fault fault, const char *detail);
+    /* Optional (NULL: rekeys of the CHILD SA are refused, as before). */
+    void (*on_child_rekeyed)(void *arg, uint32_t old_spi_in, const ike_child_result *child,
+                             bool outbound);
+    void (*on_child_deleted)(void *arg, uint32_t spi_in);
+    void (*on_ike_rekeyed)(void *arg);
 } ike_hooks;
 
 typedef struct ike_config {
@@ -101,6 +120,15 @@ int ike_sa_start(ike_sa *sa);
 void ike_sa_input(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);
 /* Delete the IKE SA (INFORMATIONAL with Delete, not waiting long); on_down(0) follows. */
 void ike_sa_close(ike_sa *sa);
+/* Rekey the CHILD SA whose inbound SPI is spi_in (CREATE_CHILD_SA, with PFS
+ * when the profile's first ESP proposal has a key exchange). 0 when started
+ * or already under way; M2MVPN_E_STATE when the SA is not established or
+ * spi_in is not its current CHILD SA. Failures are retried; the outcome
+ * arrives through on_child_rekeyed. */
+int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in);
+/* Rekey the IKE SA now (it also happens by itself before ike.lifetime_s
+ * ends). Errors: M2MVPN_E_STATE (not established). */
+int ike_sa_rekey_ike(ike_sa *sa);
 /* Cancel timers, wipe keys, free. NULL is fine. Never calls hooks. */
 void ike_sa_free(ike_sa *sa);
 

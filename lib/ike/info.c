@@ -87,9 +87,15 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
                 continue;
             if (del.protocol == IKE_PROTO_IKE) {
                 deleted = true;
-            } else if (del.protocol == IKE_PROTO_ESP) {
+            } else if (del.protocol == IKE_PROTO_ESP && del.spi_len == 4) {
+                uint8_t ours[4 * IKE_MAX_RETIRING];
+                uint16_t n_ours = 0;
                 for (uint16_t i = 0; i < del.n_spi; i++) {
-                    if (buf_load_be32(del.spis.p + 4 * i) == sa->child_spi_out) {
+                    uint32_t spi = buf_load_be32(del.spis.p + 4 * i), mine;
+                    if (n_ours < IKE_MAX_RETIRING && ike_rekey_peer_deleted(sa, spi, &mine) == 1) {
+                        /* A CHILD SA replaced by a rekey: our half goes too. */
+                        buf_store_be32(ours + 4 * n_ours++, mine);
+                    } else if (spi == sa->child_spi_out) {
                         /* Our only CHILD SA: answer with our half, then the
                          * IKE SA has nothing to carry and goes too. */
                         uint8_t spi[4];
@@ -98,10 +104,13 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
                         deleted = true;
                     }
                 }
+                if (n_ours)
+                    ike_build_delete(&cw, IKE_PROTO_ESP, 4, ours, n_ours);
             }
         }
     } else {
-        /* CREATE_CHILD_SA from the gateway: rekeying is not implemented yet. */
+        /* An exchange we do not serve as a responder (CREATE_CHILD_SA is
+         * lib/ike/rekey.c's). */
         ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NO_ADDITIONAL_SAS, NULL, 0, NULL, 0);
         LOG_WARN(sa->log, "ike", "gateway %s started %s: answered NO_ADDITIONAL_SAS", sa->gw_text,
                  ike_exchange_name(hdr->exchange));
@@ -109,6 +118,6 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
     ike_chain_writer_finish(&cw);
     ike_sa_send_protected(sa, hdr->exchange, true, hdr->message_id, inner, buf_writer_len(&w),
                           cw.first_type, IKE_TASK_NONE);
-    if (deleted)
+    if (deleted && ike_rekey_peer_deleted_ike(sa) != 1)
         ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "the gateway %s deleted the IKE SA", sa->gw_text);
 }

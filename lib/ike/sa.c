@@ -66,10 +66,12 @@ int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_
     sa->cfg = *cfg;
     sa->hooks = *hooks;
     sa->state = IKE_SA_IDLE;
+    sa->initiator = true;
     format_addr(&cfg->remote, sa->gw_text, sizeof(sa->gw_text));
     core_timer_init(&sa->retransmit_timer, retransmit, sa);
     core_timer_init(&sa->dpd_timer, ike_info_dpd, sa);
     ike_frag_reasm_init(&sa->reasm);
+    ike_rekey_init(sa);
     int r = crypto_random(sa->spi_i, sizeof(sa->spi_i));
     if (r == 0)
         r = crypto_random(sa->nonce_i, sizeof(sa->nonce_i));
@@ -92,7 +94,10 @@ void ike_sa_free(ike_sa *sa)
         return;
     core_timer_cancel(sa->loop, &sa->retransmit_timer);
     core_timer_cancel(sa->loop, &sa->dpd_timer);
+    ike_rekey_free(sa);
     crypto_ke_free(sa->ke);
+    crypto_ke_free(sa->prev_ke);
+    free(sa->prev_init_req);
     crypto_ike_keys_free(sa->keys);
     crypto_cipher_free(sa->seal_ctx);
     crypto_cipher_free(sa->open_ctx);
@@ -126,7 +131,9 @@ static void fail(ike_sa *sa, int err, ike_fault fault, const char *fmt, va_list 
         LOG_INFO(sa->log, "ike", "%s", detail);
     core_timer_cancel(sa->loop, &sa->retransmit_timer);
     core_timer_cancel(sa->loop, &sa->dpd_timer);
+    core_timer_cancel(sa->loop, &sa->rekey_timer);
     ike_sa_set_state(sa, IKE_SA_DOWN);
+    ike_rekey_drop_all(sa); /* replaced CHILD SAs first: on_down covers the current one */
     if (sa->hooks.on_down)
         sa->hooks.on_down(sa->hooks.arg, err, fault, detail);
 }
@@ -172,7 +179,7 @@ void ike_sa_header(const ike_sa *sa, ike_header *hdr, uint8_t exchange, bool res
     hdr->major = IKE_VERSION_MAJOR;
     hdr->minor = IKE_VERSION_MINOR;
     hdr->exchange = exchange;
-    hdr->flags = IKE_FLAG_INITIATOR | (response ? IKE_FLAG_RESPONSE : 0);
+    hdr->flags = (sa->initiator ? IKE_FLAG_INITIATOR : 0) | (response ? IKE_FLAG_RESPONSE : 0);
     hdr->message_id = message_id;
 }
 
@@ -335,7 +342,15 @@ static int sk_open(void *ctx, const ike_sk_open_io *io)
     return crypto_cipher_decrypt(c, &m);
 }
 
-static void adapter(ike_sk_cipher *a, crypto_cipher *c, bool seal)
+uint64_t ike_sa_spi_be64(const uint8_t spi[8])
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | spi[i];
+    return v;
+}
+
+void ike_sa_sk_adapter(ike_sk_cipher *a, crypto_cipher *c, bool seal)
 {
     const crypto_cipher_sizes *sz = crypto_cipher_get_sizes(c);
     a->iv_len = sz->iv_len;
@@ -356,20 +371,33 @@ int ike_sa_install_keys(ike_sa *sa, const uint8_t *g_ir, size_t g_ir_len, char *
                                    sa->nonce_r, sa->nonce_r_len, sa->spi_i, sa->spi_r, &sa->keys);
     secure_wipe(&skeyseed, sizeof(skeyseed));
     if (r == 0)
-        r = crypto_cipher_new(sa->suite.encr_id, sa->suite.encr_key_bits, sa->suite.integ_id,
-                              CRYPTO_DIR_ENCRYPT, sa->keys->sk_ei.b, sa->keys->sk_ei.len,
-                              sa->keys->sk_ai.len ? sa->keys->sk_ai.b : NULL, sa->keys->sk_ai.len, &sa->seal_ctx);
-    if (r == 0)
-        r = crypto_cipher_new(sa->suite.encr_id, sa->suite.encr_key_bits, sa->suite.integ_id,
-                              CRYPTO_DIR_DECRYPT, sa->keys->sk_er.b, sa->keys->sk_er.len,
-                              sa->keys->sk_ar.len ? sa->keys->sk_ar.b : NULL, sa->keys->sk_ar.len, &sa->open_ctx);
+        r = ike_sa_make_ciphers(&sa->suite, sa->keys, sa->initiator, &sa->seal_ctx, &sa->open_ctx);
     if (r < 0) {
         snprintf(err, err_len, "deriving IKE SA keys for %s failed (%s)", sa->ike_alg, m2mvpn_strerror(r));
         return r;
     }
-    adapter(&sa->sk_out, sa->seal_ctx, true);
-    adapter(&sa->sk_in, sa->open_ctx, false);
+    ike_sa_sk_adapter(&sa->sk_out, sa->seal_ctx, true);
+    ike_sa_sk_adapter(&sa->sk_in, sa->open_ctx, false);
     return 0;
+}
+
+int ike_sa_make_ciphers(const crypto_suite *suite, const crypto_ike_keys *k, bool initiator,
+                        crypto_cipher **seal, crypto_cipher **open)
+{
+    /* SK_ei/SK_ai protect what the original initiator sends (RFC 7296 §2.14). */
+    const crypto_key *se = initiator ? &k->sk_ei : &k->sk_er, *sa_ = initiator ? &k->sk_ai : &k->sk_ar;
+    const crypto_key *oe = initiator ? &k->sk_er : &k->sk_ei, *oa = initiator ? &k->sk_ar : &k->sk_ai;
+    *seal = *open = NULL;
+    int r = crypto_cipher_new(suite->encr_id, suite->encr_key_bits, suite->integ_id, CRYPTO_DIR_ENCRYPT,
+                              se->b, se->len, sa_->len ? sa_->b : NULL, sa_->len, seal);
+    if (r == 0)
+        r = crypto_cipher_new(suite->encr_id, suite->encr_key_bits, suite->integ_id, CRYPTO_DIR_DECRYPT,
+                              oe->b, oe->len, oa->len ? oa->b : NULL, oa->len, open);
+    if (r < 0) {
+        crypto_cipher_free(*seal);
+        *seal = NULL;
+    }
+    return r;
 }
 
 /* ------------------------------------------------------------- input */
@@ -417,6 +445,7 @@ static int open_protected(ike_sa *sa, const ike_message *msg, uint8_t *plain, si
 static void heard_from_gateway(ike_sa *sa)
 {
     sa->last_heard_ms = sa->loop->clock_ms();
+    ike_rekey_heard(sa);
 }
 
 static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
@@ -446,10 +475,16 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     case IKE_TASK_DELETE:
         ike_info_process_response(sa, &inner);
         break;
+    case IKE_TASK_REKEY_CHILD:
+    case IKE_TASK_REKEY_IKE:
+    case IKE_TASK_DELETE_CHILD:
+        ike_rekey_process_response(sa, task, &inner);
+        break;
     default:
         break;
     }
     ike_frag_reasm_reset(&sa->reasm); /* the inner chain pointed into it */
+    ike_rekey_kick(sa);
 }
 
 static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
@@ -491,8 +526,12 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
         return;
     heard_from_gateway(sa);
     sa->peer_msg_id++;
-    ike_info_process_request(sa, &msg->hdr, &inner);
+    if (msg->hdr.exchange == IKE_EXCH_CREATE_CHILD_SA)
+        ike_rekey_process_request(sa, &msg->hdr, &inner);
+    else
+        ike_info_process_request(sa, &msg->hdr, &inner);
     ike_frag_reasm_reset(&sa->reasm);
+    ike_rekey_kick(sa);
 }
 
 void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
@@ -510,19 +549,20 @@ void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
     uint8_t spi_i[8];
     for (int i = 0; i < 8; i++)
         spi_i[i] = (uint8_t)(msg.hdr.spi_i >> (56 - 8 * i));
-    uint64_t our_spi_r = 0;
-    for (int i = 0; i < 8; i++)
-        our_spi_r = (our_spi_r << 8) | sa->spi_r[i];
+    uint64_t our_spi_r = ike_sa_spi_be64(sa->spi_r);
     bool init = msg.hdr.exchange == IKE_EXCH_IKE_SA_INIT;
-    if (memcmp(spi_i, sa->spi_i, 8) != 0 || (msg.hdr.flags & IKE_FLAG_INITIATOR) ||
-        (!init && msg.hdr.spi_r != our_spi_r)) {
-        LOG_DBG(sa->log, "ike", "ignoring message for another IKE SA");
-        return;
-    }
+    /* The Initiator flag names the original initiator (RFC 7296 §3.1): the
+     * gateway's messages carry it when the gateway rekeyed the IKE SA. */
+    bool from_initiator = (msg.hdr.flags & IKE_FLAG_INITIATOR) != 0;
+    bool ours = memcmp(spi_i, sa->spi_i, 8) == 0 && from_initiator != sa->initiator &&
+                (init || msg.hdr.spi_r == our_spi_r);
     uint8_t *plain = malloc(len);
     if (!plain)
         return;
-    if (msg.hdr.flags & IKE_FLAG_RESPONSE)
+    if (!ours) {
+        if (init || !ike_rekey_zombie_input(sa, &msg, plain, len))
+            LOG_DBG(sa->log, "ike", "ignoring message for another IKE SA");
+    } else if (msg.hdr.flags & IKE_FLAG_RESPONSE)
         handle_response(sa, &msg, plain, len);
     else
         handle_request(sa, &msg, plain, len);

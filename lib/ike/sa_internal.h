@@ -29,7 +29,56 @@ typedef enum ike_task {
     IKE_TASK_AUTH,
     IKE_TASK_DPD,
     IKE_TASK_DELETE,
+    IKE_TASK_REKEY_CHILD,          /* CREATE_CHILD_SA rekeying the CHILD SA (rekey.c) */
+    IKE_TASK_REKEY_IKE,            /* CREATE_CHILD_SA rekeying the IKE SA */
+    IKE_TASK_DELETE_CHILD,         /* INFORMATIONAL deleting a replaced CHILD SA */
 } ike_task;
+
+#define IKE_MAX_RETIRING 4         /* replaced CHILD SAs not yet deleted */
+#define IKE_MAX_ZOMBIES 3          /* replaced IKE SAs not yet deleted */
+
+/* A CHILD SA on its way out after a rekey: still in the datapath (inbound)
+ * until the Delete exchange is over and a short grace has passed. */
+typedef struct ike_retiring {
+    uint32_t spi_in, spi_out;
+    bool we_delete;                /* we send the Delete (else we wait for the gateway's) */
+    bool delete_sent;              /* our Delete is queued or out */
+    uint64_t deadline_ms;          /* then: delete it ourselves (waiting) or drop it (done) */
+    bool done;                     /* deleted both ways: only the grace is left */
+    bool installed;                /* reported to on_child_rekeyed (a collision loser
+                                    * of ours never was) */
+} ike_retiring;
+
+/* A replaced IKE SA (RFC 7296 §2.18): kept with its keys only to finish the
+ * Delete exchange on it, whichever side sends it. */
+typedef struct ike_zombie {
+    bool active;
+    bool initiator;                /* we were its original initiator */
+    bool we_delete;
+    uint8_t spi_i[8], spi_r[8];
+    crypto_cipher *seal_ctx, *open_ctx;
+    ike_sk_cipher sk_out, sk_in;
+    uint32_t next_msg_id, peer_msg_id;
+    uint8_t *last_resp;            /* our last answer on it, for retransmitted requests */
+    size_t last_resp_len;
+    uint8_t *req;                  /* our Delete, for retransmission */
+    size_t req_len;
+    uint32_t req_id;
+    unsigned tries;
+    uint64_t deadline_ms;          /* give up on it then */
+} ike_zombie;
+
+/* Everything a CREATE_CHILD_SA exchange produced for a new IKE SA, before it
+ * replaces the current one. */
+typedef struct ike_new_ike {
+    bool initiator;
+    uint8_t spi_i[8], spi_r[8];
+    crypto_suite suite;
+    uint16_t ke_group;
+    crypto_ike_keys *keys;
+    uint8_t min_nonce[IKE_NONCE_MAX]; /* lowest nonce of its exchange (§2.8.1) */
+    size_t min_nonce_len;
+} ike_new_ike;
 
 /* The one outstanding request (window size 1), as sent: for retransmission. */
 typedef struct ike_request {
@@ -67,6 +116,14 @@ struct ike_sa {
 
     uint8_t *init_req;             /* our last IKE_SA_INIT request (RealMessage1) */
     size_t init_req_len;
+    /* The request an INVALID_KE_PAYLOAD made us replace (its key pair and
+     * bytes): that notify is unauthenticated, so a valid answer to the
+     * first request still counts (a forged notify must not downgrade the
+     * group, nor throw the real answer away). */
+    crypto_ke *prev_ke;
+    uint16_t prev_ke_group;
+    uint8_t *prev_init_req;
+    size_t prev_init_req_len;
     uint8_t *init_resp;            /* the gateway's response (RealMessage2) */
     size_t init_resp_len;
 
@@ -99,10 +156,48 @@ struct ike_sa {
     size_t eap_idi_len;
     uint8_t *eap_idr;              /* the gateway's ID body from its first answer */
     size_t eap_idr_len;
+    bool initiator;                /* we are the original initiator of this IKE SA
+                                    * (false after a rekey the gateway started) */
 
     /* CHILD SA */
     uint32_t child_spi_in;
     uint32_t child_spi_out;
+    ike_ts child_tsi[IKE_MAX_TS], child_tsr[IKE_MAX_TS]; /* as negotiated, ours | theirs */
+    size_t n_child_tsi, n_child_tsr;
+
+    /* Rekeying (rekey.c, RFC 7296 §1.3, §2.8) */
+    bool want_rekey_child, want_rekey_ike;
+    core_timer rekey_timer;        /* IKE SA lifetime, retries, grace periods */
+    uint64_t ike_rekey_at_ms;      /* 0: none planned */
+    uint64_t child_retry_at_ms;    /* a failed CHILD rekey is tried again then */
+    uint64_t quiet_until_ms;       /* no request of ours on an IKE SA the gateway just
+                                    * created before then (it may not have it yet) */
+    struct {
+        uint32_t old_spi_in, old_spi_out; /* the SA being rekeyed */
+        uint32_t new_spi_in;
+        uint8_t nonce[IKE_NONCE_LEN];
+        crypto_ke *ke;
+        uint16_t group;
+        bool ke_retried;
+        /* The gateway rekeyed the same SA meanwhile (§2.8.1): its SA. */
+        bool collided;
+        bool moot;                 /* the gateway settled the collision already: our
+                                    * SA, if the answer still brings one, is redundant */
+        uint32_t peer_spi_in, peer_spi_out;
+        uint8_t peer_min_nonce[IKE_NONCE_MAX];
+        size_t peer_min_nonce_len;
+    } rk;
+    struct {
+        uint8_t spi[8];            /* our SPI for the new IKE SA */
+        uint8_t nonce[IKE_NONCE_LEN];
+        crypto_ke *ke;
+        bool ke_retried;
+        ike_new_ike peer;          /* the gateway's own IKE rekey answered meanwhile */
+        bool collided;
+    } rki;
+    ike_retiring retiring[IKE_MAX_RETIRING];
+    size_t n_retiring;
+    ike_zombie zombie[IKE_MAX_ZOMBIES];
     ike_sa_choice esp_choice;
     char ike_alg[96], esp_alg[96];
 };
@@ -133,6 +228,11 @@ void ike_sa_header(const ike_sa *sa, ike_header *hdr, uint8_t exchange, bool res
                    uint32_t message_id);
 /* Install keys after IKE_SA_INIT and the SK adapters. */
 int ike_sa_install_keys(ike_sa *sa, const uint8_t *g_ir, size_t g_ir_len, char *err, size_t err_len);
+/* Ciphers for keys (SK_e/SK_a in our sending/receiving direction). */
+int ike_sa_make_ciphers(const crypto_suite *suite, const crypto_ike_keys *keys, bool initiator,
+                        crypto_cipher **seal, crypto_cipher **open);
+void ike_sa_sk_adapter(ike_sk_cipher *a, crypto_cipher *c, bool seal);
+uint64_t ike_sa_spi_be64(const uint8_t spi[8]);
 
 /* auth.c */
 /* The AUTH method and signature scheme for our key of type kt, given the
@@ -167,6 +267,40 @@ int ike_eap_begin(ike_sa *sa, const uint8_t *idi_body, size_t len, char *err, si
 void ike_eap_process(ike_sa *sa, const ike_chain *c);
 /* Wipe and free the EAP state. */
 void ike_eap_end(ike_sa *sa);
+
+/* rekey.c */
+void ike_rekey_init(ike_sa *sa);
+void ike_rekey_free(ike_sa *sa);
+/* The SA is established (IKE_AUTH or an IKE rekey): plan the IKE SA rekey. */
+void ike_rekey_plan_ike(ike_sa *sa);
+/* An authenticated message arrived on the current IKE SA. */
+void ike_rekey_heard(ike_sa *sa);
+/* Start whatever is queued (deletes, rekeys) if no request is outstanding. */
+void ike_rekey_kick(ike_sa *sa);
+void ike_rekey_process_response(ike_sa *sa, ike_task task, const ike_chain *inner);
+/* CREATE_CHILD_SA from the gateway: answered here. */
+void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *inner);
+/* Delete(ESP) of `spi` (our outbound SPI) from the gateway: 1 if it named a
+ * retiring or not yet current SA (our half goes into `our_spi`), else 0. */
+int ike_rekey_peer_deleted(ike_sa *sa, uint32_t spi, uint32_t *our_spi);
+/* The gateway deleted the current IKE SA: 1 when that settles a rekey
+ * collision (we moved to the gateway's new IKE SA), 0 when it is an end, <0
+ * when the move failed. Call after answering the Delete. */
+int ike_rekey_peer_deleted_ike(ike_sa *sa);
+/* A datagram for one of the replaced IKE SAs? Handled (1) or not (0). */
+int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap);
+/* Before on_down: report every retiring CHILD SA gone. */
+void ike_rekey_drop_all(ike_sa *sa);
+
+/* auth.c: the CHILD SA from an answer (IKE_AUTH or CREATE_CHILD_SA). */
+int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, size_t ni_len,
+                          const uint8_t *nr, size_t nr_len, const uint8_t *g_ir, size_t g_ir_len,
+                          bool need_cp, uint32_t spi_in, ike_child_result *res,
+                          crypto_child_keys **keys, char *err, size_t err_len);
+/* KEYMAT for the datapath: what we send with first (RFC 7296 §2.17 order
+ * when we initiated the exchange, the halves swapped when the gateway did). */
+size_t ike_child_keymat(const crypto_child_keys *keys, bool we_initiated, uint8_t *out, size_t cap);
+void ike_build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts);
 
 /* info.c */
 void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *inner);

@@ -404,7 +404,7 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
     size_t mark = keypath_push_key(kp, "ike");
     TRY(keypath_check_keys(kp, ike, keys));
     TRY(read_proposals(kp, ike, PROPOSAL_IKE, p->ike.proposals, &p->ike.n_proposals));
-    TRY(keypath_uint(kp, ike, "lifetime_s", 60, 604800, &p->ike.lifetime_s));
+    TRY(keypath_uint(kp, ike, "lifetime_s", 10, 604800, &p->ike.lifetime_s));
     TRY(keypath_uint(kp, ike, "dpd_s", 0, 86400, &p->ike.dpd_s));
     TRY(keypath_bool(kp, ike, "fragmentation", &p->ike.fragmentation));
     TRY(keypath_bool(kp, ike, "mobike", &p->ike.mobike));
@@ -428,7 +428,7 @@ static int read_esp(keypath *kp, json_object *obj, profile *p)
     size_t mark = keypath_push_key(kp, "esp");
     TRY(keypath_check_keys(kp, esp, keys));
     TRY(read_proposals(kp, esp, PROPOSAL_ESP, p->esp.proposals, &p->esp.n_proposals));
-    TRY(keypath_uint(kp, esp, "lifetime_s", 60, 604800, &p->esp.lifetime_s));
+    TRY(keypath_uint(kp, esp, "lifetime_s", 10, 604800, &p->esp.lifetime_s));
     TRY(keypath_uint(kp, esp, "replay_window", 0, 65536, &p->esp.replay_window));
     keypath_pop(kp, mark);
     return 0;

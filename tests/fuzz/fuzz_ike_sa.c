@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ike_config cfg = { .prof = &set->items[0] };
     set_addr(&cfg.remote, &cfg.remote_len, 0xc6336401, 500);  /* 198.51.100.1 */
     set_addr(&cfg.local, &cfg.local_len, 0xc6336402, 500);
-    ike_hooks hooks = { &st, hook_send, hook_established, hook_down };
+    ike_hooks hooks = { .arg = &st, .send = hook_send, .on_established = hook_established, .on_down = hook_down };
     ike_sa *sa = NULL;
     if (ike_sa_new(&loop, &log, &cfg, &hooks, &sa, err, sizeof(err)) != 0)
         abort();

@@ -194,7 +194,7 @@ int main(int argc, char **argv)
         }
         cfg.cred = cred;
     }
-    ike_hooks hooks = { &p, probe_send, on_established, on_down };
+    ike_hooks hooks = { .arg = &p, .send = probe_send, .on_established = on_established, .on_down = on_down };
     if (ike_sa_new(&p.loop, &p.log, &cfg, &hooks, &p.sa, err, sizeof(err)) < 0) {
         fprintf(stderr, "ike_probe: %s\n", err);
         return 2;

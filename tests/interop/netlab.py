@@ -577,6 +577,91 @@ def ping(ns: Namespace, addr: str, count: int = 3, size: int = 56,
     return int(proc.stdout.strip() or 0)
 
 
+_PING_FLOOD = r"""
+import json, os, select, socket, struct, sys, threading, time
+dst, duration, interval, size = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident = os.getpid() & 0xffff
+payload = bytes(i & 0xff for i in range(size))
+sent_at, got_at = {}, {}
+done = threading.Event()
+def receive():
+    while not done.is_set():
+        if not select.select([s], [], [], 0.1)[0]:
+            continue
+        data, addr = s.recvfrom(65535)
+        now = time.monotonic()
+        ihl = (data[0] & 0x0f) * 4
+        t, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+        if t == 0 and rid == ident and addr[0] == dst and data[ihl + 8:] == payload:
+            got_at.setdefault(rseq, now)
+rx = threading.Thread(target=receive)
+rx.start()
+start = time.monotonic()
+print("started", flush=True)
+seq = 0
+while time.monotonic() - start < duration and seq < 65535:
+    seq += 1
+    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq) + payload
+    sent_at[seq] = time.monotonic()
+    try:
+        s.sendto(pkt, (dst, 0))
+    except OSError:
+        pass
+    next_at = start + seq * interval
+    left = next_at - time.monotonic()
+    if left > 0:
+        time.sleep(left)
+time.sleep(2.0)   # late replies
+done.set()
+rx.join()
+arrivals = sorted(got_at.values())
+gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+lost = [q for q in sent_at if q not in got_at]
+print(json.dumps({"sent": len(sent_at), "received": len(got_at), "lost": len(lost),
+                  "lost_seqs": lost[:50],
+                  "max_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+                  "max_gap_at_s": round(arrivals[gaps.index(max(gaps))] - start, 2) if gaps else None}),
+      flush=True)
+"""
+
+
+class PingFlood:
+    """ICMP echo requests from ns to addr every interval_s for duration_s, in
+    the background (a raw socket in Python). result() waits for the end and
+    returns {"sent", "received", "lost", "lost_seqs", "max_gap_ms"}: max_gap_ms
+    is the longest time between two replies in a row (the interval when none
+    was lost)."""
+
+    def __init__(self, ns: Namespace, addr: str, duration_s: float, interval_s: float = 0.01,
+                 size: int = 56):
+        self.duration_s = duration_s
+        self.proc = ns.popen([PYTHON, "-c", _PING_FLOOD, addr, str(duration_s), str(interval_s),
+                              str(size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "started":
+            raise RuntimeError(f"ping flood did not start: {line!r} {self.proc.stderr.read()}")
+
+    def result(self) -> dict:
+        out, err = self.proc.communicate(timeout=self.duration_s + 30)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"ping flood failed: {err.strip()}")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 _TCP_PEER = r"""
 import hashlib, os, socket, sys
 role, addr, port, mode, nbytes, timeout = (sys.argv[1], sys.argv[2], int(sys.argv[3]),

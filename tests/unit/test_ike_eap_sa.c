@@ -180,7 +180,7 @@ static void setup(void)
                        .eap_password = PASSWORD, .eap_password_len = strlen(PASSWORD) };
     set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
-    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down };
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
     for (int i = 0; i < 16; i++)
         T->auth_challenge[i] = (uint8_t)(0x30 + i);

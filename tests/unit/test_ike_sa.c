@@ -77,6 +77,13 @@ typedef struct harness {
     char down_detail[512];
     ike_child_result child;
     uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
+    /* rekeys reported */
+    unsigned n_rekeyed, n_child_deleted, n_ike_rekeyed;
+    uint32_t rekeyed_old[8];
+    bool rekeyed_out[8];
+    ike_child_result rekeyed[8];
+    uint8_t rekeyed_keymat[8][4 * CRYPTO_MAX_KEY_LEN];
+    uint32_t child_deleted[8];
 } harness;
 
 static harness *T;
@@ -96,6 +103,32 @@ static void hook_established(void *arg, const ike_child_result *child)
     ck_assert_uint_le(child->keymat_len, sizeof(h->keymat));
     memcpy(h->keymat, child->keymat, child->keymat_len); /* wiped after the call */
     h->child.keymat = h->keymat;
+}
+
+static void hook_rekeyed(void *arg, uint32_t old_spi_in, const ike_child_result *child, bool outbound)
+{
+    harness *h = arg;
+    ck_assert_uint_lt(h->n_rekeyed, 8);
+    h->rekeyed_old[h->n_rekeyed] = old_spi_in;
+    h->rekeyed_out[h->n_rekeyed] = outbound;
+    h->rekeyed[h->n_rekeyed] = *child;
+    ck_assert_uint_le(child->keymat_len, sizeof(h->rekeyed_keymat[0]));
+    memcpy(h->rekeyed_keymat[h->n_rekeyed], child->keymat, child->keymat_len);
+    h->rekeyed[h->n_rekeyed].keymat = h->rekeyed_keymat[h->n_rekeyed];
+    h->n_rekeyed++;
+}
+
+static void hook_child_deleted(void *arg, uint32_t spi_in)
+{
+    harness *h = arg;
+    ck_assert_uint_lt(h->n_child_deleted, 8);
+    h->child_deleted[h->n_child_deleted++] = spi_in;
+}
+
+static void hook_ike_rekeyed(void *arg)
+{
+    harness *h = arg;
+    h->n_ike_rekeyed++;
 }
 
 static void hook_down(void *arg, int err, ike_fault fault, const char *detail)
@@ -141,7 +174,9 @@ static void setup(void)
     ike_config cfg = { .prof = &T->set->items[0] };
     set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
-    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down,
+                        .on_child_rekeyed = hook_rekeyed, .on_child_deleted = hook_child_deleted,
+                        .on_ike_rekeyed = hook_ike_rekeyed };
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }
 
@@ -509,8 +544,8 @@ START_TEST(test_gateway_deletes_child)
 }
 END_TEST
 
-/* A CREATE_CHILD_SA from the gateway (rekeying is not implemented): refused
- * with NO_ADDITIONAL_SAS (§1.3), the SA stays. */
+/* A CREATE_CHILD_SA from the gateway that is no rekey (another CHILD SA):
+ * refused with NO_ADDITIONAL_SAS (§1.3), the SA stays. */
 START_TEST(test_gateway_create_child_refused)
 {
     establish();
@@ -612,6 +647,31 @@ START_TEST(test_invalid_ke_retry)
     char ike_alg[96], esp_alg[96];
     ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
     ck_assert_str_eq(ike_alg, "aes256gcm16-prfsha384-ecp256");
+}
+END_TEST
+
+/* An INVALID_KE_PAYLOAD is not authenticated: one forged by someone on the
+ * path, naming a weaker group we also offer, must neither downgrade the
+ * group nor throw away the real answer to our first request, which still
+ * counts (and our AUTH is then over that first request). */
+START_TEST(test_forged_invalid_ke_then_real_answer)
+{
+    start();
+    invalid_ke(0, KE_ECP256);                 /* forged */
+    ck_assert_uint_eq(n_sent(), 2);
+    ck_assert_uint_eq(sent_ke_group(1), KE_ECP256);
+    size_t n = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_response(&T->gw, sent(0), m);     /* the gateway's answer to the first */
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n + 1);
+    fg_take_auth_request(&T->gw, fg_last(&T->gw), OUR_ID); /* AUTH over request 1 */
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    char ike_alg[96], esp_alg[96];
+    ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
+    ck_assert_str_eq(ike_alg, "aes256gcm16-prfsha384-x25519");
 }
 END_TEST
 
@@ -990,7 +1050,9 @@ static void use_cert_sa(cred_provider *cred)
     ike_config cfg = { .prof = &T->set->items[0], .cred = cred };
     set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
-    ike_hooks hooks = { T, hook_send, hook_established, hook_down };
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down,
+                        .on_child_rekeyed = hook_rekeyed, .on_child_deleted = hook_child_deleted,
+                        .on_ike_rekeyed = hook_ike_rekeyed };
     char err[256];
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }
@@ -1370,7 +1432,830 @@ START_TEST(test_dpd_unanswered_times_out)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------ rekeying */
+
+/* Open a protected datagram whatever the roles (after an IKE SA rekey the
+ * gateway may be the original initiator). */
+static const ike_chain *open_any(const fg_dgram *d, uint8_t exchange, bool response, uint32_t msg_id)
+{
+    ck_assert_int_eq(fg_open(&T->gw, d), 0);
+    const ike_header *h = &T->gw.rq_hdr;
+    ck_assert_uint_eq(h->exchange, exchange);
+    ck_assert_uint_eq(h->message_id, msg_id);
+    ck_assert_uint_eq(!!(h->flags & IKE_FLAG_RESPONSE), response);
+    /* Our messages carry the Initiator flag exactly when we are the original initiator. */
+    ck_assert_uint_eq(!!(h->flags & IKE_FLAG_INITIATOR), !T->gw.initiator);
+    ck_assert_uint_eq(h->spi_i, fg_be64(T->gw.spi_i));
+    ck_assert_uint_eq(h->spi_r, fg_be64(T->gw.spi_r));
+    return &T->gw.rq_inner;
+}
+
+static void use_pfs(void)
+{
+    char err[128];
+    proposal *p = &T->set->items[0].esp.proposals[0]; /* the SA borrows the profile */
+    ck_assert_int_eq(proposal_parse("aes256gcm16-x25519", PROPOSAL_ESP, p, err, sizeof(err)), 0);
+}
+
+static void deliver_chain(fg_chain *c, uint8_t exchange, bool response, uint32_t id)
+{
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain_send(&T->gw, c, exchange, response, id, m);
+    deliver(m);
+    free(m);
+}
+
+/* Our CHILD SA rekey request as the gateway reads it. */
+typedef struct rekey_req {
+    uint32_t old_spi, new_spi;
+    uint8_t ni[IKE_NONCE_MAX];
+    size_t ni_len;
+    bool has_ke;
+    ike_ke ke;
+    uint8_t ke_data[CRYPTO_MAX_KE_LEN];
+} rekey_req;
+
+static void take_child_rekey(const fg_dgram *d, uint32_t msg_id, rekey_req *r)
+{
+    const ike_chain *c = open_any(d, IKE_EXCH_CREATE_CHILD_SA, false, msg_id);
+    ike_notify n;
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_REKEY_SA, &n), 0);
+    ck_assert_uint_eq(n.protocol, IKE_PROTO_ESP);
+    ck_assert_uint_eq(n.spi.len, 4);
+    memset(r, 0, sizeof(*r));
+    r->old_spi = buf_load_be32(n.spi.p);
+    ike_diag diag;
+    const ike_payload *sa = ike_chain_find(c, IKE_PL_SA, NULL);
+    const ike_payload *ni = ike_chain_find(c, IKE_PL_NONCE, NULL);
+    const ike_payload *ke = ike_chain_find(c, IKE_PL_KE, NULL);
+    ck_assert_ptr_nonnull(sa);
+    ck_assert_ptr_nonnull(ni);
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSI, NULL));
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSR, NULL));
+    ike_sa_view *v = malloc(sizeof(*v));
+    ck_assert_int_eq(ike_sa_parse(sa->body, v, &diag), 0);
+    ck_assert_uint_eq(v->prop[0].protocol, IKE_PROTO_ESP);
+    r->new_spi = buf_load_be32(v->prop[0].spi);
+    free(v);
+    buf_reader nb;
+    ck_assert_int_eq(ike_nonce_parse(ni->body, &nb, &diag), 0);
+    memcpy(r->ni, nb.p, nb.len);
+    r->ni_len = nb.len;
+    r->has_ke = ke != NULL;
+    if (ke) {
+        ck_assert_int_eq(ike_ke_parse(ke->body, &r->ke, &diag), 0);
+        memcpy(r->ke_data, r->ke.data.p, r->ke.data.len);
+        r->ke.data.p = r->ke_data;
+    }
+}
+
+/* The gateway answers our CHILD SA rekey: its SPI, nonce nr (32 bytes of
+ * nr_byte), KE when we sent one. Returns the KEYMAT it derived (ours-first). */
+static size_t answer_child_rekey(const rekey_req *r, uint32_t msg_id, uint32_t gw_spi, uint8_t nr_byte,
+                                 uint8_t *keymat, size_t cap)
+{
+    uint8_t nr[32], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0, g_len = 0;
+    memset(nr, nr_byte, sizeof(nr));
+    if (r->has_ke)
+        fg_ke(r->ke.group, &r->ke, pub, &pub_len, g_ir, &g_len);
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_sa_choice ch = fg_esp_choice(1, gw_spi, r->has_ke ? r->ke.group : 0);
+    ike_build_sa_choice(&c.cw, &ch);
+    ike_build_nonce(&c.cw, nr, sizeof(nr));
+    if (r->has_ke)
+        ike_build_ke(&c.cw, r->ke.group, pub, pub_len);
+    fg_build_ts_pair(&T->gw, &c.cw, false);
+    size_t n = fg_rekey_keymat(&T->gw, g_len ? g_ir : NULL, g_len, r->ni, r->ni_len, nr, sizeof(nr), false,
+                               keymat, cap);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, true, msg_id);
+    return n;
+}
+
+/* The Delete(ESP) in an opened message: its single SPI. */
+static uint32_t esp_delete_spi(const ike_chain *c)
+{
+    const ike_payload *pl = ike_chain_find(c, IKE_PL_DELETE, NULL);
+    ck_assert_ptr_nonnull(pl);
+    ike_delete del;
+    ike_diag d;
+    ck_assert_int_eq(ike_delete_parse(pl->body, &del, &d), 0);
+    ck_assert_uint_eq(del.protocol, IKE_PROTO_ESP);
+    ck_assert_uint_eq(del.n_spi, 1);
+    return buf_load_be32(del.spis.p);
+}
+
+static void gw_deletes_esp(uint32_t gw_spi, uint32_t msg_id)
+{
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, gw_spi);
+    ike_build_delete(&c.cw, IKE_PROTO_ESP, 4, spi, 1);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, false, msg_id);
+}
+
+/* We rekey the CHILD SA (with or without PFS, §1.3.3): the new SA is
+ * reported with keys the gateway derives alike and sends at once; the old
+ * one is deleted, and leaves the datapath a grace period after the Delete. */
+static void our_child_rekey(bool pfs)
+{
+    if (pfs)
+        use_pfs();
+    establish();
+    uint32_t old_in = T->child.spi_in, old_out = T->child.spi_out;
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_out), M2MVPN_E_STATE); /* not ours: refused */
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0);
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0); /* under way: nothing more */
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    rekey_req r;
+    take_child_rekey(sent(n0), 2, &r);
+    ck_assert_uint_eq(r.old_spi, old_in);
+    ck_assert_uint_ne(r.new_spi, old_in);
+    ck_assert(r.has_ke == pfs);
+    if (pfs)
+        ck_assert_uint_eq(r.ke.group, KE_X25519);
+    uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
+    size_t wl = answer_child_rekey(&r, 2, 0x5a5a0001, 0x77, want, sizeof(want));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->rekeyed_old[0], old_in);
+    ck_assert(T->rekeyed_out[0]); /* we initiated: it sends at once */
+    ck_assert_uint_eq(T->rekeyed[0].spi_in, r.new_spi);
+    ck_assert_uint_eq(T->rekeyed[0].spi_out, 0x5a5a0001);
+    ck_assert_uint_eq(T->rekeyed[0].keymat_len, wl);
+    ck_assert_mem_eq(T->rekeyed[0].keymat, want, wl);
+    uint8_t first[4 * CRYPTO_MAX_KEY_LEN];
+    ck_assert_uint_eq(fg_child_keymat(&T->gw, first, sizeof(first)), wl);
+    ck_assert(memcmp(first, want, wl) != 0); /* new keys (§2.17: new nonces) */
+    /* The old SA is deleted (INFORMATIONAL, message 3). */
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(esp_delete_spi(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)), old_in);
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, old_out);
+    ike_build_delete(&c.cw, IKE_PROTO_ESP, 4, spi, 1);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, true, 3);
+    ck_assert_uint_eq(T->n_child_deleted, 0); /* packets in flight still arrive */
+    advance(1000);
+    ck_assert_uint_eq(T->n_child_deleted, 1);
+    ck_assert_uint_eq(T->child_deleted[0], old_in);
+    /* The new SA is the current one: its rekey works, the old one's is refused. */
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), M2MVPN_E_STATE);
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, r.new_spi), 0);
+    take_child_rekey(fg_last(&T->gw), 4, &r);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+
+START_TEST(test_rekey_child_ours)
+{
+    our_child_rekey(false);
+}
+END_TEST
+
+START_TEST(test_rekey_child_ours_pfs)
+{
+    our_child_rekey(true);
+}
+END_TEST
+
+/* The gateway's CHILD SA rekey request (with PFS: KEi); returns its nonce. */
+static void gw_child_rekey_request(uint32_t msg_id, uint32_t rekeyed_gw_spi, uint32_t new_gw_spi, uint8_t ni_byte,
+                                   uint8_t *pub, size_t *pub_len, uint8_t *ni)
+{
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, rekeyed_gw_spi);
+    ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+    ike_sa_choice ch = fg_esp_choice(1, new_gw_spi, KE_X25519);
+    ike_build_sa_choice(&c.cw, &ch); /* one proposal: as an offer too */
+    memset(ni, ni_byte, 32);
+    ike_build_nonce(&c.cw, ni, 32);
+    fg_ke(KE_X25519, NULL, pub, pub_len, NULL, NULL);
+    ike_build_ke(&c.cw, KE_X25519, pub, *pub_len);
+    fg_build_ts_pair(&T->gw, &c.cw, true);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, msg_id);
+}
+
+/* Our answer to the gateway's CHILD SA rekey: checks it and returns our new
+ * SPI and the KEYMAT the gateway derives (ours-first). */
+static uint32_t take_child_rekey_answer(const fg_dgram *d, uint32_t msg_id, const uint8_t *ni, uint8_t *keymat,
+                                        size_t cap, size_t *kl, uint8_t *nr_out)
+{
+    const ike_chain *c = open_any(d, IKE_EXCH_CREATE_CHILD_SA, true, msg_id);
+    ike_diag diag;
+    ike_sa_choice ch;
+    const ike_payload *sa = ike_chain_find(c, IKE_PL_SA, NULL);
+    const ike_payload *nr = ike_chain_find(c, IKE_PL_NONCE, NULL);
+    const ike_payload *ke = ike_chain_find(c, IKE_PL_KE, NULL);
+    ck_assert_ptr_nonnull(sa);
+    ck_assert_ptr_nonnull(nr);
+    ck_assert_ptr_nonnull(ke);
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSI, NULL));
+    ck_assert_ptr_nonnull(ike_chain_find(c, IKE_PL_TSR, NULL));
+    ck_assert_int_eq(ike_sa_parse_choice(sa->body, &ch, &diag), 0);
+    ck_assert_uint_eq(ch.id[IKE_TT_KE], KE_X25519);
+    ck_assert_uint_eq(ch.id[IKE_TT_ENCR], ENCR_AES_GCM_16);
+    buf_reader nb;
+    ike_ke kr;
+    ck_assert_int_eq(ike_nonce_parse(nr->body, &nb, &diag), 0);
+    ck_assert_int_eq(ike_ke_parse(ke->body, &kr, &diag), 0);
+    if (nr_out)
+        memcpy(nr_out, nb.p, 32);
+    (void)keymat;
+    (void)cap;
+    (void)kl;
+    (void)ni;
+    return buf_load_be32(ch.spi);
+}
+
+/* The gateway rekeys the CHILD SA (§1.3.3, with PFS): the new SA is
+ * installed inbound only before the answer leaves, sends once the gateway
+ * deleted the old one; the gateway's Delete is answered with our half. */
+START_TEST(test_rekey_child_by_gateway)
+{
+    use_pfs();
+    establish();
+    uint32_t old_in = T->child.spi_in;
+    size_t n0 = n_sent();
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32], nr[32];
+    size_t pub_len = 0;
+    /* We keep our half of the key exchange to check the keys. */
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, T->gw.child_spi_r);
+    ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+    ike_sa_choice ch = fg_esp_choice(1, 0x6b6b0001, KE_X25519);
+    ike_build_sa_choice(&c.cw, &ch);
+    memset(ni, 0x33, sizeof(ni));
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    fg_build_ts_pair(&T->gw, &c.cw, true);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->rekeyed_old[0], old_in);
+    ck_assert(!T->rekeyed_out[0]); /* inbound only until the gateway deletes the old SA */
+    ck_assert_uint_eq(T->rekeyed[0].spi_out, 0x6b6b0001);
+    uint32_t new_in = take_child_rekey_answer(sent(n0), 0, ni, NULL, 0, NULL, nr);
+    ck_assert_uint_eq(T->rekeyed[0].spi_in, new_in);
+    /* Keys: g^ir from our KE and the answer's, Ni the gateway's. */
+    const ike_payload *ke = ike_chain_find(&T->gw.rq_inner, IKE_PL_KE, NULL);
+    ike_ke kr;
+    ike_diag d;
+    ck_assert_int_eq(ike_ke_parse(ke->body, &kr, &d), 0);
+    uint8_t g_ir[CRYPTO_MAX_KE_LEN], want[4 * CRYPTO_MAX_KEY_LEN];
+    size_t g_len = 0;
+    char err[128];
+    ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err)), 0);
+    crypto_ke_free(gke);
+    size_t wl = fg_rekey_keymat(&T->gw, g_ir, g_len, ni, sizeof(ni), nr, sizeof(nr), true, want, sizeof(want));
+    ck_assert_uint_eq(T->rekeyed[0].keymat_len, wl);
+    ck_assert_mem_eq(T->rekeyed[0].keymat, want, wl);
+    /* The gateway deletes the old SA: answered with our half, removed now. */
+    gw_deletes_esp(T->gw.child_spi_r, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(esp_delete_spi(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 1)), old_in);
+    ck_assert_uint_eq(T->n_child_deleted, 1);
+    ck_assert_uint_eq(T->child_deleted[0], old_in);
+    ck_assert_uint_eq(T->n_down, 0);
+    /* A Delete of the new SA now ends the IKE SA, as for the first one. */
+    gw_deletes_esp(0x6b6b0001, 2);
+    ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 2)), new_in);
+    assert_down(M2MVPN_E_PROTOCOL);
+}
+END_TEST
+
+/*
+ * Both sides rekey the CHILD SA at once (§2.8.1): our request is out when the
+ * gateway's arrives; each answers the other. The exchange with the lowest of
+ * the four nonces made the redundant SA, which its initiator deletes; the
+ * initiator of the other deletes the old SA.
+ */
+static void child_collision(bool we_win)
+{
+    use_pfs();
+    establish();
+    uint32_t old_in = T->child.spi_in;
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0);
+    rekey_req r;
+    take_child_rekey(sent(n0), 2, &r);
+    /* The gateway's own rekey of the same SA, with nonces that decide: to
+     * make its SA redundant its Ni is all 0x00 (the lowest of the four); to
+     * make ours redundant its Nr in our exchange is all 0x00. The other one
+     * is all 0xff, our two nonces are random. */
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32];
+    size_t pub_len;
+    uint8_t b = we_win ? 0x00 : 0xff;
+    gw_child_rekey_request(0, T->gw.child_spi_r, 0x7c7c0001, b, pub, &pub_len, ni);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    uint8_t nr_ours[32];
+    uint32_t gw_sa_in = take_child_rekey_answer(sent(n0 + 1), 0, ni, NULL, 0, NULL, nr_ours);
+    ck_assert(nr_ours[0] != 0x00 || nr_ours[1] != 0x00); /* (random: all-zero is out of the question) */
+    ck_assert_uint_eq(T->n_rekeyed, 1); /* the gateway's, inbound only */
+    ck_assert(!T->rekeyed_out[0]);
+    ck_assert_uint_eq(T->rekeyed[0].spi_in, gw_sa_in);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 2, 0x7c7c0002, (uint8_t)~b, km, sizeof(km));
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    uint32_t deleted = esp_delete_spi(open_any(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, false, 3));
+    if (we_win) {
+        /* Ours stands: installed, sending; we delete the old SA; the
+         * gateway deletes its redundant one. */
+        ck_assert_uint_eq(T->n_rekeyed, 2);
+        ck_assert(T->rekeyed_out[1]);
+        ck_assert_uint_eq(T->rekeyed[1].spi_in, r.new_spi);
+        ck_assert_uint_eq(deleted, old_in);
+        gw_deletes_esp(0x7c7c0001, 1);
+        ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1)), gw_sa_in);
+        ck_assert_uint_eq(T->n_child_deleted, 1);
+        ck_assert_uint_eq(T->child_deleted[0], gw_sa_in);
+        ck_assert_int_eq(ike_sa_rekey_child(T->sa, r.new_spi), 0); /* the current one */
+    } else {
+        /* Ours is redundant: never installed, deleted; the gateway's
+         * stands and the gateway deletes the old SA. */
+        ck_assert_uint_eq(T->n_rekeyed, 1);
+        ck_assert_uint_eq(deleted, r.new_spi);
+        gw_deletes_esp(T->gw.child_spi_r, 1);
+        ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1)), old_in);
+        ck_assert_uint_eq(T->n_child_deleted, 1);
+        ck_assert_uint_eq(T->child_deleted[0], old_in);
+        ck_assert_int_eq(ike_sa_rekey_child(T->sa, gw_sa_in), 0); /* the current one */
+    }
+    ck_assert_uint_eq(T->n_down, 0);
+}
+
+START_TEST(test_rekey_child_collision_we_win)
+{
+    child_collision(true);
+}
+END_TEST
+
+START_TEST(test_rekey_child_collision_we_lose)
+{
+    child_collision(false);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- suite */
+
+
+/* The gateway's IKE proposal for a rekey: AES-GCM-256, PRF SHA-384, X25519
+ * (what OUR_PROPOSAL starts with), SPI spi. */
+static ike_sa_choice ike_choice(uint8_t number, const uint8_t spi[8])
+{
+    ike_sa_choice ch;
+    memset(&ch, 0, sizeof(ch));
+    ch.number = number;
+    ch.protocol = IKE_PROTO_IKE;
+    ch.spi_len = 8;
+    memcpy(ch.spi, spi, 8);
+    ch.present = (1u << IKE_TT_ENCR) | (1u << IKE_TT_PRF) | (1u << IKE_TT_KE);
+    ch.id[IKE_TT_ENCR] = ENCR_AES_GCM_16;
+    ch.encr_key_bits = 256;
+    ch.id[IKE_TT_PRF] = PRF_HMAC_SHA2_384;
+    ch.id[IKE_TT_KE] = KE_X25519;
+    return ch;
+}
+
+/* After an IKE SA rekey: the new SA carries requests both ways, and CHILD SA
+ * keys now come from its SK_d (§2.17, §2.18). */
+static void new_ike_sa_works(fg_keys *old, uint32_t our_id)
+{
+    unsigned k = T->n_rekeyed;
+    /* Liveness check from the gateway on the new SA: message 0. */
+    size_t n0 = n_sent();
+    fg_chain c;
+    fg_chain_begin(&c);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_uint_eq(open_any(sent(n0), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
+    /* A request of ours: message 0 of the new SA, keys from the new SK_d. */
+    uint32_t cur = k ? T->rekeyed[k - 1].spi_in : T->child.spi_in;
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, cur), 0);
+    rekey_req r;
+    take_child_rekey(fg_last(&T->gw), our_id, &r);
+    uint8_t want[4 * CRYPTO_MAX_KEY_LEN];
+    size_t wl = answer_child_rekey(&r, our_id, 0x5a5a0009, 0x42, want, sizeof(want));
+    ck_assert_uint_eq(T->n_rekeyed, k + 1);
+    ck_assert_mem_eq(T->rekeyed[k].keymat, want, wl);
+    /* The old SA's SK_d would have given other keys. */
+    uint8_t other[4 * CRYPTO_MAX_KEY_LEN];
+    fg_swap_keys(&T->gw, old);
+    fg_rekey_keymat(&T->gw, NULL, 0, r.ni, r.ni_len, (uint8_t[32]){ 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+                    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+                    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42 }, 32, false, other, sizeof(other));
+    fg_swap_keys(&T->gw, old);
+    ck_assert(memcmp(other, want, wl) != 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+
+/* We rekey the IKE SA (§1.3.2): new SPIs and SKEYSEED from the old SK_d
+ * (§2.18); the old IKE SA is deleted on itself; the CHILD SA moves over. */
+START_TEST(test_rekey_ike_ours)
+{
+    establish();
+    uint32_t child_in = T->child.spi_in;
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *c = open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, false, 2);
+    ck_assert_int_lt(fg_notify_at(c, IKE_N_REKEY_SA, NULL), 0);
+    ike_diag d;
+    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL), *ni_pl = ike_chain_find(c, IKE_PL_NONCE, NULL),
+                      *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
+    ck_assert_ptr_nonnull(sa_pl);
+    ck_assert_ptr_nonnull(ni_pl);
+    ck_assert_ptr_nonnull(ke_pl);
+    ike_sa_view *v = malloc(sizeof(*v));
+    ck_assert_int_eq(ike_sa_parse(sa_pl->body, v, &d), 0);
+    ck_assert_uint_eq(v->prop[0].protocol, IKE_PROTO_IKE);
+    ck_assert_uint_eq(v->prop[0].spi_len, 8);
+    uint8_t spi_i[8], spi_r[8] = { 0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7 };
+    memcpy(spi_i, v->prop[0].spi, 8);
+    free(v);
+    ck_assert(memcmp(spi_i, T->gw.spi_i, 8) != 0);
+    buf_reader ni;
+    ike_ke ke;
+    ck_assert_int_eq(ike_nonce_parse(ni_pl->body, &ni, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ke_pl->body, &ke, &d), 0);
+    ck_assert_uint_eq(ke.group, KE_X25519);
+    uint8_t ni_copy[IKE_NONCE_MAX], nr[32], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
+    size_t ni_len = ni.len, pub_len = 0, g_len = 0;
+    memcpy(ni_copy, ni.p, ni.len);
+    memset(nr, 0x55, sizeof(nr));
+    fg_ke(KE_X25519, &ke, pub, &pub_len, g_ir, &g_len);
+    fg_chain a;
+    fg_chain_begin(&a);
+    ike_sa_choice ch = ike_choice(1, spi_r);
+    ike_build_sa_choice(&a.cw, &ch);
+    ike_build_nonce(&a.cw, nr, sizeof(nr));
+    ike_build_ke(&a.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&a, IKE_EXCH_CREATE_CHILD_SA, true, 2);
+    fg_keys old;
+    fg_rekey_ike_keys(&T->gw, false, spi_i, spi_r, g_ir, g_len, ni_copy, ni_len, nr, sizeof(nr), &old);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    ck_assert_uint_eq(T->n_rekeyed, 0); /* the CHILD SA is untouched */
+    /* The old IKE SA is deleted on itself (message 3), confirmed there. */
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    fg_swap_keys(&T->gw, &old);
+    ck_assert(fg_has_ike_delete(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)));
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 3, 0, m);
+    deliver(m);
+    free(m);
+    fg_swap_keys(&T->gw, &old);
+    advance(20000);
+    ck_assert_uint_eq(n_sent(), n0 + 2); /* confirmed: not retransmitted */
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(T->child.spi_in, child_in);
+    new_ike_sa_works(&old, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
+/* The gateway rekeys the IKE SA (§1.3.2): we answer, the new SA has the
+ * gateway as its original initiator (flags and key directions follow,
+ * §2.18), its Delete of the old SA is answered there and the SA stays up. */
+START_TEST(test_rekey_ike_by_gateway)
+{
+    establish();
+    size_t n0 = n_sent();
+    uint8_t gw_spi[8] = { 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 }, ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    memset(ni, 0x21, sizeof(ni));
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_sa_choice offer = ike_choice(1, gw_spi);
+    ike_build_sa_choice(&c.cw, &offer);
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *ans = open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ike_diag d;
+    ike_sa_choice ch;
+    buf_reader nr;
+    ike_ke kr;
+    ck_assert_int_eq(ike_sa_parse_choice(ike_chain_find(ans, IKE_PL_SA, NULL)->body, &ch, &d), 0);
+    ck_assert_int_eq(ike_nonce_parse(ike_chain_find(ans, IKE_PL_NONCE, NULL)->body, &nr, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(ans, IKE_PL_KE, NULL)->body, &kr, &d), 0);
+    ck_assert_uint_eq(ch.protocol, IKE_PROTO_IKE);
+    ck_assert_uint_eq(ch.spi_len, 8);
+    ck_assert_uint_eq(ch.id[IKE_TT_KE], KE_X25519);
+    ck_assert_uint_eq(kr.group, KE_X25519);
+    uint8_t g_ir[CRYPTO_MAX_KE_LEN], nr_copy[IKE_NONCE_MAX], spi_r[8];
+    size_t g_len = 0, nr_len = nr.len;
+    char err[128];
+    memcpy(nr_copy, nr.p, nr.len);
+    memcpy(spi_r, ch.spi, 8);
+    ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err)), 0);
+    crypto_ke_free(gke);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    fg_keys old;
+    fg_rekey_ike_keys(&T->gw, true, gw_spi, spi_r, g_ir, g_len, ni, sizeof(ni), nr_copy, nr_len, &old);
+    /* A request of ours waits until the gateway shows it has the new SA
+     * (else it may arrive first and be dropped as for an unknown SA). */
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
+    advance(500);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    /* The gateway deletes the old IKE SA on it: answered there, nothing
+     * ends, and our request goes out on the new SA. */
+    fg_swap_keys(&T->gw, &old);
+    fg_chain del;
+    fg_chain_begin(&del);
+    ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+    deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    ck_assert_uint_eq(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 1)->n, 0);
+    fg_swap_keys(&T->gw, &old);
+    ck_assert_uint_eq(T->n_down, 0);
+    rekey_req r;
+    take_child_rekey(sent(n0 + 2), 0, &r);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 0, 0x5a5a0008, 0x43, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, false, 1)), r.old_spi);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 1, 0, m);
+    deliver(m);
+    free(m);
+    new_ike_sa_works(&old, 2);
+    fg_keys_free(&old);
+}
+END_TEST
+
+/* CREATE_CHILD_SA requests that must change nothing: forged (bad ICV: not
+ * answered), malformed or unacceptable (answered with an error notify),
+ * and answers to our rekey that are not acceptable (nothing installed,
+ * tried again later). The SA stays up and a valid rekey still works. */
+START_TEST(test_rekey_forged_and_malformed)
+{
+    use_pfs();
+    establish();
+    uint32_t id = 0;
+    size_t n0 = n_sent();
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32];
+    size_t pub_len;
+    /* 1. Forged: a valid-looking rekey with a flipped ICV bit. */
+    {
+        fg_chain c;
+        fg_chain_begin(&c);
+        uint8_t spi[4];
+        buf_store_be32(spi, T->gw.child_spi_r);
+        ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+        ike_sa_choice ch = fg_esp_choice(1, 0x12340001, KE_X25519);
+        ike_build_sa_choice(&c.cw, &ch);
+        memset(ni, 1, sizeof(ni));
+        ike_build_nonce(&c.cw, ni, sizeof(ni));
+        fg_ke(KE_X25519, NULL, pub, &pub_len, NULL, NULL);
+        ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+        fg_build_ts_pair(&T->gw, &c.cw, true);
+        fg_msg *m = malloc(sizeof(*m));
+        fg_chain_send(&T->gw, &c, IKE_EXCH_CREATE_CHILD_SA, false, id, m);
+        m->p[m->len - 1] ^= 0x01;
+        deliver(m);
+        free(m);
+        ck_assert_uint_eq(n_sent(), n0);
+    }
+    /* 2..5: authentic, but malformed or unacceptable: an error answer each. */
+    struct { const char *what; uint16_t want; } cases[] = {
+        { "no SA payload", IKE_N_INVALID_SYNTAX },
+        { "unknown SPI", IKE_N_CHILD_SA_NOT_FOUND },
+        { "AES-CBC only", IKE_N_NO_PROPOSAL_CHOSEN },
+        { "KE of another group", IKE_N_INVALID_KE_PAYLOAD },
+        { "truncated TS", IKE_N_INVALID_SYNTAX },
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        fg_chain c;
+        fg_chain_begin(&c);
+        uint8_t spi[4];
+        buf_store_be32(spi, k == 1 ? 0xdeadbeef : T->gw.child_spi_r);
+        ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+        ike_sa_choice ch = fg_esp_choice(1, 0x12340002, KE_X25519);
+        if (k == 2) {
+            ch.id[IKE_TT_ENCR] = ENCR_AES_CBC;
+            ch.present |= 1u << IKE_TT_INTEG;
+            ch.id[IKE_TT_INTEG] = 12; /* HMAC-SHA2-256-128 */
+        }
+        if (k != 0)
+            ike_build_sa_choice(&c.cw, &ch);
+        ike_build_nonce(&c.cw, ni, sizeof(ni));
+        uint16_t g = k == 3 ? KE_ECP256 : KE_X25519;
+        fg_ke(g, NULL, pub, &pub_len, NULL, NULL);
+        ike_build_ke(&c.cw, g, pub, pub_len);
+        if (k == 4) {
+            uint8_t bad[8] = { 1, 0, 0, 0, 7, 0, 0, 16 }; /* one TS, cut short */
+            ike_build_raw(&c.cw, IKE_PL_TSI, false, bad, sizeof(bad));
+            ike_build_raw(&c.cw, IKE_PL_TSR, false, bad, sizeof(bad));
+        } else {
+            fg_build_ts_pair(&T->gw, &c.cw, true);
+        }
+        size_t before = n_sent();
+        deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, id);
+        ck_assert_msg(n_sent() == before + 1, "%s: not answered", cases[k].what);
+        ike_notify n;
+        ck_assert_msg(fg_notify_at(open_any(fg_last(&T->gw), IKE_EXCH_CREATE_CHILD_SA, true, id), cases[k].want, &n) >= 0,
+                      "%s: no %s", cases[k].what, ike_notify_name(cases[k].want));
+        if (k == 3)
+            ck_assert_uint_eq(buf_load_be16(n.data.p), KE_X25519);
+        id++;
+    }
+    ck_assert_uint_eq(T->n_rekeyed, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+    /* 6. Our rekey answered with a proposal we did not offer, 7. without the
+     * KE of our PFS group: nothing installed; tried again 10 s later. */
+    uint32_t cur = T->child.spi_in;
+    uint32_t msg = 2;
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(ike_sa_rekey_child(T->sa, cur), 0);
+        rekey_req r;
+        if (k == 1)
+            advance(10000); /* the retry */
+        take_child_rekey(fg_last(&T->gw), msg, &r);
+        fg_chain c;
+        fg_chain_begin(&c);
+        ike_sa_choice ch = fg_esp_choice(1, 0x12340003, KE_X25519);
+        if (k == 0)
+            ch.id[IKE_TT_ENCR] = ENCR_CHACHA20_POLY1305;
+        else
+            ch.present &= (uint8_t)~(1u << IKE_TT_KE);
+        ike_build_sa_choice(&c.cw, &ch);
+        memset(ni, 9, sizeof(ni));
+        ike_build_nonce(&c.cw, ni, sizeof(ni));
+        if (k == 0) {
+            fg_ke(KE_X25519, NULL, pub, &pub_len, NULL, NULL);
+            ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+        }
+        fg_build_ts_pair(&T->gw, &c.cw, false);
+        deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, true, msg);
+        ck_assert_uint_eq(T->n_rekeyed, 0);
+        msg++;
+    }
+    /* The retry after that goes through. */
+    size_t before = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), before + 1);
+    rekey_req r;
+    take_child_rekey(fg_last(&T->gw), msg, &r);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, msg, 0x12340004, 0x66, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+
+/* open_any() with other gateway keys (a redundant IKE SA of a collision). */
+static const ike_chain *open_any_keys(const fg_dgram *d, fg_keys *k, uint8_t exchange, bool response, uint32_t id)
+{
+    fg_swap_keys(&T->gw, k);
+    const ike_chain *c = open_any(d, exchange, response, id);
+    fg_swap_keys(&T->gw, k);
+    return c;
+}
+
+/*
+ * Both sides rekey the IKE SA at once (§2.8.1, §2.18): our request A is out
+ * when the gateway's B arrives; each answers the other. The exchange with
+ * the lowest nonce made the redundant IKE SA: its initiator deletes it, the
+ * other initiator deletes the old one. The gateway's nonces decide here
+ * (ours are random): its Ni all 0x00 makes B redundant, its Nr in A all
+ * 0x00 makes A redundant.
+ */
+static void ike_collision(bool we_win)
+{
+    establish();
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    const ike_chain *c = open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, false, 2);
+    ike_diag d;
+    ike_sa_view *v = malloc(sizeof(*v));
+    ck_assert_int_eq(ike_sa_parse(ike_chain_find(c, IKE_PL_SA, NULL)->body, v, &d), 0);
+    uint8_t a_spi_i[8], a_spi_r[8] = { 0xa9, 1, 2, 3, 4, 5, 6, 7 }, b_spi_i[8] = { 0xb9, 1, 2, 3, 4, 5, 6, 7 };
+    memcpy(a_spi_i, v->prop[0].spi, 8);
+    free(v);
+    buf_reader nb;
+    ike_ke ke_a;
+    ck_assert_int_eq(ike_nonce_parse(ike_chain_find(c, IKE_PL_NONCE, NULL)->body, &nb, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(c, IKE_PL_KE, NULL)->body, &ke_a, &d), 0);
+    uint8_t a_ni[IKE_NONCE_MAX], a_ke[CRYPTO_MAX_KE_LEN];
+    size_t a_ni_len = nb.len;
+    memcpy(a_ni, nb.p, nb.len);
+    memcpy(a_ke, ke_a.data.p, ke_a.data.len);
+    ke_a.data.p = a_ke;
+
+    /* B: the gateway's request, answered by us. */
+    uint8_t b_ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    memset(b_ni, we_win ? 0x00 : 0xff, sizeof(b_ni));
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    fg_chain rq;
+    fg_chain_begin(&rq);
+    ike_sa_choice offer = ike_choice(1, b_spi_i);
+    ike_build_sa_choice(&rq.cw, &offer);
+    ike_build_nonce(&rq.cw, b_ni, sizeof(b_ni));
+    ike_build_ke(&rq.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&rq, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    const ike_chain *ans = open_any(sent(n0 + 1), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ike_sa_choice ch;
+    ike_ke kr;
+    ck_assert_int_eq(ike_sa_parse_choice(ike_chain_find(ans, IKE_PL_SA, NULL)->body, &ch, &d), 0);
+    ck_assert_int_eq(ike_nonce_parse(ike_chain_find(ans, IKE_PL_NONCE, NULL)->body, &nb, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(ans, IKE_PL_KE, NULL)->body, &kr, &d), 0);
+    uint8_t b_spi_r[8], b_nr[IKE_NONCE_MAX], g_b[CRYPTO_MAX_KE_LEN];
+    size_t b_nr_len = nb.len, g_b_len = 0;
+    char err[128];
+    memcpy(b_spi_r, ch.spi, 8);
+    memcpy(b_nr, nb.p, nb.len);
+    ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_b, sizeof(g_b), &g_b_len, err, sizeof(err)), 0);
+    crypto_ke_free(gke);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 0); /* not before our own exchange is over */
+
+    /* A: the gateway answers ours (on the old SA). */
+    uint8_t a_nr[32], g_a[CRYPTO_MAX_KE_LEN];
+    size_t g_a_len = 0;
+    memset(a_nr, we_win ? 0xff : 0x00, sizeof(a_nr));
+    fg_ke(KE_X25519, &ke_a, pub, &pub_len, g_a, &g_a_len);
+    fg_chain an;
+    fg_chain_begin(&an);
+    ike_sa_choice cha = ike_choice(1, a_spi_r);
+    ike_build_sa_choice(&an.cw, &cha);
+    ike_build_nonce(&an.cw, a_nr, sizeof(a_nr));
+    ike_build_ke(&an.cw, KE_X25519, pub, pub_len);
+    /* The gateway's keys for B and A, both from the old SA. */
+    fg_keys kb, old;
+    fg_rekey_ike_keys(&T->gw, true, b_spi_i, b_spi_r, g_b, g_b_len, b_ni, sizeof(b_ni), b_nr, b_nr_len, &kb);
+    fg_swap_keys(&T->gw, &kb); /* gw: old; kb: B */
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain_send(&T->gw, &an, IKE_EXCH_CREATE_CHILD_SA, true, 2, m);
+    deliver(m);
+    fg_rekey_ike_keys(&T->gw, false, a_spi_i, a_spi_r, g_a, g_a_len, a_ni, a_ni_len, a_nr, sizeof(a_nr), &old);
+    /* gw: A, kb: B, old: the old SA */
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    if (we_win) {
+        /* We stay on A and delete the old SA; the gateway deletes B. */
+        fg_swap_keys(&T->gw, &old);
+        ck_assert(fg_has_ike_delete(open_any(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, false, 3)));
+        fg_swap_keys(&T->gw, &old);
+        fg_swap_keys(&T->gw, &kb); /* gw: B */
+        fg_chain del;
+        fg_chain_begin(&del);
+        ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+        deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 0);
+        ck_assert_uint_eq(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
+        fg_swap_keys(&T->gw, &kb); /* gw: A */
+    } else {
+        /* We move to B and delete A; the gateway deletes the old SA. */
+        fg_keys ka;
+        memset(&ka, 0, sizeof(ka));
+        fg_swap_keys(&T->gw, &ka);     /* ka: A */
+        ck_assert(fg_has_ike_delete(open_any_keys(sent(n0 + 2), &ka, IKE_EXCH_INFORMATIONAL, false, 0)));
+        fg_swap_keys(&T->gw, &old);    /* gw: old */
+        fg_chain del;
+        fg_chain_begin(&del);
+        ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+        deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
+        ck_assert_uint_eq(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1)->n, 0);
+        fg_swap_keys(&T->gw, &old);    /* gw: nothing; old: old */
+        fg_swap_keys(&T->gw, &kb);     /* gw: B */
+        fg_keys_free(&kb);
+        kb = ka;
+    }
+    free(m);
+    ck_assert_uint_eq(T->n_down, 0);
+    new_ike_sa_works(&old, 0);
+    fg_keys_free(&old);
+    fg_keys_free(&kb);
+}
+
+START_TEST(test_rekey_ike_collision_we_win)
+{
+    ike_collision(true);
+}
+END_TEST
+
+START_TEST(test_rekey_ike_collision_we_lose)
+{
+    ike_collision(false);
+}
+END_TEST
 
 static Suite *ike_sa_suite(void)
 {
@@ -1388,6 +2273,7 @@ static Suite *ike_sa_suite(void)
         { "gateway_requests", test_gateway_create_child_refused },
         { "cookie", test_cookie },
         { "invalid_ke", test_invalid_ke_retry },
+        { "invalid_ke", test_forged_invalid_ke_then_real_answer },
         { "invalid_ke", test_invalid_ke_twice },
         { "invalid_ke", test_invalid_ke_same_group },
         { "invalid_ke", test_invalid_ke_not_offered },
@@ -1405,6 +2291,16 @@ static Suite *ike_sa_suite(void)
         { "dpd", test_dpd_unanswered_times_out },
         { "dpd", test_dpd_not_postponed_by_forgery },
         { "dpd", test_close_during_dpd },
+        { "rekey", test_rekey_child_ours },
+        { "rekey", test_rekey_child_ours_pfs },
+        { "rekey", test_rekey_child_by_gateway },
+        { "rekey", test_rekey_child_collision_we_win },
+        { "rekey", test_rekey_child_collision_we_lose },
+        { "rekey", test_rekey_ike_ours },
+        { "rekey", test_rekey_ike_by_gateway },
+        { "rekey", test_rekey_forged_and_malformed },
+        { "rekey", test_rekey_ike_collision_we_win },
+        { "rekey", test_rekey_ike_collision_we_lose },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

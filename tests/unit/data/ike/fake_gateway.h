@@ -71,6 +71,8 @@ typedef struct fake_gw {
     crypto_cipher *seal_ctx;       /* SK_er: what the gateway sends */
     crypto_cipher *open_ctx;       /* SK_ei: what the gateway receives */
     ike_sk_cipher sk_out, sk_in;
+    bool initiator;                /* original initiator of the IKE SA it now holds
+                                    * (after it rekeyed the IKE SA itself) */
     uint32_t child_spi_i;          /* our ESP SPI, from the IKE_AUTH request */
     uint32_t next_req_id;          /* the gateway's own requests */
 
@@ -153,7 +155,7 @@ static ike_header fg_header(const fake_gw *gw, uint8_t exchange, bool response, 
     h.spi_i = fg_be64(gw->spi_i);
     h.spi_r = with_spi_r ? fg_be64(gw->spi_r) : 0;
     h.exchange = exchange;
-    h.flags = response ? IKE_FLAG_RESPONSE : 0;
+    h.flags = (response ? IKE_FLAG_RESPONSE : 0) | (gw->initiator ? IKE_FLAG_INITIATOR : 0);
     h.message_id = msg_id;
     return h;
 }
@@ -543,6 +545,140 @@ static size_t fg_child_keymat(const fake_gw *gw, uint8_t *out, size_t cap)
     }
     crypto_child_keys_free(k);
     return n;
+}
+
+/* ------------------------------------------------------------ rekeying */
+
+/* The IKE SA keys the gateway holds: swapped with fg_swap_keys() to answer
+ * on a replaced IKE SA (RFC 7296 §2.18: the old one is deleted on itself). */
+typedef struct fg_keys {
+    bool initiator;
+    uint8_t spi_i[8], spi_r[8];
+    crypto_suite suite;
+    crypto_ike_keys *keys;
+    crypto_cipher *seal_ctx, *open_ctx;
+    ike_sk_cipher sk_out, sk_in;
+} fg_keys;
+
+static void fg_swap_keys(fake_gw *gw, fg_keys *k)
+{
+    fg_keys cur = { gw->initiator, { 0 }, { 0 }, gw->suite, gw->keys, gw->seal_ctx, gw->open_ctx,
+                    gw->sk_out, gw->sk_in };
+    memcpy(cur.spi_i, gw->spi_i, 8);
+    memcpy(cur.spi_r, gw->spi_r, 8);
+    gw->initiator = k->initiator;
+    memcpy(gw->spi_i, k->spi_i, 8);
+    memcpy(gw->spi_r, k->spi_r, 8);
+    gw->suite = k->suite;
+    gw->keys = k->keys;
+    gw->seal_ctx = k->seal_ctx;
+    gw->open_ctx = k->open_ctx;
+    gw->sk_out = k->sk_out;
+    gw->sk_in = k->sk_in;
+    *k = cur;
+}
+
+static void fg_keys_free(fg_keys *k)
+{
+    crypto_ike_keys_free(k->keys);
+    crypto_cipher_free(k->seal_ctx);
+    crypto_cipher_free(k->open_ctx);
+    memset(k, 0, sizeof(*k));
+}
+
+/* Replace the gateway's IKE SA keys by a rekeyed SA's (§2.18): SKEYSEED =
+ * prf(SK_d (old), g^ir | Ni | Nr); the old keys go into *old. */
+static void fg_rekey_ike_keys(fake_gw *gw, bool gw_initiates, const uint8_t spi_i[8], const uint8_t spi_r[8],
+                              const uint8_t *g_ir, size_t g_len, const uint8_t *ni, size_t ni_len,
+                              const uint8_t *nr, size_t nr_len, fg_keys *old)
+{
+    crypto_key skeyseed;
+    ck_assert_int_eq(crypto_ike_skeyseed_rekey(gw->suite.prf_id, &gw->keys->sk_d, g_ir, g_len, ni, ni_len, nr,
+                                               nr_len, &skeyseed), 0);
+    fg_keys n;
+    memset(&n, 0, sizeof(n));
+    n.initiator = gw_initiates;
+    memcpy(n.spi_i, spi_i, 8);
+    memcpy(n.spi_r, spi_r, 8);
+    n.suite = gw->suite;
+    ck_assert_int_eq(crypto_ike_keys_derive(&n.suite, &skeyseed, ni, ni_len, nr, nr_len, spi_i, spi_r, &n.keys), 0);
+    const crypto_ike_keys *k = n.keys;
+    /* The gateway sends with SK_e?/SK_a? of its role in the new SA. */
+    const crypto_key *se = gw_initiates ? &k->sk_ei : &k->sk_er, *sa = gw_initiates ? &k->sk_ai : &k->sk_ar;
+    const crypto_key *oe = gw_initiates ? &k->sk_er : &k->sk_ei, *oa = gw_initiates ? &k->sk_ar : &k->sk_ai;
+    ck_assert_int_eq(crypto_cipher_new(n.suite.encr_id, n.suite.encr_key_bits, n.suite.integ_id, CRYPTO_DIR_ENCRYPT,
+                                       se->b, se->len, sa->len ? sa->b : NULL, sa->len, &n.seal_ctx), 0);
+    ck_assert_int_eq(crypto_cipher_new(n.suite.encr_id, n.suite.encr_key_bits, n.suite.integ_id, CRYPTO_DIR_DECRYPT,
+                                       oe->b, oe->len, oa->len ? oa->b : NULL, oa->len, &n.open_ctx), 0);
+    fg_adapter(&n.sk_out, n.seal_ctx, true);
+    fg_adapter(&n.sk_in, n.open_ctx, false);
+    *old = n;
+    fg_swap_keys(gw, old); /* gw: the new SA; old: the one it replaced */
+}
+
+/* KEYMAT of a CHILD SA (§2.17) with the gateway's current SK_d, as the
+ * engine hands it out: what the client sends with first (swap: the gateway
+ * initiated the exchange). */
+static size_t fg_rekey_keymat(const fake_gw *gw, const uint8_t *g_ir, size_t g_len, const uint8_t *ni, size_t ni_len,
+                              const uint8_t *nr, size_t nr_len, bool swap, uint8_t *out, size_t cap)
+{
+    crypto_suite cs = { ENCR_AES_GCM_16, 256, 0, gw->suite.prf_id };
+    crypto_child_keys *k = NULL;
+    ck_assert_int_eq(crypto_child_keys_derive(&cs, &gw->keys->sk_d, g_ir, g_len, ni, ni_len, nr, nr_len, &k), 0);
+    const crypto_key *parts[4] = { &k->encr_i, &k->integ_i, &k->encr_r, &k->integ_r };
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        const crypto_key *p = parts[swap ? (i + 2) % 4 : i];
+        ck_assert_uint_le(n + p->len, cap);
+        memcpy(out + n, p->b, p->len);
+        n += p->len;
+    }
+    crypto_child_keys_free(k);
+    return n;
+}
+
+/* A key pair of `group`, its public value, and g^ir with the peer's value. */
+static void fg_ke(uint16_t group, const ike_ke *peer, uint8_t *pub, size_t *pub_len, uint8_t *g_ir, size_t *g_len)
+{
+    crypto_ke *ke = NULL;
+    char err[128];
+    ck_assert_int_eq(crypto_ke_new(group, &ke), 0);
+    ck_assert_int_eq(crypto_ke_public(ke, pub, CRYPTO_MAX_KE_LEN, pub_len), 0);
+    if (peer)
+        ck_assert_int_eq(crypto_ke_derive(ke, peer->data.p, peer->data.len, g_ir, CRYPTO_MAX_KE_LEN, g_len, err,
+                                          sizeof(err)), 0);
+    crypto_ke_free(ke);
+}
+
+/* The gateway's CHILD SA choice: AES-GCM-256, no ESN, [KE group]. */
+static ike_sa_choice fg_esp_choice(uint8_t number, uint32_t spi, uint16_t group)
+{
+    ike_sa_choice ch;
+    memset(&ch, 0, sizeof(ch));
+    ch.number = number;
+    ch.protocol = IKE_PROTO_ESP;
+    ch.spi_len = 4;
+    buf_store_be32(ch.spi, spi);
+    ch.present = (1u << IKE_TT_ENCR) | (1u << IKE_TT_ESN);
+    ch.id[IKE_TT_ENCR] = ENCR_AES_GCM_16;
+    ch.encr_key_bits = 256;
+    ch.id[IKE_TT_ESN] = ESN_NO;
+    if (group) {
+        ch.present |= 1u << IKE_TT_KE;
+        ch.id[IKE_TT_KE] = group;
+    }
+    return ch;
+}
+
+/* TSi (client side: the virtual IP) and TSr (everything), or the other way
+ * round when the gateway initiates. */
+static void fg_build_ts_pair(const fake_gw *gw, ike_chain_writer *cw, bool gw_initiates)
+{
+    ike_ts vip, any;
+    ck_assert_int_eq(ike_ts_from_prefix(gw->vip, 4, 32, 0, 0, 65535, &vip), 0);
+    ck_assert_int_eq(ike_ts_from_prefix((uint8_t[]){ 0, 0, 0, 0 }, 4, 0, 0, 0, 65535, &any), 0);
+    ike_build_ts(cw, IKE_PL_TSI, gw_initiates ? &any : &vip, 1);
+    ike_build_ts(cw, IKE_PL_TSR, gw_initiates ? &vip : &any, 1);
 }
 
 /* ---------------------------------------------- looking at what was sent */

@@ -365,6 +365,10 @@ typedef struct esp_datapath_config {
 typedef struct esp_tunnel_net {
     esp_prefix vip;            /* virtual IP with prefix length (32/128 typical) */
     bool has_vip;
+    esp_prefix vip2;           /* a second virtual IP, of the other family (a
+                                * dual-stack tunnel: INTERNAL_IP4_ADDRESS and
+                                * INTERNAL_IP6_ADDRESS) */
+    bool has_vip2;
     esp_prefix remote_ts[ESP_MAX_TS];
     size_t n_remote_ts;
     esp_prefix dns[ESP_MAX_DNS]; /* prefix_len unused */
@@ -374,9 +378,11 @@ typedef struct esp_tunnel_net {
      * if its source lies in `in_src` (the remote selectors as negotiated: TSr
      * as the gateway narrowed it) and its destination in `in_dst` (ours: the
      * virtual IP, or TSi without one). Others are dropped and counted
-     * (ESP_DROP_SELECTOR). n_in_src = 0: the source is checked against
-     * remote_ts; n_in_dst = 0: the destination must be the vip when has_vip,
-     * else it is not checked. */
+     * (ESP_DROP_SELECTOR). Outbound, in_src is also what the SA carries: a
+     * packet routed into the TUN for a destination it does not cover is
+     * dropped (ESP_DROP_NO_SA). n_in_src = 0: the source is checked against
+     * remote_ts; n_in_dst = 0: the destination must be a virtual IP (vip,
+     * vip2) when there is one, else it is not checked. */
     esp_prefix in_src[ESP_MAX_TS];
     size_t n_in_src;
     esp_prefix in_dst[ESP_MAX_TS];
@@ -408,7 +414,11 @@ typedef struct esp_datapath_callbacks {
 
 /* Open the UDP socket (bound to cfg->local, port 4500 by default; exclusive)
  * and the TUN device (persistent with the kill switch). Routes are only added
- * by esp_datapath_set_network. Errors: INVAL, NETWORK (bind), TUN, NOMEM. */
+ * by esp_datapath_set_network. Bound to the IPv6 any-address, the socket is
+ * dual-stack (IPV6_V6ONLY off): it reaches IPv4 and IPv6 gateways alike, and
+ * peers given as AF_INET are mapped (::ffff:a.b.c.d) wherever the datapath
+ * sends. Where the kernel has no IPv6, the IPv6 any-address falls back to
+ * the IPv4 one. Errors: INVAL, NETWORK (bind), TUN, NOMEM. */
 int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret,
                      char *err, size_t err_len);
 
@@ -422,8 +432,9 @@ int esp_datapath_attach(esp_datapath *dp, core_loop *loop,
 /* Configure the TUN: MTU, virtual IP, routes for the remote traffic selectors
  * in our table with its rule (+ blackholes and the nftables table with the
  * kill switch), DNS recorded (and applied via the hook).
- * Outbound packets are only sent if a remote traffic selector covers their
- * destination; inbound ones only go up if in_src/in_dst cover them. Calling it again replaces what the previous call added (new
+ * Outbound packets are only sent if in_src (the remote selectors as
+ * negotiated; default remote_ts) covers their destination; inbound ones only
+ * go up if in_src/in_dst cover them. Calling it again replaces what the previous call added (new
  * routes are added before old ones go, so the kill switch has no gap).
  * Errors: TUN (netlink, reason in err), INVAL (MTU above ESP_MAX_TUN_MTU). */
 int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fib_rules.h>
+#include <linux/if_addr.h>
 #include <linux/if_tun.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
@@ -206,7 +207,10 @@ static int adopt_leftovers(esp_net *n, char *err, size_t err_len)
     if (rtnl_addr_alloc_cache(n->nl, &addrs) == 0) {
         for (struct nl_object *o = nl_cache_get_first(addrs); o; o = nl_cache_get_next(o)) {
             struct rtnl_addr *a = (struct rtnl_addr *)o;
-            if (rtnl_addr_get_ifindex(a) == n->ifindex && rtnl_addr_get_family(a) == AF_INET)
+            /* IPv4, and IPv6 other than link-local (none is generated). */
+            if (rtnl_addr_get_ifindex(a) == n->ifindex &&
+                (rtnl_addr_get_family(a) == AF_INET ||
+                 (rtnl_addr_get_family(a) == AF_INET6 && rtnl_addr_get_scope(a) != RT_SCOPE_LINK)))
                 rtnl_addr_delete(n->nl, a, 0);
         }
         nl_cache_free(addrs);
@@ -474,6 +478,12 @@ static int addr_change(esp_net *n, const esp_prefix *p, bool add, char *err, siz
     if (a && local) {
         rtnl_addr_set_ifindex(a, n->ifindex);
         rtnl_addr_set_family(a, p->family);
+        /* No duplicate address detection: the address is the gateway's
+         * assignment, and a tentative address could not be used as a source
+         * for about a second after each connect (a TUN is NOARP, which skips
+         * DAD already; the flag says so for any device). */
+        if (p->family == AF_INET6)
+            rtnl_addr_set_flags(a, IFA_F_NODAD);
         rc = rtnl_addr_set_local(a, local);
         if (rc == 0)
             rc = add ? rtnl_addr_add(n->nl, a, 0) : rtnl_addr_delete(n->nl, a, 0);
@@ -534,7 +544,7 @@ static bool has_family(const esp_prefix *p, size_t n, int family)
     return false;
 }
 
-int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
+int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_addrs,
                   const esp_prefix *want, size_t n_want, uint32_t metric, bool kill_switch,
                   const uint16_t *ike_ports, size_t n_ike_ports, char *err, size_t err_len)
 {
@@ -580,13 +590,26 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
     rc = link_up(n, mtu, err, err_len);
     if (rc < 0)
         return rc;
-    if (addr && addr->family && !prefix_eq(addr, &n->addr)) {
-        rc = addr_change(n, addr, true, err, err_len);
-        if (rc < 0)
-            return rc;
-        if (n->addr.family)
-            addr_change(n, &n->addr, false, NULL, 0);
-        n->addr = *addr;
+    /* One address per family: a new one first, then the old one goes. */
+    for (size_t f = 0; f < 2; f++) {
+        int family = f == 0 ? AF_INET : AF_INET6;
+        const esp_prefix *addr = NULL;
+        for (size_t i = 0; i < n_addrs && !addr; i++)
+            if (addrs[i].family == family)
+                addr = &addrs[i];
+        if (addr && prefix_eq(addr, &n->addr[f]))
+            continue;
+        if (addr) {
+            rc = addr_change(n, addr, true, err, err_len);
+            if (rc < 0)
+                return rc;
+        }
+        if (n->addr[f].family)
+            addr_change(n, &n->addr[f], false, NULL, 0);
+        if (addr)
+            n->addr[f] = *addr;
+        else
+            memset(&n->addr[f], 0, sizeof(n->addr[f]));
     }
     /* Desired set: each prefix via the TUN, and its blackhole beneath. */
     esp_net_route desired[ESP_NET_MAX_ROUTES];
@@ -655,9 +678,10 @@ void esp_net_remove_all(esp_net *n)
     esp_nft_remove(n->name);
     n->nft_active = false;
     n->n_nft_set = 0;
-    if (n->addr.family)
-        addr_change(n, &n->addr, false, NULL, 0);
-    memset(&n->addr, 0, sizeof(n->addr));
+    for (size_t f = 0; f < 2; f++)
+        if (n->addr[f].family)
+            addr_change(n, &n->addr[f], false, NULL, 0);
+    memset(n->addr, 0, sizeof(n->addr));
 }
 
 void esp_net_close(esp_net *n, bool drop_persist)

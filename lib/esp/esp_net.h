@@ -39,7 +39,8 @@ typedef struct esp_net {
     struct nl_sock *nl;
     esp_net_route routes[ESP_NET_ROUTE_SLOTS];
     size_t n_routes;
-    esp_prefix addr;            /* the address we added (family 0 = none) */
+    esp_prefix addr[2];         /* the addresses we added: [0] IPv4, [1] IPv6
+                                 * (family 0 = none) */
     uint32_t mtu;
     uint32_t table;             /* our routing table = fwmark of our sockets */
     bool nft_active;            /* the nftables table is in place ... */
@@ -56,7 +57,9 @@ typedef struct esp_net {
 int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
                  size_t err_len);
 
-/* Bring the link up with `mtu`, set the address, and make the routes in our
+/* Bring the link up with `mtu`, set the addresses (at most one per family;
+ * IPv6 ones without duplicate address detection, usable at once; one of a
+ * family no longer given is removed), and make the routes in our
  * table equal to `want` (unicast via the TUN at `metric`, plus, with
  * `kill_switch`, blackholes at metric + ESP_KILL_SWITCH_METRIC_OFFSET and the
  * nftables table), and the policy rule for each family in `want` in place.
@@ -66,7 +69,7 @@ int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, ch
  * as much protection as can be is put in place, then the error is returned.
  * Errors: TUN with the netlink or nftables reason in err, INVAL (more than
  * ESP_MAX_TS). */
-int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addr,
+int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_addrs,
                   const esp_prefix *want, size_t n_want, uint32_t metric, bool kill_switch,
                   const uint16_t *ike_ports, size_t n_ike_ports, char *err, size_t err_len);
 

@@ -232,6 +232,13 @@ int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, 
     add(&t, "\t\tmeta mark %s udp dport { ", mark);
     add_ike_ports(&t, ike_ports, n_ike_ports);
     add(&t, " } accept\n", NULL);
+    /* IPv6 neighbour discovery (RFC 4861) stays on the link (hop limit 255,
+     * which a router never forwards) and must pass even when the protected
+     * prefix is ::/0: without it the gateway's link-layer address is never
+     * learnt and IKE itself cannot leave. It carries no user data. */
+    if (v6)
+        add(&t, "\t\ticmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+                "nd-neighbor-advert } ip6 hoplimit 255 accept\n", NULL);
     if (v4)
         add(&t, "\t\tip daddr @protected4 counter drop\n", NULL);
     if (v6)

@@ -44,7 +44,7 @@ static void format_addr(const struct sockaddr_storage *ss, char *out, size_t len
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
         port = ntohs(in6->sin6_port);
     }
-    snprintf(out, len, "%s:%u", host, port);
+    snprintf(out, len, ss->ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
 }
 
 static void retransmit(void *arg);

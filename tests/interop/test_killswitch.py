@@ -67,7 +67,7 @@ tcp = None
 if with_tcp:
     tcp = socket.create_connection((targets[0], tcp_port), timeout=5)
     tcp.setblocking(False)
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp = socket.socket(socket.AF_INET6 if ":" in targets[0] else socket.AF_INET, socket.SOCK_DGRAM)
 udp.setblocking(False)
 print("ready", flush=True)
 sent = errors = tcp_bytes = 0
@@ -93,7 +93,7 @@ print(sent, errors, tcp_bytes, flush=True)
 
 _TCP_SINK = r"""
 import socket, sys
-ls = socket.socket()
+ls = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((sys.argv[1], int(sys.argv[2])))
 ls.listen(4)
@@ -134,9 +134,10 @@ def ping_replies(ns: netlab.Namespace, addr: str, **kwargs) -> int:
 class Traffic:
     """_TRAFFIC running in a namespace; stop() returns (udp sent, errors, tcp bytes)."""
 
-    def __init__(self, ns: netlab.Namespace, *, tcp: bool = False):
+    def __init__(self, ns: netlab.Namespace, *, tcp: bool = False,
+                 targets=netlab.PROTECTED_ADDRS):
         self.proc = ns.popen([netlab.PYTHON, "-c", _TRAFFIC, "40002", str(TCP_SINK_PORT),
-                              "tcp" if tcp else "udp", *netlab.PROTECTED_ADDRS],
+                              "tcp" if tcp else "udp", *targets],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()

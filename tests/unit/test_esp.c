@@ -979,15 +979,23 @@ static void parse_prefix(const char *s, esp_prefix *p)
     p->prefix_len = (uint8_t)len;
 }
 
-static esp_datapath *make_dp_opt(const char *tun, bool kill_switch, uint16_t port, bool offload,
-                                 bool threads)
+static esp_datapath *make_dp_cfg(const char *tun, bool kill_switch, uint16_t port, bool offload,
+                                 bool threads, bool dual_stack)
 {
     esp_datapath_config cfg = {0};
-    struct sockaddr_in *sin = (struct sockaddr_in *)&cfg.local;
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cfg.local_len = sizeof(*sin);
+    if (dual_stack) { /* [::]:port, as lib/conn opens it */
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&cfg.local;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(port);
+        sin6->sin6_addr = in6addr_any;
+        cfg.local_len = sizeof(*sin6);
+    } else {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&cfg.local;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(port);
+        sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        cfg.local_len = sizeof(*sin);
+    }
     snprintf(cfg.tun_name, sizeof(cfg.tun_name), "%s", tun);
     cfg.kill_switch = kill_switch;
     cfg.no_offload = !offload;
@@ -998,6 +1006,12 @@ static esp_datapath *make_dp_opt(const char *tun, bool kill_switch, uint16_t por
     int rc = esp_datapath_new(&cfg, &dp, err, sizeof(err));
     ck_assert_msg(rc == 0, "esp_datapath_new: %d %s", rc, err);
     return dp;
+}
+
+static esp_datapath *make_dp_opt(const char *tun, bool kill_switch, uint16_t port, bool offload,
+                                 bool threads)
+{
+    return make_dp_cfg(tun, kill_switch, port, offload, threads, false);
 }
 
 static esp_datapath *make_dp(const char *tun, bool kill_switch, uint16_t port)
@@ -1020,6 +1034,49 @@ static void set_net(esp_datapath *dp, const char *vip, const char **ts, size_t n
     int rc = esp_datapath_set_network(dp, &net, err, sizeof(err));
     ck_assert_msg(rc == 0, "set_network: %d %s", rc, err);
 }
+
+/* A dual-stack tunnel: an IPv4 and an IPv6 virtual IP on the TUN (the
+ * IPv6 one usable at once, never "tentative"), routes for both
+ * families, one rule per family; a new IPv6 address replaces the old one,
+ * one no longer given is removed, and teardown leaves nothing. */
+START_TEST(dual_stack_tun_addresses)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_cfg("m2e-t6", false, 4500, false, false, true);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.5.1/32", &net.vip);
+    net.has_vip = true;
+    parse_prefix("2001:db8:1a::7/128", &net.vip2);
+    net.has_vip2 = true;
+    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);
+    parse_prefix("2001:db8:18::/64", &net.remote_ts[1]);
+    net.n_remote_ts = 2;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_ptr_nonnull(strstr(run("ip -o -4 addr show dev m2e-t6"), "198.18.5.1/32"));
+    char *a6 = run("ip -o -6 addr show dev m2e-t6");
+    ck_assert_msg(strstr(a6, "2001:db8:1a::7/128") != NULL, "%s", a6);
+    ck_assert_msg(strstr(a6, "tentative") == NULL, "%s", a6);
+    ck_assert_ptr_nonnull(strstr(run("ip -6 route show table all"), "2001:db8:18::/64 dev m2e-t6"));
+    ck_assert_ptr_nonnull(strstr(run("ip -6 rule show"), "fwmark"));
+    ck_assert_ptr_nonnull(strstr(run("ip -4 rule show"), "fwmark"));
+
+    parse_prefix("2001:db8:1a::8/128", &net.vip2);
+    ck_assert_int_eq(esp_datapath_set_network(dp, &net, err, sizeof(err)), 0);
+    a6 = run("ip -o -6 addr show dev m2e-t6");
+    ck_assert_msg(strstr(a6, "2001:db8:1a::8/128") && !strstr(a6, "2001:db8:1a::7/"), "%s", a6);
+
+    net.has_vip2 = false; /* the gateway assigned no IPv6 this time */
+    ck_assert_int_eq(esp_datapath_set_network(dp, &net, err, sizeof(err)), 0);
+    ck_assert_ptr_null(strstr(run("ip -o -6 addr show dev m2e-t6"), "2001:db8:1a::"));
+    ck_assert_ptr_nonnull(strstr(run("ip -o -4 addr show dev m2e-t6"), "198.18.5.1/32"));
+
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+    ck_assert_ptr_null(strstr(run("ip -o link show"), "m2e-t6"));
+    ck_assert_ptr_null(strstr(run("ip -6 rule show"), "fwmark"));
+}
+END_TEST
 
 START_TEST(tun_setup_and_exact_teardown)
 {
@@ -1555,14 +1612,16 @@ static bool udp4_checksum_ok(const uint8_t *p, size_t len)
     return esp_csum_fold(s) == 0xffff;
 }
 
-/* _i: 0 plain single-threaded, 1 offloads, 2 offloads + worker threads. */
+/* _i: 0 plain single-threaded, 1 offloads, 2 offloads + worker threads,
+ * 3 as 2 on a dual-stack socket ([::]:4500) that reaches the IPv4 peer
+ * through its mapped address (ESP, IKE and keepalives). */
 START_TEST(datapath_end_to_end)
 {
-    bool offload = _i >= 1, threads = _i == 2;
+    bool offload = _i >= 1, threads = _i >= 2;
     enter_netns();
     core_loop loop;
     ck_assert_int_eq(core_loop_init(&loop, nop_wake, NULL), 0);
-    esp_datapath *dp = make_dp_opt("m2e-d0", false, 4500, offload, threads);
+    esp_datapath *dp = make_dp_cfg("m2e-d0", false, 4500, offload, threads, _i == 3);
     dp_events ev = {0};
     esp_datapath_callbacks cbs = { .on_ike_packet = on_ike, .on_rekey = on_rekey };
     ck_assert_int_eq(esp_datapath_attach(dp, &loop, &cbs, &ev), 0);
@@ -1848,6 +1907,20 @@ START_TEST(inbound_selectors_enforced)
     uint8_t buf[2048], inner[128];
     size_t pl;
     esp_drop_reason why;
+    /* Outbound the same selectors: the granted /25 goes into the SA, the
+     * rest of the profile's /24 (routed into the TUN) is dropped here. */
+    esp_datapath_counters before, after;
+    esp_datapath_get_counters(dp, &before);
+    send_to(app, "198.18.6.200", 9, "not granted", 11);
+    usleep(20000);
+    esp_datapath_poll_tun(dp);
+    ck_assert_int_lt(recv(gw, buf, sizeof(buf), MSG_DONTWAIT), 0);
+    esp_datapath_get_counters(dp, &after);
+    ck_assert_uint_eq(after.total.dropped[ESP_DROP_NO_SA], before.total.dropped[ESP_DROP_NO_SA] + 1);
+    send_to(app, "198.18.6.7", 9, "granted", 7);
+    usleep(20000);
+    esp_datapath_poll_tun(dp);
+    ck_assert_int_gt(recv(gw, buf, sizeof(buf), 0), 0);
     static const struct { const char *src, *dst; int to; } cases[] = {
         { "198.18.6.7", "198.18.5.1", 1 },    /* granted source, our VIP: up */
         { "198.18.6.7", "198.18.5.2", 0 },    /* foreign destination */
@@ -1936,6 +2009,7 @@ Suite *esp_suite(void)
     t = geteuid() == 0 ? tcase_create("net") : NULL;
     int n_net = 0;
     n_net += add_or_count(t, tun_setup_and_exact_teardown, 1);
+    n_net += add_or_count(t, dual_stack_tun_addresses, 1);
     n_net += add_or_count(t, policy_beats_more_specific_routes, 1);
     n_net += add_or_count(t, foreign_route_in_our_table_refused, 1);
     n_net += add_or_count(t, sixteen_prefixes_all_protected, 1);
@@ -1944,7 +2018,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, stale_rule_of_another_shape_replaced, 1);
     n_net += add_or_count(t, nft_error_still_installs_routes, 1);
     n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
-    n_net += add_or_count(t, datapath_end_to_end, 3);
+    n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);
     if (t) {

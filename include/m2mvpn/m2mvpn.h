@@ -28,7 +28,9 @@
  *                    - m2mvpn_status.credential_source, credential,
  *                      cert_subject, cert_not_after (hardware credentials:
  *                      token label / TPM key, certificate expiry) and the
- *                      status JSON's "credential".
+ *                      status JSON's "credential";
+ *                    - m2mvpn_status.virtual_ip may hold an IPv6 address (a
+ *                      tunnel with an IPv6 virtual IP and no IPv4 one).
  *  1.1 (M2MVPN_1.1)  m2mvpn_bind_key (machine-bound certificate keys);
  *                    m2mvpn_set_credentials does EAP (MSCHAPv2, MD5)
  *                    instead of returning NOTSUPP.
@@ -248,7 +250,7 @@ typedef struct m2mvpn_status {
     int last_error;                 /**< 0 or the last M2MVPN_E_* of the tunnel (kept after recovery) */
     char profile[64];               /**< active profile name, or "" */
     char gateway[64];               /**< gateway host:port in use (as in the profile), or "" */
-    char virtual_ip[48];            /**< IPv4 address assigned by the gateway, or "" */
+    char virtual_ip[48];            /**< address assigned by the gateway (IPv4 if one was, else IPv6), or "" */
     char last_error_text[256];      /**< detail of last_error, or "" */
     uint64_t bytes_in, bytes_out;
     uint64_t packets_in, packets_out;

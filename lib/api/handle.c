@@ -19,6 +19,7 @@ static void conn_state(void *arg, m2mvpn_state st, int err, const char *detail)
     m2mvpn *h = arg;
     pthread_mutex_lock(&h->lock);
     conn_fill_status(h->conn, &h->status);
+    conn_kill_switch_status(h->conn, &h->kill_switch);
     if (err)
         snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
     pthread_mutex_unlock(&h->lock);

@@ -26,6 +26,25 @@
 #define BACKOFF_FIRST_MS 1000
 #define BACKOFF_MAX_MS 60000
 #define STATUS_REFRESH_MS 1000
+/* Happy Eyeballs (RFC 8305 §5, "Connection Attempt Delay"): how long the
+ * first address family's IKE_SA_INIT goes unanswered before the other
+ * family's starts as well. */
+#define RACE_DELAY_MS 250
+
+/* The gateway's address of the other family, tried while the first one's
+ * IKE_SA_INIT is not yet answered. Whichever gets a valid answer first goes
+ * on (to IKE_AUTH); the other is dropped before it sends anything more. */
+typedef struct conn_race {
+    conn *c;
+    ike_sa *sa;                   /* NULL: none running */
+    ike_sa *dead;                 /* freed from the reap timer */
+    int sock;                     /* its port-500 socket */
+    core_io io;
+    struct sockaddr_storage gw;
+    socklen_t gw_len;
+    bool started;                 /* in this attempt */
+    bool promoted;                /* it became the connection's SA (c->sa) */
+} conn_race;
 
 struct conn {
     core_loop *loop;
@@ -48,6 +67,16 @@ struct conn {
     struct sockaddr_storage gw;   /* port 500 */
     socklen_t gw_len;
     char gw_text[64];
+    /* The gateway's addresses for this attempt, one per family, the family
+     * to try first at [0] (RFC 8305: IPv6, unless the other one answered
+     * last time: preferred_family). */
+    struct sockaddr_storage cand[2];
+    socklen_t cand_len[2];
+    size_t n_cand;
+    int preferred_family;
+    bool init_answered;           /* IKE_SA_INIT answered: the race is decided */
+    conn_race race;
+    core_timer race_timer;
 
     esp_datapath *dp;
     bool drop_dp;                 /* release the datapath from the reap timer */
@@ -129,6 +158,8 @@ static void reap(void *arg)
     conn *c = arg;
     ike_sa_free(c->dead_sa);
     c->dead_sa = NULL;
+    ike_sa_free(c->race.dead);
+    c->race.dead = NULL;
     dns_hook_reap(&c->dns_hook, c->log);
     if (c->drop_dp && c->dp && !c->want_up) {
         esp_datapath_teardown(c->dp, true);
@@ -229,10 +260,32 @@ static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)
         close_and_reconnect(c, 0, NULL);
 }
 
+static void race_drop(conn *c);
+static bool race_take_over(conn *c, int err, ike_fault fault);
+static void race_start(void *arg);
+static bool eap_credentials(conn *c, ike_config *cfg);
+
+/* A valid IKE_SA_INIT answer came for the address in c->gw (lib/ike always
+ * continues on port 4500): the race is decided, the other family's attempt
+ * goes, and its family is tried first next time. */
+static void init_answered(conn *c)
+{
+    if (c->init_answered)
+        return;
+    c->init_answered = true;
+    core_timer_cancel(c->loop, &c->race_timer);
+    if (c->race.sa && !c->race.promoted)
+        LOG_INFO(c->log, "conn", "%s answered first; the other address family's attempt stops",
+                 c->gw.ss_family == AF_INET6 ? "IPv6" : "IPv4");
+    race_drop(c);
+    c->preferred_family = c->gw.ss_family;
+}
+
 static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 {
     conn *c = arg;
     if (natt) {
+        init_answered(c);
         struct sockaddr_storage to = c->gw;
         if (to.ss_family == AF_INET)
             ((struct sockaddr_in *)&to)->sin_port = htons(ESP_UDP_PORT);
@@ -264,13 +317,37 @@ static void refresh(void *arg)
  * element: the datapath's tables are sized from the profile's limit. */
 _Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every remote_ts");
 
+/* IPv6 switched off on this device (net.ipv6.conf.all.disable_ipv6, or
+ * no IPv6 in the kernel): no IPv6 can leak, and no IPv6 route or address
+ * can be installed. */
+static bool ipv6_off(void)
+{
+    FILE *f = fopen("/proc/sys/net/ipv6/conf/all/disable_ipv6", "r");
+    if (!f)
+        return true;
+    int v = 0;
+    bool off = fscanf(f, "%d", &v) == 1 && v == 1;
+    fclose(f);
+    return off;
+}
+
 /* The profile's traffic selectors as the prefixes the TUN routes cover. A
  * full tunnel (/0) stays one prefix: it is the default route of our own
  * routing table, which the rule consults before the main table. More than
  * the datapath can hold is an error, never a prefix silently left out. */
-static int profile_to_routes(const profile_ts *ts, size_t n, esp_tunnel_net *net, char *err,
-                             size_t err_len)
+static int profile_to_routes(const profile *p, esp_tunnel_net *net, char *err, size_t err_len)
 {
+    const profile_ts *ts = p->tunnel.remote_ts;
+    size_t n = p->tunnel.n_remote_ts;
+    /* The gateways' IKE ports: the nftables layer lets our marked UDP out
+     * to 500, 4500 and these only. */
+    _Static_assert(ESP_MAX_IKE_PORTS >= PROFILE_MAX_GATEWAYS, "every gateway's port");
+    for (size_t i = 0; i < p->n_gateways && i < ESP_MAX_IKE_PORTS; i++)
+        net->ike_ports[net->n_ike_ports++] = p->gateways[i].port;
+    /* The ::/0 a full IPv4 tunnel implies (profile.h) needs no route where
+     * IPv6 is off; a listed IPv6 prefix does (and fails without IPv6). */
+    if (p->tunnel.implied_family == AF_INET6 && n > 0 && ipv6_off())
+        n--;
     if (n > ESP_MAX_TS) {
         snprintf(err, err_len, "tunnel.remote_ts has %zu prefixes, the datapath protects at most %d",
                  n, ESP_MAX_TS);
@@ -394,19 +471,34 @@ static void on_established(void *arg, const ike_child_result *r)
     c->spi_out = r->spi_out;
     esp_tunnel_net net;
     memset(&net, 0, sizeof(net));
-    net.has_vip = r->has_vip;
-    net.vip.family = AF_INET;
-    memcpy(net.vip.addr, r->vip, 4);
-    net.vip.prefix_len = 32;
+    /* The virtual IPs the gateway assigned: IPv4, IPv6 or both. */
+    if (r->has_vip) {
+        net.has_vip = true;
+        net.vip.family = AF_INET;
+        memcpy(net.vip.addr, r->vip, 4);
+        net.vip.prefix_len = 32;
+    }
+    bool vip6 = r->has_vip6 && !ipv6_off();
+    if (r->has_vip6 && !vip6)
+        LOG_WARN(c->log, "conn", "IPv6 is off on this device: the IPv6 virtual IP is not used");
+    if (vip6) {
+        esp_prefix *v = r->has_vip ? &net.vip2 : &net.vip;
+        *(r->has_vip ? &net.has_vip2 : &net.has_vip) = true;
+        v->family = AF_INET6;
+        memcpy(v->addr, r->vip6, 16);
+        v->prefix_len = r->vip6_prefix_len;
+    }
     /* Routes for everything the profile protects, not only what the gateway
      * granted (a subset, checked by lib/ike): traffic for the rest goes into
      * the TUN too and is not sent in plaintext. */
-    rc = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
-                           sizeof(err));
-    for (size_t i = 0; rc == 0 && i < r->n_dns && i < ESP_MAX_DNS; i++) {
-        net.dns[i].family = AF_INET;
-        memcpy(net.dns[i].addr, r->dns[i], 4);
-        net.n_dns++;
+    rc = profile_to_routes(c->prof, &net, err, sizeof(err));
+    for (size_t i = 0; rc == 0 && i < r->n_dns && net.n_dns < ESP_MAX_DNS; i++) {
+        net.dns[net.n_dns].family = AF_INET;
+        memcpy(net.dns[net.n_dns++].addr, r->dns[i], 4);
+    }
+    for (size_t i = 0; rc == 0 && i < r->n_dns6 && net.n_dns < ESP_MAX_DNS; i++) {
+        net.dns[net.n_dns].family = AF_INET6;
+        memcpy(net.dns[net.n_dns++].addr, r->dns6[i], 16);
     }
     net.encr_id = r->encr_id;
     net.integ_id = r->integ_id;
@@ -419,8 +511,11 @@ static void on_established(void *arg, const ike_child_result *r)
     }
     esp_datapath_set_keepalive(c->dp, c->prof->ike.nat_keepalive_s);
     run_dns_hook(c, true);
+    /* The status has one virtual IP: IPv4 if assigned, else IPv6. */
     if (r->has_vip)
         inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
+    else if (r->has_vip6)
+        inet_ntop(AF_INET6, r->vip6, c->vip, sizeof(c->vip));
     ike_sa_describe(c->sa, c->ike_alg, sizeof(c->ike_alg), c->esp_alg, sizeof(c->esp_alg));
     c->connected_since = time(NULL);
     c->failures = 0;
@@ -452,6 +547,12 @@ static bool retry_helps(int err)
 static void on_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     conn *c = arg;
+    /* The first address family failed before any answer: the other one's
+     * attempt (Happy Eyeballs) carries on as the connection's. */
+    if (race_take_over(c, err, fault))
+        return;
+    race_drop(c);
+    core_timer_cancel(c->loop, &c->race_timer);
     drop_child(c);
     retire_sa(c);
     close_socket(c);
@@ -501,24 +602,59 @@ static void on_down(void *arg, int err, ike_fault fault, const char *detail)
     schedule_retry(c, err, detail);
 }
 
+/* "host:port", "[v6 literal]:port". */
+static void format_gateway(const profile_gateway *g, char *out, size_t len)
+{
+    struct in6_addr a6;
+    bool v6_literal = inet_pton(AF_INET6, g->host, &a6) == 1;
+    snprintf(out, len, v6_literal ? "[%s]:%u" : "%s:%u", g->host, g->port);
+}
+
+/* The gateway's addresses: a literal, or a name's A and AAAA records. One
+ * address per family is kept, the preferred family first (RFC 8305 §4:
+ * IPv6, unless IPv4 answered last time); the other is raced against it. */
 static int resolve(conn *c, char *err, size_t err_len)
 {
     const profile_gateway *g = &c->prof->gateways[c->gw_index % c->prof->n_gateways];
-    /* IPv4 only until IPv6 works end to end (the datapath's socket is IPv4). */
-    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_DGRAM, .ai_flags = AI_ADDRCONFIG };
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM, .ai_flags = AI_ADDRCONFIG };
     struct addrinfo *res = NULL;
     char port[8];
     snprintf(port, sizeof(port), "%u", g->port);
     int e = getaddrinfo(g->host, port, &hints, &res);
     if (e != 0 || !res) {
-        snprintf(err, err_len, "cannot resolve gateway %s: %s", g->host, gai_strerror(e));
+        snprintf(err, err_len, "cannot resolve gateway %s: %s", g->host,
+                 e == EAI_SYSTEM ? strerror(errno) : gai_strerror(e));
         return M2MVPN_E_NETWORK;
     }
-    memcpy(&c->gw, res->ai_addr, res->ai_addrlen);
-    c->gw_len = res->ai_addrlen;
+    int first = c->preferred_family ? c->preferred_family : AF_INET6;
+    int order[2] = { first, first == AF_INET6 ? AF_INET : AF_INET6 };
+    c->n_cand = 0;
+    for (size_t k = 0; k < 2; k++)
+        for (struct addrinfo *a = res; a; a = a->ai_next)
+            if (a->ai_family == order[k] && a->ai_addrlen <= sizeof(c->cand[0])) {
+                memset(&c->cand[c->n_cand], 0, sizeof(c->cand[0]));
+                memcpy(&c->cand[c->n_cand], a->ai_addr, a->ai_addrlen);
+                c->cand_len[c->n_cand++] = a->ai_addrlen;
+                break;
+            }
     freeaddrinfo(res);
-    snprintf(c->gw_text, sizeof(c->gw_text), "%s:%u", g->host, g->port);
+    if (c->n_cand == 0) {
+        snprintf(err, err_len, "gateway %s has no IPv4 or IPv6 address", g->host);
+        return M2MVPN_E_NETWORK;
+    }
+    c->gw = c->cand[0];
+    c->gw_len = c->cand_len[0];
+    format_gateway(g, c->gw_text, sizeof(c->gw_text));
     return 0;
+}
+
+static const char *addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+    const void *a = ss->ss_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr
+                                              : (const void *)&((const struct sockaddr_in *)ss)->sin_addr;
+    if (!inet_ntop(ss->ss_family, a, out, (socklen_t)len))
+        snprintf(out, len, "?");
+    return out;
 }
 
 /* Our sockets to the gateway carry the datapath's fwmark: the rule that
@@ -532,14 +668,15 @@ static void mark_socket(const conn *c, int s)
 }
 
 /* Does a socket bound to `ifname` have a route to the gateway? */
-static bool reaches_through(const conn *c, const char *ifname)
+static bool reaches_through(const conn *c, const struct sockaddr_storage *gw, socklen_t gw_len,
+                            const char *ifname)
 {
-    int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int s = socket(gw->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s >= 0)
         mark_socket(c, s);
     bool ok = s >= 0 &&
               setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname)) == 0 &&
-              connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0;
+              connect(s, (const struct sockaddr *)gw, gw_len) == 0;
     if (s >= 0)
         close(s);
     return ok;
@@ -550,19 +687,20 @@ static bool reaches_through(const conn *c, const char *ifname)
  * bound to it (SO_BINDTODEVICE), so that routes into the TUN, a full tunnel
  * above all, cannot catch them. The kernel's own choice counts unless it is
  * the TUN; otherwise the first interface with a route to the gateway. */
-static void find_underlay(conn *c)
+static void underlay_for(const conn *c, const struct sockaddr_storage *gw, socklen_t gw_len,
+                         char found[IF_NAMESIZE])
 {
     const char *tun = c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0";
-    char found[IF_NAMESIZE] = "";
+    found[0] = '\0';
     struct ifaddrs *ifs = NULL;
     if (getifaddrs(&ifs) < 0)
         return;
-    int s = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int s = socket(gw->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s >= 0)
         mark_socket(c, s);
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
-    bool routed = s >= 0 && connect(s, (struct sockaddr *)&c->gw, c->gw_len) == 0 &&
+    bool routed = s >= 0 && connect(s, (const struct sockaddr *)gw, gw_len) == 0 &&
                   getsockname(s, (struct sockaddr *)&local, &len) == 0;
     if (s >= 0)
         close(s);
@@ -575,16 +713,22 @@ static void find_underlay(conn *c)
                         : memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
                                  &((struct sockaddr_in6 *)&local)->sin6_addr, 16) == 0;
         if (same)
-            snprintf(found, sizeof(found), "%s", i->ifa_name);
+            snprintf(found, IF_NAMESIZE, "%s", i->ifa_name);
     }
     for (struct ifaddrs *i = ifs; i && !found[0]; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != c->gw.ss_family || !(i->ifa_flags & IFF_UP) ||
+        if (!i->ifa_addr || i->ifa_addr->sa_family != gw->ss_family || !(i->ifa_flags & IFF_UP) ||
             (i->ifa_flags & IFF_LOOPBACK) || strcmp(i->ifa_name, tun) == 0)
             continue;
-        if (reaches_through(c, i->ifa_name))
-            snprintf(found, sizeof(found), "%s", i->ifa_name);
+        if (reaches_through(c, gw, gw_len, i->ifa_name))
+            snprintf(found, IF_NAMESIZE, "%s", i->ifa_name);
     }
     freeifaddrs(ifs);
+}
+
+static void find_underlay(conn *c)
+{
+    char found[IF_NAMESIZE];
+    underlay_for(c, &c->gw, c->gw_len, found);
     if (strcmp(found, c->underlay) != 0) {
         LOG_INFO(c->log, "conn", "gateway %s is reached through %s", c->gw_text, found[0] ? found : "(no interface)");
         snprintf(c->underlay, sizeof(c->underlay), "%s", found);
@@ -595,23 +739,233 @@ static void find_underlay(conn *c)
                    (socklen_t)strlen(c->underlay));
 }
 
+/* A port-500 socket to `gw`: marked, bound to `ifname` (if any),
+ * connected; its local address in *local. Returns the fd or -1 (errno). */
+static int ike_socket(const conn *c, const struct sockaddr_storage *gw, socklen_t gw_len,
+                      const char *ifname, struct sockaddr_storage *local, socklen_t *local_len)
+{
+    int s = socket(gw->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    mark_socket(c, s);
+    if (ifname[0])
+        setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname));
+    if (connect(s, (const struct sockaddr *)gw, gw_len) < 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
+    }
+    *local_len = sizeof(*local);
+    getsockname(s, (struct sockaddr *)local, local_len);
+    return s;
+}
+
 static int open_socket(conn *c, struct sockaddr_storage *local, socklen_t *local_len, char *err, size_t err_len)
 {
     close_socket(c);
-    c->sock500 = socket(c->gw.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->sock500 >= 0)
-        mark_socket(c, c->sock500);
-    if (c->sock500 >= 0 && c->underlay[0])
-        setsockopt(c->sock500, SOL_SOCKET, SO_BINDTODEVICE, c->underlay, (socklen_t)strlen(c->underlay));
-    if (c->sock500 < 0 || connect(c->sock500, (struct sockaddr *)&c->gw, c->gw_len) < 0) {
-        snprintf(err, err_len, "cannot reach %s: %s", c->gw_text, strerror(errno));
-        close_socket(c);
+    c->sock500 = ike_socket(c, &c->gw, c->gw_len, c->underlay, local, local_len);
+    if (c->sock500 < 0) {
+        char a[INET6_ADDRSTRLEN];
+        snprintf(err, err_len, "cannot reach %s (%s): %s", c->gw_text, addr_text(&c->gw, a, sizeof(a)),
+                 strerror(errno));
         return M2MVPN_E_NETWORK;
     }
-    *local_len = sizeof(*local);
-    getsockname(c->sock500, (struct sockaddr *)local, local_len);
     core_io_add(c->loop, &c->io500, c->sock500, EPOLLIN, on_sock500, c);
     return 0;
+}
+
+/* ------------------------------------------------- Happy Eyeballs race */
+
+static void race_close_socket(conn_race *r, core_loop *loop)
+{
+    if (r->sock >= 0) {
+        core_io_remove(loop, &r->io);
+        close(r->sock);
+        r->sock = -1;
+    }
+}
+
+/* Stop the other family's attempt (it may be inside one of its own
+ * callbacks: freed from the reap timer). Nothing is sent for it. */
+static void race_drop(conn *c)
+{
+    conn_race *r = &c->race;
+    core_timer_cancel(c->loop, &c->race_timer);
+    if (r->promoted)
+        return; /* it is c->sa now */
+    race_close_socket(r, c->loop);
+    if (r->sa) {
+        if (r->dead)
+            ike_sa_free(r->dead);
+        r->dead = r->sa;
+        r->sa = NULL;
+        core_timer_arm(c->loop, &c->reap_timer, 0);
+    }
+}
+
+/* The other family's attempt becomes the connection's: the first one's SA
+ * and socket go, c->gw is its address. */
+static void race_promote(conn *c)
+{
+    conn_race *r = &c->race;
+    retire_sa(c);
+    close_socket(c);
+    c->sa = r->sa;
+    r->sa = NULL;
+    r->promoted = true;
+    c->gw = r->gw;
+    c->gw_len = r->gw_len;
+    core_io_remove(c->loop, &r->io);
+    c->sock500 = r->sock;
+    r->sock = -1;
+    core_io_add(c->loop, &c->io500, c->sock500, EPOLLIN, on_sock500, c);
+    find_underlay(c); /* the shared UDP/4500 socket follows the new path */
+}
+
+/* The first family failed without an answer: the other one takes over
+ * (started now if its delay had not passed yet). */
+static bool race_take_over(conn *c, int err, ike_fault fault)
+{
+    if (err == 0 || fault != IKE_FAULT_PEER || !c->sa || c->init_answered || !c->want_up ||
+        c->reconnect_after_close)
+        return false;
+    if (!c->race.sa && !c->race.started && c->n_cand > 1) {
+        retire_sa(c);
+        close_socket(c);
+        race_start(c); /* promoted at once; its failure reaches on_down */
+        return true;
+    }
+    if (!c->race.sa || c->race.promoted)
+        return false;
+    char a[INET6_ADDRSTRLEN];
+    LOG_INFO(c->log, "conn", "%s failed; going on with %s", c->gw.ss_family == AF_INET6 ? "IPv6" : "IPv4",
+             addr_text(&c->race.gw, a, sizeof(a)));
+    race_promote(c);
+    return true;
+}
+
+static int race_send(void *arg, const uint8_t *msg, size_t len, bool natt)
+{
+    conn_race *r = arg;
+    conn *c = r->c;
+    if (!r->promoted && natt) {
+        /* Its IKE_SA_INIT was answered first: it wins. */
+        char a[INET6_ADDRSTRLEN];
+        LOG_INFO(c->log, "conn", "%s (%s) answered first; the other address family's attempt stops",
+                 r->gw.ss_family == AF_INET6 ? "IPv6" : "IPv4", addr_text(&r->gw, a, sizeof(a)));
+        race_promote(c);
+    }
+    if (r->promoted)
+        return ike_send(c, msg, len, natt);
+    return send(r->sock, msg, len, 0) < 0 ? M2MVPN_E_NETWORK : 0;
+}
+
+static void race_established(void *arg, const ike_child_result *child)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        on_established(r->c, child);
+}
+
+/* Rekeys happen only once established, so only on a promoted attempt. */
+static void race_child_rekeyed(void *arg, uint32_t old_spi_in, const ike_child_result *child, bool outbound)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        on_child_rekeyed(r->c, old_spi_in, child, outbound);
+}
+
+static void race_child_deleted(void *arg, uint32_t spi_in)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        on_child_deleted(r->c, spi_in);
+}
+
+static void race_ike_rekeyed(void *arg)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        on_ike_rekeyed(r->c);
+}
+
+static void race_down(void *arg, int err, ike_fault fault, const char *detail)
+{
+    conn_race *r = arg;
+    conn *c = r->c;
+    if (r->promoted) {
+        on_down(c, err, fault, detail);
+        return;
+    }
+    LOG_INFO(c->log, "conn", "the other address family's attempt ended: %s", detail ? detail : "");
+    race_drop(c);
+    /* The first one failed already (it would have handed over): nothing
+     * is left of this attempt. */
+    if (!c->sa)
+        on_down(c, err, fault, detail);
+}
+
+static void on_race_sock(void *arg, uint32_t events)
+{
+    conn_race *r = arg;
+    (void)events;
+    uint8_t buf[ESP_MAX_PACKET];
+    for (int i = 0; i < 16 && r->sock >= 0; i++) {
+        ssize_t n = recv(r->sock, buf, sizeof(buf), 0);
+        if (n < 0)
+            return;
+        if (r->sa)
+            ike_sa_input(r->sa, buf, (size_t)n, false);
+    }
+}
+
+/* Timer: the first family has no answer yet; the other one starts too. */
+static void race_start(void *arg)
+{
+    conn *c = arg;
+    conn_race *r = &c->race;
+    if (c->init_answered || r->started || c->n_cand < 2 || !c->want_up)
+        return;
+    r->started = true;
+    r->promoted = false;
+    r->c = c;
+    r->gw = c->cand[1];
+    r->gw_len = c->cand_len[1];
+    char ifname[IF_NAMESIZE], a[INET6_ADDRSTRLEN], err[256] = "";
+    underlay_for(c, &r->gw, r->gw_len, ifname);
+    ike_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    r->sock = ike_socket(c, &r->gw, r->gw_len, ifname, &cfg.local, &cfg.local_len);
+    int rc = M2MVPN_E_NETWORK;
+    if (r->sock < 0) {
+        snprintf(err, sizeof(err), "cannot reach %s (%s): %s", c->gw_text,
+                 addr_text(&r->gw, a, sizeof(a)), strerror(errno));
+    } else {
+        core_io_add(c->loop, &r->io, r->sock, EPOLLIN, on_race_sock, r);
+        cfg.prof = c->prof;
+        memcpy(&cfg.remote, &r->gw, r->gw_len);
+        cfg.remote_len = r->gw_len;
+        cfg.cred = c->cred;
+        cfg.trust = c->trust;
+        if (c->prof->auth == PROFILE_AUTH_EAP)
+            eap_credentials(c, &cfg); /* present: the first attempt had them */
+        ike_hooks hooks = { r, race_send, race_established, race_down, race_child_rekeyed, race_child_deleted,
+                            race_ike_rekeyed };
+        rc = ike_sa_new(c->loop, c->log, &cfg, &hooks, &r->sa, err, sizeof(err));
+    }
+    if (rc < 0) {
+        race_drop(c);
+        LOG_INFO(c->log, "conn", "no attempt over the other address family: %s", err);
+        if (!c->sa)
+            on_down(c, rc, IKE_FAULT_PEER, err);
+        return;
+    }
+    LOG_INFO(c->log, "conn", "%s: trying %s as well (Happy Eyeballs)",
+             c->sa ? "no answer yet" : "the first address family failed", addr_text(&r->gw, a, sizeof(a)));
+    if (!c->sa)
+        race_promote(c); /* the first one is gone: this is the attempt now */
+    ike_sa_start(r->promoted ? c->sa : r->sa);
 }
 
 static int ensure_datapath(conn *c, char *err, size_t err_len)
@@ -620,9 +974,14 @@ static int ensure_datapath(conn *c, char *err, size_t err_len)
         return 0;
     esp_datapath_config cfg;
     memset(&cfg, 0, sizeof(cfg));
-    struct sockaddr_in *any = (struct sockaddr_in *)&cfg.local;
-    any->sin_family = AF_INET;
-    any->sin_port = htons(ESP_UDP_PORT);
+    /* One dual-stack socket ([::]:4500, IPV6_V6ONLY off) for gateways of
+     * either family, a gateway list that mixes them, and a Happy Eyeballs
+     * race won by either; the datapath falls back to IPv4 on a kernel
+     * without IPv6. */
+    struct sockaddr_in6 *any = (struct sockaddr_in6 *)&cfg.local;
+    any->sin6_family = AF_INET6;
+    any->sin6_addr = in6addr_any;
+    any->sin6_port = htons(ESP_UDP_PORT);
     cfg.local_len = sizeof(*any);
     snprintf(cfg.tun_name, sizeof(cfg.tun_name), "%s", c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0");
     cfg.mtu = c->prof->tunnel.mtu;
@@ -703,28 +1062,56 @@ static int arm_kill_switch(conn *c, char *err, size_t err_len)
      * gateway's name cannot be resolved yet. */
     int r = ensure_datapath(c, err, err_len);
     if (r == 0)
-        r = profile_to_routes(c->prof->tunnel.remote_ts, c->prof->tunnel.n_remote_ts, &net, err,
-                              err_len);
+        r = profile_to_routes(c->prof, &net, err, err_len);
     if (r == 0)
         r = esp_datapath_set_network(c->dp, &net, err, err_len);
+    esp_kill_switch_info ks;
+    memset(&ks, 0, sizeof(ks));
+    if (c->dp)
+        esp_datapath_kill_switch_info(c->dp, &ks);
+    /* Fail closed: policy routing alone does not hold traffic that a
+     * program sends bound to the underlay (SO_BINDTODEVICE, IP_UNICAST_IF,
+     * unprivileged): the kernel takes a protected address as on-link there
+     * and sends it in plaintext. Only a profile that says so accepts that. */
+    if (r == 0 && !ks.nftables && !c->prof->tunnel.kill_switch_routing_only) {
+        snprintf(err, err_len, "no nftables table (%s): policy routing alone does not hold "
+                 "a socket bound to another interface; set tunnel.kill_switch_routing_only "
+                 "to accept that", ks.nft_why);
+        r = M2MVPN_E_TUN;
+    }
     c->kill_switch_armed = r == 0;
     if (r < 0) {
         LOG_ERR(c->log, "conn", "kill switch for profile %s not in place (no connection attempt "
                 "until it is): %s", c->prof->name, err);
         return r;
     }
-    esp_kill_switch_info ks;
-    esp_datapath_kill_switch_info(c->dp, &ks);
     if (ks.nftables)
         LOG_INFO(c->log, "conn", "kill switch for profile %s in place: routing table %u "
                  "(rule priority %u), nftables table %s", c->prof->name, ks.table,
                  ks.rule_priority, ks.nft_table);
     else
         LOG_WARN(c->log, "conn", "kill switch for profile %s in place: routing table %u "
-                 "(rule priority %u); no nftables table (%s): a program that binds its socket to "
-                 "another interface can bypass it", c->prof->name, ks.table, ks.rule_priority,
-                 ks.nft_why);
+                 "(rule priority %u) alone, as tunnel.kill_switch_routing_only allows; no "
+                 "nftables table (%s): a program that binds its socket to another interface "
+                 "can bypass it", c->prof->name, ks.table, ks.rule_priority, ks.nft_why);
     return 0;
+}
+
+void conn_kill_switch_status(conn *c, conn_kill_switch *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!c->prof || !c->prof->tunnel.kill_switch)
+        return;
+    out->on = true;
+    out->routing_only_allowed = c->prof->tunnel.kill_switch_routing_only;
+    if (!c->dp)
+        return;
+    esp_kill_switch_info ks;
+    esp_datapath_kill_switch_info(c->dp, &ks);
+    out->routing = ks.routing;
+    out->nftables = ks.nftables;
+    if (!ks.nftables)
+        snprintf(out->nft_why, sizeof(out->nft_why), "%s", ks.nft_why);
 }
 
 /* The EAP user and password for this attempt: false if there is no
@@ -815,8 +1202,21 @@ static void attempt(conn *c)
         wait_for_credentials(c, NULL);
         return;
     }
+    /* A new race: the first address family now, the other one later. */
+    race_drop(c);
+    c->race.started = c->race.promoted = false;
+    c->init_answered = false;
     if (r == 0)
         r = open_socket(c, &cfg.local, &cfg.local_len, err, sizeof(err));
+    if (r < 0 && c->n_cand > 1 && c->sock500 < 0) {
+        /* No way at all to the first family (no route): the other one. */
+        LOG_INFO(c->log, "conn", "%s", err);
+        c->gw = c->cand[1];
+        c->gw_len = c->cand_len[1];
+        c->n_cand = 1;
+        find_underlay(c);
+        r = open_socket(c, &cfg.local, &cfg.local_len, err, sizeof(err));
+    }
     if (r == 0) {
         cfg.prof = c->prof;
         memcpy(&cfg.remote, &c->gw, c->gw_len);
@@ -831,7 +1231,11 @@ static void attempt(conn *c)
         on_down(c, r, IKE_FAULT_LOCAL, err);
         return;
     }
-    LOG_INFO(c->log, "conn", "connecting to %s (profile %s)", c->gw_text, c->prof->name);
+    char a[INET6_ADDRSTRLEN];
+    LOG_INFO(c->log, "conn", "connecting to %s at %s (profile %s)", c->gw_text,
+             addr_text(&c->gw, a, sizeof(a)), c->prof->name);
+    if (c->n_cand > 1)
+        core_timer_arm(c->loop, &c->race_timer, RACE_DELAY_MS);
     ike_sa_start(c->sa); /* failures arrive through on_down */
 }
 
@@ -885,6 +1289,9 @@ int conn_new(core_loop *loop, core_log *log, const conn_hooks *hooks, conn **ret
     core_timer_init(&c->reap_timer, reap, c);
     core_timer_init(&c->refresh_timer, refresh, c);
     core_timer_init(&c->hook_timer, reap_hook_runs, c);
+    core_timer_init(&c->race_timer, race_start, c);
+    c->race.c = c;
+    c->race.sock = -1;
     *ret = c;
     return 0;
 }
@@ -894,6 +1301,7 @@ static void release_profile(conn *c, bool remove_network)
     c->want_up = false; /* a closing SA must not schedule a reconnect */
     core_timer_cancel(c->loop, &c->reconnect_timer);
     core_timer_cancel(c->loop, &c->refresh_timer);
+    race_drop(c);
     if (c->sa) {
         ike_sa_close(c->sa); /* best effort Delete; no waiting here */
         retire_sa(c);
@@ -931,6 +1339,7 @@ void conn_free(conn *c)
     core_timer_cancel(c->loop, &c->hook_timer);
     dns_hook_reap(&c->dns_hook, c->log); /* what has finished; the rest is left to init */
     ike_sa_free(c->dead_sa);
+    ike_sa_free(c->race.dead);
     forget_session_credentials(c);
     secure_wipe(c->refused_key, sizeof(c->refused_key));
     free(c);
@@ -941,8 +1350,16 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     if (c->prof == p)
         return;
     bool was_up = c->want_up;
-    release_profile(c, c->prof && (!p || !c->prof->tunnel.tun_name || !p->tunnel.tun_name ||
-                                   strcmp(c->prof->tunnel.tun_name, p->tunnel.tun_name) != 0));
+    /* Another TUN name: the old one's network goes. With the kill switch in
+     * both, the new one is armed first and the old one removed after, so
+     * that a prefix both protect is never without it. */
+    bool other_tun = c->prof && (!p || strcmp(c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0",
+                                              p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0") != 0);
+    bool arm_first = other_tun && p && p->tunnel.kill_switch && c->prof->tunnel.kill_switch;
+    char old_tun[IF_NAMESIZE] = "";
+    if (arm_first)
+        snprintf(old_tun, sizeof(old_tun), "%s", c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0");
+    release_profile(c, other_tun && !arm_first);
     c->set = profile_set_ref(set);
     c->prof = p;
     if (c->refused_fp_set && p->auth == PROFILE_AUTH_EAP) {
@@ -964,8 +1381,17 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     c->failures = 0;
     c->want_up = was_up || p->mode == PROFILE_MODE_ALWAYS_ON;
     if (p->tunnel.kill_switch) {
-        char err[320];
+        char err[512];
         int r = arm_kill_switch(c, err, sizeof(err));
+        if (arm_first) {
+            char rm_err[256];
+            if (esp_network_remove(old_tun, rm_err, sizeof(rm_err)) < 0)
+                LOG_WARN(c->log, "conn", "removing the network of TUN %s: %s", old_tun, rm_err);
+            /* The old name's table may be the new one's too (hash):
+             * refused while it held the old routes; now it is free. */
+            if (r < 0)
+                r = arm_kill_switch(c, err, sizeof(err));
+        }
         if (r < 0 && !c->want_up) {
             set_state(c, M2MVPN_STATE_IDLE, r, err); /* in the status: last_error */
             return;
@@ -974,8 +1400,8 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     if (c->want_up) {
         set_state(c, M2MVPN_STATE_CONNECTING, 0, NULL);
         attempt(c);
-    } else if (c->state != M2MVPN_STATE_IDLE) {
-        set_state(c, M2MVPN_STATE_IDLE, 0, NULL);
+    } else {
+        set_state(c, M2MVPN_STATE_IDLE, 0, NULL); /* unchanged: the status is refreshed */
     }
 }
 

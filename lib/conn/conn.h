@@ -63,4 +63,14 @@ void conn_remove_profile(conn *c);
 /* Fill the tunnel part of a status snapshot (gateway, virtual IP, counters). */
 void conn_fill_status(conn *c, m2mvpn_status *st);
 
+/* The kill switch's layers now in place, for the status. */
+typedef struct conn_kill_switch {
+    bool on;                   /* the profile has tunnel.kill_switch */
+    bool routing;              /* our routing table, blackholes and rules */
+    bool nftables;             /* the nftables table */
+    bool routing_only_allowed; /* tunnel.kill_switch_routing_only */
+    char nft_why[128];         /* why no nftables table */
+} conn_kill_switch;
+void conn_kill_switch_status(conn *c, conn_kill_switch *out);
+
 #endif

@@ -47,6 +47,33 @@ void esp_dp_signal_engine(esp_datapath *dp)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* `peer` as the shared socket takes it: an IPv4 address on a dual-stack
+ * (AF_INET6) socket becomes its IPv4-mapped IPv6 form. */
+static void peer_for_socket(const esp_datapath *dp, const struct sockaddr *peer, socklen_t len,
+                            struct sockaddr_storage *out, socklen_t *out_len)
+{
+    memset(out, 0, sizeof(*out));
+    if (dp->udp_family == AF_INET6 && peer->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
+        struct sockaddr_in6 *m = (struct sockaddr_in6 *)out;
+        m->sin6_family = AF_INET6;
+        m->sin6_port = in->sin_port;
+        m->sin6_addr.s6_addr[10] = 0xff;
+        m->sin6_addr.s6_addr[11] = 0xff;
+        memcpy(&m->sin6_addr.s6_addr[12], &in->sin_addr, 4);
+        *out_len = sizeof(*m);
+        return;
+    }
+    memcpy(out, peer, len);
+    *out_len = len;
+}
+
+static bool is_v6_any(const struct sockaddr_storage *ss)
+{
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+    return ss->ss_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr);
+}
+
 static int open_udp(esp_datapath *dp, char *err, size_t err_len)
 {
     struct sockaddr_storage local = dp->cfg.local;
@@ -63,13 +90,31 @@ static int open_udp(esp_datapath *dp, char *err, size_t err_len)
         ((struct sockaddr_in6 *)&local)->sin6_port = htons(ESP_UDP_PORT);
 
     dp->udp_fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (dp->udp_fd < 0 && errno == EAFNOSUPPORT && is_v6_any(&local)) {
+        /* A kernel without IPv6: the IPv4 any-address, same port. */
+        uint16_t port = ((struct sockaddr_in6 *)&local)->sin6_port;
+        memset(&local, 0, sizeof(local));
+        struct sockaddr_in *sin = (struct sockaddr_in *)&local;
+        sin->sin_family = AF_INET;
+        sin->sin_port = port;
+        len = sizeof(*sin);
+        family = AF_INET;
+        dp->udp_fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    }
+    dp->udp_family = family;
     if (dp->udp_fd < 0) {
         set_err(err, err_len, "socket", strerror(errno));
         return M2MVPN_E_NETWORK;
     }
     /* No SO_REUSEADDR: another local process could then bind a more
      * specific address on 4500 and take our IKE and ESP datagrams. */
-    int one = 1, big = 4 << 20;
+    int one = 1, zero = 0, big = 4 << 20;
+    /* Dual-stack on the any-address, whatever net.ipv6.bindv6only says. */
+    if (is_v6_any(&local) &&
+        setsockopt(dp->udp_fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) < 0) {
+        set_err(err, err_len, "IPV6_V6ONLY", strerror(errno));
+        return M2MVPN_E_NETWORK;
+    }
     /* Bursts of a whole batch must not overflow the default buffers; the
      * FORCE variants need CAP_NET_ADMIN, the plain ones are the fallback. */
     if (setsockopt(dp->udp_fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof(big)) < 0)
@@ -174,8 +219,9 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg, char *er
         return M2MVPN_E_STATE;
     }
     dp->slots[idx].sa = sa;
-    dp->slots[idx].peer = cfg->peer;
-    dp->slots[idx].peer_len = cfg->peer_len;
+    if (cfg->peer_len)
+        peer_for_socket(dp, (const struct sockaddr *)&cfg->peer, cfg->peer_len,
+                        &dp->slots[idx].peer, &dp->slots[idx].peer_len);
     dp->slots[idx].installed = ++dp->install_seq;
     if (!cfg->inbound_only || dp->out_idx < 0)
         dp->out_idx = idx;
@@ -235,11 +281,8 @@ int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockad
         return M2MVPN_E_INVAL;
     pthread_rwlock_wrlock(&dp->sa_lock);
     esp_slot *s = esp_dp_find_slot_locked(dp, spi_in);
-    if (s) {
-        memset(&s->peer, 0, sizeof(s->peer));
-        memcpy(&s->peer, peer, peer_len);
-        s->peer_len = peer_len;
-    }
+    if (s)
+        peer_for_socket(dp, peer, peer_len, &s->peer, &s->peer_len);
     pthread_rwlock_unlock(&dp->sa_lock);
     return s ? 0 : M2MVPN_E_INVAL;
 }
@@ -419,7 +462,10 @@ int esp_datapath_send_ike(esp_datapath *dp, const uint8_t *msg, size_t len,
         return M2MVPN_E_INVAL;
     static const uint8_t marker[NON_ESP_MARKER_LEN] = {0};
     struct iovec iov[2] = { { (void *)marker, sizeof(marker) }, { (void *)msg, len } };
-    struct msghdr mh = { .msg_name = (void *)to, .msg_namelen = to_len,
+    struct sockaddr_storage dst;
+    socklen_t dst_len;
+    peer_for_socket(dp, to, to_len, &dst, &dst_len);
+    struct msghdr mh = { .msg_name = &dst, .msg_namelen = dst_len,
                          .msg_iov = iov, .msg_iovlen = 2 };
     if (sendmsg(dp->udp_fd, &mh, 0) < 0)
         return M2MVPN_E_NETWORK;
@@ -434,7 +480,15 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
         return M2MVPN_E_INVAL;
     uint32_t mtu = dp->cfg.mtu;
     if (!mtu) {
-        bool v6 = dp->cfg.local.ss_family == AF_INET6;
+        /* The outer header of the outbound SA's peer (an IPv4-mapped one is
+         * IPv4 on the wire); without an SA, the socket's family. */
+        bool v6 = dp->udp_family == AF_INET6;
+        pthread_rwlock_rdlock(&dp->sa_lock);
+        if (dp->out_idx >= 0) {
+            const struct sockaddr_in6 *p6 = (const struct sockaddr_in6 *)&dp->slots[dp->out_idx].peer;
+            v6 = p6->sin6_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(&p6->sin6_addr);
+        }
+        pthread_rwlock_unlock(&dp->sa_lock);
         mtu = esp_default_mtu(net->encr_id, net->integ_id, 1500, v6);
         if (!mtu)
             mtu = 1400;
@@ -455,17 +509,29 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
     if (net->n_in_dst) {
         memcpy(dp->in_dst, net->in_dst, net->n_in_dst * sizeof(dp->in_dst[0]));
         dp->n_in_dst = net->n_in_dst;
-    } else if (net->has_vip) {
-        dp->in_dst[0] = net->vip;
-        dp->n_in_dst = 1;
+    } else if (net->has_vip || net->has_vip2) {
+        dp->n_in_dst = 0;
+        if (net->has_vip)
+            dp->in_dst[dp->n_in_dst++] = net->vip;
+        if (net->has_vip2)
+            dp->in_dst[dp->n_in_dst++] = net->vip2;
     } else {
         dp->n_in_dst = 0;
     }
     pthread_rwlock_unlock(&dp->sa_lock);
     if (dp->cfg.configure_network) {
-        int rc = esp_net_apply(&dp->net, mtu, net->has_vip ? &net->vip : NULL, net->remote_ts,
+        esp_prefix vips[2];
+        size_t n_vips = 0;
+        if (net->has_vip)
+            vips[n_vips++] = net->vip;
+        if (net->has_vip2)
+            vips[n_vips++] = net->vip2;
+        int rc = esp_net_apply(&dp->net, mtu, vips, n_vips, net->remote_ts,
                                net->n_remote_ts, dp->cfg.route_metric ? dp->cfg.route_metric : 50,
-                               dp->cfg.kill_switch, err, err_len);
+                               dp->cfg.kill_switch, net->ike_ports,
+                               net->n_ike_ports < ESP_MAX_IKE_PORTS ? net->n_ike_ports
+                                                                    : ESP_MAX_IKE_PORTS,
+                               err, err_len);
         if (rc < 0)
             return rc;
     }
@@ -486,6 +552,7 @@ void esp_datapath_kill_switch_info(const esp_datapath *dp, esp_kill_switch_info 
     memset(out, 0, sizeof(*out));
     out->table = esp_tunnel_table(dp->cfg.tun_name);
     out->rule_priority = ESP_RULE_PRIORITY;
+    out->routing = dp->net.routing_active;
     out->nftables = dp->net.nft_active;
     esp_nft_table_name(dp->net.name[0] ? dp->net.name : "m2m0", out->nft_table,
                        sizeof(out->nft_table));
@@ -513,6 +580,19 @@ void esp_datapath_teardown(esp_datapath *dp, bool remove_all)
         esp_net_close(&dp->net, true);
         dp->net_open = false;
     }
+}
+
+int esp_network_remove(const char *tun_name, char *err, size_t err_len)
+{
+    esp_net n;
+    /* Opening adopts what our table holds for this name (persistent: the
+     * device is not dropped before the routes are gone). */
+    int rc = esp_net_open(&n, tun_name, true, false, err, err_len);
+    if (rc < 0)
+        return rc;
+    esp_net_remove_all(&n);
+    esp_net_close(&n, true);
+    return 0;
 }
 
 void esp_datapath_free(esp_datapath *dp)

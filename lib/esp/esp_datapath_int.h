@@ -74,6 +74,7 @@ typedef struct esp_rx_batch {
 struct esp_datapath {
     esp_datapath_config cfg;
     int udp_fd;
+    int udp_family;             /* AF_INET6: dual-stack, IPv4 peers mapped */
     int event_fd;               /* workers -> engine */
     int stop_fd;                /* engine -> workers */
     esp_net net;

@@ -67,16 +67,19 @@ static bool inbound_allowed_locked(const esp_datapath *dp, const uint8_t *pkt, u
            (dp->n_in_dst == 0 || in_prefixes(dp->in_dst, dp->n_in_dst, family, dst));
 }
 
-/* Only what the remote traffic selectors cover goes into the SA; the rest
- * (e.g. IPv6 link-local chatter on the TUN) has no SA. No selectors: all. */
+/* Only what the remote selectors as negotiated cover (in_src: TSr as the
+ * gateway granted it, or remote_ts without a negotiation) goes into the SA;
+ * the rest has no SA and is dropped here: a part of the profile's prefixes
+ * or a whole address family the gateway did not grant (IPv6 around an
+ * IPv4-only tunnel), IPv6 link-local chatter on the TUN. No selectors: all. */
 static bool covered_by_ts_locked(const esp_datapath *dp, const uint8_t *pkt, uint8_t nh)
 {
-    if (dp->n_remote_ts == 0)
+    if (dp->n_in_src == 0)
         return true;
     int family = nh == ESP_NH_IPV4 ? AF_INET : AF_INET6;
     const uint8_t *dst = nh == ESP_NH_IPV4 ? pkt + 16 : pkt + 24;
-    for (size_t i = 0; i < dp->n_remote_ts; i++)
-        if (dp->remote_ts[i].family == family && prefix_contains(&dp->remote_ts[i], dst))
+    for (size_t i = 0; i < dp->n_in_src; i++)
+        if (dp->in_src[i].family == family && prefix_contains(&dp->in_src[i], dst))
             return true;
     return false;
 }

@@ -81,6 +81,15 @@ static int our_id(ike_sa *sa, pki_id *id, char *err, size_t err_len)
     return M2MVPN_E_PROFILE;
 }
 
+/* Does the profile's tunnel.remote_ts hold a prefix of `family`? */
+static bool protects_family(const profile *p, int family)
+{
+    for (size_t i = 0; i < p->tunnel.n_remote_ts; i++)
+        if (p->tunnel.remote_ts[i].family == family)
+            return true;
+    return false;
+}
+
 void ike_build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts)
 {
     *n = 0;
@@ -90,16 +99,32 @@ void ike_build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts
             (*n)++;
 }
 
-/* The TSi we propose: anything when the gateway assigns our address (a
- * virtual IP), else our own address. The gateway may only narrow it. */
+/* The TSi we propose: anything of each family we ask a virtual IP for (the
+ * gateway narrows it to what it assigned), else our own address. The
+ * gateway may only narrow it. */
 static size_t our_tsi(const ike_sa *sa, profile_ts *out)
 {
+    const profile *p = sa->cfg.prof;
+    size_t n = 0;
+    if (p->tunnel.request_vip) {
+        static const int families[] = { AF_INET, AF_INET6 };
+        for (size_t i = 0; i < 2; i++) {
+            if (!protects_family(p, families[i]))
+                continue;
+            memset(&out[n], 0, sizeof(out[n]));
+            out[n++].family = families[i];
+        }
+        return n;
+    }
     memset(out, 0, sizeof(*out));
-    out->family = AF_INET;
-    if (sa->cfg.prof->tunnel.request_vip) {
-        out->prefix_len = 0;
+    if (sa->cfg.local.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&sa->cfg.local;
+        out->family = AF_INET6;
+        out->prefix_len = 128;
+        memcpy(out->addr, &in6->sin6_addr, 16);
     } else {
         const struct sockaddr_in *in = (const struct sockaddr_in *)&sa->cfg.local;
+        out->family = AF_INET;
         out->prefix_len = 32;
         memcpy(out->addr, &in->sin_addr, 4);
     }
@@ -230,12 +255,21 @@ int ike_auth_start(ike_sa *sa)
     secure_wipe(auth, sizeof(auth));
 no_auth:
 
+    /* Virtual IPs (and DNS servers) of each family the profile protects:
+     * both for a dual-stack tunnel; the gateway assigns what its pools have. */
+    bool want4 = protects_family(p, AF_INET), want6 = protects_family(p, AF_INET6);
     if (p->tunnel.request_vip) {
-        ike_cp_attr attrs[2] = {
-            { IKE_CP_INTERNAL_IP4_ADDRESS, buf_reader_make(NULL, 0) },
-            { IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(NULL, 0) },
-        };
-        ike_build_cp(&cw, IKE_CFG_REQUEST, attrs, p->tunnel.dns ? 2 : 1);
+        ike_cp_attr attrs[4];
+        size_t n_attrs = 0;
+        if (want4)
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_ADDRESS, buf_reader_make(NULL, 0) };
+        if (want6)
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP6_ADDRESS, buf_reader_make(NULL, 0) };
+        if (want4 && p->tunnel.dns)
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(NULL, 0) };
+        if (want6 && p->tunnel.dns)
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP6_DNS, buf_reader_make(NULL, 0) };
+        ike_build_cp(&cw, IKE_CFG_REQUEST, attrs, n_attrs);
     }
     uint8_t spi[4];
     buf_store_be32(spi, sa->child_spi_in);
@@ -539,8 +573,20 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
              a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, a))
             if (a->value.len == 4)
                 memcpy(res->dns[res->n_dns++], a->value.p, 4);
+        /* Address and prefix length (RFC 7296 §3.15.1); a prefix length of
+         * 0 or above 128 is no usable assignment. */
+        a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_ADDRESS, NULL);
+        if (a && a->value.len == 17 && a->value.p[16] >= 1 && a->value.p[16] <= 128) {
+            memcpy(res->vip6, a->value.p, 16);
+            res->vip6_prefix_len = a->value.p[16];
+            res->has_vip6 = true;
+        }
+        for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, NULL); a && res->n_dns6 < IKE_MAX_DNS;
+             a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, a))
+            if (a->value.len == 16)
+                memcpy(res->dns6[res->n_dns6++], a->value.p, 16);
     }
-    if (need_cp && p->tunnel.request_vip && !res->has_vip) {
+    if (need_cp && p->tunnel.request_vip && !res->has_vip && !res->has_vip6) {
         snprintf(err, err_len, "gateway %s assigned no virtual IP (check its address pool)", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
     }
@@ -628,9 +674,14 @@ void ike_auth_establish(ike_sa *sa, const ike_chain *c)
     res.keymat = keymat;
     res.keymat_len = kl;
     ike_sa_set_state(sa, IKE_SA_ESTABLISHED);
-    char vip[INET_ADDRSTRLEN] = "-";
+    char vip[INET_ADDRSTRLEN + INET6_ADDRSTRLEN + 8] = "-";
+    char v4[INET_ADDRSTRLEN] = "", v6[INET6_ADDRSTRLEN] = "";
     if (res.has_vip)
-        inet_ntop(AF_INET, res.vip, vip, sizeof(vip));
+        inet_ntop(AF_INET, res.vip, v4, sizeof(v4));
+    if (res.has_vip6)
+        inet_ntop(AF_INET6, res.vip6, v6, sizeof(v6));
+    if (res.has_vip || res.has_vip6)
+        snprintf(vip, sizeof(vip), "%s%s%s", v4, v4[0] && v6[0] ? " and " : "", v6);
     LOG_INFO(sa->log, "ike", "IKE SA established with %s (%s), CHILD SA %08x/%08x (%s), virtual IP %s",
              sa->gw_text, sa->ike_alg, res.spi_in, res.spi_out, sa->esp_alg, vip);
     if (sa->cfg.prof->ike.dpd_s)

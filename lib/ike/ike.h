@@ -61,6 +61,11 @@ typedef struct ike_child_result {
     uint8_t vip[4];                /* INTERNAL_IP4_ADDRESS */
     uint8_t dns[IKE_MAX_DNS][4];   /* INTERNAL_IP4_DNS */
     size_t n_dns;
+    bool has_vip6;
+    uint8_t vip6[16];              /* INTERNAL_IP6_ADDRESS ... */
+    uint8_t vip6_prefix_len;       /* ... and its prefix length (1..128) */
+    uint8_t dns6[IKE_MAX_DNS][16]; /* INTERNAL_IP6_DNS */
+    size_t n_dns6;
     profile_ts remote_ts[PROFILE_MAX_TS]; /* TSr as narrowed by the gateway */
     size_t n_remote_ts;
     profile_ts local_ts[PROFILE_MAX_TS];  /* TSi as narrowed by the gateway (our side) */

@@ -114,6 +114,23 @@ static int new_ke(ike_sa *sa, uint16_t group)
     return crypto_ke_new(group, &sa->ke);
 }
 
+/* Trade the current request's key pair and bytes for the superseded one's. */
+static void swap_prev_request(ike_sa *sa)
+{
+    crypto_ke *ke = sa->ke;
+    uint16_t group = sa->ke_group;
+    uint8_t *req = sa->init_req;
+    size_t req_len = sa->init_req_len;
+    sa->ke = sa->prev_ke;
+    sa->ke_group = sa->prev_ke_group;
+    sa->init_req = sa->prev_init_req;
+    sa->init_req_len = sa->prev_init_req_len;
+    sa->prev_ke = ke;
+    sa->prev_ke_group = group;
+    sa->prev_init_req = req;
+    sa->prev_init_req_len = req_len;
+}
+
 /* Build and send; any failure ends the SA (the caller learns it via on_down). */
 static int send_init(ike_sa *sa)
 {
@@ -445,6 +462,13 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
                  proposal_ke_name(group));
         sa->ke_retried = true;
         ike_sa_request_done(sa);
+        /* Keep the first request: its real answer may still come. */
+        sa->prev_ke = sa->ke;
+        sa->prev_ke_group = sa->ke_group;
+        sa->prev_init_req = sa->init_req;
+        sa->prev_init_req_len = sa->init_req_len;
+        sa->ke = NULL;
+        sa->init_req = NULL;
         if (new_ke(sa, group) < 0) {
             ike_sa_fail_local(sa, M2MVPN_E_CRYPTO, "cannot create a %s key pair", proposal_ke_name(group));
             return;
@@ -480,9 +504,28 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
     }
     char why[384];
     int r = check_answer(sa, msg, a, why, sizeof(why));
-    if (r < 0)
+    if (r < 0 && sa->prev_ke) {
+        /* An answer to the request an INVALID_KE_PAYLOAD replaced? */
+        swap_prev_request(sa);
+        char why_prev[384];
+        memset(a, 0, sizeof(*a));
+        if (check_answer(sa, msg, a, why_prev, sizeof(why_prev)) == 0) {
+            LOG_INFO(sa->log, "ike", "answer to our first IKE_SA_INIT (%s) from %s: the "
+                     "INVALID_KE_PAYLOAD before it was not the gateway's", proposal_ke_name(sa->ke_group),
+                     sa->gw_text);
+            r = 0;
+        } else {
+            swap_prev_request(sa);
+        }
+    }
+    if (r < 0) {
         ike_sa_init_error(sa, r, "%s", why);
-    else
+    } else {
+        crypto_ke_free(sa->prev_ke);
+        sa->prev_ke = NULL;
+        free(sa->prev_init_req);
+        sa->prev_init_req = NULL;
         accept_answer(sa, msg, a);
+    }
     secure_free(a, sizeof(*a));
 }

@@ -44,7 +44,7 @@ static void format_addr(const struct sockaddr_storage *ss, char *out, size_t len
         inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
         port = ntohs(in6->sin6_port);
     }
-    snprintf(out, len, "%s:%u", host, port);
+    snprintf(out, len, ss->ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
 }
 
 static void retransmit(void *arg);
@@ -96,6 +96,8 @@ void ike_sa_free(ike_sa *sa)
     core_timer_cancel(sa->loop, &sa->dpd_timer);
     ike_rekey_free(sa);
     crypto_ke_free(sa->ke);
+    crypto_ke_free(sa->prev_ke);
+    free(sa->prev_init_req);
     crypto_ike_keys_free(sa->keys);
     crypto_cipher_free(sa->seal_ctx);
     crypto_cipher_free(sa->open_ctx);

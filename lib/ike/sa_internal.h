@@ -116,6 +116,14 @@ struct ike_sa {
 
     uint8_t *init_req;             /* our last IKE_SA_INIT request (RealMessage1) */
     size_t init_req_len;
+    /* The request an INVALID_KE_PAYLOAD made us replace (its key pair and
+     * bytes): that notify is unauthenticated, so a valid answer to the
+     * first request still counts (a forged notify must not downgrade the
+     * group, nor throw the real answer away). */
+    crypto_ke *prev_ke;
+    uint16_t prev_ke_group;
+    uint8_t *prev_init_req;
+    size_t prev_init_req_len;
     uint8_t *init_resp;            /* the gateway's response (RealMessage2) */
     size_t init_resp_len;
 

@@ -115,9 +115,20 @@ typedef struct profile {
     struct {
         bool request_vip;     /* default true */
         profile_ts remote_ts[PROFILE_MAX_TS];
-        size_t n_remote_ts;   /* default 0.0.0.0/0 */
+        size_t n_remote_ts;   /* default 0.0.0.0/0 (and ::/0, below) */
+        /* "full_tunnel_families": "both" (default, false here) or "listed"
+         * (true). With "both", a full tunnel in one family (0.0.0.0/0 or
+         * ::/0) and no prefix of the other family protects the other family
+         * too: its /0 is appended to remote_ts when the profile is read. It
+         * then goes into the tunnel if the gateway grants it and is blocked
+         * otherwise, never sent outside (an IPv4 full tunnel on a dual-stack
+         * network must not leak IPv6). "listed": only the listed families. */
+        bool full_tunnel_listed_only;
+        int implied_family;   /* AF_INET6/AF_INET: the /0 so appended (the last
+                               * remote_ts entry), 0: none */
         bool dns;             /* default true */
         bool kill_switch;     /* default true */
+        bool kill_switch_routing_only; /* default false: no nftables layer is an error */
         char *tun_name;       /* default "m2m0" */
         char *dns_hook;       /* absolute path of an executable run as
                                * "HOOK up TUN DNS..." / "HOOK down TUN", or NULL */

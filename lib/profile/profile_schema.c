@@ -464,10 +464,30 @@ static int read_remote_ts(keypath *kp, json_object *tun, profile *p)
     return 0;
 }
 
+/* The family a full tunnel in remote_ts implies as well (AF_INET6 for a
+ * 0.0.0.0/0 with no IPv6 prefix listed, and the other way round), or 0. */
+static int implied_family(const profile *p)
+{
+    if (p->tunnel.full_tunnel_listed_only)
+        return 0;
+    bool full4 = false, full6 = false, any4 = false, any6 = false;
+    for (size_t i = 0; i < p->tunnel.n_remote_ts; i++) {
+        const profile_ts *t = &p->tunnel.remote_ts[i];
+        bool v6 = t->family == AF_INET6;
+        *(v6 ? &any6 : &any4) = true;
+        if (t->prefix_len == 0)
+            *(v6 ? &full6 : &full4) = true;
+    }
+    return full4 && !any6 ? AF_INET6 : full6 && !any4 ? AF_INET : 0;
+}
+
 static int read_tunnel(keypath *kp, json_object *obj, path_base *base, profile *p)
 {
-    static const char *const keys[] = { "request_vip", "remote_ts", "dns", "kill_switch", "tun_name",
-                                        "mtu", "on_demand_idle_s", "dns_hook", NULL };
+    static const char *const keys[] = { "request_vip", "remote_ts", "dns", "kill_switch",
+                                        "kill_switch_routing_only", "tun_name", "mtu",
+                                        "on_demand_idle_s", "dns_hook", "full_tunnel_families",
+                                        NULL };
+    static const char *const families[] = { "both", "listed" };
     json_object *tun;
     TRY(keypath_object(kp, obj, "tunnel", &tun));
     if (!tun)
@@ -476,8 +496,18 @@ static int read_tunnel(keypath *kp, json_object *obj, path_base *base, profile *
     TRY(keypath_check_keys(kp, tun, keys));
     TRY(keypath_bool(kp, tun, "request_vip", &p->tunnel.request_vip));
     TRY(read_remote_ts(kp, tun, p));
+    int listed = 0;
+    TRY(keypath_enum(kp, tun, "full_tunnel_families", families, 2, &listed));
+    p->tunnel.full_tunnel_listed_only = listed == 1;
+    if (implied_family(p) && p->tunnel.n_remote_ts == PROFILE_MAX_TS)
+        return keypath_fail_at(kp, "remote_ts", "a full tunnel protects the other address family "
+                               "too (full_tunnel_families \"both\"), which needs one of the %d "
+                               "places: list fewer prefixes", PROFILE_MAX_TS);
     TRY(keypath_bool(kp, tun, "dns", &p->tunnel.dns));
     TRY(keypath_bool(kp, tun, "kill_switch", &p->tunnel.kill_switch));
+    TRY(keypath_bool(kp, tun, "kill_switch_routing_only", &p->tunnel.kill_switch_routing_only));
+    if (p->tunnel.kill_switch_routing_only && !p->tunnel.kill_switch)
+        return keypath_fail_at(kp, "kill_switch_routing_only", "needs kill_switch true");
     TRY(keypath_string(kp, tun, "tun_name", 1, TUN_NAME_MAX_CHARS, false, &p->tunnel.tun_name));
     if (p->tunnel.tun_name && !value_is_plain_name(p->tunnel.tun_name, TUN_NAME_MAX_CHARS))
         return keypath_fail_at(kp, "tun_name", "may only contain A-Z a-z 0-9 . _ -");
@@ -538,6 +568,13 @@ static int fill_late_defaults(profile *p)
         memset(ts, 0, sizeof(*ts));
         ts->family = AF_INET; /* 0.0.0.0/0 */
         p->tunnel.n_remote_ts = 1;
+    }
+    int other = implied_family(p);
+    if (other && p->tunnel.n_remote_ts < PROFILE_MAX_TS) { /* room: checked in read_tunnel */
+        profile_ts *ts = &p->tunnel.remote_ts[p->tunnel.n_remote_ts++];
+        memset(ts, 0, sizeof(*ts));
+        ts->family = other; /* ::/0 or 0.0.0.0/0 */
+        p->tunnel.implied_family = other;
     }
     if (!p->tunnel.tun_name && !(p->tunnel.tun_name = strdup("m2m0")))
         return M2MVPN_E_NOMEM;

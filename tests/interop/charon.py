@@ -118,6 +118,7 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
                    ike_proposals: Sequence[str] = GATEWAY_IKE_PROPOSALS,
                    esp_proposals: Sequence[str] = GATEWAY_ESP_PROPOSALS,
                    pool: str | None = netlab.VIP_POOL,
+                   pool6: str | None = None,
                    local_ts: str = netlab.PROTECTED_NET,
                    send_cert: str = "ifasked",
                    ecdsa_cert: pkimod.CertKey | None = None,
@@ -136,6 +137,9 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
     eap-md5  the same with EAP-MD5 (not in the default list: strongSwan
            cannot tell the two EAP connections apart before EAP starts)
     All hand out a virtual IP from pool (CP, RFC 7296 3.15) and offer local_ts.
+    pool6: an IPv6 pool as well (or instead, with pool=None): a client that
+    asks for both families gets one address of each. local_ts may list
+    prefixes of both families, comma-separated.
     Connections for the same client ID are told apart by strongSwan after the
     client's AUTH (it switches to the candidate whose auth constraints match).
     extra: merged into every connection (e.g. {"dpd_delay": "5s"});
@@ -151,8 +155,9 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
             "fragmentation": fragmentation, "mobike": mobike,
             "send_certreq": True, "send_cert": send_cert, "unique": "replace",
         }
-        if pool:
-            c["pools"] = "vpool"
+        pools = [n for n, v in (("vpool", pool), ("vpool6", pool6)) if v]
+        if pools:
+            c["pools"] = ", ".join(pools)
         c.update(extra or {})
         return c
 
@@ -187,8 +192,8 @@ def gateway_config(pki: pkimod.Pki, *, conns: Sequence[str] = AUTH_METHODS,
         connections[method] = c
 
     tree: dict[str, Any] = {"connections": connections, "secrets": secrets}
-    if pool:
-        tree["pools"] = {"vpool": {"addrs": pool}}
+    if pool or pool6:
+        tree["pools"] = {n: {"addrs": v} for n, v in (("vpool", pool), ("vpool6", pool6)) if v}
     return SwanctlConfig(tree, _dedup(files))
 
 

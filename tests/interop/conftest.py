@@ -3,7 +3,8 @@
 
 Fixtures:
   pki            the test PKI, generated once per session (pki.Pki)
-  topology       factory: topology("direct" | "routed" | "nat" | "fragdrop" | "multihomed")
+  topology       factory: topology("direct" | "routed" | "nat" | "fragdrop" | "multihomed"
+                 | "direct6" (IPv6-only underlay) | "dual" (dual-stack, routed))
   charons        factory: charons(ns, config, name=..., options=...) -> started Charon
   workdir        a fresh folder for one test (pytest's tmp_path)
 Every namespace and charon a test makes is removed at teardown, also when the
@@ -86,7 +87,8 @@ def workdir(tmp_path) -> Path:
 def topology(request):
     made: list[netlab.Topology] = []
     builders = {"direct": netlab.direct, "nat": netlab.nat, "multihomed": netlab.multihomed,
-                "fragdrop": netlab.fragment_dropping, "routed": netlab.routed}
+                "fragdrop": netlab.fragment_dropping, "routed": netlab.routed,
+                "direct6": netlab.direct6, "dual": netlab.dual_stack}
 
     def make(kind: str) -> netlab.Topology:
         topo = builders[kind]()

@@ -7,8 +7,11 @@ Everything here needs root. Every namespace this module makes is named
 touching the namespaces of a run that is still alive.
 
 Addresses: the underlay is 198.51.100.0/24 (TEST-NET-2), everything inside a
-tunnel is in 198.18.0.0/15 (RFC 2544 benchmark range). Nothing here ever
-sends to any other address.
+tunnel is in 198.18.0.0/15 (RFC 2544 benchmark range); for IPv6 both are in
+the documentation prefix 2001:db8::/32 (underlay 2001:db8:100::/48, inside
+2001:db8:18::/48). Nothing here ever sends to any other address. IPv6
+addresses are added without duplicate address detection (`nodad`), so they
+are usable at once.
 
 Ownership: a ``Namespace`` owns the kernel namespace and every process started
 through it; ``close()`` (or leaving the ``with`` block) kills those processes
@@ -46,6 +49,20 @@ CLIENT_ADDR_ROUTED = "198.51.100.130"
 PROTECTED_NET = "198.18.0.0/24"
 PROTECTED_ADDRS = ("198.18.0.1", "198.18.0.2")
 VIP_POOL = "198.18.10.0/24"
+
+# IPv6 plan (2001:db8::/32). Underlay: the gateway's link 2001:db8:100::/64,
+# the client's link behind a router 2001:db8:101::/64. Inside the tunnel:
+# the gateway's protected network and its pool of virtual IPs.
+GW_ADDR6 = "2001:db8:100::1"
+CLIENT_ADDR6_DIRECT = "2001:db8:100::10"
+ROUTER6_GW_SIDE = "2001:db8:100::2"
+ROUTER6_CLIENT_SIDE = "2001:db8:101::1"
+CLIENT_ADDR6_ROUTED = "2001:db8:101::10"
+PROTECTED_NET6 = "2001:db8:18::/64"
+PROTECTED_ADDRS6 = ("2001:db8:18::1", "2001:db8:18::2")
+VIP_POOL6 = "2001:db8:1a::/120"
+# An address outside every tunnel, on the router's lo: where a leak would go.
+OUTSIDE_ADDR6 = "2001:db8:ff::1"
 
 _counter = itertools.count(1)
 
@@ -124,6 +141,13 @@ def _netns_pids(name: str) -> list[int]:
     return [int(p) for p in proc.stdout.split() if p.isdigit()]
 
 
+def _remove_etc(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{path}/hosts")
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
 def sweep_stale() -> list[str]:
     """Delete m2i- namespaces whose creating process is gone.
 
@@ -143,6 +167,13 @@ def sweep_stale() -> list[str]:
         _kill_pids(_netns_pids(name), grace_s=1.0)
         _run(["ip", "netns", "del", name], check=False)
         removed.append(name)
+    # Hosts files of namespaces that are gone (Namespace.set_hosts).
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir("/etc/netns"):
+            parts = name.split("-")
+            if name.startswith(PREFIX) and len(parts) >= 3 and parts[1].isdigit() \
+                    and not _pid_alive(int(parts[1])):
+                _remove_etc(f"/etc/netns/{name}")
     return removed
 
 
@@ -171,6 +202,7 @@ class Namespace:
         self.name = f"{PREFIX}{os.getpid()}-{next(_counter)}-{role}"
         self._procs: list[subprocess.Popen] = []
         self._closed = False
+        self._etc: str | None = None
         _run(["ip", "netns", "add", self.name])
         try:
             self.ip("link", "set", "lo", "up")
@@ -203,7 +235,24 @@ class Namespace:
 
     # -- configuration -----------------------------------------------------------
     def add_addr(self, ifname: str, cidr: str) -> None:
-        self.ip("addr", "add", cidr, "dev", ifname)
+        if ":" in cidr:   # IPv6: usable at once, no duplicate address detection
+            self.ip("-6", "addr", "add", cidr, "dev", ifname, "nodad")
+        else:
+            self.ip("addr", "add", cidr, "dev", ifname)
+
+    def no_dad(self) -> None:
+        """No duplicate address detection on interfaces made from now on."""
+        for scope in ("all", "default"):
+            self.sysctl(f"net.ipv6.conf.{scope}.accept_dad", 0)
+
+    def set_hosts(self, text: str) -> None:
+        """/etc/hosts as seen by programs run inside (`ip netns exec`
+        bind-mounts /etc/netns/<name>/hosts over /etc/hosts); removed by
+        close()."""
+        self._etc = f"/etc/netns/{self.name}"
+        os.makedirs(self._etc, exist_ok=True)
+        with open(f"{self._etc}/hosts", "w") as f:
+            f.write(text)
 
     def link_up(self, ifname: str) -> None:
         self.ip("link", "set", ifname, "up")
@@ -214,6 +263,8 @@ class Namespace:
             args += ["via", via]
         if dev:
             args += ["dev", dev]
+        if ":" in dest or (via and ":" in via):
+            args = ["-6", *args]
         self.ip(*args)
 
     def sysctl(self, key: str, value: str | int) -> None:
@@ -243,6 +294,8 @@ class Namespace:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2)
         _run(["ip", "netns", "del", self.name], check=False)
+        if self._etc:
+            _remove_etc(self._etc)
 
     def __enter__(self) -> "Namespace":
         return self
@@ -310,6 +363,9 @@ class Topology:
     router: Namespace | None = None
     protected_addrs: tuple[str, ...] = PROTECTED_ADDRS
     namespaces: list[Namespace] = field(default_factory=list)
+    # IPv6 underlay addresses (None: the underlay has no IPv6).
+    client_addr6: str | None = None
+    gw_addr6: str | None = None
 
     def close(self) -> None:
         errors = []
@@ -432,6 +488,84 @@ def multihomed() -> Topology:
                     namespaces=made)
 
 
+def direct6() -> Topology:
+    """Client <-> gateway on one IPv6-only link (2001:db8:100::10 and ::1):
+    no IPv4 address on the underlay at all, as on a mobile network that
+    hands out IPv6 only. The gateway holds PROTECTED_ADDRS6 on its lo (and
+    PROTECTED_ADDRS, for tunnels that carry IPv4 inside)."""
+    made: list[Namespace] = []
+    with _building(made):
+        gw = Namespace("gw")
+        made.append(gw)
+        cl = Namespace("cl")
+        made.append(cl)
+        for ns in (gw, cl):
+            ns.no_dad()
+        veth(cl, "eth0", gw, "eth0")
+        cl.add_addr("eth0", f"{CLIENT_ADDR6_DIRECT}/64")
+        gw.add_addr("eth0", f"{GW_ADDR6}/64")
+        _gateway_protected_net(gw, PROTECTED_ADDRS)
+        for addr in PROTECTED_ADDRS6:
+            gw.add_addr("lo", f"{addr}/128")
+    return Topology("direct6", cl, gw, CLIENT_ADDR6_DIRECT, GW_ADDR6, namespaces=made,
+                    client_addr6=CLIENT_ADDR6_DIRECT, gw_addr6=GW_ADDR6)
+
+
+def dual_stack() -> Topology:
+    """Client <-> router <-> gateway with IPv4 and IPv6 on every link (the
+    routed IPv4 plan, and 2001:db8:101::/64 client side, 2001:db8:100::/64
+    gateway side). The client's default routes (both families) go via the
+    router, which also holds OUTSIDE_ADDR6 on its lo: an address outside any
+    tunnel. The gateway holds PROTECTED_ADDRS and PROTECTED_ADDRS6.
+    block_family(topo, 4|6) makes the router drop one family's traffic."""
+    made: list[Namespace] = []
+    with _building(made):
+        gw = Namespace("gw")
+        made.append(gw)
+        rt = Namespace("rt")
+        made.append(rt)
+        cl = Namespace("cl")
+        made.append(cl)
+        for ns in (gw, rt, cl):
+            ns.no_dad()
+        veth(cl, "eth0", rt, "cl0")
+        veth(rt, "gw0", gw, "eth0")
+        cl.add_addr("eth0", f"{CLIENT_ADDR_ROUTED}/25")
+        rt.add_addr("cl0", f"{ROUTER_CLIENT_SIDE}/25")
+        rt.add_addr("gw0", f"{ROUTER_GW_SIDE}/25")
+        gw.add_addr("eth0", f"{GW_ADDR}/25")
+        cl.add_addr("eth0", f"{CLIENT_ADDR6_ROUTED}/64")
+        rt.add_addr("cl0", f"{ROUTER6_CLIENT_SIDE}/64")
+        rt.add_addr("gw0", f"{ROUTER6_GW_SIDE}/64")
+        gw.add_addr("eth0", f"{GW_ADDR6}/64")
+        rt.add_addr("lo", f"{OUTSIDE_ADDR6}/128")
+        cl.add_route("default", via=ROUTER_CLIENT_SIDE)
+        cl.ip("-6", "route", "add", "default", "via", ROUTER6_CLIENT_SIDE)
+        gw.add_route("198.51.100.128/25", via=ROUTER_GW_SIDE)
+        gw.add_route("2001:db8:101::/64", via=ROUTER6_GW_SIDE)
+        rt.sysctl("net.ipv4.ip_forward", 1)
+        rt.sysctl("net.ipv6.conf.all.forwarding", 1)
+        _gateway_protected_net(gw, PROTECTED_ADDRS)
+        for addr in PROTECTED_ADDRS6:
+            gw.add_addr("lo", f"{addr}/128")
+    return Topology("dual", cl, gw, CLIENT_ADDR_ROUTED, GW_ADDR, router=rt, namespaces=made,
+                    client_addr6=CLIENT_ADDR6_ROUTED, gw_addr6=GW_ADDR6)
+
+
+def block_family(topo: Topology, family: int) -> None:
+    """The router silently drops what it would forward of one address
+    family (4 or 6): that family's way to the gateway is broken, as when a
+    carrier's IPv6 (or IPv4) does not work, with no error coming back."""
+    proto = "ip" if family == 4 else "ip6"
+    topo.router.nft(f"""
+table {proto} m2i_block {{
+    chain block_forward {{
+        type filter hook forward priority 0; policy drop;
+    }}
+}}
+""")
+
+
 def drop_client_uplink(topo: Topology, ifname: str) -> None:
     """Make a client uplink go away (delete its veth pair), as when a modem
     or cable disappears; its routes and address go with it."""
@@ -524,6 +658,7 @@ def udp_probe(src: Namespace, dst: Namespace, dst_addr: str, sizes: Sequence[int
 
 _PING = r"""
 import os, select, socket, struct, sys, time
+v6 = ":" in sys.argv[1]
 dst, count, size, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 source = sys.argv[5] if len(sys.argv) > 5 else ""
 def csum(b):
@@ -533,7 +668,11 @@ def csum(b):
     s = (s >> 16) + (s & 0xffff)
     s += s >> 16
     return ~s & 0xffff
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+if v6:   # the kernel fills in the ICMPv6 checksum; no IP header comes up
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+echo, echo_reply = (128, 129) if v6 else (8, 0)
 if source:
     s.bind((source, 0))
 ident = os.getpid() & 0xffff
@@ -541,8 +680,8 @@ payload = bytes(i & 0xff for i in range(size))
 replies = 0
 deadline = time.monotonic() + timeout
 for seq in range(1, count + 1):
-    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq) + payload
+    hdr = struct.pack("!BBHHH", echo, 0, 0, ident, seq)
+    pkt = struct.pack("!BBHHH", echo, 0, 0 if v6 else csum(hdr + payload), ident, seq) + payload
     s.sendto(pkt, (dst, 0))
     wait_until = min(deadline, time.monotonic() + 1.0)
     while True:
@@ -550,9 +689,10 @@ for seq in range(1, count + 1):
         if left <= 0 or not select.select([s], [], [], left)[0]:
             break
         data, addr = s.recvfrom(65535)
-        ihl = (data[0] & 0x0f) * 4
+        ihl = 0 if v6 else (data[0] & 0x0f) * 4
         t, _, _, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-        ok = t == 0 and rid == ident and rseq == seq and addr[0] == dst
+        ok = t == echo_reply and rid == ident and rseq == seq and \
+            socket.inet_pton(s.family, addr[0]) == socket.inet_pton(s.family, dst)
         if ok and data[ihl + 8:] == payload:
             replies += 1
             break
@@ -667,7 +807,7 @@ import hashlib, os, socket, sys
 role, addr, port, mode, nbytes, timeout = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
                                            sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
 if role == "listen":
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((addr, port))
     ls.listen(1)
@@ -791,7 +931,8 @@ class Capture:
 
     def _sync(self, timeout_s: float = 5) -> None:
         addr, port = self.marker
-        send = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        send = ("import socket, sys; s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] "
+                "else socket.AF_INET, socket.SOCK_DGRAM); "
                 "s.sendto(b'm2i-capture-marker', (sys.argv[1], int(sys.argv[2])))")
         deadline = time.monotonic() + timeout_s
         while True:

@@ -650,6 +650,31 @@ START_TEST(test_invalid_ke_retry)
 }
 END_TEST
 
+/* An INVALID_KE_PAYLOAD is not authenticated: one forged by someone on the
+ * path, naming a weaker group we also offer, must neither downgrade the
+ * group nor throw away the real answer to our first request, which still
+ * counts (and our AUTH is then over that first request). */
+START_TEST(test_forged_invalid_ke_then_real_answer)
+{
+    start();
+    invalid_ke(0, KE_ECP256);                 /* forged */
+    ck_assert_uint_eq(n_sent(), 2);
+    ck_assert_uint_eq(sent_ke_group(1), KE_ECP256);
+    size_t n = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_init_response(&T->gw, sent(0), m);     /* the gateway's answer to the first */
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n + 1);
+    fg_take_auth_request(&T->gw, fg_last(&T->gw), OUR_ID); /* AUTH over request 1 */
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    char ike_alg[96], esp_alg[96];
+    ike_sa_describe(T->sa, ike_alg, sizeof(ike_alg), esp_alg, sizeof(esp_alg));
+    ck_assert_str_eq(ike_alg, "aes256gcm16-prfsha384-x25519");
+}
+END_TEST
+
 START_TEST(test_invalid_ke_twice)
 {
     start();
@@ -1208,6 +1233,115 @@ START_TEST(test_ts_answers_refused)
     assert_down(want_err);
     assert_detail_has(want);
     ck_assert_uint_eq(T->n_established, 0);
+}
+END_TEST
+
+/* ------------------------------------------------- IPv6 inside (CP, TS) */
+
+/* The default profile (a full IPv4 tunnel, so IPv6 too: profile.h) asks for
+ * a virtual IP and DNS of each family and proposes TSi 0.0.0.0/0 and ::/0. */
+START_TEST(test_dual_stack_request)
+{
+    start();
+    answer_init();
+    ike_diag d;
+    ike_cp cp;
+    const ike_payload *cp_pl = ike_chain_find(&T->gw.rq_inner, IKE_PL_CP, NULL);
+    ck_assert_ptr_nonnull(cp_pl);
+    ck_assert_int_eq(ike_cp_parse(cp_pl->body, &cp, &d), 0);
+    static const uint16_t want[] = { IKE_CP_INTERNAL_IP4_ADDRESS, IKE_CP_INTERNAL_IP6_ADDRESS,
+                                     IKE_CP_INTERNAL_IP4_DNS, IKE_CP_INTERNAL_IP6_DNS };
+    ck_assert_uint_eq(cp.n, 4);
+    for (size_t i = 0; i < 4; i++) {
+        ck_assert_uint_eq(cp.attr[i].type, want[i]);
+        ck_assert_uint_eq(cp.attr[i].value.len, 0);
+    }
+    for (int k = 0; k < 2; k++) {
+        ike_ts_list l;
+        const ike_payload *pl = ike_chain_find(&T->gw.rq_inner, k ? IKE_PL_TSR : IKE_PL_TSI, NULL);
+        ck_assert_ptr_nonnull(pl);
+        ck_assert_int_eq(ike_ts_parse(pl->body, &l, &d), 0);
+        ck_assert_uint_eq(l.n, 2);
+        ck_assert_uint_eq(l.ts[0].type, IKE_TS_IPV4_ADDR_RANGE);
+        ck_assert_uint_eq(l.ts[1].type, IKE_TS_IPV6_ADDR_RANGE);
+        uint8_t addr[16];
+        unsigned plen;
+        ck_assert_int_eq(ike_ts_to_prefix(&l.ts[1], addr, &plen), 0);
+        ck_assert_uint_eq(plen, 0);
+    }
+}
+END_TEST
+
+/* An IPv6-only profile asks for IPv6 only (no IPv4 attributes or TSi). */
+START_TEST(test_ipv6_only_request)
+{
+    profile *p = &T->set->items[0];
+    memset(&p->tunnel.remote_ts[0], 0, sizeof(p->tunnel.remote_ts[0]));
+    p->tunnel.remote_ts[0].family = AF_INET6;
+    inet_pton(AF_INET6, "2001:db8:18::", p->tunnel.remote_ts[0].addr);
+    p->tunnel.remote_ts[0].prefix_len = 48;
+    p->tunnel.n_remote_ts = 1;
+    start();
+    answer_init();
+    ike_diag d;
+    ike_cp cp;
+    ck_assert_int_eq(ike_cp_parse(ike_chain_find(&T->gw.rq_inner, IKE_PL_CP, NULL)->body, &cp, &d), 0);
+    ck_assert_uint_eq(cp.n, 2);
+    ck_assert_uint_eq(cp.attr[0].type, IKE_CP_INTERNAL_IP6_ADDRESS);
+    ck_assert_uint_eq(cp.attr[1].type, IKE_CP_INTERNAL_IP6_DNS);
+    ike_ts_list l;
+    ck_assert_int_eq(ike_ts_parse(ike_chain_find(&T->gw.rq_inner, IKE_PL_TSI, NULL)->body, &l, &d), 0);
+    ck_assert_uint_eq(l.n, 1);
+    ck_assert_uint_eq(l.ts[0].type, IKE_TS_IPV6_ADDR_RANGE);
+    /* A gateway that assigns only an IPv6 address is enough. */
+    fg_auth_opts o = { .ip6_only = true, .ip6_prefix_len = 128 };
+    ike_ts tsr;
+    uint8_t net[16];
+    inet_pton(AF_INET6, "2001:db8:18::", net);
+    ck_assert_int_eq(ike_ts_from_prefix(net, 16, 64, 0, 0, 65535, &tsr), 0);
+    o.tsr = &tsr;
+    answer_auth(&o);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert(!T->child.has_vip);
+    ck_assert(T->child.has_vip6);
+    ck_assert_uint_eq(T->child.n_remote_ts, 1);
+    ck_assert_int_eq(T->child.remote_ts[0].family, AF_INET6);
+    ck_assert_uint_eq(T->child.remote_ts[0].prefix_len, 64);
+}
+END_TEST
+
+/* The reply's INTERNAL_IP6_ADDRESS (address and prefix length) and
+ * INTERNAL_IP6_DNS reach the result, next to the IPv4 ones; TSi/TSr of
+ * both families are kept. A prefix length of 0 or above 128 is no usable
+ * assignment (ignored). */
+START_TEST(test_dual_stack_reply)
+{
+    static const uint8_t prefix_lens[] = { 128, 64, 0, 129 };
+    uint8_t plen = prefix_lens[_i];
+    fg_auth_opts o = { .ipv6 = true, .ip6_prefix_len = plen };
+    start();
+    answer_init();
+    answer_auth(&o);
+    ck_assert_uint_eq(T->n_established, 1);
+    const ike_child_result *c = &T->child;
+    ck_assert(c->has_vip);
+    uint8_t vip6[16], dns6[16];
+    inet_pton(AF_INET6, "2001:db8:1a::7", vip6);
+    inet_pton(AF_INET6, "2001:db8:18::53", dns6);
+    ck_assert_int_eq(c->has_vip6, plen >= 1 && plen <= 128);
+    if (c->has_vip6) {
+        ck_assert_mem_eq(c->vip6, vip6, 16);
+        ck_assert_uint_eq(c->vip6_prefix_len, plen);
+    }
+    ck_assert_uint_eq(c->n_dns, 2);
+    ck_assert_uint_eq(c->n_dns6, 1);
+    ck_assert_mem_eq(c->dns6[0], dns6, 16);
+    ck_assert_uint_eq(c->n_remote_ts, 2);
+    ck_assert_int_eq(c->remote_ts[1].family, AF_INET6);
+    ck_assert_uint_eq(c->n_local_ts, 2);
+    ck_assert_int_eq(c->local_ts[1].family, AF_INET6);
+    ck_assert_uint_eq(c->local_ts[1].prefix_len, 128);
+    ck_assert_mem_eq(c->local_ts[1].addr, vip6, 16);
 }
 END_TEST
 
@@ -2248,6 +2382,7 @@ static Suite *ike_sa_suite(void)
         { "gateway_requests", test_gateway_create_child_refused },
         { "cookie", test_cookie },
         { "invalid_ke", test_invalid_ke_retry },
+        { "invalid_ke", test_forged_invalid_ke_then_real_answer },
         { "invalid_ke", test_invalid_ke_twice },
         { "invalid_ke", test_invalid_ke_same_group },
         { "invalid_ke", test_invalid_ke_not_offered },
@@ -2298,6 +2433,9 @@ static Suite *ike_sa_suite(void)
     TCase *ts = tcase_create("ts_answers");
     tcase_add_checked_fixture(ts, setup, teardown);
     tcase_add_loop_test(ts, test_ts_answers_refused, 0, 4);
+    tcase_add_test(ts, test_dual_stack_request);
+    tcase_add_test(ts, test_ipv6_only_request);
+    tcase_add_loop_test(ts, test_dual_stack_reply, 0, 4);
     suite_add_tcase(s, ts);
     return s;
 }

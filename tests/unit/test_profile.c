@@ -75,6 +75,46 @@ static void assert_proposal_text(const proposal *p, proposal_kind kind, const ch
 #define BASE BASE_V ",'name':'p1'," BASE_GW "," BASE_IDS "," BASE_PSK
 #define PROFILE_WITH(extra) "{" BASE "," extra "}"
 
+/* A full tunnel in one family protects the other too, unless the profile
+ * lists a prefix of it or says "listed". */
+START_TEST(test_full_tunnel_families)
+{
+    static const struct {
+        const char *tunnel;
+        size_t n;
+        int implied;
+        const char *last;      /* the last remote_ts entry */
+    } cases[] = {
+        { "'remote_ts':['0.0.0.0/0']", 2, AF_INET6, "::/0" },
+        { "'remote_ts':['::/0']", 2, AF_INET, "0.0.0.0/0" },
+        { "'remote_ts':['0.0.0.0/0','::/0']", 2, 0, "::/0" },
+        { "'remote_ts':['0.0.0.0/0','2001:db8:18::/48']", 2, 0, "2001:db8:18::/48" },
+        { "'remote_ts':['::/0','198.18.0.0/15']", 2, 0, "198.18.0.0/15" },
+        { "'remote_ts':['198.18.0.0/15']", 1, 0, "198.18.0.0/15" },
+        { "'remote_ts':['2001:db8:18::/48']", 1, 0, "2001:db8:18::/48" },
+        { "'remote_ts':['0.0.0.0/0'],'full_tunnel_families':'listed'", 1, 0, "0.0.0.0/0" },
+        { "'remote_ts':['::/0'],'full_tunnel_families':'listed'", 1, 0, "::/0" },
+        { "'remote_ts':['0.0.0.0/0'],'full_tunnel_families':'both'", 2, AF_INET6, "::/0" },
+        { "'full_tunnel_families':'listed'", 1, 0, "0.0.0.0/0" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char json[512];
+        snprintf(json, sizeof(json), "{" BASE ",'tunnel':{%s}}", cases[i].tunnel);
+        profile_set *set = parse_ok(dq(json), NULL);
+        const profile *p = &set->items[0];
+        ck_assert_msg(p->tunnel.n_remote_ts == cases[i].n, "case %zu: %zu prefixes", i,
+                      p->tunnel.n_remote_ts);
+        ck_assert_msg(p->tunnel.implied_family == cases[i].implied, "case %zu", i);
+        const profile_ts *t = &p->tunnel.remote_ts[p->tunnel.n_remote_ts - 1];
+        char text[INET6_ADDRSTRLEN + 8], addr[INET6_ADDRSTRLEN];
+        inet_ntop(t->family, t->addr, addr, sizeof(addr));
+        snprintf(text, sizeof(text), "%s/%u", addr, t->prefix_len);
+        ck_assert_msg(strcmp(text, cases[i].last) == 0, "case %zu: last %s", i, text);
+        profile_set_free(set);
+    }
+}
+END_TEST
+
 START_TEST(test_minimal_psk_gets_every_default)
 {
     profile_set *set = parse_ok(dq("{" BASE "}"), "/etc/m2mvpn");
@@ -113,10 +153,15 @@ START_TEST(test_minimal_psk_gets_every_default)
     ck_assert_uint_eq(p->esp.replay_window, 1024);
 
     ck_assert(p->tunnel.request_vip);
-    ck_assert_uint_eq(p->tunnel.n_remote_ts, 1);
+    /* The default full tunnel protects both families (full_tunnel_families). */
+    ck_assert_uint_eq(p->tunnel.n_remote_ts, 2);
     assert_ts(&p->tunnel.remote_ts[0], AF_INET, "0.0.0.0", 0);
+    assert_ts(&p->tunnel.remote_ts[1], AF_INET6, "::", 0);
+    ck_assert_int_eq(p->tunnel.implied_family, AF_INET6);
+    ck_assert(!p->tunnel.full_tunnel_listed_only);
     ck_assert(p->tunnel.dns);
     ck_assert(p->tunnel.kill_switch);
+    ck_assert(!p->tunnel.kill_switch_routing_only); /* no nftables layer: an error */
     ck_assert_str_eq(p->tunnel.tun_name, "m2m0");
     ck_assert_uint_eq(p->tunnel.mtu, 0);
     ck_assert_uint_eq(p->tunnel.on_demand_idle_s, 300);
@@ -242,6 +287,16 @@ START_TEST(test_cert_sources)
     const profile *e = profile_set_find(set, "e");
     ck_assert_str_eq(e->cert.tpm_key, "/base/keys/dev.tss2.pem");
     ck_assert_str_eq(e->cert.tpm_tcti, "device:/dev/tpmrm0");
+    profile_set_free(set);
+}
+END_TEST
+
+/* The kill switch without its nftables layer, by explicit choice only. */
+START_TEST(test_kill_switch_routing_only_is_read)
+{
+    profile_set *set = parse_ok(dq("{" BASE ",'tunnel':{'kill_switch_routing_only':true}}"), "/etc/m2mvpn");
+    ck_assert(set->items[0].tunnel.kill_switch);
+    ck_assert(set->items[0].tunnel.kill_switch_routing_only);
     profile_set_free(set);
 }
 END_TEST
@@ -376,6 +431,23 @@ START_TEST(test_documentation_example_loads)
     const profile *lab = profile_set_find(set, "lab-psk");
     ck_assert_ptr_nonnull(lab);
     ck_assert_int_eq(lab->mode, PROFILE_MODE_MANUAL);
+    profile_set_free(set);
+
+    /* The IPv6-only device. */
+    example = strstr(doc, "## Example: an IPv6-only device");
+    ck_assert_ptr_nonnull(example);
+    start = strstr(example, "```json\n");
+    ck_assert_ptr_nonnull(start);
+    start += strlen("```json\n");
+    end = strstr(start, "```");
+    ck_assert_ptr_nonnull(end);
+    set = NULL;
+    r = profile_set_parse(start, (size_t)(end - start), "/etc/m2mvpn", &set, err, sizeof(err));
+    ck_assert_msg(r == 0, "docs/profile.md IPv6-only example: %s", err);
+    ck_assert_uint_eq(set->n, 1);
+    ck_assert_str_eq(set->items[0].gateways[0].host, "2001:db8:100::1");
+    ck_assert_uint_eq(set->items[0].tunnel.n_remote_ts, 1);
+    ck_assert_int_eq(set->items[0].tunnel.remote_ts[0].family, AF_INET6);
     profile_set_free(set);
 }
 END_TEST
@@ -878,9 +950,11 @@ static Suite *profile_suite(void)
     Suite *s = suite_create("profile");
     TCase *tc = tcase_create("valid");
     tcase_add_test(tc, test_minimal_psk_gets_every_default);
+    tcase_add_test(tc, test_full_tunnel_families);
     tcase_add_test(tc, test_every_field_is_read);
     tcase_add_test(tc, test_cert_sources);
     tcase_add_test(tc, test_eap_local_id_defaults_to_identity);
+    tcase_add_test(tc, test_kill_switch_routing_only_is_read);
     tcase_add_test(tc, test_relative_paths_without_base_use_cwd);
     tcase_add_test(tc, test_load_file_resolves_against_its_folder);
     tcase_add_test(tc, test_load_file_with_comments);

@@ -440,6 +440,11 @@ typedef struct fg_auth_opts {
     uint32_t msg_id;               /* 0: 1, the right one */
     const ike_ts *tsi, *tsr;       /* NULL: the VIP/32 and 0.0.0.0/0 */
     bool omit_tsi;                 /* no TSi payload at all */
+    /* IPv6 as well: INTERNAL_IP6_ADDRESS 2001:db8:1a::7 with ip6_prefix_len
+     * (as sent: set it, 128 is typical), INTERNAL_IP6_DNS 2001:db8:18::53; TSi adds the VIP6/128, TSr
+     * ::/0. ip6_only: without the IPv4 VIP, its DNS and selectors. */
+    bool ipv6, ip6_only;
+    uint8_t ip6_prefix_len;
 } fg_auth_opts;
 
 /* The inner chain of the gateway's IKE_AUTH response to the request taken
@@ -460,12 +465,22 @@ static void fg_auth_inner(fake_gw *gw, const fg_auth_opts *o, fg_chain *c)
         /* RFC 7296 §1.2: the IKE SA is set up, its first CHILD SA is not. */
         ike_build_notify(&c->cw, IKE_PROTO_NONE, o->child_error, NULL, 0, NULL, 0);
     } else {
-        ike_cp_attr attrs[3] = {
-            { IKE_CP_INTERNAL_IP4_ADDRESS, buf_reader_make(gw->vip, 4) },
-            { IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(gw->dns[0], 4) },
-            { IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(gw->dns[1], 4) },
-        };
-        ike_build_cp(&c->cw, IKE_CFG_REPLY, attrs, 3);
+        static const uint8_t dns6[16] = { 0x20, 0x01, 0x0d, 0xb8, 0, 0x18, [15] = 0x53 };
+        uint8_t vip6[17] = { 0x20, 0x01, 0x0d, 0xb8, 0, 0x1a, [15] = 7 };
+        vip6[16] = o ? o->ip6_prefix_len : 128;
+        bool v4 = !(o && o->ip6_only), v6 = o && (o->ipv6 || o->ip6_only);
+        ike_cp_attr attrs[5];
+        size_t n_attrs = 0;
+        if (v4) {
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_ADDRESS, buf_reader_make(gw->vip, 4) };
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(gw->dns[0], 4) };
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(gw->dns[1], 4) };
+        }
+        if (v6) {
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP6_ADDRESS, buf_reader_make(vip6, 17) };
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP6_DNS, buf_reader_make(dns6, 16) };
+        }
+        ike_build_cp(&c->cw, IKE_CFG_REPLY, attrs, n_attrs);
         ike_sa_choice ch;
         memset(&ch, 0, sizeof(ch));
         ch.number = 1;
@@ -477,12 +492,22 @@ static void fg_auth_inner(fake_gw *gw, const fg_auth_opts *o, fg_chain *c)
         ch.encr_key_bits = 256;
         ch.id[IKE_TT_ESN] = ESN_NO;
         ike_build_sa_choice(&c->cw, &ch);
-        ike_ts tsi, tsr;
-        ck_assert_int_eq(ike_ts_from_prefix(gw->vip, 4, 32, 0, 0, 65535, &tsi), 0);
-        ck_assert_int_eq(ike_ts_from_prefix((uint8_t[]){ 0, 0, 0, 0 }, 4, 0, 0, 0, 65535, &tsr), 0);
+        ike_ts tsi[2], tsr[2];
+        size_t n_ts = 0;
+        if (v4) {
+            ck_assert_int_eq(ike_ts_from_prefix(gw->vip, 4, 32, 0, 0, 65535, &tsi[n_ts]), 0);
+            ck_assert_int_eq(ike_ts_from_prefix((uint8_t[]){ 0, 0, 0, 0 }, 4, 0, 0, 0, 65535,
+                                                &tsr[n_ts]), 0);
+            n_ts++;
+        }
+        if (v6) {
+            ck_assert_int_eq(ike_ts_from_prefix(vip6, 16, 128, 0, 0, 65535, &tsi[n_ts]), 0);
+            ck_assert_int_eq(ike_ts_from_prefix((uint8_t[16]){ 0 }, 16, 0, 0, 0, 65535, &tsr[n_ts]), 0);
+            n_ts++;
+        }
         if (!(o && o->omit_tsi))
-            ike_build_ts(&c->cw, IKE_PL_TSI, o && o->tsi ? o->tsi : &tsi, 1);
-        ike_build_ts(&c->cw, IKE_PL_TSR, o && o->tsr ? o->tsr : &tsr, 1);
+            ike_build_ts(&c->cw, IKE_PL_TSI, o && o->tsi ? o->tsi : tsi, o && o->tsi ? 1 : n_ts);
+        ike_build_ts(&c->cw, IKE_PL_TSR, o && o->tsr ? o->tsr : tsr, o && o->tsr ? 1 : n_ts);
     }
     ike_chain_writer_finish(&c->cw);
     ck_assert(ike_chain_writer_ok(&c->cw));

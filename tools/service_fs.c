@@ -28,17 +28,70 @@ int svc_dirname(const char *path, char *out, size_t cap)
     return 0;
 }
 
+/* Can someone other than root and us change what `path` (a folder on the
+ * way to ours, resolved: no symbolic links) holds? Its owner, or its group
+ * and others without the sticky bit (with it, they cannot rename or remove
+ * what is ours in it). */
+static int check_parent(const char *path, const char *dir, char *err, size_t err_len)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0) {
+        snprintf(err, err_len, "cannot inspect folder %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        snprintf(err, err_len, "folder %s (on the way to %s) belongs to another user (uid %u): "
+                 "refusing to put the service's files there", path, dir, (unsigned)st.st_uid);
+        return -1;
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+        snprintf(err, err_len, "folder %s (on the way to %s) is writable by other users: "
+                 "refusing to put the service's files there", path, dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Every folder from / down to the parent of `dir`, resolved. */
+static int check_parents(const char *dir, char *err, size_t err_len)
+{
+    char parent[PATH_MAX], real[PATH_MAX];
+    errno = 0;
+    if (svc_dirname(dir, parent, sizeof(parent)) < 0 || !realpath(parent, real)) {
+        snprintf(err, err_len, "cannot resolve the folder above %s: %s", dir,
+                 errno ? strerror(errno) : "too long");
+        return -1;
+    }
+    if (check_parent("/", dir, err, err_len) < 0)
+        return -1;
+    for (char *p = real + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int rc = check_parent(real, dir, err, err_len);
+        *p = '/';
+        if (rc < 0)
+            return -1;
+    }
+    return strcmp(real, "/") == 0 ? 0 : check_parent(real, dir, err, err_len);
+}
+
 int svc_prepare_dir(const char *dir, char *err, size_t err_len)
 {
-    if (mkdir(dir, 0700) == 0)
-        return 0;
-    if (errno != EEXIST) {
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         snprintf(err, err_len, "cannot create folder %s: %s", dir, strerror(errno));
         return -1;
     }
+    /* The folder itself, not what a symbolic link of that name points to:
+     * whoever could make the link chose where our files go. */
     struct stat st;
-    if (stat(dir, &st) < 0) {
+    if (lstat(dir, &st) < 0) {
         snprintf(err, err_len, "cannot inspect folder %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (S_ISLNK(st.st_mode)) {
+        snprintf(err, err_len, "folder %s is a symbolic link: refusing to put the service's files "
+                 "there", dir);
         return -1;
     }
     if (!S_ISDIR(st.st_mode)) {
@@ -56,7 +109,9 @@ int svc_prepare_dir(const char *dir, char *err, size_t err_len)
                  "files there", dir, (unsigned)st.st_uid);
         return -1;
     }
-    return 0;
+    /* And the way to it: whoever may rename a folder above could put
+     * another in its place. */
+    return check_parents(dir, err, err_len);
 }
 
 /* The socket is made under a temporary name, listening, and published under

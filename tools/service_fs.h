@@ -17,7 +17,9 @@
  * Make sure `dir` is a folder only we can change: create it with mode 0700 if
  * it is missing (its parent must exist). An existing folder that group or
  * others may write (sticky bit or not), or that belongs to a user other than
- * root or us, is refused: someone could swap our files.
+ * root or us, is refused: someone could swap our files. So is a symbolic
+ * link in its place, and a folder on the way to it (resolved) that belongs
+ * to another user or that group or others may write without the sticky bit.
  */
 int svc_prepare_dir(const char *dir, char *err, size_t err_len);
 

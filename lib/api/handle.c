@@ -57,6 +57,7 @@ static void conn_state(void *arg, m2mvpn_state st, int err, const char *detail)
     conn_get_status(h->conn, &cs); /* engine thread: no lock needed for conn */
     pthread_mutex_lock(&h->lock);
     status_from_conn(&h->status, &cs);
+    conn_kill_switch_status(h->conn, &h->kill_switch);
     if (err)
         snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
     pthread_mutex_unlock(&h->lock);

@@ -70,6 +70,7 @@ struct m2mvpn {
     profile_registry profiles;    /* the loaded profiles (lib/profile/registry.h) */
     char active[64];              /* active profile name, "" = none */
     m2mvpn_status status;
+    conn_kill_switch kill_switch; /* status JSON "kill_switch" (refreshed with status) */
     char last_error[API_ERR_LEN];
 };
 

@@ -137,6 +137,7 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
     const char *w[MAX_WARNINGS];
     pthread_mutex_lock(&h->lock);
     m2mvpn_status s = h->status;
+    conn_kill_switch ks = h->kill_switch;
     size_t nw = active_warnings_locked(h, w);
     pthread_mutex_unlock(&h->lock);
 
@@ -203,6 +204,17 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         json_object_object_add(cred, "not_after", json_object_new_int64(s.cert_not_after));
     }
     json_object_object_add(o, "credential", cred);
+    /* The kill switch's layers in place (null: the profile has none). */
+    json_object *kill = ks.on ? json_object_new_object() : NULL;
+    if (kill) {
+        json_object_object_add(kill, "routing", json_object_new_boolean(ks.routing));
+        json_object_object_add(kill, "nftables", json_object_new_boolean(ks.nftables));
+        json_object_object_add(kill, "routing_only_allowed",
+                               json_object_new_boolean(ks.routing_only_allowed));
+        json_object_object_add(kill, "nftables_missing",
+                               ks.nftables ? NULL : json_object_new_string(ks.nft_why));
+    }
+    json_object_object_add(o, "kill_switch", kill);
     json_object_object_add(o, "version", json_object_new_string(m2mvpn_version()));
     json_object *tr = json_object_new_object();
     if (tr) {

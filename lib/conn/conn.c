@@ -13,8 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "conn_sys.h"
 #include "core/secmem.h"
+#include "crypto/crypto.h"
 
 #define STATUS_REFRESH_MS 1000
 #define CONN_QUEUE 16
@@ -125,6 +128,14 @@ struct conn {
     size_t session_pass_len;
     bool eap_refused;
     bool wait_reports_idle;       /* WAIT_CREDENTIALS after a refusal: public IDLE */
+    /* The refusal outlives a reload of the same profile (a new profile
+     * pointer): kept as HMAC-SHA256 under a random per-handle key over the
+     * profile's name, EAP identity and password (never the password itself);
+     * dropped when the reloaded profile's password differs or new
+     * credentials are set. */
+    uint8_t refused_key[32];
+    uint8_t refused_fp[32];
+    bool refused_fp_set;
 
     uint64_t reconnects;          /* up again after a failure or renewal */
     uint64_t rekeys;              /* CHILD and IKE SA rekeys */
@@ -367,6 +378,21 @@ static void wait_for_credentials(conn *c, const char *why, int err, const char *
         c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_CREDENTIALS_REQUIRED, M2MVPN_E_CREDENTIALS, ask);
 }
 
+/* The fingerprint of the profile's EAP credentials (see refused_fp). */
+static bool profile_eap_fp(const conn *c, const profile *p, uint8_t out[32])
+{
+    static const uint8_t zero = 0;
+    const char *id = p->eap.identity ? p->eap.identity : "";
+    const char *pw = p->eap.password ? p->eap.password : "";
+    crypto_span parts[] = {
+        { (const uint8_t *)p->name, strlen(p->name) }, { &zero, 1 },
+        { (const uint8_t *)id, strlen(id) }, { &zero, 1 },
+        { (const uint8_t *)pw, strlen(pw) },
+    };
+    return crypto_prf_oneshot(PRF_HMAC_SHA2_256, c->refused_key, sizeof(c->refused_key), parts,
+                              sizeof(parts) / sizeof(parts[0]), out, 32) == 0;
+}
+
 static void forget_session_credentials(conn *c)
 {
     free(c->session_user);
@@ -468,6 +494,7 @@ static void fail(conn *c, int err, ike_fault fault, const char *detail)
          * would lock). Always-on waits for new ones; on-demand and manual
          * stay down and ask on the next connect. */
         c->eap_refused = true;
+        c->refused_fp_set = profile_eap_fp(c, c->prof, c->refused_fp);
         forget_session_credentials(c);
         if (always_on(c))
             wait_for_credentials(c, "the gateway refused the credentials", err, detail);
@@ -712,6 +739,10 @@ int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, c
     c->hooks = *hooks;
     c->ops = *ops;
     c->phase = CONN_IDLE;
+    if (crypto_random(c->refused_key, sizeof(c->refused_key)) < 0) {
+        free(c);
+        return M2MVPN_E_CRYPTO;
+    }
     core_timer_init(&c->retry_timer, retry_now, c);
     core_timer_init(&c->refresh_timer, refresh, c);
     core_timer_init(&c->event_timer, run_events, c);
@@ -783,6 +814,7 @@ void conn_free(conn *c)
     if (c->own_ops)
         conn_sys_free(c->ops.arg);
     forget_session_credentials(c);
+    secure_wipe(c->refused_key, sizeof(c->refused_key));
     free(c);
 }
 
@@ -791,12 +823,30 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     if (c->prof == p)
         return;
     bool was_wanted = c->phase != CONN_IDLE && c->phase != CONN_ARMED && c->phase != CONN_CLOSING;
-    release_profile(c, c->prof && (!p || !c->prof->tunnel.tun_name || !p->tunnel.tun_name ||
-                                   strcmp(c->prof->tunnel.tun_name, p->tunnel.tun_name) != 0));
-    m2mvpn_state old_pub = public_state(c);
+    /* Another TUN name: the old one's network goes. With the kill switch in
+     * both, the new one is armed first and the old one removed after, so
+     * that a prefix both protect is never without it. */
+    const char *old_name = c->prof ? (c->prof->tunnel.tun_name ? c->prof->tunnel.tun_name : "m2m0") : "";
+    bool other_tun = c->prof && (!p || strcmp(old_name, p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0") != 0);
+    bool arm_first = other_tun && p && p->tunnel.kill_switch && c->prof->tunnel.kill_switch;
+    char old_tun[32] = "";
+    if (arm_first)
+        snprintf(old_tun, sizeof(old_tun), "%s", old_name);
+    release_profile(c, other_tun && !arm_first);
     force_idle(c, "profile changed", false); /* reported by what follows */
     c->set = profile_set_ref(set);
     c->prof = p;
+    if (c->refused_fp_set && p->auth == PROFILE_AUTH_EAP) {
+        /* A reload of a profile whose password was refused: still refused
+         * unless its password (or name, identity) changed. */
+        uint8_t fp[32];
+        c->eap_refused = profile_eap_fp(c, p, fp) && CRYPTO_memcmp(fp, c->refused_fp, sizeof(fp)) == 0;
+        if (c->eap_refused)
+            LOG_INFO(c->log, "conn", "profile %s: its EAP password was refused before and has not "
+                     "changed: not sent again", p->name);
+        else
+            c->refused_fp_set = false;
+    }
     const char *warn[4];
     size_t n_warn = profile_warnings(p, warn, 4);
     for (size_t i = 0; i < n_warn && i < 4; i++)
@@ -804,8 +854,17 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     c->gw_index = 0;
     c->failures = 0;
     if (wants_network(c)) {
-        char err[320];
+        char err[512];
         int r = arm_network(c, on_demand(c), err, sizeof(err));
+        if (arm_first) {
+            char rm_err[256];
+            if (c->ops.net_remove(c->ops.arg, old_tun, rm_err, sizeof(rm_err)) < 0)
+                LOG_WARN(c->log, "conn", "removing the network of TUN %s: %s", old_tun, rm_err);
+            /* The old name's table may be the new one's too (hash):
+             * refused while it held the old routes; now it is free. */
+            if (r < 0)
+                r = arm_network(c, on_demand(c), err, sizeof(err));
+        }
         if (r < 0 && !was_wanted && p->mode != PROFILE_MODE_ALWAYS_ON) {
             if (c->hooks.on_state) /* in the status: last_error */
                 c->hooks.on_state(c->hooks.arg, M2MVPN_STATE_IDLE, r, err);
@@ -816,8 +875,25 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
         start_attempt(c, was_wanted ? "profile changed" : "always-on");
     else if (on_demand(c))
         set_phase(c, CONN_ARMED, 0, "on-demand: waiting for traffic");
-    else if (old_pub != M2MVPN_STATE_IDLE && c->hooks.on_state)
+    else if (c->hooks.on_state) /* IDLE, maybe unchanged: the status is refreshed */
         c->hooks.on_state(c->hooks.arg, M2MVPN_STATE_IDLE, 0, "profile changed");
+}
+
+void conn_kill_switch_status(conn *c, conn_kill_switch *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!c->prof || !c->prof->tunnel.kill_switch)
+        return;
+    out->on = true;
+    out->routing_only_allowed = c->prof->tunnel.kill_switch_routing_only;
+    esp_kill_switch_info ks;
+    memset(&ks, 0, sizeof(ks));
+    if (!c->ops.kill_switch_info || !c->ops.kill_switch_info(c->ops.arg, &ks))
+        return;
+    out->routing = ks.routing;
+    out->nftables = ks.nftables;
+    if (!ks.nftables)
+        snprintf(out->nft_why, sizeof(out->nft_why), "%s", ks.nft_why);
 }
 
 void conn_connect(conn *c)
@@ -903,6 +979,7 @@ void conn_set_credentials(conn *c, const char *user, const char *pass, size_t le
     c->session_pass = pw;
     c->session_pass_len = len;
     c->eap_refused = false;
+    c->refused_fp_set = false;
     LOG_INFO(c->log, "conn", "EAP credentials set for '%s'",
              u ? u : (c->prof && c->prof->eap.identity ? c->prof->eap.identity : "(profile identity)"));
     if (c->phase != CONN_WAIT_CREDENTIALS)

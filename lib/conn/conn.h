@@ -142,6 +142,11 @@ typedef struct conn_ops {
     int (*net_arm)(void *arg, const profile *p, bool hold, char *err, size_t err_len);
     /* Give the network up; remove: routes, kill switch and TUN too. */
     void (*net_release)(void *arg, bool remove);
+    /* Remove what a profile with TUN tun_name left (routes, kill switch),
+     * without a datapath: after a switch that armed the new one first. */
+    int (*net_remove)(void *arg, const char *tun_name, char *err, size_t err_len);
+    /* The kill switch's layers in place now; false without a datapath. */
+    bool (*kill_switch_info)(void *arg, esp_kill_switch_info *ks);
     /* The way to gateway gw_index of p: name, underlay, port-500 socket.
      * gw_text: "host:port". */
     int (*path_open)(void *arg, const profile *p, size_t gw_index, char *gw_text, size_t gw_text_len,
@@ -230,5 +235,15 @@ void conn_post_ike_down(conn *c, int err, ike_fault fault, const char *detail);
 void conn_post_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason);
 /* The datapath holds a packet for a protected network without SA. */
 void conn_post_traffic(conn *c);
+
+/* The kill switch's layers now in place, for the status. */
+typedef struct conn_kill_switch {
+    bool on;                   /* the profile has tunnel.kill_switch */
+    bool routing;              /* our routing table, blackholes and rules */
+    bool nftables;             /* the nftables table */
+    bool routing_only_allowed; /* tunnel.kill_switch_routing_only */
+    char nft_why[128];         /* why no nftables table */
+} conn_kill_switch;
+void conn_kill_switch_status(conn *c, conn_kill_switch *out);
 
 #endif

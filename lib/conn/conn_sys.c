@@ -307,6 +307,11 @@ static int profile_to_routes(const profile *p, esp_tunnel_net *net, char *err, s
 {
     const profile_ts *ts = p->tunnel.remote_ts;
     size_t n = p->tunnel.n_remote_ts;
+    /* The gateways' IKE ports: the nftables layer lets our marked UDP out
+     * to 500, 4500 and these only. */
+    _Static_assert(ESP_MAX_IKE_PORTS >= PROFILE_MAX_GATEWAYS, "every gateway's port");
+    for (size_t i = 0; i < p->n_gateways && i < ESP_MAX_IKE_PORTS; i++)
+        net->ike_ports[net->n_ike_ports++] = p->gateways[i].port;
     /* The ::/0 a full IPv4 tunnel implies (profile.h) needs no route where
      * IPv6 is off; a listed IPv6 prefix does (and fails without IPv6). */
     if (p->tunnel.implied_family == AF_INET6 && n > 0 && ipv6_off())
@@ -408,15 +413,27 @@ static int sys_net_arm(void *arg, const profile *p, bool hold, char *err, size_t
         if (r == 0 && p->tunnel.kill_switch) {
             esp_kill_switch_info ks;
             esp_datapath_kill_switch_info(s->dp, &ks);
-            if (ks.nftables)
+            /* Fail closed: policy routing alone does not hold traffic that
+             * a program sends bound to the underlay (SO_BINDTODEVICE,
+             * IP_UNICAST_IF, unprivileged): the kernel takes a protected
+             * address as on-link there and sends it in plaintext. Only a
+             * profile that says so accepts that. */
+            if (!ks.nftables && !p->tunnel.kill_switch_routing_only) {
+                snprintf(err, err_len, "no nftables table (%s): policy routing alone does not hold "
+                         "a socket bound to another interface; set tunnel.kill_switch_routing_only "
+                         "to accept that", ks.nft_why);
+                s->routes_set = false; /* the routes stay (closed), checked again next time */
+                r = M2MVPN_E_TUN;
+            } else if (ks.nftables) {
                 LOG_INFO(s->log, "conn", "kill switch for profile %s in place: routing table %u "
                          "(rule priority %u), nftables table %s", p->name, ks.table,
                          ks.rule_priority, ks.nft_table);
-            else
+            } else {
                 LOG_WARN(s->log, "conn", "kill switch for profile %s in place: routing table %u "
-                         "(rule priority %u); no nftables table (%s): a program that binds its "
-                         "socket to another interface can bypass it", p->name, ks.table,
-                         ks.rule_priority, ks.nft_why);
+                         "(rule priority %u) alone, as tunnel.kill_switch_routing_only allows; no "
+                         "nftables table (%s): a program that binds its socket to another interface "
+                         "can bypass it", p->name, ks.table, ks.rule_priority, ks.nft_why);
+            }
         }
     }
     if (r == 0 && hold != s->hold) {
@@ -438,6 +455,21 @@ static void sys_net_release(void *arg, bool remove)
     s->routes_set = false;
     s->hold = false;
     s->spi_in = 0;
+}
+
+static int sys_net_remove(void *arg, const char *tun_name, char *err, size_t err_len)
+{
+    (void)arg;
+    return esp_network_remove(tun_name, err, err_len);
+}
+
+static bool sys_kill_switch_info(void *arg, esp_kill_switch_info *ks)
+{
+    conn_sys *s = arg;
+    if (!s->dp)
+        return false;
+    esp_datapath_kill_switch_info(s->dp, ks);
+    return true;
 }
 
 /* ---------------------------------------------------- path to a gateway */
@@ -1179,6 +1211,8 @@ int conn_sys_new(core_loop *loop, core_log *log, conn_ops *ops)
         .arg = s,
         .net_arm = sys_net_arm,
         .net_release = sys_net_release,
+        .net_remove = sys_net_remove,
+        .kill_switch_info = sys_kill_switch_info,
         .path_open = sys_path_open,
         .cred_load = sys_cred_load,
         .cred_pin = sys_cred_pin,

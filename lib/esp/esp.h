@@ -56,9 +56,12 @@
  *    TUN itself is deleted, the blackhole still catches the traffic;
  *  - where the kernel has nf_tables (and the build libnftables), a table
  *    `inet m2mvpn_<tun>` drops packets for the protected prefixes leaving by
- *    any interface but the TUN (and lo), except our own marked UDP: this
- *    also holds against what bypasses routing rules (a socket bound to
- *    another interface, a rule ahead of ours);
+ *    any interface but the TUN (and lo), except our own marked UDP to the
+ *    IKE ports (500, 4500, esp_tunnel_net.ike_ports): this also holds
+ *    against what bypasses routing rules (a socket bound to another
+ *    interface, a rule ahead of ours). Without it (esp_kill_switch_info
+ *    .nftables false) lib/conn refuses the kill switch unless the profile
+ *    accepts routing alone (tunnel.kill_switch_routing_only);
  *  - only esp_datapath_teardown(dp, true) removes the routes, blackholes,
  *    rules, nftables table, addresses and the persistent device, i.e. when
  *    the profile is removed on purpose. esp_datapath_free() without teardown
@@ -101,6 +104,8 @@
  * (PROFILE_MAX_TS, checked in lib/conn); a full tunnel is one prefix. */
 #define ESP_MAX_TS         16
 #define ESP_MAX_DNS        4
+/* Gateways' IKE ports a tunnel knows (a profile lists at most 8 gateways). */
+#define ESP_MAX_IKE_PORTS  8
 /* Blackhole routes sit this far below (metric above) the TUN routes. */
 #define ESP_KILL_SWITCH_METRIC_OFFSET 100
 /* Priority of our policy rule: ahead of the main (32766) and default
@@ -110,13 +115,20 @@
  * are left to an administrator's deliberate exceptions, and 0 is the local
  * table. Every TUN's rule has this priority (each looks up its own table). */
 #define ESP_RULE_PRIORITY 1000
-/* Our routing tables are ESP_TABLE_BASE + 12 bits of a hash of the TUN
- * name: one table per TUN name, the same after a restart (so a new engine
- * finds what the old one left), without a registry. The number is also the
- * fwmark of our own sockets. Two TUN names meeting in one table is detected
- * (esp_datapath_new fails: rename one). The bits 0x4000, 0x8000 and
- * 0xff0000, which Kubernetes and Tailscale give meanings to, stay clear. */
-#define ESP_TABLE_BASE 0x6d320000u
+/* Our routing tables are ESP_TABLE_BASE + 8 bits of a hash of the TUN name
+ * (4096..4351): one table per TUN name, the same after a restart (so a new
+ * engine finds what the old one left), without a registry. The number is
+ * also the fwmark of our own sockets, so its bits must mean nothing to
+ * other software that tests marks under a mask: it uses only the bits
+ * 0x10ff, clear of Kubernetes (kube-proxy 0x4000 masquerade, 0x8000 drop),
+ * Cilium (0x0f00, and 0xffff0000 for identities), Tailscale (0xff0000),
+ * Calico (0xffff0000 by default) and Weave (0x20000, 0x40000). Exact
+ * values of others differ from ours: wg-quick 51820 (0xca6c), Istio 1337,
+ * Tailscale table 52, strongSwan table 220, Calico's and Cilium's tables
+ * (1..250, 2004, 2005). Two TUN names meeting in one table is detected
+ * (esp_datapath_new fails: rename one). */
+#define ESP_TABLE_BASE 0x1000u
+#define ESP_TABLE_HASH_MASK 0xffu
 
 /* ESP next-header values (IANA protocol numbers). */
 enum { ESP_NH_IPV4 = 4, ESP_NH_IPV6 = 41, ESP_NH_DUMMY = 59 };
@@ -375,6 +387,10 @@ typedef struct esp_tunnel_net {
     size_t n_in_src;
     esp_prefix in_dst[ESP_MAX_TS];
     size_t n_in_dst;
+    /* The gateways' IKE ports besides 500 and 4500 (0 = none): the kill
+     * switch's nftables table lets our marked UDP out to these only. */
+    uint16_t ike_ports[ESP_MAX_IKE_PORTS];
+    size_t n_ike_ports;
 } esp_tunnel_net;
 
 typedef struct esp_datapath esp_datapath;
@@ -485,6 +501,7 @@ int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockad
 typedef struct esp_kill_switch_info {
     uint32_t table;            /* our routing table (= fwmark) */
     uint32_t rule_priority;    /* ESP_RULE_PRIORITY */
+    bool routing;              /* our table's routes and the rules are in place */
     bool nftables;             /* the nftables table is in place */
     char nft_table[40];        /* "inet m2mvpn_<tun>" */
     char nft_why[128];         /* why not, when !nftables */
@@ -502,6 +519,12 @@ int esp_datapath_udp_fd(const esp_datapath *dp);
  * nftables table, addresses, and the persistent TUN. `remove_all` false only drops the SAs (kill switch stays).
  * Stops threads. */
 void esp_datapath_teardown(esp_datapath *dp, bool remove_all);
+
+/* Remove what a datapath with the kill switch left for the TUN `tun_name`
+ * after esp_datapath_free: the routes and blackholes of its table, its
+ * rules, its nftables table, the persistent device. For a change of TUN
+ * name, once the new name's kill switch is in place. Errors: TUN. */
+int esp_network_remove(const char *tun_name, char *err, size_t err_len);
 
 /* Stop threads, detach, free. With the kill switch on (and no teardown), the
  * persistent TUN, routes and blackholes remain; otherwise all is removed. */

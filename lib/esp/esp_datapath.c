@@ -540,7 +540,10 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
             vips[n_vips++] = net->vip2;
         int rc = esp_net_apply(&dp->net, mtu, vips, n_vips, net->remote_ts,
                                net->n_remote_ts, dp->cfg.route_metric ? dp->cfg.route_metric : 50,
-                               dp->cfg.kill_switch, err, err_len);
+                               dp->cfg.kill_switch, net->ike_ports,
+                               net->n_ike_ports < ESP_MAX_IKE_PORTS ? net->n_ike_ports
+                                                                    : ESP_MAX_IKE_PORTS,
+                               err, err_len);
         if (rc < 0)
             return rc;
     }
@@ -562,6 +565,7 @@ void esp_datapath_kill_switch_info(const esp_datapath *dp, esp_kill_switch_info 
     memset(out, 0, sizeof(*out));
     out->table = esp_tunnel_table(dp->cfg.tun_name);
     out->rule_priority = ESP_RULE_PRIORITY;
+    out->routing = dp->net.routing_active;
     out->nftables = dp->net.nft_active;
     esp_nft_table_name(dp->net.name[0] ? dp->net.name : "m2m0", out->nft_table,
                        sizeof(out->nft_table));
@@ -589,6 +593,19 @@ void esp_datapath_teardown(esp_datapath *dp, bool remove_all)
         esp_net_close(&dp->net, true);
         dp->net_open = false;
     }
+}
+
+int esp_network_remove(const char *tun_name, char *err, size_t err_len)
+{
+    esp_net n;
+    /* Opening adopts what our table holds for this name (persistent: the
+     * device is not dropped before the routes are gone). */
+    int rc = esp_net_open(&n, tun_name, true, false, err, err_len);
+    if (rc < 0)
+        return rc;
+    esp_net_remove_all(&n);
+    esp_net_close(&n, true);
+    return 0;
 }
 
 void esp_datapath_free(esp_datapath *dp)

@@ -46,7 +46,7 @@ uint32_t esp_tunnel_table(const char *tun_name)
     uint32_t h = 2166136261u; /* FNV-1a */
     for (const char *c = name; *c; c++)
         h = (h ^ (uint8_t)*c) * 16777619u;
-    return ESP_TABLE_BASE | ((h ^ (h >> 12) ^ (h >> 24)) & 0xfffu);
+    return ESP_TABLE_BASE | ((h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) & ESP_TABLE_HASH_MASK);
 }
 
 int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
@@ -221,8 +221,7 @@ static int adopt_leftovers(esp_net *n, char *err, size_t err_len)
         set_err(err, err_len, "route dump", nl_geterror(rc));
         return M2MVPN_E_TUN;
     }
-    for (struct nl_object *o = nl_cache_get_first(cache); o && n->n_routes < ESP_NET_MAX_ROUTES;
-         o = nl_cache_get_next(o)) {
+    for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
         struct rtnl_route *rt = (struct rtnl_route *)o;
         struct rtnl_nexthop *nh = rtnl_route_nexthop_n(rt, 0);
         struct nl_addr *dst = rtnl_route_get_dst(rt);
@@ -238,6 +237,13 @@ static int adopt_leftovers(esp_net *n, char *err, size_t err_len)
                      other);
             nl_cache_free(cache);
             return M2MVPN_E_TUN;
+        }
+        if (n->n_routes >= ESP_NET_ADOPT_ROUTES) {
+            /* More than an engine of ours leaves (two applies' worth): not
+             * recorded, it could never be removed; it goes now, the routes
+             * recorded (and the nftables table) hold the traffic. */
+            rtnl_route_delete(n->nl, rt, 0);
+            continue;
         }
         esp_net_route *r = &n->routes[n->n_routes++];
         memset(r, 0, sizeof(*r));
@@ -256,7 +262,7 @@ static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_l
     bool recorded = false;
     for (size_t i = 0; i < n->n_routes && !recorded; i++)
         recorded = route_eq(&n->routes[i], r);
-    if (!recorded && n->n_routes >= ESP_NET_MAX_ROUTES) {
+    if (!recorded && n->n_routes >= ESP_NET_ROUTE_SLOTS) { /* cannot happen: see esp_net.h */
         set_err(err, err_len, "routes", "too many");
         return M2MVPN_E_TUN;
     }
@@ -320,27 +326,117 @@ static int rule_add(esp_net *n, int family)
     return nl_wait_for_ack(n->nl);
 }
 
-/* Make sure our rule for `family` is there (an engine that died leaves it;
- * one of another shape that looks up our table is replaced). */
+/* One dump of the rules of `family` that look up our table: is ours among
+ * them, and copies of the others (to delete). libnl's rule object has no
+ * getter for the flags, so the dump is read raw: FIB_RULE_INVERT decides
+ * whether `fwmark T lookup T` is ours (not fwmark: everything but our own
+ * sockets into the tunnel) or its opposite (only our own sockets: protected
+ * traffic would go to main). */
+#define RULE_SCAN_MAX 8
+typedef struct rule_scan {
+    uint32_t table;
+    int family;
+    bool ours;
+    struct nl_msg *other[RULE_SCAN_MAX];
+    size_t n_other;
+} rule_scan;
+
+static bool rule_is_ours(const rule_scan *sc, const struct fib_rule_hdr *frh, struct nlattr **tb)
+{
+    /* Selectors we do not set (addresses, interfaces, ports, uid, l3mdev)
+     * make it a narrower rule, not ours. */
+    static const int foreign[] = { FRA_SRC, FRA_DST, FRA_IIFNAME, FRA_OIFNAME, FRA_GOTO,
+                                   FRA_FLOW, FRA_L3MDEV, FRA_UID_RANGE, FRA_IP_PROTO,
+                                   FRA_SPORT_RANGE, FRA_DPORT_RANGE, FRA_TUN_ID };
+    for (size_t i = 0; i < sizeof(foreign) / sizeof(foreign[0]); i++)
+        if (tb[foreign[i]])
+            return false;
+    /* These two are dumped always, with -1 for "not set". */
+    if ((tb[FRA_SUPPRESS_PREFIXLEN] && nla_get_u32(tb[FRA_SUPPRESS_PREFIXLEN]) != 0xffffffffu) ||
+        (tb[FRA_SUPPRESS_IFGROUP] && nla_get_u32(tb[FRA_SUPPRESS_IFGROUP]) != 0xffffffffu))
+        return false;
+    return frh->family == sc->family && (frh->flags & FIB_RULE_INVERT) &&
+           frh->action == FR_ACT_TO_TBL && frh->src_len == 0 && frh->dst_len == 0 &&
+           frh->tos == 0 && tb[FRA_PRIORITY] && nla_get_u32(tb[FRA_PRIORITY]) == ESP_RULE_PRIORITY &&
+           tb[FRA_FWMARK] && nla_get_u32(tb[FRA_FWMARK]) == sc->table && tb[FRA_FWMASK] &&
+           nla_get_u32(tb[FRA_FWMASK]) == 0xffffffffu;
+}
+
+static int rule_scan_cb(struct nl_msg *msg, void *arg)
+{
+    rule_scan *sc = arg;
+    struct nlmsghdr *h = nlmsg_hdr(msg);
+    struct nlattr *tb[FRA_MAX + 1];
+    if (h->nlmsg_type != RTM_NEWRULE || nlmsg_parse(h, sizeof(struct fib_rule_hdr), tb, FRA_MAX, NULL) < 0)
+        return NL_OK;
+    const struct fib_rule_hdr *frh = nlmsg_data(h);
+    uint32_t table = tb[FRA_TABLE] ? nla_get_u32(tb[FRA_TABLE]) : frh->table;
+    if (table != sc->table || frh->family != sc->family)
+        return NL_OK;
+    if (!sc->ours && rule_is_ours(sc, frh, tb)) {
+        sc->ours = true;
+    } else if (sc->n_other < RULE_SCAN_MAX) {
+        struct nl_msg *copy = nlmsg_convert(h);
+        if (copy)
+            sc->other[sc->n_other++] = copy;
+    }
+    return NL_OK;
+}
+
+static int rule_dump(esp_net *n, rule_scan *sc)
+{
+    struct nl_cb *base = nl_socket_get_cb(n->nl);
+    struct nl_cb *cb = base ? nl_cb_clone(base) : NULL;
+    nl_cb_put(base);
+    if (!cb)
+        return -NLE_NOMEM;
+    nl_cb_set(cb, NL_CB_VALID, NL_CB_CUSTOM, rule_scan_cb, sc);
+    struct rtgenmsg gen = { .rtgen_family = (unsigned char)sc->family };
+    int rc = nl_send_simple(n->nl, RTM_GETRULE, NLM_F_DUMP, &gen, sizeof(gen));
+    if (rc >= 0)
+        rc = nl_recvmsgs(n->nl, cb);
+    nl_cb_put(cb);
+    return rc < 0 ? rc : 0;
+}
+
+/* Delete the rule a dump gave: the same message as a deletion. The kernel
+ * deletes the first rule matching its selectors, which ignores the flags: an
+ * inverted twin may go instead, and is added again by the caller. */
+static void rule_delete_raw(esp_net *n, struct nl_msg *m)
+{
+    struct nlmsghdr *h = nlmsg_hdr(m);
+    h->nlmsg_type = RTM_DELRULE;
+    h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    h->nlmsg_seq = NL_AUTO_SEQ;
+    h->nlmsg_pid = NL_AUTO_PORT;
+    if (nl_send_auto_complete(n->nl, m) >= 0)
+        nl_wait_for_ack(n->nl);
+}
+
+/* Make sure our rule for `family` is there, and only it: an engine that
+ * died leaves it; any other rule that looks up our table (another shape, a
+ * non-inverted twin, another mask) is removed. */
 static int rule_ensure(esp_net *n, int family, char *err, size_t err_len)
 {
-    struct nl_cache *cache = NULL;
-    int rc = rtnl_rule_alloc_cache(n->nl, family, &cache);
-    bool found = false;
-    for (struct nl_object *o = rc == 0 ? nl_cache_get_first(cache) : NULL; o;
-         o = nl_cache_get_next(o)) {
-        struct rtnl_rule *r = (struct rtnl_rule *)o;
-        if (rtnl_rule_get_family(r) != family || rtnl_rule_get_table(r) != n->table)
-            continue;
-        if (!found && rtnl_rule_get_prio(r) == ESP_RULE_PRIORITY && rtnl_rule_get_mark(r) == n->table &&
-            rtnl_rule_get_action(r) == FR_ACT_TO_TBL)
-            found = true;
-        else
-            rtnl_rule_delete(n->nl, r, 0);
+    int rc = 0;
+    bool ours = false;
+    /* Each pass deletes what it saw besides ours; a few passes at most
+     * (deleting may take ours instead of its twin, see above). */
+    for (int pass = 0; pass < 2 * RULE_SCAN_MAX && rc == 0; pass++) {
+        rule_scan sc = { .table = n->table, .family = family };
+        rc = rule_dump(n, &sc);
+        ours = sc.ours;
+        for (size_t i = 0; i < sc.n_other; i++) {
+            if (rc == 0)
+                rule_delete_raw(n, sc.other[i]);
+            nlmsg_free(sc.other[i]);
+        }
+        if (rc == 0 && sc.n_other == 0)
+            break;
+        if (rc == 0 && pass == 2 * RULE_SCAN_MAX - 1)
+            rc = -NLE_EXIST; /* rules that will not go */
     }
-    if (cache)
-        nl_cache_free(cache);
-    if (rc == 0 && !found)
+    if (rc == 0 && !ours)
         rc = rule_add(n, family);
     if (rc < 0) {
         snprintf(err, err_len, "policy rule (%s, priority %u, table %u): %s",
@@ -450,7 +546,7 @@ static bool has_family(const esp_prefix *p, size_t n, int family)
 
 int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_addrs,
                   const esp_prefix *want, size_t n_want, uint32_t metric, bool kill_switch,
-                  char *err, size_t err_len)
+                  const uint16_t *ike_ports, size_t n_ike_ports, char *err, size_t err_len)
 {
     if (n_want > ESP_MAX_TS) {
         snprintf(err, err_len, "%zu prefixes to protect, at most %d", n_want, ESP_MAX_TS);
@@ -466,24 +562,31 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_ad
     /* The nftables table first: from then on nothing for the protected
      * prefixes leaves by another interface, whatever the routes are.
      * Unchanged prefixes (connected after armed: the profile's both times)
-     * keep the table as it is: a change costs some 10 ms of parsing. */
-    int rc;
+     * keep the table as it is: a change costs some 10 ms of parsing. An
+     * error here does not stop the routes and rules below: as much of the
+     * kill switch as can be goes in place, then the error is reported. */
+    int rc, nft_rc = 0;
+    char nft_err[256] = "";
     bool nft_same = n->nft_active && n->n_nft_set == n_want;
     for (size_t i = 0; nft_same && i < n_want; i++)
         nft_same = prefix_eq(&n->nft_set[i], &want[i]);
     if (kill_switch && !nft_same) {
         n->n_nft_set = 0;
-        rc = esp_nft_apply(n->name, n->table, want, n_want, &n->nft_active, n->nft_why,
-                           sizeof(n->nft_why), err, err_len);
-        if (rc < 0)
-            return rc;
-        memcpy(n->nft_set, want, n_want * sizeof(*want));
-        n->n_nft_set = n_want;
+        nft_rc = esp_nft_apply(n->name, n->table, want, n_want, ike_ports, n_ike_ports,
+                               &n->nft_active, n->nft_why, sizeof(n->nft_why), nft_err,
+                               sizeof(nft_err));
+        if (nft_rc == 0) {
+            memcpy(n->nft_set, want, n_want * sizeof(*want));
+            n->n_nft_set = n_want;
+        } else {
+            snprintf(n->nft_why, sizeof(n->nft_why), "%s", nft_err);
+        }
     } else if (!kill_switch && (n->nft_active || !n->nft_why[0])) {
         esp_nft_remove(n->name); /* a kill-switch profile's, on the same TUN before */
         n->nft_active = false;
         snprintf(n->nft_why, sizeof(n->nft_why), "kill switch off");
     }
+    n->routing_active = false;
     rc = link_up(n, mtu, err, err_len);
     if (rc < 0)
         return rc;
@@ -517,13 +620,21 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_ad
             desired[n_desired++] =
                 (esp_net_route){ want[i], true, metric + ESP_KILL_SWITCH_METRIC_OFFSET };
     }
-    /* Add first, then remove what is no longer wanted: no moment without a route. */
+    /* Add first, then remove what is no longer wanted: no moment without a
+     * route (the record has room for both: ESP_NET_ROUTE_SLOTS). A route
+     * that cannot be added does not stop the others: each one that can be
+     * is in place, then the first error is reported, and nothing is
+     * removed (the old routes may be what covers it). */
+    int route_rc = 0;
     for (size_t i = 0; i < n_desired; i++) {
-        rc = route_add(n, &desired[i], err, err_len);
-        if (rc < 0)
-            return rc;
+        char one_err[256];
+        rc = route_add(n, &desired[i], one_err, sizeof(one_err));
+        if (rc < 0 && route_rc == 0) {
+            route_rc = rc;
+            snprintf(err, err_len, "%s", one_err);
+        }
     }
-    for (size_t i = n->n_routes; i-- > 0;) {
+    for (size_t i = n->n_routes; route_rc == 0 && i-- > 0;) {
         bool keep = false;
         for (size_t k = 0; k < n_desired && !keep; k++)
             keep = route_eq(&n->routes[i], &desired[k]);
@@ -535,9 +646,19 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_ad
     for (size_t i = 0; i < 2; i++) {
         if (!has_family(want, n_want, families[i]))
             continue;
-        rc = rule_ensure(n, families[i], err, err_len);
-        if (rc < 0)
-            return rc;
+        char one_err[256];
+        rc = rule_ensure(n, families[i], one_err, sizeof(one_err));
+        if (rc < 0 && route_rc == 0) {
+            route_rc = rc;
+            snprintf(err, err_len, "%s", one_err);
+        }
+    }
+    if (route_rc < 0)
+        return route_rc;
+    n->routing_active = true;
+    if (nft_rc < 0) {
+        snprintf(err, err_len, "%s", nft_err);
+        return nft_rc;
     }
     return 0;
 }
@@ -553,6 +674,7 @@ void esp_net_remove_all(esp_net *n)
     while (n->n_routes)
         route_del_at(n, n->n_routes - 1);
     rules_remove(n);
+    n->routing_active = false;
     esp_nft_remove(n->name);
     n->nft_active = false;
     n->n_nft_set = 0;

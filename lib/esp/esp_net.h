@@ -16,7 +16,14 @@
 
 #include "esp.h"
 
+/* Routes one apply wants: each prefix via the TUN, and its blackhole. */
 #define ESP_NET_MAX_ROUTES (2 * ESP_MAX_TS)
+/* Routes recorded: what an engine that died left (adopted, at most two
+ * applies' worth: it may have died between adding the new routes and
+ * removing the old ones) plus one apply's new routes, which are added before
+ * the old ones go. So any change of prefixes finds room. */
+#define ESP_NET_ADOPT_ROUTES (2 * ESP_NET_MAX_ROUTES)
+#define ESP_NET_ROUTE_SLOTS (ESP_NET_ADOPT_ROUTES + ESP_NET_MAX_ROUTES)
 
 typedef struct esp_net_route {
     esp_prefix dst;
@@ -30,7 +37,7 @@ typedef struct esp_net {
     char name[16];
     bool persistent;
     struct nl_sock *nl;
-    esp_net_route routes[ESP_NET_MAX_ROUTES];
+    esp_net_route routes[ESP_NET_ROUTE_SLOTS];
     size_t n_routes;
     esp_prefix addr[2];         /* the addresses we added: [0] IPv4, [1] IPv6
                                  * (family 0 = none) */
@@ -40,6 +47,7 @@ typedef struct esp_net {
     esp_prefix nft_set[ESP_MAX_TS]; /* ... for these prefixes */
     size_t n_nft_set;
     char nft_why[128];          /* ... or why not */
+    bool routing_active;        /* table routes and rules of the last apply in place */
 } esp_net;
 
 /* Create or attach to the TUN `name` (IFF_TUN|IFF_NO_PI, non-blocking fd),
@@ -55,11 +63,15 @@ int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, ch
  * table equal to `want` (unicast via the TUN at `metric`, plus, with
  * `kill_switch`, blackholes at metric + ESP_KILL_SWITCH_METRIC_OFFSET and the
  * nftables table), and the policy rule for each family in `want` in place.
- * Adds the new ones before removing the old ones. Errors: TUN with the
- * netlink or nftables reason in err, INVAL (more than ESP_MAX_TS). */
+ * Adds the new ones before removing the old ones. `ike_ports`: UDP ports
+ * our marked sockets send IKE to besides 500 and 4500 (esp_nft_apply). An
+ * nftables error does not stop the routes and rules from being installed:
+ * as much protection as can be is put in place, then the error is returned.
+ * Errors: TUN with the netlink or nftables reason in err, INVAL (more than
+ * ESP_MAX_TS). */
 int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_addrs,
                   const esp_prefix *want, size_t n_want, uint32_t metric, bool kill_switch,
-                  char *err, size_t err_len);
+                  const uint16_t *ike_ports, size_t n_ike_ports, char *err, size_t err_len);
 
 /* Remove every route and the address this esp_net added, the policy rules
  * and the nftables table. */

@@ -181,8 +181,25 @@ static bool has_family(const esp_prefix *p, size_t n, int family)
     return false;
 }
 
+/* "500, 4500[, p...]": the UDP destination ports our marked sockets use. */
+static void add_ike_ports(text *t, const uint16_t *ports, size_t n)
+{
+    add(t, "500, 4500", NULL);
+    for (size_t i = 0; i < n; i++) {
+        bool dup = ports[i] == 0 || ports[i] == 500 || ports[i] == 4500;
+        for (size_t k = 0; k < i && !dup; k++)
+            dup = ports[k] == ports[i];
+        if (dup)
+            continue;
+        char item[16];
+        snprintf(item, sizeof(item), ", %u", (unsigned)ports[i]);
+        add(t, item, NULL);
+    }
+}
+
 int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, size_t n,
-                  bool *active, char *why, size_t why_len, char *err, size_t err_len)
+                  const uint16_t *ike_ports, size_t n_ike_ports, bool *active, char *why,
+                  size_t why_len, char *err, size_t err_len)
 {
     *active = false;
     if (!name_ok(tun)) {
@@ -210,7 +227,11 @@ int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, 
     add(&t, "\tchain leak_guard {\n"
             "\t\ttype filter hook postrouting priority filter; policy accept;\n", NULL);
     add(&t, "\t\toifname { \"lo\", \"%s\" } accept\n", tun);
-    add(&t, "\t\tmeta mark %s meta l4proto udp accept\n", mark);
+    /* Our IKE and ESP-in-UDP packets (full tunnel: the gateway is inside a
+     * protected prefix), and nothing else that carries the mark. */
+    add(&t, "\t\tmeta mark %s udp dport { ", mark);
+    add_ike_ports(&t, ike_ports, n_ike_ports);
+    add(&t, " } accept\n", NULL);
     /* IPv6 neighbour discovery (RFC 4861) stays on the link (hop limit 255,
      * which a router never forwards) and must pass even when the protected
      * prefix is ::/0: without it the gateway's link-layer address is never
@@ -263,9 +284,12 @@ void esp_nft_remove(const char *tun)
 #else /* !M2MVPN_HAVE_NFTABLES */
 
 int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, size_t n,
-                  bool *active, char *why, size_t why_len, char *err, size_t err_len)
+                  const uint16_t *ike_ports, size_t n_ike_ports, bool *active, char *why,
+                  size_t why_len, char *err, size_t err_len)
 {
     (void)fwmark;
+    (void)ike_ports;
+    (void)n_ike_ports;
     (void)prefixes;
     (void)n;
     *active = false;

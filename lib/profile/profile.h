@@ -128,6 +128,7 @@ typedef struct profile {
                                * remote_ts entry), 0: none */
         bool dns;             /* default true */
         bool kill_switch;     /* default true */
+        bool kill_switch_routing_only; /* default false: no nftables layer is an error */
         char *tun_name;       /* default "m2m0" */
         char *dns_hook;       /* absolute path of an executable run as
                                * "HOOK up TUN DNS..." / "HOOK down TUN", or NULL */

@@ -483,9 +483,10 @@ static int implied_family(const profile *p)
 
 static int read_tunnel(keypath *kp, json_object *obj, path_base *base, profile *p)
 {
-    static const char *const keys[] = { "request_vip", "remote_ts", "dns", "kill_switch", "tun_name",
-                                        "mtu", "on_demand_idle_s", "dns_hook",
-                                        "full_tunnel_families", NULL };
+    static const char *const keys[] = { "request_vip", "remote_ts", "dns", "kill_switch",
+                                        "kill_switch_routing_only", "tun_name", "mtu",
+                                        "on_demand_idle_s", "dns_hook", "full_tunnel_families",
+                                        NULL };
     static const char *const families[] = { "both", "listed" };
     json_object *tun;
     TRY(keypath_object(kp, obj, "tunnel", &tun));
@@ -504,6 +505,9 @@ static int read_tunnel(keypath *kp, json_object *obj, path_base *base, profile *
                                "places: list fewer prefixes", PROFILE_MAX_TS);
     TRY(keypath_bool(kp, tun, "dns", &p->tunnel.dns));
     TRY(keypath_bool(kp, tun, "kill_switch", &p->tunnel.kill_switch));
+    TRY(keypath_bool(kp, tun, "kill_switch_routing_only", &p->tunnel.kill_switch_routing_only));
+    if (p->tunnel.kill_switch_routing_only && !p->tunnel.kill_switch)
+        return keypath_fail_at(kp, "kill_switch_routing_only", "needs kill_switch true");
     TRY(keypath_string(kp, tun, "tun_name", 1, TUN_NAME_MAX_CHARS, false, &p->tunnel.tun_name));
     if (p->tunnel.tun_name && !value_is_plain_name(p->tunnel.tun_name, TUN_NAME_MAX_CHARS))
         return keypath_fail_at(kp, "tun_name", "may only contain A-Z a-z 0-9 . _ -");

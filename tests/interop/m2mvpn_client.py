@@ -73,6 +73,10 @@ def make_profile(pki: pkimod.Pki, auth: str, gw_addr: str, *, name: str = "inter
         "tunnel": {"request_vip": True, "remote_ts": list(remote_ts),
                    "kill_switch": kill_switch, "tun_name": tun_name},
     }
+    if kill_switch and os.environ.get("M2MVPN_NFTABLES", "1") == "0":
+        # A build without the nftables layer (meson sets M2MVPN_NFTABLES):
+        # its kill switch is refused unless the profile accepts routing alone.
+        prof["tunnel"]["kill_switch_routing_only"] = True
     if auth == "psk":
         prof["auth"] = {"method": "psk", "psk": psk}
     elif auth in ("ecdsa", "rsa"):

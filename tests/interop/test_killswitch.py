@@ -28,8 +28,10 @@ side of the underlay (the gateway's eth0).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -669,3 +671,167 @@ def test_ipv6_prefix_more_specific_route_cannot_bypass(topology, charons, pki, w
             send_probes(topo.client, [target])
         assert probed(cap, [target]) == set(), cap.read()
         assert not cap.read("ip6 and udp port 40002"), cap.read()
+
+
+def without_libnftables(binary, workdir):
+    """A stand-in for the m2mvpn binary that runs it in a mount namespace of
+    its own where libnftables.so.1 is an empty file: a device without the
+    library (the same state as a build without it, or a kernel without
+    nf_tables: the layer cannot be installed)."""
+    libs = [os.path.realpath(p) for d in ("/usr/lib", "/lib", "/usr/lib64", "/lib64")
+            for p in glob.glob(f"{d}/libnftables.so.1") + glob.glob(f"{d}/*/libnftables.so.1")]
+    empty = workdir / "empty.so"
+    empty.write_bytes(b"")
+    wrapper = workdir / "m2mvpn-without-nftables"
+    mounts = " && ".join(f"mount --bind {empty} {lib}" for lib in sorted(set(libs))) or "true"
+    wrapper.write_text("#!/bin/sh\n"
+                       f"exec unshare -m --propagation private sh -c '{mounts} && exec \"$0\" \"$@\"' "
+                       f"{binary} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def wait_for_log(client, text: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in client.log_path.read_text():
+        assert time.monotonic() < deadline, client.log_tail()
+        time.sleep(0.1)
+
+
+def test_kill_switch_without_nftables_fails_closed(topology, charons, pki, workdir):
+    """Without the nftables layer, policy routing alone does not hold a
+    socket bound to the underlay (SO_BINDTODEVICE, unprivileged since Linux
+    5.7): the kernel takes the protected address as on-link and sends it in
+    plaintext. So the kill switch is then not in place: an error in the
+    status and the log, and no connection attempt. A profile with
+    tunnel.kill_switch_routing_only accepts policy routing alone: armed and
+    connecting, and the status says which layers are in place."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    topo.client.add_route("default", via=topo.gw_addr)
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    underlay_ready(topo)
+    profile = kill_switch_profile(pki, topo.gw_addr)
+    profile["tunnel"].pop("kill_switch_routing_only", None)   # set for builds without nftables
+    stub = without_libnftables(binary, workdir)
+    with m2mvpn_client.M2mvpnClient(topo.client, stub, workdir / "closed", profile) as client:
+        st = client.status()
+        assert st["state"] == "idle", st
+        assert st["last_error"]["code"] != 0, st
+        assert "no nftables table" in st["last_error"]["detail"], st
+        assert "kill_switch_routing_only" in st["last_error"]["detail"], st
+        assert st["kill_switch"]["routing"] is True and st["kill_switch"]["nftables"] is False, st
+        assert st["kill_switch"]["nftables_missing"], st
+        assert "kill switch for profile interop not in place" in client.log_path.read_text()
+        assert NFT_TABLE not in nft_tables(topo.client)
+        client.connect()
+        wait_for_log(client, "connecting -> idle")
+        assert client.status()["state"] == "idle"
+        assert "connecting to" not in client.log_path.read_text()
+        assert not gw.list_sas()
+    profile["tunnel"]["kill_switch_routing_only"] = True
+    with m2mvpn_client.M2mvpnClient(topo.client, stub, workdir / "routing-only", profile) as client:
+        st = client.status()
+        assert st["last_error"]["code"] == 0, st
+        assert st["kill_switch"] == {"routing": True, "nftables": False,
+                                     "routing_only_allowed": True,
+                                     "nftables_missing": st["kill_switch"]["nftables_missing"]}, st
+        assert "tunnel.kill_switch_routing_only allows" in client.log_path.read_text()
+        client.connect()
+        client.wait_for_state("connected")
+        gw.wait_for_sa("psk", "net")
+        assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+    # The control: the full build, the same profile: both layers.
+    if NFTABLES_BUILT:
+        profile["tunnel"].pop("kill_switch_routing_only")
+        with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "full", profile) as client:
+            st = client.status()
+            assert st["kill_switch"]["routing"] is True, st
+            assert st["kill_switch"]["nftables"] is True, st
+            assert st["kill_switch"]["nftables_missing"] is None, st
+            assert st["last_error"]["code"] == 0, st
+
+
+def rule_events(ns: netlab.Namespace, action, sentinel_prio: int = 31999) -> list[str]:
+    """`ip monitor rule` lines while action() runs, in order. Sentinel rules
+    (priority sentinel_prio, from an underlay address) mark the start (put
+    again until the monitor shows it: it may not listen yet) and the end."""
+    mon = ns.popen(["ip", "monitor", "rule"], stdout=subprocess.PIPE)
+    fd = mon.stdout.fileno()
+    buf = b""
+    start, end = "198.51.100.201", "198.51.100.202"
+
+    def sentinel(addr: str) -> None:
+        ns.run("ip", "rule", "del", "priority", str(sentinel_prio), "from", addr, check=False)
+        ns.run("ip", "rule", "add", "priority", str(sentinel_prio), "from", addr, "lookup", "main")
+
+    def read_until(marker: str, repeat: bool) -> list[str]:
+        nonlocal buf
+        out: list[str] = []
+        deadline = time.monotonic() + 30
+        while True:
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if marker in text and not text.startswith("Deleted"):
+                    return out
+                out.append(text.strip())
+            assert time.monotonic() < deadline, "no %s in ip monitor: %s" % (marker, out)
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 65536)
+                assert chunk, "ip monitor ended early: %s" % out
+                buf += chunk
+            elif repeat:
+                sentinel(marker)
+    try:
+        sentinel(start)
+        read_until(start, repeat=True)
+        action()
+        sentinel(end)
+        return read_until(end, repeat=False)
+    finally:
+        mon.kill()
+        mon.wait()
+        for addr in (start, end):
+            ns.run("ip", "rule", "del", "priority", str(sentinel_prio), "from", addr, check=False)
+
+
+def test_switch_to_another_tun_keeps_common_prefix_protected(topology, charons, pki, workdir):
+    """Two kill-switch profiles with other TUN names that protect the same
+    network: switching from one to the other puts the new one's rule (and
+    table) in place before the old one's goes, so the common network is
+    never left to the main table; afterwards only the new one remains."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    topo.client.add_route("default", via=topo.gw_addr)
+    a = kill_switch_profile(pki, topo.gw_addr, name="a", tun_name="m2m0")
+    b = kill_switch_profile(pki, topo.gw_addr, name="b", tun_name="m2m7")
+    profiles = json.dumps({"profiles": [a, b]})
+    with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profiles) as client:
+        deadline = time.monotonic() + 20
+        while route_dev(topo.client, PROTECTED) != "m2m0":   # profile a armed
+            assert time.monotonic() < deadline, client.log_tail()
+            time.sleep(0.05)
+        old_table = our_table(topo.client)
+
+        def switch() -> None:
+            client.cli("switch", "b")
+            deadline = time.monotonic() + 20
+            while len(our_rules(topo.client)) != 1 or our_table(topo.client) == old_table:
+                assert time.monotonic() < deadline, topo.client.ip_json("rule", "show")
+                time.sleep(0.05)
+        events = rule_events(topo.client, switch)
+        new_table = our_table(topo.client)
+        assert new_table != old_table
+        added = [i for i, e in enumerate(events)
+                 if not e.startswith("Deleted") and f"lookup {new_table}" in e]
+        deleted = [i for i, e in enumerate(events)
+                   if e.startswith("Deleted") and f"lookup {old_table}" in e]
+        assert added and deleted, events
+        assert added[0] < deleted[0], "\n".join(events)
+        assert route_dev(topo.client, PROTECTED) == "m2m7"
+        assert "m2m0" not in topo.client.run("ip", "-o", "link", "show").stdout
+        assert not topo.client.ip_json("-4", "route", "show", "table", str(old_table))
+        if NFTABLES_BUILT:
+            assert nft_tables(topo.client).count("m2mvpn_m2m7") == 1, nft_tables(topo.client)
+            assert NFT_TABLE not in nft_tables(topo.client)

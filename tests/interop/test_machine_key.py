@@ -28,6 +28,15 @@ def test_machine_bound_key(topology, charons, pki, workdir):
     out = topo.client.run(str(binary), "bind-key", "--in", str(pki.dev1_ecdsa.key), "--out", str(bound),
                           "--sources", ",".join(SOURCES))
     assert "bound to this machine" in out.stdout, out
+    # machine-id and a MAC: readable by every local user, and said so.
+    assert "warning" in out.stderr and "readable by root only" in out.stderr, out
+    # With a source only root can read (a provisioned serial, mode 0600): no warning.
+    serial = workdir / "serial"
+    serial.write_text("SN-4711\n")
+    serial.chmod(0o600)
+    out2 = topo.client.run(str(binary), "bind-key", "--in", str(pki.dev1_ecdsa.key), "--out",
+                           str(workdir / "dev1.bound2"), "--sources", f"machine-id,file:{serial}")
+    assert "bound to this machine" in out2.stdout and "warning" not in out2.stderr, out2
     data = bound.read_bytes()
     assert data.startswith(b"M2MVPNBK") and b"PRIVATE KEY" not in data
     assert oct(bound.stat().st_mode & 0o777) == "0o600"

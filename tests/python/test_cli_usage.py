@@ -166,6 +166,54 @@ def test_folder_of_another_user_is_refused(workdir, profile_file, which):
                                  "put the service's files there" % theirs)
 
 
+def test_socket_folder_that_is_a_symlink_is_refused(workdir, profile_file):
+    """A symbolic link in the folder's place: whoever made it chose where the
+    socket goes. Refused even when it points to a good folder."""
+    good = os.path.join(workdir, "good")
+    os.mkdir(good, 0o700)
+    link = os.path.join(workdir, "link")
+    os.symlink(good, link)
+    p = cli("run", "--profile", profile_file, "--control", os.path.join(link, "c.sock"),
+            "--state-dir", os.path.join(workdir, "st"))
+    assert p.returncode == 1
+    assert one_error_line(p) == ("m2mvpn: folder %s is a symbolic link: refusing to put the "
+                                 "service's files there" % link)
+    assert os.listdir(good) == []
+
+
+@pytest.mark.parametrize("which", ["control", "state"])
+def test_folder_below_one_writable_by_others_is_refused(workdir, profile_file, which):
+    """Our folder is fine, but a folder above it others may write (no sticky
+    bit): they could rename ours away and put theirs in its place."""
+    above = os.path.join(workdir, "above")
+    os.mkdir(above)
+    os.chmod(above, 0o777)
+    ours = os.path.join(above, "ours")
+    os.mkdir(ours, 0o700)
+    control = os.path.join(ours if which == "control" else workdir, "c.sock")
+    state = ours if which == "state" else os.path.join(workdir, "st")
+    p = cli("run", "--profile", profile_file, "--control", control, "--state-dir", state)
+    assert p.returncode == 1
+    assert one_error_line(p) == ("m2mvpn: folder %s (on the way to %s) is writable by other users: "
+                                 "refusing to put the service's files there" % (above, ours))
+    assert os.listdir(ours) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+def test_folder_below_one_of_another_user_is_refused(workdir, profile_file):
+    above = os.path.join(workdir, "theirs")
+    os.mkdir(above, 0o755)
+    ours = os.path.join(above, "ours")
+    os.mkdir(ours, 0o700)
+    os.chown(above, 65534, 65534)
+    p = cli("run", "--profile", profile_file, "--control", os.path.join(ours, "c.sock"),
+            "--state-dir", os.path.join(workdir, "st"))
+    assert p.returncode == 1
+    assert one_error_line(p) == ("m2mvpn: folder %s (on the way to %s) belongs to another user "
+                                 "(uid 65534): refusing to put the service's files there"
+                                 % (above, ours))
+
+
 # A stand-in service: binds the control socket, drops to `uid`, then
 # listens (SO_PEERCRED names whoever called listen()), records every byte it
 # receives and answers every request with "ok".

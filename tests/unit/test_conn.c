@@ -47,7 +47,14 @@ typedef struct fake {
     int net_arm_hold;        /* -1: never armed */
     size_t gw_index[MAX_REC];
     size_t n_path;
+    char net_ops[256];       /* "arm release(keep) remove(m2m1) ..." */
 } fake;
+
+static void net_op(fake *f, const char *op)
+{
+    size_t u = strlen(f->net_ops);
+    snprintf(f->net_ops + u, sizeof(f->net_ops) - u, "%s%s", u ? " " : "", op);
+}
 
 typedef struct harness {
     core_loop loop;
@@ -71,15 +78,27 @@ static harness *T;
 
 static int f_net_arm(void *arg, const profile *p, bool hold, char *err, size_t len)
 {
-    (void)p, (void)err, (void)len;
+    (void)err, (void)len;
     ((fake *)arg)->net_arm_hold = hold;
+    char op[48];
+    snprintf(op, sizeof(op), "arm(%s)", p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0");
+    net_op(arg, op);
     return 0;
 }
 
 static void f_net_release(void *arg, bool remove)
 {
-    (void)remove;
     ((fake *)arg)->n_net_release++;
+    net_op(arg, remove ? "release(remove)" : "release(keep)");
+}
+
+static int f_net_remove(void *arg, const char *tun_name, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    char op[48];
+    snprintf(op, sizeof(op), "remove(%s)", tun_name);
+    net_op(arg, op);
+    return 0;
 }
 
 static int f_path_open(void *arg, const profile *p, size_t gw_index, char *gw_text, size_t gw_text_len,
@@ -265,7 +284,8 @@ static void setup(void)
     T->f.rnd = 0x12345;
     auth_json = AUTH_PSK;
     conn_ops ops = {
-        .arg = &T->f, .net_arm = f_net_arm, .net_release = f_net_release, .path_open = f_path_open,
+        .arg = &T->f, .net_arm = f_net_arm, .net_release = f_net_release, .net_remove = f_net_remove,
+        .path_open = f_path_open,
         .cred_load = f_cred_load, .cred_pin = f_cred_pin, .cred_release = f_cred_release,
         .sa_start = f_sa_start, .sa_close = f_sa_close, .sa_release = f_sa_release,
         .child_rekey = f_child_rekey, .child_install = f_child_install, .child_remove = f_child_remove, .fill_status = f_fill_status,
@@ -999,6 +1019,48 @@ START_TEST(on_demand_disconnect_disarms)
 }
 END_TEST
 
+/* -------------------------------------------------------- profile switch */
+
+static void use_json(const char *json)
+{
+    char err[256];
+    profile_set *set = NULL;
+    ck_assert_msg(profile_set_parse(json, strlen(json), NULL, &set, err, sizeof(err)) == 0, "%s", err);
+    conn_set_profile(T->c, set, &set->items[0]);
+    profile_set_free(T->set);
+    T->set = set;
+}
+
+#define KS_PROFILE(tun)                                                                            \
+    "{\"version\": 1, \"name\": \"ks-" tun "\", \"mode\": \"manual\","                            \
+    " \"gateways\": [{\"host\": \"198.51.100.1\"}], \"local_id\": \"dev1.m2m.test\","               \
+    " \"remote_id\": \"gw.m2m.test\", \"auth\": " AUTH_PSK ","                                       \
+    " \"tunnel\": {\"tun_name\": \"" tun "\", \"remote_ts\": [\"198.18.0.0/16\"], \"kill_switch\": true}}"
+
+/* A switch between two kill-switch profiles on different TUNs arms the new
+ * one before the old one's network is removed: a prefix both protect is
+ * never without it. */
+START_TEST(switch_arms_the_new_kill_switch_first)
+{
+    use_json(KS_PROFILE("m2m1"));
+    ck_assert_msg(strstr(T->f.net_ops, "arm(m2m1)"), "%s", T->f.net_ops);
+    T->f.net_ops[0] = '\0';
+    use_json(KS_PROFILE("m2m2"));
+    ck_assert_str_eq(T->f.net_ops, "release(keep) arm(m2m2) remove(m2m1)");
+    T->f.net_ops[0] = '\0';
+    profile_set_free(T->set); /* conn holds its own reference */
+    T->set = NULL;
+    use_profile("manual", 1, 0); /* the kill switch is on by default, TUN m2m0 */
+    ck_assert_str_eq(T->f.net_ops, "release(keep) arm(m2m0) remove(m2m2)");
+    /* The same TUN name: nothing to remove. */
+    T->f.net_ops[0] = '\0';
+    profile_set_free(T->set);
+    T->set = NULL;
+    use_profile("always-on", 1, 0);
+    ck_assert_msg(!strstr(T->f.net_ops, "remove"), "%s", T->f.net_ops);
+}
+END_TEST
+
 /* --------------------------------------------------------------- status */
 
 START_TEST(status_last_transition)
@@ -1057,6 +1119,7 @@ int main(void)
     tcase_add_test(tc, on_demand_failure_backs_off);
     tcase_add_test(tc, on_demand_disconnect_disarms);
     tcase_add_test(tc, status_last_transition);
+    tcase_add_test(tc, switch_arms_the_new_kill_switch_first);
     suite_add_tcase(s, tc);
 
     SRunner *sr = srunner_create(s);

@@ -1276,6 +1276,191 @@ START_TEST(sixteen_prefixes_all_protected)
 }
 END_TEST
 
+/* Sixteen prefixes with the kill switch are 32 routes (TUN + blackhole):
+ * a change of every prefix must still find room for the new routes, which
+ * go in before the old ones go, also after routes were adopted from an
+ * engine that stopped without teardown. */
+static void set_sixteen(esp_datapath *dp, int third_octet_base)
+{
+    esp_tunnel_net net = {0};
+    for (int i = 0; i < ESP_MAX_TS; i++) {
+        char text[40];
+        snprintf(text, sizeof(text), "198.18.%d.0/24", third_octet_base + i);
+        parse_prefix(text, &net.remote_ts[i]);
+    }
+    net.n_remote_ts = ESP_MAX_TS;
+    char err[256] = "";
+    int rc = esp_datapath_set_network(dp, &net, err, sizeof(err));
+    ck_assert_msg(rc == 0, "set_network (base %d): %d %s", third_octet_base, rc, err);
+}
+
+static int count_lines_with(const char *text, const char *what)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)) != NULL; p += strlen(what))
+        n++;
+    return n;
+}
+
+START_TEST(sixteen_prefixes_can_change)
+{
+    enter_netns();
+    uint32_t table = esp_tunnel_table("m2e-r0");
+    esp_datapath *dp = make_dp("m2e-r0", true, 4500);
+    set_sixteen(dp, 100);
+    set_sixteen(dp, 140); /* every prefix changed */
+    char *routes = runf("ip -4 route show table %u", table);
+    ck_assert_int_eq(count_lines_with(routes, "dev m2e-r0"), ESP_MAX_TS);
+    ck_assert_int_eq(count_lines_with(routes, "blackhole"), ESP_MAX_TS);
+    ck_assert_ptr_nonnull(strstr(routes, "198.18.155.0/24 dev m2e-r0"));
+    ck_assert_ptr_null(strstr(routes, "198.18.100.0/24"));
+    /* Stopped without teardown: the next engine adopts the 32 routes, and
+     * can still change every prefix. */
+    esp_datapath_free(dp);
+    dp = make_dp("m2e-r0", true, 4500);
+    set_sixteen(dp, 180);
+    routes = runf("ip -4 route show table %u", table);
+    ck_assert_int_eq(count_lines_with(routes, "dev m2e-r0"), ESP_MAX_TS);
+    ck_assert_int_eq(count_lines_with(routes, "blackhole"), ESP_MAX_TS);
+    ck_assert_ptr_nonnull(strstr(routes, "198.18.195.0/24 dev m2e-r0"));
+    ck_assert_ptr_null(strstr(routes, "198.18.140.0/24"));
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.18.190.7"), "dev m2e-r0"));
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+    ck_assert_str_eq(runf("ip -4 route show table %u 2>&1", table), "");
+}
+END_TEST
+
+/* A rule that looks up our table with our priority and mark but is not ours
+ * (not inverted: only marked traffic would go to our table, protected
+ * traffic to main; or another mask) is replaced, never adopted. */
+START_TEST(stale_rule_of_another_shape_replaced)
+{
+    enter_netns();
+    uint32_t t = esp_tunnel_table("m2e-w0");
+    static const char *const stale[] = { "fwmark 0x%x lookup %u", "not fwmark 0x%x/0xff lookup %u" };
+    for (size_t k = 0; k < 2; k++) {
+        char fmt[128], cmd[160];
+        snprintf(fmt, sizeof(fmt), "ip rule add priority 1000 %s", stale[k]);
+        snprintf(cmd, sizeof(cmd), fmt, t, t);
+        ck_assert_int_eq(system(cmd), 0);
+        esp_datapath *dp = make_dp("m2e-w0", true, 4500);
+        const char *ts[] = { "198.18.6.0/24" };
+        set_net(dp, "198.18.5.1/32", ts, 1);
+        char want[96];
+        snprintf(want, sizeof(want), "1000:\tnot from all fwmark 0x%x lookup %u\n", t, t);
+        char *rules = run("ip rule show | grep '^1000:'");
+        ck_assert_msg(strcmp(rules, want) == 0, "case %zu: %s", k, rules);
+        ck_assert_ptr_nonnull(strstr(run("ip route get 198.18.6.9"), "dev m2e-w0"));
+        esp_datapath_teardown(dp, true);
+        esp_datapath_free(dp);
+        ck_assert_str_eq(run("ip rule show | grep '^1000:'"), "");
+    }
+}
+END_TEST
+
+/* The table number doubles as our fwmark: none of its bits may fall in the
+ * masks common software tests marks under (Kubernetes 0x4000/0x8000,
+ * Cilium 0x0f00 and 0xffff0000, Tailscale 0xff0000, Calico 0xffff0000),
+ * and it is never a reserved table (0, 253..255). */
+START_TEST(table_clear_of_common_mark_masks)
+{
+    for (unsigned i = 0; i < 2000; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), i ? "m2m%u" : "m2m0", i);
+        uint32_t t = esp_tunnel_table(name);
+        ck_assert_msg((t & 0xffffcf00u) == 0, "%s: table 0x%x", name, t);
+        ck_assert_msg(t != 0 && (t < 253 || t > 255), "%s: table %u", name, t);
+    }
+    ck_assert_uint_eq(esp_tunnel_table(""), esp_tunnel_table("m2m0"));
+}
+END_TEST
+
+/* An nftables error (here: a TUN name nftables cannot take) does not stop
+ * the routes, blackholes and rule from being installed; the error is still
+ * reported. */
+START_TEST(nft_error_still_installs_routes)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp("m2e+n0", true, 4500);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    char err[256] = "";
+    int rc = esp_datapath_set_network(dp, &net, err, sizeof(err));
+    if (nftables_built()) {
+        ck_assert_int_eq(rc, M2MVPN_E_INVAL);
+        ck_assert_msg(strstr(err, "nftables") != NULL, "%s", err);
+    }
+    uint32_t t = esp_tunnel_table("m2e+n0");
+    char *routes = runf("ip -4 route show table %u", t);
+    ck_assert_msg(strstr(routes, "198.18.6.0/24 dev m2e+n0") != NULL, "%s", routes);
+    ck_assert_msg(strstr(routes, "blackhole 198.18.6.0/24") != NULL, "%s", routes);
+    ck_assert_ptr_nonnull(strstr(run("ip route get 198.18.6.9"), "dev m2e+n0"));
+    esp_kill_switch_info ks;
+    esp_datapath_kill_switch_info(dp, &ks);
+    ck_assert(ks.routing);
+    ck_assert(!ks.nftables);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
+/* Packets of the drop rule's counter in our nftables table. */
+static long nft_drops(const char *tun)
+{
+    char *out = runf("nft list chain inet m2mvpn_%s leak_guard 2>&1", tun);
+    const char *p = strstr(out, "@protected4 counter packets ");
+    ck_assert_msg(p != NULL, "%s", out);
+    return strtol(p + strlen("@protected4 counter packets "), NULL, 10);
+}
+
+/* One UDP datagram to 198.18.6.7:port, bound to `dev`, with `mark`. */
+static void send_marked(const char *dev, uint32_t mark, uint16_t port)
+{
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    ck_assert_int_ge(s, 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)), 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, dev, (socklen_t)strlen(dev)), 0);
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(port) };
+    inet_pton(AF_INET, "198.18.6.7", &to.sin_addr);
+    sendto(s, "x", 1, 0, (struct sockaddr *)&to, sizeof(to));
+    close(s);
+}
+
+/* The nftables table lets UDP with our mark out only to the IKE ports (500,
+ * 4500, the gateways' own): a process that can set the (predictable) mark
+ * cannot send anything else to a protected address outside the TUN. */
+START_TEST(nft_accepts_marked_udp_to_ike_ports_only)
+{
+    if (!nftables_built())
+        return;
+    enter_netns();
+    ck_assert_int_eq(system("ip link add m2e-v0 type veth peer name m2e-v1 && ip link set m2e-v0 up && "
+                            "ip link set m2e-v1 up && ip addr add 198.51.100.10/24 dev m2e-v0 && "
+                            "ip route add default via 198.51.100.1"), 0);
+    esp_datapath *dp = make_dp("m2e-m0", true, 4500);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.6.0/24", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    net.ike_ports[0] = 4600;
+    net.n_ike_ports = 1;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    uint32_t mark = esp_tunnel_table("m2e-m0");
+    long before = nft_drops("m2e-m0");
+    send_marked("m2e-v0", mark, 500);
+    send_marked("m2e-v0", mark, 4500);
+    send_marked("m2e-v0", mark, 4600);
+    ck_assert_int_eq(nft_drops("m2e-m0"), before);
+    send_marked("m2e-v0", mark, 40002);
+    send_marked("m2e-v0", mark, 53);
+    ck_assert_int_eq(nft_drops("m2e-m0"), before + 2);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 START_TEST(kill_switch_survives_sigkill)
 {
     enter_netns();
@@ -1908,6 +2093,10 @@ Suite *esp_suite(void)
     tcase_add_test(t, config_validation_and_mtu);
     suite_add_tcase(s, t);
 
+    t = tcase_create("table");
+    tcase_add_test(t, table_clear_of_common_mark_masks);
+    suite_add_tcase(s, t);
+
     t = tcase_create("offload");
     tcase_add_test(t, checksum_known_answer);
     tcase_add_loop_test(t, tso_segment_and_coalesce, 0, 2);
@@ -1925,6 +2114,10 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, foreign_route_in_our_table_refused, 1);
     n_net += add_or_count(t, sixteen_prefixes_all_protected, 1);
     n_net += add_or_count(t, kill_switch_survives_sigkill, 1);
+    n_net += add_or_count(t, sixteen_prefixes_can_change, 1);
+    n_net += add_or_count(t, stale_rule_of_another_shape_replaced, 1);
+    n_net += add_or_count(t, nft_error_still_installs_routes, 1);
+    n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);

@@ -162,6 +162,7 @@ START_TEST(test_minimal_psk_gets_every_default)
     ck_assert(!p->tunnel.full_tunnel_listed_only);
     ck_assert(p->tunnel.dns);
     ck_assert(p->tunnel.kill_switch);
+    ck_assert(!p->tunnel.kill_switch_routing_only); /* no nftables layer: an error */
     ck_assert_str_eq(p->tunnel.tun_name, "m2m0");
     ck_assert_uint_eq(p->tunnel.mtu, 0);
     ck_assert_uint_eq(p->tunnel.on_demand_idle_s, 300);
@@ -287,6 +288,16 @@ START_TEST(test_cert_sources)
     const profile *e = profile_set_find(set, "e");
     ck_assert_str_eq(e->cert.tpm_key, "/base/keys/dev.tss2.pem");
     ck_assert_str_eq(e->cert.tpm_tcti, "device:/dev/tpmrm0");
+    profile_set_free(set);
+}
+END_TEST
+
+/* The kill switch without its nftables layer, by explicit choice only. */
+START_TEST(test_kill_switch_routing_only_is_read)
+{
+    profile_set *set = parse_ok(dq("{" BASE ",'tunnel':{'kill_switch_routing_only':true}}"), "/etc/m2mvpn");
+    ck_assert(set->items[0].tunnel.kill_switch);
+    ck_assert(set->items[0].tunnel.kill_switch_routing_only);
     profile_set_free(set);
 }
 END_TEST
@@ -1006,6 +1017,7 @@ static Suite *profile_suite(void)
     tcase_add_test(tc, test_every_field_is_read);
     tcase_add_test(tc, test_cert_sources);
     tcase_add_test(tc, test_eap_local_id_defaults_to_identity);
+    tcase_add_test(tc, test_kill_switch_routing_only_is_read);
     tcase_add_test(tc, test_relative_paths_without_base_use_cwd);
     tcase_add_test(tc, test_load_file_resolves_against_its_folder);
     tcase_add_test(tc, test_load_file_with_comments);

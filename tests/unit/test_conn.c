@@ -920,6 +920,33 @@ START_TEST(eap_refused_manual_asks_on_connect)
 }
 END_TEST
 
+/* The refusal survives a reload of the same profile (a new profile_set):
+ * the password is not sent again until it changes in the profile. */
+START_TEST(eap_refusal_survives_a_reload)
+{
+    auth_json = AUTH_EAP;
+    use_profile("manual", 1, 0);
+    conn_connect(T->c);
+    down(M2MVPN_E_AUTH_LOCAL, IKE_FAULT_LOCAL);
+    profile_set_free(T->set); /* conn holds its own reference */
+    T->set = NULL;
+    use_profile("manual", 1, 0); /* the same file loaded again */
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_WAIT_CREDENTIALS);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    conn_disconnect(T->c);
+    profile_set_free(T->set);
+    T->set = NULL;
+    auth_json = "{\"method\": \"eap\", \"eap\": {\"type\": \"mschapv2\", \"identity\": \"dev1\","
+                " \"password\": \"changed-pw\"}}";
+    use_profile("manual", 1, 0);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_str_eq(T->f.eap_pass, "changed-pw");
+}
+END_TEST
+
 /* AUTH_LOCAL that is not about our password (the gateway had not proved
  * itself: fault PEER) is retried as any failure of the gateway's. */
 START_TEST(eap_auth_failure_of_the_peer_is_retried)
@@ -1110,6 +1137,7 @@ int main(void)
     tcase_add_test(tc, eap_credentials_before_connect);
     tcase_add_test(tc, eap_refused_always_on_waits);
     tcase_add_test(tc, eap_refused_manual_asks_on_connect);
+    tcase_add_test(tc, eap_refusal_survives_a_reload);
     tcase_add_test(tc, eap_auth_failure_of_the_peer_is_retried);
     suite_add_tcase(s, tc);
 

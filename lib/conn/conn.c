@@ -611,18 +611,19 @@ static void on_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason)
 void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t spi_out, int err,
                         const char *detail)
 {
-    if (c->phase != CONN_UP) {
-        LOG_DBG(c->log, "conn", "CHILD SA %08x rekeyed while %s: not used", old_spi_in,
-                conn_phase_name(c->phase));
-        return;
-    }
     if (err < 0) {
-        c->spi_in = spi_in; /* whatever was installed goes with the SA */
-        close_and_restart(c, err, detail);
+        if (c->phase == CONN_UP) /* else the SA is on its way down already */
+            close_and_restart(c, err, detail);
         return;
     }
+    /* Installed: the current SA now, removed with the tunnel whatever the
+     * phase; counted and reported while the tunnel is up. */
     c->spi_in = spi_in;
     c->spi_out = spi_out;
+    if (c->phase != CONN_UP) {
+        LOG_DBG(c->log, "conn", "CHILD SA %08x rekeyed while %s", old_spi_in, conn_phase_name(c->phase));
+        return;
+    }
     c->rekeys++;
     char what[96];
     snprintf(what, sizeof(what), "CHILD SA %08x replaced by %08x/%08x", old_spi_in, spi_in, spi_out);

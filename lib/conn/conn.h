@@ -33,7 +33,10 @@
  *
  * IKE and datapath callbacks do not re-enter the state machine: on_down,
  * rekey requests and "traffic wanted" are posted to the loop (conn_post_*)
- * and handled from a timer. It reports through hooks (public state and
+ * and handled from a timer. Only what carries keys comes during the SA's
+ * callback (conn_ike_established, conn_child_rekeyed, after the ops
+ * installed the SA); a rekey is no move of the machine (the tunnel stays
+ * up, counted in conn_status.rekeys). It reports through hooks (public state and
  * events) and conn_get_status() (its own conn_status, which lib/api turns
  * into m2mvpn_status). Everything runs on the engine thread.
  */

@@ -244,13 +244,15 @@ static void print_summary(json_object *st)
                " packets, %" PRId64 " dropped\n",
                get_int(c, "bytes_in"), get_int(c, "packets_in"), get_int(c, "bytes_out"), get_int(c, "packets_out"),
                get_int(c, "packets_dropped"));
-    /* Rekey and roam counters: printed once the library reports them (as
-     * "rekeys" / "roams" in "counters"); absent keys print nothing. */
-    json_object *n = NULL;
-    if (c && json_object_object_get_ex(c, "rekeys", &n) && json_object_is_type(n, json_type_int))
-        printf("rekeys:      %" PRId64 "\n", json_object_get_int64(n));
-    if (c && json_object_object_get_ex(c, "roams", &n) && json_object_is_type(n, json_type_int))
-        printf("roams:       %" PRId64 "\n", json_object_get_int64(n));
+    /* Reconnects, rekeys and roams since the engine started ("transitions"). */
+    json_object *tr = NULL, *n = NULL;
+    if (json_object_object_get_ex(st, "transitions", &tr) && tr && json_object_is_type(tr, json_type_object)) {
+        printf("changes:     %" PRId64 " reconnects, %" PRId64 " rekeys, %" PRId64 " roams\n",
+               get_int(tr, "reconnects"), get_int(tr, "rekeys"), get_int(tr, "roams"));
+        if (json_object_object_get_ex(tr, "last_reason", &n) && json_object_is_type(n, json_type_string) &&
+            json_object_get_string(n)[0])
+            printf("last change: %s\n", json_object_get_string(n));
+    }
     json_object *alg = NULL;
     if (json_object_object_get_ex(st, "algorithms", &alg) && alg && json_object_is_type(alg, json_type_object)) {
         const char *ike = get_str(alg, "ike"), *esp = get_str(alg, "esp");

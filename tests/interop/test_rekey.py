@@ -103,6 +103,9 @@ def test_gateway_rekeys_child(topology, charons, pki, workdir, esp):
         assert st["state"] == "connected"
         assert res["lost"] == 0, res
         assert len(events(client)) == 1
+        # Counted in the status, and shown by `m2mvpn status`.
+        assert st["transitions"]["rekeys"] == 1, st["transitions"]
+        assert "reconnects, 1 rekeys, 0 roams" in client.cli("status").stdout
         assert netlab.ping(topo.client, PROTECTED, count=2) == 2
     finally:
         client.stop()

@@ -1191,6 +1191,15 @@ static void child_rekey_request(ike_sa *sa, const ike_chain *c, answer *a)
         answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
         return;
     }
+    if (sa->req.task == IKE_TASK_REKEY_CHILD && sa->rk.collided && sa->rk.old_spi_in == sa->child_spi_in) {
+        /* The gateway already rekeyed this SA while ours is in flight: one
+         * redundant SA of its own is all the collision settles (§2.8.1); a
+         * further one would stay installed inbound and never be retired. */
+        LOG_INFO(sa->log, "ike", "gateway rekeys CHILD SA %08x again during a collision: TEMPORARY_FAILURE",
+                 sa->child_spi_in);
+        answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
+        return;
+    }
     const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
     const ike_payload *ni_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
     const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);

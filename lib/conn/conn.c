@@ -178,7 +178,8 @@ static void drop_child(conn *c)
     if (c->spi_in)
         run_dns_hook(c, false);
     if (c->dp && c->spi_in) {
-        esp_datapath_remove_sa(c->dp, c->spi_in);
+        /* Every SA of the IKE SA goes (rekeyed ones not yet retired too). */
+        esp_datapath_remove_all_sas(c->dp);
         c->spi_in = 0;
     }
     c->vip[0] = '\0';

@@ -441,8 +441,8 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,
                              char *err, size_t err_len);
 
 /* Install a CHILD SA (created from cfg; keys copied). It becomes the outbound
- * SA (unless cfg->inbound_only and another SA sends: then it sends once the
- * SAs installed before it are removed); earlier SAs stay inbound-capable until
+ * SA (unless cfg->inbound_only and another SA sends: then it sends once it
+ * is the only SA left); earlier SAs stay inbound-capable until
  * removed (rekey overlap). Up to 4 SAs at once. Errors as esp_sa_new, plus
  * STATE (table full). */
 int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg,
@@ -450,6 +450,9 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg,
 /* Remove the SA with this inbound SPI (waits until no worker uses it).
  * Errors: INVAL (unknown SPI). */
 int esp_datapath_remove_sa(esp_datapath *dp, uint32_t spi_in);
+/* Remove every SA (the IKE SA is gone): nothing sends until the next install
+ * (the kill switch drops), no slot stays taken. */
+void esp_datapath_remove_all_sas(esp_datapath *dp);
 
 /* Send an IKE message (marker prepended) to `to` from the shared socket. */
 int esp_datapath_send_ike(esp_datapath *dp, const uint8_t *msg, size_t len,

@@ -1856,6 +1856,73 @@ START_TEST(rekey_overlap_two_sas)
 }
 END_TEST
 
+/* The SPI of the ESP packet an app packet to the tunnel leaves with, or 0
+ * when none leaves (no SA sends). */
+static uint32_t sending_spi(esp_datapath *dp, int app, int gw)
+{
+    uint8_t buf[2048];
+    send_to(app, "198.18.6.7", 9, "probe", 5);
+    usleep(20000);
+    while (esp_datapath_poll_tun(dp) > 0)
+        ;
+    uint32_t spi = 0;
+    ssize_t n;
+    while ((n = recv(gw, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+        if (n >= 8 && buf_load_be32(buf) != 0)
+            spi = buf_load_be32(buf);
+    return spi;
+}
+
+/* SAs installed inbound only (the gateway's rekeys) never send while another
+ * SA is left: of several, the datapath does not guess which is current. All
+ * SAs go at once when the IKE SA is down, and the table is free again. */
+START_TEST(inbound_only_sa_not_promoted)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_opt("m2e-r1", false, 4500, false, false);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    int gw = udp_socket("127.0.0.1", 5500);
+    int app = udp_socket("198.18.5.1", 7000);
+    esp_sa_config c;
+    memset(&c, 0, sizeof(c));
+    c.encr_id = ENCR_CHACHA20_POLY1305; c.encr_key_bits = 256;
+    c.replay_window = 64;
+    c.key_in.encr_len = c.key_out.encr_len = 36;
+    memset(c.key_in.encr, 0x11, 36);
+    memset(c.key_out.encr, 0x22, 36);
+    struct sockaddr_in *p = (struct sockaddr_in *)&c.peer;
+    p->sin_family = AF_INET; p->sin_port = htons(5500);
+    p->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c.peer_len = sizeof(*p);
+    /* a0 sends; a1 and a2 are the gateway's, inbound only. */
+    for (uint32_t k = 0; k < 3; k++) {
+        c.spi_in = 0xa0 + k; c.spi_out = 0xb0 + k; c.inbound_only = k > 0;
+        ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    }
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0xb0);
+    ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xa0), 0);
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0); /* neither a1 nor a2 */
+    ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xa1), 0);
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0xb2); /* the one left */
+    /* IKE SA down: every slot is free (four installs fit again). */
+    c.inbound_only = true;
+    c.spi_in = 0xa3; c.spi_out = 0xb3;
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    esp_datapath_remove_all_sas(dp);
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0);
+    ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xa2), M2MVPN_E_INVAL);
+    for (uint32_t k = 0; k < 4; k++) {
+        c.spi_in = 0xc0 + k; c.spi_out = 0xd0 + k; c.inbound_only = false;
+        ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    }
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0xd3);
+    close(gw); close(app);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 /* Add a test of n runs (a loop test when n > 1) to t; with t NULL (a root
  * test, not root) only count its checks. Returns n. */
 static int add_or_count(TCase *t, const TTest *test, int n)
@@ -2020,6 +2087,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
+    n_net += add_or_count(t, inbound_only_sa_not_promoted, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);
     if (t) {
         tcase_set_timeout(t, 60);

@@ -391,6 +391,12 @@ typedef struct esp_tunnel_net {
      * switch's nftables table lets our marked UDP out to these only. */
     uint16_t ike_ports[ESP_MAX_IKE_PORTS];
     size_t n_ike_ports;
+    /* The IPv6 prefixes are implied (the ::/0 of a full IPv4 tunnel): where
+     * the kernel refuses IPv6 routes (IPv6 off on the TUN, or no IPv6 in the
+     * kernel), their routes and rule are skipped, not an error. They stay in
+     * the nftables set all the same: an interface that gets IPv6 later
+     * (conf/default, SLAAC) cannot leak it. */
+    bool ipv6_route_optional;
 } esp_tunnel_net;
 
 typedef struct esp_datapath esp_datapath;

@@ -561,6 +561,7 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
             vips[n_vips++] = net->vip;
         if (net->has_vip2)
             vips[n_vips++] = net->vip2;
+        dp->net.ipv6_route_optional = net->ipv6_route_optional;
         int rc = esp_net_apply(&dp->net, mtu, vips, n_vips, net->remote_ts,
                                net->n_remote_ts, dp->cfg.route_metric ? dp->cfg.route_metric : 50,
                                dp->cfg.kill_switch, net->ike_ports,

@@ -1078,6 +1078,60 @@ START_TEST(dual_stack_tun_addresses)
 }
 END_TEST
 
+/* The gateway's IPv6 prefix length adds no prefix route: a /3 would pull
+ * the device's other IPv6 traffic into the TUN through the main table. */
+START_TEST(vip6_adds_no_prefix_route)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_cfg("m2e-t7", false, 4500, false, false, true);
+    esp_tunnel_net net = {0};
+    parse_prefix("2001:db8:1a::7/3", &net.vip);
+    net.has_vip = true;
+    parse_prefix("2001:db8:18::/64", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_ptr_nonnull(strstr(run("ip -o -6 addr show dev m2e-t7"), "2001:db8:1a::7/"));
+    char *main6 = run("ip -6 route show table main");
+    ck_assert_msg(strstr(main6, "2000::/3") == NULL, "prefix route in main: %s", main6);
+    ck_assert_msg(strstr(run("ip -6 route get 2001:db8:99::1 2>&1"), "m2e-t7") == NULL, "%s", main6);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
+/* IPv6 off on the device (the TUN gets it off too): the implied ::/0 of a
+ * full IPv4 tunnel has no route (the kernel refuses it), but the kill
+ * switch's nftables set holds it, so an interface that gets IPv6 later
+ * cannot send IPv6 in the clear. */
+START_TEST(implied_ipv6_kept_in_nft_when_ipv6_off)
+{
+    if (!nftables_built())
+        return;
+    enter_netns();
+    ck_assert_int_eq(system("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                            "net.ipv6.conf.default.disable_ipv6=1"), 0);
+    esp_datapath *dp = make_dp_opt("m2e-k6", true, 4500, false, false);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.5.1/32", &net.vip);
+    net.has_vip = true;
+    parse_prefix("0.0.0.0/0", &net.remote_ts[0]);
+    parse_prefix("::/0", &net.remote_ts[1]);
+    net.n_remote_ts = 2;
+    net.ipv6_route_optional = true;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    char *nft = run("nft list table inet m2mvpn_m2e-k6 2>&1");
+    ck_assert_msg(strstr(nft, "::/0") != NULL, "%s", nft);
+    ck_assert_ptr_nonnull(strstr(run(ROUTES4), "default dev m2e-k6"));
+    /* A listed IPv6 prefix (not implied) still needs its route. */
+    net.ipv6_route_optional = false;
+    ck_assert_int_ne(esp_datapath_set_network(dp, &net, err, sizeof(err)), 0);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 START_TEST(tun_setup_and_exact_teardown)
 {
     enter_netns();
@@ -2077,6 +2131,8 @@ Suite *esp_suite(void)
     int n_net = 0;
     n_net += add_or_count(t, tun_setup_and_exact_teardown, 1);
     n_net += add_or_count(t, dual_stack_tun_addresses, 1);
+    n_net += add_or_count(t, vip6_adds_no_prefix_route, 1);
+    n_net += add_or_count(t, implied_ipv6_kept_in_nft_when_ipv6_off, 1);
     n_net += add_or_count(t, policy_beats_more_specific_routes, 1);
     n_net += add_or_count(t, foreign_route_in_our_table_refused, 1);
     n_net += add_or_count(t, sixteen_prefixes_all_protected, 1);

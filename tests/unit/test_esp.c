@@ -1515,6 +1515,71 @@ START_TEST(nft_accepts_marked_udp_to_ike_ports_only)
 }
 END_TEST
 
+/* One ICMPv6 message of `type`, `len` bytes (header, zeros after), hop
+ * limit 255, bound to `dev`, to `dst`. */
+static void send_icmp6(const char *dev, const char *dst, uint8_t type, size_t len)
+{
+    int s = socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6);
+    ck_assert_int_ge(s, 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, dev, (socklen_t)strlen(dev)), 0);
+    int hops = 255;
+    ck_assert_int_eq(setsockopt(s, IPPROTO_IPV6, IPV6_UNICAST_HOPS, &hops, sizeof(hops)), 0);
+    ck_assert_int_eq(setsockopt(s, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &hops, sizeof(hops)), 0);
+    uint8_t msg[128] = { type };
+    ck_assert_uint_le(len, sizeof(msg));
+    struct sockaddr_in6 to = { .sin6_family = AF_INET6 };
+    inet_pton(AF_INET6, dst, &to.sin6_addr);
+    if (IN6_IS_ADDR_LINKLOCAL(&to.sin6_addr) || IN6_IS_ADDR_MULTICAST(&to.sin6_addr))
+        to.sin6_scope_id = if_nametoindex(dev);
+    sendto(s, msg, len, 0, (struct sockaddr *)&to, sizeof(to)); /* EPERM when dropped */
+    close(s);
+}
+
+static long nft_drops6(const char *tun)
+{
+    char *out = runf("nft list chain inet m2mvpn_%s leak_guard 2>&1", tun);
+    const char *p = strstr(out, "@protected6 counter packets ");
+    ck_assert_msg(p != NULL, "%s", out);
+    return strtol(p + strlen("@protected6 counter packets "), NULL, 10);
+}
+
+/* Neighbour discovery passes the kill switch as the link needs it, and is
+ * no way out to protected hosts: no router advertisement (we are no
+ * router), no solicitation carrying more than a link-layer address. */
+START_TEST(nft_neighbour_discovery_no_covert_channel)
+{
+    if (!nftables_built())
+        return;
+    enter_netns();
+    ck_assert_int_eq(system("ip link add m2e-v0 type veth peer name m2e-v1 && ip link set m2e-v0 up && "
+                            "ip link set m2e-v1 up && ip addr add 2001:db8:5::10/64 dev m2e-v0 nodad && "
+                            "ip -6 route add default via 2001:db8:5::1"), 0);
+    esp_datapath *dp = make_dp("m2e-m6", true, 4500);
+    esp_tunnel_net net = {0};
+    parse_prefix("2001:db8:18::/48", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    long before = nft_drops6("m2e-m6");
+    /* Link-local and link-scope multicast: RS, NS, NA. */
+    send_icmp6("m2e-v0", "ff02::2", 133, 8);
+    send_icmp6("m2e-v0", "ff02::1:ff00:1", 135, 32);
+    send_icmp6("m2e-v0", "fe80::1", 136, 32);
+    /* An on-link neighbour's global address (here a protected one): NS/NA
+     * with one link-layer address option. */
+    send_icmp6("m2e-v0", "2001:db8:18::7", 135, 32);
+    send_icmp6("m2e-v0", "2001:db8:18::7", 136, 24);
+    ck_assert_int_eq(nft_drops6("m2e-m6"), before);
+    /* To a protected host: an RA, an NS with data, an RS. */
+    send_icmp6("m2e-v0", "2001:db8:18::7", 134, 16);
+    send_icmp6("m2e-v0", "2001:db8:18::7", 135, 96);
+    send_icmp6("m2e-v0", "2001:db8:18::7", 133, 8);
+    ck_assert_int_eq(nft_drops6("m2e-m6"), before + 3);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 START_TEST(kill_switch_survives_sigkill)
 {
     enter_netns();
@@ -2136,6 +2201,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, policy_beats_more_specific_routes, 1);
     n_net += add_or_count(t, foreign_route_in_our_table_refused, 1);
     n_net += add_or_count(t, sixteen_prefixes_all_protected, 1);
+    n_net += add_or_count(t, nft_neighbour_discovery_no_covert_channel, 1);
     n_net += add_or_count(t, kill_switch_survives_sigkill, 1);
     n_net += add_or_count(t, sixteen_prefixes_can_change, 1);
     n_net += add_or_count(t, stale_rule_of_another_shape_replaced, 1);

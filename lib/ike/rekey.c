@@ -550,7 +550,8 @@ static bool choose(const ike_sa_view *v, const proposal *props, size_t n, bool i
                 }
             if (needs_ke && !none_ok && !ike_sa_choice_has(&c, IKE_TT_KE))
                 continue;
-            if (ike_choice_offered(&c, props, n, ike)) {
+            /* A CHILD SA rekey keeps the PFS our proposal asks for. */
+            if (ike_choice_offered(&c, props, n, ike) && (ike || ike_choice_keeps_pfs(&c, props, n))) {
                 c.number = gp->number;
                 *out = c;
                 return true;

@@ -1750,6 +1750,33 @@ static void gw_child_rekey_request(uint32_t msg_id, uint32_t rekeyed_gw_spi, uin
     deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, msg_id);
 }
 
+/* The gateway rekeys the CHILD SA without a key exchange although our
+ * proposal asks for PFS (x25519): refused (NO_PROPOSAL_CHOSEN), nothing
+ * installed, the SA stays as it is. */
+START_TEST(test_rekey_child_by_gateway_without_pfs)
+{
+    use_pfs();
+    establish();
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4], ni[32];
+    buf_store_be32(spi, T->gw.child_spi_r);
+    ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+    ike_sa_choice ch = fg_esp_choice(1, 0x7c7c0001, 0);
+    ike_build_sa_choice(&c.cw, &ch);
+    memset(ni, 0x42, sizeof(ni));
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    fg_build_ts_pair(&T->gw, &c.cw, true);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    const ike_chain *a = open_any(fg_last(&T->gw), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ike_notify n;
+    ike_diag d;
+    ck_assert_int_eq(ike_chain_find_notify(a, IKE_N_NO_PROPOSAL_CHOSEN, &n, &d), 0);
+    ck_assert_uint_eq(T->n_rekeyed, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
 /* Our answer to the gateway's CHILD SA rekey: checks it and returns our new
  * SPI and the KEYMAT the gateway derives (ours-first). */
 static uint32_t take_child_rekey_answer(const fg_dgram *d, uint32_t msg_id, const uint8_t *ni, uint8_t *keymat,
@@ -2447,6 +2474,7 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_child_ours_pfs },
         { "rekey", test_rekey_child_by_gateway },
         { "rekey", test_rekey_child_double_collision },
+        { "rekey", test_rekey_child_by_gateway_without_pfs },
         { "rekey", test_rekey_child_collision_we_win },
         { "rekey", test_rekey_child_collision_we_lose },
         { "rekey", test_rekey_ike_ours },

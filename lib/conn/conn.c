@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "core/secmem.h"
 #include "cred/cred.h"
 #include "crypto/crypto.h"
@@ -94,6 +96,14 @@ struct conn {
     size_t session_pass_len;
     bool cred_wait;
     bool eap_refused;             /* the password we have was refused */
+    /* The refusal outlives a reload of the same profile (a new profile
+     * pointer): kept as HMAC-SHA256 under a random per-handle key over the
+     * profile's name, EAP identity and password (never the password itself);
+     * dropped when the reloaded profile's password differs or new
+     * credentials are set. */
+    uint8_t refused_key[32];
+    uint8_t refused_fp[32];
+    bool refused_fp_set;
     bool reconnect_after_close;   /* we close the SA to start over */
     int close_err;                /* ... and why, if it is an error */
     char close_detail[320];
@@ -292,6 +302,7 @@ static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 static void schedule_retry(conn *c, int err, const char *detail);
 static void wait_for_credentials(conn *c, const char *why);
 static void forget_session_credentials(conn *c);
+static bool profile_eap_fp(const conn *c, const profile *p, uint8_t out[32]);
 
 static void refresh(void *arg)
 {
@@ -575,6 +586,7 @@ static void on_down(void *arg, int err, ike_fault fault, const char *detail)
          * retried with the same password (an account would lock). An
          * always-on profile waits for new credentials. */
         c->eap_refused = true;
+        c->refused_fp_set = profile_eap_fp(c, c->prof, c->refused_fp);
         forget_session_credentials(c);
         bool always_on = c->want_up && c->prof->mode == PROFILE_MODE_ALWAYS_ON;
         if (!always_on) {
@@ -1124,6 +1136,21 @@ static bool eap_credentials(conn *c, ike_config *cfg)
     return cfg->eap_password != NULL;
 }
 
+/* The fingerprint of the profile's EAP credentials (see refused_fp). */
+static bool profile_eap_fp(const conn *c, const profile *p, uint8_t out[32])
+{
+    static const uint8_t zero = 0;
+    const char *id = p->eap.identity ? p->eap.identity : "";
+    const char *pw = p->eap.password ? p->eap.password : "";
+    crypto_span parts[] = {
+        { (const uint8_t *)p->name, strlen(p->name) }, { &zero, 1 },
+        { (const uint8_t *)id, strlen(id) }, { &zero, 1 },
+        { (const uint8_t *)pw, strlen(pw) },
+    };
+    return crypto_prf_oneshot(PRF_HMAC_SHA2_256, c->refused_key, sizeof(c->refused_key), parts,
+                              sizeof(parts) / sizeof(parts[0]), out, 32) == 0;
+}
+
 /* Ask for credentials (CREDENTIALS_REQUIRED) and wait: no attempt until
  * m2mvpn_set_credentials() answers. */
 static void wait_for_credentials(conn *c, const char *why)
@@ -1259,6 +1286,10 @@ int conn_new(core_loop *loop, core_log *log, const conn_hooks *hooks, conn **ret
     c->hooks = *hooks;
     c->sock500 = -1;
     c->state = M2MVPN_STATE_IDLE;
+    if (crypto_random(c->refused_key, sizeof(c->refused_key)) < 0) {
+        free(c);
+        return M2MVPN_E_CRYPTO;
+    }
     core_timer_init(&c->reconnect_timer, retry_now, c);
     core_timer_init(&c->reap_timer, reap, c);
     core_timer_init(&c->refresh_timer, refresh, c);
@@ -1315,6 +1346,7 @@ void conn_free(conn *c)
     ike_sa_free(c->dead_sa);
     ike_sa_free(c->race.dead);
     forget_session_credentials(c);
+    secure_wipe(c->refused_key, sizeof(c->refused_key));
     free(c);
 }
 
@@ -1335,6 +1367,17 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
     release_profile(c, other_tun && !arm_first);
     c->set = profile_set_ref(set);
     c->prof = p;
+    if (c->refused_fp_set && p->auth == PROFILE_AUTH_EAP) {
+        /* A reload of a profile whose password was refused: still refused
+         * unless its password (or name, identity) changed. */
+        uint8_t fp[32];
+        c->eap_refused = profile_eap_fp(c, p, fp) && CRYPTO_memcmp(fp, c->refused_fp, sizeof(fp)) == 0;
+        if (c->eap_refused)
+            LOG_INFO(c->log, "conn", "profile %s: its EAP password was refused before and has not "
+                     "changed: not sent again", p->name);
+        else
+            c->refused_fp_set = false;
+    }
     const char *warn[4];
     size_t n_warn = profile_warnings(p, warn, 4);
     for (size_t i = 0; i < n_warn && i < 4; i++)
@@ -1438,6 +1481,7 @@ void conn_set_credentials(conn *c, const char *user, const char *pass, size_t le
     c->session_pass = pw;
     c->session_pass_len = len;
     c->eap_refused = false;
+    c->refused_fp_set = false;
     LOG_INFO(c->log, "conn", "EAP credentials set for '%s'", u ? u : (c->prof ? c->prof->eap.identity : "(profile identity)"));
     if (!c->cred_wait)
         return; /* kept for the next attempt */

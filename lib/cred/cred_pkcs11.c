@@ -9,7 +9,11 @@
  *
  * PIN rules (DESIGN.md §8): C_Login is called at most once per PIN we are
  * given, never again by ourselves; a token that reports its user PIN locked
- * is not even tried. libp11 keeps the session logged in (and, inside, a copy
+ * is not even tried. Any C_Login failure but a token absent before the call
+ * (TOKEN_NOT_PRESENT, DEVICE_REMOVED) is final, as the token may have counted
+ * it (hw_class.h); the profile's PIN is not tried when the token reports its
+ * counter low (COUNT_LOW, FINAL_TRY): the provider stays locked and the user
+ * is asked (PIN_REQUIRED says why). libp11 keeps the session logged in (and, inside, a copy
  * of the PIN to log in again after a fork, which this process never does).
  *
  * A token that disappears (removed, C_Sign failing with a device or session
@@ -68,7 +72,11 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
 #include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 
+#include "hw_class.h"
 #include "p11_uri.h"
+
+_Static_assert(CKR_PIN_INCORRECT == 0xa0 && CKR_TOKEN_NOT_PRESENT == 0xe0 && CKR_DEVICE_REMOVED == 0x32 &&
+               CKR_SESSION_COUNT == 0xb1 && CKR_USER_NOT_LOGGED_IN == 0x101, "CKRs as in hw_class.c");
 
 typedef struct p11_cred {
     char *module;
@@ -82,6 +90,7 @@ typedef struct p11_cred {
     char key_label[64];
     bool logged_in;
     bool lost;
+    bool pin_counter_low;    /* the profile PIN was not tried: COUNT_LOW / FINAL_TRY */
     pki_cert **chain;        /* end-entity only: the token holds no chain */
     size_t n_chain;
     EVP_PKEY *key;           /* signs on the token; NULL while locked */
@@ -102,23 +111,7 @@ static unsigned long last_ckr(void)
 
 static bool ckr_means_gone(unsigned long ckr)
 {
-    switch (ckr) {
-    case CKR_DEVICE_REMOVED:
-    case CKR_TOKEN_NOT_PRESENT:
-    case CKR_DEVICE_ERROR:
-    case CKR_SESSION_CLOSED:
-    case CKR_SESSION_HANDLE_INVALID:
-    case CKR_CRYPTOKI_NOT_INITIALIZED:
-    case CKR_TOKEN_NOT_RECOGNIZED:
-    case CKR_USER_NOT_LOGGED_IN:
-    case CKR_KEY_HANDLE_INVALID:
-    case CKR_OBJECT_HANDLE_INVALID:
-    case CKR_GENERAL_ERROR:
-    case CKR_SLOT_ID_INVALID:
-        return true;
-    default:
-        return false;
-    }
+    return cred_hw_ckr_class(ckr, false) == CRED_HW_GONE;
 }
 
 static bool token_matches(const p11_uri *u, const PKCS11_TOKEN *t)
@@ -322,14 +315,22 @@ static int take_key(p11_cred *pc, char *err, size_t err_len)
     return 0;
 }
 
-/* One C_Login with this PIN (never repeated here), then the key. */
-static int login(p11_cred *pc, const char *pin, size_t pin_len, char *err, size_t err_len)
+/* One C_Login with this PIN (never repeated here), then the key. Any login
+ * failure but a token absent before the call is final (E_PIN): the token may
+ * have counted it. `automatic`: the profile's PIN, not a user's answer; not
+ * tried when the token says its PIN counter is low (the user decides, through
+ * PIN_REQUIRED): the provider stays locked. */
+static int login(p11_cred *pc, const char *pin, size_t pin_len, bool automatic, char *err, size_t err_len)
 {
     PKCS11_TOKEN *t = pc->slot->token;
     if (t->userPinLocked) {
         pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked (unblock it with the SO PIN)",
                     pc->label);
         return M2MVPN_E_PIN;
+    }
+    if (automatic && (t->userPinFinalTry || t->userPinCountLow)) {
+        pc->pin_counter_low = true;
+        return 0;
     }
     char *z = secure_memdup(pin, pin_len); /* NUL-terminated copy for libp11 */
     if (!z)
@@ -338,21 +339,28 @@ static int login(p11_cred *pc, const char *pin, size_t pin_len, char *err, size_
     secure_free_str(z);
     if (r != 0) {
         unsigned long ckr = last_ckr();
+        cred_hw_class k = cred_hw_ckr_class(ckr, true);
         switch (ckr) {
         case CKR_PIN_INCORRECT:
         case CKR_PIN_INVALID:
         case CKR_PIN_LEN_RANGE:
             pki_set_err(err, err_len, "wrong PIN for token \"%s\"", pc->label);
-            return M2MVPN_E_PIN;
+            break;
         case CKR_PIN_LOCKED:
             pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked (unblock it with the SO PIN)",
                         pc->label);
-            return M2MVPN_E_PIN;
+            break;
         default:
-            pc->lost = ckr_means_gone(ckr);
-            pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", pc->label, ckr);
-            return pc->lost ? M2MVPN_E_IO : M2MVPN_E_CERT;
+            if (k == CRED_HW_GONE) {
+                pc->lost = true;
+                pki_set_err(err, err_len, "token \"%s\" not present at login (CKR 0x%lx)", pc->label, ckr);
+            } else {
+                pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx): not tried again by "
+                            "itself (the token may have counted it); give the PIN again", pc->label, ckr);
+            }
+            break;
         }
+        return cred_hw_class_error(k);
     }
     pc->logged_in = true;
     return take_key(pc, err, err_len);
@@ -373,8 +381,10 @@ static bool p11_lost(void *ctx)
 static void p11_describe(void *ctx, char *buf, size_t len)
 {
     p11_cred *pc = ctx;
-    snprintf(buf, len, "PKCS#11 token \"%s\", key \"%s\"", pc->label,
-             pc->key_label[0] ? pc->key_label : pc->uri.object);
+    snprintf(buf, len, "PKCS#11 token \"%s\", key \"%s\"%s", pc->label,
+             pc->key_label[0] ? pc->key_label : pc->uri.object,
+             pc->pin_counter_low && !pc->key ? " (the token's PIN retry counter is low: the profile PIN "
+                                               "was not tried)" : "");
 }
 
 static int p11_chain(void *ctx, pki_cert *const **ret_certs, size_t *ret_n, char *err, size_t err_len)
@@ -417,7 +427,8 @@ static int p11_set_pin(void *ctx, const char *pin, size_t len, char *err, size_t
         pki_set_err(err, err_len, "PKCS#11 token \"%s\" not present", pc->uri.token);
         return M2MVPN_E_IO;
     }
-    return login(pc, pin, len, err, err_len);
+    pc->pin_counter_low = false;
+    return login(pc, pin, len, false, err, err_len);
 }
 
 static int p11_spki(void *ctx, uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len)
@@ -524,7 +535,7 @@ static int open_common(const char *module, const char *uri, const char *pin, siz
     if ((rc = find_cert(pc, NULL)) < 0)
         goto fail;
     if (pin)
-        rc = login(pc, pin, pin_len, err, err_len);
+        rc = login(pc, pin, pin_len, need_cert /* the profile PIN; keygen: the user's */, err, err_len);
     else if (!pc->slot->token->loginRequired)
         rc = take_key(pc, err, err_len);
     if (rc < 0)
@@ -642,7 +653,9 @@ static int raw_open(raw_p11 *r, const char *module, const p11_uri *u, char *err,
     return M2MVPN_E_IO;
 }
 
-static bool raw_exists(raw_p11 *r, const p11_uri *u, const uint8_t *id, size_t id_len, bool by_id)
+/* 1: such a private key exists, 0: none, <0: the search failed (the caller
+ * must not create a key: it could duplicate one). */
+static int raw_exists(raw_p11 *r, const p11_uri *u, const uint8_t *id, size_t id_len, bool by_id)
 {
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_ATTRIBUTE t[2] = { { CKA_CLASS, &cls, sizeof cls } };
@@ -653,9 +666,11 @@ static bool raw_exists(raw_p11 *r, const p11_uri *u, const uint8_t *id, size_t i
     CK_OBJECT_HANDLE h;
     CK_ULONG found = 0;
     if (r->f->C_FindObjectsInit(r->s, t, 2) != CKR_OK)
-        return false;
-    r->f->C_FindObjects(r->s, &h, 1, &found);
+        return -1;
+    CK_RV rv = r->f->C_FindObjects(r->s, &h, 1, &found);
     r->f->C_FindObjectsFinal(r->s);
+    if (rv != CKR_OK)
+        return -1;
     return found > 0;
 }
 
@@ -701,7 +716,15 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
         goto out;
     }
     r.logged_in = true;
-    if (raw_exists(&r, &u, id, id_len, false) || raw_exists(&r, &u, id, id_len, true)) {
+    int by_label = raw_exists(&r, &u, id, id_len, false);
+    int by_id = by_label == 0 ? raw_exists(&r, &u, id, id_len, true) : 0;
+    if (by_label < 0 || by_id < 0) {
+        pki_set_err(err, err_len, "cannot search token \"%s\" for a key labelled \"%s\" or with that id: "
+                    "no key made (it could duplicate one)", u.token, u.object);
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    if (by_label || by_id) {
         pki_set_err(err, err_len, "token \"%s\" already holds a private key labelled \"%s\" or with "
                     "that id: not replaced", u.token, u.object);
         rc = M2MVPN_E_CERT;

@@ -68,7 +68,11 @@ int cred_tpm_generate(const char *tcti, bool rsa, const char *pin, size_t pin_le
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include "hw_class.h"
 #include "tss2_pem.h"
+
+_Static_assert(TPM2_RC_LOCKOUT == 0x921 && TPM2_RC_AUTH_FAIL == 0x08e && TPM2_RC_BAD_AUTH == 0x0a2 &&
+               TPM2_RC_INITIALIZE == 0x100 && TPM2_RC_WARN == 0x900, "TPM RCs as in hw_class.c");
 
 typedef struct tpm_cred {
     char *key_ref;            /* file path or "0x81..." as configured */
@@ -112,18 +116,33 @@ static bool rc_lockout(TSS2_RC rc)
     return rc_is_tpm(rc) && rc_base(rc) == TPM2_RC_LOCKOUT;
 }
 
-/* Errors outside the TPM (TCTI, resource manager, ESYS transport): the TPM is
- * not reachable; also TPM_RC_INITIALIZE (TPM restarted and not started up). */
+/* An error outside an authorization: errors outside the TPM (TCTI, resource
+ * manager, ESYS transport) and TPM_RC_INITIALIZE mean the TPM is not
+ * reachable (lost: opened again); warnings (out of memory or sessions,
+ * NV_RATE, RETRY, ...: the command was not executed) and the lockout are
+ * retried later; the rest is a refusal. */
 static int rc_error(tpm_cred *tc, TSS2_RC rc, const char *what, char *err, size_t err_len)
 {
-    if (!rc_is_tpm(rc) || rc_base(rc) == TPM2_RC_INITIALIZE) {
+    cred_hw_class k = cred_hw_tpm_class(rc, false);
+    switch (k) {
+    case CRED_HW_GONE:
         if (tc)
             tc->lost = true;
         pki_set_err(err, err_len, "TPM not reachable (%s): %s", what, Tss2_RC_Decode(rc));
-        return M2MVPN_E_IO;
+        break;
+    case CRED_HW_RETRY:
+        pki_set_err(err, err_len, "TPM busy or out of resources (%s): %s; tried again later", what,
+                    Tss2_RC_Decode(rc));
+        break;
+    case CRED_HW_LOCKOUT:
+        pki_set_err(err, err_len, "TPM is in dictionary-attack lockout (%s); tried again later", what);
+        break;
+    default:
+        k = CRED_HW_REFUSED; /* an authorization we do not hold (e.g. the hierarchy's) */
+        pki_set_err(err, err_len, "TPM refused %s: %s", what, Tss2_RC_Decode(rc));
+        break;
     }
-    pki_set_err(err, err_len, "TPM refused %s: %s", what, Tss2_RC_Decode(rc));
-    return M2MVPN_E_CERT;
+    return cred_hw_class_error(k);
 }
 
 static int connect_tpm(const char *conf, TSS2_TCTI_CONTEXT **tcti, ESYS_CONTEXT **esys,
@@ -398,11 +417,27 @@ static int auth_error(tpm_cred *tc, TSS2_RC trc, char *err, size_t err_len)
 {
     if (rc_lockout(trc)) {
         pki_set_err(err, err_len, "TPM is in dictionary-attack lockout: key %s not usable now (nothing "
-                    "was tried)", tc->key_ref);
-        return M2MVPN_E_PIN;
+                    "was counted); tried again later", tc->key_ref);
+        return M2MVPN_E_IO;
     }
     pki_set_err(err, err_len, "wrong PIN for TPM key %s", tc->key_ref);
     return M2MVPN_E_PIN;
+}
+
+/* Whether the TPM is in dictionary-attack lockout (TPMA_PERMANENT inLockout,
+ * read by GetCapability, which needs no authorization and counts nothing). */
+static TSS2_RC read_in_lockout(tpm_cred *tc, bool *ret)
+{
+    TPMS_CAPABILITY_DATA *cap = NULL;
+    TPMI_YES_NO more = TPM2_NO;
+    TSS2_RC trc = Esys_GetCapability(tc->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     TPM2_CAP_TPM_PROPERTIES, TPM2_PT_PERMANENT, 1, &more, &cap);
+    *ret = false;
+    if (trc == TSS2_RC_SUCCESS && cap->data.tpmProperties.count >= 1 &&
+        cap->data.tpmProperties.tpmProperty[0].property == TPM2_PT_PERMANENT)
+        *ret = (cap->data.tpmProperties.tpmProperty[0].value & TPMA_PERMANENT_INLOCKOUT) != 0;
+    Esys_Free(cap);
+    return trc;
 }
 
 /* Present the authValue once, by a test signature over a fixed digest. */
@@ -414,6 +449,19 @@ static int unlock(tpm_cred *tc, const char *pin, size_t pin_len, char *err, size
         pki_set_err(err, err_len, "PIN for TPM key %s too long (at most %zu bytes)", tc->key_ref,
                     sizeof auth.buffer);
         return M2MVPN_E_PIN;
+    }
+    /* In lockout a DA-protected key refuses every use: nothing is presented
+     * (another process may have caused it; ours must not prolong it). */
+    if (!(tc->pub.publicArea.objectAttributes & TPMA_OBJECT_NODA)) {
+        bool locked = false;
+        TSS2_RC lrc = read_in_lockout(tc, &locked);
+        if (lrc != TSS2_RC_SUCCESS)
+            return rc_error(tc, lrc, "reading the lockout state", err, err_len);
+        if (locked) {
+            pki_set_err(err, err_len, "TPM is in dictionary-attack lockout: the PIN of key %s was not "
+                        "presented (nothing counted); tried again later", tc->key_ref);
+            return M2MVPN_E_IO;
+        }
     }
     auth.size = (UINT16)pin_len;
     if (pin_len)
@@ -432,6 +480,13 @@ static int unlock(tpm_cred *tc, const char *pin, size_t pin_len, char *err, size
         Esys_TR_SetAuth(tc->esys, tc->key, &none);
         if (rc_auth_fail(trc) || rc_lockout(trc))
             return auth_error(tc, trc, err, err_len);
+        if (cred_hw_tpm_class(trc, true) == CRED_HW_PIN) {
+            /* The answer is lost: the TPM may have counted a failure. */
+            pki_set_err(err, err_len, "the TPM stopped answering while it checked the PIN of key %s "
+                        "(%s): not presented again by itself (a failure may have been counted); "
+                        "give the PIN again", tc->key_ref, Tss2_RC_Decode(trc));
+            return M2MVPN_E_PIN;
+        }
         return rc_error(tc, trc, "signing", err, err_len);
     }
     tc->unlocked = true;
@@ -529,7 +584,9 @@ static int tpm_sign(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size_
     TSS2_RC trc = tpm_sign_digest(tc, scheme, digest, dlen, &ts);
     if (trc != TSS2_RC_SUCCESS) {
         Esys_Free(ts);
-        if (rc_auth_fail(trc) || rc_lockout(trc)) {
+        if (rc_lockout(trc))
+            return auth_error(tc, trc, err, err_len); /* not counted: the PIN stays */
+        if (rc_auth_fail(trc)) {
             tc->unlocked = false; /* never presented again by itself */
             return auth_error(tc, trc, err, err_len);
         }

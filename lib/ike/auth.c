@@ -619,11 +619,19 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
     ike_diag d;
     ike_notify n;
     if (ike_chain_find_notify(c, IKE_N_AUTHENTICATION_FAILED, &n, &d) == 0) {
-        /* Once the gateway has proved itself by its certificate (EAP past
-         * its first answer), its refusal is about our credentials: a local
-         * cause, not retried with the same password. Before that, anyone in
-         * the path could have sent it: the gateway's fault, tried again. */
-        bool ours = sa->cfg.prof->auth == PROFILE_AUTH_EAP && sa->eap_phase > IKE_EAP_PHASE_FIRST;
+        /* During EAP, once the gateway has proved itself by its certificate,
+         * its refusal is about our credentials: a local cause, not retried
+         * with the same password. Before that, anyone in the path could have
+         * sent it; after EAP-Success the gateway accepted the password and
+         * refuses its own protocol step: both the gateway's fault, retried. */
+        bool eap = sa->cfg.prof->auth == PROFILE_AUTH_EAP;
+        if (eap && sa->eap_phase == IKE_EAP_PHASE_AUTH) {
+            ike_eap_end(sa);
+            ike_sa_fail(sa, M2MVPN_E_AUTH_PEER, "gateway %s sent AUTHENTICATION_FAILED after EAP-Success "
+                        "(it accepted the credentials): its fault, tried again", sa->gw_text);
+            return;
+        }
+        bool ours = eap && sa->eap_phase == IKE_EAP_PHASE_EAP;
         (ours ? ike_sa_fail_local : ike_sa_fail)(sa, M2MVPN_E_AUTH_LOCAL,
                     "gateway %s rejected our authentication (AUTHENTICATION_FAILED): check the "
                     "credentials and identity '%s'", sa->gw_text,

@@ -495,7 +495,7 @@ static int on_mschap(eap_peer *p, uint8_t ident, buf_reader data, buf_writer *w,
         return on_mschap_success(p, ident, ms_id, data, w, out_len, err, err_len);
     if (op == MSCHAP_OP_FAILURE && p->state == EAP_PEER_METHOD)
         return on_mschap_failure(p, data, err, err_len);
-    return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len, "unexpected MSCHAPv2 %s %u in this state",
+    return fail(p, M2MVPN_E_PROTOCOL, err, err_len, "unexpected MSCHAPv2 %s %u in this state",
                 op == MSCHAP_OP_CHALLENGE ? "Challenge" : op == MSCHAP_OP_SUCCESS ? "Success"
                 : op == MSCHAP_OP_FAILURE ? "Failure" : "OpCode", op);
 }
@@ -508,7 +508,7 @@ int eap_peer_process(eap_peer *p, const uint8_t *pkt, size_t len, uint8_t *out, 
     if (!p || (!pkt && len) || !out || !out_len)
         return M2MVPN_E_INVAL;
     if (p->state == EAP_PEER_FAILED || p->state == EAP_PEER_DONE)
-        return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len, "EAP message after the exchange ended");
+        return fail(p, M2MVPN_E_PROTOCOL, err, err_len, "EAP message after the exchange ended");
     buf_reader r = buf_reader_make(pkt, len);
     uint8_t code, ident, type = 0;
     uint16_t plen;
@@ -528,7 +528,7 @@ int eap_peer_process(eap_peer *p, const uint8_t *pkt, size_t len, uint8_t *out, 
             p->state = EAP_PEER_DONE;
             return EAP_STEP_DONE;
         }
-        return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len,
+        return fail(p, M2MVPN_E_PROTOCOL, err, err_len,
                     "premature EAP-Success from the gateway (EAP state %s, method not finished): refused",
                     eap_peer_state_name(st));
     case EAP_CODE_FAILURE:
@@ -558,9 +558,9 @@ int eap_peer_process(eap_peer *p, const uint8_t *pkt, size_t len, uint8_t *out, 
             return on_md5(p, ident, r, &w, out_len, err, err_len);
     }
     if (type != method_type(p->method) && type != EAP_TYPE_IDENTITY)
-        return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len,
+        return fail(p, M2MVPN_E_AUTH_PEER, err, err_len,
                     "gateway asked for EAP method %s (type %u), the profile allows only %s: refused",
                     eap_type_name(type), type, eap_type_name(method_type(p->method)));
-    return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len, "unexpected EAP %s request in EAP state %s",
+    return fail(p, M2MVPN_E_PROTOCOL, err, err_len, "unexpected EAP %s request in EAP state %s",
                 eap_type_name(type), eap_peer_state_name(st));
 }

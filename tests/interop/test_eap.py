@@ -113,6 +113,55 @@ def test_wrong_password_is_refused_once_and_waits_for_login(topology, charons, p
             assert_no_secret(log, WRONG_PASSWORD, charonmod.EAP_PASSWORD)
 
 
+def test_refused_password_is_not_resent_after_a_reload(topology, charons, pki, workdir):
+    """A reload (SIGHUP) of the same profile text makes a new profile in the
+    engine; the password the gateway refused stays refused (no IKE_SA_INIT,
+    nothing sent: an account must not lock because the service reloaded).
+    A reload that changes the password makes the next attempt at once."""
+    import json
+    import signal
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["eap"]), name="gw")
+    profile = m2mvpn_client.make_profile(pki, "eap", topo.gw_addr, mode="always-on",
+                                         eap_password=WRONG_PASSWORD)
+    with netlab.Capture(topo.client, "eth0", workdir / "eap.pcap") as cap:
+        with m2mvpn_client.M2mvpnClient(topo.client, binary, workdir / "m2mvpn", profile) as client:
+            wait_until("refused", lambda: (s := client.status())["state"] == "idle"
+                       and s["last_error"]["name"] == "AUTH_LOCAL" and s, timeout_s=30)
+            sent = len(client_to_gw(cap, topo.gw_addr))
+            for n in (1, 2):
+                # The same text again (a new file, as an editor writes it).
+                tmp = client.profile_path.with_suffix(".new")
+                tmp.write_text(json.dumps(profile, indent=2))
+                tmp.chmod(0o600)
+                tmp.replace(client.profile_path)
+                client.proc.send_signal(signal.SIGHUP)
+                wait_until("the reload taken",
+                           lambda: client.status()["service"]["reload"]["taken"] == n)
+                time.sleep(4)  # past the first back-off steps of always-on
+                later = client_to_gw(cap, topo.gw_addr)
+                assert len(later) == sent, later[sent:]
+            assert gw.log_text().count("parsed IKE_SA_INIT request") == 1, gw.log_tail()
+            log = client.log_path.read_text(errors="replace")
+            assert log.count("event AUTH_FAILED") == 1, client.log_tail()
+            assert "was refused before and has not changed" in log, client.log_tail()
+            # The password changed in the file: tried at once, and it connects.
+            fixed = dict(profile, auth=dict(profile["auth"], eap=dict(profile["auth"]["eap"],
+                                                                      password=charonmod.EAP_PASSWORD)))
+            tmp = client.profile_path.with_suffix(".new")
+            tmp.write_text(json.dumps(fixed, indent=2))
+            tmp.chmod(0o600)
+            tmp.replace(client.profile_path)
+            client.proc.send_signal(signal.SIGHUP)
+            client.wait_for_state("connected", timeout_s=20)
+            assert gw.log_text().count("parsed IKE_SA_INIT request") == 2, gw.log_tail()
+            ping_counted_by_gateway(topo, gw, "eap", count=2)
+            client.stop()
+            assert_no_secret(client.log_path.read_text(errors="replace"), WRONG_PASSWORD,
+                             charonmod.EAP_PASSWORD)
+
+
 # The application (test_events.py style): a profile without a password; the
 # password is given in answer to CREDENTIALS_REQUIRED through
 # m2mvpn_set_credentials(), from the main thread. Prints "CONNECTED" and

@@ -292,6 +292,33 @@ def test_token_wrong_pin_is_tried_once(topology, charons, pki, workdir, monkeypa
         assert PIN not in client.log_path.read_text()
 
 
+def test_token_low_pin_counter_asks_the_user(topology, charons, pki, workdir, monkeypatch):
+    """The token's PIN counter is low (one wrong login by another program):
+    the always-on profile's PIN is not tried by itself (no C_Login), the
+    engine asks through PIN_REQUIRED and says why; the PIN given by the
+    user (`m2mvpn pin`) is tried once and connects."""
+    binary = binary_or_skip()
+    hsm = SoftHsm(workdir / "hsm", monkeypatch)
+    token_enrol(binary, hsm, pki, workdir, rsa=False)
+    hsm.tool("--login", "--pin", "000000", "--list-objects", check=False)
+    assert "user PIN count low" in hsm.token_flags()
+    topo = topology("direct")
+    charons(topo.gateway, charonmod.gateway_config(pki, conns=["ecdsa"]), name="gw")
+    prof = token_profile(pki, topo, pin=PIN, mode="always-on", module=SPY)
+    with hsm_client(topo.client, binary, workdir / "m2mvpn", prof) as client:
+        wait_until("waiting for the PIN",
+                   lambda: "waiting for the PIN" in client.log_path.read_text(), timeout_s=20)
+        log = client.log_path.read_text()
+        assert "PIN retry counter is low: the profile PIN was not tried" in log, client.log_tail()
+        time.sleep(4)  # past the first back-off steps: still nothing tried
+        assert hsm.logins() == [], hsm.logins()
+        assert client.status()["state"] != "connected"
+        client.pin(PIN)
+        client.wait_for_state("connected", timeout_s=30)
+        assert hsm.logins() == ["CKR_OK"], hsm.logins()
+        assert PIN not in client.log_path.read_text()
+
+
 PIN_APP = r'''
 import json, sys, threading
 import m2mvpn
@@ -578,6 +605,61 @@ def test_tpm_wrong_pin_is_tried_once(topology, charons, pki, workdir, tpm_in):
         client.pin(TPM_PIN)
         client.wait_for_state("connected", timeout_s=30)
     assert tpm.lockout_counter() == 2
+
+
+def test_tpm_lockout_is_waited_out(topology, charons, pki, workdir, tpm_in):
+    """Another program puts the TPM in dictionary-attack lockout (wrong
+    authValues on its own key until maxTries): the always-on engine presents
+    no authValue while the TPM is locked (the failure counter does not move),
+    reports the lockout as a retryable error (not a wrong PIN) and connects by
+    itself once the lockout is cleared."""
+    binary = binary_or_skip()
+    topo = topology("direct")
+    tpm = tpm_in(topo.client)
+    key, cert = tpm_enrol(binary, tpm, pki, workdir, rsa=False, pin=TPM_PIN)
+    charons(topo.gateway, charonmod.gateway_config(pki, conns=["ecdsa"]), name="gw")
+    # Another object with an authValue, and wrong authValues for it.
+    other = workdir / "other"
+    other.mkdir()
+    tpm.tool("tpm2_dictionarylockout", "--setup-parameters", "--max-tries=2",
+             "--recovery-time=3600", "--lockout-recovery-time=0")
+    # swtpm without a resource manager: each tool's transient objects stay
+    # loaded unless flushed.
+    flush = ("tpm2_flushcontext", "--transient-object")
+    tpm.tool("tpm2_createprimary", "-C", "o", "-c", str(other / "primary.ctx"))
+    tpm.tool(*flush)
+    tpm.tool("tpm2_create", "-C", str(other / "primary.ctx"), "-G", "ecc", "-p", "other-secret",
+             "-u", str(other / "key.pub"), "-r", str(other / "key.priv"))
+    tpm.tool("tpm2_load", "-C", str(other / "primary.ctx"), "-u", str(other / "key.pub"),
+             "-r", str(other / "key.priv"), "-c", str(other / "key.ctx"))
+    tpm.tool(*flush)
+    digest = other / "data"
+    digest.write_bytes(b"x" * 32)
+    for _ in range(2):
+        r = tpm.tool("tpm2_sign", "-c", str(other / "key.ctx"), "-p", "wrong", "-g", "sha256",
+                     "-o", str(other / "sig"), str(digest), check=False)
+        assert r.returncode != 0
+        tpm.tool(*flush)
+    assert tpm.lockout_counter() == 2
+    r = tpm.tool("tpm2_sign", "-c", str(other / "key.ctx"), "-p", "other-secret", "-g", "sha256",
+                 "-o", str(other / "sig"), str(digest), check=False)
+    assert r.returncode != 0 and "lockout" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    tpm.tool(*flush)
+    prof = tpm_profile(pki, topo, tpm, key, cert, pin=TPM_PIN, mode="always-on")
+    with hsm_client(topo.client, binary, workdir / "m2mvpn", prof) as client:
+        st = wait_until("the lockout reported",
+                        lambda: (s := client.status())["last_error"]["name"] == "IO"
+                        and "lockout" in s["last_error"]["detail"] and s, timeout_s=20)
+        assert st["state"] == "reconnecting", st
+        time.sleep(4)  # several attempts (1 s, 2 s back-off): none presents the PIN
+        st = client.status()
+        assert st["state"] in ("reconnecting", "connecting"), st
+        assert tpm.lockout_counter() == 2
+        assert "wrong PIN" not in client.log_path.read_text()
+        tpm.tool("tpm2_dictionarylockout", "--clear-lockout")
+        client.wait_for_state("connected", timeout_s=60)
+        assert netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+    assert tpm.lockout_counter() == 0
 
 
 def test_tpm_key_cannot_leave(topology, pki, workdir, tpm_in):

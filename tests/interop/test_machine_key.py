@@ -17,17 +17,29 @@ from test_tunnel import binary_or_skip, ping_counted_by_gateway, wait_until
 
 pytestmark = pytest.mark.needs_m2mvpn
 
-SOURCES = ["machine-id", "mac:eth0"]
-
-
 def test_machine_bound_key(topology, charons, pki, workdir):
     binary = binary_or_skip()
+    # The test's own world-readable "machine-id" (a fresh system's
+    # /etc/machine-id may be empty) and the MAC of eth0.
+    machine_id = workdir / "machine-id"
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    machine_id.chmod(0o644)
+    SOURCES = [f"file:{machine_id}", "mac:eth0"]
     topo = topology("direct")
     gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["ecdsa"]), name="gw")
     bound = workdir / "dev1.bound"
     out = topo.client.run(str(binary), "bind-key", "--in", str(pki.dev1_ecdsa.key), "--out", str(bound),
                           "--sources", ",".join(SOURCES))
     assert "bound to this machine" in out.stdout, out
+    # A world-readable file and a MAC: readable by every local user, and said so.
+    assert "warning" in out.stderr and "readable by root only" in out.stderr, out
+    # With a source only root can read (a provisioned serial, mode 0600): no warning.
+    serial = workdir / "serial"
+    serial.write_text("SN-4711\n")
+    serial.chmod(0o600)
+    out2 = topo.client.run(str(binary), "bind-key", "--in", str(pki.dev1_ecdsa.key), "--out",
+                           str(workdir / "dev1.bound2"), "--sources", f"mac:eth0,file:{serial}")
+    assert "bound to this machine" in out2.stdout and "warning" not in out2.stderr, out2
     data = bound.read_bytes()
     assert data.startswith(b"M2MVPNBK") and b"PRIVATE KEY" not in data
     assert oct(bound.stat().st_mode & 0o777) == "0o600"

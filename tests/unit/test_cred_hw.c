@@ -3,7 +3,8 @@
  * Tests of the parts of the hardware credential providers that need no
  * hardware: the TSS2 PEM key file codec (lib/cred/tss2_pem.h), PKCS#11 URIs
  * (lib/cred/p11_uri.h) and key generation with a CSR for the file provider
- * (lib/cred/keygen.h). Tokens and TPMs: tests/interop/test_hwcred.py.
+ * (lib/cred/keygen.h), how token and TPM error codes are treated
+ * (lib/cred/hw_class.h). Tokens and TPMs: tests/interop/test_hwcred.py.
  */
 #include <check.h>
 
@@ -19,6 +20,7 @@
 
 #include <m2mvpn/m2mvpn.h>
 
+#include "cred/hw_class.h"
 #include "cred/keygen.h"
 #include "cred/p11_uri.h"
 #include "cred/tss2_pem.h"
@@ -356,6 +358,93 @@ START_TEST(keygen_bad_subject_makes_nothing)
 }
 END_TEST
 
+/* ------------------------------------------------ error classification */
+
+/* What a user sees: a wrong PIN or a login that may have been counted is
+ * final (PIN); a transient device condition is retried (IO); values from
+ * PKCS#11 v2.40 §5.1 (pkcs11t.h) and TPM 2.0 Part 2 §6.6 / TSS2 layers. */
+static const struct {
+    unsigned long ckr;
+    bool login;
+    cred_hw_class want;
+} ckr_table[] = {
+    { 0xa0, true, CRED_HW_PIN },       /* PIN_INCORRECT */
+    { 0xa4, true, CRED_HW_PIN },       /* PIN_LOCKED */
+    { 0xe0, true, CRED_HW_GONE },      /* TOKEN_NOT_PRESENT: nothing reached the token */
+    { 0x32, true, CRED_HW_GONE },      /* DEVICE_REMOVED */
+    { 0x05, true, CRED_HW_PIN },       /* GENERAL_ERROR during C_Login: may have counted */
+    { 0x30, true, CRED_HW_PIN },       /* DEVICE_ERROR during C_Login */
+    { 0x101, true, CRED_HW_PIN },      /* USER_NOT_LOGGED_IN during C_Login */
+    { 0xb3, true, CRED_HW_PIN },       /* SESSION_HANDLE_INVALID during C_Login */
+    { 0xb1, true, CRED_HW_PIN },       /* SESSION_COUNT during C_Login */
+    { 0x06, true, CRED_HW_PIN },       /* FUNCTION_FAILED during C_Login */
+    { 0x30, false, CRED_HW_GONE },     /* DEVICE_ERROR while signing */
+    { 0xb3, false, CRED_HW_GONE },     /* SESSION_HANDLE_INVALID */
+    { 0x101, false, CRED_HW_GONE },    /* USER_NOT_LOGGED_IN (token reset) */
+    { 0xb1, false, CRED_HW_RETRY },    /* SESSION_COUNT */
+    { 0x31, false, CRED_HW_RETRY },    /* DEVICE_MEMORY */
+    { 0x02, false, CRED_HW_RETRY },    /* HOST_MEMORY */
+    { 0x06, false, CRED_HW_RETRY },    /* FUNCTION_FAILED */
+    { 0x70, false, CRED_HW_REFUSED },  /* MECHANISM_INVALID */
+    { 0x68, false, CRED_HW_REFUSED },  /* KEY_FUNCTION_NOT_PERMITTED */
+};
+
+START_TEST(p11_ckr_classes)
+{
+    cred_hw_class got = cred_hw_ckr_class(ckr_table[_i].ckr, ckr_table[_i].login);
+    ck_assert_msg(got == ckr_table[_i].want, "CKR 0x%lx (login %d): class %d, want %d",
+                  ckr_table[_i].ckr, ckr_table[_i].login, got, ckr_table[_i].want);
+}
+END_TEST
+
+static const struct {
+    uint32_t rc;
+    bool auth_sent;
+    cred_hw_class want;
+} tpm_table[] = {
+    { 0x08e, true, CRED_HW_PIN },      /* TPM_RC_AUTH_FAIL */
+    { 0x98e, true, CRED_HW_PIN },      /* AUTH_FAIL for session 1 (format 1 with a number) */
+    { 0x0a2, true, CRED_HW_PIN },      /* TPM_RC_BAD_AUTH */
+    { 0x9a2, true, CRED_HW_PIN },      /* BAD_AUTH for session 1 */
+    { 0x921, true, CRED_HW_LOCKOUT },  /* TPM_RC_LOCKOUT: retried later, never E_PIN */
+    { 0x921, false, CRED_HW_LOCKOUT },
+    { 0x902, false, CRED_HW_RETRY },   /* OBJECT_MEMORY */
+    { 0x903, false, CRED_HW_RETRY },   /* SESSION_MEMORY */
+    { 0x904, false, CRED_HW_RETRY },   /* MEMORY */
+    { 0x906, false, CRED_HW_RETRY },   /* OBJECT_HANDLES */
+    { 0x908, true, CRED_HW_RETRY },    /* YIELDED */
+    { 0x909, true, CRED_HW_RETRY },    /* CANCELED */
+    { 0x90a, true, CRED_HW_RETRY },    /* TESTING */
+    { 0x920, false, CRED_HW_RETRY },   /* NV_RATE */
+    { 0x922, true, CRED_HW_RETRY },    /* RETRY */
+    { 0x923, false, CRED_HW_RETRY },   /* NV_UNAVAILABLE */
+    { 0x100, false, CRED_HW_GONE },    /* TPM_RC_INITIALIZE: not started up */
+    { 0x101, false, CRED_HW_REFUSED }, /* TPM_RC_FAILURE */
+    { 0x18b, false, CRED_HW_REFUSED }, /* HANDLE for handle 1 (format 1) */
+    { 0x0a000a, false, CRED_HW_GONE }, /* TCTI layer, IO error */
+    { 0x0a000a, true, CRED_HW_PIN },   /* ... with the authValue sent: the answer is lost */
+    { 0x070001, true, CRED_HW_PIN },   /* ESYS layer with the authValue sent */
+    { 0x0b0921, false, CRED_HW_GONE }, /* resource manager layer */
+};
+
+START_TEST(tpm_rc_classes)
+{
+    cred_hw_class got = cred_hw_tpm_class(tpm_table[_i].rc, tpm_table[_i].auth_sent);
+    ck_assert_msg(got == tpm_table[_i].want, "TPM RC 0x%x (auth sent %d): class %d, want %d",
+                  tpm_table[_i].rc, tpm_table[_i].auth_sent, got, tpm_table[_i].want);
+}
+END_TEST
+
+START_TEST(class_errors)
+{
+    ck_assert_int_eq(cred_hw_class_error(CRED_HW_PIN), M2MVPN_E_PIN);
+    ck_assert_int_eq(cred_hw_class_error(CRED_HW_REFUSED), M2MVPN_E_CERT);
+    ck_assert_int_eq(cred_hw_class_error(CRED_HW_RETRY), M2MVPN_E_IO);
+    ck_assert_int_eq(cred_hw_class_error(CRED_HW_GONE), M2MVPN_E_IO);
+    ck_assert_int_eq(cred_hw_class_error(CRED_HW_LOCKOUT), M2MVPN_E_IO);
+}
+END_TEST
+
 Suite *cred_hw_suite(void)
 {
     Suite *s = suite_create("cred_hw");
@@ -371,6 +460,11 @@ Suite *cred_hw_suite(void)
     tc = tcase_create("p11_uri");
     tcase_add_test(tc, p11_uri_good);
     tcase_add_loop_test(tc, p11_uri_bad, 0, sizeof bad_uris / sizeof bad_uris[0]);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("classes");
+    tcase_add_loop_test(tc, p11_ckr_classes, 0, sizeof ckr_table / sizeof ckr_table[0]);
+    tcase_add_loop_test(tc, tpm_rc_classes, 0, sizeof tpm_table / sizeof tpm_table[0]);
+    tcase_add_test(tc, class_errors);
     suite_add_tcase(s, tc);
     tc = tcase_create("keygen");
     tcase_set_timeout(tc, 60);

@@ -33,11 +33,14 @@ static void write_bytes(const char *path, const uint8_t *b, size_t n)
     fclose(f);
 }
 
-/* Bind `key_name` of the test PKI to file:<dir>/serial (+ machine-id) into key.bound. */
+/* Bind `key_name` of the test PKI to file:<dir>/machine-id (the test's own:
+ * a fresh system's /etc/machine-id may be empty) and file:<dir>/serial
+ * into key.bound. */
 static char *bind_to_serial(const char *key_name, const char *serial, char *sources, size_t cap)
 {
+    write_text(path_of("machine-id"), "0123456789abcdef0123456789abcdef\n");
     write_text(path_of("serial"), serial);
-    snprintf(sources, cap, "machine-id,file:%s", path_of("serial"));
+    snprintf(sources, cap, "file:%s,file:%s", path_of("machine-id"), path_of("serial"));
     uint8_t *key, *bound;
     size_t key_len, bound_len;
     char err[256] = "";
@@ -89,7 +92,7 @@ START_TEST(bound_key_refused_on_another_machine)
                      M2MVPN_E_CERT);
     ck_assert_ptr_null(p);
     ck_assert_ptr_nonnull(strstr(err, "is bound to another machine"));
-    ck_assert_ptr_nonnull(strstr(err, "machine-id,file:"));
+    ck_assert_ptr_nonnull(strstr(err, "machine-id,file:")); /* the sources named */
     /* A source that is gone: said so, not "another machine". */
     remove(path_of("serial"));
     ck_assert_int_eq(cred_machine_open(path_of("p256.pem"), bound, NULL, NULL, 0, &p, err, sizeof err),
@@ -155,8 +158,9 @@ START_TEST(sources_are_checked)
     /* Binding through the public call: bad arguments and a non-key file. */
     ck_assert_int_eq(m2mvpn_bind_key(NULL, "/tmp/x", NULL, err, sizeof err), M2MVPN_E_INVAL);
     ck_assert_int_eq(m2mvpn_bind_key("/nonexistent/key.pem", "/tmp/x", "machine-id", err, sizeof err), M2MVPN_E_IO);
-    ck_assert_int_eq(m2mvpn_bind_key("/etc/machine-id", "/tmp/x", "nonsense", err, sizeof err), M2MVPN_E_INVAL);
-    ck_assert_int_eq(m2mvpn_bind_key("/etc/machine-id", "/tmp/x", "machine-id", err, sizeof err), M2MVPN_E_CERT);
+    write_text(path_of("not-a-key"), "not a key\n");
+    ck_assert_int_eq(m2mvpn_bind_key(path_of("not-a-key"), "/tmp/x", "nonsense", err, sizeof err), M2MVPN_E_INVAL);
+    ck_assert_int_eq(m2mvpn_bind_key(path_of("not-a-key"), "/tmp/x", "machine-id", err, sizeof err), M2MVPN_E_CERT);
     ck_assert_ptr_nonnull(strstr(err, "no PEM private key"));
 }
 END_TEST

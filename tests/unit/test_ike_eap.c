@@ -211,7 +211,7 @@ START_TEST(test_mschapv2_happy_path)
     ck_assert_int_eq(eap_mschapv2_msk(hash, nt, want), 0);
     ck_assert_mem_eq(msk, want, 32);
     /* Nothing after the end. */
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 10, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 10, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
 }
 END_TEST
@@ -225,7 +225,7 @@ START_TEST(test_mschapv2_wrong_authenticator_response)
     ck_assert_ptr_nonnull(strstr(s.err, "authenticator response is wrong"));
     ck_assert_uint_eq(s.out_len, 0);
     /* And the EAP-Success that follows does not finish anything. */
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 9, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 9, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
     ck_assert_uint_eq(eap_peer_get_state(s.p), EAP_PEER_FAILED);
     eap_peer_free(s.p);
     /* A Success without any S= value is no better. */
@@ -242,16 +242,16 @@ START_TEST(test_mschapv2_premature_success)
     /* Right after our response, before the authenticator was verified
      * (the CVE-2021-45079 class). */
     to_method(&s);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 9, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 9, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
     ck_assert_ptr_nonnull(strstr(s.err, "premature EAP-Success"));
     eap_peer_free(s.p);
     /* As the very first message. */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MSCHAPV2, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 1, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 1, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
     /* An MSCHAPv2 Success request before any challenge. */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MSCHAPV2, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
-    ck_assert_int_eq(feed(&s, b, mschap(b, 1, 3, 0, (const uint8_t *)"S=00", 4)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, mschap(b, 1, 3, 0, (const uint8_t *)"S=00", 4)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
 }
 END_TEST
@@ -267,7 +267,7 @@ START_TEST(test_mschapv2_failure_and_eap_failure)
     ck_assert_uint_eq(s.out_len, 0); /* no retry with the retry challenge */
     /* The peer is finished: a new challenge is refused. */
     uint8_t body[17] = { 16 };
-    ck_assert_int_eq(feed(&s, b, mschap(b, 10, 1, 0x34, body, 17)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, mschap(b, 10, 1, 0x34, body, 17)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
 
     to_method(&s);
@@ -284,13 +284,13 @@ START_TEST(test_unexpected_method_and_state)
     /* MD5 offered to a MSCHAPv2 peer: refused, no Nak down to a weaker method. */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MSCHAPV2, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
     uint8_t md5[17] = { 16 };
-    ck_assert_int_eq(feed(&s, b, request(b, 1, 1, EAP_TYPE_MD5, md5, 17)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 1, EAP_TYPE_MD5, md5, 17)), M2MVPN_E_AUTH_PEER);
     ck_assert_ptr_nonnull(strstr(s.err, "MD5-Challenge"));
     ck_assert_uint_eq(s.out_len, 0);
     eap_peer_free(s.p);
     /* A method switched after ours started. */
     to_method(&s);
-    ck_assert_int_eq(feed(&s, b, request(b, 1, 9, 13 /* TLS */, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 9, 13 /* TLS */, NULL, 0)), M2MVPN_E_AUTH_PEER);
     eap_peer_free(s.p);
     /* A Notification is acknowledged and changes nothing: the Success that
      * follows is still premature. */
@@ -299,16 +299,16 @@ START_TEST(test_unexpected_method_and_state)
     ck_assert_uint_eq(s.out_len, 5);
     ck_assert_uint_eq(s.out[4], EAP_TYPE_NOTIFICATION);
     ck_assert_uint_eq(eap_peer_get_state(s.p), EAP_PEER_METHOD);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 10, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 10, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
     /* A second challenge after our response. */
     to_method(&s);
     uint8_t body[17] = { 16 };
-    ck_assert_int_eq(feed(&s, b, mschap(b, 9, 1, 0x33, body, 17)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, mschap(b, 9, 1, 0x33, body, 17)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
     /* Identity after the method started. */
     to_method(&s);
-    ck_assert_int_eq(feed(&s, b, request(b, 1, 9, EAP_TYPE_IDENTITY, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 9, EAP_TYPE_IDENTITY, NULL, 0)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
     /* A Response from the "gateway" and a broken length. */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MSCHAPV2, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
@@ -339,7 +339,7 @@ START_TEST(test_md5_machine)
     eap_peer *keep = s.p;
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MD5, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
     ck_assert_int_eq(feed(&s, b, request(b, 1, 4, EAP_TYPE_IDENTITY, NULL, 0)), EAP_STEP_SEND);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 4, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 4, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
     eap_peer_free(s.p);
     s.p = keep;
     ck_assert_int_eq(feed(&s, b, request(b, 1, 5, EAP_TYPE_MD5, chal, 17)), EAP_STEP_SEND);
@@ -350,7 +350,7 @@ START_TEST(test_md5_machine)
     ck_assert_uint_eq(s.out[5], 16);
     ck_assert_mem_eq(s.out + 6, want, 16);
     /* MSCHAPv2 now: refused. */
-    ck_assert_int_eq(feed(&s, b, request(b, 1, 6, EAP_TYPE_MSCHAPV2, chal, 17)), M2MVPN_E_AUTH_LOCAL);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 6, EAP_TYPE_MSCHAPV2, chal, 17)), M2MVPN_E_AUTH_PEER);
     eap_peer_free(s.p);
     /* The same, ending in Success: no MSK (SK_pi/SK_pr are used then). */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MD5, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);

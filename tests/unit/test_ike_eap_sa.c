@@ -556,7 +556,8 @@ START_TEST(premature_eap_success_is_refused)
     to_mschap_response(resp, sizeof(resp));
     size_t sent = T->gw.n_sent;
     gw_answer(&(answer){ .eap = pkt, .eap_len = eap_packet(pkt, 3, 3, -1, NULL, 0) });
-    assert_down(M2MVPN_E_AUTH_LOCAL, "premature EAP-Success");
+    /* The gateway's protocol violation, not a refused password (fault peer). */
+    assert_down(M2MVPN_E_PROTOCOL, "premature EAP-Success");
     ck_assert_uint_eq(T->gw.n_sent, sent); /* no AUTH went out */
     assert_quiet_from_now();
 }
@@ -594,8 +595,12 @@ START_TEST(unexpected_method_is_refused)
     start_to_first_auth();
     size_t n = eap_packet(pkt, 1, 1, EAP_TYPE_MD5, md5, sizeof(md5));
     gw_answer(&(answer){ .first = true, .eap = pkt, .eap_len = n });
-    assert_down(M2MVPN_E_AUTH_LOCAL, "the profile allows only MSCHAPv2");
-    ck_assert_uint_eq(T->gw.n_sent, 2);
+    assert_down(M2MVPN_E_AUTH_PEER, "the profile allows only MSCHAPv2");
+    for (size_t i = 2; i < T->gw.n_sent; i++) { /* at most the notice to the gateway: no EAP */
+        ck_assert_int_eq(fg_open(&T->gw, &T->gw.sent[i]), 0);
+        ck_assert_uint_eq(T->gw.rq_hdr.exchange, IKE_EXCH_INFORMATIONAL);
+        ck_assert_ptr_null(ike_chain_find(&T->gw.rq_inner, IKE_PL_EAP, NULL));
+    }
 }
 END_TEST
 
@@ -611,6 +616,17 @@ START_TEST(authentication_failed_after_the_gateway_proved_itself_is_ours)
     assert_down(M2MVPN_E_AUTH_LOCAL, "AUTHENTICATION_FAILED");
     ck_assert_uint_eq(T->gw.n_sent, sent);
     assert_quiet_from_now();
+}
+END_TEST
+
+/* After EAP-Success the gateway accepted the password: an
+ * AUTHENTICATION_FAILED for our final AUTH is its fault (retried), never a
+ * refused password. */
+START_TEST(authentication_failed_after_eap_success_is_the_gateways)
+{
+    to_final_auth();
+    gw_answer(&(answer){ .auth_failed = true });
+    assert_down(M2MVPN_E_AUTH_PEER, "AUTHENTICATION_FAILED after EAP-Success");
 }
 END_TEST
 
@@ -639,6 +655,7 @@ static Suite *suite(void)
     tcase_add_test(tc, wrong_authenticator_response_is_refused);
     tcase_add_test(tc, refused_password_ends_it_quietly);
     tcase_add_test(tc, unexpected_method_is_refused);
+    tcase_add_test(tc, authentication_failed_after_eap_success_is_the_gateways);
     tcase_add_test(tc, authentication_failed_after_the_gateway_proved_itself_is_ours);
     tcase_add_test(tc, authentication_failed_before_the_gateway_proved_itself_is_the_gateways);
     suite_add_tcase(s, tc);

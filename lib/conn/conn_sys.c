@@ -286,13 +286,13 @@ static void ike_ike_rekeyed(void *arg)
 _Static_assert(ESP_MAX_TS >= PROFILE_MAX_TS, "the datapath must protect every remote_ts");
 
 /* IPv6 switched off on this device (net.ipv6.conf.all.disable_ipv6, or
- * no IPv6 in the kernel): no IPv6 can leak, and no IPv6 route or address
- * can be installed. */
+ * no IPv6 in the kernel): no IPv6 address can be installed. Unknown (the
+ * sysctl unreadable while IPv6 may be there) counts as on. */
 static bool ipv6_off(void)
 {
     FILE *f = fopen("/proc/sys/net/ipv6/conf/all/disable_ipv6", "r");
     if (!f)
-        return true;
+        return errno == ENOENT && access("/proc/sys/net/core", F_OK) == 0; /* no IPv6 in the kernel */
     int v = 0;
     bool off = fscanf(f, "%d", &v) == 1 && v == 1;
     fclose(f);
@@ -312,10 +312,11 @@ static int profile_to_routes(const profile *p, esp_tunnel_net *net, char *err, s
     _Static_assert(ESP_MAX_IKE_PORTS >= PROFILE_MAX_GATEWAYS, "every gateway's port");
     for (size_t i = 0; i < p->n_gateways && i < ESP_MAX_IKE_PORTS; i++)
         net->ike_ports[net->n_ike_ports++] = p->gateways[i].port;
-    /* The ::/0 a full IPv4 tunnel implies (profile.h) needs no route where
-     * IPv6 is off; a listed IPv6 prefix does (and fails without IPv6). */
-    if (p->tunnel.implied_family == AF_INET6 && n > 0 && ipv6_off())
-        n--;
+    /* The ::/0 a full IPv4 tunnel implies (profile.h) is always in the
+     * nftables set (an interface may get IPv6 later: conf/default, SLAAC);
+     * only its route is skipped where the kernel refuses IPv6 routes. A
+     * listed IPv6 prefix needs its route (and fails without IPv6). */
+    net->ipv6_route_optional = p->tunnel.implied_family == AF_INET6;
     if (n > ESP_MAX_TS) {
         snprintf(err, err_len, "tunnel.remote_ts has %zu prefixes, the datapath protects at most %d",
                  n, ESP_MAX_TS);
@@ -1078,7 +1079,10 @@ static int sys_child_install(void *arg, const profile *p, const ike_child_result
         *(r->has_vip ? &net.has_vip2 : &net.has_vip) = true;
         v->family = AF_INET6;
         memcpy(v->addr, r->vip6, 16);
-        v->prefix_len = r->vip6_prefix_len;
+        /* A host address: the gateway's prefix length would add a prefix
+         * route in the main table through the TUN (a /3 pulls in the
+         * device's other IPv6); routes come from the selectors alone. */
+        v->prefix_len = 128;
     }
     /* Routes for everything the profile protects, not only what the gateway
      * granted (a subset, checked by lib/ike): traffic for the rest goes into
@@ -1113,8 +1117,8 @@ static void sys_child_remove(void *arg, uint32_t spi_in)
     if (!spi_in)
         return;
     run_dns_hook(s, false);
-    if (s->dp)
-        esp_datapath_remove_sa(s->dp, spi_in);
+    if (s->dp) /* every SA of the IKE SA goes (rekeyed ones not yet retired too) */
+        esp_datapath_remove_all_sas(s->dp);
     s->spi_in = 0;
 }
 

@@ -391,6 +391,12 @@ typedef struct esp_tunnel_net {
      * switch's nftables table lets our marked UDP out to these only. */
     uint16_t ike_ports[ESP_MAX_IKE_PORTS];
     size_t n_ike_ports;
+    /* The IPv6 prefixes are implied (the ::/0 of a full IPv4 tunnel): where
+     * the kernel refuses IPv6 routes (IPv6 off on the TUN, or no IPv6 in the
+     * kernel), their routes and rule are skipped, not an error. They stay in
+     * the nftables set all the same: an interface that gets IPv6 later
+     * (conf/default, SLAAC) cannot leak it. */
+    bool ipv6_route_optional;
 } esp_tunnel_net;
 
 typedef struct esp_datapath esp_datapath;
@@ -445,8 +451,8 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,
                              char *err, size_t err_len);
 
 /* Install a CHILD SA (created from cfg; keys copied). It becomes the outbound
- * SA (unless cfg->inbound_only and another SA sends: then it sends once the
- * SAs installed before it are removed); earlier SAs stay inbound-capable until
+ * SA (unless cfg->inbound_only and another SA sends: then it sends once it
+ * is the only SA left); earlier SAs stay inbound-capable until
  * removed (rekey overlap). Up to 4 SAs at once. Errors as esp_sa_new, plus
  * STATE (table full). */
 int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg,
@@ -454,6 +460,9 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg,
 /* Remove the SA with this inbound SPI (waits until no worker uses it).
  * Errors: INVAL (unknown SPI). */
 int esp_datapath_remove_sa(esp_datapath *dp, uint32_t spi_in);
+/* Remove every SA (the IKE SA is gone): nothing sends until the next install
+ * (the kill switch drops), no slot stays taken. */
+void esp_datapath_remove_all_sas(esp_datapath *dp);
 
 /* On-demand: while no outbound SA is installed, keep up to 4 packets that a
  * remote selector covers (the rest is dropped as ever) and call on_traffic;

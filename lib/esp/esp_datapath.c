@@ -225,6 +225,7 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg, char *er
     dp->slots[idx].installed = ++dp->install_seq;
     if (!cfg->inbound_only || dp->out_idx < 0)
         dp->out_idx = idx;
+    dp->slots[idx].inbound_only = dp->out_idx != idx;
     pthread_rwlock_unlock(&dp->sa_lock);
     return 0;
 }
@@ -251,17 +252,51 @@ int esp_datapath_remove_sa(esp_datapath *dp, uint32_t spi_in)
     esp_sa_get_counters(s->sa, &c);
     add_counters(&dp->retired, &c);
     esp_sa_free(s->sa);
+    bool was_sending = dp->out_idx == (int)(s - dp->slots);
     memset(s, 0, sizeof(*s));
-    /* The newest remaining SA sends; none left: the kill switch drops. */
-    dp->out_idx = -1;
-    uint64_t newest = 0;
-    for (int i = 0; i < ESP_MAX_SAS; i++)
-        if (dp->slots[i].sa && dp->slots[i].installed > newest) {
-            newest = dp->slots[i].installed;
-            dp->out_idx = i;
+    if (was_sending || dp->out_idx < 0) {
+        /* The newest remaining SA installed to send sends. An SA installed
+         * inbound only (the gateway's rekey, sending once the SA it replaces
+         * is gone) sends only if it is the one SA left: of several, none is
+         * known to be the gateway's current one, and none sends (the kill
+         * switch drops) rather than one to a stale peer SA. */
+        dp->out_idx = -1;
+        uint64_t newest = 0;
+        int n_left = 0, last = -1;
+        for (int i = 0; i < ESP_MAX_SAS; i++) {
+            if (!dp->slots[i].sa)
+                continue;
+            n_left++;
+            last = i;
+            if (!dp->slots[i].inbound_only && dp->slots[i].installed > newest) {
+                newest = dp->slots[i].installed;
+                dp->out_idx = i;
+            }
         }
+        if (dp->out_idx < 0 && n_left == 1) {
+            dp->out_idx = last;
+            dp->slots[last].inbound_only = false;
+        }
+    }
     pthread_rwlock_unlock(&dp->sa_lock);
     return 0;
+}
+
+void esp_datapath_remove_all_sas(esp_datapath *dp)
+{
+    pthread_rwlock_wrlock(&dp->sa_lock);
+    for (int i = 0; i < ESP_MAX_SAS; i++) {
+        esp_slot *s = &dp->slots[i];
+        if (!s->sa)
+            continue;
+        esp_sa_counters c;
+        esp_sa_get_counters(s->sa, &c);
+        add_counters(&dp->retired, &c);
+        esp_sa_free(s->sa);
+        memset(s, 0, sizeof(*s));
+    }
+    dp->out_idx = -1;
+    pthread_rwlock_unlock(&dp->sa_lock);
 }
 
 int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_counters *out)
@@ -538,6 +573,7 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
             vips[n_vips++] = net->vip;
         if (net->has_vip2)
             vips[n_vips++] = net->vip2;
+        dp->net.ipv6_route_optional = net->ipv6_route_optional;
         int rc = esp_net_apply(&dp->net, mtu, vips, n_vips, net->remote_ts,
                                net->n_remote_ts, dp->cfg.route_metric ? dp->cfg.route_metric : 50,
                                dp->cfg.kill_switch, net->ike_ports,

@@ -32,6 +32,7 @@ typedef struct esp_slot {
     struct sockaddr_storage peer;
     socklen_t peer_len;
     uint64_t installed;         /* install order: the newest sends */
+    bool inbound_only;          /* installed inbound only, not yet sending */
 } esp_slot;
 
 typedef struct esp_ike_item {

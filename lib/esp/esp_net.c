@@ -257,7 +257,7 @@ static int adopt_leftovers(esp_net *n, char *err, size_t err_len)
     return 0;
 }
 
-static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_len)
+static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_len, int *nl_rc)
 {
     bool recorded = false;
     for (size_t i = 0; i < n->n_routes && !recorded; i++)
@@ -273,6 +273,8 @@ static int route_add(esp_net *n, const esp_net_route *r, char *err, size_t err_l
         return M2MVPN_E_NOMEM;
     int rc = rtnl_route_add(n->nl, route, NLM_F_EXCL);
     rtnl_route_put(route);
+    if (nl_rc)
+        *nl_rc = rc;
     /* EEXIST: adopted only if it is a leftover of ours (kill switch), so a
      * later teardown removes it; a foreign route is an error, not a success. */
     if (rc == -NLE_EXIST && !recorded && !existing_route_is_ours(n, r)) {
@@ -482,8 +484,10 @@ static int addr_change(esp_net *n, const esp_prefix *p, bool add, char *err, siz
          * assignment, and a tentative address could not be used as a source
          * for about a second after each connect (a TUN is NOARP, which skips
          * DAD already; the flag says so for any device). */
+        /* No prefix route either: routes come only from the selectors, in
+         * our own table. */
         if (p->family == AF_INET6)
-            rtnl_addr_set_flags(a, IFA_F_NODAD);
+            rtnl_addr_set_flags(a, IFA_F_NODAD | IFA_F_NOPREFIXROUTE);
         rc = rtnl_addr_set_local(a, local);
         if (rc == 0)
             rc = add ? rtnl_addr_add(n->nl, a, 0) : rtnl_addr_delete(n->nl, a, 0);
@@ -534,6 +538,19 @@ static int link_up(esp_net *n, uint32_t mtu, char *err, size_t err_len)
     if (mtu)
         n->mtu = mtu;
     return 0;
+}
+
+/* IPv6 in the kernel at all (booted without it: no /proc/sys/net/ipv6). */
+static bool ipv6_kernel(void)
+{
+    return access("/proc/sys/net/ipv6", F_OK) == 0;
+}
+
+/* An IPv6 route the kernel refused because IPv6 is off (on the TUN: EACCES;
+ * in the kernel: EAFNOSUPPORT), for prefixes that may go without one. */
+static bool ipv6_refused(const esp_net *n, int nl_rc)
+{
+    return n->ipv6_route_optional && (nl_rc == -NLE_NOACCESS || nl_rc == -NLE_AF_NOSUPPORT);
 }
 
 static bool has_family(const esp_prefix *p, size_t n, int family)
@@ -628,7 +645,10 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_ad
     int route_rc = 0;
     for (size_t i = 0; i < n_desired; i++) {
         char one_err[256];
-        rc = route_add(n, &desired[i], one_err, sizeof(one_err));
+        int nl_rc = 0;
+        rc = route_add(n, &desired[i], one_err, sizeof(one_err), &nl_rc);
+        if (rc < 0 && desired[i].dst.family == AF_INET6 && ipv6_refused(n, nl_rc))
+            continue; /* IPv6 off: the nftables set holds the prefix */
         if (rc < 0 && route_rc == 0) {
             route_rc = rc;
             snprintf(err, err_len, "%s", one_err);
@@ -648,6 +668,8 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_ad
             continue;
         char one_err[256];
         rc = rule_ensure(n, families[i], one_err, sizeof(one_err));
+        if (rc < 0 && families[i] == AF_INET6 && n->ipv6_route_optional && !ipv6_kernel())
+            continue;
         if (rc < 0 && route_rc == 0) {
             route_rc = rc;
             snprintf(err, err_len, "%s", one_err);

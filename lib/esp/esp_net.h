@@ -48,6 +48,7 @@ typedef struct esp_net {
     size_t n_nft_set;
     char nft_why[128];          /* ... or why not */
     bool routing_active;        /* table routes and rules of the last apply in place */
+    bool ipv6_route_optional;   /* see esp_tunnel_net.ipv6_route_optional */
 } esp_net;
 
 /* Create or attach to the TUN `name` (IFF_TUN|IFF_NO_PI, non-blocking fd),

@@ -232,13 +232,23 @@ int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, 
     add(&t, "\t\tmeta mark %s udp dport { ", mark);
     add_ike_ports(&t, ike_ports, n_ike_ports);
     add(&t, " } accept\n", NULL);
-    /* IPv6 neighbour discovery (RFC 4861) stays on the link (hop limit 255,
-     * which a router never forwards) and must pass even when the protected
-     * prefix is ::/0: without it the gateway's link-layer address is never
-     * learnt and IKE itself cannot leave. It carries no user data. */
-    if (v6)
-        add(&t, "\t\ticmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
-                "nd-neighbor-advert } ip6 hoplimit 255 accept\n", NULL);
+    /* IPv6 neighbour discovery (RFC 4861, hop limit 255) must pass even when
+     * the protected prefix is ::/0: without it the gateway's link-layer
+     * address is never learnt and IKE itself cannot leave. Router and
+     * neighbour solicitations and advertisements of neighbours go to
+     * link-local and link-scope multicast addresses (solicited-node
+     * ff02::1:ff00:0/104, all-routers); we never send router
+     * advertisements. An on-link gateway with a global address is also
+     * solicited (unreachability detection) and answered (its solicitation
+     * comes from that address) at its global address: NS and NA only, code
+     * 0, no more than the header and one link-layer address option, so no
+     * room for data to a protected host. */
+    if (v6) {
+        add(&t, "\t\ticmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } "
+                "ip6 hoplimit 255 ip6 daddr { fe80::/10, ff02::/16 } accept\n", NULL);
+        add(&t, "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } icmpv6 code 0 "
+                "ip6 hoplimit 255 ip6 length <= 32 accept\n", NULL);
+    }
     if (v4)
         add(&t, "\t\tip daddr @protected4 counter drop\n", NULL);
     if (v6)

@@ -230,6 +230,19 @@ bool ike_choice_offered(const ike_sa_choice *c, const proposal *props, size_t n,
     return p->n_esn ? list_has(p->esn, p->n_esn, esn) : list_has(&none, 1, esn);
 }
 
+/* A CREATE_CHILD_SA choice of ESP proposal c->number keeps PFS: where that
+ * proposal lists key exchange groups (none of them NONE), the choice has one
+ * of them. Not for IKE_AUTH: its CHILD SA never has a key exchange (§1.2). */
+bool ike_choice_keeps_pfs(const ike_sa_choice *c, const proposal *props, size_t n)
+{
+    if (c->number == 0 || c->number > n)
+        return false;
+    const proposal *p = &props[c->number - 1];
+    if (p->n_ke == 0 || list_has(p->ke, p->n_ke, 0))
+        return true;
+    return ike_sa_choice_has(c, IKE_TT_KE) && c->id[IKE_TT_KE] != 0 && list_has(p->ke, p->n_ke, c->id[IKE_TT_KE]);
+}
+
 static void describe_ours(const proposal *props, size_t n, proposal_kind kind, char *out, size_t len)
 {
     size_t used = 0;

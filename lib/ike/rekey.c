@@ -550,7 +550,8 @@ static bool choose(const ike_sa_view *v, const proposal *props, size_t n, bool i
                 }
             if (needs_ke && !none_ok && !ike_sa_choice_has(&c, IKE_TT_KE))
                 continue;
-            if (ike_choice_offered(&c, props, n, ike)) {
+            /* A CHILD SA rekey keeps the PFS our proposal asks for. */
+            if (ike_choice_offered(&c, props, n, ike) && (ike || ike_choice_keeps_pfs(&c, props, n))) {
                 c.number = gp->number;
                 *out = c;
                 return true;
@@ -1188,6 +1189,15 @@ static void child_rekey_request(ike_sa *sa, const ike_chain *c, answer *a)
     ike_diag_clear(&d);
     if (sa->req.task == IKE_TASK_REKEY_IKE || sa->req.task == IKE_TASK_DELETE_CHILD) {
         /* §2.25: one thing at a time; the gateway tries again later. */
+        answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
+        return;
+    }
+    if (sa->req.task == IKE_TASK_REKEY_CHILD && sa->rk.collided && sa->rk.old_spi_in == sa->child_spi_in) {
+        /* The gateway already rekeyed this SA while ours is in flight: one
+         * redundant SA of its own is all the collision settles (§2.8.1); a
+         * further one would stay installed inbound and never be retired. */
+        LOG_INFO(sa->log, "ike", "gateway rekeys CHILD SA %08x again during a collision: TEMPORARY_FAILURE",
+                 sa->child_spi_in);
         answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
         return;
     }

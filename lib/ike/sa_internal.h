@@ -244,6 +244,7 @@ int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hash
 
 /* init.c */
 bool ike_choice_offered(const ike_sa_choice *c, const proposal *props, size_t n, bool ike);
+bool ike_choice_keeps_pfs(const ike_sa_choice *c, const proposal *props, size_t n);
 int ike_init_start(ike_sa *sa);
 void ike_init_process(ike_sa *sa, const ike_message *msg);
 

@@ -1078,6 +1078,60 @@ START_TEST(dual_stack_tun_addresses)
 }
 END_TEST
 
+/* The gateway's IPv6 prefix length adds no prefix route: a /3 would pull
+ * the device's other IPv6 traffic into the TUN through the main table. */
+START_TEST(vip6_adds_no_prefix_route)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_cfg("m2e-t7", false, 4500, false, false, true);
+    esp_tunnel_net net = {0};
+    parse_prefix("2001:db8:1a::7/3", &net.vip);
+    net.has_vip = true;
+    parse_prefix("2001:db8:18::/64", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_ptr_nonnull(strstr(run("ip -o -6 addr show dev m2e-t7"), "2001:db8:1a::7/"));
+    char *main6 = run("ip -6 route show table main");
+    ck_assert_msg(strstr(main6, "2000::/3") == NULL, "prefix route in main: %s", main6);
+    ck_assert_msg(strstr(run("ip -6 route get 2001:db8:99::1 2>&1"), "m2e-t7") == NULL, "%s", main6);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
+/* IPv6 off on the device (the TUN gets it off too): the implied ::/0 of a
+ * full IPv4 tunnel has no route (the kernel refuses it), but the kill
+ * switch's nftables set holds it, so an interface that gets IPv6 later
+ * cannot send IPv6 in the clear. */
+START_TEST(implied_ipv6_kept_in_nft_when_ipv6_off)
+{
+    if (!nftables_built())
+        return;
+    enter_netns();
+    ck_assert_int_eq(system("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                            "net.ipv6.conf.default.disable_ipv6=1"), 0);
+    esp_datapath *dp = make_dp_opt("m2e-k6", true, 4500, false, false);
+    esp_tunnel_net net = {0};
+    parse_prefix("198.18.5.1/32", &net.vip);
+    net.has_vip = true;
+    parse_prefix("0.0.0.0/0", &net.remote_ts[0]);
+    parse_prefix("::/0", &net.remote_ts[1]);
+    net.n_remote_ts = 2;
+    net.ipv6_route_optional = true;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    char *nft = run("nft list table inet m2mvpn_m2e-k6 2>&1");
+    ck_assert_msg(strstr(nft, "::/0") != NULL, "%s", nft);
+    ck_assert_ptr_nonnull(strstr(run(ROUTES4), "default dev m2e-k6"));
+    /* A listed IPv6 prefix (not implied) still needs its route. */
+    net.ipv6_route_optional = false;
+    ck_assert_int_ne(esp_datapath_set_network(dp, &net, err, sizeof(err)), 0);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 START_TEST(tun_setup_and_exact_teardown)
 {
     enter_netns();
@@ -1456,6 +1510,71 @@ START_TEST(nft_accepts_marked_udp_to_ike_ports_only)
     send_marked("m2e-v0", mark, 40002);
     send_marked("m2e-v0", mark, 53);
     ck_assert_int_eq(nft_drops("m2e-m0"), before + 2);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
+/* One ICMPv6 message of `type`, `len` bytes (header, zeros after), hop
+ * limit 255, bound to `dev`, to `dst`. */
+static void send_icmp6(const char *dev, const char *dst, uint8_t type, size_t len)
+{
+    int s = socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6);
+    ck_assert_int_ge(s, 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, dev, (socklen_t)strlen(dev)), 0);
+    int hops = 255;
+    ck_assert_int_eq(setsockopt(s, IPPROTO_IPV6, IPV6_UNICAST_HOPS, &hops, sizeof(hops)), 0);
+    ck_assert_int_eq(setsockopt(s, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &hops, sizeof(hops)), 0);
+    uint8_t msg[128] = { type };
+    ck_assert_uint_le(len, sizeof(msg));
+    struct sockaddr_in6 to = { .sin6_family = AF_INET6 };
+    inet_pton(AF_INET6, dst, &to.sin6_addr);
+    if (IN6_IS_ADDR_LINKLOCAL(&to.sin6_addr) || IN6_IS_ADDR_MULTICAST(&to.sin6_addr))
+        to.sin6_scope_id = if_nametoindex(dev);
+    sendto(s, msg, len, 0, (struct sockaddr *)&to, sizeof(to)); /* EPERM when dropped */
+    close(s);
+}
+
+static long nft_drops6(const char *tun)
+{
+    char *out = runf("nft list chain inet m2mvpn_%s leak_guard 2>&1", tun);
+    const char *p = strstr(out, "@protected6 counter packets ");
+    ck_assert_msg(p != NULL, "%s", out);
+    return strtol(p + strlen("@protected6 counter packets "), NULL, 10);
+}
+
+/* Neighbour discovery passes the kill switch as the link needs it, and is
+ * no way out to protected hosts: no router advertisement (we are no
+ * router), no solicitation carrying more than a link-layer address. */
+START_TEST(nft_neighbour_discovery_no_covert_channel)
+{
+    if (!nftables_built())
+        return;
+    enter_netns();
+    ck_assert_int_eq(system("ip link add m2e-v0 type veth peer name m2e-v1 && ip link set m2e-v0 up && "
+                            "ip link set m2e-v1 up && ip addr add 2001:db8:5::10/64 dev m2e-v0 nodad && "
+                            "ip -6 route add default via 2001:db8:5::1"), 0);
+    esp_datapath *dp = make_dp("m2e-m6", true, 4500);
+    esp_tunnel_net net = {0};
+    parse_prefix("2001:db8:18::/48", &net.remote_ts[0]);
+    net.n_remote_ts = 1;
+    char err[256] = "";
+    ck_assert_msg(esp_datapath_set_network(dp, &net, err, sizeof(err)) == 0, "%s", err);
+    long before = nft_drops6("m2e-m6");
+    /* Link-local and link-scope multicast: RS, NS, NA. */
+    send_icmp6("m2e-v0", "ff02::2", 133, 8);
+    send_icmp6("m2e-v0", "ff02::1:ff00:1", 135, 32);
+    send_icmp6("m2e-v0", "fe80::1", 136, 32);
+    /* An on-link neighbour's global address (here a protected one): NS/NA
+     * with one link-layer address option. */
+    send_icmp6("m2e-v0", "2001:db8:18::7", 135, 32);
+    send_icmp6("m2e-v0", "2001:db8:18::7", 136, 24);
+    ck_assert_int_eq(nft_drops6("m2e-m6"), before);
+    /* To a protected host: an RA, an NS with data, an RS. */
+    send_icmp6("m2e-v0", "2001:db8:18::7", 134, 16);
+    send_icmp6("m2e-v0", "2001:db8:18::7", 135, 96);
+    send_icmp6("m2e-v0", "2001:db8:18::7", 133, 8);
+    ck_assert_int_eq(nft_drops6("m2e-m6"), before + 3);
     esp_datapath_teardown(dp, true);
     esp_datapath_free(dp);
 }
@@ -1956,6 +2075,73 @@ START_TEST(on_demand_hold_then_send)
 }
 END_TEST
 
+/* The SPI of the ESP packet an app packet to the tunnel leaves with, or 0
+ * when none leaves (no SA sends). */
+static uint32_t sending_spi(esp_datapath *dp, int app, int gw)
+{
+    uint8_t buf[2048];
+    send_to(app, "198.18.6.7", 9, "probe", 5);
+    usleep(20000);
+    while (esp_datapath_poll_tun(dp) > 0)
+        ;
+    uint32_t spi = 0;
+    ssize_t n;
+    while ((n = recv(gw, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+        if (n >= 8 && buf_load_be32(buf) != 0)
+            spi = buf_load_be32(buf);
+    return spi;
+}
+
+/* SAs installed inbound only (the gateway's rekeys) never send while another
+ * SA is left: of several, the datapath does not guess which is current. All
+ * SAs go at once when the IKE SA is down, and the table is free again. */
+START_TEST(inbound_only_sa_not_promoted)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_opt("m2e-r1", false, 4500, false, false);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    int gw = udp_socket("127.0.0.1", 5500);
+    int app = udp_socket("198.18.5.1", 7000);
+    esp_sa_config c;
+    memset(&c, 0, sizeof(c));
+    c.encr_id = ENCR_CHACHA20_POLY1305; c.encr_key_bits = 256;
+    c.replay_window = 64;
+    c.key_in.encr_len = c.key_out.encr_len = 36;
+    memset(c.key_in.encr, 0x11, 36);
+    memset(c.key_out.encr, 0x22, 36);
+    struct sockaddr_in *p = (struct sockaddr_in *)&c.peer;
+    p->sin_family = AF_INET; p->sin_port = htons(5500);
+    p->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c.peer_len = sizeof(*p);
+    /* a0 sends; a1 and a2 are the gateway's, inbound only. */
+    for (uint32_t k = 0; k < 3; k++) {
+        c.spi_in = 0xa0 + k; c.spi_out = 0xb0 + k; c.inbound_only = k > 0;
+        ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    }
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0xb0);
+    ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xa0), 0);
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0); /* neither a1 nor a2 */
+    ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xa1), 0);
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0xb2); /* the one left */
+    /* IKE SA down: every slot is free (four installs fit again). */
+    c.inbound_only = true;
+    c.spi_in = 0xa3; c.spi_out = 0xb3;
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    esp_datapath_remove_all_sas(dp);
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0);
+    ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xa2), M2MVPN_E_INVAL);
+    for (uint32_t k = 0; k < 4; k++) {
+        c.spi_in = 0xc0 + k; c.spi_out = 0xd0 + k; c.inbound_only = false;
+        ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    }
+    ck_assert_uint_eq(sending_spi(dp, app, gw), 0xd3);
+    close(gw); close(app);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 /* Add a test of n runs (a loop test when n > 1) to t; with t NULL (a root
  * test, not root) only count its checks. Returns n. */
 static int add_or_count(TCase *t, const TTest *test, int n)
@@ -2113,9 +2299,12 @@ Suite *esp_suite(void)
     int n_net = 0;
     n_net += add_or_count(t, tun_setup_and_exact_teardown, 1);
     n_net += add_or_count(t, dual_stack_tun_addresses, 1);
+    n_net += add_or_count(t, vip6_adds_no_prefix_route, 1);
+    n_net += add_or_count(t, implied_ipv6_kept_in_nft_when_ipv6_off, 1);
     n_net += add_or_count(t, policy_beats_more_specific_routes, 1);
     n_net += add_or_count(t, foreign_route_in_our_table_refused, 1);
     n_net += add_or_count(t, sixteen_prefixes_all_protected, 1);
+    n_net += add_or_count(t, nft_neighbour_discovery_no_covert_channel, 1);
     n_net += add_or_count(t, kill_switch_survives_sigkill, 1);
     n_net += add_or_count(t, sixteen_prefixes_can_change, 1);
     n_net += add_or_count(t, stale_rule_of_another_shape_replaced, 1);
@@ -2123,6 +2312,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
+    n_net += add_or_count(t, inbound_only_sa_not_promoted, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);
     n_net += add_or_count(t, on_demand_hold_then_send, 1);
     if (t) {

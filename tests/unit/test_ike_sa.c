@@ -1750,6 +1750,33 @@ static void gw_child_rekey_request(uint32_t msg_id, uint32_t rekeyed_gw_spi, uin
     deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, msg_id);
 }
 
+/* The gateway rekeys the CHILD SA without a key exchange although our
+ * proposal asks for PFS (x25519): refused (NO_PROPOSAL_CHOSEN), nothing
+ * installed, the SA stays as it is. */
+START_TEST(test_rekey_child_by_gateway_without_pfs)
+{
+    use_pfs();
+    establish();
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4], ni[32];
+    buf_store_be32(spi, T->gw.child_spi_r);
+    ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+    ike_sa_choice ch = fg_esp_choice(1, 0x7c7c0001, 0);
+    ike_build_sa_choice(&c.cw, &ch);
+    memset(ni, 0x42, sizeof(ni));
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    fg_build_ts_pair(&T->gw, &c.cw, true);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    const ike_chain *a = open_any(fg_last(&T->gw), IKE_EXCH_CREATE_CHILD_SA, true, 0);
+    ike_notify n;
+    ike_diag d;
+    ck_assert_int_eq(ike_chain_find_notify(a, IKE_N_NO_PROPOSAL_CHOSEN, &n, &d), 0);
+    ck_assert_uint_eq(T->n_rekeyed, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
 /* Our answer to the gateway's CHILD SA rekey: checks it and returns our new
  * SPI and the KEYMAT the gateway derives (ours-first). */
 static uint32_t take_child_rekey_answer(const fg_dgram *d, uint32_t msg_id, const uint8_t *ni, uint8_t *keymat,
@@ -1902,6 +1929,49 @@ static void child_collision(bool we_win)
     }
     ck_assert_uint_eq(T->n_down, 0);
 }
+
+/* The gateway rekeys the same CHILD SA twice while ours is unanswered: the
+ * second one is refused (TEMPORARY_FAILURE) and never installed, so every
+ * SA installed inbound is retired in the end (none leaks in the datapath). */
+START_TEST(test_rekey_child_double_collision)
+{
+    use_pfs();
+    establish();
+    uint32_t old_in = T->child.spi_in;
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0);
+    rekey_req r;
+    take_child_rekey(sent(n0), 2, &r);
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32];
+    size_t pub_len;
+    gw_child_rekey_request(0, T->gw.child_spi_r, 0x7c7c0001, 0x00, pub, &pub_len, ni);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    uint32_t gw_sa_in = T->rekeyed[0].spi_in;
+    gw_child_rekey_request(1, T->gw.child_spi_r, 0x7c7c0011, 0x00, pub, &pub_len, ni);
+    ck_assert_uint_eq(T->n_rekeyed, 1); /* not installed */
+    const ike_chain *c = open_any(fg_last(&T->gw), IKE_EXCH_CREATE_CHILD_SA, true, 1);
+    ike_notify n;
+    ike_diag d;
+    ck_assert_int_eq(ike_chain_find_notify(c, IKE_N_TEMPORARY_FAILURE, &n, &d), 0);
+    ck_assert_ptr_null(ike_chain_find(c, IKE_PL_SA, NULL));
+    /* Ours wins: the gateway deletes its redundant SA, then the old one. */
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 2, 0x7c7c0002, 0xff, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 2);
+    ck_assert_uint_eq(T->rekeyed[1].spi_in, r.new_spi);
+    gw_deletes_esp(0x7c7c0001, 2);
+    gw_deletes_esp(T->gw.child_spi_r, 3);
+    advance(1000);
+    bool gw_seen = false, old_seen = false;
+    for (unsigned i = 0; i < T->n_child_deleted; i++) {
+        gw_seen |= T->child_deleted[i] == gw_sa_in;
+        old_seen |= T->child_deleted[i] == old_in;
+    }
+    ck_assert_msg(gw_seen, "the gateway's redundant SA %08x is never reported deleted", gw_sa_in);
+    ck_assert_msg(old_seen, "the old SA %08x is never reported deleted", old_in);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
 
 START_TEST(test_rekey_child_collision_we_win)
 {
@@ -2403,6 +2473,8 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_child_ours },
         { "rekey", test_rekey_child_ours_pfs },
         { "rekey", test_rekey_child_by_gateway },
+        { "rekey", test_rekey_child_double_collision },
+        { "rekey", test_rekey_child_by_gateway_without_pfs },
         { "rekey", test_rekey_child_collision_we_win },
         { "rekey", test_rekey_child_collision_we_lose },
         { "rekey", test_rekey_ike_ours },

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* MD4 (RFC 1320), single-DES block and MD5 for the EAP methods: crypto_legacy.h. */
+/* MD4 (RFC 1320) and a single-DES block for the EAP methods: crypto_legacy.h. */
 #include "crypto_legacy.h"
 
 #include <m2mvpn/m2mvpn.h>
@@ -109,20 +109,4 @@ int crypto_des7_block(const uint8_t k7[7], const uint8_t in[8], uint8_t out[8])
     return ctx ? (ok ? 0 : M2MVPN_E_CRYPTO) : M2MVPN_E_NOMEM;
 }
 
-/* ------------------------------------------------------------------ MD5 */
-
-int crypto_md5(const crypto_span *parts, size_t n_parts, uint8_t out[16])
-{
-    if (!out || (n_parts && !parts))
-        return M2MVPN_E_INVAL;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx)
-        return M2MVPN_E_NOMEM;
-    unsigned len = 0;
-    int ok = EVP_DigestInit_ex(ctx, EVP_md5(), NULL);
-    for (size_t i = 0; ok && i < n_parts; i++)
-        ok = EVP_DigestUpdate(ctx, parts[i].p, parts[i].len);
-    ok = ok && EVP_DigestFinal_ex(ctx, out, &len) && len == 16;
-    EVP_MD_CTX_free(ctx);
-    return ok ? 0 : M2MVPN_E_CRYPTO;
-}
+/* MD5 is in crypto_hash.c, with the other digests. */

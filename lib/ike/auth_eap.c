@@ -99,11 +99,14 @@ static void eap_fail(ike_sa *sa, int r, const char *why)
 {
     if (r == M2MVPN_E_AUTH_PEER)
         ike_info_send_final(sa, true); /* the gateway failed: tell it (§2.21.2) */
+    bool refused = sa->eap && eap_peer_refused(sa->eap);
     ike_eap_end(sa);
-    /* The gateway's fault: what it sent was malformed or did not verify.
-     * Anything else is ours: refused credentials (AUTH_LOCAL, never retried
-     * with the same password), memory, our socket. */
-    if (r == M2MVPN_E_AUTH_PEER || r == M2MVPN_E_PROTOCOL)
+    /* The gateway's fault: what it sent was malformed, did not verify, or
+     * broke the EAP protocol (AUTH_LOCAL without a refusal: a premature
+     * EAP-Success, another method); retried, the password kept. Ours:
+     * refused credentials (never retried with the same password), memory,
+     * our socket. */
+    if (r == M2MVPN_E_AUTH_PEER || r == M2MVPN_E_PROTOCOL || (r == M2MVPN_E_AUTH_LOCAL && !refused))
         ike_sa_fail(sa, r, "EAP with gateway %s failed: %s", sa->gw_text, why);
     else
         ike_sa_fail_local(sa, r, "EAP with gateway %s failed: %s", sa->gw_text, why);

@@ -37,6 +37,7 @@ struct eap_peer {
     uint8_t nt_hash[16];
     uint8_t msk[EAP_MSK_MAX];
     size_t msk_len;
+    bool refused;              /* the gateway refused the credentials */
 };
 
 static const char *const state_names[] = {
@@ -126,6 +127,11 @@ void eap_peer_free(eap_peer *p)
 eap_peer_state eap_peer_get_state(const eap_peer *p)
 {
     return p->state;
+}
+
+bool eap_peer_refused(const eap_peer *p)
+{
+    return p->refused;
 }
 
 void eap_peer_msk(const eap_peer *p, const uint8_t **msk, size_t *len)
@@ -477,6 +483,7 @@ static int on_mschap_failure(eap_peer *p, buf_reader msg, char *err, size_t err_
                        : code == 646 ? "restricted logon hours"
                        : code == 649 ? "no dial-in permission"
                        : "refused";
+    p->refused = true;
     return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len,
                 "gateway refused the EAP-MSCHAPv2 credentials of '%s' (E=%u: %s)", p->identity, code, what);
 }
@@ -528,12 +535,13 @@ int eap_peer_process(eap_peer *p, const uint8_t *pkt, size_t len, uint8_t *out, 
             p->state = EAP_PEER_DONE;
             return EAP_STEP_DONE;
         }
-        return fail(p, M2MVPN_E_PROTOCOL, err, err_len,
+        return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len,
                     "premature EAP-Success from the gateway (EAP state %s, method not finished): refused",
                     eap_peer_state_name(st));
     case EAP_CODE_FAILURE:
         if (len != 4)
             return fail(p, M2MVPN_E_PROTOCOL, err, err_len, "malformed EAP-Failure (%zu bytes)", len);
+        p->refused = true;
         return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len,
                     "gateway sent EAP-Failure: it refused the credentials of '%s'", p->identity);
     case EAP_CODE_REQUEST:
@@ -558,7 +566,7 @@ int eap_peer_process(eap_peer *p, const uint8_t *pkt, size_t len, uint8_t *out, 
             return on_md5(p, ident, r, &w, out_len, err, err_len);
     }
     if (type != method_type(p->method) && type != EAP_TYPE_IDENTITY)
-        return fail(p, M2MVPN_E_AUTH_PEER, err, err_len,
+        return fail(p, M2MVPN_E_AUTH_LOCAL, err, err_len,
                     "gateway asked for EAP method %s (type %u), the profile allows only %s: refused",
                     eap_type_name(type), type, eap_type_name(method_type(p->method)));
     return fail(p, M2MVPN_E_PROTOCOL, err, err_len, "unexpected EAP %s request in EAP state %s",

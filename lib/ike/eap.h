@@ -74,6 +74,11 @@ int eap_peer_new(eap_method method, const char *identity, const char *password, 
 /* Wipe and free. NULL is fine. */
 void eap_peer_free(eap_peer *p);
 eap_peer_state eap_peer_get_state(const eap_peer *p);
+/* Did the gateway refuse our credentials (EAP-Failure, MSCHAPv2 Failure)?
+ * Only then is an AUTH_LOCAL failure about the password: a protocol
+ * violation (a premature EAP-Success, another method) is also AUTH_LOCAL,
+ * but the gateway's doing, and says nothing about the credentials. */
+bool eap_peer_refused(const eap_peer *p);
 
 /* One EAP packet from the gateway (code..data, `len` bytes). Returns
  * EAP_STEP_SEND with the response in out[cap] (*out_len), EAP_STEP_DONE, or

@@ -242,12 +242,12 @@ START_TEST(test_mschapv2_premature_success)
     /* Right after our response, before the authenticator was verified
      * (the CVE-2021-45079 class). */
     to_method(&s);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 9, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 9, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
     ck_assert_ptr_nonnull(strstr(s.err, "premature EAP-Success"));
     eap_peer_free(s.p);
     /* As the very first message. */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MSCHAPV2, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 1, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 1, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
     eap_peer_free(s.p);
     /* An MSCHAPv2 Success request before any challenge. */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MSCHAPV2, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
@@ -264,6 +264,7 @@ START_TEST(test_mschapv2_failure_and_eap_failure)
     const char *msg = "E=691 R=1 C=00112233445566778899AABBCCDDEEFF V=3 M=bad";
     ck_assert_int_eq(feed(&s, b, mschap(b, 9, 4, 0x33, (const uint8_t *)msg, strlen(msg))), M2MVPN_E_AUTH_LOCAL);
     ck_assert_ptr_nonnull(strstr(s.err, "wrong user name or password"));
+    ck_assert(eap_peer_refused(s.p)); /* about the credentials */
     ck_assert_uint_eq(s.out_len, 0); /* no retry with the retry challenge */
     /* The peer is finished: a new challenge is refused. */
     uint8_t body[17] = { 16 };
@@ -273,6 +274,7 @@ START_TEST(test_mschapv2_failure_and_eap_failure)
     to_method(&s);
     ck_assert_int_eq(feed(&s, b, request(b, 4, 9, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
     ck_assert_ptr_nonnull(strstr(s.err, "EAP-Failure"));
+    ck_assert(eap_peer_refused(s.p));
     eap_peer_free(s.p);
 }
 END_TEST
@@ -284,13 +286,14 @@ START_TEST(test_unexpected_method_and_state)
     /* MD5 offered to a MSCHAPv2 peer: refused, no Nak down to a weaker method. */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MSCHAPV2, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
     uint8_t md5[17] = { 16 };
-    ck_assert_int_eq(feed(&s, b, request(b, 1, 1, EAP_TYPE_MD5, md5, 17)), M2MVPN_E_AUTH_PEER);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 1, EAP_TYPE_MD5, md5, 17)), M2MVPN_E_AUTH_LOCAL);
     ck_assert_ptr_nonnull(strstr(s.err, "MD5-Challenge"));
     ck_assert_uint_eq(s.out_len, 0);
+    ck_assert(!eap_peer_refused(s.p)); /* the gateway's doing, not a refusal */
     eap_peer_free(s.p);
     /* A method switched after ours started. */
     to_method(&s);
-    ck_assert_int_eq(feed(&s, b, request(b, 1, 9, 13 /* TLS */, NULL, 0)), M2MVPN_E_AUTH_PEER);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 9, 13 /* TLS */, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
     eap_peer_free(s.p);
     /* A Notification is acknowledged and changes nothing: the Success that
      * follows is still premature. */
@@ -299,7 +302,7 @@ START_TEST(test_unexpected_method_and_state)
     ck_assert_uint_eq(s.out_len, 5);
     ck_assert_uint_eq(s.out[4], EAP_TYPE_NOTIFICATION);
     ck_assert_uint_eq(eap_peer_get_state(s.p), EAP_PEER_METHOD);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 10, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 10, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
     eap_peer_free(s.p);
     /* A second challenge after our response. */
     to_method(&s);
@@ -339,7 +342,7 @@ START_TEST(test_md5_machine)
     eap_peer *keep = s.p;
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MD5, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);
     ck_assert_int_eq(feed(&s, b, request(b, 1, 4, EAP_TYPE_IDENTITY, NULL, 0)), EAP_STEP_SEND);
-    ck_assert_int_eq(feed(&s, b, request(b, 3, 4, -1, NULL, 0)), M2MVPN_E_PROTOCOL);
+    ck_assert_int_eq(feed(&s, b, request(b, 3, 4, -1, NULL, 0)), M2MVPN_E_AUTH_LOCAL);
     eap_peer_free(s.p);
     s.p = keep;
     ck_assert_int_eq(feed(&s, b, request(b, 1, 5, EAP_TYPE_MD5, chal, 17)), EAP_STEP_SEND);
@@ -350,7 +353,7 @@ START_TEST(test_md5_machine)
     ck_assert_uint_eq(s.out[5], 16);
     ck_assert_mem_eq(s.out + 6, want, 16);
     /* MSCHAPv2 now: refused. */
-    ck_assert_int_eq(feed(&s, b, request(b, 1, 6, EAP_TYPE_MSCHAPV2, chal, 17)), M2MVPN_E_AUTH_PEER);
+    ck_assert_int_eq(feed(&s, b, request(b, 1, 6, EAP_TYPE_MSCHAPV2, chal, 17)), M2MVPN_E_AUTH_LOCAL);
     eap_peer_free(s.p);
     /* The same, ending in Success: no MSK (SK_pi/SK_pr are used then). */
     ck_assert_int_eq(eap_peer_new(EAP_METHOD_MD5, USER, PASSWORD, strlen(PASSWORD), &s.p), 0);

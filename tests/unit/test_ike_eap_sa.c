@@ -211,19 +211,24 @@ static void deliver(const fg_msg *m)
     ike_sa_input(T->sa, m->p, m->len, true);
 }
 
-static void assert_down(int err, const char *detail_part)
+static void assert_down_fault(int err, ike_fault want, const char *detail_part)
 {
     ck_assert_uint_eq(T->n_down, 1);
     ck_assert_msg(T->down_err == err, "on_down(%s) (\"%s\"), expected %s", m2mvpn_error_name(T->down_err),
                   T->down_detail, m2mvpn_error_name(err));
     ck_assert_msg(strstr(T->down_detail, detail_part), "detail \"%s\" lacks \"%s\"", T->down_detail, detail_part);
-    /* Refused credentials are ours to fix (the supervisor must not retry
-     * them); what the gateway sent wrong is its fault (retried). */
-    ike_fault want = err == M2MVPN_E_AUTH_PEER || err == M2MVPN_E_PROTOCOL ? IKE_FAULT_PEER : IKE_FAULT_LOCAL;
     ck_assert_msg(T->down_fault == want, "on_down fault %s, expected %s (\"%s\")", ike_fault_name(T->down_fault),
                   ike_fault_name(want), T->down_detail);
     ck_assert_ptr_null(strstr(T->down_detail, PASSWORD));
     ck_assert_uint_eq(T->n_established, 0);
+}
+
+/* Refused credentials are ours to fix (the supervisor must not retry
+ * them); what the gateway sent wrong is its fault (retried). */
+static void assert_down(int err, const char *detail_part)
+{
+    assert_down_fault(err, err == M2MVPN_E_AUTH_PEER || err == M2MVPN_E_PROTOCOL ? IKE_FAULT_PEER : IKE_FAULT_LOCAL,
+                      detail_part);
 }
 
 /* Nothing more goes out, however long we wait. */
@@ -556,8 +561,9 @@ START_TEST(premature_eap_success_is_refused)
     to_mschap_response(resp, sizeof(resp));
     size_t sent = T->gw.n_sent;
     gw_answer(&(answer){ .eap = pkt, .eap_len = eap_packet(pkt, 3, 3, -1, NULL, 0) });
-    /* The gateway's protocol violation, not a refused password (fault peer). */
-    assert_down(M2MVPN_E_PROTOCOL, "premature EAP-Success");
+    /* AUTH_LOCAL with the reason, but the gateway's protocol violation, not
+     * a refused password: its fault, retried with the password kept. */
+    assert_down_fault(M2MVPN_E_AUTH_LOCAL, IKE_FAULT_PEER, "premature EAP-Success");
     ck_assert_uint_eq(T->gw.n_sent, sent); /* no AUTH went out */
     assert_quiet_from_now();
 }
@@ -595,7 +601,7 @@ START_TEST(unexpected_method_is_refused)
     start_to_first_auth();
     size_t n = eap_packet(pkt, 1, 1, EAP_TYPE_MD5, md5, sizeof(md5));
     gw_answer(&(answer){ .first = true, .eap = pkt, .eap_len = n });
-    assert_down(M2MVPN_E_AUTH_PEER, "the profile allows only MSCHAPv2");
+    assert_down_fault(M2MVPN_E_AUTH_LOCAL, IKE_FAULT_PEER, "the profile allows only MSCHAPv2");
     for (size_t i = 2; i < T->gw.n_sent; i++) { /* at most the notice to the gateway: no EAP */
         ck_assert_int_eq(fg_open(&T->gw, &T->gw.sent[i]), 0);
         ck_assert_uint_eq(T->gw.rq_hdr.exchange, IKE_EXCH_INFORMATIONAL);

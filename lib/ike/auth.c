@@ -254,7 +254,7 @@ int ike_auth_start(ike_sa *sa)
         goto fail;
     ike_build_auth(&cw, (uint8_t)method, auth, auth_len);
     secure_wipe(auth, sizeof(auth));
-no_auth:
+no_auth:;
 
     /* Virtual IPs (and DNS servers) of each family the profile protects:
      * both for a dual-stack tunnel; the gateway assigns what its pools have. */

@@ -1234,7 +1234,7 @@ static void child_rekey_request(ike_sa *sa, const ike_chain *c, answer *a)
         answer_notify(a, IKE_N_INVALID_KE_PAYLOAD, g, 2);
         goto out;
     }
-    uint32_t spi_in;
+    uint32_t spi_in = 0;
     uint8_t nr[IKE_NONCE_LEN], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
     size_t pub_len = 0, g_len = 0;
     crypto_ke *ke = NULL;

@@ -217,20 +217,38 @@ def _threads():
     return len(os.listdir("/proc/self/task"))
 
 
+def _settled_threads(timeout=5.0):
+    """The thread count once it has stayed the same for 0.3 s: a thread an
+    earlier test joined can stay listed for a moment after the join (under
+    qemu-user, where the emulator ends the host thread after the guest's
+    exit, for longer)."""
+    deadline = time.monotonic() + timeout
+    n, since = _threads(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        m = _threads()
+        if m != n:
+            n, since = m, time.monotonic()
+        elif time.monotonic() - since >= 0.3:
+            break
+    return n
+
+
+def _wait_threads(want, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while _threads() != want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _threads()
+
+
 def test_free_with_a_running_engine_thread():
-    before = _threads()
+    before = _settled_threads()
     c = m2mvpn.Client()
     c.load_profile_json(PROFILE)
     c.start()
-    assert _threads() == before + 1  # the engine thread
+    assert _wait_threads(before + 1) == before + 1  # the engine thread
     c.close()  # stops and joins it
-    # A joined thread's task can stay listed for a moment after the join
-    # returned (under qemu-user, where the emulator ends the host thread
-    # after the guest's exit, for longer): bounded wait for it to go.
-    deadline = time.monotonic() + 5
-    while _threads() != before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _threads() == before
+    assert _wait_threads(before) == before
     assert c.closed
     with pytest.raises(ValueError):
         c.status()

@@ -261,7 +261,8 @@ def test_other_users_are_refused(service):
     assert p.returncode == 0, p.stderr
     answer = json.loads(p.stdout)
     assert answer["ok"] is False and answer["error"] == "PERMISSION_DENIED"
-    assert "refused a client with uid 65534" in service.log()
+    # The service's log line may reach its file a moment after the answer.
+    assert wait_for(lambda: "refused a client with uid 65534" in service.log(), timeout=10), service.log()
 
 
 def test_second_service_on_the_same_socket_is_refused(service, profile_file):

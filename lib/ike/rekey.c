@@ -671,6 +671,21 @@ static void adopt_peer_child(ike_sa *sa)
     sa->rk.collided = false;
 }
 
+/* An error notify (type below 16384) in an answer: true, named in err. */
+static bool error_notify(const ike_chain *c, char *err, size_t err_len)
+{
+    ike_diag d;
+    ike_notify n;
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->pl[i].type == IKE_PL_NOTIFY && ike_notify_parse(c->pl[i].body, &n, &d) == 0 && n.type < 16384) {
+            const char *name = ike_notify_name(n.type);
+            snprintf(err, err_len, "gateway answered %s", name ? name : "an error");
+            return true;
+        }
+    }
+    return false;
+}
+
 static void child_rekey_failed(ike_sa *sa, const char *why)
 {
     if (sa->rk.collided) {
@@ -731,14 +746,10 @@ static void rekey_child_response(ike_sa *sa, const ike_chain *c)
         return;
     }
     sa->rk.ke_retried = false;
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->pl[i].type == IKE_PL_NOTIFY && ike_notify_parse(c->pl[i].body, &n, &d) == 0 && n.type < 16384) {
-            crypto_ke_free(ke);
-            const char *name = ike_notify_name(n.type);
-            snprintf(err, sizeof(err), "gateway answered %s", name ? name : "an error");
-            child_rekey_failed(sa, err);
-            return;
-        }
+    if (error_notify(c, err, sizeof(err))) {
+        crypto_ke_free(ke);
+        child_rekey_failed(sa, err);
+        return;
     }
     const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
     const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
@@ -972,14 +983,10 @@ static void rekey_ike_response(ike_sa *sa, const ike_chain *c)
         return;
     }
     sa->rki.ke_retried = false;
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->pl[i].type == IKE_PL_NOTIFY && ike_notify_parse(c->pl[i].body, &n, &d) == 0 && n.type < 16384) {
-            crypto_ke_free(ke);
-            const char *name = ike_notify_name(n.type);
-            snprintf(err, sizeof(err), "gateway answered %s", name ? name : "an error");
-            ike_rekey_failed(sa, err);
-            return;
-        }
+    if (error_notify(c, err, sizeof(err))) {
+        crypto_ke_free(ke);
+        ike_rekey_failed(sa, err);
+        return;
     }
     const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
     const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);

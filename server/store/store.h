@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The management server's store: devices, enrolment tokens, groups with
+ * their profile templates and published versions. All state lives in the
+ * database (SQLite by default, PostgreSQL for several server instances);
+ * the handle holds only the connection. Every mutation is one SQL
+ * transaction. Functions return 0 on success, STORE_NOTFOUND or STORE_REFUSED
+ * (with a reason in err) for the caller's mistakes, -1 on a database error. */
+#ifndef M2MVPN_SERVER_STORE_H
+#define M2MVPN_SERVER_STORE_H
+
+#include <stddef.h>
+
+#define STORE_NOTFOUND 1
+#define STORE_REFUSED 2
+
+#define STORE_ID_MAX 64        /* device id, token id, group name: at most 63 chars */
+#define STORE_SCHEMA_VERSION 1
+
+typedef struct store store;
+
+/* database: "sqlite:PATH" or a libpq conninfo ("postgresql://...", "host=... dbname=...").
+   Applies the schema migrations that are missing (idempotent; serialised
+   across processes). */
+int store_open(store **out, const char *database, char *err, size_t errlen);
+void store_close(store *s);
+const char *store_engine(const store *s);   /* "sqlite" | "postgresql" */
+int store_schema_version(store *s, int *version, char *err, size_t errlen);
+
+/* A group name and a device id: 1..63 chars of [A-Za-z0-9._-]. */
+int store_valid_name(const char *name);
+
+/* ---- enrolment tokens (no secret stored: it is derived from the id) ---- */
+typedef enum { STORE_TOKEN_UNUSED, STORE_TOKEN_BOUND, STORE_TOKEN_USED, STORE_TOKEN_REVOKED } store_token_state;
+const char *store_token_state_name(store_token_state st);
+
+typedef struct {
+    char id[STORE_ID_MAX];
+    char group[STORE_ID_MAX];
+    long long expires;
+    int auto_approve;
+    store_token_state state;
+    char device[STORE_ID_MAX];     /* "" until bound */
+} store_token;
+
+int store_token_create(store *s, const char *id, const char *group, long long expires, int auto_approve,
+                       char *err, size_t errlen);
+int store_token_get(store *s, const char *id, store_token *t, char *err, size_t errlen);
+/* Can this token still be used to enrol at time now (its MAC secret may be
+   given out)? 0 yes; STORE_NOTFOUND unknown; STORE_REFUSED expired, revoked
+   or used, with the reason. A token bound to a device pending approval stays
+   usable by that device after its expiry (the expiry limits binding). */
+int store_token_usable(store *s, const char *id, long long now, char *err, size_t errlen);
+
+/* ---- devices ---- */
+typedef enum { STORE_DEV_PENDING, STORE_DEV_APPROVED, STORE_DEV_ENROLLED, STORE_DEV_REJECTED,
+               STORE_DEV_REVOKED } store_device_state;
+const char *store_device_state_name(store_device_state st);
+
+typedef struct {
+    char id[STORE_ID_MAX];
+    char group[STORE_ID_MAX];
+    store_device_state state;
+    char token[STORE_ID_MAX];
+    char cn[STORE_ID_MAX];
+    char serial[80];               /* hex, "" before issuance */
+    long long not_after;           /* 0 before issuance */
+    long long last_contact;        /* 0 never */
+    long long profile_version;     /* last delivered, 0 none */
+} store_device;
+
+/* An IR MAC-verified with token_id asks to enrol device_id (derived from its
+   key). In one transaction: an unused, unexpired token is bound to the device
+   (created pending, or approved if the token auto-approves); the same token
+   with the same device returns that device's state; the same token with
+   another device is refused ("enrolment token already used"), and so is an
+   expired or revoked one. On success *state is the device's state. */
+int store_enrol(store *s, const char *token_id, const char *device_id, long long now,
+                store_device_state *state, char *err, size_t errlen);
+/* The certificate was issued: device enrolled, serial/not_after recorded, token used. */
+int store_issued(store *s, const char *token_id, const char *device_id, const char *serial_hex,
+                 long long not_after, long long now, char *err, size_t errlen);
+
+typedef enum { STORE_ACT_APPROVE, STORE_ACT_REJECT, STORE_ACT_REVOKE } store_action;
+/* approve: pending -> approved; reject: pending|approved -> rejected;
+   revoke: any but revoked -> revoked (its token too). Else STORE_REFUSED. */
+int store_device_act(store *s, const char *device_id, store_action act, char *err, size_t errlen);
+int store_device_get(store *s, const char *device_id, store_device *d, char *err, size_t errlen);
+/* *list is malloc'd (free it), *n devices, ordered by id. */
+int store_device_list(store *s, store_device **list, size_t *n, char *err, size_t errlen);
+/* Record a contact (and, when profile_version > 0, the version delivered). */
+int store_device_contact(store *s, const char *device_id, long long now, long long profile_version,
+                         char *err, size_t errlen);
+
+/* ---- groups and profile templates ---- */
+/* Creates or replaces the template (JSON text); the published profile is
+   unchanged until store_group_publish. */
+int store_group_put(store *s, const char *group, const char *template_json, char *err, size_t errlen);
+/* Copies the template to the published profile and bumps the version (in SQL:
+   several instances may publish at once). */
+int store_group_publish(store *s, const char *group, long long *version, char *err, size_t errlen);
+/* The published template (malloc'd) and its version; STORE_NOTFOUND if the
+   group is unknown or nothing was published. */
+int store_group_published(store *s, const char *group, char **template_json, long long *version,
+                          char *err, size_t errlen);
+typedef struct {
+    char name[STORE_ID_MAX];
+    long long version;             /* published version, 0 none */
+} store_group;
+int store_group_list(store *s, store_group **list, size_t *n, char *err, size_t errlen);
+
+#endif

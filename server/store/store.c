@@ -228,29 +228,32 @@ static int parse_state(const char *const *names, int n, const char *s)
 }
 
 /* ---- tokens ---- */
-int store_token_create(store *s, const char *id, const char *group, long long expires, int auto_approve,
-                       char *err, size_t errlen)
+int store_token_create(store *s, const char *const *ids, size_t n, const char *group, long long expires,
+                       int auto_approve, char *err, size_t errlen)
 {
-    if (!store_valid_name(id) || !store_valid_name(group)) {
-        snprintf(err, errlen, "token id and group: 1 to 63 characters of A-Z a-z 0-9 . _ -");
-        return STORE_REFUSED;
-    }
+    for (size_t i = 0; i < n; i++)
+        if (!store_valid_name(ids[i]) || !store_valid_name(group)) {
+            snprintf(err, errlen, "token id and group: 1 to 63 characters of A-Z a-z 0-9 . _ -");
+            return STORE_REFUSED;
+        }
     char exp[24], now[24];
     lltoa(expires, exp);
     lltoa((long long)time(NULL), now);
-    const char *p[] = {id, group, exp, auto_approve ? "1" : "0", now};
     db_res r;
     if (begin(s, err, errlen) < 0)
         return -1;
-    int rc = q(s, "SELECT name FROM groups WHERE name = ?1", 1, p + 1, &r, err, errlen);
+    int rc = q(s, "SELECT name FROM groups WHERE name = ?1", 1, &group, &r, err, errlen);
     if (rc == 0 && r.nrows == 0) {
         snprintf(err, errlen, "no group %s: create it first", group);
         rc = STORE_NOTFOUND;
     }
-    db_res_free(&r);
     if (rc == 0)
+        db_res_free(&r);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const char *p[] = {ids[i], group, exp, auto_approve ? "1" : "0", now};
         rc = q(s, "INSERT INTO tokens (id, grp, expires, auto_approve, state, device, created)"
                   " VALUES (?1, ?2, ?3, ?4, 'unused', NULL, ?5)", 5, p, NULL, err, errlen);
+    }
     return finish(s, rc, err, errlen);
 }
 

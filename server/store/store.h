@@ -42,8 +42,9 @@ typedef struct {
     char device[STORE_ID_MAX];     /* "" until bound */
 } store_token;
 
-int store_token_create(store *s, const char *id, const char *group, long long expires, int auto_approve,
-                       char *err, size_t errlen);
+/* n tokens of one group in one transaction (all or none). */
+int store_token_create(store *s, const char *const *ids, size_t n, const char *group, long long expires,
+                       int auto_approve, char *err, size_t errlen);
 int store_token_get(store *s, const char *id, store_token *t, char *err, size_t errlen);
 /* Can this token still be used to enrol at time now (its MAC secret may be
    given out)? 0 yes; STORE_NOTFOUND unknown; STORE_REFUSED expired, revoked

@@ -38,9 +38,9 @@ static store *open_fresh(void)
 /* A name unique to this run (the PostgreSQL database is shared by the cases). */
 static const char *uniq(const char *what)
 {
-    static char buf[8][STORE_ID_MAX];
+    static char buf[64][STORE_ID_MAX];
     static int i;
-    char *b = buf[i++ % 8];
+    char *b = buf[i++ % 64];
     snprintf(b, STORE_ID_MAX, "%s-%d-%ld-%d", what, (int)getpid(), (long)time(NULL) % 100000, ++counter);
     return b;
 }
@@ -112,7 +112,7 @@ START_TEST(token_binds_first_key)
     const char *g = uniq("g"), *t = uniq("t"), *a = uniq("dev-a"), *b = uniq("dev-b");
     long long now = time(NULL);
     ck_assert_int_eq(store_group_put(s, g, "{\"version\":1}", err, sizeof(err)), 0);
-    ck_assert_int_eq(store_token_create(s, t, g, now + 3600, 0, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 3600, 0, err, sizeof(err)), 0);
     ck_assert_int_eq(store_token_usable(s, t, now, err, sizeof(err)), 0);
     store_device_state st = -1;
     ck_assert_int_eq(store_enrol(s, t, a, now, &st, err, sizeof(err)), 0);
@@ -137,7 +137,7 @@ START_TEST(token_binds_first_key)
     ck_assert_int_eq(store_enrol(s, t, a, now + 7200, &st, err, sizeof(err)), 0);
     /* the same key cannot take a second token */
     const char *t2 = uniq("t");
-    ck_assert_int_eq(store_token_create(s, t2, g, now + 3600, 0, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t2}, 1, g, now + 3600, 0, err, sizeof(err)), 0);
     ck_assert_int_eq(store_enrol(s, t2, a, now, &st, err, sizeof(err)), STORE_REFUSED);
     ck_assert_msg(strstr(err, "already enrolled"), "%s", err);
     ck_assert_int_eq(store_token_get(s, t2, &tok, err, sizeof(err)), 0);
@@ -152,7 +152,7 @@ START_TEST(token_expired_unknown)
     const char *g = uniq("g"), *t = uniq("t"), *a = uniq("dev-a");
     long long now = time(NULL);
     ck_assert_int_eq(store_group_put(s, g, "{}", err, sizeof(err)), 0);
-    ck_assert_int_eq(store_token_create(s, t, g, now - 1, 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now - 1, 1, err, sizeof(err)), 0);
     ck_assert_int_eq(store_token_usable(s, t, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_str_eq(err, "enrolment token expired");
     store_device_state st;
@@ -163,18 +163,22 @@ START_TEST(token_expired_unknown)
     ck_assert_int_eq(store_enrol(s, uniq("nosuch"), a, now, &st, err, sizeof(err)), STORE_NOTFOUND);
     ck_assert_int_eq(store_token_usable(s, uniq("nosuch"), now, err, sizeof(err)), STORE_NOTFOUND);
     /* a token for a group that does not exist */
-    ck_assert_int_eq(store_token_create(s, uniq("t"), uniq("nogroup"), now + 60, 0, err, sizeof(err)),
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){uniq("t")}, 1, uniq("nogroup"), now + 60, 0, err, sizeof(err)),
                      STORE_NOTFOUND);
     ck_assert_msg(strstr(err, "create it first"), "%s", err);
-    ck_assert_int_eq(store_token_create(s, "bad id!", g, now + 60, 0, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){"bad id!"}, 1, g, now + 60, 0, err, sizeof(err)), STORE_REFUSED);
     /* the same id twice: a database error, the first token unchanged */
     const char *t2 = uniq("t");
-    ck_assert_int_eq(store_token_create(s, t2, g, now + 60, 0, err, sizeof(err)), 0);
-    ck_assert_int_eq(store_token_create(s, t2, g, now + 99, 1, err, sizeof(err)), -1);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t2}, 1, g, now + 60, 0, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t2}, 1, g, now + 99, 1, err, sizeof(err)), -1);
     store_token tok;
     ck_assert_int_eq(store_token_get(s, t2, &tok, err, sizeof(err)), 0);
     ck_assert_int_eq(tok.expires, now + 60);
     ck_assert_int_eq(tok.auto_approve, 0);
+    /* a batch is all or none: one duplicate id, no token of the batch kept */
+    const char *t3 = uniq("t");
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t3, t2}, 2, g, now + 60, 0, err, sizeof(err)), -1);
+    ck_assert_int_eq(store_token_get(s, t3, &tok, err, sizeof(err)), STORE_NOTFOUND);
     store_close(s);
 }
 END_TEST
@@ -185,7 +189,7 @@ START_TEST(auto_approve_then_issued)
     const char *g = uniq("g"), *t = uniq("t"), *a = uniq("dev-a"), *b = uniq("dev-b");
     long long now = time(NULL);
     ck_assert_int_eq(store_group_put(s, g, "{}", err, sizeof(err)), 0);
-    ck_assert_int_eq(store_token_create(s, t, g, now + 60, 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 60, 1, err, sizeof(err)), 0);
     store_device_state st;
     ck_assert_int_eq(store_enrol(s, t, a, now, &st, err, sizeof(err)), 0);
     ck_assert_int_eq(st, STORE_DEV_APPROVED);
@@ -216,7 +220,7 @@ START_TEST(approval_states)
     const char *g = uniq("g"), *t = uniq("t"), *a = uniq("dev-a");
     long long now = time(NULL);
     ck_assert_int_eq(store_group_put(s, g, "{}", err, sizeof(err)), 0);
-    ck_assert_int_eq(store_token_create(s, t, g, now + 60, 0, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 60, 0, err, sizeof(err)), 0);
     store_device_state st;
     ck_assert_int_eq(store_enrol(s, t, a, now, &st, err, sizeof(err)), 0);
     /* pending: no certificate may be recorded */

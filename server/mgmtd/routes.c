@@ -163,25 +163,42 @@ static int hook_enrol(void *ctx, const char *token_id, const unsigned char *spki
                       char *why, size_t wcap)
 {
     mgmtd *m = ((cmp_ctx *)ctx)->m;
-    unsigned char h[32];
-    unsigned int hl = 0;
-    if (EVP_Digest(spki, spki_len, h, &hl, EVP_sha256(), NULL) != 1 || idcap < 21) {
-        snprintf(why, wcap, "server error");
-        return -1;
-    }
-    char id[21];
-    snprintf(id, sizeof(id), "dev-%02x%02x%02x%02x%02x%02x%02x%02x", h[0], h[1], h[2], h[3], h[4], h[5],
-             h[6], h[7]);
+    char id[STORE_ID_MAX], err[256];
     store_device_state st;
-    char err[256];
-    int rc = store_enrol(m->st, token_id, id, (long long)time(NULL), &st, err, sizeof(err));
+    int rc;
+    if (!spki) {
+        /* a pollReq: the device the token is bound to, its state now */
+        store_token t;
+        store_device d;
+        rc = store_token_get(m->st, token_id, &t, err, sizeof(err));
+        if (rc == 0 && !t.device[0]) {
+            snprintf(err, sizeof(err), "no enrolment in progress with this token");
+            rc = STORE_REFUSED;
+        }
+        if (rc == 0)
+            rc = store_device_get(m->st, t.device, &d, err, sizeof(err));
+        if (rc == 0) {
+            snprintf(id, sizeof(id), "%s", d.id);
+            st = d.state;
+        }
+    } else {
+        unsigned char h[32];
+        unsigned int hl = 0;
+        if (EVP_Digest(spki, spki_len, h, &hl, EVP_sha256(), NULL) != 1 || idcap < 21) {
+            snprintf(why, wcap, "server error");
+            return -1;
+        }
+        snprintf(id, sizeof(id), "dev-%02x%02x%02x%02x%02x%02x%02x%02x", h[0], h[1], h[2], h[3], h[4], h[5],
+                 h[6], h[7]);
+        rc = store_enrol(m->st, token_id, id, (long long)time(NULL), &st, err, sizeof(err));
+    }
     if (rc < 0) {
         mgmtd_log("cmp: database error: %s", err);
         snprintf(why, wcap, "server error");
         return -1;
     }
     if (rc) {
-        mgmtd_log("cmp: token %.16s device %s refused: %s", token_id, id, err);
+        mgmtd_log("cmp: token %.16s refused: %s", token_id, err);
         *verdict = PKI_ENROL_REJECT;
         snprintf(why, wcap, "%s", err);
         return 0;

@@ -45,6 +45,7 @@ struct cmp_call {
     char token_id[17];
     int token_ok;      /* token_secret gave the secret OpenSSL checks the MAC with */
     int mac_protected; /* protectionAlg is a MAC (PBM) */
+    int priming;       /* processing the synthetic request of prime_transaction() */
 };
 
 /* ------------------------------------------------------------- DER walking */
@@ -260,6 +261,8 @@ static OSSL_CMP_PKISI *on_cert_request(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG
     struct cmp_call *call = OSSL_CMP_SRV_CTX_get0_custom_ctx(srv);
     (void)certReqId; (void)p10cr; (void)chainOut; (void)caPubs;
     *certOut = NULL;
+    if (call->priming)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badRequest, "synthetic request");
     int type = OSSL_CMP_MSG_get_bodytype(req);
     if (type != BODY_IR && type != BODY_CR)
         return rejection(OSSL_CMP_PKIFAILUREINFO_badRequest, "this request type is not supported yet");
@@ -394,6 +397,60 @@ static int quiet_log(const char *func, const char *file, int line, OSSL_CMP_seve
     return 1;
 }
 
+/* ------------------------------------------------- stateless transactions */
+
+static OSSL_CMP_MSG *capture_request(OSSL_CMP_CTX *c, const OSSL_CMP_MSG *req)
+{
+    OSSL_CMP_MSG **out = OSSL_CMP_CTX_get_transfer_cb_arg(c);
+    *out = OSSL_CMP_MSG_dup(req);
+    return NULL; /* nothing is sent anywhere */
+}
+
+/* OpenSSL's server keeps a transaction's state (the certReqId of its ir, that it is still
+   open) in its context and checks a pollReq or certConf against it; ours is fresh for each
+   request, as the server instances keep no state. So the context is first taken through the
+   start of the same transaction: a synthetic ir with the request's transactionID, MAC-
+   protected with the same token secret, which is refused (raVerified proof of possession is
+   not accepted, and on_cert_request refuses while priming: no hook is asked). Its refusal
+   leaves the transaction open, as after a real ir. The real request is then checked
+   (protection, transaction, certReqId) exactly as OpenSSL checks it in a stateful server. */
+static void prime_transaction(OSSL_CMP_SRV_CTX *srv, struct cmp_call *call, const OSSL_CMP_MSG *req,
+                              const char *secret)
+{
+    OSSL_CMP_MSG *ir = NULL;
+    OSSL_CMP_CTX *c = OSSL_CMP_CTX_new(NULL, NULL);
+    X509_NAME *name = X509_NAME_new();
+    EVP_PKEY *pub = pki_signer_key(call->ca);
+    if (!c || !name || !pub || !EVP_PKEY_up_ref(pub))
+        goto out;
+    if (!OSSL_CMP_CTX_set0_newPkey(c, 0, pub)) {
+        EVP_PKEY_free(pub);
+        goto out;
+    }
+    if (!OSSL_CMP_CTX_set_log_cb(c, quiet_log) || !OSSL_CMP_CTX_set_transfer_cb(c, capture_request)
+        || !OSSL_CMP_CTX_set_transfer_cb_arg(c, &ir)
+        || !OSSL_CMP_CTX_set1_secretValue(c, (const unsigned char *)secret, (int)strlen(secret))
+        || !OSSL_CMP_CTX_set1_referenceValue(c, (const unsigned char *)call->token_id, 16)
+        || !OSSL_CMP_CTX_set1_transactionID(c, OSSL_CMP_HDR_get0_transactionID(OSSL_CMP_MSG_get0_header(req)))
+        || !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"synthetic", -1, -1, 0)
+        || !OSSL_CMP_CTX_set1_subjectName(c, name)
+        || !OSSL_CMP_CTX_set_option(c, OSSL_CMP_OPT_POPO_METHOD, OSSL_CRMF_POPO_RAVERIFIED))
+        goto out;
+    (void)OSSL_CMP_exec_IR_ses(c);
+    if (ir) {
+        call->priming = 1;
+        OSSL_CMP_MSG_free(OSSL_CMP_SRV_process_request(srv, ir));
+        call->priming = 0;
+        /* the real request answers the real previous message, not the synthetic answer */
+        (void)OSSL_CMP_CTX_set1_senderNonce(OSSL_CMP_SRV_CTX_get0_cmp_ctx(srv), NULL);
+    }
+out:
+    OSSL_CMP_MSG_free(ir);
+    X509_NAME_free(name);
+    OSSL_CMP_CTX_free(c);
+    ERR_clear_error();
+}
+
 /* ------------------------------------------------------------------ entry */
 
 int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int cert_days, const char *org,
@@ -456,6 +513,8 @@ int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int ce
             || !OSSL_CMP_CTX_set1_referenceValue(cc, (const unsigned char *)call.token_id, 16))
             goto out;
         call.token_ok = 1;
+        if (call.mac_protected && (type == BODY_POLLREQ || type == BODY_CERTCONF))
+            prime_transaction(srv, &call, msg, secret);
     }
 
     rsp = OSSL_CMP_SRV_process_request(srv, msg);

@@ -283,7 +283,7 @@ static void route_cmp(mgmtd *m, struct evhttp_request *req)
     free(b);
     if (rc < 0 || !resp) {
         OPENSSL_free(resp);
-        reply_error(req, 500, "the CMP handler could not answer");
+        reply_error(req, 400, "request body: not a CMP PKIMessage (DER) this server can answer");
         return;
     }
     reply(req, 200, "application/pkixcmp", resp, rlen);

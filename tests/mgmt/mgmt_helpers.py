@@ -44,13 +44,13 @@ def make_pki(d):
         f.write(os.urandom(32))
 
 
-def make_config(d, database, name="mgmtd.json", **extra):
+def make_config(d, db_url, name="mgmtd.json", **extra):
     cfg = {"listen": "127.0.0.1:0", "tls_cert": "server.pem", "tls_key": "server.key",
            "device_ca_cert": "device-ca.pem", "device_ca_key": "file:device-ca.key",
            "bundle_signer_cert": "signer.pem", "bundle_signer_key": "file:signer.key",
            "token_key": "token.key",
            "admin_token_sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
-           "database": database, "cert_days": 30, "org": "m2mvpn test"}
+           "database": db_url, "cert_days": 30, "org": "m2mvpn test"}
     cfg.update(extra)
     path = os.path.join(d, name)
     with open(path, "w") as f:

@@ -61,11 +61,15 @@ def make_config(d, db_url, name="mgmtd.json", **extra):
 class Mgmtd:
     """m2mvpn-mgmtd started on 127.0.0.1 with an ephemeral port (read from its log)."""
 
-    def __init__(self, d, config, tag="mgmtd"):
+    def __init__(self, d, config, tag="mgmtd", wait=True):
         self.log = os.path.join(d, tag + ".log")
         self.logf = open(self.log, "w")
         self.proc = subprocess.Popen([MGMTD, "--config", config], stdout=self.logf, stderr=subprocess.STDOUT)
         self.port = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             m = re.search(r"listening on 127\.0\.0\.1 port (\d+)", self.text())

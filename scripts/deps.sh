@@ -17,6 +17,7 @@ pkgs=(
   build-essential meson ninja-build pkg-config clang g++
   libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev check
   libnftables-dev
+  libevent-dev libsqlite3-dev libpq-dev libcurl4-openssl-dev postgresql
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins libcharon-extauth-plugins
   softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
@@ -55,12 +56,15 @@ check_tools() {
     command -v "$tool" >/dev/null || fail "missing command '$tool' (package $pkg)"
   done
   [ -x /usr/lib/ipsec/charon ] || fail "missing /usr/lib/ipsec/charon (package strongswan-charon)"
+  # the management server's tests start their own PostgreSQL (initdb, pg_ctl)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || fail "missing PostgreSQL's initdb (package postgresql)"
   /usr/bin/python3 -c 'import pytest' 2>/dev/null || fail "/usr/bin/python3 cannot import pytest (package python3-pytest)"
   /usr/bin/python3 -c 'import venv, ensurepip, setuptools' 2>/dev/null ||
     fail "/usr/bin/python3 cannot make a venv with pip and setuptools (packages python3-venv python3-pip python3-setuptools)"
   for entry in 'openssl >= 3.0':libssl-dev json-c:libjson-c-dev libnl-3.0:libnl-3-dev \
       libnl-route-3.0:libnl-route-3-dev check:check libp11:libp11-dev tss2-esys:libtss2-dev \
-      libnftables:libnftables-dev; do
+      libnftables:libnftables-dev libevent:libevent-dev libevent_openssl:libevent-dev sqlite3:libsqlite3-dev \
+      libpq:libpq-dev libcurl:libcurl4-openssl-dev; do
     pkg-config --exists "${entry%%:*}" || fail "missing library '${entry%%:*}' for pkg-config (package ${entry#*:})"
   done
 }

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from mgmt_helpers import ADMIN_TOKEN, MGMTD, TEMPLATE, Mgmtd, admin, admin_json, make_config, sh
+from mgmt_helpers import ADMIN as ADMIN_BIN, ADMIN_TOKEN, MGMTD, TEMPLATE, Mgmtd, admin, admin_json, make_config, sh
 
 
 def https(d, srv, path, method="GET", body=None, headers=None, cert=None):
@@ -104,6 +104,13 @@ def test_admin_commands_and_enrolment(pki, server):
     assert st == 401 and b"device certificate is required" in body
     st, _, body = https(d, srv, "/api/v1/device/profile", cert=(os.path.join(d, "signer.pem"), os.path.join(d, "signer.key")))
     assert st == 403
+    # a forged certificate: the device's name and serial, another key, not from the device CA
+    serial = admin_json(d, srv, "device", "list")["devices"][0]["serial"]
+    fkey = newkey(d, "forged.key")
+    sh("openssl", "req", "-x509", "-new", "-key", fkey, "-subj", f"/CN={dev}/O=m2mvpn test", "-days", "2",
+       "-set_serial", "0x" + serial, "-addext", "extendedKeyUsage=clientAuth", "-out", os.path.join(d, "forged.pem"))
+    st, _, body = https(d, srv, "/api/v1/device/profile", cert=(os.path.join(d, "forged.pem"), fkey))
+    assert st == 403 and b"not a device certificate of this server" in body, body
 
     # revoke: the profile route refuses the device; reject/approve then say why not
     assert admin_json(d, srv, "device", "revoke", dev)["state"] == "revoked"
@@ -178,3 +185,46 @@ def test_missing_config_key(pki):
         json.dump(c, f)
     r = subprocess.run([MGMTD, "--config", cfg], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and 'missing key "token_key"' in r.stderr
+
+
+def test_expired_and_unknown_token(pki, server):
+    d, srv = pki, server
+    with open(os.path.join(d, "tpl.json"), "w") as f:
+        json.dump(TEMPLATE, f)
+    admin_json(d, srv, "group", "create", "g", "--template", os.path.join(d, "tpl.json"))
+    tok = admin_json(d, srv, "token", "create", "--group", "g", "--expires", "1s")["tokens"][0]
+    deadline = tok["expires"] + 1
+    import time
+    while time.time() <= deadline:
+        time.sleep(0.2)
+    rc, out = cmp_ir(d, srv, tok["token"], newkey(d, "k1.key"), os.path.join(d, "c1.pem"))
+    assert rc != 0 and "enrolment token expired" in srv.text(), out
+    # an unknown id, and a known id with a wrong secret: refused, nothing recorded
+    good = admin_json(d, srv, "token", "create", "--group", "g")["tokens"][0]["token"]
+    rc, out = cmp_ir(d, srv, "0123456789abcdef." + "A" * 43, newkey(d, "k2.key"), os.path.join(d, "c2.pem"))
+    assert rc != 0 and "unknown enrolment token" in srv.text()
+    rc, out = cmp_ir(d, srv, good.split(".")[0] + "." + "B" * 43, newkey(d, "k3.key"), os.path.join(d, "c3.pem"))
+    assert rc != 0
+    assert admin_json(d, srv, "device", "list") == {"devices": []}
+    # the good token still works afterwards
+    rc, out = cmp_ir(d, srv, good, newkey(d, "k4.key"), os.path.join(d, "c4.pem"))
+    assert rc != 0 and admin_json(d, srv, "device", "list")["devices"][0]["state"] == "pending"
+
+
+def test_admin_config_file(pki, server):
+    d, srv = pki, server
+    cfg = os.path.join(d, "admin.json")
+    with open(cfg, "w") as f:
+        json.dump({"server": srv.url, "ca": os.path.join(d, "tls-ca.pem"), "token": ADMIN_TOKEN}, f)
+    env = {k: v for k, v in os.environ.items() if k != "M2MVPN_ADMIN_TOKEN"}
+    r = subprocess.run([ADMIN_BIN, "--config", cfg, "--json", "device", "list"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"devices": []}, r.stderr
+    # no token at all: one clear line
+    r = subprocess.run([ADMIN_BIN, "--server", srv.url, "device", "list"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 1 and "no admin token" in r.stderr and len(r.stderr.splitlines()) == 1
+    # a server whose certificate the --ca does not vouch for
+    r = subprocess.run([ADMIN_BIN, "--server", srv.url, "--ca", os.path.join(d, "device-ca.pem"), "device", "list"],
+                       capture_output=True, text=True, env=dict(env, M2MVPN_ADMIN_TOKEN=ADMIN_TOKEN), timeout=60)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "certificate" in r.stderr.lower(), r.stderr

@@ -37,12 +37,12 @@ static char *path(const char *name)
 }
 
 /* A self-signed CA (or, with issuer/ikey, a certificate it signs) written as PEM files. */
-static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *ikey, int ca)
+static X509 *make_cert(const char *cn, long serial, EVP_PKEY *key, X509 *issuer, EVP_PKEY *ikey, int ca)
 {
     X509 *x = X509_new();
     ck_assert_ptr_nonnull(x);
     X509_set_version(x, X509_VERSION_3);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
     X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
     X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : X509_get_subject_name(x));
     X509_gmtime_adj(X509_getm_notBefore(x), -60);
@@ -85,21 +85,22 @@ static EVP_PKEY *ec_key(void)
 
 /* CA: ca.crt + ca.key; another key other.key; a signer for bundles: signer.crt/.key. */
 static EVP_PKEY *ca_key, *signer_key, *other_key;
-static X509 *ca_cert, *signer_cert, *other_cert;
+static X509 *ca_cert, *signer_cert, *other_cert, *twin_cert;
 
 static void setup(void)
 {
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
     ca_key = ec_key();
-    ca_cert = make_cert("m2mvpn test device CA", ca_key, NULL, NULL, 1);
+    ca_cert = make_cert("m2mvpn test device CA", 1, ca_key, NULL, NULL, 1);
     write_pem("ca.crt", ca_cert, NULL);
     write_pem("ca.key", NULL, ca_key);
     signer_key = ec_key();
-    signer_cert = make_cert("m2mvpn bundle signer", signer_key, NULL, NULL, 0);
+    signer_cert = make_cert("m2mvpn bundle signer", 7, signer_key, NULL, NULL, 0);
     write_pem("signer.crt", signer_cert, NULL);
     write_pem("signer.key", NULL, signer_key);
     other_key = ec_key();
-    other_cert = make_cert("m2mvpn bundle signer", other_key, NULL, NULL, 0); /* same name, another key */
+    other_cert = make_cert("m2mvpn bundle signer", 8, other_key, NULL, NULL, 0); /* same name, another key */
+    twin_cert = make_cert("m2mvpn bundle signer", 7, other_key, NULL, NULL, 0); /* same name and serial too */
     write_pem("other.crt", other_cert, NULL);
     write_pem("other.key", NULL, other_key);
 }
@@ -114,6 +115,7 @@ static void teardown(void)
     X509_free(ca_cert);
     X509_free(signer_cert);
     X509_free(other_cert);
+    X509_free(twin_cert);
     EVP_PKEY_free(ca_key);
     EVP_PKEY_free(signer_key);
     EVP_PKEY_free(other_key);
@@ -139,6 +141,7 @@ struct store {
     unsigned char bound[512];    /* the key the first IR bound the token to */
     size_t bound_len;
     X509 *issued;
+    int last_answer_mac;         /* the last answer's protectionAlg was id-PasswordBasedMac */
 };
 
 static int h_token_secret(void *ctx, const char *id, char *secret, size_t cap, char *reason, size_t rcap)
@@ -213,6 +216,9 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *c, const OSSL_CMP_MSG *req)
     int rc = pki_cmp_handle(s->ca, &hooks, s, 30, "m2mvpn test", der, (size_t)n, &resp, &resp_len);
     OPENSSL_free(der);
     ck_assert_int_eq(rc, 0);
+    /* id-PasswordBasedMac 1.2.840.113533.7.66.13, as DER */
+    static const unsigned char pbm_oid[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf6, 0x7d, 0x07, 0x42, 0x0d};
+    s->last_answer_mac = memmem(resp, resp_len, pbm_oid, sizeof(pbm_oid)) != NULL;
     const unsigned char *p = resp;
     OSSL_CMP_MSG *m = d2i_OSSL_CMP_MSG(NULL, &p, (long)resp_len);
     OPENSSL_free(resp);
@@ -378,6 +384,7 @@ START_TEST(enrol_pending_then_issue)
     ck_assert_msg(cert != NULL, "%s", status_text(c));
     ck_assert_int_eq(s->issued_calls, 1);
     ck_assert_int_eq(X509_cmp(cert, s->issued), 0);
+    ck_assert_msg(s->last_answer_mac, "the ip is MAC-protected with the token secret (RFC 9483 5.1.3.1)");
 
     /* what a user checks: chains to the CA, subject, SAN, EKU, key usage, key, lifetime */
     X509_STORE *st = X509_STORE_new();
@@ -426,6 +433,8 @@ START_TEST(enrol_rejected)
     struct store *s = new_store(PKI_ENROL_REJECT);
     EVP_PKEY *dev = ec_key();
     OSSL_CMP_CTX *c = client(s, token_id, good_secret, dev);
+    /* the rejection is MAC-protected: a device that accepts no unprotected error takes it */
+    ck_assert(OSSL_CMP_CTX_set_option(c, OSSL_CMP_OPT_UNPROTECTED_ERRORS, 0));
     ck_assert_ptr_null(OSSL_CMP_exec_IR_ses(c));
     ck_assert_int_eq(OSSL_CMP_CTX_get_status(c), OSSL_CMP_PKISTATUS_rejection);
     OSSL_CMP_PKIFREETEXT *t = OSSL_CMP_CTX_get0_statusString(c);
@@ -466,6 +475,7 @@ START_TEST(enrol_unknown_token)
     ck_assert_ptr_null(OSSL_CMP_exec_IR_ses(c));
     ck_assert_int_eq(OSSL_CMP_CTX_get_status(c), OSSL_CMP_PKISTATUS_rejection);
     ck_assert_msg(strstr(status_text(c), "unknown enrolment token"), "%s", status_text(c));
+    ck_assert_msg(!s->last_answer_mac, "no secret known: the error is signed by the CA");
     ck_assert_int_eq(s->enrol_calls, 0);
     OSSL_CMP_CTX_free(c);
     /* a senderKID that is not a token id at all is not even looked up */
@@ -613,7 +623,11 @@ START_TEST(bundle_sign_verify)
     /* another pinned signer: refused */
     ck_assert_int_eq(pki_bundle_verify(der, der_len, other_cert, &content, &clen, err, sizeof(err)), -1);
     ck_assert_ptr_null(content);
-    ck_assert_msg(strstr(err, "pinned"), "%s", err);
+    ck_assert_msg(strstr(err, "not signed by the pinned"), "%s", err);
+    /* pinned: a certificate with the signer's issuer and serial but another key: the signature decides */
+    ck_assert_int_eq(pki_bundle_verify(der, der_len, twin_cert, &content, &clen, err, sizeof(err)), -1);
+    ck_assert_ptr_null(content);
+    ck_assert_msg(strstr(err, "does not verify"), "%s", err);
 
     /* one byte of the content changed: refused */
     unsigned char *t = memmem(der, der_len, "\"version\":3", 11);

@@ -95,8 +95,11 @@ static long call(const char *method, const char *path, const char *body, buf *ou
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(h);
     memset(auth, 0, sizeof(auth));
-    if (rc != CURLE_OK)
+    if (rc != CURLE_OK) {
+        curl_easy_cleanup(c);
+        free(out->data);
         die("%s: %s", server, err[0] ? err : curl_easy_strerror(rc));
+    }
     long code = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
     curl_easy_cleanup(c);
@@ -111,15 +114,19 @@ static json_object *api(const char *method, const char *path, const char *body)
     buf b = {0};
     long code = call(method, path, body, &b);
     json_object *o = json_tokener_parse(b.data);
+    free(b.data);
     if (code < 200 || code > 299) {
         json_object *e;
+        char msg[512] = "";
         if (o && json_object_object_get_ex(o, "error", &e))
-            die("%s (HTTP %ld)", json_object_get_string(e), code);
+            snprintf(msg, sizeof(msg), "%s", json_object_get_string(e));
+        json_object_put(o);
+        if (msg[0])
+            die("%s (HTTP %ld)", msg, code);
         die("the server answered HTTP %ld", code);
     }
     if (!o)
         die("the server's answer is not JSON");
-    free(b.data);
     return o;
 }
 
@@ -336,8 +343,13 @@ int main(int argc, char **argv)
         long code = call("GET", "/api/v1/admin/ca", NULL, &b);
         if (code != 200) {
             json_object *e = json_tokener_parse(b.data), *m;
+            char msg[512] = "";
             if (e && json_object_object_get_ex(e, "error", &m))
-                die("%s (HTTP %ld)", json_object_get_string(m), code);
+                snprintf(msg, sizeof(msg), "%s", json_object_get_string(m));
+            json_object_put(e);
+            free(b.data);
+            if (msg[0])
+                die("%s (HTTP %ld)", msg, code);
             die("the server answered HTTP %ld", code);
         }
         if (json_out) {

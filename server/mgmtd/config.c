@@ -73,6 +73,8 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
 {
     memset(c, 0, sizeof(*c));
     c->cert_days = 365;
+    c->poll_s = 300;
+    c->artifact_max_bytes = MGMTD_ARTIFACT_MAX_DEFAULT;
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "config %s: %s", path, strerror(errno));
@@ -118,6 +120,9 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
         {"database", 3, 1, offsetof(mgmtd_config, database)},
         {"cert_days", 4, 0, 0},
         {"org", 0, 0, offsetof(mgmtd_config, org)},
+        {"poll_s", 4, 0, 0},
+        {"artifact_max_bytes", 4, 0, 0},
+        {"state_dir", 1, 0, offsetof(mgmtd_config, state_dir)},
     };
     int rc = 0;
     json_object_object_foreach(root, k, v0) {
@@ -139,6 +144,21 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
                 rc = -1;
                 goto out;
             }
+            continue;
+        }
+        if (keys[i].kind == 4 && strcmp(keys[i].key, "cert_days")) {
+            int poll = !strcmp(keys[i].key, "poll_s");
+            int64_t d = json_object_get_int64(v), lo = poll ? 5 : 1024, hi = poll ? 86400 : (16LL << 30);
+            if (!json_object_is_type(v, json_type_int) || d < lo || d > hi) {
+                snprintf(err, errlen, "config %s: key \"%s\": expected a whole number, %lld to %lld%s", path,
+                         keys[i].key, (long long)lo, (long long)hi, poll ? " (seconds)" : " (bytes)");
+                rc = -1;
+                goto out;
+            }
+            if (poll)
+                c->poll_s = (int)d;
+            else
+                c->artifact_max_bytes = d;
             continue;
         }
         if (keys[i].kind == 4) {
@@ -208,6 +228,8 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
     }
     if (!c->org)
         c->org = strdup("m2mvpn");
+    if (!c->state_dir)   /* default: the config file's folder */
+        c->state_dir = strdup(base ? base : ".");
 out:
     json_object_put(root);
     free(dir);
@@ -228,5 +250,6 @@ void mgmtd_config_free(mgmtd_config *c)
     free(c->token_key);
     free(c->database);
     free(c->org);
+    free(c->state_dir);
     memset(c, 0, sizeof(*c));
 }

@@ -20,6 +20,15 @@
 
 #include "mgmtd.h"
 
+#define reply mgmtd_reply
+#define reply_json mgmtd_reply_json
+#define reply_error mgmtd_reply_error
+#define reply_store_error mgmtd_reply_store_error
+#define body_json mgmtd_body_json
+#define serial_hex mgmtd_serial_hex
+#define admin_ok mgmtd_admin_ok
+#define device_cert mgmtd_device_cert
+
 #define TOKEN_MAX_COUNT 1000
 #define TOKEN_DEFAULT_EXPIRES_S (7 * 86400)
 #define TOKEN_MAX_EXPIRES_S (366 * 86400)
@@ -28,6 +37,7 @@ static const char *reason(int code)
 {
     switch (code) {
     case 200: return "OK";
+    case 204: return "No Content";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
@@ -41,7 +51,7 @@ static const char *reason(int code)
     }
 }
 
-static void reply(struct evhttp_request *req, int code, const char *type, const void *body, size_t len)
+void mgmtd_reply(struct evhttp_request *req, int code, const char *type, const void *body, size_t len)
 {
     struct evbuffer *b = evbuffer_new();
     if (b && body)
@@ -54,16 +64,14 @@ static void reply(struct evhttp_request *req, int code, const char *type, const 
         evbuffer_free(b);
 }
 
-static void reply_json(struct evhttp_request *req, int code, json_object *o)
+void mgmtd_reply_json(struct evhttp_request *req, int code, json_object *o)
 {
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     reply(req, code, "application/json", s, strlen(s));
     json_object_put(o);
 }
 
-static void reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
+void mgmtd_reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -78,7 +86,7 @@ static void reply_error(struct evhttp_request *req, int code, const char *fmt, .
 }
 
 /* Maps a store result to HTTP: the store's own sentence, or a generic one for a database error. */
-static void reply_store_error(struct evhttp_request *req, int rc, const char *err)
+void mgmtd_reply_store_error(struct evhttp_request *req, int rc, const char *err)
 {
     if (rc == STORE_NOTFOUND)
         reply_error(req, 404, "%s", err);
@@ -110,7 +118,7 @@ static char *body_of(struct evhttp_request *req, size_t *len)
     return b;
 }
 
-static json_object *body_json(struct evhttp_request *req)
+json_object *mgmtd_body_json(struct evhttp_request *req)
 {
     size_t n;
     char *b = body_of(req, &n);
@@ -226,7 +234,7 @@ static int hook_enrol(void *ctx, const char *token_id, const unsigned char *spki
     return 0;
 }
 
-static char *serial_hex(X509 *cert)
+char *mgmtd_serial_hex(X509 *cert)
 {
     BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
     char *h = bn ? BN_bn2hex(bn) : NULL, *out = NULL;
@@ -293,7 +301,7 @@ static void route_cmp(mgmtd *m, struct evhttp_request *req)
 /* ------------------------------------------------------ device profile */
 
 /* The client certificate, verified against the device CA; NULL after replying. */
-static X509 *device_cert(mgmtd *m, struct evhttp_request *req)
+X509 *mgmtd_device_cert(mgmtd *m, struct evhttp_request *req)
 {
     struct evhttp_connection *con = evhttp_request_get_connection(req);
     struct bufferevent *bev = con ? evhttp_connection_get_bufferevent(con) : NULL;
@@ -392,7 +400,7 @@ static void route_profile(mgmtd *m, struct evhttp_request *req)
 
 /* ---------------------------------------------------------------- admin */
 
-static int admin_ok(mgmtd *m, struct evhttp_request *req)
+int mgmtd_admin_ok(mgmtd *m, struct evhttp_request *req)
 {
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
     unsigned char dg[32];
@@ -500,6 +508,11 @@ static void admin_devices(mgmtd *m, struct evhttp_request *req)
         json_object_object_add(d, "not_after", json_object_new_int64(list[i].not_after));
         json_object_object_add(d, "last_contact", json_object_new_int64(list[i].last_contact));
         json_object_object_add(d, "profile_version", json_object_new_int64(list[i].profile_version));
+        json_object_object_add(d, "tunnel", list[i].tunnel[0] ? json_object_new_string(list[i].tunnel) : NULL);
+        json_object_object_add(d, "software_version",
+                               list[i].software_version[0] ? json_object_new_string(list[i].software_version) : NULL);
+        json_object_object_add(d, "cert_not_after", json_object_new_int64(list[i].cert_not_after));
+        json_object_object_add(d, "overdue", json_object_new_boolean(mgmtd_overdue(m, &list[i], (long long)time(NULL))));
         json_object_array_add(arr, d);
     }
     free(list);
@@ -588,22 +601,6 @@ static void admin_groups(mgmtd *m, struct evhttp_request *req)
     reply_json(req, 200, out);
 }
 
-static void admin_publish(mgmtd *m, struct evhttp_request *req, const char *g)
-{
-    long long v = 0;
-    char err[512];
-    int rc = store_group_publish(m->st, g, &v, err, sizeof(err));
-    if (rc) {
-        reply_store_error(req, rc, err);
-        return;
-    }
-    mgmtd_log("admin: group %s profile version %lld published", g, v);
-    json_object *out = json_object_new_object();
-    json_object_object_add(out, "group", json_object_new_string(g));
-    json_object_object_add(out, "version", json_object_new_int64(v));
-    reply_json(req, 200, out);
-}
-
 static void admin_ca(mgmtd *m, struct evhttp_request *req)
 {
     BIO *b = BIO_new(BIO_s_mem());
@@ -649,7 +646,13 @@ static void route_admin(mgmtd *m, struct evhttp_request *req, const char *rest)
     else if (n == 2 && !strcmp(seg[0], "groups") && cmd == EVHTTP_REQ_PUT)
         admin_group_put(m, req, seg[1]);
     else if (n == 3 && !strcmp(seg[0], "groups") && !strcmp(seg[2], "publish") && cmd == EVHTTP_REQ_POST)
-        admin_publish(m, req, seg[1]);
+        mgmtd_admin_profile_publish(m, req, seg[1]);
+    else if (n == 1 && !strcmp(seg[0], "artifacts") && cmd == EVHTTP_REQ_POST)
+        mgmtd_admin_artifact_upload(m, req);
+    else if (n == 1 && !strcmp(seg[0], "deployments") && cmd == EVHTTP_REQ_POST)
+        mgmtd_admin_deployment_create(m, req);
+    else if (n == 1 && !strcmp(seg[0], "deployments") && cmd == EVHTTP_REQ_GET)
+        mgmtd_admin_deployment_list(m, req);
     else if (n == 1 && !strcmp(seg[0], "ca") && cmd == EVHTTP_REQ_GET)
         admin_ca(m, req);
     else
@@ -671,6 +674,14 @@ void mgmtd_route(struct evhttp_request *req, void *arg)
         route_cmp(m, req);
     } else if (!strcmp(path, "/api/v1/device/profile")) {
         route_profile(m, req);
+    } else if (!strcmp(path, "/api/v1/device/poll")) {
+        mgmtd_device_poll(m, req);
+    } else if (!strncmp(path, "/api/v1/device/deployments/", 27)) {
+        mgmtd_device_deployment(m, req, path + 27);
+    } else if (!strncmp(path, "/api/v1/device/artifacts/", 25)) {
+        mgmtd_device_artifact(m, req, path + 25);
+    } else if (!strcmp(path, "/fleet")) {
+        mgmtd_fleet(m, req);
     } else if (!strncmp(path, "/api/v1/admin/", 14)) {
         route_admin(m, req, path + 14);
     } else {

@@ -540,7 +540,7 @@ void mgmtd_admin_artifact_upload(mgmtd *m, struct evhttp_request *req)
     }
     char dir[4096], tmp[4200], final[4200];
     snprintf(dir, sizeof(dir), "%s/artifacts", m->cfg.state_dir);
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+    if ((mkdir(m->cfg.state_dir, 0700) < 0 && errno != EEXIST) || (mkdir(dir, 0700) < 0 && errno != EEXIST)) {
         mgmtd_log("artifact folder %s: %s", dir, strerror(errno));
         mgmtd_reply_error(req, 500, "cannot store the artifact (see the server's log)");
         return;

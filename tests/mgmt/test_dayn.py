@@ -270,12 +270,13 @@ def png_size(p):
     return struct.unpack(">II", head[16:24])
 
 
-def chromium(*args):
+def chromium(d, *args):
+    """Headless Chromium with its own profile in the test's folder; the server's
+    test TLS CA is not in its trust store, hence --ignore-certificate-errors."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     assert exe, "chromium missing (scripts/deps.sh installs it)"
     return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
-                           "--user-data-dir=" + os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                                                             f"m2m-chromium-{os.getpid()}"), *args],
+                           "--user-data-dir=" + os.path.join(d, "chromium-profile"), *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -310,7 +311,7 @@ def test_fleet_page_overdue_and_chromium(pki, server):
     c.close()
 
     base = f"https://ops:{ADMIN_TOKEN}@127.0.0.1:{srv.port}/fleet"
-    r = chromium("--dump-dom", base + "?sort=last_contact")
+    r = chromium(d, "--dump-dom", base + "?sort=last_contact")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = re.findall(r'<tr class="([^"]*)" data-id="([^"]+)" data-last-contact="(\d+)"', r.stdout)
     assert len(rows) == 4, r.stdout[:2000]
@@ -318,11 +319,11 @@ def test_fleet_page_overdue_and_chromium(pki, server):
     assert [int(lc) for _, _, lc in rows] == sorted(int(lc) for _, _, lc in rows)
     assert {rid for cls, rid, _ in rows if "overdue" in cls.split()} == {devs[1].id, devs[2].id}
     assert "1.3.0" in r.stdout and "up" in r.stdout and "4 devices, 2 overdue" in r.stdout
-    r = chromium("--dump-dom", base + "?sort=-last_contact")
+    r = chromium(d, "--dump-dom", base + "?sort=-last_contact")
     ids = re.findall(r'data-id="([^"]+)"', r.stdout)
     assert ids == [devs[0].id, devs[3].id, devs[2].id, devs[1].id]
     shot = os.path.join(d, "fleet.png")
-    r = chromium("--screenshot=" + shot, "--window-size=1280,720", base + "?sort=last_contact")
+    r = chromium(d, "--screenshot=" + shot, "--window-size=1280,720", base + "?sort=last_contact")
     assert r.returncode == 0 and os.path.exists(shot), r.stderr[-2000:]
     assert png_size(shot) == (1280, 720) and os.path.getsize(shot) > 5000
 

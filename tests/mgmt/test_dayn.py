@@ -244,6 +244,12 @@ def test_software_update_and_artifact(pki, server):
     r = admin(d, srv, "update", "publish", "--group", "fleet", "--file", path, "--version", "2", "--window", "25:00",
               check=False)
     assert r.returncode != 0 and "HH:MM-HH:MM" in r.stderr
+    # a revoked device: every device route refuses it
+    admin_json(d, srv, "device", "revoke", other.id)
+    for method, route in (("GET", "/api/v1/device/poll"), ("GET", f"/api/v1/device/deployments/{dep}"),
+                          ("GET", man["url"])):
+        st, _, body = other.request(method, route)
+        assert st == 403 and b"revoked" in body, (route, body)
 
 
 def test_artifact_size_limit(pki):

@@ -357,7 +357,7 @@ static void route_profile(mgmtd *m, struct evhttp_request *req)
     free(ser);
     char *tpl = NULL;
     long long version = 0, now = (long long)time(NULL);
-    rc = store_group_published(m->st, d.group, &tpl, &version, err, sizeof(err));
+    rc = store_device_profile(m->st, d.group, d.id, &tpl, &version, err, sizeof(err));
     if (rc) {
         store_device_contact(m->st, d.id, now, 0, err, sizeof(err));
         reply_store_error(req, rc, err);

@@ -941,3 +941,36 @@ int store_deployment_feedback(store *s, long long id, const char *device_id, con
     }
     return finish(s, rc, err, errlen);
 }
+
+int store_device_profile(store *s, const char *group, const char *device_id, char **template_json,
+                         long long *version, char *err, size_t errlen)
+{
+    const char *p[] = {group, device_id};
+    db_res r;
+    if (q(s, "SELECT d.version, d.payload FROM deployments d LEFT JOIN deployment_devices y"
+             " ON y.deployment = d.id AND y.device = ?2"
+             " WHERE d.grp = ?1 AND d.type = 'profile' AND d.state <> 'halted' AND d.payload IS NOT NULL"
+             " AND ((y.device IS NOT NULL AND y.wave <= d.wave AND y.status <> 'failure')"
+             " OR (y.device IS NULL AND d.wave = 2))"
+             " ORDER BY d.id DESC LIMIT 1", 2, p, &r, err, errlen) < 0)
+        return -1;
+    if (r.nrows == 1) {
+        *version = atoll0(db_cell(&r, 0, 0));
+        *template_json = strdup(db_cell(&r, 0, 1));
+        db_res_free(&r);
+        if (!*template_json) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    db_res_free(&r);
+    if (q(s, "SELECT id FROM deployments WHERE grp = ?1 AND type = 'profile' LIMIT 1", 1, p, &r, err, errlen) < 0)
+        return -1;
+    int any = r.nrows > 0;
+    db_res_free(&r);
+    if (!any)
+        return store_group_published(s, group, template_json, version, err, errlen);
+    snprintf(err, errlen, "no profile published for group %s", group);
+    return STORE_NOTFOUND;
+}

@@ -170,6 +170,13 @@ int store_group_publish(store *s, const char *group, long long *version, char *e
    group is unknown or nothing was published. */
 int store_group_published(store *s, const char *group, char **template_json, long long *version,
                           char *err, size_t errlen);
+/* The profile the day-0 route gives device_id of group: the newest profile
+   deployment of the group that is not halted and that the device may see
+   (its wave is open and it did not report failure; a device outside the
+   deployment once the second wave is open); without any profile deployment
+   the group's published profile (a database from before schema 2). */
+int store_device_profile(store *s, const char *group, const char *device_id, char **template_json,
+                         long long *version, char *err, size_t errlen);
 typedef struct {
     char name[STORE_ID_MAX];
     long long version;             /* published version, 0 none */

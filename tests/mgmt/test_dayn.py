@@ -164,6 +164,10 @@ def test_staged_rollout_halts_on_failures(pki, server):
         assert dep not in x.open_ids()
     st, _, body = seeing[2].request("GET", f"/api/v1/device/deployments/{dep}")
     assert st == 409 and b"halted" in body
+    # the day-0 profile route follows the rollout too: nobody gets the halted version
+    for x in devs:
+        st, _, _ = x.request("GET", "/api/v1/device/profile")
+        assert st == 404
 
 
 def test_staged_rollout_second_wave(pki, server):
@@ -177,6 +181,9 @@ def test_staged_rollout_second_wave(pki, server):
     for x in first[:2]:
         x.feedback(dep, "success")
     assert all(dep not in x.open_ids() for x in rest)   # not before the whole first wave succeeded
+    # the day-0 profile route: the first wave gets version 1, the rest nothing yet
+    assert first[0].request("GET", "/api/v1/device/profile")[0] == 200
+    assert rest[0].request("GET", "/api/v1/device/profile")[0] == 404
     first[2].feedback(dep, "success")
     assert deployment(d, srv, dep)["wave"] == 2
     for x in rest:

@@ -368,6 +368,9 @@ START_TEST(rollout_rules)
     ck_assert(seen);
     for (int i = 0; i < 10; i++)
         ck_assert(!is_open(s, ids[i], d.id));
+    char *tpl = NULL;
+    long long v = 0;
+    ck_assert_int_eq(store_device_profile(s, g, ids[2], &tpl, &v, err, sizeof(err)), STORE_NOTFOUND);
 
     /* every first-wave success opens the rest; all reported -> done */
     store_deployment e = dep_new(s, g, 30, 200);
@@ -377,6 +380,9 @@ START_TEST(rollout_rules)
         ck_assert(!is_open(s, ids[9], e.id));
         ck_assert_int_eq(store_deployment_feedback(s, e.id, ids[i], "success", NULL, now, err, sizeof(err)), 0);
     }
+    ck_assert_int_eq(store_device_profile(s, g, ids[0], &tpl, &v, err, sizeof(err)), 0);
+    ck_assert_int_eq(v, 2);
+    free(tpl);
     for (int i = 3; i < 10; i++) {
         ck_assert(is_open(s, ids[i], e.id));
         ck_assert_int_eq(store_deployment_feedback(s, e.id, ids[i], i == 9 ? "failure" : "success", NULL, now, err,
@@ -385,6 +391,11 @@ START_TEST(rollout_rules)
     ck_assert_int_eq(store_deployment_for_device(s, e.id, ids[9], &e, NULL, err, sizeof(err)), 0);
     ck_assert_str_eq(e.state, "done");
     ck_assert_str_eq(e.dev_status, "failure");
+    ck_assert_int_eq(store_device_profile(s, g, ids[8], &tpl, &v, err, sizeof(err)), 0);
+    ck_assert_int_eq(v, 2);
+    free(tpl);
+    /* the device that failed with version 2 is not handed it again by the day-0 route */
+    ck_assert_int_eq(store_device_profile(s, g, ids[9], &tpl, &v, err, sizeof(err)), STORE_NOTFOUND);
     store_close(s);
 }
 END_TEST

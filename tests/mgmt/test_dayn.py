@@ -354,3 +354,47 @@ def test_fleet_page_escapes(pki, server):
     page = r.read().decode()
     c.close()
     assert r.status == 200 and "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;&amp;&#39;&quot;" in page
+
+
+# schema 1 exactly as day 0 created it (server/store/store.c migration_1)
+SCHEMA_1 = [
+    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied BIGINT NOT NULL)",
+    "CREATE TABLE groups (name TEXT PRIMARY KEY, template TEXT NOT NULL, published TEXT,"
+    " version BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE tokens (id TEXT PRIMARY KEY, grp TEXT NOT NULL REFERENCES groups(name),"
+    " expires BIGINT NOT NULL, auto_approve INTEGER NOT NULL, state TEXT NOT NULL,"
+    " device TEXT, created BIGINT NOT NULL)",
+    "CREATE TABLE devices (id TEXT PRIMARY KEY, grp TEXT NOT NULL REFERENCES groups(name),"
+    " state TEXT NOT NULL, token TEXT NOT NULL REFERENCES tokens(id), serial TEXT,"
+    " not_after BIGINT NOT NULL DEFAULT 0, last_contact BIGINT NOT NULL DEFAULT 0,"
+    " profile_version BIGINT NOT NULL DEFAULT 0, created BIGINT NOT NULL)",
+    "CREATE INDEX devices_grp ON devices (grp)",
+    "INSERT INTO schema_version VALUES (1, 0)",
+]
+
+
+def test_upgrade_from_schema_1(pki):
+    """A day-0 database with a fleet in it: the server adds schema 2, keeps the rows."""
+    d = pki
+    now = int(time.time())
+    db = sqlite3.connect(os.path.join(d, "mgmt.db"))
+    for sql in SCHEMA_1:
+        db.execute(sql)
+    db.execute("INSERT INTO groups VALUES ('old', ?, ?, 3)", (json.dumps(TEMPLATE), json.dumps(TEMPLATE)))
+    db.execute("INSERT INTO tokens VALUES ('00112233445566aa', 'old', ?, 0, 'used', 'dev-00112233445566aa', ?)",
+               (now + 60, now))
+    db.execute("INSERT INTO devices VALUES ('dev-00112233445566aa', 'old', 'enrolled', '00112233445566aa', 'ab',"
+               " ?, ?, 3, ?)", (now + 86400, now, now))
+    db.commit()
+    db.close()
+    srv = Mgmtd(d, make_config(d, "sqlite:mgmt.db"))
+    try:
+        assert "schema 2" in srv.text()
+        dev, = admin_json(d, srv, "device", "list")["devices"]
+        assert (dev["id"], dev["profile_version"], dev["tunnel"], dev["software_version"], dev["overdue"]) == \
+            ("dev-00112233445566aa", 3, None, None, False)
+        assert admin_json(d, srv, "deployment", "list") == {"deployments": []}
+        pub = admin_json(d, srv, "profile", "publish", "--group", "old")
+        assert pub["version"] == 4 and pub["devices"] == 1
+    finally:
+        srv.stop()

@@ -171,6 +171,9 @@ def test_bad_bearer_and_limits(pki, server):
     ({"colour": "blue"}, '"colour"'),
     ({"database": "mysql://x"}, '"database"'),
     ({"tls_key": "nonexistent.key"}, '"tls_key"'),
+    ({"poll_s": 0}, '"poll_s"'),
+    ({"artifact_max_bytes": "64M"}, '"artifact_max_bytes"'),
+    ({"state_dir": ""}, '"state_dir"'),
 ])
 def test_bad_config(pki, bad, word):
     cfg = make_config(pki, "sqlite:mgmt.db", name="bad.json", **bad)

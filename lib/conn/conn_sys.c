@@ -374,6 +374,7 @@ static int ensure_datapath(conn_sys *s, const profile *p, char *err, size_t err_
         cfg.mtu = ESP_MAX_TUN_MTU;
     }
     cfg.kill_switch = p->tunnel.kill_switch;
+    cfg.batch = p->esp.batch;
     cfg.configure_network = true;
     cfg.threads = true;
     snprintf(cfg.underlay_ifname, sizeof(cfg.underlay_ifname), "%s", s->underlay);

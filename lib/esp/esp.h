@@ -100,6 +100,11 @@
 #define ESP_MAX_PACKET     16384
 /* Largest TUN MTU the datapath's preallocated send slots take (no jumbo). */
 #define ESP_MAX_TUN_MTU    1952
+/* Batch depth of the TUN -> ESP side: packets gathered (read from the TUN,
+ * or cut from a TSO super-packet) before they are encrypted and sent in one
+ * go. Each costs a 2 KiB slot, touched only under load. */
+#define ESP_BATCH_DEFAULT  32
+#define ESP_BATCH_MAX      128
 /* Prefixes a tunnel protects: as many as a profile may list
  * (PROFILE_MAX_TS, checked in lib/conn); a full tunnel is one prefix. */
 #define ESP_MAX_TS         16
@@ -355,6 +360,10 @@ typedef struct esp_datapath_config {
      * network code per batch instead of per packet. On by default (measured:
      * about 4x the throughput of the plain path); true turns them off. */
     bool no_offload;
+    /* Packets per TUN -> ESP batch: 0 -> ESP_BATCH_DEFAULT, at most
+     * ESP_BATCH_MAX. Memory under load against syscalls per packet (a TSO
+     * super-packet larger than the batch is cut and sent in several). */
+    uint32_t batch;
     /* Worker threads (one encrypts, one decrypts: both cores). false: no
      * threads; after esp_datapath_attach the engine's own loop moves the
      * packets (single-threaded firmware), or a test calls esp_datapath_poll_*. */

@@ -110,6 +110,7 @@ typedef struct profile {
         size_t n_proposals;   /* >= 1; default: one proposal aes256gcm16-aes128gcm16 */
         uint32_t lifetime_s;  /* default 3600 */
         uint32_t replay_window; /* default 1024; 0 = off; max 65536 */
+        uint32_t batch;       /* packets per TUN -> ESP batch; default 32; 1..128 */
     } esp;
 
     struct {

@@ -420,7 +420,7 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
 
 static int read_esp(keypath *kp, json_object *obj, profile *p)
 {
-    static const char *const keys[] = { "proposals", "lifetime_s", "replay_window", NULL };
+    static const char *const keys[] = { "proposals", "lifetime_s", "replay_window", "batch", NULL };
     json_object *esp;
     TRY(keypath_object(kp, obj, "esp", &esp));
     if (!esp)
@@ -430,6 +430,7 @@ static int read_esp(keypath *kp, json_object *obj, profile *p)
     TRY(read_proposals(kp, esp, PROPOSAL_ESP, p->esp.proposals, &p->esp.n_proposals));
     TRY(keypath_uint(kp, esp, "lifetime_s", 10, 604800, &p->esp.lifetime_s));
     TRY(keypath_uint(kp, esp, "replay_window", 0, 65536, &p->esp.replay_window));
+    TRY(keypath_uint(kp, esp, "batch", 1, 128, &p->esp.batch));
     keypath_pop(kp, mark);
     return 0;
 }
@@ -542,6 +543,7 @@ static void set_defaults(profile *p)
     p->ike.force_encap = false;
     p->esp.lifetime_s = 3600;
     p->esp.replay_window = 1024;
+    p->esp.batch = 32;
     p->tunnel.request_vip = true;
     p->tunnel.dns = true;
     p->tunnel.kill_switch = true;

@@ -844,6 +844,40 @@ START_TEST(tso_segment_and_coalesce)
 }
 END_TEST
 
+/* A batch smaller than the super-packet: cut in parts of up to k segments,
+ * the segments are byte for byte those of a cut in one go (sequence numbers,
+ * IPv4 ids, PSH only on the very last, checksums). _i: 0 IPv4, 1 IPv6. */
+START_TEST(tso_segment_in_parts)
+{
+    bool v6 = _i == 1;
+    static uint8_t big[8192], whole[8][2048], part[3][2048];
+    size_t len = build_tcp(big, v6, 6500, 1000, 0x18 /* ACK|PSH */);
+    uint8_t *outs[8], *pouts[3] = { part[0], part[1], part[2] };
+    size_t lens[8], plens[3], total = 0;
+    for (int i = 0; i < 8; i++)
+        outs[i] = whole[i];
+    ck_assert_uint_eq(esp_tso_segment(big, len, 1000, outs, 2048, lens, 8), 7);
+    for (size_t k = 1; k <= 3; k++) {
+        size_t done = 0;
+        while (done < 7) {
+            size_t got = esp_tso_segment_part(big, len, 1000, done, pouts, 2048, plens, k, &total);
+            ck_assert_uint_eq(total, 7);
+            ck_assert_uint_eq(got, 7 - done < k ? 7 - done : k);
+            for (size_t j = 0; j < got; j++) {
+                ck_assert_uint_eq(plens[j], lens[done + j]);
+                ck_assert_mem_eq(part[j], whole[done + j], lens[done + j]);
+            }
+            done += got;
+        }
+        ck_assert_uint_eq(esp_tso_segment_part(big, len, 1000, 7, pouts, 2048, plens, k, &total), 0);
+    }
+    /* Not TCP: nothing, and no segment count. */
+    big[v6 ? 6 : 9] = 17;
+    ck_assert_uint_eq(esp_tso_segment_part(big, len, 1000, 0, pouts, 2048, plens, 3, &total), 0);
+    ck_assert_uint_eq(total, 0);
+}
+END_TEST
+
 /* Coalescing verifies each segment's checksums: the merged packet reaches
  * the kernel as verified, so a corrupt segment must not be merged, and a
  * lone packet is only marked DATA_VALID when its checksums were verified.
@@ -2286,6 +2320,7 @@ Suite *esp_suite(void)
     t = tcase_create("offload");
     tcase_add_test(t, checksum_known_answer);
     tcase_add_loop_test(t, tso_segment_and_coalesce, 0, 2);
+    tcase_add_loop_test(t, tso_segment_in_parts, 0, 2);
     tcase_add_loop_test(t, coalesce_verifies_checksums, 0, 2);
     tcase_add_test(t, partial_checksum_completed);
     suite_add_tcase(s, t);

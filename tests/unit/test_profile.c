@@ -152,6 +152,7 @@ START_TEST(test_minimal_psk_gets_every_default)
     ck_assert_uint_eq(p->esp.proposals[0].esn[0], ESN_NO);
     ck_assert_uint_eq(p->esp.lifetime_s, 3600);
     ck_assert_uint_eq(p->esp.replay_window, 1024);
+    ck_assert_uint_eq(p->esp.batch, 32);
 
     ck_assert(p->tunnel.request_vip);
     /* The default full tunnel protects both families (full_tunnel_families). */
@@ -185,7 +186,7 @@ START_TEST(test_every_field_is_read)
         "'dpd_s':0,'fragmentation':false,'mobike':false,'nat_keepalive_s':0,'retransmit_timeout_s':0.5,"
         "'retransmit_base':2,'retransmit_tries':0,'force_encap':true,"
         "'allow_sha1_signatures':true},"
-        "'esp':{'proposals':['aes256-sha512-ecp384-esn','aes128gcm16'],'lifetime_s':604800,'replay_window':0},"
+        "'esp':{'proposals':['aes256-sha512-ecp384-esn','aes128gcm16'],'lifetime_s':604800,'replay_window':0,'batch':128},"
         "'tunnel':{'request_vip':false,'remote_ts':['198.18.0.0/15','10.1.2.3','2001:db8::/32'],'dns':false,"
         "'kill_switch':false,'tun_name':'vpn_0.a-b','mtu':9000,'on_demand_idle_s':0,"
         "'dns_hook':'hooks/dns'}}");
@@ -228,6 +229,7 @@ START_TEST(test_every_field_is_read)
     assert_proposal_text(&p->esp.proposals[1], PROPOSAL_ESP, "aes128gcm16");
     ck_assert_uint_eq(p->esp.lifetime_s, 604800);
     ck_assert_uint_eq(p->esp.replay_window, 0);
+    ck_assert_uint_eq(p->esp.batch, 128);
 
     ck_assert(!p->tunnel.request_vip);
     ck_assert_uint_eq(p->tunnel.n_remote_ts, 3);

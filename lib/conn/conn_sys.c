@@ -214,8 +214,19 @@ static void ike_down(void *arg, int err, ike_fault fault, const char *detail)
     conn_post_ike_down(s->c, err, fault, detail);
 }
 
-/* The datapath's SA for a negotiated CHILD SA. The soft lifetime is jittered
- * (80..90 %) so that both sides rarely rekey at the same moment. */
+/* The soft limit of a lifetime (seconds, bytes or packets; 0 = none):
+ * a random point between 80 and 90 % of it, so that both sides rarely rekey
+ * at the same moment. */
+static uint64_t soft_limit(uint64_t hard)
+{
+    uint64_t jitter = 0;
+    if (hard / 10 && crypto_random(&jitter, sizeof(jitter)) == 0)
+        jitter %= hard / 10 + 1;
+    return hard - hard / 10 - jitter;
+}
+
+/* The datapath's SA for a negotiated CHILD SA, with the profile's lifetimes
+ * (the datapath raises the rekey requests, conn_post_rekey). */
 static int child_sa_config(conn_sys *s, const profile *p, const ike_child_result *r, esp_sa_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -226,11 +237,12 @@ static int child_sa_config(conn_sys *s, const profile *p, const ike_child_result
     cfg->integ_id = r->integ_id;
     cfg->esn = r->esn;
     cfg->replay_window = p->esp.replay_window;
-    uint32_t life = p->esp.lifetime_s, jitter = 0;
-    if (life / 10 && crypto_random(&jitter, sizeof(jitter)) == 0)
-        jitter %= life / 10 + 1;
-    cfg->lifetime.hard_seconds = life;
-    cfg->lifetime.soft_seconds = life - life / 10 - jitter;
+    cfg->lifetime.hard_seconds = p->esp.lifetime_s;
+    cfg->lifetime.soft_seconds = (uint32_t)soft_limit(p->esp.lifetime_s);
+    cfg->lifetime.hard_bytes = p->esp.lifetime_bytes;
+    cfg->lifetime.soft_bytes = soft_limit(p->esp.lifetime_bytes);
+    cfg->lifetime.hard_packets = p->esp.lifetime_packets;
+    cfg->lifetime.soft_packets = soft_limit(p->esp.lifetime_packets);
     memcpy(&cfg->peer, &s->gw, s->gw_len);
     cfg->peer_len = s->gw_len;
     if (cfg->peer.ss_family == AF_INET)

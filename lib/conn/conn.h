@@ -60,6 +60,7 @@
     XX(WAIT_CREDENTIALS, "wait-credentials") /* EAP user + password wanted */ \
     XX(NEGOTIATING, "negotiating") /* IKE SA on its way */                    \
     XX(UP,          "up")          /* CHILD SA installed */                   \
+    XX(REAUTHENTICATING, "reauthenticating") /* up; a new IKE SA on its way */ \
     XX(RESTARTING,  "restarting")  /* closing to start over at once */        \
     XX(CLOSING,     "closing")     /* closing to stay down */                 \
     XX(BACKOFF,     "backoff")     /* waiting before the next attempt */
@@ -167,6 +168,16 @@ typedef struct conn_ops {
     /* Rekey this CHILD SA (CREATE_CHILD_SA); the result comes back through
      * conn_child_rekeyed(). < 0: no rekey could start. */
     int (*child_rekey)(void *arg, uint32_t spi_in);
+    /* Reauthentication (RFC 7296 §2.8.3), make-before-break: a new IKE SA
+     * and CHILD SA next to the current ones (credentials read anew, eap as
+     * for sa_start); the current SA keeps the traffic. The outcome comes
+     * through conn_reauth_established() or conn_post_reauth_failed(). NULL
+     * or < 0: no reauthentication (the tunnel stays as it is). */
+    int (*reauth_start)(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len);
+    /* During conn_reauth_established(): install the new CHILD SA (sending
+     * moves to it), make the new IKE SA the tunnel's and delete the old one.
+     * < 0: the new SA is dropped, the old one carries on. */
+    int (*reauth_install)(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len);
     /* Delete it; conn_post_ike_down() follows (maybe during this call). */
     void (*sa_close)(void *arg);
     /* Free the SA and close the path's socket. Never called from inside the
@@ -230,6 +241,12 @@ void conn_ike_established(conn *c, const ike_child_result *r);
  * detail why): the tunnel then starts over. */
 void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t spi_out, int err,
                         const char *detail);
+/* The reauthentication's new IKE SA and CHILD SA are up (during its
+ * callback: the keys are valid only then). */
+void conn_reauth_established(conn *c, const ike_child_result *r);
+/* The reauthentication's new IKE SA failed; the current one carries on.
+ * Handled from the loop. */
+void conn_post_reauth_failed(conn *c, int err, ike_fault fault, const char *detail);
 /* The IKE SA was rekeyed (during the SA's callback). */
 void conn_ike_rekeyed(conn *c);
 /* The IKE SA is down (as ike_hooks.on_down); handled from the loop. */

@@ -95,6 +95,11 @@ struct conn {
 
     profile_set *set;
     const profile *prof;
+    /* A make-before-break profile switch: the profile the old IKE SA uses
+     * is kept (it borrows it) until the next one or the release; switching:
+     * the reauthentication under way is the switch. */
+    profile_set *prev_set;
+    bool switching;
     conn_phase phase;
     /* After a failure or a renewal until the tunnel is up again: the public
      * state says RECONNECTING instead of CONNECTING. */
@@ -757,6 +762,14 @@ static void reauth_failed(conn *c, int err, ike_fault fault, const char *detail)
     bool auth = err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER;
     if (auth && c->hooks.on_event)
         c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
+    if (c->switching) {
+        /* The old SA still runs the previous profile: start over with the
+         * new one, the shortest gap left. */
+        c->switching = false;
+        snprintf(why, sizeof(why), "break-before-make: the new profile's IKE SA failed: %s", detail);
+        close_and_restart(c, 0, why);
+        return;
+    }
     set_phase(c, CONN_UP, 0, why);
     if (err == M2MVPN_E_AUTH_LOCAL && fault == IKE_FAULT_LOCAL && c->prof->auth == PROFILE_AUTH_EAP) {
         /* The password was refused: never sent again (an account would
@@ -788,8 +801,22 @@ void conn_reauth_established(conn *c, const ike_child_result *r)
         inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
     else if (r->has_vip6)
         inet_ntop(AF_INET6, r->vip6, c->vip, sizeof(c->vip));
+    char what[192];
+    if (c->switching) {
+        c->switching = false;
+        c->connected_since = c->ops.wall_time(c->ops.arg);
+        snprintf(what, sizeof(what), "make-before-break: switched to profile %s (CHILD SA %08x replaced by "
+                 "%08x/%08x)", c->prof->name, old_in, r->spi_in, r->spi_out);
+        LOG_INFO(c->log, "conn", "%s", what);
+        set_phase(c, CONN_UP, 0, what);
+        arm_reauth(c, false);
+        /* The public state stays CONNECTED: the switch is reported as a
+         * STATE_CHANGED of its own, saying how it went. */
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_STATE_CHANGED, 0, what);
+        return;
+    }
     c->rekeys++;
-    char what[128];
     snprintf(what, sizeof(what), "IKE SA reauthenticated: CHILD SA %08x replaced by %08x/%08x", old_in,
              r->spi_in, r->spi_out);
     LOG_INFO(c->log, "conn", "%s", what);
@@ -918,6 +945,9 @@ static void release_profile(conn *c, bool remove_network)
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
     c->prof = NULL;
+    profile_set_free(c->prev_set); /* its IKE SA went with release_sa */
+    c->prev_set = NULL;
+    c->switching = false;
 }
 
 /* Back to IDLE whatever the phase (the profile went away). */
@@ -953,10 +983,68 @@ void conn_free(conn *c)
     free(c);
 }
 
+/* A profile switch while the tunnel is up, make-before-break: the new
+ * profile's IKE SA and CHILD SA come up next to the old ones (as a
+ * reauthentication does), the traffic moves, then the old IKE SA goes.
+ * Possible when the new profile keeps what the running tunnel is built on:
+ * the TUN, the gateway, the kill switch and the mode (the network is then
+ * reconfigured in place, gap-free). Otherwise false and why: the switch
+ * is break-before-make, the shortest gap. */
+static bool switch_make_before_break(conn *c, profile_set *set, const profile *p, char *why, size_t len)
+{
+    const profile *o = c->prof;
+    const profile_gateway *ga = &o->gateways[c->gw_index < o->n_gateways ? c->gw_index : 0];
+    const profile_gateway *gb = &p->gateways[0];
+    const char *ta = o->tunnel.tun_name ? o->tunnel.tun_name : "m2m0";
+    const char *tb = p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0";
+    char err[512] = "";
+    if (c->phase != CONN_UP)
+        snprintf(why, len, "the tunnel is %s", conn_phase_name(c->phase));
+    else if (!c->ops.reauth_start || !c->ops.reauth_install)
+        snprintf(why, len, "no second IKE SA possible here");
+    else if (strcmp(ta, tb) != 0)
+        snprintf(why, len, "another TUN (%s, was %s)", tb, ta);
+    else if (strcmp(ga->host, gb->host) != 0 || ga->port != gb->port)
+        snprintf(why, len, "another gateway (%s:%u, was %s:%u)", gb->host, (unsigned)gb->port, ga->host,
+                 (unsigned)ga->port);
+    else if (o->tunnel.kill_switch != p->tunnel.kill_switch)
+        snprintf(why, len, "the kill switch setting differs");
+    else if (o->mode != p->mode)
+        snprintf(why, len, "another mode");
+    else if (o->tunnel.request_vip != p->tunnel.request_vip)
+        snprintf(why, len, "the virtual IP request differs");
+    else if (p->auth == PROFILE_AUTH_EAP || o->auth == PROFILE_AUTH_EAP)
+        snprintf(why, len, "EAP credentials are checked per attempt");
+    else if (c->ops.reauth_start(c->ops.arg, p, NULL, err, sizeof(err)) < 0)
+        snprintf(why, len, "%s", err);
+    else {
+        profile_set_free(c->prev_set); /* the SA before the last switch is gone */
+        c->prev_set = c->set;
+        c->set = profile_set_ref(set);
+        c->prof = p;
+        c->switching = true;
+        c->gw_index = 0;
+        c->failures = 0;
+        char what[160];
+        snprintf(what, sizeof(what), "switching to profile %s, make-before-break", p->name);
+        set_phase(c, CONN_REAUTHENTICATING, 0, what);
+        return true;
+    }
+    return false;
+}
+
 void conn_set_profile(conn *c, profile_set *set, const profile *p)
 {
     if (c->prof == p)
         return;
+    char bbm[400] = "profile changed";
+    if (c->prof && p && tunnel_up(c)) {
+        char why[320];
+        if (switch_make_before_break(c, set, p, why, sizeof(why)))
+            return;
+        snprintf(bbm, sizeof(bbm), "break-before-make: %s", why);
+        LOG_INFO(c->log, "conn", "switching to profile %s, %s", p->name, bbm);
+    }
     bool was_wanted = c->phase != CONN_IDLE && c->phase != CONN_ARMED && c->phase != CONN_CLOSING;
     /* Another TUN name: the old one's network goes. With the kill switch in
      * both, the new one is armed first and the old one removed after, so
@@ -1007,7 +1095,7 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
         }
     }
     if (was_wanted || p->mode == PROFILE_MODE_ALWAYS_ON)
-        start_attempt(c, was_wanted ? "profile changed" : "always-on");
+        start_attempt(c, was_wanted ? bbm : "always-on");
     else if (on_demand(c))
         set_phase(c, CONN_ARMED, 0, "on-demand: waiting for traffic");
     else if (c->hooks.on_state) /* IDLE, maybe unchanged: the status is refreshed */

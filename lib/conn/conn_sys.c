@@ -93,6 +93,7 @@ struct conn_sys {
     ike_sa *next, *old;
     uint32_t old_spi_in;
     cred_provider *old_cred;      /* the credential `old` used, if reloaded */
+    pki_trust *old_trust;         /* its trust anchors, if another profile's */
     bool has_vip, has_vip6;       /* the tunnel's virtual IPs (asked for again) */
     uint8_t vip[4], vip6[16];
     bool main_down;
@@ -1096,6 +1097,8 @@ static void sys_sa_release(void *arg)
     s->old_spi_in = 0;
     cred_free(s->old_cred);
     s->old_cred = NULL;
+    pki_trust_free(s->old_trust);
+    s->old_trust = NULL;
     s->main_down = false;
     ike_sa_free(s->sa);
     s->sa = NULL;
@@ -1202,6 +1205,8 @@ static void old_gone(conn_sys *s)
     s->old = NULL;
     cred_free(s->old_cred);
     s->old_cred = NULL;
+    pki_trust_free(s->old_trust);
+    s->old_trust = NULL;
 }
 
 static void old_down(void *arg, int err, ike_fault fault, const char *detail)
@@ -1224,6 +1229,11 @@ static void old_child_deleted(void *arg, uint32_t spi_in)
  * the current SA used (if it was read anew). */
 static void cred_back(conn_sys *s)
 {
+    if (s->old_trust) {
+        pki_trust_free(s->trust);
+        s->trust = s->old_trust;
+        s->old_trust = NULL;
+    }
     if (!s->old_cred)
         return;
     cred_free(s->cred);
@@ -1275,12 +1285,33 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
         snprintf(err, err_len, "no established IKE SA alone to reauthenticate");
         return M2MVPN_E_STATE;
     }
-    if (p->auth == PROFILE_AUTH_CERT && s->cred) {
+    if (p != s->prof) { /* a profile switch: its trust anchors */
+        pki_trust *t = NULL;
+        int r = pki_trust_new(&t);
+        for (size_t i = 0; r == 0 && i < p->n_ca; i++)
+            r = pki_trust_add_file(t, p->ca[i], err, err_len);
+        if (r < 0) {
+            pki_trust_free(t);
+            return r;
+        }
+        s->old_trust = s->trust;
+        s->trust = t;
+    }
+    if (p->auth == PROFILE_AUTH_CERT && (s->cred || p != s->prof)) {
         cred_provider *cur = s->cred;
         char why[256] = "";
         s->cred = NULL;
         if (open_credential(s, p, why, sizeof(why)) == 0 && !cred_pin_needed(s->cred)) {
             s->old_cred = cur;
+        } else if (p != s->prof || !cur) { /* another profile's key: it must open now */
+            if (s->cred && cred_pin_needed(s->cred))
+                snprintf(err, err_len, "the new profile's credential needs a PIN");
+            else
+                snprintf(err, err_len, "%s", why);
+            cred_free(s->cred);
+            s->cred = cur;
+            cred_back(s);
+            return M2MVPN_E_STATE;
         } else {
             if (why[0])
                 LOG_INFO(s->log, "conn", "reauthentication with the credential in use (reading it anew: %s)",
@@ -1330,7 +1361,7 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
         snprintf(err, err_len, "no reauthentication under way");
         return M2MVPN_E_STATE;
     }
-    bool same = r->has_vip == s->has_vip && r->has_vip6 == s->has_vip6 &&
+    bool same = p == s->prof && r->has_vip == s->has_vip && r->has_vip6 == s->has_vip6 &&
                 (!r->has_vip || memcmp(r->vip, s->vip, 4) == 0) &&
                 (!r->has_vip6 || memcmp(r->vip6, s->vip6, 16) == 0);
     int rc;
@@ -1344,9 +1375,16 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
         if (rc < 0)
             snprintf(err, err_len, "installing the new CHILD SA failed: %s", why);
     } else {
-        LOG_WARN(s->log, "conn", "the gateway assigned other virtual IPs on reauthentication: the tunnel "
-                 "takes them");
+        /* Another profile (its routes), or other virtual IPs: the network
+         * is set again in place (new routes before old ones go). */
+        if (p == s->prof)
+            LOG_WARN(s->log, "conn", "the gateway assigned other virtual IPs on reauthentication: the "
+                     "tunnel takes them");
+        const profile *was = s->prof;
+        s->prof = p;
         rc = sys_child_install(s, p, r, err, err_len);
+        if (rc < 0)
+            s->prof = was;
     }
     if (rc < 0) {
         reauth_drop(s); /* the current SA carries on */

@@ -1236,6 +1236,74 @@ START_TEST(switch_arms_the_new_kill_switch_first)
 }
 END_TEST
 
+#define GW_PROFILE(name, gw)                                                                       \
+    "{\"version\": 1, \"name\": \"" name "\", \"mode\": \"manual\","                                 \
+    " \"gateways\": [{\"host\": \"" gw "\"}], \"local_id\": \"dev1.m2m.test\","                         \
+    " \"remote_id\": \"gw.m2m.test\", \"auth\": " AUTH_PSK ","                                       \
+    " \"tunnel\": {\"remote_ts\": [\"198.18.0.0/16\"]}}"
+
+/* A switch while up to a profile on the same gateway and TUN: the new IKE
+ * SA comes up next to the old one (up -> reauthenticating -> up, public
+ * state CONNECTED throughout, nothing closed), and a STATE_CHANGED says
+ * "make-before-break". To another gateway: break-before-make, and the
+ * move says why. */
+START_TEST(switch_make_before_break)
+{
+    use_json(GW_PROFILE("a", "198.51.100.1"));
+    conn_connect(T->c);
+    established();
+    ck_assert_int_eq(phase(), CONN_UP);
+    size_t n_states = T->n_states;
+    use_json(GW_PROFILE("b", "198.51.100.1"));
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_str_eq(conn_profile_name(T->c), "b");
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    reauthenticated(0x55555555);
+    ck_assert_int_eq(phase(), CONN_UP);
+    for (size_t i = n_states; i < T->n_states; i++)
+        ck_assert_int_eq(T->states[i], M2MVPN_STATE_CONNECTED);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert_uint_eq(T->f.n_sa_release, 0);
+    ck_assert_uint_eq(T->f.n_child_remove, 0);
+    ck_assert_int_eq(T->events[T->n_events - 1], M2MVPN_EVENT_STATE_CHANGED);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "make-before-break: switched to profile b"));
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.spi_in, 0x55555555);
+    ck_assert_uint_eq(st.reconnects, 0);
+
+    /* Another gateway: the old tunnel goes first. */
+    use_json(GW_PROFILE("c", "198.51.100.9"));
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "-> negotiating (break-before-make: another gateway "
+                                            "(198.51.100.9:500, was 198.51.100.1:500))"));
+}
+END_TEST
+
+/* The new profile's IKE SA fails: break-before-make with the new profile
+ * (the old SA ran the previous one), the move says so. */
+START_TEST(switch_new_sa_fails)
+{
+    use_json(GW_PROFILE("a", "198.51.100.1"));
+    conn_connect(T->c);
+    established();
+    T->f.close_posts_down = false;
+    use_json(GW_PROFILE("b", "198.51.100.1"));
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    conn_post_reauth_failed(T->c, M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, "no answer");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_RESTARTING);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "break-before-make: the new profile's IKE SA failed: no answer"));
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    down(0, IKE_FAULT_LOCAL);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_str_eq(conn_profile_name(T->c), "b");
+}
+END_TEST
+
 /* --------------------------------------------------------------- status */
 
 START_TEST(status_last_transition)
@@ -1299,6 +1367,8 @@ int main(void)
     tcase_add_test(tc, on_demand_disconnect_disarms);
     tcase_add_test(tc, status_last_transition);
     tcase_add_test(tc, switch_arms_the_new_kill_switch_first);
+    tcase_add_test(tc, switch_make_before_break);
+    tcase_add_test(tc, switch_new_sa_fails);
     suite_add_tcase(s, tc);
 
     SRunner *sr = srunner_create(s);

@@ -117,3 +117,51 @@ def test_reauth_make_before_break(topology, charons, pki, workdir, auth):
         print("reauthentications", reauths, "IKE SAs seen", len(ike_spis), "ping flood", res)
     finally:
         client.stop()
+
+
+def test_reauth_sends_a_renewed_certificate(topology, charons, pki, workdir):
+    """The certificate file is renewed while the tunnel is up (same key, a
+    later notAfter): the next reauthentication reads it and authenticates
+    with it (the gateway accepts the new IKE SA), and the status shows it;
+    the tunnel stays up meanwhile."""
+    import shutil
+    import subprocess
+
+    import pki as pkimod
+
+    binary = binary_or_skip()
+    topo = topology("direct")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["ecdsa"]), name="gw")
+    own = workdir / "cred"
+    own.mkdir()
+    cert, key = own / "dev1.crt.pem", own / "dev1.key.pem"
+    shutil.copy(pki.dev1_ecdsa.cert, cert)
+    shutil.copy(pki.dev1_ecdsa.key, key)
+    prof = m2mvpn_client.make_profile(pki, "ecdsa", topo.gw_addr)
+    prof["auth"]["cert"] = {"source": "file", "file": str(cert), "key": str(key)}
+    prof["ike"]["reauth_s"] = 20
+    client = m2mvpn_client.start_m2mvpn_client(topo.client, prof, binary, workdir / "c")
+    try:
+        client.connect()
+        client.wait_for_state("connected")
+        gw.wait_for_sa("ecdsa", "net")
+        before = client.status()["credential"]["not_after"]
+        time.sleep(2)   # a later notAfter, to the second
+        csr = own / "renew.csr"
+        subprocess.run(["openssl", "req", "-new", "-key", str(key), "-subj", f"/CN={pkimod.CLIENT_ID}",
+                        "-out", str(csr)], check=True, capture_output=True)
+        renewed = pkimod.issue_from_csr(pki, csr, own / "renewed.crt.pem")
+        shutil.copy(renewed, cert)
+        deadline = time.monotonic() + 30
+        while "[conn] IKE SA reauthenticated: " not in client.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, client.log_tail()
+            assert client.status()["state"] == "connected"
+            time.sleep(0.2)
+        st = client.status()
+        assert st["state"] == "connected"
+        assert st["credential"]["not_after"] > before, (before, st["credential"])
+        sa = gw.wait_for_sa("ecdsa", "net")
+        assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+        print("certificate notAfter", before, "->", st["credential"]["not_after"], "gateway SA", sa["uniqueid"])
+    finally:
+        client.stop()

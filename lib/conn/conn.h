@@ -31,6 +31,15 @@
  *    one), except for the local causes above.
  *  - manual: connects on conn_connect(), stays down after a failure.
  *
+ * Reauthentication (ike.reauth_s, RFC 7296 §2.8.3) is make-before-break:
+ * UP -> REAUTHENTICATING (public state still CONNECTED) while a second IKE
+ * SA and CHILD SA come up next to the current ones (conn_ops.reauth_*), ->
+ * UP once the new CHILD SA carries the traffic and the old IKE SA is being
+ * deleted, or with the old one if the new one failed. A profile switch
+ * while up uses the same path when the new profile keeps the gateway, TUN,
+ * kill switch and mode ("make-before-break"); else it is break-before-make
+ * and the move says why.
+ *
  * IKE and datapath callbacks do not re-enter the state machine: on_down,
  * rekey requests and "traffic wanted" are posted to the loop (conn_post_*)
  * and handled from a timer. Only what carries keys comes during the SA's
@@ -119,7 +128,7 @@ typedef struct conn_status {
     char cert_subject[256];
     int64_t cert_not_after;
     conn_phase phase;
-    uint64_t reconnects, rekeys, roams; /* rekeys: CHILD and IKE SA rekeys */
+    uint64_t reconnects, rekeys, roams; /* rekeys: CHILD and IKE SA rekeys, reauthentications */
     int64_t last_change;          /* Unix time of the last move, 0 = none */
     char last_reason[128];
 } conn_status;
@@ -205,7 +214,8 @@ int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, c
 void conn_free(conn *c);
 
 /* Use this profile from now on (a reference on its set is taken). A running
- * tunnel of another profile is closed first. */
+ * tunnel of another profile is replaced make-before-break where possible
+ * (see above), else closed first. */
 void conn_set_profile(conn *c, profile_set *set, const profile *p);
 /* Connect (again). Errors come back through on_state. */
 void conn_connect(conn *c);

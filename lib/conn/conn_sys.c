@@ -1361,6 +1361,7 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
         snprintf(err, err_len, "no reauthentication under way");
         return M2MVPN_E_STATE;
     }
+    uint32_t old_spi_in = s->spi_in; /* sys_child_install moves s->spi_in on */
     bool same = p == s->prof && r->has_vip == s->has_vip && r->has_vip6 == s->has_vip6 &&
                 (!r->has_vip || memcmp(r->vip, s->vip, 4) == 0) &&
                 (!r->has_vip6 || memcmp(r->vip6, s->vip6, 16) == 0);
@@ -1387,11 +1388,14 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
             s->prof = was;
     }
     if (rc < 0) {
+        if (s->dp) /* whatever of it got in */
+            esp_datapath_remove_sa(s->dp, r->spi_in);
+        s->spi_in = old_spi_in;
         reauth_drop(s); /* the current SA carries on */
         return rc;
     }
     ike_sa *old = s->sa;
-    s->old_spi_in = s->spi_in;
+    s->old_spi_in = old_spi_in;
     s->spi_in = r->spi_in;
     s->sa = s->next;
     s->next = NULL;

@@ -100,6 +100,24 @@ def test_switch_while_pinging(topology, charons, pki, workdir):
         assert kids[0]["encr-keysize"] == "128", kids[0]   # b's proposal
         print("make-before-break switch: ping flood", res)
 
+        # Back and forth: each switch leaves one SA behind it in the client's
+        # datapath and at the gateway (the datapath holds four at most).
+        for i, name in enumerate(["a", "b", "a", "b", "a"]):
+            n_events = len(state_events(client))
+            client.cli("switch", name)
+            deadline = time.monotonic() + 20
+            while not any(f"switched to profile {name}" in e for e in state_events(client)[n_events:]):
+                assert time.monotonic() < deadline, client.log_tail()
+                time.sleep(0.1)
+            assert not any("break-before-make" in e for e in state_events(client)[n_events:]), \
+                client.log_tail()
+            assert netlab.ping(topo.client, PROTECTED, count=1) == 1
+            # The next switch once the previous IKE SA is deleted (the gateway lists one).
+            deadline = time.monotonic() + 15
+            while len([s for s in gw.list_sas() if s.get("name") == "psk"]) != 1:
+                assert time.monotonic() < deadline, gw.list_sas()
+                time.sleep(0.1)
+
         # b -> c: another TUN: break-before-make, said so.
         flood = netlab.PingFlood(topo.client, PROTECTED, duration_s=8)
         time.sleep(2)

@@ -394,8 +394,8 @@ static int read_proposals(keypath *kp, json_object *sec, proposal_kind kind, pro
 
 static int read_ike(keypath *kp, json_object *obj, profile *p)
 {
-    static const char *const keys[] = { "proposals", "lifetime_s", "reauth_s", "dpd_s", "fragmentation", "mobike",
-                                        "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
+    static const char *const keys[] = { "proposals", "lifetime_s", "reauth_s", "dpd_s", "fragmentation",
+                                        "mobike", "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
                                         "retransmit_tries", "force_encap", "allow_sha1_signatures", NULL };
     json_object *ike;
     TRY(keypath_object(kp, obj, "ike", &ike));

@@ -39,6 +39,11 @@
  *  1.1 (M2MVPN_1.1)  m2mvpn_bind_key (machine-bound certificate keys);
  *                    m2mvpn_set_credentials does EAP (MSCHAPv2, MD5)
  *                    instead of returning NOTSUPP.
+ *                    No signature changed since: m2mvpn_profile_switch is
+ *                    make-before-break where the running tunnel allows it
+ *                    (a STATE_CHANGED says "make-before-break" or
+ *                    "break-before-make: why"); m2mvpn_status.rekeys counts
+ *                    reauthentications (profile ike.reauth_s) too.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -192,8 +197,12 @@ M2MVPN_API int m2mvpn_profile_load_file(m2mvpn *h, const char *path);
 M2MVPN_API int m2mvpn_profile_load_json(m2mvpn *h, const char *json, size_t len);
 
 /**
- * Make profile `name` the active one. The old tunnel is released first
- * (break-before-make in this version); the new profile connects if it is
+ * Make profile `name` the active one. While the tunnel is up and the new
+ * profile keeps its gateway, TUN, kill switch and mode (no EAP), the new
+ * profile's SAs come up before the old ones go (make-before-break, state
+ * stays CONNECTED, a STATE_CHANGED event says "make-before-break: ...");
+ * otherwise the old tunnel is released first ("break-before-make: why" in
+ * the STATE_CHANGED of that move). The new profile connects if it is
  * always-on or the old one was up or wanted up.
  * Errors: BADHANDLE, INVAL, NOPROFILE, NOMEM. Queued; thread-safe.
  */
@@ -277,7 +286,7 @@ typedef struct m2mvpn_status {
     int64_t cert_not_after;         /**< its notAfter (Unix time), or 0 */
     /* Appended after `cert_not_after`: */
     uint64_t reconnects;            /**< times the tunnel came up again after a failure or renewal */
-    uint64_t rekeys;                /**< CHILD/IKE SA rekeys (0 while this build renews instead) */
+    uint64_t rekeys;                /**< CHILD/IKE SA rekeys and reauthentications */
     uint64_t roams;                 /**< moves to another address (0: not used by this build yet) */
     int64_t last_change;            /**< Unix time of the last move of the connection, or 0 */
     char last_reason[128];          /**< why it moved then, e.g. "no traffic for 300 s", or "" */

@@ -208,6 +208,7 @@ typedef struct esp_sa_keys {
 /* Lifetimes; 0 means none. Soft raises a rekey request, hard stops the SA. */
 typedef struct esp_lifetime {
     uint64_t soft_bytes, hard_bytes;      /* inner bytes, each direction counted */
+    uint64_t soft_packets, hard_packets;  /* inner packets, each direction counted */
     uint32_t soft_seconds, hard_seconds;  /* since esp_sa_new */
 } esp_lifetime;
 
@@ -304,7 +305,9 @@ void esp_sa_get_counters(const esp_sa *sa, esp_sa_counters *out);
     XX(SOFT_BYTES,  "soft byte lifetime reached")                   \
     XX(HARD_BYTES,  "hard byte lifetime reached")                   \
     XX(SOFT_TIME,   "soft time lifetime reached")                   \
-    XX(HARD_TIME,   "hard time lifetime reached")
+    XX(HARD_TIME,   "hard time lifetime reached")                   \
+    XX(SOFT_PACKETS, "soft packet lifetime reached")                \
+    XX(HARD_PACKETS, "hard packet lifetime reached")
 
 typedef enum esp_rekey_reason {
 #define ESP_XX_ENUM(name, text) ESP_REKEY_##name,

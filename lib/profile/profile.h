@@ -94,6 +94,8 @@ typedef struct profile {
         size_t n_proposals;   /* >= 1 after parsing; default: one proposal
                                * aes256gcm16-aes128gcm16-prfsha384-prfsha256-x25519-ecp256-modp3072 */
         uint32_t lifetime_s;  /* default 14400 */
+        uint32_t reauth_s;    /* "reauth_s": reauthenticate (a new IKE SA, RFC 7296
+                               * §2.8.3) after this long; default 0 = never */
         uint32_t dpd_s;       /* default 30; 0 = off */
         bool fragmentation;   /* default true */
         bool mobike;          /* default true */
@@ -109,6 +111,8 @@ typedef struct profile {
         proposal proposals[PROFILE_MAX_PROPOSALS];
         size_t n_proposals;   /* >= 1; default: one proposal aes256gcm16-aes128gcm16 */
         uint32_t lifetime_s;  /* default 3600 */
+        uint64_t lifetime_bytes;   /* "lifetime_bytes": inner bytes per direction; 0 = none (default) */
+        uint64_t lifetime_packets; /* "lifetime_packets": inner packets per direction; 0 = none (default) */
         uint32_t replay_window; /* default 1024; 0 = off; max 65536 */
         uint32_t batch;       /* packets per TUN -> ESP batch; default 32; 1..128 */
     } esp;

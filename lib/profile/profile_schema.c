@@ -394,8 +394,8 @@ static int read_proposals(keypath *kp, json_object *sec, proposal_kind kind, pro
 
 static int read_ike(keypath *kp, json_object *obj, profile *p)
 {
-    static const char *const keys[] = { "proposals", "lifetime_s", "dpd_s", "fragmentation", "mobike",
-                                        "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
+    static const char *const keys[] = { "proposals", "lifetime_s", "reauth_s", "dpd_s", "fragmentation",
+                                        "mobike", "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
                                         "retransmit_tries", "force_encap", "allow_sha1_signatures", NULL };
     json_object *ike;
     TRY(keypath_object(kp, obj, "ike", &ike));
@@ -405,6 +405,9 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
     TRY(keypath_check_keys(kp, ike, keys));
     TRY(read_proposals(kp, ike, PROPOSAL_IKE, p->ike.proposals, &p->ike.n_proposals));
     TRY(keypath_uint(kp, ike, "lifetime_s", 10, 604800, &p->ike.lifetime_s));
+    TRY(keypath_uint(kp, ike, "reauth_s", 0, 604800, &p->ike.reauth_s));
+    if (p->ike.reauth_s && p->ike.reauth_s < 10)
+        return keypath_fail_at(kp, "reauth_s", "must be 0 (never) or 10..604800");
     TRY(keypath_uint(kp, ike, "dpd_s", 0, 86400, &p->ike.dpd_s));
     TRY(keypath_bool(kp, ike, "fragmentation", &p->ike.fragmentation));
     TRY(keypath_bool(kp, ike, "mobike", &p->ike.mobike));
@@ -418,9 +421,13 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
     return 0;
 }
 
+#define ESP_MIN_LIFETIME_BYTES 65536
+#define ESP_MIN_LIFETIME_PACKETS 1000
+
 static int read_esp(keypath *kp, json_object *obj, profile *p)
 {
-    static const char *const keys[] = { "proposals", "lifetime_s", "replay_window", "batch", NULL };
+    static const char *const keys[] = { "proposals", "lifetime_s", "lifetime_bytes", "lifetime_packets",
+                                        "replay_window", "batch", NULL };
     json_object *esp;
     TRY(keypath_object(kp, obj, "esp", &esp));
     if (!esp)
@@ -429,6 +436,16 @@ static int read_esp(keypath *kp, json_object *obj, profile *p)
     TRY(keypath_check_keys(kp, esp, keys));
     TRY(read_proposals(kp, esp, PROPOSAL_ESP, p->esp.proposals, &p->esp.n_proposals));
     TRY(keypath_uint(kp, esp, "lifetime_s", 10, 604800, &p->esp.lifetime_s));
+    /* 0 = none; else enough for a rekey to finish before the hard limit
+     * (the soft one comes at 80..90 %), at most 2^53 (exact in any JSON). */
+    TRY(keypath_uint64(kp, esp, "lifetime_bytes", 0, (uint64_t)1 << 53, &p->esp.lifetime_bytes));
+    if (p->esp.lifetime_bytes && p->esp.lifetime_bytes < ESP_MIN_LIFETIME_BYTES)
+        return keypath_fail_at(kp, "lifetime_bytes", "must be 0 (none) or %u..9007199254740992",
+                               (unsigned)ESP_MIN_LIFETIME_BYTES);
+    TRY(keypath_uint64(kp, esp, "lifetime_packets", 0, (uint64_t)1 << 53, &p->esp.lifetime_packets));
+    if (p->esp.lifetime_packets && p->esp.lifetime_packets < ESP_MIN_LIFETIME_PACKETS)
+        return keypath_fail_at(kp, "lifetime_packets", "must be 0 (none) or %u..9007199254740992",
+                               (unsigned)ESP_MIN_LIFETIME_PACKETS);
     TRY(keypath_uint(kp, esp, "replay_window", 0, 65536, &p->esp.replay_window));
     TRY(keypath_uint(kp, esp, "batch", 1, 128, &p->esp.batch));
     keypath_pop(kp, mark);

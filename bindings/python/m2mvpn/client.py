@@ -399,7 +399,8 @@ class Client:
         self._check(self._lib.m2mvpn_profile_load_json(h, data, len(data)))
 
     def switch_profile(self, name: str) -> None:
-        """m2mvpn_profile_switch(): make `name` the active profile."""
+        """m2mvpn_profile_switch(): make `name` the active profile (make-before-break
+        where the running tunnel allows it; a STATE_CHANGED event says which)."""
         h = self._require_open()
         self._check(self._lib.m2mvpn_profile_switch(h, _to_bytes(name, "name")))
         self._ensure_engine()

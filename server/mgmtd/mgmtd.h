@@ -28,6 +28,11 @@ typedef struct mgmtd_config {
     unsigned char admin_token_sha256[32];
     int cert_days;
     char *org;
+    /* day 1..N: revocation */
+    char *crl_listen_host;        /* plain HTTP listener for GET /crl, NULL: none */
+    int crl_listen_port;
+    char *crl_url;                /* CRL distribution point in issued certificates, NULL: none */
+    int crl_next_update_s;        /* nextUpdate = now + this (default 3600) */
 } mgmtd_config;
 
 /* Reads and checks the JSON config; relative paths resolve against its folder.
@@ -44,12 +49,25 @@ typedef struct mgmtd {
     SSL_CTX *tls;
     struct event_base *base;
     struct evhttp *http;
+    /* day 1..N: the CRL, cached (rebuilt when the revoked set changes, and before nextUpdate) */
+    struct evhttp *crl_http;
+    unsigned char *crl_der;
+    size_t crl_len;
+    long long crl_built, crl_next;
+    unsigned char crl_digest[32];  /* SHA-256 of the revoked set it lists */
 } mgmtd;
 
 /* TLS context (TLS 1.2+, client certificate requested, not required). */
 SSL_CTX *mgmtd_tls_ctx(const mgmtd_config *c, X509 *device_ca, char *err, size_t errlen);
 /* evhttp on the configured address; *port gets the bound port. */
 int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen);
+
+/* The plain HTTP listener (config crl_listen) that serves only GET /crl. */
+int mgmtd_crl_http_start(mgmtd *m, int *port, char *err, size_t errlen);
+/* The current CRL (DER, borrowed from m): rebuilt if the revoked certificates changed, if
+   force, or when half of its validity has passed. 0 or -1 with err. */
+int mgmtd_crl(mgmtd *m, int force, const unsigned char **der, size_t *len, char *err, size_t errlen);
+void mgmtd_route_crl_only(struct evhttp_request *req, void *arg);
 
 /* Every request goes through here (evhttp generic callback). */
 void mgmtd_route(struct evhttp_request *req, void *arg);

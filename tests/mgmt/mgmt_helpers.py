@@ -23,14 +23,15 @@ def make_pki(d):
     def key(name):
         sh("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{d}/{name}.key")
 
-    def selfsigned(name, cn):
+    def selfsigned(name, cn, usage="keyCertSign,cRLSign"):
         key(name)
         sh("openssl", "req", "-x509", "-new", "-key", f"{d}/{name}.key", "-subj", f"/CN={cn}", "-days", "30",
-           "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+           "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical," + usage,
            "-out", f"{d}/{name}.pem")
 
     selfsigned("tls-ca", "test TLS CA")
-    selfsigned("device-ca", "test device CA")
+    # digitalSignature: the device CA also signs the CMP answers to signed requests (KUR, RR)
+    selfsigned("device-ca", "test device CA", "keyCertSign,cRLSign,digitalSignature")
     key("server")
     sh("openssl", "req", "-new", "-key", f"{d}/server.key", "-subj", "/CN=127.0.0.1", "-out", f"{d}/server.csr")
     with open(f"{d}/server.ext", "w") as f:

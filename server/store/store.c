@@ -580,16 +580,18 @@ int store_cert_revoke(store *s, const char *device_id, const char *serial_hex, i
         rc = q(s, "UPDATE certificates SET revoked_at = ?3, reason = ?4 WHERE serial = ?1 AND device = ?2", 4, p,
                NULL, err, errlen);
     db_res r;
+    /* (PostgreSQL wants every parameter used: each statement gets its own list) */
+    const char *dn[] = {device_id, ns};
     if (rc == 0)
-        rc = q(s, "SELECT COUNT(*) FROM certificates WHERE device = ?2 AND revoked_at IS NULL AND not_after > ?3",
-               3, p, &r, err, errlen);
+        rc = q(s, "SELECT COUNT(*) FROM certificates WHERE device = ?1 AND revoked_at IS NULL AND not_after > ?2",
+               2, dn, &r, err, errlen);
     if (rc == 0) {
         long long left = atoll0(db_cell(&r, 0, 0));
         db_res_free(&r);
         if (left == 0) {
-            rc = q(s, "UPDATE devices SET state = 'revoked' WHERE id = ?2", 2, p, NULL, err, errlen);
+            rc = q(s, "UPDATE devices SET state = 'revoked' WHERE id = ?1", 1, dn, NULL, err, errlen);
             if (rc == 0)
-                rc = q(s, "UPDATE tokens SET state = 'revoked' WHERE device = ?2", 2, p, NULL, err, errlen);
+                rc = q(s, "UPDATE tokens SET state = 'revoked' WHERE device = ?1", 1, dn, NULL, err, errlen);
         }
     }
     return finish(s, rc, err, errlen);

@@ -625,6 +625,34 @@ static int check_sender(struct cmp_call *call, OSSL_CMP_CTX *cc, const unsigned 
     return 0;
 }
 
+/* A signed certConf (a KUR client that did not ask for implicit confirmation): the
+   transaction is primed as for a MAC-protected one, with a one-time random secret that
+   only this priming knows, then the secret is dropped again, so that the real certConf is
+   checked against its pinned signing certificate and the answer is signed by the CA. */
+static void prime_signed_transaction(OSSL_CMP_SRV_CTX *srv, struct cmp_call *call, const OSSL_CMP_MSG *req)
+{
+    OSSL_CMP_CTX *cc = OSSL_CMP_SRV_CTX_get0_cmp_ctx(srv);
+    unsigned char rnd[24];
+    char secret[49];
+    static const char kid[] = "0000000000000000"; /* only for the synthetic request */
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return;
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
+    OPENSSL_cleanse(rnd, sizeof(rnd));
+    memcpy(call->token_id, kid, sizeof(kid));
+    /* the pinned certificate would also be the expected sender of the synthetic request */
+    if (OSSL_CMP_CTX_set1_srvCert(cc, NULL)
+        && OSSL_CMP_CTX_set1_secretValue(cc, (const unsigned char *)secret, (int)strlen(secret))
+        && OSSL_CMP_CTX_set1_referenceValue(cc, (const unsigned char *)kid, 16))
+        prime_transaction(srv, call, req, secret);
+    OSSL_CMP_CTX_set1_secretValue(cc, NULL, 0);
+    OSSL_CMP_CTX_set1_referenceValue(cc, NULL, 0);
+    OSSL_CMP_CTX_set1_srvCert(cc, call->sender);
+    call->token_id[0] = '\0';
+    OPENSSL_cleanse(secret, sizeof(secret));
+}
+
 /* ------------------------------------------------------------------ entry */
 
 int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int cert_days, const char *org,
@@ -682,11 +710,15 @@ int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, c
     }
 
     ERR_clear_error();
-    if ((type == BODY_KUR || type == BODY_RR) && !call.mac_protected) {
+    if ((type == BODY_KUR || type == BODY_RR || type == BODY_CERTCONF) && !call.mac_protected) {
         /* Raised first so that OpenSSL's error answer carries it; no srvCert then, so the
            protection check fails and no callback runs. */
         if (check_sender(&call, cc, canon, (size_t)clen, reason, sizeof(reason)) != 0)
             ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s", reason);
+        else if (type == BODY_CERTCONF && !call.sender_ok)
+            ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s", call.sender_why);
+        else if (type == BODY_CERTCONF)
+            prime_signed_transaction(srv, &call, msg);
     } else if (!call.token_id[0]) {
         ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED,
                        "unknown enrolment token (senderKID)");

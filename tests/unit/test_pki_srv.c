@@ -821,12 +821,22 @@ START_TEST(kur_ok)
     X509_free(cert);
     OSSL_CMP_CTX_free(c);
 
+    /* a client that confirms explicitly (a signed certConf) gets the certificate too */
+    c = cert_client(s, old, key, next);
+    ck_assert(OSSL_CMP_CTX_set_option(c, OSSL_CMP_OPT_IMPLICIT_CONFIRM, 0));
+    cert = OSSL_CMP_exec_KUR_ses(c);
+    ck_assert_msg(cert != NULL, "%s", status_text(c));
+    ck_assert_int_eq(s->renewed_calls, 2);
+    ck_assert_int_eq(s->token_secret_calls + s->enrol_calls + s->issued_calls, 0);
+    X509_free(cert);
+    OSSL_CMP_CTX_free(c);
+
     /* the same key again (no new key) is allowed too */
     c = cert_client(s, old, key, NULL);
     cert = OSSL_CMP_exec_KUR_ses(c);
     ck_assert_msg(cert != NULL, "%s", status_text(c));
     ck_assert_int_eq(EVP_PKEY_eq(X509_get0_pubkey(cert), key), 1);
-    ck_assert_int_eq(s->renewed_calls, 2);
+    ck_assert_int_eq(s->renewed_calls, 3);
     X509_free(cert);
     OSSL_CMP_CTX_free(c);
     X509_free(old);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
     char *data;
@@ -19,6 +20,8 @@ typedef struct {
 static const char *server, *ca;
 static char *token;
 static int json_out;
+static FILE *upload;          /* set: the next call() sends this file as the body */
+static long long upload_size;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -75,11 +78,18 @@ static long call(const char *method, const char *path, const char *body, buf *ou
     snprintf(url, sizeof(url), "%s%s", server, path);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
     struct curl_slist *h = curl_slist_append(NULL, auth);
-    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, upload ? "Content-Type: application/octet-stream" : "Content-Type: application/json");
+    if (upload)
+        h = curl_slist_append(h, "Expect:");
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (body)
+    if (upload) {   /* streamed from the file */
+        curl_easy_setopt(c, CURLOPT_POST, 1L);
+        curl_easy_setopt(c, CURLOPT_READDATA, upload);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)upload_size);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, 600L);
+    } else if (body)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     else if (!strcmp(method, "POST"))
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
@@ -90,7 +100,8 @@ static long call(const char *method, const char *path, const char *body, buf *ou
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (!upload)
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 15L);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(h);
@@ -155,14 +166,47 @@ static long long parse_duration(const char *s)
     return v * mul;
 }
 
+static const char *opt(int argc, char **argv, const char *name, int *seen);
+
+/* --percent, --max-failures (and --window for updates) as the publish body */
+static json_object *rollout_opts(int argc, char **argv, int *seen, int window)
+{
+    json_object *req = json_object_new_object();
+    const char *p = opt(argc, argv, "--percent", seen), *f = opt(argc, argv, "--max-failures", seen);
+    const char *w = window ? opt(argc, argv, "--window", seen) : NULL;
+    char *end;
+    if (p) {
+        long v = strtol(p, &end, 10);
+        if (*end || end == p || v < 1 || v > 100)
+            die("--percent %s: expected 1 to 100", p);
+        json_object_object_add(req, "percent", json_object_new_int((int)v));
+    }
+    if (f) {
+        double v = strtod(f, &end);
+        if (*end || end == f || !(v >= 0 && v <= 1))
+            die("--max-failures %s: expected a share 0 to 1, e.g. 0.2", f);
+        json_object_object_add(req, "max_failures", json_object_new_double(v));
+    }
+    if (w) {
+        int h1, m1, h2, m2, n = 0;
+        if (strlen(w) != 11 || sscanf(w, "%2d:%2d-%2d:%2d%n", &h1, &m1, &h2, &m2, &n) != 4 || w[n])
+            die("--window %s: expected HH:MM-HH:MM (UTC)", w);
+        json_object_object_add(req, "window", json_object_new_string(w));
+    }
+    return req;
+}
+
 static void usage(FILE *f)
 {
     fputs("usage: m2mvpn-admin [--server URL] [--ca PEM] [--config FILE] [--json] COMMAND\n"
           "  token create --group G [--count N] [--expires DURATION] [--auto-approve]\n"
-          "  device list\n"
           "  device approve|reject|revoke ID\n"
           "  group create G --template FILE\n"
-          "  profile publish --group G\n"
+          "  device list                      (with the state each device reports, overdue)\n"
+          "  profile publish --group G [--percent P] [--max-failures F]\n"
+          "  update publish --group G --file F --version V [--percent P] [--max-failures F]\n"
+          "                 [--window HH:MM-HH:MM]   (UTC maintenance window)\n"
+          "  deployment list\n"
           "  ca show\n"
           "The admin token: environment M2MVPN_ADMIN_TOKEN, or \"token\" in --config FILE.\n", f);
 }
@@ -238,7 +282,10 @@ int main(int argc, char **argv)
     memcpy(seen2, seen, sizeof(seen2));
     for (int i = 0; i < argc; i++)
         if (i > 0 && (!strcmp(argv[i - 1], "--group") || !strcmp(argv[i - 1], "--count") ||
-                      !strcmp(argv[i - 1], "--expires") || !strcmp(argv[i - 1], "--template")))
+                      !strcmp(argv[i - 1], "--expires") || !strcmp(argv[i - 1], "--template") ||
+                      !strcmp(argv[i - 1], "--percent") || !strcmp(argv[i - 1], "--max-failures") ||
+                      !strcmp(argv[i - 1], "--file") || !strcmp(argv[i - 1], "--version") ||
+                      !strcmp(argv[i - 1], "--window")))
             continue;
         else if (!seen[i] && argv[i][0] != '-') {
             if (nc == 8)
@@ -293,11 +340,20 @@ int main(int argc, char **argv)
         if (!json_out) {
             json_object *arr;
             json_object_object_get_ex(o, "devices", &arr);
-            printf("%-21s %-16s %-9s %-8s %s\n", "DEVICE", "GROUP", "STATE", "PROFILE", "LAST CONTACT");
+            printf("%-21s %-12s %-9s %-10s %-7s %-10s %-20s %s\n", "DEVICE", "GROUP", "STATE", "TUNNEL", "PROFILE",
+                   "SOFTWARE", "LAST CONTACT", "");
             for (size_t i = 0; arr && i < json_object_array_length(arr); i++) {
-                json_object *d = json_object_array_get_idx(arr, i);
-                printf("%-21s %-16s %-9s %-8s %s\n", sget(d, "id"), sget(d, "group"), sget(d, "state"),
-                       sget(d, "profile_version"), sget(d, "last_contact"));
+                json_object *d = json_object_array_get_idx(arr, i), *od;
+                char when[32] = "never";
+                long long lc = strtoll(sget(d, "last_contact"), NULL, 10);
+                time_t t = (time_t)lc;
+                struct tm tm;
+                if (lc > 0 && gmtime_r(&t, &tm))
+                    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%SZ", &tm);
+                int overdue = json_object_object_get_ex(d, "overdue", &od) && json_object_get_boolean(od);
+                printf("%-21s %-12s %-9s %-10s %-7s %-10s %-20s %s\n", sget(d, "id"), sget(d, "group"),
+                       sget(d, "state"), sget(d, "tunnel"), sget(d, "profile_version"), sget(d, "software_version"),
+                       when, overdue ? "OVERDUE" : "");
             }
         }
     } else if (!strcmp(cmd[0], "device") && nc == 3 &&
@@ -328,15 +384,64 @@ int main(int argc, char **argv)
             printf("group %s: template stored (publish it with: profile publish --group %s)\n", cmd[2], cmd[2]);
     } else if (!strcmp(cmd[0], "profile") && !strcmp(cmd[1], "publish") && nc == 2) {
         const char *g = opt(argc, argv, "--group", seen2);
+        json_object *req = rollout_opts(argc, argv, seen2, 0);
         no_extra(argc, argv, seen2);
         if (!g)
             die("profile publish needs --group G");
         char *esc = curl_easy_escape(NULL, g, 0);
         snprintf(path, sizeof(path), "/api/v1/admin/groups/%s/publish", esc);
         curl_free(esc);
-        o = api("POST", path, NULL);
+        o = api("POST", path, json_object_to_json_string(req));
+        json_object_put(req);
         if (!json_out)
-            printf("group %s: profile version %s published\n", sget(o, "group"), sget(o, "version"));
+            printf("group %s: profile version %s published, deployment %s (%s devices, first wave %s)\n",
+                   sget(o, "group"), sget(o, "version"), sget(o, "id"), sget(o, "devices"), sget(o, "first_wave"));
+    } else if (!strcmp(cmd[0], "update") && !strcmp(cmd[1], "publish") && nc == 2) {
+        const char *g = opt(argc, argv, "--group", seen2), *file = opt(argc, argv, "--file", seen2);
+        const char *ver = opt(argc, argv, "--version", seen2);
+        json_object *req = rollout_opts(argc, argv, seen2, 1);
+        no_extra(argc, argv, seen2);
+        if (!g || !file || !ver)
+            die("update publish needs --group G --file F --version V");
+        if (!*ver || strlen(ver) > 63 || strpbrk(ver, " \t\r\n"))
+            die("--version %s: 1 to 63 characters without spaces", ver);
+        upload = fopen(file, "rb");
+        if (!upload || fseek(upload, 0, SEEK_END) < 0 || (upload_size = ftell(upload)) < 0 ||
+            fseek(upload, 0, SEEK_SET) < 0)
+            die("--file %s: %s", file, strerror(errno));
+        if (upload_size == 0)
+            die("--file %s: empty", file);
+        json_object *art = api("POST", "/api/v1/admin/artifacts", NULL);
+        fclose(upload);
+        upload = NULL;
+        json_object_object_add(req, "group", json_object_new_string(g));
+        json_object_object_add(req, "type", json_object_new_string("software"));
+        json_object_object_add(req, "software_version", json_object_new_string(ver));
+        json_object_object_add(req, "artifact", json_object_new_string(sget(art, "sha256")));
+        json_object_put(art);
+        o = api("POST", "/api/v1/admin/deployments", json_object_to_json_string(req));
+        json_object_put(req);
+        if (!json_out)
+            printf("group %s: software %s published (sha256 %s, %s bytes), deployment %s (%s devices, first wave %s)\n",
+                   sget(o, "group"), sget(o, "software_version"), sget(o, "artifact"), sget(o, "size"), sget(o, "id"),
+                   sget(o, "devices"), sget(o, "first_wave"));
+    } else if (!strcmp(cmd[0], "deployment") && !strcmp(cmd[1], "list") && nc == 2) {
+        no_extra(argc, argv, seen2);
+        o = api("GET", "/api/v1/admin/deployments", NULL);
+        if (!json_out) {
+            json_object *arr;
+            json_object_object_get_ex(o, "deployments", &arr);
+            printf("%-5s %-12s %-8s %-8s %-7s %-5s %-11s %-7s %-7s %-7s %s\n", "ID", "GROUP", "TYPE", "VERSION", "STATE",
+                   "WAVE", "WINDOW", "DEVICES", "SUCCESS", "FAILURE", "PENDING");
+            for (size_t i = 0; arr && i < json_object_array_length(arr); i++) {
+                json_object *d = json_object_array_get_idx(arr, i);
+                const char *sv = sget(d, "software_version");
+                printf("%-5s %-12s %-8s %-8s %-7s %-5s %-11s %-7s %-7s %-7s %s\n", sget(d, "id"), sget(d, "group"),
+                       sget(d, "type"), strcmp(sv, "-") ? sv : sget(d, "version"), sget(d, "state"), sget(d, "wave"),
+                       sget(d, "window"), sget(d, "devices"), sget(d, "success"), sget(d, "failure"),
+                       sget(d, "pending"));
+            }
+        }
     } else if (!strcmp(cmd[0], "ca") && !strcmp(cmd[1], "show") && nc == 2) {
         no_extra(argc, argv, seen2);
         buf b = {0};

@@ -79,6 +79,8 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
     memset(c, 0, sizeof(*c));
     c->cert_days = 365;
     c->crl_next_update_s = 3600;
+    c->poll_s = 300;
+    c->artifact_max_bytes = MGMTD_ARTIFACT_MAX_DEFAULT;
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "config %s: %s", path, strerror(errno));
@@ -128,6 +130,9 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
         {"crl_listen", 7, 0, 0},
         {"crl_url", 9, 0, offsetof(mgmtd_config, crl_url)},
         {"crl_next_update_s", 8, 0, 0},
+        {"poll_s", 4, 0, 0},
+        {"artifact_max_bytes", 4, 0, 0},
+        {"state_dir", 1, 0, offsetof(mgmtd_config, state_dir)},
     };
     int rc = 0;
     json_object_object_foreach(root, k, v0) {
@@ -149,6 +154,21 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
                 rc = -1;
                 goto out;
             }
+            continue;
+        }
+        if (keys[i].kind == 4 && strcmp(keys[i].key, "cert_days")) {
+            int poll = !strcmp(keys[i].key, "poll_s");
+            int64_t d = json_object_get_int64(v), lo = poll ? 5 : 1024, hi = poll ? 86400 : (16LL << 30);
+            if (!json_object_is_type(v, json_type_int) || d < lo || d > hi) {
+                snprintf(err, errlen, "config %s: key \"%s\": expected a whole number, %lld to %lld%s", path,
+                         keys[i].key, (long long)lo, (long long)hi, poll ? " (seconds)" : " (bytes)");
+                rc = -1;
+                goto out;
+            }
+            if (poll)
+                c->poll_s = (int)d;
+            else
+                c->artifact_max_bytes = d;
             continue;
         }
         if (keys[i].kind == 4) {
@@ -244,6 +264,8 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
     }
     if (!c->org)
         c->org = strdup("m2mvpn");
+    if (!c->state_dir)   /* default: the config file's folder */
+        c->state_dir = strdup(base ? base : ".");
 out:
     json_object_put(root);
     free(dir);
@@ -266,5 +288,6 @@ void mgmtd_config_free(mgmtd_config *c)
     free(c->org);
     free(c->crl_listen_host);
     free(c->crl_url);
+    free(c->state_dir);
     memset(c, 0, sizeof(*c));
 }

@@ -83,7 +83,10 @@ int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen)
         return -1;
     }
     evhttp_set_bevcb(m->http, new_tls_bev, m->tls);
-    evhttp_set_max_body_size(m->http, 4 * MGMTD_MAX_BODY);   /* larger: refused by evhttp itself */
+    /* the largest body is a software artifact (config "artifact_max_bytes"); every
+       other route refuses more than MGMTD_MAX_BODY itself */
+    evhttp_set_max_body_size(m->http, (ev_ssize_t)(m->cfg.artifact_max_bytes > 4 * MGMTD_MAX_BODY
+                                                       ? m->cfg.artifact_max_bytes : 4 * MGMTD_MAX_BODY));
     evhttp_set_max_headers_size(m->http, MGMTD_MAX_HEADERS);
     evhttp_set_timeout(m->http, MGMTD_TIMEOUT_S);
     evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT);

@@ -15,6 +15,7 @@
 #define MGMTD_TIMEOUT_S 30                  /* read/write of one request */
 #define MGMTD_BUNDLE_VALID_S (30LL * 86400) /* not_after of a profile bundle */
 #define MGMTD_PENDING_RETRY_S 60            /* checkAfter in a "waiting" CMP answer */
+#define MGMTD_ARTIFACT_MAX_DEFAULT (64LL * 1024 * 1024)
 
 struct evhttp_request;
 struct evhttp;
@@ -33,6 +34,10 @@ typedef struct mgmtd_config {
     int crl_listen_port;
     char *crl_url;                /* CRL distribution point in issued certificates, NULL: none */
     int crl_next_update_s;        /* nextUpdate = now + this (default 3600) */
+    /* day 1..N: polling and software updates */
+    int poll_s;                    /* suggested to polling devices; overdue after 3 x */
+    long long artifact_max_bytes;  /* an uploaded software file */
+    char *state_dir;               /* artifacts/ below it; default the config's folder */
 } mgmtd_config;
 
 /* Reads and checks the JSON config; relative paths resolve against its folder.
@@ -76,6 +81,33 @@ void mgmtd_route(struct evhttp_request *req, void *arg);
    every string, auth set to {"method":"cert"}. malloc'd JSON text or NULL
    with err. */
 char *mgmtd_profile_for(const char *template_json, const char *device_id, char *err, size_t errlen);
+
+/* ---- shared by routes.c and dayn.c ---- */
+#include <json-c/json.h>
+void mgmtd_reply(struct evhttp_request *req, int code, const char *type, const void *body, size_t len);
+void mgmtd_reply_json(struct evhttp_request *req, int code, json_object *o);   /* takes o */
+void mgmtd_reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void mgmtd_reply_store_error(struct evhttp_request *req, int rc, const char *err);
+json_object *mgmtd_body_json(struct evhttp_request *req);  /* NULL after replying 400/413 */
+char *mgmtd_serial_hex(X509 *cert);
+int mgmtd_admin_ok(mgmtd *m, struct evhttp_request *req);  /* 0 after replying 401 */
+X509 *mgmtd_device_cert(mgmtd *m, struct evhttp_request *req); /* NULL after replying 401/403 */
+/* Every device route: the client certificate is any good (not revoked, not expired) certificate of
+   an enrolled device (store_cert_ok); d filled. -1 after replying 403 (or 500). */
+int mgmtd_device_auth(mgmtd *m, struct evhttp_request *req, store_device *d);
+
+/* day 1..N routes (dayn.c) */
+void mgmtd_device_poll(mgmtd *m, struct evhttp_request *req);
+void mgmtd_device_deployment(mgmtd *m, struct evhttp_request *req, const char *rest);
+void mgmtd_device_artifact(mgmtd *m, struct evhttp_request *req, const char *rest);
+void mgmtd_admin_profile_publish(mgmtd *m, struct evhttp_request *req, const char *group);
+void mgmtd_admin_artifact_upload(mgmtd *m, struct evhttp_request *req);
+void mgmtd_admin_deployment_create(mgmtd *m, struct evhttp_request *req);
+void mgmtd_admin_deployment_list(mgmtd *m, struct evhttp_request *req);
+void mgmtd_fleet(mgmtd *m, struct evhttp_request *req);
+/* overdue: an enrolled device without a poll for more than 3 x poll_s */
+int mgmtd_overdue(const mgmtd *m, const store_device *d, long long now);
 
 void mgmtd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -20,6 +20,15 @@
 
 #include "mgmtd.h"
 
+#define reply mgmtd_reply
+#define reply_json mgmtd_reply_json
+#define reply_error mgmtd_reply_error
+#define reply_store_error mgmtd_reply_store_error
+#define body_json mgmtd_body_json
+#define serial_hex mgmtd_serial_hex
+#define admin_ok mgmtd_admin_ok
+#define device_cert mgmtd_device_cert
+
 #define TOKEN_MAX_COUNT 1000
 #define TOKEN_DEFAULT_EXPIRES_S (7 * 86400)
 #define TOKEN_MAX_EXPIRES_S (366 * 86400)
@@ -28,6 +37,7 @@ static const char *reason(int code)
 {
     switch (code) {
     case 200: return "OK";
+    case 204: return "No Content";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
@@ -41,7 +51,7 @@ static const char *reason(int code)
     }
 }
 
-static void reply(struct evhttp_request *req, int code, const char *type, const void *body, size_t len)
+void mgmtd_reply(struct evhttp_request *req, int code, const char *type, const void *body, size_t len)
 {
     struct evbuffer *b = evbuffer_new();
     if (b && body)
@@ -54,16 +64,14 @@ static void reply(struct evhttp_request *req, int code, const char *type, const 
         evbuffer_free(b);
 }
 
-static void reply_json(struct evhttp_request *req, int code, json_object *o)
+void mgmtd_reply_json(struct evhttp_request *req, int code, json_object *o)
 {
     const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     reply(req, code, "application/json", s, strlen(s));
     json_object_put(o);
 }
 
-static void reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
+void mgmtd_reply_error(struct evhttp_request *req, int code, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -78,7 +86,7 @@ static void reply_error(struct evhttp_request *req, int code, const char *fmt, .
 }
 
 /* Maps a store result to HTTP: the store's own sentence, or a generic one for a database error. */
-static void reply_store_error(struct evhttp_request *req, int rc, const char *err)
+void mgmtd_reply_store_error(struct evhttp_request *req, int rc, const char *err)
 {
     if (rc == STORE_NOTFOUND)
         reply_error(req, 404, "%s", err);
@@ -110,7 +118,7 @@ static char *body_of(struct evhttp_request *req, size_t *len)
     return b;
 }
 
-static json_object *body_json(struct evhttp_request *req)
+json_object *mgmtd_body_json(struct evhttp_request *req)
 {
     size_t n;
     char *b = body_of(req, &n);
@@ -226,7 +234,7 @@ static int hook_enrol(void *ctx, const char *token_id, const unsigned char *spki
     return 0;
 }
 
-static char *serial_hex(X509 *cert)
+char *mgmtd_serial_hex(X509 *cert)
 {
     BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
     char *h = bn ? BN_bn2hex(bn) : NULL, *out = NULL;
@@ -349,7 +357,7 @@ static void route_cmp(mgmtd *m, struct evhttp_request *req)
 /* ------------------------------------------------------ device profile */
 
 /* The client certificate, verified against the device CA; NULL after replying. */
-static X509 *device_cert(mgmtd *m, struct evhttp_request *req)
+X509 *mgmtd_device_cert(mgmtd *m, struct evhttp_request *req)
 {
     struct evhttp_connection *con = evhttp_request_get_connection(req);
     struct bufferevent *bev = con ? evhttp_connection_get_bufferevent(con) : NULL;
@@ -373,41 +381,56 @@ static X509 *device_cert(mgmtd *m, struct evhttp_request *req)
     return cert;
 }
 
-static void route_profile(mgmtd *m, struct evhttp_request *req)
+/* The device a request comes from: its client certificate chains to the device CA, names an
+   enrolled device and is any certificate of it not revoked nor expired (after a renewal, the old
+   one too, until it expires). The one check of every device route (profile, day N). */
+int mgmtd_device_auth(mgmtd *m, struct evhttp_request *req, store_device *d)
 {
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        reply_error(req, 405, "use GET");
-        return;
-    }
     X509 *cert = device_cert(m, req);
     if (!cert)
-        return;
+        return -1;
     char cn[STORE_ID_MAX] = "", err[512];
     X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
     char *ser = serial_hex(cert);
     X509_free(cert);
-    store_device d;
-    int rc = store_device_get(m->st, cn, &d, err, sizeof(err));
+    int rc = store_device_get(m->st, cn, d, err, sizeof(err));
     if (rc) {
         free(ser);
         if (rc == STORE_NOTFOUND)
             reply_error(req, 403, "unknown device %s", cn);
         else
             reply_store_error(req, rc, err);
-        return;
+        return -1;
     }
-    /* any certificate of the device not revoked nor expired (after a renewal, the old one too) */
-    if (d.state != STORE_DEV_ENROLLED || !ser
-        || store_cert_ok(m->st, d.id, ser, (long long)time(NULL), err, sizeof(err)) != 0) {
-        reply_error(req, 403, "device %s: certificate %s (device %s)", cn,
-                    d.state == STORE_DEV_REVOKED ? "revoked" : "no longer valid", store_device_state_name(d.state));
-        free(ser);
-        return;
-    }
+    rc = d->state != STORE_DEV_ENROLLED || !ser ? STORE_REFUSED
+                                                : store_cert_ok(m->st, d->id, ser, (long long)time(NULL), err, sizeof(err));
     free(ser);
+    if (rc < 0) {
+        reply_store_error(req, rc, err);
+        return -1;
+    }
+    if (rc) {
+        reply_error(req, 403, "device %s: certificate %s (device %s)", cn,
+                    d->state == STORE_DEV_REVOKED ? "revoked" : "no longer valid", store_device_state_name(d->state));
+        return -1;
+    }
+    return 0;
+}
+
+static void route_profile(mgmtd *m, struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        reply_error(req, 405, "use GET");
+        return;
+    }
+    store_device d;
+    if (mgmtd_device_auth(m, req, &d) < 0)
+        return;
+    char err[512];
+    int rc;
     char *tpl = NULL;
     long long version = 0, now = (long long)time(NULL);
-    rc = store_group_published(m->st, d.group, &tpl, &version, err, sizeof(err));
+    rc = store_device_profile(m->st, d.group, d.id, &tpl, &version, err, sizeof(err));
     if (rc) {
         store_device_contact(m->st, d.id, now, 0, err, sizeof(err));
         reply_store_error(req, rc, err);
@@ -450,7 +473,7 @@ static void route_profile(mgmtd *m, struct evhttp_request *req)
 
 /* ---------------------------------------------------------------- admin */
 
-static int admin_ok(mgmtd *m, struct evhttp_request *req)
+int mgmtd_admin_ok(mgmtd *m, struct evhttp_request *req)
 {
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
     unsigned char dg[32];
@@ -558,6 +581,11 @@ static void admin_devices(mgmtd *m, struct evhttp_request *req)
         json_object_object_add(d, "not_after", json_object_new_int64(list[i].not_after));
         json_object_object_add(d, "last_contact", json_object_new_int64(list[i].last_contact));
         json_object_object_add(d, "profile_version", json_object_new_int64(list[i].profile_version));
+        json_object_object_add(d, "tunnel", list[i].tunnel[0] ? json_object_new_string(list[i].tunnel) : NULL);
+        json_object_object_add(d, "software_version",
+                               list[i].software_version[0] ? json_object_new_string(list[i].software_version) : NULL);
+        json_object_object_add(d, "cert_not_after", json_object_new_int64(list[i].cert_not_after));
+        json_object_object_add(d, "overdue", json_object_new_boolean(mgmtd_overdue(m, &list[i], (long long)time(NULL))));
         json_object_array_add(arr, d);
     }
     free(list);
@@ -652,22 +680,6 @@ static void admin_groups(mgmtd *m, struct evhttp_request *req)
     reply_json(req, 200, out);
 }
 
-static void admin_publish(mgmtd *m, struct evhttp_request *req, const char *g)
-{
-    long long v = 0;
-    char err[512];
-    int rc = store_group_publish(m->st, g, &v, err, sizeof(err));
-    if (rc) {
-        reply_store_error(req, rc, err);
-        return;
-    }
-    mgmtd_log("admin: group %s profile version %lld published", g, v);
-    json_object *out = json_object_new_object();
-    json_object_object_add(out, "group", json_object_new_string(g));
-    json_object_object_add(out, "version", json_object_new_int64(v));
-    reply_json(req, 200, out);
-}
-
 static void admin_ca(mgmtd *m, struct evhttp_request *req)
 {
     BIO *b = BIO_new(BIO_s_mem());
@@ -713,7 +725,13 @@ static void route_admin(mgmtd *m, struct evhttp_request *req, const char *rest)
     else if (n == 2 && !strcmp(seg[0], "groups") && cmd == EVHTTP_REQ_PUT)
         admin_group_put(m, req, seg[1]);
     else if (n == 3 && !strcmp(seg[0], "groups") && !strcmp(seg[2], "publish") && cmd == EVHTTP_REQ_POST)
-        admin_publish(m, req, seg[1]);
+        mgmtd_admin_profile_publish(m, req, seg[1]);
+    else if (n == 1 && !strcmp(seg[0], "artifacts") && cmd == EVHTTP_REQ_POST)
+        mgmtd_admin_artifact_upload(m, req);
+    else if (n == 1 && !strcmp(seg[0], "deployments") && cmd == EVHTTP_REQ_POST)
+        mgmtd_admin_deployment_create(m, req);
+    else if (n == 1 && !strcmp(seg[0], "deployments") && cmd == EVHTTP_REQ_GET)
+        mgmtd_admin_deployment_list(m, req);
     else if (n == 1 && !strcmp(seg[0], "ca") && cmd == EVHTTP_REQ_GET)
         admin_ca(m, req);
     else
@@ -853,6 +871,14 @@ void mgmtd_route(struct evhttp_request *req, void *arg)
         route_crl(m, req);
     } else if (!strcmp(path, "/api/v1/device/profile")) {
         route_profile(m, req);
+    } else if (!strcmp(path, "/api/v1/device/poll")) {
+        mgmtd_device_poll(m, req);
+    } else if (!strncmp(path, "/api/v1/device/deployments/", 27)) {
+        mgmtd_device_deployment(m, req, path + 27);
+    } else if (!strncmp(path, "/api/v1/device/artifacts/", 25)) {
+        mgmtd_device_artifact(m, req, path + 25);
+    } else if (!strcmp(path, "/fleet")) {
+        mgmtd_fleet(m, req);
     } else if (!strncmp(path, "/api/v1/admin/", 14)) {
         route_admin(m, req, path + 14);
     } else {

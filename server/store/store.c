@@ -27,8 +27,30 @@ static const char *const migration_1[] = {
     "CREATE INDEX devices_grp ON devices (grp)",
     NULL,
 };
-/* Issue 15 (certificate renewal and revocation): every certificate issued, revoked or not. */
+/* day 1..N: the state devices report, artifacts, deployments and their
+   per-device status. Ids from the counters table (same SQL on both engines,
+   the row lock serialises instances). */
 static const char *const migration_2[] = {
+    "ALTER TABLE devices ADD COLUMN tunnel TEXT",
+    "ALTER TABLE devices ADD COLUMN software_version TEXT",
+    "ALTER TABLE devices ADD COLUMN cert_not_after BIGINT NOT NULL DEFAULT 0",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "INSERT INTO counters (name, value) VALUES ('deployment', 0)",
+    "CREATE TABLE artifacts (sha256 TEXT PRIMARY KEY, size BIGINT NOT NULL, path TEXT NOT NULL,"
+    " created BIGINT NOT NULL)",
+    "CREATE TABLE deployments (id BIGINT PRIMARY KEY, grp TEXT NOT NULL REFERENCES groups(name),"
+    " type TEXT NOT NULL, version BIGINT NOT NULL, payload TEXT, software_version TEXT,"
+    " artifact TEXT REFERENCES artifacts(sha256), percent INTEGER NOT NULL,"
+    " max_fail_permille INTEGER NOT NULL, window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,"
+    " state TEXT NOT NULL, wave INTEGER NOT NULL, created BIGINT NOT NULL)",
+    "CREATE TABLE deployment_devices (deployment BIGINT NOT NULL REFERENCES deployments(id),"
+    " device TEXT NOT NULL REFERENCES devices(id), wave INTEGER NOT NULL, status TEXT NOT NULL,"
+    " details TEXT, created BIGINT NOT NULL, updated BIGINT NOT NULL, PRIMARY KEY (deployment, device))",
+    "CREATE INDEX deployment_devices_device ON deployment_devices (device, status)",
+    NULL,
+};
+/* Issue 15 (certificate renewal and revocation): every certificate issued, revoked or not. */
+static const char *const migration_3[] = {
     "CREATE TABLE certificates (serial TEXT PRIMARY KEY, device TEXT NOT NULL REFERENCES devices(id),"
     " not_after BIGINT NOT NULL, issued BIGINT NOT NULL, revoked_at BIGINT, reason INTEGER)",
     "CREATE INDEX certificates_device ON certificates (device)",
@@ -37,7 +59,7 @@ static const char *const migration_2[] = {
     " CASE WHEN state = 'revoked' THEN 1 END FROM devices WHERE serial IS NOT NULL AND serial <> ''",
     NULL,
 };
-static const char *const *const migrations[] = {migration_1, migration_2};
+static const char *const *const migrations[] = {migration_1, migration_2, migration_3};
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(N_MIGRATIONS == STORE_SCHEMA_VERSION, "STORE_SCHEMA_VERSION = the number of migrations");
 
@@ -314,7 +336,8 @@ int store_token_usable(store *s, const char *id, long long now, char *err, size_
 }
 
 /* ---- devices ---- */
-static const char dev_cols[] = "id, grp, state, token, serial, not_after, last_contact, profile_version";
+static const char dev_cols[] = "id, grp, state, token, serial, not_after, last_contact, profile_version,"
+                               " tunnel, software_version, cert_not_after";
 
 static void device_from(const db_res *r, int i, store_device *d)
 {
@@ -329,11 +352,14 @@ static void device_from(const db_res *r, int i, store_device *d)
     d->not_after = atoll0(db_cell(r, i, 5));
     d->last_contact = atoll0(db_cell(r, i, 6));
     d->profile_version = atoll0(db_cell(r, i, 7));
+    copy(d->tunnel, sizeof(d->tunnel), db_cell(r, i, 8));
+    copy(d->software_version, sizeof(d->software_version), db_cell(r, i, 9));
+    d->cert_not_after = atoll0(db_cell(r, i, 10));
 }
 
 int store_device_get(store *s, const char *device_id, store_device *d, char *err, size_t errlen)
 {
-    char sql[160];
+    char sql[256];
     snprintf(sql, sizeof(sql), "SELECT %s FROM devices WHERE id = ?1", dev_cols);
     const char *p[] = {device_id};
     db_res r;
@@ -352,7 +378,7 @@ int store_device_get(store *s, const char *device_id, store_device *d, char *err
 
 int store_device_list(store *s, store_device **list, size_t *n, char *err, size_t errlen)
 {
-    char sql[160];
+    char sql[256];
     snprintf(sql, sizeof(sql), "SELECT %s FROM devices ORDER BY id", dev_cols);
     db_res r;
     if (q(s, sql, 0, NULL, &r, err, errlen) < 0)
@@ -703,4 +729,384 @@ int store_group_list(store *s, store_group **list, size_t *n, char *err, size_t 
     *n = (size_t)r.nrows;
     db_res_free(&r);
     return 0;
+}
+
+/* ---- day 1..N: reported state, artifacts, deployments ---- */
+int store_device_report(store *s, const char *device_id, long long now, const char *tunnel,
+                        long long profile_version, const char *software_version, long long cert_not_after,
+                        char *err, size_t errlen)
+{
+    char ns[24], pv[24], cn[24];
+    lltoa(now, ns);
+    lltoa(profile_version, pv);
+    lltoa(cert_not_after, cn);
+    const char *p[] = {device_id, ns, tunnel, profile_version >= 0 ? pv : NULL, software_version,
+                       cert_not_after >= 0 ? cn : NULL};
+    return q(s, "UPDATE devices SET last_contact = ?2, tunnel = COALESCE(?3, tunnel),"
+                " profile_version = COALESCE(CAST(?4 AS BIGINT), profile_version),"
+                " software_version = COALESCE(?5, software_version),"
+                " cert_not_after = COALESCE(CAST(?6 AS BIGINT), cert_not_after) WHERE id = ?1",
+             6, p, NULL, err, errlen);
+}
+
+int store_artifact_put(store *s, const char *sha256, long long size, const char *path, char *err, size_t errlen)
+{
+    char sz[24], ns[24];
+    lltoa(size, sz);
+    lltoa((long long)time(NULL), ns);
+    const char *p[] = {sha256, sz, path, ns};
+    if (begin(s, err, errlen) < 0)
+        return -1;
+    int rc = q(s, "INSERT INTO artifacts (sha256, size, path, created) VALUES (?1, ?2, ?3, ?4)"
+                  " ON CONFLICT (sha256) DO NOTHING", 4, p, NULL, err, errlen);
+    return finish(s, rc, err, errlen);
+}
+
+int store_artifact_get(store *s, const char *sha256, long long *size, char *path, size_t pathcap,
+                       char *err, size_t errlen)
+{
+    db_res r;
+    if (q(s, "SELECT size, path FROM artifacts WHERE sha256 = ?1", 1, &sha256, &r, err, errlen) < 0)
+        return -1;
+    int rc = 0;
+    if (r.nrows == 0) {
+        snprintf(err, errlen, "no artifact %.64s", sha256);
+        rc = STORE_NOTFOUND;
+    } else {
+        *size = atoll0(db_cell(&r, 0, 0));
+        copy(path, pathcap, db_cell(&r, 0, 1));
+    }
+    db_res_free(&r);
+    return rc;
+}
+
+int store_artifact_allowed(store *s, const char *sha256, const char *device_id, char *err, size_t errlen)
+{
+    const char *p[] = {sha256, device_id};
+    db_res r;
+    if (q(s, "SELECT d.id FROM deployments d JOIN deployment_devices x ON x.deployment = d.id"
+             " WHERE d.artifact = ?1 AND x.device = ?2 AND x.wave <= d.wave", 2, p, &r, err, errlen) < 0)
+        return -1;
+    int rc = r.nrows > 0 ? 0 : STORE_REFUSED;
+    if (rc)
+        snprintf(err, errlen, "device %s has no deployment of artifact %.64s", device_id, sha256);
+    db_res_free(&r);
+    return rc;
+}
+
+static const char *const dep_types[] = {"profile", "software", "cert"};
+
+const char *store_dep_type_name(store_dep_type t)
+{
+    return (unsigned)t < 3 ? dep_types[t] : "?";
+}
+
+int store_dep_type_parse(const char *name, store_dep_type *t)
+{
+    int i = parse_state(dep_types, 3, name);
+    if (i < 0)
+        return -1;
+    *t = (store_dep_type)i;
+    return 0;
+}
+
+/* columns of a deployment with its per-device counts */
+#define DEP_SELECT                                                                                              \
+    "SELECT d.id, d.grp, d.type, d.version, d.software_version, d.artifact, d.percent, d.max_fail_permille,"   \
+    " d.window_start, d.window_end, d.state, d.wave, d.created,"                                               \
+    " (SELECT COUNT(*) FROM deployment_devices x WHERE x.deployment = d.id),"                                 \
+    " (SELECT COUNT(*) FROM deployment_devices x WHERE x.deployment = d.id AND x.wave = 1),"                  \
+    " (SELECT COUNT(*) FROM deployment_devices x WHERE x.deployment = d.id AND x.status = 'pending'),"        \
+    " (SELECT COUNT(*) FROM deployment_devices x WHERE x.deployment = d.id AND x.status = 'proceeding'),"     \
+    " (SELECT COUNT(*) FROM deployment_devices x WHERE x.deployment = d.id AND x.status = 'success'),"        \
+    " (SELECT COUNT(*) FROM deployment_devices x WHERE x.deployment = d.id AND x.status = 'failure'),"        \
+    " (SELECT a.size FROM artifacts a WHERE a.sha256 = d.artifact)"
+
+static void dep_from(const db_res *r, int i, store_deployment *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->id = atoll0(db_cell(r, i, 0));
+    copy(d->group, sizeof(d->group), db_cell(r, i, 1));
+    store_dep_type_parse(db_cell(r, i, 2), &d->type);
+    d->version = atoll0(db_cell(r, i, 3));
+    copy(d->software_version, sizeof(d->software_version), db_cell(r, i, 4));
+    copy(d->artifact, sizeof(d->artifact), db_cell(r, i, 5));
+    d->percent = (int)atoll0(db_cell(r, i, 6));
+    d->max_fail_permille = (int)atoll0(db_cell(r, i, 7));
+    d->window_start = (int)atoll0(db_cell(r, i, 8));
+    d->window_end = (int)atoll0(db_cell(r, i, 9));
+    copy(d->state, sizeof(d->state), db_cell(r, i, 10));
+    d->wave = (int)atoll0(db_cell(r, i, 11));
+    d->created = atoll0(db_cell(r, i, 12));
+    d->n_devices = (int)atoll0(db_cell(r, i, 13));
+    d->n_first_wave = (int)atoll0(db_cell(r, i, 14));
+    d->n_pending = (int)atoll0(db_cell(r, i, 15));
+    d->n_proceeding = (int)atoll0(db_cell(r, i, 16));
+    d->n_success = (int)atoll0(db_cell(r, i, 17));
+    d->n_failure = (int)atoll0(db_cell(r, i, 18));
+    d->size = atoll0(db_cell(r, i, 19));
+}
+
+static int dep_rows(store *s, const char *sql, int n, const char *const *p, store_deployment **list, size_t *cnt,
+                    char *err, size_t errlen)
+{
+    db_res r;
+    if (q(s, sql, n, p, &r, err, errlen) < 0)
+        return -1;
+    *list = calloc(r.nrows ? (size_t)r.nrows : 1, sizeof(store_deployment));
+    if (!*list) {
+        db_res_free(&r);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < r.nrows; i++) {
+        dep_from(&r, i, &(*list)[i]);
+        if (r.ncols > 20)
+            copy((*list)[i].dev_status, sizeof((*list)[i].dev_status), db_cell(&r, i, 20));
+    }
+    *cnt = (size_t)r.nrows;
+    db_res_free(&r);
+    return 0;
+}
+
+int store_deployment_create(store *s, store_deployment *d, char *err, size_t errlen)
+{
+    if (d->percent < 1 || d->percent > 100 || d->max_fail_permille < 0 || d->max_fail_permille > 1000) {
+        snprintf(err, errlen, "percent: 1 to 100; max failures: 0 to 1");
+        return STORE_REFUSED;
+    }
+    if (d->type == STORE_DEP_SOFTWARE && (!d->software_version[0] || strlen(d->artifact) != 64)) {
+        snprintf(err, errlen, "a software deployment needs a version and an uploaded artifact");
+        return STORE_REFUSED;
+    }
+    const char *g[] = {d->group};
+    db_res r;
+    if (begin(s, err, errlen) < 0)
+        return -1;
+    int rc = q(s, "SELECT name FROM groups WHERE name = ?1", 1, g, &r, err, errlen);
+    if (rc == 0) {
+        if (r.nrows == 0) {
+            snprintf(err, errlen, "no group %s", d->group);
+            rc = STORE_NOTFOUND;
+        }
+        db_res_free(&r);
+    }
+    if (rc == 0 && d->type == STORE_DEP_SOFTWARE) {
+        const char *a[] = {d->artifact};
+        rc = q(s, "SELECT sha256 FROM artifacts WHERE sha256 = ?1", 1, a, &r, err, errlen);
+        if (rc == 0) {
+            if (r.nrows == 0) {
+                snprintf(err, errlen, "no artifact %s: upload it first", d->artifact);
+                rc = STORE_NOTFOUND;
+            }
+            db_res_free(&r);
+        }
+    }
+    long long id = 0, version = 0;
+    char *payload = NULL;
+    if (rc == 0)
+        rc = q(s, "UPDATE counters SET value = value + 1 WHERE name = 'deployment'", 0, NULL, NULL, err, errlen);
+    if (rc == 0 && (rc = q(s, "SELECT value FROM counters WHERE name = 'deployment'", 0, NULL, &r, err,
+                           errlen)) == 0) {
+        id = r.nrows ? atoll0(db_cell(&r, 0, 0)) : 0;
+        db_res_free(&r);
+    }
+    if (rc == 0 && d->type == STORE_DEP_PROFILE) {
+        rc = q(s, "UPDATE groups SET published = template, version = version + 1 WHERE name = ?1", 1, g, NULL,
+               err, errlen);
+        if (rc == 0 && (rc = q(s, "SELECT version, published FROM groups WHERE name = ?1", 1, g, &r, err,
+                               errlen)) == 0) {
+            version = atoll0(db_cell(&r, 0, 0));
+            payload = strdup(db_cell(&r, 0, 1) ? db_cell(&r, 0, 1) : "");
+            db_res_free(&r);
+            if (!payload) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+            }
+        }
+    } else {
+        version = id;
+    }
+    /* the group's enrolled devices, by id: the first ceil(n * percent / 100) are the first wave */
+    if (rc == 0)
+        rc = q(s, "SELECT id FROM devices WHERE grp = ?1 AND state = 'enrolled' ORDER BY id", 1, g, &r, err,
+               errlen);
+    if (rc == 0) {
+        int n = r.nrows, first = (n * d->percent + 99) / 100;
+        char ids[24], vs[24], pc[24], mf[24], ws[24], we[24], ns[24];
+        lltoa(id, ids);
+        lltoa(version, vs);
+        lltoa(d->percent, pc);
+        lltoa(d->max_fail_permille, mf);
+        lltoa(d->window_start, ws);
+        lltoa(d->window_end, we);
+        lltoa((long long)time(NULL), ns);
+        int sw = d->type == STORE_DEP_SOFTWARE;
+        const char *p[] = {ids, d->group, store_dep_type_name(d->type), vs, payload, sw ? d->software_version : NULL,
+                           sw ? d->artifact : NULL, pc, mf, ws, we, n == 0 ? "done" : "active",
+                           first == n ? "2" : "1", ns};
+        rc = q(s, "INSERT INTO deployments (id, grp, type, version, payload, software_version, artifact, percent,"
+                  " max_fail_permille, window_start, window_end, state, wave, created)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)", 14, p, NULL, err, errlen);
+        for (int i = 0; rc == 0 && i < n; i++) {
+            const char *x[] = {ids, db_cell(&r, i, 0), i < first ? "1" : "2", ns};
+            rc = q(s, "INSERT INTO deployment_devices (deployment, device, wave, status, details, created, updated)"
+                      " VALUES (?1, ?2, ?3, 'pending', NULL, ?4, ?4)", 4, x, NULL, err, errlen);
+        }
+        db_res_free(&r);
+    }
+    free(payload);
+    if (rc == 0) {
+        char ids[24];
+        lltoa(id, ids);
+        const char *p[] = {ids};
+        store_deployment *l = NULL;
+        size_t n = 0;
+        rc = dep_rows(s, DEP_SELECT " FROM deployments d WHERE d.id = ?1", 1, p, &l, &n, err, errlen);
+        if (rc == 0 && n == 1)
+            *d = l[0];
+        free(l);
+    }
+    return finish(s, rc, err, errlen);
+}
+
+int store_deployment_list(store *s, store_deployment **list, size_t *n, char *err, size_t errlen)
+{
+    return dep_rows(s, DEP_SELECT " FROM deployments d ORDER BY d.id DESC", 0, NULL, list, n, err, errlen);
+}
+
+int store_device_open_deployments(store *s, const char *device_id, store_deployment **list, size_t *n,
+                                  char *err, size_t errlen)
+{
+    return dep_rows(s, DEP_SELECT ", y.status FROM deployments d JOIN deployment_devices y ON y.deployment = d.id"
+                          " WHERE y.device = ?1 AND d.state = 'active' AND y.wave <= d.wave"
+                          " AND y.status IN ('pending', 'proceeding') ORDER BY d.id",
+                    1, &device_id, list, n, err, errlen);
+}
+
+int store_deployment_for_device(store *s, long long id, const char *device_id, store_deployment *d,
+                                char **payload, char *err, size_t errlen)
+{
+    char ids[24];
+    lltoa(id, ids);
+    const char *p[] = {ids, device_id};
+    store_deployment *l = NULL;
+    size_t n = 0;
+    int rc = dep_rows(s, DEP_SELECT ", y.status, d.payload FROM deployments d JOIN deployment_devices y"
+                                    " ON y.deployment = d.id WHERE d.id = ?1 AND y.device = ?2 AND y.wave <= d.wave",
+                      2, p, &l, &n, err, errlen);
+    if (rc == 0 && n == 0) {
+        snprintf(err, errlen, "no deployment %lld for device %s", id, device_id);
+        rc = STORE_NOTFOUND;
+    }
+    if (rc == 0)
+        *d = l[0];
+    free(l);
+    if (rc == 0 && payload) {
+        db_res r;
+        *payload = NULL;
+        rc = q(s, "SELECT payload FROM deployments WHERE id = ?1", 1, p, &r, err, errlen);
+        if (rc == 0) {
+            if (r.nrows && db_cell(&r, 0, 0) && !(*payload = strdup(db_cell(&r, 0, 0)))) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+            }
+            db_res_free(&r);
+        }
+    }
+    return rc;
+}
+
+int store_deployment_feedback(store *s, long long id, const char *device_id, const char *result,
+                              const char *details, long long now, char *err, size_t errlen)
+{
+    if (!result || (strcmp(result, "success") && strcmp(result, "failure") && strcmp(result, "proceeding"))) {
+        snprintf(err, errlen, "result: success, failure or proceeding");
+        return STORE_REFUSED;
+    }
+    char ids[24], ns[24];
+    lltoa(id, ids);
+    lltoa(now, ns);
+    if (begin(s, err, errlen) < 0)
+        return -1;
+    /* lock the deployment row first: concurrent feedback serialises on it */
+    int rc = q(s, "UPDATE deployments SET state = state WHERE id = ?1", 1, (const char *const[]){ids}, NULL, err,
+               errlen);
+    store_deployment d;
+    if (rc == 0)
+        rc = store_deployment_for_device(s, id, device_id, &d, NULL, err, errlen);
+    if (rc == 0 && strcmp(d.dev_status, "pending") && strcmp(d.dev_status, "proceeding")) {
+        snprintf(err, errlen, "deployment %lld is already closed for device %s (%s)", id, device_id, d.dev_status);
+        rc = STORE_REFUSED;
+    }
+    if (rc == 0)
+        rc = q(s, "UPDATE deployment_devices SET status = ?3, details = ?4, updated = ?5"
+                  " WHERE deployment = ?1 AND device = ?2", 5,
+               (const char *const[]){ids, device_id, result, details, ns}, NULL, err, errlen);
+    if (rc == 0 && strcmp(result, "proceeding")) {
+        store_deployment *l = NULL;
+        size_t n = 0;
+        rc = dep_rows(s, DEP_SELECT " FROM deployments d WHERE d.id = ?1", 1, (const char *const[]){ids}, &l, &n,
+                      err, errlen);
+        if (rc == 0 && n == 1 && !strcmp(l[0].state, "active")) {
+            store_deployment *x = &l[0];
+            int reports = x->n_success + x->n_failure;
+            const char *state = NULL, *wave = NULL;
+            if (reports > 0 && (long long)x->n_failure * 1000 > (long long)x->max_fail_permille * reports)
+                state = "halted";
+            else if (x->n_pending + x->n_proceeding == 0 && x->wave == 2)
+                state = "done";
+            else if (x->wave == 1) {
+                db_res r;
+                rc = q(s, "SELECT COUNT(*) FROM deployment_devices WHERE deployment = ?1 AND wave = 1"
+                          " AND status <> 'success'", 1, (const char *const[]){ids}, &r, err, errlen);
+                if (rc == 0) {
+                    if (atoll0(db_cell(&r, 0, 0)) == 0)
+                        wave = "2";
+                    db_res_free(&r);
+                }
+            }
+            if (rc == 0 && state)
+                rc = q(s, "UPDATE deployments SET state = ?2 WHERE id = ?1", 2, (const char *const[]){ids, state},
+                       NULL, err, errlen);
+            if (rc == 0 && wave)
+                rc = q(s, "UPDATE deployments SET wave = 2 WHERE id = ?1", 1, (const char *const[]){ids}, NULL,
+                       err, errlen);
+        }
+        free(l);
+    }
+    return finish(s, rc, err, errlen);
+}
+
+int store_device_profile(store *s, const char *group, const char *device_id, char **template_json,
+                         long long *version, char *err, size_t errlen)
+{
+    const char *p[] = {group, device_id};
+    db_res r;
+    if (q(s, "SELECT d.version, d.payload FROM deployments d LEFT JOIN deployment_devices y"
+             " ON y.deployment = d.id AND y.device = ?2"
+             " WHERE d.grp = ?1 AND d.type = 'profile' AND d.state <> 'halted' AND d.payload IS NOT NULL"
+             " AND ((y.device IS NOT NULL AND y.wave <= d.wave AND y.status <> 'failure')"
+             " OR (y.device IS NULL AND d.wave = 2))"
+             " ORDER BY d.id DESC LIMIT 1", 2, p, &r, err, errlen) < 0)
+        return -1;
+    if (r.nrows == 1) {
+        *version = atoll0(db_cell(&r, 0, 0));
+        *template_json = strdup(db_cell(&r, 0, 1));
+        db_res_free(&r);
+        if (!*template_json) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    db_res_free(&r);
+    if (q(s, "SELECT id FROM deployments WHERE grp = ?1 AND type = 'profile' LIMIT 1", 1, p, &r, err, errlen) < 0)
+        return -1;
+    int any = r.nrows > 0;
+    db_res_free(&r);
+    if (!any)
+        return store_group_published(s, group, template_json, version, err, errlen);
+    snprintf(err, errlen, "no profile published for group %s", group);
+    return STORE_NOTFOUND;
 }

@@ -14,7 +14,7 @@
 #define STORE_REFUSED 2
 
 #define STORE_ID_MAX 64        /* device id, token id, group name: at most 63 chars */
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 typedef struct store store;
 
@@ -66,7 +66,10 @@ typedef struct {
     char serial[80];               /* hex, "" before issuance */
     long long not_after;           /* 0 before issuance */
     long long last_contact;        /* 0 never */
-    long long profile_version;     /* last delivered, 0 none */
+    long long profile_version;     /* reported by the device's poll, else last delivered; 0 none */
+    char tunnel[16];               /* reported: up | down | connecting, "" never reported */
+    char software_version[64];     /* reported, "" never reported */
+    long long cert_not_after;      /* reported by the device, 0 never */
 } store_device;
 
 /* An IR MAC-verified with token_id asks to enrol device_id (derived from its
@@ -93,7 +96,71 @@ int store_device_list(store *s, store_device **list, size_t *n, char *err, size_
 int store_device_contact(store *s, const char *device_id, long long now, long long profile_version,
                          char *err, size_t errlen);
 
-/* ---- certificates (day 1..N: renewal and revocation; schema migration 2) ----
+/* A poll: last contact and the reported state. NULL / negative values keep
+   what was recorded before. */
+int store_device_report(store *s, const char *device_id, long long now, const char *tunnel,
+                        long long profile_version, const char *software_version, long long cert_not_after,
+                        char *err, size_t errlen);
+
+/* ---- artifacts (software update files; the bytes live in a file) ---- */
+/* Records an uploaded file (sha256 = 64 lowercase hex); an existing one is kept. */
+int store_artifact_put(store *s, const char *sha256, long long size, const char *path, char *err, size_t errlen);
+int store_artifact_get(store *s, const char *sha256, long long *size, char *path, size_t pathcap,
+                       char *err, size_t errlen);
+/* 0 if device_id has a deployment of that artifact that it may see (its
+   wave is open), STORE_REFUSED otherwise. */
+int store_artifact_allowed(store *s, const char *sha256, const char *device_id, char *err, size_t errlen);
+
+/* ---- deployments and staged rollouts ---- */
+typedef enum { STORE_DEP_PROFILE, STORE_DEP_SOFTWARE, STORE_DEP_CERT } store_dep_type;
+const char *store_dep_type_name(store_dep_type t);
+int store_dep_type_parse(const char *name, store_dep_type *t);
+
+typedef struct {
+    long long id;
+    char group[STORE_ID_MAX];
+    store_dep_type type;
+    long long version;             /* profile: the group's profile version; software: = id */
+    char software_version[64];     /* software only */
+    char artifact[65];             /* software only: sha256 of the file */
+    long long size;                /* software only */
+    int percent;                   /* first wave: percent of the group's devices, 1..100 */
+    int max_fail_permille;         /* halt when failures / reports > this / 1000 */
+    int window_start, window_end;  /* maintenance window, minutes after 00:00 UTC; -1 none */
+    char state[8];                 /* active | halted | done */
+    int wave;                      /* 1: the first wave only; 2: every device */
+    long long created;
+    /* per-device counts */
+    int n_devices, n_first_wave, n_pending, n_proceeding, n_success, n_failure;
+    /* per-device status, filled by store_deployment_for_device */
+    char dev_status[12];
+} store_deployment;
+
+/* Creates a deployment for every enrolled device of d->group (in: group, type,
+   percent, max_fail_permille, window_*, and for software software_version,
+   artifact), first wave = the first ceil(percent % of n) devices by id. A
+   profile deployment also publishes the group's template (version bump,
+   snapshot). One transaction. Out: d filled (id, version, counts). */
+int store_deployment_create(store *s, store_deployment *d, char *err, size_t errlen);
+/* All deployments, newest first, with their counts. */
+int store_deployment_list(store *s, store_deployment **list, size_t *n, char *err, size_t errlen);
+/* The deployments device_id still has to carry out (active, its wave open,
+   its status pending or proceeding), by id. */
+int store_device_open_deployments(store *s, const char *device_id, store_deployment **list, size_t *n,
+                                  char *err, size_t errlen);
+/* One deployment as device_id sees it (its wave open): STORE_NOTFOUND if it
+   has none of that id. *payload (profile snapshot, malloc'd) may be NULL. */
+int store_deployment_for_device(store *s, long long id, const char *device_id, store_deployment *d,
+                                char **payload, char *err, size_t errlen);
+/* Feedback of device_id (result: proceeding | success | failure). success and
+   failure close it for the device; then, in the same transaction, the
+   rollout rules: halted when failures / (successes + failures) exceeds the
+   maximum share; the second wave opens when every first-wave device
+   succeeded; done when every device reported. */
+int store_deployment_feedback(store *s, long long id, const char *device_id, const char *result,
+                              const char *details, long long now, char *err, size_t errlen);
+
+/* ---- certificates (day 1..N: renewal and revocation; schema migration 3) ----
    Every certificate issued is recorded (serial as lowercase hex, its device, not_after); the
    device row keeps the newest one. A certificate is revoked with a time and a CRLReason code. */
 
@@ -128,6 +195,13 @@ int store_group_publish(store *s, const char *group, long long *version, char *e
    group is unknown or nothing was published. */
 int store_group_published(store *s, const char *group, char **template_json, long long *version,
                           char *err, size_t errlen);
+/* The profile the day-0 route gives device_id of group: the newest profile
+   deployment of the group that is not halted and that the device may see
+   (its wave is open and it did not report failure; a device outside the
+   deployment once the second wave is open); without any profile deployment
+   the group's published profile (a database from before schema 2). */
+int store_device_profile(store *s, const char *group, const char *device_id, char **template_json,
+                         long long *version, char *err, size_t errlen);
 typedef struct {
     char name[STORE_ID_MAX];
     long long version;             /* published version, 0 none */

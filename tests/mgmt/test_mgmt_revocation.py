@@ -97,10 +97,11 @@ def test_kur_rr_revoke_crl(pki, crlserver):
     assert sh("openssl", "pkey", "-in", key2, "-pubout").stdout == x509(crt2, "-pubkey")
     listed = admin_json(d, srv, "device", "list")["devices"][0]
     assert listed["serial"] == serial_of(crt2) and listed["state"] == "enrolled"
-    # the old certificate stays valid: the device route still takes it, and so does the new one
+    # the old certificate stays valid: the device routes (day 0 and day N) still take it, and the new one
     for c, k in ((crt, key), (crt2, key2)):
-        st, _, body = https(d, srv, "/api/v1/device/profile", cert=(c, k))
-        assert st == 200, body
+        for route in ("/api/v1/device/profile", "/api/v1/device/poll"):
+            st, _, body = https(d, srv, route, cert=(c, k))
+            assert st == 200, (route, body)
 
     # KUR with a MAC (an enrolment token) instead of a signature: refused
     tok = admin_json(d, srv, "token", "create", "--group", "fleet", "--auto-approve")["tokens"][0]["token"]
@@ -123,10 +124,13 @@ def test_kur_rr_revoke_crl(pki, crlserver):
     rc, out = cmp_signed(d, srv, "kur", crt2, key2, "-newkey", newkey(d, "k3.key"), "-certout",
                          os.path.join(d, "no.pem"), "-implicit_confirm")
     assert rc != 0 and "revoked" in out and not os.path.exists(os.path.join(d, "no.pem")), out
-    st, _, body = https(d, srv, "/api/v1/device/profile", cert=(crt2, key2))
-    assert st == 403
+    for route in ("/api/v1/device/profile", "/api/v1/device/poll"):
+        st, _, body = https(d, srv, route, cert=(crt2, key2))
+        assert st == 403, (route, body)
     # the old certificate is still good (the device is not revoked: it has one valid certificate)
     assert admin_json(d, srv, "device", "list")["devices"][0]["state"] == "enrolled"
+    st, _, body = https(d, srv, "/api/v1/device/poll", cert=(crt, key))
+    assert st == 200, body
 
     # RR for another device's certificate: refused
     okey, ocrt = enrol(d, srv, "dev2")
@@ -139,6 +143,8 @@ def test_kur_rr_revoke_crl(pki, crlserver):
     text = crl_text(d, crl_http(srv.crl_port))
     assert revoked_serials(text) == {serial_of(crt), serial_of(crt2)}
     assert "Key Compromise" in text
+    st, _, body = https(d, srv, "/api/v1/device/poll", cert=(crt, key))
+    assert st == 403, body
     rc, out = cmp_signed(d, srv, "kur", crt, key, "-newkey", newkey(d, "k4.key"), "-certout",
                          os.path.join(d, "no2.pem"), "-implicit_confirm")
     assert rc != 0 and "revoked" in out, out

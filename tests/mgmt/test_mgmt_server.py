@@ -85,7 +85,8 @@ def test_admin_commands_and_enrolment(pki, server):
     # the device's profile: mutual TLS with its certificate, CMS-signed, ETag/304
     st, _, body = https(d, srv, "/api/v1/device/profile", cert=(crt, key))
     assert st == 404 and b"no profile published for group fleet" in body
-    assert admin_json(d, srv, "profile", "publish", "--group", "fleet") == {"group": "fleet", "version": 1}
+    pub = admin_json(d, srv, "profile", "publish", "--group", "fleet")
+    assert pub["group"] == "fleet" and pub["version"] == 1 and pub["type"] == "profile"
     st, hdr, body = https(d, srv, "/api/v1/device/profile", cert=(crt, key))
     assert st == 200 and hdr["Content-Type"] == "application/pkcs7-mime"
     with open(os.path.join(d, "bundle.der"), "wb") as f:
@@ -170,6 +171,9 @@ def test_bad_bearer_and_limits(pki, server):
     ({"colour": "blue"}, '"colour"'),
     ({"database": "mysql://x"}, '"database"'),
     ({"tls_key": "nonexistent.key"}, '"tls_key"'),
+    ({"poll_s": 0}, '"poll_s"'),
+    ({"artifact_max_bytes": "64M"}, '"artifact_max_bytes"'),
+    ({"state_dir": ""}, '"state_dir"'),
 ])
 def test_bad_config(pki, bad, word):
     cfg = make_config(pki, "sqlite:mgmt.db", name="bad.json", **bad)

@@ -298,7 +298,7 @@ static const char *userial(void)
     static char buf[16][40];
     static int i;
     char *b = buf[i++ % 16];
-    snprintf(b, 40, "%x%05lx%02x", (unsigned)getpid(), (long)time(NULL) % 0x100000, ++counter & 0xff);
+    snprintf(b, 40, "%x%05lx%02x", (unsigned)getpid(), (long)time(NULL) % 0x100000, (unsigned)++counter);
     return b;
 }
 
@@ -384,6 +384,153 @@ START_TEST(certificates_renew_revoke)
 }
 END_TEST
 
+/* n enrolled devices in a new group g; ids sorted as the store sorts them */
+static void fleet(store *s, const char *g, int n, char ids[][STORE_ID_MAX])
+{
+    long long now = time(NULL);
+    ck_assert_int_eq(store_group_put(s, g, "{\"version\": 1}", err, sizeof(err)), 0);
+    for (int i = 0; i < n; i++) {
+        const char *t = uniq("t");
+        snprintf(ids[i], STORE_ID_MAX, "%s-%02d", g, i);
+        store_device_state st;
+        ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 60, 1, err, sizeof(err)), 0);
+        ck_assert_int_eq(store_enrol(s, t, ids[i], now, &st, err, sizeof(err)), 0);
+        ck_assert_int_eq(store_issued(s, t, ids[i], userial(), now + 86400, now, err, sizeof(err)), 0);   /* serials are unique */
+    }
+}
+
+static int is_open(store *s, const char *dev, long long id)
+{
+    store_deployment *l;
+    size_t n;
+    ck_assert_int_eq(store_device_open_deployments(s, dev, &l, &n, err, sizeof(err)), 0);
+    int found = 0;
+    for (size_t i = 0; i < n; i++)
+        found |= l[i].id == id;
+    free(l);
+    return found;
+}
+
+static store_deployment dep_new(store *s, const char *g, int percent, int permille)
+{
+    store_deployment d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.group, sizeof(d.group), "%s", g);
+    d.type = STORE_DEP_PROFILE;
+    d.percent = percent;
+    d.max_fail_permille = permille;
+    d.window_start = d.window_end = -1;
+    ck_assert_msg(store_deployment_create(s, &d, err, sizeof(err)) == 0, "%s", err);
+    return d;
+}
+
+START_TEST(rollout_rules)
+{
+    store *s = open_fresh();
+    const char *g = uniq("roll");
+    char ids[10][STORE_ID_MAX];
+    fleet(s, g, 10, ids);
+    long long now = time(NULL);
+    /* 30 %: the first three devices only; one failure of two reports > 0.2 halts */
+    store_deployment d = dep_new(s, g, 30, 200);
+    ck_assert_int_eq(d.n_devices, 10);
+    ck_assert_int_eq(d.n_first_wave, 3);
+    ck_assert_int_eq(d.version, 1);
+    for (int i = 0; i < 10; i++)
+        ck_assert_int_eq(is_open(s, ids[i], d.id), i < 3);
+    ck_assert_int_eq(store_deployment_for_device(s, d.id, ids[5], &d, NULL, err, sizeof(err)), STORE_NOTFOUND);
+    ck_assert_int_eq(store_deployment_feedback(s, d.id, ids[5], "success", NULL, now, err, sizeof(err)),
+                     STORE_NOTFOUND);
+    ck_assert_int_eq(store_deployment_feedback(s, d.id, ids[0], "success", "ok", now, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_deployment_feedback(s, d.id, ids[0], "failure", "x", now, err, sizeof(err)),
+                     STORE_REFUSED);
+    ck_assert_int_eq(store_deployment_feedback(s, d.id, ids[1], "failure", "x", now, err, sizeof(err)), 0);
+    store_deployment *l;
+    size_t n;
+    ck_assert_int_eq(store_deployment_list(s, &l, &n, err, sizeof(err)), 0);
+    ck_assert_uint_ge(n, 1);
+    int seen = 0;
+    for (size_t i = 0; i < n; i++)
+        if (l[i].id == d.id) {
+            seen = 1;
+            ck_assert_str_eq(l[i].state, "halted");
+            ck_assert_int_eq(l[i].n_failure, 1);
+        }
+    free(l);
+    ck_assert(seen);
+    for (int i = 0; i < 10; i++)
+        ck_assert(!is_open(s, ids[i], d.id));
+    char *tpl = NULL;
+    long long v = 0;
+    ck_assert_int_eq(store_device_profile(s, g, ids[2], &tpl, &v, err, sizeof(err)), STORE_NOTFOUND);
+
+    /* every first-wave success opens the rest; all reported -> done */
+    store_deployment e = dep_new(s, g, 30, 200);
+    ck_assert_int_eq(e.version, 2);
+    ck_assert_int_gt(e.id, d.id);
+    for (int i = 0; i < 3; i++) {
+        ck_assert(!is_open(s, ids[9], e.id));
+        ck_assert_int_eq(store_deployment_feedback(s, e.id, ids[i], "success", NULL, now, err, sizeof(err)), 0);
+    }
+    ck_assert_int_eq(store_device_profile(s, g, ids[0], &tpl, &v, err, sizeof(err)), 0);
+    ck_assert_int_eq(v, 2);
+    free(tpl);
+    for (int i = 3; i < 10; i++) {
+        ck_assert(is_open(s, ids[i], e.id));
+        ck_assert_int_eq(store_deployment_feedback(s, e.id, ids[i], i == 9 ? "failure" : "success", NULL, now, err,
+                                                   sizeof(err)), 0);
+    }
+    ck_assert_int_eq(store_deployment_for_device(s, e.id, ids[9], &e, NULL, err, sizeof(err)), 0);
+    ck_assert_str_eq(e.state, "done");
+    ck_assert_str_eq(e.dev_status, "failure");
+    ck_assert_int_eq(store_device_profile(s, g, ids[8], &tpl, &v, err, sizeof(err)), 0);
+    ck_assert_int_eq(v, 2);
+    free(tpl);
+    /* the device that failed with version 2 is not handed it again by the day-0 route */
+    ck_assert_int_eq(store_device_profile(s, g, ids[9], &tpl, &v, err, sizeof(err)), STORE_NOTFOUND);
+    store_close(s);
+}
+END_TEST
+
+START_TEST(report_and_artifacts)
+{
+    store *s = open_fresh();
+    const char *g = uniq("sw");
+    char ids[2][STORE_ID_MAX];
+    fleet(s, g, 2, ids);
+    long long now = time(NULL);
+    ck_assert_int_eq(store_device_report(s, ids[0], now, "up", 4, "1.2.3", 1900000000, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_device_report(s, ids[0], now + 1, NULL, -1, NULL, -1, err, sizeof(err)), 0);
+    store_device dv;
+    ck_assert_int_eq(store_device_get(s, ids[0], &dv, err, sizeof(err)), 0);
+    ck_assert_str_eq(dv.tunnel, "up");
+    ck_assert_str_eq(dv.software_version, "1.2.3");
+    ck_assert_int_eq(dv.profile_version, 4);
+    ck_assert_int_eq(dv.cert_not_after, 1900000000);
+    ck_assert_int_eq(dv.last_contact, now + 1);
+
+    char sha[65];
+    snprintf(sha, sizeof(sha), "%064x", (unsigned)counter);
+    store_deployment d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.group, sizeof(d.group), "%s", g);
+    d.type = STORE_DEP_SOFTWARE;
+    d.percent = 50;
+    d.max_fail_permille = 200;
+    d.window_start = d.window_end = -1;
+    snprintf(d.software_version, sizeof(d.software_version), "2.0");
+    snprintf(d.artifact, sizeof(d.artifact), "%s", sha);
+    ck_assert_int_eq(store_deployment_create(s, &d, err, sizeof(err)), STORE_NOTFOUND);   /* not uploaded */
+    ck_assert_int_eq(store_artifact_put(s, sha, 123, "/nowhere", err, sizeof(err)), 0);
+    ck_assert_int_eq(store_deployment_create(s, &d, err, sizeof(err)), 0);
+    ck_assert_int_eq(d.size, 123);
+    ck_assert_int_eq(d.version, d.id);
+    ck_assert_int_eq(store_artifact_allowed(s, sha, ids[0], err, sizeof(err)), 0);
+    ck_assert_int_eq(store_artifact_allowed(s, sha, ids[1], err, sizeof(err)), STORE_REFUSED);   /* wave 2 */
+    store_close(s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("store");
@@ -398,6 +545,8 @@ int main(void)
     tcase_add_test(tc, approval_states);
     tcase_add_test(tc, groups_publish);
     tcase_add_test(tc, certificates_renew_revoke);
+    tcase_add_test(tc, rollout_rules);
+    tcase_add_test(tc, report_and_artifacts);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -33,7 +33,7 @@ static char *resolve_key_location(const char *base_dir, const char *loc)
     return out;
 }
 
-static int parse_listen(mgmtd_config *c, const char *v, char *err, size_t errlen)
+static int parse_addr(const char *key, char **host_out, int *port_out, const char *v, char *err, size_t errlen)
 {
     const char *colon = strrchr(v, ':');
     const char *host = v;
@@ -47,12 +47,17 @@ static int parse_listen(mgmtd_config *c, const char *v, char *err, size_t errlen
     char *end;
     long port = colon ? strtol(colon + 1, &end, 10) : -1;
     if (!colon || hlen == 0 || !colon[1] || *end || port < 0 || port > 65535) {
-        snprintf(err, errlen, "config key \"listen\": expected \"ADDRESS:PORT\" (\"[IPv6]:PORT\"), got \"%s\"", v);
+        snprintf(err, errlen, "config key \"%s\": expected \"ADDRESS:PORT\" (\"[IPv6]:PORT\"), got \"%s\"", key, v);
         return -1;
     }
-    c->listen_host = strndup(host, hlen);
-    c->listen_port = (int)port;
-    return c->listen_host ? 0 : -1;
+    *host_out = strndup(host, hlen);
+    *port_out = (int)port;
+    return *host_out ? 0 : -1;
+}
+
+static int parse_listen(mgmtd_config *c, const char *v, char *err, size_t errlen)
+{
+    return parse_addr("listen", &c->listen_host, &c->listen_port, v, err, errlen);
 }
 
 static int hex32(unsigned char out[32], const char *h)
@@ -73,6 +78,7 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
 {
     memset(c, 0, sizeof(*c));
     c->cert_days = 365;
+    c->crl_next_update_s = 3600;
     c->poll_s = 300;
     c->artifact_max_bytes = MGMTD_ARTIFACT_MAX_DEFAULT;
     FILE *f = fopen(path, "r");
@@ -104,7 +110,8 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
 
     static const struct {
         const char *key;
-        int kind;            /* 0 string, 1 path, 2 key location, 3 database, 4 int, 5 listen, 6 sha256 */
+        int kind;            /* 0 string, 1 path, 2 key location, 3 database, 4 int, 5 listen, 6 sha256,
+                                7 crl_listen, 8 crl_next_update_s, 9 http(s) URL */
         int required;
         size_t off;
     } keys[] = {
@@ -120,6 +127,9 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
         {"database", 3, 1, offsetof(mgmtd_config, database)},
         {"cert_days", 4, 0, 0},
         {"org", 0, 0, offsetof(mgmtd_config, org)},
+        {"crl_listen", 7, 0, 0},
+        {"crl_url", 9, 0, offsetof(mgmtd_config, crl_url)},
+        {"crl_next_update_s", 8, 0, 0},
         {"poll_s", 4, 0, 0},
         {"artifact_max_bytes", 4, 0, 0},
         {"state_dir", 1, 0, offsetof(mgmtd_config, state_dir)},
@@ -172,6 +182,17 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
             c->cert_days = (int)d;
             continue;
         }
+        if (keys[i].kind == 8) {
+            int64_t d = json_object_get_int64(v);
+            if (!json_object_is_type(v, json_type_int) || d < 1 || d > 30 * 86400) {
+                snprintf(err, errlen, "config %s: key \"%s\": expected a whole number of seconds, 1 to 2592000",
+                         path, keys[i].key);
+                rc = -1;
+                goto out;
+            }
+            c->crl_next_update_s = (int)d;
+            continue;
+        }
         const char *s = json_object_get_string(v);
         if (!json_object_is_type(v, json_type_string) || !*s) {
             snprintf(err, errlen, "config %s: key \"%s\": expected a non-empty string", path, keys[i].key);
@@ -211,6 +232,21 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
                 goto out;
             }
             continue;
+        case 7:
+            if (parse_addr("crl_listen", &c->crl_listen_host, &c->crl_listen_port, s, err, errlen) < 0) {
+                rc = -1;
+                goto out;
+            }
+            continue;
+        case 9:
+            if ((strncmp(s, "http://", 7) && strncmp(s, "https://", 8)) || strlen(s) > 500 || strpbrk(s, " \t\r\n,")) {
+                snprintf(err, errlen, "config %s: key \"%s\": expected an http:// or https:// URL "
+                         "(no spaces or commas, at most 500 characters)", path, keys[i].key);
+                rc = -1;
+                goto out;
+            }
+            *slot = strdup(s);
+            break;
         case 6:
             if (hex32(c->admin_token_sha256, s) < 0) {
                 snprintf(err, errlen, "config %s: key \"admin_token_sha256\": expected 64 hex digits "
@@ -250,6 +286,8 @@ void mgmtd_config_free(mgmtd_config *c)
     free(c->token_key);
     free(c->database);
     free(c->org);
+    free(c->crl_listen_host);
+    free(c->crl_url);
     free(c->state_dir);
     memset(c, 0, sizeof(*c));
 }

@@ -37,36 +37,6 @@ static int is_hex64(const char *s)
     return 1;
 }
 
-/* The device behind the client certificate, enrolled and with this very certificate. */
-static int device_auth(mgmtd *m, struct evhttp_request *req, store_device *d)
-{
-    X509 *cert = mgmtd_device_cert(m, req);
-    if (!cert)
-        return -1;
-    char cn[STORE_ID_MAX] = "", err[512];
-    X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
-    char *ser = mgmtd_serial_hex(cert);
-    X509_free(cert);
-    int rc = store_device_get(m->st, cn, d, err, sizeof(err));
-    if (rc) {
-        free(ser);
-        if (rc == STORE_NOTFOUND)
-            mgmtd_reply_error(req, 403, "unknown device %s", cn);
-        else
-            mgmtd_reply_store_error(req, rc, err);
-        return -1;
-    }
-    if (d->state != STORE_DEV_ENROLLED || !ser || strcasecmp(ser, d->serial)) {
-        mgmtd_reply_error(req, 403, "device %s: certificate %s (device %s)", cn,
-                          d->state == STORE_DEV_REVOKED ? "revoked" : "no longer valid",
-                          store_device_state_name(d->state));
-        free(ser);
-        return -1;
-    }
-    free(ser);
-    return 0;
-}
-
 static int window_open(const store_deployment *d, long long now)
 {
     if (d->window_start < 0)
@@ -109,7 +79,7 @@ void mgmtd_device_poll(mgmtd *m, struct evhttp_request *req)
         return;
     }
     store_device d;
-    if (device_auth(m, req, &d) < 0)
+    if (mgmtd_device_auth(m, req, &d) < 0)
         return;
     struct evkeyvalq qs = {0};
     const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
@@ -308,7 +278,7 @@ void mgmtd_device_deployment(mgmtd *m, struct evhttp_request *req, const char *r
         return;
     }
     store_device d;
-    if (device_auth(m, req, &d) < 0)
+    if (mgmtd_device_auth(m, req, &d) < 0)
         return;
     if (feedback)
         deployment_feedback(m, req, &d, id);
@@ -323,7 +293,7 @@ void mgmtd_device_artifact(mgmtd *m, struct evhttp_request *req, const char *sha
         return;
     }
     store_device d;
-    if (device_auth(m, req, &d) < 0)
+    if (mgmtd_device_auth(m, req, &d) < 0)
         return;
     if (!is_hex64(sha)) {
         mgmtd_reply_error(req, 404, "artifacts/SHA256: 64 lowercase hex digits expected");

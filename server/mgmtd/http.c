@@ -107,3 +107,32 @@ int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen)
                                                : ((struct sockaddr_in *)&ss)->sin_port);
     return 0;
 }
+
+/* The CRL listener: plain HTTP (a gateway's CRL fetcher speaks HTTP; the CRL is signed), GET /crl only. */
+int mgmtd_crl_http_start(mgmtd *m, int *port, char *err, size_t errlen)
+{
+    m->crl_http = evhttp_new(m->base);
+    if (!m->crl_http) {
+        snprintf(err, errlen, "cannot create the CRL HTTP server");
+        return -1;
+    }
+    evhttp_set_max_body_size(m->crl_http, 1024);
+    evhttp_set_max_headers_size(m->crl_http, MGMTD_MAX_HEADERS);
+    evhttp_set_timeout(m->crl_http, MGMTD_TIMEOUT_S);
+    evhttp_set_allowed_methods(m->crl_http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_gencb(m->crl_http, mgmtd_route_crl_only, m);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(m->crl_http, m->cfg.crl_listen_host,
+                                                                    (ev_uint16_t)m->cfg.crl_listen_port);
+    if (!bs) {
+        snprintf(err, errlen, "config key \"crl_listen\": cannot listen on %s port %d: %s", m->cfg.crl_listen_host,
+                 m->cfg.crl_listen_port, strerror(errno));
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    *port = m->cfg.crl_listen_port;
+    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) == 0)
+        *port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    return 0;
+}

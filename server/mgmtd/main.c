@@ -127,6 +127,15 @@ int main(int argc, char **argv)
         event_free(sigint);
         goto out;
     }
+    int crl_port = 0;
+    if (m.cfg.crl_listen_host && mgmtd_crl_http_start(&m, &crl_port, err, sizeof(err)) < 0) {
+        mgmtd_log("%s", err);
+        event_free(sigterm);
+        event_free(sigint);
+        goto out;
+    }
+    if (m.cfg.crl_listen_host)
+        mgmtd_log("CRL on %s port %d (http, GET /crl)", m.cfg.crl_listen_host, crl_port);
     int sv = 0;
     store_schema_version(m.st, &sv, err, sizeof(err));
     mgmtd_log("listening on %s port %d (https), store %s schema %d", m.cfg.listen_host, port,
@@ -138,6 +147,9 @@ int main(int argc, char **argv)
 out:
     if (m.http)
         evhttp_free(m.http);
+    if (m.crl_http)
+        evhttp_free(m.crl_http);
+    OPENSSL_free(m.crl_der);
     if (m.base)
         event_base_free(m.base);
     SSL_CTX_free(m.tls);

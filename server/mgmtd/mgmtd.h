@@ -29,6 +29,12 @@ typedef struct mgmtd_config {
     unsigned char admin_token_sha256[32];
     int cert_days;
     char *org;
+    /* day 1..N: revocation */
+    char *crl_listen_host;        /* plain HTTP listener for GET /crl, NULL: none */
+    int crl_listen_port;
+    char *crl_url;                /* CRL distribution point in issued certificates, NULL: none */
+    int crl_next_update_s;        /* nextUpdate = now + this (default 3600) */
+    /* day 1..N: polling and software updates */
     int poll_s;                    /* suggested to polling devices; overdue after 3 x */
     long long artifact_max_bytes;  /* an uploaded software file */
     char *state_dir;               /* artifacts/ below it; default the config's folder */
@@ -48,12 +54,25 @@ typedef struct mgmtd {
     SSL_CTX *tls;
     struct event_base *base;
     struct evhttp *http;
+    /* day 1..N: the CRL, cached (rebuilt when the revoked set changes, and before nextUpdate) */
+    struct evhttp *crl_http;
+    unsigned char *crl_der;
+    size_t crl_len;
+    long long crl_built, crl_next;
+    unsigned char crl_digest[32];  /* SHA-256 of the revoked set it lists */
 } mgmtd;
 
 /* TLS context (TLS 1.2+, client certificate requested, not required). */
 SSL_CTX *mgmtd_tls_ctx(const mgmtd_config *c, X509 *device_ca, char *err, size_t errlen);
 /* evhttp on the configured address; *port gets the bound port. */
 int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen);
+
+/* The plain HTTP listener (config crl_listen) that serves only GET /crl. */
+int mgmtd_crl_http_start(mgmtd *m, int *port, char *err, size_t errlen);
+/* The current CRL (DER, borrowed from m): rebuilt if the revoked certificates changed, if
+   force, or when half of its validity has passed. 0 or -1 with err. */
+int mgmtd_crl(mgmtd *m, int force, const unsigned char **der, size_t *len, char *err, size_t errlen);
+void mgmtd_route_crl_only(struct evhttp_request *req, void *arg);
 
 /* Every request goes through here (evhttp generic callback). */
 void mgmtd_route(struct evhttp_request *req, void *arg);
@@ -74,6 +93,9 @@ json_object *mgmtd_body_json(struct evhttp_request *req);  /* NULL after replyin
 char *mgmtd_serial_hex(X509 *cert);
 int mgmtd_admin_ok(mgmtd *m, struct evhttp_request *req);  /* 0 after replying 401 */
 X509 *mgmtd_device_cert(mgmtd *m, struct evhttp_request *req); /* NULL after replying 401/403 */
+/* Every device route: the client certificate is any good (not revoked, not expired) certificate of
+   an enrolled device (store_cert_ok); d filled. -1 after replying 403 (or 500). */
+int mgmtd_device_auth(mgmtd *m, struct evhttp_request *req, store_device *d);
 
 /* day 1..N routes (dayn.c) */
 void mgmtd_device_poll(mgmtd *m, struct evhttp_request *req);

@@ -268,6 +268,60 @@ static int hook_issued(void *ctx, const char *token_id, const char *device_id, X
     return rc ? -1 : 0;
 }
 
+/* ---- day 1..N: KUR and RR (server/pki checked the signing certificate against the device CA) ---- */
+
+static int hook_cert_ok(void *ctx, const char *device_id, const char *serial_hex, char *why, size_t wcap)
+{
+    mgmtd *m = ((cmp_ctx *)ctx)->m;
+    char err[256];
+    int rc = store_cert_ok(m->st, device_id, serial_hex, (long long)time(NULL), err, sizeof(err));
+    if (rc) {
+        mgmtd_log("cmp: certificate %s of %s refused: %s", serial_hex, device_id, rc < 0 ? "database error" : err);
+        snprintf(why, wcap, "%s", rc < 0 ? "server error" : err);
+        return -1;
+    }
+    return 0;
+}
+
+static int hook_renewed(void *ctx, const char *device_id, const char *old_serial, X509 *cert)
+{
+    mgmtd *m = ((cmp_ctx *)ctx)->m;
+    struct tm tm;
+    char err[256];
+    char *ser = serial_hex(cert);
+    if (!ser || ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
+        free(ser);
+        return -1;
+    }
+    int rc = store_renewed(m->st, device_id, old_serial, ser, (long long)timegm(&tm), (long long)time(NULL), err,
+                           sizeof(err));
+    if (rc)
+        mgmtd_log("cmp: recording the renewed certificate of %s: %s", device_id, err);
+    else
+        mgmtd_log("cmp: device %s renewed its certificate %s -> %s", device_id, old_serial, ser);
+    free(ser);
+    return rc ? -1 : 0;
+}
+
+static int hook_revoke(void *ctx, const char *device_id, const char *serial_hex, int crl_reason, char *why,
+                       size_t wcap)
+{
+    mgmtd *m = ((cmp_ctx *)ctx)->m;
+    char err[256];
+    int rc = store_cert_revoke(m->st, device_id, serial_hex, crl_reason, (long long)time(NULL), err, sizeof(err));
+    if (rc) {
+        mgmtd_log("cmp: revocation of %s by %s refused: %s", serial_hex, device_id, rc < 0 ? "database error" : err);
+        snprintf(why, wcap, "%s", rc < 0 ? "server error" : err);
+        return -1;
+    }
+    mgmtd_log("cmp: device %s revoked its certificate %s", device_id, serial_hex);
+    const unsigned char *der;
+    size_t len;
+    if (mgmtd_crl(m, 1, &der, &len, err, sizeof(err)) < 0)
+        mgmtd_log("CRL: %s", err);
+    return 0;
+}
+
 static void route_cmp(mgmtd *m, struct evhttp_request *req)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
@@ -283,11 +337,13 @@ static void route_cmp(mgmtd *m, struct evhttp_request *req)
     char *b = body_of(req, &n);
     if (!b)
         return;
-    static const pki_cmp_hooks hooks = {hook_token_secret, hook_enrol, hook_issued};
+    static const pki_cmp_hooks hooks = {hook_token_secret, hook_enrol, hook_issued,
+                                        hook_cert_ok, hook_renewed, hook_revoke};
     cmp_ctx c = {m};
     unsigned char *resp = NULL;
     size_t rlen = 0;
-    int rc = pki_cmp_handle(m->ca, &hooks, &c, m->cfg.cert_days, m->cfg.org, (unsigned char *)b, n, &resp, &rlen);
+    pki_cmp_options opts = {.cert_days = m->cfg.cert_days, .org = m->cfg.org, .crl_url = m->cfg.crl_url};
+    int rc = pki_cmp_handle_opts(m->ca, &hooks, &c, &opts, (unsigned char *)b, n, &resp, &rlen);
     free(b);
     if (rc < 0 || !resp) {
         OPENSSL_free(resp);
@@ -325,36 +381,53 @@ X509 *mgmtd_device_cert(mgmtd *m, struct evhttp_request *req)
     return cert;
 }
 
-static void route_profile(mgmtd *m, struct evhttp_request *req)
+/* The device a request comes from: its client certificate chains to the device CA, names an
+   enrolled device and is any certificate of it not revoked nor expired (after a renewal, the old
+   one too, until it expires). The one check of every device route (profile, day N). */
+int mgmtd_device_auth(mgmtd *m, struct evhttp_request *req, store_device *d)
 {
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        reply_error(req, 405, "use GET");
-        return;
-    }
     X509 *cert = device_cert(m, req);
     if (!cert)
-        return;
+        return -1;
     char cn[STORE_ID_MAX] = "", err[512];
     X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
     char *ser = serial_hex(cert);
     X509_free(cert);
-    store_device d;
-    int rc = store_device_get(m->st, cn, &d, err, sizeof(err));
+    int rc = store_device_get(m->st, cn, d, err, sizeof(err));
     if (rc) {
         free(ser);
         if (rc == STORE_NOTFOUND)
             reply_error(req, 403, "unknown device %s", cn);
         else
             reply_store_error(req, rc, err);
-        return;
+        return -1;
     }
-    if (d.state != STORE_DEV_ENROLLED || !ser || strcasecmp(ser, d.serial)) {
-        reply_error(req, 403, "device %s: certificate %s (device %s)", cn,
-                    d.state == STORE_DEV_REVOKED ? "revoked" : "no longer valid", store_device_state_name(d.state));
-        free(ser);
-        return;
-    }
+    rc = d->state != STORE_DEV_ENROLLED || !ser ? STORE_REFUSED
+                                                : store_cert_ok(m->st, d->id, ser, (long long)time(NULL), err, sizeof(err));
     free(ser);
+    if (rc < 0) {
+        reply_store_error(req, rc, err);
+        return -1;
+    }
+    if (rc) {
+        reply_error(req, 403, "device %s: certificate %s (device %s)", cn,
+                    d->state == STORE_DEV_REVOKED ? "revoked" : "no longer valid", store_device_state_name(d->state));
+        return -1;
+    }
+    return 0;
+}
+
+static void route_profile(mgmtd *m, struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        reply_error(req, 405, "use GET");
+        return;
+    }
+    store_device d;
+    if (mgmtd_device_auth(m, req, &d) < 0)
+        return;
+    char err[512];
+    int rc;
     char *tpl = NULL;
     long long version = 0, now = (long long)time(NULL);
     rc = store_device_profile(m->st, d.group, d.id, &tpl, &version, err, sizeof(err));
@@ -543,6 +616,12 @@ static void admin_device_act(mgmtd *m, struct evhttp_request *req, const char *i
         return;
     }
     mgmtd_log("admin: device %s %s -> %s", id, verb, store_device_state_name(d.state));
+    if (act == STORE_ACT_REVOKE) {
+        const unsigned char *der;
+        size_t len;
+        if (mgmtd_crl(m, 1, &der, &len, err, sizeof(err)) < 0)
+            mgmtd_log("CRL: %s", err);
+    }
     json_object *out = json_object_new_object();
     json_object_object_add(out, "id", json_object_new_string(id));
     json_object_object_add(out, "state", json_object_new_string(store_device_state_name(d.state)));
@@ -659,6 +738,122 @@ static void route_admin(mgmtd *m, struct evhttp_request *req, const char *rest)
         reply_error(req, 404, "no such admin route: %s", rest);
 }
 
+/* ------------------------------------------------------------------ CRL */
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int mgmtd_crl(mgmtd *m, int force, const unsigned char **der, size_t *len, char *err, size_t errlen)
+{
+    long long now = (long long)time(NULL);
+    store_revoked *list = NULL;
+    size_t n = 0;
+    int rc = store_revoked_list(m->st, now, &list, &n, err, errlen);
+    if (rc) {
+        if (rc > 0)
+            snprintf(err, errlen, "cannot list the revoked certificates");
+        return -1;
+    }
+    /* what the CRL lists: a change (here or by another instance on the same database) rebuilds it */
+    unsigned char dg[32];
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++) {
+        char line[160];
+        int l = snprintf(line, sizeof(line), "%s %lld %d\n", list[i].serial, list[i].revoked_at, list[i].reason);
+        ok = EVP_DigestUpdate(md, line, (size_t)l) == 1;
+    }
+    ok = ok && EVP_DigestFinal_ex(md, dg, NULL) == 1;
+    EVP_MD_CTX_free(md);
+    if (!ok) {
+        free(list);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (!force && m->crl_der && !memcmp(dg, m->crl_digest, sizeof(dg))
+        && now < m->crl_built + (m->crl_next - m->crl_built) / 2) {
+        free(list);
+        *der = m->crl_der;
+        *len = m->crl_len;
+        return 0;
+    }
+    pki_crl_entry *e = calloc(n ? n : 1, sizeof(*e));
+    unsigned char (*ser)[20] = calloc(n ? n : 1, sizeof(*ser));
+    rc = e && ser ? 0 : -1;
+    if (rc)
+        snprintf(err, errlen, "out of memory");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const char *h = list[i].serial;
+        size_t hl = strlen(h), bl = (hl + 1) / 2, k = 0;
+        if (hl == 0 || bl > sizeof(ser[i])) {
+            snprintf(err, errlen, "revoked certificate of %s: bad serial \"%s\" in the store", list[i].device, h);
+            rc = -1;
+            break;
+        }
+        for (size_t j = 0; j < bl; j++) {
+            int hi = (hl % 2 && j == 0) ? 0 : hexval(h[k++]);
+            int lo = hexval(h[k++]);
+            if (hi < 0 || lo < 0) {
+                snprintf(err, errlen, "revoked certificate of %s: bad serial \"%s\" in the store", list[i].device, h);
+                rc = -1;
+                break;
+            }
+            ser[i][j] = (unsigned char)(hi << 4 | lo);
+        }
+        e[i] = (pki_crl_entry){ser[i], bl, (time_t)list[i].revoked_at, list[i].reason};
+    }
+    unsigned char *out = NULL;
+    size_t olen = 0;
+    long long next = now + m->cfg.crl_next_update_s;
+    if (rc == 0)
+        rc = pki_crl_build(m->ca, e, n, (time_t)next, &out, &olen, err, errlen);
+    free(e);
+    free(ser);
+    free(list);
+    if (rc)
+        return -1;
+    OPENSSL_free(m->crl_der);
+    m->crl_der = out;
+    m->crl_len = olen;
+    m->crl_built = now;
+    m->crl_next = next;
+    memcpy(m->crl_digest, dg, sizeof(dg));
+    mgmtd_log("CRL rebuilt: %zu revoked certificate(s), next update in %d s", n, m->cfg.crl_next_update_s);
+    *der = out;
+    *len = olen;
+    return 0;
+}
+
+static void route_crl(mgmtd *m, struct evhttp_request *req)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+        reply_error(req, 405, "use GET");
+        return;
+    }
+    const unsigned char *der;
+    size_t len;
+    char err[512];
+    if (mgmtd_crl(m, 0, &der, &len, err, sizeof(err)) < 0) {
+        mgmtd_log("CRL: %s", err);
+        reply_error(req, 500, "cannot build the CRL (see the server's log)");
+        return;
+    }
+    reply(req, 200, "application/pkix-crl", der, len);
+}
+
+void mgmtd_route_crl_only(struct evhttp_request *req, void *arg)
+{
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+    const char *path = u ? evhttp_uri_get_path(u) : NULL;
+    if (path && !strcmp(path, "/crl"))
+        route_crl(arg, req);
+    else
+        reply_error(req, 404, "this listener serves only /crl");
+}
+
 void mgmtd_route(struct evhttp_request *req, void *arg)
 {
     mgmtd *m = arg;
@@ -672,6 +867,8 @@ void mgmtd_route(struct evhttp_request *req, void *arg)
         reply(req, 200, "application/json", "{\"ok\": true}", 12);
     } else if (!strcmp(path, "/.well-known/cmp") || !strncmp(path, "/.well-known/cmp/", 17)) {
         route_cmp(m, req);
+    } else if (!strcmp(path, "/crl")) {
+        route_crl(m, req);
     } else if (!strcmp(path, "/api/v1/device/profile")) {
         route_profile(m, req);
     } else if (!strcmp(path, "/api/v1/device/poll")) {

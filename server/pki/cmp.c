@@ -14,8 +14,16 @@
  * OSSL_CMP_OPT_UNPROTECTED_ERRORS, as RFC 9483 allows for negative answers.
  *
  * Body types: ir/cr issue; pollReq re-asks the enrol hook (still waiting, or
- * rejected); certConf is accepted; kur, p10cr, rr, genm answer "not supported
- * yet" (one case each in the switch below when they come).
+ * rejected); certConf is accepted; p10cr and genm answer "not supported yet".
+ *
+ * kur and rr (day 1..N) are signature-protected with the device's current
+ * certificate instead: check_sender() takes the first of extraCerts (RFC 9483
+ * 3.3), checks that it chains to the device CA, is within its validity period
+ * and names a device, and pins it as the one certificate OpenSSL verifies the
+ * protection with (no other certificate of the message is trusted). The
+ * callbacks then ask the store whether it is still good (hooks->cert_ok) before
+ * renewing (hooks->renewed) or revoking it (hooks->revoke). A kur or rr with a
+ * MAC is refused: a token enrols, only a certificate renews or revokes.
  */
 #include <openssl/asn1.h>
 #include <openssl/bn.h>
@@ -34,7 +42,7 @@
 #define CMP_REASON_LEN 256
 
 /* PKIBody choice numbers (RFC 4210 5.1.2); OpenSSL 3.0 keeps its names private. */
-enum { BODY_IR = 0, BODY_CR = 2, BODY_CERTCONF = 24, BODY_POLLREQ = 25 };
+enum { BODY_IR = 0, BODY_CR = 2, BODY_KUR = 7, BODY_RR = 11, BODY_CERTCONF = 24, BODY_POLLREQ = 25 };
 
 struct cmp_call {
     pki_signer *ca;
@@ -42,7 +50,15 @@ struct cmp_call {
     void *hctx;
     int cert_days;
     const char *org;
+    const char *crl_url;
     char token_id[17];
+    /* a signature-protected KUR/RR: the protecting certificate (first of extraCerts), and
+       whether check_sender() found it to be a valid device certificate (else why not) */
+    X509 *sender;
+    int sender_ok;
+    char sender_why[CMP_REASON_LEN];
+    char sender_id[64];
+    char sender_serial[80];
     int token_ok;      /* token_secret gave the secret OpenSSL checks the MAC with */
     int mac_protected; /* protectionAlg is a MAC (PBM) */
     int priming;       /* processing the synthetic request of prime_transaction() */
@@ -237,6 +253,12 @@ static X509 *issue_cert(const struct cmp_call *call, EVP_PKEY *pub, const char *
         || !add_ext(x, &v3, NID_subject_key_identifier, "hash")
         || !add_ext(x, &v3, NID_authority_key_identifier, "keyid:always"))
         goto fail;
+    if (call->crl_url && *call->crl_url) {
+        char cdp[600];
+        if ((size_t)snprintf(cdp, sizeof(cdp), "URI:%s", call->crl_url) >= sizeof(cdp)
+            || !add_ext(x, &v3, NID_crl_distribution_points, cdp))
+            goto fail;
+    }
     if (!X509_sign(x, pki_signer_key(call->ca), EVP_sha256()))
         goto fail;
     BN_free(bn);
@@ -254,6 +276,56 @@ static OSSL_CMP_PKISI *rejection(int fail_bit, const char *text)
     return OSSL_CMP_STATUSINFO_new(OSSL_CMP_PKISTATUS_rejection, 1 << fail_bit, text);
 }
 
+/* The store's word on the protecting certificate (after OpenSSL verified the signature with it). */
+static OSSL_CMP_PKISI *sender_refused(struct cmp_call *call)
+{
+    char reason[CMP_REASON_LEN] = "";
+    if (!call->sender || !call->hooks->cert_ok)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badMessageCheck,
+                         "key update and revocation need a signature with the device's certificate");
+    if (!call->sender_ok)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_signerNotTrusted, call->sender_why);
+    if (call->hooks->cert_ok(call->hctx, call->sender_id, call->sender_serial, reason, sizeof(reason)) != 0)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_certRevoked, reason[0] ? reason : "certificate not valid");
+    return NULL;
+}
+
+/* KUR: a new certificate for the device whose certificate signed the request; CN = its device id
+   (the requested subject is ignored), the requested key (new or the same). The old certificate
+   stays valid. The oldCertID control, if present, must name the protecting certificate. */
+static OSSL_CMP_PKISI *on_kur(struct cmp_call *call, const OSSL_CRMF_MSG *crm, X509 **certOut)
+{
+    if (call->mac_protected || !crm)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badMessageCheck,
+                         "key update needs a signature with the device's current certificate, not a MAC");
+    OSSL_CMP_PKISI *si = sender_refused(call);
+    if (si)
+        return si;
+    if (!call->hooks->renewed)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badRequest, "key update is not supported");
+    OSSL_CRMF_CERTID *old = OSSL_CRMF_MSG_get0_regCtrl_oldCertID(crm);
+    if (old && (ASN1_INTEGER_cmp(OSSL_CRMF_CERTID_get0_serialNumber(old), X509_get0_serialNumber(call->sender))
+                || X509_NAME_cmp(OSSL_CRMF_CERTID_get0_issuer(old), X509_get_issuer_name(call->sender))))
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badCertId,
+                         "oldCertID does not name the certificate that signed the request");
+    unsigned char *spki = NULL;
+    int spki_len = 0;
+    EVP_PKEY *pub = requested_key(crm, &spki, &spki_len);
+    OPENSSL_free(spki);
+    if (!pub)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badCertTemplate, "the request carries no usable public key");
+    X509 *cert = issue_cert(call, pub, call->sender_id);
+    EVP_PKEY_free(pub);
+    if (!cert)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_systemFailure, "server error: cannot issue the certificate");
+    if (call->hooks->renewed(call->hctx, call->sender_id, call->sender_serial, cert) != 0) {
+        X509_free(cert);
+        return rejection(OSSL_CMP_PKIFAILUREINFO_systemFailure, "server error: cannot record the certificate");
+    }
+    *certOut = cert;
+    return OSSL_CMP_STATUSINFO_new(OSSL_CMP_PKISTATUS_accepted, 0, NULL);
+}
+
 static OSSL_CMP_PKISI *on_cert_request(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, int certReqId,
                                        const OSSL_CRMF_MSG *crm, const X509_REQ *p10cr, X509 **certOut,
                                        STACK_OF(X509) **chainOut, STACK_OF(X509) **caPubs)
@@ -264,6 +336,8 @@ static OSSL_CMP_PKISI *on_cert_request(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG
     if (call->priming)
         return rejection(OSSL_CMP_PKIFAILUREINFO_badRequest, "synthetic request");
     int type = OSSL_CMP_MSG_get_bodytype(req);
+    if (type == BODY_KUR)
+        return on_kur(call, crm, certOut);
     if (type != BODY_IR && type != BODY_CR)
         return rejection(OSSL_CMP_PKIFAILUREINFO_badRequest, "this request type is not supported yet");
     /* OpenSSL verified the MAC with the token's secret before calling us; this is a
@@ -368,11 +442,29 @@ static int on_cert_conf(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, int cert
     return 1;
 }
 
+/* RR: a device revokes its own certificate, the one that signed the request. */
 static OSSL_CMP_PKISI *on_rr(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, const X509_NAME *issuer,
                              const ASN1_INTEGER *serial)
 {
-    (void)srv; (void)req; (void)issuer; (void)serial;
-    return rejection(OSSL_CMP_PKIFAILUREINFO_badRequest, "revocation requests are not supported yet");
+    struct cmp_call *call = OSSL_CMP_SRV_CTX_get0_custom_ctx(srv);
+    (void)req;
+    if (call->mac_protected)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badMessageCheck,
+                         "revocation needs a signature with the certificate to revoke, not a MAC");
+    OSSL_CMP_PKISI *si = sender_refused(call);
+    if (si)
+        return si;
+    if (!call->hooks->revoke)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badRequest, "revocation is not supported");
+    if (!issuer || !serial || X509_NAME_cmp(issuer, X509_get_issuer_name(call->sender))
+        || ASN1_INTEGER_cmp(serial, X509_get0_serialNumber(call->sender)))
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badCertId,
+                         "a device may only revoke the certificate that signs the request");
+    char reason[CMP_REASON_LEN] = "";
+    if (call->hooks->revoke(call->hctx, call->sender_id, call->sender_serial, PKI_CRL_REASON_CESSATION, reason,
+                            sizeof(reason)) != 0)
+        return rejection(OSSL_CMP_PKIFAILUREINFO_systemFailure, reason[0] ? reason : "server error");
+    return OSSL_CMP_STATUSINFO_new(OSSL_CMP_PKISTATUS_accepted, 0, NULL);
 }
 
 static int on_genm(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, const STACK_OF(OSSL_CMP_ITAV) *in,
@@ -451,12 +543,129 @@ out:
     ERR_clear_error();
 }
 
+/* ------------------------------------------------ signature protection */
+
+/* The first certificate of extraCerts (PKIMessage [1] EXPLICIT SEQUENCE OF), or NULL. */
+static X509 *first_extra_cert(const unsigned char *der, size_t len)
+{
+    const unsigned char *p = der, *end = der + len, *c, *v;
+    long cl, vl;
+    int tag, cls, cons;
+    if (der_tlv(&p, end, &tag, &cls, &cons, &c, &cl) || tag != V_ASN1_SEQUENCE)
+        return NULL;
+    p = c;
+    const unsigned char *cend = c + cl;
+    for (int i = 0; i < 2; i++) /* header, body */
+        if (der_tlv(&p, cend, &tag, &cls, &cons, &v, &vl))
+            return NULL;
+    while (p < cend) {
+        if (der_tlv(&p, cend, &tag, &cls, &cons, &v, &vl))
+            return NULL;
+        if (cls == V_ASN1_CONTEXT_SPECIFIC && tag == 1) {
+            const unsigned char *q = v, *s;
+            long sl;
+            if (der_tlv(&q, v + vl, &tag, &cls, &cons, &s, &sl) || tag != V_ASN1_SEQUENCE || sl <= 0)
+                return NULL;
+            const unsigned char *cp = s;
+            return d2i_X509(NULL, &cp, sl);
+        }
+    }
+    return NULL;
+}
+
+static void lower_hex_serial(X509 *x, char *out, size_t cap)
+{
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *h = bn ? BN_bn2hex(bn) : NULL;
+    snprintf(out, cap, "%s", h ? h : "");
+    for (char *p = out; *p; p++)
+        if (*p >= 'A' && *p <= 'F')
+            *p = (char)(*p - 'A' + 'a');
+    OPENSSL_free(h);
+    BN_free(bn);
+}
+
+/* A signature-protected request: OpenSSL checks its signature with the first of extraCerts, and
+   only with it (srvCert, which in a server context is the expected sender's certificate). Whether
+   that certificate is one of the device CA's, valid now, naming a device, is decided here:
+   call->sender_ok, else call->sender_why, which the callbacks answer with before any hook runs
+   (OpenSSL's own error answer would only say "no suitable sender cert"). 0, or -1 with the
+   reason when there is no certificate at all. */
+static int check_sender(struct cmp_call *call, OSSL_CMP_CTX *cc, const unsigned char *der, size_t len,
+                        char *reason, size_t rcap)
+{
+    X509 *cert = first_extra_cert(der, len);
+    if (!cert || !OSSL_CMP_CTX_set1_srvCert(cc, cert)) {
+        X509_free(cert);
+        snprintf(reason, rcap, "the request carries no certificate (extraCerts) to check its signature with");
+        return -1;
+    }
+    call->sender = cert;
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_CTX *x = X509_STORE_CTX_new();
+    char cn[64] = "";
+    if (!st || !x || X509_STORE_add_cert(st, pki_signer_cert(call->ca)) != 1
+        || X509_STORE_CTX_init(x, st, cert, NULL) != 1) {
+        snprintf(call->sender_why, sizeof(call->sender_why), "server error");
+    } else if (X509_STORE_CTX_set_purpose(x, X509_PURPOSE_SSL_CLIENT), X509_verify_cert(x) != 1) {
+        snprintf(call->sender_why, sizeof(call->sender_why),
+                 "the signing certificate is not a valid device certificate of this server (%s)",
+                 X509_verify_cert_error_string(X509_STORE_CTX_get_error(x)));
+    } else if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn)) <= 0
+               || !valid_device_id(cn)) {
+        snprintf(call->sender_why, sizeof(call->sender_why), "the signing certificate names no device");
+    } else {
+        snprintf(call->sender_id, sizeof(call->sender_id), "%s", cn);
+        lower_hex_serial(cert, call->sender_serial, sizeof(call->sender_serial));
+        call->sender_ok = 1;
+    }
+    X509_STORE_CTX_free(x);
+    X509_STORE_free(st);
+    ERR_clear_error();
+    return 0;
+}
+
+/* A signed certConf (a KUR client that did not ask for implicit confirmation): the
+   transaction is primed as for a MAC-protected one, with a one-time random secret that
+   only this priming knows, then the secret is dropped again, so that the real certConf is
+   checked against its pinned signing certificate and the answer is signed by the CA. */
+static void prime_signed_transaction(OSSL_CMP_SRV_CTX *srv, struct cmp_call *call, const OSSL_CMP_MSG *req)
+{
+    OSSL_CMP_CTX *cc = OSSL_CMP_SRV_CTX_get0_cmp_ctx(srv);
+    unsigned char rnd[24];
+    char secret[49];
+    static const char kid[] = "0000000000000000"; /* only for the synthetic request */
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return;
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(secret + 2 * i, 3, "%02x", rnd[i]);
+    OPENSSL_cleanse(rnd, sizeof(rnd));
+    memcpy(call->token_id, kid, sizeof(kid));
+    /* the pinned certificate would also be the expected sender of the synthetic request */
+    if (OSSL_CMP_CTX_set1_srvCert(cc, NULL)
+        && OSSL_CMP_CTX_set1_secretValue(cc, (const unsigned char *)secret, (int)strlen(secret))
+        && OSSL_CMP_CTX_set1_referenceValue(cc, (const unsigned char *)kid, 16))
+        prime_transaction(srv, call, req, secret);
+    OSSL_CMP_CTX_set1_secretValue(cc, NULL, 0);
+    OSSL_CMP_CTX_set1_referenceValue(cc, NULL, 0);
+    OSSL_CMP_CTX_set1_srvCert(cc, call->sender);
+    call->token_id[0] = '\0';
+    OPENSSL_cleanse(secret, sizeof(secret));
+}
+
 /* ------------------------------------------------------------------ entry */
 
 int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int cert_days, const char *org,
                    const unsigned char *req, size_t req_len, unsigned char **resp, size_t *resp_len)
 {
-    if (!resp || !resp_len)
+    pki_cmp_options o = {.cert_days = cert_days, .org = org};
+    return pki_cmp_handle_opts(ca, hooks, ctx, &o, req, req_len, resp, resp_len);
+}
+
+int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, const pki_cmp_options *opts,
+                        const unsigned char *req, size_t req_len, unsigned char **resp, size_t *resp_len)
+{
+    if (!resp || !resp_len || !opts)
         return -1;
     *resp = NULL;
     *resp_len = 0;
@@ -464,7 +673,8 @@ int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int ce
         || req_len == 0 || req_len > 1 << 20)
         return -1;
 
-    struct cmp_call call = {.ca = ca, .hooks = hooks, .hctx = ctx, .cert_days = cert_days, .org = org};
+    struct cmp_call call = {.ca = ca, .hooks = hooks, .hctx = ctx, .cert_days = opts->cert_days, .org = opts->org,
+                            .crl_url = opts->crl_url};
     OSSL_CMP_SRV_CTX *srv = NULL;
     OSSL_CMP_MSG *msg = NULL, *rsp = NULL;
     unsigned char *canon = NULL;
@@ -500,7 +710,16 @@ int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int ce
     }
 
     ERR_clear_error();
-    if (!call.token_id[0]) {
+    if ((type == BODY_KUR || type == BODY_RR || type == BODY_CERTCONF) && !call.mac_protected) {
+        /* Raised first so that OpenSSL's error answer carries it; no srvCert then, so the
+           protection check fails and no callback runs. */
+        if (check_sender(&call, cc, canon, (size_t)clen, reason, sizeof(reason)) != 0)
+            ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s", reason);
+        else if (type == BODY_CERTCONF && !call.sender_ok)
+            ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s", call.sender_why);
+        else if (type == BODY_CERTCONF)
+            prime_signed_transaction(srv, &call, msg);
+    } else if (!call.token_id[0]) {
         ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED,
                        "unknown enrolment token (senderKID)");
     } else if (hooks->token_secret(ctx, call.token_id, secret, sizeof(secret), reason, sizeof(reason)) != 0) {
@@ -529,6 +748,7 @@ int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int ce
     rc = 0;
 out:
     OPENSSL_cleanse(secret, sizeof(secret));
+    X509_free(call.sender);
     OSSL_CMP_MSG_free(rsp);
     OSSL_CMP_MSG_free(msg);
     OPENSSL_free(canon);

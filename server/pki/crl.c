@@ -39,7 +39,14 @@ int pki_crl_build(pki_signer *signer, const pki_crl_entry *entries, size_t n, ti
         ASN1_INTEGER *sn = bn ? BN_to_ASN1_INTEGER(bn, NULL) : NULL;
         ASN1_TIME *rt = X509_time_adj_ex(NULL, 0, 0, &(time_t){entries[i].revoked_at});
         int ok = r && sn && rt && X509_REVOKED_set_serialNumber(r, sn)
-                 && X509_REVOKED_set_revocationDate(r, rt) && X509_CRL_add0_revoked(crl, r);
+                 && X509_REVOKED_set_revocationDate(r, rt);
+        if (ok && entries[i].reason > 0) {
+            ASN1_ENUMERATED *rc = ASN1_ENUMERATED_new();
+            ok = rc && ASN1_ENUMERATED_set(rc, entries[i].reason)
+                 && X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, rc, 0, 0) == 1;
+            ASN1_ENUMERATED_free(rc);
+        }
+        ok = ok && X509_CRL_add0_revoked(crl, r);
         BN_free(bn);
         ASN1_INTEGER_free(sn);
         ASN1_TIME_free(rt);

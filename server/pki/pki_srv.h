@@ -27,12 +27,39 @@ typedef struct {
                  char *reason, size_t rcap);
     /* The certificate was issued (record serial, not_after, mark token used). */
     int (*issued)(void *ctx, const char *token_id, const char *device_id, X509 *cert);
+
+    /* ---- day 1..N (issue 15): KUR and RR, signature-protected with the device's certificate.
+       NULL hooks: such requests are refused. Before any of these runs, the handler has checked that
+       the protecting certificate (the first of extraCerts, RFC 9483 3.3) chains to the device CA (the
+       CA signer's certificate), is within its validity period, has CN = a device id, and that the
+       message's signature verifies with it. serial_hex: lowercase hex of the serial number. ---- */
+    /* Is this a certificate the store issued to device_id, neither it nor the device revoked?
+       0 yes; -1 no, with the reason (sent to the device). */
+    int (*cert_ok)(void *ctx, const char *device_id, const char *serial_hex, char *reason, size_t rcap);
+    /* KUR: new_cert was issued to device_id to replace old_serial_hex (which stays valid until it
+       expires). Record it. 0 or -1. */
+    int (*renewed)(void *ctx, const char *device_id, const char *old_serial_hex, X509 *new_cert);
+    /* RR: device_id revokes its own certificate serial_hex (the one that signed the request),
+       crl_reason a CRLReason code (RFC 5280 5.3.1). Mark it revoked, regenerate the CRL.
+       0 or -1 with the reason. */
+    int (*revoke)(void *ctx, const char *device_id, const char *serial_hex, int crl_reason,
+                  char *reason, size_t rcap);
 } pki_cmp_hooks;
 
 /* Handle one DER PKIMessage, produce the DER answer (always an answer: errors become CMP error messages).
    Caller frees *resp with OPENSSL_free. */
 int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int cert_days, const char *org,
                    const unsigned char *req, size_t req_len, unsigned char **resp, size_t *resp_len);
+
+/* The same with the day 1..N options. crl_url (may be NULL or ""): the CRL distribution point
+   (URI) put into every certificate issued. */
+typedef struct {
+    int cert_days;
+    const char *org;
+    const char *crl_url;
+} pki_cmp_options;
+int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, const pki_cmp_options *opts,
+                        const unsigned char *req, size_t req_len, unsigned char **resp, size_t *resp_len);
 
 /* Sign a bundle manifest (JSON text) as CMS SignedData DER. */
 int pki_bundle_sign(pki_signer *signer, const char *manifest_json, size_t len,
@@ -59,7 +86,10 @@ typedef struct {
     const unsigned char *serial;   /* big-endian magnitude, as in the certificate */
     size_t serial_len;
     time_t revoked_at;
+    int reason;                    /* CRLReason (RFC 5280 5.3.1); 0 (unspecified): no reasonCode extension */
 } pki_crl_entry;
+#define PKI_CRL_REASON_KEY_COMPROMISE 1
+#define PKI_CRL_REASON_CESSATION 5
 int pki_crl_build(pki_signer *signer, const pki_crl_entry *entries, size_t n, time_t next_update,
                   unsigned char **der, size_t *der_len, char *err, size_t errlen);
 

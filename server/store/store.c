@@ -49,7 +49,17 @@ static const char *const migration_2[] = {
     "CREATE INDEX deployment_devices_device ON deployment_devices (device, status)",
     NULL,
 };
-static const char *const *const migrations[] = {migration_1, migration_2};
+/* Issue 15 (certificate renewal and revocation): every certificate issued, revoked or not. */
+static const char *const migration_3[] = {
+    "CREATE TABLE certificates (serial TEXT PRIMARY KEY, device TEXT NOT NULL REFERENCES devices(id),"
+    " not_after BIGINT NOT NULL, issued BIGINT NOT NULL, revoked_at BIGINT, reason INTEGER)",
+    "CREATE INDEX certificates_device ON certificates (device)",
+    "INSERT INTO certificates (serial, device, not_after, issued, revoked_at, reason)"
+    " SELECT serial, id, not_after, created, CASE WHEN state = 'revoked' THEN last_contact END,"
+    " CASE WHEN state = 'revoked' THEN 1 END FROM devices WHERE serial IS NOT NULL AND serial <> ''",
+    NULL,
+};
+static const char *const *const migrations[] = {migration_1, migration_2, migration_3};
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 _Static_assert(N_MIGRATIONS == STORE_SCHEMA_VERSION, "STORE_SCHEMA_VERSION = the number of migrations");
 
@@ -458,6 +468,9 @@ int store_issued(store *s, const char *token_id, const char *device_id, const ch
         rc = q(s, "UPDATE devices SET state = 'enrolled', serial = ?2, not_after = ?3, last_contact = ?4"
                   " WHERE id = ?1", 4, p, NULL, err, errlen);
     if (rc == 0)
+        rc = q(s, "INSERT INTO certificates (serial, device, not_after, issued) VALUES (?2, ?1, ?3, ?4)",
+               4, p, NULL, err, errlen);
+    if (rc == 0)
         rc = q(s, "UPDATE tokens SET state = 'used' WHERE id = ?1 AND device = ?2", 2,
                (const char *const[]){token_id, device_id}, NULL, err, errlen);
     return finish(s, rc, err, errlen);
@@ -499,6 +512,13 @@ int store_device_act(store *s, const char *device_id, store_action act, char *er
         rc = q(s, "UPDATE devices SET state = ?2 WHERE id = ?1", 2, p, NULL, err, errlen);
     if (rc == 0 && to == STORE_DEV_REVOKED)
         rc = q(s, "UPDATE tokens SET state = 'revoked' WHERE device = ?1", 1, p, NULL, err, errlen);
+    if (rc == 0 && to == STORE_DEV_REVOKED) {
+        char ns[24];
+        lltoa((long long)time(NULL), ns);
+        rc = q(s, "UPDATE certificates SET revoked_at = ?2, reason = 1"
+                  " WHERE device = ?1 AND revoked_at IS NULL AND not_after > ?2", 2,
+               (const char *const[]){device_id, ns}, NULL, err, errlen);
+    }
     return finish(s, rc, err, errlen);
 }
 
@@ -513,6 +533,122 @@ int store_device_contact(store *s, const char *device_id, long long now, long lo
         return q(s, "UPDATE devices SET last_contact = ?2, profile_version = ?3 WHERE id = ?1",
                  3, p, NULL, err, errlen);
     return q(s, "UPDATE devices SET last_contact = ?2 WHERE id = ?1", 2, p, NULL, err, errlen);
+}
+
+/* ---- certificates ---- */
+
+/* Within a transaction or not: the checks of store_cert_ok. */
+static int cert_check(store *s, const char *device_id, const char *serial_hex, long long now, char *err,
+                      size_t errlen)
+{
+    store_device d;
+    int rc = store_device_get(s, device_id, &d, err, errlen);
+    if (rc)
+        return rc;
+    if (d.state != STORE_DEV_ENROLLED) {
+        snprintf(err, errlen, "device %s is %s", device_id, store_device_state_name(d.state));
+        return STORE_REFUSED;
+    }
+    const char *p[] = {serial_hex, device_id};
+    db_res r;
+    if (q(s, "SELECT not_after, revoked_at FROM certificates WHERE serial = ?1 AND device = ?2", 2, p, &r, err,
+          errlen) < 0)
+        return -1;
+    if (r.nrows == 0) {
+        snprintf(err, errlen, "certificate %s is not one of device %s", serial_hex, device_id);
+        rc = STORE_REFUSED;
+    } else if (db_cell(&r, 0, 1)) {
+        snprintf(err, errlen, "certificate %s of device %s is revoked", serial_hex, device_id);
+        rc = STORE_REFUSED;
+    } else if (atoll0(db_cell(&r, 0, 0)) <= now) {
+        snprintf(err, errlen, "certificate %s of device %s has expired", serial_hex, device_id);
+        rc = STORE_REFUSED;
+    }
+    db_res_free(&r);
+    return rc;
+}
+
+int store_cert_ok(store *s, const char *device_id, const char *serial_hex, long long now, char *err, size_t errlen)
+{
+    return cert_check(s, device_id, serial_hex, now, err, errlen);
+}
+
+int store_renewed(store *s, const char *device_id, const char *old_serial_hex, const char *serial_hex,
+                  long long not_after, long long now, char *err, size_t errlen)
+{
+    char na[24], ns[24];
+    lltoa(not_after, na);
+    lltoa(now, ns);
+    const char *p[] = {device_id, serial_hex, na, ns};
+    if (begin(s, err, errlen) < 0)
+        return -1;
+    int rc = cert_check(s, device_id, old_serial_hex, now, err, errlen);
+    if (rc == 0)
+        rc = q(s, "INSERT INTO certificates (serial, device, not_after, issued) VALUES (?2, ?1, ?3, ?4)",
+               4, p, NULL, err, errlen);
+    if (rc == 0)
+        rc = q(s, "UPDATE devices SET serial = ?2, not_after = ?3, last_contact = ?4 WHERE id = ?1", 4, p, NULL,
+               err, errlen);
+    return finish(s, rc, err, errlen);
+}
+
+int store_cert_revoke(store *s, const char *device_id, const char *serial_hex, int crl_reason, long long now,
+                      char *err, size_t errlen)
+{
+    char ns[24], rs[24];
+    lltoa(now, ns);
+    lltoa(crl_reason, rs);
+    const char *p[] = {serial_hex, device_id, ns, rs};
+    if (begin(s, err, errlen) < 0)
+        return -1;
+    int rc = cert_check(s, device_id, serial_hex, now, err, errlen);
+    if (rc == 0)
+        rc = q(s, "UPDATE certificates SET revoked_at = ?3, reason = ?4 WHERE serial = ?1 AND device = ?2", 4, p,
+               NULL, err, errlen);
+    db_res r;
+    /* (PostgreSQL wants every parameter used: each statement gets its own list) */
+    const char *dn[] = {device_id, ns};
+    if (rc == 0)
+        rc = q(s, "SELECT COUNT(*) FROM certificates WHERE device = ?1 AND revoked_at IS NULL AND not_after > ?2",
+               2, dn, &r, err, errlen);
+    if (rc == 0) {
+        long long left = atoll0(db_cell(&r, 0, 0));
+        db_res_free(&r);
+        if (left == 0) {
+            rc = q(s, "UPDATE devices SET state = 'revoked' WHERE id = ?1", 1, dn, NULL, err, errlen);
+            if (rc == 0)
+                rc = q(s, "UPDATE tokens SET state = 'revoked' WHERE device = ?1", 1, dn, NULL, err, errlen);
+        }
+    }
+    return finish(s, rc, err, errlen);
+}
+
+int store_revoked_list(store *s, long long now, store_revoked **list, size_t *n, char *err, size_t errlen)
+{
+    char ns[24];
+    lltoa(now, ns);
+    const char *p[] = {ns};
+    db_res r;
+    if (q(s, "SELECT serial, device, not_after, revoked_at, reason FROM certificates"
+             " WHERE revoked_at IS NOT NULL AND not_after > ?1 ORDER BY serial", 1, p, &r, err, errlen) < 0)
+        return -1;
+    *list = calloc(r.nrows ? (size_t)r.nrows : 1, sizeof(store_revoked));
+    if (!*list) {
+        db_res_free(&r);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < r.nrows; i++) {
+        store_revoked *e = &(*list)[i];
+        copy(e->serial, sizeof(e->serial), db_cell(&r, i, 0));
+        copy(e->device, sizeof(e->device), db_cell(&r, i, 1));
+        e->not_after = atoll0(db_cell(&r, i, 2));
+        e->revoked_at = atoll0(db_cell(&r, i, 3));
+        e->reason = (int)atoll0(db_cell(&r, i, 4));
+    }
+    *n = (size_t)r.nrows;
+    db_res_free(&r);
+    return 0;
 }
 
 /* ---- groups ---- */

@@ -14,7 +14,7 @@
 #define STORE_REFUSED 2
 
 #define STORE_ID_MAX 64        /* device id, token id, group name: at most 63 chars */
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 typedef struct store store;
 
@@ -86,7 +86,8 @@ int store_issued(store *s, const char *token_id, const char *device_id, const ch
 
 typedef enum { STORE_ACT_APPROVE, STORE_ACT_REJECT, STORE_ACT_REVOKE } store_action;
 /* approve: pending -> approved; reject: pending|approved -> rejected;
-   revoke: any but revoked -> revoked (its token too). Else STORE_REFUSED. */
+   revoke: any but revoked -> revoked (its token too, and every certificate of it not yet
+   expired: revoked now, reason keyCompromise). Else STORE_REFUSED. */
 int store_device_act(store *s, const char *device_id, store_action act, char *err, size_t errlen);
 int store_device_get(store *s, const char *device_id, store_device *d, char *err, size_t errlen);
 /* *list is malloc'd (free it), *n devices, ordered by id. */
@@ -158,6 +159,30 @@ int store_deployment_for_device(store *s, long long id, const char *device_id, s
    succeeded; done when every device reported. */
 int store_deployment_feedback(store *s, long long id, const char *device_id, const char *result,
                               const char *details, long long now, char *err, size_t errlen);
+
+/* ---- certificates (day 1..N: renewal and revocation; schema migration 3) ----
+   Every certificate issued is recorded (serial as lowercase hex, its device, not_after); the
+   device row keeps the newest one. A certificate is revoked with a time and a CRLReason code. */
+
+/* Is serial_hex a certificate of device_id, neither it nor the device revoked, not expired at now?
+   0 yes; STORE_REFUSED (or STORE_NOTFOUND) with the reason. */
+int store_cert_ok(store *s, const char *device_id, const char *serial_hex, long long now, char *err, size_t errlen);
+/* KUR: a new certificate replaces old_serial_hex as the device's current one (the old one stays
+   valid until it expires). Refused unless old is a good certificate of the enrolled device. */
+int store_renewed(store *s, const char *device_id, const char *old_serial_hex, const char *serial_hex,
+                  long long not_after, long long now, char *err, size_t errlen);
+/* RR: the device revokes one of its certificates. When none of its certificates is left valid,
+   the device becomes revoked too. STORE_REFUSED if it is not its certificate or already revoked. */
+int store_cert_revoke(store *s, const char *device_id, const char *serial_hex, int crl_reason, long long now,
+                      char *err, size_t errlen);
+typedef struct {
+    char serial[80];               /* lowercase hex */
+    char device[STORE_ID_MAX];
+    long long not_after, revoked_at;
+    int reason;
+} store_revoked;
+/* The revoked certificates not yet expired at now (what the CRL lists), *list malloc'd. */
+int store_revoked_list(store *s, long long now, store_revoked **list, size_t *n, char *err, size_t errlen);
 
 /* ---- groups and profile templates ---- */
 /* Creates or replaces the template (JSON text); the published profile is

@@ -4,7 +4,9 @@
  * any bytes as the body of POST /.well-known/cmp. The scripted store knows
  * one token. Invariants: no crash; an answer is a PKIMessage; nothing gets
  * past the MAC check (the enrol and issued hooks are never reached, since the
- * fuzzer cannot compute the token's MAC).
+ * fuzzer cannot compute the token's MAC), nor past the signature check of KUR
+ * and RR (cert_ok, renewed and revoke need a certificate of the CA, whose key
+ * the fuzzer does not have).
  */
 #include <openssl/cmp.h>
 #include <openssl/evp.h>
@@ -47,7 +49,26 @@ static int h_issued(void *ctx, const char *id, const char *device_id, X509 *cert
     abort();
 }
 
-static const pki_cmp_hooks hooks = {h_token_secret, h_enrol, h_issued};
+static int h_cert_ok(void *ctx, const char *device_id, const char *serial_hex, char *reason, size_t rcap)
+{
+    (void)ctx; (void)device_id; (void)serial_hex; (void)reason; (void)rcap;
+    abort(); /* reached without a device certificate of the CA */
+}
+
+static int h_renewed(void *ctx, const char *device_id, const char *old_serial_hex, X509 *cert)
+{
+    (void)ctx; (void)device_id; (void)old_serial_hex; (void)cert;
+    abort();
+}
+
+static int h_revoke(void *ctx, const char *device_id, const char *serial_hex, int crl_reason, char *reason,
+                    size_t rcap)
+{
+    (void)ctx; (void)device_id; (void)serial_hex; (void)crl_reason; (void)reason; (void)rcap;
+    abort();
+}
+
+static const pki_cmp_hooks hooks = {h_token_secret, h_enrol, h_issued, h_cert_ok, h_renewed, h_revoke};
 
 /* A self-signed CA written to a temporary folder once (pki_signer_open reads files). */
 static pki_signer *ca(void)

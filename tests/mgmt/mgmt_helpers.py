@@ -18,23 +18,24 @@ def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
 
-def make_pki(d):
-    """TLS CA + server certificate for 127.0.0.1, device CA, bundle signer, token key."""
+def make_pki(d, ips=("127.0.0.1",)):
+    """TLS CA + server certificate for the addresses ips, device CA, bundle signer, token key."""
     def key(name):
         sh("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{d}/{name}.key")
 
-    def selfsigned(name, cn):
+    def selfsigned(name, cn, usage="keyCertSign,cRLSign"):
         key(name)
         sh("openssl", "req", "-x509", "-new", "-key", f"{d}/{name}.key", "-subj", f"/CN={cn}", "-days", "30",
-           "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+           "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical," + usage,
            "-out", f"{d}/{name}.pem")
 
     selfsigned("tls-ca", "test TLS CA")
-    selfsigned("device-ca", "test device CA")
+    # digitalSignature: the device CA also signs the CMP answers to signed requests (KUR, RR)
+    selfsigned("device-ca", "test device CA", "keyCertSign,cRLSign,digitalSignature")
     key("server")
     sh("openssl", "req", "-new", "-key", f"{d}/server.key", "-subj", "/CN=127.0.0.1", "-out", f"{d}/server.csr")
     with open(f"{d}/server.ext", "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        f.write("subjectAltName=" + ",".join("IP:" + ip for ip in ips) + "\nextendedKeyUsage=serverAuth\n")
     sh("openssl", "x509", "-req", "-in", f"{d}/server.csr", "-CA", f"{d}/tls-ca.pem", "-CAkey", f"{d}/tls-ca.key",
        "-CAcreateserial", "-days", "30", "-extfile", f"{d}/server.ext", "-out", f"{d}/server.pem")
     key("signer")
@@ -59,12 +60,15 @@ def make_config(d, db_url, name="mgmtd.json", **extra):
 
 
 class Mgmtd:
-    """m2mvpn-mgmtd started on 127.0.0.1 with an ephemeral port (read from its log)."""
+    """m2mvpn-mgmtd started on 127.0.0.1 (or host) with an ephemeral port (read from its log).
+    wrap: a command prefix for it and for m2mvpn-admin (e.g. ip netns exec NS)."""
 
-    def __init__(self, d, config, tag="mgmtd", wait=True):
+    def __init__(self, d, config, tag="mgmtd", wait=True, host="127.0.0.1", wrap=()):
         self.log = os.path.join(d, tag + ".log")
         self.logf = open(self.log, "w")
-        self.proc = subprocess.Popen([MGMTD, "--config", config], stdout=self.logf, stderr=subprocess.STDOUT)
+        self.host, self.wrap = host, list(wrap)
+        self.proc = subprocess.Popen([*self.wrap, MGMTD, "--config", config], stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
         self.port = None
         if wait:
             self.wait_ready()
@@ -72,7 +76,7 @@ class Mgmtd:
     def wait_ready(self):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            m = re.search(r"listening on 127\.0\.0\.1 port (\d+)", self.text())
+            m = re.search(r"listening on " + re.escape(self.host) + r" port (\d+)", self.text())
             if m:
                 self.port = int(m.group(1))
                 break
@@ -80,7 +84,7 @@ class Mgmtd:
                 raise AssertionError("m2mvpn-mgmtd exited: " + self.text())
             time.sleep(0.05)
         assert self.port, "m2mvpn-mgmtd did not start within 30 s: " + self.text()
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.url = f"https://{self.host}:{self.port}"
 
     def text(self):
         with open(self.log) as f:
@@ -103,7 +107,7 @@ class Mgmtd:
 
 def admin(d, srv, *args, token=ADMIN_TOKEN, check=True):
     env = dict(os.environ, M2MVPN_ADMIN_TOKEN=token)
-    r = subprocess.run([ADMIN, "--server", srv.url, "--ca", os.path.join(d, "tls-ca.pem"), *args],
+    r = subprocess.run([*getattr(srv, "wrap", []), ADMIN, "--server", srv.url, "--ca", os.path.join(d, "tls-ca.pem"), *args],
                        capture_output=True, text=True, env=env, timeout=60)
     if check:
         assert r.returncode == 0, f"m2mvpn-admin {' '.join(args)}: {r.stderr}"

@@ -374,7 +374,8 @@ SCHEMA_1 = [
 
 
 def test_upgrade_from_schema_1(pki):
-    """A day-0 database with a fleet in it: the server adds schema 2, keeps the rows."""
+    """A day-0 database with a fleet in it: the server adds schemas 2 (day N) and 3 (certificates),
+    keeps the rows; the device's certificate is recorded so it still authenticates."""
     d = pki
     now = int(time.time())
     db = sqlite3.connect(os.path.join(d, "mgmt.db"))
@@ -389,7 +390,7 @@ def test_upgrade_from_schema_1(pki):
     db.close()
     srv = Mgmtd(d, make_config(d, "sqlite:mgmt.db"))
     try:
-        assert "schema 2" in srv.text()
+        assert "schema 3" in srv.text()
         dev, = admin_json(d, srv, "device", "list")["devices"]
         assert (dev["id"], dev["profile_version"], dev["tunnel"], dev["software_version"], dev["overdue"]) == \
             ("dev-00112233445566aa", 3, None, None, False)
@@ -398,3 +399,10 @@ def test_upgrade_from_schema_1(pki):
         assert pub["version"] == 4 and pub["devices"] == 1
     finally:
         srv.stop()
+    db = sqlite3.connect(os.path.join(d, "mgmt.db"))
+    try:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (3,)
+        assert db.execute("SELECT serial, device, not_after, revoked_at FROM certificates").fetchall() == \
+            [("ab", "dev-00112233445566aa", now + 86400, None)]
+    finally:
+        db.close()

@@ -142,6 +142,11 @@ struct store {
     size_t bound_len;
     X509 *issued;
     int last_answer_mac;         /* the last answer's protectionAlg was id-PasswordBasedMac */
+    /* day 1..N */
+    const char *revoked_serial;  /* cert_ok refuses this serial (hex) */
+    int cert_ok_calls, renewed_calls, revoke_calls;
+    char cert_ok_device[64], renewed_old[80], revoked[80];
+    int revoke_reason;
 };
 
 static int h_token_secret(void *ctx, const char *id, char *secret, size_t cap, char *reason, size_t rcap)
@@ -202,7 +207,42 @@ static int h_issued(void *ctx, const char *id, const char *device_id, X509 *cert
     return 0;
 }
 
-static const pki_cmp_hooks hooks = {h_token_secret, h_enrol, h_issued};
+static int h_cert_ok(void *ctx, const char *device_id, const char *serial_hex, char *reason, size_t rcap)
+{
+    struct store *s = ctx;
+    s->cert_ok_calls++;
+    snprintf(s->cert_ok_device, sizeof(s->cert_ok_device), "%s", device_id);
+    if (s->revoked_serial && !strcmp(serial_hex, s->revoked_serial)) {
+        snprintf(reason, rcap, "certificate %s of %s is revoked", serial_hex, device_id);
+        return -1;
+    }
+    return 0;
+}
+
+static int h_renewed(void *ctx, const char *device_id, const char *old_serial_hex, X509 *cert)
+{
+    struct store *s = ctx;
+    s->renewed_calls++;
+    snprintf(s->renewed_old, sizeof(s->renewed_old), "%s", old_serial_hex);
+    ck_assert_str_eq(device_id, "dev-0123456789abcdef");
+    X509_free(s->issued);
+    X509_up_ref(cert);
+    s->issued = cert;
+    return 0;
+}
+
+static int h_revoke(void *ctx, const char *device_id, const char *serial_hex, int crl_reason, char *reason,
+                    size_t rcap)
+{
+    struct store *s = ctx;
+    (void)reason; (void)rcap;
+    s->revoke_calls++;
+    snprintf(s->revoked, sizeof(s->revoked), "%s/%s", device_id, serial_hex);
+    s->revoke_reason = crl_reason;
+    return 0;
+}
+
+static const pki_cmp_hooks hooks = {h_token_secret, h_enrol, h_issued, h_cert_ok, h_renewed, h_revoke};
 
 /* ------------------------------------------------ the device's CMP client */
 
@@ -665,7 +705,7 @@ START_TEST(crl_build)
 {
     pki_signer *ca = open_signer("ca.crt", "ca.key");
     const unsigned char s1[] = {0x12, 0x34, 0x56}, s2[] = {0x7f, 0xff, 0x00, 0x01};
-    pki_crl_entry e[] = {{s1, sizeof(s1), 1700000000}, {s2, sizeof(s2), 1700000100}};
+    pki_crl_entry e[] = {{s1, sizeof(s1), 1700000000, PKI_CRL_REASON_KEY_COMPROMISE}, {s2, sizeof(s2), 1700000100, 0}};
     unsigned char *der = NULL;
     size_t len = 0;
     char err[256] = "";
@@ -684,6 +724,10 @@ START_TEST(crl_build)
     ASN1_INTEGER_set(sn, 0x123456);
     ck_assert_int_eq(X509_CRL_get0_by_serial(crl, &r, sn), 1);
     ck_assert_int_eq(ASN1_TIME_cmp_time_t(X509_REVOKED_get0_revocationDate(r), 1700000000), 0);
+    ASN1_ENUMERATED *why = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL);
+    ck_assert_ptr_nonnull(why);
+    ck_assert_int_eq(ASN1_ENUMERATED_get(why), PKI_CRL_REASON_KEY_COMPROMISE);
+    ASN1_ENUMERATED_free(why);
     ASN1_INTEGER_set(sn, 0x123457);
     ck_assert_int_eq(X509_CRL_get0_by_serial(crl, &r, sn), 0);
     ASN1_INTEGER_free(sn);
@@ -693,10 +737,260 @@ START_TEST(crl_build)
     ck_assert_int_eq(pki_crl_build(ca, NULL, 0, next, &der, &len, err, sizeof(err)), 0);
     OPENSSL_free(der);
     unsigned char big[21] = {1};
-    pki_crl_entry bad = {big, sizeof(big), 0};
+    pki_crl_entry bad = {big, sizeof(big), 0, 0};
     ck_assert_int_eq(pki_crl_build(ca, &bad, 1, next, &der, &len, err, sizeof(err)), -1);
     ck_assert_msg(strstr(err, "entry 0"), "%s", err);
     pki_signer_free(ca);
+}
+END_TEST
+
+/* ------------------------------------------------------- day 1..N: KUR, RR */
+
+#define DEV_ID "dev-0123456789abcdef"
+
+/* A device certificate issued by `issuer` (the device CA unless told), CN = DEV_ID (or cn),
+   valid from `from` to `to` seconds relative to now. */
+static X509 *device_cert(const char *cn, long serial, EVP_PKEY *key, X509 *issuer, EVP_PKEY *ikey, long from, long to)
+{
+    X509 *x = make_cert(cn, serial, key, issuer ? issuer : ca_cert, ikey ? ikey : ca_key, 0);
+    X509_gmtime_adj(X509_getm_notBefore(x), from);
+    X509_gmtime_adj(X509_getm_notAfter(x), to);
+    X509V3_CTX v3;
+    X509V3_set_ctx(&v3, issuer ? issuer : ca_cert, x, NULL, NULL, 0);
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, NID_ext_key_usage, "clientAuth");
+    X509_add_ext(x, e, -1);
+    X509_EXTENSION_free(e);
+    ck_assert(X509_sign(x, ikey ? ikey : ca_key, EVP_sha256()));
+    return x;
+}
+
+/* A device's client for KUR/RR: signature with (cert, key), the server's answers checked against the CA. */
+static OSSL_CMP_CTX *cert_client(struct store *s, X509 *cert, EVP_PKEY *key, EVP_PKEY *newkey)
+{
+    OSSL_CMP_CTX *c = OSSL_CMP_CTX_new(NULL, NULL);
+    ck_assert_ptr_nonnull(c);
+    OSSL_CMP_CTX_set_log_cb(c, quiet);
+    ck_assert(OSSL_CMP_CTX_set_transfer_cb(c, transfer));
+    ck_assert(OSSL_CMP_CTX_set_transfer_cb_arg(c, s));
+    ck_assert(OSSL_CMP_CTX_set1_cert(c, cert));
+    ck_assert(OSSL_CMP_CTX_set1_pkey(c, key));
+    ck_assert(OSSL_CMP_CTX_set1_oldCert(c, cert));
+    ck_assert(OSSL_CMP_CTX_set1_srvCert(c, ca_cert));
+    if (newkey) {
+        EVP_PKEY_up_ref(newkey);
+        ck_assert(OSSL_CMP_CTX_set0_newPkey(c, 1, newkey));
+    }
+    ck_assert(OSSL_CMP_CTX_set_option(c, OSSL_CMP_OPT_IMPLICIT_CONFIRM, 1));
+    ck_assert(OSSL_CMP_CTX_set_option(c, OSSL_CMP_OPT_UNPROTECTED_ERRORS, 1));
+    return c;
+}
+
+static void assert_chains_to_ca(X509 *cert)
+{
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_add_cert(st, ca_cert);
+    X509_STORE_CTX *vc = X509_STORE_CTX_new();
+    X509_STORE_CTX_init(vc, st, cert, NULL);
+    X509_STORE_CTX_set_purpose(vc, X509_PURPOSE_SSL_CLIENT);
+    ck_assert_msg(X509_verify_cert(vc) == 1, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(vc)));
+    X509_STORE_CTX_free(vc);
+    X509_STORE_free(st);
+}
+
+START_TEST(kur_ok)
+{
+    struct store *s = new_store(PKI_ENROL_ISSUE);
+    EVP_PKEY *key = ec_key(), *next = ec_key();
+    X509 *old = device_cert(DEV_ID, 0x1234, key, NULL, NULL, -3600, 86400);
+    OSSL_CMP_CTX *c = cert_client(s, old, key, next);
+    X509 *cert = OSSL_CMP_exec_KUR_ses(c);
+    ck_assert_msg(cert != NULL, "%s", status_text(c));
+    ck_assert_int_eq(s->cert_ok_calls, 1);
+    ck_assert_str_eq(s->cert_ok_device, DEV_ID);
+    ck_assert_int_eq(s->renewed_calls, 1);
+    ck_assert_str_eq(s->renewed_old, "1234");
+    ck_assert_int_eq(X509_cmp(cert, s->issued), 0);
+    ck_assert_int_eq(s->token_secret_calls + s->enrol_calls + s->issued_calls + s->revoke_calls, 0);
+    assert_chains_to_ca(cert);
+    char buf[256];
+    X509_NAME_oneline(X509_get_subject_name(cert), buf, sizeof(buf));
+    ck_assert_str_eq(buf, "/CN=" DEV_ID "/O=m2mvpn test");
+    ck_assert_int_ne(ASN1_INTEGER_cmp(X509_get0_serialNumber(cert), X509_get0_serialNumber(old)), 0);
+    ck_assert_int_eq(EVP_PKEY_eq(X509_get0_pubkey(cert), next), 1);
+    ck_assert_int_eq(X509_check_host(cert, DEV_ID, 0, 0, NULL), 1);
+    X509_free(cert);
+    OSSL_CMP_CTX_free(c);
+
+    /* a client that confirms explicitly (a signed certConf) gets the certificate too */
+    c = cert_client(s, old, key, next);
+    ck_assert(OSSL_CMP_CTX_set_option(c, OSSL_CMP_OPT_IMPLICIT_CONFIRM, 0));
+    cert = OSSL_CMP_exec_KUR_ses(c);
+    ck_assert_msg(cert != NULL, "%s", status_text(c));
+    ck_assert_int_eq(s->renewed_calls, 2);
+    ck_assert_int_eq(s->token_secret_calls + s->enrol_calls + s->issued_calls, 0);
+    X509_free(cert);
+    OSSL_CMP_CTX_free(c);
+
+    /* the same key again (no new key) is allowed too */
+    c = cert_client(s, old, key, NULL);
+    cert = OSSL_CMP_exec_KUR_ses(c);
+    ck_assert_msg(cert != NULL, "%s", status_text(c));
+    ck_assert_int_eq(EVP_PKEY_eq(X509_get0_pubkey(cert), key), 1);
+    ck_assert_int_eq(s->renewed_calls, 3);
+    X509_free(cert);
+    OSSL_CMP_CTX_free(c);
+    X509_free(old);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(next);
+    free_store(s);
+}
+END_TEST
+
+/* A certificate distribution point from the options lands in every certificate issued. */
+static struct store *cdp_store;
+static OSSL_CMP_MSG *transfer_cdp(OSSL_CMP_CTX *c, const OSSL_CMP_MSG *req)
+{
+    struct store *s = OSSL_CMP_CTX_get_transfer_cb_arg(c);
+    unsigned char *der = NULL, *resp = NULL;
+    size_t resp_len = 0;
+    int n = i2d_OSSL_CMP_MSG(req, &der);
+    pki_cmp_options o = {.cert_days = 30, .org = "m2mvpn test", .crl_url = "http://198.51.100.9:8080/crl"};
+    ck_assert_int_eq(pki_cmp_handle_opts(s->ca, &hooks, s, &o, der, (size_t)n, &resp, &resp_len), 0);
+    OPENSSL_free(der);
+    const unsigned char *p = resp;
+    OSSL_CMP_MSG *m = d2i_OSSL_CMP_MSG(NULL, &p, (long)resp_len);
+    OPENSSL_free(resp);
+    return m;
+}
+
+START_TEST(kur_crl_distribution_point)
+{
+    struct store *s = cdp_store = new_store(PKI_ENROL_ISSUE);
+    EVP_PKEY *key = ec_key();
+    X509 *old = device_cert(DEV_ID, 0x1234, key, NULL, NULL, -3600, 86400);
+    OSSL_CMP_CTX *c = cert_client(s, old, key, NULL);
+    ck_assert(OSSL_CMP_CTX_set_transfer_cb(c, transfer_cdp));
+    X509 *cert = OSSL_CMP_exec_KUR_ses(c);
+    ck_assert_msg(cert != NULL, "%s", status_text(c));
+    STACK_OF(DIST_POINT) *cdp = X509_get_ext_d2i(cert, NID_crl_distribution_points, NULL, NULL);
+    ck_assert_ptr_nonnull(cdp);
+    ck_assert_int_eq(sk_DIST_POINT_num(cdp), 1);
+    GENERAL_NAME *gn = sk_GENERAL_NAME_value(sk_DIST_POINT_value(cdp, 0)->distpoint->name.fullname, 0);
+    ck_assert_int_eq(gn->type, GEN_URI);
+    ck_assert_str_eq((const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier),
+                     "http://198.51.100.9:8080/crl");
+    CRL_DIST_POINTS_free(cdp);
+    X509_free(cert);
+    OSSL_CMP_CTX_free(c);
+    X509_free(old);
+    EVP_PKEY_free(key);
+    free_store(s);
+}
+END_TEST
+
+/* Refused: signed by a revoked certificate, an expired one, one of another CA (same CA name),
+   MAC-protected with a token. No certificate, no hook with a side effect runs. */
+START_TEST(kur_refused)
+{
+    EVP_PKEY *key = ec_key(), *next = ec_key(), *rogue_key = ec_key();
+    X509 *rogue_ca = make_cert("m2mvpn test device CA", 1, rogue_key, NULL, NULL, 1);
+    X509 *cases[3] = {
+        device_cert(DEV_ID, 0x1234, key, NULL, NULL, -3600, 86400),                /* revoked */
+        device_cert(DEV_ID, 0x1235, key, NULL, NULL, -7200, -3600),                /* expired */
+        device_cert(DEV_ID, 0x1236, key, rogue_ca, rogue_key, -3600, 86400),       /* another CA */
+    };
+    const char *why[3] = {"revoked", "expired", "not a valid device certificate"};
+    for (int i = 0; i < 4; i++) {
+        struct store *s = new_store(PKI_ENROL_ISSUE);
+        s->revoked_serial = "1234";
+        OSSL_CMP_CTX *c = cert_client(s, cases[i < 3 ? i : 0], key, next);
+        if (i == 1) { /* OpenSSL's client itself will not sign with an expired certificate: make it */
+            X509_STORE *ts = X509_STORE_new();
+            X509_STORE_add_cert(ts, ca_cert);
+            X509_STORE_set_flags(ts, X509_V_FLAG_NO_CHECK_TIME);
+            ck_assert(OSSL_CMP_CTX_set0_trustedStore(c, ts));
+        }
+        if (i == 3) { /* a MAC with a good enrolment token instead of a signature */
+            X509 *good = device_cert(DEV_ID, 0x1237, key, NULL, NULL, -3600, 86400);
+            ck_assert(OSSL_CMP_CTX_set1_oldCert(c, good));
+            ck_assert(OSSL_CMP_CTX_set1_secretValue(c, (const unsigned char *)good_secret, 43));
+            ck_assert(OSSL_CMP_CTX_set1_referenceValue(c, (const unsigned char *)token_id, 16));
+            X509_free(good);
+        }
+        X509 *cert = OSSL_CMP_exec_KUR_ses(c);
+        const char *txt = status_text(c);
+        ck_assert_msg(cert == NULL, "case %d issued a certificate", i);
+        if (i < 3)
+            ck_assert_msg(strstr(txt, why[i]), "case %d: %s", i, txt);
+        else
+            ck_assert_msg(strstr(txt, "not a MAC"), "case %d: %s", i, txt);
+        ck_assert_int_eq(s->renewed_calls, 0);
+        ck_assert_int_eq(s->revoke_calls, 0);
+        ck_assert_int_eq(s->issued_calls + s->enrol_calls, 0);
+        ck_assert_int_eq(s->cert_ok_calls, i == 0 ? 1 : 0);
+        OSSL_CMP_CTX_free(c);
+        free_store(s);
+    }
+    for (int i = 0; i < 3; i++)
+        X509_free(cases[i]);
+    X509_free(rogue_ca);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(next);
+    EVP_PKEY_free(rogue_key);
+}
+END_TEST
+
+START_TEST(rr_ok)
+{
+    struct store *s = new_store(PKI_ENROL_ISSUE);
+    EVP_PKEY *key = ec_key();
+    X509 *cert = device_cert(DEV_ID, 0xabcdef, key, NULL, NULL, -3600, 86400);
+    OSSL_CMP_CTX *c = cert_client(s, cert, key, NULL);
+    ck_assert_msg(OSSL_CMP_exec_RR_ses(c) == 1, "%s", status_text(c));
+    ck_assert_int_eq(OSSL_CMP_CTX_get_status(c), OSSL_CMP_PKISTATUS_accepted);
+    ck_assert_int_eq(s->revoke_calls, 1);
+    ck_assert_str_eq(s->revoked, DEV_ID "/abcdef");
+    ck_assert_int_eq(s->revoke_reason, PKI_CRL_REASON_CESSATION);
+    ck_assert_int_eq(s->renewed_calls + s->issued_calls, 0);
+    OSSL_CMP_CTX_free(c);
+    /* once revoked (the store says so), the certificate cannot revoke or renew anything */
+    s->revoked_serial = "abcdef";
+    c = cert_client(s, cert, key, NULL);
+    ck_assert_int_ne(OSSL_CMP_exec_RR_ses(c), 1);
+    ck_assert_msg(strstr(status_text(c), "revoked"), "%s", status_text(c));
+    ck_assert_int_eq(s->revoke_calls, 1);
+    OSSL_CMP_CTX_free(c);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    free_store(s);
+}
+END_TEST
+
+/* A device signs an RR for another device's certificate (or another of the CA's): refused. */
+START_TEST(rr_other_device)
+{
+    struct store *s = new_store(PKI_ENROL_ISSUE);
+    EVP_PKEY *key = ec_key(), *key2 = ec_key();
+    X509 *mine = device_cert(DEV_ID, 0x1111, key, NULL, NULL, -3600, 86400);
+    X509 *theirs = device_cert("dev-fedcba9876543210", 0x2222, key2, NULL, NULL, -3600, 86400);
+    OSSL_CMP_CTX *c = cert_client(s, mine, key, NULL);
+    ck_assert(OSSL_CMP_CTX_set1_oldCert(c, theirs));
+    ck_assert_int_ne(OSSL_CMP_exec_RR_ses(c), 1);
+    ck_assert_msg(strstr(status_text(c), "only revoke the certificate that signs"), "%s", status_text(c));
+    ck_assert_int_eq(s->revoke_calls, 0);
+    OSSL_CMP_CTX_free(c);
+    /* with a MAC (an enrolment token) instead of a signature: refused */
+    c = cert_client(s, theirs, key2, NULL);
+    ck_assert(OSSL_CMP_CTX_set1_secretValue(c, (const unsigned char *)good_secret, 43));
+    ck_assert(OSSL_CMP_CTX_set1_referenceValue(c, (const unsigned char *)token_id, 16));
+    ck_assert_int_ne(OSSL_CMP_exec_RR_ses(c), 1);
+    ck_assert_int_eq(s->revoke_calls, 0);
+    OSSL_CMP_CTX_free(c);
+    X509_free(mine);
+    X509_free(theirs);
+    EVP_PKEY_free(key);
+    EVP_PKEY_free(key2);
+    free_store(s);
 }
 END_TEST
 
@@ -721,6 +1015,14 @@ static Suite *pki_srv_suite(void)
     tcase_add_test(t, enrol_signed_by_unknown_cert);
     tcase_add_test(t, enrol_explicit_confirm);
     tcase_add_test(t, cmp_garbage);
+    suite_add_tcase(s, t);
+    t = tcase_create("kur_rr");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_add_test(t, kur_ok);
+    tcase_add_test(t, kur_crl_distribution_point);
+    tcase_add_test(t, kur_refused);
+    tcase_add_test(t, rr_ok);
+    tcase_add_test(t, rr_other_device);
     suite_add_tcase(s, t);
     t = tcase_create("bundle");
     tcase_add_checked_fixture(t, setup, teardown);

@@ -292,6 +292,98 @@ START_TEST(groups_publish)
 }
 END_TEST
 
+/* A serial (hex) unique to this run. */
+static const char *userial(void)
+{
+    static char buf[16][40];
+    static int i;
+    char *b = buf[i++ % 16];
+    snprintf(b, 40, "%x%05lx%02x", (unsigned)getpid(), (long)time(NULL) % 0x100000, (unsigned)++counter);
+    return b;
+}
+
+static int listed(store *s, long long now, const char *serial, int *reason)
+{
+    store_revoked *list;
+    size_t n;
+    ck_assert_int_eq(store_revoked_list(s, now, &list, &n, err, sizeof(err)), 0);
+    int found = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(list[i].serial, serial)) {
+            found = 1;
+            *reason = list[i].reason;
+        }
+    free(list);
+    return found;
+}
+
+/* KUR recording, RR and the admin revoke on the certificates table (migration 2). */
+START_TEST(certificates_renew_revoke)
+{
+    store *s = open_fresh();
+    const char *g = uniq("g"), *t = uniq("t"), *a = uniq("dev-a"), *b = uniq("dev-b"), *t2 = uniq("t");
+    const char *s1 = userial(), *s2 = userial(), *s3 = userial(), *sb = userial();
+    long long now = time(NULL);
+    int reason = -1;
+    store_device_state st;
+    ck_assert_int_eq(store_group_put(s, g, "{}", err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t, t2}, 2, g, now + 60, 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_enrol(s, t, a, now, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_issued(s, t, a, s1, now + 86400, now, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_enrol(s, t2, b, now, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_issued(s, t2, b, sb, now + 86400, now, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_ok(s, a, s1, now, err, sizeof(err)), 0);
+    /* another device's certificate, an unknown one, one past its expiry */
+    ck_assert_int_eq(store_cert_ok(s, a, sb, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_msg(strstr(err, "is not one of device"), "%s", err);
+    ck_assert_int_eq(store_cert_ok(s, a, "ffff", now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_cert_ok(s, a, s1, now + 86400, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_msg(strstr(err, "expired"), "%s", err);
+
+    /* renewal: the new one is the device's, the old one stays good */
+    ck_assert_int_eq(store_renewed(s, a, s1, s2, now + 2 * 86400, now, err, sizeof(err)), 0);
+    store_device d;
+    ck_assert_int_eq(store_device_get(s, a, &d, err, sizeof(err)), 0);
+    ck_assert_str_eq(d.serial, s2);
+    ck_assert_int_eq(d.not_after, now + 2 * 86400);
+    ck_assert_int_eq(store_cert_ok(s, a, s1, now, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_ok(s, a, s2, now, err, sizeof(err)), 0);
+    /* renewing with another device's certificate: refused, nothing recorded */
+    ck_assert_int_eq(store_renewed(s, a, sb, s3, now + 86400, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_cert_ok(s, a, s3, now, err, sizeof(err)), STORE_REFUSED);
+
+    /* RR of the new one: listed, the device still enrolled (the old one is good) */
+    ck_assert_int_eq(store_cert_revoke(s, a, s2, 5, now, err, sizeof(err)), 0);
+    ck_assert(listed(s, now, s2, &reason));
+    ck_assert_int_eq(reason, 5);
+    ck_assert_int_eq(store_cert_ok(s, a, s2, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_msg(strstr(err, "revoked"), "%s", err);
+    ck_assert_int_eq(store_renewed(s, a, s2, s3, now + 86400, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_cert_revoke(s, a, s2, 5, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_cert_revoke(s, a, sb, 5, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_device_get(s, a, &d, err, sizeof(err)), 0);
+    ck_assert_int_eq(d.state, STORE_DEV_ENROLLED);
+
+    /* admin revoke: every unexpired certificate, keyCompromise; the other device untouched */
+    ck_assert_int_eq(store_device_act(s, a, STORE_ACT_REVOKE, err, sizeof(err)), 0);
+    ck_assert(listed(s, now, s1, &reason));
+    ck_assert_int_eq(reason, 1);
+    ck_assert(listed(s, now, s2, &reason));
+    ck_assert_int_eq(reason, 5);   /* revoked before: its first reason stays */
+    ck_assert(!listed(s, now, sb, &reason));
+    ck_assert_int_eq(store_cert_ok(s, a, s1, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_cert_ok(s, b, sb, now, err, sizeof(err)), 0);
+    /* expired certificates drop out of the list */
+    ck_assert(!listed(s, now + 3 * 86400, s1, &reason));
+
+    /* RR of a device's only certificate revokes the device */
+    ck_assert_int_eq(store_cert_revoke(s, b, sb, 5, now, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_device_get(s, b, &d, err, sizeof(err)), 0);
+    ck_assert_int_eq(d.state, STORE_DEV_REVOKED);
+    store_close(s);
+}
+END_TEST
+
 /* n enrolled devices in a new group g; ids sorted as the store sorts them */
 static void fleet(store *s, const char *g, int n, char ids[][STORE_ID_MAX])
 {
@@ -303,7 +395,7 @@ static void fleet(store *s, const char *g, int n, char ids[][STORE_ID_MAX])
         store_device_state st;
         ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 60, 1, err, sizeof(err)), 0);
         ck_assert_int_eq(store_enrol(s, t, ids[i], now, &st, err, sizeof(err)), 0);
-        ck_assert_int_eq(store_issued(s, t, ids[i], "01", now + 86400, now, err, sizeof(err)), 0);
+        ck_assert_int_eq(store_issued(s, t, ids[i], userial(), now + 86400, now, err, sizeof(err)), 0);   /* serials are unique */
     }
 }
 
@@ -452,6 +544,7 @@ int main(void)
     tcase_add_test(tc, auto_approve_then_issued);
     tcase_add_test(tc, approval_states);
     tcase_add_test(tc, groups_publish);
+    tcase_add_test(tc, certificates_renew_revoke);
     tcase_add_test(tc, rollout_rules);
     tcase_add_test(tc, report_and_artifacts);
     suite_add_tcase(su, tc);

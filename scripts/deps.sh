@@ -15,7 +15,7 @@ SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 # recommended (the openssl, gcm and eap-mschapv2 plugins once were).
 pkgs=(
   build-essential meson ninja-build pkg-config clang g++
-  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev check
+  libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev libcurl4-openssl-dev check
   libnftables-dev
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins libcharon-extauth-plugins
@@ -59,7 +59,7 @@ check_tools() {
   /usr/bin/python3 -c 'import venv, ensurepip, setuptools' 2>/dev/null ||
     fail "/usr/bin/python3 cannot make a venv with pip and setuptools (packages python3-venv python3-pip python3-setuptools)"
   for entry in 'openssl >= 3.0':libssl-dev json-c:libjson-c-dev libnl-3.0:libnl-3-dev \
-      libnl-route-3.0:libnl-route-3-dev check:check libp11:libp11-dev tss2-esys:libtss2-dev \
+      libnl-route-3.0:libnl-route-3-dev check:check libp11:libp11-dev tss2-esys:libtss2-dev libcurl:libcurl4-openssl-dev \
       libnftables:libnftables-dev; do
     pkg-config --exists "${entry%%:*}" || fail "missing library '${entry%%:*}' for pkg-config (package ${entry#*:})"
   done

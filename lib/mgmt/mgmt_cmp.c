@@ -66,6 +66,29 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
         snprintf(err, err_len, "%s", io->net_why);
         return io->net_err;
     }
+    /* What our own client found wrong comes first. */
+    bool not_ours = false, bad_mac = false;
+    unsigned long e;
+    char why[160] = "malformed or unexpected answer";
+    while ((e = ERR_get_error()) != 0) {
+        if (ERR_GET_LIB(e) != ERR_LIB_CMP)
+            continue;
+        if (ERR_GET_REASON(e) == CMP_R_CERTIFICATE_NOT_ACCEPTED)
+            not_ours = true;
+        else if (ERR_GET_REASON(e) == CMP_R_WRONG_PBM_VALUE)
+            bad_mac = true;
+        else if (ERR_GET_REASON(e) != CMP_R_RECEIVED_ERROR && ERR_GET_REASON(e) != CMP_R_REQUEST_REJECTED_BY_SERVER)
+            ERR_error_string_n(e, why, sizeof(why));
+    }
+    if (not_ours) {
+        snprintf(err, err_len, "the enrolled certificate is not for this device's key: refused");
+        return M2MVPN_E_CERT;
+    }
+    if (bad_mac) {
+        snprintf(err, err_len, "the CMP answer's MAC does not verify with the enrolment token: check "
+                 "enrolment_token in the bootstrap");
+        return M2MVPN_E_TOKEN;
+    }
     int status = OSSL_CMP_CTX_get_status(ctx);
     int fi = OSSL_CMP_CTX_get_failInfoCode(ctx);
     char text[200] = "";
@@ -89,7 +112,7 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
                      "token (server: %s)", text);
             return M2MVPN_E_TOKEN;
         }
-        if (fi >= 0 && (fi & (1 << OSSL_CMP_PKIFAILUREINFO_badMessageCheck))) {
+        if ((fi >= 0 && (fi & (1 << OSSL_CMP_PKIFAILUREINFO_badMessageCheck))) || strstr(text, "pbm value")) {
             snprintf(err, err_len, "enrolment token not accepted (unknown token or wrong secret): check "
                      "enrolment_token in the bootstrap%s%s", text[0] ? "; server: " : "", text);
             return M2MVPN_E_TOKEN;
@@ -98,18 +121,6 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
             snprintf(err, err_len, "enrolment rejected%s%s", text[0] ? ": " : "", text[0] ? text : " by the server");
             return M2MVPN_E_ENROL;
         }
-    }
-    /* The client's own checks (e.g. the answer's MAC does not verify with
-     * our token: someone else answered, or the token is wrong). */
-    unsigned long e = ERR_peek_last_error();
-    char why[160] = "malformed or unexpected answer";
-    if (e)
-        ERR_error_string_n(e, why, sizeof(why));
-    if (ERR_GET_LIB(e) == ERR_LIB_CMP && ERR_GET_REASON(e) == CMP_R_WRONG_PBM_VALUE) {
-        snprintf(err, err_len, "the CMP answer's MAC does not verify with the enrolment token: check "
-                 "enrolment_token in the bootstrap (%s)", why);
-        ERR_clear_error();
-        return M2MVPN_E_TOKEN;
     }
     snprintf(err, err_len, "CMP enrolment failed: %s", why);
     ERR_clear_error();

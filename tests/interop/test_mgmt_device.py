@@ -1,0 +1,238 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Management, device side, without the real server (issue 14): the CMP
+client against `openssl cmp`'s mock server, the profile fetched over mutual
+TLS from a stand-in (mgmt_front.py), all in one namespace.
+
+What a device owner checks: the state directory (certificate, profile,
+mgmt.json) and `m2mvpn status --json`'s "management" object; a refused
+token or an unpinned server leaves the state directory empty.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import m2mvpn_client
+import netlab
+
+pytestmark = pytest.mark.needs_m2mvpn
+
+ADDR = "198.51.100.9"
+PORT = 8443
+CMP_PORT = 8080
+TOKEN_ID = "0123456789abcdef"
+SECRET = "A" * 20 + "b" * 20 + "-_c"   # 43 base64url characters
+HERE = Path(__file__).resolve().parent
+
+
+def ossl(d: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+
+def ca(d: Path, name: str) -> None:
+    ossl(d, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "30", "-subj", f"/CN={name}",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+
+def leaf(d: Path, name: str, issuer: str, subj: str, ext: str, key: str | None = None) -> None:
+    if key is None:
+        ossl(d, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key")
+        key = f"{name}.key"
+    ossl(d, "req", "-new", "-key", key, "-subj", subj, "-out", f"{name}.csr")
+    (d / f"{name}.ext").write_text(ext + "\n")
+    ossl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.pem", "-CAkey", f"{issuer}.key",
+         "-CAcreateserial", "-days", "30", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+
+def device_id(d: Path, key: str) -> str:
+    der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"], cwd=d,
+                         check=True, capture_output=True).stdout
+    return "dev-" + hashlib.sha256(der).hexdigest()[:16]
+
+
+def bundle(d: Path, dev: str, version: int, profile: dict) -> None:
+    payload = json.dumps(profile).encode()
+    manifest = {"format": 1, "type": "profile", "device": dev, "version": version,
+                "not_after": int(time.time()) + 3600, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": base64.b64encode(payload).decode()}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    ossl(d, "cms", "-sign", "-signer", "signer.pem", "-inkey", "signer.key", "-in", "manifest.json",
+         "-binary", "-nodetach", "-outform", "DER", "-out", "bundle.der")
+
+
+@pytest.fixture
+def lab(workdir: Path):
+    d = workdir
+    for name in ("mgmtca", "devca", "otherca"):
+        ca(d, name)
+    leaf(d, "server", "mgmtca", f"/CN={ADDR}", f"subjectAltName=IP:{ADDR}\nextendedKeyUsage=serverAuth")
+    leaf(d, "rogue", "otherca", f"/CN={ADDR}", f"subjectAltName=IP:{ADDR}\nextendedKeyUsage=serverAuth")
+    leaf(d, "signer", "mgmtca", "/CN=bundle signer", "keyUsage=digitalSignature")
+    leaf(d, "device", "devca", "/CN=dev-x/O=m2mvpn", "extendedKeyUsage=clientAuth")
+    leaf(d, "stranger", "devca", "/CN=dev-y/O=m2mvpn", "extendedKeyUsage=clientAuth")
+    dev = device_id(d, "device.key")
+    bundle(d, dev, 1, {"version": 1, "name": "managed", "mode": "manual",
+                       "gateways": [{"host": "198.51.100.1"}], "remote_id": "gw.m2m.test",
+                       "auth": {"method": "cert"}, "ca": [(d / "devca.pem").read_text()]})
+    with netlab.Namespace("mgmt") as ns:
+        ns.add_addr("lo", f"{ADDR}/32")
+        yield ns, d, dev
+
+
+def start_mock(ns, d: Path, secret: str, *extra: str) -> subprocess.Popen:
+    log = open(d / "mock.log", "w")
+    p = ns.popen(["openssl", "cmp", "-port", str(CMP_PORT), "-srv_ref", TOKEN_ID, "-srv_secret", f"pass:{secret}",
+                  "-srv_cert", "signer.pem", "-srv_key", "signer.key", "-rsp_cert", "device.pem", *extra],
+                 cwd=d, stdout=log, stderr=subprocess.STDOUT)
+    wait_port(ns, CMP_PORT)
+    return p
+
+
+def start_front(ns, d: Path, cert: str = "server") -> Path:
+    out = d / f"front-{cert}.log"
+    ns.popen([sys.executable, str(HERE / "mgmt_front.py"), ADDR, str(PORT), f"{cert}.pem", f"{cert}.key",
+              "devca.pem", str(CMP_PORT), "bundle.der"], cwd=d, stdout=open(out, "w"), stderr=subprocess.STDOUT)
+    wait_port(ns, PORT)
+    return out
+
+
+def wait_port(ns, port: int, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if f":{port} " in ns.run("ss", "-Hltn").stdout:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def boot(d: Path, key: str | None = "device.key") -> dict:
+    k = {"provider": "file"}
+    if key:
+        k["key"] = str(d / key)
+    return {"version": 1, "name": "boot",
+            "management": {"url": f"https://{ADDR}:{PORT}", "server_ca": str(d / "mgmtca.pem"),
+                           "bundle_signer": str(d / "signer.pem"),
+                           "enrolment_token": f"{TOKEN_ID}.{SECRET}", "key": k, "poll_s": 10}}
+
+
+def wait_mgmt(client, state: str, timeout_s: float = 30, **want) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = client.status().get("management")
+        if last and last["state"] == state and all(last.get(k) == v for k, v in want.items()):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"management never reached {state} {want}: last {last}" + client.log_tail())
+
+
+def stored(client) -> list[str]:
+    """What management stored (the service keeps its pid file there too)."""
+    return sorted(p.name for p in client.state_dir.iterdir() if p.name not in ("m2mvpn.pid", "m2mvpn.log"))
+
+
+def client_for(ns, d: Path, profile: dict, sub: str = "dev"):
+    return m2mvpn_client.M2mvpnClient(ns, m2mvpn_client.find_binary(), d / sub, profile)
+
+
+def test_enrol_then_profile_over_mutual_tls(lab):
+    ns, d, dev = lab
+    start_mock(ns, d, SECRET)
+    front = start_front(ns, d)
+    with client_for(ns, d, boot(d)) as c:
+        m = wait_mgmt(c, "enrolled", profile_version=1)
+        assert m["device_id"] == dev and m["cert_not_after"] > time.time()
+        st = c.state_dir
+        assert (st / "device.crt.pem").read_text() == (d / "device.pem").read_text()
+        installed = json.loads((st / "profile.json").read_text())
+        assert installed["auth"]["cert"] == {"source": "file", "file": "device.crt.pem", "key": str(d / "device.key")}
+        assert installed["ca"] == ["ca-0.pem"]
+        assert (st / "ca-0.pem").read_text() == (d / "devca.pem").read_text()
+        assert json.loads((st / "mgmt.json").read_text())["profile_version"] == 1
+        assert oct((st / "profile.json").stat().st_mode & 0o777) == "0o600"
+        assert c.status()["profile"] == "managed"
+        # The profile request carried the device certificate (mutual TLS).
+        gets = [json.loads(x) for x in front.read_text().splitlines() if '"GET"' in x]
+        assert gets and gets[0]["status"] == 200
+    # A restart: no enrolment again, the stored profile at once, the ETag asked.
+    before = (d / "mock.log").read_text().count("received")
+    with client_for(ns, d, boot(d)) as c:
+        wait_mgmt(c, "enrolled", profile_version=1)
+        time.sleep(1)
+        assert c.status()["profile"] == "managed"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and '"status": 304' not in front.read_text():
+            time.sleep(0.2)
+        assert '"status": 304' in front.read_text()
+    assert (d / "mock.log").read_text().count("received") == before
+
+
+def test_wrong_token_secret_is_refused_and_nothing_is_written(lab):
+    ns, d, _ = lab
+    start_mock(ns, d, "B" * 43)
+    start_front(ns, d)
+    with client_for(ns, d, boot(d)) as c:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = c.status().get("management")
+            if m and m["state"] == "error":
+                break
+            time.sleep(0.2)
+        assert m and m["state"] == "error", m
+        assert "enrolment token" in m["last_error"] and "enrolment_token" in m["last_error"], m
+        assert stored(c) == []
+
+
+def test_server_certificate_not_pinned_is_refused(lab):
+    ns, d, _ = lab
+    start_mock(ns, d, SECRET)
+    start_front(ns, d, cert="rogue")
+    with client_for(ns, d, boot(d)) as c:
+        deadline = time.monotonic() + 30
+        m = None
+        while time.monotonic() < deadline:
+            m = c.status().get("management")
+            if m and m["state"] == "error":
+                break
+            time.sleep(0.2)
+        assert m and m["state"] == "error" and "server_ca" in m["last_error"], m
+        assert stored(c) == []
+
+
+def test_generated_key_and_a_certificate_for_another_key(lab):
+    """No key in the bootstrap: the device makes device.key.pem in its state
+    directory; the mock answers with a certificate for another key, which
+    the device refuses (no device.crt.pem)."""
+    ns, d, _ = lab
+    start_mock(ns, d, SECRET)
+    start_front(ns, d)
+    with client_for(ns, d, boot(d, key=None)) as c:
+        deadline = time.monotonic() + 30
+        m = None
+        while time.monotonic() < deadline:
+            m = c.status().get("management")
+            if m and m["state"] == "error":
+                break
+            time.sleep(0.2)
+        assert m and "not for this device's key" in m["last_error"], m
+        assert stored(c) == ["device.key.pem"]
+        assert oct((c.state_dir / "device.key.pem").stat().st_mode & 0o777) == "0o600"
+
+
+def test_pending_then_enrolled(lab):
+    ns, d, _ = lab
+    start_mock(ns, d, SECRET, "-poll_count", "2", "-check_after", "1")
+    start_front(ns, d)
+    with client_for(ns, d, boot(d)) as c:
+        wait_mgmt(c, "pending")
+        assert json.loads((c.state_dir / "mgmt.json").read_text())["state"] == "pending"
+        assert not (c.state_dir / "device.crt.pem").exists()
+        wait_mgmt(c, "enrolled", profile_version=1)

@@ -97,6 +97,14 @@ static void publish_status(mgmt *m, const char *error)
     pthread_mutex_unlock(&m->mu);
 }
 
+/* A request went through: the last failure is history. */
+static void clear_error(mgmt *m)
+{
+    pthread_mutex_lock(&m->mu);
+    m->status.last_error[0] = '\0';
+    pthread_mutex_unlock(&m->mu);
+}
+
 void mgmt_get_status(mgmt *m, mgmt_status *st)
 {
     memset(st, 0, sizeof(*st));
@@ -372,7 +380,10 @@ static void enrol_done(mgmt *m, job *j)
         set_phase(m, MGMT_PENDING, "waiting for the operator's approval");
         save_state(m);
         publish_status(m, j->err);
-        schedule(m, j->check_after_s > 0 && j->check_after_s < 3600 ? (uint32_t)j->check_after_s : PENDING_RETRY_S);
+        /* The server's checkAfter, but never later than the bootstrap's
+         * poll_s (the operator's own bound). */
+        uint32_t after = j->check_after_s > 0 ? (uint32_t)j->check_after_s : PENDING_RETRY_S;
+        schedule(m, after < m->boot->mgmt.poll_s ? after : m->boot->mgmt.poll_s);
         return;
     }
     if (j->r < 0) {
@@ -397,6 +408,7 @@ static void enrol_done(mgmt *m, job *j)
     j->cert = NULL;
     snprintf(m->st.device_id, sizeof(m->st.device_id), "%s", id);
     m->st.last_contact = wall_now();
+    clear_error(m);
     set_phase(m, MGMT_ENROLLED, id);
     save_state(m);
     char what[128];
@@ -413,6 +425,8 @@ static void fetch_done(mgmt *m, job *j)
         return;
     }
     m->st.last_contact = wall_now();
+    if (j->http == 304 || j->http == 200)
+        clear_error(m);
     if (j->http == 304) {
         LOG_DBG(m->log, SUB, "profile unchanged (version %lld)", (long long)m->st.profile_version);
     } else if (j->http == 200) {

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cred/cred_hw.h"
 #include "cred/keygen.h"
 
 #define SUB "mgmt"
@@ -34,6 +35,7 @@ typedef struct job {
     int r;
     char err[512];
     EVP_PKEY *key;            /* ENROL: the device key made or loaded */
+    cred_provider *cred;      /* ENROL: the token holding it (pkcs11), or NULL */
     X509 *cert;               /* ENROL: issued */
     int check_after_s;
     long http;
@@ -65,6 +67,7 @@ struct mgmt {
     char *dir;
     char key_path[4096];
     mgmt_state st;
+    cred_provider *cred;      /* pkcs11: the open token behind key */
     EVP_PKEY *key;
     X509 *cert;
     X509 *signer;
@@ -144,15 +147,55 @@ static void schedule(mgmt *m, uint32_t delay_s)
 
 /* ------------------------------------------------------------- worker */
 
-/* The device key where the bootstrap says: made on first use. */
-static int device_key(mgmt *m, EVP_PKEY **ret, char *err, size_t err_len)
+static size_t pin_len(const profile *b)
 {
+    return b->mgmt.pin ? strlen(b->mgmt.pin) : 0;
+}
+
+/* The token key of a pkcs11 bootstrap, made on first use. */
+static int token_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, char *err, size_t err_len)
+{
+    const profile *b = m->boot;
+    cred_provider *p = NULL;
+    int r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p, err,
+                                 err_len);
+    if (r == M2MVPN_E_CERT && make) {
+        /* No such key yet (or unusable): make it; if that fails too, the
+         * first reason is the one to show. */
+        char kerr[256];
+        char *csr = NULL;
+        keygen_request rq = { .provider = KEYGEN_PKCS11, .subject = "/CN=m2mvpn-device",
+                              .pkcs11_module = b->mgmt.pkcs11_module, .pkcs11_uri = b->mgmt.pkcs11_uri,
+                              .pin = b->mgmt.pin, .pin_len = pin_len(b) };
+        if (keygen_run(&rq, &csr, kerr, sizeof(kerr)) == 0)
+            r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p, err,
+                                     err_len);
+        free(csr);
+    }
+    if (r < 0)
+        return r;
+    EVP_PKEY *k = cred_evp_key(p, err, err_len);
+    if (!k) {
+        cred_free(p);
+        return M2MVPN_E_CERT;
+    }
+    *ret = k;
+    *ret_cred = p;
+    return 0;
+}
+
+/* The device key where the bootstrap says: made on first use (make). */
+static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, char *err, size_t err_len)
+{
+    *ret_cred = NULL;
+    if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
+        return token_key(m, make, ret, ret_cred, err, err_len);
     if (m->boot->mgmt.provider != PROFILE_CERT_FILE) {
-        snprintf(err, err_len, "management.key.provider \"%s\": enrolment with a key in a token or TPM is not "
-                 "supported by this build yet; use \"file\"", profile_cert_source_name(m->boot->mgmt.provider));
+        snprintf(err, err_len, "management.key.provider \"%s\": enrolment with a TPM key is not supported by "
+                 "this build yet; use \"file\" or \"pkcs11\"", profile_cert_source_name(m->boot->mgmt.provider));
         return M2MVPN_E_NOTSUPP;
     }
-    if (access(m->key_path, F_OK) < 0) {
+    if (make && access(m->key_path, F_OK) < 0) {
         keygen_request rq = { .provider = KEYGEN_FILE, .subject = "/CN=m2mvpn-device", .out = m->key_path };
         char *csr = NULL;
         int r = keygen_run(&rq, &csr, err, err_len);
@@ -176,7 +219,7 @@ static void run_job(mgmt *m, job *j)
 {
     switch (j->type) {
     case JOB_ENROL:
-        j->r = device_key(m, &j->key, j->err, sizeof(j->err));
+        j->r = device_key(m, true, &j->key, &j->cred, j->err, sizeof(j->err));
         if (j->r == 0)
             j->r = mgmt_cmp_enrol(&j->tls, m->boot->mgmt.token, j->key, &j->cert, &j->check_after_s, j->err,
                                   sizeof(j->err));
@@ -219,6 +262,7 @@ static void job_free(job *j)
     if (!j)
         return;
     EVP_PKEY_free(j->key);
+    cred_free(j->cred);
     X509_free(j->cert);
     free(j->body);
     free(j);
@@ -290,10 +334,19 @@ static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object *
     json_object *auth, *method;
     if (json_object_object_get_ex(p, "auth", &auth) && json_object_is_type(auth, json_type_object) &&
         json_object_object_get_ex(auth, "method", &method) && !strcmp(json_object_get_string(method), "cert")) {
+        const profile *b = m->boot;
         json_object *cert = json_object_new_object();
-        json_object_object_add(cert, "source", json_object_new_string("file"));
-        json_object_object_add(cert, "file", json_object_new_string("device.crt.pem"));
-        json_object_object_add(cert, "key", json_object_new_string(m->key_path));
+        if (b->mgmt.provider == PROFILE_CERT_PKCS11) {
+            json_object_object_add(cert, "source", json_object_new_string("pkcs11"));
+            json_object_object_add(cert, "pkcs11_module", json_object_new_string(b->mgmt.pkcs11_module));
+            json_object_object_add(cert, "pkcs11_uri", json_object_new_string(b->mgmt.pkcs11_uri));
+            if (b->mgmt.pin)
+                json_object_object_add(cert, "pin", json_object_new_string(b->mgmt.pin));
+        } else {
+            json_object_object_add(cert, "source", json_object_new_string("file"));
+            json_object_object_add(cert, "file", json_object_new_string("device.crt.pem"));
+            json_object_object_add(cert, "key", json_object_new_string(m->key_path));
+        }
         json_object_object_add(auth, "cert", cert);
     }
     char *text = strdup(json_object_to_json_string_ext(p, JSON_C_TO_STRING_PRETTY));
@@ -398,14 +451,23 @@ static void enrol_done(mgmt *m, job *j)
     long n = bio && PEM_write_bio_X509(bio, j->cert) ? BIO_get_mem_data(bio, &pem) : 0;
     int r = n > 0 ? mgmt_write_file(m->dir, "device.crt.pem", pem, (size_t)n, err, sizeof(err)) : M2MVPN_E_NOMEM;
     BIO_free(bio);
+    if (r == 0 && j->cred) {
+        /* The pkcs11 source reads the certificate from the token. */
+        unsigned char *der = NULL;
+        int dn = i2d_X509(j->cert, &der);
+        r = dn > 0 ? cred_pkcs11_store_cert(j->cred, der, (size_t)dn, err, sizeof(err)) : M2MVPN_E_NOMEM;
+        OPENSSL_free(der);
+    }
     if (r < 0) {
         fail_event(m, r, r == M2MVPN_E_NOMEM ? "out of memory storing the certificate" : err, true);
         return;
     }
     m->key = j->key;
     m->cert = j->cert;
+    m->cred = j->cred;
     j->key = NULL;
     j->cert = NULL;
+    j->cred = NULL;
     snprintf(m->st.device_id, sizeof(m->st.device_id), "%s", id);
     m->st.last_contact = wall_now();
     clear_error(m);
@@ -517,6 +579,7 @@ void mgmt_free(mgmt *m)
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);
     EVP_PKEY_free(m->key);
+    cred_free(m->cred);
     X509_free(m->cert);
     X509_free(m->signer);
     profile_set_free(m->set);
@@ -539,13 +602,16 @@ static int resume(mgmt *m, char *err, size_t err_len)
     char path[4200];
     snprintf(path, sizeof(path), "%s/device.crt.pem", m->dir);
     m->cert = read_cert(path);
-    FILE *f = fopen(m->key_path, "r");
-    m->key = f ? PEM_read_PrivateKey(f, NULL, NULL, (void *)"") : NULL;
-    if (f)
-        fclose(f);
+    char kerr[256] = "";
+    if (device_key(m, false, &m->key, &m->cred, kerr, sizeof(kerr)) < 0)
+        m->key = NULL;
     if (!m->cert || !m->key || EVP_PKEY_eq(X509_get0_pubkey(m->cert), m->key) != 1) {
-        snprintf(err, err_len, "state directory %s says enrolled but its device.crt.pem and device key do not "
-                 "match or are missing: empty the folder to enrol again", m->dir);
+        if (kerr[0] && !m->key)
+            snprintf(err, err_len, "state directory %s says enrolled but the device key is unusable: %s", m->dir,
+                     kerr);
+        else
+            snprintf(err, err_len, "state directory %s says enrolled but its device.crt.pem and device key do "
+                     "not match or are missing: empty the folder to enrol again", m->dir);
         return M2MVPN_E_CERT;
     }
     snprintf(path, sizeof(path), "%s/profile.json", m->dir);

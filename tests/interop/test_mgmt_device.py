@@ -87,10 +87,10 @@ def lab(workdir: Path):
         yield ns, d, dev
 
 
-def start_mock(ns, d: Path, secret: str, *extra: str) -> subprocess.Popen:
+def start_mock(ns, d: Path, secret: str, *extra: str, rsp_cert: str = "device.pem") -> subprocess.Popen:
     log = open(d / "mock.log", "w")
     p = ns.popen(["openssl", "cmp", "-port", str(CMP_PORT), "-srv_ref", TOKEN_ID, "-srv_secret", f"pass:{secret}",
-                  "-srv_cert", "signer.pem", "-srv_key", "signer.key", "-rsp_cert", "device.pem", *extra],
+                  "-srv_cert", "signer.pem", "-srv_key", "signer.key", "-rsp_cert", rsp_cert, *extra],
                  cwd=d, stdout=log, stderr=subprocess.STDOUT)
     wait_port(ns, CMP_PORT)
     return p
@@ -236,3 +236,51 @@ def test_pending_then_enrolled(lab):
         assert json.loads((c.state_dir / "mgmt.json").read_text())["state"] == "pending"
         assert not (c.state_dir / "device.crt.pem").exists()
         wait_mgmt(c, "enrolled", profile_version=1)
+
+
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+PIN = "123456"
+
+
+def test_key_on_a_pkcs11_token(lab, monkeypatch):
+    """The device key on a SoftHSM2 token: CMP proof of possession and the
+    mutual TLS of the profile request are signed by the token (libp11's key
+    in OpenSSL); the certificate goes onto the token next to the key, and
+    the installed profile uses source pkcs11."""
+    ns, d, _ = lab
+    tokens = d / "tokens"
+    tokens.mkdir()
+    (d / "softhsm2.conf").write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(d / "softhsm2.conf"))
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", PIN, "--so-pin", "0000"],
+                   check=True, capture_output=True)
+    # The key is made on the token beforehand, so that the mock's fixed
+    # answer can be a certificate for it.
+    subprocess.run([str(m2mvpn_client.find_binary()), "keygen", "--provider", "pkcs11", "--module", SOFTHSM,
+                    "--uri", "pkcs11:token=m2m;object=dev;id=%02", "--pin-stdin", "--csr", str(d / "tok.csr"),
+                    "--subject", "/CN=x"], input=PIN + "\n", text=True, check=True, capture_output=True)
+    ossl(d, "x509", "-req", "-in", "tok.csr", "-CA", "devca.pem", "-CAkey", "devca.key", "-CAcreateserial",
+         "-days", "30", "-extfile", "device.ext", "-out", "tok.pem")
+    ossl(d, "x509", "-in", "tok.pem", "-pubkey", "-noout", "-out", "tok.pub")
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", "tok.pub", "-outform", "DER"], cwd=d, check=True,
+                         capture_output=True).stdout
+    dev = "dev-" + hashlib.sha256(der).hexdigest()[:16]
+    bundle(d, dev, 1, {"version": 1, "name": "managed", "mode": "manual",
+                       "gateways": [{"host": "198.51.100.1"}], "remote_id": "gw.m2m.test",
+                       "auth": {"method": "cert"}})
+    start_mock(ns, d, SECRET, rsp_cert="tok.pem")
+    front = start_front(ns, d)
+    prof = boot(d)
+    prof["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    with client_for(ns, d, prof) as c:
+        m = wait_mgmt(c, "enrolled", profile_version=1)
+        assert m["device_id"] == dev
+        installed = json.loads((c.state_dir / "profile.json").read_text())
+        assert installed["auth"]["cert"]["source"] == "pkcs11"
+        assert stored(c) == ["device.crt.pem", "mgmt.json", "profile.json"]
+        gets = [json.loads(x) for x in front.read_text().splitlines() if '"GET"' in x]
+        assert gets and gets[0]["status"] == 200
+    objs = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--list-objects",
+                           "--type", "cert"], capture_output=True, text=True, check=True).stdout
+    assert "label:      dev" in objs, objs

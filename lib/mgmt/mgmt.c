@@ -36,6 +36,7 @@ typedef struct job {
     char err[512];
     EVP_PKEY *key;            /* ENROL: the device key made or loaded */
     cred_provider *cred;      /* ENROL: the token holding it (pkcs11), or NULL */
+    bool reopen;              /* FETCH: free key/cred given, open the token key again */
     X509 *cert;               /* ENROL: issued */
     int check_after_s;
     long http;
@@ -67,6 +68,7 @@ struct mgmt {
     char *dir;
     char key_path[4096];
     mgmt_state st;
+    bool key_stale;           /* pkcs11: a request failed, open the token again */
     cred_provider *cred;      /* pkcs11: the open token behind key */
     EVP_PKEY *key;
     X509 *cert;
@@ -225,6 +227,19 @@ static void run_job(mgmt *m, job *j)
                                   sizeof(j->err));
         break;
     case JOB_FETCH:
+        if (j->reopen) {
+            /* The module may have been finalised under us (another user of
+             * the token in this process closed it): the old handles go
+             * first, then the key is opened again. */
+            EVP_PKEY_free(j->key);
+            cred_free(j->cred);
+            j->key = NULL;
+            j->cred = NULL;
+            j->r = device_key(m, false, &j->key, &j->cred, j->err, sizeof(j->err));
+            if (j->r < 0)
+                break;
+            j->tls.key = j->key;
+        }
         j->r = mgmt_http(&j->tls, "/api/v1/device/profile", NULL, NULL, 0, j->etag, &j->http, &j->body, &j->len,
                          j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
         break;
@@ -283,6 +298,13 @@ static void submit(mgmt *m, job_type type)
     if (type == JOB_FETCH) {
         j->tls.cert = m->cert;
         j->tls.key = m->key;
+        if (m->key_stale && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) {
+            j->reopen = true;
+            j->key = m->key;
+            j->cred = m->cred;
+            m->key = NULL;
+            m->cred = NULL;
+        }
         snprintf(j->etag, sizeof(j->etag), "%s", m->st.etag);
     }
     LOG_INFO(m->log, SUB, "%s at %s", type == JOB_ENROL ? "enrolling (CMP)" : "asking for a newer profile",
@@ -482,6 +504,15 @@ static void enrol_done(mgmt *m, job *j)
 static void fetch_done(mgmt *m, job *j)
 {
     char err[600];
+    if (j->reopen && j->key) {
+        m->key = j->key;
+        m->cred = j->cred;
+        j->key = NULL;
+        j->cred = NULL;
+        m->key_stale = false;
+    }
+    if (j->r < 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
+        m->key_stale = true; /* pkcs11: open the token again next time */
     if (j->r < 0) {
         fail_event(m, j->r, j->err, true);
         return;

@@ -265,9 +265,11 @@ def test_key_on_a_pkcs11_token(lab, monkeypatch):
     der = subprocess.run(["openssl", "pkey", "-pubin", "-in", "tok.pub", "-outform", "DER"], cwd=d, check=True,
                          capture_output=True).stdout
     dev = "dev-" + hashlib.sha256(der).hexdigest()[:16]
-    bundle(d, dev, 1, {"version": 1, "name": "managed", "mode": "manual",
-                       "gateways": [{"host": "198.51.100.1"}], "remote_id": "gw.m2m.test",
-                       "auth": {"method": "cert"}})
+    # always-on towards a gateway that is not there: the engine opens the
+    # token for its own attempts (and closes it again) meanwhile.
+    managed = {"version": 1, "name": "managed", "mode": "always-on", "gateways": [{"host": ADDR}],
+               "remote_id": "gw.m2m.test", "auth": {"method": "cert"}, "tunnel": {"kill_switch": False}}
+    bundle(d, dev, 1, managed)
     start_mock(ns, d, SECRET, rsp_cert="tok.pem")
     front = start_front(ns, d)
     prof = boot(d)
@@ -281,6 +283,11 @@ def test_key_on_a_pkcs11_token(lab, monkeypatch):
         assert stored(c) == ["device.crt.pem", "mgmt.json", "profile.json"]
         gets = [json.loads(x) for x in front.read_text().splitlines() if '"GET"' in x]
         assert gets and gets[0]["status"] == 200
+        # A newer profile later: the token key still signs the mutual TLS
+        # while the engine uses the same token for its own attempts.
+        for version in (2, 3):   # the second after the engine closed its first token session
+            bundle(d, dev, version, managed)
+            wait_mgmt(c, "enrolled", timeout_s=60, profile_version=version)
     objs = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--list-objects",
                            "--type", "cert"], capture_output=True, text=True, check=True).stdout
     assert "label:      dev" in objs, objs

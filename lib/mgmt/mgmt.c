@@ -58,6 +58,7 @@ struct mgmt {
     pthread_mutex_t mu;       /* guards job hand-over, stop, status */
     pthread_cond_t cv;
     bool stop;
+    atomic_bool cancel;       /* mgmt_free: abort a transfer under way */
     job *todo;                /* for the worker */
     job *done;                /* for the engine */
     bool busy;                /* engine: a job is out */
@@ -293,6 +294,7 @@ static void submit(mgmt *m, job_type type)
         return;
     }
     j->type = type;
+    j->tls.cancel = &m->cancel;
     j->tls.url = m->boot->mgmt.url;
     j->tls.server_ca = m->boot->mgmt.server_ca;
     if (type == JOB_FETCH) {
@@ -596,6 +598,7 @@ void mgmt_free(mgmt *m)
     if (!m)
         return;
     if (m->worker_started) {
+        atomic_store(&m->cancel, true);
         pthread_mutex_lock(&m->mu);
         m->stop = true;
         pthread_cond_signal(&m->cv);

@@ -29,6 +29,7 @@
 #include <m2mvpn/m2mvpn.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -86,6 +87,7 @@ typedef struct mgmt_tls {
     const char *server_ca;    /* PEM file: the one anchor */
     X509 *cert;               /* client certificate (mutual TLS) or NULL */
     EVP_PKEY *key;            /* its key or NULL */
+    const atomic_bool *cancel; /* set: abort the transfer soon (NULL: never) */
 } mgmt_tls;
 
 /* POST `path` (body of content type ctype) or GET (body NULL); answer body

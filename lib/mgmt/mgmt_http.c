@@ -54,6 +54,14 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
     return len;
 }
 
+/* Non-zero aborts the transfer: the engine is being freed. */
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt, (void)dn, (void)ut, (void)un;
+    const mgmt_tls *t = arg;
+    return t->cancel && atomic_load(t->cancel);
+}
+
 static CURLcode on_ssl_ctx(CURL *curl, void *sslctx, void *arg)
 {
     (void)curl;
@@ -105,6 +113,11 @@ int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint
     }
     if (hdr)
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    if (t->cancel) {
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)t);
+    }
     if (body) {
         curl_easy_setopt(c, CURLOPT_POST, 1L);
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, (const char *)body);

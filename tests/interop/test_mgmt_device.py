@@ -291,3 +291,26 @@ def test_key_on_a_pkcs11_token(lab, monkeypatch):
     objs = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--list-objects",
                            "--type", "cert"], capture_output=True, text=True, check=True).stdout
     assert "label:      dev" in objs, objs
+
+
+def test_stop_while_the_server_hangs(lab):
+    """A server that accepts the connection and never answers: stopping the
+    engine aborts the request at once (the worker does not hold the stop
+    for the transfer's own timeouts)."""
+    ns, d, _ = lab
+    hang = ns.popen([sys.executable, "-c",
+                     "import socket, time\n"
+                     f"s = socket.socket(); s.bind(('{ADDR}', {PORT})); s.listen(8)\n"
+                     "conns = []\n"
+                     "while True: conns.append(s.accept())\n"])
+    wait_port(ns, PORT)
+    c = client_for(ns, d, boot(d)).start()
+    try:
+        time.sleep(2)   # the CMP request is under way, waiting for the TLS answer
+        assert c.status()["management"]["state"] == "unenrolled"
+        t0 = time.monotonic()
+        c.stop(grace_s=30)
+        assert time.monotonic() - t0 < 5
+    finally:
+        c.stop()
+        hang.kill()

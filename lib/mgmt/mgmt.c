@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -199,7 +200,9 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
         return M2MVPN_E_NOTSUPP;
     }
     if (make && access(m->key_path, F_OK) < 0) {
-        keygen_request rq = { .provider = KEYGEN_FILE, .subject = "/CN=m2mvpn-device", .out = m->key_path };
+        /* pin: the key file is encrypted with it (AES-256). */
+        keygen_request rq = { .provider = KEYGEN_FILE, .subject = "/CN=m2mvpn-device", .out = m->key_path,
+                              .pin = m->boot->mgmt.pin, .pin_len = pin_len(m->boot) };
         char *csr = NULL;
         int r = keygen_run(&rq, &csr, err, err_len);
         free(csr);
@@ -207,11 +210,14 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
             return r;
     }
     FILE *f = fopen(m->key_path, "r");
-    EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, (void *)"") : NULL;
+    const char *pass = m->boot->mgmt.pin ? m->boot->mgmt.pin : "";
+    EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, (void *)pass) : NULL;
     if (f)
         fclose(f);
     if (!k) {
-        snprintf(err, err_len, "cannot read the device key %s", m->key_path);
+        ERR_clear_error();
+        snprintf(err, err_len, "cannot read the device key %s (or management.key.pin does not open it)",
+                 m->key_path);
         return M2MVPN_E_CERT;
     }
     *ret = k;
@@ -370,6 +376,8 @@ static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object *
             json_object_object_add(cert, "source", json_object_new_string("file"));
             json_object_object_add(cert, "file", json_object_new_string("device.crt.pem"));
             json_object_object_add(cert, "key", json_object_new_string(m->key_path));
+            if (b->mgmt.pin)
+                json_object_object_add(cert, "pin", json_object_new_string(b->mgmt.pin));
         }
         json_object_object_add(auth, "cert", cert);
     }

@@ -209,12 +209,14 @@ def test_server_certificate_not_pinned_is_refused(lab):
 
 def test_generated_key_and_a_certificate_for_another_key(lab):
     """No key in the bootstrap: the device makes device.key.pem in its state
-    directory; the mock answers with a certificate for another key, which
+    directory (encrypted with management.key.pin); the mock answers with a certificate for another key, which
     the device refuses (no device.crt.pem)."""
     ns, d, _ = lab
     start_mock(ns, d, SECRET)
     start_front(ns, d)
-    with client_for(ns, d, boot(d, key=None)) as c:
+    prof = boot(d, key=None)
+    prof["management"]["key"]["pin"] = "s3cret-pin"   # the new key file is encrypted with it
+    with client_for(ns, d, prof) as c:
         deadline = time.monotonic() + 30
         m = None
         while time.monotonic() < deadline:
@@ -225,6 +227,7 @@ def test_generated_key_and_a_certificate_for_another_key(lab):
         assert m and "not for this device's key" in m["last_error"], m
         assert stored(c) == ["device.key.pem"]
         assert oct((c.state_dir / "device.key.pem").stat().st_mode & 0o777) == "0o600"
+        assert "BEGIN ENCRYPTED PRIVATE KEY" in (c.state_dir / "device.key.pem").read_text()
 
 
 def test_pending_then_enrolled(lab):

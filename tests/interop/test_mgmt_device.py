@@ -159,6 +159,7 @@ def test_enrol_then_profile_over_mutual_tls(lab):
         assert json.loads((st / "mgmt.json").read_text())["profile_version"] == 1
         assert oct((st / "profile.json").stat().st_mode & 0o777) == "0o600"
         assert c.status()["profile"] == "managed"
+        assert f"management:  enrolled as {dev}, profile version 1\n" in c.cli("status").stdout
         # The profile request carried the device certificate (mutual TLS).
         gets = [json.loads(x) for x in front.read_text().splitlines() if '"GET"' in x]
         assert gets and gets[0]["status"] == 200

@@ -38,6 +38,7 @@ typedef struct job {
     EVP_PKEY *key;            /* ENROL: the device key made or loaded */
     cred_provider *cred;      /* ENROL: the token holding it (pkcs11), or NULL */
     bool reopen;              /* FETCH: free key/cred given, open the token key again */
+    bool made_key;            /* ENROL: the key file was made by this attempt */
     X509 *cert;               /* ENROL: issued */
     int check_after_s;
     long http;
@@ -189,7 +190,8 @@ static int token_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cre
 }
 
 /* The device key where the bootstrap says: made on first use (make). */
-static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, char *err, size_t err_len)
+static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, bool *made, char *err,
+                      size_t err_len)
 {
     *ret_cred = NULL;
     if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
@@ -208,6 +210,8 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
         free(csr);
         if (r < 0)
             return r;
+        if (made)
+            *made = true;
     }
     FILE *f = fopen(m->key_path, "r");
     const char *pass = m->boot->mgmt.pin ? m->boot->mgmt.pin : "";
@@ -228,7 +232,7 @@ static void run_job(mgmt *m, job *j)
 {
     switch (j->type) {
     case JOB_ENROL:
-        j->r = device_key(m, true, &j->key, &j->cred, j->err, sizeof(j->err));
+        j->r = device_key(m, true, &j->key, &j->cred, &j->made_key, j->err, sizeof(j->err));
         if (j->r == 0)
             j->r = mgmt_cmp_enrol(&j->tls, m->boot->mgmt.token, j->key, &j->cert, &j->check_after_s, j->err,
                                   sizeof(j->err));
@@ -242,7 +246,7 @@ static void run_job(mgmt *m, job *j)
             cred_free(j->cred);
             j->key = NULL;
             j->cred = NULL;
-            j->r = device_key(m, false, &j->key, &j->cred, j->err, sizeof(j->err));
+            j->r = device_key(m, false, &j->key, &j->cred, NULL, j->err, sizeof(j->err));
             if (j->r < 0)
                 break;
             j->tls.key = j->key;
@@ -471,6 +475,13 @@ static void enrol_done(mgmt *m, job *j)
         schedule(m, after < m->boot->mgmt.poll_s ? after : m->boot->mgmt.poll_s);
         return;
     }
+    if (j->r < 0 && j->made_key) {
+        /* Refused before the server bound a token to it: a key made by
+         * this attempt goes again, so a refused enrolment leaves the state
+         * directory as it was (the next attempt makes a new one). */
+        if (unlink(m->key_path) < 0)
+            LOG_WARN(m->log, SUB, "cannot remove %s: %s", m->key_path, strerror(errno));
+    }
     if (j->r < 0) {
         /* A refused token or an operator's rejection does not heal by asking again. */
         fail_event(m, j->r, j->err, j->r != M2MVPN_E_TOKEN && j->r != M2MVPN_E_ENROL && j->r != M2MVPN_E_NOTSUPP);
@@ -645,7 +656,7 @@ static int resume(mgmt *m, char *err, size_t err_len)
     snprintf(path, sizeof(path), "%s/device.crt.pem", m->dir);
     m->cert = read_cert(path);
     char kerr[256] = "";
-    if (device_key(m, false, &m->key, &m->cred, kerr, sizeof(kerr)) < 0)
+    if (device_key(m, false, &m->key, &m->cred, NULL, kerr, sizeof(kerr)) < 0)
         m->key = NULL;
     if (!m->cert || !m->key || EVP_PKEY_eq(X509_get0_pubkey(m->cert), m->key) != 1) {
         if (kerr[0] && !m->key)

@@ -210,14 +210,13 @@ def test_server_certificate_not_pinned_is_refused(lab):
 
 def test_generated_key_and_a_certificate_for_another_key(lab):
     """No key in the bootstrap: the device makes device.key.pem in its state
-    directory (encrypted with management.key.pin); the mock answers with a certificate for another key, which
-    the device refuses (no device.crt.pem)."""
+    directory; the mock answers with a certificate for another key, which
+    the device refuses, and the key made for the refused attempt goes too:
+    the state directory is as before."""
     ns, d, _ = lab
     start_mock(ns, d, SECRET)
     start_front(ns, d)
-    prof = boot(d, key=None)
-    prof["management"]["key"]["pin"] = "s3cret-pin"   # the new key file is encrypted with it
-    with client_for(ns, d, prof) as c:
+    with client_for(ns, d, boot(d, key=None)) as c:
         deadline = time.monotonic() + 30
         m = None
         while time.monotonic() < deadline:
@@ -226,9 +225,27 @@ def test_generated_key_and_a_certificate_for_another_key(lab):
                 break
             time.sleep(0.2)
         assert m and "not for this device's key" in m["last_error"], m
-        assert stored(c) == ["device.key.pem"]
-        assert oct((c.state_dir / "device.key.pem").stat().st_mode & 0o777) == "0o600"
-        assert "BEGIN ENCRYPTED PRIVATE KEY" in (c.state_dir / "device.key.pem").read_text()
+        assert stored(c) == []
+
+
+def test_pending_keeps_its_generated_key(lab):
+    """Pending (the server has bound the token to the key): the key made in
+    the state directory stays, encrypted with management.key.pin, and no
+    certificate is there yet."""
+    ns, d, _ = lab
+    start_mock(ns, d, SECRET, "-poll_count", "1000", "-check_after", "1")
+    start_front(ns, d)
+    prof = boot(d, key=None)
+    prof["management"]["key"]["pin"] = "s3cret-pin"
+    with client_for(ns, d, prof) as c:
+        wait_mgmt(c, "pending")
+        assert stored(c) == ["device.key.pem", "mgmt.json"]
+        key = c.state_dir / "device.key.pem"
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+        assert "BEGIN ENCRYPTED PRIVATE KEY" in key.read_text()
+        first = key.read_text()
+        time.sleep(3)   # asked again (check_after 1 s): the same key
+        assert key.read_text() == first
 
 
 def test_pending_then_enrolled(lab):

@@ -70,9 +70,16 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
     bool not_ours = false, bad_mac = false;
     unsigned long e;
     char why[160] = "malformed or unexpected answer";
-    while ((e = ERR_get_error()) != 0) {
+    /* The server's error details (errorDetails of an error message) come
+     * as the data of the client's "received error". */
+    char details[200] = "";
+    const char *data = NULL;
+    int flags = 0;
+    while ((e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
         if (ERR_GET_LIB(e) != ERR_LIB_CMP)
             continue;
+        if (ERR_GET_REASON(e) == CMP_R_RECEIVED_ERROR && data && (flags & ERR_TXT_STRING) && !details[0])
+            snprintf(details, sizeof(details), "%s", data);
         if (ERR_GET_REASON(e) == CMP_R_CERTIFICATE_NOT_ACCEPTED)
             not_ours = true;
         else if (ERR_GET_REASON(e) == CMP_R_WRONG_PBM_VALUE)
@@ -91,13 +98,17 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
     }
     int status = OSSL_CMP_CTX_get_status(ctx);
     int fi = OSSL_CMP_CTX_get_failInfoCode(ctx);
-    char text[200] = "";
+    char text[400] = "";
     OSSL_CMP_PKIFREETEXT *ft = OSSL_CMP_CTX_get0_statusString(ctx);
     for (int i = 0; ft && i < sk_ASN1_UTF8STRING_num(ft); i++) {
         ASN1_UTF8STRING *s = sk_ASN1_UTF8STRING_value(ft, i);
         size_t used = strlen(text);
         snprintf(text + used, sizeof(text) - used, "%s%.*s", used ? "; " : "", ASN1_STRING_length(s),
                  (const char *)ASN1_STRING_get0_data(s));
+    }
+    if (details[0]) {
+        size_t used = strlen(text);
+        snprintf(text + used, sizeof(text) - used, "%s%s", used ? "; " : "", details);
     }
     for (char *c = text; *c; c++)
         if ((unsigned char)*c < 0x20)

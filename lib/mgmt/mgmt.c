@@ -465,6 +465,11 @@ static void enrol_done(mgmt *m, job *j)
 {
     char err[512];
     if (j->r == M2MVPN_E_PENDING) {
+        /* The id the server derives from our key: what the operator
+         * approves (m2mvpn-admin device approve ID). */
+        char id[21];
+        if (j->key && mgmt_device_id(j->key, id) == 0)
+            snprintf(m->st.device_id, sizeof(m->st.device_id), "%s", id);
         m->st.last_contact = wall_now();
         set_phase(m, MGMT_PENDING, "waiting for the operator's approval");
         save_state(m);

@@ -253,7 +253,8 @@ def test_pending_then_enrolled(lab):
     start_mock(ns, d, SECRET, "-poll_count", "2", "-check_after", "1")
     start_front(ns, d)
     with client_for(ns, d, boot(d)) as c:
-        wait_mgmt(c, "pending")
+        # pending already shows the id the operator approves
+        wait_mgmt(c, "pending", device_id=device_id(d, "device.key"))
         assert json.loads((c.state_dir / "mgmt.json").read_text())["state"] == "pending"
         assert not (c.state_dir / "device.crt.pem").exists()
         wait_mgmt(c, "enrolled", profile_version=1)

@@ -635,6 +635,12 @@ int service_run(const service_opts *o)
         if (opened)
             svc_log(s, M2MVPN_LOG_INFO, "folder %s opened to group %s (search only)", sock_dir, o->control_group);
     }
+    /* Management keeps the device's key, certificate and profile here. */
+    r = m2mvpn_set_state_dir(s->h, o->state_dir);
+    if (r < 0) {
+        report_startup_failure(o, "state directory %s: %s", o->state_dir, m2mvpn_last_error(s->h));
+        goto out;
+    }
     r = m2mvpn_profile_load_file(s->h, o->profile);
     if (r < 0) {
         report_startup_failure(o, "cannot load profile %s: %s", o->profile, m2mvpn_last_error(s->h));

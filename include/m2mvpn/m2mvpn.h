@@ -44,6 +44,11 @@
  *                    (a STATE_CHANGED says "make-before-break" or
  *                    "break-before-make: why"); m2mvpn_status.rekeys counts
  *                    reauthentications (profile ike.reauth_s) too.
+ *  1.2 (M2MVPN_1.2)  management (bootstrap profiles with "management"):
+ *                    m2mvpn_set_state_dir; event ENROLLED (10), and
+ *                    CONFIG_UPDATED now sent; errors TOKEN, PENDING,
+ *                    SERVER_CERT, BUNDLE, ENROL; the status JSON's
+ *                    "management" object.
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -97,7 +102,12 @@ extern "C" {
     XX(NETWORK,     -21, "network unreachable or socket error")               \
     XX(PIN,         -22, "PIN wrong or missing")                              \
     XX(CREDENTIALS, -23, "credentials missing")                               \
-    XX(TUN,         -24, "TUN device or route setup failed")
+    XX(TUN,         -24, "TUN device or route setup failed")                  \
+    XX(TOKEN,       -25, "enrolment token refused (expired, used or unknown): ask the operator for a new one") \
+    XX(PENDING,     -26, "enrolment not approved yet: the operator must approve this device") \
+    XX(SERVER_CERT, -27, "management server certificate does not chain to the bootstrap's server_ca") \
+    XX(BUNDLE,      -28, "profile bundle refused (signature, device, version or expiry)") \
+    XX(ENROL,       -29, "enrolment refused by the management server")
 
 typedef enum m2mvpn_error {
     M2MVPN_OK = 0,
@@ -131,7 +141,8 @@ typedef enum m2mvpn_event_type {
     M2MVPN_EVENT_AUTH_FAILED = 6,
     M2MVPN_EVENT_CONFIG_UPDATED = 7,
     M2MVPN_EVENT_UPDATE_AVAILABLE = 8,
-    M2MVPN_EVENT_CERT_RENEWED = 9
+    M2MVPN_EVENT_CERT_RENEWED = 9,
+    M2MVPN_EVENT_ENROLLED = 10         /**< management: the device certificate arrived (1.2) */
 } m2mvpn_event_type;
 
 /**
@@ -406,6 +417,16 @@ M2MVPN_API const char *m2mvpn_event_name(int type);
  */
 M2MVPN_API int m2mvpn_bind_key(const char *key_path, const char *out_path, const char *sources,
                                char *err, size_t err_len);
+
+/**
+ * The folder where management keeps what the device stores (device key for
+ * the file provider, certificate, mgmt.json, the installed profile and its
+ * CAs); every file is written atomically, mode 0600. Needed before a
+ * bootstrap profile (one with "management") is loaded; the folder must exist
+ * and be writable. Copied. Errors: BADHANDLE, INVAL (NULL, empty, not a
+ * folder), IO (not writable), NOMEM. Thread-safe. Added in 1.2.
+ */
+M2MVPN_API int m2mvpn_set_state_dir(m2mvpn *h, const char *dir);
 
 /** Library version string, e.g. "1.0.0". */
 M2MVPN_API const char *m2mvpn_version(void);

@@ -140,6 +140,24 @@ typedef struct profile {
         uint32_t mtu;         /* 0 = derive from underlay; else 576..9000 */
         uint32_t on_demand_idle_s; /* default 300 */
     } tunnel;
+
+    /* "management": this profile is a bootstrap (DESIGN §9). gateways,
+     * remote_id and auth may then be absent (n_gateways 0): lib/mgmt enrols
+     * and installs the individual profile that has them. */
+    struct {
+        bool on;
+        char *url;            /* "https://..." without a trailing '/' */
+        char *server_ca;      /* absolute path: the one anchor of the server's TLS */
+        char *bundle_signer;  /* absolute path: the one allowed bundle signer */
+        char *token;          /* secret "ID.SECRET" (16 hex, '.', 43 base64url) */
+        profile_cert_source provider; /* FILE, PKCS11 or TPM */
+        char *key;            /* file: absolute path, NULL = device.key.pem in the state dir */
+        char *pkcs11_module, *pkcs11_uri;
+        char *tpm_key;        /* absolute path or handle "0x81...", NULL = device.tss2.pem in the state dir */
+        char *tpm_tcti;
+        char *pin;            /* secret; pkcs11: required */
+        uint32_t poll_s;      /* default 300, 10..86400 */
+    } mgmt;
 } profile;
 
 typedef struct profile_set {

@@ -423,6 +423,19 @@ int store_enrol(store *s, const char *token_id, const char *device_id, long long
             rc = STORE_REFUSED;
         } else if ((rc = store_device_get(s, device_id, &d, err, errlen)) == 0) {
             *state = d.state;
+            /* asking again for a certificate (an answer lost): not once one of the device's
+               certificates is revoked, or the revoked key would get a new, unlisted one */
+            db_res r;
+            if (d.state == STORE_DEV_ENROLLED &&
+                (rc = q(s, "SELECT COUNT(*) FROM certificates WHERE device = ?1 AND revoked_at IS NOT NULL", 1,
+                        &device_id, &r, err, errlen)) == 0) {
+                if (atoll0(db_cell(&r, 0, 0)) > 0) {
+                    snprintf(err, errlen, "enrolment token already used (a certificate of device %s is revoked)",
+                             device_id);
+                    rc = STORE_REFUSED;
+                }
+                db_res_free(&r);
+            }
         }
     } else if (rc == 0 && now >= t.expires) {
         snprintf(err, errlen, "enrolment token expired");

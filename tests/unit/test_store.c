@@ -382,6 +382,15 @@ START_TEST(certificates_renew_revoke)
     ck_assert_int_eq(store_device_get(s, a, &d, err, sizeof(err)), 0);
     ck_assert_int_eq(d.state, STORE_DEV_ENROLLED);
 
+    /* the enrolment token and the first key cannot mint a new certificate once one of the
+       device's certificates is revoked (a revoked key would get a fresh, unlisted certificate) */
+    ck_assert_int_eq(store_enrol(s, t, a, now, &st, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_msg(strstr(err, "revoked"), "%s", err);
+    ck_assert_int_eq(store_token_usable(s, t, now, err, sizeof(err)), 0);   /* the device's own token, still */
+    /* before any revocation the same key may ask again (its answer was lost) */
+    ck_assert_int_eq(store_enrol(s, t2, b, now, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st, STORE_DEV_ENROLLED);
+
     /* admin revoke: every unexpired certificate, keyCompromise; the other device untouched */
     ck_assert_int_eq(store_device_act(s, a, STORE_ACT_REVOKE, err, sizeof(err)), 0);
     ck_assert(listed(s, now, s1, &reason));

@@ -6,6 +6,7 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -254,3 +255,30 @@ def test_log_lines_carry_no_control_characters(pki, server):
     assert b"fake" in log and b"forged line" in log, log
     bad = sorted({c for c in log if (c < 0x20 and c != 0x0a) or c == 0x7f})
     assert not bad, f"control characters {bad} in the log: {log[-600:]!r}"
+
+
+def test_connection_flood_at_the_descriptor_limit(pki):
+    """Idle TCP connections up to the process's descriptor limit: the server neither spins on accept()
+    nor floods its log, and serves again once they are gone."""
+    d = pki
+    srv = Mgmtd(d, make_config(d, "sqlite:mgmt.db"), wrap=("prlimit", "--nofile=64:64", "--"))
+    idle = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(80)]
+        time.sleep(3)
+        with open(srv.log, "rb") as f:
+            lines = f.read().count(b"\n")
+        assert lines < 50, f"{lines} log lines in 3 s at the descriptor limit"
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            st, _, body = https(d, srv, "/healthz")
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the server does not accept connections again"
+            time.sleep(0.5)
+    assert st == 200 and json.loads(body) == {"ok": True}
+    srv.stop()

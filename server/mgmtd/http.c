@@ -10,6 +10,8 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/listener.h>
+#include <event2/util.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <stdio.h>
@@ -75,6 +77,25 @@ static struct bufferevent *new_tls_bev(struct event_base *base, void *arg)
     return bev;
 }
 
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    evconnlistener_enable(arg);
+}
+
+/* accept() failed for good (out of descriptors, a connection flood): without this, libevent
+   retries at once, spinning and warning in a loop. Pause new connections for a second. */
+static void accept_failed(struct evconnlistener *l, void *arg)
+{
+    (void)arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    struct timeval pause = {1, 0};
+    evconnlistener_disable(l);
+    if (event_base_once(evconnlistener_get_base(l), -1, EV_TIMEOUT, resume_accepting, l, &pause) < 0)
+        evconnlistener_enable(l);
+    mgmtd_log("cannot accept a connection: %s; new connections wait 1 s", evutil_socket_error_to_string(e));
+}
+
 int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen)
 {
     m->http = evhttp_new(m->base);
@@ -99,6 +120,7 @@ int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen)
                  m->cfg.listen_port, strerror(errno));
         return -1;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bs), accept_failed);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     *port = m->cfg.listen_port;
@@ -128,6 +150,7 @@ int mgmtd_crl_http_start(mgmtd *m, int *port, char *err, size_t errlen)
                  m->cfg.crl_listen_port, strerror(errno));
         return -1;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bs), accept_failed);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     *port = m->cfg.crl_listen_port;

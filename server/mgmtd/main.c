@@ -21,6 +21,11 @@ void mgmtd_log(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* what clients send (a request's URI, a device's details) ends up here: no control
+       character may start a forged line or drive the reader's terminal */
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     fprintf(stderr, "m2mvpn-mgmtd: %s\n", msg);
 }
 

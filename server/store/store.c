@@ -423,6 +423,19 @@ int store_enrol(store *s, const char *token_id, const char *device_id, long long
             rc = STORE_REFUSED;
         } else if ((rc = store_device_get(s, device_id, &d, err, errlen)) == 0) {
             *state = d.state;
+            /* asking again for a certificate (an answer lost): not once one of the device's
+               certificates is revoked, or the revoked key would get a new, unlisted one */
+            db_res r;
+            if (d.state == STORE_DEV_ENROLLED &&
+                (rc = q(s, "SELECT COUNT(*) FROM certificates WHERE device = ?1 AND revoked_at IS NOT NULL", 1,
+                        &device_id, &r, err, errlen)) == 0) {
+                if (atoll0(db_cell(&r, 0, 0)) > 0) {
+                    snprintf(err, errlen, "enrolment token already used (a certificate of device %s is revoked)",
+                             device_id);
+                    rc = STORE_REFUSED;
+                }
+                db_res_free(&r);
+            }
         }
     } else if (rc == 0 && now >= t.expires) {
         snprintf(err, errlen, "enrolment token expired");
@@ -447,6 +460,14 @@ int store_enrol(store *s, const char *token_id, const char *device_id, long long
     return finish(s, rc, err, errlen);
 }
 
+/* Takes the device row's write lock at the start of a transaction (PostgreSQL: row lock, held
+   to the end; SQLite: BEGIN IMMEDIATE already holds the database), so that the checks that
+   follow read the state a concurrent revocation, approval or renewal committed, not an older one. */
+static int lock_device(store *s, const char *device_id, char *err, size_t errlen)
+{
+    return q(s, "UPDATE devices SET state = state WHERE id = ?1", 1, &device_id, NULL, err, errlen);
+}
+
 int store_issued(store *s, const char *token_id, const char *device_id, const char *serial_hex,
                  long long not_after, long long now, char *err, size_t errlen)
 {
@@ -457,7 +478,9 @@ int store_issued(store *s, const char *token_id, const char *device_id, const ch
     if (begin(s, err, errlen) < 0)
         return -1;
     store_device d;
-    int rc = store_device_get(s, device_id, &d, err, errlen);
+    int rc = lock_device(s, device_id, err, errlen);
+    if (rc == 0)
+        rc = store_device_get(s, device_id, &d, err, errlen);
     if (rc == 0 && (strcmp(d.token, token_id) ||
                     (d.state != STORE_DEV_APPROVED && d.state != STORE_DEV_ENROLLED))) {
         snprintf(err, errlen, "device %s is %s: no certificate may be recorded", device_id,
@@ -483,7 +506,9 @@ int store_device_act(store *s, const char *device_id, store_action act, char *er
     if (begin(s, err, errlen) < 0)
         return -1;
     store_device d;
-    int rc = store_device_get(s, device_id, &d, err, errlen);
+    int rc = lock_device(s, device_id, err, errlen);
+    if (rc == 0)
+        rc = store_device_get(s, device_id, &d, err, errlen);
     store_device_state to = STORE_DEV_REVOKED;
     if (rc == 0) {
         int ok;
@@ -582,7 +607,9 @@ int store_renewed(store *s, const char *device_id, const char *old_serial_hex, c
     const char *p[] = {device_id, serial_hex, na, ns};
     if (begin(s, err, errlen) < 0)
         return -1;
-    int rc = cert_check(s, device_id, old_serial_hex, now, err, errlen);
+    int rc = lock_device(s, device_id, err, errlen);
+    if (rc == 0)
+        rc = cert_check(s, device_id, old_serial_hex, now, err, errlen);
     if (rc == 0)
         rc = q(s, "INSERT INTO certificates (serial, device, not_after, issued) VALUES (?2, ?1, ?3, ?4)",
                4, p, NULL, err, errlen);
@@ -601,7 +628,9 @@ int store_cert_revoke(store *s, const char *device_id, const char *serial_hex, i
     const char *p[] = {serial_hex, device_id, ns, rs};
     if (begin(s, err, errlen) < 0)
         return -1;
-    int rc = cert_check(s, device_id, serial_hex, now, err, errlen);
+    int rc = lock_device(s, device_id, err, errlen);
+    if (rc == 0)
+        rc = cert_check(s, device_id, serial_hex, now, err, errlen);
     if (rc == 0)
         rc = q(s, "UPDATE certificates SET revoked_at = ?3, reason = ?4 WHERE serial = ?1 AND device = ?2", 4, p,
                NULL, err, errlen);

@@ -6,6 +6,7 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -234,3 +235,50 @@ def test_admin_config_file(pki, server):
     r = subprocess.run([ADMIN_BIN, "--server", srv.url, "--ca", os.path.join(d, "device-ca.pem"), "device", "list"],
                        capture_output=True, text=True, env=dict(env, M2MVPN_ADMIN_TOKEN=ADMIN_TOKEN), timeout=60)
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "certificate" in r.stderr.lower(), r.stderr
+
+
+def test_log_lines_carry_no_control_characters(pki, server):
+    """An unauthenticated client's request line reaches the log (the refused path): terminal escapes or a
+    carriage return in it must not forge log lines or drive the operator's terminal."""
+    d, srv = pki, server
+    ctx = ssl.create_default_context(cafile=os.path.join(d, "tls-ca.pem"))
+    for path in (b"/x\x1b[2J\x1b[31mfake", b"/y\rm2mvpn-mgmtd: admin: forged line", b"/api/v1/admin/z\x07\x7f"):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while (chunk := s.recv(65536)):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 4"), answer
+    with open(srv.log, "rb") as f:
+        log = f.read()
+    assert b"fake" in log and b"forged line" in log, log
+    bad = sorted({c for c in log if (c < 0x20 and c != 0x0a) or c == 0x7f})
+    assert not bad, f"control characters {bad} in the log: {log[-600:]!r}"
+
+
+def test_connection_flood_at_the_descriptor_limit(pki):
+    """Idle TCP connections up to the process's descriptor limit: the server neither spins on accept()
+    nor floods its log, and serves again once they are gone."""
+    d = pki
+    srv = Mgmtd(d, make_config(d, "sqlite:mgmt.db"), wrap=("prlimit", "--nofile=64:64", "--"))
+    idle = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(80)]
+        time.sleep(3)
+        with open(srv.log, "rb") as f:
+            lines = f.read().count(b"\n")
+        assert lines < 50, f"{lines} log lines in 3 s at the descriptor limit"
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            st, _, body = https(d, srv, "/healthz")
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the server does not accept connections again"
+            time.sleep(0.5)
+    assert st == 200 and json.loads(body) == {"ok": True}
+    srv.stop()

@@ -55,7 +55,7 @@ def postgres(workdir):
 
 def test_store_suite_on_postgres(postgres):
     assert TEST_STORE, "run through meson (M2MVPN_TEST_STORE)"
-    r = subprocess.run([TEST_STORE], env=dict(os.environ, M2MVPN_TEST_DATABASE=postgres),
+    r = subprocess.run([TEST_STORE], env=dict(os.environ, M2MVPN_TEST_DATABASE=postgres, CK_DEFAULT_TIMEOUT="60"),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "100%" in r.stdout, r.stdout + r.stderr
 

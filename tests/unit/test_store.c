@@ -5,6 +5,9 @@
  * tests/mgmt/test_postgres.py does) the same checks run on that database,
  * with names unique to the run. */
 #include <check.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,16 +26,31 @@ static const char *pg(void)
     return s && *s ? s : NULL;
 }
 
-static store *open_fresh(void)
+static int counter_db;
+
+static store *open_db(int fresh)
 {
     char db[128];
+    if (fresh && !pg())
+        counter_db = ++counter;
     if (pg())
         snprintf(db, sizeof(db), "%s", pg());
     else
-        snprintf(db, sizeof(db), "sqlite:%s/s%d.db", dir, ++counter);
+        snprintf(db, sizeof(db), "sqlite:%s/s%d.db", dir, counter_db);
     store *s = NULL;
     ck_assert_msg(store_open(&s, db, err, sizeof(err)) == 0, "store_open: %s", err);
     return s;
+}
+
+static store *open_fresh(void)
+{
+    return open_db(1);
+}
+
+/* a second connection to the database open_fresh() opened last */
+static store *open_fresh_same(void)
+{
+    return open_db(0);
 }
 
 /* A name unique to this run (the PostgreSQL database is shared by the cases). */
@@ -364,6 +382,15 @@ START_TEST(certificates_renew_revoke)
     ck_assert_int_eq(store_device_get(s, a, &d, err, sizeof(err)), 0);
     ck_assert_int_eq(d.state, STORE_DEV_ENROLLED);
 
+    /* the enrolment token and the first key cannot mint a new certificate once one of the
+       device's certificates is revoked (a revoked key would get a fresh, unlisted certificate) */
+    ck_assert_int_eq(store_enrol(s, t, a, now, &st, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_msg(strstr(err, "revoked"), "%s", err);
+    ck_assert_int_eq(store_token_usable(s, t, now, err, sizeof(err)), 0);   /* the device's own token, still */
+    /* before any revocation the same key may ask again (its answer was lost) */
+    ck_assert_int_eq(store_enrol(s, t2, b, now, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st, STORE_DEV_ENROLLED);
+
     /* admin revoke: every unexpired certificate, keyCompromise; the other device untouched */
     ck_assert_int_eq(store_device_act(s, a, STORE_ACT_REVOKE, err, sizeof(err)), 0);
     ck_assert(listed(s, now, s1, &reason));
@@ -381,6 +408,112 @@ START_TEST(certificates_renew_revoke)
     ck_assert_int_eq(store_device_get(s, b, &d, err, sizeof(err)), 0);
     ck_assert_int_eq(d.state, STORE_DEV_REVOKED);
     store_close(s);
+}
+END_TEST
+
+
+/* A revocation by the operator racing a certificate being recorded for the same device (IR
+   answered, KUR): another connection revokes the device and holds its transaction open while
+   the store records a certificate, then commits. The certificate must not be recorded against
+   a revoked device (PostgreSQL reads committed rows: a check before the device row is locked
+   sees the state from before the revocation). */
+typedef struct {
+    int kur;
+    store *s;
+    const char *tok, *dev, *old, *new_serial;
+    long long now;
+    int rc;
+    char err[512];
+} race_arg;
+
+static void *race_record(void *p)
+{
+    race_arg *a = p;
+    a->rc = a->kur ? store_renewed(a->s, a->dev, a->old, a->new_serial, a->now + 86400, a->now, a->err, sizeof(a->err))
+                   : store_issued(a->s, a->tok, a->dev, a->new_serial, a->now + 86400, a->now, a->err,
+                                  sizeof(a->err));
+    return NULL;
+}
+
+/* The rival: BEGIN, revoke dev as store_device_act does, hold it; commit on rival_commit(). */
+static PGconn *rival_pg;
+static sqlite3 *rival_sq;
+
+static void rival_exec(const char *sql)
+{
+    if (rival_pg) {
+        PGresult *r = PQexec(rival_pg, sql);
+        ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(rival_pg));
+        PQclear(r);
+    } else {
+        char *e = NULL;
+        ck_assert_msg(sqlite3_exec(rival_sq, sql, NULL, NULL, &e) == SQLITE_OK, "%s: %s", sql, e ? e : "?");
+    }
+}
+
+static void rival_revoke(const char *dev)
+{
+    char db[160], sql[512];
+    if (pg()) {
+        rival_pg = PQconnectdb(pg());
+        ck_assert_int_eq(PQstatus(rival_pg), CONNECTION_OK);
+    } else {
+        snprintf(db, sizeof(db), "%s/s%d.db", dir, counter_db);
+        ck_assert_int_eq(sqlite3_open(db, &rival_sq), SQLITE_OK);
+    }
+    rival_exec(pg() ? "BEGIN" : "BEGIN IMMEDIATE");
+    snprintf(sql, sizeof(sql), "UPDATE devices SET state = 'revoked' WHERE id = '%s'", dev);
+    rival_exec(sql);
+    snprintf(sql, sizeof(sql), "UPDATE certificates SET revoked_at = %lld, reason = 1 WHERE device = '%s'"
+             " AND revoked_at IS NULL", (long long)time(NULL), dev);
+    rival_exec(sql);
+}
+
+static void rival_commit(void)
+{
+    rival_exec("COMMIT");
+    if (rival_pg)
+        PQfinish(rival_pg);
+    if (rival_sq)
+        sqlite3_close(rival_sq);
+    rival_pg = NULL;
+    rival_sq = NULL;
+}
+
+static void race_one(int kur)
+{
+    store *s = open_fresh(), *s2 = open_fresh_same();
+    const char *g = uniq("g"), *t = uniq("t"), *dev = uniq("dev-race");
+    const char *s1 = userial(), *s2n = userial();
+    long long now = time(NULL);
+    store_device_state st;
+    ck_assert_int_eq(store_group_put(s, g, "{}", err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 60, 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_enrol(s, t, dev, now, &st, err, sizeof(err)), 0);
+    if (kur)
+        ck_assert_int_eq(store_issued(s, t, dev, s1, now + 86400, now, err, sizeof(err)), 0);
+    rival_revoke(dev);
+    race_arg a = {kur, s2, t, dev, s1, s2n, now, -9, ""};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, race_record, &a), 0);
+    sleep(2);   /* let it reach the lock; were it later, it would only see the revocation committed */
+    rival_commit();
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    store_device d;
+    ck_assert_int_eq(store_device_get(s, dev, &d, err, sizeof(err)), 0);
+    ck_assert_msg(d.state == STORE_DEV_REVOKED, "%s: a revoked device is %s again", kur ? "kur" : "ir",
+                  store_device_state_name(d.state));
+    ck_assert_msg(a.rc == STORE_REFUSED, "%s: the certificate was recorded for a revoked device (rc %d %s)",
+                  kur ? "kur" : "ir", a.rc, a.err);
+    ck_assert_int_eq(store_cert_ok(s, dev, s2n, now, err, sizeof(err)), STORE_REFUSED);
+    store_close(s2);
+    store_close(s);
+}
+
+START_TEST(revoke_races_certificate)
+{
+    race_one(0);
+    race_one(1);
 }
 END_TEST
 
@@ -547,6 +680,7 @@ int main(void)
     tcase_add_test(tc, certificates_renew_revoke);
     tcase_add_test(tc, rollout_rules);
     tcase_add_test(tc, report_and_artifacts);
+    tcase_add_test(tc, revoke_races_certificate);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -336,3 +336,47 @@ def test_stop_while_the_server_hangs(lab):
     finally:
         c.stop()
         hang.kill()
+
+
+def test_key_in_a_tpm(lab):
+    """The device key in a TPM (swtpm): the CMP proof of possession and the
+    mutual TLS of the profile requests are signed inside the TPM (our
+    EC_KEY method over ESYS, no OpenSSL provider); the state directory
+    holds no private key, and the installed profile uses source tpm."""
+    from test_hwcred import Swtpm
+    ns, d, _ = lab
+    tpm = Swtpm(ns, d / "tpm")
+    try:
+        key = d / "dev.tss2.pem"
+        subprocess.run(ns.argv(str(m2mvpn_client.find_binary()), "keygen", "--provider", "tpm", "--tcti", tpm.tcti,
+                               "--out", str(key), "--csr", str(d / "tpm.csr"), "--subject", "/CN=x"),
+                       check=True, capture_output=True)
+        ossl(d, "x509", "-req", "-in", "tpm.csr", "-CA", "devca.pem", "-CAkey", "devca.key", "-CAcreateserial",
+             "-days", "30", "-extfile", "device.ext", "-out", "tpm.pem")
+        ossl(d, "x509", "-in", "tpm.pem", "-pubkey", "-noout", "-out", "tpm.pub")
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-in", "tpm.pub", "-outform", "DER"], cwd=d,
+                             check=True, capture_output=True).stdout
+        dev = "dev-" + hashlib.sha256(der).hexdigest()[:16]
+        managed = {"version": 1, "name": "managed", "mode": "manual", "gateways": [{"host": "198.51.100.1"}],
+                   "remote_id": "gw.m2m.test", "auth": {"method": "cert"}}
+        bundle(d, dev, 1, managed)
+        start_mock(ns, d, SECRET, rsp_cert="tpm.pem")
+        front = start_front(ns, d)
+        prof = boot(d)
+        prof["management"]["key"] = {"provider": "tpm", "tpm_key": str(key), "tpm_tcti": tpm.tcti}
+        with client_for(ns, d, prof) as c:
+            m = wait_mgmt(c, "enrolled", profile_version=1)
+            assert m["device_id"] == dev
+            installed = json.loads((c.state_dir / "profile.json").read_text())
+            assert installed["auth"]["cert"] == {"source": "tpm", "tpm_key": str(key), "file": "device.crt.pem",
+                                                 "tpm_tcti": tpm.tcti}
+            assert stored(c) == ["device.crt.pem", "mgmt.json", "profile.json"]
+            for f in c.state_dir.iterdir():
+                assert b"PRIVATE KEY" not in f.read_bytes(), f
+            gets = [json.loads(x) for x in front.read_text().splitlines() if '"GET"' in x]
+            assert gets and gets[0]["status"] == 200
+            # A newer profile: the TPM, opened again for that request, signs.
+            bundle(d, dev, 2, managed)
+            wait_mgmt(c, "enrolled", timeout_s=60, profile_version=2)
+    finally:
+        tpm.stop()

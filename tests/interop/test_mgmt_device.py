@@ -343,7 +343,7 @@ def test_key_in_a_tpm(lab):
     mutual TLS of the profile requests are signed inside the TPM (our
     EC_KEY method over ESYS, no OpenSSL provider); the state directory
     holds no private key, and the installed profile uses source tpm."""
-    from test_hwcred import Swtpm
+    from test_hwcred import Swtpm, cred_probe
     ns, d, _ = lab
     tpm = Swtpm(ns, d / "tpm")
     try:
@@ -357,6 +357,13 @@ def test_key_in_a_tpm(lab):
         der = subprocess.run(["openssl", "pkey", "-pubin", "-in", "tpm.pub", "-outform", "DER"], cwd=d,
                              check=True, capture_output=True).stdout
         dev = "dev-" + hashlib.sha256(der).hexdigest()[:16]
+        # The key as OpenSSL sees it: signs (verified with the certificate)
+        # with no provider loaded, and stops signing once the TPM is closed.
+        probe = subprocess.run(ns.argv(str(cred_probe()), "evp", "tpm", str(key), str(d / "tpm.pem"), tpm.tcti),
+                               capture_output=True, text=True)
+        assert probe.stdout.split("\n") == ["evp-sign ok", "providers default only", "evp-after-free refused", ""], \
+            probe.stdout + probe.stderr
+        assert probe.returncode == 0
         managed = {"version": 1, "name": "managed", "mode": "manual", "gateways": [{"host": "198.51.100.1"}],
                    "remote_id": "gw.m2m.test", "auth": {"method": "cert"}}
         bundle(d, dev, 1, managed)

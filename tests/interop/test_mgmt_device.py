@@ -387,3 +387,28 @@ def test_key_in_a_tpm(lab):
             wait_mgmt(c, "enrolled", timeout_s=60, profile_version=2)
     finally:
         tpm.stop()
+
+
+def test_tpm_key_made_by_the_device_while_pending(lab):
+    """No key yet: the device makes it in the TPM (device.tss2.pem in its
+    state directory: the key wrapped by that TPM, not a private key) and
+    signs the proof of possession with it; asked again, the same key."""
+    from test_hwcred import Swtpm
+    ns, d, _ = lab
+    tpm = Swtpm(ns, d / "tpm")
+    try:
+        start_mock(ns, d, SECRET, "-poll_count", "1000", "-check_after", "1")
+        start_front(ns, d)
+        prof = boot(d, key=None)
+        prof["management"]["key"] = {"provider": "tpm", "tpm_tcti": tpm.tcti}
+        with client_for(ns, d, prof) as c:
+            m = wait_mgmt(c, "pending")
+            assert m["device_id"].startswith("dev-")
+            assert stored(c) == ["device.tss2.pem", "mgmt.json"]
+            key = c.state_dir / "device.tss2.pem"
+            first = key.read_text()
+            assert first.startswith("-----BEGIN TSS2 PRIVATE KEY-----\n")
+            time.sleep(3)   # asked again (check_after 1 s): the same key
+            assert key.read_text() == first
+    finally:
+        tpm.stop()

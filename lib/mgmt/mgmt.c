@@ -531,7 +531,9 @@ static void enrol_done(mgmt *m, job *j)
     }
     if (j->r < 0) {
         /* A refused token or an operator's rejection does not heal by asking again. */
-        fail_event(m, j->r, j->err, j->r != M2MVPN_E_TOKEN && j->r != M2MVPN_E_ENROL && j->r != M2MVPN_E_NOTSUPP);
+        /* Nor does a wrong PIN: never presented again by itself (a TPM counts each towards its lockout). */
+        fail_event(m, j->r, j->err, j->r != M2MVPN_E_TOKEN && j->r != M2MVPN_E_ENROL && j->r != M2MVPN_E_NOTSUPP &&
+                   j->r != M2MVPN_E_PIN);
         return;
     }
     char id[21];
@@ -582,7 +584,7 @@ static void fetch_done(mgmt *m, job *j)
     if (j->r < 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
         m->key_stale = true; /* pkcs11: open the token again next time */
     if (j->r < 0) {
-        fail_event(m, j->r, j->err, true);
+        fail_event(m, j->r, j->err, j->r != M2MVPN_E_PIN);
         return;
     }
     m->st.last_contact = wall_now();

@@ -412,3 +412,30 @@ def test_tpm_key_made_by_the_device_while_pending(lab):
             assert key.read_text() == first
     finally:
         tpm.stop()
+
+
+def test_wrong_tpm_pin_is_presented_once(lab):
+    """A PIN for a TPM key that has none (a wrong authValue): refused with a
+    clear error, and not presented again by itself (the TPM counts each
+    failure towards its dictionary-attack lockout)."""
+    from test_hwcred import Swtpm
+    ns, d, _ = lab
+    tpm = Swtpm(ns, d / "tpm")
+    try:
+        key = d / "dev.tss2.pem"
+        subprocess.run(ns.argv(str(m2mvpn_client.find_binary()), "keygen", "--provider", "tpm", "--tcti", tpm.tcti,
+                               "--out", str(key), "--csr", str(d / "tpm.csr"), "--subject", "/CN=x"),
+                       check=True, capture_output=True)
+        start_mock(ns, d, SECRET)
+        start_front(ns, d)
+        prof = boot(d)
+        prof["management"]["key"] = {"provider": "tpm", "tpm_key": str(key), "tpm_tcti": tpm.tcti, "pin": "wrong"}
+        with client_for(ns, d, prof) as c:
+            m = wait_mgmt(c, "error")
+            assert "wrong PIN for TPM key" in m["last_error"], m
+            assert tpm.lockout_counter() == 1
+            time.sleep(prof["management"]["poll_s"] + 5)   # past the retry delay of other failures
+            assert tpm.lockout_counter() == 1
+            assert stored(c) == []
+    finally:
+        tpm.stop()

@@ -14,6 +14,10 @@
  * failure in the TPM) and TPM_RC_LOCKOUT end in E_PIN and nothing is tried
  * again. Signing keys are made without noDA, so the TPM counts failures.
  */
+/* The management key (tpm_evp_key) is a legacy EC_KEY whose signing method
+ * calls the TPM: deprecated in OpenSSL 3.0 but supported, and it needs no
+ * provider (nothing loaded process-wide, the default library context). */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "cred.h"
 #include "cred_hw.h"
 
@@ -58,6 +62,7 @@ int cred_tpm_generate(const char *tcti, bool rsa, const char *pin, size_t pin_le
 #else /* M2MVPN_HAVE_TPM */
 
 #include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
@@ -87,6 +92,7 @@ typedef struct tpm_cred {
     bool lost;
     TPM2B_PUBLIC pub;
     EVP_PKEY *pkey;           /* public key built from pub */
+    EVP_PKEY *evp;            /* tpm_evp_key(): signs through this provider */
     pki_cert **chain;
     size_t n_chain;
 } tpm_cred;
@@ -273,6 +279,37 @@ static TPMI_ALG_HASH tpm_hash(pki_sig_scheme s)
     }
 }
 
+/* ------------------------------------------ the key as an OpenSSL EVP_PKEY */
+
+static int ec_idx = -1;                 /* EC_KEY ex_data: its tpm_cred */
+static EC_KEY_METHOD *ec_meth;
+static CRYPTO_ONCE ec_once = CRYPTO_ONCE_STATIC_INIT;
+
+static ECDSA_SIG *ec_sign_sig(const unsigned char *dgst, int dlen, const BIGNUM *kinv, const BIGNUM *r,
+                              EC_KEY *ec);
+
+static void ec_init(void)
+{
+    ec_idx = EC_KEY_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    /* ECDSA_sign() keeps OpenSSL's DER encoding and calls sign_sig: ours. */
+    int (*sign)(int, const unsigned char *, int, unsigned char *, unsigned int *, const BIGNUM *,
+                const BIGNUM *, EC_KEY *) = NULL;
+    int (*setup)(EC_KEY *, BN_CTX *, BIGNUM **, BIGNUM **) = NULL;
+    EC_KEY_METHOD_get_sign(EC_KEY_OpenSSL(), &sign, &setup, NULL);
+    if (ec_idx >= 0 && (ec_meth = EC_KEY_METHOD_new(EC_KEY_OpenSSL())))
+        EC_KEY_METHOD_set_sign(ec_meth, sign, setup, ec_sign_sig);
+}
+
+/* The provider goes: a key someone still holds must fail, not sign with it. */
+static void evp_detach(tpm_cred *tc)
+{
+    if (tc->evp) {
+        EC_KEY_set_ex_data((EC_KEY *)EVP_PKEY_get0_EC_KEY(tc->evp), ec_idx, NULL);
+        EVP_PKEY_free(tc->evp);
+        tc->evp = NULL;
+    }
+}
+
 /* ------------------------------------------------------------- lifecycle */
 
 static void tpm_unload(tpm_cred *tc)
@@ -295,6 +332,7 @@ static void tpm_destroy(void *ctx)
     if (!tc)
         return;
     tpm_unload(tc);
+    evp_detach(tc);
     EVP_PKEY_free(tc->pkey);
     pki_cert_array_free(tc->chain, tc->n_chain);
     free(tc->key_ref);
@@ -620,6 +658,65 @@ static int tpm_sign(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size_
     return rc;
 }
 
+/* OpenSSL's ECDSA over a digest it computed (CMP proof of possession, TLS
+ * CertificateVerify): the TPM signs the digest, the key never leaves it. */
+static ECDSA_SIG *ec_sign_sig(const unsigned char *dgst, int dlen, const BIGNUM *kinv, const BIGNUM *r,
+                              EC_KEY *ec)
+{
+    (void)kinv, (void)r;
+    tpm_cred *tc = EC_KEY_get_ex_data(ec, ec_idx);
+    pki_sig_scheme s = dlen == 32 ? PKI_SIG_ECDSA_SHA256 : dlen == 48 ? PKI_SIG_ECDSA_SHA384
+                     : dlen == 64 ? PKI_SIG_ECDSA_SHA512 : PKI_SIG_NONE;
+    if (!tc || !tc->unlocked || tc->lost || s == PKI_SIG_NONE) {
+        ECerr(0, ERR_R_PASSED_INVALID_ARGUMENT);
+        return NULL;
+    }
+    TPMT_SIGNATURE *ts = NULL;
+    TSS2_RC trc = tpm_sign_digest(tc, s, dgst, (size_t)dlen, &ts);
+    ECDSA_SIG *sig = NULL;
+    if (trc == TSS2_RC_SUCCESS && ts->sigAlg == TPM2_ALG_ECDSA && (sig = ECDSA_SIG_new())) {
+        const TPMS_SIGNATURE_ECDSA *e = &ts->signature.ecdsa;
+        BIGNUM *br = BN_bin2bn(e->signatureR.buffer, e->signatureR.size, NULL);
+        BIGNUM *bs = BN_bin2bn(e->signatureS.buffer, e->signatureS.size, NULL);
+        if (!br || !bs || !ECDSA_SIG_set0(sig, br, bs)) {
+            BN_free(br);
+            BN_free(bs);
+            ECDSA_SIG_free(sig);
+            sig = NULL;
+        }
+    } else if (trc != TSS2_RC_SUCCESS) {
+        if (rc_auth_fail(trc))
+            tc->unlocked = false; /* never presented again by itself */
+        else if (cred_hw_tpm_class(trc, false) == CRED_HW_GONE)
+            tc->lost = true;
+        ECerr(0, ERR_R_INTERNAL_ERROR);
+    }
+    Esys_Free(ts);
+    return sig;
+}
+
+/* An EVP_PKEY of the default library context that signs through this
+ * provider (ECC only; an RSA TPM key has none). */
+static EVP_PKEY *tpm_evp_key(void *ctx)
+{
+    tpm_cred *tc = ctx;
+    if (!tc->unlocked || !CRYPTO_THREAD_run_once(&ec_once, ec_init) || !ec_meth)
+        return NULL;
+    if (!tc->evp && EVP_PKEY_get_base_id(tc->pkey) == EVP_PKEY_EC) {
+        EC_KEY *ec = EC_KEY_dup(EVP_PKEY_get0_EC_KEY(tc->pkey));
+        EVP_PKEY *k = EVP_PKEY_new();
+        if (ec && k && EC_KEY_set_method(ec, ec_meth) && EC_KEY_set_ex_data(ec, ec_idx, tc) &&
+            EVP_PKEY_assign_EC_KEY(k, ec)) {
+            tc->evp = k;
+        } else {
+            EC_KEY_free(ec);
+            EVP_PKEY_free(k);
+        }
+    }
+    ERR_clear_error();
+    return tc->evp && EVP_PKEY_up_ref(tc->evp) ? tc->evp : NULL;
+}
+
 static const cred_ops tpm_ops = {
     .name = "tpm",
     .chain = tpm_chain,
@@ -631,6 +728,7 @@ static const cred_ops tpm_ops = {
     .describe = tpm_describe,
     .lost = tpm_lost,
     .spki = tpm_spki,
+    .evp_key = tpm_evp_key,
 };
 
 /* ------------------------------------------------------------------ open */

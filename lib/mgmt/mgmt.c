@@ -157,24 +157,42 @@ static size_t pin_len(const profile *b)
     return b->mgmt.pin ? strlen(b->mgmt.pin) : 0;
 }
 
-/* The token key of a pkcs11 bootstrap, made on first use. */
-static int token_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, char *err, size_t err_len)
+/* The key of a pkcs11 or tpm bootstrap, made on first use: the provider
+ * holding it and an EVP_PKEY signing through it. */
+static int token_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, bool *made, char *err,
+                     size_t err_len)
 {
     const profile *b = m->boot;
+    bool tpm = b->mgmt.provider == PROFILE_CERT_TPM;
+    bool handle = tpm && !strncmp(m->key_path, "0x", 2);
     cred_provider *p = NULL;
-    int r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p, err,
+    int r = M2MVPN_E_CERT;
+    if (!tpm)
+        r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p, err,
                                  err_len);
+    else if (handle || access(m->key_path, F_OK) == 0)
+        r = cred_tpm_open_key(m->key_path, b->mgmt.tpm_tcti, b->mgmt.pin, pin_len(b), &p, err, err_len);
+    else
+        snprintf(err, err_len, "no TPM key file %s", m->key_path);
     if (r == M2MVPN_E_CERT && make) {
         /* No such key yet (or unusable): make it; if that fails too, the
          * first reason is the one to show. */
         char kerr[256];
         char *csr = NULL;
-        keygen_request rq = { .provider = KEYGEN_PKCS11, .subject = "/CN=m2mvpn-device",
+        keygen_request rq = { .provider = tpm ? KEYGEN_TPM : KEYGEN_PKCS11, .subject = "/CN=m2mvpn-device",
                               .pkcs11_module = b->mgmt.pkcs11_module, .pkcs11_uri = b->mgmt.pkcs11_uri,
-                              .pin = b->mgmt.pin, .pin_len = pin_len(b) };
-        if (keygen_run(&rq, &csr, kerr, sizeof(kerr)) == 0)
-            r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p, err,
-                                     err_len);
+                              .tpm_tcti = b->mgmt.tpm_tcti, .pin = b->mgmt.pin, .pin_len = pin_len(b) };
+        if (handle)
+            rq.tpm_handle = (uint32_t)strtoul(m->key_path, NULL, 16);
+        else if (tpm)
+            rq.out = m->key_path;
+        if (keygen_run(&rq, &csr, kerr, sizeof(kerr)) == 0) {
+            if (made && tpm && !handle)
+                *made = true;
+            r = tpm ? cred_tpm_open_key(m->key_path, b->mgmt.tpm_tcti, b->mgmt.pin, pin_len(b), &p, err, err_len)
+                    : cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p,
+                                           err, err_len);
+        }
         free(csr);
     }
     if (r < 0)
@@ -189,18 +207,31 @@ static int token_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cre
     return 0;
 }
 
+/* tpm: the TPM is not held between requests (the engine may use it for
+ * IKE, and a TPM without resource manager serves one client): the provider
+ * is closed and only the public key kept. */
+static void release_tpm(mgmt *m, EVP_PKEY **key, cred_provider **cred)
+{
+    if (m->boot->mgmt.provider != PROFILE_CERT_TPM || !*cred)
+        return;
+    unsigned char *der = NULL;
+    int n = *key ? i2d_PUBKEY(*key, &der) : 0;
+    const unsigned char *q = der;
+    EVP_PKEY *pub = n > 0 ? d2i_PUBKEY(NULL, &q, n) : NULL;
+    OPENSSL_free(der);
+    EVP_PKEY_free(*key);
+    cred_free(*cred);
+    *key = pub;
+    *cred = NULL;
+}
+
 /* The device key where the bootstrap says: made on first use (make). */
 static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, bool *made, char *err,
                       size_t err_len)
 {
     *ret_cred = NULL;
-    if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
-        return token_key(m, make, ret, ret_cred, err, err_len);
-    if (m->boot->mgmt.provider != PROFILE_CERT_FILE) {
-        snprintf(err, err_len, "management.key.provider \"%s\": enrolment with a TPM key is not supported by "
-                 "this build yet; use \"file\" or \"pkcs11\"", profile_cert_source_name(m->boot->mgmt.provider));
-        return M2MVPN_E_NOTSUPP;
-    }
+    if (m->boot->mgmt.provider != PROFILE_CERT_FILE)
+        return token_key(m, make, ret, ret_cred, made, err, err_len);
     if (make && access(m->key_path, F_OK) < 0) {
         /* pin: the key file is encrypted with it (AES-256). */
         keygen_request rq = { .provider = KEYGEN_FILE, .subject = "/CN=m2mvpn-device", .out = m->key_path,
@@ -236,6 +267,7 @@ static void run_job(mgmt *m, job *j)
         if (j->r == 0)
             j->r = mgmt_cmp_enrol(&j->tls, m->boot->mgmt.token, j->key, &j->cert, &j->check_after_s, j->err,
                                   sizeof(j->err));
+        release_tpm(m, &j->key, &j->cred);
         break;
     case JOB_FETCH:
         if (j->reopen) {
@@ -253,6 +285,7 @@ static void run_job(mgmt *m, job *j)
         }
         j->r = mgmt_http(&j->tls, "/api/v1/device/profile", NULL, NULL, 0, j->etag, &j->http, &j->body, &j->len,
                          j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
+        release_tpm(m, &j->key, &j->cred);
         break;
     case JOB_NONE:
         break;
@@ -310,7 +343,8 @@ static void submit(mgmt *m, job_type type)
     if (type == JOB_FETCH) {
         j->tls.cert = m->cert;
         j->tls.key = m->key;
-        if (m->key_stale && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) {
+        if ((m->key_stale && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) ||
+            m->boot->mgmt.provider == PROFILE_CERT_TPM) {
             j->reopen = true;
             j->key = m->key;
             j->cred = m->cred;
@@ -374,6 +408,14 @@ static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object *
             json_object_object_add(cert, "source", json_object_new_string("pkcs11"));
             json_object_object_add(cert, "pkcs11_module", json_object_new_string(b->mgmt.pkcs11_module));
             json_object_object_add(cert, "pkcs11_uri", json_object_new_string(b->mgmt.pkcs11_uri));
+            if (b->mgmt.pin)
+                json_object_object_add(cert, "pin", json_object_new_string(b->mgmt.pin));
+        } else if (b->mgmt.provider == PROFILE_CERT_TPM) {
+            json_object_object_add(cert, "source", json_object_new_string("tpm"));
+            json_object_object_add(cert, "tpm_key", json_object_new_string(m->key_path));
+            json_object_object_add(cert, "file", json_object_new_string("device.crt.pem"));
+            if (b->mgmt.tpm_tcti)
+                json_object_object_add(cert, "tpm_tcti", json_object_new_string(b->mgmt.tpm_tcti));
             if (b->mgmt.pin)
                 json_object_object_add(cert, "pin", json_object_new_string(b->mgmt.pin));
         } else {
@@ -489,7 +531,9 @@ static void enrol_done(mgmt *m, job *j)
     }
     if (j->r < 0) {
         /* A refused token or an operator's rejection does not heal by asking again. */
-        fail_event(m, j->r, j->err, j->r != M2MVPN_E_TOKEN && j->r != M2MVPN_E_ENROL && j->r != M2MVPN_E_NOTSUPP);
+        /* Nor does a wrong PIN: never presented again by itself (a TPM counts each towards its lockout). */
+        fail_event(m, j->r, j->err, j->r != M2MVPN_E_TOKEN && j->r != M2MVPN_E_ENROL && j->r != M2MVPN_E_NOTSUPP &&
+                   j->r != M2MVPN_E_PIN);
         return;
     }
     char id[21];
@@ -499,7 +543,7 @@ static void enrol_done(mgmt *m, job *j)
     long n = bio && PEM_write_bio_X509(bio, j->cert) ? BIO_get_mem_data(bio, &pem) : 0;
     int r = n > 0 ? mgmt_write_file(m->dir, "device.crt.pem", pem, (size_t)n, err, sizeof(err)) : M2MVPN_E_NOMEM;
     BIO_free(bio);
-    if (r == 0 && j->cred) {
+    if (r == 0 && j->cred && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) {
         /* The pkcs11 source reads the certificate from the token. */
         unsigned char *der = NULL;
         int dn = i2d_X509(j->cert, &der);
@@ -540,7 +584,7 @@ static void fetch_done(mgmt *m, job *j)
     if (j->r < 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
         m->key_stale = true; /* pkcs11: open the token again next time */
     if (j->r < 0) {
-        fail_event(m, j->r, j->err, true);
+        fail_event(m, j->r, j->err, j->r != M2MVPN_E_PIN);
         return;
     }
     m->st.last_contact = wall_now();
@@ -663,6 +707,7 @@ static int resume(mgmt *m, char *err, size_t err_len)
     char kerr[256] = "";
     if (device_key(m, false, &m->key, &m->cred, NULL, kerr, sizeof(kerr)) < 0)
         m->key = NULL;
+    release_tpm(m, &m->key, &m->cred);
     if (!m->cert || !m->key || EVP_PKEY_eq(X509_get0_pubkey(m->cert), m->key) != 1) {
         if (kerr[0] && !m->key)
             snprintf(err, err_len, "state directory %s says enrolled but the device key is unusable: %s", m->dir,
@@ -731,7 +776,10 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
     m->st = st;
     m->set = profile_set_ref(set);
     m->boot = boot;
-    if (boot->mgmt.key)
+    if (boot->mgmt.provider == PROFILE_CERT_TPM)
+        snprintf(m->key_path, sizeof(m->key_path), "%s%s", boot->mgmt.tpm_key ? boot->mgmt.tpm_key : state_dir,
+                 boot->mgmt.tpm_key ? "" : "/device.tss2.pem");
+    else if (boot->mgmt.key)
         snprintf(m->key_path, sizeof(m->key_path), "%s", boot->mgmt.key);
     else
         snprintf(m->key_path, sizeof(m->key_path), "%s/device.key.pem", state_dir);

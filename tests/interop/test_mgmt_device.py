@@ -336,3 +336,106 @@ def test_stop_while_the_server_hangs(lab):
     finally:
         c.stop()
         hang.kill()
+
+
+def test_key_in_a_tpm(lab):
+    """The device key in a TPM (swtpm): the CMP proof of possession and the
+    mutual TLS of the profile requests are signed inside the TPM (our
+    EC_KEY method over ESYS, no OpenSSL provider); the state directory
+    holds no private key, and the installed profile uses source tpm."""
+    from test_hwcred import Swtpm, cred_probe
+    ns, d, _ = lab
+    tpm = Swtpm(ns, d / "tpm")
+    try:
+        key = d / "dev.tss2.pem"
+        subprocess.run(ns.argv(str(m2mvpn_client.find_binary()), "keygen", "--provider", "tpm", "--tcti", tpm.tcti,
+                               "--out", str(key), "--csr", str(d / "tpm.csr"), "--subject", "/CN=x"),
+                       check=True, capture_output=True)
+        ossl(d, "x509", "-req", "-in", "tpm.csr", "-CA", "devca.pem", "-CAkey", "devca.key", "-CAcreateserial",
+             "-days", "30", "-extfile", "device.ext", "-out", "tpm.pem")
+        ossl(d, "x509", "-in", "tpm.pem", "-pubkey", "-noout", "-out", "tpm.pub")
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-in", "tpm.pub", "-outform", "DER"], cwd=d,
+                             check=True, capture_output=True).stdout
+        dev = "dev-" + hashlib.sha256(der).hexdigest()[:16]
+        # The key as OpenSSL sees it: signs (verified with the certificate)
+        # with no provider loaded, and stops signing once the TPM is closed.
+        probe = subprocess.run(ns.argv(str(cred_probe()), "evp", "tpm", str(key), str(d / "tpm.pem"), tpm.tcti),
+                               capture_output=True, text=True)
+        assert probe.stdout.split("\n") == ["evp-sign ok", "providers default only", "evp-after-free refused", ""], \
+            probe.stdout + probe.stderr
+        assert probe.returncode == 0
+        managed = {"version": 1, "name": "managed", "mode": "manual", "gateways": [{"host": "198.51.100.1"}],
+                   "remote_id": "gw.m2m.test", "auth": {"method": "cert"}}
+        bundle(d, dev, 1, managed)
+        start_mock(ns, d, SECRET, rsp_cert="tpm.pem")
+        front = start_front(ns, d)
+        prof = boot(d)
+        prof["management"]["key"] = {"provider": "tpm", "tpm_key": str(key), "tpm_tcti": tpm.tcti}
+        with client_for(ns, d, prof) as c:
+            m = wait_mgmt(c, "enrolled", profile_version=1)
+            assert m["device_id"] == dev
+            installed = json.loads((c.state_dir / "profile.json").read_text())
+            assert installed["auth"]["cert"] == {"source": "tpm", "tpm_key": str(key), "file": "device.crt.pem",
+                                                 "tpm_tcti": tpm.tcti}
+            assert stored(c) == ["device.crt.pem", "mgmt.json", "profile.json"]
+            for f in c.state_dir.iterdir():
+                assert b"PRIVATE KEY" not in f.read_bytes(), f
+            gets = [json.loads(x) for x in front.read_text().splitlines() if '"GET"' in x]
+            assert gets and gets[0]["status"] == 200
+            # A newer profile: the TPM, opened again for that request, signs.
+            bundle(d, dev, 2, managed)
+            wait_mgmt(c, "enrolled", timeout_s=60, profile_version=2)
+    finally:
+        tpm.stop()
+
+
+def test_tpm_key_made_by_the_device_while_pending(lab):
+    """No key yet: the device makes it in the TPM (device.tss2.pem in its
+    state directory: the key wrapped by that TPM, not a private key) and
+    signs the proof of possession with it; asked again, the same key."""
+    from test_hwcred import Swtpm
+    ns, d, _ = lab
+    tpm = Swtpm(ns, d / "tpm")
+    try:
+        start_mock(ns, d, SECRET, "-poll_count", "1000", "-check_after", "1")
+        start_front(ns, d)
+        prof = boot(d, key=None)
+        prof["management"]["key"] = {"provider": "tpm", "tpm_tcti": tpm.tcti}
+        with client_for(ns, d, prof) as c:
+            m = wait_mgmt(c, "pending")
+            assert m["device_id"].startswith("dev-")
+            assert stored(c) == ["device.tss2.pem", "mgmt.json"]
+            key = c.state_dir / "device.tss2.pem"
+            first = key.read_text()
+            assert first.startswith("-----BEGIN TSS2 PRIVATE KEY-----\n")
+            time.sleep(3)   # asked again (check_after 1 s): the same key
+            assert key.read_text() == first
+    finally:
+        tpm.stop()
+
+
+def test_wrong_tpm_pin_is_presented_once(lab):
+    """A PIN for a TPM key that has none (a wrong authValue): refused with a
+    clear error, and not presented again by itself (the TPM counts each
+    failure towards its dictionary-attack lockout)."""
+    from test_hwcred import Swtpm
+    ns, d, _ = lab
+    tpm = Swtpm(ns, d / "tpm")
+    try:
+        key = d / "dev.tss2.pem"
+        subprocess.run(ns.argv(str(m2mvpn_client.find_binary()), "keygen", "--provider", "tpm", "--tcti", tpm.tcti,
+                               "--out", str(key), "--csr", str(d / "tpm.csr"), "--subject", "/CN=x"),
+                       check=True, capture_output=True)
+        start_mock(ns, d, SECRET)
+        start_front(ns, d)
+        prof = boot(d)
+        prof["management"]["key"] = {"provider": "tpm", "tpm_key": str(key), "tpm_tcti": tpm.tcti, "pin": "wrong"}
+        with client_for(ns, d, prof) as c:
+            m = wait_mgmt(c, "error")
+            assert "wrong PIN for TPM key" in m["last_error"], m
+            assert tpm.lockout_counter() == 1
+            time.sleep(prof["management"]["poll_s"] + 5)   # past the retry delay of other failures
+            assert tpm.lockout_counter() == 1
+            assert stored(c) == []
+    finally:
+        tpm.stop()

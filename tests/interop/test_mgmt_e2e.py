@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -210,31 +212,39 @@ def test_day0_tpm_key(lab, charons, tpm_in):  # noqa: F811
         assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0]) == 3
 
 
-def test_day0_postgres_two_instances(lab, charons, workdir):
-    with mh.postgres_server(str(workdir), wrap=lab.topo.gateway.argv()) as db:
-        if db is None:
-            pytest.fail("PostgreSQL server binaries missing (apt-get install postgresql)")
-        try:
-            a = lab.server(db, name="a")
-            b = lab.server(db, name="b")
-            assert a.port != b.port
-            # the device talks to a, the operator to b: no state in either instance
-            day0(lab, charons, a, b)
-        finally:
-            lab.stack.close()   # the servers stop before their database
+def test_day0_postgres_two_instances(lab, charons):
+    # PostgreSQL runs as "nobody": a folder it can reach (pytest's is root's alone)
+    pgdir = tempfile.mkdtemp(prefix="m2mpg-")
+    os.chmod(pgdir, 0o755)
+    try:
+        with mh.postgres_server(pgdir, wrap=lab.topo.gateway.argv()) as db:
+            if db is None:
+                pytest.fail("PostgreSQL server binaries missing (apt-get install postgresql)")
+            try:
+                a = lab.server(db, name="a")
+                b = lab.server(db, name="b")
+                assert a.port != b.port
+                assert "store postgresql" in a.text() and "store postgresql" in b.text()
+                # the device talks to a, the operator to b: no state in either instance
+                day0(lab, charons, a, b)
+            finally:
+                lab.stack.close()   # the servers stop before their database
+    finally:
+        shutil.rmtree(pgdir, ignore_errors=True)
 
 
 # -- refusals: nothing changed on the device ------------------------------------------------
 
 
 def refused(lab: Lab, boot: dict, sub: str, want: list[str], before: dict | None = None) -> dict:
+    if before is None:
+        before = snapshot(lab.workdir / sub / "state")
     with lab.device(boot, sub=sub) as dev:
-        if before is None:
-            before = snapshot(dev.state_dir)
         m = wait_error(dev)
         err = m.get("last_error") or ""
         for w in want:
             assert w in err, m
+        print(f"refused ({sub}): {err}")
         time.sleep(1)
         assert snapshot(dev.state_dir) == before
         assert "event ENROLLED" not in events(dev)
@@ -282,6 +292,7 @@ def test_bundle_from_another_signer_refused(lab):
         v1 = m["profile_version"]
     before = snapshot(lab.workdir / "dev" / "state")
     assert {"device.crt.pem", "profile.json", "mgmt.json"} <= before.keys()
+    time.sleep(1.1)   # a rewritten last_contact (seconds) would differ
     srv.stop()
     lab.stack.pop_all()
     d = lab.d

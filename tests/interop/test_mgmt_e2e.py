@@ -169,8 +169,13 @@ def day0(lab: Lab, charons, device_srv, admin_srv, key: dict | None = None, env=
         t_tunnel = time.monotonic() - t1
         assert st["profile"] == "fleet", st
         assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0]) == 3
+        # the echoes went through the tunnel: our counters (refreshed about once a second)
+        deadline = time.monotonic() + 10
+        while (c := dev.status()["counters"])["packets_out"] < 3 or c["packets_in"] < 3:
+            assert time.monotonic() < deadline, c
+            time.sleep(0.2)
         log = events(dev)
-        assert "event ENROLLED" in log and "event CONFIG_UPDATED" in log, dev.log_tail()
+        assert f"event ENROLLED: enrolled as {dev_id}" in log and "event CONFIG_UPDATED" in log, dev.log_tail()
         assert log.index("event ENROLLED") < log.index("event CONFIG_UPDATED")
         listed = {x["id"]: x for x in lab.admin(admin_srv, "device", "list")["devices"]}
         assert listed[dev_id]["state"] == "enrolled", listed
@@ -178,6 +183,7 @@ def day0(lab: Lab, charons, device_srv, admin_srv, key: dict | None = None, env=
         assert installed["local_id"] == dev_id and installed["remote_id"] == pkimod.GATEWAY_ID
         assert f"enrolled as {dev_id}" in dev.cli("status").stdout
         st = dev.status()
+        assert st["management"]["last_contact"] > 0 and st["management"]["last_error"] == "", st
         print(f"day0 timings: pending after {t_pending:.1f}s, approve->tunnel {t_tunnel:.1f}s")
         return st
 

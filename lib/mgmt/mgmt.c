@@ -595,7 +595,12 @@ static void fetch_done(mgmt *m, job *j)
     } else if (j->http == 200) {
         int r = install(m, j->body, j->len, j->new_etag, err, sizeof(err));
         if (r < 0) {
+            /* A refused bundle changes nothing stored, mgmt.json included
+             * (its last_contact is saved with the next accepted answer). */
             fail_event(m, r, err, false);
+            publish_status(m, NULL);
+            schedule(m, m->boot->mgmt.poll_s);
+            return;
         }
     } else {
         snprintf(err, sizeof(err), "management server answered the profile request with HTTP %ld: %.200s",

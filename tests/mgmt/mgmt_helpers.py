@@ -1,10 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helpers of the management server tests: a PKI made with the openssl
 command, a config, m2mvpn-mgmtd on loopback, m2mvpn-admin runs."""
+import contextlib
+import glob
 import hashlib
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import time
 
@@ -124,3 +128,43 @@ TEMPLATE = {
     "auth": {"method": "psk", "psk": "must-be-replaced"},
     "tunnel": {"request_vip": True, "remote_ts": ["198.18.0.0/15"]},
 }
+
+
+def pg_bin():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def postgres_server(workdir, wrap=()):
+    """A PostgreSQL of its own (initdb + pg_ctl in workdir/pg, as "nobody" when
+    run as root) on 127.0.0.1; wrap: a command prefix (e.g. ip netns exec NS).
+    Yields the libpq URL; None if the server binaries are missing."""
+    bindir = pg_bin()
+    if not bindir:
+        yield None
+        return
+    run_as = list(wrap)
+    if os.geteuid() == 0:
+        run_as += ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    data = os.path.join(workdir, "pg")
+    os.mkdir(data, 0o700)
+    if os.geteuid() == 0:
+        shutil.chown(data, "nobody", "nogroup")
+    subprocess.run(run_as + [f"{bindir}/initdb", "-D", data, "-U", "m2m", "-A", "trust", "--no-sync"],
+                   check=True, capture_output=True, timeout=120)
+    port = free_port()
+    opts = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off"
+    subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", f"{data}/log", "-w", "-t", "60",
+                             "start"], check=True, capture_output=True, timeout=120)
+    try:
+        yield f"postgresql://m2m@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)

@@ -2,55 +2,23 @@
 """The store and m2mvpn-mgmtd on a real PostgreSQL the test starts itself
 (initdb + pg_ctl in a temp folder, as the unprivileged user "nobody"):
 the store's Check suite again, then two server instances on one database."""
-import glob
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 
 import pytest
 
-from mgmt_helpers import TEMPLATE, TEST_STORE, Mgmtd, admin_json, make_config
+from mgmt_helpers import TEMPLATE, TEST_STORE, Mgmtd, admin_json, make_config, postgres_server
 from test_mgmt_server import cmp_ir, newkey
-
-
-def pg_bin():
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return os.path.dirname(found[-1]) if found else None
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def postgres(workdir):
-    bindir = pg_bin()
-    if not bindir:
-        pytest.skip("PostgreSQL server binaries missing (apt-get install postgresql)")
-    if os.geteuid() == 0:
-        run_as = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-    else:
-        run_as = []
-    data = os.path.join(workdir, "pg")
-    os.mkdir(data, 0o700)
-    if run_as:
-        shutil.chown(data, "nobody", "nogroup")
-    subprocess.run(run_as + [f"{bindir}/initdb", "-D", data, "-U", "m2m", "-A", "trust", "--no-sync"],
-                   check=True, capture_output=True, timeout=120)
-    port = free_port()
-    opts = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off"
-    subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-o", opts, "-l", f"{data}/log", "-w", "-t", "60",
-                             "start"], check=True, capture_output=True, timeout=120)
-    try:
-        yield f"postgresql://m2m@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)
+    with postgres_server(workdir) as url:
+        if url is None:
+            pytest.skip("PostgreSQL server binaries missing (apt-get install postgresql)")
+        yield url
 
 
 def test_store_suite_on_postgres(postgres):

@@ -204,8 +204,6 @@ def test_day0_softhsm_key(lab, charons, workdir, monkeypatch):
     assert "label:      device" in objs and "Certificate Object" in objs, objs
 
 
-@pytest.mark.xfail(strict=True, reason="enrolment with a TPM key is refused by lib/mgmt on main "
-                                       "(\"not supported by this build yet\")")
 def test_day0_tpm_key(lab, charons, tpm_in):  # noqa: F811
     tpm = tpm_in(lab.topo.client)
     srv = lab.server()

@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <json-c/json.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +21,8 @@ typedef struct {
 static const char *server, *ca;
 static char *token;
 static int json_out;
-static FILE *upload;          /* set: the next call() sends this file as the body */
-static long long upload_size;
+static const char *upload;    /* set: the next call() sends these bytes as an octet-stream body */
+static size_t upload_size;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -84,10 +85,9 @@ static long call(const char *method, const char *path, const char *body, buf *ou
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (upload) {   /* streamed from the file */
-        curl_easy_setopt(c, CURLOPT_POST, 1L);
-        curl_easy_setopt(c, CURLOPT_READDATA, upload);
+    if (upload) {   /* one chunk of an artifact */
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)upload_size);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, upload);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 600L);
     } else if (body)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
@@ -138,6 +138,59 @@ static json_object *api(const char *method, const char *path, const char *body)
     }
     if (!o)
         die("the server's answer is not JSON");
+    return o;
+}
+
+/* The file in chunks of at most the server's chunk size (PUT artifacts/ID?offset=N), then
+   finish with its size and sha256; the server checks both. The answer of finish. */
+static const char *sget(json_object *o, const char *k);
+static json_object *upload_artifact(const char *file)
+{
+    FILE *f = fopen(file, "rb");
+    if (!f)
+        die("--file %s: %s", file, strerror(errno));
+    json_object *st = api("POST", "/api/v1/admin/artifacts", NULL), *v;
+    char id[64], path[256];
+    snprintf(id, sizeof(id), "%s", sget(st, "upload"));
+    long long chunk = json_object_object_get_ex(st, "chunk_max", &v) ? json_object_get_int64(v) : 0;
+    json_object_put(st);
+    if (chunk <= 0 || chunk > (64LL << 20))
+        chunk = 1 << 20;
+    char *b = malloc((size_t)chunk);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (!b || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+        die("out of memory");
+    long long off = 0;
+    size_t n;
+    while ((n = fread(b, 1, (size_t)chunk, f)) > 0) {
+        if (EVP_DigestUpdate(md, b, n) != 1)
+            die("sha256 of %s failed", file);
+        snprintf(path, sizeof(path), "/api/v1/admin/artifacts/%s?offset=%lld", id, off);
+        upload = b, upload_size = n;
+        json_object_put(api("PUT", path, NULL));
+        upload = NULL;
+        off += (long long)n;
+    }
+    if (ferror(f))
+        die("--file %s: %s", file, strerror(errno));
+    fclose(f);
+    free(b);
+    if (off == 0)
+        die("--file %s: empty", file);
+    unsigned char h[32];
+    unsigned int hl = 0;
+    char hex[65];
+    if (EVP_DigestFinal_ex(md, h, &hl) != 1)
+        die("sha256 of %s failed", file);
+    EVP_MD_CTX_free(md);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", h[i]);
+    json_object *fin = json_object_new_object();
+    json_object_object_add(fin, "sha256", json_object_new_string(hex));
+    json_object_object_add(fin, "size", json_object_new_int64(off));
+    snprintf(path, sizeof(path), "/api/v1/admin/artifacts/%s/finish", id);
+    json_object *o = api("POST", path, json_object_to_json_string(fin));
+    json_object_put(fin);
     return o;
 }
 
@@ -405,15 +458,7 @@ int main(int argc, char **argv)
             die("update publish needs --group G --file F --version V");
         if (!*ver || strlen(ver) > 63 || strpbrk(ver, " \t\r\n"))
             die("--version %s: 1 to 63 characters without spaces", ver);
-        upload = fopen(file, "rb");
-        if (!upload || fseek(upload, 0, SEEK_END) < 0 || (upload_size = ftell(upload)) < 0 ||
-            fseek(upload, 0, SEEK_SET) < 0)
-            die("--file %s: %s", file, strerror(errno));
-        if (upload_size == 0)
-            die("--file %s: empty", file);
-        json_object *art = api("POST", "/api/v1/admin/artifacts", NULL);
-        fclose(upload);
-        upload = NULL;
+        json_object *art = upload_artifact(file);
         json_object_object_add(req, "group", json_object_new_string(g));
         json_object_object_add(req, "type", json_object_new_string("software"));
         json_object_object_add(req, "software_version", json_object_new_string(ver));

@@ -81,6 +81,7 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
     c->crl_next_update_s = 3600;
     c->poll_s = 300;
     c->artifact_max_bytes = MGMTD_ARTIFACT_MAX_DEFAULT;
+    c->max_connections = MGMTD_MAX_CONNECTIONS_DEFAULT;
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "config %s: %s", path, strerror(errno));
@@ -132,6 +133,7 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
         {"crl_next_update_s", 8, 0, 0},
         {"poll_s", 4, 0, 0},
         {"artifact_max_bytes", 4, 0, 0},
+        {"max_connections", 8, 0, 0},
         {"state_dir", 1, 0, offsetof(mgmtd_config, state_dir)},
     };
     int rc = 0;
@@ -180,6 +182,17 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
                 goto out;
             }
             c->cert_days = (int)d;
+            continue;
+        }
+        if (keys[i].kind == 8 && !strcmp(keys[i].key, "max_connections")) {
+            int64_t d = json_object_get_int64(v);
+            if (!json_object_is_type(v, json_type_int) || d < 1 || d > 65536) {
+                snprintf(err, errlen, "config %s: key \"%s\": expected a whole number of connections, 1 to 65536",
+                         path, keys[i].key);
+                rc = -1;
+                goto out;
+            }
+            c->max_connections = (int)d;
             continue;
         }
         if (keys[i].kind == 8) {

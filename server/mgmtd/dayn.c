@@ -2,6 +2,7 @@
 /* Day 1..N routes (mgmt contract, day N): the device's poll, deployment
  * bundles, artifacts and feedback; the admin side of deployments and
  * software artifacts; the read-only fleet page. All state is in the store. */
+#include <dirent.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -10,6 +11,7 @@
 #include <json-c/json.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -494,79 +496,249 @@ void mgmtd_admin_deployment_list(mgmtd *m, struct evhttp_request *req)
     mgmtd_reply_json(req, 200, out);
 }
 
-/* The body goes to STATE_DIR/artifacts/<sha256>: a temp file, fsync, rename, fsync of the folder. */
-void mgmtd_admin_artifact_upload(mgmtd *m, struct evhttp_request *req)
+/* ------------------------------------------------------- artifact upload
+   Chunked, so no request body is ever larger than MGMTD_CHUNK_MAX: the
+   partial file is STATE_DIR/artifacts/.upload-ID (ID: 32 random hex digits),
+   every chunk appended at its offset and fsynced; finish checks size and
+   sha256, then renames it to artifacts/<sha256>. Partial uploads untouched for
+   MGMTD_UPLOAD_STALE_S are removed when the next upload starts. */
+
+static int artifact_dir(mgmtd *m, char *dir, size_t cap)
 {
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    if ((long long)len > m->cfg.artifact_max_bytes) {
-        mgmtd_reply_error(req, 413, "artifact larger than %lld bytes (config \"artifact_max_bytes\")",
-                          m->cfg.artifact_max_bytes);
-        return;
-    }
-    if (len == 0) {
-        mgmtd_reply_error(req, 400, "artifact: empty body");
-        return;
-    }
-    char dir[4096], tmp[4200], final[4200];
-    snprintf(dir, sizeof(dir), "%s/artifacts", m->cfg.state_dir);
+    snprintf(dir, cap, "%s/artifacts", m->cfg.state_dir);
     if ((mkdir(m->cfg.state_dir, 0700) < 0 && errno != EEXIST) || (mkdir(dir, 0700) < 0 && errno != EEXIST)) {
         mgmtd_log("artifact folder %s: %s", dir, strerror(errno));
-        mgmtd_reply_error(req, 500, "cannot store the artifact (see the server's log)");
+        return -1;
+    }
+    return 0;
+}
+
+static int is_upload_id(const char *s)
+{
+    if (!s || strlen(s) != 32)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return 0;
+    return 1;
+}
+
+static void remove_stale_uploads(const char *dir, long long now)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        struct stat st;
+        if (strncmp(e->d_name, ".upload-", 8) || fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        if (now - (long long)st.st_mtime > MGMTD_UPLOAD_STALE_S && unlinkat(dirfd(d), e->d_name, 0) == 0)
+            mgmtd_log("artifact upload %s: unfinished for more than %d s, removed", e->d_name + 8,
+                      MGMTD_UPLOAD_STALE_S);
+    }
+    closedir(d);
+}
+
+void mgmtd_admin_artifact_start(mgmtd *m, struct evhttp_request *req)
+{
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > 0) {
+        mgmtd_reply_error(req, 400, "artifacts: start an upload with an empty body, then PUT artifacts/ID?offset=N "
+                                    "chunks of at most %d bytes, then POST artifacts/ID/finish", MGMTD_CHUNK_MAX);
         return;
     }
-    snprintf(tmp, sizeof(tmp), "%s/.upload-XXXXXX", dir);
-    int fd = mkstemp(tmp);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int ok = fd >= 0 && md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    char dir[4096], path[4200], id[33];
+    unsigned char rnd[16];
+    if (artifact_dir(m, dir, sizeof(dir)) < 0 || RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        mgmtd_reply_error(req, 500, "cannot start an upload (see the server's log)");
+        return;
+    }
+    remove_stale_uploads(dir, (long long)time(NULL));
+    for (int i = 0; i < 16; i++)
+        snprintf(id + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(path, sizeof(path), "%s/.upload-%s", dir, id);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        mgmtd_log("artifact upload %s: %s", path, strerror(errno));
+        mgmtd_reply_error(req, 500, "cannot start an upload (see the server's log)");
+        return;
+    }
+    close(fd);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "upload", json_object_new_string(id));
+    json_object_object_add(o, "chunk_max", json_object_new_int(MGMTD_CHUNK_MAX));
+    json_object_object_add(o, "size_max", json_object_new_int64(m->cfg.artifact_max_bytes));
+    mgmtd_reply_json(req, 201, o);
+}
+
+/* The partial file of upload id: path filled, 0; -1 after replying 404/500. */
+static int upload_path(mgmtd *m, struct evhttp_request *req, const char *id, char *path, size_t cap,
+                       struct stat *st)
+{
+    char dir[4096];
+    if (!is_upload_id(id)) {
+        mgmtd_reply_error(req, 404, "artifacts/ID: 32 lowercase hex digits expected");
+        return -1;
+    }
+    snprintf(dir, sizeof(dir), "%s/artifacts", m->cfg.state_dir);
+    snprintf(path, cap, "%s/.upload-%s", dir, id);
+    if (lstat(path, st) < 0 || !S_ISREG(st->st_mode)) {
+        mgmtd_reply_error(req, 404, "no upload %s (finished, refused or removed after %d s unused)", id,
+                          MGMTD_UPLOAD_STALE_S);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_all(int fd, const char *p, size_t n, off_t off)
+{
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w, n -= (size_t)w, off += w;
+    }
+    return 0;
+}
+
+void mgmtd_admin_artifact_chunk(mgmtd *m, struct evhttp_request *req, const char *id)
+{
+    char path[4200];
+    struct stat st;
+    if (upload_path(m, req, id, path, sizeof(path), &st) < 0)
+        return;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    struct evkeyvalq qs = {0};
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    const char *os = NULL;
+    if (query && evhttp_parse_query_str(query, &qs) == 0)
+        os = evhttp_find_header(&qs, "offset");
+    char *end = NULL;
+    long long off = os && *os >= '0' && *os <= '9' ? strtoll(os, &end, 10) : -1;
+    int bad_off = off < 0 || !end || *end;
+    evhttp_clear_headers(&qs);
+    if (bad_off) {
+        mgmtd_reply_error(req, 400, "artifacts/ID: query \"offset=N\" (bytes already sent) expected");
+        return;
+    }
+    if (len == 0 || len > MGMTD_CHUNK_MAX) {
+        mgmtd_reply_error(req, len ? 413 : 400, "artifact chunk: 1 to %d bytes", MGMTD_CHUNK_MAX);
+        return;
+    }
+    if (off != (long long)st.st_size) {
+        mgmtd_reply_error(req, 409, "artifact chunk: offset %lld, but the upload has %lld bytes", off,
+                          (long long)st.st_size);
+        return;
+    }
+    if (off + (long long)len > m->cfg.artifact_max_bytes) {
+        unlink(path);
+        mgmtd_reply_error(req, 413, "artifact larger than %lld bytes (config \"artifact_max_bytes\"); upload %s "
+                                    "removed", m->cfg.artifact_max_bytes, id);
+        return;
+    }
+    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    int ok = fd >= 0;
     while (ok && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
-        size_t n = v.iov_len;
-        ok = EVP_DigestUpdate(md, v.iov_base, n) == 1;
-        for (size_t off = 0; ok && off < n;) {
-            ssize_t w = write(fd, (char *)v.iov_base + off, n - off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            ok = w > 0;
-            off += w > 0 ? (size_t)w : 0;
-        }
-        evbuffer_drain(in, n);
+        ok = write_all(fd, v.iov_base, v.iov_len, (off_t)off) == 0;
+        off += (long long)v.iov_len;
+        evbuffer_drain(in, v.iov_len);
+    }
+    ok = ok && fsync(fd) == 0;
+    if (fd >= 0 && close(fd) < 0)
+        ok = 0;
+    if (!ok) {
+        mgmtd_log("artifact upload %s: %s", path, strerror(errno));
+        mgmtd_reply_error(req, 500, "cannot store the chunk (see the server's log)");
+        return;
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "size", json_object_new_int64(off));
+    mgmtd_reply_json(req, 200, o);
+}
+
+/* {"sha256": "<64 hex>", "size": N}: the upload must match both, else it is removed. */
+void mgmtd_admin_artifact_finish(mgmtd *m, struct evhttp_request *req, const char *id)
+{
+    char path[4200], dir[4096], final[4200];
+    struct stat st;
+    if (upload_path(m, req, id, path, sizeof(path), &st) < 0)
+        return;
+    json_object *o = mgmtd_body_json(req), *v;
+    if (!o)
+        return;
+    const char *want = json_object_object_get_ex(o, "sha256", &v) ? json_object_get_string(v) : NULL;
+    long long size = json_object_object_get_ex(o, "size", &v) && json_object_is_type(v, json_type_int)
+                         ? (long long)json_object_get_int64(v) : -1;
+    if (!is_hex64(want) || size < 1) {
+        json_object_put(o);
+        mgmtd_reply_error(req, 400, "finish: {\"sha256\": \"<64 lowercase hex>\", \"size\": <bytes>} expected");
+        return;
     }
     unsigned char h[32];
     unsigned int hl = 0;
     char hex[65];
-    ok = ok && EVP_DigestFinal_ex(md, h, &hl) == 1 && fsync(fd) == 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = fd >= 0 && md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    long long got = 0;
+    static char buf[65536];
+    for (ssize_t r; ok && (r = read(fd, buf, sizeof(buf))) != 0;) {
+        if (r < 0 && errno == EINTR)
+            continue;
+        ok = r > 0 && EVP_DigestUpdate(md, buf, (size_t)r) == 1;
+        got += r > 0 ? r : 0;
+    }
+    ok = ok && EVP_DigestFinal_ex(md, h, &hl) == 1;
     EVP_MD_CTX_free(md);
-    if (fd >= 0 && close(fd) < 0)
-        ok = 0;
+    if (fd >= 0)
+        close(fd);
+    if (!ok) {
+        json_object_put(o);
+        mgmtd_log("artifact upload %s: %s", path, strerror(errno));
+        mgmtd_reply_error(req, 500, "cannot read the upload (see the server's log)");
+        return;
+    }
     for (int i = 0; i < 32; i++)
         snprintf(hex + 2 * i, 3, "%02x", h[i]);
+    if (got != size || strcmp(hex, want)) {
+        unlink(path);
+        mgmtd_log("admin: artifact upload %s refused: %lld bytes, sha256 %s; expected %lld bytes, sha256 %s", id,
+                  got, hex, size, want);
+        mgmtd_reply_error(req, 400, "upload %s refused and removed: it has %lld bytes with sha256 %s, expected %lld "
+                                    "bytes with sha256 %s", id, got, hex, size, want);
+        json_object_put(o);
+        return;
+    }
+    json_object_put(o);
+    snprintf(dir, sizeof(dir), "%s/artifacts", m->cfg.state_dir);
     snprintf(final, sizeof(final), "%s/%s", dir, hex);
-    if (ok && rename(tmp, final) == 0) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-    } else {
-        mgmtd_log("artifact upload to %s: %s", dir, strerror(errno));
-        if (fd >= 0)
-            unlink(tmp);
+    if (rename(path, final) < 0) {
+        mgmtd_log("artifact upload %s: rename to %s: %s", path, final, strerror(errno));
+        unlink(path);
         mgmtd_reply_error(req, 500, "cannot store the artifact (see the server's log)");
         return;
     }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
     char err[512];
-    int rc = store_artifact_put(m->st, hex, (long long)len, final, err, sizeof(err));
+    int rc = store_artifact_put(m->st, hex, got, final, err, sizeof(err));
     if (rc) {
         mgmtd_reply_store_error(req, rc, err);
         return;
     }
-    mgmtd_log("admin: artifact %s (%zu bytes) stored", hex, len);
-    json_object *o = json_object_new_object();
+    mgmtd_log("admin: artifact %s (%lld bytes) stored", hex, got);
+    o = json_object_new_object();
     json_object_object_add(o, "sha256", json_object_new_string(hex));
-    json_object_object_add(o, "size", json_object_new_int64((int64_t)len));
+    json_object_object_add(o, "size", json_object_new_int64(got));
     mgmtd_reply_json(req, 200, o);
 }
 

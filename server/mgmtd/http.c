@@ -65,11 +65,34 @@ fail:
     return NULL;
 }
 
+/* Open connections of the HTTPS listener: counted when evhttp asks for a connection's bufferevent,
+   uncounted when its SSL is freed (the bufferevent closes and frees it). At cfg.max_connections the
+   listener stops accepting; the kernel backlog holds new ones until a connection ends. */
+static int conn_index = -1;
+static mgmtd *https_m;   /* the server whose HTTPS listener is counted */
+
+static void conn_gone(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    mgmtd *m = ptr;
+    if (!m)
+        return;
+    if (m->nconn-- >= m->cfg.max_connections && m->listener && m->nconn < m->cfg.max_connections)
+        evconnlistener_enable(m->listener);
+}
+
 static struct bufferevent *new_tls_bev(struct event_base *base, void *arg)
 {
-    SSL *ssl = SSL_new((SSL_CTX *)arg);
+    mgmtd *m = arg;
+    SSL *ssl = SSL_new(m->tls);
     if (!ssl)
         return NULL;
+    if (conn_index >= 0 && SSL_set_ex_data(ssl, conn_index, m) == 1) {
+        if (++m->nconn >= m->cfg.max_connections && m->listener) {
+            evconnlistener_disable(m->listener);
+            mgmtd_log("%d connections open (config \"max_connections\"): new connections wait", m->nconn);
+        }
+    }
     struct bufferevent *bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                              BEV_OPT_CLOSE_ON_FREE);
     if (bev)
@@ -80,6 +103,8 @@ static struct bufferevent *new_tls_bev(struct event_base *base, void *arg)
 static void resume_accepting(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
+    if (https_m && arg == https_m->listener && https_m->nconn >= https_m->cfg.max_connections)
+        return;   /* stays paused until a connection ends */
     evconnlistener_enable(arg);
 }
 
@@ -103,11 +128,17 @@ int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen)
         snprintf(err, errlen, "cannot create the HTTP server");
         return -1;
     }
-    evhttp_set_bevcb(m->http, new_tls_bev, m->tls);
-    /* the largest body is a software artifact (config "artifact_max_bytes"); every
-       other route refuses more than MGMTD_MAX_BODY itself */
-    evhttp_set_max_body_size(m->http, (ev_ssize_t)(m->cfg.artifact_max_bytes > 4 * MGMTD_MAX_BODY
-                                                       ? m->cfg.artifact_max_bytes : 4 * MGMTD_MAX_BODY));
+    if (conn_index < 0)
+        conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, conn_gone);
+    if (conn_index < 0) {
+        snprintf(err, errlen, "TLS: cannot register the connection counter");
+        return -1;
+    }
+    evhttp_set_bevcb(m->http, new_tls_bev, m);
+    /* evhttp reads a whole body before any route or authentication check: the
+       limit is the largest body a route takes, one chunk of an artifact upload
+       (every other route refuses more than MGMTD_MAX_BODY itself) */
+    evhttp_set_max_body_size(m->http, MGMTD_CHUNK_MAX > MGMTD_MAX_BODY ? MGMTD_CHUNK_MAX : MGMTD_MAX_BODY);
     evhttp_set_max_headers_size(m->http, MGMTD_MAX_HEADERS);
     evhttp_set_timeout(m->http, MGMTD_TIMEOUT_S);
     evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT);
@@ -120,7 +151,9 @@ int mgmtd_http_start(mgmtd *m, int *port, char *err, size_t errlen)
                  m->cfg.listen_port, strerror(errno));
         return -1;
     }
-    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bs), accept_failed);
+    m->listener = evhttp_bound_socket_get_listener(bs);
+    https_m = m;
+    evconnlistener_set_error_cb(m->listener, accept_failed);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     *port = m->cfg.listen_port;

@@ -150,6 +150,7 @@ int main(int argc, char **argv)
     event_free(sigterm);
     event_free(sigint);
 out:
+    m.listener = NULL;   /* freed by evhttp_free before its connections: they must not resume it */
     if (m.http)
         evhttp_free(m.http);
     if (m.crl_http)

@@ -16,6 +16,9 @@
 #define MGMTD_BUNDLE_VALID_S (30LL * 86400) /* not_after of a profile bundle */
 #define MGMTD_PENDING_RETRY_S 60            /* checkAfter in a "waiting" CMP answer */
 #define MGMTD_ARTIFACT_MAX_DEFAULT (64LL * 1024 * 1024)
+#define MGMTD_CHUNK_MAX (1024 * 1024)       /* one chunk of an artifact upload: the largest body read */
+#define MGMTD_UPLOAD_STALE_S 3600           /* an unfinished upload untouched this long is removed */
+#define MGMTD_MAX_CONNECTIONS_DEFAULT 512   /* per listener; beyond it accepting pauses */
 
 struct evhttp_request;
 struct evhttp;
@@ -38,6 +41,7 @@ typedef struct mgmtd_config {
     int poll_s;                    /* suggested to polling devices; overdue after 3 x */
     long long artifact_max_bytes;  /* an uploaded software file */
     char *state_dir;               /* artifacts/ below it; default the config's folder */
+    int max_connections;           /* open connections per listener (default 512) */
 } mgmtd_config;
 
 /* Reads and checks the JSON config; relative paths resolve against its folder.
@@ -54,6 +58,8 @@ typedef struct mgmtd {
     SSL_CTX *tls;
     struct event_base *base;
     struct evhttp *http;
+    struct evconnlistener *listener; /* of http: paused at cfg.max_connections open connections */
+    int nconn;
     /* day 1..N: the CRL, cached (rebuilt when the revoked set changes, and before nextUpdate) */
     struct evhttp *crl_http;
     unsigned char *crl_der;
@@ -102,7 +108,10 @@ void mgmtd_device_poll(mgmtd *m, struct evhttp_request *req);
 void mgmtd_device_deployment(mgmtd *m, struct evhttp_request *req, const char *rest);
 void mgmtd_device_artifact(mgmtd *m, struct evhttp_request *req, const char *rest);
 void mgmtd_admin_profile_publish(mgmtd *m, struct evhttp_request *req, const char *group);
-void mgmtd_admin_artifact_upload(mgmtd *m, struct evhttp_request *req);
+/* chunked artifact upload: POST artifacts (start), PUT artifacts/ID?offset=N, POST artifacts/ID/finish */
+void mgmtd_admin_artifact_start(mgmtd *m, struct evhttp_request *req);
+void mgmtd_admin_artifact_chunk(mgmtd *m, struct evhttp_request *req, const char *id);
+void mgmtd_admin_artifact_finish(mgmtd *m, struct evhttp_request *req, const char *id);
 void mgmtd_admin_deployment_create(mgmtd *m, struct evhttp_request *req);
 void mgmtd_admin_deployment_list(mgmtd *m, struct evhttp_request *req);
 void mgmtd_fleet(mgmtd *m, struct evhttp_request *req);

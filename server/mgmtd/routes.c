@@ -727,7 +727,11 @@ static void route_admin(mgmtd *m, struct evhttp_request *req, const char *rest)
     else if (n == 3 && !strcmp(seg[0], "groups") && !strcmp(seg[2], "publish") && cmd == EVHTTP_REQ_POST)
         mgmtd_admin_profile_publish(m, req, seg[1]);
     else if (n == 1 && !strcmp(seg[0], "artifacts") && cmd == EVHTTP_REQ_POST)
-        mgmtd_admin_artifact_upload(m, req);
+        mgmtd_admin_artifact_start(m, req);
+    else if (n == 2 && !strcmp(seg[0], "artifacts") && cmd == EVHTTP_REQ_PUT)
+        mgmtd_admin_artifact_chunk(m, req, seg[1]);
+    else if (n == 3 && !strcmp(seg[0], "artifacts") && !strcmp(seg[2], "finish") && cmd == EVHTTP_REQ_POST)
+        mgmtd_admin_artifact_finish(m, req, seg[1]);
     else if (n == 1 && !strcmp(seg[0], "deployments") && cmd == EVHTTP_REQ_POST)
         mgmtd_admin_deployment_create(m, req);
     else if (n == 1 && !strcmp(seg[0], "deployments") && cmd == EVHTTP_REQ_GET)

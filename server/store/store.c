@@ -1079,9 +1079,12 @@ int store_deployment_feedback(store *s, long long id, const char *device_id, con
                       err, errlen);
         if (rc == 0 && n == 1 && !strcmp(l[0].state, "active")) {
             store_deployment *x = &l[0];
-            int reports = x->n_success + x->n_failure;
+            /* the share counts against the devices of the current wave (the
+               first wave, then every device), not the reports so far: one
+               early failure must not halt a rollout to many devices */
+            long long wave_size = x->wave == 1 ? x->n_first_wave : x->n_devices;
             const char *state = NULL, *wave = NULL;
-            if (reports > 0 && (long long)x->n_failure * 1000 > (long long)x->max_fail_permille * reports)
+            if ((long long)x->n_failure * 1000 > (long long)x->max_fail_permille * wave_size)
                 state = "halted";
             else if (x->n_pending + x->n_proceeding == 0 && x->wave == 2)
                 state = "done";

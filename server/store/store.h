@@ -125,7 +125,7 @@ typedef struct {
     char artifact[65];             /* software only: sha256 of the file */
     long long size;                /* software only */
     int percent;                   /* first wave: percent of the group's devices, 1..100 */
-    int max_fail_permille;         /* halt when failures / reports > this / 1000 */
+    int max_fail_permille;         /* halt when failures > this / 1000 x wave size */
     int window_start, window_end;  /* maintenance window, minutes after 00:00 UTC; -1 none */
     char state[8];                 /* active | halted | done */
     int wave;                      /* 1: the first wave only; 2: every device */
@@ -154,8 +154,9 @@ int store_deployment_for_device(store *s, long long id, const char *device_id, s
                                 char **payload, char *err, size_t errlen);
 /* Feedback of device_id (result: proceeding | success | failure). success and
    failure close it for the device; then, in the same transaction, the
-   rollout rules: halted when failures / (successes + failures) exceeds the
-   maximum share; the second wave opens when every first-wave device
+   rollout rules: halted when failures exceed the maximum share times the
+   devices of the current wave (first wave: n_first_wave, second: n_devices);
+   the second wave opens when every first-wave device
    succeeded; done when every device reported. */
 int store_deployment_feedback(store *s, long long id, const char *device_id, const char *result,
                               const char *details, long long now, char *err, size_t errlen);

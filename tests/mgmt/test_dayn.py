@@ -189,12 +189,31 @@ def test_staged_rollout_second_wave(pki, server):
     for x in rest:
         assert x.open_ids() == [dep]
         assert x.bundle(dep)["version"] == 1
-    # the share counts among the reports so far: one failure after 9 successes (0.1) stays under 0.2
+    # the share counts against the wave (now every device): one failure of 10 (0.1) stays under 0.2
     for x in rest[:-1]:
         x.feedback(dep, "success")
     rest[-1].feedback(dep, "failure", "rolled back")
     info = deployment(d, srv, dep)
     assert (info["state"], info["success"], info["failure"], info["pending"]) == ("done", 9, 1, 0)
+
+
+def test_one_early_failure_does_not_halt_a_wave(pki, server):
+    """The first report being a failure (1 of 1 report) must not halt a wave of 10
+    at 0.2: the limit is 0.2 x 10 devices; the third failure halts it."""
+    d, srv = pki, server
+    devs = setup_group(d, srv, n=10)
+    dep = admin_json(d, srv, "profile", "publish", "--group", "fleet", "--max-failures", "0.2")["id"]
+    devs[0].feedback(dep, "failure", "early failure")
+    info = deployment(d, srv, dep)
+    assert (info["state"], info["failure"]) == ("active", 1)
+    assert all(x.open_ids() == [dep] for x in devs[1:])
+    devs[1].feedback(dep, "success")
+    devs[2].feedback(dep, "failure", "second")
+    assert deployment(d, srv, dep)["state"] == "active"
+    devs[3].feedback(dep, "failure", "third")
+    info = deployment(d, srv, dep)
+    assert (info["state"], info["failure"]) == ("halted", 3)
+    assert all(dep not in x.open_ids() for x in devs[4:])
 
 
 def window_excluding_now():

@@ -173,6 +173,7 @@ def test_bad_bearer_and_limits(pki, server):
     ({"database": "mysql://x"}, '"database"'),
     ({"tls_key": "nonexistent.key"}, '"tls_key"'),
     ({"poll_s": 0}, '"poll_s"'),
+    ({"max_connections": 0}, '"max_connections"'),
     ({"artifact_max_bytes": "64M"}, '"artifact_max_bytes"'),
     ({"state_dir": ""}, '"state_dir"'),
 ])

@@ -564,7 +564,7 @@ START_TEST(rollout_rules)
     char ids[10][STORE_ID_MAX];
     fleet(s, g, 10, ids);
     long long now = time(NULL);
-    /* 30 %: the first three devices only; one failure of two reports > 0.2 halts */
+    /* 30 %: the first three devices only; one failure > 0.2 x 3 (the wave) halts */
     store_deployment d = dep_new(s, g, 30, 200);
     ck_assert_int_eq(d.n_devices, 10);
     ck_assert_int_eq(d.n_first_wave, 3);
@@ -621,6 +621,17 @@ START_TEST(rollout_rules)
     free(tpl);
     /* the device that failed with version 2 is not handed it again by the day-0 route */
     ck_assert_int_eq(store_device_profile(s, g, ids[9], &tpl, &v, err, sizeof(err)), STORE_NOTFOUND);
+
+    /* a wave of 10 at 0.2: the first report being a failure does not halt
+       (1 <= 2 of the wave, not 1 of 1 report), nor a second; a third does */
+    store_deployment f = dep_new(s, g, 100, 200);
+    ck_assert_int_eq(f.n_first_wave, 10);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(store_deployment_feedback(s, f.id, ids[i], "failure", "x", now, err, sizeof(err)), 0);
+        ck_assert_int_eq(store_deployment_for_device(s, f.id, ids[9], &f, NULL, err, sizeof(err)), 0);
+        ck_assert_str_eq(f.state, i < 2 ? "active" : "halted");
+        ck_assert_int_eq(is_open(s, ids[9], f.id), i < 2);
+    }
     store_close(s);
 }
 END_TEST

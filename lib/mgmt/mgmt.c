@@ -480,10 +480,12 @@ static void enrol_done(mgmt *m, job *j)
         schedule(m, after < m->boot->mgmt.poll_s ? after : m->boot->mgmt.poll_s);
         return;
     }
-    if (j->r < 0 && j->made_key) {
-        /* Refused before the server bound a token to it: a key made by
-         * this attempt goes again, so a refused enrolment leaves the state
-         * directory as it was (the next attempt makes a new one). */
+    if (j->r < 0 && j->made_key && j->r != M2MVPN_E_NETWORK && j->r != M2MVPN_E_PROTOCOL) {
+        /* Refused: a key made by this attempt goes again, so a refused
+         * enrolment leaves the state directory as it was (the next attempt
+         * makes a new one). Not when the answer was lost or garbled: the
+         * server may have bound the token to this key (or issued its
+         * certificate) already, and only this key can ask again. */
         if (unlink(m->key_path) < 0)
             LOG_WARN(m->log, SUB, "cannot remove %s: %s", m->key_path, strerror(errno));
     }

@@ -96,10 +96,11 @@ def start_mock(ns, d: Path, secret: str, *extra: str, rsp_cert: str = "device.pe
     return p
 
 
-def start_front(ns, d: Path, cert: str = "server") -> Path:
+def start_front(ns, d: Path, cert: str = "server", drop_cmp: int = 0) -> Path:
     out = d / f"front-{cert}.log"
     ns.popen([sys.executable, str(HERE / "mgmt_front.py"), ADDR, str(PORT), f"{cert}.pem", f"{cert}.key",
-              "devca.pem", str(CMP_PORT), "bundle.der"], cwd=d, stdout=open(out, "w"), stderr=subprocess.STDOUT)
+              "devca.pem", str(CMP_PORT), "bundle.der", str(drop_cmp)], cwd=d, stdout=open(out, "w"),
+             stderr=subprocess.STDOUT)
     wait_port(ns, PORT)
     return out
 
@@ -246,6 +247,39 @@ def test_pending_keeps_its_generated_key(lab):
         first = key.read_text()
         time.sleep(3)   # asked again (check_after 1 s): the same key
         assert key.read_text() == first
+
+
+def test_lost_cmp_answer_keeps_the_generated_key(lab):
+    """The IR reached the server (which may have bound the token to the key,
+    or even issued the certificate) but the answer is lost on the way: an
+    attacker on the network cutting the connection must not make the device
+    throw the key away, or the token is spent on a key nobody has and the
+    device can never enrol. The next attempt asks again with the same key."""
+    ns, d, _ = lab
+    mock = start_mock(ns, d, SECRET, "-poll_count", "1000", "-check_after", "1")
+    front = start_front(ns, d, drop_cmp=1)
+    with client_for(ns, d, boot(d, key=None)) as c:
+        deadline = time.monotonic() + 30
+        m = None
+        while time.monotonic() < deadline:
+            m = c.status().get("management")
+            if m and m["state"] == "error":
+                break
+            time.sleep(0.2)
+        assert m and m["state"] == "error", m
+        assert '"dropped": true' in front.read_text()
+        key = c.state_dir / "device.key.pem"
+        assert key.exists(), stored(c)
+        first = key.read_text()
+        # The mock waits for a pollReq of the lost transaction now: a fresh
+        # one answers the new IR (waiting, as a server that bound the token).
+        mock.kill()
+        mock.wait()
+        start_mock(ns, d, SECRET, "-poll_count", "1000", "-check_after", "1")
+        wait_mgmt(c, "pending", timeout_s=40)
+        assert key.read_text() == first
+        assert json.loads((c.state_dir / "mgmt.json").read_text())["device_id"] == device_id(c.state_dir,
+                                                                                              "device.key.pem")
 
 
 def test_pending_then_enrolled(lab):

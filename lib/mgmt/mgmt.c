@@ -706,6 +706,13 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
         snprintf(err, err_len, "state directory %s is not a writable folder", state_dir);
         return M2MVPN_E_IO;
     }
+    /* Whoever else may write there could put their own key, certificate,
+     * profile and mgmt.json in it (or links where we write). */
+    if ((sb.st_uid != 0 && sb.st_uid != geteuid()) || (sb.st_mode & (S_IWGRP | S_IWOTH))) {
+        snprintf(err, err_len, "state directory %s is writable by other users (or belongs to another user): "
+                 "make it this user's own, mode 0700", state_dir);
+        return M2MVPN_E_IO;
+    }
     X509 *signer = read_cert(boot->mgmt.bundle_signer);
     if (!signer) {
         snprintf(err, err_len, "management.bundle_signer %s: no PEM certificate readable there",

@@ -347,6 +347,16 @@ static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object *
         json_object_put(p);
         return NULL;
     }
+    /* A set would pass the rules below untouched (its profiles' auth.cert,
+     * ca, management). */
+    const char *local = json_object_object_get_ex(p, "profiles", NULL)
+                            ? "must be one profile object, not a set (\"profiles\")"
+                            : NULL;
+    if (local) {
+        snprintf(err, err_len, "profile bundle refused: a delivered profile %s", local);
+        json_object_put(p);
+        return NULL;
+    }
     json_object *cas = json_object_new_array(), *ca;
     if (json_object_object_get_ex(p, "ca", &ca) && json_object_is_type(ca, json_type_array)) {
         for (size_t i = 0; i < json_object_array_length(ca); i++) {

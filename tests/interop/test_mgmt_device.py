@@ -177,6 +177,39 @@ def test_enrol_then_profile_over_mutual_tls(lab):
     assert (d / "mock.log").read_text().count("received") == before
 
 
+def test_delivered_profile_cannot_escape_the_device_rules(lab):
+    """A signed bundle is trusted for the VPN settings, not to pick local
+    files: a profile set ({"profiles": [...]}) would slip past what the
+    device does to a delivered profile (its own key in auth.cert, the CAs
+    written to the state directory, no "management"). Refused, the
+    installed version 1 stays."""
+    ns, d, dev = lab
+    start_mock(ns, d, SECRET)
+    start_front(ns, d)
+    managed = {"version": 1, "name": "managed", "mode": "manual", "gateways": [{"host": "198.51.100.1"}],
+               "remote_id": "gw.m2m.test"}
+    with client_for(ns, d, boot(d)) as c:
+        wait_mgmt(c, "enrolled", profile_version=1)
+        before = (c.state_dir / "profile.json").read_text()
+        own = {**managed, "name": "theirs",
+               "auth": {"method": "cert", "cert": {"source": "file", "file": str(d / "stranger.pem"),
+                                                   "key": str(d / "stranger.key")}}}
+        for version, prof, why in ((2, {"profiles": [own]}, "one profile"),):
+            bundle(d, dev, version, prof)
+            deadline = time.monotonic() + 40
+            m = None
+            while time.monotonic() < deadline:
+                m = c.status()["management"]
+                if why in (m.get("last_error") or ""):
+                    break
+                time.sleep(0.2)
+            assert why in (m.get("last_error") or ""), m
+            assert m["profile_version"] == 1, m
+            assert (c.state_dir / "profile.json").read_text() == before
+            assert json.loads((c.state_dir / "mgmt.json").read_text())["profile_version"] == 1
+            assert c.status()["profile"] == "managed"
+
+
 def test_wrong_token_secret_is_refused_and_nothing_is_written(lab):
     ns, d, _ = lab
     start_mock(ns, d, "B" * 43)

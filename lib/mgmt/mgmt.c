@@ -348,9 +348,13 @@ static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object *
         return NULL;
     }
     /* A set would pass the rules below untouched (its profiles' auth.cert,
-     * ca, management). */
+     * ca, management); a program to run is no setting the server picks. */
+    json_object *tun;
     const char *local = json_object_object_get_ex(p, "profiles", NULL)
                             ? "must be one profile object, not a set (\"profiles\")"
+                        : json_object_object_get_ex(p, "tunnel", &tun) && json_object_is_type(tun, json_type_object) &&
+                                json_object_object_get_ex(tun, "dns_hook", NULL)
+                            ? "may not name a program to run (tunnel.dns_hook)"
                             : NULL;
     if (local) {
         snprintf(err, err_len, "profile bundle refused: a delivered profile %s", local);

@@ -179,10 +179,11 @@ def test_enrol_then_profile_over_mutual_tls(lab):
 
 def test_delivered_profile_cannot_escape_the_device_rules(lab):
     """A signed bundle is trusted for the VPN settings, not to pick local
-    files: a profile set ({"profiles": [...]}) would slip past what the
-    device does to a delivered profile (its own key in auth.cert, the CAs
-    written to the state directory, no "management"). Refused, the
-    installed version 1 stays."""
+    files or programs: a profile set ({"profiles": [...]}) would slip past
+    what the device does to a delivered profile (its own key in auth.cert,
+    the CAs written to the state directory, no "management"), and
+    tunnel.dns_hook names a program the engine runs as root. Both refused,
+    the installed version 1 stays."""
     ns, d, dev = lab
     start_mock(ns, d, SECRET)
     start_front(ns, d)
@@ -194,7 +195,8 @@ def test_delivered_profile_cannot_escape_the_device_rules(lab):
         own = {**managed, "name": "theirs",
                "auth": {"method": "cert", "cert": {"source": "file", "file": str(d / "stranger.pem"),
                                                    "key": str(d / "stranger.key")}}}
-        for version, prof, why in ((2, {"profiles": [own]}, "one profile"),):
+        hook = {**managed, "auth": {"method": "cert"}, "tunnel": {"dns_hook": "/bin/true"}}
+        for version, prof, why in ((2, {"profiles": [own]}, "one profile"), (3, hook, "dns_hook")):
             bundle(d, dev, version, prof)
             deadline = time.monotonic() + 40
             m = None

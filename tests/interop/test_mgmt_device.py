@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -228,11 +229,19 @@ def test_wrong_token_secret_is_refused_and_nothing_is_written(lab):
         assert stored(c) == []
 
 
-def test_server_certificate_not_pinned_is_refused(lab):
+@pytest.mark.parametrize("trust_env", [False, True], ids=["plain", "default-paths-trust-rogue"])
+def test_server_certificate_not_pinned_is_refused(lab, trust_env):
+    """trust_env: OpenSSL's default trust paths (SSL_CERT_FILE/SSL_CERT_DIR,
+    where a system store comes from) name the rogue server's CA: the device
+    still trusts server_ca alone."""
     ns, d, _ = lab
     start_mock(ns, d, SECRET)
     start_front(ns, d, cert="rogue")
-    with client_for(ns, d, boot(d)) as c:
+    c = client_for(ns, d, boot(d))
+    if trust_env:
+        c.env = {**os.environ, "SSL_CERT_FILE": str(d / "otherca.pem"), "SSL_CERT_DIR": str(d),
+                 "CURL_CA_BUNDLE": str(d / "otherca.pem")}
+    with c:
         deadline = time.monotonic() + 30
         m = None
         while time.monotonic() < deadline:

@@ -381,6 +381,20 @@ static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object *
         json_object_put(p);
         return NULL;
     }
+    /* A set would pass the rules below untouched (its profiles' auth.cert,
+     * ca, management); a program to run is no setting the server picks. */
+    json_object *tun;
+    const char *local = json_object_object_get_ex(p, "profiles", NULL)
+                            ? "must be one profile object, not a set (\"profiles\")"
+                        : json_object_object_get_ex(p, "tunnel", &tun) && json_object_is_type(tun, json_type_object) &&
+                                json_object_object_get_ex(tun, "dns_hook", NULL)
+                            ? "may not name a program to run (tunnel.dns_hook)"
+                            : NULL;
+    if (local) {
+        snprintf(err, err_len, "profile bundle refused: a delivered profile %s", local);
+        json_object_put(p);
+        return NULL;
+    }
     json_object *cas = json_object_new_array(), *ca;
     if (json_object_object_get_ex(p, "ca", &ca) && json_object_is_type(ca, json_type_array)) {
         for (size_t i = 0; i < json_object_array_length(ca); i++) {
@@ -522,10 +536,12 @@ static void enrol_done(mgmt *m, job *j)
         schedule(m, after < m->boot->mgmt.poll_s ? after : m->boot->mgmt.poll_s);
         return;
     }
-    if (j->r < 0 && j->made_key) {
-        /* Refused before the server bound a token to it: a key made by
-         * this attempt goes again, so a refused enrolment leaves the state
-         * directory as it was (the next attempt makes a new one). */
+    if (j->r < 0 && j->made_key && j->r != M2MVPN_E_NETWORK && j->r != M2MVPN_E_PROTOCOL) {
+        /* Refused: a key made by this attempt goes again, so a refused
+         * enrolment leaves the state directory as it was (the next attempt
+         * makes a new one). Not when the answer was lost or garbled: the
+         * server may have bound the token to this key (or issued its
+         * certificate) already, and only this key can ask again. */
         if (unlink(m->key_path) < 0)
             LOG_WARN(m->log, SUB, "cannot remove %s: %s", m->key_path, strerror(errno));
     }
@@ -752,6 +768,13 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
     }
     if (stat(state_dir, &sb) < 0 || !S_ISDIR(sb.st_mode) || access(state_dir, W_OK) < 0) {
         snprintf(err, err_len, "state directory %s is not a writable folder", state_dir);
+        return M2MVPN_E_IO;
+    }
+    /* Whoever else may write there could put their own key, certificate,
+     * profile and mgmt.json in it (or links where we write). */
+    if ((sb.st_uid != 0 && sb.st_uid != geteuid()) || (sb.st_mode & (S_IWGRP | S_IWOTH))) {
+        snprintf(err, err_len, "state directory %s is writable by other users (or belongs to another user): "
+                 "make it this user's own, mode 0700", state_dir);
         return M2MVPN_E_IO;
     }
     X509 *signer = read_cert(boot->mgmt.bundle_signer);

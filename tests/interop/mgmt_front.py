@@ -4,13 +4,17 @@ HTTPS on ADDR:PORT that passes POST /.well-known/cmp on to `openssl cmp`'s
 mock server (plain HTTP on 127.0.0.1:CMP_PORT) and answers
 GET /api/v1/device/profile with the bundle file BUNDLE, to clients whose
 certificate chains to DEVICE_CA (mutual TLS), with ETag / If-None-Match.
-Requests are logged to stdout, one JSON line each.
+Requests are logged to stdout, one JSON line each. DROP_CMP (optional, 0
+by default): that many first CMP requests are passed on to the mock, and
+then the connection is cut instead of answering (a network that loses the
+answer after the server acted on the request).
 
-    mgmt_front.py ADDR PORT CERT KEY DEVICE_CA CMP_PORT BUNDLE
+    mgmt_front.py ADDR PORT CERT KEY DEVICE_CA CMP_PORT BUNDLE [DROP_CMP]
 """
 import hashlib
 import http.server
 import json
+import socket
 import ssl
 import sys
 import urllib.request
@@ -18,6 +22,7 @@ import urllib.request
 
 def main() -> None:
     addr, port, cert, key, device_ca, cmp_port, bundle = sys.argv[1:8]
+    drop_cmp = [int(sys.argv[8]) if len(sys.argv) > 8 else 0]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):  # our own log below
@@ -43,7 +48,14 @@ def main() -> None:
             req = urllib.request.Request(f"http://127.0.0.1:{cmp_port}/pkix/", data=body,
                                          headers={"Content-Type": "application/pkixcmp"})
             with urllib.request.urlopen(req, timeout=20) as rsp:
-                self._send(200, rsp.read(), "application/pkixcmp")
+                answer = rsp.read()
+            if drop_cmp[0] > 0:
+                drop_cmp[0] -= 1
+                self._log(0, dropped=True)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._send(200, answer, "application/pkixcmp")
 
         def do_GET(self):
             if self.path != "/api/v1/device/profile":

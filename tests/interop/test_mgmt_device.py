@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -96,10 +97,11 @@ def start_mock(ns, d: Path, secret: str, *extra: str, rsp_cert: str = "device.pe
     return p
 
 
-def start_front(ns, d: Path, cert: str = "server") -> Path:
+def start_front(ns, d: Path, cert: str = "server", drop_cmp: int = 0) -> Path:
     out = d / f"front-{cert}.log"
     ns.popen([sys.executable, str(HERE / "mgmt_front.py"), ADDR, str(PORT), f"{cert}.pem", f"{cert}.key",
-              "devca.pem", str(CMP_PORT), "bundle.der"], cwd=d, stdout=open(out, "w"), stderr=subprocess.STDOUT)
+              "devca.pem", str(CMP_PORT), "bundle.der", str(drop_cmp)], cwd=d, stdout=open(out, "w"),
+             stderr=subprocess.STDOUT)
     wait_port(ns, PORT)
     return out
 
@@ -176,6 +178,41 @@ def test_enrol_then_profile_over_mutual_tls(lab):
     assert (d / "mock.log").read_text().count("received") == before
 
 
+def test_delivered_profile_cannot_escape_the_device_rules(lab):
+    """A signed bundle is trusted for the VPN settings, not to pick local
+    files or programs: a profile set ({"profiles": [...]}) would slip past
+    what the device does to a delivered profile (its own key in auth.cert,
+    the CAs written to the state directory, no "management"), and
+    tunnel.dns_hook names a program the engine runs as root. Both refused,
+    the installed version 1 stays."""
+    ns, d, dev = lab
+    start_mock(ns, d, SECRET)
+    start_front(ns, d)
+    managed = {"version": 1, "name": "managed", "mode": "manual", "gateways": [{"host": "198.51.100.1"}],
+               "remote_id": "gw.m2m.test"}
+    with client_for(ns, d, boot(d)) as c:
+        wait_mgmt(c, "enrolled", profile_version=1)
+        before = (c.state_dir / "profile.json").read_text()
+        own = {**managed, "name": "theirs",
+               "auth": {"method": "cert", "cert": {"source": "file", "file": str(d / "stranger.pem"),
+                                                   "key": str(d / "stranger.key")}}}
+        hook = {**managed, "auth": {"method": "cert"}, "tunnel": {"dns_hook": "/bin/true"}}
+        for version, prof, why in ((2, {"profiles": [own]}, "one profile"), (3, hook, "dns_hook")):
+            bundle(d, dev, version, prof)
+            deadline = time.monotonic() + 40
+            m = None
+            while time.monotonic() < deadline:
+                m = c.status()["management"]
+                if why in (m.get("last_error") or ""):
+                    break
+                time.sleep(0.2)
+            assert why in (m.get("last_error") or ""), m
+            assert m["profile_version"] == 1, m
+            assert (c.state_dir / "profile.json").read_text() == before
+            assert json.loads((c.state_dir / "mgmt.json").read_text())["profile_version"] == 1
+            assert c.status()["profile"] == "managed"
+
+
 def test_wrong_token_secret_is_refused_and_nothing_is_written(lab):
     ns, d, _ = lab
     start_mock(ns, d, "B" * 43)
@@ -192,11 +229,19 @@ def test_wrong_token_secret_is_refused_and_nothing_is_written(lab):
         assert stored(c) == []
 
 
-def test_server_certificate_not_pinned_is_refused(lab):
+@pytest.mark.parametrize("trust_env", [False, True], ids=["plain", "default-paths-trust-rogue"])
+def test_server_certificate_not_pinned_is_refused(lab, trust_env):
+    """trust_env: OpenSSL's default trust paths (SSL_CERT_FILE/SSL_CERT_DIR,
+    where a system store comes from) name the rogue server's CA: the device
+    still trusts server_ca alone."""
     ns, d, _ = lab
     start_mock(ns, d, SECRET)
     start_front(ns, d, cert="rogue")
-    with client_for(ns, d, boot(d)) as c:
+    c = client_for(ns, d, boot(d))
+    if trust_env:
+        c.env = {**os.environ, "SSL_CERT_FILE": str(d / "otherca.pem"), "SSL_CERT_DIR": str(d),
+                 "CURL_CA_BUNDLE": str(d / "otherca.pem")}
+    with c:
         deadline = time.monotonic() + 30
         m = None
         while time.monotonic() < deadline:
@@ -246,6 +291,39 @@ def test_pending_keeps_its_generated_key(lab):
         first = key.read_text()
         time.sleep(3)   # asked again (check_after 1 s): the same key
         assert key.read_text() == first
+
+
+def test_lost_cmp_answer_keeps_the_generated_key(lab):
+    """The IR reached the server (which may have bound the token to the key,
+    or even issued the certificate) but the answer is lost on the way: an
+    attacker on the network cutting the connection must not make the device
+    throw the key away, or the token is spent on a key nobody has and the
+    device can never enrol. The next attempt asks again with the same key."""
+    ns, d, _ = lab
+    mock = start_mock(ns, d, SECRET, "-poll_count", "1000", "-check_after", "1")
+    front = start_front(ns, d, drop_cmp=1)
+    with client_for(ns, d, boot(d, key=None)) as c:
+        deadline = time.monotonic() + 30
+        m = None
+        while time.monotonic() < deadline:
+            m = c.status().get("management")
+            if m and m["state"] == "error":
+                break
+            time.sleep(0.2)
+        assert m and m["state"] == "error", m
+        assert '"dropped": true' in front.read_text()
+        key = c.state_dir / "device.key.pem"
+        assert key.exists(), stored(c)
+        first = key.read_text()
+        # The mock waits for a pollReq of the lost transaction now: a fresh
+        # one answers the new IR (waiting, as a server that bound the token).
+        mock.kill()
+        mock.wait()
+        start_mock(ns, d, SECRET, "-poll_count", "1000", "-check_after", "1")
+        wait_mgmt(c, "pending", timeout_s=40)
+        assert key.read_text() == first
+        assert json.loads((c.state_dir / "mgmt.json").read_text())["device_id"] == device_id(c.state_dir,
+                                                                                              "device.key.pem")
 
 
 def test_pending_then_enrolled(lab):

@@ -10,6 +10,7 @@
 #include <m2mvpn/m2mvpn.h>
 #include <openssl/cms.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -429,6 +430,64 @@ START_TEST(test_state_files)
 }
 END_TEST
 
+static void on_mgmt_event(void *arg, m2mvpn_event_type type, int err, const char *detail)
+{
+    (void)arg, (void)type, (void)err, (void)detail;
+}
+
+static void on_mgmt_profile(void *arg, profile_set *set)
+{
+    (void)arg;
+    profile_set_free(set);
+}
+
+/* A state directory other users may write to (or that belongs to another
+ * user) is refused before anything is made or stored there: they could put
+ * their own key, certificate, profile.json and mgmt.json there. */
+START_TEST(test_state_dir_writable_by_others)
+{
+    char certs[] = "/tmp/m2mvpn-mgmt-XXXXXX", dir[] = "/tmp/m2mvpn-mgmt-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(certs));
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    signer s = make_signer("mgmt");
+    char path[512];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "%s/%s", certs, i ? "signer.pem" : "mgmt-ca.pem");
+        FILE *f = fopen(path, "w");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(PEM_write_X509(f, s.cert), 1);
+        fclose(f);
+    }
+    profile_set *set = NULL;
+    char err[512] = "";
+    const char *j = dq(BOOT_HEAD "'key': {'provider': 'file'}}}");
+    ck_assert_msg(profile_set_parse(j, strlen(j), certs, &set, err, sizeof(err)) == 0, "%s", err);
+    core_log log;
+    core_log_init(&log, NULL);
+    core_loop loop;
+    ck_assert_int_eq(core_loop_init(&loop, NULL, NULL), 0);
+    mgmt_hooks hooks = { .on_event = on_mgmt_event, .on_profile = on_mgmt_profile };
+    const mode_t modes[] = { 0777, 0770, 0703 };
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        mgmt *m = NULL;
+        ck_assert_int_eq(mgmt_new(&loop, &log, &hooks, &m), 0);
+        ck_assert_int_eq(chmod(dir, modes[i]), 0);
+        err[0] = '\0';
+        ck_assert_int_eq(mgmt_run(m, set, &set->items[0], dir, err, sizeof(err)), M2MVPN_E_IO);
+        ck_assert_msg(strstr(err, "writable by other users") != NULL, "%s", err);
+        mgmt_free(m);
+        snprintf(path, sizeof(path), "%s/device.key.pem", dir);
+        ck_assert_int_ne(access(path, F_OK), 0);
+    }
+    core_loop_destroy(&loop);
+    core_log_destroy(&log);
+    profile_set_free(set);
+    free_signer(&s);
+    snprintf(path, sizeof(path), "rm -rf %s %s", dir, certs);
+    ck_assert_int_eq(system(path), 0);
+}
+END_TEST
+
 START_TEST(test_cmp_answer_garbage)
 {
     char err[256] = "";
@@ -457,6 +516,7 @@ static Suite *mgmt_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("state");
     tcase_add_test(tc, test_state_files);
+    tcase_add_test(tc, test_state_dir_writable_by_others);
     tcase_add_test(tc, test_cmp_answer_garbage);
     suite_add_tcase(s, tc);
     return s;

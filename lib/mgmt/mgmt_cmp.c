@@ -17,6 +17,7 @@ typedef struct cmp_io {
     const mgmt_tls *tls;
     const uint8_t *canned;     /* tests/fuzzing: this answer to every request */
     size_t canned_len;
+    int answers;               /* CMP answers received in this transaction */
     int net_err;               /* the transfer's own failure, 0 none */
     char net_why[256];
 } cmp_io;
@@ -42,7 +43,12 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
                       &body, &len, NULL, 0, io->net_why, sizeof(io->net_why));
     OPENSSL_free(der);
     if (r < 0) {
-        io->net_err = r;
+        /* A server that already answered this transaction (IR answered,
+         * certConf under way) may have issued and bound the token to our
+         * key: a failure now, even a foreign certificate from someone on
+         * the path, is a network failure, so the key is kept and the
+         * enrolment asked again, never given up. */
+        io->net_err = r == M2MVPN_E_SERVER_CERT && io->answers > 0 ? M2MVPN_E_NETWORK : r;
         return NULL;
     }
     OSSL_CMP_MSG *rsp = NULL;
@@ -50,6 +56,8 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
         const unsigned char *p = body;
         rsp = d2i_OSSL_CMP_MSG(NULL, &p, (long)len);
     }
+    if (rsp)
+        io->answers++;
     if (!rsp) {
         io->net_err = M2MVPN_E_PROTOCOL;
         snprintf(io->net_why, sizeof(io->net_why), "management server %s answered the CMP request with HTTP %ld%s",

@@ -47,8 +47,12 @@ const char *conn_phase_name(conn_phase p)
  *                 RESTARTING (install failed), CLOSING (disconnect)
  *  UP          -> RESTARTING (renewal, install error), CLOSING (disconnect,
  *                 on-demand idle), BACKOFF / IDLE / ARMED (SA lost),
- *                 WAIT_CREDENTIALS (always-on: EAP refused on a reauth).
+ *                 WAIT_CREDENTIALS (always-on: EAP refused on a reauth),
+ *                 ROAMING (our path to the gateway moved).
  *                 A rekey (CHILD or IKE SA) is no move: the tunnel stays UP.
+ *  ROAMING     -> UP (the gateway moved the SAs: MOBIKE), RESTARTING (no
+ *                 MOBIKE, refused, no answer: reconnect at once), CLOSING
+ *                 (disconnect), BACKOFF / IDLE / ARMED (SA lost)
  *  RESTARTING  -> NEGOTIATING (SA down: start over), CLOSING (disconnect),
  *                 BACKOFF / IDLE / ARMED (it closed because of an error)
  *  CLOSING     -> IDLE / ARMED (SA down), RESTARTING (connect meanwhile)
@@ -61,14 +65,15 @@ static const unsigned allowed[CONN_PHASE__COUNT] = {
     [CONN_NEGOTIATING] = BIT(IDLE) | BIT(ARMED) | BIT(WAIT_PIN) | BIT(WAIT_CREDENTIALS) | BIT(UP) |
                          BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_UP]          = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF) |
-                         BIT(WAIT_CREDENTIALS),
+                         BIT(WAIT_CREDENTIALS) | BIT(ROAMING),
+    [CONN_ROAMING]     = BIT(UP) | BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_RESTARTING]  = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_CLOSING]     = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING),
     [CONN_BACKOFF]     = BIT(IDLE) | BIT(NEGOTIATING),
 };
 #undef BIT
 
-typedef enum conn_event_type { EV_IKE_DOWN, EV_REKEY, EV_TRAFFIC } conn_event_type;
+typedef enum conn_event_type { EV_IKE_DOWN, EV_REKEY, EV_TRAFFIC, EV_PATH, EV_ADDRESSES } conn_event_type;
 
 typedef struct conn_event {
     conn_event_type type;
@@ -77,6 +82,7 @@ typedef struct conn_event {
     ike_fault fault;
     uint32_t spi_in;
     esp_rekey_reason reason;
+    bool ours;                    /* EV_ADDRESSES: we asked for the update */
     char detail[320];
 } conn_event;
 
@@ -101,6 +107,7 @@ struct conn {
     core_timer retry_timer;
     core_timer refresh_timer;     /* status refresh, on-demand idle check */
     core_timer event_timer;       /* runs the posted events */
+    core_timer roam_timer;        /* ROAMING: the gateway's answer is due */
 
     conn_event queue[CONN_QUEUE];
     size_t q_head, q_len;
@@ -139,6 +146,7 @@ struct conn {
 
     uint64_t reconnects;          /* up again after a failure or renewal */
     uint64_t rekeys;              /* CHILD and IKE SA rekeys */
+    uint64_t roams;               /* moves to another path (MOBIKE), NAT mapping changes */
     int64_t last_change;          /* wall clock of the last move */
     char last_reason[128];
 };
@@ -170,6 +178,7 @@ static m2mvpn_state public_state(const conn *c)
     case CONN_NEGOTIATING:
         return c->recovering ? M2MVPN_STATE_RECONNECTING : M2MVPN_STATE_CONNECTING;
     case CONN_UP:
+    case CONN_ROAMING: /* the SAs are kept: still connected */
         return M2MVPN_STATE_CONNECTED;
     case CONN_RESTARTING:
     case CONN_BACKOFF:
@@ -315,6 +324,7 @@ static void release_sa(conn *c)
         c->ops.sa_release(c->ops.arg);
     c->sa_open = false;
     core_timer_cancel(c->loop, &c->refresh_timer);
+    core_timer_cancel(c->loop, &c->roam_timer);
 }
 
 /* Stay down: IDLE, or ARMED again on-demand unless `stop` (a disconnect,
@@ -540,6 +550,7 @@ static void ike_down(conn *c, int err, ike_fault fault, const char *detail)
         return;
     case CONN_NEGOTIATING:
     case CONN_UP:
+    case CONN_ROAMING:
         if (err == 0) { /* closed without us asking: nothing to retry */
             release_sa(c);
             settle(c, true, 0, detail);
@@ -559,7 +570,7 @@ static void post(conn *c, const conn_event *ev)
 {
     /* One traffic event, and one rekey request per SA, is all it takes
      * (the datapath raises a request per lifetime kind). */
-    for (size_t i = 0; ev->type != EV_IKE_DOWN && i < c->q_len; i++) {
+    for (size_t i = 0; ev->type != EV_IKE_DOWN && ev->type != EV_ADDRESSES && i < c->q_len; i++) {
         const conn_event *q = &c->queue[(c->q_head + i) % CONN_QUEUE];
         if (q->type == ev->type && (ev->type == EV_TRAFFIC || q->spi_in == ev->spi_in))
             return;
@@ -589,6 +600,110 @@ void conn_post_traffic(conn *c)
 {
     conn_event ev = { .type = EV_TRAFFIC };
     post(c, &ev);
+}
+
+void conn_post_path_changed(conn *c, const char *reason)
+{
+    conn_event ev = { .type = EV_PATH };
+    snprintf(ev.detail, sizeof(ev.detail), "%s", reason ? reason : "");
+    post(c, &ev);
+}
+
+void conn_post_addresses_updated(conn *c, int err, bool ours, const char *detail)
+{
+    conn_event ev = { .type = EV_ADDRESSES, .err = err, .ours = ours, .attempt = c->attempt };
+    snprintf(ev.detail, sizeof(ev.detail), "%s", detail ? detail : "");
+    post(c, &ev);
+}
+
+/* ------------------------------------------------------------ roaming */
+
+/* The fastest reconnect: the old IKE SA goes (its Delete sent once, not
+ * waited for: the path it was made on may be gone) and a new attempt starts
+ * at once, no back-off. The kill switch holds meanwhile: no SA, routes
+ * into the TUN. */
+static void reconnect_now(conn *c, const char *why)
+{
+    core_timer_cancel(c->loop, &c->roam_timer);
+    if (set_phase(c, CONN_RESTARTING, 0, why) < 0)
+        return;
+    c->ops.sa_close(c->ops.arg);
+    release_sa(c);
+    start_attempt(c, why);
+}
+
+/* Our path to the gateway moved. Up: follow it with MOBIKE (ROAMING) or
+ * reconnect. Waiting to retry: try now, the new path may work. */
+static void on_path_changed(conn *c, const char *reason)
+{
+    char why[400];
+    switch (c->phase) {
+    case CONN_UP: {
+        if (set_phase(c, CONN_ROAMING, 0, reason) < 0)
+            return;
+        int r = c->ops.roam ? c->ops.roam(c->ops.arg, reason) : M2MVPN_E_NOTSUPP;
+        if (r < 0) {
+            snprintf(why, sizeof(why), "%s; %s: reconnecting", reason,
+                     r == M2MVPN_E_NOTSUPP ? "the gateway has no MOBIKE" : "no address update possible");
+            reconnect_now(c, why);
+            return;
+        }
+        core_timer_arm(c->loop, &c->roam_timer, CONN_ROAM_TIMEOUT_MS);
+        return;
+    }
+    case CONN_ROAMING:
+        /* Moved again before the answer: the ops send a newer update. */
+        if (c->ops.roam(c->ops.arg, reason) < 0) {
+            snprintf(why, sizeof(why), "%s; no address update possible: reconnecting", reason);
+            reconnect_now(c, why);
+            return;
+        }
+        core_timer_arm(c->loop, &c->roam_timer, CONN_ROAM_TIMEOUT_MS);
+        return;
+    case CONN_BACKOFF:
+        snprintf(why, sizeof(why), "%s: retrying now", reason);
+        start_attempt(c, why);
+        return;
+    default:
+        return; /* a running attempt finds its path itself; the others have none */
+    }
+}
+
+static void roam_timeout(void *arg)
+{
+    conn *c = arg;
+    if (c->phase != CONN_ROAMING)
+        return;
+    char why[96];
+    snprintf(why, sizeof(why), "no answer to the address update within %u ms: reconnecting",
+             (unsigned)CONN_ROAM_TIMEOUT_MS);
+    reconnect_now(c, why);
+}
+
+static void on_addresses_updated(conn *c, int err, bool ours, const char *detail)
+{
+    if (c->phase == CONN_ROAMING && ours) {
+        char why[400];
+        if (err < 0) {
+            snprintf(why, sizeof(why), "%s: reconnecting", detail);
+            reconnect_now(c, why);
+            return;
+        }
+        core_timer_cancel(c->loop, &c->roam_timer);
+        c->roams++;
+        set_phase(c, CONN_UP, 0, detail);
+        core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_ROAMED, 0, detail);
+        return;
+    }
+    if (c->phase == CONN_UP && !ours && err == 0) {
+        /* A NAT mapping changed under us and lib/ike moved the SAs: no
+         * move of the machine, but a roam. */
+        c->roams++;
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_ROAMED, 0, detail);
+    }
 }
 
 /* The CHILD SA nears its end (soft lifetime, bytes, sequence numbers):
@@ -660,6 +775,13 @@ static void run_events(void *arg)
         case EV_TRAFFIC:
             if (c->phase == CONN_ARMED)
                 start_attempt(c, "traffic for a protected network");
+            break;
+        case EV_PATH:
+            on_path_changed(c, ev.detail);
+            break;
+        case EV_ADDRESSES:
+            if (c->sa_open && ev.attempt == c->attempt)
+                on_addresses_updated(c, ev.err, ev.ours, ev.detail);
             break;
         }
     }
@@ -747,6 +869,7 @@ int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, c
     core_timer_init(&c->retry_timer, retry_now, c);
     core_timer_init(&c->refresh_timer, refresh, c);
     core_timer_init(&c->event_timer, run_events, c);
+    core_timer_init(&c->roam_timer, roam_timeout, c);
     *ret = c;
     return 0;
 }
@@ -812,6 +935,7 @@ void conn_free(conn *c)
     c->hooks.on_event = NULL;
     release_profile(c, false);
     core_timer_cancel(c->loop, &c->event_timer);
+    core_timer_cancel(c->loop, &c->roam_timer);
     if (c->own_ops)
         conn_sys_free(c->ops.arg);
     forget_session_credentials(c);
@@ -927,6 +1051,7 @@ void conn_disconnect(conn *c)
     switch (c->phase) {
     case CONN_NEGOTIATING:
     case CONN_UP:
+    case CONN_ROAMING:
     case CONN_RESTARTING:
         c->closing.err = 0;
         c->closing.then = CONN_IDLE;
@@ -1012,6 +1137,7 @@ void conn_get_status(conn *c, conn_status *st)
     st->phase = c->phase;
     st->reconnects = c->reconnects;
     st->rekeys = c->rekeys;
+    st->roams = c->roams;
     st->last_change = c->last_change;
     snprintf(st->last_reason, sizeof(st->last_reason), "%s", c->last_reason);
     c->ops.fill_status(c->ops.arg, c->spi_in != 0, st);

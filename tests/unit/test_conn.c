@@ -35,13 +35,14 @@ static uint64_t fake_clock(void)
 
 typedef struct fake {
     /* scripted answers */
-    int cred_err, path_err, sa_err, install_err, pin_err, rekey_err;
+    int cred_err, path_err, sa_err, install_err, pin_err, rekey_err, roam_err;
     bool pin_needed;
     bool close_posts_down;   /* sa_close reports down at once, as IKE may */
     uint32_t rnd;
     uint64_t traffic;
     /* what conn asked for */
-    unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove, n_rekey;
+    unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove, n_rekey, n_roam;
+    char roam_reason[128];   /* what the last roam was told */
     char eap_user[32], eap_pass[32]; /* what the last sa_start was given */
     bool eap_given;
     int net_arm_hold;        /* -1: never armed */
@@ -185,6 +186,14 @@ static int f_child_install(void *arg, const profile *p, const ike_child_result *
     return f->install_err;
 }
 
+static int f_roam(void *arg, const char *reason)
+{
+    fake *f = arg;
+    f->n_roam++;
+    snprintf(f->roam_reason, sizeof(f->roam_reason), "%s", reason);
+    return f->roam_err;
+}
+
 static void f_child_remove(void *arg, uint32_t spi_in)
 {
     (void)spi_in;
@@ -289,6 +298,7 @@ static void setup(void)
         .cred_load = f_cred_load, .cred_pin = f_cred_pin, .cred_release = f_cred_release,
         .sa_start = f_sa_start, .sa_close = f_sa_close, .sa_release = f_sa_release,
         .child_rekey = f_child_rekey, .child_install = f_child_install, .child_remove = f_child_remove, .fill_status = f_fill_status,
+        .roam = f_roam,
         .traffic = f_traffic, .wall_time = f_wall_time, .random = f_random,
     };
     conn_hooks hooks = { T, on_state, on_event };
@@ -388,6 +398,11 @@ static void reach(conn_phase p)
         reach(CONN_UP);
         conn_disconnect(T->c);
         break;
+    case CONN_ROAMING:
+        reach(CONN_UP);
+        conn_post_path_changed(T->c, "path moved");
+        advance(0);
+        break;
     case CONN_BACKOFF:
         use_profile("always-on", 1, 0);
         down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER);
@@ -409,7 +424,8 @@ static const unsigned spec[CONN_PHASE__COUNT] = {
     [CONN_WAIT_CREDENTIALS] = B(IDLE) | B(NEGOTIATING),
     [CONN_NEGOTIATING] = B(IDLE) | B(ARMED) | B(WAIT_PIN) | B(WAIT_CREDENTIALS) | B(UP) | B(RESTARTING) |
                          B(CLOSING) | B(BACKOFF),
-    [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) | B(WAIT_CREDENTIALS),
+    [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) | B(WAIT_CREDENTIALS) | B(ROAMING),
+    [CONN_ROAMING] = B(UP) | B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF),
     [CONN_RESTARTING] = B(IDLE) | B(ARMED) | B(NEGOTIATING) | B(CLOSING) | B(BACKOFF),
     [CONN_CLOSING] = B(IDLE) | B(ARMED) | B(RESTARTING),
     [CONN_BACKOFF] = B(IDLE) | B(NEGOTIATING),
@@ -462,6 +478,7 @@ START_TEST(public_state_per_phase)
         { CONN_NEGOTIATING, M2MVPN_STATE_CONNECTING }, { CONN_UP, M2MVPN_STATE_CONNECTED },
         { CONN_RESTARTING, M2MVPN_STATE_RECONNECTING }, { CONN_CLOSING, M2MVPN_STATE_DISCONNECTING },
         { CONN_BACKOFF, M2MVPN_STATE_RECONNECTING }, { CONN_WAIT_CREDENTIALS, M2MVPN_STATE_CONNECTING },
+        { CONN_ROAMING, M2MVPN_STATE_CONNECTED },
     };
     reach(cases[_i].p);
     ck_assert_int_eq(last_state(), cases[_i].st);
@@ -1102,6 +1119,138 @@ START_TEST(status_last_transition)
 }
 END_TEST
 
+/* ------------------------------------------------------------- roaming */
+
+static uint64_t roams(void)
+{
+    conn_status st;
+    conn_get_status(T->c, &st);
+    return st.roams;
+}
+
+/* Moved with MOBIKE: UP -> ROAMING -> UP, the same SA, ROAMED, counted;
+ * the public state stays CONNECTED throughout. */
+START_TEST(roam_with_mobike)
+{
+    reach(CONN_UP);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_roam, 1);
+    ck_assert_str_eq(T->f.roam_reason, "path moved from A to B");
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTED);
+    conn_post_addresses_updated(T->c, 0, true, "gateway moved the SAs");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_ROAMED), 1);
+    ck_assert_uint_eq(T->f.n_sa_start, 1); /* no new SA */
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert(strstr(T->logbuf, "up -> roaming (path moved from A to B)") != NULL);
+    ck_assert(strstr(T->logbuf, "roaming -> up (gateway moved the SAs)") != NULL);
+    /* the timeout went with the answer */
+    advance(CONN_ROAM_TIMEOUT_MS + 1);
+    ck_assert_int_eq(phase(), CONN_UP);
+}
+END_TEST
+
+/* Every way the move can fail is the fastest reconnect: at once, no
+ * back-off, counted as a reconnect, never as a roam. */
+static const struct {
+    const char *what;
+    int roam_err;            /* what the ops answer */
+    int update_err;          /* what the gateway answers (0: nothing) */
+    bool silent;             /* no answer at all */
+} roam_fail[] = {
+    { "no MOBIKE", M2MVPN_E_NOTSUPP, 0, false },
+    { "no update possible", M2MVPN_E_STATE, 0, false },
+    { "update refused", 0, M2MVPN_E_PROTOCOL, false },
+    { "no answer", 0, 0, true },
+};
+
+START_TEST(roam_failure_reconnects_at_once)
+{
+    reach(CONN_UP);
+    T->f.roam_err = roam_fail[_i].roam_err;
+    T->n_delays = 0;
+    conn_post_path_changed(T->c, "path moved");
+    advance(0);
+    if (roam_fail[_i].update_err) {
+        ck_assert_int_eq(phase(), CONN_ROAMING);
+        conn_post_addresses_updated(T->c, roam_fail[_i].update_err, true, "refused");
+        advance(0);
+    } else if (roam_fail[_i].silent) {
+        advance(CONN_ROAM_TIMEOUT_MS - 1);
+        ck_assert_int_eq(phase(), CONN_ROAMING);
+        advance(1);
+    }
+    ck_assert_msg(phase() == CONN_NEGOTIATING, "%s: %s", roam_fail[_i].what, conn_phase_name(phase()));
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    ck_assert_uint_eq(T->n_delays, 0); /* no back-off */
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_RECONNECTING);
+    ck_assert(strstr(T->logbuf, "roaming -> restarting") != NULL);
+    established();
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.reconnects, 1);
+    ck_assert_uint_eq(st.roams, 0);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_ROAMED), 0);
+}
+END_TEST
+
+/* A NAT mapping that changed under us (lib/ike updated the SA by itself):
+ * no move, one roam, ROAMED; a failed one changes nothing. */
+START_TEST(roam_nat_mapping)
+{
+    reach(CONN_UP);
+    conn_post_addresses_updated(T->c, 0, false, "NAT mapping changed");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_ROAMED), 1);
+    conn_post_addresses_updated(T->c, M2MVPN_E_PROTOCOL, false, "refused");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+}
+END_TEST
+
+/* Moved again before the answer: a newer update; disconnect while roaming
+ * closes; a path change while idle is no move. */
+START_TEST(roam_again_disconnect_and_elsewhere)
+{
+    T->f.close_posts_down = false;
+    reach(CONN_ROAMING);
+    conn_post_path_changed(T->c, "moved again");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_roam, 2);
+    conn_disconnect(T->c);
+    ck_assert_int_eq(phase(), CONN_CLOSING);
+    down(0, IKE_FAULT_LOCAL);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_post_path_changed(T->c, "moved while idle");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_uint_eq(T->f.n_roam, 2);
+}
+END_TEST
+
+/* Waiting to retry after a failure: the new path is tried at once. */
+START_TEST(roam_backoff_retries_now)
+{
+    reach(CONN_BACKOFF);
+    unsigned starts = T->f.n_sa_start;
+    conn_post_path_changed(T->c, "path moved");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, starts + 1);
+    ck_assert_uint_eq(T->f.n_roam, 0);
+}
+END_TEST
+
+
 int main(void)
 {
     Suite *s = suite_create("conn");
@@ -1109,7 +1258,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, phase_names_distinct);
     tcase_add_loop_test(tc, every_transition, 0, CONN_PHASE__COUNT * CONN_PHASE__COUNT);
-    tcase_add_loop_test(tc, public_state_per_phase, 0, 8);
+    tcase_add_loop_test(tc, public_state_per_phase, 0, 9);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("recovery");
@@ -1129,6 +1278,11 @@ int main(void)
     tcase_add_test(tc, rekey_is_no_move);
     tcase_add_test(tc, rekey_impossible_renews_at_hard_limit);
     tcase_add_test(tc, rekey_install_failure);
+    tcase_add_test(tc, roam_with_mobike);
+    tcase_add_loop_test(tc, roam_failure_reconnects_at_once, 0, sizeof(roam_fail) / sizeof(roam_fail[0]));
+    tcase_add_test(tc, roam_nat_mapping);
+    tcase_add_test(tc, roam_again_disconnect_and_elsewhere);
+    tcase_add_test(tc, roam_backoff_retries_now);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("credentials");

@@ -278,7 +278,7 @@ typedef struct m2mvpn_status {
     /* Appended after `cert_not_after`: */
     uint64_t reconnects;            /**< times the tunnel came up again after a failure or renewal */
     uint64_t rekeys;                /**< CHILD/IKE SA rekeys (0 while this build renews instead) */
-    uint64_t roams;                 /**< moves to another address (0: not used by this build yet) */
+    uint64_t roams;                 /**< moves to another address or NAT mapping (MOBIKE) */
     int64_t last_change;            /**< Unix time of the last move of the connection, or 0 */
     char last_reason[128];          /**< why it moved then, e.g. "no traffic for 300 s", or "" */
 } m2mvpn_status;

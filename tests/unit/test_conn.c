@@ -21,6 +21,7 @@
 #include <m2mvpn/m2mvpn.h>
 
 #include "conn/conn.h"
+#include "conn/netwatch.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "profile/profile.h"
@@ -1251,6 +1252,32 @@ START_TEST(roam_backoff_retries_now)
 END_TEST
 
 
+
+/* RTM_GETROUTE: the kernel's way to an address (loopback is there in any
+ * namespace, without root): its source address and interface. */
+START_TEST(netwatch_route_lookup)
+{
+    struct sockaddr_storage dst;
+    memset(&dst, 0, sizeof(dst));
+    struct sockaddr_in *in = (struct sockaddr_in *)&dst;
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl(0x7f000001);
+    netwatch_path p, q;
+    char err[160];
+    ck_assert_msg(netwatch_route_to(&dst, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(p.ifname, "lo");
+    ck_assert_int_eq(p.src.ss_family, AF_INET);
+    ck_assert_uint_eq(((struct sockaddr_in *)&p.src)->sin_addr.s_addr, htonl(0x7f000001));
+    ck_assert_msg(netwatch_route_to(&dst, 0, &q, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(netwatch_path_equal(&p, &q));
+    char text[96];
+    netwatch_path_text(&p, text, sizeof(text));
+    ck_assert_str_eq(text, "127.0.0.1 on lo");
+    q.oif++;
+    ck_assert(!netwatch_path_equal(&p, &q));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("conn");
@@ -1283,6 +1310,7 @@ int main(void)
     tcase_add_test(tc, roam_nat_mapping);
     tcase_add_test(tc, roam_again_disconnect_and_elsewhere);
     tcase_add_test(tc, roam_backoff_retries_now);
+    tcase_add_test(tc, netwatch_route_lookup);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("credentials");

@@ -146,8 +146,9 @@ int ike_sa_rekey_ike(ike_sa *sa);
 bool ike_sa_mobike(const ike_sa *sa);
 /* Our address changed (local: the new one the kernel picks towards the
  * gateway): INFORMATIONAL {UPDATE_SA_ADDRESSES, NAT detection, COOKIE2},
- * sent at once (or after the request under way) from whatever the sending
- * hook uses now. The outcome comes through on_addresses_updated; no answer
+ * sent at once from whatever the sending hook uses now. A request under
+ * way is sent again at once instead (it was likely lost on the old path);
+ * the update follows its answer, or is that request. The outcome comes through on_addresses_updated; no answer
  * at all ends the SA as any request does (on_down, TIMEOUT). reason: for the
  * hook's detail. Errors: M2MVPN_E_NOTSUPP (no MOBIKE with this gateway),
  * M2MVPN_E_STATE (not established). */

@@ -155,6 +155,8 @@ static bool mapping_changed(ike_sa *sa, const ike_mobike_info *m)
 
 static void queue_update(ike_sa *sa, const char *reason, bool ours)
 {
+    if (sa->mobike.want_update && sa->mobike.update_ours && !ours)
+        return; /* our own move is queued: it covers the new mapping too */
     sa->mobike.want_update = true;
     sa->mobike.update_ours = ours;
     snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", reason);
@@ -188,18 +190,26 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
         memcpy(&sa->cfg.local, local, local_len);
         sa->cfg.local_len = local_len;
     }
-    queue_update(sa, reason && *reason ? reason : "our address changed", true);
-    if (sa->req.task != IKE_TASK_NONE && sa->req.task != IKE_TASK_MOBIKE) {
-        LOG_INFO(sa->log, "ike", "address update with %s after request %u", sa->gw_text, sa->req.message_id);
+    if (sa->req.task == IKE_TASK_NONE) {
+        queue_update(sa, reason && *reason ? reason : "our address changed", true);
+        ike_mobike_kick(sa);
         return 0;
     }
+    /* A request is under way, most likely lost on the old path: send it
+     * again now, from the new one, rather than at its next retransmission
+     * (window size 1, RFC 7296 §2.3: it must be answered before another
+     * goes). An update under way is that request: its answer moves the SAs
+     * to the address it arrives from; another one is followed by ours. */
     if (sa->req.task == IKE_TASK_MOBIKE) {
-        /* A newer move replaces the update under way: its answer would
-         * confirm an address we no longer have. */
-        ike_sa_request_done(sa);
-        sa->next_msg_id++;
+        sa->mobike.update_ours = true;
+        snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", reason && *reason ? reason : "our address changed");
+    } else {
+        queue_update(sa, reason && *reason ? reason : "our address changed", true);
     }
-    ike_mobike_kick(sa);
+    LOG_INFO(sa->log, "ike", "request %u to %s again from the new path%s", sa->req.message_id, sa->gw_text,
+             sa->req.task == IKE_TASK_MOBIKE ? "" : "; the address update follows");
+    for (size_t i = 0; i < sa->req.n_dgram; i++)
+        sa->hooks.send(sa->hooks.arg, sa->req.buf + sa->req.dgram[i].off, sa->req.dgram[i].len, sa->req.natt);
     return 0;
 }
 

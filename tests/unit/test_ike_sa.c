@@ -1729,6 +1729,42 @@ START_TEST(test_mobike_nat_mapping_change)
 END_TEST
 
 
+/* A move while a request is under way: that request goes again at once
+ * (from the new path), unchanged, and the update follows its answer; a
+ * move while the update itself is under way sends it again, one answer. */
+START_TEST(test_mobike_move_during_request)
+{
+    enable_dpd();
+    establish_mobike();
+    size_t n0 = n_sent();
+    advance(10000); /* a liveness check goes out and is lost */
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    assert_same_bytes(sent(n0), sent(n0 + 1));
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m); /* the check's answer */
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    uint8_t cookie[16];
+    take_update(n0 + 2, 3, cookie);
+    /* moved again before the answer: the same update again */
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved again"), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 4);
+    assert_same_bytes(sent(n0 + 2), sent(n0 + 3));
+    answer_update(3, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert(T->updated_ours);
+    ck_assert_msg(strstr(T->updated_detail, "moved again") != NULL, "%s", T->updated_detail);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
 /* ------------------------------------------------------------ rekeying */
 
 /* Open a protected datagram whatever the roles (after an IKE SA rekey the
@@ -2662,6 +2698,7 @@ static Suite *ike_sa_suite(void)
         { "mobike", test_mobike_not_announced_by_the_gateway },
         { "mobike", test_mobike_addresses_only_authenticated },
         { "mobike", test_mobike_nat_mapping_change },
+        { "mobike", test_mobike_move_during_request },
         { "rekey", test_rekey_child_ours },
         { "rekey", test_rekey_child_ours_pfs },
         { "rekey", test_rekey_child_by_gateway },

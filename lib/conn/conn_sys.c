@@ -317,6 +317,14 @@ static void on_net_change(void *arg)
     char err[160];
     if (current_path(s, &now, err, sizeof(err)) < 0) {
         LOG_INFO(s->log, "conn", "way to %s lost (%s): waiting for another", s->gw_text, err);
+        /* Not bound to an interface without address any longer: the
+         * kernel would send from whatever address it has elsewhere (the
+         * virtual IP) and ask the link for the gateway with it. Unbound,
+         * with no route, nothing leaves until the next way is there. */
+        if (s->underlay[0] && s->dp) {
+            s->underlay[0] = '\0';
+            setsockopt(esp_datapath_udp_fd(s->dp), SOL_SOCKET, SO_BINDTODEVICE, "", 0);
+        }
         return;
     }
     if (netwatch_path_equal(&now, &s->path))

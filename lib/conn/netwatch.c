@@ -33,8 +33,11 @@ static int on_event(struct nl_msg *msg, void *arg)
 {
     netwatch *w = arg;
     int type = nlmsg_hdr(msg)->nlmsg_type;
-    if (type == RTM_NEWADDR || type == RTM_DELADDR || type == RTM_NEWROUTE || type == RTM_DELROUTE ||
-        type == RTM_NEWLINK || type == RTM_DELLINK)
+    /* Something went: look at once (the sockets must not stay on a link
+     * without our address); something came: let the burst settle. */
+    if (type == RTM_DELADDR || type == RTM_DELROUTE || type == RTM_DELLINK)
+        core_timer_arm(w->loop, &w->settle, 0);
+    else if ((type == RTM_NEWADDR || type == RTM_NEWROUTE || type == RTM_NEWLINK) && !w->settle.armed)
         core_timer_arm(w->loop, &w->settle, NETWATCH_SETTLE_MS);
     return NL_OK;
 }

@@ -2,9 +2,9 @@
 /*
  * Path watching for roaming (MOBIKE): the kernel's address and route
  * events (rtnetlink groups IPv4/IPv6 IFADDR and ROUTE, and LINK) on one
- * netlink socket in the engine's core_loop: no polling. A burst of events
- * (an address going takes its routes with it) is reported once, after
- * NETWATCH_SETTLE_MS of quiet; the caller then asks where the way to its
+ * netlink socket in the engine's core_loop: no polling. A burst of new
+ * addresses and routes is reported once, NETWATCH_SETTLE_MS after its
+ * first event; a removal at once. The caller then asks where the way to its
  * gateway leads now (netwatch_route_to). Engine thread only.
  */
 #ifndef M2MVPN_CONN_NETWATCH_H

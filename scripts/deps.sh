@@ -17,6 +17,8 @@ pkgs=(
   build-essential meson ninja-build pkg-config clang g++
   libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev libp11-dev libp11-kit-dev libtss2-dev check
   libnftables-dev
+  libevent-dev libsqlite3-dev libpq-dev libcurl4-openssl-dev postgresql
+  chromium
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
   libstrongswan-standard-plugins libcharon-extauth-plugins
   softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl
@@ -50,17 +52,27 @@ check_tools() {
       unshare:util-linux nsenter:util-linux swanctl:strongswan-swanctl \
       softhsm2-util:softhsm2 pkcs11-tool:opensc swtpm:swtpm swtpm_setup:swtpm-tools \
       tpm2_startup:tpm2-tools tpm2_createprimary:tpm2-tools /usr/bin/python3:python3 \
-      groff:groff-base man:man-db groupadd:passwd setpriv:util-linux strip:binutils; do
+      groff:groff-base man:man-db groupadd:passwd setpriv:util-linux strip:binutils chromium:chromium; do
     tool=${entry%%:*} pkg=${entry#*:}
     command -v "$tool" >/dev/null || fail "missing command '$tool' (package $pkg)"
   done
   [ -x /usr/lib/ipsec/charon ] || fail "missing /usr/lib/ipsec/charon (package strongswan-charon)"
+  # the fleet page test renders it in headless Chromium (DOM dump and screenshot)
+  local prof rendered
+  prof=$(mktemp -d)
+  rendered=$(timeout 60 chromium --headless --no-sandbox --disable-gpu --user-data-dir="$prof" \
+      --dump-dom 'data:text/html,<p id=ok>ok</p>' 2>/dev/null || true)
+  rm -rf "$prof"
+  grep -q 'id="ok"' <<<"$rendered" || fail "headless chromium cannot render a page (package chromium)"
+  # the management server's tests start their own PostgreSQL (initdb, pg_ctl)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || fail "missing PostgreSQL's initdb (package postgresql)"
   /usr/bin/python3 -c 'import pytest' 2>/dev/null || fail "/usr/bin/python3 cannot import pytest (package python3-pytest)"
   /usr/bin/python3 -c 'import venv, ensurepip, setuptools' 2>/dev/null ||
     fail "/usr/bin/python3 cannot make a venv with pip and setuptools (packages python3-venv python3-pip python3-setuptools)"
   for entry in 'openssl >= 3.0':libssl-dev json-c:libjson-c-dev libnl-3.0:libnl-3-dev \
       libnl-route-3.0:libnl-route-3-dev check:check libp11:libp11-dev tss2-esys:libtss2-dev \
-      libnftables:libnftables-dev; do
+      libnftables:libnftables-dev libevent:libevent-dev libevent_openssl:libevent-dev sqlite3:libsqlite3-dev \
+      libpq:libpq-dev libcurl:libcurl4-openssl-dev; do
     pkg-config --exists "${entry%%:*}" || fail "missing library '${entry%%:*}' for pkg-config (package ${entry#*:})"
   done
 }

@@ -277,6 +277,13 @@ static void print_summary(json_object *st)
             printf("certificate: valid until %s\n", when);
         }
     }
+    json_object *mg = NULL;
+    if (json_object_object_get_ex(st, "management", &mg) && mg && json_object_is_type(mg, json_type_object)) {
+        const char *state = get_str(mg, "state"), *id = get_str(mg, "device_id"), *why = get_str(mg, "last_error");
+        printf("management:  %s%s%s, profile version %lld%s%s\n", state ? state : dash, id ? " as " : "",
+               id ? id : "", (long long)get_int(mg, "profile_version"), why && why[0] ? "; " : "",
+               why ? why : "");
+    }
     json_object *le = NULL;
     if (json_object_object_get_ex(st, "last_error", &le) && le && json_object_is_type(le, json_type_object) &&
         get_int(le, "code") != 0) {

@@ -45,8 +45,9 @@ class BenchError(RuntimeError):
 
 
 def iperf3_mbps(client_ns: netlab.Namespace, server_ns: netlab.Namespace, server_addr: str,
-                seconds: int = 5, port: int = 5201) -> float:
-    """One TCP stream from client_ns to server_addr (in server_ns) for seconds.
+                seconds: int = 5, port: int = 5201, reverse: bool = False) -> float:
+    """One TCP stream from client_ns to server_addr (in server_ns) for seconds
+    (reverse: from the server to the client).
 
     Returns the receiver's rate in Mbit/s.
     """
@@ -62,7 +63,7 @@ def iperf3_mbps(client_ns: netlab.Namespace, server_ns: netlab.Namespace, server
             if not line or time.monotonic() > deadline:
                 raise BenchError(f"iperf3 server did not start: {line!r}")
         proc = client_ns.run(IPERF3, "-c", server_addr, "-p", str(port), "-t", str(seconds),
-                             "-J", check=False, timeout=seconds + 30)
+                             *(["-R"] if reverse else []), "-J", check=False, timeout=seconds + 30)
         try:
             result = json.loads(proc.stdout)
         except json.JSONDecodeError as exc:

@@ -39,6 +39,19 @@
  *  1.1 (M2MVPN_1.1)  m2mvpn_bind_key (machine-bound certificate keys);
  *                    m2mvpn_set_credentials does EAP (MSCHAPv2, MD5)
  *                    instead of returning NOTSUPP.
+ *                    No signature changed since: m2mvpn_profile_switch is
+ *                    make-before-break where the running tunnel allows it
+ *                    (a STATE_CHANGED says "make-before-break" or
+ *                    "break-before-make: why"); m2mvpn_status.rekeys counts
+ *                    reauthentications (profile ike.reauth_s) too.
+ *  1.2 (M2MVPN_1.2)  management (bootstrap profiles with "management"):
+ *                    m2mvpn_set_state_dir; event ENROLLED (10), and
+ *                    CONFIG_UPDATED now sent; errors TOKEN, PENDING,
+ *                    SERVER_CERT, BUNDLE, ENROL; the status JSON's
+ *                    "management" object.
+ *                    No signature changed: MOBIKE roaming (RFC 4555); event
+ *                    ROAMED (4) now sent, m2mvpn_status.roams counts the
+ *                    moves (address, interface or NAT mapping).
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -92,7 +105,12 @@ extern "C" {
     XX(NETWORK,     -21, "network unreachable or socket error")               \
     XX(PIN,         -22, "PIN wrong or missing")                              \
     XX(CREDENTIALS, -23, "credentials missing")                               \
-    XX(TUN,         -24, "TUN device or route setup failed")
+    XX(TUN,         -24, "TUN device or route setup failed")                  \
+    XX(TOKEN,       -25, "enrolment token refused (expired, used or unknown): ask the operator for a new one") \
+    XX(PENDING,     -26, "enrolment not approved yet: the operator must approve this device") \
+    XX(SERVER_CERT, -27, "management server certificate does not chain to the bootstrap's server_ca") \
+    XX(BUNDLE,      -28, "profile bundle refused (signature, device, version or expiry)") \
+    XX(ENROL,       -29, "enrolment refused by the management server")
 
 typedef enum m2mvpn_error {
     M2MVPN_OK = 0,
@@ -126,7 +144,8 @@ typedef enum m2mvpn_event_type {
     M2MVPN_EVENT_AUTH_FAILED = 6,
     M2MVPN_EVENT_CONFIG_UPDATED = 7,
     M2MVPN_EVENT_UPDATE_AVAILABLE = 8,
-    M2MVPN_EVENT_CERT_RENEWED = 9
+    M2MVPN_EVENT_CERT_RENEWED = 9,
+    M2MVPN_EVENT_ENROLLED = 10         /**< management: the device certificate arrived (1.2) */
 } m2mvpn_event_type;
 
 /**
@@ -192,8 +211,12 @@ M2MVPN_API int m2mvpn_profile_load_file(m2mvpn *h, const char *path);
 M2MVPN_API int m2mvpn_profile_load_json(m2mvpn *h, const char *json, size_t len);
 
 /**
- * Make profile `name` the active one. The old tunnel is released first
- * (break-before-make in this version); the new profile connects if it is
+ * Make profile `name` the active one. While the tunnel is up and the new
+ * profile keeps its gateway, TUN, kill switch and mode (no EAP), the new
+ * profile's SAs come up before the old ones go (make-before-break, state
+ * stays CONNECTED, a STATE_CHANGED event says "make-before-break: ...");
+ * otherwise the old tunnel is released first ("break-before-make: why" in
+ * the STATE_CHANGED of that move). The new profile connects if it is
  * always-on or the old one was up or wanted up.
  * Errors: BADHANDLE, INVAL, NOPROFILE, NOMEM. Queued; thread-safe.
  */
@@ -277,7 +300,7 @@ typedef struct m2mvpn_status {
     int64_t cert_not_after;         /**< its notAfter (Unix time), or 0 */
     /* Appended after `cert_not_after`: */
     uint64_t reconnects;            /**< times the tunnel came up again after a failure or renewal */
-    uint64_t rekeys;                /**< CHILD/IKE SA rekeys (0 while this build renews instead) */
+    uint64_t rekeys;                /**< CHILD/IKE SA rekeys and reauthentications */
     uint64_t roams;                 /**< moves to another address or NAT mapping (MOBIKE) */
     int64_t last_change;            /**< Unix time of the last move of the connection, or 0 */
     char last_reason[128];          /**< why it moved then, e.g. "no traffic for 300 s", or "" */
@@ -397,6 +420,16 @@ M2MVPN_API const char *m2mvpn_event_name(int type);
  */
 M2MVPN_API int m2mvpn_bind_key(const char *key_path, const char *out_path, const char *sources,
                                char *err, size_t err_len);
+
+/**
+ * The folder where management keeps what the device stores (device key for
+ * the file provider, certificate, mgmt.json, the installed profile and its
+ * CAs); every file is written atomically, mode 0600. Needed before a
+ * bootstrap profile (one with "management") is loaded; the folder must exist
+ * and be writable. Copied. Errors: BADHANDLE, INVAL (NULL, empty, not a
+ * folder), IO (not writable), NOMEM. Thread-safe. Added in 1.2.
+ */
+M2MVPN_API int m2mvpn_set_state_dir(m2mvpn *h, const char *dir);
 
 /** Library version string, e.g. "1.0.0". */
 M2MVPN_API const char *m2mvpn_version(void);

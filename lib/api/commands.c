@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../core/secmem.h"
 #include "handle.h"
@@ -60,6 +62,24 @@ static bool use_active_profile(m2mvpn *h)
     pthread_mutex_unlock(&h->lock);
     if (!p)
         return false;
+    if (p->mgmt.on) {
+        /* A bootstrap: management enrols and delivers the profile to use. */
+        char err[API_ERR_LEN];
+        pthread_mutex_lock(&h->lock);
+        char *dir = h->state_dir ? strdup(h->state_dir) : NULL;
+        pthread_mutex_unlock(&h->lock);
+        int r = mgmt_run(h->mgmt, set, p, dir, err, sizeof(err));
+        free(dir);
+        profile_set_free(set);
+        if (r < 0) {
+            LOG_ERR(&h->log, "api", "%s", err);
+            pthread_mutex_lock(&h->lock);
+            snprintf(h->last_error, sizeof(h->last_error), "%s", err);
+            pthread_mutex_unlock(&h->lock);
+            api_emit(h, M2MVPN_EVENT_AUTH_FAILED, r, err);
+        }
+        return false;
+    }
     conn_set_profile(h->conn, set, p);
     profile_set_free(set);
     return true;
@@ -151,6 +171,45 @@ static int install_set(m2mvpn *h, profile_set *set)
     }
     pthread_mutex_unlock(&h->lock);
     return queue_simple(h, API_CMD_PROFILES, NULL);
+}
+
+void api_install_managed(m2mvpn *h, profile_set *set)
+{
+    pthread_mutex_lock(&h->lock);
+    char name[64];
+    snprintf(name, sizeof(name), "%s", set->items[0].name);
+    if (profile_registry_add(&h->profiles, set) < 0) {
+        pthread_mutex_unlock(&h->lock);
+        LOG_ERR(&h->log, "api", "out of memory installing the managed profile");
+        profile_set_free(set);
+        return;
+    }
+    snprintf(h->active, sizeof(h->active), "%s", name);
+    snprintf(h->status.profile, sizeof(h->status.profile), "%s", name);
+    pthread_mutex_unlock(&h->lock);
+    LOG_INFO(&h->log, "api", "active profile is now '%s' (from management)", name);
+    use_active_profile(h);
+}
+
+int m2mvpn_set_state_dir(m2mvpn *h, const char *dir)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!dir || !*dir)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_state_dir: dir is NULL or empty");
+    struct stat sb;
+    if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode))
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_set_state_dir: %s is not a folder", dir);
+    if (access(dir, W_OK | X_OK) < 0)
+        return api_fail(h, M2MVPN_E_IO, "m2mvpn_set_state_dir: %s is not writable", dir);
+    char *copy = realpath(dir, NULL);
+    if (!copy)
+        return api_fail(h, M2MVPN_E_NOMEM, "m2mvpn_set_state_dir: out of memory");
+    pthread_mutex_lock(&h->lock);
+    free(h->state_dir);
+    h->state_dir = copy;
+    pthread_mutex_unlock(&h->lock);
+    return 0;
 }
 
 int m2mvpn_profile_load_file(m2mvpn *h, const char *path)

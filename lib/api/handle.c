@@ -69,6 +69,22 @@ static void conn_event(void *arg, m2mvpn_event_type type, int err, const char *d
     api_emit(arg, type, err, detail);
 }
 
+static void mgmt_event(void *arg, m2mvpn_event_type type, int err, const char *detail)
+{
+    m2mvpn *h = arg;
+    if (err) {
+        pthread_mutex_lock(&h->lock);
+        snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
+        pthread_mutex_unlock(&h->lock);
+    }
+    api_emit(h, type, err, detail);
+}
+
+static void mgmt_profile(void *arg, profile_set *set)
+{
+    api_install_managed(arg, set);
+}
+
 int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
 {
     if (!ret)
@@ -103,7 +119,9 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
         free(h);
         return M2MVPN_E_SYSTEM;
     }
-    if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0) {
+    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile };
+    if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0 || mgmt_new(&h->loop, &h->log, &mhooks, &h->mgmt) < 0) {
+        conn_free(h->conn);
         core_loop_destroy(&h->loop);
         core_log_destroy(&h->log);
         pthread_mutex_destroy(&h->drive_lock);
@@ -292,7 +310,9 @@ void m2mvpn_free(m2mvpn *h)
         api_cmd_free(c);
         c = next;
     }
+    mgmt_free(h->mgmt); /* first: its hooks reach the registry and conn */
     conn_free(h->conn); /* engine stopped: safe on this thread */
+    free(h->state_dir);
     profile_registry_clear(&h->profiles);
     core_loop_destroy(&h->loop);
     core_log_destroy(&h->log);

@@ -17,6 +17,7 @@
 #include "../conn/conn.h"
 #include "../core/log.h"
 #include "../core/loop.h"
+#include "../mgmt/mgmt.h"
 #include "../profile/profile.h"
 #include "../profile/registry.h"
 
@@ -52,6 +53,7 @@ struct m2mvpn {
     core_log log;
     core_loop loop;
     conn *conn;                   /* engine thread only */
+    mgmt *mgmt;                   /* engine thread only; mgmt_get_status from any */
 
     /* engine drive: drive, thread, thread_joinable under drive_lock */
     pthread_mutex_t drive_lock;
@@ -72,6 +74,7 @@ struct m2mvpn {
     m2mvpn_status status;
     conn_kill_switch kill_switch; /* status JSON "kill_switch" (refreshed with status) */
     char last_error[API_ERR_LEN];
+    char *state_dir;              /* m2mvpn_set_state_dir, NULL: none */
 };
 
 /* Validate a handle pointer (magic). */
@@ -92,6 +95,9 @@ void api_cmd_drain(m2mvpn *h);
  * status snapshot and emits STATE_CHANGED. */
 void api_set_state(m2mvpn *h, m2mvpn_state st, int err, const char *detail);
 void api_emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail);
+/* Engine thread: a profile set management delivered; installed and made
+ * the active profile (takes the set). */
+void api_install_managed(m2mvpn *h, profile_set *set);
 
 
 

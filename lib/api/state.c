@@ -32,6 +32,7 @@ static const char *const event_names[] = {
     [M2MVPN_EVENT_CONFIG_UPDATED] = "CONFIG_UPDATED",
     [M2MVPN_EVENT_UPDATE_AVAILABLE] = "UPDATE_AVAILABLE",
     [M2MVPN_EVENT_CERT_RENEWED] = "CERT_RENEWED",
+    [M2MVPN_EVENT_ENROLLED] = "ENROLLED",
 };
 
 const char *m2mvpn_event_name(int type)
@@ -204,6 +205,20 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         json_object_object_add(cred, "not_after", json_object_new_int64(s.cert_not_after));
     }
     json_object_object_add(o, "credential", cred);
+    /* Management (a bootstrap profile ran): null otherwise. */
+    mgmt_status ms;
+    mgmt_get_status(h->mgmt, &ms);
+    json_object *mg = ms.on ? json_object_new_object() : NULL;
+    if (mg) {
+        json_object_object_add(mg, "state", json_object_new_string(mgmt_phase_name(ms.phase)));
+        json_object_object_add(mg, "device_id", ms.device_id[0] ? json_object_new_string(ms.device_id) : NULL);
+        json_object_object_add(mg, "last_contact", json_object_new_int64(ms.last_contact));
+        json_object_object_add(mg, "profile_version", json_object_new_int64(ms.profile_version));
+        json_object_object_add(mg, "software_version", json_object_new_string(m2mvpn_version()));
+        json_object_object_add(mg, "cert_not_after", json_object_new_int64(ms.cert_not_after));
+        json_object_object_add(mg, "last_error", json_object_new_string(ms.last_error));
+    }
+    json_object_object_add(o, "management", mg);
     /* The kill switch's layers in place (null: the profile has none). */
     json_object *kill = ks.on ? json_object_new_object() : NULL;
     if (kill) {

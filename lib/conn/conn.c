@@ -48,11 +48,21 @@ const char *conn_phase_name(conn_phase p)
  *  UP          -> RESTARTING (renewal, install error), CLOSING (disconnect,
  *                 on-demand idle), BACKOFF / IDLE / ARMED (SA lost),
  *                 WAIT_CREDENTIALS (always-on: EAP refused on a reauth),
- *                 ROAMING (our path to the gateway moved).
+ *                 ROAMING (our path to the gateway moved),
+ *                 REAUTHENTICATING (ike.reauth_s due, or a make-before-break
+ *                 profile switch).
  *                 A rekey (CHILD or IKE SA) is no move: the tunnel stays UP.
  *  ROAMING     -> UP (the gateway moved the SAs: MOBIKE), RESTARTING (no
  *                 MOBIKE, refused, no answer: reconnect at once), CLOSING
- *                 (disconnect), BACKOFF / IDLE / ARMED (SA lost)
+ *                 (disconnect), BACKOFF / IDLE / ARMED (SA lost). A
+ *                 reauthentication due meanwhile waits until it is UP again.
+ *  REAUTHENTICATING -> UP (the new IKE SA carries the traffic, or it failed
+ *                 and the old one carries on), and whatever UP may do (the
+ *                 old SA still carries the tunnel meanwhile). When our path
+ *                 moves meanwhile the new IKE SA (made on the old path) is
+ *                 dropped: -> ROAMING, the old SA follows the path and the
+ *                 reauthentication is tried again once UP (a profile switch:
+ *                 -> RESTARTING, the new profile's SA made on the new path).
  *  RESTARTING  -> NEGOTIATING (SA down: start over), CLOSING (disconnect),
  *                 BACKOFF / IDLE / ARMED (it closed because of an error)
  *  CLOSING     -> IDLE / ARMED (SA down), RESTARTING (connect meanwhile)
@@ -65,15 +75,19 @@ static const unsigned allowed[CONN_PHASE__COUNT] = {
     [CONN_NEGOTIATING] = BIT(IDLE) | BIT(ARMED) | BIT(WAIT_PIN) | BIT(WAIT_CREDENTIALS) | BIT(UP) |
                          BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_UP]          = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF) |
-                         BIT(WAIT_CREDENTIALS) | BIT(ROAMING),
+                         BIT(WAIT_CREDENTIALS) | BIT(ROAMING) | BIT(REAUTHENTICATING),
     [CONN_ROAMING]     = BIT(UP) | BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
+    [CONN_REAUTHENTICATING] = BIT(UP) | BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) |
+                         BIT(BACKOFF) | BIT(WAIT_CREDENTIALS) | BIT(ROAMING),
     [CONN_RESTARTING]  = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_CLOSING]     = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING),
     [CONN_BACKOFF]     = BIT(IDLE) | BIT(NEGOTIATING),
 };
 #undef BIT
 
-typedef enum conn_event_type { EV_IKE_DOWN, EV_REKEY, EV_TRAFFIC, EV_PATH, EV_ADDRESSES } conn_event_type;
+typedef enum conn_event_type {
+    EV_IKE_DOWN, EV_REKEY, EV_TRAFFIC, EV_PATH, EV_ADDRESSES, EV_REAUTH_FAILED
+} conn_event_type;
 
 typedef struct conn_event {
     conn_event_type type;
@@ -95,6 +109,11 @@ struct conn {
 
     profile_set *set;
     const profile *prof;
+    /* A make-before-break profile switch: the profile the old IKE SA uses
+     * is kept (it borrows it) until the next one or the release; switching:
+     * the reauthentication under way is the switch. */
+    profile_set *prev_set;
+    bool switching;
     conn_phase phase;
     /* After a failure or a renewal until the tunnel is up again: the public
      * state says RECONNECTING instead of CONNECTING. */
@@ -108,6 +127,7 @@ struct conn {
     core_timer refresh_timer;     /* status refresh, on-demand idle check */
     core_timer event_timer;       /* runs the posted events */
     core_timer roam_timer;        /* ROAMING: the gateway's answer is due */
+    core_timer reauth_timer;      /* ike.reauth_s: while UP (ROAMING: waits) */
 
     conn_event queue[CONN_QUEUE];
     size_t q_head, q_len;
@@ -161,6 +181,15 @@ static bool on_demand(const conn *c)
     return c->prof && c->prof->mode == PROFILE_MODE_ON_DEMAND;
 }
 
+/* The tunnel carries traffic (a reauthentication may be under way). */
+static bool tunnel_up(const conn *c)
+{
+    return c->phase == CONN_UP || c->phase == CONN_REAUTHENTICATING;
+}
+
+static void arm_reauth(conn *c, bool retry);
+static void reauth_failed(conn *c, int err, ike_fault fault, const char *detail);
+
 static m2mvpn_state public_state(const conn *c)
 {
     switch (c->phase) {
@@ -179,6 +208,7 @@ static m2mvpn_state public_state(const conn *c)
         return c->recovering ? M2MVPN_STATE_RECONNECTING : M2MVPN_STATE_CONNECTING;
     case CONN_UP:
     case CONN_ROAMING: /* the SAs are kept: still connected */
+    case CONN_REAUTHENTICATING:
         return M2MVPN_STATE_CONNECTED;
     case CONN_RESTARTING:
     case CONN_BACKOFF:
@@ -209,6 +239,11 @@ static int set_phase(conn *c, conn_phase to, int err, const char *reason)
         c->recovering = true;
     else if (to == CONN_IDLE || to == CONN_ARMED)
         c->recovering = false;
+    /* ike.reauth_s runs from each IKE SA that carries the tunnel. */
+    if (to == CONN_UP && from != CONN_REAUTHENTICATING && from != CONN_ROAMING)
+        arm_reauth(c, false);
+    else if (to != CONN_UP && to != CONN_REAUTHENTICATING && to != CONN_ROAMING)
+        core_timer_cancel(c->loop, &c->reauth_timer);
     LOG_INFO(c->log, "conn", "%s -> %s (%s)", conn_phase_name(from), conn_phase_name(to),
              reason && *reason ? reason : "-");
     c->last_change = c->ops.wall_time(c->ops.arg);
@@ -551,6 +586,7 @@ static void ike_down(conn *c, int err, ike_fault fault, const char *detail)
     case CONN_NEGOTIATING:
     case CONN_UP:
     case CONN_ROAMING:
+    case CONN_REAUTHENTICATING:
         if (err == 0) { /* closed without us asking: nothing to retry */
             release_sa(c);
             settle(c, true, 0, detail);
@@ -616,6 +652,13 @@ void conn_post_addresses_updated(conn *c, int err, bool ours, const char *detail
     post(c, &ev);
 }
 
+void conn_post_reauth_failed(conn *c, int err, ike_fault fault, const char *detail)
+{
+    conn_event ev = { .type = EV_REAUTH_FAILED, .attempt = c->attempt, .err = err, .fault = fault };
+    snprintf(ev.detail, sizeof(ev.detail), "%s", detail ? detail : "");
+    post(c, &ev);
+}
+
 /* ------------------------------------------------------------ roaming */
 
 /* The fastest reconnect: the old IKE SA goes (its Delete sent once, not
@@ -632,23 +675,50 @@ static void reconnect_now(conn *c, const char *why)
     start_attempt(c, why);
 }
 
+/* UP (or REAUTHENTICATING) -> ROAMING: the gateway asked to move the SAs
+ * to our new path (MOBIKE); without MOBIKE, or when no update can be sent,
+ * reconnect at once. */
+static void roam_start(conn *c, const char *phase_reason, const char *reason)
+{
+    char why[400];
+    if (set_phase(c, CONN_ROAMING, 0, phase_reason) < 0)
+        return;
+    int r = c->ops.roam ? c->ops.roam(c->ops.arg, reason) : M2MVPN_E_NOTSUPP;
+    if (r < 0) {
+        snprintf(why, sizeof(why), "%s; %s: reconnecting", reason,
+                 r == M2MVPN_E_NOTSUPP ? "the gateway has no MOBIKE" : "no address update possible");
+        reconnect_now(c, why);
+        return;
+    }
+    core_timer_arm(c->loop, &c->roam_timer, CONN_ROAM_TIMEOUT_MS);
+}
+
 /* Our path to the gateway moved. Up: follow it with MOBIKE (ROAMING) or
  * reconnect. Waiting to retry: try now, the new path may work. */
 static void on_path_changed(conn *c, const char *reason)
 {
     char why[400];
     switch (c->phase) {
-    case CONN_UP: {
-        if (set_phase(c, CONN_ROAMING, 0, reason) < 0)
-            return;
-        int r = c->ops.roam ? c->ops.roam(c->ops.arg, reason) : M2MVPN_E_NOTSUPP;
-        if (r < 0) {
-            snprintf(why, sizeof(why), "%s; %s: reconnecting", reason,
-                     r == M2MVPN_E_NOTSUPP ? "the gateway has no MOBIKE" : "no address update possible");
-            reconnect_now(c, why);
+    case CONN_UP:
+        roam_start(c, reason, reason);
+        return;
+    case CONN_REAUTHENTICATING: {
+        /* The new IKE SA was made on the old path: it goes, and the old one
+         * (which carries the tunnel) follows the path. A profile switch
+         * starts over with the new profile, on the new path. */
+        if (c->ops.reauth_abort)
+            c->ops.reauth_abort(c->ops.arg);
+        if (c->switching) {
+            c->switching = false;
+            snprintf(why, sizeof(why), "%s; break-before-make: the new profile's IKE SA was on the old path",
+                     reason);
+            close_and_restart(c, 0, why);
             return;
         }
-        core_timer_arm(c->loop, &c->roam_timer, CONN_ROAM_TIMEOUT_MS);
+        snprintf(why, sizeof(why), "%s; reauthentication dropped, tried again once moved", reason);
+        LOG_INFO(c->log, "conn", "%s", why);
+        arm_reauth(c, true);
+        roam_start(c, why, reason);
         return;
     }
     case CONN_ROAMING:
@@ -712,7 +782,7 @@ static void on_addresses_updated(conn *c, int err, bool ours, const char *detail
  * the SA no longer sends (a hard reason) is the tunnel built anew. */
 static void on_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason)
 {
-    if (c->phase != CONN_UP || spi_in != c->spi_in)
+    if (!tunnel_up(c) || spi_in != c->spi_in)
         return;
     LOG_INFO(c->log, "conn", "CHILD SA %08x: %s; rekeying", spi_in, esp_rekey_reason_name(reason));
     if (c->ops.child_rekey(c->ops.arg, spi_in) < 0 && esp_rekey_reason_is_hard(reason)) {
@@ -727,7 +797,7 @@ void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t 
                         const char *detail)
 {
     if (err < 0) {
-        if (c->phase == CONN_UP) /* else the SA is on its way down already */
+        if (tunnel_up(c)) /* else the SA is on its way down already */
             close_and_restart(c, err, detail);
         return;
     }
@@ -735,7 +805,7 @@ void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t 
      * phase; counted and reported while the tunnel is up. */
     c->spi_in = spi_in;
     c->spi_out = spi_out;
-    if (c->phase != CONN_UP) {
+    if (!tunnel_up(c)) {
         LOG_DBG(c->log, "conn", "CHILD SA %08x rekeyed while %s", old_spi_in, conn_phase_name(c->phase));
         return;
     }
@@ -749,7 +819,7 @@ void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t 
 
 void conn_ike_rekeyed(conn *c)
 {
-    if (c->phase != CONN_UP)
+    if (!tunnel_up(c))
         return;
     c->rekeys++;
     LOG_INFO(c->log, "conn", "IKE SA rekeyed");
@@ -783,17 +853,145 @@ static void run_events(void *arg)
             if (c->sa_open && ev.attempt == c->attempt)
                 on_addresses_updated(c, ev.err, ev.ours, ev.detail);
             break;
+        case EV_REAUTH_FAILED:
+            if (ev.attempt == c->attempt)
+                reauth_failed(c, ev.err, ev.fault, ev.detail);
+            break;
         }
     }
 }
 
 /* ------------------------------------------------------------ up */
 
+/* ---- reauthentication (RFC 7296 §2.8.3), make-before-break: UP ->
+ * REAUTHENTICATING when ike.reauth_s is due (a random point between 80 and
+ * 90 % of it, from the IKE SA that carries the tunnel), a new IKE SA and
+ * CHILD SA next to the current ones; -> UP once the new one carries the
+ * traffic (the old one is then deleted) or, if it failed, with the old one
+ * (tried again after a tenth of reauth_s, at least a second). */
+
+static void arm_reauth(conn *c, bool retry)
+{
+    core_timer_cancel(c->loop, &c->reauth_timer);
+    uint64_t life_ms = c->prof ? (uint64_t)c->prof->ike.reauth_s * 1000 : 0;
+    if (!life_ms || !c->ops.reauth_start)
+        return;
+    uint64_t tenth = life_ms / 10, delay;
+    if (retry)
+        delay = tenth > 1000 ? tenth : 1000;
+    else
+        delay = life_ms - tenth - c->ops.random(c->ops.arg) % (tenth + 1);
+    core_timer_arm(c->loop, &c->reauth_timer, delay);
+}
+
+static void reauth_now(void *arg)
+{
+    conn *c = arg;
+    if (c->phase == CONN_ROAMING) { /* the new IKE SA goes on the new path */
+        arm_reauth(c, true);
+        return;
+    }
+    if (c->phase != CONN_UP)
+        return;
+    char err[512] = "";
+    conn_eap eap;
+    bool is_eap = c->prof->auth == PROFILE_AUTH_EAP;
+    if (is_eap && !eap_credentials(c, &eap)) {
+        LOG_WARN(c->log, "conn", "reauthentication due, but no EAP password may be sent: the tunnel "
+                 "stays on its IKE SA");
+        return;
+    }
+    if (set_phase(c, CONN_REAUTHENTICATING, 0, "reauthentication due") < 0)
+        return;
+    int r = c->ops.reauth_start(c->ops.arg, c->prof, is_eap ? &eap : NULL, err, sizeof(err));
+    if (r < 0) {
+        char why[600];
+        snprintf(why, sizeof(why), "reauthentication could not start: %s", err);
+        LOG_WARN(c->log, "conn", "%s", why);
+        set_phase(c, CONN_UP, 0, why);
+        arm_reauth(c, true);
+    }
+}
+
+static void reauth_failed(conn *c, int err, ike_fault fault, const char *detail)
+{
+    if (c->phase != CONN_REAUTHENTICATING)
+        return;
+    char why[400];
+    snprintf(why, sizeof(why), "reauthentication failed, the current IKE SA carries on: %s", detail);
+    LOG_WARN(c->log, "conn", "%s", why);
+    bool auth = err == M2MVPN_E_AUTH_LOCAL || err == M2MVPN_E_AUTH_PEER;
+    if (auth && c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, err, detail);
+    if (c->switching) {
+        /* The old SA still runs the previous profile: start over with the
+         * new one, the shortest gap left. */
+        c->switching = false;
+        snprintf(why, sizeof(why), "break-before-make: the new profile's IKE SA failed: %s", detail);
+        close_and_restart(c, 0, why);
+        return;
+    }
+    set_phase(c, CONN_UP, 0, why);
+    if (err == M2MVPN_E_AUTH_LOCAL && fault == IKE_FAULT_LOCAL && c->prof->auth == PROFILE_AUTH_EAP) {
+        /* The password was refused: never sent again (an account would
+         * lock); the tunnel lasts as long as its IKE SA does. */
+        c->eap_refused = true;
+        c->refused_fp_set = profile_eap_fp(c, c->prof, c->refused_fp);
+        forget_session_credentials(c);
+        return;
+    }
+    arm_reauth(c, true);
+}
+
+void conn_reauth_established(conn *c, const ike_child_result *r)
+{
+    char err[320] = "";
+    if (c->phase != CONN_REAUTHENTICATING) {
+        LOG_DBG(c->log, "conn", "reauthenticated IKE SA up while %s: not used", conn_phase_name(c->phase));
+        return;
+    }
+    uint32_t old_in = c->spi_in;
+    int rc = c->ops.reauth_install(c->ops.arg, c->prof, r, err, sizeof(err));
+    if (rc < 0) {
+        reauth_failed(c, rc, IKE_FAULT_LOCAL, err);
+        return;
+    }
+    c->spi_in = r->spi_in;
+    c->spi_out = r->spi_out;
+    if (r->has_vip)
+        inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
+    else if (r->has_vip6)
+        inet_ntop(AF_INET6, r->vip6, c->vip, sizeof(c->vip));
+    char what[192];
+    if (c->switching) {
+        c->switching = false;
+        c->connected_since = c->ops.wall_time(c->ops.arg);
+        snprintf(what, sizeof(what), "make-before-break: switched to profile %s (CHILD SA %08x replaced by "
+                 "%08x/%08x)", c->prof->name, old_in, r->spi_in, r->spi_out);
+        LOG_INFO(c->log, "conn", "%s", what);
+        set_phase(c, CONN_UP, 0, what);
+        arm_reauth(c, false);
+        /* The public state stays CONNECTED: the switch is reported as a
+         * STATE_CHANGED of its own, saying how it went. */
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_STATE_CHANGED, 0, what);
+        return;
+    }
+    c->rekeys++;
+    snprintf(what, sizeof(what), "IKE SA reauthenticated: CHILD SA %08x replaced by %08x/%08x", old_in,
+             r->spi_in, r->spi_out);
+    LOG_INFO(c->log, "conn", "%s", what);
+    set_phase(c, CONN_UP, 0, "reauthenticated");
+    arm_reauth(c, false);
+    if (c->hooks.on_event)
+        c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_REKEYED, 0, what);
+}
+
 /* Status refresh while up, and on-demand: close after the idle time. */
 static void refresh(void *arg)
 {
     conn *c = arg;
-    if (c->phase != CONN_UP)
+    if (!tunnel_up(c))
         return;
     uint64_t now = c->loop->clock_ms();
     uint64_t seen = c->ops.traffic(c->ops.arg);
@@ -870,6 +1068,7 @@ int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, c
     core_timer_init(&c->refresh_timer, refresh, c);
     core_timer_init(&c->event_timer, run_events, c);
     core_timer_init(&c->roam_timer, roam_timeout, c);
+    core_timer_init(&c->reauth_timer, reauth_now, c);
     *ret = c;
     return 0;
 }
@@ -894,6 +1093,7 @@ static void release_profile(conn *c, bool remove_network)
 {
     core_timer_cancel(c->loop, &c->retry_timer);
     core_timer_cancel(c->loop, &c->refresh_timer);
+    core_timer_cancel(c->loop, &c->reauth_timer);
     if (c->sa_open)
         c->ops.sa_close(c->ops.arg); /* best effort Delete; no waiting here */
     release_sa(c);
@@ -907,6 +1107,9 @@ static void release_profile(conn *c, bool remove_network)
     profile_set_free(c->set); /* drops our reference */
     c->set = NULL;
     c->prof = NULL;
+    profile_set_free(c->prev_set); /* its IKE SA went with release_sa */
+    c->prev_set = NULL;
+    c->switching = false;
 }
 
 /* Back to IDLE whatever the phase (the profile went away). */
@@ -943,10 +1146,68 @@ void conn_free(conn *c)
     free(c);
 }
 
+/* A profile switch while the tunnel is up, make-before-break: the new
+ * profile's IKE SA and CHILD SA come up next to the old ones (as a
+ * reauthentication does), the traffic moves, then the old IKE SA goes.
+ * Possible when the new profile keeps what the running tunnel is built on:
+ * the TUN, the gateway, the kill switch and the mode (the network is then
+ * reconfigured in place, gap-free). Otherwise false and why: the switch
+ * is break-before-make, the shortest gap. */
+static bool switch_make_before_break(conn *c, profile_set *set, const profile *p, char *why, size_t len)
+{
+    const profile *o = c->prof;
+    const profile_gateway *ga = &o->gateways[c->gw_index < o->n_gateways ? c->gw_index : 0];
+    const profile_gateway *gb = &p->gateways[0];
+    const char *ta = o->tunnel.tun_name ? o->tunnel.tun_name : "m2m0";
+    const char *tb = p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0";
+    char err[512] = "";
+    if (c->phase != CONN_UP)
+        snprintf(why, len, "the tunnel is %s", conn_phase_name(c->phase));
+    else if (!c->ops.reauth_start || !c->ops.reauth_install)
+        snprintf(why, len, "no second IKE SA possible here");
+    else if (strcmp(ta, tb) != 0)
+        snprintf(why, len, "another TUN (%s, was %s)", tb, ta);
+    else if (strcmp(ga->host, gb->host) != 0 || ga->port != gb->port)
+        snprintf(why, len, "another gateway (%s:%u, was %s:%u)", gb->host, (unsigned)gb->port, ga->host,
+                 (unsigned)ga->port);
+    else if (o->tunnel.kill_switch != p->tunnel.kill_switch)
+        snprintf(why, len, "the kill switch setting differs");
+    else if (o->mode != p->mode)
+        snprintf(why, len, "another mode");
+    else if (o->tunnel.request_vip != p->tunnel.request_vip)
+        snprintf(why, len, "the virtual IP request differs");
+    else if (p->auth == PROFILE_AUTH_EAP || o->auth == PROFILE_AUTH_EAP)
+        snprintf(why, len, "EAP credentials are checked per attempt");
+    else if (c->ops.reauth_start(c->ops.arg, p, NULL, err, sizeof(err)) < 0)
+        snprintf(why, len, "%s", err);
+    else {
+        profile_set_free(c->prev_set); /* the SA before the last switch is gone */
+        c->prev_set = c->set;
+        c->set = profile_set_ref(set);
+        c->prof = p;
+        c->switching = true;
+        c->gw_index = 0;
+        c->failures = 0;
+        char what[160];
+        snprintf(what, sizeof(what), "switching to profile %s, make-before-break", p->name);
+        set_phase(c, CONN_REAUTHENTICATING, 0, what);
+        return true;
+    }
+    return false;
+}
+
 void conn_set_profile(conn *c, profile_set *set, const profile *p)
 {
     if (c->prof == p)
         return;
+    char bbm[400] = "profile changed";
+    if (c->prof && p && tunnel_up(c)) {
+        char why[320];
+        if (switch_make_before_break(c, set, p, why, sizeof(why)))
+            return;
+        snprintf(bbm, sizeof(bbm), "break-before-make: %s", why);
+        LOG_INFO(c->log, "conn", "switching to profile %s, %s", p->name, bbm);
+    }
     bool was_wanted = c->phase != CONN_IDLE && c->phase != CONN_ARMED && c->phase != CONN_CLOSING;
     /* Another TUN name: the old one's network goes. With the kill switch in
      * both, the new one is armed first and the old one removed after, so
@@ -997,7 +1258,7 @@ void conn_set_profile(conn *c, profile_set *set, const profile *p)
         }
     }
     if (was_wanted || p->mode == PROFILE_MODE_ALWAYS_ON)
-        start_attempt(c, was_wanted ? "profile changed" : "always-on");
+        start_attempt(c, was_wanted ? bbm : "always-on");
     else if (on_demand(c))
         set_phase(c, CONN_ARMED, 0, "on-demand: waiting for traffic");
     else if (c->hooks.on_state) /* IDLE, maybe unchanged: the status is refreshed */
@@ -1052,6 +1313,7 @@ void conn_disconnect(conn *c)
     case CONN_NEGOTIATING:
     case CONN_UP:
     case CONN_ROAMING:
+    case CONN_REAUTHENTICATING:
     case CONN_RESTARTING:
         c->closing.err = 0;
         c->closing.then = CONN_IDLE;

@@ -31,6 +31,15 @@
  *    one), except for the local causes above.
  *  - manual: connects on conn_connect(), stays down after a failure.
  *
+ * Reauthentication (ike.reauth_s, RFC 7296 §2.8.3) is make-before-break:
+ * UP -> REAUTHENTICATING (public state still CONNECTED) while a second IKE
+ * SA and CHILD SA come up next to the current ones (conn_ops.reauth_*), ->
+ * UP once the new CHILD SA carries the traffic and the old IKE SA is being
+ * deleted, or with the old one if the new one failed. A profile switch
+ * while up uses the same path when the new profile keeps the gateway, TUN,
+ * kill switch and mode ("make-before-break"); else it is break-before-make
+ * and the move says why.
+ *
  * IKE and datapath callbacks do not re-enter the state machine: on_down,
  * rekey requests and "traffic wanted" are posted to the loop (conn_post_*)
  * and handled from a timer. Only what carries keys comes during the SA's
@@ -40,7 +49,12 @@
  * path while up moves UP -> ROAMING; the gateway's confirmation moves back
  * to UP (ROAMED, counted in conn_status.roams); no MOBIKE, a refusal or
  * no answer within CONN_ROAM_TIMEOUT_MS: the fastest reconnect (RESTARTING
- * at once, no back-off). It reports through hooks (public state and
+ * at once, no back-off). A new path during REAUTHENTICATING drops the new
+ * IKE SA (conn_ops.reauth_abort: it was made on the old path) and roams the
+ * one that carries the tunnel; the reauthentication is tried again once UP
+ * (a reauthentication due while ROAMING waits likewise). During a
+ * make-before-break profile switch it restarts with the new profile on the
+ * new path instead (break-before-make, the move says why). It reports through hooks (public state and
  * events) and conn_get_status() (its own conn_status, which lib/api turns
  * into m2mvpn_status). Everything runs on the engine thread.
  */
@@ -65,6 +79,7 @@
     XX(NEGOTIATING, "negotiating") /* IKE SA on its way */                    \
     XX(UP,          "up")          /* CHILD SA installed */                   \
     XX(ROAMING,     "roaming")     /* our path moved: MOBIKE update under way */ \
+    XX(REAUTHENTICATING, "reauthenticating") /* up; a new IKE SA on its way */ \
     XX(RESTARTING,  "restarting")  /* closing to start over at once */        \
     XX(CLOSING,     "closing")     /* closing to stay down */                 \
     XX(BACKOFF,     "backoff")     /* waiting before the next attempt */
@@ -126,7 +141,7 @@ typedef struct conn_status {
     char cert_subject[256];
     int64_t cert_not_after;
     conn_phase phase;
-    uint64_t reconnects, rekeys, roams; /* rekeys: CHILD and IKE SA rekeys */
+    uint64_t reconnects, rekeys, roams; /* rekeys: CHILD and IKE SA rekeys, reauthentications */
     int64_t last_change;          /* Unix time of the last move, 0 = none */
     char last_reason[128];
 } conn_status;
@@ -175,6 +190,19 @@ typedef struct conn_ops {
     /* Rekey this CHILD SA (CREATE_CHILD_SA); the result comes back through
      * conn_child_rekeyed(). < 0: no rekey could start. */
     int (*child_rekey)(void *arg, uint32_t spi_in);
+    /* Reauthentication (RFC 7296 §2.8.3), make-before-break: a new IKE SA
+     * and CHILD SA next to the current ones (credentials read anew, eap as
+     * for sa_start); the current SA keeps the traffic. The outcome comes
+     * through conn_reauth_established() or conn_post_reauth_failed(). NULL
+     * or < 0: no reauthentication (the tunnel stays as it is). */
+    int (*reauth_start)(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len);
+    /* During conn_reauth_established(): install the new CHILD SA (sending
+     * moves to it), make the new IKE SA the tunnel's and delete the old one.
+     * < 0: the new SA is dropped, the old one carries on. */
+    int (*reauth_install)(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len);
+    /* Optional: drop the reauthentication under way (our path moved: the
+     * new IKE SA was made on the old one); nothing more comes for it. */
+    void (*reauth_abort)(void *arg);
     /* Delete it; conn_post_ike_down() follows (maybe during this call). */
     void (*sa_close)(void *arg);
     /* Free the SA and close the path's socket. Never called from inside the
@@ -209,7 +237,8 @@ int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, c
 void conn_free(conn *c);
 
 /* Use this profile from now on (a reference on its set is taken). A running
- * tunnel of another profile is closed first. */
+ * tunnel of another profile is replaced make-before-break where possible
+ * (see above), else closed first. */
 void conn_set_profile(conn *c, profile_set *set, const profile *p);
 /* Connect (again). Errors come back through on_state. */
 void conn_connect(conn *c);
@@ -245,6 +274,12 @@ void conn_ike_established(conn *c, const ike_child_result *r);
  * detail why): the tunnel then starts over. */
 void conn_child_rekeyed(conn *c, uint32_t old_spi_in, uint32_t spi_in, uint32_t spi_out, int err,
                         const char *detail);
+/* The reauthentication's new IKE SA and CHILD SA are up (during its
+ * callback: the keys are valid only then). */
+void conn_reauth_established(conn *c, const ike_child_result *r);
+/* The reauthentication's new IKE SA failed; the current one carries on.
+ * Handled from the loop. */
+void conn_post_reauth_failed(conn *c, int err, ike_fault fault, const char *detail);
 /* The IKE SA was rekeyed (during the SA's callback). */
 void conn_ike_rekeyed(conn *c);
 /* The IKE SA is down (as ike_hooks.on_down); handled from the loop. */

@@ -85,6 +85,22 @@ struct conn_sys {
     cred_provider *cred;
     pki_trust *trust;
     ike_sa *sa;
+    /* Reauthentication (make-before-break, RFC 7296 §2.8.3): `next` is the
+     * new IKE SA on its way while `sa` carries the traffic; once its CHILD
+     * SA is installed it becomes `sa`, and the one it replaced is `old`
+     * until its Delete is done (old_spi_in: its CHILD SA, still accepted
+     * inbound meanwhile). The gateway may delete the replaced SA first
+     * (uniqueness policy): main_down keeps that until `next` decides. */
+    ike_sa *next, *old;
+    uint32_t old_spi_in;
+    cred_provider *old_cred;      /* the credential `old` used, if reloaded */
+    pki_trust *old_trust;         /* its trust anchors, if another profile's */
+    bool has_vip, has_vip6;       /* the tunnel's virtual IPs (asked for again) */
+    uint8_t vip[4], vip6[16];
+    bool main_down;
+    int main_err;
+    ike_fault main_fault;
+    char main_detail[256];
     /* The EAP credentials the SA borrows (ike_config): our copies, kept
      * until the SA is released. */
     char *eap_user;
@@ -129,6 +145,17 @@ static void reap_hook_runs(void *arg)
 
 /* ------------------------------------------------------------- I/O */
 
+/* Which IKE SA a message from the gateway is for: during a reauthentication
+ * two share the sockets (their SPIs tell them apart). */
+static ike_sa *sa_for(conn_sys *s, const uint8_t *msg, size_t len)
+{
+    if (s->next && ike_sa_owns(s->next, msg, len))
+        return s->next;
+    if (s->old && ike_sa_owns(s->old, msg, len))
+        return s->old;
+    return s->sa;
+}
+
 static void on_sock500(void *arg, uint32_t events)
 {
     conn_sys *s = arg;
@@ -141,8 +168,9 @@ static void on_sock500(void *arg, uint32_t events)
                 LOG_DBG(s->log, "conn", "port 500 socket: %s", strerror(errno));
             return;
         }
-        if (s->sa)
-            ike_sa_input(s->sa, buf, (size_t)n, false);
+        ike_sa *sa = sa_for(s, buf, (size_t)n);
+        if (sa)
+            ike_sa_input(sa, buf, (size_t)n, false);
     }
 }
 
@@ -152,8 +180,9 @@ static void on_ike_packet(void *arg, const uint8_t *data, size_t len, const stru
     conn_sys *s = arg;
     (void)from;
     (void)from_len;
-    if (s->sa)
-        ike_sa_input(s->sa, data, len, true);
+    ike_sa *sa = sa_for(s, data, len);
+    if (sa)
+        ike_sa_input(sa, data, len, true);
 }
 
 static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)
@@ -217,11 +246,33 @@ static void ike_down(void *arg, int err, ike_fault fault, const char *detail)
     if (race_take_over(s, err, fault))
         return;
     race_drop(s);
+    if (s->next && s->live) {
+        /* The gateway ended the SA being replaced (its uniqueness policy, say)
+         * while the new one is on its way: that one decides. */
+        LOG_INFO(s->log, "conn", "the IKE SA being reauthenticated went down (%s); waiting for the new one",
+                 detail ? detail : "closed");
+        s->main_down = true;
+        s->main_err = err;
+        s->main_fault = fault;
+        snprintf(s->main_detail, sizeof(s->main_detail), "%s", detail ? detail : "");
+        return;
+    }
     conn_post_ike_down(s->c, err, fault, detail);
 }
 
-/* The datapath's SA for a negotiated CHILD SA. The soft lifetime is jittered
- * (80..90 %) so that both sides rarely rekey at the same moment. */
+/* The soft limit of a lifetime (seconds, bytes or packets; 0 = none):
+ * a random point between 80 and 90 % of it, so that both sides rarely rekey
+ * at the same moment. */
+static uint64_t soft_limit(uint64_t hard)
+{
+    uint64_t jitter = 0;
+    if (hard / 10 && crypto_random(&jitter, sizeof(jitter)) == 0)
+        jitter %= hard / 10 + 1;
+    return hard - hard / 10 - jitter;
+}
+
+/* The datapath's SA for a negotiated CHILD SA, with the profile's lifetimes
+ * (the datapath raises the rekey requests, conn_post_rekey). */
 static int child_sa_config(conn_sys *s, const profile *p, const ike_child_result *r, esp_sa_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -232,11 +283,12 @@ static int child_sa_config(conn_sys *s, const profile *p, const ike_child_result
     cfg->integ_id = r->integ_id;
     cfg->esn = r->esn;
     cfg->replay_window = p->esp.replay_window;
-    uint32_t life = p->esp.lifetime_s, jitter = 0;
-    if (life / 10 && crypto_random(&jitter, sizeof(jitter)) == 0)
-        jitter %= life / 10 + 1;
-    cfg->lifetime.hard_seconds = life;
-    cfg->lifetime.soft_seconds = life - life / 10 - jitter;
+    cfg->lifetime.hard_seconds = p->esp.lifetime_s;
+    cfg->lifetime.soft_seconds = (uint32_t)soft_limit(p->esp.lifetime_s);
+    cfg->lifetime.hard_bytes = p->esp.lifetime_bytes;
+    cfg->lifetime.soft_bytes = soft_limit(p->esp.lifetime_bytes);
+    cfg->lifetime.hard_packets = p->esp.lifetime_packets;
+    cfg->lifetime.soft_packets = soft_limit(p->esp.lifetime_packets);
     memcpy(&cfg->peer, &s->gw, s->gw_len);
     cfg->peer_len = s->gw_len;
     if (cfg->peer.ss_family == AF_INET)
@@ -461,6 +513,7 @@ static int ensure_datapath(conn_sys *s, const profile *p, char *err, size_t err_
         cfg.mtu = ESP_MAX_TUN_MTU;
     }
     cfg.kill_switch = p->tunnel.kill_switch;
+    cfg.batch = p->esp.batch;
     cfg.configure_network = true;
     cfg.threads = true;
     snprintf(cfg.underlay_ifname, sizeof(cfg.underlay_ifname), "%s", s->underlay);
@@ -1117,12 +1170,17 @@ static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *
     return 0;
 }
 
+static void reauth_drop(conn_sys *s);
+
 static void sys_sa_close(void *arg)
 {
     conn_sys *s = arg;
     s->live = false; /* closed on purpose: no Happy Eyeballs take-over */
     race_drop(s);
-    if (s->sa)
+    reauth_drop(s);
+    if (s->main_down) /* already gone: its down comes now */
+        conn_post_ike_down(s->c, s->main_err, s->main_fault, s->main_detail);
+    else if (s->sa)
         ike_sa_close(s->sa);
 }
 
@@ -1131,6 +1189,15 @@ static void sys_sa_release(void *arg)
     conn_sys *s = arg;
     s->live = false;
     race_drop(s);
+    reauth_drop(s);
+    ike_sa_free(s->old);
+    s->old = NULL;
+    s->old_spi_in = 0;
+    cred_free(s->old_cred);
+    s->old_cred = NULL;
+    pki_trust_free(s->old_trust);
+    s->old_trust = NULL;
+    s->main_down = false;
     ike_sa_free(s->sa);
     s->sa = NULL;
     reap(s); /* not inside any SA's callback here */
@@ -1162,6 +1229,10 @@ static int sys_child_install(void *arg, const profile *p, const ike_child_result
     esp_tunnel_net net;
     memset(&net, 0, sizeof(net));
     /* The virtual IPs the gateway assigned: IPv4, IPv6 or both. */
+    s->has_vip = r->has_vip;
+    s->has_vip6 = r->has_vip6;
+    memcpy(s->vip, r->vip, 4);
+    memcpy(s->vip6, r->vip6, 16);
     if (r->has_vip) {
         net.has_vip = true;
         net.vip.family = AF_INET;
@@ -1217,6 +1288,272 @@ static void sys_child_remove(void *arg, uint32_t spi_in)
     if (s->dp) /* every SA of the IKE SA goes (rekeyed ones not yet retired too) */
         esp_datapath_remove_all_sas(s->dp);
     s->spi_in = 0;
+}
+
+/* ------------------------------------------------------- reauthentication */
+
+/* The IKE SA a reauthentication replaced is gone (its Delete answered, or
+ * the gateway deleted it): its CHILD SA leaves the datapath. */
+static void old_gone(conn_sys *s)
+{
+    if (s->dp && s->old_spi_in && s->old_spi_in != s->spi_in)
+        esp_datapath_remove_sa(s->dp, s->old_spi_in);
+    s->old_spi_in = 0;
+    retire(s, s->old); /* maybe inside its callback: freed from the loop */
+    s->old = NULL;
+    cred_free(s->old_cred);
+    s->old_cred = NULL;
+    pki_trust_free(s->old_trust);
+    s->old_trust = NULL;
+}
+
+static void old_down(void *arg, int err, ike_fault fault, const char *detail)
+{
+    conn_sys *s = arg;
+    (void)err;
+    (void)fault;
+    LOG_INFO(s->log, "conn", "the replaced IKE SA is deleted (%s)", detail && *detail ? detail : "done");
+    old_gone(s);
+}
+
+static void old_child_deleted(void *arg, uint32_t spi_in)
+{
+    conn_sys *s = arg;
+    if (s->dp && spi_in != s->spi_in && spi_in != s->old_spi_in)
+        esp_datapath_remove_sa(s->dp, spi_in);
+}
+
+/* A reauthentication that did not replace the SA: back to the credential
+ * the current SA used (if it was read anew). */
+static void cred_back(conn_sys *s)
+{
+    if (s->old_trust) {
+        pki_trust_free(s->trust);
+        s->trust = s->old_trust;
+        s->old_trust = NULL;
+    }
+    if (!s->old_cred)
+        return;
+    cred_free(s->cred);
+    s->cred = s->old_cred;
+    s->old_cred = NULL;
+}
+
+static void next_established(void *arg, const ike_child_result *r)
+{
+    conn_sys *s = arg;
+    conn_reauth_established(s->c, r);
+}
+
+/* The new IKE SA failed before it carried traffic: the current one goes
+ * on (unless the gateway ended it meanwhile: then that is the news). */
+static void next_down(void *arg, int err, ike_fault fault, const char *detail)
+{
+    conn_sys *s = arg;
+    retire(s, s->next);
+    s->next = NULL;
+    cred_back(s);
+    if (s->main_down) {
+        s->main_down = false;
+        conn_post_ike_down(s->c, s->main_err, s->main_fault, s->main_detail);
+        return;
+    }
+    conn_post_reauth_failed(s->c, err ? err : M2MVPN_E_STATE, fault, detail);
+}
+
+/* Stop a reauthentication under way (nothing more is sent for it). */
+static void reauth_drop(conn_sys *s)
+{
+    if (!s->next)
+        return;
+    retire(s, s->next);
+    s->next = NULL;
+    cred_back(s);
+}
+
+/* The same IP address (ports aside). */
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr, &((const struct sockaddr_in *)b)->sin_addr,
+                      4) == 0;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+    return false;
+}
+
+/* conn drops the reauthentication (our path moved under it). */
+static void sys_reauth_abort(void *arg)
+{
+    conn_sys *s = arg;
+    if (s->next)
+        LOG_INFO(s->log, "conn", "the new IKE SA of the reauthentication is dropped (made on the old path)");
+    reauth_drop(s);
+    if (s->main_down) { /* the gateway ended the old SA meanwhile: that is the news */
+        s->main_down = false;
+        conn_post_ike_down(s->c, s->main_err, s->main_fault, s->main_detail);
+    }
+}
+
+/* A second IKE SA next to the current one, with a full IKE_SA_INIT and
+ * IKE_AUTH: a certificate file is read again (a renewed certificate is the
+ * one sent), unless opening it anew needs a PIN; EAP uses the credentials
+ * the tunnel was opened with (our copies). */
+static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len)
+{
+    conn_sys *s = arg;
+    (void)eap;
+    if (!s->sa || s->next || s->old || s->main_down || s->sock500 < 0 || !s->dp) {
+        snprintf(err, err_len, "no established IKE SA alone to reauthenticate");
+        return M2MVPN_E_STATE;
+    }
+    if (p != s->prof) { /* a profile switch: its trust anchors */
+        pki_trust *t = NULL;
+        int r = pki_trust_new(&t);
+        for (size_t i = 0; r == 0 && i < p->n_ca; i++)
+            r = pki_trust_add_file(t, p->ca[i], err, err_len);
+        if (r < 0) {
+            pki_trust_free(t);
+            return r;
+        }
+        s->old_trust = s->trust;
+        s->trust = t;
+    }
+    if (p->auth == PROFILE_AUTH_CERT && (s->cred || p != s->prof)) {
+        cred_provider *cur = s->cred;
+        char why[256] = "";
+        s->cred = NULL;
+        if (open_credential(s, p, why, sizeof(why)) == 0 && !cred_pin_needed(s->cred)) {
+            s->old_cred = cur;
+        } else if (p != s->prof || !cur) { /* another profile's key: it must open now */
+            if (s->cred && cred_pin_needed(s->cred))
+                snprintf(err, err_len, "the new profile's credential needs a PIN");
+            else
+                snprintf(err, err_len, "%s", why);
+            cred_free(s->cred);
+            s->cred = cur;
+            cred_back(s);
+            return M2MVPN_E_STATE;
+        } else {
+            if (why[0])
+                LOG_INFO(s->log, "conn", "reauthentication with the credential in use (reading it anew: %s)",
+                         why);
+            cred_free(s->cred);
+            s->cred = cur;
+        }
+    }
+    /* The port-500 socket keeps the source address it was connected from:
+     * after a roam (MOBIKE) the new IKE SA's IKE_SA_INIT must leave from the
+     * current path, so a fresh one (the old SA talks on port 4500 only). */
+    if (s->path_known) {
+        struct sockaddr_storage cur;
+        socklen_t cur_len = sizeof(cur);
+        if (getsockname(s->sock500, (struct sockaddr *)&cur, &cur_len) < 0 ||
+            !same_addr(&cur, &s->path.src)) {
+            int rs = open_socket(s, err, err_len);
+            if (rs < 0) {
+                cred_back(s);
+                return rs;
+            }
+        }
+    }
+    ike_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.local_len = sizeof(cfg.local);
+    getsockname(s->sock500, (struct sockaddr *)&cfg.local, &cfg.local_len);
+    cfg.prof = p;
+    memcpy(&cfg.remote, &s->gw, s->gw_len);
+    cfg.remote_len = s->gw_len;
+    cfg.cred = s->cred;
+    cfg.trust = s->trust;
+    cfg.eap_identity = s->eap_user;
+    cfg.eap_password = s->eap_pass;
+    cfg.eap_password_len = s->eap_pass_len;
+    cfg.reauth = true;
+    cfg.want_vip = s->has_vip;
+    cfg.want_vip6 = s->has_vip6;
+    memcpy(cfg.vip, s->vip, 4);
+    memcpy(cfg.vip6, s->vip6, 16);
+    ike_hooks hooks = { s, ike_send, next_established, next_down, NULL, NULL, NULL, NULL };
+    int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->next, err, err_len);
+    if (r < 0) {
+        s->next = NULL;
+        cred_back(s);
+        return r;
+    }
+    LOG_INFO(s->log, "conn", "reauthenticating with %s: a new IKE SA next to the current one", s->gw_text);
+    ike_sa_start(s->next); /* failures arrive through next_down */
+    return 0;
+}
+
+/* The new IKE SA is up (during its callback): its CHILD SA takes the
+ * traffic (installed as the sending SA; the old one still receives), the
+ * new SA becomes the tunnel's, the old one is deleted. The virtual IPs
+ * normally stay (asked for again); if the gateway gave others, the tunnel
+ * takes them (a gap for connections bound to the old ones). */
+static int sys_reauth_install(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len)
+{
+    conn_sys *s = arg;
+    if (!s->next) {
+        snprintf(err, err_len, "no reauthentication under way");
+        return M2MVPN_E_STATE;
+    }
+    uint32_t old_spi_in = s->spi_in; /* sys_child_install moves s->spi_in on */
+    bool same = p == s->prof && r->has_vip == s->has_vip && r->has_vip6 == s->has_vip6 &&
+                (!r->has_vip || memcmp(r->vip, s->vip, 4) == 0) &&
+                (!r->has_vip6 || memcmp(r->vip6, s->vip6, 16) == 0);
+    int rc;
+    if (same) {
+        char why[256] = "";
+        esp_sa_config cfg;
+        rc = child_sa_config(s, p, r, &cfg);
+        if (rc == 0)
+            rc = esp_datapath_install_sa(s->dp, &cfg, why, sizeof(why));
+        secure_wipe(&cfg, sizeof(cfg));
+        if (rc < 0)
+            snprintf(err, err_len, "installing the new CHILD SA failed: %s", why);
+    } else {
+        /* Another profile (its routes), or other virtual IPs: the network
+         * is set again in place (new routes before old ones go). */
+        if (p == s->prof)
+            LOG_WARN(s->log, "conn", "the gateway assigned other virtual IPs on reauthentication: the "
+                     "tunnel takes them");
+        const profile *was = s->prof;
+        s->prof = p;
+        rc = sys_child_install(s, p, r, err, err_len);
+        if (rc < 0)
+            s->prof = was;
+    }
+    if (rc < 0) {
+        if (s->dp) /* whatever of it got in */
+            esp_datapath_remove_sa(s->dp, r->spi_in);
+        s->spi_in = old_spi_in;
+        reauth_drop(s); /* the current SA carries on */
+        return rc;
+    }
+    ike_sa *old = s->sa;
+    s->old_spi_in = old_spi_in;
+    s->spi_in = r->spi_in;
+    s->sa = s->next;
+    s->next = NULL;
+    ike_hooks tunnel = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
+                         ike_ike_rekeyed, ike_addresses_updated };
+    ike_sa_set_hooks(s->sa, &tunnel);
+    ike_sa_mobike_inherit(s->sa, old); /* the gateway's address list, if it did not send it again */
+    ike_hooks replaced = { s, ike_send, NULL, old_down, NULL, old_child_deleted, NULL, NULL };
+    ike_sa_set_hooks(old, &replaced);
+    s->old = old;
+    ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));
+    if (s->main_down) { /* the gateway deleted it already */
+        s->main_down = false;
+        old_gone(s);
+    } else {
+        ike_sa_close(old); /* Delete; old_down follows */
+    }
+    return 0;
 }
 
 /* What holds our key and its certificate (never a PIN). */
@@ -1325,6 +1662,9 @@ int conn_sys_new(core_loop *loop, core_log *log, conn_ops *ops)
         .child_install = sys_child_install,
         .child_remove = sys_child_remove,
         .roam = sys_roam,
+        .reauth_start = sys_reauth_start,
+        .reauth_install = sys_reauth_install,
+        .reauth_abort = sys_reauth_abort,
         .fill_status = sys_fill_status,
         .traffic = sys_traffic,
         .wall_time = sys_wall_time,

@@ -85,6 +85,15 @@ int cred_spki(cred_provider *p, uint8_t *out, size_t cap, size_t *ret_len, char 
     return p->ops->spki(p->ctx, out, cap, ret_len, err, err_len);
 }
 
+struct evp_pkey_st *cred_evp_key(cred_provider *p, char *err, size_t err_len)
+{
+    struct evp_pkey_st *k = p && p->ops->evp_key ? p->ops->evp_key(p->ctx) : NULL;
+    if (!k && err && err_len)
+        snprintf(err, err_len, "provider %s cannot give its key to OpenSSL%s", p ? cred_name(p) : "(none)",
+                 p && p->ops->evp_key ? " (locked)" : "");
+    return k;
+}
+
 int cred_sign_auth(cred_provider *p, pki_auth_method method, pki_sig_scheme scheme,
                    const uint8_t *signed_octets, size_t signed_len,
                    uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len)

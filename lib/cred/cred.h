@@ -62,6 +62,10 @@ typedef struct cred_ops {
     /** Optional. DER SubjectPublicKeyInfo of the key (for a CSR) into
      *  out[cap]. E_PIN if not readable before unlocking. */
     int (*spki)(void *ctx, uint8_t *out, size_t cap, size_t *ret_len, char *err, size_t err_len);
+    /** Optional. The private key as an OpenSSL key that signs through the
+     *  provider (a new reference; NULL while locked), for OpenSSL's own
+     *  protocols (management: CMP proof of possession, mutual TLS). */
+    struct evp_pkey_st *(*evp_key)(void *ctx);
 } cred_ops;
 
 /** A provider: operations plus context. Made by a cred_*_open() function. */
@@ -166,6 +170,11 @@ int cred_pkcs11_open(const char *module, const char *uri, const char *pin, size_
 int cred_tpm_open(const char *key, const char *cert_file, const char *tcti,
                   const char *pin, size_t pin_len,
                   cred_provider **ret, char *err, size_t err_len);
+
+/** The provider's key as an OpenSSL EVP_PKEY (see cred_ops.evp_key; keep
+ *  the provider open while it is used), or NULL if this provider cannot
+ *  give one (then err says so). */
+struct evp_pkey_st *cred_evp_key(cred_provider *p, char *err, size_t err_len);
 
 /** Destroy a provider (wipes its secrets). NULL is fine. */
 void cred_free(cred_provider *p);

@@ -18,6 +18,11 @@
 int cred_pkcs11_open_key(const char *module, const char *uri, const char *pin, size_t pin_len,
                          cred_provider **ret, char *err, size_t err_len);
 
+/** Store `cert` (DER) on the token of provider p (made by
+ *  cred_pkcs11_open_key), with the key's label and CKA_ID, so that
+ *  cred_pkcs11_open() finds it next to the key. Errors: CERT, IO, NOMEM. */
+int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, char *err, size_t err_len);
+
 /**
  * Generate a key pair on the token that `uri` names (token=...; object= the
  * label, id= optional: 8 random bytes otherwise): ECC P-256, or RSA 2048 if

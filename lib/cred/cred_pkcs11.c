@@ -61,6 +61,12 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
     return no_pkcs11(err, err_len);
 }
 
+int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, char *err, size_t err_len)
+{
+    (void)p, (void)der, (void)len;
+    return no_pkcs11(err, err_len);
+}
+
 #else /* M2MVPN_HAVE_PKCS11 */
 
 #include <dlfcn.h>
@@ -88,6 +94,8 @@ typedef struct p11_cred {
     PKCS11_SLOT *slot;
     char label[64];          /* token label, for messages */
     char key_label[64];
+    unsigned char key_id[64];
+    size_t key_id_len;
     bool logged_in;
     bool lost;
     bool pin_counter_low;    /* the profile PIN was not tried: COUNT_LOW / FINAL_TRY */
@@ -277,6 +285,9 @@ static int take_key(p11_cred *pc, char *err, size_t err_len)
         return M2MVPN_E_CERT;
     }
     snprintf(pc->key_label, sizeof pc->key_label, "%s", key->label ? key->label : "");
+    pc->key_id_len = key->id_len <= sizeof pc->key_id ? key->id_len : 0;
+    if (pc->key_id_len)
+        memcpy(pc->key_id, key->id, pc->key_id_len);
     EVP_PKEY *priv = PKCS11_get_private_key(key);
     EVP_PKEY *pub = public_half(priv);
     ERR_clear_error();
@@ -501,6 +512,12 @@ static int p11_sign(void *ctx, pki_sig_scheme scheme, const uint8_t *data, size_
     return rc;
 }
 
+static EVP_PKEY *p11_evp_key(void *ctx)
+{
+    p11_cred *pc = ctx;
+    return pc->key && EVP_PKEY_up_ref(pc->key) ? pc->key : NULL;
+}
+
 static const cred_ops p11_ops = {
     .name = "pkcs11",
     .chain = p11_chain,
@@ -512,7 +529,29 @@ static const cred_ops p11_ops = {
     .describe = p11_describe,
     .lost = p11_lost,
     .spki = p11_spki,
+    .evp_key = p11_evp_key,
 };
+
+int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, char *err, size_t err_len)
+{
+    if (!p || p->ops != &p11_ops || !der)
+        return M2MVPN_E_INVAL;
+    p11_cred *pc = p->ctx;
+    const unsigned char *q = der;
+    X509 *x = d2i_X509(NULL, &q, (long)len);
+    if (!x)
+        return M2MVPN_E_CERT;
+    int r = PKCS11_store_certificate(pc->slot->token, x, pc->key_label, pc->key_id_len ? pc->key_id : NULL,
+                                     pc->key_id_len, NULL);
+    X509_free(x);
+    if (r != 0) {
+        unsigned long ckr = last_ckr();
+        pki_set_err(err, err_len, "cannot store the certificate on token \"%s\" (CKR 0x%lx)", pc->label, ckr);
+        ERR_clear_error();
+        return ckr_means_gone(ckr) ? M2MVPN_E_IO : M2MVPN_E_CERT;
+    }
+    return 0;
+}
 
 /* ------------------------------------------------------------------ open */
 
@@ -531,6 +570,15 @@ static int open_common(const char *module, const char *uri, const char *pin, siz
         goto fail;
     if ((rc = open_token(pc, err, err_len)) < 0)
         goto fail;
+    /* A key without certificate yet gets one stored (cred_pkcs11_store_cert):
+     * read-write sessions, chosen before the login (changing the mode later
+     * closes the sessions, and the login with them). */
+    if (!need_cert && PKCS11_open_session(pc->slot, 1) != 0) {
+        pki_set_err(err, err_len, "cannot open a read-write session on token \"%s\"", pc->label);
+        ERR_clear_error();
+        rc = M2MVPN_E_IO;
+        goto fail;
+    }
     /* Public certificates can be read before login (to show in status). */
     if ((rc = find_cert(pc, NULL)) < 0)
         goto fail;

@@ -100,6 +100,11 @@
 #define ESP_MAX_PACKET     16384
 /* Largest TUN MTU the datapath's preallocated send slots take (no jumbo). */
 #define ESP_MAX_TUN_MTU    1952
+/* Batch depth of the TUN -> ESP side: packets gathered (read from the TUN,
+ * or cut from a TSO super-packet) before they are encrypted and sent in one
+ * go. Each costs a 2 KiB slot, touched only under load. */
+#define ESP_BATCH_DEFAULT  32
+#define ESP_BATCH_MAX      128
 /* Prefixes a tunnel protects: as many as a profile may list
  * (PROFILE_MAX_TS, checked in lib/conn); a full tunnel is one prefix. */
 #define ESP_MAX_TS         16
@@ -203,6 +208,7 @@ typedef struct esp_sa_keys {
 /* Lifetimes; 0 means none. Soft raises a rekey request, hard stops the SA. */
 typedef struct esp_lifetime {
     uint64_t soft_bytes, hard_bytes;      /* inner bytes, each direction counted */
+    uint64_t soft_packets, hard_packets;  /* inner packets, each direction counted */
     uint32_t soft_seconds, hard_seconds;  /* since esp_sa_new */
 } esp_lifetime;
 
@@ -299,7 +305,9 @@ void esp_sa_get_counters(const esp_sa *sa, esp_sa_counters *out);
     XX(SOFT_BYTES,  "soft byte lifetime reached")                   \
     XX(HARD_BYTES,  "hard byte lifetime reached")                   \
     XX(SOFT_TIME,   "soft time lifetime reached")                   \
-    XX(HARD_TIME,   "hard time lifetime reached")
+    XX(HARD_TIME,   "hard time lifetime reached")                   \
+    XX(SOFT_PACKETS, "soft packet lifetime reached")                \
+    XX(HARD_PACKETS, "hard packet lifetime reached")
 
 typedef enum esp_rekey_reason {
 #define ESP_XX_ENUM(name, text) ESP_REKEY_##name,
@@ -355,6 +363,10 @@ typedef struct esp_datapath_config {
      * network code per batch instead of per packet. On by default (measured:
      * about 4x the throughput of the plain path); true turns them off. */
     bool no_offload;
+    /* Packets per TUN -> ESP batch: 0 -> ESP_BATCH_DEFAULT, at most
+     * ESP_BATCH_MAX. Memory under load against syscalls per packet (a TSO
+     * super-packet larger than the batch is cut and sent in several). */
+    uint32_t batch;
     /* Worker threads (one encrypts, one decrypts: both cores). false: no
      * threads; after esp_datapath_attach the engine's own loop moves the
      * packets (single-threaded firmware), or a test calls esp_datapath_poll_*. */

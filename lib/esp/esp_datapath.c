@@ -157,6 +157,8 @@ int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret, char *e
         return M2MVPN_E_NOMEM;
     dp->cfg = *cfg;
     dp->offload = !cfg->no_offload;
+    dp->tx_slots = cfg->batch == 0 ? ESP_BATCH_DEFAULT
+                 : cfg->batch > ESP_TX_BATCH ? ESP_TX_BATCH : (int)cfg->batch;
     dp->udp_fd = dp->event_fd = dp->stop_fd = -1;
     dp->out_idx = -1;
     pthread_rwlock_init(&dp->sa_lock, NULL);

@@ -18,7 +18,7 @@
 
 #define ESP_MAX_SAS 4
 #define ESP_BATCH 32            /* UDP datagrams per recvmmsg */
-#define ESP_TX_BATCH 128        /* ESP packets per send (a 64 KiB TSO packet at MSS 536) */
+#define ESP_TX_BATCH ESP_BATCH_MAX /* slots allocated; cfg.batch of them are used */
 /* Room in front of an inner packet for SPI, sequence number and IV. */
 #define ESP_HEADROOM 32
 #define ESP_TX_SLOT 2048        /* inner up to ESP_TX_SLOT - headroom - trailer */
@@ -95,6 +95,7 @@ struct esp_datapath {
     _Atomic uint64_t drop_no_sa, drop_malformed, drop_too_big, drop_selector, ike_in, keepalives_out;
     _Atomic uint64_t tx_packets;   /* for keepalive suppression */
     bool offload;                  /* !cfg.no_offload */
+    int tx_slots;                  /* batch depth in use (cfg.batch), <= ESP_TX_BATCH */
     bool udp_gso, udp_gro;         /* kernel accepted UDP_SEGMENT / UDP_GRO */
 
     core_loop *loop;

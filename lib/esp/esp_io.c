@@ -326,7 +326,7 @@ static int tun_read_offload(esp_datapath *dp, int *n)
             atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
             return 1;
         }
-        if (*n == ESP_TX_BATCH) {
+        if (*n >= dp->tx_slots) {
             tx_flush(dp, *n);
             *n = 0;
         }
@@ -338,19 +338,31 @@ static int tun_read_offload(esp_datapath *dp, int *n)
         atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
         return 1;
     }
-    size_t need = vh.gso_size ? (len + vh.gso_size - 1) / vh.gso_size : ESP_TX_BATCH + 1;
-    if (need > (size_t)(ESP_TX_BATCH - *n)) {
+    /* A super-packet that fits the batch's free slots joins it; a bigger
+     * one starts a new batch and, beyond the batch depth, is sent in parts. */
+    size_t need = vh.gso_size ? (len + vh.gso_size - 1) / vh.gso_size : (size_t)ESP_TX_BATCH + 1;
+    if (*n > 0 && need > (size_t)(dp->tx_slots - *n)) {
         tx_flush(dp, *n);
         *n = 0;
     }
     uint8_t *outs[ESP_TX_BATCH];
-    for (int i = *n; i < ESP_TX_BATCH; i++)
-        outs[i - *n] = b->buf[i] + ESP_HEADROOM;
-    size_t segs = esp_tso_segment(pkt, len, vh.gso_size, outs, cap, b->inner_len + *n,
-                                  (size_t)(ESP_TX_BATCH - *n));
-    if (segs == 0)
-        atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
-    *n += (int)segs;
+    size_t done = 0, total = 0;
+    do {
+        if (*n >= dp->tx_slots) {
+            tx_flush(dp, *n);
+            *n = 0;
+        }
+        for (int i = *n; i < dp->tx_slots; i++)
+            outs[i - *n] = b->buf[i] + ESP_HEADROOM;
+        size_t segs = esp_tso_segment_part(pkt, len, vh.gso_size, done, outs, cap,
+                                           b->inner_len + *n, (size_t)(dp->tx_slots - *n), &total);
+        if (segs == 0) {
+            atomic_fetch_add_explicit(&dp->drop_too_big, 1, memory_order_relaxed);
+            break;
+        }
+        *n += (int)segs;
+        done += segs;
+    } while (done < total);
     return 1;
 }
 
@@ -359,14 +371,15 @@ int esp_datapath_poll_tun(esp_datapath *dp)
     int n = 0, reads = 0;
     /* Plain: fill one batch. Offload: a few super-packets per wakeup. */
     int max_reads = dp->offload ? 8 : ESP_BATCH;
-    while (reads < max_reads && n < ESP_TX_BATCH) {
+    bool full = false;
+    while (reads < max_reads && !(full = n >= dp->tx_slots)) {
         int more = dp->offload ? tun_read_offload(dp, &n) : tun_read_plain(dp, &n);
         if (!more)
             break;
         reads++;
     }
     tx_flush(dp, n);
-    return reads == max_reads ? ESP_BATCH : reads;
+    return reads == max_reads || full ? ESP_BATCH : reads;
 }
 
 /* -------------------------------------------------------- UDP -> TUN */

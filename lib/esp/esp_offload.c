@@ -137,24 +137,30 @@ static void fix_headers(uint8_t *p, bool ipv6, size_t ip_len, size_t hdr_len, si
     buf_store_be16(tcp + 16, (uint16_t)~esp_csum_fold(s));
 }
 
-size_t esp_tso_segment(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *const *out,
-                       size_t out_cap, size_t *out_len, size_t max_out)
+size_t esp_tso_segment_part(const uint8_t *pkt, size_t len, uint16_t mss, size_t first,
+                            uint8_t *const *out, size_t out_cap, size_t *out_len, size_t max_out,
+                            size_t *total)
 {
     bool ipv6;
     size_t ip_len, hdr_len;
+    *total = 0;
     if (mss == 0 || !tcp_headers(pkt, len, &ipv6, &ip_len, &hdr_len))
         return 0;
     size_t payload = len - hdr_len;
     size_t n = payload == 0 ? 1 : (payload + mss - 1) / mss;
-    if (n > max_out || hdr_len + (payload < mss ? payload : mss) > out_cap)
+    if (hdr_len + (payload < mss ? payload : mss) > out_cap)
         return 0;
+    *total = n;
+    if (first >= n)
+        return 0;
+    size_t end = n - first > max_out ? first + max_out : n;
     uint32_t seq = buf_load_be32(pkt + ip_len + 4);
     uint16_t id = ipv6 ? 0 : buf_load_be16(pkt + 4);
     uint8_t flags = pkt[ip_len + 13];
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = first; i < end; i++) {
         size_t off = i * mss;
         size_t seg = payload - off < mss ? payload - off : mss;
-        uint8_t *p = out[i];
+        uint8_t *p = out[i - first];
         memcpy(p, pkt, hdr_len);
         memcpy(p + hdr_len, pkt + hdr_len + off, seg);
         if (!ipv6)
@@ -167,9 +173,19 @@ size_t esp_tso_segment(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *co
             f &= (uint8_t)~TCP_CWR;
         p[ip_len + 13] = f;
         fix_headers(p, ipv6, ip_len, hdr_len, seg);
-        out_len[i] = hdr_len + seg;
+        out_len[i - first] = hdr_len + seg;
     }
-    return n;
+    return end - first;
+}
+
+size_t esp_tso_segment(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *const *out,
+                       size_t out_cap, size_t *out_len, size_t max_out)
+{
+    size_t total;
+    if (!esp_tso_segment_part(pkt, len, mss, 0, out, out_cap, out_len, max_out, &total) ||
+        total > max_out)
+        return 0;
+    return total;
 }
 
 /* ------------------------------------------------------------- coalescing */

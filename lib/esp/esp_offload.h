@@ -37,6 +37,13 @@ bool esp_csum_complete(uint8_t *pkt, size_t len, uint16_t csum_start, uint16_t c
  */
 size_t esp_tso_segment(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *const *out,
                        size_t out_cap, size_t *out_len, size_t max_out);
+/* The same, in parts, for batches smaller than a super-packet: segments
+ * first .. first + k - 1 (k <= max_out, as many as there are) go to out[0..k-1];
+ * *total is the packet's number of segments. Returns k, or 0 if the packet
+ * cannot be segmented or first >= *total. */
+size_t esp_tso_segment_part(const uint8_t *pkt, size_t len, uint16_t mss, size_t first,
+                            uint8_t *const *out, size_t out_cap, size_t *out_len, size_t max_out,
+                            size_t *total);
 
 /* Coalescing of received TCP segments into one super-packet. */
 typedef struct esp_gro {

@@ -77,7 +77,8 @@ const char *esp_rekey_reason_name(esp_rekey_reason r)
 
 bool esp_rekey_reason_is_hard(esp_rekey_reason r)
 {
-    return r == ESP_REKEY_HARD_SEQ || r == ESP_REKEY_HARD_BYTES || r == ESP_REKEY_HARD_TIME;
+    return r == ESP_REKEY_HARD_SEQ || r == ESP_REKEY_HARD_BYTES || r == ESP_REKEY_HARD_TIME ||
+           r == ESP_REKEY_HARD_PACKETS;
 }
 
 static void set_err(char *err, size_t err_len, const char *msg)
@@ -382,10 +383,19 @@ static void count_drop(esp_sa *sa, esp_drop_reason r, esp_drop_reason *out)
         *out = r;
 }
 
-/* Byte lifetimes, checked per direction after each packet. */
-static void account_bytes(esp_sa *sa, uint64_t total)
+/* Byte and packet lifetimes, checked per direction after each packet (the
+ * totals of that direction, this packet included): two compares, no lock;
+ * a limit raises its request once (raise_rekey), the datapath delivers it. */
+static void account_bytes(esp_sa *sa, uint64_t total, uint64_t packets)
 {
     const esp_lifetime *lt = &sa->lifetime;
+    if (lt->soft_packets && packets >= lt->soft_packets)
+        raise_rekey(sa, ESP_REKEY_SOFT_PACKETS);
+    if (lt->hard_packets && packets >= lt->hard_packets) {
+        atomic_store(&sa->out_dead, true);
+        atomic_store(&sa->in_dead, true);
+        raise_rekey(sa, ESP_REKEY_HARD_PACKETS);
+    }
     if (lt->soft_bytes && total >= lt->soft_bytes)
         raise_rekey(sa, ESP_REKEY_SOFT_BYTES);
     if (lt->hard_bytes && total >= lt->hard_bytes) {
@@ -514,9 +524,9 @@ int esp_sa_encap(esp_sa *sa, const uint8_t *inner, size_t inner_len, uint8_t nex
         return M2MVPN_E_CRYPTO;
     }
     *out_len = total;
-    atomic_fetch_add_explicit(&sa->packets_out, 1, memory_order_relaxed);
+    uint64_t packets = atomic_fetch_add_explicit(&sa->packets_out, 1, memory_order_relaxed);
     uint64_t bytes = atomic_fetch_add_explicit(&sa->bytes_out, inner_len, memory_order_relaxed);
-    account_bytes(sa, bytes + inner_len);
+    account_bytes(sa, bytes + inner_len, packets + 1);
     return 0;
 }
 
@@ -610,8 +620,8 @@ int esp_sa_decap(esp_sa *sa, uint8_t *pkt, size_t len, uint8_t **inner, size_t *
     *inner = ct;
     *inner_len = payload_len;
     *next_header = nh;
-    atomic_fetch_add_explicit(&sa->packets_in, 1, memory_order_relaxed);
+    uint64_t packets = atomic_fetch_add_explicit(&sa->packets_in, 1, memory_order_relaxed);
     uint64_t bytes = atomic_fetch_add_explicit(&sa->bytes_in, payload_len, memory_order_relaxed);
-    account_bytes(sa, bytes + payload_len);
+    account_bytes(sa, bytes + payload_len, packets + 1);
     return 0;
 }

@@ -228,7 +228,8 @@ int ike_auth_start(ike_sa *sa)
             LOG_WARN(sa->log, "ike", "no CERTREQ sent (out of memory): the gateway may not send its certificate");
         free(hashes);
     }
-    ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_INITIAL_CONTACT, NULL, 0, NULL, 0);
+    if (!sa->cfg.reauth) /* the old IKE SA must live until this one carries traffic */
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_INITIAL_CONTACT, NULL, 0, NULL, 0);
     ike_mobike_build_auth(sa, &cw);
     pki_id rid;
     if (pki_id_from_string(p->remote_id, &rid, err, sizeof(err)) == 0)
@@ -263,10 +264,18 @@ no_auth:;
     if (p->tunnel.request_vip) {
         ike_cp_attr attrs[4];
         size_t n_attrs = 0;
+        /* A reauthentication asks for the addresses the tunnel has. */
+        uint8_t v6[17];
+        memcpy(v6, sa->cfg.vip6, 16);
+        v6[16] = 128;
         if (want4)
-            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_ADDRESS, buf_reader_make(NULL, 0) };
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_ADDRESS,
+                                              sa->cfg.want_vip ? buf_reader_make(sa->cfg.vip, 4)
+                                                               : buf_reader_make(NULL, 0) };
         if (want6)
-            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP6_ADDRESS, buf_reader_make(NULL, 0) };
+            attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP6_ADDRESS,
+                                              sa->cfg.want_vip6 ? buf_reader_make(v6, 17)
+                                                                : buf_reader_make(NULL, 0) };
         if (want4 && p->tunnel.dns)
             attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(NULL, 0) };
         if (want6 && p->tunnel.dns)

@@ -120,6 +120,13 @@ typedef struct ike_config {
     const char *eap_identity;
     const char *eap_password;
     size_t eap_password_len;
+    /* Reauthentication (RFC 7296 §2.8.3, make-before-break): the IKE SA that
+     * this one replaces stays up until this one carries the traffic, so no
+     * INITIAL_CONTACT, and the virtual IPs it has are asked for again (the
+     * gateway may keep them: the tunnel's addresses need not change). */
+    bool reauth;
+    bool want_vip, want_vip6;
+    uint8_t vip[4], vip6[16];
 } ike_config;
 
 typedef struct ike_sa ike_sa;
@@ -144,6 +151,9 @@ int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in);
 int ike_sa_rekey_ike(ike_sa *sa);
 /* MOBIKE (RFC 4555). Did both sides announce it (IKE_AUTH)? */
 bool ike_sa_mobike(const ike_sa *sa);
+/* A reauthentication replaced `from` by `sa`: the gateway's other addresses
+ * (MOBIKE) carry over unless the new IKE_AUTH listed them anew. */
+void ike_sa_mobike_inherit(ike_sa *sa, const ike_sa *from);
 /* Our address changed (local: the new one the kernel picks towards the
  * gateway): INFORMATIONAL {UPDATE_SA_ADDRESSES, NAT detection, COOKIE2},
  * sent at once from whatever the sending hook uses now. A request under
@@ -159,6 +169,13 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
 size_t ike_sa_peer_addresses(const ike_sa *sa, struct sockaddr_storage *out, size_t max);
 /* Cancel timers, wipe keys, free. NULL is fine. Never calls hooks. */
 void ike_sa_free(ike_sa *sa);
+
+/* Replace the hooks (lib/conn: the SA a reauthentication replaces gets
+ * other hooks than the one the tunnel uses). */
+void ike_sa_set_hooks(ike_sa *sa, const ike_hooks *hooks);
+/* True if msg (an IKE header at least) belongs to this SA: its initiator
+ * SPI is ours. For several SAs behind one socket. */
+bool ike_sa_owns(const ike_sa *sa, const uint8_t *msg, size_t len);
 
 /* Negotiated algorithms, "aes256gcm16-prfsha384-x25519" style, for status. */
 void ike_sa_describe(const ike_sa *sa, char *ike_alg, size_t ike_len, char *esp_alg, size_t esp_len);

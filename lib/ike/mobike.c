@@ -29,6 +29,17 @@ bool ike_sa_mobike(const ike_sa *sa)
     return active(sa);
 }
 
+void ike_sa_mobike_inherit(ike_sa *sa, const ike_sa *from)
+{
+    if (!active(sa) || sa->mobike.addrs_set || !from || !from->mobike.addrs_set)
+        return;
+    memcpy(sa->mobike.addrs, from->mobike.addrs, sizeof(sa->mobike.addrs));
+    sa->mobike.n_addrs = from->mobike.n_addrs;
+    sa->mobike.addrs_set = true;
+    LOG_INFO(sa->log, "ike", "gateway %s: its %zu other address%s kept from the replaced IKE SA", sa->gw_text,
+             sa->mobike.n_addrs, sa->mobike.n_addrs == 1 ? "" : "es");
+}
+
 void ike_mobike_build_auth(ike_sa *sa, ike_chain_writer *cw)
 {
     if (sa->cfg.prof->ike.mobike)
@@ -43,6 +54,7 @@ static void take_addresses(ike_sa *sa, const ike_mobike_info *m)
     if (!m->n_addrs && !m->no_additional)
         return;
     sa->mobike.n_addrs = 0;
+    sa->mobike.addrs_set = true;
     for (size_t i = 0; i < m->n_addrs; i++)
         sa->mobike.addrs[sa->mobike.n_addrs++] = m->addrs[i];
     LOG_INFO(sa->log, "ike", "gateway %s lists %zu other address%s%s", sa->gw_text, m->n_addrs,

@@ -592,6 +592,16 @@ void ike_sa_close(ike_sa *sa)
     ike_sa_fail(sa, 0, "IKE SA closed");
 }
 
+void ike_sa_set_hooks(ike_sa *sa, const ike_hooks *hooks)
+{
+    sa->hooks = *hooks;
+}
+
+bool ike_sa_owns(const ike_sa *sa, const uint8_t *msg, size_t len)
+{
+    return sa && len >= 28 && memcmp(msg, sa->spi_i, 8) == 0;
+}
+
 void ike_sa_describe(const ike_sa *sa, char *ike_alg, size_t ike_len, char *esp_alg, size_t esp_len)
 {
     snprintf(ike_alg, ike_len, "%s", sa->ike_alg);

@@ -44,6 +44,7 @@ typedef struct ike_mobike {
     uint8_t cookie2[16];           /* of the update under way (return routability, §3.5) */
     ike_mobike_addr addrs[IKE_MOBIKE_MAX_ADDRS]; /* the gateway's other addresses */
     size_t n_addrs;
+    bool addrs_set;                /* the gateway sent a list (or NO_ADDITIONAL_ADDRESSES) */
     /* NAT_DETECTION_DESTINATION_IP the gateway last sent (our address as it
      * sees it), under the IKE SA's SPIs then: a change is a new NAT mapping. */
     uint8_t natd_seen[IKE_NATD_LEN];

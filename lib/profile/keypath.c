@@ -176,6 +176,22 @@ int keypath_uint(keypath *kp, json_object *obj, const char *key, uint32_t lo, ui
     return 0;
 }
 
+int keypath_uint64(keypath *kp, json_object *obj, const char *key, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    json_object *v = keypath_member(obj, key);
+    if (!v && !has_null_member(obj, key))
+        return 0;
+    if (!v || !json_object_is_type(v, json_type_int))
+        return keypath_fail_at(kp, key, "must be an integer %llu..%llu", (unsigned long long)lo,
+                               (unsigned long long)hi);
+    /* hi stays below INT64_MAX, where json-c clamps larger numbers. */
+    int64_t n = json_object_get_int64(v);
+    if (n < 0 || (uint64_t)n < lo || (uint64_t)n > hi)
+        return keypath_fail_at(kp, key, "must be %llu..%llu", (unsigned long long)lo, (unsigned long long)hi);
+    *out = (uint64_t)n;
+    return 0;
+}
+
 int keypath_double(keypath *kp, json_object *obj, const char *key, double lo, double hi, double *out)
 {
     json_object *v = keypath_member(obj, key);

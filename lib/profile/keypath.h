@@ -54,6 +54,8 @@ int keypath_check_keys(keypath *kp, json_object *obj, const char *const *known);
 int keypath_string(keypath *kp, json_object *obj, const char *key, size_t min, size_t max,
                    bool secret, char **out);
 int keypath_uint(keypath *kp, json_object *obj, const char *key, uint32_t lo, uint32_t hi, uint32_t *out);
+/* The same for 64-bit counts (hi < INT64_MAX). */
+int keypath_uint64(keypath *kp, json_object *obj, const char *key, uint64_t lo, uint64_t hi, uint64_t *out);
 int keypath_double(keypath *kp, json_object *obj, const char *key, double lo, double hi, double *out);
 int keypath_bool(keypath *kp, json_object *obj, const char *key, bool *out);
 /* One of the n strings in names[] (indexed by enum value); *out gets the index. */

@@ -94,6 +94,8 @@ typedef struct profile {
         size_t n_proposals;   /* >= 1 after parsing; default: one proposal
                                * aes256gcm16-aes128gcm16-prfsha384-prfsha256-x25519-ecp256-modp3072 */
         uint32_t lifetime_s;  /* default 14400 */
+        uint32_t reauth_s;    /* "reauth_s": reauthenticate (a new IKE SA, RFC 7296
+                               * §2.8.3) after this long; default 0 = never */
         uint32_t dpd_s;       /* default 30; 0 = off */
         bool fragmentation;   /* default true */
         bool mobike;          /* default true */
@@ -109,7 +111,10 @@ typedef struct profile {
         proposal proposals[PROFILE_MAX_PROPOSALS];
         size_t n_proposals;   /* >= 1; default: one proposal aes256gcm16-aes128gcm16 */
         uint32_t lifetime_s;  /* default 3600 */
+        uint64_t lifetime_bytes;   /* "lifetime_bytes": inner bytes per direction; 0 = none (default) */
+        uint64_t lifetime_packets; /* "lifetime_packets": inner packets per direction; 0 = none (default) */
         uint32_t replay_window; /* default 1024; 0 = off; max 65536 */
+        uint32_t batch;       /* packets per TUN -> ESP batch; default 32; 1..128 */
     } esp;
 
     struct {
@@ -135,6 +140,24 @@ typedef struct profile {
         uint32_t mtu;         /* 0 = derive from underlay; else 576..9000 */
         uint32_t on_demand_idle_s; /* default 300 */
     } tunnel;
+
+    /* "management": this profile is a bootstrap (DESIGN §9). gateways,
+     * remote_id and auth may then be absent (n_gateways 0): lib/mgmt enrols
+     * and installs the individual profile that has them. */
+    struct {
+        bool on;
+        char *url;            /* "https://..." without a trailing '/' */
+        char *server_ca;      /* absolute path: the one anchor of the server's TLS */
+        char *bundle_signer;  /* absolute path: the one allowed bundle signer */
+        char *token;          /* secret "ID.SECRET" (16 hex, '.', 43 base64url) */
+        profile_cert_source provider; /* FILE, PKCS11 or TPM */
+        char *key;            /* file: absolute path, NULL = device.key.pem in the state dir */
+        char *pkcs11_module, *pkcs11_uri;
+        char *tpm_key;        /* absolute path or handle "0x81...", NULL = device.tss2.pem in the state dir */
+        char *tpm_tcti;
+        char *pin;            /* secret; pkcs11: required */
+        uint32_t poll_s;      /* default 300, 10..86400 */
+    } mgmt;
 } profile;
 
 typedef struct profile_set {

@@ -394,8 +394,8 @@ static int read_proposals(keypath *kp, json_object *sec, proposal_kind kind, pro
 
 static int read_ike(keypath *kp, json_object *obj, profile *p)
 {
-    static const char *const keys[] = { "proposals", "lifetime_s", "dpd_s", "fragmentation", "mobike",
-                                        "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
+    static const char *const keys[] = { "proposals", "lifetime_s", "reauth_s", "dpd_s", "fragmentation",
+                                        "mobike", "nat_keepalive_s", "retransmit_timeout_s", "retransmit_base",
                                         "retransmit_tries", "force_encap", "allow_sha1_signatures", NULL };
     json_object *ike;
     TRY(keypath_object(kp, obj, "ike", &ike));
@@ -405,6 +405,9 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
     TRY(keypath_check_keys(kp, ike, keys));
     TRY(read_proposals(kp, ike, PROPOSAL_IKE, p->ike.proposals, &p->ike.n_proposals));
     TRY(keypath_uint(kp, ike, "lifetime_s", 10, 604800, &p->ike.lifetime_s));
+    TRY(keypath_uint(kp, ike, "reauth_s", 0, 604800, &p->ike.reauth_s));
+    if (p->ike.reauth_s && p->ike.reauth_s < 10)
+        return keypath_fail_at(kp, "reauth_s", "must be 0 (never) or 10..604800");
     TRY(keypath_uint(kp, ike, "dpd_s", 0, 86400, &p->ike.dpd_s));
     TRY(keypath_bool(kp, ike, "fragmentation", &p->ike.fragmentation));
     TRY(keypath_bool(kp, ike, "mobike", &p->ike.mobike));
@@ -418,9 +421,13 @@ static int read_ike(keypath *kp, json_object *obj, profile *p)
     return 0;
 }
 
+#define ESP_MIN_LIFETIME_BYTES 65536
+#define ESP_MIN_LIFETIME_PACKETS 1000
+
 static int read_esp(keypath *kp, json_object *obj, profile *p)
 {
-    static const char *const keys[] = { "proposals", "lifetime_s", "replay_window", NULL };
+    static const char *const keys[] = { "proposals", "lifetime_s", "lifetime_bytes", "lifetime_packets",
+                                        "replay_window", "batch", NULL };
     json_object *esp;
     TRY(keypath_object(kp, obj, "esp", &esp));
     if (!esp)
@@ -429,7 +436,18 @@ static int read_esp(keypath *kp, json_object *obj, profile *p)
     TRY(keypath_check_keys(kp, esp, keys));
     TRY(read_proposals(kp, esp, PROPOSAL_ESP, p->esp.proposals, &p->esp.n_proposals));
     TRY(keypath_uint(kp, esp, "lifetime_s", 10, 604800, &p->esp.lifetime_s));
+    /* 0 = none; else enough for a rekey to finish before the hard limit
+     * (the soft one comes at 80..90 %), at most 2^53 (exact in any JSON). */
+    TRY(keypath_uint64(kp, esp, "lifetime_bytes", 0, (uint64_t)1 << 53, &p->esp.lifetime_bytes));
+    if (p->esp.lifetime_bytes && p->esp.lifetime_bytes < ESP_MIN_LIFETIME_BYTES)
+        return keypath_fail_at(kp, "lifetime_bytes", "must be 0 (none) or %u..9007199254740992",
+                               (unsigned)ESP_MIN_LIFETIME_BYTES);
+    TRY(keypath_uint64(kp, esp, "lifetime_packets", 0, (uint64_t)1 << 53, &p->esp.lifetime_packets));
+    if (p->esp.lifetime_packets && p->esp.lifetime_packets < ESP_MIN_LIFETIME_PACKETS)
+        return keypath_fail_at(kp, "lifetime_packets", "must be 0 (none) or %u..9007199254740992",
+                               (unsigned)ESP_MIN_LIFETIME_PACKETS);
     TRY(keypath_uint(kp, esp, "replay_window", 0, 65536, &p->esp.replay_window));
+    TRY(keypath_uint(kp, esp, "batch", 1, 128, &p->esp.batch));
     keypath_pop(kp, mark);
     return 0;
 }
@@ -526,6 +544,109 @@ static int read_tunnel(keypath *kp, json_object *obj, path_base *base, profile *
     return 0;
 }
 
+/* ------------------------------------------------------------- management */
+
+/* "ID.SECRET": 16 lowercase hex, '.', 43 base64url characters (m2mvpn-admin
+ * prints it so). */
+static bool token_ok(const char *t)
+{
+    if (strlen(t) != 16 + 1 + 43 || t[16] != '.')
+        return false;
+    for (size_t i = 0; i < 16; i++)
+        if (!((t[i] >= '0' && t[i] <= '9') || (t[i] >= 'a' && t[i] <= 'f')))
+            return false;
+    for (const char *c = t + 17; *c; c++)
+        if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-' ||
+              *c == '_'))
+            return false;
+    return true;
+}
+
+static int read_mgmt_key(keypath *kp, json_object *mg, path_base *base, profile *p)
+{
+    static const char *const keys[] = { "provider", "key", "pin", "pkcs11_module", "pkcs11_uri",
+                                        "tpm_key", "tpm_tcti", NULL };
+    static const char *const providers[] = { "file", "pkcs11", "tpm" };
+    static const profile_cert_source sources[] = { PROFILE_CERT_FILE, PROFILE_CERT_PKCS11, PROFILE_CERT_TPM };
+    /* Bit i of keys[] each provider accepts. */
+    static const unsigned allowed[] = { 0x07, 0x1d, 0x65 };
+    json_object *k;
+    TRY(require(kp, mg, "key"));
+    TRY(keypath_object(kp, mg, "key", &k));
+    size_t mark = keypath_push_key(kp, "key");
+    TRY(keypath_check_keys(kp, k, keys));
+    TRY(require(kp, k, "provider"));
+    int prov = 0;
+    TRY(keypath_enum(kp, k, "provider", providers, N_OF(providers), &prov));
+    p->mgmt.provider = sources[prov];
+    for (size_t i = 0; keys[i]; i++)
+        if (!(allowed[prov] & (1u << i)))
+            TRY(refuse_if_present(kp, k, keys[i], "management.key.provider", providers[prov]));
+    TRY(read_path(kp, k, "key", base, &p->mgmt.key));
+    if (p->mgmt.provider == PROFILE_CERT_PKCS11) {
+        TRY(require(kp, k, "pkcs11_module"));
+        TRY(keypath_string(kp, k, "pkcs11_module", 1, PATH_MAX_CHARS, false, &p->mgmt.pkcs11_module));
+        TRY(require(kp, k, "pkcs11_uri"));
+        TRY(keypath_string(kp, k, "pkcs11_uri", 8, PATH_MAX_CHARS, false, &p->mgmt.pkcs11_uri));
+        if (strncmp(p->mgmt.pkcs11_uri, "pkcs11:", 7) != 0)
+            return keypath_fail_at(kp, "pkcs11_uri", "must start with \"pkcs11:\" (RFC 7512)");
+        TRY(require(kp, k, "pin"));
+    }
+    if (p->mgmt.provider == PROFILE_CERT_TPM && json_object_object_get_ex(k, "tpm_key", NULL)) {
+        char *given = NULL;
+        TRY(keypath_string(kp, k, "tpm_key", 1, PATH_MAX_CHARS, false, &given));
+        if (value_looks_like_handle(given)) {
+            if (!value_is_tpm_handle(given)) {
+                free(given);
+                return keypath_fail_at(kp, "tpm_key", "must be a persistent handle 0x81000000..0x81ffffff "
+                                                      "or a key file");
+            }
+            p->mgmt.tpm_key = given;
+        } else {
+            free(given);
+            TRY(read_path(kp, k, "tpm_key", base, &p->mgmt.tpm_key));
+        }
+    }
+    TRY(keypath_string(kp, k, "tpm_tcti", 1, TCTI_MAX_CHARS, false, &p->mgmt.tpm_tcti));
+    TRY(keypath_string(kp, k, "pin", 1, PASSWORD_MAX_CHARS, true, &p->mgmt.pin));
+    keypath_pop(kp, mark);
+    return 0;
+}
+
+static int read_management(keypath *kp, json_object *obj, path_base *base, profile *p)
+{
+    static const char *const keys[] = { "url", "server_ca", "bundle_signer", "enrolment_token", "key",
+                                        "poll_s", NULL };
+    json_object *mg;
+    TRY(keypath_object(kp, obj, "management", &mg));
+    if (!mg)
+        return 0;
+    p->mgmt.on = true;
+    p->mgmt.poll_s = 300;
+    size_t mark = keypath_push_key(kp, "management");
+    TRY(keypath_check_keys(kp, mg, keys));
+    TRY(require(kp, mg, "url"));
+    TRY(keypath_string(kp, mg, "url", 9, 2048, false, &p->mgmt.url));
+    size_t ul = strlen(p->mgmt.url);
+    if (strncmp(p->mgmt.url, "https://", 8) != 0 || strpbrk(p->mgmt.url, " \t\r\n?#"))
+        return keypath_fail_at(kp, "url", "must be an https:// URL without spaces, query or fragment");
+    while (ul > 8 && p->mgmt.url[ul - 1] == '/')
+        p->mgmt.url[--ul] = '\0';
+    TRY(require(kp, mg, "server_ca"));
+    TRY(read_path(kp, mg, "server_ca", base, &p->mgmt.server_ca));
+    TRY(require(kp, mg, "bundle_signer"));
+    TRY(read_path(kp, mg, "bundle_signer", base, &p->mgmt.bundle_signer));
+    TRY(require(kp, mg, "enrolment_token"));
+    TRY(keypath_string(kp, mg, "enrolment_token", 1, 128, true, &p->mgmt.token));
+    if (!token_ok(p->mgmt.token))
+        return keypath_fail_at(kp, "enrolment_token", "must be the token as m2mvpn-admin prints it "
+                                                      "(16 hex digits, '.', 43 characters)");
+    TRY(read_mgmt_key(kp, mg, base, p));
+    TRY(keypath_uint(kp, mg, "poll_s", 10, 86400, &p->mgmt.poll_s));
+    keypath_pop(kp, mark);
+    return 0;
+}
+
 /* ----------------------------------------------------------------- profile */
 
 static void set_defaults(profile *p)
@@ -542,6 +663,7 @@ static void set_defaults(profile *p)
     p->ike.force_encap = false;
     p->esp.lifetime_s = 3600;
     p->esp.replay_window = 1024;
+    p->esp.batch = 32;
     p->tunnel.request_vip = true;
     p->tunnel.dns = true;
     p->tunnel.kill_switch = true;
@@ -609,19 +731,25 @@ static int read_identity_and_name(keypath *kp, json_object *obj, profile *p)
 int profile_read(keypath *kp, json_object *obj, path_base *base, bool version_required, profile *out)
 {
     static const char *const keys[] = { "version", "name", "mode", "gateways", "local_id", "remote_id",
-                                        "auth", "ca", "ike", "esp", "tunnel", NULL };
+                                        "auth", "ca", "ike", "esp", "tunnel", "management", NULL };
     if (!json_object_is_type(obj, json_type_object))
         return keypath_fail(kp, "must be an object");
     set_defaults(out);
     TRY(keypath_check_keys(kp, obj, keys));
     TRY(profile_read_version(kp, obj, version_required));
     TRY(read_identity_and_name(kp, obj, out));
-    TRY(read_gateways(kp, obj, out));
+    TRY(read_management(kp, obj, base, out));
+    /* A bootstrap may lack the tunnel's keys until its profile arrives. */
+    bool bootstrap = out->mgmt.on;
+    if (!bootstrap || json_object_object_get_ex(obj, "gateways", NULL))
+        TRY(read_gateways(kp, obj, out));
     TRY(keypath_string(kp, obj, "local_id", 1, ID_MAX_CHARS, false, &out->local_id));
-    TRY(require(kp, obj, "remote_id"));
+    if (!bootstrap)
+        TRY(require(kp, obj, "remote_id"));
     TRY(keypath_string(kp, obj, "remote_id", 1, ID_MAX_CHARS, false, &out->remote_id));
-    TRY(read_auth(kp, obj, base, out));
-    if (out->auth == PROFILE_AUTH_PSK && !out->local_id)
+    if (!bootstrap || json_object_object_get_ex(obj, "auth", NULL))
+        TRY(read_auth(kp, obj, base, out));
+    if (out->auth == PROFILE_AUTH_PSK && !out->local_id && (!bootstrap || json_object_object_get_ex(obj, "auth", NULL)))
         return keypath_fail_at(kp, "local_id", "required when auth.method is \"psk\"");
     TRY(read_ca(kp, obj, base, out));
     TRY(read_ike(kp, obj, out));
@@ -653,5 +781,15 @@ void profile_clear(profile *p)
         free(p->ca[i]);
     free(p->tunnel.tun_name);
     free(p->tunnel.dns_hook);
+    free(p->mgmt.url);
+    free(p->mgmt.server_ca);
+    free(p->mgmt.bundle_signer);
+    secure_free_str(p->mgmt.token);
+    free(p->mgmt.key);
+    free(p->mgmt.pkcs11_module);
+    free(p->mgmt.pkcs11_uri);
+    free(p->mgmt.tpm_key);
+    free(p->mgmt.tpm_tcti);
+    secure_free_str(p->mgmt.pin);
     secure_wipe(p, sizeof(*p));
 }

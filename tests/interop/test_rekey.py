@@ -37,7 +37,7 @@ def binary_or_skip():
 
 
 def start(topology, charons, pki, workdir, *, esp="aes256gcm16", child_extra=None, extra=None,
-          ike_lifetime=None, esp_lifetime=None, gw_esp=None, ike_opts=None):
+          ike_lifetime=None, esp_lifetime=None, gw_esp=None, ike_opts=None, esp_opts=None):
     binary = binary_or_skip()
     topo = topology("direct")
     gw = charons(topo.gateway, charonmod.gateway_config(
@@ -49,6 +49,7 @@ def start(topology, charons, pki, workdir, *, esp="aes256gcm16", child_extra=Non
     if esp_lifetime:
         prof["esp"]["lifetime_s"] = esp_lifetime
     prof["ike"].update(ike_opts or {})
+    prof["esp"].update(esp_opts or {})
     client = m2mvpn_client.start_m2mvpn_client(topo.client, prof, binary, workdir / "c")
     client.connect()
     client.wait_for_state("connected")
@@ -251,6 +252,49 @@ def test_two_minutes_of_rekeys_both_ways(topology, charons, pki, workdir):
         assert st["child_sa"]["spi_in"] == child["spi-out"], (st["child_sa"], child)
         assert st["child_sa"]["spi_out"] == child["spi-in"], (st["child_sa"], child)
         print("rekeys", counts, "ping flood", res)
+    finally:
+        if flood:
+            flood.stop()
+        if srv.poll() is None:
+            srv.kill()
+        client.stop()
+
+
+def test_byte_lifetime_rekeys_under_transfer(topology, charons, pki, workdir):
+    """esp.lifetime_bytes 400 kB: a paced transfer of 200 kB/s for 20 s
+    (4 MB out) makes the datapath ask for a CHILD SA rekey at 80..90 % of it,
+    again and again: several make-before-break rekeys, the transfer's
+    checksum equal at both ends, nothing lost in a ping flood across them,
+    no reconnect; the hard limit is never reached."""
+    duration = 20
+    topo, gw, client = start(topology, charons, pki, workdir, esp_opts={"lifetime_bytes": 400_000})
+    srv = topo.gateway.popen([netlab.PYTHON, "-c", _PACED, "listen", PROTECTED, "40102", "0", "0"],
+                             stdout=subprocess.PIPE, text=True)
+    flood = None
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cl = topo.client.popen([netlab.PYTHON, "-c", _PACED, "connect", PROTECTED, "40102",
+                                str(200_000), str(duration)],
+                               stdout=subprocess.PIPE, text=True)
+        flood = netlab.PingFlood(topo.client, PROTECTED, duration_s=duration)
+        res = flood.result()
+        sent = cl.communicate(timeout=60)[0].split()
+        got = srv.communicate(timeout=60)[0].split()
+        assert cl.returncode == 0 and srv.returncode == 0
+        assert sent == got, (sent, got)
+        assert int(sent[0]) >= 3_000_000, sent
+        log = client.log_path.read_text(errors="replace")
+        by_bytes = len(re.findall(r"SOFT_BYTES; rekeying", log))
+        counts = rekeys_in_log(client)
+        assert by_bytes >= 4 and counts["child_ours"] >= 4, (by_bytes, counts)
+        assert "HARD_BYTES" not in log
+        assert res["lost"] == 0, (res, counts)
+        st = client.status()
+        assert st["state"] == "connected"
+        assert st["transitions"]["reconnects"] == 0, st["transitions"]
+        _, child = wait_settled(gw, set())
+        assert st["child_sa"]["spi_in"] == child["spi-out"], (st["child_sa"], child)
+        print("byte lifetime rekeys", by_bytes, counts, "ping flood", res)
     finally:
         if flood:
             flood.stop()

@@ -36,7 +36,7 @@ static uint64_t fake_clock(void)
 
 typedef struct fake {
     /* scripted answers */
-    int cred_err, path_err, sa_err, install_err, pin_err, rekey_err, roam_err;
+    int cred_err, path_err, sa_err, install_err, pin_err, rekey_err, roam_err, reauth_err, reauth_install_err;
     bool pin_needed;
     bool close_posts_down;   /* sa_close reports down at once, as IKE may */
     uint32_t rnd;
@@ -44,6 +44,7 @@ typedef struct fake {
     /* what conn asked for */
     unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove, n_rekey, n_roam;
     char roam_reason[128];   /* what the last roam was told */
+    unsigned n_reauth_start, n_reauth_install, n_reauth_abort;
     char eap_user[32], eap_pass[32]; /* what the last sa_start was given */
     bool eap_given;
     int net_arm_hold;        /* -1: never armed */
@@ -195,6 +196,32 @@ static int f_roam(void *arg, const char *reason)
     return f->roam_err;
 }
 
+static int f_reauth_start(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len)
+{
+    fake *f = arg;
+    (void)p, (void)eap;
+    f->n_reauth_start++;
+    if (f->reauth_err)
+        snprintf(err, err_len, "fake reauth error");
+    return f->reauth_err;
+}
+
+static int f_reauth_install(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len)
+{
+    fake *f = arg;
+    (void)p, (void)r;
+    f->n_reauth_install++;
+    if (f->reauth_install_err)
+        snprintf(err, err_len, "fake reauth install error");
+    return f->reauth_install_err;
+}
+
+static void f_reauth_abort(void *arg)
+{
+    fake *f = arg;
+    f->n_reauth_abort++;
+}
+
 static void f_child_remove(void *arg, uint32_t spi_in)
 {
     (void)spi_in;
@@ -258,6 +285,7 @@ static void on_log(m2mvpn *hd, int level, const char *sub, const char *msg, void
 /* The "auth" object of the profiles use_profile() makes (PSK unless a
  * test sets another). */
 static const char *auth_json;
+static unsigned reauth_s; /* ike.reauth_s of those profiles */
 #define AUTH_PSK "{\"method\": \"psk\", \"psk\": \"unit test psk, 32 bytes or so..\"}"
 #define AUTH_EAP_NO_PASSWORD "{\"method\": \"eap\", \"eap\": {\"type\": \"mschapv2\", \"identity\": \"dev1\"}}"
 #define AUTH_EAP "{\"method\": \"eap\", \"eap\": {\"type\": \"mschapv2\", \"identity\": \"dev1\"," \
@@ -274,9 +302,9 @@ static char *profile_json(const char *mode, int n_gw, unsigned idle_s)
     snprintf(buf, sizeof(buf),
              "{\"version\": 1, \"name\": \"unit\", \"mode\": \"%s\", \"gateways\": [%s],"
              " \"local_id\": \"dev1.m2m.test\", \"remote_id\": \"gw.m2m.test\","
-             " \"auth\": %s,"
+             " \"auth\": %s, \"ike\": {\"reauth_s\": %u},"
              " \"tunnel\": {\"remote_ts\": [\"198.18.0.0/16\"], \"on_demand_idle_s\": %u}}",
-             mode, gws, auth_json, idle_s);
+             mode, gws, auth_json, reauth_s, idle_s);
     return buf;
 }
 
@@ -293,6 +321,7 @@ static void setup(void)
     T->f.net_arm_hold = -1;
     T->f.rnd = 0x12345;
     auth_json = AUTH_PSK;
+    reauth_s = 0;
     conn_ops ops = {
         .arg = &T->f, .net_arm = f_net_arm, .net_release = f_net_release, .net_remove = f_net_remove,
         .path_open = f_path_open,
@@ -301,6 +330,7 @@ static void setup(void)
         .child_rekey = f_child_rekey, .child_install = f_child_install, .child_remove = f_child_remove, .fill_status = f_fill_status,
         .roam = f_roam,
         .traffic = f_traffic, .wall_time = f_wall_time, .random = f_random,
+        .reauth_start = f_reauth_start, .reauth_install = f_reauth_install, .reauth_abort = f_reauth_abort,
     };
     conn_hooks hooks = { T, on_state, on_event };
     ck_assert_int_eq(conn_new_with_ops(&T->loop, &T->log, &hooks, &ops, &T->c), 0);
@@ -387,6 +417,12 @@ static void reach(conn_phase p)
         reach(CONN_NEGOTIATING);
         established();
         break;
+    case CONN_REAUTHENTICATING:
+        /* reauth_s 100: due at 80..90 s (fake random 0x12345: 85.442 s) */
+        reauth_s = 100;
+        reach(CONN_UP);
+        advance(85442);
+        break;
     case CONN_RESTARTING:
         T->f.close_posts_down = false;
         T->f.rekey_err = M2MVPN_E_STATE; /* no rekey possible: renewed */
@@ -425,8 +461,11 @@ static const unsigned spec[CONN_PHASE__COUNT] = {
     [CONN_WAIT_CREDENTIALS] = B(IDLE) | B(NEGOTIATING),
     [CONN_NEGOTIATING] = B(IDLE) | B(ARMED) | B(WAIT_PIN) | B(WAIT_CREDENTIALS) | B(UP) | B(RESTARTING) |
                          B(CLOSING) | B(BACKOFF),
-    [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) | B(WAIT_CREDENTIALS) | B(ROAMING),
+    [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) | B(WAIT_CREDENTIALS) |
+                B(ROAMING) | B(REAUTHENTICATING),
     [CONN_ROAMING] = B(UP) | B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF),
+    [CONN_REAUTHENTICATING] = B(UP) | B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) |
+                              B(WAIT_CREDENTIALS) | B(ROAMING),
     [CONN_RESTARTING] = B(IDLE) | B(ARMED) | B(NEGOTIATING) | B(CLOSING) | B(BACKOFF),
     [CONN_CLOSING] = B(IDLE) | B(ARMED) | B(RESTARTING),
     [CONN_BACKOFF] = B(IDLE) | B(NEGOTIATING),
@@ -480,9 +519,124 @@ START_TEST(public_state_per_phase)
         { CONN_RESTARTING, M2MVPN_STATE_RECONNECTING }, { CONN_CLOSING, M2MVPN_STATE_DISCONNECTING },
         { CONN_BACKOFF, M2MVPN_STATE_RECONNECTING }, { CONN_WAIT_CREDENTIALS, M2MVPN_STATE_CONNECTING },
         { CONN_ROAMING, M2MVPN_STATE_CONNECTED },
+        { CONN_REAUTHENTICATING, M2MVPN_STATE_CONNECTED },
     };
     reach(cases[_i].p);
     ck_assert_int_eq(last_state(), cases[_i].st);
+}
+END_TEST
+
+/* ------------------------------------------------------ reauthentication */
+
+static void reauthenticated(uint32_t spi_in)
+{
+    static const uint8_t keymat[64];
+    ike_child_result r = { .spi_in = spi_in, .spi_out = spi_in + 1, .keymat = keymat,
+                           .keymat_len = sizeof(keymat), .has_vip = true, .vip = { 198, 18, 1, 1 } };
+    conn_reauth_established(T->c, &r);
+}
+
+/* ike.reauth_s: up -> reauthenticating at 80..90 % of it, a new IKE SA next
+ * to the old one (nothing closed, nothing removed), -> up once it carries
+ * the tunnel; the next one is due reauth_s later again. */
+START_TEST(reauth_make_before_break)
+{
+    reauth_s = 100;
+    reach(CONN_UP);
+    size_t n_states = T->n_states;
+    advance(85441);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_start, 0);
+    advance(1);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTED);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "up -> reauthenticating (reauthentication due)"));
+    reauthenticated(0x55555555);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_install, 1);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "reauthenticating -> up (reauthenticated)"));
+    /* Make-before-break: the tunnel never left CONNECTED, nothing closed. */
+    for (size_t i = n_states; i < T->n_states; i++)
+        ck_assert_int_eq(T->states[i], M2MVPN_STATE_CONNECTED);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert_uint_eq(T->f.n_sa_release, 0);
+    ck_assert_uint_eq(T->f.n_child_remove, 0);
+    ck_assert_int_eq(T->events[T->n_events - 1], M2MVPN_EVENT_REKEYED);
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.spi_in, 0x55555555);
+    ck_assert_uint_eq(st.rekeys, 1);
+    ck_assert_uint_eq(st.reconnects, 0);
+    /* The new SA's own schedule. */
+    advance(85441);
+    ck_assert_int_eq(phase(), CONN_UP);
+    advance(1);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 2);
+    /* A CHILD SA rekey of the SA that still carries the tunnel goes on. */
+    conn_post_rekey(T->c, 0x55555555, ESP_REKEY_SOFT_BYTES);
+    advance(0);
+    ck_assert_uint_eq(T->f.n_rekey, 1);
+}
+END_TEST
+
+/* A failed reauthentication leaves the old IKE SA carrying the tunnel and
+ * is tried again after a tenth of reauth_s; the old SA's loss during one
+ * is handled as when up; a disconnect closes. */
+START_TEST(reauth_failures)
+{
+    reach(CONN_REAUTHENTICATING);
+    conn_post_reauth_failed(T->c, M2MVPN_E_AUTH_PEER, IKE_FAULT_PEER, "gateway refused");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_int_eq(T->events[T->n_events - 1], M2MVPN_EVENT_AUTH_FAILED);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    advance(9999);
+    ck_assert_int_eq(phase(), CONN_UP);
+    advance(1);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    /* Installing the new one fails: the old one carries on. */
+    T->f.reauth_install_err = M2MVPN_E_TUN;
+    reauthenticated(0x55555555);
+    ck_assert_int_eq(phase(), CONN_UP);
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.spi_in, 0x11111111);
+    ck_assert_uint_eq(st.rekeys, 0);
+    /* It cannot start: up again, retried. */
+    T->f.reauth_err = M2MVPN_E_STATE;
+    advance(10000);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_start, 3);
+    /* The old SA lost while reauthenticating (manual: stays down). */
+    T->f.reauth_err = 0;
+    advance(10000);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_uint_eq(T->f.n_sa_release, 1);
+    /* A late result of the dropped reauthentication is not used. */
+    reauthenticated(0x77777777);
+    ck_assert_uint_eq(T->f.n_reauth_install, 1);
+}
+END_TEST
+
+START_TEST(reauth_disconnect_and_off)
+{
+    reach(CONN_REAUTHENTICATING);
+    conn_disconnect(T->c);
+    ck_assert_int_eq(phase(), CONN_CLOSING);
+    advance(0); /* the fake's close posts the down at once */
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    /* reauth_s 0: never. */
+    teardown();
+    setup();
+    reach(CONN_UP);
+    advance(7 * 24 * 3600 * 1000ull);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_start, 0);
 }
 END_TEST
 
@@ -1106,6 +1260,74 @@ START_TEST(switch_arms_the_new_kill_switch_first)
 }
 END_TEST
 
+#define GW_PROFILE(name, gw)                                                                       \
+    "{\"version\": 1, \"name\": \"" name "\", \"mode\": \"manual\","                                 \
+    " \"gateways\": [{\"host\": \"" gw "\"}], \"local_id\": \"dev1.m2m.test\","                         \
+    " \"remote_id\": \"gw.m2m.test\", \"auth\": " AUTH_PSK ","                                       \
+    " \"tunnel\": {\"remote_ts\": [\"198.18.0.0/16\"]}}"
+
+/* A switch while up to a profile on the same gateway and TUN: the new IKE
+ * SA comes up next to the old one (up -> reauthenticating -> up, public
+ * state CONNECTED throughout, nothing closed), and a STATE_CHANGED says
+ * "make-before-break". To another gateway: break-before-make, and the
+ * move says why. */
+START_TEST(switch_make_before_break)
+{
+    use_json(GW_PROFILE("a", "198.51.100.1"));
+    conn_connect(T->c);
+    established();
+    ck_assert_int_eq(phase(), CONN_UP);
+    size_t n_states = T->n_states;
+    use_json(GW_PROFILE("b", "198.51.100.1"));
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_str_eq(conn_profile_name(T->c), "b");
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    reauthenticated(0x55555555);
+    ck_assert_int_eq(phase(), CONN_UP);
+    for (size_t i = n_states; i < T->n_states; i++)
+        ck_assert_int_eq(T->states[i], M2MVPN_STATE_CONNECTED);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert_uint_eq(T->f.n_sa_release, 0);
+    ck_assert_uint_eq(T->f.n_child_remove, 0);
+    ck_assert_int_eq(T->events[T->n_events - 1], M2MVPN_EVENT_STATE_CHANGED);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "make-before-break: switched to profile b"));
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.spi_in, 0x55555555);
+    ck_assert_uint_eq(st.reconnects, 0);
+
+    /* Another gateway: the old tunnel goes first. */
+    use_json(GW_PROFILE("c", "198.51.100.9"));
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "-> negotiating (break-before-make: another gateway "
+                                            "(198.51.100.9:500, was 198.51.100.1:500))"));
+}
+END_TEST
+
+/* The new profile's IKE SA fails: break-before-make with the new profile
+ * (the old SA ran the previous one), the move says so. */
+START_TEST(switch_new_sa_fails)
+{
+    use_json(GW_PROFILE("a", "198.51.100.1"));
+    conn_connect(T->c);
+    established();
+    T->f.close_posts_down = false;
+    use_json(GW_PROFILE("b", "198.51.100.1"));
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    conn_post_reauth_failed(T->c, M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, "no answer");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_RESTARTING);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "break-before-make: the new profile's IKE SA failed: no answer"));
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    down(0, IKE_FAULT_LOCAL);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_str_eq(conn_profile_name(T->c), "b");
+}
+END_TEST
+
 /* --------------------------------------------------------------- status */
 
 START_TEST(status_last_transition)
@@ -1251,6 +1473,96 @@ START_TEST(roam_backoff_retries_now)
 }
 END_TEST
 
+/* A path change during a reauthentication: the new IKE SA (made on the old
+ * path) is dropped, the SA that carries the tunnel roams (reauthenticating
+ * -> roaming, still CONNECTED, nothing closed); the reauthentication is
+ * tried again a tenth of reauth_s after the move, on the new path. */
+START_TEST(roam_during_reauth)
+{
+    reach(CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_reauth_abort, 1);
+    ck_assert_uint_eq(T->f.n_roam, 1);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTED);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "reauthenticating -> roaming (path moved from A to B; "
+                                            "reauthentication dropped"));
+    /* Whatever the dropped SA may still report is not used. */
+    reauthenticated(0x55555555);
+    ck_assert_uint_eq(T->f.n_reauth_install, 0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    conn_post_reauth_failed(T->c, M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, "no answer");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    conn_post_addresses_updated(T->c, 0, true, "gateway moved the SAs");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    advance(9999);
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    advance(1);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 2);
+    reauthenticated(0x66666666);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_install, 1);
+}
+END_TEST
+
+/* A reauthentication due while roaming waits until the move is done (then
+ * a tenth of reauth_s), never two IKE exchanges for the path at once; a
+ * roam does not restart the reauthentication schedule. */
+START_TEST(reauth_due_while_roaming)
+{
+    reauth_s = 100;
+    reach(CONN_UP);
+    advance(85000);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    advance(442); /* due now (85.442 s) */
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 0);
+    conn_post_addresses_updated(T->c, 0, true, "gateway moved the SAs");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_start, 0);
+    advance(10000);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+}
+END_TEST
+
+/* A path change during a make-before-break profile switch: the new
+ * profile's IKE SA was made on the old path; it is dropped and the switch
+ * becomes break-before-make on the new path (the move says why). */
+START_TEST(roam_during_switch)
+{
+    use_json(GW_PROFILE("a", "198.51.100.1"));
+    conn_connect(T->c);
+    established();
+    use_json(GW_PROFILE("b", "198.51.100.1"));
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_uint_eq(T->f.n_reauth_abort, 1);
+    ck_assert_uint_eq(T->f.n_roam, 0);
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_str_eq(conn_profile_name(T->c), "b");
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "break-before-make: the new profile's IKE SA was on the old path"));
+    reauthenticated(0x55555555); /* late: not used */
+    ck_assert_uint_eq(T->f.n_reauth_install, 0);
+    established();
+    ck_assert_int_eq(phase(), CONN_UP);
+}
+END_TEST
+
 
 
 /* RTM_GETROUTE: the kernel's way to an address (loopback is there in any
@@ -1311,6 +1623,12 @@ int main(void)
     tcase_add_test(tc, roam_again_disconnect_and_elsewhere);
     tcase_add_test(tc, roam_backoff_retries_now);
     tcase_add_test(tc, netwatch_route_lookup);
+    tcase_add_test(tc, reauth_make_before_break);
+    tcase_add_test(tc, reauth_failures);
+    tcase_add_test(tc, reauth_disconnect_and_off);
+    tcase_add_test(tc, roam_during_reauth);
+    tcase_add_test(tc, reauth_due_while_roaming);
+    tcase_add_test(tc, roam_during_switch);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("credentials");
@@ -1330,6 +1648,8 @@ int main(void)
     tcase_add_test(tc, on_demand_disconnect_disarms);
     tcase_add_test(tc, status_last_transition);
     tcase_add_test(tc, switch_arms_the_new_kill_switch_first);
+    tcase_add_test(tc, switch_make_before_break);
+    tcase_add_test(tc, switch_new_sa_fails);
     suite_add_tcase(s, tc);
 
     SRunner *sr = srunner_create(s);

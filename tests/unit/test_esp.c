@@ -686,6 +686,59 @@ START_TEST(byte_and_time_lifetimes)
 }
 END_TEST
 
+/* Packet lifetimes count each direction on its own: the soft limit asks
+ * for a rekey once, the hard one stops the SA both ways. With ESN the soft
+ * sequence-number limit sits 2^32 below the 64-bit end, never near 2^32. */
+START_TEST(packet_lifetimes_and_esn_sequence)
+{
+    esp_sa *a, *b;
+    esp_sa_config c = {0};
+    c.encr_id = ENCR_AES_GCM_16; c.encr_key_bits = 128;
+    c.key_in.encr_len = c.key_out.encr_len = 20;
+    c.spi_in = 1; c.spi_out = 2;
+    c.lifetime.soft_packets = 3; c.lifetime.hard_packets = 5;
+    esp_sa *sa;
+    ck_assert_int_eq(esp_sa_new(&c, &sa, NULL, 0), 0);
+    uint8_t inner[60], pkt[200];
+    size_t n;
+    esp_drop_reason why;
+    fill_ipv4(inner, sizeof(inner), 0);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(esp_sa_encap(sa, inner, 60, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(sa, 0), 0);
+    ck_assert_int_eq(esp_sa_encap(sa, inner, 60, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(sa, 0), 1u << ESP_REKEY_SOFT_PACKETS);
+    ck_assert_int_eq(esp_sa_encap(sa, inner, 60, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(sa, 0), 0); /* raised once */
+    ck_assert_int_eq(esp_sa_encap(sa, inner, 60, 4, pkt, sizeof(pkt), &n, &why), 0); /* the 5th */
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(sa, 0), 1u << ESP_REKEY_HARD_PACKETS);
+    ck_assert(esp_rekey_reason_is_hard(ESP_REKEY_HARD_PACKETS));
+    ck_assert(!esp_rekey_reason_is_hard(ESP_REKEY_SOFT_PACKETS));
+    ck_assert_int_lt(esp_sa_encap(sa, inner, 60, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_int_eq(why, ESP_DROP_LIFETIME);
+    esp_sa_free(sa);
+
+    /* ESN: 2^32 is just a number; the soft request comes 2^32 before 2^64. */
+    make_pair(&ciphers[1], true, 64, &a, &b);
+    esp_sa_set_next_seq(a, 0xfffffffeull);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(esp_sa_encap(a, inner, 40, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(a, 0), 0);
+    esp_sa_set_next_seq(a, UINT64_MAX - ((uint64_t)1 << 32) - 1);
+    ck_assert_int_eq(esp_sa_encap(a, inner, 40, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(a, 0), 0);
+    ck_assert_int_eq(esp_sa_encap(a, inner, 40, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(a, 0), 1u << ESP_REKEY_SOFT_SEQ);
+    esp_sa_set_next_seq(a, UINT64_MAX);
+    ck_assert_int_eq(esp_sa_encap(a, inner, 40, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_uint_eq(esp_sa_take_rekey_requests(a, 0), 1u << ESP_REKEY_HARD_SEQ);
+    ck_assert_int_lt(esp_sa_encap(a, inner, 40, 4, pkt, sizeof(pkt), &n, &why), 0);
+    ck_assert_int_eq(why, ESP_DROP_SEQ_EXHAUSTED);
+    esp_sa_free(a);
+    esp_sa_free(b);
+}
+END_TEST
+
 START_TEST(config_validation_and_mtu)
 {
     esp_sa_config c = {0};
@@ -841,6 +894,40 @@ START_TEST(tso_segment_and_coalesce)
     memcpy(&vh, gro_buf, sizeof(vh));
     ck_assert_uint_eq(vh.gso_type, VIRTIO_NET_HDR_GSO_NONE);
     ck_assert_uint_eq(vh.flags, VIRTIO_NET_HDR_F_DATA_VALID);
+}
+END_TEST
+
+/* A batch smaller than the super-packet: cut in parts of up to k segments,
+ * the segments are byte for byte those of a cut in one go (sequence numbers,
+ * IPv4 ids, PSH only on the very last, checksums). _i: 0 IPv4, 1 IPv6. */
+START_TEST(tso_segment_in_parts)
+{
+    bool v6 = _i == 1;
+    static uint8_t big[8192], whole[8][2048], part[3][2048];
+    size_t len = build_tcp(big, v6, 6500, 1000, 0x18 /* ACK|PSH */);
+    uint8_t *outs[8], *pouts[3] = { part[0], part[1], part[2] };
+    size_t lens[8], plens[3], total = 0;
+    for (int i = 0; i < 8; i++)
+        outs[i] = whole[i];
+    ck_assert_uint_eq(esp_tso_segment(big, len, 1000, outs, 2048, lens, 8), 7);
+    for (size_t k = 1; k <= 3; k++) {
+        size_t done = 0;
+        while (done < 7) {
+            size_t got = esp_tso_segment_part(big, len, 1000, done, pouts, 2048, plens, k, &total);
+            ck_assert_uint_eq(total, 7);
+            ck_assert_uint_eq(got, 7 - done < k ? 7 - done : k);
+            for (size_t j = 0; j < got; j++) {
+                ck_assert_uint_eq(plens[j], lens[done + j]);
+                ck_assert_mem_eq(part[j], whole[done + j], lens[done + j]);
+            }
+            done += got;
+        }
+        ck_assert_uint_eq(esp_tso_segment_part(big, len, 1000, 7, pouts, 2048, plens, k, &total), 0);
+    }
+    /* Not TCP: nothing, and no segment count. */
+    big[v6 ? 6 : 9] = 17;
+    ck_assert_uint_eq(esp_tso_segment_part(big, len, 1000, 0, pouts, 2048, plens, 3, &total), 0);
+    ck_assert_uint_eq(total, 0);
 }
 END_TEST
 
@@ -2276,6 +2363,7 @@ Suite *esp_suite(void)
     tcase_add_test(t, padding_and_next_header_validated);
     tcase_add_test(t, sequence_exhaustion_stops_sending);
     tcase_add_test(t, byte_and_time_lifetimes);
+    tcase_add_test(t, packet_lifetimes_and_esn_sequence);
     tcase_add_test(t, config_validation_and_mtu);
     suite_add_tcase(s, t);
 
@@ -2286,6 +2374,7 @@ Suite *esp_suite(void)
     t = tcase_create("offload");
     tcase_add_test(t, checksum_known_answer);
     tcase_add_loop_test(t, tso_segment_and_coalesce, 0, 2);
+    tcase_add_loop_test(t, tso_segment_in_parts, 0, 2);
     tcase_add_loop_test(t, coalesce_verifies_checksums, 0, 2);
     tcase_add_test(t, partial_checksum_completed);
     suite_add_tcase(s, t);

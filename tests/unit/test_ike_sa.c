@@ -345,6 +345,7 @@ START_TEST(test_psk_happy_path)
     ck_assert_uint_eq(cp.cfg_type, IKE_CFG_REQUEST);
     ck_assert_ptr_nonnull(ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL));
     ck_assert_ptr_nonnull(ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, NULL));
+    ck_assert_int_ge(fg_notify_at(&T->gw.rq_inner, IKE_N_INITIAL_CONTACT, NULL), 0);
     answer_auth(NULL);
 
     ck_assert_uint_eq(T->n_established, 1);
@@ -424,6 +425,36 @@ static void expect_retransmits(size_t first, const char *gw)
     ck_assert_uint_eq(n_sent(), first + 1 + TRIES);
     assert_quiet_from_now();
 }
+
+/* A reauthentication's IKE SA (RFC 7296 §2.8.3, make-before-break): the
+ * SA it replaces lives on until it carries the traffic, so IKE_AUTH has no
+ * INITIAL_CONTACT (the gateway would delete the old SA at once), and it
+ * asks for the virtual IP the tunnel has. */
+START_TEST(test_reauth_request)
+{
+    ike_sa_free(T->sa);
+    char err[256];
+    ike_config cfg = { .prof = &T->set->items[0], .reauth = true, .want_vip = true, .vip = { 198, 18, 1, 7 } };
+    set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
+    set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down };
+    ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
+    start();
+    answer_init();
+    ck_assert_int_lt(fg_notify_at(&T->gw.rq_inner, IKE_N_INITIAL_CONTACT, NULL), 0);
+    const ike_payload *cp_pl = ike_chain_find(&T->gw.rq_inner, IKE_PL_CP, NULL);
+    ck_assert_ptr_nonnull(cp_pl);
+    ike_cp cp;
+    ike_diag d;
+    ck_assert_int_eq(ike_cp_parse(cp_pl->body, &cp, &d), 0);
+    const ike_cp_attr *a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_uint_eq(a->value.len, 4);
+    ck_assert_mem_eq(a->value.p, cfg.vip, 4);
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+}
+END_TEST
 
 START_TEST(test_retransmit_init)
 {
@@ -2667,6 +2698,7 @@ static Suite *ike_sa_suite(void)
         const TTest *t;
     } cases[] = {
         { "happy", test_psk_happy_path },
+        { "happy", test_reauth_request },
         { "retransmit", test_retransmit_init },
         { "retransmit", test_retransmit_auth },
         { "stray", test_stray_responses_ignored },

@@ -151,7 +151,11 @@ START_TEST(test_minimal_psk_gets_every_default)
     ck_assert_uint_eq(p->esp.proposals[0].n_esn, 1);
     ck_assert_uint_eq(p->esp.proposals[0].esn[0], ESN_NO);
     ck_assert_uint_eq(p->esp.lifetime_s, 3600);
+    ck_assert_uint_eq(p->esp.lifetime_bytes, 0);
+    ck_assert_uint_eq(p->esp.lifetime_packets, 0);
+    ck_assert_uint_eq(p->ike.reauth_s, 0);
     ck_assert_uint_eq(p->esp.replay_window, 1024);
+    ck_assert_uint_eq(p->esp.batch, 32);
 
     ck_assert(p->tunnel.request_vip);
     /* The default full tunnel protects both families (full_tunnel_families). */
@@ -184,8 +188,9 @@ START_TEST(test_every_field_is_read)
         "'ike':{'proposals':['aes128-sha256-modp2048','chacha20poly1305-prfsha512-x25519'],'lifetime_s':60,"
         "'dpd_s':0,'fragmentation':false,'mobike':false,'nat_keepalive_s':0,'retransmit_timeout_s':0.5,"
         "'retransmit_base':2,'retransmit_tries':0,'force_encap':true,"
-        "'allow_sha1_signatures':true},"
-        "'esp':{'proposals':['aes256-sha512-ecp384-esn','aes128gcm16'],'lifetime_s':604800,'replay_window':0},"
+        "'allow_sha1_signatures':true,'reauth_s':10},"
+        "'esp':{'proposals':['aes256-sha512-ecp384-esn','aes128gcm16'],'lifetime_s':604800,'replay_window':0,"
+        "'lifetime_bytes':9007199254740992,'lifetime_packets':1000,'batch':128},"
         "'tunnel':{'request_vip':false,'remote_ts':['198.18.0.0/15','10.1.2.3','2001:db8::/32'],'dns':false,"
         "'kill_switch':false,'tun_name':'vpn_0.a-b','mtu':9000,'on_demand_idle_s':0,"
         "'dns_hook':'hooks/dns'}}");
@@ -213,6 +218,7 @@ START_TEST(test_every_field_is_read)
     assert_proposal_text(&p->ike.proposals[0], PROPOSAL_IKE, "aes128-sha256-prfsha256-modp2048");
     assert_proposal_text(&p->ike.proposals[1], PROPOSAL_IKE, "chacha20poly1305-prfsha512-x25519");
     ck_assert_uint_eq(p->ike.lifetime_s, 60);
+    ck_assert_uint_eq(p->ike.reauth_s, 10);
     ck_assert_uint_eq(p->ike.dpd_s, 0);
     ck_assert(!p->ike.fragmentation);
     ck_assert(!p->ike.mobike);
@@ -227,7 +233,10 @@ START_TEST(test_every_field_is_read)
     assert_proposal_text(&p->esp.proposals[0], PROPOSAL_ESP, "aes256-sha512-ecp384-esn");
     assert_proposal_text(&p->esp.proposals[1], PROPOSAL_ESP, "aes128gcm16");
     ck_assert_uint_eq(p->esp.lifetime_s, 604800);
+    ck_assert_uint_eq(p->esp.lifetime_bytes, (uint64_t)1 << 53);
+    ck_assert_uint_eq(p->esp.lifetime_packets, 1000);
     ck_assert_uint_eq(p->esp.replay_window, 0);
+    ck_assert_uint_eq(p->esp.batch, 128);
 
     ck_assert(!p->tunnel.request_vip);
     ck_assert_uint_eq(p->tunnel.n_remote_ts, 3);

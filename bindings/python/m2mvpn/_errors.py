@@ -28,4 +28,9 @@ ERROR_TABLE = (
     ('PIN', -22, 'PIN wrong or missing'),
     ('CREDENTIALS', -23, 'credentials missing'),
     ('TUN', -24, 'TUN device or route setup failed'),
+    ('TOKEN', -25, 'enrolment token refused (expired, used or unknown): ask the operator for a new one'),
+    ('PENDING', -26, 'enrolment not approved yet: the operator must approve this device'),
+    ('SERVER_CERT', -27, "management server certificate does not chain to the bootstrap's server_ca"),
+    ('BUNDLE', -28, 'profile bundle refused (signature, device, version or expiry)'),
+    ('ENROL', -29, 'enrolment refused by the management server'),
 )

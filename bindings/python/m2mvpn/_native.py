@@ -31,6 +31,7 @@ class EventType(enum.IntEnum):
     CONFIG_UPDATED = 7
     UPDATE_AVAILABLE = 8
     CERT_RENEWED = 9
+    ENROLLED = 10
 
 
 class LogLevel(enum.IntEnum):
@@ -157,6 +158,7 @@ PROTOTYPES = {
     "m2mvpn_event_name": (_str, [_int]),
     "m2mvpn_version": (_str, []),
     "m2mvpn_bind_key": (_int, [_str, _str, _str, ctypes.c_char_p, ctypes.c_size_t]),
+    "m2mvpn_set_state_dir": (_int, [_h, _str]),
 }
 
 _loaded = {}

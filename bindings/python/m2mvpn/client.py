@@ -398,8 +398,15 @@ class Client:
         assert data is not None
         self._check(self._lib.m2mvpn_profile_load_json(h, data, len(data)))
 
+    def set_state_dir(self, path: PathLike) -> None:
+        """m2mvpn_set_state_dir() (1.2): the folder of a managed device's key,
+        certificate and delivered profile; before loading a bootstrap."""
+        h = self._require_open()
+        self._check(self._lib.m2mvpn_set_state_dir(h, _to_bytes(os.fspath(path), "path")))
+
     def switch_profile(self, name: str) -> None:
-        """m2mvpn_profile_switch(): make `name` the active profile."""
+        """m2mvpn_profile_switch(): make `name` the active profile (make-before-break
+        where the running tunnel allows it; a STATE_CHANGED event says which)."""
         h = self._require_open()
         self._check(self._lib.m2mvpn_profile_switch(h, _to_bytes(name, "name")))
         self._ensure_engine()

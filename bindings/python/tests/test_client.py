@@ -402,3 +402,13 @@ def test_bind_key_reports_the_reason(tmp_path):
     (tmp_path / "serial").write_text("SN-1\n")
     m2mvpn.bind_key(key, tmp_path / "k.bound", "file:" + str(tmp_path / "serial"))  # os.PathLike too
     assert (tmp_path / "k.bound").read_bytes().startswith(b"M2MVPNBK")
+
+
+def test_set_state_dir_checks_the_folder(tmp_path):
+    """m2mvpn_set_state_dir through the binding (1.2): a folder is taken, a
+    file or a missing path is refused with the reason."""
+    with m2mvpn.Client() as c:
+        c.set_state_dir(tmp_path)
+        with raises_code(ErrorCode.INVAL) as e:
+            c.set_state_dir(tmp_path / "missing")
+        assert "not a folder" in str(e.value)

@@ -1,0 +1,761 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The engine side of management: the enrol / fetch cycle, one worker
+ * thread for the network, results back through an eventfd in the loop. */
+#include "mgmt.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cred/cred_hw.h"
+#include "cred/keygen.h"
+
+#define SUB "mgmt"
+#define PENDING_RETRY_S 30
+#define FAIL_RETRY_S 60
+
+typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH } job_type;
+
+typedef struct job {
+    job_type type;
+    /* in (engine → worker); the worker only reads them */
+    mgmt_tls tls;
+    char etag[128];
+    /* out (worker → engine) */
+    int r;
+    char err[512];
+    EVP_PKEY *key;            /* ENROL: the device key made or loaded */
+    cred_provider *cred;      /* ENROL: the token holding it (pkcs11), or NULL */
+    bool reopen;              /* FETCH: free key/cred given, open the token key again */
+    bool made_key;            /* ENROL: the key file was made by this attempt */
+    X509 *cert;               /* ENROL: issued */
+    int check_after_s;
+    long http;
+    uint8_t *body;
+    size_t len;
+    char new_etag[128];
+} job;
+
+struct mgmt {
+    core_loop *loop;
+    core_log *log;
+    mgmt_hooks hooks;
+    int evfd;
+    core_io io;
+    core_timer timer;
+
+    pthread_t worker;
+    bool worker_started;
+    pthread_mutex_t mu;       /* guards job hand-over, stop, status */
+    pthread_cond_t cv;
+    bool stop;
+    atomic_bool cancel;       /* mgmt_free: abort a transfer under way */
+    job *todo;                /* for the worker */
+    job *done;                /* for the engine */
+    bool busy;                /* engine: a job is out */
+
+    /* engine thread */
+    profile_set *set;
+    const profile *boot;
+    char *dir;
+    char key_path[4096];
+    mgmt_state st;
+    bool key_stale;           /* pkcs11: a request failed, open the token again */
+    cred_provider *cred;      /* pkcs11: the open token behind key */
+    EVP_PKEY *key;
+    X509 *cert;
+    X509 *signer;
+    mgmt_status status;       /* under mu */
+};
+
+/* ------------------------------------------------------------- helpers */
+
+static int64_t wall_now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+static void publish_status(mgmt *m, const char *error)
+{
+    pthread_mutex_lock(&m->mu);
+    m->status.on = true;
+    m->status.phase = m->st.phase;
+    m->status.last_contact = m->st.last_contact;
+    m->status.profile_version = m->st.profile_version;
+    snprintf(m->status.device_id, sizeof(m->status.device_id), "%s", m->st.device_id);
+    if (m->cert) {
+        const ASN1_TIME *na = X509_get0_notAfter(m->cert);
+        struct tm tm;
+        if (na && ASN1_TIME_to_tm(na, &tm))
+            m->status.cert_not_after = (int64_t)timegm(&tm);
+    }
+    if (error)
+        snprintf(m->status.last_error, sizeof(m->status.last_error), "%s", error);
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* A request went through: the last failure is history. */
+static void clear_error(mgmt *m)
+{
+    pthread_mutex_lock(&m->mu);
+    m->status.last_error[0] = '\0';
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mgmt_get_status(mgmt *m, mgmt_status *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    *st = m->status;
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void set_phase(mgmt *m, mgmt_phase p, const char *why)
+{
+    if (m->st.phase != p)
+        LOG_INFO(m->log, SUB, "management %s -> %s%s%s", mgmt_phase_name(m->st.phase), mgmt_phase_name(p),
+                 why ? ": " : "", why ? why : "");
+    m->st.phase = p;
+    publish_status(m, p == MGMT_ERROR ? why : NULL);
+}
+
+static void save_state(mgmt *m)
+{
+    char err[512];
+    if (mgmt_state_save(m->dir, &m->st, err, sizeof(err)) < 0)
+        LOG_ERR(m->log, SUB, "%s", err);
+}
+
+/* delay_s jittered by +-20 percent: a fleet must not ask at the same second. */
+static void schedule(mgmt *m, uint32_t delay_s)
+{
+    uint32_t rnd = 0;
+    RAND_bytes((unsigned char *)&rnd, sizeof(rnd));
+    uint64_t ms = (uint64_t)delay_s * 1000;
+    uint64_t span = ms * 2 / 5;
+    ms = ms - ms / 5 + (span ? rnd % span : 0);
+    core_timer_arm(m->loop, &m->timer, ms);
+}
+
+/* ------------------------------------------------------------- worker */
+
+static size_t pin_len(const profile *b)
+{
+    return b->mgmt.pin ? strlen(b->mgmt.pin) : 0;
+}
+
+/* The token key of a pkcs11 bootstrap, made on first use. */
+static int token_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, char *err, size_t err_len)
+{
+    const profile *b = m->boot;
+    cred_provider *p = NULL;
+    int r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p, err,
+                                 err_len);
+    if (r == M2MVPN_E_CERT && make) {
+        /* No such key yet (or unusable): make it; if that fails too, the
+         * first reason is the one to show. */
+        char kerr[256];
+        char *csr = NULL;
+        keygen_request rq = { .provider = KEYGEN_PKCS11, .subject = "/CN=m2mvpn-device",
+                              .pkcs11_module = b->mgmt.pkcs11_module, .pkcs11_uri = b->mgmt.pkcs11_uri,
+                              .pin = b->mgmt.pin, .pin_len = pin_len(b) };
+        if (keygen_run(&rq, &csr, kerr, sizeof(kerr)) == 0)
+            r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &p, err,
+                                     err_len);
+        free(csr);
+    }
+    if (r < 0)
+        return r;
+    EVP_PKEY *k = cred_evp_key(p, err, err_len);
+    if (!k) {
+        cred_free(p);
+        return M2MVPN_E_CERT;
+    }
+    *ret = k;
+    *ret_cred = p;
+    return 0;
+}
+
+/* The device key where the bootstrap says: made on first use (make). */
+static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cred, bool *made, char *err,
+                      size_t err_len)
+{
+    *ret_cred = NULL;
+    if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
+        return token_key(m, make, ret, ret_cred, err, err_len);
+    if (m->boot->mgmt.provider != PROFILE_CERT_FILE) {
+        snprintf(err, err_len, "management.key.provider \"%s\": enrolment with a TPM key is not supported by "
+                 "this build yet; use \"file\" or \"pkcs11\"", profile_cert_source_name(m->boot->mgmt.provider));
+        return M2MVPN_E_NOTSUPP;
+    }
+    if (make && access(m->key_path, F_OK) < 0) {
+        /* pin: the key file is encrypted with it (AES-256). */
+        keygen_request rq = { .provider = KEYGEN_FILE, .subject = "/CN=m2mvpn-device", .out = m->key_path,
+                              .pin = m->boot->mgmt.pin, .pin_len = pin_len(m->boot) };
+        char *csr = NULL;
+        int r = keygen_run(&rq, &csr, err, err_len);
+        free(csr);
+        if (r < 0)
+            return r;
+        if (made)
+            *made = true;
+    }
+    FILE *f = fopen(m->key_path, "r");
+    const char *pass = m->boot->mgmt.pin ? m->boot->mgmt.pin : "";
+    EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, (void *)pass) : NULL;
+    if (f)
+        fclose(f);
+    if (!k) {
+        ERR_clear_error();
+        snprintf(err, err_len, "cannot read the device key %s (or management.key.pin does not open it)",
+                 m->key_path);
+        return M2MVPN_E_CERT;
+    }
+    *ret = k;
+    return 0;
+}
+
+static void run_job(mgmt *m, job *j)
+{
+    switch (j->type) {
+    case JOB_ENROL:
+        j->r = device_key(m, true, &j->key, &j->cred, &j->made_key, j->err, sizeof(j->err));
+        if (j->r == 0)
+            j->r = mgmt_cmp_enrol(&j->tls, m->boot->mgmt.token, j->key, &j->cert, &j->check_after_s, j->err,
+                                  sizeof(j->err));
+        break;
+    case JOB_FETCH:
+        if (j->reopen) {
+            /* The module may have been finalised under us (another user of
+             * the token in this process closed it): the old handles go
+             * first, then the key is opened again. */
+            EVP_PKEY_free(j->key);
+            cred_free(j->cred);
+            j->key = NULL;
+            j->cred = NULL;
+            j->r = device_key(m, false, &j->key, &j->cred, NULL, j->err, sizeof(j->err));
+            if (j->r < 0)
+                break;
+            j->tls.key = j->key;
+        }
+        j->r = mgmt_http(&j->tls, "/api/v1/device/profile", NULL, NULL, 0, j->etag, &j->http, &j->body, &j->len,
+                         j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
+        break;
+    case JOB_NONE:
+        break;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    mgmt *m = arg;
+    pthread_mutex_lock(&m->mu);
+    for (;;) {
+        while (!m->todo && !m->stop)
+            pthread_cond_wait(&m->cv, &m->mu);
+        if (m->stop)
+            break;
+        job *j = m->todo;
+        m->todo = NULL;
+        pthread_mutex_unlock(&m->mu);
+        run_job(m, j);
+        pthread_mutex_lock(&m->mu);
+        m->done = j;
+        uint64_t one = 1;
+        if (write(m->evfd, &one, sizeof(one)) < 0) {
+            /* the counter cannot overflow with one job out */
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+static void job_free(job *j)
+{
+    if (!j)
+        return;
+    EVP_PKEY_free(j->key);
+    cred_free(j->cred);
+    X509_free(j->cert);
+    free(j->body);
+    free(j);
+}
+
+static void submit(mgmt *m, job_type type)
+{
+    if (m->busy)
+        return;
+    job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        schedule(m, FAIL_RETRY_S);
+        return;
+    }
+    j->type = type;
+    j->tls.cancel = &m->cancel;
+    j->tls.url = m->boot->mgmt.url;
+    j->tls.server_ca = m->boot->mgmt.server_ca;
+    if (type == JOB_FETCH) {
+        j->tls.cert = m->cert;
+        j->tls.key = m->key;
+        if (m->key_stale && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) {
+            j->reopen = true;
+            j->key = m->key;
+            j->cred = m->cred;
+            m->key = NULL;
+            m->cred = NULL;
+        }
+        snprintf(j->etag, sizeof(j->etag), "%s", m->st.etag);
+    }
+    LOG_INFO(m->log, SUB, "%s at %s", type == JOB_ENROL ? "enrolling (CMP)" : "asking for a newer profile",
+             m->boot->mgmt.url);
+    m->busy = true;
+    pthread_mutex_lock(&m->mu);
+    m->todo = j;
+    pthread_cond_signal(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* ------------------------------------------------------ installing */
+
+/* The delivered profile as the device installs it: inline CA PEMs become
+ * ca-N.pem, auth.cert names the enrolled credential. Returns the new JSON
+ * text (malloc'd) or NULL with err; *ret_cas gets the PEMs to write. */
+static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object **ret_cas, char *err, size_t err_len)
+{
+    json_object *p = json_tokener_parse((const char *)payload);
+    (void)len;
+    if (!p || !json_object_is_type(p, json_type_object)) {
+        snprintf(err, err_len, "profile bundle refused: payload is not a JSON profile object");
+        json_object_put(p);
+        return NULL;
+    }
+    if (json_object_object_get_ex(p, "management", NULL)) {
+        snprintf(err, err_len, "profile bundle refused: a delivered profile may not hold \"management\"");
+        json_object_put(p);
+        return NULL;
+    }
+    json_object *cas = json_object_new_array(), *ca;
+    if (json_object_object_get_ex(p, "ca", &ca) && json_object_is_type(ca, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(ca); i++) {
+            json_object *v = json_object_array_get_idx(ca, i);
+            const char *s = json_object_get_string(v);
+            if (json_object_is_type(v, json_type_string) && !strncmp(s, "-----BEGIN CERTIFICATE-----", 27)) {
+                char name[32];
+                snprintf(name, sizeof(name), "ca-%zu.pem", i);
+                json_object_array_add(cas, json_object_get(v));
+                json_object_array_put_idx(ca, i, json_object_new_string(name));
+            } else {
+                snprintf(err, err_len, "profile bundle refused: ca[%zu] is not an inline PEM certificate", i);
+                json_object_put(cas);
+                json_object_put(p);
+                return NULL;
+            }
+        }
+    }
+    json_object *auth, *method;
+    if (json_object_object_get_ex(p, "auth", &auth) && json_object_is_type(auth, json_type_object) &&
+        json_object_object_get_ex(auth, "method", &method) && !strcmp(json_object_get_string(method), "cert")) {
+        const profile *b = m->boot;
+        json_object *cert = json_object_new_object();
+        if (b->mgmt.provider == PROFILE_CERT_PKCS11) {
+            json_object_object_add(cert, "source", json_object_new_string("pkcs11"));
+            json_object_object_add(cert, "pkcs11_module", json_object_new_string(b->mgmt.pkcs11_module));
+            json_object_object_add(cert, "pkcs11_uri", json_object_new_string(b->mgmt.pkcs11_uri));
+            if (b->mgmt.pin)
+                json_object_object_add(cert, "pin", json_object_new_string(b->mgmt.pin));
+        } else {
+            json_object_object_add(cert, "source", json_object_new_string("file"));
+            json_object_object_add(cert, "file", json_object_new_string("device.crt.pem"));
+            json_object_object_add(cert, "key", json_object_new_string(m->key_path));
+            if (b->mgmt.pin)
+                json_object_object_add(cert, "pin", json_object_new_string(b->mgmt.pin));
+        }
+        json_object_object_add(auth, "cert", cert);
+    }
+    char *text = strdup(json_object_to_json_string_ext(p, JSON_C_TO_STRING_PRETTY));
+    json_object_put(p);
+    *ret_cas = cas;
+    return text;
+}
+
+/* A verified bundle: check the profile, then write CAs, profile, version. */
+static int install(mgmt *m, const uint8_t *der, size_t len, const char *etag, char *err, size_t err_len)
+{
+    mgmt_bundle b;
+    int r = mgmt_bundle_verify(der, len, m->signer, "profile", m->st.device_id, m->st.profile_version, wall_now(),
+                               &b, err, err_len);
+    if (r < 0)
+        return r;
+    json_object *cas = NULL;
+    char *text = localise(m, b.payload, b.payload_len, &cas, err, err_len);
+    int version = (int)b.version;
+    int64_t v64 = b.version;
+    (void)version;
+    mgmt_bundle_clear(&b);
+    if (!text)
+        return M2MVPN_E_BUNDLE;
+    profile_set *set = NULL;
+    char perr[512];
+    r = profile_set_parse(text, strlen(text), m->dir, &set, perr, sizeof(perr));
+    if (r < 0) {
+        snprintf(err, err_len, "profile bundle refused: the profile is not valid: %s", perr);
+        r = M2MVPN_E_BUNDLE;
+        goto out;
+    }
+    if (set->items[0].mgmt.on || set->items[0].n_gateways == 0) {
+        snprintf(err, err_len, "profile bundle refused: the profile has no gateways");
+        r = M2MVPN_E_BUNDLE;
+        goto out;
+    }
+    for (size_t i = 0; i < json_object_array_length(cas) && r == 0; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "ca-%zu.pem", i);
+        const char *pem = json_object_get_string(json_object_array_get_idx(cas, i));
+        r = mgmt_write_file(m->dir, name, pem, strlen(pem), err, err_len);
+    }
+    if (r == 0)
+        r = mgmt_write_file(m->dir, "profile.json", text, strlen(text), err, err_len);
+    if (r == 0) {
+        m->st.profile_version = v64; /* only after everything is in place */
+        snprintf(m->st.etag, sizeof(m->st.etag), "%s", etag ? etag : "");
+        save_state(m);
+        publish_status(m, NULL);
+        char what[128];
+        snprintf(what, sizeof(what), "profile version %lld installed", (long long)v64);
+        LOG_INFO(m->log, SUB, "%s", what);
+        m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_CONFIG_UPDATED, 0, what);
+        m->hooks.on_profile(m->hooks.arg, set);
+        set = NULL;
+    }
+out:
+    profile_set_free(set);
+    json_object_put(cas);
+    free(text);
+    return r;
+}
+
+/* ------------------------------------------------------- results */
+
+static void fail_event(mgmt *m, int r, const char *err, bool retry)
+{
+    LOG_ERR(m->log, SUB, "%s", err);
+    if (m->st.phase != MGMT_ENROLLED)
+        set_phase(m, MGMT_ERROR, err);
+    else
+        publish_status(m, err);
+    m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_AUTH_FAILED, r, err);
+    if (retry)
+        schedule(m, m->boot->mgmt.poll_s < FAIL_RETRY_S ? m->boot->mgmt.poll_s : FAIL_RETRY_S);
+}
+
+static void enrol_done(mgmt *m, job *j)
+{
+    char err[512];
+    if (j->r == M2MVPN_E_PENDING) {
+        /* The id the server derives from our key: what the operator
+         * approves (m2mvpn-admin device approve ID). */
+        char id[21];
+        if (j->key && mgmt_device_id(j->key, id) == 0)
+            snprintf(m->st.device_id, sizeof(m->st.device_id), "%s", id);
+        m->st.last_contact = wall_now();
+        set_phase(m, MGMT_PENDING, "waiting for the operator's approval");
+        save_state(m);
+        publish_status(m, j->err);
+        /* The server's checkAfter, but never later than the bootstrap's
+         * poll_s (the operator's own bound). */
+        uint32_t after = j->check_after_s > 0 ? (uint32_t)j->check_after_s : PENDING_RETRY_S;
+        schedule(m, after < m->boot->mgmt.poll_s ? after : m->boot->mgmt.poll_s);
+        return;
+    }
+    if (j->r < 0 && j->made_key) {
+        /* Refused before the server bound a token to it: a key made by
+         * this attempt goes again, so a refused enrolment leaves the state
+         * directory as it was (the next attempt makes a new one). */
+        if (unlink(m->key_path) < 0)
+            LOG_WARN(m->log, SUB, "cannot remove %s: %s", m->key_path, strerror(errno));
+    }
+    if (j->r < 0) {
+        /* A refused token or an operator's rejection does not heal by asking again. */
+        fail_event(m, j->r, j->err, j->r != M2MVPN_E_TOKEN && j->r != M2MVPN_E_ENROL && j->r != M2MVPN_E_NOTSUPP);
+        return;
+    }
+    char id[21];
+    mgmt_device_id(j->key, id);
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    long n = bio && PEM_write_bio_X509(bio, j->cert) ? BIO_get_mem_data(bio, &pem) : 0;
+    int r = n > 0 ? mgmt_write_file(m->dir, "device.crt.pem", pem, (size_t)n, err, sizeof(err)) : M2MVPN_E_NOMEM;
+    BIO_free(bio);
+    if (r == 0 && j->cred) {
+        /* The pkcs11 source reads the certificate from the token. */
+        unsigned char *der = NULL;
+        int dn = i2d_X509(j->cert, &der);
+        r = dn > 0 ? cred_pkcs11_store_cert(j->cred, der, (size_t)dn, err, sizeof(err)) : M2MVPN_E_NOMEM;
+        OPENSSL_free(der);
+    }
+    if (r < 0) {
+        fail_event(m, r, r == M2MVPN_E_NOMEM ? "out of memory storing the certificate" : err, true);
+        return;
+    }
+    m->key = j->key;
+    m->cert = j->cert;
+    m->cred = j->cred;
+    j->key = NULL;
+    j->cert = NULL;
+    j->cred = NULL;
+    snprintf(m->st.device_id, sizeof(m->st.device_id), "%s", id);
+    m->st.last_contact = wall_now();
+    clear_error(m);
+    set_phase(m, MGMT_ENROLLED, id);
+    save_state(m);
+    char what[128];
+    snprintf(what, sizeof(what), "enrolled as %s", id);
+    m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_ENROLLED, 0, what);
+    submit(m, JOB_FETCH);
+}
+
+static void fetch_done(mgmt *m, job *j)
+{
+    char err[600];
+    if (j->reopen && j->key) {
+        m->key = j->key;
+        m->cred = j->cred;
+        j->key = NULL;
+        j->cred = NULL;
+        m->key_stale = false;
+    }
+    if (j->r < 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
+        m->key_stale = true; /* pkcs11: open the token again next time */
+    if (j->r < 0) {
+        fail_event(m, j->r, j->err, true);
+        return;
+    }
+    m->st.last_contact = wall_now();
+    if (j->http == 304 || j->http == 200)
+        clear_error(m);
+    if (j->http == 304) {
+        LOG_DBG(m->log, SUB, "profile unchanged (version %lld)", (long long)m->st.profile_version);
+    } else if (j->http == 200) {
+        int r = install(m, j->body, j->len, j->new_etag, err, sizeof(err));
+        if (r < 0) {
+            fail_event(m, r, err, false);
+        }
+    } else {
+        snprintf(err, sizeof(err), "management server answered the profile request with HTTP %ld: %.200s",
+                 j->http, j->body ? (const char *)j->body : "");
+        for (char *c = err; *c; c++)
+            if ((unsigned char)*c < 0x20)
+                *c = ' ';
+        LOG_WARN(m->log, SUB, "%s", err);
+        publish_status(m, err);
+    }
+    save_state(m);
+    publish_status(m, NULL);
+    schedule(m, m->boot->mgmt.poll_s);
+}
+
+static void on_result(void *arg, uint32_t events)
+{
+    (void)events;
+    mgmt *m = arg;
+    uint64_t v;
+    if (read(m->evfd, &v, sizeof(v)) < 0) {
+        /* nothing to read: spurious wake */
+    }
+    pthread_mutex_lock(&m->mu);
+    job *j = m->done;
+    m->done = NULL;
+    pthread_mutex_unlock(&m->mu);
+    if (!j)
+        return;
+    m->busy = false;
+    if (j->type == JOB_ENROL)
+        enrol_done(m, j);
+    else
+        fetch_done(m, j);
+    job_free(j);
+}
+
+static void on_timer(void *arg)
+{
+    mgmt *m = arg;
+    submit(m, m->cert ? JOB_FETCH : JOB_ENROL);
+}
+
+/* ------------------------------------------------------- lifecycle */
+
+int mgmt_new(core_loop *loop, core_log *log, const mgmt_hooks *hooks, mgmt **ret)
+{
+    mgmt *m = calloc(1, sizeof(*m));
+    if (!m)
+        return M2MVPN_E_NOMEM;
+    m->loop = loop;
+    m->log = log;
+    m->hooks = *hooks;
+    m->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (m->evfd < 0) {
+        free(m);
+        return M2MVPN_E_SYSTEM;
+    }
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    core_timer_init(&m->timer, on_timer, m);
+    *ret = m;
+    return 0;
+}
+
+void mgmt_free(mgmt *m)
+{
+    if (!m)
+        return;
+    if (m->worker_started) {
+        atomic_store(&m->cancel, true);
+        pthread_mutex_lock(&m->mu);
+        m->stop = true;
+        pthread_cond_signal(&m->cv);
+        pthread_mutex_unlock(&m->mu);
+        pthread_join(m->worker, NULL);
+        core_io_remove(m->loop, &m->io);
+    }
+    core_timer_cancel(m->loop, &m->timer);
+    job_free(m->todo);
+    job_free(m->done);
+    close(m->evfd);
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->mu);
+    EVP_PKEY_free(m->key);
+    cred_free(m->cred);
+    X509_free(m->cert);
+    X509_free(m->signer);
+    profile_set_free(m->set);
+    free(m->dir);
+    free(m);
+}
+
+static X509 *read_cert(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    X509 *c = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    return c;
+}
+
+/* An enrolled state directory: key, certificate and the installed profile. */
+static int resume(mgmt *m, char *err, size_t err_len)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/device.crt.pem", m->dir);
+    m->cert = read_cert(path);
+    char kerr[256] = "";
+    if (device_key(m, false, &m->key, &m->cred, NULL, kerr, sizeof(kerr)) < 0)
+        m->key = NULL;
+    if (!m->cert || !m->key || EVP_PKEY_eq(X509_get0_pubkey(m->cert), m->key) != 1) {
+        if (kerr[0] && !m->key)
+            snprintf(err, err_len, "state directory %s says enrolled but the device key is unusable: %s", m->dir,
+                     kerr);
+        else
+            snprintf(err, err_len, "state directory %s says enrolled but its device.crt.pem and device key do "
+                     "not match or are missing: empty the folder to enrol again", m->dir);
+        return M2MVPN_E_CERT;
+    }
+    snprintf(path, sizeof(path), "%s/profile.json", m->dir);
+    profile_set *set = NULL;
+    char perr[512];
+    if (m->st.profile_version > 0 && profile_set_load_file(path, &set, perr, sizeof(perr)) == 0) {
+        LOG_INFO(m->log, SUB, "using the stored profile version %lld", (long long)m->st.profile_version);
+        m->hooks.on_profile(m->hooks.arg, set);
+    } else if (m->st.profile_version > 0) {
+        LOG_WARN(m->log, SUB, "stored profile unusable (%s): asking for it again", perr);
+        m->st.profile_version = 0;
+        m->st.etag[0] = 0;
+    }
+    return 0;
+}
+
+int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_dir, char *err, size_t err_len)
+{
+    if (m->boot == boot)
+        return 0; /* already running this bootstrap */
+    if (m->boot) {
+        snprintf(err, err_len, "management already runs bootstrap '%s'", m->boot->name);
+        return M2MVPN_E_STATE;
+    }
+    struct stat sb;
+    if (!state_dir || !*state_dir) {
+        snprintf(err, err_len, "profile '%s' is a management bootstrap: a state directory is needed "
+                 "(m2mvpn_set_state_dir, m2mvpn run --state-dir DIR)", boot->name);
+        return M2MVPN_E_INVAL;
+    }
+    if (stat(state_dir, &sb) < 0 || !S_ISDIR(sb.st_mode) || access(state_dir, W_OK) < 0) {
+        snprintf(err, err_len, "state directory %s is not a writable folder", state_dir);
+        return M2MVPN_E_IO;
+    }
+    X509 *signer = read_cert(boot->mgmt.bundle_signer);
+    if (!signer) {
+        snprintf(err, err_len, "management.bundle_signer %s: no PEM certificate readable there",
+                 boot->mgmt.bundle_signer);
+        return M2MVPN_E_CERT;
+    }
+    X509 *ca = read_cert(boot->mgmt.server_ca);
+    X509_free(ca);
+    if (!ca) {
+        X509_free(signer);
+        snprintf(err, err_len, "management.server_ca %s: no PEM certificate readable there", boot->mgmt.server_ca);
+        return M2MVPN_E_CERT;
+    }
+    mgmt_state st;
+    int r = mgmt_state_load(state_dir, &st, err, err_len);
+    if (r < 0) {
+        X509_free(signer);
+        return r;
+    }
+    if (!(m->dir = strdup(state_dir))) {
+        X509_free(signer);
+        return M2MVPN_E_NOMEM;
+    }
+    m->signer = signer;
+    m->st = st;
+    m->set = profile_set_ref(set);
+    m->boot = boot;
+    if (boot->mgmt.key)
+        snprintf(m->key_path, sizeof(m->key_path), "%s", boot->mgmt.key);
+    else
+        snprintf(m->key_path, sizeof(m->key_path), "%s/device.key.pem", state_dir);
+    if (!m->worker_started) {
+        if (core_io_add(m->loop, &m->io, m->evfd, EPOLLIN, on_result, m) < 0 ||
+            pthread_create(&m->worker, NULL, worker_main, m) != 0) {
+            snprintf(err, err_len, "cannot start the management worker thread");
+            return M2MVPN_E_SYSTEM;
+        }
+        m->worker_started = true;
+    }
+    if (m->st.phase == MGMT_ENROLLED) {
+        r = resume(m, err, err_len);
+        if (r < 0) {
+            set_phase(m, MGMT_ERROR, err);
+            return r;
+        }
+        publish_status(m, NULL);
+        submit(m, JOB_FETCH);
+        return 0;
+    }
+    if (m->st.phase == MGMT_ERROR)
+        m->st.phase = MGMT_UNENROLLED;
+    publish_status(m, NULL);
+    submit(m, JOB_ENROL);
+    return 0;
+}

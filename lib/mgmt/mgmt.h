@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Management, device side (DESIGN §9, issue 14): a bootstrap profile (one
+ * with "management") becomes an enrolled device with its own profile.
+ *
+ *  1. the device key is made in the bootstrap's provider (lib/cred keygen);
+ *  2. CMP IR over HTTPS (libcurl, the server's TLS pinned to the bootstrap's
+ *     server_ca, no system store), MAC-protected with the enrolment token;
+ *     PKIStatus waiting = "pending", asked again later with jitter;
+ *  3. the certificate (public key = ours, a subject) is stored, ENROLLED;
+ *  4. GET /api/v1/device/profile over mutual TLS with the enrolled key,
+ *     If-None-Match; the bundle is verified completely (mgmt_bundle_verify)
+ *     before anything is written; then the CA PEMs, the profile and last the
+ *     version go into the state directory; CONFIG_UPDATED; the new profile
+ *     is handed to the engine (hooks.on_profile);
+ *  5. polled again every poll_s (jittered).
+ *
+ * Threads: every network request runs on one worker thread of the module;
+ * its result comes back to the engine loop through an eventfd registered in
+ * the loop, and all state changes, files and hooks happen on the engine
+ * thread. Blocking functions below are the worker's; they touch no state.
+ *
+ * Errors: 0 or negative M2MVPN_E_*; err gets one line (no secret) saying
+ * what to do where a user can do something.
+ */
+#ifndef M2MVPN_MGMT_H
+#define M2MVPN_MGMT_H
+
+#include <m2mvpn/m2mvpn.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/log.h"
+#include "core/loop.h"
+#include "profile/profile.h"
+
+/* ------------------------------------------------------------- bundles */
+
+#define MGMT_BUNDLE_MAX (1u << 20)
+
+typedef struct mgmt_bundle {
+    int64_t version;
+    int64_t not_after;
+    uint8_t *payload;         /* malloc'd, NUL-terminated for convenience */
+    size_t payload_len;
+} mgmt_bundle;
+
+/* Verify a bundle (CMS SignedData DER, content attached, id-data) against
+ * the contract: signed by `signer` and no other (no chain to anything else),
+ * manifest format 1, type == `type`, device == `device_id`, not_after >
+ * `now`, sha256 of the payload as stated, version > `installed`. On success
+ * *out holds the payload; on failure *out is untouched and err says which
+ * rule failed (M2MVPN_E_BUNDLE, or NOMEM). */
+int mgmt_bundle_verify(const uint8_t *der, size_t len, X509 *signer, const char *type, const char *device_id,
+                       int64_t installed, int64_t now, mgmt_bundle *out, char *err, size_t err_len);
+void mgmt_bundle_clear(mgmt_bundle *b);
+
+/* -------------------------------------------------------- state directory */
+
+/* Replace dir/name atomically (temporary file, fsync, rename, fsync of the
+ * folder), mode 0600. */
+int mgmt_write_file(const char *dir, const char *name, const void *data, size_t len, char *err, size_t err_len);
+
+typedef enum mgmt_phase { MGMT_UNENROLLED, MGMT_PENDING, MGMT_ENROLLED, MGMT_ERROR } mgmt_phase;
+const char *mgmt_phase_name(mgmt_phase p);
+
+/* mgmt.json */
+typedef struct mgmt_state {
+    mgmt_phase phase;
+    char device_id[64];
+    int64_t last_contact;
+    int64_t profile_version;  /* 0: none installed */
+    char etag[128];
+} mgmt_state;
+/* Missing file: zeroed state (unenrolled), 0. Unreadable or malformed: error. */
+int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len);
+int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err_len);
+
+/* ------------------------------------------------------ requests (worker) */
+
+typedef struct mgmt_tls {
+    const char *url;          /* "https://host:port", no trailing '/' */
+    const char *server_ca;    /* PEM file: the one anchor */
+    X509 *cert;               /* client certificate (mutual TLS) or NULL */
+    EVP_PKEY *key;            /* its key or NULL */
+    const atomic_bool *cancel; /* set: abort the transfer soon (NULL: never) */
+} mgmt_tls;
+
+/* POST `path` (body of content type ctype) or GET (body NULL); answer body
+ * malloc'd into *ret (caller frees). *ret_status: the HTTP status. etag_in:
+ * If-None-Match (or NULL); etag_out (may be NULL): the answer's ETag.
+ * TLS failures to the pinned CA are M2MVPN_E_SERVER_CERT. */
+int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint8_t *body, size_t body_len,
+              const char *etag_in, long *ret_status, uint8_t **ret, size_t *ret_len, char *etag_out,
+              size_t etag_cap, char *err, size_t err_len);
+
+/* One CMP IR (MAC with the token "ID.SECRET", senderKID = ID; newPkey = key).
+ * 0: *ret_cert issued and checked (public key == key, subject present);
+ * M2MVPN_E_PENDING: waiting (*ret_check_after_s, 0 if none given);
+ * M2MVPN_E_TOKEN, M2MVPN_E_ENROL, M2MVPN_E_SERVER_CERT, NETWORK, PROTOCOL. */
+int mgmt_cmp_enrol(const mgmt_tls *t, const char *token, EVP_PKEY *key, X509 **ret_cert,
+                   int *ret_check_after_s, char *err, size_t err_len);
+/* The CMP answer handling alone (tests, fuzzing): parse a DER PKIMessage as
+ * the answer to an IR and check it as mgmt_cmp_enrol would. */
+int mgmt_cmp_check_answer(const uint8_t *der, size_t len, char *err, size_t err_len);
+
+/* The device id the server derives: "dev-" + 16 hex of SHA-256(SPKI DER). */
+int mgmt_device_id(EVP_PKEY *key, char out[21]);
+
+/* ------------------------------------------------------- the engine side */
+
+typedef struct mgmt mgmt;
+
+typedef struct mgmt_hooks {
+    void *arg;
+    /* ENROLLED, CONFIG_UPDATED, or an error event (err < 0) with detail. */
+    void (*on_event)(void *arg, m2mvpn_event_type type, int err, const char *detail);
+    /* A verified individual profile to use now; the hook takes the set. */
+    void (*on_profile)(void *arg, profile_set *set);
+} mgmt_hooks;
+
+typedef struct mgmt_status {
+    bool on;                  /* a bootstrap runs */
+    mgmt_phase phase;
+    int64_t last_contact;
+    int64_t profile_version;
+    int64_t cert_not_after;
+    char device_id[64];
+    char last_error[256];
+} mgmt_status;
+
+int mgmt_new(core_loop *loop, core_log *log, const mgmt_hooks *hooks, mgmt **ret);
+/* Stops the worker (an ongoing request is waited for, bounded by its
+ * timeouts). NULL is fine. */
+void mgmt_free(mgmt *m);
+/* Run bootstrap profile `boot` (a reference on set is taken) with the state
+ * directory `state_dir` (copied; NULL: refused with a clear error). An
+ * enrolled state directory skips enrolment and hands its stored profile to
+ * on_profile at once, then asks for a newer one. */
+int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_dir, char *err, size_t err_len);
+void mgmt_get_status(mgmt *m, mgmt_status *st);
+
+#endif

@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Enrolment: one CMP IR with OpenSSL's CMP client, MAC-protected with the
+ * enrolment token (senderKID = token id, secret = the 43 characters after
+ * the '.'), carried over HTTPS by mgmt_http(). */
+#include "mgmt.h"
+
+#include <openssl/cmp.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/secmem.h"
+
+typedef struct cmp_io {
+    const mgmt_tls *tls;
+    const uint8_t *canned;     /* tests/fuzzing: this answer to every request */
+    size_t canned_len;
+    int net_err;               /* the transfer's own failure, 0 none */
+    char net_why[256];
+} cmp_io;
+
+static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
+{
+    cmp_io *io = OSSL_CMP_CTX_get_transfer_cb_arg(ctx);
+    if (io->canned) {
+        const unsigned char *p = io->canned;
+        return d2i_OSSL_CMP_MSG(NULL, &p, (long)io->canned_len);
+    }
+    unsigned char *der = NULL;
+    int der_len = i2d_OSSL_CMP_MSG(req, &der);
+    if (der_len <= 0) {
+        io->net_err = M2MVPN_E_CRYPTO;
+        snprintf(io->net_why, sizeof(io->net_why), "cannot encode the CMP request");
+        return NULL;
+    }
+    long status = 0;
+    uint8_t *body = NULL;
+    size_t len = 0;
+    int r = mgmt_http(io->tls, "/.well-known/cmp", "application/pkixcmp", der, (size_t)der_len, NULL, &status,
+                      &body, &len, NULL, 0, io->net_why, sizeof(io->net_why));
+    OPENSSL_free(der);
+    if (r < 0) {
+        io->net_err = r;
+        return NULL;
+    }
+    OSSL_CMP_MSG *rsp = NULL;
+    if (status == 200) {
+        const unsigned char *p = body;
+        rsp = d2i_OSSL_CMP_MSG(NULL, &p, (long)len);
+    }
+    if (!rsp) {
+        io->net_err = M2MVPN_E_PROTOCOL;
+        snprintf(io->net_why, sizeof(io->net_why), "management server %s answered the CMP request with HTTP %ld%s",
+                 io->tls->url, status, status == 200 ? " but no CMP message" : "");
+    }
+    free(body);
+    return rsp;
+}
+
+/* The failure in words a user can act on. */
+static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
+{
+    if (io->net_err) {
+        snprintf(err, err_len, "%s", io->net_why);
+        return io->net_err;
+    }
+    /* What our own client found wrong comes first. */
+    bool not_ours = false, bad_mac = false;
+    unsigned long e;
+    char why[160] = "malformed or unexpected answer";
+    /* The server's error details (errorDetails of an error message) come
+     * as the data of the client's "received error". */
+    char details[200] = "";
+    const char *data = NULL;
+    int flags = 0;
+    while ((e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
+        if (ERR_GET_LIB(e) != ERR_LIB_CMP)
+            continue;
+        if (ERR_GET_REASON(e) == CMP_R_RECEIVED_ERROR && data && (flags & ERR_TXT_STRING) && !details[0])
+            snprintf(details, sizeof(details), "%s", data);
+        if (ERR_GET_REASON(e) == CMP_R_CERTIFICATE_NOT_ACCEPTED)
+            not_ours = true;
+        else if (ERR_GET_REASON(e) == CMP_R_WRONG_PBM_VALUE)
+            bad_mac = true;
+        else if (ERR_GET_REASON(e) != CMP_R_RECEIVED_ERROR && ERR_GET_REASON(e) != CMP_R_REQUEST_REJECTED_BY_SERVER)
+            ERR_error_string_n(e, why, sizeof(why));
+    }
+    if (not_ours) {
+        snprintf(err, err_len, "the enrolled certificate is not for this device's key: refused");
+        return M2MVPN_E_CERT;
+    }
+    if (bad_mac) {
+        snprintf(err, err_len, "the CMP answer's MAC does not verify with the enrolment token: check "
+                 "enrolment_token in the bootstrap");
+        return M2MVPN_E_TOKEN;
+    }
+    int status = OSSL_CMP_CTX_get_status(ctx);
+    int fi = OSSL_CMP_CTX_get_failInfoCode(ctx);
+    char text[400] = "";
+    OSSL_CMP_PKIFREETEXT *ft = OSSL_CMP_CTX_get0_statusString(ctx);
+    for (int i = 0; ft && i < sk_ASN1_UTF8STRING_num(ft); i++) {
+        ASN1_UTF8STRING *s = sk_ASN1_UTF8STRING_value(ft, i);
+        size_t used = strlen(text);
+        snprintf(text + used, sizeof(text) - used, "%s%.*s", used ? "; " : "", ASN1_STRING_length(s),
+                 (const char *)ASN1_STRING_get0_data(s));
+    }
+    if (details[0]) {
+        size_t used = strlen(text);
+        snprintf(text + used, sizeof(text) - used, "%s%s", used ? "; " : "", details);
+    }
+    for (char *c = text; *c; c++)
+        if ((unsigned char)*c < 0x20)
+            *c = ' ';
+    if (status == OSSL_CMP_PKISTATUS_rejection || status == -1) {
+        if (strstr(text, "expired")) {
+            snprintf(err, err_len, "enrolment token expired: ask the operator for a new token (server: %s)", text);
+            return M2MVPN_E_TOKEN;
+        }
+        if (strstr(text, "already used")) {
+            snprintf(err, err_len, "enrolment token already used by another key: ask the operator for a new "
+                     "token (server: %s)", text);
+            return M2MVPN_E_TOKEN;
+        }
+        if ((fi >= 0 && (fi & (1 << OSSL_CMP_PKIFAILUREINFO_badMessageCheck))) || strstr(text, "pbm value")) {
+            snprintf(err, err_len, "enrolment token not accepted (unknown token or wrong secret): check "
+                     "enrolment_token in the bootstrap%s%s", text[0] ? "; server: " : "", text);
+            return M2MVPN_E_TOKEN;
+        }
+        if (status == OSSL_CMP_PKISTATUS_rejection) {
+            snprintf(err, err_len, "enrolment rejected%s%s", text[0] ? ": " : "", text[0] ? text : " by the server");
+            return M2MVPN_E_ENROL;
+        }
+    }
+    snprintf(err, err_len, "CMP enrolment failed: %s", why);
+    ERR_clear_error();
+    return M2MVPN_E_PROTOCOL;
+}
+
+static int check_cert(X509 *cert, EVP_PKEY *key, char *err, size_t err_len)
+{
+    if (EVP_PKEY_eq(X509_get0_pubkey(cert), key) != 1) {
+        snprintf(err, err_len, "the enrolled certificate is not for this device's key");
+        return M2MVPN_E_CERT;
+    }
+    if (X509_NAME_entry_count(X509_get_subject_name(cert)) == 0) {
+        snprintf(err, err_len, "the enrolled certificate has an empty subject");
+        return M2MVPN_E_CERT;
+    }
+    return 0;
+}
+
+static int cmp_run(cmp_io *io, const char *token, EVP_PKEY *key, X509 **ret_cert, int *ret_check_after_s,
+                   char *err, size_t err_len)
+{
+    const char *dot = strchr(token, '.');
+    if (!dot || dot == token || !dot[1]) {
+        snprintf(err, err_len, "enrolment token is not ID.SECRET");
+        return M2MVPN_E_INVAL;
+    }
+    OSSL_CMP_CTX *ctx = OSSL_CMP_CTX_new(NULL, NULL);
+    X509_NAME *subj = X509_NAME_new();
+    if (!ctx || !subj) {
+        OSSL_CMP_CTX_free(ctx);
+        X509_NAME_free(subj);
+        return M2MVPN_E_NOMEM;
+    }
+    int r = M2MVPN_E_CRYPTO;
+    /* The subject is only a hint; the server names the device. */
+    X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_ASC, (const unsigned char *)"m2mvpn-device", -1, -1, 0);
+    OSSL_CMP_CTX_set_log_cb(ctx, NULL);
+    if (!OSSL_CMP_CTX_set1_referenceValue(ctx, (const unsigned char *)token, (int)(dot - token)) ||
+        !OSSL_CMP_CTX_set1_secretValue(ctx, (const unsigned char *)dot + 1, (int)strlen(dot + 1)) ||
+        !EVP_PKEY_up_ref(key) || !OSSL_CMP_CTX_set0_newPkey(ctx, 1, key) ||
+        !OSSL_CMP_CTX_set1_subjectName(ctx, subj) || !OSSL_CMP_CTX_set_transfer_cb(ctx, transfer) ||
+        !OSSL_CMP_CTX_set_transfer_cb_arg(ctx, io) ||
+        /* An error answer to a bad MAC cannot carry our MAC: read its
+         * status (never a certificate) to say what went wrong. */
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_UNPROTECTED_ERRORS, 1) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT, 120)) {
+        snprintf(err, err_len, "cannot set up the CMP request");
+        goto out;
+    }
+    int check_after = 0;
+    X509 *cert = OSSL_CMP_try_certreq(ctx, OSSL_CMP_IR, NULL, &check_after) == 1 ? OSSL_CMP_CTX_get0_newCert(ctx)
+                                                                                : NULL;
+    if (cert) {
+        r = check_cert(cert, key, err, err_len);
+        if (r == 0) {
+            X509_up_ref(cert);
+            *ret_cert = cert;
+        }
+    } else if (OSSL_CMP_CTX_get_status(ctx) == OSSL_CMP_PKISTATUS_waiting && !io->net_err) {
+        *ret_check_after_s = check_after > 0 ? check_after : 0;
+        snprintf(err, err_len, "enrolment waits for the operator's approval (m2mvpn-admin device approve)");
+        r = M2MVPN_E_PENDING;
+        ERR_clear_error();
+    } else {
+        r = classify(ctx, io, err, err_len);
+    }
+out:
+    X509_NAME_free(subj);
+    OSSL_CMP_CTX_free(ctx); /* wipes the secret it copied */
+    return r;
+}
+
+int mgmt_cmp_enrol(const mgmt_tls *t, const char *token, EVP_PKEY *key, X509 **ret_cert, int *ret_check_after_s,
+                   char *err, size_t err_len)
+{
+    cmp_io io = { .tls = t };
+    *ret_check_after_s = 0;
+    return cmp_run(&io, token, key, ret_cert, ret_check_after_s, err, err_len);
+}
+
+int mgmt_cmp_check_answer(const uint8_t *der, size_t len, char *err, size_t err_len)
+{
+    static const mgmt_tls none = { .url = "https://fuzz.invalid", .server_ca = "" };
+    cmp_io io = { .tls = &none, .canned = der, .canned_len = len };
+    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    if (!key)
+        return M2MVPN_E_NOMEM;
+    X509 *cert = NULL;
+    int after = 0;
+    int r = cmp_run(&io, "0123456789abcdef.fuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuz", key, &cert, &after, err,
+                    err_len);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return r;
+}
+
+int mgmt_device_id(EVP_PKEY *key, char out[21])
+{
+    unsigned char *der = NULL;
+    int n = i2d_PUBKEY(key, &der);
+    if (n <= 0)
+        return M2MVPN_E_CRYPTO;
+    unsigned char md[32];
+    EVP_Digest(der, (size_t)n, md, NULL, EVP_sha256(), NULL);
+    OPENSSL_free(der);
+    memcpy(out, "dev-", 4);
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 4 + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}

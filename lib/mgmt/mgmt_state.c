@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The state directory: atomic files and mgmt.json. */
+#include "mgmt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *const phase_names[] = {
+    [MGMT_UNENROLLED] = "unenrolled",
+    [MGMT_PENDING] = "pending",
+    [MGMT_ENROLLED] = "enrolled",
+    [MGMT_ERROR] = "error",
+};
+
+const char *mgmt_phase_name(mgmt_phase p)
+{
+    return (size_t)p < sizeof(phase_names) / sizeof(phase_names[0]) ? phase_names[p] : "unknown";
+}
+
+int mgmt_write_file(const char *dir, const char *name, const void *data, size_t len, char *err, size_t err_len)
+{
+    char path[4096], tmp[4096];
+    if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path) ||
+        snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= (int)sizeof(tmp)) {
+        snprintf(err, err_len, "state directory path too long");
+        return M2MVPN_E_INVAL;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        goto fail;
+    const uint8_t *p = data;
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto fail_fd;
+        done += (size_t)n;
+    }
+    if (fchmod(fd, 0600) < 0 || fsync(fd) < 0)
+        goto fail_fd;
+    if (close(fd) < 0) {
+        fd = -1;
+        goto fail;
+    }
+    fd = -1;
+    if (rename(tmp, path) < 0)
+        goto fail;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+fail_fd:
+    close(fd);
+fail:
+    snprintf(err, err_len, "cannot write %s in the state directory %s: %s", name, dir, strerror(errno));
+    unlink(tmp);
+    return M2MVPN_E_IO;
+}
+
+int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len)
+{
+    memset(st, 0, sizeof(*st));
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/mgmt.json", dir);
+    json_object *o = json_object_from_file(path);
+    if (!o) {
+        if (access(path, F_OK) < 0 && errno == ENOENT)
+            return 0;
+        snprintf(err, err_len, "%s is unreadable or not JSON: remove it to enrol again", path);
+        return M2MVPN_E_IO;
+    }
+    json_object *v;
+    if (json_object_object_get_ex(o, "state", &v)) {
+        const char *s = json_object_get_string(v);
+        for (size_t i = 0; i < sizeof(phase_names) / sizeof(phase_names[0]); i++)
+            if (s && strcmp(s, phase_names[i]) == 0)
+                st->phase = (mgmt_phase)i;
+    }
+    if (json_object_object_get_ex(o, "device_id", &v))
+        snprintf(st->device_id, sizeof(st->device_id), "%s", json_object_get_string(v));
+    if (json_object_object_get_ex(o, "last_contact", &v))
+        st->last_contact = json_object_get_int64(v);
+    if (json_object_object_get_ex(o, "profile_version", &v))
+        st->profile_version = json_object_get_int64(v);
+    if (json_object_object_get_ex(o, "etag", &v))
+        snprintf(st->etag, sizeof(st->etag), "%s", json_object_get_string(v));
+    json_object_put(o);
+    return 0;
+}
+
+int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err_len)
+{
+    json_object *o = json_object_new_object();
+    if (!o)
+        return M2MVPN_E_NOMEM;
+    json_object_object_add(o, "state", json_object_new_string(mgmt_phase_name(st->phase)));
+    json_object_object_add(o, "device_id", json_object_new_string(st->device_id));
+    json_object_object_add(o, "last_contact", json_object_new_int64(st->last_contact));
+    json_object_object_add(o, "profile_version", json_object_new_int64(st->profile_version));
+    json_object_object_add(o, "etag", json_object_new_string(st->etag));
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+    int r = mgmt_write_file(dir, "mgmt.json", text, strlen(text), err, err_len);
+    json_object_put(o);
+    return r;
+}

@@ -1,0 +1,472 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Management, device side: profile bundles (CMS SignedData over a manifest,
+ * signed here with OpenSSL) accepted only under every rule of the contract;
+ * the bootstrap's "management" object in profiles; the state directory.
+ *
+ * JSON in this file is written with ' for " (see dq()).
+ */
+#include <check.h>
+#include <m2mvpn/m2mvpn.h>
+#include <openssl/cms.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mgmt/mgmt.h"
+#include "profile/profile.h"
+
+#define DEV "dev-0123456789abcdef"
+#define NOW ((int64_t)1800000000)
+
+static const char *dq(const char *s)
+{
+    static char buf[4096];
+    size_t n = strlen(s);
+    ck_assert_uint_lt(n, sizeof(buf));
+    for (size_t i = 0; i <= n; i++)
+        buf[i] = s[i] == '\'' ? '"' : s[i];
+    return buf;
+}
+
+/* ------------------------------------------------------------ signers */
+
+typedef struct signer {
+    EVP_PKEY *key;
+    X509 *cert;
+} signer;
+
+static signer make_signer(const char *cn)
+{
+    signer s;
+    s.key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    ck_assert_ptr_nonnull(s.key);
+    s.cert = X509_new();
+    X509_set_version(s.cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(s.cert), 7);
+    X509_NAME *n = X509_get_subject_name(s.cert);
+    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(s.cert, n);
+    X509_gmtime_adj(X509_getm_notBefore(s.cert), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(s.cert), 86400L * 3650);
+    X509_set_pubkey(s.cert, s.key);
+    ck_assert_int_gt(X509_sign(s.cert, s.key, EVP_sha256()), 0);
+    return s;
+}
+
+static void free_signer(signer *s)
+{
+    EVP_PKEY_free(s->key);
+    X509_free(s->cert);
+}
+
+/* CMS SignedData DER of `content`, content attached. */
+static uint8_t *sign(const signer *s, const char *content, size_t *len)
+{
+    BIO *in = BIO_new_mem_buf(content, (int)strlen(content));
+    CMS_ContentInfo *cms = CMS_sign(s->cert, s->key, NULL, in, CMS_BINARY);
+    ck_assert_ptr_nonnull(cms);
+    unsigned char *der = NULL;
+    int n = i2d_CMS_ContentInfo(cms, &der);
+    ck_assert_int_gt(n, 0);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    *len = (size_t)n;
+    return der;
+}
+
+static const char *PAYLOAD = "{\"version\": 1, \"name\": \"managed\"}";
+
+static void sha_hex(const char *data, char out[65])
+{
+    unsigned char md[32];
+    EVP_Digest(data, strlen(data), md, NULL, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* A manifest; sha NULL: the payload's real digest. */
+static char *manifest(const char *type, const char *dev, long long version, long long not_after, const char *sha)
+{
+    char hex[65], b64[256];
+    sha_hex(PAYLOAD, hex);
+    EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)PAYLOAD, (int)strlen(PAYLOAD));
+    char *m = malloc(1024);
+    snprintf(m, 1024, "{\"format\": 1, \"type\": \"%s\", \"device\": \"%s\", \"version\": %lld, "
+             "\"not_after\": %lld, \"sha256\": \"%s\", \"payload\": \"%s\"}",
+             type, dev, version, not_after, sha ? sha : hex, b64);
+    return m;
+}
+
+static int verify(const uint8_t *der, size_t len, const signer *pinned, int64_t installed, mgmt_bundle *b,
+                  char *err, size_t err_len)
+{
+    return mgmt_bundle_verify(der, len, pinned->cert, "profile", DEV, installed, NOW, b, err, err_len);
+}
+
+/* Sign this manifest with `by`, verify with `pinned`: the error text (""). */
+static void expect_refused(const signer *by, const signer *pinned, const char *m, int64_t installed,
+                           const char *why)
+{
+    size_t len;
+    uint8_t *der = sign(by, m, &len);
+    mgmt_bundle b = { .version = -5 };
+    char err[256] = "";
+    ck_assert_int_eq(verify(der, len, pinned, installed, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, why), "error '%s' lacks '%s'", err, why);
+    ck_assert_int_eq(b.version, -5); /* untouched */
+    ck_assert_ptr_null(b.payload);
+    OPENSSL_free(der);
+}
+
+START_TEST(test_bundle_good)
+{
+    signer s = make_signer("bundle signer");
+    char *m = manifest("profile", DEV, 3, NOW + 60, NULL);
+    size_t len;
+    uint8_t *der = sign(&s, m, &len);
+    mgmt_bundle b = { 0 };
+    char err[256] = "";
+    ck_assert_int_eq(verify(der, len, &s, 2, &b, err, sizeof(err)), 0);
+    ck_assert_int_eq(b.version, 3);
+    ck_assert_int_eq(b.not_after, NOW + 60);
+    ck_assert_uint_eq(b.payload_len, strlen(PAYLOAD));
+    ck_assert_mem_eq(b.payload, PAYLOAD, b.payload_len);
+    mgmt_bundle_clear(&b);
+    OPENSSL_free(der);
+    free(m);
+    free_signer(&s);
+}
+END_TEST
+
+START_TEST(test_bundle_tampered_byte)
+{
+    signer s = make_signer("bundle signer");
+    char *m = manifest("profile", DEV, 3, NOW + 60, NULL);
+    size_t len;
+    uint8_t *der = sign(&s, m, &len);
+    const uint8_t *content = memmem(der, len, m, strlen(m));
+    ck_assert_ptr_nonnull(content);
+    size_t c0 = (size_t)(content - der), c1 = c0 + strlen(m);
+    uint8_t *copy = malloc(len);
+    /* Every byte flipped in turn: a byte of the signed content is always
+     * refused; elsewhere (the certificate bag is not signed) a flip may pass,
+     * but then with exactly the original payload. */
+    for (size_t i = 0; i < len; i++) {
+        memcpy(copy, der, len);
+        copy[i] ^= 0x01;
+        mgmt_bundle b = { 0 };
+        char err[256];
+        int r = verify(copy, len, &s, 0, &b, err, sizeof(err));
+        if (i >= c0 && i < c1)
+            ck_assert_msg(r == M2MVPN_E_BUNDLE, "flip at %zu inside the content accepted", i);
+        if (r == 0) {
+            ck_assert_uint_eq(b.payload_len, strlen(PAYLOAD));
+            ck_assert_mem_eq(b.payload, PAYLOAD, b.payload_len);
+            ck_assert_int_eq(b.version, 3);
+            mgmt_bundle_clear(&b);
+        } else {
+            ck_assert_int_eq(r, M2MVPN_E_BUNDLE);
+        }
+    }
+    const uint8_t *v = memmem(der, len, "\"version\": 3", 12);
+    ck_assert_ptr_nonnull(v);
+    memcpy(copy, der, len);
+    copy[v - der + 11] = '4';
+    mgmt_bundle b = { 0 };
+    char err[256] = "";
+    ck_assert_int_eq(verify(copy, len, &s, 0, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "signature does not verify"), "%s", err);
+    free(copy);
+    OPENSSL_free(der);
+    free(m);
+    free_signer(&s);
+}
+END_TEST
+
+START_TEST(test_bundle_other_signer)
+{
+    signer s = make_signer("bundle signer"), other = make_signer("someone else");
+    /* A look-alike: same name and serial number, another key. */
+    signer twin = make_signer("bundle signer");
+    char *m = manifest("profile", DEV, 3, NOW + 60, NULL);
+    expect_refused(&other, &s, m, 0, "another key than the pinned bundle_signer");
+    expect_refused(&twin, &s, m, 0, "signature does not verify with the pinned bundle_signer");
+    free_signer(&twin);
+    free(m);
+    free_signer(&s);
+    free_signer(&other);
+}
+END_TEST
+
+START_TEST(test_bundle_unsigned_or_plain)
+{
+    signer s = make_signer("bundle signer");
+    char *m = manifest("profile", DEV, 3, NOW + 60, NULL);
+    mgmt_bundle b = { 0 };
+    char err[256] = "";
+    /* the plain manifest */
+    ck_assert_int_eq(verify((const uint8_t *)m, strlen(m), &s, 0, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "not a CMS message"), "%s", err);
+    /* CMS, but data without a signature */
+    BIO *in = BIO_new_mem_buf(m, (int)strlen(m));
+    CMS_ContentInfo *cms = CMS_data_create(in, CMS_BINARY);
+    unsigned char *der = NULL;
+    int n = i2d_CMS_ContentInfo(cms, &der);
+    ck_assert_int_eq(verify(der, (size_t)n, &s, 0, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "not CMS SignedData"), "%s", err);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    /* signed, content detached */
+    in = BIO_new_mem_buf(m, (int)strlen(m));
+    cms = CMS_sign(s.cert, s.key, NULL, in, CMS_BINARY | CMS_DETACHED);
+    der = NULL;
+    n = i2d_CMS_ContentInfo(cms, &der);
+    ck_assert_int_eq(verify(der, (size_t)n, &s, 0, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "not attached"), "%s", err);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    /* empty and NULL */
+    ck_assert_int_eq(verify(NULL, 0, &s, 0, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    free(m);
+    free_signer(&s);
+}
+END_TEST
+
+START_TEST(test_bundle_manifest_rules)
+{
+    signer s = make_signer("bundle signer");
+    struct {
+        const char *type, *dev;
+        long long version, not_after;
+        const char *sha;
+        int64_t installed;
+        const char *why;
+    } cases[] = {
+        { "profile", "dev-ffffffffffffffff", 3, NOW + 60, NULL, 0, "made for another device" },
+        { "profile", DEV, 3, NOW - 1, NULL, 0, "expired" },
+        { "profile", DEV, 3, NOW, NULL, 0, "expired" },
+        { "profile", DEV, 3, NOW + 60, NULL, 3, "not newer than the installed 3" },
+        { "profile", DEV, 2, NOW + 60, NULL, 3, "not newer than the installed 3" },
+        { "profile", DEV, 3, NOW + 60, "00000000000000000000000000000000000000000000000000000000000000ff", 0,
+          "sha256 of the payload does not match" },
+        { "software", DEV, 3, NOW + 60, NULL, 0, "type is not \"profile\"" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *m = manifest(cases[i].type, cases[i].dev, cases[i].version, cases[i].not_after, cases[i].sha);
+        expect_refused(&s, &s, m, cases[i].installed, cases[i].why);
+        free(m);
+    }
+    free_signer(&s);
+}
+END_TEST
+
+START_TEST(test_bundle_not_json)
+{
+    signer s = make_signer("bundle signer");
+    static const char *const bad[] = {
+        "not json at all",
+        "[1, 2]",
+        "{'format': 1, 'type': 'profile'",                 /* cut */
+        "{'format': 2, 'type': 'profile', 'device': 'dev-0123456789abcdef', 'version': 3, "
+        "'not_after': 1900000000, 'sha256': '', 'payload': ''}",
+        "{'format': 1, 'type': 'profile', 'device': 'dev-0123456789abcdef', 'version': '3', "
+        "'not_after': 1900000000, 'sha256': '', 'payload': ''}",
+        "{'format': 1, 'extra': 1}",
+        "{} trailing",
+    };
+    const char *why[] = { "not a JSON object", "not a JSON object", "not a JSON object", "format is not 1",
+                          "not newer", "unknown key", "not a JSON object" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_refused(&s, &s, dq(bad[i]), 0, why[i]);
+    free_signer(&s);
+}
+END_TEST
+
+/* ------------------------------------------------------------ bootstrap */
+
+#define TOKEN "0123456789abcdef.AAAAAAAAAAAAAAAAAAAAbbbbbbbbbbbbbbbbbbbb-_c"
+#define BOOT_HEAD "{'version': 1, 'name': 'boot', 'management': {'url': 'https://198.51.100.9:8443/', " \
+                  "'server_ca': 'mgmt-ca.pem', 'bundle_signer': 'signer.pem', 'enrolment_token': '" TOKEN "', "
+
+START_TEST(test_bootstrap_good)
+{
+    profile_set *set = NULL;
+    char err[512] = "";
+    const char *j = dq(BOOT_HEAD "'key': {'provider': 'file'}, 'poll_s': 60}}");
+    ck_assert_msg(profile_set_parse(j, strlen(j), "/etc/m2mvpn", &set, err, sizeof(err)) == 0, "%s", err);
+    const profile *p = &set->items[0];
+    ck_assert(p->mgmt.on);
+    ck_assert_str_eq(p->mgmt.url, "https://198.51.100.9:8443");
+    ck_assert_str_eq(p->mgmt.server_ca, "/etc/m2mvpn/mgmt-ca.pem");
+    ck_assert_str_eq(p->mgmt.bundle_signer, "/etc/m2mvpn/signer.pem");
+    ck_assert_str_eq(p->mgmt.token, TOKEN);
+    ck_assert_int_eq(p->mgmt.provider, PROFILE_CERT_FILE);
+    ck_assert_ptr_null(p->mgmt.key);
+    ck_assert_uint_eq(p->mgmt.poll_s, 60);
+    ck_assert_uint_eq(p->n_gateways, 0);
+    profile_set_free(set);
+
+    j = dq(BOOT_HEAD "'key': {'provider': 'pkcs11', 'pkcs11_module': 'libsofthsm2.so', "
+                     "'pkcs11_uri': 'pkcs11:token=m2m;object=dev', 'pin': '1234'}}}");
+    ck_assert_msg(profile_set_parse(j, strlen(j), "/", &set, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(set->items[0].mgmt.provider, PROFILE_CERT_PKCS11);
+    ck_assert_uint_eq(set->items[0].mgmt.poll_s, 300);
+    profile_set_free(set);
+
+    j = dq(BOOT_HEAD "'key': {'provider': 'tpm', 'tpm_key': '0x81000010', 'tpm_tcti': 'swtpm:port=2321'}}}");
+    ck_assert_msg(profile_set_parse(j, strlen(j), "/", &set, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(set->items[0].mgmt.tpm_key, "0x81000010");
+    profile_set_free(set);
+
+    /* A bootstrap may also carry a full profile. */
+    j = dq("{'version': 1, 'name': 'both', 'gateways': [{'host': '198.51.100.1'}], 'remote_id': 'gw', "
+           "'auth': {'method': 'psk', 'psk': 'aaaaaaaaaaaaaaaaaaaaaaaa'}, 'local_id': 'me', "
+           "'management': {'url': 'https://m.example', 'server_ca': 'a.pem', 'bundle_signer': 'b.pem', "
+           "'enrolment_token': '" TOKEN "', 'key': {'provider': 'file', 'key': 'k.pem'}}}");
+    ck_assert_msg(profile_set_parse(j, strlen(j), "/x", &set, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(set->items[0].mgmt.key, "/x/k.pem");
+    ck_assert_uint_eq(set->items[0].n_gateways, 1);
+    profile_set_free(set);
+}
+END_TEST
+
+static const struct {
+    const char *json;
+    const char *err;
+} bad_boot[] = {
+    { BOOT_HEAD "'key': {'provider': 'file'}, 'pol_s': 5}}", "management.pol_s: unknown key" },
+    { BOOT_HEAD "'key': {'provider': 'file', 'pkcs11_uri': 'pkcs11:x'}}}",
+      "management.key.pkcs11_uri: not allowed when management.key.provider is \"file\"" },
+    { BOOT_HEAD "'key': {'provider': 'machine'}}}", "management.key.provider" },
+    { BOOT_HEAD "'key': {'provder': 'file'}}}", "management.key.provder: unknown key" },
+    { BOOT_HEAD "'poll_s': 60}}", "management.key: required" },
+    { BOOT_HEAD "'key': {'provider': 'file'}, 'poll_s': 5}}", "management.poll_s" },
+    { BOOT_HEAD "'key': {'provider': 'pkcs11', 'pkcs11_module': 'x.so', 'pkcs11_uri': 'pkcs11:x'}}}",
+      "management.key.pin: required" },
+    { BOOT_HEAD "'key': {'provider': 'tpm', 'tpm_key': '0x01'}}}", "management.key.tpm_key" },
+    { "{'version': 1, 'name': 'b', 'management': {'url': 'http://198.51.100.9', 'server_ca': 'a', "
+      "'bundle_signer': 'b', 'enrolment_token': '" TOKEN "', 'key': {'provider': 'file'}}}",
+      "management.url: must be an https:// URL" },
+    { "{'version': 1, 'name': 'b', 'management': {'url': 'https://198.51.100.9', 'server_ca': 'a', "
+      "'bundle_signer': 'b', 'enrolment_token': 'abc.def', 'key': {'provider': 'file'}}}",
+      "management.enrolment_token: must be the token as m2mvpn-admin prints it" },
+    { "{'version': 1, 'name': 'b', 'management': {'url': 'https://198.51.100.9', "
+      "'bundle_signer': 'b', 'enrolment_token': '" TOKEN "', 'key': {'provider': 'file'}}}",
+      "management.server_ca: required" },
+    { "{'version': 1, 'name': 'b', 'management': {'url': 'https://198.51.100.9', 'server_ca': 'a', "
+      "'enrolment_token': '" TOKEN "', 'key': {'provider': 'file'}}}",
+      "management.bundle_signer: required" },
+    { "{'version': 1, 'name': 'b', 'management': {'server_ca': 'a', 'bundle_signer': 'b', "
+      "'enrolment_token': '" TOKEN "', 'key': {'provider': 'file'}}}",
+      "management.url: required" },
+    { "{'version': 1, 'name': 'b', 'management': {'url': 'https://198.51.100.9', 'server_ca': 'a', "
+      "'bundle_signer': 'b', 'key': {'provider': 'file'}}}",
+      "management.enrolment_token: required" },
+    { "{'version': 1, 'name': 'b', 'management': 'https://x'}", "management: must be an object" },
+    /* Without management, gateways are still required. */
+    { "{'version': 1, 'name': 'b', 'remote_id': 'gw', 'auth': {'method': 'psk', 'psk': 'x'}}",
+      "gateways: required" },
+};
+
+START_TEST(test_bootstrap_bad)
+{
+    profile_set *set = NULL;
+    char err[512] = "";
+    const char *j = dq(bad_boot[_i].json);
+    int r = profile_set_parse(j, strlen(j), "/", &set, err, sizeof(err));
+    ck_assert_msg(r == M2MVPN_E_PROFILE, "case %d: r=%d err='%s'", _i, r, err);
+    ck_assert_msg(strstr(err, bad_boot[_i].err), "case %d: '%s' lacks '%s'", _i, err, bad_boot[_i].err);
+    ck_assert_ptr_null(set);
+    ck_assert_ptr_null(strstr(err, "AAAAAAAAAAAAAAAAAAAA")); /* never the token's secret */
+}
+END_TEST
+
+/* ------------------------------------------------------------ state dir */
+
+START_TEST(test_state_files)
+{
+    char dir[] = "/tmp/m2mvpn-mgmt-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char err[256] = "";
+    mgmt_state st;
+    ck_assert_int_eq(mgmt_state_load(dir, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st.phase, MGMT_UNENROLLED);
+    st.phase = MGMT_ENROLLED;
+    snprintf(st.device_id, sizeof(st.device_id), DEV);
+    st.profile_version = 4;
+    st.last_contact = NOW;
+    snprintf(st.etag, sizeof(st.etag), "\"abc\"");
+    ck_assert_int_eq(mgmt_state_save(dir, &st, err, sizeof(err)), 0);
+    mgmt_state back;
+    ck_assert_int_eq(mgmt_state_load(dir, &back, err, sizeof(err)), 0);
+    ck_assert_int_eq(back.phase, MGMT_ENROLLED);
+    ck_assert_str_eq(back.device_id, DEV);
+    ck_assert_int_eq(back.profile_version, 4);
+    ck_assert_int_eq(back.last_contact, NOW);
+    ck_assert_str_eq(back.etag, "\"abc\"");
+    char path[512];
+    snprintf(path, sizeof(path), "%s/mgmt.json", dir);
+    struct stat sb;
+    ck_assert_int_eq(stat(path, &sb), 0);
+    ck_assert_int_eq(sb.st_mode & 0777, 0600);
+    /* replaced as a whole, no temporary left */
+    ck_assert_int_eq(mgmt_write_file(dir, "mgmt.json", "garbage", 7, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_state_load(dir, &back, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert_ptr_nonnull(strstr(err, "remove it to enrol again"));
+    snprintf(path, sizeof(path), "%s/.mgmt.json.tmp", dir);
+    ck_assert_int_ne(access(path, F_OK), 0);
+    ck_assert_int_eq(mgmt_write_file("/nonexistent-dir", "x", "y", 1, err, sizeof(err)), M2MVPN_E_IO);
+    snprintf(path, sizeof(path), "rm -rf %s", dir);
+    ck_assert_int_eq(system(path), 0);
+}
+END_TEST
+
+START_TEST(test_cmp_answer_garbage)
+{
+    char err[256] = "";
+    static const uint8_t junk[] = { 0x30, 0x03, 0x02, 0x01, 0x00 };
+    int r = mgmt_cmp_check_answer(junk, sizeof(junk), err, sizeof(err));
+    ck_assert_int_lt(r, 0);
+    ck_assert_int_ne(r, M2MVPN_E_PENDING);
+    ck_assert_str_ne(err, "");
+}
+END_TEST
+
+static Suite *mgmt_suite(void)
+{
+    Suite *s = suite_create("mgmt");
+    TCase *tc = tcase_create("bundle");
+    tcase_add_test(tc, test_bundle_good);
+    tcase_add_test(tc, test_bundle_tampered_byte);
+    tcase_add_test(tc, test_bundle_other_signer);
+    tcase_add_test(tc, test_bundle_unsigned_or_plain);
+    tcase_add_test(tc, test_bundle_manifest_rules);
+    tcase_add_test(tc, test_bundle_not_json);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("bootstrap");
+    tcase_add_test(tc, test_bootstrap_good);
+    tcase_add_loop_test(tc, test_bootstrap_bad, 0, (int)(sizeof(bad_boot) / sizeof(bad_boot[0])));
+    suite_add_tcase(s, tc);
+    tc = tcase_create("state");
+    tcase_add_test(tc, test_state_files);
+    tcase_add_test(tc, test_cmp_answer_garbage);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(mgmt_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

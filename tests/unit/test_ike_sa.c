@@ -1686,6 +1686,39 @@ START_TEST(test_mobike_cookie2_must_match)
 }
 END_TEST
 
+/* A reauthentication's IKE SA announces MOBIKE too (and no
+ * INITIAL_CONTACT); when its IKE_AUTH answer lists no addresses, the
+ * gateway's list from the SA it replaces is kept. */
+START_TEST(test_mobike_reauth_keeps_addresses)
+{
+    establish_mobike();
+    ike_sa *old = T->sa;
+    T->sa = NULL;
+    char err[256];
+    ike_config cfg = { .prof = &T->set->items[0], .reauth = true, .want_vip = true, .vip = { 198, 18, 1, 7 } };
+    set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
+    set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down };
+    ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_start(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    answer_init();
+    ck_assert_int_ge(fg_notify_at(&T->gw.rq_inner, IKE_N_MOBIKE_SUPPORTED, NULL), 0);
+    ck_assert_int_lt(fg_notify_at(&T->gw.rq_inner, IKE_N_INITIAL_CONTACT, NULL), 0);
+    fg_auth_opts o = { .mobike = true, .mobike_no_addrs = true };
+    answer_auth(&o);
+    ck_assert_uint_eq(T->n_established, 2);
+    ck_assert(ike_sa_mobike(T->sa));
+    struct sockaddr_storage addrs[4];
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 0);
+    ike_sa_mobike_inherit(T->sa, old);
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 1);
+    ck_assert_uint_eq(((struct sockaddr_in *)&addrs[0])->sin_addr.s_addr, htonl(0xc6336403));
+    ike_sa_free(old);
+}
+END_TEST
+
 /* Without the gateway's MOBIKE_SUPPORTED there is nothing to update. */
 START_TEST(test_mobike_not_announced_by_the_gateway)
 {
@@ -2726,6 +2759,7 @@ static Suite *ike_sa_suite(void)
         { "dpd", test_dpd_not_postponed_by_forgery },
         { "dpd", test_close_during_dpd },
         { "mobike", test_mobike_announced_and_update },
+        { "mobike", test_mobike_reauth_keeps_addresses },
         { "mobike", test_mobike_cookie2_must_match },
         { "mobike", test_mobike_not_announced_by_the_gateway },
         { "mobike", test_mobike_addresses_only_authenticated },

@@ -447,6 +447,7 @@ typedef struct fg_auth_opts {
     uint8_t ip6_prefix_len;
     /* MOBIKE (RFC 4555): MOBIKE_SUPPORTED and ADDITIONAL_IP4_ADDRESS 198.51.100.3 */
     bool mobike;
+    bool mobike_no_addrs;          /* MOBIKE_SUPPORTED alone, no address list */
 } fg_auth_opts;
 
 /* The inner chain of the gateway's IKE_AUTH response to the request taken
@@ -466,7 +467,8 @@ static void fg_auth_inner(fake_gw *gw, const fg_auth_opts *o, fg_chain *c)
     if (o && o->mobike) {
         static const uint8_t other[4] = { 198, 51, 100, 3 };
         ike_build_notify(&c->cw, IKE_PROTO_NONE, IKE_N_MOBIKE_SUPPORTED, NULL, 0, NULL, 0);
-        ike_build_notify(&c->cw, IKE_PROTO_NONE, IKE_N_ADDITIONAL_IP4_ADDRESS, NULL, 0, other, 4);
+        if (!o->mobike_no_addrs)
+            ike_build_notify(&c->cw, IKE_PROTO_NONE, IKE_N_ADDITIONAL_IP4_ADDRESS, NULL, 0, other, 4);
     }
     if (o && o->child_error) {
         /* RFC 7296 §1.2: the IKE SA is set up, its first CHILD SA is not. */

@@ -49,6 +49,9 @@
  *                    CONFIG_UPDATED now sent; errors TOKEN, PENDING,
  *                    SERVER_CERT, BUNDLE, ENROL; the status JSON's
  *                    "management" object.
+ *                    No signature changed: MOBIKE roaming (RFC 4555); event
+ *                    ROAMED (4) now sent, m2mvpn_status.roams counts the
+ *                    moves (address, interface or NAT mapping).
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -298,7 +301,7 @@ typedef struct m2mvpn_status {
     /* Appended after `cert_not_after`: */
     uint64_t reconnects;            /**< times the tunnel came up again after a failure or renewal */
     uint64_t rekeys;                /**< CHILD/IKE SA rekeys and reauthentications */
-    uint64_t roams;                 /**< moves to another address (0: not used by this build yet) */
+    uint64_t roams;                 /**< moves to another address or NAT mapping (MOBIKE) */
     int64_t last_change;            /**< Unix time of the last move of the connection, or 0 */
     char last_reason[128];          /**< why it moved then, e.g. "no traffic for 300 s", or "" */
 } m2mvpn_status;

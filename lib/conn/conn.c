@@ -48,11 +48,21 @@ const char *conn_phase_name(conn_phase p)
  *  UP          -> RESTARTING (renewal, install error), CLOSING (disconnect,
  *                 on-demand idle), BACKOFF / IDLE / ARMED (SA lost),
  *                 WAIT_CREDENTIALS (always-on: EAP refused on a reauth),
- *                 REAUTHENTICATING (ike.reauth_s due).
+ *                 ROAMING (our path to the gateway moved),
+ *                 REAUTHENTICATING (ike.reauth_s due, or a make-before-break
+ *                 profile switch).
  *                 A rekey (CHILD or IKE SA) is no move: the tunnel stays UP.
+ *  ROAMING     -> UP (the gateway moved the SAs: MOBIKE), RESTARTING (no
+ *                 MOBIKE, refused, no answer: reconnect at once), CLOSING
+ *                 (disconnect), BACKOFF / IDLE / ARMED (SA lost). A
+ *                 reauthentication due meanwhile waits until it is UP again.
  *  REAUTHENTICATING -> UP (the new IKE SA carries the traffic, or it failed
  *                 and the old one carries on), and whatever UP may do (the
- *                 old SA still carries the tunnel meanwhile)
+ *                 old SA still carries the tunnel meanwhile). When our path
+ *                 moves meanwhile the new IKE SA (made on the old path) is
+ *                 dropped: -> ROAMING, the old SA follows the path and the
+ *                 reauthentication is tried again once UP (a profile switch:
+ *                 -> RESTARTING, the new profile's SA made on the new path).
  *  RESTARTING  -> NEGOTIATING (SA down: start over), CLOSING (disconnect),
  *                 BACKOFF / IDLE / ARMED (it closed because of an error)
  *  CLOSING     -> IDLE / ARMED (SA down), RESTARTING (connect meanwhile)
@@ -65,16 +75,19 @@ static const unsigned allowed[CONN_PHASE__COUNT] = {
     [CONN_NEGOTIATING] = BIT(IDLE) | BIT(ARMED) | BIT(WAIT_PIN) | BIT(WAIT_CREDENTIALS) | BIT(UP) |
                          BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_UP]          = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF) |
-                         BIT(WAIT_CREDENTIALS) | BIT(REAUTHENTICATING),
+                         BIT(WAIT_CREDENTIALS) | BIT(ROAMING) | BIT(REAUTHENTICATING),
+    [CONN_ROAMING]     = BIT(UP) | BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_REAUTHENTICATING] = BIT(UP) | BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING) | BIT(CLOSING) |
-                         BIT(BACKOFF) | BIT(WAIT_CREDENTIALS),
+                         BIT(BACKOFF) | BIT(WAIT_CREDENTIALS) | BIT(ROAMING),
     [CONN_RESTARTING]  = BIT(IDLE) | BIT(ARMED) | BIT(NEGOTIATING) | BIT(CLOSING) | BIT(BACKOFF),
     [CONN_CLOSING]     = BIT(IDLE) | BIT(ARMED) | BIT(RESTARTING),
     [CONN_BACKOFF]     = BIT(IDLE) | BIT(NEGOTIATING),
 };
 #undef BIT
 
-typedef enum conn_event_type { EV_IKE_DOWN, EV_REKEY, EV_TRAFFIC, EV_REAUTH_FAILED } conn_event_type;
+typedef enum conn_event_type {
+    EV_IKE_DOWN, EV_REKEY, EV_TRAFFIC, EV_PATH, EV_ADDRESSES, EV_REAUTH_FAILED
+} conn_event_type;
 
 typedef struct conn_event {
     conn_event_type type;
@@ -83,6 +96,7 @@ typedef struct conn_event {
     ike_fault fault;
     uint32_t spi_in;
     esp_rekey_reason reason;
+    bool ours;                    /* EV_ADDRESSES: we asked for the update */
     char detail[320];
 } conn_event;
 
@@ -112,7 +126,8 @@ struct conn {
     core_timer retry_timer;
     core_timer refresh_timer;     /* status refresh, on-demand idle check */
     core_timer event_timer;       /* runs the posted events */
-    core_timer reauth_timer;      /* ike.reauth_s: while UP */
+    core_timer roam_timer;        /* ROAMING: the gateway's answer is due */
+    core_timer reauth_timer;      /* ike.reauth_s: while UP (ROAMING: waits) */
 
     conn_event queue[CONN_QUEUE];
     size_t q_head, q_len;
@@ -151,6 +166,7 @@ struct conn {
 
     uint64_t reconnects;          /* up again after a failure or renewal */
     uint64_t rekeys;              /* CHILD and IKE SA rekeys */
+    uint64_t roams;               /* moves to another path (MOBIKE), NAT mapping changes */
     int64_t last_change;          /* wall clock of the last move */
     char last_reason[128];
 };
@@ -191,6 +207,7 @@ static m2mvpn_state public_state(const conn *c)
     case CONN_NEGOTIATING:
         return c->recovering ? M2MVPN_STATE_RECONNECTING : M2MVPN_STATE_CONNECTING;
     case CONN_UP:
+    case CONN_ROAMING: /* the SAs are kept: still connected */
     case CONN_REAUTHENTICATING:
         return M2MVPN_STATE_CONNECTED;
     case CONN_RESTARTING:
@@ -223,9 +240,9 @@ static int set_phase(conn *c, conn_phase to, int err, const char *reason)
     else if (to == CONN_IDLE || to == CONN_ARMED)
         c->recovering = false;
     /* ike.reauth_s runs from each IKE SA that carries the tunnel. */
-    if (to == CONN_UP && from != CONN_REAUTHENTICATING)
+    if (to == CONN_UP && from != CONN_REAUTHENTICATING && from != CONN_ROAMING)
         arm_reauth(c, false);
-    else if (to != CONN_UP && to != CONN_REAUTHENTICATING)
+    else if (to != CONN_UP && to != CONN_REAUTHENTICATING && to != CONN_ROAMING)
         core_timer_cancel(c->loop, &c->reauth_timer);
     LOG_INFO(c->log, "conn", "%s -> %s (%s)", conn_phase_name(from), conn_phase_name(to),
              reason && *reason ? reason : "-");
@@ -342,6 +359,7 @@ static void release_sa(conn *c)
         c->ops.sa_release(c->ops.arg);
     c->sa_open = false;
     core_timer_cancel(c->loop, &c->refresh_timer);
+    core_timer_cancel(c->loop, &c->roam_timer);
 }
 
 /* Stay down: IDLE, or ARMED again on-demand unless `stop` (a disconnect,
@@ -567,6 +585,7 @@ static void ike_down(conn *c, int err, ike_fault fault, const char *detail)
         return;
     case CONN_NEGOTIATING:
     case CONN_UP:
+    case CONN_ROAMING:
     case CONN_REAUTHENTICATING:
         if (err == 0) { /* closed without us asking: nothing to retry */
             release_sa(c);
@@ -587,7 +606,7 @@ static void post(conn *c, const conn_event *ev)
 {
     /* One traffic event, and one rekey request per SA, is all it takes
      * (the datapath raises a request per lifetime kind). */
-    for (size_t i = 0; ev->type != EV_IKE_DOWN && i < c->q_len; i++) {
+    for (size_t i = 0; ev->type != EV_IKE_DOWN && ev->type != EV_ADDRESSES && i < c->q_len; i++) {
         const conn_event *q = &c->queue[(c->q_head + i) % CONN_QUEUE];
         if (q->type == ev->type && (ev->type == EV_TRAFFIC || q->spi_in == ev->spi_in))
             return;
@@ -619,11 +638,142 @@ void conn_post_traffic(conn *c)
     post(c, &ev);
 }
 
+void conn_post_path_changed(conn *c, const char *reason)
+{
+    conn_event ev = { .type = EV_PATH };
+    snprintf(ev.detail, sizeof(ev.detail), "%s", reason ? reason : "");
+    post(c, &ev);
+}
+
+void conn_post_addresses_updated(conn *c, int err, bool ours, const char *detail)
+{
+    conn_event ev = { .type = EV_ADDRESSES, .err = err, .ours = ours, .attempt = c->attempt };
+    snprintf(ev.detail, sizeof(ev.detail), "%s", detail ? detail : "");
+    post(c, &ev);
+}
+
 void conn_post_reauth_failed(conn *c, int err, ike_fault fault, const char *detail)
 {
     conn_event ev = { .type = EV_REAUTH_FAILED, .attempt = c->attempt, .err = err, .fault = fault };
     snprintf(ev.detail, sizeof(ev.detail), "%s", detail ? detail : "");
     post(c, &ev);
+}
+
+/* ------------------------------------------------------------ roaming */
+
+/* The fastest reconnect: the old IKE SA goes (its Delete sent once, not
+ * waited for: the path it was made on may be gone) and a new attempt starts
+ * at once, no back-off. The kill switch holds meanwhile: no SA, routes
+ * into the TUN. */
+static void reconnect_now(conn *c, const char *why)
+{
+    core_timer_cancel(c->loop, &c->roam_timer);
+    if (set_phase(c, CONN_RESTARTING, 0, why) < 0)
+        return;
+    c->ops.sa_close(c->ops.arg);
+    release_sa(c);
+    start_attempt(c, why);
+}
+
+/* UP (or REAUTHENTICATING) -> ROAMING: the gateway asked to move the SAs
+ * to our new path (MOBIKE); without MOBIKE, or when no update can be sent,
+ * reconnect at once. */
+static void roam_start(conn *c, const char *phase_reason, const char *reason)
+{
+    char why[400];
+    if (set_phase(c, CONN_ROAMING, 0, phase_reason) < 0)
+        return;
+    int r = c->ops.roam ? c->ops.roam(c->ops.arg, reason) : M2MVPN_E_NOTSUPP;
+    if (r < 0) {
+        snprintf(why, sizeof(why), "%s; %s: reconnecting", reason,
+                 r == M2MVPN_E_NOTSUPP ? "the gateway has no MOBIKE" : "no address update possible");
+        reconnect_now(c, why);
+        return;
+    }
+    core_timer_arm(c->loop, &c->roam_timer, CONN_ROAM_TIMEOUT_MS);
+}
+
+/* Our path to the gateway moved. Up: follow it with MOBIKE (ROAMING) or
+ * reconnect. Waiting to retry: try now, the new path may work. */
+static void on_path_changed(conn *c, const char *reason)
+{
+    char why[400];
+    switch (c->phase) {
+    case CONN_UP:
+        roam_start(c, reason, reason);
+        return;
+    case CONN_REAUTHENTICATING: {
+        /* The new IKE SA was made on the old path: it goes, and the old one
+         * (which carries the tunnel) follows the path. A profile switch
+         * starts over with the new profile, on the new path. */
+        if (c->ops.reauth_abort)
+            c->ops.reauth_abort(c->ops.arg);
+        if (c->switching) {
+            c->switching = false;
+            snprintf(why, sizeof(why), "%s; break-before-make: the new profile's IKE SA was on the old path",
+                     reason);
+            close_and_restart(c, 0, why);
+            return;
+        }
+        snprintf(why, sizeof(why), "%s; reauthentication dropped, tried again once moved", reason);
+        LOG_INFO(c->log, "conn", "%s", why);
+        arm_reauth(c, true);
+        roam_start(c, why, reason);
+        return;
+    }
+    case CONN_ROAMING:
+        /* Moved again before the answer: the ops send a newer update. */
+        if (c->ops.roam(c->ops.arg, reason) < 0) {
+            snprintf(why, sizeof(why), "%s; no address update possible: reconnecting", reason);
+            reconnect_now(c, why);
+            return;
+        }
+        core_timer_arm(c->loop, &c->roam_timer, CONN_ROAM_TIMEOUT_MS);
+        return;
+    case CONN_BACKOFF:
+        snprintf(why, sizeof(why), "%s: retrying now", reason);
+        start_attempt(c, why);
+        return;
+    default:
+        return; /* a running attempt finds its path itself; the others have none */
+    }
+}
+
+static void roam_timeout(void *arg)
+{
+    conn *c = arg;
+    if (c->phase != CONN_ROAMING)
+        return;
+    char why[96];
+    snprintf(why, sizeof(why), "no answer to the address update within %u ms: reconnecting",
+             (unsigned)CONN_ROAM_TIMEOUT_MS);
+    reconnect_now(c, why);
+}
+
+static void on_addresses_updated(conn *c, int err, bool ours, const char *detail)
+{
+    if (c->phase == CONN_ROAMING && ours) {
+        char why[400];
+        if (err < 0) {
+            snprintf(why, sizeof(why), "%s: reconnecting", detail);
+            reconnect_now(c, why);
+            return;
+        }
+        core_timer_cancel(c->loop, &c->roam_timer);
+        c->roams++;
+        set_phase(c, CONN_UP, 0, detail);
+        core_timer_arm(c->loop, &c->refresh_timer, STATUS_REFRESH_MS);
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_ROAMED, 0, detail);
+        return;
+    }
+    if (c->phase == CONN_UP && !ours && err == 0) {
+        /* A NAT mapping changed under us and lib/ike moved the SAs: no
+         * move of the machine, but a roam. */
+        c->roams++;
+        if (c->hooks.on_event)
+            c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_ROAMED, 0, detail);
+    }
 }
 
 /* The CHILD SA nears its end (soft lifetime, bytes, sequence numbers):
@@ -696,6 +846,13 @@ static void run_events(void *arg)
             if (c->phase == CONN_ARMED)
                 start_attempt(c, "traffic for a protected network");
             break;
+        case EV_PATH:
+            on_path_changed(c, ev.detail);
+            break;
+        case EV_ADDRESSES:
+            if (c->sa_open && ev.attempt == c->attempt)
+                on_addresses_updated(c, ev.err, ev.ours, ev.detail);
+            break;
         case EV_REAUTH_FAILED:
             if (ev.attempt == c->attempt)
                 reauth_failed(c, ev.err, ev.fault, ev.detail);
@@ -730,6 +887,10 @@ static void arm_reauth(conn *c, bool retry)
 static void reauth_now(void *arg)
 {
     conn *c = arg;
+    if (c->phase == CONN_ROAMING) { /* the new IKE SA goes on the new path */
+        arm_reauth(c, true);
+        return;
+    }
     if (c->phase != CONN_UP)
         return;
     char err[512] = "";
@@ -906,6 +1067,7 @@ int conn_new_with_ops(core_loop *loop, core_log *log, const conn_hooks *hooks, c
     core_timer_init(&c->retry_timer, retry_now, c);
     core_timer_init(&c->refresh_timer, refresh, c);
     core_timer_init(&c->event_timer, run_events, c);
+    core_timer_init(&c->roam_timer, roam_timeout, c);
     core_timer_init(&c->reauth_timer, reauth_now, c);
     *ret = c;
     return 0;
@@ -976,6 +1138,7 @@ void conn_free(conn *c)
     c->hooks.on_event = NULL;
     release_profile(c, false);
     core_timer_cancel(c->loop, &c->event_timer);
+    core_timer_cancel(c->loop, &c->roam_timer);
     if (c->own_ops)
         conn_sys_free(c->ops.arg);
     forget_session_credentials(c);
@@ -1149,6 +1312,7 @@ void conn_disconnect(conn *c)
     switch (c->phase) {
     case CONN_NEGOTIATING:
     case CONN_UP:
+    case CONN_ROAMING:
     case CONN_REAUTHENTICATING:
     case CONN_RESTARTING:
         c->closing.err = 0;
@@ -1235,6 +1399,7 @@ void conn_get_status(conn *c, conn_status *st)
     st->phase = c->phase;
     st->reconnects = c->reconnects;
     st->rekeys = c->rekeys;
+    st->roams = c->roams;
     st->last_change = c->last_change;
     snprintf(st->last_reason, sizeof(st->last_reason), "%s", c->last_reason);
     c->ops.fill_status(c->ops.arg, c->spi_in != 0, st);

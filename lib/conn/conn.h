@@ -45,7 +45,16 @@
  * and handled from a timer. Only what carries keys comes during the SA's
  * callback (conn_ike_established, conn_child_rekeyed, after the ops
  * installed the SA); a rekey is no move of the machine (the tunnel stays
- * up, counted in conn_status.rekeys). It reports through hooks (public state and
+ * up, counted in conn_status.rekeys). Roaming (MOBIKE, RFC 4555): a new
+ * path while up moves UP -> ROAMING; the gateway's confirmation moves back
+ * to UP (ROAMED, counted in conn_status.roams); no MOBIKE, a refusal or
+ * no answer within CONN_ROAM_TIMEOUT_MS: the fastest reconnect (RESTARTING
+ * at once, no back-off). A new path during REAUTHENTICATING drops the new
+ * IKE SA (conn_ops.reauth_abort: it was made on the old path) and roams the
+ * one that carries the tunnel; the reauthentication is tried again once UP
+ * (a reauthentication due while ROAMING waits likewise). During a
+ * make-before-break profile switch it restarts with the new profile on the
+ * new path instead (break-before-make, the move says why). It reports through hooks (public state and
  * events) and conn_get_status() (its own conn_status, which lib/api turns
  * into m2mvpn_status). Everything runs on the engine thread.
  */
@@ -69,6 +78,7 @@
     XX(WAIT_CREDENTIALS, "wait-credentials") /* EAP user + password wanted */ \
     XX(NEGOTIATING, "negotiating") /* IKE SA on its way */                    \
     XX(UP,          "up")          /* CHILD SA installed */                   \
+    XX(ROAMING,     "roaming")     /* our path moved: MOBIKE update under way */ \
     XX(REAUTHENTICATING, "reauthenticating") /* up; a new IKE SA on its way */ \
     XX(RESTARTING,  "restarting")  /* closing to start over at once */        \
     XX(CLOSING,     "closing")     /* closing to stay down */                 \
@@ -82,6 +92,9 @@ typedef enum conn_phase {
 } conn_phase;
 
 const char *conn_phase_name(conn_phase p);
+
+/* Longest wait for the gateway's answer to an address update. */
+#define CONN_ROAM_TIMEOUT_MS 8000
 
 /* ------------------------------------------------------------ back-off */
 
@@ -187,6 +200,9 @@ typedef struct conn_ops {
      * moves to it), make the new IKE SA the tunnel's and delete the old one.
      * < 0: the new SA is dropped, the old one carries on. */
     int (*reauth_install)(void *arg, const profile *p, const ike_child_result *r, char *err, size_t err_len);
+    /* Optional: drop the reauthentication under way (our path moved: the
+     * new IKE SA was made on the old one); nothing more comes for it. */
+    void (*reauth_abort)(void *arg);
     /* Delete it; conn_post_ike_down() follows (maybe during this call). */
     void (*sa_close)(void *arg);
     /* Free the SA and close the path's socket. Never called from inside the
@@ -200,6 +216,13 @@ typedef struct conn_ops {
     void (*fill_status)(void *arg, bool child, conn_status *st);
     /* Inner packets in + out so far (idle detection). */
     uint64_t (*traffic)(void *arg);
+    /* Our path to the gateway moved (conn_post_path_changed): follow it
+     * (sockets to the new interface) and ask the gateway to move the SAs
+     * (MOBIKE UPDATE_SA_ADDRESSES); the outcome comes back through
+     * conn_post_addresses_updated(). M2MVPN_E_NOTSUPP: the gateway has no
+     * MOBIKE; < 0 otherwise: no update could start. Optional (NULL: a
+     * move is a reconnect). */
+    int (*roam)(void *arg, const char *reason);
     /* Wall-clock seconds (status) and a random value (jitter). */
     int64_t (*wall_time)(void *arg);
     uint32_t (*random)(void *arg);
@@ -265,6 +288,13 @@ void conn_post_ike_down(conn *c, int err, ike_fault fault, const char *detail);
 void conn_post_rekey(conn *c, uint32_t spi_in, esp_rekey_reason reason);
 /* The datapath holds a packet for a protected network without SA. */
 void conn_post_traffic(conn *c);
+/* Our way to the gateway changed (another source address or interface;
+ * reason says from what to what); handled from the loop: roaming while
+ * up, an attempt at once while waiting to retry. */
+void conn_post_path_changed(conn *c, const char *reason);
+/* An UPDATE_SA_ADDRESSES exchange ended (ike_hooks.on_addresses_updated);
+ * handled from the loop. */
+void conn_post_addresses_updated(conn *c, int err, bool ours, const char *detail);
 
 /* The kill switch's layers now in place, for the status. */
 typedef struct conn_kill_switch {

@@ -26,6 +26,7 @@
 #include "crypto/crypto.h"
 #include "crypto/pki.h"
 #include "dns_hook.h"
+#include "netwatch.h"
 
 /* Happy Eyeballs (RFC 8305 §5, "Connection Attempt Delay"): how long the
  * first address family's IKE_SA_INIT goes unanswered before the other
@@ -106,6 +107,11 @@ struct conn_sys {
     char *eap_pass;               /* secure copy */
     size_t eap_pass_len;
     char ike_alg[96], esp_alg[96];
+    /* Roaming: the kernel's address and route events, and the way to the
+     * gateway as the kernel last chose it (source address, interface). */
+    netwatch *nw;
+    netwatch_path path;
+    bool path_known;
 };
 
 static void close_socket(conn_sys *s)
@@ -329,6 +335,87 @@ static void ike_ike_rekeyed(void *arg)
     conn_sys *s = arg;
     ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));
     conn_ike_rekeyed(s->c);
+}
+
+static void ike_addresses_updated(void *arg, int err, bool ours, const char *detail)
+{
+    conn_sys *s = arg;
+    conn_post_addresses_updated(s->c, err, ours, detail);
+}
+
+/* ------------------------------------------------------------ roaming */
+
+static uint32_t our_mark(const conn_sys *s)
+{
+    return esp_tunnel_table(s->prof ? s->prof->tunnel.tun_name : NULL);
+}
+
+/* Where the kernel sends our marked packets for the gateway now. */
+static int current_path(conn_sys *s, netwatch_path *p, char *err, size_t err_len)
+{
+    return netwatch_route_to(&s->gw, our_mark(s), p, err, err_len);
+}
+
+/* An address or route changed somewhere: has our way to the gateway moved
+ * (another source address or interface)? Then conn decides (roaming). No
+ * way at all: wait for the next change (a new address may come), DPD ends
+ * the SA if none does. */
+static void on_net_change(void *arg)
+{
+    conn_sys *s = arg;
+    if (!s->prof || !s->path_known || s->sock500 < 0)
+        return;
+    netwatch_path now;
+    char err[160];
+    if (current_path(s, &now, err, sizeof(err)) < 0) {
+        LOG_INFO(s->log, "conn", "way to %s lost (%s): waiting for another", s->gw_text, err);
+        /* Not bound to an interface without address any longer: the
+         * kernel would send from whatever address it has elsewhere (the
+         * virtual IP) and ask the link for the gateway with it. Unbound,
+         * with no route, nothing leaves until the next way is there. */
+        if (s->underlay[0] && s->dp) {
+            s->underlay[0] = '\0';
+            setsockopt(esp_datapath_udp_fd(s->dp), SOL_SOCKET, SO_BINDTODEVICE, "", 0);
+        }
+        return;
+    }
+    if (netwatch_path_equal(&now, &s->path))
+        return;
+    char from[96], to[96], why[224];
+    netwatch_path_text(&s->path, from, sizeof(from));
+    netwatch_path_text(&now, to, sizeof(to));
+    snprintf(why, sizeof(why), "path to %s moved from %s to %s", s->gw_text, from, to);
+    LOG_INFO(s->log, "conn", "%s", why);
+    s->path = now;
+    conn_post_path_changed(s->c, why);
+}
+
+/* Record the way an attempt takes, and watch for changes of it. */
+static void watch_path(conn_sys *s)
+{
+    char err[160];
+    if (!s->nw && netwatch_new(s->loop, s->log, on_net_change, s, &s->nw, err, sizeof(err)) < 0)
+        LOG_WARN(s->log, "conn", "%s: no roaming", err);
+    s->path_known = current_path(s, &s->path, err, sizeof(err)) == 0;
+}
+
+/* Follow the new path: the shared UDP socket to the new interface, then
+ * the gateway asked to move the SAs there (MOBIKE). */
+static int sys_roam(void *arg, const char *reason)
+{
+    conn_sys *s = arg;
+    if (!s->sa)
+        return M2MVPN_E_STATE;
+    snprintf(s->underlay, sizeof(s->underlay), "%s", s->path.ifname);
+    if (s->dp)
+        setsockopt(esp_datapath_udp_fd(s->dp), SOL_SOCKET, SO_BINDTODEVICE, s->underlay,
+                   (socklen_t)strlen(s->underlay));
+    struct sockaddr_storage local = s->path.src;
+    if (local.ss_family == AF_INET)
+        ((struct sockaddr_in *)&local)->sin_port = htons(ESP_UDP_PORT);
+    else
+        ((struct sockaddr_in6 *)&local)->sin6_port = htons(ESP_UDP_PORT);
+    return ike_sa_update_addresses(s->sa, &local, s->path.src_len, reason);
 }
 
 /* ------------------------------------------------------------ network */
@@ -726,6 +813,8 @@ static int sys_path_open(void *arg, const profile *p, size_t gw_index, char *gw_
         find_underlay(s, p);
         r = open_socket(s, err, err_len);
     }
+    if (r == 0)
+        watch_path(s);
     return r;
 }
 
@@ -787,6 +876,7 @@ static void race_promote(conn_sys *s)
     r->promoted = true;
     s->gw = r->gw;
     s->gw_len = r->gw_len;
+    watch_path(s); /* the other family's way */
     core_io_remove(s->loop, &r->io);
     s->sock500 = r->sock;
     r->sock = -1;
@@ -861,6 +951,13 @@ static void race_ike_rekeyed(void *arg)
         ike_ike_rekeyed(r->s);
 }
 
+static void race_addresses_updated(void *arg, int err, bool ours, const char *detail)
+{
+    conn_race *r = arg;
+    if (r->promoted)
+        ike_addresses_updated(r->s, err, ours, detail);
+}
+
 static void race_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     conn_race *r = arg;
@@ -925,7 +1022,7 @@ static void race_start(void *arg)
         cfg.eap_password = s->eap_pass;
         cfg.eap_password_len = s->eap_pass_len;
         ike_hooks hooks = { r, race_send, race_established, race_down, race_child_rekeyed, race_child_deleted,
-                            race_ike_rekeyed };
+                            race_ike_rekeyed, race_addresses_updated };
         rc = ike_sa_new(s->loop, s->log, &cfg, &hooks, &r->sa, err, sizeof(err));
     }
     if (rc < 0) {
@@ -1059,7 +1156,7 @@ static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *
     cfg.eap_password = s->eap_pass;
     cfg.eap_password_len = s->eap_pass_len;
     ike_hooks hooks = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
-                        ike_ike_rekeyed };
+                        ike_ike_rekeyed, ike_addresses_updated };
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->sa, err, err_len);
     if (r < 0)
         return r;
@@ -1274,6 +1371,33 @@ static void reauth_drop(conn_sys *s)
     cred_back(s);
 }
 
+/* The same IP address (ports aside). */
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr, &((const struct sockaddr_in *)b)->sin_addr,
+                      4) == 0;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+    return false;
+}
+
+/* conn drops the reauthentication (our path moved under it). */
+static void sys_reauth_abort(void *arg)
+{
+    conn_sys *s = arg;
+    if (s->next)
+        LOG_INFO(s->log, "conn", "the new IKE SA of the reauthentication is dropped (made on the old path)");
+    reauth_drop(s);
+    if (s->main_down) { /* the gateway ended the old SA meanwhile: that is the news */
+        s->main_down = false;
+        conn_post_ike_down(s->c, s->main_err, s->main_fault, s->main_detail);
+    }
+}
+
 /* A second IKE SA next to the current one, with a full IKE_SA_INIT and
  * IKE_AUTH: a certificate file is read again (a renewed certificate is the
  * one sent), unless opening it anew needs a PIN; EAP uses the credentials
@@ -1321,6 +1445,21 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
             s->cred = cur;
         }
     }
+    /* The port-500 socket keeps the source address it was connected from:
+     * after a roam (MOBIKE) the new IKE SA's IKE_SA_INIT must leave from the
+     * current path, so a fresh one (the old SA talks on port 4500 only). */
+    if (s->path_known) {
+        struct sockaddr_storage cur;
+        socklen_t cur_len = sizeof(cur);
+        if (getsockname(s->sock500, (struct sockaddr *)&cur, &cur_len) < 0 ||
+            !same_addr(&cur, &s->path.src)) {
+            int rs = open_socket(s, err, err_len);
+            if (rs < 0) {
+                cred_back(s);
+                return rs;
+            }
+        }
+    }
     ike_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     cfg.local_len = sizeof(cfg.local);
@@ -1338,7 +1477,7 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
     cfg.want_vip6 = s->has_vip6;
     memcpy(cfg.vip, s->vip, 4);
     memcpy(cfg.vip6, s->vip6, 16);
-    ike_hooks hooks = { s, ike_send, next_established, next_down, NULL, NULL, NULL };
+    ike_hooks hooks = { s, ike_send, next_established, next_down, NULL, NULL, NULL, NULL };
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->next, err, err_len);
     if (r < 0) {
         s->next = NULL;
@@ -1401,9 +1540,10 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
     s->sa = s->next;
     s->next = NULL;
     ike_hooks tunnel = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
-                         ike_ike_rekeyed };
+                         ike_ike_rekeyed, ike_addresses_updated };
     ike_sa_set_hooks(s->sa, &tunnel);
-    ike_hooks replaced = { s, ike_send, NULL, old_down, NULL, old_child_deleted, NULL };
+    ike_sa_mobike_inherit(s->sa, old); /* the gateway's address list, if it did not send it again */
+    ike_hooks replaced = { s, ike_send, NULL, old_down, NULL, old_child_deleted, NULL, NULL };
     ike_sa_set_hooks(old, &replaced);
     s->old = old;
     ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));
@@ -1521,8 +1661,10 @@ int conn_sys_new(core_loop *loop, core_log *log, conn_ops *ops)
         .child_rekey = sys_child_rekey,
         .child_install = sys_child_install,
         .child_remove = sys_child_remove,
+        .roam = sys_roam,
         .reauth_start = sys_reauth_start,
         .reauth_install = sys_reauth_install,
+        .reauth_abort = sys_reauth_abort,
         .fill_status = sys_fill_status,
         .traffic = sys_traffic,
         .wall_time = sys_wall_time,
@@ -1547,6 +1689,7 @@ void conn_sys_free(void *arg)
     core_timer_cancel(s->loop, &s->reap_timer);
     race_drop(s);
     reap(s);
+    netwatch_free(s->nw);
     dns_hook_reap(&s->dns_hook, s->log); /* what has finished; the rest is left to init */
     forget_eap(s);
     free(s);

@@ -230,6 +230,7 @@ int ike_auth_start(ike_sa *sa)
     }
     if (!sa->cfg.reauth) /* the old IKE SA must live until this one carries traffic */
         ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_INITIAL_CONTACT, NULL, 0, NULL, 0);
+    ike_mobike_build_auth(sa, &cw);
     pki_id rid;
     if (pki_id_from_string(p->remote_id, &rid, err, sizeof(err)) == 0)
         ike_build_id(&cw, IKE_PL_IDR, (uint8_t)rid.type, rid.data, rid.len);
@@ -683,6 +684,7 @@ void ike_auth_establish(ike_sa *sa, const ike_chain *c)
     crypto_child_keys_free(keys);
     res.keymat = keymat;
     res.keymat_len = kl;
+    ike_mobike_process_auth(sa, c); /* authenticated: the gateway's AUTH verified */
     ike_sa_set_state(sa, IKE_SA_ESTABLISHED);
     char vip[INET_ADDRSTRLEN + INET6_ADDRSTRLEN + 8] = "-";
     char v4[INET_ADDRSTRLEN] = "", v6[INET6_ADDRSTRLEN] = "";

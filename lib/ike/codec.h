@@ -823,4 +823,41 @@ void ike_frag_reasm_reset(ike_frag_reasm *r);
 int ike_frag_add(ike_frag_reasm *r, const ike_message *msg, const ike_sk_cipher *cipher,
                  ike_chain *inner, ike_diag *diag);
 
+
+/* ------------------------------------------------- MOBIKE (RFC 4555 §4) */
+
+#define IKE_MOBIKE_MAX_ADDRS 8      /* ADDITIONAL_*_ADDRESS kept per message */
+#define IKE_COOKIE2_MIN 8           /* COOKIE2 data: 8..64 bytes (RFC 4555 §4.2.7) */
+#define IKE_COOKIE2_MAX 64
+#define IKE_NATD_LEN 20             /* NAT_DETECTION_*_IP: a SHA-1 hash */
+
+typedef struct ike_mobike_addr {
+    int family;             /* AF_INET or AF_INET6 */
+    uint8_t addr[16];       /* 4 or 16 bytes used */
+} ike_mobike_addr;
+
+/* What one message's Notify payloads say for MOBIKE and NAT detection. */
+typedef struct ike_mobike_info {
+    bool supported;         /* MOBIKE_SUPPORTED */
+    bool update;            /* UPDATE_SA_ADDRESSES */
+    bool no_additional;     /* NO_ADDITIONAL_ADDRESSES */
+    ike_mobike_addr addrs[IKE_MOBIKE_MAX_ADDRS]; /* ADDITIONAL_IP4/6_ADDRESS, in order */
+    size_t n_addrs;
+    size_t n_addrs_skipped; /* more than IKE_MOBIKE_MAX_ADDRS */
+    bool has_cookie2;
+    buf_reader cookie2;     /* view into the chain's bytes */
+    bool has_natd_src, has_natd_dst;
+    uint8_t natd_src[IKE_NATD_LEN], natd_dst[IKE_NATD_LEN]; /* the first of each */
+    uint16_t error;         /* UNACCEPTABLE_ADDRESSES, UNEXPECTED_NAT_DETECTED, NO_NATS_ALLOWED, or 0 */
+} ike_mobike_info;
+
+/* Collect the MOBIKE notifies of a (decrypted) chain. Every one is checked
+ * against its RFC size: ADDITIONAL_IP4_ADDRESS 4 bytes, ADDITIONAL_IP6_ADDRESS
+ * 16 (not unspecified, loopback, multicast or link-local: §4.2.2 addresses a
+ * peer may use), COOKIE2 8..64, NAT_DETECTION_* 20, the flags empty.
+ * Errors: E_PROTOCOL (a malformed one; diag says which). */
+int ike_mobike_scan(const ike_chain *c, ike_mobike_info *ret, ike_diag *diag);
+/* ADDITIONAL_IP4_ADDRESS or ADDITIONAL_IP6_ADDRESS for addr (by family). */
+void ike_build_additional_address(ike_chain_writer *cw, const ike_mobike_addr *addr);
+
 #endif

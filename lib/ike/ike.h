@@ -96,6 +96,14 @@ typedef struct ike_hooks {
                              bool outbound);
     void (*on_child_deleted)(void *arg, uint32_t spi_in);
     void (*on_ike_rekeyed)(void *arg);
+    /* Optional: an UPDATE_SA_ADDRESSES exchange (MOBIKE) ended: err 0 when
+     * the gateway moved the IKE and CHILD SAs to our current address (the
+     * datapath needs nothing more: the gateway's address is unchanged),
+     * else why not (the SA itself is still up; what to do is the
+     * supervisor's choice). ours: we asked for it (ike_sa_update_addresses);
+     * false: lib/ike did, after a NAT mapping change showed in a liveness
+     * check. */
+    void (*on_addresses_updated)(void *arg, int err, bool ours, const char *detail);
 } ike_hooks;
 
 typedef struct ike_config {
@@ -141,6 +149,24 @@ int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in);
 /* Rekey the IKE SA now (it also happens by itself before ike.lifetime_s
  * ends). Errors: M2MVPN_E_STATE (not established). */
 int ike_sa_rekey_ike(ike_sa *sa);
+/* MOBIKE (RFC 4555). Did both sides announce it (IKE_AUTH)? */
+bool ike_sa_mobike(const ike_sa *sa);
+/* A reauthentication replaced `from` by `sa`: the gateway's other addresses
+ * (MOBIKE) carry over unless the new IKE_AUTH listed them anew. */
+void ike_sa_mobike_inherit(ike_sa *sa, const ike_sa *from);
+/* Our address changed (local: the new one the kernel picks towards the
+ * gateway): INFORMATIONAL {UPDATE_SA_ADDRESSES, NAT detection, COOKIE2},
+ * sent at once from whatever the sending hook uses now. A request under
+ * way is sent again at once instead (it was likely lost on the old path);
+ * the update follows its answer, or is that request. The outcome comes through on_addresses_updated; no answer
+ * at all ends the SA as any request does (on_down, TIMEOUT). reason: for the
+ * hook's detail. Errors: M2MVPN_E_NOTSUPP (no MOBIKE with this gateway),
+ * M2MVPN_E_STATE (not established). */
+int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, socklen_t local_len,
+                            const char *reason);
+/* The gateway's additional addresses (ADDITIONAL_IP4/6_ADDRESS from
+ * authenticated messages only), for failover; returns how many (<= max). */
+size_t ike_sa_peer_addresses(const ike_sa *sa, struct sockaddr_storage *out, size_t max);
 /* Cancel timers, wipe keys, free. NULL is fine. Never calls hooks. */
 void ike_sa_free(ike_sa *sa);
 

@@ -24,7 +24,14 @@ void ike_info_dpd(void *arg)
         return;
     }
     LOG_DBG(sa->log, "ike", "liveness check of %s", sa->gw_text);
-    if (send_request(sa, IKE_TASK_DPD, NULL, 0, IKE_PL_NONE) < 0)
+    uint8_t inner[128];
+    buf_writer w;
+    buf_writer_init(&w, inner, sizeof(inner));
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    ike_mobike_build_dpd(sa, &cw); /* NAT detection under MOBIKE, else empty */
+    ike_chain_writer_finish(&cw);
+    if (send_request(sa, IKE_TASK_DPD, inner, buf_writer_len(&w), cw.first_type) < 0)
         core_timer_arm(sa->loop, &sa->dpd_timer, period);
 }
 
@@ -60,13 +67,13 @@ void ike_info_send_final(ike_sa *sa, bool auth_failed)
 
 void ike_info_process_response(ike_sa *sa, const ike_chain *inner)
 {
-    (void)inner;
     if (sa->state == IKE_SA_DELETING) {
         ike_sa_fail(sa, 0, "IKE SA with %s deleted", sa->gw_text);
         return;
     }
     if (sa->state == IKE_SA_ESTABLISHED && sa->cfg.prof->ike.dpd_s)
         core_timer_arm(sa->loop, &sa->dpd_timer, (uint64_t)sa->cfg.prof->ike.dpd_s * 1000);
+    ike_mobike_process_dpd(sa, inner); /* a NAT mapping change queues an address update */
 }
 
 void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *c)
@@ -80,6 +87,7 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
     ike_diag d;
 
     if (hdr->exchange == IKE_EXCH_INFORMATIONAL) {
+        ike_mobike_process_request(sa, c); /* the gateway's address list */
         for (const ike_payload *pl = ike_chain_find(c, IKE_PL_DELETE, NULL); pl;
              pl = ike_chain_find(c, IKE_PL_DELETE, pl)) {
             ike_delete del;

@@ -12,8 +12,7 @@
 
 #define MAX_COOKIE_TRIES 3
 
-/* NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 §2.23). */
-static int natd_hash(const ike_sa *sa, const uint8_t spi_r[8], const struct sockaddr_storage *ss,
+int ike_natd_hash(const ike_sa *sa, const uint8_t spi_r[8], const struct sockaddr_storage *ss,
                      uint8_t out[20])
 {
     const uint8_t *ip;
@@ -70,7 +69,7 @@ static int build_and_send(ike_sa *sa)
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, sa->natd_src,
                      sizeof(sa->natd_src));
     uint8_t h[20];
-    if ((r = natd_hash(sa, sa->spi_r, &sa->cfg.remote, h)) < 0)
+    if ((r = ike_natd_hash(sa, sa->spi_r, &sa->cfg.remote, h)) < 0)
         goto out;
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, h, sizeof(h));
     if (p->ike.fragmentation)
@@ -260,6 +259,7 @@ typedef struct init_answer {
     ike_sa_choice choice;
     buf_reader nonce;
     bool nat_here;
+    uint8_t natd_dst[20];          /* the gateway's NAT_DETECTION_DESTINATION_IP */
     bool peer_frag;
     uint16_t peer_hashes[8];
     size_t n_peer_hashes;
@@ -334,7 +334,7 @@ static int check_answer(ike_sa *sa, const ike_message *msg, init_answer *a, char
     /* NAT detection and capabilities. */
     bool have_src = false, have_dst = false, dst_match = false;
     uint8_t ours[20];
-    if (natd_hash(sa, a->spi_r, &sa->cfg.local, ours) < 0)
+    if (ike_natd_hash(sa, a->spi_r, &sa->cfg.local, ours) < 0)
         memset(ours, 0, sizeof(ours));
     ike_notify n;
     for (size_t i = 0; i < c->n; i++) {
@@ -347,6 +347,8 @@ static int check_answer(ike_sa *sa, const ike_message *msg, init_answer *a, char
         case IKE_N_NAT_DETECTION_DESTINATION_IP:
             have_dst = true;
             dst_match |= n.data.len == 20 && memcmp(n.data.p, ours, 20) == 0;
+            if (n.data.len == 20)
+                memcpy(a->natd_dst, n.data.p, 20);
             break;
         case IKE_N_IKEV2_FRAGMENTATION_SUPPORTED:
             a->peer_frag = true;
@@ -403,6 +405,12 @@ static void accept_answer(ike_sa *sa, const ike_message *msg, const init_answer 
     memcpy(sa->peer_hashes, a->peer_hashes, sizeof(sa->peer_hashes));
     sa->n_peer_hashes = a->n_peer_hashes;
     sa->nat_here = a->nat_here;
+    /* Our address as the gateway saw it: a MOBIKE liveness check that
+     * finds another one has seen the NAT mapping change (mobike.c). */
+    memcpy(sa->mobike.natd_seen, a->natd_dst, sizeof(a->natd_dst));
+    memcpy(sa->mobike.natd_spis, sa->spi_i, 8);
+    memcpy(sa->mobike.natd_spis + 8, sa->spi_r, 8);
+    sa->mobike.natd_seen_set = true;
     sa->natt = true;
     char *colon = strrchr(sa->gw_text, ':');
     if (colon)

@@ -476,6 +476,9 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     case IKE_TASK_DELETE:
         ike_info_process_response(sa, &inner);
         break;
+    case IKE_TASK_MOBIKE:
+        ike_mobike_process_response(sa, &inner);
+        break;
     case IKE_TASK_REKEY_CHILD:
     case IKE_TASK_REKEY_IKE:
     case IKE_TASK_DELETE_CHILD:
@@ -485,6 +488,7 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
         break;
     }
     ike_frag_reasm_reset(&sa->reasm); /* the inner chain pointed into it */
+    ike_mobike_kick(sa); /* a move first: the other queued requests need the new path */
     ike_rekey_kick(sa);
 }
 
@@ -532,6 +536,7 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     else
         ike_info_process_request(sa, &msg->hdr, &inner);
     ike_frag_reasm_reset(&sa->reasm);
+    ike_mobike_kick(sa);
     ike_rekey_kick(sa);
 }
 

@@ -32,7 +32,25 @@ typedef enum ike_task {
     IKE_TASK_REKEY_CHILD,          /* CREATE_CHILD_SA rekeying the CHILD SA (rekey.c) */
     IKE_TASK_REKEY_IKE,            /* CREATE_CHILD_SA rekeying the IKE SA */
     IKE_TASK_DELETE_CHILD,         /* INFORMATIONAL deleting a replaced CHILD SA */
+    IKE_TASK_MOBIKE,               /* INFORMATIONAL with UPDATE_SA_ADDRESSES (mobike.c) */
 } ike_task;
+
+/* MOBIKE (RFC 4555, mobike.c). */
+typedef struct ike_mobike {
+    bool peer;                     /* the gateway announced MOBIKE_SUPPORTED (authenticated) */
+    bool want_update;              /* an UPDATE_SA_ADDRESSES waits for the request slot */
+    bool update_ours;              /* asked for by ike_sa_update_addresses (else: NAT mapping) */
+    char reason[96];               /* why (for the hook) */
+    uint8_t cookie2[16];           /* of the update under way (return routability, §3.5) */
+    ike_mobike_addr addrs[IKE_MOBIKE_MAX_ADDRS]; /* the gateway's other addresses */
+    size_t n_addrs;
+    bool addrs_set;                /* the gateway sent a list (or NO_ADDITIONAL_ADDRESSES) */
+    /* NAT_DETECTION_DESTINATION_IP the gateway last sent (our address as it
+     * sees it), under the IKE SA's SPIs then: a change is a new NAT mapping. */
+    uint8_t natd_seen[IKE_NATD_LEN];
+    uint8_t natd_spis[16];
+    bool natd_seen_set;
+} ike_mobike;
 
 #define IKE_MAX_RETIRING 4         /* replaced CHILD SAs not yet deleted */
 #define IKE_MAX_ZOMBIES 3          /* replaced IKE SAs not yet deleted */
@@ -200,6 +218,7 @@ struct ike_sa {
     ike_zombie zombie[IKE_MAX_ZOMBIES];
     ike_sa_choice esp_choice;
     char ike_alg[96], esp_alg[96];
+    ike_mobike mobike;
 };
 
 /* sa.c */
@@ -302,6 +321,24 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
  * when we initiated the exchange, the halves swapped when the gateway did). */
 size_t ike_child_keymat(const crypto_child_keys *keys, bool we_initiated, uint8_t *out, size_t cap);
 void ike_build_ts_list(ike_ts *out, size_t *n, const profile_ts *ts, size_t n_ts);
+
+/* init.c: NAT_DETECTION_*_IP data, SHA-1(SPIi | SPIr | IP | port) (RFC 7296 §2.23). */
+int ike_natd_hash(const ike_sa *sa, const uint8_t spi_r[8], const struct sockaddr_storage *ss, uint8_t out[20]);
+
+/* mobike.c (RFC 4555) */
+/* IKE_AUTH request: MOBIKE_SUPPORTED when the profile wants it. */
+void ike_mobike_build_auth(ike_sa *sa, ike_chain_writer *cw);
+/* The last (authenticated) IKE_AUTH response: the gateway's support and addresses. */
+void ike_mobike_process_auth(ike_sa *sa, const ike_chain *c);
+/* The gateway's INFORMATIONAL request (authenticated): its address list. */
+void ike_mobike_process_request(ike_sa *sa, const ike_chain *c);
+/* A liveness check carries NAT detection under MOBIKE (a NAT mapping change
+ * shows in the answer). */
+void ike_mobike_build_dpd(ike_sa *sa, ike_chain_writer *cw);
+void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c);
+void ike_mobike_process_response(ike_sa *sa, const ike_chain *c);
+/* Send a queued UPDATE_SA_ADDRESSES if the request slot is free. */
+void ike_mobike_kick(ike_sa *sa);
 
 /* info.c */
 void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *inner);

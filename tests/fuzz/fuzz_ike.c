@@ -253,8 +253,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_datagram(data + 1, size - 1, &c);
         break;
     case 1:
-        if (ike_chain_parse(buf_reader_make(data + 2, size - 2), data[1], 0, &ch, NULL) == 0)
+        if (ike_chain_parse(buf_reader_make(data + 2, size - 2), data[1], 0, &ch, NULL) == 0) {
             parse_chain_payloads(&ch, &c);
+            ike_mobike_info m; /* the MOBIKE notifies of the same chain */
+            ike_diag d;
+            (void)ike_mobike_scan(&ch, &m, &d);
+        }
         break;
     case 2:
         fuzz_fragments(data + 1, size - 1, &c);

@@ -21,6 +21,7 @@
 #include <m2mvpn/m2mvpn.h>
 
 #include "conn/conn.h"
+#include "conn/netwatch.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "profile/profile.h"
@@ -35,14 +36,15 @@ static uint64_t fake_clock(void)
 
 typedef struct fake {
     /* scripted answers */
-    int cred_err, path_err, sa_err, install_err, pin_err, rekey_err, reauth_err, reauth_install_err;
+    int cred_err, path_err, sa_err, install_err, pin_err, rekey_err, roam_err, reauth_err, reauth_install_err;
     bool pin_needed;
     bool close_posts_down;   /* sa_close reports down at once, as IKE may */
     uint32_t rnd;
     uint64_t traffic;
     /* what conn asked for */
-    unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove, n_rekey;
-    unsigned n_reauth_start, n_reauth_install;
+    unsigned n_sa_start, n_sa_close, n_sa_release, n_net_release, n_install, n_child_remove, n_rekey, n_roam;
+    char roam_reason[128];   /* what the last roam was told */
+    unsigned n_reauth_start, n_reauth_install, n_reauth_abort;
     char eap_user[32], eap_pass[32]; /* what the last sa_start was given */
     bool eap_given;
     int net_arm_hold;        /* -1: never armed */
@@ -186,6 +188,14 @@ static int f_child_install(void *arg, const profile *p, const ike_child_result *
     return f->install_err;
 }
 
+static int f_roam(void *arg, const char *reason)
+{
+    fake *f = arg;
+    f->n_roam++;
+    snprintf(f->roam_reason, sizeof(f->roam_reason), "%s", reason);
+    return f->roam_err;
+}
+
 static int f_reauth_start(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len)
 {
     fake *f = arg;
@@ -204,6 +214,12 @@ static int f_reauth_install(void *arg, const profile *p, const ike_child_result 
     if (f->reauth_install_err)
         snprintf(err, err_len, "fake reauth install error");
     return f->reauth_install_err;
+}
+
+static void f_reauth_abort(void *arg)
+{
+    fake *f = arg;
+    f->n_reauth_abort++;
 }
 
 static void f_child_remove(void *arg, uint32_t spi_in)
@@ -312,8 +328,9 @@ static void setup(void)
         .cred_load = f_cred_load, .cred_pin = f_cred_pin, .cred_release = f_cred_release,
         .sa_start = f_sa_start, .sa_close = f_sa_close, .sa_release = f_sa_release,
         .child_rekey = f_child_rekey, .child_install = f_child_install, .child_remove = f_child_remove, .fill_status = f_fill_status,
+        .roam = f_roam,
         .traffic = f_traffic, .wall_time = f_wall_time, .random = f_random,
-        .reauth_start = f_reauth_start, .reauth_install = f_reauth_install,
+        .reauth_start = f_reauth_start, .reauth_install = f_reauth_install, .reauth_abort = f_reauth_abort,
     };
     conn_hooks hooks = { T, on_state, on_event };
     ck_assert_int_eq(conn_new_with_ops(&T->loop, &T->log, &hooks, &ops, &T->c), 0);
@@ -418,6 +435,11 @@ static void reach(conn_phase p)
         reach(CONN_UP);
         conn_disconnect(T->c);
         break;
+    case CONN_ROAMING:
+        reach(CONN_UP);
+        conn_post_path_changed(T->c, "path moved");
+        advance(0);
+        break;
     case CONN_BACKOFF:
         use_profile("always-on", 1, 0);
         down(M2MVPN_E_TIMEOUT, IKE_FAULT_PEER);
@@ -440,9 +462,10 @@ static const unsigned spec[CONN_PHASE__COUNT] = {
     [CONN_NEGOTIATING] = B(IDLE) | B(ARMED) | B(WAIT_PIN) | B(WAIT_CREDENTIALS) | B(UP) | B(RESTARTING) |
                          B(CLOSING) | B(BACKOFF),
     [CONN_UP] = B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) | B(WAIT_CREDENTIALS) |
-                B(REAUTHENTICATING),
+                B(ROAMING) | B(REAUTHENTICATING),
+    [CONN_ROAMING] = B(UP) | B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF),
     [CONN_REAUTHENTICATING] = B(UP) | B(IDLE) | B(ARMED) | B(RESTARTING) | B(CLOSING) | B(BACKOFF) |
-                              B(WAIT_CREDENTIALS),
+                              B(WAIT_CREDENTIALS) | B(ROAMING),
     [CONN_RESTARTING] = B(IDLE) | B(ARMED) | B(NEGOTIATING) | B(CLOSING) | B(BACKOFF),
     [CONN_CLOSING] = B(IDLE) | B(ARMED) | B(RESTARTING),
     [CONN_BACKOFF] = B(IDLE) | B(NEGOTIATING),
@@ -495,6 +518,7 @@ START_TEST(public_state_per_phase)
         { CONN_NEGOTIATING, M2MVPN_STATE_CONNECTING }, { CONN_UP, M2MVPN_STATE_CONNECTED },
         { CONN_RESTARTING, M2MVPN_STATE_RECONNECTING }, { CONN_CLOSING, M2MVPN_STATE_DISCONNECTING },
         { CONN_BACKOFF, M2MVPN_STATE_RECONNECTING }, { CONN_WAIT_CREDENTIALS, M2MVPN_STATE_CONNECTING },
+        { CONN_ROAMING, M2MVPN_STATE_CONNECTED },
         { CONN_REAUTHENTICATING, M2MVPN_STATE_CONNECTED },
     };
     reach(cases[_i].p);
@@ -1318,6 +1342,254 @@ START_TEST(status_last_transition)
 }
 END_TEST
 
+/* ------------------------------------------------------------- roaming */
+
+static uint64_t roams(void)
+{
+    conn_status st;
+    conn_get_status(T->c, &st);
+    return st.roams;
+}
+
+/* Moved with MOBIKE: UP -> ROAMING -> UP, the same SA, ROAMED, counted;
+ * the public state stays CONNECTED throughout. */
+START_TEST(roam_with_mobike)
+{
+    reach(CONN_UP);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_roam, 1);
+    ck_assert_str_eq(T->f.roam_reason, "path moved from A to B");
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTED);
+    conn_post_addresses_updated(T->c, 0, true, "gateway moved the SAs");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_ROAMED), 1);
+    ck_assert_uint_eq(T->f.n_sa_start, 1); /* no new SA */
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert(strstr(T->logbuf, "up -> roaming (path moved from A to B)") != NULL);
+    ck_assert(strstr(T->logbuf, "roaming -> up (gateway moved the SAs)") != NULL);
+    /* the timeout went with the answer */
+    advance(CONN_ROAM_TIMEOUT_MS + 1);
+    ck_assert_int_eq(phase(), CONN_UP);
+}
+END_TEST
+
+/* Every way the move can fail is the fastest reconnect: at once, no
+ * back-off, counted as a reconnect, never as a roam. */
+static const struct {
+    const char *what;
+    int roam_err;            /* what the ops answer */
+    int update_err;          /* what the gateway answers (0: nothing) */
+    bool silent;             /* no answer at all */
+} roam_fail[] = {
+    { "no MOBIKE", M2MVPN_E_NOTSUPP, 0, false },
+    { "no update possible", M2MVPN_E_STATE, 0, false },
+    { "update refused", 0, M2MVPN_E_PROTOCOL, false },
+    { "no answer", 0, 0, true },
+};
+
+START_TEST(roam_failure_reconnects_at_once)
+{
+    reach(CONN_UP);
+    T->f.roam_err = roam_fail[_i].roam_err;
+    T->n_delays = 0;
+    conn_post_path_changed(T->c, "path moved");
+    advance(0);
+    if (roam_fail[_i].update_err) {
+        ck_assert_int_eq(phase(), CONN_ROAMING);
+        conn_post_addresses_updated(T->c, roam_fail[_i].update_err, true, "refused");
+        advance(0);
+    } else if (roam_fail[_i].silent) {
+        advance(CONN_ROAM_TIMEOUT_MS - 1);
+        ck_assert_int_eq(phase(), CONN_ROAMING);
+        advance(1);
+    }
+    ck_assert_msg(phase() == CONN_NEGOTIATING, "%s: %s", roam_fail[_i].what, conn_phase_name(phase()));
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    ck_assert_uint_eq(T->n_delays, 0); /* no back-off */
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_RECONNECTING);
+    ck_assert(strstr(T->logbuf, "roaming -> restarting") != NULL);
+    established();
+    conn_status st;
+    conn_get_status(T->c, &st);
+    ck_assert_uint_eq(st.reconnects, 1);
+    ck_assert_uint_eq(st.roams, 0);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_ROAMED), 0);
+}
+END_TEST
+
+/* A NAT mapping that changed under us (lib/ike updated the SA by itself):
+ * no move, one roam, ROAMED; a failed one changes nothing. */
+START_TEST(roam_nat_mapping)
+{
+    reach(CONN_UP);
+    conn_post_addresses_updated(T->c, 0, false, "NAT mapping changed");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+    ck_assert_uint_eq(count_events(M2MVPN_EVENT_ROAMED), 1);
+    conn_post_addresses_updated(T->c, M2MVPN_E_PROTOCOL, false, "refused");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+}
+END_TEST
+
+/* Moved again before the answer: a newer update; disconnect while roaming
+ * closes; a path change while idle is no move. */
+START_TEST(roam_again_disconnect_and_elsewhere)
+{
+    T->f.close_posts_down = false;
+    reach(CONN_ROAMING);
+    conn_post_path_changed(T->c, "moved again");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_roam, 2);
+    conn_disconnect(T->c);
+    ck_assert_int_eq(phase(), CONN_CLOSING);
+    down(0, IKE_FAULT_LOCAL);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    conn_post_path_changed(T->c, "moved while idle");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_IDLE);
+    ck_assert_uint_eq(T->f.n_roam, 2);
+}
+END_TEST
+
+/* Waiting to retry after a failure: the new path is tried at once. */
+START_TEST(roam_backoff_retries_now)
+{
+    reach(CONN_BACKOFF);
+    unsigned starts = T->f.n_sa_start;
+    conn_post_path_changed(T->c, "path moved");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, starts + 1);
+    ck_assert_uint_eq(T->f.n_roam, 0);
+}
+END_TEST
+
+/* A path change during a reauthentication: the new IKE SA (made on the old
+ * path) is dropped, the SA that carries the tunnel roams (reauthenticating
+ * -> roaming, still CONNECTED, nothing closed); the reauthentication is
+ * tried again a tenth of reauth_s after the move, on the new path. */
+START_TEST(roam_during_reauth)
+{
+    reach(CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_reauth_abort, 1);
+    ck_assert_uint_eq(T->f.n_roam, 1);
+    ck_assert_int_eq(last_state(), M2MVPN_STATE_CONNECTED);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "reauthenticating -> roaming (path moved from A to B; "
+                                            "reauthentication dropped"));
+    /* Whatever the dropped SA may still report is not used. */
+    reauthenticated(0x55555555);
+    ck_assert_uint_eq(T->f.n_reauth_install, 0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    conn_post_reauth_failed(T->c, M2MVPN_E_TIMEOUT, IKE_FAULT_PEER, "no answer");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    conn_post_addresses_updated(T->c, 0, true, "gateway moved the SAs");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(roams(), 1);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    ck_assert_uint_eq(T->f.n_sa_start, 1);
+    advance(9999);
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    advance(1);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 2);
+    reauthenticated(0x66666666);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_install, 1);
+}
+END_TEST
+
+/* A reauthentication due while roaming waits until the move is done (then
+ * a tenth of reauth_s), never two IKE exchanges for the path at once; a
+ * roam does not restart the reauthentication schedule. */
+START_TEST(reauth_due_while_roaming)
+{
+    reauth_s = 100;
+    reach(CONN_UP);
+    advance(85000);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    advance(442); /* due now (85.442 s) */
+    ck_assert_int_eq(phase(), CONN_ROAMING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 0);
+    conn_post_addresses_updated(T->c, 0, true, "gateway moved the SAs");
+    advance(0);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_uint_eq(T->f.n_reauth_start, 0);
+    advance(10000);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+}
+END_TEST
+
+/* A path change during a make-before-break profile switch: the new
+ * profile's IKE SA was made on the old path; it is dropped and the switch
+ * becomes break-before-make on the new path (the move says why). */
+START_TEST(roam_during_switch)
+{
+    use_json(GW_PROFILE("a", "198.51.100.1"));
+    conn_connect(T->c);
+    established();
+    use_json(GW_PROFILE("b", "198.51.100.1"));
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    conn_post_path_changed(T->c, "path moved from A to B");
+    advance(0);
+    ck_assert_uint_eq(T->f.n_reauth_abort, 1);
+    ck_assert_uint_eq(T->f.n_roam, 0);
+    ck_assert_uint_eq(T->f.n_sa_close, 1);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, 2);
+    ck_assert_str_eq(conn_profile_name(T->c), "b");
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "break-before-make: the new profile's IKE SA was on the old path"));
+    reauthenticated(0x55555555); /* late: not used */
+    ck_assert_uint_eq(T->f.n_reauth_install, 0);
+    established();
+    ck_assert_int_eq(phase(), CONN_UP);
+}
+END_TEST
+
+
+
+/* RTM_GETROUTE: the kernel's way to an address (loopback is there in any
+ * namespace, without root): its source address and interface. */
+START_TEST(netwatch_route_lookup)
+{
+    struct sockaddr_storage dst;
+    memset(&dst, 0, sizeof(dst));
+    struct sockaddr_in *in = (struct sockaddr_in *)&dst;
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl(0x7f000001);
+    netwatch_path p, q;
+    char err[160];
+    ck_assert_msg(netwatch_route_to(&dst, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(p.ifname, "lo");
+    ck_assert_int_eq(p.src.ss_family, AF_INET);
+    ck_assert_uint_eq(((struct sockaddr_in *)&p.src)->sin_addr.s_addr, htonl(0x7f000001));
+    ck_assert_msg(netwatch_route_to(&dst, 0, &q, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(netwatch_path_equal(&p, &q));
+    char text[96];
+    netwatch_path_text(&p, text, sizeof(text));
+    ck_assert_str_eq(text, "127.0.0.1 on lo");
+    q.oif++;
+    ck_assert(!netwatch_path_equal(&p, &q));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("conn");
@@ -1345,9 +1617,18 @@ int main(void)
     tcase_add_test(tc, rekey_is_no_move);
     tcase_add_test(tc, rekey_impossible_renews_at_hard_limit);
     tcase_add_test(tc, rekey_install_failure);
+    tcase_add_test(tc, roam_with_mobike);
+    tcase_add_loop_test(tc, roam_failure_reconnects_at_once, 0, sizeof(roam_fail) / sizeof(roam_fail[0]));
+    tcase_add_test(tc, roam_nat_mapping);
+    tcase_add_test(tc, roam_again_disconnect_and_elsewhere);
+    tcase_add_test(tc, roam_backoff_retries_now);
+    tcase_add_test(tc, netwatch_route_lookup);
     tcase_add_test(tc, reauth_make_before_break);
     tcase_add_test(tc, reauth_failures);
     tcase_add_test(tc, reauth_disconnect_and_off);
+    tcase_add_test(tc, roam_during_reauth);
+    tcase_add_test(tc, reauth_due_while_roaming);
+    tcase_add_test(tc, roam_during_switch);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("credentials");

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <m2mvpn/m2mvpn.h>
 
@@ -1651,6 +1652,134 @@ END_TEST
 
 /* ------------------------------------------------------------------ suite */
 
+
+/* ------------------------------------------------ MOBIKE notifies (RFC 4555) */
+
+/* A free-standing chain of notifies, parsed back. */
+static void mobike_chain(uint8_t *buf, size_t cap, void (*build)(ike_chain_writer *), ike_chain *c)
+{
+    buf_writer w;
+    buf_writer_init(&w, buf, cap);
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    build(&cw);
+    ike_chain_writer_finish(&cw);
+    ck_assert(ike_chain_writer_ok(&cw));
+    ike_diag d;
+    ck_assert_int_eq(ike_chain_parse(buf_reader_make(buf, buf_writer_len(&w)), cw.first_type, 0, c, &d), 0);
+}
+
+static void build_mobike_answer(ike_chain_writer *cw)
+{
+    static const uint8_t cookie[16] = { 1, 2, 3 }, natd[20] = { 9 };
+    ike_mobike_addr a4 = { AF_INET, { 198, 51, 100, 3 } };
+    ike_mobike_addr a6 = { AF_INET6, { 0x20, 0x01, 0x0d, 0xb8, [15] = 7 } };
+    ike_build_notify(cw, IKE_PROTO_NONE, IKE_N_MOBIKE_SUPPORTED, NULL, 0, NULL, 0);
+    ike_build_additional_address(cw, &a4);
+    ike_build_additional_address(cw, &a6);
+    ike_build_notify(cw, IKE_PROTO_NONE, IKE_N_COOKIE2, NULL, 0, cookie, sizeof(cookie));
+    ike_build_notify(cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, natd, sizeof(natd));
+    ike_build_notify(cw, IKE_PROTO_NONE, IKE_N_UPDATE_SA_ADDRESSES, NULL, 0, NULL, 0);
+}
+
+START_TEST(test_mobike_round_trip)
+{
+    uint8_t buf[512];
+    ike_chain c;
+    mobike_chain(buf, sizeof(buf), build_mobike_answer, &c);
+    ike_mobike_info m;
+    ike_diag d;
+    ck_assert_int_eq(ike_mobike_scan(&c, &m, &d), 0);
+    ck_assert(m.supported && m.update && !m.no_additional);
+    ck_assert_uint_eq(m.n_addrs, 2);
+    ck_assert_int_eq(m.addrs[0].family, AF_INET);
+    ck_assert_uint_eq(m.addrs[0].addr[3], 3);
+    ck_assert_int_eq(m.addrs[1].family, AF_INET6);
+    ck_assert_uint_eq(m.addrs[1].addr[15], 7);
+    ck_assert(m.has_cookie2 && m.cookie2.len == 16 && m.cookie2.p[2] == 3);
+    ck_assert(m.has_natd_dst && !m.has_natd_src && m.natd_dst[0] == 9);
+    ck_assert_uint_eq(m.error, 0);
+}
+END_TEST
+
+/* Each malformed MOBIKE notify is refused with a reason naming it. */
+static const struct {
+    uint16_t type;
+    size_t len;
+    uint8_t first;           /* first data byte */
+    const char *says;
+} mobike_bad[] = {
+    { IKE_N_ADDITIONAL_IP4_ADDRESS, 3, 198, "ADDITIONAL_IP4_ADDRESS: 3 bytes" },
+    { IKE_N_ADDITIONAL_IP4_ADDRESS, 16, 198, "ADDITIONAL_IP4_ADDRESS: 16 bytes" },
+    { IKE_N_ADDITIONAL_IP6_ADDRESS, 4, 0x20, "ADDITIONAL_IP6_ADDRESS: 4 bytes" },
+    { IKE_N_ADDITIONAL_IP4_ADDRESS, 4, 127, "not an address" },
+    { IKE_N_ADDITIONAL_IP4_ADDRESS, 4, 224, "not an address" },
+    { IKE_N_ADDITIONAL_IP6_ADDRESS, 16, 0xff, "not an address" },
+    { IKE_N_ADDITIONAL_IP6_ADDRESS, 16, 0xfe, "not an address" }, /* fe80:: below */
+    { IKE_N_COOKIE2, 7, 1, "COOKIE2: 7 bytes" },
+    { IKE_N_COOKIE2, 65, 1, "COOKIE2: 65 bytes" },
+    { IKE_N_NAT_DETECTION_DESTINATION_IP, 19, 1, "NAT_DETECTION_DESTINATION_IP: 19 bytes" },
+    { IKE_N_MOBIKE_SUPPORTED, 1, 1, "MOBIKE_SUPPORTED with 1 bytes" },
+    { IKE_N_UPDATE_SA_ADDRESSES, 2, 1, "UPDATE_SA_ADDRESSES with 2 bytes" },
+};
+
+START_TEST(test_mobike_malformed)
+{
+    uint8_t data[80] = { 0 }, buf[256];
+    data[0] = mobike_bad[_i].first;
+    data[1] = 0x80; /* fe80:: for the link-local case, harmless elsewhere */
+    buf_writer w;
+    buf_writer_init(&w, buf, sizeof(buf));
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    ike_build_notify(&cw, IKE_PROTO_NONE, mobike_bad[_i].type, NULL, 0, data, mobike_bad[_i].len);
+    ike_chain_writer_finish(&cw);
+    ike_chain c;
+    ike_diag d;
+    ck_assert_int_eq(ike_chain_parse(buf_reader_make(buf, buf_writer_len(&w)), cw.first_type, 0, &c, &d), 0);
+    ike_mobike_info m;
+    ike_diag_clear(&d);
+    ck_assert_int_eq(ike_mobike_scan(&c, &m, &d), M2MVPN_E_PROTOCOL);
+    ck_assert_msg(strstr(d.text, mobike_bad[_i].says), "case %d: %s", _i, d.text);
+}
+END_TEST
+
+static void build_no_additional_and_list(ike_chain_writer *cw)
+{
+    ike_mobike_addr a4 = { AF_INET, { 198, 51, 100, 3 } };
+    ike_build_notify(cw, IKE_PROTO_NONE, IKE_N_NO_ADDITIONAL_ADDRESSES, NULL, 0, NULL, 0);
+    ike_build_additional_address(cw, &a4);
+}
+
+static void build_many_addresses_and_errors(ike_chain_writer *cw)
+{
+    for (int i = 0; i < IKE_MOBIKE_MAX_ADDRS + 3; i++) {
+        ike_mobike_addr a = { AF_INET, { 198, 51, 100, (uint8_t)(10 + i) } };
+        ike_build_additional_address(cw, &a);
+    }
+    ike_build_notify(cw, IKE_PROTO_NONE, IKE_N_UNACCEPTABLE_ADDRESSES, NULL, 0, NULL, 0);
+}
+
+START_TEST(test_mobike_lists)
+{
+    uint8_t buf[1024];
+    ike_chain c;
+    ike_mobike_info m;
+    ike_diag d;
+    /* "no other address" and a list at once contradict each other */
+    mobike_chain(buf, sizeof(buf), build_no_additional_and_list, &c);
+    ck_assert_int_eq(ike_mobike_scan(&c, &m, &d), M2MVPN_E_PROTOCOL);
+    ck_assert(strstr(d.text, "NO_ADDITIONAL_ADDRESSES") != NULL);
+    /* a long list is cut, not refused; the error notify is reported */
+    mobike_chain(buf, sizeof(buf), build_many_addresses_and_errors, &c);
+    ck_assert_int_eq(ike_mobike_scan(&c, &m, &d), 0);
+    ck_assert_uint_eq(m.n_addrs, IKE_MOBIKE_MAX_ADDRS);
+    ck_assert_uint_eq(m.n_addrs_skipped, 3);
+    ck_assert_uint_eq(m.addrs[0].addr[3], 10);
+    ck_assert_uint_eq(m.error, IKE_N_UNACCEPTABLE_ADDRESSES);
+}
+END_TEST
+
 static Suite *ike_suite(void)
 {
     Suite *s = suite_create("ike");
@@ -1682,6 +1811,9 @@ static Suite *ike_suite(void)
     tcase_add_test(tc, test_strongswan_sa_init);
     tcase_add_test(tc, test_strongswan_sa_init_response);
     tcase_add_test(tc, test_strongswan_ike_auth_4500);
+    tcase_add_test(tc, test_mobike_round_trip);
+    tcase_add_loop_test(tc, test_mobike_malformed, 0, sizeof(mobike_bad) / sizeof(mobike_bad[0]));
+    tcase_add_test(tc, test_mobike_lists);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -84,6 +84,11 @@ typedef struct harness {
     ike_child_result rekeyed[8];
     uint8_t rekeyed_keymat[8][4 * CRYPTO_MAX_KEY_LEN];
     uint32_t child_deleted[8];
+    /* address updates reported (MOBIKE) */
+    unsigned n_updated;
+    int updated_err;
+    bool updated_ours;
+    char updated_detail[256];
 } harness;
 
 static harness *T;
@@ -131,6 +136,15 @@ static void hook_ike_rekeyed(void *arg)
     h->n_ike_rekeyed++;
 }
 
+static void hook_addresses_updated(void *arg, int err, bool ours, const char *detail)
+{
+    harness *h = arg;
+    h->n_updated++;
+    h->updated_err = err;
+    h->updated_ours = ours;
+    snprintf(h->updated_detail, sizeof(h->updated_detail), "%s", detail ? detail : "");
+}
+
 static void hook_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     harness *h = arg;
@@ -176,7 +190,7 @@ static void setup(void)
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
     ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down,
                         .on_child_rekeyed = hook_rekeyed, .on_child_deleted = hook_child_deleted,
-                        .on_ike_rekeyed = hook_ike_rekeyed };
+                        .on_ike_rekeyed = hook_ike_rekeyed, .on_addresses_updated = hook_addresses_updated };
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }
 
@@ -1083,7 +1097,7 @@ static void use_cert_sa(cred_provider *cred)
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
     ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down,
                         .on_child_rekeyed = hook_rekeyed, .on_child_deleted = hook_child_deleted,
-                        .on_ike_rekeyed = hook_ike_rekeyed };
+                        .on_ike_rekeyed = hook_ike_rekeyed, .on_addresses_updated = hook_addresses_updated };
     char err[256];
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }
@@ -1572,6 +1586,248 @@ START_TEST(test_dpd_unanswered_times_out)
 }
 END_TEST
 
+
+/* ------------------------------------------------------ MOBIKE (RFC 4555) */
+
+static void establish_mobike(void)
+{
+    start();
+    answer_init();
+    fg_auth_opts o = { .mobike = true };
+    answer_auth(&o);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert(ike_sa_mobike(T->sa));
+}
+
+/* The gateway's answer to our UPDATE_SA_ADDRESSES (message ID id): COOKIE2
+ * as given (NULL: none) and NAT detection. */
+static void answer_update(uint32_t id, const uint8_t *cookie, size_t cookie_len)
+{
+    static const uint8_t natd[20] = { 0x42 };
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, natd, sizeof(natd));
+    ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, natd, sizeof(natd));
+    if (cookie)
+        ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_COOKIE2, NULL, 0, cookie, cookie_len);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, true, id, m);
+    deliver(m);
+    free(m);
+}
+
+/* Our update as the gateway reads it; its COOKIE2 into cookie (16 bytes). */
+static void take_update(size_t i, uint32_t id, uint8_t cookie[16])
+{
+    const ike_chain *c = open_sent(sent(i), IKE_EXCH_INFORMATIONAL, false, id);
+    ike_notify n;
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_UPDATE_SA_ADDRESSES, &n), 0);
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_NAT_DETECTION_SOURCE_IP, &n), 0);
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_NAT_DETECTION_DESTINATION_IP, &n), 0);
+    ck_assert_uint_eq(n.data.len, 20);
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_COOKIE2, &n), 0);
+    ck_assert_uint_eq(n.data.len, 16);
+    memcpy(cookie, n.data.p, 16);
+}
+
+START_TEST(test_mobike_announced_and_update)
+{
+    establish_mobike();
+    /* IKE_AUTH said MOBIKE_SUPPORTED (§4.2.1) */
+    const ike_chain *auth = open_sent(sent(1), IKE_EXCH_IKE_AUTH, false, 1);
+    ike_notify n;
+    ck_assert_int_ge(fg_notify_at(auth, IKE_N_MOBIKE_SUPPORTED, &n), 0);
+    /* the gateway's other address, from its authenticated answer */
+    struct sockaddr_storage addrs[4];
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 1);
+    ck_assert_uint_eq(((struct sockaddr_in *)&addrs[0])->sin_addr.s_addr, htonl(0xc6336403));
+    /* our address moved */
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved to eth1"), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    uint8_t cookie[16];
+    take_update(n0, 2, cookie);
+    ck_assert_uint_eq(T->n_updated, 0);
+    answer_update(2, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert(T->updated_ours);
+    ck_assert_msg(strstr(T->updated_detail, "moved to eth1") != NULL, "%s", T->updated_detail);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* §3.5 return routability: an answer that does not echo our COOKIE2 (or has
+ * none) does not confirm the new path. */
+START_TEST(test_mobike_cookie2_must_match)
+{
+    establish_mobike();
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), 0);
+    uint8_t cookie[16];
+    take_update(n0, 2, cookie);
+    cookie[5] ^= 0x01;
+    answer_update(2, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, M2MVPN_E_PROTOCOL);
+    ck_assert_msg(strstr(T->updated_detail, "without our COOKIE2") != NULL, "%s", T->updated_detail);
+    /* none at all: the same */
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved again"), 0);
+    take_update(n0 + 1, 3, cookie);
+    answer_update(3, NULL, 0);
+    ck_assert_uint_eq(T->n_updated, 2);
+    ck_assert_int_eq(T->updated_err, M2MVPN_E_PROTOCOL);
+}
+END_TEST
+
+/* A reauthentication's IKE SA announces MOBIKE too (and no
+ * INITIAL_CONTACT); when its IKE_AUTH answer lists no addresses, the
+ * gateway's list from the SA it replaces is kept. */
+START_TEST(test_mobike_reauth_keeps_addresses)
+{
+    establish_mobike();
+    ike_sa *old = T->sa;
+    T->sa = NULL;
+    char err[256];
+    ike_config cfg = { .prof = &T->set->items[0], .reauth = true, .want_vip = true, .vip = { 198, 18, 1, 7 } };
+    set_addr(&cfg.remote, &cfg.remote_len, "198.51.100.1", 500);
+    set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
+    ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down };
+    ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_start(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    answer_init();
+    ck_assert_int_ge(fg_notify_at(&T->gw.rq_inner, IKE_N_MOBIKE_SUPPORTED, NULL), 0);
+    ck_assert_int_lt(fg_notify_at(&T->gw.rq_inner, IKE_N_INITIAL_CONTACT, NULL), 0);
+    fg_auth_opts o = { .mobike = true, .mobike_no_addrs = true };
+    answer_auth(&o);
+    ck_assert_uint_eq(T->n_established, 2);
+    ck_assert(ike_sa_mobike(T->sa));
+    struct sockaddr_storage addrs[4];
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 0);
+    ike_sa_mobike_inherit(T->sa, old);
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 1);
+    ck_assert_uint_eq(((struct sockaddr_in *)&addrs[0])->sin_addr.s_addr, htonl(0xc6336403));
+    ike_sa_free(old);
+}
+END_TEST
+
+/* Without the gateway's MOBIKE_SUPPORTED there is nothing to update. */
+START_TEST(test_mobike_not_announced_by_the_gateway)
+{
+    establish();
+    ck_assert(!ike_sa_mobike(T->sa));
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), M2MVPN_E_NOTSUPP);
+    ck_assert_uint_eq(n_sent(), n0);
+}
+END_TEST
+
+/* The gateway's address list changes only with an authenticated request:
+ * a forged one (its ICV flipped) is dropped, the authentic one replaces
+ * the list, NO_ADDITIONAL_ADDRESSES empties it. */
+START_TEST(test_mobike_addresses_only_authenticated)
+{
+    establish_mobike();
+    static const uint8_t evil[4] = { 198, 51, 100, 66 };
+    struct sockaddr_storage addrs[4];
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_ADDITIONAL_IP4_ADDRESS, NULL, 0, evil, 4);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m);
+    m->p[m->len - 1] ^= 0x01; /* ICV */
+    deliver(m);
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 1);
+    ck_assert_uint_eq(((struct sockaddr_in *)&addrs[0])->sin_addr.s_addr, htonl(0xc6336403));
+    m->p[m->len - 1] ^= 0x01; /* the authentic one */
+    deliver(m);
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 1);
+    ck_assert_uint_eq(((struct sockaddr_in *)&addrs[0])->sin_addr.s_addr, htonl(0xc6336442));
+    fg_chain_begin(&c);
+    ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_NO_ADDITIONAL_ADDRESSES, NULL, 0, NULL, 0);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 1, m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 0);
+}
+END_TEST
+
+/* A liveness check carries NAT detection under MOBIKE; an answer that sees
+ * us at another address (the NAT mapping changed) starts an update of our
+ * own, reported as not asked for. */
+START_TEST(test_mobike_nat_mapping_change)
+{
+    enable_dpd();
+    establish_mobike();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *dpd = open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2);
+    ike_notify n;
+    ck_assert_int_ge(fg_notify_at(dpd, IKE_N_NAT_DETECTION_DESTINATION_IP, &n), 0);
+    answer_update(2, NULL, 0); /* its NAT_DETECTION_DESTINATION_IP differs from IKE_SA_INIT's */
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    uint8_t cookie[16];
+    take_update(n0 + 1, 3, cookie);
+    answer_update(3, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert(!T->updated_ours);
+    /* the same mapping in the next check: no update */
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    answer_update(4, NULL, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+}
+END_TEST
+
+
+/* A move while a request is under way: that request goes again at once
+ * (from the new path), unchanged, and the update follows its answer; a
+ * move while the update itself is under way sends it again, one answer. */
+START_TEST(test_mobike_move_during_request)
+{
+    enable_dpd();
+    establish_mobike();
+    size_t n0 = n_sent();
+    advance(10000); /* a liveness check goes out and is lost */
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    assert_same_bytes(sent(n0), sent(n0 + 1));
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m); /* the check's answer */
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    uint8_t cookie[16];
+    take_update(n0 + 2, 3, cookie);
+    /* moved again before the answer: the same update again */
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved again"), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 4);
+    assert_same_bytes(sent(n0 + 2), sent(n0 + 3));
+    answer_update(3, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert(T->updated_ours);
+    ck_assert_msg(strstr(T->updated_detail, "moved again") != NULL, "%s", T->updated_detail);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
 
 /* ------------------------------------------------------------ rekeying */
 
@@ -2502,6 +2758,13 @@ static Suite *ike_sa_suite(void)
         { "dpd", test_dpd_unanswered_times_out },
         { "dpd", test_dpd_not_postponed_by_forgery },
         { "dpd", test_close_during_dpd },
+        { "mobike", test_mobike_announced_and_update },
+        { "mobike", test_mobike_reauth_keeps_addresses },
+        { "mobike", test_mobike_cookie2_must_match },
+        { "mobike", test_mobike_not_announced_by_the_gateway },
+        { "mobike", test_mobike_addresses_only_authenticated },
+        { "mobike", test_mobike_nat_mapping_change },
+        { "mobike", test_mobike_move_during_request },
         { "rekey", test_rekey_child_ours },
         { "rekey", test_rekey_child_ours_pfs },
         { "rekey", test_rekey_child_by_gateway },

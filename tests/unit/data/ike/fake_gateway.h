@@ -445,6 +445,9 @@ typedef struct fg_auth_opts {
      * ::/0. ip6_only: without the IPv4 VIP, its DNS and selectors. */
     bool ipv6, ip6_only;
     uint8_t ip6_prefix_len;
+    /* MOBIKE (RFC 4555): MOBIKE_SUPPORTED and ADDITIONAL_IP4_ADDRESS 198.51.100.3 */
+    bool mobike;
+    bool mobike_no_addrs;          /* MOBIKE_SUPPORTED alone, no address list */
 } fg_auth_opts;
 
 /* The inner chain of the gateway's IKE_AUTH response to the request taken
@@ -461,6 +464,12 @@ static void fg_auth_inner(fake_gw *gw, const fg_auth_opts *o, fg_chain *c)
     uint8_t auth[CRYPTO_MAX_PRF_LEN];
     size_t n = fg_psk_auth(gw, false, o && o->psk ? o->psk : gw->psk, idb, 4 + id_len, auth);
     ike_build_auth(&c->cw, IKE_AUTH_SHARED_KEY_MIC, auth, n);
+    if (o && o->mobike) {
+        static const uint8_t other[4] = { 198, 51, 100, 3 };
+        ike_build_notify(&c->cw, IKE_PROTO_NONE, IKE_N_MOBIKE_SUPPORTED, NULL, 0, NULL, 0);
+        if (!o->mobike_no_addrs)
+            ike_build_notify(&c->cw, IKE_PROTO_NONE, IKE_N_ADDITIONAL_IP4_ADDRESS, NULL, 0, other, 4);
+    }
     if (o && o->child_error) {
         /* RFC 7296 §1.2: the IKE SA is set up, its first CHILD SA is not. */
         ike_build_notify(&c->cw, IKE_PROTO_NONE, o->child_error, NULL, 0, NULL, 0);

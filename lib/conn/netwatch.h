@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Path watching for roaming (MOBIKE): the kernel's address and route
+ * events (rtnetlink groups IPv4/IPv6 IFADDR and ROUTE, and LINK) on one
+ * netlink socket in the engine's core_loop: no polling. A burst of new
+ * addresses and routes is reported once, NETWATCH_SETTLE_MS after its
+ * first event; a removal at once. The caller then asks where the way to its
+ * gateway leads now (netwatch_route_to). Engine thread only.
+ */
+#ifndef M2MVPN_CONN_NETWATCH_H
+#define M2MVPN_CONN_NETWATCH_H
+
+#include <net/if.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/log.h"
+#include "core/loop.h"
+
+#define NETWATCH_SETTLE_MS 5
+
+typedef struct netwatch netwatch;
+
+/* Start watching; on_change(arg) runs from the loop after changes. Errors:
+ * M2MVPN_E_NETWORK (no netlink socket: err says why), NOMEM. */
+int netwatch_new(core_loop *loop, core_log *log, void (*on_change)(void *arg), void *arg, netwatch **ret,
+                 char *err, size_t err_len);
+void netwatch_free(netwatch *w);
+
+/* The kernel's route to dst for a socket with fwmark `mark` (RTM_GETROUTE):
+ * the source address it would use (port 0) and the output interface.
+ * Errors: M2MVPN_E_NETWORK (no route: err says why). */
+typedef struct netwatch_path {
+    struct sockaddr_storage src;
+    socklen_t src_len;
+    int oif;
+    char ifname[IF_NAMESIZE];
+} netwatch_path;
+int netwatch_route_to(const struct sockaddr_storage *dst, uint32_t mark, netwatch_path *ret, char *err,
+                      size_t err_len);
+/* Same source address and interface? */
+bool netwatch_path_equal(const netwatch_path *a, const netwatch_path *b);
+/* "198.51.100.10 on eth0" */
+void netwatch_path_text(const netwatch_path *p, char *out, size_t len);
+
+#endif

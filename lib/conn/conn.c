@@ -1220,7 +1220,7 @@ const char *conn_profile_name(const conn *c)
 
 bool conn_up_with_set(const conn *c, const profile_set *set)
 {
-    return c->phase == CONN_UP && c->set == set && !c->prev_set;
+    return c->phase == CONN_UP && c->set == set && !c->switching;
 }
 
 void conn_remove_profile(conn *c)

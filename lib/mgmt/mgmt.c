@@ -107,6 +107,7 @@ struct mgmt {
     size_t n_refused;
     const profile_set *trying; /* TRYING: the set handed over (compared only) */
     int64_t try_deadline;
+    bool no_poll;             /* the server has no day-N poll route: day-0 profile fetch */
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -804,8 +805,30 @@ static void apply_profile(mgmt *m, int64_t dep_id, const uint8_t *der, size_t le
 {
     char err[600];
     mgmt_bundle b;
+    if (m->st.profile_version > 0 &&
+        mgmt_bundle_verify(der, len, m->signer, "profile", m->st.device_id, m->st.profile_version - 1, wall_now(),
+                           &b, err, sizeof(err)) == 0) {
+        bool same = b.version == m->st.profile_version;
+        mgmt_bundle_clear(&b);
+        if (!same)
+            goto newer;
+        /* The version installed already (the day-0 route delivered it
+         * first): nothing to apply, the deployment is done here. */
+        snprintf(err, sizeof(err), "profile version %lld already installed", (long long)m->st.profile_version);
+        LOG_INFO(m->log, SUB, "deployment %lld: %s", (long long)dep_id, err);
+        owe_feedback(m, dep_id, true, err);
+        return;
+    }
+newer:;
     int r = mgmt_bundle_verify(der, len, m->signer, "profile", m->st.device_id, m->st.profile_version, wall_now(),
                                &b, err, sizeof(err));
+    if (r == 0 && b.deployment != dep_id) {
+        /* a bundle of another deployment replayed under this id */
+        snprintf(err, sizeof(err), "profile bundle refused: it belongs to deployment %lld, not %lld",
+                 (long long)b.deployment, (long long)dep_id);
+        mgmt_bundle_clear(&b);
+        r = M2MVPN_E_BUNDLE;
+    }
     if (r == 0) {
         r = mgmt_version_check(m->st.profile_version, b.version, b.not_after, wall_now(), err, sizeof(err));
         if (r < 0)
@@ -931,6 +954,12 @@ static void poll_done(mgmt *m, job *j)
             m->poll_s = a.poll_s;
             snprintf(m->poll_etag, sizeof(m->poll_etag), "%s", j->new_etag);
         }
+    } else if (j->http == 404 && !m->no_poll) {
+        /* A day-0 server: no poll route; the profile route as before. */
+        LOG_INFO(m->log, SUB, "the server has no poll route (HTTP 404): asking for the profile instead");
+        m->no_poll = true;
+        submit(m, JOB_FETCH);
+        return;
     } else if (j->http != 304) {
         snprintf(err, sizeof(err), "management server answered the poll with HTTP %ld: %.200s", j->http,
                  j->body ? (const char *)j->body : "");
@@ -1036,7 +1065,7 @@ static void on_timer(void *arg)
 {
     mgmt *m = arg;
     /* Day 0 until a first profile is installed, then the day-N poll. */
-    submit(m, !m->cert ? JOB_ENROL : m->st.profile_version > 0 ? JOB_POLL : JOB_FETCH);
+    submit(m, !m->cert ? JOB_ENROL : m->st.profile_version > 0 && !m->no_poll ? JOB_POLL : JOB_FETCH);
 }
 
 /* ------------------------------------------------------- lifecycle */

@@ -45,6 +45,7 @@
 typedef struct mgmt_bundle {
     int64_t version;
     int64_t not_after;
+    int64_t deployment;       /* day N: the deployment it belongs to (0: none said) */
     uint8_t *payload;         /* malloc'd, NUL-terminated for convenience */
     size_t payload_len;
 } mgmt_bundle;

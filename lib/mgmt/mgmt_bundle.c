@@ -80,8 +80,9 @@ static bool json_int(json_object *m, const char *key, int64_t *out)
 static int manifest_check(const char *text, size_t len, const char *type, const char *device_id,
                           int64_t installed, int64_t now, mgmt_bundle *out, char *err, size_t err_len)
 {
+    /* day N adds the deployment id and the keys of software and cert bundles */
     static const char *const keys[] = { "format", "type", "device", "version", "not_after", "sha256",
-                                        "payload" };
+                                        "payload", "deployment", "software_version", "url", "size", "action" };
     json_tokener *tok = json_tokener_new();
     if (!tok)
         return M2MVPN_E_NOMEM;
@@ -91,7 +92,7 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
     json_tokener_free(tok);
     char why[160];
     why[0] = '\0';
-    int64_t format = 0, version = 0, not_after = 0;
+    int64_t format = 0, version = 0, not_after = 0, deployment = 0;
     const char *t, *dev, *sha = NULL, *b64 = NULL;
     if (!whole || !json_object_is_type(m, json_type_object)) {
         snprintf(why, sizeof(why), "manifest is not a JSON object");
@@ -122,6 +123,9 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
         snprintf(why, sizeof(why), "manifest sha256 missing or not 64 hex digits");
     else if (!(b64 = json_str(m, "payload")))
         snprintf(why, sizeof(why), "manifest payload missing");
+    else if (json_object_object_get_ex(m, "deployment", NULL) &&
+             (!json_int(m, "deployment", &deployment) || deployment < 1))
+        snprintf(why, sizeof(why), "manifest deployment is not a positive whole number");
     if (why[0])
         goto out;
 
@@ -156,6 +160,7 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
     }
     out->version = version;
     out->not_after = not_after;
+    out->deployment = deployment;
     out->payload = pl;
     out->payload_len = pl_len;
 out:

@@ -1,0 +1,208 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Management day 1..N, device side (issue 15), end to end: m2mvpn-mgmtd in
+the gateway's namespace on 198.51.100.9, a strongSwan gateway trusting the
+device CA, our engine started with a bootstrap profile. It enrols, polls
+(GET /api/v1/device/poll), and applies profile deployments safely:
+
+- a new profile (other proposals) is tried, committed once the tunnel is up
+  with it and a poll went through, and the success is recorded on the server;
+- a broken profile (a gateway nobody answers on) is rolled back by itself,
+  the tunnel comes back with the previous profile, the failure is recorded;
+- SIGKILL of the engine after each step of applying (the documented test
+  hook M2MVPN_TEST_APPLY_PAUSE=<step> holds the engine there): the state
+  directory holds the old or the new profile, whole, and the restarted
+  engine ends connected on a working profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import charon as charonmod
+import m2mvpn_client
+import netlab
+import pki as pkimod
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "mgmt"))
+import mgmt_helpers as mh  # noqa: E402
+
+MGMT_ADDR = "198.51.100.9"
+DEAD_GW = "198.51.100.77"   # nobody there: the broken profile's gateway
+TRY_S = 20                  # M2MVPN_MGMT_TRY_S: how long a new profile gets to come up
+
+
+def wait_until(what, check, timeout_s=60.0, interval_s=0.3, tail=lambda: ""):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}" + tail())
+        time.sleep(interval_s)
+
+
+def template(pki, gw_addr, ike, esp, host=None):
+    return {
+        "version": 1, "name": "fleet", "mode": "always-on",
+        "gateways": [{"host": host or gw_addr, "port": 500}],
+        "local_id": "${device_id}", "remote_id": pkimod.GATEWAY_ID,
+        "auth": {"method": "cert"},
+        "ca": [Path(pki.root_ca).read_text()],
+        "ike": {"proposals": [ike]}, "esp": {"proposals": [esp]},
+        "tunnel": {"request_vip": True, "remote_ts": [netlab.PROTECTED_NET], "tun_name": "m2m0"},
+    }
+
+
+class Lab:
+    def __init__(self, topo, d, srv, binary, workdir):
+        self.topo, self.d, self.srv, self.binary, self.workdir = topo, d, srv, binary, workdir
+
+    def publish(self, tpl):
+        path = os.path.join(self.d, "tpl.json")
+        with open(path, "w") as f:
+            json.dump(tpl, f)
+        mh.admin_json(self.d, self.srv, "group", "create", "fleet", "--template", path)
+        return mh.admin_json(self.d, self.srv, "profile", "publish", "--group", "fleet")
+
+    def deployment(self, dep_id):
+        for x in mh.admin_json(self.d, self.srv, "deployment", "list")["deployments"]:
+            if x["id"] == dep_id:
+                return x
+        raise AssertionError(f"deployment {dep_id} not listed")
+
+    def client(self, boot, env=None):
+        e = dict(os.environ, M2MVPN_MGMT_TRY_S=str(TRY_S), **(env or {}))
+        return m2mvpn_client.M2mvpnClient(self.topo.client, self.binary, self.workdir / "dev", boot, env=e)
+
+
+def mgmt_of(c):
+    return c.status().get("management") or {}
+
+
+def connected_with(c, version):
+    s = c.status()
+    m = s.get("management") or {}
+    return s["state"] == "connected" and m.get("profile_version") == version and s
+
+
+def pings(topo):
+    return netlab.ping(topo.client, netlab.PROTECTED_ADDRS[0], count=3)
+
+
+@pytest.fixture
+def lab(topology, charons, pki, workdir):
+    binary = m2mvpn_client.find_binary()
+    if binary is None:
+        pytest.skip("tools/m2mvpn not built (set M2MVPN_BINARY): our client is not tested")
+    if not (mh.MGMTD and os.path.exists(mh.MGMTD) and mh.ADMIN and os.path.exists(mh.ADMIN)):
+        pytest.skip("the management server is not built (M2MVPN_MGMTD, M2MVPN_ADMIN)")
+    topo = topology("direct")
+    topo.gateway.add_addr("eth0", f"{MGMT_ADDR}/24")
+    d = str(workdir / "mgmt")
+    os.makedirs(d)
+    mh.make_pki(d, ips=(MGMT_ADDR,))
+    cfg = mh.make_config(d, "sqlite:mgmt.db", listen=f"{MGMT_ADDR}:0", poll_s=5)
+    srv = mh.Mgmtd(d, cfg, host=MGMT_ADDR, wrap=topo.gateway.argv())
+    try:
+        gwconf = charonmod.gateway_config(pki, conns=["ecdsa"])
+        gwconf.tree["connections"]["ecdsa"]["remote"] = {"auth": "pubkey", "id": "%any", "cacerts": "device-ca.pem"}
+        gwconf.files.append(("x509ca", Path(d) / "device-ca.pem"))
+        gw = charons(topo.gateway, gwconf, name="gw")
+        lab = Lab(topo, d, srv, binary, workdir)
+        lab.gw = gw
+        lab.pki = pki
+        yield lab
+    finally:
+        srv.stop()
+
+
+def bootstrap(lab, token):
+    return {"version": 1, "name": "boot",
+            "management": {"url": lab.srv.url, "server_ca": os.path.join(lab.d, "tls-ca.pem"),
+                           "bundle_signer": os.path.join(lab.d, "signer.pem"),
+                           "enrolment_token": token, "key": {"provider": "file"}, "poll_s": 10}}
+
+
+def enrolled_device(lab):
+    """Group with profile v1, an auto-approving token, the engine connected on v1."""
+    pub = lab.publish(template(lab.pki, lab.topo.gw_addr, "aes256gcm16-prfsha384-x25519", "aes256gcm16"))
+    assert pub["version"] == 1
+    tok = mh.admin_json(lab.d, lab.srv, "token", "create", "--group", "fleet", "--auto-approve")["tokens"][0]["token"]
+    return bootstrap(lab, tok)
+
+
+def test_profile_deployment_commit_and_rollback(lab):
+    boot = enrolled_device(lab)
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        assert pings(lab.topo) == 3
+        # 1. other proposals: the device moves to them, traffic flows, success recorded
+        pub = lab.publish(template(lab.pki, lab.topo.gw_addr, "aes128gcm16-prfsha256-ecp256", "aes128gcm16"))
+        wait_until("profile 2 committed", lambda: connected_with(c, 2), timeout_s=90, tail=c.log_tail)
+        assert pings(lab.topo) == 3
+        dep = wait_until("success recorded", lambda: (x := lab.deployment(pub["id"]))["success"] == 1 and x,
+                         tail=c.log_tail)
+        assert dep["failure"] == 0
+        # the gateway negotiated the new proposals with it
+        assert "(aes128gcm16-prfsha256-ecp256), CHILD SA" in c.log_path.read_text()
+        assert "AES_GCM_16_128/PRF_HMAC_SHA2_256/ECP_256" in lab.gw.log_text()
+        st = c.state_dir
+        assert json.loads((st / "mgmt.json").read_text())["profile_version"] == 2
+        assert not (st / "apply.json").exists() and not (st / "profile.prev.json").exists()
+        good = (st / "profile.json").read_text()
+        # 2. a broken profile (its gateway does not exist): rolled back by itself
+        pub = lab.publish(template(lab.pki, lab.topo.gw_addr, "aes128gcm16-prfsha256-ecp256", "aes128gcm16",
+                                   host=DEAD_GW))
+        wait_until("the broken profile tried", lambda: DEAD_GW in (st / "profile.json").read_text(),
+                   timeout_s=60, tail=c.log_tail)
+        dep = wait_until("failure recorded", lambda: (x := lab.deployment(pub["id"]))["failure"] == 1 and x,
+                         timeout_s=TRY_S + 60, tail=c.log_tail)
+        wait_until("back on profile 2", lambda: connected_with(c, 2), timeout_s=60, tail=c.log_tail)
+        assert pings(lab.topo) == 3
+        assert (st / "profile.json").read_text() == good
+        assert json.loads((st / "mgmt.json").read_text())["profile_version"] == 2
+        assert "rolled back" in c.log_path.read_text()
+        listed = mh.admin(lab.d, lab.srv, "deployment", "list").stdout
+        assert str(pub["id"]) in listed
+
+
+@pytest.mark.parametrize("step", ["staged", "written", "trying", "committed"])
+def test_sigkill_at_each_apply_step(lab, step):
+    boot = enrolled_device(lab)
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        old = (c.state_dir / "profile.json").read_text()
+    # the engine held right after the step reached the disk, then SIGKILL
+    with lab.client(boot, env={"M2MVPN_TEST_APPLY_PAUSE": step}) as c:
+        wait_until("connected on profile 1 again", lambda: connected_with(c, 1), tail=c.log_tail)
+        lab.publish(template(lab.pki, lab.topo.gw_addr, "aes128gcm16-prfsha256-ecp256", "aes128gcm16"))
+        wait_until(f"paused after {step}", lambda: f"paused after apply step {step}" in c.log_path.read_text(),
+                   timeout_s=90, tail=c.log_tail)
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait(10)
+    st = c.state_dir
+    text = (st / "profile.json").read_text()
+    json.loads(text)  # whole
+    new = "aes128gcm16-prfsha256-ecp256" in text
+    assert text == old or new, text
+    journal = json.loads((st / "apply.json").read_text())
+    assert journal["phase"] == step
+    # persisted version: moves only at commit
+    want = 2 if step == "committed" else 1
+    if step != "committed":
+        assert json.loads((st / "mgmt.json").read_text())["profile_version"] == 1
+    # restart: recovered to old (rolled back, failure owed) or new (commit completed)
+    with lab.client(boot) as c:
+        wait_until(f"connected on profile {want}", lambda: connected_with(c, want), timeout_s=90, tail=c.log_tail)
+        assert pings(lab.topo) == 3
+        text = (c.state_dir / "profile.json").read_text()
+        assert ("aes128gcm16-prfsha256-ecp256" in text) == (step == "committed")
+        wait_until("journal done", lambda: not (c.state_dir / "apply.json").exists(), timeout_s=30, tail=c.log_tail)

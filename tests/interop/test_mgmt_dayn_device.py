@@ -188,6 +188,7 @@ def test_sigkill_at_each_apply_step(lab, step):
                    timeout_s=90, tail=c.log_tail)
         c.proc.send_signal(signal.SIGKILL)
         c.proc.wait(10)
+    c.control.unlink(missing_ok=True)  # left by the killed engine
     st = c.state_dir
     text = (st / "profile.json").read_text()
     json.loads(text)  # whole

@@ -61,6 +61,8 @@ static void conn_state(void *arg, m2mvpn_state st, int err, const char *detail)
     if (err)
         snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
     pthread_mutex_unlock(&h->lock);
+    if (err || st == M2MVPN_STATE_CONNECTED)
+        mgmt_note_tunnel(h->mgmt, err, detail);
     api_set_state(h, st, err, detail);
 }
 

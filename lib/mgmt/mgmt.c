@@ -140,7 +140,8 @@ static void publish_status(mgmt *m, const char *error)
 static void clear_error(mgmt *m)
 {
     pthread_mutex_lock(&m->mu);
-    m->status.last_error[0] = '\0';
+    if (!m->status.cert_refused) /* the gateway's refusal stays until connected */
+        m->status.last_error[0] = '\0';
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -151,6 +152,24 @@ void mgmt_get_status(mgmt *m, mgmt_status *st)
         return;
     pthread_mutex_lock(&m->mu);
     *st = m->status;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mgmt_note_tunnel(mgmt *m, int err, const char *detail)
+{
+    if (!m || !m->boot || !m->cert)
+        return;
+    pthread_mutex_lock(&m->mu);
+    if (err == M2MVPN_E_AUTH_LOCAL) {
+        m->status.cert_refused = true;
+        snprintf(m->status.last_error, sizeof(m->status.last_error),
+                 "the gateway refused this device's certificate (%.80s): it may have been revoked; ask the "
+                 "operator (m2mvpn-admin device list); a revoked device enrols again with a new token and an "
+                 "empty state directory", detail ? detail : "AUTHENTICATION_FAILED");
+    } else if (err == 0 && m->status.cert_refused) {
+        m->status.cert_refused = false;
+        m->status.last_error[0] = '\0';
+    }
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -667,7 +686,7 @@ static void poll_path(mgmt *m, char *out, size_t cap)
         if (t && ASN1_TIME_to_tm(t, &tm))
             na = (int64_t)timegm(&tm);
     }
-    mgmt_poll_query(out, cap, tun, m->st.profile_version, NULL, na);
+    mgmt_poll_query(out, cap, tun, m->st.profile_version, m2mvpn_version(), na);
 }
 
 static void feedback_body(const feedback *f, char *out, size_t cap)

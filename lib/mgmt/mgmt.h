@@ -205,6 +205,7 @@ typedef struct mgmt_status {
     int64_t cert_not_after;
     char device_id[64];
     char last_error[256];
+    bool cert_refused;        /* the gateway refused our certificate (revoked?) */
 } mgmt_status;
 
 int mgmt_new(core_loop *loop, core_log *log, const mgmt_hooks *hooks, mgmt **ret);
@@ -217,5 +218,9 @@ void mgmt_free(mgmt *m);
  * on_profile at once, then asks for a newer one. */
 int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_dir, char *err, size_t err_len);
 void mgmt_get_status(mgmt *m, mgmt_status *st);
+/* The tunnel's outcome (engine thread): err M2MVPN_E_AUTH_LOCAL while a
+ * managed device runs means the gateway refused the enrolled certificate
+ * (revoked, expired): status says so and what to do. 0: connected. */
+void mgmt_note_tunnel(mgmt *m, int err, const char *detail);
 
 #endif

@@ -207,3 +207,47 @@ def test_sigkill_at_each_apply_step(lab, step):
         text = (c.state_dir / "profile.json").read_text()
         assert ("aes128gcm16-prfsha256-ecp256" in text) == (step == "committed")
         wait_until("journal done", lambda: not (c.state_dir / "apply.json").exists(), timeout_s=30, tail=c.log_tail)
+
+
+def test_revoked_managed_device_told_why(topology, charons, pki, workdir):
+    """A managed device revoked by the operator: the gateway (CRL fetched
+    from the server) refuses it at the next connection, and the device's
+    status says its certificate may have been revoked and what to do."""
+    binary = m2mvpn_client.find_binary()
+    if binary is None:
+        pytest.skip("tools/m2mvpn not built (set M2MVPN_BINARY): our client is not tested")
+    if not (mh.MGMTD and os.path.exists(mh.MGMTD) and mh.ADMIN and os.path.exists(mh.ADMIN)):
+        pytest.skip("the management server is not built (M2MVPN_MGMTD, M2MVPN_ADMIN)")
+    topo = topology("direct")
+    topo.gateway.add_addr("eth0", f"{MGMT_ADDR}/24")
+    d = str(workdir / "mgmt")
+    os.makedirs(d)
+    mh.make_pki(d, ips=(MGMT_ADDR,))
+    crl_url = f"http://{MGMT_ADDR}:8080/crl"
+    cfg = mh.make_config(d, "sqlite:mgmt.db", listen=f"{MGMT_ADDR}:0", poll_s=5,
+                         crl_listen=f"{MGMT_ADDR}:8080", crl_url=crl_url, crl_next_update_s=3)
+    srv = mh.Mgmtd(d, cfg, host=MGMT_ADDR, wrap=topo.gateway.argv())
+    try:
+        gwconf = charonmod.gateway_config(pki, conns=["ecdsa"])
+        gwconf.tree["connections"]["ecdsa"]["remote"] = {"auth": "pubkey", "id": "%any",
+                                                         "cacerts": "device-ca.pem", "revocation": "ifuri"}
+        gwconf.files.append(("x509ca", Path(d) / "device-ca.pem"))
+        gw = charons(topo.gateway, gwconf, name="gw", options={"load": charonmod.PLUGINS + " curl"})
+        lab = Lab(topo, d, srv, binary, workdir)
+        lab.pki = pki
+        boot = enrolled_device(lab)
+        with lab.client(boot) as c:
+            wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+            dev = mgmt_of(c)["device_id"]
+            assert mgmt_of(c)["cert_refused"] is False
+        assert mh.admin_json(d, srv, "device", "revoke", dev)["state"] == "revoked"
+        time.sleep(4)  # past the nextUpdate of the CRL the gateway holds
+        with lab.client(boot) as c:
+            m = wait_until("the refusal explained", lambda: (x := mgmt_of(c)).get("cert_refused") and x,
+                           timeout_s=60, tail=c.log_tail)
+            assert "may have been revoked" in m["last_error"] and "m2mvpn-admin" in m["last_error"], m
+            assert "AUTHENTICATION_FAILED" in m["last_error"], m
+            assert c.status()["state"] != "connected"
+        assert "certificate was revoked" in gw.log_text()
+    finally:
+        srv.stop()

@@ -25,7 +25,7 @@
 #define PENDING_RETRY_S 30
 #define FAIL_RETRY_S 60
 
-typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY } job_type;
+typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT } job_type;
 
 #define TRY_POLL_S 3          /* trying a profile: poll this often for the commit */
 #define TRY_DEFAULT_S 90      /* give a new profile this long to come up */
@@ -50,8 +50,10 @@ typedef struct job {
     uint8_t *body;
     size_t len;
     char new_etag[128];
-    /* POLL: the poll path; DEPLOY: the deployment's href */
+    /* POLL: the poll path; DEPLOY: the deployment's href; ARTIFACT: its url */
     char path[256];
+    mgmt_dep_type dep_type;   /* DEPLOY */
+    bool window_open;         /* DEPLOY */
     /* POLL: feedback to post first (fb_id 0: none) */
     int64_t fb_id;
     char fb_body[512];
@@ -62,6 +64,7 @@ typedef struct job {
 typedef struct feedback {
     int64_t id;               /* 0: none owed */
     bool ok;
+    bool proceeding;          /* "proceeding" (ok ignored) */
     char details[256];
 } feedback;
 
@@ -108,6 +111,21 @@ struct mgmt {
     const profile_set *trying; /* TRYING: the set handed over (compared only) */
     int64_t try_deadline;
     bool no_poll;             /* the server has no day-N poll route: day-0 profile fetch */
+    /* software: the verified bundle being downloaded / the file handed over */
+    struct {
+        int64_t dep;
+        mgmt_bundle b;        /* software fields (no payload) */
+        bool window_open;
+        bool stored;          /* update-<version>.bin verified in the state dir */
+        bool handed;          /* UPDATE_AVAILABLE emitted, result awaited */
+        char path[4200];
+    } upd;
+    /* under mu: the application's result, for the engine */
+    char res_version[64];     /* handed-over version (under mu); "" none */
+    bool res_set, res_ok;
+    char res_details[256];
+    mgmt_dep_type ask_type;   /* the deployment being fetched */
+    bool ask_window;
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -318,6 +336,7 @@ static void run_job(mgmt *m, job *j)
                          j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
         break;
     case JOB_DEPLOY:
+    case JOB_ARTIFACT:
         j->r = mgmt_http(&j->tls, j->path, NULL, NULL, 0, NULL, &j->http, &j->body, &j->len, NULL, 0, j->err,
                          sizeof(j->err));
         break;
@@ -398,7 +417,7 @@ static void submit_path(mgmt *m, job_type type, const char *path)
             feedback_body(&m->fb, j->fb_body, sizeof(j->fb_body));
         }
         LOG_DBG(m->log, SUB, "polling %s%s", m->boot->mgmt.url, j->path);
-    } else if (type == JOB_DEPLOY) {
+    } else if (type == JOB_DEPLOY || type == JOB_ARTIFACT) {
         snprintf(j->path, sizeof(j->path), "%s", path ? path : "");
         LOG_INFO(m->log, SUB, "fetching deployment %s", j->path);
     } else {
@@ -692,7 +711,8 @@ static void poll_path(mgmt *m, char *out, size_t cap)
 static void feedback_body(const feedback *f, char *out, size_t cap)
 {
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "result", json_object_new_string(f->ok ? "success" : "failure"));
+    json_object_object_add(o, "result",
+                           json_object_new_string(f->proceeding ? "proceeding" : f->ok ? "success" : "failure"));
     json_object_object_add(o, "details", json_object_new_string(f->details));
     snprintf(out, cap, "%s", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
     json_object_put(o);
@@ -740,6 +760,7 @@ static void owe_feedback(mgmt *m, int64_t id, bool ok, const char *details)
 {
     m->fb.id = id;
     m->fb.ok = ok;
+    m->fb.proceeding = false;
     snprintf(m->fb.details, sizeof(m->fb.details), "%s", details ? details : "");
     for (char *c = m->fb.details; *c; c++)
         if ((unsigned char)*c < 0x20)
@@ -940,6 +961,8 @@ static bool check_trying(mgmt *m, bool poll_ok)
     return true;
 }
 
+static void hand_over(mgmt *m);
+
 static void poll_done(mgmt *m, job *j)
 {
     char err[600];
@@ -1010,15 +1033,164 @@ static void poll_done(mgmt *m, job *j)
     }
     for (size_t i = 0; i < m->last.n; i++) {
         const mgmt_deployment *d = &m->last.deps[i];
+        if (d->type == MGMT_DEP_SOFTWARE && m->upd.dep == d->id) {
+            if (m->upd.stored && !m->upd.handed && d->window_open) {
+                hand_over(m);
+                schedule_poll(m, 1);
+                return;
+            }
+            continue; /* downloading, or waiting for the window / the result */
+        }
         if (was_handled(m, d->id))
             continue;
-        if (d->type == MGMT_DEP_PROFILE) {
+        if (d->type == MGMT_DEP_PROFILE || (d->type == MGMT_DEP_SOFTWARE && !m->upd.dep)) {
+            m->ask_type = d->type;
+            m->ask_window = d->window_open;
             submit_path(m, JOB_DEPLOY, d->href);
             return;
         }
-        /* software and cert deployments: not handled by this build yet */
+        /* cert deployments: not handled by this build yet */
     }
     schedule_poll(m, poll_interval(m));
+}
+
+/* ------------------------------------------------------ day N: software */
+
+/* The verified file to the application (the maintenance window is open):
+ * UPDATE_AVAILABLE with "<version> <path>", "proceeding" to the server. */
+static void hand_over(mgmt *m)
+{
+    char detail[4400];
+    snprintf(detail, sizeof(detail), "%s %s", m->upd.b.software_version, m->upd.path);
+    m->upd.handed = true;
+    pthread_mutex_lock(&m->mu);
+    snprintf(m->res_version, sizeof(m->res_version), "%s", m->upd.b.software_version);
+    pthread_mutex_unlock(&m->mu);
+    LOG_INFO(m->log, SUB, "update %s verified, handed to the application: %s", m->upd.b.software_version,
+             m->upd.path);
+    char what[160];
+    snprintf(what, sizeof(what), "update %s downloaded and verified, handed to the application",
+             m->upd.b.software_version);
+    owe_feedback(m, m->upd.dep, true, what);
+    m->fb.proceeding = true;
+    m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_UPDATE_AVAILABLE, 0, detail);
+}
+
+static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t len, bool window_open)
+{
+    char err[600];
+    mgmt_bundle b;
+    int r = mgmt_bundle_verify(der, len, m->signer, "software", m->st.device_id, m->st.software_seq, wall_now(), &b,
+                               err, sizeof(err));
+    if (r == 0 && b.deployment != dep_id) {
+        snprintf(err, sizeof(err), "software bundle refused: it belongs to deployment %lld, not %lld",
+                 (long long)b.deployment, (long long)dep_id);
+        mgmt_bundle_clear(&b);
+        r = M2MVPN_E_BUNDLE;
+    }
+    if (r < 0) {
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)dep_id, err);
+        owe_feedback(m, dep_id, false, err);
+        publish_status(m, err);
+        return;
+    }
+    memset(&m->upd, 0, sizeof(m->upd));
+    m->upd.dep = dep_id;
+    m->upd.b = b;
+    m->upd.b.payload = NULL; /* the empty payload stays with b */
+    mgmt_bundle_clear(&b);
+    m->upd.window_open = window_open;
+    LOG_INFO(m->log, SUB, "deployment %lld: software %s (%lld bytes), downloading", (long long)dep_id,
+             m->upd.b.software_version, (long long)m->upd.b.size);
+    submit_path(m, JOB_ARTIFACT, m->upd.b.url);
+}
+
+static void artifact_done(mgmt *m, job *j)
+{
+    char err[600];
+    take_reopened(m, j);
+    if (j->r < 0) {
+        m->fails++;
+        LOG_WARN(m->log, SUB, "update %s: download failed: %s", m->upd.b.software_version, j->err);
+        publish_status(m, j->err);
+        m->upd.dep = 0; /* asked again from the next poll */
+        schedule_poll(m, backoff_s(m));
+        return;
+    }
+    int r = 0;
+    if (j->http != 200) {
+        snprintf(err, sizeof(err), "update %s: the server answered the download with HTTP %ld",
+                 m->upd.b.software_version, j->http);
+        r = M2MVPN_E_PROTOCOL;
+    } else {
+        r = mgmt_artifact_check(j->body, j->len, &m->upd.b, err, sizeof(err));
+    }
+    char name[96];
+    snprintf(name, sizeof(name), "update-%s.bin", m->upd.b.software_version);
+    if (r == 0)
+        r = mgmt_write_file(m->dir, name, j->body, j->len, err, sizeof(err));
+    if (r < 0) {
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)m->upd.dep, err);
+        owe_feedback(m, m->upd.dep, false, err);
+        publish_status(m, err);
+        memset(&m->upd, 0, sizeof(m->upd));
+        schedule_poll(m, 1);
+        return;
+    }
+    /* every check passed: the version is persisted only now */
+    m->st.software_seq = m->upd.b.version;
+    save_state(m);
+    snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, name);
+    m->upd.stored = true;
+    if (m->upd.window_open)
+        hand_over(m);
+    else
+        LOG_INFO(m->log, SUB, "update %s stored; waiting for the maintenance window", m->upd.b.software_version);
+    schedule_poll(m, m->fb.id ? 1 : poll_interval(m));
+}
+
+/* The application's result (posted by mgmt_update_result): feedback. */
+static void take_result(mgmt *m)
+{
+    pthread_mutex_lock(&m->mu);
+    bool set = m->res_set, ok = m->res_ok;
+    char details[256];
+    snprintf(details, sizeof(details), "%s", m->res_details);
+    m->res_set = false;
+    if (set)
+        m->res_version[0] = '\0';
+    pthread_mutex_unlock(&m->mu);
+    if (!set || !m->upd.handed)
+        return;
+    LOG_INFO(m->log, SUB, "update %s: the application reports %s%s%s", m->upd.b.software_version,
+             ok ? "success" : "failure", details[0] ? ": " : "", details);
+    owe_feedback(m, m->upd.dep, ok, details[0] ? details : ok ? "installed" : "installation failed");
+    memset(&m->upd, 0, sizeof(m->upd));
+    if (!m->busy)
+        schedule_poll(m, 1);
+}
+
+int mgmt_update_result(mgmt *m, const char *version, bool ok, const char *details)
+{
+    if (!m || !version)
+        return M2MVPN_E_INVAL;
+    pthread_mutex_lock(&m->mu);
+    if (!m->res_version[0] || strcmp(m->res_version, version) != 0) {
+        pthread_mutex_unlock(&m->mu);
+        return M2MVPN_E_STATE;
+    }
+    m->res_set = true;
+    m->res_ok = ok;
+    snprintf(m->res_details, sizeof(m->res_details), "%s", details ? details : "");
+    for (char *c = m->res_details; *c; c++)
+        if ((unsigned char)*c < 0x20)
+            *c = ' ';
+    uint64_t one = 1;
+    if (write(m->evfd, &one, sizeof(one)) < 0) {
+        /* counter full: a wake is pending anyway */
+    }
+    pthread_mutex_unlock(&m->mu);
+    return 0;
 }
 
 static void deploy_done(mgmt *m, job *j)
@@ -1050,6 +1222,12 @@ static void deploy_done(mgmt *m, job *j)
         schedule_poll(m, poll_interval(m));
         return;
     }
+    if (m->ask_type == MGMT_DEP_SOFTWARE) {
+        apply_software(m, id, j->body, j->len, m->ask_window);
+        if (!m->busy)
+            schedule_poll(m, 1);
+        return;
+    }
     apply_profile(m, id, j->body, j->len);
     schedule_poll(m, m->jr.phase == MGMT_APPLY_TRYING ? TRY_POLL_S : 1);
 }
@@ -1062,6 +1240,7 @@ static void on_result(void *arg, uint32_t events)
     if (read(m->evfd, &v, sizeof(v)) < 0) {
         /* nothing to read: spurious wake */
     }
+    take_result(m);
     pthread_mutex_lock(&m->mu);
     job *j = m->done;
     m->done = NULL;
@@ -1075,6 +1254,8 @@ static void on_result(void *arg, uint32_t events)
         poll_done(m, j);
     else if (j->type == JOB_DEPLOY)
         deploy_done(m, j);
+    else if (j->type == JOB_ARTIFACT)
+        artifact_done(m, j);
     else
         fetch_done(m, j);
     job_free(j);

@@ -42,10 +42,18 @@
 
 #define MGMT_BUNDLE_MAX (1u << 20)
 
+/* For type "software" the payload must be empty and the manifest's sha256,
+ * size, url (the artifact route of that sha256) and software_version
+ * describe the file fetched separately (mgmt_artifact_check). */
 typedef struct mgmt_bundle {
     int64_t version;
     int64_t not_after;
     int64_t deployment;       /* day N: the deployment it belongs to (0: none said) */
+    /* type "software": the artifact (payload empty; sha256 is the file's) */
+    char software_version[64];
+    char url[128];            /* "/api/v1/device/artifacts/<sha256>" */
+    char sha256[65];
+    int64_t size;
     uint8_t *payload;         /* malloc'd, NUL-terminated for convenience */
     size_t payload_len;
 } mgmt_bundle;
@@ -76,6 +84,7 @@ typedef struct mgmt_state {
     int64_t last_contact;
     int64_t profile_version;  /* 0: none installed */
     char etag[128];
+    int64_t software_seq;     /* day N: version of the last software bundle accepted */
 } mgmt_state;
 /* Missing file: zeroed state (unenrolled), 0. Unreadable or malformed: error. */
 int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len);
@@ -222,5 +231,11 @@ void mgmt_get_status(mgmt *m, mgmt_status *st);
  * managed device runs means the gateway refused the enrolled certificate
  * (revoked, expired): status says so and what to do. 0: connected. */
 void mgmt_note_tunnel(mgmt *m, int err, const char *detail);
+/* The application installed (ok) or failed to install the update `version`
+ * handed over with UPDATE_AVAILABLE: reported to the server. Any thread.
+ * M2MVPN_E_STATE: no update of that version is waiting for its result. */
+int mgmt_update_result(mgmt *m, const char *version, bool ok, const char *details);
+/* The artifact against its verified software bundle: size and sha256. */
+int mgmt_artifact_check(const uint8_t *data, size_t len, const mgmt_bundle *b, char *err, size_t err_len);
 
 #endif

@@ -153,7 +153,36 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
     EVP_Digest(pl, pl_len, md, NULL, EVP_sha256(), NULL);
     for (int i = 0; i < 32; i++)
         snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    if (strcasecmp(hex, sha) != 0) {
+    bool software = strcmp(type, "software") == 0;
+    if (software) {
+        /* the hash is the artifact's; the bundle describes it */
+        const char *sv = json_str(m, "software_version"), *url = json_str(m, "url");
+        int64_t size = 0;
+        char want[128];
+        snprintf(want, sizeof(want), "/api/v1/device/artifacts/%s", sha);
+        bool sv_ok = sv && *sv && strlen(sv) < sizeof(out->software_version);
+        for (const char *c = sv_ok ? sv : ""; *c; c++)
+            if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e || *c == '/')
+                sv_ok = false;
+        if (pl_len != 0)
+            snprintf(why, sizeof(why), "a software bundle carries no payload");
+        else if (!sv_ok)
+            snprintf(why, sizeof(why), "manifest software_version missing or not a printable version string");
+        else if (!json_int(m, "size", &size) || size < 1 || size > MGMT_BUNDLE_MAX)
+            snprintf(why, sizeof(why), "manifest size missing or out of range (1..%u bytes)", MGMT_BUNDLE_MAX);
+        else if (!url || strcmp(url, want) != 0)
+            snprintf(why, sizeof(why), "manifest url is not the artifact route of its sha256");
+        else if (strspn(sha, "0123456789abcdef") != 64)
+            snprintf(why, sizeof(why), "manifest sha256 is not 64 lowercase hex digits");
+        if (why[0]) {
+            free(pl);
+            goto out;
+        }
+        snprintf(out->software_version, sizeof(out->software_version), "%s", sv);
+        snprintf(out->url, sizeof(out->url), "%s", url);
+        snprintf(out->sha256, sizeof(out->sha256), "%s", sha);
+        out->size = size;
+    } else if (strcasecmp(hex, sha) != 0) {
         free(pl);
         snprintf(why, sizeof(why), "sha256 of the payload does not match the manifest");
         goto out;
@@ -166,6 +195,26 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
 out:
     json_object_put(m);
     return why[0] ? fail(err, err_len, why) : 0;
+}
+
+int mgmt_artifact_check(const uint8_t *data, size_t len, const mgmt_bundle *b, char *err, size_t err_len)
+{
+    if ((int64_t)len != b->size) {
+        snprintf(err, err_len, "update %s refused: the file has %zu bytes, the signed manifest says %lld",
+                 b->software_version, len, (long long)b->size);
+        return M2MVPN_E_BUNDLE;
+    }
+    unsigned char md[32];
+    char hex[65];
+    EVP_Digest(data, len, md, NULL, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    if (strcmp(hex, b->sha256) != 0) {
+        snprintf(err, err_len, "update %s refused: the file's sha256 does not match the signed manifest",
+                 b->software_version);
+        return M2MVPN_E_BUNDLE;
+    }
+    return 0;
 }
 
 int mgmt_bundle_verify(const uint8_t *der, size_t len, X509 *signer, const char *type, const char *device_id,

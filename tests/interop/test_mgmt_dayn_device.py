@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -251,3 +252,76 @@ def test_revoked_managed_device_told_why(topology, charons, pki, workdir):
         assert "certificate was revoked" in gw.log_text()
     finally:
         srv.stop()
+
+
+_APP = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from m2mvpn.client import Client
+state, boot, out = sys.argv[2], sys.argv[3], sys.argv[4]
+with Client(library=os.environ["M2MVPN_LIB"]) as c:
+    c.set_state_dir(state)
+    c.start()
+    c.load_profile_json(open(boot).read())
+    got = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and got is None:
+        ev = c.next_event(timeout=1)
+        if ev is not None and ev.name == "UPDATE_AVAILABLE":
+            got = ev.detail
+    if got is None:
+        sys.exit("no UPDATE_AVAILABLE")
+    version, path = got.split(" ", 1)
+    data = open(path, "rb").read()
+    try:
+        c.update_result("0.0.0-not-delivered", True, "x")
+        wrong = "accepted"
+    except Exception as e:
+        wrong = str(e)
+    c.update_result(version, True, "installed by the test application")
+    time.sleep(8)   # the feedback goes out with the next poll
+    json.dump({"version": version, "path": path, "size": len(data), "wrong": wrong}, open(out, "w"))
+"""
+
+
+def test_software_update_handed_over_and_result_recorded(lab):
+    """update publish -> the device downloads and verifies the file, hands it
+    to the application (UPDATE_AVAILABLE, the Python binding here), whose
+    m2mvpn_update_result() ends on the server as the deployment's success."""
+    lib = os.environ.get("M2MVPN_LIB")
+    if not lib or not os.path.exists(lib):
+        pytest.skip("libm2mvpn.so not built (M2MVPN_LIB)")
+    boot = enrolled_device(lab)
+    art = Path(lab.d) / "firmware.bin"
+    art.write_bytes(os.urandom(50000))
+    w = lab.workdir / "app"
+    (w / "state").mkdir(parents=True)
+    (w / "boot.json").write_text(json.dumps(boot))
+    script = w / "app.py"
+    script.write_text(_APP)
+    bindings = str(Path(__file__).resolve().parent.parent.parent / "bindings" / "python")
+    log = open(w / "app.log", "w")
+    p = lab.topo.client.popen([sys.executable, str(script), bindings, str(w / "state"), str(w / "boot.json"),
+                               str(w / "out.json")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # published once the device is enrolled (a deployment goes to the devices enrolled then)
+        mgmt_json = w / "state" / "mgmt.json"
+        wait_until("enrolled with profile 1",
+                   lambda: mgmt_json.exists() and json.loads(mgmt_json.read_text() or "{}").get("profile_version") == 1)
+        pub = mh.admin_json(lab.d, lab.srv, "update", "publish", "--group", "fleet", "--file", str(art),
+                            "--version", "1.4.2")
+        assert pub["devices"] == 1, pub
+        rc = p.wait(timeout=180)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert rc == 0, (w / "app.log").read_text()
+    out = json.loads((w / "out.json").read_text())
+    assert out["version"] == "1.4.2" and out["size"] == 50000
+    assert Path(out["path"]).read_bytes() == art.read_bytes()
+    assert Path(out["path"]).name == "update-1.4.2.bin"
+    assert "no update 0.0.0-not-delivered was handed over" in out["wrong"], out
+    dep = lab.deployment(pub["id"])
+    assert dep["success"] == 1 and dep["failure"] == 0, dep
+    assert json.loads((w / "state" / "mgmt.json").read_text())["software_seq"] >= 1

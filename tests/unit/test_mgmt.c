@@ -649,6 +649,77 @@ START_TEST(test_poll_parse)
 }
 END_TEST
 
+/* ------------------------------------------------------ day N: software */
+
+static char *sw_manifest(const char *sha, long long size, const char *url, const char *sv, const char *payload)
+{
+    char *m = malloc(1024);
+    snprintf(m, 1024, "{\"format\": 1, \"type\": \"software\", \"device\": \"%s\", \"version\": 3, "
+             "\"not_after\": %lld, \"sha256\": \"%s\", \"payload\": \"%s\", \"deployment\": 7, "
+             "\"software_version\": \"%s\", \"url\": \"%s\", \"size\": %lld}",
+             DEV, (long long)NOW + 60, sha, payload, sv, url, size);
+    return m;
+}
+
+START_TEST(test_software_bundle_and_artifact)
+{
+    signer s = make_signer("bundle signer");
+    static const char file[] = "firmware image bytes";
+    char sha[65], url[128], err[256] = "";
+    sha_hex(file, sha);
+    snprintf(url, sizeof(url), "/api/v1/device/artifacts/%s", sha);
+    char *m = sw_manifest(sha, (long long)strlen(file), url, "1.4.2", "");
+    size_t len;
+    uint8_t *der = sign(&s, m, &len);
+    mgmt_bundle b;
+    ck_assert_int_eq(mgmt_bundle_verify(der, len, s.cert, "software", DEV, 2, NOW, &b, err, sizeof(err)), 0);
+    ck_assert_str_eq(b.software_version, "1.4.2");
+    ck_assert_str_eq(b.url, url);
+    ck_assert_int_eq(b.size, (int64_t)strlen(file));
+    ck_assert_int_eq(b.deployment, 7);
+    ck_assert_int_eq(mgmt_artifact_check((const uint8_t *)file, strlen(file), &b, err, sizeof(err)), 0);
+    /* one byte changed, one byte missing: refused */
+    char bad[sizeof(file)];
+    memcpy(bad, file, sizeof(file));
+    bad[0] ^= 1;
+    ck_assert_int_eq(mgmt_artifact_check((const uint8_t *)bad, strlen(file), &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "sha256 does not match"));
+    ck_assert_int_eq(mgmt_artifact_check((const uint8_t *)file, strlen(file) - 1, &b, err, sizeof(err)),
+                     M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "bytes"));
+    /* an older or replayed software bundle */
+    mgmt_bundle b2;
+    ck_assert_int_eq(mgmt_bundle_verify(der, len, s.cert, "software", DEV, 3, NOW, &b2, err, sizeof(err)),
+                     M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "not newer"));
+    mgmt_bundle_clear(&b);
+    free(m);
+    OPENSSL_free(der);
+    static const struct {
+        const char *url, *sv, *payload, *why;
+        long long size;
+    } cases[] = {
+        { "/api/v1/device/artifacts/00", "1.4.2", "", "url is not the artifact route", 20 },
+        { NULL, "", "", "software_version", 20 },
+        { NULL, "1/../x", "", "software_version", 20 },
+        { NULL, "1.4.2", "", "size", 0 },
+        { NULL, "1.4.2", "", "size", 1LL << 40 },
+        { NULL, "1.4.2", "YQ==", "no payload", 20 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *mm = sw_manifest(sha, cases[i].size, cases[i].url ? cases[i].url : url, cases[i].sv, cases[i].payload);
+        uint8_t *d = sign(&s, mm, &len);
+        err[0] = 0;
+        ck_assert_int_eq(mgmt_bundle_verify(d, len, s.cert, "software", DEV, 0, NOW, &b, err, sizeof(err)),
+                         M2MVPN_E_BUNDLE);
+        ck_assert_msg(strstr(err, cases[i].why), "case %zu: %s", i, err);
+        free(mm);
+        OPENSSL_free(d);
+    }
+    free_signer(&s);
+}
+END_TEST
+
 static Suite *mgmt_suite(void)
 {
     Suite *s = suite_create("mgmt");
@@ -674,6 +745,7 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_journal_commit_half);
     tcase_add_test(tc, test_journal_no_prev);
     tcase_add_test(tc, test_poll_parse);
+    tcase_add_test(tc, test_software_bundle_and_artifact);
     suite_add_tcase(s, tc);
     return s;
 }

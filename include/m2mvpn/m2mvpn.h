@@ -48,7 +48,9 @@
  *                    m2mvpn_set_state_dir; event ENROLLED (10), and
  *                    CONFIG_UPDATED now sent; errors TOKEN, PENDING,
  *                    SERVER_CERT, BUNDLE, ENROL; the status JSON's
- *                    "management" object.
+ *                    "management" object. Day 1..N: UPDATE_AVAILABLE sent
+ *                    (detail "<version> <path>" of a verified update file),
+ *                    m2mvpn_update_result; "management.cert_refused".
  *                    No signature changed: MOBIKE roaming (RFC 4555); event
  *                    ROAMED (4) now sent, m2mvpn_status.roams counts the
  *                    moves (address, interface or NAT mapping).
@@ -430,6 +432,16 @@ M2MVPN_API int m2mvpn_bind_key(const char *key_path, const char *out_path, const
  * folder), IO (not writable), NOMEM. Thread-safe. Added in 1.2.
  */
 M2MVPN_API int m2mvpn_set_state_dir(m2mvpn *h, const char *dir);
+
+/**
+ * Report how installing the software update `version` went: the one an
+ * UPDATE_AVAILABLE event handed over (detail "<version> <path>"); ok
+ * non-zero: installed; details: one line for the operator (or NULL). Sent
+ * to the management server as the deployment's feedback. Errors:
+ * BADHANDLE, INVAL (version NULL), STATE (no update of that version waits
+ * for its result). Thread-safe. Added in 1.2.
+ */
+M2MVPN_API int m2mvpn_update_result(m2mvpn *h, const char *version, int ok, const char *details);
 
 /** Library version string, e.g. "1.0.0". */
 M2MVPN_API const char *m2mvpn_version(void);

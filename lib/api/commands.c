@@ -212,6 +212,19 @@ int m2mvpn_set_state_dir(m2mvpn *h, const char *dir)
     return 0;
 }
 
+int m2mvpn_update_result(m2mvpn *h, const char *version, int ok, const char *details)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    if (!version || !*version)
+        return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_update_result: version is NULL or empty");
+    int r = mgmt_update_result(h->mgmt, version, ok != 0, details);
+    if (r == M2MVPN_E_STATE)
+        return api_fail(h, r, "m2mvpn_update_result: no update %s was handed over (UPDATE_AVAILABLE) or its "
+                        "result was given already", version);
+    return r < 0 ? api_fail(h, r, "m2mvpn_update_result: %s", m2mvpn_strerror(r)) : 0;
+}
+
 int m2mvpn_profile_load_file(m2mvpn *h, const char *path)
 {
     if (!api_handle_ok(h))

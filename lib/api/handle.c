@@ -61,6 +61,8 @@ static void conn_state(void *arg, m2mvpn_state st, int err, const char *detail)
     if (err)
         snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
     pthread_mutex_unlock(&h->lock);
+    if (err || st == M2MVPN_STATE_CONNECTED)
+        mgmt_note_tunnel(h->mgmt, err, detail);
     api_set_state(h, st, err, detail);
 }
 
@@ -83,6 +85,18 @@ static void mgmt_event(void *arg, m2mvpn_event_type type, int err, const char *d
 static void mgmt_profile(void *arg, profile_set *set)
 {
     api_install_managed(arg, set);
+}
+
+static const char *mgmt_tunnel(void *arg, const profile_set *set, bool *up_with)
+{
+    m2mvpn *h = arg;
+    conn_phase p = conn_get_phase(h->conn);
+    *up_with = set && conn_up_with_set(h->conn, set);
+    if (p == CONN_UP || p == CONN_REAUTHENTICATING)
+        return "up";
+    if (p == CONN_NEGOTIATING || p == CONN_RESTARTING || p == CONN_BACKOFF)
+        return "connecting";
+    return "down";
 }
 
 int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
@@ -119,7 +133,7 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
         free(h);
         return M2MVPN_E_SYSTEM;
     }
-    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile };
+    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile, mgmt_tunnel };
     if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0 || mgmt_new(&h->loop, &h->log, &mhooks, &h->mgmt) < 0) {
         conn_free(h->conn);
         core_loop_destroy(&h->loop);

@@ -217,6 +217,7 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
         json_object_object_add(mg, "software_version", json_object_new_string(m2mvpn_version()));
         json_object_object_add(mg, "cert_not_after", json_object_new_int64(ms.cert_not_after));
         json_object_object_add(mg, "last_error", json_object_new_string(ms.last_error));
+        json_object_object_add(mg, "cert_refused", json_object_new_boolean(ms.cert_refused));
     }
     json_object_object_add(o, "management", mg);
     /* The kill switch's layers in place (null: the profile has none). */

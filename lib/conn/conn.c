@@ -1382,6 +1382,11 @@ const char *conn_profile_name(const conn *c)
     return c->prof ? c->prof->name : NULL;
 }
 
+bool conn_up_with_set(const conn *c, const profile_set *set)
+{
+    return c->phase == CONN_UP && c->set == set && !c->switching;
+}
+
 void conn_remove_profile(conn *c)
 {
     release_profile(c, true);

@@ -253,6 +253,9 @@ void conn_enter_pin(conn *c, const char *pin, size_t len);
 void conn_set_credentials(conn *c, const char *user, const char *pass, size_t len);
 /* Name of the profile in use, or NULL. */
 const char *conn_profile_name(const conn *c);
+/* Up (CHILD SA installed, no switch or reauthentication under way) with
+ * exactly this profile set (compared, not used): management's commit rule. */
+bool conn_up_with_set(const conn *c, const profile_set *set);
 /* Remove the profile's network on purpose (kill switch included). */
 void conn_remove_profile(conn *c);
 

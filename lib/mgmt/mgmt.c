@@ -25,7 +25,12 @@
 #define PENDING_RETRY_S 30
 #define FAIL_RETRY_S 60
 
-typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH } job_type;
+typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT } job_type;
+
+#define TRY_POLL_S 3          /* trying a profile: poll this often for the commit */
+#define TRY_DEFAULT_S 90      /* give a new profile this long to come up */
+#define BACKOFF_MIN_S 10
+
 
 typedef struct job {
     job_type type;
@@ -45,7 +50,23 @@ typedef struct job {
     uint8_t *body;
     size_t len;
     char new_etag[128];
+    /* POLL: the poll path; DEPLOY: the deployment's href; ARTIFACT: its url */
+    char path[256];
+    mgmt_dep_type dep_type;   /* DEPLOY */
+    bool window_open;         /* DEPLOY */
+    /* POLL: feedback to post first (fb_id 0: none) */
+    int64_t fb_id;
+    char fb_body[512];
+    int fb_r;
+    long fb_http;
 } job;
+
+typedef struct feedback {
+    int64_t id;               /* 0: none owed */
+    bool ok;
+    bool proceeding;          /* "proceeding" (ok ignored) */
+    char details[256];
+} feedback;
 
 struct mgmt {
     core_loop *loop;
@@ -77,6 +98,34 @@ struct mgmt {
     X509 *cert;
     X509 *signer;
     mgmt_status status;       /* under mu */
+
+    /* day N */
+    mgmt_journal jr;          /* apply.json as on disk */
+    mgmt_poll_answer last;    /* the last poll answer (304: still this) */
+    char poll_etag[128];
+    uint32_t poll_s;          /* the server's, else the bootstrap's */
+    unsigned fails;           /* poll failures in a row: back-off */
+    feedback fb;              /* owed to the server */
+    int64_t refused[8];       /* deployments refused this run (feedback sent or owed) */
+    size_t n_refused;
+    const profile_set *trying; /* TRYING: the set handed over (compared only) */
+    int64_t try_deadline;
+    bool no_poll;             /* the server has no day-N poll route: day-0 profile fetch */
+    /* software: the verified bundle being downloaded / the file handed over */
+    struct {
+        int64_t dep;
+        mgmt_bundle b;        /* software fields (no payload) */
+        bool window_open;
+        bool stored;          /* update-<version>.bin verified in the state dir */
+        bool handed;          /* UPDATE_AVAILABLE emitted, result awaited */
+        char path[4200];
+    } upd;
+    /* under mu: the application's result, for the engine */
+    char res_version[64];     /* handed-over version (under mu); "" none */
+    bool res_set, res_ok;
+    char res_details[256];
+    mgmt_dep_type ask_type;   /* the deployment being fetched */
+    bool ask_window;
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -109,7 +158,8 @@ static void publish_status(mgmt *m, const char *error)
 static void clear_error(mgmt *m)
 {
     pthread_mutex_lock(&m->mu);
-    m->status.last_error[0] = '\0';
+    if (!m->status.cert_refused) /* the gateway's refusal stays until connected */
+        m->status.last_error[0] = '\0';
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -120,6 +170,24 @@ void mgmt_get_status(mgmt *m, mgmt_status *st)
         return;
     pthread_mutex_lock(&m->mu);
     *st = m->status;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mgmt_note_tunnel(mgmt *m, int err, const char *detail)
+{
+    if (!m || !m->boot || !m->cert)
+        return;
+    pthread_mutex_lock(&m->mu);
+    if (err == M2MVPN_E_AUTH_LOCAL) {
+        m->status.cert_refused = true;
+        snprintf(m->status.last_error, sizeof(m->status.last_error),
+                 "the gateway refused this device's certificate (%.80s): it may have been revoked; ask the "
+                 "operator (m2mvpn-admin device list); a revoked device enrols again with a new token and an "
+                 "empty state directory", detail ? detail : "AUTHENTICATION_FAILED");
+    } else if (err == 0 && m->status.cert_refused) {
+        m->status.cert_refused = false;
+        m->status.last_error[0] = '\0';
+    }
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -261,6 +329,19 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
 
 static void run_job(mgmt *m, job *j)
 {
+    if (j->type != JOB_ENROL && j->reopen) {
+        /* The module may have been finalised under us (another user of
+         * the token in this process closed it): the old handles go
+         * first, then the key is opened again. */
+        EVP_PKEY_free(j->key);
+        cred_free(j->cred);
+        j->key = NULL;
+        j->cred = NULL;
+        j->r = device_key(m, false, &j->key, &j->cred, NULL, j->err, sizeof(j->err));
+        if (j->r < 0)
+            return;
+        j->tls.key = j->key;
+    }
     switch (j->type) {
     case JOB_ENROL:
         j->r = device_key(m, true, &j->key, &j->cred, &j->made_key, j->err, sizeof(j->err));
@@ -270,22 +351,27 @@ static void run_job(mgmt *m, job *j)
         release_tpm(m, &j->key, &j->cred);
         break;
     case JOB_FETCH:
-        if (j->reopen) {
-            /* The module may have been finalised under us (another user of
-             * the token in this process closed it): the old handles go
-             * first, then the key is opened again. */
-            EVP_PKEY_free(j->key);
-            cred_free(j->cred);
-            j->key = NULL;
-            j->cred = NULL;
-            j->r = device_key(m, false, &j->key, &j->cred, NULL, j->err, sizeof(j->err));
-            if (j->r < 0)
-                break;
-            j->tls.key = j->key;
-        }
         j->r = mgmt_http(&j->tls, "/api/v1/device/profile", NULL, NULL, 0, j->etag, &j->http, &j->body, &j->len,
                          j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
         release_tpm(m, &j->key, &j->cred);
+        break;
+    case JOB_POLL:
+        if (j->fb_id) {
+            char fpath[96];
+            uint8_t *b = NULL;
+            size_t bl = 0;
+            snprintf(fpath, sizeof(fpath), "/api/v1/device/deployments/%lld/feedback", (long long)j->fb_id);
+            j->fb_r = mgmt_http(&j->tls, fpath, "application/json", (const uint8_t *)j->fb_body, strlen(j->fb_body),
+                                NULL, &j->fb_http, &b, &bl, NULL, 0, j->err, sizeof(j->err));
+            free(b);
+        }
+        j->r = mgmt_http(&j->tls, j->path, NULL, NULL, 0, j->etag[0] ? j->etag : NULL, &j->http, &j->body, &j->len,
+                         j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
+        break;
+    case JOB_DEPLOY:
+    case JOB_ARTIFACT:
+        j->r = mgmt_http(&j->tls, j->path, NULL, NULL, 0, NULL, &j->http, &j->body, &j->len, NULL, 0, j->err,
+                         sizeof(j->err));
         break;
     case JOB_NONE:
         break;
@@ -327,7 +413,10 @@ static void job_free(job *j)
     free(j);
 }
 
-static void submit(mgmt *m, job_type type)
+static void poll_path(mgmt *m, char *out, size_t cap);
+static void feedback_body(const feedback *f, char *out, size_t cap);
+
+static void submit_path(mgmt *m, job_type type, const char *path)
 {
     if (m->busy)
         return;
@@ -340,7 +429,7 @@ static void submit(mgmt *m, job_type type)
     j->tls.cancel = &m->cancel;
     j->tls.url = m->boot->mgmt.url;
     j->tls.server_ca = m->boot->mgmt.server_ca;
-    if (type == JOB_FETCH) {
+    if (type != JOB_ENROL) {
         j->tls.cert = m->cert;
         j->tls.key = m->key;
         if ((m->key_stale && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) ||
@@ -351,10 +440,24 @@ static void submit(mgmt *m, job_type type)
             m->key = NULL;
             m->cred = NULL;
         }
-        snprintf(j->etag, sizeof(j->etag), "%s", m->st.etag);
+        if (type == JOB_FETCH)
+            snprintf(j->etag, sizeof(j->etag), "%s", m->st.etag);
     }
-    LOG_INFO(m->log, SUB, "%s at %s", type == JOB_ENROL ? "enrolling (CMP)" : "asking for a newer profile",
-             m->boot->mgmt.url);
+    if (type == JOB_POLL) {
+        poll_path(m, j->path, sizeof(j->path));
+        snprintf(j->etag, sizeof(j->etag), "%s", m->poll_etag);
+        if (m->fb.id) {
+            j->fb_id = m->fb.id;
+            feedback_body(&m->fb, j->fb_body, sizeof(j->fb_body));
+        }
+        LOG_DBG(m->log, SUB, "polling %s%s", m->boot->mgmt.url, j->path);
+    } else if (type == JOB_DEPLOY || type == JOB_ARTIFACT) {
+        snprintf(j->path, sizeof(j->path), "%s", path ? path : "");
+        LOG_INFO(m->log, SUB, "fetching deployment %s", j->path);
+    } else {
+        LOG_INFO(m->log, SUB, "%s at %s", type == JOB_ENROL ? "enrolling (CMP)" : "asking for a newer profile",
+                 m->boot->mgmt.url);
+    }
     m->busy = true;
     pthread_mutex_lock(&m->mu);
     m->todo = j;
@@ -362,12 +465,28 @@ static void submit(mgmt *m, job_type type)
     pthread_mutex_unlock(&m->mu);
 }
 
+static void submit(mgmt *m, job_type type)
+{
+    submit_path(m, type, NULL);
+}
+
 /* ------------------------------------------------------ installing */
+
+/* Day 0 (first install, version 0 before): ca-N.pem; day N: each version
+ * its own ca-vV-N.pem, so a rollback finds the previous profile's CAs. */
+static void ca_name(char *out, size_t cap, int64_t version, size_t i)
+{
+    if (version <= 1)
+        snprintf(out, cap, "ca-%zu.pem", i);
+    else
+        snprintf(out, cap, "ca-v%lld-%zu.pem", (long long)version, i);
+}
 
 /* The delivered profile as the device installs it: inline CA PEMs become
  * ca-N.pem, auth.cert names the enrolled credential. Returns the new JSON
  * text (malloc'd) or NULL with err; *ret_cas gets the PEMs to write. */
-static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object **ret_cas, char *err, size_t err_len)
+static char *localise(mgmt *m, const uint8_t *payload, size_t len, int64_t version, json_object **ret_cas, char *err,
+                      size_t err_len)
 {
     json_object *p = json_tokener_parse((const char *)payload);
     (void)len;
@@ -401,8 +520,8 @@ static char *localise(mgmt *m, const uint8_t *payload, size_t len, json_object *
             json_object *v = json_object_array_get_idx(ca, i);
             const char *s = json_object_get_string(v);
             if (json_object_is_type(v, json_type_string) && !strncmp(s, "-----BEGIN CERTIFICATE-----", 27)) {
-                char name[32];
-                snprintf(name, sizeof(name), "ca-%zu.pem", i);
+                char name[48];
+                ca_name(name, sizeof(name), version, i);
                 json_object_array_add(cas, json_object_get(v));
                 json_object_array_put_idx(ca, i, json_object_new_string(name));
             } else {
@@ -456,7 +575,7 @@ static int install(mgmt *m, const uint8_t *der, size_t len, const char *etag, ch
     if (r < 0)
         return r;
     json_object *cas = NULL;
-    char *text = localise(m, b.payload, b.payload_len, &cas, err, err_len);
+    char *text = localise(m, b.payload, b.payload_len, 1, &cas, err, err_len);
     int version = (int)b.version;
     int64_t v64 = b.version;
     (void)version;
@@ -587,9 +706,9 @@ static void enrol_done(mgmt *m, job *j)
     submit(m, JOB_FETCH);
 }
 
-static void fetch_done(mgmt *m, job *j)
+/* The pkcs11 token key opened again by the worker: ours now. */
+static void take_reopened(mgmt *m, job *j)
 {
-    char err[600];
     if (j->reopen && j->key) {
         m->key = j->key;
         m->cred = j->cred;
@@ -599,6 +718,12 @@ static void fetch_done(mgmt *m, job *j)
     }
     if (j->r < 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
         m->key_stale = true; /* pkcs11: open the token again next time */
+}
+
+static void fetch_done(mgmt *m, job *j)
+{
+    char err[600];
+    take_reopened(m, j);
     if (j->r < 0) {
         fail_event(m, j->r, j->err, j->r != M2MVPN_E_PIN);
         return;
@@ -632,6 +757,546 @@ static void fetch_done(mgmt *m, job *j)
     schedule(m, m->boot->mgmt.poll_s);
 }
 
+/* ------------------------------------------------------- day N: polling */
+
+static void poll_path(mgmt *m, char *out, size_t cap)
+{
+    bool up_with = false;
+    const char *tun = m->hooks.tunnel ? m->hooks.tunnel(m->hooks.arg, NULL, &up_with) : "down";
+    int64_t na = 0;
+    if (m->cert) {
+        struct tm tm;
+        const ASN1_TIME *t = X509_get0_notAfter(m->cert);
+        if (t && ASN1_TIME_to_tm(t, &tm))
+            na = (int64_t)timegm(&tm);
+    }
+    mgmt_poll_query(out, cap, tun, m->st.profile_version, m2mvpn_version(), na);
+}
+
+static void feedback_body(const feedback *f, char *out, size_t cap)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "result",
+                           json_object_new_string(f->proceeding ? "proceeding" : f->ok ? "success" : "failure"));
+    json_object_object_add(o, "details", json_object_new_string(f->details));
+    snprintf(out, cap, "%s", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+}
+
+/* Test hook (documented in docs/mgmt.md): M2MVPN_TEST_APPLY_PAUSE=<phase>
+ * stops the engine thread right after that step of applying a profile
+ * reached the disk, so a test can SIGKILL it there. */
+static void test_pause(mgmt *m, const char *phase)
+{
+    const char *p = getenv("M2MVPN_TEST_APPLY_PAUSE");
+    if (!p || strcmp(p, phase) != 0)
+        return;
+    LOG_WARN(m->log, SUB, "test hook: paused after apply step %s", phase);
+    for (;;)
+        sleep(1);
+}
+
+/* The next poll: poll_s with +-10 percent jitter. */
+static void schedule_poll(mgmt *m, uint32_t delay_s)
+{
+    uint32_t rnd = 0;
+    RAND_bytes((unsigned char *)&rnd, sizeof(rnd));
+    uint64_t ms = (uint64_t)delay_s * 1000;
+    uint64_t span = ms / 5;
+    ms = ms - ms / 10 + (span ? rnd % span : 0);
+    core_timer_arm(m->loop, &m->timer, ms ? ms : 1);
+}
+
+static uint32_t poll_interval(mgmt *m)
+{
+    return m->poll_s ? m->poll_s : m->boot->mgmt.poll_s;
+}
+
+/* Unreachable server: 10 s, doubling, at most poll_s. */
+static uint32_t backoff_s(mgmt *m)
+{
+    uint32_t b = BACKOFF_MIN_S;
+    for (unsigned i = 1; i < m->fails && b < 86400; i++)
+        b *= 2;
+    return b < poll_interval(m) ? b : poll_interval(m);
+}
+
+static void owe_feedback(mgmt *m, int64_t id, bool ok, const char *details)
+{
+    m->fb.id = id;
+    m->fb.ok = ok;
+    m->fb.proceeding = false;
+    snprintf(m->fb.details, sizeof(m->fb.details), "%s", details ? details : "");
+    for (char *c = m->fb.details; *c; c++)
+        if ((unsigned char)*c < 0x20)
+            *c = ' ';
+    if (m->n_refused < sizeof(m->refused) / sizeof(m->refused[0]))
+        m->refused[m->n_refused++] = id;
+    else
+        m->refused[id % (int64_t)m->n_refused] = id;
+}
+
+static bool was_handled(mgmt *m, int64_t id)
+{
+    for (size_t i = 0; i < m->n_refused; i++)
+        if (m->refused[i] == id)
+            return true;
+    return m->fb.id == id;
+}
+
+static profile_set *load_installed(mgmt *m, char *err, size_t err_len)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/profile.json", m->dir);
+    profile_set *set = NULL;
+    if (profile_set_load_file(path, &set, err, err_len) < 0)
+        return NULL;
+    return set;
+}
+
+static void journal_err(mgmt *m, const char *err)
+{
+    LOG_ERR(m->log, SUB, "%s", err);
+    publish_status(m, err);
+}
+
+/* Back to the previous profile: files, engine, feedback. */
+static void rollback(mgmt *m, const char *reason)
+{
+    char err[512];
+    LOG_WARN(m->log, SUB, "profile version %lld failed (%s): restoring version %lld", (long long)m->jr.to, reason,
+             (long long)m->jr.from);
+    bool had_prev = m->jr.had_prev;
+    if (mgmt_apply_rollback(m->dir, &m->jr, reason, err, sizeof(err)) < 0) {
+        journal_err(m, err);
+        return;
+    }
+    m->trying = NULL;
+    char detail[400];
+    snprintf(detail, sizeof(detail), "profile version %lld rolled back to %lld: %s", (long long)m->jr.to,
+             (long long)m->jr.from, reason);
+    owe_feedback(m, m->jr.deployment, false, detail);
+    publish_status(m, detail);
+    m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_CONFIG_UPDATED, M2MVPN_E_BUNDLE, detail);
+    if (had_prev) {
+        profile_set *set = load_installed(m, err, sizeof(err));
+        if (set)
+            m->hooks.on_profile(m->hooks.arg, set);
+        else
+            journal_err(m, err);
+    }
+}
+
+static void commit(mgmt *m)
+{
+    char err[512];
+    if (mgmt_apply_commit(m->dir, &m->jr, &m->st, err, sizeof(err)) < 0) {
+        journal_err(m, err);
+        return;
+    }
+    test_pause(m, "committed");
+    m->trying = NULL;
+    char what[160];
+    snprintf(what, sizeof(what), "profile version %lld committed (tunnel up with it, server reachable)",
+             (long long)m->jr.to);
+    LOG_INFO(m->log, SUB, "%s", what);
+    owe_feedback(m, m->jr.deployment, true, what);
+    publish_status(m, NULL);
+    m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_CONFIG_UPDATED, 0, what);
+}
+
+/* A deployment's bundle: verify everything, then stage, write, try. */
+static void apply_profile(mgmt *m, int64_t dep_id, const uint8_t *der, size_t len)
+{
+    char err[600];
+    mgmt_bundle b;
+    if (m->st.profile_version > 0 &&
+        mgmt_bundle_verify(der, len, m->signer, "profile", m->st.device_id, m->st.profile_version - 1, wall_now(),
+                           &b, err, sizeof(err)) == 0) {
+        bool same = b.version == m->st.profile_version;
+        mgmt_bundle_clear(&b);
+        if (!same)
+            goto newer;
+        /* The version installed already (the day-0 route delivered it
+         * first): nothing to apply, the deployment is done here. */
+        snprintf(err, sizeof(err), "profile version %lld already installed", (long long)m->st.profile_version);
+        LOG_INFO(m->log, SUB, "deployment %lld: %s", (long long)dep_id, err);
+        owe_feedback(m, dep_id, true, err);
+        return;
+    }
+newer:;
+    int r = mgmt_bundle_verify(der, len, m->signer, "profile", m->st.device_id, m->st.profile_version, wall_now(),
+                               &b, err, sizeof(err));
+    if (r == 0 && b.deployment != dep_id) {
+        /* a bundle of another deployment replayed under this id */
+        snprintf(err, sizeof(err), "profile bundle refused: it belongs to deployment %lld, not %lld",
+                 (long long)b.deployment, (long long)dep_id);
+        mgmt_bundle_clear(&b);
+        r = M2MVPN_E_BUNDLE;
+    }
+    if (r == 0) {
+        r = mgmt_version_check(m->st.profile_version, b.version, b.not_after, wall_now(), err, sizeof(err));
+        if (r < 0)
+            mgmt_bundle_clear(&b);
+    }
+    if (r < 0) {
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)dep_id, err);
+        owe_feedback(m, dep_id, false, err);
+        publish_status(m, err);
+        m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_CONFIG_UPDATED, M2MVPN_E_BUNDLE, err);
+        return;
+    }
+    int64_t version = b.version;
+    json_object *cas = NULL;
+    char *text = localise(m, b.payload, b.payload_len, version, &cas, err, sizeof(err));
+    mgmt_bundle_clear(&b);
+    profile_set *set = NULL;
+    if (text) {
+        char perr[512];
+        r = profile_set_parse(text, strlen(text), m->dir, &set, perr, sizeof(perr));
+        if (r < 0)
+            snprintf(err, sizeof(err), "profile bundle refused: the profile is not valid: %s", perr);
+        else if (set->items[0].mgmt.on || set->items[0].n_gateways == 0) {
+            snprintf(err, sizeof(err), "profile bundle refused: the profile has no gateways");
+            r = M2MVPN_E_BUNDLE;
+        }
+    } else {
+        r = M2MVPN_E_BUNDLE;
+    }
+    for (size_t i = 0; r == 0 && i < json_object_array_length(cas); i++) {
+        char name[48];
+        ca_name(name, sizeof(name), version, i);
+        const char *pem = json_object_get_string(json_object_array_get_idx(cas, i));
+        r = mgmt_write_file(m->dir, name, pem, strlen(pem), err, sizeof(err));
+    }
+    json_object_put(cas);
+    if (r == 0)
+        r = mgmt_apply_stage(m->dir, &m->jr, dep_id, m->st.profile_version, version, text, strlen(text), err,
+                             sizeof(err));
+    free(text);
+    if (r < 0) {
+        profile_set_free(set);
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)dep_id, err);
+        owe_feedback(m, dep_id, false, err);
+        publish_status(m, err);
+        m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_CONFIG_UPDATED, r, err);
+        return;
+    }
+    test_pause(m, "staged");
+    if ((r = mgmt_apply_write(m->dir, &m->jr, err, sizeof(err))) == 0) {
+        test_pause(m, "written");
+        r = mgmt_apply_trying(m->dir, &m->jr, err, sizeof(err));
+    }
+    if (r < 0) {
+        profile_set_free(set);
+        rollback(m, err);
+        return;
+    }
+    test_pause(m, "trying");
+    const char *t = getenv("M2MVPN_MGMT_TRY_S");
+    long try_s = t ? strtol(t, NULL, 10) : TRY_DEFAULT_S;
+    if (try_s < 5 || try_s > 3600)
+        try_s = TRY_DEFAULT_S;
+    m->try_deadline = wall_now() + try_s;
+    m->trying = set;
+    LOG_INFO(m->log, SUB, "trying profile version %lld (deployment %lld, %ld s to come up)", (long long)version,
+             (long long)dep_id, try_s);
+    m->hooks.on_profile(m->hooks.arg, set);
+}
+
+/* TRYING: commit when up with it and this poll went through; roll back
+ * at the deadline. Returns true while still trying. */
+static bool check_trying(mgmt *m, bool poll_ok)
+{
+    if (m->jr.phase != MGMT_APPLY_TRYING)
+        return false;
+    bool up_with = false;
+    const char *tun = m->hooks.tunnel ? m->hooks.tunnel(m->hooks.arg, m->trying, &up_with) : "down";
+    if (up_with && poll_ok) {
+        commit(m);
+        return false;
+    }
+    if (wall_now() >= m->try_deadline) {
+        char reason[200];
+        snprintf(reason, sizeof(reason), "the tunnel did not come up with it (%s) and reach the server in time",
+                 tun);
+        rollback(m, reason);
+        return false;
+    }
+    return true;
+}
+
+static void hand_over(mgmt *m);
+
+static void poll_done(mgmt *m, job *j)
+{
+    char err[600];
+    take_reopened(m, j);
+    if (j->fb_id && j->fb_r == 0 && (j->fb_http / 100 == 2 || j->fb_http == 404 || j->fb_http == 409)) {
+        /* Delivered (or the deployment is gone): no longer owed. */
+        LOG_INFO(m->log, SUB, "deployment %lld: feedback %s sent (HTTP %ld)", (long long)j->fb_id,
+                 m->fb.ok ? "success" : "failure", j->fb_http);
+        if (m->fb.id == j->fb_id)
+            m->fb.id = 0;
+        if ((m->jr.phase == MGMT_APPLY_COMMITTED || m->jr.phase == MGMT_APPLY_FAILED) &&
+            m->jr.deployment == j->fb_id) {
+            m->jr.phase = MGMT_APPLY_NONE;
+            if (mgmt_journal_save(m->dir, &m->jr, err, sizeof(err)) < 0)
+                journal_err(m, err);
+        }
+    }
+    bool ok = j->r == 0 && (j->http == 200 || j->http == 304);
+    if (j->r < 0) {
+        m->fails++;
+        LOG_WARN(m->log, SUB, "poll failed (%u in a row, next in %u s): %s", m->fails, backoff_s(m), j->err);
+        publish_status(m, j->err);
+    } else if (j->http == 200) {
+        mgmt_poll_answer a;
+        if (mgmt_poll_parse((const char *)j->body, j->len, &a, err, sizeof(err)) < 0) {
+            LOG_ERR(m->log, SUB, "%s", err);
+            publish_status(m, err);
+            ok = false;
+        } else {
+            m->last = a;
+            m->poll_s = a.poll_s;
+            snprintf(m->poll_etag, sizeof(m->poll_etag), "%s", j->new_etag);
+        }
+    } else if (j->http == 404 && !m->no_poll) {
+        /* A day-0 server: no poll route; the profile route as before. */
+        LOG_INFO(m->log, SUB, "the server has no poll route (HTTP 404): asking for the profile instead");
+        m->no_poll = true;
+        submit(m, JOB_FETCH);
+        return;
+    } else if (j->http != 304) {
+        snprintf(err, sizeof(err), "management server answered the poll with HTTP %ld: %.200s", j->http,
+                 j->body ? (const char *)j->body : "");
+        for (char *c = err; *c; c++)
+            if ((unsigned char)*c < 0x20)
+                *c = ' ';
+        LOG_WARN(m->log, SUB, "%s", err);
+        publish_status(m, err);
+    }
+    if (ok) {
+        m->fails = 0;
+        m->st.last_contact = wall_now();
+        clear_error(m);
+        save_state(m);
+        publish_status(m, NULL);
+    }
+    if (check_trying(m, ok)) {
+        schedule_poll(m, TRY_POLL_S);
+        return;
+    }
+    if (m->fb.id) {
+        /* feedback owed: at the next poll, soon */
+        schedule_poll(m, ok ? 1 : backoff_s(m));
+        return;
+    }
+    if (!ok) {
+        schedule_poll(m, j->r < 0 ? backoff_s(m) : poll_interval(m));
+        return;
+    }
+    for (size_t i = 0; i < m->last.n; i++) {
+        const mgmt_deployment *d = &m->last.deps[i];
+        if (d->type == MGMT_DEP_SOFTWARE && m->upd.dep == d->id) {
+            if (m->upd.stored && !m->upd.handed && d->window_open) {
+                hand_over(m);
+                schedule_poll(m, 1);
+                return;
+            }
+            continue; /* downloading, or waiting for the window / the result */
+        }
+        if (was_handled(m, d->id))
+            continue;
+        if (d->type == MGMT_DEP_PROFILE || (d->type == MGMT_DEP_SOFTWARE && !m->upd.dep)) {
+            m->ask_type = d->type;
+            m->ask_window = d->window_open;
+            submit_path(m, JOB_DEPLOY, d->href);
+            return;
+        }
+        /* cert deployments: not handled by this build yet */
+    }
+    schedule_poll(m, poll_interval(m));
+}
+
+/* ------------------------------------------------------ day N: software */
+
+/* The verified file to the application (the maintenance window is open):
+ * UPDATE_AVAILABLE with "<version> <path>", "proceeding" to the server. */
+static void hand_over(mgmt *m)
+{
+    char detail[4400];
+    snprintf(detail, sizeof(detail), "%s %s", m->upd.b.software_version, m->upd.path);
+    m->upd.handed = true;
+    pthread_mutex_lock(&m->mu);
+    snprintf(m->res_version, sizeof(m->res_version), "%s", m->upd.b.software_version);
+    pthread_mutex_unlock(&m->mu);
+    LOG_INFO(m->log, SUB, "update %s verified, handed to the application: %s", m->upd.b.software_version,
+             m->upd.path);
+    char what[160];
+    snprintf(what, sizeof(what), "update %s downloaded and verified, handed to the application",
+             m->upd.b.software_version);
+    owe_feedback(m, m->upd.dep, true, what);
+    m->fb.proceeding = true;
+    m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_UPDATE_AVAILABLE, 0, detail);
+}
+
+static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t len, bool window_open)
+{
+    char err[600];
+    mgmt_bundle b;
+    int r = mgmt_bundle_verify(der, len, m->signer, "software", m->st.device_id, m->st.software_seq, wall_now(), &b,
+                               err, sizeof(err));
+    if (r == 0 && b.deployment != dep_id) {
+        snprintf(err, sizeof(err), "software bundle refused: it belongs to deployment %lld, not %lld",
+                 (long long)b.deployment, (long long)dep_id);
+        mgmt_bundle_clear(&b);
+        r = M2MVPN_E_BUNDLE;
+    }
+    if (r < 0) {
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)dep_id, err);
+        owe_feedback(m, dep_id, false, err);
+        publish_status(m, err);
+        return;
+    }
+    memset(&m->upd, 0, sizeof(m->upd));
+    m->upd.dep = dep_id;
+    m->upd.b = b;
+    m->upd.b.payload = NULL; /* the empty payload stays with b */
+    mgmt_bundle_clear(&b);
+    m->upd.window_open = window_open;
+    LOG_INFO(m->log, SUB, "deployment %lld: software %s (%lld bytes), downloading", (long long)dep_id,
+             m->upd.b.software_version, (long long)m->upd.b.size);
+    submit_path(m, JOB_ARTIFACT, m->upd.b.url);
+}
+
+static void artifact_done(mgmt *m, job *j)
+{
+    char err[600];
+    take_reopened(m, j);
+    if (j->r < 0) {
+        m->fails++;
+        LOG_WARN(m->log, SUB, "update %s: download failed: %s", m->upd.b.software_version, j->err);
+        publish_status(m, j->err);
+        m->upd.dep = 0; /* asked again from the next poll */
+        schedule_poll(m, backoff_s(m));
+        return;
+    }
+    int r = 0;
+    if (j->http != 200) {
+        snprintf(err, sizeof(err), "update %s: the server answered the download with HTTP %ld",
+                 m->upd.b.software_version, j->http);
+        r = M2MVPN_E_PROTOCOL;
+    } else {
+        r = mgmt_artifact_check(j->body, j->len, &m->upd.b, err, sizeof(err));
+    }
+    char name[96];
+    snprintf(name, sizeof(name), "update-%s.bin", m->upd.b.software_version);
+    if (r == 0)
+        r = mgmt_write_file(m->dir, name, j->body, j->len, err, sizeof(err));
+    if (r < 0) {
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)m->upd.dep, err);
+        owe_feedback(m, m->upd.dep, false, err);
+        publish_status(m, err);
+        memset(&m->upd, 0, sizeof(m->upd));
+        schedule_poll(m, 1);
+        return;
+    }
+    /* every check passed: the version is persisted only now */
+    m->st.software_seq = m->upd.b.version;
+    save_state(m);
+    snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, name);
+    m->upd.stored = true;
+    if (m->upd.window_open)
+        hand_over(m);
+    else
+        LOG_INFO(m->log, SUB, "update %s stored; waiting for the maintenance window", m->upd.b.software_version);
+    schedule_poll(m, m->fb.id ? 1 : poll_interval(m));
+}
+
+/* The application's result (posted by mgmt_update_result): feedback. */
+static void take_result(mgmt *m)
+{
+    pthread_mutex_lock(&m->mu);
+    bool set = m->res_set, ok = m->res_ok;
+    char details[256];
+    snprintf(details, sizeof(details), "%s", m->res_details);
+    m->res_set = false;
+    if (set)
+        m->res_version[0] = '\0';
+    pthread_mutex_unlock(&m->mu);
+    if (!set || !m->upd.handed)
+        return;
+    LOG_INFO(m->log, SUB, "update %s: the application reports %s%s%s", m->upd.b.software_version,
+             ok ? "success" : "failure", details[0] ? ": " : "", details);
+    owe_feedback(m, m->upd.dep, ok, details[0] ? details : ok ? "installed" : "installation failed");
+    memset(&m->upd, 0, sizeof(m->upd));
+    if (!m->busy)
+        schedule_poll(m, 1);
+}
+
+int mgmt_update_result(mgmt *m, const char *version, bool ok, const char *details)
+{
+    if (!m || !version)
+        return M2MVPN_E_INVAL;
+    pthread_mutex_lock(&m->mu);
+    if (!m->res_version[0] || strcmp(m->res_version, version) != 0) {
+        pthread_mutex_unlock(&m->mu);
+        return M2MVPN_E_STATE;
+    }
+    m->res_set = true;
+    m->res_ok = ok;
+    snprintf(m->res_details, sizeof(m->res_details), "%s", details ? details : "");
+    for (char *c = m->res_details; *c; c++)
+        if ((unsigned char)*c < 0x20)
+            *c = ' ';
+    uint64_t one = 1;
+    if (write(m->evfd, &one, sizeof(one)) < 0) {
+        /* counter full: a wake is pending anyway */
+    }
+    pthread_mutex_unlock(&m->mu);
+    return 0;
+}
+
+static void deploy_done(mgmt *m, job *j)
+{
+    int64_t id = 0;
+    take_reopened(m, j);
+    const char *slash = strrchr(j->path, '/');
+    if (slash)
+        id = strtoll(slash + 1, NULL, 10);
+    if (j->r < 0) {
+        m->fails++;
+        LOG_WARN(m->log, SUB, "deployment %lld: %s", (long long)id, j->err);
+        publish_status(m, j->err);
+        schedule_poll(m, backoff_s(m));
+        return;
+    }
+    if (j->http != 200) {
+        char err[400];
+        snprintf(err, sizeof(err), "deployment %lld: the server answered HTTP %ld: %.200s", (long long)id, j->http,
+                 j->body ? (const char *)j->body : "");
+        for (char *c = err; *c; c++)
+            if ((unsigned char)*c < 0x20)
+                *c = ' ';
+        LOG_WARN(m->log, SUB, "%s", err);
+        publish_status(m, err);
+        /* halted or gone: not asked again in this run */
+        if (m->n_refused < sizeof(m->refused) / sizeof(m->refused[0]))
+            m->refused[m->n_refused++] = id;
+        schedule_poll(m, poll_interval(m));
+        return;
+    }
+    if (m->ask_type == MGMT_DEP_SOFTWARE) {
+        apply_software(m, id, j->body, j->len, m->ask_window);
+        if (!m->busy)
+            schedule_poll(m, 1);
+        return;
+    }
+    apply_profile(m, id, j->body, j->len);
+    schedule_poll(m, m->jr.phase == MGMT_APPLY_TRYING ? TRY_POLL_S : 1);
+}
+
 static void on_result(void *arg, uint32_t events)
 {
     (void)events;
@@ -640,6 +1305,7 @@ static void on_result(void *arg, uint32_t events)
     if (read(m->evfd, &v, sizeof(v)) < 0) {
         /* nothing to read: spurious wake */
     }
+    take_result(m);
     pthread_mutex_lock(&m->mu);
     job *j = m->done;
     m->done = NULL;
@@ -649,6 +1315,12 @@ static void on_result(void *arg, uint32_t events)
     m->busy = false;
     if (j->type == JOB_ENROL)
         enrol_done(m, j);
+    else if (j->type == JOB_POLL)
+        poll_done(m, j);
+    else if (j->type == JOB_DEPLOY)
+        deploy_done(m, j);
+    else if (j->type == JOB_ARTIFACT)
+        artifact_done(m, j);
     else
         fetch_done(m, j);
     job_free(j);
@@ -657,7 +1329,8 @@ static void on_result(void *arg, uint32_t events)
 static void on_timer(void *arg)
 {
     mgmt *m = arg;
-    submit(m, m->cert ? JOB_FETCH : JOB_ENROL);
+    /* Day 0 until a first profile is installed, then the day-N poll. */
+    submit(m, !m->cert ? JOB_ENROL : m->st.profile_version > 0 && !m->no_poll ? JOB_POLL : JOB_FETCH);
 }
 
 /* ------------------------------------------------------- lifecycle */
@@ -820,13 +1493,25 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
         m->worker_started = true;
     }
     if (m->st.phase == MGMT_ENROLLED) {
+        char what[300];
+        r = mgmt_apply_recover(m->dir, &m->jr, &m->st, what, sizeof(what), err, err_len);
+        if (r < 0) {
+            set_phase(m, MGMT_ERROR, err);
+            return r;
+        }
+        if (what[0])
+            LOG_WARN(m->log, SUB, "apply journal: %s", what);
+        if (m->jr.phase == MGMT_APPLY_COMMITTED)
+            owe_feedback(m, m->jr.deployment, true, what);
+        else if (m->jr.phase == MGMT_APPLY_FAILED)
+            owe_feedback(m, m->jr.deployment, false, m->jr.reason);
         r = resume(m, err, err_len);
         if (r < 0) {
             set_phase(m, MGMT_ERROR, err);
             return r;
         }
         publish_status(m, NULL);
-        submit(m, JOB_FETCH);
+        submit(m, m->st.profile_version > 0 ? JOB_POLL : JOB_FETCH);
         return 0;
     }
     if (m->st.phase == MGMT_ERROR)

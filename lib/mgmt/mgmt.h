@@ -42,9 +42,18 @@
 
 #define MGMT_BUNDLE_MAX (1u << 20)
 
+/* For type "software" the payload must be empty and the manifest's sha256,
+ * size, url (the artifact route of that sha256) and software_version
+ * describe the file fetched separately (mgmt_artifact_check). */
 typedef struct mgmt_bundle {
     int64_t version;
     int64_t not_after;
+    int64_t deployment;       /* day N: the deployment it belongs to (0: none said) */
+    /* type "software": the artifact (payload empty; sha256 is the file's) */
+    char software_version[64];
+    char url[128];            /* "/api/v1/device/artifacts/<sha256>" */
+    char sha256[65];
+    int64_t size;
     uint8_t *payload;         /* malloc'd, NUL-terminated for convenience */
     size_t payload_len;
 } mgmt_bundle;
@@ -75,6 +84,7 @@ typedef struct mgmt_state {
     int64_t last_contact;
     int64_t profile_version;  /* 0: none installed */
     char etag[128];
+    int64_t software_seq;     /* day N: version of the last software bundle accepted */
 } mgmt_state;
 /* Missing file: zeroed state (unenrolled), 0. Unreadable or malformed: error. */
 int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len);
@@ -111,6 +121,75 @@ int mgmt_cmp_check_answer(const uint8_t *der, size_t len, char *err, size_t err_
 /* The device id the server derives: "dev-" + 16 hex of SHA-256(SPKI DER). */
 int mgmt_device_id(EVP_PKEY *key, char out[21]);
 
+/* ------------------------------------------------------ day N: polling */
+
+typedef enum mgmt_dep_type { MGMT_DEP_PROFILE, MGMT_DEP_SOFTWARE, MGMT_DEP_CERT } mgmt_dep_type;
+const char *mgmt_dep_type_name(mgmt_dep_type t);
+
+#define MGMT_POLL_MAX_DEPS 8
+
+typedef struct mgmt_deployment {
+    int64_t id;
+    mgmt_dep_type type;
+    bool window_open;         /* maintenance_window "available" (or absent) */
+    char href[80];            /* always "/api/v1/device/deployments/<id>" */
+} mgmt_deployment;
+
+typedef struct mgmt_poll_answer {
+    uint32_t poll_s;
+    size_t n;
+    mgmt_deployment deps[MGMT_POLL_MAX_DEPS];
+} mgmt_poll_answer;
+
+/* Parse the answer of GET /api/v1/device/poll. Unknown deployment types are
+ * skipped; an href other than the route of its own id is refused. 0 or
+ * M2MVPN_E_PROTOCOL with err (out zeroed). */
+int mgmt_poll_parse(const char *text, size_t len, mgmt_poll_answer *out, char *err, size_t err_len);
+/* The poll path with the state query. */
+int mgmt_poll_query(char *out, size_t cap, const char *tunnel, int64_t profile_version, const char *software,
+                    int64_t cert_not_after);
+
+/* ------------------------------------- day N: applying a profile (apply.json) */
+
+typedef enum mgmt_apply_phase {
+    MGMT_APPLY_NONE,          /* no journal */
+    MGMT_APPLY_STAGED,        /* profile.next.json (+ profile.prev.json) being written */
+    MGMT_APPLY_WRITTEN,       /* profile.json is the new one, prev kept */
+    MGMT_APPLY_TRYING,        /* the engine runs it, not committed */
+    MGMT_APPLY_COMMITTED,     /* version moved; success feedback owed */
+    MGMT_APPLY_FAILED,        /* rolled back; failure feedback owed (reason) */
+} mgmt_apply_phase;
+const char *mgmt_apply_phase_name(mgmt_apply_phase p);
+
+typedef struct mgmt_journal {
+    mgmt_apply_phase phase;
+    int64_t deployment, from, to;
+    bool had_prev;            /* a profile.json existed before */
+    char reason[256];
+} mgmt_journal;
+
+/* Missing: phase NONE, 0. Saving phase NONE removes the file. */
+int mgmt_journal_load(const char *dir, mgmt_journal *j, char *err, size_t err_len);
+int mgmt_journal_save(const char *dir, const mgmt_journal *j, char *err, size_t err_len);
+/* Version rule of every bundle: offered > installed, not_after > now. */
+int mgmt_version_check(int64_t installed, int64_t offered, int64_t not_after, int64_t now, char *err,
+                       size_t err_len);
+/* journal STAGED, profile.next.json, copy of profile.json as profile.prev.json. */
+int mgmt_apply_stage(const char *dir, mgmt_journal *j, int64_t deployment, int64_t from, int64_t to,
+                     const char *text, size_t len, char *err, size_t err_len);
+/* rename profile.next.json over profile.json, journal WRITTEN. */
+int mgmt_apply_write(const char *dir, mgmt_journal *j, char *err, size_t err_len);
+int mgmt_apply_trying(const char *dir, mgmt_journal *j, char *err, size_t err_len);
+/* journal COMMITTED, st->profile_version = to (mgmt.json), prev removed. */
+int mgmt_apply_commit(const char *dir, mgmt_journal *j, mgmt_state *st, char *err, size_t err_len);
+/* profile.prev.json back (or profile.json removed when there was none),
+ * journal FAILED with reason. */
+int mgmt_apply_rollback(const char *dir, mgmt_journal *j, const char *reason, char *err, size_t err_len);
+/* At start: an unfinished apply is rolled back (STAGED/WRITTEN/TRYING) or
+ * its commit completed (COMMITTED); what says which (empty: nothing). */
+int mgmt_apply_recover(const char *dir, mgmt_journal *j, mgmt_state *st, char *what, size_t what_len, char *err,
+                       size_t err_len);
+
 /* ------------------------------------------------------- the engine side */
 
 typedef struct mgmt mgmt;
@@ -121,6 +200,10 @@ typedef struct mgmt_hooks {
     void (*on_event)(void *arg, m2mvpn_event_type type, int err, const char *detail);
     /* A verified individual profile to use now; the hook takes the set. */
     void (*on_profile)(void *arg, profile_set *set);
+    /* The tunnel's state for the poll ("up", "connecting", "down"); *up_with:
+     * true when it is up with exactly `set` (compared, never used). NULL:
+     * "down". */
+    const char *(*tunnel)(void *arg, const profile_set *set, bool *up_with);
 } mgmt_hooks;
 
 typedef struct mgmt_status {
@@ -131,6 +214,7 @@ typedef struct mgmt_status {
     int64_t cert_not_after;
     char device_id[64];
     char last_error[256];
+    bool cert_refused;        /* the gateway refused our certificate (revoked?) */
 } mgmt_status;
 
 int mgmt_new(core_loop *loop, core_log *log, const mgmt_hooks *hooks, mgmt **ret);
@@ -143,5 +227,15 @@ void mgmt_free(mgmt *m);
  * on_profile at once, then asks for a newer one. */
 int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_dir, char *err, size_t err_len);
 void mgmt_get_status(mgmt *m, mgmt_status *st);
+/* The tunnel's outcome (engine thread): err M2MVPN_E_AUTH_LOCAL while a
+ * managed device runs means the gateway refused the enrolled certificate
+ * (revoked, expired): status says so and what to do. 0: connected. */
+void mgmt_note_tunnel(mgmt *m, int err, const char *detail);
+/* The application installed (ok) or failed to install the update `version`
+ * handed over with UPDATE_AVAILABLE: reported to the server. Any thread.
+ * M2MVPN_E_STATE: no update of that version is waiting for its result. */
+int mgmt_update_result(mgmt *m, const char *version, bool ok, const char *details);
+/* The artifact against its verified software bundle: size and sha256. */
+int mgmt_artifact_check(const uint8_t *data, size_t len, const mgmt_bundle *b, char *err, size_t err_len);
 
 #endif

@@ -80,8 +80,9 @@ static bool json_int(json_object *m, const char *key, int64_t *out)
 static int manifest_check(const char *text, size_t len, const char *type, const char *device_id,
                           int64_t installed, int64_t now, mgmt_bundle *out, char *err, size_t err_len)
 {
+    /* day N adds the deployment id and the keys of software and cert bundles */
     static const char *const keys[] = { "format", "type", "device", "version", "not_after", "sha256",
-                                        "payload" };
+                                        "payload", "deployment", "software_version", "url", "size", "action" };
     json_tokener *tok = json_tokener_new();
     if (!tok)
         return M2MVPN_E_NOMEM;
@@ -91,7 +92,7 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
     json_tokener_free(tok);
     char why[160];
     why[0] = '\0';
-    int64_t format = 0, version = 0, not_after = 0;
+    int64_t format = 0, version = 0, not_after = 0, deployment = 0;
     const char *t, *dev, *sha = NULL, *b64 = NULL;
     if (!whole || !json_object_is_type(m, json_type_object)) {
         snprintf(why, sizeof(why), "manifest is not a JSON object");
@@ -122,6 +123,9 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
         snprintf(why, sizeof(why), "manifest sha256 missing or not 64 hex digits");
     else if (!(b64 = json_str(m, "payload")))
         snprintf(why, sizeof(why), "manifest payload missing");
+    else if (json_object_object_get_ex(m, "deployment", NULL) &&
+             (!json_int(m, "deployment", &deployment) || deployment < 1))
+        snprintf(why, sizeof(why), "manifest deployment is not a positive whole number");
     if (why[0])
         goto out;
 
@@ -149,18 +153,68 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
     EVP_Digest(pl, pl_len, md, NULL, EVP_sha256(), NULL);
     for (int i = 0; i < 32; i++)
         snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    if (strcasecmp(hex, sha) != 0) {
+    bool software = strcmp(type, "software") == 0;
+    if (software) {
+        /* the hash is the artifact's; the bundle describes it */
+        const char *sv = json_str(m, "software_version"), *url = json_str(m, "url");
+        int64_t size = 0;
+        char want[128];
+        snprintf(want, sizeof(want), "/api/v1/device/artifacts/%s", sha);
+        bool sv_ok = sv && *sv && strlen(sv) < sizeof(out->software_version);
+        for (const char *c = sv_ok ? sv : ""; *c; c++)
+            if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e || *c == '/')
+                sv_ok = false;
+        if (pl_len != 0)
+            snprintf(why, sizeof(why), "a software bundle carries no payload");
+        else if (!sv_ok)
+            snprintf(why, sizeof(why), "manifest software_version missing or not a printable version string");
+        else if (!json_int(m, "size", &size) || size < 1 || size > MGMT_BUNDLE_MAX)
+            snprintf(why, sizeof(why), "manifest size missing or out of range (1..%u bytes)", MGMT_BUNDLE_MAX);
+        else if (!url || strcmp(url, want) != 0)
+            snprintf(why, sizeof(why), "manifest url is not the artifact route of its sha256");
+        else if (strspn(sha, "0123456789abcdef") != 64)
+            snprintf(why, sizeof(why), "manifest sha256 is not 64 lowercase hex digits");
+        if (why[0]) {
+            free(pl);
+            goto out;
+        }
+        snprintf(out->software_version, sizeof(out->software_version), "%s", sv);
+        snprintf(out->url, sizeof(out->url), "%s", url);
+        snprintf(out->sha256, sizeof(out->sha256), "%s", sha);
+        out->size = size;
+    } else if (strcasecmp(hex, sha) != 0) {
         free(pl);
         snprintf(why, sizeof(why), "sha256 of the payload does not match the manifest");
         goto out;
     }
     out->version = version;
     out->not_after = not_after;
+    out->deployment = deployment;
     out->payload = pl;
     out->payload_len = pl_len;
 out:
     json_object_put(m);
     return why[0] ? fail(err, err_len, why) : 0;
+}
+
+int mgmt_artifact_check(const uint8_t *data, size_t len, const mgmt_bundle *b, char *err, size_t err_len)
+{
+    if ((int64_t)len != b->size) {
+        snprintf(err, err_len, "update %s refused: the file has %zu bytes, the signed manifest says %lld",
+                 b->software_version, len, (long long)b->size);
+        return M2MVPN_E_BUNDLE;
+    }
+    unsigned char md[32];
+    char hex[65];
+    EVP_Digest(data, len, md, NULL, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    if (strcmp(hex, b->sha256) != 0) {
+        snprintf(err, err_len, "update %s refused: the file's sha256 does not match the signed manifest",
+                 b->software_version);
+        return M2MVPN_E_BUNDLE;
+    }
+    return 0;
 }
 
 int mgmt_bundle_verify(const uint8_t *der, size_t len, X509 *signer, const char *type, const char *device_id,

@@ -91,6 +91,8 @@ int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len)
         st->last_contact = json_object_get_int64(v);
     if (json_object_object_get_ex(o, "profile_version", &v))
         st->profile_version = json_object_get_int64(v);
+    if (json_object_object_get_ex(o, "software_seq", &v))
+        st->software_seq = json_object_get_int64(v);
     if (json_object_object_get_ex(o, "etag", &v))
         snprintf(st->etag, sizeof(st->etag), "%s", json_object_get_string(v));
     json_object_put(o);
@@ -107,6 +109,7 @@ int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err
     json_object_object_add(o, "last_contact", json_object_new_int64(st->last_contact));
     json_object_object_add(o, "profile_version", json_object_new_int64(st->profile_version));
     json_object_object_add(o, "etag", json_object_new_string(st->etag));
+    json_object_object_add(o, "software_seq", json_object_new_int64(st->software_seq));
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
     int r = mgmt_write_file(dir, "mgmt.json", text, strlen(text), err, err_len);
     json_object_put(o);

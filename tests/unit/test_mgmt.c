@@ -499,6 +499,286 @@ START_TEST(test_cmp_answer_garbage)
 }
 END_TEST
 
+/* ------------------------------------------------------- day N: versions */
+
+START_TEST(test_version_rules)
+{
+    char err[256] = "";
+    ck_assert_int_eq(mgmt_version_check(3, 4, NOW + 60, NOW, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_version_check(0, 1, NOW + 1, NOW, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_version_check(3, 3, NOW + 60, NOW, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "not newer than the installed version 3"));
+    ck_assert_int_eq(mgmt_version_check(3, 2, NOW + 60, NOW, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "downgrade"));
+    ck_assert_int_eq(mgmt_version_check(3, 4, NOW, NOW, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "expired"));
+    ck_assert_int_eq(mgmt_version_check(3, 4, NOW - 1, NOW, err, sizeof(err)), M2MVPN_E_BUNDLE);
+}
+END_TEST
+
+/* ------------------------------------------------------- day N: journal */
+
+static char *read_text(const char *dir, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    static char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return buf;
+}
+
+static bool has_file(const char *dir, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static void rm_dir(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+#define OLD_P "{\"old\": true}"
+#define NEW_P "{\"new\": true}"
+
+/* Apply steps 1..stop of 4 (stage, write, trying, commit), then "power
+ * cut": what the next start makes of the state directory. */
+START_TEST(test_journal_kill_each_step)
+{
+    int stop = _i; /* 0: killed inside staging (journal written, next half) */
+    char dir[] = "/tmp/m2mvpn-apply-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char err[256] = "";
+    mgmt_state st = { .phase = MGMT_ENROLLED, .profile_version = 3 };
+    snprintf(st.device_id, sizeof(st.device_id), DEV);
+    ck_assert_int_eq(mgmt_state_save(dir, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_write_file(dir, "profile.json", OLD_P, strlen(OLD_P), err, sizeof(err)), 0);
+    mgmt_journal j;
+    if (stop == 0) {
+        j = (mgmt_journal){ .phase = MGMT_APPLY_STAGED, .deployment = 9, .from = 3, .to = 4, .had_prev = true };
+        ck_assert_int_eq(mgmt_journal_save(dir, &j, err, sizeof(err)), 0);
+        ck_assert_int_eq(mgmt_write_file(dir, "profile.next.json", "{\"ne", 4, err, sizeof(err)), 0);
+    } else {
+        ck_assert_int_eq(mgmt_apply_stage(dir, &j, 9, 3, 4, NEW_P, strlen(NEW_P), err, sizeof(err)), 0);
+        ck_assert_str_eq(read_text(dir, "profile.json"), OLD_P); /* staged: nothing replaced yet */
+        ck_assert_int_eq(st.profile_version, 3);
+        if (stop >= 2) {
+            ck_assert_int_eq(mgmt_apply_write(dir, &j, err, sizeof(err)), 0);
+            ck_assert_str_eq(read_text(dir, "profile.json"), NEW_P);
+        }
+        if (stop >= 3)
+            ck_assert_int_eq(mgmt_apply_trying(dir, &j, err, sizeof(err)), 0);
+        if (stop >= 4)
+            ck_assert_int_eq(mgmt_apply_commit(dir, &j, &st, err, sizeof(err)), 0);
+    }
+    /* next start */
+    mgmt_state st2;
+    ck_assert_int_eq(mgmt_state_load(dir, &st2, err, sizeof(err)), 0);
+    mgmt_journal back;
+    char what[256];
+    ck_assert_int_eq(mgmt_apply_recover(dir, &back, &st2, what, sizeof(what), err, sizeof(err)), 0);
+    ck_assert_int_eq(back.deployment, 9);
+    ck_assert(!has_file(dir, "profile.next.json"));
+    ck_assert(!has_file(dir, "profile.prev.json"));
+    mgmt_state st3;
+    ck_assert_int_eq(mgmt_state_load(dir, &st3, err, sizeof(err)), 0);
+    if (stop >= 4) {
+        ck_assert_int_eq(back.phase, MGMT_APPLY_COMMITTED);
+        ck_assert_str_eq(read_text(dir, "profile.json"), NEW_P);
+        ck_assert_int_eq(st3.profile_version, 4);
+    } else {
+        ck_assert_int_eq(back.phase, MGMT_APPLY_FAILED);
+        ck_assert_str_eq(read_text(dir, "profile.json"), OLD_P);
+        ck_assert_int_eq(st3.profile_version, 3); /* the version moves only at commit */
+        ck_assert_msg(strstr(back.reason, "interrupted while"), "%s", back.reason);
+    }
+    /* recovering twice changes nothing more */
+    ck_assert_int_eq(mgmt_apply_recover(dir, &back, &st2, what, sizeof(what), err, sizeof(err)), 0);
+    ck_assert_str_eq(read_text(dir, "profile.json"), stop >= 4 ? NEW_P : OLD_P);
+    rm_dir(dir);
+}
+END_TEST
+
+/* A commit killed after the journal said COMMITTED but before mgmt.json
+ * moved: the restart completes it. */
+START_TEST(test_journal_commit_half)
+{
+    char dir[] = "/tmp/m2mvpn-apply-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char err[256] = "";
+    mgmt_state st = { .phase = MGMT_ENROLLED, .profile_version = 3 };
+    ck_assert_int_eq(mgmt_state_save(dir, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_write_file(dir, "profile.json", NEW_P, strlen(NEW_P), err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_write_file(dir, "profile.prev.json", OLD_P, strlen(OLD_P), err, sizeof(err)), 0);
+    mgmt_journal j = { .phase = MGMT_APPLY_COMMITTED, .deployment = 5, .from = 3, .to = 4, .had_prev = true };
+    ck_assert_int_eq(mgmt_journal_save(dir, &j, err, sizeof(err)), 0);
+    char what[256];
+    ck_assert_int_eq(mgmt_apply_recover(dir, &j, &st, what, sizeof(what), err, sizeof(err)), 0);
+    ck_assert_int_eq(st.profile_version, 4);
+    mgmt_state back;
+    ck_assert_int_eq(mgmt_state_load(dir, &back, err, sizeof(err)), 0);
+    ck_assert_int_eq(back.profile_version, 4);
+    ck_assert(!has_file(dir, "profile.prev.json"));
+    rm_dir(dir);
+}
+END_TEST
+
+/* The first managed profile had no predecessor: a rollback removes it. */
+START_TEST(test_journal_no_prev)
+{
+    char dir[] = "/tmp/m2mvpn-apply-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char err[256] = "";
+    mgmt_journal j;
+    ck_assert_int_eq(mgmt_apply_stage(dir, &j, 2, 0, 1, NEW_P, strlen(NEW_P), err, sizeof(err)), 0);
+    ck_assert(!j.had_prev);
+    ck_assert_int_eq(mgmt_apply_write(dir, &j, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_apply_rollback(dir, &j, "gateway unreachable", err, sizeof(err)), 0);
+    ck_assert(!has_file(dir, "profile.json"));
+    mgmt_journal back;
+    ck_assert_int_eq(mgmt_journal_load(dir, &back, err, sizeof(err)), 0);
+    ck_assert_int_eq(back.phase, MGMT_APPLY_FAILED);
+    ck_assert_str_eq(back.reason, "gateway unreachable");
+    back.phase = MGMT_APPLY_NONE;
+    ck_assert_int_eq(mgmt_journal_save(dir, &back, err, sizeof(err)), 0);
+    ck_assert(!has_file(dir, "apply.json"));
+    ck_assert_int_eq(mgmt_write_file(dir, "apply.json", "{\"phase\": \"sideways\"}", 21, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_journal_load(dir, &back, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert_msg(strstr(err, "apply.json") && strstr(err, "sideways"), "%s", err);
+    rm_dir(dir);
+}
+END_TEST
+
+/* ---------------------------------------------------------- day N: poll */
+
+START_TEST(test_poll_parse)
+{
+    char err[256] = "";
+    mgmt_poll_answer a;
+    const char *good = "{\"poll_s\": 60, \"deployments\": [{\"id\": 17, \"type\": \"profile\", \"href\": "
+                       "\"/api/v1/device/deployments/17\", \"maintenance_window\": \"available\"}, {\"id\": 18, "
+                       "\"type\": \"future-thing\", \"href\": \"/api/v1/device/deployments/18\"}, {\"id\": 19, "
+                       "\"type\": \"software\", \"href\": \"/api/v1/device/deployments/19\", "
+                       "\"maintenance_window\": \"unavailable\"}]}";
+    ck_assert_int_eq(mgmt_poll_parse(good, strlen(good), &a, err, sizeof(err)), 0);
+    ck_assert_uint_eq(a.poll_s, 60);
+    ck_assert_uint_eq(a.n, 2); /* the unknown type skipped */
+    ck_assert_int_eq(a.deps[0].id, 17);
+    ck_assert_int_eq(a.deps[0].type, MGMT_DEP_PROFILE);
+    ck_assert(a.deps[0].window_open);
+    ck_assert_int_eq(a.deps[1].type, MGMT_DEP_SOFTWARE);
+    ck_assert(!a.deps[1].window_open);
+    static const struct {
+        const char *text, *why;
+    } bad[] = {
+        { "{\"poll_s\": 60, \"deployments\": [{\"id\": 17, \"type\": \"profile\", \"href\": "
+          "\"https://elsewhere.example/x\"}]}", "href is not" },
+        { "{\"poll_s\": 60, \"deployments\": [{\"id\": 17, \"type\": \"profile\", \"href\": "
+          "\"/api/v1/device/deployments/18\"}]}", "href is not" },
+        { "{\"poll_s\": 0, \"deployments\": []}", "out of range" },
+        { "{\"poll_s\": \"60\", \"deployments\": []}", "poll_s" },
+        { "{\"poll_s\": 60}", "deployments" },
+        { "{\"poll_s\": 60, \"deployments\": [{\"id\": -1, \"type\": \"profile\", \"href\": "
+          "\"/api/v1/device/deployments/-1\"}]}", "id out of range" },
+        { "{\"poll_s\": 60, \"deployments\": [{\"id\": 1, \"type\": \"profile\", \"href\": "
+          "\"/api/v1/device/deployments/1\", \"maintenance_window\": \"maybe\"}]}", "maintenance_window" },
+        { "{\"poll_s\": 60, \"deployments\": []} trailing", "not a JSON object" },
+        { "[1]", "not a JSON object" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = 0;
+        ck_assert_int_eq(mgmt_poll_parse(bad[i].text, strlen(bad[i].text), &a, err, sizeof(err)),
+                         M2MVPN_E_PROTOCOL);
+        ck_assert_msg(strstr(err, bad[i].why), "case %zu: %s", i, err);
+        ck_assert_uint_eq(a.n, 0);
+    }
+    char q[256];
+    ck_assert_int_eq(mgmt_poll_query(q, sizeof(q), "up", 4, NULL, 1700000000), 0);
+    ck_assert_str_eq(q, "/api/v1/device/poll?tunnel=up&profile=4&cert_not_after=1700000000");
+    ck_assert_int_eq(mgmt_poll_query(q, sizeof(q), "down", 1, "1.4.2 &x=", 5), 0);
+    ck_assert_str_eq(q, "/api/v1/device/poll?tunnel=down&profile=1&software=1.4.2x&cert_not_after=5");
+}
+END_TEST
+
+/* ------------------------------------------------------ day N: software */
+
+static char *sw_manifest(const char *sha, long long size, const char *url, const char *sv, const char *payload)
+{
+    char *m = malloc(1024);
+    snprintf(m, 1024, "{\"format\": 1, \"type\": \"software\", \"device\": \"%s\", \"version\": 3, "
+             "\"not_after\": %lld, \"sha256\": \"%s\", \"payload\": \"%s\", \"deployment\": 7, "
+             "\"software_version\": \"%s\", \"url\": \"%s\", \"size\": %lld}",
+             DEV, (long long)NOW + 60, sha, payload, sv, url, size);
+    return m;
+}
+
+START_TEST(test_software_bundle_and_artifact)
+{
+    signer s = make_signer("bundle signer");
+    static const char file[] = "firmware image bytes";
+    char sha[65], url[128], err[256] = "";
+    sha_hex(file, sha);
+    snprintf(url, sizeof(url), "/api/v1/device/artifacts/%s", sha);
+    char *m = sw_manifest(sha, (long long)strlen(file), url, "1.4.2", "");
+    size_t len;
+    uint8_t *der = sign(&s, m, &len);
+    mgmt_bundle b;
+    ck_assert_int_eq(mgmt_bundle_verify(der, len, s.cert, "software", DEV, 2, NOW, &b, err, sizeof(err)), 0);
+    ck_assert_str_eq(b.software_version, "1.4.2");
+    ck_assert_str_eq(b.url, url);
+    ck_assert_int_eq(b.size, (int64_t)strlen(file));
+    ck_assert_int_eq(b.deployment, 7);
+    ck_assert_int_eq(mgmt_artifact_check((const uint8_t *)file, strlen(file), &b, err, sizeof(err)), 0);
+    /* one byte changed, one byte missing: refused */
+    char bad[sizeof(file)];
+    memcpy(bad, file, sizeof(file));
+    bad[0] ^= 1;
+    ck_assert_int_eq(mgmt_artifact_check((const uint8_t *)bad, strlen(file), &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "sha256 does not match"));
+    ck_assert_int_eq(mgmt_artifact_check((const uint8_t *)file, strlen(file) - 1, &b, err, sizeof(err)),
+                     M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "bytes"));
+    /* an older or replayed software bundle */
+    mgmt_bundle b2;
+    ck_assert_int_eq(mgmt_bundle_verify(der, len, s.cert, "software", DEV, 3, NOW, &b2, err, sizeof(err)),
+                     M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "not newer"));
+    mgmt_bundle_clear(&b);
+    free(m);
+    OPENSSL_free(der);
+    static const struct {
+        const char *url, *sv, *payload, *why;
+        long long size;
+    } cases[] = {
+        { "/api/v1/device/artifacts/00", "1.4.2", "", "url is not the artifact route", 20 },
+        { NULL, "", "", "software_version", 20 },
+        { NULL, "1/../x", "", "software_version", 20 },
+        { NULL, "1.4.2", "", "size", 0 },
+        { NULL, "1.4.2", "", "size", 1LL << 40 },
+        { NULL, "1.4.2", "YQ==", "no payload", 20 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *mm = sw_manifest(sha, cases[i].size, cases[i].url ? cases[i].url : url, cases[i].sv, cases[i].payload);
+        uint8_t *d = sign(&s, mm, &len);
+        err[0] = 0;
+        ck_assert_int_eq(mgmt_bundle_verify(d, len, s.cert, "software", DEV, 0, NOW, &b, err, sizeof(err)),
+                         M2MVPN_E_BUNDLE);
+        ck_assert_msg(strstr(err, cases[i].why), "case %zu: %s", i, err);
+        free(mm);
+        OPENSSL_free(d);
+    }
+    free_signer(&s);
+}
+END_TEST
+
 static Suite *mgmt_suite(void)
 {
     Suite *s = suite_create("mgmt");
@@ -518,6 +798,14 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_state_files);
     tcase_add_test(tc, test_state_dir_writable_by_others);
     tcase_add_test(tc, test_cmp_answer_garbage);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("dayn");
+    tcase_add_test(tc, test_version_rules);
+    tcase_add_loop_test(tc, test_journal_kill_each_step, 0, 5);
+    tcase_add_test(tc, test_journal_commit_half);
+    tcase_add_test(tc, test_journal_no_prev);
+    tcase_add_test(tc, test_poll_parse);
+    tcase_add_test(tc, test_software_bundle_and_artifact);
     suite_add_tcase(s, tc);
     return s;
 }

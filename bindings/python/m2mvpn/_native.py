@@ -159,6 +159,7 @@ PROTOTYPES = {
     "m2mvpn_version": (_str, []),
     "m2mvpn_bind_key": (_int, [_str, _str, _str, ctypes.c_char_p, ctypes.c_size_t]),
     "m2mvpn_set_state_dir": (_int, [_h, _str]),
+    "m2mvpn_update_result": (_int, [_h, _str, _int, _str]),
 }
 
 _loaded = {}

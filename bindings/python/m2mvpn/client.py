@@ -404,6 +404,13 @@ class Client:
         h = self._require_open()
         self._check(self._lib.m2mvpn_set_state_dir(h, _to_bytes(os.fspath(path), "path")))
 
+    def update_result(self, version: str, ok: bool, details: str | None = None) -> None:
+        """m2mvpn_update_result() (1.2): how installing the update `version`
+        (handed over by an UPDATE_AVAILABLE event) went; sent to the server."""
+        h = self._require_open()
+        self._check(self._lib.m2mvpn_update_result(h, _to_bytes(version, "version"), 1 if ok else 0,
+                                                   _to_bytes(details, "details") if details else None))
+
     def switch_profile(self, name: str) -> None:
         """m2mvpn_profile_switch(): make `name` the active profile (make-before-break
         where the running tunnel allows it; a STATE_CHANGED event says which)."""

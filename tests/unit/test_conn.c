@@ -1481,6 +1481,30 @@ START_TEST(roam_backoff_retries_now)
 }
 END_TEST
 
+/* After an authentication failure a new path fixes nothing: the longer
+ * schedule holds (a flapping link, or anyone on the LAN who can move our
+ * route with router advertisements, must not make us retry the refused
+ * authentication at the rate of the flaps). */
+START_TEST(roam_backoff_after_auth_failure_waits)
+{
+    use_profile("always-on", 1, 0);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    unsigned starts = T->f.n_sa_start;
+    down(M2MVPN_E_AUTH_PEER, IKE_FAULT_PEER);
+    ck_assert_int_eq(phase(), CONN_BACKOFF);
+    for (int i = 0; i < 5; i++) {
+        conn_post_path_changed(T->c, "path moved");
+        advance(0);
+    }
+    ck_assert_int_eq(phase(), CONN_BACKOFF);
+    ck_assert_uint_eq(T->f.n_sa_start, starts);
+    advance(conn_backoff_ms(0, true, T->f.rnd));
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, starts + 1);
+}
+END_TEST
+
 /* A path change during a reauthentication: the new IKE SA (made on the old
  * path) is dropped, the SA that carries the tunnel roams (reauthenticating
  * -> roaming, still CONNECTED, nothing closed); the reauthentication is
@@ -1706,6 +1730,7 @@ int main(void)
     tcase_add_test(tc, roam_nat_mapping);
     tcase_add_test(tc, roam_again_disconnect_and_elsewhere);
     tcase_add_test(tc, roam_backoff_retries_now);
+    tcase_add_test(tc, roam_backoff_after_auth_failure_waits);
     tcase_add_test(tc, netwatch_route_lookup);
     tcase_add_test(tc, netwatch_ignores_other_senders);
     tcase_add_test(tc, reauth_make_before_break);

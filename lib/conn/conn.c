@@ -120,6 +120,7 @@ struct conn {
     bool recovering;
     size_t gw_index;
     unsigned failures;            /* consecutive failed attempts */
+    bool backoff_auth;            /* BACKOFF after an authentication failure */
     uint32_t attempt;             /* counts IKE SAs started */
     bool sa_open;                 /* the ops hold an IKE SA (or its path) */
     bool net_armed;               /* the profile's routes (kill switch) in place */
@@ -520,6 +521,7 @@ static void schedule_retry(conn *c, int err, const char *detail)
         c->gw_index = (c->gw_index + 1) % c->prof->n_gateways;
     uint64_t delay = conn_backoff_ms(c->failures, auth, c->ops.random(c->ops.arg));
     c->failures++;
+    c->backoff_auth = auth;
     LOG_INFO(c->log, "conn", "reconnecting in %llu ms", (unsigned long long)delay);
     set_phase(c, CONN_BACKOFF, err, detail);
     core_timer_arm(c->loop, &c->retry_timer, delay);
@@ -731,6 +733,12 @@ static void on_path_changed(conn *c, const char *reason)
         core_timer_arm(c->loop, &c->roam_timer, CONN_ROAM_TIMEOUT_MS);
         return;
     case CONN_BACKOFF:
+        if (c->backoff_auth) {
+            /* A new path does not fix refused credentials: the longer
+             * schedule holds (a flapping path would cut it short). */
+            LOG_INFO(c->log, "conn", "%s: waiting on (the last attempt failed authentication)", reason);
+            return;
+        }
         snprintf(why, sizeof(why), "%s: retrying now", reason);
         start_attempt(c, why);
         return;

@@ -32,6 +32,10 @@ struct netwatch {
 static int on_event(struct nl_msg *msg, void *arg)
 {
     netwatch *w = arg;
+    /* Only the kernel (port 0) tells of addresses and routes: another
+     * process that may send to our socket starts no path check. */
+    if (nlmsg_get_src(msg)->nl_pid != 0)
+        return NL_SKIP;
     int type = nlmsg_hdr(msg)->nlmsg_type;
     /* Something went: look at once (the sockets must not stay on a link
      * without our address); something came: let the burst settle. */
@@ -125,7 +129,7 @@ static int on_route(struct nl_msg *msg, void *arg)
 {
     route_answer *a = arg;
     struct nlmsghdr *h = nlmsg_hdr(msg);
-    if (h->nlmsg_type != RTM_NEWROUTE)
+    if (nlmsg_get_src(msg)->nl_pid != 0 || h->nlmsg_type != RTM_NEWROUTE)
         return NL_OK;
     struct nlattr *tb[RTA_MAX + 1];
     if (nlmsg_parse(h, sizeof(struct rtmsg), tb, RTA_MAX, NULL) < 0)

@@ -13,10 +13,18 @@
  * on-demand.
  */
 #include <check.h>
+#include <errno.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <m2mvpn/m2mvpn.h>
 
@@ -1473,6 +1481,30 @@ START_TEST(roam_backoff_retries_now)
 }
 END_TEST
 
+/* After an authentication failure a new path fixes nothing: the longer
+ * schedule holds (a flapping link, or anyone on the LAN who can move our
+ * route with router advertisements, must not make us retry the refused
+ * authentication at the rate of the flaps). */
+START_TEST(roam_backoff_after_auth_failure_waits)
+{
+    use_profile("always-on", 1, 0);
+    conn_connect(T->c);
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    unsigned starts = T->f.n_sa_start;
+    down(M2MVPN_E_AUTH_PEER, IKE_FAULT_PEER);
+    ck_assert_int_eq(phase(), CONN_BACKOFF);
+    for (int i = 0; i < 5; i++) {
+        conn_post_path_changed(T->c, "path moved");
+        advance(0);
+    }
+    ck_assert_int_eq(phase(), CONN_BACKOFF);
+    ck_assert_uint_eq(T->f.n_sa_start, starts);
+    advance(conn_backoff_ms(0, true, T->f.rnd));
+    ck_assert_int_eq(phase(), CONN_NEGOTIATING);
+    ck_assert_uint_eq(T->f.n_sa_start, starts + 1);
+}
+END_TEST
+
 /* A path change during a reauthentication: the new IKE SA (made on the old
  * path) is dropped, the SA that carries the tunnel roams (reauthenticating
  * -> roaming, still CONNECTED, nothing closed); the reauthentication is
@@ -1590,6 +1622,82 @@ START_TEST(netwatch_route_lookup)
 }
 END_TEST
 
+
+/* The kernel is the only sender netwatch listens to: a message another
+ * process sends to its socket (unicast, nl_pid not 0) is no address or
+ * route event, and must not start a path check (a move or reconnect). */
+static unsigned nw_changes;
+static void nw_on_change(void *arg)
+{
+    (void)arg;
+    nw_changes++;
+}
+
+/* Our socket that joined groups (netwatch's): its port ID from
+ * /proc/net/netlink (libnl: the process ID in the low 22 bits). */
+static uint32_t netwatch_port(void)
+{
+    FILE *f = fopen("/proc/net/netlink", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[256];
+    uint32_t port = 0;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long sk;
+        int proto;
+        unsigned pid, groups;
+        if (sscanf(line, "%llx %d %u %x", &sk, &proto, &pid, &groups) == 4 && proto == NETLINK_ROUTE &&
+            groups != 0 && (pid & 0x3fffff) == ((unsigned)getpid() & 0x3fffff))
+            port = pid;
+    }
+    fclose(f);
+    return port;
+}
+
+START_TEST(netwatch_ignores_other_senders)
+{
+    netwatch *w = NULL;
+    char err[160];
+    nw_changes = 0;
+    /* As root, in a namespace of its own: a real event must still count. */
+    bool own_ns = unshare(CLONE_NEWNET) == 0;
+    ck_assert_msg(netwatch_new(&T->loop, &T->log, nw_on_change, NULL, &w, err, sizeof(err)) == 0, "%s", err);
+    uint32_t port = netwatch_port();
+    ck_assert_uint_ne(port, 0);
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    ck_assert_int_ge(fd, 0);
+    struct {
+        struct nlmsghdr h;
+        struct ifaddrmsg ifa;
+    } forged = { .h = { .nlmsg_len = sizeof(forged), .nlmsg_type = RTM_DELADDR },
+                 .ifa = { .ifa_family = AF_INET, .ifa_prefixlen = 24, .ifa_index = 1 } };
+    struct sockaddr_nl to = { .nl_family = AF_NETLINK, .nl_pid = port };
+    ssize_t n = sendto(fd, &forged, sizeof(forged), 0, (struct sockaddr *)&to, sizeof(to));
+    /* Without CAP_NET_ADMIN the kernel refuses it already. */
+    ck_assert_msg(n == (ssize_t)sizeof(forged) || errno == EPERM, "sendto: %s", strerror(errno));
+    close(fd);
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_ge(core_loop_run_once(&T->loop, 20), 0);
+        fake_now += NETWATCH_SETTLE_MS + 1;
+    }
+    ck_assert_uint_eq(nw_changes, 0);
+    if (own_ns) {
+        /* the kernel's own: lo up (RTM_NEWLINK, RTM_NEWADDR) */
+        int s4 = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct ifreq ifr = { .ifr_name = "lo" };
+        ck_assert_int_eq(ioctl(s4, SIOCGIFFLAGS, &ifr), 0);
+        ifr.ifr_flags |= IFF_UP;
+        ck_assert_int_eq(ioctl(s4, SIOCSIFFLAGS, &ifr), 0);
+        close(s4);
+        for (int i = 0; i < 5; i++) {
+            ck_assert_int_ge(core_loop_run_once(&T->loop, 20), 0);
+            fake_now += NETWATCH_SETTLE_MS + 1;
+        }
+        ck_assert_uint_ge(nw_changes, 1);
+    }
+    netwatch_free(w);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("conn");
@@ -1622,7 +1730,9 @@ int main(void)
     tcase_add_test(tc, roam_nat_mapping);
     tcase_add_test(tc, roam_again_disconnect_and_elsewhere);
     tcase_add_test(tc, roam_backoff_retries_now);
+    tcase_add_test(tc, roam_backoff_after_auth_failure_waits);
     tcase_add_test(tc, netwatch_route_lookup);
+    tcase_add_test(tc, netwatch_ignores_other_senders);
     tcase_add_test(tc, reauth_make_before_break);
     tcase_add_test(tc, reauth_failures);
     tcase_add_test(tc, reauth_disconnect_and_off);

@@ -951,6 +951,18 @@ static void reauth_failed(conn *c, int err, ike_fault fault, const char *detail)
     arm_reauth(c, true);
 }
 
+/* Records the CHILD SA now carrying the traffic: its SPIs, and the virtual IP the status shows
+   (one: IPv4 if assigned, else IPv6). */
+static void take_child(conn *c, const ike_child_result *r)
+{
+    c->spi_in = r->spi_in;
+    c->spi_out = r->spi_out;
+    if (r->has_vip)
+        inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
+    else if (r->has_vip6)
+        inet_ntop(AF_INET6, r->vip6, c->vip, sizeof(c->vip));
+}
+
 void conn_reauth_established(conn *c, const ike_child_result *r)
 {
     char err[320] = "";
@@ -964,12 +976,7 @@ void conn_reauth_established(conn *c, const ike_child_result *r)
         reauth_failed(c, rc, IKE_FAULT_LOCAL, err);
         return;
     }
-    c->spi_in = r->spi_in;
-    c->spi_out = r->spi_out;
-    if (r->has_vip)
-        inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
-    else if (r->has_vip6)
-        inet_ntop(AF_INET6, r->vip6, c->vip, sizeof(c->vip));
+    take_child(c, r);
     char what[192];
     if (c->switching) {
         c->switching = false;
@@ -1036,13 +1043,7 @@ void conn_ike_established(conn *c, const ike_child_result *r)
         close_and_restart(c, rc, err);
         return;
     }
-    c->spi_in = r->spi_in;
-    c->spi_out = r->spi_out;
-    /* The status has one virtual IP: IPv4 if assigned, else IPv6. */
-    if (r->has_vip)
-        inet_ntop(AF_INET, r->vip, c->vip, sizeof(c->vip));
-    else if (r->has_vip6)
-        inet_ntop(AF_INET6, r->vip6, c->vip, sizeof(c->vip));
+    take_child(c, r);
     c->connected_since = c->ops.wall_time(c->ops.arg);
     c->failures = 0;
     if (c->recovering)

@@ -1131,6 +1131,23 @@ static void forget_eap(conn_sys *s)
     s->eap_pass_len = 0;
 }
 
+/* The IKE SA settings every SA this connection opens shares: addresses (local: where sock500
+   is bound now), profile, credentials and the EAP secrets kept by sys_sa_start. */
+static void ike_config_fill(conn_sys *s, const profile *p, ike_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->local_len = sizeof(cfg->local);
+    getsockname(s->sock500, (struct sockaddr *)&cfg->local, &cfg->local_len);
+    cfg->prof = p;
+    memcpy(&cfg->remote, &s->gw, s->gw_len);
+    cfg->remote_len = s->gw_len;
+    cfg->cred = s->cred;
+    cfg->trust = s->trust;
+    cfg->eap_identity = s->eap_user;
+    cfg->eap_password = s->eap_pass;
+    cfg->eap_password_len = s->eap_pass_len;
+}
+
 static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *err, size_t err_len)
 {
     conn_sys *s = arg;
@@ -1144,17 +1161,7 @@ static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *
     if (s->eap_pass)
         s->eap_pass_len = eap->pass_len;
     ike_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.local_len = sizeof(cfg.local);
-    getsockname(s->sock500, (struct sockaddr *)&cfg.local, &cfg.local_len);
-    cfg.prof = p;
-    memcpy(&cfg.remote, &s->gw, s->gw_len);
-    cfg.remote_len = s->gw_len;
-    cfg.cred = s->cred;
-    cfg.trust = s->trust;
-    cfg.eap_identity = s->eap_user;
-    cfg.eap_password = s->eap_pass;
-    cfg.eap_password_len = s->eap_pass_len;
+    ike_config_fill(s, p, &cfg);
     ike_hooks hooks = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
                         ike_ike_rekeyed, ike_addresses_updated };
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->sa, err, err_len);
@@ -1461,17 +1468,7 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
         }
     }
     ike_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.local_len = sizeof(cfg.local);
-    getsockname(s->sock500, (struct sockaddr *)&cfg.local, &cfg.local_len);
-    cfg.prof = p;
-    memcpy(&cfg.remote, &s->gw, s->gw_len);
-    cfg.remote_len = s->gw_len;
-    cfg.cred = s->cred;
-    cfg.trust = s->trust;
-    cfg.eap_identity = s->eap_user;
-    cfg.eap_password = s->eap_pass;
-    cfg.eap_password_len = s->eap_pass_len;
+    ike_config_fill(s, p, &cfg);
     cfg.reauth = true;
     cfg.want_vip = s->has_vip;
     cfg.want_vip6 = s->has_vip6;

@@ -61,15 +61,24 @@ static void take_addresses(ike_sa *sa, const ike_mobike_info *m)
              m->n_addrs == 1 ? "" : "es", m->n_addrs_skipped ? " (more ignored)" : "");
 }
 
+/* The MOBIKE notifies of a message from the gateway in *m; false, with a warning, if they are
+   malformed (the message is then processed as if it had none). */
+static bool scan_or_warn(ike_sa *sa, const ike_chain *c, ike_mobike_info *m)
+{
+    ike_diag d;
+    ike_diag_clear(&d);
+    if (ike_mobike_scan(c, m, &d) < 0) {
+        LOG_WARN(sa->log, "ike", "gateway %s: MOBIKE notifies ignored: %s", sa->gw_text, d.text);
+        return false;
+    }
+    return true;
+}
+
 void ike_mobike_process_auth(ike_sa *sa, const ike_chain *c)
 {
     ike_mobike_info m;
-    ike_diag d;
-    ike_diag_clear(&d);
-    if (ike_mobike_scan(c, &m, &d) < 0) {
-        LOG_WARN(sa->log, "ike", "gateway %s: MOBIKE notifies ignored: %s", sa->gw_text, d.text);
+    if (!scan_or_warn(sa, c, &m))
         return;
-    }
     sa->mobike.peer = m.supported;
     if (!sa->cfg.prof->ike.mobike)
         return;
@@ -83,13 +92,8 @@ void ike_mobike_process_request(ike_sa *sa, const ike_chain *c)
     if (!active(sa))
         return;
     ike_mobike_info m;
-    ike_diag d;
-    ike_diag_clear(&d);
-    if (ike_mobike_scan(c, &m, &d) < 0) {
-        LOG_WARN(sa->log, "ike", "gateway %s: MOBIKE notifies ignored: %s", sa->gw_text, d.text);
-        return;
-    }
-    take_addresses(sa, &m);
+    if (scan_or_warn(sa, c, &m))
+        take_addresses(sa, &m);
 }
 
 size_t ike_sa_peer_addresses(const ike_sa *sa, struct sockaddr_storage *out, size_t max)

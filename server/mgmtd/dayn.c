@@ -29,9 +29,10 @@ int mgmtd_overdue(const mgmtd *m, const store_device *d, long long now)
     return d->state == STORE_DEV_ENROLLED && now - d->last_contact > 3LL * m->cfg.poll_s;
 }
 
-static int is_hex64(const char *s)
+/* s is exactly len lowercase hex digits (a SHA-256 digest: 64, an upload ID: 32). */
+static int is_lower_hex(const char *s, size_t len)
 {
-    if (!s || strlen(s) != 64)
+    if (!s || strlen(s) != len)
         return 0;
     for (const char *p = s; *p; p++)
         if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
@@ -297,7 +298,7 @@ void mgmtd_device_artifact(mgmtd *m, struct evhttp_request *req, const char *sha
     store_device d;
     if (mgmtd_device_auth(m, req, &d) < 0)
         return;
-    if (!is_hex64(sha)) {
+    if (!is_lower_hex(sha, 64)) {
         mgmtd_reply_error(req, 404, "artifacts/SHA256: 64 lowercase hex digits expected");
         return;
     }
@@ -464,7 +465,7 @@ void mgmtd_admin_deployment_create(mgmtd *m, struct evhttp_request *req)
         bad = "\"group\": a group name";
     else if (!t || store_dep_type_parse(t, &d.type) < 0 || d.type == STORE_DEP_PROFILE)
         bad = "\"type\": software or cert (a profile: POST groups/G/publish)";
-    else if (d.type == STORE_DEP_SOFTWARE && (!is_hex64(a) || !*sv || strlen(sv) > 63))
+    else if (d.type == STORE_DEP_SOFTWARE && (!is_lower_hex(a, 64) || !*sv || strlen(sv) > 63))
         bad = "software: \"artifact\" (64 hex, uploaded) and \"software_version\" (1 to 63 characters)";
     if (bad) {
         mgmtd_reply_error(req, 400, "request body: %s", bad);
@@ -511,16 +512,6 @@ static int artifact_dir(mgmtd *m, char *dir, size_t cap)
         return -1;
     }
     return 0;
-}
-
-static int is_upload_id(const char *s)
-{
-    if (!s || strlen(s) != 32)
-        return 0;
-    for (const char *p = s; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-            return 0;
-    return 1;
 }
 
 static void remove_stale_uploads(const char *dir, long long now)
@@ -576,7 +567,7 @@ static int upload_path(mgmtd *m, struct evhttp_request *req, const char *id, cha
                        struct stat *st)
 {
     char dir[4096];
-    if (!is_upload_id(id)) {
+    if (!is_lower_hex(id, 32)) {
         mgmtd_reply_error(req, 404, "artifacts/ID: 32 lowercase hex digits expected");
         return -1;
     }
@@ -675,7 +666,7 @@ void mgmtd_admin_artifact_finish(mgmtd *m, struct evhttp_request *req, const cha
     const char *want = json_object_object_get_ex(o, "sha256", &v) ? json_object_get_string(v) : NULL;
     long long size = json_object_object_get_ex(o, "size", &v) && json_object_is_type(v, json_type_int)
                          ? (long long)json_object_get_int64(v) : -1;
-    if (!is_hex64(want) || size < 1) {
+    if (!is_lower_hex(want, 64) || size < 1) {
         json_object_put(o);
         mgmtd_reply_error(req, 400, "finish: {\"sha256\": \"<64 lowercase hex>\", \"size\": <bytes>} expected");
         return;

@@ -248,18 +248,29 @@ char *mgmtd_serial_hex(X509 *cert)
     return out;
 }
 
-static int hook_issued(void *ctx, const char *token_id, const char *device_id, X509 *cert)
+/* The serial (lower-case hex, caller frees) and the notAfter (Unix time) of a freshly issued
+   certificate, as the store records them; NULL if either cannot be read. */
+static char *cert_serial_not_after(X509 *cert, long long *not_after)
 {
-    mgmtd *m = ((cmp_ctx *)ctx)->m;
     struct tm tm;
-    char err[256];
     char *ser = serial_hex(cert);
     if (!ser || ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
         free(ser);
-        return -1;
+        return NULL;
     }
-    int rc = store_issued(m->st, token_id, device_id, ser, (long long)timegm(&tm), (long long)time(NULL), err,
-                          sizeof(err));
+    *not_after = (long long)timegm(&tm);
+    return ser;
+}
+
+static int hook_issued(void *ctx, const char *token_id, const char *device_id, X509 *cert)
+{
+    mgmtd *m = ((cmp_ctx *)ctx)->m;
+    char err[256];
+    long long not_after;
+    char *ser = cert_serial_not_after(cert, &not_after);
+    if (!ser)
+        return -1;
+    int rc = store_issued(m->st, token_id, device_id, ser, not_after, (long long)time(NULL), err, sizeof(err));
     if (rc)
         mgmtd_log("cmp: recording the certificate of %s: %s", device_id, err);
     else
@@ -286,15 +297,12 @@ static int hook_cert_ok(void *ctx, const char *device_id, const char *serial_hex
 static int hook_renewed(void *ctx, const char *device_id, const char *old_serial, X509 *cert)
 {
     mgmtd *m = ((cmp_ctx *)ctx)->m;
-    struct tm tm;
     char err[256];
-    char *ser = serial_hex(cert);
-    if (!ser || ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) != 1) {
-        free(ser);
+    long long not_after;
+    char *ser = cert_serial_not_after(cert, &not_after);
+    if (!ser)
         return -1;
-    }
-    int rc = store_renewed(m->st, device_id, old_serial, ser, (long long)timegm(&tm), (long long)time(NULL), err,
-                           sizeof(err));
+    int rc = store_renewed(m->st, device_id, old_serial, ser, not_after, (long long)time(NULL), err, sizeof(err));
     if (rc)
         mgmtd_log("cmp: recording the renewed certificate of %s: %s", device_id, err);
     else

@@ -598,6 +598,19 @@ int store_cert_ok(store *s, const char *device_id, const char *serial_hex, long 
     return cert_check(s, device_id, serial_hex, now, err, errlen);
 }
 
+/* Opens a transaction holding the device's lock, then runs the checks of store_cert_ok on the
+   certificate serial_hex. Returns 0 with the transaction open, or the error with it already ended. */
+static int begin_cert_checked(store *s, const char *device_id, const char *serial_hex, long long now, char *err,
+                              size_t errlen)
+{
+    if (begin(s, err, errlen) < 0)
+        return -1;
+    int rc = lock_device(s, device_id, err, errlen);
+    if (rc == 0)
+        rc = cert_check(s, device_id, serial_hex, now, err, errlen);
+    return rc ? finish(s, rc, err, errlen) : 0;
+}
+
 int store_renewed(store *s, const char *device_id, const char *old_serial_hex, const char *serial_hex,
                   long long not_after, long long now, char *err, size_t errlen)
 {
@@ -605,14 +618,11 @@ int store_renewed(store *s, const char *device_id, const char *old_serial_hex, c
     lltoa(not_after, na);
     lltoa(now, ns);
     const char *p[] = {device_id, serial_hex, na, ns};
-    if (begin(s, err, errlen) < 0)
-        return -1;
-    int rc = lock_device(s, device_id, err, errlen);
-    if (rc == 0)
-        rc = cert_check(s, device_id, old_serial_hex, now, err, errlen);
-    if (rc == 0)
-        rc = q(s, "INSERT INTO certificates (serial, device, not_after, issued) VALUES (?2, ?1, ?3, ?4)",
-               4, p, NULL, err, errlen);
+    int rc = begin_cert_checked(s, device_id, old_serial_hex, now, err, errlen);
+    if (rc)
+        return rc;
+    rc = q(s, "INSERT INTO certificates (serial, device, not_after, issued) VALUES (?2, ?1, ?3, ?4)", 4, p,
+           NULL, err, errlen);
     if (rc == 0)
         rc = q(s, "UPDATE devices SET serial = ?2, not_after = ?3, last_contact = ?4 WHERE id = ?1", 4, p, NULL,
                err, errlen);
@@ -626,14 +636,11 @@ int store_cert_revoke(store *s, const char *device_id, const char *serial_hex, i
     lltoa(now, ns);
     lltoa(crl_reason, rs);
     const char *p[] = {serial_hex, device_id, ns, rs};
-    if (begin(s, err, errlen) < 0)
-        return -1;
-    int rc = lock_device(s, device_id, err, errlen);
-    if (rc == 0)
-        rc = cert_check(s, device_id, serial_hex, now, err, errlen);
-    if (rc == 0)
-        rc = q(s, "UPDATE certificates SET revoked_at = ?3, reason = ?4 WHERE serial = ?1 AND device = ?2", 4, p,
-               NULL, err, errlen);
+    int rc = begin_cert_checked(s, device_id, serial_hex, now, err, errlen);
+    if (rc)
+        return rc;
+    rc = q(s, "UPDATE certificates SET revoked_at = ?3, reason = ?4 WHERE serial = ?1 AND device = ?2", 4, p, NULL,
+           err, errlen);
     db_res r;
     /* (PostgreSQL wants every parameter used: each statement gets its own list) */
     const char *dn[] = {device_id, ns};

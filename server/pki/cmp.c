@@ -707,6 +707,16 @@ int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, c
         goto out;
     /* Stateless: a message inside a transaction (pollReq, certConf) continues the one it names. */
     int type = OSSL_CMP_MSG_get_bodytype(msg);
+    if (type == BODY_KUR || type == BODY_RR) {
+        /* The answer is signed by the device CA, a self-signed certificate OpenSSL leaves out of
+           extraCerts: sent along, so a device that holds no copy of the CA can check the answer
+           against the issuer of its own certificate (which the device verifies itself). */
+        STACK_OF(X509) *xc = sk_X509_new_null();
+        int ok = xc && sk_X509_push(xc, pki_signer_cert(ca)) > 0 && OSSL_CMP_CTX_set1_extraCertsOut(cc, xc);
+        sk_X509_free(xc);
+        if (!ok)
+            goto out;
+    }
     if (type == BODY_POLLREQ || type == BODY_CERTCONF) {
         OSSL_CMP_PKIHEADER *hdr = OSSL_CMP_MSG_get0_header(msg);
         if (!OSSL_CMP_CTX_set1_transactionID(cc, OSSL_CMP_HDR_get0_transactionID(hdr)))

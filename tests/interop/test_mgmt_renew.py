@@ -11,7 +11,6 @@ gateway, the tunnel never down, no ping lost.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -69,6 +68,7 @@ def test_cert_renewal_under_ping_flood(renew_lab):
         first = not_afters[0]
         assert 0 < first - time.time() <= LIFETIME_S + 5, first
         ike_spis: set[str] = set()
+        in_use: set[int] = set()   # notAfter of the certificate the tunnel's newest IKE SA authenticated with
         flood = netlab.PingFlood(lab.topo.client, netlab.PROTECTED_ADDRS[0], duration_s=DURATION_S)
         deadline = time.monotonic() + DURATION_S
         while time.monotonic() < deadline:
@@ -77,6 +77,8 @@ def test_cert_renewal_under_ping_flood(renew_lab):
             na = (st.get("management") or {}).get("cert_not_after")
             if na and na != not_afters[-1]:
                 not_afters.append(na)
+            if st.get("credential"):
+                in_use.add(st["credential"]["not_after"])
             ike_spis.update(s["initiator-spi"] + "/" + s["responder-spi"]
                             for s in lab.gw.list_sas() if s.get("name") == "ecdsa")
             # the certificate in use never expires under the tunnel
@@ -93,6 +95,11 @@ def test_cert_renewal_under_ping_flood(renew_lab):
         # each renewal moved the tunnel to the new certificate: a reauthentication per renewal, seen by the gateway
         assert log.count("[conn] IKE SA reauthenticated: ") >= len(renewed), c.log_tail()
         assert len(ike_spis) >= len(renewed) + 1, ike_spis
+        # ... and the tunnel did use each renewed certificate (read anew by the reauthentication)
+        assert set(not_afters[:len(renewed) + 1]) <= in_use | {not_afters[len(renewed)]}, (in_use, not_afters)
+        wait_until("the tunnel on the last renewed certificate",
+                   lambda: c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"], timeout_s=30,
+                   tail=c.log_tail)
         # the server recorded the renewals: the device's current serial is the last one renewed
         srv_log = Path(lab.srv.log).read_text()
         assert srv_log.count(f"cmp: device {dev_id} renewed its certificate") >= len(renewed), srv_log[-2000:]

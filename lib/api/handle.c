@@ -99,6 +99,17 @@ static const char *mgmt_tunnel(void *arg, const profile_set *set, bool *up_with)
     return "down";
 }
 
+/* A renewed device certificate: used from the next IKE SA, made now
+ * (make-before-break), so no tunnel keeps an old one until ike.reauth_s. */
+static void mgmt_cert_renewed(void *arg)
+{
+    m2mvpn *h = arg;
+    int r = conn_reauth_now(h->conn);
+    if (r < 0)
+        LOG_INFO(&h->log, "mgmt", "renewed certificate: no tunnel up to reauthenticate (%s); the next IKE SA "
+                 "uses it", m2mvpn_strerror(r));
+}
+
 int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
 {
     if (!ret)
@@ -133,7 +144,7 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
         free(h);
         return M2MVPN_E_SYSTEM;
     }
-    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile, mgmt_tunnel };
+    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile, mgmt_tunnel, mgmt_cert_renewed };
     if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0 || mgmt_new(&h->loop, &h->log, &mhooks, &h->mgmt) < 0) {
         conn_free(h->conn);
         core_loop_destroy(&h->loop);

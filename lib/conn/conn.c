@@ -129,6 +129,7 @@ struct conn {
     core_timer event_timer;       /* runs the posted events */
     core_timer roam_timer;        /* ROAMING: the gateway's answer is due */
     core_timer reauth_timer;      /* ike.reauth_s: while UP (ROAMING: waits) */
+    bool reauth_wanted;           /* conn_reauth_now() while not UP: once UP again */
 
     conn_event queue[CONN_QUEUE];
     size_t q_head, q_len;
@@ -245,6 +246,10 @@ static int set_phase(conn *c, conn_phase to, int err, const char *reason)
         arm_reauth(c, false);
     else if (to != CONN_UP && to != CONN_REAUTHENTICATING && to != CONN_ROAMING)
         core_timer_cancel(c->loop, &c->reauth_timer);
+    if (to != CONN_UP && to != CONN_REAUTHENTICATING && to != CONN_ROAMING)
+        c->reauth_wanted = false; /* the next IKE SA reads the credential anyway */
+    else if (to == CONN_UP && c->reauth_wanted && c->ops.reauth_start)
+        core_timer_arm(c->loop, &c->reauth_timer, 0); /* conn_reauth_now() while it was busy */
     LOG_INFO(c->log, "conn", "%s -> %s (%s)", conn_phase_name(from), conn_phase_name(to),
              reason && *reason ? reason : "-");
     c->last_change = c->ops.wall_time(c->ops.arg);
@@ -882,6 +887,11 @@ static void arm_reauth(conn *c, bool retry)
 {
     core_timer_cancel(c->loop, &c->reauth_timer);
     uint64_t life_ms = c->prof ? (uint64_t)c->prof->ike.reauth_s * 1000 : 0;
+    if (retry && c->reauth_wanted && c->ops.reauth_start) {
+        /* conn_reauth_now() (a renewed certificate): again soon, whatever reauth_s says */
+        core_timer_arm(c->loop, &c->reauth_timer, 2000);
+        return;
+    }
     if (!life_ms || !c->ops.reauth_start)
         return;
     uint64_t tenth = life_ms / 10, delay;
@@ -895,6 +905,7 @@ static void arm_reauth(conn *c, bool retry)
 static void reauth_now(void *arg)
 {
     conn *c = arg;
+    c->reauth_wanted = false;
     if (c->phase == CONN_ROAMING) { /* the new IKE SA goes on the new path */
         arm_reauth(c, true);
         return;
@@ -998,6 +1009,8 @@ void conn_reauth_established(conn *c, const ike_child_result *r)
     LOG_INFO(c->log, "conn", "%s", what);
     set_phase(c, CONN_UP, 0, "reauthenticated");
     arm_reauth(c, false);
+    if (c->reauth_wanted) /* asked for during this one (a new credential) */
+        core_timer_arm(c->loop, &c->reauth_timer, 0);
     if (c->hooks.on_event)
         c->hooks.on_event(c->hooks.arg, M2MVPN_EVENT_REKEYED, 0, what);
 }
@@ -1417,4 +1430,23 @@ void conn_get_status(conn *c, conn_status *st)
     st->last_change = c->last_change;
     snprintf(st->last_reason, sizeof(st->last_reason), "%s", c->last_reason);
     c->ops.fill_status(c->ops.arg, c->spi_in != 0, st);
+}
+
+int conn_reauth_now(conn *c)
+{
+    if (!c || !c->ops.reauth_start)
+        return M2MVPN_E_NOTSUPP;
+    switch (c->phase) {
+    case CONN_UP:
+        c->reauth_wanted = true;
+        core_timer_cancel(c->loop, &c->reauth_timer);
+        core_timer_arm(c->loop, &c->reauth_timer, 0);
+        return 0;
+    case CONN_REAUTHENTICATING: /* may have read the old credential: once more after it */
+    case CONN_ROAMING:
+        c->reauth_wanted = true;
+        return 0;
+    default: /* no tunnel: the next IKE SA reads the credential anew */
+        return M2MVPN_E_STATE;
+    }
 }

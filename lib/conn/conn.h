@@ -256,6 +256,11 @@ const char *conn_profile_name(const conn *c);
 /* Up (CHILD SA installed, no switch or reauthentication under way) with
  * exactly this profile set (compared, not used): management's commit rule. */
 bool conn_up_with_set(const conn *c, const profile_set *set);
+/* Reauthenticate now, make-before-break (a renewed certificate: the new IKE
+ * SA reads the credential anew): UP -> REAUTHENTICATING at once; during a
+ * reauthentication or roaming, once UP again. M2MVPN_E_STATE: no tunnel up
+ * (the next IKE SA reads it anyway); M2MVPN_E_NOTSUPP: the ops cannot. */
+int conn_reauth_now(conn *c);
 /* Remove the profile's network on purpose (kill switch included). */
 void conn_remove_profile(conn *c);
 

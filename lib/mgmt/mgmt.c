@@ -4,7 +4,9 @@
 #include "mgmt.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -25,7 +27,7 @@
 #define PENDING_RETRY_S 30
 #define FAIL_RETRY_S 60
 
-typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT } job_type;
+typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT, JOB_RENEW } job_type;
 
 #define TRY_POLL_S 3          /* trying a profile: poll this often for the commit */
 #define TRY_DEFAULT_S 90      /* give a new profile this long to come up */
@@ -44,7 +46,10 @@ typedef struct job {
     cred_provider *cred;      /* ENROL: the token holding it (pkcs11), or NULL */
     bool reopen;              /* FETCH: free key/cred given, open the token key again */
     bool made_key;            /* ENROL: the key file was made by this attempt */
-    X509 *cert;               /* ENROL: issued */
+    X509 *cert;               /* ENROL, RENEW: issued */
+    X509 *old_cert;           /* RENEW: the current one (a reference) */
+    EVP_PKEY *new_key;        /* RENEW: the key of the new certificate */
+    bool new_key_file;        /* RENEW: new key in <key>.next (file provider) */
     int check_after_s;
     long http;
     uint8_t *body;
@@ -124,9 +129,18 @@ struct mgmt {
     char res_version[64];     /* handed-over version (under mu); "" none */
     bool res_set, res_ok;
     char res_details[256];
+    /* certificate renewal (CMP KUR) */
+    core_timer renew_timer;
+    unsigned renew_fails;     /* failed renewals in a row: back-off */
+    int64_t renew_dep;        /* a cert deployment asking for it (0: the schedule) */
     mgmt_dep_type ask_type;   /* the deployment being fetched */
     bool ask_window;
 };
+
+static void renew_arm(mgmt *m);
+static void renew_recover(mgmt *m);
+static void renew_done(mgmt *m, job *j);
+static void on_renew_timer(void *arg);
 
 /* ------------------------------------------------------------- helpers */
 
@@ -327,6 +341,44 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
     return 0;
 }
 
+/* The key of the renewed certificate: file provider a new key written to
+ * <key>.next (swapped in once the certificate is issued); PKCS#11 and TPM
+ * the same key (KUR of the key in use). Then the KUR. */
+static void renew_run(mgmt *m, job *j)
+{
+    if (m->boot->mgmt.provider == PROFILE_CERT_FILE) {
+        char next[4200];
+        snprintf(next, sizeof(next), "%s.next", m->key_path);
+        unlink(next); /* a half-made one of an earlier attempt */
+        keygen_request rq = { .provider = KEYGEN_FILE, .subject = "/CN=m2mvpn-device", .out = next,
+                              .pin = m->boot->mgmt.pin, .pin_len = pin_len(m->boot) };
+        char *csr = NULL;
+        j->r = keygen_run(&rq, &csr, j->err, sizeof(j->err));
+        free(csr);
+        if (j->r < 0)
+            return;
+        j->new_key_file = true;
+        FILE *f = fopen(next, "r");
+        const char *pass = m->boot->mgmt.pin ? m->boot->mgmt.pin : "";
+        j->new_key = f ? PEM_read_PrivateKey(f, NULL, NULL, (void *)pass) : NULL;
+        if (f)
+            fclose(f);
+        if (!j->new_key) {
+            ERR_clear_error();
+            snprintf(j->err, sizeof(j->err), "cannot read the new device key %s", next);
+            j->r = M2MVPN_E_CERT;
+            return;
+        }
+    } else {
+        if (!EVP_PKEY_up_ref(j->tls.key)) {
+            j->r = M2MVPN_E_NOMEM;
+            return;
+        }
+        j->new_key = j->tls.key;
+    }
+    j->r = mgmt_cmp_kur(&j->tls, j->tls.key, j->old_cert, j->new_key, &j->cert, j->err, sizeof(j->err));
+}
+
 static void run_job(mgmt *m, job *j)
 {
     if (j->type != JOB_ENROL && j->reopen) {
@@ -373,6 +425,10 @@ static void run_job(mgmt *m, job *j)
         j->r = mgmt_http(&j->tls, j->path, NULL, NULL, 0, NULL, &j->http, &j->body, &j->len, NULL, 0, j->err,
                          sizeof(j->err));
         break;
+    case JOB_RENEW:
+        renew_run(m, j);
+        release_tpm(m, &j->key, &j->cred);
+        break;
     case JOB_NONE:
         break;
     }
@@ -409,6 +465,8 @@ static void job_free(job *j)
     EVP_PKEY_free(j->key);
     cred_free(j->cred);
     X509_free(j->cert);
+    X509_free(j->old_cert);
+    EVP_PKEY_free(j->new_key);
     free(j->body);
     free(j);
 }
@@ -451,6 +509,10 @@ static void submit_path(mgmt *m, job_type type, const char *path)
             feedback_body(&m->fb, j->fb_body, sizeof(j->fb_body));
         }
         LOG_DBG(m->log, SUB, "polling %s%s", m->boot->mgmt.url, j->path);
+    } else if (type == JOB_RENEW) {
+        X509_up_ref(m->cert);
+        j->old_cert = m->cert;
+        LOG_INFO(m->log, SUB, "renewing the device certificate (CMP KUR) at %s", m->boot->mgmt.url);
     } else if (type == JOB_DEPLOY || type == JOB_ARTIFACT) {
         snprintf(j->path, sizeof(j->path), "%s", path ? path : "");
         LOG_INFO(m->log, SUB, "fetching deployment %s", j->path);
@@ -703,6 +765,7 @@ static void enrol_done(mgmt *m, job *j)
     char what[128];
     snprintf(what, sizeof(what), "enrolled as %s", id);
     m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_ENROLLED, 0, what);
+    renew_arm(m);
     submit(m, JOB_FETCH);
 }
 
@@ -1114,7 +1177,15 @@ static void poll_done(mgmt *m, job *j)
             submit_path(m, JOB_DEPLOY, d->href);
             return;
         }
-        /* cert deployments: not handled by this build yet */
+        if (d->type == MGMT_DEP_CERT && m->renew_dep != d->id) {
+            /* A cert deployment asks for a renewal now (the operator's
+             * "renew"); its result goes back as the deployment's feedback. */
+            LOG_INFO(m->log, SUB, "deployment %lld: certificate renewal asked by the server", (long long)d->id);
+            m->renew_dep = d->id;
+            m->renew_fails = 0;
+            submit(m, JOB_RENEW);
+            return;
+        }
     }
     schedule_poll(m, poll_interval(m));
 }
@@ -1297,6 +1368,163 @@ static void deploy_done(mgmt *m, job *j)
     schedule_poll(m, m->jr.phase == MGMT_APPLY_TRYING ? TRY_POLL_S : 1);
 }
 
+/* ------------------------------------------- day N: certificate renewal */
+
+static int64_t asn1_unix(const ASN1_TIME *t)
+{
+    struct tm tm;
+    return t && ASN1_TIME_to_tm(t, &tm) ? (int64_t)timegm(&tm) : 0;
+}
+
+/* The renewal timer from the certificate in use (mgmt_renew_at), or the
+ * back-off after a failure. */
+static void renew_arm(mgmt *m)
+{
+    if (!m->cert)
+        return;
+    int64_t nb = asn1_unix(X509_get0_notBefore(m->cert)), na = asn1_unix(X509_get0_notAfter(m->cert));
+    int64_t now = wall_now(), at;
+    if (m->renew_fails) {
+        at = now + mgmt_renew_retry_s(m->renew_fails, now, na);
+    } else {
+        uint32_t rnd = 0;
+        RAND_bytes((unsigned char *)&rnd, sizeof(rnd));
+        at = mgmt_renew_at(nb, na, (double)rnd / 4294967296.0);
+    }
+    int64_t delay = at > now ? at - now : 0;
+    LOG_INFO(m->log, SUB, "certificate renewal in %lld s (valid until %lld)", (long long)delay, (long long)na);
+    core_timer_arm(m->loop, &m->renew_timer, (uint64_t)delay * 1000 + 1);
+}
+
+static void on_renew_timer(void *arg)
+{
+    mgmt *m = arg;
+    if (!m->cert || m->st.phase != MGMT_ENROLLED)
+        return;
+    if (m->busy) { /* one request at a time: right after the one under way */
+        core_timer_arm(m->loop, &m->renew_timer, 2000);
+        return;
+    }
+    submit(m, JOB_RENEW);
+}
+
+/* The swap of key and certificate: device.crt.pem.next is written (fsync)
+ * once the certificate is issued; then <key>.next is renamed over the key
+ * and device.crt.pem.next over device.crt.pem. A stop anywhere: with
+ * device.crt.pem.next present the swap is finished at the next start, else
+ * a <key>.next is an attempt that never got its certificate (removed). */
+static int renew_swap(mgmt *m, bool new_key_file, char *err, size_t err_len)
+{
+    char kn[4200], cn[4200], cp[4200];
+    snprintf(kn, sizeof(kn), "%s.next", m->key_path);
+    snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+    snprintf(cp, sizeof(cp), "%s/device.crt.pem", m->dir);
+    if (new_key_file && access(kn, F_OK) == 0 && rename(kn, m->key_path) < 0) {
+        snprintf(err, err_len, "cannot rename %s over %s: %s", kn, m->key_path, strerror(errno));
+        return M2MVPN_E_IO;
+    }
+    if (rename(cn, cp) < 0) {
+        snprintf(err, err_len, "cannot rename %s over %s: %s", cn, cp, strerror(errno));
+        return M2MVPN_E_IO;
+    }
+    int dfd = open(m->dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+}
+
+static void renew_recover(mgmt *m)
+{
+    char kn[4200], cn[4200], err[512];
+    snprintf(kn, sizeof(kn), "%s.next", m->key_path);
+    snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+    if (access(cn, F_OK) == 0) {
+        if (renew_swap(m, true, err, sizeof(err)) < 0)
+            LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
+        else
+            LOG_WARN(m->log, SUB, "an interrupted certificate renewal finished (renewed key and certificate in use)");
+    } else if (m->boot->mgmt.provider == PROFILE_CERT_FILE && access(kn, F_OK) == 0) {
+        unlink(kn);
+    }
+}
+
+static void renew_done(mgmt *m, job *j)
+{
+    char err[600];
+    take_reopened(m, j);
+    int r = j->r;
+    snprintf(err, sizeof(err), "%s", j->err);
+    if (r == 0) {
+        BIO *bio = BIO_new(BIO_s_mem());
+        char *pem = NULL;
+        long n = bio && PEM_write_bio_X509(bio, j->cert) ? BIO_get_mem_data(bio, &pem) : 0;
+        r = n > 0 ? mgmt_write_file(m->dir, "device.crt.pem.next", pem, (size_t)n, err, sizeof(err))
+                  : M2MVPN_E_NOMEM;
+        BIO_free(bio);
+        if (r == 0 && j->cred && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) {
+            unsigned char *der = NULL;
+            int dn = i2d_X509(j->cert, &der);
+            r = dn > 0 ? cred_pkcs11_store_cert(j->cred, der, (size_t)dn, err, sizeof(err)) : M2MVPN_E_NOMEM;
+            OPENSSL_free(der);
+        }
+        if (r == 0)
+            r = renew_swap(m, j->new_key_file, err, sizeof(err));
+    }
+    if (r < 0) {
+        if (j->new_key_file) {
+            char kn[4200];
+            snprintf(kn, sizeof(kn), "%s.next", m->key_path);
+            unlink(kn);
+        }
+        m->renew_fails++;
+        char why[700];
+        snprintf(why, sizeof(why), "certificate renewal failed (%u in a row): %s", m->renew_fails, err);
+        LOG_WARN(m->log, SUB, "%s", why);
+        publish_status(m, why);
+        if (m->renew_dep)
+            owe_feedback(m, m->renew_dep, false, why);
+        m->renew_dep = 0;
+        renew_arm(m);
+    } else {
+        if (j->new_key_file || !m->key) {
+            EVP_PKEY_free(m->key);
+            m->key = j->new_key;
+            j->new_key = NULL;
+            if (m->boot->mgmt.provider == PROFILE_CERT_TPM)
+                release_tpm(m, &m->key, &m->cred);
+        }
+        X509_free(m->cert);
+        m->cert = j->cert;
+        j->cert = NULL;
+        m->renew_fails = 0;
+        publish_status(m, NULL);
+        clear_error(m);
+        char serial[80] = "?";
+        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(m->cert), NULL);
+        char *hex = bn ? BN_bn2hex(bn) : NULL;
+        if (hex)
+            snprintf(serial, sizeof(serial), "%s", hex);
+        OPENSSL_free(hex);
+        BN_free(bn);
+        int64_t na = asn1_unix(X509_get0_notAfter(m->cert));
+        char what[200];
+        snprintf(what, sizeof(what), "certificate renewed: serial %s, not_after %lld%s", serial, (long long)na,
+                 j->new_key_file ? " (new key)" : " (same key)");
+        LOG_INFO(m->log, SUB, "%s", what);
+        if (m->renew_dep)
+            owe_feedback(m, m->renew_dep, true, what);
+        m->renew_dep = 0;
+        m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_CERT_RENEWED, 0, what);
+        if (m->hooks.on_cert_renewed)
+            m->hooks.on_cert_renewed(m->hooks.arg);
+        renew_arm(m);
+    }
+    if (!m->timer.armed)
+        schedule_poll(m, m->fb.id ? 1 : poll_interval(m));
+}
+
 static void on_result(void *arg, uint32_t events)
 {
     (void)events;
@@ -1321,6 +1549,8 @@ static void on_result(void *arg, uint32_t events)
         deploy_done(m, j);
     else if (j->type == JOB_ARTIFACT)
         artifact_done(m, j);
+    else if (j->type == JOB_RENEW)
+        renew_done(m, j);
     else
         fetch_done(m, j);
     job_free(j);
@@ -1351,6 +1581,7 @@ int mgmt_new(core_loop *loop, core_log *log, const mgmt_hooks *hooks, mgmt **ret
     pthread_mutex_init(&m->mu, NULL);
     pthread_cond_init(&m->cv, NULL);
     core_timer_init(&m->timer, on_timer, m);
+    core_timer_init(&m->renew_timer, on_renew_timer, m);
     *ret = m;
     return 0;
 }
@@ -1369,6 +1600,7 @@ void mgmt_free(mgmt *m)
         core_io_remove(m->loop, &m->io);
     }
     core_timer_cancel(m->loop, &m->timer);
+    core_timer_cancel(m->loop, &m->renew_timer);
     job_free(m->todo);
     job_free(m->done);
     close(m->evfd);
@@ -1396,6 +1628,7 @@ static X509 *read_cert(const char *path)
 static int resume(mgmt *m, char *err, size_t err_len)
 {
     char path[4200];
+    renew_recover(m);
     snprintf(path, sizeof(path), "%s/device.crt.pem", m->dir);
     m->cert = read_cert(path);
     char kerr[256] = "";
@@ -1511,6 +1744,7 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
             return r;
         }
         publish_status(m, NULL);
+        renew_arm(m);
         submit(m, m->st.profile_version > 0 ? JOB_POLL : JOB_FETCH);
         return 0;
     }

@@ -118,6 +118,14 @@ int mgmt_cmp_enrol(const mgmt_tls *t, const char *token, EVP_PKEY *key, X509 **r
  * the answer to an IR and check it as mgmt_cmp_enrol would. */
 int mgmt_cmp_check_answer(const uint8_t *der, size_t len, char *err, size_t err_len);
 
+/* Day N: one CMP KUR signed with the current (old_key, old_cert) for a
+ * certificate of new_key (may be old_key: same key). The answer is trusted
+ * only if signed by the issuer of old_cert; the new certificate must be for
+ * new_key, keep the subject and come from that issuer. 0: *ret_cert; else
+ * M2MVPN_E_CERT, M2MVPN_E_ENROL (refused), SERVER_CERT, NETWORK, PROTOCOL. */
+int mgmt_cmp_kur(const mgmt_tls *t, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key, X509 **ret_cert,
+                 char *err, size_t err_len);
+
 /* The device id the server derives: "dev-" + 16 hex of SHA-256(SPKI DER). */
 int mgmt_device_id(EVP_PKEY *key, char out[21]);
 
@@ -148,6 +156,20 @@ int mgmt_poll_parse(const char *text, size_t len, mgmt_poll_answer *out, char *e
 /* The poll path with the state query. */
 int mgmt_poll_query(char *out, size_t cap, const char *tunnel, int64_t profile_version, const char *software,
                     int64_t cert_not_after);
+
+/* ------------------------------------------- day N: certificate renewal */
+
+#define MGMT_RENEW_RETRY_MIN_S 60
+#define MGMT_RENEW_RETRY_MAX_S 3600
+
+/* When to renew a certificate valid from not_before to not_after (Unix
+ * time): about 2/3 of its lifetime, jittered by +-1/18 of it with `rnd`, a
+ * uniform draw in [0, 1). */
+int64_t mgmt_renew_at(int64_t not_before, int64_t not_after, double rnd);
+/* Wait before the next attempt after `failures` (>= 1) failed ones: 60 s
+ * doubling up to 1 h, but at most half of the time left before not_after
+ * (at least 5 s). */
+int64_t mgmt_renew_retry_s(unsigned failures, int64_t now, int64_t not_after);
 
 /* ------------------------------------- day N: applying a profile (apply.json) */
 
@@ -204,6 +226,9 @@ typedef struct mgmt_hooks {
      * true when it is up with exactly `set` (compared, never used). NULL:
      * "down". */
     const char *(*tunnel)(void *arg, const profile_set *set, bool *up_with);
+    /* The certificate was renewed (files swapped, CERT_RENEWED emitted):
+     * reauthenticate now so the next IKE SA uses it. NULL: nothing. */
+    void (*on_cert_renewed)(void *arg);
 } mgmt_hooks;
 
 typedef struct mgmt_status {

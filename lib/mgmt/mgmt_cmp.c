@@ -7,6 +7,7 @@
 #include <openssl/cmp.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,12 +16,57 @@
 
 typedef struct cmp_io {
     const mgmt_tls *tls;
+    X509 *old_cert;            /* KUR: the answer must be signed by its issuer */
+    X509 *issuer;              /* KUR: that issuer, found in the answer (a reference) */
     const uint8_t *canned;     /* tests/fuzzing: this answer to every request */
     size_t canned_len;
     int answers;               /* CMP answers received in this transaction */
     int net_err;               /* the transfer's own failure, 0 none */
     char net_why[256];
 } cmp_io;
+
+/* KUR: the server signs its answer with the device CA's key, and the device
+ * holds no copy of that CA. The one certificate we take as the answer's
+ * signer (srvCert, checked by OpenSSL's client) is the one of the answer's
+ * extraCerts that issued our current certificate (its signature on it
+ * verifies): the CA that vouched for this device vouches for its renewal,
+ * nothing else in the message is trusted. PKIMessage ::= SEQUENCE { header,
+ * body, [0] protection OPTIONAL, [1] extraCerts OPTIONAL }. */
+static void pin_issuer(OSSL_CMP_CTX *ctx, cmp_io *io, const uint8_t *der, size_t len)
+{
+    const unsigned char *p = der, *end;
+    long l;
+    int tag, cls;
+    if (len > (size_t)LONG_MAX || (ASN1_get_object(&p, &l, &tag, &cls, (long)len) & 0x80) || tag != V_ASN1_SEQUENCE)
+        return;
+    end = p + l;
+    while (p < end) {
+        const unsigned char *q = p;
+        if (ASN1_get_object(&q, &l, &tag, &cls, end - p) & 0x80)
+            return;
+        if (cls == V_ASN1_CONTEXT_SPECIFIC && tag == 1) {
+            const unsigned char *in_end = q + l;
+            if ((ASN1_get_object(&q, &l, &tag, &cls, in_end - q) & 0x80) || tag != V_ASN1_SEQUENCE)
+                return;
+            while (q < in_end) {
+                X509 *c = d2i_X509(NULL, &q, in_end - q);
+                if (!c)
+                    break;
+                EVP_PKEY *pk = X509_get0_pubkey(c);
+                if (X509_check_issued(c, io->old_cert) == X509_V_OK && pk && X509_verify(io->old_cert, pk) == 1 &&
+                    OSSL_CMP_CTX_set1_srvCert(ctx, c)) {
+                    X509_free(io->issuer);
+                    io->issuer = c;
+                    break;
+                }
+                X509_free(c);
+            }
+            ERR_clear_error();
+            return;
+        }
+        p = q + l;
+    }
+}
 
 static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
 {
@@ -56,6 +102,8 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
         const unsigned char *p = body;
         rsp = d2i_OSSL_CMP_MSG(NULL, &p, (long)len);
     }
+    if (rsp && io->old_cert)
+        pin_issuer(ctx, io, body, len);
     if (rsp)
         io->answers++;
     if (!rsp) {
@@ -250,4 +298,56 @@ int mgmt_device_id(EVP_PKEY *key, char out[21])
     for (int i = 0; i < 8; i++)
         snprintf(out + 4 + 2 * i, 3, "%02x", md[i]);
     return 0;
+}
+
+/* One CMP KUR: signed with (old_key, old_cert), oldCert = old_cert, the new
+ * certificate for new_key. The answer must be signed by the issuer of
+ * old_cert (pin_issuer); the new certificate must be for new_key, keep the
+ * subject and come from that issuer. */
+int mgmt_cmp_kur(const mgmt_tls *t, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key, X509 **ret_cert,
+                 char *err, size_t err_len)
+{
+    cmp_io io = { .tls = t, .old_cert = old_cert };
+    OSSL_CMP_CTX *ctx = OSSL_CMP_CTX_new(NULL, NULL);
+    if (!ctx)
+        return M2MVPN_E_NOMEM;
+    int r = M2MVPN_E_CRYPTO;
+    OSSL_CMP_CTX_set_log_cb(ctx, NULL);
+    if (!OSSL_CMP_CTX_set1_cert(ctx, old_cert) || !OSSL_CMP_CTX_set1_pkey(ctx, old_key) ||
+        !OSSL_CMP_CTX_set1_oldCert(ctx, old_cert) || !EVP_PKEY_up_ref(new_key) ||
+        !OSSL_CMP_CTX_set0_newPkey(ctx, 1, new_key) || !OSSL_CMP_CTX_set_transfer_cb(ctx, transfer) ||
+        !OSSL_CMP_CTX_set_transfer_cb_arg(ctx, &io) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_IMPLICIT_CONFIRM, 1) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_UNPROTECTED_ERRORS, 1) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT, 120)) {
+        snprintf(err, err_len, "cannot set up the CMP key update request");
+        goto out;
+    }
+    X509 *cert = OSSL_CMP_exec_KUR_ses(ctx);
+    if (!cert) {
+        r = classify(ctx, &io, err, err_len);
+        if (r == M2MVPN_E_PROTOCOL || r == M2MVPN_E_ENROL) {
+            char why[400];
+            snprintf(why, sizeof(why), "%s", err);
+            snprintf(err, err_len, "certificate renewal (CMP KUR) failed: %s", why);
+        }
+        goto out;
+    }
+    r = check_cert(cert, new_key, err, err_len);
+    X509 *srv = io.issuer;
+    if (r == 0 && (!srv || X509_NAME_cmp(X509_get_subject_name(cert), X509_get_subject_name(old_cert)) != 0 ||
+                   X509_check_issued(srv, cert) != X509_V_OK || X509_verify(cert, X509_get0_pubkey(srv)) != 1)) {
+        snprintf(err, err_len, "the renewed certificate does not keep the subject or does not come from the CA of "
+                 "the current one: refused");
+        r = M2MVPN_E_CERT;
+    }
+    if (r == 0) {
+        X509_up_ref(cert);
+        *ret_cert = cert;
+    }
+out:
+    ERR_clear_error();
+    X509_free(io.issuer);
+    OSSL_CMP_CTX_free(ctx);
+    return r;
 }

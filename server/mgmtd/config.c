@@ -112,7 +112,8 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
     static const struct {
         const char *key;
         int kind;            /* 0 string, 1 path, 2 key location, 3 database, 4 int, 5 listen, 6 sha256,
-                                7 crl_listen, 8 crl_next_update_s, 9 http(s) URL */
+                                7 crl_listen, 8 crl_next_update_s, 9 http(s) URL,
+                                10 cert_lifetime_s */
         int required;
         size_t off;
     } keys[] = {
@@ -127,6 +128,7 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
         {"admin_token_sha256", 6, 1, 0},
         {"database", 3, 1, offsetof(mgmtd_config, database)},
         {"cert_days", 4, 0, 0},
+        {"cert_lifetime_s", 10, 0, 0},
         {"org", 0, 0, offsetof(mgmtd_config, org)},
         {"crl_listen", 7, 0, 0},
         {"crl_url", 9, 0, offsetof(mgmtd_config, crl_url)},
@@ -156,6 +158,17 @@ int mgmtd_config_load(mgmtd_config *c, const char *path, char *err, size_t errle
                 rc = -1;
                 goto out;
             }
+            continue;
+        }
+        if (keys[i].kind == 10) {
+            int64_t d = json_object_get_int64(v);
+            if (!json_object_is_type(v, json_type_int) || d < 60 || d > 3650LL * 86400) {
+                snprintf(err, errlen, "config %s: key \"%s\": expected a whole number of seconds, 60 to %lld",
+                         path, keys[i].key, 3650LL * 86400);
+                rc = -1;
+                goto out;
+            }
+            c->cert_lifetime_s = d;
             continue;
         }
         if (keys[i].kind == 4 && strcmp(keys[i].key, "cert_days")) {

@@ -31,6 +31,7 @@ typedef struct mgmtd_config {
     char *token_key, *database;
     unsigned char admin_token_sha256[32];
     int cert_days;
+    int64_t cert_lifetime_s;      /* > 0: overrides cert_days (seconds, 60 and up) */
     char *org;
     /* day 1..N: revocation */
     char *crl_listen_host;        /* plain HTTP listener for GET /crl, NULL: none */

@@ -350,7 +350,7 @@ static void route_cmp(mgmtd *m, struct evhttp_request *req)
     cmp_ctx c = {m};
     unsigned char *resp = NULL;
     size_t rlen = 0;
-    pki_cmp_options opts = {.cert_days = m->cfg.cert_days, .org = m->cfg.org, .crl_url = m->cfg.crl_url};
+    pki_cmp_options opts = {.cert_days = m->cfg.cert_days, .cert_lifetime_s = m->cfg.cert_lifetime_s, .org = m->cfg.org, .crl_url = m->cfg.crl_url};
     int rc = pki_cmp_handle_opts(m->ca, &hooks, &c, &opts, (unsigned char *)b, n, &resp, &rlen);
     free(b);
     if (rc < 0 || !resp) {

@@ -49,6 +49,7 @@ struct cmp_call {
     const pki_cmp_hooks *hooks;
     void *hctx;
     int cert_days;
+    int64_t cert_lifetime_s;
     const char *org;
     const char *crl_url;
     char token_id[17];
@@ -238,9 +239,12 @@ static X509 *issue_cert(const struct cmp_call *call, EVP_PKEY *pub, const char *
     if (!X509_set_version(x, X509_VERSION_3) || !X509_set_issuer_name(x, X509_get_subject_name(ca))
         || !X509_NAME_add_entry_by_txt(subj, "CN", MBSTRING_UTF8, (const unsigned char *)device_id, -1, -1, 0)
         || !X509_NAME_add_entry_by_txt(subj, "O", MBSTRING_UTF8, (const unsigned char *)org, -1, -1, 0)
-        /* five minutes back: a device clock slightly behind still accepts it */
-        || !X509_gmtime_adj(X509_getm_notBefore(x), -300)
-        || !X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL)
+        /* five minutes back: a device clock slightly behind still accepts it (a lifetime in
+           seconds: a tenth of it at most, so that the device's 2/3 point stays ahead) */
+        || !X509_gmtime_adj(X509_getm_notBefore(x), call->cert_lifetime_s > 0 && call->cert_lifetime_s < 3000
+                                                         ? -(long)(call->cert_lifetime_s / 10) : -300)
+        || !(call->cert_lifetime_s > 0 ? X509_gmtime_adj(X509_getm_notAfter(x), (long)call->cert_lifetime_s) != NULL
+                                       : X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL) != NULL)
         || !X509_set_pubkey(x, pub))
         goto fail;
     X509V3_CTX v3;
@@ -673,7 +677,7 @@ int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, c
         || req_len == 0 || req_len > 1 << 20)
         return -1;
 
-    struct cmp_call call = {.ca = ca, .hooks = hooks, .hctx = ctx, .cert_days = opts->cert_days, .org = opts->org,
+    struct cmp_call call = {.ca = ca, .hooks = hooks, .hctx = ctx, .cert_days = opts->cert_days, .cert_lifetime_s = opts->cert_lifetime_s, .org = opts->org,
                             .crl_url = opts->crl_url};
     OSSL_CMP_SRV_CTX *srv = NULL;
     OSSL_CMP_MSG *msg = NULL, *rsp = NULL;
@@ -703,6 +707,16 @@ int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, c
         goto out;
     /* Stateless: a message inside a transaction (pollReq, certConf) continues the one it names. */
     int type = OSSL_CMP_MSG_get_bodytype(msg);
+    if (type == BODY_KUR || type == BODY_RR) {
+        /* The answer is signed by the device CA, a self-signed certificate OpenSSL leaves out of
+           extraCerts: sent along, so a device that holds no copy of the CA can check the answer
+           against the issuer of its own certificate (which the device verifies itself). */
+        STACK_OF(X509) *xc = sk_X509_new_null();
+        int ok = xc && sk_X509_push(xc, pki_signer_cert(ca)) > 0 && OSSL_CMP_CTX_set1_extraCertsOut(cc, xc);
+        sk_X509_free(xc);
+        if (!ok)
+            goto out;
+    }
     if (type == BODY_POLLREQ || type == BODY_CERTCONF) {
         OSSL_CMP_PKIHEADER *hdr = OSSL_CMP_MSG_get0_header(msg);
         if (!OSSL_CMP_CTX_set1_transactionID(cc, OSSL_CMP_HDR_get0_transactionID(hdr)))

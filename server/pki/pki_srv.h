@@ -57,6 +57,7 @@ typedef struct {
     int cert_days;
     const char *org;
     const char *crl_url;
+    int64_t cert_lifetime_s; /* > 0: validity in seconds instead of cert_days (tests: short-lived) */
 } pki_cmp_options;
 int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, const pki_cmp_options *opts,
                         const unsigned char *req, size_t req_len, unsigned char **resp, size_t *resp_len);

@@ -168,6 +168,8 @@ def test_bad_bearer_and_limits(pki, server):
 @pytest.mark.parametrize("bad,word", [
     ({"listen": "127.0.0.1"}, '"listen"'),
     ({"cert_days": "x"}, '"cert_days"'),
+    ({"cert_lifetime_s": 59}, '"cert_lifetime_s"'),
+    ({"cert_lifetime_s": "90"}, '"cert_lifetime_s"'),
     ({"admin_token_sha256": "abc"}, '"admin_token_sha256"'),
     ({"colour": "blue"}, '"colour"'),
     ({"database": "mysql://x"}, '"database"'),

@@ -779,6 +779,57 @@ START_TEST(test_software_bundle_and_artifact)
 }
 END_TEST
 
+/* Renewal at about 2/3 of the lifetime, jitter bounded, never before the
+ * middle nor after 3/4 of it, whatever the draw; 90 s certificates (the
+ * interop test's) and a year alike. */
+START_TEST(test_renew_schedule)
+{
+    const int64_t nb = 1700000000;
+    const int64_t lifes[] = { 60, 90, 3600, 365 * 86400 };
+    for (size_t k = 0; k < sizeof(lifes) / sizeof(lifes[0]); k++) {
+        int64_t na = nb + lifes[k];
+        int64_t lo = INT64_MAX, hi = INT64_MIN;
+        for (int i = 0; i <= 100; i++) {
+            double rnd = i / 100.0; /* 1.0 included: clamped */
+            int64_t t = mgmt_renew_at(nb, na, rnd);
+            ck_assert_int_ge(t, nb + lifes[k] / 2);
+            ck_assert_int_le(t, nb + lifes[k] * 3 / 4);
+            lo = t < lo ? t : lo;
+            hi = t > hi ? t : hi;
+        }
+        /* the middle draw is 2/3; the draws do spread the devices */
+        int64_t mid = mgmt_renew_at(nb, na, 0.5);
+        ck_assert_int_le(llabs(mid - (nb + lifes[k] * 2 / 3)), 1);
+        if (lifes[k] >= 90)
+            ck_assert_int_gt(hi - lo, lifes[k] / 18);
+    }
+    /* a year: renewed about 243 days in, not days before expiry */
+    int64_t y = mgmt_renew_at(nb, nb + 365 * 86400, 0.5);
+    ck_assert_int_eq((y - nb) / 86400, 243);
+    /* validity upside down: at once (not_before), never in the future */
+    ck_assert_int_eq(mgmt_renew_at(nb, nb, 0.5), nb);
+    ck_assert_int_eq(mgmt_renew_at(nb, nb - 10, 0.9), nb);
+}
+END_TEST
+
+/* Back-off: 60 s doubling to 1 h, and a retry always long before expiry. */
+START_TEST(test_renew_backoff)
+{
+    const int64_t now = 1700000000, far = now + 365 * 86400;
+    ck_assert_int_eq(mgmt_renew_retry_s(1, now, far), 60);
+    ck_assert_int_eq(mgmt_renew_retry_s(2, now, far), 120);
+    ck_assert_int_eq(mgmt_renew_retry_s(3, now, far), 240);
+    ck_assert_int_eq(mgmt_renew_retry_s(6, now, far), 1920);
+    ck_assert_int_eq(mgmt_renew_retry_s(7, now, far), 3600);
+    ck_assert_int_eq(mgmt_renew_retry_s(1000, now, far), 3600);
+    /* 30 min left: never more than half of it, so attempts keep coming */
+    ck_assert_int_eq(mgmt_renew_retry_s(7, now, now + 1800), 900);
+    /* 20 s left (a 60 s test certificate): 10 s; expired: the floor */
+    ck_assert_int_eq(mgmt_renew_retry_s(3, now, now + 20), 10);
+    ck_assert_int_eq(mgmt_renew_retry_s(3, now, now - 5), 5);
+}
+END_TEST
+
 static Suite *mgmt_suite(void)
 {
     Suite *s = suite_create("mgmt");
@@ -806,6 +857,8 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_journal_no_prev);
     tcase_add_test(tc, test_poll_parse);
     tcase_add_test(tc, test_software_bundle_and_artifact);
+    tcase_add_test(tc, test_renew_schedule);
+    tcase_add_test(tc, test_renew_backoff);
     suite_add_tcase(s, tc);
     return s;
 }

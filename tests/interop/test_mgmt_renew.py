@@ -24,8 +24,8 @@ import netlab
 
 from test_mgmt_dayn_device import Lab, enrolled_device, mgmt_of, wait_until, mh, MGMT_ADDR
 
-LIFETIME_S = 75     # renewals at about 50 s after each issuance
-DURATION_S = 180    # the ping flood
+LIFETIME_S = 60     # renewals at about 34 s after each issuance (notBefore is backdated by a tenth)
+DURATION_S = 100    # the ping flood: two renewals or more
 
 
 @pytest.fixture

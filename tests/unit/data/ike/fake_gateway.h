@@ -316,6 +316,9 @@ static void fg_init_response(fake_gw *gw, const fg_dgram *req, fg_msg *out)
     ck_assert_int_eq(crypto_ike_keys_derive(&gw->suite, &skeyseed, gw->ni, gw->ni_len, gw->nr,
                                             sizeof(gw->nr), gw->spi_i, gw->spi_r, &gw->keys), 0);
     const crypto_ike_keys *k = gw->keys;
+    /* A second IKE_SA_INIT on the same gateway (a reauthentication) replaces the keys. */
+    crypto_cipher_free(gw->seal_ctx);
+    crypto_cipher_free(gw->open_ctx);
     ck_assert_int_eq(crypto_cipher_new(gw->suite.encr_id, gw->suite.encr_key_bits, gw->suite.integ_id,
                                        CRYPTO_DIR_ENCRYPT, k->sk_er.b, k->sk_er.len,
                                        k->sk_ar.len ? k->sk_ar.b : NULL, k->sk_ar.len, &gw->seal_ctx), 0);

@@ -32,7 +32,9 @@ declare -A qemu=([aarch64]=qemu-aarch64-static [armhf]=qemu-arm-static)
 # meson.build). The optional features are left out of the cross builds:
 # libp11-dev is not multiarch (its arm64 package would replace the amd64 one)
 # and libtss2-dev:arm64/armhf pulls a libcurl that does not co-install.
-dev_pkgs=(libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev check)
+# libcurl4-openssl-dev: device-side management (lib/mgmt) compiles against
+# the target's curl headers and its tests load the target's libcurl.so.4.
+dev_pkgs=(libssl-dev libjson-c-dev libnl-3-dev libnl-route-3-dev check libcurl4-openssl-dev)
 
 pkgs=(meson ninja-build pkg-config qemu-user-static)
 for t in "${targets[@]}"; do
@@ -98,7 +100,7 @@ check_target() {
   command -v "${qemu[$t]}" >/dev/null || fail "missing ${qemu[$t]} (package qemu-user-static)"
   tmp=$(mktemp -d)
   export PKG_CONFIG_LIBDIR=/usr/lib/$tr/pkgconfig:/usr/share/pkgconfig
-  for lib in 'openssl >= 3.0' json-c libnl-3.0 libnl-route-3.0 check; do
+  for lib in 'openssl >= 3.0' json-c libnl-3.0 libnl-route-3.0 check libcurl; do
     pkg-config --exists "$lib" || { rm -rf "$tmp"; fail "$t: missing library '$lib' (its -dev package :${arch[$t]})"; }
   done
   cat >"$tmp/x.c" <<'C'
@@ -106,23 +108,26 @@ check_target() {
 #include <json-c/json.h>
 #include <netlink/netlink.h>
 #include <check.h>
+#include <curl/curl.h>
 #include <stdio.h>
 int main(void)
 {
     json_object *o = json_object_new_int(1);
     struct nl_sock *s = nl_socket_alloc();
-    int ok = o && s && EVP_get_cipherbyname("aes-128-gcm") && EVP_get_cipherbyname("chacha20-poly1305");
+    curl_version_info_data *c = curl_version_info(CURLVERSION_NOW);
+    int ok = o && s && c && c->ssl_version && EVP_get_cipherbyname("aes-128-gcm") &&
+             EVP_get_cipherbyname("chacha20-poly1305");
     printf("%s %d\n", ok ? "ok" : "bad", (int)sizeof(void *) * 8);
     return !ok;
 }
 C
   # shellcheck disable=SC2046
-  "$tr-gcc" -o "$tmp/x" "$tmp/x.c" $(pkg-config --cflags --libs 'openssl >= 3.0' json-c libnl-3.0 check) 2>"$tmp/log" ||
+  "$tr-gcc" -o "$tmp/x" "$tmp/x.c" $(pkg-config --cflags --libs 'openssl >= 3.0' json-c libnl-3.0 check libcurl) 2>"$tmp/log" ||
     { cat "$tmp/log" >&2; rm -rf "$tmp"; fail "$t: $tr-gcc cannot link against the -dev packages"; }
   out=$("${qemu[$t]}" "$tmp/x" 2>&1) || { rm -rf "$tmp"; fail "$t: the cross-built program does not run under ${qemu[$t]}: $out"; }
   rm -rf "$tmp"
   unset PKG_CONFIG_LIBDIR
-  echo "deps-cross.sh: $t: $tr-gcc links OpenSSL, json-c, libnl, check; runs under ${qemu[$t]} ($out-bit)"
+  echo "deps-cross.sh: $t: $tr-gcc links OpenSSL, json-c, libnl, check, libcurl; runs under ${qemu[$t]} ($out-bit)"
 }
 
 # The target's Python, for the binding tests of a cross build (meson test

@@ -1373,6 +1373,8 @@ static void reauth_drop(conn_sys *s)
 {
     if (!s->next)
         return;
+    if (s->dp)
+        esp_datapath_expect_spi(s->dp, 0);
     retire(s, s->next);
     s->next = NULL;
     cred_back(s);
@@ -1482,6 +1484,9 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
         return r;
     }
     LOG_INFO(s->log, "conn", "reauthenticating with %s: a new IKE SA next to the current one", s->gw_text);
+    /* The gateway sends with the new CHILD SA as soon as its IKE_AUTH
+     * response leaves: what arrives before we have read it waits. */
+    esp_datapath_expect_spi(s->dp, ike_sa_child_spi_in(s->next));
     ike_sa_start(s->next); /* failures arrive through next_down */
     return 0;
 }

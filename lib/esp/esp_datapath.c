@@ -202,6 +202,19 @@ esp_slot *esp_dp_find_slot_locked(esp_datapath *dp, uint32_t spi_in)
     return NULL;
 }
 
+/* Free the parked packets (counted as dropped unless they were delivered);
+ * caller holds sa_lock for writing. */
+static void drop_parked_locked(esp_datapath *dp, bool count)
+{
+    if (count && dp->n_parked)
+        atomic_fetch_add_explicit(&dp->drop_no_sa, dp->n_parked, memory_order_relaxed);
+    for (size_t i = 0; i < dp->n_parked; i++) {
+        free(dp->parked[i]);
+        dp->parked[i] = NULL;
+    }
+    dp->n_parked = 0;
+}
+
 int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg, char *err,
                             size_t err_len)
 {
@@ -228,8 +241,28 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg, char *er
     if (!cfg->inbound_only || dp->out_idx < 0)
         dp->out_idx = idx;
     dp->slots[idx].inbound_only = dp->out_idx != idx;
+    if (dp->expect_spi && dp->expect_spi == cfg->spi_in) {
+        /* What the gateway sent with it before now: authenticated here, in
+         * the order it came. */
+        bool rekey = false;
+        for (size_t i = 0; i < dp->n_parked; i++)
+            esp_dp_rx_esp_locked(dp, &dp->slots[idx], dp->parked[i], dp->parked_len[i], true, &rekey);
+        dp->expect_spi = 0;
+        drop_parked_locked(dp, false);
+        if (rekey)
+            esp_dp_signal_engine(dp);
+    }
     pthread_rwlock_unlock(&dp->sa_lock);
     return 0;
+}
+
+void esp_datapath_expect_spi(esp_datapath *dp, uint32_t spi_in)
+{
+    pthread_rwlock_wrlock(&dp->sa_lock);
+    if (dp->expect_spi != spi_in)
+        drop_parked_locked(dp, true);
+    dp->expect_spi = spi_in;
+    pthread_rwlock_unlock(&dp->sa_lock);
 }
 
 static void add_counters(esp_sa_counters *sum, const esp_sa_counters *c)
@@ -653,6 +686,7 @@ void esp_datapath_free(esp_datapath *dp)
     esp_datapath_stop(dp);
     detach(dp);
     remove_all_sas(dp);
+    drop_parked_locked(dp, false);
     if (dp->net_open) {
         /* Kill switch on: leave the persistent TUN, its routes and the
          * blackholes in place (see esp.h); off: remove everything. */

@@ -127,6 +127,14 @@ struct esp_datapath {
     size_t n_held;
     _Atomic bool traffic_wanted;        /* -> cbs.on_traffic on the engine */
 
+    /* esp_datapath_expect_spi: ESP packets for the CHILD SA being
+     * negotiated. Added by the receiving side under the read lock (one
+     * receiving side at a time), taken by the engine under the write lock. */
+    uint32_t expect_spi;
+    uint8_t *parked[ESP_PARK_MAX];
+    size_t parked_len[ESP_PARK_MAX];
+    size_t n_parked;
+
     bool running;
     pthread_t tx_thread, rx_thread;
     esp_tx_batch *tx;
@@ -140,5 +148,10 @@ void esp_dp_signal_engine(esp_datapath *dp);
 void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip);
 /* SA with this inbound SPI, or NULL; caller holds sa_lock. */
 esp_slot *esp_dp_find_slot_locked(esp_datapath *dp, uint32_t spi_in);
+/* Authenticate and decrypt one ESP packet of this slot's SA, deliver it to
+ * the TUN (direct: one write, no coalescing; for callers other than the
+ * receiving side); caller holds sa_lock. *rekey |= the SA wants a rekey. */
+void esp_dp_rx_esp_locked(esp_datapath *dp, esp_slot *slot, uint8_t *p, size_t len, bool direct,
+                          bool *rekey);
 
 #endif

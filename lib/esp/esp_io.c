@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <m2mvpn/m2mvpn.h>
@@ -425,11 +426,18 @@ static void gro_flush(esp_datapath *dp)
 
 /* Up the TUN with a decrypted packet; with offloads, coalesced with its
  * predecessors of the same TCP flow. */
-static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len)
+static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len, bool direct)
 {
     if (!dp->offload) {
         ssize_t w = write(dp->net.tun_fd, inner, len);
         (void)w; /* a full TUN queue drops, like any congested link */
+        return;
+    }
+    if (direct) { /* alone, behind an empty vnet header (nothing to offload) */
+        uint8_t vnet[ESP_VNET_HDR_LEN] = { 0 };
+        struct iovec iov[2] = { { vnet, sizeof(vnet) }, { (void *)inner, len } };
+        ssize_t w = writev(dp->net.tun_fd, iov, 2);
+        (void)w;
         return;
     }
     esp_gro *g = &dp->rx->gro;
@@ -437,6 +445,21 @@ static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len)
         return;
     gro_flush(dp);
     esp_gro_start(g, inner, len);
+}
+
+/* An ESP packet without SA: kept if it is for the CHILD SA being negotiated
+ * (esp_datapath_expect_spi) and there is room, else dropped. Caller holds
+ * sa_lock for reading and is the one receiving side. */
+static void park(esp_datapath *dp, uint32_t spi, const uint8_t *p, size_t len)
+{
+    uint8_t *copy = NULL;
+    if (spi && spi == dp->expect_spi && dp->n_parked < ESP_PARK_MAX && (copy = malloc(len))) {
+        memcpy(copy, p, len);
+        dp->parked[dp->n_parked] = copy;
+        dp->parked_len[dp->n_parked++] = len;
+        return;
+    }
+    atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
 }
 
 /* One received datagram (or one segment of a GRO buffer). */
@@ -453,11 +476,17 @@ static void rx_datagram(esp_datapath *dp, uint8_t *p, size_t len,
         atomic_fetch_add_explicit(&dp->drop_malformed, 1, memory_order_relaxed);
         return;
     }
-    esp_slot *slot = esp_dp_find_slot_locked(dp, buf_load_be32(p));
+    uint32_t spi = buf_load_be32(p);
+    esp_slot *slot = esp_dp_find_slot_locked(dp, spi);
     if (!slot) {
-        atomic_fetch_add_explicit(&dp->drop_no_sa, 1, memory_order_relaxed);
+        park(dp, spi, p, len);
         return;
     }
+    esp_dp_rx_esp_locked(dp, slot, p, len, false, rekey);
+}
+
+void esp_dp_rx_esp_locked(esp_datapath *dp, esp_slot *slot, uint8_t *p, size_t len, bool direct, bool *rekey)
+{
     uint8_t *inner, nh;
     size_t inner_len;
     esp_drop_reason why;
@@ -473,7 +502,7 @@ static void rx_datagram(esp_datapath *dp, uint8_t *p, size_t len,
             /* Not this SA's traffic (RFC 4301 §5.2). */
             atomic_fetch_add_explicit(&dp->drop_selector, 1, memory_order_relaxed);
         } else {
-            deliver(dp, inner, ip_len);
+            deliver(dp, inner, ip_len, direct);
         }
     }
     *rekey |= esp_sa_rekey_pending(slot->sa);

@@ -176,6 +176,9 @@ void ike_sa_set_hooks(ike_sa *sa, const ike_hooks *hooks);
 /* True if msg (an IKE header at least) belongs to this SA: its initiator
  * SPI is ours. For several SAs behind one socket. */
 bool ike_sa_owns(const ike_sa *sa, const uint8_t *msg, size_t len);
+/* Our inbound SPI of the CHILD SA this IKE SA's IKE_AUTH creates (chosen
+ * when the SA is made, before anything is sent). */
+uint32_t ike_sa_child_spi_in(const ike_sa *sa);
 
 /* Negotiated algorithms, "aes256gcm16-prfsha384-x25519" style, for status. */
 void ike_sa_describe(const ike_sa *sa, char *ike_alg, size_t ike_len, char *esp_alg, size_t esp_len);

@@ -602,6 +602,11 @@ bool ike_sa_owns(const ike_sa *sa, const uint8_t *msg, size_t len)
     return sa && len >= 28 && memcmp(msg, sa->spi_i, 8) == 0;
 }
 
+uint32_t ike_sa_child_spi_in(const ike_sa *sa)
+{
+    return sa->child_spi_in;
+}
+
 void ike_sa_describe(const ike_sa *sa, char *ike_alg, size_t ike_len, char *esp_alg, size_t esp_len)
 {
     snprintf(ike_alg, ike_len, "%s", sa->ike_alg);

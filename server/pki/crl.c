@@ -5,9 +5,27 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "pki_srv.h"
 #include "pki_local.h"
+
+/* An ASN1_TIME for `when` (t, or a new one), through its text: OpenSSL's
+ * calls that take a time_t would read 32 bits of ours on a 32-bit target
+ * whose OpenSSL keeps a 32-bit time_t (meson.build builds with 64). */
+static ASN1_TIME *time_at(ASN1_TIME *t, time_t when)
+{
+    struct tm tm;
+    char text[32];
+    if (!gmtime_r(&when, &tm) || !strftime(text, sizeof(text), "%Y%m%d%H%M%SZ", &tm))
+        return NULL;
+    ASN1_TIME *r = t ? t : ASN1_TIME_new();
+    if (r && ASN1_TIME_set_string_X509(r, text) == 1)
+        return r;
+    if (!t)
+        ASN1_TIME_free(r);
+    return NULL;
+}
 
 int pki_crl_build(pki_signer *signer, const pki_crl_entry *entries, size_t n, time_t next_update,
                   unsigned char **der, size_t *der_len, char *err, size_t errlen)
@@ -27,7 +45,7 @@ int pki_crl_build(pki_signer *signer, const pki_crl_entry *entries, size_t n, ti
         goto fail;
     if (!(t = X509_time_adj_ex(NULL, 0, 0, NULL)) || !X509_CRL_set1_lastUpdate(crl, t))
         goto fail;
-    if (!X509_time_adj_ex(t, 0, 0, &(time_t){next_update}) || !X509_CRL_set1_nextUpdate(crl, t))
+    if (!time_at(t, next_update) || !X509_CRL_set1_nextUpdate(crl, t))
         goto fail;
     for (size_t i = 0; i < n; i++) {
         if (!entries[i].serial || entries[i].serial_len == 0 || entries[i].serial_len > 20) {
@@ -37,7 +55,7 @@ int pki_crl_build(pki_signer *signer, const pki_crl_entry *entries, size_t n, ti
         X509_REVOKED *r = X509_REVOKED_new();
         BIGNUM *bn = BN_bin2bn(entries[i].serial, (int)entries[i].serial_len, NULL);
         ASN1_INTEGER *sn = bn ? BN_to_ASN1_INTEGER(bn, NULL) : NULL;
-        ASN1_TIME *rt = X509_time_adj_ex(NULL, 0, 0, &(time_t){entries[i].revoked_at});
+        ASN1_TIME *rt = time_at(NULL, entries[i].revoked_at);
         int ok = r && sn && rt && X509_REVOKED_set_serialNumber(r, sn)
                  && X509_REVOKED_set_revocationDate(r, rt);
         if (ok && entries[i].reason > 0) {

@@ -2067,6 +2067,109 @@ START_TEST(rekey_overlap_two_sas)
 }
 END_TEST
 
+/* A CHILD SA being negotiated (esp_datapath_expect_spi, a reauthentication's
+ * IKE_AUTH): the gateway's packets with its SPI that arrive before the SA is
+ * installed wait, up to ESP_PARK_MAX, and are authenticated and delivered in
+ * order when it is; a forged one among them is dropped then (integrity), and
+ * packets of another unknown SPI are dropped at once. Ending the wait (0)
+ * drops what waited. */
+START_TEST(expected_spi_packets_wait_for_install)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_opt("m2e-pk", false, 4500, true, false);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    int gw = udp_socket("127.0.0.1", 5500);
+    int app = udp_socket("198.18.5.1", 7000);
+
+    esp_sa_config c;
+    memset(&c, 0, sizeof(c));
+    c.encr_id = ENCR_CHACHA20_POLY1305; c.encr_key_bits = 256;
+    c.spi_in = 0xc0; c.spi_out = 0xd0;
+    c.replay_window = 64;
+    c.key_in.encr_len = c.key_out.encr_len = 36;
+    memset(c.key_in.encr, 0x33, 36);
+    memset(c.key_out.encr, 0x44, 36);
+    struct sockaddr_in *pa = (struct sockaddr_in *)&c.peer;
+    pa->sin_family = AF_INET; pa->sin_port = htons(5500);
+    pa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c.peer_len = sizeof(*pa);
+    esp_sa_config g = c; /* the gateway's view */
+    g.spi_in = c.spi_out; g.spi_out = c.spi_in; g.key_in = c.key_out; g.key_out = c.key_in;
+    esp_sa *peer;
+    ck_assert_int_eq(esp_sa_new(&g, &peer, NULL, 0), 0);
+
+    uint8_t buf[2048], inner[128];
+    size_t pl, il;
+    esp_drop_reason why;
+    char text[16];
+    esp_datapath_counters before, ctr;
+    esp_datapath_get_counters(dp, &before);
+    esp_datapath_expect_spi(dp, 0xc0);
+    /* Three packets of the SA to come, a forged one (its SPI, garbage), and
+     * one of another SPI nobody expects. */
+    for (int i = 0; i < 3; i++) {
+        snprintf(text, sizeof(text), "early %d", i);
+        il = build_udp4(inner, "198.18.6.7", "198.18.5.1", 7000, text);
+        ck_assert_int_eq(esp_sa_encap(peer, inner, il, 4, buf, sizeof(buf), &pl, &why), 0);
+        send_to(gw, "127.0.0.1", 4500, buf, pl);
+    }
+    buf_store_be32(buf + 4, 4); /* a sequence number not seen, a wrong ICV */
+    memset(buf + 8, 0x5a, 64);
+    send_to(gw, "127.0.0.1", 4500, buf, 72);
+    buf_store_be32(buf, 0xc1);
+    send_to(gw, "127.0.0.1", 4500, buf, pl);
+    usleep(20000);
+    esp_datapath_poll_udp(dp);
+    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0); /* nothing yet */
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_NO_SA], before.total.dropped[ESP_DROP_NO_SA] + 1);
+
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    usleep(20000); /* the TUN hands them to the socket */
+    for (int i = 0; i < 3; i++) {
+        snprintf(text, sizeof(text), "early %d", i);
+        ck_assert_int_eq(recv(app, buf, sizeof(buf), MSG_DONTWAIT), (ssize_t)strlen(text));
+        ck_assert_mem_eq(buf, text, strlen(text));
+    }
+    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0); /* the forged one is not */
+    esp_sa_counters sc;
+    ck_assert_int_eq(esp_datapath_get_sa_counters(dp, 0xc0, &sc), 0);
+    ck_assert_uint_eq(sc.packets_in, 3);
+    ck_assert_uint_eq(sc.dropped[ESP_DROP_INTEGRITY], 1);
+
+    /* A wait that ends without the SA: what waited is dropped, counted, and
+     * no more than ESP_PARK_MAX waited. */
+    ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xc0), 0);
+    esp_sa_free(peer);
+    ck_assert_int_eq(esp_sa_new(&g, &peer, NULL, 0), 0);
+    esp_datapath_get_counters(dp, &before);
+    esp_datapath_expect_spi(dp, 0xc0);
+    for (int i = 0; i < ESP_PARK_MAX + 4; i++) {
+        il = build_udp4(inner, "198.18.6.7", "198.18.5.1", 7000, "late");
+        ck_assert_int_eq(esp_sa_encap(peer, inner, il, 4, buf, sizeof(buf), &pl, &why), 0);
+        send_to(gw, "127.0.0.1", 4500, buf, pl);
+    }
+    usleep(20000);
+    while (esp_datapath_poll_udp(dp) > 0)
+        ;
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_NO_SA], before.total.dropped[ESP_DROP_NO_SA] + 4);
+    esp_datapath_expect_spi(dp, 0);
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_NO_SA],
+                      before.total.dropped[ESP_DROP_NO_SA] + ESP_PARK_MAX + 4);
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    usleep(20000);
+    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0);
+
+    esp_sa_free(peer);
+    close(gw); close(app);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 /* On-demand (esp_datapath_hold): without SA the first 4 packets for the
  * protected net are held and reported once, the rest dropped as ever; the
  * set_network after the SA sends them, with the virtual IP as their source
@@ -2401,6 +2504,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
+    n_net += add_or_count(t, expected_spi_packets_wait_for_install, 1);
     n_net += add_or_count(t, inbound_only_sa_not_promoted, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);
     n_net += add_or_count(t, on_demand_hold_then_send, 1);

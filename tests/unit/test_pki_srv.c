@@ -701,6 +701,15 @@ START_TEST(bundle_sign_verify)
 }
 END_TEST
 
+/* An ASN1_TIME in seconds since 1970, without OpenSSL's time_t (32 bits on
+ * a 32-bit target whose OpenSSL keeps it so, 64 here). */
+static int64_t asn1_seconds(const ASN1_TIME *t)
+{
+    struct tm tm;
+    ck_assert_int_eq(ASN1_TIME_to_tm(t, &tm), 1);
+    return (int64_t)timegm(&tm);
+}
+
 START_TEST(crl_build)
 {
     pki_signer *ca = open_signer("ca.crt", "ca.key");
@@ -717,13 +726,23 @@ START_TEST(crl_build)
     ck_assert_int_eq(X509_CRL_verify(crl, X509_get0_pubkey(ca_cert)), 1);
     ck_assert_int_eq(X509_NAME_cmp(X509_CRL_get_issuer(crl), X509_get_subject_name(ca_cert)), 0);
     ck_assert_int_eq(sk_X509_REVOKED_num(X509_CRL_get_REVOKED(crl)), 2);
-    ck_assert_int_eq(ASN1_TIME_cmp_time_t(X509_CRL_get0_nextUpdate(crl), next), 0);
+    ck_assert_int_eq(asn1_seconds(X509_CRL_get0_nextUpdate(crl)), next);
+    /* after January 2038 too, on 32-bit targets as well (their OpenSSL's time_t may be 32 bits) */
+    unsigned char *der2 = NULL;
+    size_t len2 = 0;
+    ck_assert_msg(pki_crl_build(ca, e, 1, (time_t)2240000000, &der2, &len2, err, sizeof(err)) == 0, "%s", err);
+    const unsigned char *p2 = der2;
+    X509_CRL *late = d2i_X509_CRL(NULL, &p2, (long)len2);
+    ck_assert_ptr_nonnull(late);
+    ck_assert_int_eq(asn1_seconds(X509_CRL_get0_nextUpdate(late)), 2240000000);
+    X509_CRL_free(late);
+    OPENSSL_free(der2);
     /* a certificate with serial 0x123456 is listed */
     X509_REVOKED *r = NULL;
     ASN1_INTEGER *sn = ASN1_INTEGER_new();
     ASN1_INTEGER_set(sn, 0x123456);
     ck_assert_int_eq(X509_CRL_get0_by_serial(crl, &r, sn), 1);
-    ck_assert_int_eq(ASN1_TIME_cmp_time_t(X509_REVOKED_get0_revocationDate(r), 1700000000), 0);
+    ck_assert_int_eq(asn1_seconds(X509_REVOKED_get0_revocationDate(r)), 1700000000);
     ASN1_ENUMERATED *why = X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL);
     ck_assert_ptr_nonnull(why);
     ck_assert_int_eq(ASN1_ENUMERATED_get(why), PKI_CRL_REASON_KEY_COMPROMISE);

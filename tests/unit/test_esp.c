@@ -1974,6 +1974,30 @@ END_TEST
 
 /* Rekey overlap: the new SA sends, the old one still receives until removed;
  * the peer address can move (NAT rebinding). */
+/* A ChaCha20-Poly1305 SA towards a "gateway" on 127.0.0.1:5500 (keys: bytes
+ * key_in and key_out repeated), and the gateway's view of it (in and out
+ * swapped) when peer is not NULL. */
+static void loopback_sa(esp_sa_config *c, uint32_t spi_in, uint32_t spi_out, uint8_t key_in, uint8_t key_out,
+                        esp_sa **peer)
+{
+    memset(c, 0, sizeof(*c));
+    c->encr_id = ENCR_CHACHA20_POLY1305; c->encr_key_bits = 256;
+    c->spi_in = spi_in; c->spi_out = spi_out;
+    c->replay_window = 64;
+    c->key_in.encr_len = c->key_out.encr_len = 36;
+    memset(c->key_in.encr, key_in, 36);
+    memset(c->key_out.encr, key_out, 36);
+    struct sockaddr_in *p = (struct sockaddr_in *)&c->peer;
+    p->sin_family = AF_INET; p->sin_port = htons(5500);
+    p->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c->peer_len = sizeof(*p);
+    if (peer) {
+        esp_sa_config g = *c;
+        g.spi_in = c->spi_out; g.spi_out = c->spi_in; g.key_in = c->key_out; g.key_out = c->key_in;
+        ck_assert_int_eq(esp_sa_new(&g, peer, NULL, 0), 0);
+    }
+}
+
 START_TEST(rekey_overlap_two_sas)
 {
     enter_netns();
@@ -1985,27 +2009,10 @@ START_TEST(rekey_overlap_two_sas)
 
     esp_sa *peer_old, *peer_new;
     esp_sa_config c[2];
-    for (int k = 0; k < 2; k++) {
-        memset(&c[k], 0, sizeof(c[k]));
-        c[k].encr_id = ENCR_CHACHA20_POLY1305; c[k].encr_key_bits = 256;
-        c[k].spi_in = 0xa0 + (uint32_t)k; c[k].spi_out = 0xb0 + (uint32_t)k;
-        c[k].replay_window = 64;
-        c[k].key_in.encr_len = c[k].key_out.encr_len = 36;
-        memset(c[k].key_in.encr, 0x11 + k, 36);
-        memset(c[k].key_out.encr, 0x22 + k, 36);
-        struct sockaddr_in *p = (struct sockaddr_in *)&c[k].peer;
-        p->sin_family = AF_INET; p->sin_port = htons(5500);
-        p->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        c[k].peer_len = sizeof(*p);
+    loopback_sa(&c[0], 0xa0, 0xb0, 0x11, 0x22, &peer_old);
+    loopback_sa(&c[1], 0xa1, 0xb1, 0x12, 0x23, &peer_new);
+    for (int k = 0; k < 2; k++)
         ck_assert_int_eq(esp_datapath_install_sa(dp, &c[k], NULL, 0), 0);
-    }
-    /* The gateway's view: in/out swapped. */
-    esp_sa_config g = c[0];
-    g.spi_in = c[0].spi_out; g.spi_out = c[0].spi_in; g.key_in = c[0].key_out; g.key_out = c[0].key_in;
-    ck_assert_int_eq(esp_sa_new(&g, &peer_old, NULL, 0), 0);
-    g = c[1];
-    g.spi_in = c[1].spi_out; g.spi_out = c[1].spi_in; g.key_in = c[1].key_out; g.key_out = c[1].key_in;
-    ck_assert_int_eq(esp_sa_new(&g, &peer_new, NULL, 0), 0);
 
     uint8_t buf[2048], inner[128], *out, nh;
     size_t out_len, pl;
@@ -2083,21 +2090,8 @@ START_TEST(expected_spi_packets_wait_for_install)
     int app = udp_socket("198.18.5.1", 7000);
 
     esp_sa_config c;
-    memset(&c, 0, sizeof(c));
-    c.encr_id = ENCR_CHACHA20_POLY1305; c.encr_key_bits = 256;
-    c.spi_in = 0xc0; c.spi_out = 0xd0;
-    c.replay_window = 64;
-    c.key_in.encr_len = c.key_out.encr_len = 36;
-    memset(c.key_in.encr, 0x33, 36);
-    memset(c.key_out.encr, 0x44, 36);
-    struct sockaddr_in *pa = (struct sockaddr_in *)&c.peer;
-    pa->sin_family = AF_INET; pa->sin_port = htons(5500);
-    pa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    c.peer_len = sizeof(*pa);
-    esp_sa_config g = c; /* the gateway's view */
-    g.spi_in = c.spi_out; g.spi_out = c.spi_in; g.key_in = c.key_out; g.key_out = c.key_in;
     esp_sa *peer;
-    ck_assert_int_eq(esp_sa_new(&g, &peer, NULL, 0), 0);
+    loopback_sa(&c, 0xc0, 0xd0, 0x33, 0x44, &peer);
 
     uint8_t buf[2048], inner[128];
     size_t pl, il;
@@ -2142,7 +2136,7 @@ START_TEST(expected_spi_packets_wait_for_install)
      * no more than ESP_PARK_MAX waited. */
     ck_assert_int_eq(esp_datapath_remove_sa(dp, 0xc0), 0);
     esp_sa_free(peer);
-    ck_assert_int_eq(esp_sa_new(&g, &peer, NULL, 0), 0);
+    loopback_sa(&c, 0xc0, 0xd0, 0x33, 0x44, &peer);
     esp_datapath_get_counters(dp, &before);
     esp_datapath_expect_spi(dp, 0xc0);
     for (int i = 0; i < ESP_PARK_MAX + 4; i++) {
@@ -2294,16 +2288,7 @@ START_TEST(inbound_only_sa_not_promoted)
     int gw = udp_socket("127.0.0.1", 5500);
     int app = udp_socket("198.18.5.1", 7000);
     esp_sa_config c;
-    memset(&c, 0, sizeof(c));
-    c.encr_id = ENCR_CHACHA20_POLY1305; c.encr_key_bits = 256;
-    c.replay_window = 64;
-    c.key_in.encr_len = c.key_out.encr_len = 36;
-    memset(c.key_in.encr, 0x11, 36);
-    memset(c.key_out.encr, 0x22, 36);
-    struct sockaddr_in *p = (struct sockaddr_in *)&c.peer;
-    p->sin_family = AF_INET; p->sin_port = htons(5500);
-    p->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    c.peer_len = sizeof(*p);
+    loopback_sa(&c, 0, 0, 0x11, 0x22, NULL);
     /* a0 sends; a1 and a2 are the gateway's, inbound only. */
     for (uint32_t k = 0; k < 3; k++) {
         c.spi_in = 0xa0 + k; c.spi_out = 0xb0 + k; c.inbound_only = k > 0;

@@ -420,9 +420,11 @@ static void prime_transaction(OSSL_CMP_SRV_CTX *srv, struct cmp_call *call, cons
     OSSL_CMP_MSG *ir = NULL;
     OSSL_CMP_CTX *c = OSSL_CMP_CTX_new(NULL, NULL);
     X509_NAME *name = X509_NAME_new();
-    EVP_PKEY *pub = pki_signer_key(call->ca);
-    if (!c || !name || !pub || !EVP_PKEY_up_ref(pub))
+    EVP_PKEY *pub = X509_get_pubkey(pki_signer_cert(call->ca)); /* any public key will do: never certified */
+    if (!c || !name || !pub) {
+        EVP_PKEY_free(pub);
         goto out;
+    }
     if (!OSSL_CMP_CTX_set0_newPkey(c, 0, pub)) {
         EVP_PKEY_free(pub);
         goto out;

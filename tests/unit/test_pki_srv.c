@@ -427,6 +427,24 @@ START_TEST(enrol_pending_then_issue)
 }
 END_TEST
 
+/* Pending, then rejected while the device polls: the reason reaches it. */
+START_TEST(enrol_pending_then_rejected)
+{
+    struct store *s = new_store(PKI_ENROL_PENDING);
+    EVP_PKEY *dev = ec_key();
+    OSSL_CMP_CTX *c = client(s, token_id, good_secret, dev);
+    int check_after = 0;
+    ck_assert_int_eq(OSSL_CMP_try_certreq(c, OSSL_CMP_IR, NULL, &check_after), -1);
+    s->verdict = PKI_ENROL_REJECT;
+    ck_assert_int_eq(OSSL_CMP_try_certreq(c, OSSL_CMP_IR, NULL, &check_after), 0);
+    ck_assert_msg(strstr(status_text(c), "enrolment rejected by the operator"), "%s", status_text(c));
+    ck_assert_int_eq(s->issued_calls, 0);
+    OSSL_CMP_CTX_free(c);
+    EVP_PKEY_free(dev);
+    free_store(s);
+}
+END_TEST
+
 /* Operator rejection: the reason reaches the device as the statusString. */
 START_TEST(enrol_rejected)
 {
@@ -714,6 +732,7 @@ static Suite *pki_srv_suite(void)
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_add_test(t, enrol_pending_then_issue);
     tcase_add_test(t, enrol_rejected);
+    tcase_add_test(t, enrol_pending_then_rejected);
     tcase_add_test(t, enrol_wrong_secret);
     tcase_add_test(t, enrol_unknown_token);
     tcase_add_test(t, enrol_expired_token);

@@ -503,8 +503,9 @@ int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int ce
 
     ERR_clear_error();
     if (!call.token_id[0]) {
-        ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED,
-                       "unknown enrolment token (senderKID)");
+        ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s",
+                       call.mac_protected ? "unknown enrolment token (senderKID)"
+                                          : "only requests MAC-protected with an enrolment token are supported yet");
     } else if (hooks->token_secret(ctx, call.token_id, secret, sizeof(secret), reason, sizeof(reason)) != 0) {
         /* Raised first so that OpenSSL's error answer carries it (it reports the first error). */
         ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s",

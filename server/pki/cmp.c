@@ -338,8 +338,10 @@ static int on_poll(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, int certReqId
     pki_enrol_verdict verdict = PKI_ENROL_REJECT;
     char device_id[128] = "", reason[CMP_REASON_LEN] = "";
     int after = 0;
-    if (call->hooks->enrol(call->hctx, call->token_id, NULL, 0, &verdict, device_id, sizeof(device_id), &after,
-                           reason, sizeof(reason)) != 0) {
+    int hrc = call->hooks->enrol(call->hctx, call->token_id, NULL, 0, &verdict, device_id, sizeof(device_id),
+                                 &after, reason, sizeof(reason));
+    ERR_clear_error(); /* the error answer reports the first error in the queue: ours below */
+    if (hrc != 0) {
         ERR_raise_data(ERR_LIB_CMP, CMP_R_ERROR_PROCESSING_MESSAGE, "%s", reason[0] ? reason : "server error");
         return 0;
     }
@@ -507,7 +509,9 @@ int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int ce
                        call.mac_protected ? "unknown enrolment token (senderKID)"
                                           : "only requests MAC-protected with an enrolment token are supported yet");
     } else if (hooks->token_secret(ctx, call.token_id, secret, sizeof(secret), reason, sizeof(reason)) != 0) {
-        /* Raised first so that OpenSSL's error answer carries it (it reports the first error). */
+        /* Raised first so that OpenSSL's error answer carries it (it reports the first error:
+           anything the hook left in the queue goes first). */
+        ERR_clear_error();
         ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s",
                        reason[0] ? reason : "unknown enrolment token");
     } else {

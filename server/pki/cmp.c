@@ -416,8 +416,10 @@ static int on_poll(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, int certReqId
     pki_enrol_verdict verdict = PKI_ENROL_REJECT;
     char device_id[128] = "", reason[CMP_REASON_LEN] = "";
     int after = 0;
-    if (call->hooks->enrol(call->hctx, call->token_id, NULL, 0, &verdict, device_id, sizeof(device_id), &after,
-                           reason, sizeof(reason)) != 0) {
+    int hrc = call->hooks->enrol(call->hctx, call->token_id, NULL, 0, &verdict, device_id, sizeof(device_id),
+                                 &after, reason, sizeof(reason));
+    ERR_clear_error(); /* the error answer reports the first error in the queue: ours below */
+    if (hrc != 0) {
         ERR_raise_data(ERR_LIB_CMP, CMP_R_ERROR_PROCESSING_MESSAGE, "%s", reason[0] ? reason : "server error");
         return 0;
     }
@@ -516,9 +518,11 @@ static void prime_transaction(OSSL_CMP_SRV_CTX *srv, struct cmp_call *call, cons
     OSSL_CMP_MSG *ir = NULL;
     OSSL_CMP_CTX *c = OSSL_CMP_CTX_new(NULL, NULL);
     X509_NAME *name = X509_NAME_new();
-    EVP_PKEY *pub = pki_signer_key(call->ca);
-    if (!c || !name || !pub || !EVP_PKEY_up_ref(pub))
+    EVP_PKEY *pub = X509_get_pubkey(pki_signer_cert(call->ca)); /* any public key will do: never certified */
+    if (!c || !name || !pub) {
+        EVP_PKEY_free(pub);
         goto out;
+    }
     if (!OSSL_CMP_CTX_set0_newPkey(c, 0, pub)) {
         EVP_PKEY_free(pub);
         goto out;
@@ -734,10 +738,20 @@ int pki_cmp_handle_opts(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, c
         else if (type == BODY_CERTCONF)
             prime_signed_transaction(srv, &call, msg);
     } else if (!call.token_id[0]) {
-        ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED,
-                       "unknown enrolment token (senderKID)");
+        ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s",
+                       call.mac_protected ? "unknown enrolment token (senderKID)"
+                                          : "only key update, revocation and certConf may be signed: "
+                                            "other requests need a MAC with an enrolment token");
+        /* Without a pinned certificate OpenSSL would search the message's certificates for a
+           signer and empty the error queue first, answering "no suitable sender cert" instead.
+           Pinned: the CA's own, which no device signs with (and should it ever verify, the
+           callbacks still refuse: no token). */
+        if (!call.mac_protected && !OSSL_CMP_CTX_set1_srvCert(cc, pki_signer_cert(ca)))
+            goto out;
     } else if (hooks->token_secret(ctx, call.token_id, secret, sizeof(secret), reason, sizeof(reason)) != 0) {
-        /* Raised first so that OpenSSL's error answer carries it (it reports the first error). */
+        /* Raised first so that OpenSSL's error answer carries it (it reports the first error:
+           anything the hook left in the queue goes first). */
+        ERR_clear_error();
         ERR_raise_data(ERR_LIB_CMP, CMP_R_REQUEST_NOT_ACCEPTED, "%s",
                        reason[0] ? reason : "unknown enrolment token");
     } else {

@@ -47,7 +47,19 @@ typedef struct {
 } pki_cmp_hooks;
 
 /* Handle one DER PKIMessage, produce the DER answer (always an answer: errors become CMP error messages).
-   Caller frees *resp with OPENSSL_free. */
+   Caller frees *resp with OPENSSL_free.
+   Notes (implementation):
+   - Returns -1 (no answer) only when the bytes are not a DER PKIMessage at all (or an argument is
+     missing): the HTTP layer answers 400 then.
+   - Stateless: each call is one message. A pollReq asks hooks->enrol with spki == NULL, meaning "the key
+     this token is bound to": PENDING -> pollRep with checkAfter; REJECT -> error with the reason; ISSUE ->
+     an error asking the device to send its ir again (the certificate needs the request's key), which
+     the enrol hook then answers with ISSUE. certConf is accepted (the certificate is already recorded
+     by hooks->issued or hooks->renewed); implicit confirmation is granted when asked.
+   - Answers to a MAC-protected request are MAC-protected with the same token secret; errors before any
+     secret is known (unknown or expired token) are signed with the CA key (a device accepts them with
+     OSSL_CMP_OPT_UNPROTECTED_ERRORS). KUR, RR and the certConf after a KUR are signature-protected
+     (the day 1..N hooks above) and answered signed with the CA key; any other request needs a MAC. */
 int pki_cmp_handle(pki_signer *ca, const pki_cmp_hooks *hooks, void *ctx, int cert_days, const char *org,
                    const unsigned char *req, size_t req_len, unsigned char **resp, size_t *resp_len);
 

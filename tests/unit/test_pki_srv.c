@@ -142,6 +142,7 @@ struct store {
     size_t bound_len;
     X509 *issued;
     int last_answer_mac;         /* the last answer's protectionAlg was id-PasswordBasedMac */
+    int leave_error;             /* token_secret and enrol leave an OpenSSL error in the queue */
     /* day 1..N */
     const char *revoked_serial;  /* cert_ok refuses this serial (hex) */
     int cert_ok_calls, renewed_calls, revoke_calls;
@@ -153,6 +154,8 @@ static int h_token_secret(void *ctx, const char *id, char *secret, size_t cap, c
 {
     struct store *s = ctx;
     s->token_secret_calls++;
+    if (s->leave_error)
+        ERR_raise_data(ERR_LIB_EVP, ERR_R_INTERNAL_ERROR, "left over by the store");
     if (strcmp(id, token_id) != 0) {
         snprintf(reason, rcap, "unknown enrolment token");
         return -1;
@@ -173,6 +176,8 @@ static int h_enrol(void *ctx, const char *id, const unsigned char *spki, size_t 
 {
     struct store *s = ctx;
     s->enrol_calls++;
+    if (s->leave_error)
+        ERR_raise_data(ERR_LIB_EVP, ERR_R_INTERNAL_ERROR, "left over by the store");
     ck_assert_str_eq(id, token_id);
     if (!spki) {
         s->enrol_null_spki++;
@@ -467,6 +472,26 @@ START_TEST(enrol_pending_then_issue)
 }
 END_TEST
 
+/* Pending, then rejected while the device polls: the reason reaches it, even when the store
+   left an OpenSSL error behind. */
+START_TEST(enrol_pending_then_rejected)
+{
+    struct store *s = new_store(PKI_ENROL_PENDING);
+    EVP_PKEY *dev = ec_key();
+    OSSL_CMP_CTX *c = client(s, token_id, good_secret, dev);
+    int check_after = 0;
+    ck_assert_int_eq(OSSL_CMP_try_certreq(c, OSSL_CMP_IR, NULL, &check_after), -1);
+    s->verdict = PKI_ENROL_REJECT;
+    s->leave_error = 1;
+    ck_assert_int_eq(OSSL_CMP_try_certreq(c, OSSL_CMP_IR, NULL, &check_after), 0);
+    ck_assert_msg(strstr(status_text(c), "enrolment rejected by the operator"), "%s", status_text(c));
+    ck_assert_int_eq(s->issued_calls, 0);
+    OSSL_CMP_CTX_free(c);
+    EVP_PKEY_free(dev);
+    free_store(s);
+}
+END_TEST
+
 /* Operator rejection: the reason reaches the device as the statusString. */
 START_TEST(enrol_rejected)
 {
@@ -534,11 +559,13 @@ START_TEST(enrol_expired_token)
 {
     struct store *s = new_store(PKI_ENROL_ISSUE);
     s->expired = 1;
+    s->leave_error = 1; /* the reason still reaches the device */
     EVP_PKEY *dev = ec_key();
     OSSL_CMP_CTX *c = client(s, token_id, good_secret, dev);
     ck_assert_ptr_null(OSSL_CMP_exec_IR_ses(c));
     ck_assert_int_eq(OSSL_CMP_CTX_get_status(c), OSSL_CMP_PKISTATUS_rejection);
-    ck_assert_msg(strstr(status_text(c), "enrolment token expired"), "%s", status_text(c));
+    const char *text = status_text(c);
+    ck_assert_msg(strstr(text, "enrolment token expired"), "%s", text);
     ck_assert_int_eq(s->enrol_calls, 0);
     ck_assert_int_eq(s->issued_calls, 0);
     OSSL_CMP_CTX_free(c);
@@ -576,6 +603,9 @@ START_TEST(enrol_signed_by_unknown_cert)
         if (with_kid)
             ck_assert(OSSL_CMP_CTX_set1_referenceValue(c, (const unsigned char *)token_id, 16));
         ck_assert_ptr_null(OSSL_CMP_exec_IR_ses(c));
+        if (!with_kid) /* no token at all: the answer says what is missing */
+            ck_assert_msg(strstr(status_text(c), "other requests need a MAC with an enrolment token"), "%s",
+                          status_text(c));
         OSSL_CMP_CTX_free(c);
     }
     ck_assert_int_eq(s->enrol_calls, 0);
@@ -1027,6 +1057,7 @@ static Suite *pki_srv_suite(void)
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_add_test(t, enrol_pending_then_issue);
     tcase_add_test(t, enrol_rejected);
+    tcase_add_test(t, enrol_pending_then_rejected);
     tcase_add_test(t, enrol_wrong_secret);
     tcase_add_test(t, enrol_unknown_token);
     tcase_add_test(t, enrol_expired_token);

@@ -1197,6 +1197,8 @@ static void sys_sa_release(void *arg)
     s->live = false;
     race_drop(s);
     reauth_drop(s);
+    if (s->dp) /* whatever else was waited for */
+        esp_datapath_expect_spi(s->dp, 0);
     ike_sa_free(s->old);
     s->old = NULL;
     s->old_spi_in = 0;
@@ -1357,9 +1359,7 @@ static void next_established(void *arg, const ike_child_result *r)
 static void next_down(void *arg, int err, ike_fault fault, const char *detail)
 {
     conn_sys *s = arg;
-    retire(s, s->next);
-    s->next = NULL;
-    cred_back(s);
+    reauth_drop(s);
     if (s->main_down) {
         s->main_down = false;
         conn_post_ike_down(s->c, s->main_err, s->main_fault, s->main_detail);
@@ -1536,6 +1536,10 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
         reauth_drop(s); /* the current SA carries on */
         return rc;
     }
+    /* SA and network in place: what the gateway sent with it meanwhile goes
+     * up now, judged by the new selectors. */
+    if (s->dp)
+        esp_datapath_release_parked(s->dp, r->spi_in);
     ike_sa *old = s->sa;
     s->old_spi_in = old_spi_in;
     s->spi_in = r->spi_in;

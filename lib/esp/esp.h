@@ -470,14 +470,18 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net,
 int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg,
                             char *err, size_t err_len);
 /* A CHILD SA with inbound SPI spi_in is being negotiated (the IKE_AUTH of a
- * reauthentication, a CREATE_CHILD_SA we started). The gateway may send ESP
- * with it as soon as its response leaves, while the engine is still reading
- * that response: up to ESP_PARK_MAX such packets wait (the receiving thread
- * copies them; nothing is decrypted yet) and esp_datapath_install_sa() of that
- * SPI authenticates and delivers them, in order, before it returns. Another
- * SPI, or 0, ends the wait: what waited is dropped (ESP_DROP_NO_SA). Packets
- * with any other unknown SPI are dropped as ever. Engine thread. */
+ * reauthentication). The gateway may send ESP with it as soon as its
+ * response leaves, while the engine is still reading that response: up to
+ * ESP_PARK_MAX such packets wait (the receiving thread copies them; nothing
+ * is decrypted yet) until esp_datapath_release_parked(). Another SPI, or 0,
+ * ends the wait: what waited is dropped (ESP_DROP_NO_SA). Packets with any
+ * other unknown SPI are dropped as ever. Engine thread. */
 void esp_datapath_expect_spi(esp_datapath *dp, uint32_t spi_in);
+/* The SA spi_in is installed and the network it carries is set (its
+ * selectors): the packets that waited for it are authenticated and delivered
+ * now, in the order they came; the wait ends. Nothing if spi_in is not the
+ * one expected. Engine thread. */
+void esp_datapath_release_parked(esp_datapath *dp, uint32_t spi_in);
 #define ESP_PARK_MAX 16
 
 /* Remove the SA with this inbound SPI (waits until no worker uses it).

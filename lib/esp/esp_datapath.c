@@ -241,19 +241,24 @@ int esp_datapath_install_sa(esp_datapath *dp, const esp_sa_config *cfg, char *er
     if (!cfg->inbound_only || dp->out_idx < 0)
         dp->out_idx = idx;
     dp->slots[idx].inbound_only = dp->out_idx != idx;
-    if (dp->expect_spi && dp->expect_spi == cfg->spi_in) {
-        /* What the gateway sent with it before now: authenticated here, in
-         * the order it came. */
+    pthread_rwlock_unlock(&dp->sa_lock);
+    return 0;
+}
+
+void esp_datapath_release_parked(esp_datapath *dp, uint32_t spi_in)
+{
+    pthread_rwlock_wrlock(&dp->sa_lock);
+    esp_slot *slot = spi_in && spi_in == dp->expect_spi ? esp_dp_find_slot_locked(dp, spi_in) : NULL;
+    if (slot) {
         bool rekey = false;
         for (size_t i = 0; i < dp->n_parked; i++)
-            esp_dp_rx_esp_locked(dp, &dp->slots[idx], dp->parked[i], dp->parked_len[i], true, &rekey);
+            esp_dp_rx_esp_locked(dp, slot, dp->parked[i], dp->parked_len[i], true, &rekey);
         dp->expect_spi = 0;
         drop_parked_locked(dp, false);
         if (rekey)
             esp_dp_signal_engine(dp);
     }
     pthread_rwlock_unlock(&dp->sa_lock);
-    return 0;
 }
 
 void esp_datapath_expect_spi(esp_datapath *dp, uint32_t spi_in)

@@ -2077,9 +2077,10 @@ END_TEST
 /* A CHILD SA being negotiated (esp_datapath_expect_spi, a reauthentication's
  * IKE_AUTH): the gateway's packets with its SPI that arrive before the SA is
  * installed wait, up to ESP_PARK_MAX, and are authenticated and delivered in
- * order when it is; a forged one among them is dropped then (integrity), and
- * packets of another unknown SPI are dropped at once. Ending the wait (0)
- * drops what waited. */
+ * order once it is installed and its network set (its selectors judge them);
+ * a forged one among them is dropped then (integrity), and packets of
+ * another unknown SPI are dropped at once. Ending the wait (0) drops what
+ * waited. */
 START_TEST(expected_spi_packets_wait_for_install)
 {
     enter_netns();
@@ -2102,13 +2103,17 @@ START_TEST(expected_spi_packets_wait_for_install)
     esp_datapath_expect_spi(dp, 0xc0);
     /* Three packets of the SA to come, a forged one (its SPI, garbage), and
      * one of another SPI nobody expects. */
+    /* From the new SA's network (198.18.7.0/24), and one from the old one's only. */
+    il = build_udp4(inner, "198.18.6.7", "198.18.5.1", 7000, "old net");
+    ck_assert_int_eq(esp_sa_encap(peer, inner, il, 4, buf, sizeof(buf), &pl, &why), 0);
+    send_to(gw, "127.0.0.1", 4500, buf, pl);
     for (int i = 0; i < 3; i++) {
         snprintf(text, sizeof(text), "early %d", i);
-        il = build_udp4(inner, "198.18.6.7", "198.18.5.1", 7000, text);
+        il = build_udp4(inner, "198.18.7.7", "198.18.5.1", 7000, text);
         ck_assert_int_eq(esp_sa_encap(peer, inner, il, 4, buf, sizeof(buf), &pl, &why), 0);
         send_to(gw, "127.0.0.1", 4500, buf, pl);
     }
-    buf_store_be32(buf + 4, 4); /* a sequence number not seen, a wrong ICV */
+    buf_store_be32(buf + 4, 5); /* a sequence number not seen, a wrong ICV */
     memset(buf + 8, 0x5a, 64);
     send_to(gw, "127.0.0.1", 4500, buf, 72);
     buf_store_be32(buf, 0xc1);
@@ -2120,17 +2125,24 @@ START_TEST(expected_spi_packets_wait_for_install)
     ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_NO_SA], before.total.dropped[ESP_DROP_NO_SA] + 1);
 
     ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    usleep(20000);
+    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0); /* not before its network is set */
+    const char *ts_new[] = { "198.18.7.0/24" };
+    set_net(dp, "198.18.5.1/32", ts_new, 1);
+    esp_datapath_get_counters(dp, &before);
+    esp_datapath_release_parked(dp, 0xc0);
     usleep(20000); /* the TUN hands them to the socket */
     for (int i = 0; i < 3; i++) {
         snprintf(text, sizeof(text), "early %d", i);
         ck_assert_int_eq(recv(app, buf, sizeof(buf), MSG_DONTWAIT), (ssize_t)strlen(text));
         ck_assert_mem_eq(buf, text, strlen(text));
     }
-    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0); /* the forged one is not */
+    ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0); /* neither the forged one nor the old net's */
     esp_sa_counters sc;
     ck_assert_int_eq(esp_datapath_get_sa_counters(dp, 0xc0, &sc), 0);
-    ck_assert_uint_eq(sc.packets_in, 3);
     ck_assert_uint_eq(sc.dropped[ESP_DROP_INTEGRITY], 1);
+    esp_datapath_get_counters(dp, &ctr);
+    ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_SELECTOR], before.total.dropped[ESP_DROP_SELECTOR] + 1);
 
     /* A wait that ends without the SA: what waited is dropped, counted, and
      * no more than ESP_PARK_MAX waited. */
@@ -2154,6 +2166,7 @@ START_TEST(expected_spi_packets_wait_for_install)
     ck_assert_uint_eq(ctr.total.dropped[ESP_DROP_NO_SA],
                       before.total.dropped[ESP_DROP_NO_SA] + ESP_PARK_MAX + 4);
     ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    esp_datapath_release_parked(dp, 0xc0);
     usleep(20000);
     ck_assert_int_lt(recv(app, buf, sizeof(buf), MSG_DONTWAIT), 0);
 

@@ -1240,12 +1240,8 @@ static void hand_over(mgmt *m)
     if (m->boot->mgmt.installer) {
         /* the profile's installer, run by the worker; its exit status is
          * the result (install_done) */
-        char what[160];
-        snprintf(what, sizeof(what), "update %s downloaded and verified, installing", m->upd.b.software_version);
-        owe_feedback(m, m->upd.dep, true, what);
-        m->fb.proceeding = true;
-        m->upd.handed = true;
         submit(m, JOB_INSTALL);
+        m->upd.handed = m->busy; /* else tried again from the next poll */
         return;
     }
     char detail[4400];

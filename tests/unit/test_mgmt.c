@@ -17,7 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -898,6 +901,110 @@ START_TEST(test_dl_refused)
 }
 END_TEST
 
+/* The download through libcurl against openssl s_server -HTTP (each file
+ * it serves is a whole HTTP answer): a correct file is stored; a
+ * Content-Length above the signed size is refused before the body; a body
+ * without one is stopped at its first byte beyond the signed size; a 404 is
+ * no file. Nothing else is left in the folder. */
+static void put_answer(const char *dir, const char *name, const char *head, const uint8_t *body, size_t n)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    ck_assert_ptr_nonnull(f);
+    fputs(head, f);
+    fwrite(body, 1, n, f);
+    fclose(f);
+}
+
+START_TEST(test_dl_over_https)
+{
+    char dir[] = "/tmp/m2mvpn-dlh-XXXXXX", srv[] = "/tmp/m2mvpn-dls-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_ptr_nonnull(mkdtemp(srv));
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+             "-subj /CN=localhost -addext subjectAltName=DNS:localhost -keyout k.pem -out c.pem 2>/dev/null", srv);
+    ck_assert_int_eq(system(cmd), 0);
+    size_t n = 200000;
+    uint8_t *data = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        data[i] = (uint8_t)(i * 13 + 5);
+    size_t small = 50000;
+    unsigned char md[32];
+    char sha[65], head[128], err[600] = "";
+    EVP_Digest(data, small, md, NULL, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(sha + 2 * i, 3, "%02x", md[i]);
+    snprintf(head, sizeof(head), "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\n\r\n", small);
+    put_answer(srv, "ok", head, data, small);
+    snprintf(head, sizeof(head), "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
+    put_answer(srv, "long", head, data, n);
+    put_answer(srv, "nolen", "HTTP/1.0 200 OK\r\n\r\n", data, n);
+    put_answer(srv, "gone", "HTTP/1.0 404 Not Found\r\n\r\n", (const uint8_t *)"{\"error\": \"no such artifact\"}", 29);
+    int port = 20000 + (int)(getpid() % 20000);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char acc[32];
+        snprintf(acc, sizeof(acc), "127.0.0.1:%d", port);
+        if (chdir(srv) < 0)
+            _exit(1);
+        int nul = open("/dev/null", O_RDWR);
+        dup2(nul, 0), dup2(nul, 1), dup2(nul, 2);
+        execlp("openssl", "openssl", "s_server", "-quiet", "-HTTP", "-accept", acc, "-cert", "c.pem", "-key",
+               "k.pem", (char *)NULL);
+        _exit(127);
+    }
+    char url[64], ca[512];
+    snprintf(url, sizeof(url), "https://localhost:%d", port);
+    snprintf(ca, sizeof(ca), "%s/c.pem", srv);
+    mgmt_tls t = { .url = url, .server_ca = ca };
+    mgmt_dl d;
+    long status = 0;
+    int r = -1;
+    for (int i = 0; i < 50 && r != 0; i++) { /* until s_server listens */
+        usleep(100000);
+        ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)small, sha, err, sizeof(err)), 0);
+        r = mgmt_http_download(&t, "/ok", &d, &status, err, sizeof(err));
+        if (r != 0)
+            mgmt_dl_abort(&d);
+    }
+    ck_assert_msg(r == 0 && status == 200, "r=%d status=%ld %s", r, status, err);
+    ck_assert_msg(mgmt_dl_finish(&d, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(dir_has(dir, "update-1.bin"));
+    char p[512];
+    snprintf(p, sizeof(p), "%s/update-1.bin", dir);
+    unlink(p);
+
+    const char *refused[] = { "/long", "/nolen" };
+    for (size_t i = 0; i < 2; i++) {
+        ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)small, sha, err, sizeof(err)), 0);
+        r = mgmt_http_download(&t, refused[i], &d, &status, err, sizeof(err));
+        ck_assert_msg(r == M2MVPN_E_BUNDLE, "%s: r=%d %s", refused[i], r, err);
+        ck_assert_msg(strstr(err, "signed size"), "%s: %s", refused[i], err);
+        /* the chunk carrying a byte too many was refused whole: no byte past the size written */
+        ck_assert_int_le((long long)d.got, (long long)small);
+        if (i == 0) /* refused on the announced length, before the body */
+            ck_assert_int_eq((long long)d.got, 0);
+        mgmt_dl_abort(&d);
+        ck_assert(!dir_has(dir, "update-1.bin") && !dir_has(dir, ".update-1.bin.part"));
+    }
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)small, sha, err, sizeof(err)), 0);
+    r = mgmt_http_download(&t, "/gone", &d, &status, err, sizeof(err));
+    ck_assert_int_eq(r, 0);
+    ck_assert_int_eq(status, 404);
+    ck_assert_msg(strstr(err, "HTTP 404") && strstr(err, "no such artifact"), "%s", err);
+    mgmt_dl_abort(&d);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    ck_assert_int_eq(rmdir(dir), 0);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", srv);
+    ck_assert_int_eq(system(cmd), 0);
+    free(data);
+}
+END_TEST
+
 static void write_script(const char *path, const char *body)
 {
     FILE *f = fopen(path, "w");
@@ -1101,6 +1208,7 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_software_bundle_and_artifact);
     tcase_add_test(tc, test_dl_stream_verified);
     tcase_add_test(tc, test_dl_refused);
+    tcase_add_test(tc, test_dl_over_https);
     tcase_add_test(tc, test_install_run);
     tcase_add_test(tc, test_bootstrap_installer);
     tcase_add_test(tc, test_renew_schedule);

@@ -1347,8 +1347,10 @@ static void log_install_output(mgmt *m, const char *version, const char *out)
         for (char *c = line; *c; c++)
             if ((unsigned char)*c < 0x20 || *c == 0x7f)
                 *c = ' ';
-        if (k)
-            LOG_INFO(m->log, SUB, "update %s: installer: %s", version, line), lines++;
+        if (k) {
+            LOG_INFO(m->log, SUB, "update %s: installer: %s", version, line);
+            lines++;
+        }
         p += n;
         if (*p)
             p++;

@@ -200,7 +200,13 @@ int mgmt_install_run(const char *installer, const char *file, const char *versio
         setpgid(0, 0);
         if (dup2(nul, 0) < 0 || dup2(pfd[1], 1) < 0 || dup2(pfd[1], 2) < 0)
             _exit(126);
-        syscall(SYS_close_range, 3u, ~0u, 0u);
+        long closed = -1;
+#ifdef SYS_close_range
+        closed = syscall(SYS_close_range, 3u, ~0u, 0u);
+#endif
+        if (closed < 0) /* a kernel before 5.9 */
+            for (int fd = 3; fd < 65536; fd++)
+                close(fd);
         execve(installer, argv, envp);
         _exit(127);
     }

@@ -27,7 +27,9 @@
 #define PENDING_RETRY_S 30
 #define FAIL_RETRY_S 60
 
-typedef enum job_type { JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT, JOB_RENEW } job_type;
+typedef enum job_type {
+    JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT, JOB_RENEW, JOB_INSTALL
+} job_type;
 
 #define TRY_POLL_S 3          /* trying a profile: poll this often for the commit */
 #define TRY_DEFAULT_S 90      /* give a new profile this long to come up */
@@ -64,6 +66,13 @@ typedef struct job {
     char fb_body[512];
     int fb_r;
     long fb_http;
+    /* ARTIFACT: streamed into the state dir (name, signed size and hash);
+     * INSTALL: the verified file given to the installer */
+    char file[4200];
+    char version[64];
+    int64_t size;
+    char sha256[65];
+    char *out;                /* INSTALL: its output (MGMT_INSTALL_OUT_MAX) */
 } job;
 
 typedef struct feedback {
@@ -421,9 +430,30 @@ static void run_job(mgmt *m, job *j)
                          j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
         break;
     case JOB_DEPLOY:
-    case JOB_ARTIFACT:
         j->r = mgmt_http(&j->tls, j->path, NULL, NULL, 0, NULL, &j->http, &j->body, &j->len, NULL, 0, j->err,
                          sizeof(j->err));
+        break;
+    case JOB_ARTIFACT: {
+        /* streamed to .NAME.part, renamed to NAME only once verified */
+        mgmt_dl d;
+        j->r = mgmt_dl_open(&d, m->dir, j->file, j->size, j->sha256, j->err, sizeof(j->err));
+        if (j->r < 0)
+            break;
+        j->r = mgmt_http_download(&j->tls, j->path, &d, &j->http, j->err, sizeof(j->err));
+        if (j->r == 0 && j->http == 200)
+            j->r = mgmt_dl_finish(&d, j->err, sizeof(j->err));
+        else
+            mgmt_dl_abort(&d);
+        break;
+    }
+    case JOB_INSTALL:
+        j->out = malloc(MGMT_INSTALL_OUT_MAX);
+        if (!j->out) {
+            j->r = M2MVPN_E_NOMEM;
+            break;
+        }
+        j->r = mgmt_install_run(m->boot->mgmt.installer, j->file, j->version, m->boot->mgmt.installer_timeout_s,
+                                &m->cancel, j->out, MGMT_INSTALL_OUT_MAX, j->err, sizeof(j->err));
         break;
     case JOB_RENEW:
         renew_run(m, j);
@@ -468,6 +498,7 @@ static void job_free(job *j)
     X509_free(j->old_cert);
     EVP_PKEY_free(j->new_key);
     free(j->body);
+    free(j->out);
     free(j);
 }
 
@@ -487,7 +518,7 @@ static void submit_path(mgmt *m, job_type type, const char *path)
     j->tls.cancel = &m->cancel;
     j->tls.url = m->boot->mgmt.url;
     j->tls.server_ca = m->boot->mgmt.server_ca;
-    if (type != JOB_ENROL) {
+    if (type != JOB_ENROL && type != JOB_INSTALL) {
         j->tls.cert = m->cert;
         j->tls.key = m->key;
         if ((m->key_stale && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) ||
@@ -516,6 +547,16 @@ static void submit_path(mgmt *m, job_type type, const char *path)
     } else if (type == JOB_DEPLOY || type == JOB_ARTIFACT) {
         snprintf(j->path, sizeof(j->path), "%s", path ? path : "");
         LOG_INFO(m->log, SUB, "fetching deployment %s", j->path);
+        if (type == JOB_ARTIFACT) {
+            snprintf(j->file, sizeof(j->file), "update-%s.bin", m->upd.b.software_version);
+            j->size = m->upd.b.size;
+            memcpy(j->sha256, m->upd.b.sha256, sizeof(j->sha256));
+        }
+    } else if (type == JOB_INSTALL) {
+        snprintf(j->file, sizeof(j->file), "%s", m->upd.path);
+        snprintf(j->version, sizeof(j->version), "%s", m->upd.b.software_version);
+        LOG_INFO(m->log, SUB, "update %s: running the installer %s (at most %u s)", j->version,
+                 m->boot->mgmt.installer, m->boot->mgmt.installer_timeout_s);
     } else {
         LOG_INFO(m->log, SUB, "%s at %s", type == JOB_ENROL ? "enrolling (CMP)" : "asking for a newer profile",
                  m->boot->mgmt.url);
@@ -1196,6 +1237,13 @@ static void poll_done(mgmt *m, job *j)
  * UPDATE_AVAILABLE with "<version> <path>", "proceeding" to the server. */
 static void hand_over(mgmt *m)
 {
+    if (m->boot->mgmt.installer) {
+        /* the profile's installer, run by the worker; its exit status is
+         * the result (install_done) */
+        submit(m, JOB_INSTALL);
+        m->upd.handed = m->busy; /* else tried again from the next poll */
+        return;
+    }
     char detail[4400];
     snprintf(detail, sizeof(detail), "%s %s", m->upd.b.software_version, m->upd.path);
     m->upd.handed = true;
@@ -1245,7 +1293,7 @@ static void artifact_done(mgmt *m, job *j)
 {
     char err[600];
     take_reopened(m, j);
-    if (j->r < 0) {
+    if (j->r < 0 && j->r != M2MVPN_E_BUNDLE) {
         m->fails++;
         LOG_WARN(m->log, SUB, "update %s: download failed: %s", m->upd.b.software_version, j->err);
         publish_status(m, j->err);
@@ -1253,19 +1301,15 @@ static void artifact_done(mgmt *m, job *j)
         schedule_poll(m, backoff_s(m));
         return;
     }
-    int r = 0;
-    if (j->http != 200) {
-        snprintf(err, sizeof(err), "update %s: the server answered the download with HTTP %ld",
-                 m->upd.b.software_version, j->http);
+    int r = j->r;
+    if (r < 0)
+        snprintf(err, sizeof(err), "update %s: %s", m->upd.b.software_version, j->err);
+    else if (j->http != 200) {
+        snprintf(err, sizeof(err), "update %s: %s", m->upd.b.software_version, j->err);
         r = M2MVPN_E_PROTOCOL;
-    } else {
-        r = mgmt_artifact_check(j->body, j->len, &m->upd.b, err, sizeof(err));
     }
-    char name[96];
-    snprintf(name, sizeof(name), "update-%s.bin", m->upd.b.software_version);
-    if (r == 0)
-        r = mgmt_write_file(m->dir, name, j->body, j->len, err, sizeof(err));
     if (r < 0) {
+        /* refused (size, sha256) or not served: nothing was kept */
         LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)m->upd.dep, err);
         owe_feedback(m, m->upd.dep, false, err);
         publish_status(m, err);
@@ -1273,16 +1317,68 @@ static void artifact_done(mgmt *m, job *j)
         schedule_poll(m, 1);
         return;
     }
-    /* every check passed: the version is persisted only now */
+    /* every check passed (the worker verified size and sha256 against the
+     * signed manifest before the rename): the version is persisted only now */
     m->st.software_seq = m->upd.b.version;
     save_state(m);
-    snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, name);
+    snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, j->file);
     m->upd.stored = true;
+    LOG_INFO(m->log, SUB, "update %s: %lld bytes downloaded and verified: %s", m->upd.b.software_version,
+             (long long)m->upd.b.size, m->upd.path);
     if (m->upd.window_open)
         hand_over(m);
     else
         LOG_INFO(m->log, SUB, "update %s stored; waiting for the maintenance window", m->upd.b.software_version);
-    schedule_poll(m, m->fb.id ? 1 : poll_interval(m));
+    if (!m->busy)
+        schedule_poll(m, m->fb.id ? 1 : poll_interval(m));
+}
+
+/* The installer's output to the log, line by line, bounded (it is a
+ * program of the device's own bootstrap; control characters dropped). */
+static void log_install_output(mgmt *m, const char *version, const char *out)
+{
+    unsigned lines = 0;
+    for (const char *p = out; p && *p && lines < 40;) {
+        size_t n = strcspn(p, "\n");
+        char line[240];
+        size_t k = n < sizeof(line) - 1 ? n : sizeof(line) - 1;
+        memcpy(line, p, k);
+        line[k] = 0;
+        for (char *c = line; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = ' ';
+        if (k) {
+            LOG_INFO(m->log, SUB, "update %s: installer: %s", version, line);
+            lines++;
+        }
+        p += n;
+        if (*p)
+            p++;
+    }
+}
+
+static void install_done(mgmt *m, job *j)
+{
+    log_install_output(m, j->version, j->out);
+    bool ok = j->r == 0;
+    char details[300];
+    if (ok)
+        snprintf(details, sizeof(details), "installed by %s", m->boot->mgmt.installer);
+    else
+        snprintf(details, sizeof(details), "%s", j->err);
+    if (ok)
+        LOG_INFO(m->log, SUB, "update %s: %s", j->version, details);
+    else
+        LOG_ERR(m->log, SUB, "update %s: %s", j->version, details);
+    if (!m->upd.handed || strcmp(m->upd.b.software_version, j->version) != 0)
+        return;
+    owe_feedback(m, m->upd.dep, ok, details);
+    /* the file was the installer's to take: not kept for another run */
+    unlink(m->upd.path);
+    memset(&m->upd, 0, sizeof(m->upd));
+    if (!ok)
+        publish_status(m, details);
+    schedule_poll(m, 1);
 }
 
 /* The application's result (posted by mgmt_update_result): feedback. */
@@ -1551,6 +1647,8 @@ static void on_result(void *arg, uint32_t events)
         artifact_done(m, j);
     else if (j->type == JOB_RENEW)
         renew_done(m, j);
+    else if (j->type == JOB_INSTALL)
+        install_done(m, j);
     else
         fetch_done(m, j);
     job_free(j);
@@ -1683,6 +1781,7 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
                  "make it this user's own, mode 0700", state_dir);
         return M2MVPN_E_IO;
     }
+    mgmt_dl_sweep(state_dir); /* partial downloads of a stopped engine */
     X509 *signer = read_cert(boot->mgmt.bundle_signer);
     if (!signer) {
         snprintf(err, err_len, "management.bundle_signer %s: no PEM certificate readable there",

@@ -41,6 +41,9 @@
 /* ------------------------------------------------------------- bundles */
 
 #define MGMT_BUNDLE_MAX (1u << 20)
+/* The largest software artifact a signed manifest may announce: it is
+ * streamed to a file (mgmt_dl), never held in memory. */
+#define MGMT_ARTIFACT_MAX (1ll << 30)
 
 /* For type "software" the payload must be empty and the manifest's sha256,
  * size, url (the artifact route of that sha256) and software_version
@@ -262,5 +265,57 @@ void mgmt_note_tunnel(mgmt *m, int err, const char *detail);
 int mgmt_update_result(mgmt *m, const char *version, bool ok, const char *details);
 /* The artifact against its verified software bundle: size and sha256. */
 int mgmt_artifact_check(const uint8_t *data, size_t len, const mgmt_bundle *b, char *err, size_t err_len);
+
+/* ---------------------------------- day N: software download and installer */
+
+/* A software artifact streamed into the state directory: written to the
+ * hidden temporary ".NAME.part" (0600, O_EXCL) while hashed; more bytes
+ * than the signed size stop it at once; finished only if size and sha256
+ * are the signed ones: fsync, rename to NAME, fsync of the folder. Any
+ * failure removes the temporary file: NAME exists only verified. */
+typedef struct mgmt_dl {
+    int fd;                   /* -1: closed */
+    char tmp[4200], path[4200], dir[4096];
+    void *md;                 /* EVP_MD_CTX */
+    int64_t size, got;
+    char sha256[65];
+    char why[256];            /* set when a write was refused */
+    bool io_error;            /* ... by the disk, not by the size */
+} mgmt_dl;
+
+/* name: a plain file name (no '/'); size 1..MGMT_ARTIFACT_MAX; sha256 64
+ * lowercase hex. A stale temporary file of the same name is replaced; the
+ * free space of the folder must hold size. */
+int mgmt_dl_open(mgmt_dl *d, const char *dir, const char *name, int64_t size, const char *sha256, char *err,
+                 size_t err_len);
+/* 0, or -1 (why set, nothing written) when the bytes would pass the signed
+ * size, or on a write error. */
+int mgmt_dl_write(mgmt_dl *d, const void *data, size_t len);
+/* Verify and rename into place: 0, or M2MVPN_E_BUNDLE (size, sha256),
+ * M2MVPN_E_SYSTEM; the temporary file is gone either way. */
+int mgmt_dl_finish(mgmt_dl *d, char *err, size_t err_len);
+/* Drop a download: the temporary file removed. Idempotent. */
+void mgmt_dl_abort(mgmt_dl *d);
+/* Remove every ".update-*.part" left in dir by a stopped engine. */
+void mgmt_dl_sweep(const char *dir);
+
+/* GET `path` streamed into d (opened): status 200 only goes to the file
+ * (another status: *ret_status set, the answer's first bytes in err);
+ * the transfer stops once the bytes pass d's size. Then mgmt_dl_finish or
+ * mgmt_dl_abort is the caller's. M2MVPN_E_BUNDLE: refused by d (why). */
+int mgmt_http_download(const mgmt_tls *t, const char *path, mgmt_dl *d, long *ret_status, char *err,
+                       size_t err_len);
+
+#define MGMT_INSTALL_OUT_MAX 4096 /* installer output kept for the log */
+
+/* Run the profile's installer: argv {installer, file, version}, no shell,
+ * stdin /dev/null, stdout and stderr into out (the first out_cap - 1
+ * bytes, NUL-terminated, the rest read and dropped), its own process
+ * group, a minimal environment (PATH, LANG), every other descriptor
+ * closed. Killed (the whole group, SIGKILL) after timeout_s or when
+ * *cancel is set. 0: exited 0. Else M2MVPN_E_SYSTEM with err saying how it
+ * ended (exit status N, killed by signal, timed out, could not start). */
+int mgmt_install_run(const char *installer, const char *file, const char *version, uint32_t timeout_s,
+                     const atomic_bool *cancel, char *out, size_t out_cap, char *err, size_t err_len);
 
 #endif

@@ -168,8 +168,9 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
             snprintf(why, sizeof(why), "a software bundle carries no payload");
         else if (!sv_ok)
             snprintf(why, sizeof(why), "manifest software_version missing or not a printable version string");
-        else if (!json_int(m, "size", &size) || size < 1 || size > MGMT_BUNDLE_MAX)
-            snprintf(why, sizeof(why), "manifest size missing or out of range (1..%u bytes)", MGMT_BUNDLE_MAX);
+        else if (!json_int(m, "size", &size) || size < 1 || size > MGMT_ARTIFACT_MAX)
+            snprintf(why, sizeof(why), "manifest size missing or out of range (1..%lld bytes)",
+                     (long long)MGMT_ARTIFACT_MAX);
         else if (!url || strcmp(url, want) != 0)
             snprintf(why, sizeof(why), "manifest url is not the artifact route of its sha256");
         else if (strspn(sha, "0123456789abcdef") != 64)

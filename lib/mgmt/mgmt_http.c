@@ -81,14 +81,37 @@ typedef struct http_buf {
     size_t len;
     char *etag;
     size_t etag_cap;
+    /* a download: a 200 answer goes to dl, any other to data (bounded) */
+    mgmt_dl *dl;
+    const curl_api *a;
+    CURL *c;
+    long status;              /* 0 until the first body bytes */
+    bool refused;             /* dl refused the bytes (why) */
 } http_buf;
+
+#define ERROR_BODY_MAX 512    /* of a download's non-200 answer: for the message */
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
 {
     http_buf *b = arg;
     size_t add = size * n;
-    if (b->len + add > MGMT_BUNDLE_MAX)
+    if (b->dl) {
+        if (!b->status)
+            b->a->easy_getinfo(b->c, CURLINFO_RESPONSE_CODE, &b->status);
+        if (b->status == 200) {
+            if (mgmt_dl_write(b->dl, p, add) < 0) {
+                b->refused = true;
+                return 0; /* stops the transfer */
+            }
+            return add;
+        }
+        if (b->len + add > ERROR_BODY_MAX)
+            add = ERROR_BODY_MAX - b->len;
+        if (!add)
+            return size * n; /* the rest of an error answer is dropped */
+    } else if (b->len + add > MGMT_BUNDLE_MAX) {
         return 0;
+    }
     uint8_t *nd = realloc(b->data, b->len + add + 1);
     if (!nd)
         return 0;
@@ -96,7 +119,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     b->data = nd;
     b->len += add;
     b->data[b->len] = 0;
-    return add;
+    return b->dl ? size * n : add;
 }
 
 static size_t on_header(char *p, size_t size, size_t n, void *arg)
@@ -137,9 +160,9 @@ static CURLcode on_ssl_ctx(CURL *curl, void *sslctx, void *arg)
     return CURLE_OK;
 }
 
-int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint8_t *body, size_t body_len,
-              const char *etag_in, long *ret_status, uint8_t **ret, size_t *ret_len, char *etag_out,
-              size_t etag_cap, char *err, size_t err_len)
+static int request(const mgmt_tls *t, const char *path, const char *ctype, const uint8_t *body, size_t body_len,
+                   const char *etag_in, long *ret_status, uint8_t **ret, size_t *ret_len, char *etag_out,
+                   size_t etag_cap, mgmt_dl *dl, char *err, size_t err_len)
 {
     char url[2300];
     snprintf(url, sizeof(url), "%s%s", t->url, path);
@@ -152,7 +175,7 @@ int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint
         dlclose(a.lib);
         return M2MVPN_E_NOMEM;
     }
-    http_buf b = { .etag = etag_out, .etag_cap = etag_cap };
+    http_buf b = { .etag = etag_out, .etag_cap = etag_cap, .dl = dl, .a = &a, .c = c };
     if (etag_out && etag_cap)
         etag_out[0] = 0;
     struct curl_slist *hdr = NULL;
@@ -170,7 +193,18 @@ int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint
     a.easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
     a.easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     a.easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 15L);
-    a.easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (dl) {
+        /* A large file over a slow link: no total limit short of a day,
+         * but a transfer stalled below 256 bytes/s for 2 minutes ends;
+         * a Content-Length above the signed size is refused before any
+         * byte (and a body without one, by dl at its first extra byte). */
+        a.easy_setopt(c, CURLOPT_TIMEOUT, 86400L);
+        a.easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 256L);
+        a.easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 120L);
+        a.easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)dl->size);
+    } else {
+        a.easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    }
     /* The pinned CA only: no system store, no CA path. */
     a.easy_setopt(c, CURLOPT_CAINFO, t->server_ca);
     a.easy_setopt(c, CURLOPT_CAPATH, NULL);
@@ -199,7 +233,13 @@ int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint
     a.easy_setopt(c, CURLOPT_HEADERDATA, &b);
     CURLcode cr = a.easy_perform(c);
     int r = 0;
-    if (cr == CURLE_PEER_FAILED_VERIFICATION || cr == CURLE_SSL_CACERT_BADFILE) {
+    if (dl && (b.refused || cr == CURLE_FILESIZE_EXCEEDED)) {
+        if (!b.refused)
+            snprintf(dl->why, sizeof(dl->why), "the server announced more bytes than the signed size %lld",
+                     (long long)dl->size);
+        snprintf(err, err_len, "%s", dl->why);
+        r = dl->io_error ? M2MVPN_E_SYSTEM : M2MVPN_E_BUNDLE;
+    } else if (cr == CURLE_PEER_FAILED_VERIFICATION || cr == CURLE_SSL_CACERT_BADFILE) {
         snprintf(err, err_len, "management server %s: certificate not accepted with the bootstrap's server_ca "
                  "(%s): check that server_ca is the CA of this server", t->url, a.easy_strerror(cr));
         r = M2MVPN_E_SERVER_CERT;
@@ -216,5 +256,31 @@ int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint
     a.slist_free_all(hdr);
     a.easy_cleanup(c);
     dlclose(a.lib);
+    return r;
+}
+
+int mgmt_http(const mgmt_tls *t, const char *path, const char *ctype, const uint8_t *body, size_t body_len,
+              const char *etag_in, long *ret_status, uint8_t **ret, size_t *ret_len, char *etag_out,
+              size_t etag_cap, char *err, size_t err_len)
+{
+    return request(t, path, ctype, body, body_len, etag_in, ret_status, ret, ret_len, etag_out, etag_cap, NULL, err,
+                   err_len);
+}
+
+int mgmt_http_download(const mgmt_tls *t, const char *path, mgmt_dl *d, long *ret_status, char *err,
+                       size_t err_len)
+{
+    uint8_t *body = NULL;
+    size_t len = 0;
+    *ret_status = 0;
+    int r = request(t, path, NULL, NULL, 0, NULL, ret_status, &body, &len, NULL, 0, d, err, err_len);
+    if (r == 0 && *ret_status != 200) {
+        snprintf(err, err_len, "the server answered the download with HTTP %ld: %.200s", *ret_status,
+                 body ? (const char *)body : "");
+        for (char *c = err; *c; c++)
+            if ((unsigned char)*c < 0x20)
+                *c = ' ';
+    }
+    free(body);
     return r;
 }

@@ -157,6 +157,8 @@ typedef struct profile {
         char *tpm_tcti;
         char *pin;            /* secret; pkcs11: required */
         uint32_t poll_s;      /* default 300, 10..86400 */
+        char *installer;      /* absolute path of an executable, or NULL: UPDATE_AVAILABLE */
+        uint32_t installer_timeout_s; /* default 900, 10..86400 */
     } mgmt;
 } profile;
 

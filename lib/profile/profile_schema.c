@@ -2,11 +2,14 @@
 #include "profile_schema.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <m2mvpn/m2mvpn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/secmem.h"
 
@@ -616,7 +619,7 @@ static int read_mgmt_key(keypath *kp, json_object *mg, path_base *base, profile 
 static int read_management(keypath *kp, json_object *obj, path_base *base, profile *p)
 {
     static const char *const keys[] = { "url", "server_ca", "bundle_signer", "enrolment_token", "key",
-                                        "poll_s", NULL };
+                                        "poll_s", "installer", "installer_timeout_s", NULL };
     json_object *mg;
     TRY(keypath_object(kp, obj, "management", &mg));
     if (!mg)
@@ -643,6 +646,23 @@ static int read_management(keypath *kp, json_object *obj, path_base *base, profi
                                                       "(16 hex digits, '.', 43 characters)");
     TRY(read_mgmt_key(kp, mg, base, p));
     TRY(keypath_uint(kp, mg, "poll_s", 10, 86400, &p->mgmt.poll_s));
+    /* The installer runs as the engine does (root, often): only a program
+     * named by the device's own bootstrap, never by the server (a
+     * delivered profile has no "management"), checked here once. */
+    TRY(keypath_string(kp, mg, "installer", 2, PATH_MAX_CHARS, false, &p->mgmt.installer));
+    if (p->mgmt.installer) {
+        struct stat st;
+        if (p->mgmt.installer[0] != '/')
+            return keypath_fail_at(kp, "installer", "must be an absolute path");
+        if (stat(p->mgmt.installer, &st) < 0)
+            return keypath_fail_at(kp, "installer", "must name an executable file (%s)", strerror(errno));
+        if (!S_ISREG(st.st_mode))
+            return keypath_fail_at(kp, "installer", "must name an executable file (not a regular file)");
+        if (access(p->mgmt.installer, X_OK) < 0)
+            return keypath_fail_at(kp, "installer", "must name an executable file (%s)", strerror(errno));
+    }
+    p->mgmt.installer_timeout_s = 900;
+    TRY(keypath_uint(kp, mg, "installer_timeout_s", 10, 86400, &p->mgmt.installer_timeout_s));
     keypath_pop(kp, mark);
     return 0;
 }
@@ -784,6 +804,7 @@ void profile_clear(profile *p)
     free(p->mgmt.url);
     free(p->mgmt.server_ca);
     free(p->mgmt.bundle_signer);
+    free(p->mgmt.installer);
     secure_free_str(p->mgmt.token);
     free(p->mgmt.key);
     free(p->mgmt.pkcs11_module);

@@ -16,6 +16,7 @@ device CA, our engine started with a bootstrap profile. It enrols, polls
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -325,3 +326,96 @@ def test_software_update_handed_over_and_result_recorded(lab):
     dep = lab.deployment(pub["id"])
     assert dep["success"] == 1 and dep["failure"] == 0, dep
     assert json.loads((w / "state" / "mgmt.json").read_text())["software_seq"] >= 1
+
+
+_INSTALLER = """#!/bin/sh
+# the test's installer: records its argv and the hash of the file it got
+h=$(sha256sum "$1" | cut -d' ' -f1)
+echo "$0|$1|$2|$h|$#" >> {rec}
+echo "installer: writing $2"
+if [ -e {fail} ]; then echo "flash write failed (test)" >&2; exit 1; fi
+exit 0
+"""
+
+
+def test_software_update_by_installer(lab):
+    """management.installer: a 3 MiB update streamed to the state directory,
+    verified and installed by the bootstrap's installer (argv: installer,
+    file, version), its exit status recorded on the server as the
+    deployment's success or failure; outside the maintenance window it waits;
+    an artifact changed on the server (sha256 no longer the signed one) never
+    reaches the installer and is recorded as a failure."""
+    boot = enrolled_device(lab)
+    w = lab.workdir / "inst"
+    w.mkdir()
+    rec, fail = w / "installs.txt", w / "fail"
+    script = w / "install.sh"
+    script.write_text(_INSTALLER.format(rec=rec, fail=fail))
+    script.chmod(0o755)
+    boot["management"]["installer"] = str(script)
+    boot["management"]["installer_timeout_s"] = 60
+
+    def publish(version, data, *extra):
+        art = Path(lab.d) / f"fw-{version}.bin"
+        art.write_bytes(data)
+        pub = mh.admin_json(lab.d, lab.srv, "update", "publish", "--group", "fleet", "--file", str(art),
+                            "--version", version, *extra)
+        assert pub["devices"] == 1, pub
+        return pub
+
+    def settled(dep_id):
+        x = lab.deployment(dep_id)
+        return x["success"] + x["failure"] == 1 and x
+
+    def installs():
+        return [ln.split("|") for ln in rec.read_text().splitlines()] if rec.exists() else []
+
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        big = os.urandom(3 << 20)
+        pub = publish("2.0.0", big)
+        dep = wait_until("update 2.0.0 settled", lambda: settled(pub["id"]), timeout_s=120, tail=c.log_tail)
+        assert dep["success"] == 1 and dep["failure"] == 0, dep
+        (argv0, path, version, digest, argc), = installs()
+        assert argv0 == str(script) and version == "2.0.0" and argc == "2"
+        assert Path(path) == c.state_dir / "update-2.0.0.bin"
+        assert digest == hashlib.sha256(big).hexdigest()
+        assert not Path(path).exists()  # the installer's to take, not kept
+        log = c.log_path.read_text()
+        assert "installer: installer: writing 2.0.0" in log
+        assert json.loads((c.state_dir / "mgmt.json").read_text())["software_seq"] == pub["id"]
+
+        fail.touch()
+        pub = publish("2.0.1", os.urandom((1 << 20) + 5))
+        dep = wait_until("update 2.0.1 settled", lambda: settled(pub["id"]), timeout_s=120, tail=c.log_tail)
+        assert dep["failure"] == 1 and dep["success"] == 0, dep
+        assert [x[2] for x in installs()] == ["2.0.0", "2.0.1"]
+        log = c.log_path.read_text()
+        assert "failed with exit status 1" in log and "flash write failed (test)" in log
+        fail.unlink()
+
+    # an artifact changed on the server after it was signed: same size, one bit
+    data = os.urandom(3 << 20)
+    pub = publish("2.0.2", data)
+    stored = Path(lab.d) / "artifacts" / hashlib.sha256(data).hexdigest()
+    b = bytearray(stored.read_bytes())
+    b[(3 << 20) - 1000] ^= 1
+    stored.write_bytes(bytes(b))
+    with lab.client(boot) as c:
+        dep = wait_until("update 2.0.2 settled", lambda: settled(pub["id"]), timeout_s=120, tail=c.log_tail)
+        assert dep["failure"] == 1 and dep["success"] == 0, dep
+        assert [x[2] for x in installs()] == ["2.0.0", "2.0.1"]  # never handed to the installer
+        assert "sha256 does not match the signed manifest" in c.log_path.read_text()
+        names = [p.name for p in c.state_dir.iterdir()]
+        assert "update-2.0.2.bin" not in names and not [n for n in names if n.endswith(".part")], names
+
+        # outside the maintenance window: downloaded and verified, not installed
+        h = (time.gmtime().tm_hour + 3) % 24
+        pub = publish("2.0.3", os.urandom(100000), "--window", f"{h:02d}:00-{h:02d}:30")
+        wait_until("2.0.3 waiting for the window",
+                   lambda: "update 2.0.3 stored; waiting for the maintenance window" in c.log_path.read_text(),
+                   timeout_s=90, tail=c.log_tail)
+        time.sleep(12)  # polls go on; the window stays closed
+        assert [x[2] for x in installs()] == ["2.0.0", "2.0.1"]
+        assert (c.state_dir / "update-2.0.3.bin").exists()
+        assert lab.deployment(pub["id"])["success"] == 0

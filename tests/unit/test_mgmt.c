@@ -12,10 +12,15 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -763,6 +768,7 @@ START_TEST(test_software_bundle_and_artifact)
         { NULL, "1/../x", "", "software_version", 20 },
         { NULL, "1.4.2", "", "size", 0 },
         { NULL, "1.4.2", "", "size", 1LL << 40 },
+        { NULL, "1.4.2", "", "size", MGMT_ARTIFACT_MAX + 1 },
         { NULL, "1.4.2", "YQ==", "no payload", 20 },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -776,6 +782,349 @@ START_TEST(test_software_bundle_and_artifact)
         OPENSSL_free(d);
     }
     free_signer(&s);
+}
+END_TEST
+
+/* ------------------------------ day N: streamed download, installer */
+
+static bool dir_has(const char *dir, const char *name)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
+/* Bytes of a large artifact in chunks as libcurl hands them: stored only
+ * once size and sha256 are the signed ones, 0600, no temporary left. */
+START_TEST(test_dl_stream_verified)
+{
+    char dir[] = "/tmp/m2mvpn-dl-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    size_t n = 3u << 20; /* 3 MiB: more than any in-memory body (MGMT_BUNDLE_MAX) */
+    uint8_t *data = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        data[i] = (uint8_t)(i * 7 + (i >> 11));
+    unsigned char md[32];
+    char sha[65], err[300] = "";
+    EVP_Digest(data, n, md, NULL, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(sha + 2 * i, 3, "%02x", md[i]);
+    mgmt_dl d;
+    ck_assert_msg(mgmt_dl_open(&d, dir, "update-2.0.bin", (int64_t)n, sha, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(dir_has(dir, ".update-2.0.bin.part"));
+    ck_assert(!dir_has(dir, "update-2.0.bin")); /* nothing of the final name while it streams */
+    for (size_t off = 0; off < n; off += 16384)
+        ck_assert_int_eq(mgmt_dl_write(&d, data + off, n - off < 16384 ? n - off : 16384), 0);
+    ck_assert_msg(mgmt_dl_finish(&d, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(!dir_has(dir, ".update-2.0.bin.part"));
+    char path[512];
+    snprintf(path, sizeof(path), "%s/update-2.0.bin", dir);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq((int)(st.st_mode & 0777), 0600);
+    ck_assert_int_eq((long long)st.st_size, (long long)n);
+    FILE *f = fopen(path, "rb");
+    uint8_t *back = malloc(n);
+    ck_assert_uint_eq(fread(back, 1, n, f), n);
+    fclose(f);
+    ck_assert(memcmp(back, data, n) == 0);
+    unlink(path);
+    rmdir(dir);
+    free(back);
+    free(data);
+}
+END_TEST
+
+/* Refusals: a byte past the signed size (stopped at once, nothing of it
+ * written), a changed byte (sha256), a short file; each leaves no file. */
+START_TEST(test_dl_refused)
+{
+    char dir[] = "/tmp/m2mvpn-dl-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    static const char file[] = "firmware image bytes";
+    size_t n = strlen(file);
+    char sha[65], err[300] = "";
+    sha_hex(file, sha);
+    mgmt_dl d;
+
+    /* more than signed */
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)n, sha, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_dl_write(&d, file, n - 1), 0);
+    ck_assert_int_eq(mgmt_dl_write(&d, "xy", 2), -1);
+    ck_assert_ptr_nonnull(strstr(d.why, "more than the signed size"));
+    ck_assert(!d.io_error);
+    ck_assert_int_eq(mgmt_dl_write(&d, "x", 1), -1); /* stays refused */
+    struct stat st;
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s/.update-1.bin.part", dir);
+    ck_assert_int_eq(stat(tmp, &st), 0);
+    ck_assert_int_eq((long long)st.st_size, (long long)(n - 1));
+    ck_assert_int_eq(mgmt_dl_finish(&d, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "more than the signed size"));
+    ck_assert(!dir_has(dir, "update-1.bin") && !dir_has(dir, ".update-1.bin.part"));
+
+    /* one byte changed */
+    char bad[sizeof(file)];
+    memcpy(bad, file, sizeof(file));
+    bad[3] ^= 1;
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)n, sha, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_dl_write(&d, bad, n), 0);
+    ck_assert_int_eq(mgmt_dl_finish(&d, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "sha256 does not match"));
+    ck_assert(!dir_has(dir, "update-1.bin") && !dir_has(dir, ".update-1.bin.part"));
+
+    /* short */
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)n, sha, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_dl_write(&d, file, n - 1), 0);
+    ck_assert_int_eq(mgmt_dl_finish(&d, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_ptr_nonnull(strstr(err, "bytes"));
+    ck_assert(!dir_has(dir, "update-1.bin") && !dir_has(dir, ".update-1.bin.part"));
+
+    /* aborted (transfer failed), a stale temporary swept, bad arguments */
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)n, sha, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_dl_write(&d, file, 4), 0);
+    mgmt_dl_abort(&d);
+    mgmt_dl_abort(&d);
+    ck_assert(!dir_has(dir, ".update-1.bin.part"));
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-9.bin", (int64_t)n, sha, err, sizeof(err)), 0);
+    close(d.fd); /* as a SIGKILL leaves it */
+    d.fd = -1;
+    ck_assert(dir_has(dir, ".update-9.bin.part"));
+    mgmt_dl_sweep(dir);
+    ck_assert(!dir_has(dir, ".update-9.bin.part"));
+    EVP_MD_CTX_free(d.md);
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "../x.bin", 5, sha, err, sizeof(err)), M2MVPN_E_INVAL);
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "u.bin", MGMT_ARTIFACT_MAX + 1, sha, err, sizeof(err)),
+                     M2MVPN_E_INVAL);
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "u.bin", 5, "00", err, sizeof(err)), M2MVPN_E_INVAL);
+    ck_assert_int_eq(rmdir(dir), 0); /* empty: nothing left behind */
+}
+END_TEST
+
+/* The download through libcurl against openssl s_server -HTTP (each file
+ * it serves is a whole HTTP answer): a correct file is stored; a
+ * Content-Length above the signed size is refused before the body; a body
+ * without one is stopped at its first byte beyond the signed size; a 404 is
+ * no file. Nothing else is left in the folder. */
+static void put_answer(const char *dir, const char *name, const char *head, const uint8_t *body, size_t n)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    ck_assert_ptr_nonnull(f);
+    fputs(head, f);
+    fwrite(body, 1, n, f);
+    fclose(f);
+}
+
+START_TEST(test_dl_over_https)
+{
+    char dir[] = "/tmp/m2mvpn-dlh-XXXXXX", srv[] = "/tmp/m2mvpn-dls-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_ptr_nonnull(mkdtemp(srv));
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+             "-subj /CN=localhost -addext subjectAltName=DNS:localhost -keyout k.pem -out c.pem 2>/dev/null", srv);
+    ck_assert_int_eq(system(cmd), 0);
+    size_t n = 200000;
+    uint8_t *data = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        data[i] = (uint8_t)(i * 13 + 5);
+    size_t small = 50000;
+    unsigned char md[32];
+    char sha[65], head[128], err[600] = "";
+    EVP_Digest(data, small, md, NULL, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++)
+        snprintf(sha + 2 * i, 3, "%02x", md[i]);
+    snprintf(head, sizeof(head), "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\n\r\n", small);
+    put_answer(srv, "ok", head, data, small);
+    snprintf(head, sizeof(head), "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
+    put_answer(srv, "long", head, data, n);
+    put_answer(srv, "nolen", "HTTP/1.0 200 OK\r\n\r\n", data, n);
+    put_answer(srv, "gone", "HTTP/1.0 404 Not Found\r\n\r\n", (const uint8_t *)"{\"error\": \"no such artifact\"}", 29);
+    int port = 20000 + (int)(getpid() % 20000);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char acc[32];
+        snprintf(acc, sizeof(acc), "127.0.0.1:%d", port);
+        if (chdir(srv) < 0)
+            _exit(1);
+        int nul = open("/dev/null", O_RDWR);
+        dup2(nul, 0), dup2(nul, 1), dup2(nul, 2);
+        execlp("openssl", "openssl", "s_server", "-quiet", "-HTTP", "-accept", acc, "-cert", "c.pem", "-key",
+               "k.pem", (char *)NULL);
+        _exit(127);
+    }
+    char url[64], ca[512];
+    snprintf(url, sizeof(url), "https://localhost:%d", port);
+    snprintf(ca, sizeof(ca), "%s/c.pem", srv);
+    mgmt_tls t = { .url = url, .server_ca = ca };
+    mgmt_dl d;
+    long status = 0;
+    int r = -1;
+    for (int i = 0; i < 50 && r != 0; i++) { /* until s_server listens */
+        usleep(100000);
+        ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)small, sha, err, sizeof(err)), 0);
+        r = mgmt_http_download(&t, "/ok", &d, &status, err, sizeof(err));
+        if (r != 0)
+            mgmt_dl_abort(&d);
+    }
+    ck_assert_msg(r == 0 && status == 200, "r=%d status=%ld %s", r, status, err);
+    ck_assert_msg(mgmt_dl_finish(&d, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(dir_has(dir, "update-1.bin"));
+    char p[512];
+    snprintf(p, sizeof(p), "%s/update-1.bin", dir);
+    unlink(p);
+
+    const char *refused[] = { "/long", "/nolen" };
+    for (size_t i = 0; i < 2; i++) {
+        ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)small, sha, err, sizeof(err)), 0);
+        r = mgmt_http_download(&t, refused[i], &d, &status, err, sizeof(err));
+        ck_assert_msg(r == M2MVPN_E_BUNDLE, "%s: r=%d %s", refused[i], r, err);
+        ck_assert_msg(strstr(err, "signed size"), "%s: %s", refused[i], err);
+        /* the chunk carrying a byte too many was refused whole: no byte past the size written */
+        ck_assert_int_le((long long)d.got, (long long)small);
+        if (i == 0) /* refused on the announced length, before the body */
+            ck_assert_int_eq((long long)d.got, 0);
+        mgmt_dl_abort(&d);
+        ck_assert(!dir_has(dir, "update-1.bin") && !dir_has(dir, ".update-1.bin.part"));
+    }
+    ck_assert_int_eq(mgmt_dl_open(&d, dir, "update-1.bin", (int64_t)small, sha, err, sizeof(err)), 0);
+    r = mgmt_http_download(&t, "/gone", &d, &status, err, sizeof(err));
+    ck_assert_int_eq(r, 0);
+    ck_assert_int_eq(status, 404);
+    ck_assert_msg(strstr(err, "HTTP 404") && strstr(err, "no such artifact"), "%s", err);
+    mgmt_dl_abort(&d);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    ck_assert_int_eq(rmdir(dir), 0);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", srv);
+    ck_assert_int_eq(system(cmd), 0);
+    free(data);
+}
+END_TEST
+
+static void write_script(const char *path, const char *body)
+{
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(body, f);
+    fclose(f);
+    chmod(path, 0700);
+}
+
+/* The installer: argv {installer, file, version}, no shell around it,
+ * stdin /dev/null, output kept bounded, exit status the result, killed
+ * (its whole group) after its time. */
+START_TEST(test_install_run)
+{
+    char dir[] = "/tmp/m2mvpn-inst-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char sh[512], rec[512], out[MGMT_INSTALL_OUT_MAX], err[300] = "", body[1024];
+    snprintf(sh, sizeof(sh), "%s/inst.sh", dir);
+    snprintf(rec, sizeof(rec), "%s/rec", dir);
+    snprintf(body, sizeof(body),
+             "#!/bin/sh\nprintf '%%s|' \"$0\" \"$@\" > %s\nread x && echo stdin-not-empty\necho \"installing $2\"\n"
+             "echo oops >&2\nexit 0\n", rec);
+    write_script(sh, body);
+    ck_assert_msg(mgmt_install_run(sh, "/var/lib/x/update-1.4.2.bin", "1.4.2; rm -rf /", 30, NULL, out, sizeof(out),
+                                   err, sizeof(err)) == 0, "%s", err);
+    FILE *f = fopen(rec, "r");
+    char got[1024] = "";
+    ck_assert_ptr_nonnull(fgets(got, sizeof(got), f));
+    fclose(f);
+    char want[1024];
+    snprintf(want, sizeof(want), "%s|/var/lib/x/update-1.4.2.bin|1.4.2; rm -rf /|", sh);
+    ck_assert_str_eq(got, want);
+    ck_assert_ptr_nonnull(strstr(out, "installing 1.4.2; rm -rf /"));
+    ck_assert_ptr_nonnull(strstr(out, "oops"));
+    ck_assert_ptr_null(strstr(out, "stdin-not-empty"));
+
+    write_script(sh, "#!/bin/sh\necho failing\nexit 3\n");
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 30, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_ptr_nonnull(strstr(err, "exit status 3"));
+    ck_assert_ptr_nonnull(strstr(out, "failing"));
+
+    /* output beyond the bound: read and dropped, the run still ends */
+    write_script(sh, "#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' a\nexit 0\n");
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 30, NULL, out, 100, err, sizeof(err)), 0);
+    ck_assert_uint_eq(strlen(out), 99);
+
+    /* too slow: killed with what it started */
+    snprintf(body, sizeof(body), "#!/bin/sh\n(sleep 30; touch %s/late) &\nsleep 30\nexit 0\n", dir);
+    write_script(sh, body);
+    time_t t0 = time(NULL);
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 1, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_ptr_nonnull(strstr(err, "did not finish in time"));
+    ck_assert_int_le((long)(time(NULL) - t0), 10);
+
+    /* cancelled (the engine stops) */
+    atomic_bool cancel = true;
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 60, &cancel, out, sizeof(out), err, sizeof(err)),
+                     M2MVPN_E_SYSTEM);
+    ck_assert_ptr_nonnull(strstr(err, "stopped"));
+
+    /* not there */
+    snprintf(body, sizeof(body), "%s/none", dir);
+    ck_assert_int_eq(mgmt_install_run(body, "/f", "1", 5, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_ptr_nonnull(strstr(err, "could not be started"));
+    sleep(1);
+    snprintf(body, sizeof(body), "%s/late", dir);
+    ck_assert(access(body, F_OK) < 0); /* the background child went with the group */
+    unlink(rec);
+    unlink(sh);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
+/* management.installer in the bootstrap: an absolute path of an executable. */
+START_TEST(test_bootstrap_installer)
+{
+    char dir[] = "/tmp/m2mvpn-inst-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char sh[512], j[2048], err[512] = "";
+    snprintf(sh, sizeof(sh), "%s/install", dir);
+    write_script(sh, "#!/bin/sh\nexit 0\n");
+    profile_set *set = NULL;
+    snprintf(j, sizeof(j), "%s", dq(BOOT_HEAD "'key': {'provider': 'file'}, 'installer': '@', "
+                                             "'installer_timeout_s': 60}}"));
+    char full[2600];
+    char *at = strchr(j, '@');
+    snprintf(full, sizeof(full), "%.*s%s%s", (int)(at - j), j, sh, at + 1);
+    ck_assert_msg(profile_set_parse(full, strlen(full), "/", &set, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(set->items[0].mgmt.installer, sh);
+    ck_assert_uint_eq(set->items[0].mgmt.installer_timeout_s, 60);
+    profile_set_free(set);
+    const char *plain = dq(BOOT_HEAD "'key': {'provider': 'file'}}}");
+    ck_assert_int_eq(profile_set_parse(plain, strlen(plain), "/", &set, err, sizeof(err)), 0);
+    ck_assert_ptr_null(set->items[0].mgmt.installer);
+    ck_assert_uint_eq(set->items[0].mgmt.installer_timeout_s, 900);
+    profile_set_free(set);
+
+    const struct {
+        const char *path, *why;
+    } bad[] = {
+        { "install", "management.installer: must be an absolute path" },
+        { "/nonexistent/install", "management.installer: must name an executable file" },
+        { "/tmp", "management.installer: must name an executable file (not a regular file)" },
+        { "", "management.installer" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(full, sizeof(full), "%.*s%s%s", (int)(at - j), j, bad[i].path, at + 1);
+        set = NULL;
+        ck_assert_int_eq(profile_set_parse(full, strlen(full), "/", &set, err, sizeof(err)), M2MVPN_E_PROFILE);
+        ck_assert_msg(strstr(err, bad[i].why), "case %zu: %s", i, err);
+    }
+    chmod(sh, 0600); /* no x bit: not even root may execute it */
+    snprintf(full, sizeof(full), "%.*s%s%s", (int)(at - j), j, sh, at + 1);
+    ck_assert_int_eq(profile_set_parse(full, strlen(full), "/", &set, err, sizeof(err)), M2MVPN_E_PROFILE);
+    ck_assert_msg(strstr(err, "must name an executable file"), "%s", err);
+    const char *t = dq(BOOT_HEAD "'key': {'provider': 'file'}, 'installer_timeout_s': 5}}");
+    ck_assert_int_eq(profile_set_parse(t, strlen(t), "/", &set, err, sizeof(err)), M2MVPN_E_PROFILE);
+    ck_assert_ptr_nonnull(strstr(err, "management.installer_timeout_s"));
+    unlink(sh);
+    rmdir(dir);
 }
 END_TEST
 
@@ -857,6 +1206,11 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_journal_no_prev);
     tcase_add_test(tc, test_poll_parse);
     tcase_add_test(tc, test_software_bundle_and_artifact);
+    tcase_add_test(tc, test_dl_stream_verified);
+    tcase_add_test(tc, test_dl_refused);
+    tcase_add_test(tc, test_dl_over_https);
+    tcase_add_test(tc, test_install_run);
+    tcase_add_test(tc, test_bootstrap_installer);
     tcase_add_test(tc, test_renew_schedule);
     tcase_add_test(tc, test_renew_backoff);
     suite_add_tcase(s, tc);

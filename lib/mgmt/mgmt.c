@@ -3,6 +3,8 @@
  * thread for the network, results back through an eventfd in the loop. */
 #include "mgmt.h"
 
+#include "core/secmem.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -424,7 +426,7 @@ static void run_job(mgmt *m, job *j)
             snprintf(fpath, sizeof(fpath), "/api/v1/device/deployments/%lld/feedback", (long long)j->fb_id);
             j->fb_r = mgmt_http(&j->tls, fpath, "application/json", (const uint8_t *)j->fb_body, strlen(j->fb_body),
                                 NULL, &j->fb_http, &b, &bl, NULL, 0, j->err, sizeof(j->err));
-            free(b);
+            secure_free(b, b ? bl + 1 : 0);
         }
         j->r = mgmt_http(&j->tls, j->path, NULL, NULL, 0, j->etag[0] ? j->etag : NULL, &j->http, &j->body, &j->len,
                          j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
@@ -497,7 +499,7 @@ static void job_free(job *j)
     X509_free(j->cert);
     X509_free(j->old_cert);
     EVP_PKEY_free(j->new_key);
-    free(j->body);
+    secure_free(j->body, j->body ? j->len + 1 : 0); /* an HTTP body: a profile, a bundle */
     free(j->out);
     free(j);
 }
@@ -721,7 +723,7 @@ static int install(mgmt *m, const uint8_t *der, size_t len, const char *etag, ch
 out:
     profile_set_free(set);
     json_object_put(cas);
-    free(text);
+    secure_free_str(text); /* the profile, with the key's PIN */
     return r;
 }
 
@@ -1077,7 +1079,7 @@ newer:;
     if (r == 0)
         r = mgmt_apply_stage(m->dir, &m->jr, dep_id, m->st.profile_version, version, text, strlen(text), err,
                              sizeof(err));
-    free(text);
+    secure_free_str(text); /* the profile, with the key's PIN */
     if (r < 0) {
         profile_set_free(set);
         LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)dep_id, err);

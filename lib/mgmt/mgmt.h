@@ -27,6 +27,7 @@
 #define M2MVPN_MGMT_H
 
 #include <m2mvpn/m2mvpn.h>
+#include <openssl/cmp.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <stdatomic.h>
@@ -128,6 +129,10 @@ int mgmt_cmp_check_answer(const uint8_t *der, size_t len, char *err, size_t err_
  * M2MVPN_E_CERT, M2MVPN_E_ENROL (refused), SERVER_CERT, NETWORK, PROTOCOL. */
 int mgmt_cmp_kur(const mgmt_tls *t, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key, X509 **ret_cert,
                  char *err, size_t err_len);
+/* The same KUR answered by an in-process OpenSSL CMP server (tests: the
+ * failure texts of a renewal without a network). */
+int mgmt_cmp_kur_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key,
+                       X509 **ret_cert, char *err, size_t err_len);
 
 /* The device id the server derives: "dev-" + 16 hex of SHA-256(SPKI DER). */
 int mgmt_device_id(EVP_PKEY *key, char out[21]);

@@ -6,6 +6,8 @@
  * only at commit. Files only: no network, no engine. */
 #include "mgmt.h"
 
+#include "core/secmem.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -94,6 +96,7 @@ static char *slurp(const char *dir, const char *name, size_t *len)
     FILE *f = fopen(p, "rb");
     if (!f)
         return NULL;
+    setvbuf(f, NULL, _IONBF, 0); /* no stdio copy of a profile left unwiped */
     char *buf = malloc(MGMT_BUNDLE_MAX + 1);
     size_t n = buf ? fread(buf, 1, MGMT_BUNDLE_MAX, f) : 0;
     fclose(f);
@@ -118,7 +121,7 @@ int mgmt_journal_load(const char *dir, mgmt_journal *j, char *err, size_t err_le
         return M2MVPN_E_IO;
     }
     json_object *o = json_tokener_parse(text);
-    free(text);
+    secure_free(text, len + 1);
     json_object *v;
     int r = 0;
     if (!o || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, "phase", &v)) {
@@ -221,7 +224,7 @@ int mgmt_apply_stage(const char *dir, mgmt_journal *j, int64_t deployment, int64
             r = M2MVPN_E_IO;
         } else {
             r = mgmt_write_file(dir, PREV, old, n, err, err_len);
-            free(old);
+            secure_free(old, n + 1); /* the profile, with the key's PIN */
         }
     }
     if (r < 0) {

@@ -2,6 +2,8 @@
 /* Bundles: CMS SignedData over a JSON manifest (the contract's rules). */
 #include "mgmt.h"
 
+#include "core/secmem.h"
+
 #include <json-c/json.h>
 #include <openssl/bio.h>
 #include <openssl/cms.h>
@@ -141,7 +143,7 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
     }
     int n = EVP_DecodeBlock(pl, (const unsigned char *)b64, (int)blen);
     if (n < 0) {
-        free(pl);
+        secure_free(pl, blen / 4 * 3 + 1);
         snprintf(why, sizeof(why), "payload is not base64");
         goto out;
     }
@@ -176,7 +178,7 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
         else if (strspn(sha, "0123456789abcdef") != 64)
             snprintf(why, sizeof(why), "manifest sha256 is not 64 lowercase hex digits");
         if (why[0]) {
-            free(pl);
+            secure_free(pl, blen / 4 * 3 + 1);
             goto out;
         }
         snprintf(out->software_version, sizeof(out->software_version), "%s", sv);
@@ -184,7 +186,7 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
         snprintf(out->sha256, sizeof(out->sha256), "%s", sha);
         out->size = size;
     } else if (strcasecmp(hex, sha) != 0) {
-        free(pl);
+        secure_free(pl, blen / 4 * 3 + 1);
         snprintf(why, sizeof(why), "sha256 of the payload does not match the manifest");
         goto out;
     }
@@ -234,6 +236,7 @@ int mgmt_bundle_verify(const uint8_t *der, size_t len, X509 *signer, const char 
         r = manifest_check(text, (size_t)n, type, device_id, installed, now, &b, err, err_len);
         if (r == 0)
             *out = b;
+        secure_wipe(text, n > 0 ? (size_t)n : 0); /* the manifest holds the profile */
     }
     BIO_free(content);
     return r;
@@ -243,6 +246,6 @@ void mgmt_bundle_clear(mgmt_bundle *b)
 {
     if (!b)
         return;
-    free(b->payload);
+    secure_free(b->payload, b->payload ? b->payload_len + 1 : 0); /* a profile */
     memset(b, 0, sizeof(*b));
 }

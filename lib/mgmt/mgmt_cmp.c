@@ -19,6 +19,7 @@ typedef struct cmp_io {
     X509 *old_cert;            /* KUR: the answer must be signed by its issuer */
     X509 *issuer;              /* KUR: that issuer, found in the answer (a reference) */
     const uint8_t *canned;     /* tests/fuzzing: this answer to every request */
+    OSSL_CMP_SRV_CTX *srv;     /* tests: an in-process server answers */
     size_t canned_len;
     int answers;               /* CMP answers received in this transaction */
     int net_err;               /* the transfer's own failure, 0 none */
@@ -71,6 +72,17 @@ static void pin_issuer(OSSL_CMP_CTX *ctx, cmp_io *io, const uint8_t *der, size_t
 static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
 {
     cmp_io *io = OSSL_CMP_CTX_get_transfer_cb_arg(ctx);
+    if (io->srv) {
+        OSSL_CMP_MSG *rsp = OSSL_CMP_SRV_process_request(io->srv, req);
+        unsigned char *der = NULL;
+        int der_len = rsp && io->old_cert ? i2d_OSSL_CMP_MSG(rsp, &der) : 0;
+        if (der_len > 0)
+            pin_issuer(ctx, io, der, (size_t)der_len);
+        OPENSSL_free(der);
+        if (rsp)
+            io->answers++;
+        return rsp;
+    }
     if (io->canned) {
         const unsigned char *p = io->canned;
         return d2i_OSSL_CMP_MSG(NULL, &p, (long)io->canned_len);
@@ -111,15 +123,24 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
         snprintf(io->net_why, sizeof(io->net_why), "management server %s answered the CMP request with HTTP %ld%s",
                  io->tls->url, status, status == 200 ? " but no CMP message" : "");
     }
-    free(body);
+    secure_free(body, body ? len + 1 : 0);
     return rsp;
 }
 
 /* The failure in words a user can act on. */
 static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
 {
+    /* A key update (old_cert set) is signed with the device certificate:
+     * no enrolment token is involved, so its failures never name one. */
+    bool kur = io->old_cert != NULL;
     if (io->net_err) {
-        snprintf(err, err_len, "%s", io->net_why);
+        if (kur && io->net_err == M2MVPN_E_NETWORK)
+            snprintf(err, err_len, "certificate renewal (CMP KUR): network failure, the management server could "
+                     "not be reached: %s", io->net_why);
+        else if (kur)
+            snprintf(err, err_len, "certificate renewal (CMP KUR): %s", io->net_why);
+        else
+            snprintf(err, err_len, "%s", io->net_why);
         return io->net_err;
     }
     /* What our own client found wrong comes first. */
@@ -142,6 +163,18 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
             bad_mac = true;
         else if (ERR_GET_REASON(e) != CMP_R_RECEIVED_ERROR && ERR_GET_REASON(e) != CMP_R_REQUEST_REJECTED_BY_SERVER)
             ERR_error_string_n(e, why, sizeof(why));
+    }
+    if (kur && not_ours) {
+        snprintf(err, err_len, "certificate renewal (CMP KUR): the server's answer certifies another key than "
+                 "the device's new key: refused");
+        ERR_clear_error();
+        return M2MVPN_E_CERT;
+    }
+    if (kur && bad_mac) {
+        snprintf(err, err_len, "certificate renewal (CMP KUR): the server's answer is MAC-protected instead of "
+                 "signed by the device CA: refused");
+        ERR_clear_error();
+        return M2MVPN_E_PROTOCOL;
     }
     if (not_ours) {
         snprintf(err, err_len, "the enrolled certificate is not for this device's key: refused");
@@ -169,6 +202,23 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
     for (char *c = text; *c; c++)
         if ((unsigned char)*c < 0x20)
             *c = ' ';
+    if (kur) {
+        ERR_clear_error();
+        if ((status == OSSL_CMP_PKISTATUS_rejection || status == -1) && fi >= 0 &&
+            (fi & (1 << OSSL_CMP_PKIFAILUREINFO_badMessageCheck))) {
+            snprintf(err, err_len, "certificate renewal (CMP KUR) refused by the server: it did not accept the "
+                     "request signed with the current device certificate (revoked, expired or not from its CA?)"
+                     "%s%s", text[0] ? "; server: " : "", text);
+            return M2MVPN_E_ENROL;
+        }
+        if (status == OSSL_CMP_PKISTATUS_rejection || (status == -1 && text[0])) {
+            snprintf(err, err_len, "certificate renewal (CMP KUR) refused by the server%s%s",
+                     text[0] ? ": " : "", text);
+            return M2MVPN_E_ENROL;
+        }
+        snprintf(err, err_len, "certificate renewal (CMP KUR): the server's answer was not accepted: %s", why);
+        return M2MVPN_E_PROTOCOL;
+    }
     if (status == OSSL_CMP_PKISTATUS_rejection || status == -1) {
         if (strstr(text, "expired")) {
             snprintf(err, err_len, "enrolment token expired: ask the operator for a new token (server: %s)", text);
@@ -304,10 +354,11 @@ int mgmt_device_id(EVP_PKEY *key, char out[21])
  * certificate for new_key. The answer must be signed by the issuer of
  * old_cert (pin_issuer); the new certificate must be for new_key, keep the
  * subject and come from that issuer. */
-int mgmt_cmp_kur(const mgmt_tls *t, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key, X509 **ret_cert,
-                 char *err, size_t err_len)
+static int kur_run(cmp_io *io_in, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key, X509 **ret_cert,
+                   char *err, size_t err_len)
 {
-    cmp_io io = { .tls = t, .old_cert = old_cert };
+    cmp_io io = *io_in;
+    io.old_cert = old_cert;
     OSSL_CMP_CTX *ctx = OSSL_CMP_CTX_new(NULL, NULL);
     if (!ctx)
         return M2MVPN_E_NOMEM;
@@ -326,11 +377,6 @@ int mgmt_cmp_kur(const mgmt_tls *t, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY 
     X509 *cert = OSSL_CMP_exec_KUR_ses(ctx);
     if (!cert) {
         r = classify(ctx, &io, err, err_len);
-        if (r == M2MVPN_E_PROTOCOL || r == M2MVPN_E_ENROL) {
-            char why[400];
-            snprintf(why, sizeof(why), "%s", err);
-            snprintf(err, err_len, "certificate renewal (CMP KUR) failed: %s", why);
-        }
         goto out;
     }
     r = check_cert(cert, new_key, err, err_len);
@@ -350,4 +396,19 @@ out:
     X509_free(io.issuer);
     OSSL_CMP_CTX_free(ctx);
     return r;
+}
+
+int mgmt_cmp_kur(const mgmt_tls *t, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key, X509 **ret_cert,
+                 char *err, size_t err_len)
+{
+    cmp_io io = { .tls = t };
+    return kur_run(&io, old_key, old_cert, new_key, ret_cert, err, err_len);
+}
+
+int mgmt_cmp_kur_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key,
+                       X509 **ret_cert, char *err, size_t err_len)
+{
+    static const mgmt_tls none = { .url = "(in-process test server)" };
+    cmp_io io = { .tls = &none, .srv = srv };
+    return kur_run(&io, old_key, old_cert, new_key, ret_cert, err, err_len);
 }

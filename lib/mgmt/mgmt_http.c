@@ -9,6 +9,8 @@
  * links it, and a static image of the library needs no libcurl archive. */
 #include "mgmt.h"
 
+#include "core/secmem.h"
+
 #include <curl/curl.h>
 #include <dlfcn.h>
 #include <openssl/ssl.h>
@@ -112,10 +114,15 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     } else if (b->len + add > MGMT_BUNDLE_MAX) {
         return 0;
     }
-    uint8_t *nd = realloc(b->data, b->len + add + 1);
+    /* Not realloc: the old block (a profile with a key PIN) is wiped
+     * before it goes back to the heap. */
+    uint8_t *nd = malloc(b->len + add + 1);
     if (!nd)
         return 0;
+    if (b->len)
+        memcpy(nd, b->data, b->len);
     memcpy(nd + b->len, p, add);
+    secure_free(b->data, b->data ? b->len + 1 : 0);
     b->data = nd;
     b->len += add;
     b->data[b->len] = 0;
@@ -252,7 +259,7 @@ static int request(const mgmt_tls *t, const char *path, const char *ctype, const
         *ret_len = b.len;
         b.data = NULL;
     }
-    free(b.data);
+    secure_free(b.data, b.data ? b.len + 1 : 0);
     a.slist_free_all(hdr);
     a.easy_cleanup(c);
     dlclose(a.lib);

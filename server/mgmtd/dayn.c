@@ -161,6 +161,38 @@ void mgmtd_device_poll(mgmtd *m, struct evhttp_request *req)
     mgmtd_reply_json(req, 200, out);
 }
 
+/* Test knob, for the interop tests only (docs/mgmt.md): with the environment
+ * variable M2MVPN_MGMTD_TEST_BUNDLES=DIR, a file DIR/<id>.der is sent as the
+ * bundle of deployment <id> instead of the one the server signs, so a test
+ * can hand a device a bundle signed with the real bundle key that the server
+ * never makes (an older version, an expired one). It changes nothing else:
+ * the device must still have that deployment, and its feedback is recorded
+ * as always. 1: sent; 0: no such file (the normal bundle). */
+static int test_bundle(struct evhttp_request *req, const store_device *dev, long long id)
+{
+    const char *dir = getenv("M2MVPN_MGMTD_TEST_BUNDLES");
+    if (!dir || !*dir)
+        return 0;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%lld.der", dir, id);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    unsigned char *buf = malloc(MGMTD_MAX_BODY);
+    size_t n = buf ? fread(buf, 1, MGMTD_MAX_BODY, f) : 0;
+    fclose(f);
+    if (!buf || n == 0) {
+        free(buf);
+        mgmtd_reply_error(req, 500, "test bundle %s is empty or unreadable", path);
+        return 1;
+    }
+    mgmtd_log("TEST KNOB M2MVPN_MGMTD_TEST_BUNDLES: deployment %lld: %s sent to %s instead of the signed bundle",
+              id, path, dev->id);
+    mgmtd_reply(req, 200, "application/pkcs7-mime", buf, n);
+    free(buf);
+    return 1;
+}
+
 static void deployment_bundle(mgmtd *m, struct evhttp_request *req, const store_device *dev, long long id)
 {
     store_deployment d;
@@ -173,6 +205,10 @@ static void deployment_bundle(mgmtd *m, struct evhttp_request *req, const store_
     if (!strcmp(d.state, "halted")) {
         free(payload);
         mgmtd_reply_error(req, 409, "deployment %lld is halted", id);
+        return;
+    }
+    if (test_bundle(req, dev, id)) {
+        free(payload);
         return;
     }
     char *profile = NULL;

@@ -16,10 +16,12 @@ device CA, our engine started with a bootstrap profile. It enrols, polls
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ import charon as charonmod
 import m2mvpn_client
 import netlab
 import pki as pkimod
+from test_mgmt_e2e import snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "mgmt"))
 import mgmt_helpers as mh  # noqa: E402
@@ -112,7 +115,10 @@ def lab(topology, charons, pki, workdir):
     os.makedirs(d)
     mh.make_pki(d, ips=(MGMT_ADDR,))
     cfg = mh.make_config(d, "sqlite:mgmt.db", listen=f"{MGMT_ADDR}:0", poll_s=5)
-    srv = mh.Mgmtd(d, cfg, host=MGMT_ADDR, wrap=topo.gateway.argv())
+    # the test knob serving hand-signed bundles (test_older_or_expired_bundle_refused); empty: no effect
+    os.makedirs(os.path.join(d, "test-bundles"))
+    srv = mh.Mgmtd(d, cfg, host=MGMT_ADDR, wrap=topo.gateway.argv(),
+                   env={"M2MVPN_MGMTD_TEST_BUNDLES": os.path.join(d, "test-bundles")})
     try:
         gwconf = charonmod.gateway_config(pki, conns=["ecdsa"])
         gwconf.tree["connections"]["ecdsa"]["remote"] = {"auth": "pubkey", "id": "%any", "cacerts": "device-ca.pem"}
@@ -174,6 +180,61 @@ def test_profile_deployment_commit_and_rollback(lab):
         assert "rolled back" in c.log_path.read_text()
         listed = mh.admin(lab.d, lab.srv, "deployment", "list").stdout
         assert str(pub["id"]) in listed
+
+
+def recorded_feedback(lab, dep_id):
+    """(status, details) the server stored for the deployment's one device."""
+    with contextlib.closing(sqlite3.connect(os.path.join(lab.d, "mgmt.db"), timeout=10)) as db:
+        return db.execute("SELECT status, details FROM deployment_devices WHERE deployment = ?", (dep_id,)).fetchone()
+
+
+def test_older_or_expired_bundle_refused(lab):
+    """On profile version 2, the device is served (a) a bundle of version 1
+    and (b) an expired bundle of version 4, both signed with the server's
+    real bundle key (made by the test: the server never makes them, its test
+    knob M2MVPN_MGMTD_TEST_BUNDLES serves them as the bundle of a real
+    deployment). Both refused: the state directory is unchanged byte for byte
+    (mgmt.json's last_contact aside), the server records a failure with the
+    reason, and the device stays connected on version 2."""
+    boot = enrolled_device(lab)
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        lab.publish(template(lab.pki, lab.topo.gw_addr, "aes128gcm16-prfsha256-ecp256", "aes128gcm16"))
+        wait_until("profile 2 committed", lambda: connected_with(c, 2), timeout_s=90, tail=c.log_tail)
+        wait_until("journal done", lambda: not (c.state_dir / "apply.json").exists(), timeout_s=30, tail=c.log_tail)
+        dev = mgmt_of(c)["device_id"]
+        before = snapshot(c.state_dir)
+        profile_before = (c.state_dir / "profile.json").read_bytes()
+        # what would show if one were taken: other proposals and the dead gateway
+        payload = json.dumps(template(lab.pki, lab.topo.gw_addr, "aes256gcm16-prfsha384-ecp384", "aes256gcm16",
+                                      host=DEAD_GW)).replace("${device_id}", dev).encode()
+        now = int(time.time())
+        cases = [("older", 1, now + 3600, "version 1 is not newer than the installed 2"),
+                 ("expired", 4, now - 60, "expired")]
+        for what, version, not_after, reason in cases:
+            # the next deployment's id (sequential), its bundle in place before the publish
+            dep_id = max([x["id"] for x in mh.admin_json(lab.d, lab.srv, "deployment", "list")["deployments"]]) + 1
+            mh.sign_bundle(lab.d, os.path.join(lab.d, "test-bundles", f"{dep_id}.der"), dev, version, not_after,
+                           dep_id, payload)
+            pub = lab.publish(template(lab.pki, lab.topo.gw_addr, "aes256gcm16-prfsha384-ecp384", "aes256gcm16",
+                                       host=DEAD_GW))
+            assert pub["id"] == dep_id, pub
+            dep = wait_until(f"the {what} bundle's failure recorded",
+                             lambda: (x := lab.deployment(dep_id))["failure"] == 1 and x,
+                             timeout_s=60, tail=c.log_tail)
+            assert dep["success"] == 0, dep
+            assert f"TEST KNOB M2MVPN_MGMTD_TEST_BUNDLES: deployment {dep_id}" in lab.srv.text()
+            status, details = recorded_feedback(lab, dep_id)
+            assert status == "failure" and "refused" in details and reason in details, (status, details)
+            assert reason in c.log_path.read_text()
+            # nothing stored moved, the device goes on with version 2
+            assert snapshot(c.state_dir) == before, what
+            assert (c.state_dir / "profile.json").read_bytes() == profile_before
+            assert not (c.state_dir / "apply.json").exists() and not (c.state_dir / "profile.next.json").exists()
+            s = connected_with(c, 2)
+            assert s, c.status()
+            assert pings(lab.topo) == 3
+        assert DEAD_GW not in (c.state_dir / "profile.json").read_text()
 
 
 @pytest.mark.parametrize("step", ["staged", "written", "trying", "committed"])

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helpers of the management server tests: a PKI made with the openssl
 command, a config, m2mvpn-mgmtd on loopback, m2mvpn-admin runs."""
+import base64
 import contextlib
 import glob
 import hashlib
@@ -67,12 +68,12 @@ class Mgmtd:
     """m2mvpn-mgmtd started on 127.0.0.1 (or host) with an ephemeral port (read from its log).
     wrap: a command prefix for it and for m2mvpn-admin (e.g. ip netns exec NS)."""
 
-    def __init__(self, d, config, tag="mgmtd", wait=True, host="127.0.0.1", wrap=()):
+    def __init__(self, d, config, tag="mgmtd", wait=True, host="127.0.0.1", wrap=(), env=None):
         self.log = os.path.join(d, tag + ".log")
         self.logf = open(self.log, "w")
         self.host, self.wrap = host, list(wrap)
         self.proc = subprocess.Popen([*self.wrap, MGMTD, "--config", config], stdout=self.logf,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         self.port = None
         if wait:
             self.wait_ready()
@@ -107,6 +108,23 @@ class Mgmtd:
                 clean = False
         self.logf.close()
         assert clean and self.proc.returncode == 0, "m2mvpn-mgmtd did not stop cleanly: " + self.text()[-3000:]
+
+
+def sign_bundle(d, out, device, version, not_after, deployment, payload, type="profile"):
+    """A bundle as the server makes one (CMS SignedData, DER, content attached,
+    the day-0 manifest with "deployment") of payload (bytes), signed with the
+    server's bundle key d/signer.key, written to out: for what the server never
+    makes (an older version, an expired one), served with the test knob
+    M2MVPN_MGMTD_TEST_BUNDLES (docs/mgmt.md)."""
+    manifest = {"format": 1, "type": type, "device": device, "version": version, "not_after": not_after,
+                "sha256": hashlib.sha256(payload).hexdigest(), "payload": base64.b64encode(payload).decode(),
+                "deployment": deployment}
+    src = out + ".json"
+    with open(src, "w") as f:
+        json.dump(manifest, f)
+    sh("openssl", "cms", "-sign", "-signer", f"{d}/signer.pem", "-inkey", f"{d}/signer.key", "-in", src,
+       "-binary", "-nodetach", "-outform", "DER", "-out", out)
+    os.unlink(src)
 
 
 def admin(d, srv, *args, token=ADMIN_TOKEN, check=True):

@@ -8,6 +8,7 @@
  */
 #include <check.h>
 #include <m2mvpn/m2mvpn.h>
+#include <openssl/cmp.h>
 #include <openssl/cms.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -1179,6 +1180,97 @@ START_TEST(test_renew_backoff)
 }
 END_TEST
 
+/* ------------------------------------------- day N: renewal failure texts */
+
+/* A device certificate issued by `ca` for `key`. */
+static X509 *issue(const signer *ca, EVP_PKEY *key, const char *cn)
+{
+    X509 *c = X509_new();
+    X509_set_version(c, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c), 9);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(c, X509_get_subject_name(ca->cert));
+    X509_gmtime_adj(X509_getm_notBefore(c), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(c), 86400);
+    X509_set_pubkey(c, key);
+    ck_assert_int_gt(X509_sign(c, ca->key, EVP_sha256()), 0);
+    return c;
+}
+
+typedef struct kur_refusal {
+    int failinfo;
+    const char *text;
+} kur_refusal;
+
+static OSSL_CMP_PKISI *refuse_kur(OSSL_CMP_SRV_CTX *srv, const OSSL_CMP_MSG *req, int id, const OSSL_CRMF_MSG *crm,
+                                  const X509_REQ *p10, X509 **cert, STACK_OF(X509) **chain, STACK_OF(X509) **capubs)
+{
+    (void)req, (void)id, (void)crm, (void)p10, (void)cert, (void)chain, (void)capubs;
+    const kur_refusal *k = OSSL_CMP_SRV_CTX_get0_custom_ctx(srv);
+    return OSSL_CMP_STATUSINFO_new(OSSL_CMP_PKISTATUS_rejection, 1 << k->failinfo, k->text);
+}
+
+static void no_token_named(const char *err)
+{
+    ck_assert_msg(!strstr(err, "token") && !strstr(err, "enrol") && !strstr(err, "bootstrap"),
+                  "a renewal failure names the enrolment: %s", err);
+    ck_assert_msg(strstr(err, "CMP KUR") != NULL, "the text does not say the key update failed: %s", err);
+}
+
+/* A failed renewal says what failed: the server's refusal (with its reason),
+ * the network; never the enrolment token, which plays no part in a KUR. */
+START_TEST(test_renew_failure_text)
+{
+    signer ca = make_signer("device CA");
+    EVP_PKEY *old = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"), *nk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    ck_assert_ptr_nonnull(old);
+    ck_assert_ptr_nonnull(nk);
+    X509 *cert = issue(&ca, old, DEV), *got = NULL;
+    char err[600] = "";
+    int r;
+    if (_i < 2) {
+        /* the server refuses: badMessageCheck (what it answers a revoked
+         * or unknown certificate) and a plain refusal */
+        kur_refusal k = _i == 0 ? (kur_refusal){ OSSL_CMP_PKIFAILUREINFO_badMessageCheck, "certificate revoked" }
+                                : (kur_refusal){ OSSL_CMP_PKIFAILUREINFO_badRequest, "no such device" };
+        OSSL_CMP_SRV_CTX *srv = OSSL_CMP_SRV_CTX_new(NULL, NULL);
+        ck_assert_ptr_nonnull(srv);
+        OSSL_CMP_CTX *sc = OSSL_CMP_SRV_CTX_get0_cmp_ctx(srv);
+        ck_assert_int_eq(OSSL_CMP_SRV_CTX_init(srv, &k, refuse_kur, NULL, NULL, NULL, NULL, NULL), 1);
+        ck_assert_int_eq(OSSL_CMP_CTX_set1_cert(sc, ca.cert), 1);
+        ck_assert_int_eq(OSSL_CMP_CTX_set1_pkey(sc, ca.key), 1);
+        ck_assert_int_eq(OSSL_CMP_CTX_set1_srvCert(sc, cert), 1); /* the device's signature verifies */
+        OSSL_CMP_CTX_set_log_cb(sc, NULL);
+        r = mgmt_cmp_kur_local(srv, old, cert, nk, &got, err, sizeof(err));
+        OSSL_CMP_SRV_CTX_free(srv);
+        ck_assert_int_eq(r, M2MVPN_E_ENROL);
+        no_token_named(err);
+        ck_assert_msg(strstr(err, "refused by the server") && strstr(err, k.text), "%s", err);
+        if (_i == 0)
+            ck_assert_msg(strstr(err, "signed with the current device certificate") != NULL, "%s", err);
+    } else {
+        /* nobody listens: a network failure, said so */
+        char ca_path[] = "/tmp/m2mvpn-test-kur-XXXXXX";
+        int fd = mkstemp(ca_path);
+        ck_assert_int_ge(fd, 0);
+        FILE *f = fdopen(fd, "w");
+        PEM_write_X509(f, ca.cert);
+        fclose(f);
+        mgmt_tls t = { .url = "https://127.0.0.1:1", .server_ca = ca_path, .cert = cert, .key = old };
+        r = mgmt_cmp_kur(&t, old, cert, nk, &got, err, sizeof(err));
+        unlink(ca_path);
+        ck_assert_int_eq(r, M2MVPN_E_NETWORK);
+        no_token_named(err);
+        ck_assert_msg(strstr(err, "network failure") && strstr(err, "127.0.0.1:1"), "%s", err);
+    }
+    ck_assert_ptr_null(got);
+    X509_free(cert);
+    EVP_PKEY_free(old);
+    EVP_PKEY_free(nk);
+    free_signer(&ca);
+}
+END_TEST
+
 static Suite *mgmt_suite(void)
 {
     Suite *s = suite_create("mgmt");
@@ -1213,6 +1305,7 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_bootstrap_installer);
     tcase_add_test(tc, test_renew_schedule);
     tcase_add_test(tc, test_renew_backoff);
+    tcase_add_loop_test(tc, test_renew_failure_text, 0, 3);
     suite_add_tcase(s, tc);
     return s;
 }

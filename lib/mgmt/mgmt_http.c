@@ -6,7 +6,10 @@
  *
  * libcurl is loaded (dlopen) when a request is made, like libnftables in
  * lib/esp: a device without management neither needs it installed nor
- * links it, and a static image of the library needs no libcurl archive. */
+ * links it, and a static image of the library needs no libcurl archive.
+ * The three libssl calls come from what libcurl loaded, so the library
+ * itself links libcrypto only (libssl's relocated tables are private memory
+ * of every process, management or not). */
 #include "mgmt.h"
 
 #include "core/secmem.h"
@@ -33,7 +36,17 @@ typedef struct curl_api {
     struct curl_slist *(*slist_append)(struct curl_slist *l, const char *s);
     void (*slist_free_all)(struct curl_slist *l);
     curl_version_info_data *(*version_info)(CURLversion v);
+    /* libssl's, found through libcurl (its dependency) */
+    int (*ctx_use_certificate)(SSL_CTX *ctx, X509 *x);
+    int (*ctx_use_key)(SSL_CTX *ctx, EVP_PKEY *k);
+    int (*ctx_check_key)(const SSL_CTX *ctx);
 } curl_api;
+
+/* CURLOPT_SSL_CTX_DATA: the device's credential and the calls to install it. */
+typedef struct tls_install {
+    const mgmt_tls *t;
+    const curl_api *a;
+} tls_install;
 
 static int api_open(curl_api *a, char *err, size_t err_len)
 {
@@ -61,10 +74,14 @@ static int api_open(curl_api *a, char *err, size_t err_len)
     CURL_SYM(slist_append, "curl_slist_append");
     CURL_SYM(slist_free_all, "curl_slist_free_all");
     CURL_SYM(version_info, "curl_version_info");
+    CURL_SYM(ctx_use_certificate, "SSL_CTX_use_certificate");
+    CURL_SYM(ctx_use_key, "SSL_CTX_use_PrivateKey");
+    CURL_SYM(ctx_check_key, "SSL_CTX_check_private_key");
 #undef CURL_SYM
     curl_version_info_data *v = a->version_info ? a->version_info(CURLVERSION_NOW) : NULL;
     if (!a->easy_init || !a->easy_setopt || !a->easy_perform || !a->easy_getinfo || !a->easy_cleanup ||
-        !a->easy_strerror || !a->slist_append || !a->slist_free_all || !v) {
+        !a->easy_strerror || !a->slist_append || !a->slist_free_all || !v || !a->ctx_use_certificate ||
+        !a->ctx_use_key || !a->ctx_check_key) {
         snprintf(err, err_len, "%s lacks the calls we use", CURL_LIBRARY);
     } else if (!v->ssl_version || strncmp(v->ssl_version, "OpenSSL", 7) != 0) {
         /* The key goes into an OpenSSL SSL_CTX: no other TLS backend. */
@@ -159,10 +176,10 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
 static CURLcode on_ssl_ctx(CURL *curl, void *sslctx, void *arg)
 {
     (void)curl;
-    const mgmt_tls *t = arg;
+    const tls_install *in = arg;
     SSL_CTX *ctx = sslctx;
-    if (SSL_CTX_use_certificate(ctx, t->cert) != 1 || SSL_CTX_use_PrivateKey(ctx, t->key) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1)
+    if (in->a->ctx_use_certificate(ctx, in->t->cert) != 1 || in->a->ctx_use_key(ctx, in->t->key) != 1 ||
+        in->a->ctx_check_key(ctx) != 1)
         return CURLE_SSL_CERTPROBLEM;
     return CURLE_OK;
 }
@@ -183,6 +200,7 @@ static int request(const mgmt_tls *t, const char *path, const char *ctype, const
         return M2MVPN_E_NOMEM;
     }
     http_buf b = { .etag = etag_out, .etag_cap = etag_cap, .dl = dl, .a = &a, .c = c };
+    tls_install install = { t, &a };
     if (etag_out && etag_cap)
         etag_out[0] = 0;
     struct curl_slist *hdr = NULL;
@@ -220,7 +238,7 @@ static int request(const mgmt_tls *t, const char *path, const char *ctype, const
     a.easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     if (t->cert && t->key) {
         a.easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
-        a.easy_setopt(c, CURLOPT_SSL_CTX_DATA, (void *)t);
+        a.easy_setopt(c, CURLOPT_SSL_CTX_DATA, (void *)&install);
     }
     if (hdr)
         a.easy_setopt(c, CURLOPT_HTTPHEADER, hdr);

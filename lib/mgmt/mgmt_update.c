@@ -172,6 +172,20 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Append what the installer wrote to out (out_cap bytes with the NUL; the
+ * rest is dropped); returns the new length. */
+static size_t keep_output(char *out, size_t out_cap, size_t used, const char *buf, size_t got)
+{
+    size_t keep = out_cap > used + 1 ? out_cap - used - 1 : 0;
+    if (got < keep)
+        keep = got;
+    memcpy(out + used, buf, keep);
+    used += keep;
+    if (out_cap)
+        out[used] = '\0';
+    return used;
+}
+
 int mgmt_install_run(const char *installer, const char *file, const char *version, uint32_t timeout_s,
                      const atomic_bool *cancel, char *out, size_t out_cap, char *err, size_t err_len)
 {
@@ -232,13 +246,7 @@ int mgmt_install_run(const char *installer, const char *file, const char *versio
                 char buf[4096];
                 ssize_t got = read(pfd[0], buf, sizeof(buf));
                 if (got > 0) {
-                    size_t keep = out_cap > used + 1 ? out_cap - used - 1 : 0;
-                    if ((size_t)got < keep)
-                        keep = (size_t)got;
-                    memcpy(out + used, buf, keep);
-                    used += keep;
-                    if (out_cap)
-                        out[used] = '\0';
+                    used = keep_output(out, out_cap, used, buf, (size_t)got);
                 } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
                     eof = true;
                 }
@@ -257,13 +265,7 @@ int mgmt_install_run(const char *installer, const char *file, const char *versio
                 ssize_t got = poll(&p, 1, 0) > 0 ? read(pfd[0], buf, sizeof(buf)) : 0;
                 if (got <= 0)
                     break;
-                size_t keep = out_cap > used + 1 ? out_cap - used - 1 : 0;
-                if ((size_t)got < keep)
-                    keep = (size_t)got;
-                memcpy(out + used, buf, keep);
-                used += keep;
-                if (out_cap)
-                    out[used] = '\0';
+                used = keep_output(out, out_cap, used, buf, (size_t)got);
             }
             break;
         }

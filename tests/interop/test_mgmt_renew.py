@@ -243,11 +243,11 @@ def test_sigkill_after_renewed_cert_written(lab):
     block_mgmt(lab)
     with lab.client(boot) as c:
         wait_until("connected on profile 1", lambda: connected_with(c, 1), timeout_s=60, tail=c.log_tail)
-        assert "an interrupted certificate renewal finished" in c.log_path.read_text()
         # the swap finished: the new certificate and the new key in place, matching, no .next left
         assert mh.cert_serial(crt) == new_serial and key.read_text() == new_key
         assert mh.cert_matches_key(crt, key)
         assert not [p.name for p in st.iterdir() if p.name.endswith(".next")]
+        assert "an interrupted certificate renewal finished" in c.log_path.read_text()
         # ... and the tunnel authenticated with it
         na = mh.cert_not_after(crt)
         assert c.status()["credential"]["not_after"] == na and mgmt_of(c)["cert_not_after"] == na

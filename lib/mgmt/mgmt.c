@@ -902,6 +902,20 @@ static void test_pause(mgmt *m, const char *phase)
         sleep(1);
 }
 
+/* Test hook (documented in docs/mgmt.md): M2MVPN_TEST_RENEW_PAUSE=issued
+ * (the new key <key>.next on disk, the issued certificate not yet) or
+ * written (device.crt.pem.next on disk too, before the renames) stops the
+ * engine thread there, so a test can SIGKILL it. */
+static void renew_test_pause(mgmt *m, const char *step)
+{
+    const char *p = getenv("M2MVPN_TEST_RENEW_PAUSE");
+    if (!p || strcmp(p, step) != 0)
+        return;
+    LOG_WARN(m->log, SUB, "test hook: paused after renewal step %s", step);
+    for (;;)
+        sleep(1);
+}
+
 /* The next poll: poll_s with +-10 percent jitter. */
 static void schedule_poll(mgmt *m, uint32_t delay_s)
 {
@@ -1555,6 +1569,7 @@ static void renew_done(mgmt *m, job *j)
     int r = j->r;
     snprintf(err, sizeof(err), "%s", j->err);
     if (r == 0) {
+        renew_test_pause(m, "issued");
         BIO *bio = BIO_new(BIO_s_mem());
         char *pem = NULL;
         long n = bio && PEM_write_bio_X509(bio, j->cert) ? BIO_get_mem_data(bio, &pem) : 0;
@@ -1567,6 +1582,8 @@ static void renew_done(mgmt *m, job *j)
             r = dn > 0 ? cred_pkcs11_store_cert(j->cred, der, (size_t)dn, err, sizeof(err)) : M2MVPN_E_NOMEM;
             OPENSSL_free(der);
         }
+        if (r == 0)
+            renew_test_pause(m, "written");
         if (r == 0)
             r = renew_swap(m, j->new_key_file, err, sizeof(err));
     }

@@ -259,6 +259,7 @@ static void usage(FILE *f)
           "  profile publish --group G [--percent P] [--max-failures F]\n"
           "  update publish --group G --file F --version V [--percent P] [--max-failures F]\n"
           "                 [--window HH:MM-HH:MM]   (UTC maintenance window)\n"
+          "  cert renew --group G [--percent P] [--max-failures F]   (devices renew now)\n"
           "  deployment list\n"
           "  ca show\n"
           "The admin token: environment M2MVPN_ADMIN_TOKEN, or \"token\" in --config FILE.\n", f);
@@ -470,6 +471,19 @@ int main(int argc, char **argv)
             printf("group %s: software %s published (sha256 %s, %s bytes), deployment %s (%s devices, first wave %s)\n",
                    sget(o, "group"), sget(o, "software_version"), sget(o, "artifact"), sget(o, "size"), sget(o, "id"),
                    sget(o, "devices"), sget(o, "first_wave"));
+    } else if (!strcmp(cmd[0], "cert") && !strcmp(cmd[1], "renew") && nc == 2) {
+        const char *g = opt(argc, argv, "--group", seen2);
+        json_object *req = rollout_opts(argc, argv, seen2, 0);
+        no_extra(argc, argv, seen2);
+        if (!g)
+            die("cert renew needs --group G");
+        json_object_object_add(req, "group", json_object_new_string(g));
+        json_object_object_add(req, "type", json_object_new_string("cert"));
+        o = api("POST", "/api/v1/admin/deployments", json_object_to_json_string(req));
+        json_object_put(req);
+        if (!json_out)
+            printf("group %s: certificate renewal requested, deployment %s (%s devices, first wave %s)\n",
+                   sget(o, "group"), sget(o, "id"), sget(o, "devices"), sget(o, "first_wave"));
     } else if (!strcmp(cmd[0], "deployment") && !strcmp(cmd[1], "list") && nc == 2) {
         no_extra(argc, argv, seen2);
         o = api("GET", "/api/v1/admin/deployments", NULL);

@@ -186,3 +186,28 @@ def postgres_server(workdir, wrap=()):
     finally:
         subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
                        capture_output=True, timeout=60)
+
+
+def cert_serial(path):
+    """The serial number of the PEM certificate at path (norm_serial form)."""
+    out = sh("openssl", "x509", "-in", str(path), "-noout", "-serial").stdout
+    return norm_serial(out.strip().split("=", 1)[1])
+
+
+def norm_serial(hexstr):
+    """A hex serial as one form (lower case, no leading zeros) to compare the server's, openssl's and the device's."""
+    return hexstr.strip().lower().lstrip("0")
+
+
+def cert_matches_key(cert, key, password=""):
+    """True when the PEM certificate's public key is the one of the PEM private key file."""
+    pub = sh("openssl", "x509", "-in", str(cert), "-noout", "-pubkey").stdout
+    pub2 = sh("openssl", "pkey", "-in", str(key), "-passin", "pass:" + password, "-pubout").stdout
+    return bool(pub.strip()) and pub.strip() == pub2.strip()
+
+
+def cert_not_after(path):
+    """The notAfter of the PEM certificate at path, Unix time."""
+    import calendar
+    out = sh("openssl", "x509", "-in", str(path), "-noout", "-enddate").stdout.strip().split("=", 1)[1]
+    return calendar.timegm(time.strptime(out.replace("  ", " "), "%b %d %H:%M:%S %Y GMT"))

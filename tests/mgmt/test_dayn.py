@@ -425,3 +425,39 @@ def test_upgrade_from_schema_1(pki):
             [("ab", "dev-00112233445566aa", now + 86400, None)]
     finally:
         db.close()
+
+
+def test_cert_renew_deployment_from_admin(pki, server):
+    """`m2mvpn-admin cert renew --group G`: a cert deployment to the group's
+    devices, listed in their poll, its bundle says "renew", closed by the
+    device's feedback like any other deployment."""
+    d, srv = pki, server
+    devs = setup_group(d, srv, n=2)
+    r = admin(d, srv, "cert", "renew", "--group", "fleet")
+    m = re.match(r"group fleet: certificate renewal requested, deployment (\d+) \(2 devices, first wave 2\)$",
+                 r.stdout.strip())
+    assert m, r.stdout
+    dep = int(m.group(1))
+    info = deployment(d, srv, dep)
+    assert (info["type"], info["group"], info["state"], info["devices"]) == ("cert", "fleet", "active", 2)
+    for dev in devs:
+        st, _, ans = dev.poll()
+        assert st == 200 and ans["deployments"] == [{"id": dep, "type": "cert",
+                                                     "href": f"/api/v1/device/deployments/{dep}",
+                                                     "maintenance_window": "available"}]
+        man = dev.bundle(dep)
+        assert (man["type"], man["device"], man["deployment"], man["action"], man["payload"]) == \
+            ("cert", dev.id, dep, "renew", "")
+        dev.feedback(dep, "success", "certificate renewed: serial 01")
+        assert dev.open_ids() == []
+    info = deployment(d, srv, dep)
+    assert (info["state"], info["success"], info["failure"]) == ("done", 2, 0)
+    # a staged one through --percent, --json answer; the usage errors
+    j = admin_json(d, srv, "cert", "renew", "--group", "fleet", "--percent", "50")
+    assert (j["type"], j["devices"], j["first_wave"]) == ("cert", 2, 1)
+    r = admin(d, srv, "cert", "renew", check=False)
+    assert r.returncode == 1 and "cert renew needs --group G" in r.stderr
+    r = admin(d, srv, "cert", "renew", "--group", "fleet", "--percent", "0", check=False)
+    assert r.returncode == 1 and "--percent 0" in r.stderr
+    r = admin(d, srv, "cert", "renew", "--group", "nosuch", check=False)
+    assert r.returncode == 1 and "nosuch" in r.stderr, r.stderr

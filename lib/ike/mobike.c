@@ -9,8 +9,11 @@
  *
  * Nothing here looks at where a datagram came from: every address we keep
  * comes from a message whose integrity was verified (IKE_AUTH's last
- * response, the gateway's INFORMATIONAL requests), and the only address we
- * change is our own, on our own decision (lib/conn saw it move).
+ * response, the gateway's INFORMATIONAL requests). Our own address changes
+ * on our own decision (lib/conn saw it move); the gateway's only when its
+ * address stopped answering a request of ours and one of its other
+ * addresses answered it with a message that passed the integrity check
+ * (failover, §3.5): then the update goes there.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -96,6 +99,8 @@ void ike_mobike_process_request(ike_sa *sa, const ike_chain *c)
         take_addresses(sa, &m);
 }
 
+static struct sockaddr_storage gateway_now(const ike_sa *sa);
+
 static socklen_t addr_of(const ike_mobike_addr *a, uint16_t port, struct sockaddr_storage *out)
 {
     memset(out, 0, sizeof(*out));
@@ -176,7 +181,14 @@ void ike_mobike_failover_answered(ike_sa *sa)
         ((struct sockaddr_in6 *)&remote)->sin6_port = htons(500);
     sa->cfg.remote = remote;
     sa->cfg.remote_len = m->fo_to_len;
-    ike_sa_format_addr(&remote, sa->gw_text, sizeof(sa->gw_text));
+    struct sockaddr_storage now = gateway_now(sa);
+    ike_sa_format_addr(&now, sa->gw_text, sizeof(sa->gw_text));
+    /* Our side as the update's NAT detection covers it: where IKE leaves
+     * from now (port 4500), as after a move of ours (lib/conn sys_roam). */
+    if (sa->natt && sa->cfg.local.ss_family == AF_INET)
+        ((struct sockaddr_in *)&sa->cfg.local)->sin_port = htons(4500);
+    else if (sa->natt && sa->cfg.local.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&sa->cfg.local)->sin6_port = htons(4500);
     m->fo_moved = true;
     char why[160];
     snprintf(why, sizeof(why), "gateway %s stopped answering, failover to its address %s", m->fo_from,
@@ -257,7 +269,7 @@ void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c)
     ike_diag_clear(&d);
     if (ike_mobike_scan(c, &m, &d) < 0)
         return;
-    if (mapping_changed(sa, &m)) {
+    if (mapping_changed(sa, &m) && !(sa->mobike.want_update && sa->mobike.fo_moved)) {
         LOG_INFO(sa->log, "ike", "the NAT mapping in front of us changed: updating the SA addresses "
                  "with %s (MOBIKE)", sa->gw_text);
         queue_update(sa, "NAT mapping changed", false);

@@ -1897,7 +1897,7 @@ START_TEST(test_mobike_failover)
     ck_assert_uint_eq(T->n_updated, 1);
     ck_assert_int_eq(T->updated_err, 0);
     ck_assert(!T->updated_ours);
-    ck_assert_msg(strstr(T->updated_detail, "failover to its address 198.51.100.3:500") != NULL, "%s",
+    ck_assert_msg(strstr(T->updated_detail, "failover to its address 198.51.100.3:4500") != NULL, "%s",
                   T->updated_detail);
     ck_assert_uint_eq(T->n_down, 0);
     /* the next liveness check goes to the new address */

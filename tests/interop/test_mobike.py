@@ -341,4 +341,5 @@ def test_gateway_failover_to_its_other_address(topology, charons, pki, workdir):
     assert st["transitions"]["reconnects"] == 0, (st, log[-6000:])
     roamed = [line for line in log.splitlines() if "event ROAMED" in line]
     assert roamed and any(GW_ADDR_B in line for line in roamed), log[-6000:]
+    assert not any("NAT" in line for line in roamed), roamed    # there is none here
     client.stop()

@@ -962,6 +962,13 @@ static bool race_take_over(conn_sys *s, int err, ike_fault fault)
     return true;
 }
 
+/* Once promoted, the race's SA fails over as the main one does. */
+static int race_send_to(void *arg, const uint8_t *msg, size_t len, const struct sockaddr *to, socklen_t to_len)
+{
+    conn_race *r = arg;
+    return ike_send_to(r->s, msg, len, to, to_len);
+}
+
 static int race_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 {
     conn_race *r = arg;
@@ -1078,7 +1085,7 @@ static void race_start(void *arg)
         cfg.eap_password = s->eap_pass;
         cfg.eap_password_len = s->eap_pass_len;
         ike_hooks hooks = { r, race_send, race_established, race_down, race_child_rekeyed, race_child_deleted,
-                            race_ike_rekeyed, race_addresses_updated, NULL };
+                            race_ike_rekeyed, race_addresses_updated, race_send_to };
         rc = ike_sa_new(s->loop, s->log, &cfg, &hooks, &r->sa, err, sizeof(err));
     }
     if (rc < 0) {

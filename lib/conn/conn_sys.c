@@ -337,9 +337,65 @@ static void ike_ike_rekeyed(void *arg)
     conn_ike_rekeyed(s->c);
 }
 
+static int ike_send_to(void *arg, const uint8_t *msg, size_t len, const struct sockaddr *to, socklen_t to_len)
+{
+    conn_sys *s = arg;
+    return s->dp ? esp_datapath_send_ike(s->dp, msg, len, to, to_len) : M2MVPN_E_STATE;
+}
+
+static bool same_sockaddr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+        return x->sin_addr.s_addr == y->sin_addr.s_addr && x->sin_port == y->sin_port;
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+    return memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0 && x->sin6_port == y->sin6_port;
+}
+
+static int current_path(conn_sys *s, netwatch_path *p, char *err, size_t err_len);
+static const char *addr_text(const struct sockaddr_storage *ss, char *out, size_t len);
+
+/* The gateway's side moved (MOBIKE): if lib/ike failed over to another of
+ * its addresses (an authenticated answer, then the address update), the
+ * datapath's peer, our port-500 socket and the path we watch follow. */
+static void follow_gateway(conn_sys *s)
+{
+    struct sockaddr_storage gw;
+    socklen_t gw_len;
+    ike_sa_peer(s->sa, &gw, &gw_len);
+    if (same_sockaddr(&gw, &s->gw))
+        return;
+    char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+    LOG_INFO(s->log, "conn", "gateway %s: moving from %s to its address %s", s->gw_text,
+             addr_text(&s->gw, a, sizeof(a)), addr_text(&gw, b, sizeof(b)));
+    bool same_family = gw.ss_family == s->gw.ss_family;
+    s->gw = gw;
+    s->gw_len = gw_len;
+    if (same_family && s->sock500 >= 0 && connect(s->sock500, (const struct sockaddr *)&gw, gw_len) < 0)
+        LOG_WARN(s->log, "conn", "port 500 socket to %s: %s", b, strerror(errno));
+    struct sockaddr_storage esp = gw;
+    if (esp.ss_family == AF_INET)
+        ((struct sockaddr_in *)&esp)->sin_port = htons(ESP_UDP_PORT);
+    else
+        ((struct sockaddr_in6 *)&esp)->sin6_port = htons(ESP_UDP_PORT);
+    if (s->dp && s->spi_in) {
+        int r = esp_datapath_set_peer(s->dp, s->spi_in, (const struct sockaddr *)&esp, gw_len);
+        if (r < 0)
+            LOG_WARN(s->log, "conn", "ESP peer %s: %s", b, core_strerror(r));
+    }
+    char err[160];
+    if (s->path_known)
+        s->path_known = current_path(s, &s->path, err, sizeof(err)) == 0;
+}
+
 static void ike_addresses_updated(void *arg, int err, bool ours, const char *detail)
 {
     conn_sys *s = arg;
+    if (err == 0 && s->sa)
+        follow_gateway(s);
     conn_post_addresses_updated(s->c, err, ours, detail);
 }
 
@@ -906,6 +962,13 @@ static bool race_take_over(conn_sys *s, int err, ike_fault fault)
     return true;
 }
 
+/* Once promoted, the race's SA fails over as the main one does. */
+static int race_send_to(void *arg, const uint8_t *msg, size_t len, const struct sockaddr *to, socklen_t to_len)
+{
+    conn_race *r = arg;
+    return ike_send_to(r->s, msg, len, to, to_len);
+}
+
 static int race_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 {
     conn_race *r = arg;
@@ -1022,7 +1085,7 @@ static void race_start(void *arg)
         cfg.eap_password = s->eap_pass;
         cfg.eap_password_len = s->eap_pass_len;
         ike_hooks hooks = { r, race_send, race_established, race_down, race_child_rekeyed, race_child_deleted,
-                            race_ike_rekeyed, race_addresses_updated };
+                            race_ike_rekeyed, race_addresses_updated, race_send_to };
         rc = ike_sa_new(s->loop, s->log, &cfg, &hooks, &r->sa, err, sizeof(err));
     }
     if (rc < 0) {
@@ -1163,7 +1226,7 @@ static int sys_sa_start(void *arg, const profile *p, const conn_eap *eap, char *
     ike_config cfg;
     ike_config_fill(s, p, &cfg);
     ike_hooks hooks = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
-                        ike_ike_rekeyed, ike_addresses_updated };
+                        ike_ike_rekeyed, ike_addresses_updated, ike_send_to };
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->sa, err, err_len);
     if (r < 0)
         return r;
@@ -1476,7 +1539,7 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
     cfg.want_vip6 = s->has_vip6;
     memcpy(cfg.vip, s->vip, 4);
     memcpy(cfg.vip6, s->vip6, 16);
-    ike_hooks hooks = { s, ike_send, next_established, next_down, NULL, NULL, NULL, NULL };
+    ike_hooks hooks = { s, ike_send, next_established, next_down, NULL, NULL, NULL, NULL, NULL };
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->next, err, err_len);
     if (r < 0) {
         s->next = NULL;
@@ -1546,10 +1609,10 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
     s->sa = s->next;
     s->next = NULL;
     ike_hooks tunnel = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
-                         ike_ike_rekeyed, ike_addresses_updated };
+                         ike_ike_rekeyed, ike_addresses_updated, ike_send_to };
     ike_sa_set_hooks(s->sa, &tunnel);
     ike_sa_mobike_inherit(s->sa, old); /* the gateway's address list, if it did not send it again */
-    ike_hooks replaced = { s, ike_send, NULL, old_down, NULL, old_child_deleted, NULL, NULL };
+    ike_hooks replaced = { s, ike_send, NULL, old_down, NULL, old_child_deleted, NULL, NULL, NULL };
     ike_sa_set_hooks(old, &replaced);
     s->old = old;
     ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));

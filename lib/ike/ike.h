@@ -104,6 +104,14 @@ typedef struct ike_hooks {
      * false: lib/ike did, after a NAT mapping change showed in a liveness
      * check. */
     void (*on_addresses_updated)(void *arg, int err, bool ours, const char *detail);
+    /* Optional (NULL: no gateway failover): send one datagram to `to` (port
+     * 4500, non-ESP marker) rather than where `send` goes. Used once the
+     * gateway's current address stops answering under MOBIKE: the request
+     * goes to its other addresses (ADDITIONAL_*_ADDRESS) in turn; the first
+     * authenticated answer makes that address the gateway's, and
+     * on_addresses_updated(0, ours false) reports the update that moved its
+     * side there: ike_sa_peer() then differs from before. */
+    int (*send_to)(void *arg, const uint8_t *msg, size_t len, const struct sockaddr *to, socklen_t to_len);
 } ike_hooks;
 
 typedef struct ike_config {
@@ -167,6 +175,9 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
 /* The gateway's additional addresses (ADDITIONAL_IP4/6_ADDRESS from
  * authenticated messages only), for failover; returns how many (<= max). */
 size_t ike_sa_peer_addresses(const ike_sa *sa, struct sockaddr_storage *out, size_t max);
+/* The gateway's address now (port 500): the configured one, or the one a
+ * failover moved to (see send_to). */
+void ike_sa_peer(const ike_sa *sa, struct sockaddr_storage *out, socklen_t *out_len);
 /* Cancel timers, wipe keys, free. NULL is fine. Never calls hooks. */
 void ike_sa_free(ike_sa *sa);
 

@@ -9,8 +9,11 @@
  *
  * Nothing here looks at where a datagram came from: every address we keep
  * comes from a message whose integrity was verified (IKE_AUTH's last
- * response, the gateway's INFORMATIONAL requests), and the only address we
- * change is our own, on our own decision (lib/conn saw it move).
+ * response, the gateway's INFORMATIONAL requests). Our own address changes
+ * on our own decision (lib/conn saw it move); the gateway's only when its
+ * address stopped answering a request of ours and one of its other
+ * addresses answered it with a message that passed the integrity check
+ * (failover, §3.5): then the update goes there.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -96,25 +99,104 @@ void ike_mobike_process_request(ike_sa *sa, const ike_chain *c)
         take_addresses(sa, &m);
 }
 
+static struct sockaddr_storage gateway_now(const ike_sa *sa);
+
+static socklen_t addr_of(const ike_mobike_addr *a, uint16_t port, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (a->family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)out;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, a->addr, 16);
+        in6->sin6_port = htons(port);
+        return sizeof(*in6);
+    }
+    struct sockaddr_in *in = (struct sockaddr_in *)out;
+    in->sin_family = AF_INET;
+    memcpy(&in->sin_addr, a->addr, 4);
+    in->sin_port = htons(port);
+    return sizeof(*in);
+}
+
 size_t ike_sa_peer_addresses(const ike_sa *sa, struct sockaddr_storage *out, size_t max)
 {
     size_t n = 0;
-    for (size_t i = 0; i < sa->mobike.n_addrs && n < max; i++, n++) {
-        const ike_mobike_addr *a = &sa->mobike.addrs[i];
-        memset(&out[n], 0, sizeof(out[n]));
-        if (a->family == AF_INET6) {
-            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&out[n];
-            in6->sin6_family = AF_INET6;
-            memcpy(&in6->sin6_addr, a->addr, 16);
-            in6->sin6_port = htons(500);
-        } else {
-            struct sockaddr_in *in = (struct sockaddr_in *)&out[n];
-            in->sin_family = AF_INET;
-            memcpy(&in->sin_addr, a->addr, 4);
-            in->sin_port = htons(500);
-        }
-    }
+    for (size_t i = 0; i < sa->mobike.n_addrs && n < max; i++, n++)
+        addr_of(&sa->mobike.addrs[i], 500, &out[n]);
     return n;
+}
+
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+}
+
+/* Gateway failover (§3.5, §3.8 sense): the request the gateway's address
+ * left unanswered goes, unchanged (same message ID: a gateway that got it
+ * answers from its cache, §2.1), to its next other address. Only an answer
+ * that passes the integrity check ends the search (handle_response ->
+ * ike_mobike_failover_answered); the datagram's source is never looked
+ * at, so nothing forged or unprotected moves the gateway. */
+bool ike_mobike_failover(ike_sa *sa)
+{
+    ike_mobike *m = &sa->mobike;
+    if (!active(sa) || sa->state != IKE_SA_ESTABLISHED || !sa->hooks.send_to || !sa->req.natt) {
+        m->fo_probing = false;
+        return false;
+    }
+    if (!m->fo_probing) {
+        m->fo_next = 0;
+        snprintf(m->fo_from, sizeof(m->fo_from), "%s", sa->gw_text);
+    }
+    while (m->fo_next < m->n_addrs) {
+        struct sockaddr_storage to;
+        socklen_t to_len = addr_of(&m->addrs[m->fo_next++], 4500, &to);
+        if (same_host(&to, &sa->cfg.remote))
+            continue;
+        char text[64];
+        ike_sa_format_addr(&to, text, sizeof(text));
+        LOG_INFO(sa->log, "ike", "no answer from %s to request %u: trying the gateway's other address %s "
+                 "(MOBIKE failover)", m->fo_from, sa->req.message_id, text);
+        m->fo_to = to;
+        m->fo_to_len = to_len;
+        m->fo_probing = true;
+        return true;
+    }
+    m->fo_probing = false;
+    return false;
+}
+
+void ike_mobike_failover_answered(ike_sa *sa)
+{
+    ike_mobike *m = &sa->mobike;
+    m->fo_probing = false;
+    struct sockaddr_storage remote = m->fo_to;
+    if (remote.ss_family == AF_INET)
+        ((struct sockaddr_in *)&remote)->sin_port = htons(500);
+    else
+        ((struct sockaddr_in6 *)&remote)->sin6_port = htons(500);
+    sa->cfg.remote = remote;
+    sa->cfg.remote_len = m->fo_to_len;
+    struct sockaddr_storage now = gateway_now(sa);
+    ike_sa_format_addr(&now, sa->gw_text, sizeof(sa->gw_text));
+    /* Our side as the update's NAT detection covers it: where IKE leaves
+     * from now (port 4500), as after a move of ours (lib/conn sys_roam). */
+    if (sa->natt && sa->cfg.local.ss_family == AF_INET)
+        ((struct sockaddr_in *)&sa->cfg.local)->sin_port = htons(4500);
+    else if (sa->natt && sa->cfg.local.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&sa->cfg.local)->sin6_port = htons(4500);
+    m->fo_moved = true;
+    char why[160];
+    snprintf(why, sizeof(why), "gateway %s stopped answering, failover to its address %s", m->fo_from,
+             sa->gw_text);
+    LOG_INFO(sa->log, "ike", "%s answered (authenticated): it is the gateway's address now", sa->gw_text);
+    m->want_update = true; /* before anything else queued: the gateway's side must follow */
+    m->update_ours = false;
+    snprintf(m->reason, sizeof(m->reason), "%s", why);
 }
 
 /* The gateway as IKE now reaches it: its address on port 4500 once NAT
@@ -171,8 +253,8 @@ static bool mapping_changed(ike_sa *sa, const ike_mobike_info *m)
 
 static void queue_update(ike_sa *sa, const char *reason, bool ours)
 {
-    if (sa->mobike.want_update && sa->mobike.update_ours && !ours)
-        return; /* our own move is queued: it covers the new mapping too */
+    if (sa->mobike.want_update && (sa->mobike.update_ours || sa->mobike.fo_moved) && !ours)
+        return; /* our own move (or a failover's) is queued: it covers the new mapping too */
     sa->mobike.want_update = true;
     sa->mobike.update_ours = ours;
     snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", reason);
@@ -187,7 +269,7 @@ void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c)
     ike_diag_clear(&d);
     if (ike_mobike_scan(c, &m, &d) < 0)
         return;
-    if (mapping_changed(sa, &m)) {
+    if (mapping_changed(sa, &m) && !(sa->mobike.want_update && sa->mobike.fo_moved)) {
         LOG_INFO(sa->log, "ike", "the NAT mapping in front of us changed: updating the SA addresses "
                  "with %s (MOBIKE)", sa->gw_text);
         queue_update(sa, "NAT mapping changed", false);
@@ -225,7 +307,7 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
     LOG_INFO(sa->log, "ike", "request %u to %s again from the new path%s", sa->req.message_id, sa->gw_text,
              sa->req.task == IKE_TASK_MOBIKE ? "" : "; the address update follows");
     for (size_t i = 0; i < sa->req.n_dgram; i++)
-        sa->hooks.send(sa->hooks.arg, sa->req.buf + sa->req.dgram[i].off, sa->req.dgram[i].len, sa->req.natt);
+        ike_sa_send_dgram(sa, sa->req.buf + sa->req.dgram[i].off, sa->req.dgram[i].len, sa->req.natt);
     return 0;
 }
 

@@ -216,7 +216,7 @@ int ike_rekey_peer_deleted(ike_sa *sa, uint32_t spi, uint32_t *our_spi)
 
 static void zombie_send(ike_sa *sa, ike_zombie *z, const uint8_t *msg, size_t len)
 {
-    int r = sa->hooks.send(sa->hooks.arg, msg, len, sa->natt);
+    int r = ike_sa_send_dgram(sa, msg, len, sa->natt);
     if (r < 0)
         LOG_WARN(sa->log, "ike", "sending to %s failed: %s", sa->gw_text, m2mvpn_strerror(r));
     (void)z;

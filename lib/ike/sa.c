@@ -32,7 +32,7 @@ void ike_sa_set_state(ike_sa *sa, ike_sa_state st)
     sa->state = st;
 }
 
-static void format_addr(const struct sockaddr_storage *ss, char *out, size_t len)
+void ike_sa_format_addr(const struct sockaddr_storage *ss, char *out, size_t len)
 {
     char host[INET6_ADDRSTRLEN] = "?";
     unsigned port = 0;
@@ -68,7 +68,7 @@ int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_
     sa->hooks = *hooks;
     sa->state = IKE_SA_IDLE;
     sa->initiator = true;
-    format_addr(&cfg->remote, sa->gw_text, sizeof(sa->gw_text));
+    ike_sa_format_addr(&cfg->remote, sa->gw_text, sizeof(sa->gw_text));
     core_timer_init(&sa->retransmit_timer, retransmit, sa);
     core_timer_init(&sa->dpd_timer, ike_info_dpd, sa);
     ike_frag_reasm_init(&sa->reasm);
@@ -186,10 +186,35 @@ void ike_sa_header(const ike_sa *sa, ike_header *hdr, uint8_t exchange, bool res
 
 /* ------------------------------------------------------------- sending */
 
+int ike_sa_send_dgram(ike_sa *sa, const uint8_t *msg, size_t len, bool natt)
+{
+    const ike_mobike *m = &sa->mobike;
+    if (natt && sa->hooks.send_to && (m->fo_probing || m->fo_moved)) {
+        struct sockaddr_storage to = m->fo_to;
+        socklen_t to_len = m->fo_to_len;
+        if (!m->fo_probing) {
+            to = sa->cfg.remote;
+            to_len = sa->cfg.remote_len;
+            if (to.ss_family == AF_INET)
+                ((struct sockaddr_in *)&to)->sin_port = htons(4500);
+            else
+                ((struct sockaddr_in6 *)&to)->sin6_port = htons(4500);
+        }
+        return sa->hooks.send_to(sa->hooks.arg, msg, len, (const struct sockaddr *)&to, to_len);
+    }
+    return sa->hooks.send(sa->hooks.arg, msg, len, natt);
+}
+
+void ike_sa_peer(const ike_sa *sa, struct sockaddr_storage *out, socklen_t *out_len)
+{
+    *out = sa->cfg.remote;
+    *out_len = sa->cfg.remote_len;
+}
+
 static void send_datagrams(ike_sa *sa, const ike_request *rq)
 {
     for (size_t i = 0; i < rq->n_dgram; i++) {
-        int r = sa->hooks.send(sa->hooks.arg, rq->buf + rq->dgram[i].off, rq->dgram[i].len, rq->natt);
+        int r = ike_sa_send_dgram(sa, rq->buf + rq->dgram[i].off, rq->dgram[i].len, rq->natt);
         if (r < 0)
             LOG_WARN(sa->log, "ike", "sending to %s failed: %s", sa->gw_text, core_strerror(r));
     }
@@ -236,6 +261,8 @@ static void retransmit(void *arg)
         return;
     /* A Delete is confirmed or given up quickly: disconnect must not hang. */
     unsigned max = sa->req.task == IKE_TASK_DELETE ? 1 : sa->cfg.prof->ike.retransmit_tries;
+    if (sa->mobike.fo_probing && max > IKE_FAILOVER_TRIES)
+        max = IKE_FAILOVER_TRIES;
     if (sa->init_error) {
         /* An unauthenticated error answer to IKE_SA_INIT, and no valid
          * answer during the grace period: now it counts. */
@@ -245,18 +272,27 @@ static void retransmit(void *arg)
         return;
     }
     if (sa->req.tries >= max) {
-        ike_task task = sa->req.task;
-        ike_sa_request_done(sa);
-        if (task == IKE_TASK_DELETE) {
+        if (sa->req.task == IKE_TASK_DELETE) {
+            ike_sa_request_done(sa);
             ike_sa_fail(sa, 0, "IKE SA deleted (the gateway did not confirm)");
             return;
         }
-        ike_sa_fail(sa, M2MVPN_E_TIMEOUT, "no answer from %s after %u retransmits", sa->gw_text, max);
+        bool tried_others = sa->mobike.fo_probing;
+        if (ike_mobike_failover(sa)) {
+            sa->req.tries = 0;
+            send_datagrams(sa, &sa->req);
+            core_timer_arm(sa->loop, &sa->retransmit_timer, retransmit_delay_ms(sa, 0));
+            return;
+        }
+        ike_sa_request_done(sa);
+        ike_sa_fail(sa, M2MVPN_E_TIMEOUT, "no answer from %s after %u retransmits%s",
+                    tried_others ? sa->mobike.fo_from : sa->gw_text, sa->cfg.prof->ike.retransmit_tries,
+                    tried_others ? ", nor from the gateway's other addresses (MOBIKE)" : "");
         return;
     }
     sa->req.tries++;
     LOG_INFO(sa->log, "ike", "retransmit %u of request %u to %s", sa->req.tries,
-             sa->req.message_id, sa->gw_text);
+             sa->req.message_id, sa->mobike.fo_probing ? "the gateway's other address" : sa->gw_text);
     send_datagrams(sa, &sa->req);
     core_timer_arm(sa->loop, &sa->retransmit_timer, retransmit_delay_ms(sa, sa->req.tries));
 }
@@ -299,7 +335,7 @@ int ike_sa_send_protected(ike_sa *sa, uint8_t exchange, bool response, uint32_t 
     if (response) {
         /* Responses are single datagrams here (empty INFORMATIONAL answers). */
         for (size_t i = 0; i < n; i++)
-            sa->hooks.send(sa->hooks.arg, buf + spans[i].off, spans[i].len, sa->natt);
+            ike_sa_send_dgram(sa, buf + spans[i].off, spans[i].len, sa->natt);
         free(sa->last_resp);
         sa->last_resp = NULL;
         sa->last_resp_len = 0;
@@ -465,6 +501,8 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     if (r <= 0)
         return;
     heard_from_gateway(sa);
+    if (sa->mobike.fo_probing)
+        ike_mobike_failover_answered(sa); /* authenticated: the address it went to answers */
     ike_task task = sa->req.task;
     ike_sa_request_done(sa);
     sa->next_msg_id++;
@@ -499,7 +537,7 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     uint32_t id = msg->hdr.message_id;
     if (id + 1 == sa->peer_msg_id && sa->last_resp) {
         /* The gateway did not get our response: send it again, unchanged. */
-        sa->hooks.send(sa->hooks.arg, sa->last_resp, sa->last_resp_len, sa->natt);
+        ike_sa_send_dgram(sa, sa->last_resp, sa->last_resp_len, sa->natt);
         return;
     }
     if (id != sa->peer_msg_id) {

@@ -40,7 +40,7 @@ typedef struct ike_mobike {
     bool peer;                     /* the gateway announced MOBIKE_SUPPORTED (authenticated) */
     bool want_update;              /* an UPDATE_SA_ADDRESSES waits for the request slot */
     bool update_ours;              /* asked for by ike_sa_update_addresses (else: NAT mapping) */
-    char reason[96];               /* why (for the hook) */
+    char reason[160];              /* why (for the hook) */
     uint8_t cookie2[16];           /* of the update under way (return routability, §3.5) */
     ike_mobike_addr addrs[IKE_MOBIKE_MAX_ADDRS]; /* the gateway's other addresses */
     size_t n_addrs;
@@ -50,6 +50,16 @@ typedef struct ike_mobike {
     uint8_t natd_seen[IKE_NATD_LEN];
     uint8_t natd_spis[16];
     bool natd_seen_set;
+    /* Gateway failover (§3.5, §3.8): a request the gateway's address no
+     * longer answers is sent to its other addresses in turn; the first
+     * authenticated answer makes that address the gateway's, and an
+     * UPDATE_SA_ADDRESSES there moves the gateway's side. */
+    bool fo_probing;               /* the request goes to fo_to now */
+    size_t fo_next;                /* the next of addrs to try */
+    struct sockaddr_storage fo_to; /* port 4500 */
+    socklen_t fo_to_len;
+    char fo_from[64];              /* the address that stopped answering */
+    bool fo_moved;                 /* the gateway is no longer where lib/conn sends: hooks.send_to */
 } ike_mobike;
 
 #define IKE_MAX_RETIRING 4         /* replaced CHILD SAs not yet deleted */
@@ -339,6 +349,19 @@ void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c);
 void ike_mobike_process_response(ike_sa *sa, const ike_chain *c);
 /* Send a queued UPDATE_SA_ADDRESSES if the request slot is free. */
 void ike_mobike_kick(ike_sa *sa);
+/* The request under way went unanswered to the end: send it to the
+ * gateway's next other address (true), or none is left (false: the SA
+ * fails as before). */
+bool ike_mobike_failover(ike_sa *sa);
+/* An authenticated answer arrived while failing over: the address it was
+ * sent to becomes the gateway's, the address update is queued. */
+void ike_mobike_failover_answered(ike_sa *sa);
+/* Send one datagram to the gateway where it is now (hooks.send, or
+ * hooks.send_to after a failover). */
+int ike_sa_send_dgram(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);
+/* "198.51.100.1:500", "[2001:db8::1]:500" */
+void ike_sa_format_addr(const struct sockaddr_storage *ss, char *out, size_t len);
+#define IKE_FAILOVER_TRIES 2       /* retransmits to each of the gateway's other addresses */
 
 /* info.c */
 void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *inner);

@@ -273,3 +273,73 @@ def test_nat_mapping_change(topology, charons, pki, workdir):
     # traffic went on: most of the flood was answered
     assert res["lost"] < res["sent"] / 2, res
     client.stop()
+
+
+# Gateway failover (RFC 4555 §3.5): the gateway has a second address on its
+# underlay and announces it (ADDITIONAL_IP4_ADDRESS in IKE_AUTH); the first
+# one stops answering.
+GW_ADDR_B = "198.51.100.5"
+
+
+def drop_address(addr: str) -> str:
+    """The gateway's side: nothing in or out on one of its addresses."""
+    return f"""
+table inet m2i_fo {{
+    chain in {{
+        type filter hook input priority -10; policy accept;
+        ip daddr {addr} udp dport {{ 500, 4500 }} drop
+    }}
+    chain out {{
+        type filter hook output priority -10; policy accept;
+        ip saddr {addr} udp sport {{ 500, 4500 }} drop
+    }}
+}}
+"""
+
+
+def test_gateway_failover_to_its_other_address(topology, charons, pki, workdir):
+    binary = binary_or_skip()
+    topo = topology("direct")
+    topo.gateway.add_addr("eth0", f"{GW_ADDR_B}/24")
+    gw = charons(topo.gateway, charonmod.gateway_config(pki, conns=["psk"]), name="gw")
+    prof = m2mvpn_client.make_profile(pki, "psk", topo.gw_addr, kill_switch=True)
+    prof["ike"].update({"dpd_s": 2, "retransmit_timeout_s": 0.5, "retransmit_base": 1.5, "retransmit_tries": 2})
+    client = m2mvpn_client.start_m2mvpn_client(topo.client, prof, binary, workdir / "c")
+    client.connect()
+    client.wait_for_state("connected")
+    before = gw.wait_for_sa("psk", "net")
+    assert before["local-host"] == topo.gw_addr, before
+    log = client.log_path.read_text()
+    # the gateway's list arrived (authenticated IKE_AUTH answer)
+    assert "supports MOBIKE" in log and "other address" in log, log
+    assert netlab.ping(topo.client, PROTECTED, count=2) == 2
+    # Address A stops answering: the client must move to B by itself.
+    topo.gateway.nft(drop_address(topo.gw_addr))
+    t0 = time.monotonic()
+    time.sleep(0.5)
+    while netlab.ping(topo.client, PROTECTED, count=1, timeout_s=1) != 1:
+        assert time.monotonic() - t0 < 40, "no traffic 40 s after the gateway's address went silent" + \
+            client.log_tail(80) + gw.log_tail(40)
+    gap = time.monotonic() - t0
+    print(f"failover: traffic again {gap:.1f} s after the gateway's first address went silent")
+    assert netlab.ping(topo.client, PROTECTED, count=3) == 3
+    deadline = time.monotonic() + 10
+    while True:
+        sas = [s for s in gw.list_sas() if s.get("name") == "psk" and s.get("state") == "ESTABLISHED"]
+        if sas and sas[0].get("local-host") == GW_ADDR_B:
+            after = sas[0]
+            break
+        assert time.monotonic() < deadline, f"gateway SA not at {GW_ADDR_B}: {sas}" + gw.log_tail()
+        time.sleep(0.2)
+    for key in ("uniqueid", "initiator-spi", "responder-spi"):
+        assert after[key] == before[key], key       # the same IKE SA, moved
+    assert len(gw.list_sas()) == 1
+    st = client.status()
+    log = client.log_path.read_text()
+    assert st["state"] == "connected", (st, log[-6000:])
+    assert st["transitions"]["roams"] >= 1, (st, log[-6000:])
+    assert st["transitions"]["reconnects"] == 0, (st, log[-6000:])
+    roamed = [line for line in log.splitlines() if "event ROAMED" in line]
+    assert roamed and any(GW_ADDR_B in line for line in roamed), log[-6000:]
+    assert not any("NAT" in line for line in roamed), roamed    # there is none here
+    client.stop()

@@ -89,6 +89,11 @@ typedef struct harness {
     int updated_err;
     bool updated_ours;
     char updated_detail[256];
+    /* datagrams sent to another gateway address (send_to, failover): its
+     * index in gw.sent and where it went */
+    unsigned n_sent_to;
+    size_t sent_to_index[16];
+    char sent_to[16][64];
 } harness;
 
 static harness *T;
@@ -97,6 +102,21 @@ static int hook_send(void *arg, const uint8_t *msg, size_t len, bool natt)
 {
     harness *h = arg;
     fg_capture(&h->gw, msg, len, natt);
+    return 0;
+}
+
+static int hook_send_to(void *arg, const uint8_t *msg, size_t len, const struct sockaddr *to, socklen_t to_len)
+{
+    harness *h = arg;
+    ck_assert_uint_lt(h->n_sent_to, 16);
+    ck_assert_int_eq(to->sa_family, AF_INET);
+    ck_assert_uint_eq(to_len, sizeof(struct sockaddr_in));
+    const struct sockaddr_in *in = (const struct sockaddr_in *)to;
+    char host[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    h->sent_to_index[h->n_sent_to] = h->gw.n_sent;
+    snprintf(h->sent_to[h->n_sent_to++], sizeof(h->sent_to[0]), "%s:%u", host, ntohs(in->sin_port));
+    fg_capture(&h->gw, msg, len, true);
     return 0;
 }
 
@@ -190,7 +210,8 @@ static void setup(void)
     set_addr(&cfg.local, &cfg.local_len, "198.51.100.2", 500);
     ike_hooks hooks = { .arg = T, .send = hook_send, .on_established = hook_established, .on_down = hook_down,
                         .on_child_rekeyed = hook_rekeyed, .on_child_deleted = hook_child_deleted,
-                        .on_ike_rekeyed = hook_ike_rekeyed, .on_addresses_updated = hook_addresses_updated };
+                        .on_ike_rekeyed = hook_ike_rekeyed, .on_addresses_updated = hook_addresses_updated,
+                        .send_to = hook_send_to };
     ck_assert_msg(ike_sa_new(&T->loop, &T->log, &cfg, &hooks, &T->sa, err, sizeof(err)) == 0, "%s", err);
 }
 
@@ -1796,6 +1817,113 @@ END_TEST
 /* A move while a request is under way: that request goes again at once
  * (from the new path), unchanged, and the update follows its answer; a
  * move while the update itself is under way sends it again, one answer. */
+/* The gateway's address of the SA now, "host:port". */
+static const char *peer_text(void)
+{
+    static char text[64];
+    struct sockaddr_storage ss;
+    socklen_t len;
+    ike_sa_peer(T->sa, &ss, &len);
+    char host[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
+    snprintf(text, sizeof(text), "%s:%u", host, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    return text;
+}
+
+/* Our liveness check (message ID 2) goes unanswered: its retransmissions
+ * to the gateway's address, then the same request to its other address
+ * (ADDITIONAL_IP4_ADDRESS 198.51.100.3 from IKE_AUTH); returns the index
+ * of the check in gw.sent. */
+static size_t dpd_unanswered_then_failover(void)
+{
+    enable_dpd();
+    establish_mobike();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    uint64_t delay = TIMEOUT_MS;
+    for (unsigned n = 0; n < TRIES; n++, delay *= 2)
+        advance(delay);
+    ck_assert_uint_eq(n_sent(), n0 + 1 + TRIES);
+    ck_assert_uint_eq(T->n_sent_to, 0);
+    advance(delay);
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2 + TRIES);
+    ck_assert_uint_eq(T->n_sent_to, 1);
+    ck_assert_str_eq(T->sent_to[0], "198.51.100.3:4500");
+    assert_same_bytes(sent(n0 + 1 + TRIES), sent(n0)); /* the same request, same message ID */
+    ck_assert_str_eq(peer_text(), "198.51.100.1:500"); /* nothing moved yet */
+    return n0;
+}
+
+/* Failover (RFC 4555 §3.5): the other address answers, authenticated: it
+ * becomes the gateway's, and UPDATE_SA_ADDRESSES goes there (NAT
+ * detection, COOKIE2); its answer reports the move. A forged answer before
+ * (ICV flipped) and one that was never protected change nothing. */
+START_TEST(test_mobike_failover)
+{
+    dpd_unanswered_then_failover();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    m->p[m->len - 1] ^= 0x01; /* ICV */
+    size_t n1 = n_sent();
+    deliver(m);
+    ck_assert_str_eq(peer_text(), "198.51.100.1:500");
+    ck_assert_uint_eq(n_sent(), n1);
+    /* unprotected: an INFORMATIONAL response with no SK payload at all */
+    fg_msg *plain = malloc(sizeof(*plain));
+    memcpy(plain, m, sizeof(*m));
+    plain->len = IKE_HEADER_LEN;
+    plain->p[16] = 0; /* next payload: none */
+    plain->p[24] = 0;
+    plain->p[25] = 0;
+    plain->p[26] = 0;
+    plain->p[27] = IKE_HEADER_LEN;
+    deliver(plain);
+    free(plain);
+    ck_assert_str_eq(peer_text(), "198.51.100.1:500");
+    ck_assert_uint_eq(n_sent(), n1);
+    ck_assert_uint_eq(T->n_updated, 0);
+    m->p[m->len - 1] ^= 0x01; /* the authentic answer */
+    deliver(m);
+    free(m);
+    ck_assert_str_eq(peer_text(), "198.51.100.3:500");
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    ck_assert_uint_eq(T->n_sent_to, 2);
+    ck_assert_str_eq(T->sent_to[1], "198.51.100.3:4500");
+    uint8_t cookie[16];
+    take_update(n1, 3, cookie);
+    answer_update(3, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert(!T->updated_ours);
+    ck_assert_msg(strstr(T->updated_detail, "failover to its address 198.51.100.3:4500") != NULL, "%s",
+                  T->updated_detail);
+    ck_assert_uint_eq(T->n_down, 0);
+    /* the next liveness check goes to the new address */
+    advance(10000);
+    ck_assert_uint_eq(T->n_sent_to, 3);
+    ck_assert_str_eq(T->sent_to[2], "198.51.100.3:4500");
+    ck_assert_uint_eq(T->sent_to_index[2], n_sent() - 1);
+}
+END_TEST
+
+/* No other address answers either: the SA goes down as before (TIMEOUT),
+ * the detail says the other addresses were tried. */
+START_TEST(test_mobike_failover_none_answers)
+{
+    dpd_unanswered_then_failover();
+    advance(TIMEOUT_MS);
+    advance(2 * TIMEOUT_MS);
+    ck_assert_uint_eq(T->n_sent_to, 3);
+    ck_assert_uint_eq(T->n_down, 0);
+    advance(4 * TIMEOUT_MS);
+    assert_down(M2MVPN_E_TIMEOUT);
+    ck_assert_msg(strstr(T->down_detail, "nor from the gateway's other addresses") != NULL, "%s", T->down_detail);
+    ck_assert_str_eq(peer_text(), "198.51.100.1:500");
+}
+END_TEST
+
 START_TEST(test_mobike_move_during_request)
 {
     enable_dpd();
@@ -2765,6 +2893,8 @@ static Suite *ike_sa_suite(void)
         { "mobike", test_mobike_addresses_only_authenticated },
         { "mobike", test_mobike_nat_mapping_change },
         { "mobike", test_mobike_move_during_request },
+        { "mobike", test_mobike_failover },
+        { "mobike", test_mobike_failover_none_answers },
         { "rekey", test_rekey_child_ours },
         { "rekey", test_rekey_child_ours_pfs },
         { "rekey", test_rekey_child_by_gateway },

@@ -146,6 +146,11 @@ int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_
 int ike_sa_start(ike_sa *sa);
 /* A datagram from the gateway (without the non-ESP marker). */
 void ike_sa_input(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);
+/* The same with the datagram's source (from NULL: unknown). While a request
+ * goes to another address of the gateway (failover), only an answer from
+ * that address counts. */
+void ike_sa_input_from(ike_sa *sa, const uint8_t *msg, size_t len, bool natt, const struct sockaddr *from,
+                       socklen_t from_len);
 /* Delete the IKE SA (INFORMATIONAL with Delete, not waiting long); on_down(0) follows. */
 void ike_sa_close(ike_sa *sa);
 /* Rekey the CHILD SA whose inbound SPI is spi_in (CREATE_CHILD_SA, with PFS

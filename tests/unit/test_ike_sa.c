@@ -250,6 +250,19 @@ static void deliver_from(const char *ip)
     set_addr(&T->from, &T->from_len, ip, 4500);
 }
 
+/* The same as a dual-stack socket reports it: ::ffff:ip. */
+static void deliver_from_mapped(const char *ip)
+{
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&T->from;
+    memset(&T->from, 0, sizeof(T->from));
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(4500);
+    in6->sin6_addr.s6_addr[10] = 0xff;
+    in6->sin6_addr.s6_addr[11] = 0xff;
+    ck_assert_int_eq(inet_pton(AF_INET, ip, &in6->sin6_addr.s6_addr[12]), 1);
+    T->from_len = sizeof(*in6);
+}
+
 static size_t n_sent(void)
 {
     return T->gw.n_sent;
@@ -2020,7 +2033,8 @@ END_TEST
 
 /* While the other address is probed, an authentic answer from elsewhere
  * (the gateway's first address, held back and replayed) counts for
- * nothing; the one from the address probed does. */
+ * nothing; the one from the address probed does (as ::ffff:A from the
+ * dual-stack socket too). */
 START_TEST(test_mobike_failover_answer_from_elsewhere)
 {
     dpd_unanswered_then_failover();
@@ -2029,6 +2043,8 @@ START_TEST(test_mobike_failover_answer_from_elsewhere)
     size_t n1 = n_sent();
     deliver_from("198.51.100.1");
     deliver(m);
+    deliver_from_mapped("198.51.100.1");
+    deliver(m);
     T->from_len = 0; /* source unknown (the port 500 socket) */
     deliver(m);
     ck_assert_uint_eq(n_sent(), n1);
@@ -2036,7 +2052,7 @@ START_TEST(test_mobike_failover_answer_from_elsewhere)
     advance(TIMEOUT_MS); /* still probing: the retransmission goes to the other address */
     ck_assert_uint_eq(n_sent(), n1 + 1);
     ck_assert_str_eq(T->sent_to[T->n_sent_to - 1], "198.51.100.3:4500");
-    deliver_from("198.51.100.3");
+    deliver_from_mapped("198.51.100.3"); /* the same host as 198.51.100.3 */
     deliver(m);
     free(m);
     ck_assert_uint_eq(n_sent(), n1 + 2);

@@ -349,7 +349,15 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
      * to the address it arrives from; another one is followed by ours. */
     if (sa->req.task == IKE_TASK_MOBIKE) {
         sa->mobike.update_ours = true;
-        snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", reason && *reason ? reason : "our address changed");
+        if (sa->mobike.fo_update) { /* the failover's update: it stays that too */
+            char why[sizeof(sa->mobike.reason)];
+            snprintf(why, sizeof(why), "%s; %s", reason && *reason ? reason : "our address changed",
+                     sa->mobike.reason);
+            snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", why);
+        } else {
+            snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s",
+                     reason && *reason ? reason : "our address changed");
+        }
     } else {
         queue_update(sa, reason && *reason ? reason : "our address changed", true);
     }

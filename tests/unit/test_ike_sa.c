@@ -2065,8 +2065,9 @@ START_TEST(test_mobike_failover_answer_from_elsewhere)
 }
 END_TEST
 
-/* We move ourselves while the other address is probed: the update that
- * follows covers both and is still reported as ours. */
+/* We move ourselves while the other address is probed (and again while
+ * the update is under way): the update covers both, goes to the address
+ * probed, and is reported as ours, naming the failover too. */
 START_TEST(test_mobike_failover_roam_during_probe)
 {
     dpd_unanswered_then_failover();
@@ -2083,11 +2084,16 @@ START_TEST(test_mobike_failover_roam_during_probe)
     free(m);
     uint8_t cookie[16];
     take_update(n1, 3, cookie);
+    /* and again while the update is under way: the same update, there */
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved again"), 0);
+    ck_assert_uint_eq(n_sent(), n1 + 2);
+    assert_same_bytes(sent(n1), sent(n1 + 1));
+    ck_assert_str_eq(T->sent_to[T->n_sent_to - 1], "198.51.100.3:4500");
     answer_update(3, cookie, sizeof(cookie));
     ck_assert_uint_eq(T->n_updated, 1);
     ck_assert_int_eq(T->updated_err, 0);
     ck_assert(T->updated_ours);
-    ck_assert_msg(strstr(T->updated_detail, "moved") != NULL &&
+    ck_assert_msg(strstr(T->updated_detail, "moved again") != NULL &&
                   strstr(T->updated_detail, "failover to its address 198.51.100.3:4500") != NULL,
                   "%s", T->updated_detail);
     ck_assert_uint_eq(T->n_down, 0);

@@ -108,9 +108,12 @@ typedef struct ike_hooks {
      * 4500, non-ESP marker) rather than where `send` goes. Used once the
      * gateway's current address stops answering under MOBIKE: the request
      * goes to its other addresses (ADDITIONAL_*_ADDRESS) in turn; the first
-     * authenticated answer makes that address the gateway's, and
-     * on_addresses_updated(0, ours false) reports the update that moved its
-     * side there: ike_sa_peer() then differs from before. */
+     * authenticated answer from the address it went to (ike_sa_input_from)
+     * sends UPDATE_SA_ADDRESSES there; its successful answer makes that
+     * address the gateway's, on_addresses_updated(0, ours false, or true
+     * when a move of ours was queued too) reports it: ike_sa_peer() then
+     * differs from before. That update failing or unanswered ends the SA
+     * (on_down), the gateway's address unchanged. */
     int (*send_to)(void *arg, const uint8_t *msg, size_t len, const struct sockaddr *to, socklen_t to_len);
 } ike_hooks;
 

@@ -178,11 +178,9 @@ static void on_ike_packet(void *arg, const uint8_t *data, size_t len, const stru
                           socklen_t from_len)
 {
     conn_sys *s = arg;
-    (void)from;
-    (void)from_len;
     ike_sa *sa = sa_for(s, data, len);
     if (sa)
-        ike_sa_input(sa, data, len, true);
+        ike_sa_input_from(sa, data, len, true, from, from_len);
 }
 
 static void on_rekey(void *arg, uint32_t spi_in, esp_rekey_reason reason)

@@ -11,14 +11,16 @@
 
 /* An address a peer may ask us to use (RFC 4555 §4.2.2 leaves out what is
  * not reachable from elsewhere): not unspecified, loopback, multicast or
- * link-local. */
+ * link-local; no IPv6 address standing for an IPv4 one (IPv4-mapped
+ * ::ffff:0:0/96, IPv4-compatible ::/96: our dual-stack socket would send
+ * ::ffff:127.0.0.1 to loopback; an IPv4 address comes as ADDITIONAL_IP4_ADDRESS). */
 static bool usable(const ike_mobike_addr *a)
 {
     const uint8_t *p = a->addr;
     if (a->family == AF_INET)
         return !(p[0] == 0 || p[0] == 127 || p[0] >= 224 || (p[0] == 169 && p[1] == 254));
-    static const uint8_t zero[16], loop[16] = { [15] = 1 };
-    return memcmp(p, zero, 16) != 0 && memcmp(p, loop, 16) != 0 && p[0] != 0xff &&
+    static const uint8_t zero[16], mapped[12] = { [10] = 0xff, [11] = 0xff };
+    return memcmp(p, zero, 12) != 0 && memcmp(p, mapped, 12) != 0 && p[0] != 0xff &&
            !(p[0] == 0xfe && (p[1] & 0xc0) == 0x80);
 }
 

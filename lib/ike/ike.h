@@ -108,9 +108,12 @@ typedef struct ike_hooks {
      * 4500, non-ESP marker) rather than where `send` goes. Used once the
      * gateway's current address stops answering under MOBIKE: the request
      * goes to its other addresses (ADDITIONAL_*_ADDRESS) in turn; the first
-     * authenticated answer makes that address the gateway's, and
-     * on_addresses_updated(0, ours false) reports the update that moved its
-     * side there: ike_sa_peer() then differs from before. */
+     * authenticated answer from the address it went to (ike_sa_input_from)
+     * sends UPDATE_SA_ADDRESSES there; its successful answer makes that
+     * address the gateway's, on_addresses_updated(0, ours false, or true
+     * when a move of ours was queued too) reports it: ike_sa_peer() then
+     * differs from before. That update failing or unanswered ends the SA
+     * (on_down), the gateway's address unchanged. */
     int (*send_to)(void *arg, const uint8_t *msg, size_t len, const struct sockaddr *to, socklen_t to_len);
 } ike_hooks;
 
@@ -146,6 +149,11 @@ int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_
 int ike_sa_start(ike_sa *sa);
 /* A datagram from the gateway (without the non-ESP marker). */
 void ike_sa_input(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);
+/* The same with the datagram's source (from NULL: unknown). While a request
+ * goes to another address of the gateway (failover), only an answer from
+ * that address counts. */
+void ike_sa_input_from(ike_sa *sa, const uint8_t *msg, size_t len, bool natt, const struct sockaddr *from,
+                       socklen_t from_len);
 /* Delete the IKE SA (INFORMATIONAL with Delete, not waiting long); on_down(0) follows. */
 void ike_sa_close(ike_sa *sa);
 /* Rekey the CHILD SA whose inbound SPI is spi_in (CREATE_CHILD_SA, with PFS

@@ -7,13 +7,13 @@
  * implicit move under MOBIKE). A NAT mapping that changes under us shows in
  * the NAT detection a liveness check carries: then we send the update too.
  *
- * Nothing here looks at where a datagram came from: every address we keep
- * comes from a message whose integrity was verified (IKE_AUTH's last
- * response, the gateway's INFORMATIONAL requests). Our own address changes
- * on our own decision (lib/conn saw it move); the gateway's only when its
- * address stopped answering a request of ours and one of its other
- * addresses answered it with a message that passed the integrity check
- * (failover, §3.5): then the update goes there.
+ * Every address we keep comes from a message whose integrity was verified
+ * (IKE_AUTH's last response, the gateway's INFORMATIONAL requests). Our own
+ * address changes on our own decision (lib/conn saw it move); the gateway's
+ * only when its address stopped answering a request of ours, one of its
+ * other addresses answered it (integrity checked, and from that address),
+ * and the UPDATE_SA_ADDRESSES sent there was answered with our COOKIE2
+ * (failover, §3.5). A failed update there ends the SA.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -126,26 +126,61 @@ size_t ike_sa_peer_addresses(const ike_sa *sa, struct sockaddr_storage *out, siz
     return n;
 }
 
+/* The IPv4 address a v4-mapped IPv6 address (::ffff:A) stands for, so A
+ * and ::ffff:A compare as the same host; 16 bytes otherwise. */
+static size_t host_bytes(const struct sockaddr *sa, const uint8_t **p, uint16_t *port)
+{
+    static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
+    if (sa->sa_family == AF_INET) {
+        *p = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+        *port = ((const struct sockaddr_in *)sa)->sin_port;
+        return 4;
+    }
+    if (sa->sa_family != AF_INET6)
+        return 0;
+    *p = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    *port = ((const struct sockaddr_in6 *)sa)->sin6_port;
+    if (memcmp(*p, mapped, 12) == 0) {
+        *p += 12;
+        return 4;
+    }
+    return 16;
+}
+
+static bool same_endpoint(const struct sockaddr *a, const struct sockaddr *b, bool port)
+{
+    const uint8_t *pa = NULL, *pb = NULL;
+    uint16_t porta = 0, portb = 0;
+    size_t la = host_bytes(a, &pa, &porta), lb = host_bytes(b, &pb, &portb);
+    return la && la == lb && memcmp(pa, pb, la) == 0 && (!port || porta == portb);
+}
+
 static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
-    if (a->ss_family != b->ss_family)
-        return false;
-    if (a->ss_family == AF_INET)
-        return ((const struct sockaddr_in *)a)->sin_addr.s_addr == ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+    return same_endpoint((const struct sockaddr *)a, (const struct sockaddr *)b, false);
+}
+
+bool ike_mobike_from_probed(const ike_sa *sa, const struct sockaddr *from, socklen_t from_len)
+{
+    return from && from_len >= sizeof(struct sockaddr_in) &&
+           same_endpoint(from, (const struct sockaddr *)&sa->mobike.fo_to, true);
 }
 
 /* Gateway failover (§3.5, §3.8 sense): the request the gateway's address
  * left unanswered goes, unchanged (same message ID: a gateway that got it
  * answers from its cache, §2.1), to its next other address. Only an answer
  * that passes the integrity check ends the search (handle_response ->
- * ike_mobike_failover_answered); the datagram's source is never looked
- * at, so nothing forged or unprotected moves the gateway. */
+ * ike_mobike_failover_answered), and only from the address probed (an
+ * answer held back and replayed while another one is probed does not
+ * count). The update that follows goes there too; the gateway moves only
+ * when its answer succeeds. That update unanswered: no further failover. */
 bool ike_mobike_failover(ike_sa *sa)
 {
     ike_mobike *m = &sa->mobike;
-    if (!active(sa) || sa->state != IKE_SA_ESTABLISHED || !sa->hooks.send_to || !sa->req.natt) {
+    if (!active(sa) || sa->state != IKE_SA_ESTABLISHED || !sa->hooks.send_to || !sa->req.natt ||
+        m->fo_update) {
         m->fo_probing = false;
+        m->fo_update = false;
         return false;
     }
     if (!m->fo_probing) {
@@ -174,6 +209,27 @@ void ike_mobike_failover_answered(ike_sa *sa)
 {
     ike_mobike *m = &sa->mobike;
     m->fo_probing = false;
+    char to[64];
+    ike_sa_format_addr(&m->fo_to, to, sizeof(to));
+    LOG_INFO(sa->log, "ike", "%s answered (authenticated): updating the SA addresses there", to);
+    /* A move of ours queued meanwhile stays ours: the update covers both. */
+    bool ours = m->want_update && m->update_ours;
+    char why[sizeof(m->reason)];
+    if (ours)
+        snprintf(why, sizeof(why), "%s; gateway %s stopped answering, failover to its address %s", m->reason,
+                 m->fo_from, to);
+    else
+        snprintf(why, sizeof(why), "gateway %s stopped answering, failover to its address %s", m->fo_from, to);
+    m->want_update = true; /* before anything else queued: the gateway's side must follow */
+    m->update_ours = ours;
+    m->fo_update = true;
+    snprintf(m->reason, sizeof(m->reason), "%s", why);
+}
+
+/* The failover's update succeeded: fo_to is the gateway's address now. */
+static void failover_commit(ike_sa *sa)
+{
+    ike_mobike *m = &sa->mobike;
     struct sockaddr_storage remote = m->fo_to;
     if (remote.ss_family == AF_INET)
         ((struct sockaddr_in *)&remote)->sin_port = htons(500);
@@ -181,8 +237,7 @@ void ike_mobike_failover_answered(ike_sa *sa)
         ((struct sockaddr_in6 *)&remote)->sin6_port = htons(500);
     sa->cfg.remote = remote;
     sa->cfg.remote_len = m->fo_to_len;
-    struct sockaddr_storage now = gateway_now(sa);
-    ike_sa_format_addr(&now, sa->gw_text, sizeof(sa->gw_text));
+    ike_sa_format_addr(&m->fo_to, sa->gw_text, sizeof(sa->gw_text));
     /* Our side as the update's NAT detection covers it: where IKE leaves
      * from now (port 4500), as after a move of ours (lib/conn sys_roam). */
     if (sa->natt && sa->cfg.local.ss_family == AF_INET)
@@ -190,20 +245,14 @@ void ike_mobike_failover_answered(ike_sa *sa)
     else if (sa->natt && sa->cfg.local.ss_family == AF_INET6)
         ((struct sockaddr_in6 *)&sa->cfg.local)->sin6_port = htons(4500);
     m->fo_moved = true;
-    char why[160];
-    snprintf(why, sizeof(why), "gateway %s stopped answering, failover to its address %s", m->fo_from,
-             sa->gw_text);
-    LOG_INFO(sa->log, "ike", "%s answered (authenticated): it is the gateway's address now", sa->gw_text);
-    m->want_update = true; /* before anything else queued: the gateway's side must follow */
-    m->update_ours = false;
-    snprintf(m->reason, sizeof(m->reason), "%s", why);
 }
 
 /* The gateway as IKE now reaches it: its address on port 4500 once NAT
- * traversal moved there (what its own hash covers). */
+ * traversal moved there (what its own hash covers); the failover's
+ * address while its update is queued or under way. */
 static struct sockaddr_storage gateway_now(const ike_sa *sa)
 {
-    struct sockaddr_storage gw = sa->cfg.remote;
+    struct sockaddr_storage gw = sa->mobike.fo_update ? sa->mobike.fo_to : sa->cfg.remote;
     if (sa->natt && gw.ss_family == AF_INET)
         ((struct sockaddr_in *)&gw)->sin_port = htons(4500);
     else if (sa->natt && gw.ss_family == AF_INET6)
@@ -253,7 +302,7 @@ static bool mapping_changed(ike_sa *sa, const ike_mobike_info *m)
 
 static void queue_update(ike_sa *sa, const char *reason, bool ours)
 {
-    if (sa->mobike.want_update && (sa->mobike.update_ours || sa->mobike.fo_moved) && !ours)
+    if (sa->mobike.want_update && (sa->mobike.update_ours || sa->mobike.fo_update) && !ours)
         return; /* our own move (or a failover's) is queued: it covers the new mapping too */
     sa->mobike.want_update = true;
     sa->mobike.update_ours = ours;
@@ -269,7 +318,7 @@ void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c)
     ike_diag_clear(&d);
     if (ike_mobike_scan(c, &m, &d) < 0)
         return;
-    if (mapping_changed(sa, &m) && !(sa->mobike.want_update && sa->mobike.fo_moved)) {
+    if (mapping_changed(sa, &m) && !(sa->mobike.want_update && sa->mobike.fo_update)) {
         LOG_INFO(sa->log, "ike", "the NAT mapping in front of us changed: updating the SA addresses "
                  "with %s (MOBIKE)", sa->gw_text);
         queue_update(sa, "NAT mapping changed", false);
@@ -300,7 +349,15 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
      * to the address it arrives from; another one is followed by ours. */
     if (sa->req.task == IKE_TASK_MOBIKE) {
         sa->mobike.update_ours = true;
-        snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", reason && *reason ? reason : "our address changed");
+        if (sa->mobike.fo_update) { /* the failover's update: it stays that too */
+            char why[sizeof(sa->mobike.reason)];
+            snprintf(why, sizeof(why), "%s; %s", reason && *reason ? reason : "our address changed",
+                     sa->mobike.reason);
+            snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", why);
+        } else {
+            snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s",
+                     reason && *reason ? reason : "our address changed");
+        }
     } else {
         queue_update(sa, reason && *reason ? reason : "our address changed", true);
     }
@@ -331,11 +388,21 @@ void ike_mobike_kick(ike_sa *sa)
     if (r == 0 && !ike_chain_writer_ok(&cw))
         r = M2MVPN_E_INVAL;
     if (r == 0) {
-        LOG_INFO(sa->log, "ike", "updating SA addresses with %s (MOBIKE: %s)", sa->gw_text, sa->mobike.reason);
+        char to[64];
+        if (sa->mobike.fo_update)
+            ike_sa_format_addr(&sa->mobike.fo_to, to, sizeof(to));
+        else
+            snprintf(to, sizeof(to), "%s", sa->gw_text);
+        LOG_INFO(sa->log, "ike", "updating SA addresses with %s (MOBIKE: %s)", to, sa->mobike.reason);
+        sa->mobike.fo_probing = sa->mobike.fo_update; /* the failover's update goes to its address only */
         r = ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner, buf_writer_len(&w),
                                   cw.first_type, IKE_TASK_MOBIKE);
     }
-    if (r < 0 && sa->hooks.on_addresses_updated) {
+    if (r < 0 && sa->mobike.fo_update) {
+        sa->mobike.fo_update = false;
+        sa->mobike.fo_probing = false;
+        ike_sa_fail_local(sa, r, "%s; cannot send UPDATE_SA_ADDRESSES (%s)", sa->mobike.reason, core_strerror(r));
+    } else if (r < 0 && sa->hooks.on_addresses_updated) {
         char why[160];
         snprintf(why, sizeof(why), "cannot send UPDATE_SA_ADDRESSES (%s)", core_strerror(r));
         sa->hooks.on_addresses_updated(sa->hooks.arg, r, sa->mobike.update_ours, why);
@@ -345,8 +412,13 @@ void ike_mobike_kick(ike_sa *sa)
 /* The answer to UPDATE_SA_ADDRESSES: authenticated (sa.c opened it), and it
  * must echo our COOKIE2 (§3.5 return routability: an answer to another
  * request, or a replay, does not confirm this path). */
-void ike_mobike_process_response(ike_sa *sa, const ike_chain *c)
+void ike_mobike_process_response(ike_sa *sa, const ike_chain *c, bool failover)
 {
+    char gw[64];
+    if (failover)
+        ike_sa_format_addr(&sa->mobike.fo_to, gw, sizeof(gw));
+    else
+        snprintf(gw, sizeof(gw), "%s", sa->gw_text);
     ike_mobike_info m;
     ike_diag d;
     ike_diag_clear(&d);
@@ -357,13 +429,21 @@ void ike_mobike_process_response(ike_sa *sa, const ike_chain *c)
         snprintf(why, sizeof(why), "malformed answer to UPDATE_SA_ADDRESSES: %s", d.text);
     } else if (m.error) {
         err = M2MVPN_E_PROTOCOL;
-        snprintf(why, sizeof(why), "gateway %s refused the new address (%s)", sa->gw_text, ike_notify_name(m.error));
+        snprintf(why, sizeof(why), "gateway %s refused the new address (%s)", gw, ike_notify_name(m.error));
     } else if (!m.has_cookie2 || m.cookie2.len != sizeof(sa->mobike.cookie2) ||
                !crypto_memeq(m.cookie2.p, sa->mobike.cookie2, sizeof(sa->mobike.cookie2))) {
         err = M2MVPN_E_PROTOCOL;
-        snprintf(why, sizeof(why), "gateway %s answered UPDATE_SA_ADDRESSES without our COOKIE2", sa->gw_text);
+        snprintf(why, sizeof(why), "gateway %s answered UPDATE_SA_ADDRESSES without our COOKIE2", gw);
+    }
+    if (failover && err) {
+        /* IKE must not stay on an address whose update failed while ESP
+         * stays on the dead one: the SA ends, lib/conn reconnects. */
+        ike_sa_fail(sa, err, "%s, but the update there failed: %s", sa->mobike.reason, why);
+        return;
     }
     if (err == 0) {
+        if (failover)
+            failover_commit(sa);
         mapping_changed(sa, &m); /* the new baseline */
         uint8_t ours[IKE_NATD_LEN];
         bool nat = m.has_natd_dst &&

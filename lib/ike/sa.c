@@ -189,10 +189,12 @@ void ike_sa_header(const ike_sa *sa, ike_header *hdr, uint8_t exchange, bool res
 int ike_sa_send_dgram(ike_sa *sa, const uint8_t *msg, size_t len, bool natt)
 {
     const ike_mobike *m = &sa->mobike;
-    if (natt && sa->hooks.send_to && (m->fo_probing || m->fo_moved)) {
+    /* Only requests of ours probe: a response goes where the gateway is. */
+    bool probe = m->fo_probing && !(len > 19 && (msg[19] & IKE_FLAG_RESPONSE));
+    if (natt && sa->hooks.send_to && (probe || m->fo_moved)) {
         struct sockaddr_storage to = m->fo_to;
         socklen_t to_len = m->fo_to_len;
-        if (!m->fo_probing) {
+        if (!probe) {
             to = sa->cfg.remote;
             to_len = sa->cfg.remote_len;
             if (to.ss_family == AF_INET)
@@ -251,7 +253,10 @@ void ike_sa_request_done(ike_sa *sa)
     free(sa->req.buf);
     sa->req.buf = NULL;
     sa->req.n_dgram = 0;
+    if (sa->req.task == IKE_TASK_MOBIKE)
+        sa->mobike.fo_update = false; /* the failover's update (if it was) ended */
     sa->req.task = IKE_TASK_NONE;
+    sa->mobike.fo_probing = false; /* nothing goes to an address being probed once its request ended */
 }
 
 static void retransmit(void *arg)
@@ -485,10 +490,19 @@ static void heard_from_gateway(ike_sa *sa)
     ike_rekey_heard(sa);
 }
 
-static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
+static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap,
+                            const struct sockaddr *from, socklen_t from_len)
 {
     if (sa->req.task == IKE_TASK_NONE || msg->hdr.message_id != sa->req.message_id) {
         LOG_DBG(sa->log, "ike", "ignoring unexpected response %u", msg->hdr.message_id);
+        return;
+    }
+    /* While failing over, only the address the request went to answers it
+     * (an answer held back and replayed from elsewhere does not count). */
+    bool probed = sa->mobike.fo_probing;
+    if (probed && !ike_mobike_from_probed(sa, from, from_len)) {
+        LOG_DBG(sa->log, "ike", "ignoring response %u: not from the address it went to (MOBIKE failover)",
+                msg->hdr.message_id);
         return;
     }
     if (msg->hdr.exchange == IKE_EXCH_IKE_SA_INIT) {
@@ -501,11 +515,12 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     if (r <= 0)
         return;
     heard_from_gateway(sa);
-    if (sa->mobike.fo_probing)
-        ike_mobike_failover_answered(sa); /* authenticated: the address it went to answers */
     ike_task task = sa->req.task;
+    bool fo_update = task == IKE_TASK_MOBIKE && sa->mobike.fo_update;
     ike_sa_request_done(sa);
     sa->next_msg_id++;
+    if (probed && !fo_update)
+        ike_mobike_failover_answered(sa); /* authenticated, from the address it went to: the update goes there */
     switch (task) {
     case IKE_TASK_AUTH:
         ike_auth_process(sa, &inner);
@@ -515,7 +530,7 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
         ike_info_process_response(sa, &inner);
         break;
     case IKE_TASK_MOBIKE:
-        ike_mobike_process_response(sa, &inner);
+        ike_mobike_process_response(sa, &inner, fo_update);
         break;
     case IKE_TASK_REKEY_CHILD:
     case IKE_TASK_REKEY_IKE:
@@ -580,6 +595,12 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
 
 void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
 {
+    ike_sa_input_from(sa, data, len, natt, NULL, 0);
+}
+
+void ike_sa_input_from(ike_sa *sa, const uint8_t *data, size_t len, bool natt, const struct sockaddr *from,
+                       socklen_t from_len)
+{
     (void)natt;
     if (sa->state == IKE_SA_DOWN || sa->state == IKE_SA_IDLE)
         return;
@@ -607,7 +628,7 @@ void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
         if (init || !ike_rekey_zombie_input(sa, &msg, plain, len))
             LOG_DBG(sa->log, "ike", "ignoring message for another IKE SA");
     } else if (msg.hdr.flags & IKE_FLAG_RESPONSE)
-        handle_response(sa, &msg, plain, len);
+        handle_response(sa, &msg, plain, len, from, from_len);
     else
         handle_request(sa, &msg, plain, len);
     secure_free(plain, len);

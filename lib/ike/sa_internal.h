@@ -52,9 +52,11 @@ typedef struct ike_mobike {
     bool natd_seen_set;
     /* Gateway failover (§3.5, §3.8): a request the gateway's address no
      * longer answers is sent to its other addresses in turn; the first
-     * authenticated answer makes that address the gateway's, and an
-     * UPDATE_SA_ADDRESSES there moves the gateway's side. */
-    bool fo_probing;               /* the request goes to fo_to now */
+     * authenticated answer from the address it went to makes that address
+     * tentative: UPDATE_SA_ADDRESSES goes there, and only its successful
+     * answer (COOKIE2, from fo_to) makes it the gateway's. */
+    bool fo_probing;               /* the request under way goes to fo_to (cleared when it ends) */
+    bool fo_update;                /* the failover's update to fo_to is queued or under way */
     size_t fo_next;                /* the next of addrs to try */
     struct sockaddr_storage fo_to; /* port 4500 */
     socklen_t fo_to_len;
@@ -346,18 +348,24 @@ void ike_mobike_process_request(ike_sa *sa, const ike_chain *c);
  * shows in the answer). */
 void ike_mobike_build_dpd(ike_sa *sa, ike_chain_writer *cw);
 void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c);
-void ike_mobike_process_response(ike_sa *sa, const ike_chain *c);
+/* failover: the answer to the failover's update (fo_to tentative): success
+ * makes fo_to the gateway's address, anything else ends the SA. */
+void ike_mobike_process_response(ike_sa *sa, const ike_chain *c, bool failover);
 /* Send a queued UPDATE_SA_ADDRESSES if the request slot is free. */
 void ike_mobike_kick(ike_sa *sa);
 /* The request under way went unanswered to the end: send it to the
  * gateway's next other address (true), or none is left (false: the SA
  * fails as before). */
 bool ike_mobike_failover(ike_sa *sa);
-/* An authenticated answer arrived while failing over: the address it was
- * sent to becomes the gateway's, the address update is queued. */
+/* An authenticated answer arrived from the address being probed: the
+ * update is queued, to go there (the gateway moves only once it succeeds). */
 void ike_mobike_failover_answered(ike_sa *sa);
+/* The datagram came from the address being probed (host and port; A and
+ * ::ffff:A are the same host). */
+bool ike_mobike_from_probed(const ike_sa *sa, const struct sockaddr *from, socklen_t from_len);
 /* Send one datagram to the gateway where it is now (hooks.send, or
- * hooks.send_to after a failover). */
+ * hooks.send_to after a failover); a request of ours to the address being
+ * probed while failing over, a response always where the gateway is now. */
 int ike_sa_send_dgram(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);
 /* "198.51.100.1:500", "[2001:db8::1]:500" */
 void ike_sa_format_addr(const struct sockaddr_storage *ss, char *out, size_t len);

@@ -94,6 +94,9 @@ typedef struct harness {
     unsigned n_sent_to;
     size_t sent_to_index[16];
     char sent_to[16][64];
+    /* the source of the datagrams deliver() hands over (from_len 0: unknown) */
+    struct sockaddr_storage from;
+    socklen_t from_len;
 } harness;
 
 static harness *T;
@@ -235,7 +238,29 @@ static void advance(uint64_t ms)
 
 static void deliver(const fg_msg *m)
 {
-    ike_sa_input(T->sa, m->p, m->len, true);
+    if (T->from_len)
+        ike_sa_input_from(T->sa, m->p, m->len, true, (const struct sockaddr *)&T->from, T->from_len);
+    else
+        ike_sa_input(T->sa, m->p, m->len, true);
+}
+
+/* What deliver() hands over comes from ip, port 4500, from now on. */
+static void deliver_from(const char *ip)
+{
+    set_addr(&T->from, &T->from_len, ip, 4500);
+}
+
+/* The same as a dual-stack socket reports it: ::ffff:ip. */
+static void deliver_from_mapped(const char *ip)
+{
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&T->from;
+    memset(&T->from, 0, sizeof(T->from));
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(4500);
+    in6->sin6_addr.s6_addr[10] = 0xff;
+    in6->sin6_addr.s6_addr[11] = 0xff;
+    ck_assert_int_eq(inet_pton(AF_INET, ip, &in6->sin6_addr.s6_addr[12]), 1);
+    T->from_len = sizeof(*in6);
 }
 
 static size_t n_sent(void)
@@ -1784,6 +1809,43 @@ START_TEST(test_mobike_addresses_only_authenticated)
 }
 END_TEST
 
+/* ADDITIONAL_IP6_ADDRESS with an IPv4-mapped or IPv4-compatible address
+ * (::ffff:127.0.0.1 reaches loopback over the dual-stack socket) is
+ * refused, the list kept; a plain IPv6 address is taken. */
+START_TEST(test_mobike_mapped_addresses_refused)
+{
+    establish_mobike();
+    static const uint8_t bad[][16] = {
+        { [10] = 0xff, [11] = 0xff, [12] = 127, [15] = 1 },        /* ::ffff:127.0.0.1 */
+        { [10] = 0xff, [11] = 0xff, [12] = 198, 51, 100, 66 },     /* ::ffff:198.51.100.66 */
+        { [12] = 198, 51, 100, 66 },                               /* ::198.51.100.66 */
+    };
+    static const uint8_t good[16] = { 0x20, 0x01, 0x0d, 0xb8, [15] = 3 };
+    struct sockaddr_storage addrs[4];
+    fg_msg *m = malloc(sizeof(*m));
+    uint32_t id = 0;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        fg_chain c;
+        fg_chain_begin(&c);
+        ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_ADDITIONAL_IP6_ADDRESS, NULL, 0, bad[i], 16);
+        fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, id++, m);
+        deliver(m);
+        ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 1);
+        ck_assert_int_eq(addrs[0].ss_family, AF_INET);
+        ck_assert_uint_eq(((struct sockaddr_in *)&addrs[0])->sin_addr.s_addr, htonl(0xc6336403));
+    }
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_build_notify(&c.cw, IKE_PROTO_NONE, IKE_N_ADDITIONAL_IP6_ADDRESS, NULL, 0, good, 16);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, id++, m);
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(ike_sa_peer_addresses(T->sa, addrs, 4), 1);
+    ck_assert_int_eq(addrs[0].ss_family, AF_INET6);
+    ck_assert_int_eq(memcmp(&((struct sockaddr_in6 *)&addrs[0])->sin6_addr, good, 16), 0);
+}
+END_TEST
+
 /* A liveness check carries NAT detection under MOBIKE; an answer that sees
  * us at another address (the NAT mapping changed) starts an update of our
  * own, reported as not asked for. */
@@ -1863,6 +1925,7 @@ static size_t dpd_unanswered_then_failover(void)
 START_TEST(test_mobike_failover)
 {
     dpd_unanswered_then_failover();
+    deliver_from("198.51.100.3");
     fg_msg *m = malloc(sizeof(*m));
     fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
     m->p[m->len - 1] ^= 0x01; /* ICV */
@@ -1887,13 +1950,15 @@ START_TEST(test_mobike_failover)
     m->p[m->len - 1] ^= 0x01; /* the authentic answer */
     deliver(m);
     free(m);
-    ck_assert_str_eq(peer_text(), "198.51.100.3:500");
+    /* tentative: the update goes there, the gateway moves once it succeeds */
+    ck_assert_str_eq(peer_text(), "198.51.100.1:500");
     ck_assert_uint_eq(n_sent(), n1 + 1);
     ck_assert_uint_eq(T->n_sent_to, 2);
     ck_assert_str_eq(T->sent_to[1], "198.51.100.3:4500");
     uint8_t cookie[16];
     take_update(n1, 3, cookie);
     answer_update(3, cookie, sizeof(cookie));
+    ck_assert_str_eq(peer_text(), "198.51.100.3:500");
     ck_assert_uint_eq(T->n_updated, 1);
     ck_assert_int_eq(T->updated_err, 0);
     ck_assert(!T->updated_ours);
@@ -1921,6 +1986,141 @@ START_TEST(test_mobike_failover_none_answers)
     assert_down(M2MVPN_E_TIMEOUT);
     ck_assert_msg(strstr(T->down_detail, "nor from the gateway's other addresses") != NULL, "%s", T->down_detail);
     ck_assert_str_eq(peer_text(), "198.51.100.1:500");
+}
+END_TEST
+
+/* The failover's update refused (or answered without our COOKIE2): the
+ * gateway does not move, and the SA ends (IKE on one address, ESP on the
+ * dead one, would look up and carry nothing); lib/conn reconnects. */
+static void failover_update_answered_badly(bool refuse)
+{
+    dpd_unanswered_then_failover();
+    deliver_from("198.51.100.3");
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    size_t n1 = n_sent();
+    deliver(m);
+    uint8_t cookie[16];
+    take_update(n1, 3, cookie);
+    ck_assert_str_eq(T->sent_to[T->n_sent_to - 1], "198.51.100.3:4500");
+    if (refuse) {
+        fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 3, IKE_N_UNACCEPTABLE_ADDRESSES, m);
+        deliver(m);
+    } else {
+        answer_update(3, NULL, 0);
+    }
+    free(m);
+    assert_down(M2MVPN_E_PROTOCOL);
+    ck_assert_msg(strstr(T->down_detail, "failover to its address 198.51.100.3:4500") != NULL &&
+                  strstr(T->down_detail, refuse ? "UNACCEPTABLE_ADDRESSES" : "COOKIE2") != NULL,
+                  "%s", T->down_detail);
+    ck_assert_str_eq(peer_text(), "198.51.100.1:500");
+    ck_assert_uint_eq(T->n_updated, 0);
+    assert_quiet_from_now();
+}
+
+START_TEST(test_mobike_failover_update_refused)
+{
+    failover_update_answered_badly(true);
+}
+END_TEST
+
+START_TEST(test_mobike_failover_update_without_cookie2)
+{
+    failover_update_answered_badly(false);
+}
+END_TEST
+
+/* While the other address is probed, an authentic answer from elsewhere
+ * (the gateway's first address, held back and replayed) counts for
+ * nothing; the one from the address probed does (as ::ffff:A from the
+ * dual-stack socket too). */
+START_TEST(test_mobike_failover_answer_from_elsewhere)
+{
+    dpd_unanswered_then_failover();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    size_t n1 = n_sent();
+    deliver_from("198.51.100.1");
+    deliver(m);
+    deliver_from_mapped("198.51.100.1");
+    deliver(m);
+    T->from_len = 0; /* source unknown (the port 500 socket) */
+    deliver(m);
+    ck_assert_uint_eq(n_sent(), n1);
+    ck_assert_uint_eq(T->n_updated, 0);
+    advance(TIMEOUT_MS); /* still probing: the retransmission goes to the other address */
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    ck_assert_str_eq(T->sent_to[T->n_sent_to - 1], "198.51.100.3:4500");
+    deliver_from_mapped("198.51.100.3"); /* the same host as 198.51.100.3 */
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n1 + 2);
+    uint8_t cookie[16];
+    take_update(n1 + 1, 3, cookie);
+    answer_update(3, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert_str_eq(peer_text(), "198.51.100.3:500");
+}
+END_TEST
+
+/* We move ourselves while the other address is probed (and again while
+ * the update is under way): the update covers both, goes to the address
+ * probed, and is reported as ours, naming the failover too. */
+START_TEST(test_mobike_failover_roam_during_probe)
+{
+    dpd_unanswered_then_failover();
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), 0);
+    ck_assert_str_eq(T->sent_to[T->n_sent_to - 1], "198.51.100.3:4500");
+    deliver_from("198.51.100.3");
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    size_t n1 = n_sent();
+    deliver(m);
+    free(m);
+    uint8_t cookie[16];
+    take_update(n1, 3, cookie);
+    /* and again while the update is under way: the same update, there */
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved again"), 0);
+    ck_assert_uint_eq(n_sent(), n1 + 2);
+    assert_same_bytes(sent(n1), sent(n1 + 1));
+    ck_assert_str_eq(T->sent_to[T->n_sent_to - 1], "198.51.100.3:4500");
+    answer_update(3, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert(T->updated_ours);
+    ck_assert_msg(strstr(T->updated_detail, "moved again") != NULL &&
+                  strstr(T->updated_detail, "failover to its address 198.51.100.3:4500") != NULL,
+                  "%s", T->updated_detail);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* Only our request under way probes: our answer to the gateway's own
+ * request goes where the gateway is, and once the request is abandoned
+ * (close) nothing goes to the unverified address. */
+START_TEST(test_mobike_failover_probe_ends_with_its_request)
+{
+    dpd_unanswered_then_failover();
+    unsigned to0 = T->n_sent_to;
+    size_t n1 = n_sent();
+    fg_msg *m = malloc(sizeof(*m));
+    fg_chain c;
+    fg_chain_begin(&c);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_INFORMATIONAL, false, 0, m); /* the gateway's liveness check */
+    deliver(m);
+    free(m);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    ck_assert_uint_eq(T->n_sent_to, to0); /* answered where the gateway is */
+    open_sent(sent(n1), IKE_EXCH_INFORMATIONAL, true, 0);
+    ike_sa_close(T->sa);
+    ck_assert_uint_eq(n_sent(), n1 + 2);
+    ck_assert_uint_eq(T->n_sent_to, to0); /* the Delete too */
+    open_sent(sent(n1 + 1), IKE_EXCH_INFORMATIONAL, false, 3);
 }
 END_TEST
 
@@ -2895,6 +3095,12 @@ static Suite *ike_sa_suite(void)
         { "mobike", test_mobike_move_during_request },
         { "mobike", test_mobike_failover },
         { "mobike", test_mobike_failover_none_answers },
+        { "mobike", test_mobike_failover_update_refused },
+        { "mobike", test_mobike_failover_update_without_cookie2 },
+        { "mobike", test_mobike_failover_answer_from_elsewhere },
+        { "mobike", test_mobike_failover_roam_during_probe },
+        { "mobike", test_mobike_failover_probe_ends_with_its_request },
+        { "mobike", test_mobike_mapped_addresses_refused },
         { "rekey", test_rekey_child_ours },
         { "rekey", test_rekey_child_ours_pfs },
         { "rekey", test_rekey_child_by_gateway },

@@ -7,13 +7,12 @@ CMP KUR signed inside the token / TPM, moves the tunnel to the new
 certificate (make-before-break reauthentication, pings pass, none lost) and
 the gateway accepts it.
 
-What these tests pin down is today's behaviour for hardware keys: the KUR
-re-certifies the SAME key (the documented fallback; the CERT_RENEWED detail
-says "same key", the new certificate carries the old public key, the token /
-TPM still holds exactly that one key). A new key in the same provider is not
-done yet for PKCS#11 and TPM (docs/mgmt.md, "Certificate renewal"): when it
-is, these assertions change to "a different public key, the old key object
-gone".
+PKCS#11: the renewal makes a new key pair on the token (a different public
+key in the new certificate), the tunnel moves to it, and the old pair and
+certificate are deleted from the token afterwards. TPM: the same key is
+re-certified today (docs/mgmt.md, "Certificate renewal"; the CERT_RENEWED
+detail says "same key" and the key blob is unchanged); when a new TPM key is
+done, that test changes to "a different public key, the old key gone".
 """
 
 from __future__ import annotations

@@ -29,13 +29,27 @@ int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, cha
  * `rsa`. The private key is CKA_SENSITIVE, not CKA_EXTRACTABLE, CKA_PRIVATE,
  * for signing only. One C_Login with `pin` (wrong: E_PIN, not retried).
  * Errors: INVAL (URI without object), CERT (module, a key with that label
- * or id exists already, generation refused), IO (no such token), PIN.
+ * or id exists already, generation refused), NOTSUPP (the token cannot
+ * generate such keys: CKR_FUNCTION_NOT_SUPPORTED, CKR_MECHANISM_INVALID),
+ * IO (no such token), PIN.
  */
 int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, size_t pin_len,
                          bool rsa, char *err, size_t err_len);
 
 /** As cred_tpm_open() for a key without certificate (cert_file NULL): chain()
  *  fails with CERT, spki() and sign() work. */
+/**
+ * The objects on the token `uri` names (its token attributes; its object=
+ * and id= are not used) labelled `label` (NULL: any) whose CKA_ID is `id`
+ * (other_id: is not `id`; id NULL: any; label and id not both NULL): each
+ * gets CKA_LABEL `new_label`, or is destroyed when new_label is NULL;
+ * private keys last. *ret_n (may be NULL): how many private keys matched.
+ * One C_Login with `pin`. Errors: INVAL, IO (no such token), PIN, CERT.
+ */
+int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, size_t pin_len, const char *label,
+                        const uint8_t *id, size_t id_len, bool other_id, const char *new_label, size_t *ret_n,
+                        char *err, size_t err_len);
+
 int cred_tpm_open_key(const char *key, const char *tcti, const char *pin, size_t pin_len,
                       cred_provider **ret, char *err, size_t err_len);
 

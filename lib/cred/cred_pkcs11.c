@@ -67,6 +67,15 @@ int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, cha
     return no_pkcs11(err, err_len);
 }
 
+int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, size_t pin_len, const char *label,
+                        const uint8_t *id, size_t id_len, bool other_id, const char *new_label, size_t *ret_n,
+                        char *err, size_t err_len)
+{
+    (void)module, (void)uri, (void)pin, (void)pin_len, (void)label, (void)id, (void)id_len, (void)other_id;
+    (void)new_label, (void)ret_n;
+    return no_pkcs11(err, err_len);
+}
+
 #else /* M2MVPN_HAVE_PKCS11 */
 
 #include <dlfcn.h>
@@ -763,7 +772,7 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
         rc = M2MVPN_E_CERT;
         goto out;
     }
-    r.logged_in = true;
+    r.logged_in = rv == CKR_OK; /* a login of another user in this process is not ours to end */
     int by_label = raw_exists(&r, &u, id, id_len, false);
     int by_id = by_label == 0 ? raw_exists(&r, &u, id, id_len, true) : 0;
     if (by_label < 0 || by_id < 0) {
@@ -808,9 +817,92 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
     if (rv != CKR_OK) {
         pki_set_err(err, err_len, "token \"%s\" refused to generate a %s key (CKR 0x%lx)", u.token,
                     rsa ? "RSA 2048" : "ECC P-256", rv);
+        /* a token that cannot make keys (or not this kind) at all */
+        rc = rv == CKR_FUNCTION_NOT_SUPPORTED || rv == CKR_MECHANISM_INVALID ? M2MVPN_E_NOTSUPP : M2MVPN_E_CERT;
+        goto out;
+    }
+    rc = 0;
+out:
+    raw_close(&r);
+    return rc;
+}
+
+/* Relabel or destroy objects of any class (key renewal: the new key pair
+ * and certificate take the old ones' label, the old ones go). */
+int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, size_t pin_len, const char *label,
+                        const uint8_t *id, size_t id_len, bool other_id, const char *new_label, size_t *ret_n,
+                        char *err, size_t err_len)
+{
+    if (ret_n)
+        *ret_n = 0;
+    if (!module || !uri || !pin || pin_len == 0 || (!label && !id))
+        return M2MVPN_E_INVAL;
+    p11_uri u;
+    int rc = p11_uri_parse(uri, &u, err, err_len);
+    if (rc < 0)
+        return rc;
+    raw_p11 r;
+    memset(&r, 0, sizeof r);
+    if ((rc = raw_open(&r, module, &u, err, err_len)) < 0)
+        goto out;
+    CK_RV rv = r.f->C_Login(r.s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u.token, rv);
+        rc = rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? M2MVPN_E_PIN : M2MVPN_E_CERT;
+        goto out;
+    }
+    r.logged_in = rv == CKR_OK;
+    CK_ATTRIBUTE t[1] = { { CKA_LABEL, (void *)label, label ? strlen(label) : 0 } };
+    CK_OBJECT_HANDLE h[64];
+    CK_ULONG found = 0;
+    rv = r.f->C_FindObjectsInit(r.s, label ? t : NULL, label ? 1 : 0);
+    if (rv == CKR_OK) {
+        rv = r.f->C_FindObjects(r.s, h, 64, &found);
+        r.f->C_FindObjectsFinal(r.s);
+    }
+    if (rv != CKR_OK) {
+        pki_set_err(err, err_len, "cannot search token \"%s\" (CKR 0x%lx)", u.token, rv);
         rc = M2MVPN_E_CERT;
         goto out;
     }
+    /* the objects that match, private keys last (a stop half way leaves
+     * the key findable where it was) */
+    CK_OBJECT_HANDLE sel[64];
+    size_t n = 0, n_priv = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (CK_ULONG i = 0; i < found; i++) {
+            uint8_t oid[64];
+            CK_OBJECT_CLASS cls = 0;
+            CK_ATTRIBUTE a[2] = { { CKA_ID, oid, sizeof oid }, { CKA_CLASS, &cls, sizeof cls } };
+            if (r.f->C_GetAttributeValue(r.s, h[i], a, 2) != CKR_OK)
+                continue;
+            if ((cls == CKO_PRIVATE_KEY) != (pass == 1))
+                continue;
+            if (id) {
+                bool same = a[0].ulValueLen == id_len && memcmp(oid, id, id_len) == 0;
+                if (same == other_id)
+                    continue;
+            }
+            sel[n++] = h[i];
+            n_priv += pass;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (new_label) {
+            CK_ATTRIBUTE l[1] = { { CKA_LABEL, (void *)new_label, strlen(new_label) } };
+            rv = r.f->C_SetAttributeValue(r.s, sel[i], l, 1);
+        } else {
+            rv = r.f->C_DestroyObject(r.s, sel[i]);
+        }
+        if (rv != CKR_OK) {
+            pki_set_err(err, err_len, "token \"%s\": cannot %s an object (CKR 0x%lx)", u.token,
+                        new_label ? "relabel" : "delete", rv);
+            rc = M2MVPN_E_CERT;
+            goto out;
+        }
+    }
+    if (ret_n)
+        *ret_n = n_priv;
     rc = 0;
 out:
     raw_close(&r);

@@ -5,6 +5,7 @@
 #include <m2mvpn/m2mvpn.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -140,5 +141,54 @@ int p11_uri_parse(const char *text, p11_uri *ret, char *err, size_t err_len)
             p++;
     }
     *ret = u;
+    return 0;
+}
+
+/* Append attribute name=value (value bytes percent-encoded except the RFC
+ * 3986 unreserved ones) with a ';' before all but the first. */
+static bool put_attr(char *out, size_t cap, size_t *o, const char *name, const uint8_t *v, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    int w = snprintf(out + *o, cap - *o, "%s%s=", out[*o - 1] == ':' ? "" : ";", name);
+    if (w < 0 || (size_t)w >= cap - *o)
+        return false;
+    *o += (size_t)w;
+    for (size_t i = 0; i < n; i++) {
+        bool plain = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') || (v[i] >= '0' && v[i] <= '9') ||
+                     v[i] == '-' || v[i] == '.' || v[i] == '_' || v[i] == '~';
+        if (*o + (plain ? 1 : 3) >= cap)
+            return false;
+        if (plain) {
+            out[(*o)++] = (char)v[i];
+        } else {
+            out[(*o)++] = '%';
+            out[(*o)++] = hex[v[i] >> 4];
+            out[(*o)++] = hex[v[i] & 15];
+        }
+    }
+    out[*o] = '\0';
+    return true;
+}
+
+int p11_uri_compose(const p11_uri *u, const char *object, const uint8_t *id, size_t id_len, char *out, size_t cap)
+{
+    if (!u || !out || cap < 8)
+        return M2MVPN_E_INVAL;
+    size_t o = (size_t)snprintf(out, cap, "pkcs11:");
+    const struct { const char *name; const char *v; } text[] = {
+        { "token", u->token }, { "manufacturer", u->manufacturer }, { "serial", u->serial }, { "model", u->model },
+        { "object", object ? object : "" },
+    };
+    for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++)
+        if (text[i].v[0] && !put_attr(out, cap, &o, text[i].name, (const uint8_t *)text[i].v, strlen(text[i].v)))
+            return M2MVPN_E_INVAL;
+    if (id_len && !put_attr(out, cap, &o, "id", id, id_len))
+        return M2MVPN_E_INVAL;
+    if (u->has_slot_id) {
+        char slot[32];
+        snprintf(slot, sizeof(slot), "%lu", u->slot_id);
+        if (!put_attr(out, cap, &o, "slot-id", (const uint8_t *)slot, strlen(slot)))
+            return M2MVPN_E_INVAL;
+    }
     return 0;
 }

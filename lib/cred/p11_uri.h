@@ -36,4 +36,11 @@ typedef struct p11_uri {
 /** Parse. Errors: INVAL with a reason ("pkcs11_uri: unknown attribute 'tokn'"). */
 int p11_uri_parse(const char *text, p11_uri *ret, char *err, size_t err_len);
 
+/** `u` again as text with its token attributes (token, manufacturer,
+ *  serial, model, slot-id) and `object`/`id` in place of its own (object
+ *  NULL or "": none; id_len 0: none), percent-encoded. Errors: INVAL (does
+ *  not fit in cap). */
+int p11_uri_compose(const p11_uri *u, const char *object, const uint8_t *id, size_t id_len, char *out,
+                    size_t cap);
+
 #endif

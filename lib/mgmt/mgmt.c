@@ -24,6 +24,7 @@
 
 #include "cred/cred_hw.h"
 #include "cred/keygen.h"
+#include "cred/p11_uri.h"
 
 #define SUB "mgmt"
 #define PENDING_RETRY_S 30
@@ -54,6 +55,9 @@ typedef struct job {
     X509 *old_cert;           /* RENEW: the current one (a reference) */
     EVP_PKEY *new_key;        /* RENEW: the key of the new certificate */
     bool new_key_file;        /* RENEW: new key in <key>.next (file provider) */
+    bool p11_new;             /* RENEW: new key pair on the token, CKA_ID p11_id */
+    uint8_t p11_id[8];
+    char same_why[128];       /* RENEW: why the same key was renewed ("": by design) */
     int check_after_s;
     long http;
     uint8_t *body;
@@ -143,6 +147,7 @@ struct mgmt {
     /* certificate renewal (CMP KUR) */
     core_timer renew_timer;
     unsigned renew_fails;     /* failed renewals in a row: back-off */
+    bool p11_old_pending;     /* pkcs11: the replaced key's objects (<label>.old) still to delete */
     int64_t renew_dep;        /* a cert deployment asking for it (0: the schedule) */
     mgmt_dep_type ask_type;   /* the deployment being fetched */
     bool ask_window;
@@ -352,6 +357,191 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
     return 0;
 }
 
+/* ------------------------------------- pkcs11: a new key pair on renewal
+ *
+ * The bootstrap's URI names the key by its label L (object=, no id=). A
+ * renewal makes the new pair as L.next with a fresh CKA_ID, writing that id
+ * to device.p11id.next (fsync) BEFORE it asks the token. Once the
+ * certificate is issued (device.crt.pem.next written), the switch: the
+ * objects labelled L of another id become L.old, the new id's become L
+ * (both steps idempotent, so the next start can redo them), then the
+ * certificate file is renamed and device.p11id.next removed. The L.old
+ * objects are deleted once the tunnel runs on the new certificate (the
+ * first poll that finds it up after the reauthentication), or at the next
+ * start. A device.p11id.next without device.crt.pem.next is an attempt
+ * that never got its certificate: its objects are deleted at the next
+ * start. */
+
+#define P11_INTENT "device.p11id.next"
+
+static bool p11_renewable(const mgmt *m, p11_uri *u)
+{
+    char e[256];
+    const profile *b = m->boot;
+    return b->mgmt.provider == PROFILE_CERT_PKCS11 && b->mgmt.pkcs11_uri &&
+           p11_uri_parse(b->mgmt.pkcs11_uri, u, e, sizeof(e)) == 0 && u->object[0] && !u->has_id &&
+           strlen(u->object) + 6 <= sizeof(u->object) - 1;
+}
+
+static int p11_objects(const mgmt *m, const char *label, const uint8_t *id, bool other_id, const char *new_label,
+                       size_t *n_keys, char *err, size_t err_len)
+{
+    const profile *b = m->boot;
+    return cred_pkcs11_objects(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), label, id,
+                               id ? 8 : 0, other_id, new_label, n_keys, err, err_len);
+}
+
+/* The switch to the new pair (idempotent). */
+static int p11_switch(const mgmt *m, const p11_uri *u, const uint8_t *id, char *err, size_t err_len)
+{
+    char old[160];
+    snprintf(old, sizeof(old), "%s.old", u->object);
+    int r = p11_objects(m, u->object, id, true, old, NULL, err, err_len);
+    return r < 0 ? r : p11_objects(m, NULL, id, false, u->object, NULL, err, err_len);
+}
+
+/* An attempt undone: the old objects back under L, the new ones deleted. */
+static void p11_rollback(const mgmt *m, const p11_uri *u, const uint8_t *id)
+{
+    char old[160], e[256];
+    snprintf(old, sizeof(old), "%s.old", u->object);
+    if (p11_objects(m, old, NULL, false, u->object, NULL, e, sizeof(e)) < 0 ||
+        p11_objects(m, NULL, id, false, NULL, NULL, e, sizeof(e)) < 0)
+        LOG_WARN(m->log, SUB, "undoing a key renewal on the token: %s", e);
+}
+
+static void p11_drop_old(mgmt *m)
+{
+    p11_uri u;
+    char old[160], e[256];
+    if (!p11_renewable(m, &u))
+        return;
+    snprintf(old, sizeof(old), "%s.old", u.object);
+    size_t n = 0;
+    if (p11_objects(m, old, NULL, false, NULL, &n, e, sizeof(e)) < 0) {
+        LOG_WARN(m->log, SUB, "cannot delete the replaced key \"%s\" from the token: %s", old, e);
+        return;
+    }
+    m->p11_old_pending = false;
+    if (n)
+        LOG_INFO(m->log, SUB, "the replaced key \"%s\" deleted from the token", old);
+}
+
+static int p11_intent_read(const mgmt *m, uint8_t id[8])
+{
+    char path[4200], hex[17] = "";
+    snprintf(path, sizeof(path), "%s/" P11_INTENT, m->dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(hex, 1, 16, f);
+    fclose(f);
+    for (size_t i = 0; i < 8; i++) {
+        unsigned v;
+        if (n != 16 || sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return -1;
+        id[i] = (uint8_t)v;
+    }
+    return 1;
+}
+
+static void p11_intent_drop(const mgmt *m)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" P11_INTENT, m->dir);
+    unlink(path);
+    int dfd = open(m->dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+}
+
+static EVP_PKEY *public_copy(EVP_PKEY *k)
+{
+    unsigned char *der = NULL;
+    int n = k ? i2d_PUBKEY(k, &der) : 0;
+    const unsigned char *q = der;
+    EVP_PKEY *pub = n > 0 ? d2i_PUBKEY(NULL, &q, n) : NULL;
+    OPENSSL_free(der);
+    return pub;
+}
+
+/* Worker: the new pair on the token, the KUR signed with the current key,
+ * the certificate stored next to the new key. 1: done (j->r the KUR's
+ * result); 0: this token makes no keys (j->same_why), renew the same key. */
+static int p11_renew(mgmt *m, job *j, const p11_uri *u)
+{
+    const profile *b = m->boot;
+    char label[160], uri[1024], hex[17];
+    snprintf(label, sizeof(label), "%s.next", u->object);
+    if (RAND_bytes(j->p11_id, sizeof(j->p11_id)) != 1 ||
+        p11_uri_compose(u, label, j->p11_id, sizeof(j->p11_id), uri, sizeof(uri)) < 0) {
+        j->r = M2MVPN_E_CRYPTO;
+        snprintf(j->err, sizeof(j->err), "cannot name the new key");
+        return 1;
+    }
+    for (size_t i = 0; i < 8; i++)
+        snprintf(hex + 2 * i, 3, "%02x", j->p11_id[i]);
+    /* leftovers of an attempt stopped before its intent was written */
+    p11_objects(m, label, NULL, false, NULL, NULL, j->err, sizeof(j->err));
+    j->r = mgmt_write_file(m->dir, P11_INTENT, hex, 16, j->err, sizeof(j->err));
+    if (j->r < 0)
+        return 1;
+    j->r = cred_pkcs11_generate(b->mgmt.pkcs11_module, uri, b->mgmt.pin, pin_len(b),
+                                EVP_PKEY_get_base_id(j->tls.key) == EVP_PKEY_RSA, j->err, sizeof(j->err));
+    if (j->r == M2MVPN_E_NOTSUPP) {
+        p11_intent_drop(m);
+        snprintf(j->same_why, sizeof(j->same_why), "%s", j->err);
+        j->r = 0;
+        return 0;
+    }
+    cred_provider *np = NULL;
+    EVP_PKEY *nk = NULL;
+    if (j->r == 0)
+        j->r = cred_pkcs11_open_key(b->mgmt.pkcs11_module, uri, b->mgmt.pin, pin_len(b), &np, j->err,
+                                    sizeof(j->err));
+    if (j->r == 0 && !(nk = cred_evp_key(np, j->err, sizeof(j->err))))
+        j->r = M2MVPN_E_CERT;
+    /* Opening the new key read-write closed this process's other sessions
+     * on the token (libp11 changes the session mode with C_CloseAllSessions):
+     * the current key is opened again after it, by the bootstrap's URI (the
+     * label L, only the old pair has it yet), for the mutual TLS and the
+     * KUR's protection. */
+    cred_provider *op = NULL;
+    EVP_PKEY *ok = NULL;
+    if (j->r == 0)
+        j->r = cred_pkcs11_open(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b), &op, j->err,
+                                sizeof(j->err));
+    if (j->r == 0 && !(ok = cred_evp_key(op, j->err, sizeof(j->err))))
+        j->r = M2MVPN_E_CERT;
+    if (j->r == 0) {
+        mgmt_tls tls = j->tls;
+        tls.key = ok;
+        j->r = mgmt_cmp_kur(&tls, ok, j->old_cert, nk, &j->cert, j->err, sizeof(j->err));
+    }
+    if (j->r == 0) {
+        unsigned char *der = NULL;
+        int dn = i2d_X509(j->cert, &der);
+        j->r = dn > 0 ? cred_pkcs11_store_cert(np, der, (size_t)dn, j->err, sizeof(j->err)) : M2MVPN_E_NOMEM;
+        OPENSSL_free(der);
+    }
+    EVP_PKEY_free(ok);
+    cred_free(op);
+    if (j->r == 0 && !(j->new_key = public_copy(nk)))
+        j->r = M2MVPN_E_NOMEM;
+    EVP_PKEY_free(nk);
+    cred_free(np);
+    if (j->r < 0) {
+        char e[256];
+        p11_objects(m, NULL, j->p11_id, false, NULL, NULL, e, sizeof(e));
+        p11_intent_drop(m);
+        return 1;
+    }
+    j->p11_new = true;
+    return 1;
+}
+
 /* The key of the renewed certificate: file provider a new key written to
  * <key>.next (swapped in once the certificate is issued); PKCS#11 and TPM
  * the same key (KUR of the key in use). Then the KUR. */
@@ -381,6 +571,11 @@ static void renew_run(mgmt *m, job *j)
             return;
         }
     } else {
+        p11_uri u;
+        if (p11_renewable(m, &u) && p11_renew(m, j, &u))
+            return;
+        if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->same_why[0])
+            snprintf(j->same_why, sizeof(j->same_why), "the bootstrap's pkcs11_uri names no object= label or gives an id=");
         if (!EVP_PKEY_up_ref(j->tls.key)) {
             j->r = M2MVPN_E_NOMEM;
             return;
@@ -1152,6 +1347,14 @@ static void poll_done(mgmt *m, job *j)
 {
     char err[600];
     take_reopened(m, j);
+    if (m->p11_old_pending) {
+        /* the replaced key goes once the tunnel runs on the new certificate
+         * (reauthenticated at the renewal, a poll interval ago) */
+        bool uw = false;
+        const char *tun = m->hooks.tunnel ? m->hooks.tunnel(m->hooks.arg, NULL, &uw) : "down";
+        if (!strcmp(tun, "up"))
+            p11_drop_old(m);
+    }
     if (j->fb_id && j->fb_r == 0 && (j->fb_http / 100 == 2 || j->fb_http == 404 || j->fb_http == 409)) {
         /* Delivered (or the deployment is gone): no longer owed. */
         LOG_INFO(m->log, SUB, "deployment %lld: feedback %s sent (HTTP %ld)", (long long)j->fb_id,
@@ -1562,6 +1765,39 @@ static void renew_recover(mgmt *m)
     }
 }
 
+/* pkcs11 (before renew_recover: the certificate's rename comes last). */
+static void p11_recover(mgmt *m)
+{
+    p11_uri u;
+    uint8_t id[8];
+    char cn[4200], err[512];
+    if (!p11_renewable(m, &u))
+        return;
+    int has = p11_intent_read(m, id);
+    snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+    if (has < 0) {
+        LOG_ERR(m->log, SUB, "%s/" P11_INTENT " is unreadable: left as is", m->dir);
+        return;
+    }
+    if (has && access(cn, F_OK) == 0) {
+        if (p11_switch(m, &u, id, err, sizeof(err)) < 0) {
+            LOG_ERR(m->log, SUB, "finishing an interrupted key renewal on the token: %s", err);
+            return;
+        }
+        if (renew_swap(m, false, err, sizeof(err)) < 0) {
+            LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
+            return;
+        }
+        LOG_WARN(m->log, SUB, "an interrupted key renewal on the token finished (new key and certificate in use)");
+    } else if (has) {
+        p11_rollback(m, &u, id);
+        LOG_WARN(m->log, SUB, "an interrupted key renewal on the token undone (its new key deleted)");
+    }
+    if (has)
+        p11_intent_drop(m);
+    p11_drop_old(m); /* nothing uses the replaced key after a start */
+}
+
 static void renew_done(mgmt *m, job *j)
 {
     char err[600];
@@ -1576,18 +1812,33 @@ static void renew_done(mgmt *m, job *j)
         r = n > 0 ? mgmt_write_file(m->dir, "device.crt.pem.next", pem, (size_t)n, err, sizeof(err))
                   : M2MVPN_E_NOMEM;
         BIO_free(bio);
-        if (r == 0 && j->cred && m->boot->mgmt.provider == PROFILE_CERT_PKCS11) {
+        if (r == 0 && j->cred && m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->p11_new) {
             unsigned char *der = NULL;
             int dn = i2d_X509(j->cert, &der);
             r = dn > 0 ? cred_pkcs11_store_cert(j->cred, der, (size_t)dn, err, sizeof(err)) : M2MVPN_E_NOMEM;
             OPENSSL_free(der);
         }
+        p11_uri u;
+        if (r == 0 && j->p11_new && p11_renewable(m, &u) && (r = p11_switch(m, &u, j->p11_id, err, sizeof(err))) < 0) {
+            char cn[4200];
+            snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+            unlink(cn);
+        }
         if (r == 0)
             renew_test_pause(m, "written");
         if (r == 0)
             r = renew_swap(m, j->new_key_file, err, sizeof(err));
+        if (r == 0 && j->p11_new) {
+            p11_intent_drop(m);
+            m->p11_old_pending = true;
+        }
     }
     if (r < 0) {
+        p11_uri u;
+        if (j->p11_new && p11_renewable(m, &u)) {
+            p11_rollback(m, &u, j->p11_id);
+            p11_intent_drop(m);
+        }
         if (j->new_key_file) {
             char kn[4200];
             snprintf(kn, sizeof(kn), "%s.next", m->key_path);
@@ -1603,7 +1854,16 @@ static void renew_done(mgmt *m, job *j)
         m->renew_dep = 0;
         renew_arm(m);
     } else {
-        if (j->new_key_file || !m->key) {
+        if (j->p11_new) {
+            /* the token is opened again (by the label, now the new pair's)
+             * for the next request */
+            EVP_PKEY_free(m->key);
+            cred_free(m->cred);
+            m->cred = NULL;
+            m->key = j->new_key;
+            j->new_key = NULL;
+            m->key_stale = true;
+        } else if (j->new_key_file || !m->key) {
             EVP_PKEY_free(m->key);
             m->key = j->new_key;
             j->new_key = NULL;
@@ -1626,8 +1886,10 @@ static void renew_done(mgmt *m, job *j)
         int64_t na = asn1_unix(X509_get0_notAfter(m->cert));
         char what[200];
         snprintf(what, sizeof(what), "certificate renewed: serial %s, not_after %lld%s", serial, (long long)na,
-                 j->new_key_file ? " (new key)" : " (same key)");
+                 j->new_key_file || j->p11_new ? " (new key)" : " (same key)");
         LOG_INFO(m->log, SUB, "%s", what);
+        if (j->same_why[0])
+            LOG_WARN(m->log, SUB, "the same key was renewed: %s", j->same_why);
         if (m->renew_dep)
             owe_feedback(m, m->renew_dep, true, what);
         m->renew_dep = 0;
@@ -1745,6 +2007,7 @@ static X509 *read_cert(const char *path)
 static int resume(mgmt *m, char *err, size_t err_len)
 {
     char path[4200];
+    p11_recover(m);
     renew_recover(m);
     snprintf(path, sizeof(path), "%s/device.crt.pem", m->dir);
     m->cert = read_cert(path);

@@ -231,6 +231,32 @@ START_TEST(p11_uri_good)
 }
 END_TEST
 
+/* The renewal's URI of the new key: the token part kept, object and id
+ * replaced, everything parses back to the same values. */
+START_TEST(p11_uri_compose_roundtrip)
+{
+    p11_uri u, v;
+    char err[256] = "", out[512];
+    ck_assert_int_eq(p11_uri_parse("pkcs11:token=m2m%20card;object=dev;id=%07;slot-id=3;serial=42;"
+                                   "manufacturer=A%3bB", &u, err, sizeof err), 0);
+    const uint8_t id[] = { 0x00, 0xff, 0x41 };
+    ck_assert_int_eq(p11_uri_compose(&u, "dev.next", id, sizeof id, out, sizeof out), 0);
+    ck_assert_str_eq(out, "pkcs11:token=m2m%20card;manufacturer=A%3bB;serial=42;object=dev.next;id=%00%ffA;"
+                          "slot-id=3");
+    ck_assert_msg(p11_uri_parse(out, &v, err, sizeof err) == 0, "%s", err);
+    ck_assert_str_eq(v.token, "m2m card");
+    ck_assert_str_eq(v.manufacturer, "A;B");
+    ck_assert_str_eq(v.object, "dev.next");
+    ck_assert(v.has_id && v.id_len == 3 && memcmp(v.id, id, 3) == 0);
+    ck_assert(v.has_slot_id && v.slot_id == 3);
+    /* no object, no id */
+    ck_assert_int_eq(p11_uri_compose(&u, NULL, NULL, 0, out, sizeof out), 0);
+    ck_assert_str_eq(out, "pkcs11:token=m2m%20card;manufacturer=A%3bB;serial=42;slot-id=3");
+    /* too small: refused, never cut */
+    ck_assert_int_eq(p11_uri_compose(&u, "dev.next", id, sizeof id, out, 40), M2MVPN_E_INVAL);
+}
+END_TEST
+
 static const struct {
     const char *uri;
     const char *why;
@@ -459,6 +485,7 @@ Suite *cred_hw_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("p11_uri");
     tcase_add_test(tc, p11_uri_good);
+    tcase_add_test(tc, p11_uri_compose_roundtrip);
     tcase_add_loop_test(tc, p11_uri_bad, 0, sizeof bad_uris / sizeof bad_uris[0]);
     suite_add_tcase(s, tc);
     tc = tcase_create("classes");

@@ -1,0 +1,130 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Certificate renewal (issue 15) with the device key in hardware: a SoftHSM2
+token (PKCS#11) and a swtpm TPM, end to end with m2mvpn-mgmtd issuing short
+certificates and the strongSwan gateway trusting the device CA (the lab of
+test_mgmt_renew.py). The device renews at about 2/3 of the lifetime with a
+CMP KUR signed inside the token / TPM, moves the tunnel to the new
+certificate (make-before-break reauthentication, pings pass, none lost) and
+the gateway accepts it.
+
+PKCS#11: the renewal makes a new key pair on the token (a different public
+key in the new certificate), the tunnel moves to it, and the old pair and
+certificate are deleted from the token afterwards. TPM: the same key is
+re-certified today (docs/mgmt.md, "Certificate renewal"; the CERT_RENEWED
+detail says "same key" and the key blob is unchanged); when a new TPM key is
+done, that test changes to "a different public key, the old key gone".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import netlab
+from test_mgmt_dayn_device import enrolled_device, mgmt_of, wait_until
+from test_mgmt_renew import renew_lab  # noqa: F401  (the fixture)
+
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+PIN = "1234"
+FLOOD_S = 60        # LIFETIME_S 60: one renewal at about 34 s, its reauthentication after it
+
+
+def pubkey_of(pem: str) -> bytes:
+    return subprocess.run(["openssl", "x509", "-pubkey", "-noout"], input=pem.encode(), check=True,
+                          capture_output=True).stdout
+
+
+def renew_once(lab, c):
+    """Connected, then a ping flood across one renewal: returns (old cert PEM,
+    new cert PEM, the CERT_RENEWED detail)."""
+    wait_until("connected", lambda: c.status()["state"] == "connected" and mgmt_of(c).get("cert_not_after"),
+               timeout_s=90, tail=c.log_tail)
+    lab.gw.wait_for_sa("ecdsa", "net")
+    assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+    old_pem = (c.state_dir / "device.crt.pem").read_text()
+    first = mgmt_of(c)["cert_not_after"]
+    flood = netlab.PingFlood(lab.topo.client, netlab.PROTECTED_ADDRS[0], duration_s=FLOOD_S)
+    deadline = time.monotonic() + FLOOD_S
+    while time.monotonic() < deadline:
+        assert c.status()["state"] == "connected", c.log_tail()
+        time.sleep(0.5)
+    res = flood.result()
+    log = c.log_path.read_text(errors="replace")
+    renewed = re.findall(r"event CERT_RENEWED: certificate renewed: serial [0-9A-F]+, not_after (\d+) \(([a-z ]+)\)",
+                         log)
+    assert renewed, c.log_tail()
+    assert int(renewed[0][0]) > first, (renewed, first)
+    # the tunnel moved to the renewed certificate (reauthenticated, the gateway accepted it)
+    assert "[conn] IKE SA reauthenticated: " in log, c.log_tail()
+    wait_until("the tunnel on the renewed certificate",
+               lambda: c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"] != first,
+               timeout_s=30, tail=c.log_tail)
+    assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+    assert res["sent"] > FLOOD_S * 50 and res["lost"] == 0, res
+    new_pem = (c.state_dir / "device.crt.pem").read_text()
+    assert new_pem != old_pem
+    assert not [p.name for p in c.state_dir.iterdir() if p.name.endswith(".next")]
+    return old_pem, new_pem, renewed[0][1]
+
+
+def test_renewal_key_on_a_pkcs11_token(renew_lab, workdir):
+    lab = renew_lab
+    tokens = workdir / "tokens"
+    tokens.mkdir()
+    conf = workdir / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", PIN, "--so-pin", "0000"],
+                   check=True, capture_output=True, env=dict(os.environ, **env))
+    boot = enrolled_device(lab)
+    # no key yet: the device makes it on the token at enrolment
+    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    p11 = ["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--login", "--pin", PIN, "--list-objects"]
+
+    def objects():
+        return subprocess.run(p11, capture_output=True, text=True, check=True, env=dict(os.environ, **env)).stdout
+
+    with lab.client(boot, env=env) as c:
+        wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+        before = objects()
+        assert before.count("Private Key Object") == 1, before
+        old_id = re.search(r"Private Key Object.*?\n\s+ID:\s+(\S+)", before, re.S).group(1)
+        old_pem, new_pem, detail = renew_once(lab, c)
+        assert detail == "new key"
+        assert pubkey_of(new_pem) != pubkey_of(old_pem)
+        # the old key pair and certificate leave the token once the tunnel runs on the new one
+        after = wait_until("the old key deleted from the token",
+                           lambda: (o := objects()).count("Private Key Object") == 1 and old_id not in o and o,
+                           timeout_s=60, tail=c.log_tail)
+        assert "dev.old" not in after and "dev.next" not in after, after
+        # what is left: the new pair and its certificate, labelled as the bootstrap's URI says
+        assert after.count("label:      dev\n") == 3, after
+        assert "the replaced key \"dev.old\" deleted from the token" in c.log_path.read_text()
+        assert not (c.state_dir / "device.p11id.next").exists()
+        # still up on the new key
+        assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+        assert c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"]
+
+
+def test_renewal_key_in_a_tpm(renew_lab, workdir):
+    from test_hwcred import Swtpm
+    lab = renew_lab
+    tpm = Swtpm(lab.topo.client, workdir / "tpm")
+    try:
+        boot = enrolled_device(lab)
+        # no key yet: the device makes it in the TPM (device.tss2.pem in its state directory)
+        boot["management"]["key"] = {"provider": "tpm", "tpm_tcti": tpm.tcti}
+        with lab.client(boot) as c:
+            wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+            blob = (c.state_dir / "device.tss2.pem").read_text()
+            assert blob.startswith("-----BEGIN TSS2 PRIVATE KEY-----\n")
+            old_pem, new_pem, detail = renew_once(lab, c)
+            # the same key blob: nothing new made in the TPM
+            assert (c.state_dir / "device.tss2.pem").read_text() == blob
+        assert detail == "same key"
+        assert pubkey_of(new_pem) == pubkey_of(old_pem)
+    finally:
+        tpm.stop()

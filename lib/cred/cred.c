@@ -4,6 +4,7 @@
 
 #include <m2mvpn/m2mvpn.h>
 
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -92,6 +93,16 @@ struct evp_pkey_st *cred_evp_key(cred_provider *p, char *err, size_t err_len)
         snprintf(err, err_len, "provider %s cannot give its key to OpenSSL%s", p ? cred_name(p) : "(none)",
                  p && p->ops->evp_key ? " (locked)" : "");
     return k;
+}
+
+struct evp_pkey_st *cred_public_copy(struct evp_pkey_st *k)
+{
+    unsigned char *der = NULL;
+    int n = k ? i2d_PUBKEY(k, &der) : 0;
+    const unsigned char *q = der;
+    EVP_PKEY *pub = n > 0 ? d2i_PUBKEY(NULL, &q, n) : NULL;
+    OPENSSL_free(der);
+    return pub;
 }
 
 int cred_sign_auth(cred_provider *p, pki_auth_method method, pki_sig_scheme scheme,

@@ -176,6 +176,10 @@ int cred_tpm_open(const char *key, const char *cert_file, const char *tcti,
  *  give one (then err says so). */
 struct evp_pkey_st *cred_evp_key(cred_provider *p, char *err, size_t err_len);
 
+/** A key holding only k's public half (its SubjectPublicKeyInfo copied),
+ *  independent of any provider or token; NULL if k is NULL or on failure. */
+struct evp_pkey_st *cred_public_copy(struct evp_pkey_st *k);
+
 /** Destroy a provider (wipes its secrets). NULL is fine. */
 void cred_free(cred_provider *p);
 

@@ -261,18 +261,6 @@ static int find_cert(p11_cred *pc, PKCS11_KEY *key)
     return 0;
 }
 
-/* A plain public key from libp11's private key, which carries the public
- * components (PKCS11_get_public_key() of libp11 0.4.12 leaks memory). */
-static EVP_PKEY *public_half(EVP_PKEY *priv)
-{
-    unsigned char *der = NULL;
-    int len = priv ? i2d_PUBKEY(priv, &der) : 0;
-    const unsigned char *p = der;
-    EVP_PKEY *pub = len > 0 ? d2i_PUBKEY(NULL, &p, len) : NULL;
-    OPENSSL_free(der);
-    return pub;
-}
-
 /* After login (or on a token that needs none): the private key, its public
  * half and the certificate; the key must belong to the certificate. */
 static int take_key(p11_cred *pc, char *err, size_t err_len)
@@ -298,7 +286,9 @@ static int take_key(p11_cred *pc, char *err, size_t err_len)
     if (pc->key_id_len)
         memcpy(pc->key_id, key->id, pc->key_id_len);
     EVP_PKEY *priv = PKCS11_get_private_key(key);
-    EVP_PKEY *pub = public_half(priv);
+    /* libp11's private key carries the public components
+     * (PKCS11_get_public_key() of libp11 0.4.12 leaks memory) */
+    EVP_PKEY *pub = cred_public_copy(priv);
     ERR_clear_error();
     if (!priv || !pub || pki_pkey_type(pub, NULL) == PKI_KEY_UNKNOWN ||
         pki_pkey_type(pub, NULL) == PKI_KEY_ED25519) {

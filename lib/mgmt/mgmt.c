@@ -312,11 +312,7 @@ static void release_tpm(mgmt *m, EVP_PKEY **key, cred_provider **cred)
 {
     if (m->boot->mgmt.provider != PROFILE_CERT_TPM || !*cred)
         return;
-    unsigned char *der = NULL;
-    int n = *key ? i2d_PUBKEY(*key, &der) : 0;
-    const unsigned char *q = der;
-    EVP_PKEY *pub = n > 0 ? d2i_PUBKEY(NULL, &q, n) : NULL;
-    OPENSSL_free(der);
+    EVP_PKEY *pub = cred_public_copy(*key);
     EVP_PKEY_free(*key);
     cred_free(*cred);
     *key = pub;
@@ -457,16 +453,6 @@ static void p11_intent_drop(const mgmt *m)
     }
 }
 
-static EVP_PKEY *public_copy(EVP_PKEY *k)
-{
-    unsigned char *der = NULL;
-    int n = k ? i2d_PUBKEY(k, &der) : 0;
-    const unsigned char *q = der;
-    EVP_PKEY *pub = n > 0 ? d2i_PUBKEY(NULL, &q, n) : NULL;
-    OPENSSL_free(der);
-    return pub;
-}
-
 /* Worker: the new pair on the token, the KUR signed with the current key,
  * the certificate stored next to the new key. 1: done (j->r the KUR's
  * result); 0: this token makes no keys (j->same_why), renew the same key. */
@@ -528,7 +514,7 @@ static int p11_renew(mgmt *m, job *j, const p11_uri *u)
     }
     EVP_PKEY_free(ok);
     cred_free(op);
-    if (j->r == 0 && !(j->new_key = public_copy(nk)))
+    if (j->r == 0 && !(j->new_key = cred_public_copy(nk)))
         j->r = M2MVPN_E_NOMEM;
     EVP_PKEY_free(nk);
     cred_free(np);

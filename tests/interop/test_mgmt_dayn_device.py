@@ -164,7 +164,10 @@ def test_profile_deployment_commit_and_rollback(lab):
         assert "AES_GCM_16_128/PRF_HMAC_SHA2_256/ECP_256" in lab.gw.log_text()
         st = c.state_dir
         assert json.loads((st / "mgmt.json").read_text())["profile_version"] == 2
-        assert not (st / "apply.json").exists() and not (st / "profile.prev.json").exists()
+        # the journal goes once the server has acknowledged the feedback, which
+        # is just after the server recorded it: wait for it, bounded
+        wait_until("journal done", lambda: not (st / "apply.json").exists(), timeout_s=30, tail=c.log_tail)
+        assert not (st / "profile.prev.json").exists()
         good = (st / "profile.json").read_text()
         # 2. a broken profile (its gateway does not exist): rolled back by itself
         pub = lab.publish(template(lab.pki, lab.topo.gw_addr, "aes128gcm16-prfsha256-ecp256", "aes128gcm16",

@@ -718,7 +718,7 @@ def ping(ns: Namespace, addr: str, count: int = 3, size: int = 56,
 
 
 _PING_FLOOD = r"""
-import json, os, select, socket, struct, sys, threading, time
+import json, os, select, signal, socket, struct, sys, threading, time
 dst, duration, interval, size = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 def csum(b):
     if len(b) % 2:
@@ -732,6 +732,8 @@ ident = os.getpid() & 0xffff
 payload = bytes(i & 0xff for i in range(size))
 sent_at, got_at = {}, {}
 done = threading.Event()
+ending = threading.Event()   # SIGUSR1: stop sending now (PingFlood.finish)
+signal.signal(signal.SIGUSR1, lambda *_: ending.set())
 def receive():
     while not done.is_set():
         if not select.select([s], [], [], 0.1)[0]:
@@ -747,7 +749,7 @@ rx.start()
 start = time.monotonic()
 print("started", flush=True)
 seq = 0
-while time.monotonic() - start < duration and seq < 65535:
+while time.monotonic() - start < duration and seq < 65535 and not ending.is_set():
     seq += 1
     hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
     pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq) + payload
@@ -759,7 +761,7 @@ while time.monotonic() - start < duration and seq < 65535:
     next_at = start + seq * interval
     left = next_at - time.monotonic()
     if left > 0:
-        time.sleep(left)
+        ending.wait(left)
 time.sleep(2.0)   # late replies
 done.set()
 rx.join()
@@ -795,6 +797,13 @@ class PingFlood:
         if self.proc.returncode != 0:
             raise RuntimeError(f"ping flood failed: {err.strip()}")
         return json.loads(out.strip().splitlines()[-1])
+
+    def finish(self) -> dict:
+        """End the flood now (before duration_s) and return result(): the
+        echoes already sent still get their time for late replies."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+        return self.result()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -445,6 +445,8 @@ static int rr_run(cmp_io *io_in, EVP_PKEY *key, X509 *cert, bool protected_error
     }
     if (OSSL_CMP_exec_RR_ses(ctx) != 1) {
         r = classify(ctx, &io, err, err_len);
+        if (r == M2MVPN_E_ENROL)
+            r = M2MVPN_E_DECOMMISSION;
         goto out;
     }
     if (!io.issuer) {

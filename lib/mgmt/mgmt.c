@@ -2297,6 +2297,9 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
         snprintf(err, err_len, "this device (%s) was decommissioned: its certificate is revoked and its key "
                  "removed; to enrol it again remove %s/decommission.json and give the bootstrap a new "
                  "enrolment token", decom.device_id[0] ? decom.device_id : "unknown id", state_dir);
+        pthread_mutex_lock(&m->mu);
+        snprintf(m->status.last_error, sizeof(m->status.last_error), "%s", err);
+        pthread_mutex_unlock(&m->mu);
         return M2MVPN_E_STATE;
     }
     mgmt_state st;

@@ -150,3 +150,52 @@ def test_decommission_revokes_and_forgets(lab):
                         and s["last_error"]["code"] != 0 and s, timeout_s=60, tail=client.log_tail)
         assert "AUTHENTICATION_FAILED" in st["last_error"]["detail"], st
     assert "certificate was revoked" in lab.gw.log_text()[mark:], lab.gw.log_tail()
+
+
+def test_decommission_killed_midway_finishes_at_restart(lab):
+    """SIGKILL while the RR is out (the server's port drops it): the state
+    directory says "requested"; the restarted engine does not bring the
+    tunnel up with that certificate, sends the RR again and finishes; a
+    third start refuses the bootstrap with a clear error."""
+    import signal
+    path = os.path.join(lab.d, "tpl.json")
+    with open(path, "w") as f:
+        json.dump(template(lab.pki, lab.topo.gw_addr, "aes256gcm16-prfsha384-x25519", "aes256gcm16"), f)
+    mh.admin_json(lab.d, lab.srv, "group", "create", "fleet", "--template", path)
+    mh.admin_json(lab.d, lab.srv, "profile", "publish", "--group", "fleet")
+    tok = mh.admin_json(lab.d, lab.srv, "token", "create", "--group", "fleet", "--auto-approve")["tokens"][0]["token"]
+    boot = bootstrap(lab, tok)
+    c = m2mvpn_client.M2mvpnClient(lab.topo.client, lab.binary, lab.workdir / "dev", boot)
+    with c:
+        wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+        st = c.state_dir
+        serial = mh.cert_serial(st / "device.crt.pem")
+        lab.topo.gateway.run("nft", "-f", "-", input="table inet decom {\n chain in {\n type filter hook input "
+                             f"priority 0;\n ip daddr {MGMT_ADDR} tcp dport {lab.srv.port} drop\n }}\n}}\n")
+        cli = lab.topo.client.popen([str(lab.binary), "decommission", "--control", str(c.control)],
+                                    stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
+        try:
+            wait_until("the intent on disk", lambda: (st / "decommission.json").exists(), timeout_s=30,
+                       tail=c.log_tail)
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait(10)
+        finally:
+            cli.kill()
+            cli.wait(10)
+            lab.topo.gateway.run("nft", "delete", "table", "inet", "decom")
+    c.control.unlink(missing_ok=True)  # left by the killed engine
+    assert json.loads((st / "decommission.json").read_text())["phase"] == "requested"
+    assert (st / "device.key.pem").exists() and revoked_at(lab, serial) is None
+    mark = len(lab.gw.log_text())
+    with m2mvpn_client.M2mvpnClient(lab.topo.client, lab.binary, lab.workdir / "dev", boot) as c:
+        wait_until("decommissioned", lambda: (c.status().get("management") or {}).get("state") == "decommissioned",
+                   timeout_s=60, tail=c.log_tail)
+        assert c.status()["state"] == "idle"
+    assert "IKE_SA ecdsa" not in lab.gw.log_text()[mark:], "the restarted engine used the certificate"
+    assert revoked_at(lab, serial) and serial in crl_serials(lab)
+    assert not (st / "device.key.pem").exists() and not (st / "device.crt.pem").exists()
+    assert json.loads((st / "decommission.json").read_text())["phase"] == "done"
+    with m2mvpn_client.M2mvpnClient(lab.topo.client, lab.binary, lab.workdir / "dev", boot) as c:
+        s = wait_until("refused", lambda: "was decommissioned" in ((s := c.status()).get("management") or {})
+                       .get("last_error", "") and s, timeout_s=30, tail=c.log_tail)
+        assert s["management"]["state"] == "decommissioned" and s["state"] == "idle", s

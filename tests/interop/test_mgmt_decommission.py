@@ -199,3 +199,42 @@ def test_decommission_killed_midway_finishes_at_restart(lab):
         s = wait_until("refused", lambda: "was decommissioned" in ((s := c.status()).get("management") or {})
                        .get("last_error", "") and s, timeout_s=30, tail=c.log_tail)
         assert s["management"]["state"] == "decommissioned" and s["state"] == "idle", s
+
+
+def test_decommission_key_on_a_pkcs11_token(lab):
+    """The RR signed inside a SoftHSM2 token (the key never leaves it); on
+    success the device's key pair and certificate objects leave the token."""
+    import subprocess
+    softhsm, pin = "/usr/lib/softhsm/libsofthsm2.so", "1234"
+    tokens = lab.workdir / "tokens"
+    tokens.mkdir()
+    conf = lab.workdir / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", pin, "--so-pin", "0000"],
+                   check=True, capture_output=True, env=env)
+
+    def objects():
+        return subprocess.run(["pkcs11-tool", "--module", softhsm, "--token-label", "m2m", "--login", "--pin", pin,
+                               "--list-objects"], capture_output=True, text=True, check=True, env=env).stdout
+
+    path = os.path.join(lab.d, "tpl.json")
+    with open(path, "w") as f:
+        json.dump(template(lab.pki, lab.topo.gw_addr, "aes256gcm16-prfsha384-x25519", "aes256gcm16"), f)
+    mh.admin_json(lab.d, lab.srv, "group", "create", "fleet", "--template", path)
+    mh.admin_json(lab.d, lab.srv, "profile", "publish", "--group", "fleet")
+    tok = mh.admin_json(lab.d, lab.srv, "token", "create", "--group", "fleet", "--auto-approve")["tokens"][0]["token"]
+    boot = bootstrap(lab, tok)
+    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": softhsm,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": pin}
+    with m2mvpn_client.M2mvpnClient(lab.topo.client, lab.binary, lab.workdir / "dev", boot, env=env) as c:
+        wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+        assert objects().count("Private Key Object") == 1
+        serial = mh.cert_serial(c.state_dir / "device.crt.pem")
+        r = c.cli("decommission", timeout=200)
+        assert "decommissioned" in r.stdout, r.stdout
+        assert revoked_at(lab, serial) and serial in crl_serials(lab)
+        left = objects()
+        assert "Private Key Object" not in left and "label:      dev\n" not in left, left
+        assert not (c.state_dir / "device.crt.pem").exists()
+

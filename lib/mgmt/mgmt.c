@@ -154,6 +154,7 @@ struct mgmt {
     bool ask_window;
     /* decommissioning (CMP RR, decommission.json) */
     bool decom_asked;         /* under mu: m2mvpn_decommission asked, engine not yet told */
+    bool decom_unfinished;    /* under mu: a restart's RR failed, the device waits for another */
     mgmt_decom decom;         /* engine: as on disk */
     bool decom_out;           /* engine: the RR is queued or under way */
 };
@@ -2042,6 +2043,9 @@ static void decom_done(mgmt *m, job *j)
         snprintf(why, sizeof(why), "an interrupted decommissioning is unfinished (%s): call "
                  "m2mvpn_decommission again", j->err);
         set_phase(m, MGMT_ERROR, why);
+        pthread_mutex_lock(&m->mu);
+        m->decom_unfinished = true;
+        pthread_mutex_unlock(&m->mu);
         decom_event(m, j->r, why);
         return;
     }
@@ -2060,14 +2064,14 @@ int mgmt_decommission(mgmt *m, char *err, size_t err_len)
     pthread_mutex_lock(&m->mu);
     mgmt_phase p = m->status.phase;
     bool on = m->status.on;
-    bool unfinished = m->status.last_error[0] && strstr(m->status.last_error, "interrupted decommissioning");
-    if (!on || (p != MGMT_ENROLLED && !(p == MGMT_ERROR && unfinished))) {
+    if (!on || (p != MGMT_ENROLLED && !(p == MGMT_ERROR && m->decom_unfinished))) {
         pthread_mutex_unlock(&m->mu);
         snprintf(err, err_len, "not an enrolled managed device (management state %s)",
                  on ? mgmt_phase_name(p) : "off");
         return M2MVPN_E_STATE;
     }
     m->decom_asked = true;
+    m->decom_unfinished = false;
     uint64_t one = 1;
     if (write(m->evfd, &one, sizeof(one)) < 0) {
         /* counter full: a wake is pending anyway */

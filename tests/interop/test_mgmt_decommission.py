@@ -238,3 +238,25 @@ def test_decommission_key_on_a_pkcs11_token(lab):
         assert "Private Key Object" not in left and "label:      dev\n" not in left, left
         assert not (c.state_dir / "device.crt.pem").exists()
 
+
+def test_decommission_refused_by_the_server_changes_nothing(lab):
+    """The operator revoked the device already: the server refuses the RR
+    (the signing certificate is no longer good); the device says so and its
+    state directory stays byte for byte."""
+    path = os.path.join(lab.d, "tpl.json")
+    with open(path, "w") as f:
+        json.dump(template(lab.pki, lab.topo.gw_addr, "aes256gcm16-prfsha384-x25519", "aes256gcm16"), f)
+    mh.admin_json(lab.d, lab.srv, "group", "create", "fleet", "--template", path)
+    mh.admin_json(lab.d, lab.srv, "profile", "publish", "--group", "fleet")
+    tok = mh.admin_json(lab.d, lab.srv, "token", "create", "--group", "fleet", "--auto-approve")["tokens"][0]["token"]
+    with m2mvpn_client.M2mvpnClient(lab.topo.client, lab.binary, lab.workdir / "dev", bootstrap(lab, tok)) as c:
+        wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+        dev = c.status()["management"]["device_id"]
+        assert mh.admin_json(lab.d, lab.srv, "device", "revoke", dev)["state"] == "revoked"
+        before = snapshot(c.state_dir)
+        r = c.cli("decommission", check=False, timeout=200)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "nothing changed" in r.stderr and "refused by the server" in r.stderr, r.stderr
+        assert snapshot(c.state_dir) == before
+        assert c.status()["management"]["state"] == "enrolled"
+

@@ -26,6 +26,7 @@ int cli_cmd_connect(int argc, char **argv);
 int cli_cmd_disconnect(int argc, char **argv);
 int cli_cmd_switch(int argc, char **argv);
 int cli_cmd_unload(int argc, char **argv);
+int cli_cmd_decommission(int argc, char **argv);
 int cli_cmd_login(int argc, char **argv);
 int cli_cmd_pin(int argc, char **argv);
 int cli_cmd_status(int argc, char **argv);

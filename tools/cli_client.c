@@ -116,6 +116,46 @@ int cli_cmd_unload(int argc, char **argv)
     return cli_call(&o, "unload", CTL_CMD_UNLOAD, args, 1, NULL);
 }
 
+/* decommission: the request is queued by the service; the outcome (the
+ * server's answer, at most about two minutes) is read from the status'
+ * service.decommission until it is no longer "pending". */
+#define CLI_DECOM_WAIT_MS 150000
+
+int cli_cmd_decommission(int argc, char **argv)
+{
+    cli_opts o;
+    if (cli_parse(argc, argv, CLI_OPT_CONTROL, 0, 0, &o) < 0)
+        return CLI_EXIT_USAGE;
+    int r = cli_call(&o, "decommission", CTL_CMD_DECOMMISSION, NULL, 0, NULL);
+    if (r != CLI_EXIT_OK)
+        return r;
+    for (int waited = 0; waited < CLI_DECOM_WAIT_MS; waited += 250) {
+        json_object *st = NULL, *svc = NULL, *d = NULL, *res = NULL, *det = NULL;
+        if ((r = cli_call(&o, "decommission", CTL_CMD_STATUS, NULL, 0, &st)) != CLI_EXIT_OK)
+            return r;
+        const char *result = "pending", *detail = "";
+        if (json_object_object_get_ex(st, "service", &svc) && json_object_object_get_ex(svc, "decommission", &d) &&
+            json_object_object_get_ex(d, "result", &res) && json_object_object_get_ex(d, "detail", &det)) {
+            result = json_object_get_string(res);
+            detail = json_object_get_string(det);
+        }
+        if (strcmp(result, "pending") != 0) {
+            bool ok = !strcmp(result, "done");
+            if (ok)
+                printf("%s\n", detail);
+            else
+                cli_error("decommission failed, nothing changed: %s", detail);
+            json_object_put(st);
+            return ok ? CLI_EXIT_OK : CLI_EXIT_FAILED;
+        }
+        json_object_put(st);
+        struct timespec ts = { 0, 250 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    cli_error("decommission: no answer from the management server yet; see 'm2mvpn status'");
+    return CLI_EXIT_FAILED;
+}
+
 int cli_cmd_login(int argc, char **argv)
 {
     cli_opts o;

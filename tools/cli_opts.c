@@ -34,6 +34,7 @@ void cli_usage(void)
           "  m2mvpn disconnect [--remove] [--control SOCK]  (--remove: unload the profile, kill switch too)\n"
           "  m2mvpn switch NAME [--control SOCK]\n"
           "  m2mvpn unload NAME [--control SOCK]     (also removes its kill switch)\n"
+          "  m2mvpn decommission [--control SOCK]   (revoke this device's certificate, remove its key)\n"
           "  m2mvpn login --user U [--control SOCK]   (password from stdin or prompt)\n"
           "  m2mvpn pin [--control SOCK]              (PIN from stdin or prompt)\n"
           "  m2mvpn status [--json] [--control SOCK]\n"

@@ -17,6 +17,7 @@ static const struct {
     [CTL_CMD_PIN] = { "pin", 1, 1 },
     [CTL_CMD_STOP] = { "stop", 0, 0 },
     [CTL_CMD_UNLOAD] = { "unload", 1, 1 },
+    [CTL_CMD_DECOMMISSION] = { "decommission", 0, 0 },
 };
 
 const char *ctl_cmd_name(ctl_cmd cmd)

@@ -37,6 +37,7 @@ typedef enum ctl_cmd {
     CTL_CMD_PIN,         /* pin (secret) */
     CTL_CMD_STOP,        /* no args: disconnect and end the service */
     CTL_CMD_UNLOAD,      /* profile name */
+    CTL_CMD_DECOMMISSION, /* no args: revoke the device certificate, remove the credential */
     CTL_CMD_COUNT_
 } ctl_cmd;
 

@@ -13,7 +13,7 @@ static const struct {
     { "run", cli_cmd_run },         { "start", cli_cmd_start },           { "stop", cli_cmd_stop },
     { "connect", cli_cmd_connect }, { "disconnect", cli_cmd_disconnect }, { "switch", cli_cmd_switch },
     { "login", cli_cmd_login },     { "pin", cli_cmd_pin },               { "status", cli_cmd_status },
-    { "unload", cli_cmd_unload },   { "bind-key", cli_cmd_bind_key },
+    { "unload", cli_cmd_unload },   { "decommission", cli_cmd_decommission },   { "bind-key", cli_cmd_bind_key },
     { "keygen", cli_cmd_keygen },
 };
 

@@ -60,6 +60,9 @@ typedef struct service {
     time_t started_at;            /* wall clock, for status */
     svc_reload_state reload;
     bool trim_pending;            /* a state change happened: give back freed heap */
+    /* the last "decommission" request: "" none, "pending", "done", "failed" */
+    char decom_result[16];
+    char decom_detail[512];
 } service;
 
 static const char *error_name(int code)
@@ -119,6 +122,13 @@ static void on_event(m2mvpn *h, const m2mvpn_event *ev, void *userdata)
     case M2MVPN_EVENT_CREDENTIALS_REQUIRED:
         svc_log(s, M2MVPN_LOG_WARNING, "profile '%s' needs a user name and password: answer with 'm2mvpn login --user USER'",
                 ev->profile);
+        break;
+    case M2MVPN_EVENT_DECOMMISSIONED:
+        snprintf(s->decom_result, sizeof(s->decom_result), "%s", ev->error ? "failed" : "done");
+        snprintf(s->decom_detail, sizeof(s->decom_detail), "%s%s%s", ev->error ? error_name(ev->error) : "",
+                 ev->error && *detail ? ": " : "", detail);
+        svc_log(s, ev->error ? M2MVPN_LOG_WARNING : M2MVPN_LOG_INFO, "event DECOMMISSIONED%s%s", ev->error ? " " : "",
+                s->decom_detail);
         break;
     default:
         svc_log(s, ev->error ? M2MVPN_LOG_WARNING : M2MVPN_LOG_INFO, "event %s%s%s%s%s", m2mvpn_event_name(ev->type),
@@ -231,6 +241,14 @@ static json_object *service_status(const service *s)
     json_object_object_add(o, "control_group",
                            s->opts->control_group ? json_object_new_string(s->opts->control_group) : NULL);
     json_object_object_add(o, "reload", svc_reload_json(&s->reload));
+    if (s->decom_result[0]) {
+        json_object *d = json_object_new_object();
+        if (d) {
+            json_object_object_add(d, "result", json_object_new_string(s->decom_result));
+            json_object_object_add(d, "detail", json_object_new_string(s->decom_detail));
+            json_object_object_add(o, "decommission", d);
+        }
+    }
     return o;
 }
 
@@ -272,6 +290,13 @@ static char *run_request(service *s, ctl_request *req)
         break;
     case CTL_CMD_STOP:
         begin_stop(s, "stop request");
+        break;
+    case CTL_CMD_DECOMMISSION:
+        r = m2mvpn_decommission(s->h);
+        if (r == 0) {
+            snprintf(s->decom_result, sizeof(s->decom_result), "pending");
+            s->decom_detail[0] = '\0';
+        }
         break;
     case CTL_CMD_COUNT_:
         return response_error(0, "BAD_REQUEST", "unknown command");

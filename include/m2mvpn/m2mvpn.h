@@ -54,6 +54,11 @@
  *                    No signature changed: MOBIKE roaming (RFC 4555); event
  *                    ROAMED (4) now sent, m2mvpn_status.roams counts the
  *                    moves (address, interface or NAT mapping).
+ *  1.3 (M2MVPN_1.3)  m2mvpn_decommission (CMP RR for the device's own
+ *                    certificate, then the credential removed); event
+ *                    DECOMMISSIONED (11); error DECOMMISSION (-30); the
+ *                    status JSON's "management.state" may be
+ *                    "decommissioned".
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -112,7 +117,8 @@ extern "C" {
     XX(PENDING,     -26, "enrolment not approved yet: the operator must approve this device") \
     XX(SERVER_CERT, -27, "management server certificate does not chain to the bootstrap's server_ca") \
     XX(BUNDLE,      -28, "profile bundle refused (signature, device, version or expiry)") \
-    XX(ENROL,       -29, "enrolment refused by the management server")
+    XX(ENROL,       -29, "enrolment refused by the management server") \
+    XX(DECOMMISSION, -30, "decommissioning refused by the management server: nothing changed")
 
 typedef enum m2mvpn_error {
     M2MVPN_OK = 0,
@@ -147,7 +153,8 @@ typedef enum m2mvpn_event_type {
     M2MVPN_EVENT_CONFIG_UPDATED = 7,
     M2MVPN_EVENT_UPDATE_AVAILABLE = 8,
     M2MVPN_EVENT_CERT_RENEWED = 9,
-    M2MVPN_EVENT_ENROLLED = 10         /**< management: the device certificate arrived (1.2) */
+    M2MVPN_EVENT_ENROLLED = 10,        /**< management: the device certificate arrived (1.2) */
+    M2MVPN_EVENT_DECOMMISSIONED = 11   /**< management: the answer to m2mvpn_decommission (1.3) */
 } m2mvpn_event_type;
 
 /**
@@ -442,6 +449,41 @@ M2MVPN_API int m2mvpn_set_state_dir(m2mvpn *h, const char *dir);
  * for its result). Thread-safe. Added in 1.2.
  */
 M2MVPN_API int m2mvpn_update_result(m2mvpn *h, const char *version, int ok, const char *details);
+
+/**
+ * Decommission this device: revoke its own certificate at the management
+ * server and remove its credential, e.g. before the device is scrapped,
+ * resold or handed back. For an enrolled managed device (a bootstrap
+ * profile runs and has its certificate).
+ *
+ * Non-blocking: the call queues the request and returns; the outcome comes
+ * as one event M2MVPN_EVENT_DECOMMISSIONED on the engine thread (once the
+ * server answered, or its request timed out, at most about two minutes):
+ *  - error 0: the server revoked the certificate (a CMP revocation request,
+ *    RFC 4210 5.3.9, signed with the device key in its provider, answered
+ *    "accepted" and signed by the device CA); the tunnel is stopped, the
+ *    management polling stops, and the device key (file, TPM key file, or
+ *    the token's key object), its certificate, mgmt.json, the installed
+ *    profile and its CA files are removed from the state directory (keys
+ *    overwritten before unlinking). decommission.json stays: the bootstrap
+ *    then refuses to run in that state directory (error STATE) until it
+ *    is removed and a new enrolment token given. Detail: device id and
+ *    revoked serial.
+ *  - error < 0: nothing changed (tunnel, polling, files); the detail says
+ *    why: DECOMMISSION (refused by the server, its reason), NETWORK
+ *    (server unreachable), SERVER_CERT (TLS), PROTOCOL (an answer that
+ *    cannot be trusted: unsigned, another signer, another transaction).
+ *    Call again to retry.
+ * A stop or power cut during it is finished at the next start: before the
+ * request is sent, decommission.json says so; at the next start the device
+ * sends the request again without using its certificate for the tunnel,
+ * and a removal that was under way is completed.
+ *
+ * Errors of the call itself: BADHANDLE, STATE (not an enrolled managed
+ * device, or not yet enrolled). Thread-safe; may be called from a
+ * callback. Added in 1.3.
+ */
+M2MVPN_API int m2mvpn_decommission(m2mvpn *h);
 
 /** Library version string, e.g. "1.0.0". */
 M2MVPN_API const char *m2mvpn_version(void);

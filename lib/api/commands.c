@@ -225,6 +225,15 @@ int m2mvpn_update_result(m2mvpn *h, const char *version, int ok, const char *det
     return r < 0 ? api_fail(h, r, "m2mvpn_update_result: %s", m2mvpn_strerror(r)) : 0;
 }
 
+int m2mvpn_decommission(m2mvpn *h)
+{
+    if (!api_handle_ok(h))
+        return M2MVPN_E_BADHANDLE;
+    char err[API_ERR_LEN];
+    int r = mgmt_decommission(h->mgmt, err, sizeof(err));
+    return r < 0 ? api_fail(h, r, "m2mvpn_decommission: %s", err) : 0;
+}
+
 int m2mvpn_profile_load_file(m2mvpn *h, const char *path)
 {
     if (!api_handle_ok(h))

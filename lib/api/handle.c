@@ -110,6 +110,13 @@ static void mgmt_cert_renewed(void *arg)
                  "uses it", m2mvpn_strerror(r));
 }
 
+/* Decommissioned (the certificate is revoked): the tunnel stops for good. */
+static void mgmt_decommissioned(void *arg)
+{
+    m2mvpn *h = arg;
+    conn_disconnect(h->conn);
+}
+
 int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
 {
     if (!ret)
@@ -144,7 +151,7 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
         free(h);
         return M2MVPN_E_SYSTEM;
     }
-    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile, mgmt_tunnel, mgmt_cert_renewed };
+    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile, mgmt_tunnel, mgmt_cert_renewed, mgmt_decommissioned };
     if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0 || mgmt_new(&h->loop, &h->log, &mhooks, &h->mgmt) < 0) {
         conn_free(h->conn);
         core_loop_destroy(&h->loop);

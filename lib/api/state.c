@@ -33,6 +33,7 @@ static const char *const event_names[] = {
     [M2MVPN_EVENT_UPDATE_AVAILABLE] = "UPDATE_AVAILABLE",
     [M2MVPN_EVENT_CERT_RENEWED] = "CERT_RENEWED",
     [M2MVPN_EVENT_ENROLLED] = "ENROLLED",
+    [M2MVPN_EVENT_DECOMMISSIONED] = "DECOMMISSIONED",
 };
 
 const char *m2mvpn_event_name(int type)

@@ -31,7 +31,7 @@
 #define FAIL_RETRY_S 60
 
 typedef enum job_type {
-    JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT, JOB_RENEW, JOB_INSTALL
+    JOB_NONE, JOB_ENROL, JOB_FETCH, JOB_POLL, JOB_DEPLOY, JOB_ARTIFACT, JOB_RENEW, JOB_INSTALL, JOB_RR
 } job_type;
 
 #define TRY_POLL_S 3          /* trying a profile: poll this often for the commit */
@@ -52,7 +52,8 @@ typedef struct job {
     bool reopen;              /* FETCH: free key/cred given, open the token key again */
     bool made_key;            /* ENROL: the key file was made by this attempt */
     X509 *cert;               /* ENROL, RENEW: issued */
-    X509 *old_cert;           /* RENEW: the current one (a reference) */
+    X509 *old_cert;           /* RENEW, RR: the current one (a reference) */
+    bool rr_signed_only;      /* RR: a refusal too must be signed (a restart's retry) */
     EVP_PKEY *new_key;        /* RENEW: the key of the new certificate */
     bool new_key_file;        /* RENEW: new key in <key>.next (file provider) */
     bool p11_new;             /* RENEW: new key pair on the token, CKA_ID p11_id */
@@ -151,12 +152,20 @@ struct mgmt {
     int64_t renew_dep;        /* a cert deployment asking for it (0: the schedule) */
     mgmt_dep_type ask_type;   /* the deployment being fetched */
     bool ask_window;
+    /* decommissioning (CMP RR, decommission.json) */
+    bool decom_asked;         /* under mu: m2mvpn_decommission asked, engine not yet told */
+    bool decom_unfinished;    /* under mu: a restart's RR failed, the device waits for another */
+    mgmt_decom decom;         /* engine: as on disk */
+    bool decom_out;           /* engine: the RR is queued or under way */
 };
 
 static void renew_arm(mgmt *m);
 static void renew_recover(mgmt *m);
 static void renew_done(mgmt *m, job *j);
 static void on_renew_timer(void *arg);
+static void decom_start(mgmt *m);
+static void decom_done(mgmt *m, job *j);
+static void decom_submit(mgmt *m);
 
 /* ------------------------------------------------------------- helpers */
 
@@ -642,6 +651,10 @@ static void run_job(mgmt *m, job *j)
         renew_run(m, j);
         release_tpm(m, &j->key, &j->cred);
         break;
+    case JOB_RR:
+        j->r = mgmt_cmp_rr(&j->tls, j->tls.key, j->old_cert, j->rr_signed_only, j->err, sizeof(j->err));
+        release_tpm(m, &j->key, &j->cred);
+        break;
     case JOB_NONE:
         break;
     }
@@ -723,6 +736,11 @@ static void submit_path(mgmt *m, job_type type, const char *path)
             feedback_body(&m->fb, j->fb_body, sizeof(j->fb_body));
         }
         LOG_DBG(m->log, SUB, "polling %s%s", m->boot->mgmt.url, j->path);
+    } else if (type == JOB_RR) {
+        X509_up_ref(m->cert);
+        j->old_cert = m->cert;
+        j->rr_signed_only = m->st.phase != MGMT_ENROLLED; /* a restart's retry */
+        LOG_INFO(m->log, SUB, "decommissioning: revoking the device certificate (CMP RR) at %s", m->boot->mgmt.url);
     } else if (type == JOB_RENEW) {
         X509_up_ref(m->cert);
         j->old_cert = m->cert;
@@ -1700,7 +1718,7 @@ static void renew_arm(mgmt *m)
 static void on_renew_timer(void *arg)
 {
     mgmt *m = arg;
-    if (!m->cert || m->st.phase != MGMT_ENROLLED)
+    if (!m->cert || m->st.phase != MGMT_ENROLLED || m->decom.phase != MGMT_DECOM_NONE)
         return;
     if (m->busy) { /* one request at a time: right after the one under way */
         core_timer_arm(m->loop, &m->renew_timer, 2000);
@@ -1888,6 +1906,180 @@ static void renew_done(mgmt *m, job *j)
         schedule_poll(m, m->fb.id ? 1 : poll_interval(m));
 }
 
+/* ------------------------------------------------- decommissioning (RR)
+ *
+ * decommission.json "requested" is on disk before the RR goes out, so a
+ * stop while it is under way is known at the next start (the RR is sent
+ * again there, before anything else and without using the profile). Only
+ * an accepted answer (mgmt_cmp_rr: signed by the device CA, matching the
+ * request) moves it to "revoked", and only then do the tunnel, the polling
+ * and the files go; "done" last. A refused or failed RR removes the intent
+ * again: nothing else changed. */
+
+static void decom_event(mgmt *m, int r, const char *detail)
+{
+    m->hooks.on_event(m->hooks.arg, M2MVPN_EVENT_DECOMMISSIONED, r, detail);
+}
+
+static void decom_submit(mgmt *m)
+{
+    if (m->busy)
+        return; /* on_result sends it once the request under way is back */
+    submit(m, JOB_RR);
+    if (!m->busy) { /* out of memory */
+        m->decom_out = false;
+        m->decom.phase = MGMT_DECOM_NONE;
+        char err[256];
+        if (m->st.phase == MGMT_ENROLLED)
+            mgmt_decom_save(m->dir, &m->decom, err, sizeof(err));
+        decom_event(m, M2MVPN_E_NOMEM, "decommissioning: out of memory, nothing changed");
+    }
+}
+
+static void decom_start(mgmt *m)
+{
+    char err[512];
+    if (m->decom_out || !m->cert || !m->dir)
+        return;
+    snprintf(m->decom.device_id, sizeof(m->decom.device_id), "%s", m->st.device_id);
+    m->decom.phase = MGMT_DECOM_REQUESTED;
+    m->decom.time = wall_now();
+    int r = mgmt_decom_save(m->dir, &m->decom, err, sizeof(err));
+    if (r < 0) {
+        m->decom.phase = MGMT_DECOM_NONE;
+        LOG_ERR(m->log, SUB, "decommissioning: %s", err);
+        decom_event(m, r, err);
+        return;
+    }
+    core_timer_cancel(m->loop, &m->timer);
+    core_timer_cancel(m->loop, &m->renew_timer);
+    m->decom_out = true;
+    decom_submit(m);
+}
+
+static void decom_finish(mgmt *m)
+{
+    char err[512], serial[80] = "";
+    core_timer_cancel(m->loop, &m->timer);
+    core_timer_cancel(m->loop, &m->renew_timer);
+    if (m->cert) {
+        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(m->cert), NULL);
+        char *hex = bn ? BN_bn2hex(bn) : NULL;
+        if (hex)
+            snprintf(serial, sizeof(serial), "%s", hex);
+        OPENSSL_free(hex);
+        BN_free(bn);
+    }
+    if (m->hooks.on_decommissioned)
+        m->hooks.on_decommissioned(m->hooks.arg);
+    EVP_PKEY_free(m->key);
+    cred_free(m->cred);
+    X509_free(m->cert);
+    m->key = NULL;
+    m->cred = NULL;
+    m->cert = NULL;
+    const profile *b = m->boot;
+    bool key_file = b->mgmt.provider == PROFILE_CERT_FILE ||
+                    (b->mgmt.provider == PROFILE_CERT_TPM && strncmp(m->key_path, "0x", 2) != 0);
+    p11_uri u;
+    if (b->mgmt.provider == PROFILE_CERT_PKCS11) {
+        if (!p11_renewable(m, &u) || p11_objects(m, u.object, NULL, false, NULL, NULL, err, sizeof(err)) < 0)
+            LOG_WARN(m->log, SUB, "decommissioning: the key stays on the token (%s): delete it there",
+                     p11_renewable(m, &u) ? err : "the bootstrap's pkcs11_uri names no object= label");
+    } else if (!key_file) {
+        LOG_WARN(m->log, SUB, "decommissioning: the TPM persistent key %s stays: evict it (tpm2_evictcontrol)",
+                 m->key_path);
+    }
+    int r = mgmt_decom_wipe(m->dir, key_file ? m->key_path : NULL, err, sizeof(err));
+    if (r < 0) {
+        /* decommission.json stays "revoked": the next start finishes */
+        LOG_ERR(m->log, SUB, "decommissioning: the certificate is revoked but removing the credential failed: %s",
+                err);
+        set_phase(m, MGMT_DECOMMISSIONED, err);
+        decom_event(m, r, err);
+        return;
+    }
+    m->decom.phase = MGMT_DECOM_DONE;
+    m->decom.time = wall_now();
+    if (mgmt_decom_save(m->dir, &m->decom, err, sizeof(err)) < 0)
+        LOG_WARN(m->log, SUB, "decommissioning: %s", err);
+    set_phase(m, MGMT_DECOMMISSIONED, NULL);
+    memset(&m->st, 0, sizeof(m->st));
+    m->st.phase = MGMT_DECOMMISSIONED;
+    pthread_mutex_lock(&m->mu);
+    m->status.cert_not_after = 0;
+    m->status.cert_refused = false;
+    m->status.last_error[0] = '\0';
+    pthread_mutex_unlock(&m->mu);
+    char detail[300];
+    snprintf(detail, sizeof(detail), "device %s decommissioned: certificate %s revoked, key and certificate "
+             "removed from %s", m->decom.device_id[0] ? m->decom.device_id : "(unknown)", serial[0] ? serial : "?",
+             m->dir);
+    LOG_INFO(m->log, SUB, "%s", detail);
+    publish_status(m, NULL);
+    decom_event(m, 0, detail);
+}
+
+static void decom_done(mgmt *m, job *j)
+{
+    char err[512];
+    bool retry = m->st.phase != MGMT_ENROLLED; /* the restart's RR */
+    m->decom_out = false;
+    if (j->r == 0) {
+        m->decom.phase = MGMT_DECOM_REVOKED;
+        m->decom.time = wall_now();
+        if (mgmt_decom_save(m->dir, &m->decom, err, sizeof(err)) < 0)
+            LOG_ERR(m->log, SUB, "decommissioning: %s (removing the credential anyway)", err);
+        LOG_INFO(m->log, SUB, "decommissioning: the server revoked the device certificate");
+        decom_finish(m);
+        return;
+    }
+    LOG_ERR(m->log, SUB, "%s", j->err);
+    if (retry) {
+        /* Restarted during an RR whose outcome is unknown: the device does
+         * not use its certificate until an RR is answered (decommission
+         * again); decommission.json stays. */
+        char why[600];
+        snprintf(why, sizeof(why), "an interrupted decommissioning is unfinished (%s): call "
+                 "m2mvpn_decommission again", j->err);
+        set_phase(m, MGMT_ERROR, why);
+        pthread_mutex_lock(&m->mu);
+        m->decom_unfinished = true;
+        pthread_mutex_unlock(&m->mu);
+        decom_event(m, j->r, why);
+        return;
+    }
+    m->decom.phase = MGMT_DECOM_NONE;
+    if (mgmt_decom_save(m->dir, &m->decom, err, sizeof(err)) < 0)
+        LOG_ERR(m->log, SUB, "decommissioning: %s", err);
+    decom_event(m, j->r, j->err);
+    renew_arm(m);
+    schedule_poll(m, poll_interval(m));
+}
+
+int mgmt_decommission(mgmt *m, char *err, size_t err_len)
+{
+    if (!m)
+        return M2MVPN_E_INVAL;
+    pthread_mutex_lock(&m->mu);
+    mgmt_phase p = m->status.phase;
+    bool on = m->status.on;
+    if (!on || (p != MGMT_ENROLLED && !(p == MGMT_ERROR && m->decom_unfinished))) {
+        pthread_mutex_unlock(&m->mu);
+        snprintf(err, err_len, "not an enrolled managed device (management state %s)",
+                 on ? mgmt_phase_name(p) : "off");
+        return M2MVPN_E_STATE;
+    }
+    m->decom_asked = true;
+    m->decom_unfinished = false;
+    uint64_t one = 1;
+    if (write(m->evfd, &one, sizeof(one)) < 0) {
+        /* counter full: a wake is pending anyway */
+    }
+    pthread_mutex_unlock(&m->mu);
+    return 0;
+}
+
 static void on_result(void *arg, uint32_t events)
 {
     (void)events;
@@ -1900,7 +2092,11 @@ static void on_result(void *arg, uint32_t events)
     pthread_mutex_lock(&m->mu);
     job *j = m->done;
     m->done = NULL;
+    bool asked = m->decom_asked;
+    m->decom_asked = false;
     pthread_mutex_unlock(&m->mu);
+    if (asked)
+        decom_start(m);
     if (!j)
         return;
     m->busy = false;
@@ -1916,14 +2112,20 @@ static void on_result(void *arg, uint32_t events)
         renew_done(m, j);
     else if (j->type == JOB_INSTALL)
         install_done(m, j);
+    else if (j->type == JOB_RR)
+        decom_done(m, j);
     else
         fetch_done(m, j);
     job_free(j);
+    if (m->decom_out && !m->busy && !m->done)
+        decom_submit(m); /* asked while another request was out */
 }
 
 static void on_timer(void *arg)
 {
     mgmt *m = arg;
+    if (m->decom.phase != MGMT_DECOM_NONE)
+        return; /* decommissioning: no other request */
     /* Day 0 until a first profile is installed, then the day-N poll. */
     submit(m, !m->cert ? JOB_ENROL : m->st.profile_version > 0 && !m->no_poll ? JOB_POLL : JOB_FETCH);
 }
@@ -2013,7 +2215,9 @@ static int resume(mgmt *m, char *err, size_t err_len)
     snprintf(path, sizeof(path), "%s/profile.json", m->dir);
     profile_set *set = NULL;
     char perr[512];
-    if (m->st.profile_version > 0 && profile_set_load_file(path, &set, perr, sizeof(perr)) == 0) {
+    if (m->decom.phase != MGMT_DECOM_NONE) {
+        /* an interrupted decommissioning: the RR first, no tunnel */
+    } else if (m->st.profile_version > 0 && profile_set_load_file(path, &set, perr, sizeof(perr)) == 0) {
         LOG_INFO(m->log, SUB, "using the stored profile version %lld", (long long)m->st.profile_version);
         m->hooks.on_profile(m->hooks.arg, set);
     } else if (m->st.profile_version > 0) {
@@ -2063,12 +2267,52 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
         snprintf(err, err_len, "management.server_ca %s: no PEM certificate readable there", boot->mgmt.server_ca);
         return M2MVPN_E_CERT;
     }
+    mgmt_decom decom;
+    char derr[512] = "";
+    if (mgmt_decom_load(state_dir, &decom, derr, sizeof(derr)) < 0)
+        LOG_WARN(m->log, SUB, "%s", derr);
+    if (decom.phase == MGMT_DECOM_REVOKED || decom.phase == MGMT_DECOM_DONE) {
+        /* revoked: finish the removal (idempotent), then refuse to run */
+        bool key_file = boot->mgmt.provider == PROFILE_CERT_FILE ||
+                        (boot->mgmt.provider == PROFILE_CERT_TPM && !(boot->mgmt.tpm_key &&
+                                                                      !strncmp(boot->mgmt.tpm_key, "0x", 2)));
+        char kp[4200];
+        snprintf(kp, sizeof(kp), "%s%s", boot->mgmt.provider == PROFILE_CERT_TPM
+                                              ? (boot->mgmt.tpm_key ? boot->mgmt.tpm_key : state_dir)
+                                              : (boot->mgmt.key ? boot->mgmt.key : state_dir),
+                 (boot->mgmt.provider == PROFILE_CERT_TPM ? boot->mgmt.tpm_key : boot->mgmt.key) ? ""
+                 : boot->mgmt.provider == PROFILE_CERT_TPM                                     ? "/device.tss2.pem"
+                                                                                                : "/device.key.pem");
+        if (decom.phase == MGMT_DECOM_REVOKED) {
+            if (mgmt_decom_wipe(state_dir, key_file ? kp : NULL, derr, sizeof(derr)) == 0) {
+                decom.phase = MGMT_DECOM_DONE;
+                mgmt_decom_save(state_dir, &decom, derr, sizeof(derr));
+                LOG_WARN(m->log, SUB, "an interrupted decommissioning finished: the credential is removed");
+            } else {
+                LOG_ERR(m->log, SUB, "finishing an interrupted decommissioning: %s", derr);
+            }
+        }
+        X509_free(signer);
+        pthread_mutex_lock(&m->mu);
+        m->status.on = true;
+        m->status.phase = MGMT_DECOMMISSIONED;
+        snprintf(m->status.device_id, sizeof(m->status.device_id), "%s", decom.device_id);
+        pthread_mutex_unlock(&m->mu);
+        snprintf(err, err_len, "this device (%s) was decommissioned: its certificate is revoked and its key "
+                 "removed; to enrol it again remove %s/decommission.json and give the bootstrap a new "
+                 "enrolment token", decom.device_id[0] ? decom.device_id : "unknown id", state_dir);
+        pthread_mutex_lock(&m->mu);
+        snprintf(m->status.last_error, sizeof(m->status.last_error), "%s", err);
+        pthread_mutex_unlock(&m->mu);
+        return M2MVPN_E_STATE;
+    }
     mgmt_state st;
     int r = mgmt_state_load(state_dir, &st, err, err_len);
     if (r < 0) {
         X509_free(signer);
         return r;
     }
+    m->decom = decom;
     if (!(m->dir = strdup(state_dir))) {
         X509_free(signer);
         return M2MVPN_E_NOMEM;
@@ -2109,6 +2353,15 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
         if (r < 0) {
             set_phase(m, MGMT_ERROR, err);
             return r;
+        }
+        if (m->decom.phase == MGMT_DECOM_REQUESTED) {
+            /* Stopped while an RR was out: its outcome is unknown, so
+             * the certificate is not used; the RR goes again (a refusal
+             * counts only if signed by the CA). */
+            set_phase(m, MGMT_ERROR, "an interrupted decommissioning is being finished (CMP RR sent again)");
+            m->decom_out = true;
+            decom_submit(m);
+            return 0;
         }
         publish_status(m, NULL);
         renew_arm(m);

@@ -78,7 +78,7 @@ void mgmt_bundle_clear(mgmt_bundle *b);
  * folder), mode 0600. */
 int mgmt_write_file(const char *dir, const char *name, const void *data, size_t len, char *err, size_t err_len);
 
-typedef enum mgmt_phase { MGMT_UNENROLLED, MGMT_PENDING, MGMT_ENROLLED, MGMT_ERROR } mgmt_phase;
+typedef enum mgmt_phase { MGMT_UNENROLLED, MGMT_PENDING, MGMT_ENROLLED, MGMT_ERROR, MGMT_DECOMMISSIONED } mgmt_phase;
 const char *mgmt_phase_name(mgmt_phase p);
 
 /* mgmt.json */
@@ -133,6 +133,21 @@ int mgmt_cmp_kur(const mgmt_tls *t, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY 
  * failure texts of a renewal without a network). */
 int mgmt_cmp_kur_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *old_key, X509 *old_cert, EVP_PKEY *new_key,
                        X509 **ret_cert, char *err, size_t err_len);
+
+/* Day N: one CMP RR (RFC 4210 5.3.9) revoking `cert`, signed with (key,
+ * cert), reason cessationOfOperation. 0 only for a positive answer signed
+ * by the issuer of `cert` that matches the request (transactionID, nonce);
+ * else M2MVPN_E_ENROL (refused by the server, its reason in err), NETWORK,
+ * SERVER_CERT, PROTOCOL (an answer not to be trusted). protected_errors:
+ * a refusal too must be signed (else an unprotected refusal is read for
+ * its reason). */
+int mgmt_cmp_rr(const mgmt_tls *t, EVP_PKEY *key, X509 *cert, bool protected_errors, char *err, size_t err_len);
+/* The same RR answered by an in-process OpenSSL CMP server (tests). */
+int mgmt_cmp_rr_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *key, X509 *cert, char *err, size_t err_len);
+/* The RR answer handling alone (tests, fuzzing): `der` is taken as the
+ * answer to an RR for (key, cert). */
+int mgmt_cmp_check_rr_answer(const uint8_t *der, size_t len, EVP_PKEY *key, X509 *cert, char *err,
+                             size_t err_len);
 
 /* The device id the server derives: "dev-" + 16 hex of SHA-256(SPKI DER). */
 int mgmt_device_id(EVP_PKEY *key, char out[21]);
@@ -220,6 +235,33 @@ int mgmt_apply_rollback(const char *dir, mgmt_journal *j, const char *reason, ch
 int mgmt_apply_recover(const char *dir, mgmt_journal *j, mgmt_state *st, char *what, size_t what_len, char *err,
                        size_t err_len);
 
+/* ------------------------------------ day N: decommissioning (decommission.json) */
+
+typedef enum mgmt_decom_phase {
+    MGMT_DECOM_NONE,          /* no file */
+    MGMT_DECOM_REQUESTED,     /* the CMP RR was (or is about to be) sent: outcome unknown */
+    MGMT_DECOM_REVOKED,       /* the server accepted it: the credential is being removed */
+    MGMT_DECOM_DONE,          /* removed; the bootstrap does not run again */
+} mgmt_decom_phase;
+const char *mgmt_decom_phase_name(mgmt_decom_phase p);
+
+typedef struct mgmt_decom {
+    mgmt_decom_phase phase;
+    char device_id[64];
+    int64_t time;             /* when the phase was written (Unix time) */
+} mgmt_decom;
+
+/* Missing: phase NONE, 0. Malformed: phase REQUESTED (the safe reading)
+ * and M2MVPN_E_IO with err. Saving phase NONE removes the file. */
+int mgmt_decom_load(const char *dir, mgmt_decom *d, char *err, size_t err_len);
+int mgmt_decom_save(const char *dir, const mgmt_decom *d, char *err, size_t err_len);
+/* Remove the device's files from dir (key, certificate, intents, mgmt.json,
+ * apply journal, profiles, CA files, update files; decommission.json and
+ * anything else stays), and key_file (may be outside dir, NULL: none) and
+ * its ".next" first; keys and all are overwritten with zeros before the
+ * unlink, the folder fsynced. Idempotent. */
+int mgmt_decom_wipe(const char *dir, const char *key_file, char *err, size_t err_len);
+
 /* ------------------------------------------------------- the engine side */
 
 typedef struct mgmt mgmt;
@@ -237,6 +279,9 @@ typedef struct mgmt_hooks {
     /* The certificate was renewed (files swapped, CERT_RENEWED emitted):
      * reauthenticate now so the next IKE SA uses it. NULL: nothing. */
     void (*on_cert_renewed)(void *arg);
+    /* The server revoked the certificate on our RR: stop the tunnel for
+     * good and drop the managed profile (the credential goes next). */
+    void (*on_decommissioned)(void *arg);
 } mgmt_hooks;
 
 typedef struct mgmt_status {
@@ -268,6 +313,12 @@ void mgmt_note_tunnel(mgmt *m, int err, const char *detail);
  * handed over with UPDATE_AVAILABLE: reported to the server. Any thread.
  * M2MVPN_E_STATE: no update of that version is waiting for its result. */
 int mgmt_update_result(mgmt *m, const char *version, bool ok, const char *details);
+/* Decommission the device (any thread): a CMP RR for the device
+ * certificate signed with the device key; the answer comes as event
+ * DECOMMISSIONED (error 0: revoked, tunnel stopped, credential removed;
+ * < 0: nothing changed, detail says why). 0: asked; M2MVPN_E_STATE with
+ * err: not an enrolled managed device or a decommissioning under way. */
+int mgmt_decommission(mgmt *m, char *err, size_t err_len);
 /* The artifact against its verified software bundle: size and sha256. */
 int mgmt_artifact_check(const uint8_t *data, size_t len, const mgmt_bundle *b, char *err, size_t err_len);
 

@@ -18,6 +18,7 @@ typedef struct cmp_io {
     const mgmt_tls *tls;
     X509 *old_cert;            /* KUR: the answer must be signed by its issuer */
     X509 *issuer;              /* KUR: that issuer, found in the answer (a reference) */
+    const char *op;            /* KUR, RR: what the messages call it; NULL: KUR */
     const uint8_t *canned;     /* tests/fuzzing: this answer to every request */
     OSSL_CMP_SRV_CTX *srv;     /* tests: an in-process server answers */
     size_t canned_len;
@@ -85,7 +86,10 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
     }
     if (io->canned) {
         const unsigned char *p = io->canned;
-        return d2i_OSSL_CMP_MSG(NULL, &p, (long)io->canned_len);
+        OSSL_CMP_MSG *rsp = d2i_OSSL_CMP_MSG(NULL, &p, (long)io->canned_len);
+        if (rsp && io->old_cert)
+            pin_issuer(ctx, io, io->canned, io->canned_len);
+        return rsp;
     }
     unsigned char *der = NULL;
     int der_len = i2d_OSSL_CMP_MSG(req, &der);
@@ -133,12 +137,13 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
     /* A key update (old_cert set) is signed with the device certificate:
      * no enrolment token is involved, so its failures never name one. */
     bool kur = io->old_cert != NULL;
+    const char *op = io->op ? io->op : "certificate renewal (CMP KUR)";
     if (io->net_err) {
         if (kur && io->net_err == M2MVPN_E_NETWORK)
-            snprintf(err, err_len, "certificate renewal (CMP KUR): network failure, the management server could "
-                     "not be reached: %s", io->net_why);
+            snprintf(err, err_len, "%s: network failure, the management server could "
+                     "not be reached: %s", op, io->net_why);
         else if (kur)
-            snprintf(err, err_len, "certificate renewal (CMP KUR): %s", io->net_why);
+            snprintf(err, err_len, "%s: %s", op, io->net_why);
         else
             snprintf(err, err_len, "%s", io->net_why);
         return io->net_err;
@@ -165,14 +170,14 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
             ERR_error_string_n(e, why, sizeof(why));
     }
     if (kur && not_ours) {
-        snprintf(err, err_len, "certificate renewal (CMP KUR): the server's answer certifies another key than "
-                 "the device's new key: refused");
+        snprintf(err, err_len, "%s: the server's answer certifies another key than "
+                 "the device's new key: refused", op);
         ERR_clear_error();
         return M2MVPN_E_CERT;
     }
     if (kur && bad_mac) {
-        snprintf(err, err_len, "certificate renewal (CMP KUR): the server's answer is MAC-protected instead of "
-                 "signed by the device CA: refused");
+        snprintf(err, err_len, "%s: the server's answer is MAC-protected instead of "
+                 "signed by the device CA: refused", op);
         ERR_clear_error();
         return M2MVPN_E_PROTOCOL;
     }
@@ -206,17 +211,17 @@ static int classify(OSSL_CMP_CTX *ctx, cmp_io *io, char *err, size_t err_len)
         ERR_clear_error();
         if ((status == OSSL_CMP_PKISTATUS_rejection || status == -1) && fi >= 0 &&
             (fi & (1 << OSSL_CMP_PKIFAILUREINFO_badMessageCheck))) {
-            snprintf(err, err_len, "certificate renewal (CMP KUR) refused by the server: it did not accept the "
+            snprintf(err, err_len, "%s refused by the server: it did not accept the "
                      "request signed with the current device certificate (revoked, expired or not from its CA?)"
-                     "%s%s", text[0] ? "; server: " : "", text);
+                     "%s%s", op, text[0] ? "; server: " : "", text);
             return M2MVPN_E_ENROL;
         }
         if (status == OSSL_CMP_PKISTATUS_rejection || (status == -1 && text[0])) {
-            snprintf(err, err_len, "certificate renewal (CMP KUR) refused by the server%s%s",
+            snprintf(err, err_len, "%s refused by the server%s%s", op,
                      text[0] ? ": " : "", text);
             return M2MVPN_E_ENROL;
         }
-        snprintf(err, err_len, "certificate renewal (CMP KUR): the server's answer was not accepted: %s", why);
+        snprintf(err, err_len, "%s: the server's answer was not accepted: %s", op, why);
         return M2MVPN_E_PROTOCOL;
     }
     if (status == OSSL_CMP_PKISTATUS_rejection || status == -1) {
@@ -411,4 +416,72 @@ int mgmt_cmp_kur_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *old_key, X509 *old_cert,
     static const mgmt_tls none = { .url = "(in-process test server)" };
     cmp_io io = { .tls = &none, .srv = srv };
     return kur_run(&io, old_key, old_cert, new_key, ret_cert, err, err_len);
+}
+
+/* One CMP RR (RFC 4210 5.3.9) for `cert`, signed with (key, cert), reason
+ * cessationOfOperation. Success only for a positive answer the device can
+ * trust: signed by the issuer of `cert` (pin_issuer; OpenSSL's client
+ * verifies the signature with that one certificate and checks the
+ * transactionID, the nonces and that the status is positive). An
+ * unprotected answer is read only for a refusal's reason. */
+static int rr_run(cmp_io *io_in, EVP_PKEY *key, X509 *cert, bool protected_errors, char *err, size_t err_len)
+{
+    cmp_io io = *io_in;
+    io.old_cert = cert;
+    io.op = "decommissioning (CMP RR)";
+    OSSL_CMP_CTX *ctx = OSSL_CMP_CTX_new(NULL, NULL);
+    if (!ctx)
+        return M2MVPN_E_NOMEM;
+    int r = M2MVPN_E_CRYPTO;
+    OSSL_CMP_CTX_set_log_cb(ctx, NULL);
+    if (!OSSL_CMP_CTX_set1_cert(ctx, cert) || !OSSL_CMP_CTX_set1_pkey(ctx, key) ||
+        !OSSL_CMP_CTX_set1_oldCert(ctx, cert) || !OSSL_CMP_CTX_set_transfer_cb(ctx, transfer) ||
+        !OSSL_CMP_CTX_set_transfer_cb_arg(ctx, &io) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_REVOCATION_REASON, CRL_REASON_CESSATION_OF_OPERATION) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_UNPROTECTED_ERRORS, protected_errors ? 0 : 1) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT, 120)) {
+        snprintf(err, err_len, "cannot set up the CMP revocation request");
+        goto out;
+    }
+    if (OSSL_CMP_exec_RR_ses(ctx) != 1) {
+        r = classify(ctx, &io, err, err_len);
+        if (r == M2MVPN_E_ENROL)
+            r = M2MVPN_E_DECOMMISSION;
+        goto out;
+    }
+    if (!io.issuer) {
+        /* cannot happen while OpenSSL verifies with srvCert only: said
+         * here so that no future option makes another signer enough */
+        snprintf(err, err_len, "decommissioning (CMP RR): the answer is not signed by the CA of the device "
+                 "certificate: refused");
+        r = M2MVPN_E_PROTOCOL;
+        goto out;
+    }
+    r = 0;
+out:
+    ERR_clear_error();
+    X509_free(io.issuer);
+    OSSL_CMP_CTX_free(ctx);
+    return r;
+}
+
+int mgmt_cmp_rr(const mgmt_tls *t, EVP_PKEY *key, X509 *cert, bool protected_errors, char *err, size_t err_len)
+{
+    cmp_io io = { .tls = t };
+    return rr_run(&io, key, cert, protected_errors, err, err_len);
+}
+
+int mgmt_cmp_rr_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *key, X509 *cert, char *err, size_t err_len)
+{
+    static const mgmt_tls none = { .url = "(in-process test server)" };
+    cmp_io io = { .tls = &none, .srv = srv };
+    return rr_run(&io, key, cert, false, err, err_len);
+}
+
+int mgmt_cmp_check_rr_answer(const uint8_t *der, size_t len, EVP_PKEY *key, X509 *cert, char *err,
+                             size_t err_len)
+{
+    static const mgmt_tls none = { .url = "https://fuzz.invalid", .server_ca = "" };
+    cmp_io io = { .tls = &none, .canned = der, .canned_len = len };
+    return rr_run(&io, key, cert, false, err, err_len);
 }

@@ -16,6 +16,7 @@ static const char *const phase_names[] = {
     [MGMT_PENDING] = "pending",
     [MGMT_ENROLLED] = "enrolled",
     [MGMT_ERROR] = "error",
+    [MGMT_DECOMMISSIONED] = "decommissioned",
 };
 
 const char *mgmt_phase_name(mgmt_phase p)

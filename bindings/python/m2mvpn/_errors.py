@@ -33,4 +33,5 @@ ERROR_TABLE = (
     ('SERVER_CERT', -27, "management server certificate does not chain to the bootstrap's server_ca"),
     ('BUNDLE', -28, 'profile bundle refused (signature, device, version or expiry)'),
     ('ENROL', -29, 'enrolment refused by the management server'),
+    ('DECOMMISSION', -30, 'decommissioning refused by the management server: nothing changed'),
 )

@@ -32,6 +32,7 @@ class EventType(enum.IntEnum):
     UPDATE_AVAILABLE = 8
     CERT_RENEWED = 9
     ENROLLED = 10
+    DECOMMISSIONED = 11
 
 
 class LogLevel(enum.IntEnum):
@@ -160,6 +161,7 @@ PROTOTYPES = {
     "m2mvpn_bind_key": (_int, [_str, _str, _str, ctypes.c_char_p, ctypes.c_size_t]),
     "m2mvpn_set_state_dir": (_int, [_h, _str]),
     "m2mvpn_update_result": (_int, [_h, _str, _int, _str]),
+    "m2mvpn_decommission": (_int, [_h]),
 }
 
 _loaded = {}

@@ -411,6 +411,15 @@ class Client:
         self._check(self._lib.m2mvpn_update_result(h, _to_bytes(version, "version"), 1 if ok else 0,
                                                    _to_bytes(details, "details") if details else None))
 
+    def decommission(self) -> None:
+        """m2mvpn_decommission() (1.3): ask the management server to revoke this
+        device's certificate (CMP RR signed with the device key), then stop the
+        tunnel and remove the credential. Returns once queued; the outcome is a
+        DECOMMISSIONED event (error 0: done; else nothing changed, detail says
+        why). Raises M2mvpnError (STATE) when the device is not enrolled."""
+        h = self._require_open()
+        self._check(self._lib.m2mvpn_decommission(h))
+
     def switch_profile(self, name: str) -> None:
         """m2mvpn_profile_switch(): make `name` the active profile (make-before-break
         where the running tunnel allows it; a STATE_CHANGED event says which)."""

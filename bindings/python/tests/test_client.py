@@ -412,3 +412,14 @@ def test_set_state_dir_checks_the_folder(tmp_path):
         with raises_code(ErrorCode.INVAL) as e:
             c.set_state_dir(tmp_path / "missing")
         assert "not a folder" in str(e.value)
+
+
+def test_decommission_needs_an_enrolled_device():
+    """m2mvpn_decommission through the binding (1.3): without a bootstrap
+    running there is nothing to revoke: STATE, with the reason."""
+    with m2mvpn.Client() as c:
+        with raises_code(ErrorCode.STATE) as e:
+            c.decommission()
+        assert "not an enrolled managed device" in str(e.value)
+    assert m2mvpn.EventType.DECOMMISSIONED == 11
+    assert ErrorCode.DECOMMISSION == -30

@@ -530,7 +530,7 @@ static bool stop_done(service *s)
     return m2mvpn_get_status(s->h, &st) == 0 && st.state == M2MVPN_STATE_IDLE;
 }
 
-static int serve(service *s)
+static __attribute__((noinline)) int serve(service *s)
 {
     struct pollfd pfd[3 + SVC_MAX_CONNS];
     svc_conn *owner[3 + SVC_MAX_CONNS];
@@ -603,6 +603,79 @@ static int block_signals(service *s)
     return s->signal_fd < 0 ? -1 : 0;
 }
 
+/* Start-up, in a frame of its own: its buffers are off the stack while the
+ * service runs (every page the engine's deepest call reaches below them
+ * stays resident; bench/footprint). */
+static __attribute__((noinline)) int start(service *s, const service_opts *o, bool *pidfile)
+{
+    char err[1024], sock_dir[4096];
+    int r;
+
+    m2mvpn_callbacks cbs = { .struct_size = sizeof(cbs), .on_event = on_event };
+    r = m2mvpn_new(&cbs, s, &s->h);
+    if (r < 0) {
+        report_startup_failure(o, "cannot create the VPN client: %s", m2mvpn_strerror(r));
+        return -1;
+    }
+    m2mvpn_set_log(s->h, on_library_log, o->verbose ? M2MVPN_LOG_DEBUG : M2MVPN_LOG_INFO, NULL);
+
+    if (block_signals(s) < 0) {
+        report_startup_failure(o, "cannot set up signal handling: %s", strerror(errno));
+        return -1;
+    }
+    if (svc_dirname(o->control, sock_dir, sizeof(sock_dir)) < 0) {
+        report_startup_failure(o, "control socket path is too long");
+        return -1;
+    }
+    if (svc_prepare_dir(o->state_dir, err, sizeof(err)) < 0 ||
+        svc_prepare_dir(sock_dir, err, sizeof(err)) < 0) {
+        report_startup_failure(o, "%s", err);
+        return -1;
+    }
+    if (o->control_group) {
+        bool opened = false;
+        if (svc_group_lookup(o->control_group, &s->group, err, sizeof(err)) < 0 ||
+            svc_dir_open_to_group(sock_dir, s->group, &opened, err, sizeof(err)) < 0) {
+            report_startup_failure(o, "%s", err);
+            return -1;
+        }
+        if (opened)
+            svc_log(s, M2MVPN_LOG_INFO, "folder %s opened to group %s (search only)", sock_dir, o->control_group);
+    }
+    /* Management keeps the device's key, certificate and profile here. */
+    r = m2mvpn_set_state_dir(s->h, o->state_dir);
+    if (r < 0) {
+        report_startup_failure(o, "state directory %s: %s", o->state_dir, m2mvpn_last_error(s->h));
+        return -1;
+    }
+    r = m2mvpn_profile_load_file(s->h, o->profile);
+    if (r < 0) {
+        report_startup_failure(o, "cannot load profile %s: %s", o->profile, m2mvpn_last_error(s->h));
+        return -1;
+    }
+    s->listen_fd = svc_bind(o->control, s->group, err, sizeof(err));
+    if (s->listen_fd < 0) {
+        report_startup_failure(o, "%s", err);
+        return -1;
+    }
+    if (svc_pidfile_write(o->state_dir, err, sizeof(err)) < 0) {
+        report_startup_failure(o, "%s", err);
+        return -1;
+    }
+    *pidfile = true;
+    /* The loaded profile takes effect (its kill switch is in place) before
+     * the service answers: "ready" means protected. */
+    if ((r = m2mvpn_process(s->h)) < 0) {
+        report_startup_failure(o, "cannot start the engine: %s", m2mvpn_last_error(s->h));
+        return -1;
+    }
+    if (svc_bind_publish(o->control, err, sizeof(err)) < 0) {
+        report_startup_failure(o, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
 int service_run(const service_opts *o)
 {
     /* The service never shows OpenSSL's own error texts except inside the
@@ -627,70 +700,8 @@ int service_run(const service_opts *o)
         s->conns[i].fd = -1;
     int status = 1;
     bool pidfile = false;
-    char err[1024], sock_dir[4096];
-
-    m2mvpn_callbacks cbs = { .struct_size = sizeof(cbs), .on_event = on_event };
-    int r = m2mvpn_new(&cbs, s, &s->h);
-    if (r < 0) {
-        report_startup_failure(o, "cannot create the VPN client: %s", m2mvpn_strerror(r));
+    if (start(s, o, &pidfile) < 0)
         goto out;
-    }
-    m2mvpn_set_log(s->h, on_library_log, o->verbose ? M2MVPN_LOG_DEBUG : M2MVPN_LOG_INFO, NULL);
-
-    if (block_signals(s) < 0) {
-        report_startup_failure(o, "cannot set up signal handling: %s", strerror(errno));
-        goto out;
-    }
-    if (svc_dirname(o->control, sock_dir, sizeof(sock_dir)) < 0) {
-        report_startup_failure(o, "control socket path is too long");
-        goto out;
-    }
-    if (svc_prepare_dir(o->state_dir, err, sizeof(err)) < 0 ||
-        svc_prepare_dir(sock_dir, err, sizeof(err)) < 0) {
-        report_startup_failure(o, "%s", err);
-        goto out;
-    }
-    if (o->control_group) {
-        bool opened = false;
-        if (svc_group_lookup(o->control_group, &s->group, err, sizeof(err)) < 0 ||
-            svc_dir_open_to_group(sock_dir, s->group, &opened, err, sizeof(err)) < 0) {
-            report_startup_failure(o, "%s", err);
-            goto out;
-        }
-        if (opened)
-            svc_log(s, M2MVPN_LOG_INFO, "folder %s opened to group %s (search only)", sock_dir, o->control_group);
-    }
-    /* Management keeps the device's key, certificate and profile here. */
-    r = m2mvpn_set_state_dir(s->h, o->state_dir);
-    if (r < 0) {
-        report_startup_failure(o, "state directory %s: %s", o->state_dir, m2mvpn_last_error(s->h));
-        goto out;
-    }
-    r = m2mvpn_profile_load_file(s->h, o->profile);
-    if (r < 0) {
-        report_startup_failure(o, "cannot load profile %s: %s", o->profile, m2mvpn_last_error(s->h));
-        goto out;
-    }
-    s->listen_fd = svc_bind(o->control, s->group, err, sizeof(err));
-    if (s->listen_fd < 0) {
-        report_startup_failure(o, "%s", err);
-        goto out;
-    }
-    if (svc_pidfile_write(o->state_dir, err, sizeof(err)) < 0) {
-        report_startup_failure(o, "%s", err);
-        goto out;
-    }
-    pidfile = true;
-    /* The loaded profile takes effect (its kill switch is in place) before
-     * the service answers: "ready" means protected. */
-    if ((r = m2mvpn_process(s->h)) < 0) {
-        report_startup_failure(o, "cannot start the engine: %s", m2mvpn_last_error(s->h));
-        goto out;
-    }
-    if (svc_bind_publish(o->control, err, sizeof(err)) < 0) {
-        report_startup_failure(o, "%s", err);
-        goto out;
-    }
     s->engine_fd = m2mvpn_get_fd(s->h);
     if (s->engine_fd < 0) {
         report_startup_failure(o, "cannot drive the engine: %s", m2mvpn_last_error(s->h));

@@ -87,8 +87,94 @@ int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, si
 #include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 
+#include <pthread.h>
+
 #include "hw_class.h"
 #include "p11_uri.h"
+
+/* libp11 is loaded (dlopen) when a token is first used, not linked: linked
+ * in, it costs every client, PSK ones too, private memory for good (measured
+ * with bench/footprint). Once loaded it stays (keys it made live on). The
+ * header still types every call: each pointer has its function's type. */
+#define P11_LIBRARY "libp11.so.3"
+#define P11_CALLS(X)               \
+    X(ERR_get_CKR_code)            \
+    X(PKCS11_CTX_free)             \
+    X(PKCS11_CTX_load)             \
+    X(PKCS11_CTX_new)              \
+    X(PKCS11_CTX_unload)           \
+    X(PKCS11_enumerate_certs)      \
+    X(PKCS11_enumerate_keys)       \
+    X(PKCS11_enumerate_slots)      \
+    X(PKCS11_find_certificate)     \
+    X(PKCS11_get_private_key)      \
+    X(PKCS11_get_slotid_from_slot) \
+    X(PKCS11_login)                \
+    X(PKCS11_open_session)         \
+    X(PKCS11_release_all_slots)    \
+    X(PKCS11_store_certificate)
+
+static struct {
+#define P11_FIELD(name) __typeof__(name) *name;
+    P11_CALLS(P11_FIELD)
+#undef P11_FIELD
+} p11;
+#define P11_NAME(name) #name,
+static const char *const p11_call_names[] = {P11_CALLS(P11_NAME)};
+#undef P11_NAME
+#define P11_N_CALLS (sizeof p11_call_names / sizeof p11_call_names[0])
+_Static_assert(sizeof p11 == P11_N_CALLS * sizeof(void *), "one pointer per call, no padding");
+static bool p11_loaded;
+static pthread_mutex_t p11_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Loads libp11 once. Every path to a libp11 call goes through open_token,
+ * which calls this first. */
+static int p11_load(char *err, size_t err_len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&p11_lock);
+    if (!p11_loaded) {
+        void *lib = dlopen(P11_LIBRARY, RTLD_NOW | RTLD_LOCAL);
+        if (!lib) {
+            const char *why = dlerror();
+            pki_set_err(err, err_len, "PKCS#11 support needs %s: %s", P11_LIBRARY, why ? why : "?");
+            rc = M2MVPN_E_NOTSUPP;
+        }
+        for (size_t i = 0; i < P11_N_CALLS && rc == 0; i++) {
+            void *p = dlsym(lib, p11_call_names[i]);
+            if (!p) {
+                pki_set_err(err, err_len, "PKCS#11 support needs %s with %s", P11_LIBRARY, p11_call_names[i]);
+                rc = M2MVPN_E_NOTSUPP;
+            }
+            /* POSIX: a function pointer from dlsym's void * (through
+             * memcpy, which ISO C allows), into its slot of the struct. */
+            memcpy((char *)&p11 + i * sizeof p, &p, sizeof p);
+        }
+        if (rc == 0)
+            p11_loaded = true;
+        else if (lib)
+            dlclose(lib);
+    }
+    pthread_mutex_unlock(&p11_lock);
+    return rc;
+}
+
+/* From here on, the calls go through the loaded pointers. */
+#define ERR_get_CKR_code (*p11.ERR_get_CKR_code)
+#define PKCS11_CTX_free (*p11.PKCS11_CTX_free)
+#define PKCS11_CTX_load (*p11.PKCS11_CTX_load)
+#define PKCS11_CTX_new (*p11.PKCS11_CTX_new)
+#define PKCS11_CTX_unload (*p11.PKCS11_CTX_unload)
+#define PKCS11_enumerate_certs (*p11.PKCS11_enumerate_certs)
+#define PKCS11_enumerate_keys (*p11.PKCS11_enumerate_keys)
+#define PKCS11_enumerate_slots (*p11.PKCS11_enumerate_slots)
+#define PKCS11_find_certificate (*p11.PKCS11_find_certificate)
+#define PKCS11_get_private_key (*p11.PKCS11_get_private_key)
+#define PKCS11_get_slotid_from_slot (*p11.PKCS11_get_slotid_from_slot)
+#define PKCS11_login (*p11.PKCS11_login)
+#define PKCS11_open_session (*p11.PKCS11_open_session)
+#define PKCS11_release_all_slots (*p11.PKCS11_release_all_slots)
+#define PKCS11_store_certificate (*p11.PKCS11_store_certificate)
 
 _Static_assert(CKR_PIN_INCORRECT == 0xa0 && CKR_TOKEN_NOT_PRESENT == 0xe0 && CKR_DEVICE_REMOVED == 0x32 &&
                CKR_SESSION_COUNT == 0xb1 && CKR_USER_NOT_LOGGED_IN == 0x101, "CKRs as in hw_class.c");
@@ -181,6 +267,9 @@ static void p11_destroy(void *ctx)
 /* Load the module and find the token. */
 static int open_token(p11_cred *pc, char *err, size_t err_len)
 {
+    int lrc = p11_load(err, err_len);
+    if (lrc != 0)
+        return lrc;
     pc->ctx = PKCS11_CTX_new();
     if (!pc->ctx)
         return M2MVPN_E_NOMEM;

@@ -73,8 +73,120 @@ int cred_tpm_generate(const char *tcti, bool rsa, const char *pin, size_t pin_le
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
+#include <dlfcn.h>
+#include <pthread.h>
+
 #include "hw_class.h"
 #include "tss2_pem.h"
+
+/* tpm2-tss is loaded (dlopen) when a TPM is first used, not linked: linked
+ * in, its four libraries (and libtss2-sys) cost every client, PSK ones too,
+ * about 40 KB of private memory for good (measured with bench/footprint).
+ * Once loaded they stay (contexts and their TCTI modules live on). The
+ * headers still type every call: each pointer has its function's type. */
+enum { TSS2_LIB_ESYS, TSS2_LIB_MU, TSS2_LIB_RC, TSS2_LIB_TCTILDR, TSS2_N_LIBS };
+static const char *const tss2_lib_names[TSS2_N_LIBS] = {
+    "libtss2-esys.so.0", "libtss2-mu.so.0", "libtss2-rc.so.0", "libtss2-tctildr.so.0"};
+
+#define TSS2_CALLS(X)                               \
+    X(TSS2_LIB_ESYS, Esys_Create)                   \
+    X(TSS2_LIB_ESYS, Esys_CreatePrimary)            \
+    X(TSS2_LIB_ESYS, Esys_EvictControl)             \
+    X(TSS2_LIB_ESYS, Esys_Finalize)                 \
+    X(TSS2_LIB_ESYS, Esys_FlushContext)             \
+    X(TSS2_LIB_ESYS, Esys_Free)                     \
+    X(TSS2_LIB_ESYS, Esys_GetCapability)            \
+    X(TSS2_LIB_ESYS, Esys_Initialize)               \
+    X(TSS2_LIB_ESYS, Esys_Load)                     \
+    X(TSS2_LIB_ESYS, Esys_ReadPublic)               \
+    X(TSS2_LIB_ESYS, Esys_Sign)                     \
+    X(TSS2_LIB_ESYS, Esys_TR_Close)                 \
+    X(TSS2_LIB_ESYS, Esys_TR_FromTPMPublic)         \
+    X(TSS2_LIB_ESYS, Esys_TR_SetAuth)               \
+    X(TSS2_LIB_MU, Tss2_MU_TPM2B_PRIVATE_Marshal)   \
+    X(TSS2_LIB_MU, Tss2_MU_TPM2B_PRIVATE_Unmarshal) \
+    X(TSS2_LIB_MU, Tss2_MU_TPM2B_PUBLIC_Marshal)    \
+    X(TSS2_LIB_MU, Tss2_MU_TPM2B_PUBLIC_Unmarshal)  \
+    X(TSS2_LIB_RC, Tss2_RC_Decode)                  \
+    X(TSS2_LIB_TCTILDR, Tss2_TctiLdr_Finalize)      \
+    X(TSS2_LIB_TCTILDR, Tss2_TctiLdr_Initialize)
+
+static struct {
+#define TSS2_FIELD(lib, name) __typeof__(name) *name;
+    TSS2_CALLS(TSS2_FIELD)
+#undef TSS2_FIELD
+} tss2;
+#define TSS2_NAME(l, name) #name,
+#define TSS2_LIB(l, name) l,
+static const char *const tss2_call_names[] = {TSS2_CALLS(TSS2_NAME)};
+static const unsigned char tss2_call_lib[] = {TSS2_CALLS(TSS2_LIB)};
+#undef TSS2_NAME
+#undef TSS2_LIB
+#define TSS2_N_CALLS (sizeof tss2_call_lib)
+_Static_assert(sizeof tss2 == TSS2_N_CALLS * sizeof(void *), "one pointer per call, no padding");
+static bool tss2_loaded;
+static pthread_mutex_t tss2_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Loads the libraries once; the error names the one missing. Every path
+ * to a tpm2-tss call goes through connect_tpm, which calls this first. */
+static int tss2_load(char *err, size_t err_len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&tss2_lock);
+    if (!tss2_loaded) {
+        void *lib[TSS2_N_LIBS] = {0};
+        for (int i = 0; i < TSS2_N_LIBS && rc == 0; i++) {
+            lib[i] = dlopen(tss2_lib_names[i], RTLD_NOW | RTLD_LOCAL);
+            if (!lib[i]) {
+                const char *why = dlerror();
+                pki_set_err(err, err_len, "TPM support needs %s: %s", tss2_lib_names[i], why ? why : "?");
+                rc = M2MVPN_E_NOTSUPP;
+            }
+        }
+        for (size_t i = 0; i < TSS2_N_CALLS && rc == 0; i++) {
+            void *p = dlsym(lib[tss2_call_lib[i]], tss2_call_names[i]);
+            if (!p) {
+                pki_set_err(err, err_len, "TPM support needs %s with %s", tss2_lib_names[tss2_call_lib[i]],
+                            tss2_call_names[i]);
+                rc = M2MVPN_E_NOTSUPP;
+            }
+            /* POSIX: a function pointer from dlsym's void * (through
+             * memcpy, which ISO C allows), into its slot of the struct. */
+            memcpy((char *)&tss2 + i * sizeof p, &p, sizeof p);
+        }
+        if (rc == 0)
+            tss2_loaded = true;
+        else
+            for (int i = 0; i < TSS2_N_LIBS; i++)
+                if (lib[i])
+                    dlclose(lib[i]);
+    }
+    pthread_mutex_unlock(&tss2_lock);
+    return rc;
+}
+
+/* From here on, the calls go through the loaded pointers. */
+#define Esys_Create (*tss2.Esys_Create)
+#define Esys_CreatePrimary (*tss2.Esys_CreatePrimary)
+#define Esys_EvictControl (*tss2.Esys_EvictControl)
+#define Esys_Finalize (*tss2.Esys_Finalize)
+#define Esys_FlushContext (*tss2.Esys_FlushContext)
+#define Esys_Free (*tss2.Esys_Free)
+#define Esys_GetCapability (*tss2.Esys_GetCapability)
+#define Esys_Initialize (*tss2.Esys_Initialize)
+#define Esys_Load (*tss2.Esys_Load)
+#define Esys_ReadPublic (*tss2.Esys_ReadPublic)
+#define Esys_Sign (*tss2.Esys_Sign)
+#define Esys_TR_Close (*tss2.Esys_TR_Close)
+#define Esys_TR_FromTPMPublic (*tss2.Esys_TR_FromTPMPublic)
+#define Esys_TR_SetAuth (*tss2.Esys_TR_SetAuth)
+#define Tss2_MU_TPM2B_PRIVATE_Marshal (*tss2.Tss2_MU_TPM2B_PRIVATE_Marshal)
+#define Tss2_MU_TPM2B_PRIVATE_Unmarshal (*tss2.Tss2_MU_TPM2B_PRIVATE_Unmarshal)
+#define Tss2_MU_TPM2B_PUBLIC_Marshal (*tss2.Tss2_MU_TPM2B_PUBLIC_Marshal)
+#define Tss2_MU_TPM2B_PUBLIC_Unmarshal (*tss2.Tss2_MU_TPM2B_PUBLIC_Unmarshal)
+#define Tss2_RC_Decode (*tss2.Tss2_RC_Decode)
+#define Tss2_TctiLdr_Finalize (*tss2.Tss2_TctiLdr_Finalize)
+#define Tss2_TctiLdr_Initialize (*tss2.Tss2_TctiLdr_Initialize)
 
 _Static_assert(TPM2_RC_LOCKOUT == 0x921 && TPM2_RC_AUTH_FAIL == 0x08e && TPM2_RC_BAD_AUTH == 0x0a2 &&
                TPM2_RC_INITIALIZE == 0x100 && TPM2_RC_WARN == 0x900, "TPM RCs as in hw_class.c");
@@ -154,6 +266,9 @@ static int rc_error(tpm_cred *tc, TSS2_RC rc, const char *what, char *err, size_
 static int connect_tpm(const char *conf, TSS2_TCTI_CONTEXT **tcti, ESYS_CONTEXT **esys,
                        char *err, size_t err_len)
 {
+    int lrc = tss2_load(err, err_len);
+    if (lrc != 0)
+        return lrc;
     TSS2_RC rc = Tss2_TctiLdr_Initialize(conf, tcti);
     if (rc != TSS2_RC_SUCCESS) {
         pki_set_err(err, err_len, "TPM not reachable (TCTI \"%s\"): %s", conf ? conf : "default",

@@ -221,19 +221,27 @@ static int read_bind_sources(keypath *kp, json_object *cert, profile *p)
     if (!arr)
         return 0;
     size_t mark = keypath_push_key(kp, "bind_sources"), total = 0;
-    char joined[8 * (PATH_MAX_CHARS + 8)];
+    /* On the heap: 32 KB on the stack would stay resident after the load. */
+    const size_t cap = 8 * (PATH_MAX_CHARS + 8);
+    char *joined = malloc(cap);
+    if (!joined)
+        return M2MVPN_E_NOMEM;
     joined[0] = '\0';
     for (size_t i = 0; i < json_object_array_length(arr); i++) {
         json_object *v = json_object_array_get_idx(arr, i);
         size_t m = keypath_push_index(kp, i);
         const char *str = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
-        if (!str || strlen(str) != (size_t)json_object_get_string_len(v) || !bind_source_ok(str))
+        if (!str || strlen(str) != (size_t)json_object_get_string_len(v) || !bind_source_ok(str)) {
+            free(joined);
             return keypath_fail(kp, "must be \"machine-id\", \"dmi-uuid\", \"mac:IFNAME\" or \"file:/ABSOLUTE/PATH\"");
-        total += (size_t)snprintf(joined + total, sizeof(joined) - total, "%s%s", i ? "," : "", str);
+        }
+        total += (size_t)snprintf(joined + total, cap - total, "%s%s", i ? "," : "", str);
         keypath_pop(kp, m);
     }
     keypath_pop(kp, mark);
-    return (p->cert.bind_sources = strdup(joined)) ? 0 : M2MVPN_E_NOMEM;
+    p->cert.bind_sources = strdup(joined);
+    free(joined);
+    return p->cert.bind_sources ? 0 : M2MVPN_E_NOMEM;
 }
 
 static int read_cert_tpm_key(keypath *kp, json_object *cert, path_base *base, profile *p)

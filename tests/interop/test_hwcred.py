@@ -764,3 +764,31 @@ def test_keygen_never_replaces_a_key(topology, pki, workdir, monkeypatch, tpm_in
                "--subject", SUBJECT], check=False)
     assert got.returncode == 1 and "exists: not replaced" in got.stderr, got
     assert Path(key).read_bytes() == before
+
+
+# -- the libraries are loaded when a TPM or token is used, not linked --------
+
+def test_psk_client_loads_no_tpm_or_token_library(tmp_path):
+    """tpm2-tss and libp11 are not linked: a client without a TPM or token
+    profile runs without them, and a TPM or token profile on a device that
+    lacks them gets an error naming the missing library (here hidden by an
+    empty file bound over it, in a mount namespace of the test's own)."""
+    binary = binary_or_skip()
+    needed = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    assert "libtss2" not in needed and "libp11" not in needed, needed
+    hide = [os.path.realpath(f"/usr/lib/{d}/{n}") for d in os.listdir("/usr/lib")
+            for n in ("libtss2-esys.so.0", "libp11.so.3") if os.path.exists(f"/usr/lib/{d}/{n}")]
+    if len(hide) < 2:
+        pytest.skip("libtss2-esys.so.0 or libp11.so.3 not installed")
+    mounts = "; ".join(f"mount --bind /dev/null {p}" for p in hide)
+    tpm = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mounts}; exec "$0" keygen --provider tpm --tcti swtpm:port=1 '
+         f'--out {tmp_path}/k.tss2.pem --csr {tmp_path}/k.csr --subject /CN=x', str(binary)],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert tpm.returncode != 0
+    assert "TPM support needs libtss2-esys.so.0" in tpm.stderr, tpm.stderr
+    token = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mounts}; exec "$0" pkcs11 {SOFTHSM} "pkcs11:token=x" 1234',
+         str(cred_probe())], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert token.returncode != 0
+    assert "PKCS#11 support needs libp11.so.3" in token.stdout + token.stderr, token.stdout + token.stderr

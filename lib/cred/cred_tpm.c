@@ -980,6 +980,7 @@ int cred_tpm_key_public(const char *path, EVP_PKEY **ret, char *err, size_t err_
         rc = tss2_key_parse_pem(data, len, blob, why, sizeof why);
     free(data);
     TPM2B_PUBLIC pub;
+    memset(&pub, 0, sizeof pub);
     size_t off = 0;
     if (rc == 0 && (Tss2_MU_TPM2B_PUBLIC_Unmarshal(blob->pub, blob->pub_len, &off, &pub) != TSS2_RC_SUCCESS ||
                     off != blob->pub_len)) {

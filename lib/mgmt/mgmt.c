@@ -643,6 +643,8 @@ static void renew_run(mgmt *m, job *j)
             return;
         if (tpm_renewable(m) && tpm_renew(m, j))
             return;
+        if (m->boot->mgmt.provider == PROFILE_CERT_TPM && !j->same_why[0])
+            snprintf(j->same_why, sizeof(j->same_why), "the key is a persistent TPM handle (%s)", m->key_path);
         if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->same_why[0])
             snprintf(j->same_why, sizeof(j->same_why), "the bootstrap's pkcs11_uri names no object= label or gives an id=");
         if (!EVP_PKEY_up_ref(j->tls.key)) {
@@ -1960,10 +1962,11 @@ static void renew_done(mgmt *m, job *j)
         OPENSSL_free(hex);
         BN_free(bn);
         int64_t na = asn1_unix(X509_get0_notAfter(m->cert));
+        bool tpm = m->boot->mgmt.provider == PROFILE_CERT_TPM;
         char what[400];
         snprintf(what, sizeof(what), "certificate renewed: serial %s, not_after %lld%s%s%s", serial, (long long)na,
                  j->new_key_file || j->p11_new ? " (new key)" : " (same key)",
-                 tpm_renewable(m) && j->same_why[0] ? ": " : "", tpm_renewable(m) ? j->same_why : "");
+                 tpm && j->same_why[0] ? ": " : "", tpm ? j->same_why : "");
         LOG_INFO(m->log, SUB, "%s", what);
         if (j->same_why[0])
             LOG_WARN(m->log, SUB, "the same key was renewed: %s", j->same_why);

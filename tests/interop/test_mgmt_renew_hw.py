@@ -21,13 +21,15 @@ from __future__ import annotations
 import calendar
 import os
 import re
-import signal
 import subprocess
 import time
 
+import pytest
+
 import netlab
 from test_mgmt_dayn_device import enrolled_device, mgmt_of, wait_until
-from test_mgmt_renew import renew_lab  # noqa: F401  (the fixture)
+from test_mgmt_renew import renew_lab, lab  # noqa: F401  (the fixtures)
+from test_mgmt_renew import block_mgmt, killed_in_renewal
 
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "1234"
@@ -166,36 +168,48 @@ def test_renewal_key_in_a_tpm(renew_lab, workdir):
         tpm.stop()
 
 
-def test_renewal_tpm_tampered_next_key(renew_lab, workdir):
-    """Killed after the renewed certificate reached the disk, before the swap;
-    the new key blob replaced by another (here the current key's blob) while
-    the engine was down: the next start does not switch to it (it does not
-    hold the certificate's key). The old key and certificate stay in use and
-    the tunnel comes up with them."""
+@pytest.mark.parametrize("step,tamper", [("issued", False), ("written", False), ("written", True)],
+                         ids=["before-cert", "after-cert", "after-cert-tampered"])
+def test_renewal_tpm_killed_in_swap(lab, workdir, step, tamper):  # noqa: F811
+    """SIGKILL in a TPM key renewal. Before the certificate reached the disk
+    (device.tss2.pem.next alone): the next start removes it and keeps the
+    old pair. After (device.crt.pem.next too): the next start finishes the
+    swap and connects with the new key. After, with the new key blob replaced
+    by another (here the current key's blob) while the engine was down: the
+    next start does not switch to it (it does not hold the certificate's
+    key); the old key and certificate stay in use. Certificates of days (an
+    operator's renewal); the management server out of reach at the restart,
+    so no other renewal hides what the recovery did."""
     from test_hwcred import Swtpm
-    lab = renew_lab
     tpm = Swtpm(lab.topo.client, workdir / "tpm")
     try:
         boot = enrolled_device(lab)
         boot["management"]["key"] = {"provider": "tpm", "tpm_tcti": tpm.tcti}
-        with lab.client(boot, env={"M2MVPN_TEST_RENEW_PAUSE": "written"}) as c:
-            wait_until("paused after written", lambda: "paused after renewal step written" in c.log_path.read_text(),
-                       timeout_s=120, tail=c.log_tail)
-            c.proc.send_signal(signal.SIGKILL)
-            c.proc.wait(10)
-        c.control.unlink(missing_ok=True)  # left by the killed engine
+        c, _, _ = killed_in_renewal(lab, boot, step)
         st = c.state_dir
         key, key_next = st / "device.tss2.pem", st / "device.tss2.pem.next"
         crt, crt_next = st / "device.crt.pem", st / "device.crt.pem.next"
-        assert key_next.exists() and crt_next.exists(), sorted(p.name for p in st.iterdir())
-        old_key, old_crt = key.read_text(), crt.read_text()
-        key_next.write_text(old_key)  # another key's blob, a valid TSS2 file
+        assert key_next.exists() and crt_next.exists() == (step == "written"), sorted(p.name for p in st.iterdir())
+        old_key, old_crt, new_key = key.read_text(), crt.read_text(), key_next.read_text()
+        new_crt = crt_next.read_text() if step == "written" else None
+        assert new_key != old_key
+        if tamper:
+            key_next.write_text(old_key)  # another key's blob, a valid TSS2 file
+        block_mgmt(lab)
         with lab.client(boot) as c:
             wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
             log = c.log_path.read_text(errors="replace")
-            assert "does not hold the public key of" in log, c.log_tail()
-            assert key.read_text() == old_key and crt.read_text() == old_crt
             assert not key_next.exists() and not crt_next.exists()
+            if step == "written" and not tamper:
+                assert "an interrupted certificate renewal finished" in log, c.log_tail()
+                assert key.read_text() == new_key and crt.read_text() == new_crt
+                assert pubkey_of(new_crt) != pubkey_of(old_crt)
+            else:
+                if tamper:
+                    assert "does not hold the public key of" in log, c.log_tail()
+                assert key.read_text() == old_key and crt.read_text() == old_crt
+            # the tunnel authenticated with the key in place (the engine checks it fits the certificate)
+            assert c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"]
             assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
     finally:
         tpm.stop()

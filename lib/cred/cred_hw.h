@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/types.h>
+
 #include "cred.h"
 
 /** As cred_pkcs11_open(), for a key that has no certificate yet: chain()
@@ -50,8 +52,20 @@ int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, si
                         const uint8_t *id, size_t id_len, bool other_id, const char *new_label, size_t *ret_n,
                         char *err, size_t err_len);
 
+/*  A key file opened so is not held in the TPM: once its authValue is
+ *  accepted, its context is saved (TPM2_ContextSave) and the object flushed;
+ *  each signature loads it back (no parent or primary key needed) and
+ *  flushes it again. So two such keys (a renewal's current and new key) fit
+ *  a TPM with few object slots (swtpm: three) beside a loaded one. */
 int cred_tpm_open_key(const char *key, const char *tcti, const char *pin, size_t pin_len,
                       cred_provider **ret, char *err, size_t err_len);
+
+/**
+ * The public key of the TSS2 PEM key file `path`, read from the file alone
+ * (no TPM): *ret (EVP_PKEY_free()). Errors: IO, CERT (not a TSS2 key, or a
+ * malformed or unsupported public part), NOMEM; NOTSUPP without TPM support.
+ */
+int cred_tpm_key_public(const char *path, EVP_PKEY **ret, char *err, size_t err_len);
 
 /**
  * Create a signing key inside the TPM (ECC P-256, or RSA 2048 if `rsa`;

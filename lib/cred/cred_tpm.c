@@ -59,6 +59,12 @@ int cred_tpm_generate(const char *tcti, bool rsa, const char *pin, size_t pin_le
     return no_tpm(err, err_len);
 }
 
+int cred_tpm_key_public(const char *path, EVP_PKEY **ret, char *err, size_t err_len)
+{
+    (void)path, (void)ret;
+    return no_tpm(err, err_len);
+}
+
 #else /* M2MVPN_HAVE_TPM */
 
 #include <openssl/core_names.h>
@@ -198,6 +204,9 @@ typedef struct tpm_cred {
     ESYS_CONTEXT *esys;
     ESYS_TR key;              /* ESYS_TR_NONE until loaded */
     bool persistent;          /* key is a persistent handle: never flushed */
+    bool unloaded;            /* cred_tpm_open_key: in the TPM only while it signs */
+    TPMS_CONTEXT *saved;      /* unloaded: the key's saved context (once unlocked) */
+    TPM2B_AUTH auth;          /* unloaded: its authValue, set again at each load */
     uint32_t handle;
     bool empty_auth;          /* the key file says it has no authValue */
     bool unlocked;
@@ -429,6 +438,9 @@ static void evp_detach(tpm_cred *tc)
 
 static void tpm_unload(tpm_cred *tc)
 {
+    Esys_Free(tc->saved); /* nothing of it in the TPM: flushed after each use */
+    tc->saved = NULL;
+    secure_wipe(&tc->auth, sizeof tc->auth);
     if (tc->esys && tc->key != ESYS_TR_NONE) {
         static const TPM2B_AUTH none = { 0 };
         Esys_TR_SetAuth(tc->esys, tc->key, &none); /* ESYS's copy of the authValue */
@@ -548,10 +560,37 @@ static int load_key(tpm_cred *tc, char *err, size_t err_len)
     return 0;
 }
 
+/* An unloaded key back in the TPM for one use (its saved context needs no
+ * parent and no primary key, one object slot), and out again. */
+static TSS2_RC key_in(tpm_cred *tc)
+{
+    if (!tc->saved || tc->key != ESYS_TR_NONE)
+        return TSS2_RC_SUCCESS;
+    TSS2_RC trc = Esys_ContextLoad(tc->esys, tc->saved, &tc->key);
+    if (trc != TSS2_RC_SUCCESS) {
+        tc->key = ESYS_TR_NONE;
+        return trc;
+    }
+    return Esys_TR_SetAuth(tc->esys, tc->key, &tc->auth);
+}
+
+static void key_out(tpm_cred *tc)
+{
+    if (tc->saved && tc->key != ESYS_TR_NONE) {
+        static const TPM2B_AUTH none = { 0 };
+        Esys_TR_SetAuth(tc->esys, tc->key, &none);
+        Esys_FlushContext(tc->esys, tc->key);
+        tc->key = ESYS_TR_NONE;
+    }
+}
+
 /* The signature itself; the caller has checked the scheme. */
 static TSS2_RC tpm_sign_digest(tpm_cred *tc, pki_sig_scheme scheme, const uint8_t *digest, size_t dlen,
                                TPMT_SIGNATURE **ret)
 {
+    TSS2_RC trc = key_in(tc);
+    if (trc != TSS2_RC_SUCCESS)
+        return trc;
     TPM2B_DIGEST d;
     memset(&d, 0, sizeof d);
     d.size = (UINT16)dlen;
@@ -563,7 +602,9 @@ static TSS2_RC tpm_sign_digest(tpm_cred *tc, pki_sig_scheme scheme, const uint8_
                                            : TPM2_ALG_RSASSA;
     s.details.any.hashAlg = tpm_hash(scheme);
     TPMT_TK_HASHCHECK check = { .tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL };
-    return Esys_Sign(tc->esys, tc->key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &s, &check, ret);
+    trc = Esys_Sign(tc->esys, tc->key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &s, &check, ret);
+    key_out(tc);
+    return trc;
 }
 
 static int auth_error(tpm_cred *tc, TSS2_RC trc, char *err, size_t err_len)
@@ -619,10 +660,16 @@ static int unlock(tpm_cred *tc, const char *pin, size_t pin_len, char *err, size
     auth.size = (UINT16)pin_len;
     if (pin_len)
         memcpy(auth.buffer, pin, pin_len);
-    TSS2_RC trc = Esys_TR_SetAuth(tc->esys, tc->key, &auth);
+    TSS2_RC trc = key_in(tc); /* a PIN given again (after a refused one) */
+    if (trc == TSS2_RC_SUCCESS)
+        trc = Esys_TR_SetAuth(tc->esys, tc->key, &auth);
+    if (trc == TSS2_RC_SUCCESS && tc->unloaded)
+        tc->auth = auth;
     secure_wipe(&auth, sizeof auth);
-    if (trc != TSS2_RC_SUCCESS)
+    if (trc != TSS2_RC_SUCCESS) {
+        key_out(tc);
         return rc_error(tc, trc, "setting the authValue", err, err_len);
+    }
     static const uint8_t probe[32];
     pki_sig_scheme s = tc->pub.publicArea.type == TPM2_ALG_RSA ? PKI_SIG_RSA_PKCS1_SHA256 : PKI_SIG_ECDSA_SHA256;
     TPMT_SIGNATURE *sig = NULL;
@@ -641,6 +688,16 @@ static int unlock(tpm_cred *tc, const char *pin, size_t pin_len, char *err, size
             return M2MVPN_E_PIN;
         }
         return rc_error(tc, trc, "signing", err, err_len);
+    }
+    if (tc->unloaded && !tc->saved) {
+        /* Out of the TPM from now on: its context saved (by the TPM, under
+         * its own key), the object flushed; loaded again for each use. */
+        trc = Esys_ContextSave(tc->esys, tc->key, &tc->saved);
+        if (trc != TSS2_RC_SUCCESS) {
+            tc->saved = NULL;
+            return rc_error(tc, trc, "saving the key's context", err, err_len);
+        }
+        key_out(tc);
     }
     tc->unlocked = true;
     return 0;
@@ -859,8 +916,8 @@ static bool parse_handle(const char *s, uint32_t *ret)
     return true;
 }
 
-static int open_common(const char *key, const char *cert_file, const char *tcti,
-                       const char *pin, size_t pin_len, cred_provider **ret, char *err, size_t err_len)
+static int open_common(const char *key, const char *cert_file, const char *tcti, const char *pin, size_t pin_len,
+                       bool unloaded, cred_provider **ret, char *err, size_t err_len)
 {
     if (!key || !ret || (pin && pin_len == 0))
         return M2MVPN_E_INVAL;
@@ -871,6 +928,7 @@ static int open_common(const char *key, const char *cert_file, const char *tcti,
         goto fail;
     tc->key = ESYS_TR_NONE;
     tc->persistent = parse_handle(key, &tc->handle);
+    tc->unloaded = unloaded && !tc->persistent;
     if (cert_file && (rc = pki_cert_load_file(cert_file, &tc->chain, &tc->n_chain, err, err_len)) < 0)
         goto fail;
     if ((rc = load_key(tc, err, err_len)) < 0)
@@ -908,13 +966,13 @@ int cred_tpm_open(const char *key, const char *cert_file, const char *tcti,
 {
     if (!cert_file)
         return M2MVPN_E_INVAL;
-    return open_common(key, cert_file, tcti, pin, pin_len, ret, err, err_len);
+    return open_common(key, cert_file, tcti, pin, pin_len, false, ret, err, err_len);
 }
 
 int cred_tpm_open_key(const char *key, const char *tcti, const char *pin, size_t pin_len,
                       cred_provider **ret, char *err, size_t err_len)
 {
-    return open_common(key, NULL, tcti, pin, pin_len, ret, err, err_len);
+    return open_common(key, NULL, tcti, pin, pin_len, true, ret, err, err_len);
 }
 
 /* ------------------------------------------------------- key generation */
@@ -1016,6 +1074,42 @@ out:
     if (primary != ESYS_TR_NONE)
         Esys_FlushContext(e, primary);
     disconnect_tpm(&t, &e);
+    return rc;
+}
+
+/* ------------------------------------------------- a key file's public key */
+
+int cred_tpm_key_public(const char *path, EVP_PKEY **ret, char *err, size_t err_len)
+{
+    if (!path || !ret)
+        return M2MVPN_E_INVAL;
+    *ret = NULL;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    char why[200] = "";
+    tss2_key_blob *blob = calloc(1, sizeof *blob);
+    if (!blob)
+        return M2MVPN_E_NOMEM;
+    int rc = pki_read_file(path, &data, &len, err, err_len);
+    if (rc == 0)
+        rc = tss2_key_parse_pem(data, len, blob, why, sizeof why);
+    free(data);
+    TPM2B_PUBLIC pub;
+    memset(&pub, 0, sizeof pub);
+    size_t off = 0;
+    if (rc == 0 && (Tss2_MU_TPM2B_PUBLIC_Unmarshal(blob->pub, blob->pub_len, &off, &pub) != TSS2_RC_SUCCESS ||
+                    off != blob->pub_len)) {
+        snprintf(why, sizeof why, "TSS2 key: public part malformed");
+        rc = M2MVPN_E_CERT;
+    }
+    secure_wipe(blob, sizeof *blob);
+    free(blob);
+    if (rc == 0 && !(*ret = pkey_from_public(&pub.publicArea))) {
+        snprintf(why, sizeof why, "unsupported key type (want RSA or ECC P-256/384)");
+        rc = M2MVPN_E_CERT;
+    }
+    if (rc < 0 && why[0])
+        pki_set_err(err, err_len, "%s: %s", path, why);
     return rc;
 }
 

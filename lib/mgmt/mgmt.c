@@ -537,9 +537,90 @@ static int p11_renew(mgmt *m, job *j, const p11_uri *u)
     return 1;
 }
 
+/* ------------------------------------------ tpm: a new key on renewal
+ *
+ * A key file (device.tss2.pem, not a persistent handle): the renewal makes
+ * a new key in the TPM, its blob written atomically (temp file, fsync,
+ * rename) to <key>.next beside the current one: that file is the intent.
+ * The KUR is signed (protection, TLS) with the current key and carries the
+ * new public key with its proof of possession. Once the certificate is
+ * issued, device.crt.pem.next is written, then the swap renames <key>.next
+ * over the key (the old blob gone with it) and the certificate last; a stop
+ * anywhere is finished (both .next files) or undone (<key>.next alone, an
+ * attempt without its certificate) at the next start (renew_recover). The
+ * swap checks first that <key>.next holds the public key of
+ * device.crt.pem.next: a tampered or foreign blob is never switched to. */
+
+static bool tpm_renewable(const mgmt *m)
+{
+    return m->boot->mgmt.provider == PROFILE_CERT_TPM && strncmp(m->key_path, "0x", 2) != 0;
+}
+
+/* Worker. 1: done (j->r the result); 0: the TPM made no new key
+ * (j->same_why), renew the same key. */
+static int tpm_renew(mgmt *m, job *j)
+{
+    const profile *b = m->boot;
+    char next[4200], kerr[256];
+    snprintf(next, sizeof(next), "%s.next", m->key_path);
+    unlink(next); /* an earlier attempt's */
+    keygen_request rq = { .provider = KEYGEN_TPM, .subject = "/CN=m2mvpn-device", .out = next,
+                          .tpm_tcti = b->mgmt.tpm_tcti, .pin = b->mgmt.pin, .pin_len = pin_len(b) };
+    char *csr = NULL;
+    int r = keygen_run(&rq, &csr, kerr, sizeof(kerr));
+    free(csr);
+    cred_provider *np = NULL;
+    EVP_PKEY *nk = NULL;
+    if (r == 0)
+        r = cred_tpm_open_key(next, b->mgmt.tpm_tcti, b->mgmt.pin, pin_len(b), &np, kerr, sizeof(kerr));
+    if (r == 0 && !(nk = cred_evp_key(np, kerr, sizeof(kerr))))
+        r = M2MVPN_E_CERT;
+    if (r < 0) {
+        cred_free(np);
+        unlink(next);
+        if (r != M2MVPN_E_CERT) { /* not reachable, no memory: tried again later */
+            j->r = r;
+            snprintf(j->err, sizeof(j->err), "making the new key in the TPM: %s", kerr);
+            return 1;
+        }
+        snprintf(j->same_why, sizeof(j->same_why), "the TPM made no new key: %s", kerr);
+        return 0;
+    }
+    j->new_key_file = true; /* <key>.next removed by renew_done if this fails */
+    j->r = mgmt_cmp_kur(&j->tls, j->tls.key, j->old_cert, nk, &j->cert, j->err, sizeof(j->err));
+    if (j->r == 0 && !(j->new_key = cred_public_copy(nk)))
+        j->r = M2MVPN_E_NOMEM;
+    EVP_PKEY_free(nk);
+    cred_free(np);
+    return 1;
+}
+
+/* Does the TSS2 key file `key` hold the public key of the certificate file
+ * `cert`? (a check of files on disk, no TPM) */
+static bool tpm_key_fits(const char *key, const char *cert, char *err, size_t err_len)
+{
+    EVP_PKEY *k = NULL;
+    X509 *c = NULL;
+    FILE *f = fopen(cert, "r");
+    if (f) {
+        c = PEM_read_X509(f, NULL, NULL, NULL);
+        fclose(f);
+    }
+    bool ok = c && cred_tpm_key_public(key, &k, err, err_len) == 0 && EVP_PKEY_eq(k, X509_get0_pubkey(c)) == 1;
+    if (!ok && c && k)
+        snprintf(err, err_len, "%s does not hold the public key of %s", key, cert);
+    else if (!c)
+        snprintf(err, err_len, "cannot read the certificate %s", cert);
+    ERR_clear_error();
+    EVP_PKEY_free(k);
+    X509_free(c);
+    return ok;
+}
+
 /* The key of the renewed certificate: file provider a new key written to
  * <key>.next (swapped in once the certificate is issued); PKCS#11 and TPM
- * the same key (KUR of the key in use). Then the KUR. */
+ * a new key as well where they can (above), else the same key (KUR of the
+ * key in use). Then the KUR. */
 static void renew_run(mgmt *m, job *j)
 {
     if (m->boot->mgmt.provider == PROFILE_CERT_FILE) {
@@ -569,6 +650,10 @@ static void renew_run(mgmt *m, job *j)
         p11_uri u;
         if (p11_renewable(m, &u) && p11_renew(m, j, &u))
             return;
+        if (tpm_renewable(m) && tpm_renew(m, j))
+            return;
+        if (m->boot->mgmt.provider == PROFILE_CERT_TPM && !j->same_why[0])
+            snprintf(j->same_why, sizeof(j->same_why), "the key is a persistent TPM handle (%s)", m->key_path);
         if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->same_why[0])
             snprintf(j->same_why, sizeof(j->same_why), "the bootstrap's pkcs11_uri names no object= label or gives an id=");
         if (!EVP_PKEY_up_ref(j->tls.key)) {
@@ -601,12 +686,10 @@ static void run_job(mgmt *m, job *j)
         if (j->r == 0)
             j->r = mgmt_cmp_enrol(&j->tls, m->boot->mgmt.token, j->key, &j->cert, &j->check_after_s, j->err,
                                   sizeof(j->err));
-        release_tpm(m, &j->key, &j->cred);
         break;
     case JOB_FETCH:
         j->r = mgmt_http(&j->tls, "/api/v1/device/profile", NULL, NULL, 0, j->etag, &j->http, &j->body, &j->len,
                          j->new_etag, sizeof(j->new_etag), j->err, sizeof(j->err));
-        release_tpm(m, &j->key, &j->cred);
         break;
     case JOB_POLL:
         if (j->fb_id) {
@@ -649,7 +732,6 @@ static void run_job(mgmt *m, job *j)
         break;
     case JOB_RENEW:
         renew_run(m, j);
-        release_tpm(m, &j->key, &j->cred);
         break;
     case JOB_RR:
         j->r = mgmt_cmp_rr(&j->tls, j->tls.key, j->old_cert, j->rr_signed_only, j->err, sizeof(j->err));
@@ -658,6 +740,10 @@ static void run_job(mgmt *m, job *j)
     case JOB_NONE:
         break;
     }
+    /* Whatever the job and however it ended: the TPM key is flushed (the
+     * engine keeps its public half only), never held loaded between
+     * requests. */
+    release_tpm(m, &j->key, &j->cred);
 }
 
 static void *worker_main(void *arg)
@@ -1738,6 +1824,12 @@ static int renew_swap(mgmt *m, bool new_key_file, char *err, size_t err_len)
     snprintf(kn, sizeof(kn), "%s.next", m->key_path);
     snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
     snprintf(cp, sizeof(cp), "%s/device.crt.pem", m->dir);
+    if (new_key_file && tpm_renewable(m) && access(kn, F_OK) == 0 && !tpm_key_fits(kn, cn, err, err_len)) {
+        /* tampered, half-written or another attempt's: never used */
+        unlink(kn);
+        unlink(cn);
+        return M2MVPN_E_CERT;
+    }
     if (new_key_file && access(kn, F_OK) == 0 && rename(kn, m->key_path) < 0) {
         snprintf(err, err_len, "cannot rename %s over %s: %s", kn, m->key_path, strerror(errno));
         return M2MVPN_E_IO;
@@ -1764,7 +1856,7 @@ static void renew_recover(mgmt *m)
             LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
         else
             LOG_WARN(m->log, SUB, "an interrupted certificate renewal finished (renewed key and certificate in use)");
-    } else if (m->boot->mgmt.provider == PROFILE_CERT_FILE && access(kn, F_OK) == 0) {
+    } else if ((m->boot->mgmt.provider == PROFILE_CERT_FILE || tpm_renewable(m)) && access(kn, F_OK) == 0) {
         unlink(kn);
     }
 }
@@ -1888,9 +1980,11 @@ static void renew_done(mgmt *m, job *j)
         OPENSSL_free(hex);
         BN_free(bn);
         int64_t na = asn1_unix(X509_get0_notAfter(m->cert));
-        char what[200];
-        snprintf(what, sizeof(what), "certificate renewed: serial %s, not_after %lld%s", serial, (long long)na,
-                 j->new_key_file || j->p11_new ? " (new key)" : " (same key)");
+        bool tpm = m->boot->mgmt.provider == PROFILE_CERT_TPM;
+        char what[400];
+        snprintf(what, sizeof(what), "certificate renewed: serial %s, not_after %lld%s%s%s", serial, (long long)na,
+                 j->new_key_file || j->p11_new ? " (new key)" : " (same key)",
+                 tpm && j->same_why[0] ? ": " : "", tpm ? j->same_why : "");
         LOG_INFO(m->log, SUB, "%s", what);
         if (j->same_why[0])
             LOG_WARN(m->log, SUB, "the same key was renewed: %s", j->same_why);

@@ -9,26 +9,32 @@ the gateway accepts it.
 
 PKCS#11: the renewal makes a new key pair on the token (a different public
 key in the new certificate), the tunnel moves to it, and the old pair and
-certificate are deleted from the token afterwards. TPM: the same key is
-re-certified today (docs/mgmt.md, "Certificate renewal"; the CERT_RENEWED
-detail says "same key" and the key blob is unchanged); when a new TPM key is
-done, that test changes to "a different public key, the old key gone".
+certificate are deleted from the token afterwards. TPM: the renewal makes a
+new key in the TPM as well (a different public key in the new certificate,
+the key blob device.tss2.pem replaced, no transient object of ours left in
+the TPM); a new key blob that does not hold the renewed certificate's key
+(tampered while the engine was down) is never switched to.
 """
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import subprocess
 import time
 
+import pytest
+
 import netlab
 from test_mgmt_dayn_device import enrolled_device, mgmt_of, wait_until
-from test_mgmt_renew import renew_lab  # noqa: F401  (the fixture)
+from test_mgmt_renew import renew_lab, lab  # noqa: F401  (the fixtures)
+from test_mgmt_renew import block_mgmt, killed_in_renewal
 
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "1234"
 FLOOD_S = 60        # LIFETIME_S 60: one renewal at about 34 s, its reauthentication after it
+TPM_FLOOD_S = 20    # started just before the renewal's earliest time
 
 
 def pubkey_of(pem: str) -> bytes:
@@ -36,17 +42,33 @@ def pubkey_of(pem: str) -> bytes:
                           capture_output=True).stdout
 
 
-def renew_once(lab, c):
+def not_before_after(pem: str) -> tuple[int, int]:
+    out = subprocess.run(["openssl", "x509", "-noout", "-startdate", "-enddate", "-dateopt", "iso_8601"],
+                         input=pem.encode(), check=True, capture_output=True, text=False).stdout.decode()
+    nb = re.search(r"notBefore=(\S+ \S+)", out).group(1)
+    na = re.search(r"notAfter=(\S+ \S+)", out).group(1)
+    return tuple(calendar.timegm(time.strptime(v, "%Y-%m-%d %H:%M:%SZ")) for v in (nb, na))
+
+
+def renew_once(lab, c, flood_s=FLOOD_S):
     """Connected, then a ping flood across one renewal: returns (old cert PEM,
-    new cert PEM, the CERT_RENEWED detail)."""
+    new cert PEM, the CERT_RENEWED detail). A flood shorter than the lifetime
+    starts 3 s before the earliest renewal time (11/18 of the lifetime)."""
     wait_until("connected", lambda: c.status()["state"] == "connected" and mgmt_of(c).get("cert_not_after"),
                timeout_s=90, tail=c.log_tail)
     lab.gw.wait_for_sa("ecdsa", "net")
     assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
     old_pem = (c.state_dir / "device.crt.pem").read_text()
     first = mgmt_of(c)["cert_not_after"]
-    flood = netlab.PingFlood(lab.topo.client, netlab.PROTECTED_ADDRS[0], duration_s=FLOOD_S)
-    deadline = time.monotonic() + FLOOD_S
+    if flood_s < FLOOD_S:
+        nb, na = not_before_after(old_pem)
+        start = nb + (na - nb) * 11 // 18 - 3
+        while time.time() < start:
+            assert c.status()["state"] == "connected", c.log_tail()
+            time.sleep(0.5)
+        assert "certificate renewed" not in c.log_path.read_text(errors="replace"), c.log_tail()
+    flood = netlab.PingFlood(lab.topo.client, netlab.PROTECTED_ADDRS[0], duration_s=flood_s)
+    deadline = time.monotonic() + flood_s
     while time.monotonic() < deadline:
         assert c.status()["state"] == "connected", c.log_tail()
         time.sleep(0.5)
@@ -62,7 +84,7 @@ def renew_once(lab, c):
                lambda: c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"] != first,
                timeout_s=30, tail=c.log_tail)
     assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
-    assert res["sent"] > FLOOD_S * 50 and res["lost"] == 0, res
+    assert res["sent"] > flood_s * 50 and res["lost"] == 0, res
     new_pem = (c.state_dir / "device.crt.pem").read_text()
     assert new_pem != old_pem
     assert not [p.name for p in c.state_dir.iterdir() if p.name.endswith(".next")]
@@ -109,7 +131,17 @@ def test_renewal_key_on_a_pkcs11_token(renew_lab, workdir):
         assert c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"]
 
 
+def transient_handles(tpm) -> list[str]:
+    out = tpm.tool("tpm2_getcap", "handles-transient").stdout
+    return re.findall(r"0x8[0-9a-fA-F]{7}", out)
+
+
 def test_renewal_key_in_a_tpm(renew_lab, workdir):
+    """The device key in a TPM (swtpm: three object slots): the renewal makes
+    a new key in it, the KUR signed with the current key carries the new one,
+    the tunnel moves to it with no ping lost, the old key blob is gone, and
+    no transient object is left behind by management (the tunnel's key is the
+    only one loaded while connected, none after the stop)."""
     from test_hwcred import Swtpm
     lab = renew_lab
     tpm = Swtpm(lab.topo.client, workdir / "tpm")
@@ -121,10 +153,63 @@ def test_renewal_key_in_a_tpm(renew_lab, workdir):
             wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
             blob = (c.state_dir / "device.tss2.pem").read_text()
             assert blob.startswith("-----BEGIN TSS2 PRIVATE KEY-----\n")
-            old_pem, new_pem, detail = renew_once(lab, c)
-            # the same key blob: nothing new made in the TPM
-            assert (c.state_dir / "device.tss2.pem").read_text() == blob
-        assert detail == "same key"
-        assert pubkey_of(new_pem) == pubkey_of(old_pem)
+            old_pem, new_pem, detail = renew_once(lab, c, flood_s=TPM_FLOOD_S)
+            new_blob = (c.state_dir / "device.tss2.pem").read_text()
+            assert new_blob.startswith("-----BEGIN TSS2 PRIVATE KEY-----\n") and new_blob != blob
+            # the old key blob gone: the one key file is the new one
+            assert [p.name for p in c.state_dir.iterdir() if ".tss2" in p.name] == ["device.tss2.pem"]
+            # after a poll or two: only the tunnel's key loaded in the TPM
+            time.sleep(5)
+            assert len(transient_handles(tpm)) == 1, transient_handles(tpm)
+        assert transient_handles(tpm) == []
+        assert detail == "new key"
+        assert pubkey_of(new_pem) != pubkey_of(old_pem)
+    finally:
+        tpm.stop()
+
+
+@pytest.mark.parametrize("step,tamper", [("issued", False), ("written", False), ("written", True)],
+                         ids=["before-cert", "after-cert", "after-cert-tampered"])
+def test_renewal_tpm_killed_in_swap(lab, workdir, step, tamper):  # noqa: F811
+    """SIGKILL in a TPM key renewal. Before the certificate reached the disk
+    (device.tss2.pem.next alone): the next start removes it and keeps the
+    old pair. After (device.crt.pem.next too): the next start finishes the
+    swap and connects with the new key. After, with the new key blob replaced
+    by another (here the current key's blob) while the engine was down: the
+    next start does not switch to it (it does not hold the certificate's
+    key); the old key and certificate stay in use. Certificates of days (an
+    operator's renewal); the management server out of reach at the restart,
+    so no other renewal hides what the recovery did."""
+    from test_hwcred import Swtpm
+    tpm = Swtpm(lab.topo.client, workdir / "tpm")
+    try:
+        boot = enrolled_device(lab)
+        boot["management"]["key"] = {"provider": "tpm", "tpm_tcti": tpm.tcti}
+        c, _, _ = killed_in_renewal(lab, boot, step)
+        st = c.state_dir
+        key, key_next = st / "device.tss2.pem", st / "device.tss2.pem.next"
+        crt, crt_next = st / "device.crt.pem", st / "device.crt.pem.next"
+        assert key_next.exists() and crt_next.exists() == (step == "written"), sorted(p.name for p in st.iterdir())
+        old_key, old_crt, new_key = key.read_text(), crt.read_text(), key_next.read_text()
+        new_crt = crt_next.read_text() if step == "written" else None
+        assert new_key != old_key
+        if tamper:
+            key_next.write_text(old_key)  # another key's blob, a valid TSS2 file
+        block_mgmt(lab)
+        with lab.client(boot) as c:
+            wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+            log = c.log_path.read_text(errors="replace")
+            assert not key_next.exists() and not crt_next.exists()
+            if step == "written" and not tamper:
+                assert "an interrupted certificate renewal finished" in log, c.log_tail()
+                assert key.read_text() == new_key and crt.read_text() == new_crt
+                assert pubkey_of(new_crt) != pubkey_of(old_crt)
+            else:
+                if tamper:
+                    assert "does not hold the public key of" in log, c.log_tail()
+                assert key.read_text() == old_key and crt.read_text() == old_crt
+            # the tunnel authenticated with the key in place (the engine checks it fits the certificate)
+            assert c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"]
+            assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
     finally:
         tpm.stop()

@@ -536,12 +536,18 @@ END_TEST
 
 /* ------------------------------------------------------ reauthentication */
 
-static void reauthenticated(uint32_t spi_in)
+/* The new IKE SA up, with the virtual IP 198.18.1.<vip_last>. */
+static void reauthenticated_vip(uint32_t spi_in, uint8_t vip_last)
 {
     static const uint8_t keymat[64];
     ike_child_result r = { .spi_in = spi_in, .spi_out = spi_in + 1, .keymat = keymat,
-                           .keymat_len = sizeof(keymat), .has_vip = true, .vip = { 198, 18, 1, 1 } };
+                           .keymat_len = sizeof(keymat), .has_vip = true, .vip = { 198, 18, 1, vip_last } };
     conn_reauth_established(T->c, &r);
+}
+
+static void reauthenticated(uint32_t spi_in)
+{
+    reauthenticated_vip(spi_in, 1);
 }
 
 /* ike.reauth_s: up -> reauthenticating at 80..90 % of it, a new IKE SA next
@@ -1277,8 +1283,10 @@ END_TEST
 /* A switch while up to a profile on the same gateway and TUN: the new IKE
  * SA comes up next to the old one (up -> reauthenticating -> up, public
  * state CONNECTED throughout, nothing closed), and a STATE_CHANGED says
- * "make-before-break". To another gateway: break-before-make, and the
- * move says why. */
+ * "make-before-break". To another gateway likewise (the new IKE SA goes
+ * there); when that one assigns another virtual IP, the event says
+ * "shortest gap" and which. Another TUN: break-before-make, and the move
+ * says why. */
 START_TEST(switch_make_before_break)
 {
     use_json(GW_PROFILE("a", "198.51.100.1"));
@@ -1305,13 +1313,41 @@ START_TEST(switch_make_before_break)
     ck_assert_uint_eq(st.spi_in, 0x55555555);
     ck_assert_uint_eq(st.reconnects, 0);
 
-    /* Another gateway: the old tunnel goes first. */
+    /* Another gateway, the same virtual IP: make-before-break. */
     use_json(GW_PROFILE("c", "198.51.100.9"));
-    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 2);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    reauthenticated(0x66666666);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "make-before-break: switched to profile c at 198.51.100.9:500"));
+    conn_get_status(T->c, &st);
+    ck_assert_str_eq(st.gateway, "198.51.100.9:500");
+
+    /* Back, and that gateway assigns another virtual IP: the shortest gap. */
+    n_states = T->n_states;
+    use_json(GW_PROFILE("d", "198.51.100.1"));
+    ck_assert_uint_eq(T->f.n_reauth_start, 3);
+    reauthenticated_vip(0x77777777, 7);
+    ck_assert_int_eq(phase(), CONN_UP);
+    for (size_t i = n_states; i < T->n_states; i++)
+        ck_assert_int_eq(T->states[i], M2MVPN_STATE_CONNECTED);
+    ck_assert_int_eq(T->events[T->n_events - 1], M2MVPN_EVENT_STATE_CHANGED);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "shortest gap (virtual IP 198.18.1.7, was 198.18.1.1): switched to "
+                                            "profile d at 198.51.100.1:500"));
+    conn_get_status(T->c, &st);
+    ck_assert_str_eq(st.virtual_ip, "198.18.1.7");
+    ck_assert_uint_eq(st.reconnects, 0);
+
+    /* Another TUN: the old tunnel goes first. */
+    use_json("{\"version\": 1, \"name\": \"e\", \"mode\": \"manual\","
+             " \"gateways\": [{\"host\": \"198.51.100.1\"}], \"local_id\": \"dev1.m2m.test\","
+             " \"remote_id\": \"gw.m2m.test\", \"auth\": " AUTH_PSK ","
+             " \"tunnel\": {\"tun_name\": \"m2m7\", \"remote_ts\": [\"198.18.0.0/16\"]}}");
+    ck_assert_uint_eq(T->f.n_reauth_start, 3);
     ck_assert_uint_eq(T->f.n_sa_close, 1);
     ck_assert_int_eq(phase(), CONN_NEGOTIATING);
-    ck_assert_ptr_nonnull(strstr(T->logbuf, "-> negotiating (break-before-make: another gateway "
-                                            "(198.51.100.9:500, was 198.51.100.1:500))"));
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "-> negotiating (break-before-make: another TUN (m2m7, was m2m0))"));
 }
 END_TEST
 

@@ -526,7 +526,9 @@ void esp_datapath_get_counters(esp_datapath *dp, esp_datapath_counters *out);
 /* Counters of one installed SA (by inbound SPI). Any thread. Errors: INVAL. */
 int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_counters *out);
 
-/* New peer address for an SA (NAT mapping changed, MOBIKE/roaming). The UDP
+/* New peer address for an SA (NAT mapping changed, MOBIKE/roaming), and for
+ * every other SA that had the same peer (a rekey overlap's old SA, which may
+ * still be the one sending); SAs with another peer keep theirs. The UDP
  * socket itself needs no change when bound to the any-address (recommended:
  * the kernel then picks the source of whatever interface is up).
  * Errors: INVAL (unknown SPI, bad address). */

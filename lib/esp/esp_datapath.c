@@ -356,8 +356,18 @@ int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockad
         return M2MVPN_E_INVAL;
     pthread_rwlock_wrlock(&dp->sa_lock);
     esp_slot *s = esp_dp_find_slot_locked(dp, spi_in);
-    if (s)
-        peer_for_socket(dp, peer, peer_len, &s->peer, &s->peer_len);
+    if (s) {
+        /* The SAs that shared its peer move with it: during a rekey overlap
+         * the old one may still be the sending one. Another peer's SA (the
+         * old gateway's, during a profile switch) stays. */
+        struct sockaddr_storage was = s->peer;
+        socklen_t was_len = s->peer_len;
+        for (int i = 0; i < ESP_MAX_SAS; i++) {
+            esp_slot *o = &dp->slots[i];
+            if (o->sa && (o == s || (o->peer_len == was_len && memcmp(&o->peer, &was, was_len) == 0)))
+                peer_for_socket(dp, peer, peer_len, &o->peer, &o->peer_len);
+        }
+    }
     pthread_rwlock_unlock(&dp->sa_lock);
     return s ? 0 : M2MVPN_E_INVAL;
 }

@@ -2074,6 +2074,49 @@ START_TEST(rekey_overlap_two_sas)
 }
 END_TEST
 
+/* The gateway moved (MOBIKE, NAT mapping) during a rekey overlap: the old
+ * CHILD SA still sends (the new one is inbound only until the old one
+ * goes). Setting the peer for the tunnel's SA (the new one) must move the
+ * sending one too, else the outbound traffic keeps going to the old
+ * address until the old SA is deleted. */
+START_TEST(set_peer_covers_rekey_overlap)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_opt("m2e-r1", false, 4500, true, false);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    int gw = udp_socket("127.0.0.1", 5500), gw2 = udp_socket("127.0.0.1", 5501);
+    int app = udp_socket("198.18.5.1", 7000);
+    esp_sa *peer_old, *peer_new;
+    esp_sa_config c[2];
+    loopback_sa(&c[0], 0xa0, 0xb0, 0x11, 0x22, &peer_old);
+    loopback_sa(&c[1], 0xa1, 0xb1, 0x12, 0x23, &peer_new);
+    c[1].inbound_only = true;
+    for (int k = 0; k < 2; k++)
+        ck_assert_int_eq(esp_datapath_install_sa(dp, &c[k], NULL, 0), 0);
+
+    struct sockaddr_in np = { .sin_family = AF_INET, .sin_port = htons(5501),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    ck_assert_int_eq(esp_datapath_set_peer(dp, 0xa1, (struct sockaddr *)&np, sizeof(np)), 0);
+    uint8_t buf[2048], *out, nh;
+    size_t out_len;
+    esp_drop_reason why;
+    send_to(app, "198.18.6.7", 9, "moved", 5);
+    esp_datapath_poll_tun(dp);
+    ssize_t n = recv(gw2, buf, sizeof(buf), MSG_DONTWAIT);
+    ck_assert_int_gt(n, 0); /* to the new address */
+    ck_assert_uint_eq(buf_load_be32(buf), 0xb0); /* still by the old SA */
+    ck_assert_int_eq(esp_sa_decap(peer_old, buf, (size_t)n, &out, &out_len, &nh, &why), 0);
+    ck_assert_int_lt(recv(gw, buf, sizeof(buf), MSG_DONTWAIT), 0);
+
+    esp_sa_free(peer_old);
+    esp_sa_free(peer_new);
+    close(gw); close(gw2); close(app);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 /* A CHILD SA being negotiated (esp_datapath_expect_spi, a reauthentication's
  * IKE_AUTH): the gateway's packets with its SPI that arrive before the SA is
  * installed wait, up to ESP_PARK_MAX, and are authenticated and delivered in
@@ -2502,6 +2545,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
+    n_net += add_or_count(t, set_peer_covers_rekey_overlap, 1);
     n_net += add_or_count(t, expected_spi_packets_wait_for_install, 1);
     n_net += add_or_count(t, inbound_only_sa_not_promoted, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);

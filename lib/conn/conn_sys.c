@@ -120,7 +120,8 @@ struct conn_sys {
      * gateway as the kernel last chose it (source address, interface). */
     netwatch *nw;
     netwatch_path path;
-    bool path_known;
+    bool path_known;              /* `path` holds the last way found */
+    bool watching;                /* an attempt's way is watched (even while no way is found) */
 };
 
 static void close_socket(conn_sys *s)
@@ -413,6 +414,8 @@ static bool same_sockaddr(const struct sockaddr_storage *a, const struct sockadd
 }
 
 static int current_path(conn_sys *s, netwatch_path *p, char *err, size_t err_len);
+static void find_underlay(conn_sys *s, const profile *p);
+static int open_socket(conn_sys *s, char *err, size_t err_len);
 static const char *addr_text(const struct sockaddr_storage *ss, char *out, size_t len);
 
 /* The gateway's side moved (MOBIKE): if lib/ike failed over to another of
@@ -433,6 +436,17 @@ static void follow_gateway(conn_sys *s)
     s->gw_len = gw_len;
     if (same_family && s->sock500 >= 0 && connect(s->sock500, (const struct sockaddr *)&gw, gw_len) < 0)
         LOG_WARN(s->log, "conn", "port 500 socket to %s: %s", b, strerror(errno));
+    if (!same_family) {
+        /* Another family: the way leaves by another interface maybe (the
+         * ESP socket is bound to it), and a port-500 socket of that family
+         * (a reauthentication's IKE_SA_INIT leaves from it). The TUN MTU
+         * follows the outer header (esp_datapath_set_peer). */
+        char e[256];
+        if (s->prof)
+            find_underlay(s, s->prof);
+        if (s->sock500 >= 0 && s->prof && open_socket(s, e, sizeof(e)) < 0)
+            LOG_WARN(s->log, "conn", "%s", e);
+    }
     struct sockaddr_storage esp = gw;
     if (esp.ss_family == AF_INET)
         ((struct sockaddr_in *)&esp)->sin_port = htons(ESP_UDP_PORT);
@@ -443,9 +457,18 @@ static void follow_gateway(conn_sys *s)
         if (r < 0)
             LOG_WARN(s->log, "conn", "ESP peer %s: %s", b, core_strerror(r));
     }
+    /* The way to the new address is the baseline (not a move of ours). A
+     * failed lookup keeps watching: the next network event looks again. */
     char err[160];
-    if (s->path_known)
-        s->path_known = current_path(s, &s->path, err, sizeof(err)) == 0;
+    netwatch_path now;
+    if (!s->watching)
+        return;
+    if (current_path(s, &now, err, sizeof(err)) == 0) {
+        s->path = now;
+        s->path_known = true;
+    } else {
+        LOG_INFO(s->log, "conn", "way to %s not found (%s): looked up again at the next change", b, err);
+    }
 }
 
 static void ike_addresses_updated(void *arg, int err, bool ours, const char *detail)
@@ -476,11 +499,13 @@ static int current_path(conn_sys *s, netwatch_path *p, char *err, size_t err_len
 static void on_net_change(void *arg)
 {
     conn_sys *s = arg;
-    if (!s->prof || !s->path_known || s->sock500 < 0)
+    if (!s->prof || !s->watching || s->sock500 < 0)
         return;
-    netwatch_path now;
+    netwatch_path now, was = s->path;
     char err[160];
-    if (current_path(s, &now, err, sizeof(err)) < 0) {
+    int rc = current_path(s, &now, err, sizeof(err));
+    netwatch_change ch = netwatch_track(&s->path, &s->path_known, rc == 0, &now);
+    if (ch == NETWATCH_LOST) {
         LOG_INFO(s->log, "conn", "way to %s lost (%s): waiting for another", s->gw_text, err);
         /* Not bound to an interface without address any longer: the
          * kernel would send from whatever address it has elsewhere (the
@@ -492,14 +517,15 @@ static void on_net_change(void *arg)
         }
         return;
     }
-    if (netwatch_path_equal(&now, &s->path))
-        return;
     char from[96], to[96], why[224];
-    netwatch_path_text(&s->path, from, sizeof(from));
     netwatch_path_text(&now, to, sizeof(to));
+    if (ch == NETWATCH_FIRST) /* the attempt started without a way: this one is the baseline */
+        LOG_INFO(s->log, "conn", "way to %s found: %s", s->gw_text, to);
+    if (ch != NETWATCH_MOVED)
+        return;
+    netwatch_path_text(&was, from, sizeof(from));
     snprintf(why, sizeof(why), "path to %s moved from %s to %s", s->gw_text, from, to);
     LOG_INFO(s->log, "conn", "%s", why);
-    s->path = now;
     conn_post_path_changed(s->c, why);
 }
 
@@ -509,6 +535,7 @@ static void watch_path(conn_sys *s)
     char err[160];
     if (!s->nw && netwatch_new(s->loop, s->log, on_net_change, s, &s->nw, err, sizeof(err)) < 0)
         LOG_WARN(s->log, "conn", "%s: no roaming", err);
+    s->watching = s->nw != NULL;
     s->path_known = current_path(s, &s->path, err, sizeof(err)) == 0;
 }
 
@@ -1789,7 +1816,11 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
         s->next_other_gw = false;
         core_io_add(s->loop, &s->io500, s->sock500, EPOLLIN, on_sock500, s);
         char e[160];
-        s->path_known = current_path(s, &s->path, e, sizeof(e)) == 0;
+        netwatch_path now;
+        if (current_path(s, &now, e, sizeof(e)) == 0) { /* the new gateway's way: the baseline */
+            s->path = now;
+            s->path_known = true;
+        }
     }
     ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));
     if (s->main_down) { /* the gateway deleted it already */

@@ -528,10 +528,12 @@ int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_count
 
 /* New peer address for an SA (NAT mapping changed, MOBIKE/roaming), and for
  * every other SA that had the same peer (a rekey overlap's old SA, which may
- * still be the one sending); SAs with another peer keep theirs. The UDP
+ * still be the one sending); SAs with another peer keep theirs. A peer of
+ * another address family changes the outer header: the TUN MTU follows
+ * (unless set by esp_datapath_config.mtu). The UDP
  * socket itself needs no change when bound to the any-address (recommended:
  * the kernel then picks the source of whatever interface is up).
- * Errors: INVAL (unknown SPI, bad address). */
+ * Errors: INVAL (unknown SPI, bad address), TUN (the MTU not set). */
 int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockaddr *peer,
                           socklen_t peer_len);
 

@@ -540,6 +540,11 @@ static int link_up(esp_net *n, uint32_t mtu, char *err, size_t err_len)
     return 0;
 }
 
+int esp_net_set_mtu(esp_net *n, uint32_t mtu, char *err, size_t err_len)
+{
+    return mtu == n->mtu ? 0 : link_up(n, mtu, err, err_len);
+}
+
 /* IPv6 in the kernel at all (booted without it: no /proc/sys/net/ipv6). */
 static bool ipv6_kernel(void)
 {

@@ -70,6 +70,8 @@ int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, ch
  * as much protection as can be is put in place, then the error is returned.
  * Errors: TUN with the netlink or nftables reason in err, INVAL (more than
  * ESP_MAX_TS). */
+/* The TUN's MTU alone (the outer header changed). Errors: TUN. */
+int esp_net_set_mtu(esp_net *n, uint32_t mtu, char *err, size_t err_len);
 int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_addrs,
                   const esp_prefix *want, size_t n_want, uint32_t metric, bool kill_switch,
                   const uint16_t *ike_ports, size_t n_ike_ports, char *err, size_t err_len);

@@ -12,6 +12,7 @@
  * PIN and EAP credential waits, rekeys (no move of the machine) and
  * on-demand.
  */
+#include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
 #include <net/if.h>
@@ -1659,6 +1660,49 @@ START_TEST(netwatch_route_lookup)
 END_TEST
 
 
+/* A failed route lookup (the way lost for a moment, or a lookup after
+ * the gateway moved) must not end roaming for the rest of the SA: the
+ * last path found is kept, and the next lookup that succeeds is compared
+ * with it (the way back on another address is a move). An attempt that
+ * started without a way takes the first one found as its baseline. */
+static netwatch_path path_at(const char *src, int oif)
+{
+    netwatch_path p;
+    memset(&p, 0, sizeof(p));
+    struct sockaddr_in *in = (struct sockaddr_in *)&p.src;
+    in->sin_family = AF_INET;
+    inet_pton(AF_INET, src, &in->sin_addr);
+    p.src_len = sizeof(*in);
+    p.oif = oif;
+    snprintf(p.ifname, sizeof(p.ifname), "eth%d", oif);
+    return p;
+}
+
+START_TEST(netwatch_track_recovers_after_failed_lookup)
+{
+    netwatch_path last, a = path_at("198.51.100.10", 1), b = path_at("198.51.100.20", 2);
+    memset(&last, 0, sizeof(last));
+    bool known = false;
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &a), NETWATCH_FIRST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &a), NETWATCH_SAME);
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert(known); /* still watched */
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_MOVED);
+    ck_assert(netwatch_path_equal(&last, &b));
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_SAME);
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_SAME); /* back where it was */
+
+    /* No way when the attempt started: the first one found is the baseline. */
+    known = false;
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert(!known);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &a), NETWATCH_FIRST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_MOVED);
+}
+END_TEST
+
 /* The kernel is the only sender netwatch listens to: a message another
  * process sends to its socket (unicast, nl_pid not 0) is no address or
  * route event, and must not start a path check (a move or reconnect). */
@@ -1768,6 +1812,7 @@ int main(void)
     tcase_add_test(tc, roam_backoff_retries_now);
     tcase_add_test(tc, roam_backoff_after_auth_failure_waits);
     tcase_add_test(tc, netwatch_route_lookup);
+    tcase_add_test(tc, netwatch_track_recovers_after_failed_lookup);
     tcase_add_test(tc, netwatch_ignores_other_senders);
     tcase_add_test(tc, reauth_make_before_break);
     tcase_add_test(tc, reauth_failures);

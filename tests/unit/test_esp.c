@@ -2117,6 +2117,31 @@ START_TEST(set_peer_covers_rekey_overlap)
 }
 END_TEST
 
+/* The gateway moved to an address of the other family (MOBIKE failover):
+ * the outer header grows from IPv4 to IPv6, the TUN MTU shrinks with it
+ * (1438 -> 1418 for AES-GCM on 1500), and back. */
+START_TEST(set_peer_other_family_sets_mtu)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_cfg("m2e-r2", false, 4500, false, false, true);
+    esp_sa *peer;
+    esp_sa_config c;
+    loopback_sa(&c, 0xa0, 0xb0, 0x11, 0x22, &peer);
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    ck_assert_ptr_nonnull(strstr(run("ip -o link show m2e-r2"), "mtu 1438"));
+    struct sockaddr_in6 p6 = { .sin6_family = AF_INET6, .sin6_port = htons(5500), .sin6_addr = in6addr_loopback };
+    ck_assert_int_eq(esp_datapath_set_peer(dp, 0xa0, (struct sockaddr *)&p6, sizeof(p6)), 0);
+    ck_assert_ptr_nonnull(strstr(run("ip -o link show m2e-r2"), "mtu 1418"));
+    ck_assert_int_eq(esp_datapath_set_peer(dp, 0xa0, (struct sockaddr *)&c.peer, c.peer_len), 0);
+    ck_assert_ptr_nonnull(strstr(run("ip -o link show m2e-r2"), "mtu 1438"));
+    esp_sa_free(peer);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 /* A CHILD SA being negotiated (esp_datapath_expect_spi, a reauthentication's
  * IKE_AUTH): the gateway's packets with its SPI that arrive before the SA is
  * installed wait, up to ESP_PARK_MAX, and are authenticated and delivered in
@@ -2546,6 +2571,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
     n_net += add_or_count(t, set_peer_covers_rekey_overlap, 1);
+    n_net += add_or_count(t, set_peer_other_family_sets_mtu, 1);
     n_net += add_or_count(t, expected_spi_packets_wait_for_install, 1);
     n_net += add_or_count(t, inbound_only_sa_not_promoted, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);

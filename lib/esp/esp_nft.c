@@ -181,6 +181,24 @@ static bool has_family(const esp_prefix *p, size_t n, int family)
     return false;
 }
 
+/* "a, b": the addresses of one family (prefix lengths left out: hosts). */
+static void add_hosts(text *t, int family, const esp_prefix *p, size_t n)
+{
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        char addr[INET6_ADDRSTRLEN];
+        if (p[i].family != family)
+            continue;
+        if (!inet_ntop(family, p[i].addr, addr, sizeof(addr))) {
+            t->overflow = true;
+            return;
+        }
+        add(t, any ? ", " : "", NULL);
+        add(t, addr, NULL);
+        any = true;
+    }
+}
+
 /* "500, 4500[, p...]": the UDP destination ports our marked sockets use. */
 static void add_ike_ports(text *t, const uint16_t *ports, size_t n)
 {
@@ -198,8 +216,8 @@ static void add_ike_ports(text *t, const uint16_t *ports, size_t n)
 }
 
 int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, size_t n,
-                  const uint16_t *ike_ports, size_t n_ike_ports, bool *active, char *why,
-                  size_t why_len, char *err, size_t err_len)
+                  const uint16_t *ike_ports, size_t n_ike_ports, const esp_prefix *vips, size_t n_vips,
+                  bool *active, char *why, size_t why_len, char *err, size_t err_len)
 {
     *active = false;
     if (!name_ok(tun)) {
@@ -218,6 +236,20 @@ int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, 
      * an engine that died) is there, in the same transaction. */
     add(&t, "add table inet m2mvpn_%s\n", tun);
     add(&t, "delete table inet m2mvpn_%s\n", tun);
+    add(&t, "add table arp m2mvpn_%s\n", tun);
+    add(&t, "delete table arp m2mvpn_%s\n", tun);
+    /* The virtual IPv4 address never asks a link for a neighbour: after a
+     * roam, a socket still bound to the old interface (which lost its
+     * address) would have the kernel pick it as the source and ARP for the
+     * gateway with it there, telling that link our address in the tunnel. */
+    bool vip4 = has_family(vips, n_vips, AF_INET), vip6 = has_family(vips, n_vips, AF_INET6);
+    if (vip4) {
+        add(&t, "table arp m2mvpn_%s {\n", tun);
+        add(&t, "\tchain vip_guard {\n\t\ttype filter hook output priority filter; policy accept;\n"
+                "\t\tarp saddr ip { ", NULL);
+        add_hosts(&t, AF_INET, vips, n_vips);
+        add(&t, " } counter drop\n\t}\n}\n", NULL);
+    }
     add(&t, "table inet m2mvpn_%s {\n", tun);
     bool v4 = has_family(prefixes, n, AF_INET), v6 = has_family(prefixes, n, AF_INET6);
     if (v4)
@@ -227,6 +259,19 @@ int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, 
     add(&t, "\tchain leak_guard {\n"
             "\t\ttype filter hook postrouting priority filter; policy accept;\n", NULL);
     add(&t, "\t\toifname { \"lo\", \"%s\" } accept\n", tun);
+    /* Nothing from a virtual IP leaves by another interface (sent there
+     * by a socket bound to an interface without address of its own, our
+     * marked ones included). */
+    if (vip4) {
+        add(&t, "\t\tip saddr { ", NULL);
+        add_hosts(&t, AF_INET, vips, n_vips);
+        add(&t, " } counter drop\n", NULL);
+    }
+    if (vip6) {
+        add(&t, "\t\tip6 saddr { ", NULL);
+        add_hosts(&t, AF_INET6, vips, n_vips);
+        add(&t, " } counter drop\n", NULL);
+    }
     /* Our IKE and ESP-in-UDP packets (full tunnel: the gateway is inside a
      * protected prefix), and nothing else that carries the mark. */
     add(&t, "\t\tmeta mark %s udp dport { ", mark);
@@ -285,8 +330,9 @@ void esp_nft_remove(const char *tun)
     char why[160];
     if (!api_open(&api, why, sizeof(why)))
         return;
-    char buf[128];
-    snprintf(buf, sizeof(buf), "add table inet m2mvpn_%s\ndelete table inet m2mvpn_%s\n", tun, tun);
+    char buf[256];
+    snprintf(buf, sizeof(buf), "add table inet m2mvpn_%s\ndelete table inet m2mvpn_%s\n"
+             "add table arp m2mvpn_%s\ndelete table arp m2mvpn_%s\n", tun, tun, tun, tun);
     run(&api, buf, NULL, 0);
     api_close(&api);
 }
@@ -294,10 +340,12 @@ void esp_nft_remove(const char *tun)
 #else /* !M2MVPN_HAVE_NFTABLES */
 
 int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, size_t n,
-                  const uint16_t *ike_ports, size_t n_ike_ports, bool *active, char *why,
-                  size_t why_len, char *err, size_t err_len)
+                  const uint16_t *ike_ports, size_t n_ike_ports, const esp_prefix *vips, size_t n_vips,
+                  bool *active, char *why, size_t why_len, char *err, size_t err_len)
 {
     (void)fwmark;
+    (void)vips;
+    (void)n_vips;
     (void)ike_ports;
     (void)n_ike_ports;
     (void)prefixes;

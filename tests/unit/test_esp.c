@@ -1602,6 +1602,64 @@ START_TEST(nft_accepts_marked_udp_to_ike_ports_only)
 }
 END_TEST
 
+/* The packets counted by the first rule of `what` ("nft list ..." output
+ * after `key`), -1 if there is no such rule. */
+static long nft_counter(const char *what, const char *key)
+{
+    char *out = runf("nft list %s 2>&1", what);
+    const char *p = strstr(out, key);
+    p = p ? strstr(p, "counter packets ") : NULL;
+    return p ? strtol(p + strlen("counter packets "), NULL, 10) : -1;
+}
+
+/* UDP from a socket bound to `dev` (a link without address of its own) to
+ * 198.51.100.1:4500, with our mark: the kernel takes another interface's
+ * address as the source, the TUN's virtual IP here. The errno of sendto
+ * (0: sent or queued for the neighbour). */
+static int send_bound_to(const char *dev, uint32_t mark)
+{
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    ck_assert_int_ge(s, 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)), 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, dev, (socklen_t)strlen(dev)), 0);
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(4500) };
+    inet_pton(AF_INET, "198.51.100.1", &to.sin_addr);
+    int e = sendto(s, "x", 1, 0, (struct sockaddr *)&to, sizeof(to)) == 1 ? 0 : errno;
+    close(s);
+    return e;
+}
+
+/* After a roam the old link has no address, and a socket still bound to
+ * it (our ESP or IKE socket, before the path change is seen) sends with
+ * the TUN's virtual IP as its source: the kernel would ask that link for
+ * the gateway (ARP) naming the address we have inside the tunnel, then
+ * send from it there. The kill switch drops the packet before any
+ * neighbour lookup (no ARP request at all), and an ARP request naming the
+ * virtual IP is dropped too. */
+START_TEST(nft_vip_never_leaves_another_link)
+{
+    if (!nftables_built())
+        return;
+    enter_netns();
+    ck_assert_int_eq(system("ip link add m2e-v0 type veth peer name m2e-v1 && ip link set m2e-v0 up && "
+                            "ip link set m2e-v1 up"), 0);
+    esp_datapath *dp = make_dp("m2e-k9", true, 4500);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    uint32_t mark = esp_tunnel_table("m2e-k9");
+    int e = send_bound_to("m2e-v0", mark);
+    usleep(100000);
+    char *neigh = run("ip -4 neigh show dev m2e-v0");
+    ck_assert_msg(strstr(neigh, "198.51.100.1") == NULL, "an ARP request left: %s", neigh);
+    ck_assert_int_eq(e, EPERM);
+    ck_assert_int_eq(nft_counter("chain inet m2mvpn_m2e-k9 leak_guard", "ip saddr 198.18.5.1"), 1);
+    ck_assert_int_ge(nft_counter("table arp m2mvpn_m2e-k9", "arp saddr ip 198.18.5.1"), 0);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+    ck_assert_ptr_null(strstr(run("nft list tables 2>&1"), "m2mvpn_m2e-k9"));
+}
+END_TEST
+
 /* One ICMPv6 message of `type`, `len` bytes (header, zeros after), hop
  * limit 255, bound to `dev`, to `dst`. */
 static void send_icmp6(const char *dev, const char *dst, uint8_t type, size_t len)
@@ -2568,6 +2626,7 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, stale_rule_of_another_shape_replaced, 1);
     n_net += add_or_count(t, nft_error_still_installs_routes, 1);
     n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
+    n_net += add_or_count(t, nft_vip_never_leaves_another_link, 1);
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
     n_net += add_or_count(t, set_peer_covers_rekey_overlap, 1);

@@ -59,7 +59,11 @@
  *    any interface but the TUN (and lo), except our own marked UDP to the
  *    IKE ports (500, 4500, esp_tunnel_net.ike_ports): this also holds
  *    against what bypasses routing rules (a socket bound to another
- *    interface, a rule ahead of ours). Without it (esp_kill_switch_info
+ *    interface, a rule ahead of ours). It also drops whatever has a virtual
+ *    IP as its source leaving by another interface, and a table
+ *    `arp m2mvpn_<tun>` ARP requests naming the IPv4 one (a socket bound to
+ *    a link that lost its address, after a roam, would otherwise ask that
+ *    link for the gateway with it). Without it (esp_kill_switch_info
  *    .nftables false) lib/conn refuses the kill switch unless the profile
  *    accepts routing alone (tunnel.kill_switch_routing_only);
  *  - only esp_datapath_teardown(dp, true) removes the routes, blackholes,

@@ -58,7 +58,11 @@
  *                    certificate, then the credential removed); event
  *                    DECOMMISSIONED (11); error DECOMMISSION (-30); the
  *                    status JSON's "management.state" may be
- *                    "decommissioned".
+ *                    "decommissioned";
+ *                    m2mvpn_profile_switch to a profile on another gateway
+ *                    is make-before-break too (a STATE_CHANGED says
+ *                    "make-before-break", or "shortest gap (virtual IP
+ *                    NEW, was OLD)" when that gateway assigns another one).
  */
 #ifndef M2MVPN_M2MVPN_H
 #define M2MVPN_M2MVPN_H
@@ -221,9 +225,11 @@ M2MVPN_API int m2mvpn_profile_load_json(m2mvpn *h, const char *json, size_t len)
 
 /**
  * Make profile `name` the active one. While the tunnel is up and the new
- * profile keeps its gateway, TUN, kill switch and mode (no EAP), the new
- * profile's SAs come up before the old ones go (make-before-break, state
- * stays CONNECTED, a STATE_CHANGED event says "make-before-break: ...");
+ * profile keeps its TUN, kill switch and mode (no EAP), the new profile's
+ * SAs come up before the old ones go, with its gateway (make-before-break,
+ * state stays CONNECTED, a STATE_CHANGED event says "make-before-break: ...",
+ * or "shortest gap (virtual IP NEW, was OLD): ..." when the gateway assigns
+ * another virtual IP);
  * otherwise the old tunnel is released first ("break-before-make: why" in
  * the STATE_CHANGED of that move). The new profile connects if it is
  * always-on or the old one was up or wanted up.

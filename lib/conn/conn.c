@@ -987,13 +987,25 @@ void conn_reauth_established(conn *c, const ike_child_result *r)
         reauth_failed(c, rc, IKE_FAULT_LOCAL, err);
         return;
     }
+    char old_vip[sizeof(c->vip)];
+    snprintf(old_vip, sizeof(old_vip), "%s", c->vip);
     take_child(c, r);
-    char what[192];
+    char what[320];
     if (c->switching) {
         c->switching = false;
         c->connected_since = c->ops.wall_time(c->ops.arg);
-        snprintf(what, sizeof(what), "make-before-break: switched to profile %s (CHILD SA %08x replaced by "
-                 "%08x/%08x)", c->prof->name, old_in, r->spi_in, r->spi_out);
+        const profile_gateway *g = &c->prof->gateways[0];
+        struct in6_addr a6;
+        snprintf(c->gw_text, sizeof(c->gw_text), inet_pton(AF_INET6, g->host, &a6) == 1 ? "[%s]:%u" : "%s:%u",
+                 g->host, (unsigned)g->port);
+        /* The new SA carried traffic before the old one went; only a new
+         * virtual IP breaks what is bound to the old one. */
+        char how[160] = "make-before-break";
+        if (strcmp(old_vip, c->vip) != 0)
+            snprintf(how, sizeof(how), "shortest gap (virtual IP %s, was %s)", c->vip[0] ? c->vip : "none",
+                     old_vip[0] ? old_vip : "none");
+        snprintf(what, sizeof(what), "%s: switched to profile %s at %s (CHILD SA %08x replaced by %08x/%08x)",
+                 how, c->prof->name, c->gw_text, old_in, r->spi_in, r->spi_out);
         LOG_INFO(c->log, "conn", "%s", what);
         set_phase(c, CONN_UP, 0, what);
         arm_reauth(c, false);
@@ -1170,16 +1182,17 @@ void conn_free(conn *c)
 
 /* A profile switch while the tunnel is up, make-before-break: the new
  * profile's IKE SA and CHILD SA come up next to the old ones (as a
- * reauthentication does), the traffic moves, then the old IKE SA goes.
- * Possible when the new profile keeps what the running tunnel is built on:
- * the TUN, the gateway, the kill switch and the mode (the network is then
- * reconfigured in place, gap-free). Otherwise false and why: the switch
- * is break-before-make, the shortest gap. */
+ * reauthentication does), with the same gateway or another one (the new
+ * profile's first), the traffic moves, then the old IKE SA goes. Possible
+ * when the new profile keeps what the running tunnel is built on: the TUN,
+ * the kill switch and the mode (the network is then reconfigured in place).
+ * Gap-free when the virtual IP stays; if the (other) gateway assigns another
+ * one, the tunnel takes it in place: the shortest gap, for the connections
+ * bound to the old one (conn_reauth_established says which). Otherwise
+ * false and why: the switch is break-before-make. */
 static bool switch_make_before_break(conn *c, profile_set *set, const profile *p, char *why, size_t len)
 {
     const profile *o = c->prof;
-    const profile_gateway *ga = &o->gateways[c->gw_index < o->n_gateways ? c->gw_index : 0];
-    const profile_gateway *gb = &p->gateways[0];
     const char *ta = o->tunnel.tun_name ? o->tunnel.tun_name : "m2m0";
     const char *tb = p->tunnel.tun_name ? p->tunnel.tun_name : "m2m0";
     char err[512] = "";
@@ -1189,9 +1202,6 @@ static bool switch_make_before_break(conn *c, profile_set *set, const profile *p
         snprintf(why, len, "no second IKE SA possible here");
     else if (strcmp(ta, tb) != 0)
         snprintf(why, len, "another TUN (%s, was %s)", tb, ta);
-    else if (strcmp(ga->host, gb->host) != 0 || ga->port != gb->port)
-        snprintf(why, len, "another gateway (%s:%u, was %s:%u)", gb->host, (unsigned)gb->port, ga->host,
-                 (unsigned)ga->port);
     else if (o->tunnel.kill_switch != p->tunnel.kill_switch)
         snprintf(why, len, "the kill switch setting differs");
     else if (o->mode != p->mode)
@@ -1211,7 +1221,8 @@ static bool switch_make_before_break(conn *c, profile_set *set, const profile *p
         c->gw_index = 0;
         c->failures = 0;
         char what[160];
-        snprintf(what, sizeof(what), "switching to profile %s, make-before-break", p->name);
+        snprintf(what, sizeof(what), "switching to profile %s (gateway %s:%u), make-before-break", p->name,
+                 p->gateways[0].host, (unsigned)p->gateways[0].port);
         set_phase(c, CONN_REAUTHENTICATING, 0, what);
         return true;
     }

@@ -93,6 +93,15 @@ struct conn_sys {
      * (uniqueness policy): main_down keeps that until `next` decides. */
     ike_sa *next, *old;
     uint32_t old_spi_in;
+    /* A profile switch to another gateway: `next` talks to next_gw (its
+     * own port-500 socket) until it carries the tunnel; then next_gw is
+     * `gw` and `old` sends its Delete to old_gw. */
+    bool next_other_gw;
+    struct sockaddr_storage next_gw, old_gw;
+    socklen_t next_gw_len, old_gw_len;
+    char next_gw_text[64];
+    int next_sock500;
+    core_io next_io500;
     cred_provider *old_cred;      /* the credential `old` used, if reloaded */
     pki_trust *old_trust;         /* its trust anchors, if another profile's */
     bool has_vip, has_vip6;       /* the tunnel's virtual IPs (asked for again) */
@@ -111,7 +120,8 @@ struct conn_sys {
      * gateway as the kernel last chose it (source address, interface). */
     netwatch *nw;
     netwatch_path path;
-    bool path_known;
+    bool path_known;              /* `path` holds the last way found */
+    bool watching;                /* an attempt's way is watched (even while no way is found) */
 };
 
 static void close_socket(conn_sys *s)
@@ -156,17 +166,15 @@ static ike_sa *sa_for(conn_sys *s, const uint8_t *msg, size_t len)
     return s->sa;
 }
 
-static void on_sock500(void *arg, uint32_t events)
+static void read_sock500(conn_sys *s, int fd)
 {
-    conn_sys *s = arg;
-    (void)events;
     /* On the heap: on the stack, the IKE processing below it would reach
      * 16 KB deeper, and those pages stay resident (bench/footprint). */
     uint8_t *buf = malloc(ESP_MAX_PACKET);
     if (!buf)
         return;
     for (int i = 0; i < 16; i++) {
-        ssize_t n = recv(s->sock500, buf, ESP_MAX_PACKET, 0);
+        ssize_t n = recv(fd, buf, ESP_MAX_PACKET, 0);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 LOG_DBG(s->log, "conn", "port 500 socket: %s", strerror(errno));
@@ -177,6 +185,22 @@ static void on_sock500(void *arg, uint32_t events)
             ike_sa_input(sa, buf, (size_t)n, false);
     }
     free(buf);
+}
+
+static void on_sock500(void *arg, uint32_t events)
+{
+    conn_sys *s = arg;
+    (void)events;
+    read_sock500(s, s->sock500);
+}
+
+/* The port-500 socket to the gateway a profile switch goes to. */
+static void on_next_sock500(void *arg, uint32_t events)
+{
+    conn_sys *s = arg;
+    (void)events;
+    if (s->next_sock500 >= 0)
+        read_sock500(s, s->next_sock500);
 }
 
 static void on_ike_packet(void *arg, const uint8_t *data, size_t len, const struct sockaddr *from,
@@ -233,6 +257,42 @@ static int ike_send(void *arg, const uint8_t *msg, size_t len, bool natt)
         return esp_datapath_send_ike(s->dp, msg, len, (struct sockaddr *)&to, s->gw_len);
     }
     return send(s->sock500, msg, len, 0) < 0 ? M2MVPN_E_NETWORK : 0;
+}
+
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+/* The new IKE SA of a switch to another gateway talks to that one (until
+ * it carries the tunnel: then next_gw is s->gw). */
+static int next_send(void *arg, const uint8_t *msg, size_t len, bool natt)
+{
+    conn_sys *s = arg;
+    if (!s->next_other_gw)
+        return ike_send(arg, msg, len, natt);
+    if (!natt)
+        return send(s->next_sock500, msg, len, 0) < 0 ? M2MVPN_E_NETWORK : 0;
+    struct sockaddr_storage to = s->next_gw;
+    set_port(&to, ESP_UDP_PORT);
+    return esp_datapath_send_ike(s->dp, msg, len, (struct sockaddr *)&to, s->next_gw_len);
+}
+
+/* The IKE SA a switch to another gateway replaced: its Delete goes to the
+ * gateway it was made with (port 4500: it is past IKE_SA_INIT). */
+static int old_send(void *arg, const uint8_t *msg, size_t len, bool natt)
+{
+    conn_sys *s = arg;
+    if (!s->old_gw_len)
+        return ike_send(arg, msg, len, natt);
+    if (!natt || !s->dp)
+        return M2MVPN_E_STATE;
+    struct sockaddr_storage to = s->old_gw;
+    set_port(&to, ESP_UDP_PORT);
+    return esp_datapath_send_ike(s->dp, msg, len, (struct sockaddr *)&to, s->old_gw_len);
 }
 
 static void ike_established(void *arg, const ike_child_result *r)
@@ -359,6 +419,8 @@ static bool same_sockaddr(const struct sockaddr_storage *a, const struct sockadd
 }
 
 static int current_path(conn_sys *s, netwatch_path *p, char *err, size_t err_len);
+static void find_underlay(conn_sys *s, const profile *p);
+static int open_socket(conn_sys *s, char *err, size_t err_len);
 static const char *addr_text(const struct sockaddr_storage *ss, char *out, size_t len);
 
 /* The gateway's side moved (MOBIKE): if lib/ike failed over to another of
@@ -379,6 +441,17 @@ static void follow_gateway(conn_sys *s)
     s->gw_len = gw_len;
     if (same_family && s->sock500 >= 0 && connect(s->sock500, (const struct sockaddr *)&gw, gw_len) < 0)
         LOG_WARN(s->log, "conn", "port 500 socket to %s: %s", b, strerror(errno));
+    if (!same_family) {
+        /* Another family: the way leaves by another interface maybe (the
+         * ESP socket is bound to it), and a port-500 socket of that family
+         * (a reauthentication's IKE_SA_INIT leaves from it). The TUN MTU
+         * follows the outer header (esp_datapath_set_peer). */
+        char e[256];
+        if (s->prof)
+            find_underlay(s, s->prof);
+        if (s->sock500 >= 0 && s->prof && open_socket(s, e, sizeof(e)) < 0)
+            LOG_WARN(s->log, "conn", "%s", e);
+    }
     struct sockaddr_storage esp = gw;
     if (esp.ss_family == AF_INET)
         ((struct sockaddr_in *)&esp)->sin_port = htons(ESP_UDP_PORT);
@@ -389,9 +462,18 @@ static void follow_gateway(conn_sys *s)
         if (r < 0)
             LOG_WARN(s->log, "conn", "ESP peer %s: %s", b, core_strerror(r));
     }
+    /* The way to the new address is the baseline (not a move of ours). A
+     * failed lookup keeps watching: the next network event looks again. */
     char err[160];
-    if (s->path_known)
-        s->path_known = current_path(s, &s->path, err, sizeof(err)) == 0;
+    netwatch_path now;
+    if (!s->watching)
+        return;
+    if (current_path(s, &now, err, sizeof(err)) == 0) {
+        s->path = now;
+        s->path_known = true;
+    } else {
+        LOG_INFO(s->log, "conn", "way to %s not found (%s): looked up again at the next change", b, err);
+    }
 }
 
 static void ike_addresses_updated(void *arg, int err, bool ours, const char *detail)
@@ -422,11 +504,13 @@ static int current_path(conn_sys *s, netwatch_path *p, char *err, size_t err_len
 static void on_net_change(void *arg)
 {
     conn_sys *s = arg;
-    if (!s->prof || !s->path_known || s->sock500 < 0)
+    if (!s->prof || !s->watching || s->sock500 < 0)
         return;
-    netwatch_path now;
+    netwatch_path now, was = s->path;
     char err[160];
-    if (current_path(s, &now, err, sizeof(err)) < 0) {
+    int rc = current_path(s, &now, err, sizeof(err));
+    netwatch_change ch = netwatch_track(&s->path, &s->path_known, rc == 0, &now);
+    if (ch == NETWATCH_LOST) {
         LOG_INFO(s->log, "conn", "way to %s lost (%s): waiting for another", s->gw_text, err);
         /* Not bound to an interface without address any longer: the
          * kernel would send from whatever address it has elsewhere (the
@@ -438,14 +522,15 @@ static void on_net_change(void *arg)
         }
         return;
     }
-    if (netwatch_path_equal(&now, &s->path))
-        return;
     char from[96], to[96], why[224];
-    netwatch_path_text(&s->path, from, sizeof(from));
     netwatch_path_text(&now, to, sizeof(to));
+    if (ch == NETWATCH_FIRST) /* the attempt started without a way: this one is the baseline */
+        LOG_INFO(s->log, "conn", "way to %s found: %s", s->gw_text, to);
+    if (ch != NETWATCH_MOVED)
+        return;
+    netwatch_path_text(&was, from, sizeof(from));
     snprintf(why, sizeof(why), "path to %s moved from %s to %s", s->gw_text, from, to);
     LOG_INFO(s->log, "conn", "%s", why);
-    s->path = now;
     conn_post_path_changed(s->c, why);
 }
 
@@ -455,6 +540,7 @@ static void watch_path(conn_sys *s)
     char err[160];
     if (!s->nw && netwatch_new(s->loop, s->log, on_net_change, s, &s->nw, err, sizeof(err)) < 0)
         LOG_WARN(s->log, "conn", "%s: no roaming", err);
+    s->watching = s->nw != NULL;
     s->path_known = current_path(s, &s->path, err, sizeof(err)) == 0;
 }
 
@@ -1377,6 +1463,7 @@ static void old_gone(conn_sys *s)
     if (s->dp && s->old_spi_in && s->old_spi_in != s->spi_in)
         esp_datapath_remove_sa(s->dp, s->old_spi_in);
     s->old_spi_in = 0;
+    s->old_gw_len = 0;
     retire(s, s->old); /* maybe inside its callback: freed from the loop */
     s->old = NULL;
     cred_free(s->old_cred);
@@ -1437,9 +1524,20 @@ static void next_down(void *arg, int err, ike_fault fault, const char *detail)
     conn_post_reauth_failed(s->c, err ? err : M2MVPN_E_STATE, fault, detail);
 }
 
+static void next_gateway_close(conn_sys *s)
+{
+    if (s->next_sock500 >= 0) {
+        core_io_remove(s->loop, &s->next_io500);
+        close(s->next_sock500);
+        s->next_sock500 = -1;
+    }
+    s->next_other_gw = false;
+}
+
 /* Stop a reauthentication under way (nothing more is sent for it). */
 static void reauth_drop(conn_sys *s)
 {
+    next_gateway_close(s);
     if (!s->next)
         return;
     if (s->dp)
@@ -1476,6 +1574,69 @@ static void sys_reauth_abort(void *arg)
     }
 }
 
+/* A profile switch to another gateway (the new profile's first): its
+ * address (of the family in use, if it has one), and its own port-500
+ * socket on the interface the tunnel uses (the ESP socket, shared by both
+ * IKE SAs, is bound to it: a gateway reached through another interface is
+ * refused, the switch is then break-before-make). The kill switch lets our
+ * marked IKE and ESP out to the gateways' ports whatever the address: a
+ * port it does not let out yet is refused likewise. Nothing to do for the
+ * same gateway (next_other_gw stays false). */
+static int next_gateway_open(conn_sys *s, const profile *p, char *err, size_t err_len)
+{
+    const profile_gateway *g = &p->gateways[0];
+    char text[64];
+    format_gateway(g, text, sizeof(text));
+    next_gateway_close(s);
+    if (p == s->prof || strcmp(text, s->gw_text) == 0)
+        return 0;
+    bool port_open = g->port == 500 || g->port == ESP_UDP_PORT || !s->prof->tunnel.kill_switch;
+    for (size_t i = 0; !port_open && i < s->prof->n_gateways; i++)
+        port_open = s->prof->gateways[i].port == g->port;
+    if (!port_open) {
+        snprintf(err, err_len, "another gateway on port %u, which the kill switch does not let out yet",
+                 (unsigned)g->port);
+        return M2MVPN_E_STATE;
+    }
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM, .ai_flags = AI_ADDRCONFIG };
+    struct addrinfo *res = NULL, *pick = NULL;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", g->port);
+    int e = getaddrinfo(g->host, port, &hints, &res);
+    for (struct addrinfo *a = e == 0 ? res : NULL; a; a = a->ai_next)
+        if ((a->ai_family == AF_INET || a->ai_family == AF_INET6) && a->ai_addrlen <= sizeof(s->next_gw) &&
+            (!pick || (a->ai_family == s->gw.ss_family && pick->ai_family != s->gw.ss_family)))
+            pick = a;
+    if (!pick) {
+        snprintf(err, err_len, "cannot resolve gateway %s: %s", g->host,
+                 e == 0 ? "no IPv4 or IPv6 address" : e == EAI_SYSTEM ? strerror(errno) : gai_strerror(e));
+        if (res)
+            freeaddrinfo(res);
+        return M2MVPN_E_NETWORK;
+    }
+    memset(&s->next_gw, 0, sizeof(s->next_gw));
+    memcpy(&s->next_gw, pick->ai_addr, pick->ai_addrlen);
+    s->next_gw_len = pick->ai_addrlen;
+    freeaddrinfo(res);
+    char ifname[IF_NAMESIZE], a[INET6_ADDRSTRLEN];
+    underlay_for(s, p, &s->next_gw, s->next_gw_len, ifname);
+    if (strcmp(ifname, s->underlay) != 0) {
+        snprintf(err, err_len, "gateway %s is reached through %s, the tunnel through %s", text,
+                 ifname[0] ? ifname : "no interface", s->underlay[0] ? s->underlay : "no interface");
+        return M2MVPN_E_STATE;
+    }
+    s->next_sock500 = ike_socket(s, &s->next_gw, s->next_gw_len, s->underlay);
+    if (s->next_sock500 < 0) {
+        snprintf(err, err_len, "cannot reach %s (%s): %s", text, addr_text(&s->next_gw, a, sizeof(a)),
+                 strerror(errno));
+        return M2MVPN_E_NETWORK;
+    }
+    core_io_add(s->loop, &s->next_io500, s->next_sock500, EPOLLIN, on_next_sock500, s);
+    snprintf(s->next_gw_text, sizeof(s->next_gw_text), "%s", text);
+    s->next_other_gw = true;
+    return 0;
+}
+
 /* A second IKE SA next to the current one, with a full IKE_SA_INIT and
  * IKE_AUTH: a certificate file is read again (a renewed certificate is the
  * one sent), unless opening it anew needs a PIN; EAP uses the credentials
@@ -1488,6 +1649,9 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
         snprintf(err, err_len, "no established IKE SA alone to reauthenticate");
         return M2MVPN_E_STATE;
     }
+    int rg = next_gateway_open(s, p, err, err_len);
+    if (rg < 0)
+        return rg;
     if (p != s->prof) { /* a profile switch: its trust anchors */
         pki_trust *t = NULL;
         int r = pki_trust_new(&t);
@@ -1495,6 +1659,7 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
             r = pki_trust_add_file(t, p->ca[i], err, err_len);
         if (r < 0) {
             pki_trust_free(t);
+            next_gateway_close(s);
             return r;
         }
         s->old_trust = s->trust;
@@ -1514,6 +1679,7 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
             cred_free(s->cred);
             s->cred = cur;
             cred_back(s);
+            next_gateway_close(s);
             return M2MVPN_E_STATE;
         } else {
             if (why[0])
@@ -1534,6 +1700,7 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
             int rs = open_socket(s, err, err_len);
             if (rs < 0) {
                 cred_back(s);
+                next_gateway_close(s);
                 return rs;
             }
         }
@@ -1541,18 +1708,31 @@ static int sys_reauth_start(void *arg, const profile *p, const conn_eap *eap, ch
     ike_config cfg;
     ike_config_fill(s, p, &cfg);
     cfg.reauth = true;
+    if (s->next_other_gw) {
+        cfg.local_len = sizeof(cfg.local);
+        getsockname(s->next_sock500, (struct sockaddr *)&cfg.local, &cfg.local_len);
+        memcpy(&cfg.remote, &s->next_gw, s->next_gw_len);
+        cfg.remote_len = s->next_gw_len;
+    }
     cfg.want_vip = s->has_vip;
     cfg.want_vip6 = s->has_vip6;
     memcpy(cfg.vip, s->vip, 4);
     memcpy(cfg.vip6, s->vip6, 16);
-    ike_hooks hooks = { s, ike_send, next_established, next_down, NULL, NULL, NULL, NULL, NULL };
+    ike_hooks hooks = { s, next_send, next_established, next_down, NULL, NULL, NULL, NULL, NULL };
     int r = ike_sa_new(s->loop, s->log, &cfg, &hooks, &s->next, err, err_len);
     if (r < 0) {
         s->next = NULL;
         cred_back(s);
+        next_gateway_close(s);
         return r;
     }
-    LOG_INFO(s->log, "conn", "reauthenticating with %s: a new IKE SA next to the current one", s->gw_text);
+    if (s->next_other_gw) {
+        char a[INET6_ADDRSTRLEN];
+        LOG_INFO(s->log, "conn", "switching from %s to gateway %s (%s): a new IKE SA next to the current one",
+                 s->gw_text, s->next_gw_text, addr_text(&s->next_gw, a, sizeof(a)));
+    } else {
+        LOG_INFO(s->log, "conn", "reauthenticating with %s: a new IKE SA next to the current one", s->gw_text);
+    }
     /* The gateway sends with the new CHILD SA as soon as its IKE_AUTH
      * response leaves: what arrives before we have read it waits. */
     esp_datapath_expect_spi(s->dp, ike_sa_child_spi_in(s->next));
@@ -1573,6 +1753,13 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
         return M2MVPN_E_STATE;
     }
     uint32_t old_spi_in = s->spi_in; /* sys_child_install moves s->spi_in on */
+    /* Another gateway: its CHILD SA's peer is that one (child_sa_config). */
+    struct sockaddr_storage was_gw = s->gw;
+    socklen_t was_gw_len = s->gw_len;
+    if (s->next_other_gw) {
+        s->gw = s->next_gw;
+        s->gw_len = s->next_gw_len;
+    }
     bool same = p == s->prof && r->has_vip == s->has_vip && r->has_vip6 == s->has_vip6 &&
                 (!r->has_vip || memcmp(r->vip, s->vip, 4) == 0) &&
                 (!r->has_vip6 || memcmp(r->vip6, s->vip6, 16) == 0);
@@ -1602,6 +1789,8 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
         if (s->dp) /* whatever of it got in */
             esp_datapath_remove_sa(s->dp, r->spi_in);
         s->spi_in = old_spi_in;
+        s->gw = was_gw;
+        s->gw_len = was_gw_len;
         reauth_drop(s); /* the current SA carries on */
         return rc;
     }
@@ -1617,10 +1806,30 @@ static int sys_reauth_install(void *arg, const profile *p, const ike_child_resul
     ike_hooks tunnel = { s, ike_send, ike_established, ike_down, ike_child_rekeyed, ike_child_deleted,
                          ike_ike_rekeyed, ike_addresses_updated, ike_send_to };
     ike_sa_set_hooks(s->sa, &tunnel);
-    ike_sa_mobike_inherit(s->sa, old); /* the gateway's address list, if it did not send it again */
-    ike_hooks replaced = { s, ike_send, NULL, old_down, NULL, old_child_deleted, NULL, NULL, NULL };
+    if (!s->next_other_gw) /* another gateway's list is not this one's */
+        ike_sa_mobike_inherit(s->sa, old); /* the gateway's address list, if it did not send it again */
+    ike_hooks replaced = { s, old_send, NULL, old_down, NULL, old_child_deleted, NULL, NULL, NULL };
     ike_sa_set_hooks(old, &replaced);
     s->old = old;
+    if (s->next_other_gw) {
+        /* The new gateway is the tunnel's: its port-500 socket, the path we
+         * watch for roaming; the old SA's Delete still goes to the old one. */
+        s->old_gw = was_gw;
+        s->old_gw_len = was_gw_len;
+        snprintf(s->gw_text, sizeof(s->gw_text), "%s", s->next_gw_text);
+        close_socket(s);
+        core_io_remove(s->loop, &s->next_io500);
+        s->sock500 = s->next_sock500;
+        s->next_sock500 = -1;
+        s->next_other_gw = false;
+        core_io_add(s->loop, &s->io500, s->sock500, EPOLLIN, on_sock500, s);
+        char e[160];
+        netwatch_path now;
+        if (current_path(s, &now, e, sizeof(e)) == 0) { /* the new gateway's way: the baseline */
+            s->path = now;
+            s->path_known = true;
+        }
+    }
     ike_sa_describe(s->sa, s->ike_alg, sizeof(s->ike_alg), s->esp_alg, sizeof(s->esp_alg));
     if (s->main_down) { /* the gateway deleted it already */
         s->main_down = false;
@@ -1715,6 +1924,7 @@ int conn_sys_new(core_loop *loop, core_log *log, conn_ops *ops)
     s->loop = loop;
     s->log = log;
     s->sock500 = -1;
+    s->next_sock500 = -1;
     s->race.s = s;
     s->race.sock = -1;
     core_timer_init(&s->hook_timer, reap_hook_runs, s);

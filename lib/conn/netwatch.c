@@ -208,6 +208,18 @@ bool netwatch_path_equal(const netwatch_path *a, const netwatch_path *b)
            memcmp(&a->src, &b->src, a->src_len) == 0;
 }
 
+netwatch_change netwatch_track(netwatch_path *last, bool *known, bool lookup_ok, const netwatch_path *now)
+{
+    if (!lookup_ok)
+        return NETWATCH_LOST;
+    if (*known && netwatch_path_equal(last, now))
+        return NETWATCH_SAME;
+    netwatch_change c = *known ? NETWATCH_MOVED : NETWATCH_FIRST;
+    *last = *now;
+    *known = true;
+    return c;
+}
+
 void netwatch_path_text(const netwatch_path *p, char *out, size_t len)
 {
     char a[INET6_ADDRSTRLEN] = "-";

@@ -11,6 +11,7 @@
 #define M2MVPN_CONN_NETWATCH_H
 
 #include <net/if.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -40,6 +41,18 @@ int netwatch_route_to(const struct sockaddr_storage *dst, uint32_t mark, netwatc
                       size_t err_len);
 /* Same source address and interface? */
 bool netwatch_path_equal(const netwatch_path *a, const netwatch_path *b);
+/* A new lookup of a watched path (lookup_ok: netwatch_route_to succeeded,
+ * giving `now`) against the last path found (`last`, valid when *known).
+ * A failed lookup keeps the last path: it is no reason to stop watching,
+ * the next lookup that succeeds is compared with it (a way lost, then back
+ * on another address, is a move). */
+typedef enum netwatch_change {
+    NETWATCH_SAME,  /* as before */
+    NETWATCH_FIRST, /* the first path found: now `last` */
+    NETWATCH_MOVED, /* another source or interface: now `last` */
+    NETWATCH_LOST,  /* no way now; `last` kept */
+} netwatch_change;
+netwatch_change netwatch_track(netwatch_path *last, bool *known, bool lookup_ok, const netwatch_path *now);
 /* "198.51.100.10 on eth0" */
 void netwatch_path_text(const netwatch_path *p, char *out, size_t len);
 

@@ -59,7 +59,11 @@
  *    any interface but the TUN (and lo), except our own marked UDP to the
  *    IKE ports (500, 4500, esp_tunnel_net.ike_ports): this also holds
  *    against what bypasses routing rules (a socket bound to another
- *    interface, a rule ahead of ours). Without it (esp_kill_switch_info
+ *    interface, a rule ahead of ours). It also drops whatever has a virtual
+ *    IP as its source leaving by another interface, and a table
+ *    `arp m2mvpn_<tun>` ARP requests naming the IPv4 one (a socket bound to
+ *    a link that lost its address, after a roam, would otherwise ask that
+ *    link for the gateway with it). Without it (esp_kill_switch_info
  *    .nftables false) lib/conn refuses the kill switch unless the profile
  *    accepts routing alone (tunnel.kill_switch_routing_only);
  *  - only esp_datapath_teardown(dp, true) removes the routes, blackholes,
@@ -526,10 +530,14 @@ void esp_datapath_get_counters(esp_datapath *dp, esp_datapath_counters *out);
 /* Counters of one installed SA (by inbound SPI). Any thread. Errors: INVAL. */
 int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_counters *out);
 
-/* New peer address for an SA (NAT mapping changed, MOBIKE/roaming). The UDP
+/* New peer address for an SA (NAT mapping changed, MOBIKE/roaming), and for
+ * every other SA that had the same peer (a rekey overlap's old SA, which may
+ * still be the one sending); SAs with another peer keep theirs. A peer of
+ * another address family changes the outer header: the TUN MTU follows
+ * (unless set by esp_datapath_config.mtu). The UDP
  * socket itself needs no change when bound to the any-address (recommended:
  * the kernel then picks the source of whatever interface is up).
- * Errors: INVAL (unknown SPI, bad address). */
+ * Errors: INVAL (unknown SPI, bad address), TUN (the MTU not set). */
 int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockaddr *peer,
                           socklen_t peer_len);
 

@@ -349,6 +349,24 @@ int esp_datapath_get_sa_counters(esp_datapath *dp, uint32_t spi_in, esp_sa_count
     return s ? 0 : M2MVPN_E_INVAL;
 }
 
+/* The TUN MTU: the configured one, or the cipher's overhead from 1500 on
+ * the outer header of the outbound SA's peer (an IPv4-mapped one is IPv4
+ * on the wire; without an SA, the socket's family). */
+static uint32_t auto_mtu(esp_datapath *dp, uint16_t encr_id, uint16_t integ_id)
+{
+    if (dp->cfg.mtu)
+        return dp->cfg.mtu;
+    bool v6 = dp->udp_family == AF_INET6;
+    pthread_rwlock_rdlock(&dp->sa_lock);
+    if (dp->out_idx >= 0) {
+        const struct sockaddr_in6 *p6 = (const struct sockaddr_in6 *)&dp->slots[dp->out_idx].peer;
+        v6 = p6->sin6_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(&p6->sin6_addr);
+    }
+    pthread_rwlock_unlock(&dp->sa_lock);
+    uint32_t mtu = esp_default_mtu(encr_id, integ_id, 1500, v6);
+    return mtu ? mtu : 1400;
+}
+
 int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockaddr *peer,
                           socklen_t peer_len)
 {
@@ -356,9 +374,26 @@ int esp_datapath_set_peer(esp_datapath *dp, uint32_t spi_in, const struct sockad
         return M2MVPN_E_INVAL;
     pthread_rwlock_wrlock(&dp->sa_lock);
     esp_slot *s = esp_dp_find_slot_locked(dp, spi_in);
-    if (s)
-        peer_for_socket(dp, peer, peer_len, &s->peer, &s->peer_len);
+    if (s) {
+        /* The SAs that shared its peer move with it: during a rekey overlap
+         * the old one may still be the sending one. Another peer's SA (the
+         * old gateway's, during a profile switch) stays. */
+        struct sockaddr_storage was = s->peer;
+        socklen_t was_len = s->peer_len;
+        for (int i = 0; i < ESP_MAX_SAS; i++) {
+            esp_slot *o = &dp->slots[i];
+            if (o->sa && (o == s || (o->peer_len == was_len && memcmp(&o->peer, &was, was_len) == 0)))
+                peer_for_socket(dp, peer, peer_len, &o->peer, &o->peer_len);
+        }
+    }
     pthread_rwlock_unlock(&dp->sa_lock);
+    if (s && dp->cfg.configure_network && dp->mtu_set) {
+        /* Another address family: another outer header, another MTU. */
+        char why[160] = "";
+        uint32_t mtu = auto_mtu(dp, dp->mtu_encr, dp->mtu_integ);
+        if (mtu <= ESP_MAX_TUN_MTU && esp_net_set_mtu(&dp->net, mtu, why, sizeof(why)) < 0)
+            return M2MVPN_E_TUN;
+    }
     return s ? 0 : M2MVPN_E_INVAL;
 }
 
@@ -565,21 +600,10 @@ int esp_datapath_set_network(esp_datapath *dp, const esp_tunnel_net *net, char *
     if (!dp || !net || net->n_remote_ts > ESP_MAX_TS || net->n_dns > ESP_MAX_DNS ||
         net->n_in_src > ESP_MAX_TS || net->n_in_dst > ESP_MAX_TS)
         return M2MVPN_E_INVAL;
-    uint32_t mtu = dp->cfg.mtu;
-    if (!mtu) {
-        /* The outer header of the outbound SA's peer (an IPv4-mapped one is
-         * IPv4 on the wire); without an SA, the socket's family. */
-        bool v6 = dp->udp_family == AF_INET6;
-        pthread_rwlock_rdlock(&dp->sa_lock);
-        if (dp->out_idx >= 0) {
-            const struct sockaddr_in6 *p6 = (const struct sockaddr_in6 *)&dp->slots[dp->out_idx].peer;
-            v6 = p6->sin6_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(&p6->sin6_addr);
-        }
-        pthread_rwlock_unlock(&dp->sa_lock);
-        mtu = esp_default_mtu(net->encr_id, net->integ_id, 1500, v6);
-        if (!mtu)
-            mtu = 1400;
-    }
+    uint32_t mtu = auto_mtu(dp, net->encr_id, net->integ_id);
+    dp->mtu_encr = net->encr_id;
+    dp->mtu_integ = net->integ_id;
+    dp->mtu_set = true;
     if (mtu > ESP_MAX_TUN_MTU) {
         set_err(err, err_len, "mtu", "larger than the datapath buffers");
         return M2MVPN_E_INVAL;

@@ -80,6 +80,10 @@ struct esp_datapath {
     int event_fd;               /* workers -> engine */
     int stop_fd;                /* engine -> workers */
     esp_net net;
+    /* The cipher of the last esp_datapath_set_network (mtu_set): the TUN
+     * MTU follows the outer header's family when the peer moves. */
+    uint16_t mtu_encr, mtu_integ;
+    bool mtu_set;
     bool net_open;
 
     pthread_rwlock_t sa_lock;

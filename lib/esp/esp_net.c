@@ -540,6 +540,11 @@ static int link_up(esp_net *n, uint32_t mtu, char *err, size_t err_len)
     return 0;
 }
 
+int esp_net_set_mtu(esp_net *n, uint32_t mtu, char *err, size_t err_len)
+{
+    return mtu == n->mtu ? 0 : link_up(n, mtu, err, err_len);
+}
+
 /* IPv6 in the kernel at all (booted without it: no /proc/sys/net/ipv6). */
 static bool ipv6_kernel(void)
 {
@@ -587,14 +592,21 @@ int esp_net_apply(esp_net *n, uint32_t mtu, const esp_prefix *addrs, size_t n_ad
     bool nft_same = n->nft_active && n->n_nft_set == n_want;
     for (size_t i = 0; nft_same && i < n_want; i++)
         nft_same = prefix_eq(&n->nft_set[i], &want[i]);
+    size_t n_vips = n_addrs < 2 ? n_addrs : 2;
+    nft_same = nft_same && n->n_nft_vips == n_vips;
+    for (size_t i = 0; nft_same && i < n_vips; i++)
+        nft_same = prefix_eq(&n->nft_vips[i], &addrs[i]);
     if (kill_switch && !nft_same) {
         n->n_nft_set = 0;
-        nft_rc = esp_nft_apply(n->name, n->table, want, n_want, ike_ports, n_ike_ports,
+        n->n_nft_vips = 0;
+        nft_rc = esp_nft_apply(n->name, n->table, want, n_want, ike_ports, n_ike_ports, addrs, n_vips,
                                &n->nft_active, n->nft_why, sizeof(n->nft_why), nft_err,
                                sizeof(nft_err));
         if (nft_rc == 0) {
             memcpy(n->nft_set, want, n_want * sizeof(*want));
             n->n_nft_set = n_want;
+            memcpy(n->nft_vips, addrs, n_vips * sizeof(*addrs));
+            n->n_nft_vips = n_vips;
         } else {
             snprintf(n->nft_why, sizeof(n->nft_why), "%s", nft_err);
         }

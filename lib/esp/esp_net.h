@@ -46,6 +46,8 @@ typedef struct esp_net {
     bool nft_active;            /* the nftables table is in place ... */
     esp_prefix nft_set[ESP_MAX_TS]; /* ... for these prefixes */
     size_t n_nft_set;
+    esp_prefix nft_vips[2];       /* ... and these virtual IPs */
+    size_t n_nft_vips;
     char nft_why[128];          /* ... or why not */
     bool routing_active;        /* table routes and rules of the last apply in place */
     bool ipv6_route_optional;   /* see esp_tunnel_net.ipv6_route_optional */
@@ -57,6 +59,9 @@ typedef struct esp_net {
  * (also: our table holds routes of another interface), SYSTEM. */
 int esp_net_open(esp_net *n, const char *name, bool persistent, bool offload, char *err,
                  size_t err_len);
+
+/* The TUN's MTU alone (the outer header changed). Errors: TUN. */
+int esp_net_set_mtu(esp_net *n, uint32_t mtu, char *err, size_t err_len);
 
 /* Bring the link up with `mtu`, set the addresses (at most one per family;
  * IPv6 ones without duplicate address detection, usable at once; one of a

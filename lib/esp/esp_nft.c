@@ -190,6 +190,24 @@ static bool has_family(const esp_prefix *p, size_t n, int family)
     return false;
 }
 
+/* "a, b": the addresses of one family (prefix lengths left out: hosts). */
+static void add_hosts(text *t, int family, const esp_prefix *p, size_t n)
+{
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        char addr[INET6_ADDRSTRLEN];
+        if (p[i].family != family)
+            continue;
+        if (!inet_ntop(family, p[i].addr, addr, sizeof(addr))) {
+            t->overflow = true;
+            return;
+        }
+        add(t, any ? ", " : "", NULL);
+        add(t, addr, NULL);
+        any = true;
+    }
+}
+
 /* "500, 4500[, p...]": the UDP destination ports our marked sockets use. */
 static void add_ike_ports(text *t, const uint16_t *ports, size_t n)
 {
@@ -207,8 +225,8 @@ static void add_ike_ports(text *t, const uint16_t *ports, size_t n)
 }
 
 int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, size_t n,
-                  const uint16_t *ike_ports, size_t n_ike_ports, bool *active, char *why,
-                  size_t why_len, char *err, size_t err_len)
+                  const uint16_t *ike_ports, size_t n_ike_ports, const esp_prefix *vips, size_t n_vips,
+                  bool *active, char *why, size_t why_len, char *err, size_t err_len)
 {
     *active = false;
     if (!name_ok(tun)) {
@@ -227,6 +245,20 @@ int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, 
      * an engine that died) is there, in the same transaction. */
     add(&t, "add table inet m2mvpn_%s\n", tun);
     add(&t, "delete table inet m2mvpn_%s\n", tun);
+    add(&t, "add table arp m2mvpn_%s\n", tun);
+    add(&t, "delete table arp m2mvpn_%s\n", tun);
+    /* The virtual IPv4 address never asks a link for a neighbour: after a
+     * roam, a socket still bound to the old interface (which lost its
+     * address) would have the kernel pick it as the source and ARP for the
+     * gateway with it there, telling that link our address in the tunnel. */
+    bool vip4 = has_family(vips, n_vips, AF_INET), vip6 = has_family(vips, n_vips, AF_INET6);
+    if (vip4) {
+        add(&t, "table arp m2mvpn_%s {\n", tun);
+        add(&t, "\tchain vip_guard {\n\t\ttype filter hook output priority filter; policy accept;\n"
+                "\t\tarp saddr ip { ", NULL);
+        add_hosts(&t, AF_INET, vips, n_vips);
+        add(&t, " } counter drop\n\t}\n}\n", NULL);
+    }
     add(&t, "table inet m2mvpn_%s {\n", tun);
     bool v4 = has_family(prefixes, n, AF_INET), v6 = has_family(prefixes, n, AF_INET6);
     if (v4)
@@ -236,6 +268,19 @@ int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, 
     add(&t, "\tchain leak_guard {\n"
             "\t\ttype filter hook postrouting priority filter; policy accept;\n", NULL);
     add(&t, "\t\toifname { \"lo\", \"%s\" } accept\n", tun);
+    /* Nothing from a virtual IP leaves by another interface (sent there
+     * by a socket bound to an interface without address of its own, our
+     * marked ones included). */
+    if (vip4) {
+        add(&t, "\t\tip saddr { ", NULL);
+        add_hosts(&t, AF_INET, vips, n_vips);
+        add(&t, " } counter drop\n", NULL);
+    }
+    if (vip6) {
+        add(&t, "\t\tip6 saddr { ", NULL);
+        add_hosts(&t, AF_INET6, vips, n_vips);
+        add(&t, " } counter drop\n", NULL);
+    }
     /* Our IKE and ESP-in-UDP packets (full tunnel: the gateway is inside a
      * protected prefix), and nothing else that carries the mark. */
     add(&t, "\t\tmeta mark %s udp dport { ", mark);
@@ -312,7 +357,35 @@ static size_t put_msg(uint8_t *out, uint16_t type, uint16_t flags, uint32_t seq,
     return len;
 }
 
-/* Straight to the kernel, one DELTABLE in a batch: no table (ENOENT) is the
+/* Deletes one nftables table of `family` over nfnetlink and waits for the
+ * kernel's answer (done or ENOENT), so that it is gone when we return. */
+static void del_table(int fd, uint8_t family, const char *table, uint32_t seq)
+{
+    uint8_t req[256] __attribute__((aligned(4)));
+    size_t len = put_msg(req, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, AF_UNSPEC, NFNL_SUBSYS_NFTABLES,
+                         NULL);
+    len += put_msg(req + len, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK,
+                   seq + 1, family, 0, table);
+    len += put_msg(req + len, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, AF_UNSPEC, NFNL_SUBSYS_NFTABLES,
+                   NULL);
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    if (sendto(fd, req, len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) != (ssize_t)len)
+        return;
+    uint8_t resp[512] __attribute__((aligned(4)));
+    for (int tries = 0; tries < 4; tries++) {
+        ssize_t n = recv(fd, resp, sizeof(resp), 0);
+        if (n <= 0)
+            break;
+        bool done = false;
+        for (struct nlmsghdr *nh = (struct nlmsghdr *)resp; NLMSG_OK(nh, (size_t)n); nh = NLMSG_NEXT(nh, n))
+            if (nh->nlmsg_type == NLMSG_ERROR && nh->nlmsg_seq >= seq && nh->nlmsg_seq <= seq + 2)
+                done = true;
+        if (done)
+            break;
+    }
+}
+
+/* Straight to the kernel, a DELTABLE per table (inet and arp): no table (ENOENT) is the
  * usual answer. Not through libnftables: this runs on every tunnel set-up
  * and tear-down, kill switch or not, and loading the library and its
  * parser for it left about 40 KB of heap and stack touched for good in
@@ -329,41 +402,22 @@ void esp_nft_remove(const char *tun)
     struct timeval tv = { .tv_sec = 2 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     uint32_t seq = (uint32_t)time(NULL);
-    uint8_t req[256] __attribute__((aligned(4)));
-    size_t len = put_msg(req, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, AF_UNSPEC, NFNL_SUBSYS_NFTABLES,
-                         NULL);
-    len += put_msg(req + len, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK,
-                   seq + 1, NFPROTO_INET, 0, table);
-    len += put_msg(req + len, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, AF_UNSPEC, NFNL_SUBSYS_NFTABLES,
-                   NULL);
-    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-    if (sendto(fd, req, len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) == (ssize_t)len) {
-        /* Wait for the answer to the DELTABLE (done or ENOENT), so that the
-         * table is gone when we return, as it was with libnftables. */
-        uint8_t resp[512] __attribute__((aligned(4)));
-        for (int tries = 0; tries < 4; tries++) {
-            ssize_t n = recv(fd, resp, sizeof(resp), 0);
-            if (n <= 0)
-                break;
-            bool done = false;
-            for (struct nlmsghdr *nh = (struct nlmsghdr *)resp; NLMSG_OK(nh, (size_t)n);
-                 nh = NLMSG_NEXT(nh, n))
-                if (nh->nlmsg_type == NLMSG_ERROR && nh->nlmsg_seq >= seq && nh->nlmsg_seq <= seq + 2)
-                    done = true;
-            if (done)
-                break;
-        }
-    }
+    /* One batch per table: a batch is one transaction, and the ENOENT of a
+     * table that is not there would undo the other's deletion. */
+    del_table(fd, NFPROTO_INET, table, seq);
+    del_table(fd, NFPROTO_ARP, table, seq + 3);
     close(fd);
 }
 
 #else /* !M2MVPN_HAVE_NFTABLES */
 
 int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, size_t n,
-                  const uint16_t *ike_ports, size_t n_ike_ports, bool *active, char *why,
-                  size_t why_len, char *err, size_t err_len)
+                  const uint16_t *ike_ports, size_t n_ike_ports, const esp_prefix *vips, size_t n_vips,
+                  bool *active, char *why, size_t why_len, char *err, size_t err_len)
 {
     (void)fwmark;
+    (void)vips;
+    (void)n_vips;
     (void)ike_ports;
     (void)n_ike_ports;
     (void)prefixes;

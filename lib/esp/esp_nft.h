@@ -33,11 +33,14 @@
  * it) with one for these prefixes; n == 0 removes it. *active: the table is in
  * place; false with the reason in `why` (not built / not in this kernel).
  * ike_ports: the gateways' IKE ports besides 500 and 4500 (0s are skipped).
+ * vips: the TUN's virtual IPs: nothing with one of them as its source leaves
+ * by another interface, and no ARP request names the IPv4 one (a table
+ * `arp m2mvpn_<tun>`, replaced and removed with the inet one).
  * Errors: INVAL (a TUN name nftables cannot take), TUN with nftables' message
  * in err. */
 int esp_nft_apply(const char *tun, uint32_t fwmark, const esp_prefix *prefixes, size_t n,
-                  const uint16_t *ike_ports, size_t n_ike_ports, bool *active, char *why,
-                  size_t why_len, char *err, size_t err_len);
+                  const uint16_t *ike_ports, size_t n_ike_ports, const esp_prefix *vips, size_t n_vips,
+                  bool *active, char *why, size_t why_len, char *err, size_t err_len);
 
 /* Remove the table if there is one (a leftover of a killed engine too). */
 void esp_nft_remove(const char *tun);

@@ -12,6 +12,7 @@
  * PIN and EAP credential waits, rekeys (no move of the machine) and
  * on-demand.
  */
+#include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
 #include <net/if.h>
@@ -536,12 +537,18 @@ END_TEST
 
 /* ------------------------------------------------------ reauthentication */
 
-static void reauthenticated(uint32_t spi_in)
+/* The new IKE SA up, with the virtual IP 198.18.1.<vip_last>. */
+static void reauthenticated_vip(uint32_t spi_in, uint8_t vip_last)
 {
     static const uint8_t keymat[64];
     ike_child_result r = { .spi_in = spi_in, .spi_out = spi_in + 1, .keymat = keymat,
-                           .keymat_len = sizeof(keymat), .has_vip = true, .vip = { 198, 18, 1, 1 } };
+                           .keymat_len = sizeof(keymat), .has_vip = true, .vip = { 198, 18, 1, vip_last } };
     conn_reauth_established(T->c, &r);
+}
+
+static void reauthenticated(uint32_t spi_in)
+{
+    reauthenticated_vip(spi_in, 1);
 }
 
 /* ike.reauth_s: up -> reauthenticating at 80..90 % of it, a new IKE SA next
@@ -1277,8 +1284,10 @@ END_TEST
 /* A switch while up to a profile on the same gateway and TUN: the new IKE
  * SA comes up next to the old one (up -> reauthenticating -> up, public
  * state CONNECTED throughout, nothing closed), and a STATE_CHANGED says
- * "make-before-break". To another gateway: break-before-make, and the
- * move says why. */
+ * "make-before-break". To another gateway likewise (the new IKE SA goes
+ * there); when that one assigns another virtual IP, the event says
+ * "shortest gap" and which. Another TUN: break-before-make, and the move
+ * says why. */
 START_TEST(switch_make_before_break)
 {
     use_json(GW_PROFILE("a", "198.51.100.1"));
@@ -1305,13 +1314,41 @@ START_TEST(switch_make_before_break)
     ck_assert_uint_eq(st.spi_in, 0x55555555);
     ck_assert_uint_eq(st.reconnects, 0);
 
-    /* Another gateway: the old tunnel goes first. */
+    /* Another gateway, the same virtual IP: make-before-break. */
     use_json(GW_PROFILE("c", "198.51.100.9"));
-    ck_assert_uint_eq(T->f.n_reauth_start, 1);
+    ck_assert_int_eq(phase(), CONN_REAUTHENTICATING);
+    ck_assert_uint_eq(T->f.n_reauth_start, 2);
+    ck_assert_uint_eq(T->f.n_sa_close, 0);
+    reauthenticated(0x66666666);
+    ck_assert_int_eq(phase(), CONN_UP);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "make-before-break: switched to profile c at 198.51.100.9:500"));
+    conn_get_status(T->c, &st);
+    ck_assert_str_eq(st.gateway, "198.51.100.9:500");
+
+    /* Back, and that gateway assigns another virtual IP: the shortest gap. */
+    n_states = T->n_states;
+    use_json(GW_PROFILE("d", "198.51.100.1"));
+    ck_assert_uint_eq(T->f.n_reauth_start, 3);
+    reauthenticated_vip(0x77777777, 7);
+    ck_assert_int_eq(phase(), CONN_UP);
+    for (size_t i = n_states; i < T->n_states; i++)
+        ck_assert_int_eq(T->states[i], M2MVPN_STATE_CONNECTED);
+    ck_assert_int_eq(T->events[T->n_events - 1], M2MVPN_EVENT_STATE_CHANGED);
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "shortest gap (virtual IP 198.18.1.7, was 198.18.1.1): switched to "
+                                            "profile d at 198.51.100.1:500"));
+    conn_get_status(T->c, &st);
+    ck_assert_str_eq(st.virtual_ip, "198.18.1.7");
+    ck_assert_uint_eq(st.reconnects, 0);
+
+    /* Another TUN: the old tunnel goes first. */
+    use_json("{\"version\": 1, \"name\": \"e\", \"mode\": \"manual\","
+             " \"gateways\": [{\"host\": \"198.51.100.1\"}], \"local_id\": \"dev1.m2m.test\","
+             " \"remote_id\": \"gw.m2m.test\", \"auth\": " AUTH_PSK ","
+             " \"tunnel\": {\"tun_name\": \"m2m7\", \"remote_ts\": [\"198.18.0.0/16\"]}}");
+    ck_assert_uint_eq(T->f.n_reauth_start, 3);
     ck_assert_uint_eq(T->f.n_sa_close, 1);
     ck_assert_int_eq(phase(), CONN_NEGOTIATING);
-    ck_assert_ptr_nonnull(strstr(T->logbuf, "-> negotiating (break-before-make: another gateway "
-                                            "(198.51.100.9:500, was 198.51.100.1:500))"));
+    ck_assert_ptr_nonnull(strstr(T->logbuf, "-> negotiating (break-before-make: another TUN (m2m7, was m2m0))"));
 }
 END_TEST
 
@@ -1623,6 +1660,49 @@ START_TEST(netwatch_route_lookup)
 END_TEST
 
 
+/* A failed route lookup (the way lost for a moment, or a lookup after
+ * the gateway moved) must not end roaming for the rest of the SA: the
+ * last path found is kept, and the next lookup that succeeds is compared
+ * with it (the way back on another address is a move). An attempt that
+ * started without a way takes the first one found as its baseline. */
+static netwatch_path path_at(const char *src, int oif)
+{
+    netwatch_path p;
+    memset(&p, 0, sizeof(p));
+    struct sockaddr_in *in = (struct sockaddr_in *)&p.src;
+    in->sin_family = AF_INET;
+    inet_pton(AF_INET, src, &in->sin_addr);
+    p.src_len = sizeof(*in);
+    p.oif = oif;
+    snprintf(p.ifname, sizeof(p.ifname), "eth%d", oif);
+    return p;
+}
+
+START_TEST(netwatch_track_recovers_after_failed_lookup)
+{
+    netwatch_path last, a = path_at("198.51.100.10", 1), b = path_at("198.51.100.20", 2);
+    memset(&last, 0, sizeof(last));
+    bool known = false;
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &a), NETWATCH_FIRST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &a), NETWATCH_SAME);
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert(known); /* still watched */
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_MOVED);
+    ck_assert(netwatch_path_equal(&last, &b));
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_SAME);
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_SAME); /* back where it was */
+
+    /* No way when the attempt started: the first one found is the baseline. */
+    known = false;
+    ck_assert_int_eq(netwatch_track(&last, &known, false, NULL), NETWATCH_LOST);
+    ck_assert(!known);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &a), NETWATCH_FIRST);
+    ck_assert_int_eq(netwatch_track(&last, &known, true, &b), NETWATCH_MOVED);
+}
+END_TEST
+
 /* The kernel is the only sender netwatch listens to: a message another
  * process sends to its socket (unicast, nl_pid not 0) is no address or
  * route event, and must not start a path check (a move or reconnect). */
@@ -1732,6 +1812,7 @@ int main(void)
     tcase_add_test(tc, roam_backoff_retries_now);
     tcase_add_test(tc, roam_backoff_after_auth_failure_waits);
     tcase_add_test(tc, netwatch_route_lookup);
+    tcase_add_test(tc, netwatch_track_recovers_after_failed_lookup);
     tcase_add_test(tc, netwatch_ignores_other_senders);
     tcase_add_test(tc, reauth_make_before_break);
     tcase_add_test(tc, reauth_failures);

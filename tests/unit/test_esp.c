@@ -1602,6 +1602,64 @@ START_TEST(nft_accepts_marked_udp_to_ike_ports_only)
 }
 END_TEST
 
+/* The packets counted by the first rule of `what` ("nft list ..." output
+ * after `key`), -1 if there is no such rule. */
+static long nft_counter(const char *what, const char *key)
+{
+    char *out = runf("nft list %s 2>&1", what);
+    const char *p = strstr(out, key);
+    p = p ? strstr(p, "counter packets ") : NULL;
+    return p ? strtol(p + strlen("counter packets "), NULL, 10) : -1;
+}
+
+/* UDP from a socket bound to `dev` (a link without address of its own) to
+ * 198.51.100.1:4500, with our mark: the kernel takes another interface's
+ * address as the source, the TUN's virtual IP here. The errno of sendto
+ * (0: sent or queued for the neighbour). */
+static int send_bound_to(const char *dev, uint32_t mark)
+{
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    ck_assert_int_ge(s, 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)), 0);
+    ck_assert_int_eq(setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, dev, (socklen_t)strlen(dev)), 0);
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(4500) };
+    inet_pton(AF_INET, "198.51.100.1", &to.sin_addr);
+    int e = sendto(s, "x", 1, 0, (struct sockaddr *)&to, sizeof(to)) == 1 ? 0 : errno;
+    close(s);
+    return e;
+}
+
+/* After a roam the old link has no address, and a socket still bound to
+ * it (our ESP or IKE socket, before the path change is seen) sends with
+ * the TUN's virtual IP as its source: the kernel would ask that link for
+ * the gateway (ARP) naming the address we have inside the tunnel, then
+ * send from it there. The kill switch drops the packet before any
+ * neighbour lookup (no ARP request at all), and an ARP request naming the
+ * virtual IP is dropped too. */
+START_TEST(nft_vip_never_leaves_another_link)
+{
+    if (!nftables_built())
+        return;
+    enter_netns();
+    ck_assert_int_eq(system("ip link add m2e-v0 type veth peer name m2e-v1 && ip link set m2e-v0 up && "
+                            "ip link set m2e-v1 up"), 0);
+    esp_datapath *dp = make_dp("m2e-k9", true, 4500);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    uint32_t mark = esp_tunnel_table("m2e-k9");
+    int e = send_bound_to("m2e-v0", mark);
+    usleep(100000);
+    char *neigh = run("ip -4 neigh show dev m2e-v0");
+    ck_assert_msg(strstr(neigh, "198.51.100.1") == NULL, "an ARP request left: %s", neigh);
+    ck_assert_int_eq(e, EPERM);
+    ck_assert_int_eq(nft_counter("chain inet m2mvpn_m2e-k9 leak_guard", "ip saddr 198.18.5.1"), 1);
+    ck_assert_int_ge(nft_counter("table arp m2mvpn_m2e-k9", "arp saddr ip 198.18.5.1"), 0);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+    ck_assert_ptr_null(strstr(run("nft list tables 2>&1"), "m2mvpn_m2e-k9"));
+}
+END_TEST
+
 /* One ICMPv6 message of `type`, `len` bytes (header, zeros after), hop
  * limit 255, bound to `dev`, to `dst`. */
 static void send_icmp6(const char *dev, const char *dst, uint8_t type, size_t len)
@@ -2074,6 +2132,74 @@ START_TEST(rekey_overlap_two_sas)
 }
 END_TEST
 
+/* The gateway moved (MOBIKE, NAT mapping) during a rekey overlap: the old
+ * CHILD SA still sends (the new one is inbound only until the old one
+ * goes). Setting the peer for the tunnel's SA (the new one) must move the
+ * sending one too, else the outbound traffic keeps going to the old
+ * address until the old SA is deleted. */
+START_TEST(set_peer_covers_rekey_overlap)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_opt("m2e-r1", false, 4500, true, false);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    int gw = udp_socket("127.0.0.1", 5500), gw2 = udp_socket("127.0.0.1", 5501);
+    int app = udp_socket("198.18.5.1", 7000);
+    esp_sa *peer_old, *peer_new;
+    esp_sa_config c[2];
+    loopback_sa(&c[0], 0xa0, 0xb0, 0x11, 0x22, &peer_old);
+    loopback_sa(&c[1], 0xa1, 0xb1, 0x12, 0x23, &peer_new);
+    c[1].inbound_only = true;
+    for (int k = 0; k < 2; k++)
+        ck_assert_int_eq(esp_datapath_install_sa(dp, &c[k], NULL, 0), 0);
+
+    struct sockaddr_in np = { .sin_family = AF_INET, .sin_port = htons(5501),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    ck_assert_int_eq(esp_datapath_set_peer(dp, 0xa1, (struct sockaddr *)&np, sizeof(np)), 0);
+    uint8_t buf[2048], *out, nh;
+    size_t out_len;
+    esp_drop_reason why;
+    send_to(app, "198.18.6.7", 9, "moved", 5);
+    esp_datapath_poll_tun(dp);
+    ssize_t n = recv(gw2, buf, sizeof(buf), MSG_DONTWAIT);
+    ck_assert_int_gt(n, 0); /* to the new address */
+    ck_assert_uint_eq(buf_load_be32(buf), 0xb0); /* still by the old SA */
+    ck_assert_int_eq(esp_sa_decap(peer_old, buf, (size_t)n, &out, &out_len, &nh, &why), 0);
+    ck_assert_int_lt(recv(gw, buf, sizeof(buf), MSG_DONTWAIT), 0);
+
+    esp_sa_free(peer_old);
+    esp_sa_free(peer_new);
+    close(gw); close(gw2); close(app);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
+/* The gateway moved to an address of the other family (MOBIKE failover):
+ * the outer header grows from IPv4 to IPv6, the TUN MTU shrinks with it
+ * (1438 -> 1418 for AES-GCM on 1500), and back. */
+START_TEST(set_peer_other_family_sets_mtu)
+{
+    enter_netns();
+    esp_datapath *dp = make_dp_cfg("m2e-r2", false, 4500, false, false, true);
+    esp_sa *peer;
+    esp_sa_config c;
+    loopback_sa(&c, 0xa0, 0xb0, 0x11, 0x22, &peer);
+    ck_assert_int_eq(esp_datapath_install_sa(dp, &c, NULL, 0), 0);
+    const char *ts[] = { "198.18.6.0/24" };
+    set_net(dp, "198.18.5.1/32", ts, 1);
+    ck_assert_ptr_nonnull(strstr(run("ip -o link show m2e-r2"), "mtu 1438"));
+    struct sockaddr_in6 p6 = { .sin6_family = AF_INET6, .sin6_port = htons(5500), .sin6_addr = in6addr_loopback };
+    ck_assert_int_eq(esp_datapath_set_peer(dp, 0xa0, (struct sockaddr *)&p6, sizeof(p6)), 0);
+    ck_assert_ptr_nonnull(strstr(run("ip -o link show m2e-r2"), "mtu 1418"));
+    ck_assert_int_eq(esp_datapath_set_peer(dp, 0xa0, (struct sockaddr *)&c.peer, c.peer_len), 0);
+    ck_assert_ptr_nonnull(strstr(run("ip -o link show m2e-r2"), "mtu 1438"));
+    esp_sa_free(peer);
+    esp_datapath_teardown(dp, true);
+    esp_datapath_free(dp);
+}
+END_TEST
+
 /* A CHILD SA being negotiated (esp_datapath_expect_spi, a reauthentication's
  * IKE_AUTH): the gateway's packets with its SPI that arrive before the SA is
  * installed wait, up to ESP_PARK_MAX, and are authenticated and delivered in
@@ -2500,8 +2626,11 @@ Suite *esp_suite(void)
     n_net += add_or_count(t, stale_rule_of_another_shape_replaced, 1);
     n_net += add_or_count(t, nft_error_still_installs_routes, 1);
     n_net += add_or_count(t, nft_accepts_marked_udp_to_ike_ports_only, 1);
+    n_net += add_or_count(t, nft_vip_never_leaves_another_link, 1);
     n_net += add_or_count(t, datapath_end_to_end, 4);
     n_net += add_or_count(t, rekey_overlap_two_sas, 1);
+    n_net += add_or_count(t, set_peer_covers_rekey_overlap, 1);
+    n_net += add_or_count(t, set_peer_other_family_sets_mtu, 1);
     n_net += add_or_count(t, expected_spi_packets_wait_for_install, 1);
     n_net += add_or_count(t, inbound_only_sa_not_promoted, 1);
     n_net += add_or_count(t, inbound_selectors_enforced, 2);

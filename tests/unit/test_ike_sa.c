@@ -2157,6 +2157,48 @@ START_TEST(test_mobike_move_during_request)
 }
 END_TEST
 
+/* The NAT detection in an update sent again from a new path names no
+ * address of ours, old or new: NAT_DETECTION_SOURCE_IP is random (as in
+ * IKE_SA_INIT), so the gateway keeps encapsulating ESP in UDP whatever the
+ * path (our datapath has nothing else); a hash of the address actually
+ * used would let it detect "no NAT" on a direct path and switch to plain
+ * ESP. The destination hash names the gateway as it is reached. */
+START_TEST(test_mobike_resent_update_natd)
+{
+    establish_mobike();
+    struct sockaddr_storage old_local = T->sa->cfg.local, now, again;
+    socklen_t now_len, again_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    set_addr(&again, &again_len, "198.51.100.78", 4500);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), 0);
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &again, again_len, "moved again"), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    const ike_chain *c = open_sent(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 2);
+    ike_notify n;
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_NAT_DETECTION_SOURCE_IP, &n), 0);
+    ck_assert_uint_eq(n.data.len, 20);
+    uint8_t src[20], h[20];
+    memcpy(src, n.data.p, 20);
+    const struct sockaddr_storage *ours[] = { &old_local, &now, &again };
+    for (size_t i = 0; i < 3; i++) {
+        for (uint16_t port = 500; port <= 4500; port += 4000) {
+            struct sockaddr_storage a = *ours[i];
+            ((struct sockaddr_in *)&a)->sin_port = htons(port);
+            ck_assert_int_eq(ike_natd_hash(T->sa, T->sa->spi_r, &a, h), 0);
+            ck_assert_msg(memcmp(h, src, 20) != 0, "NAT_DETECTION_SOURCE_IP names our address %zu:%u", i,
+                          (unsigned)port);
+        }
+    }
+    ck_assert_int_ge(fg_notify_at(c, IKE_N_NAT_DETECTION_DESTINATION_IP, &n), 0);
+    struct sockaddr_storage gw = T->sa->cfg.remote;
+    if (T->sa->natt)
+        ((struct sockaddr_in *)&gw)->sin_port = htons(4500);
+    ck_assert_int_eq(ike_natd_hash(T->sa, T->sa->spi_r, &gw, h), 0);
+    ck_assert_mem_eq(n.data.p, h, 20);
+}
+END_TEST
+
 /* ------------------------------------------------------------ rekeying */
 
 /* Open a protected datagram whatever the roles (after an IKE SA rekey the
@@ -3093,6 +3135,7 @@ static Suite *ike_sa_suite(void)
         { "mobike", test_mobike_addresses_only_authenticated },
         { "mobike", test_mobike_nat_mapping_change },
         { "mobike", test_mobike_move_during_request },
+        { "mobike", test_mobike_resent_update_natd },
         { "mobike", test_mobike_failover },
         { "mobike", test_mobike_failover_none_answers },
         { "mobike", test_mobike_failover_update_refused },

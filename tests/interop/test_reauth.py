@@ -67,8 +67,11 @@ def test_reauth_make_before_break(topology, charons, pki, workdir, auth):
                 st = client.status()
                 assert st["state"] == "connected", st
                 time.sleep(0.5)
+            # the reauthentications so far, then the gateway's SAs once more:
+            # each one counted has its new IKE SA listed by then
+            log = client.log_path.read_text(errors="replace")
+            ike_spis.update(s["initiator-spi"] + "/" + s["responder-spi"] for s in gateway_sas(gw, auth))
             res = flood.result()
-        log = client.log_path.read_text(errors="replace")
         reauths = log.count("[conn] IKE SA reauthenticated: ")
         assert reauths >= 3, reauths
         # A new IKE SA each time (its SPIs), listed next to the old one for a moment at most.

@@ -95,6 +95,8 @@ static const char *const tss2_lib_names[TSS2_N_LIBS] = {
     "libtss2-esys.so.0", "libtss2-mu.so.0", "libtss2-rc.so.0", "libtss2-tctildr.so.0"};
 
 #define TSS2_CALLS(X)                               \
+    X(TSS2_LIB_ESYS, Esys_ContextLoad)              \
+    X(TSS2_LIB_ESYS, Esys_ContextSave)              \
     X(TSS2_LIB_ESYS, Esys_Create)                   \
     X(TSS2_LIB_ESYS, Esys_CreatePrimary)            \
     X(TSS2_LIB_ESYS, Esys_EvictControl)             \
@@ -172,6 +174,8 @@ static int tss2_load(char *err, size_t err_len)
 }
 
 /* From here on, the calls go through the loaded pointers. */
+#define Esys_ContextLoad (*tss2.Esys_ContextLoad)
+#define Esys_ContextSave (*tss2.Esys_ContextSave)
 #define Esys_Create (*tss2.Esys_Create)
 #define Esys_CreatePrimary (*tss2.Esys_CreatePrimary)
 #define Esys_EvictControl (*tss2.Esys_EvictControl)

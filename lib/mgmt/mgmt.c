@@ -149,6 +149,8 @@ struct mgmt {
     unsigned renew_fails;     /* failed renewals in a row: back-off */
     bool p11_old_pending;     /* pkcs11: the replaced key's objects (<label>.old) still to delete */
     int64_t renew_dep;        /* a cert deployment asking for it (0: the schedule) */
+    mgmt_renew_mark renew_mark; /* renew.json as on disk (deployment 0: none) */
+    feedback renew_owed;      /* a restart's renewal feedback waiting for the one slot */
     mgmt_dep_type ask_type;   /* the deployment being fetched */
     bool ask_window;
 };
@@ -157,6 +159,7 @@ static void renew_arm(mgmt *m);
 static void renew_recover(mgmt *m);
 static void renew_done(mgmt *m, job *j);
 static void on_renew_timer(void *arg);
+static void cert_serial_hex(X509 *c, char *out, size_t cap);
 
 /* ------------------------------------------------------------- helpers */
 
@@ -1347,12 +1350,24 @@ static void poll_done(mgmt *m, job *j)
                  m->fb.ok ? "success" : "failure", j->fb_http);
         if (m->fb.id == j->fb_id)
             m->fb.id = 0;
+        if (m->renew_mark.deployment == j->fb_id) {
+            m->renew_mark.deployment = 0;
+            if (mgmt_renew_mark_save(m->dir, &m->renew_mark, err, sizeof(err)) < 0)
+                journal_err(m, err);
+        }
         if ((m->jr.phase == MGMT_APPLY_COMMITTED || m->jr.phase == MGMT_APPLY_FAILED) &&
             m->jr.deployment == j->fb_id) {
             m->jr.phase = MGMT_APPLY_NONE;
             if (mgmt_journal_save(m->dir, &m->jr, err, sizeof(err)) < 0)
                 journal_err(m, err);
         }
+    }
+    if (!m->fb.id && m->renew_owed.id) {
+        /* a restart's renewal feedback, once the slot is free */
+        owe_feedback(m, m->renew_owed.id, m->renew_owed.ok, m->renew_owed.details);
+        if (m->renew_dep == m->renew_owed.id)
+            m->renew_dep = 0;
+        m->renew_owed.id = 0;
     }
     bool ok = j->r == 0 && (j->http == 200 || j->http == 304);
     if (j->r < 0) {
@@ -1428,6 +1443,12 @@ static void poll_done(mgmt *m, job *j)
              * "renew"); its result goes back as the deployment's feedback. */
             LOG_INFO(m->log, SUB, "deployment %lld: certificate renewal asked by the server", (long long)d->id);
             m->renew_dep = d->id;
+            /* kept until its feedback is delivered: a restart finishes
+             * this deployment, never renews for it twice */
+            m->renew_mark.deployment = d->id;
+            cert_serial_hex(m->cert, m->renew_mark.old_serial, sizeof(m->renew_mark.old_serial));
+            if (mgmt_renew_mark_save(m->dir, &m->renew_mark, err, sizeof(err)) < 0)
+                journal_err(m, err);
             m->renew_fails = 0;
             submit(m, JOB_RENEW);
             return;
@@ -1784,6 +1805,54 @@ static void p11_recover(mgmt *m)
     p11_drop_old(m); /* nothing uses the replaced key after a start */
 }
 
+/* The certificate's serial, uppercase hex ("?" if unreadable). */
+static void cert_serial_hex(X509 *c, char *out, size_t cap)
+{
+    BIGNUM *bn = c ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), NULL) : NULL;
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    snprintf(out, cap, "%s", hex ? hex : "?");
+    OPENSSL_free(hex);
+    BN_free(bn);
+}
+
+/* At start: an operator's renewal (renew.json) whose feedback never left.
+ * device.crt.pem of another serial than the one it replaced: done (the
+ * swap was finished by renew_recover, or before the stop), its success is
+ * owed and the deployment is not renewed again. The same serial: it never
+ * got as far, the mark goes and the still open deployment asks again. */
+static void renew_mark_recover(mgmt *m)
+{
+    char err[512], serial[80];
+    if (mgmt_renew_mark_load(m->dir, &m->renew_mark, err, sizeof(err)) < 0) {
+        LOG_ERR(m->log, SUB, "%s: ignored", err);
+        m->renew_mark.deployment = 0;
+        return;
+    }
+    if (!m->renew_mark.deployment)
+        return;
+    cert_serial_hex(m->cert, serial, sizeof(serial));
+    if (!m->cert || !strcmp(serial, m->renew_mark.old_serial)) {
+        LOG_INFO(m->log, SUB, "deployment %lld: the certificate renewal did not finish before the stop: "
+                 "done again", (long long)m->renew_mark.deployment);
+        m->renew_mark.deployment = 0;
+        if (mgmt_renew_mark_save(m->dir, &m->renew_mark, err, sizeof(err)) < 0)
+            LOG_ERR(m->log, SUB, "%s", err);
+        return;
+    }
+    feedback *f = &m->renew_owed;
+    f->id = m->renew_mark.deployment;
+    f->ok = true;
+    snprintf(f->details, sizeof(f->details), "certificate renewed: serial %s, not_after %lld (finished after a "
+             "restart)", serial, (long long)asn1_unix(X509_get0_notAfter(m->cert)));
+    LOG_INFO(m->log, SUB, "deployment %lld: %s", (long long)f->id, f->details);
+    if (!m->fb.id) {
+        owe_feedback(m, f->id, true, f->details);
+        f->id = 0;
+    } else {
+        m->renew_dep = f->id; /* not renewed again while its feedback waits */
+    }
+}
+
 static void renew_done(mgmt *m, job *j)
 {
     char err[600];
@@ -1862,13 +1931,8 @@ static void renew_done(mgmt *m, job *j)
         m->renew_fails = 0;
         publish_status(m, NULL);
         clear_error(m);
-        char serial[80] = "?";
-        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(m->cert), NULL);
-        char *hex = bn ? BN_bn2hex(bn) : NULL;
-        if (hex)
-            snprintf(serial, sizeof(serial), "%s", hex);
-        OPENSSL_free(hex);
-        BN_free(bn);
+        char serial[80];
+        cert_serial_hex(m->cert, serial, sizeof(serial));
         int64_t na = asn1_unix(X509_get0_notAfter(m->cert));
         char what[200];
         snprintf(what, sizeof(what), "certificate renewed: serial %s, not_after %lld%s", serial, (long long)na,
@@ -2110,6 +2174,7 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
             set_phase(m, MGMT_ERROR, err);
             return r;
         }
+        renew_mark_recover(m);
         publish_status(m, NULL);
         renew_arm(m);
         submit(m, m->st.profile_version > 0 ? JOB_POLL : JOB_FETCH);

@@ -94,6 +94,19 @@ typedef struct mgmt_state {
 int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len);
 int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err_len);
 
+/* renew.json: an operator's certificate renewal (a cert deployment) under
+ * way or whose feedback is not yet delivered, so a restart finishes that
+ * deployment instead of renewing again: the deployment and the serial of
+ * the certificate it replaces (uppercase hex). A device.crt.pem of another
+ * serial at the next start means the renewal was done. */
+typedef struct mgmt_renew_mark {
+    int64_t deployment;       /* 0: none */
+    char old_serial[80];
+} mgmt_renew_mark;
+/* Missing: deployment 0, 0. Saving deployment 0 removes the file. */
+int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len);
+int mgmt_renew_mark_save(const char *dir, const mgmt_renew_mark *mk, char *err, size_t err_len);
+
 /* ------------------------------------------------------ requests (worker) */
 
 typedef struct mgmt_tls {

@@ -115,3 +115,66 @@ int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err
     json_object_put(o);
     return r;
 }
+
+/* ------------------------------------------------------------ renew.json */
+
+#define RENEW_MARK "renew.json"
+
+static int drop_file(const char *dir, const char *name, char *err, size_t err_len)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (unlink(path) < 0 && errno != ENOENT) {
+        snprintf(err, err_len, "cannot remove %s in the state directory %s: %s", name, dir, strerror(errno));
+        return M2MVPN_E_IO;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+}
+
+int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len)
+{
+    memset(mk, 0, sizeof(*mk));
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" RENEW_MARK, dir);
+    json_object *o = json_object_from_file(path);
+    if (!o) {
+        if (access(path, F_OK) < 0 && errno == ENOENT)
+            return 0;
+        snprintf(err, err_len, "%s is unreadable or not JSON", path);
+        return M2MVPN_E_IO;
+    }
+    json_object *d, *s;
+    int r = 0;
+    if (!json_object_object_get_ex(o, "deployment", &d) || !json_object_is_type(d, json_type_int) ||
+        json_object_get_int64(d) <= 0 || !json_object_object_get_ex(o, "old_serial", &s) ||
+        !json_object_is_type(s, json_type_string) ||
+        (size_t)json_object_get_string_len(s) >= sizeof(mk->old_serial)) {
+        snprintf(err, err_len, "%s: no positive \"deployment\" and \"old_serial\"", path);
+        r = M2MVPN_E_IO;
+    } else {
+        mk->deployment = json_object_get_int64(d);
+        snprintf(mk->old_serial, sizeof(mk->old_serial), "%s", json_object_get_string(s));
+    }
+    json_object_put(o);
+    return r;
+}
+
+int mgmt_renew_mark_save(const char *dir, const mgmt_renew_mark *mk, char *err, size_t err_len)
+{
+    if (mk->deployment == 0)
+        return drop_file(dir, RENEW_MARK, err, err_len);
+    json_object *o = json_object_new_object();
+    if (!o)
+        return M2MVPN_E_NOMEM;
+    json_object_object_add(o, "deployment", json_object_new_int64(mk->deployment));
+    json_object_object_add(o, "old_serial", json_object_new_string(mk->old_serial));
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+    int r = mgmt_write_file(dir, RENEW_MARK, text, strlen(text), err, err_len);
+    json_object_put(o);
+    return r;
+}

@@ -1459,10 +1459,37 @@ static void poll_done(mgmt *m, job *j)
 
 /* ------------------------------------------------------ day N: software */
 
+/* The stored update is done with (installed, failed, refused): its file
+ * record update.json goes with it. */
+static void upd_forget(mgmt *m)
+{
+    char err[512];
+    if (m->upd.stored) {
+        mgmt_update_mark none = { 0 };
+        if (mgmt_update_mark_save(m->dir, &none, err, sizeof(err)) < 0)
+            journal_err(m, err);
+    }
+    memset(&m->upd, 0, sizeof(m->upd));
+}
+
 /* The verified file to the application (the maintenance window is open):
- * UPDATE_AVAILABLE with "<version> <path>", "proceeding" to the server. */
+ * UPDATE_AVAILABLE with "<version> <path>", "proceeding" to the server.
+ * The file is hashed again first: it waited on disk (maybe across a
+ * restart), and only the signed bytes are ever installed. */
 static void hand_over(mgmt *m)
 {
+    char err[600];
+    int r = mgmt_file_check(m->upd.path, m->upd.b.size, m->upd.b.sha256, err, sizeof(err));
+    if (r < 0) {
+        char why[700];
+        snprintf(why, sizeof(why), "update %s refused: %s", m->upd.b.software_version, err);
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)m->upd.dep, why);
+        owe_feedback(m, m->upd.dep, false, why);
+        publish_status(m, why);
+        unlink(m->upd.path);
+        upd_forget(m);
+        return;
+    }
     if (m->boot->mgmt.installer) {
         /* the profile's installer, run by the worker; its exit status is
          * the result (install_done) */
@@ -1544,11 +1571,19 @@ static void artifact_done(mgmt *m, job *j)
         return;
     }
     /* every check passed (the worker verified size and sha256 against the
-     * signed manifest before the rename): the version is persisted only now */
-    m->st.software_seq = m->upd.b.version;
-    save_state(m);
+     * signed manifest before the rename): the update is recorded
+     * (update.json, so a restart still installs it), then the version is
+     * persisted */
     snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, j->file);
     m->upd.stored = true;
+    mgmt_update_mark mk = { .deployment = m->upd.dep, .version = m->upd.b.version, .size = m->upd.b.size };
+    snprintf(mk.software_version, sizeof(mk.software_version), "%s", m->upd.b.software_version);
+    snprintf(mk.file, sizeof(mk.file), "%s", j->file);
+    memcpy(mk.sha256, m->upd.b.sha256, sizeof(mk.sha256));
+    if (mgmt_update_mark_save(m->dir, &mk, err, sizeof(err)) < 0)
+        journal_err(m, err); /* still installed by this run */
+    m->st.software_seq = m->upd.b.version;
+    save_state(m);
     LOG_INFO(m->log, SUB, "update %s: %lld bytes downloaded and verified: %s", m->upd.b.software_version,
              (long long)m->upd.b.size, m->upd.path);
     if (m->upd.window_open)
@@ -1601,7 +1636,7 @@ static void install_done(mgmt *m, job *j)
     owe_feedback(m, m->upd.dep, ok, details);
     /* the file was the installer's to take: not kept for another run */
     unlink(m->upd.path);
-    memset(&m->upd, 0, sizeof(m->upd));
+    upd_forget(m);
     if (!ok)
         publish_status(m, details);
     schedule_poll(m, 1);
@@ -1623,7 +1658,7 @@ static void take_result(mgmt *m)
     LOG_INFO(m->log, SUB, "update %s: the application reports %s%s%s", m->upd.b.software_version,
              ok ? "success" : "failure", details[0] ? ": " : "", details);
     owe_feedback(m, m->upd.dep, ok, details[0] ? details : ok ? "installed" : "installation failed");
-    memset(&m->upd, 0, sizeof(m->upd));
+    upd_forget(m);
     if (!m->busy)
         schedule_poll(m, 1);
 }
@@ -1851,6 +1886,38 @@ static void renew_mark_recover(mgmt *m)
     } else {
         m->renew_dep = f->id; /* not renewed again while its feedback waits */
     }
+}
+
+/* At start: a verified update stored by an earlier run (update.json) is
+ * taken up again: handed over when the poll says its window is open (its
+ * file hashed again then). Its version counts as accepted. */
+static void update_recover(mgmt *m)
+{
+    char err[512];
+    mgmt_update_mark mk;
+    if (mgmt_update_mark_load(m->dir, &mk, err, sizeof(err)) < 0) {
+        LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        mgmt_update_mark none = { 0 };
+        if (mgmt_update_mark_save(m->dir, &none, err, sizeof(err)) < 0)
+            LOG_ERR(m->log, SUB, "%s", err);
+        return;
+    }
+    if (!mk.deployment)
+        return;
+    memset(&m->upd, 0, sizeof(m->upd));
+    m->upd.dep = mk.deployment;
+    m->upd.b.version = mk.version;
+    m->upd.b.size = mk.size;
+    snprintf(m->upd.b.software_version, sizeof(m->upd.b.software_version), "%s", mk.software_version);
+    memcpy(m->upd.b.sha256, mk.sha256, sizeof(m->upd.b.sha256));
+    snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, mk.file);
+    m->upd.stored = true;
+    if (m->st.software_seq < mk.version) { /* stopped between update.json and mgmt.json */
+        m->st.software_seq = mk.version;
+        save_state(m);
+    }
+    LOG_INFO(m->log, SUB, "update %s (deployment %lld) stored before the restart: waiting for the maintenance "
+             "window", mk.software_version, (long long)mk.deployment);
 }
 
 static void renew_done(mgmt *m, job *j)
@@ -2175,6 +2242,7 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
             return r;
         }
         renew_mark_recover(m);
+        update_recover(m);
         publish_status(m, NULL);
         renew_arm(m);
         submit(m, m->st.profile_version > 0 ? JOB_POLL : JOB_FETCH);

@@ -160,6 +160,7 @@ static void renew_recover(mgmt *m);
 static void renew_done(mgmt *m, job *j);
 static void on_renew_timer(void *arg);
 static void cert_serial_hex(X509 *c, char *out, size_t cap);
+static X509 *read_cert(const char *path);
 
 /* ------------------------------------------------------------- helpers */
 
@@ -1792,12 +1793,39 @@ static int renew_swap(mgmt *m, bool new_key_file, char *err, size_t err_len)
     return 0;
 }
 
+/* pkcs11, same key renewed: the new certificate onto the token in place of
+ * the old one, the one the tunnel reads (not a second one next to it).
+ * Idempotent: a start after a stop does it again from the .next file. */
+static int p11_store_same_key_cert(mgmt *m, X509 *x, char *err, size_t err_len)
+{
+    const profile *b = m->boot;
+    unsigned char *der = NULL;
+    int dn = x ? i2d_X509(x, &der) : -1;
+    int r = dn > 0 ? cred_pkcs11_replace_cert(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b),
+                                              der, (size_t)dn, err, err_len)
+                   : M2MVPN_E_CERT;
+    if (dn <= 0)
+        snprintf(err, err_len, "the renewed certificate is unreadable");
+    OPENSSL_free(der);
+    return r;
+}
+
 static void renew_recover(mgmt *m)
 {
     char kn[4200], cn[4200], err[512];
     snprintf(kn, sizeof(kn), "%s.next", m->key_path);
     snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
     if (access(cn, F_OK) == 0) {
+        uint8_t id[8];
+        if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && p11_intent_read(m, id) == 0) {
+            X509 *x = read_cert(cn);
+            int r = p11_store_same_key_cert(m, x, err, sizeof(err));
+            X509_free(x);
+            if (r < 0) {
+                LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal on the token: %s", err);
+                return;
+            }
+        }
         if (renew_swap(m, true, err, sizeof(err)) < 0)
             LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
         else
@@ -1934,11 +1962,13 @@ static void renew_done(mgmt *m, job *j)
         r = n > 0 ? mgmt_write_file(m->dir, "device.crt.pem.next", pem, (size_t)n, err, sizeof(err))
                   : M2MVPN_E_NOMEM;
         BIO_free(bio);
-        if (r == 0 && j->cred && m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->p11_new) {
-            unsigned char *der = NULL;
-            int dn = i2d_X509(j->cert, &der);
-            r = dn > 0 ? cred_pkcs11_store_cert(j->cred, der, (size_t)dn, err, sizeof(err)) : M2MVPN_E_NOMEM;
-            OPENSSL_free(der);
+        if (r == 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->p11_new) {
+            r = p11_store_same_key_cert(m, j->cert, err, sizeof(err));
+            if (r < 0) {
+                char cn[4200];
+                snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+                unlink(cn);
+            }
         }
         p11_uri u;
         if (r == 0 && j->p11_new && p11_renewable(m, &u) && (r = p11_switch(m, &u, j->p11_id, err, sizeof(err))) < 0) {

@@ -25,6 +25,7 @@ import time
 import netlab
 from test_mgmt_dayn_device import enrolled_device, mgmt_of, wait_until
 from test_mgmt_renew import renew_lab  # noqa: F401  (the fixture)
+from test_mgmt_dayn_device import lab  # noqa: F401  (the fixture: certificates of days)
 
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "1234"
@@ -128,3 +129,85 @@ def test_renewal_key_in_a_tpm(renew_lab, workdir):
         assert pubkey_of(new_pem) == pubkey_of(old_pem)
     finally:
         tpm.stop()
+
+
+def softhsm_token(workdir, name="tokens"):
+    """A SoftHSM2 token "m2m" in workdir: (env for it, env for the same token
+    whose module refuses to generate key pairs: slots.mechanisms without
+    CKM_EC_KEY_PAIR_GEN and CKM_RSA_PKCS_KEY_PAIR_GEN, as on tokens that
+    only hold keys made elsewhere)."""
+    tokens = workdir / name
+    tokens.mkdir()
+    conf, nogen = workdir / "softhsm2.conf", workdir / "softhsm2-nogen.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    nogen.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
+                     # SoftHSM 2.6.1 skips the first name after "-": given twice
+                     "slots.mechanisms = -CKM_EC_KEY_PAIR_GEN,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", PIN, "--so-pin", "0000"],
+                   check=True, capture_output=True, env=dict(os.environ, **env))
+    return env, {"SOFTHSM2_CONF": str(nogen)}
+
+
+def token_objects(env, typ=None):
+    """pkcs11-tool's listing of the token's objects (all, or of --type typ)."""
+    cmd = ["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--login", "--pin", PIN, "--list-objects"]
+    if typ:
+        cmd += ["--type", typ]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, **env)).stdout
+
+
+def token_certs(env, label):
+    """The DER certificates on the token labelled `label`, as PEM text."""
+    out = []
+    for cid in re.findall(r"Certificate Object.*?label:\s+(\S+)\n.*?ID:\s+(\S+)", token_objects(env, "cert"), re.S):
+        if cid[0] != label:
+            continue
+        der = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--login", "--pin", PIN,
+                              "--read-object", "--type", "cert", "--id", cid[1]], capture_output=True, check=True,
+                             env=dict(os.environ, **env)).stdout
+        out.append(subprocess.run(["openssl", "x509", "-inform", "DER"], input=der, capture_output=True,
+                                  check=True).stdout.decode())
+    return out
+
+
+def test_renewal_same_key_when_the_token_cannot_generate(lab, workdir):
+    """A token whose module refuses key generation (CKR_MECHANISM_INVALID):
+    an operator's renewal renews the same key, and the renewed certificate
+    replaces the old one on the token (one certificate object with the
+    key's label, the new one), so the tunnel authenticates with it."""
+    from test_mgmt_renew import cert_renew
+    from test_mgmt_dayn_device import connected_with, pings, recorded_feedback
+    env, nogen = softhsm_token(workdir)
+    boot = enrolled_device(lab)
+    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    with lab.client(boot, env=env) as c:   # enrolment: the key made on the token
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), timeout_s=90, tail=c.log_tail)
+    with lab.client(boot, env=nogen) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), timeout_s=90, tail=c.log_tail)
+        old_pem = (c.state_dir / "device.crt.pem").read_text()
+        assert token_certs(nogen, "dev") == [old_pem]
+        first = c.status()["credential"]["not_after"]
+        dep = cert_renew(lab)
+        fb = wait_until("the renewal's feedback recorded", lambda: (x := recorded_feedback(lab, dep))[0] in
+                        ("success", "failure") and x, timeout_s=60, tail=c.log_tail)
+        assert fb[0] == "success" and fb[1].endswith("(same key)"), fb
+        log = c.log_path.read_text()
+        assert "the same key was renewed: token \"m2m\" does not offer ECC P-256 key generation " \
+            "(mechanism not listed)" in log, c.log_tail()
+        new_pem = (c.state_dir / "device.crt.pem").read_text()
+        assert new_pem != old_pem and pubkey_of(new_pem) == pubkey_of(old_pem)
+        # one certificate labelled as the key: the renewed one
+        assert token_certs(nogen, "dev") == [new_pem]
+        objs = token_objects(nogen)
+        assert objs.count("Certificate Object") == 1 and objs.count("Private Key Object") == 1, objs
+        assert "dev.next" not in objs and "dev.old" not in objs, objs
+        # the tunnel moved to it (reauthenticated with the token's certificate)
+        na = mgmt_of(c)["cert_not_after"]
+        assert na > first
+        wait_until("the tunnel on the renewed certificate", lambda: c.status()["credential"]["not_after"] == na,
+                   timeout_s=60, tail=c.log_tail)
+        wait_until("connected", lambda: connected_with(c, 1), timeout_s=60, tail=c.log_tail)
+        assert pings(lab.topo) == 3
+

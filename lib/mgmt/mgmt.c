@@ -156,6 +156,7 @@ struct mgmt {
 };
 
 static void renew_arm(mgmt *m);
+static void renew_test_pause(const mgmt *m, const char *step);
 static void renew_recover(mgmt *m);
 static void renew_done(mgmt *m, job *j);
 static void on_renew_timer(void *arg);
@@ -364,8 +365,10 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
  * to device.p11id.next (fsync) BEFORE it asks the token. Once the
  * certificate is issued (device.crt.pem.next written), the switch: the
  * objects labelled L of another id become L.old, the new id's become L
- * (both steps idempotent, so the next start can redo them), then the
- * certificate file is renamed and device.p11id.next removed. The L.old
+ * (both steps idempotent, so the next start can redo them), then
+ * device.p11id.next is removed and the certificate file renamed (a
+ * device.crt.pem.next without intent is finished as a same-key renewal:
+ * its certificate stored next to the key labelled L). The L.old
  * objects are deleted once the tunnel runs on the new certificate (the
  * first poll that finds it up after the reauthentication), or at the next
  * start. A device.p11id.next without device.crt.pem.next is an attempt
@@ -391,12 +394,15 @@ static int p11_objects(const mgmt *m, const char *label, const uint8_t *id, bool
                                id ? 8 : 0, other_id, new_label, n_keys, err, err_len);
 }
 
-/* The switch to the new pair (idempotent). */
-static int p11_switch(const mgmt *m, const p11_uri *u, const uint8_t *id, char *err, size_t err_len)
+/* The switch to the new pair (idempotent). pause: the renewal's (the test
+ * hook between the two steps), not a start's recovery. */
+static int p11_switch(const mgmt *m, const p11_uri *u, const uint8_t *id, bool pause, char *err, size_t err_len)
 {
     char old[160];
     snprintf(old, sizeof(old), "%s.old", u->object);
     int r = p11_objects(m, u->object, id, true, old, NULL, err, err_len);
+    if (r == 0 && pause)
+        renew_test_pause(m, "p11-relabelled");
     return r < 0 ? r : p11_objects(m, NULL, id, false, u->object, NULL, err, err_len);
 }
 
@@ -480,6 +486,8 @@ static int p11_renew(mgmt *m, job *j, const p11_uri *u)
         return 1;
     j->r = cred_pkcs11_generate(b->mgmt.pkcs11_module, uri, b->mgmt.pin, pin_len(b),
                                 EVP_PKEY_get_base_id(j->tls.key) == EVP_PKEY_RSA, j->err, sizeof(j->err));
+    if (j->r == 0)
+        renew_test_pause(m, "p11-generated"); /* the worker thread: the engine goes on */
     if (j->r == M2MVPN_E_NOTSUPP) {
         p11_intent_drop(m);
         snprintf(j->same_why, sizeof(j->same_why), "%s", j->err);
@@ -1090,8 +1098,10 @@ static void test_pause(mgmt *m, const char *phase)
 /* Test hook (documented in docs/mgmt.md): M2MVPN_TEST_RENEW_PAUSE=issued
  * (the new key <key>.next on disk, the issued certificate not yet) or
  * written (device.crt.pem.next on disk too, before the renames) stops the
- * engine thread there, so a test can SIGKILL it. */
-static void renew_test_pause(mgmt *m, const char *step)
+ * engine thread there, so a test can SIGKILL it; p11-generated (the
+ * worker), p11-relabelled, p11-intent-dropped, p11-swapped: the steps of a
+ * PKCS#11 new-key renewal. */
+static void renew_test_pause(const mgmt *m, const char *step)
 {
     const char *p = getenv("M2MVPN_TEST_RENEW_PAUSE");
     if (!p || strcmp(p, step) != 0)
@@ -1850,7 +1860,7 @@ static void p11_recover(mgmt *m)
         return;
     }
     if (has && access(cn, F_OK) == 0) {
-        if (p11_switch(m, &u, id, err, sizeof(err)) < 0) {
+        if (p11_switch(m, &u, id, false, err, sizeof(err)) < 0) {
             LOG_ERR(m->log, SUB, "finishing an interrupted key renewal on the token: %s", err);
             return;
         }
@@ -1971,18 +1981,26 @@ static void renew_done(mgmt *m, job *j)
             }
         }
         p11_uri u;
-        if (r == 0 && j->p11_new && p11_renewable(m, &u) && (r = p11_switch(m, &u, j->p11_id, err, sizeof(err))) < 0) {
+        if (r == 0 && j->p11_new && p11_renewable(m, &u) && (r = p11_switch(m, &u, j->p11_id, true, err, sizeof(err))) < 0) {
             char cn[4200];
             snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
             unlink(cn);
         }
         if (r == 0)
             renew_test_pause(m, "written");
+        /* pkcs11: the switch on the token is complete, so the intent goes
+         * before the certificate file moves. The other order left, after a
+         * stop between the two, an intent without device.crt.pem.next: the
+         * start undid the switch and deleted the key device.crt.pem is for. */
+        if (r == 0 && j->p11_new) {
+            p11_intent_drop(m);
+            renew_test_pause(m, "p11-intent-dropped");
+        }
         if (r == 0)
             r = renew_swap(m, j->new_key_file, err, sizeof(err));
         if (r == 0 && j->p11_new) {
-            p11_intent_drop(m);
             m->p11_old_pending = true;
+            renew_test_pause(m, "p11-swapped");
         }
     }
     if (r < 0) {

@@ -727,6 +727,33 @@ static int raw_open(raw_p11 *r, const char *module, const p11_uri *u, char *err,
     return M2MVPN_E_IO;
 }
 
+/* raw_open, then one C_Login with the user PIN (a wrong one is E_PIN and
+ * never presented again here). A login of another user of this process is
+ * not ours to end: logged_in only when this one logged in. On failure the
+ * caller still calls raw_close. */
+static int raw_open_login(raw_p11 *r, const char *module, const p11_uri *u, const char *pin, size_t pin_len,
+                          char *err, size_t err_len)
+{
+    int rc = raw_open(r, module, u, err, err_len);
+    if (rc < 0)
+        return rc;
+    CK_RV rv = r->f->C_Login(r->s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE) {
+        pki_set_err(err, err_len, "wrong PIN for token \"%s\"", u->token);
+        return M2MVPN_E_PIN;
+    }
+    if (rv == CKR_PIN_LOCKED) {
+        pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked", u->token);
+        return M2MVPN_E_PIN;
+    }
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u->token, rv);
+        return M2MVPN_E_CERT;
+    }
+    r->logged_in = rv == CKR_OK;
+    return 0;
+}
+
 /* The token lists the mechanism with CKF_GENERATE_KEY_PAIR (a list it
  * cannot give: assumed offered, C_GenerateKeyPair says). */
 static bool raw_offers(raw_p11 *r, CK_MECHANISM_TYPE mech)
@@ -791,25 +818,9 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
         return M2MVPN_E_CRYPTO;
     raw_p11 r;
     memset(&r, 0, sizeof r);
-    if ((rc = raw_open(&r, module, &u, err, err_len)) < 0)
+    if ((rc = raw_open_login(&r, module, &u, pin, pin_len, err, err_len)) < 0)
         goto out;
-    CK_RV rv = r.f->C_Login(r.s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
-    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE) {
-        pki_set_err(err, err_len, "wrong PIN for token \"%s\"", u.token);
-        rc = M2MVPN_E_PIN;
-        goto out;
-    }
-    if (rv == CKR_PIN_LOCKED) {
-        pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked", u.token);
-        rc = M2MVPN_E_PIN;
-        goto out;
-    }
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u.token, rv);
-        rc = M2MVPN_E_CERT;
-        goto out;
-    }
-    r.logged_in = rv == CKR_OK; /* a login of another user in this process is not ours to end */
+    CK_RV rv;
     int by_label = raw_exists(&r, &u, id, id_len, false);
     int by_id = by_label == 0 ? raw_exists(&r, &u, id, id_len, true) : 0;
     if (by_label < 0 || by_id < 0) {
@@ -888,15 +899,9 @@ int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, si
         return rc;
     raw_p11 r;
     memset(&r, 0, sizeof r);
-    if ((rc = raw_open(&r, module, &u, err, err_len)) < 0)
+    if ((rc = raw_open_login(&r, module, &u, pin, pin_len, err, err_len)) < 0)
         goto out;
-    CK_RV rv = r.f->C_Login(r.s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u.token, rv);
-        rc = rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? M2MVPN_E_PIN : M2MVPN_E_CERT;
-        goto out;
-    }
-    r.logged_in = rv == CKR_OK;
+    CK_RV rv;
     CK_ATTRIBUTE t[1] = { { CKA_LABEL, (void *)label, label ? strlen(label) : 0 } };
     CK_OBJECT_HANDLE h[64];
     CK_ULONG found = 0;
@@ -985,15 +990,9 @@ int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pi
         rc = M2MVPN_E_CERT;
         goto out;
     }
-    if ((rc = raw_open(&r, module, &u, err, err_len)) < 0)
+    if ((rc = raw_open_login(&r, module, &u, pin, pin_len, err, err_len)) < 0)
         goto out;
-    CK_RV rv = r.f->C_Login(r.s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u.token, rv);
-        rc = rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? M2MVPN_E_PIN : M2MVPN_E_CERT;
-        goto out;
-    }
-    r.logged_in = rv == CKR_OK;
+    CK_RV rv;
     /* the private key the URI names: its label and id go to the certificate */
     CK_OBJECT_CLASS kcls = CKO_PRIVATE_KEY;
     CK_ATTRIBUTE kt[3] = { { CKA_CLASS, &kcls, sizeof kcls } };

@@ -1011,9 +1011,15 @@ int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pi
     char label[sizeof u.object];
     uint8_t id[64];
     CK_ATTRIBUTE ka[2] = { { CKA_LABEL, label, sizeof label - 1 }, { CKA_ID, id, sizeof id } };
-    if (rv != CKR_OK || nk != 1 || r.f->C_GetAttributeValue(r.s, hk[0], ka, 2) != CKR_OK) {
+    if (rv != CKR_OK || nk != 1) {
         pki_set_err(err, err_len, "token \"%s\": %s private key \"%s\" to store the certificate with", u.token,
                     rv != CKR_OK ? "cannot search for the" : nk ? "more than one" : "no", u.object);
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    if ((rv = r.f->C_GetAttributeValue(r.s, hk[0], ka, 2)) != CKR_OK) {
+        pki_set_err(err, err_len, "token \"%s\": cannot read the label and id of key \"%s\" (CKR 0x%lx)", u.token,
+                    u.object, rv);
         rc = M2MVPN_E_CERT;
         goto out;
     }

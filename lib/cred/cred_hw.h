@@ -25,6 +25,16 @@ int cred_pkcs11_open_key(const char *module, const char *uri, const char *pin, s
  *  cred_pkcs11_open() finds it next to the key. Errors: CERT, IO, NOMEM. */
 int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, char *err, size_t err_len);
 
+/** Store `cert` (DER) on the token `uri` names, next to the one private key
+ *  the URI names (object= and/or id=), with that key's CKA_LABEL and CKA_ID,
+ *  then delete every other certificate object with that label or that id:
+ *  a renewed certificate of the same key replaces the old one (created
+ *  first, so a stop in between leaves both; cred_pkcs11_open takes the
+ *  newest that fits the key). One C_Login with `pin`. Errors: INVAL, IO (no
+ *  such token), PIN, CERT. */
+int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pin, size_t pin_len,
+                             const uint8_t *der, size_t len, char *err, size_t err_len);
+
 /**
  * Generate a key pair on the token that `uri` names (token=...; object= the
  * label, id= optional: 8 random bytes otherwise): ECC P-256, or RSA 2048 if

@@ -67,6 +67,13 @@ int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, cha
     return no_pkcs11(err, err_len);
 }
 
+int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pin, size_t pin_len,
+                             const uint8_t *der, size_t len, char *err, size_t err_len)
+{
+    (void)module, (void)uri, (void)pin, (void)pin_len, (void)der, (void)len;
+    return no_pkcs11(err, err_len);
+}
+
 int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, size_t pin_len, const char *label,
                         const uint8_t *id, size_t id_len, bool other_id, const char *new_label, size_t *ret_n,
                         char *err, size_t err_len)
@@ -313,8 +320,9 @@ static int open_token(p11_cred *pc, char *err, size_t err_len)
     return M2MVPN_E_IO;
 }
 
-/* The certificate that goes with the key: the URI's object/id, or the key's id. */
-static int find_cert(p11_cred *pc, PKCS11_KEY *key)
+/* The certificate that goes with the key: the URI's object/id, or the key's
+ * id. pub: the key's public half (NULL: not known yet). */
+static int find_cert(p11_cred *pc, PKCS11_KEY *key, EVP_PKEY *pub)
 {
     PKCS11_CERT *certs = NULL;
     unsigned n = 0;
@@ -322,11 +330,28 @@ static int find_cert(p11_cred *pc, PKCS11_KEY *key)
         ERR_clear_error();
         return 0;
     }
+    /* Several may match (a renewal of the same key stopped between storing
+     * the new certificate and deleting the old): the key's own, newest
+     * first (notBefore, then notAfter), whatever order the token lists. */
     PKCS11_CERT *found = NULL;
-    for (unsigned i = 0; i < n && !found; i++)
-        if ((pc->uri.object[0] || pc->uri.has_id) &&
-            object_matches(&pc->uri, certs[i].label, certs[i].id, certs[i].id_len))
-            found = &certs[i];
+    bool found_fits = false;
+    for (unsigned i = 0; i < n; i++) {
+        if (!(pc->uri.object[0] || pc->uri.has_id) ||
+            !object_matches(&pc->uri, certs[i].label, certs[i].id, certs[i].id_len) || !certs[i].x509)
+            continue;
+        bool fits = pub && EVP_PKEY_eq(X509_get0_pubkey(certs[i].x509), pub) == 1;
+        if (found && (found_fits && !fits))
+            continue;
+        if (found && found_fits == fits) {
+            int c = ASN1_TIME_compare(X509_get0_notBefore(certs[i].x509), X509_get0_notBefore(found->x509));
+            if (c == 0)
+                c = ASN1_TIME_compare(X509_get0_notAfter(certs[i].x509), X509_get0_notAfter(found->x509));
+            if (c <= 0)
+                continue;
+        }
+        found = &certs[i];
+        found_fits = fits;
+    }
     if (!found && key)
         found = PKCS11_find_certificate(key);
     ERR_clear_error();
@@ -387,7 +412,7 @@ static int take_key(p11_cred *pc, char *err, size_t err_len)
                     "ECDSA P-256/384/521)", pc->key_label, pc->label);
         return M2MVPN_E_CERT;
     }
-    int rc = pc->n_chain ? 0 : find_cert(pc, key);
+    int rc = pc->n_chain ? 0 : find_cert(pc, key, pub);
     if (rc < 0) {
         EVP_PKEY_free(priv);
         EVP_PKEY_free(pub);
@@ -668,7 +693,7 @@ static int open_common(const char *module, const char *uri, const char *pin, siz
         goto fail;
     }
     /* Public certificates can be read before login (to show in status). */
-    if ((rc = find_cert(pc, NULL)) < 0)
+    if ((rc = find_cert(pc, NULL, NULL)) < 0)
         goto fail;
     if (pin)
         rc = login(pc, pin, pin_len, need_cert /* the profile PIN; keygen: the user's */, err, err_len);
@@ -714,6 +739,7 @@ typedef struct raw_p11 {
     CK_FUNCTION_LIST_PTR f;
     bool initialized;   /* by us: we finalize */
     CK_SESSION_HANDLE s;
+    CK_SLOT_ID slot;
     bool have_session, logged_in;
 } raw_p11;
 
@@ -783,10 +809,58 @@ static int raw_open(raw_p11 *r, const char *module, const p11_uri *u, char *err,
             return M2MVPN_E_CERT;
         }
         r->have_session = true;
+        r->slot = slots[i];
         return 0;
     }
     pki_set_err(err, err_len, "PKCS#11 token \"%s\" not present (module %s)", u->token, module);
     return M2MVPN_E_IO;
+}
+
+/* raw_open, then one C_Login with the user PIN (a wrong one is E_PIN and
+ * never presented again here). A login of another user of this process is
+ * not ours to end: logged_in only when this one logged in. On failure the
+ * caller still calls raw_close. */
+static int raw_open_login(raw_p11 *r, const char *module, const p11_uri *u, const char *pin, size_t pin_len,
+                          char *err, size_t err_len)
+{
+    int rc = raw_open(r, module, u, err, err_len);
+    if (rc < 0)
+        return rc;
+    CK_RV rv = r->f->C_Login(r->s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE) {
+        pki_set_err(err, err_len, "wrong PIN for token \"%s\"", u->token);
+        return M2MVPN_E_PIN;
+    }
+    if (rv == CKR_PIN_LOCKED) {
+        pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked", u->token);
+        return M2MVPN_E_PIN;
+    }
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u->token, rv);
+        return M2MVPN_E_CERT;
+    }
+    r->logged_in = rv == CKR_OK;
+    return 0;
+}
+
+/* The token lists the mechanism with CKF_GENERATE_KEY_PAIR (a list it
+ * cannot give: assumed offered, C_GenerateKeyPair says). */
+static bool raw_offers(raw_p11 *r, CK_MECHANISM_TYPE mech)
+{
+    CK_ULONG n = 0;
+    if (r->f->C_GetMechanismList(r->slot, NULL, &n) != CKR_OK || n == 0 || n > 1024)
+        return true;
+    CK_MECHANISM_TYPE *list = calloc(n, sizeof *list);
+    if (!list || r->f->C_GetMechanismList(r->slot, list, &n) != CKR_OK) {
+        free(list);
+        return true;
+    }
+    bool listed = false;
+    for (CK_ULONG i = 0; i < n && !listed; i++)
+        listed = list[i] == mech;
+    free(list);
+    CK_MECHANISM_INFO mi;
+    return listed && (r->f->C_GetMechanismInfo(r->slot, mech, &mi) != CKR_OK || (mi.flags & CKF_GENERATE_KEY_PAIR));
 }
 
 /* 1: such a private key exists, 0: none, <0: the search failed (the caller
@@ -833,25 +907,9 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
         return M2MVPN_E_CRYPTO;
     raw_p11 r;
     memset(&r, 0, sizeof r);
-    if ((rc = raw_open(&r, module, &u, err, err_len)) < 0)
+    if ((rc = raw_open_login(&r, module, &u, pin, pin_len, err, err_len)) < 0)
         goto out;
-    CK_RV rv = r.f->C_Login(r.s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
-    if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE) {
-        pki_set_err(err, err_len, "wrong PIN for token \"%s\"", u.token);
-        rc = M2MVPN_E_PIN;
-        goto out;
-    }
-    if (rv == CKR_PIN_LOCKED) {
-        pki_set_err(err, err_len, "the user PIN of token \"%s\" is locked", u.token);
-        rc = M2MVPN_E_PIN;
-        goto out;
-    }
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u.token, rv);
-        rc = M2MVPN_E_CERT;
-        goto out;
-    }
-    r.logged_in = rv == CKR_OK; /* a login of another user in this process is not ours to end */
+    CK_RV rv;
     int by_label = raw_exists(&r, &u, id, id_len, false);
     int by_id = by_label == 0 ? raw_exists(&r, &u, id, id_len, true) : 0;
     if (by_label < 0 || by_id < 0) {
@@ -891,6 +949,14 @@ int cred_pkcs11_generate(const char *module, const char *uri, const char *pin, s
         { CKA_ID, id, id_len },
     };
     CK_MECHANISM mech = { rsa ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+    if (!raw_offers(&r, mech.mechanism)) {
+        /* not listed by the token: asking anyway could still make a key
+         * the token was configured not to make (SoftHSM2 does) */
+        pki_set_err(err, err_len, "token \"%s\" does not offer %s key generation (mechanism not listed)",
+                    u.token, rsa ? "RSA 2048" : "ECC P-256");
+        rc = M2MVPN_E_NOTSUPP;
+        goto out;
+    }
     CK_OBJECT_HANDLE hpub, hpriv;
     rv = r.f->C_GenerateKeyPair(r.s, &mech, pub_t, rsa ? 6 : 5, priv_t, 9, &hpub, &hpriv);
     if (rv != CKR_OK) {
@@ -922,15 +988,9 @@ int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, si
         return rc;
     raw_p11 r;
     memset(&r, 0, sizeof r);
-    if ((rc = raw_open(&r, module, &u, err, err_len)) < 0)
+    if ((rc = raw_open_login(&r, module, &u, pin, pin_len, err, err_len)) < 0)
         goto out;
-    CK_RV rv = r.f->C_Login(r.s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        pki_set_err(err, err_len, "login to token \"%s\" failed (CKR 0x%lx)", u.token, rv);
-        rc = rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED ? M2MVPN_E_PIN : M2MVPN_E_CERT;
-        goto out;
-    }
-    r.logged_in = rv == CKR_OK;
+    CK_RV rv;
     CK_ATTRIBUTE t[1] = { { CKA_LABEL, (void *)label, label ? strlen(label) : 0 } };
     CK_OBJECT_HANDLE h[64];
     CK_ULONG found = 0;
@@ -984,6 +1044,123 @@ int cred_pkcs11_objects(const char *module, const char *uri, const char *pin, si
         *ret_n = n_priv;
     rc = 0;
 out:
+    raw_close(&r);
+    return rc;
+}
+
+/* Same key renewed (a token that cannot make keys): the new certificate
+ * takes the old one's place next to the key. Created first, the others
+ * destroyed after, so a stop in between leaves both (find_cert then takes
+ * the newest that fits the key), never none. */
+int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pin, size_t pin_len,
+                             const uint8_t *der, size_t len, char *err, size_t err_len)
+{
+    if (!module || !uri || !pin || pin_len == 0 || !der || !len)
+        return M2MVPN_E_INVAL;
+    p11_uri u;
+    int rc = p11_uri_parse(uri, &u, err, err_len);
+    if (rc < 0)
+        return rc;
+    if (!u.object[0] && !u.has_id) {
+        pki_set_err(err, err_len, "pkcs11_uri: give object= or id= (the key the certificate belongs to)");
+        return M2MVPN_E_INVAL;
+    }
+    const unsigned char *q = der;
+    X509 *x = d2i_X509(NULL, &q, (long)len);
+    unsigned char *subj = NULL, *iss = NULL, *ser = NULL;
+    int subj_len = x ? i2d_X509_NAME(X509_get_subject_name(x), &subj) : -1;
+    int iss_len = x ? i2d_X509_NAME(X509_get_issuer_name(x), &iss) : -1;
+    int ser_len = x ? i2d_ASN1_INTEGER(X509_get_serialNumber(x), &ser) : -1;
+    X509_free(x);
+    raw_p11 r;
+    memset(&r, 0, sizeof r);
+    if (subj_len <= 0 || iss_len <= 0 || ser_len <= 0) {
+        pki_set_err(err, err_len, "the certificate to store is not DER X.509");
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    if ((rc = raw_open_login(&r, module, &u, pin, pin_len, err, err_len)) < 0)
+        goto out;
+    CK_RV rv;
+    /* the private key the URI names: its label and id go to the certificate */
+    CK_OBJECT_CLASS kcls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE kt[3] = { { CKA_CLASS, &kcls, sizeof kcls } };
+    CK_ULONG nkt = 1;
+    if (u.object[0])
+        kt[nkt++] = (CK_ATTRIBUTE){ CKA_LABEL, u.object, strlen(u.object) };
+    if (u.has_id)
+        kt[nkt++] = (CK_ATTRIBUTE){ CKA_ID, u.id, u.id_len };
+    CK_OBJECT_HANDLE hk[2];
+    CK_ULONG nk = 0;
+    rv = r.f->C_FindObjectsInit(r.s, kt, nkt);
+    if (rv == CKR_OK) {
+        rv = r.f->C_FindObjects(r.s, hk, 2, &nk);
+        r.f->C_FindObjectsFinal(r.s);
+    }
+    char label[sizeof u.object];
+    uint8_t id[64];
+    CK_ATTRIBUTE ka[2] = { { CKA_LABEL, label, sizeof label - 1 }, { CKA_ID, id, sizeof id } };
+    if (rv != CKR_OK || nk != 1) {
+        pki_set_err(err, err_len, "token \"%s\": %s private key \"%s\" to store the certificate with", u.token,
+                    rv != CKR_OK ? "cannot search for the" : nk ? "more than one" : "no", u.object);
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    if ((rv = r.f->C_GetAttributeValue(r.s, hk[0], ka, 2)) != CKR_OK) {
+        pki_set_err(err, err_len, "token \"%s\": cannot read the label and id of key \"%s\" (CKR 0x%lx)", u.token,
+                    u.object, rv);
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    CK_ULONG label_len = ka[0].ulValueLen, id_len = ka[1].ulValueLen;
+    CK_OBJECT_CLASS ccls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ctype = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE ct[] = {
+        { CKA_CLASS, &ccls, sizeof ccls },
+        { CKA_CERTIFICATE_TYPE, &ctype, sizeof ctype },
+        { CKA_TOKEN, &yes, sizeof yes },
+        { CKA_LABEL, label, label_len },
+        { CKA_ID, id, id_len },
+        { CKA_SUBJECT, subj, (CK_ULONG)subj_len },
+        { CKA_ISSUER, iss, (CK_ULONG)iss_len },
+        { CKA_SERIAL_NUMBER, ser, (CK_ULONG)ser_len },
+        { CKA_VALUE, (void *)der, len },
+    };
+    CK_OBJECT_HANDLE hnew;
+    rv = r.f->C_CreateObject(r.s, ct, sizeof ct / sizeof ct[0], &hnew);
+    if (rv != CKR_OK) {
+        pki_set_err(err, err_len, "cannot store the certificate on token \"%s\" (CKR 0x%lx)", u.token, rv);
+        rc = ckr_means_gone(rv) ? M2MVPN_E_IO : M2MVPN_E_CERT;
+        goto out;
+    }
+    /* every other certificate of that label or that id goes */
+    for (int pass = 0; pass < (id_len ? 2 : 1); pass++) {
+        CK_ATTRIBUTE ft[2] = { { CKA_CLASS, &ccls, sizeof ccls },
+                               pass ? (CK_ATTRIBUTE){ CKA_ID, id, id_len }
+                                    : (CK_ATTRIBUTE){ CKA_LABEL, label, label_len } };
+        CK_OBJECT_HANDLE h[64];
+        CK_ULONG found = 0;
+        rv = r.f->C_FindObjectsInit(r.s, ft, 2);
+        if (rv == CKR_OK) {
+            rv = r.f->C_FindObjects(r.s, h, 64, &found);
+            r.f->C_FindObjectsFinal(r.s);
+        }
+        for (CK_ULONG i = 0; rv == CKR_OK && i < found; i++)
+            if (h[i] != hnew)
+                rv = r.f->C_DestroyObject(r.s, h[i]);
+        if (rv != CKR_OK) {
+            pki_set_err(err, err_len, "token \"%s\": the new certificate is stored, an old one could not be "
+                        "deleted (CKR 0x%lx)", u.token, rv);
+            rc = M2MVPN_E_CERT;
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    OPENSSL_free(subj);
+    OPENSSL_free(iss);
+    OPENSSL_free(ser);
     raw_close(&r);
     return rc;
 }

@@ -150,6 +150,8 @@ struct mgmt {
     unsigned renew_fails;     /* failed renewals in a row: back-off */
     bool p11_old_pending;     /* pkcs11: the replaced key's objects (<label>.old) still to delete */
     int64_t renew_dep;        /* a cert deployment asking for it (0: the schedule) */
+    mgmt_renew_mark renew_mark; /* renew.json as on disk (deployment 0: none) */
+    feedback renew_owed;      /* a restart's renewal feedback waiting for the one slot */
     mgmt_dep_type ask_type;   /* the deployment being fetched */
     bool ask_window;
     /* decommissioning (CMP RR, decommission.json) */
@@ -160,12 +162,15 @@ struct mgmt {
 };
 
 static void renew_arm(mgmt *m);
+static void renew_test_pause(const mgmt *m, const char *step);
 static void renew_recover(mgmt *m);
 static void renew_done(mgmt *m, job *j);
 static void on_renew_timer(void *arg);
 static void decom_start(mgmt *m);
 static void decom_done(mgmt *m, job *j);
 static void decom_submit(mgmt *m);
+static void cert_serial_hex(X509 *c, char *out, size_t cap);
+static X509 *read_cert(const char *path);
 
 /* ------------------------------------------------------------- helpers */
 
@@ -369,8 +374,10 @@ static int device_key(mgmt *m, bool make, EVP_PKEY **ret, cred_provider **ret_cr
  * to device.p11id.next (fsync) BEFORE it asks the token. Once the
  * certificate is issued (device.crt.pem.next written), the switch: the
  * objects labelled L of another id become L.old, the new id's become L
- * (both steps idempotent, so the next start can redo them), then the
- * certificate file is renamed and device.p11id.next removed. The L.old
+ * (both steps idempotent, so the next start can redo them), then
+ * device.p11id.next is removed and the certificate file renamed (a
+ * device.crt.pem.next without intent is finished as a same-key renewal:
+ * its certificate stored next to the key labelled L). The L.old
  * objects are deleted once the tunnel runs on the new certificate (the
  * first poll that finds it up after the reauthentication), or at the next
  * start. A device.p11id.next without device.crt.pem.next is an attempt
@@ -396,12 +403,15 @@ static int p11_objects(const mgmt *m, const char *label, const uint8_t *id, bool
                                id ? 8 : 0, other_id, new_label, n_keys, err, err_len);
 }
 
-/* The switch to the new pair (idempotent). */
-static int p11_switch(const mgmt *m, const p11_uri *u, const uint8_t *id, char *err, size_t err_len)
+/* The switch to the new pair (idempotent). pause: the renewal's (the test
+ * hook between the two steps), not a start's recovery. */
+static int p11_switch(const mgmt *m, const p11_uri *u, const uint8_t *id, bool pause, char *err, size_t err_len)
 {
     char old[160];
     snprintf(old, sizeof(old), "%s.old", u->object);
     int r = p11_objects(m, u->object, id, true, old, NULL, err, err_len);
+    if (r == 0 && pause)
+        renew_test_pause(m, "p11-relabelled");
     return r < 0 ? r : p11_objects(m, NULL, id, false, u->object, NULL, err, err_len);
 }
 
@@ -485,6 +495,8 @@ static int p11_renew(mgmt *m, job *j, const p11_uri *u)
         return 1;
     j->r = cred_pkcs11_generate(b->mgmt.pkcs11_module, uri, b->mgmt.pin, pin_len(b),
                                 EVP_PKEY_get_base_id(j->tls.key) == EVP_PKEY_RSA, j->err, sizeof(j->err));
+    if (j->r == 0)
+        renew_test_pause(m, "p11-generated"); /* the worker thread: the engine goes on */
     if (j->r == M2MVPN_E_NOTSUPP) {
         p11_intent_drop(m);
         snprintf(j->same_why, sizeof(j->same_why), "%s", j->err);
@@ -1190,8 +1202,10 @@ static void test_pause(mgmt *m, const char *phase)
 /* Test hook (documented in docs/mgmt.md): M2MVPN_TEST_RENEW_PAUSE=issued
  * (the new key <key>.next on disk, the issued certificate not yet) or
  * written (device.crt.pem.next on disk too, before the renames) stops the
- * engine thread there, so a test can SIGKILL it. */
-static void renew_test_pause(mgmt *m, const char *step)
+ * engine thread there, so a test can SIGKILL it; p11-generated (the
+ * worker), p11-relabelled, p11-intent-dropped, p11-swapped: the steps of a
+ * PKCS#11 new-key renewal. */
+static void renew_test_pause(const mgmt *m, const char *step)
 {
     const char *p = getenv("M2MVPN_TEST_RENEW_PAUSE");
     if (!p || strcmp(p, step) != 0)
@@ -1451,12 +1465,24 @@ static void poll_done(mgmt *m, job *j)
                  m->fb.ok ? "success" : "failure", j->fb_http);
         if (m->fb.id == j->fb_id)
             m->fb.id = 0;
+        if (m->renew_mark.deployment == j->fb_id) {
+            m->renew_mark.deployment = 0;
+            if (mgmt_renew_mark_save(m->dir, &m->renew_mark, err, sizeof(err)) < 0)
+                journal_err(m, err);
+        }
         if ((m->jr.phase == MGMT_APPLY_COMMITTED || m->jr.phase == MGMT_APPLY_FAILED) &&
             m->jr.deployment == j->fb_id) {
             m->jr.phase = MGMT_APPLY_NONE;
             if (mgmt_journal_save(m->dir, &m->jr, err, sizeof(err)) < 0)
                 journal_err(m, err);
         }
+    }
+    if (!m->fb.id && m->renew_owed.id) {
+        /* a restart's renewal feedback, once the slot is free */
+        owe_feedback(m, m->renew_owed.id, m->renew_owed.ok, m->renew_owed.details);
+        if (m->renew_dep == m->renew_owed.id)
+            m->renew_dep = 0;
+        m->renew_owed.id = 0;
     }
     bool ok = j->r == 0 && (j->http == 200 || j->http == 304);
     if (j->r < 0) {
@@ -1532,6 +1558,12 @@ static void poll_done(mgmt *m, job *j)
              * "renew"); its result goes back as the deployment's feedback. */
             LOG_INFO(m->log, SUB, "deployment %lld: certificate renewal asked by the server", (long long)d->id);
             m->renew_dep = d->id;
+            /* kept until its feedback is delivered: a restart finishes
+             * this deployment, never renews for it twice */
+            m->renew_mark.deployment = d->id;
+            cert_serial_hex(m->cert, m->renew_mark.old_serial, sizeof(m->renew_mark.old_serial));
+            if (mgmt_renew_mark_save(m->dir, &m->renew_mark, err, sizeof(err)) < 0)
+                journal_err(m, err);
             m->renew_fails = 0;
             submit(m, JOB_RENEW);
             return;
@@ -1542,10 +1574,37 @@ static void poll_done(mgmt *m, job *j)
 
 /* ------------------------------------------------------ day N: software */
 
+/* The stored update is done with (installed, failed, refused): its file
+ * record update.json goes with it. */
+static void upd_forget(mgmt *m)
+{
+    char err[512];
+    if (m->upd.stored) {
+        mgmt_update_mark none = { 0 };
+        if (mgmt_update_mark_save(m->dir, &none, err, sizeof(err)) < 0)
+            journal_err(m, err);
+    }
+    memset(&m->upd, 0, sizeof(m->upd));
+}
+
 /* The verified file to the application (the maintenance window is open):
- * UPDATE_AVAILABLE with "<version> <path>", "proceeding" to the server. */
+ * UPDATE_AVAILABLE with "<version> <path>", "proceeding" to the server.
+ * The file is hashed again first: it waited on disk (maybe across a
+ * restart), and only the signed bytes are ever installed. */
 static void hand_over(mgmt *m)
 {
+    char err[600];
+    int r = mgmt_file_check(m->upd.path, m->upd.b.size, m->upd.b.sha256, err, sizeof(err));
+    if (r < 0) {
+        char why[700];
+        snprintf(why, sizeof(why), "update %s refused: %s", m->upd.b.software_version, err);
+        LOG_ERR(m->log, SUB, "deployment %lld: %s", (long long)m->upd.dep, why);
+        owe_feedback(m, m->upd.dep, false, why);
+        publish_status(m, why);
+        unlink(m->upd.path);
+        upd_forget(m);
+        return;
+    }
     if (m->boot->mgmt.installer) {
         /* the profile's installer, run by the worker; its exit status is
          * the result (install_done) */
@@ -1627,11 +1686,19 @@ static void artifact_done(mgmt *m, job *j)
         return;
     }
     /* every check passed (the worker verified size and sha256 against the
-     * signed manifest before the rename): the version is persisted only now */
-    m->st.software_seq = m->upd.b.version;
-    save_state(m);
+     * signed manifest before the rename): the update is recorded
+     * (update.json, so a restart still installs it), then the version is
+     * persisted */
     snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, j->file);
     m->upd.stored = true;
+    mgmt_update_mark mk = { .deployment = m->upd.dep, .version = m->upd.b.version, .size = m->upd.b.size };
+    snprintf(mk.software_version, sizeof(mk.software_version), "%s", m->upd.b.software_version);
+    snprintf(mk.file, sizeof(mk.file), "%s", j->file);
+    memcpy(mk.sha256, m->upd.b.sha256, sizeof(mk.sha256));
+    if (mgmt_update_mark_save(m->dir, &mk, err, sizeof(err)) < 0)
+        journal_err(m, err); /* still installed by this run */
+    m->st.software_seq = m->upd.b.version;
+    save_state(m);
     LOG_INFO(m->log, SUB, "update %s: %lld bytes downloaded and verified: %s", m->upd.b.software_version,
              (long long)m->upd.b.size, m->upd.path);
     if (m->upd.window_open)
@@ -1684,7 +1751,7 @@ static void install_done(mgmt *m, job *j)
     owe_feedback(m, m->upd.dep, ok, details);
     /* the file was the installer's to take: not kept for another run */
     unlink(m->upd.path);
-    memset(&m->upd, 0, sizeof(m->upd));
+    upd_forget(m);
     if (!ok)
         publish_status(m, details);
     schedule_poll(m, 1);
@@ -1706,7 +1773,7 @@ static void take_result(mgmt *m)
     LOG_INFO(m->log, SUB, "update %s: the application reports %s%s%s", m->upd.b.software_version,
              ok ? "success" : "failure", details[0] ? ": " : "", details);
     owe_feedback(m, m->upd.dep, ok, details[0] ? details : ok ? "installed" : "installation failed");
-    memset(&m->upd, 0, sizeof(m->upd));
+    upd_forget(m);
     if (!m->busy)
         schedule_poll(m, 1);
 }
@@ -1846,12 +1913,39 @@ static int renew_swap(mgmt *m, bool new_key_file, char *err, size_t err_len)
     return 0;
 }
 
+/* pkcs11, same key renewed: the new certificate onto the token in place of
+ * the old one, the one the tunnel reads (not a second one next to it).
+ * Idempotent: a start after a stop does it again from the .next file. */
+static int p11_store_same_key_cert(mgmt *m, X509 *x, char *err, size_t err_len)
+{
+    const profile *b = m->boot;
+    unsigned char *der = NULL;
+    int dn = x ? i2d_X509(x, &der) : -1;
+    int r = dn > 0 ? cred_pkcs11_replace_cert(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b),
+                                              der, (size_t)dn, err, err_len)
+                   : M2MVPN_E_CERT;
+    if (dn <= 0)
+        snprintf(err, err_len, "the renewed certificate is unreadable");
+    OPENSSL_free(der);
+    return r;
+}
+
 static void renew_recover(mgmt *m)
 {
     char kn[4200], cn[4200], err[512];
     snprintf(kn, sizeof(kn), "%s.next", m->key_path);
     snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
     if (access(cn, F_OK) == 0) {
+        uint8_t id[8];
+        if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && p11_intent_read(m, id) == 0) {
+            X509 *x = read_cert(cn);
+            int r = p11_store_same_key_cert(m, x, err, sizeof(err));
+            X509_free(x);
+            if (r < 0) {
+                LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal on the token: %s", err);
+                return;
+            }
+        }
         if (renew_swap(m, true, err, sizeof(err)) < 0)
             LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
         else
@@ -1876,7 +1970,7 @@ static void p11_recover(mgmt *m)
         return;
     }
     if (has && access(cn, F_OK) == 0) {
-        if (p11_switch(m, &u, id, err, sizeof(err)) < 0) {
+        if (p11_switch(m, &u, id, false, err, sizeof(err)) < 0) {
             LOG_ERR(m->log, SUB, "finishing an interrupted key renewal on the token: %s", err);
             return;
         }
@@ -1894,6 +1988,86 @@ static void p11_recover(mgmt *m)
     p11_drop_old(m); /* nothing uses the replaced key after a start */
 }
 
+/* The certificate's serial, uppercase hex ("?" if unreadable). */
+static void cert_serial_hex(X509 *c, char *out, size_t cap)
+{
+    BIGNUM *bn = c ? ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), NULL) : NULL;
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    snprintf(out, cap, "%s", hex ? hex : "?");
+    OPENSSL_free(hex);
+    BN_free(bn);
+}
+
+/* At start: an operator's renewal (renew.json) whose feedback never left.
+ * device.crt.pem of another serial than the one it replaced: done (the
+ * swap was finished by renew_recover, or before the stop), its success is
+ * owed and the deployment is not renewed again. The same serial: it never
+ * got as far, the mark goes and the still open deployment asks again. */
+static void renew_mark_recover(mgmt *m)
+{
+    char err[512], serial[80];
+    if (mgmt_renew_mark_load(m->dir, &m->renew_mark, err, sizeof(err)) < 0) {
+        LOG_ERR(m->log, SUB, "%s: ignored", err);
+        m->renew_mark.deployment = 0;
+        return;
+    }
+    if (!m->renew_mark.deployment)
+        return;
+    cert_serial_hex(m->cert, serial, sizeof(serial));
+    if (!m->cert || !strcmp(serial, m->renew_mark.old_serial)) {
+        LOG_INFO(m->log, SUB, "deployment %lld: the certificate renewal did not finish before the stop: "
+                 "done again", (long long)m->renew_mark.deployment);
+        m->renew_mark.deployment = 0;
+        if (mgmt_renew_mark_save(m->dir, &m->renew_mark, err, sizeof(err)) < 0)
+            LOG_ERR(m->log, SUB, "%s", err);
+        return;
+    }
+    feedback *f = &m->renew_owed;
+    f->id = m->renew_mark.deployment;
+    f->ok = true;
+    snprintf(f->details, sizeof(f->details), "certificate renewed: serial %s, not_after %lld (finished after a "
+             "restart)", serial, (long long)asn1_unix(X509_get0_notAfter(m->cert)));
+    LOG_INFO(m->log, SUB, "deployment %lld: %s", (long long)f->id, f->details);
+    if (!m->fb.id) {
+        owe_feedback(m, f->id, true, f->details);
+        f->id = 0;
+    } else {
+        m->renew_dep = f->id; /* not renewed again while its feedback waits */
+    }
+}
+
+/* At start: a verified update stored by an earlier run (update.json) is
+ * taken up again: handed over when the poll says its window is open (its
+ * file hashed again then). Its version counts as accepted. */
+static void update_recover(mgmt *m)
+{
+    char err[512];
+    mgmt_update_mark mk;
+    if (mgmt_update_mark_load(m->dir, &mk, err, sizeof(err)) < 0) {
+        LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        mgmt_update_mark none = { 0 };
+        if (mgmt_update_mark_save(m->dir, &none, err, sizeof(err)) < 0)
+            LOG_ERR(m->log, SUB, "%s", err);
+        return;
+    }
+    if (!mk.deployment)
+        return;
+    memset(&m->upd, 0, sizeof(m->upd));
+    m->upd.dep = mk.deployment;
+    m->upd.b.version = mk.version;
+    m->upd.b.size = mk.size;
+    snprintf(m->upd.b.software_version, sizeof(m->upd.b.software_version), "%s", mk.software_version);
+    memcpy(m->upd.b.sha256, mk.sha256, sizeof(m->upd.b.sha256));
+    snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, mk.file);
+    m->upd.stored = true;
+    if (m->st.software_seq < mk.version) { /* stopped between update.json and mgmt.json */
+        m->st.software_seq = mk.version;
+        save_state(m);
+    }
+    LOG_INFO(m->log, SUB, "update %s (deployment %lld) stored before the restart: waiting for the maintenance "
+             "window", mk.software_version, (long long)mk.deployment);
+}
+
 static void renew_done(mgmt *m, job *j)
 {
     char err[600];
@@ -1908,25 +2082,35 @@ static void renew_done(mgmt *m, job *j)
         r = n > 0 ? mgmt_write_file(m->dir, "device.crt.pem.next", pem, (size_t)n, err, sizeof(err))
                   : M2MVPN_E_NOMEM;
         BIO_free(bio);
-        if (r == 0 && j->cred && m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->p11_new) {
-            unsigned char *der = NULL;
-            int dn = i2d_X509(j->cert, &der);
-            r = dn > 0 ? cred_pkcs11_store_cert(j->cred, der, (size_t)dn, err, sizeof(err)) : M2MVPN_E_NOMEM;
-            OPENSSL_free(der);
+        if (r == 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->p11_new) {
+            r = p11_store_same_key_cert(m, j->cert, err, sizeof(err));
+            if (r < 0) {
+                char cn[4200];
+                snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+                unlink(cn);
+            }
         }
         p11_uri u;
-        if (r == 0 && j->p11_new && p11_renewable(m, &u) && (r = p11_switch(m, &u, j->p11_id, err, sizeof(err))) < 0) {
+        if (r == 0 && j->p11_new && p11_renewable(m, &u) && (r = p11_switch(m, &u, j->p11_id, true, err, sizeof(err))) < 0) {
             char cn[4200];
             snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
             unlink(cn);
         }
         if (r == 0)
             renew_test_pause(m, "written");
+        /* pkcs11: the switch on the token is complete, so the intent goes
+         * before the certificate file moves. The other order left, after a
+         * stop between the two, an intent without device.crt.pem.next: the
+         * start undid the switch and deleted the key device.crt.pem is for. */
+        if (r == 0 && j->p11_new) {
+            p11_intent_drop(m);
+            renew_test_pause(m, "p11-intent-dropped");
+        }
         if (r == 0)
             r = renew_swap(m, j->new_key_file, err, sizeof(err));
         if (r == 0 && j->p11_new) {
-            p11_intent_drop(m);
             m->p11_old_pending = true;
+            renew_test_pause(m, "p11-swapped");
         }
     }
     if (r < 0) {
@@ -1972,13 +2156,8 @@ static void renew_done(mgmt *m, job *j)
         m->renew_fails = 0;
         publish_status(m, NULL);
         clear_error(m);
-        char serial[80] = "?";
-        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(m->cert), NULL);
-        char *hex = bn ? BN_bn2hex(bn) : NULL;
-        if (hex)
-            snprintf(serial, sizeof(serial), "%s", hex);
-        OPENSSL_free(hex);
-        BN_free(bn);
+        char serial[80];
+        cert_serial_hex(m->cert, serial, sizeof(serial));
         int64_t na = asn1_unix(X509_get0_notAfter(m->cert));
         bool tpm = m->boot->mgmt.provider == PROFILE_CERT_TPM;
         char what[400];
@@ -2457,6 +2636,8 @@ int mgmt_run(mgmt *m, profile_set *set, const profile *boot, const char *state_d
             decom_submit(m);
             return 0;
         }
+        renew_mark_recover(m);
+        update_recover(m);
         publish_status(m, NULL);
         renew_arm(m);
         submit(m, m->st.profile_version > 0 ? JOB_POLL : JOB_FETCH);

@@ -94,6 +94,36 @@ typedef struct mgmt_state {
 int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len);
 int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err_len);
 
+/* renew.json: an operator's certificate renewal (a cert deployment) under
+ * way or whose feedback is not yet delivered, so a restart finishes that
+ * deployment instead of renewing again: the deployment and the serial of
+ * the certificate it replaces (uppercase hex). A device.crt.pem of another
+ * serial at the next start means the renewal was done. */
+typedef struct mgmt_renew_mark {
+    int64_t deployment;       /* 0: none */
+    char old_serial[80];
+} mgmt_renew_mark;
+/* Missing: deployment 0, 0. Saving deployment 0 removes the file. */
+int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len);
+int mgmt_renew_mark_save(const char *dir, const mgmt_renew_mark *mk, char *err, size_t err_len);
+
+/* update.json: a verified software update stored in the state directory
+ * (file, a plain name there) waiting for its maintenance window or its
+ * result, with the facts of its verified manifest, so a restart still
+ * installs it. The file is hashed again before it is used. */
+typedef struct mgmt_update_mark {
+    int64_t deployment;       /* 0: none */
+    int64_t version;          /* the software bundle's version (software_seq) */
+    char software_version[64];
+    char file[128];
+    char sha256[65];
+    int64_t size;
+} mgmt_update_mark;
+/* Missing: deployment 0, 0; a malformed one: error (mk zeroed). Saving
+ * deployment 0 removes the file. */
+int mgmt_update_mark_load(const char *dir, mgmt_update_mark *mk, char *err, size_t err_len);
+int mgmt_update_mark_save(const char *dir, const mgmt_update_mark *mk, char *err, size_t err_len);
+
 /* ------------------------------------------------------ requests (worker) */
 
 typedef struct mgmt_tls {
@@ -352,6 +382,10 @@ int mgmt_dl_write(mgmt_dl *d, const void *data, size_t len);
 int mgmt_dl_finish(mgmt_dl *d, char *err, size_t err_len);
 /* Drop a download: the temporary file removed. Idempotent. */
 void mgmt_dl_abort(mgmt_dl *d);
+/* A stored file (not a link) still what the signed manifest says: size and
+ * sha256 (64 lowercase hex). 0, or M2MVPN_E_BUNDLE (changed) / M2MVPN_E_IO
+ * with err. */
+int mgmt_file_check(const char *path, int64_t size, const char *sha256, char *err, size_t err_len);
 /* Remove every ".update-*.part" left in dir by a stopped engine. */
 void mgmt_dl_sweep(const char *dir);
 

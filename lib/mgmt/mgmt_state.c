@@ -116,3 +116,138 @@ int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err
     json_object_put(o);
     return r;
 }
+
+/* ------------------------------------------------------------ renew.json */
+
+#define RENEW_MARK "renew.json"
+
+static int drop_file(const char *dir, const char *name, char *err, size_t err_len)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (unlink(path) < 0 && errno != ENOENT) {
+        snprintf(err, err_len, "cannot remove %s in the state directory %s: %s", name, dir, strerror(errno));
+        return M2MVPN_E_IO;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+}
+
+int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len)
+{
+    memset(mk, 0, sizeof(*mk));
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" RENEW_MARK, dir);
+    json_object *o = json_object_from_file(path);
+    if (!o) {
+        if (access(path, F_OK) < 0 && errno == ENOENT)
+            return 0;
+        snprintf(err, err_len, "%s is unreadable or not JSON", path);
+        return M2MVPN_E_IO;
+    }
+    json_object *d, *s;
+    int r = 0;
+    if (!json_object_object_get_ex(o, "deployment", &d) || !json_object_is_type(d, json_type_int) ||
+        json_object_get_int64(d) <= 0 || !json_object_object_get_ex(o, "old_serial", &s) ||
+        !json_object_is_type(s, json_type_string) ||
+        (size_t)json_object_get_string_len(s) >= sizeof(mk->old_serial)) {
+        snprintf(err, err_len, "%s: no positive \"deployment\" and \"old_serial\"", path);
+        r = M2MVPN_E_IO;
+    } else {
+        mk->deployment = json_object_get_int64(d);
+        snprintf(mk->old_serial, sizeof(mk->old_serial), "%s", json_object_get_string(s));
+    }
+    json_object_put(o);
+    return r;
+}
+
+int mgmt_renew_mark_save(const char *dir, const mgmt_renew_mark *mk, char *err, size_t err_len)
+{
+    if (mk->deployment == 0)
+        return drop_file(dir, RENEW_MARK, err, err_len);
+    json_object *o = json_object_new_object();
+    if (!o)
+        return M2MVPN_E_NOMEM;
+    json_object_object_add(o, "deployment", json_object_new_int64(mk->deployment));
+    json_object_object_add(o, "old_serial", json_object_new_string(mk->old_serial));
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+    int r = mgmt_write_file(dir, RENEW_MARK, text, strlen(text), err, err_len);
+    json_object_put(o);
+    return r;
+}
+
+/* ----------------------------------------------------------- update.json */
+
+#define UPDATE_MARK "update.json"
+
+static bool is_hex64(const char *s)
+{
+    return strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
+}
+
+int mgmt_update_mark_load(const char *dir, mgmt_update_mark *mk, char *err, size_t err_len)
+{
+    memset(mk, 0, sizeof(*mk));
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" UPDATE_MARK, dir);
+    json_object *o = json_object_from_file(path);
+    if (!o) {
+        if (access(path, F_OK) < 0 && errno == ENOENT)
+            return 0;
+        snprintf(err, err_len, "%s is unreadable or not JSON", path);
+        return M2MVPN_E_IO;
+    }
+    json_object *dep, *ver, *sv, *file, *sha, *size;
+    int r = M2MVPN_E_IO;
+    if (!json_object_object_get_ex(o, "deployment", &dep) || !json_object_is_type(dep, json_type_int) ||
+        !json_object_object_get_ex(o, "version", &ver) || !json_object_is_type(ver, json_type_int) ||
+        !json_object_object_get_ex(o, "size", &size) || !json_object_is_type(size, json_type_int) ||
+        !json_object_object_get_ex(o, "software_version", &sv) || !json_object_is_type(sv, json_type_string) ||
+        !json_object_object_get_ex(o, "file", &file) || !json_object_is_type(file, json_type_string) ||
+        !json_object_object_get_ex(o, "sha256", &sha) || !json_object_is_type(sha, json_type_string)) {
+        snprintf(err, err_len, "%s: deployment, version, size, software_version, file and sha256 expected", path);
+        goto out;
+    }
+    const char *v = json_object_get_string(sv), *f = json_object_get_string(file),
+               *h = json_object_get_string(sha);
+    mk->deployment = json_object_get_int64(dep);
+    mk->version = json_object_get_int64(ver);
+    mk->size = json_object_get_int64(size);
+    if (mk->deployment <= 0 || mk->version <= 0 || mk->size < 1 || mk->size > MGMT_ARTIFACT_MAX || !*v ||
+        strlen(v) >= sizeof(mk->software_version) || !*f || f[0] == '.' || strchr(f, '/') ||
+        strlen(f) >= sizeof(mk->file) || !is_hex64(h)) {
+        snprintf(err, err_len, "%s: a value is out of range (file must be a plain name, sha256 64 hex)", path);
+        memset(mk, 0, sizeof(*mk));
+        goto out;
+    }
+    snprintf(mk->software_version, sizeof(mk->software_version), "%s", v);
+    snprintf(mk->file, sizeof(mk->file), "%s", f);
+    memcpy(mk->sha256, h, 65);
+    r = 0;
+out:
+    json_object_put(o);
+    return r;
+}
+
+int mgmt_update_mark_save(const char *dir, const mgmt_update_mark *mk, char *err, size_t err_len)
+{
+    if (mk->deployment == 0)
+        return drop_file(dir, UPDATE_MARK, err, err_len);
+    json_object *o = json_object_new_object();
+    if (!o)
+        return M2MVPN_E_NOMEM;
+    json_object_object_add(o, "deployment", json_object_new_int64(mk->deployment));
+    json_object_object_add(o, "version", json_object_new_int64(mk->version));
+    json_object_object_add(o, "software_version", json_object_new_string(mk->software_version));
+    json_object_object_add(o, "file", json_object_new_string(mk->file));
+    json_object_object_add(o, "sha256", json_object_new_string(mk->sha256));
+    json_object_object_add(o, "size", json_object_new_int64(mk->size));
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+    int r = mgmt_write_file(dir, UPDATE_MARK, text, strlen(text), err, err_len);
+    json_object_put(o);
+    return r;
+}

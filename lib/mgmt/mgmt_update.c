@@ -149,6 +149,70 @@ void mgmt_dl_abort(mgmt_dl *d)
     d->tmp[0] = '\0';
 }
 
+int mgmt_file_check(const char *path, int64_t size, const char *sha256, char *err, size_t err_len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        snprintf(err, err_len, "the stored update %s is gone or not a plain file (%s)", path,
+                 fd < 0 ? strerror(errno) : "not a regular file");
+        if (fd >= 0)
+            close(fd);
+        return M2MVPN_E_IO;
+    }
+    int r = M2MVPN_E_BUNDLE;
+    if ((int64_t)sb.st_size != size) {
+        snprintf(err, err_len, "the stored update %s changed on disk: %lld bytes, the signed manifest says %lld",
+                 path, (long long)sb.st_size, (long long)size);
+        close(fd);
+        return r;
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char buf[65536], dg[32];
+    char hex[65];
+    int64_t got = 0;
+    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        snprintf(err, err_len, "sha256 of the stored update failed");
+        r = M2MVPN_E_SYSTEM;
+        goto out;
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(err, err_len, "cannot read the stored update %s: %s", path, strerror(errno));
+            r = M2MVPN_E_IO;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        got += n;
+        if (EVP_DigestUpdate(md, buf, (size_t)n) != 1) {
+            snprintf(err, err_len, "sha256 of the stored update failed");
+            r = M2MVPN_E_SYSTEM;
+            goto out;
+        }
+    }
+    if (EVP_DigestFinal_ex(md, dg, NULL) != 1) {
+        snprintf(err, err_len, "sha256 of the stored update failed");
+        r = M2MVPN_E_SYSTEM;
+        goto out;
+    }
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+    if (got != size || strcmp(hex, sha256) != 0) {
+        snprintf(err, err_len, "the stored update %s changed on disk: its sha256 no longer matches the signed "
+                 "manifest", path);
+        goto out;
+    }
+    r = 0;
+out:
+    EVP_MD_CTX_free(md);
+    close(fd);
+    return r;
+}
+
 void mgmt_dl_sweep(const char *dir)
 {
     DIR *dh = dir ? opendir(dir) : NULL;

@@ -483,3 +483,92 @@ def test_software_update_by_installer(lab):
         assert [x[2] for x in installs()] == ["2.0.0", "2.0.1"]
         assert (c.state_dir / "update-2.0.3.bin").exists()
         assert lab.deployment(pub["id"])["success"] == 0
+
+
+def test_update_waiting_for_window_survives_restart(lab):
+    """A verified update waiting for its maintenance window outlives an
+    engine restart (update.json next to the file): after a SIGKILL and a new
+    start it is installed once the window opens. A stored file changed on
+    disk while the engine was down (same size, one bit) is hashed again
+    before use: never installed, recorded as a failure, removed."""
+    boot = enrolled_device(lab)
+    w = lab.workdir / "inst"
+    w.mkdir()
+    rec = w / "installs.txt"
+    script = w / "install.sh"
+    script.write_text(_INSTALLER.format(rec=rec, fail=w / "fail"))
+    script.chmod(0o755)
+    boot["management"]["installer"] = str(script)
+    boot["management"]["installer_timeout_s"] = 60
+    closed = (time.gmtime().tm_hour + 3) % 24
+
+    def publish(version, data):
+        art = Path(lab.d) / f"fw-{version}.bin"
+        art.write_bytes(data)
+        pub = mh.admin_json(lab.d, lab.srv, "update", "publish", "--group", "fleet", "--file", str(art),
+                            "--version", version, "--window", f"{closed:02d}:00-{closed:02d}:30")
+        assert pub["devices"] == 1, pub
+        return pub
+
+    def open_window(dep_id):
+        # the operator's window reached: the server now says "available"
+        with contextlib.closing(sqlite3.connect(os.path.join(lab.d, "mgmt.db"), timeout=10)) as db:
+            db.execute("UPDATE deployments SET window_start = -1, window_end = -1 WHERE id = ?", (dep_id,))
+            db.commit()
+
+    def settled(dep_id):
+        x = lab.deployment(dep_id)
+        return x["success"] + x["failure"] == 1 and x
+
+    def installs():
+        return [ln.split("|") for ln in rec.read_text().splitlines()] if rec.exists() else []
+
+    def stored_then_killed(version, data):
+        with lab.client(boot) as c:
+            wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+            pub = publish(version, data)
+            wait_until(f"{version} waiting for the window",
+                       lambda: f"update {version} stored; waiting for the maintenance window" in
+                       c.log_path.read_text(), timeout_s=90, tail=c.log_tail)
+            mark = json.loads((c.state_dir / "update.json").read_text())
+            assert (mark["deployment"], mark["software_version"], mark["sha256"], mark["size"]) == \
+                (pub["id"], version, hashlib.sha256(data).hexdigest(), len(data)), mark
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait(10)
+        c.control.unlink(missing_ok=True)  # left by the killed engine
+        return c, pub
+
+    # 1. the honest file: installed after the restart, once the window opens
+    data = os.urandom(200000)
+    c, pub = stored_then_killed("3.0.0", data)
+    f = c.state_dir / "update-3.0.0.bin"
+    assert f.read_bytes() == data and installs() == []
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        assert "update 3.0.0 (deployment %d) stored before the restart" % pub["id"] in c.log_path.read_text()
+        time.sleep(7)  # a poll or more with the window closed: nothing installed
+        assert installs() == [] and f.exists()
+        open_window(pub["id"])
+        dep = wait_until("update 3.0.0 settled", lambda: settled(pub["id"]), timeout_s=60, tail=c.log_tail)
+        assert dep["success"] == 1 and dep["failure"] == 0, dep
+        (argv0, path, version, digest, argc), = installs()
+        assert (Path(path), version, digest) == (f, "3.0.0", hashlib.sha256(data).hexdigest())
+        assert not f.exists()
+        wait_until("update.json gone", lambda: not (c.state_dir / "update.json").exists(), timeout_s=10)
+
+    # 2. the file changed on disk while the engine was down: never installed
+    data = os.urandom(200000)
+    c, pub = stored_then_killed("3.0.1", data)
+    f = c.state_dir / "update-3.0.1.bin"
+    b = bytearray(f.read_bytes())
+    b[1234] ^= 1
+    f.write_bytes(bytes(b))
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        open_window(pub["id"])
+        dep = wait_until("update 3.0.1 settled", lambda: settled(pub["id"]), timeout_s=60, tail=c.log_tail)
+        assert dep["failure"] == 1 and dep["success"] == 0, dep
+        assert [x[2] for x in installs()] == ["3.0.0"]  # never handed to the installer
+        assert "update 3.0.1 refused: the stored update" in c.log_path.read_text()
+        assert "changed on disk: its sha256 no longer matches the signed manifest" in c.log_path.read_text()
+        assert not f.exists() and not (c.state_dir / "update.json").exists()

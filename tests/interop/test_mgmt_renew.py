@@ -19,6 +19,7 @@ pair working and the renewal done again.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -143,6 +144,15 @@ def server_serial(lab, dev_id):
     return mh.norm_serial(dev["serial"])
 
 
+def issued_certs(lab, dev_id):
+    """Serials of every certificate the server issued to the device (its CA's record)."""
+    import contextlib
+    import sqlite3
+    with contextlib.closing(sqlite3.connect(os.path.join(lab.d, "mgmt.db"), timeout=10)) as db:
+        return sorted(mh.norm_serial(r[0]) for r in
+                      db.execute("SELECT serial FROM certificates WHERE device = ?", (dev_id,)))
+
+
 def test_operator_forced_renewal(lab):
     """A certificate of the server's default lifetime, renewed at once on the operator's word."""
     boot = enrolled_device(lab)
@@ -228,10 +238,15 @@ def test_sigkill_after_renewed_cert_written(lab):
     """Killed with device.crt.pem.next and device.key.pem.next on disk, before
     the renames: the next start finishes the swap and connects with the new
     pair. The management server is out of reach during that start, so no
-    other renewal can hide what the recovery did."""
+    other renewal can hide what the recovery did. The deployment id was kept
+    (renew.json): back in reach, the restart reports that same renewal
+    once, and the server never issues a second certificate for it."""
     boot = enrolled_device(lab)
     c, dev_id, dep = killed_in_renewal(lab, boot, "written")
+    issued = issued_certs(lab, dev_id)
+    assert len(issued) == 2, issued    # the enrolment's and the renewal's
     st = c.state_dir
+    assert json.loads((st / "renew.json").read_text())["deployment"] == dep
     crt, key = st / "device.crt.pem", st / "device.key.pem"
     crt_next, key_next = st / "device.crt.pem.next", st / "device.key.pem.next"
     old_serial = mh.cert_serial(crt)
@@ -257,6 +272,19 @@ def test_sigkill_after_renewed_cert_written(lab):
         fb = wait_until("the deployment's feedback", lambda: (x := recorded_feedback(lab, dep))[0] in
                         ("success", "failure") and x, timeout_s=60, tail=c.log_tail)
         assert fb[0] == "success", fb
+        m = re.match(r"certificate renewed: serial ([0-9A-F]+), not_after (\d+) \(finished after a restart\)$", fb[1])
+        assert m and mh.norm_serial(m.group(1)) == new_serial and int(m.group(2)) == na, fb
+        # one certificate for the deployment: the one the killed engine got, still in use
+        assert issued_certs(lab, dev_id) == issued
+        assert mh.cert_serial(crt) == new_serial and server_serial(lab, dev_id) == new_serial
+        info = lab.deployment(dep)
+        assert (info["type"], info["state"], info["success"], info["failure"]) == ("cert", "done", 1, 0), info
+        wait_until("renew.json gone once its feedback is delivered", lambda: not (st / "renew.json").exists(),
+                   timeout_s=30, tail=c.log_tail)
+        # a later poll does not renew for it either
+        time.sleep(7)
+        assert issued_certs(lab, dev_id) == issued
+        assert "certificate renewal asked by the server" not in c.log_path.read_text()
         wait_until("connected", lambda: connected_with(c, 1), timeout_s=60, tail=c.log_tail)
         assert mh.cert_matches_key(crt, key)
         assert pings(lab.topo) == 3

@@ -213,3 +213,160 @@ def test_renewal_tpm_killed_in_swap(lab, workdir, step, tamper):  # noqa: F811
             assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
     finally:
         tpm.stop()
+
+
+def softhsm_token(workdir, name="tokens"):
+    """A SoftHSM2 token "m2m" in workdir: (env for it, env for the same token
+    whose module refuses to generate key pairs: slots.mechanisms without
+    CKM_EC_KEY_PAIR_GEN and CKM_RSA_PKCS_KEY_PAIR_GEN, as on tokens that
+    only hold keys made elsewhere)."""
+    tokens = workdir / name
+    tokens.mkdir()
+    conf, nogen = workdir / "softhsm2.conf", workdir / "softhsm2-nogen.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    nogen.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
+                     # SoftHSM 2.6.1 skips the first name after "-": given twice
+                     "slots.mechanisms = -CKM_EC_KEY_PAIR_GEN,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", PIN, "--so-pin", "0000"],
+                   check=True, capture_output=True, env=dict(os.environ, **env))
+    return env, {"SOFTHSM2_CONF": str(nogen)}
+
+
+def token_objects(env, typ=None):
+    """pkcs11-tool's listing of the token's objects (all, or of --type typ)."""
+    cmd = ["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--login", "--pin", PIN, "--list-objects"]
+    if typ:
+        cmd += ["--type", typ]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, **env)).stdout
+
+
+def token_certs(env, label):
+    """The DER certificates on the token labelled `label`, as PEM text."""
+    out = []
+    for cid in re.findall(r"Certificate Object.*?label:\s+(\S+)\n.*?ID:\s+(\S+)", token_objects(env, "cert"), re.S):
+        if cid[0] != label:
+            continue
+        der = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--login", "--pin", PIN,
+                              "--read-object", "--type", "cert", "--id", cid[1]], capture_output=True, check=True,
+                             env=dict(os.environ, **env)).stdout
+        out.append(subprocess.run(["openssl", "x509", "-inform", "DER"], input=der, capture_output=True,
+                                  check=True).stdout.decode())
+    return out
+
+
+def test_renewal_same_key_when_the_token_cannot_generate(lab, workdir):
+    """A token whose module refuses key generation (CKR_MECHANISM_INVALID):
+    an operator's renewal renews the same key, and the renewed certificate
+    replaces the old one on the token (one certificate object with the
+    key's label, the new one), so the tunnel authenticates with it."""
+    from test_mgmt_renew import cert_renew
+    from test_mgmt_dayn_device import connected_with, pings, recorded_feedback
+    env, nogen = softhsm_token(workdir)
+    boot = enrolled_device(lab)
+    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    with lab.client(boot, env=env) as c:   # enrolment: the key made on the token
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), timeout_s=90, tail=c.log_tail)
+    with lab.client(boot, env=nogen) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), timeout_s=90, tail=c.log_tail)
+        old_pem = (c.state_dir / "device.crt.pem").read_text()
+        assert token_certs(nogen, "dev") == [old_pem]
+        first = c.status()["credential"]["not_after"]
+        dep = cert_renew(lab)
+        fb = wait_until("the renewal's feedback recorded", lambda: (x := recorded_feedback(lab, dep))[0] in
+                        ("success", "failure") and x, timeout_s=60, tail=c.log_tail)
+        assert fb[0] == "success" and fb[1].endswith("(same key)"), fb
+        log = c.log_path.read_text()
+        assert "the same key was renewed: token \"m2m\" does not offer ECC P-256 key generation " \
+            "(mechanism not listed)" in log, c.log_tail()
+        new_pem = (c.state_dir / "device.crt.pem").read_text()
+        assert new_pem != old_pem and pubkey_of(new_pem) == pubkey_of(old_pem)
+        # one certificate labelled as the key: the renewed one
+        assert token_certs(nogen, "dev") == [new_pem]
+        objs = token_objects(nogen)
+        assert objs.count("Certificate Object") == 1 and objs.count("Private Key Object") == 1, objs
+        assert "dev.next" not in objs and "dev.old" not in objs, objs
+        # the tunnel moved to it (reauthenticated with the token's certificate)
+        na = mgmt_of(c)["cert_not_after"]
+        assert na > first
+        wait_until("the tunnel on the renewed certificate", lambda: c.status()["credential"]["not_after"] == na,
+                   timeout_s=60, tail=c.log_tail)
+        wait_until("connected", lambda: connected_with(c, 1), timeout_s=60, tail=c.log_tail)
+        assert pings(lab.topo) == 3
+
+
+# The steps of a PKCS#11 new-key renewal the engine can be killed after
+# (M2MVPN_TEST_RENEW_PAUSE), and whether the certificate was on disk by then
+# (device.crt.pem.next: the restart finishes that renewal, no second one).
+P11_STEPS = [("p11-generated", False), ("issued", False), ("p11-relabelled", True), ("written", True),
+             ("p11-intent-dropped", True), ("p11-swapped", True)]
+
+
+def token_consistent(env, state_dir):
+    """The token holds one key pair and one certificate, all labelled "dev",
+    the certificate being device.crt.pem and for that key; no .next/.old
+    object, no intent file, no .next file. Returns the certificate or None."""
+    objs = token_objects(env)
+    if (objs.count("Private Key Object"), objs.count("Public Key Object"), objs.count("Certificate Object"),
+            objs.count("label:      dev\n")) != (1, 1, 1, 3):
+        return None
+    crt = (state_dir / "device.crt.pem").read_text()
+    if token_certs(env, "dev") != [crt]:
+        return None
+    pub = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "m2m", "--login", "--pin", PIN,
+                          "--read-object", "--type", "pubkey", "--label", "dev"], capture_output=True, check=True,
+                         env=dict(os.environ, **env)).stdout
+    pub_pem = subprocess.run(["openssl", "pkey", "-pubin", "-inform", "DER"], input=pub, capture_output=True,
+                             check=True).stdout
+    if pub_pem != pubkey_of(crt):
+        return None
+    if [p.name for p in state_dir.iterdir() if p.name.endswith(".next")]:
+        return None
+    return crt
+
+
+def test_pkcs11_renewal_killed_at_each_step(lab, workdir):
+    """SIGKILL of the engine after each step of a new-key renewal on a
+    SoftHSM2 token, then a start without the hook: the device ends on one
+    consistent key pair + certificate (the token's and device.crt.pem), the
+    deployment reported once as a success, the tunnel up on it, nothing
+    stray left on the token."""
+    import signal
+    from test_mgmt_renew import cert_renew, issued_certs
+    from test_mgmt_dayn_device import connected_with, pings, recorded_feedback
+    env, _ = softhsm_token(workdir)
+    boot = enrolled_device(lab)
+    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    with lab.client(boot, env=env) as c:   # enrolment: the key made on the token
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), timeout_s=90, tail=c.log_tail)
+        dev_id = mgmt_of(c)["device_id"]
+        assert token_consistent(env, c.state_dir)
+    for step, cert_on_disk in P11_STEPS:
+        with lab.client(boot, env=dict(env, M2MVPN_TEST_RENEW_PAUSE=step)) as c:
+            wait_until("connected on profile 1", lambda: connected_with(c, 1), timeout_s=90, tail=c.log_tail)
+            old = (c.state_dir / "device.crt.pem").read_text()
+            dep = cert_renew(lab)
+            wait_until(f"paused after {step}", lambda: f"paused after renewal step {step}" in
+                       c.log_path.read_text(), timeout_s=60, tail=c.log_tail)
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait(10)
+        c.control.unlink(missing_ok=True)  # left by the killed engine
+        issued = issued_certs(lab, dev_id)
+        with lab.client(boot, env=env) as c:
+            wait_until(f"{step}: connected on profile 1", lambda: connected_with(c, 1), timeout_s=90,
+                       tail=c.log_tail)
+            fb = wait_until(f"{step}: the deployment's feedback", lambda: (x := recorded_feedback(lab, dep))[0] in
+                            ("success", "failure") and x, timeout_s=60, tail=c.log_tail)
+            assert fb[0] == "success", (step, fb)
+            crt = wait_until(f"{step}: one consistent key pair and certificate on the token",
+                             lambda: token_consistent(env, c.state_dir), timeout_s=30, tail=c.log_tail)
+            assert crt != old, step
+            if cert_on_disk:   # finished, not renewed again: no other certificate issued
+                assert issued_certs(lab, dev_id) == issued, step
+                assert fb[1].endswith("(finished after a restart)"), (step, fb)
+            na = mgmt_of(c)["cert_not_after"]
+            wait_until(f"{step}: the tunnel on that certificate", lambda: c.status()["credential"]["not_after"] == na
+                       and connected_with(c, 1), timeout_s=60, tail=c.log_tail)
+            assert pings(lab.topo) == 3, step

@@ -663,6 +663,87 @@ START_TEST(test_journal_no_prev)
 }
 END_TEST
 
+/* renew.json and update.json: what a restart takes up again. A stored
+ * update's file must stay a plain name in the state directory, its sha256
+ * one the re-hash can compare with. */
+START_TEST(test_restart_marks)
+{
+    char dir[] = "/tmp/m2mvpn-marks-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char err[256] = "";
+    mgmt_renew_mark rm = { .deployment = 7 }, rb;
+    snprintf(rm.old_serial, sizeof(rm.old_serial), "0A1B");
+    ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), 0);
+    ck_assert_int_eq(rb.deployment, 0);
+    ck_assert_int_eq(mgmt_renew_mark_save(dir, &rm, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), 0);
+    ck_assert_int_eq(rb.deployment, 7);
+    ck_assert_str_eq(rb.old_serial, "0A1B");
+    rm.deployment = 0;
+    ck_assert_int_eq(mgmt_renew_mark_save(dir, &rm, err, sizeof(err)), 0);
+    ck_assert(!has_file(dir, "renew.json"));
+
+    static const char sha[] = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    mgmt_update_mark um = { .deployment = 3, .version = 5, .size = 4 }, ub;
+    snprintf(um.software_version, sizeof(um.software_version), "1.2.3");
+    snprintf(um.file, sizeof(um.file), "update-1.2.3.bin");
+    memcpy(um.sha256, sha, sizeof(um.sha256));
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &um, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_update_mark_load(dir, &ub, err, sizeof(err)), 0);
+    ck_assert_int_eq(ub.deployment, 3);
+    ck_assert_int_eq(ub.version, 5);
+    ck_assert_int_eq(ub.size, 4);
+    ck_assert_str_eq(ub.file, "update-1.2.3.bin");
+    ck_assert_str_eq(ub.sha256, sha);
+    /* refused: a path out of the state directory, a hidden file, no hash */
+    static const char *const bad[] = {
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1\", "
+        "\"file\": \"../../usr/bin/x\", \"sha256\": \"%s\"}",
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1\", "
+        "\"file\": \".update-1.bin.part\", \"sha256\": \"%s\"}",
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1\", "
+        "\"file\": \"update-1.bin\", \"sha256\": \"%.10s\"}",
+        "{\"deployment\": 3, \"version\": 5, \"size\": 0, \"software_version\": \"1\", "
+        "\"file\": \"update-1.bin\", \"sha256\": \"%s\"}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[512];
+        int n = snprintf(text, sizeof(text), bad[i], sha);
+        ck_assert_int_eq(mgmt_write_file(dir, "update.json", text, (size_t)n, err, sizeof(err)), 0);
+        ub.deployment = 99;
+        ck_assert_int_eq(mgmt_update_mark_load(dir, &ub, err, sizeof(err)), M2MVPN_E_IO);
+        ck_assert_int_eq(ub.deployment, 0);
+        ck_assert_msg(strstr(err, "update.json"), "%s", err);
+    }
+    um.deployment = 0;
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &um, err, sizeof(err)), 0);
+    ck_assert(!has_file(dir, "update.json"));
+    rm_dir(dir);
+}
+END_TEST
+
+/* The stored update hashed again before use: a changed byte is refused. */
+START_TEST(test_stored_update_rehashed)
+{
+    char dir[] = "/tmp/m2mvpn-rehash-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char err[256] = "", path[300];
+    static const char sha[] = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; /* "test" */
+    ck_assert_int_eq(mgmt_write_file(dir, "update-1.bin", "test", 4, err, sizeof(err)), 0);
+    snprintf(path, sizeof(path), "%s/update-1.bin", dir);
+    ck_assert_int_eq(mgmt_file_check(path, 4, sha, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_write_file(dir, "update-1.bin", "tesT", 4, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_file_check(path, 4, sha, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "changed on disk"), "%s", err);
+    ck_assert_int_eq(mgmt_file_check(path, 5, sha, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    unlink(path);
+    ck_assert_int_eq(symlink("/etc/hostname", path), 0);
+    ck_assert_int_eq(mgmt_file_check(path, 4, sha, err, sizeof(err)), M2MVPN_E_IO);
+    unlink(path);
+    rm_dir(dir);
+}
+END_TEST
+
 /* ---------------------------------------------------------- day N: poll */
 
 START_TEST(test_poll_parse)
@@ -1296,6 +1377,8 @@ static Suite *mgmt_suite(void)
     tcase_add_loop_test(tc, test_journal_kill_each_step, 0, 5);
     tcase_add_test(tc, test_journal_commit_half);
     tcase_add_test(tc, test_journal_no_prev);
+    tcase_add_test(tc, test_restart_marks);
+    tcase_add_test(tc, test_stored_update_rehashed);
     tcase_add_test(tc, test_poll_parse);
     tcase_add_test(tc, test_software_bundle_and_artifact);
     tcase_add_test(tc, test_dl_stream_verified);

@@ -1094,7 +1094,10 @@ int cred_tpm_key_public(const char *path, EVP_PKEY **ret, char *err, size_t err_
     tss2_key_blob *blob = calloc(1, sizeof *blob);
     if (!blob)
         return M2MVPN_E_NOMEM;
-    int rc = pki_read_file(path, &data, &len, err, err_len);
+    /* no TPM needed, but tpm2-tss's unmarshalling: loaded first */
+    int rc = tss2_load(err, err_len);
+    if (rc == 0)
+        rc = pki_read_file(path, &data, &len, err, err_len);
     if (rc == 0)
         rc = tss2_key_parse_pem(data, len, blob, why, sizeof why);
     free(data);

@@ -78,7 +78,7 @@ static void rearm(ike_sa *sa)
     uint64_t next = UINT64_MAX;
     if (sa->ike_rekey_at_ms)
         next = sa->ike_rekey_at_ms;
-    if (sa->want_rekey_child && sa->child_retry_at_ms && sa->child_retry_at_ms < next)
+    if (ike_task_queued(sa, IKE_TASK_REKEY_CHILD) && sa->child_retry_at_ms && sa->child_retry_at_ms < next)
         next = sa->child_retry_at_ms;
     if (sa->quiet_until_ms && sa->quiet_until_ms < next)
         next = sa->quiet_until_ms;
@@ -158,6 +158,8 @@ static void retire(ike_sa *sa, uint32_t spi_in, uint32_t spi_out, bool we_delete
     r->we_delete = we_delete;
     r->installed = installed;
     r->deadline_ms = we_delete ? 0 : now_ms(sa) + PEER_DELETE_WAIT_MS;
+    if (we_delete)
+        ike_task_queue(sa, IKE_TASK_DELETE_CHILD);
 }
 
 static void forget_retiring(ike_sa *sa, size_t i)
@@ -438,7 +440,7 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
         sa->quiet_until_ms = 0; /* it has the new one */
         zombie_free(z);
         rearm(sa);
-        ike_rekey_kick(sa);
+        ike_task_run(sa);
     }
     return 1;
 }
@@ -599,19 +601,18 @@ int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in)
         return 0; /* under way */
     if (spi_in != sa->child_spi_in)
         return M2MVPN_E_STATE;
-    if (!sa->want_rekey_child) {
+    if (!ike_task_queued(sa, IKE_TASK_REKEY_CHILD)) {
         LOG_INFO(sa->log, "ike", "rekeying CHILD SA %08x/%08x", sa->child_spi_in, sa->child_spi_out);
-        sa->want_rekey_child = true;
+        ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
         sa->child_retry_at_ms = 0;
     }
-    ike_rekey_kick(sa);
+    ike_task_run(sa);
     return 0;
 }
 
-static void rekey_child_start(ike_sa *sa)
+static ike_task_status rekey_child_build(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
-    sa->want_rekey_child = false;
     crypto_ke_free(sa->rk.ke);
     sa->rk.ke = NULL;
     sa->rk.collided = false;
@@ -652,14 +653,15 @@ static void rekey_child_start(ike_sa *sa)
     if (r < 0) {
         LOG_WARN(sa->log, "ike", "cannot rekey CHILD SA %08x (%s): trying again in %u s", sa->rk.old_spi_in,
                  m2mvpn_strerror(r), REKEY_RETRY_MS / 1000);
-        sa->want_rekey_child = true;
+        ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
         sa->child_retry_at_ms = now_ms(sa) + REKEY_RETRY_MS;
         rearm(sa);
-        return;
+        return IKE_TASK_FAILED;
     }
     LOG_INFO(sa->log, "ike", "CREATE_CHILD_SA to %s: rekey CHILD SA %08x -> %08x%s%s", sa->gw_text,
              sa->rk.old_spi_in, sa->rk.new_spi_in, sa->rk.group ? ", PFS " : "",
              sa->rk.group ? proposal_ke_name(sa->rk.group) : "");
+    return IKE_TASK_NEED_MORE;
 }
 
 /* The gateway's SA from a collision becomes the current one. */
@@ -697,14 +699,17 @@ static void child_rekey_failed(ike_sa *sa, const char *why)
     LOG_WARN(sa->log, "ike", "rekeying CHILD SA %08x failed: %s; trying again in %u s", sa->rk.old_spi_in, why,
              REKEY_RETRY_MS / 1000);
     if (sa->rk.old_spi_in == sa->child_spi_in) {
-        sa->want_rekey_child = true;
+        ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
         sa->child_retry_at_ms = now_ms(sa) + REKEY_RETRY_MS;
         rearm(sa);
     }
 }
 
-static void rekey_child_response(ike_sa *sa, const ike_chain *c)
+static ike_task_status rekey_child_process(ike_sa *sa, const ike_message *msg, const ike_chain *c)
 {
+    (void)msg;
+    if (sa->state != IKE_SA_ESTABLISHED)
+        return IKE_TASK_DONE;
     const profile *p = sa->cfg.prof;
     if (sa->rk.moot) {
         /* The gateway settled a collision before our answer came (it
@@ -722,7 +727,7 @@ static void rekey_child_response(ike_sa *sa, const ike_chain *c)
             retire(sa, sa->rk.new_spi_in, buf_load_be32(ch.spi), true, false);
         }
         sa->rk.new_spi_in = 0;
-        return;
+        return IKE_TASK_DONE;
     }
     ike_diag d;
     ike_diag_clear(&d);
@@ -737,19 +742,19 @@ static void rekey_child_response(ike_sa *sa, const ike_chain *c)
             LOG_INFO(sa->log, "ike", "gateway wants %s for the CHILD SA rekey: retrying", proposal_ke_name(group));
             sa->rk.ke_retried = true;
             sa->rk.group = group;
-            sa->want_rekey_child = true;
+            ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
             sa->child_retry_at_ms = 0;
-            return;
+            return IKE_TASK_DONE;
         }
         sa->rk.ke_retried = false;
         child_rekey_failed(sa, "INVALID_KE_PAYLOAD for a group we do not offer");
-        return;
+        return IKE_TASK_FAILED;
     }
     sa->rk.ke_retried = false;
     if (error_notify(c, err, sizeof(err))) {
         crypto_ke_free(ke);
         child_rekey_failed(sa, err);
-        return;
+        return IKE_TASK_FAILED;
     }
     const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
     const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
@@ -784,7 +789,7 @@ static void rekey_child_response(ike_sa *sa, const ike_chain *c)
     secure_wipe(g_ir, sizeof(g_ir));
     if (r < 0) {
         child_rekey_failed(sa, err);
-        return;
+        return IKE_TASK_FAILED;
     }
     uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
     res.keymat_len = ike_child_keymat(keys, true, keymat, sizeof(keymat));
@@ -823,6 +828,7 @@ static void rekey_child_response(ike_sa *sa, const ike_chain *c)
     }
     secure_wipe(keymat, sizeof(keymat));
     sa->rk.new_spi_in = 0;
+    return IKE_TASK_DONE;
 }
 
 /* ------------------------------------------------------- IKE SA, initiator */
@@ -831,15 +837,14 @@ int ike_sa_rekey_ike(ike_sa *sa)
 {
     if (!sa || sa->state != IKE_SA_ESTABLISHED)
         return M2MVPN_E_STATE;
-    sa->want_rekey_ike = true;
-    ike_rekey_kick(sa);
+    ike_task_queue(sa, IKE_TASK_REKEY_IKE);
+    ike_task_run(sa);
     return 0;
 }
 
-static void rekey_ike_start(ike_sa *sa)
+static ike_task_status rekey_ike_build(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
-    sa->want_rekey_ike = false;
     crypto_ke_free(sa->rki.ke);
     sa->rki.ke = NULL;
     new_ike_free(&sa->rki.peer);
@@ -872,9 +877,10 @@ static void rekey_ike_start(ike_sa *sa)
                  REKEY_RETRY_MS / 1000);
         sa->ike_rekey_at_ms = now_ms(sa) + REKEY_RETRY_MS;
         rearm(sa);
-        return;
+        return IKE_TASK_FAILED;
     }
     LOG_INFO(sa->log, "ike", "CREATE_CHILD_SA to %s: rekey IKE SA (%s)", sa->gw_text, proposal_ke_name(sa->ke_group));
+    return IKE_TASK_NEED_MORE;
 }
 
 /* New IKE SA keys: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) (§2.18). */
@@ -961,8 +967,11 @@ static void ike_rekey_failed(ike_sa *sa, const char *why)
     rearm(sa);
 }
 
-static void rekey_ike_response(ike_sa *sa, const ike_chain *c)
+static ike_task_status rekey_ike_process(ike_sa *sa, const ike_message *msg, const ike_chain *c)
 {
+    (void)msg;
+    if (sa->state != IKE_SA_ESTABLISHED)
+        return IKE_TASK_DONE;
     const profile *p = sa->cfg.prof;
     ike_diag d;
     ike_diag_clear(&d);
@@ -976,17 +985,17 @@ static void rekey_ike_response(ike_sa *sa, const ike_chain *c)
         if (!sa->rki.ke_retried && group && profile_offers_ke(p->ike.proposals, p->ike.n_proposals, group)) {
             sa->rki.ke_retried = true;
             sa->ke_group = group;
-            sa->want_rekey_ike = true;
-            return;
+            ike_task_queue(sa, IKE_TASK_REKEY_IKE);
+            return IKE_TASK_DONE;
         }
         ike_rekey_failed(sa, "INVALID_KE_PAYLOAD for a group we do not offer");
-        return;
+        return IKE_TASK_FAILED;
     }
     sa->rki.ke_retried = false;
     if (error_notify(c, err, sizeof(err))) {
         crypto_ke_free(ke);
         ike_rekey_failed(sa, err);
-        return;
+        return IKE_TASK_FAILED;
     }
     const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
     const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
@@ -1025,7 +1034,7 @@ static void rekey_ike_response(ike_sa *sa, const ike_chain *c)
     if (r < 0) {
         new_ike_free(&ours);
         ike_rekey_failed(sa, err);
-        return;
+        return IKE_TASK_FAILED;
     }
     if (sa->rki.collided) {
         bool ours_redundant = nonce_cmp(ours.min_nonce, ours.min_nonce_len, sa->rki.peer.min_nonce,
@@ -1050,14 +1059,30 @@ static void rekey_ike_response(ike_sa *sa, const ike_chain *c)
         r = switch_ike(sa, &ours, true, false);
     }
     new_ike_free(&ours);
-    if (r < 0)
+    if (r < 0) {
         ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot switch to the rekeyed IKE SA");
+        return IKE_TASK_FAILED;
+    }
+    return IKE_TASK_DONE;
 }
 
 /* ------------------------------------------------------- Deletes we send */
 
-static void send_child_delete(ike_sa *sa, ike_retiring *r)
+static ike_retiring *next_child_delete(ike_sa *sa)
 {
+    for (size_t i = 0; i < sa->n_retiring; i++) {
+        ike_retiring *r = &sa->retiring[i];
+        if (r->we_delete && !r->delete_sent && !r->done)
+            return r;
+    }
+    return NULL;
+}
+
+static ike_task_status delete_child_build(ike_sa *sa)
+{
+    ike_retiring *r = next_child_delete(sa);
+    if (!r)
+        return IKE_TASK_DONE;
     uint8_t inner[32], spi[4];
     buf_writer w;
     buf_writer_init(&w, inner, sizeof(inner));
@@ -1067,17 +1092,25 @@ static void send_child_delete(ike_sa *sa, ike_retiring *r)
     ike_build_delete(&cw, IKE_PROTO_ESP, 4, spi, 1);
     ike_chain_writer_finish(&cw);
     r->delete_sent = true;
+    if (next_child_delete(sa))
+        ike_task_queue(sa, IKE_TASK_DELETE_CHILD); /* one per exchange: the next after this one */
     LOG_INFO(sa->log, "ike", "deleting replaced CHILD SA %08x/%08x", r->spi_in, r->spi_out);
     if (ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner, buf_writer_len(&w),
                               cw.first_type, IKE_TASK_DELETE_CHILD) < 0) {
         r->done = true;
         r->deadline_ms = now_ms(sa) + CHILD_GRACE_MS;
         rearm(sa);
+        return IKE_TASK_FAILED;
     }
+    return IKE_TASK_NEED_MORE;
 }
 
-static void delete_child_response(ike_sa *sa)
+static ike_task_status delete_child_process(ike_sa *sa, const ike_message *msg, const ike_chain *c)
 {
+    (void)msg;
+    (void)c;
+    if (sa->state != IKE_SA_ESTABLISHED)
+        return IKE_TASK_DONE;
     for (size_t i = 0; i < sa->n_retiring; i++) {
         ike_retiring *r = &sa->retiring[i];
         if (r->we_delete && r->delete_sent && !r->done) {
@@ -1088,57 +1121,52 @@ static void delete_child_response(ike_sa *sa)
         }
     }
     rearm(sa);
+    return IKE_TASK_DONE;
 }
 
-void ike_rekey_process_response(ike_sa *sa, ike_task task, const ike_chain *inner)
+/* Our requests on an IKE SA the gateway just created wait until it shows
+ * it has it (quiet_until_ms). */
+static bool rekey_ready(ike_sa *sa)
 {
-    if (sa->state != IKE_SA_ESTABLISHED)
-        return;
-    sa->last_heard_ms = now_ms(sa);
-    switch (task) {
-    case IKE_TASK_REKEY_CHILD:
-        rekey_child_response(sa, inner);
-        break;
-    case IKE_TASK_REKEY_IKE:
-        rekey_ike_response(sa, inner);
-        break;
-    case IKE_TASK_DELETE_CHILD:
-        delete_child_response(sa);
-        break;
-    default:
-        break;
+    if (!sa->quiet_until_ms)
+        return true;
+    if (now_ms(sa) < sa->quiet_until_ms) {
+        rearm(sa);
+        return false;
     }
+    sa->quiet_until_ms = 0;
+    return true;
 }
+
+static bool rekey_child_ready(ike_sa *sa)
+{
+    return rekey_ready(sa) && now_ms(sa) >= sa->child_retry_at_ms;
+}
+
+const ike_task_ops ike_task_rekey_child = {
+    .kind = IKE_TASK_REKEY_CHILD,
+    .ready = rekey_child_ready,
+    .build = rekey_child_build,
+    .process = rekey_child_process,
+};
+
+const ike_task_ops ike_task_rekey_ike = {
+    .kind = IKE_TASK_REKEY_IKE,
+    .ready = rekey_ready,
+    .build = rekey_ike_build,
+    .process = rekey_ike_process,
+};
+
+const ike_task_ops ike_task_delete_child = {
+    .kind = IKE_TASK_DELETE_CHILD,
+    .ready = rekey_ready,
+    .build = delete_child_build,
+    .process = delete_child_process,
+};
 
 void ike_rekey_heard(ike_sa *sa)
 {
     sa->quiet_until_ms = 0;
-}
-
-void ike_rekey_kick(ike_sa *sa)
-{
-    if (sa->state != IKE_SA_ESTABLISHED || sa->req.task != IKE_TASK_NONE)
-        return;
-    if (sa->quiet_until_ms) {
-        if (now_ms(sa) < sa->quiet_until_ms) {
-            rearm(sa);
-            return;
-        }
-        sa->quiet_until_ms = 0;
-    }
-    for (size_t i = 0; i < sa->n_retiring; i++) {
-        ike_retiring *r = &sa->retiring[i];
-        if (r->we_delete && !r->delete_sent && !r->done) {
-            send_child_delete(sa, r);
-            return;
-        }
-    }
-    if (sa->want_rekey_child && now_ms(sa) >= sa->child_retry_at_ms) {
-        rekey_child_start(sa);
-        return;
-    }
-    if (sa->want_rekey_ike)
-        rekey_ike_start(sa);
 }
 
 static void on_timer(void *arg)
@@ -1154,7 +1182,7 @@ static void on_timer(void *arg)
     if (sa->ike_rekey_at_ms && now >= sa->ike_rekey_at_ms) {
         sa->ike_rekey_at_ms = 0;
         LOG_INFO(sa->log, "ike", "IKE SA soft lifetime reached: rekeying");
-        sa->want_rekey_ike = true;
+        ike_task_queue(sa, IKE_TASK_REKEY_IKE);
     }
     for (size_t i = 0; i < sa->n_retiring;) {
         ike_retiring *r = &sa->retiring[i];
@@ -1167,12 +1195,13 @@ static void on_timer(void *arg)
                 LOG_INFO(sa->log, "ike", "the gateway did not delete replaced CHILD SA %08x: we do", r->spi_in);
                 r->we_delete = true;
                 r->deadline_ms = 0;
+                ike_task_queue(sa, IKE_TASK_DELETE_CHILD);
             }
         }
         i++;
     }
     rearm(sa);
-    ike_rekey_kick(sa);
+    ike_task_run(sa);
 }
 
 /* ------------------------------------------------------- as responder */

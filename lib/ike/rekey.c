@@ -911,8 +911,10 @@ static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool old_g
     if (r < 0)
         return r;
     if (sa->req.task == IKE_TASK_DPD) {
-        /* A liveness check on the old SA: the new one is proof enough. */
+        /* A liveness check on the old SA: the new one is proof enough; the
+         * task, queued again, plans the next one. */
         ike_sa_request_done(sa);
+        ike_task_queue(sa, IKE_TASK_DPD);
     }
     ike_zombie *z = make_zombie(sa, we_delete_old);
     if (old_gone) {

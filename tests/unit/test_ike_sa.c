@@ -2720,9 +2720,10 @@ END_TEST
 /* The gateway rekeys the IKE SA (§1.3.2): we answer, the new SA has the
  * gateway as its original initiator (flags and key directions follow,
  * §2.18), its Delete of the old SA is answered there and the SA stays up. */
-START_TEST(test_rekey_ike_by_gateway)
+/* The gateway rekeys the IKE SA (request 0 on the current one, answered);
+ * the fake gateway moves to the new SA, its old keys in old. */
+static void gw_rekeys_ike(fg_keys *old)
 {
-    establish();
     size_t n0 = n_sent();
     uint8_t gw_spi[8] = { 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 }, ni[32], pub[CRYPTO_MAX_KE_LEN];
     size_t pub_len = 0;
@@ -2758,8 +2759,15 @@ START_TEST(test_rekey_ike_by_gateway)
     ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err)), 0);
     crypto_ke_free(gke);
     ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    fg_rekey_ike_keys(&T->gw, true, gw_spi, spi_r, g_ir, g_len, ni, sizeof(ni), nr_copy, nr_len, old);
+}
+
+START_TEST(test_rekey_ike_by_gateway)
+{
+    establish();
+    size_t n0 = n_sent();
     fg_keys old;
-    fg_rekey_ike_keys(&T->gw, true, gw_spi, spi_r, g_ir, g_len, ni, sizeof(ni), nr_copy, nr_len, &old);
+    gw_rekeys_ike(&old);
     /* A request of ours waits until the gateway shows it has the new SA
      * (else it may arrive first and be dropped as for an unknown SA). */
     ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
@@ -3199,6 +3207,36 @@ START_TEST(test_gateway_deletes_ike_during_our_rekey)
 }
 END_TEST
 
+/* The gateway rekeys the IKE SA while our liveness check is out: the check
+ * is dropped (the rekey showed the gateway alive), and the next one goes a
+ * period later on the new SA. */
+START_TEST(test_dpd_abandoned_by_ike_rekey)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2);
+    fg_keys old;
+    gw_rekeys_ike(&old);
+    fg_swap_keys(&T->gw, &old); /* it deletes the old SA there */
+    fg_chain del;
+    fg_chain_begin(&del);
+    ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+    deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
+    fg_swap_keys(&T->gw, &old);
+    size_t n1 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n1);
+    advance(1);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    ck_assert_uint_eq(open_any(sent(n1), IKE_EXCH_INFORMATIONAL, false, 0)->n, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
 /* IKE_SA_INIT is the SA's first task, started once: a second start while
  * it is under way or later sends nothing. */
 START_TEST(test_start_once)
@@ -3300,6 +3338,7 @@ static Suite *ike_sa_suite(void)
         { "interleaved", test_gateway_deletes_ike_during_our_rekey },
         { "interleaved", test_close_with_tasks_queued },
         { "interleaved", test_start_once },
+        { "interleaved", test_dpd_abandoned_by_ike_rekey },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

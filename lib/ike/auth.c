@@ -511,10 +511,8 @@ static int granted_ts(const ike_sa *sa, const ike_ts_list *got, const char *whic
     return 0;
 }
 
-int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, size_t ni_len,
-                          const uint8_t *nr, size_t nr_len, const uint8_t *g_ir, size_t g_ir_len,
-                          bool need_cp, uint32_t spi_in, ike_child_result *res,
-                          crypto_child_keys **keys, char *err, size_t err_len)
+/* An error notify instead of the CHILD SA: its error code and why, else 0. */
+static int child_refused(ike_sa *sa, const ike_chain *c, char *err, size_t err_len)
 {
     const profile *p = sa->cfg.prof;
     ike_diag d;
@@ -534,6 +532,52 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
             return child_errors[i].err;
         }
     }
+    return 0;
+}
+
+/* The virtual IPs and DNS servers of a CP(CFG_REPLY). */
+static void take_cp(const ike_chain *c, ike_child_result *res)
+{
+    const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);
+    ike_cp cp;
+    ike_diag d;
+    if (!cp_pl || ike_cp_parse(cp_pl->body, &cp, &d) < 0 || cp.cfg_type != IKE_CFG_REPLY)
+        return;
+    const ike_cp_attr *a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL);
+    if (a && a->value.len == 4) {
+        memcpy(res->vip, a->value.p, 4);
+        res->has_vip = true;
+    }
+    for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, NULL); a && res->n_dns < IKE_MAX_DNS;
+         a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, a))
+        if (a->value.len == 4)
+            memcpy(res->dns[res->n_dns++], a->value.p, 4);
+    /* Address and prefix length (RFC 7296 §3.15.1); a prefix length of
+     * 0 or above 128 is no usable assignment. */
+    a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_ADDRESS, NULL);
+    if (a && a->value.len == 17 && a->value.p[16] >= 1 && a->value.p[16] <= 128) {
+        memcpy(res->vip6, a->value.p, 16);
+        res->vip6_prefix_len = a->value.p[16];
+        res->has_vip6 = true;
+    }
+    for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, NULL); a && res->n_dns6 < IKE_MAX_DNS;
+         a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, a))
+        if (a->value.len == 16)
+            memcpy(res->dns6[res->n_dns6++], a->value.p, 16);
+}
+
+int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, size_t ni_len,
+                          const uint8_t *nr, size_t nr_len, const uint8_t *g_ir, size_t g_ir_len,
+                          bool need_cp, uint32_t spi_in, ike_child_result *res,
+                          crypto_child_keys **keys, char *err, size_t err_len)
+{
+    const profile *p = sa->cfg.prof;
+    ike_diag d;
+    ike_diag_clear(&d);
+    ike_notify n;
+    int r = child_refused(sa, c, err, err_len);
+    if (r < 0)
+        return r;
     const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
     const ike_payload *tsr_pl = ike_chain_find(c, IKE_PL_TSR, NULL);
     ike_sa_choice ch;
@@ -574,7 +618,7 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
     }
     profile_ts proposed[PROFILE_MAX_TS];
     size_t n_proposed = our_tsi(sa, proposed);
-    int r = granted_ts(sa, &tsr, "traffic selector (TSr) for the profile's tunnel.remote_ts", p->tunnel.remote_ts,
+    r = granted_ts(sa, &tsr, "traffic selector (TSr) for the profile's tunnel.remote_ts", p->tunnel.remote_ts,
                        p->tunnel.n_remote_ts, res->remote_ts, &res->n_remote_ts, err, err_len);
     if (r == 0)
         r = granted_ts(sa, &tsi, "traffic selector (TSi) for our side", proposed, n_proposed, res->local_ts,
@@ -588,31 +632,8 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
     sa->n_child_tsi = 0;
     for (size_t i = 0; i < tsi.n && sa->n_child_tsi < IKE_MAX_TS; i++)
         sa->child_tsi[sa->n_child_tsi++] = tsi.ts[i];
-    const ike_payload *cp_pl = need_cp ? ike_chain_find(c, IKE_PL_CP, NULL) : NULL;
-    ike_cp cp;
-    if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {
-        const ike_cp_attr *a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL);
-        if (a && a->value.len == 4) {
-            memcpy(res->vip, a->value.p, 4);
-            res->has_vip = true;
-        }
-        for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, NULL); a && res->n_dns < IKE_MAX_DNS;
-             a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, a))
-            if (a->value.len == 4)
-                memcpy(res->dns[res->n_dns++], a->value.p, 4);
-        /* Address and prefix length (RFC 7296 §3.15.1); a prefix length of
-         * 0 or above 128 is no usable assignment. */
-        a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_ADDRESS, NULL);
-        if (a && a->value.len == 17 && a->value.p[16] >= 1 && a->value.p[16] <= 128) {
-            memcpy(res->vip6, a->value.p, 16);
-            res->vip6_prefix_len = a->value.p[16];
-            res->has_vip6 = true;
-        }
-        for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, NULL); a && res->n_dns6 < IKE_MAX_DNS;
-             a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, a))
-            if (a->value.len == 16)
-                memcpy(res->dns6[res->n_dns6++], a->value.p, 16);
-    }
+    if (need_cp)
+        take_cp(c, res);
     if (need_cp && p->tunnel.request_vip && !res->has_vip && !res->has_vip6) {
         snprintf(err, err_len, "gateway %s assigned no virtual IP (check its address pool)", sa->gw_text);
         return M2MVPN_E_PROTOCOL;

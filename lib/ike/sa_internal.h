@@ -186,7 +186,7 @@ struct ike_sa {
     ike_ts child_tsi[IKE_MAX_TS], child_tsr[IKE_MAX_TS]; /* as negotiated, ours | theirs */
     size_t n_child_tsi, n_child_tsr;
 
-    /* Rekeying (rekey.c, RFC 7296 §1.3, §2.8) */
+    /* Rekeying (rekey*.c, RFC 7296 §1.3, §2.8) */
     core_timer rekey_timer;        /* IKE SA lifetime, retries, grace periods */
     uint64_t ike_rekey_at_ms;      /* 0: none planned */
     uint64_t child_retry_at_ms;    /* a failed CHILD rekey is tried again then */

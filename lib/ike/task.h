@@ -20,8 +20,8 @@ typedef enum ike_task {
     IKE_TASK_AUTH,                 /* IKE_AUTH, EAP rounds included (auth.c, auth_eap.c) */
     IKE_TASK_DPD,                  /* INFORMATIONAL, empty: liveness (info.c) */
     IKE_TASK_DELETE,               /* INFORMATIONAL{D(IKE)} (info.c) */
-    IKE_TASK_REKEY_CHILD,          /* CREATE_CHILD_SA rekeying the CHILD SA (rekey.c) */
-    IKE_TASK_REKEY_IKE,            /* CREATE_CHILD_SA rekeying the IKE SA (rekey.c) */
+    IKE_TASK_REKEY_CHILD,          /* CREATE_CHILD_SA rekeying the CHILD SA (rekey_child.c) */
+    IKE_TASK_REKEY_IKE,            /* CREATE_CHILD_SA rekeying the IKE SA (rekey_ike.c) */
     IKE_TASK_DELETE_CHILD,         /* INFORMATIONAL deleting a replaced CHILD SA (rekey.c) */
     IKE_TASK_MOBIKE,               /* INFORMATIONAL with UPDATE_SA_ADDRESSES (mobike.c) */
     IKE_TASK_COUNT

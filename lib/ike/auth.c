@@ -160,106 +160,78 @@ int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hash
     return r;
 }
 
-int ike_auth_start(ike_sa *sa)
+/* CERT payloads of our chain, and the AUTH method our key can use with
+ * the hashes the gateway announced. */
+static int build_certs(ike_sa *sa, ike_chain_writer *cw, pki_auth_method *method, pki_sig_scheme *scheme,
+                       ike_fault *fault, char *err, size_t err_len)
 {
-    const profile *p = sa->cfg.prof;
-    char err[256];
-    pki_id id;
-    int r = our_id(sa, &id, err, sizeof(err));
+    pki_cert *const *chain;
+    size_t n;
+    pki_key_type kt;
+    unsigned bits;
+    int r;
+    if ((r = cred_chain(sa->cfg.cred, &chain, &n, err, err_len)) < 0 ||
+        (r = cred_key_info(sa->cfg.cred, &kt, &bits, err, err_len)) < 0)
+        return r;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *der;
+        size_t der_len;
+        pki_cert_der(chain[i], &der, &der_len);
+        ike_build_cert(cw, IKE_CERT_X509_SIGNATURE, der, der_len);
+    }
+    r = ike_auth_choose(sa, kt, sa->peer_hashes, sa->n_peer_hashes, method, scheme, fault, err, err_len);
+    if (r == 0 && *method == PKI_AUTH_RSA_SIG)
+        LOG_WARN(sa->log, "ike", "signing our AUTH with RSA SHA-1 for %s (ike.allow_sha1_signatures)", sa->gw_text);
+    return r;
+}
+
+static void build_certreq(ike_sa *sa, ike_chain_writer *cw)
+{
+    if (!sa->cfg.trust || pki_trust_count(sa->cfg.trust) == 0)
+        return;
+    /* One hash per anchor: a "ca" file may be a whole bundle. */
+    size_t cap = PKI_SHA1_LEN * pki_trust_count(sa->cfg.trust), hl = 0;
+    uint8_t *hashes = malloc(cap);
+    if (hashes && pki_trust_certreq(sa->cfg.trust, hashes, cap, &hl) == 0)
+        ike_build_certreq(cw, IKE_CERT_X509_SIGNATURE, hashes, hl / PKI_SHA1_LEN);
+    else
+        LOG_WARN(sa->log, "ike", "no CERTREQ sent (out of memory): the gateway may not send its certificate");
+    free(hashes);
+}
+
+/* Our AUTH payload over our ID body (RFC 7296 §2.15). */
+static int build_our_auth(ike_sa *sa, ike_chain_writer *cw, const uint8_t *idb, size_t idb_len,
+                          pki_auth_method method, pki_sig_scheme scheme, char *err, size_t err_len)
+{
+    uint8_t *octets = NULL, auth[PKI_AUTH_MAX];
+    size_t octets_len = 0, auth_len = 0;
+    int r = ike_auth_octets(sa, true, idb, idb_len, &octets, &octets_len);
     if (r < 0) {
-        ike_sa_fail_local(sa, r, "%s", err);
+        snprintf(err, err_len, "cannot compute AUTH octets");
         return r;
-    }
-    uint8_t idb[4 + PKI_ID_MAX];
-    size_t idb_len = id_body(&id, idb, sizeof(idb));
-    bool eap = p->auth == PROFILE_AUTH_EAP;
-    /* EAP (RFC 7296 §2.16): no AUTH now; the gateway proves itself first. */
-    if (eap && (r = ike_eap_begin(sa, idb, idb_len, err, sizeof(err))) < 0) {
-        ike_sa_fail_local(sa, r, "%s", err); /* no password: ours to give */
-        return r;
-    }
-
-    size_t cap = IKE_MSG_MAX;
-    uint8_t *inner = malloc(cap);
-    uint8_t *octets = NULL;
-    size_t octets_len = 0;
-    if (!inner) {
-        ike_sa_fail(sa, M2MVPN_E_NOMEM, "out of memory");
-        return M2MVPN_E_NOMEM;
-    }
-    buf_writer w;
-    buf_writer_init(&w, inner, cap);
-    ike_chain_writer cw;
-    ike_chain_writer_init(&cw, &w, SIZE_MAX);
-    ike_build_id(&cw, IKE_PL_IDI, (uint8_t)id.type, id.data, id.len);
-
-    pki_auth_method method = PKI_AUTH_SHARED_KEY;
-    pki_sig_scheme scheme = PKI_SIG_NONE;
-    ike_fault fault = IKE_FAULT_LOCAL; /* of a failure below */
-    if (p->auth == PROFILE_AUTH_CERT) {
-        pki_cert *const *chain;
-        size_t n;
-        pki_key_type kt;
-        unsigned bits;
-        if ((r = cred_chain(sa->cfg.cred, &chain, &n, err, sizeof(err))) < 0 ||
-            (r = cred_key_info(sa->cfg.cred, &kt, &bits, err, sizeof(err))) < 0)
-            goto fail;
-        for (size_t i = 0; i < n; i++) {
-            const uint8_t *der;
-            size_t der_len;
-            pki_cert_der(chain[i], &der, &der_len);
-            ike_build_cert(&cw, IKE_CERT_X509_SIGNATURE, der, der_len);
-        }
-        if ((r = ike_auth_choose(sa, kt, sa->peer_hashes, sa->n_peer_hashes, &method, &scheme, &fault, err,
-                                 sizeof(err))) < 0) {
-            goto fail;
-        }
-        if (method == PKI_AUTH_RSA_SIG)
-            LOG_WARN(sa->log, "ike", "signing our AUTH with RSA SHA-1 for %s (ike.allow_sha1_signatures)",
-                     sa->gw_text);
-    }
-    if (sa->cfg.trust && pki_trust_count(sa->cfg.trust) > 0) {
-        /* One hash per anchor: a "ca" file may be a whole bundle. */
-        size_t cap = PKI_SHA1_LEN * pki_trust_count(sa->cfg.trust), hl = 0;
-        uint8_t *hashes = malloc(cap);
-        if (hashes && pki_trust_certreq(sa->cfg.trust, hashes, cap, &hl) == 0)
-            ike_build_certreq(&cw, IKE_CERT_X509_SIGNATURE, hashes, hl / PKI_SHA1_LEN);
-        else
-            LOG_WARN(sa->log, "ike", "no CERTREQ sent (out of memory): the gateway may not send its certificate");
-        free(hashes);
-    }
-    if (!sa->cfg.reauth) /* the old IKE SA must live until this one carries traffic */
-        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_INITIAL_CONTACT, NULL, 0, NULL, 0);
-    ike_mobike_build_auth(sa, &cw);
-    pki_id rid;
-    if (pki_id_from_string(p->remote_id, &rid, err, sizeof(err)) == 0)
-        ike_build_id(&cw, IKE_PL_IDR, (uint8_t)rid.type, rid.data, rid.len);
-
-    uint8_t auth[PKI_AUTH_MAX];
-    size_t auth_len = 0;
-    if (eap)
-        goto no_auth;
-    if ((r = ike_auth_octets(sa, true, idb, idb_len, &octets, &octets_len)) < 0) {
-        snprintf(err, sizeof(err), "cannot compute AUTH octets");
-        goto fail;
     }
     if (method == PKI_AUTH_SHARED_KEY) {
         auth_len = crypto_prf_len(sa->suite.prf_id);
         r = psk_auth(sa, octets, octets_len, auth, sizeof(auth));
         if (r < 0)
-            snprintf(err, sizeof(err), "PSK AUTH computation failed");
+            snprintf(err, err_len, "PSK AUTH computation failed");
     } else {
-        r = cred_sign_auth(sa->cfg.cred, method, scheme, octets, octets_len, auth, sizeof(auth),
-                           &auth_len, err, sizeof(err));
+        r = cred_sign_auth(sa->cfg.cred, method, scheme, octets, octets_len, auth, sizeof(auth), &auth_len, err,
+                           err_len);
     }
-    if (r < 0)
-        goto fail;
-    ike_build_auth(&cw, (uint8_t)method, auth, auth_len);
+    free(octets);
+    if (r == 0)
+        ike_build_auth(cw, (uint8_t)method, auth, auth_len);
     secure_wipe(auth, sizeof(auth));
-no_auth:;
+    return r;
+}
 
-    /* Virtual IPs (and DNS servers) of each family the profile protects:
-     * both for a dual-stack tunnel; the gateway assigns what its pools have. */
+/* The CHILD SA part: CP (virtual IPs and DNS servers of each family the
+ * profile protects: both for a dual-stack tunnel; the gateway assigns what
+ * its pools have), SA, TSi, TSr. */
+static void build_child_request(ike_sa *sa, ike_chain_writer *cw)
+{
+    const profile *p = sa->cfg.prof;
     bool want4 = protects_family(p, AF_INET), want6 = protects_family(p, AF_INET6);
     if (p->tunnel.request_vip) {
         ike_cp_attr attrs[4];
@@ -280,25 +252,77 @@ no_auth:;
             attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP4_DNS, buf_reader_make(NULL, 0) };
         if (want6 && p->tunnel.dns)
             attrs[n_attrs++] = (ike_cp_attr){ IKE_CP_INTERNAL_IP6_DNS, buf_reader_make(NULL, 0) };
-        ike_build_cp(&cw, IKE_CFG_REQUEST, attrs, n_attrs);
+        ike_build_cp(cw, IKE_CFG_REQUEST, attrs, n_attrs);
     }
     uint8_t spi[4];
     buf_store_be32(spi, sa->child_spi_in);
-    ike_build_sa(&cw, p->esp.proposals, p->esp.n_proposals, IKE_PROTO_ESP, spi, 4);
+    ike_build_sa(cw, p->esp.proposals, p->esp.n_proposals, IKE_PROTO_ESP, spi, 4);
     ike_ts tsi[IKE_MAX_TS], tsr[IKE_MAX_TS];
     size_t n_tsi = 0, n_tsr = 0;
     profile_ts proposed[PROFILE_MAX_TS];
     ike_build_ts_list(tsi, &n_tsi, proposed, our_tsi(sa, proposed));
     ike_build_ts_list(tsr, &n_tsr, p->tunnel.remote_ts, p->tunnel.n_remote_ts);
-    ike_build_ts(&cw, IKE_PL_TSI, tsi, n_tsi);
-    ike_build_ts(&cw, IKE_PL_TSR, tsr, n_tsr);
-    ike_chain_writer_finish(&cw);
-    if (!ike_chain_writer_ok(&cw)) {
-        r = M2MVPN_E_INVAL;
-        snprintf(err, sizeof(err), "IKE_AUTH request does not fit %zu bytes", cap);
-        goto fail;
+    ike_build_ts(cw, IKE_PL_TSI, tsi, n_tsi);
+    ike_build_ts(cw, IKE_PL_TSR, tsr, n_tsr);
+}
+
+/* The first IKE_AUTH request (RFC 7296 §1.2; with EAP, §2.16, no AUTH yet:
+ * the gateway proves itself first). */
+static ike_task_status auth_build(ike_sa *sa)
+{
+    const profile *p = sa->cfg.prof;
+    char err[256];
+    pki_id id;
+    int r = our_id(sa, &id, err, sizeof(err));
+    uint8_t idb[4 + PKI_ID_MAX];
+    size_t idb_len = r < 0 ? 0 : id_body(&id, idb, sizeof(idb));
+    bool eap = p->auth == PROFILE_AUTH_EAP;
+    if (r == 0 && eap)
+        r = ike_eap_begin(sa, idb, idb_len, err, sizeof(err)); /* no password: ours to give */
+    if (r < 0) {
+        ike_sa_fail_local(sa, r, "%s", err);
+        return IKE_TASK_FAILED;
     }
-    free(octets);
+    size_t cap = IKE_MSG_MAX;
+    uint8_t *inner = malloc(cap);
+    if (!inner) {
+        ike_sa_fail(sa, M2MVPN_E_NOMEM, "out of memory");
+        return IKE_TASK_FAILED;
+    }
+    buf_writer w;
+    buf_writer_init(&w, inner, cap);
+    ike_chain_writer cw;
+    ike_chain_writer_init(&cw, &w, SIZE_MAX);
+    ike_build_id(&cw, IKE_PL_IDI, (uint8_t)id.type, id.data, id.len);
+    pki_auth_method method = PKI_AUTH_SHARED_KEY;
+    pki_sig_scheme scheme = PKI_SIG_NONE;
+    ike_fault fault = IKE_FAULT_LOCAL; /* of a failure below */
+    if (p->auth == PROFILE_AUTH_CERT)
+        r = build_certs(sa, &cw, &method, &scheme, &fault, err, sizeof(err));
+    if (r == 0) {
+        build_certreq(sa, &cw);
+        if (!sa->cfg.reauth) /* the old IKE SA must live until this one carries traffic */
+            ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_INITIAL_CONTACT, NULL, 0, NULL, 0);
+        ike_mobike_build_auth(sa, &cw);
+        pki_id rid;
+        if (pki_id_from_string(p->remote_id, &rid, err, sizeof(err)) == 0)
+            ike_build_id(&cw, IKE_PL_IDR, (uint8_t)rid.type, rid.data, rid.len);
+        if (!eap)
+            r = build_our_auth(sa, &cw, idb, idb_len, method, scheme, err, sizeof(err));
+    }
+    if (r == 0) {
+        build_child_request(sa, &cw);
+        ike_chain_writer_finish(&cw);
+        if (!ike_chain_writer_ok(&cw)) {
+            r = M2MVPN_E_INVAL;
+            snprintf(err, sizeof(err), "IKE_AUTH request does not fit %zu bytes", cap);
+        }
+    }
+    if (r < 0) {
+        secure_free(inner, cap);
+        (fault == IKE_FAULT_PEER ? ike_sa_fail : ike_sa_fail_local)(sa, r, "%s", err);
+        return IKE_TASK_FAILED;
+    }
     LOG_INFO(sa->log, "ike", "sending IKE_AUTH to %s (%s authentication)", sa->gw_text,
              eap ? "EAP" : method == PKI_AUTH_SHARED_KEY ? "PSK" : pki_sig_scheme_name(scheme));
     ike_sa_set_state(sa, IKE_SA_AUTH_SENT);
@@ -307,15 +331,7 @@ no_auth:;
     secure_free(inner, cap);
     if (r < 0)
         ike_sa_fail_local(sa, r, "cannot send IKE_AUTH: %s", core_strerror(r));
-    return r;
-fail:
-    free(octets);
-    secure_free(inner, cap);
-    if (fault == IKE_FAULT_PEER)
-        ike_sa_fail(sa, r, "%s", err);
-    else
-        ike_sa_fail_local(sa, r, "%s", err);
-    return r;
+    return r < 0 ? IKE_TASK_FAILED : IKE_TASK_NEED_MORE;
 }
 
 /* ------------------------------------------------------------ response */
@@ -495,10 +511,8 @@ static int granted_ts(const ike_sa *sa, const ike_ts_list *got, const char *whic
     return 0;
 }
 
-int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, size_t ni_len,
-                          const uint8_t *nr, size_t nr_len, const uint8_t *g_ir, size_t g_ir_len,
-                          bool need_cp, uint32_t spi_in, ike_child_result *res,
-                          crypto_child_keys **keys, char *err, size_t err_len)
+/* An error notify instead of the CHILD SA: its error code and why, else 0. */
+static int child_refused(ike_sa *sa, const ike_chain *c, char *err, size_t err_len)
 {
     const profile *p = sa->cfg.prof;
     ike_diag d;
@@ -518,6 +532,52 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
             return child_errors[i].err;
         }
     }
+    return 0;
+}
+
+/* The virtual IPs and DNS servers of a CP(CFG_REPLY). */
+static void take_cp(const ike_chain *c, ike_child_result *res)
+{
+    const ike_payload *cp_pl = ike_chain_find(c, IKE_PL_CP, NULL);
+    ike_cp cp;
+    ike_diag d;
+    if (!cp_pl || ike_cp_parse(cp_pl->body, &cp, &d) < 0 || cp.cfg_type != IKE_CFG_REPLY)
+        return;
+    const ike_cp_attr *a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL);
+    if (a && a->value.len == 4) {
+        memcpy(res->vip, a->value.p, 4);
+        res->has_vip = true;
+    }
+    for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, NULL); a && res->n_dns < IKE_MAX_DNS;
+         a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, a))
+        if (a->value.len == 4)
+            memcpy(res->dns[res->n_dns++], a->value.p, 4);
+    /* Address and prefix length (RFC 7296 §3.15.1); a prefix length of
+     * 0 or above 128 is no usable assignment. */
+    a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_ADDRESS, NULL);
+    if (a && a->value.len == 17 && a->value.p[16] >= 1 && a->value.p[16] <= 128) {
+        memcpy(res->vip6, a->value.p, 16);
+        res->vip6_prefix_len = a->value.p[16];
+        res->has_vip6 = true;
+    }
+    for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, NULL); a && res->n_dns6 < IKE_MAX_DNS;
+         a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, a))
+        if (a->value.len == 16)
+            memcpy(res->dns6[res->n_dns6++], a->value.p, 16);
+}
+
+int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, size_t ni_len,
+                          const uint8_t *nr, size_t nr_len, const uint8_t *g_ir, size_t g_ir_len,
+                          bool need_cp, uint32_t spi_in, ike_child_result *res,
+                          crypto_child_keys **keys, char *err, size_t err_len)
+{
+    const profile *p = sa->cfg.prof;
+    ike_diag d;
+    ike_diag_clear(&d);
+    ike_notify n;
+    int r = child_refused(sa, c, err, err_len);
+    if (r < 0)
+        return r;
     const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
     const ike_payload *tsr_pl = ike_chain_find(c, IKE_PL_TSR, NULL);
     ike_sa_choice ch;
@@ -558,7 +618,7 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
     }
     profile_ts proposed[PROFILE_MAX_TS];
     size_t n_proposed = our_tsi(sa, proposed);
-    int r = granted_ts(sa, &tsr, "traffic selector (TSr) for the profile's tunnel.remote_ts", p->tunnel.remote_ts,
+    r = granted_ts(sa, &tsr, "traffic selector (TSr) for the profile's tunnel.remote_ts", p->tunnel.remote_ts,
                        p->tunnel.n_remote_ts, res->remote_ts, &res->n_remote_ts, err, err_len);
     if (r == 0)
         r = granted_ts(sa, &tsi, "traffic selector (TSi) for our side", proposed, n_proposed, res->local_ts,
@@ -572,31 +632,8 @@ int ike_child_from_answer(ike_sa *sa, const ike_chain *c, const uint8_t *ni, siz
     sa->n_child_tsi = 0;
     for (size_t i = 0; i < tsi.n && sa->n_child_tsi < IKE_MAX_TS; i++)
         sa->child_tsi[sa->n_child_tsi++] = tsi.ts[i];
-    const ike_payload *cp_pl = need_cp ? ike_chain_find(c, IKE_PL_CP, NULL) : NULL;
-    ike_cp cp;
-    if (cp_pl && ike_cp_parse(cp_pl->body, &cp, &d) == 0 && cp.cfg_type == IKE_CFG_REPLY) {
-        const ike_cp_attr *a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_ADDRESS, NULL);
-        if (a && a->value.len == 4) {
-            memcpy(res->vip, a->value.p, 4);
-            res->has_vip = true;
-        }
-        for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, NULL); a && res->n_dns < IKE_MAX_DNS;
-             a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP4_DNS, a))
-            if (a->value.len == 4)
-                memcpy(res->dns[res->n_dns++], a->value.p, 4);
-        /* Address and prefix length (RFC 7296 §3.15.1); a prefix length of
-         * 0 or above 128 is no usable assignment. */
-        a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_ADDRESS, NULL);
-        if (a && a->value.len == 17 && a->value.p[16] >= 1 && a->value.p[16] <= 128) {
-            memcpy(res->vip6, a->value.p, 16);
-            res->vip6_prefix_len = a->value.p[16];
-            res->has_vip6 = true;
-        }
-        for (a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, NULL); a && res->n_dns6 < IKE_MAX_DNS;
-             a = ike_cp_find(&cp, IKE_CP_INTERNAL_IP6_DNS, a))
-            if (a->value.len == 16)
-                memcpy(res->dns6[res->n_dns6++], a->value.p, 16);
-    }
+    if (need_cp)
+        take_cp(c, res);
     if (need_cp && p->tunnel.request_vip && !res->has_vip && !res->has_vip6) {
         snprintf(err, err_len, "gateway %s assigned no virtual IP (check its address pool)", sa->gw_text);
         return M2MVPN_E_PROTOCOL;
@@ -624,7 +661,7 @@ size_t ike_child_keymat(const crypto_child_keys *keys, bool we_initiated, uint8_
     return n;
 }
 
-void ike_auth_process(ike_sa *sa, const ike_chain *c)
+static void auth_answer(ike_sa *sa, const ike_chain *c)
 {
     char err[512];
     ike_diag d;
@@ -663,6 +700,22 @@ void ike_auth_process(ike_sa *sa, const ike_chain *c)
     }
     ike_auth_establish(sa, c);
 }
+
+/* NEED_MORE while EAP rounds go on (auth_eap.c sends the next request). */
+static ike_task_status auth_process(ike_sa *sa, const ike_message *msg, const ike_chain *c)
+{
+    (void)msg;
+    auth_answer(sa, c);
+    if (sa->state == IKE_SA_DOWN)
+        return IKE_TASK_FAILED;
+    return sa->req.task == IKE_TASK_AUTH ? IKE_TASK_NEED_MORE : IKE_TASK_DONE;
+}
+
+const ike_task_ops ike_task_auth = {
+    .kind = IKE_TASK_AUTH,
+    .build = auth_build,
+    .process = auth_process,
+};
 
 void ike_auth_establish(ike_sa *sa, const ike_chain *c)
 {

@@ -145,7 +145,7 @@ typedef struct ike_sa ike_sa;
 /* Create an SA (idle). Errors: INVAL, NOMEM, CRYPTO; err says why. */
 int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_hooks *hooks,
                ike_sa **ret, char *err, size_t err_len);
-/* Send IKE_SA_INIT. */
+/* Send IKE_SA_INIT (once: E_STATE after); failures arrive through on_down. */
 int ike_sa_start(ike_sa *sa);
 /* A datagram from the gateway (without the non-ESP marker). */
 void ike_sa_input(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);

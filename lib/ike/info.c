@@ -12,16 +12,31 @@ static int send_request(ike_sa *sa, ike_task task, const uint8_t *inner, size_t 
     return ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner, len, first, task);
 }
 
+static uint64_t dpd_period_ms(const ike_sa *sa)
+{
+    return (uint64_t)sa->cfg.prof->ike.dpd_s * 1000;
+}
+
+/* dpd_timer: the task checks whether the gateway has been quiet a period. */
 void ike_info_dpd(void *arg)
 {
     ike_sa *sa = arg;
-    uint64_t period = (uint64_t)sa->cfg.prof->ike.dpd_s * 1000;
-    if (sa->state != IKE_SA_ESTABLISHED || period == 0)
-        return;
+    ike_task_queue(sa, IKE_TASK_DPD);
+    ike_task_run(sa);
+}
+
+/* ------------------------------------------- liveness check (initiator) */
+
+static ike_task_status dpd_build(ike_sa *sa)
+{
+    uint64_t period = dpd_period_ms(sa);
     uint64_t quiet = sa->loop->clock_ms() - sa->last_heard_ms;
-    if (sa->req.task != IKE_TASK_NONE || quiet < period) {
-        core_timer_arm(sa->loop, &sa->dpd_timer, period - (quiet < period ? quiet : 0) + 1);
-        return;
+    if (period == 0)
+        return IKE_TASK_DONE;
+    if (quiet < period) {
+        /* Heard from meanwhile (also while it waited behind another request). */
+        core_timer_arm(sa->loop, &sa->dpd_timer, period - quiet + 1);
+        return IKE_TASK_DONE;
     }
     LOG_DBG(sa->log, "ike", "liveness check of %s", sa->gw_text);
     uint8_t inner[128];
@@ -31,24 +46,34 @@ void ike_info_dpd(void *arg)
     ike_chain_writer_init(&cw, &w, SIZE_MAX);
     ike_mobike_build_dpd(sa, &cw); /* NAT detection under MOBIKE, else empty */
     ike_chain_writer_finish(&cw);
-    if (send_request(sa, IKE_TASK_DPD, inner, buf_writer_len(&w), cw.first_type) < 0)
+    if (send_request(sa, IKE_TASK_DPD, inner, buf_writer_len(&w), cw.first_type) < 0) {
         core_timer_arm(sa->loop, &sa->dpd_timer, period);
+        return IKE_TASK_FAILED;
+    }
+    return IKE_TASK_NEED_MORE;
 }
 
-int ike_info_send_delete(ike_sa *sa)
+static ike_task_status dpd_process(ike_sa *sa, const ike_message *msg, const ike_chain *inner)
 {
-    uint8_t inner[64];
-    buf_writer w;
-    buf_writer_init(&w, inner, sizeof(inner));
-    ike_chain_writer cw;
-    ike_chain_writer_init(&cw, &w, SIZE_MAX);
-    ike_build_delete(&cw, IKE_PROTO_IKE, 0, NULL, 0);
-    ike_chain_writer_finish(&cw);
-    LOG_INFO(sa->log, "ike", "deleting IKE SA with %s", sa->gw_text);
-    return send_request(sa, IKE_TASK_DELETE, inner, buf_writer_len(&w), cw.first_type);
+    (void)msg;
+    if (sa->state != IKE_SA_ESTABLISHED)
+        return IKE_TASK_DONE;
+    if (sa->cfg.prof->ike.dpd_s)
+        core_timer_arm(sa->loop, &sa->dpd_timer, dpd_period_ms(sa));
+    ike_mobike_process_dpd(sa, inner); /* a NAT mapping change queues an address update */
+    return IKE_TASK_DONE;
 }
 
-void ike_info_send_final(ike_sa *sa, bool auth_failed)
+const ike_task_ops ike_task_dpd = {
+    .kind = IKE_TASK_DPD,
+    .build = dpd_build,
+    .process = dpd_process,
+};
+
+/* ---------------------------------------------- IKE SA Delete (initiator) */
+
+/* INFORMATIONAL{[N(AUTHENTICATION_FAILED),] D(IKE)} */
+static int send_ike_delete(ike_sa *sa, bool auth_failed, ike_task task)
 {
     uint8_t inner[64];
     buf_writer w;
@@ -59,22 +84,38 @@ void ike_info_send_final(ike_sa *sa, bool auth_failed)
         ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_AUTHENTICATION_FAILED, NULL, 0, NULL, 0);
     ike_build_delete(&cw, IKE_PROTO_IKE, 0, NULL, 0);
     ike_chain_writer_finish(&cw);
+    return send_request(sa, task, inner, buf_writer_len(&w), cw.first_type);
+}
+
+static ike_task_status delete_build(ike_sa *sa)
+{
+    LOG_INFO(sa->log, "ike", "deleting IKE SA with %s", sa->gw_text);
+    return send_ike_delete(sa, false, IKE_TASK_DELETE) < 0 ? IKE_TASK_FAILED : IKE_TASK_NEED_MORE;
+}
+
+static ike_task_status delete_process(ike_sa *sa, const ike_message *msg, const ike_chain *inner)
+{
+    (void)msg;
+    (void)inner;
+    ike_sa_fail(sa, 0, "IKE SA with %s deleted", sa->gw_text);
+    return IKE_TASK_DONE;
+}
+
+/* Not queued: ike_sa_close abandons whatever is under way and starts it. */
+const ike_task_ops ike_task_delete = {
+    .kind = IKE_TASK_DELETE,
+    .build = delete_build,
+    .process = delete_process,
+};
+
+void ike_info_send_final(ike_sa *sa, bool auth_failed)
+{
     /* Sent like a response: once, nothing waits for the answer. */
-    ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner,
-                          buf_writer_len(&w), cw.first_type, IKE_TASK_NONE);
+    send_ike_delete(sa, auth_failed, IKE_TASK_NONE);
     ike_sa_request_done(sa);
 }
 
-void ike_info_process_response(ike_sa *sa, const ike_chain *inner)
-{
-    if (sa->state == IKE_SA_DELETING) {
-        ike_sa_fail(sa, 0, "IKE SA with %s deleted", sa->gw_text);
-        return;
-    }
-    if (sa->state == IKE_SA_ESTABLISHED && sa->cfg.prof->ike.dpd_s)
-        core_timer_arm(sa->loop, &sa->dpd_timer, (uint64_t)sa->cfg.prof->ike.dpd_s * 1000);
-    ike_mobike_process_dpd(sa, inner); /* a NAT mapping change queues an address update */
-}
+/* ------------------------------------------------------------- responder */
 
 void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *c)
 {

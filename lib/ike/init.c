@@ -140,26 +140,26 @@ static int send_init(ike_sa *sa)
     return r;
 }
 
-int ike_init_start(ike_sa *sa)
+static ike_task_status init_build(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
     if (p->ike.n_proposals == 0 || p->ike.proposals[0].n_ke == 0) {
         ike_sa_fail_local(sa, M2MVPN_E_PROFILE, "the profile has no IKE proposal with a key exchange");
-        return M2MVPN_E_PROFILE;
+        return IKE_TASK_FAILED;
     }
     /* Drawn once: a retry after COOKIE must leave the other payloads
      * unchanged (RFC 7296 §2.6). */
     int r = crypto_random(sa->natd_src, sizeof(sa->natd_src));
     if (r < 0) {
         ike_sa_fail_local(sa, r, "random number generator failed");
-        return r;
+        return IKE_TASK_FAILED;
     }
     r = new_ke(sa, p->ike.proposals[0].ke[0]);
     if (r < 0) {
         ike_sa_fail_local(sa, r, "cannot create a %s key pair", proposal_ke_name(p->ike.proposals[0].ke[0]));
-        return r;
+        return IKE_TASK_FAILED;
     }
-    return send_init(sa);
+    return send_init(sa) < 0 ? IKE_TASK_FAILED : IKE_TASK_NEED_MORE;
 }
 
 static bool list_has(const uint16_t *list, size_t n, uint16_t v)
@@ -384,8 +384,8 @@ static int check_answer(ike_sa *sa, const ike_message *msg, init_answer *a, char
     return 0;
 }
 
-/* Keep a checked answer. */
-static void accept_answer(ike_sa *sa, const ike_message *msg, const init_answer *a)
+/* Keep a checked answer; IKE_AUTH follows. */
+static ike_task_status accept_answer(ike_sa *sa, const ike_message *msg, const init_answer *a)
 {
     const ike_sa_choice *ch = &a->choice;
     sa->init_error = 0; /* a real answer after all */
@@ -420,7 +420,7 @@ static void accept_answer(ike_sa *sa, const ike_message *msg, const init_answer 
     sa->init_resp = malloc(msg->raw.len);
     if (!sa->init_resp) {
         ike_sa_fail_local(sa, M2MVPN_E_NOMEM, "out of memory");
-        return;
+        return IKE_TASK_FAILED;
     }
     memcpy(sa->init_resp, msg->raw.p, msg->raw.len);
     sa->init_resp_len = msg->raw.len;
@@ -434,34 +434,39 @@ static void accept_answer(ike_sa *sa, const ike_message *msg, const init_answer 
          * the gateway chose, and it may choose another of our proposals
          * next time: not a reason to stop trying. */
         ike_sa_fail(sa, r, "%s", err);
-        return;
+        return IKE_TASK_FAILED;
     }
     LOG_INFO(sa->log, "ike", "IKE_SA_INIT done with %s: %s%s%s", sa->gw_text, sa->ike_alg,
              sa->nat_here ? ", NAT in front of us" : "", sa->peer_frag ? ", fragmentation" : "");
     ike_sa_request_done(sa);
     sa->next_msg_id = 1;
-    ike_auth_start(sa);
+    ike_task_queue(sa, IKE_TASK_AUTH);
+    return IKE_TASK_DONE;
 }
 
-void ike_init_process(ike_sa *sa, const ike_message *msg)
+/* An answer with an error notify (unauthenticated: these count only if no
+ * valid answer follows, ike_sa_init_error) or asking us to send again
+ * (COOKIE, INVALID_KE_PAYLOAD, once each): false when it has none. */
+static bool init_notified(ike_sa *sa, const ike_chain *c, ike_task_status *st)
 {
     const profile *p = sa->cfg.prof;
-    const ike_chain *c = &msg->chain;
     ike_diag d;
     ike_diag_clear(&d);
     ike_notify n;
+    *st = IKE_TASK_NEED_MORE; /* sent again, or waiting for a valid answer */
 
     if (ike_chain_find_notify(c, IKE_N_COOKIE, &n, &d) == 0) {
         if (++sa->cookie_tries > MAX_COOKIE_TRIES || n.data.len == 0 || n.data.len > sizeof(sa->cookie)) {
             ike_sa_init_error(sa, M2MVPN_E_PROTOCOL, "gateway %s keeps asking for a COOKIE", sa->gw_text);
-            return;
+            return true;
         }
         memcpy(sa->cookie, n.data.p, n.data.len);
         sa->cookie_len = n.data.len;
         LOG_INFO(sa->log, "ike", "gateway asks for a COOKIE (RFC 7296 §2.6): retrying");
         ike_sa_request_done(sa);
-        send_init(sa);
-        return;
+        if (send_init(sa) < 0)
+            *st = IKE_TASK_FAILED;
+        return true;
     }
     if (ike_chain_find_notify(c, IKE_N_INVALID_KE_PAYLOAD, &n, &d) == 0) {
         uint16_t group = n.data.len == 2 ? buf_load_be16(n.data.p) : 0;
@@ -470,7 +475,7 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
             ike_sa_init_error(sa, M2MVPN_E_NO_PROPOSAL,
                               "gateway %s wants key exchange %s, which the profile does not offer",
                               sa->gw_text, proposal_ke_name(group) ? proposal_ke_name(group) : "?");
-            return;
+            return true;
         }
         if (sa->ke_retried || group == sa->ke_group) {
             /* The group is one we offer: say what really went wrong. */
@@ -478,7 +483,7 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
                               "gateway %s refused our key exchange %s and asks for %s (INVALID_KE_PAYLOAD %s)",
                               sa->gw_text, proposal_ke_name(sa->ke_group), proposal_ke_name(group),
                               sa->ke_retried ? "again after one retry" : "for the group we sent");
-            return;
+            return true;
         }
         LOG_INFO(sa->log, "ike", "gateway prefers %s (INVALID_KE_PAYLOAD): retrying once",
                  proposal_ke_name(group));
@@ -493,10 +498,12 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
         sa->init_req = NULL;
         if (new_ke(sa, group) < 0) {
             ike_sa_fail_local(sa, M2MVPN_E_CRYPTO, "cannot create a %s key pair", proposal_ke_name(group));
-            return;
+            *st = IKE_TASK_FAILED;
+            return true;
         }
-        send_init(sa);
-        return;
+        if (send_init(sa) < 0)
+            *st = IKE_TASK_FAILED;
+        return true;
     }
     if (ike_chain_find_notify(c, IKE_N_NO_PROPOSAL_CHOSEN, &n, &d) == 0) {
         char ours[512];
@@ -504,7 +511,7 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
         ike_sa_init_error(sa, M2MVPN_E_NO_PROPOSAL,
                           "gateway %s accepted none of our IKE proposals (ours: %s; the gateway does "
                           "not disclose its own in IKEv2, see its log)", sa->gw_text, ours);
-        return;
+        return true;
     }
     for (size_t i = 0; i < c->n; i++) {
         if (c->pl[i].type != IKE_PL_NOTIFY || ike_notify_parse(c->pl[i].body, &n, &d) < 0)
@@ -513,16 +520,23 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
             const char *name = ike_notify_name(n.type);
             ike_sa_init_error(sa, M2MVPN_E_PROTOCOL, "gateway %s refused IKE_SA_INIT: %s (%u)", sa->gw_text,
                               name ? name : "error", n.type);
-            return;
+            return true;
         }
     }
+    return false;
+}
 
+static ike_task_status init_process(ike_sa *sa, const ike_message *msg, const ike_chain *c)
+{
+    ike_task_status st;
+    if (init_notified(sa, c, &st))
+        return st;
     /* Nothing in the answer is authenticated yet: check all of it before
      * any of it is kept, and let a bad one wait for a valid answer. */
     init_answer *a = calloc(1, sizeof(*a));
     if (!a) {
         ike_sa_fail_local(sa, M2MVPN_E_NOMEM, "out of memory");
-        return;
+        return IKE_TASK_FAILED;
     }
     char why[384];
     int r = check_answer(sa, msg, a, why, sizeof(why));
@@ -540,6 +554,7 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
             swap_prev_request(sa);
         }
     }
+    st = IKE_TASK_NEED_MORE;
     if (r < 0) {
         ike_sa_init_error(sa, r, "%s", why);
     } else {
@@ -547,7 +562,14 @@ void ike_init_process(ike_sa *sa, const ike_message *msg)
         sa->prev_ke = NULL;
         free(sa->prev_init_req);
         sa->prev_init_req = NULL;
-        accept_answer(sa, msg, a);
+        st = accept_answer(sa, msg, a);
     }
     secure_free(a, sizeof(*a));
+    return st;
 }
+
+const ike_task_ops ike_task_init = {
+    .kind = IKE_TASK_INIT,
+    .build = init_build,
+    .process = init_process,
+};

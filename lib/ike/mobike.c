@@ -213,14 +213,14 @@ void ike_mobike_failover_answered(ike_sa *sa)
     ike_sa_format_addr(&m->fo_to, to, sizeof(to));
     LOG_INFO(sa->log, "ike", "%s answered (authenticated): updating the SA addresses there", to);
     /* A move of ours queued meanwhile stays ours: the update covers both. */
-    bool ours = m->want_update && m->update_ours;
+    bool ours = ike_task_queued(sa, IKE_TASK_MOBIKE) && m->update_ours;
     char why[sizeof(m->reason)];
     if (ours)
         snprintf(why, sizeof(why), "%s; gateway %s stopped answering, failover to its address %s", m->reason,
                  m->fo_from, to);
     else
         snprintf(why, sizeof(why), "gateway %s stopped answering, failover to its address %s", m->fo_from, to);
-    m->want_update = true; /* before anything else queued: the gateway's side must follow */
+    ike_task_queue(sa, IKE_TASK_MOBIKE); /* before anything else queued: the gateway's side must follow */
     m->update_ours = ours;
     m->fo_update = true;
     snprintf(m->reason, sizeof(m->reason), "%s", why);
@@ -302,9 +302,9 @@ static bool mapping_changed(ike_sa *sa, const ike_mobike_info *m)
 
 static void queue_update(ike_sa *sa, const char *reason, bool ours)
 {
-    if (sa->mobike.want_update && (sa->mobike.update_ours || sa->mobike.fo_update) && !ours)
+    if (ike_task_queued(sa, IKE_TASK_MOBIKE) && (sa->mobike.update_ours || sa->mobike.fo_update) && !ours)
         return; /* our own move (or a failover's) is queued: it covers the new mapping too */
-    sa->mobike.want_update = true;
+    ike_task_queue(sa, IKE_TASK_MOBIKE);
     sa->mobike.update_ours = ours;
     snprintf(sa->mobike.reason, sizeof(sa->mobike.reason), "%s", reason);
 }
@@ -318,7 +318,7 @@ void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c)
     ike_diag_clear(&d);
     if (ike_mobike_scan(c, &m, &d) < 0)
         return;
-    if (mapping_changed(sa, &m) && !(sa->mobike.want_update && sa->mobike.fo_update)) {
+    if (mapping_changed(sa, &m) && !(ike_task_queued(sa, IKE_TASK_MOBIKE) && sa->mobike.fo_update)) {
         LOG_INFO(sa->log, "ike", "the NAT mapping in front of us changed: updating the SA addresses "
                  "with %s (MOBIKE)", sa->gw_text);
         queue_update(sa, "NAT mapping changed", false);
@@ -339,7 +339,7 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
     }
     if (sa->req.task == IKE_TASK_NONE) {
         queue_update(sa, reason && *reason ? reason : "our address changed", true);
-        ike_mobike_kick(sa);
+        ike_task_run(sa);
         return 0;
     }
     /* A request is under way, most likely lost on the old path: send it
@@ -368,11 +368,8 @@ int ike_sa_update_addresses(ike_sa *sa, const struct sockaddr_storage *local, so
     return 0;
 }
 
-void ike_mobike_kick(ike_sa *sa)
+static ike_task_status update_build(ike_sa *sa)
 {
-    if (!sa->mobike.want_update || sa->state != IKE_SA_ESTABLISHED || sa->req.task != IKE_TASK_NONE)
-        return;
-    sa->mobike.want_update = false;
     uint8_t inner[256];
     buf_writer w;
     buf_writer_init(&w, inner, sizeof(inner));
@@ -397,6 +394,7 @@ void ike_mobike_kick(ike_sa *sa)
         sa->mobike.fo_probing = sa->mobike.fo_update; /* the failover's update goes to its address only */
         r = ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner, buf_writer_len(&w),
                                   cw.first_type, IKE_TASK_MOBIKE);
+        sa->req.failover = r == 0 && sa->mobike.fo_update;
     }
     if (r < 0 && sa->mobike.fo_update) {
         sa->mobike.fo_update = false;
@@ -407,13 +405,18 @@ void ike_mobike_kick(ike_sa *sa)
         snprintf(why, sizeof(why), "cannot send UPDATE_SA_ADDRESSES (%s)", core_strerror(r));
         sa->hooks.on_addresses_updated(sa->hooks.arg, r, sa->mobike.update_ours, why);
     }
+    return r < 0 ? IKE_TASK_FAILED : IKE_TASK_NEED_MORE;
 }
 
 /* The answer to UPDATE_SA_ADDRESSES: authenticated (sa.c opened it), and it
  * must echo our COOKIE2 (§3.5 return routability: an answer to another
- * request, or a replay, does not confirm this path). */
-void ike_mobike_process_response(ike_sa *sa, const ike_chain *c, bool failover)
+ * request, or a replay, does not confirm this path). For the failover's
+ * update (fo_to tentative) success makes fo_to the gateway's address,
+ * anything else ends the SA. */
+static ike_task_status update_process(ike_sa *sa, const ike_message *msg, const ike_chain *c)
 {
+    (void)msg;
+    bool failover = sa->req.failover;
     char gw[64];
     if (failover)
         ike_sa_format_addr(&sa->mobike.fo_to, gw, sizeof(gw));
@@ -439,7 +442,7 @@ void ike_mobike_process_response(ike_sa *sa, const ike_chain *c, bool failover)
         /* IKE must not stay on an address whose update failed while ESP
          * stays on the dead one: the SA ends, lib/conn reconnects. */
         ike_sa_fail(sa, err, "%s, but the update there failed: %s", sa->mobike.reason, why);
-        return;
+        return IKE_TASK_FAILED;
     }
     if (err == 0) {
         if (failover)
@@ -459,4 +462,11 @@ void ike_mobike_process_response(ike_sa *sa, const ike_chain *c, bool failover)
     }
     if (sa->hooks.on_addresses_updated)
         sa->hooks.on_addresses_updated(sa->hooks.arg, err, sa->mobike.update_ours, why);
+    return err ? IKE_TASK_FAILED : IKE_TASK_DONE;
 }
+
+const ike_task_ops ike_task_mobike = {
+    .kind = IKE_TASK_MOBIKE,
+    .build = update_build,
+    .process = update_process,
+};

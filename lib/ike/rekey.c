@@ -17,31 +17,23 @@
  * A replaced IKE SA lives on as a "zombie" with its keys, only to finish the
  * Delete exchange on it. One timer (rekey_timer) serves the IKE SA lifetime,
  * retries, graces and zombies.
+ *
+ * Here: the timer, replaced CHILD SAs and their Delete task, zombies, what
+ * both exchanges share, and the gateway's CREATE_CHILD_SA requests handed to
+ * rekey_child.c (CHILD SA rekey) and rekey_ike.c (IKE SA rekey).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/secmem.h"
-#include "sa_internal.h"
+#include "rekey.h"
 
-#define REKEY_RETRY_MS 10000u       /* a refused or failed rekey is tried again */
 #define CHILD_GRACE_MS 1000u        /* old inbound SA kept after its Delete (packets in flight) */
 #define PEER_DELETE_WAIT_MS 10000u  /* the gateway's Delete of an SA it replaced, then ours */
 #define ZOMBIE_RETRY_MS 2000u  /* then 4, 8, 16 s: a peer that settles a collision */
 #define ZOMBIE_TRIES 5         /* later than us may not know the SA yet (strongSwan) */
 #define ZOMBIE_WAIT_MS 10000u
-/* After the gateway rekeyed the IKE SA, our answer may still be on its way
- * when we would send our first request on the new SA: that request would be
- * dropped as one for an unknown SA and only its retransmission seconds later
- * arrive. So we wait for a sign that the gateway has the new SA (its Delete
- * of the old one, or any message on the new one), at most this long. */
-#define NEW_IKE_QUIET_MS 1000u
-
-static uint64_t now_ms(const ike_sa *sa)
-{
-    return sa->loop->clock_ms();
-}
 
 static uint32_t random_below(uint32_t n)
 {
@@ -52,7 +44,7 @@ static uint32_t random_below(uint32_t n)
 }
 
 /* Lexicographic, a shorter prefix first (§2.8.1 compares nonces). */
-static int nonce_cmp(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len)
+int ike_rekey_nonce_cmp(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len)
 {
     int c = memcmp(a, b, a_len < b_len ? a_len : b_len);
     if (c)
@@ -60,10 +52,10 @@ static int nonce_cmp(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_
     return a_len < b_len ? -1 : a_len > b_len;
 }
 
-static void min_nonce(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len, uint8_t *out,
-                      size_t *out_len)
+void ike_rekey_min_nonce(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len, uint8_t *out,
+                         size_t *out_len)
 {
-    bool first = nonce_cmp(a, a_len, b, b_len) <= 0;
+    bool first = ike_rekey_nonce_cmp(a, a_len, b, b_len) <= 0;
     *out_len = first ? a_len : b_len;
     memcpy(out, first ? a : b, *out_len);
 }
@@ -71,14 +63,13 @@ static void min_nonce(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b
 /* ------------------------------------------------------------ timer */
 
 static void on_timer(void *arg);
-static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool old_gone);
 
-static void rearm(ike_sa *sa)
+void ike_rekey_rearm(ike_sa *sa)
 {
     uint64_t next = UINT64_MAX;
     if (sa->ike_rekey_at_ms)
         next = sa->ike_rekey_at_ms;
-    if (sa->want_rekey_child && sa->child_retry_at_ms && sa->child_retry_at_ms < next)
+    if (ike_task_queued(sa, IKE_TASK_REKEY_CHILD) && sa->child_retry_at_ms && sa->child_retry_at_ms < next)
         next = sa->child_retry_at_ms;
     if (sa->quiet_until_ms && sa->quiet_until_ms < next)
         next = sa->quiet_until_ms;
@@ -92,7 +83,7 @@ static void rearm(ike_sa *sa)
         core_timer_cancel(sa->loop, &sa->rekey_timer);
         return;
     }
-    uint64_t now = now_ms(sa);
+    uint64_t now = ike_rekey_now(sa);
     core_timer_arm(sa->loop, &sa->rekey_timer, next > now ? next - now : 0);
 }
 
@@ -101,13 +92,13 @@ void ike_rekey_init(ike_sa *sa)
     core_timer_init(&sa->rekey_timer, on_timer, sa);
 }
 
-static void new_ike_free(ike_new_ike *n)
+void ike_rekey_new_ike_free(ike_new_ike *n)
 {
     crypto_ike_keys_free(n->keys);
     secure_wipe(n, sizeof(*n));
 }
 
-static void zombie_free(ike_zombie *z)
+void ike_rekey_zombie_free(ike_zombie *z)
 {
     crypto_cipher_free(z->seal_ctx);
     crypto_cipher_free(z->open_ctx);
@@ -123,9 +114,9 @@ void ike_rekey_free(ike_sa *sa)
     sa->rk.ke = NULL;
     crypto_ke_free(sa->rki.ke);
     sa->rki.ke = NULL;
-    new_ike_free(&sa->rki.peer);
+    ike_rekey_new_ike_free(&sa->rki.peer);
     for (int i = 0; i < IKE_MAX_ZOMBIES; i++)
-        zombie_free(&sa->zombie[i]);
+        ike_rekey_zombie_free(&sa->zombie[i]);
 }
 
 void ike_rekey_plan_ike(ike_sa *sa)
@@ -135,14 +126,14 @@ void ike_rekey_plan_ike(ike_sa *sa)
     if (life) {
         /* At 80..90 % of the lifetime: both sides rarely pick the same moment. */
         uint64_t soft = life - life / 10 - random_below((uint32_t)(life / 10 < UINT32_MAX ? life / 10 : UINT32_MAX));
-        sa->ike_rekey_at_ms = now_ms(sa) + soft;
+        sa->ike_rekey_at_ms = ike_rekey_now(sa) + soft;
     }
-    rearm(sa);
+    ike_rekey_rearm(sa);
 }
 
 /* --------------------------------------------------- retiring CHILD SAs */
 
-static void retire(ike_sa *sa, uint32_t spi_in, uint32_t spi_out, bool we_delete, bool installed)
+void ike_rekey_retire(ike_sa *sa, uint32_t spi_in, uint32_t spi_out, bool we_delete, bool installed)
 {
     if (sa->n_retiring == IKE_MAX_RETIRING) {
         /* Full (a gateway that never deletes): the oldest goes now. */
@@ -157,7 +148,9 @@ static void retire(ike_sa *sa, uint32_t spi_in, uint32_t spi_out, bool we_delete
     r->spi_out = spi_out;
     r->we_delete = we_delete;
     r->installed = installed;
-    r->deadline_ms = we_delete ? 0 : now_ms(sa) + PEER_DELETE_WAIT_MS;
+    r->deadline_ms = we_delete ? 0 : ike_rekey_now(sa) + PEER_DELETE_WAIT_MS;
+    if (we_delete)
+        ike_task_queue(sa, IKE_TASK_DELETE_CHILD);
 }
 
 static void forget_retiring(ike_sa *sa, size_t i)
@@ -251,7 +244,7 @@ static int zombie_wrap(ike_zombie *z, uint8_t exchange, bool response, uint32_t 
     return 0;
 }
 
-static void zombie_send_delete(ike_sa *sa, ike_zombie *z)
+void ike_rekey_zombie_send_delete(ike_sa *sa, ike_zombie *z)
 {
     uint8_t inner[16];
     buf_writer w;
@@ -266,12 +259,12 @@ static void zombie_send_delete(ike_sa *sa, ike_zombie *z)
     z->req_id = z->next_msg_id;
     if (zombie_wrap(z, IKE_EXCH_INFORMATIONAL, false, z->req_id, inner, buf_writer_len(&w), cw.first_type,
                     &z->req, &z->req_len) < 0) {
-        z->deadline_ms = now_ms(sa); /* give up on it */
+        z->deadline_ms = ike_rekey_now(sa); /* give up on it */
         return;
     }
     z->next_msg_id++;
     z->tries = 0;
-    z->deadline_ms = now_ms(sa) + ZOMBIE_RETRY_MS;
+    z->deadline_ms = ike_rekey_now(sa) + ZOMBIE_RETRY_MS;
     LOG_INFO(sa->log, "ike", "deleting replaced IKE SA %016llx_%016llx",
              (unsigned long long)ike_sa_spi_be64(z->spi_i), (unsigned long long)ike_sa_spi_be64(z->spi_r));
     zombie_send(sa, z, z->req, z->req_len);
@@ -283,7 +276,7 @@ static void zombie_tick(ike_sa *sa, ike_zombie *z, uint64_t now)
         return;
     if (!z->we_delete) {
         /* The gateway did not delete it: we do. */
-        zombie_send_delete(sa, z);
+        ike_rekey_zombie_send_delete(sa, z);
         return;
     }
     if (z->req && ++z->tries < ZOMBIE_TRIES) {
@@ -292,11 +285,11 @@ static void zombie_tick(ike_sa *sa, ike_zombie *z, uint64_t now)
         return;
     }
     LOG_INFO(sa->log, "ike", "replaced IKE SA dropped (no answer to its Delete)");
-    zombie_free(z);
+    ike_rekey_zombie_free(z);
 }
 
 /* Move the current IKE SA keys into a zombie. */
-static ike_zombie *make_zombie(ike_sa *sa, bool we_delete)
+ike_zombie *ike_rekey_make_zombie(ike_sa *sa, bool we_delete)
 {
     ike_zombie *z = NULL;
     for (int i = 0; i < IKE_MAX_ZOMBIES && !z; i++)
@@ -304,7 +297,7 @@ static ike_zombie *make_zombie(ike_sa *sa, bool we_delete)
             z = &sa->zombie[i];
     if (!z) {
         z = &sa->zombie[0]; /* the older one goes without its Delete */
-        zombie_free(z);
+        ike_rekey_zombie_free(z);
     }
     memset(z, 0, sizeof(*z));
     z->active = true;
@@ -323,12 +316,12 @@ static ike_zombie *make_zombie(ike_sa *sa, bool we_delete)
     sa->last_resp = NULL;
     sa->last_resp_len = 0;
     z->we_delete = we_delete;
-    z->deadline_ms = now_ms(sa) + ZOMBIE_WAIT_MS;
+    z->deadline_ms = ike_rekey_now(sa) + ZOMBIE_WAIT_MS;
     return z;
 }
 
 /* A zombie from a new IKE SA that will not be used (collision loser). */
-static ike_zombie *zombie_from_new(ike_sa *sa, ike_new_ike *n)
+ike_zombie *ike_rekey_zombie_from_new(ike_sa *sa, ike_new_ike *n)
 {
     ike_zombie *z = NULL;
     for (int i = 0; i < IKE_MAX_ZOMBIES && !z; i++)
@@ -336,7 +329,7 @@ static ike_zombie *zombie_from_new(ike_sa *sa, ike_new_ike *n)
             z = &sa->zombie[i];
     if (!z) {
         z = &sa->zombie[1];
-        zombie_free(z);
+        ike_rekey_zombie_free(z);
     }
     memset(z, 0, sizeof(*z));
     if (ike_sa_make_ciphers(&n->suite, n->keys, n->initiator, &z->seal_ctx, &z->open_ctx) < 0)
@@ -347,7 +340,7 @@ static ike_zombie *zombie_from_new(ike_sa *sa, ike_new_ike *n)
     memcpy(z->spi_r, n->spi_r, 8);
     ike_sa_sk_adapter(&z->sk_out, z->seal_ctx, true);
     ike_sa_sk_adapter(&z->sk_in, z->open_ctx, false);
-    z->deadline_ms = now_ms(sa) + ZOMBIE_WAIT_MS;
+    z->deadline_ms = ike_rekey_now(sa) + ZOMBIE_WAIT_MS;
     return z;
 }
 
@@ -364,8 +357,8 @@ int ike_rekey_peer_deleted_ike(ike_sa *sa)
     crypto_ke_free(sa->rki.ke);
     sa->rki.ke = NULL;
     sa->rki.collided = false;
-    int r = switch_ike(sa, &sa->rki.peer, false, true);
-    new_ike_free(&sa->rki.peer);
+    int r = ike_rekey_switch_ike(sa, &sa->rki.peer, false, true);
+    ike_rekey_new_ike_free(&sa->rki.peer);
     return r == 0 ? 1 : r;
 }
 
@@ -394,8 +387,8 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     if (msg->hdr.flags & IKE_FLAG_RESPONSE) {
         if (z->req && id == z->req_id) {
             LOG_INFO(sa->log, "ike", "replaced IKE SA deleted");
-            zombie_free(z);
-            rearm(sa);
+            ike_rekey_zombie_free(z);
+            ike_rekey_rearm(sa);
         }
         return 1;
     }
@@ -436,16 +429,16 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     if (gone) {
         LOG_INFO(sa->log, "ike", "gateway deleted the replaced IKE SA");
         sa->quiet_until_ms = 0; /* it has the new one */
-        zombie_free(z);
-        rearm(sa);
-        ike_rekey_kick(sa);
+        ike_rekey_zombie_free(z);
+        ike_rekey_rearm(sa);
+        ike_task_run(sa);
     }
     return 1;
 }
 
 /* ------------------------------------------------------ building blocks */
 
-static int new_child_spi(ike_sa *sa, uint32_t *ret)
+int ike_rekey_new_child_spi(ike_sa *sa, uint32_t *ret)
 {
     for (int tries = 0; tries < 16; tries++) {
         uint32_t spi = 0;
@@ -471,7 +464,7 @@ static bool list_has(const uint16_t *list, size_t n, uint16_t v)
     return false;
 }
 
-static bool profile_offers_ke(const proposal *props, size_t n, uint16_t group)
+bool ike_rekey_offers_ke(const proposal *props, size_t n, uint16_t group)
 {
     for (size_t i = 0; i < n; i++)
         if (list_has(props[i].ke, props[i].n_ke, group))
@@ -481,7 +474,7 @@ static bool profile_offers_ke(const proposal *props, size_t n, uint16_t group)
 
 /* The first of the gateway's proposals (in its order) that one of ours
  * covers, as a choice carrying the gateway's proposal number and SPI. */
-static bool choose(const ike_sa_view *v, const proposal *props, size_t n, bool ike, ike_sa_choice *out)
+bool ike_rekey_choose(const ike_sa_view *v, const proposal *props, size_t n, bool ike, ike_sa_choice *out)
 {
     uint8_t proto = ike ? IKE_PROTO_IKE : IKE_PROTO_ESP;
     uint8_t spi_len = ike ? 8 : 4;
@@ -562,8 +555,8 @@ static bool choose(const ike_sa_view *v, const proposal *props, size_t n, bool i
 }
 
 /* Public value and shared secret for the gateway's KE payload. */
-static int ke_answer(uint16_t group, const ike_ke *peer, crypto_ke **ke, uint8_t *pub, size_t pub_cap,
-                     size_t *pub_len, uint8_t *g_ir, size_t g_cap, size_t *g_len, char *err, size_t err_len)
+int ike_rekey_ke_answer(uint16_t group, const ike_ke *peer, crypto_ke **ke, uint8_t *pub, size_t pub_cap,
+                        size_t *pub_len, uint8_t *g_ir, size_t g_cap, size_t *g_len, char *err, size_t err_len)
 {
     int r = crypto_ke_new(group, ke);
     if (r == 0)
@@ -573,7 +566,7 @@ static int ke_answer(uint16_t group, const ike_ke *peer, crypto_ke **ke, uint8_t
     return r;
 }
 
-static void put_ts(ike_chain_writer *cw, const ike_ts *tsi, size_t n_tsi, const ike_ts *tsr, size_t n_tsr)
+void ike_rekey_put_ts(ike_chain_writer *cw, const ike_ts *tsi, size_t n_tsi, const ike_ts *tsr, size_t n_tsr)
 {
     ike_ts any;
     if (n_tsi == 0 || n_tsr == 0)
@@ -582,482 +575,30 @@ static void put_ts(ike_chain_writer *cw, const ike_ts *tsi, size_t n_tsi, const 
     ike_build_ts(cw, IKE_PL_TSR, n_tsr ? tsr : &any, n_tsr ? n_tsr : 1);
 }
 
-static void child_alg_name(ike_sa *sa, const ike_child_result *res)
+void ike_rekey_child_alg_name(ike_sa *sa, const ike_child_result *res)
 {
     snprintf(sa->esp_alg, sizeof(sa->esp_alg), "%s%s%s%s", proposal_encr_name(res->encr_id, res->encr_key_bits),
              res->integ_id ? "-" : "", res->integ_id ? proposal_integ_name(res->integ_id) : "",
              res->esn ? "-esn" : "");
 }
 
-/* ------------------------------------------------ CHILD SA, initiator */
-
-int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in)
-{
-    if (!sa || sa->state != IKE_SA_ESTABLISHED || !sa->hooks.on_child_rekeyed)
-        return M2MVPN_E_STATE;
-    if (sa->req.task == IKE_TASK_REKEY_CHILD && sa->rk.old_spi_in == spi_in)
-        return 0; /* under way */
-    if (spi_in != sa->child_spi_in)
-        return M2MVPN_E_STATE;
-    if (!sa->want_rekey_child) {
-        LOG_INFO(sa->log, "ike", "rekeying CHILD SA %08x/%08x", sa->child_spi_in, sa->child_spi_out);
-        sa->want_rekey_child = true;
-        sa->child_retry_at_ms = 0;
-    }
-    ike_rekey_kick(sa);
-    return 0;
-}
-
-static void rekey_child_start(ike_sa *sa)
-{
-    const profile *p = sa->cfg.prof;
-    sa->want_rekey_child = false;
-    crypto_ke_free(sa->rk.ke);
-    sa->rk.ke = NULL;
-    sa->rk.collided = false;
-    sa->rk.old_spi_in = sa->child_spi_in;
-    sa->rk.old_spi_out = sa->child_spi_out;
-    if (!sa->rk.ke_retried)
-        sa->rk.group = p->esp.proposals[0].n_ke ? p->esp.proposals[0].ke[0] : 0;
-    uint8_t pub[CRYPTO_MAX_KE_LEN];
-    size_t pub_len = 0;
-    int r = new_child_spi(sa, &sa->rk.new_spi_in);
-    if (r == 0)
-        r = crypto_random(sa->rk.nonce, sizeof(sa->rk.nonce));
-    if (r == 0 && sa->rk.group) {
-        r = crypto_ke_new(sa->rk.group, &sa->rk.ke);
-        if (r == 0)
-            r = crypto_ke_public(sa->rk.ke, pub, sizeof(pub), &pub_len);
-    }
-    uint8_t inner[4096];
-    buf_writer w;
-    buf_writer_init(&w, inner, sizeof(inner));
-    ike_chain_writer cw;
-    ike_chain_writer_init(&cw, &w, SIZE_MAX);
-    uint8_t old[4], spi[4];
-    buf_store_be32(old, sa->rk.old_spi_in);
-    buf_store_be32(spi, sa->rk.new_spi_in);
-    ike_build_notify(&cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, old, 4, NULL, 0);
-    ike_build_sa(&cw, p->esp.proposals, p->esp.n_proposals, IKE_PROTO_ESP, spi, 4);
-    ike_build_nonce(&cw, sa->rk.nonce, sizeof(sa->rk.nonce));
-    if (sa->rk.group)
-        ike_build_ke(&cw, sa->rk.group, pub, pub_len);
-    put_ts(&cw, sa->child_tsi, sa->n_child_tsi, sa->child_tsr, sa->n_child_tsr);
-    ike_chain_writer_finish(&cw);
-    if (r == 0 && !ike_chain_writer_ok(&cw))
-        r = M2MVPN_E_INVAL;
-    if (r == 0)
-        r = ike_sa_send_protected(sa, IKE_EXCH_CREATE_CHILD_SA, false, sa->next_msg_id, inner,
-                                  buf_writer_len(&w), cw.first_type, IKE_TASK_REKEY_CHILD);
-    if (r < 0) {
-        LOG_WARN(sa->log, "ike", "cannot rekey CHILD SA %08x (%s): trying again in %u s", sa->rk.old_spi_in,
-                 m2mvpn_strerror(r), REKEY_RETRY_MS / 1000);
-        sa->want_rekey_child = true;
-        sa->child_retry_at_ms = now_ms(sa) + REKEY_RETRY_MS;
-        rearm(sa);
-        return;
-    }
-    LOG_INFO(sa->log, "ike", "CREATE_CHILD_SA to %s: rekey CHILD SA %08x -> %08x%s%s", sa->gw_text,
-             sa->rk.old_spi_in, sa->rk.new_spi_in, sa->rk.group ? ", PFS " : "",
-             sa->rk.group ? proposal_ke_name(sa->rk.group) : "");
-}
-
-/* The gateway's SA from a collision becomes the current one. */
-static void adopt_peer_child(ike_sa *sa)
-{
-    retire(sa, sa->child_spi_in, sa->child_spi_out, false, true);
-    sa->child_spi_in = sa->rk.peer_spi_in;
-    sa->child_spi_out = sa->rk.peer_spi_out;
-    sa->rk.collided = false;
-}
-
-/* An error notify (type below 16384) in an answer: true, named in err. */
-static bool error_notify(const ike_chain *c, char *err, size_t err_len)
-{
-    ike_diag d;
-    ike_notify n;
-    for (size_t i = 0; i < c->n; i++) {
-        if (c->pl[i].type == IKE_PL_NOTIFY && ike_notify_parse(c->pl[i].body, &n, &d) == 0 && n.type < 16384) {
-            const char *name = ike_notify_name(n.type);
-            snprintf(err, err_len, "gateway answered %s", name ? name : "an error");
-            return true;
-        }
-    }
-    return false;
-}
-
-static void child_rekey_failed(ike_sa *sa, const char *why)
-{
-    if (sa->rk.collided) {
-        /* Ours failed, the gateway's went through: nothing to retry. */
-        LOG_INFO(sa->log, "ike", "our CHILD SA rekey failed (%s), the gateway's own rekey stands", why);
-        adopt_peer_child(sa);
-        return;
-    }
-    LOG_WARN(sa->log, "ike", "rekeying CHILD SA %08x failed: %s; trying again in %u s", sa->rk.old_spi_in, why,
-             REKEY_RETRY_MS / 1000);
-    if (sa->rk.old_spi_in == sa->child_spi_in) {
-        sa->want_rekey_child = true;
-        sa->child_retry_at_ms = now_ms(sa) + REKEY_RETRY_MS;
-        rearm(sa);
-    }
-}
-
-static void rekey_child_response(ike_sa *sa, const ike_chain *c)
-{
-    const profile *p = sa->cfg.prof;
-    if (sa->rk.moot) {
-        /* The gateway settled a collision before our answer came (it
-         * deleted the SA we were rekeying): whatever this created is redundant. */
-        sa->rk.moot = false;
-        crypto_ke_free(sa->rk.ke);
-        sa->rk.ke = NULL;
-        const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
-        ike_sa_choice ch;
-        ike_diag d;
-        if (sa_pl && ike_sa_parse_choice(sa_pl->body, &ch, &d) == 0 && ch.protocol == IKE_PROTO_ESP &&
-            ch.spi_len == 4) {
-            LOG_INFO(sa->log, "ike", "deleting redundant CHILD SA %08x/%08x of a collision", sa->rk.new_spi_in,
-                     buf_load_be32(ch.spi));
-            retire(sa, sa->rk.new_spi_in, buf_load_be32(ch.spi), true, false);
-        }
-        sa->rk.new_spi_in = 0;
-        return;
-    }
-    ike_diag d;
-    ike_diag_clear(&d);
-    ike_notify n;
-    char err[512];
-    crypto_ke *ke = sa->rk.ke;
-    sa->rk.ke = NULL;
-    if (ike_chain_find_notify(c, IKE_N_INVALID_KE_PAYLOAD, &n, &d) == 0 && !sa->rk.collided) {
-        uint16_t group = n.data.len == 2 ? buf_load_be16(n.data.p) : 0;
-        crypto_ke_free(ke);
-        if (!sa->rk.ke_retried && group && profile_offers_ke(p->esp.proposals, p->esp.n_proposals, group)) {
-            LOG_INFO(sa->log, "ike", "gateway wants %s for the CHILD SA rekey: retrying", proposal_ke_name(group));
-            sa->rk.ke_retried = true;
-            sa->rk.group = group;
-            sa->want_rekey_child = true;
-            sa->child_retry_at_ms = 0;
-            return;
-        }
-        sa->rk.ke_retried = false;
-        child_rekey_failed(sa, "INVALID_KE_PAYLOAD for a group we do not offer");
-        return;
-    }
-    sa->rk.ke_retried = false;
-    if (error_notify(c, err, sizeof(err))) {
-        crypto_ke_free(ke);
-        child_rekey_failed(sa, err);
-        return;
-    }
-    const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
-    const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
-    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
-    buf_reader nr;
-    ike_sa_choice ch;
-    uint8_t g_ir[CRYPTO_MAX_KE_LEN];
-    size_t g_len = 0;
-    int r = 0;
-    if (!nr_pl || !sa_pl || ike_nonce_parse(nr_pl->body, &nr, &d) < 0 || ike_sa_parse_choice(sa_pl->body, &ch, &d) < 0) {
-        snprintf(err, sizeof(err), "answer without a valid SA and nonce %s", d.text);
-        r = M2MVPN_E_PROTOCOL;
-    } else if (ke) {
-        ike_ke kr;
-        if (!ke_pl || ike_ke_parse(ke_pl->body, &kr, &d) < 0 || kr.group != sa->rk.group ||
-            !ike_sa_choice_has(&ch, IKE_TT_KE) || ch.id[IKE_TT_KE] != sa->rk.group) {
-            snprintf(err, sizeof(err), "answer without our key exchange %s (PFS)", proposal_ke_name(sa->rk.group));
-            r = M2MVPN_E_PROTOCOL;
-        } else {
-            char e2[192];
-            r = crypto_ke_derive(ke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, e2, sizeof(e2));
-            if (r < 0)
-                snprintf(err, sizeof(err), "invalid key exchange value: %s", e2);
-        }
-    }
-    crypto_ke_free(ke);
-    ike_child_result res;
-    crypto_child_keys *keys = NULL;
-    if (r == 0)
-        r = ike_child_from_answer(sa, c, sa->rk.nonce, sizeof(sa->rk.nonce), nr.p, nr.len, g_len ? g_ir : NULL,
-                                  g_len, false, sa->rk.new_spi_in, &res, &keys, err, sizeof(err));
-    secure_wipe(g_ir, sizeof(g_ir));
-    if (r < 0) {
-        child_rekey_failed(sa, err);
-        return;
-    }
-    uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
-    res.keymat_len = ike_child_keymat(keys, true, keymat, sizeof(keymat));
-    res.keymat = keymat;
-    res.natt = sa->natt;
-    crypto_child_keys_free(keys);
-
-    bool ours_redundant = false;
-    if (sa->rk.collided) {
-        uint8_t mine[IKE_NONCE_MAX];
-        size_t mine_len;
-        min_nonce(sa->rk.nonce, sizeof(sa->rk.nonce), nr.p, nr.len, mine, &mine_len);
-        ours_redundant = nonce_cmp(mine, mine_len, sa->rk.peer_min_nonce, sa->rk.peer_min_nonce_len) < 0;
-        LOG_INFO(sa->log, "ike", "CHILD SA rekey collision (RFC 7296 §2.8.1): %s exchange had the lowest nonce",
-                 ours_redundant ? "our" : "the gateway's");
-    }
-    if (ours_redundant) {
-        /* Ours is the redundant one: delete it (never installed); the
-         * gateway's stands and the gateway deletes the old one. */
-        retire(sa, res.spi_in, res.spi_out, true, false);
-        adopt_peer_child(sa);
-    } else {
-        uint32_t old_in = sa->child_spi_in, old_out = sa->child_spi_out;
-        if (sa->rk.collided) {
-            /* The gateway's new SA is redundant: it deletes it. */
-            retire(sa, sa->rk.peer_spi_in, sa->rk.peer_spi_out, false, true);
-            sa->rk.collided = false;
-        }
-        sa->hooks.on_child_rekeyed(sa->hooks.arg, old_in, &res, true);
-        retire(sa, old_in, old_out, true, true);
-        sa->child_spi_in = res.spi_in;
-        sa->child_spi_out = res.spi_out;
-        child_alg_name(sa, &res);
-        LOG_INFO(sa->log, "ike", "CHILD SA rekeyed: %08x/%08x -> %08x/%08x (%s)", old_in, old_out, res.spi_in,
-                 res.spi_out, sa->esp_alg);
-    }
-    secure_wipe(keymat, sizeof(keymat));
-    sa->rk.new_spi_in = 0;
-}
-
-/* ------------------------------------------------------- IKE SA, initiator */
-
-int ike_sa_rekey_ike(ike_sa *sa)
-{
-    if (!sa || sa->state != IKE_SA_ESTABLISHED)
-        return M2MVPN_E_STATE;
-    sa->want_rekey_ike = true;
-    ike_rekey_kick(sa);
-    return 0;
-}
-
-static void rekey_ike_start(ike_sa *sa)
-{
-    const profile *p = sa->cfg.prof;
-    sa->want_rekey_ike = false;
-    crypto_ke_free(sa->rki.ke);
-    sa->rki.ke = NULL;
-    new_ike_free(&sa->rki.peer);
-    sa->rki.collided = false;
-    uint8_t pub[CRYPTO_MAX_KE_LEN];
-    size_t pub_len = 0;
-    int r = crypto_random(sa->rki.spi, 8);
-    if (r == 0)
-        r = crypto_random(sa->rki.nonce, sizeof(sa->rki.nonce));
-    if (r == 0)
-        r = crypto_ke_new(sa->ke_group, &sa->rki.ke);
-    if (r == 0)
-        r = crypto_ke_public(sa->rki.ke, pub, sizeof(pub), &pub_len);
-    uint8_t inner[4096];
-    buf_writer w;
-    buf_writer_init(&w, inner, sizeof(inner));
-    ike_chain_writer cw;
-    ike_chain_writer_init(&cw, &w, SIZE_MAX);
-    ike_build_sa(&cw, p->ike.proposals, p->ike.n_proposals, IKE_PROTO_IKE, sa->rki.spi, 8);
-    ike_build_nonce(&cw, sa->rki.nonce, sizeof(sa->rki.nonce));
-    ike_build_ke(&cw, sa->ke_group, pub, pub_len);
-    ike_chain_writer_finish(&cw);
-    if (r == 0 && !ike_chain_writer_ok(&cw))
-        r = M2MVPN_E_INVAL;
-    if (r == 0)
-        r = ike_sa_send_protected(sa, IKE_EXCH_CREATE_CHILD_SA, false, sa->next_msg_id, inner,
-                                  buf_writer_len(&w), cw.first_type, IKE_TASK_REKEY_IKE);
-    if (r < 0) {
-        LOG_WARN(sa->log, "ike", "cannot rekey the IKE SA (%s): trying again in %u s", m2mvpn_strerror(r),
-                 REKEY_RETRY_MS / 1000);
-        sa->ike_rekey_at_ms = now_ms(sa) + REKEY_RETRY_MS;
-        rearm(sa);
-        return;
-    }
-    LOG_INFO(sa->log, "ike", "CREATE_CHILD_SA to %s: rekey IKE SA (%s)", sa->gw_text, proposal_ke_name(sa->ke_group));
-}
-
-/* New IKE SA keys: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) (§2.18). */
-static int derive_new_ike(ike_sa *sa, ike_new_ike *n, const ike_sa_choice *ch, const uint8_t *g_ir, size_t g_len,
-                          const uint8_t *ni, size_t ni_len, const uint8_t *nr, size_t nr_len)
-{
-    n->suite.encr_id = ch->id[IKE_TT_ENCR];
-    n->suite.encr_key_bits = ch->encr_key_bits ? ch->encr_key_bits : 256;
-    n->suite.integ_id = ike_sa_choice_has(ch, IKE_TT_INTEG) ? ch->id[IKE_TT_INTEG] : 0;
-    n->suite.prf_id = ch->id[IKE_TT_PRF];
-    n->ke_group = ch->id[IKE_TT_KE];
-    crypto_key skeyseed;
-    int r = crypto_ike_skeyseed_rekey(sa->suite.prf_id, &sa->keys->sk_d, g_ir, g_len, ni, ni_len, nr, nr_len,
-                                      &skeyseed);
-    if (r == 0)
-        r = crypto_ike_keys_derive(&n->suite, &skeyseed, ni, ni_len, nr, nr_len, n->spi_i, n->spi_r, &n->keys);
-    secure_wipe(&skeyseed, sizeof(skeyseed));
-    min_nonce(ni, ni_len, nr, nr_len, n->min_nonce, &n->min_nonce_len);
-    return r;
-}
-
-/* The new IKE SA takes over; the current one becomes a zombie. The CHILD
- * SAs stay as they are: they now belong to the new IKE SA (§2.8). */
-static int switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool old_gone)
-{
-    crypto_cipher *seal, *open;
-    int r = ike_sa_make_ciphers(&n->suite, n->keys, n->initiator, &seal, &open);
-    if (r < 0)
-        return r;
-    if (sa->req.task == IKE_TASK_DPD) {
-        /* A liveness check on the old SA: the new one is proof enough. */
-        ike_sa_request_done(sa);
-    }
-    ike_zombie *z = make_zombie(sa, we_delete_old);
-    if (old_gone) {
-        /* The gateway deleted it already (and we answered): nothing left to do on it. */
-        zombie_free(z);
-        z = NULL;
-        we_delete_old = false;
-    }
-    sa->initiator = n->initiator;
-    memcpy(sa->spi_i, n->spi_i, 8);
-    memcpy(sa->spi_r, n->spi_r, 8);
-    sa->suite = n->suite;
-    sa->ke_group = n->ke_group;
-    crypto_ike_keys_free(sa->keys);
-    sa->keys = n->keys;
-    n->keys = NULL;
-    sa->seal_ctx = seal;
-    sa->open_ctx = open;
-    ike_sa_sk_adapter(&sa->sk_out, seal, true);
-    ike_sa_sk_adapter(&sa->sk_in, open, false);
-    sa->next_msg_id = 0;
-    sa->peer_msg_id = 0;
-    ike_frag_reasm_reset(&sa->reasm);
-    snprintf(sa->ike_alg, sizeof(sa->ike_alg), "%s%s%s-%s-%s",
-             proposal_encr_name(sa->suite.encr_id, sa->suite.encr_key_bits),
-             sa->suite.integ_id ? "-" : "", sa->suite.integ_id ? proposal_integ_name(sa->suite.integ_id) : "",
-             proposal_prf_name(sa->suite.prf_id), proposal_ke_name(sa->ke_group));
-    LOG_INFO(sa->log, "ike", "IKE SA rekeyed: now %016llx_%016llx (%s, %s initiated)",
-             (unsigned long long)ike_sa_spi_be64(sa->spi_i), (unsigned long long)ike_sa_spi_be64(sa->spi_r),
-             sa->ike_alg, sa->initiator ? "we" : "the gateway");
-    if (we_delete_old)
-        zombie_send_delete(sa, z);
-    sa->quiet_until_ms = sa->initiator ? 0 : now_ms(sa) + NEW_IKE_QUIET_MS;
-    ike_rekey_plan_ike(sa);
-    if (sa->hooks.on_ike_rekeyed)
-        sa->hooks.on_ike_rekeyed(sa->hooks.arg);
-    return 0;
-}
-
-static void ike_rekey_failed(ike_sa *sa, const char *why)
-{
-    if (sa->rki.collided) {
-        LOG_INFO(sa->log, "ike", "our IKE SA rekey failed (%s), the gateway's own rekey stands", why);
-        sa->rki.collided = false;
-        if (switch_ike(sa, &sa->rki.peer, false, false) < 0)
-            ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot switch to the rekeyed IKE SA");
-        new_ike_free(&sa->rki.peer);
-        return;
-    }
-    LOG_WARN(sa->log, "ike", "rekeying the IKE SA failed: %s; trying again in %u s", why, REKEY_RETRY_MS / 1000);
-    sa->ike_rekey_at_ms = now_ms(sa) + REKEY_RETRY_MS;
-    rearm(sa);
-}
-
-static void rekey_ike_response(ike_sa *sa, const ike_chain *c)
-{
-    const profile *p = sa->cfg.prof;
-    ike_diag d;
-    ike_diag_clear(&d);
-    ike_notify n;
-    char err[256];
-    crypto_ke *ke = sa->rki.ke;
-    sa->rki.ke = NULL;
-    if (ike_chain_find_notify(c, IKE_N_INVALID_KE_PAYLOAD, &n, &d) == 0 && !sa->rki.collided) {
-        uint16_t group = n.data.len == 2 ? buf_load_be16(n.data.p) : 0;
-        crypto_ke_free(ke);
-        if (!sa->rki.ke_retried && group && profile_offers_ke(p->ike.proposals, p->ike.n_proposals, group)) {
-            sa->rki.ke_retried = true;
-            sa->ke_group = group;
-            sa->want_rekey_ike = true;
-            return;
-        }
-        ike_rekey_failed(sa, "INVALID_KE_PAYLOAD for a group we do not offer");
-        return;
-    }
-    sa->rki.ke_retried = false;
-    if (error_notify(c, err, sizeof(err))) {
-        crypto_ke_free(ke);
-        ike_rekey_failed(sa, err);
-        return;
-    }
-    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
-    const ike_payload *nr_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
-    const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
-    ike_sa_choice ch;
-    ike_ke kr;
-    buf_reader nr;
-    uint8_t g_ir[CRYPTO_MAX_KE_LEN];
-    size_t g_len = 0;
-    int r = M2MVPN_E_PROTOCOL;
-    if (!sa_pl || !nr_pl || !ke_pl || !ke || ike_sa_parse_choice(sa_pl->body, &ch, &d) < 0 ||
-        ike_nonce_parse(nr_pl->body, &nr, &d) < 0 || ike_ke_parse(ke_pl->body, &kr, &d) < 0) {
-        snprintf(err, sizeof(err), "answer without valid SA, nonce and KE %s", d.text);
-    } else if (ch.protocol != IKE_PROTO_IKE || ch.spi_len != 8 || ike_sa_spi_be64(ch.spi) == 0 ||
-               !ike_choice_offered(&ch, p->ike.proposals, p->ike.n_proposals, true) ||
-               ch.id[IKE_TT_KE] != sa->ke_group || kr.group != sa->ke_group) {
-        snprintf(err, sizeof(err), "the gateway chose an IKE proposal or key exchange we did not offer");
-    } else {
-        char e2[192];
-        r = crypto_ke_derive(ke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, e2, sizeof(e2));
-        if (r < 0)
-            snprintf(err, sizeof(err), "invalid key exchange value: %s", e2);
-    }
-    crypto_ke_free(ke);
-    ike_new_ike ours;
-    memset(&ours, 0, sizeof(ours));
-    ours.initiator = true;
-    memcpy(ours.spi_i, sa->rki.spi, 8);
-    if (r == 0) {
-        memcpy(ours.spi_r, ch.spi, 8);
-        r = derive_new_ike(sa, &ours, &ch, g_ir, g_len, sa->rki.nonce, sizeof(sa->rki.nonce), nr.p, nr.len);
-        if (r < 0)
-            snprintf(err, sizeof(err), "deriving the new IKE SA keys failed");
-    }
-    secure_wipe(g_ir, sizeof(g_ir));
-    if (r < 0) {
-        new_ike_free(&ours);
-        ike_rekey_failed(sa, err);
-        return;
-    }
-    if (sa->rki.collided) {
-        bool ours_redundant = nonce_cmp(ours.min_nonce, ours.min_nonce_len, sa->rki.peer.min_nonce,
-                                        sa->rki.peer.min_nonce_len) < 0;
-        LOG_INFO(sa->log, "ike", "IKE SA rekey collision (RFC 7296 §2.8.1): %s exchange had the lowest nonce",
-                 ours_redundant ? "our" : "the gateway's");
-        sa->rki.collided = false;
-        if (ours_redundant) {
-            /* Delete ours; move to the gateway's, which deletes the old one. */
-            ike_zombie *z = zombie_from_new(sa, &ours);
-            r = switch_ike(sa, &sa->rki.peer, false, false);
-            if (z && r == 0)
-                zombie_send_delete(sa, z);
-        } else {
-            /* The gateway deletes its redundant one; we delete the old one. */
-            ike_zombie *z = zombie_from_new(sa, &sa->rki.peer);
-            (void)z;
-            r = switch_ike(sa, &ours, true, false);
-        }
-        new_ike_free(&sa->rki.peer);
-    } else {
-        r = switch_ike(sa, &ours, true, false);
-    }
-    new_ike_free(&ours);
-    if (r < 0)
-        ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot switch to the rekeyed IKE SA");
-}
-
 /* ------------------------------------------------------- Deletes we send */
 
-static void send_child_delete(ike_sa *sa, ike_retiring *r)
+static ike_retiring *next_child_delete(ike_sa *sa)
 {
+    for (size_t i = 0; i < sa->n_retiring; i++) {
+        ike_retiring *r = &sa->retiring[i];
+        if (r->we_delete && !r->delete_sent && !r->done)
+            return r;
+    }
+    return NULL;
+}
+
+static ike_task_status delete_child_build(ike_sa *sa)
+{
+    ike_retiring *r = next_child_delete(sa);
+    if (!r)
+        return IKE_TASK_DONE;
     uint8_t inner[32], spi[4];
     buf_writer w;
     buf_writer_init(&w, inner, sizeof(inner));
@@ -1067,94 +608,78 @@ static void send_child_delete(ike_sa *sa, ike_retiring *r)
     ike_build_delete(&cw, IKE_PROTO_ESP, 4, spi, 1);
     ike_chain_writer_finish(&cw);
     r->delete_sent = true;
+    if (next_child_delete(sa))
+        ike_task_queue(sa, IKE_TASK_DELETE_CHILD); /* one per exchange: the next after this one */
     LOG_INFO(sa->log, "ike", "deleting replaced CHILD SA %08x/%08x", r->spi_in, r->spi_out);
     if (ike_sa_send_protected(sa, IKE_EXCH_INFORMATIONAL, false, sa->next_msg_id, inner, buf_writer_len(&w),
                               cw.first_type, IKE_TASK_DELETE_CHILD) < 0) {
         r->done = true;
-        r->deadline_ms = now_ms(sa) + CHILD_GRACE_MS;
-        rearm(sa);
+        r->deadline_ms = ike_rekey_now(sa) + CHILD_GRACE_MS;
+        ike_rekey_rearm(sa);
+        return IKE_TASK_FAILED;
     }
+    return IKE_TASK_NEED_MORE;
 }
 
-static void delete_child_response(ike_sa *sa)
+static ike_task_status delete_child_process(ike_sa *sa, const ike_message *msg, const ike_chain *c)
 {
+    (void)msg;
+    (void)c;
+    if (sa->state != IKE_SA_ESTABLISHED)
+        return IKE_TASK_DONE;
     for (size_t i = 0; i < sa->n_retiring; i++) {
         ike_retiring *r = &sa->retiring[i];
         if (r->we_delete && r->delete_sent && !r->done) {
             /* Its packets already in flight may still arrive: a short grace. */
             r->done = true;
-            r->deadline_ms = now_ms(sa) + CHILD_GRACE_MS;
+            r->deadline_ms = ike_rekey_now(sa) + CHILD_GRACE_MS;
             break;
         }
     }
-    rearm(sa);
+    ike_rekey_rearm(sa);
+    return IKE_TASK_DONE;
 }
 
-void ike_rekey_process_response(ike_sa *sa, ike_task task, const ike_chain *inner)
+/* Our requests on an IKE SA the gateway just created wait until it shows
+ * it has it (quiet_until_ms). */
+bool ike_rekey_ready(ike_sa *sa)
 {
-    if (sa->state != IKE_SA_ESTABLISHED)
-        return;
-    sa->last_heard_ms = now_ms(sa);
-    switch (task) {
-    case IKE_TASK_REKEY_CHILD:
-        rekey_child_response(sa, inner);
-        break;
-    case IKE_TASK_REKEY_IKE:
-        rekey_ike_response(sa, inner);
-        break;
-    case IKE_TASK_DELETE_CHILD:
-        delete_child_response(sa);
-        break;
-    default:
-        break;
+    if (!sa->quiet_until_ms)
+        return true;
+    if (ike_rekey_now(sa) < sa->quiet_until_ms) {
+        ike_rekey_rearm(sa);
+        return false;
     }
+    sa->quiet_until_ms = 0;
+    return true;
 }
+
+const ike_task_ops ike_task_delete_child = {
+    .kind = IKE_TASK_DELETE_CHILD,
+    .ready = ike_rekey_ready,
+    .build = delete_child_build,
+    .process = delete_child_process,
+};
 
 void ike_rekey_heard(ike_sa *sa)
 {
     sa->quiet_until_ms = 0;
 }
 
-void ike_rekey_kick(ike_sa *sa)
-{
-    if (sa->state != IKE_SA_ESTABLISHED || sa->req.task != IKE_TASK_NONE)
-        return;
-    if (sa->quiet_until_ms) {
-        if (now_ms(sa) < sa->quiet_until_ms) {
-            rearm(sa);
-            return;
-        }
-        sa->quiet_until_ms = 0;
-    }
-    for (size_t i = 0; i < sa->n_retiring; i++) {
-        ike_retiring *r = &sa->retiring[i];
-        if (r->we_delete && !r->delete_sent && !r->done) {
-            send_child_delete(sa, r);
-            return;
-        }
-    }
-    if (sa->want_rekey_child && now_ms(sa) >= sa->child_retry_at_ms) {
-        rekey_child_start(sa);
-        return;
-    }
-    if (sa->want_rekey_ike)
-        rekey_ike_start(sa);
-}
-
 static void on_timer(void *arg)
 {
     ike_sa *sa = arg;
-    uint64_t now = now_ms(sa);
+    uint64_t now = ike_rekey_now(sa);
     for (int i = 0; i < IKE_MAX_ZOMBIES; i++)
         zombie_tick(sa, &sa->zombie[i], now);
     if (sa->state != IKE_SA_ESTABLISHED) {
-        rearm(sa);
+        ike_rekey_rearm(sa);
         return;
     }
     if (sa->ike_rekey_at_ms && now >= sa->ike_rekey_at_ms) {
         sa->ike_rekey_at_ms = 0;
         LOG_INFO(sa->log, "ike", "IKE SA soft lifetime reached: rekeying");
-        sa->want_rekey_ike = true;
+        ike_task_queue(sa, IKE_TASK_REKEY_IKE);
     }
     for (size_t i = 0; i < sa->n_retiring;) {
         ike_retiring *r = &sa->retiring[i];
@@ -1167,233 +692,20 @@ static void on_timer(void *arg)
                 LOG_INFO(sa->log, "ike", "the gateway did not delete replaced CHILD SA %08x: we do", r->spi_in);
                 r->we_delete = true;
                 r->deadline_ms = 0;
+                ike_task_queue(sa, IKE_TASK_DELETE_CHILD);
             }
         }
         i++;
     }
-    rearm(sa);
-    ike_rekey_kick(sa);
+    ike_rekey_rearm(sa);
+    ike_task_run(sa);
 }
 
 /* ------------------------------------------------------- as responder */
 
-typedef struct answer {
-    uint8_t buf[4096];
-    buf_writer w;
-    ike_chain_writer cw;
-} answer;
-
-static void answer_notify(answer *a, uint16_t type, const void *data, size_t len)
-{
-    ike_build_notify(&a->cw, IKE_PROTO_NONE, type, NULL, 0, data, len);
-}
-
-/* The gateway rekeys our CHILD SA (§1.3.3). */
-static void child_rekey_request(ike_sa *sa, const ike_chain *c, answer *a)
-{
-    const profile *p = sa->cfg.prof;
-    ike_diag d;
-    ike_diag_clear(&d);
-    if (sa->req.task == IKE_TASK_REKEY_IKE || sa->req.task == IKE_TASK_DELETE_CHILD) {
-        /* §2.25: one thing at a time; the gateway tries again later. */
-        answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
-        return;
-    }
-    if (sa->req.task == IKE_TASK_REKEY_CHILD && sa->rk.collided && sa->rk.old_spi_in == sa->child_spi_in) {
-        /* The gateway already rekeyed this SA while ours is in flight: one
-         * redundant SA of its own is all the collision settles (§2.8.1); a
-         * further one would stay installed inbound and never be retired. */
-        LOG_INFO(sa->log, "ike", "gateway rekeys CHILD SA %08x again during a collision: TEMPORARY_FAILURE",
-                 sa->child_spi_in);
-        answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
-        return;
-    }
-    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
-    const ike_payload *ni_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
-    const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
-    const ike_payload *tsi_pl = ike_chain_find(c, IKE_PL_TSI, NULL);
-    const ike_payload *tsr_pl = ike_chain_find(c, IKE_PL_TSR, NULL);
-    ike_sa_view *v = malloc(sizeof(*v));
-    ike_ts_list *tsi = malloc(sizeof(*tsi)), *tsr = malloc(sizeof(*tsr));
-    buf_reader ni;
-    ike_sa_choice ch;
-    if (!v || !tsi || !tsr) {
-        answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
-        goto out;
-    }
-    if (!sa_pl || !ni_pl || !tsi_pl || !tsr_pl || ike_sa_parse(sa_pl->body, v, &d) < 0 ||
-        ike_nonce_parse(ni_pl->body, &ni, &d) < 0 || ike_ts_parse(tsi_pl->body, tsi, &d) < 0 ||
-        ike_ts_parse(tsr_pl->body, tsr, &d) < 0) {
-        LOG_WARN(sa->log, "ike", "gateway's CHILD SA rekey is malformed %s: refused", d.text);
-        answer_notify(a, IKE_N_INVALID_SYNTAX, NULL, 0);
-        goto out;
-    }
-    if (!choose(v, p->esp.proposals, p->esp.n_proposals, false, &ch) || buf_load_be32(ch.spi) < 256) {
-        LOG_WARN(sa->log, "ike", "gateway's CHILD SA rekey offers no ESP proposal of ours: NO_PROPOSAL_CHOSEN");
-        answer_notify(a, IKE_N_NO_PROPOSAL_CHOSEN, NULL, 0);
-        goto out;
-    }
-    uint16_t group = ike_sa_choice_has(&ch, IKE_TT_KE) ? ch.id[IKE_TT_KE] : 0;
-    ike_ke ki;
-    if (group && (!ke_pl || ike_ke_parse(ke_pl->body, &ki, &d) < 0 || ki.group != group)) {
-        uint8_t g[2];
-        buf_store_be16(g, group);
-        answer_notify(a, IKE_N_INVALID_KE_PAYLOAD, g, 2);
-        goto out;
-    }
-    uint32_t spi_in = 0;
-    uint8_t nr[IKE_NONCE_LEN], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
-    size_t pub_len = 0, g_len = 0;
-    crypto_ke *ke = NULL;
-    char err[192] = "";
-    int r = new_child_spi(sa, &spi_in);
-    if (r == 0)
-        r = crypto_random(nr, sizeof(nr));
-    if (r == 0 && group)
-        r = ke_answer(group, &ki, &ke, pub, sizeof(pub), &pub_len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err));
-    crypto_ke_free(ke);
-    ike_child_result res;
-    memset(&res, 0, sizeof(res));
-    crypto_child_keys *keys = NULL;
-    res.spi_in = spi_in;
-    res.spi_out = buf_load_be32(ch.spi);
-    res.encr_id = ch.id[IKE_TT_ENCR];
-    res.encr_key_bits = ch.encr_key_bits ? ch.encr_key_bits : 256;
-    res.integ_id = ike_sa_choice_has(&ch, IKE_TT_INTEG) ? ch.id[IKE_TT_INTEG] : 0;
-    res.esn = ike_sa_choice_has(&ch, IKE_TT_ESN) && ch.id[IKE_TT_ESN] == ESN_YES;
-    res.natt = sa->natt;
-    crypto_suite cs = { res.encr_id, res.encr_key_bits, res.integ_id, sa->suite.prf_id };
-    if (r == 0)
-        r = crypto_child_keys_derive(&cs, &sa->keys->sk_d, g_len ? g_ir : NULL, g_len, ni.p, ni.len, nr,
-                                     sizeof(nr), &keys);
-    secure_wipe(g_ir, sizeof(g_ir));
-    if (r < 0) {
-        LOG_WARN(sa->log, "ike", "cannot answer the gateway's CHILD SA rekey (%s %s)", m2mvpn_strerror(r), err);
-        answer_notify(a, r == M2MVPN_E_CRYPTO && err[0] ? IKE_N_INVALID_SYNTAX : IKE_N_TEMPORARY_FAILURE, NULL, 0);
-        goto out;
-    }
-    uint8_t keymat[4 * CRYPTO_MAX_KEY_LEN];
-    res.keymat_len = ike_child_keymat(keys, false, keymat, sizeof(keymat));
-    res.keymat = keymat;
-    crypto_child_keys_free(keys);
-
-    /* The new inbound SA is in place before the gateway can use it. */
-    uint32_t old_in = sa->child_spi_in, old_out = sa->child_spi_out;
-    sa->hooks.on_child_rekeyed(sa->hooks.arg, old_in, &res, false);
-    secure_wipe(keymat, sizeof(keymat));
-    if (sa->req.task == IKE_TASK_REKEY_CHILD && sa->rk.old_spi_in == old_in) {
-        /* Both sides rekey it (§2.8.1): settled when our answer is in. */
-        sa->rk.collided = true;
-        sa->rk.peer_spi_in = res.spi_in;
-        sa->rk.peer_spi_out = res.spi_out;
-        min_nonce(ni.p, ni.len, nr, sizeof(nr), sa->rk.peer_min_nonce, &sa->rk.peer_min_nonce_len);
-        LOG_INFO(sa->log, "ike", "gateway rekeys CHILD SA %08x too (collision): its SA %08x/%08x", old_in,
-                 res.spi_in, res.spi_out);
-    } else {
-        retire(sa, old_in, old_out, false, true);
-        sa->child_spi_in = res.spi_in;
-        sa->child_spi_out = res.spi_out;
-        child_alg_name(sa, &res);
-        LOG_INFO(sa->log, "ike", "gateway rekeyed CHILD SA %08x/%08x -> %08x/%08x (%s%s%s)", old_in, old_out,
-                 res.spi_in, res.spi_out, sa->esp_alg, group ? ", PFS " : "", group ? proposal_ke_name(group) : "");
-    }
-    ch.spi_len = 4;
-    buf_store_be32(ch.spi, spi_in);
-    ike_build_sa_choice(&a->cw, &ch);
-    ike_build_nonce(&a->cw, nr, sizeof(nr));
-    if (group)
-        ike_build_ke(&a->cw, group, pub, pub_len);
-    /* The selectors the CHILD SA has (§2.8: a rekey keeps them; the
-     * datapath's filters stay as negotiated): TSi the gateway's side. */
-    if (sa->n_child_tsi && sa->n_child_tsr) {
-        ike_build_ts(&a->cw, IKE_PL_TSI, sa->child_tsr, sa->n_child_tsr);
-        ike_build_ts(&a->cw, IKE_PL_TSR, sa->child_tsi, sa->n_child_tsi);
-    } else {
-        ike_build_ts(&a->cw, IKE_PL_TSI, tsi->ts, tsi->n);
-        ike_build_ts(&a->cw, IKE_PL_TSR, tsr->ts, tsr->n);
-    }
-out:
-    free(v);
-    free(tsi);
-    free(tsr);
-}
-
-/* The gateway rekeys the IKE SA (§1.3.2). Returns true when the answer is
- * ready and *n holds the new SA. */
-static bool ike_rekey_request(ike_sa *sa, const ike_chain *c, answer *a, ike_new_ike *n)
-{
-    const profile *p = sa->cfg.prof;
-    ike_diag d;
-    ike_diag_clear(&d);
-    if (sa->req.task == IKE_TASK_REKEY_CHILD || sa->req.task == IKE_TASK_DELETE_CHILD) {
-        answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0); /* §2.25.2 */
-        return false;
-    }
-    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
-    const ike_payload *ni_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
-    const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);
-    ike_sa_view *v = malloc(sizeof(*v));
-    buf_reader ni;
-    ike_ke ki;
-    ike_sa_choice ch;
-    bool ok = false;
-    if (!v) {
-        answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
-        return false;
-    }
-    if (!sa_pl || !ni_pl || !ke_pl || ike_sa_parse(sa_pl->body, v, &d) < 0 || ike_nonce_parse(ni_pl->body, &ni, &d) < 0 ||
-        ike_ke_parse(ke_pl->body, &ki, &d) < 0) {
-        LOG_WARN(sa->log, "ike", "gateway's IKE SA rekey is malformed %s: refused", d.text);
-        answer_notify(a, IKE_N_INVALID_SYNTAX, NULL, 0);
-        goto out;
-    }
-    if (!choose(v, p->ike.proposals, p->ike.n_proposals, true, &ch) || ike_sa_spi_be64(ch.spi) == 0) {
-        LOG_WARN(sa->log, "ike", "gateway's IKE SA rekey offers no IKE proposal of ours: NO_PROPOSAL_CHOSEN");
-        answer_notify(a, IKE_N_NO_PROPOSAL_CHOSEN, NULL, 0);
-        goto out;
-    }
-    uint16_t group = ch.id[IKE_TT_KE];
-    if (ki.group != group) {
-        uint8_t g[2];
-        buf_store_be16(g, group);
-        answer_notify(a, IKE_N_INVALID_KE_PAYLOAD, g, 2);
-        goto out;
-    }
-    uint8_t nr[IKE_NONCE_LEN], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
-    size_t pub_len = 0, g_len = 0;
-    crypto_ke *ke = NULL;
-    char err[192] = "";
-    memset(n, 0, sizeof(*n));
-    n->initiator = false;
-    memcpy(n->spi_i, ch.spi, 8);
-    int r = crypto_random(n->spi_r, 8);
-    if (r == 0)
-        r = crypto_random(nr, sizeof(nr));
-    if (r == 0)
-        r = ke_answer(group, &ki, &ke, pub, sizeof(pub), &pub_len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err));
-    crypto_ke_free(ke);
-    if (r == 0)
-        r = derive_new_ike(sa, n, &ch, g_ir, g_len, ni.p, ni.len, nr, sizeof(nr));
-    secure_wipe(g_ir, sizeof(g_ir));
-    if (r < 0) {
-        LOG_WARN(sa->log, "ike", "cannot answer the gateway's IKE SA rekey (%s %s)", m2mvpn_strerror(r), err);
-        new_ike_free(n);
-        answer_notify(a, err[0] ? IKE_N_INVALID_SYNTAX : IKE_N_TEMPORARY_FAILURE, NULL, 0);
-        goto out;
-    }
-    memcpy(ch.spi, n->spi_r, 8);
-    ike_build_sa_choice(&a->cw, &ch);
-    ike_build_nonce(&a->cw, nr, sizeof(nr));
-    ike_build_ke(&a->cw, group, pub, pub_len);
-    ok = true;
-out:
-    free(v);
-    return ok;
-}
-
 void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *c)
 {
-    answer *a = calloc(1, sizeof(*a));
+    ike_rekey_answer *a = calloc(1, sizeof(*a));
     if (!a)
         return; /* the gateway retransmits */
     buf_writer_init(&a->w, a->buf, sizeof(a->buf));
@@ -1407,16 +719,17 @@ void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chai
     memset(&n, 0, sizeof(n));
     bool new_ike = false;
     if (sa->state != IKE_SA_ESTABLISHED || !sa->hooks.on_child_rekeyed) {
-        answer_notify(a, sa->state == IKE_SA_ESTABLISHED ? IKE_N_NO_ADDITIONAL_SAS : IKE_N_TEMPORARY_FAILURE, NULL, 0);
+        ike_rekey_answer_notify(a, sa->state == IKE_SA_ESTABLISHED ? IKE_N_NO_ADDITIONAL_SAS : IKE_N_TEMPORARY_FAILURE,
+                                NULL, 0);
     } else if (have_rekey && rekey.protocol == IKE_PROTO_ESP && rekey.spi.len == 4) {
         uint32_t spi = buf_load_be32(rekey.spi.p);
         bool retiring = false;
         for (size_t i = 0; i < sa->n_retiring; i++)
             retiring |= sa->retiring[i].spi_out == spi;
         if (spi == sa->child_spi_out) {
-            child_rekey_request(sa, c, a);
+            ike_rekey_child_request(sa, c, a);
         } else if (retiring) {
-            answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0); /* §2.25.1: on its way out */
+            ike_rekey_answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0); /* §2.25.1: on its way out */
         } else {
             uint8_t s4[4];
             buf_store_be32(s4, spi);
@@ -1424,10 +737,10 @@ void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chai
         }
     } else if (!have_rekey && sa_pl && sa_pl->body.len >= 9 && sa_pl->body.p[5] == IKE_PROTO_IKE) {
         /* SA payload: proposal header at 0, Protocol ID at byte 5 (§3.3.1). */
-        new_ike = ike_rekey_request(sa, c, a, &n);
+        new_ike = ike_rekey_ike_request(sa, c, a, &n);
     } else {
         /* A CHILD SA besides ours: one is all we carry. */
-        answer_notify(a, IKE_N_NO_ADDITIONAL_SAS, NULL, 0);
+        ike_rekey_answer_notify(a, IKE_N_NO_ADDITIONAL_SAS, NULL, 0);
         LOG_WARN(sa->log, "ike", "gateway %s asked for another CHILD SA: answered NO_ADDITIONAL_SAS", sa->gw_text);
     }
     ike_chain_writer_finish(&a->cw);
@@ -1440,12 +753,12 @@ void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chai
     if (sa->req.task == IKE_TASK_REKEY_IKE) {
         /* Both sides rekey the IKE SA (§2.8.1): settled when our answer is in. */
         LOG_INFO(sa->log, "ike", "gateway rekeys the IKE SA too (collision)");
-        new_ike_free(&sa->rki.peer);
+        ike_rekey_new_ike_free(&sa->rki.peer);
         sa->rki.peer = n;
         sa->rki.collided = true;
         return;
     }
-    if (switch_ike(sa, &n, false, false) < 0)
+    if (ike_rekey_switch_ike(sa, &n, false, false) < 0)
         ike_sa_fail(sa, M2MVPN_E_CRYPTO, "cannot switch to the IKE SA the gateway rekeyed");
-    new_ike_free(&n);
+    ike_rekey_new_ike_free(&n);
 }

@@ -242,6 +242,7 @@ int ike_sa_send_request(ike_sa *sa, ike_task task, uint8_t *buf, const ike_span 
     sa->req.n_dgram = n_dgram;
     sa->req.natt = sa->natt;
     sa->req.tries = 0;
+    sa->req.failover = false;
     send_datagrams(sa, &sa->req);
     core_timer_arm(sa->loop, &sa->retransmit_timer, retransmit_delay_ms(sa, 0));
     return 0;
@@ -300,6 +301,88 @@ static void retransmit(void *arg)
              sa->req.message_id, sa->mobike.fo_probing ? "the gateway's other address" : sa->gw_text);
     send_datagrams(sa, &sa->req);
     core_timer_arm(sa->loop, &sa->retransmit_timer, retransmit_delay_ms(sa, sa->req.tries));
+}
+
+/* ------------------------------------------------------------- tasks */
+
+static const char *const task_names[] = {
+    [IKE_TASK_NONE] = "none",
+    [IKE_TASK_INIT] = "IKE_SA_INIT",
+    [IKE_TASK_AUTH] = "IKE_AUTH",
+    [IKE_TASK_DPD] = "liveness check",
+    [IKE_TASK_DELETE] = "IKE SA delete",
+    [IKE_TASK_REKEY_CHILD] = "CHILD SA rekey",
+    [IKE_TASK_REKEY_IKE] = "IKE SA rekey",
+    [IKE_TASK_DELETE_CHILD] = "CHILD SA delete",
+    [IKE_TASK_MOBIKE] = "address update",
+};
+
+const char *ike_task_name(ike_task t)
+{
+    return (unsigned)t < sizeof(task_names) / sizeof(task_names[0]) && task_names[t] ? task_names[t] : "?";
+}
+
+const char *ike_task_status_name(ike_task_status s)
+{
+    static const char *const names[] = { "need more", "done", "failed" };
+    return (unsigned)s < 3 ? names[s] : "?";
+}
+
+static const ike_task_ops *const task_ops[IKE_TASK_COUNT] = {
+    [IKE_TASK_INIT] = &ike_task_init,
+    [IKE_TASK_AUTH] = &ike_task_auth,
+    [IKE_TASK_DPD] = &ike_task_dpd,
+    [IKE_TASK_DELETE] = &ike_task_delete,
+    [IKE_TASK_REKEY_CHILD] = &ike_task_rekey_child,
+    [IKE_TASK_REKEY_IKE] = &ike_task_rekey_ike,
+    [IKE_TASK_DELETE_CHILD] = &ike_task_delete_child,
+    [IKE_TASK_MOBIKE] = &ike_task_mobike,
+};
+
+/* The order queued tasks start in: an address update first (the others
+ * need the new path), the replaced CHILD SAs' Deletes before new rekeys,
+ * the liveness check last (any answer before it makes it moot). */
+static const ike_task run_order[] = {
+    IKE_TASK_INIT, IKE_TASK_AUTH,
+    IKE_TASK_MOBIKE, IKE_TASK_DELETE_CHILD, IKE_TASK_REKEY_CHILD, IKE_TASK_REKEY_IKE, IKE_TASK_DPD,
+};
+
+void ike_task_queue(ike_sa *sa, ike_task t)
+{
+    sa->tasks_queued |= 1u << t;
+}
+
+bool ike_task_queued(const ike_sa *sa, ike_task t)
+{
+    return (sa->tasks_queued & (1u << t)) != 0;
+}
+
+/* IKE_SA_INIT and IKE_AUTH set the SA up; the others need it established. */
+static bool may_start(const ike_sa *sa, ike_task t)
+{
+    if (t == IKE_TASK_INIT || t == IKE_TASK_AUTH)
+        return sa->state == IKE_SA_IDLE || sa->state == IKE_SA_INIT_SENT;
+    return sa->state == IKE_SA_ESTABLISHED;
+}
+
+void ike_task_run(ike_sa *sa)
+{
+    uint32_t tried = 0; /* each task once per run: one that fails may queue itself again */
+    while (sa->req.task == IKE_TASK_NONE) {
+        const ike_task_ops *ops = NULL;
+        for (size_t i = 0; i < sizeof(run_order) / sizeof(run_order[0]) && !ops; i++) {
+            ike_task t = run_order[i];
+            if (ike_task_queued(sa, t) && !(tried & (1u << t)) && may_start(sa, t) &&
+                (!task_ops[t]->ready || task_ops[t]->ready(sa)))
+                ops = task_ops[t];
+        }
+        if (!ops)
+            return;
+        tried |= 1u << ops->kind;
+        sa->tasks_queued &= ~(1u << ops->kind);
+        ike_task_status st = ops->build(sa);
+        LOG_DBG(sa->log, "ike", "task %s started: %s", ike_task_name(ops->kind), ike_task_status_name(st));
+    }
 }
 
 int ike_sa_send_protected(ike_sa *sa, uint8_t exchange, bool response, uint32_t message_id,
@@ -446,7 +529,11 @@ int ike_sa_make_ciphers(const crypto_suite *suite, const crypto_ike_keys *k, boo
 
 int ike_sa_start(ike_sa *sa)
 {
-    return ike_init_start(sa);
+    if (sa->state != IKE_SA_IDLE)
+        return M2MVPN_E_STATE;
+    ike_task_queue(sa, IKE_TASK_INIT);
+    ike_task_run(sa); /* a failure arrives through on_down */
+    return 0;
 }
 
 /* Decrypt a protected message (SK, or SKF into the reassembly buffer).
@@ -506,8 +593,9 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
         return;
     }
     if (msg->hdr.exchange == IKE_EXCH_IKE_SA_INIT) {
-        if (sa->req.task == IKE_TASK_INIT)
-            ike_init_process(sa, msg);
+        /* Unprotected: the task itself decides what of it counts. */
+        if (sa->req.task == IKE_TASK_INIT && ike_task_init.process(sa, msg, &msg->chain) == IKE_TASK_DONE)
+            ike_task_run(sa);
         return;
     }
     ike_chain inner;
@@ -521,28 +609,13 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
     sa->next_msg_id++;
     if (probed && !fo_update)
         ike_mobike_failover_answered(sa); /* authenticated, from the address it went to: the update goes there */
-    switch (task) {
-    case IKE_TASK_AUTH:
-        ike_auth_process(sa, &inner);
-        break;
-    case IKE_TASK_DPD:
-    case IKE_TASK_DELETE:
-        ike_info_process_response(sa, &inner);
-        break;
-    case IKE_TASK_MOBIKE:
-        ike_mobike_process_response(sa, &inner, fo_update);
-        break;
-    case IKE_TASK_REKEY_CHILD:
-    case IKE_TASK_REKEY_IKE:
-    case IKE_TASK_DELETE_CHILD:
-        ike_rekey_process_response(sa, task, &inner);
-        break;
-    default:
-        break;
+    const ike_task_ops *ops = task_ops[task];
+    if (ops && ops->process) {
+        ike_task_status st = ops->process(sa, msg, &inner);
+        LOG_DBG(sa->log, "ike", "task %s: %s", ike_task_name(task), ike_task_status_name(st));
     }
     ike_frag_reasm_reset(&sa->reasm); /* the inner chain pointed into it */
-    ike_mobike_kick(sa); /* a move first: the other queued requests need the new path */
-    ike_rekey_kick(sa);
+    ike_task_run(sa);
 }
 
 static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, size_t cap)
@@ -589,8 +662,7 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     else
         ike_info_process_request(sa, &msg->hdr, &inner);
     ike_frag_reasm_reset(&sa->reasm);
-    ike_mobike_kick(sa);
-    ike_rekey_kick(sa);
+    ike_task_run(sa);
 }
 
 void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
@@ -639,13 +711,14 @@ void ike_sa_close(ike_sa *sa)
     if (sa->state == IKE_SA_ESTABLISHED) {
         ike_sa_set_state(sa, IKE_SA_DELETING);
         core_timer_cancel(sa->loop, &sa->dpd_timer);
+        sa->tasks_queued = 0; /* nothing else starts on an SA being deleted */
         if (sa->req.task != IKE_TASK_NONE) {
             /* Abandon it (a liveness check); the Delete must not reuse its
              * message ID, or the gateway takes it for a retransmission. */
             ike_sa_request_done(sa);
             sa->next_msg_id++;
         }
-        if (ike_info_send_delete(sa) == 0)
+        if (ike_task_delete.build(sa) == IKE_TASK_NEED_MORE)
             return; /* on_down when the gateway confirms or the retransmits end */
     }
     ike_sa_fail(sa, 0, "IKE SA closed");

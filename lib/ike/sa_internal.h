@@ -6,6 +6,7 @@
 #include "codec.h"
 #include "crypto/crypto.h"
 #include "ike.h"
+#include "task.h"
 
 #define IKE_MSG_MAX 65536          /* largest message we build or reassemble */
 #define IKE_NONCE_LEN 32
@@ -23,22 +24,9 @@ typedef enum ike_sa_state {
     IKE_SA_DOWN,
 } ike_sa_state;
 
-typedef enum ike_task {
-    IKE_TASK_NONE,
-    IKE_TASK_INIT,
-    IKE_TASK_AUTH,
-    IKE_TASK_DPD,
-    IKE_TASK_DELETE,
-    IKE_TASK_REKEY_CHILD,          /* CREATE_CHILD_SA rekeying the CHILD SA (rekey.c) */
-    IKE_TASK_REKEY_IKE,            /* CREATE_CHILD_SA rekeying the IKE SA */
-    IKE_TASK_DELETE_CHILD,         /* INFORMATIONAL deleting a replaced CHILD SA */
-    IKE_TASK_MOBIKE,               /* INFORMATIONAL with UPDATE_SA_ADDRESSES (mobike.c) */
-} ike_task;
-
 /* MOBIKE (RFC 4555, mobike.c). */
 typedef struct ike_mobike {
     bool peer;                     /* the gateway announced MOBIKE_SUPPORTED (authenticated) */
-    bool want_update;              /* an UPDATE_SA_ADDRESSES waits for the request slot */
     bool update_ours;              /* asked for by ike_sa_update_addresses (else: NAT mapping) */
     char reason[160];              /* why (for the hook) */
     uint8_t cookie2[16];           /* of the update under way (return routability, §3.5) */
@@ -112,13 +100,15 @@ typedef struct ike_new_ike {
 
 /* The one outstanding request (window size 1), as sent: for retransmission. */
 typedef struct ike_request {
-    ike_task task;
+    ike_task task;                 /* the active task, IKE_TASK_NONE when the window is free */
     uint32_t message_id;
     uint8_t *buf;                  /* every datagram back to back */
     ike_span dgram[IKE_MAX_OUT_FRAGS];
     size_t n_dgram;
     bool natt;
     unsigned tries;                /* retransmissions done */
+    bool failover;                 /* MOBIKE: the failover's update, to fo_to (kept
+                                    * after it ends, for its answer's task) */
 } ike_request;
 
 struct ike_sa {
@@ -175,6 +165,7 @@ struct ike_sa {
     uint8_t *last_resp;            /* our last response, for retransmitted requests */
     size_t last_resp_len;
     ike_request req;
+    uint32_t tasks_queued;         /* 1 << ike_task: waiting for the window (task.h) */
     core_timer retransmit_timer;
     core_timer dpd_timer;
     uint64_t last_heard_ms;
@@ -195,8 +186,7 @@ struct ike_sa {
     ike_ts child_tsi[IKE_MAX_TS], child_tsr[IKE_MAX_TS]; /* as negotiated, ours | theirs */
     size_t n_child_tsi, n_child_tsr;
 
-    /* Rekeying (rekey.c, RFC 7296 §1.3, §2.8) */
-    bool want_rekey_child, want_rekey_ike;
+    /* Rekeying (rekey*.c, RFC 7296 §1.3, §2.8) */
     core_timer rekey_timer;        /* IKE SA lifetime, retries, grace periods */
     uint64_t ike_rekey_at_ms;      /* 0: none planned */
     uint64_t child_retry_at_ms;    /* a failed CHILD rekey is tried again then */
@@ -276,12 +266,8 @@ int ike_auth_choose(const ike_sa *sa, pki_key_type kt, const uint16_t *peer_hash
 /* init.c */
 bool ike_choice_offered(const ike_sa_choice *c, const proposal *props, size_t n, bool ike);
 bool ike_choice_keeps_pfs(const ike_sa_choice *c, const proposal *props, size_t n);
-int ike_init_start(ike_sa *sa);
-void ike_init_process(ike_sa *sa, const ike_message *msg);
 
 /* auth.c */
-int ike_auth_start(ike_sa *sa);
-void ike_auth_process(ike_sa *sa, const ike_chain *inner);
 /* prf(SK_p, ID body) and the octets an AUTH payload signs (RFC 7296 §2.15). */
 int ike_auth_octets(ike_sa *sa, bool ours, const uint8_t *id_body, size_t id_len,
                     uint8_t **ret, size_t *ret_len);
@@ -307,9 +293,6 @@ void ike_rekey_free(ike_sa *sa);
 void ike_rekey_plan_ike(ike_sa *sa);
 /* An authenticated message arrived on the current IKE SA. */
 void ike_rekey_heard(ike_sa *sa);
-/* Start whatever is queued (deletes, rekeys) if no request is outstanding. */
-void ike_rekey_kick(ike_sa *sa);
-void ike_rekey_process_response(ike_sa *sa, ike_task task, const ike_chain *inner);
 /* CREATE_CHILD_SA from the gateway: answered here. */
 void ike_rekey_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *inner);
 /* Delete(ESP) of `spi` (our outbound SPI) from the gateway: 1 if it named a
@@ -348,11 +331,6 @@ void ike_mobike_process_request(ike_sa *sa, const ike_chain *c);
  * shows in the answer). */
 void ike_mobike_build_dpd(ike_sa *sa, ike_chain_writer *cw);
 void ike_mobike_process_dpd(ike_sa *sa, const ike_chain *c);
-/* failover: the answer to the failover's update (fo_to tentative): success
- * makes fo_to the gateway's address, anything else ends the SA. */
-void ike_mobike_process_response(ike_sa *sa, const ike_chain *c, bool failover);
-/* Send a queued UPDATE_SA_ADDRESSES if the request slot is free. */
-void ike_mobike_kick(ike_sa *sa);
 /* The request under way went unanswered to the end: send it to the
  * gateway's next other address (true), or none is left (false: the SA
  * fails as before). */
@@ -373,9 +351,8 @@ void ike_sa_format_addr(const struct sockaddr_storage *ss, char *out, size_t len
 
 /* info.c */
 void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain *inner);
-void ike_info_process_response(ike_sa *sa, const ike_chain *inner);
+/* dpd_timer: queue a liveness check (sent when the gateway has been quiet a period). */
 void ike_info_dpd(void *arg);
-int ike_info_send_delete(ike_sa *sa);
 /* INFORMATIONAL{[N(AUTHENTICATION_FAILED),] D(IKE)}, sent once, no answer
  * awaited: the gateway drops its half of an SA we give up on. */
 void ike_info_send_final(ike_sa *sa, bool auth_failed);

@@ -178,10 +178,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             case 1:
             case 2:
                 if (sa->req.task == ((ctl & 3) == 1 ? IKE_TASK_REKEY_CHILD : IKE_TASK_REKEY_IKE)) {
-                    ike_task task = sa->req.task;
+                    const ike_task_ops *ops = (ctl & 3) == 1 ? &ike_task_rekey_child : &ike_task_rekey_ike;
                     ike_sa_request_done(sa);
                     sa->next_msg_id++;
-                    ike_rekey_process_response(sa, task, &chain);
+                    ops->process(sa, NULL, &chain);
                 }
                 break;
             default:
@@ -190,7 +190,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 ike_info_process_request(sa, &hdr, &chain);
                 break;
             }
-            ike_rekey_kick(sa);
+            ike_task_run(sa);
         }
         now_ms += (uint64_t)(ctl >> 4) * 1000;
         core_loop_run_once(&loop, 0);

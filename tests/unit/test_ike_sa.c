@@ -2762,9 +2762,10 @@ END_TEST
 /* The gateway rekeys the IKE SA (§1.3.2): we answer, the new SA has the
  * gateway as its original initiator (flags and key directions follow,
  * §2.18), its Delete of the old SA is answered there and the SA stays up. */
-START_TEST(test_rekey_ike_by_gateway)
+/* The gateway rekeys the IKE SA (request 0 on the current one, answered);
+ * the fake gateway moves to the new SA, its old keys in old. */
+static void gw_rekeys_ike(fg_keys *old)
 {
-    establish();
     size_t n0 = n_sent();
     uint8_t gw_spi[8] = { 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 }, ni[32], pub[CRYPTO_MAX_KE_LEN];
     size_t pub_len = 0;
@@ -2800,8 +2801,15 @@ START_TEST(test_rekey_ike_by_gateway)
     ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_ir, sizeof(g_ir), &g_len, err, sizeof(err)), 0);
     crypto_ke_free(gke);
     ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    fg_rekey_ike_keys(&T->gw, true, gw_spi, spi_r, g_ir, g_len, ni, sizeof(ni), nr_copy, nr_len, old);
+}
+
+START_TEST(test_rekey_ike_by_gateway)
+{
+    establish();
+    size_t n0 = n_sent();
     fg_keys old;
-    fg_rekey_ike_keys(&T->gw, true, gw_spi, spi_r, g_ir, g_len, ni, sizeof(ni), nr_copy, nr_len, &old);
+    gw_rekeys_ike(&old);
     /* A request of ours waits until the gateway shows it has the new SA
      * (else it may arrive first and be dropped as for an unknown SA). */
     ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
@@ -3093,6 +3101,217 @@ START_TEST(test_rekey_ike_collision_we_lose)
 }
 END_TEST
 
+/* ------------------------------------------- exchanges interleaved (task.h) */
+
+/* Our CHILD SA rekey in flight (message 2) on a newly established SA. */
+static void child_rekey_in_flight(rekey_req *r, size_t *n0)
+{
+    establish();
+    *n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
+    ck_assert_uint_eq(n_sent(), *n0 + 1);
+    take_child_rekey(sent(*n0), 2, r);
+}
+
+static void answer_empty(uint32_t msg_id)
+{
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, msg_id, 0, m);
+    deliver(m);
+    free(m);
+}
+
+/* A liveness check that comes due while our rekey is unanswered waits
+ * (window size 1, RFC 7296 §2.3), then yields to the old CHILD SA's Delete;
+ * those answers show the gateway alive, so it goes a period later, with
+ * the next message ID. */
+START_TEST(test_queue_dpd_behind_rekey)
+{
+    enable_dpd();
+    rekey_req r;
+    size_t n0;
+    child_rekey_in_flight(&r, &n0);
+    for (int i = 0; i < 9; i++)
+        advance(1000);
+    advance(999);
+    ck_assert_uint_eq(n_sent(), n0 + 1 + TRIES); /* the rekey's retransmissions only */
+    for (size_t i = n0 + 1; i < n_sent(); i++)
+        assert_same_bytes(sent(i), sent(n0));
+    advance(1); /* the check is due now: still nothing new */
+    size_t n1 = n_sent();
+    ck_assert_uint_eq(n1, n0 + 1 + TRIES);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 2, 0x5a5a0001, 0x77, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    ck_assert_uint_eq(esp_delete_spi(open_any(sent(n1), IKE_EXCH_INFORMATIONAL, false, 3)), r.old_spi);
+    answer_empty(3);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    advance(1);
+    ck_assert_uint_eq(n_sent(), n1 + 2);
+    ck_assert_uint_eq(open_any(sent(n1 + 1), IKE_EXCH_INFORMATIONAL, false, 4)->n, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* An IKE SA rekey asked for while the CHILD SA rekey is in flight waits for
+ * it and for the old CHILD SA's Delete, each with its own message ID. */
+START_TEST(test_queue_ike_rekey_behind_child_rekey)
+{
+    rekey_req r;
+    size_t n0;
+    child_rekey_in_flight(&r, &n0);
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 2, 0x5a5a0001, 0x77, km, sizeof(km));
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(esp_delete_spi(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)), r.old_spi);
+    answer_empty(3);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    const ike_chain *c = open_any(sent(n0 + 2), IKE_EXCH_CREATE_CHILD_SA, false, 4);
+    ck_assert_int_lt(fg_notify_at(c, IKE_N_REKEY_SA, NULL), 0);
+    const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
+    ck_assert_ptr_nonnull(sa_pl);
+    ike_sa_view *v = malloc(sizeof(*v));
+    ike_diag d;
+    ck_assert_int_eq(ike_sa_parse(sa_pl->body, v, &d), 0);
+    ck_assert_uint_eq(v->prop[0].protocol, IKE_PROTO_IKE);
+    free(v);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* Requests of the gateway while our CREATE_CHILD_SA is in flight are
+ * answered at once: a liveness check (empty), an IKE SA rekey (refused with
+ * TEMPORARY_FAILURE, §2.25.2: it would replace the SA our exchange runs
+ * on); our rekey then completes. */
+START_TEST(test_gateway_requests_during_our_rekey)
+{
+    rekey_req r;
+    size_t n0;
+    child_rekey_in_flight(&r, &n0);
+    fg_chain c;
+    fg_chain_begin(&c);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 0)->n, 0);
+    uint8_t gw_spi[8] = { 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 }, ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    crypto_ke_free(gke);
+    memset(ni, 0x21, sizeof(ni));
+    fg_chain_begin(&c);
+    ike_sa_choice offer = ike_choice(1, gw_spi);
+    ike_build_sa_choice(&c.cw, &offer);
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    const ike_chain *ans = open_any(sent(n0 + 2), IKE_EXCH_CREATE_CHILD_SA, true, 1);
+    ck_assert_int_ge(fg_notify_at(ans, IKE_N_TEMPORARY_FAILURE, NULL), 0);
+    ck_assert_ptr_null(ike_chain_find(ans, IKE_PL_SA, NULL));
+    ck_assert_uint_eq(T->n_ike_rekeyed, 0);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 2, 0x5a5a0001, 0x77, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->rekeyed[0].spi_in, r.new_spi);
+    ck_assert_uint_eq(esp_delete_spi(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, false, 3)), r.old_spi);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* The gateway deletes the IKE SA while our rekey is in flight: answered,
+ * the SA ends; the rekey's late answer installs nothing, and the queued
+ * IKE SA rekey never goes. */
+START_TEST(test_gateway_deletes_ike_during_our_rekey)
+{
+    rekey_req r;
+    size_t n0;
+    child_rekey_in_flight(&r, &n0);
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_build_delete(&c.cw, IKE_PROTO_IKE, 0, NULL, 0);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, true, 0);
+    assert_down(M2MVPN_E_PROTOCOL);
+    uint8_t km[4 * CRYPTO_MAX_KEY_LEN];
+    answer_child_rekey(&r, 2, 0x5a5a0001, 0x77, km, sizeof(km));
+    ck_assert_uint_eq(T->n_rekeyed, 0);
+    advance(60000);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+}
+END_TEST
+
+/* The gateway rekeys the IKE SA while our liveness check is out: the check
+ * is dropped (the rekey showed the gateway alive), and the next one goes a
+ * period later on the new SA. */
+START_TEST(test_dpd_abandoned_by_ike_rekey)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2);
+    fg_keys old;
+    gw_rekeys_ike(&old);
+    fg_swap_keys(&T->gw, &old); /* it deletes the old SA there */
+    fg_chain del;
+    fg_chain_begin(&del);
+    ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+    deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
+    fg_swap_keys(&T->gw, &old);
+    size_t n1 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n1);
+    advance(1);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    ck_assert_uint_eq(open_any(sent(n1), IKE_EXCH_INFORMATIONAL, false, 0)->n, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
+/* IKE_SA_INIT is the SA's first task, started once: a second start while
+ * it is under way or later sends nothing. */
+START_TEST(test_start_once)
+{
+    start();
+    ck_assert_int_eq(ike_sa_start(T->sa), M2MVPN_E_STATE);
+    ck_assert_uint_eq(n_sent(), 1);
+    answer_init();
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    size_t n = n_sent();
+    ck_assert_int_eq(ike_sa_start(T->sa), M2MVPN_E_STATE);
+    ck_assert_uint_eq(n_sent(), n);
+}
+END_TEST
+
+/* Closing while a rekey is in flight and another queued: the Delete takes
+ * the next message ID, the queued rekey never goes. */
+START_TEST(test_close_with_tasks_queued)
+{
+    rekey_req r;
+    size_t n0;
+    child_rekey_in_flight(&r, &n0);
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    ike_sa_close(T->sa);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert(fg_has_ike_delete(open_any(sent(n0 + 1), IKE_EXCH_INFORMATIONAL, false, 3)));
+    answer_empty(3);
+    assert_down(0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+}
+END_TEST
+
 static Suite *ike_sa_suite(void)
 {
     Suite *s = suite_create("ike_sa");
@@ -3156,6 +3375,13 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_forged_and_malformed },
         { "rekey", test_rekey_ike_collision_we_win },
         { "rekey", test_rekey_ike_collision_we_lose },
+        { "interleaved", test_queue_dpd_behind_rekey },
+        { "interleaved", test_queue_ike_rekey_behind_child_rekey },
+        { "interleaved", test_gateway_requests_during_our_rekey },
+        { "interleaved", test_gateway_deletes_ike_during_our_rekey },
+        { "interleaved", test_close_with_tasks_queued },
+        { "interleaved", test_start_once },
+        { "interleaved", test_dpd_abandoned_by_ike_rekey },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

@@ -78,6 +78,13 @@ void mgmt_bundle_clear(mgmt_bundle *b);
  * folder), mode 0600. */
 int mgmt_write_file(const char *dir, const char *name, const void *data, size_t len, char *err, size_t err_len);
 
+/* The state files in JSON. Write: o as text through mgmt_write_file, then o
+ * put (NULL o: NOMEM). Read: 0 with *ret NULL when there is no such file;
+ * M2MVPN_E_IO naming the file when it is unreadable or not JSON. */
+struct json_object;
+int mgmt_write_json(const char *dir, const char *name, struct json_object *o, char *err, size_t err_len);
+int mgmt_read_json(const char *dir, const char *name, struct json_object **ret, char *err, size_t err_len);
+
 typedef enum mgmt_phase { MGMT_UNENROLLED, MGMT_PENDING, MGMT_ENROLLED, MGMT_ERROR, MGMT_DECOMMISSIONED } mgmt_phase;
 const char *mgmt_phase_name(mgmt_phase p);
 

@@ -170,10 +170,7 @@ int mgmt_journal_save(const char *dir, const mgmt_journal *j, char *err, size_t 
     json_object_object_add(o, "to", json_object_new_int64(j->to));
     json_object_object_add(o, "had_prev", json_object_new_boolean(j->had_prev));
     json_object_object_add(o, "reason", json_object_new_string(j->reason));
-    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-    int r = mgmt_write_file(dir, JOURNAL, text, strlen(text), err, err_len);
-    json_object_put(o);
-    return r;
+    return mgmt_write_json(dir, JOURNAL, o, err, err_len);
 }
 
 static int set_phase(const char *dir, mgmt_journal *j, mgmt_apply_phase p, char *err, size_t err_len)

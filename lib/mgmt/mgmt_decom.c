@@ -93,11 +93,7 @@ int mgmt_decom_save(const char *dir, const mgmt_decom *d, char *err, size_t err_
     json_object_object_add(o, "phase", json_object_new_string(mgmt_decom_phase_name(d->phase)));
     json_object_object_add(o, "device", json_object_new_string(d->device_id));
     json_object_object_add(o, "time", json_object_new_int64(d->time));
-    size_t n = 0;
-    const char *text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &n);
-    int r = text ? mgmt_write_file(dir, DECOM_FILE, text, n, err, err_len) : M2MVPN_E_NOMEM;
-    json_object_put(o);
-    return r;
+    return mgmt_write_json(dir, DECOM_FILE, o, err, err_len);
 }
 
 /* Overwrite a regular file with zeros (its length), fsync, then unlink: the

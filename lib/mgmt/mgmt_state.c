@@ -67,18 +67,38 @@ fail:
     return M2MVPN_E_IO;
 }
 
+int mgmt_write_json(const char *dir, const char *name, json_object *o, char *err, size_t err_len)
+{
+    if (!o)
+        return M2MVPN_E_NOMEM;
+    size_t n = 0;
+    const char *text = json_object_to_json_string_length(o, JSON_C_TO_STRING_PRETTY, &n);
+    int r = text ? mgmt_write_file(dir, name, text, n, err, err_len) : M2MVPN_E_NOMEM;
+    json_object_put(o);
+    return r;
+}
+
+int mgmt_read_json(const char *dir, const char *name, json_object **ret, char *err, size_t err_len)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    *ret = json_object_from_file(path);
+    if (*ret || (access(path, F_OK) < 0 && errno == ENOENT))
+        return 0;
+    snprintf(err, err_len, "%s is unreadable or not JSON", path);
+    return M2MVPN_E_IO;
+}
+
 int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len)
 {
     memset(st, 0, sizeof(*st));
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/mgmt.json", dir);
-    json_object *o = json_object_from_file(path);
-    if (!o) {
-        if (access(path, F_OK) < 0 && errno == ENOENT)
-            return 0;
-        snprintf(err, err_len, "%s is unreadable or not JSON: remove it to enrol again", path);
+    json_object *o;
+    if (mgmt_read_json(dir, "mgmt.json", &o, err, err_len) < 0) {
+        snprintf(err + strlen(err), err_len - strlen(err), ": remove it to enrol again");
         return M2MVPN_E_IO;
     }
+    if (!o)
+        return 0;
     json_object *v;
     if (json_object_object_get_ex(o, "state", &v)) {
         const char *s = json_object_get_string(v);
@@ -111,10 +131,7 @@ int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err
     json_object_object_add(o, "profile_version", json_object_new_int64(st->profile_version));
     json_object_object_add(o, "etag", json_object_new_string(st->etag));
     json_object_object_add(o, "software_seq", json_object_new_int64(st->software_seq));
-    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-    int r = mgmt_write_file(dir, "mgmt.json", text, strlen(text), err, err_len);
-    json_object_put(o);
-    return r;
+    return mgmt_write_json(dir, "mgmt.json", o, err, err_len);
 }
 
 /* ------------------------------------------------------------ renew.json */
@@ -140,22 +157,17 @@ static int drop_file(const char *dir, const char *name, char *err, size_t err_le
 int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len)
 {
     memset(mk, 0, sizeof(*mk));
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/" RENEW_MARK, dir);
-    json_object *o = json_object_from_file(path);
-    if (!o) {
-        if (access(path, F_OK) < 0 && errno == ENOENT)
-            return 0;
-        snprintf(err, err_len, "%s is unreadable or not JSON", path);
-        return M2MVPN_E_IO;
-    }
+    json_object *o;
+    int rr = mgmt_read_json(dir, RENEW_MARK, &o, err, err_len);
+    if (rr < 0 || !o)
+        return rr;
     json_object *d, *s;
     int r = 0;
     if (!json_object_object_get_ex(o, "deployment", &d) || !json_object_is_type(d, json_type_int) ||
         json_object_get_int64(d) <= 0 || !json_object_object_get_ex(o, "old_serial", &s) ||
         !json_object_is_type(s, json_type_string) ||
         (size_t)json_object_get_string_len(s) >= sizeof(mk->old_serial)) {
-        snprintf(err, err_len, "%s: no positive \"deployment\" and \"old_serial\"", path);
+        snprintf(err, err_len, "%s/%s: no positive \"deployment\" and \"old_serial\"", dir, RENEW_MARK);
         r = M2MVPN_E_IO;
     } else {
         mk->deployment = json_object_get_int64(d);
@@ -174,10 +186,7 @@ int mgmt_renew_mark_save(const char *dir, const mgmt_renew_mark *mk, char *err, 
         return M2MVPN_E_NOMEM;
     json_object_object_add(o, "deployment", json_object_new_int64(mk->deployment));
     json_object_object_add(o, "old_serial", json_object_new_string(mk->old_serial));
-    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-    int r = mgmt_write_file(dir, RENEW_MARK, text, strlen(text), err, err_len);
-    json_object_put(o);
-    return r;
+    return mgmt_write_json(dir, RENEW_MARK, o, err, err_len);
 }
 
 /* ----------------------------------------------------------- update.json */
@@ -194,13 +203,10 @@ int mgmt_update_mark_load(const char *dir, mgmt_update_mark *mk, char *err, size
     memset(mk, 0, sizeof(*mk));
     char path[4200];
     snprintf(path, sizeof(path), "%s/" UPDATE_MARK, dir);
-    json_object *o = json_object_from_file(path);
-    if (!o) {
-        if (access(path, F_OK) < 0 && errno == ENOENT)
-            return 0;
-        snprintf(err, err_len, "%s is unreadable or not JSON", path);
-        return M2MVPN_E_IO;
-    }
+    json_object *o;
+    int rr = mgmt_read_json(dir, UPDATE_MARK, &o, err, err_len);
+    if (rr < 0 || !o)
+        return rr;
     json_object *dep, *ver, *sv, *file, *sha, *size;
     int r = M2MVPN_E_IO;
     if (!json_object_object_get_ex(o, "deployment", &dep) || !json_object_is_type(dep, json_type_int) ||
@@ -246,8 +252,5 @@ int mgmt_update_mark_save(const char *dir, const mgmt_update_mark *mk, char *err
     json_object_object_add(o, "file", json_object_new_string(mk->file));
     json_object_object_add(o, "sha256", json_object_new_string(mk->sha256));
     json_object_object_add(o, "size", json_object_new_int64(mk->size));
-    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-    int r = mgmt_write_file(dir, UPDATE_MARK, text, strlen(text), err, err_len);
-    json_object_put(o);
-    return r;
+    return mgmt_write_json(dir, UPDATE_MARK, o, err, err_len);
 }

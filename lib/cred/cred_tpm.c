@@ -136,7 +136,8 @@ static bool tss2_loaded;
 static pthread_mutex_t tss2_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Loads the libraries once; the error names the one missing. Every path
- * to a tpm2-tss call goes through connect_tpm, which calls this first. */
+ * to a tpm2-tss call goes through connect_tpm, which calls this first, or
+ * (no TPM involved) cred_tpm_key_public. */
 static int tss2_load(char *err, size_t err_len)
 {
     int rc = 0;
@@ -1088,6 +1089,11 @@ int cred_tpm_key_public(const char *path, EVP_PKEY **ret, char *err, size_t err_
     if (!path || !ret)
         return M2MVPN_E_INVAL;
     *ret = NULL;
+    /* No TPM connection here, so the libraries are loaded for the
+     * unmarshalling: a restart finishing a renewal calls this first. */
+    int lrc = tss2_load(err, err_len);
+    if (lrc != 0)
+        return lrc;
     uint8_t *data = NULL;
     size_t len = 0;
     char why[200] = "";

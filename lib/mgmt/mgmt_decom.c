@@ -158,9 +158,15 @@ static bool ours(const char *n)
                                          "device.tss2.pem.next", "device.crt.pem", "device.crt.pem.next",
                                          "device.p11id.next", "mgmt.json", "apply.json", "profile.json",
                                          "profile.next.json", "profile.prev.json" };
-    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
+        size_t el = strlen(exact[i]);
         if (!strcmp(n, exact[i]))
             return true;
+        /* a key file's generation stopped before its rename: NAME.tmp.XXXXXX
+         * (lib/cred/keygen.c), a private key maybe */
+        if (!strncmp(n, exact[i], el) && !strncmp(n + el, ".tmp.", 5) && strlen(n + el + 5) == 6)
+            return true;
+    }
     size_t l = strlen(n);
     if (!strncmp(n, "ca-", 3) && l > 7 && !strcmp(n + l - 4, ".pem"))
         return true;

@@ -163,12 +163,14 @@ static int tss2_load(char *err, size_t err_len)
              * memcpy, which ISO C allows), into its slot of the struct. */
             memcpy((char *)&tss2 + i * sizeof p, &p, sizeof p);
         }
-        if (rc == 0)
+        if (rc == 0) {
             tss2_loaded = true;
-        else
+        } else {
+            memset(&tss2, 0, sizeof tss2); /* no pointer into a library closed here */
             for (int i = 0; i < TSS2_N_LIBS; i++)
                 if (lib[i])
                     dlclose(lib[i]);
+        }
     }
     pthread_mutex_unlock(&tss2_lock);
     return rc;
@@ -443,7 +445,8 @@ static void evp_detach(tpm_cred *tc)
 
 static void tpm_unload(tpm_cred *tc)
 {
-    Esys_Free(tc->saved); /* nothing of it in the TPM: flushed after each use */
+    if (tc->saved) /* (tpm2-tss loaded then): nothing of it in the TPM, flushed after each use */
+        Esys_Free(tc->saved);
     tc->saved = NULL;
     secure_wipe(&tc->auth, sizeof tc->auth);
     if (tc->esys && tc->key != ESYS_TR_NONE) {

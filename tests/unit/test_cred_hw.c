@@ -283,6 +283,23 @@ START_TEST(tss2_key_public_without_tpm_use)
 }
 END_TEST
 
+/* Opening a TPM key that fails before any TPM was reached (here: its
+ * certificate file is missing) reports that, with nothing loaded yet: the
+ * clean-up calls no tpm2-tss function it has not loaded. */
+START_TEST(tpm_open_fails_before_any_tpm_use)
+{
+    char err[512] = "";
+    cred_provider *p = NULL;
+    int r = cred_tpm_open("/nonexistent/m2mvpn-test.tss2.pem", "/nonexistent/m2mvpn-test.crt.pem", NULL, NULL, 0,
+                          &p, err, sizeof err);
+    ck_assert_int_lt(r, 0);
+    ck_assert_ptr_null(p);
+    const char *tpm = getenv("M2MVPN_TPM");
+    if (!tpm || strcmp(tpm, "0") != 0)
+        ck_assert_msg(strstr(err, "/nonexistent/m2mvpn-test.crt.pem"), "%s", err);
+}
+END_TEST
+
 /* ------------------------------------------------------------ PKCS#11 URIs */
 
 START_TEST(p11_uri_good)
@@ -557,6 +574,7 @@ Suite *cred_hw_suite(void)
     tcase_add_loop_test(tc, tss2_roundtrip, 0, sizeof roundtrips / sizeof roundtrips[0]);
     tcase_add_test(tc, tss2_hand_made_der);
     tcase_add_test(tc, tss2_key_public_without_tpm_use);
+    tcase_add_test(tc, tpm_open_fails_before_any_tpm_use);
     tcase_add_test(tc, tss2_ber_true_and_false);
     tcase_add_test(tc, tss2_every_truncation_fails);
     tcase_add_loop_test(tc, tss2_bad_der, 0, sizeof bad_der / sizeof bad_der[0]);

@@ -157,10 +157,13 @@ static int p11_load(char *err, size_t err_len)
              * memcpy, which ISO C allows), into its slot of the struct. */
             memcpy((char *)&p11 + i * sizeof p, &p, sizeof p);
         }
-        if (rc == 0)
+        if (rc == 0) {
             p11_loaded = true;
-        else if (lib)
-            dlclose(lib);
+        } else {
+            memset(&p11, 0, sizeof p11); /* no pointer into the library closed here */
+            if (lib)
+                dlclose(lib);
+        }
     }
     pthread_mutex_unlock(&p11_lock);
     return rc;

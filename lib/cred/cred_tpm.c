@@ -136,7 +136,8 @@ static bool tss2_loaded;
 static pthread_mutex_t tss2_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Loads the libraries once; the error names the one missing. Every path
- * to a tpm2-tss call goes through connect_tpm, which calls this first. */
+ * to a tpm2-tss call goes through connect_tpm, which calls this first, or
+ * (no TPM involved) cred_tpm_key_public. */
 static int tss2_load(char *err, size_t err_len)
 {
     int rc = 0;
@@ -162,12 +163,14 @@ static int tss2_load(char *err, size_t err_len)
              * memcpy, which ISO C allows), into its slot of the struct. */
             memcpy((char *)&tss2 + i * sizeof p, &p, sizeof p);
         }
-        if (rc == 0)
+        if (rc == 0) {
             tss2_loaded = true;
-        else
+        } else {
+            memset(&tss2, 0, sizeof tss2); /* no pointer into a library closed here */
             for (int i = 0; i < TSS2_N_LIBS; i++)
                 if (lib[i])
                     dlclose(lib[i]);
+        }
     }
     pthread_mutex_unlock(&tss2_lock);
     return rc;
@@ -442,7 +445,8 @@ static void evp_detach(tpm_cred *tc)
 
 static void tpm_unload(tpm_cred *tc)
 {
-    Esys_Free(tc->saved); /* nothing of it in the TPM: flushed after each use */
+    if (tc->saved) /* (tpm2-tss loaded then): nothing of it in the TPM, flushed after each use */
+        Esys_Free(tc->saved);
     tc->saved = NULL;
     secure_wipe(&tc->auth, sizeof tc->auth);
     if (tc->esys && tc->key != ESYS_TR_NONE) {
@@ -1088,16 +1092,18 @@ int cred_tpm_key_public(const char *path, EVP_PKEY **ret, char *err, size_t err_
     if (!path || !ret)
         return M2MVPN_E_INVAL;
     *ret = NULL;
+    /* No TPM connection here, so the libraries are loaded for the
+     * unmarshalling: a restart finishing a renewal calls this first. */
+    int lrc = tss2_load(err, err_len);
+    if (lrc != 0)
+        return lrc;
     uint8_t *data = NULL;
     size_t len = 0;
     char why[200] = "";
     tss2_key_blob *blob = calloc(1, sizeof *blob);
     if (!blob)
         return M2MVPN_E_NOMEM;
-    /* no TPM needed, but tpm2-tss's unmarshalling: loaded first */
-    int rc = tss2_load(err, err_len);
-    if (rc == 0)
-        rc = pki_read_file(path, &data, &len, err, err_len);
+    int rc = pki_read_file(path, &data, &len, err, err_len);
     if (rc == 0)
         rc = tss2_key_parse_pem(data, len, blob, why, sizeof why);
     free(data);

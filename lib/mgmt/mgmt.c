@@ -1935,6 +1935,16 @@ static void renew_recover(mgmt *m)
     char kn[4200], cn[4200], err[512];
     snprintf(kn, sizeof(kn), "%s.next", m->key_path);
     snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+    uint8_t id[8];
+    if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && p11_intent_read(m, id) != 0) {
+        /* p11_recover could not finish the token's side (not reachable?):
+         * the certificate waits with it, else the next start would take
+         * its intent for an attempt without certificate and delete the
+         * new key the certificate is for. */
+        if (access(cn, F_OK) == 0)
+            LOG_WARN(m->log, SUB, "an interrupted key renewal on the token is left for the next start");
+        return;
+    }
     if (access(cn, F_OK) == 0) {
         uint8_t id[8];
         if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && p11_intent_read(m, id) == 0) {

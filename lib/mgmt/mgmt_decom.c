@@ -98,18 +98,30 @@ int mgmt_decom_save(const char *dir, const mgmt_decom *d, char *err, size_t err_
 
 /* Overwrite a regular file with zeros (its length), fsync, then unlink: the
  * key bytes do not stay in the freed blocks of a file system that writes
- * in place (journalling or flash translation layers may keep copies). */
-static int shred(const char *path, char *err, size_t err_len)
+ * in place (journalling or flash translation layers may keep copies).
+ * Anything else than a regular file (a link, a FIFO, a device) is only
+ * unlinked, never opened: a FIFO would block the engine, a link would
+ * send the zeros elsewhere. follow: `path` is the bootstrap's own key
+ * path, which may be a link to the key file: that file goes too. */
+static int shred(const char *path, bool follow, char *err, size_t err_len)
 {
-    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
+    struct stat ls;
+    if (lstat(path, &ls) < 0) {
         if (errno == ENOENT)
             return 0;
-        if (errno != ELOOP)
-            goto fail;
-    } else {
+        goto fail;
+    }
+    if (S_ISLNK(ls.st_mode) && follow) {
+        char *real = realpath(path, NULL);
+        int r = real ? shred(real, false, err, err_len) : 0; /* a dangling link: nothing behind it */
+        free(real);
+        if (r < 0)
+            return r;
+    } else if (S_ISREG(ls.st_mode)) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
         struct stat sb;
-        if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_ino == ls.st_ino &&
+            sb.st_dev == ls.st_dev) {
             static const char zero[4096];
             for (off_t done = 0; done < sb.st_size;) {
                 size_t chunk = sb.st_size - done < (off_t)sizeof(zero) ? (size_t)(sb.st_size - done) : sizeof(zero);
@@ -123,7 +135,8 @@ static int shred(const char *path, char *err, size_t err_len)
             }
             fsync(fd);
         }
-        close(fd);
+        if (fd >= 0)
+            close(fd);
     }
     if (unlink(path) < 0 && errno != ENOENT)
         goto fail;
@@ -141,9 +154,15 @@ static bool ours(const char *n)
                                          "device.tss2.pem.next", "device.crt.pem", "device.crt.pem.next",
                                          "device.p11id.next", "mgmt.json", "apply.json", "profile.json",
                                          "profile.next.json", "profile.prev.json" };
-    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
+        size_t el = strlen(exact[i]);
         if (!strcmp(n, exact[i]))
             return true;
+        /* a key file's generation stopped before its rename: NAME.tmp.XXXXXX
+         * (lib/cred/keygen.c), a private key maybe */
+        if (!strncmp(n, exact[i], el) && !strncmp(n + el, ".tmp.", 5) && strlen(n + el + 5) == 6)
+            return true;
+    }
     size_t l = strlen(n);
     if (!strncmp(n, "ca-", 3) && l > 7 && !strcmp(n + l - 4, ".pem"))
         return true;
@@ -160,11 +179,11 @@ int mgmt_decom_wipe(const char *dir, const char *key_file, char *err, size_t err
     int r = 0;
     /* The key first: without it the certificate is of no use to anyone. */
     if (key_file && key_file[0]) {
-        r = shred(key_file, err, err_len);
+        r = shred(key_file, true, err, err_len);
         if (r < 0)
             return r;
         snprintf(path, sizeof(path), "%s.next", key_file);
-        if ((r = shred(path, err, err_len)) < 0)
+        if ((r = shred(path, true, err, err_len)) < 0)
             return r;
     }
     DIR *d = opendir(dir);
@@ -177,7 +196,7 @@ int mgmt_decom_wipe(const char *dir, const char *key_file, char *err, size_t err
         if (!ours(e->d_name) || !strcmp(e->d_name, DECOM_FILE))
             continue;
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        if ((r = shred(path, err, err_len)) < 0)
+        if ((r = shred(path, false, err, err_len)) < 0)
             break;
     }
     closedir(d);

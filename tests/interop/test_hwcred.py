@@ -792,3 +792,12 @@ def test_psk_client_loads_no_tpm_or_token_library(tmp_path):
          str(cred_probe())], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
     assert token.returncode != 0
     assert "PKCS#11 support needs libp11.so.3" in token.stdout + token.stderr, token.stdout + token.stderr
+    # a TPM key opened (a TPM profile's credential): the same error, no crash in the clean-up
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(tmp_path / "k.key.pem"), "-out", str(tmp_path / "k.crt.pem"), "-subj", "/CN=x",
+                    "-days", "1"], check=True, capture_output=True)
+    key = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mounts}; exec "$0" tpm {tmp_path}/k.tss2.pem {tmp_path}/k.crt.pem '
+         'swtpm:port=1', str(cred_probe())], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert key.returncode > 0, (key.returncode, key.stdout + key.stderr)
+    assert "TPM support needs libtss2-esys.so.0" in key.stdout + key.stderr, key.stdout + key.stderr

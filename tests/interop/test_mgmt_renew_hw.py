@@ -368,3 +368,61 @@ def test_pkcs11_renewal_killed_at_each_step(lab, workdir):
             wait_until(f"{step}: the tunnel on that certificate", lambda: c.status()["credential"]["not_after"] == na
                        and connected_with(c, 1), timeout_s=60, tail=c.log_tail)
             assert pings(lab.topo) == 3, step
+
+
+def test_renewal_pkcs11_killed_token_away_at_restart(lab, workdir, monkeypatch):  # noqa: F811
+    """SIGKILL in a key renewal on a PKCS#11 token after the certificate
+    reached the disk and the token's labels were switched; at the next start
+    the token is not there (a USB token not plugged in yet): that start
+    finishes nothing, the renewed certificate waits with the token's intent.
+    The start after, with the token back, finishes the swap and connects
+    with the new key (the new pair is not taken for an attempt without its
+    certificate and deleted, leaving a certificate without a key)."""
+    import m2mvpn_client
+    tokens = workdir / "tokens"
+    tokens.mkdir()
+    conf = workdir / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    away = workdir / "no-tokens"
+    away.mkdir()
+    conf_away = workdir / "softhsm2-away.conf"
+    conf_away.write_text(f"directories.tokendir = {away}\nobjectstore.backend = file\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", PIN, "--so-pin", "0000"],
+                   check=True, capture_output=True)
+    boot = enrolled_device(lab)
+    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    c, _, _ = killed_in_renewal(lab, boot, "written")
+    st = c.state_dir
+    crt, crt_next, intent = st / "device.crt.pem", st / "device.crt.pem.next", st / "device.p11id.next"
+    assert crt_next.exists() and intent.exists(), sorted(p.name for p in st.iterdir())
+    old_crt, new_crt = crt.read_text(), crt_next.read_text()
+    assert pubkey_of(new_crt) != pubkey_of(old_crt)
+    block_mgmt(lab)
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf_away))
+    c = lab.client(boot)
+    try:
+        c.start()
+        wait_until("the token's side not finished",
+                   lambda: "finishing an interrupted key renewal on the token" in c.log_path.read_text(),
+                   timeout_s=60, tail=c.log_tail)
+    except m2mvpn_client.ClientError:
+        pass
+    finally:
+        try:
+            c.stop()
+        except m2mvpn_client.ClientError:
+            pass
+    c.control.unlink(missing_ok=True)
+    log = c.log_path.read_text(errors="replace")
+    assert "finishing an interrupted key renewal on the token" in log, log[-3000:]
+    # nothing finished without the token: the renewed certificate still waits with the intent
+    assert crt.read_text() == old_crt and crt_next.exists() and intent.exists(), \
+        (sorted(p.name for p in st.iterdir()), log[-3000:])
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    with lab.client(boot) as c:
+        wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+        assert crt.read_text() == new_crt and not crt_next.exists() and not intent.exists()
+        assert c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"]
+        assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2

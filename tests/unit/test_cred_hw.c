@@ -20,6 +20,7 @@
 
 #include <m2mvpn/m2mvpn.h>
 
+#include "cred/cred_hw.h"
 #include "cred/hw_class.h"
 #include "cred/keygen.h"
 #include "cred/p11_uri.h"
@@ -201,6 +202,101 @@ START_TEST(tss2_pem_without_block)
                      M2MVPN_E_CERT);
     ck_assert_msg(strstr(err, "no \"-----BEGIN TSS2 PRIVATE KEY-----\" block"), "%s", err);
     ck_assert_int_eq(tss2_key_parse_pem((const uint8_t *)"", 0, &k, err, sizeof err), M2MVPN_E_CERT);
+}
+END_TEST
+
+/* The public key of a TSS2 key file, read with no TPM and before any TPM
+ * was used in the process (a restart finishing a TPM key renewal checks
+ * the new key file against its certificate first: lib/mgmt renew_swap).
+ * TPM2B_PUBLIC of an ECC P-256 key (TPM 2.0 Part 2 12.2.4): type, nameAlg,
+ * objectAttributes, authPolicy, TPMS_ECC_PARMS (symmetric, scheme, curve,
+ * kdf), unique (x, y). */
+static size_t put16(uint8_t *p, size_t o, unsigned v)
+{
+    p[o] = (uint8_t)(v >> 8);
+    p[o + 1] = (uint8_t)v;
+    return o + 2;
+}
+
+START_TEST(tss2_key_public_without_tpm_use)
+{
+    EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    ck_assert_ptr_nonnull(ec);
+    uint8_t pt[65];
+    size_t ptlen = 0;
+    ck_assert_int_eq(EVP_PKEY_get_octet_string_param(ec, "encoded-pub-key", pt, sizeof pt, &ptlen), 1);
+    ck_assert_uint_eq(ptlen, 65);
+    tss2_key_blob k = sample(true, 0x40000001);
+    size_t o = 2;
+    o = put16(k.pub, o, 0x0023); /* TPM2_ALG_ECC */
+    o = put16(k.pub, o, 0x000b); /* SHA-256 */
+    o = put16(k.pub, o, 0x0004);
+    o = put16(k.pub, o, 0x0072); /* sign, userWithAuth, sensitiveDataOrigin, fixed* */
+    o = put16(k.pub, o, 0);      /* authPolicy: empty */
+    o = put16(k.pub, o, 0x0010); /* symmetric: TPM2_ALG_NULL */
+    o = put16(k.pub, o, 0x0010); /* scheme: NULL */
+    o = put16(k.pub, o, 0x0003); /* TPM2_ECC_NIST_P256 */
+    o = put16(k.pub, o, 0x0010); /* kdf: NULL */
+    o = put16(k.pub, o, 32);
+    memcpy(k.pub + o, pt + 1, 32);
+    o = put16(k.pub, o + 32, 32);
+    memcpy(k.pub + o, pt + 33, 32);
+    o += 32;
+    put16(k.pub, 0, (unsigned)(o - 2));
+    k.pub_len = o;
+    char dir[] = "/tmp/m2mvpn-test-tss2pub-XXXXXX", path[128], err[512] = "";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/key.tss2.pem", dir);
+    char *pem = NULL;
+    ck_assert_int_eq(tss2_key_encode_pem(&k, &pem), 0);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(pem, f);
+    fclose(f);
+    free(pem);
+    EVP_PKEY *got = NULL;
+    int r = cred_tpm_key_public(path, &got, err, sizeof err);
+    const char *tpm = getenv("M2MVPN_TPM");
+    if (tpm && !strcmp(tpm, "0")) {
+        ck_assert_int_eq(r, M2MVPN_E_NOTSUPP);
+    } else {
+        ck_assert_msg(r == 0, "%s", err);
+        ck_assert_int_eq(EVP_PKEY_eq(got, ec), 1);
+        /* a damaged public part: refused, naming the file */
+        k.pub[3] ^= 0xff;
+        ck_assert_int_eq(tss2_key_encode_pem(&k, &pem), 0);
+        f = fopen(path, "w");
+        ck_assert_ptr_nonnull(f);
+        fputs(pem, f);
+        fclose(f);
+        free(pem);
+        EVP_PKEY_free(got);
+        got = NULL;
+        ck_assert_int_eq(cred_tpm_key_public(path, &got, err, sizeof err), M2MVPN_E_CERT);
+        ck_assert_msg(strstr(err, path), "%s", err);
+        ck_assert_ptr_null(got);
+    }
+    EVP_PKEY_free(got);
+    EVP_PKEY_free(ec);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
+/* Opening a TPM key that fails before any TPM was reached (here: its
+ * certificate file is missing) reports that, with nothing loaded yet: the
+ * clean-up calls no tpm2-tss function it has not loaded. */
+START_TEST(tpm_open_fails_before_any_tpm_use)
+{
+    char err[512] = "";
+    cred_provider *p = NULL;
+    int r = cred_tpm_open("/nonexistent/m2mvpn-test.tss2.pem", "/nonexistent/m2mvpn-test.crt.pem", NULL, NULL, 0,
+                          &p, err, sizeof err);
+    ck_assert_int_lt(r, 0);
+    ck_assert_ptr_null(p);
+    const char *tpm = getenv("M2MVPN_TPM");
+    if (!tpm || strcmp(tpm, "0") != 0)
+        ck_assert_msg(strstr(err, "/nonexistent/m2mvpn-test.crt.pem"), "%s", err);
 }
 END_TEST
 
@@ -477,6 +573,8 @@ Suite *cred_hw_suite(void)
     TCase *tc = tcase_create("tss2");
     tcase_add_loop_test(tc, tss2_roundtrip, 0, sizeof roundtrips / sizeof roundtrips[0]);
     tcase_add_test(tc, tss2_hand_made_der);
+    tcase_add_test(tc, tss2_key_public_without_tpm_use);
+    tcase_add_test(tc, tpm_open_fails_before_any_tpm_use);
     tcase_add_test(tc, tss2_ber_true_and_false);
     tcase_add_test(tc, tss2_every_truncation_fails);
     tcase_add_loop_test(tc, tss2_bad_der, 0, sizeof bad_der / sizeof bad_der[0]);

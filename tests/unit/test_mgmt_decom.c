@@ -318,7 +318,9 @@ START_TEST(test_decom_wipe)
     ck_assert_ptr_nonnull(mkdtemp(other));
     static const char *const ours[] = { "device.key.pem", "device.crt.pem", "mgmt.json", "apply.json",
                                         "profile.json", "profile.prev.json", "ca-0.pem", "ca-v3-1.pem",
-                                        "update-1.2.bin", "device.crt.pem.next", "device.p11id.next" };
+                                        "update-1.2.bin", "device.crt.pem.next", "device.p11id.next",
+                                        /* a key generation stopped before its rename (lib/cred/keygen.c) */
+                                        "device.key.pem.tmp.Ab12Cd", "device.tss2.pem.next.tmp.Zz9aB1" };
     for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
         touch(dir, ours[i], "secret bytes");
     touch(dir, "app-settings.json", "{}");
@@ -343,6 +345,57 @@ START_TEST(test_decom_wipe)
 }
 END_TEST
 
+/* The bootstrap's key path may be a link to the key file (configuration
+ * management often places them so): the key bytes themselves go, not just
+ * the link. A link inside the state directory is removed, never followed:
+ * what it points to stays as it was. */
+START_TEST(test_decom_wipe_links)
+{
+    char dir[] = "/tmp/m2mvpn-test-decom-XXXXXX", other[] = "/tmp/m2mvpn-test-decomk-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_ptr_nonnull(mkdtemp(other));
+    touch(other, "real.key.pem", "secret key bytes");
+    touch(other, "victim.txt", "not ours");
+    char key[512], target[512], victim[512], link_in[512], err[512] = "";
+    snprintf(target, sizeof(target), "%s/real.key.pem", other);
+    snprintf(key, sizeof(key), "%s/boot.key.pem", other);
+    ck_assert_int_eq(symlink(target, key), 0);
+    snprintf(victim, sizeof(victim), "%s/victim.txt", other);
+    snprintf(link_in, sizeof(link_in), "%s/profile.json", dir);
+    ck_assert_int_eq(symlink(victim, link_in), 0);
+    ck_assert_msg(mgmt_decom_wipe(dir, key, err, sizeof(err)) == 0, "%s", err);
+    struct stat sb;
+    ck_assert_msg(lstat(key, &sb) < 0, "the key's link is left");
+    ck_assert_msg(lstat(target, &sb) < 0, "the key file behind the link is left");
+    ck_assert_msg(lstat(link_in, &sb) < 0, "the link in the state directory is left");
+    FILE *f = fopen(victim, "r");
+    ck_assert_ptr_nonnull(f);
+    char buf[32] = "";
+    ck_assert_ptr_nonnull(fgets(buf, sizeof(buf), f));
+    fclose(f);
+    ck_assert_str_eq(buf, "not ours");
+    unlink(victim);
+    ck_assert_int_eq(rmdir(dir), 0);
+    ck_assert_int_eq(rmdir(other), 0);
+}
+END_TEST
+
+/* Something else than a file under one of our names (a FIFO nobody reads)
+ * is removed, not opened: the engine thread never blocks on it. */
+START_TEST(test_decom_wipe_fifo)
+{
+    char dir[] = "/tmp/m2mvpn-test-decom-XXXXXX", p[512], err[512] = "";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(p, sizeof(p), "%s/mgmt.json", dir);
+    ck_assert_int_eq(mkfifo(p, 0600), 0);
+    touch(dir, "device.crt.pem", "cert");
+    ck_assert_msg(mgmt_decom_wipe(dir, NULL, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(!exists(dir, "mgmt.json"));
+    ck_assert(!exists(dir, "device.crt.pem"));
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 static Suite *decom_suite(void)
 {
     Suite *s = suite_create("mgmt_decom");
@@ -357,6 +410,9 @@ static Suite *decom_suite(void)
     tc = tcase_create("state");
     tcase_add_test(tc, test_decom_file);
     tcase_add_test(tc, test_decom_wipe);
+    tcase_add_test(tc, test_decom_wipe_links);
+    tcase_add_test(tc, test_decom_wipe_fifo);
+    tcase_set_timeout(tc, 10);
     suite_add_tcase(s, tc);
     return s;
 }

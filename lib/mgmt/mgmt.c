@@ -53,7 +53,8 @@ typedef struct job {
     bool made_key;            /* ENROL: the key file was made by this attempt */
     X509 *cert;               /* ENROL, RENEW: issued */
     X509 *old_cert;           /* RENEW, RR: the current one (a reference) */
-    bool rr_signed_only;      /* RR: a refusal too must be signed (a restart's retry) */
+    bool rr_signed_only;      /* RR: a refusal too must be signed (a retry) */
+    bool rr_maybe_sent;       /* RR failed: it may have reached the server */
     EVP_PKEY *new_key;        /* RENEW: the key of the new certificate */
     bool new_key_file;        /* RENEW: new key in <key>.next (file provider) */
     bool p11_new;             /* RENEW: new key pair on the token, CKA_ID p11_id */
@@ -746,7 +747,8 @@ static void run_job(mgmt *m, job *j)
         renew_run(m, j);
         break;
     case JOB_RR:
-        j->r = mgmt_cmp_rr(&j->tls, j->tls.key, j->old_cert, j->rr_signed_only, j->err, sizeof(j->err));
+        j->r = mgmt_cmp_rr(&j->tls, j->tls.key, j->old_cert, j->rr_signed_only, &j->rr_maybe_sent, j->err,
+                           sizeof(j->err));
         release_tpm(m, &j->key, &j->cred);
         break;
     case JOB_NONE:
@@ -837,7 +839,7 @@ static void submit_path(mgmt *m, job_type type, const char *path)
     } else if (type == JOB_RR) {
         X509_up_ref(m->cert);
         j->old_cert = m->cert;
-        j->rr_signed_only = m->st.phase != MGMT_ENROLLED; /* a restart's retry */
+        j->rr_signed_only = m->st.phase != MGMT_ENROLLED; /* a retry (restart or unanswered RR) */
         LOG_INFO(m->log, SUB, "decommissioning: revoking the device certificate (CMP RR) at %s", m->boot->mgmt.url);
     } else if (type == JOB_RENEW) {
         X509_up_ref(m->cert);
@@ -2196,8 +2198,14 @@ static void renew_done(mgmt *m, job *j)
  * again there, before anything else and without using the profile). Only
  * an accepted answer (mgmt_cmp_rr: signed by the device CA, matching the
  * request) moves it to "revoked", and only then do the tunnel, the polling
- * and the files go; "done" last. A refused or failed RR removes the intent
- * again: nothing else changed. */
+ * and the files go; "done" last. A retried RR (its first answer was lost)
+ * also counts a rejection with failInfo certRevoked as "revoked" when it is
+ * signed like an accepted answer. An RR refused by the server, or failed
+ * before it was sent, removes the intent again: nothing else changed. One
+ * that failed after it may have reached the server (cut, timeout, an answer
+ * not to be trusted) leaves the intent "requested": the certificate is not
+ * used any more (management ERROR, the tunnel stops) until another RR is
+ * answered. */
 
 static void decom_event(mgmt *m, int r, const char *detail)
 {
@@ -2318,13 +2326,17 @@ static void decom_done(mgmt *m, job *j)
         return;
     }
     LOG_ERR(m->log, SUB, "%s", j->err);
-    if (retry) {
-        /* Restarted during an RR whose outcome is unknown: the device does
-         * not use its certificate until an RR is answered (decommission
-         * again); decommission.json stays. */
+    if (retry || j->rr_maybe_sent) {
+        /* Restarted during an RR whose outcome is unknown, or an RR that
+         * may have reached the server (which may have revoked the
+         * certificate) without a readable answer: the device does not use
+         * its certificate until an RR is answered (decommission again);
+         * decommission.json stays. */
         char why[600];
-        snprintf(why, sizeof(why), "an interrupted decommissioning is unfinished (%s): call "
-                 "m2mvpn_decommission again", j->err);
+        snprintf(why, sizeof(why), "%s decommissioning is unfinished (%s): call m2mvpn_decommission again",
+                 retry ? "an interrupted" : "the server may have revoked the certificate: the", j->err);
+        if (!retry && m->hooks.on_decommissioned)
+            m->hooks.on_decommissioned(m->hooks.arg); /* the tunnel stops */
         set_phase(m, MGMT_ERROR, why);
         pthread_mutex_lock(&m->mu);
         m->decom_unfinished = true;

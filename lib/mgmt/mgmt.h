@@ -139,6 +139,9 @@ typedef struct mgmt_tls {
     X509 *cert;               /* client certificate (mutual TLS) or NULL */
     EVP_PKEY *key;            /* its key or NULL */
     const atomic_bool *cancel; /* set: abort the transfer soon (NULL: never) */
+    bool *unsent;             /* not NULL: set true when the request failed before any of it was
+                               * sent (name not resolved, connection refused, TLS handshake
+                               * failed), else false */
 } mgmt_tls;
 
 /* POST `path` (body of content type ctype) or GET (body NULL); answer body
@@ -173,14 +176,21 @@ int mgmt_cmp_kur_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *old_key, X509 *old_cert,
 
 /* Day N: one CMP RR (RFC 4210 5.3.9) revoking `cert`, signed with (key,
  * cert), reason cessationOfOperation. 0 only for a positive answer signed
- * by the issuer of `cert` that matches the request (transactionID, nonce);
- * else M2MVPN_E_ENROL (refused by the server, its reason in err), NETWORK,
- * SERVER_CERT, PROTOCOL (an answer not to be trusted). protected_errors:
- * a refusal too must be signed (else an unprotected refusal is read for
- * its reason). */
-int mgmt_cmp_rr(const mgmt_tls *t, EVP_PKEY *key, X509 *cert, bool protected_errors, char *err, size_t err_len);
-/* The same RR answered by an in-process OpenSSL CMP server (tests). */
-int mgmt_cmp_rr_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *key, X509 *cert, char *err, size_t err_len);
+ * by the issuer of `cert` that matches the request (transactionID, nonce),
+ * or, when `retry` (an RR whose earlier answer was lost), for a rejection
+ * with failInfo certRevoked equally signed and matching: the earlier RR did
+ * revoke it. Else M2MVPN_E_DECOMMISSION (refused by the server, its reason
+ * in err), NETWORK, SERVER_CERT, PROTOCOL (an answer not to be trusted).
+ * retry: a refusal too must be signed (else an unprotected refusal is read
+ * for its reason). *ret_maybe_sent (may be NULL): on failure, whether the
+ * request may have reached the server without an answer the device can
+ * read as a refusal (false: it was never sent, or the server refused it). */
+int mgmt_cmp_rr(const mgmt_tls *t, EVP_PKEY *key, X509 *cert, bool retry, bool *ret_maybe_sent, char *err,
+                size_t err_len);
+/* The same RR answered by an in-process OpenSSL CMP server (tests);
+ * lose_answer: the server handles the request but its answer is lost. */
+int mgmt_cmp_rr_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *key, X509 *cert, bool retry, bool lose_answer,
+                      bool *ret_maybe_sent, char *err, size_t err_len);
 /* The RR answer handling alone (tests, fuzzing): `der` is taken as the
  * answer to an RR for (key, cert). */
 int mgmt_cmp_check_rr_answer(const uint8_t *der, size_t len, EVP_PKEY *key, X509 *cert, char *err,
@@ -317,7 +327,9 @@ typedef struct mgmt_hooks {
      * reauthenticate now so the next IKE SA uses it. NULL: nothing. */
     void (*on_cert_renewed)(void *arg);
     /* The server revoked the certificate on our RR: stop the tunnel for
-     * good and drop the managed profile (the credential goes next). */
+     * good and drop the managed profile (the credential goes next). Also
+     * called when it may have (the RR's answer was lost): the tunnel stops
+     * until an RR is answered. */
     void (*on_decommissioned)(void *arg);
 } mgmt_hooks;
 

@@ -25,6 +25,10 @@ typedef struct cmp_io {
     int answers;               /* CMP answers received in this transaction */
     int net_err;               /* the transfer's own failure, 0 none */
     char net_why[256];
+    bool lose_answer;          /* tests: the server handles the request, its answer is lost */
+    bool sent;                 /* a request was (or may have been) sent */
+    bool keep_answer;          /* RR: keep a copy of the last answer in `last` */
+    OSSL_CMP_MSG *last;        /* that copy */
 } cmp_io;
 
 /* KUR: the server signs its answer with the device CA's key, and the device
@@ -70,11 +74,39 @@ static void pin_issuer(OSSL_CMP_CTX *ctx, cmp_io *io, const uint8_t *der, size_t
     }
 }
 
+static OSSL_CMP_MSG *keep(cmp_io *io, OSSL_CMP_MSG *rsp)
+{
+    if (io->keep_answer && rsp) {
+        /* a copy through DER: OpenSSL 3.0 has no OSSL_CMP_MSG_dup */
+        unsigned char *der = NULL;
+        int n = i2d_OSSL_CMP_MSG(rsp, &der);
+        const unsigned char *p = der;
+        OSSL_CMP_MSG_free(io->last);
+        io->last = n > 0 ? d2i_OSSL_CMP_MSG(NULL, &p, n) : NULL;
+        OPENSSL_free(der);
+    }
+    return rsp;
+}
+
+static OSSL_CMP_MSG *transfer_io(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req);
+
 static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
+{
+    return keep(OSSL_CMP_CTX_get_transfer_cb_arg(ctx), transfer_io(ctx, req));
+}
+
+static OSSL_CMP_MSG *transfer_io(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
 {
     cmp_io *io = OSSL_CMP_CTX_get_transfer_cb_arg(ctx);
     if (io->srv) {
+        io->sent = true;
         OSSL_CMP_MSG *rsp = OSSL_CMP_SRV_process_request(io->srv, req);
+        if (io->lose_answer) {
+            OSSL_CMP_MSG_free(rsp);
+            io->net_err = M2MVPN_E_NETWORK;
+            snprintf(io->net_why, sizeof(io->net_why), "the answer was lost (test)");
+            return NULL;
+        }
         unsigned char *der = NULL;
         int der_len = rsp && io->old_cert ? i2d_OSSL_CMP_MSG(rsp, &der) : 0;
         if (der_len > 0)
@@ -85,6 +117,7 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
         return rsp;
     }
     if (io->canned) {
+        io->sent = true;
         const unsigned char *p = io->canned;
         OSSL_CMP_MSG *rsp = d2i_OSSL_CMP_MSG(NULL, &p, (long)io->canned_len);
         if (rsp && io->old_cert)
@@ -101,9 +134,14 @@ static OSSL_CMP_MSG *transfer(OSSL_CMP_CTX *ctx, const OSSL_CMP_MSG *req)
     long status = 0;
     uint8_t *body = NULL;
     size_t len = 0;
-    int r = mgmt_http(io->tls, "/.well-known/cmp", "application/pkixcmp", der, (size_t)der_len, NULL, &status,
+    bool unsent = false;
+    mgmt_tls t = *io->tls;
+    t.unsent = &unsent;
+    int r = mgmt_http(&t, "/.well-known/cmp", "application/pkixcmp", der, (size_t)der_len, NULL, &status,
                       &body, &len, NULL, 0, io->net_why, sizeof(io->net_why));
     OPENSSL_free(der);
+    if (r == 0 || !unsent)
+        io->sent = true;
     if (r < 0) {
         /* A server that already answered this transaction (IR answered,
          * certConf under way) may have issued and bound the token to our
@@ -424,11 +462,29 @@ int mgmt_cmp_kur_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *old_key, X509 *old_cert,
  * verifies the signature with that one certificate and checks the
  * transactionID, the nonces and that the status is positive). An
  * unprotected answer is read only for a refusal's reason. */
-static int rr_run(cmp_io *io_in, EVP_PKEY *key, X509 *cert, bool protected_errors, char *err, size_t err_len)
+/* The answer to a retried RR is a rejection with failInfo certRevoked of
+ * this transaction (OpenSSL's client checked its transactionID and nonces
+ * before reading its status) whose protection verifies with the issuer of
+ * the device certificate (pin_issuer), as an accepted answer must: the
+ * earlier RR, whose answer was lost, revoked it. */
+static bool revoked_earlier(OSSL_CMP_CTX *ctx, const cmp_io *io)
+{
+    int fi = OSSL_CMP_CTX_get_failInfoCode(ctx);
+    if (OSSL_CMP_CTX_get_status(ctx) != OSSL_CMP_PKISTATUS_rejection || fi < 0 ||
+        !(fi & (1 << OSSL_CMP_PKIFAILUREINFO_certRevoked)))
+        return false;
+    /* io->issuer set: it is the srvCert, the one certificate checked */
+    return io->issuer && io->last && OSSL_CMP_validate_msg(ctx, io->last) == 1;
+}
+
+static int rr_run(cmp_io *io_in, EVP_PKEY *key, X509 *cert, bool retry, bool *ret_maybe_sent, char *err,
+                  size_t err_len)
 {
     cmp_io io = *io_in;
     io.old_cert = cert;
     io.op = "decommissioning (CMP RR)";
+    io.keep_answer = true;
+    bool maybe_sent = false;
     OSSL_CMP_CTX *ctx = OSSL_CMP_CTX_new(NULL, NULL);
     if (!ctx)
         return M2MVPN_E_NOMEM;
@@ -438,18 +494,27 @@ static int rr_run(cmp_io *io_in, EVP_PKEY *key, X509 *cert, bool protected_error
         !OSSL_CMP_CTX_set1_oldCert(ctx, cert) || !OSSL_CMP_CTX_set_transfer_cb(ctx, transfer) ||
         !OSSL_CMP_CTX_set_transfer_cb_arg(ctx, &io) ||
         !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_REVOCATION_REASON, CRL_REASON_CESSATION_OF_OPERATION) ||
-        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_UNPROTECTED_ERRORS, protected_errors ? 0 : 1) ||
+        !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_UNPROTECTED_ERRORS, retry ? 0 : 1) ||
         !OSSL_CMP_CTX_set_option(ctx, OSSL_CMP_OPT_TOTAL_TIMEOUT, 120)) {
         snprintf(err, err_len, "cannot set up the CMP revocation request");
         goto out;
     }
     if (OSSL_CMP_exec_RR_ses(ctx) != 1) {
+        if (retry && revoked_earlier(ctx, &io)) {
+            snprintf(err, err_len, "decommissioning (CMP RR): the server says the certificate is already "
+                     "revoked (by the earlier request, whose answer was lost)");
+            r = 0;
+            goto out;
+        }
         r = classify(ctx, &io, err, err_len);
         if (r == M2MVPN_E_ENROL)
             r = M2MVPN_E_DECOMMISSION;
+        /* a refusal the device could read: not revoked */
+        maybe_sent = io.sent && r != M2MVPN_E_DECOMMISSION;
         goto out;
     }
     if (!io.issuer) {
+        maybe_sent = true;
         /* cannot happen while OpenSSL verifies with srvCert only: said
          * here so that no future option makes another signer enough */
         snprintf(err, err_len, "decommissioning (CMP RR): the answer is not signed by the CA of the device "
@@ -461,21 +526,26 @@ static int rr_run(cmp_io *io_in, EVP_PKEY *key, X509 *cert, bool protected_error
 out:
     ERR_clear_error();
     X509_free(io.issuer);
+    OSSL_CMP_MSG_free(io.last);
     OSSL_CMP_CTX_free(ctx);
+    if (ret_maybe_sent)
+        *ret_maybe_sent = r < 0 && maybe_sent;
     return r;
 }
 
-int mgmt_cmp_rr(const mgmt_tls *t, EVP_PKEY *key, X509 *cert, bool protected_errors, char *err, size_t err_len)
+int mgmt_cmp_rr(const mgmt_tls *t, EVP_PKEY *key, X509 *cert, bool retry, bool *ret_maybe_sent, char *err,
+                size_t err_len)
 {
     cmp_io io = { .tls = t };
-    return rr_run(&io, key, cert, protected_errors, err, err_len);
+    return rr_run(&io, key, cert, retry, ret_maybe_sent, err, err_len);
 }
 
-int mgmt_cmp_rr_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *key, X509 *cert, char *err, size_t err_len)
+int mgmt_cmp_rr_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *key, X509 *cert, bool retry, bool lose_answer,
+                      bool *ret_maybe_sent, char *err, size_t err_len)
 {
     static const mgmt_tls none = { .url = "(in-process test server)" };
-    cmp_io io = { .tls = &none, .srv = srv };
-    return rr_run(&io, key, cert, false, err, err_len);
+    cmp_io io = { .tls = &none, .srv = srv, .lose_answer = lose_answer };
+    return rr_run(&io, key, cert, retry, ret_maybe_sent, err, err_len);
 }
 
 int mgmt_cmp_check_rr_answer(const uint8_t *der, size_t len, EVP_PKEY *key, X509 *cert, char *err,
@@ -483,5 +553,5 @@ int mgmt_cmp_check_rr_answer(const uint8_t *der, size_t len, EVP_PKEY *key, X509
 {
     static const mgmt_tls none = { .url = "https://fuzz.invalid", .server_ca = "" };
     cmp_io io = { .tls = &none, .canned = der, .canned_len = len };
-    return rr_run(&io, key, cert, false, err, err_len);
+    return rr_run(&io, key, cert, false, NULL, err, err_len);
 }

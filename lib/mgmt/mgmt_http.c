@@ -190,6 +190,8 @@ static int request(const mgmt_tls *t, const char *path, const char *ctype, const
 {
     char url[2300];
     snprintf(url, sizeof(url), "%s%s", t->url, path);
+    if (t->unsent)
+        *t->unsent = true; /* until curl has tried */
     curl_api a;
     int ar = api_open(&a, err, err_len);
     if (ar < 0)
@@ -258,6 +260,11 @@ static int request(const mgmt_tls *t, const char *path, const char *ctype, const
     a.easy_setopt(c, CURLOPT_HEADERDATA, &b);
     CURLcode cr = a.easy_perform(c);
     int r = 0;
+    if (t->unsent)
+        *t->unsent = cr == CURLE_COULDNT_RESOLVE_HOST || cr == CURLE_COULDNT_RESOLVE_PROXY ||
+                     cr == CURLE_COULDNT_CONNECT || cr == CURLE_SSL_CONNECT_ERROR ||
+                     cr == CURLE_SSL_CERTPROBLEM || cr == CURLE_PEER_FAILED_VERIFICATION ||
+                     cr == CURLE_SSL_CACERT_BADFILE;
     if (dl && (b.refused || cr == CURLE_FILESIZE_EXCEEDED)) {
         if (!b.refused)
             snprintf(dl->why, sizeof(dl->why), "the server announced more bytes than the signed size %lld",

@@ -139,7 +139,7 @@ START_TEST(test_rr_accepted)
     rr_server s = { OSSL_CMP_PKISTATUS_accepted, -1, NULL, 0, 0 };
     OSSL_CMP_SRV_CTX *srv = server(&s, &f.ca, f.cert, false);
     char err[600] = "";
-    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, err, sizeof(err));
+    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, false, false, NULL, err, sizeof(err));
     ck_assert_msg(r == 0, "accepted RR not taken: %d %s", r, err);
     ck_assert_int_eq(s.calls, 1);
     ck_assert_int_eq(s.serial_seen, 9);
@@ -155,7 +155,7 @@ START_TEST(test_rr_refused)
     rr_server s = { OSSL_CMP_PKISTATUS_rejection, OSSL_CMP_PKIFAILUREINFO_badCertId, "no such certificate", 0, 0 };
     OSSL_CMP_SRV_CTX *srv = server(&s, &f.ca, f.cert, false);
     char err[600] = "";
-    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, err, sizeof(err));
+    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, false, false, NULL, err, sizeof(err));
     ck_assert_int_eq(r, M2MVPN_E_DECOMMISSION);
     ck_assert_msg(strstr(err, "decommissioning (CMP RR) refused by the server") && strstr(err, "no such certificate"),
                   "%s", err);
@@ -174,7 +174,7 @@ START_TEST(test_rr_other_signer)
     rr_server s = { OSSL_CMP_PKISTATUS_accepted, -1, NULL, 0, 0 };
     OSSL_CMP_SRV_CTX *srv = server(&s, &other, f.cert, false);
     char err[600] = "";
-    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, err, sizeof(err));
+    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, false, false, NULL, err, sizeof(err));
     ck_assert_msg(r < 0, "an answer signed by another CA was taken as the revocation");
     ck_assert_int_ne(r, M2MVPN_E_DECOMMISSION);
     ck_assert_msg(strstr(err, "decommissioning (CMP RR)") != NULL, "%s", err);
@@ -191,7 +191,7 @@ START_TEST(test_rr_unprotected)
     rr_server s = { OSSL_CMP_PKISTATUS_accepted, -1, NULL, 0, 0 };
     OSSL_CMP_SRV_CTX *srv = server(&s, &f.ca, f.cert, true);
     char err[600] = "";
-    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, err, sizeof(err));
+    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, false, false, NULL, err, sizeof(err));
     ck_assert_msg(r < 0, "an unprotected answer was taken as the revocation");
     OSSL_CMP_SRV_CTX_free(srv);
     teardown(&f);
@@ -256,11 +256,107 @@ START_TEST(test_rr_unreachable)
     fclose(fp);
     mgmt_tls t = { .url = "https://127.0.0.1:1", .server_ca = ca_path, .cert = f.cert, .key = f.key };
     char err[600] = "";
-    int r = mgmt_cmp_rr(&t, f.key, f.cert, false, err, sizeof(err));
+    bool maybe_sent = true;
+    int r = mgmt_cmp_rr(&t, f.key, f.cert, false, &maybe_sent, err, sizeof(err));
     unlink(ca_path);
     ck_assert_int_eq(r, M2MVPN_E_NETWORK);
+    ck_assert_msg(!maybe_sent, "a refused connection taken as a request that may have reached the server");
     ck_assert_msg(strstr(err, "decommissioning (CMP RR): network failure") && strstr(err, "127.0.0.1:1"), "%s",
                   err);
+    teardown(&f);
+}
+END_TEST
+
+/* A certRevoked refusal of the device's certificate, as the server gives
+ * once an earlier RR revoked it. */
+#define REVOKED_TEXT "certificate 09 of device " DEV " is revoked"
+
+/* Refused by the server (signed by the device CA or not): it answered, it
+ * did not revoke: not "maybe sent" (nothing changes); a first RR's
+ * certRevoked refusal is a refusal, even signed. */
+START_TEST(test_rr_refusal_is_an_answer)
+{
+    fixture f = setup();
+    rr_server s = { OSSL_CMP_PKISTATUS_rejection, OSSL_CMP_PKIFAILUREINFO_certRevoked, REVOKED_TEXT, 0, 0 };
+    OSSL_CMP_SRV_CTX *srv = server(&s, &f.ca, f.cert, false);
+    char err[600] = "";
+    bool maybe_sent = true;
+    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, false, false, &maybe_sent, err, sizeof(err));
+    ck_assert_int_eq(r, M2MVPN_E_DECOMMISSION);
+    ck_assert_msg(!maybe_sent, "a refusal taken as a request without answer");
+    ck_assert_msg(strstr(err, "is revoked") != NULL, "%s", err);
+    OSSL_CMP_SRV_CTX_free(srv);
+    teardown(&f);
+}
+END_TEST
+
+/* The server revokes but its answer is lost: "maybe sent", so the intent
+ * stays "requested" and the certificate unused. The retried RR is refused
+ * with certRevoked, signed by the device CA: that counts as revoked, and
+ * the removal goes as for an accepted answer. */
+START_TEST(test_rr_answer_lost_then_revoked)
+{
+    char dir[] = "/tmp/m2mvpn-test-decom-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    fixture f = setup();
+    rr_server s = { OSSL_CMP_PKISTATUS_accepted, -1, NULL, 0, 0 };
+    OSSL_CMP_SRV_CTX *srv = server(&s, &f.ca, f.cert, false);
+    mgmt_decom d = { .phase = MGMT_DECOM_REQUESTED, .time = 1 };
+    snprintf(d.device_id, sizeof(d.device_id), "%s", DEV);
+    char err[600] = "";
+    ck_assert_int_eq(mgmt_decom_save(dir, &d, err, sizeof(err)), 0);
+    bool maybe_sent = false;
+    int r = mgmt_cmp_rr_local(srv, f.key, f.cert, false, true, &maybe_sent, err, sizeof(err));
+    ck_assert_int_eq(r, M2MVPN_E_NETWORK);
+    ck_assert_int_eq(s.calls, 1); /* the server had it */
+    ck_assert_msg(maybe_sent, "an RR whose answer was lost taken as never sent: %s", err);
+
+    /* the retry: the server now refuses, the certificate being revoked */
+    s.status = OSSL_CMP_PKISTATUS_rejection;
+    s.failinfo = OSSL_CMP_PKIFAILUREINFO_certRevoked;
+    s.text = REVOKED_TEXT;
+    err[0] = '\0';
+    r = mgmt_cmp_rr_local(srv, f.key, f.cert, true, false, &maybe_sent, err, sizeof(err));
+    ck_assert_msg(r == 0, "a CA-signed certRevoked answer to the retry not taken as revoked: %d %s", r, err);
+    ck_assert_int_eq(s.calls, 2);
+    ck_assert_msg(strstr(err, "already revoked") != NULL, "%s", err);
+
+    /* what the engine does then: "revoked", the credential removed, "done" */
+    char p[512];
+    snprintf(p, sizeof(p), "%s/device.key.pem", dir);
+    FILE *fp = fopen(p, "w");
+    ck_assert_ptr_nonnull(fp);
+    PEM_write_PrivateKey(fp, f.key, NULL, NULL, 0, NULL, NULL);
+    fclose(fp);
+    d.phase = MGMT_DECOM_REVOKED;
+    ck_assert_int_eq(mgmt_decom_save(dir, &d, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_decom_wipe(dir, p, err, sizeof(err)), 0);
+    ck_assert_int_ne(access(p, F_OK), 0);
+    OSSL_CMP_SRV_CTX_free(srv);
+    teardown(&f);
+    snprintf(p, sizeof(p), "rm -rf %s", dir);
+    ck_assert_int_eq(system(p), 0);
+}
+END_TEST
+
+/* The retry's certRevoked refusal unsigned, or signed by another CA: not
+ * revoked as far as the device knows (it stays unfinished, "maybe sent"). */
+START_TEST(test_rr_retry_revoked_untrusted)
+{
+    fixture f = setup();
+    signer other = make_ca("device CA"); /* same name, other key */
+    for (int i = 0; i < 2; i++) {
+        rr_server s = { OSSL_CMP_PKISTATUS_rejection, OSSL_CMP_PKIFAILUREINFO_certRevoked, REVOKED_TEXT, 0, 0 };
+        OSSL_CMP_SRV_CTX *srv = i == 0 ? server(&s, &f.ca, f.cert, true) : server(&s, &other, f.cert, false);
+        char err[600] = "";
+        bool maybe_sent = false;
+        int r = mgmt_cmp_rr_local(srv, f.key, f.cert, true, false, &maybe_sent, err, sizeof(err));
+        ck_assert_msg(r < 0, "an %s certRevoked refusal taken as the revocation", i == 0 ? "unsigned" : "other-signed");
+        ck_assert_int_eq(s.calls, 1);
+        ck_assert_msg(maybe_sent, "%s", err);
+        OSSL_CMP_SRV_CTX_free(srv);
+    }
+    free_signer(&other);
     teardown(&f);
 }
 END_TEST
@@ -406,6 +502,9 @@ static Suite *decom_suite(void)
     tcase_add_test(tc, test_rr_unprotected);
     tcase_add_test(tc, test_rr_replayed);
     tcase_add_test(tc, test_rr_unreachable);
+    tcase_add_test(tc, test_rr_refusal_is_an_answer);
+    tcase_add_test(tc, test_rr_answer_lost_then_revoked);
+    tcase_add_test(tc, test_rr_retry_revoked_untrusted);
     suite_add_tcase(s, tc);
     tc = tcase_create("state");
     tcase_add_test(tc, test_decom_file);

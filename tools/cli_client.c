@@ -143,6 +143,8 @@ int cli_cmd_decommission(int argc, char **argv)
             bool ok = !strcmp(result, "done");
             if (ok)
                 printf("%s\n", detail);
+            else if (strstr(detail, "call m2mvpn_decommission again"))
+                cli_error("decommission unfinished (the certificate is no longer used): %s", detail);
             else
                 cli_error("decommission failed, nothing changed: %s", detail);
             json_object_put(st);

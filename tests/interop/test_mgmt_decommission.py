@@ -260,3 +260,43 @@ def test_decommission_refused_by_the_server_changes_nothing(lab):
         assert snapshot(c.state_dir) == before
         assert c.status()["management"]["state"] == "enrolled"
 
+
+
+def test_decommission_unanswered_then_revoked_on_retry(lab):
+    """The RR goes unanswered (the server's port drops it: a timeout, so it
+    may have reached the server): the device cannot know whether it was
+    revoked, so decommission.json stays "requested", the tunnel stops and
+    management says to call again. Meanwhile the certificate got revoked (as
+    the lost RR would have done); the retry is refused with certRevoked,
+    signed by the device CA, which the device takes as revoked: the
+    credential goes."""
+    path = os.path.join(lab.d, "tpl.json")
+    with open(path, "w") as f:
+        json.dump(template(lab.pki, lab.topo.gw_addr, "aes256gcm16-prfsha384-x25519", "aes256gcm16"), f)
+    mh.admin_json(lab.d, lab.srv, "group", "create", "fleet", "--template", path)
+    mh.admin_json(lab.d, lab.srv, "profile", "publish", "--group", "fleet")
+    tok = mh.admin_json(lab.d, lab.srv, "token", "create", "--group", "fleet", "--auto-approve")["tokens"][0]["token"]
+    with m2mvpn_client.M2mvpnClient(lab.topo.client, lab.binary, lab.workdir / "dev", bootstrap(lab, tok)) as c:
+        wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+        st = c.state_dir
+        dev = c.status()["management"]["device_id"]
+        lab.topo.gateway.run("nft", "-f", "-", input="table inet decom {\n chain in {\n type filter hook input "
+                             f"priority 0;\n ip daddr {MGMT_ADDR} tcp dport {lab.srv.port} drop\n }}\n}}\n")
+        try:
+            r = c.cli("decommission", check=False, timeout=200)
+        finally:
+            lab.topo.gateway.run("nft", "delete", "table", "inet", "decom")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "decommission unfinished" in r.stderr and "call m2mvpn_decommission again" in r.stderr, r.stderr
+        assert json.loads((st / "decommission.json").read_text())["phase"] == "requested"
+        assert (st / "device.key.pem").exists() and (st / "device.crt.pem").exists()
+        s = wait_until("tunnel stopped", lambda: (s := c.status())["state"] != "connected" and s, timeout_s=30,
+                       tail=c.log_tail)
+        assert s["management"]["state"] == "error", s
+
+        assert mh.admin_json(lab.d, lab.srv, "device", "revoke", dev)["state"] == "revoked"
+        r = c.cli("decommission", timeout=200)
+        assert "decommissioned" in r.stdout, r.stdout
+        assert not (st / "device.key.pem").exists() and not (st / "device.crt.pem").exists()
+        assert json.loads((st / "decommission.json").read_text())["phase"] == "done"
+        assert c.status()["management"]["state"] == "decommissioned"

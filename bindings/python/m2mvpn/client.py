@@ -416,7 +416,8 @@ class Client:
         device's certificate (CMP RR signed with the device key), then stop the
         tunnel and remove the credential. Returns once queued; the outcome is a
         DECOMMISSIONED event (error 0: done; else nothing changed, detail says
-        why). Raises M2mvpnError (STATE) when the device is not enrolled."""
+        why, or, when the request may have reached the server unanswered, the
+        decommissioning is unfinished: detail says to call again). Raises M2mvpnError (STATE) when the device is not enrolled."""
         h = self._require_open()
         self._check(self._lib.m2mvpn_decommission(h))
 

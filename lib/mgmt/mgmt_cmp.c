@@ -456,12 +456,6 @@ int mgmt_cmp_kur_local(OSSL_CMP_SRV_CTX *srv, EVP_PKEY *old_key, X509 *old_cert,
     return kur_run(&io, old_key, old_cert, new_key, ret_cert, err, err_len);
 }
 
-/* One CMP RR (RFC 4210 5.3.9) for `cert`, signed with (key, cert), reason
- * cessationOfOperation. Success only for a positive answer the device can
- * trust: signed by the issuer of `cert` (pin_issuer; OpenSSL's client
- * verifies the signature with that one certificate and checks the
- * transactionID, the nonces and that the status is positive). An
- * unprotected answer is read only for a refusal's reason. */
 /* The answer to a retried RR is a rejection with failInfo certRevoked of
  * this transaction (OpenSSL's client checked its transactionID and nonces
  * before reading its status) whose protection verifies with the issuer of
@@ -477,6 +471,13 @@ static bool revoked_earlier(OSSL_CMP_CTX *ctx, const cmp_io *io)
     return io->issuer && io->last && OSSL_CMP_validate_msg(ctx, io->last) == 1;
 }
 
+/* One CMP RR (RFC 4210 5.3.9) for `cert`, signed with (key, cert), reason
+ * cessationOfOperation. Success only for a positive answer the device can
+ * trust: signed by the issuer of `cert` (pin_issuer; OpenSSL's client
+ * verifies the signature with that one certificate and checks the
+ * transactionID, the nonces and that the status is positive). An
+ * unprotected answer is read only for a refusal's reason. A retry (an
+ * earlier RR's answer was lost) succeeds too on revoked_earlier(). */
 static int rr_run(cmp_io *io_in, EVP_PKEY *key, X509 *cert, bool retry, bool *ret_maybe_sent, char *err,
                   size_t err_len)
 {

@@ -289,7 +289,7 @@ static int hook_cert_ok(void *ctx, const char *device_id, const char *serial_hex
     if (rc) {
         mgmtd_log("cmp: certificate %s of %s refused: %s", serial_hex, device_id, rc < 0 ? "database error" : err);
         snprintf(why, wcap, "%s", rc < 0 ? "server error" : err);
-        return -1;
+        return rc < 0 ? -2 : -1;
     }
     return 0;
 }

@@ -289,7 +289,10 @@ static OSSL_CMP_PKISI *sender_refused(struct cmp_call *call)
                          "key update and revocation need a signature with the device's certificate");
     if (!call->sender_ok)
         return rejection(OSSL_CMP_PKIFAILUREINFO_signerNotTrusted, call->sender_why);
-    if (call->hooks->cert_ok(call->hctx, call->sender_id, call->sender_serial, reason, sizeof(reason)) != 0)
+    int ok = call->hooks->cert_ok(call->hctx, call->sender_id, call->sender_serial, reason, sizeof(reason));
+    if (ok == -2) /* the store failed: not a word on the certificate */
+        return rejection(OSSL_CMP_PKIFAILUREINFO_systemFailure, reason[0] ? reason : "server error");
+    if (ok != 0)
         return rejection(OSSL_CMP_PKIFAILUREINFO_certRevoked, reason[0] ? reason : "certificate not valid");
     return NULL;
 }

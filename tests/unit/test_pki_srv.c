@@ -145,6 +145,7 @@ struct store {
     int leave_error;             /* token_secret and enrol leave an OpenSSL error in the queue */
     /* day 1..N */
     const char *revoked_serial;  /* cert_ok refuses this serial (hex) */
+    int cert_ok_fails;           /* cert_ok: the store failed (-2) */
     int cert_ok_calls, renewed_calls, revoke_calls;
     char cert_ok_device[64], renewed_old[80], revoked[80];
     int revoke_reason;
@@ -217,6 +218,10 @@ static int h_cert_ok(void *ctx, const char *device_id, const char *serial_hex, c
     struct store *s = ctx;
     s->cert_ok_calls++;
     snprintf(s->cert_ok_device, sizeof(s->cert_ok_device), "%s", device_id);
+    if (s->cert_ok_fails) {
+        snprintf(reason, rcap, "server error");
+        return -2;
+    }
     if (s->revoked_serial && !strcmp(serial_hex, s->revoked_serial)) {
         snprintf(reason, rcap, "certificate %s of %s is revoked", serial_hex, device_id);
         return -1;
@@ -1007,6 +1012,18 @@ START_TEST(rr_ok)
     c = cert_client(s, cert, key, NULL);
     ck_assert_int_ne(OSSL_CMP_exec_RR_ses(c), 1);
     ck_assert_msg(strstr(status_text(c), "revoked"), "%s", status_text(c));
+    ck_assert(OSSL_CMP_CTX_get_failInfoCode(c) & (1 << OSSL_CMP_PKIFAILUREINFO_certRevoked));
+    ck_assert_int_eq(s->revoke_calls, 1);
+    OSSL_CMP_CTX_free(c);
+    /* the store failing is a systemFailure, never certRevoked: a device
+     * retrying its RR takes only certRevoked for "already revoked" */
+    s->revoked_serial = NULL;
+    s->cert_ok_fails = 1;
+    c = cert_client(s, cert, key, NULL);
+    ck_assert_int_ne(OSSL_CMP_exec_RR_ses(c), 1);
+    int fi = OSSL_CMP_CTX_get_failInfoCode(c);
+    ck_assert_msg(fi & (1 << OSSL_CMP_PKIFAILUREINFO_systemFailure), "failInfo %x", fi);
+    ck_assert_msg(!(fi & (1 << OSSL_CMP_PKIFAILUREINFO_certRevoked)), "failInfo %x", fi);
     ck_assert_int_eq(s->revoke_calls, 1);
     OSSL_CMP_CTX_free(c);
     X509_free(cert);

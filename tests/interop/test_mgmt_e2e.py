@@ -152,7 +152,8 @@ def snapshot(state: Path) -> dict[str, str]:
         m.pop("last_contact", None)
         return json.dumps(m, sort_keys=True).encode()
     return {p.name: hashlib.sha256(content(p)).hexdigest() for p in sorted(state.iterdir())
-            if p.name not in ("m2mvpn.pid", "m2mvpn.log")}
+            # .mgmt.json.tmp: that write (last_contact) caught between its temporary file and the rename
+            if p.name not in ("m2mvpn.pid", "m2mvpn.log", ".mgmt.json.tmp")}
 
 
 def events(client) -> str:

@@ -254,8 +254,14 @@ bool ike_rekey_ike_request(ike_sa *sa, const ike_chain *c, ike_rekey_answer *a, 
     const profile *p = sa->cfg.prof;
     ike_diag d;
     ike_diag_clear(&d);
-    if (sa->req.task == IKE_TASK_REKEY_CHILD || sa->req.task == IKE_TASK_DELETE_CHILD) {
-        ike_rekey_answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0); /* §2.25.2 */
+    /* §2.25.2: not while a request of ours other than a liveness check
+     * (dropped on the switch) or our own IKE SA rekey (a collision, §2.8.1)
+     * is in flight: it was built under the current SPIs, keys and message
+     * IDs, and its answer would come on an SA we no longer use. */
+    if (sa->req.task != IKE_TASK_NONE && sa->req.task != IKE_TASK_DPD && sa->req.task != IKE_TASK_REKEY_IKE) {
+        LOG_INFO(sa->log, "ike", "gateway rekeys the IKE SA while our %s is in flight: TEMPORARY_FAILURE",
+                 ike_task_name(sa->req.task));
+        ike_rekey_answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
         return false;
     }
     const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);

@@ -3279,6 +3279,64 @@ START_TEST(test_dpd_abandoned_by_ike_rekey)
 }
 END_TEST
 
+/* The gateway's IKE SA rekey request (message msg_id on the current SA),
+ * refused: TEMPORARY_FAILURE and no SA (§2.25.2), nothing switched. */
+static void gw_ike_rekey_refused(uint32_t msg_id)
+{
+    size_t n0 = n_sent();
+    unsigned rekeyed = T->n_ike_rekeyed;
+    uint8_t gw_spi[8] = { 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 }, ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    crypto_ke *gke = NULL;
+    ck_assert_int_eq(crypto_ke_new(KE_X25519, &gke), 0);
+    ck_assert_int_eq(crypto_ke_public(gke, pub, sizeof(pub), &pub_len), 0);
+    crypto_ke_free(gke);
+    memset(ni, 0x21, sizeof(ni));
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_sa_choice offer = ike_choice(1, gw_spi);
+    ike_build_sa_choice(&c.cw, &offer);
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, msg_id);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    const ike_chain *ans = open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, true, msg_id);
+    ck_assert_int_ge(fg_notify_at(ans, IKE_N_TEMPORARY_FAILURE, NULL), 0);
+    ck_assert_ptr_null(ike_chain_find(ans, IKE_PL_SA, NULL));
+    ck_assert_uint_eq(T->n_ike_rekeyed, rekeyed);
+}
+
+/* The gateway rekeys the IKE SA while our address update (MOBIKE) is in
+ * flight: refused (§2.25.2). Switching would strand the update, built under
+ * the old SA's SPIs, keys and message ID: its answer would come on an SA we
+ * no longer use, the window stay blocked and the SA fail. Refused, the
+ * update's answer completes it and the liveness checks go on. */
+START_TEST(test_ike_rekey_refused_during_update)
+{
+    enable_dpd();
+    establish_mobike();
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    uint8_t cookie[16];
+    take_update(n0, 2, cookie);
+    gw_ike_rekey_refused(0);
+    answer_update(2, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    /* The next liveness check a period later, with the next message ID. */
+    size_t n1 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    open_sent(sent(n1), IKE_EXCH_INFORMATIONAL, false, 3);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 0);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
 /* IKE_SA_INIT is the SA's first task, started once: a second start while
  * it is under way or later sends nothing. */
 START_TEST(test_start_once)
@@ -3382,6 +3440,7 @@ static Suite *ike_sa_suite(void)
         { "interleaved", test_close_with_tasks_queued },
         { "interleaved", test_start_once },
         { "interleaved", test_dpd_abandoned_by_ike_rekey },
+        { "interleaved", test_ike_rekey_refused_during_update },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

@@ -90,8 +90,12 @@ int ike_rekey_switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool ol
         return r;
     if (sa->req.task == IKE_TASK_DPD) {
         /* A liveness check on the old SA: the new one is proof enough; the
-         * task, queued again, plans the next one. */
+         * task, queued again, plans the next one. Its message ID stays
+         * used: the old SA's Delete must not reuse it, or a gateway that got
+         * the check takes the Delete for its retransmission and answers
+         * from its cache, which would pass for the Delete's confirmation. */
         ike_sa_request_done(sa);
+        sa->next_msg_id++;
         ike_task_queue(sa, IKE_TASK_DPD);
     }
     ike_zombie *z = ike_rekey_make_zombie(sa, we_delete_old);

@@ -3279,6 +3279,51 @@ START_TEST(test_dpd_abandoned_by_ike_rekey)
 }
 END_TEST
 
+/* The same, but the gateway never deletes the old SA: we do, after a
+ * while, on it. Its Delete takes the message ID after the dropped check's
+ * (3): with the check's (2) a gateway that got the check answers the
+ * Delete from its cache (§2.1) and keeps the old SA, while that empty
+ * answer passes for the confirmation. The check's late answer changes
+ * nothing: the Delete is retransmitted until its own answer comes. */
+START_TEST(test_dpd_abandoned_by_ike_rekey_then_our_delete)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2);
+    fg_keys old;
+    gw_rekeys_ike(&old);
+    size_t n1 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    fg_swap_keys(&T->gw, &old); /* gw: the old SA */
+    ck_assert(fg_has_ike_delete(open_any(sent(n1), IKE_EXCH_INFORMATIONAL, false, 3)));
+    answer_empty(2); /* the liveness check's answer, late */
+    advance(2000);
+    ck_assert_uint_eq(n_sent(), n1 + 3); /* the next liveness check (new SA) and ... */
+    const fg_dgram *again = NULL;
+    for (size_t i = n1 + 1; i < n_sent(); i++)
+        if (fg_open(&T->gw, sent(i)) == 0)
+            again = sent(i);
+    ck_assert_ptr_nonnull(again); /* ... the Delete again, on the old SA */
+    assert_same_bytes(again, sent(n1));
+    answer_empty(3); /* the Delete's own answer: done */
+    fg_swap_keys(&T->gw, &old); /* gw: the new SA */
+    answer_empty(0); /* the liveness check on the new SA */
+    size_t n2 = n_sent();
+    advance(20000);
+    ck_assert_uint_gt(n_sent(), n2);
+    for (size_t i = n2; i < n_sent(); i++) { /* liveness checks on the new SA: no Delete any more */
+        ck_assert_int_eq(fg_open(&T->gw, sent(i)), 0);
+        ck_assert(!fg_has_ike_delete(&T->gw.rq_inner));
+    }
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
 /* The gateway's IKE SA rekey request (message msg_id on the current SA),
  * refused: TEMPORARY_FAILURE and no SA (§2.25.2), nothing switched. */
 static void gw_ike_rekey_refused(uint32_t msg_id)
@@ -3440,6 +3485,7 @@ static Suite *ike_sa_suite(void)
         { "interleaved", test_close_with_tasks_queued },
         { "interleaved", test_start_once },
         { "interleaved", test_dpd_abandoned_by_ike_rekey },
+        { "interleaved", test_dpd_abandoned_by_ike_rekey_then_our_delete },
         { "interleaved", test_ike_rekey_refused_during_update },
     };
     TCase *tc = NULL;

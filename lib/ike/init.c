@@ -97,6 +97,7 @@ static int build_and_send(ike_sa *sa)
     sa->init_req_len = len;
     ike_span span = { 0, len };
     sa->req.message_id = 0;
+    sa->req.exchange = IKE_EXCH_IKE_SA_INIT;
     LOG_INFO(sa->log, "ike", "sending IKE_SA_INIT to %s (%s, %zu bytes)", sa->gw_text,
              proposal_ke_name(sa->ke_group), len);
     ike_sa_set_state(sa, IKE_SA_INIT_SENT);

@@ -436,6 +436,7 @@ int ike_sa_send_protected(ike_sa *sa, uint8_t exchange, bool response, uint32_t 
         return 0;
     }
     sa->req.message_id = message_id;
+    sa->req.exchange = exchange;
     return ike_sa_send_request(sa, task, buf, spans, n);
 }
 
@@ -582,6 +583,14 @@ static void handle_response(ike_sa *sa, const ike_message *msg, uint8_t *plain, 
 {
     if (sa->req.task == IKE_TASK_NONE || msg->hdr.message_id != sa->req.message_id) {
         LOG_DBG(sa->log, "ike", "ignoring unexpected response %u", msg->hdr.message_id);
+        return;
+    }
+    if (msg->hdr.exchange != sa->req.exchange) {
+        /* A response belongs to its request's exchange (RFC 7296 §3.1:
+         * the header names it): of another, authentic or not, it answers
+         * nothing of ours, and the request stays in flight. */
+        LOG_DBG(sa->log, "ike", "ignoring response %u of exchange type %u: our request is of type %u",
+                msg->hdr.message_id, msg->hdr.exchange, sa->req.exchange);
         return;
     }
     /* While failing over, only the address the request went to answers it

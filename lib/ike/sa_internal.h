@@ -102,6 +102,7 @@ typedef struct ike_new_ike {
 typedef struct ike_request {
     ike_task task;                 /* the active task, IKE_TASK_NONE when the window is free */
     uint32_t message_id;
+    uint8_t exchange;              /* its exchange type: the answer's must be the same */
     uint8_t *buf;                  /* every datagram back to back */
     ike_span dgram[IKE_MAX_OUT_FRAGS];
     size_t n_dgram;

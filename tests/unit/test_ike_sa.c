@@ -1633,6 +1633,35 @@ START_TEST(test_dpd_unanswered_times_out)
 END_TEST
 
 
+/* An authentic response with our request's message ID but of another
+ * exchange type (§3.1) answers nothing: our liveness check (INFORMATIONAL)
+ * stays in flight and is retransmitted; its real answer still counts. */
+START_TEST(test_response_of_another_exchange_ignored)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2);
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_CREATE_CHILD_SA, 2, 0, m);
+    deliver(m);
+    advance(1000);
+    ck_assert_uint_eq(n_sent(), n0 + 2); /* still unanswered: retransmitted */
+    assert_same_bytes(sent(n0 + 1), sent(n0));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 2, 0, m);
+    deliver(m);
+    free(m);
+    advance(2000);
+    ck_assert_uint_eq(n_sent(), n0 + 2); /* answered: no more retransmissions */
+    advance(8000); /* a period after the answer: the next check, next message ID */
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    open_sent(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, false, 3);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
 /* ------------------------------------------------------ MOBIKE (RFC 4555) */
 
 static void establish_mobike(void)
@@ -3450,6 +3479,7 @@ static Suite *ike_sa_suite(void)
         { "dpd", test_dpd_unanswered_times_out },
         { "dpd", test_dpd_not_postponed_by_forgery },
         { "dpd", test_close_during_dpd },
+        { "dpd", test_response_of_another_exchange_ignored },
         { "mobike", test_mobike_announced_and_update },
         { "mobike", test_mobike_reauth_keeps_addresses },
         { "mobike", test_mobike_cookie2_must_match },

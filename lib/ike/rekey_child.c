@@ -11,6 +11,14 @@
 
 /* ------------------------------------------------ CHILD SA, initiator */
 
+/* Our rekey of the CHILD SA spi_in, queued: for that SA only (the gateway
+ * may rekey it before the window is free). */
+static void queue_child_rekey(ike_sa *sa, uint32_t spi_in)
+{
+    sa->rk.queued_spi_in = spi_in;
+    ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
+}
+
 int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in)
 {
     if (!sa || sa->state != IKE_SA_ESTABLISHED || !sa->hooks.on_child_rekeyed)
@@ -19,9 +27,9 @@ int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in)
         return 0; /* under way */
     if (spi_in != sa->child_spi_in)
         return M2MVPN_E_STATE;
-    if (!ike_task_queued(sa, IKE_TASK_REKEY_CHILD)) {
+    if (!ike_task_queued(sa, IKE_TASK_REKEY_CHILD) || sa->rk.queued_spi_in != spi_in) {
         LOG_INFO(sa->log, "ike", "rekeying CHILD SA %08x/%08x", sa->child_spi_in, sa->child_spi_out);
-        ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
+        queue_child_rekey(sa, spi_in);
         sa->child_retry_at_ms = 0;
     }
     ike_task_run(sa);
@@ -31,6 +39,14 @@ int ike_sa_rekey_child(ike_sa *sa, uint32_t spi_in)
 static ike_task_status rekey_child_build(ike_sa *sa)
 {
     const profile *p = sa->cfg.prof;
+    if (sa->rk.queued_spi_in != sa->child_spi_in) {
+        /* The gateway rekeyed it while ours waited: its new SA needs none. */
+        LOG_INFO(sa->log, "ike", "CHILD SA %08x was rekeyed by the gateway meanwhile: our rekey of it is moot",
+                 sa->rk.queued_spi_in);
+        sa->rk.ke_retried = false;
+        sa->child_retry_at_ms = 0;
+        return IKE_TASK_DONE;
+    }
     crypto_ke_free(sa->rk.ke);
     sa->rk.ke = NULL;
     sa->rk.collided = false;
@@ -71,7 +87,7 @@ static ike_task_status rekey_child_build(ike_sa *sa)
     if (r < 0) {
         LOG_WARN(sa->log, "ike", "cannot rekey CHILD SA %08x (%s): trying again in %u s", sa->rk.old_spi_in,
                  m2mvpn_strerror(r), REKEY_RETRY_MS / 1000);
-        ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
+        queue_child_rekey(sa, sa->rk.old_spi_in);
         sa->child_retry_at_ms = ike_rekey_now(sa) + REKEY_RETRY_MS;
         ike_rekey_rearm(sa);
         return IKE_TASK_FAILED;
@@ -117,7 +133,7 @@ static void child_rekey_failed(ike_sa *sa, const char *why)
     LOG_WARN(sa->log, "ike", "rekeying CHILD SA %08x failed: %s; trying again in %u s", sa->rk.old_spi_in, why,
              REKEY_RETRY_MS / 1000);
     if (sa->rk.old_spi_in == sa->child_spi_in) {
-        ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
+        queue_child_rekey(sa, sa->rk.old_spi_in);
         sa->child_retry_at_ms = ike_rekey_now(sa) + REKEY_RETRY_MS;
         ike_rekey_rearm(sa);
     }
@@ -160,7 +176,7 @@ static ike_task_status rekey_child_process(ike_sa *sa, const ike_message *msg, c
             LOG_INFO(sa->log, "ike", "gateway wants %s for the CHILD SA rekey: retrying", proposal_ke_name(group));
             sa->rk.ke_retried = true;
             sa->rk.group = group;
-            ike_task_queue(sa, IKE_TASK_REKEY_CHILD);
+            queue_child_rekey(sa, sa->rk.old_spi_in);
             sa->child_retry_at_ms = 0;
             return IKE_TASK_DONE;
         }

@@ -98,6 +98,10 @@ int ike_rekey_switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool ol
         sa->next_msg_id++;
         ike_task_queue(sa, IKE_TASK_DPD);
     }
+    /* Our IKE SA rekey, if one waits, is moot: the new SA has its own
+     * lifetime (planned below). */
+    ike_task_unqueue(sa, IKE_TASK_REKEY_IKE);
+    sa->rki.ke_retried = false;
     ike_zombie *z = ike_rekey_make_zombie(sa, we_delete_old);
     if (old_gone) {
         /* The gateway deleted it already (and we answered): nothing left to do on it. */

@@ -357,6 +357,11 @@ bool ike_task_queued(const ike_sa *sa, ike_task t)
     return (sa->tasks_queued & (1u << t)) != 0;
 }
 
+void ike_task_unqueue(ike_sa *sa, ike_task t)
+{
+    sa->tasks_queued &= ~(1u << t);
+}
+
 /* IKE_SA_INIT and IKE_AUTH set the SA up; the others need it established. */
 static bool may_start(const ike_sa *sa, ike_task t)
 {

@@ -194,6 +194,8 @@ struct ike_sa {
     uint64_t quiet_until_ms;       /* no request of ours on an IKE SA the gateway just
                                     * created before then (it may not have it yet) */
     struct {
+        uint32_t queued_spi_in;    /* the SA our queued rekey is for (moot once it is
+                                    * no longer the current one) */
         uint32_t old_spi_in, old_spi_out; /* the SA being rekeyed */
         uint32_t new_spi_in;
         uint8_t nonce[IKE_NONCE_LEN];

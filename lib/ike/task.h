@@ -54,6 +54,8 @@ const char *ike_task_status_name(ike_task_status s);
  * first); is it queued? */
 void ike_task_queue(ike_sa *sa, ike_task t);
 bool ike_task_queued(const ike_sa *sa, ike_task t);
+/* Take a queued task out again: what it was queued for is moot. */
+void ike_task_unqueue(ike_sa *sa, ike_task t);
 /* The window is free: start the first queued task that is ready, in the
  * order IKE_SA_INIT, IKE_AUTH (while the SA is set up), then on the
  * established SA: MOBIKE (the other requests need the new path), replaced

@@ -3411,6 +3411,76 @@ START_TEST(test_ike_rekey_refused_during_update)
 }
 END_TEST
 
+/* Our CHILD SA rekey, asked for while our address update is in flight,
+ * waits; the gateway rekeys that CHILD SA meanwhile. Ours is then moot (it
+ * was for an SA on its way out): no CREATE_CHILD_SA goes once the update
+ * is answered. A rekey of the new SA still goes. */
+START_TEST(test_queued_child_rekey_moot_after_gateway_rekey)
+{
+    use_pfs();
+    establish_mobike();
+    uint32_t old_in = T->child.spi_in;
+    struct sockaddr_storage now;
+    socklen_t now_len;
+    set_addr(&now, &now_len, "198.51.100.77", 4500);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_update_addresses(T->sa, &now, now_len, "moved"), 0);
+    uint8_t cookie[16];
+    take_update(n0, 2, cookie);
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, old_in), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1); /* waits behind the update */
+    uint8_t pub[CRYPTO_MAX_KE_LEN], ni[32];
+    size_t pub_len = 0;
+    gw_child_rekey_request(0, T->gw.child_spi_r, 0x6b6b0002, 0x33, pub, &pub_len, ni);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->rekeyed_old[0], old_in);
+    uint32_t new_in = T->rekeyed[0].spi_in;
+    answer_update(2, cookie, sizeof(cookie));
+    ck_assert_uint_eq(T->n_updated, 1);
+    ck_assert_int_eq(T->updated_err, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2); /* no CREATE_CHILD_SA of ours */
+    advance(5000);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, new_in), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    rekey_req r;
+    take_child_rekey(sent(n0 + 2), 3, &r);
+    ck_assert_uint_eq(r.old_spi, new_in);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* Our IKE SA rekey, asked for while our liveness check is out, waits; the
+ * gateway rekeys the IKE SA meanwhile. Ours is then moot (the new SA has
+ * its own lifetime): none goes on the new SA. */
+START_TEST(test_queued_ike_rekey_moot_after_gateway_rekey)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1); /* waits behind the check */
+    fg_keys old;
+    gw_rekeys_ike(&old);
+    fg_swap_keys(&T->gw, &old); /* it deletes the old SA there: the new one may carry requests */
+    fg_chain del;
+    fg_chain_begin(&del);
+    ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
+    deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
+    fg_swap_keys(&T->gw, &old);
+    ck_assert_uint_eq(n_sent(), n0 + 3); /* the two answers only */
+    advance(5000);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
 /* IKE_SA_INIT is the SA's first task, started once: a second start while
  * it is under way or later sends nothing. */
 START_TEST(test_start_once)
@@ -3517,6 +3587,8 @@ static Suite *ike_sa_suite(void)
         { "interleaved", test_dpd_abandoned_by_ike_rekey },
         { "interleaved", test_dpd_abandoned_by_ike_rekey_then_our_delete },
         { "interleaved", test_ike_rekey_refused_during_update },
+        { "interleaved", test_queued_child_rekey_moot_after_gateway_rekey },
+        { "interleaved", test_queued_ike_rekey_moot_after_gateway_rekey },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

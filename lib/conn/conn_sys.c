@@ -156,7 +156,9 @@ static void reap_hook_runs(void *arg)
 /* ------------------------------------------------------------- I/O */
 
 /* Which IKE SA a message from the gateway is for: during a reauthentication
- * two share the sockets (their SPIs tell them apart). */
+ * two share the sockets (their SPIs tell them apart). Port 4500 (the ESP
+ * socket, not connected: any sender): lib/ike takes no IKE_SA_INIT answer
+ * there. */
 static ike_sa *sa_for(conn_sys *s, const uint8_t *msg, size_t len)
 {
     if (s->next && ike_sa_owns(s->next, msg, len))
@@ -166,7 +168,23 @@ static ike_sa *sa_for(conn_sys *s, const uint8_t *msg, size_t len)
     return s->sa;
 }
 
-static void read_sock500(conn_sys *s, int fd)
+/* The same for a port-500 socket (each connected to its gateway): the one
+ * to the gateway of a switch carries the new IKE SA's messages alone; the
+ * tunnel's carries the current SA's, the replaced one's, and the new one's
+ * when it goes to the same gateway (a reauthentication). So nothing from
+ * one gateway reaches the other's IKE SA there. */
+static ike_sa *sa_for_sock500(conn_sys *s, bool next_socket, const uint8_t *msg, size_t len)
+{
+    if (next_socket)
+        return s->next && s->next_other_gw && ike_sa_owns(s->next, msg, len) ? s->next : NULL;
+    if (s->next && !s->next_other_gw && ike_sa_owns(s->next, msg, len))
+        return s->next;
+    if (s->old && ike_sa_owns(s->old, msg, len))
+        return s->old;
+    return s->sa;
+}
+
+static void read_sock500(conn_sys *s, int fd, bool next_socket)
 {
     /* On the heap: on the stack, the IKE processing below it would reach
      * 16 KB deeper, and those pages stay resident (bench/footprint). */
@@ -180,7 +198,7 @@ static void read_sock500(conn_sys *s, int fd)
                 LOG_DBG(s->log, "conn", "port 500 socket: %s", strerror(errno));
             break;
         }
-        ike_sa *sa = sa_for(s, buf, (size_t)n);
+        ike_sa *sa = sa_for_sock500(s, next_socket, buf, (size_t)n);
         if (sa)
             ike_sa_input(sa, buf, (size_t)n, false);
     }
@@ -191,7 +209,7 @@ static void on_sock500(void *arg, uint32_t events)
 {
     conn_sys *s = arg;
     (void)events;
-    read_sock500(s, s->sock500);
+    read_sock500(s, s->sock500, false);
 }
 
 /* The port-500 socket to the gateway a profile switch goes to. */
@@ -200,7 +218,7 @@ static void on_next_sock500(void *arg, uint32_t events)
     conn_sys *s = arg;
     (void)events;
     if (s->next_sock500 >= 0)
-        read_sock500(s, s->next_sock500);
+        read_sock500(s, s->next_sock500, true);
 }
 
 static void on_ike_packet(void *arg, const uint8_t *data, size_t len, const struct sockaddr *from,

@@ -147,11 +147,13 @@ int ike_sa_new(core_loop *loop, core_log *log, const ike_config *cfg, const ike_
                ike_sa **ret, char *err, size_t err_len);
 /* Send IKE_SA_INIT (once: E_STATE after); failures arrive through on_down. */
 int ike_sa_start(ike_sa *sa);
-/* A datagram from the gateway (without the non-ESP marker). */
+/* A datagram from the gateway (without the non-ESP marker); natt: it came
+ * on port 4500, where no IKE_SA_INIT answer is taken (it comes to the
+ * port-500 socket that sent the request). */
 void ike_sa_input(ike_sa *sa, const uint8_t *msg, size_t len, bool natt);
 /* The same with the datagram's source (from NULL: unknown). While a request
  * goes to another address of the gateway (failover), only an answer from
- * that address counts. */
+ * that address counts; an IKE_SA_INIT answer only from cfg.remote. */
 void ike_sa_input_from(ike_sa *sa, const uint8_t *msg, size_t len, bool natt, const struct sockaddr *from,
                        socklen_t from_len);
 /* Delete the IKE SA (INFORMATIONAL with Delete, not waiting long); on_down(0) follows. */

@@ -166,6 +166,12 @@ bool ike_mobike_from_probed(const ike_sa *sa, const struct sockaddr *from, sockl
            same_endpoint(from, (const struct sockaddr *)&sa->mobike.fo_to, true);
 }
 
+bool ike_sa_from_remote(const ike_sa *sa, const struct sockaddr *from, socklen_t from_len)
+{
+    return from && from_len >= sizeof(struct sockaddr_in) &&
+           same_endpoint(from, (const struct sockaddr *)&sa->cfg.remote, true);
+}
+
 /* Gateway failover (§3.5, §3.8 sense): the request the gateway's address
  * left unanswered goes, unchanged (same message ID: a gateway that got it
  * answers from its cache, §2.1), to its next other address. Only an answer

@@ -687,7 +687,6 @@ void ike_sa_input(ike_sa *sa, const uint8_t *data, size_t len, bool natt)
 void ike_sa_input_from(ike_sa *sa, const uint8_t *data, size_t len, bool natt, const struct sockaddr *from,
                        socklen_t from_len)
 {
-    (void)natt;
     if (sa->state == IKE_SA_DOWN || sa->state == IKE_SA_IDLE)
         return;
     ike_message msg;
@@ -695,6 +694,14 @@ void ike_sa_input_from(ike_sa *sa, const uint8_t *data, size_t len, bool natt, c
     ike_diag_clear(&d);
     if (ike_message_parse(buf_reader_make(data, len), &msg, &d) < 0) {
         LOG_WARN(sa->log, "ike", "dropping malformed message from %s: %s", sa->gw_text, d.text);
+        return;
+    }
+    if (msg.hdr.exchange == IKE_EXCH_IKE_SA_INIT && (natt || (from && !ike_sa_from_remote(sa, from, from_len)))) {
+        /* Nothing in it is authenticated, and its error notifies (COOKIE,
+         * INVALID_KE_PAYLOAD, a refusal starting the grace) act at once:
+         * only the gateway's port we sent IKE_SA_INIT to answers it, to
+         * our port-500 socket (the port-4500 one takes any sender). */
+        LOG_DBG(sa->log, "ike", "ignoring IKE_SA_INIT message %s", natt ? "on port 4500" : "from another sender");
         return;
     }
     uint8_t spi_i[8];

@@ -344,6 +344,8 @@ void ike_mobike_failover_answered(ike_sa *sa);
 /* The datagram came from the address being probed (host and port; A and
  * ::ffff:A are the same host). */
 bool ike_mobike_from_probed(const ike_sa *sa, const struct sockaddr *from, socklen_t from_len);
+/* The datagram came from cfg.remote, the gateway's IKE port (host and port). */
+bool ike_sa_from_remote(const ike_sa *sa, const struct sockaddr *from, socklen_t from_len);
 /* Send one datagram to the gateway where it is now (hooks.send, or
  * hooks.send_to after a failover); a request of ours to the address being
  * probed while failing over, a response always where the gateway is now. */

@@ -236,12 +236,15 @@ static void advance(uint64_t ms)
     ck_assert_int_eq(core_loop_run_once(&T->loop, 0), 0);
 }
 
+/* The gateway answers on the port our last datagram went to: 500 for
+ * IKE_SA_INIT, 4500 (natt) after. */
 static void deliver(const fg_msg *m)
 {
+    bool natt = T->gw.n_sent == 0 || T->gw.sent[T->gw.n_sent - 1].natt;
     if (T->from_len)
-        ike_sa_input_from(T->sa, m->p, m->len, true, (const struct sockaddr *)&T->from, T->from_len);
+        ike_sa_input_from(T->sa, m->p, m->len, natt, (const struct sockaddr *)&T->from, T->from_len);
     else
-        ike_sa_input(T->sa, m->p, m->len, true);
+        ike_sa_input(T->sa, m->p, m->len, natt);
 }
 
 /* What deliver() hands over comes from ip, port 4500, from now on. */
@@ -843,6 +846,46 @@ START_TEST(test_forged_init_error_then_real_answer)
     ck_assert_uint_eq(T->n_down, 0);
     advance(IKE_INIT_ERROR_GRACE_MS); /* the grace timer must not fire any more */
     ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+/* An IKE_SA_INIT answer (nothing in it authenticated) counts only from
+ * the gateway's port we sent the request to, on our port-500 socket: the
+ * same answer, valid as it is, on port 4500 (the datapath's socket, open
+ * to any sender) or from another sender is ignored, and so is an error
+ * notify there (it would start the grace, §2.21.1); the real one then
+ * sets the SA up. */
+START_TEST(test_init_answer_only_from_gateway_port_500)
+{
+    start();
+    fg_msg *err = malloc(sizeof(*err)), *m = malloc(sizeof(*m));
+    fg_init_notify(&T->gw, sent(0), IKE_N_NO_PROPOSAL_CHOSEN, NULL, 0, err);
+    fg_init_response(&T->gw, sent(0), m);
+    struct sockaddr_storage gw500, other500, other4500;
+    socklen_t gw500_len, other500_len, other4500_len;
+    set_addr(&gw500, &gw500_len, "198.51.100.1", 500);
+    set_addr(&other500, &other500_len, "198.51.100.66", 500);
+    set_addr(&other4500, &other4500_len, "198.51.100.66", 4500);
+    /* On port 4500 (sender unknown, or another one). */
+    ike_sa_input(T->sa, err->p, err->len, true);
+    ike_sa_input(T->sa, m->p, m->len, true);
+    ike_sa_input_from(T->sa, m->p, m->len, true, (const struct sockaddr *)&other4500, other4500_len);
+    ck_assert_uint_eq(n_sent(), 1);
+    /* On port 500 from another sender. */
+    ike_sa_input_from(T->sa, m->p, m->len, false, (const struct sockaddr *)&other500, other500_len);
+    ck_assert_uint_eq(n_sent(), 1);
+    advance(IKE_INIT_ERROR_GRACE_MS); /* no grace ran out: retransmitted */
+    ck_assert_uint_eq(T->n_down, 0);
+    ck_assert_uint_eq(n_sent(), 2);
+    assert_same_bytes(sent(1), sent(0));
+    ike_sa_input_from(T->sa, m->p, m->len, false, (const struct sockaddr *)&gw500, gw500_len);
+    ck_assert_uint_eq(n_sent(), 3);
+    fg_take_auth_request(&T->gw, sent(2), OUR_ID);
+    answer_auth(NULL);
+    ck_assert_uint_eq(T->n_established, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    free(err);
+    free(m);
 }
 END_TEST
 
@@ -3537,6 +3580,7 @@ static Suite *ike_sa_suite(void)
         { "invalid_ke", test_invalid_ke_not_offered },
         { "no_proposal", test_no_proposal_chosen },
         { "no_proposal", test_forged_init_error_then_real_answer },
+        { "no_proposal", test_init_answer_only_from_gateway_port_500 },
         { "auth", test_auth_failed_notify },
         { "auth", test_auth_peer_wrong_psk },
         { "auth", test_auth_peer_other_identity },

@@ -672,6 +672,10 @@ static void on_timer(void *arg)
     uint64_t now = ike_rekey_now(sa);
     for (int i = 0; i < IKE_MAX_ZOMBIES; i++)
         zombie_tick(sa, &sa->zombie[i], now);
+    /* The wait on a new IKE SA of the gateway's is over (ike_rekey_ready):
+     * left set, it would keep this timer due at once, over and over. */
+    if (sa->quiet_until_ms && now >= sa->quiet_until_ms)
+        sa->quiet_until_ms = 0;
     if (sa->state != IKE_SA_ESTABLISHED) {
         ike_rekey_rearm(sa);
         return;

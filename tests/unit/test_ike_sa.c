@@ -3524,6 +3524,27 @@ START_TEST(test_queued_ike_rekey_moot_after_gateway_rekey)
 }
 END_TEST
 
+/* After the gateway's IKE SA rekey our requests wait at most 1 s for a
+ * sign that it has the new SA. Without one (its Delete of the old SA lost,
+ * say) the wait simply ends: no timer is left due at once over and over (a
+ * busy loop), and a request then goes at once. */
+START_TEST(test_quiet_wait_after_gateway_ike_rekey_ends)
+{
+    establish();
+    fg_keys old;
+    gw_rekeys_ike(&old);
+    advance(1000);
+    ck_assert_int_gt(core_loop_timeout_ms(&T->loop), 0);
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_child(T->sa, T->child.spi_in), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    rekey_req r;
+    take_child_rekey(sent(n0), 0, &r);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
 /* IKE_SA_INIT is the SA's first task, started once: a second start while
  * it is under way or later sends nothing. */
 START_TEST(test_start_once)
@@ -3633,6 +3654,7 @@ static Suite *ike_sa_suite(void)
         { "interleaved", test_ike_rekey_refused_during_update },
         { "interleaved", test_queued_child_rekey_moot_after_gateway_rekey },
         { "interleaved", test_queued_ike_rekey_moot_after_gateway_rekey },
+        { "interleaved", test_quiet_wait_after_gateway_ike_rekey_ends },
     };
     TCase *tc = NULL;
     const char *prev = NULL;

@@ -133,7 +133,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             msg[19] = 0x20;          /* response, from the responder */
             memset(msg + 20, 0, 4);  /* message ID 0 */
         }
-        ike_sa_input(sa, msg, len, i & 1);
+        /* the socket it came in on, as the input chooses: an IKE_SA_INIT
+         * answer is taken on port 500 only, the rest on either */
+        ike_sa_input(sa, msg, len, (data[0] >> (1 + i % 7)) & 1);
         uint8_t step;
         if (buf_get_u8(&in, &step)) {
             now_ms += (uint64_t)step * 20;

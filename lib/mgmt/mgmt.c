@@ -1648,6 +1648,10 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
         publish_status(m, err);
         return;
     }
+    /* the signed bundle itself is what a restart trusts (update_recover
+     * verifies it again), not update.json */
+    if (mgmt_write_file(m->dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)) < 0)
+        journal_err(m, err); /* still installed by this run */
     memset(&m->upd, 0, sizeof(m->upd));
     m->upd.dep = dep_id;
     m->upd.b = b;
@@ -2050,13 +2054,24 @@ static void renew_mark_recover(mgmt *m)
 
 /* At start: a verified update stored by an earlier run (update.json) is
  * taken up again: handed over when the poll says its window is open (its
- * file hashed again then). Its version counts as accepted. */
+ * file hashed again then). What it is (version, hash, size) comes from its
+ * signed bundle, verified again here, never from update.json alone: the
+ * state directory may have been written by someone else while the device
+ * was off. Its version counts as accepted. */
 static void update_recover(mgmt *m)
 {
-    char err[512];
+    char err[700];
     mgmt_update_mark mk;
-    if (mgmt_update_mark_load(m->dir, &mk, err, sizeof(err)) < 0) {
+    mgmt_bundle b;
+    int r = mgmt_update_stored(m->dir, m->signer, m->st.device_id, m->st.software_seq, wall_now(), &mk, &b, err,
+                               sizeof(err));
+    if (r < 0) {
         LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        if (mk.deployment) { /* its file: the download's name of that version */
+            char path[4200];
+            snprintf(path, sizeof(path), "%s/%s", m->dir, mk.file);
+            unlink(path);
+        }
         mgmt_update_mark none = { 0 };
         if (mgmt_update_mark_save(m->dir, &none, err, sizeof(err)) < 0)
             LOG_ERR(m->log, SUB, "%s", err);
@@ -2066,18 +2081,17 @@ static void update_recover(mgmt *m)
         return;
     memset(&m->upd, 0, sizeof(m->upd));
     m->upd.dep = mk.deployment;
-    m->upd.b.version = mk.version;
-    m->upd.b.size = mk.size;
-    snprintf(m->upd.b.software_version, sizeof(m->upd.b.software_version), "%s", mk.software_version);
-    memcpy(m->upd.b.sha256, mk.sha256, sizeof(m->upd.b.sha256));
+    m->upd.b = b;
+    m->upd.b.payload = NULL; /* the empty payload stays with b */
+    mgmt_bundle_clear(&b);
     snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, mk.file);
     m->upd.stored = true;
-    if (m->st.software_seq < mk.version) { /* stopped between update.json and mgmt.json */
-        m->st.software_seq = mk.version;
+    if (m->st.software_seq < m->upd.b.version) { /* stopped between update.json and mgmt.json */
+        m->st.software_seq = m->upd.b.version;
         save_state(m);
     }
     LOG_INFO(m->log, SUB, "update %s (deployment %lld) stored before the restart: waiting for the maintenance "
-             "window", mk.software_version, (long long)mk.deployment);
+             "window", m->upd.b.software_version, (long long)mk.deployment);
 }
 
 static void renew_done(mgmt *m, job *j)

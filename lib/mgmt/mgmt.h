@@ -71,6 +71,11 @@ typedef struct mgmt_bundle {
 int mgmt_bundle_verify(const uint8_t *der, size_t len, X509 *signer, const char *type, const char *device_id,
                        int64_t installed, int64_t now, mgmt_bundle *out, char *err, size_t err_len);
 void mgmt_bundle_clear(mgmt_bundle *b);
+/* A software_version a device takes: 1..63 characters of letters, digits
+ * and ". _ + ~ -", the first a letter or digit. It names the stored file
+ * (update-<version>.bin) and is the installer's second argument, so it is
+ * never a path, an option or anything a shell would read. */
+bool mgmt_software_version_ok(const char *sv);
 
 /* -------------------------------------------------------- state directory */
 
@@ -126,10 +131,28 @@ typedef struct mgmt_update_mark {
     char sha256[65];
     int64_t size;
 } mgmt_update_mark;
-/* Missing: deployment 0, 0; a malformed one: error (mk zeroed). Saving
- * deployment 0 removes the file. */
+/* Missing: deployment 0, 0; a malformed one: error (mk zeroed). Its file
+ * must be "update-<software_version>.bin", software_version one that
+ * mgmt_software_version_ok accepts (the file the download wrote, never
+ * another one of the state directory). Saving deployment 0 removes the
+ * file. */
 int mgmt_update_mark_load(const char *dir, mgmt_update_mark *mk, char *err, size_t err_len);
 int mgmt_update_mark_save(const char *dir, const mgmt_update_mark *mk, char *err, size_t err_len);
+/* The signed software bundle (CMS DER as received) of the stored update,
+ * kept beside update.json: a restart trusts what it signs, not update.json
+ * (saving a mark of deployment 0 removes it too). */
+#define MGMT_UPDATE_BUNDLE "update.p7m"
+/* At start: the stored update, if any. update.json is loaded and its
+ * bundle MGMT_UPDATE_BUNDLE verified again (mgmt_bundle_verify: signer,
+ * device, not expired) with a version not below software_seq (the one
+ * accepted, or a later one when the stop came before mgmt.json was
+ * saved); deployment, version, software_version, sha256 and size of the
+ * mark must be the bundle's. 0: mk->deployment 0 (none stored), or *ret
+ * the bundle (its facts are the ones to use). Else M2MVPN_E_IO (mark
+ * unreadable, mk zeroed) or M2MVPN_E_BUNDLE (bundle missing or refused, mk
+ * as loaded: its file is the download's) with err; *ret untouched. */
+int mgmt_update_stored(const char *dir, X509 *signer, const char *device_id, int64_t software_seq, int64_t now,
+                       mgmt_update_mark *mk, mgmt_bundle *ret, char *err, size_t err_len);
 
 /* ------------------------------------------------------ requests (worker) */
 

@@ -705,6 +705,16 @@ START_TEST(test_restart_marks)
         "\"file\": \"update-1.bin\", \"sha256\": \"%.10s\"}",
         "{\"deployment\": 3, \"version\": 5, \"size\": 0, \"software_version\": \"1\", "
         "\"file\": \"update-1.bin\", \"sha256\": \"%s\"}",
+        /* another file of the state directory (hashed, refused, removed) */
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1\", "
+        "\"file\": \"device.key.pem\", \"sha256\": \"%s\"}",
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1\", "
+        "\"file\": \"update-2.bin\", \"sha256\": \"%s\"}",
+        /* a version that is an option or shell text for the installer */
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"-rf\", "
+        "\"file\": \"update--rf.bin\", \"sha256\": \"%s\"}",
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1;reboot\", "
+        "\"file\": \"update-1;reboot.bin\", \"sha256\": \"%s\"}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char text[512];
@@ -848,6 +858,10 @@ START_TEST(test_software_bundle_and_artifact)
         { "/api/v1/device/artifacts/00", "1.4.2", "", "url is not the artifact route", 20 },
         { NULL, "", "", "software_version", 20 },
         { NULL, "1/../x", "", "software_version", 20 },
+        { NULL, "--force", "", "software_version", 20 },
+        { NULL, "1.0;reboot", "", "software_version", 20 },
+        { NULL, "1$(id)", "", "software_version", 20 },
+        { NULL, ".hidden", "", "software_version", 20 },
         { NULL, "1.4.2", "", "size", 0 },
         { NULL, "1.4.2", "", "size", 1LL << 40 },
         { NULL, "1.4.2", "", "size", MGMT_ARTIFACT_MAX + 1 },
@@ -864,6 +878,97 @@ START_TEST(test_software_bundle_and_artifact)
         OPENSSL_free(d);
     }
     free_signer(&s);
+}
+END_TEST
+
+/* A restart takes up a stored update only as its signed bundle says:
+ * update.json alone (written by whoever could write the state directory)
+ * is not trusted for the hash, the size or the version. */
+START_TEST(test_stored_update_bundle)
+{
+    char dir[] = "/tmp/m2mvpn-stored-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    signer s = make_signer("bundle signer"), other = make_signer("bundle signer");
+    static const char file[] = "firmware image bytes";
+    char sha[65], url[128], err[512] = "";
+    sha_hex(file, sha);
+    snprintf(url, sizeof(url), "/api/v1/device/artifacts/%s", sha);
+    char *man = sw_manifest(sha, (long long)strlen(file), url, "1.4.2", ""); /* version 3, deployment 7 */
+    size_t len, olen;
+    uint8_t *der = sign(&s, man, &len), *oder = sign(&other, man, &olen);
+    mgmt_update_mark mk = { .deployment = 7, .version = 3, .size = (int64_t)strlen(file) }, got;
+    snprintf(mk.software_version, sizeof(mk.software_version), "1.4.2");
+    snprintf(mk.file, sizeof(mk.file), "update-1.4.2.bin");
+    memcpy(mk.sha256, sha, sizeof(mk.sha256));
+    mgmt_bundle b;
+
+    /* nothing stored */
+    got.deployment = 5;
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), 0);
+    ck_assert_int_eq(got.deployment, 0);
+    /* the honest one: the accepted version, or one newer (stopped before mgmt.json) */
+    ck_assert_int_eq(mgmt_write_file(dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &mk, err, sizeof(err)), 0);
+    for (int64_t seq = 2; seq <= 3; seq++) {
+        memset(&b, 0, sizeof(b));
+        ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, seq, NOW, &got, &b, err, sizeof(err)), 0);
+        ck_assert_int_eq(got.deployment, 7);
+        ck_assert_str_eq(got.file, "update-1.4.2.bin");
+        ck_assert_int_eq(b.version, 3);
+        ck_assert_int_eq(b.deployment, 7);
+        ck_assert_str_eq(b.sha256, sha);
+        ck_assert_int_eq(b.size, (int64_t)strlen(file));
+        mgmt_bundle_clear(&b);
+    }
+    /* an older bundle than the one accepted since, an expired one, one for another device */
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 4, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "not newer") && strstr(err, MGMT_UPDATE_BUNDLE), "%s", err);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW + 61, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "expired"), "%s", err);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, "dev-ffffffffffffffff", 3, NOW, &got, &b, err, sizeof(err)),
+                     M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "another device"), "%s", err);
+    /* update.json rewritten to another file content, size, version or deployment */
+    static const char other_sha[] = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    for (int i = 0; i < 4; i++) {
+        mgmt_update_mark t = mk;
+        if (i == 0)
+            memcpy(t.sha256, other_sha, sizeof(t.sha256));
+        else if (i == 1)
+            t.size = 4;
+        else if (i == 2)
+            t.version = 1LL << 60; /* would refuse every real update later */
+        else
+            t.deployment = 8;
+        ck_assert_int_eq(mgmt_update_mark_save(dir, &t, err, sizeof(err)), 0);
+        b.version = -5;
+        err[0] = 0;
+        ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+        ck_assert_msg(strstr(err, "does not describe"), "case %d: %s", i, err);
+        ck_assert_int_eq(b.version, -5); /* untouched */
+    }
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &mk, err, sizeof(err)), 0);
+    /* the bundle signed by another key, or not there */
+    ck_assert_int_eq(mgmt_write_file(dir, MGMT_UPDATE_BUNDLE, oder, olen, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "signature does not verify"), "%s", err);
+    char path[300];
+    snprintf(path, sizeof(path), "%s/" MGMT_UPDATE_BUNDLE, dir);
+    ck_assert_int_eq(unlink(path), 0);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "missing"), "%s", err);
+    ck_assert_str_eq(got.file, "update-1.4.2.bin"); /* what the caller removes */
+    /* dropping the mark drops its bundle */
+    ck_assert_int_eq(mgmt_write_file(dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)), 0);
+    mgmt_update_mark none = { 0 };
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &none, err, sizeof(err)), 0);
+    ck_assert(!has_file(dir, "update.json") && !has_file(dir, MGMT_UPDATE_BUNDLE));
+    free(man);
+    OPENSSL_free(der);
+    OPENSSL_free(oder);
+    free_signer(&s);
+    free_signer(&other);
+    rm_dir(dir);
 }
 END_TEST
 
@@ -1381,6 +1486,7 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_stored_update_rehashed);
     tcase_add_test(tc, test_poll_parse);
     tcase_add_test(tc, test_software_bundle_and_artifact);
+    tcase_add_test(tc, test_stored_update_bundle);
     tcase_add_test(tc, test_dl_stream_verified);
     tcase_add_test(tc, test_dl_refused);
     tcase_add_test(tc, test_dl_over_https);

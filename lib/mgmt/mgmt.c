@@ -608,28 +608,6 @@ static int tpm_renew(mgmt *m, job *j)
     return 1;
 }
 
-/* Does the TSS2 key file `key` hold the public key of the certificate file
- * `cert`? (a check of files on disk, no TPM) */
-static bool tpm_key_fits(const char *key, const char *cert, char *err, size_t err_len)
-{
-    EVP_PKEY *k = NULL;
-    X509 *c = NULL;
-    FILE *f = fopen(cert, "r");
-    if (f) {
-        c = PEM_read_X509(f, NULL, NULL, NULL);
-        fclose(f);
-    }
-    bool ok = c && cred_tpm_key_public(key, &k, err, err_len) == 0 && EVP_PKEY_eq(k, X509_get0_pubkey(c)) == 1;
-    if (!ok && c && k)
-        snprintf(err, err_len, "%s does not hold the public key of %s", key, cert);
-    else if (!c)
-        snprintf(err, err_len, "cannot read the certificate %s", cert);
-    ERR_clear_error();
-    EVP_PKEY_free(k);
-    X509_free(c);
-    return ok;
-}
-
 /* The key of the renewed certificate: file provider a new key written to
  * <key>.next (swapped in once the certificate is issued); PKCS#11 and TPM
  * a new key as well where they can (above), else the same key (KUR of the
@@ -1886,37 +1864,41 @@ static void on_renew_timer(void *arg)
     submit(m, JOB_RENEW);
 }
 
+/* The public key of a key file of the bootstrap (a PEM file opened with
+ * its pin, or a TSS2 key file: no TPM needed). */
+static EVP_PKEY *key_file_public(void *arg, const char *path)
+{
+    mgmt *m = arg;
+    EVP_PKEY *k = NULL;
+    char e[256];
+    if (m->boot->mgmt.provider == PROFILE_CERT_TPM)
+        return cred_tpm_key_public(path, &k, e, sizeof(e)) == 0 ? k : NULL;
+    FILE *f = fopen(path, "r");
+    const char *pass = m->boot->mgmt.pin ? m->boot->mgmt.pin : "";
+    EVP_PKEY *priv = f ? PEM_read_PrivateKey(f, NULL, NULL, (void *)pass) : NULL;
+    if (f)
+        fclose(f);
+    k = priv ? cred_public_copy(priv) : NULL;
+    EVP_PKEY_free(priv);
+    ERR_clear_error();
+    return k;
+}
+
 /* The swap of key and certificate: device.crt.pem.next is written (fsync)
  * once the certificate is issued; then <key>.next is renamed over the key
  * and device.crt.pem.next over device.crt.pem. A stop anywhere: with
  * device.crt.pem.next present the swap is finished at the next start, else
- * a <key>.next is an attempt that never got its certificate (removed). */
-static int renew_swap(mgmt *m, bool new_key_file, char *err, size_t err_len)
+ * a <key>.next is an attempt that never got its certificate (removed).
+ * Key files (file provider, TPM key file): device.crt.pem.next is first
+ * checked to hold the key it goes with (mgmt_renew_swap), else both .next
+ * files go and the current pair stays. pkcs11: the token's side is checked
+ * where the certificate is stored (cred_pkcs11_replace_cert) or came with
+ * the KUR of the new key. */
+static int renew_swap(mgmt *m, bool new_key_file, bool *key_moved, char *err, size_t err_len)
 {
-    char kn[4200], cn[4200], cp[4200];
-    snprintf(kn, sizeof(kn), "%s.next", m->key_path);
-    snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
-    snprintf(cp, sizeof(cp), "%s/device.crt.pem", m->dir);
-    if (new_key_file && tpm_renewable(m) && access(kn, F_OK) == 0 && !tpm_key_fits(kn, cn, err, err_len)) {
-        /* tampered, half-written or another attempt's: never used */
-        unlink(kn);
-        unlink(cn);
-        return M2MVPN_E_CERT;
-    }
-    if (new_key_file && access(kn, F_OK) == 0 && rename(kn, m->key_path) < 0) {
-        snprintf(err, err_len, "cannot rename %s over %s: %s", kn, m->key_path, strerror(errno));
-        return M2MVPN_E_IO;
-    }
-    if (rename(cn, cp) < 0) {
-        snprintf(err, err_len, "cannot rename %s over %s: %s", cn, cp, strerror(errno));
-        return M2MVPN_E_IO;
-    }
-    int dfd = open(m->dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
+    bool key_files = m->boot->mgmt.provider == PROFILE_CERT_FILE || tpm_renewable(m);
+    return mgmt_renew_swap(m->dir, m->key_path, new_key_file, key_files ? key_file_public : NULL, m, key_moved, err,
+                           err_len);
 }
 
 /* pkcs11, same key renewed: the new certificate onto the token in place of
@@ -1962,7 +1944,7 @@ static void renew_recover(mgmt *m)
                 return;
             }
         }
-        if (renew_swap(m, true, err, sizeof(err)) < 0)
+        if (renew_swap(m, true, NULL, err, sizeof(err)) < 0)
             LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
         else
             LOG_WARN(m->log, SUB, "an interrupted certificate renewal finished (renewed key and certificate in use)");
@@ -1990,7 +1972,7 @@ static void p11_recover(mgmt *m)
             LOG_ERR(m->log, SUB, "finishing an interrupted key renewal on the token: %s", err);
             return;
         }
-        if (renew_swap(m, false, err, sizeof(err)) < 0) {
+        if (renew_swap(m, false, NULL, err, sizeof(err)) < 0) {
             LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
             return;
         }
@@ -2099,6 +2081,7 @@ static void renew_done(mgmt *m, job *j)
     char err[600];
     take_reopened(m, j);
     int r = j->r;
+    bool key_moved = false; /* the swap renamed the new key in: its certificate file stays */
     snprintf(err, sizeof(err), "%s", j->err);
     if (r == 0) {
         renew_test_pause(m, "issued");
@@ -2133,7 +2116,7 @@ static void renew_done(mgmt *m, job *j)
             renew_test_pause(m, "p11-intent-dropped");
         }
         if (r == 0)
-            r = renew_swap(m, j->new_key_file, err, sizeof(err));
+            r = renew_swap(m, j->new_key_file, &key_moved, err, sizeof(err));
         if (r == 0 && j->p11_new) {
             m->p11_old_pending = true;
             renew_test_pause(m, "p11-swapped");
@@ -2145,10 +2128,18 @@ static void renew_done(mgmt *m, job *j)
             p11_rollback(m, &u, j->p11_id);
             p11_intent_drop(m);
         }
-        if (j->new_key_file) {
+        if (j->new_key_file && !key_moved) {
             char kn[4200];
             snprintf(kn, sizeof(kn), "%s.next", m->key_path);
             unlink(kn);
+        }
+        if (!key_moved) {
+            /* never a certificate file without its key: a next start
+             * would put it next to the old key (or store it on the token
+             * for a key that was deleted) */
+            char cn[4200];
+            snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+            unlink(cn);
         }
         m->renew_fails++;
         char why[700];

@@ -264,6 +264,24 @@ int64_t mgmt_renew_at(int64_t not_before, int64_t not_after, double rnd);
  * (at least 5 s). */
 int64_t mgmt_renew_retry_s(unsigned failures, int64_t now, int64_t not_after);
 
+/* The swap of a renewal's files in dir: <key_path>.next (if new_key_file
+ * and it is there) renamed over key_path, then device.crt.pem.next over
+ * device.crt.pem, the folder fsynced. key_of (NULL: no check, the caller
+ * checked the key elsewhere) reads the public key of a key file (its own
+ * format and PIN; NULL if unreadable): first, device.crt.pem.next must
+ * hold the key of <key_path>.next when that is there, else the one of
+ * key_path (the stop came between the two renames). A certificate that
+ * does not (tampered, another attempt's, for a key deleted since) is
+ * never swapped in: both .next files are removed, the current key and
+ * certificate stay, M2MVPN_E_CERT. A failed key rename removes both .next
+ * files too (M2MVPN_E_IO); a failed certificate rename leaves
+ * device.crt.pem.next, and *key_moved (may be NULL) says whether the key
+ * was renamed (then that file is the new key's only certificate: the next
+ * start finishes the swap). */
+int mgmt_renew_swap(const char *dir, const char *key_path, bool new_key_file,
+                    EVP_PKEY *(*key_of)(void *arg, const char *path), void *arg, bool *key_moved, char *err,
+                    size_t err_len);
+
 /* ------------------------------------- day N: applying a profile (apply.json) */
 
 typedef enum mgmt_apply_phase {

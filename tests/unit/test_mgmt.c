@@ -1403,6 +1403,163 @@ static void no_token_named(const char *err)
     ck_assert_msg(strstr(err, "CMP KUR") != NULL, "the text does not say the key update failed: %s", err);
 }
 
+/* ---------------------------------------- renewal: the swap of files */
+
+static void write_key(const char *dir, const char *name, EVP_PKEY *k)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+}
+
+/* A certificate for k (self-signed is enough here) in dir/name. */
+static void write_cert_for(const char *dir, const char *name, EVP_PKEY *k)
+{
+    X509 *c = X509_new();
+    X509_set_version(c, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c), 11);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC, (const unsigned char *)DEV, -1, -1,
+                               0);
+    X509_set_issuer_name(c, X509_get_subject_name(c));
+    X509_gmtime_adj(X509_getm_notBefore(c), -60);
+    X509_gmtime_adj(X509_getm_notAfter(c), 3600);
+    X509_set_pubkey(c, k);
+    ck_assert_int_gt(X509_sign(c, k, EVP_sha256()), 0);
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(PEM_write_X509(f, c), 1);
+    fclose(f);
+    X509_free(c);
+}
+
+/* Does dir/name (a certificate or a key file) hold the public key of k? */
+static bool file_holds(const char *dir, const char *name, EVP_PKEY *k)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return false;
+    EVP_PKEY *got = NULL;
+    X509 *c = PEM_read_X509(f, NULL, NULL, NULL);
+    if (!c) {
+        rewind(f);
+        got = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    }
+    fclose(f);
+    bool eq = EVP_PKEY_eq(c ? X509_get0_pubkey(c) : got, k) == 1;
+    X509_free(c);
+    EVP_PKEY_free(got);
+    return eq;
+}
+
+static int key_reads;
+
+static EVP_PKEY *pem_key_of(void *arg, const char *path)
+{
+    (void)arg;
+    key_reads++;
+    FILE *f = fopen(path, "r");
+    EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    return k;
+}
+
+/* The renewal's swap puts in a certificate only next to its own key: a
+ * device.crt.pem.next left by a failed or stopped attempt, or written by
+ * someone else, is removed and the current pair stays usable. */
+START_TEST(test_renew_swap_checks_the_key)
+{
+    char dir[] = "/tmp/m2mvpn-swap-XXXXXX", kp[300], err[1024] = "";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(kp, sizeof(kp), "%s/device.key.pem", dir);
+    EVP_PKEY *old = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"), *new = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"),
+             *third = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    bool moved = true;
+
+    /* 1. the honest swap */
+    write_key(dir, "device.key.pem", old);
+    write_cert_for(dir, "device.crt.pem", old);
+    write_key(dir, "device.key.pem.next", new);
+    write_cert_for(dir, "device.crt.pem.next", new);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), 0);
+    ck_assert(moved);
+    ck_assert(file_holds(dir, "device.key.pem", new) && file_holds(dir, "device.crt.pem", new));
+    ck_assert(!has_file(dir, "device.key.pem.next") && !has_file(dir, "device.crt.pem.next"));
+
+    /* 2. a certificate of another key next to the new key: neither is used */
+    write_key(dir, "device.key.pem", old);
+    write_cert_for(dir, "device.crt.pem", old);
+    write_key(dir, "device.key.pem.next", new);
+    write_cert_for(dir, "device.crt.pem.next", third);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_CERT);
+    ck_assert_msg(strstr(err, "does not hold the public key of"), "%s", err);
+    ck_assert(!moved);
+    ck_assert(file_holds(dir, "device.key.pem", old) && file_holds(dir, "device.crt.pem", old));
+    ck_assert(!has_file(dir, "device.key.pem.next") && !has_file(dir, "device.crt.pem.next"));
+
+    /* 3. <key>.next gone (a failed rename removed it), its certificate
+     * left: never renamed over device.crt.pem next to the old key */
+    write_cert_for(dir, "device.crt.pem.next", new);
+    key_reads = 0;
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_CERT);
+    ck_assert_int_eq(key_reads, 1);
+    ck_assert(file_holds(dir, "device.key.pem", old) && file_holds(dir, "device.crt.pem", old));
+    ck_assert(!has_file(dir, "device.crt.pem.next"));
+
+    /* 4. stopped between the two renames: the key is in, the certificate follows */
+    write_key(dir, "device.key.pem", new);
+    write_cert_for(dir, "device.crt.pem.next", new);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), 0);
+    ck_assert(!moved);
+    ck_assert(file_holds(dir, "device.crt.pem", new) && !has_file(dir, "device.crt.pem.next"));
+
+    /* 5. the key cannot be renamed in: both .next files go */
+    char cp[300], kdir[300];
+    snprintf(cp, sizeof(cp), "%s/device.crt.pem", dir);
+    snprintf(kdir, sizeof(kdir), "%s/keydir", dir);
+    ck_assert_int_eq(mkdir(kdir, 0700), 0);
+    char kdir_file[400];
+    snprintf(kdir_file, sizeof(kdir_file), "%s/x", kdir);
+    FILE *f = fopen(kdir_file, "w"); /* a non-empty folder: rename(file, folder) fails */
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    write_key(dir, "keydir.next", third);
+    write_cert_for(dir, "device.crt.pem.next", third);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kdir, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert(!moved);
+    ck_assert(!has_file(dir, "keydir.next") && !has_file(dir, "device.crt.pem.next"));
+    ck_assert(file_holds(dir, "device.crt.pem", new));
+
+    /* 6. the certificate cannot be renamed after the key moved: it stays
+     * for the next start (the new key's only certificate) */
+    write_key(dir, "device.key.pem", old);
+    write_key(dir, "device.key.pem.next", third);
+    write_cert_for(dir, "device.crt.pem.next", third);
+    ck_assert_int_eq(unlink(cp), 0);
+    ck_assert_int_eq(mkdir(cp, 0700), 0);
+    char cp_file[400];
+    snprintf(cp_file, sizeof(cp_file), "%s/x", cp);
+    f = fopen(cp_file, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert(moved);
+    ck_assert(file_holds(dir, "device.key.pem", third) && file_holds(dir, "device.crt.pem.next", third));
+
+    EVP_PKEY_free(old);
+    EVP_PKEY_free(new);
+    EVP_PKEY_free(third);
+    rm_dir(dir);
+}
+END_TEST
+
 /* A failed renewal says what failed: the server's refusal (with its reason),
  * the network; never the enrolment token, which plays no part in a KUR. */
 START_TEST(test_renew_failure_text)
@@ -1494,6 +1651,7 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_bootstrap_installer);
     tcase_add_test(tc, test_renew_schedule);
     tcase_add_test(tc, test_renew_backoff);
+    tcase_add_test(tc, test_renew_swap_checks_the_key);
     tcase_add_loop_test(tc, test_renew_failure_text, 0, 3);
     suite_add_tcase(s, tc);
     return s;

@@ -1904,13 +1904,13 @@ static int renew_swap(mgmt *m, bool new_key_file, bool *key_moved, char *err, si
 /* pkcs11, same key renewed: the new certificate onto the token in place of
  * the old one, the one the tunnel reads (not a second one next to it).
  * Idempotent: a start after a stop does it again from the .next file. */
-static int p11_store_same_key_cert(mgmt *m, X509 *x, char *err, size_t err_len)
+static int p11_store_same_key_cert(mgmt *m, X509 *x, EVP_PKEY *key, char *err, size_t err_len)
 {
     const profile *b = m->boot;
     unsigned char *der = NULL;
     int dn = x ? i2d_X509(x, &der) : -1;
     int r = dn > 0 ? cred_pkcs11_replace_cert(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b),
-                                              der, (size_t)dn, err, err_len)
+                                              der, (size_t)dn, key, err, err_len)
                    : M2MVPN_E_CERT;
     if (dn <= 0)
         snprintf(err, err_len, "the renewed certificate is unreadable");
@@ -1937,8 +1937,27 @@ static void renew_recover(mgmt *m)
         uint8_t id[8];
         if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && p11_intent_read(m, id) == 0) {
             X509 *x = read_cert(cn);
-            int r = p11_store_same_key_cert(m, x, err, sizeof(err));
+            EVP_PKEY *k = NULL;
+            cred_provider *p = NULL;
+            int r = token_key(m, false, &k, &p, NULL, err, sizeof(err));
+            EVP_PKEY *pub = r == 0 ? cred_public_copy(k) : NULL;
+            EVP_PKEY_free(k);
+            cred_free(p);
+            if (r == 0 && (!x || !pub || EVP_PKEY_eq(X509_get0_pubkey(x), pub) != 1)) {
+                /* not the token key's (its renewal was undone, its key
+                 * deleted): never stored over the key's own certificate */
+                LOG_ERR(m->log, SUB, "%s is not a certificate of the device key on the token: removed, the "
+                        "current certificate stays", cn);
+                ERR_clear_error();
+                unlink(cn);
+                X509_free(x);
+                EVP_PKEY_free(pub);
+                return;
+            }
+            if (r == 0)
+                r = p11_store_same_key_cert(m, x, pub, err, sizeof(err));
             X509_free(x);
+            EVP_PKEY_free(pub);
             if (r < 0) {
                 LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal on the token: %s", err);
                 return;
@@ -2092,7 +2111,7 @@ static void renew_done(mgmt *m, job *j)
                   : M2MVPN_E_NOMEM;
         BIO_free(bio);
         if (r == 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->p11_new) {
-            r = p11_store_same_key_cert(m, j->cert, err, sizeof(err));
+            r = p11_store_same_key_cert(m, j->cert, j->new_key, err, sizeof(err));
             if (r < 0) {
                 char cn[4200];
                 snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);

@@ -115,7 +115,8 @@ typedef struct mgmt_renew_mark {
     int64_t deployment;       /* 0: none */
     char old_serial[80];
 } mgmt_renew_mark;
-/* Missing: deployment 0, 0. Saving deployment 0 removes the file. */
+/* Missing: deployment 0, 0; old_serial not hex (empty, another text):
+ * error (deployment 0). Saving deployment 0 removes the file. */
 int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len);
 int mgmt_renew_mark_save(const char *dir, const mgmt_renew_mark *mk, char *err, size_t err_len);
 

@@ -154,6 +154,15 @@ static int drop_file(const char *dir, const char *name, char *err, size_t err_le
     return 0;
 }
 
+/* A serial as cert_serial_hex writes it: hex digits (BN_bn2hex), a '-'
+ * first for a negative one; never empty. */
+static bool is_serial_hex(const char *s)
+{
+    if (*s == '-')
+        s++;
+    return *s && strspn(s, "0123456789ABCDEFabcdef") == strlen(s);
+}
+
 int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len)
 {
     memset(mk, 0, sizeof(*mk));
@@ -166,8 +175,11 @@ int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t
     if (!json_object_object_get_ex(o, "deployment", &d) || !json_object_is_type(d, json_type_int) ||
         json_object_get_int64(d) <= 0 || !json_object_object_get_ex(o, "old_serial", &s) ||
         !json_object_is_type(s, json_type_string) ||
-        (size_t)json_object_get_string_len(s) >= sizeof(mk->old_serial)) {
-        snprintf(err, err_len, "%s/%s: no positive \"deployment\" and \"old_serial\"", dir, RENEW_MARK);
+        (size_t)json_object_get_string_len(s) >= sizeof(mk->old_serial) ||
+        !is_serial_hex(json_object_get_string(s))) {
+        /* an empty or made-up serial would never equal the certificate's:
+         * the renewal would be reported done without having happened */
+        snprintf(err, err_len, "%s/%s: no positive \"deployment\" and \"old_serial\" (hex)", dir, RENEW_MARK);
         r = M2MVPN_E_IO;
     } else {
         mk->deployment = json_object_get_int64(d);

@@ -679,6 +679,26 @@ START_TEST(test_restart_marks)
     ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), 0);
     ck_assert_int_eq(rb.deployment, 7);
     ck_assert_str_eq(rb.old_serial, "0A1B");
+    /* a serial no certificate has (empty, not hex) would always differ
+     * from the current one: a renewal reported done that never happened */
+    static const char *const bad_renew[] = {
+        "{\"deployment\": 7, \"old_serial\": \"\"}",
+        "{\"deployment\": 7, \"old_serial\": \"not-a-serial\"}",
+        "{\"deployment\": 7, \"old_serial\": \"0A 1B\"}",
+        "{\"deployment\": 7, \"old_serial\": \"-\"}",
+        "{\"deployment\": 7}",
+    };
+    for (size_t i = 0; i < sizeof(bad_renew) / sizeof(bad_renew[0]); i++) {
+        ck_assert_int_eq(mgmt_write_file(dir, "renew.json", bad_renew[i], strlen(bad_renew[i]), err, sizeof(err)),
+                         0);
+        rb.deployment = 99;
+        ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), M2MVPN_E_IO);
+        ck_assert_msg(rb.deployment == 0 && strstr(err, "renew.json"), "case %zu: %s", i, err);
+    }
+    snprintf(rm.old_serial, sizeof(rm.old_serial), "-7F");
+    ck_assert_int_eq(mgmt_renew_mark_save(dir, &rm, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), 0);
+    ck_assert_str_eq(rb.old_serial, "-7F");
     rm.deployment = 0;
     ck_assert_int_eq(mgmt_renew_mark_save(dir, &rm, err, sizeof(err)), 0);
     ck_assert(!has_file(dir, "renew.json"));

@@ -712,15 +712,24 @@ static void run_job(mgmt *m, job *j)
             mgmt_dl_abort(&d);
         break;
     }
-    case JOB_INSTALL:
+    case JOB_INSTALL: {
         j->out = malloc(MGMT_INSTALL_OUT_MAX);
         if (!j->out) {
             j->r = M2MVPN_E_NOMEM;
             break;
         }
-        j->r = mgmt_install_run(m->boot->mgmt.installer, j->file, j->version, m->boot->mgmt.installer_timeout_s,
-                                &m->cancel, j->out, MGMT_INSTALL_OUT_MAX, j->err, sizeof(j->err));
+        /* hashed once more on the descriptor the installer gets: never a
+         * file put at the path after the check */
+        int fd = -1;
+        j->r = mgmt_file_open_verified(j->file, j->size, j->sha256, &fd, j->err, sizeof(j->err));
+        if (j->r == 0)
+            j->r = mgmt_install_run(m->boot->mgmt.installer, j->file, fd, j->version,
+                                    m->boot->mgmt.installer_timeout_s, &m->cancel, j->out, MGMT_INSTALL_OUT_MAX,
+                                    j->err, sizeof(j->err));
+        if (fd >= 0)
+            close(fd);
         break;
+    }
     case JOB_RENEW:
         renew_run(m, j);
         break;
@@ -834,6 +843,8 @@ static void submit_path(mgmt *m, job_type type, const char *path)
     } else if (type == JOB_INSTALL) {
         snprintf(j->file, sizeof(j->file), "%s", m->upd.path);
         snprintf(j->version, sizeof(j->version), "%s", m->upd.b.software_version);
+        j->size = m->upd.b.size;
+        memcpy(j->sha256, m->upd.b.sha256, sizeof(j->sha256));
         LOG_INFO(m->log, SUB, "update %s: running the installer %s (at most %u s)", j->version,
                  m->boot->mgmt.installer, m->boot->mgmt.installer_timeout_s);
     } else {

@@ -447,6 +447,11 @@ void mgmt_dl_abort(mgmt_dl *d);
  * sha256 (64 lowercase hex). 0, or M2MVPN_E_BUNDLE (changed) / M2MVPN_E_IO
  * with err. */
 int mgmt_file_check(const char *path, int64_t size, const char *sha256, char *err, size_t err_len);
+/* The same check on a descriptor kept open (O_CLOEXEC, at offset 0 on
+ * success, *ret_fd the caller's to close): what is handed on is the file
+ * that was hashed, whatever is renamed to its path afterwards. */
+int mgmt_file_open_verified(const char *path, int64_t size, const char *sha256, int *ret_fd, char *err,
+                            size_t err_len);
 /* Remove every ".update-*.part" left in dir by a stopped engine. */
 void mgmt_dl_sweep(const char *dir);
 
@@ -463,10 +468,12 @@ int mgmt_http_download(const mgmt_tls *t, const char *path, mgmt_dl *d, long *re
  * stdin /dev/null, stdout and stderr into out (the first out_cap - 1
  * bytes, NUL-terminated, the rest read and dropped), its own process
  * group, a minimal environment (PATH, LANG), every other descriptor
- * closed. Killed (the whole group, SIGKILL) after timeout_s or when
+ * closed. file_fd >= 0 (mgmt_file_open_verified): the installer gets that
+ * open file as its descriptor 3 and argv[1] "/dev/fd/3" instead of file
+ * (never opened again by its path); -1: argv[1] is file. Killed (the whole group, SIGKILL) after timeout_s or when
  * *cancel is set. 0: exited 0. Else M2MVPN_E_SYSTEM with err saying how it
  * ended (exit status N, killed by signal, timed out, could not start). */
-int mgmt_install_run(const char *installer, const char *file, const char *version, uint32_t timeout_s,
+int mgmt_install_run(const char *installer, const char *file, int file_fd, const char *version, uint32_t timeout_s,
                      const atomic_bool *cancel, char *out, size_t out_cap, char *err, size_t err_len);
 
 #endif

@@ -1235,7 +1235,7 @@ START_TEST(test_install_run)
              "#!/bin/sh\nprintf '%%s|' \"$0\" \"$@\" > %s\nread x && echo stdin-not-empty\necho \"installing $2\"\n"
              "echo oops >&2\nexit 0\n", rec);
     write_script(sh, body);
-    ck_assert_msg(mgmt_install_run(sh, "/var/lib/x/update-1.4.2.bin", "1.4.2; rm -rf /", 30, NULL, out, sizeof(out),
+    ck_assert_msg(mgmt_install_run(sh, "/var/lib/x/update-1.4.2.bin", -1, "1.4.2; rm -rf /", 30, NULL, out, sizeof(out),
                                    err, sizeof(err)) == 0, "%s", err);
     FILE *f = fopen(rec, "r");
     char got[1024] = "";
@@ -1249,36 +1249,76 @@ START_TEST(test_install_run)
     ck_assert_ptr_null(strstr(out, "stdin-not-empty"));
 
     write_script(sh, "#!/bin/sh\necho failing\nexit 3\n");
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 30, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 30, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "exit status 3"));
     ck_assert_ptr_nonnull(strstr(out, "failing"));
 
     /* output beyond the bound: read and dropped, the run still ends */
     write_script(sh, "#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' a\nexit 0\n");
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 30, NULL, out, 100, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 30, NULL, out, 100, err, sizeof(err)), 0);
     ck_assert_uint_eq(strlen(out), 99);
 
     /* too slow: killed with what it started */
     snprintf(body, sizeof(body), "#!/bin/sh\n(sleep 30; touch %s/late) &\nsleep 30\nexit 0\n", dir);
     write_script(sh, body);
     time_t t0 = time(NULL);
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 1, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 1, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "did not finish in time"));
     ck_assert_int_le((long)(time(NULL) - t0), 10);
 
     /* cancelled (the engine stops) */
     atomic_bool cancel = true;
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 60, &cancel, out, sizeof(out), err, sizeof(err)),
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 60, &cancel, out, sizeof(out), err, sizeof(err)),
                      M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "stopped"));
 
     /* not there */
     snprintf(body, sizeof(body), "%s/none", dir);
-    ck_assert_int_eq(mgmt_install_run(body, "/f", "1", 5, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_int_eq(mgmt_install_run(body, "/f", -1, "1", 5, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "could not be started"));
     sleep(1);
     snprintf(body, sizeof(body), "%s/late", dir);
     ck_assert(access(body, F_OK) < 0); /* the background child went with the group */
+    unlink(rec);
+    unlink(sh);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
+/* The installer reads the file that was hashed, by the descriptor it is
+ * given: a file renamed to the path after the check never reaches it. */
+START_TEST(test_install_gets_the_verified_file)
+{
+    char dir[] = "/tmp/m2mvpn-instfd-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char sh[512], rec[512], path[512], out[MGMT_INSTALL_OUT_MAX], err[512] = "", body[1024];
+    static const char sha[] = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; /* "test" */
+    snprintf(sh, sizeof(sh), "%s/inst.sh", dir);
+    snprintf(rec, sizeof(rec), "%s/rec", dir);
+    snprintf(path, sizeof(path), "%s/update-1.bin", dir);
+    snprintf(body, sizeof(body), "#!/bin/sh\n{ printf '%%s|' \"$1\"; cat \"$1\"; } > %s\nexit 0\n", rec);
+    write_script(sh, body);
+    ck_assert_int_eq(mgmt_write_file(dir, "update-1.bin", "test", 4, err, sizeof(err)), 0);
+    int fd = -1;
+    ck_assert_msg(mgmt_file_open_verified(path, 4, sha, &fd, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_ge(fd, 0);
+    /* swapped after the check (a rename over the path) */
+    ck_assert_int_eq(mgmt_write_file(dir, "update-1.bin", "evil", 4, err, sizeof(err)), 0);
+    ck_assert_msg(mgmt_install_run(sh, path, fd, "1", 30, NULL, out, sizeof(out), err, sizeof(err)) == 0, "%s", err);
+    close(fd);
+    FILE *f = fopen(rec, "r");
+    ck_assert_ptr_nonnull(f);
+    char got[256] = "";
+    ck_assert_ptr_nonnull(fgets(got, sizeof(got), f));
+    fclose(f);
+    ck_assert_str_eq(got, "/dev/fd/3|test");
+    /* the swapped file itself is refused, no descriptor given */
+    fd = -1;
+    ck_assert_int_eq(mgmt_file_open_verified(path, 4, sha, &fd, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_int_eq(fd, -1);
+    unlink(path);
+    ck_assert_int_eq(mgmt_file_open_verified(path, 4, sha, &fd, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert_int_eq(fd, -1);
     unlink(rec);
     unlink(sh);
     ck_assert_int_eq(rmdir(dir), 0);
@@ -1668,6 +1708,7 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_dl_refused);
     tcase_add_test(tc, test_dl_over_https);
     tcase_add_test(tc, test_install_run);
+    tcase_add_test(tc, test_install_gets_the_verified_file);
     tcase_add_test(tc, test_bootstrap_installer);
     tcase_add_test(tc, test_renew_schedule);
     tcase_add_test(tc, test_renew_backoff);

@@ -598,6 +598,21 @@ int store_cert_ok(store *s, const char *device_id, const char *serial_hex, long 
     return cert_check(s, device_id, serial_hex, now, err, errlen);
 }
 
+int store_cert_revoked(store *s, const char *device_id, const char *serial_hex, char *err, size_t errlen)
+{
+    store_device d;
+    int rc = store_device_get(s, device_id, &d, err, errlen);
+    if (rc < 0)
+        return -1;
+    const char *p[] = {serial_hex, device_id};
+    db_res r;
+    if (q(s, "SELECT revoked_at FROM certificates WHERE serial = ?1 AND device = ?2", 2, p, &r, err, errlen) < 0)
+        return -1;
+    int revoked = r.nrows > 0 && (db_cell(&r, 0, 0) || (rc == 0 && d.state == STORE_DEV_REVOKED));
+    db_res_free(&r);
+    return revoked;
+}
+
 /* Opens a transaction holding the device's lock, then runs the checks of store_cert_ok on the
    certificate serial_hex. Returns 0 with the transaction open, or the error with it already ended. */
 static int begin_cert_checked(store *s, const char *device_id, const char *serial_hex, long long now, char *err,

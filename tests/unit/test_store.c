@@ -354,6 +354,11 @@ START_TEST(certificates_renew_revoke)
     /* another device's certificate, an unknown one, one past its expiry */
     ck_assert_int_eq(store_cert_ok(s, a, sb, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_msg(strstr(err, "is not one of device"), "%s", err);
+    /* refusals that are not revocations (an RR retry must not read them as one) */
+    ck_assert_int_eq(store_cert_revoked(s, a, sb, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_revoked(s, a, "ffff", err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_revoked(s, uniq("dev-none"), s1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_revoked(s, a, s1, err, sizeof(err)), 0);
     ck_assert_int_eq(store_cert_ok(s, a, "ffff", now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_int_eq(store_cert_ok(s, a, s1, now + 86400, err, sizeof(err)), STORE_REFUSED);
     ck_assert_msg(strstr(err, "expired"), "%s", err);
@@ -376,6 +381,9 @@ START_TEST(certificates_renew_revoke)
     ck_assert_int_eq(reason, 5);
     ck_assert_int_eq(store_cert_ok(s, a, s2, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_msg(strstr(err, "revoked"), "%s", err);
+    ck_assert_int_eq(store_cert_revoked(s, a, s2, err, sizeof(err)), 1);
+    ck_assert_int_eq(store_cert_revoked(s, b, s2, err, sizeof(err)), 0); /* not b's */
+    ck_assert_int_eq(store_cert_revoked(s, a, s1, err, sizeof(err)), 0);
     ck_assert_int_eq(store_renewed(s, a, s2, s3, now + 86400, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_int_eq(store_cert_revoke(s, a, s2, 5, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_int_eq(store_cert_revoke(s, a, sb, 5, now, err, sizeof(err)), STORE_REFUSED);
@@ -399,6 +407,7 @@ START_TEST(certificates_renew_revoke)
     ck_assert_int_eq(reason, 5);   /* revoked before: its first reason stays */
     ck_assert(!listed(s, now, sb, &reason));
     ck_assert_int_eq(store_cert_ok(s, a, s1, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_cert_revoked(s, a, s1, err, sizeof(err)), 1);
     ck_assert_int_eq(store_cert_ok(s, b, sb, now, err, sizeof(err)), 0);
     /* expired certificates drop out of the list */
     ck_assert(!listed(s, now + 3 * 86400, s1, &reason));

@@ -1090,6 +1090,21 @@ int store_deployment_feedback(store *s, long long id, const char *device_id, con
         snprintf(err, errlen, "deployment %lld is already closed for device %s (%s)", id, device_id, d.dev_status);
         rc = STORE_REFUSED;
     }
+    if (rc == 0 && d.type == STORE_DEP_CERT && !strcmp(result, "success")) {
+        /* a renewal the server did not see is not one: success only with a
+           certificate issued to the device since the deployment was made */
+        db_res r;
+        rc = q(s, "SELECT COUNT(*) FROM certificates c, deployments x WHERE x.id = ?1 AND c.device = ?2"
+                  " AND c.issued >= x.created", 2, (const char *const[]){ids, device_id}, &r, err, errlen);
+        if (rc == 0) {
+            if (atoll0(db_cell(&r, 0, 0)) == 0) {
+                snprintf(err, errlen, "deployment %lld: no certificate was issued to device %s since the "
+                         "deployment was made: success refused", id, device_id);
+                rc = STORE_REFUSED;
+            }
+            db_res_free(&r);
+        }
+    }
     if (rc == 0)
         rc = q(s, "UPDATE deployment_devices SET status = ?3, details = ?4, updated = ?5"
                   " WHERE deployment = ?1 AND device = ?2", 5,

@@ -157,7 +157,9 @@ int store_deployment_for_device(store *s, long long id, const char *device_id, s
    rollout rules: halted when failures exceed the maximum share times the
    devices of the current wave (first wave: n_first_wave, second: n_devices);
    the second wave opens when every first-wave device
-   succeeded; done when every device reported. */
+   succeeded; done when every device reported. success of a cert deployment
+   only if a certificate was issued to the device since the deployment was
+   made (else STORE_REFUSED, nothing changed). */
 int store_deployment_feedback(store *s, long long id, const char *device_id, const char *result,
                               const char *details, long long now, char *err, size_t errlen);
 

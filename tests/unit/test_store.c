@@ -645,6 +645,40 @@ START_TEST(rollout_rules)
 }
 END_TEST
 
+/* A cert deployment's success counts only with a certificate issued to the
+ * device since the deployment was made: a device's word alone (a renewal
+ * mark written by someone else) does not close it. */
+START_TEST(cert_deployment_needs_a_new_certificate)
+{
+    store *s = open_fresh();
+    const char *g = uniq("certdep"), *t = uniq("t"), *dev = uniq("dev-c"), *s1 = userial(), *s2 = userial();
+    long long now = time(NULL);
+    store_device_state st;
+    ck_assert_int_eq(store_group_put(s, g, "{\"version\": 1}", err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 60, 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_enrol(s, t, dev, now - 100, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_issued(s, t, dev, s1, now + 86400, now - 100, err, sizeof(err)), 0);
+    store_deployment d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.group, sizeof(d.group), "%s", g);
+    d.type = STORE_DEP_CERT;
+    d.percent = 100;
+    d.max_fail_permille = 1000;
+    d.window_start = d.window_end = -1;
+    ck_assert_msg(store_deployment_create(s, &d, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(store_deployment_feedback(s, d.id, dev, "success", "renewed", now, err, sizeof(err)),
+                     STORE_REFUSED);
+    ck_assert_msg(strstr(err, "no certificate was issued"), "%s", err);
+    ck_assert(is_open(s, dev, d.id)); /* nothing changed */
+    /* the renewal the server made: now it is a success */
+    ck_assert_int_eq(store_renewed(s, dev, s1, s2, now + 2 * 86400, time(NULL), err, sizeof(err)), 0);
+    ck_assert_msg(store_deployment_feedback(s, d.id, dev, "success", "renewed", now, err, sizeof(err)) == 0, "%s",
+                  err);
+    ck_assert(!is_open(s, dev, d.id));
+    store_close(s);
+}
+END_TEST
+
 START_TEST(report_and_artifacts)
 {
     store *s = open_fresh();
@@ -699,6 +733,7 @@ int main(void)
     tcase_add_test(tc, groups_publish);
     tcase_add_test(tc, certificates_renew_revoke);
     tcase_add_test(tc, rollout_rules);
+    tcase_add_test(tc, cert_deployment_needs_a_new_certificate);
     tcase_add_test(tc, report_and_artifacts);
     tcase_add_test(tc, revoke_races_certificate);
     suite_add_tcase(su, tc);

@@ -1054,10 +1054,6 @@ out:
     return rc;
 }
 
-/* Same key renewed (a token that cannot make keys): the new certificate
- * takes the old one's place next to the key. Created first, the others
- * destroyed after, so a stop in between leaves both (find_cert then takes
- * the newest that fits the key), never none. */
 /* Does the certificate object h hold the public key `pub`? */
 static bool raw_cert_holds(raw_p11 *r, CK_OBJECT_HANDLE h, EVP_PKEY *pub)
 {
@@ -1079,6 +1075,10 @@ static bool raw_cert_holds(raw_p11 *r, CK_OBJECT_HANDLE h, EVP_PKEY *pub)
     return eq;
 }
 
+/* Same key renewed (a token that cannot make keys): the new certificate
+ * takes the old one's place next to the key. Created first, the others
+ * destroyed after, so a stop in between leaves both (find_cert then takes
+ * the newest that fits the key), never none. */
 int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pin, size_t pin_len,
                              const uint8_t *der, size_t len, EVP_PKEY *key_pub, char *err, size_t err_len)
 {

@@ -2074,7 +2074,7 @@ static void update_recover(mgmt *m)
 {
     char err[700];
     mgmt_update_mark mk;
-    mgmt_bundle b;
+    mgmt_bundle b = { 0 };
     int r = mgmt_update_stored(m->dir, m->signer, m->st.device_id, m->st.software_seq, wall_now(), &mk, &b, err,
                                sizeof(err));
     if (r < 0) {

@@ -470,9 +470,10 @@ int mgmt_http_download(const mgmt_tls *t, const char *path, mgmt_dl *d, long *re
  * group, a minimal environment (PATH, LANG), every other descriptor
  * closed. file_fd >= 0 (mgmt_file_open_verified): the installer gets that
  * open file as its descriptor 3 and argv[1] "/dev/fd/3" instead of file
- * (never opened again by its path); -1: argv[1] is file. Killed (the whole group, SIGKILL) after timeout_s or when
- * *cancel is set. 0: exited 0. Else M2MVPN_E_SYSTEM with err saying how it
- * ended (exit status N, killed by signal, timed out, could not start). */
+ * (never opened again by its path); -1: argv[1] is file. Killed (the
+ * whole group, SIGKILL) after timeout_s or when *cancel is set. 0: exited
+ * 0. Else M2MVPN_E_SYSTEM with err saying how it ended (exit status N,
+ * killed by signal, timed out, could not start). */
 int mgmt_install_run(const char *installer, const char *file, int file_fd, const char *version, uint32_t timeout_s,
                      const atomic_bool *cancel, char *out, size_t out_cap, char *err, size_t err_len);
 

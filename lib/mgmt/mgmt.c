@@ -1920,11 +1920,15 @@ static int p11_store_same_key_cert(mgmt *m, X509 *x, EVP_PKEY *key, char *err, s
     const profile *b = m->boot;
     unsigned char *der = NULL;
     int dn = x ? i2d_X509(x, &der) : -1;
-    int r = dn > 0 ? cred_pkcs11_replace_cert(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b),
-                                              der, (size_t)dn, key, err, err_len)
-                   : M2MVPN_E_CERT;
+    EVP_PKEY *pub = key ? cred_public_copy(key) : NULL; /* compared as the token's own keys are */
+    int r = dn > 0 && pub ? cred_pkcs11_replace_cert(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin,
+                                                     pin_len(b), der, (size_t)dn, pub, err, err_len)
+                          : M2MVPN_E_CERT;
     if (dn <= 0)
         snprintf(err, err_len, "the renewed certificate is unreadable");
+    else if (!pub)
+        snprintf(err, err_len, "the device key's public half is unreadable");
+    EVP_PKEY_free(pub);
     OPENSSL_free(der);
     return r;
 }

@@ -270,6 +270,10 @@ def test_software_update_and_artifact(pki, server):
     r = admin(d, srv, "update", "publish", "--group", "fleet", "--file", path, "--version", "2", "--window", "25:00",
               check=False)
     assert r.returncode != 0 and "HH:MM-HH:MM" in r.stderr
+    # a version a device would refuse (its file name, its installer's argument)
+    for bad in ("-rf", "1.0;reboot", "1/../x", ".1"):
+        r = admin(d, srv, "update", "publish", "--group", "fleet", "--file", path, "--version", bad, check=False)
+        assert r.returncode != 0 and "software_version" in r.stderr, (bad, r.stderr)
     # a revoked device: every device route refuses it
     admin_json(d, srv, "device", "revoke", other.id)
     for method, route in (("GET", "/api/v1/device/poll"), ("GET", f"/api/v1/device/deployments/{dep}"),

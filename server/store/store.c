@@ -1092,7 +1092,8 @@ int store_deployment_feedback(store *s, long long id, const char *device_id, con
     }
     if (rc == 0 && d.type == STORE_DEP_CERT && !strcmp(result, "success")) {
         /* a renewal the server did not see is not one: success only with a
-           certificate issued to the device since the deployment was made */
+           certificate issued to the device since the deployment was made
+           (whole seconds: one issued in the second it was made counts) */
         db_res r;
         rc = q(s, "SELECT COUNT(*) FROM certificates c, deployments x WHERE x.id = ?1 AND c.device = ?2"
                   " AND c.issued >= x.created", 2, (const char *const[]){ids, device_id}, &r, err, errlen);

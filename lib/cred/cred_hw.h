@@ -27,13 +27,16 @@ int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, cha
 
 /** Store `cert` (DER) on the token `uri` names, next to the one private key
  *  the URI names (object= and/or id=), with that key's CKA_LABEL and CKA_ID,
- *  then delete every other certificate object with that label or that id:
- *  a renewed certificate of the same key replaces the old one (created
- *  first, so a stop in between leaves both; cred_pkcs11_open takes the
- *  newest that fits the key). One C_Login with `pin`. Errors: INVAL, IO (no
- *  such token), PIN, CERT. */
+ *  then delete every other certificate object of that key (public key
+ *  key_pub) with that label or that id (a non-empty one): a renewed
+ *  certificate of the same key replaces the old one (created first, so a
+ *  stop in between leaves both; cred_pkcs11_open takes the newest that
+ *  fits the key). key_pub: the public key of that private key (as the
+ *  caller opened it); a certificate of another public key is refused (CERT,
+ *  nothing changed). One C_Login with `pin`. Errors: INVAL, IO (no such
+ *  token), PIN, CERT. */
 int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pin, size_t pin_len,
-                             const uint8_t *der, size_t len, char *err, size_t err_len);
+                             const uint8_t *der, size_t len, EVP_PKEY *key_pub, char *err, size_t err_len);
 
 /**
  * Generate a key pair on the token that `uri` names (token=...; object= the

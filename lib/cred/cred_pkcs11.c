@@ -68,9 +68,9 @@ int cred_pkcs11_store_cert(cred_provider *p, const uint8_t *der, size_t len, cha
 }
 
 int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pin, size_t pin_len,
-                             const uint8_t *der, size_t len, char *err, size_t err_len)
+                             const uint8_t *der, size_t len, EVP_PKEY *key_pub, char *err, size_t err_len)
 {
-    (void)module, (void)uri, (void)pin, (void)pin_len, (void)der, (void)len;
+    (void)module, (void)uri, (void)pin, (void)pin_len, (void)der, (void)len, (void)key_pub;
     return no_pkcs11(err, err_len);
 }
 
@@ -415,7 +415,10 @@ static int take_key(p11_cred *pc, char *err, size_t err_len)
                     "ECDSA P-256/384/521)", pc->key_label, pc->label);
         return M2MVPN_E_CERT;
     }
-    int rc = pc->n_chain ? 0 : find_cert(pc, key, pub);
+    /* chosen again now the key is known: the pick before the login (for
+     * status) took the newest certificate of the label, which a planted
+     * one of another key could be */
+    int rc = find_cert(pc, key, pub);
     if (rc < 0) {
         EVP_PKEY_free(priv);
         EVP_PKEY_free(pub);
@@ -1051,14 +1054,35 @@ out:
     return rc;
 }
 
+/* Does the certificate object h hold the public key `pub`? */
+static bool raw_cert_holds(raw_p11 *r, CK_OBJECT_HANDLE h, EVP_PKEY *pub)
+{
+    CK_ATTRIBUTE v = { CKA_VALUE, NULL, 0 };
+    if (r->f->C_GetAttributeValue(r->s, h, &v, 1) != CKR_OK || v.ulValueLen == 0 ||
+        v.ulValueLen == CK_UNAVAILABLE_INFORMATION || v.ulValueLen > 65536)
+        return false;
+    unsigned char *buf = malloc(v.ulValueLen);
+    v.pValue = buf;
+    bool eq = false;
+    if (buf && r->f->C_GetAttributeValue(r->s, h, &v, 1) == CKR_OK) {
+        const unsigned char *q = buf;
+        X509 *x = d2i_X509(NULL, &q, (long)v.ulValueLen);
+        eq = x && EVP_PKEY_eq(X509_get0_pubkey(x), pub) == 1;
+        X509_free(x);
+    }
+    free(buf);
+    ERR_clear_error();
+    return eq;
+}
+
 /* Same key renewed (a token that cannot make keys): the new certificate
  * takes the old one's place next to the key. Created first, the others
  * destroyed after, so a stop in between leaves both (find_cert then takes
  * the newest that fits the key), never none. */
 int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pin, size_t pin_len,
-                             const uint8_t *der, size_t len, char *err, size_t err_len)
+                             const uint8_t *der, size_t len, EVP_PKEY *key_pub, char *err, size_t err_len)
 {
-    if (!module || !uri || !pin || pin_len == 0 || !der || !len)
+    if (!module || !uri || !pin || pin_len == 0 || !der || !len || !key_pub)
         return M2MVPN_E_INVAL;
     p11_uri u;
     int rc = p11_uri_parse(uri, &u, err, err_len);
@@ -1074,11 +1098,20 @@ int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pi
     int subj_len = x ? i2d_X509_NAME(X509_get_subject_name(x), &subj) : -1;
     int iss_len = x ? i2d_X509_NAME(X509_get_issuer_name(x), &iss) : -1;
     int ser_len = x ? i2d_ASN1_INTEGER(X509_get_serialNumber(x), &ser) : -1;
+    bool fits = x && EVP_PKEY_eq(X509_get0_pubkey(x), key_pub) == 1;
     X509_free(x);
+    ERR_clear_error();
     raw_p11 r;
     memset(&r, 0, sizeof r);
     if (subj_len <= 0 || iss_len <= 0 || ser_len <= 0) {
         pki_set_err(err, err_len, "the certificate to store is not DER X.509");
+        rc = M2MVPN_E_CERT;
+        goto out;
+    }
+    if (!fits) {
+        /* it would replace the key's own certificate with an unusable one */
+        pki_set_err(err, err_len, "the certificate to store on token \"%s\" is not for key \"%s\" (another "
+                    "public key): nothing changed", u.token, u.object);
         rc = M2MVPN_E_CERT;
         goto out;
     }
@@ -1137,8 +1170,12 @@ int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pi
         rc = ckr_means_gone(rv) ? M2MVPN_E_IO : M2MVPN_E_CERT;
         goto out;
     }
-    /* every other certificate of that label or that id goes */
-    for (int pass = 0; pass < (id_len ? 2 : 1); pass++) {
+    /* every other certificate of that key with that label or that id goes
+     * (an empty label or id selects nothing: it is not the key's name);
+     * one of another key is not this renewal's to delete */
+    for (int pass = 0; pass < 2; pass++) {
+        if ((pass == 0 && label_len == 0) || (pass == 1 && id_len == 0))
+            continue;
         CK_ATTRIBUTE ft[2] = { { CKA_CLASS, &ccls, sizeof ccls },
                                pass ? (CK_ATTRIBUTE){ CKA_ID, id, id_len }
                                     : (CK_ATTRIBUTE){ CKA_LABEL, label, label_len } };
@@ -1150,7 +1187,7 @@ int cred_pkcs11_replace_cert(const char *module, const char *uri, const char *pi
             r.f->C_FindObjectsFinal(r.s);
         }
         for (CK_ULONG i = 0; rv == CKR_OK && i < found; i++)
-            if (h[i] != hnew)
+            if (h[i] != hnew && raw_cert_holds(&r, h[i], key_pub))
                 rv = r.f->C_DestroyObject(r.s, h[i]);
         if (rv != CKR_OK) {
             pki_set_err(err, err_len, "token \"%s\": the new certificate is stored, an old one could not be "

@@ -608,28 +608,6 @@ static int tpm_renew(mgmt *m, job *j)
     return 1;
 }
 
-/* Does the TSS2 key file `key` hold the public key of the certificate file
- * `cert`? (a check of files on disk, no TPM) */
-static bool tpm_key_fits(const char *key, const char *cert, char *err, size_t err_len)
-{
-    EVP_PKEY *k = NULL;
-    X509 *c = NULL;
-    FILE *f = fopen(cert, "r");
-    if (f) {
-        c = PEM_read_X509(f, NULL, NULL, NULL);
-        fclose(f);
-    }
-    bool ok = c && cred_tpm_key_public(key, &k, err, err_len) == 0 && EVP_PKEY_eq(k, X509_get0_pubkey(c)) == 1;
-    if (!ok && c && k)
-        snprintf(err, err_len, "%s does not hold the public key of %s", key, cert);
-    else if (!c)
-        snprintf(err, err_len, "cannot read the certificate %s", cert);
-    ERR_clear_error();
-    EVP_PKEY_free(k);
-    X509_free(c);
-    return ok;
-}
-
 /* The key of the renewed certificate: file provider a new key written to
  * <key>.next (swapped in once the certificate is issued); PKCS#11 and TPM
  * a new key as well where they can (above), else the same key (KUR of the
@@ -734,15 +712,24 @@ static void run_job(mgmt *m, job *j)
             mgmt_dl_abort(&d);
         break;
     }
-    case JOB_INSTALL:
+    case JOB_INSTALL: {
         j->out = malloc(MGMT_INSTALL_OUT_MAX);
         if (!j->out) {
             j->r = M2MVPN_E_NOMEM;
             break;
         }
-        j->r = mgmt_install_run(m->boot->mgmt.installer, j->file, j->version, m->boot->mgmt.installer_timeout_s,
-                                &m->cancel, j->out, MGMT_INSTALL_OUT_MAX, j->err, sizeof(j->err));
+        /* hashed once more on the descriptor the installer gets: never a
+         * file put at the path after the check */
+        int fd = -1;
+        j->r = mgmt_file_open_verified(j->file, j->size, j->sha256, &fd, j->err, sizeof(j->err));
+        if (j->r == 0)
+            j->r = mgmt_install_run(m->boot->mgmt.installer, j->file, fd, j->version,
+                                    m->boot->mgmt.installer_timeout_s, &m->cancel, j->out, MGMT_INSTALL_OUT_MAX,
+                                    j->err, sizeof(j->err));
+        if (fd >= 0)
+            close(fd);
         break;
+    }
     case JOB_RENEW:
         renew_run(m, j);
         break;
@@ -856,6 +843,8 @@ static void submit_path(mgmt *m, job_type type, const char *path)
     } else if (type == JOB_INSTALL) {
         snprintf(j->file, sizeof(j->file), "%s", m->upd.path);
         snprintf(j->version, sizeof(j->version), "%s", m->upd.b.software_version);
+        j->size = m->upd.b.size;
+        memcpy(j->sha256, m->upd.b.sha256, sizeof(j->sha256));
         LOG_INFO(m->log, SUB, "update %s: running the installer %s (at most %u s)", j->version,
                  m->boot->mgmt.installer, m->boot->mgmt.installer_timeout_s);
     } else {
@@ -1648,6 +1637,10 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
         publish_status(m, err);
         return;
     }
+    /* the signed bundle itself is what a restart trusts (update_recover
+     * verifies it again), not update.json */
+    if (mgmt_write_file(m->dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)) < 0)
+        journal_err(m, err); /* still installed by this run */
     memset(&m->upd, 0, sizeof(m->upd));
     m->upd.dep = dep_id;
     m->upd.b = b;
@@ -1882,52 +1875,60 @@ static void on_renew_timer(void *arg)
     submit(m, JOB_RENEW);
 }
 
+/* The public key of a key file of the bootstrap (a PEM file opened with
+ * its pin, or a TSS2 key file: no TPM needed). */
+static EVP_PKEY *key_file_public(void *arg, const char *path)
+{
+    mgmt *m = arg;
+    EVP_PKEY *k = NULL;
+    char e[256];
+    if (m->boot->mgmt.provider == PROFILE_CERT_TPM)
+        return cred_tpm_key_public(path, &k, e, sizeof(e)) == 0 ? k : NULL;
+    FILE *f = fopen(path, "r");
+    const char *pass = m->boot->mgmt.pin ? m->boot->mgmt.pin : "";
+    EVP_PKEY *priv = f ? PEM_read_PrivateKey(f, NULL, NULL, (void *)pass) : NULL;
+    if (f)
+        fclose(f);
+    k = priv ? cred_public_copy(priv) : NULL;
+    EVP_PKEY_free(priv);
+    ERR_clear_error();
+    return k;
+}
+
 /* The swap of key and certificate: device.crt.pem.next is written (fsync)
  * once the certificate is issued; then <key>.next is renamed over the key
  * and device.crt.pem.next over device.crt.pem. A stop anywhere: with
  * device.crt.pem.next present the swap is finished at the next start, else
- * a <key>.next is an attempt that never got its certificate (removed). */
-static int renew_swap(mgmt *m, bool new_key_file, char *err, size_t err_len)
+ * a <key>.next is an attempt that never got its certificate (removed).
+ * Key files (file provider, TPM key file): device.crt.pem.next is first
+ * checked to hold the key it goes with (mgmt_renew_swap), else both .next
+ * files go and the current pair stays. pkcs11: the token's side is checked
+ * where the certificate is stored (cred_pkcs11_replace_cert) or came with
+ * the KUR of the new key. */
+static int renew_swap(mgmt *m, bool new_key_file, bool *key_moved, char *err, size_t err_len)
 {
-    char kn[4200], cn[4200], cp[4200];
-    snprintf(kn, sizeof(kn), "%s.next", m->key_path);
-    snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
-    snprintf(cp, sizeof(cp), "%s/device.crt.pem", m->dir);
-    if (new_key_file && tpm_renewable(m) && access(kn, F_OK) == 0 && !tpm_key_fits(kn, cn, err, err_len)) {
-        /* tampered, half-written or another attempt's: never used */
-        unlink(kn);
-        unlink(cn);
-        return M2MVPN_E_CERT;
-    }
-    if (new_key_file && access(kn, F_OK) == 0 && rename(kn, m->key_path) < 0) {
-        snprintf(err, err_len, "cannot rename %s over %s: %s", kn, m->key_path, strerror(errno));
-        return M2MVPN_E_IO;
-    }
-    if (rename(cn, cp) < 0) {
-        snprintf(err, err_len, "cannot rename %s over %s: %s", cn, cp, strerror(errno));
-        return M2MVPN_E_IO;
-    }
-    int dfd = open(m->dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
+    bool key_files = m->boot->mgmt.provider == PROFILE_CERT_FILE || tpm_renewable(m);
+    return mgmt_renew_swap(m->dir, m->key_path, new_key_file, key_files ? key_file_public : NULL, m, key_moved, err,
+                           err_len);
 }
 
 /* pkcs11, same key renewed: the new certificate onto the token in place of
  * the old one, the one the tunnel reads (not a second one next to it).
  * Idempotent: a start after a stop does it again from the .next file. */
-static int p11_store_same_key_cert(mgmt *m, X509 *x, char *err, size_t err_len)
+static int p11_store_same_key_cert(mgmt *m, X509 *x, EVP_PKEY *key, char *err, size_t err_len)
 {
     const profile *b = m->boot;
     unsigned char *der = NULL;
     int dn = x ? i2d_X509(x, &der) : -1;
-    int r = dn > 0 ? cred_pkcs11_replace_cert(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin, pin_len(b),
-                                              der, (size_t)dn, err, err_len)
-                   : M2MVPN_E_CERT;
+    EVP_PKEY *pub = key ? cred_public_copy(key) : NULL; /* compared as the token's own keys are */
+    int r = dn > 0 && pub ? cred_pkcs11_replace_cert(b->mgmt.pkcs11_module, b->mgmt.pkcs11_uri, b->mgmt.pin,
+                                                     pin_len(b), der, (size_t)dn, pub, err, err_len)
+                          : M2MVPN_E_CERT;
     if (dn <= 0)
         snprintf(err, err_len, "the renewed certificate is unreadable");
+    else if (!pub)
+        snprintf(err, err_len, "the device key's public half is unreadable");
+    EVP_PKEY_free(pub);
     OPENSSL_free(der);
     return r;
 }
@@ -1951,14 +1952,33 @@ static void renew_recover(mgmt *m)
         uint8_t id[8];
         if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && p11_intent_read(m, id) == 0) {
             X509 *x = read_cert(cn);
-            int r = p11_store_same_key_cert(m, x, err, sizeof(err));
+            EVP_PKEY *k = NULL;
+            cred_provider *p = NULL;
+            int r = token_key(m, false, &k, &p, NULL, err, sizeof(err));
+            EVP_PKEY *pub = r == 0 ? cred_public_copy(k) : NULL;
+            EVP_PKEY_free(k);
+            cred_free(p);
+            if (r == 0 && (!x || !pub || EVP_PKEY_eq(X509_get0_pubkey(x), pub) != 1)) {
+                /* not the token key's (its renewal was undone, its key
+                 * deleted): never stored over the key's own certificate */
+                LOG_ERR(m->log, SUB, "%s is not a certificate of the device key on the token: removed, the "
+                        "current certificate stays", cn);
+                ERR_clear_error();
+                unlink(cn);
+                X509_free(x);
+                EVP_PKEY_free(pub);
+                return;
+            }
+            if (r == 0)
+                r = p11_store_same_key_cert(m, x, pub, err, sizeof(err));
             X509_free(x);
+            EVP_PKEY_free(pub);
             if (r < 0) {
                 LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal on the token: %s", err);
                 return;
             }
         }
-        if (renew_swap(m, true, err, sizeof(err)) < 0)
+        if (renew_swap(m, true, NULL, err, sizeof(err)) < 0)
             LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
         else
             LOG_WARN(m->log, SUB, "an interrupted certificate renewal finished (renewed key and certificate in use)");
@@ -1986,7 +2006,7 @@ static void p11_recover(mgmt *m)
             LOG_ERR(m->log, SUB, "finishing an interrupted key renewal on the token: %s", err);
             return;
         }
-        if (renew_swap(m, false, err, sizeof(err)) < 0) {
+        if (renew_swap(m, false, NULL, err, sizeof(err)) < 0) {
             LOG_ERR(m->log, SUB, "finishing an interrupted certificate renewal: %s", err);
             return;
         }
@@ -2050,13 +2070,24 @@ static void renew_mark_recover(mgmt *m)
 
 /* At start: a verified update stored by an earlier run (update.json) is
  * taken up again: handed over when the poll says its window is open (its
- * file hashed again then). Its version counts as accepted. */
+ * file hashed again then). What it is (version, hash, size) comes from its
+ * signed bundle, verified again here, never from update.json alone: the
+ * state directory may have been written by someone else while the device
+ * was off. Its version counts as accepted. */
 static void update_recover(mgmt *m)
 {
-    char err[512];
+    char err[700];
     mgmt_update_mark mk;
-    if (mgmt_update_mark_load(m->dir, &mk, err, sizeof(err)) < 0) {
+    mgmt_bundle b = { 0 };
+    int r = mgmt_update_stored(m->dir, m->signer, m->st.device_id, m->st.software_seq, wall_now(), &mk, &b, err,
+                               sizeof(err));
+    if (r < 0) {
         LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        if (mk.deployment) { /* its file: the download's name of that version */
+            char path[4200];
+            snprintf(path, sizeof(path), "%s/%s", m->dir, mk.file);
+            unlink(path);
+        }
         mgmt_update_mark none = { 0 };
         if (mgmt_update_mark_save(m->dir, &none, err, sizeof(err)) < 0)
             LOG_ERR(m->log, SUB, "%s", err);
@@ -2066,18 +2097,17 @@ static void update_recover(mgmt *m)
         return;
     memset(&m->upd, 0, sizeof(m->upd));
     m->upd.dep = mk.deployment;
-    m->upd.b.version = mk.version;
-    m->upd.b.size = mk.size;
-    snprintf(m->upd.b.software_version, sizeof(m->upd.b.software_version), "%s", mk.software_version);
-    memcpy(m->upd.b.sha256, mk.sha256, sizeof(m->upd.b.sha256));
+    m->upd.b = b;
+    m->upd.b.payload = NULL; /* the empty payload stays with b */
+    mgmt_bundle_clear(&b);
     snprintf(m->upd.path, sizeof(m->upd.path), "%s/%s", m->dir, mk.file);
     m->upd.stored = true;
-    if (m->st.software_seq < mk.version) { /* stopped between update.json and mgmt.json */
-        m->st.software_seq = mk.version;
+    if (m->st.software_seq < m->upd.b.version) { /* stopped between update.json and mgmt.json */
+        m->st.software_seq = m->upd.b.version;
         save_state(m);
     }
     LOG_INFO(m->log, SUB, "update %s (deployment %lld) stored before the restart: waiting for the maintenance "
-             "window", mk.software_version, (long long)mk.deployment);
+             "window", m->upd.b.software_version, (long long)mk.deployment);
 }
 
 static void renew_done(mgmt *m, job *j)
@@ -2085,6 +2115,7 @@ static void renew_done(mgmt *m, job *j)
     char err[600];
     take_reopened(m, j);
     int r = j->r;
+    bool key_moved = false; /* the swap renamed the new key in: its certificate file stays */
     snprintf(err, sizeof(err), "%s", j->err);
     if (r == 0) {
         renew_test_pause(m, "issued");
@@ -2095,7 +2126,7 @@ static void renew_done(mgmt *m, job *j)
                   : M2MVPN_E_NOMEM;
         BIO_free(bio);
         if (r == 0 && m->boot->mgmt.provider == PROFILE_CERT_PKCS11 && !j->p11_new) {
-            r = p11_store_same_key_cert(m, j->cert, err, sizeof(err));
+            r = p11_store_same_key_cert(m, j->cert, j->new_key, err, sizeof(err));
             if (r < 0) {
                 char cn[4200];
                 snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
@@ -2119,7 +2150,7 @@ static void renew_done(mgmt *m, job *j)
             renew_test_pause(m, "p11-intent-dropped");
         }
         if (r == 0)
-            r = renew_swap(m, j->new_key_file, err, sizeof(err));
+            r = renew_swap(m, j->new_key_file, &key_moved, err, sizeof(err));
         if (r == 0 && j->p11_new) {
             m->p11_old_pending = true;
             renew_test_pause(m, "p11-swapped");
@@ -2131,10 +2162,18 @@ static void renew_done(mgmt *m, job *j)
             p11_rollback(m, &u, j->p11_id);
             p11_intent_drop(m);
         }
-        if (j->new_key_file) {
+        if (j->new_key_file && !key_moved) {
             char kn[4200];
             snprintf(kn, sizeof(kn), "%s.next", m->key_path);
             unlink(kn);
+        }
+        if (!key_moved) {
+            /* never a certificate file without its key: a next start
+             * would put it next to the old key (or store it on the token
+             * for a key that was deleted) */
+            char cn[4200];
+            snprintf(cn, sizeof(cn), "%s/device.crt.pem.next", m->dir);
+            unlink(cn);
         }
         m->renew_fails++;
         char why[700];

@@ -71,6 +71,11 @@ typedef struct mgmt_bundle {
 int mgmt_bundle_verify(const uint8_t *der, size_t len, X509 *signer, const char *type, const char *device_id,
                        int64_t installed, int64_t now, mgmt_bundle *out, char *err, size_t err_len);
 void mgmt_bundle_clear(mgmt_bundle *b);
+/* A software_version a device takes: 1..63 characters of letters, digits
+ * and ". _ + ~ -", the first a letter or digit. It names the stored file
+ * (update-<version>.bin) and is the installer's second argument, so it is
+ * never a path, an option or anything a shell would read. */
+bool mgmt_software_version_ok(const char *sv);
 
 /* -------------------------------------------------------- state directory */
 
@@ -110,7 +115,8 @@ typedef struct mgmt_renew_mark {
     int64_t deployment;       /* 0: none */
     char old_serial[80];
 } mgmt_renew_mark;
-/* Missing: deployment 0, 0. Saving deployment 0 removes the file. */
+/* Missing: deployment 0, 0; old_serial not hex (empty, another text):
+ * error (deployment 0). Saving deployment 0 removes the file. */
 int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len);
 int mgmt_renew_mark_save(const char *dir, const mgmt_renew_mark *mk, char *err, size_t err_len);
 
@@ -126,10 +132,28 @@ typedef struct mgmt_update_mark {
     char sha256[65];
     int64_t size;
 } mgmt_update_mark;
-/* Missing: deployment 0, 0; a malformed one: error (mk zeroed). Saving
- * deployment 0 removes the file. */
+/* Missing: deployment 0, 0; a malformed one: error (mk zeroed). Its file
+ * must be "update-<software_version>.bin", software_version one that
+ * mgmt_software_version_ok accepts (the file the download wrote, never
+ * another one of the state directory). Saving deployment 0 removes the
+ * file. */
 int mgmt_update_mark_load(const char *dir, mgmt_update_mark *mk, char *err, size_t err_len);
 int mgmt_update_mark_save(const char *dir, const mgmt_update_mark *mk, char *err, size_t err_len);
+/* The signed software bundle (CMS DER as received) of the stored update,
+ * kept beside update.json: a restart trusts what it signs, not update.json
+ * (saving a mark of deployment 0 removes it too). */
+#define MGMT_UPDATE_BUNDLE "update.p7m"
+/* At start: the stored update, if any. update.json is loaded and its
+ * bundle MGMT_UPDATE_BUNDLE verified again (mgmt_bundle_verify: signer,
+ * device, not expired) with a version not below software_seq (the one
+ * accepted, or a later one when the stop came before mgmt.json was
+ * saved); deployment, version, software_version, sha256 and size of the
+ * mark must be the bundle's. 0: mk->deployment 0 (none stored), or *ret
+ * the bundle (its facts are the ones to use). Else M2MVPN_E_IO (mark
+ * unreadable, mk zeroed) or M2MVPN_E_BUNDLE (bundle missing or refused, mk
+ * as loaded: its file is the download's) with err; *ret untouched. */
+int mgmt_update_stored(const char *dir, X509 *signer, const char *device_id, int64_t software_seq, int64_t now,
+                       mgmt_update_mark *mk, mgmt_bundle *ret, char *err, size_t err_len);
 
 /* ------------------------------------------------------ requests (worker) */
 
@@ -240,6 +264,24 @@ int64_t mgmt_renew_at(int64_t not_before, int64_t not_after, double rnd);
  * doubling up to 1 h, but at most half of the time left before not_after
  * (at least 5 s). */
 int64_t mgmt_renew_retry_s(unsigned failures, int64_t now, int64_t not_after);
+
+/* The swap of a renewal's files in dir: <key_path>.next (if new_key_file
+ * and it is there) renamed over key_path, then device.crt.pem.next over
+ * device.crt.pem, the folder fsynced. key_of (NULL: no check, the caller
+ * checked the key elsewhere) reads the public key of a key file (its own
+ * format and PIN; NULL if unreadable): first, device.crt.pem.next must
+ * hold the key of <key_path>.next when that is there, else the one of
+ * key_path (the stop came between the two renames). A certificate that
+ * does not (tampered, another attempt's, for a key deleted since) is
+ * never swapped in: both .next files are removed, the current key and
+ * certificate stay, M2MVPN_E_CERT. A failed key rename removes both .next
+ * files too (M2MVPN_E_IO); a failed certificate rename leaves
+ * device.crt.pem.next, and *key_moved (may be NULL) says whether the key
+ * was renamed (then that file is the new key's only certificate: the next
+ * start finishes the swap). */
+int mgmt_renew_swap(const char *dir, const char *key_path, bool new_key_file,
+                    EVP_PKEY *(*key_of)(void *arg, const char *path), void *arg, bool *key_moved, char *err,
+                    size_t err_len);
 
 /* ------------------------------------- day N: applying a profile (apply.json) */
 
@@ -405,6 +447,11 @@ void mgmt_dl_abort(mgmt_dl *d);
  * sha256 (64 lowercase hex). 0, or M2MVPN_E_BUNDLE (changed) / M2MVPN_E_IO
  * with err. */
 int mgmt_file_check(const char *path, int64_t size, const char *sha256, char *err, size_t err_len);
+/* The same check on a descriptor kept open (O_CLOEXEC, at offset 0 on
+ * success, *ret_fd the caller's to close): what is handed on is the file
+ * that was hashed, whatever is renamed to its path afterwards. */
+int mgmt_file_open_verified(const char *path, int64_t size, const char *sha256, int *ret_fd, char *err,
+                            size_t err_len);
 /* Remove every ".update-*.part" left in dir by a stopped engine. */
 void mgmt_dl_sweep(const char *dir);
 
@@ -421,10 +468,13 @@ int mgmt_http_download(const mgmt_tls *t, const char *path, mgmt_dl *d, long *re
  * stdin /dev/null, stdout and stderr into out (the first out_cap - 1
  * bytes, NUL-terminated, the rest read and dropped), its own process
  * group, a minimal environment (PATH, LANG), every other descriptor
- * closed. Killed (the whole group, SIGKILL) after timeout_s or when
- * *cancel is set. 0: exited 0. Else M2MVPN_E_SYSTEM with err saying how it
- * ended (exit status N, killed by signal, timed out, could not start). */
-int mgmt_install_run(const char *installer, const char *file, const char *version, uint32_t timeout_s,
+ * closed. file_fd >= 0 (mgmt_file_open_verified): the installer gets that
+ * open file as its descriptor 3 and argv[1] "/dev/fd/3" instead of file
+ * (never opened again by its path); -1: argv[1] is file. Killed (the
+ * whole group, SIGKILL) after timeout_s or when *cancel is set. 0: exited
+ * 0. Else M2MVPN_E_SYSTEM with err saying how it ended (exit status N,
+ * killed by signal, timed out, could not start). */
+int mgmt_install_run(const char *installer, const char *file, int file_fd, const char *version, uint32_t timeout_s,
                      const atomic_bool *cancel, char *out, size_t out_cap, char *err, size_t err_len);
 
 #endif

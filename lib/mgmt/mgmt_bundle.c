@@ -162,14 +162,11 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
         int64_t size = 0;
         char want[128];
         snprintf(want, sizeof(want), "/api/v1/device/artifacts/%s", sha);
-        bool sv_ok = sv && *sv && strlen(sv) < sizeof(out->software_version);
-        for (const char *c = sv_ok ? sv : ""; *c; c++)
-            if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e || *c == '/')
-                sv_ok = false;
         if (pl_len != 0)
             snprintf(why, sizeof(why), "a software bundle carries no payload");
-        else if (!sv_ok)
-            snprintf(why, sizeof(why), "manifest software_version missing or not a printable version string");
+        else if (!sv || !mgmt_software_version_ok(sv))
+            snprintf(why, sizeof(why), "manifest software_version missing or not a version string (1 to 63 "
+                     "letters, digits and . _ + ~ -, the first a letter or digit)");
         else if (!json_int(m, "size", &size) || size < 1 || size > MGMT_ARTIFACT_MAX)
             snprintf(why, sizeof(why), "manifest size missing or out of range (1..%lld bytes)",
                      (long long)MGMT_ARTIFACT_MAX);
@@ -198,6 +195,22 @@ static int manifest_check(const char *text, size_t len, const char *type, const 
 out:
     json_object_put(m);
     return why[0] ? fail(err, err_len, why) : 0;
+}
+
+static bool ascii_alnum(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+bool mgmt_software_version_ok(const char *sv)
+{
+    size_t n = sv ? strlen(sv) : 0;
+    if (n < 1 || n >= sizeof(((mgmt_bundle *)0)->software_version) || !ascii_alnum(sv[0]))
+        return false;
+    for (const char *c = sv; *c; c++)
+        if (!ascii_alnum(*c) && !strchr("._+~-", *c))
+            return false;
+    return true;
 }
 
 int mgmt_artifact_check(const uint8_t *data, size_t len, const mgmt_bundle *b, char *err, size_t err_len)

@@ -153,7 +153,8 @@ static bool ours(const char *n)
     static const char *const exact[] = { "device.key.pem", "device.key.pem.next", "device.tss2.pem",
                                          "device.tss2.pem.next", "device.crt.pem", "device.crt.pem.next",
                                          "device.p11id.next", "mgmt.json", "apply.json", "profile.json",
-                                         "profile.next.json", "profile.prev.json" };
+                                         "profile.next.json", "profile.prev.json", "update.json",
+                                         MGMT_UPDATE_BUNDLE, "renew.json" };
     for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
         size_t el = strlen(exact[i]);
         if (!strcmp(n, exact[i]))

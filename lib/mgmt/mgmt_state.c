@@ -154,6 +154,15 @@ static int drop_file(const char *dir, const char *name, char *err, size_t err_le
     return 0;
 }
 
+/* A serial as cert_serial_hex writes it: hex digits (BN_bn2hex), a '-'
+ * first for a negative one; never empty. */
+static bool is_serial_hex(const char *s)
+{
+    if (*s == '-')
+        s++;
+    return *s && strspn(s, "0123456789ABCDEFabcdef") == strlen(s);
+}
+
 int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t err_len)
 {
     memset(mk, 0, sizeof(*mk));
@@ -166,8 +175,11 @@ int mgmt_renew_mark_load(const char *dir, mgmt_renew_mark *mk, char *err, size_t
     if (!json_object_object_get_ex(o, "deployment", &d) || !json_object_is_type(d, json_type_int) ||
         json_object_get_int64(d) <= 0 || !json_object_object_get_ex(o, "old_serial", &s) ||
         !json_object_is_type(s, json_type_string) ||
-        (size_t)json_object_get_string_len(s) >= sizeof(mk->old_serial)) {
-        snprintf(err, err_len, "%s/%s: no positive \"deployment\" and \"old_serial\"", dir, RENEW_MARK);
+        (size_t)json_object_get_string_len(s) >= sizeof(mk->old_serial) ||
+        !is_serial_hex(json_object_get_string(s))) {
+        /* an empty or made-up serial would never equal the certificate's:
+         * the renewal would be reported done without having happened */
+        snprintf(err, err_len, "%s/%s: no positive \"deployment\" and \"old_serial\" (hex)", dir, RENEW_MARK);
         r = M2MVPN_E_IO;
     } else {
         mk->deployment = json_object_get_int64(d);
@@ -223,10 +235,16 @@ int mgmt_update_mark_load(const char *dir, mgmt_update_mark *mk, char *err, size
     mk->deployment = json_object_get_int64(dep);
     mk->version = json_object_get_int64(ver);
     mk->size = json_object_get_int64(size);
-    if (mk->deployment <= 0 || mk->version <= 0 || mk->size < 1 || mk->size > MGMT_ARTIFACT_MAX || !*v ||
-        strlen(v) >= sizeof(mk->software_version) || !*f || f[0] == '.' || strchr(f, '/') ||
-        strlen(f) >= sizeof(mk->file) || !is_hex64(h)) {
-        snprintf(err, err_len, "%s: a value is out of range (file must be a plain name, sha256 64 hex)", path);
+    char want[128];
+    /* the file is the download's name for that version and no other: a
+     * mark naming another file of the folder (the device key) would have
+     * it hashed, refused and removed */
+    bool sv_ok = mgmt_software_version_ok(v);
+    snprintf(want, sizeof(want), "update-%s.bin", sv_ok ? v : "");
+    if (mk->deployment <= 0 || mk->version <= 0 || mk->size < 1 || mk->size > MGMT_ARTIFACT_MAX || !sv_ok ||
+        strcmp(f, want) != 0 || !is_hex64(h)) {
+        snprintf(err, err_len, "%s: a value is out of range (software_version a version string, file "
+                 "\"update-<software_version>.bin\", sha256 64 hex)", path);
         memset(mk, 0, sizeof(*mk));
         goto out;
     }
@@ -241,8 +259,10 @@ out:
 
 int mgmt_update_mark_save(const char *dir, const mgmt_update_mark *mk, char *err, size_t err_len)
 {
-    if (mk->deployment == 0)
-        return drop_file(dir, UPDATE_MARK, err, err_len);
+    if (mk->deployment == 0) {
+        int r = drop_file(dir, UPDATE_MARK, err, err_len);
+        return r < 0 ? r : drop_file(dir, MGMT_UPDATE_BUNDLE, err, err_len);
+    }
     json_object *o = json_object_new_object();
     if (!o)
         return M2MVPN_E_NOMEM;
@@ -253,4 +273,68 @@ int mgmt_update_mark_save(const char *dir, const mgmt_update_mark *mk, char *err
     json_object_object_add(o, "sha256", json_object_new_string(mk->sha256));
     json_object_object_add(o, "size", json_object_new_int64(mk->size));
     return mgmt_write_json(dir, UPDATE_MARK, o, err, err_len);
+}
+
+/* The stored bundle, read whole (a plain file, at most MGMT_BUNDLE_MAX). */
+static uint8_t *read_bundle(const char *dir, size_t *len)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/" MGMT_UPDATE_BUNDLE, dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat sb;
+    uint8_t *der = NULL;
+    if (fd < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size < 1 || sb.st_size > MGMT_BUNDLE_MAX ||
+        !(der = malloc((size_t)sb.st_size)))
+        goto fail;
+    size_t got = 0;
+    while (got < (size_t)sb.st_size) {
+        ssize_t n = read(fd, der + got, (size_t)sb.st_size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto fail;
+        got += (size_t)n;
+    }
+    close(fd);
+    *len = got;
+    return der;
+fail:
+    free(der);
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+int mgmt_update_stored(const char *dir, X509 *signer, const char *device_id, int64_t software_seq, int64_t now,
+                       mgmt_update_mark *mk, mgmt_bundle *ret, char *err, size_t err_len)
+{
+    int r = mgmt_update_mark_load(dir, mk, err, err_len);
+    if (r < 0 || !mk->deployment)
+        return r;
+    size_t len = 0;
+    uint8_t *der = read_bundle(dir, &len);
+    if (!der) {
+        snprintf(err, err_len, "%s/" MGMT_UPDATE_BUNDLE ": the signed bundle of the stored update is missing or "
+                 "unreadable", dir);
+        return M2MVPN_E_BUNDLE;
+    }
+    char why[400];
+    mgmt_bundle b;
+    /* the version accepted (software_seq) or a later one: never an older */
+    int64_t installed = software_seq > 0 ? software_seq - 1 : 0;
+    r = mgmt_bundle_verify(der, len, signer, "software", device_id, installed, now, &b, why, sizeof(why));
+    free(der);
+    if (r < 0) {
+        snprintf(err, err_len, "%s/" MGMT_UPDATE_BUNDLE ": %s", dir, why);
+        return r == M2MVPN_E_NOMEM ? r : M2MVPN_E_BUNDLE;
+    }
+    if (b.deployment != mk->deployment || b.version != mk->version || b.size != mk->size ||
+        strcmp(b.software_version, mk->software_version) != 0 || strcmp(b.sha256, mk->sha256) != 0) {
+        snprintf(err, err_len, "%s/" UPDATE_MARK " does not describe the update its signed bundle "
+                 MGMT_UPDATE_BUNDLE " says", dir);
+        mgmt_bundle_clear(&b);
+        return M2MVPN_E_BUNDLE;
+    }
+    *ret = b;
+    return 0;
 }

@@ -149,22 +149,20 @@ void mgmt_dl_abort(mgmt_dl *d)
     d->tmp[0] = '\0';
 }
 
-int mgmt_file_check(const char *path, int64_t size, const char *sha256, char *err, size_t err_len)
+/* The open file fd (named path) is what the signed manifest says; fd is
+ * read to its end, not closed. */
+static int check_fd(int fd, const char *path, int64_t size, const char *sha256, char *err, size_t err_len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
         snprintf(err, err_len, "the stored update %s is gone or not a plain file (%s)", path,
                  fd < 0 ? strerror(errno) : "not a regular file");
-        if (fd >= 0)
-            close(fd);
         return M2MVPN_E_IO;
     }
     int r = M2MVPN_E_BUNDLE;
     if ((int64_t)sb.st_size != size) {
         snprintf(err, err_len, "the stored update %s changed on disk: %lld bytes, the signed manifest says %lld",
                  path, (long long)sb.st_size, (long long)size);
-        close(fd);
         return r;
     }
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -209,8 +207,34 @@ int mgmt_file_check(const char *path, int64_t size, const char *sha256, char *er
     r = 0;
 out:
     EVP_MD_CTX_free(md);
-    close(fd);
     return r;
+}
+
+int mgmt_file_check(const char *path, int64_t size, const char *sha256, char *err, size_t err_len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int r = check_fd(fd, path, size, sha256, err, err_len);
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
+int mgmt_file_open_verified(const char *path, int64_t size, const char *sha256, int *ret_fd, char *err,
+                            size_t err_len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int r = check_fd(fd, path, size, sha256, err, err_len);
+    if (r == 0 && lseek(fd, 0, SEEK_SET) != 0) {
+        snprintf(err, err_len, "cannot read the stored update %s: %s", path, strerror(errno));
+        r = M2MVPN_E_IO;
+    }
+    if (r < 0) {
+        if (fd >= 0)
+            close(fd);
+        return r;
+    }
+    *ret_fd = fd;
+    return 0;
 }
 
 void mgmt_dl_sweep(const char *dir)
@@ -250,7 +274,7 @@ static size_t keep_output(char *out, size_t out_cap, size_t used, const char *bu
     return used;
 }
 
-int mgmt_install_run(const char *installer, const char *file, const char *version, uint32_t timeout_s,
+int mgmt_install_run(const char *installer, const char *file, int file_fd, const char *version, uint32_t timeout_s,
                      const atomic_bool *cancel, char *out, size_t out_cap, char *err, size_t err_len)
 {
     if (out_cap)
@@ -263,7 +287,9 @@ int mgmt_install_run(const char *installer, const char *file, const char *versio
             close(nul);
         return M2MVPN_E_SYSTEM;
     }
-    char *const argv[] = { (char *)installer, (char *)file, (char *)version, NULL };
+    /* the verified file by its open descriptor: whatever is renamed to
+     * its path meanwhile, the installer reads what was hashed */
+    char *const argv[] = { (char *)installer, file_fd >= 0 ? "/dev/fd/3" : (char *)file, (char *)version, NULL };
     char *const envp[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", NULL };
     pid_t pid = fork();
     if (pid == 0) {
@@ -278,12 +304,19 @@ int mgmt_install_run(const char *installer, const char *file, const char *versio
         setpgid(0, 0);
         if (dup2(nul, 0) < 0 || dup2(pfd[1], 1) < 0 || dup2(pfd[1], 2) < 0)
             _exit(126);
+        unsigned first = 3;
+        if (file_fd >= 0) {
+            /* dup2 onto itself would keep FD_CLOEXEC */
+            if (file_fd == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(file_fd, 3) < 0)
+                _exit(126);
+            first = 4;
+        }
         long closed = -1;
 #ifdef SYS_close_range
-        closed = syscall(SYS_close_range, 3u, ~0u, 0u);
+        closed = syscall(SYS_close_range, first, ~0u, 0u);
 #endif
         if (closed < 0) /* a kernel before 5.9 */
-            for (int fd = 3; fd < 65536; fd++)
+            for (int fd = (int)first; fd < 65536; fd++)
                 close(fd);
         execve(installer, argv, envp);
         _exit(127);

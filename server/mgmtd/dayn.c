@@ -30,6 +30,23 @@ int mgmtd_overdue(const mgmtd *m, const store_device *d, long long now)
 }
 
 /* s is exactly len lowercase hex digits (a SHA-256 digest: 64, an upload ID: 32). */
+/* The software_version a device takes (lib/mgmt mgmt_software_version_ok):
+   it names the device's file update-<version>.bin and is its installer's
+   argument, so it is refused here already rather than by every device. */
+static int sw_version_ok(const char *sv)
+{
+    size_t n = strlen(sv);
+    if (n < 1 || n > 63)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = sv[i];
+        int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        if (!alnum && (i == 0 || !strchr("._+~-", c)))
+            return 0;
+    }
+    return 1;
+}
+
 static int is_lower_hex(const char *s, size_t len)
 {
     if (!s || strlen(s) != len)
@@ -501,8 +518,9 @@ void mgmtd_admin_deployment_create(mgmtd *m, struct evhttp_request *req)
         bad = "\"group\": a group name";
     else if (!t || store_dep_type_parse(t, &d.type) < 0 || d.type == STORE_DEP_PROFILE)
         bad = "\"type\": software or cert (a profile: POST groups/G/publish)";
-    else if (d.type == STORE_DEP_SOFTWARE && (!is_lower_hex(a, 64) || !*sv || strlen(sv) > 63))
-        bad = "software: \"artifact\" (64 hex, uploaded) and \"software_version\" (1 to 63 characters)";
+    else if (d.type == STORE_DEP_SOFTWARE && (!is_lower_hex(a, 64) || !sw_version_ok(sv)))
+        bad = "software: \"artifact\" (64 hex, uploaded) and \"software_version\" (1 to 63 letters, digits and "
+              ". _ + ~ -, the first a letter or digit)";
     if (bad) {
         mgmtd_reply_error(req, 400, "request body: %s", bad);
         json_object_put(o);

@@ -287,9 +287,14 @@ static int hook_cert_ok(void *ctx, const char *device_id, const char *serial_hex
     char err[256];
     int rc = store_cert_ok(m->st, device_id, serial_hex, (long long)time(NULL), err, sizeof(err));
     if (rc) {
-        mgmtd_log("cmp: certificate %s of %s refused: %s", serial_hex, device_id, rc < 0 ? "database error" : err);
-        snprintf(why, wcap, "%s", rc < 0 ? "server error" : err);
-        return rc < 0 ? -2 : -1;
+        /* only a revocation is answered certRevoked: a device retrying its
+           decommissioning takes that for "revoked" and removes its key */
+        char rerr[256];
+        int revoked = rc > 0 ? store_cert_revoked(m->st, device_id, serial_hex, rerr, sizeof(rerr)) : -1;
+        int failed = rc < 0 || revoked < 0;
+        mgmtd_log("cmp: certificate %s of %s refused: %s", serial_hex, device_id, failed ? "database error" : err);
+        snprintf(why, wcap, "%s", failed ? "server error" : err);
+        return failed ? -2 : revoked ? -1 : -3;
     }
     return 0;
 }

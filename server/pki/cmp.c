@@ -292,8 +292,10 @@ static OSSL_CMP_PKISI *sender_refused(struct cmp_call *call)
     int ok = call->hooks->cert_ok(call->hctx, call->sender_id, call->sender_serial, reason, sizeof(reason));
     if (ok == -2) /* the store failed: not a word on the certificate */
         return rejection(OSSL_CMP_PKIFAILUREINFO_systemFailure, reason[0] ? reason : "server error");
-    if (ok != 0)
-        return rejection(OSSL_CMP_PKIFAILUREINFO_certRevoked, reason[0] ? reason : "certificate not valid");
+    if (ok == -1) /* revoked: a retried RR may read this as done */
+        return rejection(OSSL_CMP_PKIFAILUREINFO_certRevoked, reason[0] ? reason : "certificate revoked");
+    if (ok != 0) /* refused, but not revoked */
+        return rejection(OSSL_CMP_PKIFAILUREINFO_badCertId, reason[0] ? reason : "certificate not accepted");
     return NULL;
 }
 

@@ -34,8 +34,10 @@ typedef struct {
        CA signer's certificate), is within its validity period, has CN = a device id, and that the
        message's signature verifies with it. serial_hex: lowercase hex of the serial number. ---- */
     /* Is this a certificate the store issued to device_id, neither it nor the device revoked?
-       0 yes; -1 no, with the reason (sent to the device, failInfo certRevoked); -2 the store cannot
-       tell (its own failure: failInfo systemFailure, so that no device takes it for a revocation). */
+       0 yes; -1 no: it or the device is revoked, with the reason (sent to the device, failInfo
+       certRevoked); -3 no for another reason (unknown device, not enrolled, not the device's,
+       expired: failInfo badCertId, never taken for a revocation); -2 the store cannot tell (its own
+       failure: failInfo systemFailure, so that no device takes it for a revocation). */
     int (*cert_ok)(void *ctx, const char *device_id, const char *serial_hex, char *reason, size_t rcap);
     /* KUR: new_cert was issued to device_id to replace old_serial_hex (which stays valid until it
        expires). Record it. 0 or -1. */

@@ -598,6 +598,21 @@ int store_cert_ok(store *s, const char *device_id, const char *serial_hex, long 
     return cert_check(s, device_id, serial_hex, now, err, errlen);
 }
 
+int store_cert_revoked(store *s, const char *device_id, const char *serial_hex, char *err, size_t errlen)
+{
+    store_device d;
+    int rc = store_device_get(s, device_id, &d, err, errlen);
+    if (rc < 0)
+        return -1;
+    const char *p[] = {serial_hex, device_id};
+    db_res r;
+    if (q(s, "SELECT revoked_at FROM certificates WHERE serial = ?1 AND device = ?2", 2, p, &r, err, errlen) < 0)
+        return -1;
+    int revoked = r.nrows > 0 && (db_cell(&r, 0, 0) || (rc == 0 && d.state == STORE_DEV_REVOKED));
+    db_res_free(&r);
+    return revoked;
+}
+
 /* Opens a transaction holding the device's lock, then runs the checks of store_cert_ok on the
    certificate serial_hex. Returns 0 with the transaction open, or the error with it already ended. */
 static int begin_cert_checked(store *s, const char *device_id, const char *serial_hex, long long now, char *err,
@@ -1074,6 +1089,22 @@ int store_deployment_feedback(store *s, long long id, const char *device_id, con
     if (rc == 0 && strcmp(d.dev_status, "pending") && strcmp(d.dev_status, "proceeding")) {
         snprintf(err, errlen, "deployment %lld is already closed for device %s (%s)", id, device_id, d.dev_status);
         rc = STORE_REFUSED;
+    }
+    if (rc == 0 && d.type == STORE_DEP_CERT && !strcmp(result, "success")) {
+        /* a renewal the server did not see is not one: success only with a
+           certificate issued to the device since the deployment was made
+           (whole seconds: one issued in the second it was made counts) */
+        db_res r;
+        rc = q(s, "SELECT COUNT(*) FROM certificates c, deployments x WHERE x.id = ?1 AND c.device = ?2"
+                  " AND c.issued >= x.created", 2, (const char *const[]){ids, device_id}, &r, err, errlen);
+        if (rc == 0) {
+            if (atoll0(db_cell(&r, 0, 0)) == 0) {
+                snprintf(err, errlen, "deployment %lld: no certificate was issued to device %s since the "
+                         "deployment was made: success refused", id, device_id);
+                rc = STORE_REFUSED;
+            }
+            db_res_free(&r);
+        }
     }
     if (rc == 0)
         rc = q(s, "UPDATE deployment_devices SET status = ?3, details = ?4, updated = ?5"

@@ -157,7 +157,9 @@ int store_deployment_for_device(store *s, long long id, const char *device_id, s
    rollout rules: halted when failures exceed the maximum share times the
    devices of the current wave (first wave: n_first_wave, second: n_devices);
    the second wave opens when every first-wave device
-   succeeded; done when every device reported. */
+   succeeded; done when every device reported. success of a cert deployment
+   only if a certificate was issued to the device since the deployment was
+   made (else STORE_REFUSED, nothing changed). */
 int store_deployment_feedback(store *s, long long id, const char *device_id, const char *result,
                               const char *details, long long now, char *err, size_t errlen);
 
@@ -168,6 +170,10 @@ int store_deployment_feedback(store *s, long long id, const char *device_id, con
 /* Is serial_hex a certificate of device_id, neither it nor the device revoked, not expired at now?
    0 yes; STORE_REFUSED (or STORE_NOTFOUND) with the reason. */
 int store_cert_ok(store *s, const char *device_id, const char *serial_hex, long long now, char *err, size_t errlen);
+/* Why store_cert_ok refused, for the answer's failInfo: is serial_hex a certificate of device_id
+   that is revoked, or whose device is? 1 yes; 0 no (unknown device or certificate, another
+   device's, not enrolled, expired); -1 the database failed (err). */
+int store_cert_revoked(store *s, const char *device_id, const char *serial_hex, char *err, size_t errlen);
 /* KUR: a new certificate replaces old_serial_hex as the device's current one (the old one stays
    valid until it expires). Refused unless old is a good certificate of the enrolled device. */
 int store_renewed(store *s, const char *device_id, const char *old_serial_hex, const char *serial_hex,

@@ -405,7 +405,7 @@ exit 0
 def test_software_update_by_installer(lab):
     """management.installer: a 3 MiB update streamed to the state directory,
     verified and installed by the bootstrap's installer (argv: installer,
-    file, version), its exit status recorded on the server as the
+    /dev/fd/3 (the verified file, open), version), its exit status recorded on the server as the
     deployment's success or failure; outside the maintenance window it waits;
     an artifact changed on the server (sha256 no longer the signed one) never
     reaches the installer and is recorded as a failure."""
@@ -442,9 +442,10 @@ def test_software_update_by_installer(lab):
         assert dep["success"] == 1 and dep["failure"] == 0, dep
         (argv0, path, version, digest, argc), = installs()
         assert argv0 == str(script) and version == "2.0.0" and argc == "2"
-        assert Path(path) == c.state_dir / "update-2.0.0.bin"
+        # the verified file by its open descriptor, never by its path again
+        assert path == "/dev/fd/3"
         assert digest == hashlib.sha256(big).hexdigest()
-        assert not Path(path).exists()  # the installer's to take, not kept
+        assert not (c.state_dir / "update-2.0.0.bin").exists()  # the installer's to take, not kept
         log = c.log_path.read_text()
         assert "installer: installer: writing 2.0.0" in log
         assert json.loads((c.state_dir / "mgmt.json").read_text())["software_seq"] == pub["id"]
@@ -552,7 +553,7 @@ def test_update_waiting_for_window_survives_restart(lab):
         dep = wait_until("update 3.0.0 settled", lambda: settled(pub["id"]), timeout_s=60, tail=c.log_tail)
         assert dep["success"] == 1 and dep["failure"] == 0, dep
         (argv0, path, version, digest, argc), = installs()
-        assert (Path(path), version, digest) == (f, "3.0.0", hashlib.sha256(data).hexdigest())
+        assert (path, version, digest) == ("/dev/fd/3", "3.0.0", hashlib.sha256(data).hexdigest())
         assert not f.exists()
         wait_until("update.json gone", lambda: not (c.state_dir / "update.json").exists(), timeout_s=10)
 

@@ -20,6 +20,7 @@ import urllib.parse
 import pytest
 
 from mgmt_helpers import ADMIN_TOKEN, TEMPLATE, Mgmtd, admin, admin_json, make_config, sh
+from test_mgmt_revocation import cmp_signed
 from test_mgmt_server import cmp_ir, newkey
 
 
@@ -270,6 +271,10 @@ def test_software_update_and_artifact(pki, server):
     r = admin(d, srv, "update", "publish", "--group", "fleet", "--file", path, "--version", "2", "--window", "25:00",
               check=False)
     assert r.returncode != 0 and "HH:MM-HH:MM" in r.stderr
+    # a version a device would refuse (its file name, its installer's argument)
+    for bad in ("-rf", "1.0;reboot", "1/../x", ".1"):
+        r = admin(d, srv, "update", "publish", "--group", "fleet", "--file", path, "--version", bad, check=False)
+        assert r.returncode != 0 and "software_version" in r.stderr, (bad, r.stderr)
     # a revoked device: every device route refuses it
     admin_json(d, srv, "device", "revoke", other.id)
     for method, route in (("GET", "/api/v1/device/poll"), ("GET", f"/api/v1/device/deployments/{dep}"),
@@ -430,9 +435,11 @@ def test_upgrade_from_schema_1(pki):
 def test_cert_renew_deployment_from_admin(pki, server):
     """`m2mvpn-admin cert renew --group G`: a cert deployment to the group's
     devices, listed in their poll, its bundle says "renew", closed by the
-    device's feedback like any other deployment."""
+    device's feedback like any other deployment, a success only once the
+    server issued the device a certificate since the deployment was made."""
     d, srv = pki, server
     devs = setup_group(d, srv, n=2)
+    time.sleep(1.1)  # the store counts whole seconds: enrolled before the deployment, not in its second
     r = admin(d, srv, "cert", "renew", "--group", "fleet")
     m = re.match(r"group fleet: certificate renewal requested, deployment (\d+) \(2 devices, first wave 2\)$",
                  r.stdout.strip())
@@ -448,7 +455,15 @@ def test_cert_renew_deployment_from_admin(pki, server):
         man = dev.bundle(dep)
         assert (man["type"], man["device"], man["deployment"], man["action"], man["payload"]) == \
             ("cert", dev.id, dep, "renew", "")
-        dev.feedback(dep, "success", "certificate renewed: serial 01")
+        # its word alone does not close it: the server issued it no certificate since
+        st, _, body = dev.request("POST", f"/api/v1/device/deployments/{dep}/feedback",
+                                  body={"result": "success", "details": "certificate renewed: serial 01"})
+        assert st == 409 and "no certificate was issued" in str(body), (st, body)
+        assert dev.open_ids() == [dep]
+        key2, crt2 = newkey(d, dev.id + "-2.key"), os.path.join(d, dev.id + "-2.pem")
+        rc, out = cmp_signed(d, srv, "kur", dev.crt, dev.key, "-newkey", key2, "-certout", crt2)
+        assert rc == 0, out
+        dev.feedback(dep, "success", "certificate renewed")
         assert dev.open_ids() == []
     info = deployment(d, srv, dep)
     assert (info["state"], info["success"], info["failure"]) == ("done", 2, 0)

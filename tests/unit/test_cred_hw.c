@@ -4,7 +4,8 @@
  * hardware: the TSS2 PEM key file codec (lib/cred/tss2_pem.h), PKCS#11 URIs
  * (lib/cred/p11_uri.h) and key generation with a CSR for the file provider
  * (lib/cred/keygen.h), how token and TPM error codes are treated
- * (lib/cred/hw_class.h). Tokens and TPMs: tests/interop/test_hwcred.py.
+ * (lib/cred/hw_class.h); which certificates a SoftHSM2 token keeps next to
+ * its key (tcase pkcs11). Tokens and TPMs: tests/interop/test_hwcred.py.
  */
 #include <check.h>
 
@@ -567,6 +568,147 @@ START_TEST(class_errors)
 }
 END_TEST
 
+/* ------------------------------------------- PKCS#11 against SoftHSM2 */
+
+#define SOFTHSM "/usr/lib/softhsm/libsofthsm2.so"
+#define HSM_PIN "1234"
+static char hsm_dir[64];
+
+/* One SoftHSM2 token "m2m" for the test case (SOFTHSM2_CONF set before any
+ * module is loaded); each test uses its own key label. */
+static void hsm_setup(void)
+{
+    snprintf(hsm_dir, sizeof hsm_dir, "/tmp/m2mvpn-hsm-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(hsm_dir));
+    ck_assert_msg(access(SOFTHSM, R_OK) == 0, "SoftHSM2 module %s missing: install softhsm2", SOFTHSM);
+    char path[128], cmd[512];
+    snprintf(path, sizeof path, "%s/softhsm2.conf", hsm_dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", hsm_dir);
+    fclose(f);
+    setenv("SOFTHSM2_CONF", path, 1);
+    snprintf(cmd, sizeof cmd, "softhsm2-util --init-token --free --label m2m --pin %s --so-pin 5678 >/dev/null",
+             HSM_PIN);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static void hsm_teardown(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", hsm_dir);
+    if (system(cmd) != 0) {
+        /* a temporary folder left */
+    }
+}
+
+/* A certificate (DER, caller frees) for `key`, subject CN=cn, issued by
+ * `ca`, valid from now + nb_s. */
+static uint8_t *cert_der(EVP_PKEY *key, EVP_PKEY *ca, const char *cn, long serial, long nb_s, size_t *len)
+{
+    X509 *c = X509_new();
+    X509_set_version(c, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c), serial);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
+                               0);
+    X509_NAME_add_entry_by_txt(X509_get_issuer_name(c), "CN", MBSTRING_ASC, (const unsigned char *)"test CA", -1,
+                               -1, 0);
+    X509_gmtime_adj(X509_getm_notBefore(c), nb_s);
+    X509_gmtime_adj(X509_getm_notAfter(c), 86400);
+    X509_set_pubkey(c, key);
+    ck_assert_int_gt(X509_sign(c, ca, EVP_sha256()), 0);
+    unsigned char *der = NULL;
+    int n = i2d_X509(c, &der);
+    ck_assert_int_gt(n, 0);
+    X509_free(c);
+    *len = (size_t)n;
+    return der;
+}
+
+/* The subjects of the token's certificates, as pkcs11-tool lists them. */
+static void token_certs(char *out, size_t cap)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "pkcs11-tool --module %s --token-label m2m --list-objects --type cert 2>/dev/null",
+             SOFTHSM);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    pclose(p);
+}
+
+/* The public key of the token key `uri` (made here). */
+static EVP_PKEY *hsm_key(const char *uri)
+{
+    char err[512] = "";
+    ck_assert_msg(cred_pkcs11_generate(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), false, err, sizeof err) == 0, "%s",
+                  err);
+    cred_provider *p = NULL;
+    ck_assert_msg(cred_pkcs11_open_key(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), &p, err, sizeof err) == 0, "%s",
+                  err);
+    EVP_PKEY *k = cred_evp_key(p, err, sizeof err);
+    ck_assert_ptr_nonnull(k);
+    EVP_PKEY *pub = cred_public_copy(k);
+    ck_assert_ptr_nonnull(pub);
+    EVP_PKEY_free(k);
+    cred_free(p);
+    return pub;
+}
+
+/* A renewed certificate of the same key replaces the old one on the token:
+ * never one of another public key (it would destroy the key's own), and
+ * only certificates of that key are deleted, not another key's that
+ * shares the label. Opening the key takes its own certificate even when a
+ * newer one of another key carries the same label and id. */
+START_TEST(p11_replace_cert_is_the_keys)
+{
+    static const char uri[] = "pkcs11:token=m2m;object=dev1";
+    char err[512] = "", list[8192];
+    EVP_PKEY *pub = hsm_key(uri), *ca = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"),
+             *other = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    size_t la, lp, ln;
+    uint8_t *a = cert_der(pub, ca, "cert-old", 1, -3600, &la);
+    uint8_t *planted = cert_der(other, ca, "planted", 2, -600, &lp);
+    uint8_t *a2 = cert_der(pub, ca, "cert-new", 3, -60, &ln);
+
+    ck_assert_msg(cred_pkcs11_replace_cert(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), a, la, pub, err, sizeof err) == 0,
+                  "%s", err);
+    /* a certificate of another key: refused, nothing changed */
+    ck_assert_int_eq(cred_pkcs11_replace_cert(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), planted, lp, pub, err,
+                                              sizeof err), M2MVPN_E_CERT);
+    ck_assert_msg(strstr(err, "not for key"), "%s", err);
+    token_certs(list, sizeof list);
+    ck_assert_msg(strstr(list, "cert-old") && !strstr(list, "planted"), "%s", list);
+
+    /* planted by someone with the PIN: newer, same label and id, another key */
+    cred_provider *p = NULL;
+    ck_assert_msg(cred_pkcs11_open_key(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), &p, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(cred_pkcs11_store_cert(p, planted, lp, err, sizeof err) == 0, "%s", err);
+    cred_free(p);
+    p = NULL;
+    ck_assert_msg(cred_pkcs11_open(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), &p, err, sizeof err) == 0, "%s", err);
+    cred_free(p);
+
+    /* the same key renewed: its old certificate goes, the planted one of
+     * another key is not this renewal's to delete */
+    ck_assert_msg(cred_pkcs11_replace_cert(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), a2, ln, pub, err, sizeof err) == 0,
+                  "%s", err);
+    token_certs(list, sizeof list);
+    ck_assert_msg(strstr(list, "cert-new") && !strstr(list, "cert-old") && strstr(list, "planted"), "%s", list);
+    p = NULL;
+    ck_assert_msg(cred_pkcs11_open(SOFTHSM, uri, HSM_PIN, strlen(HSM_PIN), &p, err, sizeof err) == 0, "%s", err);
+    cred_free(p);
+
+    OPENSSL_free(a);
+    OPENSSL_free(planted);
+    OPENSSL_free(a2);
+    EVP_PKEY_free(pub);
+    EVP_PKEY_free(ca);
+    EVP_PKEY_free(other);
+}
+END_TEST
+
 Suite *cred_hw_suite(void)
 {
     Suite *s = suite_create("cred_hw");
@@ -591,6 +733,14 @@ Suite *cred_hw_suite(void)
     tcase_add_loop_test(tc, tpm_rc_classes, 0, sizeof tpm_table / sizeof tpm_table[0]);
     tcase_add_test(tc, class_errors);
     suite_add_tcase(s, tc);
+    const char *p11 = getenv("M2MVPN_PKCS11");
+    if (p11 && !strcmp(p11, "1")) { /* the build has the pkcs11 provider */
+        tc = tcase_create("pkcs11");
+        tcase_set_timeout(tc, 60);
+        tcase_add_unchecked_fixture(tc, hsm_setup, hsm_teardown);
+        tcase_add_test(tc, p11_replace_cert_is_the_keys);
+        suite_add_tcase(s, tc);
+    }
     tc = tcase_create("keygen");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, keygen_file_key_and_csr, 0, 2);

@@ -679,6 +679,26 @@ START_TEST(test_restart_marks)
     ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), 0);
     ck_assert_int_eq(rb.deployment, 7);
     ck_assert_str_eq(rb.old_serial, "0A1B");
+    /* a serial no certificate has (empty, not hex) would always differ
+     * from the current one: a renewal reported done that never happened */
+    static const char *const bad_renew[] = {
+        "{\"deployment\": 7, \"old_serial\": \"\"}",
+        "{\"deployment\": 7, \"old_serial\": \"not-a-serial\"}",
+        "{\"deployment\": 7, \"old_serial\": \"0A 1B\"}",
+        "{\"deployment\": 7, \"old_serial\": \"-\"}",
+        "{\"deployment\": 7}",
+    };
+    for (size_t i = 0; i < sizeof(bad_renew) / sizeof(bad_renew[0]); i++) {
+        ck_assert_int_eq(mgmt_write_file(dir, "renew.json", bad_renew[i], strlen(bad_renew[i]), err, sizeof(err)),
+                         0);
+        rb.deployment = 99;
+        ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), M2MVPN_E_IO);
+        ck_assert_msg(rb.deployment == 0 && strstr(err, "renew.json"), "case %zu: %s", i, err);
+    }
+    snprintf(rm.old_serial, sizeof(rm.old_serial), "-7F");
+    ck_assert_int_eq(mgmt_renew_mark_save(dir, &rm, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_renew_mark_load(dir, &rb, err, sizeof(err)), 0);
+    ck_assert_str_eq(rb.old_serial, "-7F");
     rm.deployment = 0;
     ck_assert_int_eq(mgmt_renew_mark_save(dir, &rm, err, sizeof(err)), 0);
     ck_assert(!has_file(dir, "renew.json"));
@@ -705,6 +725,16 @@ START_TEST(test_restart_marks)
         "\"file\": \"update-1.bin\", \"sha256\": \"%.10s\"}",
         "{\"deployment\": 3, \"version\": 5, \"size\": 0, \"software_version\": \"1\", "
         "\"file\": \"update-1.bin\", \"sha256\": \"%s\"}",
+        /* another file of the state directory (hashed, refused, removed) */
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1\", "
+        "\"file\": \"device.key.pem\", \"sha256\": \"%s\"}",
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1\", "
+        "\"file\": \"update-2.bin\", \"sha256\": \"%s\"}",
+        /* a version that is an option or shell text for the installer */
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"-rf\", "
+        "\"file\": \"update--rf.bin\", \"sha256\": \"%s\"}",
+        "{\"deployment\": 3, \"version\": 5, \"size\": 4, \"software_version\": \"1;reboot\", "
+        "\"file\": \"update-1;reboot.bin\", \"sha256\": \"%s\"}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char text[512];
@@ -848,6 +878,10 @@ START_TEST(test_software_bundle_and_artifact)
         { "/api/v1/device/artifacts/00", "1.4.2", "", "url is not the artifact route", 20 },
         { NULL, "", "", "software_version", 20 },
         { NULL, "1/../x", "", "software_version", 20 },
+        { NULL, "--force", "", "software_version", 20 },
+        { NULL, "1.0;reboot", "", "software_version", 20 },
+        { NULL, "1$(id)", "", "software_version", 20 },
+        { NULL, ".hidden", "", "software_version", 20 },
         { NULL, "1.4.2", "", "size", 0 },
         { NULL, "1.4.2", "", "size", 1LL << 40 },
         { NULL, "1.4.2", "", "size", MGMT_ARTIFACT_MAX + 1 },
@@ -864,6 +898,97 @@ START_TEST(test_software_bundle_and_artifact)
         OPENSSL_free(d);
     }
     free_signer(&s);
+}
+END_TEST
+
+/* A restart takes up a stored update only as its signed bundle says:
+ * update.json alone (written by whoever could write the state directory)
+ * is not trusted for the hash, the size or the version. */
+START_TEST(test_stored_update_bundle)
+{
+    char dir[] = "/tmp/m2mvpn-stored-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    signer s = make_signer("bundle signer"), other = make_signer("bundle signer");
+    static const char file[] = "firmware image bytes";
+    char sha[65], url[128], err[512] = "";
+    sha_hex(file, sha);
+    snprintf(url, sizeof(url), "/api/v1/device/artifacts/%s", sha);
+    char *man = sw_manifest(sha, (long long)strlen(file), url, "1.4.2", ""); /* version 3, deployment 7 */
+    size_t len, olen;
+    uint8_t *der = sign(&s, man, &len), *oder = sign(&other, man, &olen);
+    mgmt_update_mark mk = { .deployment = 7, .version = 3, .size = (int64_t)strlen(file) }, got;
+    snprintf(mk.software_version, sizeof(mk.software_version), "1.4.2");
+    snprintf(mk.file, sizeof(mk.file), "update-1.4.2.bin");
+    memcpy(mk.sha256, sha, sizeof(mk.sha256));
+    mgmt_bundle b;
+
+    /* nothing stored */
+    got.deployment = 5;
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), 0);
+    ck_assert_int_eq(got.deployment, 0);
+    /* the honest one: the accepted version, or one newer (stopped before mgmt.json) */
+    ck_assert_int_eq(mgmt_write_file(dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &mk, err, sizeof(err)), 0);
+    for (int64_t seq = 2; seq <= 3; seq++) {
+        memset(&b, 0, sizeof(b));
+        ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, seq, NOW, &got, &b, err, sizeof(err)), 0);
+        ck_assert_int_eq(got.deployment, 7);
+        ck_assert_str_eq(got.file, "update-1.4.2.bin");
+        ck_assert_int_eq(b.version, 3);
+        ck_assert_int_eq(b.deployment, 7);
+        ck_assert_str_eq(b.sha256, sha);
+        ck_assert_int_eq(b.size, (int64_t)strlen(file));
+        mgmt_bundle_clear(&b);
+    }
+    /* an older bundle than the one accepted since, an expired one, one for another device */
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 4, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "not newer") && strstr(err, MGMT_UPDATE_BUNDLE), "%s", err);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW + 61, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "expired"), "%s", err);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, "dev-ffffffffffffffff", 3, NOW, &got, &b, err, sizeof(err)),
+                     M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "another device"), "%s", err);
+    /* update.json rewritten to another file content, size, version or deployment */
+    static const char other_sha[] = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    for (int i = 0; i < 4; i++) {
+        mgmt_update_mark t = mk;
+        if (i == 0)
+            memcpy(t.sha256, other_sha, sizeof(t.sha256));
+        else if (i == 1)
+            t.size = 4;
+        else if (i == 2)
+            t.version = 1LL << 60; /* would refuse every real update later */
+        else
+            t.deployment = 8;
+        ck_assert_int_eq(mgmt_update_mark_save(dir, &t, err, sizeof(err)), 0);
+        b.version = -5;
+        err[0] = 0;
+        ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+        ck_assert_msg(strstr(err, "does not describe"), "case %d: %s", i, err);
+        ck_assert_int_eq(b.version, -5); /* untouched */
+    }
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &mk, err, sizeof(err)), 0);
+    /* the bundle signed by another key, or not there */
+    ck_assert_int_eq(mgmt_write_file(dir, MGMT_UPDATE_BUNDLE, oder, olen, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "signature does not verify"), "%s", err);
+    char path[300];
+    snprintf(path, sizeof(path), "%s/" MGMT_UPDATE_BUNDLE, dir);
+    ck_assert_int_eq(unlink(path), 0);
+    ck_assert_int_eq(mgmt_update_stored(dir, s.cert, DEV, 3, NOW, &got, &b, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_msg(strstr(err, "missing"), "%s", err);
+    ck_assert_str_eq(got.file, "update-1.4.2.bin"); /* what the caller removes */
+    /* dropping the mark drops its bundle */
+    ck_assert_int_eq(mgmt_write_file(dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)), 0);
+    mgmt_update_mark none = { 0 };
+    ck_assert_int_eq(mgmt_update_mark_save(dir, &none, err, sizeof(err)), 0);
+    ck_assert(!has_file(dir, "update.json") && !has_file(dir, MGMT_UPDATE_BUNDLE));
+    free(man);
+    OPENSSL_free(der);
+    OPENSSL_free(oder);
+    free_signer(&s);
+    free_signer(&other);
+    rm_dir(dir);
 }
 END_TEST
 
@@ -1110,7 +1235,7 @@ START_TEST(test_install_run)
              "#!/bin/sh\nprintf '%%s|' \"$0\" \"$@\" > %s\nread x && echo stdin-not-empty\necho \"installing $2\"\n"
              "echo oops >&2\nexit 0\n", rec);
     write_script(sh, body);
-    ck_assert_msg(mgmt_install_run(sh, "/var/lib/x/update-1.4.2.bin", "1.4.2; rm -rf /", 30, NULL, out, sizeof(out),
+    ck_assert_msg(mgmt_install_run(sh, "/var/lib/x/update-1.4.2.bin", -1, "1.4.2; rm -rf /", 30, NULL, out, sizeof(out),
                                    err, sizeof(err)) == 0, "%s", err);
     FILE *f = fopen(rec, "r");
     char got[1024] = "";
@@ -1124,36 +1249,76 @@ START_TEST(test_install_run)
     ck_assert_ptr_null(strstr(out, "stdin-not-empty"));
 
     write_script(sh, "#!/bin/sh\necho failing\nexit 3\n");
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 30, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 30, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "exit status 3"));
     ck_assert_ptr_nonnull(strstr(out, "failing"));
 
     /* output beyond the bound: read and dropped, the run still ends */
     write_script(sh, "#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' a\nexit 0\n");
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 30, NULL, out, 100, err, sizeof(err)), 0);
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 30, NULL, out, 100, err, sizeof(err)), 0);
     ck_assert_uint_eq(strlen(out), 99);
 
     /* too slow: killed with what it started */
     snprintf(body, sizeof(body), "#!/bin/sh\n(sleep 30; touch %s/late) &\nsleep 30\nexit 0\n", dir);
     write_script(sh, body);
     time_t t0 = time(NULL);
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 1, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 1, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "did not finish in time"));
     ck_assert_int_le((long)(time(NULL) - t0), 10);
 
     /* cancelled (the engine stops) */
     atomic_bool cancel = true;
-    ck_assert_int_eq(mgmt_install_run(sh, "/f", "1", 60, &cancel, out, sizeof(out), err, sizeof(err)),
+    ck_assert_int_eq(mgmt_install_run(sh, "/f", -1, "1", 60, &cancel, out, sizeof(out), err, sizeof(err)),
                      M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "stopped"));
 
     /* not there */
     snprintf(body, sizeof(body), "%s/none", dir);
-    ck_assert_int_eq(mgmt_install_run(body, "/f", "1", 5, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
+    ck_assert_int_eq(mgmt_install_run(body, "/f", -1, "1", 5, NULL, out, sizeof(out), err, sizeof(err)), M2MVPN_E_SYSTEM);
     ck_assert_ptr_nonnull(strstr(err, "could not be started"));
     sleep(1);
     snprintf(body, sizeof(body), "%s/late", dir);
     ck_assert(access(body, F_OK) < 0); /* the background child went with the group */
+    unlink(rec);
+    unlink(sh);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
+/* The installer reads the file that was hashed, by the descriptor it is
+ * given: a file renamed to the path after the check never reaches it. */
+START_TEST(test_install_gets_the_verified_file)
+{
+    char dir[] = "/tmp/m2mvpn-instfd-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char sh[512], rec[512], path[512], out[MGMT_INSTALL_OUT_MAX], err[512] = "", body[1024];
+    static const char sha[] = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; /* "test" */
+    snprintf(sh, sizeof(sh), "%s/inst.sh", dir);
+    snprintf(rec, sizeof(rec), "%s/rec", dir);
+    snprintf(path, sizeof(path), "%s/update-1.bin", dir);
+    snprintf(body, sizeof(body), "#!/bin/sh\n{ printf '%%s|' \"$1\"; cat \"$1\"; } > %s\nexit 0\n", rec);
+    write_script(sh, body);
+    ck_assert_int_eq(mgmt_write_file(dir, "update-1.bin", "test", 4, err, sizeof(err)), 0);
+    int fd = -1;
+    ck_assert_msg(mgmt_file_open_verified(path, 4, sha, &fd, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_ge(fd, 0);
+    /* swapped after the check (a rename over the path) */
+    ck_assert_int_eq(mgmt_write_file(dir, "update-1.bin", "evil", 4, err, sizeof(err)), 0);
+    ck_assert_msg(mgmt_install_run(sh, path, fd, "1", 30, NULL, out, sizeof(out), err, sizeof(err)) == 0, "%s", err);
+    close(fd);
+    FILE *f = fopen(rec, "r");
+    ck_assert_ptr_nonnull(f);
+    char got[256] = "";
+    ck_assert_ptr_nonnull(fgets(got, sizeof(got), f));
+    fclose(f);
+    ck_assert_str_eq(got, "/dev/fd/3|test");
+    /* the swapped file itself is refused, no descriptor given */
+    fd = -1;
+    ck_assert_int_eq(mgmt_file_open_verified(path, 4, sha, &fd, err, sizeof(err)), M2MVPN_E_BUNDLE);
+    ck_assert_int_eq(fd, -1);
+    unlink(path);
+    ck_assert_int_eq(mgmt_file_open_verified(path, 4, sha, &fd, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert_int_eq(fd, -1);
     unlink(rec);
     unlink(sh);
     ck_assert_int_eq(rmdir(dir), 0);
@@ -1298,6 +1463,163 @@ static void no_token_named(const char *err)
     ck_assert_msg(strstr(err, "CMP KUR") != NULL, "the text does not say the key update failed: %s", err);
 }
 
+/* ---------------------------------------- renewal: the swap of files */
+
+static void write_key(const char *dir, const char *name, EVP_PKEY *k)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+}
+
+/* A certificate for k (self-signed is enough here) in dir/name. */
+static void write_cert_for(const char *dir, const char *name, EVP_PKEY *k)
+{
+    X509 *c = X509_new();
+    X509_set_version(c, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c), 11);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC, (const unsigned char *)DEV, -1, -1,
+                               0);
+    X509_set_issuer_name(c, X509_get_subject_name(c));
+    X509_gmtime_adj(X509_getm_notBefore(c), -60);
+    X509_gmtime_adj(X509_getm_notAfter(c), 3600);
+    X509_set_pubkey(c, k);
+    ck_assert_int_gt(X509_sign(c, k, EVP_sha256()), 0);
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(PEM_write_X509(f, c), 1);
+    fclose(f);
+    X509_free(c);
+}
+
+/* Does dir/name (a certificate or a key file) hold the public key of k? */
+static bool file_holds(const char *dir, const char *name, EVP_PKEY *k)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return false;
+    EVP_PKEY *got = NULL;
+    X509 *c = PEM_read_X509(f, NULL, NULL, NULL);
+    if (!c) {
+        rewind(f);
+        got = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    }
+    fclose(f);
+    bool eq = EVP_PKEY_eq(c ? X509_get0_pubkey(c) : got, k) == 1;
+    X509_free(c);
+    EVP_PKEY_free(got);
+    return eq;
+}
+
+static int key_reads;
+
+static EVP_PKEY *pem_key_of(void *arg, const char *path)
+{
+    (void)arg;
+    key_reads++;
+    FILE *f = fopen(path, "r");
+    EVP_PKEY *k = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f)
+        fclose(f);
+    return k;
+}
+
+/* The renewal's swap puts in a certificate only next to its own key: a
+ * device.crt.pem.next left by a failed or stopped attempt, or written by
+ * someone else, is removed and the current pair stays usable. */
+START_TEST(test_renew_swap_checks_the_key)
+{
+    char dir[] = "/tmp/m2mvpn-swap-XXXXXX", kp[300], err[1024] = "";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(kp, sizeof(kp), "%s/device.key.pem", dir);
+    EVP_PKEY *old = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"), *new = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"),
+             *third = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    bool moved = true;
+
+    /* 1. the honest swap */
+    write_key(dir, "device.key.pem", old);
+    write_cert_for(dir, "device.crt.pem", old);
+    write_key(dir, "device.key.pem.next", new);
+    write_cert_for(dir, "device.crt.pem.next", new);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), 0);
+    ck_assert(moved);
+    ck_assert(file_holds(dir, "device.key.pem", new) && file_holds(dir, "device.crt.pem", new));
+    ck_assert(!has_file(dir, "device.key.pem.next") && !has_file(dir, "device.crt.pem.next"));
+
+    /* 2. a certificate of another key next to the new key: neither is used */
+    write_key(dir, "device.key.pem", old);
+    write_cert_for(dir, "device.crt.pem", old);
+    write_key(dir, "device.key.pem.next", new);
+    write_cert_for(dir, "device.crt.pem.next", third);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_CERT);
+    ck_assert_msg(strstr(err, "does not hold the public key of"), "%s", err);
+    ck_assert(!moved);
+    ck_assert(file_holds(dir, "device.key.pem", old) && file_holds(dir, "device.crt.pem", old));
+    ck_assert(!has_file(dir, "device.key.pem.next") && !has_file(dir, "device.crt.pem.next"));
+
+    /* 3. <key>.next gone (a failed rename removed it), its certificate
+     * left: never renamed over device.crt.pem next to the old key */
+    write_cert_for(dir, "device.crt.pem.next", new);
+    key_reads = 0;
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_CERT);
+    ck_assert_int_eq(key_reads, 1);
+    ck_assert(file_holds(dir, "device.key.pem", old) && file_holds(dir, "device.crt.pem", old));
+    ck_assert(!has_file(dir, "device.crt.pem.next"));
+
+    /* 4. stopped between the two renames: the key is in, the certificate follows */
+    write_key(dir, "device.key.pem", new);
+    write_cert_for(dir, "device.crt.pem.next", new);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), 0);
+    ck_assert(!moved);
+    ck_assert(file_holds(dir, "device.crt.pem", new) && !has_file(dir, "device.crt.pem.next"));
+
+    /* 5. the key cannot be renamed in: both .next files go */
+    char cp[300], kdir[300];
+    snprintf(cp, sizeof(cp), "%s/device.crt.pem", dir);
+    snprintf(kdir, sizeof(kdir), "%s/keydir", dir);
+    ck_assert_int_eq(mkdir(kdir, 0700), 0);
+    char kdir_file[400];
+    snprintf(kdir_file, sizeof(kdir_file), "%s/x", kdir);
+    FILE *f = fopen(kdir_file, "w"); /* a non-empty folder: rename(file, folder) fails */
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    write_key(dir, "keydir.next", third);
+    write_cert_for(dir, "device.crt.pem.next", third);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kdir, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert(!moved);
+    ck_assert(!has_file(dir, "keydir.next") && !has_file(dir, "device.crt.pem.next"));
+    ck_assert(file_holds(dir, "device.crt.pem", new));
+
+    /* 6. the certificate cannot be renamed after the key moved: it stays
+     * for the next start (the new key's only certificate) */
+    write_key(dir, "device.key.pem", old);
+    write_key(dir, "device.key.pem.next", third);
+    write_cert_for(dir, "device.crt.pem.next", third);
+    ck_assert_int_eq(unlink(cp), 0);
+    ck_assert_int_eq(mkdir(cp, 0700), 0);
+    char cp_file[400];
+    snprintf(cp_file, sizeof(cp_file), "%s/x", cp);
+    f = fopen(cp_file, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    ck_assert_int_eq(mgmt_renew_swap(dir, kp, true, pem_key_of, NULL, &moved, err, sizeof(err)), M2MVPN_E_IO);
+    ck_assert(moved);
+    ck_assert(file_holds(dir, "device.key.pem", third) && file_holds(dir, "device.crt.pem.next", third));
+
+    EVP_PKEY_free(old);
+    EVP_PKEY_free(new);
+    EVP_PKEY_free(third);
+    rm_dir(dir);
+}
+END_TEST
+
 /* A failed renewal says what failed: the server's refusal (with its reason),
  * the network; never the enrolment token, which plays no part in a KUR. */
 START_TEST(test_renew_failure_text)
@@ -1381,13 +1703,16 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_stored_update_rehashed);
     tcase_add_test(tc, test_poll_parse);
     tcase_add_test(tc, test_software_bundle_and_artifact);
+    tcase_add_test(tc, test_stored_update_bundle);
     tcase_add_test(tc, test_dl_stream_verified);
     tcase_add_test(tc, test_dl_refused);
     tcase_add_test(tc, test_dl_over_https);
     tcase_add_test(tc, test_install_run);
+    tcase_add_test(tc, test_install_gets_the_verified_file);
     tcase_add_test(tc, test_bootstrap_installer);
     tcase_add_test(tc, test_renew_schedule);
     tcase_add_test(tc, test_renew_backoff);
+    tcase_add_test(tc, test_renew_swap_checks_the_key);
     tcase_add_loop_test(tc, test_renew_failure_text, 0, 3);
     suite_add_tcase(s, tc);
     return s;

@@ -414,7 +414,8 @@ START_TEST(test_decom_wipe)
     ck_assert_ptr_nonnull(mkdtemp(other));
     static const char *const ours[] = { "device.key.pem", "device.crt.pem", "mgmt.json", "apply.json",
                                         "profile.json", "profile.prev.json", "ca-0.pem", "ca-v3-1.pem",
-                                        "update-1.2.bin", "device.crt.pem.next", "device.p11id.next",
+                                        "update-1.2.bin", "update.json", "update.p7m", "renew.json",
+                                        "device.crt.pem.next", "device.p11id.next",
                                         /* a key generation stopped before its rename (lib/cred/keygen.c) */
                                         "device.key.pem.tmp.Ab12Cd", "device.tss2.pem.next.tmp.Zz9aB1" };
     for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)

@@ -145,6 +145,7 @@ struct store {
     int leave_error;             /* token_secret and enrol leave an OpenSSL error in the queue */
     /* day 1..N */
     const char *revoked_serial;  /* cert_ok refuses this serial (hex) */
+    const char *foreign_serial;  /* cert_ok refuses this serial as not the device's (-3) */
     int cert_ok_fails;           /* cert_ok: the store failed (-2) */
     int cert_ok_calls, renewed_calls, revoke_calls;
     char cert_ok_device[64], renewed_old[80], revoked[80];
@@ -225,6 +226,10 @@ static int h_cert_ok(void *ctx, const char *device_id, const char *serial_hex, c
     if (s->revoked_serial && !strcmp(serial_hex, s->revoked_serial)) {
         snprintf(reason, rcap, "certificate %s of %s is revoked", serial_hex, device_id);
         return -1;
+    }
+    if (s->foreign_serial && !strcmp(serial_hex, s->foreign_serial)) {
+        snprintf(reason, rcap, "certificate %s is not one of device %s", serial_hex, device_id);
+        return -3;
     }
     return 0;
 }
@@ -1024,6 +1029,18 @@ START_TEST(rr_ok)
     int fi = OSSL_CMP_CTX_get_failInfoCode(c);
     ck_assert_msg(fi & (1 << OSSL_CMP_PKIFAILUREINFO_systemFailure), "failInfo %x", fi);
     ck_assert_msg(!(fi & (1 << OSSL_CMP_PKIFAILUREINFO_certRevoked)), "failInfo %x", fi);
+    ck_assert_int_eq(s->revoke_calls, 1);
+    OSSL_CMP_CTX_free(c);
+    /* refused for another reason than a revocation (not the device's,
+     * device not enrolled): badCertId, never certRevoked */
+    s->cert_ok_fails = 0;
+    s->foreign_serial = "abcdef";
+    c = cert_client(s, cert, key, NULL);
+    ck_assert_int_ne(OSSL_CMP_exec_RR_ses(c), 1);
+    fi = OSSL_CMP_CTX_get_failInfoCode(c);
+    ck_assert_msg(fi & (1 << OSSL_CMP_PKIFAILUREINFO_badCertId), "failInfo %x", fi);
+    ck_assert_msg(!(fi & (1 << OSSL_CMP_PKIFAILUREINFO_certRevoked)), "failInfo %x", fi);
+    ck_assert_msg(strstr(status_text(c), "not one of device"), "%s", status_text(c));
     ck_assert_int_eq(s->revoke_calls, 1);
     OSSL_CMP_CTX_free(c);
     X509_free(cert);

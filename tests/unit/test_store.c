@@ -354,6 +354,11 @@ START_TEST(certificates_renew_revoke)
     /* another device's certificate, an unknown one, one past its expiry */
     ck_assert_int_eq(store_cert_ok(s, a, sb, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_msg(strstr(err, "is not one of device"), "%s", err);
+    /* refusals that are not revocations (an RR retry must not read them as one) */
+    ck_assert_int_eq(store_cert_revoked(s, a, sb, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_revoked(s, a, "ffff", err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_revoked(s, uniq("dev-none"), s1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_cert_revoked(s, a, s1, err, sizeof(err)), 0);
     ck_assert_int_eq(store_cert_ok(s, a, "ffff", now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_int_eq(store_cert_ok(s, a, s1, now + 86400, err, sizeof(err)), STORE_REFUSED);
     ck_assert_msg(strstr(err, "expired"), "%s", err);
@@ -376,6 +381,9 @@ START_TEST(certificates_renew_revoke)
     ck_assert_int_eq(reason, 5);
     ck_assert_int_eq(store_cert_ok(s, a, s2, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_msg(strstr(err, "revoked"), "%s", err);
+    ck_assert_int_eq(store_cert_revoked(s, a, s2, err, sizeof(err)), 1);
+    ck_assert_int_eq(store_cert_revoked(s, b, s2, err, sizeof(err)), 0); /* not b's */
+    ck_assert_int_eq(store_cert_revoked(s, a, s1, err, sizeof(err)), 0);
     ck_assert_int_eq(store_renewed(s, a, s2, s3, now + 86400, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_int_eq(store_cert_revoke(s, a, s2, 5, now, err, sizeof(err)), STORE_REFUSED);
     ck_assert_int_eq(store_cert_revoke(s, a, sb, 5, now, err, sizeof(err)), STORE_REFUSED);
@@ -399,6 +407,7 @@ START_TEST(certificates_renew_revoke)
     ck_assert_int_eq(reason, 5);   /* revoked before: its first reason stays */
     ck_assert(!listed(s, now, sb, &reason));
     ck_assert_int_eq(store_cert_ok(s, a, s1, now, err, sizeof(err)), STORE_REFUSED);
+    ck_assert_int_eq(store_cert_revoked(s, a, s1, err, sizeof(err)), 1);
     ck_assert_int_eq(store_cert_ok(s, b, sb, now, err, sizeof(err)), 0);
     /* expired certificates drop out of the list */
     ck_assert(!listed(s, now + 3 * 86400, s1, &reason));
@@ -636,6 +645,40 @@ START_TEST(rollout_rules)
 }
 END_TEST
 
+/* A cert deployment's success counts only with a certificate issued to the
+ * device since the deployment was made: a device's word alone (a renewal
+ * mark written by someone else) does not close it. */
+START_TEST(cert_deployment_needs_a_new_certificate)
+{
+    store *s = open_fresh();
+    const char *g = uniq("certdep"), *t = uniq("t"), *dev = uniq("dev-c"), *s1 = userial(), *s2 = userial();
+    long long now = time(NULL);
+    store_device_state st;
+    ck_assert_int_eq(store_group_put(s, g, "{\"version\": 1}", err, sizeof(err)), 0);
+    ck_assert_int_eq(store_token_create(s, (const char *const[]){t}, 1, g, now + 60, 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_enrol(s, t, dev, now - 100, &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(store_issued(s, t, dev, s1, now + 86400, now - 100, err, sizeof(err)), 0);
+    store_deployment d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.group, sizeof(d.group), "%s", g);
+    d.type = STORE_DEP_CERT;
+    d.percent = 100;
+    d.max_fail_permille = 1000;
+    d.window_start = d.window_end = -1;
+    ck_assert_msg(store_deployment_create(s, &d, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(store_deployment_feedback(s, d.id, dev, "success", "renewed", now, err, sizeof(err)),
+                     STORE_REFUSED);
+    ck_assert_msg(strstr(err, "no certificate was issued"), "%s", err);
+    ck_assert(is_open(s, dev, d.id)); /* nothing changed */
+    /* the renewal the server made: now it is a success */
+    ck_assert_int_eq(store_renewed(s, dev, s1, s2, now + 2 * 86400, time(NULL), err, sizeof(err)), 0);
+    ck_assert_msg(store_deployment_feedback(s, d.id, dev, "success", "renewed", now, err, sizeof(err)) == 0, "%s",
+                  err);
+    ck_assert(!is_open(s, dev, d.id));
+    store_close(s);
+}
+END_TEST
+
 START_TEST(report_and_artifacts)
 {
     store *s = open_fresh();
@@ -690,6 +733,7 @@ int main(void)
     tcase_add_test(tc, groups_publish);
     tcase_add_test(tc, certificates_renew_revoke);
     tcase_add_test(tc, rollout_rules);
+    tcase_add_test(tc, cert_deployment_needs_a_new_certificate);
     tcase_add_test(tc, report_and_artifacts);
     tcase_add_test(tc, revoke_races_certificate);
     suite_add_tcase(su, tc);

@@ -103,7 +103,7 @@ void ike_rekey_zombie_free(ike_zombie *z)
     crypto_cipher_free(z->seal_ctx);
     crypto_cipher_free(z->open_ctx);
     free(z->req);
-    free(z->last_resp);
+    ike_resp_cache_free(&z->last_resp);
     secure_wipe(z, sizeof(*z));
 }
 
@@ -311,10 +311,8 @@ ike_zombie *ike_rekey_make_zombie(ike_sa *sa, bool we_delete)
     ike_sa_sk_adapter(&z->sk_in, z->open_ctx, false);
     z->next_msg_id = sa->next_msg_id;
     z->peer_msg_id = sa->peer_msg_id;
-    z->last_resp = sa->last_resp;
-    z->last_resp_len = sa->last_resp_len;
-    sa->last_resp = NULL;
-    sa->last_resp_len = 0;
+    z->last_resp = sa->last_resp; /* moved, every datagram of it */
+    memset(&sa->last_resp, 0, sizeof(sa->last_resp));
     z->we_delete = we_delete;
     z->deadline_ms = ike_rekey_now(sa) + ZOMBIE_WAIT_MS;
     return z;
@@ -392,8 +390,8 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
         }
         return 1;
     }
-    if (id + 1 == z->peer_msg_id && z->last_resp) {
-        zombie_send(sa, z, z->last_resp, z->last_resp_len);
+    if (id + 1 == z->peer_msg_id && z->last_resp.n_dgram) {
+        ike_sa_resend_response(sa, &z->last_resp);
         return 1;
     }
     if (id != z->peer_msg_id)
@@ -421,10 +419,8 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     size_t resp_len;
     if (zombie_wrap(z, msg->hdr.exchange, true, id, body, buf_writer_len(&w), cw.first_type, &resp,
                     &resp_len) == 0) {
-        zombie_send(sa, z, resp, resp_len);
-        free(z->last_resp);
-        z->last_resp = resp;
-        z->last_resp_len = resp_len;
+        ike_resp_cache_set(&z->last_resp, resp, &(ike_span){ 0, resp_len }, 1);
+        ike_sa_resend_response(sa, &z->last_resp);
     }
     if (gone) {
         LOG_INFO(sa->log, "ike", "gateway deleted the replaced IKE SA");

@@ -105,7 +105,7 @@ void ike_sa_free(ike_sa *sa)
     free(sa->req.buf);
     free(sa->init_req);
     free(sa->init_resp);
-    free(sa->last_resp);
+    ike_resp_cache_free(&sa->last_resp);
     ike_frag_reasm_reset(&sa->reasm);
     ike_eap_end(sa);
     secure_wipe(sa, sizeof(*sa));
@@ -426,23 +426,45 @@ int ike_sa_send_protected(ike_sa *sa, uint8_t exchange, bool response, uint32_t 
             ike_exchange_name(exchange), response ? "response" : "request", message_id,
             sa->gw_text, spans[n - 1].off + spans[n - 1].len, n, n == 1 ? "" : "s");
     if (response) {
-        /* Responses are single datagrams here (empty INFORMATIONAL answers). */
-        for (size_t i = 0; i < n; i++)
-            ike_sa_send_dgram(sa, buf + spans[i].off, spans[i].len, sa->natt);
-        free(sa->last_resp);
-        sa->last_resp = NULL;
-        sa->last_resp_len = 0;
-        if (n == 1) {
-            sa->last_resp = buf;
-            sa->last_resp_len = spans[0].len;
-        } else {
-            free(buf);
-        }
+        /* Kept whole, fragments and all: a CREATE_CHILD_SA answer (KE, many
+         * selectors) may be fragmented, and the gateway that lost one
+         * fragment retransmits its request for all of them. */
+        ike_resp_cache_set(&sa->last_resp, buf, spans, n);
+        ike_sa_resend_response(sa, &sa->last_resp);
         return 0;
     }
     sa->req.message_id = message_id;
     sa->req.exchange = exchange;
     return ike_sa_send_request(sa, task, buf, spans, n);
+}
+
+void ike_resp_cache_free(ike_resp_cache *c)
+{
+    free(c->buf);
+    memset(c, 0, sizeof(*c));
+}
+
+void ike_resp_cache_set(ike_resp_cache *c, uint8_t *buf, const ike_span *dgram, size_t n)
+{
+    ike_resp_cache_free(c);
+    if (n == 0 || n > IKE_MAX_OUT_FRAGS) {
+        free(buf);
+        return;
+    }
+    /* Only the bytes sent are kept (buf was sized for the worst case). */
+    uint8_t *fit = realloc(buf, dgram[n - 1].off + dgram[n - 1].len);
+    c->buf = fit ? fit : buf;
+    memcpy(c->dgram, dgram, n * sizeof(dgram[0]));
+    c->n_dgram = n;
+}
+
+void ike_sa_resend_response(ike_sa *sa, const ike_resp_cache *c)
+{
+    for (size_t i = 0; i < c->n_dgram; i++) {
+        int r = ike_sa_send_dgram(sa, c->buf + c->dgram[i].off, c->dgram[i].len, sa->natt);
+        if (r < 0)
+            LOG_WARN(sa->log, "ike", "sending to %s failed: %s", sa->gw_text, core_strerror(r));
+    }
 }
 
 /* ------------------------------------------------------------ keys */
@@ -637,9 +659,10 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     if (sa->state != IKE_SA_ESTABLISHED && sa->state != IKE_SA_DELETING)
         return;
     uint32_t id = msg->hdr.message_id;
-    if (id + 1 == sa->peer_msg_id && sa->last_resp) {
-        /* The gateway did not get our response: send it again, unchanged. */
-        ike_sa_send_dgram(sa, sa->last_resp, sa->last_resp_len, sa->natt);
+    if (id + 1 == sa->peer_msg_id && sa->last_resp.n_dgram) {
+        /* The gateway did not get our response (or a fragment of it):
+         * send it again, unchanged and whole (RFC 7383 §2.6). */
+        ike_sa_resend_response(sa, &sa->last_resp);
         return;
     }
     if (id != sa->peer_msg_id) {

@@ -52,6 +52,15 @@ typedef struct ike_mobike {
     bool fo_moved;                 /* the gateway is no longer where lib/conn sends: hooks.send_to */
 } ike_mobike;
 
+/* Our last response as sent, every datagram of it, for the gateway's
+ * retransmitted request (RFC 7296 §2.1): a fragmented one is resent whole
+ * (RFC 7383 §2.6). Ciphertext only; the next response replaces it. */
+typedef struct ike_resp_cache {
+    uint8_t *buf;                  /* every datagram back to back */
+    ike_span dgram[IKE_MAX_OUT_FRAGS];
+    size_t n_dgram;
+} ike_resp_cache;
+
 #define IKE_MAX_RETIRING 4         /* replaced CHILD SAs not yet deleted */
 #define IKE_MAX_ZOMBIES 3          /* replaced IKE SAs not yet deleted */
 
@@ -77,8 +86,7 @@ typedef struct ike_zombie {
     crypto_cipher *seal_ctx, *open_ctx;
     ike_sk_cipher sk_out, sk_in;
     uint32_t next_msg_id, peer_msg_id;
-    uint8_t *last_resp;            /* our last answer on it, for retransmitted requests */
-    size_t last_resp_len;
+    ike_resp_cache last_resp;      /* our last answer on it, for retransmitted requests */
     uint8_t *req;                  /* our Delete, for retransmission */
     size_t req_len;
     uint32_t req_id;
@@ -163,8 +171,7 @@ struct ike_sa {
 
     uint32_t next_msg_id;          /* our next request */
     uint32_t peer_msg_id;          /* the gateway's next request we expect */
-    uint8_t *last_resp;            /* our last response, for retransmitted requests */
-    size_t last_resp_len;
+    ike_resp_cache last_resp;      /* our last response, for retransmitted requests */
     ike_request req;
     uint32_t tasks_queued;         /* 1 << ike_task: waiting for the window (task.h) */
     core_timer retransmit_timer;
@@ -240,6 +247,11 @@ void ike_sa_fail_local(ike_sa *sa, int err, const char *fmt, ...) __attribute__(
  * it and keep waiting a short while for a valid answer (a forged one must not
  * end the attempt); then fail (IKE_FAULT_PEER). */
 void ike_sa_init_error(ike_sa *sa, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Cache a response (takes buf, the n datagrams in it back to back; the
+ * cached one before is freed), drop one, resend one whole. */
+void ike_resp_cache_set(ike_resp_cache *c, uint8_t *buf, const ike_span *dgram, size_t n);
+void ike_resp_cache_free(ike_resp_cache *c);
+void ike_sa_resend_response(ike_sa *sa, const ike_resp_cache *c);
 /* Send a new request (takes the built datagrams in buf, owned afterwards). */
 int ike_sa_send_request(ike_sa *sa, ike_task task, uint8_t *buf, const ike_span *dgram,
                         size_t n_dgram);

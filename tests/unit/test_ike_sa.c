@@ -2599,6 +2599,148 @@ START_TEST(test_rekey_child_by_gateway)
 }
 END_TEST
 
+/* The gateway's CHILD SA rekey (message 0, in m for its retransmission),
+ * answered in RFC 7383 fragments: too big for one datagram with PFS and 16
+ * IPv6 selectors each way (a split tunnel). Returns how many, from sent(*n0). */
+static size_t fragmented_child_rekey_answer(fg_msg *m, size_t *n0)
+{
+    use_pfs();
+    T->gw.frag = true;
+    establish();
+    /* The CHILD SA's selectors as negotiated (what a rekey answer repeats). */
+    for (size_t i = 0; i < IKE_MAX_TS; i++) {
+        uint8_t a[16] = { 0x20, 0x01, 0x0d, 0xb8, 0x10, (uint8_t)i };
+        ck_assert_int_eq(ike_ts_from_prefix(a, 16, 48, 0, 0, 65535, &T->sa->child_tsr[i]), 0);
+        a[4] = 0x20;
+        ck_assert_int_eq(ike_ts_from_prefix(a, 16, 48, 0, 0, 65535, &T->sa->child_tsi[i]), 0);
+    }
+    T->sa->n_child_tsi = T->sa->n_child_tsr = IKE_MAX_TS;
+    uint8_t ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    fg_chain c;
+    fg_chain_begin(&c);
+    uint8_t spi[4];
+    buf_store_be32(spi, T->gw.child_spi_r);
+    ike_build_notify(&c.cw, IKE_PROTO_ESP, IKE_N_REKEY_SA, spi, 4, NULL, 0);
+    ike_sa_choice ch = fg_esp_choice(1, 0x6b6b0001, KE_X25519);
+    ike_build_sa_choice(&c.cw, &ch);
+    memset(ni, 0x33, sizeof(ni));
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    fg_ke(KE_X25519, NULL, pub, &pub_len, NULL, NULL);
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    fg_build_ts_pair(&T->gw, &c.cw, true);
+    fg_chain_send(&T->gw, &c, IKE_EXCH_CREATE_CHILD_SA, false, 0, m);
+    *n0 = n_sent();
+    deliver(m);
+    size_t nf = n_sent() - *n0;
+    ck_assert_uint_ge(nf, 2);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    /* The gateway reassembles them into the answer. */
+    ike_frag_reasm *ra = malloc(sizeof(*ra));
+    ike_frag_reasm_init(ra);
+    ike_chain inner;
+    ike_diag d;
+    for (size_t i = 0; i < nf; i++) {
+        ike_message fm;
+        fg_parse(sent(*n0 + i), &fm);
+        ck_assert_uint_eq(fm.chain.pl[fm.chain.n - 1].type, IKE_PL_SKF);
+        ck_assert(fm.hdr.flags & IKE_FLAG_RESPONSE);
+        ck_assert_uint_eq(fm.hdr.message_id, 0);
+        ck_assert_int_eq(ike_frag_add(ra, &fm, &T->gw.sk_in, &inner, &d), i + 1 == nf ? 1 : 0);
+    }
+    ck_assert_ptr_nonnull(ike_chain_find(&inner, IKE_PL_SA, NULL));
+    ck_assert_ptr_nonnull(ike_chain_find(&inner, IKE_PL_KE, NULL));
+    ike_frag_reasm_reset(ra);
+    free(ra);
+    return nf;
+}
+
+/* The gateway retransmitted request m: every fragment of our answer goes
+ * again, byte for byte, sent(first) on being the original ones. */
+static void expect_answer_again(const fg_msg *m, size_t first, size_t nf)
+{
+    size_t n = n_sent();
+    deliver(m);
+    ck_assert_uint_eq(n_sent(), n + nf);
+    for (size_t i = 0; i < nf; i++)
+        assert_same_bytes(sent(n + i), sent(first + i));
+}
+
+/*
+ * Our answer to the gateway's CHILD SA rekey went out in fragments and one
+ * was lost: the gateway retransmits its request and gets every fragment
+ * again (RFC 7296 §2.1, RFC 7383 §2.6), while nothing is rekeyed twice.
+ * Left unanswered, it gives up on an SA we already moved to SPIs it never
+ * installed.
+ */
+START_TEST(test_fragmented_answer_resent_whole)
+{
+    fg_msg *m = malloc(sizeof(*m));
+    size_t n0;
+    size_t nf = fragmented_child_rekey_answer(m, &n0);
+    expect_answer_again(m, n0, nf);
+    expect_answer_again(m, n0, nf);
+    free(m);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    /* The next request is answered anew, the cache replaced (one datagram). */
+    size_t n1 = n_sent();
+    fg_chain c;
+    fg_chain_begin(&c);
+    deliver_chain(&c, IKE_EXCH_INFORMATIONAL, false, 1);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+}
+END_TEST
+
+static ike_sa_choice ike_choice(uint8_t number, const uint8_t spi[8]);
+
+/* The same after we rekeyed the IKE SA: the replaced SA (kept to finish
+ * its Delete) answers the retransmission with every fragment too. */
+START_TEST(test_fragmented_answer_resent_by_replaced_ike_sa)
+{
+    fg_msg *m = malloc(sizeof(*m));
+    size_t n0;
+    size_t nf = fragmented_child_rekey_answer(m, &n0);
+    size_t n1 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n1 + 1);
+    const ike_chain *c = open_any(sent(n1), IKE_EXCH_CREATE_CHILD_SA, false, 2);
+    ike_diag d;
+    ike_sa_view *v = malloc(sizeof(*v));
+    ck_assert_int_eq(ike_sa_parse(ike_chain_find(c, IKE_PL_SA, NULL)->body, v, &d), 0);
+    uint8_t spi_i[8], spi_r[8] = { 0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7 };
+    memcpy(spi_i, v->prop[0].spi, 8);
+    free(v);
+    buf_reader ni;
+    ike_ke ke;
+    ck_assert_int_eq(ike_nonce_parse(ike_chain_find(c, IKE_PL_NONCE, NULL)->body, &ni, &d), 0);
+    ck_assert_int_eq(ike_ke_parse(ike_chain_find(c, IKE_PL_KE, NULL)->body, &ke, &d), 0);
+    uint8_t ni_copy[IKE_NONCE_MAX], nr[32], pub[CRYPTO_MAX_KE_LEN], g_ir[CRYPTO_MAX_KE_LEN];
+    size_t ni_len = ni.len, pub_len = 0, g_len = 0;
+    memcpy(ni_copy, ni.p, ni.len);
+    memset(nr, 0x55, sizeof(nr));
+    fg_ke(KE_X25519, &ke, pub, &pub_len, g_ir, &g_len);
+    fg_chain a;
+    fg_chain_begin(&a);
+    ike_sa_choice ch = ike_choice(1, spi_r);
+    ike_build_sa_choice(&a.cw, &ch);
+    ike_build_nonce(&a.cw, nr, sizeof(nr));
+    ike_build_ke(&a.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&a, IKE_EXCH_CREATE_CHILD_SA, true, 2);
+    fg_keys old;
+    fg_rekey_ike_keys(&T->gw, false, spi_i, spi_r, g_ir, g_len, ni_copy, ni_len, nr, sizeof(nr), &old);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    ck_assert_uint_eq(n_sent(), n1 + 2); /* the old SA's Delete */
+    expect_answer_again(m, n0, nf);
+    expect_answer_again(m, n0, nf);
+    free(m);
+    ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
 /*
  * Both sides rekey the CHILD SA at once (§2.8.1): our request is out when the
  * gateway's arrives; each answers the other. The exchange with the lowest of
@@ -3634,6 +3776,8 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_child_ours },
         { "rekey", test_rekey_child_ours_pfs },
         { "rekey", test_rekey_child_by_gateway },
+        { "rekey", test_fragmented_answer_resent_whole },
+        { "rekey", test_fragmented_answer_resent_by_replaced_ike_sa },
         { "rekey", test_rekey_child_double_collision },
         { "rekey", test_rekey_child_by_gateway_without_pfs },
         { "rekey", test_rekey_child_collision_we_win },

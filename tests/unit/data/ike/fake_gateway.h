@@ -57,6 +57,7 @@ typedef struct fake_gw {
     uint8_t vip[4];                /* INTERNAL_IP4_ADDRESS handed out */
     uint8_t dns[2][4];             /* INTERNAL_IP4_DNS handed out */
     uint32_t child_spi_r;          /* the gateway's ESP SPI */
+    bool frag;                     /* announce IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383) */
 
     /* IKE SA state, as a responder holds it */
     uint8_t spi_i[8], spi_r[8];
@@ -297,6 +298,8 @@ static void fg_init_response(fake_gw *gw, const fg_dgram *req, fg_msg *out)
     memset(natd, 0x5a, sizeof(natd)); /* values that match nothing: NAT on both sides */
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_SOURCE_IP, NULL, 0, natd, sizeof(natd));
     ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_NAT_DETECTION_DESTINATION_IP, NULL, 0, natd, sizeof(natd));
+    if (gw->frag)
+        ike_build_notify(&cw, IKE_PROTO_NONE, IKE_N_IKEV2_FRAGMENTATION_SUPPORTED, NULL, 0, NULL, 0);
     ck_assert_int_eq(ike_message_end(&cw), 0);
     out->len = buf_writer_len(&w);
     free(gw->init_resp);

@@ -272,6 +272,15 @@ bool ike_rekey_ike_request(ike_sa *sa, const ike_chain *c, ike_rekey_answer *a, 
         ike_rekey_answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
         return false;
     }
+    if (sa->req.task == IKE_TASK_REKEY_IKE && sa->rki.collided) {
+        /* The gateway already rekeyed the IKE SA while ours is in flight:
+         * one SA of its own is all the collision settles (§2.8.1); a
+         * further one would replace the first, which then is never used
+         * nor deleted. */
+        LOG_INFO(sa->log, "ike", "gateway rekeys the IKE SA again during a collision: TEMPORARY_FAILURE");
+        ike_rekey_answer_notify(a, IKE_N_TEMPORARY_FAILURE, NULL, 0);
+        return false;
+    }
     const ike_payload *sa_pl = ike_chain_find(c, IKE_PL_SA, NULL);
     const ike_payload *ni_pl = ike_chain_find(c, IKE_PL_NONCE, NULL);
     const ike_payload *ke_pl = ike_chain_find(c, IKE_PL_KE, NULL);

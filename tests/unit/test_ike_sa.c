@@ -3191,9 +3191,12 @@ static const ike_chain *open_any_keys(const fg_dgram *d, fg_keys *k, uint8_t exc
  * the lowest nonce made the redundant IKE SA: its initiator deletes it, the
  * other initiator deletes the old one. The gateway's nonces decide here
  * (ours are random): its Ni all 0x00 makes B redundant, its Nr in A all
- * 0x00 makes A redundant.
+ * 0x00 makes A redundant. twice: the gateway sends a second IKE SA rekey
+ * (message 1) after B, refused (TEMPORARY_FAILURE): B is the one that counts.
  */
-static void ike_collision(bool we_win)
+static void gw_ike_rekey_refused(uint32_t msg_id);
+
+static void ike_collision(bool we_win, bool twice)
 {
     establish();
     size_t n0 = n_sent();
@@ -3244,6 +3247,12 @@ static void ike_collision(bool we_win)
     ck_assert_int_eq(crypto_ke_derive(gke, kr.data.p, kr.data.len, g_b, sizeof(g_b), &g_b_len, err, sizeof(err)), 0);
     crypto_ke_free(gke);
     ck_assert_uint_eq(T->n_ike_rekeyed, 0); /* not before our own exchange is over */
+    uint32_t gw_id = 1; /* the gateway's next request on the old SA */
+    if (twice) {
+        size_t n = n_sent();
+        gw_ike_rekey_refused(gw_id++);
+        n0 += n_sent() - n;
+    }
 
     /* A: the gateway answers ours (on the old SA). */
     uint8_t a_nr[32], g_a[CRYPTO_MAX_KE_LEN];
@@ -3289,8 +3298,8 @@ static void ike_collision(bool we_win)
         fg_chain del;
         fg_chain_begin(&del);
         ike_build_delete(&del.cw, IKE_PROTO_IKE, 0, NULL, 0);
-        deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, 1);
-        ck_assert_uint_eq(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, 1)->n, 0);
+        deliver_chain(&del, IKE_EXCH_INFORMATIONAL, false, gw_id);
+        ck_assert_uint_eq(open_any(fg_last(&T->gw), IKE_EXCH_INFORMATIONAL, true, gw_id)->n, 0);
         fg_swap_keys(&T->gw, &old);    /* gw: nothing; old: old */
         fg_swap_keys(&T->gw, &kb);     /* gw: B */
         fg_keys_free(&kb);
@@ -3305,13 +3314,23 @@ static void ike_collision(bool we_win)
 
 START_TEST(test_rekey_ike_collision_we_win)
 {
-    ike_collision(true);
+    ike_collision(true, false);
 }
 END_TEST
 
 START_TEST(test_rekey_ike_collision_we_lose)
 {
-    ike_collision(false);
+    ike_collision(false, false);
+}
+END_TEST
+
+/* The gateway rekeys the IKE SA a second time during the collision: the
+ * second one is refused (TEMPORARY_FAILURE, as for a CHILD SA), so its
+ * first new SA is not forgotten (never used, never deleted). It wins the
+ * collision here: we move to that first one, and it carries requests. */
+START_TEST(test_rekey_ike_double_collision)
+{
+    ike_collision(false, true);
 }
 END_TEST
 
@@ -3787,6 +3806,7 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_forged_and_malformed },
         { "rekey", test_rekey_ike_collision_we_win },
         { "rekey", test_rekey_ike_collision_we_lose },
+        { "rekey", test_rekey_ike_double_collision },
         { "interleaved", test_queue_dpd_behind_rekey },
         { "interleaved", test_queue_ike_rekey_behind_child_rekey },
         { "interleaved", test_gateway_requests_during_our_rekey },

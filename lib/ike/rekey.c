@@ -257,7 +257,8 @@ void ike_rekey_zombie_send_delete(ike_sa *sa, ike_zombie *z)
     z->req = NULL;
     z->we_delete = true;
     z->req_id = z->next_msg_id;
-    if (zombie_wrap(z, IKE_EXCH_INFORMATIONAL, false, z->req_id, inner, buf_writer_len(&w), cw.first_type,
+    z->req_exchange = IKE_EXCH_INFORMATIONAL;
+    if (zombie_wrap(z, z->req_exchange, false, z->req_id, inner, buf_writer_len(&w), cw.first_type,
                     &z->req, &z->req_len) < 0) {
         z->deadline_ms = ike_rekey_now(sa); /* give up on it */
         return;
@@ -383,7 +384,12 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     }
     uint32_t id = msg->hdr.message_id;
     if (msg->hdr.flags & IKE_FLAG_RESPONSE) {
-        if (z->req && id == z->req_id) {
+        if (z->req && id == z->req_id && msg->hdr.exchange != z->req_exchange) {
+            /* Authentic, but of another exchange (§3.1): it answers
+             * nothing of ours; the Delete stays in flight. */
+            LOG_DBG(sa->log, "ike", "ignoring response %u of exchange type %u for a replaced IKE SA", id,
+                    msg->hdr.exchange);
+        } else if (z->req && id == z->req_id) {
             LOG_INFO(sa->log, "ike", "replaced IKE SA deleted");
             ike_rekey_zombie_free(z);
             ike_rekey_rearm(sa);

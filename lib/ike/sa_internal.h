@@ -90,6 +90,7 @@ typedef struct ike_zombie {
     uint8_t *req;                  /* our Delete, for retransmission */
     size_t req_len;
     uint32_t req_id;
+    uint8_t req_exchange;          /* its exchange type: the answer's must be the same */
     unsigned tries;
     uint64_t deadline_ms;          /* give up on it then */
 } ike_zombie;

@@ -2695,17 +2695,16 @@ END_TEST
 
 static ike_sa_choice ike_choice(uint8_t number, const uint8_t spi[8]);
 
-/* The same after we rekeyed the IKE SA: the replaced SA (kept to finish
- * its Delete) answers the retransmission with every fragment too. */
-START_TEST(test_fragmented_answer_resent_by_replaced_ike_sa)
+/* We rekey the IKE SA (our request id on the current SA), the gateway
+ * answers; it moves to the new SA, its old keys in old. Returns the index
+ * of the old SA's Delete in sent(). */
+static size_t our_ike_rekey(fg_keys *old, uint32_t id)
 {
-    fg_msg *m = malloc(sizeof(*m));
-    size_t n0;
-    size_t nf = fragmented_child_rekey_answer(m, &n0);
     size_t n1 = n_sent();
+    unsigned k = T->n_ike_rekeyed;
     ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
     ck_assert_uint_eq(n_sent(), n1 + 1);
-    const ike_chain *c = open_any(sent(n1), IKE_EXCH_CREATE_CHILD_SA, false, 2);
+    const ike_chain *c = open_any(sent(n1), IKE_EXCH_CREATE_CHILD_SA, false, id);
     ike_diag d;
     ike_sa_view *v = malloc(sizeof(*v));
     ck_assert_int_eq(ike_sa_parse(ike_chain_find(c, IKE_PL_SA, NULL)->body, v, &d), 0);
@@ -2727,15 +2726,55 @@ START_TEST(test_fragmented_answer_resent_by_replaced_ike_sa)
     ike_build_sa_choice(&a.cw, &ch);
     ike_build_nonce(&a.cw, nr, sizeof(nr));
     ike_build_ke(&a.cw, KE_X25519, pub, pub_len);
-    deliver_chain(&a, IKE_EXCH_CREATE_CHILD_SA, true, 2);
-    fg_keys old;
-    fg_rekey_ike_keys(&T->gw, false, spi_i, spi_r, g_ir, g_len, ni_copy, ni_len, nr, sizeof(nr), &old);
-    ck_assert_uint_eq(T->n_ike_rekeyed, 1);
+    deliver_chain(&a, IKE_EXCH_CREATE_CHILD_SA, true, id);
+    fg_rekey_ike_keys(&T->gw, false, spi_i, spi_r, g_ir, g_len, ni_copy, ni_len, nr, sizeof(nr), old);
+    ck_assert_uint_eq(T->n_ike_rekeyed, k + 1);
     ck_assert_uint_eq(n_sent(), n1 + 2); /* the old SA's Delete */
+    return n1 + 1;
+}
+
+/* The same after we rekeyed the IKE SA: the replaced SA (kept to finish
+ * its Delete) answers the retransmission with every fragment too. */
+START_TEST(test_fragmented_answer_resent_by_replaced_ike_sa)
+{
+    fg_msg *m = malloc(sizeof(*m));
+    size_t n0;
+    size_t nf = fragmented_child_rekey_answer(m, &n0);
+    fg_keys old;
+    our_ike_rekey(&old, 2);
     expect_answer_again(m, n0, nf);
     expect_answer_again(m, n0, nf);
     free(m);
     ck_assert_uint_eq(T->n_rekeyed, 1);
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
+/* The replaced IKE SA's Delete (INFORMATIONAL, message 3 on it) is
+ * answered only by an INFORMATIONAL response (§3.1): an authentic response
+ * with its message ID but of another exchange leaves it in flight, and it
+ * is retransmitted until its own answer comes. */
+START_TEST(test_replaced_ike_sa_response_of_another_exchange)
+{
+    establish();
+    fg_keys old;
+    size_t del = our_ike_rekey(&old, 2);
+    fg_swap_keys(&T->gw, &old); /* gw: the old SA */
+    ck_assert(fg_has_ike_delete(open_any(sent(del), IKE_EXCH_INFORMATIONAL, false, 3)));
+    fg_msg *m = malloc(sizeof(*m));
+    fg_notify_response(&T->gw, IKE_EXCH_CREATE_CHILD_SA, 3, 0, m);
+    deliver(m);
+    size_t n = n_sent();
+    advance(2000);
+    ck_assert_uint_eq(n_sent(), n + 1); /* still unanswered: retransmitted */
+    assert_same_bytes(sent(n), sent(del));
+    fg_notify_response(&T->gw, IKE_EXCH_INFORMATIONAL, 3, 0, m);
+    deliver(m);
+    free(m);
+    for (int i = 0; i < 4; i++)
+        advance(16000);
+    ck_assert_uint_eq(n_sent(), n + 1); /* answered: no more */
     ck_assert_uint_eq(T->n_down, 0);
     fg_keys_free(&old);
 }
@@ -3797,6 +3836,7 @@ static Suite *ike_sa_suite(void)
         { "rekey", test_rekey_child_by_gateway },
         { "rekey", test_fragmented_answer_resent_whole },
         { "rekey", test_fragmented_answer_resent_by_replaced_ike_sa },
+        { "rekey", test_replaced_ike_sa_response_of_another_exchange },
         { "rekey", test_rekey_child_double_collision },
         { "rekey", test_rekey_child_by_gateway_without_pfs },
         { "rekey", test_rekey_child_collision_we_win },

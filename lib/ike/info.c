@@ -124,7 +124,8 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
     buf_writer_init(&w, inner, sizeof(inner));
     ike_chain_writer cw;
     ike_chain_writer_init(&cw, &w, SIZE_MAX);
-    bool deleted = false;
+    bool ike_deleted = false;      /* Delete(IKE): the IKE SA */
+    bool child_gone = false;       /* Delete(ESP) of our only CHILD SA */
     ike_diag d;
 
     if (hdr->exchange == IKE_EXCH_INFORMATIONAL) {
@@ -135,7 +136,7 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
             if (ike_delete_parse(pl->body, &del, &d) < 0)
                 continue;
             if (del.protocol == IKE_PROTO_IKE) {
-                deleted = true;
+                ike_deleted = true;
             } else if (del.protocol == IKE_PROTO_ESP && del.spi_len == 4) {
                 uint8_t ours[4 * IKE_MAX_RETIRING];
                 uint16_t n_ours = 0;
@@ -150,7 +151,7 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
                         uint8_t spi[4];
                         buf_store_be32(spi, sa->child_spi_in);
                         ike_build_delete(&cw, IKE_PROTO_ESP, 4, spi, 1);
-                        deleted = true;
+                        child_gone = true;
                     }
                 }
                 if (n_ours)
@@ -167,6 +168,11 @@ void ike_info_process_request(ike_sa *sa, const ike_header *hdr, const ike_chain
     ike_chain_writer_finish(&cw);
     ike_sa_send_protected(sa, hdr->exchange, true, hdr->message_id, inner, buf_writer_len(&w),
                           cw.first_type, IKE_TASK_NONE);
-    if (deleted && ike_rekey_peer_deleted_ike(sa) != 1)
+    /* Only a Delete of the IKE SA itself can settle an IKE SA rekey
+     * collision (the gateway's new SA stands); one of our CHILD SA during
+     * it (§2.25.2: answered as usual) ends the IKE SA as at any time. */
+    if (child_gone)
+        ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "the gateway %s deleted the CHILD SA", sa->gw_text);
+    else if (ike_deleted && ike_rekey_peer_deleted_ike(sa) != 1)
         ike_sa_fail(sa, M2MVPN_E_PROTOCOL, "the gateway %s deleted the IKE SA", sa->gw_text);
 }

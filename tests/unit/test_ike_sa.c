@@ -3623,6 +3623,41 @@ static void gw_ike_rekey_refused(uint32_t msg_id)
     ck_assert_uint_eq(T->n_ike_rekeyed, rekeyed);
 }
 
+/* While our IKE SA rekey is in flight, the gateway's own crosses it (a
+ * collision, §2.8.1), and then it deletes our only CHILD SA (§2.25.2: a
+ * peer rekeying the IKE SA answers that as usual). That Delete is not the
+ * IKE SA's: we do not move to the gateway's new IKE SA as if it settled the
+ * collision, keeping an IKE SA without the CHILD SA it was for; the IKE SA
+ * ends, as when the gateway deletes the CHILD SA at any other time. */
+START_TEST(test_gateway_deletes_child_during_ike_rekey_collision)
+{
+    establish();
+    size_t n0 = n_sent();
+    ck_assert_int_eq(ike_sa_rekey_ike(T->sa), 0);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    open_any(sent(n0), IKE_EXCH_CREATE_CHILD_SA, false, 2);
+    uint8_t gw_spi[8] = { 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7 }, ni[32], pub[CRYPTO_MAX_KE_LEN];
+    size_t pub_len = 0;
+    fg_ke(KE_X25519, NULL, pub, &pub_len, NULL, NULL);
+    memset(ni, 0x21, sizeof(ni));
+    fg_chain c;
+    fg_chain_begin(&c);
+    ike_sa_choice offer = ike_choice(1, gw_spi);
+    ike_build_sa_choice(&c.cw, &offer);
+    ike_build_nonce(&c.cw, ni, sizeof(ni));
+    ike_build_ke(&c.cw, KE_X25519, pub, pub_len);
+    deliver_chain(&c, IKE_EXCH_CREATE_CHILD_SA, false, 0);
+    ck_assert_uint_eq(n_sent(), n0 + 2);
+    ck_assert_ptr_nonnull(ike_chain_find(open_any(sent(n0 + 1), IKE_EXCH_CREATE_CHILD_SA, true, 0), IKE_PL_SA, NULL));
+    gw_deletes_esp(T->gw.child_spi_r, 1);
+    ck_assert_uint_eq(n_sent(), n0 + 3);
+    ck_assert_uint_eq(esp_delete_spi(open_any(sent(n0 + 2), IKE_EXCH_INFORMATIONAL, true, 1)), T->child.spi_in);
+    ck_assert_uint_eq(T->n_ike_rekeyed, 0);
+    assert_down(M2MVPN_E_PROTOCOL);
+    assert_detail_has("deleted the CHILD SA");
+}
+END_TEST
+
 /* The gateway rekeys the IKE SA while our address update (MOBIKE) is in
  * flight: refused (§2.25.2). Switching would strand the update, built under
  * the old SA's SPIs, keys and message ID: its answer would come on an SA we
@@ -3856,6 +3891,7 @@ static Suite *ike_sa_suite(void)
         { "interleaved", test_dpd_abandoned_by_ike_rekey },
         { "interleaved", test_dpd_abandoned_by_ike_rekey_then_our_delete },
         { "interleaved", test_ike_rekey_refused_during_update },
+        { "interleaved", test_gateway_deletes_child_during_ike_rekey_collision },
         { "interleaved", test_queued_child_rekey_moot_after_gateway_rekey },
         { "interleaved", test_queued_ike_rekey_moot_after_gateway_rekey },
         { "interleaved", test_quiet_wait_after_gateway_ike_rekey_ends },

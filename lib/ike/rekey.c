@@ -34,6 +34,7 @@
 #define ZOMBIE_RETRY_MS 2000u  /* then 4, 8, 16 s: a peer that settles a collision */
 #define ZOMBIE_TRIES 5         /* later than us may not know the SA yet (strongSwan) */
 #define ZOMBIE_WAIT_MS 10000u
+#define ZOMBIE_HELD_TRIES 3    /* an abandoned request of ours before the Delete */
 
 static uint32_t random_below(uint32_t n)
 {
@@ -104,6 +105,7 @@ void ike_rekey_zombie_free(ike_zombie *z)
     crypto_cipher_free(z->open_ctx);
     free(z->req);
     ike_resp_cache_free(&z->last_resp);
+    ike_resp_cache_free(&z->held);
     secure_wipe(z, sizeof(*z));
 }
 
@@ -246,6 +248,16 @@ static int zombie_wrap(ike_zombie *z, uint8_t exchange, bool response, uint32_t 
 
 void ike_rekey_zombie_send_delete(ike_sa *sa, ike_zombie *z)
 {
+    if (z->held.n_dgram) {
+        /* The request the switch abandoned first: its message ID is the
+         * one the gateway's window waits for (§2.3) if it never got it. */
+        z->we_delete = true;
+        z->tries = 0;
+        z->deadline_ms = ike_rekey_now(sa) + ZOMBIE_RETRY_MS;
+        LOG_INFO(sa->log, "ike", "replaced IKE SA: request %u sent again before its Delete", z->held_id);
+        ike_sa_resend_response(sa, &z->held); /* the same datagram list */
+        return;
+    }
     uint8_t inner[16];
     buf_writer w;
     buf_writer_init(&w, inner, sizeof(inner));
@@ -277,6 +289,17 @@ static void zombie_tick(ike_sa *sa, ike_zombie *z, uint64_t now)
         return;
     if (!z->we_delete) {
         /* The gateway did not delete it: we do. */
+        ike_rekey_zombie_send_delete(sa, z);
+        return;
+    }
+    if (z->held.n_dgram) {
+        if (++z->tries < ZOMBIE_HELD_TRIES) {
+            ike_sa_resend_response(sa, &z->held);
+            z->deadline_ms = now + ((uint64_t)ZOMBIE_RETRY_MS << z->tries);
+            return;
+        }
+        /* Unanswered to the end: the Delete goes all the same. */
+        ike_resp_cache_free(&z->held);
         ike_rekey_zombie_send_delete(sa, z);
         return;
     }
@@ -384,7 +407,14 @@ int ike_rekey_zombie_input(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     }
     uint32_t id = msg->hdr.message_id;
     if (msg->hdr.flags & IKE_FLAG_RESPONSE) {
-        if (z->req && id == z->req_id && msg->hdr.exchange != z->req_exchange) {
+        if (z->held.n_dgram && id == z->held_id && msg->hdr.exchange == z->held_exchange) {
+            /* The abandoned request is answered: the Delete's ID is next. */
+            ike_resp_cache_free(&z->held);
+            if (z->we_delete) {
+                ike_rekey_zombie_send_delete(sa, z);
+                ike_rekey_rearm(sa);
+            }
+        } else if (z->req && id == z->req_id && msg->hdr.exchange != z->req_exchange) {
             /* Authentic, but of another exchange (§3.1): it answers
              * nothing of ours; the Delete stays in flight. */
             LOG_DBG(sa->log, "ike", "ignoring response %u of exchange type %u for a replaced IKE SA", id,

@@ -88,12 +88,22 @@ int ike_rekey_switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool ol
     int r = ike_sa_make_ciphers(&n->suite, n->keys, n->initiator, &seal, &open);
     if (r < 0)
         return r;
+    ike_resp_cache held = { 0 };
+    uint32_t held_id = 0;
+    uint8_t held_exchange = 0;
     if (sa->req.task == IKE_TASK_DPD) {
         /* A liveness check on the old SA: the new one is proof enough; the
          * task, queued again, plans the next one. Its message ID stays
          * used: the old SA's Delete must not reuse it, or a gateway that got
          * the check takes the Delete for its retransmission and answers
-         * from its cache, which would pass for the Delete's confirmation. */
+         * from its cache, which would pass for the Delete's confirmation.
+         * Nor may the Delete skip it (a gateway that never got the check
+         * waits for that ID): the zombie sends the check again first. */
+        held_id = sa->req.message_id;
+        held_exchange = sa->req.exchange;
+        ike_resp_cache_set(&held, sa->req.buf, sa->req.dgram, sa->req.n_dgram);
+        sa->req.buf = NULL;
+        sa->req.n_dgram = 0;
         ike_sa_request_done(sa);
         sa->next_msg_id++;
         ike_task_queue(sa, IKE_TASK_DPD);
@@ -103,6 +113,9 @@ int ike_rekey_switch_ike(ike_sa *sa, ike_new_ike *n, bool we_delete_old, bool ol
     ike_task_unqueue(sa, IKE_TASK_REKEY_IKE);
     sa->rki.ke_retried = false;
     ike_zombie *z = ike_rekey_make_zombie(sa, we_delete_old);
+    z->held = held;
+    z->held_id = held_id;
+    z->held_exchange = held_exchange;
     if (old_gone) {
         /* The gateway deleted it already (and we answered): nothing left to do on it. */
         ike_rekey_zombie_free(z);

@@ -54,7 +54,8 @@ typedef struct ike_mobike {
 
 /* Our last response as sent, every datagram of it, for the gateway's
  * retransmitted request (RFC 7296 §2.1): a fragmented one is resent whole
- * (RFC 7383 §2.6). Ciphertext only; the next response replaces it. */
+ * (RFC 7383 §2.6). Ciphertext only; the next response replaces it. (A
+ * zombie also keeps a request the switch abandoned in one.) */
 typedef struct ike_resp_cache {
     uint8_t *buf;                  /* every datagram back to back */
     ike_span dgram[IKE_MAX_OUT_FRAGS];
@@ -91,6 +92,13 @@ typedef struct ike_zombie {
     size_t req_len;
     uint32_t req_id;
     uint8_t req_exchange;          /* its exchange type: the answer's must be the same */
+    /* Our request the switch abandoned (a liveness check), as sent: it
+     * keeps its message ID, the one the gateway's window waits for (RFC
+     * 7296 §2.3), so it goes again before the Delete, which follows its
+     * answer or its last try. */
+    ike_resp_cache held;
+    uint32_t held_id;
+    uint8_t held_exchange;
     unsigned tries;
     uint64_t deadline_ms;          /* give up on it then */
 } ike_zombie;

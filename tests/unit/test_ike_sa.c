@@ -3552,11 +3552,14 @@ START_TEST(test_dpd_abandoned_by_ike_rekey)
 END_TEST
 
 /* The same, but the gateway never deletes the old SA: we do, after a
- * while, on it. Its Delete takes the message ID after the dropped check's
- * (3): with the check's (2) a gateway that got the check answers the
- * Delete from its cache (§2.1) and keeps the old SA, while that empty
- * answer passes for the confirmation. The check's late answer changes
- * nothing: the Delete is retransmitted until its own answer comes. */
+ * while, on it. The dropped check keeps its message ID (2), and the
+ * Delete takes the next one (3): with 2, a gateway that got the check
+ * answers the Delete from its cache (§2.1) and keeps the old SA, while
+ * that empty answer passes for the confirmation. A gateway that never got
+ * the check waits for ID 2 (window size 1, §2.3) and would drop 3: so the
+ * check goes again first, unchanged, and the Delete once it is answered.
+ * A late copy of the check's answer changes nothing: the Delete is
+ * retransmitted until its own answer comes. */
 START_TEST(test_dpd_abandoned_by_ike_rekey_then_our_delete)
 {
     enable_dpd();
@@ -3570,17 +3573,20 @@ START_TEST(test_dpd_abandoned_by_ike_rekey_then_our_delete)
     size_t n1 = n_sent();
     advance(10000);
     ck_assert_uint_eq(n_sent(), n1 + 1);
+    assert_same_bytes(sent(n1), sent(n0)); /* the check again, on the old SA */
     fg_swap_keys(&T->gw, &old); /* gw: the old SA */
-    ck_assert(fg_has_ike_delete(open_any(sent(n1), IKE_EXCH_INFORMATIONAL, false, 3)));
-    answer_empty(2); /* the liveness check's answer, late */
+    answer_empty(2); /* its answer: the Delete goes at once */
+    ck_assert_uint_eq(n_sent(), n1 + 2);
+    ck_assert(fg_has_ike_delete(open_any(sent(n1 + 1), IKE_EXCH_INFORMATIONAL, false, 3)));
+    answer_empty(2); /* a late copy */
     advance(2000);
-    ck_assert_uint_eq(n_sent(), n1 + 3); /* the next liveness check (new SA) and ... */
+    ck_assert_uint_eq(n_sent(), n1 + 4); /* the next liveness check (new SA) and ... */
     const fg_dgram *again = NULL;
-    for (size_t i = n1 + 1; i < n_sent(); i++)
+    for (size_t i = n1 + 2; i < n_sent(); i++)
         if (fg_open(&T->gw, sent(i)) == 0)
             again = sent(i);
     ck_assert_ptr_nonnull(again); /* ... the Delete again, on the old SA */
-    assert_same_bytes(again, sent(n1));
+    assert_same_bytes(again, sent(n1 + 1));
     answer_empty(3); /* the Delete's own answer: done */
     fg_swap_keys(&T->gw, &old); /* gw: the new SA */
     answer_empty(0); /* the liveness check on the new SA */
@@ -3591,6 +3597,41 @@ START_TEST(test_dpd_abandoned_by_ike_rekey_then_our_delete)
         ck_assert_int_eq(fg_open(&T->gw, sent(i)), 0);
         ck_assert(!fg_has_ike_delete(&T->gw.rq_inner));
     }
+    ck_assert_uint_eq(T->n_down, 0);
+    fg_keys_free(&old);
+}
+END_TEST
+
+/* The same when the dropped check is never answered on the old SA: it goes
+ * again 3 times (at 0, 2 and 6 s), then the Delete goes all the same (a
+ * gateway that got the check takes it), and its answer ends the old SA. */
+START_TEST(test_dpd_abandoned_by_ike_rekey_never_answered)
+{
+    enable_dpd();
+    establish();
+    size_t n0 = n_sent();
+    advance(10000);
+    ck_assert_uint_eq(n_sent(), n0 + 1);
+    open_sent(sent(n0), IKE_EXCH_INFORMATIONAL, false, 2);
+    T->set->items[0].ike.dpd_s = 0; /* no more checks: only the old SA sends */
+    fg_keys old;
+    gw_rekeys_ike(&old);
+    size_t n1 = n_sent();
+    advance(10000);
+    advance(2000);
+    advance(4000);
+    ck_assert_uint_eq(n_sent(), n1 + 3);
+    for (size_t i = n1; i < n1 + 3; i++)
+        assert_same_bytes(sent(i), sent(n0));
+    advance(8000 - 1);
+    ck_assert_uint_eq(n_sent(), n1 + 3);
+    advance(1);
+    ck_assert_uint_eq(n_sent(), n1 + 4);
+    fg_swap_keys(&T->gw, &old); /* gw: the old SA */
+    ck_assert(fg_has_ike_delete(open_any(sent(n1 + 3), IKE_EXCH_INFORMATIONAL, false, 3)));
+    answer_empty(3);
+    fg_swap_keys(&T->gw, &old);
+    assert_quiet_from_now();
     ck_assert_uint_eq(T->n_down, 0);
     fg_keys_free(&old);
 }
@@ -3890,6 +3931,7 @@ static Suite *ike_sa_suite(void)
         { "interleaved", test_start_once },
         { "interleaved", test_dpd_abandoned_by_ike_rekey },
         { "interleaved", test_dpd_abandoned_by_ike_rekey_then_our_delete },
+        { "interleaved", test_dpd_abandoned_by_ike_rekey_never_answered },
         { "interleaved", test_ike_rekey_refused_during_update },
         { "interleaved", test_gateway_deletes_child_during_ike_rekey_collision },
         { "interleaved", test_queued_child_rekey_moot_after_gateway_rekey },

@@ -142,6 +142,7 @@ struct mgmt {
         bool handed;          /* UPDATE_AVAILABLE emitted, result awaited */
         char path[4200];
     } upd;
+    int64_t refetch_dep;      /* its stored update dropped at start: taken again at its own version */
     /* under mu: the application's result, for the engine */
     char res_version[64];     /* handed-over version (under mu); "" none */
     bool res_set, res_ok;
@@ -1623,8 +1624,11 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
 {
     char err[600];
     mgmt_bundle b;
-    int r = mgmt_bundle_verify(der, len, m->signer, "software", m->st.device_id, m->st.software_seq, wall_now(), &b,
-                               err, sizeof(err));
+    int64_t installed = m->st.software_seq;
+    if (dep_id == m->refetch_dep && installed > 0)
+        installed--; /* update_recover dropped this deployment's stored update */
+    int r = mgmt_bundle_verify(der, len, m->signer, "software", m->st.device_id, installed, wall_now(), &b, err,
+                               sizeof(err));
     if (r == 0 && b.deployment != dep_id) {
         snprintf(err, sizeof(err), "software bundle refused: it belongs to deployment %lld, not %lld",
                  (long long)b.deployment, (long long)dep_id);
@@ -1642,6 +1646,7 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
     if (mgmt_write_file(m->dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)) < 0)
         journal_err(m, err); /* still installed by this run */
     memset(&m->upd, 0, sizeof(m->upd));
+    m->refetch_dep = 0;
     m->upd.dep = dep_id;
     m->upd.b = b;
     m->upd.b.payload = NULL; /* the empty payload stays with b */
@@ -2082,7 +2087,15 @@ static void update_recover(mgmt *m)
     int r = mgmt_update_stored(m->dir, m->signer, m->st.device_id, m->st.software_seq, wall_now(), &mk, &b, err,
                                sizeof(err));
     if (r < 0) {
-        LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        if (mk.deployment)
+            LOG_ERR(m->log, SUB, "%s: the stored update is dropped; deployment %lld is asked again", err,
+                    (long long)mk.deployment);
+        else
+            LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        /* its version was accepted (software_seq) before the bundle went
+         * missing or stale: the same deployment's bundle, verified afresh,
+         * may carry that version once more; no other */
+        m->refetch_dep = mk.deployment;
         if (mk.deployment) { /* its file: the download's name of that version */
             char path[4200];
             snprintf(path, sizeof(path), "%s/%s", m->dir, mk.file);

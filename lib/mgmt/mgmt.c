@@ -142,6 +142,7 @@ struct mgmt {
         bool handed;          /* UPDATE_AVAILABLE emitted, result awaited */
         char path[4200];
     } upd;
+    int64_t refetch_dep;      /* its stored update dropped at start: taken again at its own version */
     /* under mu: the application's result, for the engine */
     char res_version[64];     /* handed-over version (under mu); "" none */
     bool res_set, res_ok;
@@ -416,14 +417,18 @@ static int p11_switch(const mgmt *m, const p11_uri *u, const uint8_t *id, bool p
     return r < 0 ? r : p11_objects(m, NULL, id, false, u->object, NULL, err, err_len);
 }
 
-/* An attempt undone: the old objects back under L, the new ones deleted. */
-static void p11_rollback(const mgmt *m, const p11_uri *u, const uint8_t *id)
+/* An attempt undone: the old objects back under L, the new ones deleted.
+ * < 0: not (the token failed); its intent must stay for the next start. */
+static int p11_rollback(const mgmt *m, const p11_uri *u, const uint8_t *id)
 {
     char old[160], e[256];
     snprintf(old, sizeof(old), "%s.old", u->object);
-    if (p11_objects(m, old, NULL, false, u->object, NULL, e, sizeof(e)) < 0 ||
-        p11_objects(m, NULL, id, false, NULL, NULL, e, sizeof(e)) < 0)
-        LOG_WARN(m->log, SUB, "undoing a key renewal on the token: %s", e);
+    int r = p11_objects(m, old, NULL, false, u->object, NULL, e, sizeof(e));
+    if (r == 0)
+        r = p11_objects(m, NULL, id, false, NULL, NULL, e, sizeof(e));
+    if (r < 0)
+        LOG_ERR(m->log, SUB, "undoing a key renewal on the token: %s (tried again at the next start)", e);
+    return r;
 }
 
 static void p11_drop_old(mgmt *m)
@@ -1623,8 +1628,11 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
 {
     char err[600];
     mgmt_bundle b;
-    int r = mgmt_bundle_verify(der, len, m->signer, "software", m->st.device_id, m->st.software_seq, wall_now(), &b,
-                               err, sizeof(err));
+    int64_t installed = m->st.software_seq;
+    if (dep_id == m->refetch_dep && installed > 0)
+        installed--; /* update_recover dropped this deployment's stored update */
+    int r = mgmt_bundle_verify(der, len, m->signer, "software", m->st.device_id, installed, wall_now(), &b, err,
+                               sizeof(err));
     if (r == 0 && b.deployment != dep_id) {
         snprintf(err, sizeof(err), "software bundle refused: it belongs to deployment %lld, not %lld",
                  (long long)b.deployment, (long long)dep_id);
@@ -1642,6 +1650,7 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
     if (mgmt_write_file(m->dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)) < 0)
         journal_err(m, err); /* still installed by this run */
     memset(&m->upd, 0, sizeof(m->upd));
+    m->refetch_dep = 0;
     m->upd.dep = dep_id;
     m->upd.b = b;
     m->upd.b.payload = NULL; /* the empty payload stays with b */
@@ -2012,12 +2021,12 @@ static void p11_recover(mgmt *m)
         }
         LOG_WARN(m->log, SUB, "an interrupted key renewal on the token finished (new key and certificate in use)");
     } else if (has) {
-        p11_rollback(m, &u, id);
+        if (p11_rollback(m, &u, id) < 0)
+            return; /* the intent stays */
         LOG_WARN(m->log, SUB, "an interrupted key renewal on the token undone (its new key deleted)");
     }
     if (has)
         p11_intent_drop(m);
-    p11_drop_old(m); /* nothing uses the replaced key after a start */
 }
 
 /* The certificate's serial, uppercase hex ("?" if unreadable). */
@@ -2082,7 +2091,15 @@ static void update_recover(mgmt *m)
     int r = mgmt_update_stored(m->dir, m->signer, m->st.device_id, m->st.software_seq, wall_now(), &mk, &b, err,
                                sizeof(err));
     if (r < 0) {
-        LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        if (mk.deployment)
+            LOG_ERR(m->log, SUB, "%s: the stored update is dropped; deployment %lld is asked again", err,
+                    (long long)mk.deployment);
+        else
+            LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
+        /* its version was accepted (software_seq) before the bundle went
+         * missing or stale: the same deployment's bundle, verified afresh,
+         * may carry that version once more; no other */
+        m->refetch_dep = mk.deployment;
         if (mk.deployment) { /* its file: the download's name of that version */
             char path[4200];
             snprintf(path, sizeof(path), "%s/%s", m->dir, mk.file);
@@ -2159,8 +2176,18 @@ static void renew_done(mgmt *m, job *j)
     if (r < 0) {
         p11_uri u;
         if (j->p11_new && p11_renewable(m, &u)) {
-            p11_rollback(m, &u, j->p11_id);
-            p11_intent_drop(m);
+            if (p11_rollback(m, &u, j->p11_id) == 0) {
+                p11_intent_drop(m);
+            } else {
+                /* kept (written again if the switch had dropped it): the
+                 * next start rolls back, never deletes "L.old" (the
+                 * current key) for a finished renewal's leftover */
+                char hex[17], e[256];
+                for (size_t i = 0; i < 8; i++)
+                    snprintf(hex + 2 * i, 3, "%02x", j->p11_id[i]);
+                if (mgmt_write_file(m->dir, P11_INTENT, hex, 16, e, sizeof(e)) < 0)
+                    LOG_ERR(m->log, SUB, "%s", e);
+            }
         }
         if (j->new_key_file && !key_moved) {
             char kn[4200];
@@ -2546,6 +2573,10 @@ static int resume(mgmt *m, char *err, size_t err_len)
                      "not match or are missing: empty the folder to enrol again", m->dir);
         return M2MVPN_E_CERT;
     }
+    /* nothing uses a replaced key after a start, once the key labelled L
+     * is known to be the certificate's (else "L.old" may be the only key) */
+    if (m->boot->mgmt.provider == PROFILE_CERT_PKCS11)
+        p11_drop_old(m);
     snprintf(path, sizeof(path), "%s/profile.json", m->dir);
     profile_set *set = NULL;
     char perr[512];

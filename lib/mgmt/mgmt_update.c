@@ -302,15 +302,16 @@ int mgmt_install_run(const char *installer, const char *file, int file_fd, const
                 sigaction(s, &dfl, NULL);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
-        if (dup2(nul, 0) < 0 || dup2(pfd[1], 1) < 0 || dup2(pfd[1], 2) < 0)
+        /* Each source moved above the targets 0..3 first: a host process
+         * running with fds 0-2 closed may have been given any of them as
+         * nul, the pipe or the file, and a dup2 onto another's target (or
+         * onto itself, keeping FD_CLOEXEC) would lose it. */
+        int in = fcntl(nul, F_DUPFD, 10), outw = fcntl(pfd[1], F_DUPFD, 10);
+        int ffd = file_fd >= 0 ? fcntl(file_fd, F_DUPFD, 10) : -1;
+        if (in < 0 || outw < 0 || (file_fd >= 0 && ffd < 0) || dup2(in, 0) < 0 || dup2(outw, 1) < 0 ||
+            dup2(outw, 2) < 0 || (ffd >= 0 && dup2(ffd, 3) < 0))
             _exit(126);
-        unsigned first = 3;
-        if (file_fd >= 0) {
-            /* dup2 onto itself would keep FD_CLOEXEC */
-            if (file_fd == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(file_fd, 3) < 0)
-                _exit(126);
-            first = 4;
-        }
+        unsigned first = ffd >= 0 ? 4 : 3;
         long closed = -1;
 #ifdef SYS_close_range
         closed = syscall(SYS_close_range, first, ~0u, 0u);

@@ -573,3 +573,20 @@ def test_update_waiting_for_window_survives_restart(lab):
         assert "update 3.0.1 refused: the stored update" in c.log_path.read_text()
         assert "changed on disk: its sha256 no longer matches the signed manifest" in c.log_path.read_text()
         assert not f.exists() and not (c.state_dir / "update.json").exists()
+
+    # 3. stored by a version that kept no signed bundle (update.p7m), or
+    # whose bundle went stale: dropped at the start, the still open
+    # deployment asked again and taken at its own version (already
+    # accepted), verified afresh, installed; never "not newer"
+    data = os.urandom(200000)
+    c, pub = stored_then_killed("3.0.2", data)
+    (c.state_dir / "update.p7m").unlink()
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        open_window(pub["id"])
+        dep = wait_until("update 3.0.2 settled", lambda: settled(pub["id"]), timeout_s=90, tail=c.log_tail)
+        log = c.log_path.read_text()
+        assert dep["success"] == 1 and dep["failure"] == 0, (dep, log[-3000:])
+        assert f"the stored update is dropped; deployment {pub['id']} is asked again" in log
+        assert "not newer" not in log
+        assert installs()[-1][1:4] == ["/dev/fd/3", "3.0.2", hashlib.sha256(data).hexdigest()]

@@ -426,3 +426,58 @@ def test_renewal_pkcs11_killed_token_away_at_restart(lab, workdir, monkeypatch):
         assert crt.read_text() == new_crt and not crt_next.exists() and not intent.exists()
         assert c.status()["credential"]["not_after"] == mgmt_of(c)["cert_not_after"]
         assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2
+
+
+def test_renewal_pkcs11_undone_token_away_keeps_the_key(lab, workdir, monkeypatch):  # noqa: F811
+    """A PKCS#11 new-key renewal that is being undone when the token fails:
+    killed after the old pair was relabelled "dev.old", its certificate
+    file gone (as a switch that failed leaves it); the start that should
+    undo it finds no token. The intent stays, so the start after, with the
+    token back, undoes it: the old pair labelled "dev" again, the tunnel up
+    on the old certificate, the new pair deleted. (Dropping the intent
+    there made the next start delete "dev.old", the only key.)"""
+    import m2mvpn_client
+    tokens = workdir / "tokens"
+    tokens.mkdir()
+    conf = workdir / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    away = workdir / "no-tokens"
+    away.mkdir()
+    conf_away = workdir / "softhsm2-away.conf"
+    conf_away.write_text(f"directories.tokendir = {away}\nobjectstore.backend = file\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", PIN, "--so-pin", "0000"],
+                   check=True, capture_output=True)
+    boot = enrolled_device(lab)
+    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
+                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    c, _, _ = killed_in_renewal(lab, boot, "p11-relabelled")
+    st = c.state_dir
+    crt, crt_next, intent = st / "device.crt.pem", st / "device.crt.pem.next", st / "device.p11id.next"
+    assert crt_next.exists() and intent.exists(), sorted(p.name for p in st.iterdir())
+    old_crt = crt.read_text()
+    crt_next.unlink()
+    block_mgmt(lab)
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf_away))
+    c = lab.client(boot)
+    try:
+        c.start()
+        wait_until("the undo failed", lambda: "undoing a key renewal on the token" in c.log_path.read_text(),
+                   timeout_s=60, tail=c.log_tail)
+    except m2mvpn_client.ClientError:
+        pass
+    finally:
+        try:
+            c.stop()
+        except m2mvpn_client.ClientError:
+            pass
+    c.control.unlink(missing_ok=True)
+    log = c.log_path.read_text(errors="replace")
+    assert "undoing a key renewal on the token" in log, log[-3000:]
+    assert intent.exists(), (sorted(p.name for p in st.iterdir()), log[-3000:])
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    with lab.client(boot) as c:
+        wait_until("connected", lambda: c.status()["state"] == "connected", timeout_s=90, tail=c.log_tail)
+        assert crt.read_text() == old_crt and not intent.exists()
+        assert token_consistent({"SOFTHSM2_CONF": str(conf)}, st) == old_crt
+        assert netlab.ping(lab.topo.client, netlab.PROTECTED_ADDRS[0], count=2) == 2

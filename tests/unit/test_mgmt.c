@@ -1325,6 +1325,55 @@ START_TEST(test_install_gets_the_verified_file)
 }
 END_TEST
 
+/* A host process running with fds 0-2 closed: the verified file, /dev/null
+ * and the output pipe all come out below 3, and the installer still gets
+ * each where it belongs (the file as fd 3, its output captured). */
+START_TEST(test_install_with_std_fds_closed)
+{
+    char dir[] = "/tmp/m2mvpn-inst012-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char sh[512], rec[512], path[512], out[MGMT_INSTALL_OUT_MAX], err[512] = "", body[1024];
+    static const char sha[] = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; /* "test" */
+    snprintf(sh, sizeof(sh), "%s/inst.sh", dir);
+    snprintf(rec, sizeof(rec), "%s/rec", dir);
+    snprintf(path, sizeof(path), "%s/update-1.bin", dir);
+    snprintf(body, sizeof(body), "#!/bin/sh\n{ printf '%%s|' \"$1\"; cat \"$1\"; printf '|%%s' \"$(cat)\"; } > %s\n"
+             "echo installed\nexit 0\n", rec);
+    write_script(sh, body);
+    ck_assert_int_eq(mgmt_write_file(dir, "update-1.bin", "test", 4, err, sizeof(err)), 0);
+    int saved[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_ge(saved[i] = fcntl(i, F_DUPFD_CLOEXEC, 10), 10);
+    close(0);
+    close(1);
+    close(2);
+    int fd = -1;
+    int r = mgmt_file_open_verified(path, 4, sha, &fd, err, sizeof(err));
+    int fd_was = fd; /* 0: the lowest free */
+    if (r == 0)
+        r = mgmt_install_run(sh, path, fd, "1", 30, NULL, out, sizeof(out), err, sizeof(err));
+    if (fd >= 0)
+        close(fd);
+    for (int i = 0; i < 3; i++) {
+        dup2(saved[i], i);
+        close(saved[i]);
+    }
+    ck_assert_msg(r == 0, "%s", err);
+    ck_assert_int_eq(fd_was, 0);
+    ck_assert_msg(strstr(out, "installed") != NULL, "output: %s", out);
+    FILE *f = fopen(rec, "r");
+    ck_assert_ptr_nonnull(f);
+    char got[256] = "";
+    ck_assert_ptr_nonnull(fgets(got, sizeof(got), f));
+    fclose(f);
+    ck_assert_str_eq(got, "/dev/fd/3|test|"); /* stdin: /dev/null, empty */
+    unlink(path);
+    unlink(rec);
+    unlink(sh);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 /* management.installer in the bootstrap: an absolute path of an executable. */
 START_TEST(test_bootstrap_installer)
 {
@@ -1709,6 +1758,7 @@ static Suite *mgmt_suite(void)
     tcase_add_test(tc, test_dl_over_https);
     tcase_add_test(tc, test_install_run);
     tcase_add_test(tc, test_install_gets_the_verified_file);
+    tcase_add_test(tc, test_install_with_std_fds_closed);
     tcase_add_test(tc, test_bootstrap_installer);
     tcase_add_test(tc, test_renew_schedule);
     tcase_add_test(tc, test_renew_backoff);

@@ -661,8 +661,15 @@ static void handle_request(ike_sa *sa, const ike_message *msg, uint8_t *plain, s
     uint32_t id = msg->hdr.message_id;
     if (id + 1 == sa->peer_msg_id && sa->last_resp.n_dgram) {
         /* The gateway did not get our response (or a fragment of it):
-         * send it again, unchanged and whole (RFC 7383 §2.6). */
-        ike_sa_resend_response(sa, &sa->last_resp);
+         * send it again, unchanged and whole (RFC 7383 §2.6), once per
+         * retransmitted request: for its fragment 1 only (§2.6.1), not
+         * once per fragment. */
+        const ike_payload *last = msg->chain.n ? &msg->chain.pl[msg->chain.n - 1] : NULL;
+        uint16_t frag = 1;
+        if (last && last->type == IKE_PL_SKF && last->body.len >= 2)
+            frag = (uint16_t)(last->body.p[0] << 8 | last->body.p[1]);
+        if (frag == 1)
+            ike_sa_resend_response(sa, &sa->last_resp);
         return;
     }
     if (id != sa->peer_msg_id) {

@@ -2680,6 +2680,30 @@ START_TEST(test_fragmented_answer_resent_whole)
     size_t nf = fragmented_child_rekey_answer(m, &n0);
     expect_answer_again(m, n0, nf);
     expect_answer_again(m, n0, nf);
+    /* The request retransmitted in fragments (RFC 7383 §2.6.1): the answer
+     * goes again for its fragment 1 only, not once per fragment. */
+    for (uint16_t frag = 2; frag >= 1; frag--) {
+        fg_msg *f = malloc(sizeof(*f));
+        memcpy(f->p, m->p, IKE_HEADER_LEN); /* its SPIs, exchange, flags, message ID */
+        f->p[16] = IKE_PL_SKF;
+        /* SKF: generic header, Fragment Number, Total Fragments 2, then
+         * bytes never opened (a resend comes before any check) */
+        uint8_t *q = f->p + IKE_HEADER_LEN;
+        memset(q, 0xa5, 60);
+        static const uint8_t head[8] = { 0, 0, 0, 60, 0, 0, 0, 2 };
+        memcpy(q, head, sizeof(head));
+        q[0] = frag == 1 ? IKE_PL_SA : 0;
+        q[5] = (uint8_t)frag;
+        f->len = IKE_HEADER_LEN + 60;
+        f->p[24] = 0;
+        f->p[25] = 0;
+        f->p[26] = (uint8_t)(f->len >> 8);
+        f->p[27] = (uint8_t)f->len;
+        size_t n = n_sent();
+        deliver(f);
+        ck_assert_uint_eq(n_sent(), n + (frag == 1 ? nf : 0));
+        free(f);
+    }
     free(m);
     ck_assert_uint_eq(T->n_rekeyed, 1);
     /* The next request is answered anew, the cache replaced (one datagram). */

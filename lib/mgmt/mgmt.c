@@ -142,7 +142,6 @@ struct mgmt {
         bool handed;          /* UPDATE_AVAILABLE emitted, result awaited */
         char path[4200];
     } upd;
-    int64_t refetch_dep;      /* its stored update dropped at start: taken again at its own version */
     /* under mu: the application's result, for the engine */
     char res_version[64];     /* handed-over version (under mu); "" none */
     bool res_set, res_ok;
@@ -1629,7 +1628,7 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
     char err[600];
     mgmt_bundle b;
     int64_t installed = m->st.software_seq;
-    if (dep_id == m->refetch_dep && installed > 0)
+    if (m->st.software_refetch > 0 && dep_id == m->st.software_refetch && installed > 0)
         installed--; /* update_recover dropped this deployment's stored update */
     int r = mgmt_bundle_verify(der, len, m->signer, "software", m->st.device_id, installed, wall_now(), &b, err,
                                sizeof(err));
@@ -1650,7 +1649,6 @@ static void apply_software(mgmt *m, int64_t dep_id, const uint8_t *der, size_t l
     if (mgmt_write_file(m->dir, MGMT_UPDATE_BUNDLE, der, len, err, sizeof(err)) < 0)
         journal_err(m, err); /* still installed by this run */
     memset(&m->upd, 0, sizeof(m->upd));
-    m->refetch_dep = 0;
     m->upd.dep = dep_id;
     m->upd.b = b;
     m->upd.b.payload = NULL; /* the empty payload stays with b */
@@ -1702,6 +1700,7 @@ static void artifact_done(mgmt *m, job *j)
     if (mgmt_update_mark_save(m->dir, &mk, err, sizeof(err)) < 0)
         journal_err(m, err); /* still installed by this run */
     m->st.software_seq = m->upd.b.version;
+    m->st.software_refetch = 0; /* stored again (if it was the dropped one) */
     save_state(m);
     LOG_INFO(m->log, SUB, "update %s: %lld bytes downloaded and verified: %s", m->upd.b.software_version,
              (long long)m->upd.b.size, m->upd.path);
@@ -2098,9 +2097,13 @@ static void update_recover(mgmt *m)
             LOG_ERR(m->log, SUB, "%s: the stored update is dropped", err);
         /* its version was accepted (software_seq) before the bundle went
          * missing or stale: the same deployment's bundle, verified afresh,
-         * may carry that version once more; no other */
-        m->refetch_dep = mk.deployment;
-        if (mk.deployment) { /* its file: the download's name of that version */
+         * may carry that version once more; no other. Persisted: a
+         * download that fails or a stop before the file is stored again
+         * must not turn it into a refused replay. */
+        if (mk.deployment) {
+            m->st.software_refetch = mk.deployment;
+            save_state(m);
+            /* its file: the download's name of that version */
             char path[4200];
             snprintf(path, sizeof(path), "%s/%s", m->dir, mk.file);
             unlink(path);

@@ -101,6 +101,8 @@ typedef struct mgmt_state {
     int64_t profile_version;  /* 0: none installed */
     char etag[128];
     int64_t software_seq;     /* day N: version of the last software bundle accepted */
+    int64_t software_refetch; /* a deployment whose stored update was dropped at a start: its bundle
+                                 may carry software_seq once more, until its file is stored */
 } mgmt_state;
 /* Missing file: zeroed state (unenrolled), 0. Unreadable or malformed: error. */
 int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len);

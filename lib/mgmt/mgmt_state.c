@@ -114,6 +114,8 @@ int mgmt_state_load(const char *dir, mgmt_state *st, char *err, size_t err_len)
         st->profile_version = json_object_get_int64(v);
     if (json_object_object_get_ex(o, "software_seq", &v))
         st->software_seq = json_object_get_int64(v);
+    if (json_object_object_get_ex(o, "software_refetch", &v))
+        st->software_refetch = json_object_get_int64(v);
     if (json_object_object_get_ex(o, "etag", &v))
         snprintf(st->etag, sizeof(st->etag), "%s", json_object_get_string(v));
     json_object_put(o);
@@ -131,6 +133,8 @@ int mgmt_state_save(const char *dir, const mgmt_state *st, char *err, size_t err
     json_object_object_add(o, "profile_version", json_object_new_int64(st->profile_version));
     json_object_object_add(o, "etag", json_object_new_string(st->etag));
     json_object_object_add(o, "software_seq", json_object_new_int64(st->software_seq));
+    if (st->software_refetch)
+        json_object_object_add(o, "software_refetch", json_object_new_int64(st->software_refetch));
     return mgmt_write_json(dir, "mgmt.json", o, err, err_len);
 }
 

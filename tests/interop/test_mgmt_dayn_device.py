@@ -578,15 +578,24 @@ def test_update_waiting_for_window_survives_restart(lab):
     # whose bundle went stale: dropped at the start, the still open
     # deployment asked again and taken at its own version (already
     # accepted), verified afresh, installed; never "not newer"
+    # The first start after it cannot reach the server (nothing fetched
+    # again before the next stop): the start after still takes it.
+    from test_mgmt_renew import block_mgmt, unblock_mgmt
     data = os.urandom(200000)
     c, pub = stored_then_killed("3.0.2", data)
     (c.state_dir / "update.p7m").unlink()
+    block_mgmt(lab)
+    with lab.client(boot) as c:
+        wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
+        assert f"the stored update is dropped; deployment {pub['id']} is asked again" in c.log_path.read_text()
+        assert not (c.state_dir / "update.json").exists()
+    unblock_mgmt(lab)
     with lab.client(boot) as c:
         wait_until("connected on profile 1", lambda: connected_with(c, 1), tail=c.log_tail)
         open_window(pub["id"])
         dep = wait_until("update 3.0.2 settled", lambda: settled(pub["id"]), timeout_s=90, tail=c.log_tail)
         log = c.log_path.read_text()
         assert dep["success"] == 1 and dep["failure"] == 0, (dep, log[-3000:])
-        assert f"the stored update is dropped; deployment {pub['id']} is asked again" in log
         assert "not newer" not in log
+        assert "software_refetch" not in json.loads((c.state_dir / "mgmt.json").read_text())
         assert installs()[-1][1:4] == ["/dev/fd/3", "3.0.2", hashlib.sha256(data).hexdigest()]

@@ -676,6 +676,29 @@ static __attribute__((noinline)) int start(service *s, const service_opts *o, bo
     return 0;
 }
 
+/* Set for the one execution of service_tune_malloc(), so it knows the
+ * tunable is its own (and takes it out again) rather than the user's. */
+#define SVC_TUNED_ENV "M2MVPN_MALLOC_TUNED"
+
+void service_tune_malloc(char **argv)
+{
+    if (getenv(SVC_TUNED_ENV)) {
+        unsetenv(SVC_TUNED_ENV);
+        unsetenv("GLIBC_TUNABLES");
+        return;
+    }
+    /* Under valgrind, /proc/self/exe is valgrind's tool (and its malloc
+     * replaces glibc's anyway). */
+    const char *preload = getenv("LD_PRELOAD");
+    if (getenv("GLIBC_TUNABLES") || !argv || !argv[0] || (preload && strstr(preload, "vgpreload")))
+        return;
+    if (setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1) == 0 && setenv(SVC_TUNED_ENV, "1", 1) == 0)
+        execv("/proc/self/exe", argv);
+    /* No /proc, or exec refused: carry on untuned. */
+    unsetenv(SVC_TUNED_ENV);
+    unsetenv("GLIBC_TUNABLES");
+}
+
 int service_run(const service_opts *o)
 {
     /* The service never shows OpenSSL's own error texts except inside the

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The service loop: engine, control socket, signals. See service.h. */
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <malloc.h>
 #include <m2mvpn/m2mvpn.h>
@@ -692,9 +693,18 @@ void service_tune_malloc(char **argv)
     const char *preload = getenv("LD_PRELOAD");
     if (getenv("GLIBC_TUNABLES") || !argv || !argv[0] || (preload && strstr(preload, "vgpreload")))
         return;
-    if (setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1) == 0 && setenv(SVC_TUNED_ENV, "1", 1) == 0)
-        execv("/proc/self/exe", argv);
+    /* Opened, not executed by name: the very file running now (not one put
+     * in its place since), also under qemu-user, which opens the emulated
+     * program for it. */
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1) == 0 &&
+        setenv(SVC_TUNED_ENV, "1", 1) == 0) {
+        extern char **environ;
+        fexecve(fd, argv, environ);
+    }
     /* No /proc, or exec refused: carry on untuned. */
+    if (fd >= 0)
+        close(fd);
     unsetenv(SVC_TUNED_ENV);
     unsetenv("GLIBC_TUNABLES");
 }

@@ -34,7 +34,7 @@ typedef struct service_opts {
  * as it is).
  * Why: the cache keeps up to 7 freed blocks of every small size per thread,
  * outside the heap's free lists, so malloc_trim() cannot give their pages
- * back; on an idle connected client that is ~36 KiB of private memory
+ * back; on an idle connected client that is ~30 KiB of private memory
  * (bench/footprint). The engine allocates nothing per packet, so nothing
  * is slower without it.
  */

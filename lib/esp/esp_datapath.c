@@ -477,7 +477,7 @@ void esp_datapath_hold(esp_datapath *dp, bool on)
     pthread_rwlock_wrlock(&dp->sa_lock);
     dp->hold = on;
     dp->hold_reported = false;
-    dp->n_held = 0;
+    esp_dp_clear_held_locked(dp);
     pthread_rwlock_unlock(&dp->sa_lock);
     atomic_store(&dp->traffic_wanted, false);
 }
@@ -736,6 +736,7 @@ void esp_datapath_free(esp_datapath *dp)
     }
     pthread_rwlock_destroy(&dp->sa_lock);
     pthread_mutex_destroy(&dp->q_lock);
+    esp_dp_clear_held_locked(dp);
     free(dp->tx);
     free(dp->rx);
     free(dp);

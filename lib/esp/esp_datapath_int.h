@@ -123,10 +123,12 @@ struct esp_datapath {
     /* On-demand (esp_datapath_hold): the first packets for a protected
      * network without SA, at ESP_HEADROOM in their slot. Written by the TX
      * side under the read lock (one TX side at a time), taken by the engine
-     * under the write lock. */
+     * under the write lock. A slot (ESP_TX_SLOT bytes) is allocated when a
+     * packet is held and freed when the queue is sent or cleared: an idle
+     * or non-on-demand tunnel keeps none. */
     bool hold;
     bool hold_reported;                 /* traffic_wanted raised since hold on */
-    uint8_t held[ESP_HOLD_MAX][ESP_TX_SLOT];
+    uint8_t *held[ESP_HOLD_MAX];
     size_t held_len[ESP_HOLD_MAX];
     size_t n_held;
     _Atomic bool traffic_wanted;        /* -> cbs.on_traffic on the engine */
@@ -150,6 +152,8 @@ void esp_dp_signal_engine(esp_datapath *dp);
 /* Send the held packets through the outbound SA (engine thread; takes the
  * write lock); IPv4 sources are set to vip when given. */
 void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip);
+/* Drop the held packets and free their slots (write lock, or no TX side). */
+void esp_dp_clear_held_locked(esp_datapath *dp);
 /* SA with this inbound SPI, or NULL; caller holds sa_lock. */
 esp_slot *esp_dp_find_slot_locked(esp_datapath *dp, uint32_t spi_in);
 /* Authenticate and decrypt one ESP packet of this slot's SA, deliver it to

@@ -98,6 +98,8 @@ static int hold_packets(esp_datapath *dp, int n)
         uint8_t nh = next_header_of(inner, b->inner_len[i]);
         if (!nh || !covered_by_ts_locked(dp, inner, nh))
             continue;
+        if (!dp->held[dp->n_held] && !(dp->held[dp->n_held] = malloc(ESP_TX_SLOT)))
+            break; /* out of memory: dropped (counted no SA) */
         memcpy(dp->held[dp->n_held] + ESP_HEADROOM, inner, b->inner_len[i]);
         dp->held_len[dp->n_held++] = b->inner_len[i];
         kept++;
@@ -151,6 +153,15 @@ static void set_source(uint8_t *pkt, size_t len, const uint8_t vip[4])
     }
 }
 
+void esp_dp_clear_held_locked(esp_datapath *dp)
+{
+    for (size_t i = 0; i < ESP_HOLD_MAX; i++) {
+        free(dp->held[i]);
+        dp->held[i] = NULL;
+    }
+    dp->n_held = 0;
+}
+
 void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip)
 {
     pthread_rwlock_wrlock(&dp->sa_lock);
@@ -171,7 +182,7 @@ void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip)
             atomic_fetch_add_explicit(&dp->tx_packets, 1, memory_order_relaxed);
     }
     if (slot) {
-        dp->n_held = 0;
+        esp_dp_clear_held_locked(dp);
         dp->hold_reported = false; /* without SA again later: reported again */
     }
     pthread_rwlock_unlock(&dp->sa_lock);

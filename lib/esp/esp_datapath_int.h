@@ -70,8 +70,13 @@ typedef struct esp_rx_batch {
         struct cmsghdr align;
     } ctrl[ESP_BATCH];
     uint8_t gro_buf[ESP_VNET_HDR_LEN + ESP_GSO_MAX]; /* offload: coalesced write */
-    esp_gro gro;
 } esp_rx_batch;
+
+/* A worker idle this long gives its batch's pages back (MADV_DONTNEED: they
+ * read as zeros, the next packet faults fresh ones in): an idle tunnel keeps
+ * none of the buffers a burst touched. Nothing in a batch outlives one
+ * poll step, so nothing is lost. */
+#define ESP_IDLE_TRIM_MS 1000
 
 struct esp_datapath {
     esp_datapath_config cfg;
@@ -143,8 +148,9 @@ struct esp_datapath {
 
     bool running;
     pthread_t tx_thread, rx_thread;
-    esp_tx_batch *tx;
-    esp_rx_batch *rx;
+    esp_tx_batch *tx;           /* own mappings (page-aligned, not on the */
+    esp_rx_batch *rx;           /* heap): given back when idle */
+    esp_gro gro;                /* receiving side: over rx->gro_buf */
 };
 
 /* Wake the engine (eventfd); the engine drains the queue and rekey flags. */

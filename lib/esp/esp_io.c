@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -427,7 +428,7 @@ static void queue_ike(esp_datapath *dp, const uint8_t *data, size_t len,
 
 static void gro_flush(esp_datapath *dp)
 {
-    esp_gro *g = &dp->rx->gro;
+    esp_gro *g = &dp->gro;
     if (g->len == 0)
         return;
     size_t n = esp_gro_finish(g);
@@ -451,7 +452,7 @@ static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len, bool dir
         (void)w;
         return;
     }
-    esp_gro *g = &dp->rx->gro;
+    esp_gro *g = &dp->gro;
     if (esp_gro_append(g, inner, len))
         return;
     gro_flush(dp);
@@ -577,14 +578,24 @@ int esp_datapath_poll_udp(esp_datapath *dp)
 
 /* ------------------------------------------------------------- workers */
 
-static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *))
+static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *), void *batch, size_t batch_len)
 {
     struct pollfd pfd[2] = { { fd, POLLIN, 0 }, { dp->stop_fd, POLLIN, 0 } };
+    bool drain = true;
     for (;;) {
         /* Drain while there is work; sleep in poll only when idle. */
-        while (step(dp) == ESP_BATCH)
-            ;
-        if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+        if (drain)
+            while (step(dp) == ESP_BATCH)
+                ;
+        /* After work, a quiet ESP_IDLE_TRIM_MS gives the batch's pages back. */
+        int r = poll(pfd, 2, drain ? ESP_IDLE_TRIM_MS : -1);
+        if (r == 0) {
+            madvise(batch, batch_len, MADV_DONTNEED);
+            drain = false;
+            continue;
+        }
+        drain = true;
+        if (r < 0 && errno != EINTR)
             return;
         if (pfd[1].revents)
             return;
@@ -600,14 +611,14 @@ static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *))
 static void *tx_main(void *arg)
 {
     esp_datapath *dp = arg;
-    worker_loop(dp, dp->net.tun_fd, esp_datapath_poll_tun);
+    worker_loop(dp, dp->net.tun_fd, esp_datapath_poll_tun, dp->tx, sizeof(*dp->tx));
     return NULL;
 }
 
 static void *rx_main(void *arg)
 {
     esp_datapath *dp = arg;
-    worker_loop(dp, dp->udp_fd, esp_datapath_poll_udp);
+    worker_loop(dp, dp->udp_fd, esp_datapath_poll_udp, dp->rx, sizeof(*dp->rx));
     return NULL;
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "service.h"
 
 static const struct {
     const char *word;
@@ -32,6 +33,9 @@ int main(int argc, char **argv)
         printf("m2mvpn %s\n", m2mvpn_version());
         return CLI_EXIT_OK;
     }
+    /* The service (foreground or detached) runs with its malloc tuned. */
+    if (!strcmp(word, "run") || !strcmp(word, "start"))
+        service_tune_malloc(argv);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (!strcmp(word, commands[i].word))
             return commands[i].run(argc - 1, argv + 1);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "service.h"
 
 int main(int argc, char **argv)
 {
@@ -23,6 +24,7 @@ int main(int argc, char **argv)
         printf("m2mvpnd %s\n", m2mvpn_version());
         return CLI_EXIT_OK;
     }
+    service_tune_malloc(argv);
     /* argv[0] is the command word in messages ("m2mvpn: m2mvpnd: ..."),
      * whatever path the service manager started us by. */
     argv[0] = (char *)"m2mvpnd";

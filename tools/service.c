@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The service loop: engine, control socket, signals. See service.h. */
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <malloc.h>
 #include <m2mvpn/m2mvpn.h>
@@ -674,6 +675,38 @@ static __attribute__((noinline)) int start(service *s, const service_opts *o, bo
         return -1;
     }
     return 0;
+}
+
+/* Set for the one execution of service_tune_malloc(), so it knows the
+ * tunable is its own (and takes it out again) rather than the user's. */
+#define SVC_TUNED_ENV "M2MVPN_MALLOC_TUNED"
+
+void service_tune_malloc(char **argv)
+{
+    if (getenv(SVC_TUNED_ENV)) {
+        unsetenv(SVC_TUNED_ENV);
+        unsetenv("GLIBC_TUNABLES");
+        return;
+    }
+    /* Under valgrind, /proc/self/exe is valgrind's tool (and its malloc
+     * replaces glibc's anyway). */
+    const char *preload = getenv("LD_PRELOAD");
+    if (getenv("GLIBC_TUNABLES") || !argv || !argv[0] || (preload && strstr(preload, "vgpreload")))
+        return;
+    /* Opened, not executed by name: the very file running now (not one put
+     * in its place since), also under qemu-user, which opens the emulated
+     * program for it. */
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1) == 0 &&
+        setenv(SVC_TUNED_ENV, "1", 1) == 0) {
+        extern char **environ;
+        fexecve(fd, argv, environ);
+    }
+    /* No /proc, or exec refused: carry on untuned. */
+    if (fd >= 0)
+        close(fd);
+    unsetenv(SVC_TUNED_ENV);
+    unsetenv("GLIBC_TUNABLES");
 }
 
 int service_run(const service_opts *o)

@@ -68,7 +68,13 @@ static bool use_active_profile(m2mvpn *h)
         pthread_mutex_lock(&h->lock);
         char *dir = h->state_dir ? strdup(h->state_dir) : NULL;
         pthread_mutex_unlock(&h->lock);
-        int r = mgmt_run(h->mgmt, set, p, dir, err, sizeof(err));
+        mgmt *m = api_mgmt_get(h);
+        int r = M2MVPN_E_NOMEM;
+        if (m)
+            r = mgmt_run(m, set, p, dir, err, sizeof(err));
+        else
+            snprintf(err, sizeof(err), "profile '%s': cannot set up management (out of memory or file "
+                     "descriptors)", p->name);
         free(dir);
         profile_set_free(set);
         if (r < 0) {
@@ -218,7 +224,8 @@ int m2mvpn_update_result(m2mvpn *h, const char *version, int ok, const char *det
         return M2MVPN_E_BADHANDLE;
     if (!version || !*version)
         return api_fail(h, M2MVPN_E_INVAL, "m2mvpn_update_result: version is NULL or empty");
-    int r = mgmt_update_result(h->mgmt, version, ok != 0, details);
+    mgmt *m = atomic_load(&h->mgmt);
+    int r = m ? mgmt_update_result(m, version, ok != 0, details) : M2MVPN_E_STATE; /* none: nothing handed over */
     if (r == M2MVPN_E_STATE)
         return api_fail(h, r, "m2mvpn_update_result: no update %s was handed over (UPDATE_AVAILABLE) or its "
                         "result was given already", version);
@@ -230,7 +237,12 @@ int m2mvpn_decommission(m2mvpn *h)
     if (!api_handle_ok(h))
         return M2MVPN_E_BADHANDLE;
     char err[API_ERR_LEN];
-    int r = mgmt_decommission(h->mgmt, err, sizeof(err));
+    mgmt *m = atomic_load(&h->mgmt);
+    int r = M2MVPN_E_STATE;
+    if (m)
+        r = mgmt_decommission(m, err, sizeof(err));
+    else
+        snprintf(err, sizeof(err), "not an enrolled managed device (management state off)");
     return r < 0 ? api_fail(h, r, "m2mvpn_decommission: %s", err) : 0;
 }
 

@@ -62,7 +62,7 @@ static void conn_state(void *arg, m2mvpn_state st, int err, const char *detail)
         snprintf(h->last_error, sizeof(h->last_error), "%s", detail ? detail : m2mvpn_strerror(err));
     pthread_mutex_unlock(&h->lock);
     if (err || st == M2MVPN_STATE_CONNECTED)
-        mgmt_note_tunnel(h->mgmt, err, detail);
+        mgmt_note_tunnel(atomic_load(&h->mgmt), err, detail);
     api_set_state(h, st, err, detail);
 }
 
@@ -117,6 +117,18 @@ static void mgmt_decommissioned(void *arg)
     conn_disconnect(h->conn);
 }
 
+mgmt *api_mgmt_get(m2mvpn *h)
+{
+    mgmt *m = atomic_load(&h->mgmt);
+    if (m)
+        return m;
+    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile, mgmt_tunnel, mgmt_cert_renewed, mgmt_decommissioned };
+    if (mgmt_new(&h->loop, &h->log, &mhooks, &m) < 0)
+        return NULL;
+    atomic_store(&h->mgmt, m);
+    return m;
+}
+
 int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
 {
     if (!ret)
@@ -151,8 +163,7 @@ int m2mvpn_new(const m2mvpn_callbacks *cbs, void *userdata, m2mvpn **ret)
         free(h);
         return M2MVPN_E_SYSTEM;
     }
-    mgmt_hooks mhooks = { h, mgmt_event, mgmt_profile, mgmt_tunnel, mgmt_cert_renewed, mgmt_decommissioned };
-    if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0 || mgmt_new(&h->loop, &h->log, &mhooks, &h->mgmt) < 0) {
+    if (conn_new(&h->loop, &h->log, &hooks, &h->conn) < 0) {
         conn_free(h->conn);
         core_loop_destroy(&h->loop);
         core_log_destroy(&h->log);
@@ -342,7 +353,7 @@ void m2mvpn_free(m2mvpn *h)
         api_cmd_free(c);
         c = next;
     }
-    mgmt_free(h->mgmt); /* first: its hooks reach the registry and conn */
+    mgmt_free(atomic_load(&h->mgmt)); /* first: its hooks reach the registry and conn */
     conn_free(h->conn); /* engine stopped: safe on this thread */
     free(h->state_dir);
     profile_registry_clear(&h->profiles);

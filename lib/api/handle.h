@@ -53,7 +53,10 @@ struct m2mvpn {
     core_log log;
     core_loop loop;
     conn *conn;                   /* engine thread only */
-    mgmt *mgmt;                   /* engine thread only; mgmt_get_status from any */
+    /* Made by the engine thread when a management bootstrap first runs
+     * (NULL until then: a profile without management pays nothing for it);
+     * read from any thread, freed only by m2mvpn_free. */
+    _Atomic(mgmt *) mgmt;
 
     /* engine drive: drive, thread, thread_joinable under drive_lock */
     pthread_mutex_t drive_lock;
@@ -98,6 +101,9 @@ void api_emit(m2mvpn *h, m2mvpn_event_type type, int err, const char *detail);
 /* Engine thread: a profile set management delivered; installed and made
  * the active profile (takes the set). */
 void api_install_managed(m2mvpn *h, profile_set *set);
+/* Engine thread: the management state, made on first use (NULL: out of
+ * memory or no eventfd). */
+mgmt *api_mgmt_get(m2mvpn *h);
 
 
 

@@ -208,7 +208,7 @@ int m2mvpn_status_json(m2mvpn *h, char **ret)
     json_object_object_add(o, "credential", cred);
     /* Management (a bootstrap profile ran): null otherwise. */
     mgmt_status ms;
-    mgmt_get_status(h->mgmt, &ms);
+    mgmt_get_status(atomic_load(&h->mgmt), &ms); /* NULL: no bootstrap ran, off */
     json_object *mg = ms.on ? json_object_new_object() : NULL;
     if (mg) {
         json_object_object_add(mg, "state", json_object_new_string(mgmt_phase_name(ms.phase)));

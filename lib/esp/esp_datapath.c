@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <netinet/udp.h>
@@ -147,6 +148,12 @@ static int open_udp(esp_datapath *dp, char *err, size_t err_len)
     return 0;
 }
 
+static void *map_batch(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
 int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret, char *err,
                      size_t err_len)
 {
@@ -163,13 +170,14 @@ int esp_datapath_new(const esp_datapath_config *cfg, esp_datapath **ret, char *e
     dp->out_idx = -1;
     pthread_rwlock_init(&dp->sa_lock, NULL);
     pthread_mutex_init(&dp->q_lock, NULL);
-    dp->tx = malloc(sizeof(*dp->tx));
-    dp->rx = malloc(sizeof(*dp->rx));
+    /* Mapped, not allocated: untouched pages cost nothing, and the workers
+     * can give theirs back when idle (ESP_IDLE_TRIM_MS). */
+    dp->tx = map_batch(sizeof(*dp->tx));
+    dp->rx = map_batch(sizeof(*dp->rx));
     int rc = M2MVPN_E_NOMEM;
     if (!dp->tx || !dp->rx)
         goto fail;
-    memset(&dp->rx->gro, 0, sizeof(dp->rx->gro));
-    dp->rx->gro.buf = dp->rx->gro_buf;
+    dp->gro.buf = dp->rx->gro_buf;
     dp->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     dp->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (dp->event_fd < 0 || dp->stop_fd < 0) {
@@ -477,7 +485,7 @@ void esp_datapath_hold(esp_datapath *dp, bool on)
     pthread_rwlock_wrlock(&dp->sa_lock);
     dp->hold = on;
     dp->hold_reported = false;
-    dp->n_held = 0;
+    esp_dp_clear_held_locked(dp);
     pthread_rwlock_unlock(&dp->sa_lock);
     atomic_store(&dp->traffic_wanted, false);
 }
@@ -736,7 +744,10 @@ void esp_datapath_free(esp_datapath *dp)
     }
     pthread_rwlock_destroy(&dp->sa_lock);
     pthread_mutex_destroy(&dp->q_lock);
-    free(dp->tx);
-    free(dp->rx);
+    esp_dp_clear_held_locked(dp);
+    if (dp->tx)
+        munmap(dp->tx, sizeof(*dp->tx));
+    if (dp->rx)
+        munmap(dp->rx, sizeof(*dp->rx));
     free(dp);
 }

@@ -70,8 +70,13 @@ typedef struct esp_rx_batch {
         struct cmsghdr align;
     } ctrl[ESP_BATCH];
     uint8_t gro_buf[ESP_VNET_HDR_LEN + ESP_GSO_MAX]; /* offload: coalesced write */
-    esp_gro gro;
 } esp_rx_batch;
+
+/* A worker idle this long gives its batch's pages back (MADV_DONTNEED: they
+ * read as zeros, the next packet faults fresh ones in): an idle tunnel keeps
+ * none of the buffers a burst touched. Nothing in a batch outlives one
+ * poll step, so nothing is lost. */
+#define ESP_IDLE_TRIM_MS 1000
 
 struct esp_datapath {
     esp_datapath_config cfg;
@@ -123,10 +128,12 @@ struct esp_datapath {
     /* On-demand (esp_datapath_hold): the first packets for a protected
      * network without SA, at ESP_HEADROOM in their slot. Written by the TX
      * side under the read lock (one TX side at a time), taken by the engine
-     * under the write lock. */
+     * under the write lock. A slot (ESP_TX_SLOT bytes) is allocated when a
+     * packet is held and freed when the queue is sent or cleared: an idle
+     * or non-on-demand tunnel keeps none. */
     bool hold;
     bool hold_reported;                 /* traffic_wanted raised since hold on */
-    uint8_t held[ESP_HOLD_MAX][ESP_TX_SLOT];
+    uint8_t *held[ESP_HOLD_MAX];
     size_t held_len[ESP_HOLD_MAX];
     size_t n_held;
     _Atomic bool traffic_wanted;        /* -> cbs.on_traffic on the engine */
@@ -141,8 +148,9 @@ struct esp_datapath {
 
     bool running;
     pthread_t tx_thread, rx_thread;
-    esp_tx_batch *tx;
-    esp_rx_batch *rx;
+    esp_tx_batch *tx;           /* own mappings (page-aligned, not on the */
+    esp_rx_batch *rx;           /* heap): given back when idle */
+    esp_gro gro;                /* receiving side: over rx->gro_buf */
 };
 
 /* Wake the engine (eventfd); the engine drains the queue and rekey flags. */
@@ -150,6 +158,8 @@ void esp_dp_signal_engine(esp_datapath *dp);
 /* Send the held packets through the outbound SA (engine thread; takes the
  * write lock); IPv4 sources are set to vip when given. */
 void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip);
+/* Drop the held packets and free their slots (write lock, or no TX side). */
+void esp_dp_clear_held_locked(esp_datapath *dp);
 /* SA with this inbound SPI, or NULL; caller holds sa_lock. */
 esp_slot *esp_dp_find_slot_locked(esp_datapath *dp, uint32_t spi_in);
 /* Authenticate and decrypt one ESP packet of this slot's SA, deliver it to

@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -98,6 +99,8 @@ static int hold_packets(esp_datapath *dp, int n)
         uint8_t nh = next_header_of(inner, b->inner_len[i]);
         if (!nh || !covered_by_ts_locked(dp, inner, nh))
             continue;
+        if (!dp->held[dp->n_held] && !(dp->held[dp->n_held] = malloc(ESP_TX_SLOT)))
+            break; /* out of memory: dropped (counted no SA) */
         memcpy(dp->held[dp->n_held] + ESP_HEADROOM, inner, b->inner_len[i]);
         dp->held_len[dp->n_held++] = b->inner_len[i];
         kept++;
@@ -151,6 +154,15 @@ static void set_source(uint8_t *pkt, size_t len, const uint8_t vip[4])
     }
 }
 
+void esp_dp_clear_held_locked(esp_datapath *dp)
+{
+    for (size_t i = 0; i < ESP_HOLD_MAX; i++) {
+        free(dp->held[i]);
+        dp->held[i] = NULL;
+    }
+    dp->n_held = 0;
+}
+
 void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip)
 {
     pthread_rwlock_wrlock(&dp->sa_lock);
@@ -171,7 +183,7 @@ void esp_dp_send_held(esp_datapath *dp, const esp_prefix *vip)
             atomic_fetch_add_explicit(&dp->tx_packets, 1, memory_order_relaxed);
     }
     if (slot) {
-        dp->n_held = 0;
+        esp_dp_clear_held_locked(dp);
         dp->hold_reported = false; /* without SA again later: reported again */
     }
     pthread_rwlock_unlock(&dp->sa_lock);
@@ -416,7 +428,7 @@ static void queue_ike(esp_datapath *dp, const uint8_t *data, size_t len,
 
 static void gro_flush(esp_datapath *dp)
 {
-    esp_gro *g = &dp->rx->gro;
+    esp_gro *g = &dp->gro;
     if (g->len == 0)
         return;
     size_t n = esp_gro_finish(g);
@@ -440,7 +452,7 @@ static void deliver(esp_datapath *dp, const uint8_t *inner, size_t len, bool dir
         (void)w;
         return;
     }
-    esp_gro *g = &dp->rx->gro;
+    esp_gro *g = &dp->gro;
     if (esp_gro_append(g, inner, len))
         return;
     gro_flush(dp);
@@ -566,14 +578,24 @@ int esp_datapath_poll_udp(esp_datapath *dp)
 
 /* ------------------------------------------------------------- workers */
 
-static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *))
+static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *), void *batch, size_t batch_len)
 {
     struct pollfd pfd[2] = { { fd, POLLIN, 0 }, { dp->stop_fd, POLLIN, 0 } };
+    bool drain = true;
     for (;;) {
         /* Drain while there is work; sleep in poll only when idle. */
-        while (step(dp) == ESP_BATCH)
-            ;
-        if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+        if (drain)
+            while (step(dp) == ESP_BATCH)
+                ;
+        /* After work, a quiet ESP_IDLE_TRIM_MS gives the batch's pages back. */
+        int r = poll(pfd, 2, drain ? ESP_IDLE_TRIM_MS : -1);
+        if (r == 0) {
+            madvise(batch, batch_len, MADV_DONTNEED);
+            drain = false;
+            continue;
+        }
+        drain = true;
+        if (r < 0 && errno != EINTR)
             return;
         if (pfd[1].revents)
             return;
@@ -589,14 +611,14 @@ static void worker_loop(esp_datapath *dp, int fd, int (*step)(esp_datapath *))
 static void *tx_main(void *arg)
 {
     esp_datapath *dp = arg;
-    worker_loop(dp, dp->net.tun_fd, esp_datapath_poll_tun);
+    worker_loop(dp, dp->net.tun_fd, esp_datapath_poll_tun, dp->tx, sizeof(*dp->tx));
     return NULL;
 }
 
 static void *rx_main(void *arg)
 {
     esp_datapath *dp = arg;
-    worker_loop(dp, dp->udp_fd, esp_datapath_poll_udp);
+    worker_loop(dp, dp->udp_fd, esp_datapath_poll_udp, dp->rx, sizeof(*dp->rx));
     return NULL;
 }
 

@@ -95,6 +95,9 @@ static int build_and_send(ike_sa *sa)
     }
     memcpy(sa->init_req, buf, len);
     sa->init_req_len = len;
+    uint8_t *fit = realloc(buf, len); /* kept for retransmission: the bytes sent only */
+    if (fit)
+        buf = fit;
     ike_span span = { 0, len };
     sa->req.message_id = 0;
     sa->req.exchange = IKE_EXCH_IKE_SA_INIT;

@@ -422,6 +422,11 @@ int ike_sa_send_protected(ike_sa *sa, uint8_t exchange, bool response, uint32_t 
         free(buf);
         return r;
     }
+    /* Kept for retransmission (the request, or the answer to a repeated
+     * request): only the bytes sent, not the room the build needed. */
+    uint8_t *fit = realloc(buf, spans[n - 1].off + spans[n - 1].len);
+    if (fit)
+        buf = fit;
     LOG_DBG(sa->log, "ike", "sending %s %s %u to %s (%zu bytes in %zu datagram%s)",
             ike_exchange_name(exchange), response ? "response" : "request", message_id,
             sa->gw_text, spans[n - 1].off + spans[n - 1].len, n, n == 1 ? "" : "s");

@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from cli_helpers import CLI, PROFILE_NAMES, PROFILES, Service, cli, one_error_line, wait_for
+from cli_helpers import CLI, NETNS_WRAP, PROFILE_NAMES, PROFILES, Service, cli, one_error_line, wait_for
 
 
 # Set by meson for a cross build run under qemu-user: other users run the binaries from the build tree.
@@ -296,3 +296,31 @@ def test_start_passes_the_service_options_on(ops_group, workdir, profile_file):
         assert os.lstat(control).st_gid == gid and stat.S_IMODE(os.lstat(control).st_mode) == 0o660
     finally:
         assert cli("stop", "--control", control, "--state-dir", state).returncode == 0
+
+
+# ---------------------------------------------------------------- malloc
+
+def _environ(pid):
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        return [v.decode(errors="replace") for v in f.read().split(b"\0") if v]
+
+
+def test_the_service_runs_with_glibc_tcache_off(service):
+    # What the process was (re-)executed with: tcache off (see docs/cli.md, ENVIRONMENT).
+    env = _environ(service.proc.pid)
+    assert "GLIBC_TUNABLES=glibc.malloc.tcache_count=0" in env
+    assert _status(service)["state"] == "idle"
+
+
+def test_a_users_glibc_tunables_are_left_alone(workdir, profile_file):
+    mine = "GLIBC_TUNABLES=glibc.malloc.perturb=0"
+    wrap = (NETNS_WRAP or []) + ["env", mine]
+    svc = Service(workdir, profile_file, wrap=wrap)
+    try:
+        svc.wait_ready()
+        env = _environ(svc.proc.pid)
+        assert mine in env
+        assert not any(v.startswith("M2MVPN_MALLOC_TUNED") for v in env)
+        assert _status(svc)["state"] == "idle"
+    finally:
+        svc.kill()

@@ -281,6 +281,26 @@ START_TEST(status_json_has_state)
 }
 END_TEST
 
+/* A handle whose profiles use no management has none set up (it is made
+ * when a bootstrap first runs): the calls that need it say so. */
+START_TEST(without_management_its_calls_say_off)
+{
+    m2mvpn *h = new_handle();
+    ck_assert_int_eq(m2mvpn_profile_load_json(h, psk_profile, strlen(psk_profile)), 0);
+    ck_assert_int_eq(m2mvpn_decommission(h), M2MVPN_E_STATE);
+    ck_assert_msg(strstr(m2mvpn_last_error(h), "not an enrolled managed device (management state off)") != NULL,
+                  "%s", m2mvpn_last_error(h));
+    ck_assert_int_eq(m2mvpn_update_result(h, "1.2.3", 1, "ok"), M2MVPN_E_STATE);
+    ck_assert_msg(strstr(m2mvpn_last_error(h), "no update 1.2.3 was handed over") != NULL, "%s",
+                  m2mvpn_last_error(h));
+    char *js = NULL;
+    ck_assert_int_eq(m2mvpn_status_json(h, &js), 0);
+    ck_assert_msg(strstr(js, "\"management\":null") != NULL, "%s", js);
+    m2mvpn_string_free(js);
+    m2mvpn_free(h);
+}
+END_TEST
+
 /* A PSK shorter than 20 characters loads (gateways' keys keep working) but is
  * warned about in the log and the status, by its length class, never its
  * value; 20 characters are fine. */
@@ -543,6 +563,7 @@ static Suite *api_suite(void)
     tcase_add_test(v, profiles_load_and_switch);
     tcase_add_test(v, profiles_unload);
     tcase_add_test(v, status_json_has_state);
+    tcase_add_test(v, without_management_its_calls_say_off);
     tcase_add_test(v, short_psk_is_warned_in_status_and_log);
     tcase_add_test(v, credentials_are_queued);
     suite_add_tcase(s, v);

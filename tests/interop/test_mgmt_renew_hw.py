@@ -370,15 +370,11 @@ def test_pkcs11_renewal_killed_at_each_step(lab, workdir):
             assert pings(lab.topo) == 3, step
 
 
-def test_renewal_pkcs11_killed_token_away_at_restart(lab, workdir, monkeypatch):  # noqa: F811
-    """SIGKILL in a key renewal on a PKCS#11 token after the certificate
-    reached the disk and the token's labels were switched; at the next start
-    the token is not there (a USB token not plugged in yet): that start
-    finishes nothing, the renewed certificate waits with the token's intent.
-    The start after, with the token back, finishes the swap and connects
-    with the new key (the new pair is not taken for an attempt without its
-    certificate and deleted, leaving a certificate without a key)."""
-    import m2mvpn_client
+def token_that_can_go_away(lab, workdir, monkeypatch):
+    """A SoftHSM2 token "m2m" (SOFTHSM2_CONF set to its configuration) and a
+    second configuration without it (the token unplugged); an enrolled
+    device whose management key is "dev" on it. Returns (conf, conf_away,
+    bootstrap)."""
     tokens = workdir / "tokens"
     tokens.mkdir()
     conf = workdir / "softhsm2.conf"
@@ -393,6 +389,19 @@ def test_renewal_pkcs11_killed_token_away_at_restart(lab, workdir, monkeypatch):
     boot = enrolled_device(lab)
     boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
                                  "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    return conf, conf_away, boot
+
+
+def test_renewal_pkcs11_killed_token_away_at_restart(lab, workdir, monkeypatch):  # noqa: F811
+    """SIGKILL in a key renewal on a PKCS#11 token after the certificate
+    reached the disk and the token's labels were switched; at the next start
+    the token is not there (a USB token not plugged in yet): that start
+    finishes nothing, the renewed certificate waits with the token's intent.
+    The start after, with the token back, finishes the swap and connects
+    with the new key (the new pair is not taken for an attempt without its
+    certificate and deleted, leaving a certificate without a key)."""
+    import m2mvpn_client
+    conf, conf_away, boot = token_that_can_go_away(lab, workdir, monkeypatch)
     c, _, _ = killed_in_renewal(lab, boot, "written")
     st = c.state_dir
     crt, crt_next, intent = st / "device.crt.pem", st / "device.crt.pem.next", st / "device.p11id.next"
@@ -437,20 +446,7 @@ def test_renewal_pkcs11_undone_token_away_keeps_the_key(lab, workdir, monkeypatc
     on the old certificate, the new pair deleted. (Dropping the intent
     there made the next start delete "dev.old", the only key.)"""
     import m2mvpn_client
-    tokens = workdir / "tokens"
-    tokens.mkdir()
-    conf = workdir / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    away = workdir / "no-tokens"
-    away.mkdir()
-    conf_away = workdir / "softhsm2-away.conf"
-    conf_away.write_text(f"directories.tokendir = {away}\nobjectstore.backend = file\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "m2m", "--pin", PIN, "--so-pin", "0000"],
-                   check=True, capture_output=True)
-    boot = enrolled_device(lab)
-    boot["management"]["key"] = {"provider": "pkcs11", "pkcs11_module": SOFTHSM,
-                                 "pkcs11_uri": "pkcs11:token=m2m;object=dev", "pin": PIN}
+    conf, conf_away, boot = token_that_can_go_away(lab, workdir, monkeypatch)
     c, _, _ = killed_in_renewal(lab, boot, "p11-relabelled")
     st = c.state_dir
     crt, crt_next, intent = st / "device.crt.pem", st / "device.crt.pem.next", st / "device.p11id.next"
